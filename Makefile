@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh clone (see README):
+#   make run    set up .venv, then execute the whole notebook suite headless (smoke profile) into runs/
+#   make test   set up .venv, then run unit tests, nbval over notebooks/ and the browser test
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.dnlib-installed
+PROFILE ?= smoke
+export MPLBACKEND ?= agg
+# The data root: DNLIB_DATA if set, else ../shared/data when it is beside the clone, else data/.
+DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
+export DNLIB_DATA
+
+.PHONY: setup run test test-unit test-notebooks bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-ci.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-ci.txt
+	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(BIN)/python -m dnlib.envconfig
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python -m dnlib.suite run --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks
+
+bench: setup
+	$(BIN)/python -m dnlib.bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,301 @@
+"""The math of divisive normalization, free of module state.
+
+All functions take activations ``x`` of shape ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)`` and a
+:class:`~dnlib.spec.NormSpec`. Internally ``x`` is viewed as ``(N, G, C/G, *spatial)`` (``G`` = groups, 1
+unless the spec groups channels), so every field is a set of dimensions of that view:
+``batch`` -> dim 0, ``channel`` -> dim 2, ``space`` -> dims 3.. . Dim 1 (the group) is never pooled.
+
+A field's mean is computed in two steps: a global mean over its pooled axes that carry no window
+(one pass over the full tensor), then a box filter over its windowed axes on that (usually much smaller)
+result. The box filter is ``avg_pool{1,2,3}d`` with stride 1, so no Python loop ever visits a position.
+
+``divisive_norm`` runs as one autograd Function whose backward is written out by hand for the passes over the
+full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
+composition, which matters because these layers are bandwidth-bound.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .spec import NormSpec
+
+_AXIS_DIMS = {"batch": (0,), "channel": (2,)}
+
+
+@dataclass(frozen=True)
+class _Field:
+    dims: tuple          # dims of the grouped view that are reduced globally
+    kc: int              # window along channels (1 = none)
+    ks: int              # window along each spatial dim (1 = none)
+    border: str
+
+    @property
+    def has_window(self):
+        return self.kc > 1 or self.ks > 1
+
+
+@dataclass(frozen=True)
+class _Plan:
+    nspatial: int
+    sum: Optional[_Field]
+    sup: Optional[_Field]
+    bug: float           # the reference code's suppression divisor factor (k_B area / k_A area)
+
+
+def _field(axes, window, nspatial, border) -> Optional[_Field]:
+    if not axes:
+        return None
+    w = dict(window)
+    dims = []
+    for axis in sorted(axes):
+        if axis in w:
+            continue
+        if axis == "space":
+            dims.extend(range(3, 3 + nspatial))
+        else:
+            dims.extend(_AXIS_DIMS[axis])
+    return _Field(tuple(sorted(dims)), w.get("channel", 1), w.get("space", 1) if nspatial else 1, border)
+
+
+@lru_cache(maxsize=512)
+def _plan(spec: NormSpec, nspatial: int) -> _Plan:
+    sum_f = _field(spec.sum_axes, spec.sum_window, nspatial, spec.border)
+    sup_f = _field(spec.sup_axes, spec.sup_window, nspatial, spec.border)
+    bug = 1.0
+    if spec.border == "reference" and sum_f is not None and sup_f is not None and sum_f.has_window:
+        # The authors' div_norm_2d sums the suppression window and divides by the summation window's area.
+        area = lambda f: f.kc * f.ks ** nspatial  # noqa: E731
+        bug = area(sup_f) / area(sum_f)
+    return _Plan(nspatial, sum_f, sup_f, bug)
+
+
+def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c = x.shape[:2]
+    return x.view(n, groups, c // groups, *x.shape[2:])
+
+
+def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; stride 1, same size."""
+    if not f.has_window:
+        return t
+    include_pad = f.border != "valid"
+    shape = t.shape
+    if f.kc > 1:  # channel window (G == 1): pool over (C, *S) of a (N, 1, C, *S) tensor
+        kernel = (f.kc,) + (f.ks,) * nspatial
+        u = t.reshape(shape[0], 1, *shape[2:])
+        if nspatial and shape[3] == 1 and f.ks == 1:   # space pooled globally: plain 1-D pooling over C
+            kernel, u = (f.kc,), u.reshape(shape[0], 1, shape[2])
+    else:         # spatial window only: pool each (n, g, c) map independently
+        kernel = (f.ks,) * nspatial
+        u = t.reshape(-1, 1, *shape[3:])
+    nd = len(kernel)
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+    if any(k % 2 == 0 for k in kernel):
+        # TensorFlow SAME padding (only reachable with border="reference"): (k-1)//2 before, k//2 after.
+        pads = []
+        for k in reversed(kernel):
+            pads += [(k - 1) // 2, k // 2]
+        u = F.pad(u, pads)
+        out = pool(u, kernel, stride=1, padding=0)
+    else:
+        out = pool(u, kernel, stride=1, padding=tuple(k // 2 for k in kernel), count_include_pad=include_pad)
+    return out.reshape(shape)
+
+
+def _reduce_mean(t: torch.Tensor, dims: tuple) -> torch.Tensor:
+    return t.mean(dims, keepdim=True) if dims else t
+
+
+def _numel(t: torch.Tensor, dims: tuple) -> int:
+    return math.prod(t.shape[d] for d in dims)
+
+
+def _field_stat(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    return _box(_reduce_mean(t, f.dims), f, nspatial)
+
+
+def _divisor(s: torch.Tensor, sig2, spec: NormSpec) -> torch.Tensor:
+    t = s * spec.sup_scale + spec.eps
+    t = t + sig2
+    return t.rsqrt() if spec.power == 0.5 else t.pow(-spec.power)
+
+
+def _check(x: torch.Tensor, spec: NormSpec):
+    if x.dim() not in (2, 3, 4):
+        raise ValueError(f"input: expected shape (N, C), (N, C, L) or (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] % spec.groups:
+        raise ValueError(f"input: {x.shape[1]} channels are not divisible by groups={spec.groups}")
+
+
+def field_mean(x: torch.Tensor, spec: NormSpec) -> torch.Tensor:
+    """E_A[x]: the summation-field mean of eq. 3, broadcastable to ``x`` (0 when the field is empty).
+
+    Plain differentiable torch ops (gradients flow through the mean); used by the sparse penalty on the
+    fused paths and by the statistics in :mod:`dnlib.stats`.
+    """
+    _check(x, spec)
+    plan = _plan(spec, x.dim() - 2)
+    if plan.sum is None:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    xg = _grouped(x, spec.groups)
+    mu = _field_stat(xg, plan.sum, plan.nspatial)
+    shape = [x.shape[0], x.shape[1]] + list(x.shape[2:])
+    return mu.expand(xg.shape).reshape(shape) if mu.shape != xg.shape else mu.reshape(shape)
+
+
+class _DivNormFn(torch.autograd.Function):
+    """y, v = DN(x): forward over the full tensor in four passes, backward written out by hand.
+
+    Outputs ``(y, v, mu, s)``: the normalized tensor, the centred tensor (differentiable, for the sparse
+    penalty), and the two field statistics (not differentiable, for running statistics). ``mu``/``s`` may be
+    given (running statistics in eval mode); then they are constants.
+    """
+
+    @staticmethod
+    def forward(ctx, xg, sig2, spec, plan, fixed_mu, fixed_s):
+        ctx.set_materialize_grads(False)
+        empty = xg.new_empty(0)
+        m0 = s0 = mu_out = s_out = None
+        if plan.sum is not None:
+            if fixed_mu is None:
+                m0 = _reduce_mean(xg, plan.sum.dims)
+                mu = _box(m0, plan.sum, plan.nspatial)
+                mu_out = mu
+            else:
+                mu = fixed_mu
+            v = xg - mu
+        else:
+            v = xg
+        d = None
+        if plan.sup is not None:
+            if fixed_s is None:
+                s0 = _reduce_mean(v * v, plan.sup.dims)
+                s = _box(s0, plan.sup, plan.nspatial)
+                if plan.bug != 1.0:
+                    s = s * plan.bug
+                s_out = s
+            else:
+                s = fixed_s
+            d = _divisor(s, sig2, spec)
+            y = v * d
+        else:
+            y = v if plan.sum is not None else xg.clone()
+        ctx.spec, ctx.plan = spec, plan
+        ctx.sig2_is_tensor = torch.is_tensor(sig2)
+        ctx.fixed = (fixed_mu is not None, fixed_s is not None)
+        ctx.save_for_backward(v if plan.sup is not None else None, d, m0, s0, fixed_s,
+                              sig2 if ctx.sig2_is_tensor else None)
+        if not ctx.sig2_is_tensor:
+            ctx.sig2 = sig2
+        v_out = v if (plan.sum is not None and plan.sup is not None) else empty
+        mu_out = mu_out if mu_out is not None else empty
+        s_out = s_out if s_out is not None else empty
+        ctx.mark_non_differentiable(mu_out, s_out)
+        return y, v_out, mu_out, s_out
+
+    @staticmethod
+    def backward(ctx, gy, gv_ext, _gmu, _gs):
+        v, d, m0, s0, fixed_s, sig2_t = ctx.saved_tensors
+        spec, plan = ctx.spec, ctx.plan
+        sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
+        need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
+        gsig2 = None
+        if gy is None and gv_ext is None:
+            return None, None, None, None, None, None
+        if plan.sup is not None:
+            gv = gy * d if gy is not None else torch.zeros_like(v)
+            if gy is not None and (s0 is not None or need_sig):
+                # dL/dd, summed over the dims that d was broadcast along
+                bdims = tuple(i for i in range(v.dim()) if d.shape[i] == 1 and v.shape[i] != 1)
+                gd = gy * v
+                if bdims:
+                    gd = gd.sum(bdims, keepdim=True)
+                with torch.enable_grad():
+                    inputs = []
+                    if s0 is not None:
+                        s0_ = s0.detach().requires_grad_()
+                        inputs.append(s0_)
+                        s_ = _box(s0_, plan.sup, plan.nspatial)
+                        if plan.bug != 1.0:
+                            s_ = s_ * plan.bug
+                    else:
+                        s_ = fixed_s
+                    sig2_ = sig2
+                    if need_sig:
+                        sig2_ = sig2.detach().requires_grad_()
+                        inputs.append(sig2_)
+                    d_ = _divisor(s_, sig2_, spec)
+                    grads = torch.autograd.grad(d_, inputs, gd)
+                if s0 is not None:
+                    gs0 = grads[0] * (2.0 / _numel(v, plan.sup.dims))
+                    gv.addcmul_(v, gs0)
+                if need_sig:
+                    gsig2 = grads[-1]
+        else:
+            gv = gy.clone() if gy is not None else None
+        if gv_ext is not None:
+            gv = gv_ext.clone() if gv is None else gv.add_(gv_ext)
+        if plan.sum is not None and m0 is not None:
+            bdims = tuple(i for i in range(gv.dim()) if m0.shape[i] == 1 and gv.shape[i] != 1)
+            gmu = -(gv.sum(bdims, keepdim=True) if bdims else gv)
+            if plan.sum.has_window:
+                with torch.enable_grad():
+                    m0_ = m0.detach().requires_grad_()
+                    mu_ = _box(m0_, plan.sum, plan.nspatial)
+                    (gm0,) = torch.autograd.grad(mu_, m0_, gmu)
+            else:
+                gm0 = gmu
+            n = _numel(gv, plan.sum.dims)
+            gx = gv.add_(gm0, alpha=1.0 / n) if gm0.shape == gv.shape else gv.add_(gm0 / n)
+        else:
+            gx = gv
+        return gx, gsig2, None, None, None, None
+
+
+def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None):
+    """Divisive normalization returning ``(y, v, mu, s)``; see :func:`divisive_norm`.
+
+    ``v`` is the centred activation (empty when the spec does not both centre and divide: then it is ``y``
+    or ``x``), ``mu``/``s`` the batch statistics in the grouped layout ``(N|1, G, C/G|1, ...)`` (empty when
+    not computed). ``mean``/``sup`` replace the statistics (running statistics), given in that layout.
+    """
+    _check(x, spec)
+    plan = _plan(spec, x.dim() - 2)
+    sig = spec.sigma if sigma is None else sigma
+    sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
+    xg = _grouped(x, spec.groups)
+    y, v, mu, s = _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
+    return y.reshape(x.shape), v, mu, s
+
+
+def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
+    """Divisive normalization (Ren et al. 2017, eqs. 3-4), no affine and no running statistics.
+
+    .. math::
+        v = x - \\mathbb{E}_A[x], \\qquad y = v \\,/\\, (\\sigma^2 + \\epsilon + s\\,\\mathbb{E}_B[v^2])^{p}
+
+    ``E_A`` averages over the summation field of ``spec`` (its pooled axes, with local windows where given),
+    ``E_B`` over the suppression field, of the squares of each neighbour's own centred value. Means are
+    biased (divide by the field size; within windows by the number of real neighbours, or by the window size
+    for ``border="zeros"``/``"reference"``). ``sigma`` overrides ``spec.sigma`` (a tensor for a learned sigma).
+    """
+    return divisive_norm_stats(x, spec, sigma)[0]
+
+
+def divisive_norm_reference(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
+    """The same math as :func:`divisive_norm` composed of plain autograd ops (slower; for checking)."""
+    _check(x, spec)
+    plan = _plan(spec, x.dim() - 2)
+    sig = spec.sigma if sigma is None else sigma
+    xg = _grouped(x, spec.groups)
+    v = xg - _field_stat(xg, plan.sum, plan.nspatial) if plan.sum is not None else xg
+    if plan.sup is None:
+        return v.reshape(x.shape)
+    s = _field_stat(v * v, plan.sup, plan.nspatial) * plan.bug
+    return (v * _divisor(s, sig * sig, spec)).reshape(x.shape)

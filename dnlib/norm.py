@@ -1,0 +1,287 @@
+"""``DivisiveNorm``: the one normalization module; BN, LN, IN, GN, LRN, RMSNorm and DN are its presets."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional as DF
+from .spec import NormSpec
+
+IMPLS = ("auto", "general", "fused")
+
+
+def fused_kind(spec: NormSpec) -> Optional[str]:
+    """The native torch kernel whose fields coincide with ``spec`` (sigma folded into eps), or None.
+
+    ``"bn"`` (A = B = batch+space), ``"ln"`` (channel+space), ``"gn"`` (channel+space in groups),
+    ``"in"`` (space), ``"rms"`` (no centring, B = channel+space).
+    """
+    if spec.windowed or spec.learn_sigma or spec.power != 0.5 or spec.sup_scale != 1.0:
+        return None
+    A, B = spec.sum_axes, spec.sup_axes
+    if spec.groups > 1:
+        return "gn" if A == B == {"channel", "space"} else None
+    if A == B == {"batch", "space"}:
+        return "bn"
+    if A == B == {"channel", "space"}:
+        return "ln"
+    if A == B == {"space"}:
+        return "in"
+    if not A and B == {"channel", "space"}:
+        return "rms"
+    return None
+
+
+class DivisiveNorm(nn.Module):
+    r"""Divisive normalization (Ren et al., *Normalizing the Normalizers*, ICLR 2017, arXiv:1611.04520).
+
+    .. math::
+
+        v = x - \mathbb{E}_{A}[x], \qquad
+        y = \frac{v}{\left(\sigma^2 + \epsilon + s\,\mathbb{E}_{B}[v^2]\right)^{p}} * \gamma + \beta
+
+    The summation field ``A`` and the suppression field ``B`` are given by ``spec`` (a :class:`NormSpec`): the
+    axes each pools (``batch``, ``channel``, ``space``), optional local windows, ``sigma``, ``eps``, the
+    exponent ``p`` and the scale ``s``. Means over a field are biased (divide by the number of elements).
+    ``gamma``/``beta`` are per-channel (``weight``/``bias``, shape ``(C,)``), as in ``nn.BatchNorm``.
+
+    When a field pools the batch and ``track_running_stats`` is on, the module keeps ``running_mean`` (of
+    E_A[x]) and ``running_var`` (of E_B[v^2], stored *unbiased*, i.e. times n/(n-1) with n the field size) and
+    uses them in eval mode, exactly as ``nn.BatchNorm``: ``momentum`` is the weight of the new batch
+    (``None``: cumulative average), ``num_batches_tracked`` counts the updates. This needs a per-channel field
+    (the batch field must not pool ``channel``, and pools ``space`` when the input has spatial dims).
+
+    Where the spec coincides with a native kernel (``F.batch_norm``, ``F.layer_norm``, ``F.group_norm``,
+    ``F.instance_norm``, ``F.rms_norm``) the module dispatches to it with ``eps = sigma^2 + eps``
+    (``impl="auto"``); ``impl="general"`` forces the general path, which handles every spec.
+
+    ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward in training mode
+    accumulates ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty`
+    collects and clears it. Costs nothing when ``alpha == 0``.
+
+    Half-precision inputs are normalized in float32 and returned in their own dtype.
+
+    Args:
+        num_features: C, the number of channels (units) of the input.
+        spec: the fields; see :class:`NormSpec`. Use :func:`dnlib.make_norm` for named presets.
+        affine: learn per-channel ``weight`` (init 1) and ``bias`` (init 0).
+        momentum: weight of the new batch in the running statistics (``None``: cumulative average).
+        track_running_stats: ``None`` (default) tracks them iff a field pools the batch.
+        alpha: weight of the sparse L1 penalty at this site.
+        impl: ``"auto"``, ``"general"`` or ``"fused"``.
+
+    Shape:
+        - Input: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> dn = DivisiveNorm(32, NormSpec(sum_axes="channel,space", sup_axes="channel,space",
+        ...                                 sum_window={"space": 3}, sup_window={"space": 3}, sigma=0.5),
+        ...                   affine=False)
+        >>> y = dn(torch.randn(8, 32, 16, 16))
+    """
+
+    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: Optional[float] = 0.1,
+                 track_running_stats: Optional[bool] = None, alpha: float = 0.0, impl: str = "auto",
+                 device=None, dtype=None):
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features: must be an integer >= 1, got {num_features!r}")
+        if not isinstance(spec, NormSpec):
+            raise ValueError(f"spec: expected a NormSpec, got {type(spec).__name__}; use dnlib.make_norm for names")
+        if num_features % spec.groups:
+            raise ValueError(f"num_features: {num_features} is not divisible by groups={spec.groups}")
+        if momentum is not None and not (0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum: must be in [0, 1] or None, got {momentum!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
+            raise ValueError(f"alpha: the L1 weight must be a number >= 0, got {alpha!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl: got {impl!r}; allowed values are {list(IMPLS)}")
+        if track_running_stats is None:
+            track_running_stats = spec.pools_batch
+        elif track_running_stats and not spec.pools_batch:
+            raise ValueError(f"track_running_stats: running statistics need a field that pools 'batch', but "
+                             f"{spec} pools none; pass track_running_stats=False or None")
+        if track_running_stats and spec.groups > 1:
+            raise ValueError(f"track_running_stats: not supported with groups={spec.groups}; pass False")
+        if track_running_stats:
+            for name, axes in (("sum_axes", spec.sum_axes), ("sup_axes", spec.sup_axes)):
+                if "batch" in axes and ("channel" in axes or dict(spec.window(name[:3]))):
+                    raise ValueError(f"track_running_stats: running statistics are per channel, so a field that "
+                                     f"pools 'batch' must not pool 'channel' or carry windows; {name}="
+                                     f"{sorted(axes)} does; pass track_running_stats=False")
+        self.num_features = num_features
+        self.spec = spec
+        self.affine = affine
+        self.momentum = momentum
+        self.track_running_stats = bool(track_running_stats)
+        self.alpha = float(alpha)
+        self.impl = impl
+        self._penalty: Optional[torch.Tensor] = None
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if spec.learn_sigma:
+            self.sigma = nn.Parameter(torch.empty((), **factory))
+        else:
+            self.register_parameter("sigma", None)
+        if self.track_running_stats:
+            stat = {"device": device, "dtype": dtype if dtype in (torch.float32, torch.float64) else torch.float32}
+            self.register_buffer("running_mean", torch.zeros(num_features, **stat)
+                                 if "batch" in spec.sum_axes else None)
+            self.register_buffer("running_var", torch.ones(num_features, **stat)
+                                 if "batch" in spec.sup_axes else None)
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    # --- state ----------------------------------------------------------------------------------------
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            if self.running_mean is not None:
+                self.running_mean.zero_()
+            if self.running_var is not None:
+                self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+        if self.sigma is not None:
+            with torch.no_grad():
+                self.sigma.fill_(self.spec.sigma)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_features}, {self.spec!r}, affine={self.affine}"
+        if self.track_running_stats:
+            s += f", momentum={self.momentum}, track_running_stats=True"
+        if self.alpha:
+            s += f", alpha={self.alpha:g}"
+        if self.impl != "auto":
+            s += f", impl={self.impl!r}"
+        return s
+
+    @property
+    def fused(self) -> Optional[str]:
+        """The native kernel this module dispatches to (None: the general path)."""
+        if self.impl == "general":
+            return None
+        return fused_kind(self.spec)
+
+    def pop_penalty(self) -> Optional[torch.Tensor]:
+        """Return the L1 penalty accumulated since the last call (None if none) and clear it."""
+        p, self._penalty = self._penalty, None
+        return p
+
+    def _add_penalty(self, centred: torch.Tensor) -> None:
+        p = self.alpha * centred.abs().mean()
+        self._penalty = p if self._penalty is None else self._penalty + p
+
+    # --- forward --------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"input: expected shape (N, C), (N, C, L) or (N, C, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"input: has {x.shape[1]} channels at dim 1, but num_features={self.num_features}")
+        if self.track_running_stats and x.dim() > 2:
+            for axes in (self.spec.sum_axes, self.spec.sup_axes):
+                if "batch" in axes and "space" not in axes:
+                    raise ValueError(f"input: running statistics are per channel, but the field {sorted(axes)} "
+                                     f"does not pool 'space' of input {tuple(x.shape)}; add 'space' to the field")
+
+    def _momentum(self) -> float:
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        in_dtype = x.dtype
+        if in_dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        use_batch_stats = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        if self.impl == "fused" and fused_kind(self.spec) is None:
+            raise ValueError(f"impl: 'fused' needs a spec with a native kernel, and {self.spec} has none")
+        kind = self.fused
+        if kind == "in" and x.dim() == 2:
+            kind = None
+        if kind is not None:
+            y = self._forward_fused(x, kind, use_batch_stats)
+        else:
+            y = self._forward_general(x, use_batch_stats)
+        return y if y.dtype == in_dtype else y.to(in_dtype)
+
+    def _affine(self, y: torch.Tensor, dtype) -> torch.Tensor:
+        if not self.affine:
+            return y
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        return torch.addcmul(self.bias.to(dtype).view(shape), y, self.weight.to(dtype).view(shape))
+
+    def _forward_general(self, x: torch.Tensor, use_batch_stats: bool) -> torch.Tensor:
+        spec = self.spec
+        nsp = x.dim() - 2
+        stat_shape = (1, 1, self.num_features) + (1,) * nsp  # grouped layout, G == 1 when tracking
+        mean = sup = None
+        if not use_batch_stats:
+            if self.running_mean is not None:
+                mean = self.running_mean.to(x.dtype).view(stat_shape)
+            if self.running_var is not None:
+                sup = self.running_var.to(x.dtype).view(stat_shape)
+        if self.training and self.track_running_stats and spec.pools_batch:
+            n = x.shape[0] * (x[0, 0].numel())
+            if n <= 1:
+                raise ValueError(f"input: expected more than 1 value per channel when training with batch "
+                                 f"statistics, got input of shape {tuple(x.shape)}")
+        y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup)
+        if self.training and self.track_running_stats:
+            with torch.no_grad():
+                m = self._momentum()
+                if self.running_mean is not None and mu.numel():
+                    self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
+                if self.running_var is not None and s.numel():
+                    n = x.shape[0] * x[0, 0].numel()
+                    unbiased = s.reshape(-1) * (n / (n - 1))
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        if self.alpha and self.training:
+            centred = v if v.numel() else (y if spec.centre else x)
+            self._add_penalty(centred)
+        return self._affine(y, x.dtype)
+
+    def _forward_fused(self, x: torch.Tensor, kind: str, use_batch_stats: bool) -> torch.Tensor:
+        spec = self.spec
+        eps = spec.sigma ** 2 + spec.eps
+        w = self.weight.to(x.dtype) if self.affine else None
+        b = self.bias.to(x.dtype) if self.affine else None
+        if self.alpha and self.training:
+            self._add_penalty(x - DF.field_mean(x, spec))
+        if kind == "bn":
+            m = 0.0 if not (self.training and self.track_running_stats) else self._momentum()
+            return F.batch_norm(x, self.running_mean, self.running_var, w, b, use_batch_stats, m, eps)
+        if kind == "gn":
+            return F.group_norm(x, spec.groups, w, b, eps)
+        if kind == "in":
+            return F.instance_norm(x, None, None, w, b, True, 0.0, eps)
+        shape = x.shape[1:]
+        if self.affine:
+            bshape = (-1,) + (1,) * (x.dim() - 2)
+            w = w.view(bshape).expand(shape)
+            b = b.view(bshape).expand(shape)
+        if kind == "ln":
+            return F.layer_norm(x, shape, w, b, eps)
+        y = F.rms_norm(x, shape, w, eps)  # kind == "rms"
+        return y if b is None else y + b

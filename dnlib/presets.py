@@ -1,0 +1,114 @@
+"""Normalizers by name: every preset is one line, a :class:`NormSpec` plus the module defaults.
+
+The "-s" forms add the smoothing term sigma (defaults: the paper's CIFAR-10 values, PAPER.md §2.3:
+bn-s 1.0, ln-s and dn-s 0.5; the PTB 1-D DN uses 1.0). The "-ms" forms are mean subtraction only (the
+authors' ``bnms``/``lnms``/``dnms``). ``dn`` is the paper's conv DN (all channels x a k x k spatial window,
+both fields, k = 3 by default: pass ``window=``); ``dn-1d`` its FC/RNN form, a window of ``2R + 1`` units
+along the unit axis (R = 30: the paper's LSTM radius).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+from .norm import DivisiveNorm
+from .spec import NormSpec
+
+CS, BS = "channel,space", "batch,space"
+
+
+@dataclass(frozen=True)
+class Preset:
+    spec: NormSpec
+    defaults: Mapping = field(default_factory=dict)
+    doc: str = ""
+
+
+_P = Preset
+PRESETS = {
+    "none":     _P(NormSpec(), dict(affine=False), "identity; with alpha, the L1 penalty on raw activations"),
+    "bn":       _P(NormSpec(BS, BS), dict(affine=True), "batch norm: A = B = same unit over batch and space"),
+    "bn-s":     _P(NormSpec(BS, BS, sigma=1.0), dict(affine=True), "batch norm with smoothing sigma"),
+    "bn-ms":    _P(NormSpec(BS, None), dict(affine=True), "batch mean subtraction only"),
+    "ln":       _P(NormSpec(CS, CS), dict(affine=True), "layer norm: A = B = all units of one example"),
+    "ln-s":     _P(NormSpec(CS, CS, sigma=0.5), dict(affine=False), "layer norm with sigma, no affine"),
+    "ln-ms":    _P(NormSpec(CS, None), dict(affine=False), "layer mean subtraction only"),
+    "dn":       _P(NormSpec(CS, CS, {"space": 3}, {"space": 3}), dict(affine=False),
+                   "divisive norm: all channels x a k x k spatial window"),
+    "dn-s":     _P(NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), dict(affine=False), "DN with sigma"),
+    "dn-ms":    _P(NormSpec(CS, None, {"space": 3}), dict(affine=False), "local mean subtraction only"),
+    "dn-1d":    _P(NormSpec("channel", "channel", {"channel": 61}, {"channel": 61}), dict(affine=False),
+                   "DN for FC/RNN layers: a window of units (2R+1, R=30)"),
+    "dn-1d-s":  _P(NormSpec("channel", "channel", {"channel": 61}, {"channel": 61}, sigma=1.0),
+                   dict(affine=False), "1-D DN with sigma"),
+    "in":       _P(NormSpec("space", "space"), dict(affine=False), "instance norm: one channel of one example"),
+    "gn":       _P(NormSpec(CS, CS, groups=32), dict(affine=True), "group norm: a group of channels of one example"),
+    "lrn":      _P(NormSpec(None, "channel", None, {"channel": 5}, sigma=1.0, eps=0.0, power=0.75, sup_scale=1e-4,
+                            border="zeros"), dict(affine=False), "local response norm (AlexNet): k=sigma^2, alpha, beta=power"),
+    "rms":      _P(NormSpec(None, CS), dict(affine=True), "RMSNorm: no centring, B = all units of one example"),
+}
+
+_SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
+              "sum_window", "sup_window", "window"}
+_MODULE_KEYS = {"affine", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
+
+
+def list_norms() -> list:
+    """The preset names :func:`make_norm` accepts."""
+    return list(PRESETS)
+
+
+def get_spec(name: str) -> NormSpec:
+    """The :class:`NormSpec` of a preset."""
+    return _lookup(name).spec
+
+
+def _lookup(name: str) -> Preset:
+    if not isinstance(name, str) or name.lower() not in PRESETS:
+        raise ValueError(f"name_or_spec: unknown normalizer {name!r}; known presets are {list_norms()}")
+    return PRESETS[name.lower()]
+
+
+def _window_axis(spec: NormSpec, key: str) -> str:
+    axes = {a for a, _ in spec.sum_window + spec.sup_window}
+    if len(axes) != 1:
+        raise ValueError(f"{key}: an integer window needs a preset with one windowed axis, and {spec} has "
+                         f"{sorted(axes) or 'none'}; pass a mapping such as {{'space': 5}}")
+    return axes.pop()
+
+
+def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
+    """Apply spec-level overrides (``window``/``sum_window``/``sup_window`` may be ints) to ``spec``."""
+    window = changes.pop("window", None)
+    for key in ("sum_window", "sup_window"):
+        if key in changes and isinstance(changes[key], int) and not isinstance(changes[key], bool):
+            changes[key] = {_window_axis(spec, key): changes[key]}
+    if window is not None:
+        if isinstance(window, int) and not isinstance(window, bool):
+            axis = _window_axis(spec, "window")
+            window = {axis: window}
+        changes.setdefault("sum_window", window if spec.sum_window else None)
+        changes.setdefault("sup_window", window if spec.sup_window else None)
+    return spec.replace(**changes) if changes else spec
+
+
+def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides) -> DivisiveNorm:
+    """Build a normalizer by preset name (see :func:`list_norms`) or from a :class:`NormSpec`.
+
+    Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
+    ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``) or the module (``affine``,
+    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``).
+
+    Example: ``make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005)`` is the paper's first DN* layer.
+    """
+    unknown = sorted(set(overrides) - _SPEC_KEYS - _MODULE_KEYS)
+    if unknown:
+        raise ValueError(f"make_norm: unknown override {unknown[0]!r}; allowed are {sorted(_SPEC_KEYS | _MODULE_KEYS)}")
+    if isinstance(name_or_spec, NormSpec):
+        spec, defaults = name_or_spec, {}
+    else:
+        preset = _lookup(name_or_spec)
+        spec, defaults = preset.spec, dict(preset.defaults)
+    spec = resolve_spec(spec, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
+    kwargs = {**defaults, **{k: v for k, v in overrides.items() if k in _MODULE_KEYS}}
+    return DivisiveNorm(num_features, spec, **kwargs)

@@ -1,0 +1,190 @@
+"""``NormSpec``: the paper's Table 1 as a frozen value.
+
+Every normalizer in this library is divisive normalization (Ren et al., ICLR 2017, eqs. 3-4)
+
+.. math::
+
+    v_{n,j} = z_{n,j} - \\mathbb{E}_{A_{n,j}}[z] \\qquad
+    y_{n,j} = \\frac{v_{n,j}}{\\left(\\sigma^2 + \\epsilon + s\\,\\mathbb{E}_{B_{n,j}}[v^2]\\right)^{p}}
+
+and differs from the others only in the *summation field* ``A`` (which activations the mean is taken
+over) and the *suppression field* ``B`` (which centred activations the mean square is taken over).
+A field is a set of pooled axes of the ``(N, C, *spatial)`` activation tensor:
+
+* ``"batch"``   the N examples of the minibatch (BN);
+* ``"channel"`` the C channels / hidden units of one example (LN, DN);
+* ``"space"``   the spatial positions, H x W for images or L for sequences (BN, LN, IN, DN).
+
+A pooled axis may carry a local *window*: ``{"space": 3}`` pools a 3 x 3 neighbourhood centred on each
+position (the paper's conv DN, PAPER.md §1.2), ``{"channel": 61}`` a run of 61 neighbouring units (its FC/RNN
+DN with radius R = 30, §1.3; and LRN). An axis pooled without a window is pooled globally.
+An empty summation field means no centring (RMSNorm, LRN); an empty suppression field means no division
+(the mean-only ``*-ms`` variants).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Union
+
+AXES = ("batch", "channel", "space")
+WINDOW_AXES = ("channel", "space")
+BORDERS = ("valid", "zeros", "reference")
+
+AxesLike = Union[str, Iterable[str], None]
+WindowLike = Union[Mapping[str, int], Iterable[tuple], None]
+
+
+def _parse_axes(param: str, value: AxesLike) -> frozenset:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [v for v in value.replace("+", ",").split(",") if v.strip()]
+    axes = frozenset(a.strip() for a in value)
+    bad = sorted(a for a in axes if a not in AXES)
+    if bad:
+        raise ValueError(f"{param}: unknown axis {bad[0]!r} in {sorted(axes)}; allowed axes are {list(AXES)}")
+    return axes
+
+
+def _parse_window(param: str, value: WindowLike, field: frozenset, field_param: str, border: str) -> tuple:
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else value
+    out = {}
+    for item in items:
+        try:
+            axis, size = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{param}: expected a mapping axis -> size such as {{'space': 3}}, got {value!r}") from None
+        if axis not in WINDOW_AXES:
+            raise ValueError(f"{param}: a window on axis {axis!r} is not allowed; windows go on {list(WINDOW_AXES)}")
+        if axis not in field:
+            raise ValueError(f"{param}: window on axis {axis!r}, which {field_param}={sorted(field)} does not pool; "
+                             f"add {axis!r} to {field_param} or drop the window")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{param}: window size for {axis!r} must be an integer >= 1, got {size!r}")
+        if size % 2 == 0 and border != "reference":
+            raise ValueError(f"{param}: window size {size} for {axis!r} is even, but border={border!r} centres the "
+                             f"window on each unit, which needs an odd size; use an odd size or border='reference' "
+                             f"(TensorFlow SAME padding, as the authors' code)")
+        if size > 1:
+            out[axis] = size
+    return tuple(sorted(out.items()))
+
+
+@dataclass(frozen=True, repr=False)
+class NormSpec:
+    """Which activations a divisive normalizer pools, and how (PAPER.md Table 1).
+
+    Args:
+        sum_axes: axes the summation field ``A`` pools (mean subtraction); empty = no centring.
+        sup_axes: axes the suppression field ``B`` pools (divisive step); empty = no division.
+        sum_window: optional local windows on axes of ``A``, e.g. ``{"space": 5}``.
+        sup_window: optional local windows on axes of ``B`` (may differ from ``sum_window``).
+        sigma: the smoothing term sigma (the normalizer bias of eq. 4); it enters as sigma^2.
+        learn_sigma: make sigma a learnable scalar (initialised at ``sigma``).
+        eps: numerical safety added beside sigma^2; not part of the model.
+        power: exponent p of the divisor (1/2 for DN/BN/LN; 3/4 for LRN).
+        sup_scale: factor s on E_B[v^2] (1 except for LRN, where it is LRN's alpha).
+        groups: split the channels into groups; a field pooling ``"channel"`` then pools within one group (GN).
+        border: how windows treat the map border.
+            ``"valid"`` (default) averages over the real neighbours only;
+            ``"zeros"`` counts zero padding and divides by the full window size (torch's LRN);
+            ``"reference"`` reproduces the authors' TensorFlow code: zero padding counted, TF ``SAME``
+            padding for even windows, and the suppression sum divided by the *summation* window's size
+            (PAPER.md §1.2 step 5, §5.4 item 1; identical to ``"zeros"`` when the windows are equal).
+    """
+
+    sum_axes: frozenset = frozenset()
+    sup_axes: frozenset = frozenset()
+    sum_window: tuple = ()
+    sup_window: tuple = ()
+    sigma: float = 0.0
+    learn_sigma: bool = False
+    eps: float = 1e-5
+    power: float = 0.5
+    sup_scale: float = 1.0
+    groups: int = 1
+    border: str = "valid"
+
+    def __post_init__(self):
+        if self.border not in BORDERS:
+            raise ValueError(f"border: got {self.border!r}; allowed values are {list(BORDERS)}")
+        sum_axes = _parse_axes("sum_axes", self.sum_axes)
+        sup_axes = _parse_axes("sup_axes", self.sup_axes)
+        object.__setattr__(self, "sum_axes", sum_axes)
+        object.__setattr__(self, "sup_axes", sup_axes)
+        object.__setattr__(self, "sum_window",
+                           _parse_window("sum_window", self.sum_window, sum_axes, "sum_axes", self.border))
+        object.__setattr__(self, "sup_window",
+                           _parse_window("sup_window", self.sup_window, sup_axes, "sup_axes", self.border))
+        for name in ("sigma", "eps"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+                raise ValueError(f"{name}: must be a finite number >= 0, got {val!r}")
+            object.__setattr__(self, name, float(val))
+        for name in ("power", "sup_scale"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
+                raise ValueError(f"{name}: must be a finite number > 0, got {val!r}")
+            object.__setattr__(self, name, float(val))
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+            raise ValueError(f"groups: must be an integer >= 1, got {self.groups!r}")
+        if self.groups > 1:
+            if "channel" not in (sum_axes | sup_axes):
+                raise ValueError(f"groups: groups={self.groups} needs a field that pools 'channel'")
+            if dict(self.sum_window).get("channel") or dict(self.sup_window).get("channel"):
+                raise ValueError(f"groups: groups={self.groups} cannot be combined with a channel window")
+        if not isinstance(self.learn_sigma, bool):
+            raise ValueError(f"learn_sigma: must be True or False, got {self.learn_sigma!r}")
+
+    # --- derived facts ---------------------------------------------------------------------------------
+    @property
+    def centre(self) -> bool:
+        """Whether the summation field is non-empty (mean subtraction happens)."""
+        return bool(self.sum_axes)
+
+    @property
+    def divide(self) -> bool:
+        """Whether the suppression field is non-empty (the divisive step happens)."""
+        return bool(self.sup_axes)
+
+    @property
+    def pools_batch(self) -> bool:
+        return "batch" in self.sum_axes or "batch" in self.sup_axes
+
+    @property
+    def windowed(self) -> bool:
+        return bool(self.sum_window or self.sup_window)
+
+    def window(self, field: str) -> dict:
+        """The windows of field ``"sum"`` or ``"sup"`` as a dict axis -> size."""
+        return dict(self.sum_window if field == "sum" else self.sup_window)
+
+    def replace(self, **changes) -> "NormSpec":
+        """A copy with some fields changed (validated again)."""
+        for key in ("sum_window", "sup_window"):
+            if key in changes and isinstance(changes[key], Mapping):
+                changes[key] = dict(changes[key])
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        def field(axes, window):
+            if not axes:
+                return "-"
+            w = dict(window)
+            return "+".join(f"{a}[{w[a]}]" if a in w else a for a in AXES if a in axes)
+
+        parts = [f"A={field(self.sum_axes, self.sum_window)}", f"B={field(self.sup_axes, self.sup_window)}",
+                 f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}", f"eps={self.eps:g}"]
+        if self.power != 0.5:
+            parts.append(f"power={self.power:g}")
+        if self.sup_scale != 1.0:
+            parts.append(f"sup_scale={self.sup_scale:g}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.windowed:
+            parts.append(f"border={self.border}")
+        return f"NormSpec({', '.join(parts)})"
