@@ -1,0 +1,417 @@
+"""The notebook suite's runner: ``python -m dnlib.suite run [--profile smoke|full] [-p NAME VALUE ...] [NOTEBOOK ...]``.
+
+Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactly one cell tagged
+``parameters``, written ``name: type = value  # help`` with literal values. This module runs them headless:
+
+1. **Discover.** With no NOTEBOOK arguments, all ``notebooks/[0-9][0-9]_*.ipynb``, sorted.
+2. **Resolve.** A profile's parameter values come from the notebook itself, from its metadata
+   ``metadata.dnlib.profiles = {"smoke": {...}, "full": {...}}``, so a new notebook declares its own
+   profiles; ``-p NAME VALUE`` overrides them (``-p 02:sigma 1.0`` targets one notebook by name or number prefix).
+3. **Validate, before anything runs.** Each name must be a declared parameter of the notebook
+   (``papermill.inspect_notebook``) and each value must have the declared type (``-p`` strings are parsed
+   per that type: ``int``, ``float``, ``bool``, ``str``, ``list``/``dict``/``tuple`` literals). Papermill itself
+   only warns about an unknown name and injects a wrong type as given; here both are errors that name the
+   notebook and the parameter, and no notebook is executed.
+4. **Execute** each notebook with kernel ``python3`` into ``runs/<profile>/<name>.ipynb`` (``runs/`` is ignored by
+   git; the source notebook is never overwritten), with a tqdm bar over cells. The kernel gets
+   ``DNLIB_RESULTS=runs/<profile>/<name>.json`` (where :func:`save_results` writes the notebook's headline
+   numbers), ``DNLIB_PROFILE``, the repository on ``PYTHONPATH`` and matplotlib's inline backend.
+5. **Report** the time per notebook and a summary (also ``runs/<profile>/summary.json``). A failing cell makes
+   the exit status 1 and the message names the notebook, the cell and the exception.
+
+Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameters (nothing ran).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
+REPO_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+RUNS_DIR = REPO_ROOT / "runs"
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+KERNEL_NAME = "python3"
+PROFILES = ("smoke", "full")
+RESULTS_ENV = "DNLIB_RESULTS"
+PROFILE_ENV = "DNLIB_PROFILE"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+class ParameterError(ValueError):
+    """A parameter that a notebook does not declare, or a value of the wrong type."""
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised; the message names the notebook and the cell."""
+
+
+# --------------------------------------------------------------------------------------------- discovery
+def discover(notebooks: Sequence[str | Path] | None = None, root: str | Path | None = None) -> list[Path]:
+    """The notebooks to run: the given paths (a bare name or stem is looked up in ``root``), else all
+    ``root/[0-9][0-9]_*.ipynb`` sorted. ``root`` defaults to the repository's ``notebooks/``."""
+    root = Path(root) if root is not None else NOTEBOOK_DIR
+    if not notebooks:
+        return sorted(root.glob(NOTEBOOK_GLOB))
+    found = []
+    for item in notebooks:
+        path = Path(item)
+        candidates = [path, root / path, root / f"{path}.ipynb"]
+        candidates += sorted(root.glob(f"{path}*.ipynb")) if not path.suffix and len(path.parts) == 1 else []
+        match = next((c for c in candidates if c.is_file()), None)
+        if match is None:
+            raise FileNotFoundError(f"no notebook {str(item)!r} (looked in {root})")
+        found.append(match)
+    return found
+
+
+def read_notebook(path: str | Path) -> dict:
+    """The notebook's JSON as a plain dict (no nbformat validation)."""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def notebook_profiles(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``metadata.dnlib.profiles`` of a notebook: ``{profile: {parameter: value}}`` (empty when absent)."""
+    return dict(read_notebook(path).get("metadata", {}).get("dnlib", {}).get("profiles", {}))
+
+
+def declared_parameters(path: str | Path) -> dict[str, dict[str, str]]:
+    """The notebook's parameters as papermill infers them: ``{name: {inferred_type_name, default, help}}``."""
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+# ------------------------------------------------------------------------------------- type validation
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_CONTAINERS = {"list": list, "dict": dict, "tuple": tuple, "set": set}
+
+
+def _base_type(type_name: str | None) -> str | None:
+    if type_name in (None, "None"):
+        return None
+    return type_name.split("[", 1)[0].strip()
+
+
+def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:
+    """Return ``value`` as the declared type, or raise ``TypeError`` saying why it does not fit.
+
+    ``from_cli`` values are strings typed on a command line and are parsed per the declared type
+    (``"3"`` is an ``int``, ``"0.5"`` a ``float``, ``"true"``/``"False"`` a ``bool``, a ``str`` is taken verbatim,
+    containers are Python literals). Other values (from notebook metadata) must already have the type;
+    an ``int`` is accepted where a ``float`` is declared.
+    """
+    base = _base_type(type_name)
+    if base is None:
+        raise TypeError("the parameter is untyped in the notebook (write `name: type = value  # help`)")
+    if from_cli and isinstance(value, str):
+        text = value.strip()
+        if base == "str":
+            return value
+        if base == "int":
+            if not _INT_RE.match(text):
+                raise TypeError(f"expects int, got {value!r}")
+            return int(text)
+        if base == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise TypeError(f"expects float, got {value!r}") from None
+        if base == "bool":
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            raise TypeError(f"expects bool (true/false), got {value!r}")
+        if base in _CONTAINERS:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise TypeError(f"expects a {base} literal, got {value!r}") from None
+        else:
+            raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+    if base == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base == "tuple" and isinstance(value, list):
+        return tuple(value)
+    expected = {"int": int, "float": float, "str": str, "bool": bool, **_CONTAINERS}.get(base)
+    if expected is None:
+        raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TypeError(f"expects {base}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _override_targets(key: str, path: Path) -> str | None:
+    """``NAME`` applies to every notebook; ``NB:NAME`` only to notebooks whose stem starts with ``NB``."""
+    if ":" in key:
+        scope, name = key.split(":", 1)
+        return name if path.stem.startswith(Path(scope).stem) else None
+    return key
+
+
+def resolve_parameters(
+    path: str | Path, profile: str = "smoke", overrides: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """Validated parameters for one notebook: its ``profile`` values, then the ``-p`` overrides.
+
+    Raises :class:`ParameterError` naming the notebook and every bad parameter.
+    """
+    path = Path(path)
+    declared = declared_parameters(path)
+    errors = []
+    values: dict[str, Any] = {}
+    sources = [(k, v, False, f"profile {profile!r}") for k, v in notebook_profiles(path).get(profile, {}).items()]
+    for key, value in overrides:
+        name = _override_targets(key, path)
+        if name is not None:
+            sources.append((name, value, True, "-p"))
+    for name, value, from_cli, origin in sources:
+        if name not in declared:
+            known = ", ".join(declared) or "none"
+            errors.append(f"unknown parameter {name!r} (from {origin}); declared: {known}")
+            continue
+        try:
+            values[name] = coerce(value, declared[name]["inferred_type_name"], from_cli=from_cli)
+        except TypeError as exc:
+            errors.append(f"parameter {name!r} (from {origin}) {exc}")
+    if errors:
+        raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
+    return values
+
+
+def check_parameter_cell(path: str | Path) -> None:
+    """Raise :class:`ParameterError` unless the notebook has exactly one ``parameters`` cell, every line typed."""
+    path = Path(path)
+    cells = [c for c in read_notebook(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{path.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    untyped = [name for name, info in declared_parameters(path).items() if _base_type(info["inferred_type_name"]) is None]
+    if untyped:
+        raise ParameterError(f"{path.name}: untyped parameter(s) {', '.join(untyped)} (write `name: type = value  # help`)")
+
+
+# ---------------------------------------------------------------------------------------------- results
+def results_path(name: str | None = None) -> Path:
+    """Where :func:`save_results` writes: ``$DNLIB_RESULTS`` when the runner set it, else
+    ``runs/interactive/<name>.json``."""
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env)
+    return RUNS_DIR / "interactive" / f"{name or 'results'}.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def save_results(results: Mapping[str, Any], name: str | None = None) -> Path:
+    """Write a notebook's headline numbers as JSON beside its executed copy and return the path.
+
+    The runner sets ``$DNLIB_RESULTS``; in an interactive session the file is ``runs/interactive/<name>.json``.
+    Tensors and arrays become lists, non-finite floats become ``null``.
+    """
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(dict(results)), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a results JSON written by :func:`save_results`."""
+    return json.loads(Path(path).read_text())
+
+
+# -------------------------------------------------------------------------------------------- execution
+@dataclass
+class RunRecord:
+    """What happened to one notebook."""
+
+    notebook: str
+    status: str  # "ok" | "failed"
+    seconds: float
+    output: str
+    results: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _kernel_env(results: Path, profile: str) -> dict[str, str]:
+    env = {RESULTS_ENV: str(results), PROFILE_ENV: profile, "MPLBACKEND": INLINE_BACKEND}
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    if str(REPO_ROOT) not in pythonpath.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), pythonpath) if p)
+    return env
+
+
+def _describe_failure(path: Path, exc: Exception, output: Path) -> str:
+    cell = getattr(exc, "cell_index", None)
+    count = getattr(exc, "exec_count", None)
+    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
+    where = f"cell {cell}" if cell is not None else "a cell"
+    if count is not None:
+        where += f" (In [{count}])"
+    return f"{path.name}: {where} raised {ename}: {evalue}; executed copy with the traceback: {output}"
+
+
+def execute(
+    path: str | Path, output: str | Path, parameters: Mapping[str, Any], profile: str = "smoke",
+    *, progress: bool = True,
+) -> RunRecord:
+    """Execute one (already validated) notebook into ``output``; never raises on a failing cell."""
+    import papermill
+
+    path, output = Path(path), Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results = output.with_suffix(".json")
+    if results.exists():
+        results.unlink()
+    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "PYTHONPATH", RESULTS_ENV, PROFILE_ENV)}
+    os.environ.update(_kernel_env(results, profile))
+    start = time.perf_counter()
+    error = None
+    try:
+        papermill.execute_notebook(
+            str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
+            progress_bar=progress, cwd=str(path.parent),
+        )
+    except Exception as exc:  # PapermillExecutionError, kernel death, ...
+        error = _describe_failure(path, exc, output)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    seconds = time.perf_counter() - start
+    return RunRecord(
+        notebook=path.name, status="failed" if error else "ok", seconds=round(seconds, 2), output=str(output),
+        results=str(results) if results.exists() else None, parameters=dict(parameters), error=error,
+    )
+
+
+def run(
+    notebooks: Sequence[str | Path] | None = None, profile: str = "smoke",
+    overrides: Iterable[tuple[str, str]] = (), out_dir: str | Path | None = None, *, progress: bool = True,
+    root: str | Path | None = None,
+) -> list[RunRecord]:
+    """Validate every notebook's parameters, then execute them in order; return one record per notebook.
+
+    Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid, and
+    :class:`NotebookFailed` after the whole suite ran when any cell failed (its ``records`` attribute
+    holds the records).
+    """
+    from tqdm.auto import tqdm
+
+    paths = discover(notebooks, root)
+    if not paths:
+        raise FileNotFoundError("no notebooks to run")
+    overrides = list(overrides)
+    known_profiles = set(PROFILES).union(*(notebook_profiles(p) for p in paths))
+    if profile not in known_profiles:
+        raise ParameterError(f"unknown profile {profile!r}; known: {', '.join(sorted(known_profiles))}")
+    errors, plans = [], []
+    for path in paths:
+        try:
+            check_parameter_cell(path)
+            plans.append((path, resolve_parameters(path, profile, overrides)))
+        except ParameterError as exc:
+            errors.append(str(exc))
+    scoped = {k.split(":", 1)[0] for k, _ in overrides if ":" in k}
+    for scope in sorted(scoped):
+        if not any(p.stem.startswith(Path(scope).stem) for p in paths):
+            errors.append(f"-p {scope}:...: no selected notebook starts with {scope!r}")
+    if errors:
+        raise ParameterError("\n".join(errors))
+
+    out_dir = Path(out_dir) if out_dir is not None else RUNS_DIR / profile
+    records = []
+    for path, params in plans:
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
+        tqdm.write(f"[dnlib.suite] {path.name} ({profile}: {shown})")
+        record = execute(path, out_dir / path.name, params, profile, progress=progress)
+        tqdm.write(f"[dnlib.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
+        if record.error:
+            tqdm.write(f"[dnlib.suite] {record.error}")
+        records.append(record)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps([asdict(r) for r in records], indent=2, default=str) + "\n")
+    failed = [r for r in records if r.status != "ok"]
+    if failed:
+        exc = NotebookFailed("\n".join(r.error for r in failed))
+        exc.records = records
+        raise exc
+    return records
+
+
+def format_summary(records: Sequence[RunRecord]) -> str:
+    """A small fixed-width table: notebook, status, seconds; then the total."""
+    width = max([len(r.notebook) for r in records] + [8])
+    lines = [f"{'notebook':<{width}}  status  seconds"]
+    lines += [f"{r.notebook:<{width}}  {r.status:<6}  {r.seconds:7.1f}" for r in records]
+    lines.append(f"{'total':<{width}}  {'':<6}  {sum(r.seconds for r in records):7.1f}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _list(paths: Sequence[Path]) -> None:
+    for path in paths:
+        print(path.name)
+        for name, info in declared_parameters(path).items():
+            print(f"  {name}: {info['inferred_type_name']} = {info['default']}  # {info['help']}")
+        for profile, values in notebook_profiles(path).items():
+            print(f"  profile {profile}: {values or 'defaults'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dnlib.suite", description="Run the dnlib notebook suite headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/")
+    run_p.add_argument("notebooks", nargs="*", help="notebook paths or names (default: notebooks/[0-9][0-9]_*.ipynb)")
+    run_p.add_argument("--profile", default="smoke", help="parameter profile from each notebook's metadata (default: smoke)")
+    run_p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="override a parameter; NB:NAME targets notebooks whose name starts with NB")
+    run_p.add_argument("--out", default=None, help="output folder (default: runs/<profile>/)")
+    run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
+    list_p.add_argument("notebooks", nargs="*")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "list":
+            _list(discover(args.notebooks))
+            return 0
+        records = run(args.notebooks, args.profile, [tuple(p) for p in args.parameter], args.out,
+                      progress=not args.no_progress)
+    except (ParameterError, FileNotFoundError) as exc:
+        print(f"dnlib.suite: error: {exc}\nnothing was executed.", file=sys.stderr)
+        return 2
+    except NotebookFailed as exc:
+        print("\n" + format_summary(exc.records))
+        print(f"dnlib.suite: FAILED\n{exc}", file=sys.stderr)
+        return 1
+    print("\n" + format_summary(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
