@@ -1,0 +1,310 @@
+"""A generic trainer that knows no model (minGPT-style): SGD/Adam, step schedules, periodic evaluation,
+a JSON history, atomic checkpoints and exact resume.
+
+The trainer needs three things:
+
+* ``model``: any ``nn.Module``;
+* ``loss_fn(model, batch) -> loss`` (a scalar tensor; or ``(loss, {name: float})`` to log more). The sparse
+  L1 terms that the model's normalizers accumulated (:func:`dnlib.sparse_penalty`) are added to it here, so a
+  loss function never has to remember them. A stateful loss function (e.g. one carrying an RNN's hidden state
+  across minibatches) may define ``state_dict()``/``load_state_dict()``: they are checkpointed too;
+* ``batches``: a *batch source*: ``next(batches)`` gives the next batch forever, and ``state_dict()`` /
+  ``load_state_dict()`` save and restore its position (see :class:`TensorBatches`).
+
+Resuming from the checkpoint restores the model, optimizer, schedule, batch position, loss-function state
+and every RNG, so on CPU a resumed run equals the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .sparse import clear_penalties, sparse_penalty
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'") from e
+
+
+def atomic_save(obj, path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_json(obj, path) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class TensorBatches:
+    """An endless, resumable stream of minibatches from tensors that share their first dimension.
+
+    Each epoch is a fresh permutation drawn from ``torch.Generator().manual_seed(seed + epoch)``, so the
+    stream is a pure function of ``(seed, epoch, position)``: that triple is the whole ``state_dict``. The
+    tensors stay where they are (put them on the GPU once to keep the dataset resident there).
+    """
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int = 100, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, transform: Optional[Callable] = None):
+        if not tensors:
+            raise ValueError("tensors: need at least one tensor")
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(f"tensors: first dimensions differ: {[t.shape[0] for t in tensors]}")
+        if not isinstance(batch_size, int) or batch_size < 1 or (drop_last and batch_size > n):
+            raise ValueError(f"batch_size: must be an integer in [1, {n}], got {batch_size!r}")
+        self.tensors, self.n, self.batch_size = tensors, n, batch_size
+        self.seed, self.shuffle, self.drop_last, self.transform = seed, shuffle, drop_last, transform
+        self.epoch, self.pos = 0, 0
+        self._perm = None
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def _permutation(self):
+        if self._perm is None:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                self._perm = torch.randperm(self.n, generator=g).to(self.tensors[0].device)
+            else:
+                self._perm = torch.arange(self.n, device=self.tensors[0].device)
+        return self._perm
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pos >= len(self):
+            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        idx = self._permutation()[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
+        self.pos += 1
+        batch = tuple(t[idx] for t in self.tensors)
+        return self.transform(batch) if self.transform else batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.seed, self._perm = state["epoch"], state["pos"], state["seed"], None
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run (steps, not epochs, as the paper's CIFAR schedule)."""
+    steps: int = 1000                 # optimizer steps in all
+    lr: float = 1e-3                  # initial learning rate
+    optimizer: str = "sgd"            # "sgd" (with momentum, no dampening, as TF's MomentumOptimizer) or "adam"
+    momentum: float = 0.9             # SGD momentum
+    weight_decay: float = 0.0         # L2: adds wd * w to the gradient (= TF's wd * sum(w^2) / 2 in the loss)
+    milestones: tuple = ()            # steps at which the learning rate is multiplied by gamma
+    gamma: float = 0.1                # factor at each milestone
+    clip_norm: Optional[float] = None  # clip the global gradient norm (PTB: 5)
+    eval_every: int = 500             # evaluate every K steps (and at the end); 0: only at the end
+    checkpoint_every: int = 500       # write the checkpoint every K steps (and at the end)
+    log_every: int = 50               # average the training loss over this many steps in the history
+    seed: int = 0                     # seeds model init (when the trainer builds it) and every RNG
+    device: str = "auto"              # "auto", "cpu", "cuda"
+    progress: bool = True             # show a tqdm bar
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps: must be an integer >= 0, got {self.steps!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: got {self.optimizer!r}; allowed values are {list(OPTIMIZERS)}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr: must be > 0, got {self.lr!r}")
+        self.milestones = tuple(int(m) for m in self.milestones)
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones: must be increasing, got {self.milestones!r}")
+
+
+class Trainer:
+    """Train ``model`` on ``batches`` with ``loss_fn``; evaluate with ``evaluate(model) -> dict`` every
+    ``cfg.eval_every`` steps; keep ``history`` (a list of dicts) and, when ``out_dir`` is given, write
+    ``history.json`` and an atomic ``checkpoint.pt`` there, from which :meth:`fit` resumes.
+
+    ``lr_lambda(step) -> factor`` replaces the milestone schedule when given (e.g. PTB's per-epoch halving).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
+                 evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
+                 lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.loss_fn, self.batches, self.evaluate = loss_fn, batches, evaluate
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        params = param_groups if param_groups is not None else self.model.parameters()
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self._lr_lambda = lr_lambda
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.step = 0
+        self.history: list = []
+        self.elapsed = 0.0
+        self._loss_acc: list = []
+
+    # --- schedule -------------------------------------------------------------------------------------
+    def lr_factor(self, step: int) -> float:
+        if self._lr_lambda is not None:
+            return float(self._lr_lambda(step))
+        return self.cfg.gamma ** sum(step >= m for m in self.cfg.milestones)
+
+    def _set_lr(self):
+        f = self.lr_factor(self.step)
+        for g, base in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = base * f
+
+    # --- checkpoint -----------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
+
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "history": self.history, "elapsed": self.elapsed, "loss_acc": self._loss_acc,
+            "config": asdict(self.cfg), "batches": self.batches.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        if hasattr(self.loss_fn, "state_dict"):
+            state["loss_fn"] = self.loss_fn.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.history, self.elapsed = state["step"], state["history"], state["elapsed"]
+        self._loss_acc = state.get("loss_acc", [])
+        self.batches.load_state_dict(state["batches"])
+        if "loss_fn" in state and hasattr(self.loss_fn, "load_state_dict"):
+            self.loss_fn.load_state_dict(state["loss_fn"])
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is None:
+            return
+        atomic_save(self.state_dict(), self.checkpoint_path)
+        atomic_write_json(self.history, self.out_dir / "history.json")
+
+    def try_resume(self) -> bool:
+        """Load ``out_dir/checkpoint.pt`` when it exists; True if resumed."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        return True
+
+    # --- loop -----------------------------------------------------------------------------------------
+    def train_step(self, batch) -> float:
+        """One optimizer step on ``batch``; returns the task loss (without the L1 terms)."""
+        self.model.train()
+        self._set_lr()
+        out = self.loss_fn(self.model, batch)
+        loss, _ = out if isinstance(out, tuple) else (out, None)
+        total = loss + sparse_penalty(self.model)
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.clip_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        self.opt.step()
+        return loss.detach()
+
+    def _evaluate(self) -> dict:
+        if self.evaluate is None:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(self.model)
+        clear_penalties(self.model)
+        self.model.train(was)
+        return {k: float(v) for k, v in metrics.items()}
+
+    def _log(self, extra: dict) -> None:
+        row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
+        if self._loss_acc:
+            row["train_loss"] = float(torch.stack(self._loss_acc).float().mean()) if torch.is_tensor(
+                self._loss_acc[0]) else float(np.mean(self._loss_acc))
+            self._loss_acc = []
+        row.update(extra)
+        self.history.append(row)
+
+    def fit(self, resume: bool = True) -> list:
+        """Train to ``cfg.steps`` (resuming from the checkpoint when ``resume``); returns the history."""
+        cfg = self.cfg
+        if resume:
+            self.try_resume()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", leave=False)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            loss = self.train_step(next(self.batches))
+            self.step += 1
+            self._loss_acc.append(loss)
+            if self.device.type == "cuda" and (self.step % cfg.log_every == 0):
+                torch.cuda.synchronize()
+            self.elapsed += time.perf_counter() - t0
+            bar.update(1)
+            last = self.step == cfg.steps
+            do_eval = last or (cfg.eval_every and self.step % cfg.eval_every == 0)
+            if do_eval or self.step % cfg.log_every == 0:
+                metrics = self._evaluate() if do_eval else {}
+                self._log(metrics)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")})
+            if last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                self.save_checkpoint()
+        bar.close()
+        return self.history
