@@ -1,0 +1,25 @@
+"""Datasets of the paper: CIFAR-10/100 (§3.1), Penn Treebank (§3.3) and super-resolution sets (§3.4).
+
+Every loader reads from one data root (``root=``, else ``$DNLIB_DATA``, else ``data/`` in the
+repository; see ``data/README.md``). Nothing is read or downloaded at import time.
+
+Entry points: :func:`load_cifar`, :func:`load_ptb`, :func:`load_sr`.
+"""
+
+from .cifar import CIFAR, load_cifar, mean_image, stratified_subset, validation_split
+from .loader import GPULoader
+from .ptb import PTB, PTBBatches, load_ptb, ptb_batches, ptb_epoch_size
+from .root import (DatasetNotFoundError, DownloadError, SourceUnreachableError, cache_dir, data_root,
+                   download_url, extract_archive)
+from .sr import (SRCNNPatches, SRSet, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair)
+
+__all__ = [
+    "load_cifar", "load_ptb", "load_sr",
+    "CIFAR", "PTB", "SRSet",
+    "GPULoader", "PTBBatches", "SRCNNPatches",
+    "validation_split", "stratified_subset", "mean_image",
+    "ptb_batches", "ptb_epoch_size",
+    "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
+    "data_root", "cache_dir", "download_url", "extract_archive",
+    "DatasetNotFoundError", "DownloadError", "SourceUnreachableError",
+]

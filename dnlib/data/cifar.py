@@ -1,0 +1,401 @@
+"""CIFAR-10 / CIFAR-100: readers, the paper's preprocessing, splits and subsets (PAPER.md §3.1).
+
+Two on-disk formats are read:
+
+* the official python pickles (``cifar-10-batches-py/``, ``cifar-100-python/``, fine labels), the
+  exact data; downloaded from the official URL when missing;
+* the torchvision ``ImageFolder`` layout (``cifar10-jpeg/{train,test}/<class>/<k>.jpg``), e.g. the
+  lossy JPEG copy in the shared mirror. Decoded once with PIL (a process pool) and cached as uint8
+  ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take well under a second.
+
+The paper's preprocessing is raw 0-255 RGB minus a per-pixel, per-channel mean image; the authors'
+code takes that mean over train+test (``mean_over="train+test"``), the default here is the
+training images only. The validation split is the authors': ``RandomState(0)`` shuffle of the 50,000
+training indices, 10 folds, fold 0 held out (5,000 images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .root import (DatasetNotFoundError, DatasetSource, atomic_save_npy, atomic_write_json, cache_dir,
+                   data_root, find_or_fetch, fingerprint_dirs)
+
+__all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES"]
+
+_PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_SOURCES = ("auto", "python", "imagefolder")
+_MEAN_OVER = ("train", "train+test")
+
+CIFAR_SOURCES = {
+    "cifar10": DatasetSource(
+        name="CIFAR-10 (official python version)",
+        folders=("cifar-10-batches-py",),
+        check=("data_batch_1", "test_batch", "batches.meta"),
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        archive="cifar-10-python.tar.gz",
+    ),
+    "cifar100": DatasetSource(
+        name="CIFAR-100 (official python version)",
+        folders=("cifar-100-python",),
+        check=("train", "test", "meta"),
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        archive="cifar-100-python.tar.gz",
+    ),
+}
+_IMAGEFOLDER = {"cifar10": ("cifar10-jpeg", "cifar10"), "cifar100": ("cifar100-jpeg", "cifar100")}
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
+_CACHE_VERSION = 1
+
+
+@dataclass
+class CIFAR:
+    """A loaded CIFAR dataset: uint8 images ``(N, 3, 32, 32)``, int64 labels, and provenance.
+
+    ``x_val``/``y_val`` hold the 5,000-image validation fold when loaded with ``validation=True``
+    (``x_train`` is then the other 45,000), else ``None``. ``mean`` is the float32 ``(3, 32, 32)``
+    mean image chosen by ``mean_over``; :meth:`normalize` and :meth:`loader` subtract it.
+    ``source`` is ``"python"`` (official pickles, exact) or ``"imagefolder"`` (e.g. the JPEG copy).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    source: str
+    path: Path
+    mean: np.ndarray
+    mean_over: str = "train"
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    load_seconds: float = field(default=0.0, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def description(self) -> str:
+        """E.g. ``"CIFAR-10 (JPEG copy)"`` or ``"CIFAR-10 (official)"``: say this next to results."""
+        kind = "official" if self.source == "python" else (
+            "JPEG copy" if "jpeg" in self.path.name.lower() else "image folder")
+        return f"{_PRETTY[self.name]} ({kind})"
+
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
+        if split == "val" and self.x_val is None:
+            raise ValueError("split='val' needs load_cifar(..., validation=True)")
+        table = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
+                 "test": (self.x_test, self.y_test)}
+        if split not in table:
+            raise ValueError(f"split must be one of {list(table)}, got {split!r}")
+        return table[split]
+
+    def normalize(self, x) -> "torch.Tensor":
+        """float32 tensor ``x - mean`` (raw 0-255 values minus the mean image, no /255)."""
+        import torch
+        t = torch.as_tensor(np.asarray(x)).to(torch.float32)
+        return t - torch.from_numpy(self.mean).to(t.device)
+
+    def loader(self, split: str = "train", batch_size: int = 100, *, device=None, seed: int = 0,
+               shuffle: bool | None = None, drop_last: bool | None = None):
+        """A :class:`~dnlib.data.loader.GPULoader` over ``split`` with the mean image subtracted.
+
+        Defaults: training split shuffled with ``drop_last=True``; other splits in order, keeping
+        the last partial batch.
+        """
+        from .loader import GPULoader
+        x, y = self.split(split)
+        train = split == "train"
+        return GPULoader(x, y, batch_size, mean=self.mean, seed=seed, device=device,
+                         shuffle=train if shuffle is None else shuffle,
+                         drop_last=train if drop_last is None else drop_last)
+
+
+def _check_name(name: str) -> str:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in _PRETTY:
+        raise ValueError(f"name must be one of 'cifar10', 'cifar100', got {name!r}")
+    return key
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise ValueError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from e
+
+
+def _pickle_images(d: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(f"CIFAR pickle {path} lacks key {e}") from e
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise ValueError(f"CIFAR pickle {path}: expected data (N, 3072) and N labels, "
+                         f"got {data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_python(name: str, folder: Path):
+    if name == "cifar10":
+        parts = [_pickle_images(_unpickle(folder / f"data_batch_{i}"), folder / f"data_batch_{i}", "labels")
+                 for i in range(1, 6)]
+        x_train = np.concatenate([p[0] for p in parts])
+        y_train = np.concatenate([p[1] for p in parts])
+        x_test, y_test = _pickle_images(_unpickle(folder / "test_batch"), folder / "test_batch", "labels")
+        classes = list(_unpickle(folder / "batches.meta")["label_names"])
+    else:
+        x_train, y_train = _pickle_images(_unpickle(folder / "train"), folder / "train", "fine_labels")
+        x_test, y_test = _pickle_images(_unpickle(folder / "test"), folder / "test", "fine_labels")
+        classes = list(_unpickle(folder / "meta")["fine_label_names"])
+    return x_train, y_train, x_test, y_test, classes
+
+
+def _decode_files(paths: Sequence[str]) -> np.ndarray:
+    """Decode image files to a uint8 (n, 3, 32, 32) array; a bad file raises ValueError naming it."""
+    from PIL import Image
+    out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+            raise ValueError(f"cannot decode image {p}: {type(e).__name__}: {e}") from None
+        if arr.shape != (32, 32, 3):
+            raise ValueError(f"image {p} has shape {arr.shape}, expected 32x32 RGB")
+        out[i] = arr
+    return out.transpose(0, 3, 1, 2)
+
+
+def _sort_key(p: str):
+    stem = Path(p).stem
+    return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
+
+
+def _imagefolder_classes(folder: Path) -> list[str]:
+    classes = None
+    for split in ("train", "test"):
+        sdir = folder / split
+        if not sdir.is_dir():
+            raise ValueError(f"image-folder dataset {folder} lacks the {split}/ folder")
+        names = sorted(d.name for d in os.scandir(sdir) if d.is_dir())
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise ValueError(f"{folder}: train/ and test/ have different class folders: {classes} vs {names}")
+    if not classes:
+        raise ValueError(f"image-folder dataset {folder} has no class folders in train/")
+    return classes
+
+
+def _list_imagefolder(folder: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    files, labels = [], []
+    for k, c in enumerate(classes):
+        cf = sorted((e.path for e in os.scandir(folder / split / c) if e.name.lower().endswith(_IMAGE_EXT)),
+                    key=_sort_key)
+        files += cf
+        labels += [k] * len(cf)
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def _decode_all(files: list[str], progress: bool, desc: str) -> np.ndarray:
+    from tqdm.auto import tqdm
+    if not files:
+        return np.empty((0, 3, 32, 32), np.uint8)
+    chunk = 500
+    chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
+    workers = min(len(chunks), os.cpu_count() or 1, 8)
+    with tqdm(total=len(files), desc=desc, unit="img", disable=not progress) as bar:
+        if workers <= 1:
+            parts = []
+            for c in chunks:
+                parts.append(_decode_files(c))
+                bar.update(len(c))
+        else:
+            import multiprocessing as mp
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            with ctx.Pool(workers) as pool:
+                parts = []
+                for c, part in zip(chunks, pool.imap(_decode_files, chunks)):
+                    parts.append(part)
+                    bar.update(len(c))
+    return np.concatenate(parts)
+
+
+def _read_imagefolder(name: str, folder: Path, use_cache: bool, progress: bool):
+    folder = folder.resolve()
+    classes = _imagefolder_classes(folder)
+    fp = {"version": _CACHE_VERSION, "folder": str(folder), "classes": classes,
+          "dirs": fingerprint_dirs([folder / s / c for s in ("train", "test") for c in classes])}
+    key = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+    cdir = cache_dir() / f"{name}-imagefolder-{key}" if use_cache else None
+    arrays = ("x_train", "y_train", "x_test", "y_test")
+    if cdir is not None and (cdir / "manifest.json").is_file():
+        try:
+            manifest = json.loads((cdir / "manifest.json").read_text())
+            if manifest == fp:
+                loaded = [np.load(cdir / f"{a}.npy", allow_pickle=False) for a in arrays]
+                return (*loaded, classes)
+        except (OSError, ValueError):
+            pass  # unreadable or stale cache: decode again and rewrite it
+    train_files, y_train = _list_imagefolder(folder, "train", classes)
+    test_files, y_test = _list_imagefolder(folder, "test", classes)
+    x_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
+    x_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
+    out = (x_train, y_train, x_test, y_test)
+    if cdir is not None:
+        cdir.mkdir(parents=True, exist_ok=True)
+        (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
+        for a, arr in zip(arrays, out):
+            atomic_save_npy(cdir / f"{a}.npy", arr)
+        atomic_write_json(cdir / "manifest.json", fp)
+    return (*out, classes)
+
+
+def validation_split(num_train: int = 50000, num_folds: int = 10, fold: int = 0,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)`` as the authors' code: ``RandomState(seed)`` shuffle, fold ``fold`` of ``num_folds``.
+
+    With the defaults this is the paper's 45,000 / 5,000 split.
+    """
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}), got {fold!r}")
+    idx = np.arange(num_train)
+    np.random.RandomState(seed).shuffle(idx)
+    num_valid = int(np.ceil(num_train / num_folds))
+    start, end = fold * num_valid, min((fold + 1) * num_valid, num_train)
+    return np.concatenate([idx[:start], idx[end:]]), idx[start:end]
+
+
+def stratified_subset(labels, n: int | None = None, *, per_class: int | None = None,
+                      seed: int = 0) -> np.ndarray:
+    """Sorted indices of a class-balanced random subset of ``labels``.
+
+    Give either ``n`` (total; split as evenly as possible over the classes, the remainder going
+    to randomly chosen classes) or ``per_class``. Raises ValueError if a class has too few examples.
+    """
+    labels = np.asarray(labels)
+    if (n is None) == (per_class is None):
+        raise ValueError(f"give exactly one of n or per_class, got n={n!r}, per_class={per_class!r}")
+    classes = np.unique(labels)
+    rng = np.random.RandomState(seed)
+    k = len(classes)
+    if per_class is not None:
+        if not isinstance(per_class, (int, np.integer)) or per_class < 1:
+            raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+        counts = np.full(k, per_class)
+    else:
+        if not isinstance(n, (int, np.integer)) or not 1 <= n <= len(labels):
+            raise ValueError(f"n must be an int in [1, {len(labels)}], got {n!r}")
+        counts = np.full(k, n // k)
+        counts[rng.permutation(k)[: n % k]] += 1
+    picked = []
+    for c, m in zip(classes, counts):
+        members = np.flatnonzero(labels == c)
+        if m > len(members):
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {m} requested")
+        picked.append(rng.choice(members, size=m, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def mean_image(*arrays: np.ndarray) -> np.ndarray:
+    """float32 per-pixel, per-channel mean image of uint8 ``(N, 3, H, W)`` arrays taken together."""
+    total = sum(a.sum(axis=0, dtype=np.float64) for a in arrays)
+    return (total / sum(len(a) for a in arrays)).astype(np.float32)
+
+
+def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",
+               validation: bool = False, subset: int | tuple[int, int] | None = None,
+               mean_over: str = "train", seed: int = 0, download: bool = True, cache: bool = True,
+               progress: bool = True) -> CIFAR:
+    """Load CIFAR-10 or CIFAR-100 as uint8 ``(N, 3, 32, 32)`` images and int64 labels.
+
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"`` (fine labels).
+        root: data root; default ``$DNLIB_DATA``, else ``data/`` in the repository.
+        source: ``"python"`` (official pickles ``cifar-10-batches-py/``/``cifar-100-python/``),
+            ``"imagefolder"`` (``cifar10-jpeg/{train,test}/<class>/*``) or ``"auto"``: the official
+            pickles if present, else the image folder, else download the official archive.
+        validation: hold out the authors' validation fold (5,000 of the 50,000 training images,
+            ``RandomState(0)``, fold 0 of 10) as ``x_val``/``y_val``.
+        subset: for smoke runs, a class-stratified random subset (seeded by ``seed``): an int keeps
+            that many images in every split, a pair ``(n_train, n_eval)`` sets train and val/test apart.
+        mean_over: ``"train"`` (the training images used, before ``subset``) or ``"train+test"``
+            (all 60,000 images, as the authors' code).
+        seed: seed of ``subset``.
+        download: fetch the official archive when nothing is found (``source`` ``"auto"``/``"python"``).
+        cache: cache decoded image-folder data as ``.npy`` under :func:`~dnlib.data.root.cache_dir`.
+        progress: show tqdm bars for downloads and decoding.
+    """
+    t0 = time.perf_counter()
+    key = _check_name(name)
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
+    if mean_over not in _MEAN_OVER:
+        raise ValueError(f"mean_over must be one of {list(_MEAN_OVER)}, got {mean_over!r}")
+    if subset is not None:
+        pair = subset if isinstance(subset, tuple) else (subset, subset)
+        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+            raise ValueError(f"subset must be a positive int or a pair of them, got {subset!r}")
+    base = data_root(root)
+    src = CIFAR_SOURCES[key]
+    folder, kind = None, None
+    if source in ("auto", "python"):
+        folder = src.found_in(base)
+        kind = "python" if folder is not None else None
+    if folder is None and source in ("auto", "imagefolder"):
+        for cand in _IMAGEFOLDER[key]:
+            if (base / cand / "train").is_dir() and (base / cand / "test").is_dir():
+                folder, kind = base / cand, "imagefolder"
+                break
+        if folder is None and source == "imagefolder":
+            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
+            raise DatasetNotFoundError(
+                f"dataset {_PRETTY[key]} (image folder) not found. Looked in:\n  {looked}\n"
+                f"Data root: {base} (from root=, else the DNLIB_DATA environment variable). Use "
+                f"source='python' or 'auto' to use/download the official archive {src.url}.")
+    if folder is None:
+        folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
+    if kind == "python":
+        x_train, y_train, x_test, y_test, classes = _read_python(key, folder)
+    else:
+        x_train, y_train, x_test, y_test, classes = _read_imagefolder(key, folder, cache, progress)
+
+    x_val = y_val = None
+    if validation:
+        tr, va = validation_split(len(x_train))
+        x_val, y_val = x_train[va], y_train[va]
+        all_x = (x_train, x_test)
+        x_train, y_train = x_train[tr], y_train[tr]
+    else:
+        all_x = (x_train, x_test)
+    mean = mean_image(x_train) if mean_over == "train" else mean_image(*all_x)
+    if subset is not None:
+        n_tr, n_ev = pair
+        i = stratified_subset(y_train, min(n_tr, len(y_train)), seed=seed)
+        x_train, y_train = x_train[i], y_train[i]
+        i = stratified_subset(y_test, min(n_ev, len(y_test)), seed=seed + 1)
+        x_test, y_test = x_test[i], y_test[i]
+        if validation:
+            i = stratified_subset(y_val, min(n_ev, len(y_val)), seed=seed + 2)
+            x_val, y_val = x_val[i], y_val[i]
+    return CIFAR(name=key, x_train=np.ascontiguousarray(x_train), y_train=y_train,
+                 x_test=np.ascontiguousarray(x_test), y_test=y_test, classes=classes, source=kind,
+                 path=Path(folder), mean=mean, mean_over=mean_over, x_val=x_val, y_val=y_val,
+                 load_seconds=time.perf_counter() - t0)

@@ -1,0 +1,136 @@
+"""Penn Treebank, Mikolov's word-level split (PAPER.md §3.3), read as the TF ``ptb_reader`` does.
+
+Each newline becomes ``<eos>``; the vocabulary (10,000 words) is built from the training file,
+sorted by decreasing count then alphabetically; batches are contiguous streams so that the RNN
+state can be carried from one batch to the next within an epoch.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .root import DatasetSource, find_or_fetch
+
+__all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE"]
+
+PTB_SOURCE = DatasetSource(
+    name="Penn Treebank (Mikolov's simple-examples)",
+    folders=("ptb", "simple-examples/data"),
+    check=("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"),
+    url="http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",
+    md5="30177ea32e27c525793142b6bf2c8e2d",
+    archive="simple-examples.tgz",
+    archive_folder=1,
+)
+EOS = "<eos>"
+
+
+def _read_words(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().replace("\n", f" {EOS} ").split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read PTB file {path}: {e}") from e
+
+
+@dataclass
+class PTB:
+    """Penn Treebank as id streams (int64 tensors) and the vocabulary.
+
+    ``vocab[i]`` is the word with id ``i``; ``word_to_id`` is its inverse. ``oov`` counts the
+    valid/test words absent from the training vocabulary (mapped to ``<unk>``; 0 for real PTB).
+    """
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    vocab: list[str]
+    word_to_id: dict[str, int]
+    path: Path
+    oov: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def decode(self, ids) -> str:
+        """Words of an id sequence, space-separated."""
+        return " ".join(self.vocab[int(i)] for i in ids)
+
+
+def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
+             progress: bool = True) -> PTB:
+    """Load PTB: vocabulary from ``ptb.train.txt`` and int64 id streams for train/valid/test.
+
+    Looks for ``ptb/`` or ``simple-examples/data/`` in the data root; else downloads Mikolov's
+    ``simple-examples.tgz`` (md5-verified) when ``download`` is true. Real PTB gives
+    929,589 / 73,760 / 82,430 tokens and 10,000 words.
+    """
+    folder = find_or_fetch(PTB_SOURCE, root, download=download, progress=progress)
+    train_words = _read_words(folder / "ptb.train.txt")
+    counter = collections.Counter(train_words)
+    vocab = [w for w, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
+    word_to_id = {w: i for i, w in enumerate(vocab)}
+    unk = word_to_id.get("<unk>")
+    streams, oov = {}, {}
+    for split, words in (("train", train_words), ("valid", None), ("test", None)):
+        if words is None:
+            words = _read_words(folder / f"ptb.{split}.txt")
+        missing = sum(w not in word_to_id for w in words)
+        if missing and unk is None:
+            raise ValueError(f"{folder / f'ptb.{split}.txt'} has {missing} words outside the training "
+                             f"vocabulary and the vocabulary has no <unk>")
+        oov[split] = missing
+        streams[split] = torch.tensor([word_to_id.get(w, unk) for w in words], dtype=torch.int64)
+    return PTB(train=streams["train"], valid=streams["valid"], test=streams["test"], vocab=vocab,
+               word_to_id=word_to_id, path=folder, oov={k: v for k, v in oov.items() if k != "train"})
+
+
+def ptb_epoch_size(num_tokens: int, batch_size: int = 20, num_steps: int = 20) -> int:
+    """Batches per epoch, as TF's ``ptb_producer``: ``(num_tokens // batch_size - 1) // num_steps``."""
+    return (num_tokens // batch_size - 1) // num_steps
+
+
+class PTBBatches:
+    """Contiguous ``(x, y)`` batches of an id stream; ``len()`` is the number per epoch.
+
+    The stream is truncated to ``batch_size * batch_len`` tokens and reshaped to
+    ``[batch_size, batch_len]`` (row ``b`` is the ``b``-th contiguous slice); batch ``i`` is
+    ``x = data[:, i*num_steps:(i+1)*num_steps]`` and ``y`` the same shifted by one token, so row
+    ``b`` of batch ``i+1`` continues row ``b`` of batch ``i`` and the RNN state can be carried.
+    """
+
+    def __init__(self, ids, batch_size: int = 20, num_steps: int = 20, device=None) -> None:
+        for pname, v in (("batch_size", batch_size), ("num_steps", num_steps)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        ids = torch.as_tensor(ids, dtype=torch.int64).flatten()
+        batch_len = len(ids) // batch_size
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.epoch_size = (batch_len - 1) // num_steps
+        if self.epoch_size < 1:
+            raise ValueError(f"{len(ids)} tokens are too few for batch_size={batch_size} and "
+                             f"num_steps={num_steps}: epoch size would be {self.epoch_size}")
+        self.data = ids[: batch_size * batch_len].reshape(batch_size, batch_len).to(device)
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_steps
+        for i in range(self.epoch_size):
+            yield self.data[:, i * n:(i + 1) * n], self.data[:, i * n + 1:(i + 1) * n + 1]
+
+
+def ptb_batches(ids, batch_size: int = 20, num_steps: int = 20, device=None) -> PTBBatches:
+    """Iterable of contiguous ``(x, y)`` int64 batches of shape ``(batch_size, num_steps)``, in order.
+
+    Matches TF's ``ptb_producer``; ``len()`` gives the batches per epoch. See :class:`PTBBatches`.
+    """
+    return PTBBatches(ids, batch_size, num_steps, device)

@@ -1,0 +1,278 @@
+"""Single-image super-resolution data (PAPER.md §3.4): image sets, MATLAB-compatible luma and bicubic.
+
+The SRCNN pipeline the paper follows works on the Y channel of MATLAB's ``rgb2ycbcr``
+(:func:`rgb2ycbcr_y`, :func:`luma`), crops the image to a multiple of the scale
+(:func:`modcrop`), and makes the network input by MATLAB's antialiased bicubic ``imresize`` down by
+the scale and back up (:func:`imresize`, via the ``resize-right`` package with MATLAB's symmetric
+border). :class:`SRCNNPatches` draws the 33x33 input / centre 17x17 target patches of the 9-5-5
+valid-convolution SRCNN; :func:`sr_test_pair` makes a whole test image's input and ground truth.
+
+Sets (folders under the data root): ``T91`` (``sr/T91``), ``Set5`` (``sr/Set5``), ``Set14``
+(``sr/Set14``), ``BSD100`` (``sr/BSDS500/val``), ``BSD200`` (``sr/BSDS500/test``) and
+``BSD200-train`` (``sr/BSDS500/train``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .root import DatasetSource, find_or_fetch
+
+__all__ = ["SRSet", "load_sr", "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
+           "SRCNNPatches", "bicubic_baseline", "SR_SETS"]
+
+_NOTE = ("SR sets have no official archive with a published checksum; get them from the SRCNN "
+         "authors' page (T91, Set5, Set14: https://mmlab.ie.cuhk.edu.hk/projects/SRCNN.html) and "
+         "BSDS500 (https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/resources.html), "
+         "laid out as described in data/README.md.")
+
+
+def _src(name: str, *folders: str) -> DatasetSource:
+    return DatasetSource(name=name, folders=folders, note=_NOTE)
+
+
+SR_SETS = {
+    "t91": _src("T91", "sr/T91", "T91"),
+    "set5": _src("Set5", "sr/Set5", "Set5"),
+    "set14": _src("Set14", "sr/Set14", "Set14"),
+    "bsd100": _src("BSD100 (BSDS500 val)", "sr/BSDS500/val", "BSDS500/val", "sr/BSD100", "BSD100"),
+    "bsd200": _src("BSD200 (BSDS500 test)", "sr/BSDS500/test", "BSDS500/test", "sr/BSD200", "BSD200"),
+    "bsd200-train": _src("BSD200-train (BSDS500 train)", "sr/BSDS500/train", "BSDS500/train"),
+}
+_IMAGE_EXT = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_CANON = {"t91": "T91", "set5": "Set5", "set14": "Set14", "bsd100": "BSD100", "bsd200": "BSD200",
+          "bsd200-train": "BSD200-train"}
+
+
+@dataclass
+class SRSet:
+    """An SR image set: uint8 images (``HxWx3``, or ``HxW`` for greyscale files with ``grey="keep"``) and names."""
+
+    name: str
+    images: list[np.ndarray]
+    names: list[str]
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.images)
+
+
+def _read_image(path: Path, grey: str) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("L", "1", "I;16", "I"):
+                arr = np.asarray(im.convert("L"))
+            else:
+                arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+        raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+    if arr.ndim == 2 and grey == "rgb":
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def load_sr(set_name: str, root: str | os.PathLike | None = None, *, grey: str = "keep") -> SRSet:
+    """Load an SR image set as uint8 numpy images, sorted by file name.
+
+    Args:
+        set_name: ``"T91"``, ``"Set5"``, ``"Set14"``, ``"BSD100"`` (BSDS500 val), ``"BSD200"``
+            (BSDS500 test) or ``"BSD200-train"`` (BSDS500 train); case-insensitive.
+        root: data root; default ``$DNLIB_DATA``, else ``data/`` in the repository.
+        grey: ``"keep"`` returns greyscale files (Set14 ``bridge``) as ``HxW``, whose luma is the
+            grey value itself, as SRCNN's MATLAB code treats them (this reproduces the paper's
+            bicubic row); ``"rgb"`` replicates them to ``HxWx3``.
+    """
+    key = set_name.lower().replace("_", "-")
+    if key not in SR_SETS:
+        raise ValueError(f"set_name must be one of {list(_CANON.values())}, got {set_name!r}")
+    if grey not in ("keep", "rgb"):
+        raise ValueError(f"grey must be 'keep' or 'rgb', got {grey!r}")
+    folder = find_or_fetch(SR_SETS[key], root, download=False)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+    if not files:
+        raise ValueError(f"SR set {_CANON[key]}: no images ({', '.join(_IMAGE_EXT)}) in {folder}")
+    return SRSet(name=_CANON[key], images=[_read_image(p, grey) for p in files],
+                 names=[p.stem for p in files], path=folder)
+
+
+def rgb2ycbcr_y(img: np.ndarray) -> np.ndarray:
+    """Y of MATLAB's ``rgb2ycbcr``: ``16 + (65.481 R + 128.553 G + 24.966 B)`` with R, G, B in [0, 1].
+
+    As MATLAB, the output class follows the input: uint8 ``HxWx3`` gives uint8 Y in [16, 235]
+    (rounded); float input in [0, 1] gives float Y in [16/255, 235/255].
+    """
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"img must be HxWx3 RGB, got shape {img.shape}")
+    if img.dtype == np.uint8:
+        x = img.astype(np.float64) / 255.0
+        y = 16.0 + x @ np.array([65.481, 128.553, 24.966])
+        return np.clip(np.round(y), 0, 255).astype(np.uint8)
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"img must be uint8 or float in [0, 1], got dtype {img.dtype}")
+    return (16.0 + img.astype(np.float64) @ np.array([65.481, 128.553, 24.966])) / 255.0
+
+
+def luma(img: np.ndarray) -> np.ndarray:
+    """The Y channel SRCNN works on: :func:`rgb2ycbcr_y` of an RGB image, a greyscale ``HxW`` image unchanged."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        return img
+    return rgb2ycbcr_y(img)
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right of ``img`` so that height and width are multiples of ``scale`` (MATLAB ``modcrop``)."""
+    if not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def _out_size(n: int, s: float) -> int:
+    v = n * s
+    return int(round(v)) if abs(v - round(v)) < 1e-6 else math.ceil(v)
+
+
+def imresize(img: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB-compatible bicubic ``imresize(img, scale)`` (antialiased when shrinking, symmetric border).
+
+    Resizes the first two axes of an ``HxW`` or ``HxWxC`` array to ``ceil(scale * size)``.
+    uint8 input is resized in float64 and rounded back to uint8, as MATLAB does; float input
+    stays float64 and is not clipped.
+    """
+    from resize_right import interp_methods, resize
+    img = np.asarray(img)
+    if not (isinstance(scale, (int, float, np.floating, np.integer)) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if img.ndim not in (2, 3):
+        raise ValueError(f"img must be HxW or HxWxC, got shape {img.shape}")
+    is_u8 = img.dtype == np.uint8
+    x = img.astype(np.float64)
+    out_shape = [_out_size(img.shape[0], scale), _out_size(img.shape[1], scale)]
+    out = resize(x, scale_factors=[float(scale), float(scale)], out_shape=out_shape,
+                 interp_method=interp_methods.cubic, antialiasing=True, pad_mode="symmetric")
+    if is_u8:
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return out
+
+
+def sr_test_pair(img: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole test image's network input and ground truth, SRCNN-style.
+
+    Returns ``(lr_up, hr)``: ``hr`` is the uint8 Y of ``modcrop(img, scale)``; ``lr_up`` is
+    float32 Y in [0, 1] scale (``im2double``), bicubic-downsampled by ``scale`` and upsampled back
+    to ``hr``'s size (not clipped, not rounded).
+    """
+    hr = modcrop(luma(img), scale)
+    if hr.dtype != np.uint8:
+        raise ValueError(f"img must be uint8, got dtype {hr.dtype}")
+    lr = imresize(hr.astype(np.float64) / 255.0, 1.0 / scale)
+    up = imresize(lr, scale)
+    if up.shape != hr.shape:  # pragma: no cover - guarded by modcrop and _out_size
+        raise RuntimeError(f"bicubic round trip changed the shape {hr.shape} -> {up.shape}")
+    return up.astype(np.float32), hr
+
+
+def bicubic_baseline(images: Sequence[np.ndarray], scale: int, border: int = 8) -> tuple[float, float]:
+    """Mean PSNR and SSIM (Y channel) of plain bicubic upsampling over ``images`` (the paper's Bicubic row).
+
+    The upsampled Y is quantized as ``uint8(y * 255)`` (round, clip), as MATLAB does.
+    """
+    from ..metrics import psnr, ssim
+    ps, ss = [], []
+    for img in images:
+        up, hr = sr_test_pair(img, scale)
+        up8 = np.clip(np.round(up.astype(np.float64) * 255.0), 0, 255)
+        ps.append(psnr(up8, hr, border=border))
+        ss.append(ssim(up8, hr, border=border))
+    return float(np.mean(ps)), float(np.mean(ss))
+
+
+class SRCNNPatches:
+    """Random SRCNN training patches: bicubic-degraded Y inputs ``(B, 1, 33, 33)``, HR Y centres ``(B, 1, 17, 17)``.
+
+    Each image is turned into the SRCNN pair once (Y via :func:`luma`, ``modcrop``, ``im2double``,
+    bicubic down by ``scale`` and back up). A batch is ``batch_size`` patches at uniformly random
+    top-left corners on the stride-1 grid; with ``per_image=True`` (the authors' code) all patches
+    of a batch come from one randomly chosen image, otherwise each patch picks its image. The target
+    is the centre ``label_size`` crop of the HR patch (8 px each side for 33 -> 17, the shrinkage
+    of SRCNN's 9-5-5 valid convolutions). Sampling uses a seeded :class:`numpy.random.Generator`;
+    :meth:`state_dict` / :meth:`load_state_dict` resume the exact sequence.
+
+    Iterating yields batches without end; :meth:`sample` draws one.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], scale: int = 3, *, batch_size: int = 100,
+                 input_size: int = 33, label_size: int = 17, per_image: bool = True, seed: int = 0,
+                 device=None) -> None:
+        if not isinstance(scale, int) or scale < 2:
+            raise ValueError(f"scale must be an int >= 2, got {scale!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not (isinstance(label_size, int) and isinstance(input_size, int)
+                and 0 < label_size <= input_size and (input_size - label_size) % 2 == 0):
+            raise ValueError(f"need 0 < label_size <= input_size with an even difference, got "
+                             f"input_size={input_size!r}, label_size={label_size!r}")
+        self.scale, self.batch_size, self.per_image = scale, batch_size, per_image
+        self.input_size, self.label_size = input_size, label_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.inputs, self.labels = [], []
+        for img in images:
+            up, hr = sr_test_pair(img, scale)
+            if min(hr.shape) >= input_size:
+                self.inputs.append(up)
+                self.labels.append(hr.astype(np.float32) / 255.0)
+        if not self.inputs:
+            raise ValueError(f"no image is at least {input_size}x{input_size} after modcrop")
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        """Number of usable images."""
+        return len(self.inputs)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch ``(x, y)`` of float32 tensors on ``device``."""
+        b, p, q = self.batch_size, self.input_size, self.label_size
+        off = (p - q) // 2
+        if self.per_image:
+            which = np.full(b, self.rng.integers(len(self.inputs)))
+        else:
+            which = self.rng.integers(len(self.inputs), size=b)
+        x = np.empty((b, 1, p, p), np.float32)
+        y = np.empty((b, 1, q, q), np.float32)
+        for k, i in enumerate(which):
+            h, w = self.inputs[i].shape
+            r, c = self.rng.integers(h - p + 1), self.rng.integers(w - p + 1)
+            x[k, 0] = self.inputs[i][r:r + p, c:c + p]
+            y[k, 0] = self.labels[i][r + off:r + off + q, c + off:c + off + q]
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.sample()
+
+    def state_dict(self) -> dict:
+        """The sampler's random state (a plain dict, checkpoint-friendly)."""
+        return {"seed": self.seed, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the random state saved by :meth:`state_dict`."""
+        self.seed = state["seed"]
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state["rng"]
