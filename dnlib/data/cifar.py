@@ -309,7 +309,8 @@ def stratified_subset(labels, n: int | None = None, *, per_class: int | None = N
     for c, m in zip(classes, counts):
         members = np.flatnonzero(labels == c)
         if m > len(members):
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {m} requested")
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than the {m} requested "
+                             f"(n={n!r}, per_class={per_class!r})")
         picked.append(rng.choice(members, size=m, replace=False))
     return np.sort(np.concatenate(picked))
 

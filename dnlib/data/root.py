@@ -15,6 +15,7 @@ they go to ``DNLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/dnlib``, else ``~/.cac
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -149,7 +150,7 @@ def download_url(
                     while True:
                         try:
                             chunk = resp.read(_CHUNK)
-                        except (OSError, urllib.error.URLError) as e:
+                        except (OSError, http.client.HTTPException) as e:
                             raise DownloadError(f"download of {url} interrupted after {received} bytes: {e}") from e
                         if not chunk:
                             break
@@ -250,7 +251,7 @@ def find_or_fetch(source: DatasetSource, root: str | os.PathLike | None = None, 
     found = source.found_in(base)
     if found is not None:
         return found
-    reason = "download=False" if download else "it has no official archive to download"
+    reason = "download=False" if source.url else "it has no official archive to download"
     if source.archive is not None:
         archive = base / source.archive
         if archive.is_file() or (download and source.url):

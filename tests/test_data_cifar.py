@@ -1,0 +1,238 @@
+"""CIFAR readers (official pickles written here, image folders, the real mirror), splits, subsets, GPULoader."""
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dnlib.data import cifar as C
+from dnlib.data import DatasetNotFoundError, DownloadError, GPULoader, load_cifar, stratified_subset, validation_split
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+needs_jpeg = pytest.mark.skipif(not (MIRROR / "cifar10-jpeg" / "train").is_dir(),
+                                reason=f"CIFAR-10 JPEG copy not in DNLIB_DATA={MIRROR}")
+
+
+def _images(n, seed):
+    return np.random.RandomState(seed).randint(0, 256, size=(n, 3072), dtype=np.uint8)
+
+
+def _dump(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar10(root: Path, per_batch=20, n_test=30):
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    xs, ys = [], []
+    for i in range(1, 6):
+        x, y = _images(per_batch, i), [int(v) for v in np.arange(per_batch) % 10]
+        _dump(d / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": y, "data": x,
+                                       "filenames": [f"f{j}.png" for j in range(per_batch)]})
+        xs.append(x), ys.append(y)
+    xt, yt = _images(n_test, 9), [int(v) for v in np.arange(n_test) % 10]
+    _dump(d / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": yt, "data": xt})
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _dump(d / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    return np.concatenate(xs), np.concatenate(ys), xt, np.array(yt), names
+
+
+def write_cifar100(root: Path, n_train=200, n_test=100):
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    x, xt = _images(n_train, 1), _images(n_test, 2)
+    fine, finet = np.arange(n_train) % 100, np.arange(n_test) % 100
+    _dump(d / "train", {"data": x, "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist()})
+    _dump(d / "test", {"data": xt, "fine_labels": finet.tolist(), "coarse_labels": (finet // 5).tolist()})
+    names = [f"class{i:02d}" for i in range(100)]
+    _dump(d / "meta", {"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]})
+    return x, fine, xt, finet, names
+
+
+def test_official_cifar10_pickles(tmp_path):
+    x, y, xt, yt, names = write_cifar10(tmp_path)
+    d = load_cifar("cifar10", tmp_path, download=False)
+    assert d.source == "python" and d.description == "CIFAR-10 (official)" and d.classes == names
+    assert d.x_train.shape == (100, 3, 32, 32) and d.x_train.dtype == np.uint8 and d.y_train.dtype == np.int64
+    np.testing.assert_array_equal(d.x_train.reshape(100, -1), x)  # official layout is R, G, B planes
+    np.testing.assert_array_equal(d.y_test, yt)
+    np.testing.assert_allclose(d.mean, x.reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
+    d2 = load_cifar("CIFAR-10", tmp_path, mean_over="train+test", download=False)
+    np.testing.assert_allclose(d2.mean, np.concatenate([x, xt]).reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
+
+
+def test_official_cifar100_pickles_fine_labels(tmp_path):
+    x, fine, xt, finet, names = write_cifar100(tmp_path)
+    d = load_cifar("cifar100", tmp_path, download=False)
+    assert d.num_classes == 100 and d.classes == names and d.description == "CIFAR-100 (official)"
+    np.testing.assert_array_equal(d.y_train, fine)
+    np.testing.assert_array_equal(d.x_test.reshape(len(xt), -1), xt)
+
+
+def test_cifar_download_from_official_format_archive(tmp_path, monkeypatch):
+    staging = tmp_path / "staging"
+    write_cifar10(staging)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    src = dataclasses.replace(C.CIFAR_SOURCES["cifar10"], url=archive.as_uri(), md5=md5)
+    monkeypatch.setitem(C.CIFAR_SOURCES, "cifar10", src)
+    root = tmp_path / "root"
+    d = load_cifar("cifar10", root, progress=False)
+    assert d.source == "python" and len(d.x_train) == 100
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    # a corrupted publisher file: refused, nothing unpacked
+    monkeypatch.setitem(C.CIFAR_SOURCES, "cifar10", dataclasses.replace(src, md5="f" * 32))
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        load_cifar("cifar10", tmp_path / "root2", progress=False)
+    assert list((tmp_path / "root2").iterdir()) == []
+
+
+def test_missing_cifar_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_cifar("cifar100", tmp_path, download=False)
+    msg = str(e.value)
+    for part in ("CIFAR-100", str(tmp_path / "cifar-100-python"), "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", "DNLIB_DATA"):
+        assert part in msg
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"name": "cifar1000"}, "name"), ({"source": "jpeg"}, "source"), ({"mean_over": "test"}, "mean_over"),
+    ({"subset": 0}, "subset"), ({"subset": (10, -1)}, "subset")])
+def test_bad_arguments(tmp_path, kwargs, param):
+    with pytest.raises(ValueError, match=param):
+        load_cifar(**{"name": "cifar10", "root": tmp_path, **kwargs})
+
+
+def _write_folder(root: Path, n_per_class=(3, 2), classes=("cat", "dog"), ext=".png"):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    truth = {}
+    for split, n in zip(("train", "test"), n_per_class):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for k in range(n):
+                img = rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{k}{ext}")
+                truth[(split, c, k)] = img
+    return truth
+
+
+def test_imagefolder_layout_order_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    truth = _write_folder(tmp_path / "cifar10-jpeg", n_per_class=(12, 2))
+    d = load_cifar("cifar10", tmp_path, download=False, progress=False)
+    assert d.source == "imagefolder" and d.classes == ["cat", "dog"] and d.description == "CIFAR-10 (JPEG copy)"
+    assert d.y_train.tolist() == [0] * 12 + [1] * 12
+    np.testing.assert_array_equal(d.x_train[10], truth[("train", "cat", 10)].transpose(2, 0, 1))  # 10 after 9
+    assert (tmp_path / "cache").is_dir() and not list((tmp_path / "cifar10-jpeg").glob("*.npy"))
+    d2 = load_cifar("cifar10", tmp_path, download=False, progress=False)
+    np.testing.assert_array_equal(d2.x_train, d.x_train)
+    # adding a file invalidates the cache
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cifar10-jpeg" / "test" / "dog" / "2.png")
+    assert len(load_cifar("cifar10", tmp_path, download=False, progress=False).x_test) == 5
+
+
+def test_corrupt_image_names_file(tmp_path):
+    _write_folder(tmp_path / "cifar10-jpeg")
+    bad = tmp_path / "cifar10-jpeg" / "train" / "dog" / "1.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=str(bad)):
+        load_cifar("cifar10", tmp_path, source="imagefolder", cache=False, progress=False)
+
+
+def test_validation_split_matches_authors_code():
+    tr, va = validation_split()
+    idx = np.arange(50000)
+    np.random.RandomState(0).shuffle(idx)
+    assert len(tr) == 45000 and len(va) == 5000
+    np.testing.assert_array_equal(va, idx[:5000])
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(50000))
+    with pytest.raises(ValueError, match="fold"):
+        validation_split(fold=10)
+
+
+def test_stratified_subset():
+    y = np.repeat(np.arange(10), 50)
+    i = stratified_subset(y, 25, seed=1)
+    counts = np.bincount(y[i], minlength=10)
+    assert counts.sum() == 25 and counts.max() - counts.min() <= 1
+    assert np.bincount(y[stratified_subset(y, per_class=7)]).tolist() == [7] * 10
+    np.testing.assert_array_equal(stratified_subset(y, 25, seed=1), i)
+    with pytest.raises(ValueError, match="per_class"):
+        stratified_subset(y, per_class=51)
+    with pytest.raises(ValueError, match="exactly one"):
+        stratified_subset(y)
+
+
+def test_gpuloader_epochs_and_resume():
+    x = np.arange(10 * 2, dtype=np.uint8).reshape(10, 2)
+    y = np.arange(10)
+    run = GPULoader(x, y, batch_size=3, mean=np.array([1.0, 1.0]), seed=5)
+    assert len(run) == 3
+    seq = []
+    for _ in range(3):
+        seq += [yb.tolist() for _, yb in run]
+    xb, yb = next(iter(GPULoader(x, y, 3, mean=np.array([1.0, 1.0]), seed=5)))
+    assert xb.dtype == torch.float32 and torch.equal(xb, torch.as_tensor(x)[yb].float() - 1)
+    epochs = [sorted(sum(seq[i:i + 3], [])) for i in (0, 3, 6)]
+    assert all(len(set(e)) == 9 for e in epochs) and seq[:3] != seq[3:6]  # reshuffled, no repeats
+    # interrupt after 4 batches, checkpoint, resume in a fresh loader
+    a = GPULoader(x, y, 3, seed=5)
+    it = a.forever()
+    got = [next(it)[1].tolist() for _ in range(4)]
+    state = a.state_dict()
+    b = GPULoader(x, y, 3, seed=5)
+    b.load_state_dict(state)
+    it = b.forever()
+    got += [next(it)[1].tolist() for _ in range(5)]
+    assert got == seq
+    # eval order, keep the last partial batch
+    ev = GPULoader(x, y, 4, shuffle=False, drop_last=False)
+    assert [yb.tolist() for _, yb in ev] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="batch_size"):
+        GPULoader(x, y, 0)
+
+
+# --------------------------------------------------------------------------- the real mirror
+@needs_jpeg
+def test_cifar10_jpeg_mirror_counts_means_and_cache():
+    first = load_cifar("cifar10", MIRROR, download=False)  # decodes once (tqdm) if not cached
+    d = load_cifar("cifar10", MIRROR, download=False)
+    print(f"CIFAR-10 JPEG load: first {first.load_seconds:.1f} s, second {d.load_seconds:.2f} s")
+    assert d.load_seconds < 2.0
+    assert d.source == "imagefolder" and d.description == "CIFAR-10 (JPEG copy)"
+    assert d.x_train.shape == (50000, 3, 32, 32) and d.x_test.shape == (10000, 3, 32, 32)
+    assert np.bincount(d.y_train).tolist() == [5000] * 10 and np.bincount(d.y_test).tolist() == [1000] * 10
+    assert d.classes[:3] == ["airplane", "automobile", "bird"]
+    means = d.x_train.mean(axis=(0, 2, 3)) / 255
+    np.testing.assert_allclose(means, [0.4914, 0.4822, 0.4465], atol=2e-3)
+    # k.jpg in a class folder is the k-th test image of that class: compare with exact samples
+    ex = np.load(MIRROR / "cifar-exact-samples" / "cifar10_test_first20_exact_foolbox.npz")
+    rank = {}
+    for img, lab in zip(ex["x_test"], ex["y_test"]):
+        r = rank.get(int(lab), 0)
+        rank[int(lab)] = r + 1
+        mine = d.x_test[int(lab) * 1000 + r].transpose(1, 2, 0).astype(float)
+        assert 10 * np.log10(255 ** 2 / np.mean((mine - img) ** 2)) > 22
+
+
+@needs_jpeg
+def test_cifar10_mirror_validation_subset_loader():
+    d = load_cifar("cifar10", MIRROR, validation=True, subset=(200, 50), mean_over="train+test", download=False)
+    assert len(d.x_train) == 200 and len(d.x_val) == 50 and len(d.x_test) == 50
+    assert np.bincount(d.y_train).tolist() == [20] * 10
+    np.testing.assert_allclose(d.mean.mean(axis=(1, 2)) / 255, [0.4914, 0.4822, 0.4465], atol=2e-3)
+    xb, yb = next(iter(d.loader("train", batch_size=100)))
+    assert xb.shape == (100, 3, 32, 32) and abs(xb.mean().item()) < 10
+    assert len(d.loader("test", batch_size=100)) == 1

@@ -1,0 +1,94 @@
+"""Penn Treebank: the real mirror's counts, the TF ptb_reader vocabulary and batching, the download path."""
+
+import dataclasses
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnlib.data import DatasetNotFoundError, load_ptb, ptb_batches, ptb_epoch_size
+from dnlib.data import ptb as P
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(),
+                               reason=f"PTB not in DNLIB_DATA={MIRROR}")
+
+TOY = {"train": " b a c \n a b \n a \n", "valid": " c a \n", "test": " b \n zz \n"}
+
+
+def _write_toy(folder: Path, texts=TOY):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, text in texts.items():
+        (folder / f"ptb.{split}.txt").write_text(text)
+
+
+def test_vocab_and_streams_like_tf_reader(tmp_path):
+    _write_toy(tmp_path / "ptb", {**TOY, "test": " b \n <unk> \n"})
+    (tmp_path / "ptb" / "ptb.train.txt").write_text(TOY["train"] + " <unk> \n")
+    d = load_ptb(tmp_path, download=False)
+    # sorted by decreasing count, ties alphabetically; each newline is <eos>
+    assert d.vocab == ["<eos>", "a", "b", "<unk>", "c"]
+    assert d.decode(d.train) == "b a c <eos> a b <eos> a <eos> <unk> <eos>"
+    assert d.train.dtype == torch.int64 and d.oov == {"valid": 0, "test": 0}
+
+
+def test_oov_without_unk_is_an_error(tmp_path):
+    _write_toy(tmp_path / "ptb")
+    with pytest.raises(ValueError, match="ptb.test.txt"):
+        load_ptb(tmp_path, download=False)
+
+
+def test_batches_match_tf_ptb_producer():
+    ids = torch.arange(103)
+    b = ptb_batches(ids, batch_size=4, num_steps=5)
+    batch_len = 103 // 4  # 25
+    assert len(b) == (batch_len - 1) // 5 == ptb_epoch_size(103, 4, 5) == 4
+    data = ids[: 4 * batch_len].reshape(4, batch_len)
+    got = list(b)
+    assert len(got) == 4
+    for i, (x, y) in enumerate(got):
+        assert torch.equal(x, data[:, i * 5:(i + 1) * 5]) and torch.equal(y, data[:, i * 5 + 1:(i + 1) * 5 + 1])
+    # rows are contiguous streams: batch i+1 continues batch i
+    assert torch.equal(got[1][0][:, 0], got[0][0][:, -1] + 1)
+    with pytest.raises(ValueError, match="num_steps"):
+        ptb_batches(ids, 4, 0)
+    with pytest.raises(ValueError, match="too few"):
+        ptb_batches(torch.arange(10), 4, 5)
+
+
+def test_download_from_official_layout_archive(tmp_path, monkeypatch):
+    archive = tmp_path / "simple-examples.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, text in TOY.items():
+            data = text.replace("zz", "a").encode()
+            info = tarfile.TarInfo(f"./simple-examples/data/ptb.{split}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(P, "PTB_SOURCE", dataclasses.replace(P.PTB_SOURCE, url=archive.as_uri(), md5=md5))
+    d = load_ptb(tmp_path / "root", progress=False)
+    assert d.path == tmp_path / "root" / "simple-examples" / "data" and len(d.train) == 9
+
+
+def test_missing_ptb_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_ptb(tmp_path, download=False)
+    msg = str(e.value)
+    for part in ("Penn Treebank", str(tmp_path / "ptb"), str(tmp_path / "simple-examples" / "data"),
+                 "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz", "DNLIB_DATA"):
+        assert part in msg
+
+
+@needs_ptb
+def test_real_ptb_counts():
+    d = load_ptb(MIRROR, download=False)
+    assert (len(d.train), len(d.valid), len(d.test)) == (929589, 73760, 82430)
+    assert d.vocab_size == 10000 and d.oov == {"valid": 0, "test": 0}
+    assert "<eos>" in d.word_to_id and "<unk>" in d.word_to_id
+    assert len(ptb_batches(d.train, 20, 20)) == (929589 // 20 - 1) // 20 == 2323
+    x, y = next(iter(ptb_batches(d.train, 20, 20)))
+    assert x.shape == y.shape == (20, 20)
