@@ -12,7 +12,9 @@ from dnlib.data.sr import bicubic_baseline
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 SR = MIRROR / "sr"
-needs_sr = pytest.mark.skipif(not (SR / "Set14").is_dir(), reason=f"SR sets not in DNLIB_DATA={MIRROR}")
+needs_sr = pytest.mark.skipif(not all((SR / f).is_dir() for f in ("Set5", "Set14", "T91", "BSDS500")),
+                              reason=f"SR sets not in DNLIB_DATA={MIRROR}")
+needs_selfexsr = pytest.mark.skipif(not (SR / "SelfExSR").is_dir(), reason=f"SelfExSR not in DNLIB_DATA={MIRROR}")
 
 
 def test_rgb2ycbcr_y_matches_matlab_formula():
@@ -117,7 +119,7 @@ def test_bicubic_baseline_reproduces_table5_set14(scale, paper_psnr, paper_ssim)
     assert abs(s8 - paper_ssim) < 0.003 and abs(ss - paper_ssim) < 0.003
 
 
-@needs_sr
+@needs_selfexsr
 @pytest.mark.parametrize("setname, scale", [("Set5", 3), ("Set14", 4)])
 def test_imresize_close_to_matlab_selfexsr(setname, scale):
     from PIL import Image
