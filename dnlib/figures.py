@@ -215,8 +215,10 @@ def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int =
     """The first ``n_maps`` channel maps of example ``index`` of ``(N, C, H, W)`` responses, one colour scale."""
     maps = y.detach()[index, :n_maps].double().numpy()
     nrows = -(-len(maps) // ncols)
-    fig = fig if fig is not None else Figure(figsize=(1.1 * ncols, 1.15 * nrows + 0.3), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    fig = fig if fig is not None else Figure(figsize=(1.1 * ncols, 1.15 * nrows + 0.3))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.01,
+                                                                      top=0.86, wspace=0.05, hspace=0.2)))
+    axes = axes.ravel()
     lim = float(np.abs(maps).max()) or 1.0
     for k, ax in enumerate(axes):
         ax.axis("off")

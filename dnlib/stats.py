@@ -29,7 +29,7 @@ from .spec import NormSpec
 
 __all__ = ["kurtosis", "sparsity", "activation_stats", "as_samples", "mutual_information", "pairwise_corr_mi",
            "PairStats", "suppression_mean_square", "linearity", "dn_relu_response", "equivalence_table",
-           "EquivalenceRow", "format_equivalence", "format_rows"]
+           "EquivalenceRow", "summarize_equivalence", "format_equivalence", "format_rows", "dn_relu_summary"]
 
 
 # ----------------------------------------------------------------------------------------- moments
@@ -184,13 +184,13 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
     pairs = torch.as_tensor(pairs, dtype=torch.long).reshape(-1, 2)
     std = zc.std(1, unbiased=False, keepdim=True)
     zs = (zc - zc.mean(1, keepdim=True)) / std.clamp_min(1e-12)
-    r = (zs[pairs[:, 0]] * zs[pairs[:, 1]]).mean(1)
-    idx = _bin_index(zc, bins)
+    r = (zs @ zs.T / s)[pairs[:, 0], pairs[:, 1]]
+    idx = _bin_index(zc, bins).to(torch.int32)
     mi = []
     chunk = max(1, 4_000_000 // max(s, 1))
     for start in range(0, len(pairs), chunk):
         p = pairs[start:start + chunk]
-        offset = torch.arange(len(p)).unsqueeze(1) * bins * bins
+        offset = torch.arange(len(p), dtype=torch.int32).unsqueeze(1) * (bins * bins)
         joint = offset + idx[p[:, 0]] * bins + idx[p[:, 1]]
         counts = torch.bincount(joint.flatten(), minlength=len(p) * bins * bins).double()
         mi.append(_plugin_mi(counts.view(len(p), bins, bins)))
@@ -214,6 +214,22 @@ def dn_relu_response(x: torch.Tensor, sigma: float, fixed: float = 0.5, spec: Op
     return divisive_norm(z, spec, sigma=sigma).clamp_min(0)
 
 
+def dn_relu_summary(sigmas: Sequence[float], fixed: float = 0.5, x: Optional[torch.Tensor] = None,
+                    spec: Optional[NormSpec] = None) -> list:
+    """For each sigma, how ReLU-like the Figure 2 response of unit 1 is.
+
+    ``linearity``: R^2 of unit 1's output against its input over the inputs above ``fixed`` (where the
+    output is not cut by the ReLU); 1 for a straight line. ``y_max``: the output at the largest input
+    (it saturates at 1 for sigma = 0 with the default two-unit field).
+    """
+    x = torch.linspace(fixed, fixed + 2.5, 251, dtype=torch.float64) if x is None else torch.as_tensor(x).double()
+    rows = []
+    for s in sigmas:
+        y = dn_relu_response(x, s, fixed, spec)[:, 0]
+        rows.append({"sigma": float(s), "linearity": linearity(x, y), "y_max": y[-1].item()})
+    return rows
+
+
 # ------------------------------------------------------------------ equivalence with torch's modules
 @dataclass
 class EquivalenceRow:
@@ -228,6 +244,9 @@ class EquivalenceRow:
     @property
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tol
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
 
 
 def _paper_dn(x: torch.Tensor, k: int, sigma: float, eps: float) -> torch.Tensor:
@@ -283,6 +302,12 @@ def equivalence_table(seed: int = 0, shape: Sequence[int] = (4, 8, 6, 6), tol: f
             diff = (divisive_norm(x, spec) - ref(x)).abs().max().item()
             rows.append(EquivalenceRow(name, repr(spec), ref_name, diff, tol))
     return rows
+
+
+def summarize_equivalence(rows: Sequence[EquivalenceRow]) -> dict:
+    """``{"all_passed", "max_abs_diff", "rows"}`` for a results file."""
+    return {"all_passed": all(r.passed for r in rows), "max_abs_diff": max(r.max_abs_diff for r in rows),
+            "rows": [r.as_dict() for r in rows]}
 
 
 def format_equivalence(rows: Sequence[EquivalenceRow]) -> str:

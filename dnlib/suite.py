@@ -189,15 +189,55 @@ def resolve_parameters(
     return values
 
 
-def check_parameter_cell(path: str | Path) -> None:
-    """Raise :class:`ParameterError` unless the notebook has exactly one ``parameters`` cell, every line typed."""
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def parameter_cell_problems(path: str | Path) -> list[str]:
+    """What is wrong with a notebook's ``parameters`` cell (empty list when nothing is).
+
+    Exactly one cell must be tagged ``parameters``; each of its statements must be one line
+    ``name: type = literal  # help`` that papermill understands (its ``inspect_notebook`` finds the same names,
+    each with a type and a help comment).
+    """
     path = Path(path)
     cells = [c for c in read_notebook(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
-        raise ParameterError(f"{path.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    untyped = [name for name, info in declared_parameters(path).items() if _base_type(info["inferred_type_name"]) is None]
-    if untyped:
-        raise ParameterError(f"{path.name}: untyped parameter(s) {', '.join(untyped)} (write `name: type = value  # help`)")
+        return [f"expected exactly one cell tagged 'parameters', found {len(cells)}"]
+    problems, names = [], []
+    try:
+        tree = ast.parse(_source(cells[0]))
+    except SyntaxError as exc:
+        return [f"parameters cell is not valid Python: {exc}"]
+    for node in tree.body:
+        line = ast.get_source_segment(_source(cells[0]), node) or ""
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            problems.append(f"line {node.lineno}: not of the form `name: type = value  # help`: {line!r}")
+            continue
+        names.append(node.target.id)
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            problems.append(f"parameter {node.target.id!r}: value is not a literal")
+    declared = declared_parameters(path)
+    for name in names:
+        info = declared.get(name)
+        if info is None:
+            problems.append(f"parameter {name!r}: papermill cannot parse its line (papermill skips a line with a second '=', e.g. in the comment)")
+        elif _base_type(info["inferred_type_name"]) is None:
+            problems.append(f"parameter {name!r}: untyped")
+        elif not info.get("help"):
+            problems.append(f"parameter {name!r}: no help comment")
+    return problems
+
+
+def check_parameter_cell(path: str | Path) -> None:
+    """Raise :class:`ParameterError` naming the notebook unless :func:`parameter_cell_problems` is empty."""
+    problems = parameter_cell_problems(path)
+    if problems:
+        name = Path(path).name
+        raise ParameterError(f"{name}: " + f"\n{name}: ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------- results

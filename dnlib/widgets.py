@@ -1,0 +1,448 @@
+"""Widget builders for the notebooks: the activation explorer of ``notebooks/02_activation_explorer.ipynb``.
+
+:func:`activation_explorer` passes real images through a first conv layer (5 x 5, 32 filters, like the paper's
+CIFAR CNN, PAPER.md §3.1), normalizes the responses with a preset whose knobs are ipywidgets controls
+(preset, sigma, spatial window, channel window, which field the windows apply to, L1 alpha), and reports the
+statistics of :mod:`dnlib.stats` live. Everything is addressable from code, so it is tested headless::
+
+    ex = activation_explorer(preset="bn", sigma=0.0)
+    ex.controls["sigma"].value = 1.0      # or ex.set(sigma=1.0); observers fire synchronously
+    ex.result["sparsity"], ex.result["l1_penalty"]
+
+The images come from :func:`explorer_images`: CIFAR-10 test images through :mod:`dnlib.data` when the data root
+has them, else crops of scikit-image's bundled photos.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .functional import field_mean
+from .presets import get_spec, list_norms, make_norm
+from .sparse import sparse_penalty
+from .spec import NormSpec
+from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
+
+__all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer", "activation_explorer",
+           "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS"]
+
+CIFAR_SAMPLES = Path("cifar-exact-samples", "cifar10_test_first20_exact_foolbox.npz")
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+#: Window choices: (label, size); size 0 = the whole axis (no window).
+SPACE_WINDOWS = [("whole map", 0), ("3 x 3", 3), ("5 x 5", 5), ("7 x 7", 7), ("9 x 9", 9), ("15 x 15", 15)]
+CHANNEL_WINDOWS = [("all channels", 0), ("3", 3), ("5", 5), ("9", 9), ("15", 15), ("31", 31)]
+WINDOW_FIELDS = [("both", "both"), ("summation", "sum"), ("suppression", "sup")]
+#: The statistics shown in the explorer's readout, in order: key -> label.
+STAT_LABELS = {
+    "sparsity": "sparsity (zeros after ReLU)",
+    "kurtosis": "kurtosis (excess, before ReLU)",
+    "relu_kurtosis": "kurtosis after ReLU",
+    "mean_square": "mean square of y",
+    "field_mean_square": "E_B[y²] (1 for a global field at σ=0)",
+    "linearity": "linearity R² of y vs z − E_A z",
+    "corr": "mean |corr| of filter pairs",
+    "mi": "mean MI of filter pairs (nats)",
+    "l1_penalty": "L1 penalty α·mean|z − E_A z|",
+}
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def _cifar_samples(n: int, root) -> tuple[np.ndarray, str]:
+    from .data import data_root
+
+    path = data_root(root) / CIFAR_SAMPLES
+    with np.load(path) as d:
+        x = d["x_test"][:n].transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x), f"CIFAR-10 test images 0-{len(x) - 1} (official, lossless)"
+
+
+def _cifar(n: int, root) -> tuple[np.ndarray, str]:
+    from .data import load_cifar
+
+    data = load_cifar("cifar10", root, download=False, progress=False)
+    x = getattr(data, "x_test", None)
+    x = data.test_x if x is None else x
+    desc = getattr(data, "description", f"CIFAR-10 ({data.source})")
+    return np.ascontiguousarray(x[:n]), f"{desc} test images 0-{min(n, len(x)) - 1}"
+
+
+def _skimage_crops(n: int, seed: int, size: int = 32, side: int = 96) -> tuple[np.ndarray, str]:
+    import skimage.data
+
+    photos, names = [], []
+    for name in SKIMAGE_PHOTOS:
+        try:
+            img = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # a photo that needs a download, or an older scikit-image
+            continue
+        if img.ndim != 3 or img.shape[2] < 3:
+            continue
+        t = torch.from_numpy(img[..., :3].copy()).permute(2, 0, 1).float().unsqueeze(0)
+        scale = side / min(t.shape[-2:])  # shrink so a 32 x 32 crop holds an object part, like CIFAR
+        t = torch.nn.functional.interpolate(t, scale_factor=scale, mode="area" if scale < 1 else "bilinear")
+        photos.append(t[0].round().clamp(0, 255).to(torch.uint8))
+        names.append(name)
+    if not photos:
+        raise RuntimeError("no scikit-image photo could be loaded")
+    g = torch.Generator().manual_seed(seed)
+    crops = []
+    for k in range(n):
+        p = photos[k % len(photos)]
+        i = int(torch.randint(0, p.shape[1] - size + 1, (1,), generator=g))
+        j = int(torch.randint(0, p.shape[2] - size + 1, (1,), generator=g))
+        crops.append(p[:, i:i + size, j:j + size])
+    return torch.stack(crops).numpy(), f"{n} crops of scikit-image photos ({', '.join(names)}), seed {seed}"
+
+
+def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None) -> tuple[torch.Tensor, str]:
+    """``n`` real 32 x 32 RGB images as a uint8 ``(n, 3, 32, 32)`` tensor, and a description of where from.
+
+    ``source``:
+      ``"cifar-samples"``: the first 20 official CIFAR-10 test images (lossless, in the data root);
+      ``"cifar"``: the first ``n`` test images of :func:`dnlib.data.load_cifar` (decoding the JPEG copy takes
+      ~40 s the first time, then it is cached);
+      ``"skimage"``: seeded 32 x 32 crops of scikit-image's bundled photos (always available);
+      ``"auto"`` (default): the CIFAR samples when ``n <= 20``, else CIFAR, falling back to scikit-image
+      when the data is absent or fails to load.
+    """
+    if source not in ("auto", "cifar", "cifar-samples", "skimage"):
+        raise ValueError(f"source must be 'auto', 'cifar', 'cifar-samples' or 'skimage', got {source!r}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    tries = {"auto": (["cifar-samples"] if n <= 20 else []) + ["cifar", "skimage"],
+             "cifar": ["cifar"], "cifar-samples": ["cifar-samples"], "skimage": ["skimage"]}[source]
+    errors = []
+    for kind in tries:
+        try:
+            if kind == "cifar-samples":
+                x, desc = _cifar_samples(n, root)
+            elif kind == "cifar":
+                x, desc = _cifar(n, root)
+            else:
+                x, desc = _skimage_crops(n, seed)
+            return torch.from_numpy(x), desc
+        except Exception as exc:  # missing data, data layer absent, decode error
+            errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+            if source != "auto":
+                raise
+    raise RuntimeError("no images could be loaded:\n" + "\n".join(errors))
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 with each colour channel standardized over the batch (zero mean, unit std)."""
+    x = torch.as_tensor(images).float() / 255.0
+    mean = x.mean((0, 2, 3), keepdim=True)
+    std = x.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (x - mean) / std
+
+
+def _find_conv_weight(obj, prefix=""):
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if torch.is_tensor(value) and value.dim() == 4 and value.shape[1] == 3:
+                bias = obj.get(key[:-len("weight")] + "bias") if key.endswith("weight") else None
+                return f"{prefix}{key}", value, bias
+            if isinstance(value, dict):
+                found = _find_conv_weight(value, f"{prefix}{key}.")
+                if found:
+                    return found
+    return None
+
+
+def first_conv(checkpoint: str = "", seed: int = 0, out_channels: int = 32, kernel_size: int = 5) -> nn.Conv2d:
+    """The explorer's first layer: ``Conv2d(3, 32, 5, padding=2)`` as in the paper's CIFAR CNN.
+
+    With a ``checkpoint`` path (a ``torch.save``'d state dict, possibly nested under e.g. ``"model"``), the
+    first 4-D weight with 3 input channels and its bias are used. Otherwise random filters with a fixed seed:
+    Gaussian weights, each filter scaled to unit L2 norm, zero bias.
+    """
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        found = _find_conv_weight(state)
+        if found is None:
+            raise ValueError(f"checkpoint {checkpoint!r}: no conv weight with 3 input channels found")
+        _, weight, bias = found
+        conv = nn.Conv2d(3, weight.shape[0], weight.shape[-1], padding=weight.shape[-1] // 2, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias if bias is not None else torch.zeros(weight.shape[0]))
+        return conv
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(3, out_channels, kernel_size, padding=kernel_size // 2)
+    with torch.no_grad():
+        w = torch.randn(conv.weight.shape, generator=g)
+        conv.weight.copy_(w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+        conv.bias.zero_()
+    return conv
+
+
+def explorer_spec(preset: str, sigma: float, space_window: int = 0, channel_window: int = 0,
+                  window_field: str = "both") -> tuple[NormSpec, list[str]]:
+    """The spec the explorer's controls describe, and notes on controls that do not apply.
+
+    Window sizes of 0 (or 1) pool the whole axis. ``window_field`` (``"both"``, ``"sum"``, ``"sup"``) says which
+    field gets the windows; the other is pooled over its whole axes. A window on an axis the field does not
+    pool (e.g. a spatial window for LRN) or a channel window with groups (GN) is ignored, with a note.
+    """
+    if window_field not in ("both", "sum", "sup"):
+        raise ValueError(f"window_field must be 'both', 'sum' or 'sup', got {window_field!r}")
+    base = get_spec(preset)
+    wanted = {a: k for a, k in (("space", space_window), ("channel", channel_window)) if k and k > 1}
+    notes = []
+    if "channel" in wanted and base.groups > 1:
+        notes.append(f"channel window ignored: {preset} pools channels within groups")
+        wanted.pop("channel")
+    fields = {"sum": base.sum_axes, "sup": base.sup_axes}
+    chosen = ("sum", "sup") if window_field == "both" else (window_field,)
+    windows = {f: ({a: k for a, k in wanted.items() if a in fields[f]} if f in chosen else {}) for f in fields}
+    for axis in wanted:
+        if not any(axis in windows[f] for f in chosen):
+            notes.append(f"{axis} window ignored: {preset}'s {'/'.join(chosen)} field does not pool {axis}")
+    spec = base.replace(sigma=float(sigma), sum_window=windows["sum"], sup_window=windows["sup"])
+    return spec, notes
+
+
+# ----------------------------------------------------------------------------------------- explorer
+class ActivationExplorer:
+    """Controls, the computation behind them, and the latest result; display it in a notebook.
+
+    Attributes:
+        controls: ``{name: widget}`` for ``preset``, ``sigma``, ``space_window``, ``channel_window``,
+            ``window_field``, ``alpha``; setting a widget's ``.value`` recomputes synchronously.
+        result: the latest statistics (see :meth:`compute`).
+        z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the latest normalized
+            responses (before ReLU); ``spec``: the latest spec; ``norm``: the latest module.
+        widget: the ``VBox`` that is displayed (controls, readout, live plots).
+    """
+
+    def __init__(self, images: torch.Tensor, conv: nn.Conv2d, *, source: str = "", preset: str = "dn",
+                 sigma: float = 0.5, space_window: Optional[int] = None, channel_window: Optional[int] = None,
+                 window_field: Optional[str] = None, alpha: float = 0.0, bins: int = 20, n_pairs: int = 64,
+                 max_samples: int = 8192, seed: int = 0, live_plots: bool = True):
+        import ipywidgets as W
+
+        self.images, self.source, self.seed = images, source, seed
+        self.bins, self.n_pairs, self.max_samples = bins, n_pairs, max_samples
+        with torch.no_grad():
+            self.z = conv(preprocess(images))
+        pre = pairwise_corr_mi(self.z, n_pairs=n_pairs, bins=bins, max_samples=max_samples, seed=seed)
+        self.pre_pairs = pre
+        self.live_plots = live_plots
+        self._holding = False
+        style = {"description_width": "initial"}
+        names = [n for n in list_norms()]
+        self.controls = {
+            "preset": W.Dropdown(options=names, value=preset, description="preset", style=style),
+            "sigma": W.FloatSlider(value=sigma, min=0.0, max=2.0, step=0.05, description="σ", style=style,
+                                   continuous_update=False),
+            "space_window": W.SelectionSlider(options=SPACE_WINDOWS, value=0, description="spatial window", style=style,
+                                              continuous_update=False),
+            "channel_window": W.SelectionSlider(options=CHANNEL_WINDOWS, value=0, description="channel window",
+                                                style=style, continuous_update=False),
+            "window_field": W.ToggleButtons(options=WINDOW_FIELDS, value="both", description="windows on",
+                                            style=style),
+            "alpha": W.FloatSlider(value=alpha, min=0.0, max=0.05, step=0.001, readout_format=".3f",
+                                   description="L1 α", style=style, continuous_update=False),
+        }
+        self.readout = W.HTML()
+        self.plots = W.Output()
+        self._set_windows_from_preset(preset)
+        overrides = {k: v for k, v in (("space_window", space_window), ("channel_window", channel_window),
+                                       ("window_field", window_field)) if v is not None}
+        for name, value in overrides.items():
+            self.controls[name].value = value
+        for widget in self.controls.values():
+            widget.observe(self._on_change, names="value")
+        self.widget = W.VBox([W.HBox([self.controls["preset"], self.controls["window_field"]]),
+                              W.HBox([self.controls["sigma"], self.controls["alpha"]]),
+                              W.HBox([self.controls["space_window"], self.controls["channel_window"]]),
+                              self.readout, self.plots])
+        self.update()
+
+    # --- the computation ------------------------------------------------------------------------
+    @property
+    def values(self) -> dict:
+        """The current control values by name."""
+        return {name: w.value for name, w in self.controls.items()}
+
+    def compute(self, preset: str, sigma: float, space_window: Optional[int] = None,
+                channel_window: Optional[int] = None, window_field: Optional[str] = None, alpha: float = 0.0) -> dict:
+        """Normalize ``self.z`` with these settings and return the statistics, off-screen.
+
+        Windows left as None are the preset's own (:func:`preset_windows`). The controls, the readout and
+        :attr:`result` are not touched; :attr:`y`, :attr:`spec` and :attr:`norm` are set to this computation.
+
+        Keys: the settings; ``spec`` (repr); ``mean``, ``std``, ``mean_square``, ``kurtosis`` (excess) of the
+        normalized responses ``y``; ``sparsity``, ``relu_mean``, ``relu_kurtosis`` of ``relu(y)``;
+        ``field_mean_square`` (mean of ``E_B[y^2]``, nan without division); ``linearity`` (R^2 of ``y`` against
+        ``v = z - E_A z``); ``corr``/``mi`` between filter pairs of ``y`` and ``corr_pre``/``mi_pre`` of ``z``;
+        ``l1_penalty``: what this site would add to a training loss, ``alpha * mean|z - E_A z|``
+        (:func:`dnlib.sparse_penalty` of the module after one training-mode forward); ``notes``; ``source``.
+        """
+        own = preset_windows(preset)
+        space_window = own["space_window"] if space_window is None else space_window
+        channel_window = own["channel_window"] if channel_window is None else channel_window
+        window_field = own["window_field"] if window_field is None else window_field
+        spec, notes = explorer_spec(preset, sigma, space_window, channel_window, window_field)
+        norm = make_norm(spec, self.z.shape[1], affine=False, alpha=float(alpha), track_running_stats=False)
+        norm.train()
+        with torch.no_grad():
+            y = norm(self.z)
+            penalty = sparse_penalty(norm).item()
+            v = self.z - field_mean(self.z, spec)
+        self.spec, self.norm, self.y = spec, norm, y
+        pairs = pairwise_corr_mi(y, pairs=self.pre_pairs.pairs, bins=self.bins, max_samples=self.max_samples,
+                                 seed=self.seed)
+        result = {"preset": preset, "sigma": float(sigma), "space_window": space_window,
+                  "channel_window": channel_window, "window_field": window_field, "alpha": float(alpha),
+                  "spec": repr(spec), **activation_stats(y),
+                  "field_mean_square": suppression_mean_square(y, spec).mean().item() if spec.divide else math.nan,
+                  "linearity": linearity(v, y), "corr": pairs.corr, "mi": pairs.mi,
+                  "corr_pre": self.pre_pairs.corr, "mi_pre": self.pre_pairs.mi, "l1_penalty": penalty,
+                  "notes": notes, "source": self.source}
+        return result
+
+    def update(self) -> dict:
+        """Recompute from the controls, refresh the readout (and plots in a live kernel); return the result."""
+        self.result = self.compute(**self.values)
+        self.readout.value = self._html(self.result)
+        if self.live_plots and _in_kernel():
+            from IPython.display import clear_output, display
+
+            with self.plots:
+                clear_output(wait=True)
+                display(self.figure())
+        return self.result
+
+    def set(self, **values) -> dict:
+        """Set several controls at once (one recomputation); return the new result."""
+        unknown = sorted(set(values) - set(self.controls))
+        if unknown:
+            raise KeyError(f"unknown control {unknown[0]!r}; controls are {list(self.controls)}")
+        self._holding = True
+        try:
+            if "preset" in values:
+                self.controls["preset"].value = values.pop("preset")
+                self._set_windows_from_preset(self.controls["preset"].value)
+            for name, value in values.items():
+                self.controls[name].value = value
+        finally:
+            self._holding = False
+        return self.update()
+
+    def sweep(self, name: str, values: Sequence[Any]) -> list[dict]:
+        """The result for each value of one control, the others as they are (a preset brings its own windows).
+
+        Computed off-screen: the controls, the readout and :attr:`result` are left as they were.
+        """
+        if name not in self.controls:
+            raise KeyError(f"unknown control {name!r}; controls are {list(self.controls)}")
+        saved = (self.result, self.spec, self.norm, self.y)
+        rows = []
+        for value in values:
+            settings = {**self.values, name: value}
+            if name == "preset":
+                settings.update(preset_windows(value))
+            rows.append(self.compute(**settings))
+        self.result, self.spec, self.norm, self.y = saved
+        return rows
+
+    # --- display ----------------------------------------------------------------------------------
+    def figure(self, n_maps: int = 16, dpi: int = 72):
+        """Histograms before/after ReLU and the normalized feature maps of the first image, for the current result."""
+        from matplotlib.figure import Figure
+
+        from .figures import activation_histograms, feature_maps
+
+        fig = Figure(figsize=(10, 5.4), dpi=dpi)
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
+        axes = top.subplots(1, 2)
+        top.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.85, wspace=0.25)
+        activation_histograms(self.y, axes=axes, title=self.result["preset"])
+        feature_maps(self.y, 0, n_maps=n_maps, ncols=8, fig=bottom,
+                     title=f"normalized feature maps of image 0: {self.result['spec']}")
+        return fig
+
+    def _html(self, r: dict) -> str:
+        rows = "".join(f'<tr><td>{label}</td><td class="dnlib-stat-{key}" style="text-align:right">{r[key]:.4f}</td></tr>'
+                       for key, label in STAT_LABELS.items())
+        notes = "".join(f"<div><i>{n}</i></div>" for n in r["notes"])
+        return (f'<div class="dnlib-stats"><div><code>{r["spec"]}</code></div><table>{rows}</table>{notes}'
+                f'<div style="color:#777">before normalization: mean |corr| {r["corr_pre"]:.4f}, '
+                f'MI {r["mi_pre"]:.4f} nats; images: {r["source"]}</div></div>')
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    # --- events -------------------------------------------------------------------------------------
+    def _set_windows_from_preset(self, preset: str) -> None:
+        held, self._holding = self._holding, True
+        try:
+            for name, value in preset_windows(preset).items():
+                self.controls[name].value = value
+        finally:
+            self._holding = held
+
+    def _on_change(self, change) -> None:
+        if self._holding:
+            return
+        if change["owner"] is self.controls["preset"]:
+            self._set_windows_from_preset(change["new"])
+        self.update()
+
+
+def preset_windows(preset: str) -> dict:
+    """The window controls that reproduce a preset's own windows (``space_window``, ``channel_window``,
+    ``window_field``); the suppression window wins when the two fields' windows differ."""
+    spec = get_spec(preset)
+    window = spec.window("sup") or spec.window("sum")
+    if spec.sum_window and spec.sup_window:
+        field = "both" if spec.sum_window == spec.sup_window else "sup"
+    else:
+        field = "sup" if spec.sup_window else "sum" if spec.sum_window else "both"
+    return {"space_window": _nearest(window.get("space", 0), SPACE_WINDOWS),
+            "channel_window": _nearest(window.get("channel", 0), CHANNEL_WINDOWS), "window_field": field}
+
+
+def _nearest(size: int, options) -> int:
+    values = [v for _, v in options]
+    return size if size in values else min(values, key=lambda v: abs(v - size))
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional[nn.Conv2d] = None,
+                        checkpoint: str = "", n_images: int = 16, source: str = "auto", seed: int = 0,
+                        preset: str = "dn", sigma: float = 0.5, alpha: float = 0.0, bins: int = 20,
+                        n_pairs: int = 64, max_samples: int = 8192, live_plots: bool = True, **controls) -> ActivationExplorer:
+    """Build the activation explorer (see the module docstring).
+
+    Args:
+        images: uint8 ``(N, 3, H, W)``; default ``explorer_images(n_images, source, seed)``.
+        conv: the first layer; default ``first_conv(checkpoint, seed)``.
+        preset, sigma, alpha: initial control values (``**controls`` may set ``space_window``,
+            ``channel_window``, ``window_field``; by default the preset's own windows).
+        bins, n_pairs, max_samples: the MI estimator (:func:`dnlib.stats.pairwise_corr_mi`).
+        live_plots: redraw histograms and feature maps on every change (in a kernel only).
+    """
+    desc = ""
+    if images is None:
+        images, desc = explorer_images(n_images, source, seed)
+    conv = conv if conv is not None else first_conv(checkpoint, seed)
+    return ActivationExplorer(images, conv, source=desc, preset=preset, sigma=sigma, alpha=alpha, bins=bins,
+                              n_pairs=n_pairs, max_samples=max_samples, seed=seed, live_plots=live_plots, **controls)
