@@ -96,13 +96,16 @@ def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
         u = t.reshape(-1, 1, *shape[3:])
     nd = len(kernel)
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
-    if any(k % 2 == 0 for k in kernel):
-        # TensorFlow SAME padding (only reachable with border="reference"): (k-1)//2 before, k//2 after.
+    sizes = u.shape[2:]
+    if any(k % 2 == 0 for k in kernel) or any(k > n for k, n in zip(kernel, sizes)):
+        # Explicit zero padding: TensorFlow SAME for even windows ((k-1)//2 before, k//2 after; only reachable
+        # with border="reference"), and windows larger than the map (which avg_pool's padding rejects).
         pads = []
         for k in reversed(kernel):
             pads += [(k - 1) // 2, k // 2]
-        u = F.pad(u, pads)
-        out = pool(u, kernel, stride=1, padding=0)
+        out = pool(F.pad(u, pads), kernel, stride=1, padding=0)
+        if not include_pad:  # average over the real neighbours only
+            out = out / pool(F.pad(torch.ones_like(u[:1]), pads), kernel, stride=1, padding=0)
     else:
         out = pool(u, kernel, stride=1, padding=tuple(k // 2 for k in kernel), count_include_pad=include_pad)
     return out.reshape(shape)

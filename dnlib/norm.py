@@ -218,8 +218,8 @@ class DivisiveNorm(nn.Module):
         if self.impl == "fused" and fused_kind(self.spec) is None:
             raise ValueError(f"impl: 'fused' needs a spec with a native kernel, and {self.spec} has none")
         kind = self.fused
-        if kind == "in" and x.dim() == 2:
-            kind = None
+        if kind == "in" and x[0, 0].numel() == 1:
+            kind = None  # F.instance_norm refuses a single position; the general path defines it
         if kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
         else:

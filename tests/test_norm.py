@@ -1,0 +1,423 @@
+"""DivisiveNorm against torch's own layers, naive loops, gradcheck, and its error messages.
+
+Every preset is checked on both paths (``impl="general"``, the hand-written autograd Function; and
+``impl="auto"``, which dispatches to the fused native kernel where one exists) in forward and backward.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dnlib import DivisiveNorm, NormSpec, get_spec, list_norms, make_norm, sparse_penalty
+from dnlib.functional import divisive_norm, divisive_norm_reference, field_mean
+from dnlib.norm import fused_kind
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+IMPLS = ["general", "auto"]
+
+
+def _x(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype).requires_grad_()
+
+
+def _compare(ours, ref, x, dtype, train=True):
+    """Forward outputs, input gradients and parameter gradients agree within the dtype's tolerance."""
+    ours.train(train)
+    ref.train(train)
+    y, r = ours(x), ref(x)
+    tol = TOL[dtype]
+    assert (y - r).abs().max().item() < tol
+    w = torch.randn_like(y)  # a fixed, non-trivial upstream gradient
+    gy = torch.autograd.grad((y * w).sum(), [x] + [p for p in ours.parameters()], retain_graph=False)
+    gr = torch.autograd.grad((r * w).sum(), [x] + [p for p in ref.parameters()])
+    assert (gy[0] - gr[0]).abs().max().item() < tol
+    for a, b in zip(gy[1:], gr[1:]):
+        if b.numel() > a.numel():  # torch's elementwise LN/RMS weights vs our per-channel ones
+            b = b.reshape(a.numel(), -1).sum(1)
+        # parameter gradients are sums over the whole batch: compare relative to their size
+        assert ((a - b).abs() / b.abs().clamp_min(1)).max().item() < tol
+
+
+def _per_channel_ln_weights(ref, ours, shape):
+    """torch's LayerNorm/RMSNorm weights are elementwise; ours per channel. Tie them for the comparison."""
+    with torch.no_grad():
+        ours.weight.copy_(torch.linspace(0.5, 1.5, shape[1]))
+        ours.bias.copy_(torch.linspace(-0.2, 0.3, shape[1]))
+        view = (-1,) + (1,) * (len(shape) - 2)
+        ref.weight.copy_(ours.weight.view(view).expand(shape[1:]))
+        if getattr(ref, "bias", None) is not None:
+            ref.bias.copy_(ours.bias.view(view).expand(shape[1:]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(6, 5), (6, 5, 7), (4, 5, 6, 7)])
+def test_bn_matches_batchnorm_train_eval_and_buffers(shape, impl, dtype):
+    ref = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)](shape[1], dtype=dtype)
+    ours = make_norm("bn", shape[1], impl=impl, dtype=dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.weight)
+        ref.bias.copy_(ours.bias)
+    for step in range(4):  # several training steps: running statistics must track torch's exactly
+        _compare(ours, ref, _x(shape, dtype, seed=step), dtype, train=True)
+    tol = TOL[dtype]
+    assert (ours.running_mean - ref.running_mean).abs().max() < tol
+    assert (ours.running_var - ref.running_var).abs().max() < tol
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 4
+    _compare(ours, ref, _x(shape, dtype, seed=9), dtype, train=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bn_cumulative_momentum_none(impl):
+    ref, ours = nn.BatchNorm1d(3, momentum=None), make_norm("bn", 3, momentum=None, impl=impl)
+    for s in range(3):
+        x = _x((8, 3), torch.float32, s)
+        ref(x), ours(x)
+    assert torch.allclose(ours.running_mean, ref.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, ref.running_var, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(6, 5), (3, 5, 7), (3, 4, 5, 6)])
+def test_ln_matches_layernorm(shape, impl, dtype):
+    ref, ours = nn.LayerNorm(shape[1:], dtype=dtype), make_norm("ln", shape[1], impl=impl, dtype=dtype)
+    _per_channel_ln_weights(ref, ours, shape)
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (3, 4, 5, 6)])
+def test_in_matches_instancenorm(shape, impl, dtype):
+    cls = nn.InstanceNorm1d if len(shape) == 3 else nn.InstanceNorm2d
+    ref, ours = cls(shape[1], affine=True, dtype=dtype), make_norm("in", shape[1], affine=True, impl=impl, dtype=dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.weight), ref.bias.copy_(ours.bias)
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_gn_matches_groupnorm(groups, impl, dtype):
+    shape = (3, 8, 5, 6)
+    ref, ours = nn.GroupNorm(groups, 8, dtype=dtype), make_norm("gn", 8, groups=groups, impl=impl, dtype=dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.weight), ref.bias.copy_(ours.bias)
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("shape", [(3, 7, 5), (3, 7, 4, 5)])
+def test_lrn_matches_localresponsenorm(shape, size, dtype):
+    ref = nn.LocalResponseNorm(size, alpha=0.3, beta=0.75, k=2.0)
+    ours = make_norm("lrn", shape[1], window=size, sup_scale=0.3, sigma=math.sqrt(2.0), dtype=dtype)
+    assert ours.fused is None  # LRN always runs on the general path
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5, 6)])
+def test_rms_matches_rmsnorm(shape, impl, dtype):
+    ref, ours = nn.RMSNorm(shape[1:], eps=1e-5, dtype=dtype), make_norm("rms", shape[1], impl=impl, dtype=dtype)
+    _per_channel_ln_weights(ref, ours, shape)
+    with torch.no_grad():
+        ours.bias.zero_()  # nn.RMSNorm has no bias
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+def test_fused_dispatch_table():
+    assert {n: fused_kind(get_spec(n)) for n in ["bn", "bn-s", "ln", "ln-s", "in", "gn", "rms", "dn", "lrn"]} == {
+        "bn": "bn", "bn-s": "bn", "ln": "ln", "ln-s": "ln", "in": "in", "gn": "gn", "rms": "rms", "dn": None,
+        "lrn": None}
+    assert make_norm("bn", 4, learn_sigma=True).fused is None  # a learned sigma cannot be folded into eps
+
+
+def test_sigma_is_folded_into_eps():
+    x = _x((4, 3, 5, 5), torch.float64)
+    for impl in IMPLS:
+        ours = make_norm("bn", 3, sigma=0.7, eps=0.0, impl=impl).double()
+        ref = nn.BatchNorm2d(3, eps=0.49).double()
+        assert (ours(x) - ref(x)).abs().max() < 1e-12
+
+
+# --- DN: local windows against a naive per-position loop -------------------------------------------------
+
+def _naive_dn(x, ka, kb, sigma, eps, border):
+    """Eqs. 3-4 written out position by position (PAPER.md §1.2) for a spatial window, all channels."""
+    N, C, H, W = x.shape
+
+    def window_mean(t, k, divisor_k=None):  # t: (N, H, W)
+        out = torch.zeros_like(t)
+        r = k // 2
+        for n, i, j in itertools.product(range(N), range(H), range(W)):
+            vals = [t[n, a, b] for a in range(i - r, i + r + 1) for b in range(j - r, j + r + 1)
+                    if 0 <= a < H and 0 <= b < W]
+            if border == "valid":
+                out[n, i, j] = sum(vals) / len(vals)
+            else:  # zero padding counted; the reference code divides the suppression sum by k_A^2
+                out[n, i, j] = sum(vals) / (divisor_k or k) ** 2
+        return out
+
+    mu = window_mean(x.mean(1), ka)
+    v = x - mu[:, None]
+    s = window_mean((v * v).mean(1), kb, divisor_k=ka if border == "reference" else None)
+    return v / torch.sqrt(sigma ** 2 + eps + s[:, None])
+
+
+@pytest.mark.parametrize("border", ["valid", "zeros", "reference"])
+@pytest.mark.parametrize("ka,kb", [(3, 5), (5, 3), (3, 3), (7, 3)])  # 7 > W: window wider than the map
+def test_dn_unequal_windows_match_naive_loop(ka, kb, border):
+    x = _x((2, 3, 6, 5), torch.float64)
+    spec = NormSpec("channel,space", "channel,space", {"space": ka}, {"space": kb}, sigma=0.5, border=border)
+    ref = _naive_dn(x.detach(), ka, kb, 0.5, spec.eps, border)
+    for impl in ("general",):
+        m = DivisiveNorm(3, spec, affine=False, impl=impl).double()
+        assert (m(x) - ref).abs().max() < 1e-10
+    assert (divisive_norm_reference(x, spec) - ref).abs().max() < 1e-10
+
+
+def test_reference_border_inflates_variance_by_window_ratio():
+    """The authors' bug: the 7x7 suppression sum divided by 5x5 inflates E_B[v^2] by 49/25 (PAPER.md §1.2)."""
+    x = _x((2, 4, 12, 12), torch.float64).detach()
+    zeros = NormSpec("channel,space", "channel,space", {"space": 5}, {"space": 7}, eps=0.0, border="zeros")
+    ref = zeros.replace(border="reference")
+    ratio = divisive_norm(x, zeros) / divisive_norm(x, ref)
+    assert torch.allclose(ratio, torch.full_like(ratio, math.sqrt(49 / 25)))
+
+
+def test_dn_1d_window_matches_naive_loop():
+    x = _x((3, 10), torch.float64)
+    k = 5
+    m = make_norm("dn-1d", 10, window=k, sigma=1.0)
+    mu = torch.stack([x[:, max(0, j - 2):j + 3].mean(1) for j in range(10)], 1)
+    v = x - mu
+    s = torch.stack([(v[:, max(0, j - 2):j + 3] ** 2).mean(1) for j in range(10)], 1)
+    assert (m.double()(x) - v / torch.sqrt(1.0 + 1e-5 + s)).abs().max() < 1e-10
+
+
+def test_even_reference_window_uses_tf_same_padding():
+    """Code's 1-D DN with window 30: TF SAME pads 14 before, 15 after; zeros counted, divided by 30."""
+    x = _x((2, 40), torch.float64).detach()
+    spec = NormSpec("channel", "channel", {"channel": 30}, {"channel": 30}, eps=0.0, sigma=1.0, border="reference")
+    pad = torch.nn.functional.pad(x, (14, 15))
+    mu = torch.stack([pad[:, j:j + 30].sum(1) / 30 for j in range(40)], 1)
+    v = x - mu
+    vp = torch.nn.functional.pad(v, (14, 15))
+    s = torch.stack([(vp[:, j:j + 30] ** 2).sum(1) / 30 for j in range(40)], 1)
+    assert (divisive_norm(x, spec) - v / torch.sqrt(1 + s)).abs().max() < 1e-12
+
+
+def test_dn_with_window_covering_the_map_equals_ln():
+    x = _x((2, 3, 4, 5), torch.float64)
+    dn = make_norm("dn", 3, window=9, eps=1e-5)  # 9 >= 2*5-1: every window sees the whole map
+    ln = nn.LayerNorm([3, 4, 5], elementwise_affine=False).double()
+    assert (dn.double()(x) - ln(x)).abs().max() < 1e-10
+
+
+def test_channel_and_space_windows_together():
+    x = _x((2, 6, 5, 5), torch.float64)
+    spec = NormSpec("channel,space", "channel,space", {"channel": 3, "space": 3}, {"channel": 5, "space": 3})
+    assert (divisive_norm(x, spec) - divisive_norm_reference(x, spec)).abs().max() < 1e-12
+    # naive check of the summation mean at one interior and one corner position
+    mu = field_mean(x, spec)
+    assert torch.allclose(mu[0, 2, 2, 2], x[0, 1:4, 1:4, 1:4].mean())
+    assert torch.allclose(mu[1, 0, 0, 0], x[1, 0:2, 0:2, 0:2].mean())
+
+
+# --- gradients, dtypes, state ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [n for n in list_norms()])
+def test_gradcheck_every_preset(name):
+    shape = (2, 4, 3, 4) if name not in ("dn-1d", "dn-1d-s") else (3, 6)
+    kw = {"groups": 2} if name == "gn" else {}
+    if name.startswith("dn-1d"):
+        kw["window"] = 3
+    if name in ("bn", "bn-s", "bn-ms"):
+        kw["track_running_stats"] = False
+    for impl in IMPLS:
+        m = make_norm(name, shape[1], impl=impl, **kw).double()
+        if m.affine:
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-1, 1)
+        x = _x(shape, torch.float64)
+        assert torch.autograd.gradcheck(m, (x,)), (name, impl)
+
+
+def test_learnable_sigma_receives_gradient_and_gradcheck():
+    m = make_norm("dn", 3, sigma=0.5, learn_sigma=True).double()
+    assert isinstance(m.sigma, nn.Parameter) and m.sigma.item() == 0.5
+    x = _x((2, 3, 4, 4), torch.float64)
+    m(x).pow(2).sum().backward()
+    assert m.sigma.grad is not None and m.sigma.grad.abs() > 0
+    spec = m.spec
+    s = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, s: divisive_norm(t, spec, s), (x, s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["bn", "ln", "dn", "gn"])
+def test_half_inputs_accumulate_in_fp32(name, dtype):
+    x = _x((4, 32, 6, 6), torch.float32).detach() * 30 + 100  # large offset: fp16 statistics would lose it
+    m = make_norm(name, 32, sigma=0.1)
+    y16 = m(x.to(dtype))
+    assert y16.dtype == dtype
+    y32 = m(x.to(dtype).float())
+    assert (y16.float() - y32).abs().max() < 0.05
+
+
+def test_state_dict_round_trip():
+    a = make_norm("bn-s", 5, momentum=0.3)
+    for s in range(3):
+        a(_x((8, 5, 3, 3), torch.float32, s))
+    b = make_norm("bn-s", 5, momentum=0.3)
+    b.load_state_dict(a.state_dict())
+    assert set(a.state_dict()) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    a.eval(), b.eval()
+    x = _x((2, 5, 3, 3), torch.float32)
+    assert torch.equal(a(x), b(x))
+    c = make_norm("dn", 5, learn_sigma=True, sigma=0.3)
+    d = make_norm("dn", 5, learn_sigma=True, sigma=0.9)
+    d.load_state_dict(c.state_dict())
+    assert d.sigma.item() == pytest.approx(0.3)
+
+
+def test_state_dict_loads_into_torch_batchnorm():
+    ours = make_norm("bn", 4)
+    ours(_x((8, 4, 3, 3), torch.float32))
+    ref = nn.BatchNorm2d(4)
+    ref.load_state_dict(ours.state_dict())
+    assert torch.equal(ref.running_mean, ours.running_mean)
+
+
+# --- the sparse penalty --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["bn", "ln", "dn", "none", "rms"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sparse_penalty_matches_definition_and_flows_through_mean(name, impl):
+    x = _x((4, 6, 5, 5), torch.float64)
+    model = nn.Sequential(make_norm(name, 6, alpha=0.3, impl=impl), nn.ReLU()).double()
+    model(x)
+    pen = sparse_penalty(model)
+    spec = get_spec(name)
+    if spec.sum_axes == {"batch", "space"}:
+        mu = x.mean((0, 2, 3), keepdim=True)
+    elif spec.sum_axes == {"channel", "space"} and not spec.sum_window:
+        mu = x.mean((1, 2, 3), keepdim=True)
+    elif name == "dn":
+        mu = _naive_local_mean(x, 3)
+    else:
+        mu = torch.zeros(())
+    expected = 0.3 * (x - mu).abs().mean()
+    assert torch.allclose(pen, expected, atol=1e-12)
+    g1 = torch.autograd.grad(pen, x)[0]
+    g2 = torch.autograd.grad(expected, x)[0]
+    assert torch.allclose(g1, g2, atol=1e-12)  # gradients flow through the mean
+    assert sparse_penalty(model).item() == 0.0  # cleared
+
+
+def _naive_local_mean(x, k):
+    N, C, H, W = x.shape
+    m = x.mean(1)
+    out = torch.zeros_like(m)
+    r = k // 2
+    for i, j in itertools.product(range(H), range(W)):
+        out[:, i, j] = m[:, max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean((1, 2))
+    return out[:, None]
+
+
+def test_sparse_penalty_sums_over_sites_and_steps_and_costs_nothing_at_zero():
+    a, b, c = make_norm("ln", 4, alpha=0.1), make_norm("ln", 4, alpha=0.2), make_norm("ln", 4)
+    model = nn.ModuleList([a, b, c])
+    x = _x((3, 4), torch.float32)
+    a(x), a(x), b(x), c(x)
+    expected = (0.1 * 2 + 0.2) * (x - x.mean(1, keepdim=True)).abs().mean()
+    assert torch.allclose(sparse_penalty(model), expected, atol=1e-6)
+    assert c._penalty is None
+    a.eval()
+    a(x)
+    assert a._penalty is None  # only training forwards add to the loss
+
+
+# --- errors and properties -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: make_norm("bn", 4)(torch.randn(2, 4, 3, 3, 3)), r"input: expected shape .*\(2, 4, 3, 3, 3\)"),
+    (lambda: make_norm("ln", 4)(torch.randn(2, 5, 3)), r"input: has 5 channels .* num_features=4"),
+    (lambda: make_norm("dn", 4, window=0), r"sum_window: window size .* >= 1, got 0"),
+    (lambda: make_norm("dn", 4, window=4), r"window size 4 .* even.*odd"),
+    (lambda: NormSpec("batch", "batch", {"space": 3}), r"sum_window: window on axis 'space', which sum_axes"),
+    (lambda: NormSpec("batch", "batch", {"batch": 3}), r"window on axis 'batch' is not allowed"),
+    (lambda: make_norm("dn", 4, sigma=-1.0), r"sigma: must be a finite number >= 0, got -1.0"),
+    (lambda: make_norm("ln", 4, track_running_stats=True), r"track_running_stats: .*pools 'batch'"),
+    (lambda: make_norm("batchnorm", 4), r"unknown normalizer 'batchnorm'; known presets are \['none', 'bn'"),
+    (lambda: make_norm("gn", 6, groups=4), r"num_features: 6 is not divisible by groups=4"),
+    (lambda: make_norm("bn", 4, colour="red"), r"unknown override 'colour'"),
+    (lambda: NormSpec("width", "batch"), r"sum_axes: unknown axis 'width'"),
+    (lambda: NormSpec(border="mirror"), r"border: got 'mirror'; allowed values are"),
+    (lambda: make_norm("bn", 4)(torch.randn(1, 4)), r"more than 1 value per channel"),
+    (lambda: make_norm("ln", 4, impl="fast"), r"impl: got 'fast'"),
+    (lambda: make_norm("dn", 4, alpha=-0.1), r"alpha: the L1 weight must be a number >= 0"),
+])
+def test_bad_input_names_parameter_value_and_allowed(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_repr_is_one_compact_line():
+    r = repr(make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005))
+    assert "\n" not in r
+    assert "A=channel+space[5]" in r and "B=channel+space[5]" in r and "alpha=0.005" in r
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@st.composite
+def _spec_and_shape(draw):
+    rank = draw(st.sampled_from([2, 3, 4]))
+    C = draw(st.integers(1, 6))
+    shape = [draw(st.integers(2, 4)), C] + [draw(st.integers(1, 5)) for _ in range(rank - 2)]
+    axes = ["batch", "channel", "space"]
+    sum_axes = draw(st.sets(st.sampled_from(axes)))
+    sup_axes = draw(st.sets(st.sampled_from(axes)))
+    border = draw(st.sampled_from(["valid", "zeros", "reference"]))
+
+    def window(field):
+        w = {}
+        for a in ("channel", "space"):
+            if a in field and draw(st.booleans()):
+                w[a] = draw(st.integers(1, 4)) * 2 - 1 if border != "reference" else draw(st.integers(1, 6))
+        return w
+
+    spec = NormSpec(sum_axes, sup_axes, window(sum_axes), window(sup_axes), sigma=draw(st.floats(0, 2)),
+                    eps=draw(st.sampled_from([0.0, 1e-5])) if sup_axes else 1e-5, border=border,
+                    power=draw(st.sampled_from([0.5, 0.75])))
+    return spec, shape
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(_spec_and_shape(), st.integers(0, 2**31 - 1))
+def test_property_finite_in_finite_out(spec_shape, seed):
+    spec, shape = spec_shape
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    x[0] = 0.0  # include constant regions
+    if spec.eps == 0.0 and spec.sigma == 0.0:
+        spec = spec.replace(eps=1e-6)  # with no smoothing at all a constant field divides 0 by 0
+    m = DivisiveNorm(shape[1], spec, affine=True, track_running_stats=False)
+    y = m(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    m.eval()
+    assert torch.isfinite(m(x)).all()
+    assert torch.allclose(divisive_norm(x, spec), divisive_norm_reference(x, spec), atol=1e-5)
