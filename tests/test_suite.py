@@ -1,0 +1,165 @@
+"""The notebook runner (dnlib.suite) and the environment configuration (dnlib.envconfig)."""
+import json
+import os
+
+import nbformat
+import pytest
+
+from dnlib import envconfig, suite
+
+
+def _notebook(path, code_cells, params, profiles=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["dnlib"] = {"profiles": profiles or {"smoke": {}}}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test (PAPER.md §0)"), cell]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+PARAMS = 'n: int = 2  # a count\nx: float = 0.5  # a value\nname: str = "a"  # a name\nflag: bool = False  # a flag\nxs: list = [1, 2]  # a list\n'
+
+
+@pytest.fixture
+def nbdir(tmp_path):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    _notebook(root / "01_good.ipynb", ["from dnlib import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
+              PARAMS, {"smoke": {}, "full": {"n": 5, "xs": [3]}})
+    _notebook(root / "02_bad.ipynb", ["y = 1", "raise ValueError('boom')", "z = 3"], "k: int = 1  # k\n")
+    return root
+
+
+def test_discover_default_is_sorted_numbered_notebooks(nbdir):
+    (nbdir / "scratch.ipynb").write_text("{}")
+    assert [p.name for p in suite.discover(root=nbdir)] == ["01_good.ipynb", "02_bad.ipynb"]
+    assert suite.discover(["02"], root=nbdir)[0].name == "02_bad.ipynb"
+    with pytest.raises(FileNotFoundError):
+        suite.discover(["nope"], root=nbdir)
+
+
+def test_repository_notebooks_declare_a_smoke_profile():
+    paths = suite.discover()
+    assert [p.name for p in paths][:2] == ["01_unified_view.ipynb", "02_activation_explorer.ipynb"]
+    for p in paths:
+        assert "smoke" in suite.notebook_profiles(p), p.name
+        suite.resolve_parameters(p, "smoke")
+
+
+@pytest.mark.parametrize("value, type_name, expected", [
+    ("3", "int", 3), ("-3", "int", -3), ("0.25", "float", 0.25), ("2", "float", 2.0), ("true", "bool", True),
+    ("False", "bool", False), ("3", "str", "3"), ("[1, 2]", "list", [1, 2]), ("{'a': 1}", "dict", {"a": 1}),
+])
+def test_coerce_cli_strings_by_declared_type(value, type_name, expected):
+    out = suite.coerce(value, type_name, from_cli=True)
+    assert out == expected and type(out) is type(expected)
+
+
+@pytest.mark.parametrize("value, type_name, from_cli", [
+    ("2.5", "int", True), ("abc", "float", True), ("yes", "bool", True), ("[1", "list", True),
+    (True, "int", False), ("3", "int", False), (1.5, "int", False), ([1], "str", False), (1, "None", False),
+])
+def test_coerce_rejects_wrong_types(value, type_name, from_cli):
+    with pytest.raises(TypeError):
+        suite.coerce(value, type_name, from_cli=from_cli)
+
+
+def test_profile_values_come_from_notebook_metadata(nbdir):
+    path = nbdir / "01_good.ipynb"
+    assert suite.resolve_parameters(path, "smoke") == {}
+    assert suite.resolve_parameters(path, "full") == {"n": 5, "xs": [3]}
+    assert suite.resolve_parameters(path, "full", [("x", "2")]) == {"n": 5, "xs": [3], "x": 2.0}
+
+
+def test_unknown_parameter_is_an_error_and_nothing_runs(nbdir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(suite.ParameterError) as err:
+        suite.run([nbdir / "01_good.ipynb"], overrides=[("sigmaa", "1")], out_dir=out)
+    assert "01_good.ipynb" in str(err.value) and "'sigmaa'" in str(err.value)
+    assert not out.exists()
+
+
+def test_wrong_type_is_an_error_naming_notebook_and_parameter(nbdir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(suite.ParameterError) as err:
+        suite.run(None, overrides=[("01:n", "2.5")], out_dir=out, root=nbdir)
+    msg = str(err.value)
+    assert "01_good.ipynb" in msg and "'n'" in msg and "int" in msg and "02_bad" not in msg
+    assert not out.exists()
+
+
+def test_bad_profile_value_in_metadata_is_an_error(tmp_path):
+    path = _notebook(tmp_path / "03_x.ipynb", [], PARAMS, {"smoke": {"n": "five"}})
+    with pytest.raises(suite.ParameterError, match="03_x.ipynb.*'n'"):
+        suite.resolve_parameters(path, "smoke")
+
+
+def test_unparsable_or_untyped_parameter_lines_are_reported(tmp_path):
+    path = _notebook(tmp_path / "04_x.ipynb", [], 'a: int = 1  # ok\nb = 2\nc: str = ""  # empty = bad for papermill\n')
+    problems = suite.parameter_cell_problems(path)
+    assert any("line 2" in p for p in problems) and any("'c'" in p for p in problems)
+    with pytest.raises(suite.ParameterError, match="04_x.ipynb"):
+        suite.run([path], out_dir=tmp_path / "out")
+
+
+def test_two_parameters_cells_are_rejected(tmp_path):
+    path = _notebook(tmp_path / "05_x.ipynb", [], "a: int = 1  # a\n")
+    nb = nbformat.read(str(path), as_version=4)
+    extra = nbformat.v4.new_code_cell("b: int = 2  # b")
+    extra.metadata["tags"] = ["parameters"]
+    nb.cells.append(extra)
+    nbformat.write(nb, str(path))
+    assert suite.parameter_cell_problems(path) == ["expected exactly one cell tagged 'parameters', found 2"]
+
+
+def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
+    rc = suite.main(["run", "--out", str(tmp_path / "out"), "-p", "bogus", "1", str(nbdir / "01_good.ipynb")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "01_good.ipynb" in err and "bogus" in err and "nothing was executed" in err
+
+
+def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), "-p", "01:x", "1.5", "-p", "01:name", "b",
+                     str(nbdir / "01_good.ipynb"), str(nbdir / "02_bad.ipynb")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert json.loads((out / "01_good.json").read_text()) == {"n": 5, "x": 1.5, "name": "b", "xs": [3]}
+    assert (out / "01_good.ipynb").exists() and (out / "02_bad.ipynb").exists()
+    assert "02_bad.ipynb: cell 3 (In [3]) raised ValueError: boom" in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["status"] for r in summary] == ["ok", "failed"] and all(r["seconds"] > 0 for r in summary)
+    assert "01_good.ipynb" in captured.out and "total" in captured.out
+    assert os.environ.get(suite.RESULTS_ENV) is None  # the runner restores the environment
+
+
+def test_save_results_default_path_and_jsonable(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.delenv(suite.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(suite, "RUNS_DIR", tmp_path)
+    path = suite.save_results({"t": torch.tensor([1.0, 2.0]), "nan": float("nan"), "nested": {"k": (1, 2)}}, name="nb")
+    assert path == tmp_path / "interactive" / "nb.json"
+    assert suite.load_results(path) == {"t": [1.0, 2.0], "nan": None, "nested": {"k": [1, 2]}}
+    monkeypatch.setenv(suite.RESULTS_ENV, str(tmp_path / "x.json"))
+    assert suite.save_results({"a": 1}) == tmp_path / "x.json"
+
+
+def test_envconfig_writes_both_files_and_is_idempotent(tmp_path):
+    kernel_cfg = tmp_path / envconfig.KERNEL_CONFIG
+    kernel_cfg.parent.mkdir(parents=True)
+    kernel_cfg.write_text("c.Other.setting = 1")  # existing content is kept
+    overrides = tmp_path / envconfig.LAB_OVERRIDES
+    overrides.parent.mkdir(parents=True)
+    overrides.write_text(json.dumps({"other-extension": {"x": 1}}))
+    assert set(envconfig.configure(tmp_path)) == {kernel_cfg, overrides}
+    assert envconfig.configure(tmp_path) == []
+    text = kernel_cfg.read_text()
+    assert text.startswith("c.Other.setting = 1\n") and text.count('c.IPKernelApp.log_level = "ERROR"') == 1
+    settings = json.loads(overrides.read_text())
+    assert settings["other-extension"] == {"x": 1}
+    assert settings["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
