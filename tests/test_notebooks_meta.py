@@ -1,0 +1,117 @@
+"""Every notebook in notebooks/ is stored clean and follows the suite's conventions (STYLE.md).
+
+Checked per notebook: kernel ``python3``; stripped (no outputs or execution counts except in cells tagged
+``keep_output``, which must also be tagged ``nbval-check-output`` and keep an execution count for nbval;
+``nbstripout``'s own stripping with counts and ids kept changes nothing); exactly one ``parameters`` cell of typed,
+commented literal lines that papermill parses; profiles in ``metadata.dnlib.profiles`` that validate; no
+``def``/``class``/loops in code cells; short cells; an opening Markdown cell naming the paper section.
+"""
+import ast
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dnlib import suite
+
+NOTEBOOKS = sorted(Path(__file__).resolve().parents[1].joinpath("notebooks").glob("*.ipynb"))
+IDS = [p.name for p in NOTEBOOKS]
+# The keys the nbstripout command line strips by default besides outputs and counts.
+NBSTRIPOUT_EXTRA_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed", "cell.metadata.ExecuteTime",
+                         "cell.metadata.execution", "cell.metadata.heading_collapsed", "cell.metadata.hidden",
+                         "cell.metadata.scrolled", "cell.metadata.papermill", "metadata.papermill"]
+MAX_CELL_LINES = 10
+FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.ListComp,
+             ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _src(cell):
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def _tags(cell):
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def test_there_are_notebooks():
+    assert {"01_unified_view.ipynb", "02_activation_explorer.ipynb"} <= set(IDS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_name_and_kernel(path):
+    assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), "notebooks are named NN_topic.ipynb"
+    assert _load(path)["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_stripped_except_keep_output_cells(path):
+    nb = _load(path)
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        if "keep_output" in _tags(cell):
+            assert "nbval-check-output" in _tags(cell), f"cell {i}: keep_output cells are compared by nbval"
+            assert isinstance(cell.get("execution_count"), int), f"cell {i}: a stored reference cell needs a count"
+            assert cell["outputs"], f"cell {i}: keep_output cell has no stored output"
+            assert all(o["output_type"] == "stream" for o in cell["outputs"]), f"cell {i}: keep small text outputs only"
+        else:
+            assert cell.get("outputs") == [], f"cell {i}: outputs stored outside a keep_output cell"
+            assert cell.get("execution_count") is None, f"cell {i}: execution count stored"
+    assert "widgets" not in nb["metadata"] and "papermill" not in nb["metadata"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_nbstripout_would_change_nothing(path):
+    import nbformat
+    from nbstripout import strip_output
+
+    nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
+    stripped = strip_output(copy.deepcopy(nb), keep_output=False, keep_count=True, keep_id=True,
+                            extra_keys=NBSTRIPOUT_EXTRA_KEYS)
+    assert stripped == nb, "run nbstripout --keep-count --keep-id on this notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_one_typed_parameters_cell(path):
+    assert suite.parameter_cell_problems(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_profiles_validate(path):
+    profiles = suite.notebook_profiles(path)
+    assert "smoke" in profiles, "declare metadata.dnlib.profiles with at least 'smoke'"
+    for name in profiles:
+        suite.resolve_parameters(path, name)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_logic_in_notebooks(path):
+    nb = _load(path)
+    imports_dnlib = False
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        src = _src(cell)
+        lines = [ln for ln in src.splitlines() if ln.strip()]
+        assert len(lines) <= MAX_CELL_LINES or "parameters" in _tags(cell), f"cell {i}: keep code cells short"
+        code = "\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        tree = ast.parse(code)
+        bad = [type(n).__name__ for n in ast.walk(tree) if isinstance(n, FORBIDDEN)]
+        assert not bad, f"cell {i}: {bad} in a notebook; move the logic into dnlib"
+        imports_dnlib |= bool(re.search(r"^\s*(from dnlib\b|import dnlib\b)", src, re.M))
+    assert imports_dnlib
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_opens_with_a_lesson_introduction(path):
+    first = _load(path)["cells"][0]
+    assert first["cell_type"] == "markdown"
+    text = _src(first)
+    assert text.lstrip().startswith("# ") and "§" in text, "open with a title and name the paper section (PAPER.md §)"
