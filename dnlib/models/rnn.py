@@ -1,0 +1,520 @@
+"""Recurrent cells and the word-level language model of the paper's PTB experiments (PAPER.md §1.3-1.4, §3.3).
+
+Every cell here is a *layer*: ``forward(x, state)`` runs a whole sequence ``x`` of shape ``(T, N, input_size)``
+(time-major) and returns ``(out, state)`` with ``out`` of shape ``(T, N, hidden_size)``. The input transform of
+all T steps is one matrix product before the loop; each step then does one ``(N, H) x (H, G)`` product for the
+recurrent transform plus the gate math (:meth:`step`, public so that a single step can be checked by hand).
+
+LSTM gates are ordered ``i, j, f, o`` as the authors' TensorFlow code (input gate, candidate, forget gate,
+output gate), and
+
+.. math::
+
+    c_t = \\sigma(f) \\odot c_{t-1} + \\sigma(i) \\odot \\tanh(j), \\qquad h_t = \\sigma(o) \\odot \\tanh(c_t)
+
+where the cells differ only in *where* normalization sits:
+
+=====================  ==========================================================================================
+:class:`NormLSTMCell`  the paper's "normalization at each non-linearity" (LN-s, LN+L1, LN*, DN, DN*): one linear
+                       map of ``[x; h]`` plus one bias, split into ``i, j, f, o``; each block normalized on its own
+                       (LN over its H units, or 1-D DN with a window along the unit axis) before its
+                       nonlinearity; ``c_t`` normalized before its tanh; the *un-normalized* ``c_t`` is the state.
+                       With ``norm="none"`` it is the plain baseline LSTM (and with ``alpha`` the Baseline +L1).
+:class:`BNLSTMCell`    Cooijmans et al. (2017): BN of ``W_x x`` and of ``W_h h`` and of ``c_t``, each with
+                       *separate statistics for every time step* (separate running averages per step) and a gain
+                       and bias shared over time. Passes the normalized ``c_t`` on as state (the code's quirk,
+                       PAPER.md §5.4 item 8; ``state_norm_c=False`` keeps the raw one).
+:class:`LNLSTMCell`    Ba et al. (2016): LN of the full 4H-unit ``W_x x`` and of ``W_h h`` (statistics jointly over
+                       the four gates, each with its own 4H gain and bias), and LN of ``c_t`` (H gain and bias);
+                       normalized ``c_t`` passed on (same quirk and option).
+:class:`NormRNNCell`   vanilla RNN, eqs. 10-11: ``h' = g(Norm(W [x; h] + b))``, g = tanh or ReLU (LN, DN, none).
+:class:`BNRNNCell`     vanilla RNN, eqs. 8-9: ``h' = g(BN(W_x x) + BN(W_h h))``, per-step statistics.
+=====================  ==========================================================================================
+
+Normalizers are built by name with :func:`dnlib.make_norm` (``norm=`` a preset, ``norm_kwargs=`` its
+overrides: ``sigma``, ``alpha``, ``window``, ``border``, ``eps``, ``affine``). The sparse L1 penalty (PAPER.md
+§2.2) is accumulated at every normalized quantity, every layer and every time step, as the authors' code sums it:
+``alpha * mean|v|`` at each of ``i, j, f, o`` and ``c`` (per-nonlinearity cells), or at ``W_x x``, ``W_h h``
+and ``c`` (BN/LN cells), or at the one pre-activation (vanilla RNNs). The per-nonlinearity cell normalizes the
+four gate blocks in one call on an ``(4N, H)`` view, with ``alpha`` times 4: the same sum, since each block has
+the same number of elements.
+
+**1-D DN window (PAPER.md §1.3, §5.4 item 2).** The paper's eqs. 6-7 use a radius R (R = 30 for the LSTM, 60 for
+the RNN: windows of 2R + 1 = 61 and 121 units) and always divide by 2R + 1, i.e. units beyond the border count as
+zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.configs.ptb`). The authors' code uses windows of
+30 and 60 *units* with TensorFlow SAME zero padding (asymmetric for even sizes): ``window=30, border="reference"``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..norm import DivisiveNorm
+from ..presets import make_norm
+from ..spec import NormSpec
+
+__all__ = ["BandDivisiveNorm", "NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel",
+           "GATES", "CELLS", "make_cell"]
+
+GATES = ("i", "j", "f", "o")
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+NormLike = Union[str, NormSpec, None]
+
+
+def _is_none(norm: NormLike) -> bool:
+    return norm is None or (isinstance(norm, str) and norm.lower() == "none")
+
+
+def _band(n: int, k: int, border: str) -> torch.Tensor:
+    """The ``(n, n)`` matrix A with ``(x @ A)[:, i]`` = the window mean around unit i (box window of k units).
+
+    ``"valid"``: centred window, divided by the number of real units in it; ``"zeros"``: centred, divided by k;
+    ``"reference"``: TF SAME padding, units ``i - (k-1)//2 .. i + k//2``, divided by k."""
+    before, after = ((k - 1) // 2, k // 2) if border == "reference" else (k // 2, k // 2)
+    idx = torch.arange(n)
+    d = idx[:, None] - idx[None, :]                     # row j (input unit), column i (output unit): j - i
+    mask = ((d >= -before) & (d <= after)).double()
+    div = mask.sum(0, keepdim=True) if border == "valid" else torch.full((1, n), float(k), dtype=torch.float64)
+    return (mask / div).float()
+
+
+class BandDivisiveNorm(DivisiveNorm):
+    """1-D DN along the unit axis (PAPER.md eqs. 6-7) as two small matrix products: the window means of
+    ``x`` and of ``v^2`` are ``x @ A`` with a banded averaging matrix ``A`` (one per field).
+
+    The same numbers as :class:`~dnlib.DivisiveNorm` with the same spec (every border convention; tested), at a
+    fraction of the cost for ``(N, H)`` inputs inside a recurrent loop, where the general path's pooling and
+    hand-written backward cost more launches than the arithmetic. Only for specs whose fields are both channel
+    windows (and fixed sigma): see :meth:`supports`.
+    """
+
+    @staticmethod
+    def supports(spec: NormSpec) -> bool:
+        return (spec.sum_axes == {"channel"} and spec.sup_axes == {"channel"} and not spec.learn_sigma
+                and spec.power == 0.5 and spec.groups == 1 and "channel" in dict(spec.sum_window)
+                and "channel" in dict(spec.sup_window))
+
+    def __init__(self, num_features: int, spec: NormSpec, affine: bool = False, alpha: float = 0.0, **kwargs):
+        if not self.supports(spec):
+            raise ValueError(f"spec: BandDivisiveNorm needs channel windows in both fields, got {spec}")
+        super().__init__(num_features, spec, affine=affine, alpha=alpha, track_running_stats=False, **kwargs)
+        ks, kb = dict(spec.sum_window)["channel"], dict(spec.sup_window)["channel"]
+        bug = kb / ks if spec.border == "reference" else 1.0   # the reference code's divisor (dnlib.functional)
+        self.register_buffer("sum_band", _band(num_features, ks, spec.border), persistent=False)
+        self.register_buffer("sup_band", _band(num_features, kb, spec.border) * bug, persistent=False)
+
+    @classmethod
+    def from_norm(cls, m: DivisiveNorm) -> "BandDivisiveNorm":
+        return cls(m.num_features, m.spec, affine=m.affine, alpha=m.alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            return super().forward(x)
+        v = x - x @ self.sum_band                                            # eq. 6
+        y = v * torch.rsqrt((v * v) @ self.sup_band + (self.spec.sigma ** 2 + self.spec.eps))   # eq. 7
+        if self.alpha and self.training:
+            self._add_penalty(v)
+        return self._affine(y, x.dtype)
+
+
+def _site(norm: NormLike, num_features: int, kwargs: Mapping, alpha_scale: float = 1.0) -> Optional[DivisiveNorm]:
+    """A normalizer for one site, or None when there is nothing to do (no normalization, no L1). 1-D DN
+    presets become :class:`BandDivisiveNorm` (same numbers, faster)."""
+    kwargs = dict(kwargs)
+    alpha = float(kwargs.pop("alpha", 0.0))
+    if _is_none(norm):
+        if not alpha:
+            return None
+        kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype")}
+        norm = "none"
+    m = make_norm(norm, num_features, alpha=alpha * alpha_scale, **kwargs)
+    if BandDivisiveNorm.supports(m.spec) and m.impl != "general":
+        m = BandDivisiveNorm.from_norm(m)
+    return m
+
+
+class _Recurrent(nn.Module):
+    """Shared plumbing: input transform of the whole sequence at once, then a Python loop over :meth:`step`.
+
+    ``trace``: set to a list to record each step's activations (dicts of tensors) for inspection; None (default)
+    records nothing.
+    """
+
+    num_gates = 1
+    state_size = 1        # number of (N, H) state tensors
+
+    def __init__(self, input_size: int, hidden_size: int, input_bias: bool = True):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        g = self.num_gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(g, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(g, hidden_size))
+        self.bias = nn.Parameter(torch.empty(g)) if input_bias else None
+        self.trace: Optional[list] = None
+
+    def reset_parameters(self, init_scale: float = 0.1) -> None:
+        """Weights uniform(-init_scale, init_scale), biases 0 (PAPER.md §3.3); normalizer gains stay 1."""
+        nn.init.uniform_(self.weight_ih, -init_scale, init_scale)
+        nn.init.uniform_(self.weight_hh, -init_scale, init_scale)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> tuple:
+        """The zero state: a tuple of ``state_size`` tensors of shape ``(N, H)``."""
+        dtype = dtype or self.weight_hh.dtype
+        device = device or self.weight_hh.device
+        return tuple(torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
+                     for _ in range(self.state_size))
+
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """``W_x x + b`` for every time step at once: ``(T, N, I) -> (T, N, G*H)``."""
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def step(self, xw: torch.Tensor, state: tuple, t: int = 0):
+        """One time step from the transformed input ``xw`` (N, G*H); returns ``(h, new_state)``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, state: Optional[Sequence[torch.Tensor]] = None):
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected shape (T, N, {self.input_size}), got {tuple(x.shape)}")
+        state = tuple(state) if state is not None else self.init_state(x.shape[1], x.device, x.dtype)
+        xw = self.input_transform(x)
+        outs = []
+        for t in range(x.shape[0]):
+            h, state = self.step(xw[t], state, t)
+            outs.append(h)
+        return torch.stack(outs), state
+
+    def _record(self, **acts) -> None:
+        if self.trace is not None:
+            self.trace.append({k: v.detach() for k, v in acts.items()})
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+# ------------------------------------------------------------------------------------------------------ LSTMs
+class NormLSTMCell(_Recurrent):
+    """LSTM with normalization at each nonlinearity (PAPER.md §1.4 "LN-s / LN+L1 / LN* and DN / DN*").
+
+    .. math::
+
+        [z_i; z_j; z_f; z_o] = W [x; h_{t-1}] + b + [0; 0; b_f; 0] \\qquad
+        c_t = \\sigma(N(z_f)) c_{t-1} + \\sigma(N(z_i)) \\tanh(N(z_j)) \\qquad
+        h_t = \\sigma(N(z_o)) \\tanh(N(c_t))
+
+    N normalizes each H-unit block on its own (``norm``: ``"ln-s"`` for LN over the block, ``"dn-1d-s"``/
+    ``"dn-1d"`` for a window along the unit axis, ``"none"`` for the baseline LSTM). ``norm_kwargs`` go to
+    :func:`dnlib.make_norm` (the presets used here have ``affine=False``, as the paper's). The forget bias is added
+    before normalization; the state is ``(h_t, c_t)`` with the un-normalized ``c_t``.
+    """
+
+    num_gates, state_size = 4, 2
+
+    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none",
+                 norm_kwargs: Optional[Mapping] = None, forget_bias: float = 0.0):
+        super().__init__(input_size, hidden_size)
+        norm_kwargs = dict(norm_kwargs or {})
+        self.norm_name = "none" if _is_none(norm) else (norm if isinstance(norm, str) else repr(norm))
+        self.forget_bias = float(forget_bias)
+        self.gate_norm = _site(norm, hidden_size, norm_kwargs, alpha_scale=4.0)   # i, j, f, o: 4 sites in one
+        self.cell_norm = _site(norm, hidden_size, norm_kwargs)
+        self.reset_parameters()
+
+    def input_transform(self, x):
+        xw = super().input_transform(x)
+        if self.forget_bias:
+            H = self.hidden_size
+            xw = torch.cat([xw[..., :2 * H], xw[..., 2 * H:3 * H] + self.forget_bias, xw[..., 3 * H:]], -1)
+        return xw
+
+    def step(self, xw, state, t=0):
+        h, c = state
+        n, H = h.shape
+        z = torch.addmm(xw, h, self.weight_hh.t())
+        if self.gate_norm is not None:
+            z = self.gate_norm(z.view(n * 4, H)).view(n, 4 * H)
+        s = torch.sigmoid(z)                      # i, f, o use it; the j block is recomputed as tanh below
+        i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+        j = torch.tanh(z[:, H:2 * H])
+        c = torch.addcmul(f * c, i, j)
+        cn = self.cell_norm(c) if self.cell_norm is not None else c
+        tc = torch.tanh(cn)
+        h = o * tc
+        if self.trace is not None:
+            self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
+        return h, (h, c)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}"
+
+
+class _StepNorm(nn.Module):
+    """Batch normalization with separate statistics (and running averages) for every time step and one gain and
+    bias shared over time (Cooijmans et al. 2017). Steps beyond ``max_steps`` use the last step's statistics.
+
+    ``eval_step``: when set, eval mode uses that step's running statistics for every step (the authors' test
+    pass, unrolled one step at a time, used only step 0's: PAPER.md §1.4, §5.4 item 8).
+    """
+
+    def __init__(self, num_features: int, max_steps: int, norm_kwargs: Mapping, affine: bool = True):
+        super().__init__()
+        kwargs = {k: v for k, v in dict(norm_kwargs).items() if k != "affine"}
+        self.steps = nn.ModuleList(make_norm("bn", num_features, affine=False, **kwargs) for _ in range(max_steps))
+        self.num_features, self.max_steps = num_features, max_steps
+        self.eval_step: Optional[int] = None
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        if not self.training and self.eval_step is not None:
+            t = self.eval_step
+        y = self.steps[min(t, self.max_steps - 1)](x)
+        return y if self.weight is None else torch.addcmul(self.bias, y, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_features}, max_steps={self.max_steps}, affine={self.weight is not None}"
+
+
+class BNLSTMCell(_Recurrent):
+    """Batch-normalized LSTM of Cooijmans et al. (2017), as the paper's BN rows (PAPER.md §1.4 "BN (RNN/LSTM)").
+
+    .. math::
+
+        z = BN_t(W_x x_t; \\gamma_x, \\beta_x) + BN_t(W_h h_{t-1}; \\gamma_h, \\beta_h) \\qquad
+        c_t = \\sigma(z_f) c_{t-1} + \\sigma(z_i) \\tanh(z_j) \\qquad
+        h_t = \\sigma(z_o) \\tanh(BN_t(c_t; \\gamma_c, \\beta_c))
+
+    ``BN_t`` uses the statistics of time step t over the batch (running averages per step in eval, momentum 0.1 =
+    the code's EMA decay 0.9); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h`` would be
+    cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code) passes
+    ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
+    """
+
+    num_gates, state_size = 4, 2
+
+    def __init__(self, input_size: int, hidden_size: int, norm_kwargs: Optional[Mapping] = None,
+                 max_steps: int = 20, forget_bias: float = 0.0, state_norm_c: bool = True):
+        super().__init__(input_size, hidden_size, input_bias=False)
+        kw = dict(norm_kwargs or {})
+        affine = kw.pop("affine", True)
+        self.forget_bias, self.state_norm_c, self.max_steps = float(forget_bias), state_norm_c, max_steps
+        self.norm_ih = _StepNorm(4 * hidden_size, max_steps, kw, affine)
+        self.norm_hh = _StepNorm(4 * hidden_size, max_steps, kw, affine)
+        self.norm_c = _StepNorm(hidden_size, max_steps, kw, affine)
+        self.reset_parameters()
+
+    def step(self, xw, state, t=0):
+        h, c = state
+        H = self.hidden_size
+        z = self.norm_ih(xw, t) + self.norm_hh(h @ self.weight_hh.t(), t)
+        if self.forget_bias:
+            z = torch.cat([z[:, :2 * H], z[:, 2 * H:3 * H] + self.forget_bias, z[:, 3 * H:]], 1)
+        s = torch.sigmoid(z)
+        i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+        j = torch.tanh(z[:, H:2 * H])
+        c = torch.addcmul(f * c, i, j)
+        cn = self.norm_c(c, t)
+        tc = torch.tanh(cn)
+        h = o * tc
+        if self.trace is not None:
+            self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
+        return h, (h, cn if self.state_norm_c else c)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, max_steps={self.max_steps}, state_norm_c={self.state_norm_c}"
+
+
+class LNLSTMCell(_Recurrent):
+    """Layer-normalized LSTM of Ba et al. (2016), the paper's original "LN" row (PAPER.md §1.4 "LN (LSTM)").
+
+    .. math::
+
+        z = LN(W_x x_t; \\gamma_x, \\beta_x) + LN(W_h h_{t-1}; \\gamma_h, \\beta_h) \\qquad
+        h_t = \\sigma(z_o) \\tanh(LN(c_t; \\gamma_c, \\beta_c))
+
+    The first two LNs pool all 4H units of the four gates jointly, each with a 4H-unit gain and bias; the third
+    pools the H units of ``c_t``. ``state_norm_c=True`` (the code's quirk) passes the normalized ``c_t`` on.
+    """
+
+    num_gates, state_size = 4, 2
+
+    def __init__(self, input_size: int, hidden_size: int, norm_kwargs: Optional[Mapping] = None,
+                 forget_bias: float = 0.0, state_norm_c: bool = True):
+        super().__init__(input_size, hidden_size, input_bias=False)
+        kw = dict(norm_kwargs or {})
+        kw.setdefault("affine", True)
+        self.forget_bias, self.state_norm_c = float(forget_bias), state_norm_c
+        self.norm_ih = make_norm("ln", 4 * hidden_size, **kw)
+        self.norm_hh = make_norm("ln", 4 * hidden_size, **kw)
+        self.norm_c = make_norm("ln", hidden_size, **kw)
+        self.reset_parameters()
+
+    def step(self, xw, state, t=0):
+        h, c = state
+        H = self.hidden_size
+        z = self.norm_ih(xw) + self.norm_hh(h @ self.weight_hh.t())
+        if self.forget_bias:
+            z = torch.cat([z[:, :2 * H], z[:, 2 * H:3 * H] + self.forget_bias, z[:, 3 * H:]], 1)
+        s = torch.sigmoid(z)
+        i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+        j = torch.tanh(z[:, H:2 * H])
+        c = torch.addcmul(f * c, i, j)
+        cn = self.norm_c(c)
+        tc = torch.tanh(cn)
+        h = o * tc
+        if self.trace is not None:
+            self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
+        return h, (h, cn if self.state_norm_c else c)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, state_norm_c={self.state_norm_c}"
+
+
+# ----------------------------------------------------------------------------------------------- vanilla RNNs
+def _nonlinearity(name: str):
+    if name not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity: got {name!r}; allowed values are {list(NONLINEARITIES)}")
+    return NONLINEARITIES[name]
+
+
+class NormRNNCell(_Recurrent):
+    """Vanilla RNN with LN or DN (PAPER.md eqs. 10-11): ``h_t = g(N(W [x_t; h_{t-1}] + b))``.
+
+    ``norm``: ``"none"`` (the baseline), ``"ln"``/``"ln-s"`` (LN over the H units), ``"dn-1d"``/``"dn-1d-s"``
+    (window along the unit axis). ``nonlinearity``: ``"tanh"`` or ``"relu"``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", norm: NormLike = "none",
+                 norm_kwargs: Optional[Mapping] = None):
+        super().__init__(input_size, hidden_size)
+        self.nonlinearity = nonlinearity
+        self._g = _nonlinearity(nonlinearity)
+        self.norm_name = "none" if _is_none(norm) else (norm if isinstance(norm, str) else repr(norm))
+        self.norm = _site(norm, hidden_size, dict(norm_kwargs or {}))
+        self.reset_parameters()
+
+    def step(self, xw, state, t=0):
+        (h,) = state
+        z = torch.addmm(xw, h, self.weight_hh.t())
+        if self.norm is not None:
+            z = self.norm(z)
+        h = self._g(z)
+        if self.trace is not None:
+            self._record(h=h)
+        return h, (h,)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, norm={self.norm_name!r}"
+
+
+class BNRNNCell(_Recurrent):
+    """Vanilla RNN with batch normalization (PAPER.md eqs. 8-9): ``h_t = g(BN_t(W_x x_t) + BN_t(W_h h_{t-1}))``,
+    statistics per time step, gains and biases shared over time (see :class:`BNLSTMCell`)."""
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh",
+                 norm_kwargs: Optional[Mapping] = None, max_steps: int = 20):
+        super().__init__(input_size, hidden_size, input_bias=False)
+        kw = dict(norm_kwargs or {})
+        affine = kw.pop("affine", True)
+        self.nonlinearity, self.max_steps = nonlinearity, max_steps
+        self._g = _nonlinearity(nonlinearity)
+        self.norm_ih = _StepNorm(hidden_size, max_steps, kw, affine)
+        self.norm_hh = _StepNorm(hidden_size, max_steps, kw, affine)
+        self.reset_parameters()
+
+    def step(self, xw, state, t=0):
+        (h,) = state
+        h = self._g(self.norm_ih(xw, t) + self.norm_hh(h @ self.weight_hh.t(), t))
+        if self.trace is not None:
+            self._record(h=h)
+        return h, (h,)
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, max_steps={self.max_steps}"
+
+
+CELLS = {"lstm": NormLSTMCell, "bn-lstm": BNLSTMCell, "ln-lstm": LNLSTMCell, "rnn": NormRNNCell,
+         "bn-rnn": BNRNNCell}
+
+
+def make_cell(arch: str, input_size: int, hidden_size: int, **kwargs) -> _Recurrent:
+    """A cell by architecture name (:data:`CELLS`): ``"lstm"`` (per-nonlinearity; baseline with norm="none"),
+    ``"bn-lstm"``, ``"ln-lstm"``, ``"rnn"`` (LN/DN/none), ``"bn-rnn"``; kwargs go to its constructor."""
+    if arch not in CELLS:
+        raise ValueError(f"arch: got {arch!r}; allowed values are {list(CELLS)}")
+    return CELLS[arch](input_size, hidden_size, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+class LanguageModel(nn.Module):
+    """The PTB word-level model (PAPER.md §3.3; Zaremba et al.'s "small" config): embedding (dimension = hidden
+    size), ``num_layers`` stacked recurrent layers, an untied softmax layer. No dropout.
+
+    All weights, the embedding and the softmax are drawn uniform(-init_scale, init_scale); biases 0; normalizer
+    gains 1 and biases 0.
+
+    ``forward(ids, state)`` takes token ids ``(N, T)`` and returns time-major logits ``(T, N, vocab_size)`` and
+    the new state (a list, one tuple of ``(N, H)`` tensors per layer).
+
+    Args:
+        vocab_size: V (10,000 for PTB).
+        hidden_size: H of every layer (200 for the LSTM; the paper's vanilla RNN 400, the code's 200).
+        arch: the cell (see :func:`make_cell`).
+        num_layers: stacked layers (2).
+        init_scale: half-width of the uniform initialisation (0.1).
+        **cell_kwargs: passed to each cell (``norm``, ``norm_kwargs``, ``nonlinearity``, ``max_steps``, ...).
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int = 200, arch: str = "lstm", num_layers: int = 2,
+                 init_scale: float = 0.1, **cell_kwargs):
+        super().__init__()
+        self.vocab_size, self.hidden_size, self.arch, self.num_layers = vocab_size, hidden_size, arch, num_layers
+        self.init_scale = init_scale
+        self.embedding = nn.Embedding(vocab_size, hidden_size)
+        self.layers = nn.ModuleList(make_cell(arch, hidden_size, hidden_size, **cell_kwargs)
+                                    for _ in range(num_layers))
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        s = self.init_scale
+        nn.init.uniform_(self.embedding.weight, -s, s)
+        nn.init.uniform_(self.decoder.weight, -s, s)
+        nn.init.zeros_(self.decoder.bias)
+        for layer in self.layers:
+            layer.reset_parameters(s)
+
+    def init_state(self, batch_size: int, device=None) -> list:
+        return [layer.init_state(batch_size, device) for layer in self.layers]
+
+    def forward(self, ids: torch.Tensor, state: Optional[list] = None):
+        x = self.embedding(ids.t())                        # (T, N, H)
+        new_state = []
+        for k, layer in enumerate(self.layers):
+            x, s = layer(x, state[k] if state is not None else None)
+            new_state.append(s)
+        return self.decoder(x), new_state
+
+    def set_trace(self, on: bool = True) -> None:
+        """Start (``on``) or stop recording every cell's per-step activations in ``layer.trace``."""
+        for layer in self.layers:
+            layer.trace = [] if on else None
+
+    def extra_repr(self):
+        return f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, arch={self.arch!r}"
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,504 @@
+"""Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): training, evaluation, a look inside the
+cells, and a speed benchmark.
+
+``python -m dnlib.ptb train dn-star-lstm [--epochs 13] [--source paper|code] [--out DIR] [--graph auto]``
+``python -m dnlib.ptb bench``        tokens/s of the cells against ``nn.LSTM`` (forward + backward)
+``python -m dnlib.ptb list``         the named configs with the paper's perplexities
+
+Training is the paper's: truncated BPTT over contiguous streams (batch 20 x 20 steps) with the hidden state
+carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
+plain SGD; gradients clipped at global norm 5; 13 epochs, ``lr_e = lr0 * 0.5^max(e - 4, 0)``; loss = NLL summed
+over the 20 steps and averaged over the batch, plus the L1 terms. Validation and test perplexity
+(``exp(mean per-word NLL)``) after every epoch. The loop is :class:`dnlib.train.Trainer` (one step = one
+minibatch; checkpoints and exact resume through it); on CUDA the whole training step (forward over 20 steps,
+backward, clipping, SGD update, state carry) can be captured in one CUDA graph (:class:`GraphTrainer`), which
+removes the per-step launch overhead that dominates at batch 20.
+
+Evaluation runs in eval mode (BN cells use their per-step running statistics) with the state carried over the
+whole split. Validation and the per-epoch test use the training layout (20 streams x 20 steps); the final test
+pass can use one stream (``final_test_batch_size=1``), as the authors' code, which evaluates the whole test set
+as one stream.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs.ptb import CELL_TYPES, TABLE9, PTBConfig, get_config, list_configs
+from .models.rnn import LanguageModel
+from .sparse import clear_penalties, sparse_penalty
+from .train import Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
+
+__all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perplexity", "unigram_perplexity",
+           "load_data", "train", "gate_statistics", "bench", "check_graph", "main"]
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def load_data(max_tokens: Optional[int] = None, root=None):
+    """PTB id streams ``{"train", "valid", "test"}`` and the vocabulary size. ``max_tokens`` keeps the first
+    ``max_tokens`` tokens of train and ``max_tokens // 5`` of valid and test (a smoke subset; the vocabulary is
+    still the full training vocabulary)."""
+    from .data import load_ptb
+    ptb = load_ptb(root, download=False, progress=False)
+    splits = {"train": ptb.train, "valid": ptb.valid, "test": ptb.test}
+    if max_tokens is not None:
+        splits = {"train": ptb.train[:max_tokens], "valid": ptb.valid[:max(max_tokens // 5, 1000)],
+                  "test": ptb.test[:max(max_tokens // 5, 1000)]}
+    return splits, ptb.vocab_size
+
+
+def _layout(ids: torch.Tensor, batch_size: int, num_steps: int):
+    """``ids`` as ``batch_size`` contiguous rows (TF ptb_producer); returns (data, batches per epoch)."""
+    from .data import ptb_batches
+    b = ptb_batches(ids, batch_size, num_steps)
+    return b.data, len(b)
+
+
+class PTBStream:
+    """A resumable batch source for :class:`dnlib.train.Trainer`: contiguous ``(x, y, reset)`` minibatches
+    forever, epoch after epoch; ``reset`` is True on the first minibatch of an epoch (the model's state is zeroed
+    there). ``state_dict`` = ``{"epoch", "pos"}``."""
+
+    def __init__(self, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20, device=None):
+        data, self.epoch_size = _layout(ids, batch_size, num_steps)
+        self.data = data.to(device)
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.epoch, self.pos = 0, 0
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.pos >= self.epoch_size:
+            self.epoch, self.pos = self.epoch + 1, 0
+        i, n = self.pos, self.num_steps
+        self.pos += 1
+        return self.data[:, i * n:(i + 1) * n], self.data[:, i * n + 1:(i + 1) * n + 1], i == 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+
+class LMLoss:
+    """The training loss, carrying the recurrent state across minibatches (a stateful ``loss_fn`` for
+    :class:`dnlib.train.Trainer`): ``NLL summed over the steps / batch size``; the state is detached after each
+    minibatch and zeroed when the batch says ``reset``. ``state_dict`` holds the state, so resume is exact."""
+
+    def __init__(self):
+        self.state = None
+
+    def __call__(self, model: LanguageModel, batch):
+        x, y, reset = batch
+        if reset or self.state is None:
+            self.state = model.init_state(x.shape[0], x.device)
+        logits, state = model(x, self.state)
+        self.state = [tuple(s.detach() for s in layer) for layer in state]
+        return lm_loss(logits, y)
+
+    def state_dict(self) -> dict:
+        return {"state": None if self.state is None else [tuple(s.cpu() for s in layer) for layer in self.state]}
+
+    def load_state_dict(self, d: dict) -> None:
+        st = d["state"]
+        self.state = None if st is None else st   # moved to the device on first use (see _to_device)
+
+    def to(self, device):
+        if self.state is not None:
+            self.state = [tuple(s.to(device) for s in layer) for layer in self.state]
+        return self
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """NLL summed over time steps, averaged over the batch; ``logits`` time-major ``(T, N, V)``, ``y`` ``(N, T)``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1), reduction="sum") / y.shape[0]
+
+
+# ------------------------------------------------------------------------------------------------- model
+def build_model(cfg: PTBConfig, vocab_size: Optional[int] = None) -> LanguageModel:
+    """The language model of a config (seeded by the caller)."""
+    return LanguageModel(vocab_size or cfg.vocab_size, **cfg.model_kwargs())
+
+
+def _set_bn_eval_step(model: nn.Module, step: Optional[int]) -> None:
+    from .models.rnn import _StepNorm
+    for m in model.modules():
+        if isinstance(m, _StepNorm):
+            m.eval_step = step
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: LanguageModel, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20,
+                        bn_step0: bool = False) -> float:
+    """Perplexity ``exp(mean per-word NLL)`` of ``ids`` laid out as ``batch_size`` contiguous streams, the state
+    carried over the whole split (eval mode; BN cells use running statistics, of step 0 only if ``bn_step0``)."""
+    was = model.training
+    model.eval()
+    _set_bn_eval_step(model, 0 if bn_step0 else None)
+    device = next(model.parameters()).device
+    data, n = _layout(ids, batch_size, num_steps)
+    data = data.to(device)
+    state = model.init_state(batch_size, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(n):
+        x = data[:, i * num_steps:(i + 1) * num_steps]
+        y = data[:, i * num_steps + 1:(i + 1) * num_steps + 1]
+        logits, state = model(x, state)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1), reduction="sum").double()
+    _set_bn_eval_step(model, None)
+    clear_penalties(model)
+    model.train(was)
+    return math.exp(total.item() / (n * batch_size * num_steps))
+
+
+def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of ``eval_ids`` under the (add-one smoothed) unigram distribution of ``train_ids``: the bar a
+    language model must clear."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
+    logp = (counts / counts.sum()).log()
+    return math.exp(-logp[eval_ids].mean().item())
+
+
+# ------------------------------------------------------------------------------------------- CUDA graphs
+class GraphTrainer(Trainer):
+    """:class:`dnlib.train.Trainer` whose training step is one CUDA-graph replay (CUDA only; plain SGD).
+
+    The captured step: forward over the 20 steps from static state tensors, ``NLL + L1``, backward, global-norm
+    clipping, ``p -= lr * g`` with the learning rate read from a device tensor (so the schedule needs no
+    re-capture), and the copy of the final state into the static state. The trainer's own optimizer (momentum 0,
+    no weight decay) is never stepped: its update is the same, so checkpoints stay interchangeable. Capture
+    happens on the first step, after a short warm-up on a side stream whose effects are undone.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.device.type != "cuda":
+            raise ValueError("GraphTrainer: needs a CUDA device; use Trainer on CPU")
+        if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
+            raise ValueError("GraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured")
+        self.graph = None
+
+    def _body(self):
+        model, params = self.model, self._params
+        logits, state = model(self._x, self._state)
+        loss = lm_loss(logits, self._y)
+        (loss + sparse_penalty(model)).backward()
+        if self.cfg.clip_norm:
+            nn.utils.clip_grad_norm_(params, self.cfg.clip_norm, foreach=True)
+        with torch.no_grad():
+            grads = [p.grad for p in params]
+            torch._foreach_add_(params, torch._foreach_mul(grads, self._neg_lr))
+            for dst, src in zip(self._flat_state, [s for layer in state for s in layer]):
+                dst.copy_(src)
+        return loss.detach()
+
+    def _capture(self, x, y):
+        model = self.model
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._x, self._y = x.clone(), y.clone()
+        self._state = model.init_state(x.shape[0], x.device)
+        self._flat_state = [s for layer in self._state for s in layer]
+        self._neg_lr = torch.zeros((), device=x.device)
+        snapshot = copy.deepcopy(model.state_dict())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                for p in self._params:
+                    p.grad = None
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        model.load_state_dict(snapshot)
+        for p in self._params:
+            p.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._loss = self._body()
+        # undo anything the warm-up left in the state
+        for s in self._flat_state:
+            s.zero_()
+
+    def train_step(self, batch) -> torch.Tensor:
+        x, y, reset = batch
+        self.model.train()
+        self._set_lr()
+        if self.graph is None:
+            self._capture(x, y)
+        self._x.copy_(x)
+        self._y.copy_(y)
+        self._neg_lr.fill_(-self.opt.param_groups[0]["lr"])
+        lf = self.loss_fn
+        if reset or lf.state is None:
+            for s in self._flat_state:
+                s.zero_()
+        elif lf.state is not self._state:
+            for dst, src in zip(self._flat_state, [s for layer in lf.state for s in layer]):
+                dst.copy_(src)
+        self.graph.replay()
+        lf.state = self._state
+        return self._loss.clone()
+
+
+def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
+                device="cuda") -> dict:
+    """Train ``steps`` minibatches eagerly and with :class:`GraphTrainer` from the same initialisation; returns
+    both loss sequences and the largest parameter difference (graph == eager up to float rounding)."""
+    out = {}
+    for mode in ("eager", "graph"):
+        set_seed(seed)
+        model = build_model(cfg, vocab_size)
+        tc = TrainConfig(steps=steps, lr=cfg.lr, momentum=0.0, clip_norm=cfg.clip_norm, eval_every=0,
+                         checkpoint_every=0, log_every=1, device=str(device), progress=False)
+        cls = GraphTrainer if mode == "graph" else Trainer
+        tr = cls(model, LMLoss(), PTBStream(ids, cfg.batch_size, cfg.num_steps, device), tc)
+        losses = [float(tr.train_step(next(tr.batches))) for _ in range(steps)]
+        out[mode] = {"losses": losses, "params": [p.detach().clone() for p in model.parameters()]}
+    diff = max((a - b).abs().max().item() for a, b in zip(out["eager"]["params"], out["graph"]["params"]))
+    rel = max(abs(a - b) / abs(a) for a, b in zip(out["eager"]["losses"], out["graph"]["losses"]))
+    return {"eager_losses": out["eager"]["losses"], "graph_losses": out["graph"]["losses"],
+            "max_param_diff": diff, "max_loss_rel_diff": rel, "ok": bool(rel < 1e-3 and diff < 1e-3)}
+
+
+# ------------------------------------------------------------------------------------------------- train
+def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int] = None, out_dir=None,
+          device: str = "auto", epochs: Optional[int] = None, max_tokens: Optional[int] = None, seed: int = 0,
+          graph: str = "auto", final_test_batch_size: Optional[int] = 1, progress: bool = True,
+          resume: bool = True, log=None) -> dict:
+    """Train ``cfg`` on PTB and return the results: per-epoch ``valid_ppl``, ``test_ppl``, ``lr``, ``epoch_time``
+    (training seconds) and ``tokens_per_s``, ``final_test_ppl`` (one stream if ``final_test_batch_size`` is 1,
+    None to skip), the paper's number and the config.
+
+    ``data``/``vocab_size`` default to :func:`load_data` (``max_tokens`` for a subset). ``graph``: ``"auto"``
+    (CUDA graph on CUDA), ``"on"``, ``"off"``. ``out_dir``: checkpoints, ``history.json`` and ``results.json``;
+    an interrupted run resumes from there.
+    """
+    if data is None:
+        data, vocab_size = load_data(max_tokens)
+    vocab_size = vocab_size or cfg.vocab_size
+    epochs = epochs if epochs is not None else cfg.epochs
+    dev = resolve_device(device)
+    set_seed(seed)
+    model = build_model(cfg, vocab_size)
+    stream = PTBStream(data["train"], cfg.batch_size, cfg.num_steps, dev)
+    E = len(stream)
+    use_graph = graph == "on" or (graph == "auto" and dev.type == "cuda")
+
+    def evaluate(m):
+        return {"valid_ppl": evaluate_perplexity(m, data["valid"], cfg.batch_size, cfg.num_steps),
+                "test_ppl": evaluate_perplexity(m, data["test"], cfg.batch_size, cfg.num_steps, cfg.bn_test_step0)}
+
+    tc = TrainConfig(steps=epochs * E, lr=cfg.lr, optimizer="sgd", momentum=0.0, clip_norm=cfg.clip_norm,
+                     eval_every=E, checkpoint_every=E if out_dir is not None else 0, log_every=max(E // 10, 1),
+                     seed=seed, device=str(dev), progress=progress)
+    cls = GraphTrainer if use_graph else Trainer
+    loss_fn = LMLoss()
+    tr = cls(model, loss_fn, stream, tc, evaluate=evaluate, out_dir=out_dir,
+             lr_lambda=lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr)
+    if resume and tr.try_resume():
+        loss_fn.to(dev)
+    t0 = time.perf_counter()
+    tr.fit(resume=False)
+    wall = time.perf_counter() - t0
+    rows = [r for r in tr.history if "valid_ppl" in r]
+    per_epoch, prev = [], 0.0
+    for e, r in enumerate(rows, 1):
+        dt = r["time"] - prev
+        prev = r["time"]
+        per_epoch.append({"epoch": e, "lr": cfg.lr_at_epoch(e), "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
+                          "epoch_time": dt, "tokens_per_s": E * cfg.batch_size * cfg.num_steps / dt if dt else None,
+                          "train_nll_per_word": r.get("train_loss", float("nan")) / cfg.num_steps})
+    final = None
+    if final_test_batch_size:
+        final = evaluate_perplexity(model, data["test"], final_test_batch_size, cfg.num_steps, cfg.bn_test_step0)
+    res = {"config": {k: v for k, v in asdict(cfg).items()}, "epochs": per_epoch, "final_test_ppl": final,
+           "final_test_batch_size": final_test_batch_size, "paper_test_ppl": cfg.paper_perplexity,
+           "graph": use_graph, "device": str(dev), "wall_s": wall, "train_tokens": int(data["train"].numel()),
+           "batches_per_epoch": E, "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+           "torch": torch.__version__}
+    if out_dir is not None:
+        atomic_write_json(res, Path(out_dir) / "results.json")
+    res["model"] = model
+    return res
+
+
+# ---------------------------------------------------------------------------------------- inside the cells
+@torch.no_grad()
+def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20,
+                    max_batches: int = 10, sat: float = 0.05, zero: float = 0.05) -> list:
+    """How often each gate saturates and how sparse the activations are, per layer, over ``max_batches``
+    minibatches of ``ids`` (eval mode, state carried).
+
+    For the sigmoid gates ``i, f, o``: the fraction of values below ``sat`` or above ``1 - sat``; for the
+    candidate ``j`` and ``tanh(c)``: the fraction with ``|value| > 1 - sat``; ``h_sparsity``: the fraction of
+    hidden outputs with ``|h| < zero`` (for a ReLU RNN, also the exact zeros ``h_zeros``). Returns one dict per
+    layer.
+    """
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    data, n = _layout(ids, batch_size, num_steps)
+    data = data.to(device)
+    model.set_trace(True)
+    state = model.init_state(batch_size, device)
+    for b in range(min(n, max_batches)):
+        _, state = model(data[:, b * num_steps:(b + 1) * num_steps], state)
+    rows = []
+    for k, layer in enumerate(model.layers):
+        acts = {name: torch.stack([step[name] for step in layer.trace]) for name in layer.trace[0]}
+        row = {"layer": k + 1}
+        for g in ("i", "f", "o"):
+            if g in acts:
+                a = acts[g]
+                row[f"{g}_saturated"] = ((a < sat) | (a > 1 - sat)).double().mean().item()
+        for g in ("j", "tanh_c"):
+            if g in acts:
+                row[f"{g}_saturated"] = (acts[g].abs() > 1 - sat).double().mean().item()
+        h = acts["h"]
+        row["h_sparsity"] = (h.abs() < zero).double().mean().item()
+        row["h_zeros"] = (h == 0).double().mean().item()
+        rows.append(row)
+    model.set_trace(False)
+    clear_penalties(model)
+    model.train(was)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- bench
+def _time(fn, warmup: int, reps: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / reps
+
+
+def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cpu", batch_size: int = 20,
+          num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
+    """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
+    batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    x = torch.randn(num_steps, batch_size, hidden_size, device=dev)
+    tokens = batch_size * num_steps
+    rows = []
+
+    ref = nn.LSTM(hidden_size, hidden_size, num_layers).to(dev)
+
+    def step_ref():
+        out, _ = ref(x)
+        out.sum().backward()
+
+    t = _time(step_ref, 2, reps, sync)
+    rows.append({"cell": "nn.LSTM", "ms_per_batch": 1e3 * t, "tokens_per_s": tokens / t})
+    for name in names:
+        cfg = get_config(name, hidden_size=hidden_size, num_layers=num_layers)
+        layers = nn.ModuleList(build_model(cfg, 10).layers).to(dev).train()
+
+        def step():
+            h = x
+            for layer in layers:
+                h, _ = layer(h)
+            (h.sum() + sparse_penalty(layers)).backward()
+
+        t = _time(step, 2, reps, sync)
+        rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": tokens / t})
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["vs_nn_lstm"] = r["tokens_per_s"] / base
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def _print_rows(rows):
+    keys = list(rows[0])
+    print("  ".join(f"{k:>14}" for k in keys))
+    for r in rows:
+        print("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{str(v):>14}" for v in r.values()))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dnlib.ptb", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one named config")
+    t.add_argument("config", help="e.g. dn-star-lstm (see `list`)")
+    t.add_argument("--source", default="paper", choices=("paper", "code"))
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--max-tokens", type=int, default=None, help="train on the first N tokens (smoke)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--graph", default="auto", choices=("auto", "on", "off"))
+    t.add_argument("--lr", type=float, default=None, help="override the config's initial learning rate")
+    t.add_argument("--final-test-batch-size", type=int, default=1, help="0: skip the one-stream test pass")
+    t.add_argument("--check-graph", type=int, default=0, help="first compare N graph and eager steps")
+    t.add_argument("--out", default=None, help="checkpoints, history.json, results.json")
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true")
+    b = sub.add_parser("bench", help="tokens/s of the cells against nn.LSTM")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--configs", nargs="+", default=["base-lstm", "ln-star-lstm", "dn-star-lstm"])
+    b.add_argument("--reps", type=int, default=5)
+    b.add_argument("--threads", type=int, default=None)
+    b.add_argument("--json", default=None)
+    sub.add_parser("list", help="the named configs and the paper's perplexities")
+    a = p.parse_args(argv)
+
+    if a.cmd == "list":
+        for name in list_configs():
+            cfg = get_config(name)
+            print(f"{name:>18}  {cfg.row:>12}  arch={cfg.arch:<8} norm={cfg.norm:<8} sigma={cfg.sigma!s:<5} "
+                  f"alpha={cfg.alpha:<7g} lr={cfg.lr:<4g} H={cfg.hidden_size:<4} paper={cfg.paper_perplexity}")
+        return 0
+    if a.cmd == "bench":
+        rows = bench(a.configs, a.device, reps=a.reps, threads=a.threads)
+        _print_rows(rows)
+        if a.json:
+            atomic_write_json(rows, a.json)
+        return 0
+    cfg = get_config(a.config, a.source, **({"lr": a.lr} if a.lr is not None else {}))
+    data, vocab = load_data(a.max_tokens)
+    info = {}
+    if a.check_graph:
+        info["graph_check"] = check_graph(cfg, data["train"], vocab, a.check_graph, a.seed)
+        print(json.dumps({"graph_check": info["graph_check"]}), flush=True)
+        if not info["graph_check"]["ok"]:
+            print("graph != eager: falling back to eager", flush=True)
+            a.graph = "off"
+    res = train(cfg, data, vocab, out_dir=a.out, device=a.device, epochs=a.epochs, seed=a.seed, graph=a.graph,
+                final_test_batch_size=a.final_test_batch_size or None, progress=not a.quiet,
+                resume=not a.no_resume)
+    res.pop("model")
+    res.update(info)
+    for r in res["epochs"]:
+        print(f"epoch {r['epoch']:2d}  lr {r['lr']:.4g}  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}  "
+              f"{r['epoch_time']:.1f}s  {r['tokens_per_s']:.0f} tok/s", flush=True)
+    print(f"final test ppl {res['final_test_ppl']}  (paper {res['paper_test_ppl']})")
+    if a.out:
+        atomic_write_json(res, Path(a.out) / "results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
