@@ -1,0 +1,255 @@
+"""Super-resolution (PAPER.md §3.4, Tables 5/6): SRCNN model, configs, patch sampling, evaluation, entry points.
+
+Uses the real SR sets under ``$DNLIB_DATA`` (skipped when they are absent).
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dnlib.configs.sr import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_sr_config, paper_numbers
+from dnlib.models.srcnn import SRCNN, srcnn_norm
+from dnlib.norm import DivisiveNorm
+from dnlib.sparse import sparse_penalty
+
+
+def _have_sr():
+    try:
+        from dnlib.data import load_sr
+        load_sr("Set5")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_data = pytest.mark.skipif(not _have_sr(), reason="SR data sets not found under the data root")
+
+
+# ----------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("norm", ["none", "bn", "dn*", "dn*-code", "dn-ms"])
+def test_valid_convolutions_shrink_by_8_per_side(norm):
+    net = SRCNN(norm)
+    assert net.shave == 8
+    assert net(torch.rand(2, 1, 33, 33)).shape == (2, 1, 17, 17)
+    net.eval()
+    assert net(torch.rand(1, 1, 50, 41)).shape == (1, 1, 34, 25)
+
+
+def test_architecture_and_paper_init():
+    torch.manual_seed(0)
+    net = SRCNN()
+    shapes = [tuple(c.weight.shape) for c in (net.conv1, net.conv2, net.conv3)]
+    assert shapes == [(64, 1, 9, 9), (32, 64, 5, 5), (1, 32, 5, 5)]
+    for c in (net.conv1, net.conv2, net.conv3):
+        assert c.padding == (0, 0)
+        assert torch.all(c.bias == 0)
+        assert c.weight.abs().max() <= 2e-3 + 1e-9           # truncated at 2 std
+    assert abs(net.conv2.weight.std().item() - 1e-3 * 0.88) < 1e-4  # std of a +-2 sigma truncated normal
+    assert isinstance(net.norm1, nn.Identity) and isinstance(net.norm2, nn.Identity)
+    he = SRCNN(init="he")
+    assert abs(he.conv2.weight.std().item() - math.sqrt(2 / 1600)) < 3e-3
+
+
+def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
+    net = SRCNN("dn*")
+    for m in (net.norm1, net.norm2):
+        assert isinstance(m, DivisiveNorm)
+        s = m.spec
+        assert dict(s.sum_window) == {"space": 5} and dict(s.sup_window) == {"space": 7}
+        assert s.sum_axes == s.sup_axes == {"channel", "space"}
+        assert s.sigma == 1.0 and s.border == "valid" and m.alpha == 0.1 and not m.affine
+    code = SRCNN("dn-star-code")
+    assert code.norm1.spec.border == "reference" and code.norm1.alpha == 0.0
+    x = torch.rand(4, 1, 33, 33)
+    net.train()
+    net(x)
+    assert sparse_penalty(net).item() > 0          # the L1 term is applied (unlike the authors' code)
+    code(x)
+    assert sparse_penalty(code).item() == 0
+    bn = srcnn_norm("bn", 64)
+    assert isinstance(bn, DivisiveNorm) and bn.track_running_stats and bn.affine
+    with pytest.raises(ValueError):
+        srcnn_norm("no-such-norm", 8)
+
+
+# --------------------------------------------------------------------------------------------- configs
+def test_configs_name_what_they_are():
+    paper = get_sr_config("paper")
+    assert paper.kind == "reference"
+    assert (paper.optimizer, paper.lr, paper.momentum, paper.batch_size) == ("sgd", 1e-4, 0.9, 100)
+    assert paper.per_image and paper.init == "paper" and paper.channels == (64, 32) and paper.milestones == ()
+    fast = get_sr_config("fast")
+    assert fast.kind == "fast" and fast.optimizer == "adam" and fast.batch_size == 128
+    assert fast.train_config(1000).milestones == (700, 900)
+    assert get_sr_config("smoke").kind == "smoke"
+    assert get_sr_config("fast", scale=4, train_set="291").scale == 4
+    for cfg in SR_CONFIGS.values():
+        assert cfg.description
+    with pytest.raises(ValueError):
+        get_sr_config("nope")
+    with pytest.raises(ValueError):
+        get_sr_config("fast", train_set="ImageNet")
+
+
+def test_paper_numbers():
+    assert paper_numbers("Set14", 3)["DN*"] == (29.34, 0.8219)
+    assert paper_numbers("BSD200", 4)["BN"] == (21.53, 0.6741)
+    assert paper_numbers("Set5", 3) == {}
+    assert set(PAPER_TABLE5) == set(PAPER_TABLE6) == {"Bicubic", "A+", "SRCNN", "BN", "DN*"}
+
+
+# ----------------------------------------------------------------------------------------------- data
+def test_patch_sampler_targets_are_the_centre_and_resume_exactly():
+    from dnlib.sr import PatchSampler
+    # every pixel value is unique: image k holds k + (row * W + col) / 1e4
+    inputs = [(k + np.arange(h * w).reshape(h, w) / 1e4).astype(np.float32) for k, (h, w) in
+              enumerate([(40, 50), (60, 35)])]
+    labels = [a + 1.0 for a in inputs]                     # label = input + 1 everywhere
+    s = PatchSampler(inputs, labels, 8, per_image=True, seed=3)
+    x, y = next(s)
+    assert x.shape == (8, 1, 33, 33) and y.shape == (8, 1, 17, 17)
+    torch.testing.assert_close(y, x[:, :, 8:-8, 8:-8] + 1.0)
+    for p in x[:, 0].double().numpy():                     # each patch is a 33 x 33 window of its image
+        k = int(p[0, 0])
+        idx = int(round((p[0, 0] - k) * 1e4))
+        r, c = divmod(idx, inputs[k].shape[1])
+        np.testing.assert_allclose(p, inputs[k][r:r + 33, c:c + 33], atol=1e-6)
+    assert len({int(v) for v in x[:, 0, 0, 0]}) == 1       # per_image: one image per batch
+    state = s.state_dict()
+    a = next(s)
+    s.load_state_dict(state)
+    torch.testing.assert_close(a, next(s))
+    x, _ = next(PatchSampler(inputs, labels, 64, per_image=False, seed=0))
+    assert {int(v) for v in x[:, 0, 0, 0]} == {0, 1}       # mixed: patches from both images
+
+
+@needs_data
+def test_training_pairs_are_cached_srcnn_pairs():
+    from dnlib.sr import training_pairs
+    inputs, labels = training_pairs("T91", 3)
+    assert len(inputs) == len(labels) == 91
+    assert all(a.shape == b.shape and a.shape[0] % 3 == 0 and a.shape[1] % 3 == 0 for a, b in zip(inputs, labels))
+    assert training_pairs("T91", 3)[0] is inputs
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+class _Oracle(nn.Module):
+    """Returns the HR luma / 255 (+ offset grey levels), shaved by 8: the ideal SRCNN output."""
+
+    def __init__(self, items, offset=0.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.shave = 8
+        self.hr = {it["up"].shape: it["hr"] for it in items}
+        self.offset = offset
+
+    def forward(self, x):
+        hr = torch.as_tensor(self.hr[tuple(x.shape[-2:])], dtype=torch.float64)
+        return ((hr[8:-8, 8:-8] + self.offset) / 255.0)[None, None].float() + 0 * self.w
+
+
+@needs_data
+def test_evaluation_pipeline_psnr_identical_is_inf_and_offset_is_closed_form():
+    from dnlib.metrics import psnr
+    from dnlib.sr import evaluate_sr, test_pairs
+    items = test_pairs("Set5", 3)
+    assert psnr(items[0]["hr"], items[0]["hr"], border=8) == math.inf
+    assert evaluate_sr(_Oracle(items), "Set5", 3)["psnr"] > 120   # only float32 rounding of the output is left
+    r = evaluate_sr(_Oracle(items, offset=2.0), "Set5", 3)
+    # a constant error of 2 grey levels (the HR Y lies in [16, 235], so clipping never acts)
+    assert r["psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 4), abs=1e-3)
+    assert r["shift"] == pytest.approx(2.0, abs=1e-3)
+    assert all(row["name"] for row in r["per_image"]) and len(r["per_image"]) == 5
+
+
+@needs_data
+def test_evaluation_pipeline_ssim_matches_skimage_on_the_cropped_region():
+    skm = pytest.importorskip("skimage.metrics")
+    from dnlib.sr import evaluate_sr, test_pairs
+    items = test_pairs("Set5", 3)
+
+    class Noisy(_Oracle):
+        def forward(self, x):
+            g = torch.Generator().manual_seed(x.shape[-1])
+            out = super().forward(x)
+            return out + 0.03 * torch.randn(out.shape, generator=g)
+
+    r = evaluate_sr(Noisy(items), "Set5", 3)
+    ref = []
+    for it in items:
+        x = torch.from_numpy(it["up"])
+        g = torch.Generator().manual_seed(x.shape[-1])
+        pred = (torch.as_tensor(it["hr"][8:-8, 8:-8], dtype=torch.float64) / 255.0).float()
+        pred = ((pred + 0.03 * torch.randn(pred.shape, generator=g)).double() * 255).clamp(0, 255).numpy()
+        ref.append(skm.structural_similarity(pred, it["hr"][8:-8, 8:-8].astype(np.float64), data_range=255,
+                                             gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+    assert r["ssim"] == pytest.approx(float(np.mean(ref)), abs=1e-6)
+
+
+@needs_data
+def test_bicubic_row_reproduces_table5_and_the_data_baseline():
+    from dnlib.data import load_sr
+    from dnlib.data.sr import bicubic_baseline
+    from dnlib.sr import evaluate_bicubic
+    r = evaluate_bicubic("Set14", 3)
+    assert r["psnr"] == pytest.approx(PAPER_TABLE5["Bicubic"][3][0], abs=0.01)
+    p, s = bicubic_baseline(load_sr("Set5").images, 3)
+    r5 = evaluate_bicubic("Set5", 3)
+    assert (r5["psnr"], r5["ssim"]) == pytest.approx((p, s), abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------- training
+@needs_data
+def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
+    from dnlib.sr import evaluate_bicubic, evaluate_sr, train_sr
+    run = train_sr("none", "smoke", eval_sets=(), progress=False)
+    assert run.steps == 300 and run.config.kind == "smoke"
+    ours = evaluate_sr(run.model, "Set5", 3)["psnr"]
+    bic = evaluate_bicubic("Set5", 3)["psnr"]
+    assert ours > bic + 0.1, (ours, bic)
+
+
+@needs_data
+def test_time_limit_stops_a_long_run_and_the_cli_writes_the_report(tmp_path):
+    from dnlib.sr import main, train_sr
+    run = train_sr("dn*", get_sr_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_sets=(),
+                   time_limit=3.0, progress=False)
+    assert 0 < run.steps < 10 ** 6 and run.seconds < 10
+    out = tmp_path / "gpu"
+    args = ["--config", "smoke", "--steps", "4", "--sets", "Set5", "NoSuchSet", "--curve-sets", "--out", str(out)]
+    assert main(["train", "--norm", "dn*"] + args) == 0
+    assert main(["train", "--norm", "bn"] + args) == 0
+    assert main(["report", "--out", str(out), "--sets", "Set5", "Set14"]) == 0
+    rec = json.loads((out / "run_dnstar.json").read_text())
+    assert rec["steps"] == 4 and rec["card"] == "cpu" and "error" in rec["results"]["NoSuchSet"]
+    rep = json.loads((out / "sr_results.json").read_text())
+    assert set(rep["table"]["Set5"]) == {"Bicubic", "DN*", "BN"}
+    assert rep["table"]["Set14"]["Bicubic"]["paper_psnr"] == 27.54
+    assert rep["runs"]["DN*"]["steps"] == 4
+
+
+# -------------------------------------------------------------------------------------------- figures
+@needs_data
+def test_tables_crops_and_widget(monkeypatch):
+    import matplotlib
+    matplotlib.use("agg")
+    from dnlib.metrics import psnr
+    from dnlib.sr import (SRRun, compare_crops, crop_explorer, format_table, results_table, test_pairs,
+                          _bicubic_grey)
+    torch.manual_seed(0)
+    net = SRCNN("dn*", channels=(4, 4))
+    rows = results_table([SRRun("dn*", get_sr_config("smoke"), net)], sets=("Set5",), scale=3)
+    assert [r["model"] for r in rows] == ["Bicubic", "DN*"]
+    assert "| Set5 | Bicubic |" in format_table(rows)
+    fig, scores = compare_crops({"DN*": net}, "Set5", "butterfly_GT", 3, top=0, left=500, size=64)
+    it = [i for i in test_pairs("Set5", 3) if i["name"] == "butterfly_GT"][0]
+    sl = (slice(8, 72), slice(it["hr"].shape[1] - 72, it["hr"].shape[1] - 8))  # clamped into the 8-px frame
+    assert scores["Bicubic"] == pytest.approx(psnr(_bicubic_grey(it["up"])[sl], it["hr"][sl], border=0))
+    w = crop_explorer({"DN*": net}, sets=("Set5",), scale=3)
+    first = dict(w.result)
+    assert set(first) == {"Bicubic", "DN*"}
+    w.children[2].value = 0.1                          # move the "top" slider: recomputed synchronously
+    assert w.result != first
