@@ -46,17 +46,26 @@ __all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perpl
 
 
 # ------------------------------------------------------------------------------------------------------- data
-def load_data(max_tokens: Optional[int] = None, root=None):
-    """PTB id streams ``{"train", "valid", "test"}`` and the vocabulary size. ``max_tokens`` keeps the first
-    ``max_tokens`` tokens of train and ``max_tokens // 5`` of valid and test (a smoke subset; the vocabulary is
-    still the full training vocabulary)."""
+def load_data(max_tokens: Optional[int] = None, vocab: Optional[int] = None, root=None):
+    """PTB id streams ``{"train", "valid", "test"}`` and the vocabulary size.
+
+    ``max_tokens`` keeps the first ``max_tokens`` tokens of train and ``max(max_tokens // 5, 1000)`` of valid and
+    test (a smoke subset). ``vocab`` keeps the ``vocab - 1`` most frequent words of the full training set and
+    maps all others to one shared "rare word" id ``vocab - 1`` (a smaller softmax for CPU smoke runs; the
+    paper's runs use the full 10,000 words). The ids are frequency-ranked (:func:`dnlib.data.load_ptb`), so
+    this is ``min(id, vocab - 1)``.
+    """
     from .data import load_ptb
     ptb = load_ptb(root, download=False, progress=False)
     splits = {"train": ptb.train, "valid": ptb.valid, "test": ptb.test}
     if max_tokens is not None:
-        splits = {"train": ptb.train[:max_tokens], "valid": ptb.valid[:max(max_tokens // 5, 1000)],
-                  "test": ptb.test[:max(max_tokens // 5, 1000)]}
-    return splits, ptb.vocab_size
+        n_eval = max(max_tokens // 5, 1000)
+        splits = {"train": ptb.train[:max_tokens], "valid": ptb.valid[:n_eval], "test": ptb.test[:n_eval]}
+    size = ptb.vocab_size
+    if vocab is not None and vocab < size:
+        splits = {k: v.clamp(max=vocab - 1) for k, v in splits.items()}
+        size = vocab
+    return splits, size
 
 
 def _layout(ids: torch.Tensor, batch_size: int, num_steps: int):
@@ -447,6 +456,8 @@ def main(argv=None) -> int:
     t.add_argument("--source", default="paper", choices=("paper", "code"))
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--max-tokens", type=int, default=None, help="train on the first N tokens (smoke)")
+    t.add_argument("--vocab", type=int, default=None, help="keep the N-1 most frequent words (smoke)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--device", default="auto")
     t.add_argument("--graph", default="auto", choices=("auto", "on", "off"))
     t.add_argument("--lr", type=float, default=None, help="override the config's initial learning rate")
@@ -478,7 +489,9 @@ def main(argv=None) -> int:
             atomic_write_json(rows, a.json)
         return 0
     cfg = get_config(a.config, a.source, **({"lr": a.lr} if a.lr is not None else {}))
-    data, vocab = load_data(a.max_tokens)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    data, vocab = load_data(a.max_tokens, a.vocab)
     info = {}
     if a.check_graph:
         info["graph_check"] = check_graph(cfg, data["train"], vocab, a.check_graph, a.seed)

@@ -1,0 +1,346 @@
+"""PTB language modelling (PAPER.md §1.3-1.4, §2.2-2.3, §3.3): cells against hand-written references, the 1-D DN
+window against a naive loop, BN's per-step statistics, configs against §2.3, and a CPU smoke run on real PTB."""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnlib import make_norm, sparse_penalty
+from dnlib.configs.ptb import CELL_TYPES, ROWS, TABLE4, TABLE9, get_config, list_configs
+from dnlib.models.rnn import (BandDivisiveNorm, BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell,
+                              NormRNNCell)
+
+N, H, I = 3, 8, 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the test machines are shared: one intra-op thread is much faster than two oversubscribed ones
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _inputs(seed=0, hidden=H):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, I, generator=g, dtype=torch.float64)
+    h = torch.randn(N, hidden, generator=g, dtype=torch.float64)
+    c = torch.randn(N, hidden, generator=g, dtype=torch.float64)
+    return x, h, c
+
+
+def _lstm_ref(z, c, norm=lambda a: a, cnorm=lambda a: a):
+    """The LSTM of PAPER.md §1.4 written out: gates i, j, f, o; each block normalized before its nonlinearity."""
+    Hh = c.shape[1]
+    zi, zj, zf, zo = (norm(z[:, k * Hh:(k + 1) * Hh]) for k in range(4))
+    c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj)
+    h_new = torch.sigmoid(zo) * torch.tanh(cnorm(c_new))
+    return h_new, c_new
+
+
+def _naive_v(z, k):
+    """The centred activation of eq. 6 (window of k units, zeros counted at the border)."""
+    L = z.shape[1]
+    return torch.stack([z[:, j] - sum(z[:, i] for i in range(j - k // 2, j + k // 2 + 1) if 0 <= i < L) / k
+                        for j in range(L)], 1)
+
+
+def _naive_dn(z, k, sigma, border):
+    """PAPER.md eqs. 6-7 unit by unit: window of k units (centred, or TF SAME for border="reference")."""
+    n, L = z.shape
+    before, after = ((k - 1) // 2, k // 2) if border == "reference" else (k // 2, k // 2)
+
+    def window_mean(a, j):
+        idx = [j + r for r in range(-before, after + 1)]
+        real = [i for i in idx if 0 <= i < L]
+        total = sum(a[:, i] for i in real)
+        return total / (len(real) if border == "valid" else k)
+
+    v = torch.stack([z[:, j] - window_mean(z, j) for j in range(L)], 1)
+    s = torch.stack([window_mean(v * v, j) for j in range(L)], 1)
+    return v / torch.sqrt(sigma ** 2 + s)
+
+
+# ------------------------------------------------------------------------------------------ single steps
+def test_baseline_lstm_step_matches_hand_written():
+    cell = NormLSTMCell(I, H).double()
+    x, h, c = _inputs()
+    with torch.no_grad():
+        cell.bias.uniform_(-0.5, 0.5)
+    z = x @ cell.weight_ih.t() + cell.bias + h @ cell.weight_hh.t()      # one linear map of [x; h] + bias
+    h_ref, c_ref = _lstm_ref(z, c)
+    out, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(h1, h_ref)
+    torch.testing.assert_close(c1, c_ref)
+    torch.testing.assert_close(out, h1)
+
+
+def test_forget_bias_is_added_before_normalization():
+    cell = NormLSTMCell(I, H, norm="ln-s", norm_kwargs=dict(sigma=1.0, eps=0.0), forget_bias=1.0).double()
+    x, h, c = _inputs(1)
+    z = x @ cell.weight_ih.t() + h @ cell.weight_hh.t()
+    z[:, 2 * H:3 * H] += 1.0
+    ln = lambda a: F.layer_norm(a, (H,), eps=1.0)   # noqa: E731
+    h_ref, c_ref = _lstm_ref(z, c, ln, ln)
+    _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(h1, h_ref)
+    torch.testing.assert_close(c1, c_ref)
+
+
+@pytest.mark.parametrize("sigma,alpha", [(1.0, 0.0), (0.01, 1e-2)])
+def test_per_nonlinearity_ln_cell_equals_layer_norm_of_each_gate(sigma, alpha):
+    cell = NormLSTMCell(I, H, norm="ln-s", norm_kwargs=dict(sigma=sigma, eps=0.0, alpha=alpha)).double()
+    x, h, c = _inputs(2)
+    z = x @ cell.weight_ih.t() + h @ cell.weight_hh.t()
+    ln = lambda a: F.layer_norm(a, (H,), eps=sigma ** 2)   # noqa: E731  one LN per gate block, no affine
+    h_ref, c_ref = _lstm_ref(z, c, ln, ln)
+    _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(h1, h_ref)
+    torch.testing.assert_close(c1, c_ref, msg="the un-normalized c is the state")
+    if alpha:   # L1 sites i, j, f, o and c: alpha * mean|v| each (PAPER.md §2.2)
+        blocks = [z[:, k * H:(k + 1) * H] for k in range(4)] + [c_ref]
+        ref = sum(alpha * (b - b.mean(1, keepdim=True)).abs().mean() for b in blocks)
+        torch.testing.assert_close(sparse_penalty(cell), ref)
+
+
+@pytest.mark.parametrize("k,border", [(61, "zeros"), (5, "zeros"), (5, "valid"), (30, "reference"),
+                                      (6, "reference"), (7, "reference")])
+def test_dn_1d_window_matches_naive_loop(k, border):
+    """Paper: radius R, window 2R+1, divided by 2R+1 (zeros counted); code: k units, TF SAME (asymmetric)."""
+    L = 40 if k > 10 else 12
+    z = torch.randn(4, L, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+    ref = _naive_dn(z, k, 1.0, border)
+    general = make_norm("dn-1d-s", L, window=k, border=border, sigma=1.0, eps=0.0, impl="general").double()
+    band = BandDivisiveNorm.from_norm(general).double()
+    torch.testing.assert_close(general(z), ref)
+    torch.testing.assert_close(band(z), ref, rtol=1e-6, atol=1e-6)   # band matrices are stored in float32
+    if border == "reference" and k == 30:   # 30 units: unit j averages j-14 .. j+15
+        assert band.sum_band[:, 20].nonzero().flatten().tolist() == list(range(6, 36))
+
+
+def test_per_nonlinearity_dn_cell_matches_naive_loop():
+    Hd = 12
+    cell = NormLSTMCell(I, Hd, norm="dn-1d-s", norm_kwargs=dict(sigma=1.0, eps=0.0, window=5, border="zeros"))
+    cell = cell.double()
+    assert isinstance(cell.gate_norm, BandDivisiveNorm)
+    x, h, c = _inputs(3, Hd)
+    z = x @ cell.weight_ih.t() + h @ cell.weight_hh.t()
+    dn = lambda a: _naive_dn(a, 5, 1.0, "zeros")   # noqa: E731
+    h_ref, c_ref = _lstm_ref(z, c, dn, dn)
+    _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(h1, h_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c1, c_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_ln_lstm_is_ba_et_al():
+    cell = LNLSTMCell(I, H, norm_kwargs=dict(sigma=0.01, eps=0.0)).double()
+    with torch.no_grad():
+        for m in (cell.norm_ih, cell.norm_hh, cell.norm_c):
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.5, 0.5)
+    x, h, c = _inputs(4)
+
+    def ln(a, m):   # joint over all of a's units (4H for the transforms), own gain and bias
+        return F.layer_norm(a, a.shape[1:], m.weight, m.bias, eps=1e-4)
+
+    z = ln(x @ cell.weight_ih.t(), cell.norm_ih) + ln(h @ cell.weight_hh.t(), cell.norm_hh)
+    zi, zj, zf, zo = z.chunk(4, 1)
+    c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj)
+    cn = ln(c_new, cell.norm_c)
+    _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(h1, torch.sigmoid(zo) * torch.tanh(cn))
+    torch.testing.assert_close(c1, cn, msg="the code passes the normalized c on")
+    cell.state_norm_c = False
+    torch.testing.assert_close(cell.step(cell.input_transform(x[None])[0], (h, c))[1][1], c_new)
+
+
+def _bn(a, eps, weight=None, bias=None):
+    y = (a - a.mean(0)) / torch.sqrt(a.var(0, unbiased=False) + eps)
+    return y if weight is None else y * weight + bias
+
+
+def test_bn_lstm_per_step_statistics_in_training_running_ones_in_eval():
+    T = 3
+    cell = BNLSTMCell(I, H, norm_kwargs=dict(sigma=1.0, eps=0.0), max_steps=T).double()
+    g = torch.Generator().manual_seed(5)
+    xs = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+    # training: step t uses the batch statistics of step t, and updates only step t's running averages
+    h = c = torch.zeros(N, H, dtype=torch.float64)
+    refs = []
+    for t in range(T):
+        z = _bn(xs[t] @ cell.weight_ih.t(), 1.0) + _bn(h @ cell.weight_hh.t(), 1.0)
+        zi, zj, zf, zo = z.chunk(4, 1)
+        c_raw = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj)
+        cn = _bn(c_raw, 1.0)
+        h, c = torch.sigmoid(zo) * torch.tanh(cn), cn
+        refs.append(h)
+    out, _ = cell(xs)
+    torch.testing.assert_close(out, torch.stack(refs))
+    means = torch.stack([m.running_mean for m in cell.norm_ih.steps])
+    assert means.shape == (T, 4 * H) and not torch.allclose(means[0], means[1])
+    torch.testing.assert_close(means[1], 0.1 * (xs[1] @ cell.weight_ih.t()).mean(0))   # momentum 0.1 = TF decay 0.9
+    # eval: running statistics of each step
+    cell.eval()
+    h = c = torch.zeros(N, H, dtype=torch.float64)
+    refs = []
+    for t in range(T):
+        def rn(a, m):
+            return (a - m.running_mean) / torch.sqrt(m.running_var + 1.0)
+        z = rn(xs[t] @ cell.weight_ih.t(), cell.norm_ih.steps[t]) + rn(h @ cell.weight_hh.t(), cell.norm_hh.steps[t])
+        zi, zj, zf, zo = z.chunk(4, 1)
+        c_raw = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj)
+        cn = rn(c_raw, cell.norm_c.steps[t])
+        h, c = torch.sigmoid(zo) * torch.tanh(cn), cn
+        refs.append(h)
+    out, _ = cell(xs)
+    torch.testing.assert_close(out, torch.stack(refs))
+    cell.norm_ih.eval_step = cell.norm_hh.eval_step = cell.norm_c.eval_step = 0   # the code's test pass
+    out0, _ = cell(xs)
+    assert not torch.allclose(out0[1:], out[1:])
+
+
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+@pytest.mark.parametrize("norm", ["none", "ln", "dn-1d-s"])
+def test_vanilla_rnn_step(nl, norm):
+    kw = dict(sigma=1.0, eps=0.0) if norm != "none" else {}
+    if norm == "dn-1d-s":
+        kw.update(window=3, border="zeros")
+    cell = NormRNNCell(I, H, nl, norm, kw).double()
+    x, h, _ = _inputs(6)
+    z = x @ cell.weight_ih.t() + h @ cell.weight_hh.t()      # W [x; h] + b, b = 0
+    if norm == "ln":
+        z = F.layer_norm(z, (H,), eps=1.0)
+    elif norm == "dn-1d-s":
+        z = _naive_dn(z, 3, 1.0, "zeros")
+    g = torch.tanh if nl == "tanh" else torch.relu
+    h1, _ = cell.step(cell.input_transform(x[None])[0], (h,))
+    torch.testing.assert_close(h1, g(z), rtol=1e-6, atol=1e-6)
+
+
+def test_bn_rnn_step():
+    cell = BNRNNCell(I, H, "relu", dict(sigma=0.01, eps=0.0)).double()
+    x, h, _ = _inputs(7)
+    ref = torch.relu(_bn(x @ cell.weight_ih.t(), 1e-4) + _bn(h @ cell.weight_hh.t(), 1e-4))
+    h1, _ = cell.step(cell.input_transform(x[None])[0], (h,), t=0)
+    torch.testing.assert_close(h1, ref)
+
+
+@pytest.mark.parametrize("name", ["base-lstm", "bn-star-lstm", "ln-lstm", "ln-star-lstm", "dn-star-lstm",
+                                  "dn-star-tanh-rnn", "bn-relu-rnn"])
+def test_gradients_flow_through_time(name):
+    cfg = get_config(name, hidden_size=16, window=5 if "dn" in name else None, num_steps=6)
+    torch.manual_seed(0)
+    model = LanguageModel(30, **cfg.model_kwargs())
+    ids = torch.randint(0, 30, (4, 6))
+    emb = model.embedding(ids.t()).detach().requires_grad_()
+    x = emb
+    for layer in model.layers:
+        x, _ = layer(x)
+    x[-1].sum().backward()                    # the last step's output ...
+    assert emb.grad[0].abs().sum() > 0        # ... depends on the first step's input
+    sparse_penalty(model)
+
+
+def test_l1_sums_over_sites_and_steps():
+    """alpha * mean|v| at each of i, j, f, o and c, at every time step, summed (PAPER.md §2.2)."""
+    Hd, T, alpha = 12, 3, 0.5
+    cell = NormLSTMCell(I, Hd, norm="dn-1d-s", norm_kwargs=dict(sigma=1.0, eps=0.0, window=5, border="zeros",
+                                                                     alpha=alpha)).double()
+    xs = torch.randn(T, N, I, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    cell(xs)
+    total = sparse_penalty(cell)
+    ref, h, c = 0.0, torch.zeros(N, Hd, dtype=torch.float64), torch.zeros(N, Hd, dtype=torch.float64)
+    dn = lambda a: _naive_dn(a, 5, 1.0, "zeros")   # noqa: E731
+    for t in range(T):
+        z = xs[t] @ cell.weight_ih.t() + h @ cell.weight_hh.t()
+        h, c_new = _lstm_ref(z, c, dn, dn)
+        for block in [z[:, k * Hd:(k + 1) * Hd] for k in range(4)] + [c_new]:
+            ref = ref + alpha * _naive_v(block, 5).abs().mean()
+        c = c_new
+    torch.testing.assert_close(total, ref, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------------------------------------- configs
+def test_configs_match_section_2_3():
+    assert len(list_configs()) == 36 and len(ROWS) == 12
+    expect = {  # name: (sigma, alpha, lr) from PAPER.md §2.3 (paper side of §5.4)
+        "bn-lstm": (0.01, 0, 1.0), "bn-l1-lstm": (0.01, 1e-2, 1.0), "bn-s-lstm": (1.0, 0, 1.0),
+        "bn-star-lstm": (1.0, 1e-1, 1.0), "ln-lstm": (0.01, 0, 1.0), "ln-l1-lstm": (0.01, 1e-2, 1.0),
+        "ln-s-lstm": (1.0, 0, 1.0), "ln-star-lstm": (1.0, 1e-3, 1.0), "dn-lstm": (1.0, 0, 1.0),
+        "dn-star-lstm": (1.0, 1e-4, 1.0), "bn-l1-tanh-rnn": (0.01, 1e-1, 1.0), "bn-star-tanh-rnn": (1.0, 1e-4, 1.0),
+        "bn-l1-relu-rnn": (0.01, 1e-4, 1.0), "bn-star-relu-rnn": (1.0, 1e-1, 1.0), "bn-relu-rnn": (0.01, 0, 0.1),
+        "ln-star-tanh-rnn": (1.0, 1e-2, 1.0), "dn-star-relu-rnn": (1.0, 1e-2, 1.0), "base-tanh-rnn": (None, 0, 0.1),
+        "base-relu-rnn": (None, 0, 0.1), "base-lstm": (None, 0, 0.1),
+    }
+    for name, (sigma, alpha, lr) in expect.items():
+        cfg = get_config(name)
+        assert (cfg.sigma, cfg.alpha, cfg.lr) == (sigma, alpha, lr), name
+    assert get_config("base-lstm", source="code").lr == 1.0                      # §5.4 item 4
+    assert get_config("ln-tanh-rnn").alpha == 0 and get_config("ln-tanh-rnn", source="code").alpha == 1e-2  # item 5
+    assert get_config("ln-s-relu-rnn", source="code").alpha == 1e-2
+    assert get_config("dn-tanh-rnn").hidden_size == 400 and get_config("dn-tanh-rnn", source="code").hidden_size == 200
+    d = get_config("dn-star-lstm")
+    assert (d.window, d.border, d.norm) == (61, "zeros", "dn-1d-s")                # §5.4 item 2, paper
+    d = get_config("dn-star-relu-rnn", source="code")
+    assert (d.window, d.border) == (60, "reference")
+    assert get_config("ln-lstm").arch == "ln-lstm" and get_config("ln-l1-lstm").arch == "lstm"
+    assert not get_config("ln-star-lstm").affine and get_config("bn-star-lstm").affine
+    for name in list_configs():   # every config builds, and shares the §3.3 schedule
+        cfg = get_config(name)
+        assert (cfg.epochs, cfg.batch_size, cfg.num_steps, cfg.clip_norm, cfg.init_scale) == (13, 20, 20, 5.0, 0.1)
+        assert [cfg.lr_at_epoch(e) / cfg.lr for e in (1, 4, 5, 13)] == [1, 1, 0.5, 0.5 ** 9]
+    assert TABLE4["DN*"] == TABLE9["DN*"] == (102.238, 123.652, 117.868) and len(CELL_TYPES) == 3
+    assert get_config("ln-star-lstm").paper_perplexity == 101.725
+
+
+def test_model_init_follows_section_3_3():
+    torch.manual_seed(0)
+    model = LanguageModel(100, **get_config("bn-star-lstm", hidden_size=16).model_kwargs())
+    for name, p in model.named_parameters():
+        if name.endswith("norm_ih.weight") or name.endswith("norm_c.weight") or name.endswith("norm_hh.weight"):
+            assert torch.all(p == 1), name
+        elif "bias" in name:
+            assert torch.all(p == 0), name
+        else:
+            assert p.abs().max() <= 0.1 and p.abs().max() > 0.09, name
+    assert model.decoder.weight.data_ptr() != model.embedding.weight.data_ptr()     # untied
+
+
+# --------------------------------------------------------------------------------------------------- data
+ptb_dir = os.path.join(os.environ.get("DNLIB_DATA", "data"), "ptb")
+needs_ptb = pytest.mark.skipif(not os.path.exists(os.path.join(ptb_dir, "ptb.train.txt")), reason="PTB not found")
+
+
+@needs_ptb
+def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
+    from dnlib.ptb import load_data, train, unigram_perplexity
+    data, V = load_data(30000, 1000)
+    unigram = unigram_perplexity(data["train"], data["valid"], V)
+    cfg = get_config("base-lstm", hidden_size=64, lr=1.0, decay_after=1, batch_size=4)
+    res = train(cfg, data, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None)
+    valid = res["epochs"][-1]["valid_ppl"]
+    assert valid < 0.85 * unigram, (valid, unigram)
+    assert res["epochs"][0]["lr"] == 1.0 and res["epochs"][1]["lr"] == 0.5
+    # resume: one epoch, stop, then the second from the checkpoint == the uninterrupted run (state carried too)
+    small = {k: v[:4000] for k, v in data.items()}
+    tiny = cfg.replace(hidden_size=16)
+    full = train(tiny, small, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None)
+    train(tiny, small, V, epochs=1, device="cpu", progress=False, final_test_batch_size=None, out_dir=tmp_path)
+    resumed = train(tiny, small, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None,
+                    out_dir=tmp_path)
+    assert [r["valid_ppl"] for r in resumed["epochs"]] == [r["valid_ppl"] for r in full["epochs"]]
+
+
+@needs_ptb
+def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
+    from dnlib.ptb import main
+    out = tmp_path / "run"
+    assert main(["train", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
+                 "--device", "cpu", "--quiet", "--out", str(out), "--final-test-batch-size", "1"]) == 0
+    import json
+    res = json.loads((out / "results.json").read_text())
+    assert res["epochs"][0]["valid_ppl"] > 0 and res["final_test_ppl"] > 0 and res["paper_test_ppl"] == 102.238
+    assert res["config"]["window"] == 61
