@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -203,6 +204,7 @@ class GraphTrainer(Trainer):
         if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
             raise ValueError("GraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured")
         self.graph = None
+        self.fell_back = False     # True when capture failed and the step runs eagerly
 
     def _body(self):
         model, params = self.model, self._params
@@ -226,30 +228,42 @@ class GraphTrainer(Trainer):
         self._flat_state = [s for layer in self._state for s in layer]
         self._neg_lr = torch.zeros((), device=x.device)
         snapshot = copy.deepcopy(model.state_dict())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                for p in self._params:
-                    p.grad = None
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        model.load_state_dict(snapshot)
-        for p in self._params:
-            p.grad = None
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._loss = self._body()
-        # undo anything the warm-up left in the state
-        for s in self._flat_state:
-            s.zero_()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    for p in self._params:
+                        p.grad = None
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            model.load_state_dict(snapshot)
+            for p in self._params:
+                p.grad = None
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._loss = self._body()
+        finally:
+            torch.cuda.synchronize()
+            model.load_state_dict(snapshot)     # undo the warm-up (capture itself computes nothing)
+            clear_penalties(model)
+            for s in self._flat_state:
+                s.zero_()
 
     def train_step(self, batch) -> torch.Tensor:
         x, y, reset = batch
         self.model.train()
         self._set_lr()
-        if self.graph is None:
-            self._capture(x, y)
+        if self.graph is None and not self.fell_back:
+            try:
+                self._capture(x, y)
+            except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
+                warnings.warn(f"GraphTrainer: capture failed ({type(e).__name__}: {e}); training eagerly")
+                self.fell_back, self.graph = True, None
+                for p in self._params:
+                    p.grad = None
+        if self.fell_back:
+            return super().train_step(batch)
         self._x.copy_(x)
         self._y.copy_(y)
         self._neg_lr.fill_(-self.opt.param_groups[0]["lr"])
@@ -270,6 +284,7 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
     """Train ``steps`` minibatches eagerly and with :class:`GraphTrainer` from the same initialisation; returns
     both loss sequences and the largest parameter difference (graph == eager up to float rounding)."""
     out = {}
+    device = resolve_device(device)
     for mode in ("eager", "graph"):
         set_seed(seed)
         model = build_model(cfg, vocab_size)
@@ -278,6 +293,8 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
         cls = GraphTrainer if mode == "graph" else Trainer
         tr = cls(model, LMLoss(), PTBStream(ids, cfg.batch_size, cfg.num_steps, device), tc)
         losses = [float(tr.train_step(next(tr.batches))) for _ in range(steps)]
+        if mode == "graph" and tr.fell_back:
+            raise RuntimeError("CUDA-graph capture failed (see the warning)")
         out[mode] = {"losses": losses, "params": [p.detach().clone() for p in model.parameters()]}
     diff = max((a - b).abs().max().item() for a, b in zip(out["eager"]["params"], out["graph"]["params"]))
     rel = max(abs(a - b) / abs(a) for a, b in zip(out["eager"]["losses"], out["graph"]["losses"]))
@@ -289,15 +306,21 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
 def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int] = None, out_dir=None,
           device: str = "auto", epochs: Optional[int] = None, max_tokens: Optional[int] = None, seed: int = 0,
           graph: str = "auto", final_test_batch_size: Optional[int] = 1, progress: bool = True,
-          resume: bool = True, log=None) -> dict:
-    """Train ``cfg`` on PTB and return the results: per-epoch ``valid_ppl``, ``test_ppl``, ``lr``, ``epoch_time``
-    (training seconds) and ``tokens_per_s``, ``final_test_ppl`` (one stream if ``final_test_batch_size`` is 1,
-    None to skip), the paper's number and the config.
+          resume: bool = True, time_limit: Optional[float] = None, results_path=None,
+          extra: Optional[dict] = None) -> dict:
+    """Train ``cfg`` on PTB and return the results: per epoch ``valid_ppl``, ``test_ppl``, ``lr``, ``epoch_time``
+    (training seconds), ``eval_time`` and ``tokens_per_s``; ``final_test_ppl`` (the test set as
+    ``final_test_batch_size`` streams, 1 = the code's single stream; None skips it), the paper's number, the
+    config, the device and card, and the trained ``model``.
 
     ``data``/``vocab_size`` default to :func:`load_data` (``max_tokens`` for a subset). ``graph``: ``"auto"``
-    (CUDA graph on CUDA), ``"on"``, ``"off"``. ``out_dir``: checkpoints, ``history.json`` and ``results.json``;
-    an interrupted run resumes from there.
+    (CUDA graph on CUDA), ``"on"``, ``"off"``. ``out_dir``: checkpoints and ``history.json`` (an interrupted run
+    resumes from there). ``time_limit`` (seconds from the call): stop after the last epoch whose successor would
+    not fit, and run the final test only if its estimated time fits (``results["stopped"]`` says what happened).
+    ``results_path``: JSON rewritten after every epoch (partial results survive a kill).
     """
+    t_start = time.perf_counter()
+    deadline = t_start + time_limit if time_limit else None
     if data is None:
         data, vocab_size = load_data(max_tokens)
     vocab_size = vocab_size or cfg.vocab_size
@@ -308,12 +331,17 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
     stream = PTBStream(data["train"], cfg.batch_size, cfg.num_steps, dev)
     E = len(stream)
     use_graph = graph == "on" or (graph == "auto" and dev.type == "cuda")
+    eval_times = {}
 
     def evaluate(m):
-        return {"valid_ppl": evaluate_perplexity(m, data["valid"], cfg.batch_size, cfg.num_steps),
-                "test_ppl": evaluate_perplexity(m, data["test"], cfg.batch_size, cfg.num_steps, cfg.bn_test_step0)}
+        t = time.perf_counter()
+        valid = evaluate_perplexity(m, data["valid"], cfg.batch_size, cfg.num_steps)
+        t1 = time.perf_counter()
+        test = evaluate_perplexity(m, data["test"], cfg.batch_size, cfg.num_steps, cfg.bn_test_step0)
+        eval_times[tr.step // E] = (t1 - t, time.perf_counter() - t1)
+        return {"valid_ppl": valid, "test_ppl": test}
 
-    tc = TrainConfig(steps=epochs * E, lr=cfg.lr, optimizer="sgd", momentum=0.0, clip_norm=cfg.clip_norm,
+    tc = TrainConfig(steps=E, lr=cfg.lr, optimizer="sgd", momentum=0.0, clip_norm=cfg.clip_norm,
                      eval_every=E, checkpoint_every=E if out_dir is not None else 0, log_every=max(E // 10, 1),
                      seed=seed, device=str(dev), progress=progress)
     cls = GraphTrainer if use_graph else Trainer
@@ -322,27 +350,51 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
              lr_lambda=lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr)
     if resume and tr.try_resume():
         loss_fn.to(dev)
-    t0 = time.perf_counter()
-    tr.fit(resume=False)
-    wall = time.perf_counter() - t0
-    rows = [r for r in tr.history if "valid_ppl" in r]
-    per_epoch, prev = [], 0.0
-    for e, r in enumerate(rows, 1):
-        dt = r["time"] - prev
-        prev = r["time"]
-        per_epoch.append({"epoch": e, "lr": cfg.lr_at_epoch(e), "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
-                          "epoch_time": dt, "tokens_per_s": E * cfg.batch_size * cfg.num_steps / dt if dt else None,
-                          "train_nll_per_word": r.get("train_loss", float("nan")) / cfg.num_steps})
-    final = None
-    if final_test_batch_size:
-        final = evaluate_perplexity(model, data["test"], final_test_batch_size, cfg.num_steps, cfg.bn_test_step0)
-    res = {"config": {k: v for k, v in asdict(cfg).items()}, "epochs": per_epoch, "final_test_ppl": final,
+    res = {"config": asdict(cfg), "epochs_planned": epochs, "epochs": [], "final_test_ppl": None,
            "final_test_batch_size": final_test_batch_size, "paper_test_ppl": cfg.paper_perplexity,
-           "graph": use_graph, "device": str(dev), "wall_s": wall, "train_tokens": int(data["train"].numel()),
+           "graph": use_graph, "device": str(dev), "train_tokens": int(data["train"].numel()),
            "batches_per_epoch": E, "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           "torch": torch.__version__}
-    if out_dir is not None:
-        atomic_write_json(res, Path(out_dir) / "results.json")
+           "torch": torch.__version__, "stopped": "completed", **(extra or {})}
+
+    def summarize():
+        rows = [r for r in tr.history if "valid_ppl" in r]
+        res["epochs"], prev = [], 0.0
+        for e, r in enumerate(rows, 1):
+            dt = r["time"] - prev
+            prev = r["time"]
+            ev = eval_times.get(e, (None, None))
+            res["epochs"].append({
+                "epoch": e, "lr": cfg.lr_at_epoch(e), "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
+                "epoch_time": dt, "eval_time": None if ev[0] is None else ev[0] + ev[1],
+                "tokens_per_s": E * cfg.batch_size * cfg.num_steps / dt if dt else None,
+                "train_nll_per_word": r.get("train_loss", float("nan")) / cfg.num_steps})
+        res["graph"] = use_graph and not getattr(tr, "fell_back", False)
+        res["wall_s"] = time.perf_counter() - t_start
+        if results_path is not None:
+            atomic_write_json(res, results_path)
+
+    while tr.step < epochs * E:
+        t_ep = time.perf_counter()
+        tr.cfg.steps = (tr.step // E + 1) * E
+        tr.fit(resume=False)
+        ep_wall = time.perf_counter() - t_ep
+        summarize()
+        if deadline is not None and tr.step < epochs * E and time.perf_counter() + 1.05 * ep_wall > deadline:
+            res["stopped"] = f"time limit: {tr.step // E} of {epochs} epochs fit in {time_limit:.0f} s"
+            break
+    if final_test_batch_size:
+        est = None
+        last = eval_times.get(tr.step // E)
+        if last is not None:   # launch-bound: a 1-stream chunk costs about what a 20-stream chunk does
+            est = 1.2 * last[1] * cfg.batch_size / final_test_batch_size
+        if deadline is not None and est is not None and time.perf_counter() + est > deadline:
+            res["final_test_skipped"] = f"estimated {est:.0f} s does not fit the time limit"
+        else:
+            t = time.perf_counter()
+            res["final_test_ppl"] = evaluate_perplexity(model, data["test"], final_test_batch_size, cfg.num_steps,
+                                                        cfg.bn_test_step0)
+            res["final_test_time"] = time.perf_counter() - t
+    summarize()
     res["model"] = model
     return res
 
@@ -463,7 +515,9 @@ def main(argv=None) -> int:
     t.add_argument("--lr", type=float, default=None, help="override the config's initial learning rate")
     t.add_argument("--final-test-batch-size", type=int, default=1, help="0: skip the one-stream test pass")
     t.add_argument("--check-graph", type=int, default=0, help="first compare N graph and eager steps")
-    t.add_argument("--out", default=None, help="checkpoints, history.json, results.json")
+    t.add_argument("--out", default=None, help="checkpoints and history.json (resume from there)")
+    t.add_argument("--json", default=None, help="results JSON, rewritten after every epoch")
+    t.add_argument("--time-limit", type=float, default=None, help="seconds: stop after the last epoch that fits")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
@@ -494,22 +548,22 @@ def main(argv=None) -> int:
     data, vocab = load_data(a.max_tokens, a.vocab)
     info = {}
     if a.check_graph:
-        info["graph_check"] = check_graph(cfg, data["train"], vocab, a.check_graph, a.seed)
+        try:
+            info["graph_check"] = check_graph(cfg, data["train"], vocab, a.check_graph, a.seed, a.device)
+        except Exception as e:   # capture unsupported here: train eagerly, and say so
+            info["graph_check"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         print(json.dumps({"graph_check": info["graph_check"]}), flush=True)
         if not info["graph_check"]["ok"]:
-            print("graph != eager: falling back to eager", flush=True)
+            print("graph != eager (or capture failed): training eagerly", flush=True)
             a.graph = "off"
     res = train(cfg, data, vocab, out_dir=a.out, device=a.device, epochs=a.epochs, seed=a.seed, graph=a.graph,
                 final_test_batch_size=a.final_test_batch_size or None, progress=not a.quiet,
-                resume=not a.no_resume)
+                resume=not a.no_resume, time_limit=a.time_limit, results_path=a.json, extra=info)
     res.pop("model")
-    res.update(info)
     for r in res["epochs"]:
         print(f"epoch {r['epoch']:2d}  lr {r['lr']:.4g}  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}  "
-              f"{r['epoch_time']:.1f}s  {r['tokens_per_s']:.0f} tok/s", flush=True)
-    print(f"final test ppl {res['final_test_ppl']}  (paper {res['paper_test_ppl']})")
-    if a.out:
-        atomic_write_json(res, Path(a.out) / "results.json")
+              f"train {r['epoch_time']:.1f}s  eval {r['eval_time'] or 0:.1f}s  {r['tokens_per_s']:.0f} tok/s", flush=True)
+    print(f"{cfg.name}: {res['stopped']}; final test ppl {res['final_test_ppl']} (paper {res['paper_test_ppl']})")
     return 0
 
 
