@@ -7,7 +7,8 @@ unless the spec groups channels), so every field is a set of dimensions of that 
 
 A field's mean is computed in two steps: a global mean over its pooled axes that carry no window
 (one pass over the full tensor), then a box filter over its windowed axes on that (usually much smaller)
-result. The box filter is ``avg_pool{1,2,3}d`` with stride 1, so no Python loop ever visits a position.
+result. The box filter is separable shifted adds (or cumulative sums for wide windows), so no Python loop
+ever visits a position.
 
 ``divisive_norm`` runs as one autograd Function whose backward is written out by hand for the passes over the
 full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
@@ -80,35 +81,40 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, *x.shape[2:])
 
 
-def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
-    """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; stride 1, same size."""
-    if not f.has_window:
-        return t
-    include_pad = f.border != "valid"
-    shape = t.shape
-    if f.kc > 1:  # channel window (G == 1): pool over (C, *S) of a (N, 1, C, *S) tensor
-        kernel = (f.kc,) + (f.ks,) * nspatial
-        u = t.reshape(shape[0], 1, *shape[2:])
-        if nspatial and shape[3] == 1 and f.ks == 1:   # space pooled globally: plain 1-D pooling over C
-            kernel, u = (f.kc,), u.reshape(shape[0], 1, shape[2])
-    else:         # spatial window only: pool each (n, g, c) map independently
-        kernel = (f.ks,) * nspatial
-        u = t.reshape(-1, 1, *shape[3:])
-    nd = len(kernel)
-    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
-    sizes = u.shape[2:]
-    if any(k % 2 == 0 for k in kernel) or any(k > n for k, n in zip(kernel, sizes)):
-        # Explicit zero padding: TensorFlow SAME for even windows ((k-1)//2 before, k//2 after; only reachable
-        # with border="reference"), and windows larger than the map (which avg_pool's padding rejects).
-        pads = []
-        for k in reversed(kernel):
-            pads += [(k - 1) // 2, k // 2]
-        out = pool(F.pad(u, pads), kernel, stride=1, padding=0)
-        if not include_pad:  # average over the real neighbours only
-            out = out / pool(F.pad(torch.ones_like(u[:1]), pads), kernel, stride=1, padding=0)
+def _box1d(t: torch.Tensor, dim: int, k: int, border: str) -> torch.Tensor:
+    """Mean over a window of ``k`` neighbours along ``dim`` (stride 1, same size), zero padded.
+
+    The window of position i is [i - (k-1)//2, i + k//2] (centred for odd k; TensorFlow SAME for even k).
+    ``border="valid"`` divides by the number of real neighbours, the others by ``k``. Small windows are
+    shifted adds, large ones a difference of cumulative sums: no pooling kernel, no loop over positions.
+    """
+    n = t.shape[dim]
+    before, after = (k - 1) // 2, k // 2
+    pad = [0, 0] * (t.dim() - 1 - dim) + [before, after]
+    p = F.pad(t, pad)
+    if k <= 5:
+        out = p.narrow(dim, 0, n)
+        for i in range(1, k):
+            out = out + p.narrow(dim, i, n)
     else:
-        out = pool(u, kernel, stride=1, padding=tuple(k // 2 for k in kernel), count_include_pad=include_pad)
-    return out.reshape(shape)
+        c = p.cumsum(dim)
+        out = c.narrow(dim, k - 1, n) - F.pad(c, [0, 0] * (t.dim() - 1 - dim) + [1, 0]).narrow(dim, 0, n)
+    if border == "valid":
+        i = torch.arange(n, device=t.device)
+        count = (torch.clamp(i + after, max=n - 1) - torch.clamp(i - before, min=0) + 1).to(t.dtype)
+        return out / count.view((n,) + (1,) * (t.dim() - 1 - dim))
+    return out / k
+
+
+def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; separable, so one 1-D filter
+    per windowed dim (the valid-border count of a 2-D window is the product of the 1-D counts)."""
+    if f.kc > 1:
+        t = _box1d(t, 2, f.kc, f.border)
+    if f.ks > 1:
+        for d in range(3, 3 + nspatial):
+            t = _box1d(t, d, f.ks, f.border)
+    return t
 
 
 def _reduce_mean(t: torch.Tensor, dims: tuple) -> torch.Tensor:
@@ -261,11 +267,89 @@ class _DivNormFn(torch.autograd.Function):
         return gx, gsig2, None, None, None, None
 
 
-def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None):
+class _DivNormSharedFn(torch.autograd.Function):
+    """DN when both fields reduce the same axes globally (windows only on the rest): BN, LN, GN, IN and the
+    paper's conv DN (all channels x a spatial window).
+
+    The mean is then constant across the shared axes, so the backward pass needs only two reductions
+    (of ``gy`` and ``gy * x``) and two fused passes for ``gx``, and stores neither ``v`` nor ``y``: every
+    other quantity lives on the reduced statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, xg, sig2, spec, plan, need_v):
+        ctx.set_materialize_grads(False)
+        dims = plan.sum.dims
+        m0 = xg.mean(dims, keepdim=True)
+        mu = _box(m0, plan.sum, plan.nspatial)
+        v = xg - mu  # (torch.var_mean over a non-innermost dim is ~40x slower than these three passes on CPU)
+        s0 = v.square().mean(dims, keepdim=True)
+        s = _box(s0, plan.sup, plan.nspatial)
+        if plan.bug != 1.0:
+            s = s * plan.bug
+        d = _divisor(s, sig2, spec)
+        y = v * d
+        v_out = v if need_v else xg.new_empty(0)
+        ctx.spec, ctx.plan = spec, plan
+        ctx.sig2_is_tensor = torch.is_tensor(sig2)
+        if not ctx.sig2_is_tensor:
+            ctx.sig2 = sig2
+        ctx.save_for_backward(xg, m0, mu, s0, d, sig2 if ctx.sig2_is_tensor else None)
+        ctx.mark_non_differentiable(mu, s)
+        return y, v_out, mu, s
+
+    @staticmethod
+    def backward(ctx, gy, gv_ext, _gmu, _gs):
+        xg, m0, mu, s0, d, sig2_t = ctx.saved_tensors
+        spec, plan = ctx.spec, ctx.plan
+        dims = plan.sum.dims
+        n = _numel(xg, dims)
+        need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
+        sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
+        gsig2 = None
+        if gy is None:
+            gy = torch.zeros_like(xg)
+        sg = gy.sum(dims, keepdim=True)                         # sum over the field of gy
+        gd = (gy * xg).sum(dims, keepdim=True) - mu * sg        # sum over the field of gy * v
+        with torch.enable_grad():
+            s0_ = s0.detach().requires_grad_()
+            inputs = [s0_]
+            s_ = _box(s0_, plan.sup, plan.nspatial)
+            if plan.bug != 1.0:
+                s_ = s_ * plan.bug
+            if need_sig:
+                sig2 = sig2.detach().requires_grad_()
+                inputs.append(sig2)
+            grads = torch.autograd.grad(_divisor(s_, sig2, spec), inputs, gd)
+        if need_sig:
+            gsig2 = grads[1]
+        coef = grads[0] * (2.0 / n)                             # gv = gy * d + coef * v (+ gv_ext)
+        gmu = -(d * sg + coef * (n * (m0 - mu)))                # -sum over the field of gv
+        if gv_ext is not None:
+            gmu = gmu - gv_ext.sum(dims, keepdim=True)
+        if plan.sum.has_window:
+            with torch.enable_grad():
+                m0_ = m0.detach().requires_grad_()
+                (gm0,) = torch.autograd.grad(_box(m0_, plan.sum, plan.nspatial), m0_, gmu)
+        else:
+            gm0 = gmu
+        gx = torch.addcmul(gm0 / n - coef * mu, gy, d)          # gv + E_A^T(gmu), v = x - mu expanded
+        gx.addcmul_(xg, coef)
+        if gv_ext is not None:
+            gx.add_(gv_ext)
+        return gx, gsig2, None, None, None
+
+
+def _shared(plan: _Plan, mean, sup) -> bool:
+    return (plan.sum is not None and plan.sup is not None and mean is None and sup is None
+            and plan.sum.dims == plan.sup.dims and bool(plan.sum.dims) and plan.sum.kc == 1 and plan.sup.kc == 1)
+
+
+def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None, need_v=True):
     """Divisive normalization returning ``(y, v, mu, s)``; see :func:`divisive_norm`.
 
     ``v`` is the centred activation (empty when the spec does not both centre and divide: then it is ``y``
-    or ``x``), ``mu``/``s`` the batch statistics in the grouped layout ``(N|1, G, C/G|1, ...)`` (empty when
+    or ``x``; or when ``need_v`` is False and the fast shared-field path runs), ``mu``/``s`` the batch statistics in the grouped layout ``(N|1, G, C/G|1, ...)`` (empty when
     not computed). ``mean``/``sup`` replace the statistics (running statistics), given in that layout.
     """
     _check(x, spec)
@@ -273,7 +357,10 @@ def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, 
     sig = spec.sigma if sigma is None else sigma
     sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
     xg = _grouped(x, spec.groups)
-    y, v, mu, s = _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
+    if _shared(plan, mean, sup):
+        y, v, mu, s = _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v)
+    else:
+        y, v, mu, s = _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
     return y.reshape(x.shape), v, mu, s
 
 

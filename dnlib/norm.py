@@ -247,7 +247,8 @@ class DivisiveNorm(nn.Module):
             if n <= 1:
                 raise ValueError(f"input: expected more than 1 value per channel when training with batch "
                                  f"statistics, got input of shape {tuple(x.shape)}")
-        y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup)
+        y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup,
+                                              need_v=bool(self.alpha and self.training))
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 m = self._momentum()
