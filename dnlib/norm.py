@@ -68,6 +68,7 @@ class DivisiveNorm(nn.Module):
         num_features: C, the number of channels (units) of the input.
         spec: the fields; see :class:`NormSpec`. Use :func:`dnlib.make_norm` for named presets.
         affine: learn per-channel ``weight`` (init 1) and ``bias`` (init 0).
+        bias: with ``affine``, whether to learn the bias too (``nn.RMSNorm`` has none).
         momentum: weight of the new batch in the running statistics (``None``: cumulative average).
         track_running_stats: ``None`` (default) tracks them iff a field pools the batch.
         alpha: weight of the sparse L1 penalty at this site.
@@ -87,7 +88,7 @@ class DivisiveNorm(nn.Module):
 
     def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: Optional[float] = 0.1,
                  track_running_stats: Optional[bool] = None, alpha: float = 0.0, impl: str = "auto",
-                 device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
@@ -125,7 +126,10 @@ class DivisiveNorm(nn.Module):
         self._penalty: Optional[torch.Tensor] = None
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(num_features, **factory))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -159,7 +163,8 @@ class DivisiveNorm(nn.Module):
         self.reset_running_stats()
         if self.affine:
             nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
         if self.sigma is not None:
             with torch.no_grad():
                 self.sigma.fill_(self.spec.sigma)
@@ -230,6 +235,8 @@ class DivisiveNorm(nn.Module):
         if not self.affine:
             return y
         shape = (1, -1) + (1,) * (y.dim() - 2)
+        if self.bias is None:
+            return y * self.weight.to(dtype).view(shape)
         return torch.addcmul(self.bias.to(dtype).view(shape), y, self.weight.to(dtype).view(shape))
 
     def _forward_general(self, x: torch.Tensor, use_batch_stats: bool) -> torch.Tensor:
@@ -267,7 +274,7 @@ class DivisiveNorm(nn.Module):
         spec = self.spec
         eps = spec.sigma ** 2 + spec.eps
         w = self.weight.to(x.dtype) if self.affine else None
-        b = self.bias.to(x.dtype) if self.affine else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
         if self.alpha and self.training:
             self._add_penalty(x - DF.field_mean(x, spec))
         if kind == "bn":
@@ -278,9 +285,10 @@ class DivisiveNorm(nn.Module):
         if kind == "in":
             return F.instance_norm(x, None, None, w, b, True, 0.0, eps)
         shape = x.shape[1:]
-        if self.affine:
-            bshape = (-1,) + (1,) * (x.dim() - 2)
+        bshape = (-1,) + (1,) * (x.dim() - 2)
+        if w is not None:
             w = w.view(bshape).expand(shape)
+        if b is not None:
             b = b.view(bshape).expand(shape)
         if kind == "ln":
             return F.layer_norm(x, shape, w, b, eps)

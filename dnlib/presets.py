@@ -45,12 +45,12 @@ PRESETS = {
     "gn":       _P(NormSpec(CS, CS, groups=32), dict(affine=True), "group norm: a group of channels of one example"),
     "lrn":      _P(NormSpec(None, "channel", None, {"channel": 5}, sigma=1.0, eps=0.0, power=0.75, sup_scale=1e-4,
                             border="zeros"), dict(affine=False), "local response norm (AlexNet): k=sigma^2, alpha, beta=power"),
-    "rms":      _P(NormSpec(None, CS), dict(affine=True), "RMSNorm: no centring, B = all units of one example"),
+    "rms":      _P(NormSpec(None, CS), dict(affine=True, bias=False), "RMSNorm: no centring, B = all units of one example"),
 }
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
               "sum_window", "sup_window", "window"}
-_MODULE_KEYS = {"affine", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
+_MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
 
 
 def list_norms() -> list:
@@ -96,7 +96,7 @@ def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides
     """Build a normalizer by preset name (see :func:`list_norms`) or from a :class:`NormSpec`.
 
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
-    ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``) or the module (``affine``,
+    ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``) or the module (``affine``, ``bias``,
     ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``).
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005)`` is the paper's first DN* layer.
