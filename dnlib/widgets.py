@@ -427,7 +427,8 @@ def _in_kernel() -> bool:
 def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional[nn.Conv2d] = None,
                         checkpoint: str = "", n_images: int = 16, source: str = "auto", seed: int = 0,
                         preset: str = "dn", sigma: float = 0.5, alpha: float = 0.0, bins: int = 20,
-                        n_pairs: int = 64, max_samples: int = 8192, live_plots: bool = True, **controls) -> ActivationExplorer:
+                        n_pairs: int = 64, max_samples: int = 8192, live_plots: bool = True, label: str = "",
+                        **controls) -> ActivationExplorer:
     """Build the activation explorer (see the module docstring).
 
     Args:
@@ -437,8 +438,9 @@ def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional
             ``channel_window``, ``window_field``; by default the preset's own windows).
         bins, n_pairs, max_samples: the MI estimator (:func:`dnlib.stats.pairwise_corr_mi`).
         live_plots: redraw histograms and feature maps on every change (in a kernel only).
+        label: where the images came from, shown in the readout (set automatically when ``images`` is None).
     """
-    desc = ""
+    desc = label
     if images is None:
         images, desc = explorer_images(n_images, source, seed)
     conv = conv if conv is not None else first_conv(checkpoint, seed)

@@ -23,6 +23,7 @@ NBSTRIPOUT_EXTRA_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadat
                          "cell.metadata.execution", "cell.metadata.heading_collapsed", "cell.metadata.hidden",
                          "cell.metadata.scrolled", "cell.metadata.papermill", "metadata.papermill"]
 MAX_CELL_LINES = 10
+MAX_KEPT_CHARS = 4000
 FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.ListComp,
              ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -60,7 +61,9 @@ def test_stripped_except_keep_output_cells(path):
             assert "nbval-check-output" in _tags(cell), f"cell {i}: keep_output cells are compared by nbval"
             assert isinstance(cell.get("execution_count"), int), f"cell {i}: a stored reference cell needs a count"
             assert cell["outputs"], f"cell {i}: keep_output cell has no stored output"
-            assert all(o["output_type"] == "stream" for o in cell["outputs"]), f"cell {i}: keep small text outputs only"
+            assert all(o["output_type"] == "stream" or set(o.get("data", {})) == {"text/plain"}
+                       for o in cell["outputs"]), f"cell {i}: keep text outputs only (no images or HTML)"
+            assert len(json.dumps(cell["outputs"])) <= MAX_KEPT_CHARS, f"cell {i}: keep stored outputs small"
         else:
             assert cell.get("outputs") == [], f"cell {i}: outputs stored outside a keep_output cell"
             assert cell.get("execution_count") is None, f"cell {i}: execution count stored"
