@@ -39,11 +39,12 @@ def kurtosis(x: torch.Tensor, dim=None, excess: bool = True) -> torch.Tensor:
     Biased (population) moments. With ``excess=True`` (default) 3 is subtracted, so a Gaussian gives 0,
     a heavy-tailed (sparse) response a large positive value and a uniform one -1.2. A constant gives nan.
     """
-    x = x.double()
+    x = x.float() if x.dtype in (torch.float16, torch.bfloat16, torch.uint8) else x
     d = tuple(range(x.dim())) if dim is None else dim
     c = x - x.mean(d, keepdim=True)
-    m2 = c.pow(2).mean(d)
-    k = c.pow(4).mean(d) / m2.pow(2)
+    c2 = c * c
+    m2 = c2.mean(d, dtype=torch.float64)
+    k = c2.square().mean(d, dtype=torch.float64) / m2.square()
     return k - 3.0 if excess else k
 
 
@@ -60,14 +61,15 @@ def activation_stats(y: torch.Tensor) -> dict:
     """
     y = y.detach()
     r = y.clamp_min(0)
-    yd = y.double()
+    mean = y.mean(dtype=torch.float64).item()
+    mean_square = (y * y).mean(dtype=torch.float64).item()
     return {
-        "mean": yd.mean().item(),
-        "std": yd.std(unbiased=False).item(),
-        "mean_square": yd.pow(2).mean().item(),
+        "mean": mean,
+        "std": max(mean_square - mean * mean, 0.0) ** 0.5,
+        "mean_square": mean_square,
         "kurtosis": kurtosis(y).item(),
         "sparsity": sparsity(r),
-        "relu_mean": r.double().mean().item(),
+        "relu_mean": r.mean(dtype=torch.float64).item(),
         "relu_kurtosis": kurtosis(r).item(),
     }
 
@@ -173,7 +175,8 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
         max_samples: subsample this many (example, location) samples (seeded); None keeps all.
         seed: seed for the pair and sample draws.
     """
-    zc = as_samples(z, channel_dim, max_samples, seed).double()
+    zc = as_samples(z, channel_dim, max_samples, seed)
+    zc = zc.float() if zc.dtype not in (torch.float32, torch.float64) else zc
     c, s = zc.shape
     if pairs is None:
         iu = torch.triu_indices(c, c, offset=1).T
