@@ -11,8 +11,8 @@ from dnlib import widgets
 
 @pytest.fixture(scope="module")
 def images():
-    x, desc = widgets.explorer_images(8, "skimage", seed=0)  # always available: no data root needed
-    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.uint8 and "scikit-image" in desc
+    x, desc = widgets.explorer_images(6, "skimage", seed=0)  # always available: no data root needed
+    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.uint8 and "scikit-image" in desc
     return x
 
 
