@@ -43,7 +43,8 @@ from .sparse import clear_penalties, sparse_penalty
 from .train import Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
 
 __all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perplexity", "unigram_perplexity",
-           "load_data", "train", "gate_statistics", "bench", "check_graph", "main"]
+           "load_data", "train", "gate_statistics", "bench", "check_graph", "config_table", "run_many",
+           "results_table", "perplexity_curves", "gate_table", "headline", "set_threads", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -194,13 +195,12 @@ class GraphTrainer(Trainer):
     clipping, ``p -= lr * g`` with the learning rate read from a device tensor (so the schedule needs no
     re-capture), and the copy of the final state into the static state. The trainer's own optimizer (momentum 0,
     no weight decay) is never stepped: its update is the same, so checkpoints stay interchangeable. Capture
-    happens on the first step, after a short warm-up on a side stream whose effects are undone.
+    happens on the first step, after a short warm-up on a side stream whose effects are undone. On CPU the same
+    step body runs eagerly (no capture), so its code is tested without a GPU.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.device.type != "cuda":
-            raise ValueError("GraphTrainer: needs a CUDA device; use Trainer on CPU")
         if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
             raise ValueError("GraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured")
         self.graph = None
@@ -220,13 +220,17 @@ class GraphTrainer(Trainer):
                 dst.copy_(src)
         return loss.detach()
 
-    def _capture(self, x, y):
+    def _setup(self, x, y):
         model = self.model
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._x, self._y = x.clone(), y.clone()
         self._state = model.init_state(x.shape[0], x.device)
         self._flat_state = [s for layer in self._state for s in layer]
         self._neg_lr = torch.zeros((), device=x.device)
+
+    def _capture(self, x, y):
+        model = self.model
+        self._setup(x, y)
         snapshot = copy.deepcopy(model.state_dict())
         try:
             side = torch.cuda.Stream()
@@ -254,7 +258,10 @@ class GraphTrainer(Trainer):
         x, y, reset = batch
         self.model.train()
         self._set_lr()
-        if self.graph is None and not self.fell_back:
+        cpu = self.device.type != "cuda"
+        if cpu and not hasattr(self, "_x"):
+            self._setup(x, y)
+        if self.graph is None and not self.fell_back and not cpu:
             try:
                 self._capture(x, y)
             except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
@@ -274,7 +281,12 @@ class GraphTrainer(Trainer):
         elif lf.state is not self._state:
             for dst, src in zip(self._flat_state, [s for layer in lf.state for s in layer]):
                 dst.copy_(src)
-        self.graph.replay()
+        if cpu:
+            for p in self._params:
+                p.grad = None
+            self._loss = self._body()
+        else:
+            self.graph.replay()
         lf.state = self._state
         return self._loss.clone()
 
@@ -439,6 +451,121 @@ def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 2
     clear_penalties(model)
     model.train(was)
     return rows
+
+
+# ------------------------------------------------------------------------------------- notebook helpers
+def set_threads(threads: int) -> int:
+    """``torch.set_num_threads(threads)`` when ``threads > 0``; returns the number in use. On a shared 2-core
+    machine one intra-op thread is several times faster than two oversubscribed ones."""
+    if threads and threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def _changes(hidden_size=0, batch_size=0, decay_after=-1, lr=0.0) -> dict:
+    ch = {}
+    if hidden_size:
+        ch["hidden_size"] = hidden_size
+    if batch_size:
+        ch["batch_size"] = batch_size
+    if decay_after >= 0:
+        ch["decay_after"] = decay_after
+    if lr:
+        ch["lr"] = lr
+    return ch
+
+
+def _scaled(cfg: PTBConfig) -> PTBConfig:
+    """A DN window scaled with a smaller hidden size (same fraction of the units)."""
+    if cfg.window is None or cfg.hidden_size >= (200 if cfg.cell == "lstm" else 400) or cfg.source == "code":
+        return cfg
+    full = 200 if cfg.cell == "lstm" else 400
+    k = max(3, round(cfg.window * cfg.hidden_size / full) | 1)
+    return cfg.replace(window=k)
+
+
+def config_table(names, source: str = "paper", **changes):
+    """The configurations as a Markdown table (PAPER.md §2.3 values, the side of §5.4 chosen, and why)."""
+    from .figures import MarkdownTable
+    lines = ["| name | Table 9 row | cell | norm | sigma | alpha | affine | DN window | lr | H | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        c = _scaled(get_config(n, source, **_changes(**changes)))
+        win = "—" if c.window is None else f"{c.window} ({c.border})"
+        lines.append(f"| {c.name} | {c.row} | {c.arch} | {c.norm} | {'—' if c.sigma is None else f'{c.sigma:g}'} | "
+                     f"{c.alpha:g} | {c.affine} | {win} | {c.lr:g} | {c.hidden_size} | {'; '.join(c.notes) or '—'} |")
+    return MarkdownTable("\n".join(lines))
+
+
+def run_many(names, *, data=None, vocab_size=None, source: str = "paper", epochs: int = 13, device: str = "auto",
+             progress: bool = True, final_test_batch_size: Optional[int] = None, seed: int = 0, **changes) -> dict:
+    """Train each named config (``changes``: ``hidden_size``, ``batch_size``, ``decay_after``, ``lr``; 0 or -1 =
+    the config's) and return ``{name: results}`` (see :func:`train`)."""
+    if data is None:
+        data, vocab_size = load_data()
+    out = {}
+    for n in names:
+        cfg = _scaled(get_config(n, source, **_changes(**changes)))
+        out[n] = train(cfg, data, vocab_size, device=device, epochs=epochs, progress=progress, seed=seed,
+                       final_test_batch_size=final_test_batch_size)
+    return out
+
+
+def results_table(results: dict, unigram: Optional[float] = None):
+    """Our perplexities beside the paper's Table 9 (the paper's are 13 epochs on all of PTB)."""
+    from .figures import MarkdownTable
+    lines = ["| name | Table 9 row | epochs | valid ppl | test ppl | one-stream test ppl | paper test ppl | tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, r in results.items():
+        last = r["epochs"][-1] if r["epochs"] else {}
+        f = r.get("final_test_ppl")
+        tps = [e["tokens_per_s"] for e in r["epochs"] if e["tokens_per_s"]]
+        lines.append(f"| {n} | {r['config']['row']} | {len(r['epochs'])} | {last.get('valid_ppl', float('nan')):.1f} | "
+                     f"{last.get('test_ppl', float('nan')):.1f} | {'—' if f is None else f'{f:.1f}'} | "
+                     f"{r['paper_test_ppl']:.3f} | {sum(tps) / max(len(tps), 1):.0f} |")
+    if unigram is not None:
+        lines.append(f"| unigram (train counts) | — | — | {unigram:.1f} | — | — | — | — |")
+    return MarkdownTable("\n".join(lines))
+
+
+def perplexity_curves(results: dict):
+    """Validation and test perplexity per epoch, one line per config (log scale)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2, sharey=True)
+    for n, r in results.items():
+        ep = [e["epoch"] for e in r["epochs"]]
+        for ax, key in zip(axes, ("valid_ppl", "test_ppl")):
+            ax.plot(ep, [e[key] for e in r["epochs"]], marker="o", label=n)
+    for ax, title in zip(axes, ("validation", "test (20 streams)")):
+        ax.set(title=title, xlabel="epoch", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("perplexity")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    plt.close("all")
+    return fig
+
+
+def gate_table(results: dict, ids: torch.Tensor, **kwargs):
+    """:func:`gate_statistics` of every trained model on ``ids``, as a Markdown table (percentages)."""
+    from .figures import MarkdownTable
+    cols = ["i_saturated", "j_saturated", "f_saturated", "o_saturated", "tanh_c_saturated", "h_sparsity", "h_zeros"]
+    lines = ["| name | layer | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for n, r in results.items():
+        for row in gate_statistics(r["model"], ids, **kwargs):
+            lines.append(f"| {n} | {row['layer']} | " + " | ".join(
+                f"{100 * row[c]:.1f}%" if c in row else "—" for c in cols) + " |")
+    return MarkdownTable("\n".join(lines))
+
+
+def headline(results: dict) -> dict:
+    """The numbers a notebook run saves (:func:`dnlib.suite.save_results`)."""
+    return {n: {"epochs": len(r["epochs"]), "valid_ppl": r["epochs"][-1]["valid_ppl"] if r["epochs"] else None,
+                "test_ppl": r["epochs"][-1]["test_ppl"] if r["epochs"] else None,
+                "final_test_ppl": r.get("final_test_ppl"), "paper_test_ppl": r["paper_test_ppl"],
+                "config": r["config"]["name"], "source": r["config"]["source"]} for n, r in results.items()}
 
 
 # ------------------------------------------------------------------------------------------------- bench

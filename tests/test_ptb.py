@@ -339,8 +339,29 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     from dnlib.ptb import main
     out = tmp_path / "run"
     assert main(["train", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
-                 "--device", "cpu", "--quiet", "--out", str(out), "--final-test-batch-size", "1"]) == 0
+                 "--device", "cpu", "--quiet", "--out", str(out), "--json", str(out / "r.json"),
+                 "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
     import json
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "r.json").read_text())
+    assert res["stopped"] == "completed" and (out / "checkpoint.pt").exists()
     assert res["epochs"][0]["valid_ppl"] > 0 and res["final_test_ppl"] > 0 and res["paper_test_ppl"] == 102.238
     assert res["config"]["window"] == 61
+
+
+@needs_ptb
+def test_graph_step_body_equals_eager_trainer_on_cpu():
+    """The CUDA-graph step's body (static state, manual SGD with a tensor learning rate, clipping, state carry)
+    run eagerly on CPU gives the same losses and parameters as the generic Trainer."""
+    from dnlib.ptb import check_graph, load_data
+    data, V = load_data(4000, 200)
+    for name in ("bn-star-lstm", "dn-star-lstm"):
+        cfg = get_config(name, hidden_size=16, window=5 if "dn" in name else None)
+        r = check_graph(cfg, data["train"], V, steps=3, device="cpu")
+        assert r["ok"] and r["eager_losses"] == r["graph_losses"] and r["max_param_diff"] == 0.0, r
+
+
+def test_notebook_has_profiles_and_typed_parameters():
+    from dnlib import suite
+    path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "04_language_model.ipynb")
+    suite.check_parameter_cell(path)
+    assert set(suite.notebook_profiles(path)) == {"smoke", "full"}
