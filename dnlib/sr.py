@@ -43,6 +43,7 @@ from .train import Trainer, resolve_device, set_seed
 
 __all__ = ["training_pairs", "test_pairs", "PatchSampler", "srcnn_loss", "SRRun", "train_sr", "predict",
            "evaluate_sr", "evaluate_bicubic", "make_evaluator", "results_table", "format_table", "plot_curves",
+           "train_many", "models_of", "shift_table", "summary",
            "compare_crops", "crop_explorer", "intensity_shift", "main"]
 
 _TRAIN_CACHE: dict = {}
@@ -84,11 +85,13 @@ class PatchSampler:
     The pairs are padded into one tensor on the device; each step draws an image (one per batch with
     ``per_image=True``, as the authors' code; else one per patch) and a uniformly random top-left corner on the
     stride-1 grid, all with a seeded ``torch.Generator`` on the CPU (so the stream is the same on every
-    device). ``state_dict()`` / ``load_state_dict()`` resume it exactly.
+    device), ``block`` batches at a time so that a GPU step needs no host-to-device copy.
+    ``state_dict()`` / ``load_state_dict()`` resume it exactly.
     """
 
     def __init__(self, inputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], batch_size: int = 128, *,
-                 per_image: bool = True, input_size: int = 33, label_size: int = 17, seed: int = 0, device="cpu"):
+                 per_image: bool = True, input_size: int = 33, label_size: int = 17, seed: int = 0, device="cpu",
+                 block: int = 256):
         if not inputs or len(inputs) != len(labels):
             raise ValueError("PatchSampler: need as many inputs as labels, at least one")
         if (input_size - label_size) % 2 or label_size > input_size:
@@ -116,6 +119,8 @@ class PatchSampler:
         off = (p - q) // 2
         self._ar_in = torch.arange(p, device=self.device)
         self._ar_lab = torch.arange(off, off + q, device=self.device)
+        self.block = block
+        self._draw_block()
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -123,28 +128,38 @@ class PatchSampler:
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        b, p = self.batch_size, self.input_size
-        n = len(self)
+    def _draw_block(self) -> None:
+        """Draw the images and corners of the next ``block`` batches on the CPU and move them in one copy."""
+        k, b, p, n = self.block, self.batch_size, self.input_size, len(self)
+        self._block_state = self.gen.get_state()
         if self.per_image:
-            img = torch.randint(n, (1,), generator=self.gen).expand(b)
+            img = torch.randint(n, (k, 1), generator=self.gen).expand(k, b)
         else:
-            img = torch.randint(n, (b,), generator=self.gen)
-        room = self.sizes[img] - p + 1                                   # (b, 2) valid corner counts
-        corner = (torch.rand(b, 2, generator=self.gen) * room).long().clamp_max(room - 1)
-        img, corner = img.to(self.device), corner.to(self.device)
-        i = img.view(b, 1, 1)
-        rows, cols = corner[:, 0].view(b, 1, 1), corner[:, 1].view(b, 1, 1)
+            img = torch.randint(n, (k, b), generator=self.gen)
+        room = self.sizes[img] - p + 1                                   # (k, b, 2) valid corner counts
+        corner = (torch.rand(k, b, 2, generator=self.gen) * room).long().clamp_max(room - 1)
+        self._block = torch.cat([img.unsqueeze(-1), corner], -1).to(self.device)   # (k, b, 3)
+        self._pos = 0
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pos >= self.block:
+            self._draw_block()
+        draw = self._block[self._pos]
+        self._pos += 1
+        b = self.batch_size
+        i, rows, cols = (draw[:, j].view(b, 1, 1) for j in range(3))
         x = self.x[i, rows + self._ar_in.view(1, -1, 1), cols + self._ar_in.view(1, 1, -1)]
         y = self.y[i, rows + self._ar_lab.view(1, -1, 1), cols + self._ar_lab.view(1, 1, -1)]
         return x.unsqueeze(1), y.unsqueeze(1)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "gen": self.gen.get_state()}
+        return {"seed": self.seed, "block_state": self._block_state, "pos": self._pos}
 
     def load_state_dict(self, state: dict) -> None:
         self.seed = state["seed"]
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(state["block_state"])
+        self._draw_block()
+        self._pos = state["pos"]
 
 
 def srcnn_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -319,6 +334,16 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
                  seconds=seconds, stopped_by=stopped)
 
 
+def train_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[SRRun]:
+    """:func:`train_sr` for each ``norm`` name in ``models`` with the same arguments (same seed, same batches)."""
+    return [train_sr(m, config, **kwargs) for m in models]
+
+
+def models_of(runs: Sequence[SRRun]) -> dict:
+    """``{label: model}`` of trained runs, in the paper's column order (for :func:`compare_crops`)."""
+    return {run.label: run.model for run in runs}
+
+
 def _keep(tcfg) -> dict:
     return dict(eval_every=tcfg.eval_every, device=tcfg.device, seed=tcfg.seed, progress=tcfg.progress,
                 checkpoint_every=tcfg.checkpoint_every)
@@ -350,6 +375,27 @@ def format_table(rows: Sequence[Mapping], title: str = "") -> str:
     for r in rows:
         lines.append("| " + " | ".join("—" if r.get(c) is None else str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def shift_table(runs: Sequence[SRRun], set_name: str = "Set5", scale: int = 3, root=None) -> str:
+    """Markdown: per test image, its mean HR grey level and each model's mean error (prediction - HR)."""
+    cols = {run.label: {r["name"]: r for r in intensity_shift(run.model, set_name, scale, root)} for run in runs}
+    names = [it["name"] for it in test_pairs(set_name, scale, root)]
+    first = next(iter(cols.values()))
+    head = ["image", "HR mean"] + [f"{label} shift (PSNR)" for label in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        cells = [n, f"{first[n]['hr_mean']:.1f}"] + [f"{c[n]['shift']:+.1f} ({c[n]['psnr']:.2f})" for c in cols.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(runs: Sequence[SRRun], rows: Sequence[Mapping]) -> dict:
+    """The headline numbers of a notebook run (for :func:`dnlib.suite.save_results`)."""
+    return {"runs": {run.label: {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
+                                 "seconds": round(run.seconds, 1), "scale": run.config.scale,
+                                 "train_set": run.config.train_set} for run in runs},
+            "table": list(rows)}
 
 
 # ----------------------------------------------------------------------------------------------- figures

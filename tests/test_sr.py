@@ -118,10 +118,12 @@ def test_patch_sampler_targets_are_the_centre_and_resume_exactly():
         r, c = divmod(idx, inputs[k].shape[1])
         np.testing.assert_allclose(p, inputs[k][r:r + 33, c:c + 33], atol=1e-6)
     assert len({int(v) for v in x[:, 0, 0, 0]}) == 1       # per_image: one image per batch
-    state = s.state_dict()
-    a = next(s)
-    s.load_state_dict(state)
-    torch.testing.assert_close(a, next(s))
+    small = PatchSampler(inputs, labels, 8, seed=3, block=2)           # resume across block boundaries
+    for _ in range(2):
+        state = small.state_dict()
+        a, b = next(small), next(small)
+        small.load_state_dict(state)
+        torch.testing.assert_close((a, b), (next(small), next(small)))
     x, _ = next(PatchSampler(inputs, labels, 64, per_image=False, seed=0))
     assert {int(v) for v in x[:, 0, 0, 0]} == {0, 1}       # mixed: patches from both images
 
@@ -209,6 +211,7 @@ def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
     assert run.steps == 300 and run.config.kind == "smoke"
     ours = evaluate_sr(run.model, "Set5", 3)["psnr"]
     bic = evaluate_bicubic("Set5", 3)["psnr"]
+    print(f"smoke: SRCNN {ours:.2f} dB vs bicubic {bic:.2f} dB on Set5 x3 after {run.steps} steps")
     assert ours > bic + 0.1, (ours, bic)
 
 
@@ -217,7 +220,7 @@ def test_time_limit_stops_a_long_run_and_the_cli_writes_the_report(tmp_path):
     from dnlib.sr import main, train_sr
     run = train_sr("dn*", get_sr_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_sets=(),
                    time_limit=3.0, progress=False)
-    assert 0 < run.steps < 10 ** 6 and run.seconds < 10
+    assert 0 < run.steps < 10 ** 6 and run.seconds < 8
     out = tmp_path / "gpu"
     args = ["--config", "smoke", "--steps", "4", "--sets", "Set5", "NoSuchSet", "--curve-sets", "--out", str(out)]
     assert main(["train", "--norm", "dn*"] + args) == 0
