@@ -206,13 +206,18 @@ def test_resume_equals_uninterrupted(data, tmp_path):
         assert saved["summary"]["final_acc"] == full.summary["final_acc"]
 
 
+# The smoke run: 300 steps of 25 images (7,500 images, under 4 passes over the 2,000-image subset) at 4x the
+# paper's learning rate; measured here (torch 2.13 CPU, seed 0): BN* 0.352, DN* 0.399 on 1,000 test images.
+SMOKE_STEPS, SMOKE_BATCH, SMOKE_LR, SMOKE_MIN_ACC = 300, 25, 4e-3, 0.30
+
+
 @needs_cifar
 def test_smoke_training_beats_chance(data):
-    """A few hundred steps on a stratified 2,000-image subset: well above the 10% of chance."""
+    """A short run on a stratified 2,000-image subset: far above the 10% of chance."""
     results = [run(name, steps=SMOKE_STEPS, data=data, eval_every=SMOKE_STEPS, batch_size=SMOKE_BATCH, lr=SMOKE_LR)
                for name in ("bn-star", "dn-star")]
     for r in results:
-        assert r.summary["final_acc"] > 0.35, r
+        assert r.summary["final_acc"] > SMOKE_MIN_ACC, r
         assert r.summary["mode"] == "eager" and r.summary["device"] == "cpu"
     table = results_table(results)
     assert "DN*" in table and "0.8122" in table and "CIFAR-10" in table
@@ -236,6 +241,7 @@ def test_sweep_gathers_one_table(tmp_path):
 @needs_cifar
 def test_cli_bench_and_check(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "base", "--steps", "2", "--subset", "300,100", "--device", "cpu", "--json", str(out)]) == 0
+    assert main(["bench", "base", "--steps", "2", "--warmup", "1", "--subset", "300,100", "--device", "cpu",
+                 "--json", str(out)]) == 0
     assert json.loads(out.read_text())[0]["images_per_s"] > 0
-    assert main(["check-graph", "dn-star", "--steps", "2", "--subset", "300,100", "--device", "cpu"]) == 0
+    assert main(["check-graph", "dn-star", "--steps", "1", "--subset", "300,100", "--device", "cpu"]) == 0
