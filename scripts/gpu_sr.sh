@@ -34,6 +34,7 @@ if [ "${1:-}" = "prep" ]; then
   cp -r "$src" .device/pylib/ && rm -rf .device/pylib/resize_right/__pycache__
   echo "staged: $(du -sh --apparent-size .device | cut -f1) in .device (data: $(ls .device/data/sr | tr '\n' ' '))"
   echo "GPU command (carry .device): bash scripts/gpu_sr.sh"
+  echo "(.device/wheels, 18 MiB, is not needed by this script: remove it if the trip runs no notebook)"
   exit 0
 fi
 
@@ -79,6 +80,7 @@ done
 for i in "${!pids[@]}"; do
   wait "${pids[$i]}" || log "run $i (pid ${pids[$i]}) failed or timed out: see $OUT/*.log"
 done
+set +f
 for f in "$OUT"/*.log; do log "$(basename "$f"): $(tail -c 600 "$f")"; done
 
 log "report"

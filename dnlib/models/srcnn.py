@@ -10,7 +10,8 @@
 Every convolution is VALID (no padding), as in the authors' code: a 33 x 33 training patch gives a 17 x 17
 output, and a whole test image loses :attr:`SRCNN.shave` = 8 px on every side. The network predicts the
 high-resolution luma directly (no residual). Weights are drawn from a normal with std 1e-3 truncated at two
-standard deviations (TensorFlow's ``truncated_normal``), biases are 0.
+standard deviations (TensorFlow's ``truncated_normal``), biases are 0 (``init="paper"``); ``init="he"`` (the
+fast configuration) uses He-normal weights instead.
 
 ``norm=`` picks the normalizer of the two hidden layers:
 
