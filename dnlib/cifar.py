@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .figures import MarkdownTable
+from .figures import MarkdownTable, _new_figure
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
 from .train import GraphTrainer, TensorBatches, Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
 
@@ -472,8 +472,7 @@ def results_table(results) -> MarkdownTable:
 # ---------------------------------------------------------------------------------------------- figures
 def learning_curves(results, metric: Optional[str] = None):
     """Evaluation accuracy against step for every run, on one figure (left), and the training loss (right)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    fig = _new_figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     for r in results:
         key = metric or f"{r.summary['eval_split']}_acc"
@@ -517,10 +516,9 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
                    seed: int = 0):
     """Table 10's joint histograms: one row per model, ``n_pairs`` random first-layer filter pairs (the same
     pairs for every model), each titled with its r and MI; the paper's mean corr/MI in the row label."""
-    from matplotlib.figure import Figure
     from .figures import joint_histogram
     from .stats import as_samples, pairwise_corr_mi
-    fig = Figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
+    fig = _new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(results), n_pairs, squeeze=False))
     for row, r in zip(axes, results):
         z = first_layer_responses(r.model, data, n_images)
@@ -627,6 +625,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         common(q, True)
         q.add_argument("--steps", type=int, default=5 if name == "check-graph" else 200)
         q.add_argument("--json", default=None, help="also write the results here")
+        if name == "bench":
+            q.add_argument("--warmup", type=int, default=20, help="untimed steps first (the capture among them)")
 
     args, rest = p.parse_known_args(argv)
     if args.cmd == "sweep":
@@ -659,7 +659,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cmd == "check-graph":
             r = check_graph(name, data, steps=args.steps)
         else:
-            r = benchmark(name, data, steps=args.steps, mode=args.mode)
+            r = benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode)
         print(json.dumps(r), flush=True)
         out.append(r)
     if args.json:
