@@ -13,9 +13,10 @@
 #     bash scripts/gpu_cifar.sh
 # Everything lands in $OUT: summary.json (the headline), nvidia-smi.txt, graph_check.json, bench.json,
 # sweep/{table.json,table.md,sweep.json,<run>/{log.txt,history.json,result.json}}, log.txt.
-# Knobs (environment): BUDGET (s, whole script, default 470), CONFIGS, JOBS, EVAL_EVERY, STEPS (empty: the paper's
+# Knobs (environment): BUDGET (s, whole script, default 450), CONFIGS, JOBS, EVAL_EVERY, STEPS (empty: the paper's
 # schedule), SUBSET, DEVICE, BENCH_STEPS, BENCH_CONFIGS. A tiny CPU rehearsal:
-#     OUT=/tmp/g DEVICE=cpu STEPS=6 SUBSET=300,100 EVAL_EVERY=2 BENCH_STEPS=2 BENCH_CONFIGS="base dn-star" bash scripts/gpu_cifar.sh
+#     OUT=/tmp/g DEVICE=cpu STEPS=6 SUBSET=300,100 EVAL_EVERY=2 BENCH_STEPS=2 BENCH_WARMUP=1 \
+#         BENCH_CONFIGS="base dn-star" CONFIGS="base dn-star" JOBS=2 bash scripts/gpu_cifar.sh
 set -u
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -26,12 +27,13 @@ export DNLIB_CACHE=${DNLIB_CACHE:-${TMPDIR:-/tmp}/dnlib-cache}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-BUDGET=${BUDGET:-470}
+BUDGET=${BUDGET:-450}
 CONFIGS=${CONFIGS:-base bn bn-star dn-star}
 JOBS=${JOBS:-4}
 EVAL_EVERY=${EVAL_EVERY:-1000}
 DEVICE=${DEVICE:-cuda}
 BENCH_STEPS=${BENCH_STEPS:-300}
+BENCH_WARMUP=${BENCH_WARMUP:-20}
 BENCH_CONFIGS=${BENCH_CONFIGS:-all}
 SIZE_ARGS=()
 [ -n "${STEPS:-}" ] && SIZE_ARGS+=(--steps "$STEPS")
@@ -61,11 +63,11 @@ if ! timeout 120 $PY -m dnlib.cifar check-graph $CONFIGS --steps 5 "${DATA_ARGS[
 fi
 
 log "3/5 bench ($BENCH_STEPS steps per config)"
-timeout $(( $(left) > 300 ? 100 : 40 )) $PY -m dnlib.cifar bench $BENCH_CONFIGS --steps "$BENCH_STEPS" --mode "$MODE" \
+timeout $(( $(left) > 300 ? 100 : 40 )) $PY -m dnlib.cifar bench $BENCH_CONFIGS --steps "$BENCH_STEPS" --warmup "$BENCH_WARMUP" --mode "$MODE" \
   "${DATA_ARGS[@]}" --json "$OUT/bench.json" || log "bench incomplete"
 
 CAP=$(( $(left) - 60 ))
-[ "$CAP" -gt 330 ] && CAP=330
+[ "$CAP" -gt 320 ] && CAP=320
 log "4/5 sweep: $CONFIGS, $JOBS concurrent, mode $MODE, cap $CAP s per run"
 if [ "$CAP" -gt 20 ]; then
   timeout $(( CAP + 45 )) $PY -m dnlib.cifar sweep $CONFIGS --jobs "$JOBS" --out "$OUT/sweep" --max-seconds "$CAP" \
