@@ -212,6 +212,7 @@ SMOKE_STEPS, SMOKE_BATCH, SMOKE_LR, SMOKE_MIN_ACC = 300, 25, 4e-3, 0.30
 
 
 @needs_cifar
+@pytest.mark.slow
 def test_smoke_training_beats_chance(data):
     """A short run on a stratified 2,000-image subset: far above the 10% of chance."""
     results = [run(name, steps=SMOKE_STEPS, data=data, eval_every=SMOKE_STEPS, batch_size=SMOKE_BATCH, lr=SMOKE_LR)
