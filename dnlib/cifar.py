@@ -81,12 +81,13 @@ class CifarData:
 
 
 def load_data(dataset: str = "cifar10", *, subset=None, validation: bool = False, device="auto", seed: int = 0,
-              root=None, mean_over: str = "train+test", download: bool = True) -> CifarData:
+              root=None, mean_over: str = "train", download: bool = True) -> CifarData:
     """Load CIFAR with :func:`dnlib.data.load_cifar` and put it on ``device``.
 
     ``subset``: an int or ``(n_train, n_eval)`` class-stratified subset (smoke runs). ``validation``: train on
     45K and evaluate on the authors' 5K validation fold instead of the test set. ``mean_over``: the mean image
-    is taken over ``"train+test"`` as the authors' code does (PAPER.md §5.4 item 19) or ``"train"``.
+    is taken over ``"train"`` (default: no test leakage; the paper only says "the dataset image mean") or over
+    ``"train+test"`` as the authors' code does (PAPER.md §5.4 item 19).
     ``download``: fetch the official archive when no copy is found under the data root.
     """
     from .data import load_cifar
@@ -202,7 +203,7 @@ def _summary(cfg: CifarConfig, data: CifarData, trainer: Trainer, seed: int, cap
 def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int = 0, steps: Optional[int] = None,
         subset=None, validation: bool = False, eval_every: int = 500, device: str = "auto", mode: str = "auto",
         out_dir=None, max_seconds: Optional[float] = None, stop_after: Optional[int] = None,
-        data: Optional[CifarData] = None, root=None, mean_over: str = "train+test", progress: bool = False,
+        data: Optional[CifarData] = None, root=None, mean_over: str = "train", progress: bool = False,
         **changes) -> RunResult:
     """Train one configuration and return its :class:`RunResult`.
 
