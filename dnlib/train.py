@@ -84,9 +84,10 @@ def atomic_write_json(obj, path) -> None:
 class TensorBatches:
     """An endless, resumable stream of minibatches from tensors that share their first dimension.
 
-    Each epoch is a fresh permutation drawn from ``torch.Generator().manual_seed(seed + epoch)``, so the
-    stream is a pure function of ``(seed, epoch, position)``: that triple is the whole ``state_dict``. The
-    tensors stay where they are (put them on the GPU once to keep the dataset resident there).
+    Each epoch is a fresh permutation drawn from a ``torch.Generator`` seeded by mixing ``(seed, epoch)``
+    (``numpy.random.SeedSequence``), so the stream is a pure function of ``(seed, epoch, position)``: that
+    triple is the whole ``state_dict``. The tensors stay where they are (put them on the GPU once to keep the
+    dataset resident there). With ``drop_last=False`` the last batch of an epoch may be smaller.
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int = 100, seed: int = 0, shuffle: bool = True,
@@ -96,41 +97,56 @@ class TensorBatches:
         n = tensors[0].shape[0]
         if any(t.shape[0] != n for t in tensors):
             raise ValueError(f"tensors: first dimensions differ: {[t.shape[0] for t in tensors]}")
-        if not isinstance(batch_size, int) or batch_size < 1 or (drop_last and batch_size > n):
-            raise ValueError(f"batch_size: must be an integer in [1, {n}], got {batch_size!r}")
+        if n == 0:
+            raise ValueError("tensors: empty, need at least one example")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or (
+                drop_last and batch_size > n):
+            raise ValueError(f"batch_size: must be an integer in [1, {n}] (drop_last={drop_last}), got {batch_size!r}")
         self.tensors, self.n, self.batch_size = tensors, n, batch_size
-        self.seed, self.shuffle, self.drop_last, self.transform = seed, shuffle, drop_last, transform
-        self.epoch, self.pos = 0, 0
-        self._perm = None
+        self.seed, self.shuffle, self.drop_last, self.transform = int(seed), shuffle, drop_last, transform
+        self.epoch, self.position = 0, 0
+        self._perm, self._perm_epoch = None, -1
 
     def __len__(self) -> int:
+        """Batches per epoch."""
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
-    def _permutation(self):
-        if self._perm is None:
+    def _permutation(self) -> torch.Tensor:
+        if self._perm_epoch != self.epoch:
+            device = self.tensors[0].device
             if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed + self.epoch)
-                self._perm = torch.randperm(self.n, generator=g).to(self.tensors[0].device)
+                mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
+                self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed)).to(device)
             else:
-                self._perm = torch.arange(self.n, device=self.tensors[0].device)
+                self._perm = torch.arange(self.n, device=device)
+            self._perm_epoch = self.epoch
         return self._perm
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self.pos >= len(self):
-            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
-        self.pos += 1
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        start = self.position * self.batch_size
+        idx = self._permutation()[start:start + self.batch_size]
+        self.position += 1
         batch = tuple(t[idx] for t in self.tensors)
         return self.transform(batch) if self.transform else batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+        """``{"epoch", "position", "seed"}``: enough to resume the exact batch sequence."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos, self.seed, self._perm = state["epoch"], state["pos"], state["seed"], None
+        """Restore the position saved by :meth:`state_dict`."""
+        for key in ("epoch", "position", "seed"):
+            if key not in state:
+                raise ValueError(f"state: must contain {key!r}, got keys {sorted(state)}")
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"state: position must be in [0, {len(self)}], got {state['position']}")
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+        self._perm_epoch = -1
 
 
 @dataclass
