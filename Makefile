@@ -11,7 +11,7 @@ export MPLBACKEND ?= agg
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
 export DNLIB_DATA
 
-.PHONY: setup run test test-unit test-notebooks bench clean
+.PHONY: setup run test bench clean
 
 setup: $(STAMP)
 
