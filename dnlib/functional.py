@@ -7,8 +7,8 @@ unless the spec groups channels), so every field is a set of dimensions of that 
 
 A field's mean is computed in two steps: a global mean over its pooled axes that carry no window
 (one pass over the full tensor), then a box filter over its windowed axes on that (usually much smaller)
-result. The box filter is separable shifted adds (or cumulative sums for wide windows), so no Python loop
-ever visits a position.
+result. The box filter is separable shifted adds (or cumulative sums for wide windows) on CPU and one
+pooling kernel on GPU, so no Python loop ever visits a position.
 
 ``divisive_norm`` runs as one autograd Function whose backward is written out by hand for the passes over the
 full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
@@ -106,15 +106,51 @@ def _box1d(t: torch.Tensor, dim: int, k: int, border: str) -> torch.Tensor:
     return out / k
 
 
-def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
-    """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; separable, so one 1-D filter
-    per windowed dim (the valid-border count of a 2-D window is the product of the 1-D counts)."""
+def _box_shift(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    """Separable box filter: one 1-D filter per windowed dim (the valid-border count of a 2-D window is the
+    product of the 1-D counts). Few flops, several small kernels: the fast choice on CPU."""
     if f.kc > 1:
         t = _box1d(t, 2, f.kc, f.border)
     if f.ks > 1:
         for d in range(3, 3 + nspatial):
             t = _box1d(t, d, f.ks, f.border)
     return t
+
+
+def _box_pool(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    """The same box filter as one ``avg_pool{1,2,3}d`` (one kernel forward, one backward): the fast choice on
+    GPUs, where these small layers are bound by kernel launches."""
+    include_pad = f.border != "valid"
+    shape = t.shape
+    if f.kc > 1:  # channel window (G == 1): pool over (C, *S) of a (N, 1, C, *S) tensor
+        kernel = (f.kc,) + (f.ks,) * nspatial
+        u = t.reshape(shape[0], 1, *shape[2:])
+        if f.ks == 1 and all(n == 1 for n in shape[3:]):   # no spatial extent left: plain 1-D pooling over C
+            kernel, u = (f.kc,), u.reshape(shape[0], 1, shape[2])
+    else:         # spatial window only: pool each (n, g, c) map independently
+        kernel = (f.ks,) * nspatial
+        u = t.reshape(-1, 1, *shape[3:])
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[len(kernel) - 1]
+    if any(k % 2 == 0 for k in kernel) or any(k > n for k, n in zip(kernel, u.shape[2:])):
+        # Explicit zero padding: TensorFlow SAME for even windows ((k-1)//2 before, k//2 after; only reachable
+        # with border="reference"), and windows larger than the map (which avg_pool's padding rejects).
+        pads = []
+        for k in reversed(kernel):
+            pads += [(k - 1) // 2, k // 2]
+        out = pool(F.pad(u, pads), kernel, stride=1, padding=0)
+        if not include_pad:  # average over the real neighbours only
+            out = out / pool(F.pad(torch.ones_like(u[:1]), pads), kernel, stride=1, padding=0)
+    else:
+        out = pool(u, kernel, stride=1, padding=tuple(k // 2 for k in kernel), count_include_pad=include_pad)
+    return out.reshape(shape)
+
+
+def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
+    """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; stride 1, same size.
+    Shifted adds on CPU, pooling kernels on GPU (``tests/test_norm.py`` checks that the two agree)."""
+    if not f.has_window:
+        return t
+    return _box_pool(t, f, nspatial) if t.is_cuda else _box_shift(t, f, nspatial)
 
 
 def _reduce_mean(t: torch.Tensor, dims: tuple) -> torch.Tensor:

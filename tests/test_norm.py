@@ -423,3 +423,28 @@ def test_property_finite_in_finite_out(spec_shape, seed):
     m.eval()
     assert torch.isfinite(m(x)).all()
     assert torch.allclose(divisive_norm(x, spec), divisive_norm_reference(x, spec), atol=1e-5)
+
+
+@pytest.mark.parametrize("border", ["valid", "zeros", "reference"])
+@pytest.mark.parametrize("shape", [(2, 1, 6, 5, 4), (3, 1, 7, 1, 1), (2, 1, 5, 9), (2, 1, 9), (2, 3, 1, 4, 4)])
+@pytest.mark.parametrize("kc,ks", [(1, 3), (3, 1), (3, 5), (5, 7), (1, 9), (11, 1)])
+def test_box_filters_agree_cpu_shift_and_gpu_pool(shape, kc, ks, border):
+    """The CPU (shifted adds / cumulative sums) and GPU (pooling) box filters are the same operator, values
+    and gradients; even windows (TF SAME) under the reference border; windows wider than the map."""
+    from dnlib.functional import _box_pool, _box_shift, _Field
+    nspatial = len(shape) - 3
+    if shape[1] > 1 and kc > 1:
+        kc = 1  # channel windows need groups == 1
+    if nspatial == 0:
+        ks = 1  # an (N, C) input has no spatial axis to window
+    if kc == 1 and ks == 1:
+        return
+    for even in ([0, 1] if border == "reference" else [0]):
+        f = _Field((), kc + even if kc > 1 else 1, ks + even if ks > 1 else 1, border)
+        t = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        a, b = _box_shift(t, f, nspatial), _box_pool(t, f, nspatial)
+        assert torch.allclose(a, b, atol=1e-12)
+        g = torch.randn_like(a)
+        ga, = torch.autograd.grad(a, t, g)
+        gb, = torch.autograd.grad(b, t, g)
+        assert torch.allclose(ga, gb, atol=1e-12)
