@@ -234,8 +234,7 @@ def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int 
     chunk = eval_every or target
     capped = False
     while trainer.step < target:
-        trainer.cfg.steps = min(target, (trainer.step // chunk + 1) * chunk)
-        trainer.fit(resume=False)
+        trainer.run_until(min(target, (trainer.step // chunk + 1) * chunk))
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds and trainer.step < target:
             capped = True  # stop at the evaluation that ends past the deadline
             break

@@ -387,8 +387,7 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
 
     while tr.step < epochs * E:
         t_ep = time.perf_counter()
-        tr.cfg.steps = (tr.step // E + 1) * E
-        tr.fit(resume=False)
+        tr.run_until((tr.step // E + 1) * E)
         ep_wall = time.perf_counter() - t_ep
         summarize()
         if deadline is not None and tr.step < epochs * E and time.perf_counter() + 1.05 * ep_wall > deadline:

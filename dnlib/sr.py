@@ -318,7 +318,7 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
         trainer.evaluate = evaluate
         if evaluate is not None:                                                 # plus one evaluation per chunk
             e0 = time.perf_counter()
-            trainer._log(trainer._evaluate())
+            trainer.log_evaluation()
             rate += (time.perf_counter() - e0) / chunk
         target = min(steps, trainer.step + int(max(0.0, deadline - time.perf_counter()) * 0.9 / rate))
         while trainer.step < target:

@@ -299,6 +299,18 @@ class Trainer:
         row.update(extra)
         self.history.append(row)
 
+    def log_evaluation(self) -> dict:
+        """Evaluate now and append the row to the history (e.g. before a timed stretch); returns the metrics."""
+        metrics = self._evaluate()
+        self._log(metrics)
+        return metrics
+
+    def run_until(self, step: int) -> list:
+        """Train on to optimizer step ``step`` (sets ``cfg.steps``): the building block of time-capped runs,
+        which advance one evaluation interval or one epoch at a time and stop when the next would not fit."""
+        self.cfg.steps = int(step)
+        return self.fit(resume=False)
+
     def fit(self, resume: bool = True) -> list:
         """Train to ``cfg.steps`` (resuming from the checkpoint when ``resume``); returns the history."""
         cfg = self.cfg
