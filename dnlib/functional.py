@@ -194,6 +194,38 @@ def field_mean(x: torch.Tensor, spec: NormSpec) -> torch.Tensor:
     return mu.expand(xg.shape).reshape(shape) if mu.shape != xg.shape else mu.reshape(shape)
 
 
+def _suppression(s0: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """E_B[v^2] from its global part ``s0``: the suppression window, and the reference code's divisor."""
+    s = _box(s0, plan.sup, plan.nspatial)
+    return s * plan.bug if plan.bug != 1.0 else s
+
+
+def _divisor_vjp(gd, s0, fixed_s, sig2, need_sig: bool, plan: _Plan, spec: NormSpec):
+    """Pull ``gd`` = dL/dd back through d = divisor(suppression(s0), sigma^2) with autograd on these reduced
+    tensors only; returns (dL/ds0 or None when s0 is None, dL/dsigma^2 or None)."""
+    with torch.enable_grad():
+        inputs = []
+        if s0 is not None:
+            s0 = s0.detach().requires_grad_()
+            inputs.append(s0)
+        if need_sig:
+            sig2 = sig2.detach().requires_grad_()
+            inputs.append(sig2)
+        s = _suppression(s0, plan) if s0 is not None else fixed_s
+        grads = torch.autograd.grad(_divisor(s, sig2, spec), inputs, gd)
+    return (grads[0] if s0 is not None else None), (grads[-1] if need_sig else None)
+
+
+def _mean_vjp(gmu, m0, plan: _Plan):
+    """Pull dL/dmu back through mu = window(m0) (identity without a summation window)."""
+    if not plan.sum.has_window:
+        return gmu
+    with torch.enable_grad():
+        m0 = m0.detach().requires_grad_()
+        (gm0,) = torch.autograd.grad(_box(m0, plan.sum, plan.nspatial), m0, gmu)
+    return gm0
+
+
 class _DivNormFn(torch.autograd.Function):
     """y, v = DN(x): forward over the full tensor in four passes, backward written out by hand.
 
@@ -221,10 +253,7 @@ class _DivNormFn(torch.autograd.Function):
         if plan.sup is not None:
             if fixed_s is None:
                 s0 = _reduce_mean(v * v, plan.sup.dims)
-                s = _box(s0, plan.sup, plan.nspatial)
-                if plan.bug != 1.0:
-                    s = s * plan.bug
-                s_out = s
+                s = s_out = _suppression(s0, plan)
             else:
                 s = fixed_s
             d = _divisor(s, sig2, spec)
@@ -261,27 +290,9 @@ class _DivNormFn(torch.autograd.Function):
                 gd = gy * v
                 if bdims:
                     gd = gd.sum(bdims, keepdim=True)
-                with torch.enable_grad():
-                    inputs = []
-                    if s0 is not None:
-                        s0_ = s0.detach().requires_grad_()
-                        inputs.append(s0_)
-                        s_ = _box(s0_, plan.sup, plan.nspatial)
-                        if plan.bug != 1.0:
-                            s_ = s_ * plan.bug
-                    else:
-                        s_ = fixed_s
-                    sig2_ = sig2
-                    if need_sig:
-                        sig2_ = sig2.detach().requires_grad_()
-                        inputs.append(sig2_)
-                    d_ = _divisor(s_, sig2_, spec)
-                    grads = torch.autograd.grad(d_, inputs, gd)
-                if s0 is not None:
-                    gs0 = grads[0] * (2.0 / _numel(v, plan.sup.dims))
-                    gv.addcmul_(v, gs0)
-                if need_sig:
-                    gsig2 = grads[-1]
+                gs0, gsig2 = _divisor_vjp(gd, s0, fixed_s, sig2, need_sig, plan, spec)
+                if gs0 is not None:
+                    gv.addcmul_(v, gs0 * (2.0 / _numel(v, plan.sup.dims)))
         else:
             gv = gy.clone() if gy is not None else None
         if gv_ext is not None:
@@ -289,13 +300,7 @@ class _DivNormFn(torch.autograd.Function):
         if plan.sum is not None and m0 is not None:
             bdims = tuple(i for i in range(gv.dim()) if m0.shape[i] == 1 and gv.shape[i] != 1)
             gmu = -(gv.sum(bdims, keepdim=True) if bdims else gv)
-            if plan.sum.has_window:
-                with torch.enable_grad():
-                    m0_ = m0.detach().requires_grad_()
-                    mu_ = _box(m0_, plan.sum, plan.nspatial)
-                    (gm0,) = torch.autograd.grad(mu_, m0_, gmu)
-            else:
-                gm0 = gmu
+            gm0 = _mean_vjp(gmu, m0, plan)
             n = _numel(gv, plan.sum.dims)
             gx = gv.add_(gm0, alpha=1.0 / n) if gm0.shape == gv.shape else gv.add_(gm0 / n)
         else:
@@ -320,9 +325,7 @@ class _DivNormSharedFn(torch.autograd.Function):
         mu = _box(m0, plan.sum, plan.nspatial)
         v = xg - mu  # (torch.var_mean over a non-innermost dim is ~40x slower than these three passes on CPU)
         s0 = v.square().mean(dims, keepdim=True)
-        s = _box(s0, plan.sup, plan.nspatial)
-        if plan.bug != 1.0:
-            s = s * plan.bug
+        s = _suppression(s0, plan)
         d = _divisor(s, sig2, spec)
         y = v * d
         v_out = v if need_v else xg.new_empty(0)
@@ -342,33 +345,16 @@ class _DivNormSharedFn(torch.autograd.Function):
         n = _numel(xg, dims)
         need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
         sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
-        gsig2 = None
         if gy is None:
             gy = torch.zeros_like(xg)
         sg = gy.sum(dims, keepdim=True)                         # sum over the field of gy
         gd = (gy * xg).sum(dims, keepdim=True) - mu * sg        # sum over the field of gy * v
-        with torch.enable_grad():
-            s0_ = s0.detach().requires_grad_()
-            inputs = [s0_]
-            s_ = _box(s0_, plan.sup, plan.nspatial)
-            if plan.bug != 1.0:
-                s_ = s_ * plan.bug
-            if need_sig:
-                sig2 = sig2.detach().requires_grad_()
-                inputs.append(sig2)
-            grads = torch.autograd.grad(_divisor(s_, sig2, spec), inputs, gd)
-        if need_sig:
-            gsig2 = grads[1]
-        coef = grads[0] * (2.0 / n)                             # gv = gy * d + coef * v (+ gv_ext)
+        gs0, gsig2 = _divisor_vjp(gd, s0, None, sig2, need_sig, plan, spec)
+        coef = gs0 * (2.0 / n)                                  # gv = gy * d + coef * v (+ gv_ext)
         gmu = -(d * sg + coef * (n * (m0 - mu)))                # -sum over the field of gv
         if gv_ext is not None:
             gmu = gmu - gv_ext.sum(dims, keepdim=True)
-        if plan.sum.has_window:
-            with torch.enable_grad():
-                m0_ = m0.detach().requires_grad_()
-                (gm0,) = torch.autograd.grad(_box(m0_, plan.sum, plan.nspatial), m0_, gmu)
-        else:
-            gm0 = gmu
+        gm0 = _mean_vjp(gmu, m0, plan)
         gx = torch.addcmul(gm0 / n - coef * mu, gy, d)          # gv + E_A^T(gmu), v = x - mu expanded
         gx.addcmul_(xg, coef)
         if gv_ext is not None:
@@ -423,5 +409,5 @@ def divisive_norm_reference(x: torch.Tensor, spec: NormSpec, sigma=None) -> torc
     v = xg - _field_stat(xg, plan.sum, plan.nspatial) if plan.sum is not None else xg
     if plan.sup is None:
         return v.reshape(x.shape)
-    s = _field_stat(v * v, plan.sup, plan.nspatial) * plan.bug
+    s = _suppression(_reduce_mean(v * v, plan.sup.dims), plan)
     return (v * _divisor(s, sig * sig, spec)).reshape(x.shape)
