@@ -256,6 +256,25 @@ class NormLSTMCell(_Recurrent):
         return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}"
 
 
+def _joint_lstm_update(cell, z, c, norm_c):
+    """The LSTM update shared by the BN- and LN-LSTM cells, after their joint normalization of the 4H gate
+    pre-activations ``z`` (the forget bias goes in after it): returns ``(h, (h, c_state))`` where the state keeps
+    the normalized ``c`` when ``cell.state_norm_c`` (the authors' code) and the raw one otherwise."""
+    H = cell.hidden_size
+    if cell.forget_bias:
+        z = torch.cat([z[:, :2 * H], z[:, 2 * H:3 * H] + cell.forget_bias, z[:, 3 * H:]], 1)
+    s = torch.sigmoid(z)
+    i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
+    j = torch.tanh(z[:, H:2 * H])
+    c = torch.addcmul(f * c, i, j)
+    cn = norm_c(c)
+    tc = torch.tanh(cn)
+    h = o * tc
+    if cell.trace is not None:
+        cell._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
+    return h, (h, cn if cell.state_norm_c else c)
+
+
 class _StepNorm(nn.Module):
     """Batch normalization with separate statistics (and running averages) for every time step and one gain and
     bias shared over time (Cooijmans et al. 2017). Steps beyond ``max_steps`` use the last step's statistics.
@@ -317,20 +336,8 @@ class BNLSTMCell(_Recurrent):
 
     def step(self, xw, state, t=0):
         h, c = state
-        H = self.hidden_size
         z = self.norm_ih(xw, t) + self.norm_hh(h @ self.weight_hh.t(), t)
-        if self.forget_bias:
-            z = torch.cat([z[:, :2 * H], z[:, 2 * H:3 * H] + self.forget_bias, z[:, 3 * H:]], 1)
-        s = torch.sigmoid(z)
-        i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
-        j = torch.tanh(z[:, H:2 * H])
-        c = torch.addcmul(f * c, i, j)
-        cn = self.norm_c(c, t)
-        tc = torch.tanh(cn)
-        h = o * tc
-        if self.trace is not None:
-            self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
-        return h, (h, cn if self.state_norm_c else c)
+        return _joint_lstm_update(self, z, c, lambda c: self.norm_c(c, t))
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, max_steps={self.max_steps}, state_norm_c={self.state_norm_c}"
@@ -363,20 +370,8 @@ class LNLSTMCell(_Recurrent):
 
     def step(self, xw, state, t=0):
         h, c = state
-        H = self.hidden_size
         z = self.norm_ih(xw) + self.norm_hh(h @ self.weight_hh.t())
-        if self.forget_bias:
-            z = torch.cat([z[:, :2 * H], z[:, 2 * H:3 * H] + self.forget_bias, z[:, 3 * H:]], 1)
-        s = torch.sigmoid(z)
-        i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
-        j = torch.tanh(z[:, H:2 * H])
-        c = torch.addcmul(f * c, i, j)
-        cn = self.norm_c(c)
-        tc = torch.tanh(cn)
-        h = o * tc
-        if self.trace is not None:
-            self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
-        return h, (h, cn if self.state_norm_c else c)
+        return _joint_lstm_update(self, z, c, self.norm_c)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, state_norm_c={self.state_norm_c}"
