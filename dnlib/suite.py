@@ -306,6 +306,13 @@ def _kernel_env(results: Path, profile: str) -> dict[str, str]:
 def _describe_failure(path: Path, exc: Exception, output: Path) -> str:
     cell = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
+    if cell is None:  # e.g. a cell timeout: the last cell papermill started in the executed copy
+        try:
+            cells = json.loads(output.read_text())["cells"]
+            started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+            cell = started[-1] if started else None
+        except (OSError, ValueError, KeyError):
+            pass
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
     where = f"cell {cell}" if cell is not None else "a cell"
     if count is not None:
@@ -313,11 +320,19 @@ def _describe_failure(path: Path, exc: Exception, output: Path) -> str:
     return f"{path.name}: {where} raised {ename}: {evalue}; executed copy with the traceback: {output}"
 
 
+def default_cell_timeout(profile: str) -> float | None:
+    """Seconds a single cell may run before it counts as failed: 600 for the smoke profile (whose cells take
+    seconds), none for the others (a full training is one long cell)."""
+    return 600.0 if profile == "smoke" else None
+
+
 def execute(
     path: str | Path, output: str | Path, parameters: Mapping[str, Any], profile: str = "smoke",
-    *, progress: bool = True,
+    *, progress: bool = True, cell_timeout: float | None = None,
 ) -> RunRecord:
-    """Execute one (already validated) notebook into ``output``; never raises on a failing cell."""
+    """Execute one (already validated) notebook into ``output``; never raises on a failing cell.
+
+    ``cell_timeout`` (seconds) turns a cell that hangs into a failure that names the notebook and the cell."""
     import papermill
 
     path, output = Path(path), Path(output)
@@ -332,7 +347,7 @@ def execute(
     try:
         papermill.execute_notebook(
             str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
-            progress_bar=progress, cwd=str(path.parent),
+            progress_bar=progress, cwd=str(path.parent), execution_timeout=cell_timeout, start_timeout=120,
         )
     except Exception as exc:  # PapermillExecutionError, kernel death, ...
         error = _describe_failure(path, exc, output)
@@ -352,9 +367,11 @@ def execute(
 def run(
     notebooks: Sequence[str | Path] | None = None, profile: str = "smoke",
     overrides: Iterable[tuple[str, str]] = (), out_dir: str | Path | None = None, *, progress: bool = True,
-    root: str | Path | None = None,
+    root: str | Path | None = None, cell_timeout: float | None | str = "default",
 ) -> list[RunRecord]:
     """Validate every notebook's parameters, then execute them in order; return one record per notebook.
+
+    ``cell_timeout``: seconds per cell (``"default"``: :func:`default_cell_timeout` of the profile; None: no limit).
 
     Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid, and
     :class:`NotebookFailed` after the whole suite ran when any cell failed (its ``records`` attribute
@@ -388,7 +405,8 @@ def run(
     for path, params in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
         tqdm.write(f"[dnlib.suite] {path.name} ({profile}: {shown})")
-        record = execute(path, out_dir / path.name, params, profile, progress=progress)
+        timeout = default_cell_timeout(profile) if cell_timeout == "default" else cell_timeout
+        record = execute(path, out_dir / path.name, params, profile, progress=progress, cell_timeout=timeout)
         tqdm.write(f"[dnlib.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
         if record.error:
             tqdm.write(f"[dnlib.suite] {record.error}")
@@ -432,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="override a parameter; NB:NAME targets notebooks whose name starts with NB")
     run_p.add_argument("--out", default=None, help="output folder (default: runs/<profile>/)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+    run_p.add_argument("--cell-timeout", type=float, default=None,
+                       help="seconds a cell may run before it fails (default: 600 for smoke, none otherwise; 0: none)")
     list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
     list_p.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
@@ -440,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             _list(discover(args.notebooks))
             return 0
+        timeout = "default" if args.cell_timeout is None else (args.cell_timeout or None)
         records = run(args.notebooks, args.profile, [tuple(p) for p in args.parameter], args.out,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, cell_timeout=timeout)
     except (ParameterError, FileNotFoundError) as exc:
         print(f"dnlib.suite: error: {exc}\nnothing was executed.", file=sys.stderr)
         return 2

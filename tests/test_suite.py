@@ -163,3 +163,12 @@ def test_envconfig_writes_both_files_and_is_idempotent(tmp_path):
     settings = json.loads(overrides.read_text())
     assert settings["other-extension"] == {"x": 1}
     assert settings["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
+
+
+def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, capsys):
+    nb = _notebook(tmp_path / "03_hang.ipynb", ["import time", "time.sleep(60)"], "k: int = 1  # k\n")
+    assert suite.default_cell_timeout("smoke") == 600 and suite.default_cell_timeout("full") is None
+    rc = suite.main(["run", "--no-progress", "--cell-timeout", "3", "--out", str(tmp_path / "out"), str(nb)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "03_hang.ipynb: cell 3 raised CellTimeoutError" in err
