@@ -262,7 +262,6 @@ class _DivNormFn(torch.autograd.Function):
             y = v if plan.sum is not None else xg.clone()
         ctx.spec, ctx.plan = spec, plan
         ctx.sig2_is_tensor = torch.is_tensor(sig2)
-        ctx.fixed = (fixed_mu is not None, fixed_s is not None)
         ctx.save_for_backward(v if plan.sup is not None else None, d, m0, s0, fixed_s,
                               sig2 if ctx.sig2_is_tensor else None)
         if not ctx.sig2_is_tensor:
