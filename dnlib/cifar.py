@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .figures import MarkdownTable, _new_figure
+from .norm import IMPLS
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
 from .train import GraphTrainer, TensorBatches, Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
 
@@ -283,11 +284,14 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
     """Run ``steps`` steps with :class:`GraphTrainer` and with the eager :class:`Trainer` from the same init on the
     same batches; ``ok`` when every parameter and buffer agrees to ``rtol`` of how far training moved it, and the
     losses agree to ``rtol``. On CPU this checks the graph step's code without a capture. ``changes``: fields
-    of the configuration to change (e.g. ``batch_size``)."""
+    of the configuration to change (e.g. ``batch_size``; ``impl="compile"`` checks the compiled graph step
+    against the uncompiled eager one)."""
     cfg = _config(config, data.name, None, changes)
     out = {}
     for mode in ("eager", "graph"):
-        tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0)
+        # the reference is always the uncompiled eager step; the graph step runs the config's impl
+        tr = make_trainer(cfg if mode == "graph" else cfg.replace(impl="auto"), data, seed=seed, mode=mode,
+                          eval_every=0)
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = []
         for _ in range(steps):
@@ -301,15 +305,15 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
     diff = max((eager[k].double() - graph[k].double()).abs().max().item() for k in eager if eager[k].is_floating_point())
     loss_diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg))
     ok = bool(diff <= rtol * moved and loss_diff <= rtol and all(math.isfinite(v) for v in lg) and moved > 0)
-    return {"config": cfg.name, "mode": gmode, "steps": steps, "param_diff": diff, "param_moved": moved,
-            "loss_rel_diff": loss_diff, "eager_losses": le, "graph_losses": lg, "ok": ok}
+    return {"config": cfg.name, "mode": gmode, "impl": cfg.impl, "steps": steps, "param_diff": diff,
+            "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le, "graph_losses": lg, "ok": ok}
 
 
 def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 200, warmup: int = 20,
-              mode: str = "auto", seed: int = 0) -> dict:
-    """Training throughput (images/s) of one configuration: ``steps`` timed steps after ``warmup`` (capture
-    included in the warm-up)."""
-    cfg = get_config(config, data.name) if isinstance(config, str) else config
+              mode: str = "auto", seed: int = 0, **changes) -> dict:
+    """Training throughput (images/s) of one configuration: ``steps`` timed steps after ``warmup`` (capture,
+    and with ``impl="compile"`` compilation, included in the warm-up). ``changes``: configuration fields."""
+    cfg = _config(config, data.name, None, changes)
     tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0)
     sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -320,8 +324,9 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
         loss = tr.train_step(next(tr.batches))
     sync()
     dt = time.perf_counter() - t0
-    return {"config": cfg.name, "mode": _mode_name(tr), "device": _device_name(data.device), "steps": steps,
-            "batch_size": cfg.batch_size, "images_per_s": steps * cfg.batch_size / dt, "loss": float(loss)}
+    return {"config": cfg.name, "mode": _mode_name(tr), "impl": cfg.impl, "device": _device_name(data.device),
+            "steps": steps, "batch_size": cfg.batch_size, "images_per_s": steps * cfg.batch_size / dt,
+            "loss": float(loss)}
 
 
 def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Optional[Sequence[str]] = None,
@@ -534,32 +539,43 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
 
 
 def report(out_dir, dataset: str = "cifar10") -> dict:
-    """Summarize a GPU trip's folder (``graph_check.json``, ``bench.json``, ``sweep/``) into one dict: card,
-    single-run images/s per configuration, the concurrent runs' accuracies and images/s, the measured gain of
-    running them concurrently, and the estimated time of the whole Table 7 at that gain."""
+    """Summarize a GPU trip's folder (``graph_check.json``, ``bench.json``, optional ``bench_compile.json`` (the
+    same bench with ``impl="compile"``), ``sweep/``) into one dict: card, single-run images/s per configuration
+    and impl, the concurrent runs' accuracies and images/s, the measured gain of running them concurrently, and
+    the estimated time of the whole Table 7 at that gain with the faster impl of each configuration."""
     out_dir = Path(out_dir)
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
+    bench_c = read(out_dir / "bench_compile.json") or []
     sweep_dir = out_dir / "sweep"
     rows = gather(sweep_dir) if sweep_dir.is_dir() else []
     meta = read(sweep_dir / "sweep.json") or {}
     single = {b["config"]: b["images_per_s"] for b in bench}
+    single_c = {b["config"]: b["images_per_s"] for b in bench_c}
+    best = {k: max(v, single_c.get(k, 0.0)) for k, v in single.items()}
     rep = {"device": (bench[0]["device"] if bench else rows[0].get("device") if rows else None),
            "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single,
            "runs": [{k: r.get(k) for k in ("config", "paper_row", "seed", "steps", "planned_steps", "capped", "status",
-                                           "final_acc", "paper_acc", "images_per_s", "mode", "data")} for r in rows]}
+                                           "final_acc", "paper_acc", "images_per_s", "mode", "data")}
+                    | {"impl": (r.get("fields") or {}).get("impl", "auto")} for r in rows]}
+    if single_c:
+        rep["single_run_images_per_s_compile"] = single_c
+        rep["best_images_per_s"] = best
     if rows and meta.get("wall_seconds"):
         images = sum(r["steps"] * 100 for r in rows)
         rep["concurrent"] = {"jobs": meta.get("jobs"), "wall_seconds": meta["wall_seconds"],
                              "aggregate_images_per_s": images / meta["wall_seconds"]}
-        if all(r["config"] in single for r in rows):
-            sequential = sum(r["steps"] * 100 / single[r["config"]] for r in rows)
+        # each run's single-process figure with the impl it ran (configs without a normalizer have no compiled one)
+        used = {r["config"]: single_c.get(r["config"]) if run["impl"] == "compile" and r["config"] in single_c
+                else single.get(r["config"]) for r, run in zip(rows, rep["runs"])}
+        if all(v for v in used.values()):
+            sequential = sum(r["steps"] * 100 / used[r["config"]] for r in rows)
             gain = sequential / meta["wall_seconds"]
             rep["concurrent"]["gain_vs_sequential"] = gain
-            if all(n in single for n in list_configs()):
+            if all(n in best for n in list_configs()):
                 rep["table7_estimate_seconds"] = {
-                    "sequential": estimate_seconds(single, dataset),
-                    f"concurrent_{meta.get('jobs')}": estimate_seconds(single, dataset, speedup=gain)}
+                    "sequential": estimate_seconds(best, dataset),
+                    f"concurrent_{meta.get('jobs')}": estimate_seconds(best, dataset, speedup=gain)}
     return rep
 
 
@@ -592,6 +608,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         q.add_argument("--subset", default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
         q.add_argument("--device", default="auto")
         q.add_argument("--mode", default="auto", choices=MODES)
+        q.add_argument("--impl", default="auto", choices=IMPLS,
+                       help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
 
     q = sub.add_parser("run", help="train one configuration")
     common(q, False)
@@ -638,6 +656,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.cmd == "run":
         changes = {} if args.lr is None else {"lr": args.lr}
+        if args.impl != "auto":
+            changes["impl"] = args.impl
         res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=_subset(args.subset),
                   validation=args.validation, eval_every=args.eval_every, device=args.device, mode=args.mode,
                   out_dir=args.out, max_seconds=args.max_seconds, **changes)
@@ -657,9 +677,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = []
     for name in _names(args.configs):
         if args.cmd == "check-graph":
-            r = check_graph(name, data, steps=args.steps)
+            r = check_graph(name, data, steps=args.steps, impl=args.impl)
         else:
-            r = benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode)
+            r = benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode, impl=args.impl)
         print(json.dumps(r), flush=True)
         out.append(r)
     if args.json:

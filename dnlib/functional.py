@@ -17,6 +17,7 @@ composition, which matters because these layers are bandwidth-bound.
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -410,3 +411,52 @@ def divisive_norm_reference(x: torch.Tensor, spec: NormSpec, sigma=None) -> torc
         return v.reshape(x.shape)
     s = _suppression(_reduce_mean(v * v, plan.sup.dims), plan)
     return (v * _divisor(s, sig * sig, spec)).reshape(x.shape)
+
+
+# ------------------------------------------------------------------------------------ the compiled path
+def _plain(x: torch.Tensor, sig2, alpha, spec: NormSpec, plan: _Plan):
+    """The general path as plain differentiable ops, for ``torch.compile`` to trace and fuse: returns
+    ``(y, penalty, mu, s)`` with ``penalty = alpha * mean|v|`` (None when ``alpha`` is 0) and the batch
+    statistics ``mu``/``s`` (grouped layout, detached; None when the spec has no such field).
+
+    The box filters are the shifted adds (:func:`_box_shift`) on every device: pure pointwise ops that Inductor
+    fuses into their neighbours (a pooling kernel would stay a separate kernel)."""
+    xg = _grouped(x, spec.groups)
+    mu = s = None
+    if plan.sum is not None:
+        mu = _reduce_mean(xg, plan.sum.dims)
+        if plan.sum.has_window:
+            mu = _box_shift(mu, plan.sum, plan.nspatial)
+        v = xg - mu
+    else:
+        v = xg
+    if plan.sup is not None:
+        s = _reduce_mean(v * v, plan.sup.dims)
+        if plan.sup.has_window:
+            s = _box_shift(s, plan.sup, plan.nspatial)
+        if plan.bug != 1.0:
+            s = s * plan.bug
+        y = v * _divisor(s, sig2, spec)
+    else:
+        y = v
+    penalty = alpha * v.abs().mean() if alpha else None
+    return (y.reshape(x.shape), penalty, None if mu is None else mu.detach(), None if s is None else s.detach())
+
+
+@lru_cache(maxsize=256)
+def compiled_divisive_norm(spec: NormSpec, nspatial: int):
+    """``torch.compile`` of the general path for one spec and input rank: ``fn(x, sig2, alpha) -> (y, penalty,
+    mu, s)`` (see :func:`_plain`). Inductor fuses the passes of forward and backward into a few kernels, which
+    is what a launch-bound GPU step needs (``DivisiveNorm(impl="compile")``).
+
+    Each (spec, rank) gets its own copy of the code object, so that Dynamo's per-code cache (and its
+    recompile limit) counts the shapes of one layer, not every layer of a network."""
+    code = _plain.__code__.replace(co_name=f"_plain_{abs(hash((spec, nspatial))):x}")
+    fn = types.FunctionType(code, _plain.__globals__, code.co_name)
+    plan = _plan(spec, nspatial)
+    compiled = torch.compile(fn, dynamic=False, fullgraph=True)
+
+    def run(x: torch.Tensor, sig2, alpha: float = 0.0):
+        _check(x, spec)
+        return compiled(x, sig2, float(alpha), spec, plan)
+    return run

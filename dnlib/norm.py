@@ -11,7 +11,7 @@ from torch import nn
 from . import functional as DF
 from .spec import NormSpec
 
-IMPLS = ("auto", "general", "fused")
+IMPLS = ("auto", "general", "fused", "compile")
 
 
 @lru_cache(maxsize=256)
@@ -59,6 +59,10 @@ class DivisiveNorm(nn.Module):
     Where the spec coincides with a native kernel (``F.batch_norm``, ``F.group_norm`` (also for LN: one group),
     ``F.instance_norm``, ``F.rms_norm``) the module dispatches to it with ``eps = sigma^2 + eps``
     (``impl="auto"``); ``impl="general"`` forces the general path, which handles every spec.
+    ``impl="compile"`` runs the general path's math as plain ops through ``torch.compile`` (one compiled
+    function per spec and input rank; Inductor fuses forward and backward into a few kernels: for GPU steps
+    bound by kernel launches, e.g. inside a CUDA graph). The first call compiles (seconds to a minute);
+    evaluation with running statistics uses the uncompiled general path.
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward in training mode
     accumulates ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty`
@@ -74,7 +78,7 @@ class DivisiveNorm(nn.Module):
         momentum: weight of the new batch in the running statistics (``None``: cumulative average).
         track_running_stats: ``None`` (default) tracks them iff a field pools the batch.
         alpha: weight of the sparse L1 penalty at this site.
-        impl: ``"auto"``, ``"general"`` or ``"fused"``.
+        impl: ``"auto"``, ``"general"``, ``"fused"`` or ``"compile"``.
 
     Shape:
         - Input: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
@@ -185,8 +189,8 @@ class DivisiveNorm(nn.Module):
 
     @property
     def fused(self) -> Optional[str]:
-        """The native kernel this module dispatches to (None: the general path)."""
-        if self.impl == "general":
+        """The native kernel this module dispatches to (None: the general or compiled path)."""
+        if self.impl in ("general", "compile"):
             return None
         return fused_kind(self.spec)
 
@@ -227,7 +231,9 @@ class DivisiveNorm(nn.Module):
         kind = self.fused
         if kind == "in" and x[0, 0].numel() == 1:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
-        if kind is not None:
+        if self.impl == "compile" and use_batch_stats:
+            y = self._forward_compiled(x)
+        elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
         else:
             y = self._forward_general(x, use_batch_stats)
@@ -241,6 +247,26 @@ class DivisiveNorm(nn.Module):
             return y * self.weight.to(dtype).view(shape)
         return torch.addcmul(self.bias.to(dtype).view(shape), y, self.weight.to(dtype).view(shape))
 
+    def _check_batch(self, x: torch.Tensor) -> None:
+        if self.training and self.track_running_stats and self.spec.pools_batch:
+            n = x.shape[0] * (x[0, 0].numel())
+            if n <= 1:
+                raise ValueError(f"input: expected more than 1 value per channel when training with batch "
+                                 f"statistics, got input of shape {tuple(x.shape)}")
+
+    def _update_running(self, x: torch.Tensor, mu: Optional[torch.Tensor], s: Optional[torch.Tensor]) -> None:
+        """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones."""
+        if not (self.training and self.track_running_stats):
+            return
+        with torch.no_grad():
+            m = self._momentum()
+            if self.running_mean is not None and mu is not None and mu.numel():
+                self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
+            if self.running_var is not None and s is not None and s.numel():
+                n = x.shape[0] * x[0, 0].numel()
+                unbiased = s.reshape(-1) * (n / (n - 1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+
     def _forward_general(self, x: torch.Tensor, use_batch_stats: bool) -> torch.Tensor:
         spec = self.spec
         nsp = x.dim() - 2
@@ -251,25 +277,24 @@ class DivisiveNorm(nn.Module):
                 mean = self.running_mean.to(x.dtype).view(stat_shape)
             if self.running_var is not None:
                 sup = self.running_var.to(x.dtype).view(stat_shape)
-        if self.training and self.track_running_stats and spec.pools_batch:
-            n = x.shape[0] * (x[0, 0].numel())
-            if n <= 1:
-                raise ValueError(f"input: expected more than 1 value per channel when training with batch "
-                                 f"statistics, got input of shape {tuple(x.shape)}")
+        self._check_batch(x)
         y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup,
                                               need_v=bool(self.alpha and self.training))
-        if self.training and self.track_running_stats:
-            with torch.no_grad():
-                m = self._momentum()
-                if self.running_mean is not None and mu.numel():
-                    self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
-                if self.running_var is not None and s.numel():
-                    n = x.shape[0] * x[0, 0].numel()
-                    unbiased = s.reshape(-1) * (n / (n - 1))
-                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        self._update_running(x, mu, s)
         if self.alpha and self.training:
             centred = v if v.numel() else (y if spec.centre else x)
             self._add_penalty(centred)
+        return self._affine(y, x.dtype)
+
+    def _forward_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_batch(x)
+        sig = self.sigma if self.sigma is not None else self.spec.sigma
+        sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
+        alpha = self.alpha if self.training else 0.0
+        y, penalty, mu, s = DF.compiled_divisive_norm(self.spec, x.dim() - 2)(x, sig2, alpha)
+        self._update_running(x, mu, s)
+        if penalty is not None:
+            self._penalty = penalty if self._penalty is None else self._penalty + penalty
         return self._affine(y, x.dtype)
 
     def _forward_fused(self, x: torch.Tensor, kind: str, use_batch_stats: bool) -> torch.Tensor:

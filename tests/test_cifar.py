@@ -9,7 +9,7 @@ import torch
 
 from dnlib import DivisiveNorm
 from dnlib.cifar import (GraphTrainer, check_graph, estimate_seconds, first_layer_responses, gather, load_data, main,
-                         results_table, run, summarize, sweep, table10)
+                         report, results_table, run, summarize, sweep, table10)
 from dnlib.configs.cifar import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
 from dnlib.models import CifarCNN
 from dnlib.models.cnn import tf_same_pads, tf_same_pool2d
@@ -151,6 +151,41 @@ def test_estimate_seconds():
     # 3 baseline rows x 50K + 10 rows x 80K steps of 100 images
     assert estimate_seconds(ips) == pytest.approx((3 * 50_000 + 10 * 80_000) * 100 / 100_000)
     assert estimate_seconds(ips, speedup=2.0) == pytest.approx(estimate_seconds(ips) / 2)
+
+
+def _write_run(d: Path, name: str, steps: int, seconds: float, impl: str):
+    cfg = get_config(name).replace(impl=impl)
+    d.mkdir(parents=True)
+    summary = {"config": name, "paper_row": cfg.paper, "dataset": "cifar10", "seed": 0, "steps": steps,
+               "planned_steps": cfg.steps, "capped": False, "final_acc": 0.5, "paper_acc": cfg.paper_accuracy,
+               "images_per_s": steps * 100 / seconds, "mode": "cuda-graph", "fields": cfg.as_dict()}
+    (d / "result.json").write_text(json.dumps({"summary": summary, "history": []}))
+
+
+def test_report_uses_the_faster_impl_and_the_measured_concurrency_gain(tmp_path):
+    """report(): a GPU trip folder written here (bench of both impls, a 2-run sweep) gives the single-run
+    figures, the concurrency gain against the impl each run used, and Table 7 at the faster impl per config."""
+    names = list_configs()
+    auto = {n: 100_000.0 for n in names}
+    comp = {"dn-star": 150_000.0, "bn-star": 50_000.0}
+    (tmp_path / "bench.json").write_text(json.dumps(
+        [{"config": n, "images_per_s": v, "device": "NVIDIA H100"} for n, v in auto.items()]))
+    (tmp_path / "bench_compile.json").write_text(json.dumps(
+        [{"config": n, "images_per_s": v, "device": "NVIDIA H100"} for n, v in comp.items()]))
+    _write_run(tmp_path / "sweep" / "cifar10-base-s0", "base", 50_000, 100.0, "compile")
+    _write_run(tmp_path / "sweep" / "cifar10-dn-star-s0", "dn-star", 80_000, 100.0, "compile")
+    # sequentially: base 50K*100/100K = 50 s (no compiled figure: its normalizer is the identity, so the
+    # auto figure counts), DN* 80K*100/150K = 53.3 s; concurrently they took 80 s
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps({"wall_seconds": 80.0, "jobs": 2}))
+    rep = report(tmp_path)
+    assert rep["device"] == "NVIDIA H100"
+    assert rep["best_images_per_s"]["dn-star"] == 150_000.0 and rep["best_images_per_s"]["bn-star"] == 100_000.0
+    assert [r["impl"] for r in rep["runs"]] == ["compile", "compile"]
+    gain = (50.0 + 80_000 * 100 / 150_000) / 80.0
+    assert rep["concurrent"]["gain_vs_sequential"] == pytest.approx(gain)
+    best = {**auto, "dn-star": 150_000.0}
+    assert rep["table7_estimate_seconds"]["sequential"] == pytest.approx(estimate_seconds(best))
+    assert rep["table7_estimate_seconds"]["concurrent_2"] == pytest.approx(estimate_seconds(best) / gain)
 
 
 # ---------------------------------------------------------------------------------------- runs (real data)

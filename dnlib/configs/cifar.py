@@ -76,6 +76,7 @@ class CifarConfig:
     milestones: tuple = NORM_SCHEDULE["milestones"]  # lr x gamma at these steps
     gamma: float = 0.1
     steps: int = NORM_SCHEDULE["steps"]              # training stops here
+    impl: str = "auto"                 # DivisiveNorm impl of the normalizers ("compile": torch.compile, for GPUs)
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +99,8 @@ class CifarConfig:
             kw["affine"] = self.affine
         if self.window is not None:
             kw.update(window=tuple(self.window), border="reference")
+        if self.impl != "auto" and self.norm != "none":
+            kw["impl"] = self.impl
         return kw
 
     def build_model(self):
