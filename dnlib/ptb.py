@@ -44,7 +44,7 @@ from .train import Trainer, TrainConfig, atomic_write_json, resolve_device, set_
 
 __all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perplexity", "unigram_perplexity",
            "load_data", "train", "gate_statistics", "bench", "check_graph", "config_table", "run_many",
-           "results_table", "perplexity_curves", "gate_table", "headline", "set_threads", "main"]
+           "results_table", "perplexity_curves", "gate_table", "report", "headline", "set_threads", "main"]
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -559,6 +559,45 @@ def gate_table(results: dict, ids: torch.Tensor, **kwargs):
     return MarkdownTable("\n".join(lines))
 
 
+def report(paths, out_dir) -> dict:
+    """Gather the results JSONs of ``python -m dnlib.ptb train ... --json`` runs into ``out_dir``: ``table.md``
+    (:func:`results_table`, with the seconds per epoch), ``curves.png`` (:func:`perplexity_curves`) and
+    ``summary.json`` (:func:`headline` plus the card, epoch times and tokens/s). Returns the summary."""
+    results = {}
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        if not isinstance(r, dict) or "epochs" not in r or "config" not in r:
+            raise ValueError(f"paths: {path} is not a results JSON of `python -m dnlib.ptb train --json`")
+        results[r["config"]["name"]] = r
+    if not results:
+        raise ValueError("paths: no results JSON given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = headline(results)
+    for n, r in results.items():
+        times = [e["epoch_time"] for e in r["epochs"] if e.get("epoch_time")]
+        summary[n].update(card=r.get("card"), torch=r.get("torch"), lr=r["config"]["lr"], stopped=r.get("stopped"),
+                          epochs_planned=r.get("epochs_planned"), seconds_per_epoch=(
+                              sum(times) / len(times) if times else None),
+                          tokens_per_s=(sum(e["tokens_per_s"] for e in r["epochs"] if e.get("tokens_per_s"))
+                                        / max(len(times), 1)),
+                          valid_ppl_per_epoch=[e["valid_ppl"] for e in r["epochs"]],
+                          test_ppl_per_epoch=[e["test_ppl"] for e in r["epochs"]],
+                          final_test_time=r.get("final_test_time"))
+    table = str(results_table(results))
+    table += "\n\n| name | card | s / epoch (training) | lr |\n|---|---|---|---|\n" + "\n".join(
+        f"| {n} | {v['card']} | {v['seconds_per_epoch'] or float('nan'):.0f} | {v['lr']:g} |"
+        for n, v in summary.items())
+    tmp = out / "table.md.tmp"
+    tmp.write_text(table + "\n")
+    os.replace(tmp, out / "table.md")
+    fig = perplexity_curves(results)
+    fig.savefig(out / "curves.png.tmp.png", dpi=110)
+    os.replace(out / "curves.png.tmp.png", out / "curves.png")
+    atomic_write_json(summary, out / "summary.json")
+    return summary
+
+
 def headline(results: dict) -> dict:
     """The numbers a notebook run saves (:func:`dnlib.suite.save_results`)."""
     return {n: {"epochs": len(r["epochs"]), "valid_ppl": r["epochs"][-1]["valid_ppl"] if r["epochs"] else None,
@@ -654,7 +693,15 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--json", default=None)
     sub.add_parser("list", help="the named configs and the paper's perplexities")
+    r = sub.add_parser("report", help="gather results JSONs of `train --json` into a table, a figure and a summary")
+    r.add_argument("paths", nargs="+")
+    r.add_argument("--out", required=True)
     a = p.parse_args(argv)
+
+    if a.cmd == "report":
+        report(a.paths, a.out)
+        print((Path(a.out) / "table.md").read_text())
+        return 0
 
     if a.cmd == "list":
         for name in list_configs():

@@ -346,6 +346,17 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     assert res["stopped"] == "completed" and (out / "checkpoint.pt").exists()
     assert res["epochs"][0]["valid_ppl"] > 0 and res["final_test_ppl"] > 0 and res["paper_test_ppl"] == 102.238
     assert res["config"]["window"] == 61
+    # report: the JSON becomes a table beside the paper's, a figure and a summary
+    capsys.readouterr()
+    assert main(["report", str(out / "r.json"), "--out", str(tmp_path / "rep")]) == 0
+    table = capsys.readouterr().out
+    assert "| dn-star-lstm | DN* | 1 |" in table and "102.238" in table
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())["dn-star-lstm"]
+    assert summary["test_ppl_per_epoch"] == [res["epochs"][0]["test_ppl"]] and summary["card"] == "cpu"
+    assert summary["final_test_ppl"] == res["final_test_ppl"] and summary["seconds_per_epoch"] > 0
+    assert (tmp_path / "rep" / "curves.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="not a results JSON"):
+        main(["report", str(tmp_path / "rep" / "summary.json"), "--out", str(tmp_path / "rep2")])
 
 
 @needs_ptb
