@@ -220,7 +220,7 @@ def test_time_limit_stops_a_long_run_and_the_cli_writes_the_report(tmp_path):
     from dnlib.sr import main, train_sr
     run = train_sr("dn*", get_sr_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_sets=(),
                    time_limit=3.0, progress=False)
-    assert 0 < run.steps < 10 ** 6 and run.seconds < 8
+    assert 0 < run.steps < 10 ** 6 and run.seconds < 30  # stopped near its 3 s limit, not after 1e6 steps
     out = tmp_path / "gpu"
     args = ["--config", "smoke", "--steps", "4", "--sets", "Set5", "NoSuchSet", "--curve-sets", "--out", str(out)]
     assert main(["train", "--norm", "dn*"] + args) == 0
