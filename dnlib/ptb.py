@@ -531,14 +531,20 @@ def perplexity_curves(results: dict):
     """Validation and test perplexity per epoch, one line per config (log scale)."""
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
     fig = Figure(figsize=(9, 3.4))
     axes = fig.subplots(1, 2, sharey=True)
     for n, r in results.items():
         ep = [e["epoch"] for e in r["epochs"]]
         for ax, key in zip(axes, ("valid_ppl", "test_ppl")):
-            ax.plot(ep, [e[key] for e in r["epochs"]], marker="o", label=n)
-    for ax, title in zip(axes, ("validation", "test (20 streams)")):
+            line, = ax.plot(ep, [e[key] for e in r["epochs"]], marker="o", label=n)
+        if r.get("paper_test_ppl"):  # the paper's final test perplexity, dashed in the run's colour
+            axes[1].axhline(r["paper_test_ppl"], color=line.get_color(), ls="--", lw=1,
+                            label=f"{r['config'].get('row', n)} paper: {r['paper_test_ppl']:.1f}")
+    for ax, title in zip(axes, ("validation", "test (20 streams); dashed: the paper's")):
         ax.set(title=title, xlabel="epoch", yscale="log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("perplexity")
     axes[1].legend(fontsize=8)
