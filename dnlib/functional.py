@@ -400,17 +400,28 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
     return divisive_norm_stats(x, spec, sigma)[0]
 
 
+def _compose(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, box=_box):
+    """DN of the grouped ``xg`` composed of plain autograd ops: ``(y, v, mu, s)`` (``mu``/``s`` None when the spec
+    has no such field). ``box`` is the box filter (:func:`_box`, or :func:`_box_shift` on every device)."""
+    mu = s = None
+    if plan.sum is not None:
+        mu = box(_reduce_mean(xg, plan.sum.dims), plan.sum, plan.nspatial)
+        v = xg - mu
+    else:
+        v = xg
+    if plan.sup is None:
+        return v, v, mu, s
+    s = box(_reduce_mean(v * v, plan.sup.dims), plan.sup, plan.nspatial)
+    if plan.bug != 1.0:
+        s = s * plan.bug
+    return v * _divisor(s, sig2, spec), v, mu, s
+
+
 def divisive_norm_reference(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
     """The same math as :func:`divisive_norm` composed of plain autograd ops (slower; for checking)."""
     _check(x, spec)
-    plan = _plan(spec, x.dim() - 2)
     sig = spec.sigma if sigma is None else sigma
-    xg = _grouped(x, spec.groups)
-    v = xg - _field_stat(xg, plan.sum, plan.nspatial) if plan.sum is not None else xg
-    if plan.sup is None:
-        return v.reshape(x.shape)
-    s = _suppression(_reduce_mean(v * v, plan.sup.dims), plan)
-    return (v * _divisor(s, sig * sig, spec)).reshape(x.shape)
+    return _compose(_grouped(x, spec.groups), sig * sig, spec, _plan(spec, x.dim() - 2))[0].reshape(x.shape)
 
 
 # ------------------------------------------------------------------------------------ the compiled path
@@ -421,24 +432,7 @@ def _plain(x: torch.Tensor, sig2, alpha, spec: NormSpec, plan: _Plan):
 
     The box filters are the shifted adds (:func:`_box_shift`) on every device: pure pointwise ops that Inductor
     fuses into their neighbours (a pooling kernel would stay a separate kernel)."""
-    xg = _grouped(x, spec.groups)
-    mu = s = None
-    if plan.sum is not None:
-        mu = _reduce_mean(xg, plan.sum.dims)
-        if plan.sum.has_window:
-            mu = _box_shift(mu, plan.sum, plan.nspatial)
-        v = xg - mu
-    else:
-        v = xg
-    if plan.sup is not None:
-        s = _reduce_mean(v * v, plan.sup.dims)
-        if plan.sup.has_window:
-            s = _box_shift(s, plan.sup, plan.nspatial)
-        if plan.bug != 1.0:
-            s = s * plan.bug
-        y = v * _divisor(s, sig2, spec)
-    else:
-        y = v
+    y, v, mu, s = _compose(_grouped(x, spec.groups), sig2, spec, plan, _box_shift)
     penalty = alpha * v.abs().mean() if alpha else None
     return (y.reshape(x.shape), penalty, None if mu is None else mu.detach(), None if s is None else s.detach())
 
