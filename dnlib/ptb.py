@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs.ptb import CELL_TYPES, TABLE9, PTBConfig, get_config, list_configs
+from .configs.ptb import PTBConfig, get_config, list_configs
 from .models.rnn import LanguageModel
 from .sparse import clear_penalties, sparse_penalty
 from .train import Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs.sr import (PAPER_TABLES, ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_config,
+from .configs.sr import (ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_config,
                          paper_numbers)
 from .metrics import psnr, ssim
 from .models.srcnn import SRCNN

@@ -15,7 +15,6 @@ has them, else crops of scikit-image's bundled photos.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 

@@ -1,6 +1,5 @@
 """PTB language modelling (PAPER.md §1.3-1.4, §2.2-2.3, §3.3): cells against hand-written references, the 1-D DN
 window against a naive loop, BN's per-step statistics, configs against §2.3, and a CPU smoke run on real PTB."""
-import math
 import os
 
 import pytest

@@ -15,7 +15,7 @@ One line per row below, with the authors' values (PAPER.md §2.3, §3.1, §5.4 i
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 DATASETS = ("cifar10", "cifar100")

@@ -104,7 +104,7 @@ class CIFAR:
             raise ValueError(f"split must be one of {list(table)}, got {split!r}")
         return table[split]
 
-    def normalize(self, x) -> "torch.Tensor":
+    def normalize(self, x):
         """float32 tensor ``x - mean`` (raw 0-255 values minus the mean image, no /255)."""
         import torch
         t = torch.as_tensor(np.asarray(x)).to(torch.float32)

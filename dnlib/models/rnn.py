@@ -46,7 +46,6 @@ zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.configs.ptb`). 
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
