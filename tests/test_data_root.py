@@ -148,3 +148,84 @@ def test_atomic_save_npy(tmp_path):
     R.atomic_save_npy(tmp_path / "a.npy", np.arange(5))
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]
     assert _leftovers(tmp_path) == ["a.npy"]
+
+
+# ------------------------------------------------------------------ the data root rule (issue 11, part 6)
+def _clone_root():
+    return Path(R.__file__).resolve().parents[2]
+
+
+def test_data_root_beside_the_clone(monkeypatch, tmp_path):
+    """DNLIB_DATA unset: ../shared/data beside the clone wins over data/ in the clone."""
+    monkeypatch.delenv("DNLIB_DATA", raising=False)
+    clone = tmp_path / "clone"
+    (clone / "dnlib").mkdir(parents=True)
+    (clone / "pyproject.toml").write_text("[project]\nname = 'dnlib'\n")
+    monkeypatch.setattr(R, "_repo_dir", lambda: clone)
+    assert R.data_root() == clone / "data"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert R.data_root() == tmp_path / "shared" / "data"
+    monkeypatch.setenv("DNLIB_DATA", str(tmp_path / "elsewhere"))
+    assert R.data_root() == tmp_path / "elsewhere"
+    monkeypatch.setenv("DNLIB_DATA", "")  # empty counts as unset
+    assert R.data_root() == tmp_path / "shared" / "data"
+
+
+BESIDE = _clone_root().parent / "shared" / "data"
+needs_beside = pytest.mark.skipif(not (BESIDE / "ptb" / "ptb.train.txt").is_file(),
+                                  reason=f"no shared data beside this clone ({BESIDE})")
+
+
+@needs_beside
+def test_plain_python_finds_shared_data_beside_the_clone(monkeypatch, tmp_path):
+    """What jupyter lab, plain papermill or plain pytest run: a Python process without DNLIB_DATA."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "DNLIB_DATA"}
+    code = ("from dnlib.data import data_root; from dnlib.data.ptb import PTB_SOURCE; "
+            "from dnlib.data.root import find_or_fetch; print(data_root()); "
+            "print(find_or_fetch(PTB_SOURCE, download=False))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    root, ptb = out.stdout.split()
+    assert Path(root).resolve() == BESIDE.resolve() and Path(ptb).resolve() == (BESIDE / "ptb").resolve()
+    monkeypatch.delenv("DNLIB_DATA", raising=False)
+    assert R.data_root().resolve() == BESIDE.resolve()
+
+
+# ------------------------------------------------------------------ extraction keeps what is there (issue 11, part 4)
+def test_extract_keeps_an_existing_folder(archive, tmp_path):
+    path, _ = archive
+    root = tmp_path / "root"
+    (root / "toy" / "notes").mkdir(parents=True)
+    (root / "toy" / "mine.txt").write_text("user file")
+    (root / "toy" / "notes" / "n.txt").write_text("more")
+    (root / "toy" / "a.txt").write_text("hello\n")  # identical to the archive's copy: fine
+    R.extract_archive(path, root)
+    assert (root / "toy" / "mine.txt").read_text() == "user file"
+    assert (root / "toy" / "notes" / "n.txt").read_text() == "more"
+    assert (root / "toy" / "a.txt").read_text() == "hello\n" and (root / "toy" / "b.txt").read_bytes() == b"x" * 5000
+    assert _leftovers(root) == ["toy"]
+
+
+def test_extract_refuses_to_overwrite_a_different_file(archive, tmp_path):
+    path, _ = archive
+    root = tmp_path / "root"
+    (root / "toy").mkdir(parents=True)
+    (root / "toy" / "a.txt").write_text("my edits")
+    with pytest.raises(R.DownloadError) as e:
+        R.extract_archive(path, root)
+    assert str(root / "toy" / "a.txt") in str(e.value)
+    assert (root / "toy" / "a.txt").read_text() == "my edits"
+    assert _leftovers(root) == ["toy"] and _leftovers(root / "toy") == ["a.txt"]  # nothing moved in
+
+
+def test_extract_refuses_without_tar_filters(archive, tmp_path, monkeypatch):
+    """Python < 3.11.4 (or 3.10.12) has no tarfile.data_filter: an unfiltered extractall is refused."""
+    path, _ = archive
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(R.DownloadError, match="3.11.4"):
+        R.extract_archive(path, tmp_path / "out")
+    assert _leftovers(tmp_path / "out") == []

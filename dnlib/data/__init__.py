@@ -1,7 +1,9 @@
 """Datasets of the paper: CIFAR-10/100 (§3.1), Penn Treebank (§3.3) and super-resolution sets (§3.4).
 
-Every loader reads from one data root (``root=``, else ``$DNLIB_DATA``, else ``data/`` in the
-repository; see ``data/README.md``). Nothing is read or downloaded at import time.
+Every loader reads from one data root (``root=``, else ``$DNLIB_DATA``, else ``../shared/data`` beside
+the clone, else ``data/`` in the clone: :func:`data_root`; see ``data/README.md``) and checks what it
+reads against the root's ``SHA256SUMS`` once (:func:`verify_checksums`). Nothing is read or downloaded
+at import time.
 
 Entry points: :func:`load_cifar`, :func:`load_ptb`, :func:`load_sr`.
 """
@@ -9,8 +11,8 @@ Entry points: :func:`load_cifar`, :func:`load_ptb`, :func:`load_sr`.
 from .cifar import CIFAR, load_cifar, mean_image, stratified_subset, validation_split
 from .loader import GPULoader
 from .ptb import PTB, PTBBatches, load_ptb, ptb_batches, ptb_epoch_size
-from .root import (DatasetNotFoundError, DownloadError, SourceUnreachableError, cache_dir, data_root,
-                   download_url, extract_archive)
+from .root import (ChecksumError, DatasetNotFoundError, DataWarning, DownloadError, SourceUnreachableError,
+                   cache_dir, data_root, download_url, extract_archive, verify_checksums)
 from .sr import (SRCNNPatches, SRSet, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair)
 
 __all__ = [
@@ -21,5 +23,6 @@ __all__ = [
     "ptb_batches", "ptb_epoch_size",
     "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
     "data_root", "cache_dir", "download_url", "extract_archive",
-    "DatasetNotFoundError", "DownloadError", "SourceUnreachableError",
+    "verify_checksums",
+    "DatasetNotFoundError", "DownloadError", "SourceUnreachableError", "ChecksumError", "DataWarning",
 ]

@@ -6,7 +6,19 @@ Two on-disk formats are read:
   exact data; downloaded from the official URL when missing;
 * the torchvision ``ImageFolder`` layout (``cifar10-jpeg/{train,test}/<class>/<k>.jpg``), e.g. the
   lossy JPEG copy in the shared mirror. Decoded once with PIL (a process pool) and cached as uint8
-  ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take well under a second.
+  ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take about a second.
+
+The image-folder cache is verified, not trusted. Its manifest records a :func:`~dnlib.data.root.stat_key`
+of every image file and of the root's ``SHA256SUMS`` (path, size, ``mtime_ns``, ``ctime_ns``: one
+``stat`` per file, ~0.4 s for 60,000, where hashing the JPEGs on every load would read 60,000 files),
+and the shape, dtype and sha256 of each cached array (hashing the 180 MB of arrays costs ~0.1 s, far
+less than the decode it saves, and catches any change to them, which their ``stat`` would not).
+A changed image file (even overwritten in place with its ``mtime`` restored: its ``ctime`` changes),
+an added or removed one, or a changed ``SHA256SUMS`` makes the cache stale; an unreadable cache, wrong
+shapes, labels that disagree with the class folders or a hash mismatch make it corrupt (a
+:class:`~dnlib.data.root.DataWarning` names the file). Either way the images are decoded again, checked
+against ``SHA256SUMS`` when the root has one (the hashes are taken while decoding), and the cache is
+rewritten.
 
 The paper's preprocessing is raw 0-255 RGB minus a per-pixel, per-channel mean image; the authors'
 code takes that mean over train+test (``mean_over="train+test"``), the default here is the
@@ -17,18 +29,20 @@ training indices, 10 folds, fold 0 held out (5,000 images).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .root import (DatasetNotFoundError, DatasetSource, atomic_save_npy, atomic_write_json, cache_dir,
-                   data_root, find_or_fetch, fingerprint_dirs)
+from .root import (SUMS_NAME, DatasetNotFoundError, DatasetSource, DataWarning, atomic_save_npy, atomic_write_json,
+                   cache_dir, data_root, find_or_fetch, stat_key, verify_checksums)
 
 __all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES"]
 
@@ -56,7 +70,11 @@ CIFAR_SOURCES = {
 }
 _IMAGEFOLDER = {"cifar10": ("cifar10-jpeg", "cifar10"), "cifar100": ("cifar100-jpeg", "cifar100")}
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_PYTHON_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                             "test_batch", "batches.meta"),
+                 "cifar100": ("train", "test", "meta")}
 
 
 @dataclass
@@ -167,20 +185,24 @@ def _read_python(name: str, folder: Path):
     return x_train, y_train, x_test, y_test, classes
 
 
-def _decode_files(paths: Sequence[str]) -> np.ndarray:
-    """Decode image files to a uint8 (n, 3, 32, 32) array; a bad file raises ValueError naming it."""
+def _decode_files(paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Decode image files to a uint8 (n, 3, 32, 32) array, with each file's sha256; a bad file raises ValueError naming it."""
     from PIL import Image
     out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
+    digests = []
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
+            with open(p, "rb") as f:
+                data = f.read()
+            digests.append(hashlib.sha256(data).hexdigest())
+            with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
             raise ValueError(f"cannot decode image {p}: {type(e).__name__}: {e}") from None
         if arr.shape != (32, 32, 3):
             raise ValueError(f"image {p} has shape {arr.shape}, expected 32x32 RGB")
         out[i] = arr
-    return out.transpose(0, 3, 1, 2)
+    return out.transpose(0, 3, 1, 2), digests
 
 
 def _sort_key(p: str):
@@ -214,10 +236,10 @@ def _list_imagefolder(folder: Path, split: str, classes: list[str]) -> tuple[lis
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def _decode_all(files: list[str], progress: bool, desc: str) -> np.ndarray:
+def _decode_all(files: list[str], progress: bool, desc: str) -> tuple[np.ndarray, list[str]]:
     from tqdm.auto import tqdm
     if not files:
-        return np.empty((0, 3, 32, 32), np.uint8)
+        return np.empty((0, 3, 32, 32), np.uint8), []
     chunk = 500
     chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
     workers = min(len(chunks), os.cpu_count() or 1, 8)
@@ -235,36 +257,76 @@ def _decode_all(files: list[str], progress: bool, desc: str) -> np.ndarray:
                 for c, part in zip(chunks, pool.imap(_decode_files, chunks)):
                     parts.append(part)
                     bar.update(len(c))
-    return np.concatenate(parts)
+    return np.ascontiguousarray(np.concatenate([p[0] for p in parts])), [d for p in parts for d in p[1]]
 
 
-def _read_imagefolder(name: str, folder: Path, use_cache: bool, progress: bool):
-    folder = folder.resolve()
-    classes = _imagefolder_classes(folder)
-    fp = {"version": _CACHE_VERSION, "folder": str(folder), "classes": classes,
-          "dirs": fingerprint_dirs([folder / s / c for s in ("train", "test") for c in classes])}
-    key = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
-    cdir = cache_dir() / f"{name}-imagefolder-{key}" if use_cache else None
-    arrays = ("x_train", "y_train", "x_test", "y_test")
-    if cdir is not None and (cdir / "manifest.json").is_file():
+def _array_sha256(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
+
+
+def _load_cache(cdir: Path, fp: dict, n: tuple[int, int], labels: tuple[np.ndarray, np.ndarray]):
+    """The cached arrays if the cache is current and intact; ``None`` (after a DataWarning if it is corrupt) otherwise."""
+    mpath = cdir / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        warnings.warn(f"CIFAR cache {mpath} is unreadable ({type(e).__name__}: {e}); decoding the images again",
+                      DataWarning, stacklevel=4)
+        return None
+    if {k: manifest.get(k) for k in fp} != fp:
+        return None  # stale: the images, SHA256SUMS or the cache format changed
+    expect = {"x_train": ((n[0], 3, 32, 32), "uint8"), "y_train": ((n[0],), "int64"),
+              "x_test": ((n[1], 3, 32, 32), "uint8"), "y_test": ((n[1],), "int64")}
+    out = []
+    for a in _ARRAYS:
+        path = cdir / f"{a}.npy"
         try:
-            manifest = json.loads((cdir / "manifest.json").read_text())
-            if manifest == fp:
-                loaded = [np.load(cdir / f"{a}.npy", allow_pickle=False) for a in arrays]
-                return (*loaded, classes)
-        except (OSError, ValueError):
-            pass  # unreadable or stale cache: decode again and rewrite it
+            arr = np.load(path, allow_pickle=False)
+            shape, dtype = expect[a]
+            if arr.shape != shape or arr.dtype != np.dtype(dtype):
+                raise ValueError(f"shape {arr.shape} {arr.dtype}, expected {shape} {dtype}")
+            if a.startswith("y") and not np.array_equal(arr, labels[a == "y_test"]):
+                raise ValueError("labels disagree with the class folders")
+            want = manifest.get("arrays", {}).get(a)
+            got = _array_sha256(arr)
+            if got != want:
+                raise ValueError(f"sha256 {got} differs from the manifest's {want}")
+        except Exception as e:  # noqa: BLE001 - np.load raises OSError, ValueError, EOFError... on a bad file
+            warnings.warn(f"CIFAR cache {path} is corrupt ({type(e).__name__}: {e}); decoding the images again",
+                          DataWarning, stacklevel=4)
+            return None
+        out.append(arr)
+    return tuple(out)
+
+
+def _read_imagefolder(name: str, folder: Path, base: Path, use_cache: bool, progress: bool):
+    classes = _imagefolder_classes(folder)
     train_files, y_train = _list_imagefolder(folder, "train", classes)
     test_files, y_test = _list_imagefolder(folder, "test", classes)
-    x_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
-    x_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
+    resolved = str(folder.resolve())
+    fp = {"version": _CACHE_VERSION, "folder": resolved, "classes": classes,
+          "counts": [len(train_files), len(test_files)],
+          "files": stat_key([base / SUMS_NAME, *train_files, *test_files])}
+    key = hashlib.sha1(resolved.encode()).hexdigest()[:12]
+    cdir = cache_dir() / f"{name}-imagefolder-{key}" if use_cache else None
+    if cdir is not None and (cdir / "manifest.json").exists():
+        cached = _load_cache(cdir, fp, (len(train_files), len(test_files)), (y_train, y_test))
+        if cached is not None:
+            return (*cached, classes)
+    x_train, d_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
+    x_test, d_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
+    verify_checksums(base, folder, train_files + test_files, what=f"{_PRETTY[name]} image folder", recursive=True,
+                     accept=lambda n: n.lower().endswith(_IMAGE_EXT),
+                     digests=dict(zip(train_files + test_files, d_train + d_test)))
     out = (x_train, y_train, x_test, y_test)
     if cdir is not None:
         cdir.mkdir(parents=True, exist_ok=True)
         (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
-        for a, arr in zip(arrays, out):
+        for a, arr in zip(_ARRAYS, out):
             atomic_save_npy(cdir / f"{a}.npy", arr)
-        atomic_write_json(cdir / "manifest.json", fp)
+        atomic_write_json(cdir / "manifest.json", {**fp, "arrays": {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}})
     return (*out, classes)
 
 
@@ -329,7 +391,8 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
 
     Args:
         name: ``"cifar10"`` or ``"cifar100"`` (fine labels).
-        root: data root; default ``$DNLIB_DATA``, else ``data/`` in the repository.
+        root: data root; default :func:`~dnlib.data.root.data_root` (``$DNLIB_DATA``, else
+            ``../shared/data`` beside the clone, else ``data/``).
         source: ``"python"`` (official pickles ``cifar-10-batches-py/``/``cifar-100-python/``),
             ``"imagefolder"`` (``cifar10-jpeg/{train,test}/<class>/*``) or ``"auto"``: the official
             pickles if present, else the image folder, else download the official archive.
@@ -341,7 +404,8 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
             (all 60,000 images, as the authors' code).
         seed: seed of ``subset``.
         download: fetch the official archive when nothing is found (``source`` ``"auto"``/``"python"``).
-        cache: cache decoded image-folder data as ``.npy`` under :func:`~dnlib.data.root.cache_dir`.
+        cache: cache decoded image-folder data as ``.npy`` under :func:`~dnlib.data.root.cache_dir`
+            (verified on every load; rebuilt when stale or corrupt).
         progress: show tqdm bars for downloads and decoding.
     """
     t0 = time.perf_counter()
@@ -369,14 +433,17 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
             looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
             raise DatasetNotFoundError(
                 f"dataset {_PRETTY[key]} (image folder) not found. Looked in:\n  {looked}\n"
-                f"Data root: {base} (from root=, else the DNLIB_DATA environment variable). Use "
+                f"Data root: {base} (from root=, else the DNLIB_DATA environment variable, else ../shared/data "
+                f"beside the clone, else data/ in the clone). Use "
                 f"source='python' or 'auto' to use/download the official archive {src.url}.")
     if folder is None:
         folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
     if kind == "python":
+        names = _PYTHON_FILES[key]
+        verify_checksums(base, folder, [Path(folder) / f for f in names], what=src.name, accept=names.__contains__)
         x_train, y_train, x_test, y_test, classes = _read_python(key, folder)
     else:
-        x_train, y_train, x_test, y_test, classes = _read_imagefolder(key, folder, cache, progress)
+        x_train, y_train, x_test, y_test, classes = _read_imagefolder(key, folder, base, cache, progress)
 
     x_val = y_val = None
     if validation:

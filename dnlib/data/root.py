@@ -1,7 +1,9 @@
 """Where datasets live, how missing ones are fetched, and where decoded caches go.
 
 One data root serves every dataset: the ``root=`` argument if given, else the ``DNLIB_DATA``
-environment variable, else ``data/`` in the repository. A dataset missing from the root is
+environment variable, else ``../shared/data`` when that folder exists beside the clone, else ``data/`` in
+the repository (:func:`data_root`; every entry point, i.e. the CLIs, notebooks under JupyterLab or
+papermill, and pytest, goes through it). A dataset missing from the root is
 downloaded from its official source into the root (when it has one with a published checksum):
 streamed to a temporary file in the same folder with a tqdm bar, verified against the publisher's
 md5, then moved into place with :func:`os.replace`; archives are unpacked into a temporary folder
@@ -10,6 +12,16 @@ file or folder that a later run would trust.
 
 Decoded caches (``.npy``) never go into the data root, which may be a shared, read-only mirror:
 they go to ``DNLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/dnlib``, else ``~/.cache/dnlib``.
+
+Data are verified, not trusted. When the data root has a ``SHA256SUMS`` file (``sha256sum`` format,
+paths relative to the root), :func:`verify_checksums` checks a dataset's files against it the first
+time they are read: a changed file, a listed file that is missing and an image that is not listed all
+raise :class:`ChecksumError` naming the file. The verdict is cached (``<cache>/verified/``) under a key
+made of each file's path, size, ``mtime_ns`` and ``ctime_ns`` and the same of ``SHA256SUMS``, so later
+loads only ``stat`` the files; rewriting a file changes its ``ctime`` (which a user cannot set back, unlike
+the ``mtime``) and so the key, and the file is hashed again. Datasets with known sizes (PTB tokens and
+vocabulary, the SR sets' image counts) that differ from them raise a :class:`DataWarning` when no checksum
+decided.
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ import http.client
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,8 +46,11 @@ import numpy as np
 __all__ = [
     "DATA_ENV",
     "CACHE_ENV",
+    "SUMS_NAME",
     "DatasetNotFoundError",
     "DownloadError",
+    "ChecksumError",
+    "DataWarning",
     "SourceUnreachableError",
     "DatasetSource",
     "data_root",
@@ -42,10 +59,14 @@ __all__ = [
     "extract_archive",
     "find_or_fetch",
     "atomic_save_npy",
+    "read_checksums",
+    "verify_checksums",
+    "stat_key",
 ]
 
 DATA_ENV = "DNLIB_DATA"
 CACHE_ENV = "DNLIB_CACHE"
+SUMS_NAME = "SHA256SUMS"
 _CHUNK = 1 << 20
 
 
@@ -61,24 +82,41 @@ class SourceUnreachableError(DownloadError):
     """The official URL could not be opened (no network, server down, bad URL)."""
 
 
-def _repo_data_dir() -> Path:
+class ChecksumError(ValueError):
+    """A data file differs from the data root's ``SHA256SUMS``, is missing from it, or is not listed in it."""
+
+
+class DataWarning(UserWarning):
+    """The data are not the standard dataset (its known sizes differ), or a fallback replaced them."""
+
+
+def _repo_dir() -> Path | None:
+    """The clone this package runs from (an editable install), or ``None`` for an installed package."""
     repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file():
-        return repo / "data"
-    return Path.cwd() / "data"
+    if (repo / "pyproject.toml").is_file() and (repo / "dnlib").is_dir():
+        return repo
+    return None
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Return the data root: ``root`` if given, else ``$DNLIB_DATA``, else ``data/`` in the repository.
+    """Return the data root.
 
-    The folder need not exist yet (a download creates it).
+    In order: ``root`` if given; else ``$DNLIB_DATA`` if set and not empty; else ``../shared/data``
+    when that folder exists beside the clone (the clone is the repository this package runs from, or
+    the working directory for an installed package); else ``data/`` in the clone. The result need not
+    exist yet (a download creates it). Every loader, the CLIs and the notebooks resolve the root here,
+    so JupyterLab, plain papermill and plain pytest find the same data as ``make``.
     """
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser()
-    return _repo_data_dir()
+    clone = _repo_dir() or Path.cwd()
+    beside = clone.parent / "shared" / "data"
+    if beside.is_dir():
+        return beside
+    return clone / "data"
 
 
 def cache_dir(create: bool = True) -> Path:
@@ -181,34 +219,73 @@ def download_url(
 def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> list[Path]:
     """Unpack a tar archive (``.tar.gz``/``.tgz``/``.tar``) into ``dest_dir`` atomically.
 
-    Members are unpacked into a temporary folder inside ``dest_dir``; only when the whole
-    archive has been read are its top-level entries moved into place. A truncated or corrupt
-    archive raises :class:`DownloadError` naming the archive and leaves nothing behind.
-    Returns the paths of the top-level entries.
+    Members are unpacked, with tarfile's ``"data"`` filter (no absolute paths, no ``..``, no links
+    out of the folder, no device files), into a temporary folder inside ``dest_dir``; only when the
+    whole archive has been read are its entries moved into place. An existing folder of the same
+    name is kept: the archive's entries are merged into it and nothing already there is deleted; if
+    a file there differs from the archive's copy, :class:`DownloadError` names it and nothing is
+    changed. A truncated or corrupt archive raises :class:`DownloadError` naming the archive and
+    leaves nothing behind. A Python without the filters (before 3.10.12 / 3.11.4) is refused rather
+    than unpacking unfiltered. Returns the paths of the top-level entries.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
+    if not hasattr(tarfile, "data_filter"):
+        raise DownloadError(
+            f"cannot unpack {archive} safely: this Python ({sys.version.split()[0]}) lacks tarfile's extraction "
+            f"filters (added in 3.10.12 and 3.11.4), and an unfiltered extractall can write outside the target "
+            f"folder; upgrade Python, or unpack the archive yourself into {dest_dir}")
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extract", dir=dest_dir))
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, filter="data")
-                else:  # pragma: no cover - Python < 3.11.4
-                    tar.extractall(tmp)
+                tar.extractall(tmp, filter="data")
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise DownloadError(f"archive {archive} is truncated or corrupt ({type(e).__name__}: {e}); "
                                 f"delete it and fetch it again") from e
+        conflicts: list[str] = []
+        _merge_plan(tmp, dest_dir, conflicts)
+        if conflicts:
+            shown = "\n  ".join(conflicts[:10]) + (f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+            raise DownloadError(
+                f"unpacking {archive} into {dest_dir} would overwrite files that differ from the archive's:\n  "
+                f"{shown}\nNothing was changed; move them away (or delete them) and try again")
         moved = []
         for entry in sorted(tmp.iterdir()):
-            target = dest_dir / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            os.replace(entry, target)
-            moved.append(target)
+            _merge_move(entry, dest_dir / entry.name)
+            moved.append(dest_dir / entry.name)
         return moved
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and _hash_file(a, "sha256") == _hash_file(b, "sha256")
+
+
+def _merge_plan(src: Path, dst: Path, conflicts: list[str]) -> None:
+    """Collect the paths under ``dst`` that moving ``src``'s tree in would overwrite with different content."""
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if target.is_dir() and not target.is_symlink():
+                _merge_plan(entry, target, conflicts)
+            else:
+                conflicts.append(f"{target} (a file where the archive has a folder)")
+        elif target.is_dir() or target.is_symlink() or not _same_file(entry, target):
+            conflicts.append(str(target))
+
+
+def _merge_move(entry: Path, target: Path) -> None:
+    """Move ``entry`` to ``target``; into an existing folder, move only what is not there yet (nothing is deleted)."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(entry, target)
+    elif entry.is_dir() and not entry.is_symlink():
+        for child in sorted(entry.iterdir()):
+            _merge_move(child, target / child.name)
+    # else: an identical file is already there (checked by _merge_plan)
 
 
 @dataclass(frozen=True)
@@ -280,18 +357,20 @@ def _not_found_message(source: DatasetSource, base: Path, reason: str) -> str:
     else:
         how = "There is no official archive with a published checksum to download it from."
     return (f"dataset {source.name} not found ({reason}). Looked in:\n  {where}\n"
-            f"Data root: {base} (from root=, else the {DATA_ENV} environment variable, else data/ in the "
-            f"repository). {how}" + (f" {source.note}" if source.note else ""))
+            f"Data root: {base} (from root=, else the {DATA_ENV} environment variable, else ../shared/data "
+            f"beside the clone, else data/ in the clone). {how}" + (f" {source.note}" if source.note else ""))
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` as ``.npy`` via a temporary file and :func:`os.replace`."""
+    """Write ``array`` to ``path`` as ``.npy`` via a temporary file, fsync and :func:`os.replace`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -299,20 +378,152 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def atomic_write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file, fsync and :func:`os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
+            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def fingerprint_dirs(dirs: Sequence[Path]) -> list:
-    """A cheap fingerprint of folders: (name, number of entries, mtime_ns) per folder."""
-    out = []
-    for d in dirs:
-        st = d.stat()
-        out.append([str(d), sum(1 for _ in os.scandir(d)), st.st_mtime_ns])
-    return out
+def stat_key(paths: Sequence[str | os.PathLike]) -> str:
+    """A cheap identity of files: sha256 over each path's name, size, ``mtime_ns`` and ``ctime_ns``, in order.
+
+    Any write to a file changes its ``ctime`` (which, unlike the ``mtime``, cannot be set back
+    without root), so a file overwritten in place, even with its ``mtime`` restored, changes the key;
+    a missing path counts as missing. 60,000 files take about 0.4 s (one ``stat`` each).
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            st = os.stat(p)
+            row = f"{os.fspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
+        except FileNotFoundError:
+            row = f"{os.fspath(p)}\0missing\n"
+        h.update(row.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+_SUMS_CACHE: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def read_checksums(base: str | os.PathLike) -> dict[str, str]:
+    """``{path relative to base: sha256}`` from ``base/SHA256SUMS`` (``sha256sum`` format), or ``{}`` if absent.
+
+    Parsed once per process and file version. A malformed line raises :class:`ChecksumError`
+    naming the file and the line number.
+    """
+    path = Path(base) / SUMS_NAME
+    if not path.is_file():
+        return {}
+    key = stat_key([path])
+    hit = _SUMS_CACHE.get(str(path))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    sums: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            digest, sep, name = line.partition(" ")
+            if len(digest) != 64 or not sep or not name or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise ChecksumError(f"{path}, line {n}: expected '<64 hex digits>  <path>', got {line[:120]!r}")
+            name = name[1:] if name[:1] in (" ", "*") else name
+            sums[name[2:] if name.startswith("./") else name] = digest.lower()
+    _SUMS_CACHE[str(path)] = (key, sums)
+    return sums
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: Sequence[str | os.PathLike], *,
+                     what: str, recursive: bool = False, accept=None,
+                     digests: dict[str, str] | None = None) -> int | None:
+    """Check the files a loader is about to read against the data root's ``SHA256SUMS``, once.
+
+    Args:
+        base: the data root (where ``SHA256SUMS`` lives; its paths are relative to it).
+        folder: the dataset's folder inside ``base``; ``SHA256SUMS`` entries under it (directly, or at
+            any depth with ``recursive``) whose file name passes ``accept`` are the expected files.
+        files: the files the loader will read.
+        what: the dataset's name, for messages.
+        digests: sha256 hex digests already computed (``{os.fspath(file): digest}``), e.g. while decoding.
+
+    Returns the number of files checked: ``None`` when the root has no ``SHA256SUMS``, 0 when it
+    lists nothing in ``folder``. Raises :class:`ChecksumError` naming every file that differs, every
+    listed file that is missing and every file that is not listed, and what to do. A success is
+    cached under :func:`stat_key` of ``SHA256SUMS`` and the files, so it costs one ``stat`` per file
+    until one of them (or ``SHA256SUMS``) is written to.
+    """
+    base, folder = Path(base), Path(folder)
+    sums_path = base / SUMS_NAME
+    if not sums_path.is_file():
+        return None
+    files = sorted(Path(f) for f in files)
+    key = stat_key([sums_path, *files])
+    name = hashlib.sha256(f"{what}\0{os.path.abspath(folder)}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    verdict = cache_dir(create=False) / "verified" / f"{name}.json"
+    try:
+        stored = json.loads(verdict.read_text())
+        if stored.get("key") == key:
+            return int(stored["checked"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no verdict yet, or an unreadable one: verify
+    sums = read_checksums(base)
+    prefix = _rel(folder, base).rstrip("/") + "/"
+    listed = {}
+    for rel, digest in sums.items():
+        if rel.startswith(prefix) and (recursive or "/" not in rel[len(prefix):]):
+            if accept is None or accept(rel.rsplit("/", 1)[-1]):
+                listed[rel] = digest
+    if listed:
+        have = {_rel(f, base): f for f in files}
+        problems = [f"missing: {base / rel}" for rel in sorted(set(listed) - set(have))]
+        problems += [f"not listed: {have[rel]}" for rel in sorted(set(have) - set(listed))]
+        for rel in sorted(set(have) & set(listed)):
+            got = (digests or {}).get(os.fspath(have[rel])) or _hash_file(have[rel], "sha256")
+            if got != listed[rel]:
+                problems.append(f"changed: {have[rel]} (sha256 {got}, listed {listed[rel]})")
+        if problems:
+            shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            raise ChecksumError(
+                f"{what}: the files in {folder} do not match {sums_path}:\n  {shown}\n"
+                f"Restore them from the dataset's source (see data/README.md"
+                f"{' and ' + str(base / 'README.md') if (base / 'README.md').is_file() else ''}) or point "
+                f"{DATA_ENV} at an intact copy; if you changed them on purpose, update their lines in {sums_path}.")
+    try:
+        atomic_write_json(verdict, {"key": key, "checked": len(listed), "what": what, "folder": str(folder)})
+    except OSError:
+        pass  # an unwritable cache only means verifying again next time
+    return len(listed)
+
+
+def check_known_sizes(what: str, where: str | os.PathLike, got: dict, expected: dict) -> bool:
+    """Warn (:class:`DataWarning`) when a dataset's sizes differ from the standard dataset's; True if they agree.
+
+    Used where no checksum decides (a root without ``SHA256SUMS``): e.g. PTB's token counts and
+    vocabulary, the number of images of Set5. The data are still used: a custom corpus is legitimate,
+    but its results are not comparable with the paper's, and the warning says so.
+    """
+    diff = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+    if not diff:
+        return True
+    shown = ", ".join(f"{k} {g:,} (standard {v:,})" if isinstance(g, int) else f"{k} {g!r} (standard {v!r})"
+                      for k, (g, v) in diff.items())
+    warnings.warn(f"{what} in {where} is not the standard dataset: {shown}. Results on it are not comparable "
+                  f"with the paper's; restore the original files (data/README.md) if this is unintended.",
+                  DataWarning, stacklevel=3)
+    return False
