@@ -1,5 +1,6 @@
 """CIFAR readers (official pickles written here, image folders, the real mirror), splits, subsets, GPULoader."""
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 from dnlib.data import cifar as C
-from dnlib.data import DatasetNotFoundError, DownloadError, GPULoader, load_cifar, stratified_subset, validation_split
+from dnlib.data import (DatasetNotFoundError, DataWarning, DownloadError, GPULoader, data_root, load_cifar,
+                        stratified_subset, validation_split)
 
-MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+MIRROR = data_root()
 needs_jpeg = pytest.mark.skipif(not (MIRROR / "cifar10-jpeg" / "train").is_dir(),
                                 reason=f"CIFAR-10 JPEG copy not in DNLIB_DATA={MIRROR}")
 
@@ -242,3 +244,125 @@ def test_cifar10_mirror_validation_subset_loader():
     xb, yb = next(iter(d.loader("train", batch_size=100)))
     assert xb.shape == (100, 3, 32, 32) and abs(xb.mean().item()) < 10
     assert len(d.loader("test", batch_size=100)) == 1
+
+
+# ------------------------------------------------------- the cache and the data are verified (issue 11, part 4)
+def _real_copy(dst_root: Path, sums: bool = True, per_class=(4, 2), classes=("airplane", "automobile")) -> list[str]:
+    """Copy a few real JPEGs of the mirror into ``dst_root/cifar10-jpeg`` (and their SHA256SUMS lines)."""
+    import shutil
+    rels = [f"cifar10-jpeg/{split}/{c}/{k:04d}.jpg" for split, n in zip(("train", "test"), per_class)
+            for c in classes for k in range(n)]
+    for rel in rels:
+        (dst_root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(MIRROR / rel, dst_root / rel)
+    if sums:
+        wanted = set(rels)
+        lines = [ln for ln in (MIRROR / "SHA256SUMS").read_text().splitlines() if ln[66:] in wanted]
+        assert len(lines) == len(rels)
+        (dst_root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return rels
+
+
+def _decoded(path: Path) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+
+
+def _truth(root: Path):
+    """x_train, y_train, x_test, y_test decoded here with PIL, independently of dnlib."""
+    out = []
+    for split in ("train", "test"):
+        classes = sorted(p.name for p in (root / "cifar10-jpeg" / split).iterdir())
+        files = [(k, f) for k, c in enumerate(classes) for f in sorted((root / "cifar10-jpeg" / split / c).iterdir())]
+        out += [np.stack([_decoded(f) for _, f in files]), np.array([k for k, _ in files])]
+    return out
+
+
+def _same(d, truth):
+    for a, t in zip(("x_train", "y_train", "x_test", "y_test"), truth):
+        np.testing.assert_array_equal(getattr(d, a), t, err_msg=a)
+
+
+def _cache_folder(cache: Path) -> Path:
+    (folder,) = [p for p in cache.iterdir() if p.name.startswith("cifar10-imagefolder-")]
+    return folder
+
+
+def _flip_bytes(path: Path):
+    b = bytearray(path.read_bytes())
+    b[-100] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def _corrupt(kind: str, cdir: Path, root: Path):
+    if kind == "wrong shape":  # 5 images against the labels of all of them
+        np.save(cdir / "x_train.npy", np.load(cdir / "x_train.npy")[:5])
+    elif kind == "flipped bytes":
+        _flip_bytes(cdir / "x_train.npy")
+    elif kind == "relabelled":
+        y = np.load(cdir / "y_train.npy")
+        np.save(cdir / "y_train.npy", 1 - y)
+    elif kind == "empty file":
+        (cdir / "x_test.npy").write_bytes(b"")
+    elif kind == "jpeg overwritten in place":  # same folder, same count; mtime even set back
+        victim = root / "cifar10-jpeg" / "train" / "airplane" / "0001.jpg"
+        st = victim.stat()
+        victim.write_bytes((root / "cifar10-jpeg" / "train" / "automobile" / "0003.jpg").read_bytes())
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@needs_jpeg
+@pytest.mark.parametrize("kind", ["wrong shape", "flipped bytes", "relabelled", "empty file",
+                                  "jpeg overwritten in place"])
+def test_cifar_cache_corruption_is_detected_and_rebuilt(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    _real_copy(root, sums=False)
+    d = load_cifar("cifar10", root, download=False, progress=False)
+    _same(d, _truth(root))
+    _corrupt(kind, _cache_folder(tmp_path / "cache"), root)
+    bad = {"wrong shape": "x_train.npy", "flipped bytes": "x_train.npy", "relabelled": "y_train.npy",
+           "empty file": "x_test.npy"}.get(kind)
+    with (pytest.warns(DataWarning, match=f"cache .*{bad}") if bad else contextlib.nullcontext()):
+        d = load_cifar("cifar10", root, download=False, progress=False)
+    _same(d, _truth(root))  # served fresh, not stale
+    # and the cache was rewritten: a third load decodes nothing
+    monkeypatch.setattr(C, "_decode_all", lambda *a, **k: pytest.fail("the repaired cache was not used"))
+    _same(load_cifar("cifar10", root, download=False, progress=False), _truth(root))
+
+
+@needs_jpeg
+@pytest.mark.parametrize("kind", ["jpeg overwritten in place", "flipped jpeg byte", "missing jpeg", "extra image"])
+def test_cifar_images_are_checked_against_sha256sums(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    _real_copy(root)
+    d = load_cifar("cifar10", root, download=False, progress=False)  # the intact copy loads
+    assert d.x_train.shape == (8, 3, 32, 32)
+    folder = root / "cifar10-jpeg"
+    victim = folder / "train" / "airplane" / "0001.jpg"
+    if kind == "jpeg overwritten in place":
+        _corrupt(kind, None, root)
+    elif kind == "flipped jpeg byte":
+        _flip_bytes(victim)
+    elif kind == "missing jpeg":
+        victim.unlink()
+    else:
+        victim = folder / "test" / "automobile" / "0099.jpg"
+        victim.write_bytes((folder / "test" / "automobile" / "0000.jpg").read_bytes())
+    for cache in (True, False):
+        with pytest.raises(ValueError, match="SHA256SUMS") as e:
+            load_cifar("cifar10", root, download=False, progress=False, cache=cache)
+        assert str(victim) in str(e.value)
+
+
+@needs_jpeg
+def test_cifar_sha256sums_verdict_is_cached(tmp_path, monkeypatch):
+    import dnlib.data.root as R
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    _real_copy(root)
+    load_cifar("cifar10", root, download=False, progress=False, cache=False)
+    monkeypatch.setattr(R, "_hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
+    load_cifar("cifar10", root, download=False, progress=False, cache=False)
