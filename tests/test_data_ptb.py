@@ -3,17 +3,16 @@
 import dataclasses
 import hashlib
 import io
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from dnlib.data import DatasetNotFoundError, load_ptb, ptb_batches, ptb_epoch_size
+from dnlib.data import DatasetNotFoundError, DataWarning, data_root, load_ptb, ptb_batches, ptb_epoch_size
 from dnlib.data import ptb as P
 
-MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+MIRROR = data_root()
 needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(),
                                reason=f"PTB not in DNLIB_DATA={MIRROR}")
 
@@ -92,3 +91,71 @@ def test_real_ptb_counts():
     assert len(ptb_batches(d.train, 20, 20)) == (929589 // 20 - 1) // 20 == 2323
     x, y = next(iter(ptb_batches(d.train, 20, 20)))
     assert x.shape == y.shape == (20, 20)
+
+
+# ------------------------------------------------------- checksums and known counts (issue 11, part 4)
+def _real_copy(root: Path, sums: bool = True) -> Path:
+    import shutil
+    (root / "ptb").mkdir(parents=True)
+    rels = [f"ptb/ptb.{s}.txt" for s in ("train", "valid", "test")]
+    for rel in rels:
+        shutil.copy(MIRROR / rel, root / rel)
+    if sums:
+        lines = [ln for ln in (MIRROR / "SHA256SUMS").read_text().splitlines() if ln[66:] in rels]
+        assert len(lines) == 3
+        (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return root / "ptb"
+
+
+def _change_one_byte(path: Path):
+    b = bytearray(path.read_bytes())
+    i = b.index(b" the ") + 1
+    b[i] = ord("T")  # "the" -> "The": one more word in the vocabulary
+    path.write_bytes(bytes(b))
+
+
+def _truncate_half(path: Path):
+    b = path.read_bytes()
+    path.write_bytes(b[: len(b) // 2])
+
+
+@needs_ptb
+@pytest.mark.parametrize("split, damage", [("train", _change_one_byte), ("valid", _truncate_half)])
+def test_ptb_checked_against_sha256sums(tmp_path, monkeypatch, split, damage):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_copy(tmp_path / "root")
+    d = load_ptb(tmp_path / "root", download=False)
+    assert (len(d.train), len(d.valid), len(d.test), d.vocab_size) == (929589, 73760, 82430, 10000)
+    damage(folder / f"ptb.{split}.txt")
+    with pytest.raises(ValueError, match="SHA256SUMS") as e:
+        load_ptb(tmp_path / "root", download=False)
+    assert str(folder / f"ptb.{split}.txt") in str(e.value)
+
+
+@needs_ptb
+def test_ptb_verdict_cached_until_a_file_changes(tmp_path, monkeypatch):
+    from dnlib.data import root as R
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_copy(tmp_path / "root")
+    load_ptb(tmp_path / "root", download=False)
+    hash_file = R._hash_file
+    with monkeypatch.context() as m:
+        m.setattr(R, "_hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
+        load_ptb(tmp_path / "root", download=False)
+    assert R._hash_file is hash_file
+    b = bytearray((folder / "ptb.test.txt").read_bytes())  # same size, one byte changed
+    b[-3] = ord("x") if b[-3] != ord("x") else ord("y")
+    (folder / "ptb.test.txt").write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="ptb.test.txt"):
+        load_ptb(tmp_path / "root", download=False)
+
+
+@needs_ptb
+@pytest.mark.parametrize("split, damage, message", [("train", _change_one_byte, "vocabulary 10,001"),
+                                                     ("valid", _truncate_half, "valid tokens 37,")])
+def test_ptb_without_checksums_warns_on_known_counts(tmp_path, monkeypatch, split, damage, message):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_copy(tmp_path / "root", sums=False)
+    damage(folder / f"ptb.{split}.txt")
+    with pytest.warns(DataWarning, match=message):
+        load_ptb(tmp_path / "root", download=False)

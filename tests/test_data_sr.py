@@ -1,16 +1,15 @@
 """Super-resolution data: sets, MATLAB luma and bicubic, the SRCNN sampler, the paper's bicubic baseline."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dnlib.data import DatasetNotFoundError, SRCNNPatches, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair
+from dnlib.data import DatasetNotFoundError, DataWarning, SRCNNPatches, data_root, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair
 from dnlib.data.sr import bicubic_baseline
 
-MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+MIRROR = data_root()
 SR = MIRROR / "sr"
 needs_sr = pytest.mark.skipif(not all((SR / f).is_dir() for f in ("Set5", "Set14", "T91", "BSDS500")),
                               reason=f"SR sets not in DNLIB_DATA={MIRROR}")
@@ -137,3 +136,44 @@ def test_imresize_close_to_matlab_selfexsr(setname, scale):
     print(f"SelfExSR {setname} x{scale}: PSNR ours vs MATLAB {np.mean(psnrs):.2f} dB, {differ / n:.1%} pixels differ")
     # TOOLING.md: the SelfExSR files differ from a plain MATLAB downscale in ~12% of pixels, so no equality
     assert np.mean(psnrs) > 50 and differ / n < 0.2
+
+
+# ------------------------------------------------------- checksums and known counts (issue 11, part 4)
+def _real_set5(root: Path, sums: bool = True) -> Path:
+    import shutil
+    shutil.copytree(SR / "Set5", root / "sr" / "Set5")
+    if sums:
+        lines = [ln for ln in (MIRROR / "SHA256SUMS").read_text().splitlines() if ln[66:].startswith("sr/Set5/")]
+        assert len(lines) == 5
+        (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return root / "sr" / "Set5"
+
+
+@needs_sr
+@pytest.mark.parametrize("damage", ["missing image", "changed byte", "extra image"])
+def test_sr_set_checked_against_sha256sums(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_set5(tmp_path / "root")
+    assert len(load_sr("Set5", tmp_path / "root")) == 5
+    victim = folder / "head_GT.bmp"
+    if damage == "missing image":
+        victim.unlink()
+    elif damage == "changed byte":
+        b = bytearray(victim.read_bytes())
+        b[-7] ^= 0x01
+        victim.write_bytes(bytes(b))
+    else:
+        victim = folder / "head_copy.bmp"
+        victim.write_bytes((folder / "head_GT.bmp").read_bytes())
+    with pytest.raises(ValueError, match="SHA256SUMS") as e:
+        load_sr("Set5", tmp_path / "root")
+    assert str(victim) in str(e.value)
+
+
+@needs_sr
+def test_sr_set_without_checksums_warns_on_known_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_set5(tmp_path / "root", sums=False)
+    (folder / "head_GT.bmp").unlink()
+    with pytest.warns(DataWarning, match="images 4 .standard 5."):
+        assert len(load_sr("Set5", tmp_path / "root")) == 4

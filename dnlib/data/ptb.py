@@ -15,9 +15,9 @@ from typing import Iterator
 
 import torch
 
-from .root import DatasetSource, find_or_fetch
+from .root import DatasetSource, check_known_sizes, data_root, find_or_fetch, verify_checksums
 
-__all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE"]
+__all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE", "PTB_SIZES"]
 
 PTB_SOURCE = DatasetSource(
     name="Penn Treebank (Mikolov's simple-examples)",
@@ -29,6 +29,9 @@ PTB_SOURCE = DatasetSource(
     archive_folder=1,
 )
 EOS = "<eos>"
+#: Sizes of the standard PTB (Mikolov's split, each newline an ``<eos>``), checked on every load.
+PTB_SIZES = {"train tokens": 929589, "valid tokens": 73760, "test tokens": 82430, "vocabulary": 10000}
+_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 
 
 def _read_words(path: Path) -> list[str]:
@@ -71,8 +74,15 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
     Looks for ``ptb/`` or ``simple-examples/data/`` in the data root; else downloads Mikolov's
     ``simple-examples.tgz`` (md5-verified) when ``download`` is true. Real PTB gives
     929,589 / 73,760 / 82,430 tokens and 10,000 words.
+
+    The three files are checked against the data root's ``SHA256SUMS`` when it lists them (once;
+    the verdict is cached until a file changes), and a :class:`~dnlib.data.root.ChecksumError` names
+    a file that differs. Token counts or a vocabulary that differ from :data:`PTB_SIZES` raise a
+    :class:`~dnlib.data.root.DataWarning` (a custom corpus loads, but is not the paper's PTB).
     """
     folder = find_or_fetch(PTB_SOURCE, root, download=download, progress=progress)
+    verify_checksums(data_root(root), folder, [folder / f for f in _FILES], what="Penn Treebank",
+                     accept=_FILES.__contains__)
     train_words = _read_words(folder / "ptb.train.txt")
     counter = collections.Counter(train_words)
     vocab = [w for w, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
@@ -88,6 +98,8 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
                              f"vocabulary and the vocabulary has no <unk>")
         oov[split] = missing
         streams[split] = torch.tensor([word_to_id.get(w, unk) for w in words], dtype=torch.int64)
+    check_known_sizes("Penn Treebank", folder, {**{f"{k} tokens": len(v) for k, v in streams.items()},
+                                                "vocabulary": len(vocab)}, PTB_SIZES)
     return PTB(train=streams["train"], valid=streams["valid"], test=streams["test"], vocab=vocab,
                word_to_id=word_to_id, path=folder, oov={k: v for k, v in oov.items() if k != "train"})
 

@@ -23,10 +23,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .root import DatasetSource, find_or_fetch
+from .root import DatasetSource, check_known_sizes, data_root, find_or_fetch, verify_checksums
 
 __all__ = ["SRSet", "load_sr", "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
-           "SRCNNPatches", "bicubic_baseline", "SR_SETS"]
+           "SRCNNPatches", "bicubic_baseline", "SR_SETS", "SR_SIZES"]
 
 _NOTE = ("SR sets have no official archive with a published checksum; get them from the SRCNN "
          "authors' page (T91, Set5, Set14: https://mmlab.ie.cuhk.edu.hk/projects/SRCNN.html) and "
@@ -49,6 +49,8 @@ SR_SETS = {
 _IMAGE_EXT = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _CANON = {"t91": "T91", "set5": "Set5", "set14": "Set14", "bsd100": "BSD100", "bsd200": "BSD200",
           "bsd200-train": "BSD200-train"}
+#: Number of images in each standard set, checked on every load.
+SR_SIZES = {"t91": 91, "set5": 5, "set14": 14, "bsd100": 100, "bsd200": 200, "bsd200-train": 200}
 
 
 @dataclass
@@ -91,10 +93,16 @@ def load_sr(set_name: str, root: str | os.PathLike | None = None, *, grey: str =
     Args:
         set_name: ``"T91"``, ``"Set5"``, ``"Set14"``, ``"BSD100"`` (BSDS500 val), ``"BSD200"``
             (BSDS500 test) or ``"BSD200-train"`` (BSDS500 train); case-insensitive.
-        root: data root; default ``$DNLIB_DATA``, else ``data/`` in the repository.
+        root: data root; default :func:`~dnlib.data.root.data_root` (``$DNLIB_DATA``, else
+            ``../shared/data`` beside the clone, else ``data/``).
         grey: ``"keep"`` returns greyscale files (Set14 ``bridge``) as ``HxW``, whose luma is the
             grey value itself, as SRCNN's MATLAB code treats them (this reproduces the paper's
             bicubic row); ``"rgb"`` replicates them to ``HxWx3``.
+
+    The images are checked against the data root's ``SHA256SUMS`` when it lists the set (once; the
+    verdict is cached until a file changes): a changed, missing or unlisted image raises
+    :class:`~dnlib.data.root.ChecksumError` naming it. A set whose image count differs from
+    :data:`SR_SIZES` raises a :class:`~dnlib.data.root.DataWarning`.
     """
     key = set_name.lower().replace("_", "-")
     if key not in SR_SETS:
@@ -103,6 +111,9 @@ def load_sr(set_name: str, root: str | os.PathLike | None = None, *, grey: str =
         raise ValueError(f"grey must be 'keep' or 'rgb', got {grey!r}")
     folder = find_or_fetch(SR_SETS[key], root, download=False)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+    verify_checksums(data_root(root), folder, files, what=f"SR set {_CANON[key]}",
+                     accept=lambda n: n.lower().endswith(_IMAGE_EXT))
+    check_known_sizes(f"SR set {_CANON[key]}", folder, {"images": len(files)}, {"images": SR_SIZES[key]})
     if not files:
         raise ValueError(f"SR set {_CANON[key]}: no images ({', '.join(_IMAGE_EXT)}) in {folder}")
     return SRSet(name=_CANON[key], images=[_read_image(p, grey) for p in files],
