@@ -12,13 +12,22 @@ The trainer needs three things:
   ``load_state_dict()`` save and restore its position (see :class:`TensorBatches`).
 
 Resuming from the checkpoint restores the model, optimizer, schedule, batch position, loss-function state
-and every RNG, so on CPU a resumed run equals the uninterrupted one exactly.
+and every RNG, so on CPU a resumed run equals the uninterrupted one exactly. The checkpoint is read with
+``torch.load(weights_only=True)`` (it holds tensors and plain Python values only, so a crafted file cannot run
+code), and the run identity stored in it (seed, optimizer, schedule and the caller's ``run_info``) must equal the
+requested one: anything else raises :class:`CheckpointError` naming both values.
+
+Divergence: the per-step losses stay on the device until a log or evaluation point (no per-step host sync); there
+a non-finite loss (or a non-finite evaluation metric, or non-finite weights before a checkpoint) stops the run
+with :class:`TrainingDiverged`: ``history`` (and ``history.json``) end with a row ``{"stopped": "diverged at
+step N"}``, the last checkpoint (written before the divergence) is kept, and no JSON ever holds a bare NaN.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickle
 import random
 import tempfile
 import time
@@ -34,6 +43,27 @@ from tqdm.auto import tqdm
 from .sparse import clear_penalties, sparse_penalty
 
 OPTIMIZERS = ("sgd", "adam")
+# the TrainConfig fields that define a run's trajectory (steps, cadences, device and progress do not: a run may be
+# extended, evaluated more often or moved to another device and still be the same run)
+IDENTITY_FIELDS = ("seed", "optimizer", "lr", "momentum", "weight_decay", "milestones", "gamma", "clip_norm")
+_CHECKPOINT_KEYS = ("step", "model", "optimizer", "history", "elapsed", "config", "batches", "rng", "identity")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed: unreadable, not a dnlib checkpoint, or written by another run."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss (or an evaluation metric, or a weight) became NaN or infinite.
+
+    ``step`` is the first optimizer step that saw it, ``status`` the record ``"diverged at step N"``, ``history``
+    the trainer's history (ending with that record)."""
+
+    def __init__(self, step: int, what: str, lr: float, history: Optional[list] = None):
+        self.step, self.what, self.status = int(step), what, f"diverged at step {int(step)}"
+        self.history = history if history is not None else []
+        super().__init__(f"training {self.status}: {what} (learning rate {lr:g}); the run is stopped and no result "
+                         f"is reported, lower the learning rate (or raise sigma / clip the gradients)")
 
 
 def set_seed(seed: int) -> None:
@@ -53,14 +83,23 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ValueError(f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'") from e
 
 
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj, path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -68,13 +107,21 @@ def atomic_save(obj, path) -> None:
 
 
 def atomic_write_json(obj, path) -> None:
-    """Write JSON atomically (temporary file + rename)."""
+    """Write standard JSON atomically (temporary file + fsync + rename). NaN and infinities are refused
+    (``ValueError`` naming ``path``): ``json.dump`` would write a bare ``NaN``, which is not JSON."""
     path = Path(path)
+    try:
+        text = json.dumps(obj, indent=1, allow_nan=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: not written, a value is NaN or infinite ({e}); JSON has no NaN, record null or "
+                         f"a status instead") from e
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -185,12 +232,17 @@ class Trainer:
     ``history.json`` and an atomic ``checkpoint.pt`` there, from which :meth:`fit` resumes.
 
     ``lr_lambda(step) -> factor`` replaces the milestone schedule when given (e.g. PTB's per-epoch halving).
+    ``run_info`` (a dict of plain values: the configuration name and fields, the data, ...) is stored in the
+    checkpoint with the :data:`IDENTITY_FIELDS` of ``cfg``; resuming a checkpoint whose identity differs raises
+    :class:`CheckpointError`. A non-finite loss or metric raises :class:`TrainingDiverged` (see the module).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
                  evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
-                 lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None):
+                 lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None,
+                 run_info: Optional[dict] = None):
         self.cfg = cfg
+        self.run_info = dict(run_info or {})
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.loss_fn, self.batches, self.evaluate = loss_fn, batches, evaluate
@@ -206,6 +258,7 @@ class Trainer:
         self.history: list = []
         self.elapsed = 0.0
         self._loss_acc: list = []
+        self.stopped: Optional[str] = None    # "diverged at step N" once a run diverged
 
     # --- schedule -------------------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -223,12 +276,23 @@ class Trainer:
     def checkpoint_path(self) -> Optional[Path]:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
+    def identity(self) -> dict:
+        """What makes a checkpoint this run's: ``{"train": IDENTITY_FIELDS of cfg, "run": run_info}``."""
+        train = {k: getattr(self.cfg, k) for k in IDENTITY_FIELDS}
+        train["milestones"] = tuple(train["milestones"])
+        return {"train": train, "run": dict(self.run_info)}
+
     def state_dict(self) -> dict:
+        """Everything a resume needs, as tensors and plain Python values (``torch.load(weights_only=True)``)."""
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
         state = {
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "history": self.history, "elapsed": self.elapsed, "loss_acc": self._loss_acc,
-            "config": asdict(self.cfg), "batches": self.batches.state_dict(),
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "config": asdict(self.cfg), "batches": self.batches.state_dict(), "identity": self.identity(),
+            "rng": {"python": random.getstate(),
+                    "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                              "has_gauss": int(has_gauss), "gauss": float(gauss)},
+                    "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
         if hasattr(self.loss_fn, "state_dict"):
@@ -239,13 +303,15 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.history, self.elapsed = state["step"], state["history"], state["elapsed"]
-        self._loss_acc = state.get("loss_acc", [])
+        self._loss_acc = [t.to(self.device) if torch.is_tensor(t) else t for t in state.get("loss_acc", [])]
         self.batches.load_state_dict(state["batches"])
         if "loss_fn" in state and hasattr(self.loss_fn, "load_state_dict"):
             self.loss_fn.load_state_dict(state["loss_fn"])
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        npr = rng["numpy"]
+        np.random.set_state((npr["name"], npr["keys"].numpy().astype(np.uint32), npr["pos"], npr["has_gauss"],
+                             npr["gauss"]))
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -256,13 +322,74 @@ class Trainer:
         atomic_save(self.state_dict(), self.checkpoint_path)
         atomic_write_json(self.history, self.out_dir / "history.json")
 
-    def try_resume(self) -> bool:
-        """Load ``out_dir/checkpoint.pt`` when it exists; True if resumed."""
+    def try_resume(self, ignore=()) -> bool:
+        """Load ``out_dir/checkpoint.pt`` when it exists; True if resumed.
+
+        The file is read with ``weights_only=True``; an unreadable file, one that is not a dnlib checkpoint and
+        one whose identity (:meth:`identity`; keys in ``ignore`` are not compared) differs from this run's raise
+        :class:`CheckpointError` naming the file (and, for a mismatch, what is stored and what was asked)."""
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        state = load_checkpoint(path)
+        self._check_identity(state["identity"], path, ignore)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
+                                  f"{_first_line(e)}); delete it to start fresh, or use another output folder") from e
         return True
+
+    def _check_identity(self, stored: dict, path: Path, ignore=()) -> None:
+        asked, diffs = self.identity(), []
+        for section in ("train", "run"):
+            a, b = stored.get(section, {}), asked[section]
+            for key in sorted(set(a) | set(b), key=lambda k: (k not in b, str(k))):
+                if key in ignore:
+                    continue
+                sa, sb = _plain(a.get(key, "<missing>")), _plain(b.get(key, "<missing>"))
+                line = f"{key}: stored {sa!r}, requested {sb!r}"
+                if sa != sb and line not in diffs:
+                    diffs.append(line)
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} belongs to another run ({'; '.join(diffs)}); resume it with "
+                                  f"the stored settings, or start fresh in another output folder (or delete it)")
+
+    # --- divergence -----------------------------------------------------------------------------------
+    def _diverge(self, step: int, what: str) -> None:
+        """Record ``stopped: diverged at step N`` in the history (and history.json), then raise."""
+        self.stopped = f"diverged at step {int(step)}"
+        lr = self.opt.param_groups[0]["lr"]
+        self.history.append({"step": self.step, "lr": lr, "time": round(self.elapsed, 3), "stopped": self.stopped,
+                             "reason": what})
+        if self.out_dir is not None:
+            atomic_write_json(self.history, self.out_dir / "history.json")
+        raise TrainingDiverged(step, what, lr, self.history)
+
+    def _pending_losses(self) -> Optional[torch.Tensor]:
+        """The losses since the last log point, on the host (the one sync per log point); diverges on a non-finite
+        one, naming the first step that had it."""
+        if not self._loss_acc:
+            return None
+        if torch.is_tensor(self._loss_acc[0]):
+            values = torch.stack([t.detach().float().reshape(()) for t in self._loss_acc]).cpu()
+        else:
+            values = torch.tensor([float(v) for v in self._loss_acc])
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            self._diverge(self.step - len(values) + i + 1, f"the training loss is {float(values[i])}")
+        return values
+
+    def _check_metrics(self, metrics: dict) -> None:
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            self._diverge(self.step, "evaluation " + ", ".join(f"{k} = {v}" for k, v in bad.items()))
+
+    def _check_weights(self) -> None:
+        floats = [t for t in self.model.state_dict().values() if t.is_floating_point() and t.numel()]
+        if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+            self._diverge(self.step, "a weight or buffer of the model is not finite")
 
     # --- loop -----------------------------------------------------------------------------------------
     def train_step(self, batch) -> float:
@@ -290,19 +417,22 @@ class Trainer:
         self.model.train(was)
         return {k: float(v) for k, v in metrics.items()}
 
-    def _log(self, extra: dict) -> None:
+    def _log(self, extra: dict, losses: Optional[torch.Tensor] = None) -> None:
         row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
-        if self._loss_acc:
-            row["train_loss"] = float(torch.stack(self._loss_acc).float().mean()) if torch.is_tensor(
-                self._loss_acc[0]) else float(np.mean(self._loss_acc))
+        if losses is None:
+            losses = self._pending_losses()
+        if losses is not None:
+            row["train_loss"] = float(losses.mean())
             self._loss_acc = []
         row.update(extra)
         self.history.append(row)
 
     def log_evaluation(self) -> dict:
         """Evaluate now and append the row to the history (e.g. before a timed stretch); returns the metrics."""
+        losses = self._pending_losses()
         metrics = self._evaluate()
-        self._log(metrics)
+        self._check_metrics(metrics)
+        self._log(metrics, losses)
         return metrics
 
     def run_until(self, step: int) -> list:
@@ -329,13 +459,63 @@ class Trainer:
             last = self.step == cfg.steps
             do_eval = last or (cfg.eval_every and self.step % cfg.eval_every == 0)
             if do_eval or self.step % cfg.log_every == 0:
+                losses = self._pending_losses()            # checked before evaluating a diverged model
                 metrics = self._evaluate() if do_eval else {}
-                self._log(metrics)
+                self._check_metrics(metrics)
+                self._log(metrics, losses)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")})
-            if last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+            save = self.out_dir is not None and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
+            if save or last:
+                self._pending_losses()                     # a checkpoint or a final model never holds NaN weights
+                self._check_weights()
+            if save:
                 self.save_checkpoint()
         bar.close()
         return self.history
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+def _plain(v):
+    """Tuples and lists compare (and print) alike: a stored ``(6,)`` equals a requested ``[6]``."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def load_checkpoint(path) -> dict:
+    """Read a :class:`Trainer` checkpoint safely (``torch.load(weights_only=True)``, on the CPU).
+
+    Raises :class:`CheckpointError` naming ``path`` when the file is empty, truncated or garbage, holds objects
+    other than tensors and plain values (a crafted pickle is refused before any of it runs), or lacks a
+    checkpoint's keys."""
+    path = Path(path)
+    what_to_do = "delete it to start fresh, or use another output folder"
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted copy?); {what_to_do}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {path} refused: it holds objects that are not tensors or plain Python values, so it "
+                f"was not written by this dnlib (a crafted file, or one from before checkpoints were weights-only) "
+                f"and was not loaded; {what_to_do}") from e
+        raise CheckpointError(f"checkpoint {path} cannot be read (UnpicklingError: {_first_line(e)}): it is "
+                              f"truncated or not a checkpoint; {what_to_do}") from e
+    except Exception as e:   # noqa: BLE001  torch raises RuntimeError, EOFError, ValueError, ... on a damaged file
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)}): it is "
+                              f"truncated or not a checkpoint; {what_to_do}") from e
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a dnlib checkpoint (no {', '.join(missing)}); {what_to_do}")
+    return state
 
 
 class GraphTrainer(Trainer):

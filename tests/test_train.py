@@ -1,12 +1,22 @@
 """The generic trainer: exact resume, schedules, atomic checkpoints, clear errors."""
 import json
+import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.train import TensorBatches, TrainConfig, Trainer, atomic_save
+from dnlib.train import (GraphTrainer, TensorBatches, TrainConfig, Trainer, TrainingDiverged, atomic_save,
+                         atomic_write_json)
+
+DATA = Path(os.environ.get("DNLIB_DATA", "data"))
+needs_cifar = pytest.mark.skipif(not (DATA / "cifar10-jpeg" / "train").is_dir() and
+                                 not (DATA / "cifar-10-batches-py").is_dir(), reason=f"CIFAR-10 not in {DATA}")
+needs_ptb = pytest.mark.skipif(not (DATA / "ptb" / "ptb.train.txt").is_file(), reason=f"PTB not in {DATA}")
+needs_sr = pytest.mark.skipif(not (DATA / "sr").is_dir(), reason=f"SR data not in {DATA}")
 
 
 def _problem(seed=0):
@@ -83,3 +93,108 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_config_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kw)
+
+
+# ------------------------------------------------------------------------------------- divergence (issue 11, 3)
+def _strict_json(path):
+    """Parse ``path`` as standard JSON: a bare NaN/Infinity (which ``json.dump`` writes by default) fails."""
+    def reject(token):
+        raise AssertionError(f"{path} holds a bare {token}: not valid JSON")
+    return json.loads(Path(path).read_text(), parse_constant=reject)
+
+
+def _mlp_problem():
+    """A plain MLP: at lr 1e6 its weights multiply up to inf within a few steps and the loss becomes NaN (a
+    normalized net's loss only grows with lr, it stays finite)."""
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 3, 6, 6, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(108, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    return model, TensorBatches(x, y, batch_size=16, seed=7)
+
+
+@pytest.mark.parametrize("cls", [Trainer, GraphTrainer])
+def test_a_diverging_run_stops_with_a_record_and_valid_json(tmp_path, cls):
+    model, data = _mlp_problem()
+    cfg = TrainConfig(steps=40, lr=1e6, eval_every=10, checkpoint_every=10, log_every=5, device="cpu", progress=False)
+    tr = cls(model, _loss, data, cfg, out_dir=tmp_path, evaluate=lambda m: {"acc": 0.5})
+    with pytest.raises(TrainingDiverged) as e:
+        tr.fit()
+    n = e.value.step
+    assert 1 <= n <= tr.step < 40, (n, tr.step)            # stopped at the first log point that saw it
+    assert f"diverged at step {n}" in str(e.value) and "\n" not in str(e.value)
+    assert tr.stopped == f"diverged at step {n}"
+    hist = _strict_json(tmp_path / "history.json")
+    assert hist[-1]["stopped"] == f"diverged at step {n}"
+    assert all(math.isfinite(r["train_loss"]) for r in hist if "train_loss" in r)
+    # the step that diverged is the first whose loss was not finite: the steps before it trained on finite losses
+    assert all(r["step"] < n for r in hist if "train_loss" in r)
+    if (tmp_path / "checkpoint.pt").exists():             # the last checkpoint holds finite weights, never NaN ones
+        state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+        assert state["step"] < n and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_nan_metric_is_divergence_too(tmp_path):
+    model, data = _problem()
+    tr = Trainer(model, _loss, data, _cfg(8), out_dir=tmp_path, evaluate=lambda m: {"acc": float("nan")})
+    with pytest.raises(TrainingDiverged, match="acc"):
+        tr.fit()
+    assert tr.step == 4 and _strict_json(tmp_path / "history.json")[-1]["stopped"] == "diverged at step 4"
+
+
+def test_results_json_never_holds_a_bare_nan(tmp_path):
+    with pytest.raises(ValueError, match="r.json"):
+        atomic_write_json({"acc": float("nan")}, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists() and list(tmp_path.iterdir()) == []
+
+
+@needs_cifar
+def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_path, capsys):
+    from dnlib.cifar import main
+    out = tmp_path / "run"
+    code = main(["run", "bn", "--subset", "800,200", "--steps", "20", "--eval-every", "5", "--lr", "1e6",
+                 "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1 and "diverged at step" in err and "lr" in err, err
+    res = _strict_json(out / "result.json")
+    assert res["summary"]["stopped"].startswith("diverged at step") and res["summary"]["final_acc"] is None
+    assert res["summary"]["stopped"] in err
+    _strict_json(out / "history.json")
+
+
+@needs_ptb
+def test_ptb_diverged_run_raises_and_writes_valid_results(tmp_path):
+    from dnlib.configs.ptb import get_config
+    from dnlib.ptb import load_data, train
+    data, V = load_data(3000, 200)
+    cfg = get_config("base-lstm", hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
+    for graph in ("off", "on"):           # "on" on CPU runs the graph step's body eagerly
+        path = tmp_path / f"r-{graph}.json"
+        with pytest.raises(TrainingDiverged) as e:
+            train(cfg, data, V, epochs=2, device="cpu", graph=graph, progress=False, final_test_batch_size=None,
+                  out_dir=tmp_path / graph, results_path=path)
+        res = _strict_json(path)
+        assert res["stopped"] == f"diverged at step {e.value.step}"
+        _strict_json(tmp_path / graph / "history.json")
+
+
+@needs_ptb
+def test_ptb_cli_diverged_run_exits_1(tmp_path, capsys):
+    from dnlib.ptb import main
+    code = main(["train", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
+                 "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json"), "--final-test-batch-size", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "diverged at step" in err, err
+    assert _strict_json(tmp_path / "r.json")["stopped"].startswith("diverged at step")
+
+
+@needs_sr
+def test_sr_diverged_run_raises(tmp_path):
+    from dnlib.configs.sr import get_sr_config
+    from dnlib.sr import train_sr
+    cfg = get_sr_config("smoke").replace(lr=1e8)
+    with pytest.raises(TrainingDiverged) as e:
+        train_sr("none", cfg, steps=60, eval_every=20, device="cpu", out_dir=tmp_path, progress=False)
+    assert _strict_json(tmp_path / "history.json")[-1]["stopped"] == f"diverged at step {e.value.step}"

@@ -1,0 +1,182 @@
+"""Resume trusts only a checkpoint it can read safely and that belongs to the requested run (issue 11, item 2).
+
+A checkpoint is loaded with ``torch.load(weights_only=True)``: a crafted pickle never runs. The run identity stored in
+it (seed, schedule, configuration) is compared with the requested one, and a mismatch stops with an error naming
+both. An empty, truncated or garbage file gives an error that names the file and says what to do.
+"""
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dnlib import make_norm
+from dnlib.train import CheckpointError, GraphTrainer, TensorBatches, TrainConfig, Trainer
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+needs_cifar = pytest.mark.skipif(
+    not ((MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir()),
+    reason=f"CIFAR-10 not in DNLIB_DATA={MIRROR}")
+
+
+def _problem(seed=0):
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 3, 6, 6, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), make_norm("bn", 4), nn.ReLU(), nn.Flatten(),
+                          nn.Dropout(0.2), nn.Linear(4 * 36, 2))
+    return model, TensorBatches(x, y, batch_size=16, seed=7)
+
+
+def _loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _cfg(steps, **kw):
+    base = dict(steps=steps, lr=0.05, milestones=(6,), eval_every=4, checkpoint_every=4, log_every=2, device="cpu",
+                progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainer(out, steps=4, cls=Trainer, **kw):
+    model, data = _problem()
+    return cls(model, _loss, data, _cfg(steps, **kw), out_dir=out)
+
+
+# --------------------------------------------------------------------------------------- safe loading
+class _Payload:
+    """Unpickling this object calls ``open(marker, "w")``, i.e. creates a file: a stand-in for any payload."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return io.open, (self.marker, "w")
+
+
+def test_a_crafted_pickle_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    out.mkdir()
+    torch.save({"step": 1, "payload": _Payload(marker)}, out / "checkpoint.pt")
+    assert not marker.exists()
+    tr = _trainer(out)
+    with pytest.raises(CheckpointError) as e:
+        tr.fit()
+    assert not marker.exists(), "the checkpoint's payload ran"
+    msg = str(e.value)
+    assert str(out / "checkpoint.pt") in msg and "\n" not in msg
+    assert tr.step == 0
+
+
+def test_checkpoint_loads_with_weights_only_and_rng_state_is_plain(tmp_path):
+    tr = _trainer(tmp_path)
+    tr.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)   # raises if anything is not plain
+    assert state["step"] == 4
+    assert torch.is_tensor(state["rng"]["numpy"]["keys"])
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04trunc", b"this is not a checkpoint\n" * 10],
+                         ids=["empty", "zip-header-only", "garbage"])
+def test_unreadable_checkpoint_errors_name_the_file_and_what_to_do(tmp_path, content):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        _trainer(tmp_path).fit()
+    msg = str(e.value)
+    assert str(tmp_path / "checkpoint.pt") in msg and "delete" in msg.lower() and "\n" not in msg
+
+
+def test_truncated_checkpoint_errors_name_the_file(tmp_path):
+    _trainer(tmp_path).fit()
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="checkpoint.pt") as e:
+        _trainer(tmp_path, steps=8).fit()
+    assert str(path) in str(e.value)
+
+
+def test_a_checkpoint_that_is_not_a_dnlib_checkpoint_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoint.pt")   # loads safely, but is no checkpoint
+    with pytest.raises(CheckpointError, match="not a dnlib checkpoint"):
+        _trainer(tmp_path).fit()
+
+
+# ----------------------------------------------------------------------------------------- run identity
+@pytest.mark.parametrize("change, field, stored, asked", [
+    ({"seed": 5}, "seed", "0", "5"),
+    ({"milestones": (3,)}, "milestones", "(6,)", "(3,)"),
+    ({"lr": 0.1}, "lr", "0.05", "0.1"),
+    ({"gamma": 0.5}, "gamma", "0.1", "0.5"),
+    ({"weight_decay": 1e-4}, "weight_decay", "0.0", "0.0001"),
+])
+def test_resume_of_another_run_stops_naming_both_values(tmp_path, change, field, stored, asked):
+    _trainer(tmp_path).fit()
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    tr = _trainer(tmp_path, steps=8, **change)
+    with pytest.raises(CheckpointError) as e:
+        tr.fit()
+    msg = str(e.value)
+    assert f"{field}: stored {stored}, requested {asked}" in msg, msg
+    assert str(tmp_path / "checkpoint.pt") in msg and "\n" not in msg
+    assert tr.step == 0 and (tmp_path / "checkpoint.pt").read_bytes() == before   # nothing trained or overwritten
+
+
+def test_run_info_is_part_of_the_identity(tmp_path):
+    model, data = _problem()
+    Trainer(model, _loss, data, _cfg(4), out_dir=tmp_path, run_info={"config": "bn"}).fit()
+    model, data = _problem()
+    tr = Trainer(model, _loss, data, _cfg(8), out_dir=tmp_path, run_info={"config": "bn-s"})
+    with pytest.raises(CheckpointError, match="config: stored 'bn', requested 'bn-s'"):
+        tr.fit()
+
+
+def test_same_run_extended_still_resumes_exactly(tmp_path):
+    """Extending ``steps`` (and changing the evaluation cadence) is the same run: it resumes, bit-identically."""
+    full = _trainer(tmp_path / "a", steps=10)
+    full.fit()
+    _trainer(tmp_path / "b", steps=4).fit()
+    resumed = _trainer(tmp_path / "b", steps=10, eval_every=2, log_every=1)
+    resumed.fit()
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # GraphTrainer's checkpoints are interchangeable with Trainer's (same step, up to float rounding of its SGD)
+    graph = _trainer(tmp_path / "b", steps=12, cls=GraphTrainer)
+    graph.try_resume()
+    assert graph.step == 10
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+@pytest.fixture(scope="module")
+def cifar():
+    from dnlib.cifar import load_data
+    return load_data("cifar10", subset=(200, 100), device="cpu", download=False)
+
+
+@needs_cifar
+@pytest.mark.parametrize("first, second, message", [
+    (dict(config="bn"), dict(config="bn-s"), "config: stored 'bn', requested 'bn-s'"),
+    (dict(config="bn"), dict(config="bn", seed=5), "seed: stored 0, requested 5"),
+    (dict(config="bn"), dict(config="bn", steps=8), "steps: stored 4, requested 8"),
+])
+def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second, message):
+    from dnlib.cifar import run
+    kw = dict(steps=4, eval_every=2, data=cifar, batch_size=20, out_dir=tmp_path)
+    run(**{**kw, **first})
+    with pytest.raises(CheckpointError, match=message):
+        run(**{**kw, **second})
+
+
+@needs_cifar
+def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
+    from dnlib.cifar import main
+    args = ["--subset", "200,100", "--steps", "2", "--eval-every", "2", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["run", "bn", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", "bn-s", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'bn'" in err and "'bn-s'" in err and str(tmp_path) in err, err
