@@ -108,7 +108,9 @@ def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None)
       ~40 s the first time, then it is cached);
       ``"skimage"``: seeded 32 x 32 crops of scikit-image's bundled photos (always available);
       ``"auto"`` (default): the CIFAR samples when ``n <= 20``, else CIFAR, falling back to scikit-image
-      when the data is absent or fails to load.
+      when the data is absent or fails to load. A fallback is loud: a :class:`dnlib.data.DataWarning`
+      (shown every time) names what was not found and where it looked, and the description starts
+      with ``FALLBACK``.
     """
     if source not in ("auto", "cifar", "cifar-samples", "skimage"):
         raise ValueError(f"source must be 'auto', 'cifar', 'cifar-samples' or 'skimage', got {source!r}")
@@ -125,12 +127,32 @@ def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None)
                 x, desc = _cifar(n, root)
             else:
                 x, desc = _skimage_crops(n, seed)
+            if errors:
+                desc = _fallback_notice(errors, desc, root)
             return torch.from_numpy(x), desc
         except Exception as exc:  # missing data, data layer absent, decode error
             errors.append(f"{kind}: {type(exc).__name__}: {exc}")
             if source != "auto":
                 raise
     raise RuntimeError("no images could be loaded:\n" + "\n".join(errors))
+
+
+def _fallback_notice(errors: list[str], desc: str, root) -> str:
+    """Warn (every time, visibly in a notebook's output) that ``desc`` replaces the images that failed; return the new desc."""
+    import warnings
+
+    from .data import DataWarning, data_root
+
+    where = data_root(root)
+    msg = (f"explorer_images fell back to {desc}, because the preferred images could not be loaded:\n  "
+           + "\n  ".join(errors)
+           + f"\nData root: {where} (root=, else $DNLIB_DATA, else ../shared/data beside the clone, else data/). "
+             "Every number computed from these images differs from a run on CIFAR-10; point DNLIB_DATA at the "
+             "data folder (data/README.md) to use CIFAR-10.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.warn(msg, DataWarning, stacklevel=3)
+    return f"FALLBACK (CIFAR-10 not found under {where}): {desc}"
 
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,20 @@ def test_images_fall_back_to_skimage_without_data(monkeypatch, tmp_path):
         widgets.explorer_images(4, "cifar-samples")
 
 
+def test_fallback_images_say_so_loudly(monkeypatch, tmp_path, capsys):
+    """02 must not silently switch to other photos (every number changes): a visible warning names what was missing."""
+    monkeypatch.setenv("DNLIB_DATA", str(tmp_path))
+    for _ in range(2):  # every time, not only the first (a re-run cell in the same kernel warns again)
+        with pytest.warns(UserWarning) as rec:
+            x, desc = widgets.explorer_images(4, "auto")
+        (w,) = [r for r in rec if "scikit-image" in str(r.message)]
+        msg = str(w.message)
+        assert type(w.message).__name__ == "DataWarning"
+        for part in ("CIFAR-10", str(tmp_path / widgets.CIFAR_SAMPLES), str(tmp_path / "cifar10-jpeg"), "DNLIB_DATA"):
+            assert part in msg, part
+        assert "FALLBACK" in desc and str(tmp_path) in desc  # the notebook prints desc under the images
+
+
 @pytest.mark.skipif(not (Path(os.environ.get("DNLIB_DATA", "data")) / widgets.CIFAR_SAMPLES).exists(),
                     reason="the CIFAR-10 exact samples are not in $DNLIB_DATA")
 def test_cifar_samples():

@@ -437,7 +437,14 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
                 f"beside the clone, else data/ in the clone). Use "
                 f"source='python' or 'auto' to use/download the official archive {src.url}.")
     if folder is None:
-        folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
+        try:
+            folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
+        except DatasetNotFoundError as e:
+            if source != "auto":
+                raise
+            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
+            raise DatasetNotFoundError(f"{e}\nAlso looked for the image-folder layout ({{train,test}}/<class>/*) "
+                                       f"in:\n  {looked}") from None
     if kind == "python":
         names = _PYTHON_FILES[key]
         verify_checksums(base, folder, [Path(folder) / f for f in names], what=src.name, accept=names.__contains__)
