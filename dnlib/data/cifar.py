@@ -206,7 +206,7 @@ def _decode_files(paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
 
 
 def _sort_key(p: str):
-    stem = Path(p).stem
+    stem = os.path.splitext(os.path.basename(p))[0]  # not Path(p).stem: this runs for 60,000 files per load
     return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
 
 
