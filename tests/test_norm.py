@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dnlib import DivisiveNorm, NormSpec, get_spec, list_norms, make_norm, sparse_penalty
-from dnlib.functional import divisive_norm, divisive_norm_reference, field_mean
+from dnlib.functional import band_supported, divisive_norm, divisive_norm_reference, field_mean
 from dnlib.norm import fused_kind
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -117,12 +117,13 @@ def test_gn_matches_groupnorm(groups, impl, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", ["auto", "band"])
 @pytest.mark.parametrize("size", [3, 5])
 @pytest.mark.parametrize("shape", [(3, 7, 5), (3, 7, 4, 5)])
-def test_lrn_matches_localresponsenorm(shape, size, dtype):
+def test_lrn_matches_localresponsenorm(shape, size, impl, dtype):
     ref = nn.LocalResponseNorm(size, alpha=0.3, beta=0.75, k=2.0)
-    ours = make_norm("lrn", shape[1], window=size, sup_scale=0.3, sigma=math.sqrt(2.0), dtype=dtype)
-    assert ours.fused is None  # LRN always runs on the general path
+    ours = make_norm("lrn", shape[1], window=size, sup_scale=0.3, sigma=math.sqrt(2.0), impl=impl, dtype=dtype)
+    assert ours.fused is None  # LRN has no native kernel: the general path, or the band path
     _compare(ours, ref, _x(shape, dtype), dtype)
 
 
@@ -245,7 +246,7 @@ def test_gradcheck_every_preset(name):
         kw["window"] = 3
     if name in ("bn", "bn-s", "bn-ms"):
         kw["track_running_stats"] = False
-    for impl in IMPLS:
+    for impl in IMPLS + (["band"] if band_supported(get_spec(name)) else []):
         m = make_norm(name, shape[1], impl=impl, **kw).double()
         if m.affine:
             with torch.no_grad():
@@ -448,3 +449,67 @@ def test_box_filters_agree_cpu_shift_and_gpu_pool(shape, kc, ks, border):
         ga, = torch.autograd.grad(a, t, g)
         gb, = torch.autograd.grad(b, t, g)
         assert torch.allclose(ga, gb, atol=1e-12)
+
+
+
+# --- the band path (impl="band"): 1-D channel-window specs as banded matrix products, the same operator ----------
+
+BAND_SPECS = [
+    # the issue-12 case: sup_scale was ignored by the RNN cells' former BandDivisiveNorm (max |diff| 0.43)
+    NormSpec("channel", "channel", {"channel": 5}, {"channel": 5}, sigma=0.5, sup_scale=2.0),
+    NormSpec("channel", "channel", {"channel": 61}, {"channel": 61}, sigma=1.0, eps=0.0, border="zeros"),
+    NormSpec("channel", "channel", {"channel": 5}, {"channel": 9}, sigma=0.3, border="valid"),
+    NormSpec("channel", "channel", {"channel": 6}, {"channel": 3}, sigma=1.0, eps=0.0, border="reference"),
+    NormSpec("channel", "channel", {"channel": 30}, {"channel": 30}, sigma=1.0, eps=0.0, border="reference"),
+    NormSpec("channel", "channel", {"channel": 7}, {"channel": 7}, sigma=0.5, learn_sigma=True, power=0.75),
+    NormSpec("channel", None, {"channel": 5}),                                        # mean subtraction only
+    NormSpec(None, "channel", None, {"channel": 5}, sigma=1.2, eps=0.0, power=0.75, sup_scale=0.3,
+             border="zeros"),                                                          # LRN: no centring
+    NormSpec("channel", "channel", None, {"channel": 3}, sigma=0.5),                  # global mean, local B
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(6, 40), (3, 40, 4)])
+@pytest.mark.parametrize("spec", BAND_SPECS, ids=repr)
+def test_band_path_equals_general_path(spec, shape, dtype):
+    """impl="band" against impl="general": outputs, input, gain/bias and learned-sigma gradients, the L1 penalty
+    and its gradient."""
+    ours = DivisiveNorm(shape[1], spec, affine=True, alpha=0.1, impl="band", dtype=dtype)
+    ref = DivisiveNorm(shape[1], spec, affine=True, alpha=0.1, impl="general", dtype=dtype)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.weight), ref.bias.copy_(ours.bias)
+    x = _x(shape, dtype, seed=1)
+    ours(x), ref(x)
+    pa, pb = sparse_penalty(ours), sparse_penalty(ref)
+    assert abs(pa.item() - pb.item()) < TOL[dtype]
+    ga, = torch.autograd.grad(pa, x)
+    gb, = torch.autograd.grad(pb, x)
+    assert (ga - gb).abs().max().item() < TOL[dtype]
+    ours.alpha = ref.alpha = 0.0   # (no L1 terms left behind by the backward passes below)
+    _compare(ours, ref, _x(shape, dtype), dtype)
+
+
+@pytest.mark.parametrize("spec", BAND_SPECS[:1] + BAND_SPECS[3:4] + BAND_SPECS[5:], ids=repr)
+def test_band_path_gradgradcheck(spec):
+    m = DivisiveNorm(7, spec, affine=True, impl="band").double()
+    with torch.no_grad():
+        m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-1, 1)
+    x = _x((3, 7), torch.float64)
+    assert torch.autograd.gradcheck(m, (x,))
+    assert torch.autograd.gradgradcheck(m, (x,))
+
+
+def test_auto_takes_the_band_path_for_small_2d_inputs_only():
+    """impl="auto" is the band path (bit for bit) for (N, C) inputs with C <= 256, the general path otherwise."""
+    from dnlib.norm import BAND_MAX_FEATURES
+    spec = BAND_SPECS[0]
+    for c, rank, expect in [(BAND_MAX_FEATURES, 2, "band"), (BAND_MAX_FEATURES + 1, 2, "general"),
+                            (40, 3, "general")]:
+        x = _x((4, c) + (3,) * (rank - 2), torch.float32).detach()
+        outs = {impl: DivisiveNorm(c, spec, affine=False, impl=impl)(x) for impl in ("auto", "band", "general")}
+        assert not torch.equal(outs["band"], outs["general"])   # the two paths round differently ...
+        assert torch.equal(outs["auto"], outs[expect]), (c, rank)   # ... so this tells which one ran
+    with pytest.raises(ValueError, match=r"impl: 'band' needs fields that pool only 'channel'"):
+        make_norm("dn", 4, impl="band")

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 
 from dnlib import make_norm, sparse_penalty
 from dnlib.configs.ptb import CELL_TYPES, ROWS, TABLE4, TABLE9, get_config, list_configs
-from dnlib.models.rnn import (BandDivisiveNorm, BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell,
-                              NormRNNCell)
+from dnlib.models.rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 
 N, H, I = 3, 8, 5
 
@@ -113,25 +112,23 @@ def test_dn_1d_window_matches_naive_loop(k, border):
     z = torch.randn(4, L, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
     ref = _naive_dn(z, k, 1.0, border)
     general = make_norm("dn-1d-s", L, window=k, border=border, sigma=1.0, eps=0.0, impl="general").double()
-    band = BandDivisiveNorm.from_norm(general).double()
+    band = make_norm("dn-1d-s", L, window=k, border=border, sigma=1.0, eps=0.0, impl="band").double()
     torch.testing.assert_close(general(z), ref)
-    torch.testing.assert_close(band(z), ref, rtol=1e-6, atol=1e-6)   # band matrices are stored in float32
-    if border == "reference" and k == 30:   # 30 units: unit j averages j-14 .. j+15
-        assert band.sum_band[:, 20].nonzero().flatten().tolist() == list(range(6, 36))
+    torch.testing.assert_close(band(z), ref)
 
 
 def test_per_nonlinearity_dn_cell_matches_naive_loop():
     Hd = 12
     cell = NormLSTMCell(I, Hd, norm="dn-1d-s", norm_kwargs=dict(sigma=1.0, eps=0.0, window=5, border="zeros"))
     cell = cell.double()
-    assert isinstance(cell.gate_norm, BandDivisiveNorm)
+    assert cell.gate_norm.impl == "auto"     # a plain DivisiveNorm (it picks its band path for these inputs)
     x, h, c = _inputs(3, Hd)
     z = x @ cell.weight_ih.t() + h @ cell.weight_hh.t()
     dn = lambda a: _naive_dn(a, 5, 1.0, "zeros")   # noqa: E731
     h_ref, c_ref = _lstm_ref(z, c, dn, dn)
     _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
-    torch.testing.assert_close(h1, h_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(c1, c_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h1, h_ref)
+    torch.testing.assert_close(c1, c_ref)
 
 
 def test_ln_lstm_is_ba_et_al():

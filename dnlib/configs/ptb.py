@@ -22,7 +22,9 @@ LN/LN-s RNN alpha (-5)  0 (plain LN, and LN-s = sigma only)            1e-2 (a c
                                                                        a Table 9 row)
 Baseline +L1 (-7)       not given: alpha 1e-2 (our choice, as LN+L1),  not exposed by the code; same choice
                         LR as the baseline
-BN-LSTM test (-8)       per-step running statistics                    ``bn_test_step0``: step 0's for every step
+BN test (-8)            per-step running statistics                    ``bn_test_step0``: step 0's for every step
+                                                                       (BN-LSTM and BN vanilla RNNs: the code's
+                                                                       test model is unrolled one step)
 BN/LN-LSTM state (-8)   the paper is silent: the code's normalized c   same
 ======================  =============================================  =============================================
 
@@ -101,7 +103,7 @@ class PTBConfig:
     init_scale: float = 0.1           # uniform(-s, s) initialisation
     forget_bias: float = 0.0          # added to the forget-gate pre-activation (before normalization)
     state_norm_c: bool = True         # BN/LN-LSTM: pass the normalized c on as state (the code's quirk)
-    bn_test_step0: bool = False       # BN cells: evaluate the test set with step-0 running statistics (code)
+    bn_test_step0: bool = False       # BN cells (LSTM and vanilla): test set with step-0 running statistics (code)
     eps: float = 0.0                  # numerical eps beside sigma^2 (the code has none)
     source: str = "paper"             # "paper" or "code": which side of the §5.4 discrepancies
     notes: tuple = field(default_factory=tuple)   # what was chosen where paper and code differ
@@ -215,7 +217,7 @@ def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:
             notes.append(f"DN window {window} units, TF SAME padding (code)")
     cfg = PTBConfig(name=name, row=_LABEL[row], cell=cell, arch=arch, norm=norm, sigma=sigma, alpha=alpha,
                     affine=affine, window=window, border=border, lr=lr, hidden_size=hidden,
-                    bn_test_step0=(source == "code" and family == "bn" and lstm), source=source,
+                    bn_test_step0=(source == "code" and family == "bn"), source=source,
                     notes=tuple(notes))
     return cfg.replace(**overrides) if overrides else cfg
 

@@ -24,9 +24,10 @@ where the cells differ only in *where* normalization sits:
                        *separate statistics for every time step* (separate running averages per step) and a gain
                        and bias shared over time. Passes the normalized ``c_t`` on as state (the code's quirk,
                        PAPER.md §5.4 item 8; ``state_norm_c=False`` keeps the raw one).
-:class:`LNLSTMCell`    Ba et al. (2016): LN of the full 4H-unit ``W_x x`` and of ``W_h h`` (statistics jointly over
-                       the four gates, each with its own 4H gain and bias), and LN of ``c_t`` (H gain and bias);
-                       normalized ``c_t`` passed on (same quirk and option).
+:class:`LNLSTMCell`    Ba et al. (2016): LN of the full 4H-unit ``W_x x + b_x`` and of ``W_h h + b_h`` (statistics
+                       jointly over the four gates, each with its own 4H gain and bias; the biases b_x, b_h train,
+                       as in the code), and LN of ``c_t`` (H gain and bias); normalized ``c_t`` passed on (same
+                       quirk and option).
 :class:`NormRNNCell`   vanilla RNN, eqs. 10-11: ``h' = g(Norm(W [x; h] + b))``, g = tanh or ReLU (LN, DN, none).
 :class:`BNRNNCell`     vanilla RNN, eqs. 8-9: ``h' = g(BN(W_x x) + BN(W_h h))``, per-step statistics.
 =====================  ==========================================================================================
@@ -56,8 +57,8 @@ from ..norm import DivisiveNorm
 from ..presets import make_norm
 from ..spec import NormSpec
 
-__all__ = ["BandDivisiveNorm", "NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel",
-           "GATES", "CELLS", "make_cell"]
+__all__ = ["NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel", "GATES", "CELLS",
+           "make_cell"]
 
 GATES = ("i", "j", "f", "o")
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
@@ -68,61 +69,10 @@ def _is_none(norm: NormLike) -> bool:
     return norm is None or (isinstance(norm, str) and norm.lower() == "none")
 
 
-def _band(n: int, k: int, border: str) -> torch.Tensor:
-    """The ``(n, n)`` matrix A with ``(x @ A)[:, i]`` = the window mean around unit i (box window of k units).
-
-    ``"valid"``: centred window, divided by the number of real units in it; ``"zeros"``: centred, divided by k;
-    ``"reference"``: TF SAME padding, units ``i - (k-1)//2 .. i + k//2``, divided by k."""
-    before, after = ((k - 1) // 2, k // 2) if border == "reference" else (k // 2, k // 2)
-    idx = torch.arange(n)
-    d = idx[:, None] - idx[None, :]                     # row j (input unit), column i (output unit): j - i
-    mask = ((d >= -before) & (d <= after)).double()
-    div = mask.sum(0, keepdim=True) if border == "valid" else torch.full((1, n), float(k), dtype=torch.float64)
-    return (mask / div).float()
-
-
-class BandDivisiveNorm(DivisiveNorm):
-    """1-D DN along the unit axis (PAPER.md eqs. 6-7) as two small matrix products: the window means of
-    ``x`` and of ``v^2`` are ``x @ A`` with a banded averaging matrix ``A`` (one per field).
-
-    The same numbers as :class:`~dnlib.DivisiveNorm` with the same spec (every border convention; tested), at a
-    fraction of the cost for ``(N, H)`` inputs inside a recurrent loop, where the general path's pooling and
-    hand-written backward cost more launches than the arithmetic. Only for specs whose fields are both channel
-    windows (and fixed sigma): see :meth:`supports`.
-    """
-
-    @staticmethod
-    def supports(spec: NormSpec) -> bool:
-        return (spec.sum_axes == {"channel"} and spec.sup_axes == {"channel"} and not spec.learn_sigma
-                and spec.power == 0.5 and spec.groups == 1 and "channel" in dict(spec.sum_window)
-                and "channel" in dict(spec.sup_window))
-
-    def __init__(self, num_features: int, spec: NormSpec, affine: bool = False, alpha: float = 0.0, **kwargs):
-        if not self.supports(spec):
-            raise ValueError(f"spec: BandDivisiveNorm needs channel windows in both fields, got {spec}")
-        super().__init__(num_features, spec, affine=affine, alpha=alpha, track_running_stats=False, **kwargs)
-        ks, kb = dict(spec.sum_window)["channel"], dict(spec.sup_window)["channel"]
-        bug = kb / ks if spec.border == "reference" else 1.0   # the reference code's divisor (dnlib.functional)
-        self.register_buffer("sum_band", _band(num_features, ks, spec.border), persistent=False)
-        self.register_buffer("sup_band", _band(num_features, kb, spec.border) * bug, persistent=False)
-
-    @classmethod
-    def from_norm(cls, m: DivisiveNorm) -> "BandDivisiveNorm":
-        return cls(m.num_features, m.spec, affine=m.affine, alpha=m.alpha)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2:
-            return super().forward(x)
-        v = x - x @ self.sum_band                                            # eq. 6
-        y = v * torch.rsqrt((v * v) @ self.sup_band + (self.spec.sigma ** 2 + self.spec.eps))   # eq. 7
-        if self.alpha and self.training:
-            self._add_penalty(v)
-        return self._affine(y, x.dtype)
-
-
 def _site(norm: NormLike, num_features: int, kwargs: Mapping, alpha_scale: float = 1.0) -> Optional[DivisiveNorm]:
-    """A normalizer for one site, or None when there is nothing to do (no normalization, no L1). 1-D DN
-    presets become :class:`BandDivisiveNorm` (same numbers, faster)."""
+    """A normalizer for one site, or None when there is nothing to do (no normalization, no L1). A 1-D DN site
+    is a plain :class:`~dnlib.DivisiveNorm`; for the cells' ``(N, H)`` inputs with H <= 256 it takes its band
+    path itself (``impl="auto"``; the same operator, faster there)."""
     kwargs = dict(kwargs)
     alpha = float(kwargs.pop("alpha", 0.0))
     if _is_none(norm):
@@ -130,10 +80,7 @@ def _site(norm: NormLike, num_features: int, kwargs: Mapping, alpha_scale: float
             return None
         kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype")}
         norm = "none"
-    m = make_norm(norm, num_features, alpha=alpha * alpha_scale, **kwargs)
-    if BandDivisiveNorm.supports(m.spec) and m.impl != "general":
-        m = BandDivisiveNorm.from_norm(m)
-    return m
+    return make_norm(norm, num_features, alpha=alpha * alpha_scale, **kwargs)
 
 
 class _Recurrent(nn.Module):
@@ -347,18 +294,23 @@ class LNLSTMCell(_Recurrent):
 
     .. math::
 
-        z = LN(W_x x_t; \\gamma_x, \\beta_x) + LN(W_h h_{t-1}; \\gamma_h, \\beta_h) \\qquad
+        z = LN(W_x x_t + b_x; \\gamma_x, \\beta_x) + LN(W_h h_{t-1} + b_h; \\gamma_h, \\beta_h) \\qquad
         h_t = \\sigma(z_o) \\tanh(LN(c_t; \\gamma_c, \\beta_c))
 
     The first two LNs pool all 4H units of the four gates jointly, each with a 4H-unit gain and bias; the third
     pools the H units of ``c_t``. ``state_norm_c=True`` (the code's quirk) passes the normalized ``c_t`` on.
+
+    ``W_x x_t`` and ``W_h h_{t-1}`` each carry a trainable 4H bias before their LN (``bias`` and ``bias_hh``,
+    init 0), as the authors' ``LSTMLNCell`` (``_linear(..., bias=True)``): LN over the 4H units removes only the
+    mean of a bias, so unlike BN's these train (and the L1 term sees them).
     """
 
     num_gates, state_size = 4, 2
 
     def __init__(self, input_size: int, hidden_size: int, norm_kwargs: Optional[Mapping] = None,
                  forget_bias: float = 0.0, state_norm_c: bool = True):
-        super().__init__(input_size, hidden_size, input_bias=False)
+        super().__init__(input_size, hidden_size, input_bias=True)
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
         kw = dict(norm_kwargs or {})
         kw.setdefault("affine", True)
         self.forget_bias, self.state_norm_c = float(forget_bias), state_norm_c
@@ -367,9 +319,13 @@ class LNLSTMCell(_Recurrent):
         self.norm_c = make_norm("ln", hidden_size, **kw)
         self.reset_parameters()
 
+    def reset_parameters(self, init_scale: float = 0.1) -> None:
+        super().reset_parameters(init_scale)
+        nn.init.zeros_(self.bias_hh)
+
     def step(self, xw, state, t=0):
         h, c = state
-        z = self.norm_ih(xw) + self.norm_hh(h @ self.weight_hh.t())
+        z = self.norm_ih(xw) + self.norm_hh(torch.addmm(self.bias_hh, h, self.weight_hh.t()))
         return _joint_lstm_update(self, z, c, self.norm_c)
 
     def extra_repr(self):
