@@ -70,10 +70,12 @@ def _plan(spec: NormSpec, nspatial: int) -> _Plan:
     sum_f = _field(spec.sum_axes, spec.sum_window, nspatial, spec.border)
     sup_f = _field(spec.sup_axes, spec.sup_window, nspatial, spec.border)
     bug = 1.0
-    if spec.border == "reference" and sum_f is not None and sup_f is not None and sum_f.has_window:
-        # The authors' div_norm_2d sums the suppression window and divides by the summation window's area.
-        area = lambda f: f.kc * f.ks ** nspatial  # noqa: E731
-        bug = area(sup_f) / area(sum_f)
+    if (spec.border == "reference" and nspatial == 2 and sum_f is not None and sup_f is not None
+            and sum_f.ks > 1 and sum_f.kc == 1 and sup_f.kc == 1):
+        # The authors' div_norm_2d (spatial windows on 2-D maps) sums the suppression window and divides by the
+        # summation window's area. Their div_norm_1d divides each sum by its own window size: no factor for
+        # 1-D windows (channel windows, or a spatial window on (N, C, L)).
+        bug = sup_f.ks ** 2 / sum_f.ks ** 2
     return _Plan(nspatial, sum_f, sup_f, bug)
 
 
@@ -217,14 +219,31 @@ def _divisor_vjp(gd, s0, fixed_s, sig2, need_sig: bool, plan: _Plan, spec: NormS
     return (grads[0] if s0 is not None else None), (grads[-1] if need_sig else None)
 
 
-def _mean_vjp(gmu, m0, plan: _Plan):
-    """Pull dL/dmu back through mu = window(m0) (identity without a summation window)."""
+def _mean_vjp(gmu, m0, plan: _Plan, create_graph: bool = False):
+    """Pull dL/dmu back through mu = window(m0) (identity without a summation window). The window is linear, so
+    with ``create_graph`` the result is differentiable w.r.t. ``gmu`` (the only thing it depends on)."""
     if not plan.sum.has_window:
         return gmu
     with torch.enable_grad():
         m0 = m0.detach().requires_grad_()
-        (gm0,) = torch.autograd.grad(_box(m0, plan.sum, plan.nspatial), m0, gmu)
+        (gm0,) = torch.autograd.grad(_box(m0, plan.sum, plan.nspatial), m0, gmu, create_graph=create_graph)
     return gm0
+
+
+def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the dims along which ``like`` (of the same rank) was broadcast to it."""
+    dims = tuple(i for i in range(t.dim()) if like.shape[i] == 1 and t.shape[i] != 1)
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+def _grads(outputs, grad_outputs, inputs):
+    """``torch.autograd.grad`` with ``create_graph=True`` over the pairs whose grad_output is given; one entry per
+    input (None for an input that is None or unused)."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    wrt = [t for t in inputs if t is not None]
+    got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], create_graph=True,
+                                   allow_unused=True) if pairs and wrt else [None] * len(wrt))
+    return [None if t is None else next(got) for t in inputs]
 
 
 class _DivNormFn(torch.autograd.Function):
@@ -282,6 +301,9 @@ class _DivNormFn(torch.autograd.Function):
         gsig2 = None
         if gy is None and gv_ext is None:
             return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            gx, gsig2 = _DivNormFn._backward_graph(ctx, v, m0, fixed_s, sig2, need_sig, gy, gv_ext)
+            return gx, gsig2, None, None, None, None
         if plan.sup is not None:
             gv = gy * d if gy is not None else torch.zeros_like(v)
             if gy is not None and (s0 is not None or need_sig):
@@ -306,6 +328,33 @@ class _DivNormFn(torch.autograd.Function):
         else:
             gx = gv
         return gx, gsig2, None, None, None, None
+
+    @staticmethod
+    def _backward_graph(ctx, v, m0, fixed_s, sig2, need_sig, gy, gv_ext):
+        """The VJP as differentiable ops, for double backward. The saved ``v`` is the input ``x`` (no centring)
+        or an output of this Function (its ``v``, or ``y`` without division), so the graph built here reaches
+        ``x`` through it (through this Function's own backward for ``v``, which is exact to first order); the
+        divisor is recomputed from ``v`` (one reduction) instead of the detached saved copy."""
+        spec, plan = ctx.spec, ctx.plan
+        need_x = ctx.needs_input_grad[0]
+        gsig2 = None
+        if plan.sup is not None and gy is not None:
+            vv = v if need_x else v.detach()
+            sg = sig2 if need_sig else (sig2.detach() if torch.is_tensor(sig2) else sig2)
+            s = _suppression(_reduce_mean(vv * vv, plan.sup.dims), plan) if fixed_s is None else fixed_s
+            gv, gsig2 = _grads([vv * _divisor(s, sg, spec)], [gy], [vv if need_x else None, sg if need_sig else None])
+        else:
+            gv = gy
+        if not need_x:
+            return None, gsig2
+        if gv_ext is not None:
+            gv = gv_ext if gv is None else gv + gv_ext
+        if gv is None:
+            gv = torch.zeros_like(v)
+        if plan.sum is not None and m0 is not None:
+            gm0 = _mean_vjp(-_sum_to(gv, m0), m0, plan, create_graph=True)
+            gv = gv + gm0 / _numel(gv, plan.sum.dims)
+        return gv, gsig2
 
 
 class _DivNormSharedFn(torch.autograd.Function):
@@ -345,6 +394,14 @@ class _DivNormSharedFn(torch.autograd.Function):
         n = _numel(xg, dims)
         need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
         sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
+        if torch.is_grad_enabled():
+            # create_graph=True: the VJP of the plain-op composition, from the saved input, itself differentiable
+            need_x = ctx.needs_input_grad[0]
+            x = xg if need_x else xg.detach()
+            sg = sig2 if need_sig else (sig2.detach() if torch.is_tensor(sig2) else sig2)
+            y, v, _, _ = _compose(x, sg, spec, plan)
+            gx, gsig2 = _grads([y, v], [gy, gv_ext], [x if need_x else None, sg if need_sig else None])
+            return gx, gsig2, None, None, None
         if gy is None:
             gy = torch.zeros_like(xg)
         sg = gy.sum(dims, keepdim=True)                         # sum over the field of gy

@@ -219,6 +219,37 @@ def test_even_reference_window_uses_tf_same_padding():
     assert (divisive_norm(x, spec) - v / torch.sqrt(1 + s)).abs().max() < 1e-12
 
 
+def _naive_box_1d(t, k):
+    """The authors' div_norm_1d box sum along the last dim: TF SAME zero padding ((k-1)//2 before, k//2 after),
+    zeros counted, divided by this window's own size k."""
+    n = t.shape[-1]
+    out = torch.zeros_like(t)
+    for j in range(n):
+        vals = [t[..., i] for i in range(j - (k - 1) // 2, j + k // 2 + 1) if 0 <= i < n]
+        out[..., j] = sum(vals) / k
+    return out
+
+
+@pytest.mark.parametrize("ka,kb", [(3, 5), (5, 3), (30, 20), (4, 7)])
+def test_reference_border_1d_divides_each_window_by_its_own_size(ka, kb):
+    """border="reference" on 1-D windows is the authors' div_norm_1d: each box sum over its own window size
+    (no suppression-divisor bug: that is div_norm_2d's). Channel windows on (N, C), and a spatial window on
+    (N, C, L) with the channel mean global."""
+    x = _x((3, 40), torch.float64).detach()
+    spec = NormSpec("channel", "channel", {"channel": ka}, {"channel": kb}, eps=0.0, sigma=1.0, border="reference")
+    v = x - _naive_box_1d(x, ka)
+    ref = v / torch.sqrt(1.0 + _naive_box_1d(v * v, kb))
+    m = DivisiveNorm(40, spec, affine=False, impl="general").double()
+    assert (m(x) - ref).abs().max() < 1e-12
+    assert (divisive_norm_reference(x, spec) - ref).abs().max() < 1e-12
+    x = _x((2, 3, 11), torch.float64).detach()
+    spec = NormSpec("channel,space", "channel,space", {"space": ka}, {"space": kb}, eps=0.0, sigma=1.0,
+                    border="reference")
+    v = x - _naive_box_1d(x.mean(1, keepdim=True), ka)
+    ref = v / torch.sqrt(1.0 + _naive_box_1d((v * v).mean(1, keepdim=True), kb))
+    assert (divisive_norm(x, spec) - ref).abs().max() < 1e-12
+
+
 def test_dn_with_window_covering_the_map_equals_ln():
     x = _x((2, 3, 4, 5), torch.float64)
     dn = make_norm("dn", 3, window=9, eps=1e-5)  # 9 >= 2*5-1: every window sees the whole map
