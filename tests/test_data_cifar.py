@@ -366,3 +366,19 @@ def test_cifar_sha256sums_verdict_is_cached(tmp_path, monkeypatch):
     load_cifar("cifar10", root, download=False, progress=False, cache=False)
     monkeypatch.setattr(R, "_hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
     load_cifar("cifar10", root, download=False, progress=False, cache=False)
+
+
+def test_official_pickles_checked_against_sha256sums(tmp_path, monkeypatch):
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  cifar-10-batches-py/{p.name}" for p in sorted(folder.iterdir())]
+    (tmp_path / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    assert len(load_cifar("cifar10", tmp_path, download=False).x_train) == 100
+    victim = folder / "data_batch_3"
+    b = bytearray(victim.read_bytes())
+    b[len(b) // 2] ^= 0xFF  # one pixel byte: the pickle still loads, with a wrong pixel
+    victim.write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="SHA256SUMS") as e:
+        load_cifar("cifar10", tmp_path, download=False)
+    assert str(victim) in str(e.value)
