@@ -256,3 +256,47 @@ def test_tables_crops_and_widget(monkeypatch):
     assert set(first) == {"Bicubic", "DN*"}
     w.children[2].value = 0.1                          # move the "top" slider: recomputed synchronously
     assert w.result != first
+
+
+# ------------------------------------------- issue 12 item 4: the "code" SR normalizers equal the authors' ops
+def _naive_code_box(t, k, divisor):
+    """The authors' box filter (PAPER.md §1.2): sum over a k x k window of a (N, H, W) map, TF SAME zero padding
+    (zeros counted), divided by ``divisor``; written out position by position."""
+    N, Hh, W = t.shape
+    out = torch.zeros_like(t)
+    r = k // 2
+    for n in range(N):
+        for i in range(Hh):
+            for j in range(W):
+                out[n, i, j] = sum(t[n, a, b] for a in range(i - r, i + r + 1) for b in range(j - r, j + r + 1)
+                                   if 0 <= a < Hh and 0 <= b < W) / divisor
+    return out
+
+
+def _sr_input(c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, c, 7, 8, generator=g, dtype=torch.float64) * 2 + 3   # an offset: borders matter
+
+
+def test_dn_ms_is_the_codes_dnms():
+    """dnms (get_dnms_act): x minus the 5x5 box mean of the channel mean, zero padded, divided by 25; no
+    division, no L1 (the SR model never adds it)."""
+    net = SRCNN("dn-ms").double()
+    for norm, c in ((net.norm1, 64), (net.norm2, 32)):
+        x = _sr_input(c)
+        ref = x - _naive_code_box(x.mean(1), 5, 25)[:, None]
+        assert (norm(x) - ref).abs().max().item() < 1e-12
+        assert norm.alpha == 0
+
+
+def test_dn_star_code_is_the_codes_dn_star():
+    """dn-star (div_norm_2d with eps = sigma^2 = 1, nothing else): 5x5 box mean of the channel mean, v = x - mu,
+    7x7 box sum of the channel mean of v^2 divided by 5x5 = 25 (the code's divisor bug), y = v / sqrt(s + 1)."""
+    net = SRCNN("dn*-code").double()
+    for norm, c in ((net.norm1, 64), (net.norm2, 32)):
+        x = _sr_input(c, 1)
+        v = x - _naive_code_box(x.mean(1), 5, 25)[:, None]
+        s = _naive_code_box((v * v).mean(1), 7, 25)[:, None]
+        ref = v / torch.sqrt(s + 1.0)
+        assert (norm(x) - ref).abs().max().item() < 1e-12
+        assert norm.alpha == 0 and not norm.affine

@@ -24,8 +24,10 @@ fast configuration) uses He-normal weights instead.
 ``"dn*-code"`` what the authors' released code actually trains under the name ``dn-star``: no L1 term (the SR
                model never adds it, §5.4 item 10), zero padding counted at the border and the suppression sum
                divided by the 5 x 5 *summation* area, which inflates the variance by 49/25 (§1.2 step 5,
-               §5.4 item 1): ``border="reference"``, ``alpha=0``.
-``"dn-ms"``    the code's ``dnms``: 5 x 5 local mean subtraction only, no division.
+               §5.4 item 1): ``border="reference"``, ``alpha=0``; and ``eps=0``: the code's epsilon is sigma^2
+               alone (``sqrt(s + sigma^2)``, §1.2 step 6).
+``"dn-ms"``    the code's ``dnms``: 5 x 5 local mean subtraction only, no division; zero padding counted at the
+               border (the mean divided by 25 everywhere, ``border="reference"``), no L1.
 =============  ==================================================================================================
 
 Any other :func:`dnlib.make_norm` preset name, a :class:`~dnlib.spec.NormSpec`, or a callable
@@ -50,8 +52,8 @@ SR_NORMS: dict = {
     "none": ("none", {}),
     "bn": ("bn", {}),
     "dn*": ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, alpha=0.1)),
-    "dn*-code": ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, alpha=0.0, border="reference")),
-    "dn-ms": ("dn-ms", dict(window=5)),
+    "dn*-code": ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, eps=0.0, alpha=0.0, border="reference")),
+    "dn-ms": ("dn-ms", dict(window=5, border="reference")),
 }
 _ALIASES = {"dn-star": "dn*", "dnstar": "dn*", "dn-star-code": "dn*-code", "dnms": "dn-ms", "base": "none",
             "srcnn": "none"}
