@@ -169,7 +169,7 @@ def _field_stat(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
 
 
 def _divisor(s: torch.Tensor, sig2, spec: NormSpec) -> torch.Tensor:
-    t = s * spec.sup_scale + spec.eps
+    t = s * spec.sup_scale + spec.eps_for(s.dtype)  # eps=None: finfo(dtype).eps, as nn.RMSNorm
     t = t + sig2
     return t.rsqrt() if spec.power == 0.5 else t.pow(-spec.power)
 

@@ -1,6 +1,9 @@
 """``DivisiveNorm``: the one normalization module; BN, LN, IN, GN, LRN, RMSNorm and DN are its presets."""
 from __future__ import annotations
 
+import math
+import threading
+import warnings
 from functools import lru_cache
 from typing import Optional
 
@@ -9,13 +12,125 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as DF
-from .spec import NormSpec
+from .spec import NormSpec, is_int, is_real
 
 IMPLS = ("auto", "general", "fused", "compile", "band")
 #: ``impl="auto"`` takes the band path for 2-D inputs of at most this many channels (see DivisiveNorm). Measured on
 #: CPU (one thread), forward + backward at N = 20 / 80 with a 61-unit window: the band path is 2.3x / 1.4x faster
 #: than the general path at C = 200, even / 1.7x slower at C = 400, 4x / 6x slower at C = 1000.
 BAND_MAX_FEATURES = 256
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a site's input that tells whether backward has already run through this forward: its saved
+    (empty) tensor is freed with the graph, and its backward reads it, so once freed, no gradient (of the loss or
+    of a pending L1 term) can pass this forward again."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x.new_empty(0))
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.saved_tensors  # noqa: B018 (raises once the graph is freed, as any node with saved tensors)
+        return g
+
+
+def _freed(tap) -> bool:
+    try:
+        tap.saved_tensors
+    except RuntimeError:
+        return True
+    return False
+
+
+class _ReplicaGroup:
+    """The replicas of one site made by one ``torch.nn.parallel.replicate`` call (one ``nn.DataParallel``
+    forward): their terms are averaged weighted by each replica's batch size, which is the one-device penalty."""
+
+    def __init__(self):
+        self.count, self.started, self.sizes = 0, False, {}
+
+
+class _L1Terms:
+    """The pending L1 terms of one site. A replica made by ``nn.DataParallel`` is a shallow copy of the module's
+    ``__dict__``, so the module and all its replicas hold this same object: terms added on replicas are collected
+    from the module (the replica itself is discarded after the forward)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.items = []        # [term, batch size, replica group or None, replica index, tap node or None]
+        self.constant = None   # the root's terms without a graph, summed (detached)
+        self.warned = False
+
+    def __deepcopy__(self, memo):  # a copied module starts without pending terms (they hold another graph)
+        return _L1Terms()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def _fold(self, item) -> None:
+        if item[2] is None:
+            t = item[0].detach()
+            self.constant = t if self.constant is None else self.constant + t.to(self.constant.device)
+        else:
+            item[0], item[4] = item[0].detach(), None
+            return
+        self.items.remove(item)
+
+    def prune(self, where: str) -> None:
+        """Detach the terms whose forward has been backpropagated (their graph is freed: they can no longer give
+        a gradient) and warn once: alpha > 0 and the loss of that backward lacked the L1 term."""
+        stale = [it for it in self.items if it[4] is not None and _freed(it[4])]
+        for it in stale:
+            self._fold(it)
+        for it in [it for it in self.items if it[4] is None and it[2] is None]:
+            self._fold(it)
+        if stale and not self.warned:
+            self.warned = True
+            warnings.warn(f"{where}: the L1 term (alpha > 0) of a training forward was not part of the loss that was "
+                          f"backpropagated through that forward, so it added no gradient. Add "
+                          f"dnlib.sparse_penalty(model) to the loss before backward, or call "
+                          f"dnlib.clear_penalties(model) to drop the terms. Its value is kept (detached).",
+                          stacklevel=4)
+
+    def add(self, term: torch.Tensor, n: int, group, index: int, tap, where: str) -> None:
+        with self.lock:
+            self.prune(where)
+            if group is not None:
+                group.started = True
+                group.sizes.setdefault(index, n)
+            item = [term, n, group, index, tap if term.requires_grad else None]
+            self.items.append(item)
+            if item[4] is None and group is None:
+                self._fold(item)
+
+    def pop(self, where: str) -> Optional[torch.Tensor]:
+        with self.lock:
+            self.prune(where)
+            items, constant = self.items, self.constant
+            self.items, self.constant = [], None
+        parts = [] if constant is None else [constant]
+        groups = {}
+        for term, n, group, _, _ in items:
+            if group is None:
+                parts.append(term)
+            else:
+                groups.setdefault(id(group), (group, []))[1].append((term, n))
+        for group, terms in groups.values():
+            total_n = sum(group.sizes.values())
+            parts.extend(t * (n / total_n) for t, n in terms)
+        if not parts:
+            return None
+        device = parts[0].device
+        total = parts[0]
+        for t in parts[1:]:
+            total = total + t.to(device)
+        return total
 
 
 @lru_cache(maxsize=256)
@@ -105,16 +220,17 @@ class DivisiveNorm(nn.Module):
                  bias: bool = True, device=None, dtype=None):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features: must be an integer >= 1, got {num_features!r}")
+        if not is_int(num_features) or num_features < 1:
+            raise ValueError(f"num_features: must be an integer >= 1, got {_show(num_features)}")
+        num_features = int(num_features)
         if not isinstance(spec, NormSpec):
             raise ValueError(f"spec: expected a NormSpec, got {type(spec).__name__}; use dnlib.make_norm for names")
         if num_features % spec.groups:
             raise ValueError(f"num_features: {num_features} is not divisible by groups={spec.groups}")
-        if momentum is not None and not (0.0 <= momentum <= 1.0):
-            raise ValueError(f"momentum: must be in [0, 1] or None, got {momentum!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
-            raise ValueError(f"alpha: the L1 weight must be a number >= 0, got {alpha!r}")
+        if momentum is not None and not (is_real(momentum) and 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum: must be a number in [0, 1] or None, got {_show(momentum)}")
+        if not is_real(alpha) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha: the L1 weight must be a finite number >= 0, got {_show(alpha)}")
         if impl not in IMPLS:
             raise ValueError(f"impl: got {impl!r}; allowed values are {list(IMPLS)}")
         if impl == "fused" and fused_kind(spec) is None:
@@ -138,11 +254,14 @@ class DivisiveNorm(nn.Module):
         self.num_features = num_features
         self.spec = spec
         self.affine = affine
-        self.momentum = momentum
+        self.momentum = None if momentum is None else float(momentum)
         self.track_running_stats = bool(track_running_stats)
         self.alpha = float(alpha)
         self.impl = impl
-        self._penalty: Optional[torch.Tensor] = None
+        self._l1 = _L1Terms()           # shared with nn.DataParallel replicas (see _replicate_for_data_parallel)
+        self._replica_of: Optional[tuple] = None   # (group, index) on a replica
+        self._replicas: Optional[_ReplicaGroup] = None
+        self._tap = None                # this forward's _Tap node (when its L1 term can carry a gradient)
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
             if bias:
@@ -206,16 +325,48 @@ class DivisiveNorm(nn.Module):
         return fused_kind(self.spec)
 
     def pop_penalty(self) -> Optional[torch.Tensor]:
-        """Return the L1 penalty accumulated since the last call (None if none) and clear it."""
-        p, self._penalty = self._penalty, None
-        return p
+        """Return the L1 penalty accumulated since the last call (None if none) and clear it.
+
+        Terms added by ``nn.DataParallel`` replicas of this module are included, each replica's weighted by its
+        share of the batch (the one-device value). A term whose forward has already been backpropagated (its
+        graph freed) is returned detached: it cannot give a gradient any more (a warning said so)."""
+        return self._l1.pop(self._where())
+
+    def clear_penalty(self) -> None:
+        """Drop the accumulated L1 terms (and their graphs) without looking at them."""
+        with self._l1.lock:
+            self._l1.items, self._l1.constant = [], None
+
+    def _where(self) -> str:
+        return f"DivisiveNorm({self.num_features}, alpha={self.alpha:g})"
 
     def _add_penalty(self, centred: torch.Tensor) -> None:
-        p = self.alpha * centred.abs().mean()
-        self._penalty = p if self._penalty is None else self._penalty + p
+        self._add_term(self.alpha * centred.abs().mean(), centred.shape[0])
+
+    def _add_term(self, term: torch.Tensor, n: int) -> None:
+        group, index = self._replica_of if self._replica_of is not None else (None, 0)
+        self._l1.add(term, n, group, index, self._tap, self._where())
+
+    def _replicate_for_data_parallel(self):
+        # nn.DataParallel's replicate(): the replica shares self._l1; remember which replica set it belongs to
+        replica = super()._replicate_for_data_parallel()
+        if self._replicas is None or self._replicas.started:
+            self._replicas = _ReplicaGroup()
+        replica._replica_of = (self._replicas, self._replicas.count)
+        self._replicas.count += 1
+        return replica
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "DivisiveNorm cannot be compiled by torch.jit.script: its configuration is a NormSpec (a frozen Python "
+            "dataclass), its general path a Python torch.autograd.Function and its L1 penalty Python state, none of "
+            "which TorchScript can represent. For a TorchScript graph use torch.jit.trace(model.eval(), example) "
+            "(evaluation mode; tested for the bn, dn and rms presets).")
 
     # --- forward --------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point():  # complex, integer or bool
+            raise TypeError(f"input: expected a real floating-point tensor, got dtype {x.dtype}")
         if x.dim() not in (2, 3, 4):
             raise ValueError(f"input: expected shape (N, C), (N, C, L) or (N, C, H, W), got {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
@@ -239,8 +390,12 @@ class DivisiveNorm(nn.Module):
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
+        self._tap = None
+        if self.alpha and self.training and x.requires_grad and torch.is_grad_enabled():
+            x = _Tap.apply(x)
+            self._tap = x.grad_fn
         kind = self.fused
-        if kind == "in" and x[0, 0].numel() == 1:
+        if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         if self.impl == "compile" and use_batch_stats:
             y = self._forward_compiled(x)
@@ -248,8 +403,11 @@ class DivisiveNorm(nn.Module):
             y = self._forward_fused(x, kind, use_batch_stats)
         elif self._band(x):
             y = self._forward_band(x)
+        elif x.numel() == 0:  # an empty batch: an empty output (as torch's layers), no statistics to compute
+            y = self._affine(x.clone(), x.dtype)
         else:
             y = self._forward_general(x, use_batch_stats)
+        self._tap = None
         return y if y.dtype == in_dtype else y.to(in_dtype)
 
     def _affine(self, y: torch.Tensor, dtype) -> torch.Tensor:
@@ -261,22 +419,27 @@ class DivisiveNorm(nn.Module):
         return torch.addcmul(self.bias.to(dtype).view(shape), y, self.weight.to(dtype).view(shape))
 
     def _check_batch(self, x: torch.Tensor) -> None:
-        if self.training and self.track_running_stats and self.spec.pools_batch:
-            n = x.shape[0] * (x[0, 0].numel())
-            if n <= 1:
-                raise ValueError(f"input: expected more than 1 value per channel when training with batch "
-                                 f"statistics, got input of shape {tuple(x.shape)}")
+        """As torch's batch norm: a per-channel field that pools the batch needs more than one value whenever batch
+        statistics are used (training, or no running statistics); an empty batch passes (empty output)."""
+        if not (self.training or not self.track_running_stats):
+            return
+        for axes in (self.spec.sum_axes, self.spec.sup_axes):
+            if "batch" in axes and "channel" not in axes:
+                n = x.shape[0] * (math.prod(x.shape[2:]) if "space" in axes else 1)
+                if n == 1:
+                    raise ValueError(f"input: expected more than 1 value per channel when training with batch "
+                                     f"statistics, got input of shape {tuple(x.shape)}")
 
     def _update_running(self, x: torch.Tensor, mu: Optional[torch.Tensor], s: Optional[torch.Tensor]) -> None:
         """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones."""
-        if not (self.training and self.track_running_stats):
-            return
+        if not (self.training and self.track_running_stats) or x.numel() == 0:
+            return  # (an empty batch leaves them as they are, as torch's batch norm does)
         with torch.no_grad():
             m = self._momentum()
             if self.running_mean is not None and mu is not None and mu.numel():
                 self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
             if self.running_var is not None and s is not None and s.numel():
-                n = x.shape[0] * x[0, 0].numel()
+                n = x.shape[0] * math.prod(x.shape[2:])
                 unbiased = s.reshape(-1) * (n / (n - 1))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
 
@@ -320,19 +483,29 @@ class DivisiveNorm(nn.Module):
         y, penalty, mu, s = DF.compiled_divisive_norm(self.spec, x.dim() - 2)(x, sig2, alpha)
         self._update_running(x, mu, s)
         if penalty is not None:
-            self._penalty = penalty if self._penalty is None else self._penalty + penalty
+            self._add_term(penalty, x.shape[0])
         return self._affine(y, x.dtype)
 
     def _forward_fused(self, x: torch.Tensor, kind: str, use_batch_stats: bool) -> torch.Tensor:
         spec = self.spec
-        eps = spec.sigma ** 2 + spec.eps
+        eps = spec.sigma ** 2 + spec.eps_for(x.dtype)
         w = self.weight.to(x.dtype) if self.affine else None
         b = self.bias.to(x.dtype) if self.bias is not None else None
         if self.alpha and self.training:
             self._add_penalty(x - DF.field_mean(x, spec))
         if kind == "bn":
             m = 0.0 if not (self.training and self.track_running_stats) else self._momentum()
-            return F.batch_norm(x, self.running_mean, self.running_var, w, b, use_batch_stats, m, eps)
+            rm, rv = self.running_mean, self.running_var
+            if rm is None or rm.dtype == x.dtype:
+                return F.batch_norm(x, rm, rv, w, b, use_batch_stats, m, eps)
+            # running statistics in half precision (a model cast with .half()): update float copies, write back
+            rm, rv = rm.to(x.dtype), rv.to(x.dtype)
+            y = F.batch_norm(x, rm, rv, w, b, use_batch_stats, m, eps)
+            if self.training:
+                with torch.no_grad():
+                    self.running_mean.copy_(rm)
+                    self.running_var.copy_(rv)
+            return y
         if kind == "gn" or kind == "ln":
             # LN over (C, *spatial) with per-channel affine is group norm with one group: native per-channel
             # weights, no expanded elementwise copies (and faster than F.layer_norm on CPU).
@@ -345,5 +518,10 @@ class DivisiveNorm(nn.Module):
             w = w.view(bshape).expand(shape)
         if b is not None:
             b = b.view(bshape).expand(shape)
-        y = F.rms_norm(x, shape, w, eps)  # kind == "rms"
+        y = F.rms_norm(x, shape, w, None if spec.eps is None and not spec.sigma else eps)  # kind == "rms"
         return y if b is None else y + b
+
+
+def _show(value) -> str:
+    """A value for an error message (numpy scalars as their Python value)."""
+    return repr(value.item() if hasattr(value, "item") and not torch.is_tensor(value) else value)

@@ -5,6 +5,12 @@ bn-s 1.0, ln-s and dn-s 0.5; the PTB 1-D DN uses 1.0). The "-ms" forms are mean 
 authors' ``bnms``/``lnms``/``dnms``). ``dn`` is the paper's conv DN (all channels x a k x k spatial window,
 both fields, k = 3 by default: pass ``window=``); ``dn-1d`` its FC/RNN form, a window of ``2R + 1`` units
 along the unit axis (R = 30: the paper's LSTM radius).
+
+``ln`` is torch's ``nn.LayerNorm(normalized_shape=(C, *spatial))``: one mean and variance per example over
+channels *and* positions. ``ln2d`` is timm's ``LayerNorm2d`` (ConvNeXt): one per example *and position*, over
+the channels only (``NormSpec("channel", "channel")``, eps 1e-6 as timm); ``rms2d`` likewise timm's
+``RmsNorm2d``. On ``(N, C)`` inputs each pair coincides (up to eps). ``rms`` keeps ``nn.RMSNorm``'s default
+eps, ``torch.finfo(dtype).eps`` (``NormSpec(eps=None)``).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Union
 
 from .norm import DivisiveNorm
-from .spec import NormSpec
+from .spec import NormSpec, is_int
 
 CS, BS = "channel,space", "batch,space"
 
@@ -33,6 +39,8 @@ PRESETS = {
     "ln":       _P(NormSpec(CS, CS), dict(affine=True), "layer norm: A = B = all units of one example"),
     "ln-s":     _P(NormSpec(CS, CS, sigma=0.5), dict(affine=False), "layer norm with sigma, no affine"),
     "ln-ms":    _P(NormSpec(CS, None), dict(affine=False), "layer mean subtraction only"),
+    "ln2d":     _P(NormSpec("channel", "channel", eps=1e-6), dict(affine=True),
+                   "LayerNorm over the channels at each position (timm's LayerNorm2d, eps 1e-6)"),
     "dn":       _P(NormSpec(CS, CS, {"space": 3}, {"space": 3}), dict(affine=False),
                    "divisive norm: all channels x a k x k spatial window"),
     "dn-s":     _P(NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), dict(affine=False), "DN with sigma"),
@@ -45,7 +53,10 @@ PRESETS = {
     "gn":       _P(NormSpec(CS, CS, groups=32), dict(affine=True), "group norm: a group of channels of one example"),
     "lrn":      _P(NormSpec(None, "channel", None, {"channel": 5}, sigma=1.0, eps=0.0, power=0.75, sup_scale=1e-4,
                             border="zeros"), dict(affine=False), "local response norm (AlexNet): k=sigma^2, alpha, beta=power"),
-    "rms":      _P(NormSpec(None, CS), dict(affine=True, bias=False), "RMSNorm: no centring, B = all units of one example"),
+    "rms":      _P(NormSpec(None, CS, eps=None), dict(affine=True, bias=False),
+                   "RMSNorm: no centring, B = all units of one example; eps finfo(dtype).eps as nn.RMSNorm"),
+    "rms2d":    _P(NormSpec(None, "channel", eps=1e-6), dict(affine=True, bias=False),
+                   "RMSNorm over the channels at each position (timm's RmsNorm2d, eps 1e-6)"),
 }
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
@@ -81,10 +92,10 @@ def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
     """Apply spec-level overrides (``window``/``sum_window``/``sup_window`` may be ints) to ``spec``."""
     window = changes.pop("window", None)
     for key in ("sum_window", "sup_window"):
-        if key in changes and isinstance(changes[key], int) and not isinstance(changes[key], bool):
+        if key in changes and is_int(changes[key]):
             changes[key] = {_window_axis(spec, key): changes[key]}
     if window is not None:
-        if isinstance(window, int) and not isinstance(window, bool):
+        if is_int(window):
             axis = _window_axis(spec, "window")
             window = {axis: window}
         changes.setdefault("sum_window", window if spec.sum_window else None)

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Union
+from typing import Iterable, Mapping, Optional, Union
+
+import numpy as np
+import torch
 
 AXES = ("batch", "channel", "space")
 WINDOW_AXES = ("channel", "space")
@@ -34,6 +38,21 @@ BORDERS = ("valid", "zeros", "reference")
 
 AxesLike = Union[str, Iterable[str], None]
 WindowLike = Union[Mapping[str, int], Iterable[tuple], None]
+
+
+def is_int(value) -> bool:
+    """An integer (Python or numpy: any ``numbers.Integral``) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value) -> bool:
+    """A real number (Python or numpy: any ``numbers.Real``) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _show(value) -> str:
+    """A value for an error message: numpy scalars as their Python value (``-0.5``, not ``np.float32(-0.5)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _parse_axes(param: str, value: AxesLike) -> frozenset:
@@ -63,8 +82,9 @@ def _parse_window(param: str, value: WindowLike, field: frozenset, field_param: 
         if axis not in field:
             raise ValueError(f"{param}: window on axis {axis!r}, which {field_param}={sorted(field)} does not pool; "
                              f"add {axis!r} to {field_param} or drop the window")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{param}: window size for {axis!r} must be an integer >= 1, got {size!r}")
+        if not is_int(size) or size < 1:
+            raise ValueError(f"{param}: window size for {axis!r} must be an integer >= 1, got {_show(size)}")
+        size = int(size)
         if size % 2 == 0 and border != "reference":
             raise ValueError(f"{param}: window size {size} for {axis!r} is even, but border={border!r} centres the "
                              f"window on each unit, which needs an odd size; use an odd size or border='reference' "
@@ -85,7 +105,9 @@ class NormSpec:
         sup_window: optional local windows on axes of ``B`` (may differ from ``sum_window``).
         sigma: the smoothing term sigma (the normalizer bias of eq. 4); it enters as sigma^2.
         learn_sigma: make sigma a learnable scalar (initialised at ``sigma``).
-        eps: numerical safety added beside sigma^2; not part of the model.
+        eps: numerical safety added beside sigma^2; not part of the model. ``None`` means
+            ``torch.finfo(dtype).eps`` of the computation's dtype at forward time, as ``nn.RMSNorm``'s default
+            (float32's for half inputs, which are normalized in float32); see :meth:`eps_for`.
         power: exponent p of the divisor (1/2 for DN/BN/LN; 3/4 for LRN).
         sup_scale: factor s on E_B[v^2] (1 except for LRN, where it is LRN's alpha).
         groups: split the channels into groups; a field pooling ``"channel"`` then pools within one group (GN).
@@ -103,7 +125,7 @@ class NormSpec:
     sup_window: tuple = ()
     sigma: float = 0.0
     learn_sigma: bool = False
-    eps: float = 1e-5
+    eps: Optional[float] = 1e-5
     power: float = 0.5
     sup_scale: float = 1.0
     groups: int = 1
@@ -122,16 +144,20 @@ class NormSpec:
                            _parse_window("sup_window", self.sup_window, sup_axes, "sup_axes", self.border))
         for name in ("sigma", "eps"):
             val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
-                raise ValueError(f"{name}: must be a finite number >= 0, got {val!r}")
+            if name == "eps" and val is None:
+                continue
+            if not is_real(val) or not math.isfinite(val) or val < 0:
+                none = " or None" if name == "eps" else ""
+                raise ValueError(f"{name}: must be a finite number >= 0{none}, got {_show(val)}")
             object.__setattr__(self, name, float(val))
         for name in ("power", "sup_scale"):
             val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-                raise ValueError(f"{name}: must be a finite number > 0, got {val!r}")
+            if not is_real(val) or not math.isfinite(val) or val <= 0:
+                raise ValueError(f"{name}: must be a finite number > 0, got {_show(val)}")
             object.__setattr__(self, name, float(val))
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            raise ValueError(f"groups: must be an integer >= 1, got {self.groups!r}")
+        if not is_int(self.groups) or self.groups < 1:
+            raise ValueError(f"groups: must be an integer >= 1, got {_show(self.groups)}")
+        object.__setattr__(self, "groups", int(self.groups))
         if self.groups > 1:
             if "channel" not in (sum_axes | sup_axes):
                 raise ValueError(f"groups: groups={self.groups} needs a field that pools 'channel'")
@@ -159,6 +185,14 @@ class NormSpec:
     def windowed(self) -> bool:
         return bool(self.sum_window or self.sup_window)
 
+    def eps_for(self, dtype: torch.dtype) -> float:
+        """The eps added beside sigma^2 for a computation in ``dtype``: ``eps``, or when it is ``None``
+        ``torch.finfo`` of the dtype torch accumulates ``dtype`` in (float32 for float16/bfloat16), as
+        ``F.rms_norm`` with ``eps=None``."""
+        if self.eps is not None:
+            return self.eps
+        return torch.finfo(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype).eps
+
     def window(self, field: str) -> dict:
         """The windows of field ``"sum"`` or ``"sup"`` as a dict axis -> size."""
         return dict(self.sum_window if field == "sum" else self.sup_window)
@@ -178,7 +212,7 @@ class NormSpec:
             return "+".join(f"{a}[{w[a]}]" if a in w else a for a in AXES if a in axes)
 
         parts = [f"A={field(self.sum_axes, self.sum_window)}", f"B={field(self.sup_axes, self.sup_window)}",
-                 f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}", f"eps={self.eps:g}"]
+                 f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}", f"eps={'finfo' if self.eps is None else format(self.eps, 'g')}"]
         if self.power != 0.5:
             parts.append(f"power={self.power:g}")
         if self.sup_scale != 1.0:
