@@ -189,9 +189,18 @@ class DivisiveNorm(nn.Module):
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward in training mode
     accumulates ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty`
-    collects and clears it. Costs nothing when ``alpha == 0``.
+    collects and clears it. Costs nothing when ``alpha == 0``. ``nn.DataParallel`` replicas add their terms to
+    this module (weighted by their share of the batch); a term whose forward was backpropagated without it is
+    detached at the next forward, with a warning (see :mod:`dnlib.sparse`).
 
-    Half-precision inputs are normalized in float32 and returned in their own dtype.
+    Half-precision inputs are normalized in float32 and returned in their own dtype; a module cast to half
+    precision (``.half()``) keeps working, its running statistics updated in float32 and stored in its dtype.
+    ``spec.eps=None`` means ``torch.finfo`` of the computation's dtype (``nn.RMSNorm``'s default; the ``rms``
+    preset). Empty batches give empty outputs; complex and integer inputs are refused.
+
+    TorchScript: ``torch.jit.script`` raises a clear error (the spec is a Python dataclass and the general path
+    a Python ``autograd.Function``, which TorchScript cannot compile); ``torch.jit.trace`` of a model in
+    evaluation mode works.
 
     Args:
         num_features: C, the number of channels (units) of the input.
