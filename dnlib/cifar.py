@@ -44,7 +44,8 @@ from torch import nn
 from .figures import MarkdownTable, _new_figure
 from .norm import IMPLS
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
-from .train import GraphTrainer, TensorBatches, Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
+from .train import (CheckpointError, GraphTrainer, TensorBatches, Trainer, TrainConfig, TrainingDiverged,
+                    atomic_write_json, resolve_device, set_seed)
 
 __all__ = ["CifarData", "load_data", "run", "RunResult", "run_many", "check_graph", "benchmark", "sweep", "gather",
            "summarize", "results_table", "learning_curves", "first_layer_responses", "table10", "table10_figure",
@@ -138,8 +139,9 @@ def _config(config: Union[str, CifarConfig], dataset: str, steps: Optional[int],
 
 
 def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", eval_every: int = 500,
-                 out_dir=None, progress: bool = False) -> Trainer:
-    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`)."""
+                 out_dir=None, progress: bool = False, run_info: Optional[dict] = None) -> Trainer:
+    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`; ``run_info``: the run
+    identity a resumed checkpoint must match, see :class:`~dnlib.train.Trainer`)."""
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
     device = data.device
@@ -156,7 +158,17 @@ def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str 
     use_graph = mode == "graph" or (mode == "auto" and device.type == "cuda")
     cls = GraphTrainer if use_graph else Trainer
     return cls(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data), out_dir=out_dir,
-               param_groups=groups)
+               param_groups=groups, run_info=run_info)
+
+
+def _run_info(cfg: CifarConfig, data: CifarData, subset) -> dict:
+    """What a checkpoint must have been written by to be resumed as this run: the configuration (name and every
+    field but ``impl``, which changes the kernels, not the math) and the data (the seed and the optimizer's
+    settings are compared by the trainer). ``stop_after``, ``eval_every``, ``mode`` and the device may differ."""
+    fields = {k: v for k, v in cfg.as_dict().items() if k not in ("name", "impl")}
+    return {"config": cfg.name, **fields, "data": data.description, "eval_split": data.eval_split,
+            "subset": list(subset) if isinstance(subset, (tuple, list)) else subset,
+            "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval))}
 
 
 def _mode_name(trainer: Trainer) -> str:
@@ -180,20 +192,22 @@ class RunResult:
 
     def __repr__(self) -> str:
         s = self.summary
+        acc = "n/a" if s["final_acc"] is None else f"{s['final_acc']:.4f}"
         return (f"RunResult({s['config']} on {s['dataset']}, seed {s['seed']}: {s['steps']}/{s['planned_steps']} steps, "
-                f"{s['eval_split']} acc {s['final_acc']:.4f}, {s['images_per_s']:.0f} img/s {s['mode']})")
+                f"{s['eval_split']} acc {acc}, {s['images_per_s']:.0f} img/s {s['mode']}, {s['stopped']})")
 
 
 def _summary(cfg: CifarConfig, data: CifarData, trainer: Trainer, seed: int, capped: bool, wall: float,
              subset) -> dict:
     key = f"{data.eval_split}_acc"
-    evals = [r for r in trainer.history if key in r]
+    evals = [] if trainer.stopped else [r for r in trainer.history if key in r]   # a diverged run reports no number
     return {
         "config": cfg.name, "paper_row": cfg.paper, "dataset": cfg.dataset, "data": data.description,
         "eval_split": data.eval_split, "seed": seed, "subset": subset, "steps": trainer.step,
         "planned_steps": cfg.steps, "milestones": list(cfg.milestones), "capped": capped,
-        "final_acc": evals[-1][key] if evals else float("nan"),
-        "best_acc": max(r[key] for r in evals) if evals else float("nan"),
+        "stopped": trainer.stopped or ("capped" if capped else "completed"),
+        "final_acc": evals[-1][key] if evals else None,
+        "best_acc": max(r[key] for r in evals) if evals else None,
         "paper_acc": TABLE7[cfg.name][DATASETS.index(cfg.dataset)] if cfg.name in TABLE7 else None,
         "images_per_s": trainer.step * cfg.batch_size / trainer.elapsed if trainer.elapsed else 0.0,
         "train_seconds": trainer.elapsed, "wall_seconds": wall, "mode": _mode_name(trainer),
@@ -215,10 +229,14 @@ def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int 
         subset, validation, root, mean_over: see :func:`load_data` (ignored when ``data`` is given).
         eval_every: evaluate (and checkpoint) every K steps; the paper's code evaluates every 500.
         mode: ``"auto"`` (CUDA graph on CUDA, eager on CPU), ``"graph"`` or ``"eager"``.
-        out_dir: write ``checkpoint.pt``, ``history.json`` and ``result.json`` here, and resume from it.
+        out_dir: write ``checkpoint.pt``, ``history.json`` and ``result.json`` here, and resume from it (a
+            checkpoint of another run there raises :class:`~dnlib.train.CheckpointError`).
         max_seconds: stop after the evaluation that first ends past this wall time (``summary["capped"]``).
         stop_after: stop at this step (simulates an interruption; the schedule is still ``steps``).
         **changes: fields of the configuration to change, e.g. ``lr=2e-3``.
+
+    A run whose loss (or test metric) becomes NaN/inf raises :class:`~dnlib.train.TrainingDiverged` after
+    writing ``result.json`` with ``summary["stopped"] = "diverged at step N"`` and no accuracy.
     """
     t0 = time.perf_counter()
     if isinstance(config, CifarConfig):
@@ -228,22 +246,31 @@ def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int 
         data = load_data(cfg.dataset, subset=subset, validation=validation, device=device, seed=seed, root=root,
                          mean_over=mean_over)
     trainer = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=eval_every, out_dir=out_dir,
-                           progress=progress)
+                           progress=progress, run_info=_run_info(cfg, data, subset))
     target = cfg.steps if stop_after is None else min(int(stop_after), cfg.steps)
     if out_dir is not None:
         trainer.try_resume()
     chunk = eval_every or target
     capped = False
-    while trainer.step < target:
-        trainer.run_until(min(target, (trainer.step // chunk + 1) * chunk))
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds and trainer.step < target:
-            capped = True  # stop at the evaluation that ends past the deadline
-            break
-    trainer.cfg.steps = cfg.steps
-    summary = _summary(cfg, data, trainer, seed, capped or trainer.step < cfg.steps, time.perf_counter() - t0, subset)
-    if out_dir is not None:
-        atomic_write_json({"summary": summary, "history": trainer.history}, Path(out_dir) / "result.json")
-    return RunResult(summary, trainer.history, trainer.model, cfg)
+
+    def write():
+        trainer.cfg.steps = cfg.steps
+        summary = _summary(cfg, data, trainer, seed, capped or trainer.step < cfg.steps, time.perf_counter() - t0,
+                           subset)
+        if out_dir is not None:
+            atomic_write_json({"summary": summary, "history": trainer.history}, Path(out_dir) / "result.json")
+        return summary
+
+    try:
+        while trainer.step < target:
+            trainer.run_until(min(target, (trainer.step // chunk + 1) * chunk))
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds and trainer.step < target:
+                capped = True  # stop at the evaluation that ends past the deadline
+                break
+    except TrainingDiverged:
+        write()
+        raise
+    return RunResult(write(), trainer.history, trainer.model, cfg)
 
 
 def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,),
@@ -415,24 +442,28 @@ def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, datas
 
 def gather(out_dir) -> list:
     """The summaries of every run under ``out_dir`` (``result.json``; a killed run from its ``history.json``,
-    marked ``status="killed"``), sorted by Table 7 order and seed."""
+    marked ``status="killed"``; a diverged run ``status="diverged"`` with no accuracy), sorted by Table 7 order and
+    seed."""
     rows = []
     for d in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()):
         if (d / "result.json").exists():
             s = json.loads((d / "result.json").read_text())["summary"]
-            s["status"] = "capped" if s.get("capped") else "done"
+            diverged = str(s.get("stopped", "")).startswith("diverged")
+            s["status"] = "diverged" if diverged else "capped" if s.get("capped") else "done"
         elif (d / "history.json").exists():
             dataset, rest = d.name.split("-", 1)
             name, seed = rest.rsplit("-s", 1)
             hist = json.loads((d / "history.json").read_text())
             evals = [r for r in hist if any(k.endswith("_acc") for k in r)]
-            acc = [v for k, v in evals[-1].items() if k.endswith("_acc")][0] if evals else float("nan")
+            acc = [v for k, v in evals[-1].items() if k.endswith("_acc")][0] if evals else None
             last = hist[-1] if hist else {"step": 0, "time": 0}
+            stopped = last.get("stopped")      # "diverged at step N" (the trainer's record) or None
             cfg = get_config(name, dataset)
             s = {"config": name, "paper_row": cfg.paper, "dataset": dataset, "seed": int(seed), "steps": last["step"],
-                 "planned_steps": cfg.steps, "capped": True, "final_acc": acc, "paper_acc": cfg.paper_accuracy,
+                 "planned_steps": cfg.steps, "capped": True, "final_acc": None if stopped else acc,
+                 "paper_acc": cfg.paper_accuracy,
                  "images_per_s": last["step"] * cfg.batch_size / last["time"] if last.get("time") else 0.0,
-                 "status": "killed"}
+                 "status": "diverged" if stopped else "killed", "stopped": stopped or "killed"}
         else:
             continue
         rows.append(s)
@@ -446,15 +477,18 @@ def _rows(results) -> list:
 
 
 def summarize(results) -> list:
-    """One row per (dataset, configuration): mean and std of the final accuracy over seeds, beside the paper's."""
+    """One row per (dataset, configuration): mean and std of the final accuracy over seeds, beside the paper's
+    (runs without an accuracy, i.e. diverged ones, are counted in ``diverged`` and left out of the mean)."""
     groups = {}
     for r in _rows(results):
         groups.setdefault((r["dataset"], r["config"]), []).append(r)
     out = []
     for (ds, name), rs in groups.items():
-        acc = np.array([r["final_acc"] for r in rs], dtype=float)
-        out.append({"dataset": ds, "config": name, "paper_row": rs[0]["paper_row"], "seeds": len(rs),
-                    "acc": float(acc.mean()), "acc_std": float(acc.std()) if len(rs) > 1 else 0.0,
+        acc = np.array([r["final_acc"] for r in rs if r["final_acc"] is not None], dtype=float)
+        out.append({"dataset": ds, "config": name, "paper_row": rs[0]["paper_row"], "seeds": len(acc),
+                    "diverged": sum(str(r.get("stopped", "")).startswith("diverged") for r in rs),
+                    "acc": float(acc.mean()) if len(acc) else None,
+                    "acc_std": float(acc.std()) if len(acc) > 1 else 0.0,
                     "paper_acc": rs[0]["paper_acc"], "steps": min(r["steps"] for r in rs),
                     "planned_steps": rs[0]["planned_steps"], "capped": any(r["capped"] for r in rs),
                     "images_per_s": float(np.mean([r["images_per_s"] for r in rs])),
@@ -467,7 +501,9 @@ def results_table(results) -> MarkdownTable:
     lines = ["| data | model | ours (acc) | paper | steps | img/s |", "|---|---|---|---|---|---|"]
     for r in summarize(results):
         name = f"**{r['paper_row']}**" if r["in_table3"] else r["paper_row"]
-        ours = f"{r['acc']:.4f}" + (f" ± {r['acc_std']:.4f} (n={r['seeds']})" if r["seeds"] > 1 else "")
+        ours = "—" if r["acc"] is None else (
+            f"{r['acc']:.4f}" + (f" ± {r['acc_std']:.4f} (n={r['seeds']})" if r["seeds"] > 1 else ""))
+        ours += f" ({r['diverged']} diverged)" if r["diverged"] else ""
         paper = "—" if r["paper_acc"] is None else f"{r['paper_acc']:.4f}"
         steps = f"{r['steps']}/{r['planned_steps']}" + (" capped" if r["capped"] else "")
         lines.append(f"| {r['data'] or r['dataset']} | {name} | {ours} | {paper} | {steps} | {r['images_per_s']:.0f} |")
@@ -658,9 +694,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         changes = {} if args.lr is None else {"lr": args.lr}
         if args.impl != "auto":
             changes["impl"] = args.impl
-        res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=_subset(args.subset),
-                  validation=args.validation, eval_every=args.eval_every, device=args.device, mode=args.mode,
-                  out_dir=args.out, max_seconds=args.max_seconds, **changes)
+        try:
+            res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=_subset(args.subset),
+                      validation=args.validation, eval_every=args.eval_every, device=args.device, mode=args.mode,
+                      out_dir=args.out, max_seconds=args.max_seconds, **changes)
+        except CheckpointError as e:      # another run's (or an unreadable) checkpoint in --out: before any work
+            print(f"{p.prog}: error: {e}", file=sys.stderr)
+            return 2
+        except TrainingDiverged as e:     # result.json says "stopped": "diverged at step N"; exit 1, one line
+            print(f"{p.prog} run: {e}", file=sys.stderr)
+            return 1
         print(json.dumps({k: v for k, v in res.summary.items() if k != "fields"}))
         return 0
     if args.cmd == "gather":

@@ -40,7 +40,7 @@ from torch import nn
 from .configs.ptb import PTBConfig, get_config, list_configs
 from .models.rnn import LanguageModel
 from .sparse import clear_penalties, sparse_penalty
-from .train import Trainer, TrainConfig, atomic_write_json, resolve_device, set_seed
+from .train import CheckpointError, Trainer, TrainConfig, TrainingDiverged, atomic_write_json, resolve_device, set_seed
 
 __all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perplexity", "unigram_perplexity",
            "load_data", "train", "gate_statistics", "bench", "check_graph", "config_table", "run_many",
@@ -176,7 +176,8 @@ def evaluate_perplexity(model: LanguageModel, ids: torch.Tensor, batch_size: int
     _set_bn_eval_step(model, None)
     clear_penalties(model)
     model.train(was)
-    return math.exp(total.item() / (n * batch_size * num_steps))
+    nll = total.item() / (n * batch_size * num_steps)
+    return math.exp(nll) if nll < 709.0 else float("inf")   # inf (or nan) marks a diverged model, not a crash
 
 
 def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
@@ -327,9 +328,12 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
 
     ``data``/``vocab_size`` default to :func:`load_data` (``max_tokens`` for a subset). ``graph``: ``"auto"``
     (CUDA graph on CUDA), ``"on"``, ``"off"``. ``out_dir``: checkpoints and ``history.json`` (an interrupted run
-    resumes from there). ``time_limit`` (seconds from the call): stop after the last epoch whose successor would
-    not fit, and run the final test only if its estimated time fits (``results["stopped"]`` says what happened).
-    ``results_path``: JSON rewritten after every epoch (partial results survive a kill).
+    resumes from there; a checkpoint of another configuration, seed or data raises
+    :class:`~dnlib.train.CheckpointError`, while more ``epochs`` extend the same run). ``time_limit`` (seconds from
+    the call): stop after the last epoch whose successor would not fit, and run the final test only if its
+    estimated time fits (``results["stopped"]`` says what happened). ``results_path``: JSON rewritten after every
+    epoch (partial results survive a kill). A NaN/inf loss or perplexity raises
+    :class:`~dnlib.train.TrainingDiverged` after ``results["stopped"] = "diverged at step N"`` is written.
     """
     t_start = time.perf_counter()
     deadline = t_start + time_limit if time_limit else None
@@ -358,8 +362,11 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
                      seed=seed, device=str(dev), progress=progress)
     cls = GraphTrainer if use_graph else Trainer
     loss_fn = LMLoss()
+    # the run's identity in the checkpoint: every field but the epoch count (more epochs extend the same run)
+    run_info = {"config": cfg.name, **{k: v for k, v in asdict(cfg).items() if k not in ("name", "epochs", "notes")},
+                "vocab_size": int(vocab_size), "train_tokens": int(data["train"].numel())}
     tr = cls(model, loss_fn, stream, tc, evaluate=evaluate, out_dir=out_dir,
-             lr_lambda=lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr)
+             lr_lambda=lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr, run_info=run_info)
     if resume and tr.try_resume():
         loss_fn.to(dev)
     res = {"config": asdict(cfg), "epochs_planned": epochs, "epochs": [], "final_test_ppl": None,
@@ -379,7 +386,7 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
                 "epoch": e, "lr": cfg.lr_at_epoch(e), "valid_ppl": r["valid_ppl"], "test_ppl": r["test_ppl"],
                 "epoch_time": dt, "eval_time": None if ev[0] is None else ev[0] + ev[1],
                 "tokens_per_s": E * cfg.batch_size * cfg.num_steps / dt if dt else None,
-                "train_nll_per_word": r.get("train_loss", float("nan")) / cfg.num_steps})
+                "train_nll_per_word": r["train_loss"] / cfg.num_steps if "train_loss" in r else None})
         res["graph"] = use_graph and not getattr(tr, "fell_back", False)
         res["wall_s"] = time.perf_counter() - t_start
         if results_path is not None:
@@ -387,7 +394,12 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
 
     while tr.step < epochs * E:
         t_ep = time.perf_counter()
-        tr.run_until((tr.step // E + 1) * E)
+        try:
+            tr.run_until((tr.step // E + 1) * E)
+        except TrainingDiverged as e:
+            res["stopped"] = e.status
+            summarize()
+            raise
         ep_wall = time.perf_counter() - t_ep
         summarize()
         if deadline is not None and tr.step < epochs * E and time.perf_counter() + 1.05 * ep_wall > deadline:
@@ -735,9 +747,16 @@ def main(argv=None) -> int:
         if not info["graph_check"]["ok"]:
             print("graph != eager (or capture failed): training eagerly", flush=True)
             a.graph = "off"
-    res = train(cfg, data, vocab, out_dir=a.out, device=a.device, epochs=a.epochs, seed=a.seed, graph=a.graph,
-                final_test_batch_size=a.final_test_batch_size or None, progress=not a.quiet,
-                resume=not a.no_resume, time_limit=a.time_limit, results_path=a.json, extra=info)
+    try:
+        res = train(cfg, data, vocab, out_dir=a.out, device=a.device, epochs=a.epochs, seed=a.seed, graph=a.graph,
+                    final_test_batch_size=a.final_test_batch_size or None, progress=not a.quiet,
+                    resume=not a.no_resume, time_limit=a.time_limit, results_path=a.json, extra=info)
+    except CheckpointError as e:      # another run's (or an unreadable) checkpoint in --out: before any work
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:     # --json says "stopped": "diverged at step N"; exit 1, one line
+        print(f"{p.prog} train: {e}", file=sys.stderr)
+        return 1
     res.pop("model")
     for r in res["epochs"]:
         print(f"epoch {r['epoch']:2d}  lr {r['lr']:.4g}  valid {r['valid_ppl']:.2f}  test {r['test_ppl']:.2f}  "

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -37,7 +38,7 @@ from .configs.sr import (ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_conf
                          paper_numbers)
 from .metrics import psnr, ssim
 from .models.srcnn import SRCNN
-from .train import Trainer, resolve_device, set_seed
+from .train import Trainer, TrainingDiverged, atomic_write_json, resolve_device, set_seed
 
 __all__ = ["training_pairs", "test_pairs", "PatchSampler", "srcnn_loss", "SRRun", "train_sr", "predict",
            "evaluate_sr", "evaluate_bicubic", "make_evaluator", "results_table", "format_table", "plot_curves",
@@ -278,7 +279,9 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
     ``time_limit`` (seconds of wall clock, including evaluation) stops the run early: after a calibration
     stretch the step count is set to what fits (the milestone fractions follow it), and training proceeds in
     chunks until it is reached or time is up. ``out_dir`` keeps the trainer's ``history.json`` and
-    checkpoint (an unfinished step-limited run resumes from it).
+    checkpoint (an unfinished step-limited run resumes from it; a checkpoint of another norm, configuration,
+    seed or step count raises :class:`~dnlib.train.CheckpointError`). A NaN/inf loss or PSNR raises
+    :class:`~dnlib.train.TrainingDiverged` (``history.json`` ends with ``"stopped": "diverged at step N"``).
     """
     t_start = time.perf_counter()
     cfg = get_sr_config(config)
@@ -294,13 +297,16 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
     evaluate = make_evaluator(eval_sets, cfg.scale, root) if eval_sets else None
     tcfg = cfg.train_config(steps, eval_every=eval_every, device=str(dev), seed=seed, progress=progress,
                             checkpoint_every=0 if out_dir is None else max(eval_every, 1000))
-    trainer = Trainer(model, srcnn_loss, batches, tcfg, evaluate=evaluate, out_dir=out_dir)
+    run_info = {"norm": norm, "config": cfg.name, "steps": steps, "norm_kwargs": dict(norm_kwargs or {}),
+                **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "description", "steps",
+                                                                             "eval_every")}}
+    trainer = Trainer(model, srcnn_loss, batches, tcfg, evaluate=evaluate, out_dir=out_dir, run_info=run_info)
     stopped = "steps"
     if time_limit is None:
         trainer.fit()
     else:
-        if out_dir is not None:
-            trainer.try_resume()
+        if out_dir is not None:   # the milestones of a time-limited run follow the steps that fit: not compared
+            trainer.try_resume(ignore=("milestones",))
         deadline = t_start + float(time_limit)
         chunk = max(1, eval_every) if eval_every else 1000
         # Calibrate the step time on short chunks (at most ~10% of the budget), then fix the step count that
@@ -508,9 +514,20 @@ def _cmd_train(a) -> int:
         torch.backends.cudnn.benchmark = True
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    run = train_sr(a.norm, a.config, steps=a.steps, scale=a.scale, train_set=a.train_set, device=a.device,
-                   seed=a.seed, eval_sets=tuple(a.curve_sets), eval_every=a.eval_every, time_limit=a.time_limit,
-                   root=a.root, progress=False)
+    try:
+        run = train_sr(a.norm, a.config, steps=a.steps, scale=a.scale, train_set=a.train_set, device=a.device,
+                       seed=a.seed, eval_sets=tuple(a.curve_sets), eval_every=a.eval_every,
+                       time_limit=a.time_limit, root=a.root, progress=False)
+    except TrainingDiverged as e:   # a record that says so (no PSNR), one line on stderr, exit 1
+        cfg, dev = get_sr_config(a.config), resolve_device(a.device)
+        record = {"norm": a.norm, "label": ROW_NAMES.get(a.norm, a.norm), "config": cfg.name, "kind": cfg.kind,
+                  "scale": a.scale or cfg.scale, "train_set": a.train_set or cfg.train_set, "steps": e.step,
+                  "stopped_by": e.status, "train_seconds": None, "eval_seconds": None, "device": str(dev),
+                  "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                  "torch": torch.__version__, "results": {}, "history": e.history}
+        atomic_write_json(record, Path(a.out) / f"run_{_safe(a.norm)}.json")
+        print(f"python -m dnlib.sr train: {e}", file=sys.stderr)
+        return 1
     t0 = time.perf_counter()
     res = {}
     for s in a.sets:

@@ -328,12 +328,16 @@ def default_cell_timeout(profile: str) -> float | None:
 
 def execute(
     path: str | Path, output: str | Path, parameters: Mapping[str, Any], profile: str = "smoke",
-    *, progress: bool = True, cell_timeout: float | None = None,
+    *, progress: bool = True, cell_timeout: float | None = None, stall_timeout: float | None = 30.0,
 ) -> RunRecord:
     """Execute one (already validated) notebook into ``output``; never raises on a failing cell.
 
-    ``cell_timeout`` (seconds) turns a cell that hangs into a failure that names the notebook and the cell."""
+    ``cell_timeout`` (seconds) turns a cell that hangs into a failure that names the notebook and the cell.
+    ``stall_timeout`` (seconds; None: off) fails a cell sooner when the kernel is idle and never answers it
+    (a lost request or reply, see :mod:`dnlib.stall`); a kernel busy with the cell is never cut short by it."""
     import papermill
+
+    from .stall import register_engine
 
     path, output = Path(path), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +352,7 @@ def execute(
         papermill.execute_notebook(
             str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
             progress_bar=progress, cwd=str(path.parent), execution_timeout=cell_timeout, start_timeout=120,
+            engine_name=register_engine(), stall_timeout=stall_timeout, notebook_name=path.name,
         )
     except Exception as exc:  # PapermillExecutionError, kernel death, ...
         error = _describe_failure(path, exc, output)

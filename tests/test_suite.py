@@ -172,3 +172,48 @@ def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, caps
     assert rc == 1
     err = capsys.readouterr().err
     assert "03_hang.ipynb: cell 3 raised CellTimeoutError" in err
+
+
+# ------------------------------------------------------------------------------------ stall detection (issue 11)
+# A real kernel is made to lose a message, as in the widget-cell hangs: each case leaves the kernel idle with the
+# client waiting for an execute_reply that never comes. The runner must fail fast (stall_timeout, not the cell
+# timeout) and name the notebook and the cell; a cell that keeps the kernel busy must not be called stalled.
+DROP_OWN_REPLY = """\
+k = get_ipython().kernel
+_send = k.session.send
+def _drop_reply(stream, msg_or_type, content=None, parent=None, *args, **kwargs):
+    if msg_or_type == "execute_reply":  # lose this cell's reply; the kernel still reports idle
+        k.session.send = _send
+        return {"content": content, "header": {}, "parent_header": parent, "metadata": {}}
+    return _send(stream, msg_or_type, content, parent, *args, **kwargs)
+k.session.send = _drop_reply"""
+
+SWALLOW_NEXT_REQUEST = """\
+k = get_ipython().kernel
+_dispatch = k.dispatch_shell
+async def _swallow(*args, **kwargs):  # the next shell message is never handled: no busy, no reply
+    k.dispatch_shell = _dispatch
+k.dispatch_shell = _swallow"""
+
+
+@pytest.mark.parametrize("cells, stalled_cell, says", [
+    ([DROP_OWN_REPLY, "y = 2"], 2, "never sent its execute_reply"),
+    ([SWALLOW_NEXT_REQUEST, "y = 2"], 3, "never started the execute_request"),
+])
+def test_an_idle_kernel_that_never_replies_fails_fast_naming_notebook_and_cell(tmp_path, cells, stalled_cell, says):
+    nb = _notebook(tmp_path / "07_stall.ipynb", cells, "k: int = 1  # k\n")
+    # a 10-minute cell timeout: only the stall watch can end this run early
+    record = suite.execute(nb, tmp_path / "out" / nb.name, {}, "smoke", progress=False, cell_timeout=600,
+                           stall_timeout=3)
+    assert record.status == "failed"
+    assert f"07_stall.ipynb: cell {stalled_cell}" in record.error
+    assert "raised CellStalled" in record.error and says in record.error
+
+
+def test_a_busy_kernel_is_never_called_stalled(tmp_path):
+    # computing (CPU busy) and sleeping (CPU idle, but the kernel reported busy) both outlast the stall timeout
+    cells = ["import time\nt = time.time()\nwhile time.time() - t < 6:\n    pass", "time.sleep(6)", "z = 3"]
+    nb = _notebook(tmp_path / "08_busy.ipynb", cells, "k: int = 1  # k\n")
+    record = suite.execute(nb, tmp_path / "out" / nb.name, {}, "smoke", progress=False, cell_timeout=600,
+                           stall_timeout=2)
+    assert record.status == "ok", record.error
