@@ -515,6 +515,7 @@ def compiled_divisive_norm(spec: NormSpec, nspatial: int):
 
 
 # ---------------------------------------------------------------------------------------------- the band path
+@lru_cache(maxsize=256)
 def band_supported(spec: NormSpec) -> bool:
     """Whether :func:`band_divisive_norm` computes ``spec``: one group, every non-empty field pools only
     ``"channel"``, and some field has a channel window (1-D DN along the unit axis, eqs. 6-7; LRN)."""
@@ -532,11 +533,16 @@ def _band_matrix(f: _Field, n: int, device: torch.device, dtype: torch.dtype) ->
 
 
 def _band_box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
-    """The box filter of a channel window (grouped layout, G == 1) as one matrix product along the channels."""
+    """The box filter of a channel window (grouped layout, G == 1) as one 2-D matrix product along the channels
+    (a batched ``(N, 1, C) @ (C, C)`` costs 1.7x as much forward + backward on CPU)."""
     if not f.has_window:
         return t
-    a = _band_matrix(f, t.shape[2], t.device, t.dtype)
-    return t @ a if t.dim() == 3 else (t.movedim(2, -1) @ a).movedim(-1, 2)
+    n = t.shape[2]
+    a = _band_matrix(f, n, t.device, t.dtype)
+    if t.dim() == 3:
+        return (t.reshape(-1, n) @ a).view(t.shape)
+    u = t.movedim(2, -1)
+    return (u.reshape(-1, n) @ a).view(u.shape).movedim(-1, 2)
 
 
 def band_divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None):
