@@ -177,6 +177,42 @@ def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
     args = ["--subset", "200,100", "--steps", "2", "--eval-every", "2", "--device", "cpu", "--out", str(tmp_path)]
     assert main(["run", "bn", *args]) == 0
     capsys.readouterr()
-    assert main(["run", "bn-s", *args]) == 2
+    try:
+        code = main(["run", "bn-s", *args])
+    except SystemExit as e:                # argparse's error(): also one line and exit 2
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'bn'" in err and "'bn-s'" in err and str(tmp_path) in err, err
+
+
+# -------------------------------------------------------------------------------------------------- PTB / SR
+needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(), reason=f"PTB not in {MIRROR}")
+
+
+@needs_ptb
+@pytest.mark.parametrize("change, message", [({"seed": 5}, "seed: stored 0, requested 5"),
+                                             ({"hidden_size": 24}, "hidden_size: stored 16, requested 24")])
+def test_ptb_train_refuses_to_resume_another_run(tmp_path, change, message):
+    from dnlib.configs.ptb import get_config
+    from dnlib.ptb import load_data, train
+    data, V = load_data(3000, 200)
+    cfg = get_config("base-lstm", hidden_size=16, batch_size=4)
+    kw = dict(device="cpu", progress=False, final_test_batch_size=None, out_dir=tmp_path)
+    train(cfg, data, V, epochs=1, **kw)
+    seed = change.get("seed", 0)
+    cfg2 = cfg.replace(**{k: v for k, v in change.items() if k != "seed"})
+    with pytest.raises(CheckpointError, match=message):
+        train(cfg2, data, V, epochs=2, seed=seed, **kw)
+
+
+needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR data not in {MIRROR}")
+
+
+@needs_sr
+def test_sr_train_refuses_to_resume_another_norm(tmp_path):
+    from dnlib.sr import train_sr
+    kw = dict(steps=4, eval_every=0, eval_sets=(), device="cpu", out_dir=tmp_path, progress=False)
+    train_sr("none", "smoke", **kw)
+    with pytest.raises(CheckpointError, match="norm: stored 'none', requested 'bn'"):
+        train_sr("bn", "smoke", **{**kw, "steps": 8})
