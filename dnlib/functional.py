@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -435,12 +436,14 @@ def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, 
     plan = _plan(spec, x.dim() - 2)
     sig = spec.sigma if sigma is None else sigma
     sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
-    xg = _grouped(x, spec.groups)
-    if _shared(plan, mean, sup):
-        y, v, mu, s = _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v)
-    else:
-        y, v, mu, s = _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
+    y, v, mu, s = _apply(_grouped(x, spec.groups), sig2, spec, plan, mean, sup, need_v)
     return y.reshape(x.shape), v, mu, s
+
+
+def _apply(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup, need_v: bool):
+    if _shared(plan, mean, sup):
+        return _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v)
+    return _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
 
 
 def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
@@ -501,17 +504,45 @@ def compiled_divisive_norm(spec: NormSpec, nspatial: int):
     is what a launch-bound GPU step needs (``DivisiveNorm(impl="compile")``).
 
     Each (spec, rank) gets its own copy of the code object, so that Dynamo's per-code cache (and its
-    recompile limit) counts the shapes of one layer, not every layer of a network."""
+    recompile limit) counts the shapes of one layer, not every layer of a network. A changed input size
+    recompiles once with dynamic sizes; an input that would exceed the recompile limit (e.g. many dtypes or
+    grad modes) runs the general path instead (same values; one ``RuntimeWarning``). The compiled backward is
+    not differentiable: double backward (``create_graph=True``) raises in AOTAutograd."""
     code = _plain.__code__.replace(co_name=f"_plain_{abs(hash((spec, nspatial))):x}")
     fn = types.FunctionType(code, _plain.__globals__, code.co_name)
     plan = _plan(spec, nspatial)
-    compiled = torch.compile(fn, dynamic=False, fullgraph=True)
+    # dynamic=None: the first shape is compiled static (fastest kernels); a dim whose size changes is then
+    # recompiled as dynamic, so new batch or map sizes reuse that graph instead of compiling one graph each.
+    compiled = torch.compile(fn, dynamic=None, fullgraph=True)
+    from torch._dynamo.exc import FailOnRecompileLimitHit as limit_hit  # (imports Dynamo: only when compiling)
+    warned = []
 
     def run(x: torch.Tensor, sig2, alpha: float = 0.0):
         _check(x, spec)
-        return compiled(x, sig2, float(alpha), spec, plan)
+        try:
+            return compiled(x, sig2, float(alpha), spec, plan)
+        except limit_hit as e:
+            # Dynamo raises before running anything when this function's recompile limit is hit (fullgraph=True
+            # makes that an error): run the general path, which computes the same values.
+            if not warned:
+                warned.append(True)
+                warnings.warn(f"DivisiveNorm(impl='compile'): torch.compile hit its recompile limit for {spec} on "
+                              f"input {tuple(x.shape)} {x.dtype} ({type(e).__name__}); inputs that need a new "
+                              f"compilation run the uncompiled general path from now on (same values). Raise "
+                              f"torch._dynamo.config.recompile_limit to compile more variants.", RuntimeWarning,
+                              stacklevel=3)
+            return _general(x, sig2, float(alpha), spec, plan)
     return run
 
+
+def _general(x: torch.Tensor, sig2, alpha: float, spec: NormSpec, plan: _Plan):
+    """:func:`_plain`'s contract ``(y, penalty, mu, s)`` on the general path (the hand-written Functions)."""
+    y, v, mu, s = _apply(_grouped(x, spec.groups), sig2, spec, plan, None, None, bool(alpha))
+    y = y.reshape(x.shape)
+    penalty = None
+    if alpha:
+        penalty = alpha * (v if v.numel() else (y if spec.centre else x)).abs().mean()
+    return y, penalty, (mu if mu.numel() else None), (s if s.numel() else None)
 
 
 # ---------------------------------------------------------------------------------------------- the band path

@@ -180,8 +180,10 @@ class DivisiveNorm(nn.Module):
     (``impl="auto"``); ``impl="general"`` forces the general path, which handles every spec.
     ``impl="compile"`` runs the general path's math as plain ops through ``torch.compile`` (one compiled
     function per spec and input rank; Inductor fuses forward and backward into a few kernels: for GPU steps
-    bound by kernel launches, e.g. inside a CUDA graph). The first call compiles (seconds to a minute);
-    evaluation with running statistics uses the uncompiled general path.
+    bound by kernel launches, e.g. inside a CUDA graph). The first call compiles (seconds to a minute); a
+    later input size recompiles once with dynamic sizes; past Dynamo's recompile limit, inputs run the general
+    path (one warning). Evaluation (``eval()``) uses the uncompiled general path. The compiled backward is not
+    differentiable (AOTAutograd raises on double backward): use the general path for gradient penalties.
     ``impl="band"`` computes specs whose fields pool only ``channel`` with a channel window (1-D DN, LRN) as
     plain ops with each window mean one product with a banded ``(C, C)`` matrix
     (:func:`dnlib.functional.band_divisive_norm`, the same operator); ``impl="auto"`` takes it for such specs on
@@ -406,7 +408,7 @@ class DivisiveNorm(nn.Module):
         kind = self.fused
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
-        if self.impl == "compile" and use_batch_stats:
+        if self.impl == "compile" and self.training and x.numel():  # eval: the general path (no compilation)
             y = self._forward_compiled(x)
         elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)

@@ -97,3 +97,46 @@ def test_cifar_step_with_compile_equals_uncompiled():
     assert r["impl"] == "compile" and r["param_moved"] > 0
     assert r["ok"], r
     assert r["loss_rel_diff"] < 1e-5
+
+
+def test_compiled_ten_shapes_eval_and_recompile_limit():
+    """Ten input sizes in training (issue 12: the 9th hard-failed with dynamic=False, fullgraph=True) compile at
+    most twice and equal the general path; eval() runs the general path without compiling; past the recompile
+    limit an input runs the general path with one warning; double backward raises instead of being wrong."""
+    from torch._dynamo.utils import counters
+
+    a, b = _pair("dn", 4, window=3, sigma=0.5, alpha=0.01, border="zeros")
+    graphs0 = counters["stats"]["unique_graphs"]
+    g = torch.Generator().manual_seed(2)
+    shapes = [(2, 4, 5, 6), (3, 4, 6, 7)] + [(2 + i % 3, 4, 5 + i, 6 + i // 2) for i in range(2, 10)]
+    assert len(set(shapes)) == 10
+    for shape in shapes:
+        x = torch.randn(shape, generator=g).requires_grad_()
+        w = torch.randn(shape, generator=g)
+        ya, la, ga = _grads(a, x, w)
+        yb, lb, gb = _grads(b, x, w)
+        assert (ya - yb).abs().max().item() < 1e-5, shape
+        assert abs(la.item() - lb.item()) < 1e-4 * max(1.0, abs(la.item())), shape
+        assert (ga[0] - gb[0]).abs().max().item() < 1e-4, shape
+    assert counters["stats"]["unique_graphs"] - graphs0 <= 2
+    graphs = counters["stats"]["unique_graphs"]
+    a.eval(), b.eval()
+    for shape in ((3, 4, 9, 11), (1, 4, 4, 4)):
+        x = torch.randn(shape, generator=g)
+        with torch.no_grad():
+            assert (a(x) - b(x)).abs().max().item() < 1e-6
+        assert (a(x) - b(x)).abs().max().item() < 1e-6
+    assert counters["stats"]["unique_graphs"] == graphs  # eval compiled nothing
+    a.train(), b.train()
+    x = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)  # a new dtype needs a new graph
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with pytest.warns(RuntimeWarning, match="recompile limit") as rec:
+            yb = b.double()(x)
+            b(x)
+    assert sum(issubclass(r.category, RuntimeWarning) for r in rec) == 1
+    assert (a.double()(x) - yb).abs().max().item() < 1e-12
+    b.float()
+    x = torch.randn(3, 4, 8, 8, generator=g).requires_grad_()  # float32: the compiled graph runs
+    with pytest.raises(RuntimeError):
+        (gx,) = torch.autograd.grad(b(x).square().sum(), x, create_graph=True)
+        torch.autograd.grad(gx.square().sum(), x)

@@ -3,11 +3,11 @@ against the plain-op composition.
 
 Gradient penalties (WGAN-GP, R1), MAML and Hessian-vector products differentiate the backward pass. The general
 path's autograd Functions must therefore be exact to the second derivative, like torch's own normalization
-layers (whose double backward the fused path inherits). Covered here: every preset on the general path and on
-the native path where it has one, train and eval mode (running statistics), a learned sigma, the L1 penalty
-(``alpha > 0``: its gradient is differentiated too), unequal summation/suppression windows under every border
-rule, even windows (TensorFlow SAME), channel windows and a channel x space window. The compiled path raises
-on double backward (``tests/test_compile.py``).
+layers (whose double backward the fused path inherits). Covered here: every preset on the general path, on the
+native path where it has one and on the band path (plain ops) where it applies, in train and eval mode (running
+statistics), a learned sigma, the L1 penalty (``alpha > 0``: its gradient is differentiated too), unequal
+summation/suppression windows under every border rule, even windows (TensorFlow SAME), channel windows and a
+channel x space window. The compiled path raises on double backward (``tests/test_compile.py``).
 
 Shapes are small; the sweep runs ``gradgradcheck`` in fast mode (random projections of the second derivative,
 which any missing second-order term fails), a few cases in full mode.
@@ -17,7 +17,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from dnlib import NormSpec, list_norms, make_norm, sparse_penalty
-from dnlib.functional import divisive_norm, divisive_norm_reference
+from dnlib.functional import band_supported, divisive_norm, divisive_norm_reference
 from dnlib.norm import DivisiveNorm, fused_kind
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -71,7 +71,7 @@ def _cases():
     out = []
     for name in list_norms():
         spec = make_norm(name, 4, **_preset_kw(name)).spec
-        impls = ["general"] + (["auto"] if fused_kind(spec) else [])
+        impls = ["general"] + (["auto"] if fused_kind(spec) else []) + (["band"] if band_supported(spec) else [])
         for impl in impls:
             for alpha in (0.0, 0.1):
                 out.append(pytest.param(name, impl, True, alpha, id=f"{name}-{impl}-train-a{alpha:g}"))
