@@ -10,13 +10,14 @@ This is a command, not a test: timing never decides whether a test passes.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from . import cli
+from .io import atomic_write_json
 from .presets import make_norm
 
 SHAPES = {"cifar": (128, 32, 32, 32), "seq": (64, 256, 100)}
@@ -91,29 +92,31 @@ def run(devices, repeat: int = 20, shapes=("cifar", "seq"), verbose: bool = True
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    ap = cli.ArgumentParser(prog="python -m dnlib.bench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--shapes", default="cifar,seq")
-    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--repeat", type=cli.positive_int, default=20, help="timed passes per candidate (median)")
+    ap.add_argument("--shapes", default="cifar,seq", help=f"comma-separated, from {', '.join(SHAPES)}")
+    ap.add_argument("--json", type=cli.out_file, default=None, help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
     devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
     if "cuda" in devices and not torch.cuda.is_available():
         if a.device == "cuda":
-            raise SystemExit("--device cuda: CUDA is not available here")
+            ap.error("--device cuda: CUDA is not available here")
         devices.remove("cuda")
     shapes = [s for s in a.shapes.split(",") if s]
+    if not shapes:
+        ap.error(f"--shapes: {a.shapes!r} names no shape; known are {', '.join(SHAPES)}")
     for s in shapes:
         if s not in SHAPES:
-            raise SystemExit(f"--shapes: unknown shape {s!r}; known are {list(SHAPES)}")
+            ap.error(f"--shapes: unknown shape {s!r}; known are {', '.join(SHAPES)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     rows = run(devices, a.repeat, shapes)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-
+        atomic_write_json(rows, a.json)
+    return 0
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

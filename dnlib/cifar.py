@@ -25,7 +25,6 @@ Several runs share one GPU as separate processes launched by :func:`sweep`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -44,8 +43,10 @@ from torch import nn
 from .figures import MarkdownTable, _new_figure
 from .norm import IMPLS
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
+from . import cli
+from .io import atomic_write_json, atomic_write_text
 from .train import (CheckpointError, GraphTrainer, TensorBatches, Trainer, TrainConfig, TrainingDiverged,
-                    atomic_write_json, resolve_device, set_seed)
+                    resolve_device, set_seed)
 
 __all__ = ["CifarData", "load_data", "run", "RunResult", "run_many", "check_graph", "benchmark", "sweep", "gather",
            "summarize", "results_table", "learning_curves", "first_layer_responses", "table10", "table10_figure",
@@ -239,6 +240,8 @@ def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int 
     writing ``result.json`` with ``summary["stopped"] = "diverged at step N"`` and no accuracy.
     """
     t0 = time.perf_counter()
+    if eval_every is None or eval_every < 0:  # a negative interval never reached the target (spun forever)
+        raise ValueError(f"eval_every: must be an integer >= 0 (0: only at the end), got {eval_every!r}")
     if isinstance(config, CifarConfig):
         dataset = config.dataset
     cfg = _config(config, dataset, steps, changes)
@@ -436,7 +439,7 @@ def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, datas
     atomic_write_json(rows, out_dir / "table.json")
     atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "jobs": jobs, "configs": list(configs),
                        "seeds": list(seeds), "dataset": dataset}, out_dir / "sweep.json")
-    (out_dir / "table.md").write_text(results_table(rows) + "\n")
+    atomic_write_text(out_dir / "table.md", str(results_table(rows)) + "\n")
     return rows
 
 
@@ -633,58 +636,70 @@ def _subset(value):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def _writable_dir(value: str) -> str:
+    return cli.out_dir(cli.in_dir(value))
+
+
+_REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep/")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dnlib.cifar", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m dnlib.cifar", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(q, many: bool):
         q.add_argument("configs" if many else "config", nargs="+" if many else None,
                        help="configuration name(s); 'all' = Table 7, 'table3' = Table 3 rows")
         q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-        q.add_argument("--subset", default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
-        q.add_argument("--device", default="auto")
+        q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
+        q.add_argument("--device", type=cli.device, default="auto")
         q.add_argument("--mode", default="auto", choices=MODES)
         q.add_argument("--impl", default="auto", choices=IMPLS,
                        help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
 
-    q = sub.add_parser("run", help="train one configuration")
+    run_p = q = sub.add_parser("run", help="train one configuration")
     common(q, False)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--steps", type=int, default=None, help="shorten the schedule (milestones scaled)")
-    q.add_argument("--eval-every", type=int, default=500)
+    q.add_argument("--seed", type=cli.seed, default=0)
+    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule (milestones scaled)")
+    q.add_argument("--eval-every", type=cli.nonnegative_int, default=500, help="steps (0: only at the end)")
     q.add_argument("--validation", action="store_true", help="evaluate on the 45K/5K validation fold")
-    q.add_argument("--out", default=None)
-    q.add_argument("--max-seconds", type=float, default=None)
-    q.add_argument("--lr", type=float, default=None)
+    q.add_argument("--out", type=cli.out_dir, default=None)
+    q.add_argument("--max-seconds", type=cli.positive_float, default=None)
+    q.add_argument("--lr", type=cli.positive_float, default=None)
 
     q = sub.add_parser("sweep", help="run configurations x seeds as concurrent processes, gather one table")
     q.add_argument("configs", nargs="+")
     q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-    q.add_argument("--seeds", type=int, nargs="+", default=[0])
-    q.add_argument("--jobs", type=int, default=1)
-    q.add_argument("--out", required=True)
-    q.add_argument("--max-seconds", type=float, default=None)
-    q.add_argument("--status-every", type=float, default=30.0)
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=[0])
+    q.add_argument("--jobs", type=cli.positive_int, default=1)
+    q.add_argument("--out", type=cli.out_dir, required=True)
+    q.add_argument("--max-seconds", type=cli.positive_float, default=None)
+    q.add_argument("--status-every", type=cli.positive_float, default=30.0)
 
     q = sub.add_parser("gather", help="gather the results under a sweep folder into one table")
-    q.add_argument("out")
+    q.add_argument("out", type=_writable_dir)
 
     q = sub.add_parser("report", help="summarize a GPU trip folder (bench.json, graph_check.json, sweep/)")
-    q.add_argument("out")
+    q.add_argument("out", type=_writable_dir)
     q.add_argument("--dataset", default="cifar10", choices=DATASETS)
 
     for name, helptext in (("check-graph", "compare graph steps with eager steps"),
                            ("bench", "training images/s per configuration")):
         q = sub.add_parser(name, help=helptext)
         common(q, True)
-        q.add_argument("--steps", type=int, default=5 if name == "check-graph" else 200)
-        q.add_argument("--json", default=None, help="also write the results here")
+        q.add_argument("--steps", type=cli.positive_int, default=5 if name == "check-graph" else 200)
+        q.add_argument("--json", type=cli.out_file, default=None, help="also write the results here")
         if name == "bench":
-            q.add_argument("--warmup", type=int, default=20, help="untimed steps first (the capture among them)")
+            q.add_argument("--warmup", type=cli.nonnegative_int, default=20,
+                           help="untimed steps first (the capture among them)")
 
     args, rest = p.parse_known_args(argv)
+    cmd_p = sub.choices[args.cmd]  # errors name the sub-command
     if args.cmd == "sweep":
-        rows = sweep(_names(args.configs), args.seeds, out_dir=args.out, dataset=args.dataset, jobs=args.jobs,
+        with cli.user_errors(cmd_p):
+            names = _names(args.configs)
+        run_p.parse_args([names[0], *map(str, rest)])  # the options passed on to each run, checked once here
+        rows = sweep(names, args.seeds, out_dir=args.out, dataset=args.dataset, jobs=args.jobs,
                      max_seconds=args.max_seconds, status_every=args.status_every, run_args=rest)
         print(results_table(rows))
         return 0 if all(r.get("status") != "killed" for r in rows) and rows else 1
@@ -694,12 +709,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         changes = {} if args.lr is None else {"lr": args.lr}
         if args.impl != "auto":
             changes["impl"] = args.impl
+        with cli.user_errors(cmd_p):
+            _config(args.config, args.dataset, args.steps, changes)
+            data = load_data(args.dataset, subset=args.subset, validation=args.validation, device=args.device,
+                             seed=args.seed)
         try:
-            res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=_subset(args.subset),
+            res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=args.subset, data=data,
                       validation=args.validation, eval_every=args.eval_every, device=args.device, mode=args.mode,
                       out_dir=args.out, max_seconds=args.max_seconds, **changes)
         except CheckpointError as e:      # another run's (or an unreadable) checkpoint in --out: before any work
-            print(f"{p.prog}: error: {e}", file=sys.stderr)
+            print(f"{cmd_p.prog}: error: {cli.one_line(e)}", file=sys.stderr)
             return 2
         except TrainingDiverged as e:     # result.json says "stopped": "diverged at step N"; exit 1, one line
             print(f"{p.prog} run: {e}", file=sys.stderr)
@@ -707,18 +726,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({k: v for k, v in res.summary.items() if k != "fields"}))
         return 0
     if args.cmd == "gather":
-        rows = gather(args.out)
+        with cli.user_errors(cmd_p):
+            rows = gather(args.out)
+        if not rows:
+            cmd_p.error(f"{args.out}: no run folders (with result.json or history.json) to gather")
         atomic_write_json(rows, Path(args.out) / "table.json")
         print(results_table(rows))
         return 0
     if args.cmd == "report":
-        rep = report(args.out, args.dataset)
+        if not any((Path(args.out) / f).exists() for f in _REPORT_INPUTS):
+            cmd_p.error(f"{args.out}: nothing to report (it holds none of {', '.join(_REPORT_INPUTS)})")
+        with cli.user_errors(cmd_p):
+            rep = report(args.out, args.dataset)
         atomic_write_json(rep, Path(args.out) / "summary.json")
         print(json.dumps(rep, indent=1))
         return 0
-    data = load_data(args.dataset, subset=_subset(args.subset), device=args.device)
+    with cli.user_errors(cmd_p):
+        names = _names(args.configs)
+        for name in names:
+            _config(name, args.dataset, None, {"impl": args.impl})
+        data = load_data(args.dataset, subset=args.subset, device=args.device)
     out = []
-    for name in _names(args.configs):
+    for name in names:
         if args.cmd == "check-graph":
             r = check_graph(name, data, steps=args.steps, impl=args.impl)
         else:
@@ -728,7 +757,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         atomic_write_json(out, args.json)
     return 0 if all(r.get("ok", True) for r in out) else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

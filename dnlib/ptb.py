@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -40,7 +39,9 @@ from torch import nn
 from .configs.ptb import PTBConfig, get_config, list_configs
 from .models.rnn import LanguageModel
 from .sparse import clear_penalties, sparse_penalty
-from .train import CheckpointError, Trainer, TrainConfig, TrainingDiverged, atomic_write_json, resolve_device, set_seed
+from . import cli
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .train import CheckpointError, Trainer, TrainConfig, TrainingDiverged, resolve_device, set_seed
 
 __all__ = ["PTBStream", "LMLoss", "GraphTrainer", "build_model", "evaluate_perplexity", "unigram_perplexity",
            "load_data", "train", "gate_statistics", "bench", "check_graph", "config_table", "run_many",
@@ -58,6 +59,10 @@ def load_data(max_tokens: Optional[int] = None, vocab: Optional[int] = None, roo
     this is ``min(id, vocab - 1)``.
     """
     from .data import load_ptb
+    if max_tokens is not None and not max_tokens >= 1:
+        raise ValueError(f"max_tokens: must be an integer >= 1 (or None: all), got {max_tokens!r}")
+    if vocab is not None and not vocab >= 2:
+        raise ValueError(f"vocab: must be an integer >= 2 (kept words + the rare-word id), got {vocab!r}")
     ptb = load_ptb(root, download=False, progress=False)
     splits = {"train": ptb.train, "valid": ptb.valid, "test": ptb.test}
     if max_tokens is not None:
@@ -341,6 +346,10 @@ def train(cfg: PTBConfig, data: Optional[dict] = None, vocab_size: Optional[int]
         data, vocab_size = load_data(max_tokens)
     vocab_size = vocab_size or cfg.vocab_size
     epochs = epochs if epochs is not None else cfg.epochs
+    if not epochs >= 1:
+        raise ValueError(f"epochs: must be an integer >= 1, got {epochs!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
     dev = resolve_device(device)
     set_seed(seed)
     model = build_model(cfg, vocab_size)
@@ -577,20 +586,28 @@ def gate_table(results: dict, ids: torch.Tensor, **kwargs):
     return MarkdownTable("\n".join(lines))
 
 
-def report(paths, out_dir) -> dict:
-    """Gather the results JSONs of ``python -m dnlib.ptb train ... --json`` runs into ``out_dir``: ``table.md``
-    (:func:`results_table`, with the seconds per epoch), ``curves.png`` (:func:`perplexity_curves`) and
-    ``summary.json`` (:func:`headline` plus the card, epoch times and tokens/s). Returns the summary."""
+def _read_results(paths) -> dict:
+    """``{name: results}`` of the results JSONs of ``python -m dnlib.ptb train --json`` at ``paths``."""
     results = {}
     for path in paths:
-        r = json.loads(Path(path).read_text())
+        try:
+            r = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"paths: {path} is not JSON ({e})") from None
         if not isinstance(r, dict) or "epochs" not in r or "config" not in r:
             raise ValueError(f"paths: {path} is not a results JSON of `python -m dnlib.ptb train --json`")
         results[r["config"]["name"]] = r
     if not results:
         raise ValueError("paths: no results JSON given")
+    return results
+
+
+def report(paths, out_dir) -> dict:
+    """Gather the results JSONs of ``python -m dnlib.ptb train ... --json`` runs into ``out_dir``: ``table.md``
+    (:func:`results_table`, with the seconds per epoch), ``curves.png`` (:func:`perplexity_curves`) and
+    ``summary.json`` (:func:`headline` plus the card, epoch times and tokens/s). Returns the summary."""
+    results = _read_results(paths)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     summary = headline(results)
     for n, r in results.items():
         times = [e["epoch_time"] for e in r["epochs"] if e.get("epoch_time")]
@@ -606,12 +623,9 @@ def report(paths, out_dir) -> dict:
     table += "\n\n| name | card | s / epoch (training) | lr |\n|---|---|---|---|\n" + "\n".join(
         f"| {n} | {v['card']} | {v['seconds_per_epoch'] or float('nan'):.0f} | {v['lr']:g} |"
         for n, v in summary.items())
-    tmp = out / "table.md.tmp"
-    tmp.write_text(table + "\n")
-    os.replace(tmp, out / "table.md")
+    atomic_write_text(out / "table.md", table + "\n")
     fig = perplexity_curves(results)
-    fig.savefig(out / "curves.png.tmp.png", dpi=110)
-    os.replace(out / "curves.png.tmp.png", out / "curves.png")
+    atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
     atomic_write_json(summary, out / "summary.json")
     return summary
 
@@ -683,40 +697,53 @@ def _print_rows(rows):
         print("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{str(v):>14}" for v in r.values()))
 
 
+def _vocab_size(value: str) -> int:
+    v = cli.positive_int(value)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"{value} is too small: the vocabulary needs at least 2 ids "
+                                         "(the kept words and the shared rare-word id)")
+    return v
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dnlib.ptb", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m dnlib.ptb", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one named config")
     t.add_argument("config", help="e.g. dn-star-lstm (see `list`)")
     t.add_argument("--source", default="paper", choices=("paper", "code"))
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--max-tokens", type=int, default=None, help="train on the first N tokens (smoke)")
-    t.add_argument("--vocab", type=int, default=None, help="keep the N-1 most frequent words (smoke)")
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    t.add_argument("--device", default="auto")
+    t.add_argument("--epochs", type=cli.positive_int, default=None)
+    t.add_argument("--max-tokens", type=cli.positive_int, default=None, help="train on the first N tokens (smoke)")
+    t.add_argument("--vocab", type=_vocab_size, default=None, help="keep the N-1 most frequent words (smoke)")
+    t.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads")
+    t.add_argument("--device", type=cli.device, default="auto")
     t.add_argument("--graph", default="auto", choices=("auto", "on", "off"))
-    t.add_argument("--lr", type=float, default=None, help="override the config's initial learning rate")
-    t.add_argument("--final-test-batch-size", type=int, default=1, help="0: skip the one-stream test pass")
-    t.add_argument("--check-graph", type=int, default=0, help="first compare N graph and eager steps")
-    t.add_argument("--out", default=None, help="checkpoints and history.json (resume from there)")
-    t.add_argument("--json", default=None, help="results JSON, rewritten after every epoch")
-    t.add_argument("--time-limit", type=float, default=None, help="seconds: stop after the last epoch that fits")
+    t.add_argument("--lr", type=cli.positive_float, default=None, help="override the config's initial learning rate")
+    t.add_argument("--final-test-batch-size", type=cli.nonnegative_int, default=1,
+                   help="0: skip the one-stream test pass")
+    t.add_argument("--check-graph", type=cli.nonnegative_int, default=0, help="first compare N graph and eager steps")
+    t.add_argument("--out", type=cli.out_dir, default=None, help="checkpoints and history.json (resume from there)")
+    t.add_argument("--json", type=cli.out_file, default=None, help="results JSON, rewritten after every epoch")
+    t.add_argument("--time-limit", type=cli.positive_float, default=None,
+                   help="seconds: stop after the last epoch that fits")
     t.add_argument("--no-resume", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=cli.seed, default=0)
     t.add_argument("--quiet", action="store_true")
     b = sub.add_parser("bench", help="tokens/s of the cells against nn.LSTM")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", type=cli.device, default="cpu")
     b.add_argument("--configs", nargs="+", default=["base-lstm", "ln-star-lstm", "dn-star-lstm"])
-    b.add_argument("--reps", type=int, default=5)
-    b.add_argument("--threads", type=int, default=None)
-    b.add_argument("--json", default=None)
+    b.add_argument("--reps", type=cli.positive_int, default=5)
+    b.add_argument("--threads", type=cli.positive_int, default=None)
+    b.add_argument("--json", type=cli.out_file, default=None)
     sub.add_parser("list", help="the named configs and the paper's perplexities")
     r = sub.add_parser("report", help="gather results JSONs of `train --json` into a table, a figure and a summary")
-    r.add_argument("paths", nargs="+")
-    r.add_argument("--out", required=True)
+    r.add_argument("paths", nargs="+", type=cli.in_file)
+    r.add_argument("--out", type=cli.out_dir, required=True)
     a = p.parse_args(argv)
+    cmd_p = sub.choices[a.cmd]  # errors name the sub-command
 
     if a.cmd == "report":
+        with cli.user_errors(cmd_p):
+            _read_results(a.paths)   # every file is a results JSON, before anything is written
         report(a.paths, a.out)
         print((Path(a.out) / "table.md").read_text())
         return 0
@@ -728,15 +755,31 @@ def main(argv=None) -> int:
                   f"alpha={cfg.alpha:<7g} lr={cfg.lr:<4g} H={cfg.hidden_size:<4} paper={cfg.paper_perplexity}")
         return 0
     if a.cmd == "bench":
+        with cli.user_errors(cmd_p):
+            for name in a.configs:
+                get_config(name)
         rows = bench(a.configs, a.device, reps=a.reps, threads=a.threads)
         _print_rows(rows)
         if a.json:
             atomic_write_json(rows, a.json)
         return 0
-    cfg = get_config(a.config, a.source, **({"lr": a.lr} if a.lr is not None else {}))
+    if a.check_graph and a.graph == "off":
+        cmd_p.error(f"--check-graph {a.check_graph}: compares the graph step with the eager one, but --graph is off")
+    with cli.user_errors(cmd_p):
+        cfg = get_config(a.config, a.source, **({"lr": a.lr} if a.lr is not None else {}))
     if a.threads:
         torch.set_num_threads(a.threads)
-    data, vocab = load_data(a.max_tokens, a.vocab)
+    with cli.user_errors(cmd_p):
+        data, vocab = load_data(a.max_tokens, a.vocab)
+    if a.vocab is not None and a.vocab > vocab:
+        cmd_p.error(f"--vocab: {a.vocab} is more than the {vocab} words of PTB")
+    batches = {"train": cfg.batch_size, "valid": cfg.batch_size, "test": cfg.batch_size}
+    for split, bs in list(batches.items()) + [("test", a.final_test_batch_size)]:
+        if bs:
+            try:
+                _layout(data[split], bs, cfg.num_steps)
+            except ValueError as e:
+                cmd_p.error(f"--max-tokens {a.max_tokens}: {split}: {e}" if a.max_tokens else f"{split}: {e}")
     info = {}
     if a.check_graph:
         try:
@@ -752,7 +795,7 @@ def main(argv=None) -> int:
                     final_test_batch_size=a.final_test_batch_size or None, progress=not a.quiet,
                     resume=not a.no_resume, time_limit=a.time_limit, results_path=a.json, extra=info)
     except CheckpointError as e:      # another run's (or an unreadable) checkpoint in --out: before any work
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        print(f"{cmd_p.prog}: error: {cli.one_line(e)}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:     # --json says "stopped": "diverged at step N"; exit 1, one line
         print(f"{p.prog} train: {e}", file=sys.stderr)
@@ -763,7 +806,6 @@ def main(argv=None) -> int:
               f"train {r['epoch_time']:.1f}s  eval {r['eval_time'] or 0:.1f}s  {r['tokens_per_s']:.0f} tok/s", flush=True)
     print(f"{cfg.name}: {res['stopped']}; final test ppl {res['final_test_ppl']} (paper {res['paper_test_ppl']})")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,7 +38,9 @@ from .configs.sr import (ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_conf
                          paper_numbers)
 from .metrics import psnr, ssim
 from .models.srcnn import SRCNN
-from .train import Trainer, TrainingDiverged, atomic_write_json, resolve_device, set_seed
+from . import cli
+from .io import atomic_write_json
+from .train import Trainer, TrainingDiverged, resolve_device, set_seed
 
 __all__ = ["training_pairs", "test_pairs", "PatchSampler", "srcnn_loss", "SRRun", "train_sr", "predict",
            "evaluate_sr", "evaluate_bicubic", "make_evaluator", "results_table", "format_table", "plot_curves",
@@ -284,6 +286,8 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
     :class:`~dnlib.train.TrainingDiverged` (``history.json`` ends with ``"stopped": "diverged at step N"``).
     """
     t_start = time.perf_counter()
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
     cfg = get_sr_config(config)
     changes = {k: v for k, v in dict(scale=scale, train_set=train_set).items() if v is not None}
     cfg = cfg.replace(**changes) if changes else cfg
@@ -513,7 +517,6 @@ def _cmd_train(a) -> int:
     if a.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         run = train_sr(a.norm, a.config, steps=a.steps, scale=a.scale, train_set=a.train_set, device=a.device,
                        seed=a.seed, eval_sets=tuple(a.curve_sets), eval_every=a.eval_every,
@@ -544,7 +547,7 @@ def _cmd_train(a) -> int:
               "eval_seconds": round(time.perf_counter() - t0, 1), "device": str(dev),
               "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "torch": torch.__version__, "results": res, "history": run.history}
-    (out / f"run_{_safe(run.norm)}.json").write_text(json.dumps(record, indent=1))
+    atomic_write_json(record, out / f"run_{_safe(run.norm)}.json")
     print(json.dumps({k: v for k, v in record.items() if k != "history"}))
     return 0
 
@@ -553,12 +556,21 @@ def _safe(name: str) -> str:
     return name.replace("*", "star").replace("/", "_")
 
 
+def _read_runs(out: Path) -> list:
+    runs = []
+    for p in sorted(out.glob("run_*.json")):
+        try:
+            runs.append(json.loads(p.read_text()))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p} is not JSON ({e})") from None
+    if not runs:
+        raise ValueError(f"--out: no run_*.json in {out} (write them with `python -m dnlib.sr train --out {out}`)")
+    return runs
+
+
 def _cmd_report(a) -> int:
     out = Path(a.out)
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("run_*.json"))]
-    if not runs:
-        print(f"report: no run_*.json in {out}", file=sys.stderr)
-        return 1
+    runs = _read_runs(out)
     scale = runs[0]["scale"]
     table = {}
     for s in a.sets:
@@ -582,38 +594,63 @@ def _cmd_report(a) -> int:
                "table": table,
                "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
                        "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
-    (out / "sr_results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(summary, out / "sr_results.json")
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _set_name(value: str) -> str:
+    from .data.sr import SR_SETS
+    if value.lower() not in SR_SETS:
+        known = ", ".join(src.name.split(" ")[0] for src in SR_SETS.values())
+        raise argparse.ArgumentTypeError(f"unknown SR set {value!r}; known are {known}")
+    return value
+
+
+def _check_train(p, a) -> None:
+    """Everything ``train`` needs, before it starts: configuration, normalizer, data (loaded once, cached)."""
+    with cli.user_errors(p):
+        cfg = get_sr_config(a.config)
+        changes = {k: v for k, v in dict(scale=a.scale, train_set=a.train_set).items() if v is not None}
+        cfg = cfg.replace(**changes) if changes else cfg
+        SRCNN(a.norm, channels=cfg.channels, init=cfg.init)
+        training_pairs(cfg.train_set, cfg.scale, a.root)
+        for s in a.curve_sets:
+            test_pairs(s, cfg.scale, a.root)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m dnlib.sr train --norm dn* --config fast --time-limit 240 --out DIR`` trains one model and writes
     ``DIR/run_<norm>.json``; ``python -m dnlib.sr report --out DIR`` adds the Bicubic rows and the paper's
     numbers into ``DIR/sr_results.json``."""
-    p = argparse.ArgumentParser(prog="python -m dnlib.sr", description=main.__doc__)
+    p = cli.ArgumentParser(prog="python -m dnlib.sr", description=main.__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
     t.add_argument("--norm", default="none")
     t.add_argument("--config", default="fast")
-    t.add_argument("--steps", type=int, default=None)
-    t.add_argument("--scale", type=int, default=None)
-    t.add_argument("--train-set", default=None)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--time-limit", type=float, default=None)
-    t.add_argument("--eval-every", type=int, default=None)
-    t.add_argument("--curve-sets", nargs="*", default=["Set5"])
-    t.add_argument("--sets", nargs="*", default=["Set5", "Set14", "BSD200"])
-    t.add_argument("--root", default=None)
-    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=cli.positive_int, default=None)
+    t.add_argument("--scale", type=int, default=None, choices=(2, 3, 4))
+    t.add_argument("--train-set", default=None, choices=list(TRAIN_SETS))
+    t.add_argument("--device", type=cli.device, default="auto")
+    t.add_argument("--seed", type=cli.seed, default=0)
+    t.add_argument("--time-limit", type=cli.positive_float, default=None)
+    t.add_argument("--eval-every", type=cli.nonnegative_int, default=None)
+    t.add_argument("--curve-sets", type=_set_name, nargs="*", default=["Set5"])
+    t.add_argument("--sets", type=_set_name, nargs="*", default=["Set5", "Set14", "BSD200"])
+    t.add_argument("--root", type=cli.in_dir, default=None)
+    t.add_argument("--out", type=cli.out_dir, required=True)
     r = sub.add_parser("report")
-    r.add_argument("--out", required=True)
-    r.add_argument("--sets", nargs="*", default=["Set5", "Set14", "BSD200"])
-    r.add_argument("--root", default=None)
+    r.add_argument("--out", type=lambda v: cli.out_dir(cli.in_dir(v)), required=True)
+    r.add_argument("--sets", type=_set_name, nargs="*", default=["Set5", "Set14", "BSD200"])
+    r.add_argument("--root", type=cli.in_dir, default=None)
     a = p.parse_args(argv)
-    return _cmd_train(a) if a.cmd == "train" else _cmd_report(a)
-
+    cmd_p = sub.choices[a.cmd]  # errors name the sub-command
+    if a.cmd == "train":
+        _check_train(cmd_p, a)
+        return _cmd_train(a)
+    with cli.user_errors(cmd_p):
+        _read_runs(Path(a.out))
+    return _cmd_report(a)
 
 if __name__ == "__main__":
     sys.exit(main())

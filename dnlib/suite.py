@@ -23,7 +23,6 @@ Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameter
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import math
@@ -34,6 +33,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from . import cli
+from .io import atomic_write_json, atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
@@ -76,9 +78,13 @@ def discover(notebooks: Sequence[str | Path] | None = None, root: str | Path | N
 
 
 def read_notebook(path: str | Path) -> dict:
-    """The notebook's JSON as a plain dict (no nbformat validation)."""
+    """The notebook's JSON as a plain dict (no nbformat validation); a :class:`ValueError` naming the file when
+    it is not JSON."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a notebook (not JSON: {e})") from None
 
 
 def notebook_profiles(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -271,8 +277,7 @@ def save_results(results: Mapping[str, Any], name: str | None = None) -> Path:
     Tensors and arrays become lists, non-finite floats become ``null``.
     """
     path = results_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(dict(results)), indent=2, sort_keys=True) + "\n")
+    atomic_write_json(_jsonable(dict(results)), path, indent=2, sort_keys=True)
     return path
 
 
@@ -417,7 +422,7 @@ def run(
             tqdm.write(f"[dnlib.suite] {record.error}")
         records.append(record)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps([asdict(r) for r in records], indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in records], indent=2, default=str) + "\n")
     failed = [r for r in records if r.status != "ok"]
     if failed:
         exc = NotebookFailed("\n".join(r.error for r in failed))
@@ -446,30 +451,33 @@ def _list(paths: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnlib.suite", description="Run the dnlib notebook suite headless.")
+    parser = cli.ArgumentParser(prog="python -m dnlib.suite", description="Run the dnlib notebook suite headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/")
     run_p.add_argument("notebooks", nargs="*", help="notebook paths or names (default: notebooks/[0-9][0-9]_*.ipynb)")
     run_p.add_argument("--profile", default="smoke", help="parameter profile from each notebook's metadata (default: smoke)")
     run_p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="override a parameter; NB:NAME targets notebooks whose name starts with NB")
-    run_p.add_argument("--out", default=None, help="output folder (default: runs/<profile>/)")
+    run_p.add_argument("--out", type=cli.out_dir, default=None, help="output folder (default: runs/<profile>/)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
-    run_p.add_argument("--cell-timeout", type=float, default=None,
+    run_p.add_argument("--cell-timeout", type=cli.nonnegative_float, default=None,
                        help="seconds a cell may run before it fails (default: 600 for smoke, none otherwise; 0: none)")
     list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
     list_p.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
 
     try:
+        with cli.user_errors(sub.choices[args.command]):   # every notebook named is found and is JSON, before anything runs
+            for path in discover(args.notebooks):
+                read_notebook(path)
         if args.command == "list":
             _list(discover(args.notebooks))
             return 0
         timeout = "default" if args.cell_timeout is None else (args.cell_timeout or None)
         records = run(args.notebooks, args.profile, [tuple(p) for p in args.parameter], args.out,
                       progress=not args.no_progress, cell_timeout=timeout)
-    except (ParameterError, FileNotFoundError) as exc:
-        print(f"dnlib.suite: error: {exc}\nnothing was executed.", file=sys.stderr)
+    except (ParameterError, FileNotFoundError) as exc:  # raised by run() before it executes anything
+        print(f"{parser.prog} {args.command}: error: {cli.one_line(exc)} (nothing was executed)", file=sys.stderr)
         return 2
     except NotebookFailed as exc:
         print("\n" + format_summary(exc.records))

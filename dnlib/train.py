@@ -24,12 +24,9 @@ step N"}``, the last checkpoint (written before the divergence) is kept, and no 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import pickle
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .io import atomic_save, atomic_write_json
 from .sparse import clear_penalties, sparse_penalty
 
 OPTIMIZERS = ("sgd", "adam")
@@ -81,51 +79,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as e:
         raise ValueError(f"device: {device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'") from e
-
-
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj, path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(obj, path) -> None:
-    """Write standard JSON atomically (temporary file + fsync + rename). NaN and infinities are refused
-    (``ValueError`` naming ``path``): ``json.dump`` would write a bare ``NaN``, which is not JSON."""
-    path = Path(path)
-    try:
-        text = json.dumps(obj, indent=1, allow_nan=False)
-    except ValueError as e:
-        raise ValueError(f"{path}: not written, a value is NaN or infinite ({e}); JSON has no NaN, record null or "
-                         f"a status instead") from e
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class TensorBatches:

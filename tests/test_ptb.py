@@ -351,8 +351,10 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     assert summary["test_ppl_per_epoch"] == [res["epochs"][0]["test_ppl"]] and summary["card"] == "cpu"
     assert summary["final_test_ppl"] == res["final_test_ppl"] and summary["seconds_per_epoch"] > 0
     assert (tmp_path / "rep" / "curves.png").stat().st_size > 10_000
-    with pytest.raises(ValueError, match="not a results JSON"):
+    with pytest.raises(SystemExit) as e:   # one line, exit 2, nothing written
         main(["report", str(tmp_path / "rep" / "summary.json"), "--out", str(tmp_path / "rep2")])
+    assert e.value.code == 2 and "not a results JSON" in capsys.readouterr().err
+    assert not (tmp_path / "rep2").exists()
 
 
 @needs_ptb

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+from ..io import atomic_save_npy, atomic_write_json
 
 __all__ = [
     "DATA_ENV",
@@ -361,38 +361,6 @@ def _not_found_message(source: DatasetSource, base: Path, reason: str) -> str:
             f"beside the clone, else data/ in the clone). {how}" + (f" {source.note}" if source.note else ""))
 
 
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` as ``.npy`` via a temporary file, fsync and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file, fsync and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def stat_key(paths: Sequence[str | os.PathLike]) -> str:
     """A cheap identity of files: sha256 over each path's name, size, ``mtime_ns`` and ``ctime_ns``, in order.
 
@@ -505,7 +473,8 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
                 f"{' and ' + str(base / 'README.md') if (base / 'README.md').is_file() else ''}) or point "
                 f"{DATA_ENV} at an intact copy; if you changed them on purpose, update their lines in {sums_path}.")
     try:
-        atomic_write_json(verdict, {"key": key, "checked": len(listed), "what": what, "folder": str(folder)})
+        atomic_write_json({"key": key, "checked": len(listed), "what": what, "folder": str(folder)}, verdict,
+                          sort_keys=True)
     except OSError:
         pass  # an unwritable cache only means verifying again next time
     return len(listed)

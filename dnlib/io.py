@@ -1,0 +1,105 @@
+"""Atomic writes: every result, table, cache and checkpoint file of dnlib is written through these helpers.
+
+Each one writes a temporary file in the destination's folder, flushes it and ``fsync``\\ s it, then moves it into
+place with :func:`os.replace` (atomic on POSIX and Windows) and ``fsync``\\ s the folder where the platform allows
+it. A crash or a full disk therefore leaves either the old file or the new one, never half a file, and a failed
+write leaves no temporary behind. The destination's missing parent folders are created.
+
+This module is the lowest layer of the package: it imports nothing from dnlib (and torch/numpy only inside
+:func:`atomic_save` and :func:`atomic_save_npy`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save", "atomic_save_npy"]
+
+
+def _fsync(path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:  # e.g. Windows cannot open a folder
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _replace_from_temporary(path: str | os.PathLike, fill: Callable[[str], None]) -> Path:
+    """``fill(tmp)`` writes a temporary file (by name) beside ``path``; fsync it, then ``os.replace`` it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fill(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent, directory=True)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and ``os.replace`` it onto ``path``.
+
+    Args:
+        path: the destination (its missing parent folders are created).
+        write: fills the open file object ``f``.
+        binary: open the temporary file in ``"wb"`` (default) or in ``"w"`` with UTF-8.
+
+    Returns the destination as a :class:`~pathlib.Path`. On any error the temporary file is removed and the
+    destination is left as it was.
+    """
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+    return _replace_from_temporary(path, fill)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, *, allow_nan: bool = False, indent: int | None = 1,
+                      sort_keys: bool = False) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically.
+
+    Args:
+        obj: anything :func:`json.dumps` accepts.
+        path: the destination.
+        allow_nan: write non-finite floats as the bare ``NaN``/``Infinity`` tokens, which are not JSON. By
+            default they raise a :class:`ValueError` naming ``path``, before anything is written.
+        indent, sort_keys: as in :func:`json.dumps`.
+    """
+    try:
+        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan)
+    except ValueError as e:
+        raise ValueError(f"{path}: not written, a value is NaN or infinite ({e}); JSON has no NaN, record null "
+                         "or a status instead") from e
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """:func:`torch.save` ``obj`` to ``path`` atomically (checkpoints)."""
+    import torch
+    return _replace_from_temporary(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_npy(path: str | os.PathLike, array) -> Path:
+    """Write ``array`` to ``path`` as ``.npy`` (no pickles) atomically."""
+    import numpy as np
+    return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))

@@ -1,0 +1,254 @@
+"""Bad command lines (issue 11 §5): every ``python -m dnlib.*`` command answers a bad argument or output location
+with ONE line on stderr and exit status 2, before any work starts and without creating any output.
+
+The probes run in-process through each module's ``main(argv)``. The functions that do a command's work (training,
+benchmarking, executing notebooks) are replaced by a tripwire for these probes: none of them may be reached, so a
+probe whose bad value slips through fails at once instead of training for hours or spinning forever (``cifar run
+--eval-every -1`` did); an alarm is the backstop.
+"""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from dnlib import bench, cifar, ptb, sr, suite
+
+MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
+# the work each command would start; reaching one of them in a probe is a failure
+WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (ptb, "train"),
+        (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (bench, "run"), (suite, "execute")]
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
+
+# (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
+# `empty/` (an empty folder), `bad.ipynb` and `bad.json` (not JSON) and `other.json` (JSON, not a result);
+# {NB} is the suite's first notebook.
+PROBES = [
+    # -------------------------------------------------------------------------------------- cifar run
+    ("cifar", ["run", "bn", "--eval-every", "-1"], "--eval-every"),    # spun forever
+    ("cifar", ["run", "bn", "--steps", "0"], "--steps"),
+    ("cifar", ["run", "bn", "--steps", "-3"], "--steps"),
+    ("cifar", ["run", "bn", "--subset", "abc"], "--subset"),           # ValueError traceback
+    ("cifar", ["run", "bn", "--subset", "0"], "--subset"),
+    ("cifar", ["run", "bn", "--subset", "10,20,30"], "--subset"),
+    ("cifar", ["run", "bn", "--subset", "-5,10"], "--subset"),
+    ("cifar", ["run", "bn", "--max-seconds", "-1"], "--max-seconds"),
+    ("cifar", ["run", "bn", "--lr", "-0.1"], "--lr"),
+    ("cifar", ["run", "bn", "--lr", "nan"], "--lr"),
+    ("cifar", ["run", "bn", "--seed", "-1"], "--seed"),
+    ("cifar", ["run", "nosuch", "--subset", "200,100"], "nosuch"),
+    ("cifar", ["run", "bn", "--device", "bogus"], "--device"),
+    pytest.param("cifar", ["run", "bn", "--device", "cuda"], "cuda", marks=no_cuda),
+    ("cifar", ["run", "bn", "--out", "{T}/file/run"], "--out"),        # crashed after eval_every steps
+    ("cifar", ["run", "bn", "--out", "{T}/file"], "--out"),
+    ("cifar", ["run", "bn", "--dataset", "cifar1000"], "--dataset"),
+    ("cifar", ["run", "bn", "--bogus"], "--bogus"),
+    ("cifar", [], "required"),
+    # -------------------------------------------------------------------------------------- cifar sweep
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--jobs", "0"], "--jobs"),
+    ("cifar", ["sweep", "bn", "--out", "{T}/file/sw"], "--out"),
+    ("cifar", ["sweep", "nosuch", "--out", "{T}/sw"], "nosuch"),
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--seeds", "-1"], "--seeds"),
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--max-seconds", "-5"], "--max-seconds"),
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--status-every", "0"], "--status-every"),
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--eval-every", "-1"], "--eval-every"),  # passed on to each run
+    ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--bogus"], "--bogus"),
+    # ------------------------------------------------------------------------------- cifar gather/report
+    ("cifar", ["gather", "{T}/missing"], "missing"),
+    ("cifar", ["gather", "{T}/file"], "not a folder"),
+    ("cifar", ["report", "{T}/missing"], "missing"),                   # wrote an empty summary
+    ("cifar", ["report", "{T}/empty"], "bench.json"),
+    # --------------------------------------------------------------------------- cifar bench/check-graph
+    ("cifar", ["bench", "bn", "--steps", "0"], "--steps"),
+    ("cifar", ["bench", "bn", "--warmup", "-1"], "--warmup"),
+    ("cifar", ["bench", "bn", "--json", "{T}/file/b.json"], "--json"),
+    ("cifar", ["bench", "nosuch"], "nosuch"),
+    ("cifar", ["check-graph", "bn", "--steps", "0"], "--steps"),
+    ("cifar", ["check-graph", "bn", "--subset", "1,2,x"], "--subset"),
+    ("cifar", ["check-graph", "bn", "--json", "{T}/empty"], "--json"),
+    # ---------------------------------------------------------------------------------------- ptb train
+    ("ptb", ["train", "base-lstm", "--max-tokens", "-5"], "--max-tokens"),  # trained on all of PTB
+    ("ptb", ["train", "base-lstm", "--epochs", "0"], "--epochs"),           # reported "completed"
+    ("ptb", ["train", "base-lstm", "--epochs", "-1"], "--epochs"),
+    ("ptb", ["train", "base-lstm", "--vocab", "1"], "--vocab"),             # trained
+    ("ptb", ["train", "nosuch"], "nosuch"),
+    ("ptb", ["train", "base-lstm", "--lr", "0"], "--lr"),
+    ("ptb", ["train", "base-lstm", "--threads", "0"], "--threads"),
+    ("ptb", ["train", "base-lstm", "--final-test-batch-size", "-1"], "--final-test-batch-size"),
+    ("ptb", ["train", "base-lstm", "--check-graph", "-2"], "--check-graph"),
+    ("ptb", ["train", "base-lstm", "--check-graph", "3", "--graph", "off"], "--check-graph"),
+    ("ptb", ["train", "base-lstm", "--time-limit", "-5"], "--time-limit"),
+    ("ptb", ["train", "base-lstm", "--out", "{T}/file/o"], "--out"),         # crashed after an epoch
+    ("ptb", ["train", "base-lstm", "--json", "{T}/file/r.json"], "--json"),  # crashed after an epoch
+    ("ptb", ["train", "base-lstm", "--json", "{T}/empty"], "--json"),
+    ("ptb", ["train", "base-lstm", "--max-tokens", "100", "--vocab", "50"], "--max-tokens"),
+    ("ptb", ["train", "base-lstm", "--device", "bogus"], "--device"),
+    ("ptb", ["train", "base-lstm", "--seed", "-1"], "--seed"),
+    # ---------------------------------------------------------------------------------- ptb bench/report
+    ("ptb", ["bench", "--reps", "0"], "--reps"),                             # ZeroDivisionError
+    ("ptb", ["bench", "--configs", "nosuch"], "nosuch"),
+    ("ptb", ["bench", "--json", "{T}/file/b.json"], "--json"),
+    ("ptb", ["bench", "--threads", "-1"], "--threads"),
+    ("ptb", ["report", "{T}/missing.json", "--out", "{T}/rep"], "missing.json"),
+    ("ptb", ["report", "{T}/bad.json", "--out", "{T}/rep"], "bad.json"),
+    ("ptb", ["report", "{T}/other.json", "--out", "{T}/rep"], "other.json"),
+    ("ptb", ["report", "{T}/other.json", "--out", "{T}/file/rep"], "--out"),
+    # ---------------------------------------------------------------------------------------------- sr
+    ("sr", ["train", "--time-limit", "-5", "--out", "{T}/o"], "--time-limit"),  # ended with 0 steps
+    ("sr", ["train", "--steps", "0", "--out", "{T}/o"], "--steps"),
+    ("sr", ["train", "--eval-every", "-1", "--out", "{T}/o"], "--eval-every"),
+    ("sr", ["train", "--scale", "5", "--out", "{T}/o"], "--scale"),
+    ("sr", ["train", "--norm", "bogus", "--out", "{T}/o"], "bogus"),
+    ("sr", ["train", "--config", "bogus", "--out", "{T}/o"], "bogus"),
+    ("sr", ["train", "--train-set", "bogus", "--out", "{T}/o"], "bogus"),
+    ("sr", ["train", "--root", "{T}/empty", "--out", "{T}/o"], "T91"),
+    ("sr", ["train", "--out", "{T}/file/o"], "--out"),
+    ("sr", ["train", "--sets", "Set99", "--out", "{T}/o"], "Set99"),
+    ("sr", ["train", "--curve-sets", "Set99", "--out", "{T}/o"], "Set99"),
+    ("sr", ["train", "--seed", "-1", "--out", "{T}/o"], "--seed"),
+    ("sr", ["train"], "--out"),
+    ("sr", ["report", "--out", "{T}/missing"], "missing"),
+    ("sr", ["report", "--out", "{T}/empty"], "run_"),
+    # ------------------------------------------------------------------------------------------- bench
+    ("bench", ["--repeat", "0"], "--repeat"),                                # StatisticsError
+    ("bench", ["--repeat", "-3"], "--repeat"),
+    ("bench", ["--shapes", "foo"], "foo"),
+    ("bench", ["--shapes", ","], "--shapes"),
+    ("bench", ["--json", "{T}/file/b.json"], "--json"),                      # crashed after the benchmark
+    pytest.param("bench", ["--device", "cuda"], "cuda", marks=no_cuda),
+    # ------------------------------------------------------------------------------------------- suite
+    ("suite", ["run", "--out", "{T}/o", "{T}/bad.ipynb"], "bad.ipynb"),      # JSONDecodeError, no file name
+    ("suite", ["list", "{T}/bad.ipynb"], "bad.ipynb"),
+    ("suite", ["run", "--out", "{T}/o", "nosuch-notebook"], "nosuch-notebook"),
+    ("suite", ["run", "--out", "{T}/o", "--cell-timeout", "-5", "{NB}"], "--cell-timeout"),
+    ("suite", ["run", "--out", "{T}/o", "--profile", "nosuch", "{NB}"], "nosuch"),
+    ("suite", ["run", "--out", "{T}/file/o", "{NB}"], "--out"),
+    ("suite", ["run", "--out", "{T}/o", "-p", "nosuch", "1", "{NB}"], "nosuch"),
+]
+
+
+class WorkStarted(BaseException):
+    """Raised by the tripwires (a BaseException, so that no ``except Exception`` in a command hides it)."""
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def _probe(command, argv, tmp_path, monkeypatch, capsys):
+    """Run ``command``'s main on ``argv``; return (exit status, stderr lines, tree before, tree after)."""
+    for module, name in WORK:
+        def tripwire(*a, _name=f"{module.__name__}.{name}", **k):
+            raise WorkStarted(_name)
+        monkeypatch.setattr(module, name, tripwire)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.ipynb").write_text("{not json")
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
+    first_nb = str(suite.discover()[0])
+    argv = [a.replace("{T}", str(tmp_path)).replace("{NB}", first_nb) for a in argv]
+    before = _tree(tmp_path)
+    capsys.readouterr()
+
+    def alarm(*_):
+        raise WorkStarted("still running after 60 s")
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
+    try:
+        code = MAINS[command](argv)
+    except SystemExit as e:
+        code = e.code
+    except WorkStarted as e:
+        code = f"work started: {e}"
+    except Exception as e:  # noqa: BLE001 - a traceback is what the probe reports
+        code = f"{type(e).__name__}: {e}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, err, before, _tree(tmp_path)
+
+
+@pytest.mark.parametrize("command,argv,fragment", PROBES)
+def test_bad_command_line_is_one_line_exit_2_and_writes_nothing(command, argv, fragment, tmp_path, monkeypatch,
+                                                                capsys):
+    code, err, before, after = _probe(command, argv, tmp_path, monkeypatch, capsys)
+    assert code == 2, f"exit {code!r}; stderr: {err}"
+    assert len(err) == 1, err
+    assert fragment in err[0], err
+    assert "error:" in err[0]
+    assert after == before, "the command created or changed files"
+
+
+# ----------------------------------------------------------------------------------------- the helpers
+def test_one_line_keeps_every_line_of_a_message():
+    from dnlib import cli
+    assert cli.one_line("dataset X not found. Looked in:\n  /a\n  /b\nData root: /r") == \
+        "dataset X not found. Looked in: /a; /b; Data root: /r"
+
+
+@pytest.mark.parametrize("kind,value,ok", [
+    ("positive_int", "3", 3), ("positive_int", "0", None), ("positive_int", "1.5", None),
+    ("nonnegative_int", "0", 0), ("nonnegative_int", "-1", None),
+    ("positive_float", "0.5", 0.5), ("positive_float", "0", None), ("positive_float", "inf", None),
+    ("nonnegative_float", "0", 0.0), ("nonnegative_float", "-0.1", None), ("nonnegative_float", "nan", None),
+    ("subset", "200", 200), ("subset", "200,50", (200, 50)), ("subset", "200,", None), ("subset", "a", None),
+])
+def test_argument_types(kind, value, ok):
+    import argparse
+
+    from dnlib import cli
+    fn = getattr(cli, kind)
+    if ok is None:
+        with pytest.raises(argparse.ArgumentTypeError, match=value.replace("+", r"\+") or "empty"):
+            fn(value)
+    else:
+        assert fn(value) == ok
+
+
+def test_output_locations_are_checked_without_creating_anything(tmp_path):
+    import argparse
+
+    from dnlib import cli
+    (tmp_path / "f").write_text("x")
+    assert cli.out_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    assert cli.out_file(str(tmp_path / "a" / "r.json")) == str(tmp_path / "a" / "r.json")
+    assert not (tmp_path / "a").exists()
+    for fn, bad in ((cli.out_dir, tmp_path / "f"), (cli.out_dir, tmp_path / "f" / "x"), (cli.out_file, tmp_path),
+                    (cli.out_file, tmp_path / "f" / "r.json"), (cli.in_dir, tmp_path / "nope"),
+                    (cli.in_dir, tmp_path / "f"), (cli.in_file, tmp_path)):
+        with pytest.raises(argparse.ArgumentTypeError, match=str(tmp_path)):
+            fn(str(bad))
+
+
+# ------------------------------------------------------------------------------------------- atomic writes
+def test_atomic_write_json_is_strict_json_and_leaves_no_temporary(tmp_path):
+    from dnlib import io
+    path = tmp_path / "sub" / "r.json"
+    io.atomic_write_json({"a": [1, 2.5]}, path)
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}
+    with pytest.raises(ValueError, match="r.json"):
+        io.atomic_write_json({"a": float("nan")}, path)
+    assert json.loads(path.read_text()) == {"a": [1, 2.5]}   # the old file is untouched
+    io.atomic_write_text(path.with_suffix(".md"), "| a |\n")
+    assert path.with_suffix(".md").read_text() == "| a |\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["r.json", "r.md"]
+
+
+def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
+    import os
+
+    from dnlib import io
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    io.atomic_write_json([1], tmp_path / "a.json")
+    io.atomic_write_text(tmp_path / "a.md", "x")
+    io.atomic_save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    replaced = [i for i, c in enumerate(calls) if c == "replace"]
+    assert len(replaced) == 3 and all(calls[i - 1] == "fsync" for i in replaced), calls
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
