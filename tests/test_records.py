@@ -1,0 +1,93 @@
+"""Run records (dnlib.records): own folders, the same keys everywhere, atomic files, provenance."""
+import json
+import multiprocessing as mp
+import subprocess
+
+import pytest
+
+from dnlib import records as R
+
+
+def _record(**kw):
+    base = dict(started=1000.0, ended=1012.5, steps_planned=10, steps_done=10, stopped="completed",
+                headline={"test_acc": 0.5}, paper={"test_acc": 0.8}, device="cpu", argv=["run", "bn"])
+    base.update(kw)
+    return R.make_record("cifar", {"name": "bn", "lr": 0.01}, 3, **base)
+
+
+def test_record_has_every_key_in_order_and_provenance():
+    rec = _record()
+    assert tuple(rec) == R.RECORD_KEYS
+    assert rec["name"] == "bn" and rec["seed"] == 3 and rec["seconds"] == 12.5
+    assert rec["started"] == "1970-01-01T00:16:40+00:00"
+    assert rec["versions"]["torch"] and rec["versions"]["python"]
+    assert rec["device"]["type"] == "cpu"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=R._REPO, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert rec["git"]["commit"] == head.stdout.strip()
+        assert isinstance(rec["git"]["dirty"], bool)
+
+
+def test_record_round_trip_and_nan_becomes_null(tmp_path):
+    rec = _record(headline={"test_acc": float("nan"), "loss": 1.5})
+    R.write_record(tmp_path, rec)
+    back = R.read_record(tmp_path)
+    assert back["headline"] == {"test_acc": None, "loss": 1.5}
+    json.loads((tmp_path / R.RECORD_FILE).read_text())  # valid JSON, no bare NaN
+
+
+def test_write_record_refuses_an_incomplete_record(tmp_path):
+    with pytest.raises(ValueError, match="missing keys"):
+        R.write_record(tmp_path, {"experiment": "x"})
+
+
+def test_read_record_names_a_broken_file(tmp_path):
+    (tmp_path / R.RECORD_FILE).write_text('{"experiment": ')
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        R.read_record(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run record"):
+        R.read_record(tmp_path / "nope")
+
+
+def test_new_run_dirs_never_collide(tmp_path):
+    dirs = [R.new_run_dir(tmp_path, R.run_name("dn*", 0)) for _ in range(20)]
+    assert len(set(dirs)) == 20 and all(d.is_dir() for d in dirs)
+    assert all(d.name.startswith("dn-s0-") for d in dirs)
+
+
+def _claim(base, q):
+    q.put(str(R.new_run_dir(base, "bn-s0")))
+
+
+def test_new_run_dir_is_unique_across_processes(tmp_path):
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(tmp_path, q)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    got = [q.get(timeout=5) for _ in procs]
+    assert len(set(got)) == 6
+
+
+def test_curves_round_trip_union_of_columns(tmp_path):
+    rows = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0, "test_acc": 0.25}, {"step": 3, "loss": float("nan")}]
+    R.write_curves(tmp_path, rows)
+    header = (tmp_path / R.CURVES_FILE).read_text().splitlines()[0]
+    assert header == "step,loss,test_acc"
+    back = R.read_curves(tmp_path)
+    assert back[0] == {"step": 1, "loss": 2.5} and back[1]["test_acc"] == 0.25
+    assert back[2]["loss"] != back[2]["loss"]  # nan survives as nan
+
+
+def test_gather_flattens_runs(tmp_path):
+    for seed in (0, 1):
+        d = R.new_run_dir(tmp_path / "cifar", R.run_name("bn", seed))
+        R.write_record(d, R.make_record("cifar", {"name": "bn"}, seed, stopped="completed",
+                                        headline={"test_acc": 0.5 + seed / 10}, paper={"test_acc": 0.78}))
+    rows = R.gather([tmp_path])
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert rows[1]["test_acc"] == pytest.approx(0.6) and rows[0]["paper_test_acc"] == 0.78
+    with pytest.raises(FileNotFoundError, match="no such run folder"):
+        R.gather([tmp_path / "missing"])
