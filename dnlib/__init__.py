@@ -4,11 +4,11 @@ One divisive normalizer (:class:`DivisiveNorm`, configured by a :class:`NormSpec
 DN, IN, GN, LRN and RMSNorm; the sparse L1 regularizer; the paper's models, data, training and figures.
 """
 from .functional import divisive_norm, field_mean
-from .norm import DivisiveNorm
+from .norm import DivisiveNorm, convert_sync_norm
 from .presets import PRESETS, get_spec, list_norms, make_norm
 from .sparse import clear_penalties, l1_penalty, sparse_penalty
 from .spec import NormSpec
 
 __all__ = ["NormSpec", "DivisiveNorm", "make_norm", "list_norms", "get_spec", "PRESETS", "divisive_norm",
-           "field_mean", "sparse_penalty", "clear_penalties", "l1_penalty"]
+           "field_mean", "sparse_penalty", "clear_penalties", "l1_penalty", "convert_sync_norm"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .spec import NormSpec
@@ -157,12 +158,88 @@ def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
     return _box_pool(t, f, nspatial) if t.is_cuda else _box_shift(t, f, nspatial)
 
 
-def _reduce_mean(t: torch.Tensor, dims: tuple) -> torch.Tensor:
+def _reduce_mean(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> torch.Tensor:
+    if sync is not None and 0 in dims:
+        return sync.sum(t, dims) / sync.numel(t, dims)
     return t.mean(dims, keepdim=True) if dims else t
 
 
-def _numel(t: torch.Tensor, dims: tuple) -> int:
+def _numel(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> int:
+    if sync is not None and 0 in dims:
+        return sync.numel(t, dims)
     return math.prod(t.shape[d] for d in dims)
+
+
+# ------------------------------------------------------------------------ synchronized batch statistics
+_NO_GRADGRAD = ("DivisiveNorm: double backward (create_graph=True) is not supported with synchronized batch "
+                "statistics (a process group in training mode); run the second-order step without the process "
+                "group (dnlib.convert_sync_norm) or in evaluation mode")
+
+
+class BatchSync:
+    """The processes of a ``torch.distributed`` group that pool the batch axis together, for one forward call.
+
+    A reduction over a set of dims that includes the batch (dim 0) becomes the local sum all-reduced (summed) over
+    the group, divided by the global element count: the statistics of one process holding every process's
+    examples. The processes' batch sizes may differ (even be 0); the global batch size travels with the first
+    all-reduce of the forward. The backward passes all-reduce their batch-axis reductions the same way. Every
+    process must run the same layers in the same order (as for ``nn.SyncBatchNorm``)."""
+
+    def __init__(self, group, local_n: int):
+        self.group = group          # None: the default (world) group
+        self.local_n = int(local_n)
+        self.global_n: Optional[int] = None
+
+    def all_reduce(self, parts: list) -> list:
+        """Sum each tensor of ``parts`` over the group (one collective); returns new tensors. The first call also
+        sums the batch size."""
+        flat = [p.reshape(-1) for p in parts]
+        count = self.global_n is None
+        if count:
+            flat.append(parts[0].new_full((1,), float(self.local_n)))
+        packed = torch.cat(flat)
+        dist.all_reduce(packed, group=self.group)
+        if count:
+            self.global_n = int(round(packed[-1].item()))
+        out, at = [], 0
+        for p in parts:
+            out.append(packed[at:at + p.numel()].view(p.shape))
+            at += p.numel()
+        return out
+
+    def sum(self, t: torch.Tensor, dims: tuple) -> torch.Tensor:
+        """The sum of ``t`` over ``dims`` (keepdim) on all processes' examples (dims must include 0)."""
+        return self.all_reduce([t.sum(dims, keepdim=True)])[0]
+
+    def numel(self, t: torch.Tensor, dims: tuple) -> int:
+        """The global number of elements pooled by a reduction of ``t`` over ``dims`` (which include 0)."""
+        if self.global_n is None:
+            raise RuntimeError("BatchSync: the global batch size is known only after the first all-reduce")
+        return self.global_n * math.prod(t.shape[d] for d in dims if d != 0)
+
+
+class _SyncMeanFn(torch.autograd.Function):
+    """The mean of every element of ``t`` over all processes' examples; backward: the all-reduced gradient over
+    the global count (every process's loss depends on the one global mean)."""
+
+    @staticmethod
+    def forward(ctx, t, sync):
+        total, count = sync.all_reduce([t.sum().reshape(1), t.new_full((1,), float(t.numel()))])
+        ctx.sync, ctx.shape, ctx.count = sync, t.shape, count
+        return (total / count).reshape(())
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_GRADGRAD)
+        (g,) = ctx.sync.all_reduce([g.reshape(1)])
+        return (g / ctx.count).reshape(()).expand(ctx.shape), None
+
+
+def sync_mean(t: torch.Tensor, sync: Optional[BatchSync]) -> torch.Tensor:
+    """``t.mean()`` over the elements of every process of ``sync`` (plain ``t.mean()`` when ``sync`` is None),
+    differentiable: the L1 penalty of a site whose statistics are synchronized."""
+    return t.mean() if sync is None else _SyncMeanFn.apply(t, sync)
 
 
 def _field_stat(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
@@ -256,13 +333,14 @@ class _DivNormFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xg, sig2, spec, plan, fixed_mu, fixed_s):
+    def forward(ctx, xg, sig2, spec, plan, fixed_mu, fixed_s, sync=None):
         ctx.set_materialize_grads(False)
+        ctx.sync = sync
         empty = xg.new_empty(0)
         m0 = s0 = mu_out = s_out = None
         if plan.sum is not None:
             if fixed_mu is None:
-                m0 = _reduce_mean(xg, plan.sum.dims)
+                m0 = _reduce_mean(xg, plan.sum.dims, sync)
                 mu = _box(m0, plan.sum, plan.nspatial)
                 mu_out = mu
             else:
@@ -273,7 +351,7 @@ class _DivNormFn(torch.autograd.Function):
         d = None
         if plan.sup is not None:
             if fixed_s is None:
-                s0 = _reduce_mean(v * v, plan.sup.dims)
+                s0 = _reduce_mean(v * v, plan.sup.dims, sync)
                 s = s_out = _suppression(s0, plan)
             else:
                 s = fixed_s
@@ -300,35 +378,49 @@ class _DivNormFn(torch.autograd.Function):
         sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
         need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
         gsig2 = None
+        sync = ctx.sync
         if gy is None and gv_ext is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            if sync is not None:
+                raise RuntimeError(_NO_GRADGRAD)
             gx, gsig2 = _DivNormFn._backward_graph(ctx, v, m0, fixed_s, sig2, need_sig, gy, gv_ext)
-            return gx, gsig2, None, None, None, None
+            return gx, gsig2, None, None, None, None, None
+        if sync is not None and gy is None and plan.sup is not None:
+            gy = torch.zeros_like(v)  # every process must take part in the same all-reduces
         if plan.sup is not None:
             gv = gy * d if gy is not None else torch.zeros_like(v)
             if gy is not None and (s0 is not None or need_sig):
-                # dL/dd, summed over the dims that d was broadcast along
+                # dL/dd, summed over the dims that d was broadcast along (under sync: over every process's
+                # examples for s0, this process's only for sigma, whose gradients the processes sum)
                 bdims = tuple(i for i in range(v.dim()) if d.shape[i] == 1 and v.shape[i] != 1)
                 gd = gy * v
                 if bdims:
                     gd = gd.sum(bdims, keepdim=True)
-                gs0, gsig2 = _divisor_vjp(gd, s0, fixed_s, sig2, need_sig, plan, spec)
+                if sync is not None and s0 is not None and 0 in plan.sup.dims:
+                    gs0, _ = _divisor_vjp(sync.all_reduce([gd])[0], s0, fixed_s, sig2, False, plan, spec)
+                    if need_sig:
+                        _, gsig2 = _divisor_vjp(gd, s0, fixed_s, sig2, True, plan, spec)
+                else:
+                    gs0, gsig2 = _divisor_vjp(gd, s0, fixed_s, sig2, need_sig, plan, spec)
                 if gs0 is not None:
-                    gv.addcmul_(v, gs0 * (2.0 / _numel(v, plan.sup.dims)))
+                    gv.addcmul_(v, gs0 * (2.0 / _numel(v, plan.sup.dims, sync)))
         else:
             gv = gy.clone() if gy is not None else None
         if gv_ext is not None:
             gv = gv_ext.clone() if gv is None else gv.add_(gv_ext)
         if plan.sum is not None and m0 is not None:
-            bdims = tuple(i for i in range(gv.dim()) if m0.shape[i] == 1 and gv.shape[i] != 1)
-            gmu = -(gv.sum(bdims, keepdim=True) if bdims else gv)
+            if sync is not None and 0 in plan.sum.dims:
+                gmu = -sync.sum(gv, plan.sum.dims)
+            else:
+                bdims = tuple(i for i in range(gv.dim()) if m0.shape[i] == 1 and gv.shape[i] != 1)
+                gmu = -(gv.sum(bdims, keepdim=True) if bdims else gv)
             gm0 = _mean_vjp(gmu, m0, plan)
-            n = _numel(gv, plan.sum.dims)
+            n = _numel(gv, plan.sum.dims, sync)
             gx = gv.add_(gm0, alpha=1.0 / n) if gm0.shape == gv.shape else gv.add_(gm0 / n)
         else:
             gx = gv
-        return gx, gsig2, None, None, None, None
+        return gx, gsig2, None, None, None, None, None
 
     @staticmethod
     def _backward_graph(ctx, v, m0, fixed_s, sig2, need_sig, gy, gv_ext):
@@ -368,13 +460,16 @@ class _DivNormSharedFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xg, sig2, spec, plan, need_v):
+    def forward(ctx, xg, sig2, spec, plan, need_v, sync=None):
         ctx.set_materialize_grads(False)
         dims = plan.sum.dims
-        m0 = xg.mean(dims, keepdim=True)
+        if sync is not None and 0 not in dims:
+            sync = None
+        ctx.sync = sync
+        m0 = xg.mean(dims, keepdim=True) if sync is None else _reduce_mean(xg, dims, sync)
         mu = _box(m0, plan.sum, plan.nspatial)
         v = xg - mu  # (torch.var_mean over a non-innermost dim is ~40x slower than these three passes on CPU)
-        s0 = v.square().mean(dims, keepdim=True)
+        s0 = v.square().mean(dims, keepdim=True) if sync is None else _reduce_mean(v.square(), dims, sync)
         s = _suppression(s0, plan)
         d = _divisor(s, sig2, spec)
         y = v * d
@@ -392,32 +487,45 @@ class _DivNormSharedFn(torch.autograd.Function):
         xg, m0, mu, s0, d, sig2_t = ctx.saved_tensors
         spec, plan = ctx.spec, ctx.plan
         dims = plan.sum.dims
-        n = _numel(xg, dims)
+        sync = ctx.sync
+        n = _numel(xg, dims, sync)
         need_sig = ctx.sig2_is_tensor and ctx.needs_input_grad[1]
         sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
         if torch.is_grad_enabled():
+            if sync is not None:
+                raise RuntimeError(_NO_GRADGRAD)
             # create_graph=True: the VJP of the plain-op composition, from the saved input, itself differentiable
             need_x = ctx.needs_input_grad[0]
             x = xg if need_x else xg.detach()
             sg = sig2 if need_sig else (sig2.detach() if torch.is_tensor(sig2) else sig2)
             y, v, _, _ = _compose(x, sg, spec, plan)
             gx, gsig2 = _grads([y, v], [gy, gv_ext], [x if need_x else None, sg if need_sig else None])
-            return gx, gsig2, None, None, None
+            return gx, gsig2, None, None, None, None
         if gy is None:
             gy = torch.zeros_like(xg)
         sg = gy.sum(dims, keepdim=True)                         # sum over the field of gy
         gd = (gy * xg).sum(dims, keepdim=True) - mu * sg        # sum over the field of gy * v
-        gs0, gsig2 = _divisor_vjp(gd, s0, None, sig2, need_sig, plan, spec)
+        gext = None if gv_ext is None else gv_ext.sum(dims, keepdim=True)
+        if sync is None:
+            gs0, gsig2 = _divisor_vjp(gd, s0, None, sig2, need_sig, plan, spec)
+        else:  # the field's sums over every process's examples (sigma's gradient stays this process's share)
+            sg_all, gd_all, gext = sync.all_reduce([sg, gd, torch.zeros_like(sg) if gext is None else gext])
+            gs0, _ = _divisor_vjp(gd_all, s0, None, sig2, False, plan, spec)  # (mu is the same everywhere)
+            if need_sig:
+                _, gsig2 = _divisor_vjp(gd, s0, None, sig2, True, plan, spec)
+            else:
+                gsig2 = None
+            sg = sg_all
         coef = gs0 * (2.0 / n)                                  # gv = gy * d + coef * v (+ gv_ext)
         gmu = -(d * sg + coef * (n * (m0 - mu)))                # -sum over the field of gv
-        if gv_ext is not None:
-            gmu = gmu - gv_ext.sum(dims, keepdim=True)
+        if gext is not None:
+            gmu = gmu - gext
         gm0 = _mean_vjp(gmu, m0, plan)
         gx = torch.addcmul(gm0 / n - coef * mu, gy, d)          # gv + E_A^T(gmu), v = x - mu expanded
         gx.addcmul_(xg, coef)
         if gv_ext is not None:
             gx.add_(gv_ext)
-        return gx, gsig2, None, None, None
+        return gx, gsig2, None, None, None, None
 
 
 def _shared(plan: _Plan, mean, sup) -> bool:
@@ -425,25 +533,28 @@ def _shared(plan: _Plan, mean, sup) -> bool:
             and plan.sum.dims == plan.sup.dims and bool(plan.sum.dims) and plan.sum.kc == 1 and plan.sup.kc == 1)
 
 
-def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None, need_v=True):
+def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None, need_v=True,
+                        sync: Optional[BatchSync] = None):
     """Divisive normalization returning ``(y, v, mu, s)``; see :func:`divisive_norm`.
 
     ``v`` is the centred activation (empty when the spec does not both centre and divide: then it is ``y``
     or ``x``; or when ``need_v`` is False and the fast shared-field path runs), ``mu``/``s`` the batch statistics in the grouped layout ``(N|1, G, C/G|1, ...)`` (empty when
     not computed). ``mean``/``sup`` replace the statistics (running statistics), given in that layout.
+    ``sync`` (a :class:`BatchSync`) pools the batch axis over the processes of a group, forward and backward
+    (double backward then raises).
     """
     _check(x, spec)
     plan = _plan(spec, x.dim() - 2)
     sig = spec.sigma if sigma is None else sigma
     sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
-    y, v, mu, s = _apply(_grouped(x, spec.groups), sig2, spec, plan, mean, sup, need_v)
+    y, v, mu, s = _apply(_grouped(x, spec.groups), sig2, spec, plan, mean, sup, need_v, sync)
     return y.reshape(x.shape), v, mu, s
 
 
-def _apply(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup, need_v: bool):
+def _apply(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup, need_v: bool, sync=None):
     if _shared(plan, mean, sup):
-        return _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v)
-    return _DivNormFn.apply(xg, sig2, spec, plan, mean, sup)
+        return _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v, sync)
+    return _DivNormFn.apply(xg, sig2, spec, plan, mean, sup, sync)
 
 
 def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:

@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -200,6 +201,14 @@ class DivisiveNorm(nn.Module):
     ``spec.eps=None`` means ``torch.finfo`` of the computation's dtype (``nn.RMSNorm``'s default; the ``rms``
     preset). Empty batches give empty outputs; complex and integer inputs are refused.
 
+    Under ``torch.distributed`` (DDP), ``process_group`` synchronizes the fields that pool the batch in training
+    mode: their statistics are those of all the group's examples (the processes' batch sizes may differ), the
+    backward all-reduces the matching gradient sums, the L1 term is the whole-batch value on every process, and
+    the running statistics are those of one process seeing the whole batch. ``bn`` then leaves ``F.batch_norm``
+    for the general path; the compiled path is not used. Evaluation mode, fields that pool only within an
+    example, and an uninitialized or one-process group communicate nothing (exactly the unsynchronized module).
+    Double backward raises under synchronization. See :func:`convert_sync_norm`.
+
     TorchScript: ``torch.jit.script`` raises a clear error (the spec is a Python dataclass and the general path
     a Python ``autograd.Function``, which TorchScript cannot compile); ``torch.jit.trace`` of a model in
     evaluation mode works.
@@ -213,6 +222,8 @@ class DivisiveNorm(nn.Module):
         track_running_stats: ``None`` (default) tracks them iff a field pools the batch.
         alpha: weight of the sparse L1 penalty at this site.
         impl: ``"auto"``, ``"general"``, ``"fused"``, ``"compile"`` or ``"band"``.
+        process_group: ``None`` (default: no synchronization), a ``torch.distributed`` process group, or
+            ``"world"`` (the default group, looked up at each forward) over which batch statistics are pooled.
 
     Shape:
         - Input: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
@@ -228,7 +239,7 @@ class DivisiveNorm(nn.Module):
 
     def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: Optional[float] = 0.1,
                  track_running_stats: Optional[bool] = None, alpha: float = 0.0, impl: str = "auto",
-                 bias: bool = True, device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None, process_group=None):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
         if not is_int(num_features) or num_features < 1:
@@ -249,6 +260,7 @@ class DivisiveNorm(nn.Module):
         if impl == "band" and not DF.band_supported(spec):
             raise ValueError(f"impl: 'band' needs fields that pool only 'channel', with a channel window, and {spec} "
                              f"has other fields or no window")
+        _check_group(process_group)
         if track_running_stats is None:
             track_running_stats = spec.pools_batch
         elif track_running_stats and not spec.pools_batch:
@@ -269,6 +281,7 @@ class DivisiveNorm(nn.Module):
         self.track_running_stats = bool(track_running_stats)
         self.alpha = float(alpha)
         self.impl = impl
+        self.process_group = process_group
         self._l1 = _L1Terms()           # shared with nn.DataParallel replicas (see _replicate_for_data_parallel)
         self._replica_of: Optional[tuple] = None   # (group, index) on a replica
         self._replicas: Optional[_ReplicaGroup] = None
@@ -326,6 +339,8 @@ class DivisiveNorm(nn.Module):
             s += f", alpha={self.alpha:g}"
         if self.impl != "auto":
             s += f", impl={self.impl!r}"
+        if self.process_group is not None:
+            s += ", process_group=" + (repr(self.process_group) if isinstance(self.process_group, str) else "<group>")
         return s
 
     @property
@@ -351,8 +366,8 @@ class DivisiveNorm(nn.Module):
     def _where(self) -> str:
         return f"DivisiveNorm({self.num_features}, alpha={self.alpha:g})"
 
-    def _add_penalty(self, centred: torch.Tensor) -> None:
-        self._add_term(self.alpha * centred.abs().mean(), centred.shape[0])
+    def _add_penalty(self, centred: torch.Tensor, sync=None) -> None:
+        self._add_term(self.alpha * DF.sync_mean(centred.abs(), sync), centred.shape[0])
 
     def _add_term(self, term: torch.Tensor, n: int) -> None:
         group, index = self._replica_of if self._replica_of is not None else (None, 0)
@@ -408,7 +423,10 @@ class DivisiveNorm(nn.Module):
         kind = self.fused
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
-        if self.impl == "compile" and self.training and x.numel():  # eval: the general path (no compilation)
+        sync = self._sync(x)
+        if sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
+            y = self._forward_general(x, use_batch_stats, sync)
+        elif self.impl == "compile" and self.training and x.numel():  # eval: the general path (no compilation)
             y = self._forward_compiled(x)
         elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
@@ -441,20 +459,35 @@ class DivisiveNorm(nn.Module):
                     raise ValueError(f"input: expected more than 1 value per channel when training with batch "
                                      f"statistics, got input of shape {tuple(x.shape)}")
 
-    def _update_running(self, x: torch.Tensor, mu: Optional[torch.Tensor], s: Optional[torch.Tensor]) -> None:
-        """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones."""
-        if not (self.training and self.track_running_stats) or x.numel() == 0:
+    def _sync(self, x: torch.Tensor) -> Optional[DF.BatchSync]:
+        """The process group pooling this training forward's batch statistics, or None (no communication)."""
+        pg = self.process_group
+        if pg is None or not self.training or not self.spec.pools_batch:
+            return None
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        group = None if isinstance(pg, str) else pg
+        if (dist.get_world_size() if group is None else group.size()) < 2:
+            return None
+        return DF.BatchSync(group, x.shape[0])
+
+    def _update_running(self, x: torch.Tensor, mu: Optional[torch.Tensor], s: Optional[torch.Tensor],
+                        batch: Optional[int] = None) -> None:
+        """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones.
+        ``batch``: the number of examples they pool (all processes' under sync; default ``x.shape[0]``)."""
+        batch = x.shape[0] if batch is None else batch
+        if not (self.training and self.track_running_stats) or batch * math.prod(x.shape[1:]) == 0:
             return  # (an empty batch leaves them as they are, as torch's batch norm does)
         with torch.no_grad():
             m = self._momentum()
             if self.running_mean is not None and mu is not None and mu.numel():
                 self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
             if self.running_var is not None and s is not None and s.numel():
-                n = x.shape[0] * math.prod(x.shape[2:])
+                n = batch * math.prod(x.shape[2:])
                 unbiased = s.reshape(-1) * (n / (n - 1))
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
 
-    def _forward_general(self, x: torch.Tensor, use_batch_stats: bool) -> torch.Tensor:
+    def _forward_general(self, x: torch.Tensor, use_batch_stats: bool, sync=None) -> torch.Tensor:
         spec = self.spec
         nsp = x.dim() - 2
         stat_shape = (1, 1, self.num_features) + (1,) * nsp  # grouped layout, G == 1 when tracking
@@ -464,13 +497,16 @@ class DivisiveNorm(nn.Module):
                 mean = self.running_mean.to(x.dtype).view(stat_shape)
             if self.running_var is not None:
                 sup = self.running_var.to(x.dtype).view(stat_shape)
-        self._check_batch(x)
+        if sync is None:
+            self._check_batch(x)
         y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup,
-                                              need_v=bool(self.alpha and self.training))
-        self._update_running(x, mu, s)
+                                              need_v=bool(self.alpha and self.training), sync=sync)
+        if sync is not None:  # the global batch size is known now (the same on every process)
+            self._check_batch(torch.empty((sync.global_n,) + tuple(x.shape[1:]), device="meta"))
+        self._update_running(x, mu, s, None if sync is None else sync.global_n)
         if self.alpha and self.training:
             centred = v if v.numel() else (y if spec.centre else x)
-            self._add_penalty(centred)
+            self._add_penalty(centred, sync)
         return self._affine(y, x.dtype)
 
     def _band(self, x: torch.Tensor) -> bool:
@@ -531,6 +567,36 @@ class DivisiveNorm(nn.Module):
             b = b.view(bshape).expand(shape)
         y = F.rms_norm(x, shape, w, None if spec.eps is None and not spec.sigma else eps)  # kind == "rms"
         return y if b is None else y + b
+
+
+def _check_group(process_group) -> None:
+    if process_group is None or (isinstance(process_group, str) and process_group == "world"):
+        return
+    if isinstance(process_group, str) or not (dist.is_available() and isinstance(process_group, dist.ProcessGroup)):
+        raise ValueError(f"process_group: expected None, 'world' or a torch.distributed.ProcessGroup, got "
+                         f"{process_group!r}")
+
+
+def convert_sync_norm(module: nn.Module, process_group=None) -> nn.Module:
+    """Synchronize the batch statistics of every :class:`DivisiveNorm` in ``module`` whose fields pool the batch
+    (``bn``, ``bn-s``, ``bn-ms``, any spec with ``"batch"`` in a field) over ``process_group`` (``None``: the
+    default group, looked up at each forward), as ``nn.SyncBatchNorm.convert_sync_batchnorm`` does for BN.
+
+    The modules are changed in place (their ``process_group`` attribute; parameters, buffers and the state dict
+    stay as they are) and ``module`` is returned. Sites that pool only within an example (``ln``, ``dn``, ``in``,
+    ``gn``, ``rms``, ``lrn``, windowed DN) are left alone: they need no communication. Without an initialized
+    process group (or with one process) the converted model computes exactly what it did before.
+
+    Example::
+
+        >>> dist.init_process_group("gloo")                      # e.g. under torchrun
+        >>> model = DDP(dnlib.convert_sync_norm(model))
+    """
+    _check_group(process_group)
+    for m in module.modules():
+        if isinstance(m, DivisiveNorm) and m.spec.pools_batch:
+            m.process_group = "world" if process_group is None else process_group
+    return module
 
 
 def _show(value) -> str:

@@ -1,0 +1,267 @@
+"""Synchronized batch statistics under torch.distributed (issue 18).
+
+Two processes on CPU (gloo), spawned once for the module: every batch-pooling normalizer, converted with
+``dnlib.convert_sync_norm``, run on two slices of one batch (4 + 4 and 3 + 5 examples) must equal one process
+(no process group) on the whole batch, in fp64 to 1e-10: output, input gradient, parameter gradients, the L1
+value, the running statistics, and the evaluation output afterwards.
+
+The objective convention is DDP's: each process ``p`` backpropagates its own loss ``loss_p`` and DDP averages the
+parameter gradients, so the trained objective is ``J = (1/W) sum_p loss_p``. Each process's L1 term is the
+whole-batch value ``P`` (its mean is global), so with ``loss_p = task_p + P`` the one-process loss with the same
+gradients is ``sum_p task_p + W * P``: its input gradient is each process's slice, its parameter gradients the
+*sum* of the processes' local ones (DDP's average times W).
+
+Collectives are counted by a process group written here that forwards every call to the real gloo group and
+logs it (name and bytes); DDP is given that group, so its own C++ calls are logged too. A positive control (a
+``bn`` model) shows the counter sees the normalizer's all-reduces.
+"""
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import dnlib
+from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty
+
+W = 2                     # processes
+N, C, H, WD = 8, 3, 4, 5  # the whole batch
+SPLITS = {"even": (4, 4), "uneven": (3, 5)}
+
+
+def _cases():
+    """name -> (factory of the module, input shape). Each factory builds the same module from a seed."""
+    bs = "batch,space"
+    return {
+        "bn": (lambda: make_norm("bn", C), (N, C, H, WD)),                      # fused path (F.batch_norm)
+        "bn-1d": (lambda: make_norm("bn", C), (N, C)),
+        "bn-s-l1": (lambda: make_norm("bn-s", C, alpha=0.1), (N, C, H, WD)),    # fused, L1 from field_mean
+        "bn-s-learned-l1": (lambda: make_norm("bn-s", C, learn_sigma=True, alpha=0.1), (N, C, H, WD)),
+        "bn-ms-l1": (lambda: make_norm("bn-ms", C, alpha=0.05), (N, C, H, WD)),
+        "bn-power": (lambda: DivisiveNorm(C, NormSpec(bs, bs, sigma=0.5, power=0.4, sup_scale=2.0)),
+                     (N, C, H, WD)),
+        "batch|batch,space": (lambda: DivisiveNorm(C, NormSpec("batch", bs, sigma=0.5, learn_sigma=True),
+                                                   track_running_stats=False, alpha=0.1), (N, C, H, WD)),
+        "batch,space|channel,space": (lambda: DivisiveNorm(C, NormSpec(bs, "channel,space", sigma=0.3),
+                                                           alpha=0.05), (N, C, H, WD)),
+        "windowed-batch": (lambda: DivisiveNorm(C, NormSpec(bs, "batch,channel,space", sum_window={"space": 3},
+                                                            sup_window={"space": 3}, sigma=0.2),
+                                                track_running_stats=False, alpha=0.1), (N, C, H, WD)),
+    }
+
+
+def _build(name):
+    factory, shape = _cases()[name]
+    torch.manual_seed(0)
+    m = factory().double()
+    with torch.no_grad():  # parameters away from their init, so that their gradients are generic
+        for p in m.parameters():
+            p.copy_(p + 0.3 * torch.rand_like(p))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    w = torch.randn(shape, generator=g, dtype=torch.float64)  # the task loss is sum(y * w)
+    return m, x, w
+
+
+def _record(m, x, y, penalty, eval_out):
+    out = {"y": y.detach(), "gx": x.grad.detach(), "penalty": None if penalty is None else penalty.detach(),
+           "eval": eval_out}
+    for k, p in m.named_parameters():
+        out["grad." + k] = p.grad.detach().clone()
+    for k, b in m.named_buffers():
+        out["buf." + k] = b.detach().clone()
+    return out
+
+
+def _step(m, x, w, penalty_weight=1.0):
+    """One training step and an evaluation forward: loss = sum(y * w) + penalty_weight * L1."""
+    m.train()
+    x = x.clone().requires_grad_()
+    y = m(x)
+    pen = sparse_penalty(m) if m.alpha else None
+    loss = (y * w).sum() + (penalty_weight * pen if pen is not None else 0)
+    loss.backward()
+    m.eval()
+    with torch.no_grad():
+        ev = m(x.detach())
+    return _record(m, x, y, pen, ev)
+
+
+class CountingGroup(dist.ProcessGroup):
+    """A process group that forwards every collective to ``inner`` (gloo) and logs ``(name, bytes)``."""
+
+    def __init__(self, inner):
+        super().__init__(inner.rank(), inner.size())
+        self.inner = inner
+        self.calls = []
+
+    def _log(self, name, tensors):
+        self.calls.append((name, sum(t.numel() * t.element_size() for t in tensors)))
+
+    def allreduce(self, tensors, opts=None):
+        self._log("allreduce", tensors)
+        return self.inner.allreduce(tensors) if opts is None else self.inner.allreduce(tensors, opts)
+
+    def broadcast(self, tensors, opts):
+        self._log("broadcast", tensors)
+        return self.inner.broadcast(tensors, opts)
+
+    def allgather(self, outs, ins, opts=None):
+        self._log("allgather", ins)
+        return self.inner.allgather(outs, ins, opts)
+
+    def barrier(self, opts=None):
+        self._log("barrier", [])
+        return self.inner.barrier(opts)
+
+    def getBackendName(self):
+        return "counting-gloo"
+
+
+def _ddp_step(pg, norm, seed=0):
+    """One DDP training step of a small CNN with ``norm`` sites converted for sync; returns the calls logged."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), make_norm(norm, 8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3, padding=1), make_norm(norm, 4))
+    model = dnlib.convert_sync_norm(model, process_group=pg)
+    ddp = nn.parallel.DistributedDataParallel(model, process_group=pg)
+    pg.calls.clear()
+    x = torch.randn(4, 3, 6, 6)
+    ddp(x).square().mean().backward()
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return list(pg.calls), param_bytes
+
+
+def _worker(rank, port, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
+    try:
+        pg = CountingGroup(dist.group.WORLD)
+        res = {}
+        for split, sizes in SPLITS.items():
+            lo = sum(sizes[:rank])
+            for name in _cases():
+                m, x, w = _build(name)
+                m = dnlib.convert_sync_norm(m, process_group=pg)
+                sl = slice(lo, lo + sizes[rank])
+                pg.calls.clear()
+                m.train()
+                xs = x[sl].clone().requires_grad_()
+                y = m(xs)
+                pen = sparse_penalty(m) if m.alpha else None
+                loss = (y * w[sl]).sum() + (pen if pen is not None else 0)
+                loss.backward()
+                train_calls = len(pg.calls)
+                m.eval()
+                pg.calls.clear()
+                with torch.no_grad():
+                    ev = m(x[sl])
+                rec = _record(m, xs, y, pen, ev)
+                rec["train_calls"], rec["eval_calls"] = train_calls, len(pg.calls)
+                res[(split, name)] = rec
+        # double backward under sync: a clear error, not a silently wrong value
+        m, x, w = _build("bn-s-learned-l1")
+        m = dnlib.convert_sync_norm(m, process_group=pg)
+        xs = x[:4].clone().requires_grad_() if rank == 0 else x[4:].clone().requires_grad_()
+        try:
+            (gx,) = torch.autograd.grad((m(xs) * w[:4]).sum(), xs, create_graph=True)
+            gx.square().sum().backward()
+            res["gradgrad"] = "no error"
+        except RuntimeError as e:
+            res["gradgrad"] = str(e)
+        sparse_penalty(m)
+        res["ddp_dn"] = _ddp_step(pg, "dn")
+        res["ddp_bn"] = _ddp_step(pg, "bn")
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(_free_port(), d), nprocs=W, join=True)
+        return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(W)]
+
+
+def _close(a, b, what):
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    assert err <= 1e-10, f"{what}: max |diff| {err:.3g}"
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+@pytest.mark.parametrize("name", list(_cases()))
+def test_sync_step_equals_one_process(ranks, split, name):
+    sizes = SPLITS[split]
+    m, x, w = _build(name)
+    assert dnlib.convert_sync_norm(m) is m      # no process group here: nothing changes
+    ref = _step(m, x, w, penalty_weight=W)     # sum_p task_p + W * P (see the module docstring)
+    got = [r[(split, name)] for r in ranks]
+    cat = lambda k: torch.cat([g[k] for g in got])  # noqa: E731
+    _close(cat("y"), ref["y"], "output")
+    _close(cat("gx"), ref["gx"], "input gradient")
+    if m.track_running_stats:
+        _close(cat("eval"), ref["eval"], "eval output")
+    else:  # eval with batch statistics is per process (no communication), as nn.SyncBatchNorm
+        with torch.no_grad():
+            local = torch.cat([m(x[:sizes[0]]), m(x[sizes[0]:])])
+        _close(cat("eval"), local, "eval output (local batch statistics)")
+    params = [k for k in ref if k.startswith("grad.")]
+    assert params == [k for k in got[0] if k.startswith("grad.")] and params
+    for k in params:
+        _close(sum(g[k] for g in got), ref[k], k + " (summed over processes)")
+    for k in [k for k in ref if k.startswith("buf.")]:
+        for r, g in enumerate(got):
+            _close(g[k].double(), ref[k].double(), f"{k} on rank {r}")
+    if ref["penalty"] is not None:
+        for r, g in enumerate(got):
+            _close(g["penalty"], ref["penalty"], f"L1 value on rank {r}")
+    assert all(g["train_calls"] > 0 for g in got)  # it did communicate (see the DDP test for counts)
+    assert all(g["eval_calls"] == 0 for g in got), "eval mode must not communicate"
+    assert [g["y"].shape[0] for g in got] == list(sizes)
+
+
+def test_double_backward_under_sync_raises(ranks):
+    for r in ranks:
+        assert "double backward" in r["gradgrad"] and "synchron" in r["gradgrad"], r["gradgrad"]
+
+
+def test_windowed_dn_under_ddp_adds_no_collective(ranks):
+    for r in ranks:
+        calls, param_bytes = r["ddp_dn"]
+        # DDP's gradient all-reduce only: one bucket holding every parameter's gradient
+        assert calls == [("allreduce", param_bytes)], calls
+        bn_calls, bn_param_bytes = r["ddp_bn"]
+        # positive control: the same counter sees bn's synchronizing all-reduces (forward and backward)
+        assert ("allreduce", bn_param_bytes) in bn_calls
+        assert len([c for c in bn_calls if c[0] == "allreduce"]) > 1 + 2, bn_calls
+
+
+def test_without_process_group_nothing_changes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), make_norm("bn", 4), make_norm("dn", 4), make_norm("bn-s", 4))
+    before = [type(m) for m in model.modules()]
+    out = dnlib.convert_sync_norm(model)
+    assert out is model and [type(m) for m in model.modules()] == before
+    assert model[1].process_group is not None and model[2].process_group is None  # only batch-pooling sites
+    assert model[1].fused == "bn"  # still the native kernel
+    x = torch.randn(4, 3, 6, 6)
+    ref = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        h = model[0](x)
+    torch.testing.assert_close(model[1](h), ref(h), rtol=0, atol=0)
+
+
+def test_process_group_argument_is_checked():
+    with pytest.raises(ValueError, match="process_group"):
+        DivisiveNorm(4, NormSpec("batch,space", "batch,space"), process_group="everyone")
