@@ -1,7 +1,7 @@
 """Synchronized batch statistics under torch.distributed (issue 18).
 
 Two processes on CPU (gloo), spawned once for the module: every batch-pooling normalizer, converted with
-``dnlib.convert_sync_norm``, run on two slices of one batch (4 + 4 and 3 + 5 examples) must equal one process
+``dnlib.convert_sync_norm``, run on two slices of one batch (4 + 4, 3 + 5 and 0 + 8 examples) must equal one process
 (no process group) on the whole batch, in fp64 to 1e-10: output, input gradient, parameter gradients, the L1
 value, the running statistics, and the evaluation output afterwards.
 
@@ -30,7 +30,7 @@ from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty
 
 W = 2                     # processes
 N, C, H, WD = 8, 3, 4, 5  # the whole batch
-SPLITS = {"even": (4, 4), "uneven": (3, 5)}
+SPLITS = {"even": (4, 4), "uneven": (3, 5), "empty": (0, 8)}
 
 
 def _cases():
