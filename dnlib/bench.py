@@ -62,6 +62,8 @@ def _time_all(cands: dict, x, gy, repeat: int, device: torch.device) -> dict:
 
 
 def run(devices, repeat: int = 20, shapes=("cifar", "seq"), verbose: bool = True) -> list:
+    if not repeat >= 1:
+        raise ValueError(f"repeat: must be an integer >= 1, got {repeat!r}")
     rows = []
     for dev in devices:
         device = torch.device(dev)

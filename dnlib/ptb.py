@@ -154,10 +154,8 @@ def build_model(cfg: PTBConfig, vocab_size: Optional[int] = None) -> LanguageMod
 
 
 def _set_bn_eval_step(model: nn.Module, step: Optional[int]) -> None:
-    from .models.rnn import _StepNorm
-    for m in model.modules():
-        if isinstance(m, _StepNorm):
-            m.eval_step = step
+    from .models.rnn import set_bn_eval_step
+    set_bn_eval_step(model, step)
 
 
 @torch.no_grad()
@@ -654,6 +652,8 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
           num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
     """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
     batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
+    if not reps >= 1:
+        raise ValueError(f"reps: must be an integer >= 1, got {reps!r}")
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)

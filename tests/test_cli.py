@@ -252,3 +252,19 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
     replaced = [i for i, c in enumerate(calls) if c == "replace"]
     assert len(replaced) == 3 and all(calls[i - 1] == "fsync" for i in replaced), calls
     assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------ the library behind the commands
+@pytest.mark.parametrize("call,name", [
+    (lambda: bench.run(["cpu"], repeat=0, verbose=False), "repeat"),
+    (lambda: cifar.benchmark("bn", None, steps=0), "steps"),
+    (lambda: cifar.check_graph("bn", None, steps=0), "steps"),
+    (lambda: ptb.bench(reps=0), "reps"),
+    (lambda: cifar.run("bn", eval_every=-1), "eval_every"),   # spun forever
+    (lambda: sr.train_sr("none", "smoke", time_limit=-5), "time_limit"),  # ended with 0 steps
+    (lambda: ptb.load_data(max_tokens=-5), "max_tokens"),  # trained on all of PTB
+    (lambda: ptb.load_data(vocab=1), "vocab"),
+])
+def test_library_rejects_what_the_commands_reject(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
