@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .figures import MarkdownTable, new_figure
+from .figures import MarkdownTable, _new_figure
 from .norm import IMPLS
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
 from . import cli
-from . import distributed
 from .io import atomic_write_json, atomic_write_text
 from .train import (CheckpointError, GraphTrainer, TensorBatches, Trainer, TrainConfig, TrainingDiverged,
                     resolve_device, set_seed)
@@ -251,9 +250,6 @@ def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int 
                          mean_over=mean_over)
     trainer = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=eval_every, out_dir=out_dir,
                            progress=progress, run_info=_run_info(cfg, data, subset))
-    trainer = distributed.prepare(trainer, out_dir)  # under torchrun: DDP, synchronized norms, sharded batches
-    if not distributed.is_main():
-        out_dir = None  # one record, written by rank 0
     target = cfg.steps if stop_after is None else min(int(stop_after), cfg.steps)
     if out_dir is not None:
         trainer.try_resume()
@@ -524,7 +520,7 @@ def results_table(results) -> MarkdownTable:
 # ---------------------------------------------------------------------------------------------- figures
 def learning_curves(results, metric: Optional[str] = None):
     """Evaluation accuracy against step for every run, on one figure (left), and the training loss (right)."""
-    fig = new_figure(figsize=(11, 4), layout="constrained")
+    fig = _new_figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     for r in results:
         key = metric or f"{r.summary['eval_split']}_acc"
@@ -570,7 +566,7 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
     pairs for every model), each titled with its r and MI; the paper's mean corr/MI in the row label."""
     from .figures import joint_histogram
     from .stats import as_samples, pairwise_corr_mi
-    fig = new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
+    fig = _new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(results), n_pairs, squeeze=False))
     for row, r in zip(axes, results):
         z = first_layer_responses(r.model, data, n_images)

@@ -154,8 +154,10 @@ def build_model(cfg: PTBConfig, vocab_size: Optional[int] = None) -> LanguageMod
 
 
 def _set_bn_eval_step(model: nn.Module, step: Optional[int]) -> None:
-    from .models.rnn import set_bn_eval_step
-    set_bn_eval_step(model, step)
+    from .models.rnn import _StepNorm
+    for m in model.modules():
+        if isinstance(m, _StepNorm):
+            m.eval_step = step
 
 
 @torch.no_grad()
