@@ -20,6 +20,7 @@ long the cell runs or sleeps (the cell timeout still applies). Use it through pa
 from __future__ import annotations
 
 import asyncio
+from queue import Empty
 from time import monotonic
 from typing import Any
 
@@ -30,7 +31,7 @@ from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 from traitlets import Float, Unicode
 
-__all__ = ["CellStalled", "StallWatchingClient", "StallWatchingEngine", "register_engine", "ENGINE_NAME",
+__all__ = ["CellStalled", "StallWatchingClient", "slice_polls", "StallWatchingEngine", "register_engine", "ENGINE_NAME",
            "DEFAULT_STALL_TIMEOUT"]
 
 ENGINE_NAME = "dnlib-stall"
@@ -52,13 +53,43 @@ class CellStalled(CellTimeoutError):
         super().__init__(f"{notebook + ': ' if notebook else ''}{where} stalled: {self.evalue}")
 
 
+def slice_polls(channel, interval: float) -> None:
+    """Make ``channel.get_msg(timeout)`` wait in slices of at most ``interval`` seconds (same result).
+
+    The fix for the widget-cell hangs (issue 11): nbclient's Output-widget mimic (``OutputWidget.sync_state``)
+    sends ``comm_msg``s on the shell socket from the IOPub coroutine while another coroutine awaits the
+    ``execute_reply`` on that same ``zmq.asyncio`` socket with one unbounded ``poll``. When such a send (a
+    captured figure, tens of KB) overlaps the reply's arrival, the socket's edge-triggered wakeup is lost: the
+    reply sits in the socket (``ZMQ_EVENTS`` has ``POLLIN``), the poll future stays pending, the loop sleeps in
+    epoll until the cell timeout. A fresh ``poll`` checks ``ZMQ_EVENTS`` when it starts, so polling in slices
+    delivers a stranded reply within ``interval``. Nothing is consumed by a poll that times out.
+    """
+    get_msg = channel.get_msg
+
+    async def sliced_get_msg(timeout: float | None = None):
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            step = interval if deadline is None else max(0.0, min(interval, deadline - monotonic()))
+            try:
+                return await get_msg(timeout=step)
+            except Empty:
+                if deadline is not None and monotonic() >= deadline:
+                    raise
+
+    channel.get_msg = sliced_get_msg
+
+
 class StallWatchingClient(PapermillNotebookClient):
-    """papermill's notebook client plus a watcher that turns a stalled cell into :class:`CellStalled`."""
+    """papermill's notebook client with the shell channel polled in slices (:func:`slice_polls`, the hang's
+    fix) plus a watcher that turns a stalled cell into :class:`CellStalled` (a guard for any other loss)."""
 
     stall_timeout = Float(DEFAULT_STALL_TIMEOUT, allow_none=True,
                           help="seconds an idle kernel may leave a cell unanswered (None or <= 0: no watch)").tag(config=True)
     stall_poll = Float(1.0, help="seconds between two checks of the watcher").tag(config=True)
     notebook_name = Unicode("", help="the notebook's name, for messages").tag(config=True)
+    shell_poll_interval = Float(0.25, allow_none=True,
+                                help="longest single wait on the shell channel (None: nbclient's unbounded "
+                                     "wait, which can miss a reply, see slice_polls)").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -120,6 +151,10 @@ class StallWatchingClient(PapermillNotebookClient):
                 return CellStalled(self.notebook_name, cell_index, cell.get("execution_count"), reason, now - start)
 
     async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
+        channel = self.kc.shell_channel
+        if self.shell_poll_interval and getattr(channel, "_dnlib_sliced", None) != self.shell_poll_interval:
+            slice_polls(channel, self.shell_poll_interval)
+            channel._dnlib_sliced = self.shell_poll_interval
         poll = super()._async_poll_for_reply(msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive)
         if not self.stall_timeout or self.stall_timeout <= 0:
             return await poll
