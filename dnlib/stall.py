@@ -1,4 +1,7 @@
-"""Stall detection for headless notebook runs: an idle kernel that never answers a cell fails fast.
+"""Headless notebook runs that never hang on a lost reply, and fail fast when a kernel stalls anyway.
+
+The widget-cell hangs of issue 11 were a lost wakeup in the client: see :func:`slice_polls` (the fix, used by
+:class:`StallWatchingClient`). The stall watch below is the guard for any other lost message.
 
 A notebook client (papermill/nbclient) sends a cell as an ``execute_request`` on the shell channel and waits
 for the matching ``execute_reply``; the kernel also reports ``status: busy`` when it starts the request and
