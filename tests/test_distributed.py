@@ -265,3 +265,24 @@ def test_without_process_group_nothing_changes():
 def test_process_group_argument_is_checked():
     with pytest.raises(ValueError, match="process_group"):
         DivisiveNorm(4, NormSpec("batch,space", "batch,space"), process_group="everyone")
+
+
+def test_shard_tiles_the_batch():
+    from dnlib.distributed import shard
+    for n in (0, 1, 7, 8, 100):
+        for world in (1, 2, 3, 8):
+            parts = [shard(n, r, world) for r in range(world)]
+            got = [i for s in parts for i in range(n)[s]]
+            assert got == list(range(n)), (n, world)
+            sizes = [s.stop - s.start for s in parts]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    with pytest.raises(ValueError, match="rank"):
+        shard(8, 2, 2)
+
+
+def test_prepare_without_torchrun_changes_nothing(monkeypatch):
+    from dnlib.distributed import is_main, prepare
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    sentinel = object()
+    assert prepare(sentinel, out_dir="unused") is sentinel and is_main()

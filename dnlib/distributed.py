@@ -1,0 +1,205 @@
+"""Training under ``torch.distributed`` (``torchrun``): DDP, synchronized normalizers, sharded batches.
+
+``torchrun --nproc_per_node=2 -m dnlib.cifar run bn-star --device cpu --mode eager --steps 20`` trains one model
+in two processes: every process draws the same global batch from the resident data (same seed) and keeps its
+contiguous share (:func:`shard`, a distributed sampler without a copy of the data), the model is wrapped in
+``DistributedDataParallel`` (gradients averaged) and its batch-pooling normalizers are synchronized
+(:func:`dnlib.convert_sync_norm`), so a step equals one process's step on the global batch (up to float
+rounding; exactly so when the batch divides evenly, since DDP averages the processes' mean losses). The
+logged training loss is the global batch's. Rank 0 alone writes checkpoints and the run record. gloo on CPU
+(NCCL is chosen on CUDA, untested here). Resuming a run under torchrun and CUDA graphs are not supported yet.
+
+:class:`CollectiveLog` is a process group that forwards every collective to a real one and logs it (name and
+bytes), for measuring the communication of a training step (:func:`step_communication`).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .norm import convert_sync_norm
+
+
+# DDP's switch for the buffer broadcast before each forward (renamed in recent torch; the old name warns there)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
+def init_from_env(backend: Optional[str] = None) -> bool:
+    """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``...);
+    True when running in a group of two or more processes (already joined or joined now), False otherwise
+    (a plain single-process run: nothing is done). ``backend``: default ``"nccl"`` when CUDA is available,
+    else ``"gloo"``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group; torchrun's ``RANK`` before it is joined)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    """Whether this process writes records (rank 0, or no process group)."""
+    return rank() == 0
+
+
+def shard(n: int, rank: int, world: int) -> slice:
+    """The contiguous share of process ``rank`` among ``world`` of a global batch of ``n`` examples: sizes differ
+    by at most one, the first ``n % world`` processes take the larger ones, the shares tile ``range(n)``."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank, world: need 0 <= rank < world, got rank={rank}, world={world}")
+    base, extra = divmod(int(n), world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class ShardedBatches:
+    """A batch stream (``next()`` gives a tuple of tensors, ``state_dict``/``load_state_dict``) of which this
+    process keeps its :func:`shard` of every batch. Every process must hold the same stream (same seed)."""
+
+    def __init__(self, batches, rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.batches)
+        s = shard(batch[0].shape[0], self.rank, self.world)
+        return tuple(t[s] for t in batch)
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
+
+class _DDPLoss:
+    """``loss_fn(model, batch)`` run through the DDP wrapper (so its gradient hooks fire); the returned loss keeps
+    this process's gradient but carries the global batch's mean value (one all-reduce of a scalar), for the log."""
+
+    def __init__(self, loss_fn: Callable, ddp: nn.Module):
+        self.loss_fn, self.ddp = loss_fn, ddp
+
+    def __call__(self, model, batch):
+        out = self.loss_fn(self.ddp, batch)
+        loss, extra = out if isinstance(out, tuple) else (out, None)
+        n = batch[0].shape[0]
+        with torch.no_grad():
+            t = torch.stack([loss.detach() * n, loss.new_tensor(float(n))])
+            dist.all_reduce(t)
+            mean = t[0] / t[1]
+        loss = loss + (mean - loss.detach())
+        return loss if extra is None else (loss, extra)
+
+
+def prepare(trainer, out_dir=None):
+    """Make ``trainer`` (a :class:`dnlib.train.Trainer`) train data-parallel when run under torchrun; returned
+    unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
+    loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
+    (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, the
+    CUDA-graph trainer)."""
+    if not init_from_env():
+        return trainer
+    from .train import GraphTrainer  # (the train layer; imported only under torchrun)
+    if isinstance(trainer, GraphTrainer):
+        raise ValueError("mode: CUDA-graph training under torchrun is not supported; pass --mode eager")
+    if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
+        raise ValueError(f"out_dir: {out_dir} holds a checkpoint, and resuming under torchrun is not supported; "
+                         f"use a new --out folder")
+    model = convert_sync_norm(trainer.model)
+    device = next(model.parameters()).device
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              **_NO_BUFFER_SYNC)  # synchronized norms' buffers agree already
+    trainer.loss_fn = _DDPLoss(trainer.loss_fn, ddp)
+    trainer.batches = ShardedBatches(trainer.batches, dist.get_rank(), dist.get_world_size())
+    trainer.ddp = ddp
+    if not is_main():
+        trainer.out_dir = None
+    return trainer
+
+
+class CollectiveLog(dist.ProcessGroup if dist.is_available() else object):
+    """A process group that forwards every collective to ``inner`` and appends ``(name, bytes)`` to ``calls``
+    (bytes: the tensors this process contributes). Give it to DDP (``process_group=``) and to
+    :func:`dnlib.convert_sync_norm` to see every collective of a step, DDP's own (C++) calls included."""
+
+    def __init__(self, inner):
+        super().__init__(inner.rank(), inner.size())
+        self.inner = inner
+        self.calls = []
+
+    def _log(self, name, tensors):
+        self.calls.append((name, sum(t.numel() * t.element_size() for t in tensors)))
+
+    def allreduce(self, tensors, opts=None):
+        self._log("allreduce", tensors)
+        return self.inner.allreduce(tensors) if opts is None else self.inner.allreduce(tensors, opts)
+
+    def broadcast(self, tensors, opts):
+        self._log("broadcast", tensors)
+        return self.inner.broadcast(tensors, opts)
+
+    def allgather(self, outs, ins, opts=None):
+        self._log("allgather", ins)
+        return self.inner.allgather(outs, ins, opts)
+
+    def barrier(self, opts=None):
+        self._log("barrier", [])
+        return self.inner.barrier(opts)
+
+    def getBackendName(self):
+        return "logged-" + self.inner.name()
+
+
+def _logged_step(model: nn.Module, x, y, loss_fn, sync: bool) -> list:
+    from .sparse import sparse_penalty
+    log = CollectiveLog(dist.group.WORLD)
+    if sync:
+        convert_sync_norm(model, process_group=log)
+    ddp = nn.parallel.DistributedDataParallel(model, process_group=log, **_NO_BUFFER_SYNC)
+    log.calls.clear()
+    model.train()
+    (loss_fn(ddp(x), y) + sparse_penalty(model)).backward()
+    return list(log.calls)
+
+
+def step_communication(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Optional[Callable] = None) -> dict:
+    """Collectives of one DDP training step of ``model`` on this process's ``(x, y)`` (call in every process of
+    an initialized group), counted by :class:`CollectiveLog`: ``{"calls", "bytes"}`` with synchronized
+    normalizers, ``{"ddp_calls", "ddp_bytes"}`` of the same step on a copy without synchronization (DDP's
+    gradient all-reduce alone), and their differences ``norm_calls``/``norm_bytes``. ``model`` is converted."""
+    import copy
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    plain = _logged_step(copy.deepcopy(model), x, y, loss_fn, sync=False)
+    synced = _logged_step(model, x, y, loss_fn, sync=True)
+    out = {"calls": len(synced), "bytes": sum(b for _, b in synced),
+           "ddp_calls": len(plain), "ddp_bytes": sum(b for _, b in plain)}
+    out["norm_calls"], out["norm_bytes"] = out["calls"] - out["ddp_calls"], out["bytes"] - out["ddp_bytes"]
+    return out
