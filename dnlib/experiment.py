@@ -1,0 +1,602 @@
+"""One runner for every experiment: the run loop, its one time-limit rule, resume, divergence, the run record,
+``run_many``, ``sweep``/``gather`` and one command-line grammar.
+
+An experiment is a :class:`Recipe` (``dnlib.cifar.RECIPE``, ...): it names its configurations, resolves one
+(``config``), builds what a run needs for a configuration and a seed (``build`` -> :class:`Setup`: model, loss,
+resumable batches, evaluation, :class:`~dnlib.train.TrainConfig`, run identity), and reads the numbers of a run
+(``headline``) beside the paper's (``paper``). The runner does everything else, the same way for every recipe::
+
+    from dnlib import experiment
+    from dnlib.cifar import RECIPE
+    r = experiment.run(RECIPE, "dn-star", seed=0, steps=300, out="runs/cifar", options={"subset": (2000, 1000)})
+    r.record["headline"], r.run_dir, r.history, r.model
+
+    python -m dnlib.cifar run dn-star --steps 300 --subset 2000,1000 --time-limit 600     # runs/cifar/dn-star-s0-<UTC>
+    python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-20261130T070000.000Z       # continue that run
+    python -m dnlib.cifar sweep base dn-star --seeds 0 1 --jobs 2 --out runs/cifar/sweep  # rerun: skips finished runs
+    python -m dnlib.cifar gather runs/cifar/sweep
+
+**Chunks and the time limit.** A run advances in chunks of ``Setup.chunk`` optimizer steps (default: the
+evaluation interval ``train.eval_every``; PTB: one epoch); the trainer evaluates and checkpoints at the end of
+every chunk, and the runner rewrites ``record.json`` and ``curves.csv`` there. The ONE time-limit rule: before
+starting a chunk, the run stops when the seconds since :func:`run` was called plus the duration of the previous
+chunk would exceed ``time_limit``; it is recorded as ``stopped: "time limit at step N"``. The first chunk of a
+call always runs (there is no measure yet).
+
+**Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>`` (:func:`dnlib.records.new_run_dir`,
+never another run's); ``resume=DIR`` runs in ``DIR`` itself: it continues the checkpoint there (the trainer
+refuses one written by another run, :class:`~dnlib.train.CheckpointError`), or starts there when it holds none.
+A folder holds ``run.json`` (how the run was called, enough to resume it by its folder alone), ``record.json``
+(:mod:`dnlib.records`; ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``,
+``history.json``. Every file is written atomically: a killed run leaves complete files or none.
+
+**Divergence.** A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` from the trainer: the record says
+``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
+
+This module is the experiments layer: it imports train, records, cli and distributed, never a recipe.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from torch import nn
+
+from . import cli, distributed, records
+from .io import atomic_write_json, atomic_write_text
+from .train import CheckpointError, Trainer, TrainConfig, TrainingDiverged, set_seed
+
+__all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
+           "gather_table", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
+
+RUN_FILE = "run.json"
+COMPLETED = "completed"
+RUNNING = "running"
+_REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------- the contract
+@dataclass
+class Setup:
+    """Everything one run needs, built by :meth:`Recipe.build` for a configuration and a seed.
+
+    ``trainer`` is the trainer class (:class:`~dnlib.train.Trainer` or :class:`~dnlib.train.GraphTrainer`) and
+    ``trainer_kwargs`` its extra arguments (``param_groups``, ``lr_lambda``, ``capture``...). ``run_info`` is the
+    run identity a resumed checkpoint must match (plain values). ``chunk``: steps per chunk (default
+    ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded with the config (the data used,
+    the trainer mode...). ``data``: anything the recipe keeps for figures (on :attr:`RunResult.setup`)."""
+    model: nn.Module
+    loss_fn: Callable
+    batches: Any
+    train: TrainConfig
+    evaluate: Optional[Callable[[nn.Module], dict]] = None
+    run_info: dict = field(default_factory=dict)
+    trainer: type = Trainer
+    trainer_kwargs: dict = field(default_factory=dict)
+    chunk: Optional[int] = None
+    info: dict = field(default_factory=dict)
+    data: Any = None
+
+
+@dataclass
+class Command:
+    """A recipe's own sub-command (``bench``, ``check-graph``...): ``add_arguments(parser)`` then
+    ``handler(args, parser) -> exit status``."""
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
+class Recipe:
+    """One experiment. Subclass it and set :attr:`name` and :attr:`module`; implement :meth:`configs`,
+    :meth:`config`, :meth:`build`, :meth:`headline` and :meth:`paper`; optionally :meth:`add_arguments` /
+    :meth:`from_args` (the experiment's own flags), :meth:`label`, :meth:`report`, :meth:`commands`."""
+
+    name: str = "experiment"          #: the experiment's name: ``runs/<name>/``, ``record["experiment"]``
+    module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.cifar"``
+    description: str = ""
+
+    def configs(self) -> list:
+        """The names of the registered configurations (``list``; a sweep may also take ``all``)."""
+        raise NotImplementedError
+
+    def expand(self, names: Sequence[str]) -> list:
+        """Configuration names with group names expanded (default ``all``); raises ValueError for unknown ones."""
+        out = []
+        for n in names:
+            out += self.configs() if n == "all" else [n]
+        for n in out:
+            self.config(n)
+        return out
+
+    def config(self, config, steps: Optional[int] = None, **overrides):
+        """The resolved configuration: ``config`` is a name or a config object; ``overrides`` are fields to change
+        (every field of the config must be accepted, so ``config(name, **all_fields)`` rebuilds it exactly);
+        ``steps`` shortens the schedule. Raises ValueError naming a bad name or field."""
+        raise NotImplementedError
+
+    def from_dict(self, fields: Mapping[str, Any]):
+        """The config whose :meth:`config_dict` is ``fields`` (as read back from JSON: lists where the config
+        holds tuples), rebuilt exactly (no rescaling). Default: the named config with every field replaced."""
+        base = self.config(fields["name"])
+        fix = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(base, k, None), tuple) else v
+               for k, v in fields.items()}
+        return dataclasses.replace(base, **fix)
+
+    def config_dict(self, cfg) -> dict:
+        """The config's fields as a dict (default ``dataclasses.asdict``)."""
+        return dataclasses.asdict(cfg)
+
+    def build(self, cfg, seed: int, device: str = "auto", **options) -> Setup:
+        """The :class:`Setup` of one run. The runner seeds every RNG with ``seed`` just before calling it."""
+        raise NotImplementedError
+
+    def headline(self, result: "RunResult") -> dict:
+        """The run's headline numbers (from ``result.history``, ``result.steps``, ``result.train_seconds``)."""
+        raise NotImplementedError
+
+    def paper(self, cfg) -> dict:
+        """The paper's numbers for the keys of :meth:`headline` that it reports (None where it has none)."""
+        return {}
+
+    def label(self, name: str, options: Mapping[str, Any]) -> str:
+        """The stem of a sweep's run folder for configuration ``name`` (default the name)."""
+        return name
+
+    def add_arguments(self, parser: argparse.ArgumentParser, verb: str) -> None:
+        """Add the experiment's own flags to ``run`` (and to the checks of ``sweep``)."""
+
+    def from_args(self, args: argparse.Namespace) -> tuple[dict, dict]:
+        """``(overrides, options)`` from the parsed flags of :meth:`add_arguments`: config fields to change, and
+        keyword arguments of :meth:`build`."""
+        return {}, {}
+
+    def report(self, path, args: Optional[argparse.Namespace] = None) -> dict:
+        """Summarize the runs under ``path`` (tables, figures); the default is :func:`gather`'s rows."""
+        return {"runs": gather([path])}
+
+    def commands(self) -> dict:
+        """Extra sub-commands ``{name: Command}`` (``bench``, ...)."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------- one run
+@dataclass
+class RunResult:
+    """A run: its ``record`` (the dict in ``record.json``), the trainer's ``history``, the trained ``model``,
+    the resolved ``config``, its ``run_dir`` (None without one), ``steps`` done, ``train_seconds`` (the
+    trainer's timed steps) and the recipe's ``setup`` (its data for figures)."""
+    record: Optional[dict]
+    history: list
+    model: Optional[nn.Module] = None
+    config: Any = None
+    run_dir: Optional[Path] = None
+    steps: int = 0
+    train_seconds: float = 0.0
+    setup: Optional[Setup] = None
+
+    @property
+    def headline(self) -> dict:
+        return (self.record or {}).get("headline") or {}
+
+    @property
+    def stopped(self) -> Optional[str]:
+        return (self.record or {}).get("stopped")
+
+    def __repr__(self) -> str:
+        rec = self.record or {}
+        return (f"RunResult({rec.get('experiment')} {rec.get('name')} seed {rec.get('seed')}: "
+                f"{rec.get('steps_done')}/{rec.get('steps_planned')} steps, {rec.get('stopped')}, "
+                f"{rec.get('headline')})")
+
+
+def _plain(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+class Run:
+    """A prepared run (made by :func:`prepare`): configuration resolved, setup built, trainer made, checkpoint
+    resumed; nothing trained yet. :meth:`go` trains it. Errors in preparing are the caller's (bad config, missing
+    data, another run's checkpoint: ValueError / FileNotFoundError / CheckpointError)."""
+
+    def __init__(self, recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
+                 time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
+                 overrides: Optional[Mapping] = None, options: Optional[Mapping] = None,
+                 stop_after: Optional[int] = None, progress: bool = False, parameters: Optional[Mapping] = None,
+                 argv: Optional[Sequence[str]] = None):
+        self.t0 = time.perf_counter()
+        self.started = time.time()
+        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+            raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
+        if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 0):
+            raise ValueError(f"stop_after: must be an integer >= 0 (or None), got {stop_after!r}")
+        if out is not None and resume is not None:
+            raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
+        stored = {}
+        if resume is not None and (Path(resume) / RUN_FILE).is_file():
+            stored = json.loads((Path(resume) / RUN_FILE).read_text())
+            if stored.get("experiment") != recipe.name:
+                raise ValueError(f"resume: {resume} holds a {stored.get('experiment')!r} run, not {recipe.name!r}")
+        overrides, options = dict(overrides or {}), dict(options or {})
+        if config is None:
+            if not stored:
+                raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
+            config = stored["config"]
+            options = {**stored.get("options", {}), **options}
+        if seed is None:
+            seed = int(stored.get("seed", 0))
+        if device is None:
+            device = stored.get("device", "auto")
+        self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
+            time_limit, stop_after
+        self.parameters, self.argv = parameters, argv
+        if stored and config == stored.get("config") and stored.get("fields"):   # rebuild it exactly
+            self.cfg = recipe.from_dict({**stored["fields"], **overrides})
+            if steps is not None:
+                self.cfg = recipe.config(self.cfg, steps=steps)
+        else:
+            self.cfg = recipe.config(config, steps=steps, **overrides)
+        cfg_name = getattr(self.cfg, "name", str(config))
+        set_seed(self.seed)
+        self.setup = setup = recipe.build(self.cfg, self.seed, device, **options)
+        if progress:
+            setup.train.progress = True
+        self.planned = int(setup.train.steps)
+        self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
+        if self.chunk < 1:
+            raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
+        main = distributed.is_main()
+        if resume is not None:
+            self.run_dir = Path(resume)
+            if main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+        elif out is not None:
+            self.run_dir = records.new_run_dir(out, records.run_name(cfg_name, self.seed)) if main else None
+        else:
+            self.run_dir = None
+        self.trainer = setup.trainer(setup.model, setup.loss_fn, setup.batches, setup.train, evaluate=setup.evaluate,
+                                     out_dir=self.run_dir, run_info=setup.run_info, **setup.trainer_kwargs)
+        self.trainer = distributed.prepare(self.trainer, self.run_dir)
+        if not main:
+            self.run_dir = None          # one record, written by rank 0
+        self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+        self.options = {k: v for k, v in options.items() if _plain(v)}
+        self.config_name = cfg_name
+        if self.run_dir is not None:
+            atomic_write_json(records.jsonable({
+                "experiment": recipe.name, "config": cfg_name, "fields": recipe.config_dict(self.cfg),
+                "seed": self.seed, "options": self.options, "device": str(device)}), self.run_dir / RUN_FILE,
+                indent=1)
+
+    # -- the record
+    def result(self, stopped: str) -> RunResult:
+        tr = self.trainer
+        res = RunResult(None, tr.history, tr.model, self.cfg, self.run_dir, tr.step, tr.elapsed, self.setup)
+        headline = dict(self.recipe.headline(res))
+        if stopped.startswith("diverged"):
+            headline = {k: None for k in headline}     # a diverged run reports no number
+        config = {**self.recipe.config_dict(self.cfg), "setup": dict(self.setup.info)}
+        res.record = records.make_record(
+            self.recipe.name, config, self.seed, name=self.config_name, parameters=self.parameters,
+            started=self.started, ended=None if stopped == RUNNING else time.time(), steps_planned=self.planned,
+            steps_done=tr.step, stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg),
+            device=tr.device, argv=self.argv)
+        return res
+
+    def write(self, stopped: str) -> RunResult:
+        res = self.result(stopped)
+        if self.run_dir is not None:
+            records.write_curves(self.run_dir, [r for r in self.trainer.history if "step" in r])
+            records.write_record(self.run_dir, res.record)
+        return res
+
+    # -- the loop
+    def go(self) -> RunResult:
+        """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result.
+        Raises :class:`~dnlib.train.TrainingDiverged` after writing the record of a diverged run."""
+        tr = self.trainer
+        target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
+        stopped, last = None, None
+        try:
+            while tr.step < target:
+                spent = time.perf_counter() - self.t0
+                if self.time_limit is not None and last is not None and spent + last > self.time_limit:
+                    stopped = f"time limit at step {tr.step}"
+                    break
+                c0 = time.perf_counter()
+                tr.run_until(min(target, (tr.step // self.chunk + 1) * self.chunk))
+                last = time.perf_counter() - c0
+                if tr.step < target:
+                    self.write(RUNNING)
+        except TrainingDiverged as e:
+            self.write(e.status)
+            raise
+        except KeyboardInterrupt:
+            self.write(f"interrupted at step {tr.step}")
+            raise
+        if stopped is None:
+            stopped = COMPLETED if tr.step >= self.planned else f"stop_after at step {tr.step}"
+        return self.write(stopped)
+
+
+def prepare(recipe: Recipe, config=None, **kwargs) -> Run:
+    """A :class:`Run`, prepared but not trained (the CLI prepares inside its error handling, then calls
+    :meth:`Run.go`). Arguments as :func:`run`."""
+    return Run(recipe, config, **kwargs)
+
+
+def run(recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
+        time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
+        overrides: Optional[Mapping] = None, options: Optional[Mapping] = None, stop_after: Optional[int] = None,
+        progress: bool = False, parameters: Optional[Mapping] = None,
+        argv: Optional[Sequence[str]] = None) -> RunResult:
+    """Train one configuration of ``recipe`` and return its :class:`RunResult`.
+
+    Args:
+        config: a configuration name or object (None with ``resume``: the one stored in the run folder).
+        seed: the run's seed (default 0, or the stored one when resuming).
+        steps: shorten the schedule (the recipe scales it).
+        time_limit: seconds; stop at the first chunk boundary where the next chunk would not fit (module doc).
+        out: a base folder: the run gets a new folder ``out/<config>-s<seed>-<UTC time>``.
+        resume: a run folder: continue it (its checkpoint must be this run's), or start there.
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
+        overrides: configuration fields to change; options: keyword arguments of the recipe's ``build``.
+        stop_after: stop at this step (an interruption; the schedule is unchanged).
+        parameters: a notebook's parameters, recorded; argv: the command line, recorded.
+
+    Without ``out`` and ``resume`` nothing is written (the record is on the result)."""
+    return Run(recipe, config, seed=seed, steps=steps, time_limit=time_limit, out=out, resume=resume, device=device,
+               overrides=overrides, options=options, stop_after=stop_after, progress=progress,
+               parameters=parameters, argv=argv).go()
+
+
+def run_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **kwargs) -> list:
+    """:func:`run` for every configuration and seed, in this process (notebooks, CPU); ``kwargs`` as :func:`run`
+    (e.g. ``options={"data": data}`` to share loaded data)."""
+    return [run(recipe, c, seed=s, **kwargs) for c in configs for s in seeds]
+
+
+# ------------------------------------------------------------------------------------------ sweep/gather
+def _finished(d: Path) -> bool:
+    try:
+        return records.read_record(d).get("stopped") == COMPLETED
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _status_line(d: Path) -> str:
+    try:
+        rec = records.read_record(d)
+    except (FileNotFoundError, ValueError):
+        return f"{d.name}: starting"
+    head = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec["headline"].items())
+    return f"{d.name}: step {rec['steps_done']}/{rec['steps_planned']} {rec['stopped']} {head}"
+
+
+def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: int = 1,
+          time_limit: Optional[float] = None, grace: float = 90.0, status_every: float = 30.0,
+          run_args: Sequence[str] = (), options: Optional[Mapping] = None, python: str = sys.executable,
+          verbose: bool = True) -> list:
+    """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seed S --resume DIR``
+    process, ``jobs`` at a time (several runs share one GPU), then :func:`gather` them.
+
+    Each run's folder is ``out/<label>-s<seed>`` (``recipe.label``; its ``log.txt`` holds the process output).
+    The sweep is resumable: a rerun skips the runs whose record says ``completed`` and resumes the others from
+    their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds after it is
+    killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
+    ``["--subset", "2000", "--steps", "300"]``). Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
+    """
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs: must be an integer >= 1, got {jobs!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo, skipped = [], []
+    for c in configs:
+        for s in seeds:
+            d = out / records.run_name(recipe.label(c, options or {}), s)
+            (skipped if _finished(d) else todo).append((c, s, d))
+    if verbose and skipped:
+        print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(d.name for *_, d in skipped)}", flush=True)
+    running = {}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    t_start = last_status = time.perf_counter()
+    while todo or running:
+        while todo and len(running) < jobs:
+            name, seed, d = todo.pop(0)
+            d.mkdir(parents=True, exist_ok=True)
+            cmd = [python, "-m", recipe.module, "run", name, "--seed", str(seed), "--resume", str(d),
+                   *map(str, run_args)]
+            if time_limit is not None:
+                cmd += ["--time-limit", str(time_limit)]
+            log = open(d / "log.txt", "a")
+            running[d] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
+                          time.perf_counter())
+            if verbose:
+                print(f"[sweep] started {d.name}", flush=True)
+        time.sleep(0.5)
+        for d, (proc, log, start) in list(running.items()):
+            late = time_limit is not None and time.perf_counter() - start > time_limit + grace
+            if proc.poll() is None and late:
+                proc.kill()
+                proc.wait()
+                if verbose:
+                    print(f"[sweep] killed {d.name} after {time.perf_counter() - start:.0f} s", flush=True)
+            if proc.poll() is not None:
+                log.close()
+                del running[d]
+                if verbose:
+                    print(f"[sweep] finished {d.name} (exit {proc.returncode}): {_status_line(d)}", flush=True)
+        if verbose and running and time.perf_counter() - last_status > status_every:
+            last_status = time.perf_counter()
+            for d in running:
+                print(f"[sweep]   {_status_line(d)}", flush=True)
+    rows = gather([out])
+    atomic_write_json(rows, out / "table.json")
+    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "jobs": jobs, "configs": list(configs),
+                       "seeds": list(seeds), "experiment": recipe.name, "skipped": [d.name for *_, d in skipped]},
+                      out / "sweep.json")
+    atomic_write_text(out / "table.md", str(gather_table(rows)) + "\n")
+    return rows
+
+
+def gather(paths) -> list:
+    """One flat row per run folder at or under ``paths`` (:func:`dnlib.records.gather`)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return records.gather(paths)
+
+
+_DROP = ("run", "commit", "device", "steps_planned", "seconds")
+
+
+def gather_table(rows: Sequence[Mapping]) -> str:
+    """A Markdown table of :func:`gather`'s rows (every column but the folder, commit and device; numbers to 4
+    significant digits)."""
+    from .figures import MarkdownTable
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and k not in _DROP]
+
+    def cell(v):
+        if v is None:
+            return "—"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in cols) + " |" for r in rows]
+    return MarkdownTable("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
+    q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`)")
+    q.add_argument("--config", dest="config_flag", default=None, help="the same, as a flag")
+    q.add_argument("--seed", type=cli.seed, default=None, help="default 0 (or the resumed run's)")
+    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
+                   help="seconds: stop at the first chunk boundary where the next chunk would not fit "
+                        "(--max-seconds: old spelling, removed in the next release)")
+    q.add_argument("--out", type=cli.out_dir, default=None,
+                   help=f"base folder: the run gets a new folder in it (default runs/{recipe.name})")
+    q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR",
+                   help="a run folder: continue its checkpoint (or start there)")
+    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
+    q.add_argument("--json", type=cli.out_file, default=None, help="also write the record here (old spelling)")
+    recipe.add_arguments(q, "run")
+
+
+def _run_command(recipe: Recipe, args, q, argv) -> int:
+    name = args.config_flag or args.config
+    if args.config_flag and args.config and args.config_flag != args.config:
+        q.error(f"config: given twice ({args.config!r} and --config {args.config_flag!r})")
+    if args.out is not None and args.resume is not None:
+        q.error("--out, --resume: give one (--out: a base folder for a new run; --resume: the run's folder)")
+    if name is None and args.resume is None:
+        q.error("config: the following arguments are required: config (or --resume DIR)")
+    overrides, options = recipe.from_args(args)
+    out = args.out if args.resume is not None or args.out is not None else str(Path("runs") / recipe.name)
+    try:
+        with cli.user_errors(q):
+            if name is not None:
+                recipe.config(name, steps=args.steps, **overrides)   # a bad name or field: before any data
+            prepared = prepare(recipe, name, seed=args.seed, steps=args.steps, time_limit=args.time_limit,
+                               out=None if args.resume else out, resume=args.resume, device=args.device,
+                               overrides=overrides, options=options, argv=argv)
+    except CheckpointError as e:        # another run's (or an unreadable) checkpoint: nothing trained
+        print(f"{q.prog}: error: {cli.one_line(e)}", file=sys.stderr)
+        return 2
+    try:
+        res = prepared.go()
+    except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
+        print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
+        return 1
+    if args.json:
+        atomic_write_json(res.record, args.json, indent=1)
+    rec = res.record
+    print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"], "seed": rec["seed"],
+                      "steps": rec["steps_done"], "planned": rec["steps_planned"], "stopped": rec["stopped"],
+                      **rec["headline"], **{f"paper_{k}": v for k, v in rec["paper"].items()}}))
+    return 0
+
+
+def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m <recipe.module> {run,sweep,gather,report,list,bench,...}``: the one grammar of every experiment.
+    Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = cli.ArgumentParser(prog=f"python -m {recipe.module}", description=recipe.description)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run_p = sub.add_parser("run", aliases=["train"], help="train one configuration (alias: train, old spelling)")
+    _run_flags(run_p, recipe)
+
+    q = sub.add_parser("sweep", help="configurations x seeds as concurrent processes in one resumable folder")
+    q.add_argument("configs", nargs="*", help="configuration names ('all': every one)")
+    q.add_argument("--config", dest="config_flag", nargs="+", default=None, help="the same, as a flag")
+    q.add_argument("--seeds", "--seed", dest="seeds", type=cli.seed, nargs="+", default=[0])
+    q.add_argument("--jobs", type=cli.positive_int, default=1, help="runs at a time")
+    q.add_argument("--out", type=cli.out_dir, required=True, help="the sweep's folder (a rerun resumes it)")
+    q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
+                   help="seconds per run (--max-seconds: old spelling)")
+    q.add_argument("--status-every", type=cli.positive_float, default=30.0, help="seconds between status lines")
+
+    q = sub.add_parser("gather", help="one table of the run folders at or under PATHs")
+    q.add_argument("paths", nargs="+", type=cli.in_dir)
+    q.add_argument("--out", type=cli.out_file, default=None, help="also write the rows here (JSON)")
+
+    q = sub.add_parser("report", help="the experiment's tables and figures of the runs under PATH")
+    q.add_argument("path", type=cli.in_dir)
+    recipe.add_arguments(q, "report")
+    sub.add_parser("list", help="the configuration names")
+    extra = recipe.commands()
+    for cname, command in extra.items():
+        command.add_arguments(sub.add_parser(cname, help=command.help))
+
+    args, rest = p.parse_known_args(argv)
+    cmd = "run" if args.cmd == "train" else args.cmd
+    cmd_p = sub.choices[cmd]
+    if cmd == "sweep":
+        names = (args.config_flag or []) + list(args.configs)
+        if not names:
+            cmd_p.error("configs: the following arguments are required: configs")
+        with cli.user_errors(cmd_p):
+            names = recipe.expand(names)
+        run_args = run_p.parse_args([names[0], *map(str, rest)])   # the flags passed on to each run, checked here
+        if run_args.out or run_args.resume or run_args.seed is not None or run_args.json:
+            cmd_p.error("--out/--resume/--seed/--json: sweep places each run itself; use --out and --seeds of sweep")
+        _, options = recipe.from_args(run_args)
+        rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, time_limit=args.time_limit,
+                     status_every=args.status_every, run_args=rest, options=options)
+        print(gather_table(rows))
+        return 0 if rows and all(r.get("stopped") == COMPLETED or str(r.get("stopped")).startswith("time limit")
+                                 for r in rows) else 1
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if cmd == "run":
+        return _run_command(recipe, args, cmd_p, argv)
+    if cmd == "gather":
+        with cli.user_errors(cmd_p):
+            rows = gather(args.paths)
+        if not rows:
+            cmd_p.error(f"{' '.join(args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
+        if args.out:
+            atomic_write_json(rows, args.out)
+        print(gather_table(rows))
+        return 0
+    if cmd == "report":
+        with cli.user_errors(cmd_p):
+            rep = recipe.report(args.path, args)
+        print(json.dumps(records.jsonable(rep), indent=1))
+        return 0
+    if cmd == "list":
+        print("\n".join(recipe.configs()))
+        return 0
+    return extra[cmd].handler(args, cmd_p)
