@@ -24,13 +24,16 @@ from matplotlib.patches import Patch
 from .presets import get_spec
 from .spec import NormSpec
 
-__all__ = ["field_mask", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
+__all__ = ["new_figure", "field_mask", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
            "image_grid", "joint_histogram", "joint_histograms", "spec_table", "FIELD_COLORS"]
 
-def _new_figure(**kwargs) -> Figure:
+def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
     _enable_ipython_display()
     return Figure(**kwargs)
+
+
+_new_figure = new_figure   # the former name, until dnlib/cifar.py's import of it is committed (issue 13); remove then
 
 
 def _enable_ipython_display() -> None:
@@ -112,7 +115,7 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
     """
     spec, name = _as_spec(spec)
     if ax is None:
-        fig = _new_figure(figsize=(4.2, 3.2), layout="constrained")
+        fig = new_figure(figsize=(4.2, 3.2), layout="constrained")
         ax = fig.add_subplot()
     fig = ax.figure
     shape = (n_examples, channels, height, width)
@@ -173,7 +176,7 @@ def figure1(specs: Sequence = ("bn", "ln", "dn"), ncols: int = 3, **kwargs) -> F
     """The paper's Figure 1 for any presets or specs: one :func:`draw_fields` panel each."""
     specs = list(specs)
     nrows = -(-len(specs) // ncols)
-    fig = _new_figure(figsize=(4.2 * min(ncols, len(specs)), 3.4 * nrows), layout="constrained")
+    fig = new_figure(figsize=(4.2 * min(ncols, len(specs)), 3.4 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, min(ncols, len(specs)))).ravel()
     for ax, spec in zip(axes, specs):
         draw_fields(spec, ax, **kwargs)
@@ -194,7 +197,7 @@ def figure2(sigmas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0), fixed: float =
     from .stats import dn_relu_response
 
     x = torch.linspace(-2, 3, 501, dtype=torch.float64) if x is None else torch.as_tensor(x, dtype=torch.float64)
-    fig = _new_figure(figsize=(9, 3.4), layout="constrained")
+    fig = new_figure(figsize=(9, 3.4), layout="constrained")
     left, right = fig.subplots(1, 2)
     cmap = _cmap("viridis")
     for k, s in enumerate(sigmas):
@@ -223,7 +226,7 @@ def activation_histograms(y: torch.Tensor, bins: int = 80, axes=None, title: str
     y = y.detach().double().flatten()
     r = y.clamp_min(0)
     if axes is None:
-        fig = _new_figure(figsize=(8, 2.8), layout="constrained")
+        fig = new_figure(figsize=(8, 2.8), layout="constrained")
         axes = fig.subplots(1, 2)
     fig = axes[0].figure
     axes[0].hist(y.numpy(), bins=bins, color="#4292c6")
@@ -241,7 +244,7 @@ def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int =
     """The first ``n_maps`` channel maps of example ``index`` of ``(N, C, H, W)`` responses, one colour scale."""
     maps = y.detach()[index, :n_maps].double().numpy()
     nrows = -(-len(maps) // ncols)
-    fig = fig if fig is not None else _new_figure(figsize=(1.1 * ncols, 1.15 * nrows + 0.3))
+    fig = fig if fig is not None else new_figure(figsize=(1.1 * ncols, 1.15 * nrows + 0.3))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.01,
                                                                       top=0.86, wspace=0.05, hspace=0.2)))
     axes = axes.ravel()
@@ -262,7 +265,7 @@ def image_grid(images, ncols: int = 8, titles: Optional[Sequence[str]] = None) -
     x = x.float() / 255 if x.dtype == torch.uint8 else (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
     n = len(x)
     nrows = -(-n // ncols)
-    fig = _new_figure(figsize=(1.1 * ncols, 1.15 * nrows), layout="constrained")
+    fig = new_figure(figsize=(1.1 * ncols, 1.15 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for k, ax in enumerate(axes):
         ax.axis("off")
@@ -280,7 +283,7 @@ def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int = 40, ax=None, t
     a = torch.as_tensor(a).detach().double().flatten().numpy()
     b = torch.as_tensor(b).detach().double().flatten().numpy()
     if ax is None:
-        fig = _new_figure(figsize=(2.8, 2.8), layout="constrained")
+        fig = new_figure(figsize=(2.8, 2.8), layout="constrained")
         ax = fig.add_subplot()
     counts, xe, ye = np.histogram2d(a, b, bins=bins)
     ax.pcolormesh(xe, ye, np.log1p(counts.T), cmap="magma_r")
@@ -302,7 +305,7 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     shown = pairwise_corr_mi(z, pairs=pairs, n_pairs=n_pairs, bins=mi_bins, max_samples=max_samples, seed=seed)
     overall = pairwise_corr_mi(z, bins=mi_bins, max_samples=max_samples, seed=seed)
     zc = as_samples(z, max_samples=max_samples, seed=seed)
-    fig = _new_figure(figsize=(2.6 * len(shown.pairs), 2.9), layout="constrained")
+    fig = new_figure(figsize=(2.6 * len(shown.pairs), 2.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(shown.pairs)))
     for k, (ax, (i, j)) in enumerate(zip(axes, shown.pairs.tolist())):
         joint_histogram(zc[i], zc[j], bins=bins, ax=ax, labels=(f"filter {i}", f"filter {j}"),

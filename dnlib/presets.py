@@ -11,11 +11,21 @@ channels *and* positions. ``ln2d`` is timm's ``LayerNorm2d`` (ConvNeXt): one per
 the channels only (``NormSpec("channel", "channel")``, eps 1e-6 as timm); ``rms2d`` likewise timm's
 ``RmsNorm2d``. On ``(N, C)`` inputs each pair coincides (up to eps). ``rms`` keeps ``nn.RMSNorm``'s default
 eps, ``torch.finfo(dtype).eps`` (``NormSpec(eps=None)``).
+
+This is the one registry of normalizers. A preset is a *kind* of normalizer; an experiment's hyperparameters
+(the paper's sigma, alpha and windows per row) are rows of its configuration table that name a preset plus
+overrides: :mod:`dnlib.configs.cifar` (``"dn-star"``: ``dn`` with windows 5, 3, 3, sigma 0.5, alpha),
+:mod:`dnlib.configs.ptb` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.configs.sr` (``"dn*"``: ``dn``
+with a 5 x 5 summation and 7 x 7 suppression window, sigma 1, alpha 0.1; ``"dn*-code"``; ``"dn-ms"``).
+
+Every model takes its normalizer the same way, ``Model(..., norm=<preset name> | NormSpec | "none",
+norm_kwargs={...})``, resolved once in ``__init__`` by :func:`get_norm_layer` (as timm's ``get_norm_layer``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Callable, Mapping, Optional, Union
 
 from .norm import DivisiveNorm
 from .spec import NormSpec, is_int
@@ -25,6 +35,8 @@ CS, BS = "channel,space", "batch,space"
 
 @dataclass(frozen=True)
 class Preset:
+    """A named normalizer: its :class:`NormSpec`, the :class:`DivisiveNorm` defaults (``affine``, ``bias``) and a
+    one-line description."""
     spec: NormSpec
     defaults: Mapping = field(default_factory=dict)
     doc: str = ""
@@ -64,8 +76,13 @@ _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "bo
 _MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
 
 
+#: What a model's ``norm=`` accepts: a preset name, a :class:`NormSpec`, or None (= ``"none"``).
+NormLike = Union[str, NormSpec, None]
+
+
 def list_norms() -> list:
-    """The preset names :func:`make_norm` accepts."""
+    """The preset names :func:`make_norm` and every model's ``norm=`` accept (the experiments' named rows, such
+    as SR's ``"dn*"``, are in their configuration tables: :mod:`dnlib.configs`)."""
     return list(PRESETS)
 
 
@@ -74,9 +91,9 @@ def get_spec(name: str) -> NormSpec:
     return _lookup(name).spec
 
 
-def _lookup(name: str) -> Preset:
+def _lookup(name: str, param: str = "name_or_spec") -> Preset:
     if not isinstance(name, str) or name.lower() not in PRESETS:
-        raise ValueError(f"name_or_spec: unknown normalizer {name!r}; known presets are {list_norms()}")
+        raise ValueError(f"{param}: unknown normalizer {name!r}; known presets are {list_norms()}")
     return PRESETS[name.lower()]
 
 
@@ -123,3 +140,39 @@ def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides
     spec = resolve_spec(spec, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
     kwargs = {**defaults, **{k: v for k, v in overrides.items() if k in _MODULE_KEYS}}
     return DivisiveNorm(num_features, spec, **kwargs)
+
+
+def norm_name(norm: NormLike) -> str:
+    """How a model names its ``norm``: the preset's name in lower case (``"none"`` for None), or the spec's repr."""
+    if norm is None:
+        return "none"
+    return norm.lower() if isinstance(norm, str) else repr(norm)
+
+
+def get_norm_layer(norm: NormLike = "none", norm_kwargs: Optional[Mapping] = None, *,
+                   param: str = "norm") -> Callable[..., DivisiveNorm]:
+    """Resolve a model's normalizer once: ``norm`` (a preset name, case-insensitive; a :class:`NormSpec`; or None
+    = ``"none"``) with the :func:`make_norm` overrides ``norm_kwargs``. Returns
+    ``functools.partial(make_norm, norm, **norm_kwargs)``: call it with ``num_features`` (and further overrides)
+    for each site. An unknown preset, a ``norm`` of another type, ``norm_kwargs`` that is not a mapping or holds
+    an unknown key raise ValueError naming ``param`` / ``norm_kwargs`` before anything is built.
+
+    Example: ``layer = get_norm_layer("dn", {"window": 5, "sigma": 0.5}); layer(32)``.
+    """
+    if norm is None:
+        norm = "none"
+    if isinstance(norm, str):
+        _lookup(norm, param)
+        norm = norm.lower()
+    elif not isinstance(norm, NormSpec):
+        raise ValueError(f"{param}: expected a preset name (see dnlib.list_norms()) or a NormSpec, got "
+                         f"{type(norm).__name__} {norm!r}")
+    if norm_kwargs is None:
+        norm_kwargs = {}
+    if not isinstance(norm_kwargs, Mapping):
+        raise ValueError(f"norm_kwargs: expected a mapping of make_norm overrides (e.g. {{'sigma': 0.5}}), got "
+                         f"{type(norm_kwargs).__name__} {norm_kwargs!r}")
+    unknown = sorted(set(norm_kwargs) - _SPEC_KEYS - _MODULE_KEYS, key=str)
+    if unknown:
+        raise ValueError(f"norm_kwargs: unknown key {unknown[0]!r}; allowed are {sorted(_SPEC_KEYS | _MODULE_KEYS)}")
+    return functools.partial(make_norm, norm, **norm_kwargs)

@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configs.sr import (ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_config,
-                         paper_numbers)
+                         paper_numbers, sr_norm_name)
 from .metrics import psnr, ssim
-from .models.srcnn import SRCNN
 from . import cli
 from .io import atomic_write_json
 from .train import Trainer, TrainingDiverged, resolve_device, set_seed
@@ -295,7 +294,7 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
     eval_every = cfg.eval_every if eval_every is None else int(eval_every)
     dev = resolve_device(device)
     set_seed(seed)
-    model = SRCNN(norm, channels=cfg.channels, init=cfg.init, norm_kwargs=norm_kwargs)
+    model = cfg.build_model(norm, norm_kwargs)
     inputs, labels = training_pairs(cfg.train_set, cfg.scale, root)
     batches = PatchSampler(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed, device=dev)
     evaluate = make_evaluator(eval_sets, cfg.scale, root) if eval_sets else None
@@ -338,7 +337,7 @@ def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, 
             trainer.fit(resume=False)
         steps = target
     seconds = time.perf_counter() - t_start
-    return SRRun(norm=model.norm_name, config=cfg, model=model, history=trainer.history, steps=trainer.step,
+    return SRRun(norm=sr_norm_name(norm), config=cfg, model=model, history=trainer.history, steps=trainer.step,
                  seconds=seconds, stopped_by=stopped)
 
 
@@ -613,7 +612,7 @@ def _check_train(p, a) -> None:
         cfg = get_sr_config(a.config)
         changes = {k: v for k, v in dict(scale=a.scale, train_set=a.train_set).items() if v is not None}
         cfg = cfg.replace(**changes) if changes else cfg
-        SRCNN(a.norm, channels=cfg.channels, init=cfg.init)
+        cfg.build_model(a.norm)
         training_pairs(cfg.train_set, cfg.scale, a.root)
         for s in a.curve_sets:
             test_pairs(s, cfg.scale, a.root)

@@ -377,9 +377,9 @@ class ActivationExplorer:
     # --- display ----------------------------------------------------------------------------------
     def figure(self, n_maps: int = 16, dpi: int = 72):
         """Histograms before/after ReLU and the normalized feature maps of the first image, for the current result."""
-        from .figures import _new_figure, activation_histograms, feature_maps
+        from .figures import activation_histograms, feature_maps, new_figure
 
-        fig = _new_figure(figsize=(10, 5.4), dpi=dpi)
+        fig = new_figure(figsize=(10, 5.4), dpi=dpi)
         top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
         axes = top.subplots(1, 2)
         top.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.85, wspace=0.25)

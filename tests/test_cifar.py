@@ -37,13 +37,14 @@ def test_model_layers_and_shapes():
 
 
 def test_model_norm_argument_and_sites():
-    m = CifarCNN(10, ["bn", "ln", "dn"], window=[None, None, 3], sigma=0.5, alpha=[0.0, 0.01, 0.02], eps=0.0)
+    m = CifarCNN(10, ["bn", "ln", "dn"], norm_kwargs=dict(window=[None, None, 3], sigma=0.5, alpha=[0.0, 0.01, 0.02],
+                                                         eps=0.0))
     assert [type(n) for n in m.norms] == [DivisiveNorm] * 3
     assert [n.spec.sum_axes for n in m.norms][:2] == [frozenset({"batch", "space"}), frozenset({"channel", "space"})]
     assert dict(m.norms[2].spec.sum_window) == {"space": 3}
     assert [name for name, _ in m.sparse_sites()] == ["norms.1", "norms.2"]
     with pytest.raises(ValueError, match="per-layer"):
-        CifarCNN(10, "dn", window=[5, 3])
+        CifarCNN(10, "dn", norm_kwargs=dict(window=[5, 3]))
     weights, others = m.decay_parameters()
     assert len(weights) == 5 and all(w.dim() > 1 for w in weights)
     assert len(weights) + len(others) == len(list(m.parameters()))

@@ -217,7 +217,7 @@ def test_vanilla_rnn_step(nl, norm):
 
 
 def test_bn_rnn_step():
-    cell = BNRNNCell(I, H, "relu", dict(sigma=0.01, eps=0.0)).double()
+    cell = BNRNNCell(I, H, "relu", norm_kwargs=dict(sigma=0.01, eps=0.0)).double()
     x, h, _ = _inputs(7)
     ref = torch.relu(_bn(x @ cell.weight_ih.t(), 1e-4) + _bn(h @ cell.weight_hh.t(), 1e-4))
     h1, _ = cell.step(cell.input_transform(x[None])[0], (h,), t=0)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dnlib.configs.sr import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_sr_config, paper_numbers
-from dnlib.models.srcnn import SRCNN, srcnn_norm
+from dnlib.models.srcnn import SRCNN
 from dnlib.norm import DivisiveNorm
 from dnlib.sparse import sparse_penalty
 
@@ -31,7 +31,7 @@ needs_data = pytest.mark.skipif(not _have_sr(), reason="SR data sets not found u
 # ----------------------------------------------------------------------------------------------- model
 @pytest.mark.parametrize("norm", ["none", "bn", "dn*", "dn*-code", "dn-ms"])
 def test_valid_convolutions_shrink_by_8_per_side(norm):
-    net = SRCNN(norm)
+    net = get_sr_config("paper").build_model(norm)
     assert net.shave == 8
     assert net(torch.rand(2, 1, 33, 33)).shape == (2, 1, 17, 17)
     net.eval()
@@ -54,14 +54,14 @@ def test_architecture_and_paper_init():
 
 
 def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
-    net = SRCNN("dn*")
+    net = get_sr_config("paper").build_model("dn*")
     for m in (net.norm1, net.norm2):
         assert isinstance(m, DivisiveNorm)
         s = m.spec
         assert dict(s.sum_window) == {"space": 5} and dict(s.sup_window) == {"space": 7}
         assert s.sum_axes == s.sup_axes == {"channel", "space"}
         assert s.sigma == 1.0 and s.border == "valid" and m.alpha == 0.1 and not m.affine
-    code = SRCNN("dn-star-code")
+    code = get_sr_config("paper").build_model("dn-star-code")
     assert code.norm1.spec.border == "reference" and code.norm1.alpha == 0.0
     x = torch.rand(4, 1, 33, 33)
     net.train()
@@ -69,10 +69,12 @@ def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
     assert sparse_penalty(net).item() > 0          # the L1 term is applied (unlike the authors' code)
     code(x)
     assert sparse_penalty(code).item() == 0
-    bn = srcnn_norm("bn", 64)
+    bn = get_sr_config("paper").build_model("bn").norm1
     assert isinstance(bn, DivisiveNorm) and bn.track_running_stats and bn.affine
-    with pytest.raises(ValueError):
-        srcnn_norm("no-such-norm", 8)
+    with pytest.raises(ValueError, match="norm: unknown SR normalizer 'no-such-norm'"):
+        get_sr_config("paper").build_model("no-such-norm")
+    with pytest.raises(ValueError, match=r"norm: unknown normalizer 'dn\*'.*dnlib.configs.sr"):
+        SRCNN("dn*")                               # the model takes presets; the SR rows are configs
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -251,7 +253,7 @@ def test_tables_crops_and_widget(monkeypatch):
     from dnlib.sr import (SRRun, compare_crops, crop_explorer, format_table, results_table, test_pairs,
                           _bicubic_grey)
     torch.manual_seed(0)
-    net = SRCNN("dn*", channels=(4, 4))
+    net = get_sr_config("paper", channels=(4, 4)).build_model("dn*")
     rows = results_table([SRRun("dn*", get_sr_config("smoke"), net)], sets=("Set5",), scale=3)
     assert [r["model"] for r in rows] == ["Bicubic", "DN*"]
     assert "| Set5 | Bicubic |" in format_table(rows)
@@ -289,7 +291,7 @@ def _sr_input(c, seed=0):
 def test_dn_ms_is_the_codes_dnms():
     """dnms (get_dnms_act): x minus the 5x5 box mean of the channel mean, zero padded, divided by 25; no
     division, no L1 (the SR model never adds it)."""
-    net = SRCNN("dn-ms").double()
+    net = get_sr_config("paper").build_model("dn-ms").double()
     for norm, c in ((net.norm1, 64), (net.norm2, 32)):
         x = _sr_input(c)
         ref = x - _naive_code_box(x.mean(1), 5, 25)[:, None]
@@ -300,7 +302,7 @@ def test_dn_ms_is_the_codes_dnms():
 def test_dn_star_code_is_the_codes_dn_star():
     """dn-star (div_norm_2d with eps = sigma^2 = 1, nothing else): 5x5 box mean of the channel mean, v = x - mu,
     7x7 box sum of the channel mean of v^2 divided by 5x5 = 25 (the code's divisor bug), y = v / sqrt(s + 1)."""
-    net = SRCNN("dn*-code").double()
+    net = get_sr_config("paper").build_model("dn*-code").double()
     for norm, c in ((net.norm1, 64), (net.norm2, 32)):
         x = _sr_input(c, 1)
         v = x - _naive_code_box(x.mean(1), 5, 25)[:, None]

@@ -89,7 +89,8 @@ class CifarConfig:
         return None if row is None else row[DATASETS.index(self.dataset)]
 
     def norm_kwargs(self) -> dict:
-        """Keyword arguments of :class:`dnlib.models.CifarCNN` (and so of :func:`dnlib.make_norm`)."""
+        """The ``norm_kwargs`` of :class:`dnlib.models.CifarCNN` (:func:`dnlib.make_norm` overrides; ``window`` one
+        per conv layer)."""
         kw = {}
         if self.sigma is not None:
             kw.update(sigma=self.sigma, eps=0.0)
@@ -106,7 +107,7 @@ class CifarConfig:
     def build_model(self):
         """The :class:`~dnlib.models.CifarCNN` of this configuration (initialised from torch's RNG)."""
         from ..models import CifarCNN
-        return CifarCNN(self.num_classes, self.norm, dropout=self.dropout, **self.norm_kwargs())
+        return CifarCNN(self.num_classes, self.norm, norm_kwargs=self.norm_kwargs(), dropout=self.dropout)
 
     def scaled(self, steps: int) -> "CifarConfig":
         """The same run shortened (or lengthened) to ``steps``, milestones scaled proportionally (smoke runs)."""

@@ -84,7 +84,7 @@ class PTBConfig:
     row: str                          # the Table 9 row label, e.g. "DN*"
     cell: str                         # "lstm", "tanh-rnn" or "relu-rnn"
     arch: str                         # the cell class (dnlib.models.rnn.CELLS): lstm, bn-lstm, ln-lstm, rnn, bn-rnn
-    norm: str = "none"                # normalizer preset at each site (per-nonlinearity and vanilla cells)
+    norm: str = "none"                # normalizer preset of every site (dnlib.presets; the BN cells' "bn")
     sigma: Optional[float] = None     # smoothing term sigma (enters as sigma^2); None: no normalizer
     alpha: float = 0.0                # L1 weight per site, summed over sites, layers and steps (PAPER.md §2.2)
     affine: bool = False              # learn gains and biases in the normalizers
@@ -132,9 +132,7 @@ class PTBConfig:
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`dnlib.models.rnn.LanguageModel` (without ``vocab_size``)."""
         kw = dict(hidden_size=self.hidden_size, arch=self.arch, num_layers=self.num_layers,
-                  init_scale=self.init_scale, norm_kwargs=self.norm_kwargs())
-        if self.arch in ("lstm", "rnn"):
-            kw["norm"] = self.norm
+                  init_scale=self.init_scale, norm=self.norm, norm_kwargs=self.norm_kwargs())
         if self.arch in ("lstm", "bn-lstm", "ln-lstm"):
             kw["forget_bias"] = self.forget_bias
         if self.arch in ("bn-lstm", "ln-lstm"):
@@ -181,8 +179,8 @@ def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:
         arch = "bn-rnn" if family == "bn" else "rnn"
     norm = {"base": "none", "bn": "bn", "ln": "ln-s", "dn": "dn-1d-s"}[family]
     affine = family == "bn" or row == "ln"
-    if row == "ln" and not lstm:
-        norm = "ln"
+    if row == "ln":
+        norm = "ln"                       # LN-LSTM (Ba et al.) and the LN vanilla RNN: plain LN, affine
     # learning rate
     lr = 1.0
     if row in ("base", "base-l1"):

@@ -17,27 +17,104 @@ Two named training configurations, each saying what it is:
 Every configuration samples each batch from a single training image (``per_image=True``), as the authors'
 code does; this is what lets batch statistics differ between images, the mechanism behind BN's intensity
 shift in Tables 5/6.
+
+The normalizers of the SR rows (:data:`SR_NORM_ROWS`: a :mod:`dnlib.presets` preset plus its overrides,
+PAPER.md §2.3 ``sr_exp_config`` and §5.4 items 1, 10):
+
+==============  =========  ========================================================================================
+row             preset     overrides, and what they are
+==============  =========  ========================================================================================
+``"none"``      ``none``   SRCNN as published (Tables 5/6 "SRCNN"): no normalizer (``nn.Identity``).
+``"bn"``        ``bn``     batch norm (affine, running statistics with momentum 0.1 in eval mode; "BN").
+``"dn*"``       ``dn``     the paper's DN*: ``sum_window=5, sup_window=7, sigma=1.0, alpha=0.1``: all channels, a
+                           5 x 5 summation and a 7 x 7 suppression window, the sparse L1 term *applied*; windows
+                           average over the real neighbours at the map border (``border="valid"``, the default),
+                           eps the default 1e-5 beside sigma^2.
+``"dn*-code"``  ``dn``     what the authors' code trains under ``dn-star``: ``sum_window=5, sup_window=7,
+                           sigma=1.0, eps=0.0, alpha=0.0, border="reference"``: no L1 (the SR model never adds it,
+                           §5.4 item 10), zero padding counted and the suppression sum divided by the 5 x 5
+                           *summation* area (variance x 49/25, §1.2 step 5, §5.4 item 1), epsilon sigma^2 alone.
+``"dn-ms"``     ``dn-ms``  the code's ``dnms``: ``window=5, border="reference"``: 5 x 5 local mean subtraction only
+                           (the mean divided by 25 everywhere, zeros counted), no division, no L1.
+==============  =========  ========================================================================================
+
+:data:`SR_NORM_ALIASES` keeps the authors' spellings (``dn-star``, ``dnstar``, ``dn-star-code``, ``dnms``,
+``base``, ``srcnn``). Any other preset name or a :class:`~dnlib.spec.NormSpec` is taken as it is.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
+from ..presets import PRESETS, NormLike, norm_name
+from ..spec import NormSpec
 from ..train import TrainConfig
 
-__all__ = ["SRConfig", "SR_CONFIGS", "get_sr_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS",
+__all__ = ["SRConfig", "SR_CONFIGS", "get_sr_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS", "SRNorm",
+           "SR_NORM_ROWS", "SR_NORM_ALIASES", "sr_norm", "sr_norm_name",
            "PAPER_TABLE5", "PAPER_TABLE6", "PAPER_TABLES", "PAPER_FIG3", "PAPER_FIG4", "paper_numbers"]
 
 #: Training sets: "T91" (SRCNN's 91 images), "291" (T91 + the 200 BSDS500 training images).
 TRAIN_SETS = {"T91": ("T91",), "291": ("T91", "BSD200-train")}
 
-#: The models of Tables 5/6, by SRCNN ``norm=`` name (see :mod:`dnlib.models.srcnn`).
+
+
+@dataclass(frozen=True)
+class SRNorm:
+    """One SR normalizer row: a preset of :mod:`dnlib.presets` and its :func:`dnlib.make_norm` overrides."""
+    preset: str
+    norm_kwargs: Mapping = field(default_factory=dict)
+    label: str = ""                # the row's name in the paper's tables
+    doc: str = ""
+
+
+_DN_STAR = dict(sum_window=5, sup_window=7, sigma=1.0)
+#: The SR normalizers by row name (see the module docstring).
+SR_NORM_ROWS = {
+    "none": SRNorm("none", {}, "SRCNN", "SRCNN as published: no normalizer"),
+    "bn": SRNorm("bn", {}, "BN", "batch norm (affine, running statistics)"),
+    "dn*": SRNorm("dn", dict(_DN_STAR, alpha=0.1), "DN*",
+                  "the paper's DN*: 5x5 summation, 7x7 suppression, sigma 1, L1 alpha 0.1 applied, valid border"),
+    "dn*-code": SRNorm("dn", dict(_DN_STAR, eps=0.0, alpha=0.0, border="reference"), "DN* (code)",
+                       "the authors' code's dn-star: no L1, zero padding counted, suppression / 5x5 area, eps 0"),
+    "dn-ms": SRNorm("dn-ms", dict(window=5, border="reference"), "DN-ms",
+                    "the code's dnms: 5x5 local mean subtraction, zero padding counted, no L1"),
+}
+#: The authors' spellings of the rows (their ``sr_exp_config`` model names and ours before).
+SR_NORM_ALIASES = {"dn-star": "dn*", "dnstar": "dn*", "dn-star-code": "dn*-code", "dnms": "dn-ms", "base": "none",
+                   "srcnn": "none"}
+
+#: The models of Tables 5/6, by SR row name.
 SR_MODELS = ("none", "bn", "dn*")
 
 #: Row names of the paper's tables for each model name (and "bicubic").
-ROW_NAMES = {"bicubic": "Bicubic", "none": "SRCNN", "bn": "BN", "dn*": "DN*", "dn*-code": "DN* (code)",
-             "dn-ms": "DN-ms"}
+ROW_NAMES = {"bicubic": "Bicubic", **{name: row.label for name, row in SR_NORM_ROWS.items()}}
+
+
+def sr_norm_name(norm: NormLike) -> str:
+    """The row name of ``norm`` (aliases resolved, lower case); another preset's name; or a spec's repr."""
+    if isinstance(norm, str):
+        return SR_NORM_ALIASES.get(norm.lower(), norm.lower())
+    return norm_name(norm)
+
+
+def sr_norm(norm: NormLike, norm_kwargs: Optional[Mapping] = None) -> tuple:
+    """``(preset or NormSpec, norm_kwargs)`` for SRCNN: an SR row (or alias) gives its preset and overrides, updated
+    by ``norm_kwargs``; another preset name or a :class:`~dnlib.spec.NormSpec` is passed on as it is."""
+    extra = dict(norm_kwargs or {})
+    if norm is None or isinstance(norm, NormSpec):
+        return ("none" if norm is None else norm), extra
+    if not isinstance(norm, str):
+        raise ValueError(f"norm: expected an SR row name, a preset name or a NormSpec, got {type(norm).__name__}")
+    name = sr_norm_name(norm)
+    if name in SR_NORM_ROWS:
+        row = SR_NORM_ROWS[name]
+        return row.preset, {**row.norm_kwargs, **extra}
+    if name in PRESETS:
+        return name, extra
+    raise ValueError(f"norm: unknown SR normalizer {norm!r}; the SR rows are {list(SR_NORM_ROWS)} (aliases "
+                     f"{list(SR_NORM_ALIASES)}), or any preset of {list(PRESETS)}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +156,13 @@ class SRConfig:
         """The milestones as step numbers for a run of ``steps`` steps."""
         steps = self.steps if steps is None else steps
         return tuple(max(1, int(round(f * steps))) for f in self.milestones)
+
+    def build_model(self, norm: NormLike = "none", norm_kwargs: Optional[Mapping] = None):
+        """The :class:`~dnlib.models.srcnn.SRCNN` of this configuration (widths, init) with the SR row ``norm``
+        (see :func:`sr_norm`), initialised from torch's RNG."""
+        from ..models.srcnn import SRCNN
+        preset, kwargs = sr_norm(norm, norm_kwargs)
+        return SRCNN(preset, channels=self.channels, init=self.init, norm_kwargs=kwargs)
 
     def train_config(self, steps: Optional[int] = None, **changes) -> TrainConfig:
         """The :class:`dnlib.train.TrainConfig` of this configuration (``changes``: e.g. device, eval_every)."""

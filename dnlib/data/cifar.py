@@ -83,7 +83,7 @@ class CIFAR:
 
     ``x_val``/``y_val`` hold the 5,000-image validation fold when loaded with ``validation=True``
     (``x_train`` is then the other 45,000), else ``None``. ``mean`` is the float32 ``(3, 32, 32)``
-    mean image chosen by ``mean_over``; :meth:`normalize` and :meth:`loader` subtract it.
+    mean image chosen by ``mean_over``; :meth:`loader` subtracts it.
     ``source`` is ``"python"`` (official pickles, exact) or ``"imagefolder"`` (e.g. the JPEG copy).
     """
 
@@ -121,12 +121,6 @@ class CIFAR:
         if split not in table:
             raise ValueError(f"split must be one of {list(table)}, got {split!r}")
         return table[split]
-
-    def normalize(self, x):
-        """float32 tensor ``x - mean`` (raw 0-255 values minus the mean image, no /255)."""
-        import torch
-        t = torch.as_tensor(np.asarray(x)).to(torch.float32)
-        return t - torch.from_numpy(self.mean).to(t.device)
 
     def loader(self, split: str = "train", batch_size: int = 100, *, device=None, seed: int = 0,
                shuffle: bool | None = None, drop_last: bool | None = None):

@@ -19,22 +19,21 @@ Initialization as the authors' code: truncated normal (+-2 std) with std 1e-4, 1
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+import warnings
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..norm import DivisiveNorm
-from ..presets import make_norm
+from ..presets import NormLike, get_norm_layer, norm_name
 from ..spec import NormSpec
 
 __all__ = ["CifarCNN", "tf_same_pads", "tf_same_pool2d", "TFSamePool2d", "INIT_STD"]
 
 #: Init std of conv1, conv2, conv3, fc1, fc2 (PAPER.md §3.1).
 INIT_STD = (1e-4, 1e-2, 1e-2, 1e-1, 1e-1)
-
-NormArg = Union[str, NormSpec, None]
 
 
 def tf_same_pads(size: int, kernel: int, stride: int) -> tuple:
@@ -87,6 +86,23 @@ def _per_layer(value, n: int, name: str) -> list:
     return [value] * n
 
 
+def _merge_deprecated(norm_kwargs: Optional[Mapping], deprecated: Mapping) -> dict:
+    """``norm_kwargs`` plus the former ``**norm_kwargs`` spelling (with a DeprecationWarning)."""
+    if norm_kwargs is not None and not isinstance(norm_kwargs, Mapping):
+        raise ValueError(f"norm_kwargs: expected a mapping of make_norm overrides (e.g. {{'sigma': 0.5}}), got "
+                         f"{type(norm_kwargs).__name__} {norm_kwargs!r}")
+    merged = dict(norm_kwargs or {})
+    if deprecated:
+        warnings.warn(f"CifarCNN(..., {', '.join(f'{k}=...' for k in deprecated)}) is deprecated and will be removed "
+                      f"in the next release; pass norm_kwargs={{{', '.join(repr(k) for k in deprecated)}: ...}}",
+                      DeprecationWarning, stacklevel=3)
+        twice = sorted(set(deprecated) & set(merged))
+        if twice:
+            raise ValueError(f"norm_kwargs: {twice[0]!r} is given both in norm_kwargs and as a keyword argument")
+        merged.update(deprecated)
+    return merged
+
+
 class CifarCNN(nn.Module):
     """The CIFAR CNN of PAPER.md §3.1 with ``norm`` before each conv ReLU.
 
@@ -94,27 +110,34 @@ class CifarCNN(nn.Module):
         num_classes: 10 (CIFAR-10) or 100 (CIFAR-100).
         norm: a preset name (see :func:`dnlib.list_norms`), a :class:`NormSpec`, ``None`` (= ``"none"``), or a
             list of three of them, one per conv layer.
+        norm_kwargs: overrides passed to :func:`dnlib.make_norm` for every layer (``sigma``, ``alpha``,
+            ``affine``, ``eps``, ``window``, ``border``, ...); a list or tuple of three values gives one per layer,
+            e.g. ``window=(5, 3, 3)``.
         dropout: drop probability after both FC layers, logits included, as the authors' code (0.5 for
             "Baseline +WD +Dropout"; 0 = none).
         widths: conv channels.
         init_std: std of the truncated-normal init of conv1-3 and fc1-2; None keeps torch's default init.
-        **norm_kwargs: passed to :func:`dnlib.make_norm` for every layer (``sigma``, ``alpha``, ``affine``,
-            ``eps``, ``window``, ``border``, ...); a list or tuple of three values gives one per layer,
-            e.g. ``window=(5, 3, 3)``.
+        **deprecated: the former spelling ``CifarCNN(10, "dn", sigma=0.5)`` of ``norm_kwargs``; still accepted
+            for one release, with a DeprecationWarning.
+
+    A "none" site is a parameterless :class:`DivisiveNorm` (the identity), where ``alpha`` adds the L1 term on
+    the raw activations (the "Baseline +L1" row).
 
     ``model.norms`` are the three normalizers; ``model.sparse_sites()`` those that add an L1 term.
 
     Examples::
 
-        >>> dn_star = CifarCNN(10, "dn", window=(5, 3, 3), sigma=0.5, eps=0.0, alpha=0.005, border="reference")
+        >>> dn_star = CifarCNN(10, "dn", norm_kwargs=dict(window=(5, 3, 3), sigma=0.5, eps=0.0, alpha=0.005,
+        ...                                               border="reference"))
         >>> dn_star(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10, norm: Union[NormArg, Sequence[NormArg]] = "none", *,
-                 dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
-                 init_std: Sequence[float] | None = INIT_STD, **norm_kwargs):
+    def __init__(self, num_classes: int = 10, norm: Union[NormLike, Sequence[NormLike]] = "none", *,
+                 norm_kwargs: Optional[Mapping] = None, dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
+                 init_std: Sequence[float] | None = INIT_STD, **deprecated):
         super().__init__()
+        norm_kwargs = _merge_deprecated(norm_kwargs, deprecated)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
@@ -122,12 +145,13 @@ class CifarCNN(nn.Module):
         if len(widths) != 3:
             raise ValueError(f"widths: need 3 conv widths, got {widths!r}")
         norms = _per_layer(norm, 3, "norm")
-        per_layer = {k: _per_layer(v, 3, k) for k, v in norm_kwargs.items()}
+        per_layer = {k: _per_layer(v, 3, f"norm_kwargs[{k!r}]") for k, v in norm_kwargs.items()}
+        layers = [get_norm_layer(norms[i], {k: v[i] for k, v in per_layer.items()}) for i in range(3)]
         chans = (3,) + tuple(widths)
         self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 5, padding=2) for i in range(3))
-        self.norms = nn.ModuleList(
-            make_norm("none" if norms[i] is None else norms[i], chans[i + 1], **{k: v[i] for k, v in per_layer.items()})
-            for i in range(3))
+        self.norms = nn.ModuleList(layers[i](chans[i + 1]) for i in range(3))
+        self.norm_name = norm_name(norms[0]) if len({norm_name(n) for n in norms}) == 1 else \
+            [norm_name(n) for n in norms]
         self.pools = nn.ModuleList([TFSamePool2d("max"), TFSamePool2d("avg"), TFSamePool2d("avg")])
         self.fc1 = nn.Linear(widths[2] * 4 * 4, 64)
         self.fc2 = nn.Linear(64, num_classes)
@@ -174,4 +198,4 @@ class CifarCNN(nn.Module):
         return weights, [p for p in self.parameters() if id(p) not in ids]
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, dropout={self.dropout:g}"
+        return f"num_classes={self.num_classes}, norm={self.norm_name!r}, dropout={self.dropout:g}"

@@ -32,8 +32,10 @@ where the cells differ only in *where* normalization sits:
 :class:`BNRNNCell`     vanilla RNN, eqs. 8-9: ``h' = g(BN(W_x x) + BN(W_h h))``, per-step statistics.
 =====================  ==========================================================================================
 
-Normalizers are built by name with :func:`dnlib.make_norm` (``norm=`` a preset, ``norm_kwargs=`` its
-overrides: ``sigma``, ``alpha``, ``window``, ``border``, ``eps``, ``affine``). The sparse L1 penalty (PAPER.md
+Every cell takes its normalizer as every model of :mod:`dnlib.models` does: ``norm=`` a preset name or a
+:class:`~dnlib.spec.NormSpec` (defaults: ``"none"`` for the per-nonlinearity and vanilla cells, ``"bn"`` for the BN
+cells, ``"ln"`` for the LN-LSTM), ``norm_kwargs=`` its :func:`dnlib.make_norm` overrides (``sigma``, ``alpha``,
+``window``, ``border``, ``eps``, ``affine``), resolved once by :func:`dnlib.presets.get_norm_layer`. The sparse L1 penalty (PAPER.md
 §2.2) is accumulated at every normalized quantity, every layer and every time step, as the authors' code sums it:
 ``alpha * mean|v|`` at each of ``i, j, f, o`` and ``c`` (per-nonlinearity cells), or at ``W_x x``, ``W_h h``
 and ``c`` (BN/LN cells), or at the one pre-activation (vanilla RNNs). The per-nonlinearity cell normalizes the
@@ -47,40 +49,35 @@ zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.configs.ptb`). 
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..norm import DivisiveNorm
-from ..presets import make_norm
-from ..spec import NormSpec
+from ..presets import NormLike, get_norm_layer, norm_name
 
 __all__ = ["NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel", "GATES", "CELLS",
-           "make_cell"]
+           "make_cell", "set_bn_eval_step"]
 
 GATES = ("i", "j", "f", "o")
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
-NormLike = Union[str, NormSpec, None]
 
 
-def _is_none(norm: NormLike) -> bool:
-    return norm is None or (isinstance(norm, str) and norm.lower() == "none")
-
-
-def _site(norm: NormLike, num_features: int, kwargs: Mapping, alpha_scale: float = 1.0) -> Optional[DivisiveNorm]:
-    """A normalizer for one site, or None when there is nothing to do (no normalization, no L1). A 1-D DN site
-    is a plain :class:`~dnlib.DivisiveNorm`; for the cells' ``(N, H)`` inputs with H <= 256 it takes its band
-    path itself (``impl="auto"``; the same operator, faster there)."""
-    kwargs = dict(kwargs)
+def _site(layer, num_features: int, alpha_scale: float = 1.0) -> Optional[DivisiveNorm]:
+    """A normalizer for one site from a resolved :func:`~dnlib.presets.get_norm_layer`, or None when there is
+    nothing to do ("none" without L1). With ``"none"`` and an L1 weight only ``alpha`` (and ``device``/``dtype``)
+    apply: the identity plus the L1 term. A 1-D DN site is a plain :class:`~dnlib.DivisiveNorm`; for the cells'
+    ``(N, H)`` inputs with H <= 256 it takes its band path itself (``impl="auto"``; the same operator, faster)."""
+    kwargs = dict(layer.keywords)
     alpha = float(kwargs.pop("alpha", 0.0))
-    if _is_none(norm):
+    norm = layer.args[0]
+    if isinstance(norm, str) and norm == "none":
         if not alpha:
             return None
         kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype")}
-        norm = "none"
-    return make_norm(norm, num_features, alpha=alpha * alpha_scale, **kwargs)
+    return get_norm_layer(norm, kwargs)(num_features, alpha=alpha * alpha_scale)
 
 
 class _Recurrent(nn.Module):
@@ -167,11 +164,11 @@ class NormLSTMCell(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none",
                  norm_kwargs: Optional[Mapping] = None, forget_bias: float = 0.0):
         super().__init__(input_size, hidden_size)
-        norm_kwargs = dict(norm_kwargs or {})
-        self.norm_name = "none" if _is_none(norm) else (norm if isinstance(norm, str) else repr(norm))
+        layer = get_norm_layer(norm, norm_kwargs)
+        self.norm_name = norm_name(norm)
         self.forget_bias = float(forget_bias)
-        self.gate_norm = _site(norm, hidden_size, norm_kwargs, alpha_scale=4.0)   # i, j, f, o: 4 sites in one
-        self.cell_norm = _site(norm, hidden_size, norm_kwargs)
+        self.gate_norm = _site(layer, hidden_size, alpha_scale=4.0)   # i, j, f, o: 4 sites in one
+        self.cell_norm = _site(layer, hidden_size)
         self.reset_parameters()
 
     def input_transform(self, x):
@@ -224,15 +221,16 @@ def _joint_lstm_update(cell, z, c, norm_c):
 class _StepNorm(nn.Module):
     """Batch normalization with separate statistics (and running averages) for every time step and one gain and
     bias shared over time (Cooijmans et al. 2017). Steps beyond ``max_steps`` use the last step's statistics.
+    ``layer``: the resolved normalizer (:func:`~dnlib.presets.get_norm_layer`) of every step, built without
+    affine; ``affine``: the shared gain and bias.
 
     ``eval_step``: when set, eval mode uses that step's running statistics for every step (the authors' test
     pass, unrolled one step at a time, used only step 0's: PAPER.md §1.4, §5.4 item 8).
     """
 
-    def __init__(self, num_features: int, max_steps: int, norm_kwargs: Mapping, affine: bool = True):
+    def __init__(self, layer, num_features: int, max_steps: int, affine: bool = True):
         super().__init__()
-        kwargs = {k: v for k, v in dict(norm_kwargs).items() if k != "affine"}
-        self.steps = nn.ModuleList(make_norm("bn", num_features, affine=False, **kwargs) for _ in range(max_steps))
+        self.steps = nn.ModuleList(layer(num_features, affine=False) for _ in range(max_steps))
         self.num_features, self.max_steps = num_features, max_steps
         self.eval_step: Optional[int] = None
         if affine:
@@ -252,6 +250,22 @@ class _StepNorm(nn.Module):
         return f"{self.num_features}, max_steps={self.max_steps}, affine={self.weight is not None}"
 
 
+def _step_layer(norm: NormLike, norm_kwargs: Optional[Mapping]) -> tuple:
+    """The per-step normalizer of a BN cell (its own affine removed) and the shared ``affine`` (default True)."""
+    layer = get_norm_layer(norm, norm_kwargs)
+    kwargs = dict(layer.keywords)
+    affine = kwargs.pop("affine", True)
+    return get_norm_layer(layer.args[0], kwargs), affine
+
+
+def set_bn_eval_step(model: nn.Module, step: Optional[int]) -> None:
+    """Make every BN cell of ``model`` use time step ``step``'s running statistics for all steps in eval mode (the
+    authors' test pass, unrolled one step: ``step=0``), or each step its own (``step=None``, the default)."""
+    for m in model.modules():
+        if isinstance(m, _StepNorm):
+            m.eval_step = step
+
+
 class BNLSTMCell(_Recurrent):
     """Batch-normalized LSTM of Cooijmans et al. (2017), as the paper's BN rows (PAPER.md §1.4 "BN (RNN/LSTM)").
 
@@ -265,19 +279,22 @@ class BNLSTMCell(_Recurrent):
     the code's EMA decay 0.9); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h`` would be
     cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code) passes
     ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
+
+    ``norm`` (default ``"bn"``; e.g. ``"bn-s"``, or a batch-pooling :class:`~dnlib.spec.NormSpec`) is the normalizer
+    of each step, ``norm_kwargs`` its overrides; ``norm_kwargs["affine"]`` (default True) is the shared gain and bias.
     """
 
     num_gates, state_size = 4, 2
 
-    def __init__(self, input_size: int, hidden_size: int, norm_kwargs: Optional[Mapping] = None,
+    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "bn", norm_kwargs: Optional[Mapping] = None,
                  max_steps: int = 20, forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=False)
-        kw = dict(norm_kwargs or {})
-        affine = kw.pop("affine", True)
+        layer, affine = _step_layer(norm, norm_kwargs)
+        self.norm_name = norm_name(norm)
         self.forget_bias, self.state_norm_c, self.max_steps = float(forget_bias), state_norm_c, max_steps
-        self.norm_ih = _StepNorm(4 * hidden_size, max_steps, kw, affine)
-        self.norm_hh = _StepNorm(4 * hidden_size, max_steps, kw, affine)
-        self.norm_c = _StepNorm(hidden_size, max_steps, kw, affine)
+        self.norm_ih = _StepNorm(layer, 4 * hidden_size, max_steps, affine)
+        self.norm_hh = _StepNorm(layer, 4 * hidden_size, max_steps, affine)
+        self.norm_c = _StepNorm(layer, hidden_size, max_steps, affine)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):
@@ -286,7 +303,8 @@ class BNLSTMCell(_Recurrent):
         return _joint_lstm_update(self, z, c, lambda c: self.norm_c(c, t))
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, max_steps={self.max_steps}, state_norm_c={self.state_norm_c}"
+        return (f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}, max_steps={self.max_steps}, "
+                f"state_norm_c={self.state_norm_c}")
 
 
 class LNLSTMCell(_Recurrent):
@@ -303,20 +321,22 @@ class LNLSTMCell(_Recurrent):
     ``W_x x_t`` and ``W_h h_{t-1}`` each carry a trainable 4H bias before their LN (``bias`` and ``bias_hh``,
     init 0), as the authors' ``LSTMLNCell`` (``_linear(..., bias=True)``): LN over the 4H units removes only the
     mean of a bias, so unlike BN's these train (and the L1 term sees them).
+
+    ``norm`` (default ``"ln"``, affine) is the normalizer of the three sites, ``norm_kwargs`` its overrides.
     """
 
     num_gates, state_size = 4, 2
 
-    def __init__(self, input_size: int, hidden_size: int, norm_kwargs: Optional[Mapping] = None,
+    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "ln", norm_kwargs: Optional[Mapping] = None,
                  forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=True)
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
-        kw = dict(norm_kwargs or {})
-        kw.setdefault("affine", True)
+        layer = get_norm_layer(norm, norm_kwargs)
+        self.norm_name = norm_name(norm)
         self.forget_bias, self.state_norm_c = float(forget_bias), state_norm_c
-        self.norm_ih = make_norm("ln", 4 * hidden_size, **kw)
-        self.norm_hh = make_norm("ln", 4 * hidden_size, **kw)
-        self.norm_c = make_norm("ln", hidden_size, **kw)
+        self.norm_ih = layer(4 * hidden_size)
+        self.norm_hh = layer(4 * hidden_size)
+        self.norm_c = layer(hidden_size)
         self.reset_parameters()
 
     def reset_parameters(self, init_scale: float = 0.1) -> None:
@@ -329,7 +349,7 @@ class LNLSTMCell(_Recurrent):
         return _joint_lstm_update(self, z, c, self.norm_c)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, state_norm_c={self.state_norm_c}"
+        return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}, state_norm_c={self.state_norm_c}"
 
 
 # ----------------------------------------------------------------------------------------------- vanilla RNNs
@@ -351,8 +371,8 @@ class NormRNNCell(_Recurrent):
         super().__init__(input_size, hidden_size)
         self.nonlinearity = nonlinearity
         self._g = _nonlinearity(nonlinearity)
-        self.norm_name = "none" if _is_none(norm) else (norm if isinstance(norm, str) else repr(norm))
-        self.norm = _site(norm, hidden_size, dict(norm_kwargs or {}))
+        self.norm_name = norm_name(norm)
+        self.norm = _site(get_norm_layer(norm, norm_kwargs), hidden_size)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):
@@ -371,17 +391,17 @@ class NormRNNCell(_Recurrent):
 
 class BNRNNCell(_Recurrent):
     """Vanilla RNN with batch normalization (PAPER.md eqs. 8-9): ``h_t = g(BN_t(W_x x_t) + BN_t(W_h h_{t-1}))``,
-    statistics per time step, gains and biases shared over time (see :class:`BNLSTMCell`)."""
+    statistics per time step, gains and biases shared over time (see :class:`BNLSTMCell`, also for ``norm``)."""
 
-    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh",
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", norm: NormLike = "bn",
                  norm_kwargs: Optional[Mapping] = None, max_steps: int = 20):
         super().__init__(input_size, hidden_size, input_bias=False)
-        kw = dict(norm_kwargs or {})
-        affine = kw.pop("affine", True)
+        layer, affine = _step_layer(norm, norm_kwargs)
+        self.norm_name = norm_name(norm)
         self.nonlinearity, self.max_steps = nonlinearity, max_steps
         self._g = _nonlinearity(nonlinearity)
-        self.norm_ih = _StepNorm(hidden_size, max_steps, kw, affine)
-        self.norm_hh = _StepNorm(hidden_size, max_steps, kw, affine)
+        self.norm_ih = _StepNorm(layer, hidden_size, max_steps, affine)
+        self.norm_hh = _StepNorm(layer, hidden_size, max_steps, affine)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):
@@ -392,7 +412,8 @@ class BNRNNCell(_Recurrent):
         return h, (h,)
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, max_steps={self.max_steps}"
+        return (f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}, norm={self.norm_name!r}, "
+                f"max_steps={self.max_steps}")
 
 
 CELLS = {"lstm": NormLSTMCell, "bn-lstm": BNLSTMCell, "ln-lstm": LNLSTMCell, "rnn": NormRNNCell,
@@ -424,12 +445,20 @@ class LanguageModel(nn.Module):
         arch: the cell (see :func:`make_cell`).
         num_layers: stacked layers (2).
         init_scale: half-width of the uniform initialisation (0.1).
-        **cell_kwargs: passed to each cell (``norm``, ``norm_kwargs``, ``nonlinearity``, ``max_steps``, ...).
+        norm: every layer's normalizer, a preset name or a :class:`~dnlib.spec.NormSpec`; None (default): the
+            cell's own default (``"none"`` for ``lstm``/``rnn``, ``"bn"`` for the BN cells, ``"ln"`` for
+            ``ln-lstm``).
+        norm_kwargs: the :func:`dnlib.make_norm` overrides of every normalizer site.
+        **cell_kwargs: passed to each cell (``nonlinearity``, ``max_steps``, ``forget_bias``, ...).
     """
 
     def __init__(self, vocab_size: int, hidden_size: int = 200, arch: str = "lstm", num_layers: int = 2,
-                 init_scale: float = 0.1, **cell_kwargs):
+                 init_scale: float = 0.1, norm: NormLike = None, norm_kwargs: Optional[Mapping] = None,
+                 **cell_kwargs):
         super().__init__()
+        if norm is not None:
+            cell_kwargs["norm"] = norm
+        cell_kwargs["norm_kwargs"] = norm_kwargs
         self.vocab_size, self.hidden_size, self.arch, self.num_layers = vocab_size, hidden_size, arch, num_layers
         self.init_scale = init_scale
         self.embedding = nn.Embedding(vocab_size, hidden_size)
@@ -465,6 +494,3 @@ class LanguageModel(nn.Module):
     def extra_repr(self):
         return f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, arch={self.arch!r}"
 
-
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

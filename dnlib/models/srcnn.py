@@ -13,93 +13,42 @@ high-resolution luma directly (no residual). Weights are drawn from a normal wit
 standard deviations (TensorFlow's ``truncated_normal``), biases are 0 (``init="paper"``); ``init="he"`` (the
 fast configuration) uses He-normal weights instead.
 
-``norm=`` picks the normalizer of the two hidden layers:
+``norm=`` picks the normalizer of the two hidden layers, as in every model of :mod:`dnlib.models`: a preset name
+(:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, with ``norm_kwargs`` the :func:`dnlib.make_norm`
+overrides (e.g. ``SRCNN("dn", norm_kwargs={"sum_window": 5, "sup_window": 7, "sigma": 1.0})``). ``"none"``
+without an L1 weight builds ``nn.Identity`` (SRCNN as published); with ``alpha`` it is the identity plus the L1
+term.
 
-=============  ==================================================================================================
-``"none"``     SRCNN as published (Tables 5/6 "SRCNN").
-``"bn"``       batch norm (affine, running statistics with momentum 0.1 used in eval mode; Tables 5/6 "BN").
-``"dn*"``      the paper's DN*: DN over all channels with a 5 x 5 summation and a 7 x 7 suppression window,
-               sigma = 1, and the sparse L1 term alpha = 0.1 at each site, *applied* (PAPER.md §2.3 SR table).
-               Windows average over the real neighbours at the map border (``border="valid"``).
-``"dn*-code"`` what the authors' released code actually trains under the name ``dn-star``: no L1 term (the SR
-               model never adds it, §5.4 item 10), zero padding counted at the border and the suppression sum
-               divided by the 5 x 5 *summation* area, which inflates the variance by 49/25 (§1.2 step 5,
-               §5.4 item 1): ``border="reference"``, ``alpha=0``; and ``eps=0``: the code's epsilon is sigma^2
-               alone (``sqrt(s + sigma^2)``, §1.2 step 6).
-``"dn-ms"``    the code's ``dnms``: 5 x 5 local mean subtraction only, no division; zero padding counted at the
-               border (the mean divided by 25 everywhere, ``border="reference"``), no L1.
-=============  ==================================================================================================
-
-Any other :func:`dnlib.make_norm` preset name, a :class:`~dnlib.spec.NormSpec`, or a callable
-``f(num_features) -> nn.Module`` is accepted too; ``norm_kwargs`` are overrides passed to :func:`dnlib.make_norm`
-(e.g. ``{"alpha": 0.0}``).
+The SR experiment's named normalizers (``"none"``, ``"bn"``, ``"dn*"``, ``"dn*-code"``, ``"dn-ms"`` and the authors'
+spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.configs.sr` (a preset plus overrides, with the
+paper's and the code's values); build one with ``get_sr_config("fast").build_model("dn*")``.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Union
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
-from ..presets import make_norm
-from ..spec import NormSpec
+from ..presets import NormLike, get_norm_layer, norm_name
 
-__all__ = ["SRCNN", "SR_NORMS", "srcnn_norm"]
-
-#: The SRCNN normalizers by name: (make_norm preset, overrides). See the module docstring.
-SR_NORMS: dict = {
-    "none": ("none", {}),
-    "bn": ("bn", {}),
-    "dn*": ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, alpha=0.1)),
-    "dn*-code": ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, eps=0.0, alpha=0.0, border="reference")),
-    "dn-ms": ("dn-ms", dict(window=5, border="reference")),
-}
-_ALIASES = {"dn-star": "dn*", "dnstar": "dn*", "dn-star-code": "dn*-code", "dnms": "dn-ms", "base": "none",
-            "srcnn": "none"}
-
-NormLike = Union[str, NormSpec, Callable[[int], nn.Module], None]
-
-
-def srcnn_norm(norm: NormLike, num_features: int, **overrides) -> nn.Module:
-    """The normalizer module for one SRCNN hidden layer (``nn.Identity`` for ``"none"`` without L1)."""
-    if norm is None:
-        norm = "none"
-    if isinstance(norm, NormSpec):
-        return make_norm(norm, num_features, **overrides)
-    if callable(norm):
-        return norm(num_features)
-    if not isinstance(norm, str):
-        raise ValueError(f"norm: expected a name, a NormSpec or a callable, got {type(norm).__name__}")
-    key = _ALIASES.get(norm.lower(), norm.lower())
-    preset, defaults = SR_NORMS.get(key, (key, {}))
-    kwargs = {**defaults, **overrides}
-    if preset == "none" and not kwargs.get("alpha"):
-        return nn.Identity()
-    return make_norm(preset, num_features, **kwargs)
-
-
-def _canonical(norm: NormLike) -> str:
-    if isinstance(norm, str):
-        return _ALIASES.get(norm.lower(), norm.lower())
-    if norm is None:
-        return "none"
-    return repr(norm)
+__all__ = ["SRCNN"]
 
 
 class SRCNN(nn.Module):
-    """SRCNN 9-5-5 with ``norm`` before the two ReLUs (see the module docstring for the names).
+    """SRCNN 9-5-5 with ``norm`` before the two ReLUs (see the module docstring).
 
     Args:
-        norm: ``"none"``, ``"bn"``, ``"dn*"``, ``"dn*-code"``, ``"dn-ms"``, any :func:`dnlib.make_norm` preset,
-            a :class:`~dnlib.spec.NormSpec` or a callable ``f(num_features)``.
+        norm: a preset name (:func:`dnlib.list_norms`; ``"none"``: no normalizer) or a
+            :class:`~dnlib.spec.NormSpec`. The SR experiment's rows (``"dn*"``, ...) are in :mod:`dnlib.configs.sr`.
         channels: filters of the two hidden layers (paper: 64, 32).
         kernels: kernel sizes of the three layers (paper: 9, 5, 5).
         in_channels: 1 (luma).
         init: ``"paper"`` (truncated normal with ``init_std``) or ``"he"`` (He-normal; the fast configuration:
             direct prediction from a 1e-3 init takes far longer to reach even bicubic quality).
         init_std: std of the paper's truncated-normal weight init (paper and code: 1e-3).
-        norm_kwargs: overrides for :func:`dnlib.make_norm`, e.g. ``{"alpha": 0.0}``.
+        norm_kwargs: overrides for :func:`dnlib.make_norm`, e.g. ``{"sigma": 1.0, "alpha": 0.1}``.
 
     Shape:
         - Input: ``(N, 1, H, W)``, bicubic-upsampled luma in [0, 1].
@@ -107,7 +56,7 @@ class SRCNN(nn.Module):
 
     Examples::
 
-        >>> net = SRCNN("dn*")
+        >>> net = SRCNN("dn", norm_kwargs={"sum_window": 5, "sup_window": 7, "sigma": 1.0, "alpha": 0.1})
         >>> net(torch.rand(2, 1, 33, 33)).shape
         torch.Size([2, 1, 17, 17])
     """
@@ -123,12 +72,20 @@ class SRCNN(nn.Module):
         k1, k2, k3 = kernels
         if init not in ("paper", "he"):
             raise ValueError(f"init: got {init!r}; allowed 'paper' (N(0, init_std) truncated) or 'he'")
-        self.norm_name = _canonical(norm)
+        try:
+            layer = get_norm_layer(norm, norm_kwargs)
+        except ValueError as e:
+            if isinstance(norm, str) and "unknown normalizer" in str(e):
+                raise ValueError(f"{e}. The SR experiment's rows ('dn*', 'dn*-code', 'dn-ms', 'dn-star', ...) are "
+                                 f"in dnlib.configs.sr: get_sr_config(...).build_model({norm!r})") from None
+            raise
+        identity = layer.args[0] == "none" and not layer.keywords.get("alpha")
+        self.norm_name = norm_name(norm)
         self.init, self.init_std = init, init_std
         self.conv1 = nn.Conv2d(in_channels, c1, k1)
-        self.norm1 = srcnn_norm(norm, c1, **dict(norm_kwargs or {}))
+        self.norm1 = nn.Identity() if identity else layer(c1)
         self.conv2 = nn.Conv2d(c1, c2, k2)
-        self.norm2 = srcnn_norm(norm, c2, **dict(norm_kwargs or {}))
+        self.norm2 = nn.Identity() if identity else layer(c2)
         self.conv3 = nn.Conv2d(c2, in_channels, k3)
         self.shave = sum((k - 1) // 2 for k in kernels)
         self.reset_parameters()
