@@ -1,17 +1,22 @@
-"""The paper's CIFAR experiments (PAPER.md §3.1; Tables 3, 7 and 10): data, runs, sweeps, tables and figures.
+"""The paper's CIFAR experiments (PAPER.md §3.1; Tables 3, 7 and 10): the recipe of :mod:`dnlib.experiment`,
+tables and figures.
 
 A run is a named configuration (:mod:`dnlib.configs.cifar`, one per Table 7 row and dataset) trained by
-:class:`dnlib.train.Trainer` with the authors' schedule, evaluated every ``eval_every`` steps::
+:class:`dnlib.train.Trainer` with the authors' schedule, evaluated every ``eval_every`` steps; the runner
+(:mod:`dnlib.experiment`) owns the loop, the time limit, resume and the run record::
 
     from dnlib.cifar import run
     result = run("dn-star", "cifar10", steps=300, subset=(2000, 1000))     # a smoke run, milestones scaled
-    result.summary["final_acc"], result.history, result.model
+    result.headline["final_acc"], result.history, result.model, result.record
 
-From the shell (``python -m dnlib.cifar --help``)::
+From the shell (``python -m dnlib.cifar --help``; the grammar of every experiment)::
 
-    python -m dnlib.cifar run dn-star --dataset cifar10 --out runs/cifar/dn-star-s0
+    python -m dnlib.cifar run dn-star --dataset cifar10 --out runs/cifar           # runs/cifar/dn-star-s0-<UTC>
+    python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-<UTC>                 # continue it
     python -m dnlib.cifar sweep base bn bn-star dn-star --seeds 0 1 --jobs 4 --out runs/cifar/sweep
     python -m dnlib.cifar gather runs/cifar/sweep
+    python -m dnlib.cifar report runs/gpu_cifar        # a GPU trip folder: bench.json, graph_check.json, sweep/
+    python -m dnlib.cifar bench all --steps 200 ; python -m dnlib.cifar check-graph dn-star ; ... list
 
 **Data.** The whole dataset lives on the device as uint8 ``(N, 32, 32, 3)``; a batch is gathered by index,
 cast to float and mean-subtracted there (raw 0-255 minus the mean image, no /255, PAPER.md §3.1) and fed to
@@ -27,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,17 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .figures import MarkdownTable, _new_figure
+from . import cli, experiment, records
+from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
+from .experiment import RunResult
+from .figures import MarkdownTable, new_figure
+from .io import atomic_write_json
 from .norm import IMPLS
-from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
-from . import cli
-from .io import atomic_write_json, atomic_write_text
-from .train import (CheckpointError, GraphTrainer, TensorBatches, Trainer, TrainConfig, TrainingDiverged,
-                    resolve_device, set_seed)
+from .train import GraphTrainer, TensorBatches, Trainer, TrainConfig, resolve_device, set_seed
 
-__all__ = ["CifarData", "load_data", "run", "RunResult", "run_many", "check_graph", "benchmark", "sweep", "gather",
-           "summarize", "results_table", "learning_curves", "first_layer_responses", "table10", "table10_figure",
-           "estimate_seconds", "report", "headline", "config_table", "MODES"]
+__all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
+           "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
+           "table10", "table10_figure", "estimate_seconds", "report", "headline", "config_table", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 
@@ -131,35 +134,12 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
     return {f"{data.eval_split}_acc": correct.item() / n, f"{data.eval_split}_loss": loss.item() / n}
 
 
-# ------------------------------------------------------------------------------------------------ runs
+# ---------------------------------------------------------------------------------------------- recipe
 def _config(config: Union[str, CifarConfig], dataset: str, steps: Optional[int], changes: dict) -> CifarConfig:
     cfg = get_config(config, dataset) if isinstance(config, str) else config
     if changes:
         cfg = cfg.replace(**changes)
     return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
-
-
-def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", eval_every: int = 500,
-                 out_dir=None, progress: bool = False, run_info: Optional[dict] = None) -> Trainer:
-    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`; ``run_info``: the run
-    identity a resumed checkpoint must match, see :class:`~dnlib.train.Trainer`)."""
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-    device = data.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv algorithms once
-    set_seed(seed)
-    model = cfg.build_model().to(device=device, memory_format=torch.channels_last)
-    weights, others = model.decay_parameters()
-    groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
-    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
-                       gamma=cfg.gamma, eval_every=eval_every, checkpoint_every=eval_every,
-                       log_every=max(1, min(50, eval_every or 50)), seed=seed, device=str(device), progress=progress)
-    batches = TensorBatches(torch.arange(len(data.y_train), device=device), batch_size=cfg.batch_size, seed=seed)
-    use_graph = mode == "graph" or (mode == "auto" and device.type == "cuda")
-    cls = GraphTrainer if use_graph else Trainer
-    return cls(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data), out_dir=out_dir,
-               param_groups=groups, run_info=run_info)
 
 
 def _run_info(cfg: CifarConfig, data: CifarData, subset) -> dict:
@@ -172,9 +152,9 @@ def _run_info(cfg: CifarConfig, data: CifarData, subset) -> dict:
             "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval))}
 
 
-def _mode_name(trainer: Trainer) -> str:
-    if isinstance(trainer, GraphTrainer):
-        return "cuda-graph" if trainer.capture else "graph-step (eager)"
+def _mode_name(trainer_cls: type, device: torch.device) -> str:
+    if issubclass(trainer_cls, GraphTrainer):
+        return "cuda-graph" if device.type == "cuda" else "graph-step (eager)"
     return "eager"
 
 
@@ -182,98 +162,165 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-@dataclass
-class RunResult:
-    """One finished (or capped) run: ``summary`` (a flat dict, also ``result.json``), ``history`` (the trainer's
-    rows) and the trained ``model`` (None when read back from disk)."""
-    summary: dict
-    history: list
-    model: Optional[nn.Module] = None
-    config: Optional[CifarConfig] = None
+class CifarRecipe(experiment.Recipe):
+    """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.configs.cifar`) on resident data.
 
-    def __repr__(self) -> str:
-        s = self.summary
-        acc = "n/a" if s["final_acc"] is None else f"{s['final_acc']:.4f}"
-        return (f"RunResult({s['config']} on {s['dataset']}, seed {s['seed']}: {s['steps']}/{s['planned_steps']} steps, "
-                f"{s['eval_split']} acc {acc}, {s['images_per_s']:.0f} img/s {s['mode']}, {s['stopped']})")
+    ``build`` options: ``data`` (a loaded :class:`CifarData`, shared between runs), or ``subset``,
+    ``validation``, ``root``, ``mean_over`` to load it; ``mode`` (:data:`MODES`), ``eval_every`` (steps per
+    evaluation = chunk, 0: only at the end)."""
+
+    name = "cifar"
+    module = "dnlib.cifar"
+    description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
+
+    def configs(self) -> list:
+        return list_configs()
+
+    def expand(self, names: Sequence[str]) -> list:
+        out = []
+        for n in names:
+            out += list_configs() if n == "all" else (list(TABLE3_ROWS) if n == "table3" else [n])
+        for n in out:
+            get_config(n)
+        return out
+
+    def config(self, config, steps: Optional[int] = None, **overrides) -> CifarConfig:
+        dataset = overrides.pop("dataset", None)
+        if isinstance(config, CifarConfig):
+            if dataset is not None and dataset != config.dataset:
+                config = get_config(config.name, dataset).replace(
+                    **{k: v for k, v in config.as_dict().items() if k not in ("name", "dataset")})
+            dataset = config.dataset
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return _config(config, dataset or "cifar10", steps, overrides)
+
+    def config_dict(self, cfg: CifarConfig) -> dict:
+        return cfg.as_dict()
+
+    def build(self, cfg: CifarConfig, seed: int, device: str = "auto", *, data: Optional[CifarData] = None,
+              subset=None, validation: bool = False, root=None, mean_over: str = "train", mode: str = "auto",
+              eval_every: int = 500, progress: bool = False) -> experiment.Setup:
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+        if eval_every is None or isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
+            raise ValueError(f"eval_every: must be an integer >= 0 (0: only at the end), got {eval_every!r}")
+        subset = _subset(subset)
+        if data is None:
+            data = load_data(cfg.dataset, subset=subset, validation=validation, device=device or "auto", seed=seed,
+                             root=root, mean_over=mean_over)
+            set_seed(seed)
+        dev = data.device
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv algorithms once
+        model = cfg.build_model().to(device=dev, memory_format=torch.channels_last)
+        weights, others = model.decay_parameters()
+        groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
+        tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
+                           gamma=cfg.gamma, eval_every=eval_every, checkpoint_every=eval_every,
+                           log_every=max(1, min(50, eval_every or 50)), seed=seed, device=str(dev), progress=progress)
+        batches = TensorBatches(torch.arange(len(data.y_train), device=dev), batch_size=cfg.batch_size, seed=seed)
+        cls = GraphTrainer if mode == "graph" or (mode == "auto" and dev.type == "cuda") else Trainer
+        info = {"data": data.description, "eval_split": data.eval_split,
+                "subset": list(subset) if isinstance(subset, tuple) else subset,
+                "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
+                "eval_every": eval_every, "mode": _mode_name(cls, dev), "card": _device_name(dev)}
+        return experiment.Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
+                                run_info=_run_info(cfg, data, subset), trainer=cls,
+                                trainer_kwargs={"param_groups": groups}, chunk=eval_every or None, info=info,
+                                data=data)
+
+    def headline(self, result: RunResult) -> dict:
+        key = f"{result.setup.data.eval_split}_acc"
+        evals = [r for r in result.history if key in r]
+        batch = result.config.batch_size
+        return {"final_acc": evals[-1][key] if evals else None,
+                "best_acc": max(r[key] for r in evals) if evals else None,
+                "images_per_s": result.steps * batch / result.train_seconds if result.train_seconds else 0.0,
+                "train_seconds": result.train_seconds}
+
+    def paper(self, cfg: CifarConfig) -> dict:
+        return {"final_acc": cfg.paper_accuracy}
+
+    def label(self, name: str, options) -> str:
+        return f"{options.get('dataset') or 'cifar10'}-{name}"
+
+    def add_arguments(self, q, verb: str) -> None:
+        q.add_argument("--dataset", default=None if verb == "run" else "cifar10", choices=DATASETS,
+                       help="default cifar10 (or the resumed run's)")
+        if verb != "run":
+            return
+        q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
+        q.add_argument("--mode", default=None, choices=MODES, help="default auto")
+        q.add_argument("--impl", default=None, choices=IMPLS,
+                       help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
+        q.add_argument("--eval-every", type=cli.nonnegative_int, default=None,
+                       help="steps per evaluation and checkpoint (0: only at the end; default 500)")
+        q.add_argument("--validation", action="store_true", help="evaluate on the 45K/5K validation fold")
+        q.add_argument("--lr", type=cli.positive_float, default=None)
+        q.add_argument("--batch-size", type=cli.positive_int, default=None, help="default the paper's 100")
+
+    def from_args(self, args) -> tuple:
+        overrides = {k: getattr(args, k) for k in ("dataset", "lr", "impl", "batch_size")
+                     if getattr(args, k, None) is not None}
+        options = {k: getattr(args, k) for k in ("mode", "eval_every", "subset") if getattr(args, k) is not None}
+        if args.validation:
+            options["validation"] = True
+        return overrides, options
+
+    def report(self, path, args=None) -> dict:
+        rep = report(path, getattr(args, "dataset", None) or "cifar10")
+        atomic_write_json(rep, Path(path) / "summary.json")
+        return rep
+
+    def commands(self) -> dict:
+        return {"check-graph": experiment.Command("compare graph steps with eager steps",
+                                                  lambda q: _check_args(q, "check-graph"), _check_command),
+                "bench": experiment.Command("training images/s per configuration", lambda q: _check_args(q, "bench"),
+                                            _check_command)}
 
 
-def _summary(cfg: CifarConfig, data: CifarData, trainer: Trainer, seed: int, capped: bool, wall: float,
-             subset) -> dict:
-    key = f"{data.eval_split}_acc"
-    evals = [] if trainer.stopped else [r for r in trainer.history if key in r]   # a diverged run reports no number
-    return {
-        "config": cfg.name, "paper_row": cfg.paper, "dataset": cfg.dataset, "data": data.description,
-        "eval_split": data.eval_split, "seed": seed, "subset": subset, "steps": trainer.step,
-        "planned_steps": cfg.steps, "milestones": list(cfg.milestones), "capped": capped,
-        "stopped": trainer.stopped or ("capped" if capped else "completed"),
-        "final_acc": evals[-1][key] if evals else None,
-        "best_acc": max(r[key] for r in evals) if evals else None,
-        "paper_acc": TABLE7[cfg.name][DATASETS.index(cfg.dataset)] if cfg.name in TABLE7 else None,
-        "images_per_s": trainer.step * cfg.batch_size / trainer.elapsed if trainer.elapsed else 0.0,
-        "train_seconds": trainer.elapsed, "wall_seconds": wall, "mode": _mode_name(trainer),
-        "device": _device_name(trainer.device), "torch": torch.__version__, "fields": cfg.as_dict(),
-    }
+RECIPE = CifarRecipe()
 
 
-def run(config: Union[str, CifarConfig], dataset: str = "cifar10", *, seed: int = 0, steps: Optional[int] = None,
-        subset=None, validation: bool = False, eval_every: int = 500, device: str = "auto", mode: str = "auto",
-        out_dir=None, max_seconds: Optional[float] = None, stop_after: Optional[int] = None,
+# ------------------------------------------------------------------------------------- the library API
+def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, *, seed: int = 0,
+        steps: Optional[int] = None, subset=None, validation: bool = False, eval_every: int = 500,
+        device: str = "auto", mode: str = "auto", out=None, out_dir=None, resume=None,
+        time_limit: Optional[float] = None, max_seconds: Optional[float] = None, stop_after: Optional[int] = None,
         data: Optional[CifarData] = None, root=None, mean_over: str = "train", progress: bool = False,
-        **changes) -> RunResult:
-    """Train one configuration and return its :class:`RunResult`.
+        parameters=None, **changes) -> RunResult:
+    """Train one configuration with :func:`dnlib.experiment.run` and return its :class:`~dnlib.experiment.RunResult`.
 
     Args:
         config: a name from :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`.
-        dataset: ``"cifar10"`` or ``"cifar100"`` (ignored when ``config`` is a CifarConfig).
+        dataset: ``"cifar10"`` (default) or ``"cifar100"``.
         steps: shorten the schedule to this many steps, milestones scaled proportionally (None or 0: the paper's).
         subset, validation, root, mean_over: see :func:`load_data` (ignored when ``data`` is given).
-        eval_every: evaluate (and checkpoint) every K steps; the paper's code evaluates every 500.
+        eval_every: evaluate (and checkpoint, and check the time limit) every K steps; the authors' code: 500.
         mode: ``"auto"`` (CUDA graph on CUDA, eager on CPU), ``"graph"`` or ``"eager"``.
-        out_dir: write ``checkpoint.pt``, ``history.json`` and ``result.json`` here, and resume from it (a
-            checkpoint of another run there raises :class:`~dnlib.train.CheckpointError`).
-        max_seconds: stop after the evaluation that first ends past this wall time (``summary["capped"]``).
+        out: a base folder: the run gets a new folder in it. ``resume`` (alias ``out_dir``): a run folder to
+            continue (a checkpoint of another run there raises :class:`~dnlib.train.CheckpointError`) or start in.
+        time_limit (alias ``max_seconds``): seconds; the runner's rule (:mod:`dnlib.experiment`).
         stop_after: stop at this step (simulates an interruption; the schedule is still ``steps``).
         **changes: fields of the configuration to change, e.g. ``lr=2e-3``.
 
     A run whose loss (or test metric) becomes NaN/inf raises :class:`~dnlib.train.TrainingDiverged` after
-    writing ``result.json`` with ``summary["stopped"] = "diverged at step N"`` and no accuracy.
+    writing its record with ``stopped: "diverged at step N"`` and no accuracy.
     """
-    t0 = time.perf_counter()
     if eval_every is None or eval_every < 0:  # a negative interval never reached the target (spun forever)
         raise ValueError(f"eval_every: must be an integer >= 0 (0: only at the end), got {eval_every!r}")
-    if isinstance(config, CifarConfig):
-        dataset = config.dataset
-    cfg = _config(config, dataset, steps, changes)
-    if data is None:
-        data = load_data(cfg.dataset, subset=subset, validation=validation, device=device, seed=seed, root=root,
-                         mean_over=mean_over)
-    trainer = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=eval_every, out_dir=out_dir,
-                           progress=progress, run_info=_run_info(cfg, data, subset))
-    target = cfg.steps if stop_after is None else min(int(stop_after), cfg.steps)
-    if out_dir is not None:
-        trainer.try_resume()
-    chunk = eval_every or target
-    capped = False
-
-    def write():
-        trainer.cfg.steps = cfg.steps
-        summary = _summary(cfg, data, trainer, seed, capped or trainer.step < cfg.steps, time.perf_counter() - t0,
-                           subset)
-        if out_dir is not None:
-            atomic_write_json({"summary": summary, "history": trainer.history}, Path(out_dir) / "result.json")
-        return summary
-
-    try:
-        while trainer.step < target:
-            trainer.run_until(min(target, (trainer.step // chunk + 1) * chunk))
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds and trainer.step < target:
-                capped = True  # stop at the evaluation that ends past the deadline
-                break
-    except TrainingDiverged:
-        write()
-        raise
-    return RunResult(write(), trainer.history, trainer.model, cfg)
+    if out_dir is not None and resume is not None:
+        raise ValueError("out_dir, resume: the same thing (the run folder); give one")
+    resume = resume if resume is not None else out_dir
+    if dataset is not None:
+        changes["dataset"] = dataset
+    options = {"subset": subset, "validation": validation, "root": root, "mean_over": mean_over, "mode": mode,
+               "eval_every": eval_every, "progress": progress}
+    if data is not None:
+        options["data"] = data
+    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit or max_seconds, out=out,
+                          resume=resume, device=device, overrides=changes, options=options, stop_after=stop_after,
+                          parameters=parameters)
 
 
 def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,),
@@ -285,27 +332,34 @@ def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequenc
     return [run(c, dataset, seed=s, data=data, subset=_subset(subset), **kwargs) for c in configs for s in seeds]
 
 
-def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): per configuration the final accuracy
-    (mean over seeds), the paper's, steps and images/s, and the data used."""
-    rows = summarize(results)
-    return {"data": rows[0]["data"] if rows else None,
-            "runs": {r["config"]: {k: r[k] for k in ("acc", "acc_std", "seeds", "paper_acc", "steps", "planned_steps",
-                                                     "images_per_s")} for r in rows}}
+def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", eval_every: int = 500,
+                 out_dir=None, progress: bool = False, run_info: Optional[dict] = None, log_every=None,
+                 evaluate: bool = True) -> Trainer:
+    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`), outside the runner
+    (checks and benchmarks; ``evaluate=False``: no evaluation)."""
+    set_seed(seed)
+    s = RECIPE.build(cfg, seed, data=data, mode=mode, eval_every=eval_every, progress=progress)
+    if log_every is not None:
+        s.train.log_every = log_every
+    return s.trainer(s.model, s.loss_fn, s.batches, s.train, evaluate=s.evaluate if evaluate else None, out_dir=out_dir,
+                     run_info=run_info if run_info is not None else s.run_info, **s.trainer_kwargs)
 
 
-def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10") -> MarkdownTable:
-    """The configurations as a Markdown table: the values of PAPER.md §2.3 and the schedule."""
-    lines = ["| name | paper row | norm | sigma (eps = sigma²) | alpha (L1) | affine | DN windows | other | "
-             "lr milestones / end |", "|---|---|---|---|---|---|---|---|---|"]
-    for n in names or list_configs():
-        c = get_config(n, dataset)
-        other = ", ".join(f"{k} {v:g}" for k, v in (("weight decay", c.weight_decay), ("dropout", c.dropout)) if v)
-        lines.append(f"| {c.name} | {c.paper} | {c.norm} | {'—' if c.sigma is None else f'{c.sigma:g}'} | "
-                     f"{c.alpha:g} | {'—' if c.affine is None else c.affine} | "
-                     f"{'—' if c.window is None else ', '.join(map(str, c.window))} | {other or '—'} | "
-                     f"{', '.join(map(str, c.milestones))} / {c.steps} |")
-    return MarkdownTable("\n".join(lines))
+def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10", jobs: int = 1,
+          time_limit: Optional[float] = None, max_seconds: Optional[float] = None, grace: float = 90.0,
+          status_every: float = 30.0, run_args: Sequence[str] = (), python: str = sys.executable,
+          verbose: bool = True) -> list:
+    """:func:`dnlib.experiment.sweep` of CIFAR runs on ``dataset``: every (configuration, seed) as its own process
+    in ``out_dir/<dataset>-<name>-s<seed>``, ``jobs`` at a time; resumable (a rerun skips finished runs). Returns
+    :func:`gather`'s rows. ``run_args``: extra ``run`` flags (e.g. ``["--subset", "2000", "--steps", "300"]``)."""
+    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, jobs=jobs, time_limit=time_limit or max_seconds,
+                            grace=grace, status_every=status_every, run_args=["--dataset", dataset, *run_args],
+                            options={"dataset": dataset}, python=python, verbose=verbose)
+
+
+def gather(out_dir) -> list:
+    """The rows of every run folder under ``out_dir`` (:func:`dnlib.experiment.gather`)."""
+    return experiment.gather(out_dir)
 
 
 # -------------------------------------------------------------------------------------- speed and checks
@@ -318,19 +372,15 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
     against the uncompiled eager one)."""
     if not steps >= 1:
         raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
-    cfg = _config(config, data.name, None, changes)
+    cfg = _config(config, data.name, None, changes).replace(steps=steps, milestones=())
     out = {}
     for mode in ("eager", "graph"):
         # the reference is always the uncompiled eager step; the graph step runs the config's impl
         tr = make_trainer(cfg if mode == "graph" else cfg.replace(impl="auto"), data, seed=seed, mode=mode,
-                          eval_every=0)
+                          eval_every=0, log_every=1, evaluate=False)
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
-        losses = []
-        for _ in range(steps):
-            tr._set_lr()
-            losses.append(float(tr.train_step(next(tr.batches))))
-            tr.step += 1
-        out[mode] = (init, tr.model.state_dict(), losses, _mode_name(tr))
+        losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
+        out[mode] = (init, tr.model.state_dict(), losses, _mode_name(type(tr), data.device))
     init, eager, le, _ = out["eager"]
     _, graph, lg, gmode = out["graph"]
     moved = max((eager[k].double() - init[k].double()).abs().max().item() for k in eager if eager[k].is_floating_point())
@@ -348,7 +398,7 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
     if not steps >= 1 or not warmup >= 0:
         raise ValueError(f"steps, warmup: must be integers >= 1 and >= 0, got {steps!r}, {warmup!r}")
     cfg = _config(config, data.name, None, changes)
-    tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0)
+    tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0, evaluate=False)
     sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         tr.train_step(next(tr.batches))
@@ -358,9 +408,9 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
         loss = tr.train_step(next(tr.batches))
     sync()
     dt = time.perf_counter() - t0
-    return {"config": cfg.name, "mode": _mode_name(tr), "impl": cfg.impl, "device": _device_name(data.device),
-            "steps": steps, "batch_size": cfg.batch_size, "images_per_s": steps * cfg.batch_size / dt,
-            "loss": float(loss)}
+    return {"config": cfg.name, "mode": _mode_name(type(tr), data.device), "impl": cfg.impl,
+            "device": _device_name(data.device), "steps": steps, "batch_size": cfg.batch_size,
+            "images_per_s": steps * cfg.batch_size / dt, "loss": float(loss)}
 
 
 def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Optional[Sequence[str]] = None,
@@ -374,120 +424,31 @@ def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Opti
     return total / speedup
 
 
-# ----------------------------------------------------------------------------------------------- sweeps
-def _run_dir(out_dir: Path, name: str, dataset: str, seed: int) -> Path:
-    return Path(out_dir) / f"{dataset}-{name}-s{seed}"
-
-
-def _progress_line(d: Path) -> str:
-    try:
-        hist = json.loads((d / "history.json").read_text())
-    except (OSError, ValueError):
-        return f"{d.name}: starting"
-    accs = [r for r in hist if any(k.endswith("_acc") for k in r)]
-    last = accs[-1] if accs else hist[-1] if hist else {}
-    acc = next((v for k, v in last.items() if k.endswith("_acc")), float("nan"))
-    ips = last["step"] * 100 / last["time"] if last.get("time") else 0.0
-    return f"{d.name}: step {last.get('step', 0)} acc {acc:.4f} ~{ips:.0f} img/s"
-
-
-def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10", jobs: int = 1,
-          max_seconds: Optional[float] = None, grace: float = 90.0, status_every: float = 30.0,
-          run_args: Sequence[str] = (), python: str = sys.executable, verbose: bool = True) -> list:
-    """Run every (configuration, seed) as its own ``python -m dnlib.cifar run`` process, ``jobs`` at a time
-    (several runs share one GPU), then :func:`gather` their results into one table.
-
-    Each run writes ``out_dir/<dataset>-<name>-s<seed>/{log.txt,history.json,result.json}``. ``max_seconds`` is
-    passed to each run (it stops and reports itself capped); a run still alive ``grace`` seconds later is
-    killed and gathered from its last ``history.json``. ``run_args`` are extra ``run`` options (e.g.
-    ``["--subset", "2000", "--steps", "300"]``). A status line per running job is printed every ``status_every`` s.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(c, s) for c in configs for s in seeds]
-    running = {}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    t_start = last_status = time.perf_counter()
-    while todo or running:
-        while todo and len(running) < max(1, jobs):
-            name, seed = todo.pop(0)
-            d = _run_dir(out_dir, name, dataset, seed)
-            d.mkdir(parents=True, exist_ok=True)
-            cmd = [python, "-m", "dnlib.cifar", "run", name, "--dataset", dataset, "--seed", str(seed), "--out", str(d),
-                   *map(str, run_args)]
-            if max_seconds is not None:
-                cmd += ["--max-seconds", str(max_seconds)]
-            log = open(d / "log.txt", "w")
-            running[d] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, time.perf_counter())
-            if verbose:
-                print(f"[sweep] started {d.name}", flush=True)
-        time.sleep(0.5)
-        for d, (proc, log, start) in list(running.items()):
-            late = max_seconds is not None and time.perf_counter() - start > max_seconds + grace
-            if proc.poll() is None and late:
-                proc.kill()
-                proc.wait()
-                if verbose:
-                    print(f"[sweep] killed {d.name} after {time.perf_counter() - start:.0f} s", flush=True)
-            if proc.poll() is not None:
-                log.close()
-                del running[d]
-                if verbose:
-                    print(f"[sweep] finished {d.name} (exit {proc.returncode}): {_progress_line(d)}", flush=True)
-        if verbose and running and time.perf_counter() - last_status > status_every:
-            last_status = time.perf_counter()
-            for d in running:
-                print(f"[sweep]   {_progress_line(d)}", flush=True)
-    rows = gather(out_dir)
-    atomic_write_json(rows, out_dir / "table.json")
-    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "jobs": jobs, "configs": list(configs),
-                       "seeds": list(seeds), "dataset": dataset}, out_dir / "sweep.json")
-    atomic_write_text(out_dir / "table.md", str(results_table(rows)) + "\n")
-    return rows
-
-
-def gather(out_dir) -> list:
-    """The summaries of every run under ``out_dir`` (``result.json``; a killed run from its ``history.json``,
-    marked ``status="killed"``; a diverged run ``status="diverged"`` with no accuracy), sorted by Table 7 order and
-    seed."""
-    rows = []
-    for d in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()):
-        if (d / "result.json").exists():
-            s = json.loads((d / "result.json").read_text())["summary"]
-            diverged = str(s.get("stopped", "")).startswith("diverged")
-            s["status"] = "diverged" if diverged else "capped" if s.get("capped") else "done"
-        elif (d / "history.json").exists():
-            dataset, rest = d.name.split("-", 1)
-            name, seed = rest.rsplit("-s", 1)
-            hist = json.loads((d / "history.json").read_text())
-            evals = [r for r in hist if any(k.endswith("_acc") for k in r)]
-            acc = [v for k, v in evals[-1].items() if k.endswith("_acc")][0] if evals else None
-            last = hist[-1] if hist else {"step": 0, "time": 0}
-            stopped = last.get("stopped")      # "diverged at step N" (the trainer's record) or None
-            cfg = get_config(name, dataset)
-            s = {"config": name, "paper_row": cfg.paper, "dataset": dataset, "seed": int(seed), "steps": last["step"],
-                 "planned_steps": cfg.steps, "capped": True, "final_acc": None if stopped else acc,
-                 "paper_acc": cfg.paper_accuracy,
-                 "images_per_s": last["step"] * cfg.batch_size / last["time"] if last.get("time") else 0.0,
-                 "status": "diverged" if stopped else "killed", "stopped": stopped or "killed"}
-        else:
-            continue
-        rows.append(s)
-    order = {n: i for i, n in enumerate(list_configs())}
-    return sorted(rows, key=lambda r: (r["dataset"], order.get(r["config"], 99), r["seed"]))
-
-
 # ----------------------------------------------------------------------------------------------- tables
-def _rows(results) -> list:
-    return [r.summary if isinstance(r, RunResult) else r for r in results]
+def _row(r) -> dict:
+    """A run (a :class:`RunResult`, a record dict, or a run folder) as one flat row for the tables."""
+    if isinstance(r, RunResult):
+        r = r.record
+    elif isinstance(r, (str, Path)):
+        r = records.read_record(r)
+    cfg, head, setup = r["config"], r["headline"] or {}, r["config"].get("setup") or {}
+    stopped = r["stopped"]
+    status = ("done" if stopped == experiment.COMPLETED else "diverged" if str(stopped).startswith("diverged")
+              else "running" if stopped == experiment.RUNNING else "capped")
+    return {"config": r["name"], "paper_row": cfg.get("paper"), "dataset": cfg.get("dataset"),
+            "data": setup.get("data"), "eval_split": setup.get("eval_split"), "seed": r["seed"],
+            "steps": r["steps_done"], "planned_steps": r["steps_planned"], "capped": stopped != experiment.COMPLETED,
+            "stopped": stopped, "status": status, "final_acc": head.get("final_acc"), "best_acc": head.get("best_acc"),
+            "paper_acc": (r["paper"] or {}).get("final_acc"), "images_per_s": head.get("images_per_s") or 0.0,
+            "mode": setup.get("mode"), "impl": cfg.get("impl", "auto"), "batch_size": cfg.get("batch_size", 100),
+            "device": (r.get("device") or {}).get("name")}
 
 
 def summarize(results) -> list:
     """One row per (dataset, configuration): mean and std of the final accuracy over seeds, beside the paper's
     (runs without an accuracy, i.e. diverged ones, are counted in ``diverged`` and left out of the mean)."""
     groups = {}
-    for r in _rows(results):
+    for r in map(_row, results):
         groups.setdefault((r["dataset"], r["config"]), []).append(r)
     out = []
     for (ds, name), rs in groups.items():
@@ -517,14 +478,38 @@ def results_table(results) -> MarkdownTable:
     return MarkdownTable("\n".join(lines))
 
 
+def headline(results) -> dict:
+    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): per configuration the final accuracy
+    (mean over seeds), the paper's, steps and images/s, and the data used."""
+    rows = summarize(results)
+    return {"data": rows[0]["data"] if rows else None,
+            "runs": {r["config"]: {k: r[k] for k in ("acc", "acc_std", "seeds", "paper_acc", "steps", "planned_steps",
+                                                     "images_per_s")} for r in rows}}
+
+
+def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10") -> MarkdownTable:
+    """The configurations as a Markdown table: the values of PAPER.md §2.3 and the schedule."""
+    lines = ["| name | paper row | norm | sigma (eps = sigma²) | alpha (L1) | affine | DN windows | other | "
+             "lr milestones / end |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in names or list_configs():
+        c = get_config(n, dataset)
+        other = ", ".join(f"{k} {v:g}" for k, v in (("weight decay", c.weight_decay), ("dropout", c.dropout)) if v)
+        lines.append(f"| {c.name} | {c.paper} | {c.norm} | {'—' if c.sigma is None else f'{c.sigma:g}'} | "
+                     f"{c.alpha:g} | {'—' if c.affine is None else c.affine} | "
+                     f"{'—' if c.window is None else ', '.join(map(str, c.window))} | {other or '—'} | "
+                     f"{', '.join(map(str, c.milestones))} / {c.steps} |")
+    return MarkdownTable("\n".join(lines))
+
+
 # ---------------------------------------------------------------------------------------------- figures
 def learning_curves(results, metric: Optional[str] = None):
     """Evaluation accuracy against step for every run, on one figure (left), and the training loss (right)."""
-    fig = _new_figure(figsize=(11, 4), layout="constrained")
+    fig = new_figure(figsize=(11, 4), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     for r in results:
-        key = metric or f"{r.summary['eval_split']}_acc"
-        label = f"{r.summary['paper_row']} (seed {r.summary['seed']})"
+        row = _row(r)
+        key = metric or f"{row['eval_split']}_acc"
+        label = f"{row['paper_row']} (seed {row['seed']})"
         ev = [h for h in r.history if key in h]
         line, = ax_acc.plot([h["step"] for h in ev], [h[key] for h in ev], marker=".", label=label)
         tl = [h for h in r.history if "train_loss" in h]
@@ -554,9 +539,9 @@ def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20, ma
     lines = ["| model | corr (ours) | corr (paper) | MI (ours) | MI (paper) |", "|---|---|---|---|---|"]
     for r in results:
         st = pairwise_corr_mi(first_layer_responses(r.model, data, n_images), bins=bins, max_samples=max_samples)
-        pc, pm = TABLE10.get(r.summary["config"], (None, None))
+        pc, pm = TABLE10.get(r.config.name, (None, None))
         fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(f"| {r.summary['paper_row']} | {st.corr:.4f} | {fmt(pc)} | {st.mi:.4f} | {fmt(pm)} |")
+        lines.append(f"| {r.config.paper} | {st.corr:.4f} | {fmt(pc)} | {st.mi:.4f} | {fmt(pm)} |")
     return MarkdownTable("\n".join(lines))
 
 
@@ -566,19 +551,22 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
     pairs for every model), each titled with its r and MI; the paper's mean corr/MI in the row label."""
     from .figures import joint_histogram
     from .stats import as_samples, pairwise_corr_mi
-    fig = _new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
+    fig = new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(results), n_pairs, squeeze=False))
     for row, r in zip(axes, results):
         z = first_layer_responses(r.model, data, n_images)
         shown = pairwise_corr_mi(z, n_pairs=n_pairs, seed=seed)
         zc = as_samples(z, max_samples=20000, seed=seed)
-        paper = TABLE10.get(r.summary["config"])
+        paper = TABLE10.get(r.config.name)
         for k, (ax, (i, j)) in enumerate(zip(row, shown.pairs.tolist())):
             joint_histogram(zc[i], zc[j], bins=bins, ax=ax, labels=(f"filter {i}", f"filter {j}"),
                             title=f"r={shown.corr_per_pair[k]:.2f} MI={shown.mi_per_pair[k]:.2f}")
-        row[0].set_ylabel(f"{r.summary['paper_row']}\n" + (f"paper {paper[0]:.2f} / {paper[1]:.2f}\n" if paper else "")
+        row[0].set_ylabel(f"{r.config.paper}\n" + (f"paper {paper[0]:.2f} / {paper[1]:.2f}\n" if paper else "")
                           + f"filter {shown.pairs[0, 1].item()}", fontsize=8)
     return fig
+
+
+_REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep/")
 
 
 def report(out_dir, dataset: str = "cifar10") -> dict:
@@ -587,11 +575,13 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     and impl, the concurrent runs' accuracies and images/s, the measured gain of running them concurrently, and
     the estimated time of the whole Table 7 at that gain with the faster impl of each configuration."""
     out_dir = Path(out_dir)
+    if not any((out_dir / f).exists() for f in _REPORT_INPUTS):
+        raise ValueError(f"{out_dir}: nothing to report (it holds none of {', '.join(_REPORT_INPUTS)})")
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
     bench_c = read(out_dir / "bench_compile.json") or []
     sweep_dir = out_dir / "sweep"
-    rows = gather(sweep_dir) if sweep_dir.is_dir() else []
+    rows = [_row(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
     meta = read(sweep_dir / "sweep.json") or {}
     single = {b["config"]: b["images_per_s"] for b in bench}
     single_c = {b["config"]: b["images_per_s"] for b in bench_c}
@@ -599,20 +589,20 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     rep = {"device": (bench[0]["device"] if bench else rows[0].get("device") if rows else None),
            "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single,
            "runs": [{k: r.get(k) for k in ("config", "paper_row", "seed", "steps", "planned_steps", "capped", "status",
-                                           "final_acc", "paper_acc", "images_per_s", "mode", "data")}
-                    | {"impl": (r.get("fields") or {}).get("impl", "auto")} for r in rows]}
+                                           "stopped", "final_acc", "paper_acc", "images_per_s", "mode", "data",
+                                           "impl")} for r in rows]}
     if single_c:
         rep["single_run_images_per_s_compile"] = single_c
         rep["best_images_per_s"] = best
     if rows and meta.get("wall_seconds"):
-        images = sum(r["steps"] * 100 for r in rows)
+        images = sum(r["steps"] * r["batch_size"] for r in rows)
         rep["concurrent"] = {"jobs": meta.get("jobs"), "wall_seconds": meta["wall_seconds"],
                              "aggregate_images_per_s": images / meta["wall_seconds"]}
         # each run's single-process figure with the impl it ran (configs without a normalizer have no compiled one)
-        used = {r["config"]: single_c.get(r["config"]) if run["impl"] == "compile" and r["config"] in single_c
-                else single.get(r["config"]) for r, run in zip(rows, rep["runs"])}
+        used = {r["config"]: single_c.get(r["config"]) if r["impl"] == "compile" and r["config"] in single_c
+                else single.get(r["config"]) for r in rows}
         if all(v for v in used.values()):
-            sequential = sum(r["steps"] * 100 / used[r["config"]] for r in rows)
+            sequential = sum(r["steps"] * r["batch_size"] / used[r["config"]] for r in rows)
             gain = sequential / meta["wall_seconds"]
             rep["concurrent"]["gain_vs_sequential"] = gain
             if all(n in best for n in list_configs()):
@@ -623,15 +613,6 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _names(names: Sequence[str]) -> list:
-    out = []
-    for n in names:
-        out += list_configs() if n == "all" else (list(TABLE3_ROWS) if n == "table3" else [n])
-    for n in out:
-        get_config(n)
-    return out
-
-
 def _subset(value):
     """``None``/``[]``/``""`` -> None; ``"N"``, ``N`` -> N; ``"A,B"``, ``[A, B]`` -> (A, B)."""
     if value is None or value == [] or value == "" or value == ():
@@ -640,113 +621,23 @@ def _subset(value):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def _writable_dir(value: str) -> str:
-    return cli.out_dir(cli.in_dir(value))
-
-
-_REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep/")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = cli.ArgumentParser(prog="python -m dnlib.cifar", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    def common(q, many: bool):
-        q.add_argument("configs" if many else "config", nargs="+" if many else None,
-                       help="configuration name(s); 'all' = Table 7, 'table3' = Table 3 rows")
-        q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-        q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
-        q.add_argument("--device", type=cli.device, default="auto")
-        q.add_argument("--mode", default="auto", choices=MODES)
-        q.add_argument("--impl", default="auto", choices=IMPLS,
-                       help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
-
-    run_p = q = sub.add_parser("run", help="train one configuration")
-    common(q, False)
-    q.add_argument("--seed", type=cli.seed, default=0)
-    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule (milestones scaled)")
-    q.add_argument("--eval-every", type=cli.nonnegative_int, default=500, help="steps (0: only at the end)")
-    q.add_argument("--validation", action="store_true", help="evaluate on the 45K/5K validation fold")
-    q.add_argument("--out", type=cli.out_dir, default=None)
-    q.add_argument("--max-seconds", type=cli.positive_float, default=None)
-    q.add_argument("--lr", type=cli.positive_float, default=None)
-
-    q = sub.add_parser("sweep", help="run configurations x seeds as concurrent processes, gather one table")
-    q.add_argument("configs", nargs="+")
+def _check_args(q, name: str) -> None:
+    q.add_argument("configs", nargs="+", help="configuration name(s); 'all' = Table 7, 'table3' = Table 3 rows")
     q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-    q.add_argument("--seeds", type=cli.seed, nargs="+", default=[0])
-    q.add_argument("--jobs", type=cli.positive_int, default=1)
-    q.add_argument("--out", type=cli.out_dir, required=True)
-    q.add_argument("--max-seconds", type=cli.positive_float, default=None)
-    q.add_argument("--status-every", type=cli.positive_float, default=30.0)
+    q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
+    q.add_argument("--device", type=cli.device, default="auto")
+    q.add_argument("--mode", default="auto", choices=MODES)
+    q.add_argument("--impl", default="auto", choices=IMPLS,
+                   help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
+    q.add_argument("--steps", type=cli.positive_int, default=5 if name == "check-graph" else 200)
+    q.add_argument("--json", type=cli.out_file, default=None, help="also write the results here")
+    if name == "bench":
+        q.add_argument("--warmup", type=cli.nonnegative_int, default=20, help="untimed steps first (the capture among them)")
 
-    q = sub.add_parser("gather", help="gather the results under a sweep folder into one table")
-    q.add_argument("out", type=_writable_dir)
 
-    q = sub.add_parser("report", help="summarize a GPU trip folder (bench.json, graph_check.json, sweep/)")
-    q.add_argument("out", type=_writable_dir)
-    q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-
-    for name, helptext in (("check-graph", "compare graph steps with eager steps"),
-                           ("bench", "training images/s per configuration")):
-        q = sub.add_parser(name, help=helptext)
-        common(q, True)
-        q.add_argument("--steps", type=cli.positive_int, default=5 if name == "check-graph" else 200)
-        q.add_argument("--json", type=cli.out_file, default=None, help="also write the results here")
-        if name == "bench":
-            q.add_argument("--warmup", type=cli.nonnegative_int, default=20,
-                           help="untimed steps first (the capture among them)")
-
-    args, rest = p.parse_known_args(argv)
-    cmd_p = sub.choices[args.cmd]  # errors name the sub-command
-    if args.cmd == "sweep":
-        with cli.user_errors(cmd_p):
-            names = _names(args.configs)
-        run_p.parse_args([names[0], *map(str, rest)])  # the options passed on to each run, checked once here
-        rows = sweep(names, args.seeds, out_dir=args.out, dataset=args.dataset, jobs=args.jobs,
-                     max_seconds=args.max_seconds, status_every=args.status_every, run_args=rest)
-        print(results_table(rows))
-        return 0 if all(r.get("status") != "killed" for r in rows) and rows else 1
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.cmd == "run":
-        changes = {} if args.lr is None else {"lr": args.lr}
-        if args.impl != "auto":
-            changes["impl"] = args.impl
-        with cli.user_errors(cmd_p):
-            _config(args.config, args.dataset, args.steps, changes)
-            data = load_data(args.dataset, subset=args.subset, validation=args.validation, device=args.device,
-                             seed=args.seed)
-        try:
-            res = run(args.config, args.dataset, seed=args.seed, steps=args.steps, subset=args.subset, data=data,
-                      validation=args.validation, eval_every=args.eval_every, device=args.device, mode=args.mode,
-                      out_dir=args.out, max_seconds=args.max_seconds, **changes)
-        except CheckpointError as e:      # another run's (or an unreadable) checkpoint in --out: before any work
-            print(f"{cmd_p.prog}: error: {cli.one_line(e)}", file=sys.stderr)
-            return 2
-        except TrainingDiverged as e:     # result.json says "stopped": "diverged at step N"; exit 1, one line
-            print(f"{p.prog} run: {e}", file=sys.stderr)
-            return 1
-        print(json.dumps({k: v for k, v in res.summary.items() if k != "fields"}))
-        return 0
-    if args.cmd == "gather":
-        with cli.user_errors(cmd_p):
-            rows = gather(args.out)
-        if not rows:
-            cmd_p.error(f"{args.out}: no run folders (with result.json or history.json) to gather")
-        atomic_write_json(rows, Path(args.out) / "table.json")
-        print(results_table(rows))
-        return 0
-    if args.cmd == "report":
-        if not any((Path(args.out) / f).exists() for f in _REPORT_INPUTS):
-            cmd_p.error(f"{args.out}: nothing to report (it holds none of {', '.join(_REPORT_INPUTS)})")
-        with cli.user_errors(cmd_p):
-            rep = report(args.out, args.dataset)
-        atomic_write_json(rep, Path(args.out) / "summary.json")
-        print(json.dumps(rep, indent=1))
-        return 0
-    with cli.user_errors(cmd_p):
-        names = _names(args.configs)
+def _check_command(args, q) -> int:
+    with cli.user_errors(q):
+        names = RECIPE.expand(args.configs)
         for name in names:
             _config(name, args.dataset, None, {"impl": args.impl})
         data = load_data(args.dataset, subset=args.subset, device=args.device)
@@ -761,6 +652,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         atomic_write_json(out, args.json)
     return 0 if all(r.get("ok", True) for r in out) else 1
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m dnlib.cifar ...``: :func:`dnlib.experiment.main` of :data:`RECIPE`."""
+    return experiment.main(RECIPE, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import DivisiveNorm
+from dnlib import DivisiveNorm, records
 from dnlib.cifar import (GraphTrainer, check_graph, estimate_seconds, first_layer_responses, gather, load_data, main,
                          report, results_table, run, summarize, sweep, table10)
 from dnlib.configs.cifar import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
@@ -157,10 +157,11 @@ def test_estimate_seconds():
 def _write_run(d: Path, name: str, steps: int, seconds: float, impl: str):
     cfg = get_config(name).replace(impl=impl)
     d.mkdir(parents=True)
-    summary = {"config": name, "paper_row": cfg.paper, "dataset": "cifar10", "seed": 0, "steps": steps,
-               "planned_steps": cfg.steps, "capped": False, "final_acc": 0.5, "paper_acc": cfg.paper_accuracy,
-               "images_per_s": steps * 100 / seconds, "mode": "cuda-graph", "fields": cfg.as_dict()}
-    (d / "result.json").write_text(json.dumps({"summary": summary, "history": []}))
+    rec = records.make_record("cifar", {**cfg.as_dict(), "setup": {"data": "CIFAR-10", "mode": "cuda-graph"}}, 0,
+                              steps_planned=cfg.steps, steps_done=steps, stopped="completed",
+                              headline={"final_acc": 0.5, "images_per_s": steps * 100 / seconds},
+                              paper={"final_acc": cfg.paper_accuracy})
+    records.write_record(d, rec)
 
 
 def test_report_uses_the_faster_impl_and_the_measured_concurrency_gain(tmp_path):
@@ -230,16 +231,17 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     kw = dict(steps=6, eval_every=2, data=data, batch_size=20)
     for name, mode in (("bn-star", "graph"), ("base-wd-drop", "eager")):
         full = run(name, mode=mode, out_dir=tmp_path / f"{name}-a", **kw)
-        part = run(name, mode=mode, out_dir=tmp_path / f"{name}-b", stop_after=4, **kw)
-        assert part.summary["steps"] == 4 and part.summary["capped"]
-        resumed = run(name, mode=mode, out_dir=tmp_path / f"{name}-b", **kw)
-        assert resumed.summary["steps"] == 6 and not resumed.summary["capped"]
+        part = run(name, mode=mode, resume=tmp_path / f"{name}-b", stop_after=4, **kw)
+        assert part.record["steps_done"] == 4 and part.stopped == "stop_after at step 4"
+        resumed = run(name, mode=mode, resume=tmp_path / f"{name}-b", **kw)
+        assert resumed.record["steps_done"] == 6 and resumed.stopped == "completed"
         strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]  # noqa: E731
         assert strip(resumed.history) == strip(full.history)
         a, b = full.model.state_dict(), resumed.model.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
-        saved = json.loads((tmp_path / f"{name}-b" / "result.json").read_text())
-        assert saved["summary"]["final_acc"] == full.summary["final_acc"]
+        saved = records.read_record(tmp_path / f"{name}-b")
+        assert saved["headline"]["final_acc"] == full.headline["final_acc"] is not None
+        assert saved["config"]["setup"]["mode"] == ("graph-step (eager)" if mode == "graph" else "eager")
 
 
 # The smoke run: 300 steps of 25 images (7,500 images, under 4 passes over the 2,000-image subset) at 4x the
@@ -254,8 +256,8 @@ def test_smoke_training_beats_chance(data):
     results = [run(name, steps=SMOKE_STEPS, data=data, eval_every=SMOKE_STEPS, batch_size=SMOKE_BATCH, lr=SMOKE_LR)
                for name in ("bn-star", "dn-star")]
     for r in results:
-        assert r.summary["final_acc"] > SMOKE_MIN_ACC, r
-        assert r.summary["mode"] == "eager" and r.summary["device"] == "cpu"
+        assert r.headline["final_acc"] > SMOKE_MIN_ACC, r
+        assert r.record["config"]["setup"]["mode"] == "eager" and r.record["device"]["type"] == "cpu"
     table = results_table(results)
     assert "DN*" in table and "0.8122" in table and "CIFAR-10" in table
     assert [row["config"] for row in summarize(results)] == ["bn-star", "dn-star"]
@@ -266,13 +268,21 @@ def test_smoke_training_beats_chance(data):
 
 @needs_cifar
 def test_sweep_gathers_one_table(tmp_path):
-    rows = sweep(["base", "dn-star"], [0], out_dir=tmp_path, jobs=2, verbose=False, status_every=1e9,
-                 run_args=["--steps", "4", "--subset", "300,100", "--eval-every", "2", "--device", "cpu"])
-    assert [(r["config"], r["steps"], r["status"]) for r in rows] == [("base", 4, "done"), ("dn-star", 4, "done")]
+    args = ["--steps", "4", "--subset", "300,100", "--eval-every", "2", "--device", "cpu", "--batch-size", "20"]
+    rows = sweep(["base", "dn-star"], [0], out_dir=tmp_path, jobs=2, verbose=False, status_every=1e9, run_args=args)
+    assert [(r["name"], r["steps_done"], r["stopped"]) for r in rows] == [("base", 4, "completed"),
+                                                                         ("dn-star", 4, "completed")]
+    assert [Path(r["run"]).name for r in rows] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
     assert json.loads((tmp_path / "table.json").read_text()) == json.loads(json.dumps(rows))
-    assert (tmp_path / "sweep.json").exists() and "DN*" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "sweep.json").exists() and "dn-star" in (tmp_path / "table.md").read_text()
     assert gather(tmp_path) == rows
     assert all(math.isfinite(r["final_acc"]) and r["images_per_s"] > 0 for r in rows)
+    assert "DN*" in results_table([r["run"] for r in rows])
+    # a rerun keeps the finished runs (nothing retrained: the records are untouched)
+    before = [(Path(r["run"]) / "record.json").stat().st_mtime_ns for r in rows]
+    again = sweep(["base", "dn-star"], [0], out_dir=tmp_path, jobs=2, verbose=False, run_args=args)
+    assert again == rows and [(Path(r["run"]) / "record.json").stat().st_mtime_ns for r in rows] == before
+    assert json.loads((tmp_path / "sweep.json").read_text())["skipped"] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
 
 
 @needs_cifar

@@ -14,11 +14,12 @@ import signal
 import pytest
 import torch
 
-from dnlib import bench, cifar, ptb, sr, suite
+from dnlib import bench, cifar, experiment, ptb, sr, suite
 
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
-WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (ptb, "train"),
+WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
+        (experiment, "sweep"), (ptb, "train"),
         (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 

@@ -174,11 +174,11 @@ def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second,
 @needs_cifar
 def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
     from dnlib.cifar import main
-    args = ["--subset", "200,100", "--steps", "2", "--eval-every", "2", "--device", "cpu", "--out", str(tmp_path)]
-    assert main(["run", "bn", *args]) == 0
+    args = ["--subset", "200,100", "--steps", "2", "--eval-every", "2", "--device", "cpu"]
+    assert main(["run", "bn", *args, "--resume", str(tmp_path)]) == 0     # --resume DIR: run in that folder
     capsys.readouterr()
     try:
-        code = main(["run", "bn-s", *args])
+        code = main(["run", "bn-s", *args, "--resume", str(tmp_path)])
     except SystemExit as e:                # argparse's error(): also one line and exit 2
         code = e.code
     assert code == 2

@@ -158,9 +158,10 @@ def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1 and "diverged at step" in err and "learning rate 1e+06" in err, err
-    res = _strict_json(out / "result.json")
-    assert res["summary"]["stopped"].startswith("diverged at step") and res["summary"]["final_acc"] is None
-    assert res["summary"]["stopped"] in err
+    (out,) = out.iterdir()                 # --out BASE: the run's own folder in it (dnlib.experiment)
+    res = _strict_json(out / "record.json")
+    assert res["stopped"].startswith("diverged at step") and res["headline"]["final_acc"] is None
+    assert res["stopped"] in err
     _strict_json(out / "history.json")
 
 
