@@ -30,15 +30,18 @@ def _compare(ours, ref, x, dtype, train=True):
     y, r = ours(x), ref(x)
     tol = TOL[dtype]
     assert (y - r).abs().max().item() < tol
-    w = torch.randn_like(y)  # a fixed, non-trivial upstream gradient
+    g = torch.Generator().manual_seed(123)  # a fixed, non-trivial upstream gradient (not the global RNG's:
+    w = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)  # results must not depend on test order)
     gy = torch.autograd.grad((y * w).sum(), [x] + [p for p in ours.parameters()], retain_graph=False)
     gr = torch.autograd.grad((r * w).sum(), [x] + [p for p in ref.parameters()])
     assert (gy[0] - gr[0]).abs().max().item() < tol
     for a, b in zip(gy[1:], gr[1:]):
         if b.numel() > a.numel():  # torch's elementwise LN/RMS weights vs our per-channel ones
             b = b.reshape(a.numel(), -1).sum(1)
-        # parameter gradients are sums over the whole batch: compare relative to their size
-        assert ((a - b).abs() / b.abs().clamp_min(1)).max().item() < tol
+        # parameter gradients are sums of x.numel() / a.numel() terms each, whose rounding errors grow like the
+        # square root of their count (a random walk): compare relative to their size, with that allowance
+        allow = tol * max(1.0, math.sqrt(x.numel() / a.numel()))
+        assert ((a - b).abs() / b.abs().clamp_min(1)).max().item() < allow
 
 
 def _per_channel_ln_weights(ref, ours, shape):
@@ -480,7 +483,6 @@ def test_box_filters_agree_cpu_shift_and_gpu_pool(shape, kc, ks, border):
         ga, = torch.autograd.grad(a, t, g)
         gb, = torch.autograd.grad(b, t, g)
         assert torch.allclose(ga, gb, atol=1e-12)
-
 
 
 # --- the band path (impl="band"): 1-D channel-window specs as banded matrix products, the same operator ----------
