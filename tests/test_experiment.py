@@ -1,0 +1,280 @@
+"""The shared runner (dnlib/experiment.py, issue 13), on every recipe at smoke size.
+
+Add a recipe by appending a :class:`Smoke` to ``RECIPES``: every test below then runs on it. A smoke entry names
+a configuration and the tiny options/flags that make a run of ``steps`` steps in chunks of ``chunk`` steps take
+seconds on a CPU (at least three chunks), and a field change that makes a second, different run.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnlib import experiment, records
+from dnlib.train import TrainingDiverged
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Smoke:
+    """One recipe at smoke size."""
+    module: str                      # "dnlib.cifar": has RECIPE and main(argv)
+    config: str                      # a configuration name
+    options: dict                    # build options of a tiny run (Python API)
+    cli: list                        # the same as run flags (CLI), without --steps/--out/--resume
+    steps: int                       # steps of the smoke run (>= 3 chunks)
+    chunk: int                       # steps per chunk
+    change: dict                     # a field change that makes another run
+    diverge: dict = field(default_factory=dict)   # overrides that diverge within the smoke run ({}: skip)
+    available: bool = True           # its data is here
+
+    @property
+    def recipe(self):
+        return importlib.import_module(self.module).RECIPE
+
+    @property
+    def main(self):
+        return importlib.import_module(self.module).main
+
+
+def _has_cifar() -> bool:
+    return (MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir()
+
+
+RECIPES = [
+    pytest.param(Smoke("dnlib.cifar", "bn", {"subset": (200, 100), "eval_every": 2},
+                       ["--subset", "200,100", "--eval-every", "2", "--batch-size", "20", "--device", "cpu"],
+                       steps=6, chunk=2, change={"lr": 2e-3}, diverge={"lr": 1e6}, available=_has_cifar()),
+                 id="cifar"),
+]
+_OVERRIDES = {"dnlib.cifar": {"batch_size": 20}}   # smoke-size fields besides the options
+
+
+def _need(s: Smoke):
+    if not s.available:
+        pytest.skip(f"{s.module}: its data is not in DNLIB_DATA={MIRROR}")
+
+
+def _run(s: Smoke, **kw):
+    overrides = {**_OVERRIDES.get(s.module, {}), **kw.pop("overrides", {})}
+    return experiment.run(s.recipe, kw.pop("config", s.config), steps=s.steps, device="cpu", overrides=overrides,
+                          options=s.options, **kw)
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "time"} for r in history]
+
+
+def _timeless(headline: dict) -> dict:
+    """The headline without what depends on the clock (seconds, throughput)."""
+    return {k: v for k, v in headline.items() if "second" not in k and "per_s" not in k}
+
+
+def _weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+
+
+# ------------------------------------------------------------------------------------------------ resume
+def _count_steps(monkeypatch) -> list:
+    """Count the optimizer steps trained in this process (every trainer class's train_step)."""
+    from dnlib import train
+    count = [0]
+    for cls in {train.Trainer, train.GraphTrainer, *train.Trainer.__subclasses__()}:
+        if "train_step" in vars(cls):
+            def counted(self, batch, _orig=vars(cls)["train_step"]):
+                count[0] += 1
+                return _orig(self, batch)
+            monkeypatch.setattr(cls, "train_step", counted)
+    return count
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_resumed_run_equals_the_uninterrupted_one(s, tmp_path, monkeypatch):
+    """Interrupted by a time limit (after the first chunk) and by stop_after, then resumed by folder: the same
+    history (every logged number) and bit-identical weights as one uninterrupted run, and each call trains only
+    the steps that were left."""
+    _need(s)
+    trained = _count_steps(monkeypatch)
+    full = _run(s, out=tmp_path / "a")
+    assert full.stopped == "completed" and full.record["steps_done"] == s.steps
+    part_dir = tmp_path / "b"
+    part = _run(s, resume=part_dir, time_limit=1e-6)       # the first chunk always runs; the next does not fit
+    assert part.stopped == f"time limit at step {s.chunk}" and part.record["steps_done"] == s.chunk
+    assert records.read_record(part_dir)["stopped"] == f"time limit at step {s.chunk}"
+    assert records.read_curves(part_dir)[-1]["step"] == s.chunk
+    before = trained[0]
+    part = experiment.run(s.recipe, resume=part_dir, stop_after=2 * s.chunk)   # config from run.json
+    assert part.stopped == f"stop_after at step {2 * s.chunk}" and trained[0] - before == s.chunk
+    before = trained[0]
+    resumed = experiment.run(s.recipe, resume=part_dir)
+    assert trained[0] - before == s.steps - 2 * s.chunk
+    assert resumed.stopped == "completed" and resumed.record["steps_done"] == s.steps
+    assert _strip(resumed.history) == _strip(full.history)
+    a, b = _weights(full.run_dir), _weights(part_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _timeless(resumed.record["headline"]) == _timeless(full.record["headline"])
+    rows = records.read_curves(part_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in records.read_curves(full.run_dir)]
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_time_limit_stops_at_a_chunk_boundary_on_the_cli(s, tmp_path, capsys):
+    _need(s)
+    code = s.main(["run", s.config, *s.cli, "--steps", str(s.steps), "--out", str(tmp_path), "--time-limit", "1e-6"])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    rec = records.read_record(run_dir)
+    assert rec["stopped"] == f"time limit at step {s.chunk}" and rec["steps_done"] == s.chunk
+    assert json.loads(capsys.readouterr().out)["stopped"] == rec["stopped"]
+    assert s.main(["run", "--resume", str(run_dir)]) == 0          # the folder alone resumes it
+    assert records.read_record(run_dir)["stopped"] == "completed"
+
+
+# ------------------------------------------------------------------------------------------------ records
+@pytest.mark.parametrize("s", RECIPES)
+def test_record_has_the_same_keys_for_every_recipe(s, tmp_path):
+    _need(s)
+    r = _run(s, out=tmp_path, stop_after=s.chunk)
+    rec = records.read_record(r.run_dir)
+    assert tuple(rec) == records.RECORD_KEYS
+    assert rec["experiment"] == s.recipe.name and rec["name"] == s.config and rec["seed"] == 0
+    assert rec["steps_planned"] == s.steps and rec["steps_done"] == s.chunk
+    assert rec["headline"] and set(rec["paper"]) <= set(rec["headline"])
+    assert rec["config"]["setup"] == records.jsonable(r.setup.info)
+    assert sorted(p.name for p in r.run_dir.iterdir()) == sorted(
+        ["checkpoint.pt", "curves.csv", "history.json", "record.json", "run.json"])
+    rows = records.read_curves(r.run_dir)
+    assert rows and all("step" in row for row in rows) and rows[-1]["step"] == s.chunk
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_two_runs_with_different_parameters_leave_two_records(s, tmp_path):
+    _need(s)
+    a = _run(s, out=tmp_path, stop_after=s.chunk)
+    b = _run(s, out=tmp_path, stop_after=s.chunk, overrides=s.change)
+    c = _run(s, out=tmp_path, stop_after=s.chunk)                  # the same parameters again: a third folder
+    assert len({a.run_dir, b.run_dir, c.run_dir}) == 3 and len(list(tmp_path.iterdir())) == 3
+    recs = [records.read_record(r.run_dir) for r in (a, b, c)]
+    (key, value), = s.change.items()
+    assert recs[1]["config"][key] == value != recs[0]["config"][key] == recs[2]["config"][key]
+    rows = experiment.gather(tmp_path)
+    assert sorted(r["run"] for r in rows) == sorted(str(r.run_dir) for r in (a, b, c))
+    table = experiment.gather_table(rows)
+    assert table.count("\n") == 4 and s.config in table
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_diverged_run_records_it_and_reports_no_number(s, tmp_path):
+    _need(s)
+    if not s.diverge:
+        pytest.skip("no diverging overrides for this recipe")
+    with pytest.raises(TrainingDiverged) as e:
+        _run(s, resume=tmp_path, overrides=s.diverge)
+    rec = records.read_record(tmp_path)
+    assert rec["stopped"] == e.value.status and rec["stopped"].startswith("diverged at step")
+    assert rec["headline"] and all(v is None for v in rec["headline"].values())
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_killed_run_leaves_no_half_written_record(s, tmp_path):
+    """kill -9 a CLI run while it writes records chunk after chunk: record.json is absent or complete (and the
+    folder resumes to completion)."""
+    _need(s)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    steps = 200 * s.chunk
+    proc = subprocess.Popen([sys.executable, "-m", s.module, "run", s.config, *s.cli, "--steps", str(steps),
+                             "--resume", str(tmp_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "record.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.7)                                 # a few more chunks: somewhere inside a write, or between
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    rec = records.read_record(tmp_path)                 # parses: complete
+    assert tuple(rec) == records.RECORD_KEYS and rec["stopped"] == "running"
+    assert 0 < rec["steps_done"] < steps
+    assert records.read_curves(tmp_path)[-1]["step"] <= rec["steps_done"] + s.chunk
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+@pytest.mark.parametrize("s", RECIPES)
+def test_sweep_resumes_unfinished_runs_and_skips_finished_ones(s, tmp_path):
+    _need(s)
+    recipe = s.recipe
+    cli = [*s.cli, "--steps", str(s.steps)]
+    rows = experiment.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=2, run_args=cli, verbose=False)
+    assert [r["stopped"] for r in rows] == ["completed", "completed"]
+    done, other = (Path(r["run"]) for r in rows)
+    uninterrupted = json.loads((other / "history.json").read_text())
+    # make the second run unfinished: its record back to "running" at the first chunk, checkpoint of that chunk
+    part = experiment.run(recipe, s.config, seed=1, steps=s.steps, resume=tmp_path / "scratch", stop_after=s.chunk,
+                          device="cpu", overrides=_OVERRIDES.get(s.module, {}), options=s.options)
+    for name in ("checkpoint.pt", "history.json", "curves.csv", "run.json"):
+        (other / name).write_bytes((part.run_dir / name).read_bytes())
+    records.write_record(other, {**records.read_record(part.run_dir), "stopped": "running"})
+    shutil.rmtree(part.run_dir)
+    mtime = (done / "record.json").stat().st_mtime_ns
+    again = experiment.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=1, run_args=cli, verbose=False)
+    assert [r["stopped"] for r in again] == ["completed", "completed"]
+    assert (done / "record.json").stat().st_mtime_ns == mtime                     # skipped
+    assert json.loads((tmp_path / "sweep.json").read_text())["skipped"] == [done.name]
+    assert _strip(json.loads((other / "history.json").read_text())) == _strip(uninterrupted)  # resumed
+    first = records.read_curves(other)
+    assert [r["step"] for r in first] == list(range(s.chunk, s.steps + 1, s.chunk))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+VERBS = ["run", "train", "sweep", "gather", "report", "list", "bench"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("s", RECIPES)
+def test_every_verb_answers_help(s, verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        s.main([verb, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
+
+
+BAD = {"run": ["run", "X", "--time-limit", "-1"], "train": ["train", "X", "--max-seconds", "0"],
+       "sweep": ["sweep", "X", "--out", "{T}/s", "--jobs", "0"], "gather": ["gather", "{T}/missing"],
+       "report": ["report", "{T}/missing"], "list": ["list", "--bogus"], "bench": ["bench", "--bogus-flag"]}
+
+
+@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("s", RECIPES)
+def test_every_verb_rejects_a_bad_argument_with_one_line_and_exit_2(s, verb, tmp_path, capsys, monkeypatch):
+    def tripwire(*a, **k):
+        raise AssertionError("work started")
+    monkeypatch.setattr(experiment.Run, "go", tripwire)
+    monkeypatch.setattr(experiment, "sweep", tripwire)
+    argv = [a.replace("{T}", str(tmp_path)).replace("X", s.config) for a in BAD[verb]]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        s.main(argv)
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "error:" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_list_names_the_configurations(s, capsys):
+    assert s.main(["list"]) == 0
+    assert capsys.readouterr().out.split() == list(s.recipe.configs())
