@@ -1,22 +1,32 @@
-"""Single-image super-resolution experiments (PAPER.md §3.4; Tables 5, 6; Figures 3, 4).
+"""Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of :mod:`dnlib.experiment`,
+evaluation, tables and figures.
+
+A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :mod:`dnlib.configs.sr`; its
+configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
+(:mod:`dnlib.experiment`) owns the loop, the time limit, resume and the run record::
+
+    from dnlib.sr import train_sr
+    r = train_sr("dn*", "smoke", steps=300)        # a RunResult: r.model, r.history, r.record["headline"]
+
+    python -m dnlib.sr run fast-dn* --steps 20000 --out runs/sr            # runs/sr/fast-dn-s0-<UTC>
+    python -m dnlib.sr run --resume runs/sr/fast-dn-s0-<UTC>                # continue it
+    python -m dnlib.sr sweep fast-none fast-bn fast-dn* --jobs 3 --out runs/sr/sweep   # rerun: skips finished runs
+    python -m dnlib.sr report runs/sr/sweep      # Bicubic + every run beside Tables 5/6 -> sr_results.json
+    python -m dnlib.sr bench fast-none fast-dn* ; python -m dnlib.sr list
 
 * **Data.** :func:`training_pairs` turns a training set into SRCNN pairs once per process (luma, ``modcrop``,
-  MATLAB bicubic down and up: :class:`dnlib.data.SRCNNPatches` does the work) and keeps them in memory;
-  :class:`PatchSampler` holds them on the training device and draws 33 x 33 inputs with their centre 17 x 17
-  HR targets there, so a GPU step never waits for Python. :func:`test_pairs` does the same for test sets.
-* **Training.** :func:`train_sr` builds :class:`~dnlib.models.srcnn.SRCNN` with ``norm=`` and trains it with
-  :class:`dnlib.train.Trainer` under a named :mod:`dnlib.configs.sr` configuration (loss MSE / 2 plus the L1
-  terms of the DN* sites), for a number of steps or until a wall-clock limit.
+  MATLAB bicubic down and up: :func:`dnlib.data.sr.srcnn_pairs`); :class:`dnlib.data.SRCNNPatches` holds them
+  on the training device and draws 33 x 33 inputs with their centre 17 x 17 HR targets there (resumable).
+* **Training.** Loss MSE / 2 (:func:`srcnn_loss`) plus the L1 terms of the DN* sites (added by the trainer).
+  The schedule's milestones are fractions of ``steps``: ``--steps`` shortens a schedule to a budget.
 * **Evaluation.** :func:`evaluate_sr` feeds each whole bicubic-upsampled Y image, multiplies the prediction by
   255 and clips it to [0, 255] (not rounded, as the authors' code). The valid convolutions return the image
   without its outer 8 px, so PSNR and SSIM are computed on ``HR[8:-8, 8:-8]``: exactly the region the paper's
-  8-px border crop keeps. The bicubic row is scored on the same region, from ``uint8(up * 255)`` as MATLAB
-  (:func:`dnlib.data.sr.bicubic_baseline`).
+  8-px border crop keeps. The Bicubic row (:func:`evaluate_bicubic`) is scored on the same region, from
+  ``uint8(up * 255)`` as MATLAB. During training the ``curve_sets`` (PSNR) are logged at every chunk; a
+  completed run is scored on ``sets`` (PSNR, SSIM) for its headline, beside the paper's Tables 5/6.
 * **Figures.** :func:`plot_curves`, :func:`compare_crops` (Figure 3/4 style), :func:`crop_explorer` (an
   ipywidgets picker of image and crop) and :func:`results_table` (beside the paper's Tables 5/6).
-
-``python -m dnlib.sr train ...`` / ``python -m dnlib.sr report ...`` are the entry points of
-``scripts/gpu_sr.sh``.
 """
 from __future__ import annotations
 
@@ -24,28 +34,29 @@ import argparse
 import json
 import sys
 import time
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configs.sr import (ROW_NAMES, SR_MODELS, TRAIN_SETS, SRConfig, get_sr_config,
-                         paper_numbers, sr_norm_name)
-from .metrics import psnr, ssim
-from . import cli
+from . import cli, experiment, records
+from .configs.sr import (ROW_NAMES, SR_CONFIGS, SR_MODELS, SR_NORM_ROWS, TRAIN_SETS, SRConfig, get_sr_config,
+                         paper_numbers, sr_norm, sr_norm_name)
+from .experiment import RunResult
 from .io import atomic_write_json
-from .train import Trainer, TrainingDiverged, resolve_device, set_seed
+from .metrics import psnr, ssim
+from .train import Trainer, load_checkpoint, resolve_device, set_seed
 
-__all__ = ["training_pairs", "test_pairs", "PatchSampler", "srcnn_loss", "SRRun", "train_sr", "predict",
-           "evaluate_sr", "evaluate_bicubic", "make_evaluator", "results_table", "format_table", "plot_curves",
-           "train_many", "models_of", "shift_table", "summary",
-           "compare_crops", "crop_explorer", "intensity_shift", "main"]
+__all__ = ["training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
+           "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "train_sr", "train_many", "models_of",
+           "load_model", "results_table", "format_table", "shift_table", "summary", "report", "bench",
+           "plot_curves", "compare_crops", "crop_explorer", "main"]
 
+#: The test sets of a run's headline (Set5; Set14: Table 5; BSD200: Table 6) and their record keys.
+HEADLINE_SETS = ("Set5", "Set14", "BSD200")
 _TRAIN_CACHE: dict = {}
 _TEST_CACHE: dict = {}
 
@@ -56,14 +67,14 @@ def training_pairs(train_set: str = "T91", scale: int = 3, root=None) -> tuple[l
 
     ``train_set``: ``"T91"`` or ``"291"`` (T91 + BSD200-train). Computed once per process and cached.
     """
-    from .data import SRCNNPatches, load_sr
+    from .data import load_sr
+    from .data.sr import srcnn_pairs
     if train_set not in TRAIN_SETS:
         raise ValueError(f"train_set: got {train_set!r}; allowed {list(TRAIN_SETS)}")
     key = (train_set, scale, str(root))
     if key not in _TRAIN_CACHE:
         images = [im for name in TRAIN_SETS[train_set] for im in load_sr(name, root).images]
-        src = SRCNNPatches(images, scale, batch_size=1)
-        _TRAIN_CACHE[key] = (src.inputs, src.labels)
+        _TRAIN_CACHE[key] = srcnn_pairs(images, scale)
     return _TRAIN_CACHE[key]
 
 
@@ -79,91 +90,9 @@ def test_pairs(set_name: str, scale: int = 3, root=None) -> list[dict]:
     return _TEST_CACHE[key]
 
 
-class PatchSampler:
-    """Endless SRCNN batches drawn on ``device``: ``x`` ``(B, 1, 33, 33)`` bicubic Y, ``y`` ``(B, 1, 17, 17)`` HR Y.
-
-    The pairs are padded into one tensor on the device; each step draws an image (one per batch with
-    ``per_image=True``, as the authors' code; else one per patch) and a uniformly random top-left corner on the
-    stride-1 grid, all with a seeded ``torch.Generator`` on the CPU (so the stream is the same on every
-    device), ``block`` batches at a time so that a GPU step needs no host-to-device copy.
-    ``state_dict()`` / ``load_state_dict()`` resume it exactly.
-    """
-
-    def __init__(self, inputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], batch_size: int = 128, *,
-                 per_image: bool = True, input_size: int = 33, label_size: int = 17, seed: int = 0, device="cpu",
-                 block: int = 256):
-        if not inputs or len(inputs) != len(labels):
-            raise ValueError("PatchSampler: need as many inputs as labels, at least one")
-        if (input_size - label_size) % 2 or label_size > input_size:
-            raise ValueError(f"PatchSampler: need label_size <= input_size with an even difference, got "
-                             f"{input_size}, {label_size}")
-        keep = [i for i, a in enumerate(inputs) if min(a.shape) >= input_size]
-        if not keep:
-            raise ValueError(f"PatchSampler: no image is at least {input_size} x {input_size}")
-        self.device = torch.device(device)
-        self.batch_size, self.per_image = batch_size, per_image
-        self.input_size, self.label_size = input_size, label_size
-        hmax = max(inputs[i].shape[0] for i in keep)
-        wmax = max(inputs[i].shape[1] for i in keep)
-        x = torch.zeros(len(keep), hmax, wmax)
-        y = torch.zeros(len(keep), hmax, wmax)
-        for k, i in enumerate(keep):
-            h, w = inputs[i].shape
-            x[k, :h, :w] = torch.from_numpy(np.asarray(inputs[i], np.float32))
-            y[k, :h, :w] = torch.from_numpy(np.asarray(labels[i], np.float32))
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self.sizes = torch.tensor([inputs[i].shape for i in keep], dtype=torch.long)  # (n, 2), CPU
-        self.seed = seed
-        self.gen = torch.Generator().manual_seed(seed)
-        p, q = input_size, label_size
-        off = (p - q) // 2
-        self._ar_in = torch.arange(p, device=self.device)
-        self._ar_lab = torch.arange(off, off + q, device=self.device)
-        self.block = block
-        self._draw_block()
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __iter__(self):
-        return self
-
-    def _draw_block(self) -> None:
-        """Draw the images and corners of the next ``block`` batches on the CPU and move them in one copy."""
-        k, b, p, n = self.block, self.batch_size, self.input_size, len(self)
-        self._block_state = self.gen.get_state()
-        if self.per_image:
-            img = torch.randint(n, (k, 1), generator=self.gen).expand(k, b)
-        else:
-            img = torch.randint(n, (k, b), generator=self.gen)
-        room = self.sizes[img] - p + 1                                   # (k, b, 2) valid corner counts
-        corner = (torch.rand(k, b, 2, generator=self.gen) * room).long().clamp_max(room - 1)
-        self._block = torch.cat([img.unsqueeze(-1), corner], -1).to(self.device)   # (k, b, 3)
-        self._pos = 0
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._pos >= self.block:
-            self._draw_block()
-        draw = self._block[self._pos]
-        self._pos += 1
-        b = self.batch_size
-        i, rows, cols = (draw[:, j].view(b, 1, 1) for j in range(3))
-        x = self.x[i, rows + self._ar_in.view(1, -1, 1), cols + self._ar_in.view(1, 1, -1)]
-        y = self.y[i, rows + self._ar_lab.view(1, -1, 1), cols + self._ar_lab.view(1, 1, -1)]
-        return x.unsqueeze(1), y.unsqueeze(1)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "block_state": self._block_state, "pos": self._pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = state["seed"]
-        self.gen.set_state(state["block_state"])
-        self._draw_block()
-        self._pos = state["pos"]
-
-
 def srcnn_loss(model: nn.Module, batch) -> torch.Tensor:
-    """The authors' loss: mean squared error / 2 between the prediction and the HR centre."""
+    """The authors' loss: mean squared error / 2 between the prediction and the HR centre (the trainer adds the
+    L1 terms of the normalizers)."""
     x, y = batch
     return F.mse_loss(model(x), y) / 2
 
@@ -229,7 +158,10 @@ def evaluate_bicubic(set_name: str = "Set5", scale: int = 3, *, root=None, borde
 
 
 def make_evaluator(sets: Sequence[str] = ("Set5",), scale: int = 3, root=None, metrics=("psnr",)):
-    """``evaluate(model) -> {"Set5/psnr": ...}`` for :class:`dnlib.train.Trainer` (test pairs cached)."""
+    """``evaluate(model) -> {"Set5/psnr": ...}`` for :class:`dnlib.train.Trainer` (test pairs cached; None
+    without sets)."""
+    if not sets:
+        return None
     for s in sets:
         test_pairs(s, scale, root)
 
@@ -251,121 +183,237 @@ def intensity_shift(model: nn.Module, set_name: str = "Set5", scale: int = 3, ro
             for row in r["per_image"]]
 
 
-# --------------------------------------------------------------------------------------------- training
-@dataclass
-class SRRun:
-    """One trained SRCNN: its ``norm``, configuration, model, training history and how long it took."""
-    norm: str
-    config: SRConfig
-    model: nn.Module
-    history: list = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
-    stopped_by: str = "steps"     # "steps" or "time"
-
-    @property
-    def label(self) -> str:
-        return ROW_NAMES.get(self.norm, self.norm)
+# ---------------------------------------------------------------------------------------------- recipe
+def _split(name: str) -> tuple[str, str]:
+    """``"fast-dn*"`` -> ``("fast", "dn*")``; a bare schedule name has the row ``"none"``."""
+    for sched in SR_CONFIGS:
+        if name == sched or name.startswith(sched + "-"):
+            return sched, sr_norm_name(name[len(sched) + 1:] or "none")
+    raise ValueError(f"config: unknown SR configuration {name!r}; names are <schedule>-<normalizer> with a "
+                     f"schedule of {list(SR_CONFIGS)} and a normalizer of {list(SR_NORM_ROWS)} (e.g. 'fast-dn*')")
 
 
-def train_sr(norm: str = "none", config="fast", *, steps: Optional[int] = None, scale: Optional[int] = None,
-             train_set: Optional[str] = None, device: str = "auto", seed: int = 0,
-             eval_sets: Sequence[str] = ("Set5",), eval_every: Optional[int] = None,
-             time_limit: Optional[float] = None, out_dir=None, root=None, progress: bool = True,
-             norm_kwargs: Optional[Mapping] = None) -> SRRun:
-    """Train SRCNN with ``norm`` under a named configuration (``"paper"``, ``"fast"``, ``"smoke"`` or an
-    :class:`~dnlib.configs.sr.SRConfig`); ``steps``/``scale``/``train_set`` override the configuration's.
-
-    ``eval_sets`` are scored (PSNR) every ``eval_every`` steps and at the end, into ``run.history``.
-    ``time_limit`` (seconds of wall clock, including evaluation) stops the run early: after a calibration
-    stretch the step count is set to what fits (the milestone fractions follow it), and training proceeds in
-    chunks until it is reached or time is up. ``out_dir`` keeps the trainer's ``history.json`` and
-    checkpoint (an unfinished step-limited run resumes from it; a checkpoint of another norm, configuration,
-    seed or step count raises :class:`~dnlib.train.CheckpointError`). A NaN/inf loss or PSNR raises
-    :class:`~dnlib.train.TrainingDiverged` (``history.json`` ends with ``"stopped": "diverged at step N"``).
-    """
-    t_start = time.perf_counter()
-    if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
-    cfg = get_sr_config(config)
-    changes = {k: v for k, v in dict(scale=scale, train_set=train_set).items() if v is not None}
-    cfg = cfg.replace(**changes) if changes else cfg
-    steps = cfg.steps if steps is None else int(steps)
-    eval_every = cfg.eval_every if eval_every is None else int(eval_every)
-    dev = resolve_device(device)
-    set_seed(seed)
-    model = cfg.build_model(norm, norm_kwargs)
-    inputs, labels = training_pairs(cfg.train_set, cfg.scale, root)
-    batches = PatchSampler(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed, device=dev)
-    evaluate = make_evaluator(eval_sets, cfg.scale, root) if eval_sets else None
-    tcfg = cfg.train_config(steps, eval_every=eval_every, device=str(dev), seed=seed, progress=progress,
-                            checkpoint_every=0 if out_dir is None else max(eval_every, 1000))
-    run_info = {"norm": norm, "config": cfg.name, "steps": steps, "norm_kwargs": dict(norm_kwargs or {}),
-                **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "description", "steps",
-                                                                             "eval_every")}}
-    trainer = Trainer(model, srcnn_loss, batches, tcfg, evaluate=evaluate, out_dir=out_dir, run_info=run_info)
-    stopped = "steps"
-    if time_limit is None:
-        trainer.fit()
-    else:
-        if out_dir is not None:   # the milestones of a time-limited run follow the steps that fit: not compared
-            trainer.try_resume(ignore=("milestones",))
-        deadline = t_start + float(time_limit)
-        chunk = max(1, eval_every) if eval_every else 1000
-        # Calibrate the step time on short chunks (at most ~10% of the budget), then fix the step count that
-        # fits and with it the milestones; train on in eval-sized chunks until done or out of time.
-        target, t0, s0 = steps, time.perf_counter(), trainer.step
-        trainer.evaluate = None                                                  # no evaluation while timing
-        calib_end = t0 + 0.1 * max(0.0, deadline - t0)
-        while trainer.step < target and time.perf_counter() < calib_end:
-            trainer.cfg = cfg.train_config(min(target, trainer.step + 10), **_keep(tcfg))
-            trainer.cfg.milestones = cfg.milestone_steps(target)
-            trainer.fit(resume=False)
-        rate = (time.perf_counter() - t0) / max(trainer.step - s0, 1)           # seconds per step
-        trainer.evaluate = evaluate
-        if evaluate is not None:                                                 # plus one evaluation per chunk
-            e0 = time.perf_counter()
-            trainer.log_evaluation()
-            rate += (time.perf_counter() - e0) / chunk
-        target = min(steps, trainer.step + int(max(0.0, deadline - time.perf_counter()) * 0.9 / rate))
-        while trainer.step < target:
-            if time.perf_counter() > deadline:
-                stopped = "time"
-                break
-            trainer.cfg = cfg.train_config(min(target, trainer.step + chunk), **_keep(tcfg))
-            trainer.cfg.milestones = cfg.milestone_steps(target)
-            trainer.fit(resume=False)
-        steps = target
-    seconds = time.perf_counter() - t_start
-    return SRRun(norm=sr_norm_name(norm), config=cfg, model=model, history=trainer.history, steps=trainer.step,
-                 seconds=seconds, stopped_by=stopped)
+def _check_sets(sets) -> tuple:
+    from .data.sr import SR_SETS
+    sets = (sets,) if isinstance(sets, str) else tuple(sets or ())
+    for s in sets:
+        if not isinstance(s, str) or s.lower() not in SR_SETS:
+            raise ValueError(f"sets: unknown SR set {s!r}; known are {[v.name.split(' ')[0] for v in SR_SETS.values()]}")
+    return sets
 
 
-def train_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[SRRun]:
+def _key(set_name: str) -> str:
+    return set_name.lower().replace("-", "_")
+
+
+def _label(run: RunResult) -> str:
+    return ROW_NAMES.get(run.config.norm, run.config.norm)
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class SRRecipe(experiment.Recipe):
+    """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.configs.sr` schedule.
+
+    Configuration names are ``<schedule>-<row>`` (:meth:`configs`); every :class:`SRConfig` field is an override
+    (``norm`` renames the configuration). ``steps`` shortens the schedule (milestones are fractions of it).
+    ``build`` options: ``sets`` (scored for the headline when the run completes; absent sets are skipped and
+    named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root`` (data root),
+    ``progress``. The chunk is the configuration's ``eval_every`` (0: one chunk)."""
+
+    name = "sr"
+    module = "dnlib.sr"
+    description = ("Super-resolution, SRCNN with BN / DN* (Tables 5, 6): run, sweep, gather, report, list, bench. "
+                   "Configurations: <schedule>-<normalizer>, e.g. fast-dn*.")
+
+    def configs(self) -> list:
+        return [f"{s}-{n}" for s in SR_CONFIGS for n in SR_NORM_ROWS]
+
+    def config(self, config, steps: Optional[int] = None, **overrides) -> SRConfig:
+        norm = overrides.pop("norm", None)
+        overrides.pop("name", None)                     # the name follows the schedule and the row
+        if isinstance(config, str):
+            base, row = _split(config)
+            cfg = get_sr_config(base)
+        elif isinstance(config, SRConfig):
+            cfg, row = config, config.norm
+            suffix = f"-{config.norm}"
+            base = config.name[:-len(suffix)] if config.name.endswith(suffix) else config.name
+        else:
+            raise ValueError(f"config: expected a name or an SRConfig, got {type(config).__name__}")
+        row = sr_norm_name(row if norm is None else norm)
+        sr_norm(row)
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        unknown = sorted(set(fields) - set(SRConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a field of SRConfig (fields: {list(SRConfig.__dataclass_fields__)})")
+        if steps:
+            fields["steps"] = int(steps)
+        return cfg.replace(**fields, norm=row, name=f"{base}-{row}")
+
+    def from_dict(self, fields: Mapping) -> SRConfig:
+        fields = dict(fields)
+        return self.config(fields.pop("name"), **fields)
+
+    def build(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
+              root=None, progress: bool = False) -> experiment.Setup:
+        from .data import SRCNNPatches
+        sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True       # fixed patch shapes
+        inputs, labels = training_pairs(cfg.train_set, cfg.scale, root)
+        present, missing = [], {}
+        for s in dict.fromkeys(sets + curve_sets):
+            try:
+                test_pairs(s, cfg.scale, root)
+                present.append(s)
+            except FileNotFoundError as e:              # an absent test set is named in the record, not fatal
+                missing[s] = cli.one_line(e)
+        set_seed(seed)
+        model = cfg.build_model()
+        batches = SRCNNPatches.from_pairs(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed,
+                                          device=dev)
+        tcfg = cfg.train_config(device=str(dev), seed=seed, progress=progress, checkpoint_every=cfg.eval_every)
+        run_info = {k: v for k, v in self.config_dict(cfg).items() if k not in ("description", "eval_every")}
+        info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
+                "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],
+                "missing_sets": missing, "root": None if root is None else str(root),
+                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+        return experiment.Setup(model, srcnn_loss, batches, tcfg,
+                                evaluate=make_evaluator(info["curve_sets"], cfg.scale, root), run_info=run_info,
+                                chunk=cfg.eval_every or None, info=info, data={"root": root})
+
+    def headline(self, result: RunResult) -> dict:
+        """PSNR/SSIM per headline set: of the final model on ``sets`` when the run completed (computed once),
+        else the last logged PSNR of the curve sets; and the training seconds."""
+        out = {f"{_key(s)}_{m}": None for s in HEADLINE_SETS for m in ("psnr", "ssim")}
+        for s in HEADLINE_SETS:
+            logged = [r[f"{s}/psnr"] for r in result.history if f"{s}/psnr" in r]
+            out[f"{_key(s)}_psnr"] = logged[-1] if logged else None
+        setup = result.setup
+        if result.steps >= result.config.steps and setup.info["sets"] and _finite(result.model):
+            cache = setup.data
+            if cache.get("final_step") != result.steps:
+                cache["final"] = {s: evaluate_sr(result.model, s, result.config.scale, root=cache["root"])
+                                  for s in setup.info["sets"]}
+                cache["final_step"] = result.steps
+            for s, r in cache["final"].items():
+                if s in HEADLINE_SETS:
+                    out[f"{_key(s)}_psnr"], out[f"{_key(s)}_ssim"] = r["psnr"], r["ssim"]
+        out["train_seconds"] = result.train_seconds
+        return out
+
+    def paper(self, cfg: SRConfig) -> dict:
+        label, out = ROW_NAMES.get(cfg.norm), {}
+        for s in ("Set14", "BSD200"):
+            p = paper_numbers(s, cfg.scale).get(label, (None, None))
+            out[f"{_key(s)}_psnr"], out[f"{_key(s)}_ssim"] = p
+        return out
+
+    def add_arguments(self, q, verb: str) -> None:
+        sets_help = "test sets (default Set5 Set14 BSD200; absent ones are skipped and named)"
+        q.add_argument("--sets", type=_set_name, nargs="*", default=None, help=sets_help)
+        q.add_argument("--root", type=cli.in_dir, default=None, help="data root (default $DNLIB_DATA)")
+        if verb == "report":
+            q.add_argument("--device", type=cli.device, default="auto", help="for scoring checkpoints")
+            return
+        q.add_argument("--norm", default=None, help=f"normalizer row (renames the configuration): {list(SR_NORM_ROWS)}")
+        q.add_argument("--curve-sets", type=_set_name, nargs="*", default=None,
+                       help="sets whose PSNR is logged at every chunk (default Set5)")
+        q.add_argument("--scale", type=int, default=None, choices=(2, 3, 4))
+        q.add_argument("--train-set", default=None, choices=list(TRAIN_SETS))
+        q.add_argument("--eval-every", type=cli.nonnegative_int, default=None,
+                       help="steps per chunk: evaluation and checkpoint (0: only at the end)")
+        q.add_argument("--lr", type=cli.positive_float, default=None)
+        q.add_argument("--batch-size", type=cli.positive_int, default=None)
+
+    def from_args(self, args) -> tuple:
+        overrides = {k: getattr(args, k) for k in ("norm", "scale", "train_set", "eval_every", "lr", "batch_size")
+                     if getattr(args, k, None) is not None}
+        options = {k: getattr(args, k) for k in ("sets", "curve_sets", "root") if getattr(args, k) is not None}
+        return overrides, options
+
+    def report(self, path, args=None) -> dict:
+        return report(path, sets=getattr(args, "sets", None) or HEADLINE_SETS, root=getattr(args, "root", None),
+                      device=getattr(args, "device", "auto"))
+
+    def commands(self) -> dict:
+        return {"bench": experiment.Command("training steps/s per configuration", _bench_args, _bench_command)}
+
+
+RECIPE = SRRecipe()
+
+
+def _set_name(value: str) -> str:
+    try:
+        return _check_sets([value])[0]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
+# ------------------------------------------------------------------------------------- the library API
+def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, steps: Optional[int] = None,
+             seed: int = 0, device: str = "auto", eval_sets: Sequence[str] = ("Set5",),
+             sets: Optional[Sequence[str]] = None, eval_every: Optional[int] = None,
+             time_limit: Optional[float] = None, out=None, out_dir=None, resume=None, stop_after: Optional[int] = None,
+             root=None, progress: bool = False, parameters=None, **changes) -> RunResult:
+    """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
+    :class:`~dnlib.configs.sr.SRConfig`) with :func:`dnlib.experiment.run`; returns its
+    :class:`~dnlib.experiment.RunResult` (``.model``, ``.history``, ``.record``).
+
+    ``steps`` shortens the schedule; ``changes`` are configuration fields (``scale=4``, ``train_set="291"``,
+    ``lr=...``). ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``)
+    are scored for the headline when the run completes. ``out``: a base folder (a new run folder in it);
+    ``resume`` (alias ``out_dir``): a run folder to continue (another run's checkpoint there raises
+    :class:`~dnlib.train.CheckpointError`) or start in. ``time_limit``: the runner's rule. A NaN/inf loss raises
+    :class:`~dnlib.train.TrainingDiverged` after the record says so."""
+    if out_dir is not None and resume is not None:
+        raise ValueError("out_dir, resume: the same thing (the run folder); give one")
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if eval_every is not None:
+        changes["eval_every"] = eval_every
+    options = {"sets": tuple(eval_sets if sets is None else sets), "curve_sets": tuple(eval_sets), "root": root,
+               "progress": progress}
+    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit, out=out,
+                          resume=resume if resume is not None else out_dir, device=device,
+                          overrides={"norm": norm, **changes}, options=options, stop_after=stop_after,
+                          parameters=parameters)
+
+
+def train_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[RunResult]:
     """:func:`train_sr` for each ``norm`` name in ``models`` with the same arguments (same seed, same batches)."""
     return [train_sr(m, config, **kwargs) for m in models]
 
 
-def models_of(runs: Sequence[SRRun]) -> dict:
-    """``{label: model}`` of trained runs, in the paper's column order (for :func:`compare_crops`)."""
-    return {run.label: run.model for run in runs}
+def models_of(runs: Sequence[RunResult]) -> dict:
+    """``{label: model}`` of trained runs, in their order (for :func:`compare_crops`)."""
+    return {_label(run): run.model for run in runs}
 
 
-def _keep(tcfg) -> dict:
-    return dict(eval_every=tcfg.eval_every, device=tcfg.device, seed=tcfg.seed, progress=tcfg.progress,
-                checkpoint_every=tcfg.checkpoint_every)
+def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
+    """The model of a run folder's checkpoint (built from its ``run.json``) and its configuration."""
+    run_dir = Path(run_dir)
+    cfg = RECIPE.from_dict(json.loads((run_dir / experiment.RUN_FILE).read_text())["fields"])
+    model = cfg.build_model()
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    return model.to(resolve_device(device)).eval(), cfg
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def results_table(runs: Sequence[SRRun], sets: Sequence[str] = ("Set5", "Set14"), scale: int = 3, root=None,
-                  bicubic: bool = True) -> list[dict]:
-    """Rows ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr", "paper_ssim"}``: Bicubic and each run on
-    each set, beside Table 5 (Set14) / Table 6 (BSD200) at ``scale`` (None where the paper has no number)."""
+def results_table(runs: Union[Sequence[RunResult], Mapping[str, nn.Module]], sets: Sequence[str] = ("Set5", "Set14"),
+                  scale: int = 3, root=None, bicubic: bool = True) -> list[dict]:
+    """Rows ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr", "paper_ssim"}``: Bicubic and each run (or
+    ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at ``scale`` (None where the
+    paper has no number)."""
+    models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)
     rows = []
     for s in sets:
         paper = paper_numbers(s, scale)
         entries = ([("Bicubic", evaluate_bicubic(s, scale, root=root))] if bicubic else [])
-        entries += [(run.label, evaluate_sr(run.model, s, scale, root=root)) for run in runs]
+        entries += [(label, evaluate_sr(m, s, scale, root=root)) for label, m in models.items()]
         for label, r in entries:
             p = paper.get(label, (None, None))
             rows.append({"model": label, "set": s, "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
@@ -384,9 +432,10 @@ def format_table(rows: Sequence[Mapping], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def shift_table(runs: Sequence[SRRun], set_name: str = "Set5", scale: int = 3, root=None) -> str:
+def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 3, root=None) -> str:
     """Markdown: per test image, its mean HR grey level and each model's mean error (prediction - HR)."""
-    cols = {run.label: {r["name"]: r for r in intensity_shift(run.model, set_name, scale, root)} for run in runs}
+    cols = {label: {r["name"]: r for r in intensity_shift(m, set_name, scale, root)}
+            for label, m in models_of(runs).items()}
     names = [it["name"] for it in test_pairs(set_name, scale, root)]
     first = next(iter(cols.values()))
     head = ["image", "HR mean"] + [f"{label} shift (PSNR)" for label in cols]
@@ -397,25 +446,117 @@ def shift_table(runs: Sequence[SRRun], set_name: str = "Set5", scale: int = 3, r
     return "\n".join(lines)
 
 
-def summary(runs: Sequence[SRRun], rows: Sequence[Mapping]) -> dict:
+def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
     """The headline numbers of a notebook run (for :func:`dnlib.suite.save_results`)."""
-    return {"runs": {run.label: {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
-                                 "seconds": round(run.seconds, 1), "scale": run.config.scale,
-                                 "train_set": run.config.train_set} for run in runs},
+    return {"runs": {_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
+                                   "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
+                                   "scale": run.config.scale, "train_set": run.config.train_set,
+                                   "run_dir": None if run.run_dir is None else str(run.run_dir)} for run in runs},
             "table": list(rows)}
 
 
+def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") -> dict:
+    """The SR table of the run folders at or under ``path``: per set, Bicubic and every run (PSNR, SSIM; the
+    record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
+    ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
+    sets = _check_sets(sets)
+    dirs = [d for d in records.find_runs([path]) if records.read_record(d).get("experiment") == RECIPE.name]
+    if not dirs:
+        raise ValueError(f"{path}: no SR run folders (with {records.RECORD_FILE}); make them with "
+                         f"`python -m dnlib.sr run ... --out {path}` or `sweep`")
+    recs = {d: records.read_record(d) for d in dirs}
+    labels = [recs[d]["config"]["setup"].get("label") or recs[d]["name"] for d in dirs]
+    keys = {d: lab if labels.count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
+            for d, lab in zip(dirs, labels)}
+    scale = recs[dirs[0]]["config"]["scale"]
+    table = {}
+    for s in sets:
+        try:
+            b = evaluate_bicubic(s, scale, root=root)
+        except FileNotFoundError as e:
+            table[s] = {"missing": cli.one_line(e)}
+            continue
+        rows = {"Bicubic": {"psnr": b["psnr"], "ssim": b["ssim"], "images": len(b["per_image"])}}
+        for d in dirs:
+            head = recs[d]["headline"]
+            if s in HEADLINE_SETS and head.get(f"{_key(s)}_ssim") is not None:
+                rows[keys[d]] = {"psnr": head[f"{_key(s)}_psnr"], "ssim": head[f"{_key(s)}_ssim"]}
+            elif (d / "checkpoint.pt").is_file() and not str(recs[d]["stopped"]).startswith("diverged"):
+                r = evaluate_sr(load_model(d, device)[0], s, scale, root=root)
+                rows[keys[d]] = {"psnr": r["psnr"], "ssim": r["ssim"], "shift": r["shift"], "scored": "checkpoint"}
+        for label, row in rows.items():
+            p = paper_numbers(s, scale).get(label.split(" (")[0])
+            if p:
+                row["paper_psnr"], row["paper_ssim"] = p
+        table[s] = rows
+    first = recs[dirs[0]]
+    out = {"scale": scale, "card": first["config"]["setup"].get("card"), "torch": first["versions"].get("torch"),
+           "runs": {keys[d]: {"name": recs[d]["name"], "seed": recs[d]["seed"], "steps": recs[d]["steps_done"],
+                              "stopped": recs[d]["stopped"], "train_seconds": recs[d]["headline"].get("train_seconds"),
+                              "train_set": recs[d]["config"]["train_set"], "run": str(d)} for d in dirs},
+           "table": table,
+           "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
+                   "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
+    atomic_write_json(records.jsonable(out), Path(path) / "sr_results.json", indent=1)
+    return out
+
+
+def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
+          device: str = "auto", seed: int = 0) -> list[dict]:
+    """Training throughput of each configuration: ``steps`` timed steps after ``warmup`` (no evaluation)."""
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(warmup, int) and warmup >= 0):
+        raise ValueError(f"steps, warmup: must be integers >= 1 and >= 0, got {steps!r}, {warmup!r}")
+    out = []
+    for name in configs:
+        cfg = RECIPE.config(name, steps=warmup + steps)
+        set_seed(seed)
+        s = RECIPE.build(cfg, seed, device, sets=(), curve_sets=())
+        tr = Trainer(s.model, s.loss_fn, s.batches, s.train, **s.trainer_kwargs)
+        tr.run_until(warmup)
+        if tr.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tr.run_until(warmup + steps)
+        if tr.device.type == "cuda":
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - t0
+        out.append({"config": cfg.name, "steps": steps, "steps_per_s": steps / sec,
+                    "patches_per_s": steps * cfg.batch_size / sec, "device": str(tr.device),
+                    "card": s.info["card"]})
+    return out
+
+
+def _bench_args(q) -> None:
+    q.add_argument("configs", nargs="*", default=["fast-none", "fast-bn", "fast-dn*"])
+    q.add_argument("--steps", type=cli.positive_int, default=50)
+    q.add_argument("--warmup", type=cli.nonnegative_int, default=5)
+    q.add_argument("--device", type=cli.device, default="auto")
+    q.add_argument("--json", type=cli.out_file, default=None)
+
+
+def _bench_command(args, q) -> int:
+    with cli.user_errors(q):
+        for n in args.configs:
+            RECIPE.config(n)
+        training_pairs("T91", 3)
+    rows = bench(args.configs, steps=args.steps, warmup=args.warmup, device=args.device)
+    if args.json:
+        atomic_write_json(rows, args.json, indent=1)
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- figures
-def plot_curves(runs: Sequence[SRRun], set_name: str = "Set5", bicubic_psnr: Optional[float] = None):
+def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: Optional[float] = None):
     """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
     import matplotlib.pyplot as plt
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.4))
     key = f"{set_name}/psnr"
     for run in runs:
         h = [r for r in run.history if "train_loss" in r]
-        ax0.plot([r["step"] for r in h], [r["train_loss"] for r in h], label=run.label)
+        ax0.plot([r["step"] for r in h], [r["train_loss"] for r in h], label=_label(run))
         e = [r for r in run.history if key in r]
-        ax1.plot([r["step"] for r in e], [r[key] for r in e], marker="o", ms=3, label=run.label)
+        ax1.plot([r["step"] for r in e], [r[key] for r in e], marker="o", ms=3, label=_label(run))
     if bicubic_psnr is not None:
         ax1.axhline(bicubic_psnr, color="k", ls="--", lw=1, label="Bicubic")
     ax0.set(xlabel="step", ylabel="training loss (MSE / 2)", yscale="log", title="training loss")
@@ -512,144 +653,11 @@ def crop_explorer(models: Mapping[str, nn.Module], sets: Sequence[str] = ("Set5"
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _cmd_train(a) -> int:
-    if a.device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-    out = Path(a.out)
-    try:
-        run = train_sr(a.norm, a.config, steps=a.steps, scale=a.scale, train_set=a.train_set, device=a.device,
-                       seed=a.seed, eval_sets=tuple(a.curve_sets), eval_every=a.eval_every,
-                       time_limit=a.time_limit, root=a.root, progress=False)
-    except TrainingDiverged as e:   # a record that says so (no PSNR), one line on stderr, exit 1
-        cfg, dev = get_sr_config(a.config), resolve_device(a.device)
-        record = {"norm": a.norm, "label": ROW_NAMES.get(a.norm, a.norm), "config": cfg.name, "kind": cfg.kind,
-                  "scale": a.scale or cfg.scale, "train_set": a.train_set or cfg.train_set, "steps": e.step,
-                  "stopped_by": e.status, "train_seconds": None, "eval_seconds": None, "device": str(dev),
-                  "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                  "torch": torch.__version__, "results": {}, "history": e.history}
-        atomic_write_json(record, Path(a.out) / f"run_{_safe(a.norm)}.json")
-        print(f"python -m dnlib.sr train: {e}", file=sys.stderr)
-        return 1
-    t0 = time.perf_counter()
-    res = {}
-    for s in a.sets:
-        try:
-            r = evaluate_sr(run.model, s, run.config.scale, root=a.root)
-        except Exception as e:  # noqa: BLE001 - a missing test set is reported, not fatal
-            res[s] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        res[s] = {k: r[k] for k in ("psnr", "ssim", "shift")} | {"images": len(r["per_image"])}
-    dev = resolve_device(a.device)
-    record = {"norm": run.norm, "label": run.label, "config": run.config.name, "kind": run.config.kind,
-              "scale": run.config.scale, "train_set": run.config.train_set, "steps": run.steps,
-              "stopped_by": run.stopped_by, "train_seconds": round(run.seconds, 1),
-              "eval_seconds": round(time.perf_counter() - t0, 1), "device": str(dev),
-              "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "torch": torch.__version__, "results": res, "history": run.history}
-    atomic_write_json(record, out / f"run_{_safe(run.norm)}.json")
-    print(json.dumps({k: v for k, v in record.items() if k != "history"}))
-    return 0
-
-
-def _safe(name: str) -> str:
-    return name.replace("*", "star").replace("/", "_")
-
-
-def _read_runs(out: Path) -> list:
-    runs = []
-    for p in sorted(out.glob("run_*.json")):
-        try:
-            runs.append(json.loads(p.read_text()))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{p} is not JSON ({e})") from None
-    if not runs:
-        raise ValueError(f"--out: no run_*.json in {out} (write them with `python -m dnlib.sr train --out {out}`)")
-    return runs
-
-
-def _cmd_report(a) -> int:
-    out = Path(a.out)
-    runs = _read_runs(out)
-    scale = runs[0]["scale"]
-    table = {}
-    for s in a.sets:
-        try:
-            b = evaluate_bicubic(s, scale, root=a.root)
-            rows = {"Bicubic": {"psnr": b["psnr"], "ssim": b["ssim"], "images": len(b["per_image"])}}
-        except Exception as e:  # noqa: BLE001
-            table[s] = {"missing": f"{type(e).__name__}: {e}"}
-            continue
-        for r in runs:
-            if "psnr" in r["results"].get(s, {}):
-                rows[r["label"]] = r["results"][s]
-        paper = paper_numbers(s, scale)
-        for label, row in rows.items():
-            if label in paper:
-                row["paper_psnr"], row["paper_ssim"] = paper[label]
-        table[s] = rows
-    summary = {"scale": scale, "card": runs[0]["card"], "torch": runs[0]["torch"],
-               "runs": {r["label"]: {k: r[k] for k in ("config", "kind", "steps", "stopped_by", "train_seconds",
-                                                      "train_set")} for r in runs},
-               "table": table,
-               "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
-                       "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
-    atomic_write_json(summary, out / "sr_results.json")
-    print(json.dumps(summary, indent=1))
-    return 0
-
-
-def _set_name(value: str) -> str:
-    from .data.sr import SR_SETS
-    if value.lower() not in SR_SETS:
-        known = ", ".join(src.name.split(" ")[0] for src in SR_SETS.values())
-        raise argparse.ArgumentTypeError(f"unknown SR set {value!r}; known are {known}")
-    return value
-
-
-def _check_train(p, a) -> None:
-    """Everything ``train`` needs, before it starts: configuration, normalizer, data (loaded once, cached)."""
-    with cli.user_errors(p):
-        cfg = get_sr_config(a.config)
-        changes = {k: v for k, v in dict(scale=a.scale, train_set=a.train_set).items() if v is not None}
-        cfg = cfg.replace(**changes) if changes else cfg
-        cfg.build_model(a.norm)
-        training_pairs(cfg.train_set, cfg.scale, a.root)
-        for s in a.curve_sets:
-            test_pairs(s, cfg.scale, a.root)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m dnlib.sr train --norm dn* --config fast --time-limit 240 --out DIR`` trains one model and writes
-    ``DIR/run_<norm>.json``; ``python -m dnlib.sr report --out DIR`` adds the Bicubic rows and the paper's
-    numbers into ``DIR/sr_results.json``."""
-    p = cli.ArgumentParser(prog="python -m dnlib.sr", description=main.__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--norm", default="none")
-    t.add_argument("--config", default="fast")
-    t.add_argument("--steps", type=cli.positive_int, default=None)
-    t.add_argument("--scale", type=int, default=None, choices=(2, 3, 4))
-    t.add_argument("--train-set", default=None, choices=list(TRAIN_SETS))
-    t.add_argument("--device", type=cli.device, default="auto")
-    t.add_argument("--seed", type=cli.seed, default=0)
-    t.add_argument("--time-limit", type=cli.positive_float, default=None)
-    t.add_argument("--eval-every", type=cli.nonnegative_int, default=None)
-    t.add_argument("--curve-sets", type=_set_name, nargs="*", default=["Set5"])
-    t.add_argument("--sets", type=_set_name, nargs="*", default=["Set5", "Set14", "BSD200"])
-    t.add_argument("--root", type=cli.in_dir, default=None)
-    t.add_argument("--out", type=cli.out_dir, required=True)
-    r = sub.add_parser("report")
-    r.add_argument("--out", type=lambda v: cli.out_dir(cli.in_dir(v)), required=True)
-    r.add_argument("--sets", type=_set_name, nargs="*", default=["Set5", "Set14", "BSD200"])
-    r.add_argument("--root", type=cli.in_dir, default=None)
-    a = p.parse_args(argv)
-    cmd_p = sub.choices[a.cmd]  # errors name the sub-command
-    if a.cmd == "train":
-        _check_train(cmd_p, a)
-        return _cmd_train(a)
-    with cli.user_errors(cmd_p):
-        _read_runs(Path(a.out))
-    return _cmd_report(a)
+    """``python -m dnlib.sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiment.main`); the old
+    ``train --norm dn* --config fast ...`` is ``run`` with the same flags."""
+    return experiment.main(RECIPE, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

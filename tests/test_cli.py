@@ -20,7 +20,7 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # the work each command would start; reaching one of them in a probe is a failure
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
         (experiment, "sweep"), (ptb, "train"),
-        (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (bench, "run"), (suite, "execute")]
+        (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
@@ -101,17 +101,21 @@ PROBES = [
     ("sr", ["train", "--steps", "0", "--out", "{T}/o"], "--steps"),
     ("sr", ["train", "--eval-every", "-1", "--out", "{T}/o"], "--eval-every"),
     ("sr", ["train", "--scale", "5", "--out", "{T}/o"], "--scale"),
-    ("sr", ["train", "--norm", "bogus", "--out", "{T}/o"], "bogus"),
+    ("sr", ["train", "--config", "fast", "--norm", "bogus", "--out", "{T}/o"], "bogus"),
     ("sr", ["train", "--config", "bogus", "--out", "{T}/o"], "bogus"),
     ("sr", ["train", "--train-set", "bogus", "--out", "{T}/o"], "bogus"),
-    ("sr", ["train", "--root", "{T}/empty", "--out", "{T}/o"], "T91"),
+    ("sr", ["train", "--config", "fast", "--root", "{T}/empty", "--out", "{T}/o"], "T91"),
     ("sr", ["train", "--out", "{T}/file/o"], "--out"),
     ("sr", ["train", "--sets", "Set99", "--out", "{T}/o"], "Set99"),
     ("sr", ["train", "--curve-sets", "Set99", "--out", "{T}/o"], "Set99"),
     ("sr", ["train", "--seed", "-1", "--out", "{T}/o"], "--seed"),
-    ("sr", ["train"], "--out"),
-    ("sr", ["report", "--out", "{T}/missing"], "missing"),
-    ("sr", ["report", "--out", "{T}/empty"], "run_"),
+    ("sr", ["train"], "config"),
+    ("sr", ["run", "fast-bogus"], "bogus"),
+    ("sr", ["run", "fast-dn*", "--lr", "0"], "--lr"),
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--sets", "Set99"], "Set99"),
+    ("sr", ["bench", "nosuch"], "nosuch"),
+    ("sr", ["report", "{T}/missing"], "missing"),
+    ("sr", ["report", "{T}/empty"], "run folders"),
     # ------------------------------------------------------------------------------------------- bench
     ("bench", ["--repeat", "0"], "--repeat"),                                # StatisticsError
     ("bench", ["--repeat", "-3"], "--repeat"),

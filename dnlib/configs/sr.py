@@ -136,8 +136,10 @@ class SRConfig:
     train_set: str = "T91"         # "T91" or "291"
     scale: int = 3                 # upscaling factor (the paper reports x3 and x4)
     eval_every: int = 2500         # test PSNR every K steps (authors' code: 2,500)
+    norm: str = "none"             # the SR row (SR_NORM_ROWS, an alias, or a preset name) of build_model
 
     def __post_init__(self):
+        sr_norm(self.norm)         # ValueError naming an unknown normalizer
         if self.kind not in ("reference", "fast", "smoke"):
             raise ValueError(f"kind: got {self.kind!r}; allowed 'reference', 'fast', 'smoke'")
         if self.train_set not in TRAIN_SETS:
@@ -157,11 +159,11 @@ class SRConfig:
         steps = self.steps if steps is None else steps
         return tuple(max(1, int(round(f * steps))) for f in self.milestones)
 
-    def build_model(self, norm: NormLike = "none", norm_kwargs: Optional[Mapping] = None):
+    def build_model(self, norm: Optional[NormLike] = None, norm_kwargs: Optional[Mapping] = None):
         """The :class:`~dnlib.models.srcnn.SRCNN` of this configuration (widths, init) with the SR row ``norm``
-        (see :func:`sr_norm`), initialised from torch's RNG."""
+        (default the configuration's :attr:`norm`; see :func:`sr_norm`), initialised from torch's RNG."""
         from ..models.srcnn import SRCNN
-        preset, kwargs = sr_norm(norm, norm_kwargs)
+        preset, kwargs = sr_norm(self.norm if norm is None else norm, norm_kwargs)
         return SRCNN(preset, channels=self.channels, init=self.init, norm_kwargs=kwargs)
 
     def train_config(self, steps: Optional[int] = None, **changes) -> TrainConfig:

@@ -5,7 +5,8 @@ The SRCNN pipeline the paper follows works on the Y channel of MATLAB's ``rgb2yc
 (:func:`modcrop`), and makes the network input by MATLAB's antialiased bicubic ``imresize`` down by
 the scale and back up (:func:`imresize`, via the ``resize-right`` package with MATLAB's symmetric
 border). :class:`SRCNNPatches` draws the 33x33 input / centre 17x17 target patches of the 9-5-5
-valid-convolution SRCNN; :func:`sr_test_pair` makes a whole test image's input and ground truth.
+valid-convolution SRCNN on the training device; :func:`sr_test_pair` makes a whole test image's input and ground
+truth. The paper's Bicubic row (scored on the same region as the models) is :func:`dnlib.sr.evaluate_bicubic`.
 
 Sets (folders under the data root): ``T91`` (``sr/T91``), ``Set5`` (``sr/Set5``), ``Set14``
 (``sr/Set14``), ``BSD100`` (``sr/BSDS500/val``), ``BSD200`` (``sr/BSDS500/test``) and
@@ -26,7 +27,7 @@ import torch
 from .root import DatasetSource, check_known_sizes, data_root, find_or_fetch, verify_checksums
 
 __all__ = ["SRSet", "load_sr", "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
-           "SRCNNPatches", "bicubic_baseline", "SR_SETS", "SR_SIZES"]
+           "SRCNNPatches", "srcnn_pairs", "SR_SETS", "SR_SIZES"]
 
 _NOTE = ("SR sets have no official archive with a published checksum; get them from the SRCNN "
          "authors' page (T91, Set5, Set14: https://mmlab.ie.cuhk.edu.hk/projects/SRCNN.html) and "
@@ -199,91 +200,137 @@ def sr_test_pair(img: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return up.astype(np.float32), hr
 
 
-def bicubic_baseline(images: Sequence[np.ndarray], scale: int, border: int = 8) -> tuple[float, float]:
-    """Mean PSNR and SSIM (Y channel) of plain bicubic upsampling over ``images`` (the paper's Bicubic row).
-
-    The upsampled Y is quantized as ``uint8(y * 255)`` (round, clip), as MATLAB does.
-    """
-    from ..metrics import psnr, ssim
-    ps, ss = [], []
+def srcnn_pairs(images: Sequence[np.ndarray], scale: int = 3, input_size: int = 33) -> tuple[list, list]:
+    """The SRCNN training pairs of ``images``: ``(inputs, labels)``, float32 ``HxW`` in [0, 1]: the bicubic
+    down-and-up Y (:func:`sr_test_pair`) and the HR Y / 255, one pair per image at least ``input_size`` square."""
+    if not isinstance(scale, int) or scale < 2:
+        raise ValueError(f"scale must be an int >= 2, got {scale!r}")
+    inputs, labels = [], []
     for img in images:
         up, hr = sr_test_pair(img, scale)
-        up8 = np.clip(np.round(up.astype(np.float64) * 255.0), 0, 255)
-        ps.append(psnr(up8, hr, border=border))
-        ss.append(ssim(up8, hr, border=border))
-    return float(np.mean(ps)), float(np.mean(ss))
+        if min(hr.shape) >= input_size:
+            inputs.append(up)
+            labels.append(hr.astype(np.float32) / 255.0)
+    if not inputs:
+        raise ValueError(f"no image is at least {input_size}x{input_size} after modcrop")
+    return inputs, labels
 
 
 class SRCNNPatches:
-    """Random SRCNN training patches: bicubic-degraded Y inputs ``(B, 1, 33, 33)``, HR Y centres ``(B, 1, 17, 17)``.
+    """Endless random SRCNN batches drawn on ``device``: bicubic-degraded Y inputs ``x`` ``(B, 1, 33, 33)``, HR Y
+    centres ``y`` ``(B, 1, 17, 17)``; the one SR batch pipeline (what :mod:`dnlib.sr` trains on).
 
-    Each image is turned into the SRCNN pair once (Y via :func:`luma`, ``modcrop``, ``im2double``,
-    bicubic down by ``scale`` and back up). A batch is ``batch_size`` patches at uniformly random
-    top-left corners on the stride-1 grid; with ``per_image=True`` (the authors' code) all patches
-    of a batch come from one randomly chosen image, otherwise each patch picks its image. The target
-    is the centre ``label_size`` crop of the HR patch (8 px each side for 33 -> 17, the shrinkage
-    of SRCNN's 9-5-5 valid convolutions). Sampling uses a seeded :class:`numpy.random.Generator`;
-    :meth:`state_dict` / :meth:`load_state_dict` resume the exact sequence.
-
-    Iterating yields batches without end; :meth:`sample` draws one.
+    ``SRCNNPatches(images, scale)`` turns each image into the SRCNN pair once (:func:`srcnn_pairs`: Y via
+    :func:`luma`, ``modcrop``, ``im2double``, bicubic down by ``scale`` and back up);
+    :meth:`from_pairs` takes pairs made before (cached ones). The pairs are padded into one tensor on the device;
+    each batch draws an image (one per batch with ``per_image=True``, as the authors' code; else one per patch)
+    and uniformly random top-left corners on the stride-1 grid; the target is the centre ``label_size`` crop of
+    the HR patch (8 px each side for 33 -> 17, the shrinkage of SRCNN's 9-5-5 valid convolutions). The draws
+    come from a seeded :class:`torch.Generator` on the CPU (the same stream on every device), ``block`` batches
+    at a time in one host-to-device copy, so a GPU step never waits for Python. :meth:`state_dict` /
+    :meth:`load_state_dict` resume the exact sequence. Iterating yields batches; :meth:`sample` draws one.
     """
 
     def __init__(self, images: Sequence[np.ndarray], scale: int = 3, *, batch_size: int = 100,
                  input_size: int = 33, label_size: int = 17, per_image: bool = True, seed: int = 0,
-                 device=None) -> None:
-        if not isinstance(scale, int) or scale < 2:
-            raise ValueError(f"scale must be an int >= 2, got {scale!r}")
+                 device=None, block: int = 256) -> None:
+        _check_sizes(input_size, label_size)
+        inputs, labels = srcnn_pairs(images, scale, input_size)
+        self._setup(inputs, labels, batch_size, per_image, input_size, label_size, seed, device, block)
+        self.scale = scale
+
+    @classmethod
+    def from_pairs(cls, inputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], batch_size: int = 100, *,
+                   per_image: bool = True, input_size: int = 33, label_size: int = 17, seed: int = 0, device=None,
+                   block: int = 256) -> "SRCNNPatches":
+        """The sampler of pairs made before (``labels`` in [0, 1], the same shapes as ``inputs``); images smaller
+        than ``input_size`` are skipped."""
+        _check_sizes(input_size, label_size)
+        if not len(inputs) or len(inputs) != len(labels):
+            raise ValueError(f"inputs, labels: need as many of each, at least one; got {len(inputs)}, {len(labels)}")
+        keep = [i for i, a in enumerate(inputs) if min(a.shape) >= input_size]
+        if not keep:
+            raise ValueError(f"no image is at least {input_size}x{input_size}")
+        self = cls.__new__(cls)
+        self._setup([inputs[i] for i in keep], [labels[i] for i in keep], batch_size, per_image, input_size,
+                    label_size, seed, device, block)
+        self.scale = None
+        return self
+
+    def _setup(self, inputs, labels, batch_size, per_image, input_size, label_size, seed, device, block) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not (isinstance(label_size, int) and isinstance(input_size, int)
-                and 0 < label_size <= input_size and (input_size - label_size) % 2 == 0):
-            raise ValueError(f"need 0 < label_size <= input_size with an even difference, got "
-                             f"input_size={input_size!r}, label_size={label_size!r}")
-        self.scale, self.batch_size, self.per_image = scale, batch_size, per_image
-        self.input_size, self.label_size = input_size, label_size
+        if not isinstance(block, int) or block < 1:
+            raise ValueError(f"block must be a positive int, got {block!r}")
+        self.inputs, self.labels = list(inputs), list(labels)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.inputs, self.labels = [], []
-        for img in images:
-            up, hr = sr_test_pair(img, scale)
-            if min(hr.shape) >= input_size:
-                self.inputs.append(up)
-                self.labels.append(hr.astype(np.float32) / 255.0)
-        if not self.inputs:
-            raise ValueError(f"no image is at least {input_size}x{input_size} after modcrop")
+        self.batch_size, self.per_image, self.block = batch_size, per_image, block
+        self.input_size, self.label_size = input_size, label_size
+        hmax = max(a.shape[0] for a in inputs)
+        wmax = max(a.shape[1] for a in inputs)
+        x = torch.zeros(len(inputs), hmax, wmax)
+        y = torch.zeros(len(inputs), hmax, wmax)
+        for k, (a, b) in enumerate(zip(inputs, labels)):
+            h, w = a.shape
+            x[k, :h, :w] = torch.from_numpy(np.asarray(a, np.float32))
+            y[k, :h, :w] = torch.from_numpy(np.asarray(b, np.float32))
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.sizes = torch.tensor([a.shape for a in inputs], dtype=torch.long)      # (n, 2), CPU
+        off = (input_size - label_size) // 2
+        self._ar_in = torch.arange(input_size, device=self.device)
+        self._ar_lab = torch.arange(off, off + label_size, device=self.device)
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self._draw_block()
 
     def __len__(self) -> int:
         """Number of usable images."""
         return len(self.inputs)
 
+    def _draw_block(self) -> None:
+        """Draw the images and corners of the next ``block`` batches on the CPU and move them in one copy."""
+        k, b, p, n = self.block, self.batch_size, self.input_size, len(self)
+        self._block_state = self.gen.get_state()
+        if self.per_image:
+            img = torch.randint(n, (k, 1), generator=self.gen).expand(k, b)
+        else:
+            img = torch.randint(n, (k, b), generator=self.gen)
+        room = self.sizes[img] - p + 1                                   # (k, b, 2) valid corner counts
+        corner = (torch.rand(k, b, 2, generator=self.gen) * room).long().clamp_max(room - 1)
+        self._block = torch.cat([img.unsqueeze(-1), corner], -1).to(self.device)   # (k, b, 3)
+        self._pos = 0
+
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch ``(x, y)`` of float32 tensors on ``device``."""
-        b, p, q = self.batch_size, self.input_size, self.label_size
-        off = (p - q) // 2
-        if self.per_image:
-            which = np.full(b, self.rng.integers(len(self.inputs)))
-        else:
-            which = self.rng.integers(len(self.inputs), size=b)
-        x = np.empty((b, 1, p, p), np.float32)
-        y = np.empty((b, 1, q, q), np.float32)
-        for k, i in enumerate(which):
-            h, w = self.inputs[i].shape
-            r, c = self.rng.integers(h - p + 1), self.rng.integers(w - p + 1)
-            x[k, 0] = self.inputs[i][r:r + p, c:c + p]
-            y[k, 0] = self.labels[i][r + off:r + off + q, c + off:c + off + q]
-        return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
+        if self._pos >= self.block:
+            self._draw_block()
+        draw = self._block[self._pos]
+        self._pos += 1
+        b = self.batch_size
+        i, rows, cols = (draw[:, j].view(b, 1, 1) for j in range(3))
+        x = self.x[i, rows + self._ar_in.view(1, -1, 1), cols + self._ar_in.view(1, 1, -1)]
+        y = self.y[i, rows + self._ar_lab.view(1, -1, 1), cols + self._ar_lab.view(1, 1, -1)]
+        return x.unsqueeze(1), y.unsqueeze(1)
+
+    __next__ = sample
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            yield self.sample()
+        return self
 
     def state_dict(self) -> dict:
-        """The sampler's random state (a plain dict, checkpoint-friendly)."""
-        return {"seed": self.seed, "rng": self.rng.bit_generator.state}
+        """Where the stream stands (the generator state of the current block and the position in it)."""
+        return {"seed": self.seed, "block_state": self._block_state, "pos": self._pos}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the random state saved by :meth:`state_dict`."""
+        """Continue the stream saved by :meth:`state_dict`."""
         self.seed = state["seed"]
-        self.rng = np.random.default_rng()
-        self.rng.bit_generator.state = state["rng"]
+        self.gen.set_state(state["block_state"])
+        self._draw_block()
+        self._pos = state["pos"]
+
+
+def _check_sizes(input_size, label_size) -> None:
+    if not (isinstance(label_size, int) and isinstance(input_size, int)
+            and 0 < label_size <= input_size and (input_size - label_size) % 2 == 0):
+        raise ValueError(f"need 0 < label_size <= input_size with an even difference, got "
+                         f"input_size={input_size!r}, label_size={label_size!r}")
