@@ -28,6 +28,7 @@ import math
 import pickle
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -594,4 +595,140 @@ class GraphTrainer(Trainer):
             self.graph.replay()
             return self._static_loss.clone()
         self.opt.zero_grad(set_to_none=True)
+        return self._body()
+
+
+class SequenceGraphTrainer(Trainer):
+    """A :class:`Trainer` for truncated BPTT whose whole training step is one CUDA graph: forward over the
+    unrolled steps from a carried recurrent state, loss + the sparse L1 terms, backward, global-norm clipping,
+    plain SGD ``p -= lr * g`` (the learning rate read from a device tensor, so the schedule needs no re-capture),
+    and the copy of the final state into the carried one.
+
+    Its contract differs from :class:`GraphTrainer` (whose batch is the whole step input): a batch is ``(x, y,
+    reset)`` (``reset``: zero the carried state first, e.g. at the start of an epoch), and what the step needs is
+    passed explicitly:
+
+    * ``step_fn(model, x, y, state) -> (loss, new_state)``: the task loss (no L1 terms) of one window from
+      ``state``; a pure function (it keeps nothing between calls). It is the trainer's ``loss_fn``.
+    * ``init_state(batch_size, device) -> state``: the zero state, a list of tuples of tensors (one tuple per
+      layer), as ``dnlib.models.rnn.LanguageModel.init_state``.
+
+    The carried state belongs to the trainer (:attr:`state`) and is checkpointed as ``{"loss_fn": {"state":
+    [...]}}``, the layout of a stateful loss's ``state_dict`` (``dnlib.ptb.LMLoss``), so checkpoints are
+    interchangeable with those of the eager :class:`Trainer` on the same loss; the optimizer (momentum 0, no
+    weight decay) is never stepped, its update being the same. Capture happens at the first step, after
+    ``warmup`` steps on a side stream whose effects are undone. ``capture=False`` (what runs on CPU, the default
+    there) runs the same step body eagerly: that is how it is tested without a GPU; a capture that fails falls
+    back to it with one warning (:attr:`fell_back`).
+    """
+
+    def __init__(self, model: nn.Module, step_fn: Callable, batches, cfg: TrainConfig, *,
+                 init_state: Callable, capture: Optional[bool] = None, warmup: int = 3, **kwargs):
+        super().__init__(model, step_fn, batches, cfg, **kwargs)
+        if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
+            raise ValueError("SequenceGraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured; "
+                             f"got optimizer={self.cfg.optimizer!r}, momentum={self.cfg.momentum}, "
+                             f"weight_decay={self.cfg.weight_decay}")
+        if capture is None:
+            capture = self.device.type == "cuda"
+        if capture and self.device.type != "cuda":
+            raise ValueError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
+        self.init_state, self.capture, self.warmup = init_state, bool(capture), int(warmup)
+        self.graph = None
+        self.fell_back = False          # True when the capture failed and the step runs eagerly
+        self.state = None               # the carried state (static tensors once the step is set up)
+        self._stored = None             # a resumed checkpoint's state, copied in at the next step
+
+    # --- the carried state in checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        carried = self._stored if self._stored is not None else self.state
+        state["loss_fn"] = {"state": None if carried is None else
+                            [tuple(s.detach().cpu().clone() for s in layer) for layer in carried]}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._stored = (state.get("loss_fn") or {}).get("state")
+
+    # --- the step -------------------------------------------------------------------------------------------
+    def _flat(self, state) -> list:
+        return [s for layer in state for s in layer]
+
+    def _body(self) -> torch.Tensor:
+        loss, new_state = self.loss_fn(self.model, self._x, self._y, self.state)
+        (loss + sparse_penalty(self.model)).backward()
+        if self.cfg.clip_norm:
+            nn.utils.clip_grad_norm_(self._params, self.cfg.clip_norm, foreach=True)
+        with torch.no_grad():
+            grads = [p.grad for p in self._params]
+            torch._foreach_add_(self._params, torch._foreach_mul(grads, self._neg_lr))
+            for dst, src in zip(self._flat(self.state), self._flat(new_state)):
+                dst.copy_(src)
+        return loss.detach()
+
+    def _setup(self, x, y) -> None:
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._x, self._y = x.detach().clone(), y.detach().clone()
+        self.state = [tuple(s.clone() for s in layer) for layer in self.init_state(x.shape[0], x.device)]
+        self._neg_lr = torch.zeros((), device=x.device)
+
+    def _capture(self) -> None:
+        saved = [(t, t.detach().clone()) for t in self.model.state_dict().values()]
+        carried = [s.clone() for s in self._flat(self.state)]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(self.warmup, 1)):
+                    for p in self._params:
+                        p.grad = None
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            for p in self._params:
+                p.grad = None
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._loss = self._body()
+            self.graph = graph
+        finally:
+            torch.cuda.synchronize()
+            with torch.no_grad():           # undo the warm-up (the capture itself computes nothing)
+                for t, v in saved:
+                    t.copy_(v)
+                for dst, src in zip(self._flat(self.state), carried):
+                    dst.copy_(src)
+            clear_penalties(self.model)
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One step on ``(x, y, reset)``: fill the static inputs, then replay the graph (or run the body)."""
+        x, y, reset = batch
+        self.model.train()
+        self._set_lr()
+        if self.state is None:
+            self._setup(x, y)
+        else:
+            self._x.copy_(x)
+            self._y.copy_(y)
+        self._neg_lr.fill_(-self.opt.param_groups[0]["lr"])
+        with torch.no_grad():
+            if reset:
+                fresh = self.init_state(x.shape[0], x.device)
+                for dst, src in zip(self._flat(self.state), self._flat(fresh)):
+                    dst.copy_(src)
+            elif self._stored is not None:
+                for dst, src in zip(self._flat(self.state), self._flat(self._stored)):
+                    dst.copy_(src)
+        self._stored = None
+        if self.capture and self.graph is None and not self.fell_back:
+            try:
+                self._capture()
+            except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
+                warnings.warn(f"SequenceGraphTrainer: capture failed ({type(e).__name__}: {e}); training eagerly")
+                self.fell_back, self.graph = True, None
+        if self.graph is not None:
+            self.graph.replay()
+            return self._loss.clone()
+        for p in self._params:
+            p.grad = None
         return self._body()

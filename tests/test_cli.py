@@ -19,8 +19,8 @@ from dnlib import bench, cifar, experiment, ptb, sr, suite
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
-        (experiment, "sweep"), (ptb, "train"),
-        (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"), (suite, "execute")]
+        (experiment, "sweep"), (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"),
+        (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
@@ -69,33 +69,41 @@ PROBES = [
     ("cifar", ["check-graph", "bn", "--steps", "0"], "--steps"),
     ("cifar", ["check-graph", "bn", "--subset", "1,2,x"], "--subset"),
     ("cifar", ["check-graph", "bn", "--json", "{T}/empty"], "--json"),
-    # ---------------------------------------------------------------------------------------- ptb train
+    # ------------------------------------------------------------------------- ptb run (train: old spelling)
     ("ptb", ["train", "base-lstm", "--max-tokens", "-5"], "--max-tokens"),  # trained on all of PTB
     ("ptb", ["train", "base-lstm", "--epochs", "0"], "--epochs"),           # reported "completed"
-    ("ptb", ["train", "base-lstm", "--epochs", "-1"], "--epochs"),
+    ("ptb", ["run", "base-lstm", "--epochs", "-1"], "--epochs"),
     ("ptb", ["train", "base-lstm", "--vocab", "1"], "--vocab"),             # trained
+    ("ptb", ["run", "base-lstm", "--vocab", "20000"], "20000"),             # more than PTB's words
     ("ptb", ["train", "nosuch"], "nosuch"),
-    ("ptb", ["train", "base-lstm", "--lr", "0"], "--lr"),
-    ("ptb", ["train", "base-lstm", "--threads", "0"], "--threads"),
-    ("ptb", ["train", "base-lstm", "--final-test-batch-size", "-1"], "--final-test-batch-size"),
-    ("ptb", ["train", "base-lstm", "--check-graph", "-2"], "--check-graph"),
-    ("ptb", ["train", "base-lstm", "--check-graph", "3", "--graph", "off"], "--check-graph"),
+    ("ptb", ["run", "base-lstm", "--lr", "0"], "--lr"),
+    ("ptb", ["run", "base-lstm", "--threads", "0"], "--threads"),
+    ("ptb", ["run", "base-lstm", "--final-test-batch-size", "-1"], "--final-test-batch-size"),
+    ("ptb", ["run", "base-lstm", "--eval-every", "0"], "--eval-every"),
+    ("ptb", ["run", "base-lstm", "--graph", "maybe"], "--graph"),
+    ("ptb", ["run", "base-lstm", "--source", "book"], "--source"),
+    ("ptb", ["run", "base-lstm", "--steps", "0"], "--steps"),
     ("ptb", ["train", "base-lstm", "--time-limit", "-5"], "--time-limit"),
-    ("ptb", ["train", "base-lstm", "--out", "{T}/file/o"], "--out"),         # crashed after an epoch
+    ("ptb", ["run", "base-lstm", "--out", "{T}/file/o"], "--out"),           # crashed after an epoch
     ("ptb", ["train", "base-lstm", "--json", "{T}/file/r.json"], "--json"),  # crashed after an epoch
     ("ptb", ["train", "base-lstm", "--json", "{T}/empty"], "--json"),
-    ("ptb", ["train", "base-lstm", "--max-tokens", "100", "--vocab", "50"], "--max-tokens"),
-    ("ptb", ["train", "base-lstm", "--device", "bogus"], "--device"),
-    ("ptb", ["train", "base-lstm", "--seed", "-1"], "--seed"),
-    # ---------------------------------------------------------------------------------- ptb bench/report
+    ("ptb", ["run", "base-lstm", "--max-tokens", "100", "--vocab", "50"], "max_tokens"),
+    ("ptb", ["run", "base-lstm", "--device", "bogus"], "--device"),
+    ("ptb", ["run", "base-lstm", "--seed", "-1"], "--seed"),
+    ("ptb", ["run", "base-lstm", "--check-graph", "3"], "--check-graph"),   # now the check-graph command
+    # ----------------------------------------------------------------------- ptb bench/check-graph/report
     ("ptb", ["bench", "--reps", "0"], "--reps"),                             # ZeroDivisionError
     ("ptb", ["bench", "--configs", "nosuch"], "nosuch"),
     ("ptb", ["bench", "--json", "{T}/file/b.json"], "--json"),
     ("ptb", ["bench", "--threads", "-1"], "--threads"),
-    ("ptb", ["report", "{T}/missing.json", "--out", "{T}/rep"], "missing.json"),
-    ("ptb", ["report", "{T}/bad.json", "--out", "{T}/rep"], "bad.json"),
-    ("ptb", ["report", "{T}/other.json", "--out", "{T}/rep"], "other.json"),
-    ("ptb", ["report", "{T}/other.json", "--out", "{T}/file/rep"], "--out"),
+    ("ptb", ["check-graph", "base-lstm", "--steps", "0"], "--steps"),
+    ("ptb", ["check-graph", "nosuch"], "nosuch"),
+    ("ptb", ["check-graph", "base-lstm", "--json", "{T}/empty"], "--json"),
+    ("ptb", ["sweep", "nosuch", "--out", "{T}/sw"], "nosuch"),
+    ("ptb", ["sweep", "base-lstm", "--out", "{T}/sw", "--max-tokens", "-1"], "--max-tokens"),  # passed on to runs
+    ("ptb", ["report", "{T}/missing"], "missing"),
+    ("ptb", ["report", "{T}/empty"], "no run folders"),
+    ("ptb", ["report", "{T}/empty", "--out", "{T}/file/rep"], "--out"),
     # ---------------------------------------------------------------------------------------------- sr
     ("sr", ["train", "--time-limit", "-5", "--out", "{T}/o"], "--time-limit"),  # ended with 0 steps
     ("sr", ["train", "--steps", "0", "--out", "{T}/o"], "--steps"),

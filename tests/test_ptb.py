@@ -310,63 +310,126 @@ ptb_dir = os.path.join(os.environ.get("DNLIB_DATA", "data"), "ptb")
 needs_ptb = pytest.mark.skipif(not os.path.exists(os.path.join(ptb_dir, "ptb.train.txt")), reason="PTB not found")
 
 
+def _strict_json(path):
+    import json
+
+    def refuse(token):
+        raise ValueError(f"{path}: bare {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 @needs_ptb
 def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
-    from dnlib.ptb import load_data, train, unigram_perplexity
-    data, V = load_data(30000, 1000)
-    unigram = unigram_perplexity(data["train"], data["valid"], V)
-    cfg = get_config("base-lstm", hidden_size=64, lr=1.0, decay_after=1, batch_size=4)
-    res = train(cfg, data, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None)
-    valid = res["epochs"][-1]["valid_ppl"]
-    assert valid < 0.85 * unigram, (valid, unigram)
-    assert res["epochs"][0]["lr"] == 1.0 and res["epochs"][1]["lr"] == 0.5
+    from dnlib.ptb import load_data, run, unigram_perplexity
+    data = load_data(30000, 1000)
+    unigram = unigram_perplexity(data[0]["train"], data[0]["valid"], data[1])
+    kw = dict(data=data, epochs=2, device="cpu", final_test_batch_size=0, hidden_size=64, lr=1.0, decay_after=1,
+              batch_size=4)
+    res = run("base-lstm", **kw)
+    evals = [r for r in res.history if "valid_ppl" in r]
+    E = res.record["config"]["setup"]["batches_per_epoch"]
+    assert [r["step"] for r in evals] == [E, 2 * E] and res.record["steps_planned"] == 2 * E
+    assert evals[-1]["valid_ppl"] < 0.85 * unigram, (evals[-1]["valid_ppl"], unigram)
+    lrs = {r["step"]: r["lr"] for r in res.history}
+    assert lrs[E] == 1.0 and lrs[2 * E] == 0.5                              # halved after epoch decay_after = 1
+    assert res.headline["valid_ppl"] == evals[-1]["valid_ppl"] and res.headline["epochs"] == 2.0
     # resume: one epoch, stop, then the second from the checkpoint == the uninterrupted run (state carried too)
-    small = {k: v[:4000] for k, v in data.items()}
-    tiny = cfg.replace(hidden_size=16)
-    full = train(tiny, small, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None)
-    train(tiny, small, V, epochs=1, device="cpu", progress=False, final_test_batch_size=None, out_dir=tmp_path)
-    resumed = train(tiny, small, V, epochs=2, device="cpu", progress=False, final_test_batch_size=None,
-                    out_dir=tmp_path)
-    assert [r["valid_ppl"] for r in resumed["epochs"]] == [r["valid_ppl"] for r in full["epochs"]]
+    small = ({k: v[:4000] for k, v in data[0].items()}, data[1])
+    kw = {**kw, "data": small, "hidden_size": 16, "eval_every": 10}
+    full = run("base-lstm", **kw)
+    E = full.record["config"]["setup"]["batches_per_epoch"]
+    stop = 10 * (E // 10 + 1)                 # a chunk boundary inside epoch 2: the carried state matters
+    assert E % 10 and E < stop < 2 * E
+    part = run("base-lstm", resume=tmp_path, stop_after=stop, **kw)
+    assert part.stopped == f"stop_after at step {stop}"
+    resumed = run("base-lstm", resume=tmp_path, **kw)
+    assert resumed.stopped == "completed"
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
 
 
 @needs_ptb
 def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
-    from dnlib.ptb import main
-    out = tmp_path / "run"
-    assert main(["train", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
-                 "--device", "cpu", "--quiet", "--out", str(out), "--json", str(out / "r.json"),
-                 "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
     import json
-    res = json.loads((out / "r.json").read_text())
-    assert res["stopped"] == "completed" and (out / "checkpoint.pt").exists()
-    assert res["epochs"][0]["valid_ppl"] > 0 and res["final_test_ppl"] > 0 and res["paper_test_ppl"] == 102.238
-    assert res["config"]["window"] == 61
-    # report: the JSON becomes a table beside the paper's, a figure and a summary
+
+    from dnlib import records
+    from dnlib.ptb import main
+    out = tmp_path / "runs"
+    assert main(["train", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
+                 "--device", "cpu", "--out", str(out), "--json", str(tmp_path / "r.json"),
+                 "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
+    (run_dir,) = out.iterdir()
+    rec = records.read_record(run_dir)
+    assert rec == json.loads((tmp_path / "r.json").read_text())            # --json: a copy of the record
+    assert rec["stopped"] == "completed" and (run_dir / "checkpoint.pt").exists()
+    h = rec["headline"]
+    assert h["valid_ppl"] > 0 and h["final_test_ppl"] > 0 and h["epochs"] == 1.0
+    assert rec["paper"] == {"final_test_ppl": 102.238} and rec["config"]["window"] == 61
+    # report: the run folders become a table beside the paper's, a figure and a summary
     capsys.readouterr()
-    assert main(["report", str(out / "r.json"), "--out", str(tmp_path / "rep")]) == 0
-    table = capsys.readouterr().out
-    assert "| dn-star-lstm | DN* | 1 |" in table and "102.238" in table
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "| dn-star-lstm | DN* | 1.00 |" in table and "102.238" in table
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())["dn-star-lstm"]
-    assert summary["test_ppl_per_epoch"] == [res["epochs"][0]["test_ppl"]] and summary["card"] == "cpu"
-    assert summary["final_test_ppl"] == res["final_test_ppl"] and summary["seconds_per_epoch"] > 0
+    assert summary["test_ppl_per_epoch"] == [h["test_ppl"]] and summary["card"] == "cpu"
+    assert summary["final_test_ppl"] == h["final_test_ppl"] and summary["seconds_per_epoch"] > 0
     assert (tmp_path / "rep" / "curves.png").stat().st_size > 10_000
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:   # one line, exit 2, nothing written
-        main(["report", str(tmp_path / "rep" / "summary.json"), "--out", str(tmp_path / "rep2")])
-    assert e.value.code == 2 and "not a results JSON" in capsys.readouterr().err
+        main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep2")])
+    assert e.value.code == 2 and "no run folders" in capsys.readouterr().err
     assert not (tmp_path / "rep2").exists()
 
 
 @needs_ptb
 def test_graph_step_body_equals_eager_trainer_on_cpu():
-    """The CUDA-graph step's body (static state, manual SGD with a tensor learning rate, clipping, state carry)
-    run eagerly on CPU gives the same losses and parameters as the generic Trainer."""
+    """The CUDA-graph step's body (SequenceGraphTrainer: static state, manual SGD with a tensor learning rate,
+    clipping, state carry) run eagerly on CPU gives the same losses and parameters as the generic Trainer."""
     from dnlib.ptb import check_graph, load_data
     data, V = load_data(4000, 200)
     for name in ("bn-star-lstm", "dn-star-lstm"):
         cfg = get_config(name, hidden_size=16, window=5 if "dn" in name else None)
         r = check_graph(cfg, data["train"], V, steps=3, device="cpu")
         assert r["ok"] and r["eager_losses"] == r["graph_losses"] and r["max_param_diff"] == 0.0, r
+
+
+@needs_ptb
+def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_path):
+    """Stopped mid-epoch by the graph step (body run eagerly on CPU), resumed eagerly: the uninterrupted eager run."""
+    from dnlib.ptb import load_data, run
+    kw = dict(data=load_data(3000, 200), epochs=1, device="cpu", final_test_batch_size=0, hidden_size=16,
+              batch_size=4, eval_every=5)
+    full = run("dn-star-lstm", graph="off", **kw)
+    part = run("dn-star-lstm", graph="on", resume=tmp_path, stop_after=10, **kw)
+    assert part.record["config"]["setup"]["mode"] == "graph-step (eager)"
+    resumed = run("dn-star-lstm", graph="off", resume=tmp_path, **kw)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+
+
+@needs_ptb
+@pytest.mark.parametrize("graph", ["off", "on"])    # "on" on CPU runs the graph step's body eagerly
+def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, graph):
+    from dnlib import records
+    from dnlib.ptb import load_data, run
+    from dnlib.train import TrainingDiverged
+    with pytest.raises(TrainingDiverged) as e:
+        run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", graph=graph, final_test_batch_size=0,
+            resume=tmp_path, hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
+    rec = _strict_json(tmp_path / "record.json")
+    assert rec == records.read_record(tmp_path) and rec["stopped"] == f"diverged at step {e.value.step}"
+    assert all(v is None for v in rec["headline"].values())
+    _strict_json(tmp_path / "history.json")
+
+
+@needs_ptb
+def test_cli_diverged_run_exits_1(tmp_path, capsys):
+    from dnlib.ptb import main
+    code = main(["train", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
+                 "--device", "cpu", "--resume", str(tmp_path), "--final-test-batch-size", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "diverged at step" in err, err
+    assert _strict_json(tmp_path / "record.json")["stopped"].startswith("diverged at step")
 
 
 def test_notebook_has_profiles_and_typed_parameters():

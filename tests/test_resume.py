@@ -193,17 +193,12 @@ needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(),
 @needs_ptb
 @pytest.mark.parametrize("change, message", [({"seed": 5}, "seed: stored 0, requested 5"),
                                              ({"hidden_size": 24}, "hidden_size: stored 16, requested 24")])
-def test_ptb_train_refuses_to_resume_another_run(tmp_path, change, message):
-    from dnlib.configs.ptb import get_config
-    from dnlib.ptb import load_data, train
-    data, V = load_data(3000, 200)
-    cfg = get_config("base-lstm", hidden_size=16, batch_size=4)
-    kw = dict(device="cpu", progress=False, final_test_batch_size=None, out_dir=tmp_path)
-    train(cfg, data, V, epochs=1, **kw)
-    seed = change.get("seed", 0)
-    cfg2 = cfg.replace(**{k: v for k, v in change.items() if k != "seed"})
+def test_ptb_run_refuses_to_resume_another_run(tmp_path, change, message):
+    from dnlib.ptb import load_data, run
+    kw = dict(data=load_data(3000, 200), device="cpu", final_test_batch_size=0, resume=tmp_path, batch_size=4)
+    run("base-lstm", epochs=1, hidden_size=16, **kw)
     with pytest.raises(CheckpointError, match=message):
-        train(cfg2, data, V, epochs=2, seed=seed, **kw)
+        run("base-lstm", epochs=2, **{"hidden_size": 16, **change}, **kw)   # more epochs alone would extend it
 
 
 needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR data not in {MIRROR}")

@@ -15,7 +15,6 @@ from dnlib.train import (GraphTrainer, TensorBatches, TrainConfig, Trainer, Trai
 DATA = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(not (DATA / "cifar10-jpeg" / "train").is_dir() and
                                  not (DATA / "cifar-10-batches-py").is_dir(), reason=f"CIFAR-10 not in {DATA}")
-needs_ptb = pytest.mark.skipif(not (DATA / "ptb" / "ptb.train.txt").is_file(), reason=f"PTB not in {DATA}")
 needs_sr = pytest.mark.skipif(not (DATA / "sr").is_dir(), reason=f"SR data not in {DATA}")
 
 
@@ -163,32 +162,6 @@ def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_pat
     assert res["stopped"].startswith("diverged at step") and res["headline"]["final_acc"] is None
     assert res["stopped"] in err
     _strict_json(out / "history.json")
-
-
-@needs_ptb
-def test_ptb_diverged_run_raises_and_writes_valid_results(tmp_path):
-    from dnlib.configs.ptb import get_config
-    from dnlib.ptb import load_data, train
-    data, V = load_data(3000, 200)
-    cfg = get_config("base-lstm", hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
-    for graph in ("off", "on"):           # "on" on CPU runs the graph step's body eagerly
-        path = tmp_path / f"r-{graph}.json"
-        with pytest.raises(TrainingDiverged) as e:
-            train(cfg, data, V, epochs=2, device="cpu", graph=graph, progress=False, final_test_batch_size=None,
-                  out_dir=tmp_path / graph, results_path=path)
-        res = _strict_json(path)
-        assert res["stopped"] == f"diverged at step {e.value.step}"
-        _strict_json(tmp_path / graph / "history.json")
-
-
-@needs_ptb
-def test_ptb_cli_diverged_run_exits_1(tmp_path, capsys):
-    from dnlib.ptb import main
-    code = main(["train", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
-                 "--device", "cpu", "--quiet", "--json", str(tmp_path / "r.json"), "--final-test-batch-size", "0"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and len(err.splitlines()) == 1 and "diverged at step" in err, err
-    assert _strict_json(tmp_path / "r.json")["stopped"].startswith("diverged at step")
 
 
 @needs_sr

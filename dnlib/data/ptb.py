@@ -110,12 +110,21 @@ def ptb_epoch_size(num_tokens: int, batch_size: int = 20, num_steps: int = 20) -
 
 
 class PTBBatches:
-    """Contiguous ``(x, y)`` batches of an id stream; ``len()`` is the number per epoch.
+    """Contiguous batches of an id stream, as TF's ``ptb_producer``; ``len()`` is the number per epoch. The one
+    PTB batch pipeline: training (:mod:`dnlib.ptb`) and evaluation both read it.
 
     The stream is truncated to ``batch_size * batch_len`` tokens and reshaped to
-    ``[batch_size, batch_len]`` (row ``b`` is the ``b``-th contiguous slice); batch ``i`` is
+    ``[batch_size, batch_len]`` (row ``b`` is the ``b``-th contiguous slice); batch ``i`` (:meth:`batch`) is
     ``x = data[:, i*num_steps:(i+1)*num_steps]`` and ``y`` the same shifted by one token, so row
     ``b`` of batch ``i+1`` continues row ``b`` of batch ``i`` and the RNN state can be carried.
+
+    Two ways to read it:
+
+    * ``for x, y in batches``: one epoch in order (evaluation);
+    * ``next(batches)``: the resumable training stream for :class:`dnlib.train.Trainer`: ``(x, y, reset)``
+      forever, epoch after epoch, ``reset`` True on the first batch of an epoch (the state is zeroed there);
+      :meth:`state_dict` / :meth:`load_state_dict` save and restore its position ``{"epoch", "pos"}``
+      (``pos``: batches of the current epoch already given).
     """
 
     def __init__(self, ids, batch_size: int = 20, num_steps: int = 20, device=None) -> None:
@@ -130,19 +139,44 @@ class PTBBatches:
             raise ValueError(f"{len(ids)} tokens are too few for batch_size={batch_size} and "
                              f"num_steps={num_steps}: epoch size would be {self.epoch_size}")
         self.data = ids[: batch_size * batch_len].reshape(batch_size, batch_len).to(device)
+        self.epoch, self.pos = 0, 0
 
     def __len__(self) -> int:
         return self.epoch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``i`` of an epoch: ``(x, y)``, each ``(batch_size, num_steps)``."""
         n = self.num_steps
+        return self.data[:, i * n:(i + 1) * n], self.data[:, i * n + 1:(i + 1) * n + 1]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(self.epoch_size):
-            yield self.data[:, i * n:(i + 1) * n], self.data[:, i * n + 1:(i + 1) * n + 1]
+            yield self.batch(i)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if self.pos >= self.epoch_size:
+            self.epoch, self.pos = self.epoch + 1, 0
+        i = self.pos
+        self.pos += 1
+        return (*self.batch(i), i == 0)
+
+    @property
+    def steps_done(self) -> int:
+        """Training batches given so far (``epoch * len + pos``)."""
+        return self.epoch * self.epoch_size + self.pos
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not 0 <= state["pos"] <= self.epoch_size:
+            raise ValueError(f"state: pos must be in [0, {self.epoch_size}], got {state['pos']}")
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
 def ptb_batches(ids, batch_size: int = 20, num_steps: int = 20, device=None) -> PTBBatches:
-    """Iterable of contiguous ``(x, y)`` int64 batches of shape ``(batch_size, num_steps)``, in order.
-
-    Matches TF's ``ptb_producer``; ``len()`` gives the batches per epoch. See :class:`PTBBatches`.
+    """Contiguous ``(x, y)`` int64 batches of shape ``(batch_size, num_steps)``: one epoch in order when
+    iterated, the resumable training stream with ``next()`` (:class:`PTBBatches`). Matches TF's ``ptb_producer``;
+    ``len()`` gives the batches per epoch.
     """
     return PTBBatches(ids, batch_size, num_steps, device)
