@@ -594,7 +594,7 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     if single_c:
         rep["single_run_images_per_s_compile"] = single_c
         rep["best_images_per_s"] = best
-    if rows and meta.get("wall_seconds"):
+    if rows and meta.get("wall_seconds") and not meta.get("skipped"):   # a resumed sweep's wall time is partial
         images = sum(r["steps"] * r["batch_size"] for r in rows)
         rep["concurrent"] = {"jobs": meta.get("jobs"), "wall_seconds": meta["wall_seconds"],
                              "aggregate_images_per_s": images / meta["wall_seconds"]}

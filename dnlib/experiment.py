@@ -270,6 +270,7 @@ class Run:
         if not main:
             self.run_dir = None          # one record, written by rank 0
         self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+        self._tb, self._tb_step = None, self.trainer.step
         self.options = {k: v for k, v in options.items() if _plain(v)}
         self.config_name = cfg_name
         if self.run_dir is not None:
@@ -296,9 +297,31 @@ class Run:
     def write(self, stopped: str) -> RunResult:
         res = self.result(stopped)
         if self.run_dir is not None:
-            records.write_curves(self.run_dir, [r for r in self.trainer.history if "step" in r])
+            rows = [r for r in self.trainer.history if "step" in r]
+            records.write_curves(self.run_dir, rows)
+            self._tensorboard(rows)
             records.write_record(self.run_dir, res.record)
         return res
+
+    def _tensorboard(self, rows: list) -> None:
+        """TensorBoard event files in the run folder when ``tensorboard`` is installed (optional): every numeric
+        metric of the rows logged since the last write (a resumed run appends only its new steps)."""
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tb = False
+                return
+            self._tb = SummaryWriter(log_dir=str(self.run_dir))
+        if self._tb is False:
+            return
+        for r in rows:
+            if r["step"] > self._tb_step:
+                for k, v in r.items():
+                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb.add_scalar(k, v, r["step"])
+                self._tb_step = r["step"]
+        self._tb.flush()
 
     # -- the loop
     def go(self) -> RunResult:
@@ -318,15 +341,19 @@ class Run:
                 last = time.perf_counter() - c0
                 if tr.step < target:
                     self.write(RUNNING)
+            if stopped is None:
+                stopped = COMPLETED if tr.step >= self.planned else f"stop_after at step {tr.step}"
+            return self.write(stopped)
         except TrainingDiverged as e:
             self.write(e.status)
             raise
         except KeyboardInterrupt:
             self.write(f"interrupted at step {tr.step}")
             raise
-        if stopped is None:
-            stopped = COMPLETED if tr.step >= self.planned else f"stop_after at step {tr.step}"
-        return self.write(stopped)
+        finally:
+            if self._tb:
+                self._tb.close()
+                self._tb = None
 
 
 def prepare(recipe: Recipe, config=None, **kwargs) -> Run:
@@ -451,10 +478,11 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
 
 
 def gather(paths) -> list:
-    """One flat row per run folder at or under ``paths`` (:func:`dnlib.records.gather`)."""
-    if isinstance(paths, (str, os.PathLike)):
+    """One flat row per run folder at or under ``paths`` (folders, or :class:`RunResult` objects: their folders)
+    (:func:`dnlib.records.gather`)."""
+    if isinstance(paths, (str, os.PathLike, RunResult)):
         paths = [paths]
-    return records.gather(paths)
+    return records.gather([p.run_dir if isinstance(p, RunResult) else p for p in paths])
 
 
 _DROP = ("run", "commit", "device", "steps_planned", "seconds")
@@ -572,9 +600,9 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
         run_args = run_p.parse_args([names[0], *map(str, rest)])   # the flags passed on to each run, checked here
         if run_args.out or run_args.resume or run_args.seed is not None or run_args.json:
             cmd_p.error("--out/--resume/--seed/--json: sweep places each run itself; use --out and --seeds of sweep")
-        _, options = recipe.from_args(run_args)
+        overrides, options = recipe.from_args(run_args)
         rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, time_limit=args.time_limit,
-                     status_every=args.status_every, run_args=rest, options=options)
+                     status_every=args.status_every, run_args=rest, options={**overrides, **options})
         print(gather_table(rows))
         return 0 if rows and all(r.get("stopped") == COMPLETED or str(r.get("stopped")).startswith("time limit")
                                  for r in rows) else 1
