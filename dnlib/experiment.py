@@ -548,6 +548,8 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
     except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
         print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
         return 1
+    if not distributed.is_main():       # under torchrun: rank 0 alone reports
+        return 0
     if args.json:
         atomic_write_json(res.record, args.json, indent=1)
     rec = res.record
