@@ -58,8 +58,21 @@ RECIPES = [
                        ["--subset", "200,100", "--eval-every", "2", "--batch-size", "20", "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 2e-3}, diverge={"lr": 1e6}, available=_has_cifar()),
                  id="cifar"),
+    pytest.param(Smoke("dnlib.sr", "smoke-bn", {"sets": ("Set5",), "curve_sets": ("Set5",)},
+                       ["--sets", "Set5", "--curve-sets", "Set5", "--batch-size", "8", "--eval-every", "2",
+                        "--device", "cpu"],
+                       steps=6, chunk=2, change={"lr": 1e-3}, diverge={"lr": 1e8, "optimizer": "sgd"},
+                       available=(MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
+                 id="sr"),
+    pytest.param(Smoke("dnlib.ptb", "ln-star-lstm", {"max_tokens": 3000, "vocab": 200, "eval_every": 2},
+                       ["--max-tokens", "3000", "--vocab", "200", "--eval-every", "2", "--hidden-size", "16",
+                        "--batch-size", "4", "--device", "cpu"],
+                       steps=6, chunk=2, change={"lr": 0.5}, diverge={"lr": 1e6, "clip_norm": None},
+                       available=(MIRROR / "ptb" / "ptb.train.txt").is_file()),
+                 id="ptb"),
 ]
-_OVERRIDES = {"dnlib.cifar": {"batch_size": 20}}   # smoke-size fields besides the options
+_OVERRIDES = {"dnlib.cifar": {"batch_size": 20}, "dnlib.sr": {"batch_size": 8, "eval_every": 2},
+              "dnlib.ptb": {"hidden_size": 16, "batch_size": 4}}   # smoke-size fields
 
 
 def _need(s: Smoke):
@@ -278,3 +291,20 @@ def test_every_verb_rejects_a_bad_argument_with_one_line_and_exit_2(s, verb, tmp
 def test_list_names_the_configurations(s, capsys):
     assert s.main(["list"]) == 0
     assert capsys.readouterr().out.split() == list(s.recipe.configs())
+
+
+@pytest.mark.parametrize("s", RECIPES)
+def test_tensorboard_events_when_installed(s, tmp_path):
+    """With ``tensorboard`` installed (optional), the run folder also holds event files with every logged
+    metric at every logged step, once (a resumed run appends only its new steps)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    _need(s)
+    _run(s, resume=tmp_path, stop_after=s.chunk)
+    _run(s, resume=tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    curves = records.read_curves(tmp_path)
+    for key in [k for k in curves[0] if k != "step"]:
+        assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars(key)] == [
+            (r["step"], pytest.approx(r[key], rel=1e-6)) for r in curves if key in r]
