@@ -12,12 +12,15 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    per that type: ``int``, ``float``, ``bool``, ``str``, ``list``/``dict``/``tuple`` literals). Papermill itself
    only warns about an unknown name and injects a wrong type as given; here both are errors that name the
    notebook and the parameter, and no notebook is executed.
-4. **Execute** each notebook with kernel ``python3`` into ``runs/<profile>/<name>.ipynb`` (``runs/`` is ignored by
-   git; the source notebook is never overwritten), with a tqdm bar over cells. The kernel gets
-   ``DNLIB_RESULTS=runs/<profile>/<name>.json`` (where :func:`save_results` writes the notebook's headline
-   numbers), ``DNLIB_PROFILE``, the repository on ``PYTHONPATH`` and matplotlib's inline backend.
-5. **Report** the time per notebook and a summary (also ``runs/<profile>/summary.json``). A failing cell makes
-   the exit status 1 and the message names the notebook, the cell and the exception.
+4. **Execute** each notebook with kernel ``python3`` into a run folder of its own: every invocation makes
+   ``runs/<profile>/suite-<UTC time>/`` (``--out`` names another), and each notebook gets ``<stem>/`` there
+   with its executed copy ``<name>.ipynb``, ``results.json`` (its headline numbers, written by
+   :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.records` run record: the
+   resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
+   notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on
+   ``PYTHONPATH`` and matplotlib's inline backend; cells run with a tqdm bar.
+5. **Report** the time per notebook and a summary (also ``summary.json`` in the invocation's folder). A failing
+   cell makes the exit status 1 and the message names the notebook, the cell and the exception.
 
 Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameters (nothing ran).
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import re
 import sys
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import cli
+from . import cli, records
 from .io import atomic_write_json, atomic_write_text
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -247,37 +249,50 @@ def check_parameter_cell(path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- results
-def results_path(name: str | None = None) -> Path:
-    """Where :func:`save_results` writes: ``$DNLIB_RESULTS`` when the runner set it, else
-    ``runs/interactive/<name>.json``."""
-    env = os.environ.get(RESULTS_ENV)
-    if env:
-        return Path(env)
-    return RUNS_DIR / "interactive" / f"{name or 'results'}.json"
+def notebook_parameters(name: str | None) -> dict[str, Any]:
+    """The current values of the parameters that ``notebooks/<name>.ipynb`` declares, read from the running
+    IPython kernel's namespace (``{}`` outside IPython or when the notebook is not found)."""
+    if not name:
+        return {}
+    path = NOTEBOOK_DIR / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    if shell is None or not path.is_file():
+        return {}
+    try:
+        declared = declared_parameters(path)
+    except Exception:  # a notebook papermill cannot read: no parameters to record
+        return {}
+    return {k: shell.user_ns[k] for k in declared if k in shell.user_ns}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):  # torch.Tensor, numpy arrays and scalars
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+def save_results(results: Mapping[str, Any], name: str | None = None, *,
+                 parameters: Mapping[str, Any] | None = None) -> Path:
+    """Write a notebook's headline numbers as JSON and return the path.
 
-
-def save_results(results: Mapping[str, Any], name: str | None = None) -> Path:
-    """Write a notebook's headline numbers as JSON beside its executed copy and return the path.
-
-    The runner sets ``$DNLIB_RESULTS``; in an interactive session the file is ``runs/interactive/<name>.json``.
-    Tensors and arrays become lists, non-finite floats become ``null``.
+    Under ``python -m dnlib.suite`` (which sets ``$DNLIB_RESULTS``) the file goes beside the executed copy and the
+    suite writes the run record. Anywhere else (JupyterLab, plain papermill, a script) every call makes a run
+    folder of its own, ``runs/notebooks/<name>-<UTC time>/`` with ``results.json`` and ``record.json`` (the
+    notebook's parameters, git commit, versions, device...; :mod:`dnlib.records`), so two runs never overwrite
+    each other. ``parameters``: default, the values of the parameters the notebook declares, read from the
+    kernel. Tensors and arrays become lists, non-finite floats become ``null``.
     """
-    path = results_path(name)
-    atomic_write_json(_jsonable(dict(results)), path, indent=2, sort_keys=True)
+    env = os.environ.get(RESULTS_ENV)
+    results = records.jsonable(dict(results))
+    if env:
+        path = Path(env)
+        atomic_write_json(results, path, indent=2, sort_keys=True)
+        return path
+    params = dict(parameters) if parameters is not None else notebook_parameters(name)
+    run_dir = records.new_run_dir(RUNS_DIR / "notebooks", name or "results")
+    path = atomic_write_json(results, run_dir / "results.json", indent=2, sort_keys=True)
+    now = time.time()
+    records.write_record(run_dir, records.make_record(
+        name or "notebook", {"notebook": name, "profile": os.environ.get(PROFILE_ENV)}, None, name=name,
+        parameters=params, ended=now, stopped="completed", headline=results))
     return path
 
 
@@ -346,12 +361,12 @@ def execute(
 
     path, output = Path(path), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    results = output.with_suffix(".json")
+    results = output.with_name("results.json")
     if results.exists():
         results.unlink()
     saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "PYTHONPATH", RESULTS_ENV, PROFILE_ENV)}
     os.environ.update(_kernel_env(results, profile))
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     error = None
     try:
         papermill.execute_notebook(
@@ -368,6 +383,10 @@ def execute(
             else:
                 os.environ[key] = value
     seconds = time.perf_counter() - start
+    headline = load_results(results) if results.exists() else {}
+    records.write_record(output.parent, records.make_record(
+        path.stem, {"notebook": path.name, "profile": profile}, None, name=path.stem, parameters=parameters,
+        started=started, ended=time.time(), stopped=f"failed: {error}" if error else "completed", headline=headline))
     return RunRecord(
         notebook=path.name, status="failed" if error else "ok", seconds=round(seconds, 2), output=str(output),
         results=str(results) if results.exists() else None, parameters=dict(parameters), error=error,
@@ -410,25 +429,28 @@ def run(
     if errors:
         raise ParameterError("\n".join(errors))
 
-    out_dir = Path(out_dir) if out_dir is not None else RUNS_DIR / profile
-    records = []
+    # every invocation writes a folder of its own (runs/<profile>/suite-<UTC time>/), one sub-folder per notebook
+    out_dir = Path(out_dir) if out_dir is not None else records.new_run_dir(RUNS_DIR / profile, "suite")
+    done = []
     for path, params in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
         tqdm.write(f"[dnlib.suite] {path.name} ({profile}: {shown})")
         timeout = default_cell_timeout(profile) if cell_timeout == "default" else cell_timeout
-        record = execute(path, out_dir / path.name, params, profile, progress=progress, cell_timeout=timeout)
+        record = execute(path, out_dir / path.stem / path.name, params, profile, progress=progress,
+                         cell_timeout=timeout)
         tqdm.write(f"[dnlib.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
         if record.error:
             tqdm.write(f"[dnlib.suite] {record.error}")
-        records.append(record)
+        done.append(record)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in records], indent=2, default=str) + "\n")
-    failed = [r for r in records if r.status != "ok"]
+    atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in done], indent=2, default=str) + "\n")
+    tqdm.write(f"[dnlib.suite] executed copies, results and run records in {out_dir}")
+    failed = [r for r in done if r.status != "ok"]
     if failed:
         exc = NotebookFailed("\n".join(r.error for r in failed))
-        exc.records = records
+        exc.records = done
         raise exc
-    return records
+    return done
 
 
 def format_summary(records: Sequence[RunRecord]) -> str:
@@ -453,12 +475,12 @@ def _list(paths: Sequence[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m dnlib.suite", description="Run the dnlib notebook suite headless.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/")
+    run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/suite-<UTC time>/")
     run_p.add_argument("notebooks", nargs="*", help="notebook paths or names (default: notebooks/[0-9][0-9]_*.ipynb)")
     run_p.add_argument("--profile", default="smoke", help="parameter profile from each notebook's metadata (default: smoke)")
     run_p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="override a parameter; NB:NAME targets notebooks whose name starts with NB")
-    run_p.add_argument("--out", type=cli.out_dir, default=None, help="output folder (default: runs/<profile>/)")
+    run_p.add_argument("--out", type=cli.out_dir, default=None, help="output folder (default: a new runs/<profile>/suite-<UTC time>/)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     run_p.add_argument("--cell-timeout", type=cli.nonnegative_float, default=None,
                        help="seconds a cell may run before it fails (default: 600 for smoke, none otherwise; 0: none)")

@@ -5,7 +5,7 @@ import os
 import nbformat
 import pytest
 
-from dnlib import envconfig, suite
+from dnlib import envconfig, records, suite
 
 
 def _notebook(path, code_cells, params, profiles=None):
@@ -128,8 +128,13 @@ def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, c
                      str(nbdir / "01_good.ipynb"), str(nbdir / "02_bad.ipynb")])
     captured = capsys.readouterr()
     assert rc == 1
-    assert json.loads((out / "01_good.json").read_text()) == {"n": 5, "x": 1.5, "name": "b", "xs": [3]}
-    assert (out / "01_good.ipynb").exists() and (out / "02_bad.ipynb").exists()
+    assert json.loads((out / "01_good" / "results.json").read_text()) == {"n": 5, "x": 1.5, "name": "b", "xs": [3]}
+    assert (out / "01_good" / "01_good.ipynb").exists() and (out / "02_bad" / "02_bad.ipynb").exists()
+    good, bad = records.read_record(out / "01_good"), records.read_record(out / "02_bad")
+    assert tuple(good) == records.RECORD_KEYS and good["stopped"] == "completed"
+    assert good["parameters"] == {"n": 5, "x": 1.5, "name": "b", "xs": [3]} and good["headline"]["x"] == 1.5
+    assert good["config"] == {"notebook": "01_good.ipynb", "profile": "full"}
+    assert bad["stopped"].startswith("failed: 02_bad.ipynb: cell 3")
     assert "02_bad.ipynb: cell 3 (In [3]) raised ValueError: boom" in captured.err
     summary = json.loads((out / "summary.json").read_text())
     assert [r["status"] for r in summary] == ["ok", "failed"] and all(r["seconds"] > 0 for r in summary)
@@ -142,9 +147,14 @@ def test_save_results_default_path_and_jsonable(monkeypatch, tmp_path):
 
     monkeypatch.delenv(suite.RESULTS_ENV, raising=False)
     monkeypatch.setattr(suite, "RUNS_DIR", tmp_path)
-    path = suite.save_results({"t": torch.tensor([1.0, 2.0]), "nan": float("nan"), "nested": {"k": (1, 2)}}, name="nb")
-    assert path == tmp_path / "interactive" / "nb.json"
+    path = suite.save_results({"t": torch.tensor([1.0, 2.0]), "nan": float("nan"), "nested": {"k": (1, 2)}}, name="nb",
+                              parameters={"steps": 3})
+    assert path.parent.parent == tmp_path / "notebooks" and path.parent.name.startswith("nb-")
     assert suite.load_results(path) == {"t": [1.0, 2.0], "nan": None, "nested": {"k": [1, 2]}}
+    rec = records.read_record(path.parent)
+    assert rec["parameters"] == {"steps": 3} and rec["headline"]["t"] == [1.0, 2.0] and rec["name"] == "nb"
+    again = suite.save_results({"a": 2}, name="nb", parameters={"steps": 4})   # a second run: a second folder
+    assert again.parent != path.parent and suite.load_results(path) != suite.load_results(again)
     monkeypatch.setenv(suite.RESULTS_ENV, str(tmp_path / "x.json"))
     assert suite.save_results({"a": 1}) == tmp_path / "x.json"
 
@@ -241,3 +251,21 @@ def test_widget_cells_capturing_large_figures_do_not_stall(tmp_path):
     assert record.status == "ok", record.error
     cells = json.loads((tmp_path / "out" / nb.name).read_text())["cells"]
     assert sum(1 for c in cells if c.get("outputs")) >= 24  # every widget cell ran and kept its output
+
+
+def test_save_results_outside_the_suite_records_the_notebooks_parameters(nbdir, tmp_path, monkeypatch):
+    """JupyterLab / plain papermill: the declared parameters' current values come from the kernel's namespace."""
+    import IPython
+
+    class Shell:
+        user_ns = {"n": 7, "x": 0.25, "name": "z", "flag": True, "xs": [9], "other": 1}
+
+    monkeypatch.delenv(suite.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(suite, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(suite, "NOTEBOOK_DIR", nbdir)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Shell())
+    path = suite.save_results({"acc": 0.5}, name="01_good")
+    rec = records.read_record(path.parent)
+    assert rec["parameters"] == {"n": 7, "x": 0.25, "name": "z", "flag": True, "xs": [9]}
+    assert rec["experiment"] == "01_good" and rec["headline"] == {"acc": 0.5}
+    assert suite.notebook_parameters("no_such_notebook") == {}
