@@ -27,6 +27,7 @@ from torch import nn
 
 import dnlib
 from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty
+from dnlib.distributed import CollectiveLog
 
 W = 2                     # processes
 N, C, H, WD = 8, 3, 4, 5  # the whole batch
@@ -91,35 +92,8 @@ def _step(m, x, w, penalty_weight=1.0):
     return _record(m, x, y, pen, ev)
 
 
-class CountingGroup(dist.ProcessGroup):
-    """A process group that forwards every collective to ``inner`` (gloo) and logs ``(name, bytes)``."""
-
-    def __init__(self, inner):
-        super().__init__(inner.rank(), inner.size())
-        self.inner = inner
-        self.calls = []
-
-    def _log(self, name, tensors):
-        self.calls.append((name, sum(t.numel() * t.element_size() for t in tensors)))
-
-    def allreduce(self, tensors, opts=None):
-        self._log("allreduce", tensors)
-        return self.inner.allreduce(tensors) if opts is None else self.inner.allreduce(tensors, opts)
-
-    def broadcast(self, tensors, opts):
-        self._log("broadcast", tensors)
-        return self.inner.broadcast(tensors, opts)
-
-    def allgather(self, outs, ins, opts=None):
-        self._log("allgather", ins)
-        return self.inner.allgather(outs, ins, opts)
-
-    def barrier(self, opts=None):
-        self._log("barrier", [])
-        return self.inner.barrier(opts)
-
-    def getBackendName(self):
-        return "counting-gloo"
+# every collective of a step (DDP's own C++ calls included), with the bytes this process contributes
+CountingGroup = CollectiveLog
 
 
 def _ddp_step(pg, norm, seed=0):
