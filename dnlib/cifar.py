@@ -49,7 +49,7 @@ from .experiment import RunResult
 from .figures import MarkdownTable, new_figure
 from .io import atomic_write_json
 from .norm import IMPLS
-from .train import GraphTrainer, TensorBatches, Trainer, TrainConfig, resolve_device, set_seed
+from .train import GraphTrainer, TensorBatches, TrainConfig, Trainer, resolve_device, set_seed
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",

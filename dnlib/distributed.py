@@ -24,7 +24,6 @@ from torch import nn
 
 from .norm import convert_sync_norm
 
-
 # DDP's switch for the buffer broadcast before each forward (renamed in recent torch; the old name warns there)
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters

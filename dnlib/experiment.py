@@ -52,7 +52,7 @@ from torch import nn
 
 from . import cli, distributed, records
 from .io import atomic_write_json, atomic_write_text
-from .train import CheckpointError, Trainer, TrainConfig, TrainingDiverged, set_seed
+from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
            "gather_table", "main", "RUN_FILE", "COMPLETED", "RUNNING"]

@@ -56,7 +56,7 @@ from .figures import MarkdownTable, new_figure
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .models.rnn import LanguageModel, set_bn_eval_step
 from .sparse import clear_penalties, sparse_penalty
-from .train import SequenceGraphTrainer, Trainer, TrainConfig, resolve_device, set_seed
+from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device, set_seed
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",

@@ -43,8 +43,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cli, experiment, records
-from .configs.sr import (ROW_NAMES, SR_CONFIGS, SR_MODELS, SR_NORM_ROWS, TRAIN_SETS, SRConfig, get_sr_config,
-                         paper_numbers, sr_norm, sr_norm_name)
+from .configs.sr import (
+    ROW_NAMES,
+    SR_CONFIGS,
+    SR_MODELS,
+    SR_NORM_ROWS,
+    TRAIN_SETS,
+    SRConfig,
+    get_sr_config,
+    paper_numbers,
+    sr_norm,
+    sr_norm_name,
+)
 from .experiment import RunResult
 from .io import atomic_write_json
 from .metrics import psnr, ssim

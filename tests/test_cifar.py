@@ -8,8 +8,21 @@ import pytest
 import torch
 
 from dnlib import DivisiveNorm, records
-from dnlib.cifar import (GraphTrainer, check_graph, estimate_seconds, first_layer_responses, gather, load_data, main,
-                         report, results_table, run, summarize, sweep, table10)
+from dnlib.cifar import (
+    GraphTrainer,
+    check_graph,
+    estimate_seconds,
+    first_layer_responses,
+    gather,
+    load_data,
+    main,
+    report,
+    results_table,
+    run,
+    summarize,
+    sweep,
+    table10,
+)
 from dnlib.configs.cifar import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
 from dnlib.models import CifarCNN
 from dnlib.models.cnn import tf_same_pads, tf_same_pool2d

@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 import torch
 
+from dnlib.data import (
+    DatasetNotFoundError,
+    DataWarning,
+    DownloadError,
+    GPULoader,
+    data_root,
+    load_cifar,
+    stratified_subset,
+    validation_split,
+)
 from dnlib.data import cifar as C
-from dnlib.data import (DatasetNotFoundError, DataWarning, DownloadError, GPULoader, data_root, load_cifar,
-                        stratified_subset, validation_split)
 
 MIRROR = data_root()
 needs_jpeg = pytest.mark.skipif(not (MIRROR / "cifar10-jpeg" / "train").is_dir(),

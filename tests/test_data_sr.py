@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from dnlib.data import DatasetNotFoundError, DataWarning, SRCNNPatches, data_root, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair
+from dnlib.data import (
+    DatasetNotFoundError,
+    DataWarning,
+    SRCNNPatches,
+    data_root,
+    imresize,
+    load_sr,
+    luma,
+    modcrop,
+    rgb2ycbcr_y,
+    sr_test_pair,
+)
 from dnlib.metrics import psnr, ssim
 
 

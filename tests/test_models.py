@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 import dnlib
-from dnlib.models import (SRCNN, BNLSTMCell, BNRNNCell, CifarCNN, LanguageModel, LNLSTMCell, NormLSTMCell,
-                          NormRNNCell)
+from dnlib.models import SRCNN, BNLSTMCell, BNRNNCell, CifarCNN, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 from dnlib.norm import DivisiveNorm
 from dnlib.presets import PRESETS, Preset, get_norm_layer, get_spec, list_norms
 from dnlib.spec import NormSpec

@@ -1,8 +1,8 @@
 """pyproject.toml and environment.yml list the same packages; the CI pin is the CPU torch."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -289,8 +289,7 @@ def test_tables_crops_and_widget(monkeypatch):
     import matplotlib
     matplotlib.use("agg")
     from dnlib.metrics import psnr
-    from dnlib.sr import (_bicubic_grey, compare_crops, crop_explorer, format_table, results_table,
-                          test_pairs)
+    from dnlib.sr import _bicubic_grey, compare_crops, crop_explorer, format_table, results_table, test_pairs
     torch.manual_seed(0)
     net = get_sr_config("paper", channels=(4, 4)).build_model("dn*")
     rows = results_table({"DN*": net}, sets=("Set5",), scale=3)

@@ -9,8 +9,15 @@ import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.train import (GraphTrainer, TensorBatches, TrainConfig, Trainer, TrainingDiverged, atomic_save,
-                         atomic_write_json)
+from dnlib.train import (
+    GraphTrainer,
+    TensorBatches,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    atomic_save,
+    atomic_write_json,
+)
 
 DATA = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(not (DATA / "cifar10-jpeg" / "train").is_dir() and

@@ -41,8 +41,19 @@ from typing import Sequence
 
 import numpy as np
 
-from .root import (SUMS_NAME, DatasetNotFoundError, DatasetSource, DataWarning, atomic_save_npy, atomic_write_json,
-                   cache_dir, data_root, find_or_fetch, stat_key, verify_checksums)
+from .root import (
+    SUMS_NAME,
+    DatasetNotFoundError,
+    DatasetSource,
+    DataWarning,
+    atomic_save_npy,
+    atomic_write_json,
+    cache_dir,
+    data_root,
+    find_or_fetch,
+    stat_key,
+    verify_checksums,
+)
 
 __all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES"]
 
