@@ -89,14 +89,27 @@ class ShardedBatches:
 
     def __next__(self):
         batch = next(self.batches)
-        s = shard(batch[0].shape[0], self.rank, self.world)
-        return tuple(t[s] for t in batch)
+        n = batch[0].shape[0]
+        s = shard(n, self.rank, self.world)
+        # tensors with the batch's leading size are sharded; anything else (a PTB stream's reset flag) is shared
+        return tuple(t[s] if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n else t for t in batch)
 
     def state_dict(self) -> dict:
         return self.batches.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.batches.load_state_dict(state)
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that also answers the wrapped model's own attributes and methods (e.g. the
+    language model's ``init_state``), so a loss function written for the model works unchanged on the wrapper."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
 
 
 class _DDPLoss:
@@ -134,7 +147,7 @@ def prepare(trainer, out_dir=None):
                          f"use a new --out folder")
     model = convert_sync_norm(trainer.model)
     device = next(model.parameters()).device
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+    ddp = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               **_NO_BUFFER_SYNC)  # synchronized norms' buffers agree already
     trainer.loss_fn = _DDPLoss(trainer.loss_fn, ddp)
     trainer.batches = ShardedBatches(trainer.batches, dist.get_rank(), dist.get_world_size())

@@ -260,3 +260,44 @@ def test_prepare_without_torchrun_changes_nothing(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     sentinel = object()
     assert prepare(sentinel, out_dir="unused") is sentinel and is_main()
+
+
+def test_sharded_batches_share_what_is_not_per_example():
+    """A PTB stream yields (x, y, reset): x and y are sharded by example, the reset flag is the same for all."""
+    from dnlib.distributed import ShardedBatches
+
+    class Stream:
+        def __next__(self):
+            return torch.arange(10).view(5, 2), torch.arange(5), True
+
+    parts = [next(ShardedBatches(Stream(), r, 2)) for r in range(2)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), torch.arange(10).view(5, 2))
+    assert torch.equal(torch.cat([p[1] for p in parts]), torch.arange(5))
+    assert all(p[2] is True for p in parts)
+
+
+def _torchrun(args, tmp_path):
+    import subprocess
+    import sys
+    port = _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+
+
+def test_torchrun_ptb_equals_one_process(tmp_path):
+    """The language model under torchrun (sharded streams, its init_state reached through the DDP wrapper) logs
+    the same training loss and reaches the same perplexity as one process on the whole batch."""
+    import json
+    import subprocess
+    import sys
+    args = ["-m", "dnlib.ptb", "run", "base-lstm", "--device", "cpu", "--steps", "4", "--max-tokens", "12000",
+            "--vocab", "300", "--hidden-size", "16", "--batch-size", "4"]
+    two = _torchrun(args + ["--out", str(tmp_path / "two")], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=240, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    recs = [json.loads(next((tmp_path / k).glob("*/record.json")).read_text()) for k in ("two", "one")]
+    assert len(list((tmp_path / "two").iterdir())) == 1   # rank 0 alone writes
+    assert recs[0]["headline"]["valid_ppl"] == pytest.approx(recs[1]["headline"]["valid_ppl"], rel=1e-5)
