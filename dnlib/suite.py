@@ -248,6 +248,64 @@ def check_parameter_cell(path: str | Path) -> None:
         raise ParameterError(f"{name}: " + f"\n{name}: ".join(problems))
 
 
+def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+    r"""Check, inside a running notebook, that its parameters have their declared types.
+
+    The notebooks call it in the cell right after their ``parameters`` cell
+    (``dnlib.suite.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain papermill gets
+    the type check of ``python -m dnlib.suite`` (:func:`coerce`) before any work starts. The classic mistake it
+    catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists and dicts go in as
+    YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the kernel;
+    papermill itself warns about it.)
+
+    Args:
+        notebook: the notebook's name (``"03_cifar"``, looked up in the repository's ``notebooks/``) or path.
+        namespace: the kernel's variables, usually ``globals()``. Default: the running IPython kernel's namespace.
+
+    Returns:
+        ``{name: value}`` of the declared parameters. A value is also written back into ``namespace`` when the
+        declared type converts it losslessly (an ``int`` given for a ``float``, a list for a ``tuple``).
+
+    Raises:
+        ParameterError: naming the notebook, and for each bad parameter its name, value and declared type
+            (a parameter missing from ``namespace`` is an error too: run the parameters cell first).
+    """
+    path = Path(notebook)
+    if not path.is_file():
+        path = NOTEBOOK_DIR / (path.name if path.suffix == ".ipynb" else f"{path.name}.ipynb")
+    if not path.is_file():
+        raise FileNotFoundError(f"check_parameters: no notebook {str(notebook)!r} (looked in {NOTEBOOK_DIR})")
+    if namespace is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            raise ValueError("check_parameters: namespace=None needs a running IPython kernel; pass globals()")
+        namespace = shell.user_ns
+    errors, values = [], {}
+    for name, info in declared_parameters(path).items():
+        declared = info["inferred_type_name"]
+        if name not in namespace:
+            errors.append(f"parameter {name!r} is not defined (run the parameters cell first)")
+            continue
+        value = namespace[name]
+        try:
+            values[name] = coerce(value, declared)
+        except TypeError as exc:
+            hint = ""
+            if isinstance(value, str) and _base_type(declared) in _CONTAINERS:
+                hint = (f"; with plain papermill give lists and dicts as YAML, -y \"{name}: {value}\" "
+                        "(with -p they arrive as a string)")
+            elif isinstance(value, (int, float)) and _base_type(declared) == "str":
+                hint = f"; with plain papermill give a string with -r {name} VALUE (-p parses numbers)"
+            errors.append(f"parameter {name!r} = {value!r} ({type(value).__name__}) does not have its declared "
+                          f"type {declared}: {exc}{hint}")
+    if errors:
+        raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
+    namespace.update(values)
+    return values
+
+
 # ---------------------------------------------------------------------------------------------- results
 def notebook_parameters(name: str | None) -> dict[str, Any]:
     """The current values of the parameters that ``notebooks/<name>.ipynb`` declares, read from the running

@@ -269,3 +269,57 @@ def test_save_results_outside_the_suite_records_the_notebooks_parameters(nbdir, 
     assert rec["parameters"] == {"n": 7, "x": 0.25, "name": "z", "flag": True, "xs": [9]}
     assert rec["experiment"] == "01_good" and rec["headline"] == {"acc": 0.5}
     assert suite.notebook_parameters("no_such_notebook") == {}
+
+
+# ------------------------------------------------------- suite.check_parameters: the in-notebook type check
+def _checked_namespace(**changes):
+    ns = {"n": 2, "x": 0.5, "name": "a", "flag": False, "xs": [1, 2]}
+    ns.update(changes)
+    return ns
+
+
+def test_check_parameters_passes_correct_values_and_converts_int_to_float(nbdir):
+    ns = _checked_namespace(x=3)
+    values = suite.check_parameters(nbdir / "01_good.ipynb", ns)
+    assert values == {"n": 2, "x": 3.0, "name": "a", "flag": False, "xs": [1, 2]}
+    assert type(ns["x"]) is float  # written back, as the runner would have injected it
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"xs": "[1, 2]"}, ["'xs'", "'[1, 2]'", "list", "-y \"xs: [1, 2]\""]),   # papermill -p xs "[1, 2]"
+    ({"n": 2.0}, ["'n'", "2.0", "int", "float"]),
+    ({"name": 3}, ["'name'", "3", "str", "-r name"]),
+    ({"flag": "False"}, ["'flag'", "'False'", "bool"]),
+])
+def test_check_parameters_refuses_a_wrong_type_naming_parameter_value_and_type(nbdir, changes, says):
+    with pytest.raises(suite.ParameterError) as err:
+        suite.check_parameters(nbdir / "01_good.ipynb", _checked_namespace(**changes))
+    msg = str(err.value)
+    assert msg.startswith("01_good.ipynb: parameter")
+    for word in says:
+        assert word in msg, (word, msg)
+
+
+def test_check_parameters_refuses_a_missing_parameter_and_a_missing_notebook(nbdir):
+    ns = _checked_namespace()
+    del ns["xs"]
+    with pytest.raises(suite.ParameterError, match="'xs' is not defined"):
+        suite.check_parameters(nbdir / "01_good.ipynb", ns)
+    with pytest.raises(FileNotFoundError, match="no notebook 'nope'"):
+        suite.check_parameters("nope", ns)
+
+
+def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(tmp_path):
+    import papermill
+
+    nb = _notebook(tmp_path / "01_checked.ipynb", [
+        f"from dnlib import suite\nsuite.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
+        "ran = True"], PARAMS)
+    papermill.execute_notebook(str(nb), str(tmp_path / "ok.ipynb"), parameters={"xs": [3]}, kernel_name="python3",
+                               progress_bar=False)
+    with pytest.raises(papermill.PapermillExecutionError) as err:   # what `papermill -p xs "[3]"` injects
+        papermill.execute_notebook(str(nb), str(tmp_path / "bad.ipynb"), parameters={"xs": "[3]"},
+                                   kernel_name="python3", progress_bar=False)
+    assert err.value.ename == "ParameterError" and "'xs' = '[3]' (str)" in err.value.evalue
+    assert "ran = True" in json.dumps(nbformat.read(str(tmp_path / "bad.ipynb"), 4).cells[-1].source)
+    assert not nbformat.read(str(tmp_path / "bad.ipynb"), 4).cells[-1].get("execution_count")
