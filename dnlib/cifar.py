@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -46,7 +45,7 @@ from torch import nn
 from . import cli, experiment, records
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
 from .experiment import RunResult
-from .figures import MarkdownTable, new_figure
+from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
 from .io import atomic_write_json
 from .norm import IMPLS
 from .train import GraphTrainer, TensorBatches, TrainConfig, Trainer, resolve_device, set_seed
@@ -152,16 +151,6 @@ def _run_info(cfg: CifarConfig, data: CifarData, subset) -> dict:
             "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval))}
 
 
-def _mode_name(trainer_cls: type, device: torch.device) -> str:
-    if issubclass(trainer_cls, GraphTrainer):
-        return "cuda-graph" if device.type == "cuda" else "graph-step (eager)"
-    return "eager"
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 class CifarRecipe(experiment.Recipe):
     """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.configs.cifar`) on resident data.
 
@@ -202,8 +191,7 @@ class CifarRecipe(experiment.Recipe):
               eval_every: int = 500, progress: bool = False) -> experiment.Setup:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        if eval_every is None or isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
-            raise ValueError(f"eval_every: must be an integer >= 0 (0: only at the end), got {eval_every!r}")
+        experiment.check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
         subset = _subset(subset)
         if data is None:
             data = load_data(cfg.dataset, subset=subset, validation=validation, device=device or "auto", seed=seed,
@@ -223,7 +211,8 @@ class CifarRecipe(experiment.Recipe):
         info = {"data": data.description, "eval_split": data.eval_split,
                 "subset": list(subset) if isinstance(subset, tuple) else subset,
                 "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
-                "eval_every": eval_every, "mode": _mode_name(cls, dev), "card": _device_name(dev)}
+                "eval_every": eval_every, "mode": experiment.trainer_mode(cls is GraphTrainer, dev),
+                "card": experiment.card(dev)}
         return experiment.Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
                                 run_info=_run_info(cfg, data, subset), trainer=cls,
                                 trainer_kwargs={"param_groups": groups}, chunk=eval_every or None, info=info,
@@ -274,9 +263,9 @@ class CifarRecipe(experiment.Recipe):
 
     def commands(self) -> dict:
         return {"check-graph": experiment.Command("compare graph steps with eager steps",
-                                                  lambda q: _check_args(q, "check-graph"), _check_command),
+                                                  lambda q: _check_args(q, "check-graph"), _check_command, rows=True),
                 "bench": experiment.Command("training images/s per configuration", lambda q: _check_args(q, "bench"),
-                                            _check_command)}
+                                            _check_command, rows=True)}
 
 
 RECIPE = CifarRecipe()
@@ -286,7 +275,7 @@ RECIPE = CifarRecipe()
 def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, *, seed: int = 0,
         steps: Optional[int] = None, subset=None, validation: bool = False, eval_every: int = 500,
         device: str = "auto", mode: str = "auto", out=None, out_dir=None, resume=None,
-        time_limit: Optional[float] = None, max_seconds: Optional[float] = None, stop_after: Optional[int] = None,
+        time_limit: Optional[float] = None, stop_after: Optional[int] = None,
         data: Optional[CifarData] = None, root=None, mean_over: str = "train", progress: bool = False,
         parameters=None, **changes) -> RunResult:
     """Train one configuration with :func:`dnlib.experiment.run` and return its :class:`~dnlib.experiment.RunResult`.
@@ -300,15 +289,13 @@ def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, *, seed:
         mode: ``"auto"`` (CUDA graph on CUDA, eager on CPU), ``"graph"`` or ``"eager"``.
         out: a base folder: the run gets a new folder in it. ``resume`` (alias ``out_dir``): a run folder to
             continue (a checkpoint of another run there raises :class:`~dnlib.train.CheckpointError`) or start in.
-        time_limit (alias ``max_seconds``): seconds; the runner's rule (:mod:`dnlib.experiment`).
+        time_limit: seconds; the runner's rule (:mod:`dnlib.experiment`).
         stop_after: stop at this step (simulates an interruption; the schedule is still ``steps``).
         **changes: fields of the configuration to change, e.g. ``lr=2e-3``.
 
     A run whose loss (or test metric) becomes NaN/inf raises :class:`~dnlib.train.TrainingDiverged` after
     writing its record with ``stopped: "diverged at step N"`` and no accuracy.
     """
-    if eval_every is None or eval_every < 0:  # a negative interval never reached the target (spun forever)
-        raise ValueError(f"eval_every: must be an integer >= 0 (0: only at the end), got {eval_every!r}")
     if out_dir is not None and resume is not None:
         raise ValueError("out_dir, resume: the same thing (the run folder); give one")
     resume = resume if resume is not None else out_dir
@@ -318,7 +305,7 @@ def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, *, seed:
                "eval_every": eval_every, "progress": progress}
     if data is not None:
         options["data"] = data
-    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit or max_seconds, out=out,
+    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit, out=out,
                           resume=resume, device=device, overrides=changes, options=options, stop_after=stop_after,
                           parameters=parameters)
 
@@ -346,13 +333,12 @@ def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str 
 
 
 def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10", jobs: int = 1,
-          time_limit: Optional[float] = None, max_seconds: Optional[float] = None, grace: float = 90.0,
-          status_every: float = 30.0, run_args: Sequence[str] = (), python: str = sys.executable,
-          verbose: bool = True) -> list:
+          time_limit: Optional[float] = None, grace: float = 90.0, status_every: float = 30.0,
+          run_args: Sequence[str] = (), python: str = sys.executable, verbose: bool = True) -> list:
     """:func:`dnlib.experiment.sweep` of CIFAR runs on ``dataset``: every (configuration, seed) as its own process
     in ``out_dir/<dataset>-<name>-s<seed>``, ``jobs`` at a time; resumable (a rerun skips finished runs). Returns
     :func:`gather`'s rows. ``run_args``: extra ``run`` flags (e.g. ``["--subset", "2000", "--steps", "300"]``)."""
-    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, jobs=jobs, time_limit=time_limit or max_seconds,
+    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, jobs=jobs, time_limit=time_limit,
                             grace=grace, status_every=status_every, run_args=["--dataset", dataset, *run_args],
                             options={"dataset": dataset}, python=python, verbose=verbose)
 
@@ -370,8 +356,7 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
     losses agree to ``rtol``. On CPU this checks the graph step's code without a capture. ``changes``: fields
     of the configuration to change (e.g. ``batch_size``; ``impl="compile"`` checks the compiled graph step
     against the uncompiled eager one)."""
-    if not steps >= 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    experiment.check_int("steps", steps)
     cfg = _config(config, data.name, None, changes).replace(steps=steps, milestones=())
     out = {}
     for mode in ("eager", "graph"):
@@ -380,7 +365,7 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
                           eval_every=0, log_every=1, evaluate=False)
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
-        out[mode] = (init, tr.model.state_dict(), losses, _mode_name(type(tr), data.device))
+        out[mode] = (init, tr.model.state_dict(), losses, experiment.trainer_mode(mode == "graph", data.device))
     init, eager, le, _ = out["eager"]
     _, graph, lg, gmode = out["graph"]
     moved = max((eager[k].double() - init[k].double()).abs().max().item() for k in eager if eager[k].is_floating_point())
@@ -395,21 +380,13 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
               mode: str = "auto", seed: int = 0, **changes) -> dict:
     """Training throughput (images/s) of one configuration: ``steps`` timed steps after ``warmup`` (capture,
     and with ``impl="compile"`` compilation, included in the warm-up). ``changes``: configuration fields."""
-    if not steps >= 1 or not warmup >= 0:
-        raise ValueError(f"steps, warmup: must be integers >= 1 and >= 0, got {steps!r}, {warmup!r}")
+    experiment.check_int("steps", steps)
+    experiment.check_int("warmup", warmup, 0)
     cfg = _config(config, data.name, None, changes)
     tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0, evaluate=False)
-    sync = torch.cuda.synchronize if data.device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        tr.train_step(next(tr.batches))
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = tr.train_step(next(tr.batches))
-    sync()
-    dt = time.perf_counter() - t0
-    return {"config": cfg.name, "mode": _mode_name(type(tr), data.device), "impl": cfg.impl,
-            "device": _device_name(data.device), "steps": steps, "batch_size": cfg.batch_size,
+    dt, loss = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, data.device)
+    return {"config": cfg.name, "mode": experiment.trainer_mode(isinstance(tr, GraphTrainer), data.device),
+            "impl": cfg.impl, "device": experiment.card(data.device), "steps": steps, "batch_size": cfg.batch_size,
             "images_per_s": steps * cfg.batch_size / dt, "loss": float(loss)}
 
 
@@ -466,16 +443,15 @@ def summarize(results) -> list:
 
 def results_table(results) -> MarkdownTable:
     """Markdown table of :func:`summarize` beside the paper's Table 7 (Table 3 rows in bold)."""
-    lines = ["| data | model | ours (acc) | paper | steps | img/s |", "|---|---|---|---|---|---|"]
+    rows = []
     for r in summarize(results):
-        name = f"**{r['paper_row']}**" if r["in_table3"] else r["paper_row"]
         ours = "—" if r["acc"] is None else (
             f"{r['acc']:.4f}" + (f" ± {r['acc_std']:.4f} (n={r['seeds']})" if r["seeds"] > 1 else ""))
-        ours += f" ({r['diverged']} diverged)" if r["diverged"] else ""
-        paper = "—" if r["paper_acc"] is None else f"{r['paper_acc']:.4f}"
-        steps = f"{r['steps']}/{r['planned_steps']}" + (" capped" if r["capped"] else "")
-        lines.append(f"| {r['data'] or r['dataset']} | {name} | {ours} | {paper} | {steps} | {r['images_per_s']:.0f} |")
-    return MarkdownTable("\n".join(lines))
+        rows.append([r["data"] or r["dataset"], f"**{r['paper_row']}**" if r["in_table3"] else r["paper_row"],
+                     ours + (f" ({r['diverged']} diverged)" if r["diverged"] else ""), cell(r["paper_acc"], ".4f"),
+                     f"{r['steps']}/{r['planned_steps']}" + (" capped" if r["capped"] else ""),
+                     cell(r["images_per_s"], ".0f")])
+    return markdown_table(["data", "model", "ours (acc)", "paper", "steps", "img/s"], rows)
 
 
 def headline(results) -> dict:
@@ -489,33 +465,27 @@ def headline(results) -> dict:
 
 def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10") -> MarkdownTable:
     """The configurations as a Markdown table: the values of PAPER.md §2.3 and the schedule."""
-    lines = ["| name | paper row | norm | sigma (eps = sigma²) | alpha (L1) | affine | DN windows | other | "
-             "lr milestones / end |", "|---|---|---|---|---|---|---|---|---|"]
-    for n in names or list_configs():
-        c = get_config(n, dataset)
+    rows = []
+    for c in (get_config(n, dataset) for n in names or list_configs()):
         other = ", ".join(f"{k} {v:g}" for k, v in (("weight decay", c.weight_decay), ("dropout", c.dropout)) if v)
-        lines.append(f"| {c.name} | {c.paper} | {c.norm} | {'—' if c.sigma is None else f'{c.sigma:g}'} | "
-                     f"{c.alpha:g} | {'—' if c.affine is None else c.affine} | "
-                     f"{'—' if c.window is None else ', '.join(map(str, c.window))} | {other or '—'} | "
-                     f"{', '.join(map(str, c.milestones))} / {c.steps} |")
-    return MarkdownTable("\n".join(lines))
+        rows.append([c.name, c.paper, c.norm, cell(c.sigma, "g"), f"{c.alpha:g}", c.affine,
+                     None if c.window is None else ", ".join(map(str, c.window)), other or None,
+                     f"{', '.join(map(str, c.milestones))} / {c.steps}"])
+    return markdown_table(["name", "paper row", "norm", "sigma (eps = sigma²)", "alpha (L1)", "affine", "DN windows",
+                           "other", "lr milestones / end"], rows)
 
 
 # ---------------------------------------------------------------------------------------------- figures
 def learning_curves(results, metric: Optional[str] = None):
-    """Evaluation accuracy against step for every run, on one figure (left), and the training loss (right)."""
-    fig = new_figure(figsize=(11, 4), layout="constrained")
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    for r in results:
-        row = _row(r)
-        key = metric or f"{row['eval_split']}_acc"
-        label = f"{row['paper_row']} (seed {row['seed']})"
-        ev = [h for h in r.history if key in h]
-        line, = ax_acc.plot([h["step"] for h in ev], [h[key] for h in ev], marker=".", label=label)
-        tl = [h for h in r.history if "train_loss" in h]
-        ax_loss.plot([h["step"] for h in tl], [h["train_loss"] for h in tl], color=line.get_color(), label=label)
-    ax_acc.set(xlabel="step", ylabel=metric or "evaluation accuracy", title="evaluation accuracy")
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="training loss (no L1 term)", yscale="log")
+    """Evaluation accuracy against step for every run (RunResults or run folders), on one figure (left), and the
+    training loss (right)."""
+    runs = experiment.load_runs(results)
+    key = metric or (f"{runs[0][0]['config']['setup']['eval_split']}_acc" if runs else "test_acc")
+    fig, (ax_acc, _) = run_curves(
+        [(f"{rec['config'].get('paper')} (seed {rec['seed']})", rows) for rec, rows in runs],
+        [{"key": key, "marker": ".", "ylabel": metric or "evaluation accuracy", "title": "evaluation accuracy"},
+         {"key": "train_loss", "ylabel": "cross-entropy", "title": "training loss (no L1 term)", "yscale": "log"}],
+        figsize=(11, 4))
     ax_acc.legend(fontsize=7)
     return fig
 
@@ -536,13 +506,12 @@ def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20, ma
     """Mean pairwise |correlation| and MI (nats) of first-layer pre-normalization responses per trained model
     (:func:`dnlib.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10."""
     from .stats import pairwise_corr_mi
-    lines = ["| model | corr (ours) | corr (paper) | MI (ours) | MI (paper) |", "|---|---|---|---|---|"]
+    rows = []
     for r in results:
         st = pairwise_corr_mi(first_layer_responses(r.model, data, n_images), bins=bins, max_samples=max_samples)
         pc, pm = TABLE10.get(r.config.name, (None, None))
-        fmt = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(f"| {r.config.paper} | {st.corr:.4f} | {fmt(pc)} | {st.mi:.4f} | {fmt(pm)} |")
-    return MarkdownTable("\n".join(lines))
+        rows.append([r.config.paper] + [cell(v, ".4f") for v in (st.corr, pc, st.mi, pm)])
+    return markdown_table(["model", "corr (ours)", "corr (paper)", "MI (ours)", "MI (paper)"], rows)
 
 
 def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int = 500, bins: int = 40,
@@ -630,28 +599,20 @@ def _check_args(q, name: str) -> None:
     q.add_argument("--impl", default="auto", choices=IMPLS,
                    help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
     q.add_argument("--steps", type=cli.positive_int, default=5 if name == "check-graph" else 200)
-    q.add_argument("--json", type=cli.out_file, default=None, help="also write the results here")
     if name == "bench":
         q.add_argument("--warmup", type=cli.nonnegative_int, default=20, help="untimed steps first (the capture among them)")
 
 
-def _check_command(args, q) -> int:
+def _check_command(args, q):
     with cli.user_errors(q):
         names = RECIPE.expand(args.configs)
         for name in names:
             _config(name, args.dataset, None, {"impl": args.impl})
         data = load_data(args.dataset, subset=args.subset, device=args.device)
-    out = []
-    for name in names:
-        if args.cmd == "check-graph":
-            r = check_graph(name, data, steps=args.steps, impl=args.impl)
-        else:
-            r = benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode, impl=args.impl)
-        print(json.dumps(r), flush=True)
-        out.append(r)
-    if args.json:
-        atomic_write_json(out, args.json)
-    return 0 if all(r.get("ok", True) for r in out) else 1
+    if args.cmd == "check-graph":
+        return (check_graph(name, data, steps=args.steps, impl=args.impl) for name in names)
+    return (benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode, impl=args.impl)
+            for name in names)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

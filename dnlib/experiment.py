@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import torch
 from torch import nn
 
 from . import cli, distributed, records
@@ -55,7 +56,7 @@ from .io import atomic_write_json, atomic_write_text
 from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
-           "gather_table", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
+           "gather_table", "load_runs", "check_int", "trainer_mode", "card", "time_steps", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
 
 RUN_FILE = "run.json"
 COMPLETED = "completed"
@@ -89,10 +90,13 @@ class Setup:
 @dataclass
 class Command:
     """A recipe's own sub-command (``bench``, ``check-graph``...): ``add_arguments(parser)`` then
-    ``handler(args, parser) -> exit status``."""
+    ``handler(args, parser) -> exit status``. With ``rows=True`` the handler returns rows (dicts, an iterable:
+    check its arguments before the first row, inside :func:`dnlib.cli.user_errors`): each is printed as a JSON line
+    as it comes, ``--json FILE`` (added) gets the list, and the exit status is 1 when a row says ``"ok": False``."""
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+    handler: Callable[[argparse.Namespace, argparse.ArgumentParser], Any]
+    rows: bool = False
 
 
 class Recipe:
@@ -218,8 +222,7 @@ class Run:
         self.started = time.time()
         if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
             raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
-        if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 0):
-            raise ValueError(f"stop_after: must be an integer >= 0 (or None), got {stop_after!r}")
+        check_int("stop_after", stop_after, 0, none_ok=True)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
         stored = {}
@@ -423,8 +426,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
     ``["--subset", "2000", "--steps", "300"]``). Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
     """
-    if not (isinstance(jobs, int) and jobs >= 1):
-        raise ValueError(f"jobs: must be an integer >= 1, got {jobs!r}")
+    check_int("jobs", jobs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], []
@@ -491,18 +493,61 @@ _DROP = ("run", "commit", "device", "steps_planned", "seconds")
 def gather_table(rows: Sequence[Mapping]) -> str:
     """A Markdown table of :func:`gather`'s rows (every column but the folder, commit and device; numbers to 4
     significant digits)."""
-    from .figures import MarkdownTable
+    from .figures import cell, markdown_table
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols and k not in _DROP]
+    return markdown_table(cols, [[cell(r.get(k), ".4g") for k in cols] for r in rows])
 
-    def cell(v):
-        if v is None:
-            return "—"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in cols) + " |" for r in rows]
-    return MarkdownTable("\n".join(lines))
+
+def load_runs(results) -> list:
+    """``[(record, curve rows)]`` of runs: :class:`RunResult` objects (their history) or run folders (a folder
+    holding run folders stands for each of them; ``curves.csv``), in order."""
+    if isinstance(results, (str, os.PathLike, RunResult)):
+        results = [results]
+    out = []
+    for r in results:
+        if isinstance(r, RunResult):
+            out.append((r.record, [h for h in r.history if "step" in h]))
+        else:
+            out += [(records.read_record(d), records.read_curves(d)) for d in records.find_runs([r])]
+    return out
+
+
+# ------------------------------------------------------------------------------------- recipes' helpers
+def check_int(name: str, value, low: int = 1, none_ok: bool = False) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an integer >= ``low`` (or None when ``none_ok``)."""
+    if (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        return
+    raise ValueError(f"{name}: must be an integer >= {low}{' (or None)' if none_ok else ''}, got {value!r}")
+
+
+def trainer_mode(graph: bool, device) -> str:
+    """How a run's steps execute (recorded as ``setup.mode``): ``"cuda-graph"``, ``"graph-step (eager)"`` (the
+    graph trainer's step on a CPU, no capture) or ``"eager"``."""
+    return ("cuda-graph" if torch.device(device).type == "cuda" else "graph-step (eager)") if graph else "eager"
+
+
+def card(device) -> str:
+    """The name of ``device``'s card (CUDA), else ``"cpu"``."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu") -> tuple:
+    """``(seconds, last value)``: the wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones (CUDA
+    synchronized before and after when ``device`` is a CUDA device); the benchmarks' one timing loop."""
+    check_int("steps", steps)
+    check_int("warmup", warmup, 0)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        last = step()
+    sync()
+    return time.perf_counter() - t0, last
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -588,7 +633,10 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
     sub.add_parser("list", help="the configuration names")
     extra = recipe.commands()
     for cname, command in extra.items():
-        command.add_arguments(sub.add_parser(cname, help=command.help))
+        q = sub.add_parser(cname, help=command.help)
+        command.add_arguments(q)
+        if command.rows:
+            q.add_argument("--json", type=cli.out_file, default=None, help="also write the rows here (JSON)")
 
     args, rest = p.parse_known_args(argv)
     cmd = "run" if args.cmd == "train" else args.cmd
@@ -629,4 +677,12 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
     if cmd == "list":
         print("\n".join(recipe.configs()))
         return 0
-    return extra[cmd].handler(args, cmd_p)
+    if not extra[cmd].rows:
+        return extra[cmd].handler(args, cmd_p)
+    out = []
+    for row in extra[cmd].handler(args, cmd_p):
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    if args.json:
+        atomic_write_json(out, args.json)
+    return 0 if all(r.get("ok", True) for r in out) else 1

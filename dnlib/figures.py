@@ -25,15 +25,13 @@ from .presets import get_spec
 from .spec import NormSpec
 
 __all__ = ["new_figure", "field_mask", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
-           "image_grid", "joint_histogram", "joint_histograms", "spec_table", "FIELD_COLORS"]
+           "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
+           "MarkdownTable", "FIELD_COLORS"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
     _enable_ipython_display()
     return Figure(**kwargs)
-
-
-_new_figure = new_figure   # the former name, until dnlib/cifar.py's import of it is committed (issue 13); remove then
 
 
 def _enable_ipython_display() -> None:
@@ -315,12 +313,47 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     return fig
 
 
+def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsize=(10, 3.4), sharey: bool = False,
+               pyplot: bool = False):
+    """Curves of runs' logged metrics: one panel per entry of ``panels`` (``key``: the metric; ``marker``; the rest:
+    :meth:`Axes.set` arguments such as ``ylabel``, ``title``, ``yscale``), one line per run ``(label, rows)``
+    (``rows``: a run's history or ``curves.csv`` rows) of ``x`` against the metric, over the rows that hold it; a
+    run has the same colour in every panel. ``pyplot``: a pyplot figure (shown at the end of a notebook cell even
+    when assigned). Returns ``(fig, axes)``."""
+    if pyplot:
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=figsize, layout="constrained")
+    else:
+        fig = new_figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
+    for label, rows in runs:
+        for ax, p in zip(axes, panels):
+            pts = [r for r in rows if r.get(p["key"]) is not None]
+            ax.plot([r[x] for r in pts], [r[p["key"]] for r in pts], marker=p.get("marker"), ms=4, label=label)
+    for ax, p in zip(axes, panels):
+        ax.set(xlabel=x, **{k: v for k, v in p.items() if k not in ("key", "marker")})
+    return fig, axes
+
+
 # ------------------------------------------------------------------------------------------- tables
 class MarkdownTable(str):
     """A string that Jupyter renders as Markdown."""
 
     def _repr_markdown_(self) -> str:
         return str(self)
+
+
+def cell(value, spec: str = "") -> str:
+    """A table cell: ``format(value, spec)`` for a float, ``str(value)`` otherwise, ``"—"`` for None."""
+    return "—" if value is None else format(value, spec) if isinstance(value, float) else str(value)
+
+
+def markdown_table(head: Sequence[str], rows, title: str = "") -> MarkdownTable:
+    """A Markdown table: the header cells ``head``, then one line per item of ``rows`` (a sequence of cells; None
+    shows as ``—``), under a bold ``title`` when given."""
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return MarkdownTable("\n".join(lines))
 
 
 def spec_table(names: Optional[Sequence[str]] = None) -> MarkdownTable:

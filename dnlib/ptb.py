@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -52,7 +50,7 @@ from . import cli, experiment, records
 from .configs.ptb import SOURCES, PTBConfig, get_config, list_configs
 from .data import PTBBatches
 from .experiment import RunResult
-from .figures import MarkdownTable, new_figure
+from .figures import MarkdownTable, cell, markdown_table, run_curves
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .models.rnn import LanguageModel, set_bn_eval_step
 from .sparse import clear_penalties, sparse_penalty
@@ -176,18 +174,6 @@ class PTBRunConfig(PTBConfig):
     steps: Optional[int] = None
 
 
-def _mode_name(trainer_cls: type, device: torch.device) -> str:
-    if issubclass(trainer_cls, SequenceGraphTrainer):
-        return "cuda-graph" if device.type == "cuda" else "graph-step (eager)"
-    return "eager"
-
-
-def _positive(name: str, value, allow_none: bool = True, low: int = 1) -> None:
-    if (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= low):
-        return
-    raise ValueError(f"{name}: must be an integer >= {low}{' (or None)' if allow_none else ''}, got {value!r}")
-
-
 class PTBRecipe(experiment.Recipe):
     """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.configs.ptb`).
 
@@ -228,8 +214,8 @@ class PTBRecipe(experiment.Recipe):
         cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         if steps:
             cfg = dataclasses.replace(cfg, steps=steps)
-        _positive("epochs", cfg.epochs, allow_none=False)
-        _positive("steps", cfg.steps)
+        experiment.check_int("epochs", cfg.epochs)
+        experiment.check_int("steps", cfg.steps, none_ok=True)
         return cfg
 
     def build(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, data=None,
@@ -238,9 +224,9 @@ class PTBRecipe(experiment.Recipe):
               threads: Optional[int] = None) -> experiment.Setup:
         if graph not in GRAPH_MODES:
             raise ValueError(f"graph: must be one of {list(GRAPH_MODES)}, got {graph!r}")
-        _positive("eval_every", eval_every)
-        _positive("final_test_batch_size", final_test_batch_size, allow_none=False, low=0)
-        _positive("threads", threads)
+        experiment.check_int("eval_every", eval_every, none_ok=True)
+        experiment.check_int("final_test_batch_size", final_test_batch_size, 0)
+        experiment.check_int("threads", threads, none_ok=True)
         if threads:
             set_threads(threads)
         if data is None:
@@ -287,8 +273,8 @@ class PTBRecipe(experiment.Recipe):
         info = {"data": (f"PTB (Mikolov), {n:,} training tokens, {vocab_size:,} words" +
                          (" (smoke subset)" if max_tokens or vocab else "")),
                 "train_tokens": n, "vocab_size": int(vocab_size), "batches_per_epoch": E, "eval_every": chunk,
-                "final_test_batch_size": final_test_batch_size, "mode": _mode_name(cls, dev),
-                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+                "final_test_batch_size": final_test_batch_size,
+                "mode": experiment.trainer_mode(cls is SequenceGraphTrainer, dev), "card": experiment.card(dev)}
         return experiment.Setup(model, loss_fn, batches, tcfg, evaluate=evaluate, run_info=run_info, trainer=cls,
                                 trainer_kwargs=kw, chunk=chunk, info=info, data=data)
 
@@ -336,9 +322,10 @@ class PTBRecipe(experiment.Recipe):
         return report(path, getattr(args, "out", None))
 
     def commands(self) -> dict:
-        return {"bench": experiment.Command("tokens/s of the cells against nn.LSTM", _bench_args, _bench_command),
+        return {"bench": experiment.Command("tokens/s of the cells against nn.LSTM", _bench_args, _bench_command,
+                                            rows=True),
                 "check-graph": experiment.Command("compare CUDA-graph steps with eager steps", _check_args,
-                                                  _check_command),
+                                                  _check_command, rows=True),
                 "configs": experiment.Command("the configurations with the paper's perplexities", _configs_args,
                                               _configs_command)}
 
@@ -404,8 +391,7 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
     """Train ``steps`` minibatches with the eager :class:`~dnlib.train.Trainer` and with
     :class:`~dnlib.train.SequenceGraphTrainer` from the same initialisation; returns both loss sequences and the
     largest parameter difference (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
-    if not steps >= 1:
-        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    experiment.check_int("steps", steps)
     out = {}
     device = resolve_device(device)
     for mode in ("eager", "graph"):
@@ -471,12 +457,9 @@ def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 2
 def gate_table(results, ids: torch.Tensor, **kwargs) -> MarkdownTable:
     """:func:`gate_statistics` of every trained model (a list of RunResults) on ``ids``, as a Markdown table."""
     cols = ["i_saturated", "j_saturated", "f_saturated", "o_saturated", "tanh_c_saturated", "h_sparsity", "h_zeros"]
-    lines = ["| name | layer | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
-    for r in results:
-        for row in gate_statistics(r.model, ids, **kwargs):
-            lines.append(f"| {r.config.name} | {row['layer']} | " + " | ".join(
-                f"{100 * row[c]:.1f}%" if c in row else "—" for c in cols) + " |")
-    return MarkdownTable("\n".join(lines))
+    return markdown_table(["name", "layer"] + [c.replace("_", " ") for c in cols],
+                          [[r.config.name, row["layer"]] + [f"{100 * row[c]:.1f}%" if c in row else None for c in cols]
+                           for r in results for row in gate_statistics(r.model, ids, **kwargs)])
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -491,27 +474,18 @@ def set_threads(threads: int) -> int:
 def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
     """The configurations as a Markdown table (PAPER.md §2.3 values, the side of §5.4 chosen and why, the paper's
     test perplexity); ``changes`` as :func:`run_many`'s."""
-    lines = ["| name | Table 9 row | cell | norm | sigma | alpha | affine | DN window | lr | H | paper ppl | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for n in names or list_configs():
-        c = _scaled(get_config(n, source, **_changes(**changes)))
-        win = "—" if c.window is None else f"{c.window} ({c.border})"
-        lines.append(f"| {c.name} | {c.row} | {c.arch} | {c.norm} | {'—' if c.sigma is None else f'{c.sigma:g}'} | "
-                     f"{c.alpha:g} | {c.affine} | {win} | {c.lr:g} | {c.hidden_size} | {c.paper_perplexity} | "
-                     f"{'; '.join(c.notes) or '—'} |")
-    return MarkdownTable("\n".join(lines))
+    cfgs = [_scaled(get_config(n, source, **_changes(**changes))) for n in names or list_configs()]
+    return markdown_table(["name", "Table 9 row", "cell", "norm", "sigma", "alpha", "affine", "DN window", "lr", "H",
+                           "paper ppl", "notes"],
+                          [[c.name, c.row, c.arch, c.norm, cell(c.sigma, "g"), f"{c.alpha:g}", c.affine,
+                            None if c.window is None else f"{c.window} ({c.border})", f"{c.lr:g}", c.hidden_size,
+                            c.paper_perplexity, "; ".join(c.notes) or None] for c in cfgs])
 
 
 def _runs(results) -> list:
-    """``[(key, record, rows)]`` of RunResults or run folders (rows: the history / curves.csv rows)."""
-    if isinstance(results, (str, Path)):
-        results = [results]
-    out = []
-    for r in results:
-        if isinstance(r, RunResult):
-            out.append((r.record, [h for h in r.history if "step" in h]))
-        else:
-            out.append((records.read_record(r), records.read_curves(r)))
+    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiment.load_runs`); the key is the
+    configuration's name, with the seed where two runs share it."""
+    out = experiment.load_runs(results)
     names = [rec["name"] for rec, _ in out]
     return [(n if names.count(n) == 1 else f"{n}-s{rec['seed']}", rec, rows) for n, (rec, rows) in zip(names, out)]
 
@@ -529,35 +503,30 @@ def _epochs(rec: dict, rows: list) -> list:
 
 def results_table(results, unigram: Optional[float] = None) -> MarkdownTable:
     """Our perplexities beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test)."""
-    fmt = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = ["| name | Table 9 row | epochs | valid ppl | test ppl (20 streams) | test ppl (one stream) | paper test ppl"
-             " | tokens/s | stopped |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, rec, _ in _runs(results):
-        h = rec["headline"] or {}
-        lines.append(f"| {key} | {rec['config']['row']} | {fmt(h.get('epochs'), 2)} | {fmt(h.get('valid_ppl'))} | "
-                     f"{fmt(h.get('test_ppl'))} | {fmt(h.get('final_test_ppl'))} | "
-                     f"{fmt(rec['paper'].get('final_test_ppl'), 3)} | {fmt(h.get('tokens_per_s'), 0)} | "
-                     f"{rec['stopped']} |")
+    rows = [[key, rec["config"]["row"], cell((rec["headline"] or {}).get("epochs"), ".2f")]
+            + [cell((rec["headline"] or {}).get(k), ".1f") for k in ("valid_ppl", "test_ppl", "final_test_ppl")]
+            + [cell(rec["paper"].get("final_test_ppl"), ".3f"), cell((rec["headline"] or {}).get("tokens_per_s"), ".0f"),
+               rec["stopped"]] for key, rec, _ in _runs(results)]
     if unigram is not None:
-        lines.append(f"| unigram (train counts) | — | — | {unigram:.1f} | — | — | — | — | — |")
-    return MarkdownTable("\n".join(lines))
+        rows.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 5)
+    return markdown_table(["name", "Table 9 row", "epochs", "valid ppl", "test ppl (20 streams)",
+                           "test ppl (one stream)", "paper test ppl", "tokens/s", "stopped"], rows)
 
 
 def perplexity_curves(results):
     """Validation and test perplexity per epoch, one line per run (log scale); the paper's test perplexity dashed."""
     from matplotlib.ticker import ScalarFormatter
-    fig = new_figure(figsize=(9, 3.4), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
-    for key, rec, rows in _runs(results):
-        ev = _epochs(rec, rows)
-        for ax, metric in zip(axes, ("valid_ppl", "test_ppl")):
-            line, = ax.plot([e["epoch"] for e in ev], [e[metric] for e in ev], marker="o", label=key)
+    runs = _runs(results)
+    fig, axes = run_curves([(key, _epochs(rec, rows)) for key, rec, rows in runs],
+                           [{"key": "valid_ppl", "marker": "o", "title": "validation", "yscale": "log"},
+                            {"key": "test_ppl", "marker": "o", "title": "test (20 streams); dashed: the paper's",
+                             "yscale": "log"}], x="epoch", figsize=(9, 3.4), sharey=True)
+    for (key, rec, _), line in zip(runs, axes[1].get_lines()):
         paper = rec["paper"].get("final_test_ppl")
         if paper:
             axes[1].axhline(paper, color=line.get_color(), ls="--", lw=1,
                             label=f"{rec['config']['row']} paper: {paper:.1f}")
-    for ax, title in zip(axes, ("validation", "test (20 streams); dashed: the paper's")):
-        ax.set(title=title, xlabel="epoch", yscale="log")
+    for ax in axes:
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
@@ -593,10 +562,9 @@ def report(path, out=None) -> dict:
                             seconds_per_epoch=per_epoch, tokens_per_s=rec["headline"].get("tokens_per_s"),
                             valid_ppl_per_epoch=[e["valid_ppl"] for e in ev],
                             test_ppl_per_epoch=[e["test_ppl"] for e in ev])
-    secs = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
-    table = str(results_table(dirs)) + "\n\n| name | card | s / epoch (training) | lr |\n|---|---|---|---|\n" + "\n".join(
-        f"| {n} | {v['card']} | {secs(v['seconds_per_epoch'])} | {v['lr']:g} |" for n, v in summary.items())
-    atomic_write_text(out / "table.md", table + "\n")
+    table = markdown_table(["name", "card", "s / epoch (training)", "lr"], [
+        [n, v["card"], cell(v["seconds_per_epoch"], ".0f"), f"{v['lr']:g}"] for n, v in summary.items()])
+    atomic_write_text(out / "table.md", f"{results_table(dirs)}\n\n{table}\n")
     fig = perplexity_curves(dirs)
     atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
     atomic_write_json(records.jsonable(summary), out / "summary.json", indent=1)
@@ -604,26 +572,13 @@ def report(path, out=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- bench
-def _time(fn, warmup: int, reps: int, sync) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync()
-    return (time.perf_counter() - t) / reps
-
-
 def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cpu", batch_size: int = 20,
           num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
     """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
     batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
-    if not reps >= 1:
-        raise ValueError(f"reps: must be an integer >= 1, got {reps!r}")
+    experiment.check_int("reps", reps)
     dev = resolve_device(device)
     set_threads(threads)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     x = torch.randn(num_steps, batch_size, hidden_size, device=dev)
     tokens = batch_size * num_steps
@@ -633,7 +588,7 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
         out, _ = ref(x)
         out.sum().backward()
 
-    t = _time(step_ref, 2, reps, sync)
+    t = experiment.time_steps(step_ref, reps, 2, dev)[0] / reps
     rows = [{"cell": "nn.LSTM", "ms_per_batch": 1e3 * t, "tokens_per_s": tokens / t}]
     for name in names:
         cfg = get_config(name, hidden_size=hidden_size, num_layers=num_layers)
@@ -645,7 +600,7 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
                 h, _ = layer(h)
             (h.sum() + sparse_penalty(layers)).backward()
 
-        t = _time(step, 2, reps, sync)
+        t = experiment.time_steps(step, reps, 2, dev)[0] / reps
         rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": tokens / t})
     for r in rows:
         r["vs_nn_lstm"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
@@ -666,20 +621,13 @@ def _bench_args(q) -> None:
     q.add_argument("--configs", nargs="+", default=["base-lstm", "ln-star-lstm", "dn-star-lstm"])
     q.add_argument("--reps", type=cli.positive_int, default=5)
     q.add_argument("--threads", type=cli.positive_int, default=None)
-    q.add_argument("--json", type=cli.out_file, default=None, help="also write the rows here")
 
 
-def _bench_command(args, q) -> int:
+def _bench_command(args, q) -> list:
     with cli.user_errors(q):
         for name in args.configs:
             get_config(name)
-    rows = bench(args.configs, args.device, reps=args.reps, threads=args.threads)
-    print("  ".join(f"{k:>14}" for k in rows[0]))
-    for r in rows:
-        print("  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{str(v):>14}" for v in r.values()))
-    if args.json:
-        atomic_write_json(rows, args.json)
-    return 0
+    return bench(args.configs, args.device, reps=args.reps, threads=args.threads)
 
 
 def _check_args(q) -> None:
@@ -689,24 +637,17 @@ def _check_args(q) -> None:
     q.add_argument("--max-tokens", type=cli.positive_int, default=20000, help="train on the first N tokens")
     q.add_argument("--vocab", type=_vocab_size, default=None)
     q.add_argument("--device", type=cli.device, default="auto")
-    q.add_argument("--json", type=cli.out_file, default=None, help="also write the results here")
 
 
-def _check_command(args, q) -> int:
+def _check_command(args, q):
     with cli.user_errors(q):
         cfgs = [get_config(n, args.source) for n in RECIPE.expand(args.configs)]
         data, vocab_size = load_data(args.max_tokens, args.vocab)
-    out = []
     for cfg in cfgs:
         try:
-            r = check_graph(cfg, data["train"], vocab_size, args.steps, device=args.device)
+            yield check_graph(cfg, data["train"], vocab_size, args.steps, device=args.device)
         except Exception as e:  # noqa: BLE001  capture unsupported here: say so (the sweep then trains eagerly)
-            r = {"config": cfg.name, "ok": False, "error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(r), flush=True)
-        out.append(r)
-    if args.json:
-        atomic_write_json(out, args.json)
-    return 0 if all(r["ok"] for r in out) else 1
+            yield {"config": cfg.name, "ok": False, "error": f"{type(e).__name__}: {e}"}
 
 
 def _configs_args(q) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -56,6 +55,7 @@ from .configs.sr import (
     sr_norm_name,
 )
 from .experiment import RunResult
+from .figures import cell, markdown_table, run_curves
 from .io import atomic_write_json
 from .metrics import psnr, ssim
 from .train import Trainer, load_checkpoint, resolve_device, set_seed
@@ -291,7 +291,7 @@ class SRRecipe(experiment.Recipe):
         info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
                 "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],
                 "missing_sets": missing, "root": None if root is None else str(root),
-                "card": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
+                "card": experiment.card(dev)}
         return experiment.Setup(model, srcnn_loss, batches, tcfg,
                                 evaluate=make_evaluator(info["curve_sets"], cfg.scale, root), run_info=run_info,
                                 chunk=cfg.eval_every or None, info=info, data={"root": root})
@@ -351,7 +351,8 @@ class SRRecipe(experiment.Recipe):
                       device=getattr(args, "device", "auto"))
 
     def commands(self) -> dict:
-        return {"bench": experiment.Command("training steps/s per configuration", _bench_args, _bench_command)}
+        return {"bench": experiment.Command("training steps/s per configuration", _bench_args, _bench_command,
+                                            rows=True)}
 
 
 RECIPE = SRRecipe()
@@ -434,12 +435,8 @@ def results_table(runs: Union[Sequence[RunResult], Mapping[str, nn.Module]], set
 def format_table(rows: Sequence[Mapping], title: str = "") -> str:
     """A Markdown table of :func:`results_table` rows."""
     cols = ["set", "model", "psnr", "paper_psnr", "ssim", "paper_ssim", "shift"]
-    head = ["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM", "mean shift (grey levels)"]
-    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(head) + " |",
-                                                      "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join("—" if r.get(c) is None else str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    return markdown_table(["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM", "mean shift (grey levels)"],
+                          [[r.get(c) for c in cols] for r in rows], title)
 
 
 def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 3, root=None) -> str:
@@ -448,12 +445,9 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
             for label, m in models_of(runs).items()}
     names = [it["name"] for it in test_pairs(set_name, scale, root)]
     first = next(iter(cols.values()))
-    head = ["image", "HR mean"] + [f"{label} shift (PSNR)" for label in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for n in names:
-        cells = [n, f"{first[n]['hr_mean']:.1f}"] + [f"{c[n]['shift']:+.1f} ({c[n]['psnr']:.2f})" for c in cols.values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(["image", "HR mean"] + [f"{label} shift (PSNR)" for label in cols],
+                          [[n, cell(first[n]["hr_mean"], ".1f")] + [f"{c[n]['shift']:+.1f} ({c[n]['psnr']:.2f})"
+                                                                      for c in cols.values()] for n in names])
 
 
 def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
@@ -514,22 +508,15 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
 def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
           device: str = "auto", seed: int = 0) -> list[dict]:
     """Training throughput of each configuration: ``steps`` timed steps after ``warmup`` (no evaluation)."""
-    if not (isinstance(steps, int) and steps >= 1 and isinstance(warmup, int) and warmup >= 0):
-        raise ValueError(f"steps, warmup: must be integers >= 1 and >= 0, got {steps!r}, {warmup!r}")
+    experiment.check_int("steps", steps)
+    experiment.check_int("warmup", warmup, 0)
     out = []
     for name in configs:
         cfg = RECIPE.config(name, steps=warmup + steps)
         set_seed(seed)
         s = RECIPE.build(cfg, seed, device, sets=(), curve_sets=())
         tr = Trainer(s.model, s.loss_fn, s.batches, s.train, **s.trainer_kwargs)
-        tr.run_until(warmup)
-        if tr.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        tr.run_until(warmup + steps)
-        if tr.device.type == "cuda":
-            torch.cuda.synchronize()
-        sec = time.perf_counter() - t0
+        sec, _ = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
         out.append({"config": cfg.name, "steps": steps, "steps_per_s": steps / sec,
                     "patches_per_s": steps * cfg.batch_size / sec, "device": str(tr.device),
                     "card": s.info["card"]})
@@ -541,38 +528,26 @@ def _bench_args(q) -> None:
     q.add_argument("--steps", type=cli.positive_int, default=50)
     q.add_argument("--warmup", type=cli.nonnegative_int, default=5)
     q.add_argument("--device", type=cli.device, default="auto")
-    q.add_argument("--json", type=cli.out_file, default=None)
 
 
-def _bench_command(args, q) -> int:
+def _bench_command(args, q) -> list:
     with cli.user_errors(q):
         for n in args.configs:
             RECIPE.config(n)
         training_pairs("T91", 3)
-    rows = bench(args.configs, steps=args.steps, warmup=args.warmup, device=args.device)
-    if args.json:
-        atomic_write_json(rows, args.json, indent=1)
-    print(json.dumps(rows, indent=1))
-    return 0
+    return bench(args.configs, steps=args.steps, warmup=args.warmup, device=args.device)
 
 
 # ----------------------------------------------------------------------------------------------- figures
 def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: Optional[float] = None):
     """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
-    import matplotlib.pyplot as plt
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.4))
-    key = f"{set_name}/psnr"
-    for run in runs:
-        h = [r for r in run.history if "train_loss" in r]
-        ax0.plot([r["step"] for r in h], [r["train_loss"] for r in h], label=_label(run))
-        e = [r for r in run.history if key in r]
-        ax1.plot([r["step"] for r in e], [r[key] for r in e], marker="o", ms=3, label=_label(run))
+    fig, (_, ax1) = run_curves([(_label(run), run.history) for run in runs], [
+        {"key": "train_loss", "ylabel": "training loss (MSE / 2)", "yscale": "log", "title": "training loss"},
+        {"key": f"{set_name}/psnr", "marker": "o", "ylabel": "PSNR (dB)", "title": f"{set_name} PSNR (Y, 8-px border)"}],
+        pyplot=True)
     if bicubic_psnr is not None:
         ax1.axhline(bicubic_psnr, color="k", ls="--", lw=1, label="Bicubic")
-    ax0.set(xlabel="step", ylabel="training loss (MSE / 2)", yscale="log", title="training loss")
-    ax1.set(xlabel="step", ylabel="PSNR (dB)", title=f"{set_name} PSNR (Y, 8-px border)")
     ax1.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
