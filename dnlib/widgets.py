@@ -29,7 +29,7 @@ from .spec import NormSpec
 from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
 
 __all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer", "activation_explorer",
-           "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS"]
+           "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS"]
 
 CIFAR_SAMPLES = Path("cifar-exact-samples", "cifar10_test_first20_exact_foolbox.npz")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -37,6 +37,8 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 SPACE_WINDOWS = [("whole map", 0), ("3 x 3", 3), ("5 x 5", 5), ("7 x 7", 7), ("9 x 9", 9), ("15 x 15", 15)]
 CHANNEL_WINDOWS = [("all channels", 0), ("3", 3), ("5", 5), ("9", 9), ("15", 15), ("31", 31)]
 WINDOW_FIELDS = [("both", "both"), ("summation", "sum"), ("suppression", "sup")]
+#: Groups of the explorer's ``gn``: the preset's 32 groups on the first layer's 32 channels would be ``in``.
+GN_GROUPS = 8
 #: The statistics shown in the explorer's readout, in order: key -> label.
 STAT_LABELS = {
     "sparsity": "sparsity (zeros after ReLU)",
@@ -209,11 +211,14 @@ def explorer_spec(preset: str, sigma: float, space_window: int = 0, channel_wind
 
     Window sizes of 0 (or 1) pool the whole axis. ``window_field`` (``"both"``, ``"sum"``, ``"sup"``) says which
     field gets the windows; the other is pooled over its whole axes. A window on an axis the field does not
-    pool (e.g. a spatial window for LRN) or a channel window with groups (GN) is ignored, with a note.
+    pool (e.g. a spatial window for LRN) or a channel window with groups (GN) is ignored, with a note. ``gn``
+    pools :data:`GN_GROUPS` groups (its preset's 32 groups on the explorer's 32 channels would equal ``in``).
     """
     if window_field not in ("both", "sum", "sup"):
         raise ValueError(f"window_field must be 'both', 'sum' or 'sup', got {window_field!r}")
     base = get_spec(preset)
+    if base.groups > 1:
+        base = base.replace(groups=GN_GROUPS)
     wanted = {a: k for a, k in (("space", space_window), ("channel", channel_window)) if k and k > 1}
     notes = []
     if "channel" in wanted and base.groups > 1:
@@ -256,24 +261,26 @@ class ActivationExplorer:
         self.pre_pairs = pre
         self.live_plots = live_plots
         self._holding = False
-        style = {"description_width": "initial"}
+        style = {"description_width": "110px"}  # one width for every description: the columns line up
+        wide = W.Layout(width="440px")  # room for the slider and a full readout ("all channels", "whole map")
         names = [n for n in list_norms()]
         self.controls = {
-            "preset": W.Dropdown(options=names, value=preset, description="preset", style=style),
+            "preset": W.Dropdown(options=names, value=preset, description="preset", style=style,
+                                 layout=W.Layout(width="260px")),
             "sigma": W.FloatSlider(value=sigma, min=0.0, max=2.0, step=0.05, description="σ", style=style,
-                                   continuous_update=False),
+                                   continuous_update=False, layout=wide),
             "space_window": W.SelectionSlider(options=SPACE_WINDOWS, value=0, description="spatial window", style=style,
-                                              continuous_update=False),
+                                              continuous_update=False, layout=wide),
             "channel_window": W.SelectionSlider(options=CHANNEL_WINDOWS, value=0, description="channel window",
-                                                style=style, continuous_update=False),
+                                                style=style, continuous_update=False, layout=wide),
             "window_field": W.ToggleButtons(options=WINDOW_FIELDS, value="both", description="windows on",
                                             style=style),
             "alpha": W.FloatSlider(value=alpha, min=0.0, max=0.05, step=0.001, readout_format=".3f",
-                                   description="L1 α", style=style, continuous_update=False),
+                                   description="L1 α", style=style, continuous_update=False, layout=wide),
         }
         self.readout = W.HTML()
         self.plots = W.Output()
-        self._set_windows_from_preset(preset)
+        self._set_windows_from_preset(preset, sigma=False)  # the sigma argument wins at the start
         overrides = {k: v for k, v in (("space_window", space_window), ("channel_window", channel_window),
                                        ("window_field", window_field)) if v is not None}
         for name, value in overrides.items():
@@ -350,7 +357,7 @@ class ActivationExplorer:
         try:
             if "preset" in values:
                 self.controls["preset"].value = values.pop("preset")
-                self._set_windows_from_preset(self.controls["preset"].value)
+                self._set_windows_from_preset(self.controls["preset"].value)  # then explicit values win
             for name, value in values.items():
                 self.controls[name].value = value
         finally:
@@ -358,7 +365,8 @@ class ActivationExplorer:
         return self.update()
 
     def sweep(self, name: str, values: Sequence[Any]) -> list[dict]:
-        """The result for each value of one control, the others as they are (a preset brings its own windows).
+        """The result for each value of one control, the others as they are (a preset brings its own sigma and
+        windows).
 
         Computed off-screen: the controls, the readout and :attr:`result` are left as they were.
         """
@@ -369,23 +377,31 @@ class ActivationExplorer:
         for value in values:
             settings = {**self.values, name: value}
             if name == "preset":
-                settings.update(preset_windows(value))
+                settings.update(preset_settings(value))
             rows.append(self.compute(**settings))
         self.result, self.spec, self.norm, self.y = saved
         return rows
 
     # --- display ----------------------------------------------------------------------------------
-    def figure(self, n_maps: int = 16, dpi: int = 72):
-        """Histograms before/after ReLU and the normalized feature maps of the first image, for the current result."""
+    def figure(self, n_maps: int = 16, dpi: int = 100):
+        """Histograms before/after ReLU and the normalized feature maps of the first image (channel numbers in
+        9 pt, one colour bar for their shared scale), for the current result."""
         from .figures import activation_histograms, feature_maps, new_figure
 
-        fig = new_figure(figsize=(10, 5.4), dpi=dpi)
-        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
+        fig = new_figure(figsize=(10, 5.8), dpi=dpi)
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.1])
         axes = top.subplots(1, 2)
         top.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.85, wspace=0.25)
         activation_histograms(self.y, axes=axes, title=self.result["preset"])
         feature_maps(self.y, 0, n_maps=n_maps, ncols=8, fig=bottom,
-                     title=f"normalized feature maps of image 0: {self.result['spec']}")
+                     title=f"normalized feature maps of image 0 (channel numbers): {self.result['spec']}")
+        maps = [ax for ax in bottom.axes if ax.images]
+        for ax in maps:
+            ax.title.set_fontsize(9)
+        if maps:
+            bar = bottom.colorbar(maps[0].images[0], ax=maps, fraction=0.03, pad=0.01)
+            bar.ax.tick_params(labelsize=8)
+            bar.set_label("y", fontsize=9)
         return fig
 
     def _html(self, r: dict) -> str:
@@ -402,11 +418,14 @@ class ActivationExplorer:
         display(self.widget)
 
     # --- events -------------------------------------------------------------------------------------
-    def _set_windows_from_preset(self, preset: str) -> None:
+    def _set_windows_from_preset(self, preset: str, sigma: bool = True) -> None:
+        """Set the controls to the preset's own windows (and sigma); disable sigma where it has no effect."""
         held, self._holding = self._holding, True
         try:
-            for name, value in preset_windows(preset).items():
+            settings = preset_settings(preset) if sigma else preset_windows(preset)
+            for name, value in settings.items():
                 self.controls[name].value = value
+            self.controls["sigma"].disabled = not get_spec(preset).divide  # -ms and none: no division, no sigma
         finally:
             self._holding = held
 
@@ -429,6 +448,11 @@ def preset_windows(preset: str) -> dict:
         field = "sup" if spec.sup_window else "sum" if spec.sum_window else "both"
     return {"space_window": _nearest(window.get("space", 0), SPACE_WINDOWS),
             "channel_window": _nearest(window.get("channel", 0), CHANNEL_WINDOWS), "window_field": field}
+
+
+def preset_settings(preset: str) -> dict:
+    """:func:`preset_windows` plus the preset's own ``sigma`` (e.g. 0 for ``bn``, 1 for ``bn-s``)."""
+    return {"sigma": float(get_spec(preset).sigma), **preset_windows(preset)}
 
 
 def _nearest(size: int, options) -> int:

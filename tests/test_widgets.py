@@ -163,3 +163,49 @@ def test_first_conv_random_and_from_checkpoint(tmp_path):
     torch.save({"step": 3, "model": {"features.0.weight": w, "features.0.bias": b, "fc.weight": torch.randn(10, 64)}}, path)
     loaded = widgets.first_conv(str(path))
     assert torch.equal(loaded.weight.data, w) and torch.equal(loaded.bias.data, b)
+
+
+def test_picking_a_preset_shows_its_own_sigma(ex):
+    """bn and bn-s (ln/ln-s, dn/dn-s) differ only in sigma: picking one must not keep the other's sigma."""
+    ex.controls["preset"].value = "bn"  # as a user picking from the dropdown
+    bn = dict(ex.result)
+    ex.controls["preset"].value = "bn-s"
+    assert ex.controls["sigma"].value == 1.0 and ex.result["sigma"] == 1.0  # bn-s's own sigma (presets.py)
+    assert ex.result["mean_square"] != pytest.approx(bn["mean_square"], rel=1e-3)
+    for plain, smooth in (("ln", "ln-s"), ("dn", "dn-s")):
+        a = ex.set(preset=plain)["mean_square"]
+        b = ex.set(preset=smooth)["mean_square"]
+        assert ex.controls["sigma"].value == 0.5 and a != pytest.approx(b, rel=1e-3), (plain, smooth)
+    ex.controls["preset"].value = "bn"
+    assert ex.controls["sigma"].value == 0.0
+    assert ex.set(preset="bn-s", sigma=0.25)["sigma"] == 0.25  # an explicit sigma still wins
+
+
+@pytest.mark.parametrize("preset", ["bn-ms", "ln-ms", "dn-ms", "none"])
+def test_sigma_is_disabled_where_it_has_no_effect(ex, preset):
+    ex.controls["preset"].value = preset
+    assert ex.controls["sigma"].disabled
+    before = ex.y.clone()
+    ex.controls["sigma"].value = 1.5 if ex.controls["sigma"].value != 1.5 else 0.5
+    torch.testing.assert_close(ex.y, before, rtol=0, atol=0)  # mean subtraction only: sigma changes nothing
+    ex.controls["preset"].value = "dn"
+    assert not ex.controls["sigma"].disabled
+
+
+def test_gn_differs_from_in_and_is_torch_group_norm(ex):
+    gn = ex.set(preset="gn")
+    y_gn = ex.y.clone()
+    groups = ex.spec.groups
+    assert 1 < groups < ex.z.shape[1], f"gn with {groups} groups on {ex.z.shape[1]} channels"
+    assert f"groups={groups}" in gn["spec"]
+    ex.set(preset="in")
+    assert (y_gn - ex.y).abs().max().item() > 0.1
+    torch.testing.assert_close(y_gn, F.group_norm(ex.z, groups, eps=1e-5), atol=1e-4, rtol=1e-4)
+
+
+def test_figure_is_readable(ex):
+    """Feature-map labels of at least 8 pt, and a colour bar for the maps' shared scale."""
+    fig = ex.figure()
+    titles = [ax.title for ax in fig.axes if ax.get_title() and ax.get_title().isdigit()]
+    assert titles and min(t.get_fontsize() for t in titles) >= 8
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
