@@ -4,7 +4,8 @@ Checked per notebook: kernel ``python3``; stripped (no outputs or execution coun
 ``keep_output``, which must also be tagged ``nbval-check-output`` and keep an execution count for nbval;
 ``nbstripout``'s own stripping with counts and ids kept changes nothing); exactly one ``parameters`` cell of typed,
 commented literal lines that papermill parses; profiles in ``metadata.dnlib.profiles`` that validate; no
-``def``/``class``/loops in code cells; short cells; an opening Markdown cell naming the paper section.
+``def``/``class``/loops in code cells; short cells; an opening Markdown cell naming the paper section; the lesson's
+``## `` sections in order (:data:`LESSON_SECTIONS`; every notebook from 03 on: :data:`LESSON_FORM`).
 """
 import ast
 import copy
@@ -24,6 +25,13 @@ NBSTRIPOUT_EXTRA_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadat
                          "cell.metadata.scrolled", "cell.metadata.papermill", "metadata.papermill"]
 MAX_CELL_LINES = 10
 MAX_KEPT_CHARS = 4000
+# The ``## `` headings a lesson has, in this order (a case-insensitive prefix of the heading, after an optional
+# "N. " number); other headings may come between them. 01 and 02 keep their own; every later notebook is a lesson
+# of the experiment form: math -> worked example -> training (the library call) -> results beside the paper.
+LESSON_FORM = ["The math", "A worked example", "Training", "Results beside the paper", "Takeaway", "Exercises"]
+LESSON_SECTIONS = {"01_unified_view.ipynb": ["The math", "A worked example", "The library call", "What to take away",
+                                             "Exercises"],
+                   "02_activation_explorer.ipynb": ["The explorer", "What to take away", "Exercises"]}
 FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.ListComp,
              ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -118,3 +126,43 @@ def test_opens_with_a_lesson_introduction(path):
     assert first["cell_type"] == "markdown"
     text = _src(first)
     assert text.lstrip().startswith("# ") and "§" in text, "open with a title and name the paper section (PAPER.md §)"
+
+
+def lesson_headings(nb: dict) -> list:
+    """The ``## `` headings of the Markdown cells, in order."""
+    return [ln[3:].strip() for cell in nb["cells"] if cell["cell_type"] == "markdown"
+            for ln in _src(cell).splitlines() if ln.startswith("## ")]
+
+
+def missing_sections(headings: list, required: list) -> list:
+    """The required sections not found in order (each a case-insensitive prefix of a later heading)."""
+    heads = [re.sub(r"^\d+\.\s*", "", h).lower() for h in headings]
+    missing, it = [], iter(heads)
+    for want in required:
+        if not any(h.startswith(want.lower()) for h in it):
+            missing.append(want)
+            it = iter(heads)   # report every missing one, not just the first
+    return missing
+
+
+def test_lesson_sections_matcher():
+    heads = ["1. The math: fields", "2. A worked example by hand", "3. Training: the call", "Takeaway", "Exercises"]
+    assert missing_sections(heads, ["The math", "a WORKED example", "Training", "Takeaway", "Exercises"]) == []
+    assert missing_sections(heads, ["Training", "The math"]) == ["The math"]          # order matters
+    assert missing_sections(heads, LESSON_FORM) == ["Results beside the paper"]
+    nb = {"cells": [{"cell_type": "markdown", "source": "# T\n## 1. The math\ntext ## no"},
+                    {"cell_type": "code", "source": "## Exercises"}]}
+    assert lesson_headings(nb) == ["1. The math"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_lesson_sections(path):
+    if path.name in LESSON_SECTIONS:
+        required = LESSON_SECTIONS[path.name]
+    else:
+        assert int(path.name[:2]) >= 3, f"{path.name}: list its sections in LESSON_SECTIONS"
+        required = LESSON_FORM
+    headings = lesson_headings(_load(path))
+    missing = missing_sections(headings, required)
+    assert not missing, (f"{path.name}: lesson sections {missing} missing or out of order; need '## ' headings "
+                         f"{required} in this order (have {headings})")
