@@ -2,6 +2,7 @@
 #   make run    set up .venv, then execute the whole notebook suite headless (smoke profile) into runs/
 #   make test   set up .venv, then run unit tests, nbval over notebooks/ and the browser test
 PY      ?= python3
+ROOT    := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.dnlib-installed
@@ -11,9 +12,10 @@ export MPLBACKEND ?= agg
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
 export DNLIB_DATA
 
-.PHONY: setup run test bench clean
+.PHONY: setup git-filter run test bench clean
 
 setup: $(STAMP)
+	@$(MAKE) --no-print-directory -f $(ROOT)/Makefile git-filter VENV=$(abspath $(VENV))
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +25,19 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(BIN)/python -m dnlib.envconfig
 	touch $(STAMP)
+
+# Notebooks are stored stripped (no outputs or counts except keep_output cells; tests/test_notebooks_meta.py):
+# a git clean filter (scripts/nbclean.py, named nbstripout in .gitattributes) strips them on `git add`, so a notebook
+# saved in JupyterLab never commits outputs. Idempotent; skipped outside a git checkout.
+FILTER := "$(abspath $(BIN))/python" "$(ROOT)/scripts/nbclean.py"
+git-filter:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '$(FILTER)' && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.required true && \
+	  git config diff.ipynb.textconv '$(FILTER) -t' && \
+	  echo "git filter nbstripout: notebooks are stripped on git add (scripts/nbclean.py)"; \
+	else echo "not a git checkout: no notebook filter installed"; fi
 
 run: setup
 	$(BIN)/python -m dnlib.suite run --profile $(PROFILE)
