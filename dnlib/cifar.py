@@ -135,20 +135,8 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
 
 # ---------------------------------------------------------------------------------------------- recipe
 def _config(config: Union[str, CifarConfig], dataset: str, steps: Optional[int], changes: dict) -> CifarConfig:
-    cfg = get_config(config, dataset) if isinstance(config, str) else config
-    if changes:
-        cfg = cfg.replace(**changes)
+    cfg = experiment.replace(get_config(config, dataset) if isinstance(config, str) else config, **changes)
     return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
-
-
-def _run_info(cfg: CifarConfig, data: CifarData, subset) -> dict:
-    """What a checkpoint must have been written by to be resumed as this run: the configuration (name and every
-    field but ``impl``, which changes the kernels, not the math) and the data (the seed and the optimizer's
-    settings are compared by the trainer). ``stop_after``, ``eval_every``, ``mode`` and the device may differ."""
-    fields = {k: v for k, v in cfg.as_dict().items() if k not in ("name", "impl")}
-    return {"config": cfg.name, **fields, "data": data.description, "eval_split": data.eval_split,
-            "subset": list(subset) if isinstance(subset, (tuple, list)) else subset,
-            "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval))}
 
 
 class CifarRecipe(experiment.Recipe):
@@ -180,7 +168,6 @@ class CifarRecipe(experiment.Recipe):
                 config = get_config(config.name, dataset).replace(
                     **{k: v for k, v in config.as_dict().items() if k not in ("name", "dataset")})
             dataset = config.dataset
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         return _config(config, dataset or "cifar10", steps, overrides)
 
     def config_dict(self, cfg: CifarConfig) -> dict:
@@ -213,8 +200,12 @@ class CifarRecipe(experiment.Recipe):
                 "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
                 "eval_every": eval_every, "mode": experiment.trainer_mode(cls is GraphTrainer, dev),
                 "card": experiment.card(dev)}
+        # what a checkpoint must have been written by to be resumed as this run: the configuration (every field but
+        # impl, which changes the kernels, not the math) and the data; the trainer compares seed and optimizer
+        run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k not in ("name", "impl")},
+                    **{k: info[k] for k in ("data", "eval_split", "subset", "train_images", "eval_images")}}
         return experiment.Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
-                                run_info=_run_info(cfg, data, subset), trainer=cls,
+                                run_info=run_info, trainer=cls,
                                 trainer_kwargs={"param_groups": groups}, chunk=eval_every or None, info=info,
                                 data=data)
 
@@ -233,28 +224,21 @@ class CifarRecipe(experiment.Recipe):
     def label(self, name: str, options) -> str:
         return f"{options.get('dataset') or 'cifar10'}-{name}"
 
-    def add_arguments(self, q, verb: str) -> None:
-        q.add_argument("--dataset", default=None if verb == "run" else "cifar10", choices=DATASETS,
-                       help="default cifar10 (or the resumed run's)")
-        if verb != "run":
-            return
-        q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
-        q.add_argument("--mode", default=None, choices=MODES, help="default auto")
-        q.add_argument("--impl", default=None, choices=IMPLS,
-                       help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
-        q.add_argument("--eval-every", type=cli.nonnegative_int, default=None,
-                       help="steps per evaluation and checkpoint (0: only at the end; default 500)")
-        q.add_argument("--validation", action="store_true", help="evaluate on the 45K/5K validation fold")
-        q.add_argument("--lr", type=cli.positive_float, default=None)
-        q.add_argument("--batch-size", type=cli.positive_int, default=None, help="default the paper's 100")
+    flags = {"--dataset": ("field", dict(choices=DATASETS, help="default cifar10 (or the resumed run's)")),
+             "--subset": ("option", dict(type=cli.subset, help="stratified subset: N or N_TRAIN,N_EVAL")),
+             "--mode": ("option", dict(choices=MODES, help="default auto")),
+             "--impl": ("field", dict(choices=IMPLS, help="DivisiveNorm impl of the normalizers ('compile': "
+                                                          "torch.compile, for GPUs)")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
+                                                                            "(0: only at the end; default 500)")),
+             "--validation": ("option", dict(action="store_true", help="evaluate on the 45K/5K validation fold")),
+             "--lr": ("field", dict(type=cli.positive_float)),
+             "--batch-size": ("field", dict(type=cli.positive_int, help="default the paper's 100"))}
 
-    def from_args(self, args) -> tuple:
-        overrides = {k: getattr(args, k) for k in ("dataset", "lr", "impl", "batch_size")
-                     if getattr(args, k, None) is not None}
-        options = {k: getattr(args, k) for k in ("mode", "eval_every", "subset") if getattr(args, k) is not None}
-        if args.validation:
-            options["validation"] = True
-        return overrides, options
+    def add_arguments(self, q, verb: str) -> None:
+        super().add_arguments(q, verb)
+        if verb == "report":
+            q.add_argument("--dataset", default="cifar10", choices=DATASETS)
 
     def report(self, path, args=None) -> dict:
         rep = report(path, getattr(args, "dataset", None) or "cifar10")
@@ -319,17 +303,13 @@ def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequenc
     return [run(c, dataset, seed=s, data=data, subset=_subset(subset), **kwargs) for c in configs for s in seeds]
 
 
-def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", eval_every: int = 500,
-                 out_dir=None, progress: bool = False, run_info: Optional[dict] = None, log_every=None,
-                 evaluate: bool = True) -> Trainer:
-    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`), outside the runner
-    (checks and benchmarks; ``evaluate=False``: no evaluation)."""
+def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", log_every=None) -> Trainer:
+    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`) without evaluation,
+    outside the runner (checks and benchmarks)."""
     set_seed(seed)
-    s = RECIPE.build(cfg, seed, data=data, mode=mode, eval_every=eval_every, progress=progress)
-    if log_every is not None:
-        s.train.log_every = log_every
-    return s.trainer(s.model, s.loss_fn, s.batches, s.train, evaluate=s.evaluate if evaluate else None, out_dir=out_dir,
-                     run_info=run_info if run_info is not None else s.run_info, **s.trainer_kwargs)
+    s = RECIPE.build(cfg, seed, data=data, mode=mode, eval_every=0)
+    s.train.log_every = log_every or s.train.log_every
+    return s.make_trainer(evaluate=None)
 
 
 def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10", jobs: int = 1,
@@ -362,7 +342,7 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
     for mode in ("eager", "graph"):
         # the reference is always the uncompiled eager step; the graph step runs the config's impl
         tr = make_trainer(cfg if mode == "graph" else cfg.replace(impl="auto"), data, seed=seed, mode=mode,
-                          eval_every=0, log_every=1, evaluate=False)
+                          log_every=1)
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
         out[mode] = (init, tr.model.state_dict(), losses, experiment.trainer_mode(mode == "graph", data.device))
@@ -383,7 +363,7 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
     experiment.check_int("steps", steps)
     experiment.check_int("warmup", warmup, 0)
     cfg = _config(config, data.name, None, changes)
-    tr = make_trainer(cfg, data, seed=seed, mode=mode, eval_every=0, evaluate=False)
+    tr = make_trainer(cfg, data, seed=seed, mode=mode)
     dt, loss = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, data.device)
     return {"config": cfg.name, "mode": experiment.trainer_mode(isinstance(tr, GraphTrainer), data.device),
             "impl": cfg.impl, "device": experiment.card(data.device), "steps": steps, "batch_size": cfg.batch_size,

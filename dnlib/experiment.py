@@ -56,7 +56,7 @@ from .io import atomic_write_json, atomic_write_text
 from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
-           "gather_table", "load_runs", "check_int", "trainer_mode", "card", "time_steps", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
+           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
 
 RUN_FILE = "run.json"
 COMPLETED = "completed"
@@ -85,6 +85,11 @@ class Setup:
     chunk: Optional[int] = None
     info: dict = field(default_factory=dict)
     data: Any = None
+
+    def make_trainer(self, **kwargs):
+        """The trainer of this setup (``kwargs``: its arguments to change, e.g. ``out_dir``, ``evaluate=None``)."""
+        kwargs = {"evaluate": self.evaluate, "run_info": self.run_info, **self.trainer_kwargs, **kwargs}
+        return self.trainer(self.model, self.loss_fn, self.batches, self.train, **kwargs)
 
 
 @dataclass
@@ -130,10 +135,7 @@ class Recipe:
     def from_dict(self, fields: Mapping[str, Any]):
         """The config whose :meth:`config_dict` is ``fields`` (as read back from JSON: lists where the config
         holds tuples), rebuilt exactly (no rescaling). Default: the named config with every field replaced."""
-        base = self.config(fields["name"])
-        fix = {k: tuple(v) if isinstance(v, list) and isinstance(getattr(base, k, None), tuple) else v
-               for k, v in fields.items()}
-        return dataclasses.replace(base, **fix)
+        return replace(self.config(fields["name"]), **fields)
 
     def config_dict(self, cfg) -> dict:
         """The config's fields as a dict (default ``dataclasses.asdict``)."""
@@ -155,13 +157,25 @@ class Recipe:
         """The stem of a sweep's run folder for configuration ``name`` (default the name)."""
         return name
 
+    #: the experiment's own ``run`` flags, ``{"--flag": (kind, add_argument keywords)}``: ``kind`` ``"field"`` (a
+    #: config field to change) or ``"option"`` (a keyword of :meth:`build`). Their default is None: a flag not
+    #: given is not passed on (a resumed run keeps its stored value).
+    flags: dict = {}
+
     def add_arguments(self, parser: argparse.ArgumentParser, verb: str) -> None:
-        """Add the experiment's own flags to ``run`` (and to the checks of ``sweep``)."""
+        """Add the experiment's own flags to ``run`` (:attr:`flags`; checked by ``sweep`` too) or to ``report``."""
+        for flag, (_, kw) in self.flags.items() if verb == "run" else ():
+            parser.add_argument(flag, default=None, **kw)
 
     def from_args(self, args: argparse.Namespace) -> tuple[dict, dict]:
-        """``(overrides, options)`` from the parsed flags of :meth:`add_arguments`: config fields to change, and
+        """``(overrides, options)`` from the parsed :attr:`flags` that were given: config fields to change, and
         keyword arguments of :meth:`build`."""
-        return {}, {}
+        out = {"field": {}, "option": {}}
+        for flag, (kind, _) in self.flags.items():
+            key = flag[2:].replace("-", "_")
+            if getattr(args, key, None) is not None:
+                out[kind][key] = getattr(args, key)
+        return out["field"], out["option"]
 
     def report(self, path, args: Optional[argparse.Namespace] = None) -> dict:
         """Summarize the runs under ``path`` (tables, figures); the default is :func:`gather`'s rows."""
@@ -267,9 +281,7 @@ class Run:
             self.run_dir = records.new_run_dir(out, records.run_name(cfg_name, self.seed)) if main else None
         else:
             self.run_dir = None
-        self.trainer = setup.trainer(setup.model, setup.loss_fn, setup.batches, setup.train, evaluate=setup.evaluate,
-                                     out_dir=self.run_dir, run_info=setup.run_info, **setup.trainer_kwargs)
-        self.trainer = distributed.prepare(self.trainer, self.run_dir)
+        self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
         if not main:
             self.run_dir = None          # one record, written by rank 0
         self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
@@ -515,6 +527,16 @@ def load_runs(results) -> list:
 
 
 # ------------------------------------------------------------------------------------- recipes' helpers
+def replace(cfg, **fields):
+    """``dataclasses.replace(cfg, **fields)``, lists given as tuples (as read back from JSON); a ValueError names
+    a field that the config does not have."""
+    known = [f.name for f in dataclasses.fields(cfg)]
+    bad = sorted(set(fields) - set(known))
+    if bad:
+        raise ValueError(f"{bad[0]}: not a field of {type(cfg).__name__}; fields are {known}")
+    return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def check_int(name: str, value, low: int = 1, none_ok: bool = False) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is an integer >= ``low`` (or None when ``none_ok``)."""
     if (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= low):

@@ -174,6 +174,14 @@ class PTBRunConfig(PTBConfig):
     steps: Optional[int] = None
 
 
+def _vocab_size(value: str) -> int:
+    v = cli.positive_int(value)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"{value} is too small: the vocabulary needs at least 2 ids "
+                                         "(the kept words and the shared rare-word id)")
+    return v
+
+
 class PTBRecipe(experiment.Recipe):
     """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.configs.ptb`).
 
@@ -205,15 +213,10 @@ class PTBRecipe(experiment.Recipe):
             base = get_config(config.name, source) if source is not None and source != config.source else config
         else:
             base = get_config(config, source or "paper")
-        cfg = PTBRunConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-        known = {f.name for f in dataclasses.fields(PTBRunConfig)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ValueError(f"{bad[0]}: not a field of a PTB config; fields are {sorted(known)}")
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
         if steps:
-            cfg = dataclasses.replace(cfg, steps=steps)
+            overrides["steps"] = steps
+        cfg = PTBRunConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+        cfg = experiment.replace(cfg, **overrides)
         experiment.check_int("epochs", cfg.epochs)
         experiment.check_int("steps", cfg.steps, none_ok=True)
         return cfg
@@ -292,31 +295,25 @@ class PTBRecipe(experiment.Recipe):
     def paper(self, cfg: PTBConfig) -> dict:
         return {"final_test_ppl": cfg.paper_perplexity}
 
+    flags = {"--source": ("field", dict(choices=SOURCES, help="side of PAPER.md §5.4 (default paper)")),
+             "--epochs": ("field", dict(type=cli.positive_int, help="default the paper's 13")),
+             "--lr": ("field", dict(type=cli.positive_float, help="initial learning rate")),
+             "--hidden-size": ("field", dict(type=cli.positive_int)),
+             "--batch-size": ("field", dict(type=cli.positive_int, help="streams (default 20)")),
+             "--max-tokens": ("option", dict(type=cli.positive_int, help="train on the first N tokens (smoke)")),
+             "--vocab": ("option", dict(type=_vocab_size, help="keep the N-1 most frequent words (smoke)")),
+             "--threads": ("option", dict(type=cli.positive_int, help="torch CPU threads")),
+             "--graph": ("option", dict(choices=GRAPH_MODES, help="the CUDA-graph step (default auto)")),
+             "--eval-every": ("option", dict(type=cli.positive_int, help="steps per evaluation and checkpoint "
+                                                                         "(default one epoch)")),
+             "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int, help="streams of the test pass "
+                                                                                      "at the end (default 1; 0: skip it)"))}
+
     def add_arguments(self, q, verb: str) -> None:
+        super().add_arguments(q, verb)
         if verb == "report":
             q.add_argument("--out", type=cli.out_dir, default=None,
                            help="where table.md, curves.png and summary.json go (default PATH)")
-            return
-        q.add_argument("--source", default=None, choices=SOURCES, help="side of PAPER.md §5.4 (default paper)")
-        q.add_argument("--epochs", type=cli.positive_int, default=None, help="default the paper's 13")
-        q.add_argument("--lr", type=cli.positive_float, default=None, help="initial learning rate")
-        q.add_argument("--hidden-size", type=cli.positive_int, default=None)
-        q.add_argument("--batch-size", type=cli.positive_int, default=None, help="streams (default 20)")
-        q.add_argument("--max-tokens", type=cli.positive_int, default=None, help="train on the first N tokens (smoke)")
-        q.add_argument("--vocab", type=_vocab_size, default=None, help="keep the N-1 most frequent words (smoke)")
-        q.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads")
-        q.add_argument("--graph", default=None, choices=GRAPH_MODES, help="the CUDA-graph step (default auto)")
-        q.add_argument("--eval-every", type=cli.positive_int, default=None,
-                       help="steps per evaluation and checkpoint (default one epoch)")
-        q.add_argument("--final-test-batch-size", type=cli.nonnegative_int, default=None,
-                       help="streams of the test pass at the end (default 1; 0: skip it)")
-
-    def from_args(self, args) -> tuple:
-        overrides = {k: getattr(args, k) for k in ("source", "epochs", "lr", "hidden_size", "batch_size")
-                     if getattr(args, k, None) is not None}
-        options = {k: getattr(args, k) for k in ("max_tokens", "vocab", "threads", "graph", "eval_every",
-                                                  "final_test_batch_size") if getattr(args, k, None) is not None}
-        return overrides, options
 
     def report(self, path, args=None) -> dict:
         return report(path, getattr(args, "out", None))
@@ -608,14 +605,6 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _vocab_size(value: str) -> int:
-    v = cli.positive_int(value)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"{value} is too small: the vocabulary needs at least 2 ids "
-                                         "(the kept words and the shared rare-word id)")
-    return v
-
-
 def _bench_args(q) -> None:
     q.add_argument("--device", type=cli.device, default="cpu")
     q.add_argument("--configs", nargs="+", default=["base-lstm", "ln-star-lstm", "dn-star-lstm"])

@@ -58,7 +58,7 @@ from .experiment import RunResult
 from .figures import cell, markdown_table, run_curves
 from .io import atomic_write_json
 from .metrics import psnr, ssim
-from .train import Trainer, load_checkpoint, resolve_device, set_seed
+from .train import load_checkpoint, resolve_device, set_seed
 
 __all__ = ["training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
            "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "train_sr", "train_many", "models_of",
@@ -224,6 +224,13 @@ def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def _set_name(value: str) -> str:
+    try:
+        return _check_sets([value])[0]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+
 class SRRecipe(experiment.Recipe):
     """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.configs.sr` schedule.
 
@@ -255,13 +262,9 @@ class SRRecipe(experiment.Recipe):
             raise ValueError(f"config: expected a name or an SRConfig, got {type(config).__name__}")
         row = sr_norm_name(row if norm is None else norm)
         sr_norm(row)
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        unknown = sorted(set(fields) - set(SRConfig.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not a field of SRConfig (fields: {list(SRConfig.__dataclass_fields__)})")
         if steps:
-            fields["steps"] = int(steps)
-        return cfg.replace(**fields, norm=row, name=f"{base}-{row}")
+            overrides["steps"] = int(steps)
+        return experiment.replace(cfg, **overrides, norm=row, name=f"{base}-{row}")
 
     def from_dict(self, fields: Mapping) -> SRConfig:
         fields = dict(fields)
@@ -323,28 +326,25 @@ class SRRecipe(experiment.Recipe):
             out[f"{_key(s)}_psnr"], out[f"{_key(s)}_ssim"] = p
         return out
 
-    def add_arguments(self, q, verb: str) -> None:
-        sets_help = "test sets (default Set5 Set14 BSD200; absent ones are skipped and named)"
-        q.add_argument("--sets", type=_set_name, nargs="*", default=None, help=sets_help)
-        q.add_argument("--root", type=cli.in_dir, default=None, help="data root (default $DNLIB_DATA)")
-        if verb == "report":
-            q.add_argument("--device", type=cli.device, default="auto", help="for scoring checkpoints")
-            return
-        q.add_argument("--norm", default=None, help=f"normalizer row (renames the configuration): {list(SR_NORM_ROWS)}")
-        q.add_argument("--curve-sets", type=_set_name, nargs="*", default=None,
-                       help="sets whose PSNR is logged at every chunk (default Set5)")
-        q.add_argument("--scale", type=int, default=None, choices=(2, 3, 4))
-        q.add_argument("--train-set", default=None, choices=list(TRAIN_SETS))
-        q.add_argument("--eval-every", type=cli.nonnegative_int, default=None,
-                       help="steps per chunk: evaluation and checkpoint (0: only at the end)")
-        q.add_argument("--lr", type=cli.positive_float, default=None)
-        q.add_argument("--batch-size", type=cli.positive_int, default=None)
+    flags = {"--sets": ("option", dict(type=_set_name, nargs="*", help="test sets (default Set5 "
+                                       "Set14 BSD200; absent ones are skipped and named)")),
+             "--root": ("option", dict(type=cli.in_dir, help="data root (default $DNLIB_DATA)")),
+             "--norm": ("field", dict(help=f"normalizer row (renames the configuration): {list(SR_NORM_ROWS)}")),
+             "--curve-sets": ("option", dict(type=_set_name, nargs="*",
+                                             help="sets whose PSNR is logged at every chunk (default Set5)")),
+             "--scale": ("field", dict(type=int, choices=(2, 3, 4))),
+             "--train-set": ("field", dict(choices=list(TRAIN_SETS))),
+             "--eval-every": ("field", dict(type=cli.nonnegative_int,
+                                            help="steps per chunk: evaluation and checkpoint (0: only at the end)")),
+             "--lr": ("field", dict(type=cli.positive_float)),
+             "--batch-size": ("field", dict(type=cli.positive_int))}
 
-    def from_args(self, args) -> tuple:
-        overrides = {k: getattr(args, k) for k in ("norm", "scale", "train_set", "eval_every", "lr", "batch_size")
-                     if getattr(args, k, None) is not None}
-        options = {k: getattr(args, k) for k in ("sets", "curve_sets", "root") if getattr(args, k) is not None}
-        return overrides, options
+    def add_arguments(self, q, verb: str) -> None:
+        super().add_arguments(q, verb)
+        if verb == "report":
+            for flag in ("--sets", "--root"):
+                q.add_argument(flag, default=None, **self.flags[flag][1])
+            q.add_argument("--device", type=cli.device, default="auto", help="for scoring checkpoints")
 
     def report(self, path, args=None) -> dict:
         return report(path, sets=getattr(args, "sets", None) or HEADLINE_SETS, root=getattr(args, "root", None),
@@ -356,13 +356,6 @@ class SRRecipe(experiment.Recipe):
 
 
 RECIPE = SRRecipe()
-
-
-def _set_name(value: str) -> str:
-    try:
-        return _check_sets([value])[0]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
 # ------------------------------------------------------------------------------------- the library API
@@ -515,7 +508,7 @@ def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, step
         cfg = RECIPE.config(name, steps=warmup + steps)
         set_seed(seed)
         s = RECIPE.build(cfg, seed, device, sets=(), curve_sets=())
-        tr = Trainer(s.model, s.loss_fn, s.batches, s.train, **s.trainer_kwargs)
+        tr = s.make_trainer(evaluate=None)
         sec, _ = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
         out.append({"config": cfg.name, "steps": steps, "steps_per_s": steps / sec,
                     "patches_per_s": steps * cfg.batch_size / sec, "device": str(tr.device),
