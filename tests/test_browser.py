@@ -1,13 +1,19 @@
-"""JupyterLab in headless Chromium: open the activation explorer, run all cells, move the σ slider,
-and check that a displayed statistic changes (the widgets work in a real front end, not only headless).
+"""JupyterLab in headless Chromium: open a notebook, run all cells, move a control and check that what it drives
+changes, with no widget error on the page (the widgets work in a real front end, not only headless).
+
+* 02, the activation explorer: move the σ slider; a displayed statistic changes.
+* 05, super-resolution: move the crop explorer's "top" slider; its figure (an image in the widget's output) changes.
+  The copy runs with smaller parameters than the smoke profile (fewer steps, two models), injected after its
+  ``parameters`` cell as papermill does: this test is about the front end, not the training.
 
 Needs Debian's /usr/bin/chromium (``.ci/browser-setup.sh`` installs it; Playwright's own browser download does not
 work on these machines). The notebook is copied to a temporary folder first, so JupyterLab never writes outputs
-into notebooks/. A screenshot is saved under runs/browser/ (ignored by git).
+into notebooks/; JupyterLab's user settings live there too (every cell rendered: windowing mode "none"; no news
+popup). Screenshots are saved under runs/browser/ (ignored by git) as test artifacts.
 """
+import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,11 +27,17 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "02_activation_explorer.ipynb"
+NOTEBOOKS = ROOT / "notebooks"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
-SCREENSHOT = ROOT / "runs" / "browser" / "activation_explorer.png"
+SCREENSHOTS = ROOT / "runs" / "browser"
+#: Parameter overrides of the browser copy, per notebook (a cell after the ``parameters`` cell, as papermill's).
+OVERRIDES = {"05_super_resolution.ipynb": 'steps = 20\neval_every = 10\nmodels = ["none", "bn"]\n'}
+#: JupyterLab user settings: render every cell (widgets below the fold get views), no news popup.
+SETTINGS = {"notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+            "apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}}
+ERROR_TEXTS = ("Error displaying widget", "Error rendering", "Traceback", "Model not found")
 
 
 def _free_port() -> int:
@@ -34,18 +46,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _copy_notebook(name: str, root: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    if name in OVERRIDES:
+        (at,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+        cell = nbformat.v4.new_code_cell(OVERRIDES[name])
+        cell.metadata["tags"] = ["injected-parameters"]
+        nb.cells.insert(at + 1, cell)
+    nbformat.write(nb, root / name)
+
+
 @pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on 127.0.0.1 with a random port and token, serving a copy of the notebook."""
+def lab(request, tmp_path):
+    """A JupyterLab server on 127.0.0.1 with a random port and token, serving a copy of the notebook named by the
+    test's ``notebook`` parameter; yields the notebook's URL."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent: run .ci/browser-setup.sh (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
+    name = request.param
     root = tmp_path / "lab"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    _copy_notebook(name, root)
+    settings = tmp_path / "settings"
+    for rel, value in SETTINGS.items():
+        path = settings / "@jupyterlab" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own inline backend
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
@@ -63,7 +95,7 @@ def lab(tmp_path):
                 if proc.poll() is not None or time.time() > deadline:
                     pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
                 time.sleep(0.3)
-        yield f"{base}/lab/tree/{NOTEBOOK.name}?token={token}"
+        yield f"{base}/lab/tree/{name}?token={token}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (its own session)
         try:
@@ -90,39 +122,112 @@ def _run_all_cells(page, tries: int = 5) -> None:
     raise AssertionError("Run All Cells did not start the kernel")
 
 
+def _open_and_run(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=90_000)
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=30_000)
+    _run_all_cells(page)
+    return page
+
+
+def _wait_idle(page, timeout_ms: int = 180_000) -> None:
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=timeout_ms)
+
+
+def _slider(page, label: str):
+    return page.locator(".widget-slider", has=page.locator(".widget-label", has_text=label)).first
+
+
+def _move(slider, steps: int) -> None:
+    slider.scroll_into_view_if_needed()
+    handle = slider.locator(".noUi-handle").first
+    handle.focus()
+    for _ in range(steps):
+        handle.press("ArrowRight")
+
+
+def _widget_errors(page) -> list:
+    """Texts of outputs and widget views that report an error (a cell's traceback, a widget that failed to render)."""
+    texts = page.locator(".jp-OutputArea-output, .jupyter-widgets").all_text_contents()
+    return [t[:300] for t in texts if any(e in t for e in ERROR_TEXTS)]
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+
+
+def _screenshot_on_failure(browser, name: str) -> None:
+    """Keep what the page showed when a test failed (runs/browser/<name>-failed.png), for the report."""
+    for context in browser.contexts:
+        for page in context.pages:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / f"{name}-failed.png"), full_page=True)
+
+
+@pytest.mark.parametrize("lab", ["02_activation_explorer.ipynb"], indirect=True)
 def test_sigma_slider_updates_a_displayed_statistic(lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(lab)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=30_000)
-            _run_all_cells(page)
-            # JupyterLab skips rendering cells outside the viewport: wait for "attached" and read textContent
+            page = _open_and_run(browser, lab)
             stat = page.locator(".dnlib-stats .dnlib-stat-linearity").first
             stat.wait_for(state="attached", timeout=120_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=180_000)
+            _wait_idle(page)
             before = stat.text_content()
-            slider = page.locator(".widget-slider", has=page.locator(".widget-label", has_text="σ")).first
-            slider.scroll_into_view_if_needed()
+            slider = _slider(page, "σ")
             readout_before = slider.locator(".widget-readout").text_content()
-            handle = slider.locator(".noUi-handle").first
-            handle.focus()
-            for _ in range(10):
-                handle.press("ArrowRight")
+            _move(slider, 10)
             deadline = time.time() + 60
             while stat.text_content() == before and time.time() < deadline:
                 page.wait_for_timeout(250)
             after = stat.text_content()
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=120_000)
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
+            _wait_idle(page, 120_000)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            slider.scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOTS / "02_activation_explorer.png"))
             assert "sigma=1," in page.locator(".dnlib-stats code").first.text_content()  # 0.5 + 10 steps of 0.05
             assert slider.locator(".widget-readout").text_content() != readout_before
             assert after != before, f"linearity stayed {before} after moving σ"
             assert float(after) > float(before)  # a larger σ makes DN more linear
+            assert not _widget_errors(page)
+        except Exception:
+            _screenshot_on_failure(browser, "02_activation_explorer")
+            raise
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("lab", ["05_super_resolution.ipynb"], indirect=True)
+def test_crop_explorer_slider_redraws_the_crops(lab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = _open_and_run(browser, lab)
+            image = page.locator(".widget-interact .widget-output img").first
+            image.wait_for(state="attached", timeout=300_000)  # a loaded machine: minutes
+            _wait_idle(page)
+            before = image.get_attribute("src")
+            slider = _slider(page, "top")
+            readout_before = slider.locator(".widget-readout").text_content()
+            _move(slider, 2)
+            deadline = time.time() + 60
+            while image.get_attribute("src") == before and time.time() < deadline:
+                page.wait_for_timeout(250)
+            after = image.get_attribute("src")
+            _wait_idle(page, 120_000)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            image.scroll_into_view_if_needed()
+            page.screenshot(path=str(SCREENSHOTS / "05_super_resolution.png"))
+            assert slider.locator(".widget-readout").text_content() != readout_before
+            assert before and after != before, "the crop figure did not change after moving 'top'"
+            assert not _widget_errors(page)
+        except Exception:
+            _screenshot_on_failure(browser, "05_super_resolution")
+            raise
         finally:
             browser.close()
