@@ -192,6 +192,14 @@ def test_sigma_slider_updates_a_displayed_statistic(lab):
             assert slider.locator(".widget-readout").text_content() != readout_before
             assert after != before, f"linearity stayed {before} after moving σ"
             assert float(after) > float(before)  # a larger σ makes DN more linear
+            # picking a preset brings its own σ into the slider; an -ms preset (no division) greys σ out
+            preset = page.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="preset")).first
+            preset.locator("select").select_option("bn")
+            page.wait_for_function("() => document.querySelector('.dnlib-stats code').textContent.includes('batch')")
+            _wait_idle(page, 60_000)
+            assert slider.locator(".widget-readout").text_content().strip() == "0.00"  # bn's own σ
+            preset.locator("select").select_option("bn-ms")
+            page.wait_for_function("() => !!document.querySelector('.widget-slider .noUi-target[disabled]')")
             assert not _widget_errors(page)
         except Exception:
             _screenshot_on_failure(browser, "02_activation_explorer")
