@@ -34,7 +34,7 @@ git-filter:
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '$(FILTER)' && \
 	  git config filter.nbstripout.smudge cat && \
-	  git config filter.nbstripout.required true && \
+	  git config filter.nbstripout.required false && \
 	  git config diff.ipynb.textconv '$(FILTER) -t' && \
 	  echo "git filter nbstripout: notebooks are stripped on git add (scripts/nbclean.py)"; \
 	else echo "not a git checkout: no notebook filter installed"; fi
