@@ -153,13 +153,8 @@ class CifarRecipe(experiment.Recipe):
     def configs(self) -> list:
         return list_configs()
 
-    def expand(self, names: Sequence[str]) -> list:
-        out = []
-        for n in names:
-            out += list_configs() if n == "all" else (list(TABLE3_ROWS) if n == "table3" else [n])
-        for n in out:
-            get_config(n)
-        return out
+    def groups(self) -> dict:
+        return {"all": list_configs(), "table3": list(TABLE3_ROWS)}
 
     def config(self, config, steps: Optional[int] = None, **overrides) -> CifarConfig:
         dataset = overrides.pop("dataset", None)

@@ -56,7 +56,8 @@ from .io import atomic_write_json, atomic_write_text
 from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
-           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "main", "RUN_FILE", "COMPLETED", "RUNNING"]
+           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "main",
+           "RUN_FILE", "COMPLETED", "RUNNING"]
 
 RUN_FILE = "run.json"
 COMPLETED = "completed"
@@ -107,7 +108,7 @@ class Command:
 class Recipe:
     """One experiment. Subclass it and set :attr:`name` and :attr:`module`; implement :meth:`configs`,
     :meth:`config`, :meth:`build`, :meth:`headline` and :meth:`paper`; optionally :meth:`add_arguments` /
-    :meth:`from_args` (the experiment's own flags), :meth:`label`, :meth:`report`, :meth:`commands`."""
+    :meth:`from_args` (the experiment's own flags), :meth:`groups`, :meth:`label`, :meth:`report`, :meth:`commands`."""
 
     name: str = "experiment"          #: the experiment's name: ``runs/<name>/``, ``record["experiment"]``
     module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.cifar"``
@@ -117,11 +118,14 @@ class Recipe:
         """The names of the registered configurations (``list``; a sweep may also take ``all``)."""
         raise NotImplementedError
 
+    def groups(self) -> dict:
+        """The group names a sweep may take, ``{group: [configuration names]}`` (default ``all``: every one)."""
+        return {"all": self.configs()}
+
     def expand(self, names: Sequence[str]) -> list:
-        """Configuration names with group names expanded (default ``all``); raises ValueError for unknown ones."""
-        out = []
-        for n in names:
-            out += self.configs() if n == "all" else [n]
+        """Configuration names with :meth:`groups` expanded; raises ValueError for unknown ones."""
+        groups = self.groups()
+        out = [c for n in names for c in groups.get(n, [n])]
         for n in out:
             self.config(n)
         return out

@@ -199,13 +199,8 @@ class PTBRecipe(experiment.Recipe):
     def configs(self) -> list:
         return list_configs()
 
-    def expand(self, names: Sequence[str]) -> list:
-        out = []
-        for n in names:
-            out += list_configs() if n == "all" else (list_configs("lstm") if n == "lstm" else [n])
-        for n in out:
-            get_config(n)
-        return out
+    def groups(self) -> dict:
+        return {"all": list_configs(), "lstm": list_configs("lstm")}
 
     def config(self, config, steps: Optional[int] = None, **overrides) -> PTBRunConfig:
         source = overrides.pop("source", None)
@@ -306,8 +301,8 @@ class PTBRecipe(experiment.Recipe):
              "--graph": ("option", dict(choices=GRAPH_MODES, help="the CUDA-graph step (default auto)")),
              "--eval-every": ("option", dict(type=cli.positive_int, help="steps per evaluation and checkpoint "
                                                                          "(default one epoch)")),
-             "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int, help="streams of the test pass "
-                                                                                      "at the end (default 1; 0: skip it)"))}
+             "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int,
+                                                        help="streams of the test pass at the end (default 1; 0: skip it)"))}
 
     def add_arguments(self, q, verb: str) -> None:
         super().add_arguments(q, verb)

@@ -457,11 +457,12 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
     record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
     ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
     sets = _check_sets(sets)
-    dirs = [d for d in records.find_runs([path]) if records.read_record(d).get("experiment") == RECIPE.name]
+    recs = {d: rec for d in records.find_runs([path])
+            if (rec := records.read_record(d)).get("experiment") == RECIPE.name}
+    dirs = list(recs)
     if not dirs:
         raise ValueError(f"{path}: no SR run folders (with {records.RECORD_FILE}); make them with "
                          f"`python -m dnlib.sr run ... --out {path}` or `sweep`")
-    recs = {d: records.read_record(d) for d in dirs}
     labels = [recs[d]["config"]["setup"].get("label") or recs[d]["name"] for d in dirs]
     keys = {d: lab if labels.count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
             for d, lab in zip(dirs, labels)}
