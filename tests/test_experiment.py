@@ -211,10 +211,16 @@ def test_killed_run_leaves_no_half_written_record(s, tmp_path):
                              "--resume", str(tmp_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while not (tmp_path / "record.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+
+        def steps_done():   # every read must parse: the record is only ever replaced whole
+            if not (tmp_path / "record.json").exists():
+                return 0
+            return records.read_record(tmp_path)["steps_done"] or 0
+
+        while steps_done() == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)   # (on a loaded machine the first chunk can take seconds)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        time.sleep(0.7)                                 # a few more chunks: somewhere inside a write, or between
+        time.sleep(0.3)                                 # a few more chunks: somewhere inside a write, or between
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
