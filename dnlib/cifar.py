@@ -459,9 +459,14 @@ def learning_curves(results, metric: Optional[str] = None):
     fig, (ax_acc, _) = run_curves(
         [(f"{rec['config'].get('paper')} (seed {rec['seed']})", rows) for rec, rows in runs],
         [{"key": key, "marker": ".", "ylabel": metric or "evaluation accuracy", "title": "evaluation accuracy"},
-         {"key": "train_loss", "ylabel": "cross-entropy", "title": "training loss (no L1 term)", "yscale": "log"}],
+         {"key": "train_loss", "ylabel": "cross-entropy", "title": "training loss (no L1 term)"}],
         figsize=(11, 4))
-    ax_acc.legend(fontsize=7)
+    for line, (rec, _) in zip(ax_acc.get_lines(), runs):   # the paper's final accuracy, dashed, in the run's colour
+        paper = (rec.get("paper") or {}).get("final_acc")
+        if paper is not None:
+            ax_acc.axhline(paper, ls="--", lw=1, color=line.get_color(),
+                           label=f"{rec['config'].get('paper')} paper: {paper:.3f}")
+    ax_acc.legend(fontsize=9)
     return fig
 
 
@@ -492,7 +497,8 @@ def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20, ma
 def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int = 500, bins: int = 40,
                    seed: int = 0):
     """Table 10's joint histograms: one row per model, ``n_pairs`` random first-layer filter pairs (the same
-    pairs for every model), each titled with its r and MI; the paper's mean corr/MI in the row label."""
+    pairs for every model), each titled with its r and MI (nats); the row's first title names the model and the
+    paper's mean |corr| and MI over all pairs."""
     from .figures import joint_histogram
     from .stats import as_samples, pairwise_corr_mi
     fig = new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
@@ -505,8 +511,10 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
         for k, (ax, (i, j)) in enumerate(zip(row, shown.pairs.tolist())):
             joint_histogram(zc[i], zc[j], bins=bins, ax=ax, labels=(f"filter {i}", f"filter {j}"),
                             title=f"r={shown.corr_per_pair[k]:.2f} MI={shown.mi_per_pair[k]:.2f}")
-        row[0].set_ylabel(f"{r.config.paper}\n" + (f"paper {paper[0]:.2f} / {paper[1]:.2f}\n" if paper else "")
-                          + f"filter {shown.pairs[0, 1].item()}", fontsize=8)
+        row[0].set_title("")   # (its pair's numbers go into the row's left title)
+        row[0].set_title(f"{r.config.paper}" + (f" (paper, all pairs: |corr| {paper[0]:.2f}, MI {paper[1]:.2f} nats)"
+                                                 if paper else "")
+                         + f"\nr={shown.corr_per_pair[0]:.2f} MI={shown.mi_per_pair[0]:.2f}", loc="left", fontsize=9)
     return fig
 
 
