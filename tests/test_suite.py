@@ -323,3 +323,11 @@ def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(t
     assert err.value.ename == "ParameterError" and "'xs' = '[3]' (str)" in err.value.evalue
     assert "ran = True" in json.dumps(nbformat.read(str(tmp_path / "bad.ipynb"), 4).cells[-1].source)
     assert not nbformat.read(str(tmp_path / "bad.ipynb"), 4).cells[-1].get("execution_count")
+
+
+def test_every_notebook_checks_its_parameters_right_after_the_parameters_cell():
+    for path in suite.discover():
+        cells = [c for c in suite.read_notebook(path)["cells"] if c["cell_type"] == "code"]
+        i = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        source = "".join(cells[i + 1]["source"])
+        assert f'dnlib.suite.check_parameters("{path.stem}", globals())' in source, path.name
