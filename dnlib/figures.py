@@ -150,13 +150,18 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
     label = title if title is not None else (f"{name}: " if name else "") + repr(spec).replace("NormSpec(", "").rstrip(")")
     if groups:
         label += f"\n({spec.groups} groups drawn as {groups})"
-    ax.set_title(_wrap(label, 44), fontsize=8)
+    ax.set_title(_wrap(label, 44), fontsize=9)
     if legend:
-        handles = [Patch(facecolor=FIELD_COLORS[k], edgecolor="#636363", label=t) for k, t in
-                   (("sum", "A (summation) only"), ("sup", "B (suppression) only"), ("both", "A and B"))]
-        handles.append(Patch(facecolor="none", edgecolor=FIELD_COLORS["center"], label="unit normalized"))
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=6, frameon=False)
+        ax.legend(handles=_field_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
+                  frameon=False)
     return fig
+
+
+def _field_handles() -> list:
+    handles = [Patch(facecolor=FIELD_COLORS[k], edgecolor="#636363", label=t) for k, t in
+               (("sum", "A (summation) only"), ("sup", "B (suppression) only"), ("both", "A and B"))]
+    handles.append(Patch(facecolor="none", edgecolor=FIELD_COLORS["center"], label="unit normalized"))
+    return handles
 
 
 def _wrap(text: str, width: int) -> str:
@@ -171,15 +176,16 @@ def _wrap(text: str, width: int) -> str:
 
 
 def figure1(specs: Sequence = ("bn", "ln", "dn"), ncols: int = 3, **kwargs) -> Figure:
-    """The paper's Figure 1 for any presets or specs: one :func:`draw_fields` panel each."""
+    """The paper's Figure 1 for any presets or specs: one :func:`draw_fields` panel each, one legend below."""
     specs = list(specs)
     nrows = -(-len(specs) // ncols)
-    fig = new_figure(figsize=(4.2 * min(ncols, len(specs)), 3.4 * nrows), layout="constrained")
+    fig = new_figure(figsize=(4.2 * min(ncols, len(specs)), 3.4 * nrows + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, min(ncols, len(specs)))).ravel()
     for ax, spec in zip(axes, specs):
-        draw_fields(spec, ax, **kwargs)
+        draw_fields(spec, ax, **{"legend": False, **kwargs})
     for ax in axes[len(specs):]:
         ax.axis("off")
+    fig.legend(handles=_field_handles(), loc="outside lower center", ncol=4, fontsize=10, frameon=False)
     return fig
 
 
