@@ -11,6 +11,7 @@ work on these machines). The notebook is copied to a temporary folder first, so 
 into notebooks/; JupyterLab's user settings live there too (every cell rendered: windowing mode "none"; no news
 popup). Screenshots are saved under runs/browser/ (ignored by git) as test artifacts.
 """
+import contextlib
 import json
 import os
 import secrets
@@ -157,85 +158,79 @@ def _browser(p):
     return p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
 
 
-def _screenshot_on_failure(browser, name: str) -> None:
-    """Keep what the page showed when a test failed (runs/browser/<name>-failed.png), for the report."""
-    for context in browser.contexts:
-        for page in context.pages:
+@contextlib.contextmanager
+def _lab_page(url: str, name: str):
+    """A headless Chromium page with the notebook at ``url`` opened and run; when the test fails, what the page
+    showed is kept as runs/browser/<name>-failed.png (for the report)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            yield _open_and_run(browser, url)
+        except Exception:
             SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / f"{name}-failed.png"), full_page=True)
+            for context in browser.contexts:
+                for page in context.pages:
+                    page.screenshot(path=str(SCREENSHOTS / f"{name}-failed.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def _wait_for_change(page, read, before, seconds: float = 60):
+    """Poll ``read()`` until it differs from ``before`` (or ``seconds`` pass); return the last value."""
+    deadline = time.time() + seconds
+    while read() == before and time.time() < deadline:
+        page.wait_for_timeout(250)
+    return read()
 
 
 @pytest.mark.parametrize("lab", ["02_activation_explorer.ipynb"], indirect=True)
 def test_sigma_slider_updates_a_displayed_statistic(lab):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = _open_and_run(browser, lab)
-            stat = page.locator(".dnlib-stats .dnlib-stat-linearity").first
-            stat.wait_for(state="attached", timeout=120_000)
-            _wait_idle(page)
-            before = stat.text_content()
-            slider = _slider(page, "σ")
-            readout_before = slider.locator(".widget-readout").text_content()
-            _move(slider, 10)
-            deadline = time.time() + 60
-            while stat.text_content() == before and time.time() < deadline:
-                page.wait_for_timeout(250)
-            after = stat.text_content()
-            _wait_idle(page, 120_000)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            slider.scroll_into_view_if_needed()
-            page.screenshot(path=str(SCREENSHOTS / "02_activation_explorer.png"))
-            assert "sigma=1," in page.locator(".dnlib-stats code").first.text_content()  # 0.5 + 10 steps of 0.05
-            assert slider.locator(".widget-readout").text_content() != readout_before
-            assert after != before, f"linearity stayed {before} after moving σ"
-            assert float(after) > float(before)  # a larger σ makes DN more linear
-            # picking a preset brings its own σ into the slider; an -ms preset (no division) greys σ out
-            preset = page.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="preset")).first
-            preset.locator("select").select_option("bn")
-            page.wait_for_function("() => document.querySelector('.dnlib-stats code').textContent.includes('batch')")
-            _wait_idle(page, 60_000)
-            assert slider.locator(".widget-readout").text_content().strip() == "0.00"  # bn's own σ
-            preset.locator("select").select_option("bn-ms")
-            page.wait_for_function("() => !!document.querySelector('.widget-slider .noUi-target[disabled]')")
-            assert not _widget_errors(page)
-        except Exception:
-            _screenshot_on_failure(browser, "02_activation_explorer")
-            raise
-        finally:
-            browser.close()
+    with _lab_page(lab, "02_activation_explorer") as page:
+        stat = page.locator(".dnlib-stats .dnlib-stat-linearity").first
+        stat.wait_for(state="attached", timeout=120_000)
+        _wait_idle(page)
+        before = stat.text_content()
+        slider = _slider(page, "σ")
+        readout_before = slider.locator(".widget-readout").text_content()
+        _move(slider, 10)
+        after = _wait_for_change(page, stat.text_content, before)
+        _wait_idle(page, 120_000)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        slider.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / "02_activation_explorer.png"))
+        assert "sigma=1," in page.locator(".dnlib-stats code").first.text_content()  # 0.5 + 10 steps of 0.05
+        assert slider.locator(".widget-readout").text_content() != readout_before
+        assert after != before, f"linearity stayed {before} after moving σ"
+        assert float(after) > float(before)  # a larger σ makes DN more linear
+        # picking a preset brings its own σ into the slider; an -ms preset (no division) greys σ out
+        preset = page.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="preset")).first
+        preset.locator("select").select_option("bn")
+        page.wait_for_function("() => document.querySelector('.dnlib-stats code').textContent.includes('batch')")
+        _wait_idle(page, 60_000)
+        assert slider.locator(".widget-readout").text_content().strip() == "0.00"  # bn's own σ
+        preset.locator("select").select_option("bn-ms")
+        page.wait_for_function("() => !!document.querySelector('.widget-slider .noUi-target[disabled]')")
+        assert not _widget_errors(page)
 
 
 @pytest.mark.parametrize("lab", ["05_super_resolution.ipynb"], indirect=True)
 def test_crop_explorer_slider_redraws_the_crops(lab):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = _open_and_run(browser, lab)
-            image = page.locator(".widget-interact .widget-output img").first
-            image.wait_for(state="attached", timeout=300_000)  # a loaded machine: minutes
-            _wait_idle(page)
-            before = image.get_attribute("src")
-            slider = _slider(page, "top")
-            readout_before = slider.locator(".widget-readout").text_content()
-            _move(slider, 2)
-            deadline = time.time() + 60
-            while image.get_attribute("src") == before and time.time() < deadline:
-                page.wait_for_timeout(250)
-            after = image.get_attribute("src")
-            _wait_idle(page, 120_000)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            image.scroll_into_view_if_needed()
-            page.screenshot(path=str(SCREENSHOTS / "05_super_resolution.png"))
-            assert slider.locator(".widget-readout").text_content() != readout_before
-            assert before and after != before, "the crop figure did not change after moving 'top'"
-            assert not _widget_errors(page)
-        except Exception:
-            _screenshot_on_failure(browser, "05_super_resolution")
-            raise
-        finally:
-            browser.close()
+    with _lab_page(lab, "05_super_resolution") as page:
+        image = page.locator(".widget-interact .widget-output img").first
+        image.wait_for(state="attached", timeout=300_000)  # a loaded machine: minutes
+        _wait_idle(page)
+        before = image.get_attribute("src")
+        slider = _slider(page, "top")
+        readout_before = slider.locator(".widget-readout").text_content()
+        _move(slider, 2)
+        after = _wait_for_change(page, lambda: image.get_attribute("src"), before)
+        _wait_idle(page, 120_000)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        image.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / "05_super_resolution.png"))
+        assert slider.locator(".widget-readout").text_content() != readout_before
+        assert before and after != before, "the crop figure did not change after moving 'top'"
+        assert not _widget_errors(page)

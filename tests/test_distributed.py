@@ -164,7 +164,7 @@ def _free_port():
 def ranks():
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(_free_port(), d), nprocs=W, join=True)
-        return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(W)]
+        return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=True) for r in range(W)]
 
 
 def _close(a, b, what):

@@ -13,13 +13,7 @@ from dnlib.models.rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, N
 N, H, I = 3, 8, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machines are shared: one intra-op thread is much faster than two oversubscribed ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(seed=0, hidden=H):

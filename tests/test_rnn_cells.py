@@ -21,12 +21,7 @@ from dnlib.ptb import evaluate_perplexity
 I, H, N, T = 5, 8, 3, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _naive_ln(a, gain, beta, eps):
