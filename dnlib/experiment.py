@@ -290,6 +290,7 @@ class Run:
             self.run_dir = None          # one record, written by rank 0
         self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
         self._tb, self._tb_step = None, self.trainer.step
+        self._prov = None
         self.options = {k: v for k, v in options.items() if _plain(v)}
         self.config_name = cfg_name
         if self.run_dir is not None:
@@ -306,11 +307,13 @@ class Run:
         if stopped.startswith("diverged"):
             headline = {k: None for k in headline}     # a diverged run reports no number
         config = {**self.recipe.config_dict(self.cfg), "setup": dict(self.setup.info)}
+        if self._prov is None:   # git state, versions, device: once per run (the code that started it)
+            self._prov = records.provenance(tr.device)
         res.record = records.make_record(
             self.recipe.name, config, self.seed, name=self.config_name, parameters=self.parameters,
             started=self.started, ended=None if stopped == RUNNING else time.time(), steps_planned=self.planned,
             steps_done=tr.step, stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg),
-            device=tr.device, argv=self.argv)
+            device=tr.device, argv=self.argv, prov=self._prov)
         return res
 
     def write(self, stopped: str) -> RunResult:

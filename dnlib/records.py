@@ -155,7 +155,7 @@ def make_record(experiment: str, config: Mapping[str, Any], seed: int | None, *,
                 ended: float | None = None, steps_planned: int | None = None, steps_done: int | None = None,
                 stopped: str | None = None, headline: Mapping[str, Any] | None = None,
                 paper: Mapping[str, Any] | None = None, device: Any = None,
-                argv: Sequence[str] | None = None) -> dict:
+                argv: Sequence[str] | None = None, prov: Mapping[str, Any] | None = None) -> dict:
     """One run's record (:data:`RECORD_KEYS`, in that order).
 
     Args:
@@ -170,8 +170,9 @@ def make_record(experiment: str, config: Mapping[str, Any], seed: int | None, *,
         headline: the run's headline numbers; ``paper``: the paper's numbers for the same quantities.
         device: the device it ran on (its card's name is recorded).
         argv: the command line, when started from one.
+        prov: :func:`provenance` computed once by a caller that rewrites its record (default: computed now).
     """
-    prov = provenance(device)
+    prov = provenance(device) if prov is None else prov
     config = dict(config)
     rec = {
         "schema": SCHEMA, "experiment": experiment, "name": name if name is not None else config.get("name"),
