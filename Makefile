@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-ci.txt
-	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test,ray,triton]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(BIN)/python -m dnlib.envconfig
 	touch $(STAMP)
