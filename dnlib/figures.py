@@ -26,7 +26,7 @@ from .spec import NormSpec
 
 __all__ = ["new_figure", "field_mask", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
            "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
-           "MarkdownTable", "FIELD_COLORS"]
+           "MarkdownTable", "FIELD_COLORS", "band_curves"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
@@ -339,6 +339,28 @@ def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsi
     for ax, p in zip(axes, panels):
         ax.set(xlabel=x, **{k: v for k, v in p.items() if k not in ("key", "marker")})
     return fig, axes
+
+
+def band_curves(bands: dict, ax=None, *, labels: Optional[dict] = None, alpha: float = 0.25, marker=None,
+                figsize=(5, 3.4), **axes_set):
+    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.aggregate.curve_bands`) its mean as a
+    line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled
+    ``<label> (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``,
+    ``ylabel``, ``title``, ``yscale``...). Draws into ``ax`` or a new figure; returns the figure."""
+    if ax is None:
+        fig = new_figure(figsize=figsize, layout="constrained")
+        ax = fig.add_subplot()
+    labels = labels or {}
+    for name, b in bands.items():
+        x, mean, std = np.asarray(b["x"]), np.asarray(b["mean"]), np.asarray(b["std"])
+        line, = ax.plot(x, mean, marker=marker, ms=4, label=f"{labels.get(name, name)} (n={b['n']})")
+        ok = np.isfinite(std)
+        if ok.any():
+            ax.fill_between(x, mean - std, mean + std, where=ok, color=line.get_color(), alpha=alpha, lw=0)
+    ax.set(**{"xlabel": "step", **axes_set})
+    if bands:
+        ax.legend(fontsize=8)
+    return ax.figure
 
 
 # ------------------------------------------------------------------------------------------- tables

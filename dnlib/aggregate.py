@@ -1,0 +1,271 @@
+"""Aggregation over seeds: mean, standard deviation and n per configuration, tables beside the paper, curve bands.
+
+The paper's numbers are single runs, and so is every run a sweep makes per (configuration, seed). This module
+turns many runs into one line per configuration::
+
+    from dnlib import aggregate, records
+    rows = records.gather(["runs/cifar/sweep"])          # one flat row per run folder
+    summary = aggregate.summarize(rows)                   # one dict per (experiment, name)
+    aggregate.table(summary, ["final_acc"], order=["base", "bn", "bn-star", "dn-star"])   # Markdown, mean ± std
+    bands = aggregate.curve_bands(["runs/cifar/sweep"], "test_acc")                        # per configuration
+    dnlib.figures.band_curves(bands)
+
+- :func:`summarize`: for each headline key ``k``: ``k`` (mean over the runs with a finite value), ``k_std``
+  (sample standard deviation, ``ddof=1``; None with fewer than two values), ``k_n`` (finite values counted: a
+  diverged run records None and is left out of the mean, so ``k_n < n``), ``paper_k``; and ``n``, ``seeds``,
+  ``commits``, ``devices``, ``dates``, ``data``, ``stopped`` (counts by reason) and ``runs`` (the folders).
+- :func:`table`: one Markdown line per configuration: ``mean ± std`` when two or more runs have a value, the plain
+  value for one, ``not run`` for a configuration asked for (``order=``) that no run has; the paper's number beside
+  each key; an ``n`` column.
+- :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
+  (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiment.load_runs` returns
+  them); :func:`dnlib.figures.band_curves` draws them.
+
+This module sits beside :mod:`dnlib.records`: it imports records and figures only (never the runner or a recipe).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import records
+from .figures import MarkdownTable, markdown_table
+
+__all__ = ["GATHER_COLUMNS", "flatten", "summarize", "table", "curve_bands", "format_mean_std", "stopped_reason"]
+
+#: The columns of :func:`dnlib.records.gather` rows that are not headline numbers (``paper_*`` columns are the
+#: paper's numbers; every other column is a headline key).
+GATHER_COLUMNS = ("run", "experiment", "name", "seed", "stopped", "steps_done", "steps_planned", "seconds",
+                  "commit", "device", "started", "date", "data")
+NOT_RUN = "not run"
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def stopped_reason(stopped: Optional[str]) -> Optional[str]:
+    """A record's ``stopped`` without its step: ``"diverged at step 40"`` -> ``"diverged"``."""
+    if stopped is None:
+        return None
+    return re.sub(r"\s+at step \d+$", "", str(stopped)).strip()
+
+
+def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    """``(meta, headline, paper)`` of one run: a :func:`dnlib.records.gather` row or a record dict
+    (``record.json``, optionally with a ``run`` key naming its folder)."""
+    if isinstance(row.get("headline"), Mapping) or isinstance(row.get("paper"), Mapping):  # a record dict
+        git = row.get("git") or {}
+        setup = (row.get("config") or {}).get("setup") or {}
+        commit = git.get("commit")
+        meta = {"run": row.get("run"), "experiment": row.get("experiment"), "name": row.get("name"),
+                "seed": row.get("seed"), "stopped": row.get("stopped"),
+                "commit": None if not commit else commit[:12] + ("+dirty" if git.get("dirty") else ""),
+                "device": (row.get("device") or {}).get("name"),
+                "date": (row.get("started") or row.get("ended") or "")[:10] or None,
+                "data": setup.get("data")}
+        return meta, dict(row.get("headline") or {}), dict(row.get("paper") or {})
+    meta = {k: row.get(k) for k in GATHER_COLUMNS}
+    if not meta.get("commit"):
+        meta["commit"] = None
+    head = {k: v for k, v in row.items() if k not in GATHER_COLUMNS and not k.startswith("paper_")}
+    paper = {k[len("paper_"):]: v for k, v in row.items() if k.startswith("paper_")}
+    return meta, head, paper
+
+
+def _load(rows) -> list:
+    """Rows as given, or the records under a path / paths (each with its ``run`` folder)."""
+    if isinstance(rows, (str, os.PathLike)):
+        rows = [rows]
+    out = []
+    for r in rows:
+        if isinstance(r, (str, os.PathLike)):
+            out += [{**records.read_record(d), "run": str(d)} for d in records.find_runs([r])]
+        elif isinstance(r, Mapping):
+            out.append(r)
+        elif hasattr(r, "record"):                       # a RunResult (duck-typed: the runner is a higher layer)
+            out.append({**(r.record or {}), "run": None if r.run_dir is None else str(r.run_dir)})
+        else:
+            raise TypeError(f"rows: expected gather rows, record dicts, run folders or RunResults, got {type(r)}")
+    return out
+
+
+def summarize(rows, keys: Optional[Sequence[str]] = None,
+              by: Sequence[str] = ("experiment", "name")) -> list[dict]:
+    """One dict per configuration (the distinct values of ``by``), in order of first appearance.
+
+    Args:
+        rows: :func:`dnlib.records.gather` rows, record dicts, run folders (a folder of run folders stands for
+            each of them) or RunResults.
+        keys: the headline keys to aggregate (default: every headline key of any run, in order of appearance).
+        by: the fields that name a configuration (``meta`` fields of :func:`flatten`: experiment, name, ...).
+
+    Returns:
+        dicts with the ``by`` fields, ``n`` (runs), and for each key ``k``: ``k`` (mean of the finite values, None
+        when there are none), ``k_std`` (sample standard deviation, ``ddof=1``; None with fewer than two
+        values), ``k_n`` (finite values: None/NaN/inf, e.g. a diverged run's, are left out and not counted),
+        ``paper_k`` (the paper's number, the first one given); plus ``seeds`` (sorted), ``commits``, ``devices``,
+        ``dates``, ``data`` (distinct, in order), ``stopped`` (``{reason: count}``, reasons without their step)
+        and ``runs`` (the run folders).
+    """
+    by = tuple(by)
+    groups: dict[tuple, list] = {}
+    all_keys: list[str] = []
+    for r in _load(rows):
+        meta, head, paper = flatten(r)
+        for k in head:
+            if k not in all_keys:
+                all_keys.append(k)
+        groups.setdefault(tuple(meta.get(b) for b in by), []).append((meta, head, paper))
+    keys = all_keys if keys is None else list(keys)
+    out = []
+    for ident, members in groups.items():
+        s = dict(zip(by, ident))
+        s["n"] = len(members)
+        for k in keys:
+            vals = np.array([float(h[k]) for _, h, _ in members if _finite(h.get(k))], dtype=np.float64)
+            s[k] = float(vals.mean()) if len(vals) else None
+            s[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
+            s[f"{k}_n"] = int(len(vals))
+            s[f"paper_{k}"] = next((p[k] for _, _, p in members if p.get(k) is not None), None)
+        s["seeds"] = sorted({m["seed"] for m, _, _ in members if m.get("seed") is not None})
+        for field, name in (("commit", "commits"), ("device", "devices"), ("date", "dates"), ("data", "data")):
+            s[name] = list(dict.fromkeys(m[field] for m, _, _ in members if m.get(field) is not None))
+        s["stopped"] = dict(Counter(stopped_reason(m.get("stopped")) for m, _, _ in members))
+        s["runs"] = [m["run"] for m, _, _ in members if m.get("run") is not None]
+        out.append(s)
+    return out
+
+
+def format_mean_std(mean: Optional[float], std: Optional[float], n: int, fmt: str = ".2f") -> str:
+    """``"mean ± std"`` when ``n > 1``, the plain mean when ``n == 1``, ``"—"`` when there is no value."""
+    if mean is None or n == 0:
+        return "—"
+    if n == 1 or std is None:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
+def _n_cell(s: Mapping, keys: Sequence[str]) -> str:
+    n = s["n"]
+    missing = n - min((s.get(f"{k}_n", n) for k in keys), default=n)
+    if not missing:
+        return str(n)
+    diverged = (s.get("stopped") or {}).get("diverged", 0)
+    why = "diverged" if diverged == missing else "without a value"
+    return f"{n} ({missing} {why})"
+
+
+def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[str, str]] = None, *,
+          title: str = "", fmt: Union[str, Mapping[str, str]] = ".2f", labels: Optional[Mapping[str, str]] = None,
+          order: Optional[Sequence[str]] = None, paper: Optional[Mapping[str, Mapping[str, Any]]] = None,
+          head: str = "model") -> MarkdownTable:
+    """A Markdown table of :func:`summarize`'s dicts: one line per configuration, for each key our
+    ``mean ± std`` (the plain value when n == 1) and the paper's number beside it, then ``n``.
+
+    Args:
+        summary: :func:`summarize`'s output.
+        keys: headline keys (default: every key the summaries aggregate); a dict ``{key: column header}``.
+        title: a bold title above the table.
+        fmt: a format spec for every number, or ``{key: spec}``.
+        labels: ``{configuration name: row label}`` (e.g. ``{"dn-star": "DN*"}``); others show their name.
+        order: the configuration names to show, in this order; a name no run has shows ``not run``. Default:
+            every configuration of ``summary``, in its order.
+        paper: ``{name: {key: paper's number}}`` for the rows (used where the runs give none, e.g. rows not
+            run).
+        head: the first column's header.
+    """
+    if keys is None:
+        keys = [k for k in (summary[0] if summary else {}) if f"{k}_n" in (summary[0] if summary else {})]
+    headers = dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
+    keys = list(headers)
+    labels, paper = dict(labels or {}), dict(paper or {})
+    by_name = {s.get("name"): s for s in summary}
+    names = list(by_name) if order is None else list(order)
+    fmts = {k: (fmt.get(k, ".2f") if isinstance(fmt, Mapping) else fmt) for k in keys}
+    cols = [head]
+    for k in keys:
+        cols += [f"{headers[k]} (ours)", f"{headers[k]} (paper)"]
+    cols.append("n")
+    lines = []
+    for name in names:
+        s = by_name.get(name)
+        row = [labels.get(name, name)]
+        for k in keys:
+            p = (paper.get(name) or {}).get(k)
+            if s is None:
+                row += [NOT_RUN, _num(p, fmts[k])]
+                continue
+            row += [format_mean_std(s.get(k), s.get(f"{k}_std"), s.get(f"{k}_n", 0), fmts[k]),
+                    _num(s.get(f"paper_{k}") if s.get(f"paper_{k}") is not None else p, fmts[k])]
+        row.append(0 if s is None else _n_cell(s, keys))
+        lines.append(row)
+    return markdown_table(cols, lines, title=title)
+
+
+def _num(v, spec: str) -> str:
+    return "—" if v is None else format(float(v), spec) if _finite(v) else str(v)
+
+
+def _runs(runs) -> list:
+    """``[(record, curve rows)]`` of run folders, ``(record, rows)`` pairs or RunResults."""
+    if isinstance(runs, (str, os.PathLike)) or hasattr(runs, "record"):
+        runs = [runs]
+    out = []
+    for r in runs:
+        if isinstance(r, (str, os.PathLike)):
+            for d in records.find_runs([r]):
+                curves = Path(d) / records.CURVES_FILE
+                out.append((records.read_record(d), records.read_curves(d) if curves.is_file() else []))
+        elif isinstance(r, tuple) and len(r) == 2:
+            out.append((r[0], list(r[1])))
+        elif hasattr(r, "record"):
+            out.append((r.record or {}, [h for h in r.history if "step" in h]))
+        else:
+            raise TypeError(f"runs: expected run folders, (record, rows) pairs or RunResults, got {type(r)}")
+    return out
+
+
+def curve_bands(runs, metric: str, x: str = "step", by: str = "name") -> dict:
+    """The mean and sample standard deviation over runs (seeds) of ``metric`` against ``x``, per configuration.
+
+    Args:
+        runs: run folders (a folder of run folders stands for each; their ``curves.csv``), ``(record, rows)``
+            pairs (:func:`dnlib.experiment.load_runs`) or RunResults.
+        metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"set5/psnr"``...).
+        x: the column along which runs are aligned (default ``"step"``).
+        by: the record field that names a configuration.
+
+    Returns:
+        ``{name: {"x": array, "mean": array, "std": array, "count": array, "n": int}}``: at each ``x`` value any
+        run logged a finite ``metric`` at, the mean over those runs, their standard deviation (``ddof=1``; NaN
+        where fewer than two runs have a value: no band) and how many there are (``count``); ``n`` is the
+        number of runs of that configuration. Configurations with no value of ``metric`` are left out.
+    """
+    per: dict[Any, list] = {}
+    for rec, rows in _runs(runs):
+        pts = {}
+        for r in rows:
+            if _finite(r.get(x)) and _finite(r.get(metric)):
+                pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
+        per.setdefault(rec.get(by), []).append(pts)
+    out = {}
+    for name, series in per.items():
+        xs = sorted(set().union(*series))
+        if not xs:
+            continue
+        mean, std, count = [], [], []
+        for xv in xs:
+            vals = np.array([s[xv] for s in series if xv in s])
+            mean.append(vals.mean())
+            std.append(vals.std(ddof=1) if len(vals) > 1 else np.nan)
+            count.append(len(vals))
+        out[name] = {"x": np.array(xs), "mean": np.array(mean), "std": np.array(std), "count": np.array(count),
+                     "n": len(series)}
+    return out
