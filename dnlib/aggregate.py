@@ -131,7 +131,9 @@ def summarize(rows, keys: Optional[Sequence[str]] = None,
         for k in keys:
             vals = np.array([float(h[k]) for _, h, _ in members if _finite(h.get(k))], dtype=np.float64)
             s[k] = float(vals.mean()) if len(vals) else None
-            s[f"{k}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else None
+            # equal values have no spread (numpy's two-pass std would give ~1e-17 from the mean's rounding)
+            s[f"{k}_std"] = (None if len(vals) < 2 else 0.0 if vals.min() == vals.max()
+                             else float(vals.std(ddof=1)))
             s[f"{k}_n"] = int(len(vals))
             s[f"paper_{k}"] = next((p[k] for _, _, p in members if p.get(k) is not None), None)
         s["seeds"] = sorted({m["seed"] for m, _, _ in members if m.get("seed") is not None})
@@ -167,7 +169,9 @@ def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[s
           order: Optional[Sequence[str]] = None, paper: Optional[Mapping[str, Mapping[str, Any]]] = None,
           head: str = "model") -> MarkdownTable:
     """A Markdown table of :func:`summarize`'s dicts: one line per configuration, for each key our
-    ``mean ± std`` (the plain value when n == 1) and the paper's number beside it, then ``n``.
+    ``mean ± std`` (the plain value when n == 1) and the paper's number beside it (a key the paper gives no
+    number for in any row shown has no paper column), then ``n`` (runs; ``"3 (1 diverged)"`` when some runs
+    have no value).
 
     Args:
         summary: :func:`summarize`'s output.
@@ -189,21 +193,24 @@ def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[s
     by_name = {s.get("name"): s for s in summary}
     names = list(by_name) if order is None else list(order)
     fmts = {k: (fmt.get(k, ".2f") if isinstance(fmt, Mapping) else fmt) for k in keys}
+    def paper_of(name, k):
+        s = by_name.get(name) or {}
+        return s.get(f"paper_{k}") if s.get(f"paper_{k}") is not None else (paper.get(name) or {}).get(k)
+
+    beside = {k: any(paper_of(name, k) is not None for name in names) for k in keys}
     cols = [head]
     for k in keys:
-        cols += [f"{headers[k]} (ours)", f"{headers[k]} (paper)"]
+        cols += [f"{headers[k]} (ours)"] + ([f"{headers[k]} (paper)"] if beside[k] else [])
     cols.append("n")
     lines = []
     for name in names:
         s = by_name.get(name)
         row = [labels.get(name, name)]
         for k in keys:
-            p = (paper.get(name) or {}).get(k)
-            if s is None:
-                row += [NOT_RUN, _num(p, fmts[k])]
-                continue
-            row += [format_mean_std(s.get(k), s.get(f"{k}_std"), s.get(f"{k}_n", 0), fmts[k]),
-                    _num(s.get(f"paper_{k}") if s.get(f"paper_{k}") is not None else p, fmts[k])]
+            row.append(NOT_RUN if s is None else
+                       format_mean_std(s.get(k), s.get(f"{k}_std"), s.get(f"{k}_n", 0), fmts[k]))
+            if beside[k]:
+                row.append(_num(paper_of(name, k), fmts[k]))
         row.append(0 if s is None else _n_cell(s, keys))
         lines.append(row)
     return markdown_table(cols, lines, title=title)
