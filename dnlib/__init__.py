@@ -3,6 +3,7 @@
 One divisive normalizer (:class:`DivisiveNorm`, configured by a :class:`NormSpec`) whose presets are BN, LN,
 DN, IN, GN, LRN and RMSNorm; the sparse L1 regularizer; the paper's models, data, training and figures.
 """
+from .convert import convert_norms
 from .functional import divisive_norm, field_mean
 from .norm import DivisiveNorm, convert_sync_norm
 from .presets import PRESETS, get_spec, list_norms, make_norm
@@ -10,5 +11,6 @@ from .sparse import clear_penalties, l1_penalty, sparse_penalty
 from .spec import NormSpec
 
 __all__ = ["NormSpec", "DivisiveNorm", "make_norm", "list_norms", "get_spec", "PRESETS", "divisive_norm",
-           "field_mean", "sparse_penalty", "clear_penalties", "l1_penalty", "convert_sync_norm"]
+           "field_mean", "sparse_penalty", "clear_penalties", "l1_penalty", "convert_sync_norm",
+           "convert_norms"]
 __version__ = "0.1.0"

@@ -1,0 +1,214 @@
+"""dnlib.convert_norms: a torch network with torch normalizers becomes the same network built with ``norm=``."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dnlib
+from dnlib.norm import DivisiveNorm
+from dnlib.presets import get_norm_layer
+
+
+class SmallNet(nn.Module):
+    """A small conv net written against torch only; ``norm_layer(C)`` builds each normalizer (nn.BatchNorm2d, or
+    a dnlib preset through get_norm_layer: how dnlib's models take ``norm=``)."""
+
+    def __init__(self, norm_layer=nn.BatchNorm2d, fc_norm=nn.BatchNorm1d):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = norm_layer(8)
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), norm_layer(16), nn.ReLU())
+        self.fc = nn.Linear(16, 12)
+        self.bn_fc = fc_norm(12)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.block(F.relu(self.bn1(self.conv1(x))))
+        return self.head(F.relu(self.bn_fc(self.fc(x.mean((2, 3))))))
+
+
+def _twin(src: nn.Module, preset, **kw) -> SmallNet:
+    """SmallNet built with ``norm=preset`` directly, its conv/linear weights copied from ``src``."""
+    layer = get_norm_layer(preset, kw)
+    net = SmallNet(layer, layer).double()
+    lin = {k: v for k, v in src.state_dict().items() if not k.startswith(("bn1", "block.1", "bn_fc"))}
+    missing = net.load_state_dict(lin, strict=False)
+    assert not missing.unexpected_keys
+    return net
+
+
+@pytest.mark.parametrize("preset,kw", [("dn-s", {}), ("dn", dict(window=5, sigma=0.5, eps=0.0)), ("ln", {}),
+                                       ("bn-s", {}), ("gn", dict(groups=4))])
+def test_converted_equals_built_with_norm(preset, kw):
+    torch.manual_seed(0)
+    src = SmallNet().double()
+    twin = _twin(src, preset, **kw)
+    conv = dnlib.convert_norms(src, preset, **kw)
+    assert conv is src
+    assert all(isinstance(m, DivisiveNorm) for m in (conv.bn1, conv.block[1], conv.bn_fc))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in conv.modules())
+    assert sum(p.numel() for p in conv.parameters()) == sum(p.numel() for p in twin.parameters())
+    x = torch.randn(6, 3, 8, 8, dtype=torch.float64)
+    for mode in (True, False):
+        conv.train(mode), twin.train(mode)
+        torch.testing.assert_close(conv(x), twin(x), rtol=0, atol=1e-12)
+    # one training step of each from the same state: the same update
+    for net in (conv, twin):
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        F.cross_entropy(net(x), torch.arange(6) % 5).backward()
+        opt.step()
+    torch.testing.assert_close(conv(x), twin(x), rtol=0, atol=1e-10)
+
+
+def _trained_bn(steps=3) -> tuple:
+    torch.manual_seed(1)
+    net = SmallNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x = torch.randn(10, 3, 8, 8, dtype=torch.float64)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(x), torch.arange(10) % 5).backward()
+        opt.step()
+    return net, x
+
+
+def test_trained_bn_to_bn_keeps_affine_and_running_stats_and_outputs():
+    net, x = _trained_bn()
+    assert not torch.allclose(net.bn1.weight, torch.ones(8, dtype=torch.float64))   # training moved gamma
+    torch_bn = copy.deepcopy(net)
+    ref = {k: v.clone() for k, v in net.state_dict().items()}
+    conv = dnlib.convert_norms(net, "bn")
+    got = conv.state_dict()
+    for k, v in ref.items():   # same names (weight, bias, running_mean, running_var, num_batches_tracked), same values
+        assert torch.equal(got[k], v), k
+    assert conv.bn1.training
+    for mode in (False, True, False):   # eval, a training forward (updates the running stats of both), eval
+        conv.train(mode), torch_bn.train(mode)
+        torch.testing.assert_close(conv(x), torch_bn(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(conv.bn1.running_var, torch_bn.bn1.running_var, rtol=0, atol=1e-14)
+
+
+def test_trained_affine_copied_into_a_preset_with_affine():
+    net, _ = _trained_bn()
+    gamma, beta = net.block[1].weight.detach().clone(), net.block[1].bias.detach().clone()
+    conv = dnlib.convert_norms(net, "dn-s", affine=True)
+    assert torch.equal(conv.block[1].weight, gamma) and torch.equal(conv.block[1].bias, beta)
+    assert conv.block[1].running_mean is None   # DN keeps no running statistics
+
+
+def test_trained_affine_dropped_without_affine_warns():
+    net, _ = _trained_bn()
+    with pytest.warns(UserWarning, match=r"bn1\.weight .*pass affine=True"):
+        dnlib.convert_norms(net, "dn-s")
+    assert net.bn1.weight is None
+    fresh = SmallNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # gamma = 1, beta = 0: nothing is lost, nothing to say
+        dnlib.convert_norms(fresh, "dn-s")
+
+
+def test_converted_model_trains_a_step():
+    torch.manual_seed(0)
+    net = dnlib.convert_norms(SmallNet(), "dn-s", alpha=0.01)
+    x, y = torch.randn(4, 3, 8, 8), torch.arange(4)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = F.cross_entropy(net(x), y) + dnlib.sparse_penalty(net)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_types_select_subclasses_syncbatchnorm_left_or_converted():
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    def model():
+        return nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4), MyBN(4), nn.InstanceNorm2d(4, affine=True),
+                             nn.GroupNorm(2, 4), nn.BatchNorm3d(4), nn.LayerNorm([4, 5, 5]))
+    m = dnlib.convert_norms(model(), "dn-s")      # default types: BN1d/2d, GN, LN, IN2d
+    kinds = [type(x).__name__ for x in m]
+    assert kinds == ["Conv2d", "SyncBatchNorm", "DivisiveNorm", "DivisiveNorm", "DivisiveNorm", "BatchNorm3d",
+                     "DivisiveNorm"]
+    m = dnlib.convert_norms(model(), "ln", types=nn.SyncBatchNorm)
+    kinds = [type(x).__name__ for x in m]
+    assert kinds == ["Conv2d", "DivisiveNorm", "MyBN", "InstanceNorm2d", "GroupNorm", "BatchNorm3d", "LayerNorm"]
+    m = dnlib.convert_norms(model(), "dn", types=(nn.modules.batchnorm.BatchNorm2d, nn.SyncBatchNorm))
+    assert [type(x).__name__ for x in m][1:3] == ["DivisiveNorm", "DivisiveNorm"]
+    # and the converted (N, C, 5, 5) network runs
+    assert m[:3](torch.randn(2, 3, 5, 5)).shape == (2, 4, 5, 5)
+
+
+def test_model_that_is_itself_a_normalizer_and_shared_modules():
+    bn = nn.BatchNorm2d(4)
+    new = dnlib.convert_norms(bn, "ln")
+    assert isinstance(new, DivisiveNorm) and new.num_features == 4
+    shared = nn.BatchNorm2d(4)
+    seq = nn.Sequential(shared, nn.ReLU(), shared)
+    dnlib.convert_norms(seq, "dn-s")
+    assert seq[0] is seq[2] and isinstance(seq[0], DivisiveNorm)
+
+
+def test_layernorm_affine_copied_only_when_per_channel():
+    ln1 = nn.LayerNorm(6)             # (N, C) inputs: elementwise = per channel
+    with torch.no_grad():
+        ln1.weight.uniform_(0.5, 2.0), ln1.bias.uniform_(-1, 1)
+    ref = nn.Sequential(ln1)
+    x = torch.randn(5, 6)
+    want = ref(x)
+    new = dnlib.convert_norms(ref, "ln")
+    torch.testing.assert_close(new(x), want, rtol=1e-5, atol=1e-6)
+    ln3 = nn.LayerNorm([4, 3, 3])     # elementwise over positions: not a per-channel affine
+    with torch.no_grad():
+        ln3.weight.normal_()
+    with pytest.warns(UserWarning, match="elementwise affine"):
+        conv = dnlib.convert_norms(nn.Sequential(ln3), "ln")
+    assert torch.equal(conv[0].weight, torch.ones(4))
+    ln3c = nn.LayerNorm([4, 3, 3])    # constant over the positions: it is per channel
+    with torch.no_grad():
+        ln3c.weight.copy_(torch.arange(1.0, 5.0).view(4, 1, 1).expand(4, 3, 3))
+    x4 = torch.randn(2, 4, 3, 3)
+    want = ln3c(x4)
+    conv = dnlib.convert_norms(nn.Sequential(ln3c), "ln")
+    torch.testing.assert_close(conv(x4), want, rtol=1e-5, atol=1e-5)
+
+
+def test_keeps_device_dtype_mode_and_requires_grad():
+    net = SmallNet().to(torch.float64).eval()
+    net.bn1.weight.requires_grad_(False)
+    dnlib.convert_norms(net, "bn")
+    assert net.bn1.weight.dtype == torch.float64 and net.bn1.running_mean.dtype == torch.float64
+    assert not net.bn1.training and not net.block[1].training
+    assert net.bn1.weight.requires_grad is False and net.block[1].weight.requires_grad is True
+    assert net.bn1.weight.device == net.conv1.weight.device
+
+
+def test_bad_arguments_name_the_value_and_the_allowed_ones():
+    net = SmallNet()
+    with pytest.raises(ValueError, match=r"to: unknown normalizer 'batchnorm'.*known presets are \[.*'dn-s'"):
+        dnlib.convert_norms(net, "batchnorm")
+    with pytest.raises(ValueError, match=r"types: <class 'torch.nn.modules.conv.Conv2d'> is not a normalizer.*"
+                                         r"allowed are \[.*'BatchNorm2d'"):
+        dnlib.convert_norms(net, "dn-s", types=(nn.Conv2d,))
+    with pytest.raises(ValueError, match=r"types: .*BatchNorm3d.*allowed are"):
+        dnlib.convert_norms(net, "dn-s", types=nn.BatchNorm3d)
+    with pytest.raises(ValueError, match=r"types: expected a normalizer class or a non-empty tuple"):
+        dnlib.convert_norms(net, "dn-s", types=())
+    with pytest.raises(ValueError, match=r"types: 'bn' is not"):
+        dnlib.convert_norms(net, "dn-s", types=("bn",))
+    with pytest.raises(ValueError, match=r"norm_kwargs: unknown key 'sigmaa'"):
+        dnlib.convert_norms(net, "dn-s", sigmaa=0.5)
+    with pytest.raises(ValueError, match=r"copy_affine: expected True or False"):
+        dnlib.convert_norms(net, "dn-s", copy_affine="yes")
+    with pytest.raises(ValueError, match=r"model: expected an nn.Module"):
+        dnlib.convert_norms("net", "dn-s")
+    # a preset that cannot be built for a layer: the layer is named and nothing has changed
+    with pytest.raises(ValueError, match=r"bn1 \(BatchNorm2d\(8\)\): cannot build 'gn'.*groups=32"):
+        dnlib.convert_norms(net, "gn")
+    assert isinstance(net.bn1, nn.BatchNorm2d) and isinstance(net.bn_fc, nn.BatchNorm1d)
