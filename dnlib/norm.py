@@ -15,7 +15,7 @@ from torch import nn
 from . import functional as DF
 from .spec import NormSpec, is_int, is_real
 
-IMPLS = ("auto", "general", "fused", "compile", "band")
+IMPLS = ("auto", "general", "fused", "compile", "band", "triton")
 #: ``impl="auto"`` takes the band path for 2-D inputs of at most this many channels (see DivisiveNorm). Measured on
 #: CPU (one thread), forward + backward at N = 20 / 80 with a 61-unit window: the band path is 2.3x / 1.4x faster
 #: than the general path at C = 200, even / 1.7x slower at C = 400, 4x / 6x slower at C = 1000.
@@ -189,6 +189,11 @@ class DivisiveNorm(nn.Module):
     plain ops with each window mean one product with a banded ``(C, C)`` matrix
     (:func:`dnlib.functional.band_divisive_norm`, the same operator); ``impl="auto"`` takes it for such specs on
     ``(N, C)`` inputs with ``C <= BAND_MAX_FEATURES`` (256), where it is the faster path (the RNN cells).
+    ``impl="triton"`` runs fused Triton kernels, forward and backward (:mod:`dnlib.triton_dn`; ``pip install
+    dnlib[triton]``), for 4-D inputs and the specs of :func:`dnlib.triton_dn.supported` (per-example fields over
+    all channels or a channel window x a k x k window: the CIFAR/SR DN layers, sigma fixed or learned, the L1
+    term); on CPU only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests). Double backward raises.
+    ``impl="auto"`` never takes it: its GPU speed has not been measured against the general path yet.
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward in training mode
     accumulates ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty`
@@ -221,7 +226,7 @@ class DivisiveNorm(nn.Module):
         momentum: weight of the new batch in the running statistics (``None``: cumulative average).
         track_running_stats: ``None`` (default) tracks them iff a field pools the batch.
         alpha: weight of the sparse L1 penalty at this site.
-        impl: ``"auto"``, ``"general"``, ``"fused"``, ``"compile"`` or ``"band"``.
+        impl: ``"auto"``, ``"general"``, ``"fused"``, ``"compile"``, ``"band"`` or ``"triton"``.
         process_group: ``None`` (default: no synchronization), a ``torch.distributed`` process group, or
             ``"world"`` (the default group, looked up at each forward) over which batch statistics are pooled.
 
@@ -260,6 +265,9 @@ class DivisiveNorm(nn.Module):
         if impl == "band" and not DF.band_supported(spec):
             raise ValueError(f"impl: 'band' needs fields that pool only 'channel', with a channel window, and {spec} "
                              f"has other fields or no window")
+        if impl == "triton":
+            from . import triton_dn  # (does not import triton: that happens at the first forward)
+            triton_dn.check(spec)
         _check_group(process_group)
         if track_running_stats is None:
             track_running_stats = spec.pools_batch
@@ -346,7 +354,7 @@ class DivisiveNorm(nn.Module):
     @property
     def fused(self) -> Optional[str]:
         """The native kernel this module dispatches to (None: the general or compiled path)."""
-        if self.impl in ("general", "compile"):
+        if self.impl in ("general", "compile", "triton"):
             return None
         return fused_kind(self.spec)
 
@@ -428,6 +436,8 @@ class DivisiveNorm(nn.Module):
             y = self._forward_general(x, use_batch_stats, sync)
         elif self.impl == "compile" and self.training and x.numel():  # eval: the general path (no compilation)
             y = self._forward_compiled(x)
+        elif self.impl == "triton" and x.numel():
+            y = self._forward_triton(x)
         elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
         elif self._band(x):
@@ -531,6 +541,14 @@ class DivisiveNorm(nn.Module):
         self._update_running(x, mu, s)
         if penalty is not None:
             self._add_term(penalty, x.shape[0])
+        return self._affine(y, x.dtype)
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        from . import triton_dn
+        want = bool(self.alpha and self.training)
+        y, l1 = triton_dn.divisive_norm(x, self.spec, self.sigma, l1=want)
+        if want:  # alpha * mean|x - E_A[x]|, gradients through the kernels' backward
+            self._add_term(l1 * (self.alpha / x.numel()), x.shape[0])
         return self._affine(y, x.dtype)
 
     def _forward_fused(self, x: torch.Tensor, kind: str, use_batch_stats: bool) -> torch.Tensor:

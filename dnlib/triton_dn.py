@@ -1,0 +1,400 @@
+"""``DivisiveNorm(impl="triton")``: windowed divisive normalization as fused Triton kernels, forward and backward.
+
+Scope: 4-D ``(N, C, H, W)`` inputs and per-example fields (:func:`supported`), which is what the CIFAR and SR DN
+models use: both fields pool ``"channel"``, either all channels or a channel window (the same kind in A and B,
+sizes may differ), and optionally ``"space"`` through a ``k x k`` window (A and B may differ: SR's 5 x 5 / 7 x 7),
+with any sigma (fixed or learned), ``eps`` (also ``None``), ``power``, ``sup_scale`` and every border rule of
+:class:`~dnlib.spec.NormSpec` (``"valid"``, ``"zeros"``, ``"reference"`` with its even windows and its
+suppression divisor). The operator is the general path's (:func:`dnlib.functional.divisive_norm`):
+
+.. math::
+    m_0 = R x, \\quad \\mu = B_A m_0, \\quad v = x - \\mu, \\quad
+    s = b\\,B_B R (v^2), \\quad y = v\\,(s\\,\\mathrm{sup\\_scale} + \\epsilon + \\sigma^2)^{-p}
+
+where ``R`` is the mean over the field's channels (identity for a channel window), ``B`` the normalized box filter
+over the window and ``b`` the reference code's divisor factor. Forward: three kernels (channel means; the local
+mean ``mu`` and ``R(v^2)``; the output, with the divisor's argument kept for backward and the per-program sums of
+``|v|``, the L1 term's statistic). Backward: three kernels (per-position sums of ``gy * v``, ``gy``,
+``sign(v)``; the transposed suppression and summation box filters on those small maps; ``gx``), exact gradients for
+``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all channels) or ``(N, C, H,
+W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read twice forward and twice backward.
+
+Double backward (``create_graph=True``) raises :class:`NotImplementedError`: use ``impl="general"`` for gradient
+penalties. Offsets are 32-bit: inputs up to 2**31 elements.
+
+Triton is imported only here, and only when a kernel is first needed (``import dnlib`` never imports it). On a
+machine without a GPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before the first
+kernel is built (the tests do: ``tests/conftest.py``); slow, for checking values and gradients only. The GPU speed
+of these kernels has not been measured (no GPU in the session that wrote them), so ``impl="auto"`` never picks
+them; ``scripts/gpu_throughput.py`` compares them with the general path on a device.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import torch
+
+from .spec import NormSpec
+
+#: How to install Triton (the package's optional extra).
+INSTALL_HINT = "pip install dnlib[triton]"
+
+# ---------------------------------------------------------------------------------------------- what it computes
+
+
+@dataclass(frozen=True)
+class _Geom:
+    glob: bool    # the fields pool all channels (else a channel window: stat maps have C channels)
+    kca: int      # summation field: channel window (1: none), spatial window (1: none)
+    ksa: int
+    kcb: int      # suppression field
+    ksb: int
+    valid: bool   # border="valid": divide by the number of real neighbours (else by the window size)
+    bug: float    # border="reference": the authors' suppression divisor factor (k_B^2 / k_A^2), else 1
+
+
+def _field(axes, window, name: str):
+    """``(all_channels, kc, ks)`` of one field, or a string saying why the kernels do not compute it."""
+    if not axes:
+        return f"{name} is empty"
+    if "batch" in axes:
+        return f"{name} pools 'batch'"
+    if "channel" not in axes:
+        return f"{name} does not pool 'channel'"
+    w = dict(window)
+    if "space" in axes and "space" not in w:
+        return f"{name} pools 'space' globally (no spatial window)"
+    return "channel" not in w, w.get("channel", 1), w.get("space", 1)
+
+
+@lru_cache(maxsize=256)
+def _analyse(spec: NormSpec):
+    """A :class:`_Geom` for a supported spec, else the reason (a string)."""
+    if not isinstance(spec, NormSpec):
+        return f"expected a NormSpec, got {type(spec).__name__}"
+    if spec.groups != 1:
+        return f"groups={spec.groups}"
+    a = _field(spec.sum_axes, spec.sum_window, "the summation field")
+    if isinstance(a, str):
+        return a
+    b = _field(spec.sup_axes, spec.sup_window, "the suppression field")
+    if isinstance(b, str):
+        return b
+    if a[0] != b[0]:
+        return "one field pools all channels and the other a channel window"
+    bug = 1.0
+    if spec.border == "reference" and a[2] > 1 and a[1] == 1 and b[1] == 1:
+        bug = b[2] ** 2 / a[2] ** 2  # as dnlib.functional: the authors' div_norm_2d (PAPER.md §5.4 item 1)
+    return _Geom(a[0], a[1], a[2], b[1], b[2], spec.border == "valid", bug)
+
+
+#: What :func:`supported` accepts, for error messages.
+SCOPE = ("per-example fields (groups=1) that both pool 'channel' (all channels in both, or a channel window in "
+         "both) and optionally 'space' through a k x k window, on (N, C, H, W) inputs; any sigma (also learned), "
+         "eps, power, sup_scale and border")
+
+
+def supported(spec: NormSpec) -> bool:
+    """Whether :func:`divisive_norm` (``DivisiveNorm(impl="triton")``) computes ``spec`` (on 4-D inputs)."""
+    return isinstance(_analyse(spec), _Geom)
+
+
+def unsupported_reason(spec: NormSpec) -> Optional[str]:
+    """Why ``spec`` is not :func:`supported` (None when it is)."""
+    r = _analyse(spec)
+    return None if isinstance(r, _Geom) else r
+
+
+def check(spec: NormSpec) -> None:
+    """Raise unless ``DivisiveNorm(impl="triton")`` can run ``spec``: :class:`ValueError` for a spec outside the
+    kernels' scope, :class:`ImportError` (naming the extra) when Triton is not installed."""
+    why = unsupported_reason(spec)
+    if why is not None:
+        raise ValueError(f"impl: 'triton' does not compute {spec}: {why}; it computes {SCOPE}. Use impl='general'")
+    if importlib.util.find_spec("triton") is None:
+        raise ImportError(f"impl: 'triton' needs the triton package, which is not installed; install it with "
+                          f"`{INSTALL_HINT}` (a GPU build of torch for CUDA tensors)")
+
+
+def _interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def interpreted() -> bool:
+    """Whether the kernels run (or, not built yet, would run) in Triton's CPU interpreter."""
+    if _KERNELS:
+        return _KERNELS["interpret"]
+    return _interpret_env()
+
+
+def available() -> bool:
+    """Whether the kernels can run here: Triton importable and, outside its interpreter, a CUDA device present."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return interpreted() or torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------- the kernels
+# Written as plain functions and made Triton kernels by _kernels() on first use, so that importing this module does
+# not import Triton. ``tl`` and the helpers' names are bound in this module's globals there (Triton resolves a
+# kernel's names through its globals, in the compiler and in the interpreter alike).
+tl = None
+_box = _count = _tiles = None
+_KERNELS: dict = {}
+
+
+def _count_src(i, n, K: tl.constexpr):
+    # real neighbours of position i (0..n-1) in a window [i - (K-1)//2, i + K//2]
+    return tl.minimum(i + K // 2, n - 1) - tl.maximum(i - (K - 1) // 2, 0) + 1
+
+
+def _box_src(src, n, m, h, w, ok, acc0, CM, H, W, KC: tl.constexpr, KS: tl.constexpr, VALID: tl.constexpr,
+             TRANS: tl.constexpr):
+    # The normalized box mean (TRANS False) or its transpose (TRANS True) of the stat map ``src`` (N, CM, H, W) at the
+    # tile positions (m: (BM, 1) map channels, h, w: (1, BP)), window KC x KS x KS, accumulated into acc0's dtype.
+    acc = acc0
+    for i in range(KC):
+        if TRANS:
+            mm = m + (i - KC // 2)
+        else:
+            mm = m + (i - (KC - 1) // 2)
+        okm = (mm >= 0) & (mm < CM)
+        for j in range(KS):
+            if TRANS:
+                hh = h + (j - KS // 2)
+            else:
+                hh = h + (j - (KS - 1) // 2)
+            okh = okm & (hh >= 0) & (hh < H)
+            for k in range(KS):
+                if TRANS:
+                    ww = w + (k - KS // 2)
+                else:
+                    ww = w + (k - (KS - 1) // 2)
+                msk = ok & okh & (ww >= 0) & (ww < W)
+                val = tl.load(src + ((n * CM + mm) * H + hh) * W + ww, mask=msk, other=0.0).to(acc0.dtype)
+                if TRANS:
+                    if VALID:
+                        cnt = _count(mm, CM, KC) * _count(hh, H, KS) * _count(ww, W, KS)
+                        val = val / tl.maximum(cnt, 1).to(acc0.dtype)  # (cnt <= 0 only off the map: masked)
+                acc += val
+    if VALID:
+        if not TRANS:
+            cnt = _count(m, CM, KC) * _count(h, H, KS) * _count(w, W, KS)
+            acc = acc / tl.maximum(cnt, 1).to(acc0.dtype)
+    else:
+        acc = acc / (KC * KS * KS)
+    return acc
+
+
+def _tiles_src(CM, HW, W, BM: tl.constexpr, BP: tl.constexpr):
+    # program -> (n, map channels m (BM, 1), positions p (1, BP), h, w, in-range mask of the stat tile)
+    pid = tl.program_id(0)
+    nbm = tl.cdiv(CM, BM)
+    n = pid // nbm
+    m = ((pid % nbm) * BM + tl.arange(0, BM))[:, None]
+    p = (tl.program_id(1) * BP + tl.arange(0, BP))[None, :]
+    return n, m, p, p // W, p % W, (m < CM) & (p < HW)
+
+
+def _mean_src(x, m0, C, HW, BR: tl.constexpr, BP: tl.constexpr):
+    # m0[n, 0, p] = mean over the C channels of x[n, :, p] (the fields that pool all channels)
+    n = tl.program_id(0)
+    p = (tl.program_id(1) * BP + tl.arange(0, BP))[None, :]
+    acc = tl.zeros((1, BP), dtype=m0.dtype.element_ty)
+    for c0 in range(0, C, BR):
+        c = (c0 + tl.arange(0, BR))[:, None]
+        t = tl.load(x + (n * C + c) * HW + p, mask=(c < C) & (p < HW), other=0.0).to(acc.dtype)
+        acc += tl.sum(t, axis=0)[None, :]
+    tl.store(m0 + n * HW + p, acc / C, mask=p < HW)
+
+
+def _centre_src(x, m0, mu, s0, C, CM, H, W, KCA: tl.constexpr, KSA: tl.constexpr, VALID: tl.constexpr,
+                GLOB: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+    # mu = B_A m0 (stored), s0 = R (x - mu)^2 (stored)
+    HW = H * W
+    n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
+    acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
+    mu_t = _box(m0, n, m, h, w, ok, acc0, CM, H, W, KCA, KSA, VALID, False)
+    tl.store(mu + (n * CM + m) * HW + p, mu_t, mask=ok)
+    if GLOB:
+        acc = acc0
+        for c0 in range(0, C, BR):
+            c = (c0 + tl.arange(0, BR))[:, None]
+            msk = (c < C) & (p < HW)
+            t = tl.load(x + (n * C + c) * HW + p, mask=msk, other=0.0).to(acc0.dtype)
+            v = tl.where(msk, t - mu_t, 0.0)
+            acc += tl.sum(v * v, axis=0)[None, :]
+        s0_t = acc / C
+    else:
+        t = tl.load(x + (n * C + m) * HW + p, mask=ok, other=0.0).to(acc0.dtype)
+        v = t - mu_t
+        s0_t = v * v
+    tl.store(s0 + (n * CM + m) * HW + p, s0_t, mask=ok)
+
+
+def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr, KSB: tl.constexpr,
+                VALID: tl.constexpr, GLOB: tl.constexpr, SIG_T: tl.constexpr, SIG2: tl.constexpr,
+                EPS: tl.constexpr, SCALE: tl.constexpr, BUG: tl.constexpr, POWER: tl.constexpr,
+                L1: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+    # t = b B_B s0 * scale + eps + sigma^2 (stored), d = t^-p, y = (x - mu) d; l1[program] = sum |x - mu|
+    HW = H * W
+    n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
+    acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
+    s = _box(s0, n, m, h, w, ok, acc0, CM, H, W, KCB, KSB, VALID, False)
+    if SIG_T:
+        sig2 = tl.load(sig2_ptr).to(acc0.dtype)
+    else:
+        sig2 = SIG2
+    t = s * (BUG * SCALE) + EPS + sig2
+    if POWER == 0.5:
+        d = 1.0 / tl.sqrt(t)
+    else:
+        d = tl.exp(tl.log(t) * -POWER)
+    tl.store(targ + (n * CM + m) * HW + p, t, mask=ok)
+    mu_t = tl.load(mu + (n * CM + m) * HW + p, mask=ok, other=0.0)
+    a1 = acc0
+    if GLOB:
+        for c0 in range(0, C, BR):
+            c = (c0 + tl.arange(0, BR))[:, None]
+            msk = (c < C) & (p < HW)
+            off = (n * C + c) * HW + p
+            v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+            tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=msk)
+            if L1:
+                a1 += tl.sum(tl.abs(v), axis=0)[None, :]
+    else:
+        off = (n * C + m) * HW + p
+        v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+        tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=ok)
+        if L1:
+            a1 += tl.abs(v)
+    if L1:
+        tl.store(l1 + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(a1, axis=1), axis=0))
+
+
+def _kernels() -> dict:
+    """Build the kernels (imports Triton; once per process)."""
+    if _KERNELS:
+        return _KERNELS
+    try:
+        import triton
+        import triton.language as language
+    except ImportError as e:
+        raise ImportError(f"DivisiveNorm(impl='triton') needs the triton package ({INSTALL_HINT}): {e}") from e
+    g = globals()
+    g["tl"] = language
+    g["_count"] = triton.jit(_count_src)
+    g["_box"] = triton.jit(_box_src)
+    g["_tiles"] = triton.jit(_tiles_src)
+    built = {name: triton.jit(fn) for name, fn in (("mean", _mean_src), ("centre", _centre_src),
+                                                    ("divide", _divide_src))}
+    built["interpret"] = bool(triton.knobs.runtime.interpret)
+    built["cdiv"] = triton.cdiv
+    _KERNELS.update(built)
+    return _KERNELS
+
+
+def _pow2(n: int, cap: int) -> int:
+    return max(1, min(cap, 1 << max(0, int(n) - 1).bit_length()))
+
+
+def _blocks(C: int, HW: int, glob: bool, blocks):
+    """Tile sizes (BM map channels, BR channels per chunk, BP positions); ``blocks`` = (channels, positions)
+    overrides the defaults (powers of two)."""
+    bc, bp = blocks if blocks is not None else (None, None)
+    bp = bp or _pow2(HW, 128)
+    bc = bc or _pow2(C, 32 if glob else 8)
+    for name, b in (("channels", bc), ("positions", bp)):
+        if b < 1 or b & (b - 1):
+            raise ValueError(f"blocks: the {name} block must be a power of two >= 1, got {b}")
+    return (1, bc, bp) if glob else (bc, 1, bp)
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _TritonDNFn(torch.autograd.Function):
+    """``(y, l1) = DN(x)`` with ``l1 = sum |x - mu|`` (a 0-d tensor; empty when not asked), kernels both ways."""
+
+    @staticmethod
+    def forward(ctx, x, sig2, geom: _Geom, spec: NormSpec, want_l1: bool, blocks):
+        ctx.set_materialize_grads(False)
+        k = _kernels()
+        N, C, H, W = x.shape
+        HW = H * W
+        CM = 1 if geom.glob else C
+        BM, BR, BP = _blocks(C, HW, geom.glob, blocks)
+        acc = _acc(x.dtype)
+        grid = (N * k["cdiv"](CM, BM), k["cdiv"](HW, BP))
+        sig_t = torch.is_tensor(sig2)
+        if geom.glob:
+            m0 = torch.empty((N, 1, H, W), device=x.device, dtype=acc)
+            k["mean"][(N, grid[1])](x, m0, C, HW, BR=BR, BP=BP)
+        else:
+            m0 = x
+        mu = torch.empty((N, CM, H, W), device=x.device, dtype=acc)
+        s0 = torch.empty_like(mu)
+        k["centre"][grid](x, m0, mu, s0, C, CM, H, W, KCA=geom.kca, KSA=geom.ksa, VALID=geom.valid,
+                          GLOB=geom.glob, BM=BM, BR=BR, BP=BP)
+        targ = torch.empty_like(mu)  # (not s0 in place: a program reads s0 around its own tile)
+        y = torch.empty_like(x)
+        l1 = torch.empty(grid[0] * grid[1] if want_l1 else 1, device=x.device, dtype=acc)
+        k["divide"][grid](x, mu, s0, targ, y, l1, sig2 if sig_t else l1, C, CM, H, W, KCB=geom.kcb, KSB=geom.ksb,
+                          VALID=geom.valid, GLOB=geom.glob, SIG_T=sig_t, SIG2=0.0 if sig_t else float(sig2),
+                          EPS=float(spec.eps_for(x.dtype)), SCALE=float(spec.sup_scale), BUG=float(geom.bug),
+                          POWER=float(spec.power), L1=want_l1, BM=BM, BR=BR, BP=BP)
+        ctx.geom, ctx.spec, ctx.blocks, ctx.sig_t = geom, spec, (BM, BR, BP), sig_t
+        ctx.save_for_backward(x, m0 if geom.glob else None, mu, targ)
+        l1_out = l1.sum().to(x.dtype) if want_l1 else x.new_empty(0)
+        if not want_l1:
+            ctx.mark_non_differentiable(l1_out)
+        return y, l1_out
+
+    @staticmethod
+    def backward(ctx, gy, gl1):
+        raise NotImplementedError("DivisiveNorm(impl='triton'): backward is not written yet")
+
+
+def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False, blocks=None):
+    """Divisive normalization of a 4-D ``x`` by the Triton kernels: returns ``(y, l1_sum)``.
+
+    The same operator as :func:`dnlib.functional.divisive_norm` for a :func:`supported` spec. ``sigma`` overrides
+    ``spec.sigma`` (a tensor for a learned sigma: gradients flow to it). With ``l1=True`` ``l1_sum`` is the sum
+    of ``|x - E_A[x]|`` over every element (differentiable; the sparse penalty is ``alpha * l1_sum / x.numel()``),
+    else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two; default 32 or 8 channels and
+    128 positions). Float16/bfloat16 inputs are computed in float32 and returned in their dtype; float64 in
+    float64. Double backward raises :class:`NotImplementedError`.
+    """
+    geom = _analyse(spec)
+    if not isinstance(geom, _Geom):
+        raise ValueError(f"spec: the Triton kernels do not compute {spec}: {geom}; they compute {SCOPE}")
+    if x.dim() != 4:
+        raise ValueError(f"input: impl='triton' computes (N, C, H, W) inputs, got shape {tuple(x.shape)}; use "
+                         f"impl='general' for other ranks")
+    if not x.is_floating_point():
+        raise TypeError(f"input: expected a real floating-point tensor, got dtype {x.dtype}")
+    if x.numel() >= 2 ** 31:
+        raise ValueError(f"input: {x.numel()} elements; the Triton kernels use 32-bit offsets (< 2**31 elements)")
+    k = _kernels()
+    if not k["interpret"] and not x.is_cuda:
+        raise ValueError(f"input: the Triton kernels need a CUDA tensor, got one on {x.device} (for Triton's CPU "
+                         f"interpreter set TRITON_INTERPRET=1 before the first impl='triton' forward)")
+    sig = spec.sigma if sigma is None else sigma
+    sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
+    if torch.is_tensor(sig2):
+        sig2 = sig2.reshape(())
+    if x.numel() == 0:
+        y = x * 0.0
+        return y, ((x.sum() * 0.0) if l1 else None)
+    y, l1_sum = _TritonDNFn.apply(x.contiguous(), sig2, geom, spec, bool(l1), blocks)
+    return y, (l1_sum if l1 else None)
+
+
+__all__ = ["INSTALL_HINT", "SCOPE", "available", "check", "divisive_norm", "interpreted", "supported",
+           "unsupported_reason"]
