@@ -68,7 +68,7 @@ def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
                 "seed": row.get("seed"), "stopped": row.get("stopped"),
                 "commit": None if not commit else commit[:12] + ("+dirty" if git.get("dirty") else ""),
                 "device": (row.get("device") or {}).get("name"),
-                "date": (row.get("started") or row.get("ended") or "")[:10] or None,
+                "date": (row.get("started") or row.get("ended") or row.get("date") or "")[:10] or None,
                 "data": setup.get("data")}
         return meta, dict(row.get("headline") or {}), dict(row.get("paper") or {})
     meta = {k: row.get(k) for k in GATHER_COLUMNS}
@@ -96,8 +96,8 @@ def _load(rows) -> list:
     return out
 
 
-def summarize(rows, keys: Optional[Sequence[str]] = None,
-              by: Sequence[str] = ("experiment", "name")) -> list[dict]:
+def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("experiment", "name"), *,
+              finished: bool = False) -> list[dict]:
     """One dict per configuration (the distinct values of ``by``), in order of first appearance.
 
     Args:
@@ -105,13 +105,17 @@ def summarize(rows, keys: Optional[Sequence[str]] = None,
             each of them) or RunResults.
         keys: the headline keys to aggregate (default: every headline key of any run, in order of appearance).
         by: the fields that name a configuration (``meta`` fields of :func:`flatten`: experiment, name, ...).
+        finished: count the values of completed runs only: a run stopped early (time limit, interrupted,
+            still running) counts in ``n`` and ``stopped`` but gives no value (its numbers are those of a shorter
+            schedule). Diverged runs give no value either way.
 
     Returns:
         dicts with the ``by`` fields, ``n`` (runs), and for each key ``k``: ``k`` (mean of the finite values, None
         when there are none), ``k_std`` (sample standard deviation, ``ddof=1``; None with fewer than two
         values), ``k_n`` (finite values: None/NaN/inf, e.g. a diverged run's, are left out and not counted),
         ``paper_k`` (the paper's number, the first one given); plus ``seeds`` (sorted), ``commits``, ``devices``,
-        ``dates``, ``data`` (distinct, in order), ``stopped`` (``{reason: count}``, reasons without their step)
+        ``dates`` (the day a run started, else ended, else a converted record's ``date``), ``data`` (distinct,
+        in order), ``stopped`` (``{reason: count}``, reasons without their step)
         and ``runs`` (the run folders).
     """
     by = tuple(by)
@@ -119,6 +123,8 @@ def summarize(rows, keys: Optional[Sequence[str]] = None,
     all_keys: list[str] = []
     for r in _load(rows):
         meta, head, paper = flatten(r)
+        if finished and stopped_reason(meta.get("stopped")) != "completed":
+            head = {k: None for k in head}
         for k in head:
             if k not in all_keys:
                 all_keys.append(k)
@@ -159,9 +165,10 @@ def _n_cell(s: Mapping, keys: Sequence[str]) -> str:
     missing = n - min((s.get(f"{k}_n", n) for k in keys), default=n)
     if not missing:
         return str(n)
-    diverged = (s.get("stopped") or {}).get("diverged", 0)
-    why = "diverged" if diverged == missing else "without a value"
-    return f"{n} ({missing} {why})"
+    others = {k: c for k, c in (s.get("stopped") or {}).items() if k != "completed"}
+    if sum(others.values()) == missing:     # every run without a value stopped early: say why
+        return f"{n} ({', '.join(f'{c} {k}' for k, c in others.items())})"
+    return f"{n} ({missing} without a value)"
 
 
 def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[str, str]] = None, *,
@@ -171,7 +178,7 @@ def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[s
     """A Markdown table of :func:`summarize`'s dicts: one line per configuration, for each key our
     ``mean ± std`` (the plain value when n == 1) and the paper's number beside it (a key the paper gives no
     number for in any row shown has no paper column), then ``n`` (runs; ``"3 (1 diverged)"`` when some runs
-    have no value).
+    have no value: why they stopped, when every such run stopped early).
 
     Args:
         summary: :func:`summarize`'s output.
@@ -239,7 +246,7 @@ def _runs(runs) -> list:
     return out
 
 
-def curve_bands(runs, metric: str, x: str = "step", by: str = "name") -> dict:
+def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]] = "name") -> dict:
     """The mean and sample standard deviation over runs (seeds) of ``metric`` against ``x``, per configuration.
 
     Args:
@@ -247,7 +254,8 @@ def curve_bands(runs, metric: str, x: str = "step", by: str = "name") -> dict:
             pairs (:func:`dnlib.experiment.load_runs`) or RunResults.
         metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"set5/psnr"``...).
         x: the column along which runs are aligned (default ``"step"``).
-        by: the record field that names a configuration.
+        by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
+            (the card's name), ``experiment``...), or several: the key is then ``"<first> (<others>, ...)"``.
 
     Returns:
         ``{name: {"x": array, "mean": array, "std": array, "count": array, "n": int}}``: at each ``x`` value any
@@ -261,7 +269,13 @@ def curve_bands(runs, metric: str, x: str = "step", by: str = "name") -> dict:
         for r in rows:
             if _finite(r.get(x)) and _finite(r.get(metric)):
                 pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
-        per.setdefault(rec.get(by), []).append(pts)
+        meta = flatten(rec)[0]
+        if isinstance(by, str):
+            key = meta.get(by)
+        else:
+            first, *rest = [meta.get(b) for b in by]
+            key = f"{first} ({', '.join(map(str, rest))})" if rest else first
+        per.setdefault(key, []).append(pts)
     out = {}
     for name, series in per.items():
         xs = sorted(set().union(*series))
