@@ -1,11 +1,13 @@
-"""The paper's models. Each takes its normalizer the same way: ``norm=`` a preset name (:func:`dnlib.list_norms`) or a
-:class:`~dnlib.spec.NormSpec`, ``norm_kwargs=`` the :func:`dnlib.make_norm` overrides, resolved once in ``__init__``
-by :func:`dnlib.presets.get_norm_layer`. The experiments' named rows (CIFAR ``dn-star``, PTB ``dn-star-lstm``, SR
-``dn*``) are in :mod:`dnlib.configs`: ``CifarConfig.build_model()``, ``SRConfig.build_model(norm)``,
+"""The paper's models, and He et al.'s CIFAR ResNet (``resnet20``; beyond the paper). Each takes its normalizer the
+same way: ``norm=`` a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, ``norm_kwargs=``
+the :func:`dnlib.make_norm` overrides, resolved once in ``__init__`` by :func:`dnlib.presets.get_norm_layer`. The
+experiments' named rows (CIFAR ``dn-star`` and ``resnet20-*``, PTB ``dn-star-lstm``, SR ``dn*``) are in
+:mod:`dnlib.configs`: ``CifarConfig.build_model()``, ``SRConfig.build_model(norm)``,
 ``LanguageModel(vocab_size, **PTBConfig.model_kwargs())``."""
 from .cnn import CifarCNN
+from .resnet import CifarResNet, resnet20
 from .rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 from .srcnn import SRCNN
 
 __all__ = ["CifarCNN", "LanguageModel", "NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell",
-           "SRCNN"]
+           "SRCNN", "CifarResNet", "resnet20"]
