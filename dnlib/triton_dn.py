@@ -143,7 +143,7 @@ def available() -> bool:
 # not import Triton. ``tl`` and the helpers' names are bound in this module's globals there (Triton resolves a
 # kernel's names through its globals, in the compiler and in the interpreter alike).
 tl = None
-_box = _count = _tiles = None
+_box = _count = _tiles = _divisor = None
 _KERNELS: dict = {}
 
 
@@ -250,10 +250,7 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr
     else:
         sig2 = SIG2
     t = s * (BUG * SCALE) + EPS + sig2
-    if POWER == 0.5:
-        d = 1.0 / tl.sqrt(t)
-    else:
-        d = tl.exp(tl.log(t) * -POWER)
+    d = _divisor(t, POWER)
     tl.store(targ + (n * CM + m) * HW + p, t, mask=ok)
     mu_t = tl.load(mu + (n * CM + m) * HW + p, mask=ok, other=0.0)
     a1 = acc0
@@ -276,6 +273,111 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr
         tl.store(l1 + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(a1, axis=1), axis=0))
 
 
+def _divisor_src(t, POWER: tl.constexpr):
+    # d = t^-p
+    if POWER == 0.5:
+        d = 1.0 / tl.sqrt(t)
+    else:
+        d = tl.exp(tl.log(t) * -POWER)
+    return d
+
+
+def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB: tl.constexpr, POWER: tl.constexpr,
+               GLOB: tl.constexpr, L1: tl.constexpr, SIG_T: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr,
+               BP: tl.constexpr):
+    # backward 1, per stat position: gsb = b scale dL/dt (dL/dt = -p d / t * R^T-sum of gy v), sg = sum gy,
+    # ssg = sum sign(v) (over the field's channels), gtp[program] = sum dL/dt (sigma^2's gradient)
+    HW = H * W
+    n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
+    acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
+    so = (n * CM + m) * HW + p
+    mu_t = tl.load(mu + so, mask=ok, other=0.0)
+    t = tl.load(targ + so, mask=ok, other=1.0)
+    gd = acc0
+    sgy = acc0
+    ssn = acc0
+    if GLOB:
+        for c0 in range(0, C, BR):
+            c = (c0 + tl.arange(0, BR))[:, None]
+            msk = (c < C) & (p < HW)
+            off = (n * C + c) * HW + p
+            v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+            g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype)
+            gd += tl.sum(g * v, axis=0)[None, :]
+            sgy += tl.sum(g, axis=0)[None, :]
+            if L1:
+                ssn += tl.sum((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype), axis=0)[None, :]
+    else:
+        off = (n * C + m) * HW + p
+        v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+        g = tl.load(gy + off, mask=ok, other=0.0).to(acc0.dtype)
+        gd += g * v
+        sgy += g
+        if L1:
+            ssn += (v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype)
+    gt = tl.where(ok, gd * _divisor(t, POWER) / t * -POWER, 0.0)
+    tl.store(gsb + so, gt * SB, mask=ok)
+    tl.store(sg + so, sgy, mask=ok)
+    if L1:
+        tl.store(ssg + so, ssn, mask=ok)
+    if SIG_T:
+        tl.store(gtp + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(gt, axis=1), axis=0))
+
+
+def _gmid_src(m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, KCB: tl.constexpr, KSB: tl.constexpr,
+              VALID: tl.constexpr, POWER: tl.constexpr, L1: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr):
+    # backward 2, per stat position: gs0 = B_B^T gsb (dL/d(R v^2)), gmu = -(sum over the field's channels of gv)
+    HW = H * W
+    n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
+    acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
+    gs0_t = _box(gsb, n, m, h, w, ok, acc0, CM, H, W, KCB, KSB, VALID, True)
+    so = (n * CM + m) * HW + p
+    d = _divisor(tl.load(targ + so, mask=ok, other=1.0), POWER)
+    v_mean = tl.load(m0 + so, mask=ok, other=0.0).to(acc0.dtype) - tl.load(mu + so, mask=ok, other=0.0)
+    gmu_t = -(d * tl.load(sg + so, mask=ok, other=0.0) + 2.0 * gs0_t * v_mean)
+    if L1:
+        gmu_t -= tl.load(gl1).to(acc0.dtype) * tl.load(ssg + so, mask=ok, other=0.0)
+    tl.store(gs0 + so, gs0_t, mask=ok)
+    tl.store(gmu + so, gmu_t, mask=ok)
+
+
+def _gx_src(x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, KCA: tl.constexpr, KSA: tl.constexpr,
+            VALID: tl.constexpr, POWER: tl.constexpr, GLOB: tl.constexpr, L1: tl.constexpr, BM: tl.constexpr,
+            BR: tl.constexpr, BP: tl.constexpr):
+    # backward 3: gx = gy d + 2 v gs0 / CR + gl1 sign(v) + (B_A^T gmu) / CR   (CR: channels per stat position)
+    HW = H * W
+    n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
+    acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
+    gm0 = _box(gmu, n, m, h, w, ok, acc0, CM, H, W, KCA, KSA, VALID, True)
+    so = (n * CM + m) * HW + p
+    mu_t = tl.load(mu + so, mask=ok, other=0.0)
+    d = _divisor(tl.load(targ + so, mask=ok, other=1.0), POWER)
+    if GLOB:
+        g2 = tl.load(gs0 + so, mask=ok, other=0.0) * 2.0 / C  # (not 2.0 / C first: a float32 scalar)
+        gm0 = gm0 / C
+    else:
+        g2 = tl.load(gs0 + so, mask=ok, other=0.0) * 2.0
+    if L1:
+        gl = tl.load(gl1).to(acc0.dtype)
+    if GLOB:
+        for c0 in range(0, C, BR):
+            c = (c0 + tl.arange(0, BR))[:, None]
+            msk = (c < C) & (p < HW)
+            off = (n * C + c) * HW + p
+            v = tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t
+            g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype) * d + v * g2 + gm0
+            if L1:
+                g += gl * ((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype))
+            tl.store(gx + off, g.to(gx.dtype.element_ty), mask=msk)
+    else:
+        off = (n * C + m) * HW + p
+        v = tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t
+        g = tl.load(gy + off, mask=ok, other=0.0).to(acc0.dtype) * d + v * g2 + gm0
+        if L1:
+            g += gl * ((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype))
+        tl.store(gx + off, g.to(gx.dtype.element_ty), mask=ok)
+
+
 def _kernels() -> dict:
     """Build the kernels (imports Triton; once per process)."""
     if _KERNELS:
@@ -290,8 +392,10 @@ def _kernels() -> dict:
     g["_count"] = triton.jit(_count_src)
     g["_box"] = triton.jit(_box_src)
     g["_tiles"] = triton.jit(_tiles_src)
+    g["_divisor"] = triton.jit(_divisor_src)
     built = {name: triton.jit(fn) for name, fn in (("mean", _mean_src), ("centre", _centre_src),
-                                                    ("divide", _divide_src))}
+                                                    ("divide", _divide_src), ("gstat", _gstat_src),
+                                                    ("gmid", _gmid_src), ("gx", _gx_src))}
     built["interpret"] = bool(triton.knobs.runtime.interpret)
     built["cdiv"] = triton.cdiv
     _KERNELS.update(built)
@@ -349,7 +453,8 @@ class _TritonDNFn(torch.autograd.Function):
                           VALID=geom.valid, GLOB=geom.glob, SIG_T=sig_t, SIG2=0.0 if sig_t else float(sig2),
                           EPS=float(spec.eps_for(x.dtype)), SCALE=float(spec.sup_scale), BUG=float(geom.bug),
                           POWER=float(spec.power), L1=want_l1, BM=BM, BR=BR, BP=BP)
-        ctx.geom, ctx.spec, ctx.blocks, ctx.sig_t = geom, spec, (BM, BR, BP), sig_t
+        ctx.geom, ctx.spec, ctx.blocks, ctx.want_l1 = geom, spec, (BM, BR, BP), want_l1
+        ctx.sig_dtype = sig2.dtype if sig_t else None
         ctx.save_for_backward(x, m0 if geom.glob else None, mu, targ)
         l1_out = l1.sum().to(x.dtype) if want_l1 else x.new_empty(0)
         if not want_l1:
@@ -358,7 +463,40 @@ class _TritonDNFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, gl1):
-        raise NotImplementedError("DivisiveNorm(impl='triton'): backward is not written yet")
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "DivisiveNorm(impl='triton'): double backward (create_graph=True) is not implemented by the Triton "
+                "kernels; use impl='general' (exact to any order) for gradient penalties or Hessian-vector products")
+        x, m0, mu, targ = ctx.saved_tensors
+        geom, spec = ctx.geom, ctx.spec
+        need_x, need_sig = ctx.needs_input_grad[0], ctx.sig_dtype is not None and ctx.needs_input_grad[1]
+        want_l1 = ctx.want_l1 and gl1 is not None
+        if gy is None and not want_l1 or not (need_x or need_sig):
+            return None, None, None, None, None, None
+        k = _kernels()
+        N, C, H, W = x.shape
+        HW = H * W
+        CM = mu.shape[1]
+        BM, BR, BP = ctx.blocks
+        grid = (N * k["cdiv"](CM, BM), k["cdiv"](HW, BP))
+        gy = torch.zeros_like(x) if gy is None else gy.contiguous()
+        gl1 = gl1.reshape(1).to(mu.dtype) if want_l1 else mu
+        gsb, sg = torch.empty_like(mu), torch.empty_like(mu)
+        ssg = torch.empty_like(mu) if want_l1 else mu
+        gtp = torch.empty(grid[0] * grid[1] if need_sig else 1, device=x.device, dtype=mu.dtype)
+        power = float(spec.power)
+        k["gstat"][grid](x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB=float(geom.bug * spec.sup_scale),
+                         POWER=power, GLOB=geom.glob, L1=want_l1, SIG_T=need_sig, BM=BM, BR=BR, BP=BP)
+        gsig2 = gtp.sum().to(ctx.sig_dtype) if need_sig else None
+        if not need_x:
+            return None, gsig2, None, None, None, None
+        gs0, gmu = torch.empty_like(mu), sg  # (gmu overwrites sg in place: each program reads sg on its tile only)
+        k["gmid"][grid](x if m0 is None else m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, KCB=geom.kcb,
+                        KSB=geom.ksb, VALID=geom.valid, POWER=power, L1=want_l1, BM=BM, BP=BP)
+        gx = torch.empty_like(x)
+        k["gx"][grid](x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, KCA=geom.kca, KSA=geom.ksa,
+                      VALID=geom.valid, POWER=power, GLOB=geom.glob, L1=want_l1, BM=BM, BR=BR, BP=BP)
+        return gx, gsig2, None, None, None, None
 
 
 def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False, blocks=None):
