@@ -27,6 +27,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Union
 
+from .gdn import GDN
 from .norm import DivisiveNorm
 from .spec import NormSpec, is_int
 
@@ -36,13 +37,18 @@ CS, BS = "channel,space", "batch,space"
 @dataclass(frozen=True)
 class Preset:
     """A named normalizer: its :class:`NormSpec`, the :class:`DivisiveNorm` defaults (``affine``, ``bias``) and a
-    one-line description."""
+    one-line description. ``module`` is the class built for it (a :class:`DivisiveNorm` subclass such as
+    :class:`~dnlib.gdn.GDN`, called as ``module(num_features, **defaults, **overrides)`` with the overrides
+    ``keys`` allows), or None for :class:`DivisiveNorm` with ``spec``."""
     spec: NormSpec
     defaults: Mapping = field(default_factory=dict)
     doc: str = ""
+    module: Optional[type] = None
+    keys: frozenset = frozenset()
 
 
 _P = Preset
+_GDN_KEYS = frozenset({"inverse", "simplified", "beta_min", "gamma_init", "alpha", "impl", "device", "dtype"})
 PRESETS = {
     "none":     _P(NormSpec(), dict(affine=False), "identity; with alpha, the L1 penalty on raw activations"),
     "bn":       _P(NormSpec(BS, BS), dict(affine=True), "batch norm: A = B = same unit over batch and space"),
@@ -69,6 +75,12 @@ PRESETS = {
                    "RMSNorm: no centring, B = all units of one example; eps finfo(dtype).eps as nn.RMSNorm"),
     "rms2d":    _P(NormSpec(None, "channel", eps=1e-6), dict(affine=True, bias=False),
                    "RMSNorm over the channels at each position (timm's RmsNorm2d, eps 1e-6)"),
+    "gdn":      _P(NormSpec(), dict(inverse=False, simplified=False), "GDN (Balle 2016): x_i / sqrt(beta_i + "
+                   "sum_j gamma_ij x_j^2), learned gamma >= 0, beta > 0 (compressai's GDN)", GDN, _GDN_KEYS),
+    "igdn":     _P(NormSpec(), dict(inverse=True, simplified=False), "inverse GDN: x_i * sqrt(beta_i + sum_j "
+                   "gamma_ij x_j^2) (compressai's GDN(inverse=True))", GDN, _GDN_KEYS),
+    "gdn1":     _P(NormSpec(), dict(inverse=False, simplified=True), "GDN1 (Johnston 2019): x_i / (beta_i + "
+                   "sum_j gamma_ij |x_j|) (compressai's GDN1)", GDN, _GDN_KEYS),
 }
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
@@ -120,22 +132,34 @@ def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
     return spec.replace(**changes) if changes else spec
 
 
+def _allowed_keys(preset: Optional[Preset]) -> set:
+    """The overrides :func:`make_norm` accepts for ``preset`` (None: a :class:`NormSpec`)."""
+    if preset is not None and preset.module is not None:
+        return set(preset.keys)
+    return _SPEC_KEYS | _MODULE_KEYS
+
+
 def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides) -> DivisiveNorm:
     """Build a normalizer by preset name (see :func:`list_norms`) or from a :class:`NormSpec`.
 
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
     ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``) or the module (``affine``, ``bias``,
-    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``).
+    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``). The GDN presets
+    (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
+    ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005)`` is the paper's first DN* layer.
     """
-    unknown = sorted(set(overrides) - _SPEC_KEYS - _MODULE_KEYS)
+    preset = None if isinstance(name_or_spec, NormSpec) else _lookup(name_or_spec)
+    allowed = _allowed_keys(preset)
+    unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(f"make_norm: unknown override {unknown[0]!r}; allowed are {sorted(_SPEC_KEYS | _MODULE_KEYS)}")
-    if isinstance(name_or_spec, NormSpec):
+        raise ValueError(f"make_norm: unknown override {unknown[0]!r}; allowed are {sorted(allowed)}")
+    if preset is not None and preset.module is not None:
+        return preset.module(num_features, **{**preset.defaults, **overrides})
+    if preset is None:
         spec, defaults = name_or_spec, {}
     else:
-        preset = _lookup(name_or_spec)
         spec, defaults = preset.spec, dict(preset.defaults)
     spec = resolve_spec(spec, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
     kwargs = {**defaults, **{k: v for k, v in overrides.items() if k in _MODULE_KEYS}}
@@ -172,7 +196,8 @@ def get_norm_layer(norm: NormLike = "none", norm_kwargs: Optional[Mapping] = Non
     if not isinstance(norm_kwargs, Mapping):
         raise ValueError(f"norm_kwargs: expected a mapping of make_norm overrides (e.g. {{'sigma': 0.5}}), got "
                          f"{type(norm_kwargs).__name__} {norm_kwargs!r}")
-    unknown = sorted(set(norm_kwargs) - _SPEC_KEYS - _MODULE_KEYS, key=str)
+    allowed = _allowed_keys(None if isinstance(norm, NormSpec) else _lookup(norm, param))
+    unknown = sorted(set(norm_kwargs) - allowed, key=str)
     if unknown:
-        raise ValueError(f"norm_kwargs: unknown key {unknown[0]!r}; allowed are {sorted(_SPEC_KEYS | _MODULE_KEYS)}")
+        raise ValueError(f"norm_kwargs: unknown key {unknown[0]!r}; allowed are {sorted(allowed)}")
     return functools.partial(make_norm, norm, **norm_kwargs)
