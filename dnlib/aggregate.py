@@ -37,12 +37,13 @@ import numpy as np
 from . import records
 from .figures import MarkdownTable, markdown_table
 
-__all__ = ["GATHER_COLUMNS", "flatten", "summarize", "table", "curve_bands", "format_mean_std", "stopped_reason"]
+__all__ = ["GATHER_COLUMNS", "PAPER_TABLES", "flatten", "summarize", "table", "curve_bands", "format_mean_std",
+           "stopped_reason", "paper_table", "compare", "provenance_table", "compare_bars", "compare_figure"]
 
 #: The columns of :func:`dnlib.records.gather` rows that are not headline numbers (``paper_*`` columns are the
 #: paper's numbers; every other column is a headline key).
 GATHER_COLUMNS = ("run", "experiment", "name", "seed", "stopped", "steps_done", "steps_planned", "seconds",
-                  "commit", "device", "started", "date", "data")
+                  "commit", "device", "started", "date", "data", "converted_from")
 NOT_RUN = "not run"
 
 
@@ -69,7 +70,7 @@ def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
                 "commit": None if not commit else commit[:12] + ("+dirty" if git.get("dirty") else ""),
                 "device": (row.get("device") or {}).get("name"),
                 "date": (row.get("started") or row.get("ended") or row.get("date") or "")[:10] or None,
-                "data": setup.get("data")}
+                "data": setup.get("data"), "converted_from": row.get("converted_from")}
         return meta, dict(row.get("headline") or {}), dict(row.get("paper") or {})
     meta = {k: row.get(k) for k in GATHER_COLUMNS}
     if not meta.get("commit"):
@@ -77,6 +78,13 @@ def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
     head = {k: v for k, v in row.items() if k not in GATHER_COLUMNS and not k.startswith("paper_")}
     paper = {k[len("paper_"):]: v for k, v in row.items() if k.startswith("paper_")}
     return meta, head, paper
+
+
+def _field(row: Mapping, key: str) -> Any:
+    """``row``'s value of a :func:`flatten` field or of ``config.<field>`` (None when absent)."""
+    if key.startswith("config."):
+        return (row.get("config") or {}).get(key[len("config."):])
+    return flatten(row)[0].get(key)
 
 
 def _load(rows) -> list:
@@ -97,7 +105,7 @@ def _load(rows) -> list:
 
 
 def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("experiment", "name"), *,
-              finished: bool = False) -> list[dict]:
+              finished: bool = False, where: Optional[Mapping[str, Any]] = None) -> list[dict]:
     """One dict per configuration (the distinct values of ``by``), in order of first appearance.
 
     Args:
@@ -108,6 +116,8 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
         finished: count the values of completed runs only: a run stopped early (time limit, interrupted,
             still running) counts in ``n`` and ``stopped`` but gives no value (its numbers are those of a shorter
             schedule). Diverged runs give no value either way.
+        where: keep only the runs whose fields have these values (``{"experiment": "cifar",
+            "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` of a record).
 
     Returns:
         dicts with the ``by`` fields, ``n`` (runs), and for each key ``k``: ``k`` (mean of the finite values, None
@@ -115,13 +125,15 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
         values), ``k_n`` (finite values: None/NaN/inf, e.g. a diverged run's, are left out and not counted),
         ``paper_k`` (the paper's number, the first one given); plus ``seeds`` (sorted), ``commits``, ``devices``,
         ``dates`` (the day a run started, else ended, else a converted record's ``date``), ``data`` (distinct,
-        in order), ``stopped`` (``{reason: count}``, reasons without their step)
-        and ``runs`` (the run folders).
+        in order), ``stopped`` (``{reason: count}``, reasons without their step), ``runs`` (the run folders)
+        and ``sources`` (the files converted records were made from, ``converted_from``).
     """
     by = tuple(by)
     groups: dict[tuple, list] = {}
     all_keys: list[str] = []
     for r in _load(rows):
+        if where and any(_field(r, k) != v for k, v in where.items()):
+            continue
         meta, head, paper = flatten(r)
         if finished and stopped_reason(meta.get("stopped")) != "completed":
             head = {k: None for k in head}
@@ -147,6 +159,7 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
             s[name] = list(dict.fromkeys(m[field] for m, _, _ in members if m.get(field) is not None))
         s["stopped"] = dict(Counter(stopped_reason(m.get("stopped")) for m, _, _ in members))
         s["runs"] = [m["run"] for m, _, _ in members if m.get("run") is not None]
+        s["sources"] = list(dict.fromkeys(f for m, _, _ in members for f in m.get("converted_from") or []))
         out.append(s)
     return out
 
@@ -290,3 +303,144 @@ def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]
         out[name] = {"x": np.array(xs), "mean": np.array(mean), "std": np.array(std), "count": np.array(count),
                      "n": len(series)}
     return out
+
+
+# ------------------------------------------------------------------------------------- the paper's tables
+#: The paper's tables that :func:`paper_table` knows (PAPER.md §4; Table 8 is a caption with no numbers).
+PAPER_TABLES = ("table3", "table7", "table4", "table9", "table5", "table6", "table10")
+
+
+def paper_table(name: str, scale: int = 3) -> dict:
+    """How one of the paper's tables is read from run records: ``title``, ``where`` (which runs: experiment and
+    data), ``keys`` (``{headline key: column}``), ``order`` (configuration names, the paper's row order),
+    ``labels`` (the paper's row names), ``paper`` (``{name: {key: the paper's number}}``) and ``fmt``.
+
+    The paper's numbers come from :mod:`dnlib.configs` (its tables as data). Tables 4 and 9 are laid out one
+    line per (row, cell) configuration (``dn-star-lstm``...), cell by cell; Tables 5 and 6 are the x``scale``
+    columns (our SR runs are named ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam
+    schedule ``fast-*``, which is not the paper's; ``bicubic`` and ``A+`` are not networks trained here)."""
+    from .configs import cifar as C
+    from .configs import ptb as P
+    from .configs import sr as S
+
+    if name not in PAPER_TABLES:
+        raise ValueError(f"name: unknown table {name!r}; known are {list(PAPER_TABLES)}")
+    if name in ("table3", "table7", "table10"):
+        rows = C.TABLE3_ROWS if name == "table3" else C.list_configs() if name == "table7" else list(C.TABLE10)
+        labels = {n: C.get_config(n).paper for n in rows}
+        where = {"experiment": "cifar", "config.dataset": "cifar10"}
+        if name == "table10":
+            return {"title": "Table 10: first-layer filter pairs, mean |correlation| and MI (nats)", "where": where,
+                    "keys": {"table10_corr": "corr.", "table10_mi": "MI"}, "order": rows, "labels": labels,
+                    "paper": {n: {"table10_corr": C.TABLE10[n][0], "table10_mi": C.TABLE10[n][1]} for n in rows},
+                    "fmt": ".4f"}
+        return {"title": f"Table {name[5:]}: CIFAR-10 test accuracy", "where": where,
+                "keys": {"final_acc": "CIFAR-10 acc."}, "order": list(rows), "labels": labels,
+                "paper": {n: {"final_acc": C.TABLE7[n][0]} for n in rows}, "fmt": ".4f"}
+    if name in ("table4", "table9"):
+        table = P.TABLE4 if name == "table4" else P.TABLE9
+        cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
+        order = [f"{P.ROW_NAMES[row]}-{c}" for c in P.CELL_TYPES for row in table]
+        return {"title": f"Table {name[5:]}: PTB test perplexity", "where": {"experiment": "ptb",
+                                                                              "config.source": "paper"},
+                "keys": {"final_test_ppl": "test ppl"}, "order": order,
+                "labels": {f"{P.ROW_NAMES[row]}-{c}": f"{row} {cells[c]}" for c in P.CELL_TYPES for row in table},
+                "paper": {f"{P.ROW_NAMES[row]}-{c}": {"final_test_ppl": table[row][k]}
+                          for k, c in enumerate(P.CELL_TYPES) for row in table}, "fmt": ".2f"}
+    sset = "Set14" if name == "table5" else "BSD200"
+    key = sset.lower()
+    paper = S.paper_numbers(sset, scale)
+    rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{S.ROW_NAMES[m]}" + (
+        "" if sched == "paper" else " (fast schedule)")) for sched in ("paper", "fast") for m in S.SR_MODELS]
+    rows.append(("fast-dn*-code", "DN* (authors' code, fast schedule)"))
+    return {"title": f"Table {name[5:]}: {sset} x{scale}, PSNR (dB) / SSIM", "where": {"experiment": "sr",
+                                                                                     "config.scale": scale},
+            "keys": {f"{key}_psnr": "PSNR", f"{key}_ssim": "SSIM"}, "order": [n for n, _ in rows],
+            "labels": dict(rows),
+            "paper": {n: dict(zip((f"{key}_psnr", f"{key}_ssim"), paper[label.split(" (")[0]]))
+                      for n, label in rows if "code" not in n and label.split(" (")[0] in paper},
+            "fmt": {f"{key}_psnr": ".2f", f"{key}_ssim": ".4f"}}
+
+
+def compare(runs, name: str, *, finished: bool = True, scale: int = 3) -> MarkdownTable:
+    """One of the paper's tables (:data:`PAPER_TABLES`) beside ours from the runs (run folders, records or
+    gather rows): mean ± std over the runs of each configuration (completed runs only when ``finished``), the
+    paper's number, n, and ``not run`` where no run has that configuration (:func:`paper_table`,
+    :func:`summarize`, :func:`table`)."""
+    spec = paper_table(name, scale)
+    summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])
+    return table(summary, spec["keys"], title=spec["title"], fmt=spec["fmt"], labels=spec["labels"],
+                 order=spec["order"], paper=spec["paper"])
+
+
+def provenance_table(runs, where: Optional[Mapping[str, Any]] = None, title: str = "") -> MarkdownTable:
+    """Where each configuration's numbers come from: runs, seeds, why they stopped, commit, card, date, data and
+    the files converted records were made from (``—``: not recorded)."""
+    lines = []
+    for s in summarize(runs, keys=[], where=where):
+        lines.append([f"{s['experiment']} / {s['name']}", s["n"], ", ".join(map(str, s["seeds"])) or None,
+                      ", ".join(f"{c} {k}" for k, c in s["stopped"].items()), ", ".join(s["commits"]) or None,
+                      ", ".join(s["devices"]) or None, ", ".join(s["dates"]) or None, ", ".join(s["data"]) or None,
+                      ", ".join(s["sources"]) or None])
+    return markdown_table(["configuration", "n", "seeds", "stopped", "commit", "card", "date", "data",
+                           "converted from"], lines, title=title)
+
+
+def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequence[str]] = None,
+                 labels: Optional[Mapping[str, str]] = None, paper: Optional[Mapping[str, Mapping]] = None,
+                 ax=None, title: str = "", ylabel: Optional[str] = None, ylim=None):
+    """Bars of ours (mean, with a ±std error bar where n > 1) beside the paper's number for each configuration
+    of ``order`` (default: the summary's); a configuration no run has shows the paper's bar only. Returns the
+    figure."""
+    from .figures import new_figure
+
+    if ax is None:
+        fig = new_figure(figsize=(max(4.0, 0.9 * len(order or summary) + 1.5), 3.2), layout="constrained")
+        ax = fig.add_subplot()
+    by_name = {s.get("name"): s for s in summary}
+    names = list(by_name) if order is None else list(order)
+    labels, paper = dict(labels or {}), dict(paper or {})
+    x = np.arange(len(names))
+    ours = [by_name.get(n, {}).get(key) for n in names]
+    err = [by_name.get(n, {}).get(f"{key}_std") for n in names]
+    ref = [by_name.get(n, {}).get(f"paper_{key}") or (paper.get(n) or {}).get(key) for n in names]
+    nan = float("nan")
+    ours_ = np.array([nan if v is None else v for v in ours], dtype=float)
+    ref_ = np.array([nan if v is None else v for v in ref], dtype=float)
+    err_ = np.array([nan if e is None else e for e in err], dtype=float)        # no error bar where n < 2
+    ax.bar(x - 0.2, ours_, 0.4, label="ours (± std where n > 1)", yerr=err_, capsize=3, color="#4292c6")
+    ax.bar(x + 0.2, ref_, 0.4, label="paper", color="#bdbdbd")
+    vals = np.concatenate([ours_ - np.nan_to_num(err_), ref_])
+    vals = vals[np.isfinite(vals)]
+    if ylim is None and len(vals) and vals.min() > 0:        # start near the smallest bar: differences show
+        lo, hi = vals.min(), np.nanmax(np.concatenate([ours_ + np.nan_to_num(err_), ref_]))
+        ylim = (max(0.0, lo - 0.3 * (hi - lo) - 0.02 * hi), hi + 0.25 * (hi - lo) + 0.02 * hi)  # legend room
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    bottom = ax.get_ylim()[0]
+    for k, v in enumerate(ours):
+        if v is None:
+            ax.text(x[k] - 0.2, bottom, NOT_RUN if names[k] not in by_name else "—", rotation=90, ha="center",
+                    va="bottom", fontsize=7, color="0.4")
+    ax.set_xticks(x, [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set(title=title, ylabel=ylabel or key)
+    ax.legend(fontsize=8, loc="upper center", ncol=2, framealpha=0.9)
+    ax.grid(axis="y", alpha=0.3)
+    return ax.figure
+
+
+def compare_figure(runs, name: str, *, finished: bool = True, scale: int = 3):
+    """:func:`compare`'s table as bars: one panel per key of the table (ours with ±std where n > 1 beside the
+    paper's; ``not run`` marked). Returns the figure."""
+    from .figures import new_figure
+
+    spec = paper_table(name, scale)
+    summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])
+    keys = list(spec["keys"])
+    fig = new_figure(figsize=(min(14.0, 0.55 * len(spec["order"]) + 2.0) * len(keys), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    for ax, k in zip(axes, keys):
+        compare_bars(summary, k, order=spec["order"], labels=spec["labels"], paper=spec["paper"], ax=ax,
+                     title=spec["title"] if len(keys) == 1 else f"{spec['title'].split(':')[0]}: {spec['keys'][k]}",
+                     ylabel=spec["keys"][k])
+    return fig

@@ -37,7 +37,7 @@ from dnlib import records  # noqa: E402
 H100 = "NVIDIA H100 80GB HBM3"
 H100_DATE = "2026-11-27"          # results/h100/README.md title
 CPU_DATE = "2026-11-27"           # results/cpu/README.md title
-CPU_NAME = "2-core CPU (this repository's machine)"
+CPU_NAME = "2-core CPU"             # results/cpu/README.md: this repository's 2-core CPU machine
 CIFAR_DATA = "CIFAR-10 (JPEG copy)"    # lossy, quality ~75: shared/data/README.md
 PTB_DATA = "PTB (Mikolov), 929,589 training tokens, 10,000 words"
 SR_DATA = "T91 (training), Set5 / Set14 / BSD200 (test), x3, MATLAB-compatible bicubic"
@@ -140,7 +140,7 @@ def sr(out: Path) -> list:
                  "the paper gives no Set5 numbers"]
         if run is None:
             notes.append("bicubic interpolation: measured on the test sets, nothing trained")
-            config = {"name": name, "scale": s["scale"], "setup": {"data": SR_DATA, "card": s["card"]}}
+            config = {"name": name, "scale": s["scale"], "setup": {"data": SR_DATA.split(", ", 1)[1], "card": s["card"]}}
             steps, stopped = 0, "completed"
         else:
             head["train_seconds"] = run["train_seconds"]

@@ -134,3 +134,77 @@ def test_band_curves_draws_a_line_and_a_band_per_configuration(tmp_path):
     assert verts[:, 1].min() == pytest.approx(0.9) and verts[:, 1].max() == pytest.approx(3.3)
     assert ax.get_ylabel() == "acc"
     fig.savefig(tmp_path / "bands.png")
+
+
+def test_equal_values_have_zero_spread_and_keys_without_paper_numbers_have_no_paper_column():
+    rows = [{"experiment": "x", "name": "a", "seed": s, "acc": 0.1 + 0.2, "speed": 10.0 + s, "paper_acc": 0.5}
+            for s in range(3)]
+    summ = A.summarize(rows)
+    assert summ[0]["acc_std"] == 0.0 and summ[0]["speed_std"] == pytest.approx(1.0)
+    md = A.table(summ)
+    assert md.splitlines()[0] == "| model | acc (ours) | acc (paper) | speed (ours) | n |"
+    assert md.splitlines()[2] == "| a | 0.30 ± 0.00 | 0.50 | 11.00 ± 1.00 | 3 |"
+
+
+def test_finished_counts_early_stopped_runs_without_their_values(tmp_path):
+    _write(tmp_path, "bn", 0, {"acc": 0.7})
+    _write(tmp_path, "bn", 1, {"acc": 0.3}, stopped="time limit at step 100")
+    _write(tmp_path, "bn", 2, {"acc": None}, stopped="diverged at step 7")
+    (every,) = A.summarize(tmp_path)
+    assert every["acc"] == pytest.approx(0.5) and every["acc_n"] == 2
+    (done,) = A.summarize(tmp_path, finished=True)
+    assert done["n"] == 3 and done["acc"] == 0.7 and done["acc_n"] == 1 and done["acc_std"] is None
+    assert done["stopped"] == {"completed": 1, "time limit": 1, "diverged": 1}
+    assert A.table([done], ["acc"]).splitlines()[2] == "| bn | 0.70 | 0.80 | 3 (1 time limit, 1 diverged) |"
+
+
+def test_curve_bands_by_several_fields(tmp_path):
+    for s in range(2):
+        _write(tmp_path, "bn", s, {"acc": 0.5}, curves=[{"step": 1, "acc": 0.1 * (s + 1)}])
+    bands = A.curve_bands(tmp_path, "acc", by=("name", "device"))
+    assert list(bands) == ["bn (cpu)"] and bands["bn (cpu)"]["n"] == 2
+    assert bands["bn (cpu)"]["mean"][0] == pytest.approx(0.15)
+
+
+def test_compare_reads_a_paper_table_from_runs(tmp_path):
+    from dnlib.configs import cifar as C
+    for s, acc in enumerate([0.70, 0.74]):
+        d = _write(tmp_path, "bn-star", s, {"final_acc": acc}, paper={"final_acc": 0.8179})
+        rec = R.read_record(d)
+        rec["config"]["dataset"] = "cifar10"
+        R.write_record(d, rec)
+    d = _write(tmp_path / "c100", "bn", 0, {"final_acc": 0.4})          # another dataset: not in Table 7's column
+    rec = R.read_record(d)
+    rec["config"]["dataset"] = "cifar100"
+    R.write_record(d, rec)
+    md = A.compare(tmp_path, "table7")
+    lines = md.splitlines()
+    assert lines[0] == "**Table 7: CIFAR-10 test accuracy**" and len(lines) == 4 + len(C.list_configs())
+    assert f"| BN* | 0.7200 ± {np.std([0.70, 0.74], ddof=1):.4f} | 0.8179 | 2 |" in lines
+    assert f"| BN | not run | {C.TABLE7['bn'][0]:.4f} | 0 |" in lines
+    fig = A.compare_figure(tmp_path, "table10")
+    assert len(fig.axes) == 2
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("not run") == len(C.TABLE10) - 1 and "—" in texts   # bn-star ran, without a Table 10 value
+    with pytest.raises(ValueError, match="unknown table 'table8'"):
+        A.paper_table("table8")
+
+
+def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
+    import subprocess
+    import sys
+    root = R._REPO
+    res = subprocess.run([sys.executable, "scripts/convert_results.py", "--check"], cwd=root, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = R.find_runs([root / "results/records"])
+    assert {R.read_record(d)["experiment"] for d in runs} == {"cifar", "ptb", "sr"}
+    for d in runs:
+        rec = R.read_record(d)
+        assert tuple(rec)[:len(R.RECORD_KEYS)] == R.RECORD_KEYS
+        assert rec["git"] is None and rec["started"] is None and rec["host"] is None   # not recorded: null
+        assert rec["converted_from"] and all((root / f).is_file() for f in rec["converted_from"])
+        assert rec["notes"][0].startswith("converted from ")
+        assert rec["device"]["name"] and rec["date"] == "2026-11-27"
+    md = A.provenance_table(root / "results/records", where={"experiment": "cifar"})
+    assert "CIFAR-10 (JPEG copy)" in md and "results/h100/cifar_summary.json" in md
