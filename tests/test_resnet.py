@@ -104,3 +104,37 @@ def test_every_norm_trains_a_few_steps(norm, kw):
     if kw.get("alpha"):
         assert len(net.sparse_sites()) == 19
     assert all(isinstance(m, DivisiveNorm) for _, m in net.norm_sites())
+
+
+def test_cifar_configs_rows_and_schedule():
+    from dnlib.configs.cifar import ARCHS, TABLE7, get_config, list_configs
+    assert list_configs() == list(TABLE7)                            # the default is still Table 7
+    names = list_configs("resnet20")
+    assert names == ["resnet20-bn", "resnet20-gn", "resnet20-ln", "resnet20-dn-star", "resnet20-gdn"]
+    assert list_configs("all") == list_configs() + names
+    for name in names:
+        c = get_config(name)
+        assert (c.arch, c.lr, c.momentum, c.weight_decay, c.batch_size, c.milestones, c.steps, c.gamma) == \
+            ("resnet20", 0.1, 0.9, 1e-4, 128, (32000, 48000), 64000, 0.1)   # He et al. 2016 §4.2
+        assert c.paper_accuracy is None                              # not a row of Ren et al.'s tables
+    assert get_config("resnet20-dn-star").norm_kwargs() == {"sigma": 0.5, "eps": 0.0, "alpha": 0.005}
+    assert get_config("resnet20-gn").norm_kwargs() == {"groups": 8}
+    assert get_config("resnet20-bn").scaled(20).milestones == (10, 15)
+    assert get_config("dn-star").arch == "cnn" and ARCHS == ("cnn", "resnet20")
+    net = get_config("resnet20-gn", "cifar100").build_model()
+    assert isinstance(net, CifarResNet) and net.fc.out_features == 100 and net.norm1.spec.groups == 8
+    with pytest.raises(ValueError, match=r"arch: must be one of \['cnn', 'resnet20'\], got 'vgg'"):
+        get_config("bn", arch="vgg")
+    with pytest.raises(ValueError, match=r"arch: must be one of"):
+        list_configs("resnet")
+    with pytest.raises(ValueError, match=r"dropout: the ResNet-20 has none"):
+        get_config("resnet20-bn", dropout=0.5).build_model()
+
+
+def test_recipe_runs_a_resnet_row(tmp_path):
+    import dnlib.cifar
+    r = dnlib.cifar.run("resnet20-bn", steps=3, subset=(100, 50), batch_size=16, eval_every=0, out=tmp_path,
+                        device="cpu")
+    assert isinstance(r.model, CifarResNet)
+    assert r.record["config"]["arch"] == "resnet20" and r.record["steps_done"] == 3
+    assert 0.0 <= r.headline["final_acc"] <= 1.0

@@ -11,6 +11,15 @@ One line per row below, with the authors' values (PAPER.md §2.3, §3.1, §5.4 i
 * "Baseline +WD +Dropout" (the authors' unreachable ``BaselineWDDropoutConfig``): weight decay 0.1 in TF's
   ``wd * sum(w^2) / 2`` convention (= SGD ``weight_decay=0.1``) on conv and FC weights, dropout 0.5 after both FC
   layers including the logits.
+
+Beyond the paper, the same recipe trains He et al.'s ResNet-20 (:func:`dnlib.models.resnet20`; ``arch="resnet20"``)
+with BN, GN, LN, DN* and GDN at all 19 normalizer sites (:data:`RESNET_ROWS`, names ``resnet20-<norm>``,
+:func:`list_configs` ``("resnet20")``), on He et al.'s schedule (CVPR 2016, §4.2): SGD momentum 0.9, lr 0.1,
+weight decay 1e-4 (here on the conv and FC weights), batch 128, 64K steps with the lr /10 at 32K and 48K.
+Unlike He et al. there is no data augmentation (the recipe has none), so expect less than their 91.25%.
+GN uses 8 groups (Wu & He's 32 do not divide the 16 channels of stage 1); DN* is the CNN's DN* per site (``dn``
+with its 3x3 window (``border="valid"``), sigma 0.5 as eps = sigma^2, alpha 0.005 at each of the 19 sites; not
+tuned for this network); GDN is the ``gdn`` preset (compressai's init).
 """
 from __future__ import annotations
 
@@ -22,6 +31,11 @@ DATASETS = ("cifar10", "cifar100")
 BASELINE_SCHEDULE = dict(milestones=(5000, 30000), steps=50000)
 NORM_SCHEDULE = dict(milestones=(30000, 50000), steps=80000)
 DN_WINDOWS = (5, 3, 3)
+#: The model of a configuration: the paper's CNN (:class:`~dnlib.models.CifarCNN`) or He et al.'s ResNet-20.
+ARCHS = ("cnn", "resnet20")
+#: He et al. 2016 §4.2's CIFAR schedule for the ResNet rows.
+RESNET_SCHEDULE = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, milestones=(32000, 48000),
+                       steps=64000)
 
 # name           paper row                 norm    affine  (sigma, alpha) CIFAR-10  (sigma, alpha) CIFAR-100  extra
 _ROWS = [
@@ -38,6 +52,15 @@ _ROWS = [
     ("ln-star",      "LN*",                   "ln",   False, (0.5, 0.005),   (0.5, 0.005),   {}),
     ("dn",           "DN",                    "dn",   False, (0.5, 0.0),     (0.5, 0.0),     {}),
     ("dn-star",      "DN*",                   "dn",   False, (0.5, 0.005),   (0.5, 0.001),   {}),
+]
+
+# ResNet-20 rows (beyond the paper): name, row label, norm, (sigma, alpha), extra
+RESNET_ROWS = [
+    ("resnet20-bn",      "ResNet-20 BN",  "bn",  (None, 0.0),  {}),
+    ("resnet20-gn",      "ResNet-20 GN",  "gn",  (None, 0.0),  dict(groups=8)),
+    ("resnet20-ln",      "ResNet-20 LN",  "ln",  (None, 0.0),  {}),
+    ("resnet20-dn-star", "ResNet-20 DN*", "dn",  (0.5, 0.005), {}),
+    ("resnet20-gdn",     "ResNet-20 GDN", "gdn", (None, 0.0),  {}),
 ]
 
 #: Table 7 (test accuracy), the paper's numbers: name -> (CIFAR-10, CIFAR-100).
@@ -77,6 +100,12 @@ class CifarConfig:
     gamma: float = 0.1
     steps: int = NORM_SCHEDULE["steps"]              # training stops here
     impl: str = "auto"                 # DivisiveNorm impl of the normalizers ("compile": torch.compile, for GPUs)
+    arch: str = "cnn"                  # the model: "cnn" (the paper's) or "resnet20" (He et al. 2016)
+    groups: Optional[int] = None       # channel groups of the normalizer (gn); None: the preset's
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch: must be one of {list(ARCHS)}, got {self.arch!r}")
 
     @property
     def num_classes(self) -> int:
@@ -100,13 +129,20 @@ class CifarConfig:
             kw["affine"] = self.affine
         if self.window is not None:
             kw.update(window=tuple(self.window), border="reference")
+        if self.groups is not None:
+            kw["groups"] = self.groups
         if self.impl != "auto" and self.norm != "none":
             kw["impl"] = self.impl
         return kw
 
     def build_model(self):
-        """The :class:`~dnlib.models.CifarCNN` of this configuration (initialised from torch's RNG)."""
-        from ..models import CifarCNN
+        """The model of this configuration (initialised from torch's RNG): :class:`~dnlib.models.CifarCNN`, or
+        :func:`~dnlib.models.resnet20` for ``arch="resnet20"`` (which has no dropout)."""
+        from ..models import CifarCNN, resnet20
+        if self.arch == "resnet20":
+            if self.dropout:
+                raise ValueError(f"dropout: the ResNet-20 has none, got {self.dropout!r}")
+            return resnet20(self.num_classes, self.norm, norm_kwargs=self.norm_kwargs())
         return CifarCNN(self.num_classes, self.norm, norm_kwargs=self.norm_kwargs(), dropout=self.dropout)
 
     def scaled(self, steps: int) -> "CifarConfig":
@@ -130,15 +166,21 @@ def _build(dataset: str) -> dict:
         sched = BASELINE_SCHEDULE if name.startswith("base") else NORM_SCHEDULE
         window = DN_WINDOWS if norm == "dn" else None
         out[name] = CifarConfig(name, paper, dataset, norm, sigma, alpha, affine, window, **extra, **sched)
+    for name, paper, norm, (sigma, alpha), extra in RESNET_ROWS:
+        out[name] = CifarConfig(name, paper, dataset, norm, sigma, alpha, arch="resnet20", **extra, **RESNET_SCHEDULE)
     return out
 
 
 CONFIGS = {ds: _build(ds) for ds in DATASETS}
 
 
-def list_configs() -> list:
-    """The configuration names, in Table 7's order."""
-    return [row[0] for row in _ROWS]
+def list_configs(arch: str = "cnn") -> list:
+    """The configuration names of ``arch``: ``"cnn"`` (default) Table 7's rows in its order, ``"resnet20"`` the
+    ResNet-20 rows (:data:`RESNET_ROWS`), ``"all"`` both."""
+    if arch not in ARCHS + ("all",):
+        raise ValueError(f"arch: must be one of {list(ARCHS + ('all',))}, got {arch!r}")
+    cnn, resnet = [row[0] for row in _ROWS], [row[0] for row in RESNET_ROWS]
+    return cnn if arch == "cnn" else resnet if arch == "resnet20" else cnn + resnet
 
 
 def _dataset(name: str) -> str:
@@ -152,6 +194,6 @@ def get_config(name: str, dataset: str = "cifar10", **changes) -> CifarConfig:
     """The named configuration (see :func:`list_configs`) for ``dataset``, with optional field changes."""
     ds = _dataset(dataset)
     if name not in CONFIGS[ds]:
-        raise ValueError(f"config: unknown CIFAR configuration {name!r}; known are {list_configs()}")
+        raise ValueError(f"config: unknown CIFAR configuration {name!r}; known are {list_configs('all')}")
     cfg = CONFIGS[ds][name]
     return cfg.replace(**changes) if changes else cfg
