@@ -31,7 +31,10 @@ MAX_KEPT_CHARS = 4000
 LESSON_FORM = ["The math", "A worked example", "Training", "Results beside the paper", "Takeaway", "Exercises"]
 LESSON_SECTIONS = {"01_unified_view.ipynb": ["The math", "A worked example", "The library call", "What to take away",
                                              "Exercises"],
-                   "02_activation_explorer.ipynb": ["The explorer", "What to take away", "Exercises"]}
+                   "02_activation_explorer.ipynb": ["The explorer", "What to take away", "Exercises"],
+                   # 06 trains nothing: it reads run records (what the tables are, mean ± std, the tables, curves)
+                   "06_results.ipynb": ["What the tables are", "Reading mean ± std", "Results beside the paper",
+                                        "Learning curves", "Takeaway", "Exercises"]}
 FORBIDDEN = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.ListComp,
              ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
