@@ -38,10 +38,16 @@ class _Field:
     kc: int              # window along channels (1 = none)
     ks: int              # window along each spatial dim (1 = none)
     border: str
+    wc: float = 0.0      # Gaussian width of the channel window (0 = box)
+    ws: float = 0.0      # Gaussian width of the spatial window (0 = box)
 
     @property
     def has_window(self):
         return self.kc > 1 or self.ks > 1
+
+    @property
+    def weighted(self):
+        return bool(self.wc or self.ws)
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,10 @@ class _Plan:
     bug: float           # the reference code's suppression divisor factor (k_B area / k_A area)
 
 
-def _field(axes, window, nspatial, border) -> Optional[_Field]:
+def _field(axes, window, nspatial, border, weights=()) -> Optional[_Field]:
     if not axes:
         return None
-    w = dict(window)
+    w, g = dict(window), dict(weights)
     dims = []
     for axis in sorted(axes):
         if axis in w:
@@ -64,13 +70,15 @@ def _field(axes, window, nspatial, border) -> Optional[_Field]:
             dims.extend(range(3, 3 + nspatial))
         else:
             dims.extend(_AXIS_DIMS[axis])
-    return _Field(tuple(sorted(dims)), w.get("channel", 1), w.get("space", 1) if nspatial else 1, border)
+    ks = w.get("space", 1) if nspatial else 1
+    return _Field(tuple(sorted(dims)), w.get("channel", 1), ks, border, g.get("channel", 0.0),
+                  g.get("space", 0.0) if ks > 1 else 0.0)
 
 
 @lru_cache(maxsize=512)
 def _plan(spec: NormSpec, nspatial: int) -> _Plan:
-    sum_f = _field(spec.sum_axes, spec.sum_window, nspatial, spec.border)
-    sup_f = _field(spec.sup_axes, spec.sup_window, nspatial, spec.border)
+    sum_f = _field(spec.sum_axes, spec.sum_window, nspatial, spec.border, spec.sum_weights)
+    sup_f = _field(spec.sup_axes, spec.sup_window, nspatial, spec.border, spec.sup_weights)
     bug = 1.0
     if (spec.border == "reference" and nspatial == 2 and sum_f is not None and sup_f is not None
             and sum_f.ks > 1 and sum_f.kc == 1 and sup_f.kc == 1):
@@ -86,13 +94,43 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, *x.shape[2:])
 
 
-def _box1d(t: torch.Tensor, dim: int, k: int, border: str) -> torch.Tensor:
+@lru_cache(maxsize=128)
+def _gauss(k: int, width: float) -> tuple:
+    """The Gaussian weights of a window of ``k`` (offsets ``-(k-1)//2 .. k//2``), std ``width``, summing to 1."""
+    g = [math.exp(-o * o / (2.0 * width * width)) for o in range(-((k - 1) // 2), k // 2 + 1)]
+    total = math.fsum(g)
+    return tuple(v / total for v in g)
+
+
+def _gauss1d(t: torch.Tensor, dim: int, k: int, width: float, border: str) -> torch.Tensor:
+    """Gaussian-weighted mean over a window of ``k`` neighbours along ``dim`` (the window of :func:`_box1d`, each
+    neighbour at offset o weighted by :func:`_gauss`); ``border="valid"`` divides by the sum of the weights
+    inside the map, the others by the window's (1). Shifted multiply-adds: no loop over positions."""
+    n = t.shape[dim]
+    before, after = (k - 1) // 2, k // 2
+    g = _gauss(k, width)
+    pad = [0, 0] * (t.dim() - 1 - dim) + [before, after]
+    p = F.pad(t, pad)
+    out = p.narrow(dim, 0, n) * g[0]
+    for i in range(1, k):
+        out = out + p.narrow(dim, i, n) * g[i]
+    if border == "valid":
+        ones = F.pad(torch.ones(n, dtype=torch.float64), [before, after])
+        total = sum(ones[i:i + n] * g[i] for i in range(k)).to(device=t.device, dtype=t.dtype)
+        return out / total.view((n,) + (1,) * (t.dim() - 1 - dim))
+    return out
+
+
+def _box1d(t: torch.Tensor, dim: int, k: int, border: str, width: float = 0.0) -> torch.Tensor:
     """Mean over a window of ``k`` neighbours along ``dim`` (stride 1, same size), zero padded.
 
     The window of position i is [i - (k-1)//2, i + k//2] (centred for odd k; TensorFlow SAME for even k).
     ``border="valid"`` divides by the number of real neighbours, the others by ``k``. Small windows are
     shifted adds, large ones a difference of cumulative sums: no pooling kernel, no loop over positions.
+    ``width > 0``: the Gaussian-weighted mean instead (:func:`_gauss1d`).
     """
+    if width:
+        return _gauss1d(t, dim, k, width, border)
     n = t.shape[dim]
     before, after = (k - 1) // 2, k // 2
     pad = [0, 0] * (t.dim() - 1 - dim) + [before, after]
@@ -115,10 +153,10 @@ def _box_shift(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
     """Separable box filter: one 1-D filter per windowed dim (the valid-border count of a 2-D window is the
     product of the 1-D counts). Few flops, several small kernels: the fast choice on CPU."""
     if f.kc > 1:
-        t = _box1d(t, 2, f.kc, f.border)
+        t = _box1d(t, 2, f.kc, f.border, f.wc)
     if f.ks > 1:
         for d in range(3, 3 + nspatial):
-            t = _box1d(t, d, f.ks, f.border)
+            t = _box1d(t, d, f.ks, f.border, f.ws)
     return t
 
 
@@ -152,10 +190,11 @@ def _box_pool(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
 
 def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
     """Box-filter ``t`` (grouped layout) along the windowed axes of field ``f``; stride 1, same size.
-    Shifted adds on CPU, pooling kernels on GPU (``tests/test_norm.py`` checks that the two agree)."""
+    Shifted adds on CPU, pooling kernels on GPU (``tests/test_norm.py`` checks that the two agree); weighted
+    (Gaussian) windows are always shifted multiply-adds."""
     if not f.has_window:
         return t
-    return _box_pool(t, f, nspatial) if t.is_cuda else _box_shift(t, f, nspatial)
+    return _box_pool(t, f, nspatial) if t.is_cuda and not f.weighted else _box_shift(t, f, nspatial)
 
 
 def _reduce_mean(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> torch.Tensor:
@@ -247,8 +286,15 @@ def _field_stat(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
 
 
 def _divisor(s: torch.Tensor, sig2, spec: NormSpec) -> torch.Tensor:
+    """The factor ``1 / d``, ``d = (sigma^2 + eps + s E_B[v^2])^p``; with ``spec.floor == "mean"``
+    ``1 / max(d, c)``, ``c`` the mean of ``d`` over each example (and group): dims 2.. of the grouped layout,
+    where ``d`` is constant along the dims it has size 1 in, so the mean over them is the mean over the map."""
     t = s * spec.sup_scale + spec.eps_for(s.dtype)  # eps=None: finfo(dtype).eps, as nn.RMSNorm
     t = t + sig2
+    if spec.floor == "mean":
+        d = t.sqrt() if spec.power == 0.5 else t.pow(spec.power)
+        c = d.mean(tuple(range(2, d.dim())), keepdim=True) if d.dim() > 2 else d
+        return torch.maximum(d, c).reciprocal()
     return t.rsqrt() if spec.power == 0.5 else t.pow(-spec.power)
 
 

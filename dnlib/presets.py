@@ -1,4 +1,4 @@
-"""Normalizers by name: every preset is one line, a :class:`NormSpec` plus the module defaults.
+r"""Normalizers by name: every preset is one line, a :class:`NormSpec` plus the module defaults.
 
 The "-s" forms add the smoothing term sigma (defaults: the paper's CIFAR-10 values, PAPER.md §2.3:
 bn-s 1.0, ln-s and dn-s 0.5; the PTB 1-D DN uses 1.0). The "-ms" forms are mean subtraction only (the
@@ -11,6 +11,25 @@ channels *and* positions. ``ln2d`` is timm's ``LayerNorm2d`` (ConvNeXt): one per
 the channels only (``NormSpec("channel", "channel")``, eps 1e-6 as timm); ``rms2d`` likewise timm's
 ``RmsNorm2d``. On ``(N, C)`` inputs each pair coincides (up to eps). ``rms`` keeps ``nn.RMSNorm``'s default
 eps, ``torch.finfo(dtype).eps`` (``NormSpec(eps=None)``).
+
+``lcn`` is local contrast normalization (Jarrett, Kavukcuoglu, Ranzato, LeCun 2009, eqs. of §2.1):
+
+.. math::
+
+    v_{n,i,j,k} = x_{n,i,j,k} - \sum_{i',p,q} w_{pq}\, x_{n,i',j+p,k+q}, \qquad
+    \sigma_{n,j,k} = \Big(\sum_{i',p,q} w_{pq}\, v_{n,i',j+p,k+q}^2 + \epsilon\Big)^{1/2}, \qquad
+    y_{n,i,j,k} = \frac{v_{n,i,j,k}}{\max(c_n, \sigma_{n,j,k})}, \quad c_n = \operatorname{mean}_{j,k}\,
+    \sigma_{n,j,k}
+
+with ``w`` a 9 x 9 Gaussian of std 2 pixels times 1/C (``sum w = 1`` over channels and window; the sizes of the
+common Theano ``lecun_lcn``): ``NormSpec(CS, CS, {"space": 9}, {"space": 9}, sum_weights={"space": 2.0},
+sup_weights={"space": 2.0}, floor="mean")``, eps 1e-5 (keeps a constant map finite), the valid border (near the
+border the weights inside the map are renormalized, as torch7's ``SpatialContrastiveNormalization``; pass
+``border="zeros"`` for zero padding). The floor is an option of the spec (``floor="mean"``), not an operator.
+
+``gdn``, ``igdn`` and ``gdn1`` are :class:`~dnlib.gdn.GDN` (Balle et al. 2016; compressai's ``GDN``,
+``GDN(inverse=True)``, ``GDN1``): a learned non-negative channel-suppression matrix, which no box field
+expresses; their ``Preset.module`` builds them, with GDN's own overrides (``beta_min``, ``gamma_init``, ``alpha``).
 
 This is the one registry of normalizers. A preset is a *kind* of normalizer; an experiment's hyperparameters
 (the paper's sigma, alpha and windows per row) are rows of its configuration table that name a preset plus
@@ -29,7 +48,7 @@ from typing import Callable, Mapping, Optional, Union
 
 from .gdn import GDN
 from .norm import DivisiveNorm
-from .spec import NormSpec, is_int
+from .spec import NormSpec, is_int, is_real
 
 CS, BS = "channel,space", "batch,space"
 
@@ -75,6 +94,10 @@ PRESETS = {
                    "RMSNorm: no centring, B = all units of one example; eps finfo(dtype).eps as nn.RMSNorm"),
     "rms2d":    _P(NormSpec(None, "channel", eps=1e-6), dict(affine=True, bias=False),
                    "RMSNorm over the channels at each position (timm's RmsNorm2d, eps 1e-6)"),
+    "lcn":      _P(NormSpec(CS, CS, {"space": 9}, {"space": 9}, sum_weights={"space": 2.0},
+                            sup_weights={"space": 2.0}, floor="mean"), dict(affine=False),
+                   "local contrast norm (Jarrett 2009): Gaussian (9x9, std 2) A and B over all channels, divisor "
+                   "max(c, local std), c its mean over the map"),
     "gdn":      _P(NormSpec(), dict(inverse=False, simplified=False), "GDN (Balle 2016): x_i / sqrt(beta_i + "
                    "sum_j gamma_ij x_j^2), learned gamma >= 0, beta > 0 (compressai's GDN)", GDN, _GDN_KEYS),
     "igdn":     _P(NormSpec(), dict(inverse=True, simplified=False), "inverse GDN: x_i * sqrt(beta_i + sum_j "
@@ -84,7 +107,7 @@ PRESETS = {
 }
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
-              "sum_window", "sup_window", "window"}
+              "sum_window", "sup_window", "window", "sum_weights", "sup_weights", "weights", "floor"}
 _MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
 
 
@@ -118,8 +141,14 @@ def _window_axis(spec: NormSpec, key: str) -> str:
 
 
 def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
-    """Apply spec-level overrides (``window``/``sum_window``/``sup_window`` may be ints) to ``spec``."""
+    """Apply spec-level overrides (``window``/``sum_window``/``sup_window`` may be ints; ``weights``/
+    ``sum_weights``/``sup_weights`` numbers (a Gaussian width) or ``"box"``, for the one windowed axis) to
+    ``spec``. ``window``/``weights`` set both fields' (the fields that have a window)."""
     window = changes.pop("window", None)
+    weights = changes.pop("weights", None)
+    for key in ("sum_weights", "sup_weights"):
+        if key in changes and (isinstance(changes[key], str) or is_real(changes[key])):
+            changes[key] = {_window_axis(spec, key): changes[key]}
     for key in ("sum_window", "sup_window"):
         if key in changes and is_int(changes[key]):
             changes[key] = {_window_axis(spec, key): changes[key]}
@@ -129,6 +158,11 @@ def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
             window = {axis: window}
         changes.setdefault("sum_window", window if spec.sum_window else None)
         changes.setdefault("sup_window", window if spec.sup_window else None)
+    if weights is not None:
+        if isinstance(weights, str) or is_real(weights):
+            weights = {_window_axis(spec, "weights"): weights}
+        changes.setdefault("sum_weights", weights if changes.get("sum_window", spec.sum_window) else None)
+        changes.setdefault("sup_weights", weights if changes.get("sup_window", spec.sup_window) else None)
     return spec.replace(**changes) if changes else spec
 
 
@@ -143,7 +177,8 @@ def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides
     """Build a normalizer by preset name (see :func:`list_norms`) or from a :class:`NormSpec`.
 
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
-    ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``) or the module (``affine``, ``bias``,
+    ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``, ``weights`` (both fields),
+    ``sum_weights``, ``sup_weights``, ``floor``) or the module (``affine``, ``bias``,
     ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``). The GDN presets
     (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.

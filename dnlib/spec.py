@@ -20,6 +20,17 @@ position (the paper's conv DN, PAPER.md §1.2), ``{"channel": 61}`` a run of 61 
 DN with radius R = 30, §1.3; and LRN). An axis pooled without a window is pooled globally.
 An empty summation field means no centring (RMSNorm, LRN); an empty suppression field means no division
 (the mean-only ``*-ms`` variants).
+
+A window may carry *weights* (``sum_weights``/``sup_weights``): a box (the default; every neighbour counts
+equally) or a Gaussian of a given width, ``{"space": 2.0}`` (standard deviation in pixels; in units along
+``"channel"``). The Gaussian weight of offset ``o`` (``o`` from ``-(k-1)//2`` to ``k//2``) is
+``exp(-o^2 / (2 width^2))``, truncated at the window and normalized to sum 1 over the whole window; a 2-D
+spatial window is the product of two 1-D ones. The field's "mean" is then the weighted mean: under
+``border="valid"`` divided by the sum of the weights inside the map (a box's count of real neighbours),
+under ``"zeros"``/``"reference"`` by the whole window's sum (1; zero padding counted), the reference border's
+suppression factor ``(k_B / k_A)^2`` of 2-D windows unchanged. Local contrast normalization (Jarrett et al.
+2009) is the ``lcn`` preset: Gaussian-weighted fields plus ``floor="mean"``, the divisor floored at its mean
+over the map.
 """
 from __future__ import annotations
 
@@ -35,6 +46,7 @@ import torch
 AXES = ("batch", "channel", "space")
 WINDOW_AXES = ("channel", "space")
 BORDERS = ("valid", "zeros", "reference")
+FLOORS = (None, "mean")
 
 AxesLike = Union[str, Iterable[str], None]
 WindowLike = Union[Mapping[str, int], Iterable[tuple], None]
@@ -94,6 +106,34 @@ def _parse_window(param: str, value: WindowLike, field: frozenset, field_param: 
     return tuple(sorted(out.items()))
 
 
+def _parse_weights(param: str, value, window: tuple, window_param: str) -> tuple:
+    """``{axis: "box" | width}`` -> sorted ``((axis, width), ...)`` of the Gaussian axes (boxes dropped)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(f"{param}: expected a mapping axis -> 'box' or a Gaussian width, such as {{'space': 2.0}}, "
+                         f"got {value!r}")
+    items = value.items() if isinstance(value, Mapping) else value
+    w = dict(window)
+    out = {}
+    for item in items:
+        try:
+            axis, width = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{param}: expected a mapping axis -> 'box' or a Gaussian width, such as "
+                             f"{{'space': 2.0}}, got {value!r}") from None
+        if axis not in w:
+            raise ValueError(f"{param}: weights on axis {axis!r}, which {window_param}={w} does not window; "
+                             f"weights go on a windowed axis of this field ({sorted(w) or 'none'})")
+        if isinstance(width, str) and width == "box":
+            continue
+        if not is_real(width) or not math.isfinite(width) or width <= 0:
+            raise ValueError(f"{param}: the weights of axis {axis!r} must be 'box' or a Gaussian width (standard "
+                             f"deviation in units, a finite number > 0), got {_show(width)}")
+        out[axis] = float(width)
+    return tuple(sorted(out.items()))
+
+
 @dataclass(frozen=True, repr=False)
 class NormSpec:
     """Which activations a divisive normalizer pools, and how (PAPER.md Table 1).
@@ -117,6 +157,14 @@ class NormSpec:
             ``"reference"`` reproduces the authors' TensorFlow code: zero padding counted, TF ``SAME``
             padding for even windows, and the suppression sum divided by the *summation* window's size
             (PAPER.md §1.2 step 5, §5.4 item 1; identical to ``"zeros"`` when the windows are equal).
+            Weighted windows follow the same rules with weights in place of counts (module docstring).
+        sum_weights: weights of the windows of ``A``: ``{axis: "box" | width}``, a Gaussian of standard deviation
+            ``width`` units (normalized to sum 1 over the window, truncated at its size); default box.
+        sup_weights: the same for the windows of ``B``.
+        floor: ``None`` (default) or ``"mean"``: the divisor ``d = (sigma^2 + eps + s E_B[v^2])^p`` is replaced
+            by ``max(d, c)``, ``c`` the mean of ``d`` over all units of the example (per example and group; over
+            the map for a field that pools all channels), as local contrast normalization (Jarrett et al.
+            2009): ``y = v / max(c, d)``.
     """
 
     sum_axes: frozenset = frozenset()
@@ -130,10 +178,15 @@ class NormSpec:
     sup_scale: float = 1.0
     groups: int = 1
     border: str = "valid"
+    sum_weights: tuple = ()
+    sup_weights: tuple = ()
+    floor: Optional[str] = None
 
     def __post_init__(self):
         if self.border not in BORDERS:
             raise ValueError(f"border: got {self.border!r}; allowed values are {list(BORDERS)}")
+        if self.floor not in FLOORS:
+            raise ValueError(f"floor: got {self.floor!r}; allowed values are {list(FLOORS)}")
         sum_axes = _parse_axes("sum_axes", self.sum_axes)
         sup_axes = _parse_axes("sup_axes", self.sup_axes)
         object.__setattr__(self, "sum_axes", sum_axes)
@@ -142,6 +195,13 @@ class NormSpec:
                            _parse_window("sum_window", self.sum_window, sum_axes, "sum_axes", self.border))
         object.__setattr__(self, "sup_window",
                            _parse_window("sup_window", self.sup_window, sup_axes, "sup_axes", self.border))
+        object.__setattr__(self, "sum_weights",
+                           _parse_weights("sum_weights", self.sum_weights, self.sum_window, "sum_window"))
+        object.__setattr__(self, "sup_weights",
+                           _parse_weights("sup_weights", self.sup_weights, self.sup_window, "sup_window"))
+        if self.floor is not None and not sup_axes:
+            raise ValueError(f"floor: floor={self.floor!r} floors the divisor, and sup_axes is empty (no division); "
+                             f"add a suppression field or pass floor=None")
         for name in ("sigma", "eps"):
             val = getattr(self, name)
             if name == "eps" and val is None:
@@ -185,6 +245,11 @@ class NormSpec:
     def windowed(self) -> bool:
         return bool(self.sum_window or self.sup_window)
 
+    @property
+    def weighted(self) -> bool:
+        """Whether some window carries non-box (Gaussian) weights."""
+        return bool(self.sum_weights or self.sup_weights)
+
     def eps_for(self, dtype: torch.dtype) -> float:
         """The eps added beside sigma^2 for a computation in ``dtype``: ``eps``, or when it is ``None``
         ``torch.finfo`` of the dtype torch accumulates ``dtype`` in (float32 for float16/bfloat16), as
@@ -197,21 +262,28 @@ class NormSpec:
         """The windows of field ``"sum"`` or ``"sup"`` as a dict axis -> size."""
         return dict(self.sum_window if field == "sum" else self.sup_window)
 
+    def weights(self, field: str) -> dict:
+        """The Gaussian widths of the windows of field ``"sum"`` or ``"sup"`` as a dict axis -> width (box axes
+        are absent)."""
+        return dict(self.sum_weights if field == "sum" else self.sup_weights)
+
     def replace(self, **changes) -> "NormSpec":
         """A copy with some fields changed (validated again)."""
-        for key in ("sum_window", "sup_window"):
+        for key in ("sum_window", "sup_window", "sum_weights", "sup_weights"):
             if key in changes and isinstance(changes[key], Mapping):
                 changes[key] = dict(changes[key])
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
-        def field(axes, window):
+        def field(axes, window, weights):
             if not axes:
                 return "-"
-            w = dict(window)
-            return "+".join(f"{a}[{w[a]}]" if a in w else a for a in AXES if a in axes)
+            w, g = dict(window), dict(weights)
+            return "+".join((f"{a}[{w[a]}]" if a not in g else f"{a}[{w[a]},gauss{g[a]:g}]") if a in w else a
+                            for a in AXES if a in axes)
 
-        parts = [f"A={field(self.sum_axes, self.sum_window)}", f"B={field(self.sup_axes, self.sup_window)}",
+        parts = [f"A={field(self.sum_axes, self.sum_window, self.sum_weights)}",
+                 f"B={field(self.sup_axes, self.sup_window, self.sup_weights)}",
                  f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}", f"eps={'finfo' if self.eps is None else format(self.eps, 'g')}"]
         if self.power != 0.5:
             parts.append(f"power={self.power:g}")
@@ -221,4 +293,6 @@ class NormSpec:
             parts.append(f"groups={self.groups}")
         if self.windowed:
             parts.append(f"border={self.border}")
+        if self.floor is not None:
+            parts.append(f"floor={self.floor}")
         return f"NormSpec({', '.join(parts)})"
