@@ -141,7 +141,7 @@ def fused_kind(spec: NormSpec) -> Optional[str]:
     ``"bn"`` (A = B = batch+space), ``"ln"`` (channel+space), ``"gn"`` (channel+space in groups),
     ``"in"`` (space), ``"rms"`` (no centring, B = channel+space).
     """
-    if spec.windowed or spec.learn_sigma or spec.power != 0.5 or spec.sup_scale != 1.0:
+    if spec.windowed or spec.learn_sigma or spec.power != 0.5 or spec.sup_scale != 1.0 or spec.floor is not None:
         return None
     A, B = spec.sum_axes, spec.sup_axes
     if spec.groups > 1:

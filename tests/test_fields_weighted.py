@@ -198,3 +198,16 @@ def test_compile_path_equals_general():
     assert (ya - yb).abs().max().item() < 1e-10 and abs(la.item() - lb.item()) < 1e-9
     for u, v in zip(ga, gb):
         assert (u - v).abs().max().item() < 1e-9
+
+
+def test_floor_leaves_the_native_kernels():
+    """A floored spec whose fields are BN's is not F.batch_norm (which has no floor): here the floor is the mean
+    over the channels of the per-channel divisors (the one example-independent statistic)."""
+    m = DivisiveNorm(3, NormSpec("batch,space", "batch,space", floor="mean"), affine=False,
+                     track_running_stats=False).double()
+    assert m.fused is None
+    x = _x((4, 3, 2, 2), seed=8) * torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64).view(1, 3, 1, 1)
+    v = x - x.mean((0, 2, 3), keepdim=True)
+    d = (v.square().mean((0, 2, 3), keepdim=True) + 1e-5).sqrt()
+    want = v / torch.maximum(d, d.mean())
+    assert (m(x) - want).abs().max().item() < 1e-12
