@@ -82,6 +82,8 @@ def _parse_axes(param: str, value: AxesLike) -> frozenset:
 def _parse_window(param: str, value: WindowLike, field: frozenset, field_param: str, border: str) -> tuple:
     if value is None:
         return ()
+    if not isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(f"{param}: expected a mapping axis -> size such as {{'space': 3}}, got {value!r}")
     items = value.items() if isinstance(value, Mapping) else value
     out = {}
     for item in items:
@@ -268,10 +270,21 @@ class NormSpec:
         return dict(self.sum_weights if field == "sum" else self.sup_weights)
 
     def replace(self, **changes) -> "NormSpec":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). A changed window keeps the weights of the axes it
+        still windows (unless the weights are changed too): ``lcn.replace(sum_window={})`` is box-free, not an
+        error."""
         for key in ("sum_window", "sup_window", "sum_weights", "sup_weights"):
             if key in changes and isinstance(changes[key], Mapping):
                 changes[key] = dict(changes[key])
+        for f in ("sum", "sup"):
+            if f"{f}_window" in changes and f"{f}_weights" not in changes and self.weights(f):
+                new = changes[f"{f}_window"]
+                try:
+                    items = dict(new.items() if isinstance(new, Mapping) else (new or ())).items()
+                except (TypeError, ValueError):
+                    items = ()  # (a malformed window: its own check names it)
+                axes = {a for a, k in items if not (is_int(k) and k <= 1)}
+                changes[f"{f}_weights"] = {a: w for a, w in self.weights(f).items() if a in axes}
         return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:

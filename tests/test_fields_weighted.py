@@ -211,3 +211,14 @@ def test_floor_leaves_the_native_kernels():
     d = (v.square().mean((0, 2, 3), keepdim=True) + 1e-5).sqrt()
     want = v / torch.maximum(d, d.mean())
     assert (m(x) - want).abs().max().item() < 1e-12
+
+
+def test_replace_keeps_the_weights_of_the_windows_that_remain():
+    lcn = get_spec("lcn")
+    assert lcn.replace(sum_window={"space": 5}).weights("sum") == {"space": 2.0}
+    assert lcn.replace(sum_window={}).weights("sum") == {} and lcn.replace(sum_window={}).weights("sup") == {
+        "space": 2.0}
+    assert lcn.replace(sup_window={"space": 1}).sup_weights == ()
+    # a window given as a bare number is refused with the parameter's name (it raised TypeError before)
+    with pytest.raises(ValueError, match="sum_window: expected a mapping"):
+        lcn.replace(sum_window=3)
