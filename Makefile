@@ -12,7 +12,7 @@ export MPLBACKEND ?= agg
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
 export DNLIB_DATA
 
-.PHONY: setup git-filter run test bench clean
+.PHONY: setup git-filter run test bench report clean
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory -f $(ROOT)/Makefile git-filter VENV=$(abspath $(VENV))
@@ -48,6 +48,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m dnlib.bench
+
+# The newest suite run's executed notebooks plus 06_results (executed now when that run lacks it) as HTML in one
+# folder a reader can open: runs/<profile>/suite-<UTC time>/report/index.html (scripts/report.py --help).
+report: setup
+	$(BIN)/python scripts/report.py
 
 clean:
 	rm -rf runs .pytest_cache
