@@ -1,6 +1,13 @@
 """Shared fixtures."""
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton's CPU interpreter for DivisiveNorm(impl="triton") (tests/test_triton.py). Set here, at import, so that it
+    # holds whichever test imports triton first (torch.compile's Inductor may): the kernels read it when they are built.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -1,0 +1,176 @@
+"""``DivisiveNorm(impl="triton")`` (:mod:`dnlib.triton_dn`): the Triton kernels' values and gradients (input,
+learned sigma, the L1 term) against the general path, in float64, float32 and bfloat16, for both field kinds (all
+channels, channel window), every border rule, odd and even windows and shapes that leave partial tiles.
+
+Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py``):
+numpy per program, so the shapes are tiny and the tile sizes small (several programs per axis, partial tiles).
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty, triton_dn
+from dnlib import functional as DF
+
+pytest.importorskip("triton")
+pytestmark = [pytest.mark.skipif(not triton_dn.available(), reason="Triton cannot run here (no GPU, no interpreter)"),
+              pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+
+CS = "channel,space"
+CASES = {
+    # name: (spec, shape, blocks (channels, positions) or None)
+    "dn3-valid": (NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), (2, 5, 4, 5), (4, 8)),
+    "dn5-3-zeros": (NormSpec(CS, CS, {"space": 5}, {"space": 3}, sigma=0.5, border="zeros"), (1, 3, 5, 6), None),
+    "even-reference-eps-none": (NormSpec(CS, CS, {"space": 4}, {"space": 2}, sigma=0.5, border="reference",
+                                         eps=None), (2, 3, 5, 4), (2, 16)),
+    "sr-5-7-reference": (NormSpec(CS, CS, {"space": 5}, {"space": 7}, sigma=1.0, eps=0.0, border="reference"),
+                         (1, 4, 6, 7), None),
+    "chwin-valid-power": (NormSpec(CS, CS, {"channel": 3, "space": 3}, {"channel": 5, "space": 3}, sigma=0.5,
+                                   power=0.75, sup_scale=2.0), (1, 5, 2, 3), (4, 8)),
+    "chwin-even-reference": (NormSpec("channel", "channel", {"channel": 2}, {"channel": 4}, sigma=0.5,
+                                      border="reference"), (2, 6, 2, 3), (4, 4)),
+    "all-channels-only": (NormSpec("channel", "channel", sigma=0.3), (2, 3, 3, 3), (2, 4)),
+}
+
+
+def _general(x, spec, sigma):
+    """The general path (dnlib.functional's hand-written Function): y and the L1 sum sum|x - E_A x|."""
+    y, v, _, _ = DF.divisive_norm_stats(x, spec, sigma)
+    return y, v.abs().sum()
+
+
+def _run(fn, x, sigma, gy, w1):
+    y, l1 = fn(x, sigma)
+    gx, gs = torch.autograd.grad((y * gy).sum() + w1 * l1, [x, sigma])
+    return y.detach(), l1.detach(), gx, gs
+
+
+def _inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype).requires_grad_()
+    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    sigma = torch.tensor(0.7, dtype=torch.float64).to(dtype).requires_grad_()
+    return x, gy, sigma
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_values_and_all_gradients_float64(name):
+    """y, the L1 sum, and the gradients of x and a learned sigma through both equal the general path (1e-12)."""
+    spec, shape, blocks = CASES[name]
+    assert triton_dn.supported(spec)
+    x, gy, sigma = _inputs(shape, torch.float64)
+    ours = _run(lambda x, s: triton_dn.divisive_norm(x, spec, s, l1=True, blocks=blocks), x, sigma, gy, 0.3)
+    ref = _run(lambda x, s: _general(x, spec, s), x, sigma, gy, 0.3)
+    for what, a, b in zip(("y", "l1", "grad x", "grad sigma"), ours, ref):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, w=what: f"{name} {w}: {m}")
+
+
+@pytest.mark.parametrize("name", ["dn3-valid", "chwin-even-reference"])
+def test_float32_and_bfloat16_against_general_float64(name):
+    """float32 in and out (tolerance of float32 accumulation) and bfloat16 in and out (one bfloat16 rounding of
+    the output and of the gradient; the kernels compute in float32)."""
+    spec, shape, blocks = CASES[name]
+    x64, gy64, s64 = _inputs(shape, torch.float64, seed=1)
+    ref = _run(lambda x, s: _general(x, spec, s), x64, s64, gy64, 0.3)
+    for dtype, tol in ((torch.float32, 2e-5), (torch.bfloat16, 2e-2)):
+        x, gy, sigma = (t.detach().to(dtype).requires_grad_(t.requires_grad) for t in (x64, gy64, s64))
+        ours = _run(lambda x, s: triton_dn.divisive_norm(x, spec, s, l1=True, blocks=blocks), x, sigma, gy, 0.3)
+        assert ours[0].dtype == dtype and ours[2].dtype == dtype
+        if dtype == torch.bfloat16:  # the reference on the same (rounded) input, in float64
+            xr, gyr, sr = (t.detach().double().requires_grad_(t.requires_grad) for t in (x, gy, sigma))
+            ref = _run(lambda x, s: _general(x, spec, s), xr, sr, gyr, 0.3)
+        for what, a, b in zip(("y", "l1", "grad x", "grad sigma"), ours, ref):
+            scale = b.abs().max().item()
+            torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * scale,
+                                       msg=lambda m, w=what, d=dtype: f"{name} {d} {w}: {m}")
+
+
+def test_gradcheck_tiny():
+    """torch.autograd.gradcheck of (y, L1 sum) in x and a learned sigma (finite differences, float64)."""
+    spec = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5, border="zeros")
+    x, _, sigma = _inputs((1, 3, 3, 4), torch.float64, seed=2)
+    assert torch.autograd.gradcheck(lambda x, s: triton_dn.divisive_norm(x, spec, s, l1=True), (x, sigma),
+                                    fast_mode=True)
+
+
+@pytest.mark.parametrize("name,kw", [
+    # the CIFAR DN* first layer (reference border, eps 0, the L1 term) with a learned sigma and an affine
+    ("dn", dict(window=5, sigma=0.5, eps=0.0, alpha=0.005, border="reference", learn_sigma=True, affine=True)),
+    # the SR DN* layer: 5 x 5 summation, 7 x 7 suppression (the reference code's divisor), valid border for once
+    ("dn", dict(sum_window=5, sup_window=7, sigma=1.0, alpha=0.1)),
+])
+def test_module_equals_general_module(name, kw):
+    """DivisiveNorm(impl="triton") against impl="general" in training (output, L1 penalty, gradients of the input
+    and of every parameter) and in evaluation (output), float32."""
+    torch.manual_seed(0)
+    a = make_norm(name, 6, impl="general", **kw)
+    b = make_norm(name, 6, impl="triton", **kw)
+    b.load_state_dict(a.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 6, 5, 7, generator=g) * 2 + 0.5).requires_grad_()
+    w = torch.randn(2, 6, 5, 7, generator=g)
+    out = []
+    for m in (a, b):
+        y = m(x)
+        pen = sparse_penalty(m)
+        gs = torch.autograd.grad((y * w).sum() + pen, [x] + list(m.parameters()))
+        out.append((y.detach(), pen.detach(), gs))
+    (ya, pa, ga), (yb, pb, gb) = out
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    assert pa.item() > 0 and abs(pa.item() - pb.item()) < 1e-5 * pa.item()
+    assert len(ga) == len(gb) == 1 + len(list(a.parameters()))
+    for u, v in zip(gb, ga):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+    assert sparse_penalty(b).item() == 0.0  # no L1 term outside training
+
+
+def test_double_backward_raises():
+    """create_graph=True (a gradient penalty) is refused with a pointer to the general path."""
+    x, gy, sigma = _inputs((1, 2, 3, 3), torch.float64)
+    y, _ = triton_dn.divisive_norm(x, CASES["dn3-valid"][0], sigma)
+    with pytest.raises(NotImplementedError, match="double backward.*impl='general'"):
+        torch.autograd.grad((y * gy).sum(), x, create_graph=True)
+
+
+def test_api_and_errors(monkeypatch):
+    """supported()/available() for scripts; unsupported specs, ranks and a missing triton are clear errors."""
+    assert triton_dn.available()
+    assert triton_dn.supported(make_norm("dn", 32).spec) and triton_dn.supported(make_norm("ln2d", 32).spec)
+    for name in ("bn", "ln", "gn", "lrn", "dn-ms", "rms2d"):
+        spec = make_norm(name, 32).spec
+        assert not triton_dn.supported(spec)
+        with pytest.raises(ValueError, match=r"impl: 'triton' does not compute NormSpec\(.*per-example fields"):
+            DivisiveNorm(32, spec, impl="triton")
+    mixed = NormSpec(CS, CS, {"space": 3, "channel": 3}, {"space": 3})
+    assert "one field pools all channels" in triton_dn.unsupported_reason(mixed)
+    m = make_norm("dn", 4, impl="triton")
+    with pytest.raises(ValueError, match=r"input: impl='triton' computes \(N, C, H, W\) inputs, got shape \(2, 4, 5\)"):
+        m(torch.randn(2, 4, 5))
+    assert m(torch.randn(0, 4, 3, 3)).shape == (0, 4, 3, 3)  # an empty batch: an empty output
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if triton were not installed
+    assert not triton_dn.available()
+    with pytest.raises(ImportError, match=r"pip install dnlib\[triton\]"):
+        make_norm("dn", 4, impl="triton")
+
+
+def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
+    """`import dnlib`, building an impl="triton" module and asking supported()/available() import no triton, and
+    impl="auto" runs a supported spec on CPU without the kernels (triton is still not imported after its
+    forward and backward)."""
+    code = ("import sys, torch, dnlib\n"
+            "from dnlib import triton_dn\n"
+            "m = dnlib.make_norm('dn', 4, impl='triton')\n"
+            "assert triton_dn.supported(m.spec)\n"
+            "a = dnlib.make_norm('dn', 4, window=5, sigma=0.5, alpha=0.01)\n"
+            "x = torch.randn(2, 4, 6, 6, requires_grad=True)\n"
+            "(a(x).sum() + dnlib.sparse_penalty(a)).backward()\n"
+            "assert 'triton' not in sys.modules, sorted(k for k in sys.modules if 'triton' in k)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
