@@ -402,6 +402,66 @@ def _kernels() -> dict:
     return _KERNELS
 
 
+_POINTERS = ("x", "y", "gy", "gx", "m0", "mu", "s0", "targ", "l1", "sig2_ptr", "gsb", "sg", "ssg", "gtp", "gl1", "gs0",
+             "gmu")
+_TRITON_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
+def compile_for(arch: int = 90, dtypes=("float32", "bfloat16", "float64"), minimal: bool = False) -> int:
+    """Compile the kernels' variants for an NVIDIA GPU of compute capability ``arch`` (90: H100/H200) without a
+    GPU: Triton's compiler to PTX, then ``ptxas`` to a cubin. This checks on a CPU machine what the interpreter
+    cannot (types, lowering, float64/bfloat16 support, register allocation); it says nothing about speed.
+
+    Needs the compiler, not the interpreter: ``TRITON_INTERPRET`` unset when the kernels are first built in this
+    process. For each input dtype in ``dtypes`` and both field kinds it compiles the channel-mean kernel, the centring
+    kernel and, with and without a learned sigma and the L1 term, the output kernel and the three backward kernels
+    (``minimal``: one of the two per field kind, so that every branch still compiles once: 11 per dtype instead of
+    19). Returns the number of variants compiled; the first failure raises Triton's error."""
+    k = _kernels()
+    if k["interpret"]:
+        raise RuntimeError("compile_for: the kernels were built for Triton's interpreter (TRITON_INTERPRET=1); run "
+                           "it in a process without TRITON_INTERPRET")
+    bad = [d for d in dtypes if d not in _TRITON_DTYPES]
+    if bad:
+        raise ValueError(f"dtypes: unknown dtype {bad[0]!r}; allowed values are {list(_TRITON_DTYPES)}")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", int(arch), 32)
+    count = 0
+    for dtype in dtypes:
+        xdt = _TRITON_DTYPES[dtype]
+        acc = "fp64" if xdt == "fp64" else "fp32"
+        for glob in (True, False):
+            bm, br, bp = _blocks(64, 1024, glob, None)
+            tiles = dict(BM=bm, BR=br, BP=bp)
+            kc = 1 if glob else 3
+            ptrs = dict.fromkeys(_POINTERS, acc)
+            ptrs.update(x=xdt, y=xdt, gy=xdt, gx=xdt, sig2_ptr="fp32", m0=acc if glob else xdt)
+            variants = [("mean", dict(BR=br, BP=bp))] if glob else []
+            variants.append(("centre", dict(KCA=kc, KSA=5, VALID=False, GLOB=glob, **tiles)))
+            options = ((True, True, 0.5, True), (False, False, 0.75, False))
+            if minimal:
+                options = options[:1] if glob else options[1:]
+            for sig_t, l1, power, valid in options:
+                variants += [
+                    ("divide", dict(KCB=kc, KSB=3, VALID=valid, GLOB=glob, SIG_T=sig_t, SIG2=0.25, EPS=1e-5,
+                                    SCALE=1.0, BUG=1.96, POWER=power, L1=l1, **tiles)),
+                    ("gstat", dict(SB=1.96, POWER=power, GLOB=glob, L1=l1, SIG_T=sig_t, **tiles)),
+                    ("gmid", dict(KCB=kc, KSB=3, VALID=valid, POWER=power, L1=l1, BM=bm, BP=bp)),
+                    ("gx", dict(KCA=kc, KSA=5, VALID=valid, POWER=power, GLOB=glob, L1=l1, **tiles))]
+            for name, consts in variants:
+                fn = k[name]
+                sig = {a: "constexpr" if a in consts else ("*" + ptrs[a] if a in _POINTERS else "i32")
+                       for a in fn.arg_names}
+                out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
+                if "cubin" not in out.asm:
+                    raise RuntimeError(f"compile_for: no cubin for kernel {name!r} ({dtype})")
+                count += 1
+    return count
+
+
 def _pow2(n: int, cap: int) -> int:
     return max(1, min(cap, 1 << max(0, int(n) - 1).bit_length()))
 
@@ -456,7 +516,7 @@ class _TritonDNFn(torch.autograd.Function):
         ctx.geom, ctx.spec, ctx.blocks, ctx.want_l1 = geom, spec, (BM, BR, BP), want_l1
         ctx.sig_dtype = sig2.dtype if sig_t else None
         ctx.save_for_backward(x, m0 if geom.glob else None, mu, targ)
-        l1_out = l1.sum().to(x.dtype) if want_l1 else x.new_empty(0)
+        l1_out = l1.sum() if want_l1 else x.new_empty(0)  # (float32 for half inputs, as the statistics)
         if not want_l1:
             ctx.mark_non_differentiable(l1_out)
         return y, l1_out
@@ -504,8 +564,8 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False,
 
     The same operator as :func:`dnlib.functional.divisive_norm` for a :func:`supported` spec. ``sigma`` overrides
     ``spec.sigma`` (a tensor for a learned sigma: gradients flow to it). With ``l1=True`` ``l1_sum`` is the sum
-    of ``|x - E_A[x]|`` over every element (differentiable; the sparse penalty is ``alpha * l1_sum / x.numel()``),
-    else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two; default 32 or 8 channels and
+    of ``|x - E_A[x]|`` over every element (differentiable; the sparse penalty is ``alpha * l1_sum / x.numel()``;
+    float32 for half-precision inputs), else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two; default 32 or 8 channels and
     128 positions). Float16/bfloat16 inputs are computed in float32 and returned in their dtype; float64 in
     float64. Double backward raises :class:`NotImplementedError`.
     """
@@ -534,5 +594,5 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False,
     return y, (l1_sum if l1 else None)
 
 
-__all__ = ["INSTALL_HINT", "SCOPE", "available", "check", "divisive_norm", "interpreted", "supported",
+__all__ = ["INSTALL_HINT", "SCOPE", "available", "check", "compile_for", "divisive_norm", "interpreted", "supported",
            "unsupported_reason"]

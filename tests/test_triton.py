@@ -5,6 +5,7 @@ channels, channel window), every border rule, odd and even windows and shapes th
 Without a GPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by ``tests/conftest.py``):
 numpy per program, so the shapes are tiny and the tile sizes small (several programs per axis, partial tiles).
 """
+import os
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.skipif(not triton_dn.available(), reason="Triton canno
 CS = "channel,space"
 CASES = {
     # name: (spec, shape, blocks (channels, positions) or None)
-    "dn3-valid": (NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), (2, 5, 4, 5), (4, 8)),
+    "dn3-valid": (NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), (2, 5, 3, 4), (4, 8)),
     "dn5-3-zeros": (NormSpec(CS, CS, {"space": 5}, {"space": 3}, sigma=0.5, border="zeros"), (1, 3, 5, 6), None),
     "even-reference-eps-none": (NormSpec(CS, CS, {"space": 4}, {"space": 2}, sigma=0.5, border="reference",
                                          eps=None), (2, 3, 5, 4), (2, 16)),
@@ -174,3 +175,25 @@ def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
+    """Triton's compiler and ptxas build the float32 kernels for sm_90 (H100/H200) on this CPU machine, every branch
+    once: what the interpreter does not check (types, lowering, registers). A fresh cache, so nothing is taken as
+    compiled. Without the interpreter a CPU tensor is refused with a clear error."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    code = ("import torch, dnlib\n"
+            "from dnlib import triton_dn\n"
+            "print(triton_dn.compile_for(90, dtypes=('float32',), minimal=True))\n"
+            "assert not triton_dn.interpreted() and triton_dn.available() == torch.cuda.is_available()\n"
+            "try:\n"
+            "    dnlib.make_norm('dn', 4, impl='triton')(torch.randn(1, 4, 3, 3))\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "11", r.stdout
+    if not torch.cuda.is_available():
+        assert lines[1].startswith("input: the Triton kernels need a CUDA tensor, got one on cpu"), r.stdout
