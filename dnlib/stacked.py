@@ -24,9 +24,10 @@ as a step of one. This module packs K runs of one configuration, each with its o
   its data too (a stratified subset is drawn from the seed, as in the separate run); a step's input is
   ``(N, K*3, 32, 32)``, channel block k holding copy k's batch (:class:`StackedData`);
 * its normalizers see only its own channels: a field that pools ``channel`` (LN, DN) gets ``groups=K`` (the
-  general path's grouped view; LN becomes ``F.group_norm`` with K groups), fields that pool the batch per
-  channel (BN) are per channel already; the L1 term of a site is ``alpha * K * mean|v|`` over the K copies'
-  equally sized blocks, i.e. the sum of the K copies' own terms;
+  general path's grouped view; LN becomes ``F.group_norm`` with K groups), or, for ``impl="triton"`` (whose
+  kernels take no groups), the K copies are folded into the batch (:class:`FoldedNorm`); fields that pool the
+  batch per channel (BN) are per channel already; the L1 term of a site is ``alpha * K * mean|v|`` over the K
+  copies' equally sized blocks, i.e. the sum of the K copies' own terms;
 * the loss is the SUM of the K per-copy mean losses, so each copy's gradient is its separate run's; SGD with
   momentum and weight decay is elementwise, so the packed optimizer state keeps the copies independent (the
   weight-decay/no-decay parameter groups are the recipe's, mapped by name);
@@ -69,7 +70,7 @@ from .norm import DivisiveNorm
 from .sparse import clear_penalties
 from .train import GraphTrainer, Trainer, set_seed
 
-__all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "StackedData", "StackedBatches", "StackedLoss",
+__all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "FoldedNorm", "StackedData", "StackedBatches", "StackedLoss",
            "evaluate", "StackedRun", "prepare", "run", "commands", "MODES"]
 
 MODES = ("auto", "graph", "eager")
@@ -99,11 +100,33 @@ def _same(values, what: str) -> None:
                          f"the same configuration")
 
 
-def stack_norm(norms: Sequence[nn.Module]) -> DivisiveNorm:
-    """One :class:`DivisiveNorm` over ``K * C`` channels computing the K normalizers ``norms`` (equal
-    :class:`DivisiveNorm` s of C channels) on their own channel blocks: a field pooling ``channel`` gets ``groups``
-    times K, ``alpha`` times K (the L1 term is the mean over the K equally sized blocks: times K it is the sum of
-    the K copies' terms). Parameters and buffers are not copied (see :meth:`StackedCifarCNN.load_copies`)."""
+class FoldedNorm(nn.Module):
+    """A per-example normalizer ``norm`` of C channels applied to each copy's channel block of a ``(N, K*C, ...)``
+    input by folding the K copies into the batch: ``(N, K*C, H, W)`` -> ``(N*K, C, H, W)`` -> back (a copy of a
+    channels-last input). For implementations that take no channel groups (``impl="triton"``)."""
+
+    def __init__(self, norm: DivisiveNorm, copies: int):
+        super().__init__()
+        self.norm, self.copies = norm, copies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x.reshape(x.shape[0] * self.copies, x.shape[1] // self.copies, *x.shape[2:]))
+        return y.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"copies={self.copies}"
+
+
+def stack_norm(norms: Sequence[nn.Module], fold: Optional[bool] = None) -> nn.Module:
+    """One module over ``K * C`` channels computing the K normalizers ``norms`` (equal :class:`DivisiveNorm` s of C
+    channels) on their own channel blocks: a :class:`DivisiveNorm` whose fields that pool ``channel`` get
+    ``groups`` times K and whose ``alpha`` is times K (the L1 term is the mean over the K equally sized blocks:
+    times K it is the sum of the K copies' terms). Parameters and buffers are not copied (see
+    :meth:`StackedCifarCNN.load_copies`).
+
+    ``fold``: instead, a :class:`FoldedNorm` (the copies folded into the batch; per-example fields without
+    parameters or running statistics only, e.g. DN*); ``None``: fold when the impl takes no groups (``"triton"``).
+    """
     k, m0 = len(norms), norms[0]
     if not all(isinstance(m, DivisiveNorm) for m in norms):
         raise ValueError(f"norms: stacking needs DivisiveNorm layers, got {type(m0).__name__}")
@@ -112,11 +135,19 @@ def stack_norm(norms: Sequence[nn.Module]) -> DivisiveNorm:
     spec = m0.spec
     if spec.learn_sigma:
         raise ValueError(f"norms: a learned sigma (one scalar per site) cannot be stacked, got {spec}")
-    if "channel" in spec.sum_axes | spec.sup_axes:
-        spec = spec.replace(groups=spec.groups * k)
     ref = next(iter(m0.parameters()), None)
     ref = ref if ref is not None else next((b for b in m0.buffers() if b.is_floating_point()), None)
     factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    if fold is None:
+        fold = m0.impl == "triton"
+    if fold:
+        if m0.affine or m0.track_running_stats or spec.pools_batch:
+            raise ValueError(f"fold: folding the copies into the batch needs a per-example normalizer without "
+                             f"parameters or running statistics, got {m0}")
+        return FoldedNorm(DivisiveNorm(m0.num_features, spec, affine=False, track_running_stats=False,
+                                       alpha=m0.alpha * k, impl=m0.impl, **factory), k)
+    if "channel" in spec.sum_axes | spec.sup_axes:
+        spec = spec.replace(groups=spec.groups * k)
     return DivisiveNorm(k * m0.num_features, spec, affine=m0.affine, bias=not m0.affine or m0.bias is not None,
                         momentum=m0.momentum, track_running_stats=m0.track_running_stats, alpha=m0.alpha * k,
                         impl=m0.impl, **factory)
@@ -129,9 +160,10 @@ class StackedCifarCNN(nn.Module):
     buffer names are those of the copies (``convs.0.weight``, ``norms.1.running_mean``, ``fc1.weight``...); each
     packs the K copies' tensors: along dim 0 for conv and normalizer tensors (grouped convolutions, ``groups=K``),
     stacked on a new dim 0 for the FC layers. :meth:`copy_state_dict` unpacks copy k (a ``CifarCNN`` state dict).
+    ``fold``: how the normalizers keep the copies apart (:func:`stack_norm`).
     """
 
-    def __init__(self, models: Sequence[CifarCNN]):
+    def __init__(self, models: Sequence[CifarCNN], fold: Optional[bool] = None):
         super().__init__()
         models = list(models)
         if not models:
@@ -149,7 +181,7 @@ class StackedCifarCNN(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(k * c.in_channels, k * c.out_channels, c.kernel_size, stride=c.stride, padding=c.padding,
                       groups=k, bias=c.bias is not None, **factory) for c in m0.convs)
-        self.norms = nn.ModuleList(stack_norm([m.norms[i] for m in models]) for i in range(len(m0.norms)))
+        self.norms = nn.ModuleList(stack_norm([m.norms[i] for m in models], fold) for i in range(len(m0.norms)))
         self.pools = copy.deepcopy(m0.pools)
         self.fc1 = StackedLinear(k, m0.fc1.in_features, m0.fc1.out_features, **factory)
         self.fc2 = StackedLinear(k, m0.fc2.in_features, m0.fc2.out_features, **factory)

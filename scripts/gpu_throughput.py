@@ -12,9 +12,10 @@ for any GPU machine (it also rehearses on a CPU).
    layer through ``DivisiveNorm`` (``fused``: ``F.batch_norm``) as ratios to torch's ``nn.BatchNorm2d`` (cuDNN on a
    GPU) measured in the same run, interleaved, medians; at the CIFAR CNN's three normalized shapes at batch 100
    (windows 5, 3, 3) and at 256x64x32x32 (window 3); on CUDA both eagerly and replayed as a CUDA graph;
-3. **training**: images/s of Baseline, BN*, DN* as one ordinary run (the recipe's trainer: a CUDA graph on CUDA)
-   and as K = 1, 3, 4, 8 copies stacked in one model (:mod:`dnlib.stacked`, one CUDA graph), so that "K stacked
-   vs K separate runs one after another" is a ratio measured in the same run;
+3. **training**: images/s of Baseline, BN*, DN* (on CUDA also DN* with ``impl="triton"`` when available; any
+   ``NAME:IMPL`` with ``--configs``) as one ordinary run (the recipe's trainer: a CUDA graph on CUDA) and as K = 1,
+   3, 4, 8 copies stacked in one model (:mod:`dnlib.stacked`, one CUDA graph), so that "K stacked vs K separate
+   runs one after another" is a ratio measured in the same run;
 4. **estimate**: Table 7 (13 configurations x CIFAR-10/100) x 3 seeds at the paper's full schedule from those
    rates (training steps only: no evaluation, data loading or capture; LN rows at the BN* rate, their proxy).
 
@@ -43,6 +44,7 @@ from dnlib import cli, experiment, records, stacked  # noqa: E402
 from dnlib.cifar import RECIPE, load_data  # noqa: E402
 from dnlib.configs.cifar import DATASETS, get_config, list_configs  # noqa: E402
 from dnlib.io import atomic_write_json, atomic_write_text  # noqa: E402
+from dnlib.norm import IMPLS  # noqa: E402
 from dnlib.presets import make_norm  # noqa: E402
 from dnlib.sparse import sparse_penalty  # noqa: E402
 from dnlib.train import GraphTrainer, set_seed  # noqa: E402
@@ -202,11 +204,13 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
     """images/s of one ordinary run and of K stacked copies per configuration (the same data, seeds 0..K-1)."""
     rows = []
     changes = {} if batch_size is None else {"batch_size": batch_size}
-    for name in configs:
-        cfg = RECIPE.config(name, dataset=data.name, **changes)
+    for entry in configs:
+        name, _, impl = entry.partition(":")
+        cfg = RECIPE.config(name, dataset=data.name, **changes, **({"impl": impl} if impl else {}))
         separate = None
         for kind, k in [("separate", 1)] + [("stacked", k) for k in stacks]:
-            row = {"config": name, "kind": kind, "copies": k, "batch_size": cfg.batch_size, "steps": steps}
+            row = {"config": name, "impl": cfg.impl, "kind": kind, "copies": k, "batch_size": cfg.batch_size,
+                   "steps": steps}
             try:
                 if kind == "separate":
                     set_seed(0)
@@ -229,7 +233,7 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
                 row["error"] = _error(e)
                 traceback.print_exc()
             rows.append(row)
-            print(f"[train] {name:8s} {kind:8s} K={k}: " + (f"{row['images_per_s']:,.0f} img/s"
+            print(f"[train] {entry:14s} {kind:8s} K={k}: " + (f"{row['images_per_s']:,.0f} img/s"
                   + (f" ({row['vs_separate']:.2f}x separate)" if "vs_separate" in row else "")
                   if "images_per_s" in row else row["error"]), flush=True)
             if device.type == "cuda":
@@ -245,12 +249,14 @@ def _family(name: str) -> str:
 def estimate(rows: list, seeds: int = SEEDS_PER_CONFIG) -> dict:
     """Seconds for Table 7 x both datasets x ``seeds`` at the full schedule: one run after another at the ordinary
     run's rate, and with the seeds of each (configuration, dataset) stacked (K = seeds) when that K was measured."""
-    rate = {}
+    rate = {}                     # the fastest impl measured for each (configuration, kind, K)
     for r in rows:
         if "images_per_s" in r:
-            rate[(r["config"], r["kind"], r["copies"])] = r["images_per_s"]
+            key = (r["config"], r["kind"], r["copies"])
+            rate[key] = max(rate.get(key, 0.0), r["images_per_s"])
     out = {"runs": len(list_configs()) * len(DATASETS) * seeds, "seeds": seeds,
-           "proxies": "Baseline rows at the base rate, BN and LN rows at the BN* rate, DN rows at the DN* rate",
+           "proxies": "Baseline rows at the base rate, BN and LN rows at the BN* rate, DN rows at the DN* rate "
+                      "(each the fastest impl measured)",
            "excludes": "evaluation, data loading, graph capture"}
     plans = {"sequential_seconds": ("separate", 1), f"stacked_seeds_k{seeds}_seconds": ("stacked", seeds)}
     for key, (kind, k) in plans.items():
@@ -267,6 +273,20 @@ def estimate(rows: list, seeds: int = SEEDS_PER_CONFIG) -> dict:
             if total is None:
                 break
         out[key] = total
+    return out
+
+
+def default_configs(device: torch.device) -> list:
+    """Baseline, BN*, DN*; on CUDA also DN* with the Triton kernels when they are available. (``dn-star:compile``
+    is left to ``--configs``: every K is a new shape, a new compilation.)"""
+    out = list(TRAIN_CONFIGS)
+    if device.type == "cuda":
+        try:
+            from dnlib import triton_dn
+            if triton_dn.available():
+                out.append("dn-star:triton")
+        except ImportError:
+            pass
     return out
 
 
@@ -295,14 +315,16 @@ def markdown(rep: dict) -> str:
         lines.append("")
     if rep.get("training"):
         lines += ["## Training throughput (images/s; stacked: all K copies together)", "",
-                  "| config | kind | K | mode | img/s | per copy | x K separate runs |", "|---|---|---|---|---|---|---|"]
+                  "| config | impl | kind | K | mode | img/s | per copy | x K separate runs |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rep["training"]:
             if "images_per_s" in r:
-                lines.append(f"| {r['config']} | {r['kind']} | {r['copies']} | {r['mode']} | {r['images_per_s']:,.0f} | "
+                lines.append(f"| {r['config']} | {r['impl']} | {r['kind']} | {r['copies']} | {r['mode']} | "
+                             f"{r['images_per_s']:,.0f} | "
                              f"{r['per_copy_images_per_s']:,.0f} | "
                              + (f"{r['vs_separate']:.2f} |" if "vs_separate" in r else "- |"))
             else:
-                lines.append(f"| {r['config']} | {r['kind']} | {r['copies']} | - | error: {r['error']} | | |")
+                lines.append(f"| {r['config']} | {r['impl']} | {r['kind']} | {r['copies']} | - | error: {r['error']} | | |")
         lines.append("")
     est = rep.get("table7_estimate")
     if est:
@@ -331,7 +353,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=cli.out_dir, default=None,
                    help="folder of throughput.json/.md (default results/<card-slug>; --tiny: runs/throughput-tiny)")
     p.add_argument("--stacks", type=cli.positive_int, nargs="+", default=None, help="K (default 1 3 4 8; --tiny 1 2)")
-    p.add_argument("--configs", nargs="+", default=list(TRAIN_CONFIGS), help="training configurations")
+    p.add_argument("--configs", nargs="+", default=None,
+                   help="training configurations, NAME or NAME:IMPL (default base bn-star dn-star, and on CUDA "
+                        "dn-star:triton when the kernels are available)")
     p.add_argument("--steps", type=cli.positive_int, default=None, help="timed training steps (default 200; tiny 2)")
     p.add_argument("--warmup", type=cli.nonnegative_int, default=None, help="untimed steps first (default 20; tiny 1)")
     p.add_argument("--repeat", type=cli.positive_int, default=None, help="layer passes per candidate (default 50)")
@@ -344,12 +368,16 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="+", default=[], choices=["check", "layer", "training"], help="sections to skip")
     a = p.parse_args(argv)
     with cli.user_errors(p):
-        for name in a.configs:
-            RECIPE.config(name)
         device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                               "cpu" if a.device == "auto" else a.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device: {a.device!r} but CUDA is not available here")
+        configs = a.configs or default_configs(device)
+        for entry in configs:
+            name, _, impl = entry.partition(":")
+            if impl and impl not in IMPLS:
+                raise ValueError(f"--configs: {entry!r} names impl {impl!r}; allowed are {list(IMPLS)}")
+            RECIPE.config(name, **({"impl": impl} if impl else {}))
     tiny = a.tiny
     if a.threads or tiny:
         torch.set_num_threads(a.threads or 1)
@@ -386,7 +414,7 @@ def main(argv=None) -> int:
     if "training" not in a.skip:
         data = load_data("cifar10", subset=subset, device=str(device))
         rep["data"] = data.description
-        rep["training"] = training(device, a.configs, stacks, data, steps, warmup, batch_size=20 if tiny else None)
+        rep["training"] = training(device, configs, stacks, data, steps, warmup, batch_size=20 if tiny else None)
         rep["table7_estimate"] = estimate(rep["training"])
     rep["seconds"] = round(time.perf_counter() - t0, 1)
     write(rep, out)

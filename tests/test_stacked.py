@@ -1,12 +1,13 @@
 """Stacked seeds (dnlib.stacked): K copies of the CIFAR CNN in one model equal K separate runs; records; the CLI
 verb."""
+import copy
 import dataclasses
 import json
 
 import pytest
 import torch
 
-from dnlib import experiment, records, stacked
+from dnlib import clear_penalties, experiment, records, sparse_penalty, stacked
 from dnlib.cifar import RECIPE, CifarRecipe, load_data
 from dnlib.models import CifarCNN
 from dnlib.train import set_seed
@@ -86,6 +87,39 @@ def test_pack_unpack_roundtrip_and_refusals():
         stacked.prepare(RECIPE, "base", [1, 1], device="cpu")
     with pytest.raises(ValueError, match="seeds: must be a non-empty list"):
         stacked.prepare(RECIPE, "base", [], device="cpu")
+
+
+def test_folded_and_grouped_normalizers_equal_separate_models():
+    """DN* (L1 terms) in training mode, float64, each copy its own images: the stacked model's outputs and the
+    gradients of loss + L1 terms equal the separate models', with the copies in channel groups and folded into the
+    batch (the path of impl='triton', whose kernels take no groups)."""
+    set_seed(0)
+    kw = dict(window=(5, 3, 3), sigma=0.5, eps=0.0, alpha=0.005, border="reference")
+    models = [CifarCNN(10, "dn", norm_kwargs=kw, init_std=(0.05, 0.05, 0.05, 0.1, 0.1)).double() for _ in range(3)]
+    xs = [torch.randn(4, 3, 32, 32, dtype=torch.float64) * 50 for _ in models]
+    ws = [torch.randn(4, 10, dtype=torch.float64) for _ in models]
+    for m, x, w in zip(models, xs, ws):
+        ((m(x) * w).sum() + sparse_penalty(m)).backward()
+    for fold in (False, True):
+        st = stacked.StackedCifarCNN(models, fold=fold)
+        assert isinstance(st.norms[0], stacked.FoldedNorm) == fold
+        out = st(torch.cat(xs, 1))
+        ((out * torch.stack(ws)).sum() + sparse_penalty(st)).backward()
+        for k, (m, x) in enumerate(zip(models, xs)):
+            torch.testing.assert_close(out[k], m(x), rtol=1e-10, atol=1e-12)
+            clear_penalties(m)
+            grads = stacked.StackedCifarCNN.copy_state_dict(_grads(st), k)
+            for n, p in m.named_parameters():
+                torch.testing.assert_close(grads[n], p.grad, rtol=1e-9, atol=1e-12, msg=f"{n} (fold={fold})")
+
+
+def _grads(st):
+    """A stand-in whose state_dict is ``st``'s gradients (so copy_state_dict unpacks them)."""
+    g = copy.deepcopy(st)
+    with torch.no_grad():
+        for (n, p), q in zip(st.named_parameters(), g.parameters()):
+            q.copy_(p.grad)
+    return g
 
 
 def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
