@@ -8,7 +8,10 @@ unless the spec groups channels), so every field is a set of dimensions of that 
 A field's mean is computed in two steps: a global mean over its pooled axes that carry no window
 (one pass over the full tensor), then a box filter over its windowed axes on that (usually much smaller)
 result. The box filter is separable shifted adds (or cumulative sums for wide windows) on CPU and one
-pooling kernel on GPU, so no Python loop ever visits a position.
+pooling kernel on GPU, so no Python loop ever visits a position. A weighted (Gaussian) window is the same
+separable filter with a weight per offset (shifted multiply-adds on every device; see :mod:`dnlib.spec`), and
+``spec.floor == "mean"`` floors the divisor at its mean over each example (:func:`_divisor`); both live on the
+reduced statistics, so every path (the two Functions, the band and the compiled path) computes them alike.
 
 ``divisive_norm`` runs as one autograd Function whose backward is written out by hand for the passes over the
 full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
