@@ -78,6 +78,10 @@ def _analyse(spec: NormSpec):
         return f"expected a NormSpec, got {type(spec).__name__}"
     if spec.groups != 1:
         return f"groups={spec.groups}"
+    if getattr(spec, "weighted", False):
+        return "a window carries Gaussian weights (the kernels compute box windows)"
+    if getattr(spec, "floor", None) is not None:
+        return f"floor={spec.floor!r}"
     a = _field(spec.sum_axes, spec.sum_window, "the summation field")
     if isinstance(a, str):
         return a
@@ -94,8 +98,8 @@ def _analyse(spec: NormSpec):
 
 #: What :func:`supported` accepts, for error messages.
 SCOPE = ("per-example fields (groups=1) that both pool 'channel' (all channels in both, or a channel window in "
-         "both) and optionally 'space' through a k x k window, on (N, C, H, W) inputs; any sigma (also learned), "
-         "eps, power, sup_scale and border")
+         "both) and optionally 'space' through a k x k window, box windows, no floor, on (N, C, H, W) inputs; any "
+         "sigma (also learned), eps, power, sup_scale and border")
 
 
 def supported(spec: NormSpec) -> bool:

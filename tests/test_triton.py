@@ -143,13 +143,16 @@ def test_api_and_errors(monkeypatch):
     """supported()/available() for scripts; unsupported specs, ranks and a missing triton are clear errors."""
     assert triton_dn.available()
     assert triton_dn.supported(make_norm("dn", 32).spec) and triton_dn.supported(make_norm("ln2d", 32).spec)
-    for name in ("bn", "ln", "gn", "lrn", "dn-ms", "rms2d"):
+    for name in ("bn", "ln", "gn", "lrn", "dn-ms", "rms2d", "lcn"):
         spec = make_norm(name, 32).spec
         assert not triton_dn.supported(spec)
         with pytest.raises(ValueError, match=r"impl: 'triton' does not compute NormSpec\(.*per-example fields"):
             DivisiveNorm(32, spec, impl="triton")
     mixed = NormSpec(CS, CS, {"space": 3, "channel": 3}, {"space": 3})
     assert "one field pools all channels" in triton_dn.unsupported_reason(mixed)
+    assert "Gaussian weights" in triton_dn.unsupported_reason(make_norm("lcn", 4).spec)
+    assert triton_dn.supported(NormSpec(CS, CS, {"space": 3}, {"space": 3}, sup_weights={"space": "box"}))
+    assert triton_dn.unsupported_reason(NormSpec(CS, CS, {"space": 3}, {"space": 3}, floor="mean")) == "floor='mean'"
     m = make_norm("dn", 4, impl="triton")
     with pytest.raises(ValueError, match=r"input: impl='triton' computes \(N, C, H, W\) inputs, got shape \(2, 4, 5\)"):
         m(torch.randn(2, 4, 5))
