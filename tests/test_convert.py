@@ -212,3 +212,18 @@ def test_bad_arguments_name_the_value_and_the_allowed_ones():
     with pytest.raises(ValueError, match=r"bn1 \(BatchNorm2d\(8\)\): cannot build 'gn'.*groups=32"):
         dnlib.convert_norms(net, "gn")
     assert isinstance(net.bn1, nn.BatchNorm2d) and isinstance(net.bn_fc, nn.BatchNorm1d)
+
+
+def test_a_dnlib_model_converted_between_presets_equals_building_it_with_norm():
+    from dnlib.models import resnet20
+    torch.manual_seed(0)
+    net = resnet20(10, "bn").double()
+    dnlib.convert_norms(net, "dn", types=DivisiveNorm, sigma=0.5, alpha=0.005)
+    direct = resnet20(10, "dn", norm_kwargs=dict(sigma=0.5, alpha=0.005)).double()
+    direct.load_state_dict(net.state_dict())                 # the same names: the same architecture
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(net(x), direct(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(dnlib.sparse_penalty(net), dnlib.sparse_penalty(direct), rtol=0, atol=1e-14)
+    if "gdn" in dnlib.PRESETS:                                # a learned-field preset: built the same way
+        dnlib.convert_norms(net, "gdn", types=DivisiveNorm)
+        assert type(net.norm1) is type(dnlib.make_norm("gdn", 16)) and net(x).shape == (2, 10)
