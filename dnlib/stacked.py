@@ -12,7 +12,8 @@ as a step of one. This module packs K runs of one configuration, each with its o
 
     python -m dnlib.cifar stack dn-star --seeds 0 1 2 3 --steps 300 --subset 2000,1000 --out runs/cifar/stack
 
-(the ``stack`` verb is :func:`commands`, registered by the recipe.)
+(the ``stack`` verb is :func:`commands`; a recipe offers it by adding ``**stacked.commands(self)`` to its
+``commands()``.)
 
 **What each copy is.** Copy k *is* the separate run with seed ``seeds[k]``, computed in other kernels:
 
