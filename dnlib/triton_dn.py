@@ -17,7 +17,9 @@ mean ``mu`` and ``R(v^2)``; the output, with the divisor's argument kept for bac
 ``|v|``, the L1 term's statistic). Backward: three kernels (per-position sums of ``gy * v``, ``gy``,
 ``sign(v)``; the transposed suppression and summation box filters on those small maps; ``gx``), exact gradients for
 ``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all channels) or ``(N, C, H,
-W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read twice forward and twice backward.
+W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read three times forward (twice with a
+channel window) and twice backward. NCHW and channels_last inputs are read in place (the output and the input's
+gradient keep the input's layout); other strides are copied first.
 
 Double backward (``create_graph=True``) raises :class:`NotImplementedError`: use ``impl="general"`` for gradient
 penalties. Offsets are 32-bit: inputs up to 2**31 elements.
@@ -156,10 +158,11 @@ def _count_src(i, n, K: tl.constexpr):
     return tl.minimum(i + K // 2, n - 1) - tl.maximum(i - (K - 1) // 2, 0) + 1
 
 
-def _box_src(src, n, m, h, w, ok, acc0, CM, H, W, KC: tl.constexpr, KS: tl.constexpr, VALID: tl.constexpr,
+def _box_src(src, n, m, h, w, ok, acc0, CM, H, W, SC, SP, KC: tl.constexpr, KS: tl.constexpr, VALID: tl.constexpr,
              TRANS: tl.constexpr):
-    # The normalized box mean (TRANS False) or its transpose (TRANS True) of the stat map ``src`` (N, CM, H, W) at the
-    # tile positions (m: (BM, 1) map channels, h, w: (1, BP)), window KC x KS x KS, accumulated into acc0's dtype.
+    # The normalized box mean (TRANS False) or its transpose (TRANS True) of the map ``src`` (N, CM, H, W; channel
+    # stride SC, position stride SP) at the tile positions (m: (BM, 1) map channels, h, w: (1, BP)), window
+    # KC x KS x KS, accumulated into acc0's dtype.
     acc = acc0
     for i in range(KC):
         if TRANS:
@@ -179,7 +182,8 @@ def _box_src(src, n, m, h, w, ok, acc0, CM, H, W, KC: tl.constexpr, KS: tl.const
                 else:
                     ww = w + (k - (KS - 1) // 2)
                 msk = ok & okh & (ww >= 0) & (ww < W)
-                val = tl.load(src + ((n * CM + mm) * H + hh) * W + ww, mask=msk, other=0.0).to(acc0.dtype)
+                off = n * CM * H * W + mm * SC + (hh * W + ww) * SP
+                val = tl.load(src + off, mask=msk, other=0.0).to(acc0.dtype)
                 if TRANS:
                     if VALID:
                         cnt = _count(mm, CM, KC) * _count(hh, H, KS) * _count(ww, W, KS)
@@ -204,43 +208,44 @@ def _tiles_src(CM, HW, W, BM: tl.constexpr, BP: tl.constexpr):
     return n, m, p, p // W, p % W, (m < CM) & (p < HW)
 
 
-def _mean_src(x, m0, C, HW, BR: tl.constexpr, BP: tl.constexpr):
-    # m0[n, 0, p] = mean over the C channels of x[n, :, p] (the fields that pool all channels)
+def _mean_src(x, m0, C, HW, SC, SP, BR: tl.constexpr, BP: tl.constexpr):
+    # m0[n, 0, p] = mean over the C channels of x[n, :, p] (the fields that pool all channels). x: channel stride SC,
+    # position stride SP (NCHW: HW, 1; channels_last: 1, C); the stat maps are NCHW.
     n = tl.program_id(0)
     p = (tl.program_id(1) * BP + tl.arange(0, BP))[None, :]
     acc = tl.zeros((1, BP), dtype=m0.dtype.element_ty)
     for c0 in range(0, C, BR):
         c = (c0 + tl.arange(0, BR))[:, None]
-        t = tl.load(x + (n * C + c) * HW + p, mask=(c < C) & (p < HW), other=0.0).to(acc.dtype)
+        t = tl.load(x + n * C * HW + c * SC + p * SP, mask=(c < C) & (p < HW), other=0.0).to(acc.dtype)
         acc += tl.sum(t, axis=0)[None, :]
     tl.store(m0 + n * HW + p, acc / C, mask=p < HW)
 
 
-def _centre_src(x, m0, mu, s0, C, CM, H, W, KCA: tl.constexpr, KSA: tl.constexpr, VALID: tl.constexpr,
+def _centre_src(x, m0, mu, s0, C, CM, H, W, SC, SP, MSC, MSP, KCA: tl.constexpr, KSA: tl.constexpr, VALID: tl.constexpr,
                 GLOB: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     # mu = B_A m0 (stored), s0 = R (x - mu)^2 (stored)
     HW = H * W
     n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
     acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
-    mu_t = _box(m0, n, m, h, w, ok, acc0, CM, H, W, KCA, KSA, VALID, False)
+    mu_t = _box(m0, n, m, h, w, ok, acc0, CM, H, W, MSC, MSP, KCA, KSA, VALID, False)
     tl.store(mu + (n * CM + m) * HW + p, mu_t, mask=ok)
     if GLOB:
         acc = acc0
         for c0 in range(0, C, BR):
             c = (c0 + tl.arange(0, BR))[:, None]
             msk = (c < C) & (p < HW)
-            t = tl.load(x + (n * C + c) * HW + p, mask=msk, other=0.0).to(acc0.dtype)
+            t = tl.load(x + n * C * HW + c * SC + p * SP, mask=msk, other=0.0).to(acc0.dtype)
             v = tl.where(msk, t - mu_t, 0.0)
             acc += tl.sum(v * v, axis=0)[None, :]
         s0_t = acc / C
     else:
-        t = tl.load(x + (n * C + m) * HW + p, mask=ok, other=0.0).to(acc0.dtype)
+        t = tl.load(x + n * C * HW + m * SC + p * SP, mask=ok, other=0.0).to(acc0.dtype)
         v = t - mu_t
         s0_t = v * v
     tl.store(s0 + (n * CM + m) * HW + p, s0_t, mask=ok)
 
 
-def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr, KSB: tl.constexpr,
+def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, SC, SP, KCB: tl.constexpr, KSB: tl.constexpr,
                 VALID: tl.constexpr, GLOB: tl.constexpr, SIG_T: tl.constexpr, SIG2: tl.constexpr,
                 EPS: tl.constexpr, SCALE: tl.constexpr, BUG: tl.constexpr, POWER: tl.constexpr,
                 L1: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
@@ -248,7 +253,7 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr
     HW = H * W
     n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
     acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
-    s = _box(s0, n, m, h, w, ok, acc0, CM, H, W, KCB, KSB, VALID, False)
+    s = _box(s0, n, m, h, w, ok, acc0, CM, H, W, HW, 1, KCB, KSB, VALID, False)
     if SIG_T:
         sig2 = tl.load(sig2_ptr).to(acc0.dtype)
     else:
@@ -262,13 +267,13 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, KCB: tl.constexpr
         for c0 in range(0, C, BR):
             c = (c0 + tl.arange(0, BR))[:, None]
             msk = (c < C) & (p < HW)
-            off = (n * C + c) * HW + p
+            off = n * C * HW + c * SC + p * SP
             v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
             tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=msk)
             if L1:
                 a1 += tl.sum(tl.abs(v), axis=0)[None, :]
     else:
-        off = (n * C + m) * HW + p
+        off = n * C * HW + m * SC + p * SP
         v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
         tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=ok)
         if L1:
@@ -286,7 +291,7 @@ def _divisor_src(t, POWER: tl.constexpr):
     return d
 
 
-def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB: tl.constexpr, POWER: tl.constexpr,
+def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SC, SP, SB: tl.constexpr, POWER: tl.constexpr,
                GLOB: tl.constexpr, L1: tl.constexpr, SIG_T: tl.constexpr, BM: tl.constexpr, BR: tl.constexpr,
                BP: tl.constexpr):
     # backward 1, per stat position: gsb = b scale dL/dt (dL/dt = -p d / t * R^T-sum of gy v), sg = sum gy,
@@ -304,7 +309,7 @@ def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB: tl.constexpr
         for c0 in range(0, C, BR):
             c = (c0 + tl.arange(0, BR))[:, None]
             msk = (c < C) & (p < HW)
-            off = (n * C + c) * HW + p
+            off = n * C * HW + c * SC + p * SP
             v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
             g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype)
             gd += tl.sum(g * v, axis=0)[None, :]
@@ -312,7 +317,7 @@ def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB: tl.constexpr
             if L1:
                 ssn += tl.sum((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype), axis=0)[None, :]
     else:
-        off = (n * C + m) * HW + p
+        off = n * C * HW + m * SC + p * SP
         v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
         g = tl.load(gy + off, mask=ok, other=0.0).to(acc0.dtype)
         gd += g * v
@@ -328,16 +333,17 @@ def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB: tl.constexpr
         tl.store(gtp + tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), tl.sum(tl.sum(gt, axis=1), axis=0))
 
 
-def _gmid_src(m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, KCB: tl.constexpr, KSB: tl.constexpr,
+def _gmid_src(m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, MSC, MSP, KCB: tl.constexpr, KSB: tl.constexpr,
               VALID: tl.constexpr, POWER: tl.constexpr, L1: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr):
     # backward 2, per stat position: gs0 = B_B^T gsb (dL/d(R v^2)), gmu = -(sum over the field's channels of gv)
     HW = H * W
     n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
     acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
-    gs0_t = _box(gsb, n, m, h, w, ok, acc0, CM, H, W, KCB, KSB, VALID, True)
+    gs0_t = _box(gsb, n, m, h, w, ok, acc0, CM, H, W, HW, 1, KCB, KSB, VALID, True)
     so = (n * CM + m) * HW + p
     d = _divisor(tl.load(targ + so, mask=ok, other=1.0), POWER)
-    v_mean = tl.load(m0 + so, mask=ok, other=0.0).to(acc0.dtype) - tl.load(mu + so, mask=ok, other=0.0)
+    m0_t = tl.load(m0 + n * CM * HW + m * MSC + p * MSP, mask=ok, other=0.0).to(acc0.dtype)
+    v_mean = m0_t - tl.load(mu + so, mask=ok, other=0.0)
     gmu_t = -(d * tl.load(sg + so, mask=ok, other=0.0) + 2.0 * gs0_t * v_mean)
     if L1:
         gmu_t -= tl.load(gl1).to(acc0.dtype) * tl.load(ssg + so, mask=ok, other=0.0)
@@ -345,14 +351,14 @@ def _gmid_src(m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, KCB: tl.const
     tl.store(gmu + so, gmu_t, mask=ok)
 
 
-def _gx_src(x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, KCA: tl.constexpr, KSA: tl.constexpr,
+def _gx_src(x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, SC, SP, KCA: tl.constexpr, KSA: tl.constexpr,
             VALID: tl.constexpr, POWER: tl.constexpr, GLOB: tl.constexpr, L1: tl.constexpr, BM: tl.constexpr,
             BR: tl.constexpr, BP: tl.constexpr):
     # backward 3: gx = gy d + 2 v gs0 / CR + gl1 sign(v) + (B_A^T gmu) / CR   (CR: channels per stat position)
     HW = H * W
     n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
     acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
-    gm0 = _box(gmu, n, m, h, w, ok, acc0, CM, H, W, KCA, KSA, VALID, True)
+    gm0 = _box(gmu, n, m, h, w, ok, acc0, CM, H, W, HW, 1, KCA, KSA, VALID, True)
     so = (n * CM + m) * HW + p
     mu_t = tl.load(mu + so, mask=ok, other=0.0)
     d = _divisor(tl.load(targ + so, mask=ok, other=1.0), POWER)
@@ -367,14 +373,14 @@ def _gx_src(x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, KCA: tl.constexpr, 
         for c0 in range(0, C, BR):
             c = (c0 + tl.arange(0, BR))[:, None]
             msk = (c < C) & (p < HW)
-            off = (n * C + c) * HW + p
+            off = n * C * HW + c * SC + p * SP
             v = tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t
             g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype) * d + v * g2 + gm0
             if L1:
                 g += gl * ((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype))
             tl.store(gx + off, g.to(gx.dtype.element_ty), mask=msk)
     else:
-        off = (n * C + m) * HW + p
+        off = n * C * HW + m * SC + p * SP
         v = tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t
         g = tl.load(gy + off, mask=ok, other=0.0).to(acc0.dtype) * d + v * g2 + gm0
         if L1:
@@ -487,6 +493,15 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _strides(x: torch.Tensor):
+    """``(channels_last, channel stride, position stride)`` of a 4-D ``x`` that is NCHW- or channels_last-contiguous
+    (what the kernels index; the statistics maps are NCHW)."""
+    _, C, H, W = x.shape
+    if x.is_contiguous():
+        return False, H * W, 1
+    return True, 1, C
+
+
 class _TritonDNFn(torch.autograd.Function):
     """``(y, l1) = DN(x)`` with ``l1 = sum |x - mu|`` (a 0-d tensor; empty when not asked), kernels both ways."""
 
@@ -497,23 +512,25 @@ class _TritonDNFn(torch.autograd.Function):
         N, C, H, W = x.shape
         HW = H * W
         CM = 1 if geom.glob else C
+        _, SC, SP = _strides(x)
         BM, BR, BP = _blocks(C, HW, geom.glob, blocks)
         acc = _acc(x.dtype)
         grid = (N * k["cdiv"](CM, BM), k["cdiv"](HW, BP))
         sig_t = torch.is_tensor(sig2)
         if geom.glob:
             m0 = torch.empty((N, 1, H, W), device=x.device, dtype=acc)
-            k["mean"][(N, grid[1])](x, m0, C, HW, BR=BR, BP=BP)
+            k["mean"][(N, grid[1])](x, m0, C, HW, SC, SP, BR=BR, BP=BP)
         else:
             m0 = x
         mu = torch.empty((N, CM, H, W), device=x.device, dtype=acc)
         s0 = torch.empty_like(mu)
-        k["centre"][grid](x, m0, mu, s0, C, CM, H, W, KCA=geom.kca, KSA=geom.ksa, VALID=geom.valid,
+        msc, msp = (HW, 1) if geom.glob else (SC, SP)
+        k["centre"][grid](x, m0, mu, s0, C, CM, H, W, SC, SP, msc, msp, KCA=geom.kca, KSA=geom.ksa, VALID=geom.valid,
                           GLOB=geom.glob, BM=BM, BR=BR, BP=BP)
         targ = torch.empty_like(mu)  # (not s0 in place: a program reads s0 around its own tile)
-        y = torch.empty_like(x)
+        y = torch.empty_like(x)  # (x's layout)
         l1 = torch.empty(grid[0] * grid[1] if want_l1 else 1, device=x.device, dtype=acc)
-        k["divide"][grid](x, mu, s0, targ, y, l1, sig2 if sig_t else l1, C, CM, H, W, KCB=geom.kcb, KSB=geom.ksb,
+        k["divide"][grid](x, mu, s0, targ, y, l1, sig2 if sig_t else l1, C, CM, H, W, SC, SP, KCB=geom.kcb, KSB=geom.ksb,
                           VALID=geom.valid, GLOB=geom.glob, SIG_T=sig_t, SIG2=0.0 if sig_t else float(sig2),
                           EPS=float(spec.eps_for(x.dtype)), SCALE=float(spec.sup_scale), BUG=float(geom.bug),
                           POWER=float(spec.power), L1=want_l1, BM=BM, BR=BR, BP=BP)
@@ -543,22 +560,27 @@ class _TritonDNFn(torch.autograd.Function):
         CM = mu.shape[1]
         BM, BR, BP = ctx.blocks
         grid = (N * k["cdiv"](CM, BM), k["cdiv"](HW, BP))
-        gy = torch.zeros_like(x) if gy is None else gy.contiguous()
+        last, SC, SP = _strides(x)
+        if gy is None:
+            gy = torch.zeros_like(x)
+        else:  # gy in x's layout
+            gy = gy.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
         gl1 = gl1.reshape(1).to(mu.dtype) if want_l1 else mu
         gsb, sg = torch.empty_like(mu), torch.empty_like(mu)
         ssg = torch.empty_like(mu) if want_l1 else mu
         gtp = torch.empty(grid[0] * grid[1] if need_sig else 1, device=x.device, dtype=mu.dtype)
         power = float(spec.power)
-        k["gstat"][grid](x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SB=float(geom.bug * spec.sup_scale),
+        k["gstat"][grid](x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SC, SP, SB=float(geom.bug * spec.sup_scale),
                          POWER=power, GLOB=geom.glob, L1=want_l1, SIG_T=need_sig, BM=BM, BR=BR, BP=BP)
         gsig2 = gtp.sum().to(ctx.sig_dtype) if need_sig else None
         if not need_x:
             return None, gsig2, None, None, None, None
         gs0, gmu = torch.empty_like(mu), sg  # (gmu overwrites sg in place: each program reads sg on its tile only)
-        k["gmid"][grid](x if m0 is None else m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, KCB=geom.kcb,
-                        KSB=geom.ksb, VALID=geom.valid, POWER=power, L1=want_l1, BM=BM, BP=BP)
+        msc, msp = (SC, SP) if m0 is None else (HW, 1)
+        k["gmid"][grid](x if m0 is None else m0, mu, targ, gsb, sg, ssg, gl1, gs0, gmu, CM, H, W, msc, msp,
+                        KCB=geom.kcb, KSB=geom.ksb, VALID=geom.valid, POWER=power, L1=want_l1, BM=BM, BP=BP)
         gx = torch.empty_like(x)
-        k["gx"][grid](x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, KCA=geom.kca, KSA=geom.ksa,
+        k["gx"][grid](x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, SC, SP, KCA=geom.kca, KSA=geom.ksa,
                       VALID=geom.valid, POWER=power, GLOB=geom.glob, L1=want_l1, BM=BM, BR=BR, BP=BP)
         return gx, gsig2, None, None, None, None
 
@@ -594,7 +616,9 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False,
     if x.numel() == 0:
         y = x * 0.0
         return y, ((x.sum() * 0.0) if l1 else None)
-    y, l1_sum = _TritonDNFn.apply(x.contiguous(), sig2, geom, spec, bool(l1), blocks)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    y, l1_sum = _TritonDNFn.apply(x, sig2, geom, spec, bool(l1), blocks)
     return y, (l1_sum if l1 else None)
 
 

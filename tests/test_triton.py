@@ -89,6 +89,21 @@ def test_float32_and_bfloat16_against_general_float64(name):
                                        msg=lambda m, w=what, d=dtype: f"{name} {d} {w}: {m}")
 
 
+@pytest.mark.parametrize("name", ["dn3-valid", "chwin-even-reference"])
+def test_channels_last_input(name):
+    """A channels_last input (the CIFAR recipe's layout on GPUs) is read in place: output and input gradient keep
+    the layout and equal the general path (float64)."""
+    spec, shape, blocks = CASES[name]
+    x, gy, sigma = _inputs(shape, torch.float64, seed=4)
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    ours = _run(lambda x, s: triton_dn.divisive_norm(x, spec, s, l1=True, blocks=blocks), x, sigma, gy, 0.3)
+    ref = _run(lambda x, s: _general(x, spec, s), x, sigma, gy, 0.3)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last) and not ours[0].is_contiguous()
+    assert ours[2].is_contiguous(memory_format=torch.channels_last)
+    for what, a, b in zip(("y", "l1", "grad x", "grad sigma"), ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, w=what: f"{name} {w}: {m}")
+
+
 def test_gradcheck_tiny():
     """torch.autograd.gradcheck of (y, L1 sum) in x and a learned sigma (finite differences, float64)."""
     spec = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5, border="zeros")
