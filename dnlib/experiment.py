@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,12 +52,14 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from . import cli, distributed, records
+from . import cli, distributed, engines, records
 from .io import atomic_write_json, atomic_write_text
 from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
-           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "main",
+           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "call",
+           "call_many", "check_graph", "bench", "steps_command", "row_label",
+           "recipe_runs", "main",
            "RUN_FILE", "COMPLETED", "RUNNING"]
 
 RUN_FILE = "run.json"
@@ -432,69 +435,71 @@ def _status_line(d: Path) -> str:
     return f"{d.name}: step {rec['steps_done']}/{rec['steps_planned']} {rec['stopped']} {head}"
 
 
-def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: int = 1,
-          time_limit: Optional[float] = None, grace: float = 90.0, status_every: float = 30.0,
-          run_args: Sequence[str] = (), options: Optional[Mapping] = None, python: str = sys.executable,
-          verbose: bool = True) -> list:
+def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: Optional[int] = None,
+          engine: str = "local", address: Optional[str] = None, cpus_per_run: Optional[float] = None,
+          gpus_per_run: Optional[float] = None, time_limit: Optional[float] = None, grace: float = 90.0,
+          status_every: float = 30.0, run_args: Sequence[str] = (), options: Optional[Mapping] = None,
+          python: str = sys.executable, verbose: bool = True) -> list:
     """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seed S --resume DIR``
-    process, ``jobs`` at a time (several runs share one GPU), then :func:`gather` them.
+    on an engine (:mod:`dnlib.engines`), then :func:`gather` them.
 
-    Each run's folder is ``out/<label>-s<seed>`` (``recipe.label``; its ``log.txt`` holds the process output).
-    The sweep is resumable: a rerun skips the runs whose record says ``completed`` and resumes the others from
-    their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds after it is
-    killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
-    ``["--subset", "2000", "--steps", "300"]``). Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
-    """
-    check_int("jobs", jobs)
+    ``engine="local"`` (default): processes on this machine, ``jobs`` at a time (default 1; several runs share one
+    GPU). ``engine="ray"``: one Ray task per run on the cluster at ``address`` (``"auto"``, ``"HOST:PORT"``; None:
+    a Ray instance started here for the sweep, or the one this process already joined), ``jobs`` runs in flight at
+    most (default: as many as the cluster's resources hold); no shared filesystem: each run's files come back to
+    ``out``. ``cpus_per_run`` (threads of each run; Ray default 1), ``gpus_per_run`` (fractions pack several runs
+    on a GPU, e.g. 0.25 for four).
+
+    Each run's folder is ``out/<label>-s<seed>`` on both engines (``recipe.label``; its ``log.txt`` holds the
+    process output). The sweep is resumable: a rerun skips the runs whose record says ``completed`` and resumes
+    the others from their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds
+    after it is killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
+    ``["--subset", "2000", "--steps", "300"]``). A failing run is reported (configuration, seed, log tail) and
+    the others go on. Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
+
+    Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
+    (:class:`dnlib.engines.SweepRows`). Bad arguments raise ValueError before any run starts."""
+    t_start = time.perf_counter()
+    engines.check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
+    configs = recipe.expand(configs)
+    for s in seeds:
+        check_int("seeds", s, 0)
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     todo, skipped = [], []
     for c in configs:
         for s in seeds:
             d = out / records.run_name(recipe.label(c, options or {}), s)
-            (skipped if _finished(d) else todo).append((c, s, d))
-    if verbose and skipped:
-        print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(d.name for *_, d in skipped)}", flush=True)
-    running = {}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(_REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    t_start = last_status = time.perf_counter()
-    while todo or running:
-        while todo and len(running) < jobs:
-            name, seed, d = todo.pop(0)
-            d.mkdir(parents=True, exist_ok=True)
-            cmd = [python, "-m", recipe.module, "run", name, "--seed", str(seed), "--resume", str(d),
-                   *map(str, run_args)]
+            argv = [c, "--seed", str(s), *map(str, run_args)]
             if time_limit is not None:
-                cmd += ["--time-limit", str(time_limit)]
-            log = open(d / "log.txt", "a")
-            running[d] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
-                          time.perf_counter())
-            if verbose:
-                print(f"[sweep] started {d.name}", flush=True)
-        time.sleep(0.5)
-        for d, (proc, log, start) in list(running.items()):
-            late = time_limit is not None and time.perf_counter() - start > time_limit + grace
-            if proc.poll() is None and late:
-                proc.kill()
-                proc.wait()
-                if verbose:
-                    print(f"[sweep] killed {d.name} after {time.perf_counter() - start:.0f} s", flush=True)
-            if proc.poll() is not None:
-                log.close()
-                del running[d]
-                if verbose:
-                    print(f"[sweep] finished {d.name} (exit {proc.returncode}): {_status_line(d)}", flush=True)
-        if verbose and running and time.perf_counter() - last_status > status_every:
-            last_status = time.perf_counter()
-            for d in running:
-                print(f"[sweep]   {_status_line(d)}", flush=True)
-    rows = gather([out])
+                argv += ["--time-limit", str(time_limit)]
+            (skipped if _finished(d) else todo).append(engines.Job(c, s, d, argv))
+    if verbose and skipped:
+        print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(j.folder.name for j in skipped)}", flush=True)
+    runner = engines.make_engine(engine, recipe.module, address=address, jobs=jobs, cpus_per_run=cpus_per_run,
+                                 gpus_per_run=gpus_per_run, python=python,
+                                 limit=None if time_limit is None else time_limit + grace)
+    t_engine = time.perf_counter() - t_start
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = engines.execute(runner, todo, skipped=len(skipped), verbose=verbose, status_every=status_every,
+                               status=_status_line)
+    failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
+               "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
+    rows = engines.SweepRows(gather([out]), failed)
     atomic_write_json(rows, out / "table.json")
-    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "jobs": jobs, "configs": list(configs),
-                       "seeds": list(seeds), "experiment": recipe.name, "skipped": [d.name for *_, d in skipped]},
-                      out / "sweep.json")
+    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "engine": engine, "engine_start_seconds":
+                       t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
+                       "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
+                       "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
+                       "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
+                                "failure": o.failure} for o in outcomes],
+                       "failed": failed}, out / "sweep.json")
     atomic_write_text(out / "table.md", str(gather_table(rows)) + "\n")
+    if failed:
+        which = ", ".join(f"{f['config']} seed {f['seed']}" for f in failed)
+        print(f"[sweep] {len(failed)} of {len(outcomes)} runs failed: {which} (a rerun retries them)",
+              file=sys.stderr, flush=True)
     return rows
 
 
@@ -579,6 +584,154 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu
     return time.perf_counter() - t0, last
 
 
+_RUN_ARGS = ("seed", "steps", "time_limit", "out", "resume", "device", "stop_after", "progress", "parameters", "argv")
+
+
+def _options(recipe: Recipe) -> list:
+    """The options of ``recipe.build`` (its keyword-only parameters)."""
+    return [k for k, p in inspect.signature(recipe.build).parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def _share_data(recipe: Recipe, options: Optional[dict], setup: Setup) -> None:
+    """Keep the data a build loaded (``setup.data``) in ``options`` for the next build, when ``build`` takes
+    ``data=`` and none was given (one load for many runs, benchmarks or checks)."""
+    if options is not None and options.get("data") is None and "data" in _options(recipe):
+        options["data"] = setup.data
+
+
+def call(recipe: Recipe, config=None, *, out_dir=None, **kwargs) -> RunResult:
+    """:func:`run` with flat keyword arguments, as the recipes' ``run`` functions take them: :func:`run`'s own
+    (``seed``, ``steps``, ``out``, ``resume`` (old name ``out_dir``), ``time_limit``...), the options of
+    ``recipe.build`` (``data``, ``subset``...) and configuration fields (every other keyword, e.g. ``lr=2e-3``)."""
+    if out_dir is not None:
+        if kwargs.get("resume") is not None:
+            raise ValueError("out_dir, resume: the same thing (the run folder); give one")
+        kwargs["resume"] = out_dir
+    run_kw = {k: kwargs.pop(k) for k in _RUN_ARGS if k in kwargs}
+    options = {k: kwargs.pop(k) for k in _options(recipe) if k in kwargs}
+    return run(recipe, config, overrides=kwargs, options=options, **run_kw)
+
+
+def call_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **kwargs) -> list:
+    """:func:`call` for every configuration and seed in this process (notebooks, CPU); the data the first run
+    loaded is shared by the others (when ``recipe.build`` takes ``data=`` and none is given)."""
+    out = []
+    for c in configs:
+        for s in seeds:
+            out.append(call(recipe, c, seed=s, **kwargs))
+            _share_data(recipe, kwargs, out[-1].setup)
+    return out
+
+
+def recipe_runs(recipe: Recipe, path) -> dict:
+    """``{run folder: record}`` of the runs of ``recipe`` at or under ``path`` (a report's input); a ValueError
+    naming ``path`` when there are none."""
+    recs = {d: rec for d in records.find_runs([path]) if (rec := records.read_record(d)).get("experiment") == recipe.name}
+    if not recs:
+        raise ValueError(f"{path}: no run folders of {recipe.name} (with {records.RECORD_FILE}) to report; make them "
+                         f"with `python -m {recipe.module} run ... --out {path}` or `sweep`")
+    return recs
+
+
+def row_label(summary: Mapping, label: str) -> str:
+    """A table row's label for a :func:`dnlib.aggregate.summarize` dict, naming its runs that did not complete
+    (``"BN* (1 time limit)"``: their numbers are those of a shorter schedule)."""
+    return label + "".join(f" ({c} {k})" for k, c in summary["stopped"].items() if k != COMPLETED)
+
+
+def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: Optional[int] = None):
+    """``(trainer, setup)`` of ``cfg``, seeded, without evaluation, outside the runner (checks, benchmarks)."""
+    set_seed(seed)
+    setup = recipe.build(cfg, seed, device, **options)
+    if log_every:
+        setup.train.log_every = log_every
+    return setup.make_trainer(evaluate=None), setup
+
+
+def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps: int = 5, seed: int = 0,
+                device="auto", rtol: float = 1e-2, options: Optional[dict] = None, **overrides) -> dict:
+    """Train ``steps`` steps of a configuration with the eager step and with the graph step (the build options
+    ``eager`` and ``graph``, over ``options``) from the same initialisation on the same batches. ``ok`` when every
+    floating parameter and buffer agrees to ``rtol`` of how far training moved it, the losses agree to ``rtol``
+    and the capture did not fall back. On a CPU this checks the graph step's code without a capture. A config with
+    an ``impl`` is compared with the plain eager step (``impl="auto"``: e.g. a compiled graph step against it).
+    ``options`` (a dict) keeps the data loaded here for the next call (:func:`_share_data`)."""
+    check_int("steps", steps)
+    cfg = recipe.config(config, steps=steps, **overrides)
+    options = {} if options is None else options
+    out = {}
+    for mode, opts in (("eager", eager), ("graph", graph)):
+        c = replace(cfg, impl="auto") if mode == "eager" and hasattr(cfg, "impl") else cfg
+        tr, setup = _trainer(recipe, c, seed, device, {**options, **opts}, log_every=1)
+        _share_data(recipe, options, setup)
+        init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
+        out[mode] = (init, tr.model.state_dict(), losses, setup.info.get("mode"), getattr(tr, "fell_back", False))
+    (init, eager_sd, le, _, _), (_, graph_sd, lg, gmode, fell) = out["eager"], out["graph"]
+    floats = [k for k, v in eager_sd.items() if v.is_floating_point()]
+    moved = max((eager_sd[k].double() - init[k].double()).abs().max().item() for k in floats)
+    diff = max((eager_sd[k].double() - graph_sd[k].double()).abs().max().item() for k in floats)
+    loss_diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg))
+    ok = diff <= rtol * moved and loss_diff <= rtol and moved > 0 and all(map(math.isfinite, lg)) and not fell
+    return {"config": cfg.name, "mode": gmode, "impl": getattr(cfg, "impl", None), "steps": steps,
+            "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le,
+            "graph_losses": lg, "ok": bool(ok), **({"error": "the CUDA-graph capture failed"} if fell else {})}
+
+
+def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",
+          unit: str = "items", options: Optional[dict] = None, **overrides) -> dict:
+    """Training throughput of a configuration outside the runner: ``steps`` timed steps after ``warmup`` untimed
+    ones (a graph capture or a compilation among them), no evaluation; ``<unit>_per_s`` counts ``batch_size``
+    items per step. ``options``: build options (a dict keeps the data loaded here for the next call)."""
+    check_int("steps", steps)
+    check_int("warmup", warmup, 0)
+    cfg = recipe.config(config, **overrides)
+    tr, setup = _trainer(recipe, cfg, seed, device, dict(options or {}))
+    _share_data(recipe, options, setup)
+    sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
+    return {"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
+            "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
+            f"{unit}_per_s": steps * cfg.batch_size / sec, "loss": float(loss)}
+
+
+def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, flags: Sequence[str] = (),
+                  configs: Sequence[str] = (), defaults: Optional[Mapping] = None, options: Optional[Mapping] = None,
+                  **kwargs) -> Command:
+    """A recipe's ``bench`` (``verb="bench"``: :func:`bench`, ``kwargs`` its ``unit``) or ``check-graph``
+    (:func:`check_graph`, ``kwargs`` its ``eager`` and ``graph`` options) command: configuration names (groups
+    expanded; default ``configs``), ``--steps``, ``--warmup`` (bench), ``--device`` and the recipe's run ``flags``
+    named (``defaults``: their values when not given; ``options``: fixed build options); one JSON row per
+    configuration, data loaded once; a configuration that fails is a row with ``ok: false`` and the error."""
+    def add(q):
+        q.add_argument("configs", nargs="*" if configs else "+", default=list(configs),
+                       help=f"configuration names (groups: {', '.join(recipe.groups())})")
+        q.add_argument("--steps", type=cli.positive_int, default=steps, help=f"steps per configuration (default {steps})")
+        if verb == "bench":
+            q.add_argument("--warmup", type=cli.nonnegative_int, default=warmup,
+                           help="untimed steps first (a capture or compilation among them)")
+        q.add_argument("--device", type=cli.device, default="auto", help="auto, cpu, cuda[:N] (default auto)")
+        for flag in flags:
+            q.add_argument(flag, default=None, **recipe.flags[flag][1])
+        q.set_defaults(**(defaults or {}))
+
+    def handler(args, q):
+        overrides, opts = recipe.from_args(args)
+        opts = {**opts, **(options or {})}
+        with cli.user_errors(q):
+            names = recipe.expand(args.configs)
+            for n in names:
+                recipe.config(n, **overrides)
+        fn = bench if verb == "bench" else check_graph
+        extra = {"warmup": args.warmup} if verb == "bench" else {}
+        for n in names:
+            try:
+                yield fn(recipe, n, steps=args.steps, device=args.device, options=opts, **extra, **kwargs, **overrides)
+            except Exception as e:  # noqa: BLE001  (e.g. no capture or compiler here: the row says so, exit 1)
+                yield {"config": n, "ok": False, "error": f"{type(e).__name__}: {cli.one_line(e)}"}
+
+    what = "training throughput per configuration" if verb == "bench" else "compare graph steps with eager steps"
+    return Command(what, add, handler, rows=True)
+
 # ------------------------------------------------------------------------------------------------- CLI
 def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`)")
@@ -642,11 +795,22 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
     run_p = sub.add_parser("run", aliases=["train"], help="train one configuration (alias: train, old spelling)")
     _run_flags(run_p, recipe)
 
-    q = sub.add_parser("sweep", help="configurations x seeds as concurrent processes in one resumable folder")
+    q = sub.add_parser("sweep", help="configurations x seeds as concurrent runs in one resumable folder",
+                       epilog="Exit status: the number of failed runs (0: every run completed or reached its time "
+                              "limit); 2 also for a bad argument (one line, nothing started).")
     q.add_argument("configs", nargs="*", help="configuration names ('all': every one)")
     q.add_argument("--config", dest="config_flag", nargs="+", default=None, help="the same, as a flag")
     q.add_argument("--seeds", "--seed", dest="seeds", type=cli.seed, nargs="+", default=[0])
-    q.add_argument("--jobs", type=cli.positive_int, default=1, help="runs at a time")
+    q.add_argument("--engine", choices=engines.ENGINES, default="local",
+                   help="local: processes on this machine (default); ray: Ray tasks on a cluster (dnlib[ray])")
+    q.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="the Ray cluster to join (--engine ray; default: start a Ray instance here for the sweep)")
+    q.add_argument("--jobs", type=cli.positive_int, default=None,
+                   help="runs at a time (local: default 1; ray: at most this many in flight, default no cap)")
+    q.add_argument("--cpus-per-run", type=cli.positive_float, default=None,
+                   help="CPUs (threads) of each run (ray: its num_cpus, default 1; local: default unchanged)")
+    q.add_argument("--gpus-per-run", type=engines.gpu_share, default=None,
+                   help="GPUs of each run: a fraction packs runs on one GPU (0.25: four), or a whole number")
     q.add_argument("--out", type=cli.out_dir, required=True, help="the sweep's folder (a rerun resumes it)")
     q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds per run (--max-seconds: old spelling)")
@@ -680,11 +844,23 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
         if run_args.out or run_args.resume or run_args.seed is not None or run_args.json:
             cmd_p.error("--out/--resume/--seed/--json: sweep places each run itself; use --out and --seeds of sweep")
         overrides, options = recipe.from_args(run_args)
-        rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, time_limit=args.time_limit,
-                     status_every=args.status_every, run_args=rest, options={**overrides, **options})
+        def flag_error(e):                  # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
+            key, _, what = str(e).partition(":")
+            cmd_p.error(f"--{key.replace('_', '-')}:{what}")
+        try:
+            engines.check(args.engine, address=args.address, cpus_per_run=args.cpus_per_run,
+                          gpus_per_run=args.gpus_per_run, jobs=args.jobs)
+        except ValueError as e:
+            flag_error(e)
+        try:
+            rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, engine=args.engine,
+                         address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                         time_limit=args.time_limit, status_every=args.status_every, run_args=rest,
+                         options={**overrides, **options})
+        except engines.EngineError as e:     # no Ray cluster there, too few GPUs: nothing ran
+            flag_error(e)
         print(gather_table(rows))
-        return 0 if rows and all(r.get("stopped") == COMPLETED or str(r.get("stopped")).startswith("time limit")
-                                 for r in rows) else 1
+        return min(len(rows.failed), 125) if rows else 1
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     if cmd == "run":
@@ -697,6 +873,9 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
         if args.out:
             atomic_write_json(rows, args.out)
         print(gather_table(rows))
+        from .aggregate import summarize, table  # mean, std and n per configuration over its runs (seeds)
+        print()
+        print(table(summarize(rows), title="per configuration: mean ± std over runs (n)", fmt=".4g"))
         return 0
     if cmd == "report":
         with cli.user_errors(cmd_p):

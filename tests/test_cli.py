@@ -121,6 +121,13 @@ PROBES = [
     ("sr", ["run", "fast-bogus"], "bogus"),
     ("sr", ["run", "fast-dn*", "--lr", "0"], "--lr"),
     ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--sets", "Set99"], "Set99"),
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--engine", "bogus"], "--engine"),          # sweep engines
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--gpus-per-run", "-1"], "--gpus-per-run"),
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--gpus-per-run", "1.5"], "--gpus-per-run"),
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--cpus-per-run", "0"], "--cpus-per-run"),
+    ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--address", "auto"], "--address"),       # without ray
+    pytest.param("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--gpus-per-run", "0.25"], "--gpus-per-run",
+                 marks=no_cuda),
     ("sr", ["bench", "nosuch"], "nosuch"),
     ("sr", ["report", "{T}/missing"], "missing"),
     ("sr", ["report", "{T}/empty"], "run folders"),

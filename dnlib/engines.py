@@ -1,0 +1,465 @@
+"""Where a sweep's runs execute: the embedded local engine (a pool of processes on this machine, the default) or
+Ray (a cluster of machines and GPUs). :func:`dnlib.experiment.sweep` is the one entry point; it builds the
+:class:`Job` list (configurations x seeds, finished runs left out) and hands it to :func:`execute`::
+
+    python -m dnlib.sr sweep smoke-bn smoke-dn* --seeds 0 1 --jobs 2 --out runs/sr/sweep            # local
+    python -m dnlib.sr sweep smoke-bn smoke-dn* --seeds 0 1 --engine ray --out runs/sr/sweep         # Ray here
+    python -m dnlib.sr sweep fast-bn fast-dn* --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 ...
+
+Both engines run the same thing for a job: ``python -m <recipe module> run CONFIG --seed S ... --resume FOLDER``
+(a process of its own; its output goes to ``FOLDER/log.txt``), and both leave the same folder layout,
+``out/<label>-s<seed>/`` (``record.json``, ``curves.csv``, ``checkpoint.pt``, ``history.json``, ``run.json``,
+``log.txt``).
+
+* :class:`LocalEngine`: ``jobs`` processes at a time on this machine. ``cpus_per_run`` sets each process's
+  thread count (``OMP_NUM_THREADS``; default: left as it is); ``gpus_per_run`` packs ``1/g`` runs on each
+  visible GPU (``CUDA_VISIBLE_DEVICES`` per process; a whole number g gives each run g GPUs).
+* :class:`RayEngine`: one Ray task per run, with ``num_cpus=cpus_per_run`` (default 1) and
+  ``num_gpus=gpus_per_run`` (fractions pack several runs on one GPU); Ray places them on the cluster's nodes.
+  No shared filesystem is assumed: the task runs the run in a temporary folder on its node and returns the
+  folder's files as bytes; the driver writes them atomically into ``out/<label>-s<seed>/``. To resume, the
+  driver ships the unfinished folder's files to the task. Consequence: a run's files reach ``out`` when its task
+  ends, so a driver killed mid-sweep loses the progress of the runs then in flight (a rerun restarts them from
+  the state last collected). Ray is imported only here, only when this engine is made; every node needs dnlib
+  (``pip install 'dnlib[ray]'``) and the data (``DNLIB_DATA``) of the recipe.
+
+A job fails when its process exits non-zero, is killed (``time_limit + grace``), its task raises, or it leaves
+no record (or one that says neither ``completed`` nor a time limit); a failure is reported with its
+configuration, seed and log tail and does not stop the others. Progress: a tqdm bar (runs done/running/failed)
+and status lines.
+
+This module is part of the experiments layer: it imports records, io and cli, never experiment or a recipe.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import cli, records
+from .io import atomic_write
+
+__all__ = ["ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "RayEngine", "EngineError", "check",
+           "gpu_share", "make_engine", "execute", "run_in_folder", "read_folder", "write_folder", "log_tail"]
+
+ENGINES = ("local", "ray")
+LOG_FILE = "log.txt"
+_REPO = Path(__file__).resolve().parent.parent
+_OK_STOPS = ("completed", "time limit")   # a record's ``stopped`` that is not a failure (experiment.COMPLETED)
+
+
+class EngineError(ValueError):
+    """An engine cannot be made here (Ray missing, no cluster at the address, too few GPUs): nothing ran."""
+
+
+@dataclass
+class Job:
+    """One run of a sweep: its configuration name, seed, folder (``out/<label>-s<seed>``) and the ``run``
+    arguments that follow ``python -m <module> run`` (without ``--resume``: the engine adds its folder)."""
+    config: str
+    seed: int
+    folder: Path
+    argv: list
+
+
+@dataclass
+class Outcome:
+    """How a job ended: the process's exit status (None when it never ended by itself), ``error`` (a killed
+    process or a task that raised, in words), the node's name, and ``failure`` (None, or why it failed)."""
+    job: Job
+    returncode: Optional[int]
+    error: Optional[str] = None
+    host: Optional[str] = None
+    seconds: float = 0.0
+    failure: Optional[str] = None
+
+
+class SweepRows(list):
+    """:func:`dnlib.experiment.sweep`'s return: the gathered rows (a list), and ``failed``: one dict per failed
+    run of this sweep (``config``, ``seed``, ``run`` folder, ``reason``, ``log_tail``)."""
+
+    def __init__(self, rows=(), failed=()):
+        super().__init__(rows)
+        self.failed = list(failed)
+
+
+# ---------------------------------------------------------------------------------------- checking
+def _gpu_problem(g) -> Optional[str]:
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        return "a number >= 0"
+    if g > 1 and g != int(g):
+        return "a fraction <= 1 (packs 1/g runs on a GPU) or a whole number of GPUs"
+    return None
+
+
+def gpu_share(value: str) -> float:
+    """``--gpus-per-run``: 0, a fraction in (0, 1] (``0.25`` packs four runs on a GPU) or a whole number."""
+    try:
+        g = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of GPUs per run") from None
+    problem = _gpu_problem(g)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{value} is not {problem}")
+    return g
+
+
+def check(engine: str = "local", *, address: Optional[str] = None, cpus_per_run=None, gpus_per_run=None,
+          jobs: Optional[int] = None) -> None:
+    """Raise ValueError naming the parameter unless the engine's arguments are valid here (before any work):
+    ``engine`` in :data:`ENGINES`; ``address`` only with Ray; ``cpus_per_run`` a number > 0; ``gpus_per_run``
+    0, a fraction <= 1 or a whole number; the local engine needs a visible GPU for ``gpus_per_run > 0``; Ray needs
+    to be installed."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if address is not None and engine != "ray":
+        raise ValueError(f"address: a Ray cluster's address, only with engine 'ray' (engine is {engine!r})")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(f"address: 'auto' or HOST:PORT of a Ray cluster, got {address!r}")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs: must be an integer >= 1 (or None), got {jobs!r}")
+    if cpus_per_run is not None and (isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, (int, float))
+                                     or not math.isfinite(cpus_per_run) or cpus_per_run <= 0):
+        raise ValueError(f"cpus_per_run: must be a number > 0 (fractions allowed on Ray), got {cpus_per_run!r}")
+    if gpus_per_run is not None and _gpu_problem(gpus_per_run):
+        raise ValueError(f"gpus_per_run: must be {_gpu_problem(gpus_per_run)}, got {gpus_per_run!r}")
+    if engine == "local" and gpus_per_run:
+        n = _visible_gpus()
+        if n == 0:
+            raise ValueError(f"gpus_per_run: {gpus_per_run} GPU per run, but no CUDA device is visible here "
+                             "(the local engine; use 0, or --engine ray on a cluster with GPUs)")
+        if gpus_per_run > n:
+            raise ValueError(f"gpus_per_run: {gpus_per_run} GPUs per run, but {n} are visible here")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("engine: 'ray' needs Ray, which is not installed (pip install 'dnlib[ray]')")
+
+
+def _visible_gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _threads(cpus_per_run) -> dict:
+    """The environment that gives a run process ``ceil(cpus_per_run)`` threads (nothing when None)."""
+    if cpus_per_run is None:
+        return {}
+    n = str(max(1, math.ceil(cpus_per_run)))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+# ------------------------------------------------------------------------------------- folders as bytes
+def read_folder(folder) -> dict:
+    """``{relative path: bytes}`` of every file under ``folder`` (atomic writes' temporaries left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+
+
+def write_folder(folder, files: dict) -> None:
+    """Write ``files`` (``{relative path: bytes}``) into ``folder``, each atomically, ``record.json`` last (a
+    driver killed while writing leaves the previous record beside newer files, which a rerun resumes)."""
+    folder = Path(folder)
+    for rel in sorted(files, key=lambda r: r == records.RECORD_FILE):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"files: {rel!r} is not a path inside the run folder")
+        data = files[rel]
+        atomic_write(folder / rel, lambda f, data=data: f.write(data))
+
+
+def log_tail(folder, lines: int = 8) -> str:
+    """The last ``lines`` non-blank lines of ``folder/log.txt`` ('' when there is none)."""
+    try:
+        text = (Path(folder) / LOG_FILE).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` for a run process (Linux): it is killed when the process that started it dies (a killed
+    sweep driver, a Ray worker whose task was cancelled) instead of running on unwatched. libc is loaded here, in
+    the parent, so that the child only makes one system call between fork and exec (no import, no lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, 9)      # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _run_process(cmd, folder: Path, env: dict, limit: Optional[float]):
+    """Run ``cmd`` with its output appended to ``folder/log.txt``; kill it after ``limit`` seconds.
+    Returns ``(exit status or None, error or None)``."""
+    with open(folder / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent())
+        try:
+            return proc.wait(timeout=limit), None
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return None, f"killed after {limit:.0f} s (time limit + grace)"
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, limit: Optional[float] = None,
+                  env: Optional[dict] = None) -> dict:
+    """What a Ray task does: run ``python -m module run *argv --resume TMP/name`` in a temporary folder of this
+    node holding ``files`` (a resumed run's), and return ``{"returncode", "error", "host", "seconds", "files"}``
+    with the folder's files as bytes. The temporary folder is removed."""
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="dnlib-sweep-"))
+    try:
+        folder = tmp / name
+        folder.mkdir()
+        write_folder(folder, files)
+        import dnlib  # the dnlib this worker runs: the process runs the same one
+        root = str(Path(dnlib.__file__).resolve().parent.parent)
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
+        cmd = [sys.executable, "-m", module, "run", *map(str, argv), "--resume", str(folder)]
+        rc, error = _run_process(cmd, folder, full_env, limit)
+        return {"returncode": rc, "error": error, "host": platform.node(), "seconds": time.perf_counter() - t0,
+                "files": read_folder(folder)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- engines
+class LocalEngine:
+    """``jobs`` run processes at a time on this machine (module doc)."""
+
+    name = "local"
+
+    def __init__(self, module: str, *, jobs: Optional[int] = None, cpus_per_run=None, gpus_per_run=None,
+                 limit: Optional[float] = None, python: str = sys.executable):
+        self.module, self.python, self.limit = module, python, limit
+        self.jobs = jobs or 1
+        self.gpus = gpus_per_run or 0
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = str(_REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.env.update(_threads(cpus_per_run))
+        self.used = [0.0] * (_visible_gpus() if self.gpus else 0)   # GPU shares in use, per device
+        self.running = {}   # folder -> (job, process, log, start, devices)
+
+    def _devices(self) -> Optional[list]:
+        if not self.gpus:
+            return []
+        if self.gpus <= 1:
+            free = [i for i, u in enumerate(self.used) if u + self.gpus <= 1 + 1e-9]
+            return free[:1] or None
+        free = [i for i, u in enumerate(self.used) if u == 0]
+        return free[:int(self.gpus)] if len(free) >= self.gpus else None
+
+    def free(self) -> bool:
+        return len(self.running) < self.jobs and self._devices() is not None
+
+    def start(self, job: Job) -> None:
+        devices = self._devices()
+        job.folder.mkdir(parents=True, exist_ok=True)
+        env = self.env
+        if self.gpus:
+            env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            for i in devices:
+                self.used[i] += min(self.gpus, 1.0)
+        cmd = [self.python, "-m", self.module, "run", *map(str, job.argv), "--resume", str(job.folder)]
+        log = open(job.folder / LOG_FILE, "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent())
+        self.running[job.folder] = (job, proc, log, time.perf_counter(), devices)
+
+    def poll(self) -> list:
+        done = []
+        for key, (job, proc, log, start, devices) in list(self.running.items()):
+            error = None
+            if proc.poll() is None and self.limit is not None and time.perf_counter() - start > self.limit:
+                proc.kill()
+                proc.wait()
+                error = f"killed after {time.perf_counter() - start:.0f} s (time limit + grace)"
+            if proc.poll() is None:
+                continue
+            log.close()
+            for i in devices:
+                self.used[i] -= min(self.gpus, 1.0)
+            del self.running[key]
+            done.append(Outcome(job, None if error else proc.returncode, error, platform.node(),
+                                time.perf_counter() - start))
+        return done
+
+    def in_flight(self) -> list:
+        return [job for job, *_ in self.running.values()]
+
+    def close(self) -> None:
+        """Kill the processes still running (a sweep interrupted: their last records stay, a rerun resumes)."""
+        for job, proc, log, *_ in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.running.clear()
+
+
+class RayEngine:
+    """One Ray task per run (module doc). ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None
+    starts a local in-process instance (this machine's CPUs and GPUs), stopped by :meth:`close`. When Ray is
+    already initialized in this process, that connection is used and left open. ``jobs``: at most this many runs
+    in flight (default: no cap, Ray schedules by the resources asked)."""
+
+    name = "ray"
+
+    def __init__(self, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,
+                 cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None):
+        import ray
+        self.ray, self.module, self.limit, self.jobs = ray, module, limit, jobs
+        self.cpus = 1 if cpus_per_run is None else cpus_per_run
+        self.gpus = gpus_per_run or 0
+        self.refs = {}   # ObjectRef -> (job, start)
+        self.owned = not ray.is_initialized()
+        if self.owned:
+            try:
+                if address is None:
+                    ray.init(include_dashboard=False, log_to_driver=False)
+                else:
+                    ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise EngineError(f"address: no Ray cluster to join at {address!r} ({cli.one_line(e)})") from None
+        have = ray.cluster_resources()
+        for what, need, key in (("cpus_per_run", self.cpus, "CPU"), ("gpus_per_run", self.gpus, "GPU")):
+            if need and have.get(key, 0) < need:
+                self.close()
+                raise EngineError(f"{what}: {need} {key}s per run, but the Ray cluster has {have.get(key, 0):g}")
+        self.task = ray.remote(run_in_folder).options(num_cpus=self.cpus, num_gpus=self.gpus)
+        self.env = _threads(self.cpus)
+
+    def free(self) -> bool:
+        return self.jobs is None or len(self.refs) < self.jobs
+
+    def start(self, job: Job) -> None:
+        ref = self.task.remote(self.module, list(map(str, job.argv)), job.folder.name, read_folder(job.folder),
+                               limit=self.limit, env=self.env)
+        self.refs[ref] = (job, time.perf_counter())
+
+    def poll(self) -> list:
+        if not self.refs:
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
+        done = []
+        for ref in ready:
+            job, start = self.refs.pop(ref)
+            try:
+                res = self.ray.get(ref)
+            except Exception as e:  # noqa: BLE001  a task that raised (a lost node...): this run's failure
+                done.append(Outcome(job, None, f"Ray task failed: {cli.one_line(e)[:500]}", None,
+                                    time.perf_counter() - start))
+                continue
+            write_folder(job.folder, res["files"])
+            done.append(Outcome(job, res["returncode"], res["error"], res["host"], time.perf_counter() - start))
+        return done
+
+    def in_flight(self) -> list:
+        return [job for job, _ in self.refs.values()]
+
+    def close(self) -> None:
+        """Cancel the tasks still in flight; stop (or leave) the Ray instance this engine started (joined)."""
+        for ref in self.refs:
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001, S110  already finished or gone
+                pass
+        self.refs.clear()
+        if self.owned and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_engine(engine: str, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,
+                cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None, python: str = sys.executable):
+    """A :class:`LocalEngine` or :class:`RayEngine` (arguments checked by :func:`check` first)."""
+    check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
+    if engine == "local":
+        return LocalEngine(module, jobs=jobs, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, limit=limit,
+                           python=python)
+    return RayEngine(module, address=address, jobs=jobs, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                     limit=limit)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def _failure(outcome: Outcome) -> Optional[str]:
+    if outcome.error:
+        return outcome.error
+    if outcome.returncode != 0:
+        return f"exit {outcome.returncode}"
+    try:
+        stopped = str(records.read_record(outcome.job.folder).get("stopped"))
+    except (FileNotFoundError, ValueError):
+        return "exit 0 but no run record"
+    return None if stopped.startswith(_OK_STOPS) else f"stopped: {stopped}"
+
+
+def execute(engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
+            status: Optional[Callable[[Path], str]] = None, poll_every: float = 0.5) -> list:
+    """Run ``jobs`` on ``engine`` (as many at a time as it takes) and return their :class:`Outcome` objects, in
+    the order of ``jobs``. A failed run is reported on stderr (configuration, seed, reason, log tail) and the
+    others go on. ``verbose``: a tqdm bar (runs done/running/failed; ``skipped`` finished runs counted as done)
+    and ``[sweep]`` lines; ``status(folder)``: a running run's status line, every ``status_every`` seconds. The
+    engine is closed at the end (and on an interrupt: its processes are killed, its tasks cancelled)."""
+    from tqdm.auto import tqdm
+    todo, outcomes = list(jobs), {}
+    bar = tqdm(total=len(todo) + skipped, initial=skipped, desc=f"sweep ({engine.name})", unit="run",
+               disable=not verbose, file=sys.stderr)
+    counts = {"done": skipped, "failed": 0}
+
+    def show():
+        bar.set_postfix_str(f"done {counts['done']}, running {len(engine.in_flight())}, failed {counts['failed']}")
+
+    last = time.perf_counter()
+    try:
+        show()
+        while todo or engine.in_flight():
+            while todo and engine.free():
+                job = todo.pop(0)
+                engine.start(job)
+                if verbose:
+                    tqdm.write(f"[sweep] started {job.folder.name}", file=sys.stdout)
+                show()
+            time.sleep(poll_every)
+            for o in engine.poll():
+                o.failure = _failure(o)
+                outcomes[id(o.job)] = o
+                counts["failed" if o.failure else "done"] += 1
+                bar.update(1)
+                show()
+                if o.failure:
+                    tail = log_tail(o.job.folder)
+                    tqdm.write(f"[sweep] FAILED {o.job.config} seed {o.job.seed} ({o.failure}) in {o.job.folder}"
+                               + ("; log tail:\n" + "\n".join("    " + t for t in tail.splitlines())
+                                  if tail else ""), file=sys.stderr)
+                elif verbose:
+                    line = status(o.job.folder) if status else o.job.folder.name
+                    host = f" on {o.host}" if o.host else ""
+                    tqdm.write(f"[sweep] finished {o.job.folder.name}{host} (exit {o.returncode}): {line}",
+                               file=sys.stdout)
+            if verbose and engine.in_flight() and time.perf_counter() - last > status_every:
+                last = time.perf_counter()
+                for job in engine.in_flight():
+                    line = status(job.folder) if status and engine.name == "local" else f"{job.folder.name}: running"
+                    tqdm.write(f"[sweep]   {line}", file=sys.stdout)
+    finally:
+        engine.close()
+        bar.close()
+    return [outcomes[id(j)] for j in jobs]

@@ -1,0 +1,194 @@
+"""Sweeps on both engines (dnlib/engines.py, issue 14 item 1): the same tiny SR sweep (2 configurations x 2 seeds,
+6 steps, CPU) on the local engine and on a local Ray instance started and stopped here gives identical records;
+a killed sweep resumed finishes the rest only; a failing run is reported and the others finish; bad engine
+arguments are refused before anything starts.
+
+Records are compared on what a run computes (config, seed, steps, stop reason, headline numbers, curves), not on
+what depends on the clock or the place (times, host, the run folder named on the command line).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnlib import engines, experiment, records, sr
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+pytestmark = pytest.mark.skipif(not ((MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
+                                reason=f"the SR data is not in DNLIB_DATA={MIRROR}")
+RECIPE = sr.RECIPE
+CONFIGS = ["smoke-bn", "smoke-dn*"]
+STEPS, CHUNK = 6, 2
+ARGS = ["--sets", "Set5", "--curve-sets", "Set5", "--batch-size", "8", "--eval-every", str(CHUNK), "--device",
+        "cpu", "--steps", str(STEPS)]
+FILES = {"record.json", "curves.csv", "checkpoint.pt", "history.json", "run.json", "log.txt"}
+
+
+def _timeless(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "time" and "second" not in k and "per_s" not in k}
+
+
+def _essence(folder: Path) -> dict:
+    """What a run computed: its record without times, host, device threads and argv; its curves without time."""
+    rec = records.read_record(folder)
+    return {"experiment": rec["experiment"], "name": rec["name"], "config": rec["config"], "seed": rec["seed"],
+            "steps": (rec["steps_planned"], rec["steps_done"]), "stopped": rec["stopped"],
+            "headline": _timeless(rec["headline"]), "paper": rec["paper"],
+            "curves": [_timeless(r) for r in records.read_curves(folder)]}
+
+
+def _sweep(out, engine, configs=CONFIGS, seeds=(0, 1), **kw):
+    kw = {"jobs": 2, "cpus_per_run": 1, **kw}     # one thread per run on both engines: the same numbers
+    return experiment.sweep(RECIPE, configs, list(seeds), out=out, engine=engine, run_args=ARGS, verbose=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance for this module (2 CPUs), stopped at its end."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    return out, _sweep(out, "local")
+
+
+def test_local_and_ray_engines_give_identical_records(local_sweep, ray_instance, tmp_path):
+    out_local, rows_local = local_sweep
+    rows_ray = _sweep(tmp_path, "ray")
+    assert rows_local.failed == [] and rows_ray.failed == []
+    names = [f"{records.run_name(c, s)}" for c in CONFIGS for s in (0, 1)]
+    for rows, out in ((rows_local, out_local), (rows_ray, tmp_path)):
+        assert sorted(Path(r["run"]).name for r in rows) == sorted(names)
+        assert [r["stopped"] for r in rows] == ["completed"] * 4
+        for n in names:                                             # the same folder layout
+            assert {p.name for p in (out / n).iterdir()} == FILES, n
+    for n in names:
+        assert _essence(tmp_path / n) == _essence(out_local / n), n
+    assert _essence(out_local / names[0]) != _essence(out_local / names[1])     # the seeds differ
+    # the Ray tasks ran in folders of their own (no shared filesystem) and sent the files back
+    for n in names:
+        argv = records.read_record(tmp_path / n)["argv"]
+        assert str(tmp_path) not in " ".join(argv) and argv[argv.index("--resume") + 1].endswith(n)
+        local = records.read_record(out_local / n)["argv"]
+        assert local[local.index("--resume") + 1] == str(out_local / n)
+    info = json.loads((tmp_path / "sweep.json").read_text())
+    assert info["engine"] == "ray" and sorted(r["run"] for r in info["ran"]) == sorted(names)
+    assert ray_instance.is_initialized()                            # the sweep left the test's instance running
+
+
+def _partial(folder: Path, seed: int) -> None:
+    """A run of smoke-bn killed after its first chunk: checkpoint at step CHUNK, record ``stopped: running``; the
+    checkpoint's first history row is marked (time -1) so that a resumed run shows it and a restarted one not.
+    One thread, as the sweep's runs (``cpus_per_run=1``): the numbers then match theirs exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        experiment.run(RECIPE, "smoke-bn", seed=seed, steps=STEPS, resume=folder, stop_after=CHUNK, device="cpu",
+                       overrides={"batch_size": 8, "eval_every": CHUNK},
+                       options={"sets": ("Set5",), "curve_sets": ("Set5",)})
+    finally:
+        torch.set_num_threads(threads)
+    records.write_record(folder, {**records.read_record(folder), "stopped": "running"})
+    state = torch.load(folder / "checkpoint.pt", weights_only=True)
+    state["history"][0]["time"] = -1.0
+    torch.save(state, folder / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_killed_sweep_resumed_finishes_the_rest_only_and_a_failing_run_stops_no_other(engine, local_sweep,
+                                                                                         request, tmp_path, capsys):
+    """seed 0 finished (kept untouched), seed 1 killed after its first chunk (resumed from its checkpoint), seed
+    2 not started (runs), seed 3 holds a broken checkpoint (its run raises CheckpointError and exits 2: reported
+    with its config, seed and log tail; the others finish; the exit status counts it)."""
+    if engine == "ray":
+        request.getfixturevalue("ray_instance")
+    out_local, _ = local_sweep
+    done, part, rest, bad = (tmp_path / records.run_name("smoke-bn", s) for s in (0, 1, 2, 3))
+    shutil.copytree(out_local / done.name, done)
+    _partial(part, 1)
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.iterdir()}
+    capsys.readouterr()
+    code = sr.main(["sweep", "smoke-bn", "--seeds", "0", "1", "2", "3", "--out", str(tmp_path), "--engine", engine,
+                    "--jobs", "2", "--cpus-per-run", "1", *ARGS])
+    err = capsys.readouterr().err
+    assert code == 1                                                   # one run failed
+    assert "FAILED smoke-bn seed 3 (exit 2)" in err and "checkpoint" in err and "1 of 3 runs failed" in err
+    assert [records.read_record(d)["stopped"] for d in (done, part, rest)] == ["completed"] * 3
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.iterdir()} == before   # untouched
+    info = json.loads((tmp_path / "sweep.json").read_text())
+    assert info["skipped"] == [done.name] and sorted(r["run"] for r in info["ran"]) == [part.name, rest.name,
+                                                                                        bad.name]
+    assert [(f["config"], f["seed"], f["reason"]) for f in info["failed"]] == [("smoke-bn", 3, "exit 2")]
+    assert "checkpoint" in info["failed"][0]["log_tail"]
+    assert records.read_curves(part)[0]["time"] == -1.0      # resumed from its checkpoint, not restarted
+    assert _essence(part) == _essence(out_local / part.name)  # and it ends as the uninterrupted run did
+    assert [r["step"] for r in records.read_curves(rest)] == list(range(CHUNK, STEPS + 1, CHUNK))
+    assert {p.name for p in part.iterdir()} == {p.name for p in rest.iterdir()} == FILES
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    ({"engine": "bogus"}, "engine"), ({"engine": "local", "address": "auto"}, "address"),
+    ({"engine": "local", "cpus_per_run": 0}, "cpus_per_run"), ({"engine": "local", "gpus_per_run": -1}, "gpus_per_run"),
+    ({"engine": "ray", "gpus_per_run": 1.5}, "gpus_per_run"), ({"engine": "local", "jobs": 0}, "jobs"),
+    ({"engine": "local", "configs": ["nosuch"]}, "nosuch"), ({"engine": "local", "seeds": (-1,)}, "seeds"),
+    pytest.param({"engine": "local", "gpus_per_run": 0.25}, "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="probes a machine without CUDA")),
+])
+def test_bad_arguments_are_refused_before_anything_starts(kw, fragment, tmp_path):
+    with pytest.raises(ValueError, match=fragment):
+        _sweep(tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_engine_refuses_what_the_cluster_lacks(ray_instance, tmp_path, capsys):
+    """The test's Ray instance has 2 CPUs and no GPU: asking for more is one line and exit 2, nothing written,
+    and the instance (not the sweep's) stays up."""
+    for flag, value in (("--gpus-per-run", "0.5"), ("--cpus-per-run", "4")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            sr.main(["sweep", "smoke-bn", "--out", str(tmp_path / "out"), "--engine", "ray", flag, value, *ARGS])
+        assert e.value.code == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and f"error: {flag}: " in err[0] and "Ray cluster has" in err[0], err
+    assert not (tmp_path / "out").exists() and ray_instance.is_initialized()
+
+
+def test_gpu_share_takes_fractions_and_whole_numbers():
+    assert [engines.gpu_share(v) for v in ("0", "0.25", "1", "2")] == [0.0, 0.25, 1.0, 2.0]
+    for v in ("-1", "1.5", "nan", "x"):
+        with pytest.raises(Exception, match="GPU|number|fraction"):
+            engines.gpu_share(v)
+
+
+def test_sweep_help_lists_the_engine_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        sr.main(["sweep", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--engine", "--address", "--cpus-per-run", "--gpus-per-run", "--jobs"):
+        assert flag in text, flag
+
+
+def test_folders_travel_as_bytes(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "record.json").write_text("{}")
+    (tmp_path / "a" / "sub").mkdir()
+    (tmp_path / "a" / "sub" / "x.bin").write_bytes(b"\0\1")
+    files = engines.read_folder(tmp_path / "a")
+    assert files == {"record.json": b"{}", "sub/x.bin": b"\0\1"}
+    engines.write_folder(tmp_path / "b", files)
+    assert engines.read_folder(tmp_path / "b") == files
+    with pytest.raises(ValueError, match="inside"):
+        engines.write_folder(tmp_path / "c", {"../evil": b""})
