@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.skipif(not triton_dn.available(), reason="Triton canno
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
 
 CS = "channel,space"
+#: the interpreter computes on CPU tensors, the compiled kernels on CUDA tensors (a GPU machine without TRITON_INTERPRET)
+DEV = "cpu" if triton_dn.interpreted() else "cuda"
 CASES = {
     # name: (spec, shape, blocks (channels, positions) or None)
     "dn3-valid": (NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.5), (2, 5, 3, 4), (4, 8)),
@@ -50,9 +52,9 @@ def _run(fn, x, sigma, gy, w1):
 
 def _inputs(shape, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype).requires_grad_()
-    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    sigma = torch.tensor(0.7, dtype=torch.float64).to(dtype).requires_grad_()
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(DEV, dtype).requires_grad_()
+    gy = torch.randn(shape, generator=g, dtype=torch.float64).to(DEV, dtype)
+    sigma = torch.tensor(0.7, dtype=torch.float64).to(DEV, dtype).requires_grad_()
     return x, gy, sigma
 
 
@@ -122,12 +124,12 @@ def test_module_equals_general_module(name, kw):
     """DivisiveNorm(impl="triton") against impl="general" in training (output, L1 penalty, gradients of the input
     and of every parameter) and in evaluation (output), float32."""
     torch.manual_seed(0)
-    a = make_norm(name, 6, impl="general", **kw)
-    b = make_norm(name, 6, impl="triton", **kw)
+    a = make_norm(name, 6, impl="general", **kw).to(DEV)
+    b = make_norm(name, 6, impl="triton", **kw).to(DEV)
     b.load_state_dict(a.state_dict())
     g = torch.Generator().manual_seed(3)
-    x = (torch.randn(2, 6, 5, 7, generator=g) * 2 + 0.5).requires_grad_()
-    w = torch.randn(2, 6, 5, 7, generator=g)
+    x = (torch.randn(2, 6, 5, 7, generator=g) * 2 + 0.5).to(DEV).requires_grad_()
+    w = torch.randn(2, 6, 5, 7, generator=g).to(DEV)
     out = []
     for m in (a, b):
         y = m(x)
