@@ -2,7 +2,9 @@
 
 * :func:`draw_fields` / :func:`figure1`: the paper's Figure 1 redrawn from a :class:`~dnlib.spec.NormSpec`:
   the ``N x C x H x W`` activation block, with the summation field A and the suppression field B of one unit
-  highlighted. The fields are computed by :func:`field_mask` from the spec, so a new preset draws itself.
+  highlighted. The fields are computed by :func:`field_mask` from the spec, so a new preset draws itself;
+  weighted (Gaussian) windows are shaded by weight (:func:`field_weights`, e.g. ``lcn``).
+* :func:`gdn_matrix`: a GDN layer's learned field, its ``gamma`` matrix (and ``beta``).
 * :func:`figure2`: the paper's Figure 2, DN followed by ReLU as an activation function.
 * :func:`activation_histograms`, :func:`feature_maps`, :func:`image_grid`: what the activation explorer shows.
 * :func:`joint_histogram` / :func:`joint_histograms`: the paper's Table 10 joint histograms of filter pairs.
@@ -24,7 +26,7 @@ from matplotlib.patches import Patch
 from .presets import get_spec
 from .spec import NormSpec
 
-__all__ = ["new_figure", "field_mask", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
+__all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
            "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
            "MarkdownTable", "FIELD_COLORS", "band_curves"]
 
@@ -103,12 +105,61 @@ def field_mask(spec: NormSpec, shape: Sequence[int], center: Sequence[int], fiel
     return mask
 
 
+def field_weights(spec: NormSpec, shape: Sequence[int], center: Sequence[int], field: str = "sum",
+                  groups: Optional[int] = None) -> np.ndarray:
+    """Float ``(N, C, H, W)`` weights of every unit in the field mean of unit ``center``: 0 outside the field
+    (:func:`field_mask`), inside it the product over the windowed axes of the window's weight of the unit's offset
+    (Gaussian ``exp(-o^2 / (2 width^2))`` for a weighted window, 1 for a box), normalized to sum 1 over the units
+    inside the map (the ``"valid"`` border's weighted mean)."""
+    mask = field_mask(spec, shape, center, field, groups)
+    w = mask.astype(float)
+    widths = spec.weights(field)
+    for axis, dims in (("channel", (1,)), ("space", (2, 3))):
+        width = widths.get(axis)
+        if not width:
+            continue
+        for d in dims:
+            o = np.arange(shape[d]) - center[d]
+            w = w * np.exp(-o ** 2 / (2.0 * width ** 2)).reshape([-1 if i == d else 1 for i in range(4)])
+    total = w.sum()
+    return w / total if total else w
+
+
+def gdn_matrix(module, ax=None, *, title: Optional[str] = None):
+    """Draw a GDN layer's learned suppression field: the effective ``gamma`` (``C x C``, row i = the weights of
+    the channels that divide channel i), the range of ``beta`` in the title. ``module``: a
+    :class:`~dnlib.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure."""
+    gamma = module.effective_gamma.detach().float().cpu().numpy()
+    beta = module.effective_beta.detach().float().cpu().numpy()
+    if ax is None:
+        fig = new_figure(figsize=(4.4, 3.6), layout="constrained")
+        ax = fig.add_subplot()
+    fig = ax.figure
+    im = ax.imshow(gamma, cmap="viridis", vmin=0.0)
+    fig.colorbar(im, ax=ax, label="gamma_ij", shrink=0.85)
+    ax.set(xlabel="channel j (suppressing)", ylabel="channel i (normalized)")
+    kind = "IGDN" if module.inverse else "GDN"
+    kind += "1" if module.simplified else ""
+    ax.set_title(title if title is not None else f"{kind} gamma ({gamma.shape[0]} channels); beta in "
+                 f"[{beta.min():.3g}, {beta.max():.3g}]", fontsize=9)
+    return fig
+
+
+def _shade(color: str, weight: float) -> tuple:
+    """``color`` blended towards the empty-unit colour as ``weight`` (0-1) falls."""
+    from matplotlib.colors import to_rgb
+    c, e = np.array(to_rgb(color)), np.array(to_rgb(FIELD_COLORS["none"]))
+    return tuple(e + (c - e) * (0.15 + 0.85 * weight))
+
+
 def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height: int = 7, width: int = 7,
                 center: Optional[Sequence[int]] = None, title: Optional[str] = None, legend: bool = True):
     """Draw the ``N x C x H x W`` block with the summation (A) and suppression (B) fields of one unit.
 
     Each example is a stack of its channel maps (front map = channel 0, drawn in perspective), examples side
-    by side. Blue: A only; orange: B only; purple: both; red outline: the unit being normalized.
+    by side. Blue: A only; orange: B only; purple: both; red outline: the unit being normalized. A weighted
+    (Gaussian) window is shaded by weight (:func:`field_weights`, relative to the field's largest weight; where
+    A and B overlap, the larger of the two).
     ``spec`` is a :class:`NormSpec` or a preset name. Returns the figure (a new one when ``ax`` is None).
     """
     spec, name = _as_spec(spec)
@@ -121,6 +172,10 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
     groups = min(spec.groups, 2) if spec.groups > 1 else None
     a = field_mask(spec, shape, center, "sum", groups)
     b = field_mask(spec, shape, center, "sup", groups)
+    shade = None
+    if spec.weighted:
+        wa, wb = (field_weights(spec, shape, center, f, groups) for f in ("sum", "sup"))
+        shade = np.maximum(wa / max(wa.max(), 1e-300), wb / max(wb.max(), 1e-300))
     shear, squash, gap_c, gap_n = 0.6, 0.45, 1.2, 3.0
     depth = squash * height + gap_c
     polys, colors = [], []
@@ -135,7 +190,8 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
                     corners = [(x + shear * yy + x_off, yy + y_off) for x, yy in corners]
                     polys.append(corners)
                     key = "both" if a[n, c, i, j] and b[n, c, i, j] else "sum" if a[n, c, i, j] else "sup" if b[n, c, i, j] else "none"
-                    colors.append(FIELD_COLORS[key])
+                    colors.append(FIELD_COLORS[key] if shade is None or key == "none" else
+                                  _shade(FIELD_COLORS[key], shade[n, c, i, j]))
                     if (n, c, i, j) == center:
                         center_poly = corners
     ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="#636363", linewidths=0.4))
@@ -150,6 +206,8 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
     label = title if title is not None else (f"{name}: " if name else "") + repr(spec).replace("NormSpec(", "").rstrip(")")
     if groups:
         label += f"\n({spec.groups} groups drawn as {groups})"
+    if shade is not None:
+        label += " (shaded by weight)"
     ax.set_title(_wrap(label, 44), fontsize=9)
     if legend:
         ax.legend(handles=_field_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
@@ -390,15 +448,18 @@ def spec_table(names: Optional[Sequence[str]] = None) -> MarkdownTable:
 
     names = list(PRESETS) if names is None else list(names)
 
-    def field(axes, window):
+    def field(axes, window, weights=()):
         if not axes:
             return "-"
-        w = dict(window)
-        return " + ".join(f"{a} [{w[a]}]" if a in w else a for a in ("batch", "channel", "space") if a in axes)
+        w, g = dict(window), dict(weights)
+        return " + ".join((f"{a} [{w[a]}" + (f", Gaussian {g[a]:g}]" if a in g else "]")) if a in w else a
+                          for a in ("batch", "channel", "space") if a in axes)
 
     lines = ["| preset | A (summation) | B (suppression) | σ | power | groups | what |", "|---|---|---|---|---|---|---|"]
     for name in names:
         s = get_spec(name)
-        lines.append(f"| `{name}` | {field(s.sum_axes, s.sum_window)} | {field(s.sup_axes, s.sup_window)} | "
+        sup = field(s.sup_axes, s.sup_window, s.sup_weights) if PRESETS[name].module is None else \
+            "channel (learned gamma)"
+        lines.append(f"| `{name}` | {field(s.sum_axes, s.sum_window, s.sum_weights)} | {sup} | "
                      f"{s.sigma:g} | {s.power:g} | {s.groups} | {PRESETS[name].doc} |")
     return MarkdownTable("\n".join(lines))

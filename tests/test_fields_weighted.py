@@ -222,3 +222,24 @@ def test_replace_keeps_the_weights_of_the_windows_that_remain():
     # a window given as a bare number is refused with the parameter's name (it raised TypeError before)
     with pytest.raises(ValueError, match="sum_window: expected a mapping"):
         lcn.replace(sum_window=3)
+
+
+def test_figure_field_weights_are_the_field_mean_weights():
+    """figures.field_weights (the shading of Figure 1 for weighted windows) gives the weights of the library's own
+    field mean: sum(weights * x) == E_A[x] at the drawn unit, centre and corner, lcn and a box preset."""
+    from matplotlib.figure import Figure
+
+    from dnlib import figures
+    from dnlib.functional import field_mean
+    x = _x((2, 3, 7, 6), seed=9)
+    for name, kw in (("lcn", dict(sum_window={"space": 5}, sum_weights={"space": 1.3})), ("dn", {})):
+        spec = get_spec(name).replace(**kw)
+        mu = field_mean(x, spec).numpy()
+        for center in ((0, 1, 3, 2), (1, 0, 0, 5)):
+            w = figures.field_weights(spec, x.shape, center, "sum")
+            assert abs((w * x.numpy()).sum() - mu[center]) < 1e-12
+            assert ((w > 0) == figures.field_mask(spec, x.shape, center, "sum")).all()
+    assert isinstance(figures.draw_fields("lcn"), Figure)
+    m = make_norm("gdn", 5)
+    fig = figures.gdn_matrix(m)
+    assert np.allclose(fig.axes[0].images[0].get_array(), m.effective_gamma.detach().numpy())
