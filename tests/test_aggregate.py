@@ -208,3 +208,16 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
         assert rec["device"]["name"] and rec["date"] == "2026-11-27"
     md = A.provenance_table(root / "results/records", where={"experiment": "cifar"})
     assert "CIFAR-10 (JPEG copy)" in md and "results/h100/cifar_summary.json" in md
+
+
+def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
+    from dnlib import experiment
+    from dnlib.cifar import RECIPE
+    base, accs = sweep
+    assert experiment.main(RECIPE, ["gather", str(base), "--out", str(base / "rows.json")]) == 0
+    out = capsys.readouterr().out
+    per_run, per_config = out.split("**per configuration: mean ± std over runs (n)**")
+    assert per_run.count("| cifar |") == 9                     # every run's row, as before
+    bn = f"| bn | {np.mean(accs['bn']):.4g} ± {np.std(accs['bn'], ddof=1):.4g} | 0.8 |"
+    assert bn in per_config
+    assert "| ln | 0.6 | 0.8 |" in per_config and "2 (1 diverged) |" in per_config
