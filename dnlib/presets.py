@@ -12,7 +12,8 @@ the channels only (``NormSpec("channel", "channel")``, eps 1e-6 as timm); ``rms2
 ``RmsNorm2d``. On ``(N, C)`` inputs each pair coincides (up to eps). ``rms`` keeps ``nn.RMSNorm``'s default
 eps, ``torch.finfo(dtype).eps`` (``NormSpec(eps=None)``).
 
-``lcn`` is local contrast normalization (Jarrett, Kavukcuoglu, Ranzato, LeCun 2009, eqs. of §2.1):
+``lcn`` is local contrast normalization (Jarrett, Kavukcuoglu, Ranzato, LeCun 2009, "What is the best
+multi-stage architecture for object recognition?"):
 
 .. math::
 
@@ -21,8 +22,9 @@ eps, ``torch.finfo(dtype).eps`` (``NormSpec(eps=None)``).
     y_{n,i,j,k} = \frac{v_{n,i,j,k}}{\max(c_n, \sigma_{n,j,k})}, \quad c_n = \operatorname{mean}_{j,k}\,
     \sigma_{n,j,k}
 
-with ``w`` a 9 x 9 Gaussian of std 2 pixels times 1/C (``sum w = 1`` over channels and window; the sizes of the
-common Theano ``lecun_lcn``): ``NormSpec(CS, CS, {"space": 9}, {"space": 9}, sum_weights={"space": 2.0},
+with ``w`` a 9 x 9 Gaussian of std 2 pixels times 1/C (``sum w = 1`` over channels and window; the sizes used by
+common LCN code such as Theano's ``lecun_lcn``, not taken from the paper; change them with ``window=`` and
+``weights=``): ``NormSpec(CS, CS, {"space": 9}, {"space": 9}, sum_weights={"space": 2.0},
 sup_weights={"space": 2.0}, floor="mean")``, eps 1e-5 (keeps a constant map finite), the valid border (near the
 border the weights inside the map are renormalized, as torch7's ``SpatialContrastiveNormalization``; pass
 ``border="zeros"`` for zero padding). The floor is an option of the spec (``floor="mean"``), not an operator.
