@@ -20,8 +20,12 @@ turns many runs into one line per configuration::
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
   (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiment.load_runs` returns
   them); :func:`dnlib.figures.band_curves` draws them.
+- :func:`compare` / :func:`compare_figure`: one of the paper's tables (:data:`PAPER_TABLES`, read by
+  :func:`paper_table`: which runs, the paper's rows and numbers) beside ours as Markdown or bars;
+  :func:`provenance_table`: where each configuration's numbers come from (commit, card, date, data, source).
 
-This module sits beside :mod:`dnlib.records`: it imports records and figures only (never the runner or a recipe).
+This module sits beside :mod:`dnlib.records`: it imports records and figures (and, inside :func:`paper_table`
+only, the paper's numbers from :mod:`dnlib.configs`), never the runner or a recipe.
 """
 from __future__ import annotations
 
