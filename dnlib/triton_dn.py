@@ -5,18 +5,19 @@ models use: both fields pool ``"channel"``, either all channels or a channel win
 sizes may differ), and optionally ``"space"`` through a ``k x k`` window (A and B may differ: SR's 5 x 5 / 7 x 7),
 with any sigma (fixed or learned), ``eps`` (also ``None``), ``power``, ``sup_scale`` and every border rule of
 :class:`~dnlib.spec.NormSpec` (``"valid"``, ``"zeros"``, ``"reference"`` with its even windows and its
-suppression divisor). The operator is the general path's (:func:`dnlib.functional.divisive_norm`):
+suppression divisor); box windows only (no Gaussian weights, no ``floor``). The operator is the general path's
+(:func:`dnlib.functional.divisive_norm`):
 
 .. math::
     m_0 = R x, \\quad \\mu = B_A m_0, \\quad v = x - \\mu, \\quad
     s = b\\,B_B R (v^2), \\quad y = v\\,(s\\,\\mathrm{sup\\_scale} + \\epsilon + \\sigma^2)^{-p}
 
 where ``R`` is the mean over the field's channels (identity for a channel window), ``B`` the normalized box filter
-over the window and ``b`` the reference code's divisor factor. Forward: three kernels (channel means; the local
-mean ``mu`` and ``R(v^2)``; the output, with the divisor's argument kept for backward and the per-program sums of
-``|v|``, the L1 term's statistic). Backward: three kernels (per-position sums of ``gy * v``, ``gy``,
-``sign(v)``; the transposed suppression and summation box filters on those small maps; ``gx``), exact gradients for
-``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all channels) or ``(N, C, H,
+over the window and ``b`` the reference code's divisor factor. Forward: three kernels (channel means, not needed
+with a channel window; the local mean ``mu`` and ``R(v^2)``; the output, with the divisor's argument kept for
+backward and the per-program sums of ``|v|``, the L1 term's statistic). Backward: three kernels (per-position sums
+of ``gy * v``, ``gy``, ``sign(v)``; the transposed suppression and summation box filters on those small maps;
+``gx``), exact gradients for ``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all channels) or ``(N, C, H,
 W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read three times forward (twice with a
 channel window) and twice backward. NCHW and channels_last inputs are read in place (the output and the input's
 gradient keep the input's layout); other strides are copied first.
@@ -28,7 +29,9 @@ Triton is imported only here, and only when a kernel is first needed (``import d
 machine without a GPU the kernels run in Triton's interpreter when ``TRITON_INTERPRET=1`` is set before the first
 kernel is built (the tests do: ``tests/conftest.py``); slow, for checking values and gradients only. The GPU speed
 of these kernels has not been measured (no GPU in the session that wrote them), so ``impl="auto"`` never picks
-them; ``scripts/gpu_throughput.py`` compares them with the general path on a device.
+them; ``scripts/gpu_throughput.py`` compares them with the general path on a device. :func:`compile_for` builds
+them for a GPU architecture on a machine without one (Triton's compiler and ``ptxas``), which checks what the
+interpreter cannot.
 """
 from __future__ import annotations
 
