@@ -80,8 +80,8 @@ def suppression_mean_square(y: torch.Tensor, spec: NormSpec) -> torch.Tensor:
     For a global field (BN, LN, IN) at sigma = 0 this is 1 up to ``eps`` (eq. 4 divides by exactly that
     root mean square); a larger sigma makes it smaller. Broadcastable to ``y``.
     """
-    field = NormSpec(sum_axes=spec.sup_axes, sum_window=spec.sup_window, groups=spec.groups,
-                     border="zeros" if spec.border == "reference" else spec.border)
+    field = NormSpec(sum_axes=spec.sup_axes, sum_window=spec.sup_window, sum_weights=spec.sup_weights,
+                     groups=spec.groups, border="zeros" if spec.border == "reference" else spec.border)
     return field_mean(y * y, field)
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .functional import field_mean
-from .presets import get_spec, list_norms, make_norm
+from .presets import PRESETS, get_spec, list_norms, make_norm
 from .sparse import sparse_penalty
 from .spec import NormSpec
 from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
@@ -263,7 +263,9 @@ class ActivationExplorer:
         self._holding = False
         style = {"description_width": "110px"}  # one width for every description: the columns line up
         wide = W.Layout(width="440px")  # room for the slider and a full readout ("all channels", "whole map")
-        names = [n for n in list_norms()]
+        # presets with a module of their own (GDN: a learned channel matrix, no NormSpec fields) have no fields to
+        # explore here
+        names = [n for n in list_norms() if PRESETS[n].module is None]
         self.controls = {
             "preset": W.Dropdown(options=names, value=preset, description="preset", style=style,
                                  layout=W.Layout(width="260px")),

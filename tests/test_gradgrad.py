@@ -19,6 +19,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from dnlib import NormSpec, list_norms, make_norm, sparse_penalty
 from dnlib.functional import band_supported, divisive_norm, divisive_norm_reference
 from dnlib.norm import DivisiveNorm, fused_kind
+from dnlib.presets import PRESETS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -68,8 +69,10 @@ def _shape(name):
 
 
 def _cases():
+    # presets built by their own module (GDN: its beta/gamma sit on the reparameterization's bound at init, where a
+    # numerical second derivative cannot match) are checked in tests/test_gdn.py with the parameters off the bound
     out = []
-    for name in list_norms():
+    for name in [n for n in list_norms() if PRESETS[n].module is None]:
         spec = make_norm(name, 4, **_preset_kw(name)).spec
         impls = ["general"] + (["auto"] if fused_kind(spec) else []) + (["band"] if band_supported(spec) else [])
         for impl in impls:
@@ -91,7 +94,8 @@ def test_gradgradcheck_every_preset_every_path(name, impl, train, alpha):
     _check(m, _x(_shape(name)))
 
 
-@pytest.mark.parametrize("name", [n for n in list_norms() if make_norm(n, 4, **_preset_kw(n)).spec.divide])
+@pytest.mark.parametrize("name", [n for n in list_norms()
+                                  if PRESETS[n].module is None and make_norm(n, 4, **_preset_kw(n)).spec.divide])
 def test_gradgradcheck_learned_sigma_with_penalty(name):
     m = make_norm(name, _shape(name)[1], learn_sigma=True, sigma=0.7, alpha=0.1, **_preset_kw(name))
     assert m.sigma is not None and m.fused is None

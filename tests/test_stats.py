@@ -80,6 +80,18 @@ def test_suppression_mean_square_is_one_for_global_fields_at_sigma_zero():
         assert stats.suppression_mean_square(y1, spec).max() < 1
 
 
+def test_suppression_mean_square_uses_the_window_weights():
+    # a unit impulse: E_B[y^2] at its own position is the window's centre weight; for a 3x3 Gaussian of width 1
+    # (separable, normalized to sum 1) that is (1 / (1 + 2 e^-1/2))^2, for the 3x3 box 1/9
+    y = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    y[0, 0, 2, 2] = 1.0
+    gauss = dnlib.NormSpec(None, "space", sup_window={"space": 3}, sup_weights={"space": 1.0})
+    box = dnlib.NormSpec(None, "space", sup_window={"space": 3})
+    centre = 1.0 / (1.0 + 2.0 * math.exp(-0.5))
+    assert stats.suppression_mean_square(y, gauss)[0, 0, 2, 2].item() == pytest.approx(centre ** 2, rel=1e-12)
+    assert stats.suppression_mean_square(y, box)[0, 0, 2, 2].item() == pytest.approx(1 / 9, rel=1e-12)
+
+
 def test_linearity():
     x = torch.linspace(-1, 1, 101)
     assert stats.linearity(x, 3 * x + 2) == pytest.approx(1.0)
