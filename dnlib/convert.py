@@ -21,9 +21,10 @@ the same architecture built with ``norm=`` directly, apart from what is copied o
   there is an affine at all: ``dn-s`` has none, so a trained BN's gamma/beta are dropped with a warning; pass
   ``affine=True`` to keep them.
 - **Running statistics**: when the new layer keeps them (``bn``, ``bn-s``, ``bn-ms``) and the old one had them
-  (BatchNorm, SyncBatchNorm, InstanceNorm with ``track_running_stats=True``), ``running_mean``, ``running_var``
-  and ``num_batches_tracked`` are copied: they are the same per-channel statistics (DivisiveNorm stores the
-  unbiased variance, as torch). A ``to="bn"`` conversion of a trained BN network therefore computes exactly
+  (BatchNorm, SyncBatchNorm, a batch-pooling DivisiveNorm), ``running_mean``, ``running_var`` and
+  ``num_batches_tracked`` are copied: they are the same per-channel statistics (DivisiveNorm stores the unbiased
+  variance, as torch). InstanceNorm's running variance is a mean of per-example variances, not the batch
+  variance, so it is not copied. A ``to="bn"`` conversion of a trained BN network therefore computes exactly
   what it did, in training and evaluation mode (tested).
 - Not carried over: the old layer's ``eps`` and ``momentum`` (the preset's apply; pass ``eps=``/``momentum=``
   overrides), its forward hooks and any attributes of a subclass (an instance of a *subclass* of a listed type
@@ -46,7 +47,6 @@ from typing import Union
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
@@ -124,7 +124,7 @@ def _copy(old: nn.Module, new: nn.Module, name: str, c: int, dropped: list) -> N
 
 
 def _copy_stats(old: nn.Module, new: nn.Module) -> None:
-    if not isinstance(old, (_BatchNorm, _InstanceNorm, DivisiveNorm)) or not getattr(new, "track_running_stats", 0):
+    if not isinstance(old, (_BatchNorm, DivisiveNorm)) or not getattr(new, "track_running_stats", 0):
         return
     for b in ("running_mean", "running_var", "num_batches_tracked"):
         src, dst = getattr(old, b, None), getattr(new, b, None)

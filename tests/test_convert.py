@@ -227,3 +227,14 @@ def test_a_dnlib_model_converted_between_presets_equals_building_it_with_norm():
     if "gdn" in dnlib.PRESETS:                                # a learned-field preset: built the same way
         dnlib.convert_norms(net, "gdn", types=DivisiveNorm)
         assert type(net.norm1) is type(dnlib.make_norm("gdn", 16)) and net(x).shape == (2, 10)
+
+
+def test_instance_norm_running_stats_are_not_taken_for_batch_statistics():
+    inorm = nn.InstanceNorm2d(3, track_running_stats=True)
+    inorm(torch.randn(4, 3, 5, 5) * 3 + 1)                 # its running stats: means of per-example statistics
+    bn = dnlib.convert_norms(nn.Sequential(inorm), "bn")[0]
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
+    src = nn.BatchNorm2d(3)
+    src(torch.randn(4, 3, 5, 5) * 3 + 1)
+    bn = dnlib.convert_norms(nn.Sequential(src), "bn")[0]
+    assert torch.equal(bn.running_var, src.running_var) and bn.num_batches_tracked == 1
