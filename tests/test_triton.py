@@ -148,6 +148,22 @@ def test_module_equals_general_module(name, kw):
     assert sparse_penalty(b).item() == 0.0  # no L1 term outside training
 
 
+def test_partial_gradients():
+    """Only sigma's gradient (an input without grad), and only the L1 sum's (y unused), equal the general path."""
+    spec, shape, blocks = CASES["dn5-3-zeros"]
+    x, gy, sigma = _inputs(shape, torch.float64, seed=5)
+    x = x.detach()
+    y, _ = triton_dn.divisive_norm(x, spec, sigma, blocks=blocks)
+    yr, _ = _general(x, spec, sigma)
+    (gs,), (gr,) = (torch.autograd.grad((t * gy).sum(), sigma) for t in (y, yr))
+    torch.testing.assert_close(gs, gr, rtol=1e-12, atol=1e-12)
+    x.requires_grad_()
+    _, l1 = triton_dn.divisive_norm(x, spec, sigma, l1=True, blocks=blocks)
+    _, l1r = _general(x, spec, sigma)
+    (gx,), (gxr,) = (torch.autograd.grad(t, x) for t in (l1, l1r))
+    torch.testing.assert_close(gx, gxr, rtol=1e-12, atol=1e-12)
+
+
 def test_double_backward_raises():
     """create_graph=True (a gradient penalty) is refused with a pointer to the general path."""
     x, gy, sigma = _inputs((1, 2, 3, 3), torch.float64)
