@@ -31,7 +31,6 @@ Several runs share one GPU as separate processes launched by :func:`sweep`.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cli, experiment, records
+from . import aggregate, cli, experiment, records
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
 from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
@@ -55,6 +54,8 @@ __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult"
            "table10", "table10_figure", "estimate_seconds", "report", "headline", "config_table", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
+_CONFIGS = {n: get_config(n) for n in list_configs()}   # Table 7 (CIFAR-10 values; the rows are the same)
+_GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -134,11 +135,6 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- recipe
-def _config(config: Union[str, CifarConfig], dataset: str, steps: Optional[int], changes: dict) -> CifarConfig:
-    cfg = experiment.replace(get_config(config, dataset) if isinstance(config, str) else config, **changes)
-    return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
-
-
 class CifarRecipe(experiment.Recipe):
     """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.configs.cifar`) on resident data.
 
@@ -163,7 +159,9 @@ class CifarRecipe(experiment.Recipe):
                 config = get_config(config.name, dataset).replace(
                     **{k: v for k, v in config.as_dict().items() if k not in ("name", "dataset")})
             dataset = config.dataset
-        return _config(config, dataset or "cifar10", steps, overrides)
+        cfg = experiment.replace(get_config(config, dataset or "cifar10") if isinstance(config, str) else config,
+                                 **overrides)
+        return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
 
     def config_dict(self, cfg: CifarConfig) -> dict:
         return cfg.as_dict()
@@ -241,128 +239,60 @@ class CifarRecipe(experiment.Recipe):
         return rep
 
     def commands(self) -> dict:
-        return {"check-graph": experiment.Command("compare graph steps with eager steps",
-                                                  lambda q: _check_args(q, "check-graph"), _check_command, rows=True),
-                "bench": experiment.Command("training images/s per configuration", lambda q: _check_args(q, "bench"),
-                                            _check_command, rows=True)}
+        flags = ("--dataset", "--subset", "--mode", "--impl", "--batch-size")
+        return {"check-graph": experiment.steps_command(self, "check-graph", steps=5, flags=flags, **_GRAPH),
+                "bench": experiment.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images")}
 
 
 RECIPE = CifarRecipe()
 
 
 # ------------------------------------------------------------------------------------- the library API
-def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, *, seed: int = 0,
-        steps: Optional[int] = None, subset=None, validation: bool = False, eval_every: int = 500,
-        device: str = "auto", mode: str = "auto", out=None, out_dir=None, resume=None,
-        time_limit: Optional[float] = None, stop_after: Optional[int] = None,
-        data: Optional[CifarData] = None, root=None, mean_over: str = "train", progress: bool = False,
-        parameters=None, **changes) -> RunResult:
+def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, **kwargs) -> RunResult:
     """Train one configuration with :func:`dnlib.experiment.run` and return its :class:`~dnlib.experiment.RunResult`.
 
-    Args:
-        config: a name from :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`.
-        dataset: ``"cifar10"`` (default) or ``"cifar100"``.
-        steps: shorten the schedule to this many steps, milestones scaled proportionally (None or 0: the paper's).
-        subset, validation, root, mean_over: see :func:`load_data` (ignored when ``data`` is given).
-        eval_every: evaluate (and checkpoint, and check the time limit) every K steps; the authors' code: 500.
-        mode: ``"auto"`` (CUDA graph on CUDA, eager on CPU), ``"graph"`` or ``"eager"``.
-        out: a base folder: the run gets a new folder in it. ``resume`` (alias ``out_dir``): a run folder to
-            continue (a checkpoint of another run there raises :class:`~dnlib.train.CheckpointError`) or start in.
-        time_limit: seconds; the runner's rule (:mod:`dnlib.experiment`).
-        stop_after: stop at this step (simulates an interruption; the schedule is still ``steps``).
-        **changes: fields of the configuration to change, e.g. ``lr=2e-3``.
-
-    A run whose loss (or test metric) becomes NaN/inf raises :class:`~dnlib.train.TrainingDiverged` after
-    writing its record with ``stopped: "diverged at step N"`` and no accuracy.
-    """
-    if out_dir is not None and resume is not None:
-        raise ValueError("out_dir, resume: the same thing (the run folder); give one")
-    resume = resume if resume is not None else out_dir
-    if dataset is not None:
-        changes["dataset"] = dataset
-    options = {"subset": subset, "validation": validation, "root": root, "mean_over": mean_over, "mode": mode,
-               "eval_every": eval_every, "progress": progress}
-    if data is not None:
-        options["data"] = data
-    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit, out=out,
-                          resume=resume, device=device, overrides=changes, options=options, stop_after=stop_after,
-                          parameters=parameters)
+    ``config``: a name of :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`; ``dataset``:
+    ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``;
+    ``steps``: the schedule shortened, milestones scaled; ``out``: a base folder for a new run folder; ``resume``
+    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
+    build options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
+    :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
+    500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged`
+    after the record says ``stopped: "diverged at step N"``."""
+    return experiment.call(RECIPE, config, **kwargs, **({"dataset": dataset} if dataset else {}))
 
 
-def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,),
-             data: Optional[CifarData] = None, subset=None, validation: bool = False, device: str = "auto",
-             **kwargs) -> list:
-    """:func:`run` for every configuration and seed in this process on one loaded ``data`` (notebooks, CPU)."""
-    if data is None:
-        data = load_data(dataset, subset=subset, validation=validation, device=device)
-    return [run(c, dataset, seed=s, data=data, subset=_subset(subset), **kwargs) for c in configs for s in seeds]
+def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,), **kwargs) -> list:
+    """:func:`run` for every configuration and seed in this process, all on the data the first run loaded (or
+    ``data=``) (notebooks, CPU)."""
+    return experiment.call_many(RECIPE, configs, seeds, dataset=dataset, **kwargs)
 
 
-def make_trainer(cfg: CifarConfig, data: CifarData, *, seed: int = 0, mode: str = "auto", log_every=None) -> Trainer:
-    """The seeded model of ``cfg`` and its trainer on ``data`` (``mode``: see :data:`MODES`) without evaluation,
-    outside the runner (checks and benchmarks)."""
-    set_seed(seed)
-    s = RECIPE.build(cfg, seed, data=data, mode=mode, eval_every=0)
-    s.train.log_every = log_every or s.train.log_every
-    return s.make_trainer(evaluate=None)
+def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10",
+          run_args: Sequence[str] = (), **kwargs) -> list:
+    """:func:`dnlib.experiment.sweep` of runs on ``dataset``, each in ``out_dir/<dataset>-<name>-s<seed>``;
+    ``run_args``: extra ``run`` flags; ``kwargs``: the sweep's (``jobs``, ``time_limit``...)."""
+    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, run_args=["--dataset", dataset, *run_args],
+                            options={"dataset": dataset}, **kwargs)
 
 
-def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10", jobs: int = 1,
-          time_limit: Optional[float] = None, grace: float = 90.0, status_every: float = 30.0,
-          run_args: Sequence[str] = (), python: str = sys.executable, verbose: bool = True) -> list:
-    """:func:`dnlib.experiment.sweep` of CIFAR runs on ``dataset``: every (configuration, seed) as its own process
-    in ``out_dir/<dataset>-<name>-s<seed>``, ``jobs`` at a time; resumable (a rerun skips finished runs). Returns
-    :func:`gather`'s rows. ``run_args``: extra ``run`` flags (e.g. ``["--subset", "2000", "--steps", "300"]``)."""
-    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, jobs=jobs, time_limit=time_limit,
-                            grace=grace, status_every=status_every, run_args=["--dataset", dataset, *run_args],
-                            options={"dataset": dataset}, python=python, verbose=verbose)
+gather = experiment.gather
 
 
-def gather(out_dir) -> list:
-    """The rows of every run folder under ``out_dir`` (:func:`dnlib.experiment.gather`)."""
-    return experiment.gather(out_dir)
-
-
-# -------------------------------------------------------------------------------------- speed and checks
 def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 5, seed: int = 0,
                 rtol: float = 1e-2, **changes) -> dict:
-    """Run ``steps`` steps with :class:`GraphTrainer` and with the eager :class:`Trainer` from the same init on the
-    same batches; ``ok`` when every parameter and buffer agrees to ``rtol`` of how far training moved it, and the
-    losses agree to ``rtol``. On CPU this checks the graph step's code without a capture. ``changes``: fields
-    of the configuration to change (e.g. ``batch_size``; ``impl="compile"`` checks the compiled graph step
-    against the uncompiled eager one)."""
-    experiment.check_int("steps", steps)
-    cfg = _config(config, data.name, None, changes).replace(steps=steps, milestones=())
-    out = {}
-    for mode in ("eager", "graph"):
-        # the reference is always the uncompiled eager step; the graph step runs the config's impl
-        tr = make_trainer(cfg if mode == "graph" else cfg.replace(impl="auto"), data, seed=seed, mode=mode,
-                          log_every=1)
-        init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
-        losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
-        out[mode] = (init, tr.model.state_dict(), losses, experiment.trainer_mode(mode == "graph", data.device))
-    init, eager, le, _ = out["eager"]
-    _, graph, lg, gmode = out["graph"]
-    moved = max((eager[k].double() - init[k].double()).abs().max().item() for k in eager if eager[k].is_floating_point())
-    diff = max((eager[k].double() - graph[k].double()).abs().max().item() for k in eager if eager[k].is_floating_point())
-    loss_diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg))
-    ok = bool(diff <= rtol * moved and loss_diff <= rtol and all(math.isfinite(v) for v in lg) and moved > 0)
-    return {"config": cfg.name, "mode": gmode, "impl": cfg.impl, "steps": steps, "param_diff": diff,
-            "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le, "graph_losses": lg, "ok": ok}
+    """:func:`dnlib.experiment.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
+    config's ``impl``) against the plain eager :class:`Trainer` from the same init; ``changes``: config fields."""
+    return experiment.check_graph(RECIPE, config, **_GRAPH, steps=steps, seed=seed, rtol=rtol,
+                                  options={"data": data}, dataset=getattr(data, "name", None), **changes)
 
 
 def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 200, warmup: int = 20,
               mode: str = "auto", seed: int = 0, **changes) -> dict:
-    """Training throughput (images/s) of one configuration: ``steps`` timed steps after ``warmup`` (capture,
-    and with ``impl="compile"`` compilation, included in the warm-up). ``changes``: configuration fields."""
-    experiment.check_int("steps", steps)
-    experiment.check_int("warmup", warmup, 0)
-    cfg = _config(config, data.name, None, changes)
-    tr = make_trainer(cfg, data, seed=seed, mode=mode)
-    dt, loss = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, data.device)
-    return {"config": cfg.name, "mode": experiment.trainer_mode(isinstance(tr, GraphTrainer), data.device),
-            "impl": cfg.impl, "device": experiment.card(data.device), "steps": steps, "batch_size": cfg.batch_size,
-            "images_per_s": steps * cfg.batch_size / dt, "loss": float(loss)}
+    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiment.bench`: ``steps``
+    timed steps after ``warmup``, the capture or compilation among them); ``changes``: config fields."""
+    return experiment.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, unit="images",
+                            options={"data": data, "mode": mode}, dataset=getattr(data, "name", None), **changes)
 
 
 def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Optional[Sequence[str]] = None,
@@ -377,65 +307,28 @@ def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Opti
 
 
 # ----------------------------------------------------------------------------------------------- tables
-def _row(r) -> dict:
-    """A run (a :class:`RunResult`, a record dict, or a run folder) as one flat row for the tables."""
-    if isinstance(r, RunResult):
-        r = r.record
-    elif isinstance(r, (str, Path)):
-        r = records.read_record(r)
-    cfg, head, setup = r["config"], r["headline"] or {}, r["config"].get("setup") or {}
-    stopped = r["stopped"]
-    status = ("done" if stopped == experiment.COMPLETED else "diverged" if str(stopped).startswith("diverged")
-              else "running" if stopped == experiment.RUNNING else "capped")
-    return {"config": r["name"], "paper_row": cfg.get("paper"), "dataset": cfg.get("dataset"),
-            "data": setup.get("data"), "eval_split": setup.get("eval_split"), "seed": r["seed"],
-            "steps": r["steps_done"], "planned_steps": r["steps_planned"], "capped": stopped != experiment.COMPLETED,
-            "stopped": stopped, "status": status, "final_acc": head.get("final_acc"), "best_acc": head.get("best_acc"),
-            "paper_acc": (r["paper"] or {}).get("final_acc"), "images_per_s": head.get("images_per_s") or 0.0,
-            "mode": setup.get("mode"), "impl": cfg.get("impl", "auto"), "batch_size": cfg.get("batch_size", 100),
-            "device": (r.get("device") or {}).get("name")}
-
-
 def summarize(results) -> list:
-    """One row per (dataset, configuration): mean and std of the final accuracy over seeds, beside the paper's
-    (runs without an accuracy, i.e. diverged ones, are counted in ``diverged`` and left out of the mean)."""
-    groups = {}
-    for r in map(_row, results):
-        groups.setdefault((r["dataset"], r["config"]), []).append(r)
-    out = []
-    for (ds, name), rs in groups.items():
-        acc = np.array([r["final_acc"] for r in rs if r["final_acc"] is not None], dtype=float)
-        out.append({"dataset": ds, "config": name, "paper_row": rs[0]["paper_row"], "seeds": len(acc),
-                    "diverged": sum(str(r.get("stopped", "")).startswith("diverged") for r in rs),
-                    "acc": float(acc.mean()) if len(acc) else None,
-                    "acc_std": float(acc.std()) if len(acc) > 1 else 0.0,
-                    "paper_acc": rs[0]["paper_acc"], "steps": min(r["steps"] for r in rs),
-                    "planned_steps": rs[0]["planned_steps"], "capped": any(r["capped"] for r in rs),
-                    "images_per_s": float(np.mean([r["images_per_s"] for r in rs])),
-                    "data": rs[0].get("data", ""), "in_table3": name in TABLE3_ROWS})
-    return out
+    """Per configuration and data (:func:`dnlib.aggregate.summarize` of RunResults, records or run folders): mean,
+    std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run counts in
+    ``n`` and ``stopped``, not in a mean)."""
+    return aggregate.summarize(results, ("final_acc", "best_acc", "images_per_s"), by=("name", "data"))
 
 
 def results_table(results) -> MarkdownTable:
-    """Markdown table of :func:`summarize` beside the paper's Table 7 (Table 3 rows in bold)."""
-    rows = []
-    for r in summarize(results):
-        ours = "—" if r["acc"] is None else (
-            f"{r['acc']:.4f}" + (f" ± {r['acc_std']:.4f} (n={r['seeds']})" if r["seeds"] > 1 else ""))
-        rows.append([r["data"] or r["dataset"], f"**{r['paper_row']}**" if r["in_table3"] else r["paper_row"],
-                     ours + (f" ({r['diverged']} diverged)" if r["diverged"] else ""), cell(r["paper_acc"], ".4f"),
-                     f"{r['steps']}/{r['planned_steps']}" + (" capped" if r["capped"] else ""),
-                     cell(r["images_per_s"], ".0f")])
-    return markdown_table(["data", "model", "ours (acc)", "paper", "steps", "img/s"], rows)
+    """:func:`summarize` beside the paper's Table 7: per data set and configuration (Table 3 rows in bold, runs that
+    stopped early named) our final accuracy (mean ± std over runs), the paper's, images/s and the runs."""
+    def label(name):
+        row = _CONFIGS[name].paper if name in _CONFIGS else name
+        return f"**{row}**" if name in TABLE3_ROWS else row
+    return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "runs"], [
+        [", ".join(s["data"]), experiment.row_label(s, label(s["name"])),
+         aggregate.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
+         cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"]] for s in summarize(results)])
 
 
 def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): per configuration the final accuracy
-    (mean over seeds), the paper's, steps and images/s, and the data used."""
-    rows = summarize(results)
-    return {"data": rows[0]["data"] if rows else None,
-            "runs": {r["config"]: {k: r[k] for k in ("acc", "acc_std", "seeds", "paper_acc", "steps", "planned_steps",
-                                                     "images_per_s")} for r in rows}}
+    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): :func:`summarize`'s rows."""
+    return {"runs": summarize(results)}
 
 
 def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10") -> MarkdownTable:
@@ -452,20 +345,16 @@ def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10"
 
 # ---------------------------------------------------------------------------------------------- figures
 def learning_curves(results, metric: Optional[str] = None):
-    """Evaluation accuracy against step for every run (RunResults or run folders), on one figure (left), and the
-    training loss (right)."""
+    """Evaluation accuracy against step for every run (RunResults or run folders; the paper's final accuracy dashed
+    in the run's colour), on one figure (left), and the training loss (right)."""
     runs = experiment.load_runs(results)
     key = metric or (f"{runs[0][0]['config']['setup']['eval_split']}_acc" if runs else "test_acc")
     fig, (ax_acc, _) = run_curves(
-        [(f"{rec['config'].get('paper')} (seed {rec['seed']})", rows) for rec, rows in runs],
-        [{"key": key, "marker": ".", "ylabel": metric or "evaluation accuracy", "title": "evaluation accuracy"},
-         {"key": "train_loss", "ylabel": "cross-entropy", "title": "training loss (no L1 term)"}],
-        figsize=(11, 4))
-    for line, (rec, _) in zip(ax_acc.get_lines(), runs):   # the paper's final accuracy, dashed, in the run's colour
-        paper = (rec.get("paper") or {}).get("final_acc")
-        if paper is not None:
-            ax_acc.axhline(paper, ls="--", lw=1, color=line.get_color(),
-                           label=f"{rec['config'].get('paper')} paper: {paper:.3f}")
+        [(f"{rec['config'].get('paper')} (seed {rec['seed']})", rows, {key: (rec.get("paper") or {}).get("final_acc")})
+         for rec, rows in runs],
+        [{"key": key, "marker": ".", "paper": key, "ylabel": metric or "evaluation accuracy",
+          "title": "evaluation accuracy"},
+         {"key": "train_loss", "ylabel": "cross-entropy", "title": "training loss (no L1 term)"}], figsize=(11, 4))
     ax_acc.legend(fontsize=9)
     return fig
 
@@ -533,16 +422,18 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
     bench_c = read(out_dir / "bench_compile.json") or []
     sweep_dir = out_dir / "sweep"
-    rows = [_row(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    recs = [records.read_record(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    rows = [{"config": r["name"], "seed": r["seed"], "steps": r["steps_done"], "planned_steps": r["steps_planned"],
+             "stopped": r["stopped"], "final_acc": r["headline"].get("final_acc"),
+             "paper_acc": r["paper"].get("final_acc"), "images_per_s": r["headline"].get("images_per_s") or 0.0,
+             "impl": r["config"].get("impl", "auto"), "batch_size": r["config"].get("batch_size", 100),
+             **{k: r["config"].get("setup", {}).get(k) for k in ("mode", "data")}} for r in recs]
     meta = read(sweep_dir / "sweep.json") or {}
     single = {b["config"]: b["images_per_s"] for b in bench}
     single_c = {b["config"]: b["images_per_s"] for b in bench_c}
     best = {k: max(v, single_c.get(k, 0.0)) for k, v in single.items()}
-    rep = {"device": (bench[0]["device"] if bench else rows[0].get("device") if rows else None),
-           "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single,
-           "runs": [{k: r.get(k) for k in ("config", "paper_row", "seed", "steps", "planned_steps", "capped", "status",
-                                           "stopped", "final_acc", "paper_acc", "images_per_s", "mode", "data",
-                                           "impl")} for r in rows]}
+    rep = {"device": (bench[0]["device"] if bench else (recs[0].get("device") or {}).get("name") if recs else None),
+           "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single, "runs": rows}
     if single_c:
         rep["single_run_images_per_s_compile"] = single_c
         rep["best_images_per_s"] = best
@@ -554,8 +445,7 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
         used = {r["config"]: single_c.get(r["config"]) if r["impl"] == "compile" and r["config"] in single_c
                 else single.get(r["config"]) for r in rows}
         if all(v for v in used.values()):
-            sequential = sum(r["steps"] * r["batch_size"] / used[r["config"]] for r in rows)
-            gain = sequential / meta["wall_seconds"]
+            gain = sum(r["steps"] * r["batch_size"] / used[r["config"]] for r in rows) / meta["wall_seconds"]
             rep["concurrent"]["gain_vs_sequential"] = gain
             if all(n in best for n in list_configs()):
                 rep["table7_estimate_seconds"] = {
@@ -571,31 +461,6 @@ def _subset(value):
         return None
     parts = [int(p) for p in (str(value).split(",") if isinstance(value, str) else np.atleast_1d(value))]
     return parts[0] if len(parts) == 1 else tuple(parts)
-
-
-def _check_args(q, name: str) -> None:
-    q.add_argument("configs", nargs="+", help="configuration name(s); 'all' = Table 7, 'table3' = Table 3 rows")
-    q.add_argument("--dataset", default="cifar10", choices=DATASETS)
-    q.add_argument("--subset", type=cli.subset, default=None, help="stratified subset: N or N_TRAIN,N_EVAL")
-    q.add_argument("--device", type=cli.device, default="auto")
-    q.add_argument("--mode", default="auto", choices=MODES)
-    q.add_argument("--impl", default="auto", choices=IMPLS,
-                   help="DivisiveNorm impl of the normalizers ('compile': torch.compile, for GPUs)")
-    q.add_argument("--steps", type=cli.positive_int, default=5 if name == "check-graph" else 200)
-    if name == "bench":
-        q.add_argument("--warmup", type=cli.nonnegative_int, default=20, help="untimed steps first (the capture among them)")
-
-
-def _check_command(args, q):
-    with cli.user_errors(q):
-        names = RECIPE.expand(args.configs)
-        for name in names:
-            _config(name, args.dataset, None, {"impl": args.impl})
-        data = load_data(args.dataset, subset=args.subset, device=args.device)
-    if args.cmd == "check-graph":
-        return (check_graph(name, data, steps=args.steps, impl=args.impl) for name in names)
-    return (benchmark(name, data, steps=args.steps, warmup=args.warmup, mode=args.mode, impl=args.impl)
-            for name in names)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,6 +14,7 @@ resumable batches, evaluation, :class:`~dnlib.train.TrainConfig`, run identity),
     python -m dnlib.cifar run dn-star --steps 300 --subset 2000,1000 --time-limit 600     # runs/cifar/dn-star-s0-<UTC>
     python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-20261130T070000.000Z       # continue that run
     python -m dnlib.cifar sweep base dn-star --seeds 0 1 --jobs 2 --out runs/cifar/sweep  # rerun: skips finished runs
+    python -m dnlib.cifar sweep all --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 --out runs/t7
     python -m dnlib.cifar gather runs/cifar/sweep
 
 **Chunks and the time limit.** A run advances in chunks of ``Setup.chunk`` optimizer steps (default: the
@@ -30,10 +31,13 @@ A folder holds ``run.json`` (how the run was called, enough to resume it by its 
 (:mod:`dnlib.records`; ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``,
 ``history.json``. Every file is written atomically: a killed run leaves complete files or none.
 
+**Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.engines`): the local one (a
+process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
+
 **Divergence.** A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` from the trainer: the record says
 ``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
 
-This module is the experiments layer: it imports train, records, cli and distributed, never a recipe.
+This module is the experiments layer: it imports train, records, cli, distributed and engines, never a recipe.
 """
 from __future__ import annotations
 
@@ -648,6 +652,11 @@ def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: O
     return setup.make_trainer(evaluate=None), setup
 
 
+def _row(row: dict) -> dict:
+    """A row without the facts a recipe does not have (None: no ``impl``, no trainer ``mode``, no error)."""
+    return {k: v for k, v in row.items() if v is not None}
+
+
 def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps: int = 5, seed: int = 0,
                 device="auto", rtol: float = 1e-2, options: Optional[dict] = None, **overrides) -> dict:
     """Train ``steps`` steps of a configuration with the eager step and with the graph step (the build options
@@ -673,9 +682,9 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
     diff = max((eager_sd[k].double() - graph_sd[k].double()).abs().max().item() for k in floats)
     loss_diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg))
     ok = diff <= rtol * moved and loss_diff <= rtol and moved > 0 and all(map(math.isfinite, lg)) and not fell
-    return {"config": cfg.name, "mode": gmode, "impl": getattr(cfg, "impl", None), "steps": steps,
-            "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le,
-            "graph_losses": lg, "ok": bool(ok), **({"error": "the CUDA-graph capture failed"} if fell else {})}
+    return _row({"config": cfg.name, "mode": gmode, "impl": getattr(cfg, "impl", None), "steps": steps,
+                 "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le,
+                 "graph_losses": lg, "ok": bool(ok), "error": "the CUDA-graph capture failed" if fell else None})
 
 
 def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",
@@ -689,9 +698,9 @@ def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: i
     tr, setup = _trainer(recipe, cfg, seed, device, dict(options or {}))
     _share_data(recipe, options, setup)
     sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
-    return {"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
-            "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
-            f"{unit}_per_s": steps * cfg.batch_size / sec, "loss": float(loss)}
+    return _row({"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
+                 "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
+                 f"{unit}_per_s": steps * cfg.batch_size / sec, "loss": float(loss)})
 
 
 def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, flags: Sequence[str] = (),

@@ -379,23 +379,27 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
 
 def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsize=(10, 3.4), sharey: bool = False,
                pyplot: bool = False):
-    """Curves of runs' logged metrics: one panel per entry of ``panels`` (``key``: the metric; ``marker``; the rest:
-    :meth:`Axes.set` arguments such as ``ylabel``, ``title``, ``yscale``), one line per run ``(label, rows)``
-    (``rows``: a run's history or ``curves.csv`` rows) of ``x`` against the metric, over the rows that hold it; a
-    run has the same colour in every panel. ``pyplot``: a pyplot figure (shown at the end of a notebook cell even
-    when assigned). Returns ``(fig, axes)``."""
+    """Curves of runs' logged metrics: one panel per entry of ``panels`` (``key``: the metric; ``marker``; ``paper``:
+    a key of the runs' paper numbers to draw dashed; the rest: :meth:`Axes.set` arguments such as ``ylabel``,
+    ``title``, ``yscale``), one line per run ``(label, rows)`` or ``(label, rows, paper)`` (``rows``: a run's
+    history or ``curves.csv`` rows; ``paper``: ``{key: the paper's number}``) of ``x`` against the metric, over the
+    rows that hold it; a run has the same colour in every panel, its paper's number too. ``pyplot``: a pyplot
+    figure (shown at the end of a notebook cell even when assigned). Returns ``(fig, axes)``."""
     if pyplot:
         import matplotlib.pyplot as plt
         fig = plt.figure(figsize=figsize, layout="constrained")
     else:
         fig = new_figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
-    for label, rows in runs:
+    for label, rows, *paper in runs:
         for ax, p in zip(axes, panels):
             pts = [r for r in rows if r.get(p["key"]) is not None]
-            ax.plot([r[x] for r in pts], [r[p["key"]] for r in pts], marker=p.get("marker"), ms=4, label=label)
+            line, = ax.plot([r[x] for r in pts], [r[p["key"]] for r in pts], marker=p.get("marker"), ms=4, label=label)
+            value = (paper[0] if paper else {}).get(p.get("paper"))
+            if value is not None:
+                ax.axhline(value, ls="--", lw=1, color=line.get_color(), label=f"{label} paper: {value:g}")
     for ax, p in zip(axes, panels):
-        ax.set(xlabel=x, **{k: v for k, v in p.items() if k not in ("key", "marker")})
+        ax.set(xlabel=x, **{k: v for k, v in p.items() if k not in ("key", "marker", "paper")})
     return fig, axes
 
 

@@ -351,40 +351,30 @@ class SRRecipe(experiment.Recipe):
                       device=getattr(args, "device", "auto"))
 
     def commands(self) -> dict:
-        return {"bench": experiment.Command("training steps/s per configuration", _bench_args, _bench_command,
-                                            rows=True)}
+        return {"bench": experiment.steps_command(self, "bench", steps=50, warmup=5, unit="patches",
+                                                  configs=("fast-none", "fast-bn", "fast-dn*"),
+                                                  options={"sets": (), "curve_sets": ()})}
 
 
 RECIPE = SRRecipe()
 
 
 # ------------------------------------------------------------------------------------- the library API
-def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, steps: Optional[int] = None,
-             seed: int = 0, device: str = "auto", eval_sets: Sequence[str] = ("Set5",),
-             sets: Optional[Sequence[str]] = None, eval_every: Optional[int] = None,
-             time_limit: Optional[float] = None, out=None, out_dir=None, resume=None, stop_after: Optional[int] = None,
-             root=None, progress: bool = False, parameters=None, **changes) -> RunResult:
+def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, eval_sets: Sequence[str] = ("Set5",),
+             sets: Optional[Sequence[str]] = None, **kwargs) -> RunResult:
     """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
     :class:`~dnlib.configs.sr.SRConfig`) with :func:`dnlib.experiment.run`; returns its
     :class:`~dnlib.experiment.RunResult` (``.model``, ``.history``, ``.record``).
 
-    ``steps`` shortens the schedule; ``changes`` are configuration fields (``scale=4``, ``train_set="291"``,
-    ``lr=...``). ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``)
-    are scored for the headline when the run completes. ``out``: a base folder (a new run folder in it);
-    ``resume`` (alias ``out_dir``): a run folder to continue (another run's checkpoint there raises
-    :class:`~dnlib.train.CheckpointError`) or start in. ``time_limit``: the runner's rule. A NaN/inf loss raises
-    :class:`~dnlib.train.TrainingDiverged` after the record says so."""
-    if out_dir is not None and resume is not None:
-        raise ValueError("out_dir, resume: the same thing (the run folder); give one")
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if eval_every is not None:
-        changes["eval_every"] = eval_every
-    options = {"sets": tuple(eval_sets if sets is None else sets), "curve_sets": tuple(eval_sets), "root": root,
-               "progress": progress}
-    return experiment.run(RECIPE, config, seed=seed, steps=steps, time_limit=time_limit, out=out,
-                          resume=resume if resume is not None else out_dir, device=device,
-                          overrides={"norm": norm, **changes}, options=options, stop_after=stop_after,
-                          parameters=parameters)
+    ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``) are scored for
+    the headline when the run completes. Other keywords (:func:`dnlib.experiment.call`; None: the default): the
+    runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``
+    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``),
+    ``root``, ``progress`` and configuration fields (``scale=4``, ``train_set="291"``, ``eval_every``,
+    ``lr``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` after the record says so."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return experiment.call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
+                           curve_sets=tuple(eval_sets), **kwargs)
 
 
 def train_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[RunResult]:
@@ -456,42 +446,31 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
     """The SR table of the run folders at or under ``path``: per set, Bicubic and every run (PSNR, SSIM; the
     record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
     ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
-    sets = _check_sets(sets)
-    recs = {d: rec for d in records.find_runs([path])
-            if (rec := records.read_record(d)).get("experiment") == RECIPE.name}
-    dirs = list(recs)
-    if not dirs:
-        raise ValueError(f"{path}: no SR run folders (with {records.RECORD_FILE}); make them with "
-                         f"`python -m dnlib.sr run ... --out {path}` or `sweep`")
-    labels = [recs[d]["config"]["setup"].get("label") or recs[d]["name"] for d in dirs]
-    keys = {d: lab if labels.count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
-            for d, lab in zip(dirs, labels)}
-    scale = recs[dirs[0]]["config"]["scale"]
-    table = {}
+    sets, recs = _check_sets(sets), experiment.recipe_runs(RECIPE, path)
+    labels = {d: rec["config"]["setup"].get("label") or rec["name"] for d, rec in recs.items()}
+    keys = {d: lab if list(labels.values()).count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
+            for d, lab in labels.items()}
+    first = next(iter(recs.values()))
+    scale, table = first["config"]["scale"], {}
     for s in sets:
         try:
             b = evaluate_bicubic(s, scale, root=root)
         except FileNotFoundError as e:
             table[s] = {"missing": cli.one_line(e)}
             continue
-        rows = {"Bicubic": {"psnr": b["psnr"], "ssim": b["ssim"], "images": len(b["per_image"])}}
-        for d in dirs:
-            head = recs[d]["headline"]
-            if s in HEADLINE_SETS and head.get(f"{_key(s)}_ssim") is not None:
-                rows[keys[d]] = {"psnr": head[f"{_key(s)}_psnr"], "ssim": head[f"{_key(s)}_ssim"]}
-            elif (d / "checkpoint.pt").is_file() and not str(recs[d]["stopped"]).startswith("diverged"):
+        rows = table[s] = {"Bicubic": {"psnr": b["psnr"], "ssim": b["ssim"], "images": len(b["per_image"])}}
+        for d, rec in recs.items():
+            if rec["headline"].get(f"{_key(s)}_ssim") is not None:
+                rows[keys[d]] = {m: rec["headline"][f"{_key(s)}_{m}"] for m in ("psnr", "ssim")}
+            elif (d / "checkpoint.pt").is_file() and not str(rec["stopped"]).startswith("diverged"):
                 r = evaluate_sr(load_model(d, device)[0], s, scale, root=root)
                 rows[keys[d]] = {"psnr": r["psnr"], "ssim": r["ssim"], "shift": r["shift"], "scored": "checkpoint"}
         for label, row in rows.items():
-            p = paper_numbers(s, scale).get(label.split(" (")[0])
-            if p:
-                row["paper_psnr"], row["paper_ssim"] = p
-        table[s] = rows
-    first = recs[dirs[0]]
+            row.update(zip(("paper_psnr", "paper_ssim"), paper_numbers(s, scale).get(label.split(" (")[0], ())))
     out = {"scale": scale, "card": first["config"]["setup"].get("card"), "torch": first["versions"].get("torch"),
-           "runs": {keys[d]: {"name": recs[d]["name"], "seed": recs[d]["seed"], "steps": recs[d]["steps_done"],
-                              "stopped": recs[d]["stopped"], "train_seconds": recs[d]["headline"].get("train_seconds"),
-                              "train_set": recs[d]["config"]["train_set"], "run": str(d)} for d in dirs},
+           "runs": {keys[d]: {"name": r["name"], "seed": r["seed"], "steps": r["steps_done"], "stopped": r["stopped"],
+                              "train_seconds": r["headline"].get("train_seconds"),
+                              "train_set": r["config"]["train_set"], "run": str(d)} for d, r in recs.items()},
            "table": table,
            "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
                    "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
@@ -501,35 +480,10 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
 
 def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
           device: str = "auto", seed: int = 0) -> list[dict]:
-    """Training throughput of each configuration: ``steps`` timed steps after ``warmup`` (no evaluation)."""
-    experiment.check_int("steps", steps)
-    experiment.check_int("warmup", warmup, 0)
-    out = []
-    for name in configs:
-        cfg = RECIPE.config(name, steps=warmup + steps)
-        set_seed(seed)
-        s = RECIPE.build(cfg, seed, device, sets=(), curve_sets=())
-        tr = s.make_trainer(evaluate=None)
-        sec, _ = experiment.time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
-        out.append({"config": cfg.name, "steps": steps, "steps_per_s": steps / sec,
-                    "patches_per_s": steps * cfg.batch_size / sec, "device": str(tr.device),
-                    "card": s.info["card"]})
-    return out
-
-
-def _bench_args(q) -> None:
-    q.add_argument("configs", nargs="*", default=["fast-none", "fast-bn", "fast-dn*"])
-    q.add_argument("--steps", type=cli.positive_int, default=50)
-    q.add_argument("--warmup", type=cli.nonnegative_int, default=5)
-    q.add_argument("--device", type=cli.device, default="auto")
-
-
-def _bench_command(args, q) -> list:
-    with cli.user_errors(q):
-        for n in args.configs:
-            RECIPE.config(n)
-        training_pairs("T91", 3)
-    return bench(args.configs, steps=args.steps, warmup=args.warmup, device=args.device)
+    """Training patches/s of each configuration (:func:`dnlib.experiment.bench`: ``steps`` timed steps after
+    ``warmup``, no evaluation)."""
+    return [experiment.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
+                             options={"sets": (), "curve_sets": ()}) for c in configs]
 
 
 # ----------------------------------------------------------------------------------------------- figures

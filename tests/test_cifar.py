@@ -273,7 +273,7 @@ def test_smoke_training_beats_chance(data):
         assert r.record["config"]["setup"]["mode"] == "eager" and r.record["device"]["type"] == "cpu"
     table = results_table(results)
     assert "DN*" in table and "0.8122" in table and "CIFAR-10" in table
-    assert [row["config"] for row in summarize(results)] == ["bn-star", "dn-star"]
+    assert [row["name"] for row in summarize(results)] == ["bn-star", "dn-star"]
     t10 = table10(results, data, n_images=50)
     assert t10.count("\n") == 3 and "0.2031" in t10
     assert first_layer_responses(results[0].model, data, 10).shape == (10, 32, 32, 32)
