@@ -332,6 +332,7 @@ class RayEngine:
         self.refs = {}   # ObjectRef -> (job, start)
         self.owned = not ray.is_initialized()
         if self.owned:
+            _reachable(address)
             try:
                 if address is None:
                     ray.init(include_dashboard=False, log_to_driver=False)
@@ -385,6 +386,22 @@ class RayEngine:
         self.refs.clear()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _reachable(address: Optional[str], timeout: float = 5.0) -> None:
+    """Raise :class:`EngineError` when ``address`` is ``HOST:PORT`` and nothing answers there (ray.init would
+    retry for minutes)."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"address: 'auto' or HOST:PORT of a Ray cluster's head, got {address!r}")
+    import socket
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EngineError(f"address: no Ray cluster answers at {address} ({cli.one_line(e)}); start one with "
+                          f"`ray start --head --port {port}` there") from None
 
 
 def make_engine(engine: str, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,

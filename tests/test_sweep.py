@@ -47,6 +47,25 @@ def _sweep(out, engine, configs=CONFIGS, seeds=(0, 1), **kw):
     return experiment.sweep(RECIPE, configs, list(seeds), out=out, engine=engine, run_args=ARGS, verbose=False, **kw)
 
 
+def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(tmp_path, capsys):
+    """(Before this module's Ray instance starts: a joined instance is used as it is.) ray.init would retry for
+    minutes; the sweep answers at once and starts nothing."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialized in this process")
+    import socket
+    with socket.socket() as s:          # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SystemExit) as e:
+        sr.main(["sweep", "smoke-bn", "--out", str(tmp_path / "out"), "--engine", "ray", "--address",
+                 f"127.0.0.1:{port}", *ARGS])
+    assert e.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"--address: no Ray cluster answers at 127.0.0.1:{port}" in err[0], err
+    assert not (tmp_path / "out").exists() and not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def ray_instance():
     """A local Ray instance for this module (2 CPUs), stopped at its end."""
