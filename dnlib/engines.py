@@ -339,7 +339,10 @@ class RayEngine:
                 else:
                     ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise EngineError(f"address: no Ray cluster to join at {address!r} ({cli.one_line(e)})") from None
+                hint = ("" if address in (None, "auto") else "; a cluster with token authentication needs "
+                        "RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (ray get-auth-token on its head) here too")
+                raise EngineError(f"address: could not join a Ray cluster at {address!r} ({cli.one_line(e)})"
+                                  f"{hint}") from None
         have = ray.cluster_resources()
         for what, need, key in (("cpus_per_run", self.cpus, "CPU"), ("gpus_per_run", self.gpus, "GPU")):
             if need and have.get(key, 0) < need:
