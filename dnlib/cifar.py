@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import aggregate, cli, experiment, records
+from . import aggregate, cli, experiment, records, stacked
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
 from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
@@ -147,10 +147,10 @@ class CifarRecipe(experiment.Recipe):
     description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
 
     def configs(self) -> list:
-        return list_configs()
+        return list_configs("all")   # Table 7's rows, then the ResNet-20 rows
 
     def groups(self) -> dict:
-        return {"all": list_configs(), "table3": list(TABLE3_ROWS)}
+        return {"all": list_configs(), "table3": list(TABLE3_ROWS), "resnet20": list_configs("resnet20")}
 
     def config(self, config, steps: Optional[int] = None, **overrides) -> CifarConfig:
         dataset = overrides.pop("dataset", None)
@@ -241,7 +241,8 @@ class CifarRecipe(experiment.Recipe):
     def commands(self) -> dict:
         flags = ("--dataset", "--subset", "--mode", "--impl", "--batch-size")
         return {"check-graph": experiment.steps_command(self, "check-graph", steps=5, flags=flags, **_GRAPH),
-                "bench": experiment.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images")}
+                "bench": experiment.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images"),
+                **stacked.commands(self)}   # `stack`: several seeds of one configuration as one model
 
 
 RECIPE = CifarRecipe()
