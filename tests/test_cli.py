@@ -19,8 +19,8 @@ from dnlib import bench, cifar, experiment, ptb, sr, suite
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
-        (experiment, "sweep"), (ptb, "bench"), (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"),
-        (suite, "execute")]
+        (experiment, "sweep"), (experiment, "bench"), (experiment, "check_graph"), (ptb, "bench"),
+        (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
