@@ -243,20 +243,33 @@ def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, l
 
 
 # ------------------------------------------------------------------------------------------- engines
+def _gpu_ids() -> list:
+    """The ids a child process's ``CUDA_VISIBLE_DEVICES`` may name: this process's own list when it has one (so
+    that GPUs 2,3 given to the driver stay 2,3), else ``0..n-1`` of the visible devices."""
+    own = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if own is not None and own.strip():
+        return [d.strip() for d in own.split(",") if d.strip()][:_visible_gpus()]
+    return [str(i) for i in range(_visible_gpus())]
+
+
 class LocalEngine:
-    """``jobs`` run processes at a time on this machine (module doc)."""
+    """``jobs`` run processes at a time on this machine (module doc). ``devices``: the GPU ids to pack runs on
+    (what each run's ``CUDA_VISIBLE_DEVICES`` names; default: the ones this process sees)."""
 
     name = "local"
 
     def __init__(self, module: str, *, jobs: Optional[int] = None, cpus_per_run=None, gpus_per_run=None,
-                 limit: Optional[float] = None, python: str = sys.executable):
+                 limit: Optional[float] = None, python: str = sys.executable, devices: Optional[Sequence] = None):
         self.module, self.python, self.limit = module, python, limit
         self.jobs = jobs or 1
         self.gpus = gpus_per_run or 0
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(_REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env.update(_threads(cpus_per_run))
-        self.used = [0.0] * (_visible_gpus() if self.gpus else 0)   # GPU shares in use, per device
+        self.ids = [str(d) for d in devices] if devices is not None else (_gpu_ids() if self.gpus else [])
+        if self.gpus and (not self.ids or self.gpus > len(self.ids)):
+            raise ValueError(f"gpus_per_run: {self.gpus} per run, but {len(self.ids)} GPUs to pack runs on")
+        self.used = [0.0] * len(self.ids)   # GPU shares in use, per device
         self.running = {}   # folder -> (job, process, log, start, devices)
 
     def _devices(self) -> Optional[list]:
@@ -276,7 +289,7 @@ class LocalEngine:
         job.folder.mkdir(parents=True, exist_ok=True)
         env = self.env
         if self.gpus:
-            env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}
+            env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(self.ids[i] for i in devices)}
             for i in devices:
                 self.used[i] += min(self.gpus, 1.0)
         cmd = [self.python, "-m", self.module, "run", *map(str, job.argv), "--resume", str(job.folder)]

@@ -19,7 +19,7 @@ import torch
 from dnlib import engines, experiment, records, sr
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
-pytestmark = pytest.mark.skipif(not ((MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
+needs_sr = pytest.mark.skipif(not ((MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
                                 reason=f"the SR data is not in DNLIB_DATA={MIRROR}")
 RECIPE = sr.RECIPE
 CONFIGS = ["smoke-bn", "smoke-dn*"]
@@ -86,6 +86,7 @@ def local_sweep(tmp_path_factory):
     return out, _sweep(out, "local")
 
 
+@needs_sr
 def test_local_and_ray_engines_give_identical_records(local_sweep, ray_instance, tmp_path):
     out_local, rows_local = local_sweep
     rows_ray = _sweep(tmp_path, "ray")
@@ -128,6 +129,7 @@ def _partial(folder: Path, seed: int) -> None:
     torch.save(state, folder / "checkpoint.pt")
 
 
+@needs_sr
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_killed_sweep_resumed_finishes_the_rest_only_and_a_failing_run_stops_no_other(engine, local_sweep,
                                                                                          request, tmp_path, capsys):
@@ -187,6 +189,24 @@ def test_ray_engine_refuses_what_the_cluster_lacks(ray_instance, tmp_path, capsy
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and f"error: {flag}: " in err[0] and "Ray cluster has" in err[0], err
     assert not (tmp_path / "out").exists() and ray_instance.is_initialized()
+
+
+@pytest.mark.parametrize("share,per_gpu", [(0.5, 2), (0.25, 4), (1.0, 1)])
+def test_local_engine_packs_runs_on_gpus_by_their_share(share, per_gpu, tmp_path, monkeypatch):
+    """``gpus_per_run`` on two GPU ids: each run's process sees one of them (the driver's own ids: 5 and 7, not
+    0 and 1) and never more than ``1/share`` runs share one at any time, as each process saw it. The processes are
+    a stand-in (tests/sweep_probe.py) that records its environment: the packing is the engine's alone, and needs
+    no GPU."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    engine = engines.LocalEngine("sweep_probe", jobs=16, gpus_per_run=share, cpus_per_run=2, devices=["5", "7"])
+    jobs = [engines.Job("probe", s, tmp_path / f"probe-s{s}", ["probe"]) for s in range(8)]
+    outcomes = engines.execute(engine, jobs, verbose=False, poll_every=0.05)
+    assert [o.failure for o in outcomes] == [None] * 8
+    seen = [json.loads((j.folder / "probe.json").read_text()) for j in jobs]
+    assert {s["cuda"] for s in seen} <= {"5", "7"} and {s["threads"] for s in seen} == {"2"}
+    for dev in ("5", "7"):
+        spans = [(s["start"], s["end"]) for s in seen if s["cuda"] == dev]
+        assert max((sum(a <= t < b for a, b in spans) for t, _ in spans), default=0) <= per_gpu
 
 
 def test_gpu_share_takes_fractions_and_whole_numbers():
