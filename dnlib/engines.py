@@ -18,10 +18,13 @@ Both engines run the same thing for a job: ``python -m <recipe module> run CONFI
   ``num_gpus=gpus_per_run`` (fractions pack several runs on one GPU); Ray places them on the cluster's nodes.
   No shared filesystem is assumed: the task runs the run in a temporary folder on its node and returns the
   folder's files as bytes; the driver writes them atomically into ``out/<label>-s<seed>/``. To resume, the
-  driver ships the unfinished folder's files to the task. Consequence: a run's files reach ``out`` when its task
-  ends, so a driver killed mid-sweep loses the progress of the runs then in flight (a rerun restarts them from
-  the state last collected). Ray is imported only here, only when this engine is made; every node needs dnlib
+  driver ships the unfinished folder's files to the task (a record's ``argv`` and ``host`` name that temporary
+  folder and the node). Consequence: a run's files reach ``out`` when its task ends, so a driver killed
+  mid-sweep loses the progress of the runs then in flight (a rerun restarts them from the state last
+  collected). Ray is imported only here, only when this engine is made; every node needs dnlib
   (``pip install 'dnlib[ray]'``) and the data (``DNLIB_DATA``) of the recipe.
+* Run processes die with the process that started them (Linux: ``PR_SET_PDEATHSIG``): a killed driver or a
+  cancelled task leaves no run going on unwatched; its last checkpoint and record stay, and a rerun resumes it.
 
 A job fails when its process exits non-zero, is killed (``time_limit + grace``), its task raises, or it leaves
 no record (or one that says neither ``completed`` nor a time limit); a failure is reported with its
