@@ -61,7 +61,7 @@ from .io import atomic_write_json, atomic_write_text
 from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
-           "gather_table", "load_runs", "replace", "check_int", "trainer_mode", "card", "time_steps", "call",
+           "gather_table", "load_runs", "replace", "check_int", "check_time_limit", "past_time_limit", "trainer_mode", "card", "time_steps", "call",
            "call_many", "check_graph", "bench", "steps_command", "row_label",
            "recipe_runs", "main",
            "RUN_FILE", "COMPLETED", "RUNNING"]
@@ -245,8 +245,7 @@ class Run:
                  argv: Optional[Sequence[str]] = None):
         self.t0 = time.perf_counter()
         self.started = time.time()
-        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-            raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
+        check_time_limit(time_limit)
         check_int("stop_after", stop_after, 0, none_ok=True)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
@@ -362,7 +361,7 @@ class Run:
         try:
             while tr.step < target:
                 spent = time.perf_counter() - self.t0
-                if self.time_limit is not None and last is not None and spent + last > self.time_limit:
+                if past_time_limit(spent, last, self.time_limit):
                     stopped = f"time limit at step {tr.step}"
                     break
                 c0 = time.perf_counter()
@@ -468,8 +467,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     configs = recipe.expand(configs)
     for s in seeds:
         check_int("seeds", s, 0)
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
+    check_time_limit(time_limit)
     out = Path(out)
     todo, skipped = [], []
     for c in configs:
@@ -551,6 +549,19 @@ def replace(cfg, **fields):
     if bad:
         raise ValueError(f"{bad[0]}: not a field of {type(cfg).__name__}; fields are {known}")
     return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def check_time_limit(time_limit) -> None:
+    """Raise ValueError unless ``time_limit`` is a number of seconds > 0 or None."""
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
+
+
+def past_time_limit(spent: float, last: Optional[float], time_limit: Optional[float]) -> bool:
+    """The runner's one time-limit rule (module doc): stop before a chunk when the seconds ``spent`` since the run
+    was called plus the ``last`` chunk's duration exceed ``time_limit``; the first chunk (``last`` None) always
+    runs."""
+    return time_limit is not None and last is not None and spent + last > time_limit
 
 
 def check_int(name: str, value, low: int = 1, none_ok: bool = False) -> None:

@@ -372,8 +372,7 @@ class StackedRun:
                  argv: Optional[Sequence[str]] = None):
         self.t0, self.started = time.perf_counter(), time.time()
         self.seeds = _check_seeds(seeds)
-        if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-            raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
+        experiment.check_time_limit(time_limit)
         experiment.check_int("stop_after", stop_after, 0, none_ok=True)
         options = dict(options or {})
         mode = options.pop("mode", None) or "auto"
@@ -540,7 +539,7 @@ class StackedRun:
         try:
             while tr.step < target and any(s is None for s in self.stopped):
                 spent = time.perf_counter() - self.t0
-                if self.time_limit is not None and last is not None and spent + last > self.time_limit:
+                if experiment.past_time_limit(spent, last, self.time_limit):
                     for k in range(self.copies):
                         if self.stopped[k] is None:
                             self.stopped[k] = f"time limit at step {tr.step}"
