@@ -1,56 +1,17 @@
-"""Figures render as images in the executed notebooks (issue 15 item 1).
+"""The figure checker (issue 15 item 1): :func:`dnlib.nbcheck.figure_problems` on synthetic notebooks.
 
-A matplotlib ``Figure`` made without pyplot has no IPython formatter for ``image/png`` unless the inline backend is
-active, and then shows as the text ``<Figure size 900x340 with 2 Axes>`` (04's perplexity curves did this in
-``make run``, plain papermill and JupyterLab). This executes every notebook once with the smoke profile through
-``dnlib.suite.run`` and checks the executed copies with :func:`figure_problems`:
-
-- no output shows a figure as text (``<Figure size ...>`` or ``Figure(640x480)``) without an ``image/png`` beside it;
-- every code cell that calls a plotting function (pyplot, or a name such as ``figure1``, ``draw_fields``,
-  ``learning_curves``, ``compare_crops``, ``joint_histograms``, ``image_grid``) has an ``image/png`` output;
-- every notebook has at least one ``image/png`` output.
+The repository's notebooks are checked from nbval's one execution of them (``notebooks/conftest.py`` adds a
+``<notebook>::figures`` item after each notebook's cells), so ``make test`` no longer executes the suite a second time
+here. These tests show the checker flags what it must: a figure shown as text (a ``Figure`` made without pyplot, run
+for real through :func:`dnlib.suite.execute`), a plotting cell without an image, a notebook without any image.
 """
 import json
-import re
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from dnlib import suite
-
-#: A call that makes a figure: pyplot, or a function whose name says it draws.
-FIGURE_CALL = re.compile(
-    r"\b(?:plt|pyplot)\.\w+\(|\b\w*(?:figure|curves|crops|histogram|image_grid|feature_maps|draw_|plot|imshow)\w*\(")
-#: How IPython shows a figure that has no image formatter.
-FIGURE_TEXT = re.compile(r"<Figure size [^>]*>|\bFigure\(\d+x\d+\)")
-
-
-def _text(value) -> str:
-    return "".join(value) if isinstance(value, list) else (value or "")
-
-
-def figure_problems(nb: dict) -> list[str]:
-    """What is wrong with the figures of an executed notebook (empty when nothing is)."""
-    problems, pngs = [], 0
-    for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
-            continue
-        outputs = cell.get("outputs", [])
-        has_png = any("image/png" in o.get("data", {}) for o in outputs)
-        pngs += has_png
-        for out in outputs:
-            data = out.get("data", {})
-            shown = FIGURE_TEXT.search(_text(data.get("text/plain")) + _text(out.get("text")))
-            if shown and "image/png" not in data and not (out["output_type"] == "stream" and has_png):
-                problems.append(f"cell {i}: a figure shown as the text {shown.group(0)!r}, no image/png")
-        call = FIGURE_CALL.search(_text(cell.get("source")))
-        if call and not has_png:
-            problems.append(f"cell {i}: calls {call.group(0)!r} but has no image/png output")
-    if not pngs:
-        problems.append("no image/png output in the notebook")
-    return problems
-
+from dnlib.nbcheck import figure_problems
 
 # -------------------------------------------------------------------------------- the checker itself
 _SYNTHETIC = [
@@ -99,24 +60,26 @@ def test_checker_flags_a_plotting_cell_without_image_and_a_notebook_without_any(
                                    "no image/png output in the notebook"]
 
 
-# ------------------------------------------------------------------------- the repository's notebooks
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """Every notebook executed once with the smoke profile: ``{name: RunRecord}``."""
-    try:
-        records = suite.run(profile="smoke", out_dir=tmp_path_factory.mktemp("smoke"), progress=False)
-    except suite.NotebookFailed as exc:
-        records = exc.records
-    return {Path(r.notebook).stem: r for r in records}
+def test_nbval_run_checks_each_notebooks_figures(tmp_path):
+    """notebooks/conftest.py under real nbval: a notebook whose figure shows as text fails its ``::figures`` item,
+    a good one passes, and each is executed once (one item per code cell plus one figures item)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
 
-
-NOTEBOOKS = [p.stem for p in suite.discover()]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_every_figure_renders_as_an_image(smoke_run, name):
-    record = smoke_run[name]
-    assert record.status == "ok", record.error
-    problems = figure_problems(json.loads(Path(record.output).read_text()))
-    assert not problems, f"{name}: " + "; ".join(problems)
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    for name, cells in [("bad", _SYNTHETIC[:1]), ("good", _SYNTHETIC[1:])]:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "--nbval-lax", "--nbval-current-env",
+                           "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 failed, 4 passed" in out, out
+    assert "bad.ipynb: cell 0: a figure shown as the text '<Figure size 900x340 with 2 Axes>'" in out, out
+    assert "PASSED good.ipynb::figures" in out or "good.ipynb::figures PASSED" in out, out
