@@ -6,6 +6,8 @@
     model = torchvision.models.resnet18()                  # any nn.Module with torch normalizers in it
     dnlib.convert_norms(model, "dn-s")                     # every BatchNorm2d/GroupNorm/... -> DN with sigma
     dnlib.convert_norms(model, "gn", groups=8)             # overrides are make_norm's (norm_kwargs)
+    model, report = dnlib.convert_norms(model, "bn", report=True)   # ... and what was done, layer by layer
+    print(report)
 
 The swap works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: recursively, in place, returning the
 model. Each replaced layer becomes the preset built with its channel count and ``**overrides`` exactly as a model's
@@ -25,33 +27,52 @@ the same architecture built with ``norm=`` directly, apart from what is copied o
   ``num_batches_tracked`` are copied: they are the same per-channel statistics (DivisiveNorm stores the unbiased
   variance, as torch). InstanceNorm's running variance is a mean of per-example variances, not the batch
   variance, so it is not copied. A ``to="bn"`` conversion of a trained BN network therefore computes exactly
-  what it did, in training and evaluation mode (tested).
+  what it did, in training and evaluation mode (tested). A BatchNorm *without* running statistics
+  (``track_running_stats=False``: batch statistics in evaluation too) becomes a layer without them (the preset
+  built with ``track_running_stats=False``, unless you pass that override), so evaluation stays the same.
 - Not carried over: the old layer's ``eps`` and ``momentum`` (the preset's apply; pass ``eps=``/``momentum=``
-  overrides), its forward hooks and any attributes of a subclass (an instance of a *subclass* of a listed type
-  counts as that type, as ``convert_sync_batchnorm`` treats every ``_BatchNorm``).
+  overrides; the report names them where they differ), its forward hooks and any attributes of a subclass (an
+  instance of a *subclass* of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every
+  ``_BatchNorm``).
 
 Device, dtype and the train/eval mode of every new layer are those of the layer it replaces; a copied parameter
-keeps its ``requires_grad``. A module used at several places stays one (shared) module.
+keeps its ``requires_grad``. A module used at several places stays one (shared) module. A model on the ``meta``
+device converts to new layers on ``meta``: there are no values, so nothing is copied (the report says so; load
+the weights after ``model.to_empty(device=...)``).
 
 The new layers expect channels at dim 1 (``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``), as torch's BatchNorm,
 InstanceNorm and GroupNorm do. A LayerNorm/RMSNorm is taken to normalize ``(C, *rest)`` of an ``(N, C, *rest)``
-input (``normalized_shape[0]`` is C). A LayerNorm applied to the last dim of a channels-last tensor (a
-transformer's ``(N, L, C)``, ConvNeXt's NHWC blocks) is not of that form: leave LayerNorm out of ``types`` there
-(converting it raises at the forward when ``L != C``, and is wrong when ``L == C``).
+input (``normalized_shape[0]`` is C). torch's ``nn.LayerNorm``/``nn.RMSNorm`` normalizes the *last*
+``len(normalized_shape)`` dims of whatever it is given, so the two agree only on ``(N, *normalized_shape)``
+inputs: the layer converted from one refuses any other input at its forward (a transformer's ``(N, L, C)``, even
+with ``L == C``, where it would otherwise compute something else), naming the layer and ``types=`` (a forward
+pre-hook; a *subclass* of LayerNorm, such as timm's channels-first ``LayerNorm2d``, gets no such check: its
+forward decides its layout). Leave LayerNorm out of ``types`` for channels-last networks.
+
+What cannot be converted is never skipped silently. A warning names each layer left as is and why (a
+``torch.jit.script``/``trace`` submodule: compiled code cannot be replaced; an uninitialized ``LazyBatchNorm2d``
+etc.: its channel count is known only at the first forward), each trained affine that is dropped, and a model
+in which nothing matched ``types`` (the types looked for and the normalizers the model has). ``strict=True``
+turns every such warning into a ``ValueError``, raised before anything is changed. A whole TorchScript model
+is refused (``ValueError``): convert the ``nn.Module``, then script or trace it. ``report=True`` returns
+``(model, ConversionReport)``: one row per layer (path, from, to, what was copied, what was dropped, a note).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Union
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
+from .spec import NormSpec
 
-__all__ = ["convert_norms", "DEFAULT_TYPES", "SUPPORTED_TYPES"]
+__all__ = ["convert_norms", "ConversionReport", "ConvertedLayer", "DEFAULT_TYPES", "SUPPORTED_TYPES"]
 
 #: What :func:`convert_norms` replaces by default.
 DEFAULT_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
@@ -59,8 +80,94 @@ DEFAULT_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.
 #: InstanceNorm3d) are not among them: DivisiveNorm takes inputs of at most 4 dims.
 SUPPORTED_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
                    nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, DivisiveNorm)
+#: What counts as a normalizer when a warning lists the ones a model has.
+_NORM_KINDS = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d,
+               DivisiveNorm)
 
 TypesLike = Union[type, tuple, list]
+
+
+@dataclass(frozen=True)
+class ConvertedLayer:
+    """One row of a :class:`ConversionReport`: the layer at ``path`` (``""``: the model itself).
+
+    ``source`` describes the old layer, ``target`` the new one (None: the layer was left as is, ``note`` says
+    why), ``copied`` names what was copied into it, ``dropped`` what was not carried over and why, ``note``
+    anything else the conversion decided (e.g. ``track_running_stats=False`` kept from the source)."""
+    path: str
+    source: str
+    target: Optional[str]
+    copied: tuple = ()
+    dropped: tuple = ()
+    note: str = ""
+
+    def __str__(self) -> str:
+        where = self.path or "(the model)"
+        if self.target is None:
+            return f"{where}: {self.source} left as is: {self.note}"
+        parts = [f"{where}: {self.source} -> {self.target}",
+                 "copied " + (", ".join(self.copied) if self.copied else "nothing")]
+        if self.dropped:
+            parts.append("dropped " + ", ".join(self.dropped))
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_norms` did (``report=True``): one :class:`ConvertedLayer` per layer it replaced or
+    had to leave as is (``rows``; iterate over the report for them), the types it looked for, the normalizer
+    types the model had before (``found``: name -> count) and the warnings it gave. ``str(report)`` is a
+    readable list."""
+    to: str
+    types: tuple
+    rows: list = field(default_factory=list)
+    found: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def converted(self) -> list:
+        return [r for r in self.rows if r.target is not None]
+
+    @property
+    def skipped(self) -> list:
+        return [r for r in self.rows if r.target is None]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        lines = [f"convert_norms to {self.to}: {len(self.converted)} converted, {len(self.skipped)} left as is "
+                 f"(types: {', '.join(self.types)})"]
+        lines += [f"  {r}" for r in self.rows]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+class _LayoutCheck:
+    """Forward pre-hook of a layer converted from an ``nn.LayerNorm``/``nn.RMSNorm``. Those normalize the last
+    ``k = len(normalized_shape)`` dims of any input; the converted layer normalizes channels at dim 1. The two
+    agree only on ``(N, *normalized_shape)`` inputs (``(N, C)`` for ``LayerNorm(C)``): any other input (a
+    transformer's ``(N, L, C)``, even with ``L == C``) is refused, naming the layer and ``types=``. A module-level
+    class, so the converted model still pickles."""
+
+    def __init__(self, path: str, source: str, kind: str, k: int, c: int):
+        self.path, self.source, self.kind, self.k, self.c = path, source, kind, k, c
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and (x.dim() != self.k + 1 or x.shape[1] != self.c):
+            layout = {1: "(N, C)", 2: "(N, C, L)", 3: "(N, C, H, W)"}.get(self.k, f"(N, C, ...) of {self.k + 1} dims")
+            raise ValueError(
+                f"{self.path or 'the model'} (converted by dnlib.convert_norms from {self.source}): got input of "
+                f"shape {tuple(x.shape)}, but torch's {self.kind} normalizes the last {self.k} dim(s) of its input "
+                f"and the converted layer the channels at dim 1, so it takes {layout} inputs with C = {self.c} "
+                f"only. A {self.kind} over the last dim of channels-last inputs (a transformer's (N, L, C), "
+                f"NHWC blocks) cannot be converted: leave nn.{self.kind} out of convert_norms(types=...).")
 
 
 def _check_types(types: TypesLike) -> tuple:
@@ -86,73 +193,166 @@ def _channels(m: nn.Module) -> int:
     return int(c)
 
 
+def _tensors(m: nn.Module) -> list:
+    return list(m.parameters(recurse=False)) + list(m.buffers(recurse=False))
+
+
 def _factory(m: nn.Module, model: nn.Module) -> dict:
-    ref = next(iter(list(m.parameters()) + list(m.buffers())), None)
+    ref = next(iter(_tensors(m)), None)
     if ref is None or not ref.is_floating_point():
         ref = next((t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()), None)
     return {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
 
 
-def _per_channel(t, c: int, kind: str):
-    """``t`` as a ``(C,)`` per-channel tensor when it means one, else None (with ``kind`` saying why not)."""
+def _describe(m: nn.Module) -> str:
+    return f"{type(m).__name__}({m.extra_repr()})"
+
+
+def _per_channel(t, c: int, elementwise: bool):
+    """``t`` as a ``(C,)`` per-channel tensor when it means one, else None."""
     if t.dim() == 1 and t.shape[0] == c:
         return t
     flat = t.detach().reshape(c, -1)
-    if kind == "elementwise" and bool((flat == flat[:, :1]).all()):
+    if elementwise and bool((flat == flat[:, :1]).all()):
         return flat[:, 0]
     return None
 
 
-def _copy(old: nn.Module, new: nn.Module, name: str, c: int, dropped: list) -> None:
+def _copy(old: nn.Module, new: nn.Module, c: int, meta: bool) -> tuple:
+    """Copy the per-channel affine; returns (copied, dropped, dropped values that differ from the identity)."""
+    copied, dropped, lost = [], [], []
     elementwise = isinstance(old, (nn.LayerNorm, nn.RMSNorm))
     for pname in ("weight", "bias"):
         src, dst = getattr(old, pname, None), getattr(new, pname, None)
-        if src is None:
+        if not isinstance(src, torch.Tensor):
             continue
-        val = _per_channel(src, c, "elementwise" if elementwise else "channel")
-        trivial = bool((src == (1.0 if pname == "weight" else 0.0)).all())
-        if val is None or not isinstance(dst, torch.Tensor) or dst.shape != (c,):
-            if not trivial:
-                why = ("an elementwise affine over the positions" if val is None
-                       else "the preset has no per-channel affine (pass affine=True to keep it)")
-                dropped.append(f"{name}.{pname} ({why})")
+        slot = isinstance(dst, torch.Tensor) and tuple(dst.shape) == (c,)
+        if meta:   # no values: nothing to copy or check (what cannot have a place in the new layer is named)
+            if not slot or src.numel() != c:
+                why = "an elementwise affine over the positions" if slot else "the preset has no per-channel affine"
+                dropped.append(f"{pname} ({why})")
+            continue
+        val = _per_channel(src, c, elementwise)
+        if val is None or not slot:
+            why = ("an elementwise affine over the positions" if val is None
+                   else "the preset has no per-channel affine (pass affine=True to keep it)")
+            dropped.append(f"{pname} ({why})")
+            if not bool((src == (1.0 if pname == "weight" else 0.0)).all()):
+                lost.append(f"{pname} ({why})")
             continue
         with torch.no_grad():
             dst.copy_(val.to(dst.dtype))
         if isinstance(dst, nn.Parameter) and isinstance(src, nn.Parameter):
             dst.requires_grad_(src.requires_grad)
+        copied.append(pname if val is src else f"{pname} (constant over the positions)")
+    return copied, dropped, lost
 
 
-def _copy_stats(old: nn.Module, new: nn.Module) -> None:
-    if not isinstance(old, (_BatchNorm, DivisiveNorm)) or not getattr(new, "track_running_stats", 0):
-        return
+def _copy_stats(old: nn.Module, new: nn.Module, meta: bool) -> tuple:
+    """Copy the running statistics where they mean the same thing; returns (copied, dropped)."""
+    have = [b for b in ("running_mean", "running_var") if isinstance(getattr(old, b, None), torch.Tensor)]
+    if not have:
+        return [], []
+    if not isinstance(old, (_BatchNorm, DivisiveNorm)):
+        why = "InstanceNorm's are means of per-example statistics, not batch statistics"
+        return [], [f"{', '.join(have)} ({why})"]
+    if not getattr(new, "track_running_stats", False):
+        return [], [f"{', '.join(have)} (the new layer keeps no running statistics)"]
+    copied, dropped = [], []
     for b in ("running_mean", "running_var", "num_batches_tracked"):
         src, dst = getattr(old, b, None), getattr(new, b, None)
-        if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor) and src.shape == dst.shape:
-            with torch.no_grad():
-                dst.copy_(src.to(dst.dtype))
+        if not isinstance(src, torch.Tensor):
+            continue
+        if isinstance(dst, torch.Tensor) and src.shape == dst.shape:
+            if not meta:
+                with torch.no_grad():
+                    dst.copy_(src.to(dst.dtype))
+                copied.append(b)
+        elif b != "num_batches_tracked":
+            dropped.append(f"{b} (the new layer keeps none)")
+    return copied, dropped
+
+
+def _batch_stats_in_eval(m: nn.Module) -> bool:
+    """Whether ``m`` normalizes with the batch's statistics in evaluation mode too (BN without running stats)."""
+    if isinstance(m, _BatchNorm):
+        return not m.track_running_stats
+    return isinstance(m, DivisiveNorm) and m.spec.pools_batch and not m.track_running_stats
+
+
+def _hyper(old: nn.Module, new: nn.Module) -> list:
+    """The old layer's eps/momentum where the new layer's differ (not carried over: the preset's apply)."""
+    out = []
+    if type(new) is DivisiveNorm:
+        src = old.spec.eps if isinstance(old, DivisiveNorm) else getattr(old, "eps", new.spec.eps)
+        if src != new.spec.eps:
+            out.append(f"eps={src} (the new layer's is {new.spec.eps}; pass eps= to keep it)")
+    if getattr(old, "track_running_stats", False) and getattr(new, "track_running_stats", False) \
+            and old.momentum != new.momentum:
+        out.append(f"momentum={old.momentum} (the new layer's is {new.momentum}; pass momentum= to keep it)")
+    return out
+
+
+def _join(prefix: str, name: str) -> str:
+    return ".".join(p for p in (prefix, name) if p)
+
+
+def _norms_in(model: nn.Module) -> dict:
+    found = {}
+    for _, m in model.named_modules():
+        if isinstance(m, _NORM_KINDS):
+            found[type(m)] = found.get(type(m), 0) + 1
+        elif isinstance(m, torch.jit.ScriptModule) and "Norm" in str(getattr(m, "original_name", "")):
+            key = f"{m.original_name} (TorchScript)"
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def _no_match(model: nn.Module, names: tuple, found: dict) -> str:
+    msg = f"convert_norms: no layer of the types it looked for ({', '.join(names)}) in this {type(model).__name__}"
+    if not found:
+        return msg + "; it has no normalizer layers"
+    have = ", ".join(f"{getattr(k, '__name__', k)} ({n})" for k, n in found.items())
+    unsupported = [k.__name__ for k in found if isinstance(k, type) and not issubclass(k, SUPPORTED_TYPES)]
+    listable = [k.__name__ for k in found if isinstance(k, type) and issubclass(k, SUPPORTED_TYPES)]
+    msg += f"; its normalizers are {have}"
+    if listable:
+        msg += f"; pass types=({', '.join('nn.' + n if n != 'DivisiveNorm' else n for n in listable)},) to convert them"
+    if unsupported:
+        msg += (f"; {', '.join(unsupported)} cannot be converted (supported: "
+                f"{', '.join(t.__name__ for t in SUPPORTED_TYPES)}; DivisiveNorm takes inputs of at most 4 dims)")
+    return msg
+
+
+def _to_name(to: NormLike) -> str:
+    return "none" if to is None else to.lower() if isinstance(to, str) else repr(to)
 
 
 def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,
-                  copy_affine: bool = True, **overrides) -> nn.Module:
+                  copy_affine: bool = True, strict: bool = False, report: bool = False, **overrides):
     """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see :mod:`dnlib.convert`).
 
     Args:
-        model: any ``nn.Module``; changed in place.
+        model: any ``nn.Module``; changed in place. A TorchScript module is refused (convert before scripting).
         to: a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, as a model's ``norm=``.
         types: a class or a tuple of classes; every submodule that is an instance of one of them is replaced
             (default: BatchNorm2d, BatchNorm1d, GroupNorm, LayerNorm, InstanceNorm2d; SyncBatchNorm is not a
             BatchNorm2d: list it to convert it). Allowed: :data:`SUPPORTED_TYPES` and their subclasses.
         copy_affine: copy per-channel gamma/beta and running statistics where they mean the same thing.
+        strict: raise ``ValueError`` (before anything is changed) where a warning would be given: a layer of
+            ``types`` left as is, a trained affine dropped, nothing matched.
+        report: also return a :class:`ConversionReport` (what was converted, copied and dropped, per layer).
         **overrides: :func:`dnlib.make_norm` overrides (a model's ``norm_kwargs``), e.g. ``sigma=0.5``,
             ``window=5``, ``groups=8``, ``alpha=0.005``, ``affine=True``.
 
     Returns:
-        ``model`` (the new layer when ``model`` itself is one of ``types``).
+        ``model`` (the new layer when ``model`` itself is one of ``types``); ``(model, report)`` with
+        ``report=True``.
 
     Raises:
-        ValueError: a bad ``to``, ``types``, override, or a layer the preset cannot be built for (e.g. ``groups``
-            not dividing its channels; the message names the layer). Raised before anything is changed.
+        ValueError: a bad ``to``, ``types``, override or flag, a TorchScript ``model``, a layer the preset cannot
+            be built for (e.g. ``groups`` not dividing its channels; the message names the layer), or with
+            ``strict=True`` anything a warning would say. Raised before anything is changed.
 
     Example::
 
@@ -164,30 +364,103 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
         raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
     layer = get_norm_layer(to, overrides, param="to")
     types = _check_types(types)
-    if not isinstance(copy_affine, bool):
-        raise ValueError(f"copy_affine: expected True or False, got {copy_affine!r}")
-    built, dropped = {}, []
+    for flag, value in (("copy_affine", copy_affine), ("strict", strict), ("report", report)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag}: expected True or False, got {value!r}")
+    names = tuple(t.__name__ for t in types)
+    if isinstance(model, torch.jit.ScriptModule):
+        inside = [f"{m.original_name} at {n or '(the model)'!r}" for n, m in model.named_modules()
+                  if getattr(m, "original_name", None) in names]
+        raise ValueError(f"model: a TorchScript module ({type(model).__name__} of "
+                         f"{getattr(model, 'original_name', '?')}) cannot be converted: its layers are compiled "
+                         f"code{' (' + ', '.join(inside) + ')' if inside else ''}, which cannot be replaced. "
+                         f"Convert the nn.Module, then script or trace it (a model with DivisiveNorm layers: "
+                         f"torch.jit.trace(model.eval(), example))")
+    found = _norms_in(model)
+    rep = ConversionReport(to=_to_name(to), types=names, found={getattr(k, "__name__", k): n for k, n in found.items()})
+    built, lost, skipped, scripted = {}, [], {}, []
     for name, m in model.named_modules(remove_duplicate=True):
-        if isinstance(m, types):
-            c = _channels(m)
-            kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
-            try:
-                new = layer(c, **kw)
-            except ValueError as e:
-                raise ValueError(f"{name or 'model'} ({type(m).__name__}({c})): cannot build {to!r} for it: {e}") \
-                    from e
-            new.train(m.training)
-            if copy_affine:
-                _copy(m, new, name or "model", c, dropped)
-                _copy_stats(m, new)
-            built[id(m)] = new
-    if dropped:
-        warnings.warn(f"convert_norms: not copied (they differ from the identity): {', '.join(dropped)}",
-                      stacklevel=2)
-    if id(model) in built:
-        return built[id(model)]
-    for parent in list(model.modules()):
-        for child_name, child in list(parent._modules.items()):   # every place (named_children skips repeats)
-            if id(child) in built:
-                setattr(parent, child_name, built[id(child)])
-    return model
+        if any(name.startswith(p + ".") for p in scripted):
+            continue
+        if isinstance(m, torch.jit.ScriptModule):
+            scripted.append(name)
+            why = ("inside a TorchScript module: compiled code cannot be replaced (convert the nn.Module before "
+                   "torch.jit.script/trace)")
+            for sub, sm in m.named_modules():
+                if getattr(sm, "original_name", None) in names:
+                    path = _join(name, sub)
+                    rep.rows.append(ConvertedLayer(path, f"{sm.original_name} (TorchScript)", None, note=why))
+                    skipped.setdefault(why, []).append(path)
+            continue
+        if isinstance(m, LazyModuleMixin) and isinstance(getattr(m, "cls_to_become", None), type) \
+                and issubclass(m.cls_to_become, types):
+            why = (f"an uninitialized {type(m).__name__}: its channel count is known only at the first forward, "
+                   f"which turns it into torch's {m.cls_to_become.__name__} (run one forward, then convert)")
+            rep.rows.append(ConvertedLayer(name, type(m).__name__, None, note=why))
+            skipped.setdefault(why, []).append(name)
+            continue
+        if not isinstance(m, types):
+            continue
+        c = _channels(m)
+        kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
+        notes, target_kw = [], ""
+        try:
+            new = layer(c, **kw)
+            if _batch_stats_in_eval(m) and getattr(new, "track_running_stats", False):
+                if "track_running_stats" in overrides:
+                    notes.append("the source used batch statistics in evaluation; the new layer uses running "
+                                 "statistics (track_running_stats=True as asked)")
+                else:
+                    new = layer(c, track_running_stats=False, **kw)
+                    target_kw = ", track_running_stats=False"
+                    notes.append("track_running_stats=False as the source (batch statistics in evaluation too)")
+        except ValueError as e:
+            raise ValueError(f"{name or 'model'} ({type(m).__name__}({c})): cannot build {to!r} for it: {e}") \
+                from e
+        new.train(m.training)
+        meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
+        copied, dropped = [], []
+        if copy_affine:
+            copied, dropped, lost_here = _copy(m, new, c, meta)
+            lost += [f"{name or 'model'}.{d}" for d in lost_here]
+            got, gone = _copy_stats(m, new, meta)
+            copied, dropped = copied + got, dropped + gone
+        else:
+            dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
+                       + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
+        dropped += _hyper(m, new)
+        if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
+                and getattr(new, "track_running_stats", False):
+            notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")
+        if isinstance(getattr(new, "weight", None), torch.Tensor) and getattr(m, "weight", None) is None:
+            notes.append("a new affine at the identity (the source had none)")
+        if type(m) in (nn.LayerNorm, nn.RMSNorm):
+            k = len(m.normalized_shape)
+            new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, k, c))
+            notes.append(f"takes (N, {', '.join(str(s) for s in m.normalized_shape)}) inputs only: torch's "
+                         f"{type(m).__name__} normalizes the last {k} dim(s), other inputs are refused at forward")
+        if meta:
+            notes.append("on the meta device: no values to copy (load the weights after to_empty)")
+        target = f"DivisiveNorm({c}, {to!r}" if isinstance(to, NormSpec) else f"{rep.to}({c}"
+        rep.rows.append(ConvertedLayer(name, _describe(m), f"{target}{target_kw})", tuple(copied),
+                                       tuple(dropped), "; ".join(notes)))
+        built[id(m)] = new
+    if lost:
+        rep.warnings.append(f"convert_norms: not copied (they differ from the identity): {', '.join(lost)}")
+    for why, paths in skipped.items():
+        rep.warnings.append(f"convert_norms: left as is: {', '.join(repr(p or '(the model)') for p in paths)} "
+                            f"({why})")
+    if not rep.rows:
+        rep.warnings.append(_no_match(model, names, found))
+    if strict and rep.warnings:
+        raise ValueError("convert_norms (strict=True; nothing was changed): "
+                         + " | ".join(w.removeprefix("convert_norms: ") for w in rep.warnings))
+    for w in rep.warnings:
+        warnings.warn(w, stacklevel=2)
+    out = built.get(id(model), model)
+    if id(model) not in built:
+        for parent in list(model.modules()):
+            for child_name, child in list(parent._modules.items()):   # every place (named_children skips repeats)
+                if id(child) in built:
+                    setattr(parent, child_name, built[id(child)])
+    return (out, rep) if report else out

@@ -238,3 +238,183 @@ def test_instance_norm_running_stats_are_not_taken_for_batch_statistics():
     src(torch.randn(4, 3, 5, 5) * 3 + 1)
     bn = dnlib.convert_norms(nn.Sequential(src), "bn")[0]
     assert torch.equal(bn.running_var, src.running_var) and bn.num_batches_tracked == 1
+
+
+# --- convert_norms says what it did (issue 22 item 3, item 7; issue 23 item 3) --------------------------------------
+
+def _warned(fn):
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [str(w.message) for w in got if issubclass(w.category, UserWarning)
+                 and "convert_norms" in str(w.message)]
+
+
+def test_report_lists_what_was_copied_and_dropped_per_layer():
+    net, _ = _trained_bn()
+    conv, rep = dnlib.convert_norms(net, "bn", report=True)
+    assert conv is net and isinstance(rep, dnlib.convert.ConversionReport)
+    assert [r.path for r in rep] == ["bn1", "block.1", "bn_fc"] and not rep.skipped and not rep.warnings
+    row = rep.rows[0]
+    assert row.source.startswith("BatchNorm2d(8,") and row.target == "bn(8)"
+    assert row.copied == ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") and not row.dropped
+    assert rep.found == {"BatchNorm2d": 2, "BatchNorm1d": 1}
+    net, _ = _trained_bn()
+    with pytest.warns(UserWarning, match=r"bn1\.weight"):
+        _, rep = dnlib.convert_norms(net, "dn-s", report=True)
+    assert rep.rows[0].copied == ()
+    assert rep.rows[0].dropped == ("weight (the preset has no per-channel affine (pass affine=True to keep it))",
+                                   "bias (the preset has no per-channel affine (pass affine=True to keep it))",
+                                   "running_mean, running_var (the new layer keeps no running statistics)")
+    text = str(rep)
+    assert text.startswith("convert_norms to dn-s: 3 converted, 0 left as is") and "\n  block.1: BatchNorm2d(16" in text
+    assert "warning: convert_norms: not copied" in text
+    # eps/momentum are not carried over: the report names them where they differ
+    _, rep = dnlib.convert_norms(nn.Sequential(nn.BatchNorm2d(4, eps=1e-3, momentum=None)), "bn", report=True)
+    assert rep.rows[0].dropped == ("eps=0.001 (the new layer's is 1e-05; pass eps= to keep it)",
+                                   "momentum=None (the new layer's is 0.1; pass momentum= to keep it)")
+    # the default call still returns the model alone
+    assert isinstance(dnlib.convert_norms(nn.Sequential(nn.BatchNorm2d(4)), "bn"), nn.Sequential)
+
+
+def test_strict_turns_every_warning_into_an_error_before_anything_changes():
+    net, _ = _trained_bn()
+    with pytest.raises(ValueError, match=r"strict=True; nothing was changed.*bn1\.weight"):
+        dnlib.convert_norms(net, "dn-s", strict=True)
+    assert isinstance(net.bn1, nn.BatchNorm2d) and isinstance(net.bn_fc, nn.BatchNorm1d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dnlib.convert_norms(net, "bn", strict=True)          # nothing to say: converted
+    with pytest.raises(ValueError, match=r"strict: expected True or False, got 'yes'"):
+        dnlib.convert_norms(SmallNet(), "bn", strict="yes")
+    with pytest.raises(ValueError, match=r"report: expected True or False, got 1"):
+        dnlib.convert_norms(SmallNet(), "bn", report=1)
+
+
+def test_scripted_model_refused_and_scripted_submodule_named():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)     # torch.jit.script's own deprecation notice
+        whole = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+        part = torch.jit.script(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()))
+    # before: the scripted model came back unchanged, without a word
+    with pytest.raises(ValueError, match=r"model: a TorchScript module .*BatchNorm2d at '1'.*Convert the nn.Module"):
+        dnlib.convert_norms(whole, "dn-s")
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), part, nn.BatchNorm2d(4))
+    (_, rep), said = _warned(lambda: dnlib.convert_norms(net, "dn-s", report=True))
+    assert said == ["convert_norms: left as is: '1.0' (inside a TorchScript module: compiled code cannot be replaced "
+                    "(convert the nn.Module before torch.jit.script/trace))"]
+    assert [(r.path, r.target) for r in rep] == [("1.0", None), ("2", "dn-s(4)")] and isinstance(net[2], DivisiveNorm)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), part, nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"strict=True.*'1\.0' \(inside a TorchScript module"):
+        dnlib.convert_norms(net, "dn-s", strict=True)
+    assert isinstance(net[2], nn.BatchNorm2d)
+
+
+def test_uninitialized_lazy_norm_named_not_skipped_silently():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.LazyBatchNorm2d(), nn.LazyInstanceNorm2d(affine=True))
+    _, said = _warned(lambda: dnlib.convert_norms(net, "dn-s"))   # before: left as is, no warning
+    assert len(said) == 2
+    assert said[0].startswith("convert_norms: left as is: '1' (an uninitialized LazyBatchNorm2d: its channel count "
+                              "is known only at the first forward, which turns it into torch's BatchNorm2d")
+    assert "'2' (an uninitialized LazyInstanceNorm2d" in said[1]
+    with pytest.warns(UserWarning, match="left as is"):
+        _, rep = dnlib.convert_norms(net, "dn-s", report=True)
+    assert [r.path for r in rep.skipped] == ["1", "2"] and not rep.converted
+    with pytest.raises(ValueError, match=r"strict=True.*LazyBatchNorm2d"):
+        dnlib.convert_norms(net, "dn-s", strict=True)
+    net(torch.randn(2, 3, 5, 5))                              # one forward: now torch's BatchNorm2d/InstanceNorm2d
+    _, said = _warned(lambda: dnlib.convert_norms(net, "dn-s"))
+    assert said == [] and isinstance(net[1], DivisiveNorm) and isinstance(net[2], DivisiveNorm)
+
+
+def test_batchnorm_without_running_stats_converts_to_bn_without_them():
+    torch.manual_seed(0)
+    src = nn.BatchNorm2d(4, affine=False, track_running_stats=False)
+    ref = copy.deepcopy(src)
+    new, said = _warned(lambda: dnlib.convert_norms(nn.Sequential(src), "bn"))
+    assert said == []
+    x = torch.randn(3, 4, 5, 5) * 2 + 1
+    for mode in (True, False):   # before: train equal, eval differed by 0.30 (running statistics at 0/1)
+        new.train(mode), ref.train(mode)
+        torch.testing.assert_close(new(x), ref(x), rtol=0, atol=1e-5)
+    assert new[0].track_running_stats is False and new[0].running_mean is None
+    _, rep = dnlib.convert_norms(nn.Sequential(copy.deepcopy(ref)), "bn", report=True)
+    assert rep.rows[0].target == "bn(4, track_running_stats=False)"
+    assert "track_running_stats=False as the source" in rep.rows[0].note
+    # asked for running statistics: as asked, and the report says what that changes
+    _, rep = dnlib.convert_norms(nn.Sequential(copy.deepcopy(ref)), "bn", track_running_stats=True, report=True)
+    assert "the source used batch statistics in evaluation" in rep.rows[0].note
+
+
+def test_layernorm_over_the_last_dim_of_other_inputs_refused_at_forward():
+    torch.manual_seed(0)
+    ln = nn.LayerNorm(8)
+    ref = copy.deepcopy(ln)
+    net = dnlib.convert_norms(nn.Sequential(nn.Identity(), ln), "ln")
+    x2 = torch.randn(5, 8)
+    torch.testing.assert_close(net(x2), ref(x2), rtol=1e-5, atol=1e-5)   # (N, C): the same layer
+    # (N, L, C) with L == C: before, a different output (max |diff| 1.34) without an error
+    with pytest.raises(ValueError, match=r"^1 \(converted by dnlib.convert_norms from LayerNorm\(\(8,\).*got input of "
+                                         r"shape \(2, 8, 8\).*takes \(N, C\) inputs with C = 8 only.*leave "
+                                         r"nn.LayerNorm out of convert_norms\(types=\.\.\.\)"):
+        net(torch.randn(2, 8, 8))
+    # issue 23's probe: before, "input: has 7 channels at dim 1, but num_features=32", no word of types=
+    net = dnlib.convert_norms(nn.Sequential(nn.LayerNorm(32)), "ln")
+    with pytest.raises(ValueError, match=r"got input of shape \(2, 7, 32\).*types="):
+        net(torch.randn(2, 7, 32))
+    # the converted model still pickles (the check is a module-level class) and keeps it
+    import pickle
+    again = pickle.loads(pickle.dumps(net))
+    with pytest.raises(ValueError, match="types="):
+        again(torch.randn(2, 7, 32))
+    # an (N, C, H, W) input of LayerNorm([C, H, W]) is what it normalizes: accepted; a subclass (its forward decides
+    # the layout, e.g. timm's channels-first LayerNorm2d) gets no check
+    net = dnlib.convert_norms(nn.Sequential(nn.LayerNorm([4, 3, 3])), "ln")
+    assert net(torch.randn(2, 4, 3, 3)).shape == (2, 4, 3, 3)
+
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    net = dnlib.convert_norms(nn.Sequential(LayerNorm2d(4)), "ln2d")
+    assert net(torch.randn(2, 4, 3, 3)).shape == (2, 4, 3, 3)
+
+
+def test_meta_device_model_converts_without_values_and_loads_weights_after():
+    trained, x = _trained_bn()
+    with torch.device("meta"):
+        net = SmallNet().double()
+    # before: RuntimeError "Tensor.item() cannot be called on meta tensors", naming neither layer nor device
+    _, said = _warned(lambda: dnlib.convert_norms(net, "bn"))
+    assert said == [] and all(isinstance(m, DivisiveNorm) for m in (net.bn1, net.block[1], net.bn_fc))
+    assert net.bn1.weight.is_meta
+    with torch.device("meta"):
+        _, rep = dnlib.convert_norms(SmallNet(), "bn", report=True)
+    assert len(rep) == 3 and all(r.copied == () and "on the meta device" in r.note for r in rep)
+    net.to_empty(device="cpu")
+    net.load_state_dict(trained.state_dict())
+    for mode in (True, False):
+        net.train(mode), trained.train(mode)
+        torch.testing.assert_close(net(x), trained(x), rtol=0, atol=1e-12)
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.LayerNorm([4, 3, 3]))
+    _, rep = dnlib.convert_norms(net, "dn-s", report=True)   # what has no place in the new layer is named
+    assert rep.rows[0].dropped[:2] == ("weight (the preset has no per-channel affine)",
+                                       "bias (the preset has no per-channel affine)")
+
+
+def test_no_matching_layer_warns_naming_the_types_and_what_the_model_has():
+    net = nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4), nn.ReLU(), nn.Conv3d(4, 4, 1), nn.BatchNorm3d(4))
+    # before: the model came back unchanged, silently
+    out, said = _warned(lambda: dnlib.convert_norms(net, "dn-s"))
+    assert out is net and isinstance(net[1], nn.BatchNorm3d)
+    assert len(said) == 1
+    assert said[0].startswith("convert_norms: no layer of the types it looked for (BatchNorm2d, BatchNorm1d, "
+                              "GroupNorm, LayerNorm, InstanceNorm2d) in this Sequential; its normalizers are "
+                              "BatchNorm3d (2); BatchNorm3d cannot be converted")
+    with pytest.raises(ValueError, match=r"strict=True.*no layer of the types.*BatchNorm3d \(2\)"):
+        dnlib.convert_norms(net, "dn-s", strict=True)
+    # a convertible normalizer that is not listed: say how to list it
+    _, said = _warned(lambda: dnlib.convert_norms(nn.Sequential(nn.SyncBatchNorm(4)), "bn"))
+    assert said and "its normalizers are SyncBatchNorm (1); pass types=(nn.SyncBatchNorm,)" in said[0]
+    _, said = _warned(lambda: dnlib.convert_norms(nn.Sequential(nn.Linear(2, 2)), "bn"))
+    assert said and said[0].endswith("in this Sequential; it has no normalizer layers")
