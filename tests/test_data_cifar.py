@@ -68,20 +68,20 @@ def write_cifar100(root: Path, n_train=200, n_test=100):
 
 def test_official_cifar10_pickles(tmp_path):
     x, y, xt, yt, names = write_cifar10(tmp_path)
-    d = load_cifar("cifar10", tmp_path, download=False)
-    assert d.source == "python" and d.description == "CIFAR-10 (official)" and d.classes == names
+    d = load_cifar("cifar10", tmp_path, download=False, verify=False)  # not the official bytes: verify=False
+    assert d.source == "python" and d.description == "CIFAR-10 (official format, not verified)" and d.classes == names
     assert d.x_train.shape == (100, 3, 32, 32) and d.x_train.dtype == np.uint8 and d.y_train.dtype == np.int64
     np.testing.assert_array_equal(d.x_train.reshape(100, -1), x)  # official layout is R, G, B planes
     np.testing.assert_array_equal(d.y_test, yt)
     np.testing.assert_allclose(d.mean, x.reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
-    d2 = load_cifar("CIFAR-10", tmp_path, mean_over="train+test", download=False)
+    d2 = load_cifar("CIFAR-10", tmp_path, mean_over="train+test", download=False, verify=False)
     np.testing.assert_allclose(d2.mean, np.concatenate([x, xt]).reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
 
 
 def test_official_cifar100_pickles_fine_labels(tmp_path):
     x, fine, xt, finet, names = write_cifar100(tmp_path)
-    d = load_cifar("cifar100", tmp_path, download=False)
-    assert d.num_classes == 100 and d.classes == names and d.description == "CIFAR-100 (official)"
+    d = load_cifar("cifar100", tmp_path, download=False, verify=False)
+    assert d.num_classes == 100 and d.classes == names and d.description == "CIFAR-100 (official format, not verified)"
     np.testing.assert_array_equal(d.y_train, fine)
     np.testing.assert_array_equal(d.x_test.reshape(len(xt), -1), xt)
 
@@ -96,13 +96,13 @@ def test_cifar_download_from_official_format_archive(tmp_path, monkeypatch):
     src = dataclasses.replace(C.CIFAR_SOURCES["cifar10"], url=archive.as_uri(), md5=md5)
     monkeypatch.setitem(C.CIFAR_SOURCES, "cifar10", src)
     root = tmp_path / "root"
-    d = load_cifar("cifar10", root, progress=False)
+    d = load_cifar("cifar10", root, progress=False, verify=False)
     assert d.source == "python" and len(d.x_train) == 100
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
     # a corrupted publisher file: refused, nothing unpacked
     monkeypatch.setitem(C.CIFAR_SOURCES, "cifar10", dataclasses.replace(src, md5="f" * 32))
     with pytest.raises(DownloadError, match="md5 mismatch"):
-        load_cifar("cifar10", tmp_path / "root2", progress=False)
+        load_cifar("cifar10", tmp_path / "root2", progress=False, verify=False)
     assert list((tmp_path / "root2").iterdir()) == []
 
 
@@ -382,11 +382,11 @@ def test_official_pickles_checked_against_sha256sums(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  cifar-10-batches-py/{p.name}" for p in sorted(folder.iterdir())]
     (tmp_path / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    assert len(load_cifar("cifar10", tmp_path, download=False).x_train) == 100
+    assert len(load_cifar("cifar10", tmp_path, download=False, verify=False).x_train) == 100
     victim = folder / "data_batch_3"
     b = bytearray(victim.read_bytes())
     b[len(b) // 2] ^= 0xFF  # one pixel byte: the pickle still loads, with a wrong pixel
     victim.write_bytes(bytes(b))
     with pytest.raises(ValueError, match="SHA256SUMS") as e:
-        load_cifar("cifar10", tmp_path, download=False)
+        load_cifar("cifar10", tmp_path, download=False, verify=False)
     assert str(victim) in str(e.value)

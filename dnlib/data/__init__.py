@@ -2,7 +2,9 @@
 
 Every loader reads from one data root (``root=``, else ``$DNLIB_DATA``, else ``../shared/data`` beside
 the clone, else ``data/`` in the clone: :func:`data_root`; see ``data/README.md``) and checks what it
-reads against the root's ``SHA256SUMS`` once (:func:`verify_checksums`). Nothing is read or downloaded
+reads against the root's ``SHA256SUMS`` once (:func:`verify_checksums`); it opens only regular files
+(a FIFO or device in the root raises :class:`NotRegularFileError`), and unpickles the official CIFAR pickles
+only after checking their published digests, with a restricted unpickler. Nothing is read or downloaded
 at import time.
 
 Entry points: :func:`load_cifar`, :func:`load_ptb`, :func:`load_sr`.
@@ -16,6 +18,7 @@ from .root import (
                    DatasetNotFoundError,
                    DataWarning,
                    DownloadError,
+                   NotRegularFileError,
                    SourceUnreachableError,
                    cache_dir,
                    data_root,
@@ -35,4 +38,5 @@ __all__ = [
     "data_root", "cache_dir", "download_url", "extract_archive",
     "verify_checksums",
     "DatasetNotFoundError", "DownloadError", "SourceUnreachableError", "ChecksumError", "DataWarning",
+    "NotRegularFileError",
 ]

@@ -3,7 +3,11 @@
 Two on-disk formats are read:
 
 * the official python pickles (``cifar-10-batches-py/``, ``cifar-100-python/``, fine labels), the
-  exact data; downloaded from the official URL when missing;
+  exact data; downloaded from the official URL when missing. A pickle can run code when it is loaded, so each
+  file is read once into memory, its md5 and sha256 are checked against the official files' digests
+  (:data:`CIFAR_FILE_DIGESTS`) and only those bytes are unpickled, with a restricted unpickler that builds
+  nothing but what the format holds (dicts, lists, strings, numbers, numpy arrays); ``verify=False`` skips
+  the digests (for a legitimate copy in the official format) but never the restricted unpickler;
 * the torchvision ``ImageFolder`` layout (``cifar10-jpeg/{train,test}/<class>/<k>.jpg``), e.g. the
   lossy JPEG copy in the shared mirror. Decoded once with PIL (a process pool) and cached as uint8
   ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take about a second.
@@ -43,19 +47,23 @@ import numpy as np
 
 from .root import (
     SUMS_NAME,
+    ChecksumError,
     DatasetNotFoundError,
     DatasetSource,
     DataWarning,
     atomic_save_npy,
     atomic_write_json,
     cache_dir,
+    check_regular_file,
     data_root,
     find_or_fetch,
+    open_regular,
     stat_key,
     verify_checksums,
 )
 
-__all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES"]
+__all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES",
+           "CIFAR_FILE_DIGESTS"]
 
 _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 _SOURCES = ("auto", "python", "imagefolder")
@@ -79,6 +87,40 @@ CIFAR_SOURCES = {
         archive="cifar-100-python.tar.gz",
     ),
 }
+#: ``{dataset: {file: (md5, sha256)}}`` of the files in the official python archives (cifar-10-python.tar.gz,
+#: md5 c58f30108f718f92721af3b95e74349a; cifar-100-python.tar.gz, md5 eb9058c3a382ffc7106e4002c42a8d85).
+#: The md5s are torchvision's (``torchvision/datasets/cifar.py``: ``train_list``, ``test_list``, ``meta``);
+#: the publisher lists none per file. The sha256s are not published by the CIFAR authors either: they are the
+#: values that several independent public projects pinned for these files and that agree with each other
+#: (CIFAR-10: four, one of them beside the same md5s; CIFAR-100: three). ``load_cifar(verify=True)`` requires
+#: both digests to match before a file is unpickled. ``readme.html`` is listed for completeness; it is not read.
+CIFAR_FILE_DIGESTS = {
+    "cifar10": {
+        "data_batch_1": ("c99cafc152244af753f735de768cd75f",
+                         "54636561a3ce25bd3e19253c6b0d8538147b0ae398331ac4a2d86c6d987368cd"),
+        "data_batch_2": ("d4bba439e000b95fd0a9bffe97cbabec",
+                         "766b2cef9fbc745cf056b3152224f7cf77163b330ea9a15f9392beb8b89bc5a8"),
+        "data_batch_3": ("54ebc095f3ab1f0389bbae665268c751",
+                         "0f00d98ebfb30b3ec0ad19f9756dc2630b89003e10525f5e148445e82aa6a1f9"),
+        "data_batch_4": ("634d18415352ddfa80567beed471001a",
+                         "3f7bb240661948b8f4d53e36ec720d8306f5668bd0071dcb4e6c947f78e9682b"),
+        "data_batch_5": ("482c414d41f54cd18b22e5b47cb7c3cb",
+                         "d91802434d8376bbaeeadf58a737e3a1b12ac839077e931237e0dcd43adcb154"),
+        "test_batch": ("40351d587109b95175f43aff81a1287e",
+                       "f53d8d457504f7cff4ea9e021afcf0e0ad8e24a91f3fc42091b8adef61157831"),
+        "batches.meta": ("5ff9c542aee3614f3951f8cda6e48888",
+                         "f962466ef690d46b226450fb9aadc74ba4bc64a76aa526b5827fe4bc5c7125cb"),
+        "readme.html": (None, "4d1c3fb199d6a183ae03f5162b469d7bc04edf2fad9547bd5f224271d52f98e5"),
+    },
+    "cifar100": {
+        "train": ("16019d7e3df5f24257cddd939b257f8d",
+                  "735e79b04f092ca3d2e6d07f368c0a7d70d48c48d28865950cc24454cf45129b"),
+        "test": ("f0ef6b0ae62326f3e7ffdfab6717acfc",
+                 "4b67687d9933c4db8f0831104447f15b93774f4f464bd0516f0f0f2ac83b7864"),
+        "meta": ("7973b15100ade9c7d40fb424638fde48",
+                 "a5d4786345c961390f865e93b434dbd5c6904ce880667e0cb888c97d449f28b9"),
+    },
+}
 _IMAGEFOLDER = {"cifar10": ("cifar10-jpeg", "cifar10"), "cifar100": ("cifar100-jpeg", "cifar100")}
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
 _CACHE_VERSION = 2
@@ -96,6 +138,7 @@ class CIFAR:
     (``x_train`` is then the other 45,000), else ``None``. ``mean`` is the float32 ``(3, 32, 32)``
     mean image chosen by ``mean_over``; :meth:`loader` subtracts it.
     ``source`` is ``"python"`` (official pickles, exact) or ``"imagefolder"`` (e.g. the JPEG copy).
+    ``verified`` is False for pickles loaded with ``verify=False`` (not checked against the official digests).
     """
 
     name: str
@@ -110,6 +153,7 @@ class CIFAR:
     mean_over: str = "train"
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    verified: bool = True
     load_seconds: float = field(default=0.0, repr=False)
 
     @property
@@ -119,6 +163,8 @@ class CIFAR:
     @property
     def description(self) -> str:
         """E.g. ``"CIFAR-10 (JPEG copy)"`` or ``"CIFAR-10 (official)"``: say this next to results."""
+        if self.source == "python" and not self.verified:
+            return f"{_PRETTY[self.name]} (official format, not verified)"
         kind = "official" if self.source == "python" else (
             "JPEG copy" if "jpeg" in self.path.name.lower() else "image folder")
         return f"{_PRETTY[self.name]} ({kind})"
@@ -155,12 +201,120 @@ def _check_name(name: str) -> str:
     return key
 
 
-def _unpickle(path: Path) -> dict:
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _checked_reconstruct(subtype, *args):
+    if subtype is not np.ndarray:
+        raise _Refused(f"an array of type {subtype!r} (only numpy.ndarray is allowed)")
+    return _RECONSTRUCT(subtype, *args)
+
+
+def _checked_dtype(*args, **kwargs):
+    dt = np.dtype(*args, **kwargs)
+    if dt.hasobject:
+        raise _Refused(f"the dtype {dt} (it holds Python objects)")
+    return dt
+
+
+def _checked_scalar(dtype, *args):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise _Refused(f"a numpy scalar of dtype {dtype!r}")
+    return _SCALAR(dtype, *args)
+
+
+def _latin1_bytes(text, encoding):
+    # how Python 3 writes bytes at pickle protocol 2: _codecs.encode(str, "latin1")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with {type(text).__name__}, {encoding!r} (only str, 'latin1')")
+    return text.encode("latin1")
+
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's multiarray._reconstruct, wherever this numpy keeps it
+_SCALAR = np.float64(0).__reduce__()[0]     # numpy's multiarray.scalar
+#: The only globals a CIFAR pickle may name: what numpy arrays (and, in copies re-pickled by Python 3 at
+#: protocol 2, bytes and numpy scalars) are rebuilt from. Every one is a checked wrapper.
+_ALLOWED_GLOBALS = {
+    **{(m, "_reconstruct"): _checked_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "scalar"): _checked_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _checked_dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    """Unpickles only the official CIFAR format: dicts, lists, tuples, strings, bytes, numbers, numpy arrays.
+
+    Containers, strings and numbers need no globals; :meth:`find_class` resolves only the numpy array
+    reconstruction names in :data:`_ALLOWED_GLOBALS` and refuses every other global (``os.system``, ``open``,
+    ``builtins.eval``, any class), so a crafted file cannot run code or build arbitrary objects.
+    """
+
+    def find_class(self, module, name):
+        fn = _ALLOWED_GLOBALS.get((module, name))
+        if fn is None:
+            raise _Refused(f"the global {module}.{name}")
+        return fn
+
+
+def _walk_plain(obj, depth: int = 0) -> None:
+    """Refuse object arrays (numpy's own checks aside) anywhere in a loaded CIFAR dict."""
+    if depth > 8:
+        raise _Refused("containers nested deeper than the format's")
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise _Refused(f"an array of dtype {obj.dtype} (it holds Python objects)")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _walk_plain(k, depth + 1)
+            _walk_plain(v, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        if obj and not all(type(v) is int for v in obj):  # the labels: 50,000 ints, skip them fast
+            for v in obj:
+                _walk_plain(v, depth + 1)
+
+
+def _unpickle(raw: bytes, path: Path) -> dict:
+    """Unpickle the bytes of CIFAR file ``path`` with :class:`_CIFARUnpickler` into a dict with str keys."""
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        d = _CIFARUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        _walk_plain(d)
+    except _Refused as e:
+        raise ValueError(f"refused to unpickle {path}: it asks for {e}, which the CIFAR python format does not "
+                         f"hold (only dicts, lists, strings, numbers and numpy arrays). It is not an official CIFAR "
+                         f"file and may be crafted to run code: nothing of it was run; delete it") from None
+    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
         raise ValueError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"CIFAR pickle {path} holds a {type(d).__name__}, expected a dict")
+    # official files (Python 2 str, read as latin1) have str keys; copies re-pickled from encoding="bytes" have bytes
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
+
+
+def _read_raw(path: Path) -> bytes:
+    with open_regular(path) as f:  # a FIFO, device or folder is refused, naming it, before it is opened
+        return f.read()
+
+
+def _check_official(key: str, files: dict[str, bytes], sha256: dict[str, str], folder: Path) -> None:
+    """Raise :class:`ChecksumError` naming every file whose md5 or sha256 (given) is not the official one."""
+    problems = []
+    for fname, raw in files.items():
+        md5_want, sha_want = CIFAR_FILE_DIGESTS[key][fname]
+        sha = sha256[fname]
+        md5 = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        if sha != sha_want or md5 != md5_want:
+            problems.append(f"{folder / fname}: sha256 {sha}, expected {sha_want}; md5 {md5}, expected {md5_want}")
+    if problems:
+        src = CIFAR_SOURCES[key]
+        raise ChecksumError(
+            f"{src.name}: not the official files, so they were not unpickled (a pickle can run code):\n  "
+            + "\n  ".join(problems) + f"\nRestore them from the official archive {src.url} (md5 {src.md5}). "
+            f"If they are a legitimate copy in the official format (e.g. re-pickled), load them with "
+            f"load_cifar(..., verify=False): they are still read with a restricted unpickler that builds only "
+            f"dicts, lists, strings, numbers and numpy arrays, and the data are then described as not verified.")
 
 
 def _pickle_images(d: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,18 +329,28 @@ def _pickle_images(d: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _read_python(name: str, folder: Path):
+def _class_names(d: dict, path: Path, key: str) -> list[str]:
+    names = d.get(key)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise ValueError(f"CIFAR pickle {path}: expected a list of class names under {key!r}")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+
+
+def _read_python(name: str, folder: Path, raw: dict[str, bytes]):
+    """The arrays and class names from the files' bytes ``raw`` (``{file name: bytes}``, verified by the caller)."""
+    def load(fname):
+        return _unpickle(raw[fname], folder / fname)
+
     if name == "cifar10":
-        parts = [_pickle_images(_unpickle(folder / f"data_batch_{i}"), folder / f"data_batch_{i}", "labels")
-                 for i in range(1, 6)]
+        parts = [_pickle_images(load(f"data_batch_{i}"), folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
         x_train = np.concatenate([p[0] for p in parts])
         y_train = np.concatenate([p[1] for p in parts])
-        x_test, y_test = _pickle_images(_unpickle(folder / "test_batch"), folder / "test_batch", "labels")
-        classes = list(_unpickle(folder / "batches.meta")["label_names"])
+        x_test, y_test = _pickle_images(load("test_batch"), folder / "test_batch", "labels")
+        classes = _class_names(load("batches.meta"), folder / "batches.meta", "label_names")
     else:
-        x_train, y_train = _pickle_images(_unpickle(folder / "train"), folder / "train", "fine_labels")
-        x_test, y_test = _pickle_images(_unpickle(folder / "test"), folder / "test", "fine_labels")
-        classes = list(_unpickle(folder / "meta")["fine_label_names"])
+        x_train, y_train = _pickle_images(load("train"), folder / "train", "fine_labels")
+        x_test, y_test = _pickle_images(load("test"), folder / "test", "fine_labels")
+        classes = _class_names(load("meta"), folder / "meta", "fine_label_names")
     return x_train, y_train, x_test, y_test, classes
 
 
@@ -197,8 +361,11 @@ def _decode_files(paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     digests = []
     for i, p in enumerate(paths):
         try:
-            with open(p, "rb") as f:
+            with open_regular(p) as f:  # a FIFO swapped in after the listing is refused, not waited on
                 data = f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+        try:
             digests.append(hashlib.sha256(data).hexdigest())
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))
@@ -234,8 +401,11 @@ def _imagefolder_classes(folder: Path) -> list[str]:
 def _list_imagefolder(folder: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
     files, labels = [], []
     for k, c in enumerate(classes):
-        cf = sorted((e.path for e in os.scandir(folder / split / c) if e.name.lower().endswith(_IMAGE_EXT)),
-                    key=_sort_key)
+        entries = [e for e in os.scandir(folder / split / c) if e.name.lower().endswith(_IMAGE_EXT)]
+        for e in entries:
+            if not e.is_file():  # follows symlinks; a FIFO, device or folder here would block or fail the decoding
+                check_regular_file(e.path)
+        cf = sorted((e.path for e in entries), key=_sort_key)
         files += cf
         labels += [k] * len(cf)
     return files, np.asarray(labels, dtype=np.int64)
@@ -392,7 +562,7 @@ def mean_image(*arrays: np.ndarray) -> np.ndarray:
 def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",
                validation: bool = False, subset: int | tuple[int, int] | None = None,
                mean_over: str = "train", seed: int = 0, download: bool = True, cache: bool = True,
-               progress: bool = True) -> CIFAR:
+               progress: bool = True, verify: bool = True) -> CIFAR:
     """Load CIFAR-10 or CIFAR-100 as uint8 ``(N, 3, 32, 32)`` images and int64 labels.
 
     Args:
@@ -413,6 +583,16 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
         cache: cache decoded image-folder data as ``.npy`` under :func:`~dnlib.data.root.cache_dir`
             (verified on every load; rebuilt when stale or corrupt).
         progress: show tqdm bars for downloads and decoding.
+        verify: check each official pickle's md5 and sha256 against :data:`CIFAR_FILE_DIGESTS` before it is
+            unpickled; a file that differs raises :class:`~dnlib.data.root.ChecksumError` naming it with the
+            expected and actual digests, and nothing is unpickled. ``False`` accepts other files in the official
+            format (e.g. a re-pickled copy): they are still unpickled with the restricted unpickler (only dicts,
+            lists, strings, numbers and numpy arrays; anything else is refused naming the file and the global),
+            and :attr:`CIFAR.description` says "not verified". Either way the files are also checked against the
+            data root's ``SHA256SUMS`` when it lists them. No effect on the image-folder layout.
+
+    Every file read must be a regular file (symlinks are resolved): a FIFO, a device or a folder in a file's
+    place raises :class:`~dnlib.data.root.NotRegularFileError` naming it, before it is opened.
     """
     t0 = time.perf_counter()
     key = _check_name(name)
@@ -420,6 +600,8 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
         raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
     if mean_over not in _MEAN_OVER:
         raise ValueError(f"mean_over must be one of {list(_MEAN_OVER)}, got {mean_over!r}")
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
     if subset is not None:
         pair = subset if isinstance(subset, tuple) else (subset, subset)
         if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
@@ -453,8 +635,18 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
                                        f"in:\n  {looked}") from None
     if kind == "python":
         names = _PYTHON_FILES[key]
-        verify_checksums(base, folder, [Path(folder) / f for f in names], what=src.name, accept=names.__contains__)
-        x_train, y_train, x_test, y_test, classes = _read_python(key, folder)
+        paths = [Path(folder) / f for f in names]
+        for p in paths:
+            check_regular_file(p)  # before anything is opened: a FIFO would block the reads below
+        raw = {f: _read_raw(p) for f, p in zip(names, paths)}  # what is checked is what is unpickled
+        sha = ({f: hashlib.sha256(raw[f]).hexdigest() for f in names}
+               if verify or os.path.lexists(base / SUMS_NAME) else {})  # each file hashed once, if at all
+        verify_checksums(base, folder, paths, what=src.name, accept=names.__contains__,
+                         digests={os.fspath(p): sha[f] for f, p in zip(names, paths) if f in sha})
+        if verify:
+            _check_official(key, raw, sha, Path(folder))
+        x_train, y_train, x_test, y_test, classes = _read_python(key, folder, raw)
+        del raw
     else:
         x_train, y_train, x_test, y_test, classes = _read_imagefolder(key, folder, base, cache, progress)
 
@@ -479,4 +671,4 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
     return CIFAR(name=key, x_train=np.ascontiguousarray(x_train), y_train=y_train,
                  x_test=np.ascontiguousarray(x_test), y_test=y_test, classes=classes, source=kind,
                  path=Path(folder), mean=mean, mean_over=mean_over, x_val=x_val, y_val=y_val,
-                 load_seconds=time.perf_counter() - t0)
+                 verified=kind != "python" or verify, load_seconds=time.perf_counter() - t0)

@@ -15,7 +15,15 @@ from typing import Iterator
 
 import torch
 
-from .root import DatasetSource, check_known_sizes, data_root, find_or_fetch, verify_checksums
+from .root import (
+    DatasetSource,
+    check_known_sizes,
+    check_regular_file,
+    data_root,
+    find_or_fetch,
+    open_regular,
+    verify_checksums,
+)
 
 __all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE", "PTB_SIZES"]
 
@@ -36,7 +44,7 @@ _FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 
 def _read_words(path: Path) -> list[str]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_regular(path, "r", encoding="utf-8") as f:
             return f.read().replace("\n", f" {EOS} ").split()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read PTB file {path}: {e}") from e
@@ -78,9 +86,13 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
     The three files are checked against the data root's ``SHA256SUMS`` when it lists them (once;
     the verdict is cached until a file changes), and a :class:`~dnlib.data.root.ChecksumError` names
     a file that differs. Token counts or a vocabulary that differ from :data:`PTB_SIZES` raise a
-    :class:`~dnlib.data.root.DataWarning` (a custom corpus loads, but is not the paper's PTB).
+    :class:`~dnlib.data.root.DataWarning` (a custom corpus loads, but is not the paper's PTB). A file that is
+    not a regular file (a FIFO, a device, a folder; symlinks are resolved) raises
+    :class:`~dnlib.data.root.NotRegularFileError` naming it, before anything is opened.
     """
     folder = find_or_fetch(PTB_SOURCE, root, download=download, progress=progress)
+    for f in _FILES:
+        check_regular_file(folder / f)  # a FIFO would block the hashing or the reading below
     verify_checksums(data_root(root), folder, [folder / f for f in _FILES], what="Penn Treebank",
                      accept=_FILES.__contains__)
     train_words = _read_words(folder / "ptb.train.txt")

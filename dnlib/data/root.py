@@ -22,6 +22,11 @@ loads only ``stat`` the files; rewriting a file changes its ``ctime`` (which a u
 the ``mtime``) and so the key, and the file is hashed again. Datasets with known sizes (PTB tokens and
 vocabulary, the SR sets' image counts) that differ from them raise a :class:`DataWarning` when no checksum
 decided.
+
+The data root may be shared and is not trusted to hold only what it should: every file a loader opens or hashes
+there is checked to be a regular file first (after resolving symlinks; :func:`open_regular`), so a FIFO, a
+device or a folder in a file's place raises :class:`NotRegularFileError` naming it instead of blocking or
+reading a device.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import http.client
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -50,6 +56,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "ChecksumError",
+    "NotRegularFileError",
     "DataWarning",
     "SourceUnreachableError",
     "DatasetSource",
@@ -62,6 +69,8 @@ __all__ = [
     "read_checksums",
     "verify_checksums",
     "stat_key",
+    "check_regular_file",
+    "open_regular",
 ]
 
 DATA_ENV = "DNLIB_DATA"
@@ -84,6 +93,10 @@ class SourceUnreachableError(DownloadError):
 
 class ChecksumError(ValueError):
     """A data file differs from the data root's ``SHA256SUMS``, is missing from it, or is not listed in it."""
+
+
+class NotRegularFileError(ValueError):
+    """A path where a data file is expected is a FIFO, a device, a socket, a folder or a broken symlink."""
 
 
 class DataWarning(UserWarning):
@@ -132,9 +145,64 @@ def cache_dir(create: bool = True) -> Path:
     return path
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(path, mode: int | None) -> NotRegularFileError:
+    kind = "a broken symlink" if mode is None else next((k for test, k in _KINDS if test(mode)), "not a plain file")
+    link = ""
+    if os.path.islink(path):
+        link = f" (a symlink to {os.path.realpath(path)})"
+    return NotRegularFileError(f"{path}{link} is {kind}, not a regular file; a data file must be a regular file "
+                               f"(reading anything else can block forever or read a device): replace it with "
+                               f"the dataset's file")
+
+
+def check_regular_file(path: str | os.PathLike) -> Path:
+    """Return ``path`` if it is a regular file after resolving symlinks; else raise :class:`NotRegularFileError` naming it.
+
+    Only ``stat`` is called: nothing is opened, so a FIFO cannot block here. A missing path raises
+    :class:`FileNotFoundError` as ``open`` would.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise _not_regular(path, None) from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path, st.st_mode)
+    return Path(path)
+
+
+def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs):
+    """``open(path, mode)`` for reading a data file, refusing anything but a regular file (:func:`check_regular_file`).
+
+    The file is checked before it is opened, then opened without blocking (``O_NONBLOCK``) and checked again
+    on the open descriptor, so a file swapped for a FIFO between the two steps cannot block either.
+    ``mode`` is ``"rb"`` or ``"r"`` (``kwargs`` as :func:`open`'s, e.g. ``encoding``).
+    """
+    if mode not in ("r", "rb"):
+        raise ValueError(f"mode must be 'r' or 'rb', got {mode!r}")
+    check_regular_file(path)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st.st_mode)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _hash_file(path: Path, algo: str) -> str:
     h = hashlib.new(algo)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -310,7 +378,8 @@ class DatasetSource:
     def found_in(self, root: Path) -> Path | None:
         for folder in self.folders:
             path = root / folder
-            if path.is_dir() and all((path / c).exists() for c in self.check):
+            # lexists: a dangling symlink counts, so that the loader names it rather than "not found"
+            if path.is_dir() and all(os.path.lexists(path / c) for c in self.check):
                 return path
         return None
 
@@ -331,6 +400,8 @@ def find_or_fetch(source: DatasetSource, root: str | os.PathLike | None = None, 
     reason = "download=False" if source.url else "it has no official archive to download"
     if source.archive is not None:
         archive = base / source.archive
+        if os.path.lexists(archive):
+            check_regular_file(archive)  # a FIFO or folder named like the archive is refused, naming it
         if archive.is_file() or (download and source.url):
             if not archive.is_file():
                 try:
@@ -389,14 +460,15 @@ def read_checksums(base: str | os.PathLike) -> dict[str, str]:
     naming the file and the line number.
     """
     path = Path(base) / SUMS_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
+    check_regular_file(path)  # a FIFO or folder in its place is refused, not taken as "no checksums"
     key = stat_key([path])
     hit = _SUMS_CACHE.get(str(path))
     if hit is not None and hit[0] == key:
         return hit[1]
     sums: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with open_regular(path, "r", encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip() or line.startswith("#"):
@@ -438,9 +510,13 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
     """
     base, folder = Path(base), Path(folder)
     sums_path = base / SUMS_NAME
-    if not sums_path.is_file():
+    if not os.path.lexists(sums_path):
         return None
+    check_regular_file(sums_path)
     files = sorted(Path(f) for f in files)
+    for f in files:
+        if os.path.lexists(f):
+            check_regular_file(f)  # before the cached verdict: a FIFO is refused whether or not it is listed
     key = stat_key([sums_path, *files])
     name = hashlib.sha256(f"{what}\0{os.path.abspath(folder)}".encode("utf-8", "surrogateescape")).hexdigest()[:20]
     verdict = cache_dir(create=False) / "verified" / f"{name}.json"

@@ -24,7 +24,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .root import DatasetSource, check_known_sizes, data_root, find_or_fetch, verify_checksums
+from .root import (
+    DatasetSource,
+    check_known_sizes,
+    check_regular_file,
+    data_root,
+    find_or_fetch,
+    open_regular,
+    verify_checksums,
+)
 
 __all__ = ["SRSet", "load_sr", "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
            "SRCNNPatches", "srcnn_pairs", "SR_SETS", "SR_SIZES"]
@@ -75,8 +83,9 @@ class SRSet:
 
 def _read_image(path: Path, grey: str) -> np.ndarray:
     from PIL import Image
+    f = open_regular(path)  # a FIFO or folder raises NotRegularFileError naming it, unwrapped
     try:
-        with Image.open(path) as im:
+        with f, Image.open(f) as im:
             if im.mode in ("L", "1", "I;16", "I"):
                 arr = np.asarray(im.convert("L"))
             else:
@@ -103,7 +112,9 @@ def load_sr(set_name: str, root: str | os.PathLike | None = None, *, grey: str =
     The images are checked against the data root's ``SHA256SUMS`` when it lists the set (once; the
     verdict is cached until a file changes): a changed, missing or unlisted image raises
     :class:`~dnlib.data.root.ChecksumError` naming it. A set whose image count differs from
-    :data:`SR_SIZES` raises a :class:`~dnlib.data.root.DataWarning`.
+    :data:`SR_SIZES` raises a :class:`~dnlib.data.root.DataWarning`. An image file that is not a regular file
+    (a FIFO, a device, a folder; symlinks are resolved) raises :class:`~dnlib.data.root.NotRegularFileError`
+    naming it, before anything is opened.
     """
     key = set_name.lower().replace("_", "-")
     if key not in SR_SETS:
@@ -112,6 +123,8 @@ def load_sr(set_name: str, root: str | os.PathLike | None = None, *, grey: str =
         raise ValueError(f"grey must be 'keep' or 'rgb', got {grey!r}")
     folder = find_or_fetch(SR_SETS[key], root, download=False)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+    for p in files:
+        check_regular_file(p)  # a FIFO would block the hashing or the decoding below
     verify_checksums(data_root(root), folder, files, what=f"SR set {_CANON[key]}",
                      accept=lambda n: n.lower().endswith(_IMAGE_EXT))
     check_known_sizes(f"SR set {_CANON[key]}", folder, {"images": len(files)}, {"images": SR_SIZES[key]})
