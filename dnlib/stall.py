@@ -28,6 +28,7 @@ from time import monotonic
 from typing import Any
 
 from nbclient.exceptions import CellTimeoutError
+from nbclient.util import run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.log import logger
@@ -97,6 +98,7 @@ class StallWatchingClient(PapermillNotebookClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._seen: dict[str, dict[str, Any]] = {}
+        self._cell_running = False      # a cell was sent and its reply has not come (timeout, stall, dead kernel)
 
     # --- what the kernel said about each request ----------------------------------------------------------
     def process_message(self, msg, cell, cell_index):
@@ -154,6 +156,12 @@ class StallWatchingClient(PapermillNotebookClient):
                 return CellStalled(self.notebook_name, cell_index, cell.get("execution_count"), reason, now - start)
 
     async def _async_poll_for_reply(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
+        self._cell_running = True
+        reply = await self._poll_watched(msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive)
+        self._cell_running = False      # an exception (timeout, stall) leaves it set: the kernel may be busy
+        return reply
+
+    async def _poll_watched(self, msg_id, cell, timeout, task_poll_output_msg, task_poll_kernel_alive):
         channel = self.kc.shell_channel
         if self.shell_poll_interval and getattr(channel, "_dnlib_sliced", None) != self.shell_poll_interval:
             slice_polls(channel, self.shell_poll_interval)
@@ -178,6 +186,25 @@ class StallWatchingClient(PapermillNotebookClient):
         task_poll_kernel_alive.cancel()
         self._seen.pop(msg_id, None)
         raise watch.result()
+
+    # --- shutting the kernel down ------------------------------------------------------------------------
+    async def _async_cleanup_kernel(self) -> None:
+        """nbclient's cleanup, without jupyter_client's SIGINT when no cell is running.
+
+        ``KernelManager.shutdown_kernel`` interrupts the kernel's process group before every shutdown. ipykernel
+        ignores SIGINT between messages, but inside a message handler it logs ``[IPKernelApp] ERROR |
+        KeyboardInterrupt caught in kernel.``: papermill's last request (``kernel_info``) sends its reply before
+        its handler restores the ignore, a race a loaded machine wins (``make run`` printed it for 02, which
+        passed). After the last reply there is nothing to interrupt; a cell that timed out or stalled is still
+        interrupted as before."""
+        km = self.km
+        if km is not None and not self._cell_running:
+            async def no_interrupt() -> None:
+                return None
+            km._async_interrupt_kernel = no_interrupt   # this manager only; shutdown_kernel calls it by name
+        await super()._async_cleanup_kernel()
+
+    _cleanup_kernel = run_sync(_async_cleanup_kernel)
 
 
 class StallWatchingEngine(NBClientEngine):

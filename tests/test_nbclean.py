@@ -1,5 +1,9 @@
 """The notebook git filter that ``make setup`` installs (issue 15 item 7): a notebook saved in JupyterLab (outputs,
-counts, timing metadata) is stored exactly in the repository's stripped form; committed notebooks pass unchanged."""
+counts, timing metadata) is stored exactly in the repository's stripped form; committed notebooks pass unchanged.
+
+Issue 23 item 5: what JupyterLab writes on save that depends on the session (the kept cells' counts after a second
+"Run All", the kernel's ``language_info`` and ``display_name``) is normalized too, so the stored form is byte for
+byte the committed file and ``git status`` stays clean (tests/test_browser.py saves through JupyterLab itself)."""
 import copy
 import json
 import shutil
@@ -26,14 +30,30 @@ def _keep_output(cell) -> bool:
     return "keep_output" in cell.get("metadata", {}).get("tags", [])
 
 
-def _without_kept_counts(nb: dict) -> dict:
+#: ``language_info`` as ipykernel 7 sends it and JupyterLab 4.6 saves it (captured from a save on this machine).
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3", "version": "3.11.7"}
+
+
+def as_jupyterlab_saves(nb, first_count: int = 1, display_name: str = "Python 3 (ipykernel)") -> str:
+    """``nb`` (with or without outputs) as JupyterLab writes it after "Run All" in a kernel whose next count was
+    ``first_count``: every code cell numbered in order (an ``execute_result`` too), the kernel's ``language_info``
+    and ``display_name``, the widget state; jupyter_server writes with ``nbformat.write`` (indent 1, sorted keys,
+    a trailing newline)."""
     nb = copy.deepcopy(nb)
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code" and _keep_output(cell):
-            cell["execution_count"] = None
-            for out in cell["outputs"]:
-                out.pop("execution_count", None)
-    return nb
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for count, cell in enumerate(code, first_count):
+        cell["execution_count"] = count
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = count
+    nb["metadata"]["language_info"] = copy.deepcopy(LANGUAGE_INFO)
+    nb["metadata"]["kernelspec"]["display_name"] = display_name
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                               "version_minor": 0}}
+    text = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT)
+    return text if text.endswith("\n") else text + "\n"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -43,26 +63,60 @@ def test_committed_notebooks_pass_the_filter_unchanged(path):
 
 
 @pytest.fixture(scope="module")
-def saved_01():
-    """Notebook 01 as JupyterLab saves it after "Run All": every cell numbered, outputs, timing metadata."""
+def executed_01():
+    """Notebook 01 executed by a kernel (outputs, timing metadata), as a dict."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(str(NOTEBOOKS[0]), as_version=nbformat.NO_CONVERT)
     NotebookClient(nb, kernel_name="python3", record_timing=True,
                    resources={"metadata": {"path": str(NOTEBOOKS[0].parent)}}).execute()
-    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
-    return nbformat.writes(nb) + "\n"
+    return json.loads(nbformat.writes(nb))
+
+
+@pytest.fixture(scope="module")
+def saved_01(executed_01):
+    """Notebook 01 as JupyterLab saves it after "Run All": every cell numbered, outputs, timing metadata."""
+    return as_jupyterlab_saves(executed_01)
 
 
 def test_a_saved_notebook_is_stored_in_the_stripped_form(saved_01):
     saved = json.loads(saved_01)
     assert sum(bool(c.get("outputs")) for c in saved["cells"] if c["cell_type"] == "code") > 3
-    stored = json.loads(_clean(saved_01))
-    committed = json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))
-    # everything but the kept cells' counts equals the committed file: outputs gone, ids and kept outputs kept
-    assert _without_kept_counts(stored) == _without_kept_counts(committed)
-    kept = [c for c in stored["cells"] if c["cell_type"] == "code" and _keep_output(c)]
+    # the committed file, byte for byte: outputs gone, ids, kept outputs and their counts kept
+    assert _clean(saved_01) == NOTEBOOKS[0].read_text(encoding="utf-8")
+    kept = [c for c in json.loads(_clean(saved_01))["cells"] if c["cell_type"] == "code" and _keep_output(c)]
     assert kept and all(isinstance(c["execution_count"], int) and c["outputs"] for c in kept)
+
+
+def test_a_second_run_all_in_another_installation_is_stored_as_committed(executed_01):
+    """Issue 23 item 5: "Run All" twice (counts from 13 on) in a kernel named "Python 3" with its own Python
+    version: the stored form is still the committed file (before: the kept cells' counts and display_name)."""
+    saved = as_jupyterlab_saves(executed_01, first_count=13, display_name="Python 3")
+    assert _clean(saved) == NOTEBOOKS[0].read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_what_jupyterlab_writes_on_save_is_stored_as_committed(path):
+    """Every notebook, saved by JupyterLab after a "Run All" that did not start at 1 (counts, language_info,
+    display_name, widget state, JupyterLab's indent and trailing newline), goes back to its committed text."""
+    text = path.read_text(encoding="utf-8")
+    for first, name in ((1, "Python 3 (ipykernel)"), (40, "Python 3"), (7, "dnlib (.venv)")):
+        saved = as_jupyterlab_saves(json.loads(text), first_count=first, display_name=name)
+        assert _clean(saved) == text, f"saved with counts from {first}, kernel {name!r}"
+
+
+def test_kept_cells_are_numbered_by_their_place_among_the_code_cells():
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "x", "language": "python"}})
+    kept = {"tags": ["keep_output", "nbval-check-output"]}
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("1", execution_count=5),
+                nbformat.v4.new_code_cell("2", execution_count=6, metadata=kept,
+                                          outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "2"},
+                                                                          execution_count=6)])]
+    stored = json.loads(_clean(nbformat.writes(nb)))
+    first, second = stored["cells"][1:]
+    assert first["execution_count"] is None and first["outputs"] == []
+    assert second["execution_count"] == 2 and second["outputs"][0]["execution_count"] == 2
+    assert stored["metadata"]["kernelspec"]["display_name"] == "Python 3 (ipykernel)"
 
 
 def test_text_that_is_not_a_notebook_passes_through():
