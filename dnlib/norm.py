@@ -16,6 +16,8 @@ from . import functional as DF
 from .spec import NormSpec, is_int, is_real
 
 IMPLS = ("auto", "general", "fused", "compile", "band", "triton")
+#: Conventions of the running statistics (see DivisiveNorm's ``running_stats``).
+RUNNING_STATS = ("torch", "tf")
 #: ``impl="auto"`` takes the band path for 2-D inputs of at most this many channels (see DivisiveNorm). Measured on
 #: CPU (one thread), forward + backward at N = 20 / 80 with a 61-unit window: the band path is 2.3x / 1.4x faster
 #: than the general path at C = 200, even / 1.7x slower at C = 400, 4x / 6x slower at C = 1000.
@@ -175,6 +177,10 @@ class DivisiveNorm(nn.Module):
     uses them in eval mode, exactly as ``nn.BatchNorm``: ``momentum`` is the weight of the new batch
     (``None``: cumulative average), ``num_batches_tracked`` counts the updates. This needs a per-channel field
     (the batch field must not pool ``channel``, and pools ``space`` when the input has spatial dims).
+    ``running_stats="tf"`` keeps them as TensorFlow's ``ExponentialMovingAverage`` of ``tf.nn.moments`` does
+    (the authors' ``batch_norm``): both start at 0 and ``running_var`` averages the *biased* variance,
+    ``ema = (1 - momentum) * ema + momentum * x`` (momentum 0.1 = their decay 0.9); such a module takes the
+    general path (``F.batch_norm`` would store the unbiased variance).
 
     Where the spec coincides with a native kernel (``F.batch_norm``, ``F.group_norm`` (also for LN: one group),
     ``F.instance_norm``, ``F.rms_norm``) the module dispatches to it with ``eps = sigma^2 + eps``
@@ -229,6 +235,8 @@ class DivisiveNorm(nn.Module):
         impl: ``"auto"``, ``"general"``, ``"fused"``, ``"compile"``, ``"band"`` or ``"triton"``.
         process_group: ``None`` (default: no synchronization), a ``torch.distributed`` process group, or
             ``"world"`` (the default group, looked up at each forward) over which batch statistics are pooled.
+        running_stats: ``"torch"`` (default: ``running_var`` starts at 1 and stores the unbiased variance) or
+            ``"tf"`` (both start at 0, biased variance: TensorFlow's moving averages, the authors' code).
 
     Shape:
         - Input: ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``.
@@ -244,7 +252,7 @@ class DivisiveNorm(nn.Module):
 
     def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: Optional[float] = 0.1,
                  track_running_stats: Optional[bool] = None, alpha: float = 0.0, impl: str = "auto",
-                 bias: bool = True, device=None, dtype=None, process_group=None):
+                 bias: bool = True, device=None, dtype=None, process_group=None, running_stats: str = "torch"):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
         if not is_int(num_features) or num_features < 1:
@@ -260,6 +268,11 @@ class DivisiveNorm(nn.Module):
             raise ValueError(f"alpha: the L1 weight must be a finite number >= 0, got {_show(alpha)}")
         if impl not in IMPLS:
             raise ValueError(f"impl: got {impl!r}; allowed values are {list(IMPLS)}")
+        if running_stats not in RUNNING_STATS:
+            raise ValueError(f"running_stats: got {running_stats!r}; allowed values are {list(RUNNING_STATS)}")
+        if impl == "fused" and running_stats == "tf" and fused_kind(spec) == "bn":
+            raise ValueError("impl: 'fused' (F.batch_norm) stores torch's running statistics, not "
+                             "running_stats='tf'; use impl='auto' or 'general'")
         if impl == "fused" and fused_kind(spec) is None:
             raise ValueError(f"impl: 'fused' needs a spec with a native kernel, and {spec} has none")
         if impl == "band" and not DF.band_supported(spec):
@@ -289,6 +302,7 @@ class DivisiveNorm(nn.Module):
         self.track_running_stats = bool(track_running_stats)
         self.alpha = float(alpha)
         self.impl = impl
+        self.running_stats = running_stats
         self.process_group = process_group
         self._l1 = _L1Terms()           # shared with nn.DataParallel replicas (see _replicate_for_data_parallel)
         self._replica_of: Optional[tuple] = None   # (group, index) on a replica
@@ -326,7 +340,7 @@ class DivisiveNorm(nn.Module):
             if self.running_mean is not None:
                 self.running_mean.zero_()
             if self.running_var is not None:
-                self.running_var.fill_(1)
+                self.running_var.fill_(0 if self.running_stats == "tf" else 1)
             self.num_batches_tracked.zero_()
 
     def reset_parameters(self) -> None:
@@ -347,6 +361,8 @@ class DivisiveNorm(nn.Module):
             s += f", alpha={self.alpha:g}"
         if self.impl != "auto":
             s += f", impl={self.impl!r}"
+        if self.running_stats != "torch":
+            s += f", running_stats={self.running_stats!r}"
         if self.process_group is not None:
             s += ", process_group=" + (repr(self.process_group) if isinstance(self.process_group, str) else "<group>")
         return s
@@ -356,7 +372,8 @@ class DivisiveNorm(nn.Module):
         """The native kernel this module dispatches to (None: the general or compiled path)."""
         if self.impl in ("general", "compile", "triton"):
             return None
-        return fused_kind(self.spec)
+        kind = fused_kind(self.spec)
+        return None if kind == "bn" and self.running_stats == "tf" else kind
 
     def pop_penalty(self) -> Optional[torch.Tensor]:
         """Return the L1 penalty accumulated since the last call (None if none) and clear it.
@@ -494,8 +511,8 @@ class DivisiveNorm(nn.Module):
                 self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
             if self.running_var is not None and s is not None and s.numel():
                 n = batch * math.prod(x.shape[2:])
-                unbiased = s.reshape(-1) * (n / (n - 1))
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+                var = s.reshape(-1) * (1.0 if self.running_stats == "tf" else n / (n - 1))  # tf: biased
+                self.running_var.lerp_(var.to(self.running_var.dtype), m)
 
     def _forward_general(self, x: torch.Tensor, use_batch_stats: bool, sync=None) -> torch.Tensor:
         spec = self.spec

@@ -110,7 +110,8 @@ PRESETS = {
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
               "sum_window", "sup_window", "window", "sum_weights", "sup_weights", "weights", "floor"}
-_MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype"}
+_MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "impl", "device", "dtype",
+                "running_stats"}
 
 
 #: What a model's ``norm=`` accepts: a preset name, a :class:`NormSpec`, or None (= ``"none"``).
@@ -181,8 +182,8 @@ def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
     ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``, ``weights`` (both fields),
     ``sum_weights``, ``sup_weights``, ``floor``) or the module (``affine``, ``bias``,
-    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``device``, ``dtype``). The GDN presets
-    (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
+    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``running_stats``, ``device``, ``dtype``). The GDN
+    presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005)`` is the paper's first DN* layer.

@@ -546,3 +546,59 @@ def test_auto_takes_the_band_path_for_small_2d_inputs_only():
         assert torch.equal(outs["auto"], outs[expect]), (c, rank)   # ... so this tells which one ran
     with pytest.raises(ValueError, match=r"impl: 'band' needs fields that pool only 'channel'"):
         make_norm("dn", 4, impl="band")
+
+
+# ------------------------------------------------------------------ running statistics: the authors' TF convention
+def _tf_ema_reference(xs, decay, dims):
+    """TensorFlow's ExponentialMovingAverage of tf.nn.moments, as the authors' batch_norm keeps it: shadow values
+    start at 0; each training step ema = decay * ema + (1 - decay) * x, with x the batch mean and the biased
+    variance (mean of squares about the batch mean) over ``dims``."""
+    mean = var = 0.0
+    for x in xs:
+        bm = x.mean(dims)
+        bv = ((x - x.mean(dims, keepdim=True)) ** 2).mean(dims)
+        mean = decay * mean + (1 - decay) * bm
+        var = decay * var + (1 - decay) * bv
+    return mean, var
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(20, 5), (4, 5, 3, 3)])
+def test_bn_running_stats_tf_is_tensorflows_moving_average(shape, impl):
+    dims = (0,) if len(shape) == 2 else (0, 2, 3)
+    ours = make_norm("bn", shape[1], sigma=0.01, eps=0.0, impl=impl, running_stats="tf").double()
+    torch_conv = make_norm("bn", shape[1], sigma=0.01, eps=0.0, impl=impl).double()
+    assert torch.equal(ours.running_var, torch.zeros(shape[1], dtype=torch.float64))       # starts at 0, not 1
+    xs = [_x(shape, torch.float64, seed=s).detach() for s in range(5)]
+    for x in xs:
+        torch.testing.assert_close(ours(x), torch_conv(x))     # training: batch statistics, the same
+    mean, var = _tf_ema_reference(xs, 0.9, dims)
+    torch.testing.assert_close(ours.running_mean, mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.running_var, var, rtol=0, atol=1e-12)
+    ours.eval()
+    x = _x(shape, torch.float64, seed=9).detach()
+    view = (1, -1) + (1,) * (len(shape) - 2)
+    ref = (x - mean.view(view)) / torch.sqrt(var.view(view) + 1e-4)
+    torch.testing.assert_close(ours(x), ref, rtol=0, atol=1e-10)
+    # the default keeps torch's convention: running_var from 1, unbiased (n / (n - 1) = 20/19 for a batch of 20)
+    assert not torch.allclose(torch_conv.running_var, var)
+    if len(shape) == 2:
+        n = shape[0]
+        ema1 = 0.9 * 1.0 + 0.1 * xs[0].var(0, unbiased=True)
+        fresh = make_norm("bn", shape[1]).double()
+        fresh(xs[0])
+        torch.testing.assert_close(fresh.running_var, ema1)
+        ratio = xs[0].var(0, unbiased=True) / xs[0].var(0, unbiased=False)
+        torch.testing.assert_close(ratio, torch.full_like(ratio, n / (n - 1)))
+
+
+def test_running_stats_option_is_checked_and_shown():
+    with pytest.raises(ValueError, match=r"running_stats: got 'keras'; allowed values are \['torch', 'tf'\]"):
+        make_norm("bn", 4, running_stats="keras")
+    with pytest.raises(ValueError, match=r"impl: 'fused' .* running_stats='tf'"):
+        make_norm("bn", 4, impl="fused", running_stats="tf")
+    m = make_norm("bn", 4, running_stats="tf")
+    assert m.fused is None and "running_stats='tf'" in repr(m) and "running_stats='" not in repr(make_norm("bn", 4))
+    m.running_var.fill_(3.0)
+    m.reset_running_stats()
+    assert torch.equal(m.running_var, torch.zeros(4)) and torch.equal(m.running_mean, torch.zeros(4))
