@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,12 +35,24 @@ def _fsync(path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _new_temporary(path: Path) -> str:
+    """Create an empty ``.<name>.<random>.tmp`` beside ``path`` with the mode ``open()`` gives (0666 less the
+    umask: 0644 under 022), not mkstemp's 0600; ``O_EXCL``: never another writer's file."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"{path}: could not create a temporary file beside it")
+
+
 def _replace_from_temporary(path: str | os.PathLike, fill: Callable[[str], None]) -> Path:
     """``fill(tmp)`` writes a temporary file (by name) beside ``path``; fsync it, then ``os.replace`` it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
         fill(tmp)
         _fsync(tmp)

@@ -1,6 +1,8 @@
 """Run records (dnlib.records): own folders, the same keys everywhere, atomic files, provenance."""
 import json
 import multiprocessing as mp
+import os
+import stat
 import subprocess
 
 import pytest
@@ -91,3 +93,18 @@ def test_gather_flattens_runs(tmp_path):
     assert rows[1]["test_acc"] == pytest.approx(0.6) and rows[0]["paper_test_acc"] == 0.78
     with pytest.raises(FileNotFoundError, match="no such run folder"):
         R.gather([tmp_path / "missing"])
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_records_and_tables_are_written_with_the_umask_mode(tmp_path, umask, mode):
+    """The atomic writer's temporary file (then the record) honours the umask, as open() would: 0644 under the
+    usual 022 (was 0600 whatever the umask: mkstemp's mode)."""
+    from dnlib.io import atomic_save_npy, atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        written = [R.write_record(tmp_path / "run", _record()), atomic_write_text(tmp_path / "table.md", "| a |\n"),
+                   atomic_save_npy(tmp_path / "x.npy", __import__("numpy").zeros(2))]
+    finally:
+        os.umask(old)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(mode) for p in written}
