@@ -189,7 +189,13 @@ class Trainer:
     ``run_info`` (a dict of plain values: the configuration name and fields, the data, ...) is stored in the
     checkpoint with the :data:`IDENTITY_FIELDS` of ``cfg``; resuming a checkpoint whose identity differs raises
     :class:`CheckpointError`. A non-finite loss or metric raises :class:`TrainingDiverged` (see the module).
+
+    A trainer of K independent copies in one model (:class:`dnlib.stacked.StackedTrainer`) uses the same loop: its
+    ``loss_fn`` returns the ``(K,)`` copies' losses (their sum is minimized), ``evaluate`` a list of K metric dicts;
+    losses and metrics are checked and logged per copy (:meth:`live_copies`, :meth:`copy_history`).
     """
+
+    copies = 1          #: the independent copies this trainer trains at once (one here)
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
                  evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
@@ -310,40 +316,71 @@ class Trainer:
                                   f"the stored settings, or start fresh in another output folder (or delete it)")
 
     # --- divergence -----------------------------------------------------------------------------------
-    def _diverge(self, step: int, what: str) -> None:
-        """Record ``stopped: diverged at step N`` in the history (and history.json), then raise."""
-        self.stopped = f"diverged at step {int(step)}"
-        lr = self.opt.param_groups[0]["lr"]
-        self.history.append({"step": self.step, "lr": lr, "time": round(self.elapsed, 3), "stopped": self.stopped,
-                             "reason": what})
+    def _diverge(self, step: int, what: str, copy: int = 0) -> None:
+        """Record ``stopped: diverged at step N`` in (copy ``copy``'s) history (and history.json), then raise
+        (a trainer of several copies stops that copy, and raises when none is left: :meth:`_stop_copy`)."""
+        status, lr = f"diverged at step {int(step)}", self.opt.param_groups[0]["lr"]
+        self._append({"step": self.step, "lr": lr, "time": round(self.elapsed, 3), "stopped": status, "reason": what},
+                     copy)
+        if not self._stop_copy(copy, status):
+            return
         if self.out_dir is not None:
             atomic_write_json(self.history, self.out_dir / "history.json")
         raise TrainingDiverged(step, what, lr, self.history)
 
     def _pending_losses(self) -> Optional[torch.Tensor]:
-        """The losses since the last log point, on the host (the one sync per log point); diverges on a non-finite
-        one, naming the first step that had it."""
+        """The losses since the last log point, ``(n, copies)`` on the host (the one sync per log point); diverges
+        on a non-finite one, naming the first step that had it."""
         if not self._loss_acc:
             return None
         if torch.is_tensor(self._loss_acc[0]):
-            values = torch.stack([t.detach().float().reshape(()) for t in self._loss_acc]).cpu()
+            values = torch.stack([t.detach().float().reshape(-1) for t in self._loss_acc]).cpu()
         else:
-            values = torch.tensor([float(v) for v in self._loss_acc])
-        bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            self._diverge(self.step - len(values) + i + 1, f"the training loss is {float(values[i])}")
+            values = torch.tensor([[float(v)] for v in self._loss_acc])
+        for k in self.live_copies():
+            bad = (~torch.isfinite(values[:, k])).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                self._diverge(self.step - len(values) + i + 1, f"the training loss is {float(values[i, k])}", k)
         return values
 
-    def _check_metrics(self, metrics: dict) -> None:
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        if bad:
-            self._diverge(self.step, "evaluation " + ", ".join(f"{k} = {v}" for k, v in bad.items()))
+    def _check_metrics(self, metrics) -> None:
+        metrics = self._per_copy(metrics)
+        for k in self.live_copies():
+            bad = {name: v for name, v in metrics[k].items() if not math.isfinite(v)}
+            if bad:
+                self._diverge(self.step, "evaluation " + ", ".join(f"{n} = {v}" for n, v in bad.items()), k)
 
     def _check_weights(self) -> None:
-        floats = [t for t in self.model.state_dict().values() if t.is_floating_point() and t.numel()]
-        if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
-            self._diverge(self.step, "a weight or buffer of the model is not finite")
+        for k in self.live_copies():
+            floats = [t for t in self.copy_state_dict(k).values() if t.is_floating_point() and t.numel()]
+            if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+                self._diverge(self.step, "a weight or buffer of the model is not finite", k)
+
+    # --- copies (one here; dnlib.stacked.StackedTrainer holds K) --------------------------------------
+    def live_copies(self) -> list:
+        """The copies still training (those that have not diverged)."""
+        return [] if self.stopped else [0]
+
+    def copy_history(self, k: int = 0) -> list:
+        """Copy ``k``'s history (here: :attr:`history`)."""
+        return self.history
+
+    def copy_state_dict(self, k: int = 0) -> dict:
+        """Copy ``k``'s parameters and buffers (here: the model's state dict)."""
+        return self.model.state_dict()
+
+    def _append(self, row: dict, copy: int) -> None:
+        self.history.append(row)
+
+    def _stop_copy(self, copy: int, status: str) -> bool:
+        """Copy ``copy`` stopped with ``status``; True when the trainer stops (here: always)."""
+        self.stopped = status
+        return True
+
+    def _per_copy(self, metrics) -> list:
+        """Metrics as a list of one dict per copy (a dict is every copy's)."""
+        return [metrics] * self.copies if isinstance(metrics, dict) else list(metrics)
 
     # --- loop -----------------------------------------------------------------------------------------
     def train_step(self, batch) -> float:
@@ -352,7 +389,7 @@ class Trainer:
         self._set_lr()
         out = self.loss_fn(self.model, batch)
         loss, _ = out if isinstance(out, tuple) else (out, None)
-        total = loss + sparse_penalty(self.model)
+        total = (loss.sum() if loss.dim() else loss) + sparse_penalty(self.model)    # (K,): the copies' losses
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.clip_norm:
@@ -369,17 +406,22 @@ class Trainer:
             metrics = self.evaluate(self.model)
         clear_penalties(self.model)
         self.model.train(was)
-        return {k: float(v) for k, v in metrics.items()}
+        if isinstance(metrics, dict):
+            return {k: float(v) for k, v in metrics.items()}
+        return [{k: float(v) for k, v in m.items()} for m in metrics]      # one dict per copy
 
-    def _log(self, extra: dict, losses: Optional[torch.Tensor] = None) -> None:
-        row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
+    def _log(self, extra, losses: Optional[torch.Tensor] = None) -> None:
         if losses is None:
             losses = self._pending_losses()
         if losses is not None:
-            row["train_loss"] = float(losses.mean())
             self._loss_acc = []
-        row.update(extra)
-        self.history.append(row)
+        extra = self._per_copy(extra)
+        for k in self.live_copies():
+            row = {"step": self.step, "lr": self.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3)}
+            if losses is not None:
+                row["train_loss"] = float(losses[:, k].mean())
+            row.update(extra[k])
+            self._append(row, k)
 
     def log_evaluation(self) -> dict:
         """Evaluate now and append the row to the history (e.g. before a timed stretch); returns the metrics."""
@@ -540,7 +582,7 @@ class GraphTrainer(Trainer):
     def _body(self) -> torch.Tensor:
         out = self.loss_fn(self.model, self._static)
         loss = out[0] if isinstance(out, tuple) else out
-        (loss + sparse_penalty(self.model)).backward()
+        ((loss.sum() if loss.dim() else loss) + sparse_penalty(self.model)).backward()
         self._sgd_update()
         return loss.detach()
 
