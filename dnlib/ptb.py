@@ -22,10 +22,10 @@ ends the run after N minibatches without changing the schedule (the learning rat
 
 Training is the paper's: truncated BPTT over contiguous streams (:class:`~dnlib.data.PTBBatches`) with the hidden
 state carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
-plain SGD; gradients clipped at global norm 5; loss = NLL summed over the 20 steps and averaged over the batch, plus
-the L1 terms. On CUDA the whole step (forward over 20 steps, backward, clipping, SGD update, state carry) is one
-CUDA graph (:class:`dnlib.train.SequenceGraphTrainer`; ``graph="auto"``), which removes the per-step launch overhead
-that dominates at batch 20.
+plain SGD; gradients clipped at global norm 5 (``source="code"``: the norm TF measures, :class:`SliceClip`); loss =
+NLL summed over the 20 steps and averaged over the batch, plus the L1 terms. On CUDA the whole step (forward over
+20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.train.SequenceGraphTrainer`;
+``graph="auto"``), which removes the per-step launch overhead that dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
 over the whole split: validation and test perplexity ``exp(mean per-word NLL)`` in the training layout (20 streams);
@@ -56,7 +56,7 @@ from .models.rnn import LanguageModel, set_bn_eval_step
 from .sparse import clear_penalties, sparse_penalty
 from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device, set_seed
 
-__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "lm_loss", "lm_step", "load_data", "build_model",
+__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
            "gate_table", "config_table", "results_table", "perplexity_curves", "headline", "report", "set_threads",
            "GRAPH_MODES", "main"]
@@ -131,6 +131,63 @@ class LMLoss:
         self.state = d["state"]
 
 
+# --------------------------------------------------------------------------------------------- clipping
+class SliceClip:
+    r"""Gradient clipping by the global norm as the authors' TensorFlow code measures it (``source="code"``,
+    ``clip_mode="slices"``): a ``clip_fn`` of :class:`~dnlib.train.Trainer`.
+
+    TF's embedding lookup has an ``IndexedSlices`` gradient, one row per token *occurrence*, and
+    ``tf.clip_by_global_norm`` measures those rows as they are: a word used k times in the batch contributes the
+    squared norms of its k rows, not the squared norm of their sum (the dense gradient that
+    ``torch.nn.utils.clip_grad_norm_`` sees). So
+
+    .. math::
+
+        \|g\|^2 = \sum_{p \ne E} \|\nabla_p L\|^2 + \sum_{n, t} \|\nabla_{e_{n,t}} L\|^2
+
+    where ``e_{n,t}`` is the embedding lookup's output at position ``(n, t)``; every gradient (the dense embedding
+    gradient too: TF scales the slices before summing them into rows) is multiplied by ``min(1, max_norm / |g|)``
+    (TF's ``clip_norm / max(|g|, clip_norm)``). The output's gradient is captured by a tensor hook that a forward
+    hook on ``model.embedding`` attaches in every forward that records a graph; each call uses (and drops) those of
+    the backward just run. On CUDA this works inside the captured graph step as well. Returns the norm (a tensor).
+    """
+
+    def __init__(self, model: LanguageModel):
+        self.embedding = model.embedding
+        self._slices: list = []
+        self._handle = self.embedding.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module, inputs, out) -> None:
+        if out.requires_grad:
+            out.register_hook(self._slices.append)
+
+    def remove(self) -> None:
+        """Detach from the model (no further gradients are captured)."""
+        self._handle.remove()
+
+    def global_norm(self, params) -> torch.Tensor:
+        """The norm TF's ``clip_by_global_norm`` computes for the gradients of ``params`` (which hold the
+        embedding weight) after a backward through one training forward."""
+        if not self._slices:
+            raise RuntimeError("SliceClip: no gradient of the embedding output since the last call; call it after "
+                               "backward through a training forward of the model it was built on")
+        weight = self.embedding.weight
+        grads = [p.grad.detach() for p in params if p.grad is not None and p is not weight] + self._slices
+        acc = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+        norm = torch.stack([g.to(acc).square().sum() for g in grads]).sum().sqrt()
+        self._slices.clear()
+        return norm
+
+    def __call__(self, params, max_norm: float) -> torch.Tensor:
+        params = list(params)
+        norm = self.global_norm(params)
+        scale = (max_norm / norm).clamp(max=1.0)       # norm 0: inf -> 1
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        return norm
+
+
 # ------------------------------------------------------------------------------------------------- model
 def build_model(cfg: PTBConfig, vocab_size: Optional[int] = None) -> LanguageModel:
     """The language model of a config (seeded by the caller)."""
@@ -168,6 +225,10 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 
 
 # ---------------------------------------------------------------------------------------------- recipe
+#: config fields added after runs were recorded, with their defaults (left out of a run's identity at these)
+_LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
+
+
 @dataclass(frozen=True)
 class PTBRunConfig(PTBConfig):
     """A :class:`~dnlib.configs.ptb.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x the
@@ -264,9 +325,13 @@ class PTBRecipe(experiment.Recipe):
             cls, loss_fn, kw = SequenceGraphTrainer, lm_step, {"lr_lambda": lr_lambda, "init_state": model.init_state}
         else:
             cls, loss_fn, kw = Trainer, LMLoss(), {"lr_lambda": lr_lambda}
-        # the run's identity in the checkpoint: every field but the length (more epochs or steps extend the run)
+        if cfg.clip_norm and cfg.clip_mode == "slices":
+            kw["clip_fn"] = SliceClip(model)
+        # the run's identity in the checkpoint: every field but the length (more epochs or steps extend the run);
+        # fields added later are left out at their defaults, so that older checkpoints still resume
         run_info = {"config": cfg.name, **{k: v for k, v in dataclasses.asdict(cfg).items()
-                                           if k not in ("name", "epochs", "steps", "notes")},
+                                           if k not in ("name", "epochs", "steps", "notes")
+                                           and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])},
                     "vocab_size": int(vocab_size), "train_tokens": int(splits["train"].numel())}
         n = int(splits["train"].numel())
         info = {"data": (f"PTB (Mikolov), {n:,} training tokens, {vocab_size:,} words" +

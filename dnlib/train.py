@@ -189,6 +189,8 @@ class Trainer:
     ``run_info`` (a dict of plain values: the configuration name and fields, the data, ...) is stored in the
     checkpoint with the :data:`IDENTITY_FIELDS` of ``cfg``; resuming a checkpoint whose identity differs raises
     :class:`CheckpointError`. A non-finite loss or metric raises :class:`TrainingDiverged` (see the module).
+    ``clip_fn(params, max_norm)`` replaces ``nn.utils.clip_grad_norm_`` when ``cfg.clip_norm`` is set: it scales
+    the gradients in place after backward (e.g. :class:`dnlib.ptb.SliceClip`, TensorFlow's global norm).
 
     A trainer of K independent copies in one model (:class:`dnlib.stacked.StackedTrainer`) uses the same loop: its
     ``loss_fn`` returns the ``(K,)`` copies' losses (their sum is minimized), ``evaluate`` a list of K metric dicts;
@@ -196,11 +198,12 @@ class Trainer:
     """
 
     copies = 1          #: the independent copies this trainer trains at once (one here)
+        self.clip_fn = clip_fn or nn.utils.clip_grad_norm_
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
                  evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
                  lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None,
-                 run_info: Optional[dict] = None):
+                 run_info: Optional[dict] = None, clip_fn: Optional[Callable] = None):
         self.cfg = cfg
         self.run_info = dict(run_info or {})
         self.device = resolve_device(cfg.device)
@@ -393,7 +396,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         if self.cfg.clip_norm:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+            self.clip_fn(list(self.model.parameters()), self.cfg.clip_norm)
         self.opt.step()
         return loss.detach()
 
@@ -701,7 +704,10 @@ class SequenceGraphTrainer(Trainer):
         loss, new_state = self.loss_fn(self.model, self._x, self._y, self.state)
         (loss + sparse_penalty(self.model)).backward()
         if self.cfg.clip_norm:
-            nn.utils.clip_grad_norm_(self._params, self.cfg.clip_norm, foreach=True)
+            if self.clip_fn is nn.utils.clip_grad_norm_:
+                nn.utils.clip_grad_norm_(self._params, self.cfg.clip_norm, foreach=True)
+            else:
+                self.clip_fn(self._params, self.cfg.clip_norm)
         with torch.no_grad():
             grads = [p.grad for p in self._params]
             torch._foreach_add_(self._params, torch._foreach_mul(grads, self._neg_lr))

@@ -431,3 +431,202 @@ def test_notebook_has_profiles_and_typed_parameters():
     path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "04_language_model.ipynb")
     suite.check_parameter_cell(path)
     assert set(suite.notebook_profiles(path)) == {"smoke", "full"}
+
+
+# ------------------------------------------------------------- the authors' conventions under source="code" (issue 22)
+def _tiny_lm(name="bn-lstm", V=7, Hd=6, T=5, source="code", seed=0):
+    cfg = get_config(name, source, hidden_size=Hd, num_steps=T, window=5 if "dn" in name else None)
+    torch.manual_seed(seed)
+    return LanguageModel(V, **cfg.model_kwargs()).double()
+
+
+def _naive_tf_clip(model, ids, y, max_norm):
+    """tf.clip_by_global_norm as the authors' graph sees the gradients, written out: every parameter but the
+    embedding as a dense gradient, the embedding as one slice per token occurrence (the gradient of the row looked
+    up at position (n, t), each its own leaf here); returns the norm and the clipped dense gradients (TF scales
+    the slices, which then sum into the rows: the same as scaling the dense gradient)."""
+    import copy
+    m = copy.deepcopy(model)
+    logits, _ = m(ids)
+    lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1), reduction="sum") / y.shape[0]
+    lm_loss.backward()
+    dense = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m = copy.deepcopy(model)
+    n_, t_ = ids.shape
+    rows = {(n, t): m.embedding.weight[ids[n, t]].detach().clone().requires_grad_() for n in range(n_)
+            for t in range(t_)}
+    h = torch.stack([torch.stack([rows[n, t] for n in range(n_)]) for t in range(t_)])     # (T, N, E)
+    for layer in m.layers:
+        h, _ = layer(h)
+    logits = m.decoder(h)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1), reduction="sum") / y.shape[0]
+    slices = dict(zip(rows, torch.autograd.grad(loss, list(rows.values()))))
+    summed = torch.zeros_like(dense["embedding.weight"])
+    for (n, t), g in slices.items():
+        summed[ids[n, t]] += g
+    torch.testing.assert_close(summed, dense["embedding.weight"])        # the dense row = the sum of its slices
+    sq = sum(float((g ** 2).sum()) for k, g in dense.items() if k != "embedding.weight")
+    sq += sum(float((g ** 2).sum()) for g in slices.values())
+    norm = sq ** 0.5
+    factor = min(1.0, max_norm / norm)
+    return norm, {k: g * factor for k, g in dense.items()}
+
+
+def _clipped(model, ids, y, max_norm, clip):
+    import copy
+    m = copy.deepcopy(model)
+    c = clip(m) if clip is not None else None
+    logits, _ = m(ids)
+    lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.t().reshape(-1), reduction="sum") / y.shape[0]
+    lm_loss.backward()
+    params = list(m.parameters())
+    norm = c(params, max_norm) if c is not None else torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm), {n: p.grad for n, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["bn-lstm", "dn-star-lstm", "ln-tanh-rnn"])
+def test_slice_clip_is_tfs_global_norm_over_token_occurrences(name):
+    from dnlib.ptb import SliceClip
+    V, T, Nb = 7, 5, 4
+    model = _tiny_lm(name, V=V, T=T)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 3, (Nb, T), generator=g)          # 20 positions over 3 words: heavy repetition
+    y = torch.randint(0, V, (Nb, T), generator=g)
+    ref_norm, ref_grads = _naive_tf_clip(model, ids, y, 0.05)
+    assert ref_norm > 0.05                                    # clipping is active
+    norm, grads = _clipped(model, ids, y, 0.05, SliceClip)
+    assert norm == pytest.approx(ref_norm, rel=1e-12)
+    for k in ref_grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-10, atol=1e-14)
+    # torch's clip_grad_norm_ measures the summed rows: another norm, another clip factor, whenever words repeat
+    # (here 86% for bn-lstm: BN makes the gradients of a batch sum to ~0; 0.14% ln-tanh-rnn; 8e-9 dn-star-lstm)
+    dense_norm, dense_grads = _clipped(model, ids, y, 0.05, None)
+    assert abs(dense_norm - ref_norm) / ref_norm > 1e-10, (dense_norm, ref_norm)
+    ratio = dense_grads["decoder.weight"] / grads["decoder.weight"]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, (ref_norm / (dense_norm + 1e-6))))
+    # all tokens distinct: one slice per row, the two norms are one
+    model = _tiny_lm(name, V=Nb * T, T=T)
+    ids = torch.randperm(Nb * T, generator=g).view(Nb, T)
+    y = torch.randint(0, Nb * T, (Nb, T), generator=g)
+    norm, grads = _clipped(model, ids, y, 0.05, SliceClip)
+    dense_norm, dense_grads = _clipped(model, ids, y, 0.05, None)
+    assert norm == pytest.approx(dense_norm, rel=1e-12) and norm > 0.05
+    for k in grads:      # clip_grad_norm_ divides by norm + 1e-6
+        torch.testing.assert_close(grads[k], dense_grads[k], rtol=1e-6 / norm * 2, atol=1e-14)
+
+
+def test_slice_clip_without_a_backward_says_so():
+    from dnlib.ptb import SliceClip
+    model = _tiny_lm()
+    clip = SliceClip(model)
+    with torch.no_grad():
+        model(torch.zeros(2, 5, dtype=torch.long))            # no graph: nothing captured
+    with pytest.raises(RuntimeError, match="SliceClip: no gradient of the embedding output"):
+        clip(list(model.parameters()), 5.0)
+    clip.remove()
+
+
+def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
+    """A code-side run: the trainer clips with SliceClip (one step equals the naive TF step) and the BN cells keep
+    TensorFlow's moving averages; the paper side keeps torch's clip_grad_norm_ and BN statistics."""
+    import copy
+
+    from dnlib.ptb import RECIPE, SliceClip
+    from dnlib.train import Trainer
+    V = 9
+    ids = torch.randint(0, 4, (600,), generator=torch.Generator().manual_seed(1)).remainder(V)
+    data = ({"train": ids, "valid": ids[:200], "test": ids[:200]}, V)
+    steps = {}
+    for source in ("code", "paper"):
+        cfg = RECIPE.config("bn-lstm", source=source, hidden_size=6, batch_size=4, num_steps=5, clip_norm=0.05)
+        setup = RECIPE.build(cfg, 0, "cpu", data=data, graph="off", final_test_batch_size=0)
+        tr = setup.make_trainer(evaluate=None)
+        assert isinstance(tr, Trainer) and isinstance(tr.clip_fn, SliceClip) == (source == "code")
+        # the run identity names the new fields only off their defaults: checkpoints from before still resume
+        assert setup.run_info.get("clip_mode") == ("slices" if source == "code" else None)
+        x, y, reset = batch = next(setup.batches)
+        before = copy.deepcopy(tr.model)
+        tr.train_step(batch)
+        steps[source] = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+        if source == "code":
+            _, ref = _naive_tf_clip(before, x, y, 0.05)
+            for n, p in before.named_parameters():        # plain SGD, lr 1.0 in epoch 1
+                torch.testing.assert_close(steps[source][n], p.detach() - cfg.lr * ref[n], rtol=1e-5, atol=1e-7)
+        bn = tr.model.layers[0].norm_ih.steps[0]
+        z = x.t()[0].to(before.embedding.weight.device)
+        xw = before.embedding(z) @ before.layers[0].weight_ih.t()        # step 0's W_x x, before the update
+        expect = 0.1 * xw.var(0, unbiased=source != "code") + (0.0 if source == "code" else 0.9)
+        torch.testing.assert_close(bn.running_var, expect.detach().float(), rtol=1e-5, atol=1e-7)
+        assert bn.running_stats == ("tf" if source == "code" else "torch")
+    assert not torch.allclose(steps["code"]["decoder.weight"], steps["paper"]["decoder.weight"])
+
+
+@needs_ptb
+def test_code_source_graph_step_body_clips_as_the_eager_trainer():
+    """The graph step (SequenceGraphTrainer, its body run eagerly on CPU) calls the same SliceClip."""
+    from dnlib.ptb import check_graph, load_data
+    data, V = load_data(4000, 200)
+    cfg = get_config("bn-lstm", source="code", hidden_size=16)
+    r = check_graph(cfg, data["train"], V, steps=3, device="cpu")
+    assert r["ok"] and r["eager_losses"] == r["graph_losses"] and r["param_diff"] == 0.0, r
+
+
+def test_bn_lstm_tf_moving_averages_give_the_codes_eval_outputs():
+    """Several training forwards of a BN-LSTM with running_stats="tf", then eval, against the TF formula written
+    here: per step and site, ema = 0.9 ema + 0.1 x from 0, x the batch mean and biased variance."""
+    T, K, eps = 3, 4, 1e-4
+    cell = BNLSTMCell(I, H, norm_kwargs=dict(sigma=0.01, eps=0.0, running_stats="tf"), max_steps=T).double()
+    with torch.no_grad():
+        for m in (cell.norm_ih, cell.norm_hh, cell.norm_c):
+            m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(11)
+    ema = {(site, t): [0.0, 0.0] for site in ("ih", "hh", "c") for t in range(T)}
+
+    def bn(a, site, t, train):
+        m = {"ih": cell.norm_ih, "hh": cell.norm_hh, "c": cell.norm_c}[site]
+        if train:
+            mu, var = a.mean(0), ((a - a.mean(0)) ** 2).mean(0)
+            e = ema[site, t]
+            e[0], e[1] = 0.9 * e[0] + 0.1 * mu, 0.9 * e[1] + 0.1 * var
+        else:
+            mu, var = ema[site, t]
+        return (a - mu) / torch.sqrt(var + eps) * m.weight + m.bias
+
+    def naive(xs, train):
+        h = c = torch.zeros(N, H, dtype=torch.float64)
+        outs = []
+        for t in range(T):
+            z = bn(xs[t] @ cell.weight_ih.t(), "ih", t, train) + bn(h @ cell.weight_hh.t(), "hh", t, train)
+            zi, zj, zf, zo = z.chunk(4, 1)
+            c = bn(torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj), "c", t, train)
+            h = torch.sigmoid(zo) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs)
+
+    with torch.no_grad():
+        for _ in range(K):
+            xs = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(cell(xs)[0], naive(xs, True))
+        for t in range(T):
+            torch.testing.assert_close(cell.norm_hh.steps[t].running_var, ema["hh", t][1], rtol=1e-12, atol=1e-14)
+        cell.eval()
+        xs = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(cell(xs)[0], naive(xs, False), rtol=1e-10, atol=1e-12)
+        default = BNLSTMCell(I, H, norm_kwargs=dict(sigma=0.01, eps=0.0), max_steps=T).double()
+        assert default.norm_c.steps[0].running_stats == "torch"
+        assert torch.equal(default.norm_c.steps[0].running_var, torch.ones(H, dtype=torch.float64))
+
+
+def test_code_source_config_fields_and_refusals():
+    for name in list_configs():
+        paper, code = get_config(name), get_config(name, source="code")
+        assert (paper.clip_mode, paper.running_stats) == ("dense", "torch"), name
+        bn = name.startswith("bn")
+        assert (code.clip_mode, code.running_stats) == ("slices", "tf" if bn else "torch"), name
+        assert code.model_kwargs()["norm_kwargs"].get("running_stats", "torch") == code.running_stats
+    with pytest.raises(ValueError, match=r"clip_mode: got 'sparse'; allowed values are \['dense', 'slices'\]"):
+        get_config("bn-lstm", clip_mode="sparse")
+    with pytest.raises(ValueError, match=r"running_stats: 'tf' .* 'ln-star-lstm' \(arch 'lstm'\) keeps none"):
+        get_config("ln-star-lstm", running_stats="tf")
+    with pytest.raises(ValueError, match=r"affine: True needs a normalizer, but 'base-lstm' has norm='none'"):
+        get_config("base-lstm").replace(affine=True)

@@ -186,3 +186,63 @@ def test_learned_sigma_in_a_cell_trains():
     out, _ = cell(torch.randn(T, N, I))
     out.sum().backward()
     assert cell.norm.sigma.grad is not None and cell.norm.sigma.grad.abs() > 0
+
+
+# -------------------------------------------- issue 22 item 6: per-gate affine of the per-nonlinearity cells
+def _norm_params(layer) -> int:
+    """The normalizer gains and biases of one layer (everything but its W_x, W_h and bias)."""
+    return sum(p.numel() for n, p in layer.named_parameters() if n not in ("weight_ih", "weight_hh", "bias"))
+
+
+@pytest.mark.parametrize("source", ["paper", "code"])
+@pytest.mark.parametrize("name,per_layer", [("ln-star-lstm", 2000), ("ln-s-lstm", 2000), ("dn-star-lstm", 2000),
+                                            ("ln-l1-lstm", 2000), ("dn-star-tanh-rnn", None),
+                                            ("ln-star-relu-rnn", None)])
+def test_affine_override_is_one_gain_and_bias_per_gate(name, per_layer, source):
+    """The authors' per-nonlinearity LSTM with norm_affine: a gamma and beta of H units in each of the scopes
+    gate_i, gate_f, state_z, state_c, gate_o: 5 x 2 x 200 = 2,000 per layer at H = 200 (their vanilla RNN: one,
+    2H). affine=False (the rows' own setting) keeps none."""
+    cfg = get_config(name, source)
+    per_layer = per_layer or 2 * cfg.hidden_size
+    model = LanguageModel(50, **cfg.replace(affine=True).model_kwargs())
+    assert [_norm_params(layer) for layer in model.layers] == [per_layer] * cfg.num_layers
+    plain = LanguageModel(50, **cfg.model_kwargs())
+    assert [_norm_params(layer) for layer in plain.layers] == [0] * cfg.num_layers
+    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters()) == \
+        per_layer * cfg.num_layers
+
+
+@pytest.mark.parametrize("norm,kw", [("ln-s", dict(sigma=1.0, eps=0.0)),
+                                     ("dn-1d-s", dict(sigma=1.0, eps=0.0, window=5, border="zeros"))])
+def test_per_gate_affine_equals_naive_per_gate_reference(norm, kw):
+    cell = NormLSTMCell(I, H, norm, dict(kw, affine=True)).double()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in (cell.gate_weight, cell.cell_norm.weight):
+            p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5)
+        for p in (cell.gate_bias, cell.cell_norm.bias, cell.bias):
+            p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) - 0.5)
+    x = torch.randn(N, I, generator=g, dtype=torch.float64)
+    h = torch.randn(N, H, generator=g, dtype=torch.float64)
+    c = torch.randn(N, H, generator=g, dtype=torch.float64)
+    if norm == "ln-s":
+        nz = lambda a: _naive_ln(a, 1.0, 0.0, 1.0)                           # noqa: E731
+    else:
+        nz = lambda a: _naive_dn_1d(a, 5, 5, 1.0, 0.0, "zeros")               # noqa: E731
+    z = x @ cell.weight_ih.t() + cell.bias + h @ cell.weight_hh.t()
+    gw, gb = cell.gate_weight.view(4, H), cell.gate_bias.view(4, H)
+    zi, zj, zf, zo = (nz(z[:, k * H:(k + 1) * H]) * gw[k] + gb[k] for k in range(4))   # each gate its own
+    c_ref = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zj)
+    h_ref = torch.sigmoid(zo) * torch.tanh(nz(c_ref) * cell.cell_norm.weight + cell.cell_norm.bias)
+    _, (h1, c1) = cell.step(cell.input_transform(x[None])[0], (h, c))
+    torch.testing.assert_close(c1, c_ref)
+    torch.testing.assert_close(h1, h_ref)
+    h1.sum().backward()
+    assert all(cell.gate_weight.grad.view(4, H)[k].abs().sum() > 0 for k in range(4))
+
+
+def test_affine_without_a_normalizer_is_refused():
+    with pytest.raises(ValueError, match=r"affine: True needs a normalizer, but 'base-tanh-rnn' has norm='none'"):
+        get_config("base-tanh-rnn", affine=True)
+    with pytest.raises(ValueError, match=r"norm_kwargs: affine=True needs a normalizer, but norm='none'"):
+        NormLSTMCell(I, H, "none", {"affine": True})

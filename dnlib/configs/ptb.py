@@ -26,7 +26,18 @@ BN test (-8)            per-step running statistics                    ``bn_test
                                                                        (BN-LSTM and BN vanilla RNNs: the code's
                                                                        test model is unrolled one step)
 BN/LN-LSTM state (-8)   the paper is silent: the code's normalized c   same
+Clipping norm           ``clip_mode="dense"``: the global norm of the  ``"slices"``: TF's ``clip_by_global_norm``
+                        gradient (torch's ``clip_grad_norm_``; the     over the embedding's IndexedSlices, one row
+                        embedding gradient summed per word; the paper  per token occurrence (repeated words not
+                        says only "global norm 5")                     summed; ``dnlib.ptb.SliceClip``)
+BN running statistics   ``running_stats="torch"``: start 0 / 1,        ``"tf"``: TF's moving averages (decay 0.9)
+                        unbiased variance (the paper is silent)        start at 0, biased variance
 ======================  =============================================  =============================================
+
+``affine=True`` on the per-nonlinearity LSTM (the LN-s/LN*/DN rows, where the paper removes the gains) gives each of
+its five normalized blocks (i, j, f, o, c) its own gain and bias, as the authors' code does when its config turns
+``norm_affine`` on (10H parameters per layer); the paper is silent, so both sides take the code's. On a config without
+a normalizer (``base*``) it is refused.
 
 "BN+ReLU" (LR 0.1) is read as the plain BN row of the ReLU RNN, which is what the code does (``bn-relu`` prefix).
 eps = 0 everywhere: the code's epsilon is sigma^2 (PAPER.md §1.4), which ``sigma`` already supplies.
@@ -38,10 +49,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 __all__ = ["PTBConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4", "TABLE9",
-           "paper_perplexity", "SOURCES"]
+           "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
 
 CELL_TYPES = ("lstm", "tanh-rnn", "relu-rnn")
 SOURCES = ("paper", "code")
+CLIP_MODES = ("dense", "slices")
+RUNNING_STATS = ("torch", "tf")
 
 #: Table 9 row label -> config row name
 ROW_NAMES = {"Baseline": "base", "Baseline +L1": "base-l1", "BN": "bn", "BN +L1": "bn-l1", "BN-s": "bn-s",
@@ -103,10 +116,23 @@ class PTBConfig:
     init_scale: float = 0.1           # uniform(-s, s) initialisation
     forget_bias: float = 0.0          # added to the forget-gate pre-activation (before normalization)
     state_norm_c: bool = True         # BN/LN-LSTM: pass the normalized c on as state (the code's quirk)
+    clip_mode: str = "dense"          # clipping norm: "dense" (torch) or "slices" (TF: embedding rows per occurrence)
+    running_stats: str = "torch"      # BN cells' running statistics: "torch" or "tf" (EMA from 0, biased variance)
     bn_test_step0: bool = False       # BN cells (LSTM and vanilla): test set with step-0 running statistics (code)
     eps: float = 0.0                  # numerical eps beside sigma^2 (the code has none)
     source: str = "paper"             # "paper" or "code": which side of the §5.4 discrepancies
     notes: tuple = field(default_factory=tuple)   # what was chosen where paper and code differ
+
+    def __post_init__(self):
+        for name, allowed in (("clip_mode", CLIP_MODES), ("running_stats", RUNNING_STATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed values are {list(allowed)}")
+        if self.affine and self.norm == "none":
+            raise ValueError(f"affine: True needs a normalizer, but {self.name!r} has norm='none' (no gain or bias "
+                             f"to learn, in the authors' code either); drop affine or set norm")
+        if self.running_stats != "torch" and self.arch not in ("bn-lstm", "bn-rnn"):
+            raise ValueError(f"running_stats: {self.running_stats!r} sets the BN cells' running statistics, but "
+                             f"{self.name!r} (arch {self.arch!r}) keeps none; allowed there: 'torch'")
 
     @property
     def nonlinearity(self) -> Optional[str]:
@@ -125,8 +151,10 @@ class PTBConfig:
             kw["alpha"] = self.alpha
         if self.window is not None:
             kw.update(window=self.window, border=self.border)
-        if self.arch in ("bn-lstm", "ln-lstm", "bn-rnn") or (self.arch == "rnn" and self.norm == "ln"):
+        if self.arch in ("bn-lstm", "ln-lstm", "bn-rnn") or self.norm != "none":
             kw["affine"] = self.affine
+        if self.running_stats != "torch":
+            kw["running_stats"] = self.running_stats
         return kw
 
     def model_kwargs(self) -> dict:
@@ -213,10 +241,15 @@ def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:
         else:
             window, border = (30 if lstm else 60), "reference"
             notes.append(f"DN window {window} units, TF SAME padding (code)")
+    code_bn = source == "code" and family == "bn"
+    if source == "code":
+        notes.append("clipping norm over the embedding's per-occurrence slices (TF)")
+    if code_bn:
+        notes.append("BN running statistics: TF's moving averages (from 0, biased variance)")
     cfg = PTBConfig(name=name, row=_LABEL[row], cell=cell, arch=arch, norm=norm, sigma=sigma, alpha=alpha,
                     affine=affine, window=window, border=border, lr=lr, hidden_size=hidden,
-                    bn_test_step0=(source == "code" and family == "bn"), source=source,
-                    notes=tuple(notes))
+                    bn_test_step0=code_bn, clip_mode="slices" if source == "code" else "dense",
+                    running_stats="tf" if code_bn else "torch", source=source, notes=tuple(notes))
     return cfg.replace(**overrides) if overrides else cfg
 
 

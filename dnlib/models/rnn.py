@@ -65,19 +65,23 @@ GATES = ("i", "j", "f", "o")
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
 
-def _site(layer, num_features: int, alpha_scale: float = 1.0) -> Optional[DivisiveNorm]:
+def _site(layer, num_features: int, alpha_scale: float = 1.0, **extra) -> Optional[DivisiveNorm]:
     """A normalizer for one site from a resolved :func:`~dnlib.presets.get_norm_layer`, or None when there is
     nothing to do ("none" without L1). With ``"none"`` and an L1 weight only ``alpha`` (and ``device``/``dtype``)
-    apply: the identity plus the L1 term. A 1-D DN site is a plain :class:`~dnlib.DivisiveNorm`; for the cells'
-    ``(N, H)`` inputs with H <= 256 it takes its band path itself (``impl="auto"``; the same operator, faster)."""
+    apply: the identity plus the L1 term; ``affine=True`` there is refused (there is no normalizer to carry a
+    gain). A 1-D DN site is a plain :class:`~dnlib.DivisiveNorm`; for the cells' ``(N, H)`` inputs with H <= 256
+    it takes its band path itself (``impl="auto"``; the same operator, faster). ``extra``: further overrides."""
     kwargs = dict(layer.keywords)
     alpha = float(kwargs.pop("alpha", 0.0))
     norm = layer.args[0]
     if isinstance(norm, str) and norm == "none":
+        if kwargs.get("affine"):
+            raise ValueError("norm_kwargs: affine=True needs a normalizer, but norm='none' has none (no gain or "
+                             "bias to learn); drop affine or choose a norm")
         if not alpha:
             return None
         kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype")}
-    return get_norm_layer(norm, kwargs)(num_features, alpha=alpha * alpha_scale)
+    return get_norm_layer(norm, kwargs)(num_features, alpha=alpha * alpha_scale, **extra)
 
 
 class _Recurrent(nn.Module):
@@ -157,6 +161,11 @@ class NormLSTMCell(_Recurrent):
     ``"dn-1d"`` for a window along the unit axis, ``"none"`` for the baseline LSTM). ``norm_kwargs`` go to
     :func:`dnlib.make_norm` (the presets used here have ``affine=False``, as the paper's). The forget bias is added
     before normalization; the state is ``(h_t, c_t)`` with the un-normalized ``c_t``.
+
+    With ``affine`` (``norm_kwargs={"affine": True}``, or a preset that has it) each of the five normalized blocks
+    has its own gain and bias, ``N(z_g) * gamma_g + beta_g``, as the authors' per-nonlinearity LSTM (one
+    ``gamma``/``beta`` per gate scope): ``gate_weight``/``gate_bias`` of 4H units (``i, j, f, o``) and
+    ``cell_norm``'s H, 10H parameters per layer (2,000 at H = 200).
     """
 
     num_gates, state_size = 4, 2
@@ -167,9 +176,22 @@ class NormLSTMCell(_Recurrent):
         layer = get_norm_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
         self.forget_bias = float(forget_bias)
-        self.gate_norm = _site(layer, hidden_size, alpha_scale=4.0)   # i, j, f, o: 4 sites in one
         self.cell_norm = _site(layer, hidden_size)
+        affine = bool(getattr(self.cell_norm, "affine", False))
+        # i, j, f, o: 4 sites in one call; their gains and biases (one per gate) are the cell's
+        self.gate_norm = _site(layer, hidden_size, alpha_scale=4.0, **({"affine": False} if affine else {}))
+        g = 4 * hidden_size
+        self.register_parameter("gate_weight", nn.Parameter(torch.ones(g)) if affine else None)
+        has_bias = affine and self.cell_norm.bias is not None
+        self.register_parameter("gate_bias", nn.Parameter(torch.zeros(g)) if has_bias else None)
         self.reset_parameters()
+
+    def reset_parameters(self, init_scale: float = 0.1) -> None:
+        super().reset_parameters(init_scale)
+        if self.gate_weight is not None:
+            nn.init.ones_(self.gate_weight)
+        if self.gate_bias is not None:
+            nn.init.zeros_(self.gate_bias)
 
     def input_transform(self, x):
         xw = super().input_transform(x)
@@ -184,6 +206,8 @@ class NormLSTMCell(_Recurrent):
         z = torch.addmm(xw, h, self.weight_hh.t())
         if self.gate_norm is not None:
             z = self.gate_norm(z.view(n * 4, H)).view(n, 4 * H)
+        if self.gate_weight is not None:
+            z = z * self.gate_weight if self.gate_bias is None else torch.addcmul(self.gate_bias, z, self.gate_weight)
         s = torch.sigmoid(z)                      # i, f, o use it; the j block is recomputed as tanh below
         i, f, o = s[:, :H], s[:, 2 * H:3 * H], s[:, 3 * H:]
         j = torch.tanh(z[:, H:2 * H])
@@ -276,7 +300,8 @@ class BNLSTMCell(_Recurrent):
         h_t = \\sigma(z_o) \\tanh(BN_t(c_t; \\gamma_c, \\beta_c))
 
     ``BN_t`` uses the statistics of time step t over the batch (running averages per step in eval, momentum 0.1 =
-    the code's EMA decay 0.9); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h`` would be
+    the code's EMA decay 0.9; torch's convention, or the code's with ``norm_kwargs={"running_stats": "tf"}``:
+    averages starting at 0, biased variance); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h`` would be
     cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code) passes
     ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
 
