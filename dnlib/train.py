@@ -198,13 +198,13 @@ class Trainer:
     """
 
     copies = 1          #: the independent copies this trainer trains at once (one here)
-        self.clip_fn = clip_fn or nn.utils.clip_grad_norm_
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
                  evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
                  lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None,
                  run_info: Optional[dict] = None, clip_fn: Optional[Callable] = None):
         self.cfg = cfg
+        self.clip_fn = clip_fn or nn.utils.clip_grad_norm_
         self.run_info = dict(run_info or {})
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
