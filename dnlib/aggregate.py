@@ -10,13 +10,22 @@ turns many runs into one line per configuration::
     bands = aggregate.curve_bands(["runs/cifar/sweep"], "test_acc")                        # per configuration
     dnlib.figures.band_curves(bands)
 
+**What is pooled.** Runs are seeds of one experiment when they have the same experiment, configuration name and
+everything that defines the experiment (:func:`defining`: every config field, dataset, steps or epochs, subset,
+batch size, source, any override, but labels, ``impl``, the card and how often it evaluated,
+:data:`NOT_DEFINING`). Runs of one name that differ in any of these are never pooled: one row each, labelled with
+the difference (``bn-star [steps 40]``), and a :class:`PoolingWarning`. Each seed counts once: its newest finished
+run; the others are listed as ``duplicates`` (a seed-0 run made by the suite and again in JupyterLab is one run).
+Every table says what was run (``run as``: steps of the paper's schedule, subset, batch size).
+
 - :func:`summarize`: for each headline key ``k``: ``k`` (mean over the runs with a finite value), ``k_std``
   (sample standard deviation, ``ddof=1``; None with fewer than two values), ``k_n`` (finite values counted: a
   diverged run records None and is left out of the mean, so ``k_n < n``), ``paper_k``; and ``n``, ``seeds``,
-  ``commits``, ``devices``, ``dates``, ``data``, ``stopped`` (counts by reason) and ``runs`` (the folders).
+  ``commits``, ``devices``, ``dates``, ``data``, ``stopped`` (counts by reason), ``runs`` (the folders),
+  ``run_as``, ``split`` and ``duplicates``.
 - :func:`table`: one Markdown line per configuration: ``mean ± std`` when two or more runs have a value, the plain
   value for one, ``not run`` for a configuration asked for (``order=``) that no run has; the paper's number beside
-  each key; an ``n`` column.
+  each key; ``n`` and ``run as`` columns; notes under it (splits, runs not counted).
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
   (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiment.load_runs` returns
   them); :func:`dnlib.figures.band_curves` draws them.
@@ -32,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -41,7 +51,8 @@ import numpy as np
 from . import records
 from .figures import MarkdownTable, markdown_table
 
-__all__ = ["GATHER_COLUMNS", "PAPER_TABLES", "flatten", "summarize", "table", "curve_bands", "format_mean_std",
+__all__ = ["GATHER_COLUMNS", "PAPER_TABLES", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
+           "paper_schedule", "run_as", "summarize", "table", "notes", "curve_bands", "format_mean_std",
            "stopped_reason", "paper_table", "compare", "provenance_table", "compare_bars", "compare_figure"]
 
 #: The columns of :func:`dnlib.records.gather` rows that are not headline numbers (``paper_*`` columns are the
@@ -91,6 +102,18 @@ def _field(row: Mapping, key: str) -> Any:
     return flatten(row)[0].get(key)
 
 
+def _with_record(row: Mapping) -> Mapping:
+    """A :func:`dnlib.records.gather` row as its run folder's record when the folder still holds it (the record
+    has the config, which says what the run was); else the row as it is."""
+    if "config" in row or "headline" in row or not row.get("run"):
+        return row
+    try:
+        rec = records.read_record(row["run"])
+    except (OSError, ValueError):
+        return row
+    return {**rec, "run": row["run"]} if rec.get("name") == row.get("name") else row
+
+
 def _load(rows) -> list:
     """Rows as given, or the records under a path / paths (each with its ``run`` folder)."""
     if isinstance(rows, (str, os.PathLike)):
@@ -100,7 +123,7 @@ def _load(rows) -> list:
         if isinstance(r, (str, os.PathLike)):
             out += [{**records.read_record(d), "run": str(d)} for d in records.find_runs([r])]
         elif isinstance(r, Mapping):
-            out.append(r)
+            out.append(_with_record(r))
         elif hasattr(r, "record"):                       # a RunResult (duck-typed: the runner is a higher layer)
             out.append({**(r.record or {}), "run": None if r.run_dir is None else str(r.run_dir)})
         else:
@@ -108,13 +131,176 @@ def _load(rows) -> list:
     return out
 
 
+#: Fields of a run's config that do not change what it computes: labels, the kernels' implementation (``impl``:
+#: the same math), how often it was evaluated, which sets were scored, the card and the trainer's mode (the card
+#: is a column of its own). Runs that differ only in these and in their seed are seeds of one experiment; any other
+#: difference (dataset, steps or epochs, subset, batch size, source, learning rate, any override) makes them
+#: different experiments, which :func:`summarize` never pools.
+NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
+                          "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
+                          "setup.curve_sets", "setup.missing_sets", "setup.threads"})
+#: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
+_SHOWN_FIRST = ("steps", "epochs", "setup.subset", "batch_size", "dataset", "setup.data", "source", "steps_planned")
+
+
+class PoolingWarning(UserWarning):
+    """Runs of one configuration that :func:`summarize` did not pool (they differ in what defines the experiment:
+    one row each), or runs of one seed of which one only counts."""
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+def defining(row: Mapping[str, Any]) -> dict:
+    """What defines the experiment of one run besides its experiment and configuration name: every field of its
+    config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
+    as tuples. A row without a config (a hand-made or :func:`dnlib.records.gather` row whose folder is gone) is
+    defined by its ``steps_planned`` when it has one."""
+    cfg = row.get("config")
+    out: dict = {}
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            if k == "setup" and isinstance(v, Mapping):
+                out.update({f"setup.{k2}": _hashable(v2) for k2, v2 in v.items()})
+            else:
+                out[str(k)] = _hashable(v)
+    elif row.get("steps_planned") is not None:
+        out["steps_planned"] = row["steps_planned"]
+    return {k: v for k, v in out.items() if k not in NOT_DEFINING}
+
+
+def paper_schedule(experiment: Optional[str], name: Optional[str], what: Mapping[str, Any] = {}) -> Optional[int]:
+    """The length of the paper's schedule for configuration ``name``: CIFAR steps, PTB epochs (of its ``source``);
+    None where dnlib does not know it (SR: the authors' code has no limit)."""
+    try:
+        if experiment == "cifar":
+            from .configs.cifar import get_config
+            return get_config(name, what.get("dataset") or "cifar10").steps
+        if experiment == "ptb":
+            from .configs.ptb import get_config
+            return get_config(name, what.get("source") or "paper").epochs
+    except (ValueError, KeyError, TypeError):
+        return None
+    return None
+
+
+def run_as(what: Mapping[str, Any], paper: Optional[int] = None) -> str:
+    """What was run, in words, from :func:`defining`'s fields: the schedule's length (of the paper's ``paper``),
+    the subset, the batch size: ``"40 of the paper's 80,000 steps, subset 2000/1000, batch 100"``."""
+    parts = []
+    for unit in ("steps", "epochs"):
+        n = what.get(unit)
+        if _finite(n):
+            n = int(n)
+            parts.append(f"{n:,} {unit} (the paper's)" if paper == n else
+                         f"{n:,} of the paper's {paper:,} {unit}" if paper else f"{n:,} {unit}")
+            break
+    else:
+        if _finite(what.get("steps_planned")):
+            parts.append(f"{int(what['steps_planned']):,} steps")
+    if what.get("kind") or what.get("schedule"):                 # SR: fast / reference / smoke
+        parts.append(f"{what.get('schedule') or what.get('kind')} schedule")
+    subset = what.get("setup.subset", "absent")
+    if isinstance(subset, tuple) and subset:
+        parts.append("subset " + "/".join(map(str, subset)))
+    elif _finite(subset):
+        parts.append(f"subset {subset}")
+    elif subset is None:
+        parts.append("all the data")
+    elif "subset" in str(what.get("setup.data") or "") and _finite(what.get("setup.train_tokens")):
+        parts.append(f"subset of {int(what['setup.train_tokens']):,} training tokens")
+    if _finite(what.get("batch_size")):
+        parts.append(f"batch {int(what['batch_size'])}")
+    return ", ".join(parts) or "—"
+
+
+def _short(field: str) -> str:
+    return field[len("setup."):] if field.startswith("setup.") else field
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "/".join(_value(x) for x in v)
+    return format(v, ",") if _finite(v) and isinstance(v, int) else str(v)
+
+
+def _when(r: Mapping) -> str:
+    return str(r.get("ended") or r.get("started") or r.get("date") or "")
+
+
+def _describe(meta: Mapping, r: Mapping) -> str:
+    return str(meta.get("run") or f"{meta.get('name')} seed {meta.get('seed')} ({_when(r) or 'no date'})")
+
+
+def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
+    """Group loaded runs by the ``by`` fields and what defines their experiment (:func:`defining`), one seed once.
+
+    Returns one dict per group in order of first appearance: ``ident`` (the ``by`` values), ``what`` (the
+    defining fields), ``members`` (indices into ``recs`` that count), ``duplicates`` (the runs of a seed already
+    counted: each seed's newest finished run counts), ``split`` (a label suffix naming the fields in which this
+    group differs from other groups of the same ``ident``; ``""``) and ``differs`` (those fields). Emits a
+    :class:`PoolingWarning` for each split and each set of duplicates."""
+    variants: dict[tuple, dict[tuple, list]] = {}
+    whats: dict[tuple, dict] = {}
+    for i, r in enumerate(recs):
+        meta = flatten(r)[0]
+        what = defining(r)
+        key = tuple(sorted(what.items(), key=lambda kv: kv[0]))
+        ident = tuple(meta.get(b) for b in by)
+        variants.setdefault(ident, {}).setdefault(key, []).append(i)
+        whats[key] = what
+    out = []
+    for ident, groups in variants.items():
+        name = " / ".join(str(v) for v in ident if v is not None)
+        differs: list = []
+        if len(groups) > 1:
+            fields = sorted({f for k in groups for f, _ in k}, key=lambda f: (
+                _SHOWN_FIRST.index(f) if f in _SHOWN_FIRST else len(_SHOWN_FIRST), f))
+            differs = [f for f in fields if len({whats[k].get(f, None) for k in groups}) > 1]
+            values = "; ".join(f"{_short(f)}: {', '.join(_value(whats[k].get(f)) for k in groups)}"
+                               for f in differs[:4]) + ("; ..." if len(differs) > 4 else "")
+            warnings.warn(f"{name}: {len(groups)} sets of runs differ in what defines the experiment ({values}): "
+                          f"not pooled, one row each", PoolingWarning, stacklevel=3)
+        for key, idx in groups.items():
+            best: dict = {}
+            for i in idx:
+                meta = flatten(recs[i])[0]
+                seed = meta.get("seed")
+                if seed is None:
+                    continue
+                rank = (stopped_reason(meta.get("stopped")) == "completed", _when(recs[i]), str(meta.get("run") or ""))
+                if seed not in best or rank > best[seed][0]:
+                    best[seed] = (rank, i)
+            kept = {i for _, i in best.values()}
+            members = [i for i in idx if flatten(recs[i])[0].get("seed") is None or i in kept]
+            dups = [i for i in idx if i not in members]
+            if dups:
+                warnings.warn(f"{name}: {len(dups)} more run(s) of seeds already counted, not counted again (the "
+                              f"newest finished run of each seed counts): "
+                              f"{', '.join(_describe(flatten(recs[i])[0], recs[i]) for i in dups)}",
+                              PoolingWarning, stacklevel=3)
+            split = ", ".join(f"{_short(f)} {_value(whats[key].get(f))}" for f in differs[:2])
+            out.append({"ident": ident, "what": whats[key], "members": members, "differs": differs,
+                        "duplicates": [_describe(flatten(recs[i])[0], recs[i]) for i in dups], "split": split})
+    return out
+
+
 def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("experiment", "name"), *,
               finished: bool = False, where: Optional[Mapping[str, Any]] = None) -> list[dict]:
-    """One dict per configuration (the distinct values of ``by``), in order of first appearance.
+    """One dict per experiment: the distinct values of ``by`` (experiment and configuration name) and of what
+    defines the experiment (:func:`defining`: dataset, steps or epochs, subset, batch size, source, any config
+    override), in order of first appearance. Runs that differ only in their seed are pooled; each seed counts once
+    (its newest finished run; the others are listed under ``duplicates``); runs of one name that differ in what
+    defines them are never pooled: one dict each, with a :class:`PoolingWarning` naming the difference.
 
     Args:
-        rows: :func:`dnlib.records.gather` rows, record dicts, run folders (a folder of run folders stands for
-            each of them) or RunResults.
+        rows: :func:`dnlib.records.gather` rows (read as their folder's record when it is there), record dicts,
+            run folders (a folder of run folders stands for each of them) or RunResults.
         keys: the headline keys to aggregate (default: every headline key of any run, in order of appearance).
         by: the fields that name a configuration (``meta`` fields of :func:`flatten`: experiment, name, ...).
         finished: count the values of completed runs only: a run stopped early (time limit, interrupted,
@@ -124,16 +310,19 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
             "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` of a record).
 
     Returns:
-        dicts with the ``by`` fields, ``n`` (runs), and for each key ``k``: ``k`` (mean of the finite values, None
-        when there are none), ``k_std`` (sample standard deviation, ``ddof=1``; None with fewer than two
-        values), ``k_n`` (finite values: None/NaN/inf, e.g. a diverged run's, are left out and not counted),
+        dicts with the ``by`` fields, ``n`` (runs counted), and for each key ``k``: ``k`` (mean of the finite
+        values, None when there are none), ``k_std`` (sample standard deviation, ``ddof=1``; None with fewer than
+        two values), ``k_n`` (finite values: None/NaN/inf, e.g. a diverged run's, are left out and not counted),
         ``paper_k`` (the paper's number, the first one given); plus ``seeds`` (sorted), ``commits``, ``devices``,
         ``dates`` (the day a run started, else ended, else a converted record's ``date``), ``data`` (distinct,
-        in order), ``stopped`` (``{reason: count}``, reasons without their step), ``runs`` (the run folders)
-        and ``sources`` (the files converted records were made from, ``converted_from``).
+        in order), ``stopped`` (``{reason: count}``, reasons without their step), ``runs`` (the run folders),
+        ``sources`` (the files converted records were made from, ``converted_from``), ``what`` (the defining
+        fields), ``run_as`` (:func:`run_as`: steps of the paper's schedule, subset, batch size), ``paper_schedule``,
+        ``split`` (the fields and values that set this row apart from others of the same name, ``""`` when none),
+        ``differs`` (those fields) and ``duplicates`` (runs not counted: a seed already counted).
     """
     by = tuple(by)
-    groups: dict[tuple, list] = {}
+    recs, parts = [], []
     all_keys: list[str] = []
     for r in _load(rows):
         if where and any(_field(r, k) != v for k, v in where.items()):
@@ -141,14 +330,19 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
         meta, head, paper = flatten(r)
         if finished and stopped_reason(meta.get("stopped")) != "completed":
             head = {k: None for k in head}
-        for k in head:
-            if k not in all_keys:
-                all_keys.append(k)
-        groups.setdefault(tuple(meta.get(b) for b in by), []).append((meta, head, paper))
+        recs.append(r)
+        parts.append((meta, head, paper))
+    groups = _group(recs, by)
+    for g in groups:
+        for i in g["members"]:
+            for k in parts[i][1]:
+                if k not in all_keys:
+                    all_keys.append(k)
     keys = all_keys if keys is None else list(keys)
     out = []
-    for ident, members in groups.items():
-        s = dict(zip(by, ident))
+    for g in groups:
+        members = [parts[i] for i in g["members"]]
+        s = dict(zip(by, g["ident"]))
         s["n"] = len(members)
         for k in keys:
             vals = np.array([float(h[k]) for _, h, _ in members if _finite(h.get(k))], dtype=np.float64)
@@ -164,6 +358,11 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
         s["stopped"] = dict(Counter(stopped_reason(m.get("stopped")) for m, _, _ in members))
         s["runs"] = [m["run"] for m, _, _ in members if m.get("run") is not None]
         s["sources"] = list(dict.fromkeys(f for m, _, _ in members for f in m.get("converted_from") or []))
+        first = members[0][0]
+        s["what"] = g["what"]
+        s["paper_schedule"] = paper_schedule(first.get("experiment"), first.get("name"), g["what"])
+        s["run_as"] = run_as(g["what"], s["paper_schedule"])
+        s["split"], s["differs"], s["duplicates"] = g["split"], g["differs"], g["duplicates"]
         out.append(s)
     return out
 
@@ -188,6 +387,45 @@ def _n_cell(s: Mapping, keys: Sequence[str]) -> str:
     return f"{n} ({missing} without a value)"
 
 
+def _entries(summary: Sequence[Mapping], order: Optional[Sequence[str]]) -> list:
+    """``[(name, summary dict or None)]``: every summary dict of each name of ``order`` (a name split into
+    several rows gives each; a name no run has gives None), default every dict of ``summary`` in its order."""
+    if order is None:
+        return [(s.get("name"), s) for s in summary]
+    by_name: dict = {}
+    for s in summary:
+        by_name.setdefault(s.get("name"), []).append(s)
+    return [(name, s) for name in order for s in by_name.get(name, [None])]
+
+
+def _label(name: Any, s: Optional[Mapping], labels: Mapping) -> str:
+    label = str(labels.get(name, name))
+    return f"{label} [{s['split']}]" if s and s.get("split") else label
+
+
+def notes(summary: Sequence[Mapping]) -> list[str]:
+    """What a reader of a table of ``summary`` must know that its cells do not say: rows of one name that differ
+    in what defines the experiment (not pooled) and runs not counted (seeds already counted)."""
+    out, split_named = [], set()
+    for s in summary:
+        name = " / ".join(str(s.get(b)) for b in ("experiment", "name") if s.get(b) is not None)
+        if s.get("differs") and name not in split_named:
+            split_named.add(name)
+            out.append(f"{name}: runs differ in {', '.join(_short(f) for f in s['differs'])}: not pooled, one "
+                       "row each")
+        if s.get("duplicates"):
+            where = f"{name} [{s['split']}]" if s.get("split") else name
+            out.append(f"{where}: "
+                       f"{len(s['duplicates'])} run(s) of a seed already counted, not counted (each seed's newest "
+                       f"finished run counts): {', '.join(s['duplicates'])}")
+    return out
+
+
+def _with_notes(md: str, summary: Sequence[Mapping]) -> MarkdownTable:
+    lines = notes(summary)
+    return MarkdownTable(md + ("\n\n" + "\n".join(f"- {x}" for x in lines) if lines else ""))
+
+
 def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[str, str]] = None, *,
           title: str = "", fmt: Union[str, Mapping[str, str]] = ".2f", labels: Optional[Mapping[str, str]] = None,
           order: Optional[Sequence[str]] = None, paper: Optional[Mapping[str, Mapping[str, Any]]] = None,
@@ -195,7 +433,10 @@ def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[s
     """A Markdown table of :func:`summarize`'s dicts: one line per configuration, for each key our
     ``mean ± std`` (the plain value when n == 1) and the paper's number beside it (a key the paper gives no
     number for in any row shown has no paper column), then ``n`` (runs; ``"3 (1 diverged)"`` when some runs
-    have no value: why they stopped, when every such run stopped early).
+    have no value: why they stopped, when every such run stopped early) and ``run as`` (what was run:
+    :func:`run_as`, e.g. ``40 of the paper's 80,000 steps, subset 2000/1000, batch 100``). A configuration whose
+    runs differ in what defines them has one line each, labelled with the difference (``bn-star [steps 40]``);
+    notes under the table name such splits and the runs not counted (:func:`notes`).
 
     Args:
         summary: :func:`summarize`'s output.
@@ -214,30 +455,30 @@ def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[s
     headers = dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
     keys = list(headers)
     labels, paper = dict(labels or {}), dict(paper or {})
-    by_name = {s.get("name"): s for s in summary}
-    names = list(by_name) if order is None else list(order)
+    entries = _entries(summary, order)
     fmts = {k: (fmt.get(k, ".2f") if isinstance(fmt, Mapping) else fmt) for k in keys}
-    def paper_of(name, k):
-        s = by_name.get(name) or {}
-        return s.get(f"paper_{k}") if s.get(f"paper_{k}") is not None else (paper.get(name) or {}).get(k)
 
-    beside = {k: any(paper_of(name, k) is not None for name in names) for k in keys}
+    def paper_of(name, s, k):
+        if s is not None and s.get(f"paper_{k}") is not None:
+            return s[f"paper_{k}"]
+        return (paper.get(name) or {}).get(k)
+
+    beside = {k: any(paper_of(name, s, k) is not None for name, s in entries) for k in keys}
     cols = [head]
     for k in keys:
         cols += [f"{headers[k]} (ours)"] + ([f"{headers[k]} (paper)"] if beside[k] else [])
-    cols.append("n")
+    cols += ["n", "run as"]
     lines = []
-    for name in names:
-        s = by_name.get(name)
-        row = [labels.get(name, name)]
+    for name, s in entries:
+        row = [_label(name, s, labels)]
         for k in keys:
             row.append(NOT_RUN if s is None else
                        format_mean_std(s.get(k), s.get(f"{k}_std"), s.get(f"{k}_n", 0), fmts[k]))
             if beside[k]:
-                row.append(_num(paper_of(name, k), fmts[k]))
-        row.append(0 if s is None else _n_cell(s, keys))
+                row.append(_num(paper_of(name, s, k), fmts[k]))
+        row += [0 if s is None else _n_cell(s, keys), "—" if s is None else s.get("run_as") or "—"]
         lines.append(row)
-    return markdown_table(cols, lines, title=title)
+    return _with_notes(markdown_table(cols, lines, title=title), [s for _, s in entries if s is not None])
 
 
 def _num(v, spec: str) -> str:
@@ -273,6 +514,9 @@ def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]
         x: the column along which runs are aligned (default ``"step"``).
         by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
             (the card's name), ``experiment``...), or several: the key is then ``"<first> (<others>, ...)"``.
+            Runs are grouped as :func:`summarize` groups them: runs of one name that differ in what defines the
+            experiment are separate bands, keyed ``"<name> [steps 40]"`` (a :class:`PoolingWarning` says so), and
+            each seed counts once (its newest finished run).
 
     Returns:
         ``{name: {"x": array, "mean": array, "std": array, "count": array, "n": int}}``: at each ``x`` value any
@@ -281,18 +525,19 @@ def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]
         number of runs of that configuration. Configurations with no value of ``metric`` are left out.
     """
     per: dict[Any, list] = {}
-    for rec, rows in _runs(runs):
-        pts = {}
-        for r in rows:
-            if _finite(r.get(x)) and _finite(r.get(metric)):
-                pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
-        meta = flatten(rec)[0]
-        if isinstance(by, str):
-            key = meta.get(by)
-        else:
-            first, *rest = [meta.get(b) for b in by]
-            key = f"{first} ({', '.join(map(str, rest))})" if rest else first
-        per.setdefault(key, []).append(pts)
+    loaded = _runs(runs)
+    fields = (by,) if isinstance(by, str) else tuple(by)
+    for g in _group([rec for rec, _ in loaded], fields):
+        first, *rest = g["ident"]
+        key = f"{first} ({', '.join(map(str, rest))})" if rest else first
+        if g["split"]:
+            key = f"{key} [{g['split']}]"
+        for i in g["members"]:
+            pts = {}
+            for r in loaded[i][1]:
+                if _finite(r.get(x)) and _finite(r.get(metric)):
+                    pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
+            per.setdefault(key, []).append(pts)
     out = {}
     for name, series in per.items():
         xs = sorted(set().union(*series))
@@ -378,16 +623,19 @@ def compare(runs, name: str, *, finished: bool = True, scale: int = 3) -> Markdo
 
 
 def provenance_table(runs, where: Optional[Mapping[str, Any]] = None, title: str = "") -> MarkdownTable:
-    """Where each configuration's numbers come from: runs, seeds, why they stopped, commit, card, date, data and
-    the files converted records were made from (``—``: not recorded)."""
-    lines = []
-    for s in summarize(runs, keys=[], where=where):
-        lines.append([f"{s['experiment']} / {s['name']}", s["n"], ", ".join(map(str, s["seeds"])) or None,
-                      ", ".join(f"{c} {k}" for k, c in s["stopped"].items()), ", ".join(s["commits"]) or None,
-                      ", ".join(s["devices"]) or None, ", ".join(s["dates"]) or None, ", ".join(s["data"]) or None,
-                      ", ".join(s["sources"]) or None])
-    return markdown_table(["configuration", "n", "seeds", "stopped", "commit", "card", "date", "data",
-                           "converted from"], lines, title=title)
+    """Where each configuration's numbers come from and what was run: runs, seeds, why they stopped, what was run
+    (:func:`run_as`: steps of the paper's schedule, subset, batch size), commit, card, date, data and the files
+    converted records were made from (``—``: not recorded); notes name rows split by a difference and runs not
+    counted (:func:`notes`)."""
+    lines, summary = [], summarize(runs, keys=[], where=where)
+    for s in summary:
+        lines.append([_label(f"{s['experiment']} / {s['name']}", s, {}), s["n"],
+                      ", ".join(map(str, s["seeds"])) or None,
+                      ", ".join(f"{c} {k}" for k, c in s["stopped"].items()), s["run_as"],
+                      ", ".join(s["commits"]) or None, ", ".join(s["devices"]) or None, ", ".join(s["dates"]) or None,
+                      ", ".join(s["data"]) or None, ", ".join(s["sources"]) or None])
+    return _with_notes(markdown_table(["configuration", "n", "seeds", "stopped", "run as", "commit", "card", "date",
+                                       "data", "converted from"], lines, title=title), summary)
 
 
 def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequence[str]] = None,
@@ -401,13 +649,13 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequen
     if ax is None:
         fig = new_figure(figsize=(max(4.0, 0.9 * len(order or summary) + 1.5), 3.2), layout="constrained")
         ax = fig.add_subplot()
-    by_name = {s.get("name"): s for s in summary}
-    names = list(by_name) if order is None else list(order)
+    entries = _entries(summary, order)
+    names = [n for n, _ in entries]
     labels, paper = dict(labels or {}), dict(paper or {})
     x = np.arange(len(names))
-    ours = [by_name.get(n, {}).get(key) for n in names]
-    err = [by_name.get(n, {}).get(f"{key}_std") for n in names]
-    ref = [by_name.get(n, {}).get(f"paper_{key}") or (paper.get(n) or {}).get(key) for n in names]
+    ours = [(s or {}).get(key) for _, s in entries]
+    err = [(s or {}).get(f"{key}_std") for _, s in entries]
+    ref = [(s or {}).get(f"paper_{key}") or (paper.get(n) or {}).get(key) for n, s in entries]
     nan = float("nan")
     ours_ = np.array([nan if v is None else v for v in ours], dtype=float)
     ref_ = np.array([nan if v is None else v for v in ref], dtype=float)
@@ -424,9 +672,9 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequen
     bottom = ax.get_ylim()[0]
     for k, v in enumerate(ours):
         if v is None:
-            ax.text(x[k] - 0.2, bottom, NOT_RUN if names[k] not in by_name else "—", rotation=90, ha="center",
+            ax.text(x[k] - 0.2, bottom, NOT_RUN if entries[k][1] is None else "—", rotation=90, ha="center",
                     va="bottom", fontsize=7, color="0.4")
-    ax.set_xticks(x, [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [_label(n, s, labels) for n, s in entries], rotation=30, ha="right", fontsize=8)
     ax.set(title=title, ylabel=ylabel or key)
     ax.legend(fontsize=8, loc="upper center", ncol=2, framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)

@@ -50,9 +50,8 @@ def test_summarize_mean_std_n_against_numpy(sweep):
             assert s["paper_acc"] == 0.8 and s["seeds"] == list(range(len(vals)))
             assert s["commits"] == ["a" * 12] and s["devices"] == ["cpu"] and s["stopped"] == {"completed": len(vals)}
         assert sorted(summ["bn"]["runs"]) == [str(base / f"bn-s{s}") for s in range(4)]
-        full = not isinstance(rows, list) or rows is records_   # records carry the date and data; gather rows not
-        assert summ["bn"]["dates"] == (["2027-01-15"] if full else [])
-        assert summ["bn"]["data"] == (["toy data"] if full else [])
+        assert summ["bn"]["dates"] == ["2027-01-15"]          # gather rows are read as their folders' records
+        assert summ["bn"]["data"] == ["toy data"]
 
 
 def test_one_run_has_no_spread_and_a_diverged_run_is_excluded_and_counted(sweep):
@@ -85,10 +84,10 @@ def test_table_cells_paper_beside_and_not_run(sweep):
                  order=["bn", "dn", "gn"], paper={"gn": {"acc": 0.75}})
     lines = md.splitlines()
     assert lines[0] == "**Table 7**"
-    assert lines[2] == "| model | test acc. (ours) | test acc. (paper) | n |"
-    bn = f"| BN | {np.mean(accs['bn']):.4f} ± {np.std(accs['bn'], ddof=1):.4f} | 0.8000 | 4 |"
+    assert lines[2] == "| model | test acc. (ours) | test acc. (paper) | n | run as |"
+    bn = f"| BN | {np.mean(accs['bn']):.4f} ± {np.std(accs['bn'], ddof=1):.4f} | 0.8000 | 4 | — |"
     assert bn in lines
-    assert "| gn | not run | 0.7500 | 0 |" in lines
+    assert "| gn | not run | 0.7500 | 0 | — |" in lines
     assert not any(x.startswith("| ln ") for x in lines)       # order= shows only the named rows
 
 
@@ -142,8 +141,8 @@ def test_equal_values_have_zero_spread_and_keys_without_paper_numbers_have_no_pa
     summ = A.summarize(rows)
     assert summ[0]["acc_std"] == 0.0 and summ[0]["speed_std"] == pytest.approx(1.0)
     md = A.table(summ)
-    assert md.splitlines()[0] == "| model | acc (ours) | acc (paper) | speed (ours) | n |"
-    assert md.splitlines()[2] == "| a | 0.30 ± 0.00 | 0.50 | 11.00 ± 1.00 | 3 |"
+    assert md.splitlines()[0] == "| model | acc (ours) | acc (paper) | speed (ours) | n | run as |"
+    assert md.splitlines()[2] == "| a | 0.30 ± 0.00 | 0.50 | 11.00 ± 1.00 | 3 | — |"
 
 
 def test_finished_counts_early_stopped_runs_without_their_values(tmp_path):
@@ -155,7 +154,7 @@ def test_finished_counts_early_stopped_runs_without_their_values(tmp_path):
     (done,) = A.summarize(tmp_path, finished=True)
     assert done["n"] == 3 and done["acc"] == 0.7 and done["acc_n"] == 1 and done["acc_std"] is None
     assert done["stopped"] == {"completed": 1, "time limit": 1, "diverged": 1}
-    assert A.table([done], ["acc"]).splitlines()[2] == "| bn | 0.70 | 0.80 | 3 (1 time limit, 1 diverged) |"
+    assert A.table([done], ["acc"]).splitlines()[2] == "| bn | 0.70 | 0.80 | 3 (1 time limit, 1 diverged) | — |"
 
 
 def test_curve_bands_by_several_fields(tmp_path):
@@ -180,8 +179,8 @@ def test_compare_reads_a_paper_table_from_runs(tmp_path):
     md = A.compare(tmp_path, "table7")
     lines = md.splitlines()
     assert lines[0] == "**Table 7: CIFAR-10 test accuracy**" and len(lines) == 4 + len(C.list_configs())
-    assert f"| BN* | 0.7200 ± {np.std([0.70, 0.74], ddof=1):.4f} | 0.8179 | 2 |" in lines
-    assert f"| BN | not run | {C.TABLE7['bn'][0]:.4f} | 0 |" in lines
+    assert f"| BN* | 0.7200 ± {np.std([0.70, 0.74], ddof=1):.4f} | 0.8179 | 2 | — |" in lines
+    assert f"| BN | not run | {C.TABLE7['bn'][0]:.4f} | 0 | — |" in lines
     fig = A.compare_figure(tmp_path, "table10")
     assert len(fig.axes) == 2
     texts = [t.get_text() for t in fig.axes[0].texts]
@@ -221,3 +220,110 @@ def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
     bn = f"| bn | {np.mean(accs['bn']):.4g} ± {np.std(accs['bn'], ddof=1):.4g} | 0.8 |"
     assert bn in per_config
     assert "| ln | 0.6 | 0.8 |" in per_config and "2 (1 diverged) |" in per_config
+
+
+# ---------------------------------------------------------------- what is pooled (issue 23 item 1)
+def _cifar(base, name, seed, acc, *, steps=40, subset=(2000, 1000), folder=None, stopped="completed", ended=5.0,
+           card="cpu", **changes):
+    """A CIFAR run folder as `python -m dnlib.cifar run NAME --steps STEPS --subset A,B` writes it (the config
+    resolved by dnlib.configs.cifar, its setup facts)."""
+    from dnlib.configs import cifar as C
+    cfg = C.get_config(name).replace(**changes)
+    cfg = cfg.scaled(steps) if steps != cfg.steps else cfg
+    config = {**cfg.as_dict(), "setup": {"data": "CIFAR-10 (JPEG copy)", "eval_split": "test",
+                                         "subset": list(subset) if subset else None, "eval_every": 20,
+                                         "mode": "eager", "card": card}}
+    d = base / (folder or f"{name}-s{seed}-{steps}")
+    d.mkdir(parents=True)
+    R.write_record(d, R.make_record("cifar", config, seed, started=1.8e9, ended=1.8e9 + ended, stopped=stopped,
+                                    steps_planned=cfg.steps, steps_done=cfg.steps, headline={"final_acc": acc},
+                                    paper={"final_acc": C.TABLE7[name][0] if name in C.TABLE7 else None},
+                                    prov=_PROV))
+    return d
+
+
+def test_runs_of_one_name_with_other_steps_are_not_pooled_but_split_with_a_warning(tmp_path):
+    """gather runs/cifar pooled a 200-step notebook run with 40-step runs (bn-star n = 4): now one row each."""
+    for s, acc in enumerate([0.20, 0.22, 0.19]):
+        _cifar(tmp_path, "bn-star", s, acc, steps=40)
+    _cifar(tmp_path, "bn-star", 0, 0.45, steps=200)
+    with pytest.warns(A.PoolingWarning, match=r"bn-star: 2 sets of runs differ .*steps: 200, 40"):
+        summ = A.summarize(tmp_path, ["final_acc"])
+    assert [s["name"] for s in summ] == ["bn-star", "bn-star"]
+    by_steps = {s["what"]["steps"]: s for s in summ}
+    assert sorted(by_steps) == [40, 200] and by_steps[40]["n"] == 3 and by_steps[200]["n"] == 1
+    assert by_steps[40]["final_acc"] == pytest.approx(0.61 / 3) and by_steps[200]["final_acc"] == 0.45
+    assert by_steps[40]["split"].startswith("steps 40") and by_steps[200]["split"].startswith("steps 200")
+    assert "steps" in by_steps[40]["differs"] and "milestones" in by_steps[40]["differs"]
+    assert by_steps[40]["run_as"] == "40 of the paper's 80,000 steps, subset 2000/1000, batch 100"
+    with pytest.warns(A.PoolingWarning):
+        md = A.compare(tmp_path, "table7")
+    line40 = next(x for x in md.splitlines() if x.startswith("| BN* [steps 40"))
+    assert f"0.2033 ± {np.std([0.20, 0.22, 0.19], ddof=1):.4f} | 0.8179 | 3 |" in line40
+    assert line40.endswith("| 40 of the paper's 80,000 steps, subset 2000/1000, batch 100 |")
+    assert any(x.startswith("| BN* [steps 200") and "| 0.4500 | 0.8179 | 1 |" in x for x in md.splitlines())
+    assert "- cifar / bn-star: runs differ in steps, milestones: not pooled, one row each" in md
+
+
+@pytest.mark.parametrize("field, a, b", [("batch_size", 100, 50), ("subset", (2000, 1000), None),
+                                         ("lr", 0.001, 0.01), ("dataset", "cifar10", "cifar100")])
+def test_every_field_that_defines_the_experiment_splits(tmp_path, field, a, b):
+    for seed, value in ((0, a), (1, b)):
+        kw = {"subset": value} if field == "subset" else {field: value}
+        _cifar(tmp_path, "dn-star", seed, 0.3 + seed, **kw)
+    with pytest.warns(A.PoolingWarning, match=field):
+        summ = A.summarize(tmp_path, ["final_acc"])
+    assert len(summ) == 2 and [s["n"] for s in summ] == [1, 1]
+    assert all(field in [f.replace("setup.", "") for f in s["differs"]] for s in summ)
+
+
+def test_runs_that_differ_only_in_seed_card_impl_or_evaluation_are_pooled(tmp_path, recwarn):
+    _cifar(tmp_path, "dn-star", 0, 0.30, card="cpu")
+    _cifar(tmp_path, "dn-star", 1, 0.32, card="NVIDIA H100 80GB HBM3", impl="fused")
+    (s,) = A.summarize(tmp_path, ["final_acc"])
+    assert s["n"] == 2 and s["seeds"] == [0, 1] and s["split"] == "" and s["duplicates"] == []
+    assert not [w for w in recwarn if issubclass(w.category, A.PoolingWarning)]
+
+
+def test_one_seed_counts_once_the_newest_finished_run(tmp_path):
+    """resnet20-* showed "± 0, n = 2" from ONE seed-0 run counted twice (a suite run and a JupyterLab run)."""
+    old = _cifar(tmp_path / "suite", "resnet20-bn", 0, 0.31, folder="resnet20-bn-s0-old", ended=5.0)
+    new = _cifar(tmp_path / "notebooks", "resnet20-bn", 0, 0.33, folder="resnet20-bn-s0-new", ended=9.0)
+    cut = _cifar(tmp_path / "later", "resnet20-bn", 0, 0.10, folder="resnet20-bn-s0-cut", ended=20.0,
+                 stopped="time limit at step 10")
+    with pytest.warns(A.PoolingWarning, match="resnet20-bn: 2 more run"):
+        (s,) = A.summarize(tmp_path, ["final_acc"])
+    assert s["n"] == 1 and s["final_acc"] == 0.33 and s["final_acc_std"] is None and s["runs"] == [str(new)]
+    assert sorted(s["duplicates"]) == sorted([str(old), str(cut)])
+    md = A.table([s], {"final_acc": "acc."}, fmt=".2f")
+    assert "| resnet20-bn | 0.33 | — | 1 |" in md or "| resnet20-bn | 0.33 | 1 |" in md
+    assert "2 run(s) of a seed already counted, not counted" in md and str(old) in md
+    with pytest.warns(A.PoolingWarning):
+        prov = A.provenance_table(tmp_path)
+    assert "| cifar / resnet20-bn | 1 | 0 | 1 completed | 40 of the paper's 64,000 steps, subset 2000/1000, " \
+           "batch 128 |" in prov
+
+
+def test_gather_verb_splits_and_says_what_was_run(tmp_path, capsys):
+    from dnlib import experiment
+    from dnlib.cifar import RECIPE
+    for s, acc in enumerate([0.20, 0.22]):
+        _cifar(tmp_path, "bn-star", s, acc, steps=40)
+    _cifar(tmp_path, "bn-star", 0, 0.45, steps=200)
+    with pytest.warns(A.PoolingWarning):
+        assert experiment.main(RECIPE, ["gather", str(tmp_path)]) == 0
+    per_config = capsys.readouterr().out.split("**per configuration: mean ± std over runs (n)**")[1]
+    assert "| bn-star [steps 40, milestones 15/25] | 0.21 ± 0.01414 | 0.8179 | 2 | 40 of the paper's 80,000 " \
+           "steps, subset 2000/1000, batch 100 |" in per_config
+    assert "| bn-star [steps 200, milestones 75/125] | 0.45 | 0.8179 | 1 | 200 of the paper's" in per_config
+    assert "runs differ in steps, milestones: not pooled" in per_config
+
+
+def test_curve_bands_split_runs_that_differ(tmp_path):
+    for steps in (40, 200):
+        d = _cifar(tmp_path, "bn", 0, 0.3, steps=steps)
+        R.write_curves(d, [{"step": 20, "test_acc": 0.1 * steps / 40}])
+    with pytest.warns(A.PoolingWarning):
+        bands = A.curve_bands(tmp_path, "test_acc")
+    assert sorted(bands) == ["bn [steps 200, milestones 75/125]", "bn [steps 40, milestones 15/25]"]
+    assert all(b["n"] == 1 for b in bands.values())
