@@ -60,6 +60,7 @@ __all__ = ["GATHER_COLUMNS", "PAPER_TABLES", "NOT_DEFINING", "PoolingWarning", "
 GATHER_COLUMNS = ("run", "experiment", "name", "seed", "stopped", "steps_done", "steps_planned", "seconds",
                   "commit", "device", "started", "date", "data", "converted_from")
 NOT_RUN = "not run"
+NO_VALUE = "no value"     # a configuration that ran, without this number
 
 
 def _finite(v: Any) -> bool:
@@ -641,9 +642,10 @@ def provenance_table(runs, where: Optional[Mapping[str, Any]] = None, title: str
 def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequence[str]] = None,
                  labels: Optional[Mapping[str, str]] = None, paper: Optional[Mapping[str, Mapping]] = None,
                  ax=None, title: str = "", ylabel: Optional[str] = None, ylim=None):
-    """Bars of ours (mean, with a ±std error bar where n > 1) beside the paper's number for each configuration
-    of ``order`` (default: the summary's); a configuration no run has shows the paper's bar only. Returns the
-    figure."""
+    """Bars of ours (mean, with a ±std error bar where n > 1, the value written over it) beside the paper's number
+    for each configuration of ``order`` (default: the summary's); a configuration no run has shows the paper's bar
+    and ``not run``, one whose runs lack this number ``no value``; a panel with no value of ours at all says
+    ``no runs`` across it. Returns the figure."""
     from .figures import new_figure
 
     if ax is None:
@@ -671,13 +673,21 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequen
         ax.set_ylim(*ylim)
     bottom = ax.get_ylim()[0]
     for k, v in enumerate(ours):
-        if v is None:
-            ax.text(x[k] - 0.2, bottom, NOT_RUN if entries[k][1] is None else "—", rotation=90, ha="center",
+        if v is None:     # not run, or run without this number (e.g. Table 10 is not measured by a sweep)
+            ax.text(x[k] - 0.2, bottom, NOT_RUN if entries[k][1] is None else NO_VALUE, rotation=90, ha="center",
                     va="bottom", fontsize=7, color="0.4")
+        else:             # the number over the bar: a short one is read, not guessed
+            ax.text(x[k] - 0.2, v + (0 if np.isnan(err_[k]) else err_[k]), format(v, ".3g"), ha="center",
+                    va="bottom", fontsize=6, color="#08519c")
     ax.set_xticks(x, [_label(n, s, labels) for n, s in entries], rotation=30, ha="right", fontsize=8)
     ax.set(title=title, ylabel=ylabel or key)
     ax.legend(fontsize=8, loc="upper center", ncol=2, framealpha=0.9)
     ax.grid(axis="y", alpha=0.3)
+    if not np.isfinite(ours_).any():    # nothing of ours to show: say so, not a panel of paper bars and stubs
+        ran = sum(s is not None for _, s in entries)
+        ax.text(0.5, 0.55, "no runs" if not ran else f"no runs with this number ({ran} configurations ran "
+                "without it)", transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.3",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
     return ax.figure
 
 

@@ -28,7 +28,7 @@ from .spec import NormSpec
 
 __all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
            "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
-           "MarkdownTable", "FIELD_COLORS", "band_curves"]
+           "MarkdownTable", "FIELD_COLORS", "band_curves", "no_data"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
@@ -403,12 +403,20 @@ def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsi
     return fig, axes
 
 
+def no_data(ax, text: str = "no runs") -> None:
+    """Say ``text`` in the middle of ``ax`` (a figure with nothing to draw is not left as empty axes)."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def band_curves(bands: dict, ax=None, *, labels: Optional[dict] = None, alpha: float = 0.25, marker=None,
-                figsize=(5, 3.4), **axes_set):
+                figsize=(5, 3.4), empty: str = "no runs", **axes_set):
     """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.aggregate.curve_bands`) its mean as a
     line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled
     ``<label> (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``,
-    ``ylabel``, ``title``, ``yscale``...). Draws into ``ax`` or a new figure; returns the figure."""
+    ``ylabel``, ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
+    metric). Draws into ``ax`` or a new figure; returns the figure."""
     if ax is None:
         fig = new_figure(figsize=figsize, layout="constrained")
         ax = fig.add_subplot()
@@ -422,6 +430,8 @@ def band_curves(bands: dict, ax=None, *, labels: Optional[dict] = None, alpha: f
     ax.set(**{"xlabel": "step", **axes_set})
     if bands:
         ax.legend(fontsize=8)
+    else:
+        no_data(ax, empty)
     return ax.figure
 
 

@@ -184,7 +184,7 @@ def test_compare_reads_a_paper_table_from_runs(tmp_path):
     fig = A.compare_figure(tmp_path, "table10")
     assert len(fig.axes) == 2
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert texts.count("not run") == len(C.TABLE10) - 1 and "—" in texts   # bn-star ran, without a Table 10 value
+    assert texts.count("not run") == len(C.TABLE10) - 1 and "no value" in texts   # bn-star ran, without Table 10
     with pytest.raises(ValueError, match="unknown table 'table8'"):
         A.paper_table("table8")
 
@@ -327,3 +327,22 @@ def test_curve_bands_split_runs_that_differ(tmp_path):
         bands = A.curve_bands(tmp_path, "test_acc")
     assert sorted(bands) == ["bn [steps 200, milestones 75/125]", "bn [steps 40, milestones 15/25]"]
     assert all(b["n"] == 1 for b in bands.values())
+
+
+def test_figures_without_data_say_no_runs(tmp_path):
+    """An empty figure was blank axes, and Table 10 from runs that did not measure it showed stub marks."""
+    (tmp_path / "empty").mkdir()
+    fig = band_curves(A.curve_bands(tmp_path / "empty", "test_acc"), ylabel="CIFAR test accuracy")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no runs"]
+    fig = A.compare_figure(tmp_path / "empty", "table7")
+    assert "no runs" in [t.get_text() for t in fig.axes[0].texts]
+    _cifar(tmp_path / "sweep", "bn-star", 0, 0.2)
+    _cifar(tmp_path / "sweep", "dn-star", 0, 0.25)
+    fig = A.compare_figure(tmp_path / "sweep", "table10")
+    for ax in fig.axes:
+        texts = [t.get_text() for t in ax.texts]
+        assert texts.count("no value") == 2 and "—" not in texts
+        assert "no runs with this number (2 configurations ran without it)" in texts
+    fig = A.compare_figure(tmp_path / "sweep", "table7")          # ours has values: written over the bars
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "0.2" in texts and "0.25" in texts and not any(t.startswith("no runs") for t in texts)
