@@ -15,6 +15,7 @@ From the shell (``python -m dnlib.cifar --help``; the grammar of every experimen
     python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-<UTC>                 # continue it
     python -m dnlib.cifar sweep base bn bn-star dn-star --seeds 0 1 --jobs 4 --out runs/cifar/sweep
     python -m dnlib.cifar gather runs/cifar/sweep
+    python -m dnlib.cifar report runs/cifar/sweep      # its runs: summary.json, table.md (as ptb/sr report)
     python -m dnlib.cifar report runs/gpu_cifar        # a GPU trip folder: bench.json, graph_check.json, sweep/
     python -m dnlib.cifar bench all --steps 200 ; python -m dnlib.cifar check-graph dn-star ; ... list
 
@@ -45,7 +46,7 @@ from . import aggregate, cli, experiment, records, stacked
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
 from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 from .norm import IMPLS
 from .train import GraphTrainer, TensorBatches, TrainConfig, Trainer, resolve_device, set_seed
 
@@ -236,6 +237,8 @@ class CifarRecipe(experiment.Recipe):
     def report(self, path, args=None) -> dict:
         rep = report(path, getattr(args, "dataset", None) or "cifar10")
         atomic_write_json(rep, Path(path) / "summary.json")
+        if rep.get("table"):
+            atomic_write_text(Path(path) / "table.md", rep["table"] + "\n")
         return rep
 
     def commands(self) -> dict:
@@ -412,18 +415,23 @@ _REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep
 
 
 def report(out_dir, dataset: str = "cifar10") -> dict:
-    """Summarize a GPU trip's folder (``graph_check.json``, ``bench.json``, optional ``bench_compile.json`` (the
-    same bench with ``impl="compile"``), ``sweep/``) into one dict: card, single-run images/s per configuration
-    and impl, the concurrent runs' accuracies and images/s, the measured gain of running them concurrently, and
-    the estimated time of the whole Table 7 at that gain with the faster impl of each configuration."""
+    """Summarize a folder of CIFAR run folders (a sweep's ``--out``, as ``ptb report`` and ``sr report`` take
+    one), or a GPU trip's folder (``graph_check.json``, ``bench.json``, optional ``bench_compile.json`` (the same
+    bench with ``impl="compile"``), ``sweep/``), into one dict: the runs (accuracy, steps, images/s), ``table``
+    (:func:`results_table`: mean ± std per configuration beside the paper); for a trip also the card, single-run
+    images/s per configuration and impl, the measured gain of running them concurrently, and the estimated time
+    of the whole Table 7 at that gain with the faster impl of each configuration. A folder with neither is a
+    ValueError naming it."""
     out_dir = Path(out_dir)
-    if not any((out_dir / f).exists() for f in _REPORT_INPUTS):
-        raise ValueError(f"{out_dir}: nothing to report (it holds none of {', '.join(_REPORT_INPUTS)})")
+    trip = any((out_dir / f).exists() for f in _REPORT_INPUTS)
+    if not trip:                 # a sweep's folder (or any folder of run folders): its CIFAR runs
+        experiment.recipe_runs(RECIPE, out_dir)                 # none: "<dir>: no run folders of cifar ... to report"
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
     bench_c = read(out_dir / "bench_compile.json") or []
-    sweep_dir = out_dir / "sweep"
+    sweep_dir = out_dir / "sweep" if trip else out_dir
     recs = [records.read_record(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    recs = [r for r in recs if r.get("experiment") == RECIPE.name]
     rows = [{"config": r["name"], "seed": r["seed"], "steps": r["steps_done"], "planned_steps": r["steps_planned"],
              "stopped": r["stopped"], "final_acc": r["headline"].get("final_acc"),
              "paper_acc": r["paper"].get("final_acc"), "images_per_s": r["headline"].get("images_per_s") or 0.0,
@@ -434,7 +442,8 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     single_c = {b["config"]: b["images_per_s"] for b in bench_c}
     best = {k: max(v, single_c.get(k, 0.0)) for k, v in single.items()}
     rep = {"device": (bench[0]["device"] if bench else (recs[0].get("device") or {}).get("name") if recs else None),
-           "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single, "runs": rows}
+           "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single, "runs": rows,
+           "table": str(results_table(recs)) if recs else None}
     if single_c:
         rep["single_run_images_per_s_compile"] = single_c
         rep["best_images_per_s"] = best

@@ -54,3 +54,28 @@ def test_newest_suite_over_profiles_and_no_suite_is_an_error(tmp_path):
     res = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "empty")], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "no suite run" in res.stderr and res.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------ `<experiment> report DIR`: one behaviour for all three
+def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
+    """`cifar report runs/cifar/sweep` was refused ("nothing to report") while sr/ptb report take a sweep folder."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(ROOT / "results" / "records" / "cifar", sweep)        # four CIFAR run folders
+    res = subprocess.run([sys.executable, "-m", "dnlib.cifar", "report", str(sweep)], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((sweep / "summary.json").read_text())
+    assert sorted(r["config"] for r in rep["runs"]) == ["base", "bn", "bn-star", "dn-star"]
+    table = (sweep / "table.md").read_text()
+    assert "| **BN*** | 0.7941 | 0.8179 |" in table and rep["device"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_a_folder_without_runs_is_refused_alike_by_every_report_verb(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for experiment in ("cifar", "ptb", "sr"):
+        res = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "report", str(tmp_path / "empty")],
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, (experiment, res.stderr)
+        assert f"no run folders of {experiment}" in res.stderr, res.stderr
