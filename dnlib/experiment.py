@@ -81,7 +81,9 @@ class Setup:
     ``trainer_kwargs`` its extra arguments (``param_groups``, ``lr_lambda``, ``capture``...). ``run_info`` is the
     run identity a resumed checkpoint must match (plain values). ``chunk``: steps per chunk (default
     ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded with the config (the data used,
-    the trainer mode...). ``data``: anything the recipe keeps for figures (on :attr:`RunResult.setup`)."""
+    the trainer mode...). ``data``: anything the recipe keeps for figures (on :attr:`RunResult.setup`).
+    ``copies``: for a trainer of K copies in one model (:mod:`dnlib.stacked`), each copy's own Setup (its seed's
+    build: model, info, data), in the order of the run's seeds; empty for an ordinary run."""
     model: nn.Module
     loss_fn: Callable
     batches: Any
@@ -93,6 +95,7 @@ class Setup:
     chunk: Optional[int] = None
     info: dict = field(default_factory=dict)
     data: Any = None
+    copies: list = field(default_factory=list)
 
     def make_trainer(self, **kwargs):
         """The trainer of this setup (``kwargs``: its arguments to change, e.g. ``out_dir``, ``evaluate=None``)."""
@@ -236,13 +239,20 @@ def _plain(value) -> bool:
 class Run:
     """A prepared run (made by :func:`prepare`): configuration resolved, setup built, trainer made, checkpoint
     resumed; nothing trained yet. :meth:`go` trains it. Errors in preparing are the caller's (bad config, missing
-    data, another run's checkpoint: ValueError / FileNotFoundError / CheckpointError)."""
+    data, another run's checkpoint: ValueError / FileNotFoundError / CheckpointError).
+
+    The same loop runs K copies of one configuration in one trainer (:mod:`dnlib.stacked`): ``seeds`` (one per
+    copy) and ``build(recipe, cfg, seeds, device, options) -> Setup`` (a Setup whose ``copies`` are the K copies'
+    own). The run folder then holds the trainer's files (``run.json`` with the seeds, ``checkpoint.pt``,
+    ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
+    TensorBoard events); :meth:`go` returns the K results."""
 
     def __init__(self, recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
                  overrides: Optional[Mapping] = None, options: Optional[Mapping] = None,
                  stop_after: Optional[int] = None, progress: bool = False, parameters: Optional[Mapping] = None,
-                 argv: Optional[Sequence[str]] = None):
+                 argv: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+                 build: Optional[Callable[..., Setup]] = None):
         self.t0 = time.perf_counter()
         self.started = time.time()
         check_time_limit(time_limit)
@@ -260,8 +270,14 @@ class Run:
                 raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
             config = stored["config"]
             options = {**stored.get("options", {}), **options}
+        if seeds is not None and seed is not None:
+            raise ValueError("seed, seeds: give one (seeds: one per copy of a stacked run)")
+        seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
+        if len(seeds) > 1 and build is None:
+            raise ValueError(f"seeds: {seeds} are the copies of a stacked run; run (or resume) it with "
+                             f"dnlib.stacked (the recipe's `stack` command)")
         if seed is None:
-            seed = int(stored.get("seed", 0))
+            seed = int(seeds[0] if seeds else stored.get("seed", 0))
         if device is None:
             device = stored.get("device", "auto")
         self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
@@ -274,8 +290,15 @@ class Run:
         else:
             self.cfg = recipe.config(config, steps=steps, **overrides)
         cfg_name = getattr(self.cfg, "name", str(config))
-        set_seed(self.seed)
-        self.setup = setup = recipe.build(self.cfg, self.seed, device, **options)
+        self.seeds = [int(s) for s in seeds] or [self.seed]
+        if build is not None and not seeds:
+            raise ValueError("seeds: a stacked run needs one seed per copy (none given, and none stored in the "
+                             "folder to resume)")
+        if build is None:
+            set_seed(self.seed)
+            self.setup = setup = recipe.build(self.cfg, self.seed, device, **options)
+        else:                  # K copies in one trainer (dnlib.stacked.build seeds each copy's build itself)
+            self.setup = setup = build(recipe, self.cfg, self.seeds, device, options)
         if progress:
             setup.train.progress = True
         self.planned = int(setup.train.steps)
@@ -288,73 +311,99 @@ class Run:
             if main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
         elif out is not None:
-            self.run_dir = records.new_run_dir(out, records.run_name(cfg_name, self.seed)) if main else None
+            seed_name = self.seed if not setup.copies else "+".join(map(str, self.seeds))
+            self.run_dir = records.new_run_dir(out, records.run_name(cfg_name, seed_name)) if main else None
         else:
             self.run_dir = None
         self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
         if not main:
             self.run_dir = None          # one record, written by rank 0
         self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
-        self._tb, self._tb_step = None, self.trainer.step
+        # each copy's record: in the run folder; a stacked run's copies: one ordinary run folder each, inside it
+        self.copy_dirs = [self.run_dir] * len(self.seeds)
+        if setup.copies and self.run_dir is not None:
+            self.copy_dirs = [self.run_dir / records.run_name(cfg_name, s) for s in self.seeds]
+            for d in self.copy_dirs:
+                d.mkdir(exist_ok=True)
+        self._tb, self._tb_step = None, [self.trainer.step] * len(self.seeds)
         self._prov = None
         self.options = {k: v for k, v in options.items() if _plain(v)}
         self.config_name = cfg_name
         if self.run_dir is not None:
             atomic_write_json(records.jsonable({
                 "experiment": recipe.name, "config": cfg_name, "fields": recipe.config_dict(self.cfg),
-                "seed": self.seed, "options": self.options, "device": str(device)}), self.run_dir / RUN_FILE,
+                "seed": self.seed, **({"seeds": self.seeds} if setup.copies else {}), "options": self.options,
+                "device": str(device)}), self.run_dir / RUN_FILE,
                 indent=1)
 
     # -- the record
-    def result(self, stopped: str) -> RunResult:
+    def result(self, stopped: str, k: int = 0) -> RunResult:
+        """Copy ``k``'s result (an ordinary run: the run's) as it stands, ``stopped`` unless the copy stopped
+        alone (a stacked copy that diverged: the last ``stopped`` row of its history)."""
         tr = self.trainer
-        res = RunResult(None, tr.history, tr.model, self.cfg, self.run_dir, tr.step, tr.elapsed, self.setup)
+        history, setup, model, steps = tr.copy_history(k), self.setup, tr.model, tr.step
+        if setup.copies:       # a stacked copy: its own setup, and its run's model holding its weights
+            setup = setup.copies[k]
+            model = setup.model
+            with torch.no_grad():
+                model.load_state_dict(tr.copy_state_dict(k))
+            own = [r for r in history if "stopped" in r]
+            if own:
+                stopped, steps = own[-1]["stopped"], own[-1]["step"]
+        res = RunResult(None, history, model, self.cfg, self.copy_dirs[k], steps, tr.elapsed, setup)
         headline = dict(self.recipe.headline(res))
         if stopped.startswith("diverged"):
-            headline = {k: None for k in headline}     # a diverged run reports no number
-        config = {**self.recipe.config_dict(self.cfg), "setup": dict(self.setup.info)}
+            headline = {key: None for key in headline}     # a diverged run reports no number
+        config = {**self.recipe.config_dict(self.cfg), "setup": dict(setup.info)}
         if self._prov is None:   # git state, versions, device: once per run (the code that started it)
             self._prov = records.provenance(tr.device)
         res.record = records.make_record(
-            self.recipe.name, config, self.seed, name=self.config_name, parameters=self.parameters,
+            self.recipe.name, config, self.seeds[k], name=self.config_name, parameters=self.parameters,
             started=self.started, ended=None if stopped == RUNNING else time.time(), steps_planned=self.planned,
-            steps_done=tr.step, stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg),
+            steps_done=steps, stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg),
             device=tr.device, argv=self.argv, prov=self._prov)
         return res
 
-    def write(self, stopped: str) -> RunResult:
-        res = self.result(stopped)
-        if self.run_dir is not None:
-            rows = [r for r in self.trainer.history if "step" in r]
-            records.write_curves(self.run_dir, rows)
-            self._tensorboard(rows)
-            records.write_record(self.run_dir, res.record)
-        return res
+    def write(self, stopped: str) -> list:
+        """Every copy's result (one for an ordinary run); with a run folder, each copy's ``curves.csv``,
+        TensorBoard events and ``record.json``."""
+        out = []
+        for k in range(len(self.seeds)):
+            res = self.result(stopped, k)
+            if res.run_dir is not None:
+                rows = [r for r in res.history if "step" in r]
+                records.write_curves(res.run_dir, rows)
+                self._tensorboard(rows, k)
+                records.write_record(res.run_dir, res.record)
+            out.append(res)
+        return out
 
-    def _tensorboard(self, rows: list) -> None:
-        """TensorBoard event files in the run folder when ``tensorboard`` is installed (optional): every numeric
-        metric of the rows logged since the last write (a resumed run appends only its new steps)."""
+    def _tensorboard(self, rows: list, k: int = 0) -> None:
+        """TensorBoard event files in copy ``k``'s run folder when ``tensorboard`` is installed (optional): every
+        numeric metric of the rows logged since the last write (a resumed run appends only its new steps)."""
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 self._tb = False
                 return
-            self._tb = SummaryWriter(log_dir=str(self.run_dir))
+            self._tb = [SummaryWriter(log_dir=str(d)) for d in self.copy_dirs]
         if self._tb is False:
             return
         for r in rows:
-            if r["step"] > self._tb_step:
-                for k, v in r.items():
-                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                        self._tb.add_scalar(k, v, r["step"])
-                self._tb_step = r["step"]
-        self._tb.flush()
+            if r["step"] > self._tb_step[k]:
+                for key, v in r.items():
+                    if key != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb[k].add_scalar(key, v, r["step"])
+                self._tb_step[k] = r["step"]
+        self._tb[k].flush()
 
     # -- the loop
     def go(self) -> RunResult:
-        """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result.
-        Raises :class:`~dnlib.train.TrainingDiverged` after writing the record of a diverged run."""
+        """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result
+        (a stacked run: the K copies' results, in the order of ``seeds``). Raises
+        :class:`~dnlib.train.TrainingDiverged` after writing the record of a diverged run (a stacked run: a copy
+        that diverges stops alone, its record says so; the run raises when every copy has)."""
         tr = self.trainer
         target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
         stopped, last = None, None
@@ -371,7 +420,8 @@ class Run:
                     self.write(RUNNING)
             if stopped is None:
                 stopped = COMPLETED if tr.step >= self.planned else f"stop_after at step {tr.step}"
-            return self.write(stopped)
+            results = self.write(stopped)
+            return results if self.setup.copies else results[0]
         except TrainingDiverged as e:
             self.write(e.status)
             raise
@@ -379,9 +429,9 @@ class Run:
             self.write(f"interrupted at step {tr.step}")
             raise
         finally:
-            if self._tb:
-                self._tb.close()
-                self._tb = None
+            for writer in self._tb or ():
+                writer.close()
+            self._tb = None
 
 
 def prepare(recipe: Recipe, config=None, **kwargs) -> Run:

@@ -2,47 +2,52 @@
 
 At batch 100 the CIFAR CNN is bound by kernel launches, not by the GPU's arithmetic (PAPER.md §3.1; the H100
 figures in ``results/h100``): a step of K copies packed into the same kernels costs about as many launches
-as a step of one. This module packs K runs of one configuration, each with its own seed, into one model::
+as a step of one. This module trains K runs of one configuration, each with its own seed, as one model::
 
     from dnlib import stacked
     from dnlib.cifar import RECIPE
     results = stacked.run(RECIPE, "dn-star", seeds=[0, 1, 2, 3], steps=300, out="runs/cifar/stack",
-                          options={"subset": (2000, 1000)})      # four ordinary run folders, one per seed
+                          options={"subset": (2000, 1000)})      # one folder, an ordinary run folder per seed in it
     [r.record["headline"]["final_acc"] for r in results]
+    stacked.run(RECIPE, resume=results[0].run_dir.parent)     # continue it (after a kill: from its checkpoint)
 
     python -m dnlib.cifar stack dn-star --seeds 0 1 2 3 --steps 300 --subset 2000,1000 --out runs/cifar/stack
+    python -m dnlib.cifar stack --resume runs/cifar/stack/dn-star-s0+1+2+3-<UTC>
 
 (the ``stack`` verb is :func:`commands`; a recipe offers it by adding ``**stacked.commands(self)`` to its
 ``commands()``.)
 
+**One loop.** A stacked run is an ordinary :class:`~dnlib.experiment.Run` whose trainer holds K copies: the runner's
+chunks, time limit, checkpoints, resume (bit-identical on CPU, ``tests/test_resume.py``), TensorBoard and records;
+the :class:`~dnlib.train.Trainer` loop with its divergence checks, per copy (:class:`StackedTrainer`). What is
+stacked here is only what :func:`build` hands the runner. The run folder ``<out>/<config>-s<seed>+<seed>...-<UTC>``
+holds the trainer's ``run.json`` (with the seeds), ``checkpoint.pt`` and ``history.json``, and one ordinary run
+folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBoard events), which ``gather`` and
+``report`` read as any other.
+
 **What each copy is.** Copy k *is* the separate run with seed ``seeds[k]``, computed in other kernels:
 
 * its model is built by the recipe exactly as that run builds it (seeded, then ``recipe.build``), and the K
-  models' parameters and buffers are packed into :class:`StackedCifarCNN`: convolutions become grouped
-  convolutions (``groups=K``: channel block k is copy k), the FC layers batched matrix products
-  (:class:`StackedLinear`, weights ``(K, out, in)``);
+  models' parameters and buffers are packed into :class:`~dnlib.models.stacked.StackedCifarCNN` (grouped
+  convolutions, batched FC layers, per-copy normalizer groups and L1 terms: :mod:`dnlib.models.stacked`);
 * its data order is its own batch source (the run's :class:`~dnlib.train.TensorBatches` with its seed), and
   its data too (a stratified subset is drawn from the seed, as in the separate run); a step's input is
   ``(N, K*3, 32, 32)``, channel block k holding copy k's batch (:class:`StackedData`);
-* its normalizers see only its own channels: a field that pools ``channel`` (LN, DN) gets ``groups=K`` (the
-  general path's grouped view; LN becomes ``F.group_norm`` with K groups), or, for ``impl="triton"`` (whose
-  kernels take no groups), the K copies are folded into the batch (:class:`FoldedNorm`); fields that pool the
-  batch per channel (BN) are per channel already; the L1 term of a site is ``alpha * K * mean|v|`` over the K
-  copies' equally sized blocks, i.e. the sum of the K copies' own terms;
-* the loss is the SUM of the K per-copy mean losses, so each copy's gradient is its separate run's; SGD with
-  momentum and weight decay is elementwise, so the packed optimizer state keeps the copies independent (the
-  weight-decay/no-decay parameter groups are the recipe's, mapped by name);
-* it is evaluated on its own (per-copy accuracy and loss) and recorded as an ordinary run record
-  (:mod:`dnlib.records`, the experiment's keys and headline) in its own run folder ``<out>/<config>-s<seed>-<UTC>``,
-  with ``config.setup.stacked = K`` and the group's seeds noted.
+* the loss is the K per-copy mean losses, whose SUM the trainer minimizes, so each copy's gradient is its separate
+  run's; SGD with momentum and weight decay is elementwise, so the packed optimizer state keeps the copies
+  independent (the weight-decay/no-decay parameter groups are the recipe's, mapped by name);
+* it is evaluated on its own (per-copy accuracy and loss), checked on its own (a copy whose loss, metric or
+  weights turn non-finite stops alone, recorded ``diverged at step N``; the others train on) and recorded as an
+  ordinary run record (:mod:`dnlib.records`, the experiment's keys and headline) with ``config.setup.stacked =
+  K`` and the group's seeds noted.
 
 On the CPU in float64, K stacked steps equal K separate runs to rounding (``tests/test_stacked.py``). Not
 covered: dropout (the ``base-wd-drop`` row) draws one mask over the stacked tensor, so its masks are not those of
 the separate runs (the same distribution, other draws); a learned sigma (a scalar per site) cannot be packed and
-is refused. A stacked group writes no checkpoint and cannot be resumed: rerun it (new folders).
+is refused; gradient clipping (a global norm would mix the copies) is refused.
 
-**Speed.** ``mode="auto"`` trains with :class:`~dnlib.train.GraphTrainer` on CUDA (the whole stacked step one CUDA
-graph) and with :class:`~dnlib.train.Trainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
+**Speed.** ``mode="auto"`` trains with :class:`StackedGraphTrainer` on CUDA (the whole stacked step one CUDA
+graph) and with :class:`StackedTrainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
 that copy's own progress (the group's aggregate divided by K).
 
 This module sits between the runner (:mod:`dnlib.experiment`) and the recipes: it takes a recipe whose
@@ -51,192 +56,77 @@ This module sits between the runner (:mod:`dnlib.experiment`) and the recipes: i
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
-import math
-import time
+import sys
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import cli, experiment, records
-from .experiment import COMPLETED, RUNNING, RunResult
-from .models.cnn import CifarCNN
-from .norm import DivisiveNorm
+from . import cli, experiment
+from .models.stacked import StackedCifarCNN
 from .sparse import clear_penalties
-from .train import GraphTrainer, Trainer, set_seed
+from .train import CheckpointError, GraphTrainer, Trainer, TrainingDiverged, set_seed
 
-__all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "FoldedNorm", "StackedData", "StackedBatches", "StackedLoss",
-           "evaluate", "StackedRun", "prepare", "run", "commands", "MODES"]
+__all__ = ["StackedTrainer", "StackedGraphTrainer", "StackedData", "StackedBatches", "StackedLoss", "evaluate",
+           "build", "prepare", "run", "commands", "MODES"]
 
 MODES = ("auto", "graph", "eager")
 
 
-# ------------------------------------------------------------------------------------------------ model
-class StackedLinear(nn.Module):
-    """K independent ``nn.Linear(in_features, out_features)`` layers: ``weight (K, out, in)``, ``bias (K, out)``;
-    input ``(K, N, in)`` -> ``(K, N, out)`` (one batched matrix product)."""
+# ---------------------------------------------------------------------------------------------- trainer
+class StackedTrainer(Trainer):
+    """The :class:`~dnlib.train.Trainer` loop over K independent copies packed in one model (a model with
+    ``copies`` and ``copy_state_dict(k)``, e.g. :class:`~dnlib.models.stacked.StackedCifarCNN`): ``loss_fn``
+    returns the copies' losses ``(K,)`` (the trainer minimizes their sum), ``evaluate`` a list of K metric dicts.
 
-    def __init__(self, copies: int, in_features: int, out_features: int, device=None, dtype=None):
-        super().__init__()
-        self.copies, self.in_features, self.out_features = copies, in_features, out_features
-        self.weight = nn.Parameter(torch.zeros(copies, out_features, in_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(copies, out_features, device=device, dtype=dtype))
+    Every history row carries its ``copy``; :meth:`copy_history` gives copy k's rows (without it), as an ordinary
+    run's history. A copy whose loss, metric or weights turn non-finite stops alone: its history ends with its
+    ``stopped`` row and its values are no longer read (its block of the model trains on unread; the copies share
+    no arithmetic); :class:`~dnlib.train.TrainingDiverged` is raised when every copy has stopped. The checkpoint
+    is the Trainer's (the history holds which copies stopped), so a stacked run resumes exactly as an ordinary
+    one. Gradient clipping is refused (a global norm would mix the copies)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+    def __init__(self, model: nn.Module, loss_fn, batches, cfg, **kwargs):
+        super().__init__(model, loss_fn, batches, cfg, **kwargs)
+        if cfg.clip_norm:
+            raise ValueError(f"clip_norm: a stacked trainer cannot clip the gradients (the global norm would mix "
+                             f"the copies), got {cfg.clip_norm}")
+        self.copies = int(model.copies)
+        self._stopped: list = [None] * self.copies
 
-    def extra_repr(self) -> str:
-        return f"copies={self.copies}, in_features={self.in_features}, out_features={self.out_features}"
+    def live_copies(self) -> list:
+        return [k for k, s in enumerate(self._stopped) if s is None]
 
+    def copy_history(self, k: int = 0) -> list:
+        return [{key: v for key, v in r.items() if key != "copy"} for r in self.history if r.get("copy") == k]
 
-def _same(values, what: str) -> None:
-    if any(v != values[0] for v in values[1:]):
-        raise ValueError(f"models: the copies differ in {what} ({values[0]!r} vs another); stacked copies must be "
-                         f"the same configuration")
+    def copy_state_dict(self, k: int = 0) -> dict:
+        return self.model.copy_state_dict(k)
 
+    def _append(self, row: dict, copy: int) -> None:
+        self.history.append({"copy": copy, **row})
 
-class FoldedNorm(nn.Module):
-    """A per-example normalizer ``norm`` of C channels applied to each copy's channel block of a ``(N, K*C, ...)``
-    input by folding the K copies into the batch: ``(N, K*C, H, W)`` -> ``(N*K, C, H, W)`` -> back (a copy of a
-    channels-last input). For implementations that take no channel groups (``impl="triton"``)."""
+    def _stop_copy(self, copy: int, status: str) -> bool:
+        self._stopped[copy] = status
+        if self.live_copies():
+            return False
+        self.stopped = status
+        return True
 
-    def __init__(self, norm: DivisiveNorm, copies: int):
-        super().__init__()
-        self.norm, self.copies = norm, copies
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x.reshape(x.shape[0] * self.copies, x.shape[1] // self.copies, *x.shape[2:]))
-        return y.reshape(x.shape)
-
-    def extra_repr(self) -> str:
-        return f"copies={self.copies}"
-
-
-def stack_norm(norms: Sequence[nn.Module], fold: Optional[bool] = None) -> nn.Module:
-    """One module over ``K * C`` channels computing the K normalizers ``norms`` (equal :class:`DivisiveNorm` s of C
-    channels) on their own channel blocks: a :class:`DivisiveNorm` whose fields that pool ``channel`` get
-    ``groups`` times K and whose ``alpha`` is times K (the L1 term is the mean over the K equally sized blocks:
-    times K it is the sum of the K copies' terms). Parameters and buffers are not copied (see
-    :meth:`StackedCifarCNN.load_copies`).
-
-    ``fold``: instead, a :class:`FoldedNorm` (the copies folded into the batch; per-example fields without
-    parameters or running statistics only, e.g. DN*); ``None``: fold when the impl takes no groups (``"triton"``).
-    """
-    k, m0 = len(norms), norms[0]
-    if not all(isinstance(m, DivisiveNorm) for m in norms):
-        raise ValueError(f"norms: stacking needs DivisiveNorm layers, got {type(m0).__name__}")
-    _same([(m.spec, m.num_features, m.alpha, m.affine, m.bias is None, m.momentum, m.track_running_stats, m.impl)
-           for m in norms], "their normalizers")
-    spec = m0.spec
-    if spec.learn_sigma:
-        raise ValueError(f"norms: a learned sigma (one scalar per site) cannot be stacked, got {spec}")
-    ref = next(iter(m0.parameters()), None)
-    ref = ref if ref is not None else next((b for b in m0.buffers() if b.is_floating_point()), None)
-    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    if fold is None:
-        fold = m0.impl == "triton"
-    if fold:
-        if m0.affine or m0.track_running_stats or spec.pools_batch:
-            raise ValueError(f"fold: folding the copies into the batch needs a per-example normalizer without "
-                             f"parameters or running statistics, got {m0}")
-        return FoldedNorm(DivisiveNorm(m0.num_features, spec, affine=False, track_running_stats=False,
-                                       alpha=m0.alpha * k, impl=m0.impl, **factory), k)
-    if "channel" in spec.sum_axes | spec.sup_axes:
-        spec = spec.replace(groups=spec.groups * k)
-    return DivisiveNorm(k * m0.num_features, spec, affine=m0.affine, bias=not m0.affine or m0.bias is not None,
-                        momentum=m0.momentum, track_running_stats=m0.track_running_stats, alpha=m0.alpha * k,
-                        impl=m0.impl, **factory)
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._stopped = [None] * self.copies
+        for r in self.history:
+            if "stopped" in r:
+                self._stopped[r["copy"]] = r["stopped"]
 
 
-class StackedCifarCNN(nn.Module):
-    """K copies of :class:`~dnlib.models.CifarCNN` (one configuration, any weights) as one module.
-
-    Input ``(N, K*3, 32, 32)`` (channel block k: copy k's images), output ``(K, N, num_classes)``. Parameter and
-    buffer names are those of the copies (``convs.0.weight``, ``norms.1.running_mean``, ``fc1.weight``...); each
-    packs the K copies' tensors: along dim 0 for conv and normalizer tensors (grouped convolutions, ``groups=K``),
-    stacked on a new dim 0 for the FC layers. :meth:`copy_state_dict` unpacks copy k (a ``CifarCNN`` state dict).
-    ``fold``: how the normalizers keep the copies apart (:func:`stack_norm`).
-    """
-
-    def __init__(self, models: Sequence[CifarCNN], fold: Optional[bool] = None):
-        super().__init__()
-        models = list(models)
-        if not models:
-            raise ValueError("models: need at least one CifarCNN")
-        bad = [type(m).__name__ for m in models if not isinstance(m, CifarCNN)]
-        if bad:
-            raise ValueError(f"models: stacking needs CifarCNN models, got {bad[0]}")
-        m0 = models[0]
-        _same([m.extra_repr() for m in models], "num_classes, norm or dropout")
-        _same([[tuple(c.weight.shape) for c in m.convs] for m in models], "conv widths")
-        _same([[(p.kind, p.kernel, p.stride) for p in m.pools] for m in models], "pooling")
-        k = self.copies = len(models)
-        ref = m0.fc1.weight
-        factory = {"device": ref.device, "dtype": ref.dtype}
-        self.convs = nn.ModuleList(
-            nn.Conv2d(k * c.in_channels, k * c.out_channels, c.kernel_size, stride=c.stride, padding=c.padding,
-                      groups=k, bias=c.bias is not None, **factory) for c in m0.convs)
-        self.norms = nn.ModuleList(stack_norm([m.norms[i] for m in models], fold) for i in range(len(m0.norms)))
-        self.pools = copy.deepcopy(m0.pools)
-        self.fc1 = StackedLinear(k, m0.fc1.in_features, m0.fc1.out_features, **factory)
-        self.fc2 = StackedLinear(k, m0.fc2.in_features, m0.fc2.out_features, **factory)
-        self.dropout, self.num_classes, self.norm_name = m0.dropout, m0.num_classes, m0.norm_name
-        self._copy_shapes = {name: tuple(t.shape) for name, t in m0.state_dict().items()}
-        if set(self._copy_shapes) != set(self.state_dict()):
-            raise ValueError(f"models: the CifarCNN's tensors {sorted(set(self._copy_shapes) ^ set(self.state_dict()))} "
-                             f"have no place in the stacked model")
-        self.load_copies(models)
-
-    def _pack_rule(self, name: str, stacked_shape: tuple) -> str:
-        shape = self._copy_shapes[name]
-        if stacked_shape == (self.copies,) + shape:
-            return "stack"
-        if shape and stacked_shape == (self.copies * shape[0],) + shape[1:]:
-            return "cat"
-        return "shared"   # a scalar every copy has alike (num_batches_tracked)
-
-    @torch.no_grad()
-    def load_copies(self, models: Sequence[nn.Module]) -> None:
-        """Pack the parameters and buffers of K ``CifarCNN`` models (copy k = ``models[k]``) into this module."""
-        if len(models) != self.copies:
-            raise ValueError(f"models: need {self.copies} models, got {len(models)}")
-        states = [m.state_dict() for m in models]
-        for name, t in self.state_dict().items():
-            parts = [s[name] for s in states]
-            rule = self._pack_rule(name, tuple(t.shape))
-            if rule == "shared":
-                if any(not torch.equal(p, parts[0]) for p in parts[1:]):
-                    raise ValueError(f"models: {name} differs between the copies; it cannot be shared")
-                t.copy_(parts[0])
-            else:
-                t.copy_(torch.stack(parts) if rule == "stack" else torch.cat(parts))
-
-    def copy_state_dict(self, k: int) -> dict:
-        """Copy ``k``'s tensors as a ``CifarCNN`` state dict (views of this module's tensors, detached)."""
-        if not 0 <= k < self.copies:
-            raise ValueError(f"k: must be in [0, {self.copies}), got {k!r}")
-        out = {}
-        for name, t in self.state_dict().items():
-            rule, shape = self._pack_rule(name, tuple(t.shape)), self._copy_shapes[name]
-            out[name] = t[k] if rule == "stack" else t[k * shape[0]:(k + 1) * shape[0]] if rule == "cat" else t
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, norm, pool in zip(self.convs, self.norms, self.pools):
-            x = pool(F.relu(norm(conv(x))))
-        n = x.shape[0]
-        x = x.reshape(n, self.copies, -1).transpose(0, 1)        # (K, N, C*H*W): copy k's flattened features
-        x = F.dropout(self.fc1(x), self.dropout, self.training)
-        return F.dropout(self.fc2(x), self.dropout, self.training)
-
-    def extra_repr(self) -> str:
-        return f"copies={self.copies}, num_classes={self.num_classes}, norm={self.norm_name!r}, dropout={self.dropout:g}"
+class StackedGraphTrainer(StackedTrainer, GraphTrainer):
+    """:class:`StackedTrainer` whose whole step is one CUDA graph (:class:`~dnlib.train.GraphTrainer`)."""
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -251,9 +141,11 @@ class StackedData:
         first = datas[0]
         shared = all(d is first for d in datas)
         if not shared:
-            for attr in ("x_train", "x_eval", "mean"):
-                _same([tuple(getattr(d, attr).shape) for d in datas], f"data ({attr} shapes)")
-            _same([d.eval_split for d in datas], "data (evaluation split)")
+            facts = [tuple(tuple(getattr(d, a).shape) for a in ("x_train", "x_eval", "mean")) + (d.eval_split,)
+                     for d in datas]
+            if any(f != facts[0] for f in facts[1:]):
+                raise ValueError(f"datas: the copies' data differ in shapes or evaluation split ({facts[0]} vs "
+                                 f"another); stacked copies must be the same configuration")
 
         def stack(attr):
             t = getattr(first, attr)
@@ -304,12 +196,11 @@ class StackedBatches:
 
 
 class StackedLoss:
-    """``loss_fn(model, (idx,))`` for the trainer: the SUM over copies of each copy's mean cross-entropy, so
-    copy k's gradient is that of its own run's loss. :attr:`last` holds the step's per-copy losses ``(K,)``
-    (detached; inside a CUDA graph the captured tensor that every replay overwrites)."""
+    """``loss_fn(model, (idx,))`` for the trainer: each copy's mean cross-entropy, ``(K,)`` (the trainer minimizes
+    their SUM, so copy k's gradient is that of its own run's loss)."""
 
     def __init__(self, data: StackedData):
-        self.data, self.last = data, None
+        self.data = data
 
     def per_copy(self, model: nn.Module, idx: torch.Tensor, split: str = "train", reduce: str = "mean"):
         logits = model(self.data.images(idx, split))                          # (K, N, classes)
@@ -319,9 +210,7 @@ class StackedLoss:
 
     def __call__(self, model: nn.Module, batch) -> torch.Tensor:
         (idx,) = batch
-        _, per = self.per_copy(model, idx)
-        self.last = per.detach()
-        return per.sum()
+        return self.per_copy(model, idx)[1]
 
 
 def evaluate(model: StackedCifarCNN, data: StackedData, batch_size: int = 1000) -> list:
@@ -356,264 +245,108 @@ def _check_seeds(seeds) -> list:
     return seeds
 
 
-class StackedRun:
-    """K runs of one configuration (one per seed) prepared as one stacked model and trainer (made by
-    :func:`prepare`): ``go()`` trains them with the runner's chunks, evaluation and time-limit rule and writes
-    one ordinary run folder per copy; ``step()`` is one stacked training step (returns the ``(K,)`` losses).
-
-    Attributes: ``setups`` (each copy's :class:`~dnlib.experiment.Setup`, as its separate run builds it),
-    ``model`` (:class:`StackedCifarCNN`), ``data`` (:class:`StackedData`), ``loss_fn``, ``trainer``,
-    ``run_dirs`` (None without ``out``)."""
-
-    def __init__(self, recipe: experiment.Recipe, config, seeds: Sequence[int], *, steps: Optional[int] = None,
-                 device: str = "auto", out=None, overrides: Optional[Mapping] = None,
-                 options: Optional[Mapping] = None, time_limit: Optional[float] = None,
-                 stop_after: Optional[int] = None, progress: bool = False, parameters: Optional[Mapping] = None,
-                 argv: Optional[Sequence[str]] = None):
-        self.t0, self.started = time.perf_counter(), time.time()
-        self.seeds = _check_seeds(seeds)
-        experiment.check_time_limit(time_limit)
-        experiment.check_int("stop_after", stop_after, 0, none_ok=True)
-        options = dict(options or {})
-        mode = options.pop("mode", None) or "auto"
-        if mode not in MODES:
-            raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        self.recipe, self.time_limit, self.stop_after, self.progress = recipe, time_limit, stop_after, progress
-        self.parameters, self.argv = parameters, argv
-        self.cfg = cfg = recipe.config(config, steps=steps, **dict(overrides or {}))
-        self.config_name = getattr(cfg, "name", str(config))
-        # each copy as its separate run builds it (the runner seeds every RNG just before build); the data is
-        # loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)
-        self.setups = []
-        for seed in self.seeds:
-            set_seed(seed)
-            s = recipe.build(cfg, seed, device, **options, mode="eager")
-            self.setups.append(s)
-            if "data" not in options and options.get("subset") is None:
-                options["data"] = s.data
-        models = [s.model for s in self.setups]
-        self.model = StackedCifarCNN(models).to(memory_format=torch.channels_last)   # as the recipe's models
-        self.data = StackedData([s.data for s in self.setups])
-        self.loss_fn = StackedLoss(self.data)
-        self.batches = StackedBatches([s.batches for s in self.setups])
-        s0 = self.setups[0]
-        groups = s0.trainer_kwargs.get("param_groups")
-        if groups is None:
-            groups = [{"params": list(models[0].parameters())}]
-        names = {id(p): n for n, p in models[0].named_parameters()}
-        groups = [{**g, "params": [self.model.get_parameter(names[id(p)]) for p in g["params"]]} for g in groups]
-        dev = self.data.device
-        graph = mode == "graph" or (mode == "auto" and dev.type == "cuda")
-        self.mode = experiment.trainer_mode(graph, dev)
-        tcfg = dataclasses.replace(s0.train, progress=False, device=str(dev))
-        self.trainer = (GraphTrainer if graph else Trainer)(self.model, self.loss_fn, self.batches, tcfg,
-                                                            param_groups=groups)
-        self.planned = int(s0.train.steps)
-        self.chunk = int(s0.chunk or s0.train.eval_every or self.planned or 1)
-        self.log_every = max(1, int(s0.train.log_every))
-        self.eval_every = int(s0.train.eval_every)
-        self.elapsed = 0.0
-        self.histories = [[] for _ in self.seeds]
-        self.stopped = [None] * len(self.seeds)       # per copy: None while training, then why it stopped
-        self.stopped_step = [None] * len(self.seeds)
-        self._pending, self._prov = [], None
-        self.run_dirs = None
-        if out is not None:
-            self.run_dirs = [records.new_run_dir(out, records.run_name(self.config_name, s)) for s in self.seeds]
-
-    @property
-    def copies(self) -> int:
-        return len(self.seeds)
-
-    # -- steps
-    def step(self) -> torch.Tensor:
-        """One stacked optimizer step; returns the K copies' task losses (without the L1 terms), on the device."""
-        tr = self.trainer
-        tr.train_step(next(self.batches))
-        tr.step += 1
-        return self.loss_fn.last.clone()
-
-    def _log(self, do_eval: bool) -> None:
-        tr = self.trainer
-        losses = torch.stack(self._pending).float().cpu() if self._pending else None
-        n = 0 if losses is None else len(losses)
-        self._pending = []
-        metrics = evaluate(self.model, self.data) if do_eval else [{} for _ in self.seeds]
-        lr = tr.opt.param_groups[0]["lr"]
-        for k in range(self.copies):
-            if self.stopped[k] is not None:
-                continue
-            row = {"step": tr.step, "lr": lr, "time": round(self.elapsed, 3)}
-            if losses is not None:
-                bad = (~torch.isfinite(losses[:, k])).nonzero()
-                if len(bad):
-                    i = int(bad[0])
-                    self._diverge(k, tr.step - n + i + 1, f"the training loss is {float(losses[i, k])}")
-                    continue
-                row["train_loss"] = float(losses[:, k].mean())
-            bad = {m: v for m, v in metrics[k].items() if not math.isfinite(v)}
-            if bad:
-                self._diverge(k, tr.step, "evaluation " + ", ".join(f"{m} = {v}" for m, v in bad.items()))
-                continue
-            row.update(metrics[k])
-            self.histories[k].append(row)
-
-    def _diverge(self, k: int, step: int, what: str) -> None:
-        tr = self.trainer
-        self.stopped[k] = f"diverged at step {int(step)}"
-        self.stopped_step[k] = tr.step
-        self.histories[k].append({"step": tr.step, "lr": tr.opt.param_groups[0]["lr"], "time": round(self.elapsed, 3),
-                                  "stopped": self.stopped[k], "reason": what})
-
-    def _check_weights(self) -> None:
-        for k in range(self.copies):
-            if self.stopped[k] is None and not all(torch.isfinite(t).all() for t in
-                                                   self.model.copy_state_dict(k).values() if t.is_floating_point()):
-                self._diverge(k, self.trainer.step, "a weight or buffer of the model is not finite")
-
-    def train_until(self, target: int) -> None:
-        """Train on to step ``target`` (logging every ``log_every`` steps, evaluating every ``eval_every`` steps and
-        at ``target``), as the trainer's ``run_until`` does for one run."""
-        tr = self.trainer
-        bar = tqdm(total=target, initial=tr.step, disable=not self.progress, desc=f"train x{self.copies}", leave=False)
-        while tr.step < target and any(s is None for s in self.stopped):
-            t0 = time.perf_counter()
-            self._pending.append(self.step())
-            if tr.device.type == "cuda" and tr.step % self.log_every == 0:
-                torch.cuda.synchronize()
-            self.elapsed += time.perf_counter() - t0
-            bar.update(1)
-            do_eval = tr.step == target or bool(self.eval_every and tr.step % self.eval_every == 0)
-            if do_eval or tr.step % self.log_every == 0:
-                self._log(do_eval)
-        bar.close()
-        if self._pending:
-            self._log(False)
-        self._check_weights()
-
-    # -- the records
-    def result(self, k: int, running: bool = False) -> RunResult:
-        """Copy ``k``'s :class:`~dnlib.experiment.RunResult` (its record as :mod:`dnlib.records` writes it; its
-        ``model`` is its separate run's model object holding copy k's current weights)."""
-        tr, setup, seed = self.trainer, self.setups[k], self.seeds[k]
-        stopped = self.stopped[k] or (RUNNING if running else COMPLETED if tr.step >= self.planned
-                                      else f"stop_after at step {tr.step}")
-        steps = self.stopped_step[k] if self.stopped_step[k] is not None else tr.step
-        with torch.no_grad():
-            setup.model.load_state_dict(self.model.copy_state_dict(k))
-        res = RunResult(None, self.histories[k], setup.model, self.cfg,
-                        self.run_dirs[k] if self.run_dirs else None, steps, self.elapsed, setup)
-        headline = dict(self.recipe.headline(res))
-        if stopped.startswith("diverged"):
-            headline = {key: None for key in headline}
-        info = {**setup.info, "mode": self.mode, "stacked": self.copies, "stacked_seeds": list(self.seeds),
-                "stacked_index": k}
-        config = {**self.recipe.config_dict(self.cfg), "setup": info}
-        if self._prov is None:
-            self._prov = records.provenance(tr.device)
-        res.record = records.make_record(
-            self.recipe.name, config, seed, name=self.config_name, parameters=self.parameters, started=self.started,
-            ended=None if stopped == RUNNING else time.time(), steps_planned=self.planned, steps_done=steps,
-            stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg), device=tr.device, argv=self.argv,
-            prov=self._prov)
-        return res
-
-    def write(self, running: bool = False) -> list:
-        """Every copy's result; with run folders, their ``record.json`` and ``curves.csv`` (atomically)."""
-        out = []
-        for k in range(self.copies):
-            res = self.result(k, running)
-            if self.run_dirs is not None:
-                records.write_curves(self.run_dirs[k], [r for r in self.histories[k] if "step" in r])
-                records.write_record(self.run_dirs[k], res.record)
-            out.append(res)
-        return out
-
-    def go(self) -> list:
-        """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit: the runner's rule);
-        returns the K copies' :class:`~dnlib.experiment.RunResult` s, in the order of ``seeds``. A copy that
-        diverges stops (its record says ``diverged at step N``, no headline numbers); the others train on."""
-        tr = self.trainer
-        target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
-        last = None
-        try:
-            while tr.step < target and any(s is None for s in self.stopped):
-                spent = time.perf_counter() - self.t0
-                if experiment.past_time_limit(spent, last, self.time_limit):
-                    for k in range(self.copies):
-                        if self.stopped[k] is None:
-                            self.stopped[k] = f"time limit at step {tr.step}"
-                    break
-                c0 = time.perf_counter()
-                self.train_until(min(target, (tr.step // self.chunk + 1) * self.chunk))
-                last = time.perf_counter() - c0
-                if tr.step < target:
-                    self.write(running=True)
-            return self.write()
-        except KeyboardInterrupt:
-            for k in range(self.copies):
-                if self.stopped[k] is None:
-                    self.stopped[k] = f"interrupted at step {tr.step}"
-            self.write()
-            raise
+def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
+          options: Optional[dict] = None) -> experiment.Setup:
+    """The :class:`~dnlib.experiment.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
+    a stacked :class:`~dnlib.experiment.Run`): each copy built as its separate run builds it (seeded, then
+    ``recipe.build`` with ``options``), packed into one model, data, batch source and loss; ``copies`` holds the K
+    copies' own setups. ``options["mode"]`` is the stacked trainer's (``"auto"``: a CUDA graph on CUDA). The data
+    is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
+    seeds = _check_seeds(seeds)
+    options = dict(options or {})
+    mode = options.pop("mode", None) or "auto"
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+    setups = []
+    for seed in seeds:
+        set_seed(seed)                       # as the runner does before an ordinary run's build
+        setups.append(recipe.build(cfg, seed, device, **options, mode="eager"))
+        if "data" not in options and options.get("subset") is None:
+            options["data"] = setups[-1].data
+    models = [s.model for s in setups]
+    model = StackedCifarCNN(models).to(memory_format=torch.channels_last)   # as the recipe's models
+    data = StackedData([s.data for s in setups])
+    s0 = setups[0]
+    groups = s0.trainer_kwargs.get("param_groups") or [{"params": list(models[0].parameters())}]
+    names = {id(p): n for n, p in models[0].named_parameters()}
+    groups = [{**g, "params": [model.get_parameter(names[id(p)]) for p in g["params"]]} for g in groups]
+    graph = mode == "graph" or (mode == "auto" and data.device.type == "cuda")
+    info = {"mode": experiment.trainer_mode(graph, data.device), "stacked": len(seeds), "stacked_seeds": seeds}
+    for s in setups:
+        s.info.update(info)
+    return experiment.Setup(
+        model, StackedLoss(data), StackedBatches([s.batches for s in setups]),
+        dataclasses.replace(s0.train, progress=False, device=str(data.device)),
+        evaluate=lambda m: evaluate(m, data), run_info={**s0.run_info, "seeds": seeds},
+        trainer=StackedGraphTrainer if graph else StackedTrainer, trainer_kwargs={"param_groups": groups},
+        chunk=s0.chunk, info={**s0.info, **info}, data=data, copies=setups)
 
 
-def prepare(recipe: experiment.Recipe, config, seeds: Sequence[int], **kwargs) -> StackedRun:
-    """A :class:`StackedRun`, prepared but not trained; arguments as :func:`run`."""
-    return StackedRun(recipe, config, seeds, **kwargs)
+def prepare(recipe: experiment.Recipe, config=None, seeds: Optional[Sequence[int]] = None,
+            **kwargs) -> experiment.Run:
+    """A stacked :class:`~dnlib.experiment.Run`, prepared but not trained (its ``trainer`` a
+    :class:`StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
+    return experiment.Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
+                          **kwargs)
 
 
-def run(recipe: experiment.Recipe, config, seeds: Sequence[int], *, steps: Optional[int] = None,
-        device: str = "auto", out=None, overrides: Optional[Mapping] = None, options: Optional[Mapping] = None,
-        time_limit: Optional[float] = None, stop_after: Optional[int] = None, progress: bool = False,
-        parameters: Optional[Mapping] = None, argv: Optional[Sequence[str]] = None) -> list:
-    """Train configuration ``config`` of ``recipe`` once per seed, the K runs stacked into one model (module
-    doc); returns their :class:`~dnlib.experiment.RunResult` s in the order of ``seeds``.
+def run(recipe: experiment.Recipe, config=None, seeds: Optional[Sequence[int]] = None, **kwargs) -> list:
+    """Train configuration ``config`` of ``recipe`` once per seed, the K runs stacked into one model and trained by
+    the runner (module doc); returns their :class:`~dnlib.experiment.RunResult` s in the order of ``seeds``.
 
     Args:
         recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data (``dnlib.cifar.RECIPE``).
-        config: a configuration name or object; ``overrides``: fields to change; ``steps``: shorten the schedule.
-        seeds: one distinct seed per copy.
-        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
-        out: a base folder: each copy gets a new run folder ``out/<config>-s<seed>-<UTC time>`` (None: nothing is
-            written; the records are on the results).
-        options: keyword arguments of the recipe's ``build`` (``data``, ``subset``, ``eval_every``...); ``mode``
-            (``"auto"``, ``"graph"``, ``"eager"``) is the stacked trainer's.
-        time_limit, stop_after: as :func:`dnlib.experiment.run` (the whole group stops).
-        parameters, argv: recorded in each record.
+        config: a configuration name or object (None with ``resume``: the stored one).
+        seeds: one distinct seed per copy (None with ``resume``: the stored ones).
+        kwargs: as :func:`dnlib.experiment.run`: ``steps``, ``device``, ``out`` (a base folder: the group gets a
+            new folder in it), ``resume`` (the group's folder: continue its checkpoint, or start there),
+            ``overrides``, ``options`` (the recipe's ``build`` keywords; ``mode``: the stacked trainer's),
+            ``time_limit``, ``stop_after`` (the whole group stops), ``progress``, ``parameters``, ``argv``.
     """
-    return StackedRun(recipe, config, seeds, steps=steps, device=device, out=out, overrides=overrides,
-                      options=options, time_limit=time_limit, stop_after=stop_after, progress=progress,
-                      parameters=parameters, argv=argv).go()
+    return prepare(recipe, config, seeds, **kwargs).go()
 
 
 # -------------------------------------------------------------------------------------------------- CLI
 def _add_arguments(recipe: experiment.Recipe, q: argparse.ArgumentParser) -> None:
-    q.add_argument("config", help="configuration name (see `list`)")
-    q.add_argument("--seeds", type=cli.seed, nargs="+", required=True, help="one distinct seed per copy")
+    q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`; none with --resume)")
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=None,
+                   help="one distinct seed per copy (required, but with --resume)")
     q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
     q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit")
     q.add_argument("--out", type=cli.out_dir, default=None,
-                   help=f"base folder: each copy gets a new run folder in it (default runs/{recipe.name})")
-    q.add_argument("--device", type=cli.device, default="auto", help="auto, cpu, cuda[:N] (default auto)")
+                   help=f"base folder: the group gets a new folder in it (default runs/{recipe.name})")
+    q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR",
+                   help="a stacked group's folder: continue its checkpoint (or start there)")
+    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
     recipe.add_arguments(q, "run")
 
 
 def _handler(recipe: experiment.Recipe):
     def handle(args, q) -> int:
+        if args.out is not None and args.resume is not None:
+            q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
+        if args.resume is None and (args.config is None or args.seeds is None):
+            q.error("config, --seeds: both are required (or --resume DIR)")
         overrides, options = recipe.from_args(args)
-        out = args.out if args.out is not None else str(Path("runs") / recipe.name)
-        with cli.user_errors(q):
-            _check_seeds(args.seeds)
-            recipe.config(args.config, steps=args.steps, **overrides)     # a bad name or field: before any data
+        out = None if args.resume is not None else args.out or str(Path("runs") / recipe.name)
+        with cli.user_errors(q, CheckpointError):
+            if args.seeds is not None:
+                _check_seeds(args.seeds)
+            if args.config is not None:
+                recipe.config(args.config, steps=args.steps, **overrides)     # a bad name or field: before any data
             prepared = prepare(recipe, args.config, args.seeds, steps=args.steps, device=args.device, out=out,
-                               overrides=overrides, options=options, time_limit=args.time_limit)
-        results = prepared.go()
+                               resume=args.resume, overrides=overrides, options=options, time_limit=args.time_limit,
+                               progress=sys.stderr.isatty(), argv=sys.argv[1:])
+        try:
+            results = prepared.go()
+        except TrainingDiverged as e:          # every copy diverged: each record says so; exit 1, one line
+            print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
+            return 1
         for res in results:
             rec = res.record
             print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"],
-                              "seed": rec["seed"], "stacked": prepared.copies, "steps": rec["steps_done"],
+                              "seed": rec["seed"], "stacked": len(results), "steps": rec["steps_done"],
                               "planned": rec["steps_planned"], "stopped": rec["stopped"], **rec["headline"],
                               **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
         return 1 if any(str(r.stopped).startswith("diverged") for r in results) else 0
@@ -624,7 +357,9 @@ def commands(recipe: experiment.Recipe) -> dict:
     """``{"stack": Command}``: the ``stack`` verb of ``recipe``'s CLI (register it in ``Recipe.commands``)::
 
         python -m dnlib.cifar stack dn-star --seeds 0 1 2 3 [--steps N] [--out DIR] [the run verb's recipe flags]
+        python -m dnlib.cifar stack --resume DIR        # continue a group (its checkpoint), or start there
 
-    One ordinary run folder per seed; one JSON line per copy; exit 1 when a copy diverged, 2 on bad arguments."""
+    One folder per group, an ordinary run folder per seed in it; one JSON line per copy; exit 1 when a copy
+    diverged, 2 on bad arguments (or another run's checkpoint)."""
     return {"stack": experiment.Command("train several seeds of one configuration as one stacked model",
                                         lambda q: _add_arguments(recipe, q), _handler(recipe))}

@@ -219,9 +219,11 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
                     step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
                     mode = experiment.trainer_mode(isinstance(tr, GraphTrainer), device)
                 else:
-                    run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device),
+                    run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device), progress=False,
                                           options={"data": data, "eval_every": 0, "mode": "auto"})
-                    step, mode = run.step, run.mode
+                    tr = run.trainer
+                    step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
+                    mode = run.setup.info["mode"]
                 dt, _ = experiment.time_steps(step, steps, warmup, device)
                 ips = steps * cfg.batch_size * k / dt
                 row.update(mode=mode, seconds=dt, images_per_s=ips, per_copy_images_per_s=ips / k)

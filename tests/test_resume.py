@@ -5,7 +5,12 @@ it (seed, schedule, configuration) is compared with the requested one, and a mis
 both. An empty, truncated or garbage file gives an error that names the file and says what to do.
 """
 import io
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,6 +189,56 @@ def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'bn'" in err and "'bn-s'" in err and str(tmp_path) in err, err
+
+
+def _timeless(rows):
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+@needs_cifar
+def test_stacked_run_resumes_after_kill_9_bit_identically(tmp_path):
+    """A stacked group (two seeds in one model) killed with SIGKILL after its first checkpoint, then resumed by its
+    folder (`stack --resume DIR`), ends with the same K records, curves, history and final parameters, bit for bit,
+    as an uninterrupted stacked run (the runner's one loop: the stacked group had no checkpoint before)."""
+    from dnlib import records
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}                       # the same threads in every process: the same sums
+    steps = 60
+    cmd = [sys.executable, "-m", "dnlib.cifar", "stack"]
+    args = ["base", "--seeds", "0", "1", "--steps", str(steps), "--subset", "300,100", "--batch-size", "20",
+            "--eval-every", "2", "--device", "cpu"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([*cmd, *args, "--resume", str(full)], env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*cmd, *args, "--resume", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)                # right after the first checkpoint (step 2)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 0 < torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < steps    # killed mid-run
+    subprocess.run([*cmd, "--resume", str(killed)], env=env, check=True, capture_output=True, timeout=600)
+    for seed in (0, 1):
+        a, b = full / f"base-s{seed}", killed / f"base-s{seed}"
+        ra, rb = records.read_record(a), records.read_record(b)
+        assert ra["stopped"] == rb["stopped"] == "completed" and ra["steps_done"] == rb["steps_done"] == steps
+        assert ra["seed"] == rb["seed"] == seed and ra["config"] == rb["config"]
+        assert {k: ra["headline"][k] for k in ("final_acc", "best_acc")} == \
+            {k: rb["headline"][k] for k in ("final_acc", "best_acc")}
+        assert _timeless(records.read_curves(a)) == _timeless(records.read_curves(b))
+    assert _timeless(json.loads((full / "history.json").read_text())) == \
+        _timeless(json.loads((killed / "history.json").read_text()))
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (full, killed))
+    assert ca["step"] == cb["step"] == steps and ca["batches"] == cb["batches"]
+    assert ca["model"].keys() == cb["model"].keys() and all(torch.equal(ca["model"][k], cb["model"][k])
+                                                            for k in ca["model"])
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
 
 
 # -------------------------------------------------------------------------------------------------- PTB / SR

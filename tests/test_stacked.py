@@ -1,5 +1,5 @@
-"""Stacked seeds (dnlib.stacked): K copies of the CIFAR CNN in one model equal K separate runs; records; the CLI
-verb."""
+"""Stacked seeds (dnlib.stacked): K copies of the CIFAR CNN in one model equal K separate runs; the runner's one
+loop trains them (records, checkpoints, per-copy divergence); the CLI verb. Kill -9 and resume: tests/test_resume.py."""
 import copy
 import dataclasses
 import json
@@ -10,7 +10,8 @@ import torch
 from dnlib import clear_penalties, experiment, records, sparse_penalty, stacked
 from dnlib.cifar import RECIPE, CifarRecipe, load_data
 from dnlib.models import CifarCNN
-from dnlib.train import set_seed
+from dnlib.models.stacked import FoldedNorm, StackedCifarCNN
+from dnlib.train import TrainingDiverged, set_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUBSET = (300, 100)
@@ -46,12 +47,13 @@ def test_stacked_steps_equal_separate_runs(data64, name, mode):
     cfg = RECIPE.config(name, batch_size=20).replace(milestones=(2,), steps=steps)
     refs = [_separate(cfg, s, data64, steps) for s in seeds]
     run = stacked.prepare(RECIPE, cfg, seeds, device="cpu", options={"data": data64, "eval_every": 0, "mode": mode})
-    run.model.double()
-    assert isinstance(run.trainer, experiment.Trainer)
-    got = torch.stack([run.step() for _ in range(steps)])            # (steps, K)
+    tr = run.trainer
+    tr.model.double()
+    assert isinstance(tr, stacked.StackedGraphTrainer if mode == "graph" else stacked.StackedTrainer)
+    got = torch.stack([_step(tr) for _ in range(steps)])            # (steps, K): the copies' losses
     for k, (losses, init, state) in enumerate(refs):
         assert got[:, k].tolist() == pytest.approx(losses, rel=1e-12, abs=0)
-        mine = run.model.copy_state_dict(k)
+        mine = tr.copy_state_dict(k)
         assert set(mine) == set(state)
         moved = max((state[n] - init[n]).abs().max().item() for n in state if state[n].is_floating_point())
         assert moved > 1e-6                                        # training moved the weights...
@@ -61,13 +63,20 @@ def test_stacked_steps_equal_separate_runs(data64, name, mode):
             else:
                 assert torch.equal(mine[n], v), n
     # the copies differ from each other (own seeds, own batches)
-    assert not torch.equal(run.model.copy_state_dict(0)["convs.0.weight"], run.model.copy_state_dict(1)["convs.0.weight"])
+    assert not torch.equal(tr.copy_state_dict(0)["convs.0.weight"], tr.copy_state_dict(1)["convs.0.weight"])
+
+
+def _step(tr):
+    """One optimizer step of a trainer, as its loop takes it; returns the task loss(es)."""
+    loss = tr.train_step(next(tr.batches))
+    tr.step += 1
+    return loss
 
 
 def test_pack_unpack_roundtrip_and_refusals():
     set_seed(0)
     models = [CifarCNN(10, "dn", norm_kwargs=dict(window=(5, 3, 3), sigma=0.5, alpha=0.01)) for _ in range(3)]
-    m = stacked.StackedCifarCNN(models)
+    m = StackedCifarCNN(models)
     for k, model in enumerate(models):
         for n, v in model.state_dict().items():
             assert torch.equal(m.copy_state_dict(k)[n], v), n
@@ -80,9 +89,9 @@ def test_pack_unpack_roundtrip_and_refusals():
     for k, model in enumerate(models):
         torch.testing.assert_close(out[k], model(x), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="models: the copies differ"):
-        stacked.StackedCifarCNN([CifarCNN(10, "bn"), CifarCNN(10, "ln")])
+        StackedCifarCNN([CifarCNN(10, "bn"), CifarCNN(10, "ln")])
     with pytest.raises(ValueError, match="learned sigma"):
-        stacked.StackedCifarCNN([CifarCNN(10, "dn", norm_kwargs=dict(learn_sigma=True))] * 2)
+        StackedCifarCNN([CifarCNN(10, "dn", norm_kwargs=dict(learn_sigma=True))] * 2)
     with pytest.raises(ValueError, match="seeds: each copy needs its own seed"):
         stacked.prepare(RECIPE, "base", [1, 1], device="cpu")
     with pytest.raises(ValueError, match="seeds: must be a non-empty list"):
@@ -101,14 +110,14 @@ def test_folded_and_grouped_normalizers_equal_separate_models():
     for m, x, w in zip(models, xs, ws):
         ((m(x) * w).sum() + sparse_penalty(m)).backward()
     for fold in (False, True):
-        st = stacked.StackedCifarCNN(models, fold=fold)
-        assert isinstance(st.norms[0], stacked.FoldedNorm) == fold
+        st = StackedCifarCNN(models, fold=fold)
+        assert isinstance(st.norms[0], FoldedNorm) == fold
         out = st(torch.cat(xs, 1))
         ((out * torch.stack(ws)).sum() + sparse_penalty(st)).backward()
         for k, (m, x) in enumerate(zip(models, xs)):
             torch.testing.assert_close(out[k], m(x), rtol=1e-10, atol=1e-12)
             clear_penalties(m)
-            grads = stacked.StackedCifarCNN.copy_state_dict(_grads(st), k)
+            grads = StackedCifarCNN.copy_state_dict(_grads(st), k)
             for n, p in m.named_parameters():
                 torch.testing.assert_close(grads[n], p.grad, rtol=1e-9, atol=1e-12, msg=f"{n} (fold={fold})")
 
@@ -124,13 +133,17 @@ def _grads(st):
 
 def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
     """Each copy gets its own run folder and record (the runner's keys, its seed, ``stacked: 2``), on its own
-    seed's data subset, with the curves of its separate run (float32: to rounding)."""
+    seed's data subset, with the curves of its separate run (float32: to rounding); the group's folder holds
+    them and the one trainer's checkpoint."""
     opts = {"subset": SUBSET, "eval_every": 1}
     results = stacked.run(RECIPE, "dn-star", [3, 5], steps=2, device="cpu", out=tmp_path / "stack",
-                          overrides={"batch_size": 20}, options=opts)
+                          overrides={"batch_size": 20}, options=opts, progress=False)
     assert [r.record["seed"] for r in results] == [3, 5]
     dirs = records.find_runs([tmp_path / "stack"])
-    assert sorted(d.name[:len("dn-star-s3-")] for d in dirs) == ["dn-star-s3-", "dn-star-s5-"]
+    assert [d.name for d in dirs] == ["dn-star-s3", "dn-star-s5"]
+    group, = {d.parent for d in dirs}
+    assert group.parent == tmp_path / "stack" and group.name.startswith("dn-star-s3+5-")
+    assert (group / "checkpoint.pt").is_file() and json.loads((group / "run.json").read_text())["seeds"] == [3, 5]
     for res in results:
         rec = records.read_record(res.run_dir)
         assert tuple(rec) == records.RECORD_KEYS
@@ -138,7 +151,7 @@ def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
         assert rec["config"]["setup"]["stacked"] == 2 and rec["config"]["setup"]["stacked_seeds"] == [3, 5]
         assert rec["config"]["setup"]["subset"] == list(SUBSET)
         sep = experiment.run(RECIPE, "dn-star", seed=rec["seed"], steps=2, device="cpu",
-                             overrides={"batch_size": 20}, options=opts)
+                             overrides={"batch_size": 20}, options=opts, progress=False)
         mine, theirs = records.read_curves(res.run_dir), [r for r in sep.history if "step" in r]
         assert [r["step"] for r in mine] == [r["step"] for r in theirs] == [1, 2]
         for a, b in zip(mine, theirs):
@@ -171,3 +184,93 @@ def test_stack_verb(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and what in err[0]
 
+
+
+# ------------------------------------------------------------------------------------------ the one loop
+SMOKE = dict(steps=6, device="cpu", overrides={"batch_size": 20}, options={"subset": SUBSET, "eval_every": 2},
+             progress=False)
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "time"} for r in history]
+
+
+def _final(group):
+    return torch.load(group / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def test_stacked_run_resumes_by_its_folder_as_the_uninterrupted_one(tmp_path):
+    """The runner's loop for a stacked group: stopped by a time limit (after the first chunk) and by stop_after,
+    then resumed by its folder alone (config and seeds from run.json): each copy's history, record and the packed
+    weights, optimizer and batch positions equal one uninterrupted stacked run's, bit for bit."""
+    full = stacked.run(RECIPE, "dn-star", [3, 5], out=tmp_path / "a", **SMOKE)
+    group = tmp_path / "b"
+    part = stacked.run(RECIPE, "dn-star", [3, 5], resume=group, time_limit=1e-6, **SMOKE)
+    assert [r.stopped for r in part] == ["time limit at step 2"] * 2
+    assert [records.read_record(r.run_dir)["steps_done"] for r in part] == [2, 2]
+    part = stacked.run(RECIPE, resume=group, stop_after=4, progress=False)
+    assert [r.stopped for r in part] == ["stop_after at step 4"] * 2 and [r.record["seed"] for r in part] == [3, 5]
+    resumed = stacked.run(RECIPE, resume=group, progress=False)
+    assert [r.stopped for r in resumed] == [experiment.COMPLETED] * 2
+    for a, b in zip(full, resumed):
+        assert _strip(a.history) == _strip(b.history) and [r["step"] for r in a.history] == [2, 4, 6]
+        assert _strip(records.read_curves(a.run_dir)) == _strip(records.read_curves(b.run_dir))
+        assert a.record["headline"]["final_acc"] == b.record["headline"]["final_acc"]
+        for name, t in a.model.state_dict().items():
+            assert torch.equal(t, b.model.state_dict()[name]), name
+    ca, cb = _final(full[0].run_dir.parent), _final(group)
+    assert ca["step"] == cb["step"] == 6 and ca["batches"] == cb["batches"]
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert str(ca["optimizer"]["state"]) == str(cb["optimizer"]["state"])
+
+
+def test_a_stacked_group_resumes_only_as_itself(tmp_path):
+    """Its folder is a stacked group's: an ordinary run refuses it (naming the seeds), and the group's checkpoint
+    refuses other seeds (the trainer's identity check)."""
+    stacked.run(RECIPE, "base", [0, 1], resume=tmp_path, stop_after=2, **SMOKE)
+    with pytest.raises(ValueError, match=r"seeds: \[0, 1\] are the copies of a stacked run"):
+        experiment.run(RECIPE, resume=tmp_path, progress=False)
+    with pytest.raises(experiment.CheckpointError, match=r"seeds: stored \(0, 1\), requested \(0, 2\)"):
+        stacked.run(RECIPE, "base", [0, 2], resume=tmp_path, **SMOKE)
+    with pytest.raises(ValueError, match="seeds: a stacked run needs one seed per copy"):
+        stacked.run(RECIPE, "base", resume=tmp_path / "empty", **SMOKE)
+
+
+def _poison(run, copies):
+    """Make the given copies' training loss NaN from the first step (their FC bias), the others untouched."""
+    with torch.no_grad():
+        for k in copies:
+            run.trainer.model.fc2.bias[k] = float("nan")
+
+
+def test_a_copy_that_diverges_stops_alone(tmp_path):
+    """The trainer's divergence check, per copy: the poisoned copy's record says ``diverged at step 1`` (the first
+    step whose loss was NaN) with no numbers, the other copy trains to the end with exactly the history of a
+    stacked run without the poisoned copy's NaN; when every copy diverges the run raises TrainingDiverged after
+    writing each record."""
+    clean = stacked.run(RECIPE, "base", [0, 1], **SMOKE)
+    run = stacked.prepare(RECIPE, "base", [0, 1], out=tmp_path / "one", **SMOKE)
+    _poison(run, [1])
+    ok, bad = run.go()
+    assert ok.stopped == experiment.COMPLETED and ok.record["headline"]["final_acc"] is not None
+    assert _strip(ok.history) == _strip(clean[0].history)
+    assert bad.stopped == "diverged at step 1" and bad.record["steps_done"] == 2
+    assert all(v is None for v in bad.record["headline"].values())
+    assert records.read_record(bad.run_dir)["stopped"] == "diverged at step 1"
+    assert bad.history[-1]["reason"] == "the training loss is nan" and len(bad.history) == 1
+    run = stacked.prepare(RECIPE, "base", [0, 1], out=tmp_path / "all", **SMOKE)
+    _poison(run, [0, 1])
+    with pytest.raises(TrainingDiverged, match="diverged at step 1"):
+        run.go()
+    assert [records.read_record(d)["stopped"] for d in run.copy_dirs] == ["diverged at step 1"] * 2
+
+
+def test_stack_verb_resumes_a_group(tmp_path, capsys):
+    """`stack --resume DIR` continues a group from its checkpoint (config, fields, seeds and options stored)."""
+    stacked.run(RECIPE, "base", [0, 1], resume=tmp_path, stop_after=2, **SMOKE)
+    assert experiment.main(_Recipe(), ["stack", "--resume", str(tmp_path)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["seed"], x["steps"], x["stopped"]) for x in lines] == [(0, 6, "completed"), (1, 6, "completed")]
+    with pytest.raises(SystemExit) as e:
+        experiment.main(_Recipe(), ["stack", "base", "--steps", "2"])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
