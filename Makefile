@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml requirements-ci.txt
 
 # Notebooks are stored stripped (no outputs or counts except keep_output cells; tests/test_notebooks_meta.py):
 # a git clean filter (scripts/nbclean.py, named nbstripout in .gitattributes) strips them on `git add`, so a notebook
-# saved in JupyterLab never commits outputs. Idempotent; skipped outside a git checkout.
+# saved in JupyterLab never commits outputs; JupyterLab's save hook (in the venv's etc/jupyter) makes `git status`
+# compare that stored form after a save, not the file's size. Idempotent; skipped outside a git checkout.
 FILTER := "$(abspath $(BIN))/python" "$(ROOT)/scripts/nbclean.py"
 git-filter:
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
@@ -36,7 +37,8 @@ git-filter:
 	  git config filter.nbstripout.smudge cat && \
 	  git config filter.nbstripout.required false && \
 	  git config diff.ipynb.textconv '$(FILTER) -t' && \
-	  echo "git filter nbstripout: notebooks are stripped on git add (scripts/nbclean.py)"; \
+	  $(FILTER) --install-save-hook >/dev/null && \
+	  echo "git filter nbstripout: notebooks are stripped on git add, JupyterLab saves keep git status clean (scripts/nbclean.py)"; \
 	else echo "not a git checkout: no notebook filter installed"; fi
 
 run: setup

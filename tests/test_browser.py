@@ -3,6 +3,7 @@ changes, with no widget error on the page (the widgets work in a real front end,
 
 * 02, the activation explorer: move the σ slider; a displayed statistic changes.
 * 05, super-resolution: move the crop explorer's "top" slider; its figure (an image in the widget's output) changes.
+* 01 and 02 in a git checkout with the clean filter: Run All, save with Ctrl+S; ``git status`` stays clean.
   The copy runs with smaller parameters than the smoke profile (fewer steps, two models), injected after its
   ``parameters`` cell as papermill does: this test is about the front end, not the training.
 
@@ -59,17 +60,13 @@ def _copy_notebook(name: str, root: Path) -> None:
     nbformat.write(nb, root / name)
 
 
-@pytest.fixture
-def lab(request, tmp_path):
-    """A JupyterLab server on 127.0.0.1 with a random port and token, serving a copy of the notebook named by the
-    test's ``notebook`` parameter; yields the notebook's URL."""
+@contextlib.contextmanager
+def _serve(root: Path, tmp_path: Path):
+    """A JupyterLab server on 127.0.0.1 with a random port and token serving ``root``; yields ``(base URL, token)``.
+    Its settings, workspaces and runtime files live under ``tmp_path`` (no tabs restored from another session)."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent: run .ci/browser-setup.sh (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    name = request.param
-    root = tmp_path / "lab"
-    root.mkdir()
-    _copy_notebook(name, root)
     settings = tmp_path / "settings"
     for rel, value in SETTINGS.items():
         path = settings / "@jupyterlab" / rel
@@ -79,6 +76,7 @@ def lab(request, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # the kernel's own inline backend
     env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
     env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+    env["JUPYTERLAB_WORKSPACES_DIR"] = str(tmp_path / "workspaces")
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
@@ -96,7 +94,7 @@ def lab(request, tmp_path):
                 if proc.poll() is not None or time.time() > deadline:
                     pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
                 time.sleep(0.3)
-        yield f"{base}/lab/tree/{name}?token={token}"
+        yield base, token
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started (its own session)
         try:
@@ -104,6 +102,18 @@ def lab(request, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture
+def lab(request, tmp_path):
+    """A JupyterLab server serving a copy of the notebook named by the test's ``notebook`` parameter; yields the
+    notebook's URL."""
+    name = request.param
+    root = tmp_path / "lab"
+    root.mkdir()
+    _copy_notebook(name, root)
+    with _serve(root, tmp_path) as (base, token):
+        yield f"{base}/lab/tree/{name}?token={token}"
 
 
 def _accept_kernel_dialog(page) -> None:
@@ -250,3 +260,71 @@ def test_crop_explorer_slider_redraws_the_crops(lab):
         assert slider.locator(".widget-readout").text_content() != readout_before
         assert before and after != before, "the crop figure did not change after moving 'top'"
         assert not _widget_errors(page)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def lab_checkout(request, tmp_path):
+    """A git checkout holding the notebook named by the test's parameter as committed (its stored form), with the
+    clean filter that ``make setup`` installs (``make git-filter``), served by JupyterLab; yields
+    ``(notebook URL, checkout, notebook path)``."""
+    name = request.param
+    repo = tmp_path / "checkout"
+    (repo / "notebooks").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "git-filter",
+                    f"VENV={Path(sys.executable).parent.parent}"], cwd=repo, check=True, capture_output=True)
+    for rel in (".gitattributes", ".gitignore"):  # .gitignore: JupyterLab's .ipynb_checkpoints/
+        (repo / rel).write_bytes((ROOT / rel).read_bytes())
+    (repo / "notebooks" / name).write_bytes((NOTEBOOKS / name).read_bytes())
+    _git(repo, "add", ".gitattributes", ".gitignore", f"notebooks/{name}")
+    _git(repo, "commit", "-q", "-m", "notebook as stored")
+    assert _git(repo, "status", "--porcelain") == ""
+    with _serve(repo, tmp_path) as (base, token):
+        yield f"{base}/lab/tree/notebooks/{name}?token={token}", repo, repo / "notebooks" / name
+
+
+def _outputs(path: Path) -> int:
+    """Code cells of the notebook file with outputs (0 while JupyterLab has not saved a run)."""
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(bool(c.get("outputs")) for c in cells if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("lab_checkout", ["01_unified_view.ipynb", "02_activation_explorer.ipynb"], indirect=True)
+def test_run_and_save_in_jupyterlab_leaves_git_status_clean(lab_checkout):
+    """Issue 23 item 5: open a notebook in JupyterLab, Run All, save with Ctrl+S: the file on disk now holds
+    outputs, counts, the kernel's language_info and display_name and (02) the widget state, and ``git status``
+    through the clean filter shows nothing (before: `` M notebooks/01_unified_view.ipynb``, the kept cells'
+    counts 8 and 10 saved as 9 and 11)."""
+    url, repo, path = lab_checkout
+    committed = path.read_text(encoding="utf-8")
+    stem = path.stem
+    with _lab_page(url, f"{stem}-save") as page:
+        _wait_for_all_cells(page, committed)
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+        page.keyboard.press("Control+s")
+        deadline = time.time() + 60
+        while _outputs(path) < 3 and time.time() < deadline:
+            page.wait_for_timeout(250)
+        assert not _widget_errors(page)
+    saved = path.read_text(encoding="utf-8")
+    assert _outputs(path) >= 3 and saved != committed, "JupyterLab did not save the run"
+    assert _git(repo, "status", "--porcelain") == "", _git(repo, "diff", "--no-textconv")
+
+
+def _wait_for_all_cells(page, text: str, timeout_s: float = 300) -> None:
+    """Wait until every code cell of the notebook ``text`` has run (each input prompt shows a count) and the kernel
+    is idle."""
+    n = sum(c["cell_type"] == "code" for c in json.loads(text)["cells"])
+    counted = ".jp-CodeCell .jp-InputPrompt"
+    page.wait_for_function(
+        f"""() => [...document.querySelectorAll('{counted}')].filter(e => /\\[\\d+\\]/.test(e.textContent)).length
+            >= {n}""", timeout=timeout_s * 1000)
+    _wait_idle(page)

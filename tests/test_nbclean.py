@@ -146,3 +146,99 @@ def test_make_setup_installs_the_filter_and_git_add_strips(tmp_path, saved_01):
     assert staged == _clean(saved_01) != saved_01
     status = subprocess.run(git + ["status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert "nb.ipynb" not in status.replace("A  nb.ipynb", "")   # the saved outputs do not show as a change
+
+
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nbclean_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _checkout(tmp_path: Path, name: str = "01_unified_view.ipynb") -> tuple:
+    """A git checkout with the filter of ``make git-filter`` and one committed notebook; (repo, path, git)."""
+    repo = tmp_path / "repo"
+    (repo / "nb").mkdir(parents=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+    def run(*args, **kw):
+        return subprocess.run(git + list(args), cwd=repo, capture_output=True, text=True, check=True, **kw).stdout
+
+    run("init", "-q")
+    filt = f'"{sys.executable}" "{SCRIPT}"'
+    run("config", "filter.nbstripout.clean", filt)
+    run("config", "filter.nbstripout.smudge", "cat")
+    for rel in (".gitattributes", ".gitignore"):  # .gitignore: .ipynb_checkpoints/ that a save makes
+        shutil.copy(ROOT / rel, repo / rel)
+    path = repo / "nb" / name
+    shutil.copy(ROOT / "notebooks" / name, path)
+    run("add", ".")
+    run("commit", "-q", "-m", "stored")
+    return repo, path, run
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="needs git")
+def test_the_save_hook_keeps_git_status_clean_after_a_save_with_outputs(tmp_path, saved_01):
+    """git status takes a changed size as a change without running the filter: a notebook saved with outputs shows
+    as modified although its stored form is the committed one (before the hook). After post_save (what JupyterLab
+    calls on save) it does not; a real change to the lesson still shows, and nothing is staged."""
+    repo, path, git = _checkout(tmp_path)
+    hook = _load_script()
+    path.write_text(saved_01, encoding="utf-8")
+    assert git("status", "--porcelain") == " M nb/01_unified_view.ipynb\n"   # git's stat check, filter not run
+    assert git("diff") == ""                                                    # the content is unchanged
+    hook.post_save(model={"type": "notebook"}, os_path=str(path), contents_manager=None)
+    assert git("status", "--porcelain") == ""
+    assert git("status", "--porcelain") == ""   # and stays so (status recorded the new size)
+    edited = json.loads(saved_01)
+    edited["cells"][6]["source"] = "z = torch.tensor([[1.0, 2.0, 3.0, 7.0]])\n"
+    path.write_text(as_jupyterlab_saves(edited), encoding="utf-8")
+    hook.post_save(os_path=str(path))
+    assert git("status", "--porcelain") == " M nb/01_unified_view.ipynb\n"   # a lesson change still shows
+    assert git("diff", "--cached") == ""                                       # and is not staged
+
+
+def test_the_save_hook_leaves_other_files_and_places_alone(tmp_path):
+    hook = _load_script()
+    assert hook.forget_stat(tmp_path / "nowhere.ipynb") is False              # not a git checkout
+    hook.post_save(os_path=str(tmp_path / "notes.txt"))                       # not a notebook: nothing
+    hook.post_save(os_path=None)
+    repo, path, git = _checkout(tmp_path)
+    (repo / "nb" / "new.ipynb").write_text("{}", encoding="utf-8")
+    assert hook.forget_stat(repo / "nb" / "new.ipynb") is False               # untracked
+    git("update-index", "--skip-worktree", "nb/01_unified_view.ipynb")
+    assert hook.forget_stat(path) is False                                    # the user's flag is kept
+    assert "S nb/01_unified_view.ipynb" in git("ls-files", "-v")
+
+
+@pytest.mark.filterwarnings("ignore:Overriding existing post_save_hook")  # jupyter_server sets a configured hook twice
+def test_install_save_hook_writes_one_block_that_jupyter_server_loads(tmp_path):
+    """The config block make git-filter writes: idempotent, replaces its older self, keeps the user's lines, and
+    a jupyter_server contents manager built from it calls post_save on save (the real save path, no browser)."""
+    from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+    from traitlets.config.loader import PyFileConfigLoader
+
+    hook = _load_script()
+    config = tmp_path / "etc" / "jupyter" / "jupyter_server_config.py"
+    config.parent.mkdir(parents=True)
+    config.write_text("c.ServerApp.open_browser = False\n")
+    assert hook.install_save_hook(tmp_path) == config
+    first = config.read_text()
+    hook.install_save_hook(tmp_path)
+    assert config.read_text() == first and first.count(hook.HOOK_BEGIN) == 1
+    assert first.startswith("c.ServerApp.open_browser = False\n")
+    loaded = PyFileConfigLoader(config.name, path=str(config.parent)).load_config()
+    assert loaded.ServerApp.open_browser is False
+    repo, path, git = _checkout(tmp_path)
+    manager = AsyncLargeFileManager(root_dir=str(repo), config=loaded)
+    assert callable(manager.post_save_hook)
+    import asyncio
+
+    model = asyncio.run(manager.get("nb/01_unified_view.ipynb"))
+    model["content"].cells[6].outputs = [nbformat.v4.new_output("stream", text="saved from JupyterLab\n" * 50)]
+    model["content"].cells[6].execution_count = 3
+    asyncio.run(manager.save(model, "nb/01_unified_view.ipynb"))
+    assert "saved from JupyterLab" in path.read_text()
+    assert git("status", "--porcelain") == ""
