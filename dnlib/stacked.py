@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cli, experiment
+from . import cli, distributed, experiment
 from .models.stacked import StackedCifarCNN
 from .sparse import clear_penalties
 from .train import CheckpointError, GraphTrainer, Trainer, TrainingDiverged, set_seed
@@ -257,6 +257,9 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
     mode = options.pop("mode", None) or "auto"
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+    if distributed.world_size() > 1:
+        raise ValueError(f"seeds: a stacked run trains in one process (torchrun's {distributed.world_size()} "
+                         f"processes would split its batches of K copies); run it without torchrun")
     setups = []
     for seed in seeds:
         set_seed(seed)                       # as the runner does before an ordinary run's build

@@ -98,6 +98,14 @@ def test_pack_unpack_roundtrip_and_refusals():
         stacked.prepare(RECIPE, "base", [], device="cpu")
 
 
+def test_a_stacked_run_under_torchrun_is_refused_before_any_data(monkeypatch):
+    """Under torchrun the runner would shard a (K, N) batch of K copies as if it were N examples: refused."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(CifarRecipe, "build", lambda *a, **k: pytest.fail("the copies were built"))
+    with pytest.raises(ValueError, match="seeds: a stacked run trains in one process"):
+        stacked.prepare(RECIPE, "base", [0, 1], device="cpu", progress=False)
+
+
 def test_folded_and_grouped_normalizers_equal_separate_models():
     """DN* (L1 terms) in training mode, float64, each copy its own images: the stacked model's outputs and the
     gradients of loss + L1 terms equal the separate models', with the copies in channel groups and folded into the
