@@ -51,10 +51,12 @@ test: setup
 bench: setup
 	$(BIN)/python -m dnlib.bench
 
-# The newest suite run's executed notebooks plus 06_results (executed now when that run lacks it) as HTML in one
-# folder a reader can open: runs/<profile>/suite-<UTC time>/report/index.html (scripts/report.py --help).
+# The newest finished suite run's executed notebooks plus 06_results (executed now when that run lacks it) as HTML
+# in one folder a reader can open offline: runs/<profile>/suite-<UTC time>/report/index.html (scripts/report.py
+# --help). RESULTS=DIR: 06 (and so the report) reads the run folders in DIR (a sweep's --out), not results/records.
+RESULTS ?=
 report: setup
-	$(BIN)/python scripts/report.py
+	$(BIN)/python scripts/report.py $(if $(RESULTS),--results "$(RESULTS)")
 
 clean:
 	rm -rf runs .pytest_cache

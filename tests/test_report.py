@@ -1,11 +1,14 @@
 """`make report` (scripts/report.py): a suite run's executed notebooks rendered to HTML with an index."""
 import importlib.util
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,17 +22,29 @@ def _module():
     return mod
 
 
-def _fake_suite(base: Path) -> Path:
-    """runs/smoke/suite-<time>/01_tiny/01_tiny.ipynb, really executed, and the suite's summary.json."""
-    suite = base / "smoke" / "suite-20261130T090000.000Z"
+def _fake_suite(base: Path, stamp: str = "20261130T090000.000Z", finished: bool = True) -> Path:
+    """runs/smoke/suite-<time>/01_tiny/01_tiny.ipynb, really executed, its results.json and the suite's
+    summary.json (a finished suite run; ``finished=False``: as a running `make run` leaves it, no summary)."""
+    suite = base / "smoke" / f"suite-{stamp}"
     (suite / "01_tiny").mkdir(parents=True)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · A tiny lesson\n\ntext"),
-                                         nbformat.v4.new_code_cell("print('hello from the kernel', 6 * 7)")],
-                                  metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 01 · A tiny lesson\n\ntext with a formula $y = x^2 / \\sigma$"),
+        nbformat.v4.new_code_cell('steps: int = 40  # training steps\nsource: str = "paper"  # which side',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("steps = 60", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print('hello from the kernel', 6 * 7)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     nbformat.write(nb, suite / "01_tiny" / "01_tiny.ipynb")
-    (suite / "summary.json").write_text(json.dumps([{"notebook": "01_tiny.ipynb", "status": "ok", "seconds": 1.25}]))
+    (suite / "01_tiny" / "results.json").write_text(json.dumps(
+        {"runs": [{"name": "bn-star", "final_acc": 0.2031, "seed": 0}], "sparsity": 0.5, "note": "text"}))
+    if finished:
+        (suite / "summary.json").write_text(json.dumps([{"notebook": "01_tiny.ipynb", "status": "ok",
+                                                         "seconds": 1.25}]))
     return suite
+
+
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']?(https?:)?//|<script[^>]*>[^<]*https?://", re.I)
 
 
 def test_report_renders_every_executed_notebook_and_an_index(tmp_path):
@@ -42,25 +57,99 @@ def test_report_renders_every_executed_notebook_and_an_index(tmp_path):
     assert "hello from the kernel 42" in page and "A tiny lesson" in page      # the executed output, rendered
     index = (out / "index.html").read_text()
     assert 'href="01_tiny.html"' in index and "01 · A tiny lesson" in index and ">ok<" in index and "1.2" in index
-    assert sorted(p.name for p in out.iterdir()) == ["01_tiny.html", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["01_tiny.html", "01_tiny.results.json", "index.html",
+                                                     "mathjax"]
 
 
-def test_newest_suite_over_profiles_and_no_suite_is_an_error(tmp_path):
+def test_the_report_works_offline_mathjax_bundled_and_no_script_from_the_web(tmp_path):
+    """The HTML loaded MathJax from a CDN (offline every formula was raw TeX) and require.js from the web."""
+    suite = _fake_suite(tmp_path / "runs")
+    out = tmp_path / "report"
+    assert _module().main(["--suite", str(suite), "--out", str(out), "--no-results"]) == 0
+    page = (out / "01_tiny.html").read_text()
+    assert not _REMOTE_SCRIPT.search(page), _REMOTE_SCRIPT.search(page).group(0)
+    src = re.search(r'<script[^>]*src="(mathjax/MathJax\.js[^"]*)"', page)
+    assert src and (out / src.group(1).split("?")[0]).is_file()          # the bundled file, beside the page
+    assert "config=TeX-AMS-MML_HTMLorMML-full" in src.group(1)               # a configuration the bundle has
+    assert (out / "mathjax" / "config" / "TeX-AMS-MML_HTMLorMML-full.js").is_file()
+    assert (out / "mathjax" / "jax" / "output" / "HTML-CSS").is_dir()
+    assert "$y = x^2 / \\sigma$" in page                                     # the TeX MathJax typesets
+
+
+def test_the_index_lists_parameters_and_headline_numbers(tmp_path):
+    suite = _fake_suite(tmp_path / "runs")
+    out = tmp_path / "report"
+    assert _module().main(["--suite", str(suite), "--out", str(out), "--no-results"]) == 0
+    index = (out / "index.html").read_text()
+    assert "<code>steps = 60</code>" in index and "<code>source = &quot;paper&quot;</code>" in index
+    assert "<code>runs[bn-star].final_acc 0.2031</code>" in index and "<code>sparsity 0.5</code>" in index
+    assert "seed" not in index.split("<th>executed</th>")[1]                # settings are not headline numbers
+
+
+def test_newest_finished_suite_over_profiles_unfinished_skipped_and_named(tmp_path):
     mod = _module()
     for folder in ("smoke/suite-20261130T080000.000Z", "full/suite-20261130T090000.000Z",
-                   "smoke/suite-20261130T085959.999Z"):
+                   "smoke/suite-20261130T085959.999Z", "smoke/suite-20261130T093000.000Z"):
         (tmp_path / folder).mkdir(parents=True)
-    assert mod.newest_suite(tmp_path) == tmp_path / "full/suite-20261130T090000.000Z"
+        if not folder.endswith("093000.000Z"):
+            (tmp_path / folder / "summary.json").write_text("[]")
+    assert mod.newest_suite(tmp_path) == (tmp_path / "full/suite-20261130T090000.000Z",
+                                          [tmp_path / "smoke/suite-20261130T093000.000Z"])
     res = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(tmp_path / "empty")], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 2 and "no suite run" in res.stderr and res.stderr.count("\n") == 1
 
 
+def test_a_half_written_suite_run_is_skipped_and_a_half_written_notebook_named(tmp_path):
+    """make report crashed with a traceback on a half-written suite folder, and took a folder that a running
+    make run was still writing."""
+    runs = tmp_path / "runs"
+    done = _fake_suite(runs, "20261130T090000.000Z")
+    running = _fake_suite(runs, "20261130T100000.000Z", finished=False)
+    (running / "02_half").mkdir()
+    (running / "02_half" / "02_half.ipynb").write_text('{"cells": [{"cell_type": "code", "sou')
+    res = subprocess.run([sys.executable, str(SCRIPT), "--runs", str(runs), "--no-results"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"report: skipped {running}: unfinished" in res.stderr and "Traceback" not in res.stderr
+    assert (done / "report" / "index.html").is_file() and not (running / "report").exists()
+    assert f"Skipped {running}: unfinished" in (done / "report" / "index.html").read_text()
+    # asked for by name, the unfinished run is rendered as far as it goes: the half notebook is named, not a crash
+    res = subprocess.run([sys.executable, str(SCRIPT), "--suite", str(running), "--no-results"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stdout + res.stderr
+    assert "02_half: unreadable (" in res.stdout and "01_tiny: executed ->" in res.stdout
+    index = (running / "report" / "index.html").read_text()
+    assert "has no summary.json" in index and "unreadable" in index
+
+
+def test_results_dir_puts_your_runs_in_06_and_the_report(tmp_path):
+    """make report rendered the suite's 06, which reads the committed results/records: --results DIR (make report
+    RESULTS=DIR) executes 06 on DIR."""
+    suite = _fake_suite(tmp_path / "runs")
+    mine = tmp_path / "sweep"
+    shutil.copytree(ROOT / "results" / "records" / "cifar" / "bn-star-s0-h100", mine / "bn-star-s0")
+    rec = json.loads((mine / "bn-star-s0" / "record.json").read_text())
+    rec["config"]["steps"], rec["steps_planned"], rec["steps_done"] = 40, 40, 40
+    rec["headline"] = {"final_acc": 0.2031}
+    (mine / "bn-star-s0" / "record.json").write_text(json.dumps(rec))
+    out = tmp_path / "report"
+    res = subprocess.run([sys.executable, str(SCRIPT), "--suite", str(suite), "--out", str(out), "--results",
+                          str(mine)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    page = (out / "06_results.html").read_text()
+    assert "0.2031" in page and "40 of the paper" in page and "80,000 steps" in page
+    assert "0.7941" not in page                                      # the committed BN* run is not in DIR
+    index = (out / "index.html").read_text()
+    assert f"results_dir={mine}" in index and f"06_results reads {mine}" in index
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--suite", str(suite), "--results", str(tmp_path / "no")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("report: error: --results:") and bad.stderr.count("\n") == 1
+
+
 # ------------------------------------------------------------ `<experiment> report DIR`: one behaviour for all three
 def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
     """`cifar report runs/cifar/sweep` was refused ("nothing to report") while sr/ptb report take a sweep folder."""
-    import shutil
-
     sweep = tmp_path / "sweep"
     shutil.copytree(ROOT / "results" / "records" / "cifar", sweep)        # four CIFAR run folders
     res = subprocess.run([sys.executable, "-m", "dnlib.cifar", "report", str(sweep)], capture_output=True, text=True,
@@ -79,3 +168,12 @@ def test_a_folder_without_runs_is_refused_alike_by_every_report_verb(tmp_path):
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (experiment, res.stderr)
         assert f"no run folders of {experiment}" in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_report_results_passes_the_folder_on():
+    res = subprocess.run(["make", "-n", "report", "RESULTS=runs/cifar/my sweep"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert 'scripts/report.py --results "runs/cifar/my sweep"' in res.stdout, res.stdout + res.stderr
+    res = subprocess.run(["make", "-n", "report"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "scripts/report.py" in res.stdout and "--results" not in res.stdout
