@@ -58,7 +58,7 @@ from torch import nn
 
 from . import cli, distributed, engines, records
 from .io import atomic_write_json, atomic_write_text
-from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, set_seed
+from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, progress_bar, set_seed
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
            "gather_table", "load_runs", "replace", "check_int", "check_time_limit", "past_time_limit", "trainer_mode", "card", "time_steps", "call",
@@ -250,7 +250,7 @@ class Run:
     def __init__(self, recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
                  time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
                  overrides: Optional[Mapping] = None, options: Optional[Mapping] = None,
-                 stop_after: Optional[int] = None, progress: bool = False, parameters: Optional[Mapping] = None,
+                 stop_after: Optional[int] = None, progress: bool = True, parameters: Optional[Mapping] = None,
                  argv: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
                  build: Optional[Callable[..., Setup]] = None):
         self.t0 = time.perf_counter()
@@ -299,8 +299,7 @@ class Run:
             self.setup = setup = recipe.build(self.cfg, self.seed, device, **options)
         else:                  # K copies in one trainer (dnlib.stacked.build seeds each copy's build itself)
             self.setup = setup = build(recipe, self.cfg, self.seeds, device, options)
-        if progress:
-            setup.train.progress = True
+        self.progress = bool(progress)
         self.planned = int(setup.train.steps)
         self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
         if self.chunk < 1:
@@ -407,6 +406,10 @@ class Run:
         tr = self.trainer
         target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
         stopped, last = None, None
+        # one bar for the whole run (the trainer's fit calls, one per chunk, draw on it)
+        seeds = "+".join(map(str, self.seeds))
+        tr.bar = progress_bar(target, initial=tr.step, desc=f"{self.config_name} s{seeds}",
+                              enabled=self.progress and distributed.is_main())
         try:
             while tr.step < target:
                 spent = time.perf_counter() - self.t0
@@ -429,6 +432,8 @@ class Run:
             self.write(f"interrupted at step {tr.step}")
             raise
         finally:
+            tr.bar.close()
+            tr.bar = None
             for writer in self._tb or ():
                 writer.close()
             self._tb = None
@@ -443,7 +448,7 @@ def prepare(recipe: Recipe, config=None, **kwargs) -> Run:
 def run(recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
         time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
         overrides: Optional[Mapping] = None, options: Optional[Mapping] = None, stop_after: Optional[int] = None,
-        progress: bool = False, parameters: Optional[Mapping] = None,
+        progress: bool = True, parameters: Optional[Mapping] = None,
         argv: Optional[Sequence[str]] = None) -> RunResult:
     """Train one configuration of ``recipe`` and return its :class:`RunResult`.
 
@@ -457,6 +462,8 @@ def run(recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optio
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
         overrides: configuration fields to change; options: keyword arguments of the recipe's ``build``.
         stop_after: stop at this step (an interruption; the schedule is unchanged).
+        progress: a progress bar over the run's steps (:func:`dnlib.train.progress_bar`: a widget in JupyterLab,
+            a text bar under the notebook runner and on a terminal, periodic lines in a log); False: none.
         parameters: a notebook's parameters, recorded; argv: the command line, recorded.
 
     Without ``out`` and ``resume`` nothing is written (the record is on the result)."""
@@ -807,7 +814,6 @@ def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`)")
     q.add_argument("--config", dest="config_flag", default=None, help="the same, as a flag")
     q.add_argument("--seed", type=cli.seed, default=None, help="default 0 (or the resumed run's)")
-    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
     q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit "
                         "(--max-seconds: old spelling, removed in the next release)")
@@ -815,9 +821,25 @@ def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
                    help=f"base folder: the run gets a new folder in it (default runs/{recipe.name})")
     q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR",
                    help="a run folder: continue its checkpoint (or start there)")
-    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
     q.add_argument("--json", type=cli.out_file, default=None, help="also write the record here (old spelling)")
+    _passed_on_flags(q, recipe)
+
+
+def _passed_on_flags(q, recipe: Recipe) -> None:
+    """The ``run`` flags that ``sweep`` passes on to every run (listed in ``sweep --help``)."""
+    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
+    q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on stderr (periodic lines when stderr is not a terminal); "
+                        "default: on when stderr is a terminal")
     recipe.add_arguments(q, "run")
+
+
+def _passed_on_help(recipe: Recipe) -> str:
+    """``sweep --help``'s list of the run flags it passes on."""
+    hp = cli.ArgumentParser(add_help=False, usage=argparse.SUPPRESS)
+    _passed_on_flags(hp.add_argument_group("run options, passed on to every run (see run --help)"), recipe)
+    return hp.format_help()
 
 
 def _run_command(recipe: Recipe, args, q, argv) -> int:
@@ -834,9 +856,10 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
         with cli.user_errors(q):
             if name is not None:
                 recipe.config(name, steps=args.steps, **overrides)   # a bad name or field: before any data
+            progress = sys.stderr.isatty() if args.progress is None else args.progress
             prepared = prepare(recipe, name, seed=args.seed, steps=args.steps, time_limit=args.time_limit,
                                out=None if args.resume else out, resume=args.resume, device=args.device,
-                               overrides=overrides, options=options, argv=argv)
+                               overrides=overrides, options=options, argv=argv, progress=progress)
     except CheckpointError as e:        # another run's (or an unreadable) checkpoint: nothing trained
         print(f"{q.prog}: error: {cli.one_line(e)}", file=sys.stderr)
         return 2
@@ -866,8 +889,10 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
     _run_flags(run_p, recipe)
 
     q = sub.add_parser("sweep", help="configurations x seeds as concurrent runs in one resumable folder",
-                       epilog="Exit status: the number of failed runs (0: every run completed or reached its time "
-                              "limit); 2 also for a bad argument (one line, nothing started).")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=_passed_on_help(recipe) + "\nExit status: the number of failed runs (0: every run "
+                              "completed or reached its time limit);\n2 also for a bad argument (one line, nothing "
+                              "started).")
     q.add_argument("configs", nargs="*", help="configuration names ('all': every one)")
     q.add_argument("--config", dest="config_flag", nargs="+", default=None, help="the same, as a flag")
     q.add_argument("--seeds", "--seed", dest="seeds", type=cli.seed, nargs="+", default=[0])
