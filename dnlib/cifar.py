@@ -169,7 +169,7 @@ class CifarRecipe(experiment.Recipe):
 
     def build(self, cfg: CifarConfig, seed: int, device: str = "auto", *, data: Optional[CifarData] = None,
               subset=None, validation: bool = False, root=None, mean_over: str = "train", mode: str = "auto",
-              eval_every: int = 500, progress: bool = False) -> experiment.Setup:
+              eval_every: int = 500) -> experiment.Setup:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         experiment.check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
@@ -186,7 +186,7 @@ class CifarRecipe(experiment.Recipe):
         groups = [{"params": weights, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}]
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
                            gamma=cfg.gamma, eval_every=eval_every, checkpoint_every=eval_every,
-                           log_every=max(1, min(50, eval_every or 50)), seed=seed, device=str(dev), progress=progress)
+                           log_every=max(1, min(50, eval_every or 50)), seed=seed, device=str(dev), progress=False)
         batches = TensorBatches(torch.arange(len(data.y_train), device=dev), batch_size=cfg.batch_size, seed=seed)
         cls = GraphTrainer if mode == "graph" or (mode == "auto" and dev.type == "cuda") else Trainer
         info = {"data": data.description, "eval_split": data.eval_split,

@@ -237,8 +237,8 @@ class SRRecipe(experiment.Recipe):
     Configuration names are ``<schedule>-<row>`` (:meth:`configs`); every :class:`SRConfig` field is an override
     (``norm`` renames the configuration). ``steps`` shortens the schedule (milestones are fractions of it).
     ``build`` options: ``sets`` (scored for the headline when the run completes; absent sets are skipped and
-    named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root`` (data root),
-    ``progress``. The chunk is the configuration's ``eval_every`` (0: one chunk)."""
+    named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root`` (data root). The
+    runner shows the progress (``progress=``). The chunk is the configuration's ``eval_every`` (0: one chunk)."""
 
     name = "sr"
     module = "dnlib.sr"
@@ -271,7 +271,7 @@ class SRRecipe(experiment.Recipe):
         return self.config(fields.pop("name"), **fields)
 
     def build(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
-              root=None, progress: bool = False) -> experiment.Setup:
+              root=None) -> experiment.Setup:
         from .data import SRCNNPatches
         sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
         dev = resolve_device(device)
@@ -289,7 +289,7 @@ class SRRecipe(experiment.Recipe):
         model = cfg.build_model()
         batches = SRCNNPatches.from_pairs(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed,
                                           device=dev)
-        tcfg = cfg.train_config(device=str(dev), seed=seed, progress=progress, checkpoint_every=cfg.eval_every)
+        tcfg = cfg.train_config(device=str(dev), seed=seed, progress=False, checkpoint_every=cfg.eval_every)
         run_info = {k: v for k, v in self.config_dict(cfg).items() if k not in ("description", "eval_every")}
         info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
                 "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],
@@ -369,9 +369,9 @@ def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, eval_
     ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``) are scored for
     the headline when the run completes. Other keywords (:func:`dnlib.experiment.call`; None: the default): the
     runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``
-    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``),
-    ``root``, ``progress`` and configuration fields (``scale=4``, ``train_set="291"``, ``eval_every``,
-    ``lr``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` after the record says so."""
+    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
+    ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
+    ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return experiment.call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
                            curve_sets=tuple(eval_sets), **kwargs)

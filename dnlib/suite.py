@@ -18,8 +18,14 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.records` run record: the
    resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
    notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on
-   ``PYTHONPATH`` and matplotlib's inline backend; cells run with a tqdm bar.
-5. **Report** the time per notebook and a summary (also ``summary.json`` in the invocation's folder). A failing
+   ``PYTHONPATH``, matplotlib's inline backend and ``DNLIB_PROGRESS=text``: a training call's progress bar is a
+   text bar redrawn every 10 s, echoed here as one line per redraw (``[03_cifar] bn-star s0: 45%|...``), and the
+   executed copy keeps only its last state (stream outputs are merged, carriage returns applied). Cells run
+   with a tqdm bar (``--no-progress``: neither).
+5. **Limit** each cell's time (:func:`cell_limit`): 600 s on the smoke profile; on the others a limit derived from
+   the notebook's training schedule; ``--cell-timeout`` sets it. A cell past it fails naming the cell (index and
+   first line), how long it ran and how the limit was derived.
+6. **Report** the time per notebook and a summary (also ``summary.json`` in the invocation's folder). A failing
    cell makes the exit status 1 and the message names the notebook, the cell and the exception.
 
 Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameters (nothing ran).
@@ -38,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from . import cli, records
 from .io import atomic_write_json, atomic_write_text
+from .train import PROGRESS_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
@@ -374,23 +381,35 @@ class RunRecord:
 
 
 def _kernel_env(results: Path, profile: str) -> dict[str, str]:
-    env = {RESULTS_ENV: str(results), PROFILE_ENV: profile, "MPLBACKEND": INLINE_BACKEND}
+    env = {RESULTS_ENV: str(results), PROFILE_ENV: profile, "MPLBACKEND": INLINE_BACKEND, PROGRESS_ENV: "text"}
     pythonpath = os.environ.get("PYTHONPATH", "")
     if str(REPO_ROOT) not in pythonpath.split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), pythonpath) if p)
     return env
 
 
-def _describe_failure(path: Path, exc: Exception, output: Path) -> str:
+def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | None = None) -> str:
+    from nbclient.exceptions import CellTimeoutError
+
+    from .stall import CellStalled
+
     cell = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
+    cells = []
+    try:
+        cells = json.loads(output.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        pass
     if cell is None:  # e.g. a cell timeout: the last cell papermill started in the executed copy
-        try:
-            cells = json.loads(output.read_text())["cells"]
-            started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
-            cell = started[-1] if started else None
-        except (OSError, ValueError, KeyError):
-            pass
+        started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+        cell = started[-1] if started else None
+    if isinstance(exc, CellTimeoutError) and not isinstance(exc, CellStalled) and cell is not None and cell < len(cells):
+        source = _source(cells[cell]).strip().splitlines()
+        first = (source[0] if source else "")[:80]
+        ran = cells[cell].get("metadata", {}).get("papermill", {}).get("duration")
+        ran = f"ran {ran:.0f} s and " if isinstance(ran, (int, float)) else ""
+        return (f"{path.name}: cell {cell} (`{first}`) {ran}was stopped at the cell time limit"
+                f"{f' of {limit}' if limit else ''}; executed copy: {output}")
     ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
     where = f"cell {cell}" if cell is not None else "a cell"
     if count is not None:
@@ -398,19 +417,117 @@ def _describe_failure(path: Path, exc: Exception, output: Path) -> str:
     return f"{path.name}: {where} raised {ename}: {evalue}; executed copy with the traceback: {output}"
 
 
-def default_cell_timeout(profile: str) -> float | None:
-    """Seconds a single cell may run before it counts as failed: 600 for the smoke profile (whose cells take
-    seconds), none for the others (a full training is one long cell)."""
-    return 600.0 if profile == "smoke" else None
+#: The smoke profile's cell time limit (its cells take seconds; the training cells a few minutes on a CPU).
+SMOKE_CELL_LIMIT = 600.0
+#: The other profiles' cell time limit: CELL_FLOOR seconds plus, per training step of the notebook's schedule,
+#: SECONDS_PER_STEP of the device kind its ``device`` parameter names ("cpu" for "auto" or none: generous bounds,
+#: tens of times what a step takes, so the limit only ends a cell that hangs).
+CELL_FLOOR = 1800.0
+SECONDS_PER_STEP = {"cuda": 0.1, "cpu": 5.0}
+_RUN_LISTS = ("configs", "models")
+
+
+def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int | None, str]:
+    """``(training steps, how they were counted)`` of one execution of a notebook with ``parameters`` (the
+    declared defaults fill in the rest), from its parameters and ``metadata.dnlib.schedule``:
+
+    * runs: the length of its ``configs`` or ``models`` list parameter (1 without one), times that of ``seeds``
+      when it is a list;
+    * steps per run: the ``steps`` parameter when > 0; else its ``epochs`` parameter times
+      ``schedule["steps_per_epoch"]`` (at the notebook's full size); else ``schedule["steps"]`` (the schedule that
+      ``steps = 0`` means, its longest);
+    * a notebook without ``steps`` or ``epochs`` parameters trains nothing: 0 steps.
+
+    ``(None, why)`` when ``steps`` is 0 and the notebook declares no ``schedule``: the runner cannot know it."""
+    values = {}
+    for name, info in declared_parameters(path).items():
+        try:
+            values[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            values[name] = None
+    values.update(parameters)
+    schedule = read_notebook(path).get("metadata", {}).get("dnlib", {}).get("schedule", {})
+    listed = next((n for n in _RUN_LISTS if isinstance(values.get(n), (list, tuple))), None)
+    runs = len(values[listed]) if listed else 1
+    seeds = values.get("seeds")
+    runs *= len(seeds) if isinstance(seeds, (list, tuple)) else 1
+    runs_text = f"{runs} run{'s' if runs != 1 else ''}" + (f" ({listed})" if listed else "")
+    steps, epochs = values.get("steps"), values.get("epochs")
+    if isinstance(steps, int) and steps > 0:
+        return runs * steps, f"{runs_text} x {steps} steps"
+    if isinstance(epochs, int) and "steps_per_epoch" in schedule:
+        per = int(schedule["steps_per_epoch"])
+        return runs * epochs * per, f"{runs_text} x {epochs} epochs x {per} steps (metadata.dnlib.schedule)"
+    if "steps" in schedule:
+        return runs * int(schedule["steps"]), f"{runs_text} x {int(schedule['steps'])} steps (metadata.dnlib.schedule)"
+    if "steps" not in values and "epochs" not in values:
+        return 0, "no training"
+    return None, "steps = 0 and no metadata.dnlib.schedule to say what that schedule is"
+
+
+def cell_limit(profile: str, path: str | Path | None = None,
+               parameters: Mapping[str, Any] | None = None) -> tuple[float | None, str]:
+    """``(seconds, how)``: the time a single cell of ``path`` may run on ``profile`` before it fails.
+
+    Smoke: :data:`SMOKE_CELL_LIMIT`. Others: :data:`CELL_FLOOR` + :data:`SECONDS_PER_STEP` (of the device the
+    ``device`` parameter names; ``auto``: CUDA when there is one) x :func:`schedule_steps`; every cell of the notebook gets it (the training cell
+    needs it; the others end far sooner). None (no limit) when the schedule is unknown. ``how`` says which."""
+    if profile == "smoke":
+        return SMOKE_CELL_LIMIT, "the smoke profile's limit"
+    if path is None:
+        return CELL_FLOOR, f"the {profile} profile's floor"
+    parameters = dict(parameters or {})
+    steps, counted = schedule_steps(path, parameters)
+    if steps is None:
+        return None, counted
+    if steps == 0:
+        return CELL_FLOOR, f"the {profile} profile's floor: {counted}"
+    device = str(parameters.get("device", declared_parameters(path).get("device", {}).get("default", "")))
+    if "auto" in device:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = "cuda" if "cuda" in device else "cpu"
+    rate = SECONDS_PER_STEP[kind]
+    return CELL_FLOOR + rate * steps, f"{CELL_FLOOR:.0f} s + {rate:g} s x {steps} steps on {kind}: {counted}"
+
+
+def default_cell_timeout(profile: str, path: str | Path | None = None,
+                         parameters: Mapping[str, Any] | None = None) -> float | None:
+    """Seconds a single cell may run before it counts as failed (:func:`cell_limit`; None: no limit)."""
+    return cell_limit(profile, path, parameters)[0]
+
+
+class _ProgressEcho:
+    """The kernel's stderr as papermill hands it over: each progress-bar redraw (text after a carriage return)
+    becomes one line here, ``[<notebook>] <bar>``; other stderr text stays in the executed copy only."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text: str) -> None:
+        from tqdm.auto import tqdm
+
+        if "\r" not in text:
+            return
+        redraws = [t.strip() for t in text.split("\r")[1:] if t.strip()]
+        if redraws:
+            tqdm.write(f"[{self.name}] {redraws[-1]}", file=sys.stderr)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def execute(
     path: str | Path, output: str | Path, parameters: Mapping[str, Any], profile: str = "smoke",
     *, progress: bool = True, cell_timeout: float | None = None, stall_timeout: float | None = 30.0,
+    limit_note: str | None = None,
 ) -> RunRecord:
     """Execute one (already validated) notebook into ``output``; never raises on a failing cell.
 
-    ``cell_timeout`` (seconds) turns a cell that hangs into a failure that names the notebook and the cell.
+    ``cell_timeout`` (seconds) turns a cell that hangs into a failure that names the notebook, the cell (index and
+    first line) and how long it ran (``limit_note``: how the limit was derived, for that message). ``progress``:
+    papermill's bar over the cells and the kernel's progress bars echoed as lines (:class:`_ProgressEcho`).
     ``stall_timeout`` (seconds; None: off) fails a cell sooner when the kernel is idle and never answers it
     (a lost request or reply, see :mod:`dnlib.stall`); a kernel busy with the cell is never cut short by it."""
     import papermill
@@ -431,9 +548,11 @@ def execute(
             str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
             progress_bar=progress, cwd=str(path.parent), execution_timeout=cell_timeout, start_timeout=120,
             engine_name=register_engine(), stall_timeout=stall_timeout, notebook_name=path.name,
+            coalesce_streams=True, stderr_file=_ProgressEcho(path.stem) if progress else None,
         )
     except Exception as exc:  # PapermillExecutionError, kernel death, ...
-        error = _describe_failure(path, exc, output)
+        limit = None if cell_timeout is None else f"{cell_timeout:.0f} s" + (f" ({limit_note})" if limit_note else "")
+        error = _describe_failure(path, exc, output, limit)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -458,7 +577,8 @@ def run(
 ) -> list[RunRecord]:
     """Validate every notebook's parameters, then execute them in order; return one record per notebook.
 
-    ``cell_timeout``: seconds per cell (``"default"``: :func:`default_cell_timeout` of the profile; None: no limit).
+    ``cell_timeout``: seconds per cell (``"default"``: :func:`cell_limit` of the profile and each notebook's
+    parameters; None: no limit).
 
     Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid, and
     :class:`NotebookFailed` after the whole suite ran when any cell failed (its ``records`` attribute
@@ -493,9 +613,14 @@ def run(
     for path, params in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
         tqdm.write(f"[dnlib.suite] {path.name} ({profile}: {shown})")
-        timeout = default_cell_timeout(profile) if cell_timeout == "default" else cell_timeout
+        if cell_timeout == "default":
+            timeout, how = cell_limit(profile, path, params)
+        else:
+            timeout, how = cell_timeout, "--cell-timeout"
+        tqdm.write(f"[dnlib.suite] {path.name}: cell time limit "
+                   f"{'none' if timeout is None else f'{timeout:.0f} s'} ({how})")
         record = execute(path, out_dir / path.stem / path.name, params, profile, progress=progress,
-                         cell_timeout=timeout)
+                         cell_timeout=timeout, limit_note=how)
         tqdm.write(f"[dnlib.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
         if record.error:
             tqdm.write(f"[dnlib.suite] {record.error}")
@@ -541,7 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--out", type=cli.out_dir, default=None, help="output folder (default: a new runs/<profile>/suite-<UTC time>/)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     run_p.add_argument("--cell-timeout", type=cli.nonnegative_float, default=None,
-                       help="seconds a cell may run before it fails (default: 600 for smoke, none otherwise; 0: none)")
+                       help="seconds a cell may run before it fails (default: 600 for smoke; otherwise derived from "
+                            "each notebook's training schedule, see cell_limit; 0: none)")
     list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
     list_p.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)

@@ -21,12 +21,19 @@ Divergence: the per-step losses stay on the device until a log or evaluation poi
 a non-finite loss (or a non-finite evaluation metric, or non-finite weights before a checkpoint) stops the run
 with :class:`TrainingDiverged`: ``history`` (and ``history.json``) end with a row ``{"stopped": "diverged at
 step N"}``, the last checkpoint (written before the divergence) is kept, and no JSON ever holds a bare NaN.
+
+Progress: ``cfg.progress`` shows a bar (:func:`progress_bar`): a widget in JupyterLab, a bar on a terminal,
+periodic lines in a log, a text bar redrawn every few seconds under the notebook runner (``DNLIB_PROGRESS``).
+A caller that trains in several :meth:`Trainer.fit` calls (the experiment runner) sets :attr:`Trainer.bar` to one
+bar of its own instead.
 """
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,7 +43,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .io import atomic_save, atomic_write_json
 from .sparse import clear_penalties, sparse_penalty
@@ -63,6 +70,82 @@ class TrainingDiverged(RuntimeError):
         self.history = history if history is not None else []
         super().__init__(f"training {self.status}: {what} (learning rate {lr:g}); the run is stopped and no result "
                          f"is reported, lower the learning rate (or raise sigma / clip the gradients)")
+
+
+#: How :func:`progress_bar` shows progress: ``auto`` (default), ``widget``, ``text``, ``lines`` or ``off``.
+PROGRESS_ENV = "DNLIB_PROGRESS"
+PROGRESS_MODES = ("auto", "widget", "text", "lines", "off")
+#: Seconds between two redraws of a ``text`` bar (the notebook runner's) and between two ``lines``.
+PROGRESS_INTERVAL = {"text": 10.0, "lines": 30.0}
+
+
+class _Lines:
+    """A file for tqdm that turns each redraw (``"\\r" + bar``) into one line (for logs: no carriage returns)."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, text: str) -> None:
+        for line in text.replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.file.write(line.rstrip() + "\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill), whatever the frontend."""
+    return "ipykernel.zmqshell" in sys.modules and "IPython" in sys.modules and \
+        type(sys.modules["IPython"].get_ipython()).__name__ == "ZMQInteractiveShell"
+
+
+def progress_mode(mode: Optional[str] = None) -> str:
+    """The mode :func:`progress_bar` uses: ``mode``, else ``$DNLIB_PROGRESS``, else ``auto`` resolved: ``widget``
+    in a Jupyter kernel (with ipywidgets), ``text`` when stderr is a terminal, ``lines`` otherwise."""
+    mode = mode or os.environ.get(PROGRESS_ENV) or "auto"
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"{PROGRESS_ENV}: got {mode!r}; allowed values are {list(PROGRESS_MODES)}")
+    if mode == "auto":
+        if _in_kernel():
+            try:
+                import ipywidgets  # noqa: F401
+                return "widget"
+            except ImportError:
+                return "text"
+        return "text" if getattr(sys.stderr, "isatty", lambda: False)() else "lines"
+    return mode
+
+
+def progress_bar(total: int, *, initial: int = 0, desc: str = "train", enabled: bool = True,
+                 mode: Optional[str] = None) -> tqdm:
+    """A tqdm bar over ``total`` steps, shown as :func:`progress_mode` says (``enabled=False`` or mode ``off``:
+    a disabled bar, same methods).
+
+    * ``widget``: ``tqdm.notebook`` (JupyterLab);
+    * ``text``: a text bar on stderr; outside a terminal (papermill, whose executed copy keeps the last redraw once
+      the runner merges the carriage returns) it is redrawn every ``PROGRESS_INTERVAL["text"]`` seconds;
+    * ``lines``: one line on stderr every ``PROGRESS_INTERVAL["lines"]`` seconds and at the end (logs, ``--progress``
+      without a terminal).
+
+    The bar stays when closed (its last state: how far the run got)."""
+    mode = progress_mode(mode) if enabled else "off"
+    kw = dict(total=total, initial=initial, desc=desc, leave=True, disable=mode == "off")
+    if mode == "widget":
+        from tqdm.notebook import tqdm as notebook_tqdm
+        return notebook_tqdm(**kw)
+    if mode == "lines":
+        every = PROGRESS_INTERVAL["lines"]
+        return tqdm(**kw, file=_Lines(sys.stderr), mininterval=every, maxinterval=every, ncols=100, ascii=True)
+    if mode == "text" and not getattr(sys.stderr, "isatty", lambda: False)():
+        every = PROGRESS_INTERVAL["text"]
+        return tqdm(**kw, file=sys.stderr, mininterval=every, maxinterval=every, ncols=100, ascii=True)
+    try:                                    # a terminal that says it is 0 x 0 (a fresh pty): tqdm would draw nothing
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        size = None
+    shape = {} if size and size.columns and size.lines else {"ncols": 100, "nrows": 20}
+    return tqdm(**kw, file=sys.stderr, **shape)
 
 
 def set_seed(seed: int) -> None:
@@ -166,7 +249,7 @@ class TrainConfig:
     log_every: int = 50               # average the training loss over this many steps in the history
     seed: int = 0                     # seeds model init (when the trainer builds it) and every RNG
     device: str = "auto"              # "auto", "cpu", "cuda"
-    progress: bool = True             # show a tqdm bar
+    progress: bool = True             # show a progress bar (progress_bar)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -222,6 +305,7 @@ class Trainer:
         self.elapsed = 0.0
         self._loss_acc: list = []
         self.stopped: Optional[str] = None    # "diverged at step N" once a run diverged
+        self.bar = None                       # a progress bar the caller owns (see the module); None: fit's own
 
     # --- schedule -------------------------------------------------------------------------------------
     def lr_factor(self, step: int) -> float:
@@ -445,7 +529,8 @@ class Trainer:
         cfg = self.cfg
         if resume:
             self.try_resume()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="train", leave=False)
+        own = self.bar is None
+        bar = progress_bar(cfg.steps, initial=self.step, enabled=cfg.progress) if own else self.bar
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             loss = self.train_step(next(self.batches))
@@ -462,14 +547,16 @@ class Trainer:
                 metrics = self._evaluate() if do_eval else {}
                 self._check_metrics(metrics)
                 self._log(metrics, losses)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")},
+                                refresh=False)                 # drawn at the next redraw (mininterval)
             save = self.out_dir is not None and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
             if save or last:
                 self._pending_losses()                     # a checkpoint or a final model never holds NaN weights
                 self._check_weights()
             if save:
                 self.save_checkpoint()
-        bar.close()
+        if own:
+            bar.close()
         return self.history
 
 

@@ -9,13 +9,16 @@ probe whose bad value slips through fails at once instead of training for hours 
 from __future__ import annotations
 
 import json
+import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
 
 from dnlib import bench, cifar, experiment, ptb, sr, suite
 
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
@@ -288,3 +291,88 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
 def test_library_rejects_what_the_commands_reject(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+# --------------------------------------------------------------------------- progress (issue 23 item 2)
+PTB_TINY = ["run", "ln-star-lstm", "--steps", "4", "--eval-every", "2", "--max-tokens", "3000", "--vocab", "200",
+            "--hidden-size", "16", "--batch-size", "4", "--final-test-batch-size", "0", "--device", "cpu"]
+needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(), reason="no PTB in DNLIB_DATA")
+
+
+@pytest.mark.parametrize("main, own", [(cifar.main, "--subset"), (ptb.main, "--max-tokens"), (sr.main, "--sets")])
+def test_sweep_help_lists_the_run_options_it_passes_on(main, own, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    passed = out[out.index("run options, passed on to every run"):]
+    for flag in ("--steps", "--eval-every", "--device", "--progress, --no-progress", own):
+        assert flag in passed, flag
+
+
+@needs_ptb
+@pytest.mark.parametrize("flag, shown", [("--progress", True), ("--no-progress", False), (None, False)])
+def test_run_progress_flag(flag, shown, tmp_path, capfd, monkeypatch):
+    """``--progress`` without a terminal (here): periodic lines on stderr, the last at the end; the default there
+    and ``--no-progress``: none."""
+    monkeypatch.delenv("DNLIB_PROGRESS", raising=False)
+    assert ptb.main(PTB_TINY + ["--out", str(tmp_path)] + ([flag] if flag else [])) == 0
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("ln-star-lstm s0:")]
+    assert bool(lines) == shown, err[-2000:]
+    if shown:
+        assert "4/4" in lines[-1] and "\r" not in err
+
+
+@needs_ptb
+def test_run_shows_a_bar_on_a_terminal_by_default(tmp_path):
+    """With stderr on a terminal (a pty) and no flag, ``run`` draws a bar (carriage-return redraws)."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # 24 x 100, as a terminal says
+    env = {k: v for k, v in os.environ.items() if k != "DNLIB_PROGRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "dnlib.ptb", *PTB_TINY, "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:          # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=300)
+    os.close(master)
+    tty = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, tty[-2000:]
+    assert "ln-star-lstm s0:" in tty and "4/4" in tty and "\r" in tty, tty[-2000:]
+    assert json.loads(out.decode().strip().splitlines()[-1])["steps"] == 4
+
+
+# ------------------------------------------------------------------------------- refused at argument time
+@pytest.mark.skipif(torch.cuda.is_available(), reason="probes a machine without CUDA")
+@pytest.mark.parametrize("verb", ["run", "sweep"])
+def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, tmp_path):
+    """`--impl triton` without CUDA and without TRITON_INTERPRET was a 56-64 line traceback at the first training
+    step (the run folder made); it is refused with the arguments. A process of its own: the tests' conftest sets
+    TRITON_INTERPRET=1 in this one."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "-m", "dnlib.cifar", verb, "dn-star", "--impl", "triton", "--steps", "2",
+                        "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(err) == 1 and "impl: 'triton'" in err[0] and "TRITON_INTERPRET=1" in err[0], err
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """The notebook runner (dnlib.suite) and the environment configuration (dnlib.envconfig)."""
 import json
 import os
+import re
 
 import nbformat
 import pytest
@@ -177,11 +178,76 @@ def test_envconfig_writes_both_files_and_is_idempotent(tmp_path):
 
 def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, capsys):
     nb = _notebook(tmp_path / "03_hang.ipynb", ["import time", "time.sleep(60)"], "k: int = 1  # k\n")
-    assert suite.default_cell_timeout("smoke") == 600 and suite.default_cell_timeout("full") is None
+    assert suite.default_cell_timeout("smoke") == 600
     rc = suite.main(["run", "--no-progress", "--cell-timeout", "3", "--out", str(tmp_path / "out"), str(nb)])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "03_hang.ipynb: cell 3 raised CellTimeoutError" in err
+    assert re.search(r"03_hang.ipynb: cell 3 \(`time.sleep\(60\)`\) ran [34] s and was stopped at the cell time "
+                     r"limit of 3 s \(--cell-timeout\)", err), err
+
+
+# ------------------------------------------------------------------- the full profile's cell limit (issue 22)
+SCHEDULE_PARAMS = ('steps: int = 10  # steps per run (0: the schedule)\nconfigs: list = ["a", "b"]  # runs\n'
+                   'device: str = "cpu"  # device\n')
+
+
+def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypatch):
+    nb = _notebook(tmp_path / "40_train.ipynb", ["pass"], SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": 0}})
+    assert suite.cell_limit("smoke", nb, {}) == (600, "the smoke profile's limit")
+    limit, how = suite.cell_limit("full", nb, {"steps": 100})
+    assert limit == suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cpu"]
+    assert "2 runs (configs) x 100 steps" in how
+    assert suite.cell_limit("full", nb, {"steps": 100, "device": "cuda"})[0] == \
+        suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cuda"]
+    limit, how = suite.cell_limit("full", nb, {"steps": 0})        # the schedule that 0 means is not declared
+    assert limit is None and "metadata.dnlib.schedule" in how
+    meta = json.loads(nb.read_text())
+    meta["metadata"]["dnlib"]["schedule"] = {"steps": 5000}
+    nb.write_text(json.dumps(meta))
+    assert suite.cell_limit("full", nb, {"steps": 0})[0] == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
+    plain = _notebook(tmp_path / "41_plain.ipynb", ["pass"], "k: int = 1  # k\n")
+    assert suite.cell_limit("full", plain, {}) == (suite.CELL_FLOOR, "the full profile's floor: no training")
+
+
+@pytest.mark.parametrize("stem, runs", [("03_cifar", 13), ("04_language_model", 6), ("05_super_resolution", 4)])
+def test_the_training_notebooks_have_a_full_profile_limit(stem, runs):
+    path = suite.NOTEBOOK_DIR / f"{stem}.ipynb"
+    limit, how = suite.cell_limit("full", path, suite.resolve_parameters(path, "full"))
+    assert limit is not None and limit > suite.CELL_FLOOR, how
+    assert how.startswith(f"{suite.CELL_FLOOR:.0f} s + 0.1 s x") or "on cpu" in how
+    assert f"{runs} runs" in how, how
+
+
+def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(tmp_path, monkeypatch, capsys):
+    """Before: the full profile had no cell limit, so a busy kernel that never finishes ran forever."""
+    monkeypatch.setattr(suite, "CELL_FLOOR", 2.0, raising=False)
+    monkeypatch.setattr(suite, "SECONDS_PER_STEP", {"cuda": 0.001, "cpu": 0.005}, raising=False)
+    nb = _notebook(tmp_path / "42_busy.ipynb", ["import time\ntime.sleep(25)  # a training that never ends"],
+                   SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": 100}})
+    rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(tmp_path / "out"), str(nb)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert re.search(r"42_busy.ipynb: cell 3 \(`import time`\) ran [34] s and was stopped at the cell time limit of "
+                     r"3 s \(2 s \+ 0.005 s x 200 steps on cpu: 2 runs \(configs\) x 100 steps\)", err), err
+
+
+def test_training_under_the_suite_shows_a_text_bar_and_stores_only_its_last_state(tmp_path, capfd):
+    """The kernel's bar is text (not a widget frozen at 0% in the executed copy), echoed to the console as lines,
+    and the executed copy keeps one line: its last state."""
+    train = ("import torch\nfrom torch import nn\nfrom dnlib.train import TensorBatches, TrainConfig, Trainer\n"
+             "x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))\n"
+             "loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])\n"
+             "cfg = TrainConfig(steps=40, lr=0.1, device='cpu', eval_every=0, checkpoint_every=0, log_every=5)\n"
+             "Trainer(nn.Linear(4, 2), loss, TensorBatches(x, y, batch_size=8), cfg).fit()\nNone")
+    nb = _notebook(tmp_path / "43_bar.ipynb", [train], "k: int = 1  # k\n")
+    records = suite.run([nb], out_dir=tmp_path / "out")
+    assert records[0].status == "ok", records[0].error
+    err = capfd.readouterr().err
+    assert re.search(r"\[43_bar\] train: 100%\|.*\| 40/40", err), err[-3000:]
+    outputs = json.loads((tmp_path / "out" / "43_bar" / "43_bar.ipynb").read_text())["cells"][-1]["outputs"]
+    assert [o["output_type"] for o in outputs] == ["stream"], outputs
+    text = "".join(outputs[0]["text"])
+    assert "\r" not in text and text.count("\n") == 1 and "40/40" in text, text
 
 
 # ------------------------------------------------------------------------------------ stall detection (issue 11)
