@@ -968,9 +968,16 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
         if args.out:
             atomic_write_json(rows, args.out)
         print(gather_table(rows))
-        from .aggregate import summarize, table  # mean, std and n per configuration over its runs (seeds)
+        import warnings as _w
+
+        from .aggregate import PoolingWarning, summarize, table  # mean, std and n per configuration over its seeds
+        with _w.catch_warnings(record=True) as caught:      # runs not pooled, seeds counted once: one line each
+            _w.simplefilter("always", PoolingWarning)
+            summary = summarize(rows)
+        for w in caught:
+            print(f"{cmd_p.prog}: warning: {w.message}", file=sys.stderr)
         print()
-        print(table(summarize(rows), title="per configuration: mean ± std over runs (n)", fmt=".4g"))
+        print(table(summary, title="per configuration: mean ± std over runs (n)", fmt=".4g"))
         return 0
     if cmd == "report":
         with cli.user_errors(cmd_p):
