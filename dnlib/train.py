@@ -136,10 +136,10 @@ def progress_bar(total: int, *, initial: int = 0, desc: str = "train", enabled: 
         return notebook_tqdm(**kw)
     if mode == "lines":
         every = PROGRESS_INTERVAL["lines"]
-        return tqdm(**kw, file=_Lines(sys.stderr), mininterval=every, maxinterval=every, ncols=100, ascii=True)
+        return tqdm(**kw, file=_Lines(sys.stderr), mininterval=every, maxinterval=every, ascii=True)
     if mode == "text" and not getattr(sys.stderr, "isatty", lambda: False)():
         every = PROGRESS_INTERVAL["text"]
-        return tqdm(**kw, file=sys.stderr, mininterval=every, maxinterval=every, ncols=100, ascii=True)
+        return tqdm(**kw, file=sys.stderr, mininterval=every, maxinterval=every, ascii=True)  # full width
     try:                                    # a terminal that says it is 0 x 0 (a fresh pty): tqdm would draw nothing
         size = os.get_terminal_size(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
