@@ -134,6 +134,21 @@ def test_profiles_validate(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_defaults_are_the_smoke_profile(path):
+    """What a notebook opened in JupyterLab runs (its parameters cell) is what the suite's smoke profile runs, so the
+    text written from a smoke run describes both (issue 23: 05's eval_every 0 against the profile's 15 gave a
+    one-point PSNR "curve" in JupyterLab where the text promised four; device "auto" against "cpu")."""
+    import ast as _ast
+
+    declared = suite.declared_parameters(path)
+    smoke = suite.resolve_parameters(path, "smoke")
+    differ = {name: (_ast.literal_eval(declared[name]["default"]), value) for name, value in smoke.items()
+              if _ast.literal_eval(declared[name]["default"]) != value}
+    assert not differ, (f"{path.name}: parameters cell defaults differ from metadata.dnlib.profiles.smoke "
+                        f"(name: (default, smoke)): {differ}; make the defaults the smoke run")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_no_logic_in_notebooks(path):
     nb = _load(path)
     imports_dnlib = False
