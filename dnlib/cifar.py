@@ -425,12 +425,15 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     out_dir = Path(out_dir)
     trip = any((out_dir / f).exists() for f in _REPORT_INPUTS)
     if not trip:                 # a sweep's folder (or any folder of run folders): its CIFAR runs
-        experiment.recipe_runs(RECIPE, out_dir)                 # none: "<dir>: no run folders of cifar ... to report"
+        try:
+            experiment.recipe_runs(RECIPE, out_dir)             # none: "<dir>: no run folders of cifar ... to report"
+        except ValueError as e:
+            raise ValueError(f"{e} (or give a GPU trip folder: {', '.join(_REPORT_INPUTS)})") from None
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
     bench_c = read(out_dir / "bench_compile.json") or []
     sweep_dir = out_dir / "sweep" if trip else out_dir
-    recs = [records.read_record(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    recs = [rec for _, rec in records.read_records([sweep_dir])] if sweep_dir.is_dir() else []
     recs = [r for r in recs if r.get("experiment") == RECIPE.name]
     rows = [{"config": r["name"], "seed": r["seed"], "steps": r["steps_done"], "planned_steps": r["steps_planned"],
              "stopped": r["stopped"], "final_acc": r["headline"].get("final_acc"),
