@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import inspect
 import json
 import math
@@ -867,6 +868,11 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
         res = prepared.go()
     except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
         print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:               # a full disk: "No space left on device: <file>" (dnlib.io), exit 1, one line
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"{q.prog}: error: {e.strerror}", file=sys.stderr)
         return 1
     if not distributed.is_main():       # under torchrun: rank 0 alone reports
         return 0

@@ -3,13 +3,15 @@
 Each one writes a temporary file in the destination's folder, flushes it and ``fsync``\\ s it, then moves it into
 place with :func:`os.replace` (atomic on POSIX and Windows) and ``fsync``\\ s the folder where the platform allows
 it. A crash or a full disk therefore leaves either the old file or the new one, never half a file, and a failed
-write leaves no temporary behind. The destination's missing parent folders are created.
+write leaves no temporary behind; a full disk (or quota) is an OSError whose message is "No space left on device:
+<destination>". The destination's missing parent folders are created.
 
 This module is the lowest layer of the package: it imports nothing from dnlib (and torch/numpy only inside
 :func:`atomic_save` and :func:`atomic_save_npy`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -35,6 +37,27 @@ def _fsync(path, directory: bool = False) -> None:
         os.close(fd)
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)   # a full disk or quota: "No space left on device: <destination>"
+
+
+class _Sink:
+    """A file's ``write`` that keeps the OSError it raised (``torch.save`` turns a failed write into its own
+    "unexpected pos" RuntimeError, which does not say that the disk is full)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
 def _new_temporary(path: Path) -> str:
     """Create an empty ``.<name>.<random>.tmp`` beside ``path`` with the mode ``open()`` gives (0666 less the
     umask: 0644 under 022), not mkstemp's 0600; ``O_EXCL``: never another writer's file."""
@@ -57,8 +80,10 @@ def _replace_from_temporary(path: str | os.PathLike, fill: Callable[[str], None]
         fill(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _FULL:     # say which file did not fit, not the temporary's name
+            raise OSError(e.errno, f"{os.strerror(e.errno)}: {path}") from e
         raise
     _fsync(path.parent, directory=True)
     return path
@@ -106,9 +131,20 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, *, allow_nan: bool = Fa
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """:func:`torch.save` ``obj`` to ``path`` atomically (checkpoints)."""
+    """:func:`torch.save` ``obj`` to ``path`` atomically (checkpoints). A full disk is an OSError saying "No space
+    left on device: <path>" (not torch's "unexpected pos"), and nothing is left behind."""
     import torch
-    return _replace_from_temporary(path, lambda tmp: torch.save(obj, tmp))
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except Exception:
+                if sink.error is not None:   # the write's own error (ENOSPC...), not torch's account of it
+                    raise sink.error from None
+                raise
+    return _replace_from_temporary(path, fill)
 
 
 def atomic_save_npy(path: str | os.PathLike, array) -> Path:
