@@ -122,7 +122,7 @@ def _load(rows) -> list:
     out = []
     for r in rows:
         if isinstance(r, (str, os.PathLike)):
-            out += [{**records.read_record(d), "run": str(d)} for d in records.find_runs([r])]
+            out += [{**rec, "run": str(d)} for d, rec in records.read_records([r])]   # broken ones: skipped, named
         elif isinstance(r, Mapping):
             out.append(_with_record(r))
         elif hasattr(r, "record"):                       # a RunResult (duck-typed: the runner is a higher layer)
@@ -493,9 +493,9 @@ def _runs(runs) -> list:
     out = []
     for r in runs:
         if isinstance(r, (str, os.PathLike)):
-            for d in records.find_runs([r]):
+            for d, rec in records.read_records([r]):                  # broken ones: skipped, named
                 curves = Path(d) / records.CURVES_FILE
-                out.append((records.read_record(d), records.read_curves(d) if curves.is_file() else []))
+                out.append((rec, records.read_curves(d) if curves.is_file() else []))
         elif isinstance(r, tuple) and len(r) == 2:
             out.append((r[0], list(r[1])))
         elif hasattr(r, "record"):

@@ -433,7 +433,7 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     bench, check = read(out_dir / "bench.json") or [], read(out_dir / "graph_check.json")
     bench_c = read(out_dir / "bench_compile.json") or []
     sweep_dir = out_dir / "sweep" if trip else out_dir
-    recs = [records.read_record(d) for d in records.find_runs([sweep_dir])] if sweep_dir.is_dir() else []
+    recs = [rec for _, rec in records.read_records([sweep_dir])] if sweep_dir.is_dir() else []
     recs = [r for r in recs if r.get("experiment") == RECIPE.name]
     rows = [{"config": r["name"], "seed": r["seed"], "steps": r["steps_done"], "planned_steps": r["steps_planned"],
              "stopped": r["stopped"], "final_acc": r["headline"].get("final_acc"),

@@ -90,6 +90,9 @@ class ShardedBatches:
     def __next__(self):
         batch = next(self.batches)
         n = batch[0].shape[0]
+        if n < self.world:     # every process sees the same n: all of them stop here, none waits for the others
+            raise ValueError(f"batch_size: a batch of {n} cannot be shared by {self.world} processes (a process "
+                             f"with an empty share has no loss); use a batch size >= {self.world}")
         s = shard(n, self.rank, self.world)
         # tensors with the batch's leading size are sharded; anything else (a PTB stream's reset flag) is shared
         return tuple(t[s] if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n else t for t in batch)
@@ -136,7 +139,7 @@ def prepare(trainer, out_dir=None):
     unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
     loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
     (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, the
-    CUDA-graph trainer)."""
+    CUDA-graph trainer) and for a batch smaller than the number of processes (an empty share has no loss)."""
     if not init_from_env():
         return trainer
     from .train import GraphTrainer  # (the train layer; imported only under torchrun)
@@ -145,6 +148,11 @@ def prepare(trainer, out_dir=None):
     if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         raise ValueError(f"out_dir: {out_dir} holds a checkpoint, and resuming under torchrun is not supported; "
                          f"use a new --out folder")
+    world, batch = dist.get_world_size(), getattr(trainer.batches, "batch_size", None)
+    if isinstance(batch, int) and batch < world:
+        raise ValueError(f"batch_size (--batch-size): {batch} is smaller than the {world} processes: each trains on "
+                         f"its share of a batch, and a process with an empty share has no loss; use a batch size "
+                         f">= {world}")
     model = convert_sync_norm(trainer.model)
     device = next(model.parameters()).device
     ddp = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None,

@@ -42,14 +42,17 @@ This module is the experiments layer: it imports train, records, cli, distribute
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
+import importlib.util
 import inspect
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -64,7 +67,7 @@ from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, prog
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
            "gather_table", "load_runs", "replace", "check_int", "check_time_limit", "past_time_limit", "trainer_mode", "card", "time_steps", "call",
            "call_many", "check_graph", "bench", "steps_command", "row_label",
-           "recipe_runs", "main",
+           "recipe_runs", "check_config", "check_runs", "read_run_file", "main",
            "RUN_FILE", "COMPLETED", "RUNNING"]
 
 RUN_FILE = "run.json"
@@ -172,6 +175,23 @@ class Recipe:
         """The stem of a sweep's run folder for configuration ``name`` (default the name)."""
         return name
 
+    def check(self, cfg) -> None:
+        """Raise ValueError for what :meth:`build` would refuse in ``cfg`` itself, without loading any data (every
+        ``run`` and every run of a ``sweep`` is checked before anything starts). Default: the config's model is
+        built (on the CPU, without data: the recipes' models are small; not on the meta device, whose random
+        init imports torch's compiler, seconds) when it has a ``build_model()`` that needs no argument, so a
+        normalizer ``impl`` that cannot compute its layer's spec is refused here; only ValueError counts."""
+        build = getattr(cfg, "build_model", None)
+        if build is None or any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                                for p in inspect.signature(build).parameters.values()):
+            return
+        try:
+            build()
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001, S110  not a refusal of the config: the real build says what it is
+            pass
+
     #: the experiment's own ``run`` flags, ``{"--flag": (kind, add_argument keywords)}``: ``kind`` ``"field"`` (a
     #: config field to change) or ``"option"`` (a keyword of :meth:`build`). Their default is None: a flag not
     #: given is not passed on (a resumed run keeps its stored value).
@@ -261,10 +281,18 @@ class Run:
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
         stored = {}
-        if resume is not None and (Path(resume) / RUN_FILE).is_file():
-            stored = json.loads((Path(resume) / RUN_FILE).read_text())
+        if resume is not None and (Path(resume) / RUN_FILE).exists():
+            stored = read_run_file(resume)      # a broken or foreign run.json / record.json: refused, named
             if stored.get("experiment") != recipe.name:
                 raise ValueError(f"resume: {resume} holds a {stored.get('experiment')!r} run, not {recipe.name!r}")
+            if stored.get("fields"):
+                try:
+                    recipe.from_dict(stored["fields"])
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ValueError(f"{Path(resume) / RUN_FILE}: not a {recipe.name} run file (its fields make no "
+                                     f"configuration: {type(e).__name__}: {cli.one_line(e)})") from None
+        if resume is not None and (Path(resume) / records.RECORD_FILE).exists():
+            records.read_record(resume)
         overrides, options = dict(overrides or {}), dict(options or {})
         if config is None:
             if not stored:
@@ -291,6 +319,7 @@ class Run:
         else:
             self.cfg = recipe.config(config, steps=steps, **overrides)
         cfg_name = getattr(self.cfg, "name", str(config))
+        check_config(recipe, self.cfg, device)       # what the build would refuse: before any data is loaded
         self.seeds = [int(s) for s in seeds] or [self.seed]
         if build is not None and not seeds:
             raise ValueError("seeds: a stacked run needs one seed per copy (none given, and none stored in the "
@@ -479,6 +508,100 @@ def run_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **k
     return [run(recipe, c, seed=s, **kwargs) for c in configs for s in seeds]
 
 
+# ------------------------------------------------------------------------------------------ checks
+_RUN_FILE_TYPES = {"experiment": str, "config": str, "fields": dict, "seed": int, "options": dict, "device": str,
+                   "seeds": list}
+
+
+def read_run_file(folder) -> dict:
+    """The ``run.json`` of a run folder (how it was called): a dict with ``experiment`` and ``config`` (strings),
+    and ``fields``, ``options`` (objects), ``seed`` (an integer >= 0), ``device`` (a string), ``seeds`` (a list: a
+    stacked run's) when present.
+    Anything else (not UTF-8 JSON, not an object, a key of another type) is a ValueError naming the file."""
+    path = Path(folder) / RUN_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a run file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a run file ({e})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: not a run file (a folder)") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: not a run file (a JSON {type(stored).__name__}, not an object)")
+    for k, t in _RUN_FILE_TYPES.items():
+        v = stored.get(k)
+        if (v is None and k in ("experiment", "config")) or (
+                v is not None and (not isinstance(v, t) or isinstance(v, bool) or (k == "seed" and v < 0))):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise ValueError(f"{path}: not a run file ({k!r} is {shown}, not a{'n' if t is int else ''} "
+                             f"{'integer >= 0' if t is int else t.__name__}); a file that dnlib did not write?")
+    return stored
+
+
+def check_config(recipe: Recipe, cfg, device=None, *, here: bool = True) -> None:
+    """Raise ValueError for what a run of the resolved configuration ``cfg`` would refuse, without loading any
+    data (:class:`Run` checks it before building; ``run`` and ``sweep`` before anything starts): the recipe's
+    :meth:`Recipe.check`, and, with ``here`` (the run executes on this machine), ``impl="triton"`` on a CPU
+    without Triton's interpreter (or without Triton) and, under torchrun, a ``batch_size`` below the number of
+    processes (a process with an empty share has no loss)."""
+    recipe.check(cfg)
+    if not here:
+        return
+    if getattr(cfg, "impl", None) == "triton":
+        from . import triton_dn
+        dev = "auto" if device in (None, "auto") else str(device)
+        on_cpu = not torch.cuda.is_available() if dev == "auto" else torch.device(dev).type != "cuda"
+        if importlib.util.find_spec("triton") is None:
+            raise ValueError(f"impl: 'triton' needs the triton package, which is not installed "
+                             f"(`{triton_dn.INSTALL_HINT}`); use --impl auto or general")
+        if on_cpu and not triton_dn.interpreted():
+            raise ValueError(f"impl: 'triton' runs its kernels on a CUDA device, and this run's device is the CPU "
+                             f"(device {dev!r}{', no CUDA here' if dev == 'auto' else ''}); set TRITON_INTERPRET=1 "
+                             f"for Triton's CPU interpreter (slow: for checking), or use --impl auto or general")
+    world, batch = distributed.world_size(), getattr(cfg, "batch_size", None)
+    if world > 1 and isinstance(batch, int) and batch < world:
+        raise ValueError(f"batch_size (--batch-size): {batch} is smaller than the {world} torchrun processes "
+                         f"(WORLD_SIZE={world}): each trains on its share of a batch, and a process with an empty "
+                         f"share has no loss; use a batch size >= {world}")
+
+
+class _Refusing(cli.ArgumentParser):
+    """``run``'s parser for checking a sweep's run arguments: an error is a ValueError, not an exit."""
+
+    def error(self, message):  # noqa: D401 - argparse's signature
+        message = cli.one_line(message)
+        raise ValueError(message[len("argument "):] if message.startswith("argument ") else message)
+
+
+def check_runs(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), run_args: Sequence[str] = (),
+               *, out=None, options: Optional[Mapping] = None, here: bool = True) -> list:
+    """What :func:`sweep` checks before any run starts (the CLI's ``sweep`` too): every configuration with the
+    ``run_args`` passed on to its runs, as ``run`` itself would check them (the flags, the resolved configuration,
+    :func:`check_config`; ``here``: the runs execute on this machine), and, in ``out``, the folders a rerun would
+    resume: their ``run.json`` and ``record.json`` must be dnlib's. Raises ValueError naming the configuration
+    (or the file); returns the configuration names, groups expanded."""
+    configs = recipe.expand(configs)
+    q = _Refusing(prog=f"python -m {recipe.module} run", add_help=False)
+    _run_flags(q, recipe)
+    for c in configs:
+        try:
+            args = q.parse_args([c, *map(str, run_args)])
+            overrides, _ = recipe.from_args(args)
+            check_config(recipe, recipe.config(c, steps=args.steps, **overrides), args.device, here=here)
+        except ValueError as e:
+            raise ValueError(f"{c}: {cli.one_line(e)}") from None
+    if out is not None:
+        for c in configs:
+            for s in seeds:
+                d = Path(out) / records.run_name(recipe.label(c, options or {}), s)
+                if (d / RUN_FILE).exists():
+                    read_run_file(d)
+                if (d / records.RECORD_FILE).exists():
+                    records.read_record(d)
+    return configs
+
+
 # ------------------------------------------------------------------------------------------ sweep/gather
 def _finished(d: Path) -> bool:
     try:
@@ -519,13 +642,16 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     the others go on. Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
 
     Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
-    (:class:`dnlib.engines.SweepRows`). Bad arguments raise ValueError before any run starts."""
+    (:class:`dnlib.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
+    configuration with ``run_args`` is checked as ``run`` checks it (:func:`check_runs`; a clash in the last
+    configuration stops the sweep before the first one trains), and so are the ``run.json`` and ``record.json``
+    of the folders a rerun resumes."""
     t_start = time.perf_counter()
     engines.check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
-    configs = recipe.expand(configs)
     for s in seeds:
         check_int("seeds", s, 0)
     check_time_limit(time_limit)
+    configs = check_runs(recipe, configs, seeds, run_args, out=out, options=options, here=engine == "local")
     out = Path(out)
     todo, skipped = [], []
     for c in configs:
@@ -586,7 +712,8 @@ def gather_table(rows: Sequence[Mapping]) -> str:
 
 def load_runs(results) -> list:
     """``[(record, curve rows)]`` of runs: :class:`RunResult` objects (their history) or run folders (a folder
-    holding run folders stands for each of them; ``curves.csv``), in order."""
+    holding run folders stands for each of them; ``curves.csv``), in order. A folder whose record is broken or
+    foreign is skipped with a :class:`dnlib.records.RecordWarning` naming the file."""
     if isinstance(results, (str, os.PathLike, RunResult)):
         results = [results]
     out = []
@@ -594,7 +721,7 @@ def load_runs(results) -> list:
         if isinstance(r, RunResult):
             out.append((r.record, [h for h in r.history if "step" in h]))
         else:
-            out += [(records.read_record(d), records.read_curves(d)) for d in records.find_runs([r])]
+            out += [(rec, records.read_curves(d)) for d, rec in records.read_records([r])]
     return out
 
 
@@ -697,9 +824,9 @@ def call_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **
 
 
 def recipe_runs(recipe: Recipe, path) -> dict:
-    """``{run folder: record}`` of the runs of ``recipe`` at or under ``path`` (a report's input); a ValueError
-    naming ``path`` when there are none."""
-    recs = {d: rec for d in records.find_runs([path]) if (rec := records.read_record(d)).get("experiment") == recipe.name}
+    """``{run folder: record}`` of the runs of ``recipe`` at or under ``path`` (a report's input; a broken or
+    foreign record is skipped with a warning naming it); a ValueError naming ``path`` when there are none."""
+    recs = {d: rec for d, rec in records.read_records([path]) if rec["experiment"] == recipe.name}
     if not recs:
         raise ValueError(f"{path}: no run folders of {recipe.name} (with {records.RECORD_FILE}) to report; make them "
                          f"with `python -m {recipe.module} run ... --out {path}` or `sweep`")
@@ -855,8 +982,8 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
     out = args.out if args.resume is not None or args.out is not None else str(Path("runs") / recipe.name)
     try:
         with cli.user_errors(q):
-            if name is not None:
-                recipe.config(name, steps=args.steps, **overrides)   # a bad name or field: before any data
+            if name is not None:    # a bad name or field, an impl or batch this machine cannot run: before any data
+                check_config(recipe, recipe.config(name, steps=args.steps, **overrides), args.device)
             progress = sys.stderr.isatty() if args.progress is None else args.progress
             prepared = prepare(recipe, name, seed=args.seed, steps=args.steps, time_limit=args.time_limit,
                                out=None if args.resume else out, resume=args.resume, device=args.device,
@@ -883,6 +1010,23 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
                       "steps": rec["steps_done"], "planned": rec["steps_planned"], "stopped": rec["stopped"],
                       **rec["headline"], **{f"paper_{k}": v for k, v in rec["paper"].items()}}))
     return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str):
+    """Each run folder skipped inside (:class:`dnlib.records.RecordWarning`) as one line ``<prog>: warning:
+    <message>`` on stderr; other warnings are shown as usual."""
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", records.RecordWarning)
+            yield
+    finally:
+        for w in caught:
+            if issubclass(w.category, records.RecordWarning):
+                print(f"{prog}: warning: {cli.one_line(w.message)}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
@@ -953,6 +1097,9 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
                           gpus_per_run=args.gpus_per_run, jobs=args.jobs)
         except ValueError as e:
             flag_error(e)
+        with cli.user_errors(cmd_p):    # each run's options as `run` checks them; the folders a rerun resumes
+            check_runs(recipe, names, args.seeds, rest, out=args.out, options={**overrides, **options},
+                       here=args.engine == "local")
         try:
             rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, engine=args.engine,
                          address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
@@ -967,7 +1114,7 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
     if cmd == "run":
         return _run_command(recipe, args, cmd_p, argv)
     if cmd == "gather":
-        with cli.user_errors(cmd_p):
+        with cli.user_errors(cmd_p), _warnings_as_lines(cmd_p.prog):   # a skipped run folder: one line each
             rows = gather(args.paths)
         if not rows:
             cmd_p.error(f"{' '.join(args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
@@ -986,7 +1133,7 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
         print(table(summary, title="per configuration: mean ± std over runs (n)", fmt=".4g"))
         return 0
     if cmd == "report":
-        with cli.user_errors(cmd_p):
+        with cli.user_errors(cmd_p, CheckpointError), _warnings_as_lines(cmd_p.prog):  # a crafted checkpoint
             rep = recipe.report(args.path, args)
         print(json.dumps(records.jsonable(rep), indent=1))
         return 0

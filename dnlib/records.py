@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from .io import atomic_write_json, atomic_write_text
 
 __all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "jsonable", "git_state", "versions", "device_info",
            "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record", "read_record",
-           "write_curves", "read_curves", "find_runs", "gather"]
+           "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs", "gather"]
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"
@@ -195,17 +196,60 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     return atomic_write_json(jsonable(dict(record)), Path(run_dir) / RECORD_FILE, indent=1)
 
 
+class RecordWarning(UserWarning):
+    """A run folder skipped because its ``record.json`` is not a run record (:func:`read_records`)."""
+
+
+#: The types of a record's keys (None is allowed for each but ``experiment``): what :func:`read_record` checks.
+_TYPES = {"schema": int, "experiment": str, "name": str, "config": dict, "seed": int, "parameters": dict,
+          "git": dict, "versions": dict, "device": dict, "host": str, "started": str, "ended": str,
+          "seconds": (int, float), "steps_planned": int, "steps_done": int, "stopped": str, "headline": dict,
+          "paper": dict, "argv": list}
+
+
+def check_record(record: Any, path: str | os.PathLike = RECORD_FILE) -> dict:
+    """``record`` when it is a run record, else a ValueError naming ``path``: a JSON object with an ``experiment``
+    (a string) whose :data:`RECORD_KEYS` present have their types (None allowed; unknown keys are kept)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a run record (a JSON {type(record).__name__}, not an object)")
+    if not isinstance(record.get("experiment"), str) or not record["experiment"]:
+        raise ValueError(f"{path}: not a run record (no 'experiment' name; a file that dnlib did not write?)")
+    for k, t in _TYPES.items():
+        v = record.get(k)
+        if v is not None and (not isinstance(v, t) or isinstance(v, bool)):
+            want = " or ".join(c.__name__ for c in (t if isinstance(t, tuple) else (t,)))
+            raise ValueError(f"{path}: not a run record ({k!r} is {type(v).__name__}, not {want} or null)")
+    return record
+
+
 def read_record(run_dir: str | os.PathLike) -> dict:
-    """The ``record.json`` of a run folder (or the file itself); a clear error names a missing or broken file."""
+    """The ``record.json`` of a run folder (or the file itself); a clear error names a missing or broken file:
+    FileNotFoundError, or ValueError for one that is not UTF-8 JSON or not a run record (:func:`check_record`)."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / RECORD_FILE
     try:
-        return json.loads(path.read_text())
+        return check_record(json.loads(path.read_text(encoding="utf-8")), path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no run record here (a run folder holds {RECORD_FILE})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a valid run record (not UTF-8 text: {e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a valid run record ({e})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: not a valid run record (a folder)") from None
+
+
+def read_records(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
+    """``[(run folder, record)]`` of every run folder at or under ``paths`` (:func:`find_runs`), skipping a folder
+    whose ``record.json`` is broken or foreign with a :class:`RecordWarning` that names the file and why."""
+    out = []
+    for d in find_runs(paths):
+        try:
+            out.append((d, read_record(d)))
+        except ValueError as e:
+            warnings.warn(f"skipped {e}", RecordWarning, stacklevel=2)
+    return out
 
 
 def write_curves(run_dir: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -280,10 +324,10 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def gather(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """One flat row per run folder under ``paths``: experiment, name, seed, stopped, steps, seconds, commit,
-    device, ``<headline key>`` and ``paper_<key>`` columns, and ``run`` (the folder)."""
+    device, ``<headline key>`` and ``paper_<key>`` columns, and ``run`` (the folder). A folder whose record is
+    broken or foreign is skipped with a :class:`RecordWarning` naming the file (:func:`read_records`)."""
     rows = []
-    for d in find_runs(paths):
-        rec = read_record(d)
+    for d, rec in read_records(paths):
         git = rec.get("git") or {}
         row = {"run": str(d), "experiment": rec.get("experiment"), "name": rec.get("name"), "seed": rec.get("seed"),
                "stopped": rec.get("stopped"), "steps_done": rec.get("steps_done"),

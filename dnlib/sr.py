@@ -31,7 +31,6 @@ configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -390,7 +389,10 @@ def models_of(runs: Sequence[RunResult]) -> dict:
 def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
     """The model of a run folder's checkpoint (built from its ``run.json``) and its configuration."""
     run_dir = Path(run_dir)
-    cfg = RECIPE.from_dict(json.loads((run_dir / experiment.RUN_FILE).read_text())["fields"])
+    stored = experiment.read_run_file(run_dir)      # a broken or foreign run.json: a ValueError naming it
+    if not stored.get("fields"):
+        raise ValueError(f"{run_dir / experiment.RUN_FILE}: holds no configuration fields to build the model from")
+    cfg = RECIPE.from_dict(stored["fields"])
     model = cfg.build_model()
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     return model.to(resolve_device(device)).eval(), cfg

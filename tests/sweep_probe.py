@@ -18,7 +18,7 @@ def main(argv) -> int:
     seen = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": os.environ.get("OMP_NUM_THREADS"),
             "start": start, "end": time.time()}
     (folder / "probe.json").write_text(json.dumps(seen))
-    (folder / "record.json").write_text(json.dumps({"stopped": "completed"}))
+    (folder / "record.json").write_text(json.dumps({"experiment": "probe", "stopped": "completed"}))
     return 0
 
 

@@ -59,6 +59,9 @@ PROBES = [
     ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--status-every", "0"], "--status-every"),
     ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--eval-every", "-1"], "--eval-every"),  # passed on to each run
     ("cifar", ["sweep", "bn", "--out", "{T}/sw", "--bogus"], "--bogus"),
+    # a clash in the second configuration (trained the first, then failed in the second's process, exit 1)
+    ("cifar", ["sweep", "base", "dn", "--out", "{T}/sw", "--impl", "fused"], "dn: impl: 'fused'"),
+    ("cifar", ["sweep", "base", "bn", "--out", "{T}/sw", "--impl", "band", "--steps", "2"], "bn: impl: 'band'"),
     # ------------------------------------------------------------------------------- cifar gather/report
     ("cifar", ["gather", "{T}/missing"], "missing"),
     ("cifar", ["gather", "{T}/file"], "not a folder"),

@@ -301,3 +301,43 @@ def test_torchrun_ptb_equals_one_process(tmp_path):
     recs = [json.loads(next((tmp_path / k).glob("*/record.json")).read_text()) for k in ("two", "one")]
     assert len(list((tmp_path / "two").iterdir())) == 1   # rank 0 alone writes
     assert recs[0]["headline"]["valid_ppl"] == pytest.approx(recs[1]["headline"]["valid_ppl"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------ a batch smaller than the world
+def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
+    """`torchrun --nproc_per_node=2 ... --batch-size 1`: rank 1 got an empty share, its loss was NaN and both ranks
+    reported "training diverged ... lower the learning rate". Now every rank refuses it with the arguments (one
+    line naming --batch-size, the value and the world size, exit 2) and nothing is written."""
+    out = tmp_path / "o"
+    r = _torchrun(["-m", "dnlib.cifar", "run", "base", "--device", "cpu", "--mode", "eager", "--steps", "2",
+                   "--subset", "200,100", "--batch-size", "1", "--out", str(out)], tmp_path)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("python -m dnlib.cifar run:")]
+    assert len(ours) == 2, r.stderr[-3000:]                       # one line from each rank
+    assert all("error: batch_size (--batch-size): 1 is smaller than the 2 torchrun processes" in line
+               for line in ours), ours
+    assert "diverged" not in r.stderr and not out.exists()
+
+
+def test_check_config_refuses_a_batch_below_the_world_size(monkeypatch):
+    from dnlib import cifar, experiment
+    cfg = cifar.RECIPE.config("base", batch_size=3)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="batch_size .*3 is smaller than the 4 torchrun processes"):
+        experiment.check_config(cifar.RECIPE, cfg, "cpu")
+    experiment.check_config(cifar.RECIPE, cfg.replace(batch_size=4), "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    experiment.check_config(cifar.RECIPE, cfg.replace(batch_size=1), "cpu")
+
+
+def test_sharded_batches_refuse_a_batch_with_an_empty_share():
+    """The stream's own guard (every process sees the same batch size, so all of them stop together)."""
+    from dnlib.distributed import ShardedBatches
+
+    class Stream:
+        def __next__(self):
+            return (torch.arange(3),)
+
+    assert next(ShardedBatches(Stream(), 2, 3))[0].tolist() == [2]
+    with pytest.raises(ValueError, match="a batch of 3 cannot be shared by 4 processes"):
+        next(ShardedBatches(Stream(), 3, 4))

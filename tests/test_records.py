@@ -108,3 +108,69 @@ def test_records_and_tables_are_written_with_the_umask_mode(tmp_path, umask, mod
     finally:
         os.umask(old)
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(mode) for p in written}
+
+
+# ------------------------------------------------------------------------ broken or foreign record files
+BROKEN = {"truncated": '{"schema": 1, "experiment": "cif', "garbage": b"\x00\xffPK\x03 not text",
+          "a list": "[1, 2, 3]", "foreign": '{"accuracy": 0.9}',
+          "wrong types": '{"experiment": "cifar", "headline": [1, 2], "git": "abc"}'}
+
+
+def _runs_with_broken(tmp_path):
+    """Two good run folders and one per BROKEN record.json; returns (good folders, {broken folder: kind})."""
+    good = []
+    for seed in (0, 1):
+        d = R.new_run_dir(tmp_path, R.run_name("bn", seed))
+        R.write_record(d, {**_record(headline={"test_acc": 0.5 + seed / 10}), "seed": seed})
+        R.write_curves(d, [{"step": 5, "test_acc": 0.4}, {"step": 10, "test_acc": 0.5}])
+        good.append(d)
+    broken = {}
+    for kind, content in BROKEN.items():
+        d = tmp_path / kind.replace(" ", "-")
+        d.mkdir()
+        (d / R.RECORD_FILE).write_bytes(content if isinstance(content, bytes) else content.encode())
+        broken[d] = kind
+    return good, broken
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_read_record_refuses_a_broken_or_foreign_file_naming_it(tmp_path, kind):
+    """A list, garbage bytes or a foreign object gave AttributeError/UnicodeDecodeError far from the file."""
+    content = BROKEN[kind]
+    (tmp_path / R.RECORD_FILE).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=f"{tmp_path / R.RECORD_FILE}: not a (valid )?run record"):
+        R.read_record(tmp_path)
+
+
+def test_gather_and_the_results_loaders_skip_broken_records_naming_each(tmp_path):
+    """gather, dnlib.aggregate (notebook 06) and experiment.load_runs keep the good runs and name each skipped
+    file in a RecordWarning (they raised a traceback, or a message without the file, at the first broken one)."""
+    from dnlib import aggregate, experiment
+    good, broken = _runs_with_broken(tmp_path)
+    calls = {"gather": lambda: [r["run"] for r in R.gather([tmp_path])],
+             "read_records": lambda: [str(d) for d, _ in R.read_records([tmp_path])],
+             "aggregate.summarize": lambda: [s["n"] for s in aggregate.summarize(tmp_path)],
+             "aggregate.curve_bands": lambda: sorted(aggregate.curve_bands(tmp_path, "test_acc")),
+             "experiment.load_runs": lambda: [rec["seed"] for rec, _ in experiment.load_runs(tmp_path)]}
+    want = {"gather": [str(d) for d in good], "read_records": [str(d) for d in good], "aggregate.summarize": [2],
+            "aggregate.curve_bands": ["bn"], "experiment.load_runs": [0, 1]}
+    for name, call in calls.items():
+        with pytest.warns(R.RecordWarning) as caught:
+            got = call()
+        assert got == want[name], name
+        said = [str(w.message) for w in caught if issubclass(w.category, R.RecordWarning)]
+        assert len(said) == len(broken), (name, said)
+        for d in broken:
+            assert sum(f"skipped {d / R.RECORD_FILE}: " in m for m in said) == 1, (name, d, said)
+
+
+def test_gather_command_names_each_skipped_folder_on_one_line(tmp_path, capsys):
+    from dnlib import cifar
+    good, broken = _runs_with_broken(tmp_path)
+    assert cifar.main(["gather", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == len(broken) and all(": warning: skipped " in line for line in lines), lines
+    for d in broken:
+        assert sum(str(d / R.RECORD_FILE) in line for line in lines) == 1
+    assert out.count("| cifar | bn |") >= 2

@@ -266,3 +266,81 @@ def test_sr_train_refuses_to_resume_another_norm(tmp_path):
     train_sr("none", "smoke", **kw)
     with pytest.raises(CheckpointError, match="norm: stored 'none', requested 'bn'"):
         train_sr("bn", "smoke", **{**kw, "steps": 8})
+
+
+# ------------------------------------------------------------------- broken run.json / record.json, crafted files
+class WorkStarted(BaseException):
+    """Raised by a tripwire: the command went past its checks (a BaseException: no ``except Exception`` hides it)."""
+
+
+def _one_line_exit_2(main, argv, capsys):
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, err
+
+
+RUN_FILES = {   # (file, content): what --resume found there
+    "run.json truncated": ("run.json", b'{"experiment": "cifar", "config": "b'),
+    "run.json garbage": ("run.json", b"\x00\xff\xfe not text"),
+    "run.json a list": ("run.json", b"[1, 2, 3]"),
+    "run.json wrong types": ("run.json", b'{"experiment": "cifar", "config": 5, "fields": "x", "options": [1]}'),
+    "run.json foreign fields": ("run.json", b'{"experiment": "cifar", "config": "bn", "fields": {"bogus": 1}}'),
+    "record.json a list": ("record.json", b"[1, 2]"),
+    "record.json garbage": ("record.json", b"\x00\xff\xfe not text"),
+    "record.json foreign": ("record.json", b'{"accuracy": 0.9}'),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_FILES))
+def test_resume_refuses_a_broken_or_foreign_run_file_naming_it(case, tmp_path, capsys, monkeypatch):
+    """`run --resume DIR` over a broken or foreign run.json gave a traceback (AttributeError, TypeError) or a
+    message without the file; over a broken record.json it went on and overwrote it. Now: one line naming the
+    file, exit 2, before any data is loaded (the recipe's build is a tripwire here)."""
+    from dnlib import cifar
+
+    def tripwire(*a, **k):
+        raise WorkStarted("the run was built")
+    monkeypatch.setattr(cifar.CifarRecipe, "build", tripwire)
+    name, content = RUN_FILES[case]
+    (tmp_path / name).write_bytes(content)
+    config = [] if name == "run.json" else ["bn"]
+    code, err = _one_line_exit_2(cifar.main, ["run", *config, "--resume", str(tmp_path), "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1, (code, err)
+    assert f"{tmp_path / name}: not a" in err[0], err
+    assert (tmp_path / name).read_bytes() == content          # left as it was
+
+
+needs_set5 = pytest.mark.skipif(not (MIRROR / "sr" / "Set5").is_dir(), reason=f"SR Set5 not in {MIRROR}")
+
+
+@needs_set5
+def test_sr_report_over_a_crafted_checkpoint_is_one_line_and_runs_nothing(tmp_path, capsys):
+    """A run folder whose record has no final scores is scored from its checkpoint: a crafted one (a pickle with
+    a payload) was refused with a CheckpointError traceback; now one line naming it, exit 2; the payload never
+    runs."""
+    import json
+    import pickle
+
+    from dnlib import experiment, records, sr
+    d = tmp_path / "smoke-bn-s0"
+    d.mkdir()
+    cfg = sr.RECIPE.config("smoke-bn", steps=2)
+    (d / experiment.RUN_FILE).write_text(json.dumps({"experiment": "sr", "config": cfg.name, "seed": 0,
+                                                     "fields": sr.RECIPE.config_dict(cfg), "options": {}}))
+    records.write_record(d, records.make_record("sr", {**sr.RECIPE.config_dict(cfg), "setup": {"label": "BN"}}, 0,
+                                                stopped="time limit at step 1", steps_done=1, steps_planned=2,
+                                                headline={"set5_psnr": None, "set5_ssim": None}))
+    touched = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {touched}",))
+    (d / "checkpoint.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    code, err = _one_line_exit_2(sr.main, ["report", str(tmp_path), "--sets", "Set5", "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1, (code, err)
+    assert f"checkpoint {d / 'checkpoint.pt'} refused" in err[0], err
+    assert not touched.exists()

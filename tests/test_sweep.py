@@ -236,3 +236,73 @@ def test_folders_travel_as_bytes(tmp_path):
     assert engines.read_folder(tmp_path / "b") == files
     with pytest.raises(ValueError, match="inside"):
         engines.write_folder(tmp_path / "c", {"../evil": b""})
+
+
+# ------------------------------------------------------------- every run checked before the first one starts
+def _no_run(monkeypatch):
+    """Tripwires on the engines: a sweep that gets past its checks fails the test at once (nothing trains)."""
+    def tripwire(*a, **k):
+        raise AssertionError("the sweep started its engine")
+    monkeypatch.setattr(engines, "make_engine", tripwire)
+    monkeypatch.setattr(engines, "execute", tripwire)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.parametrize("configs,run_args,message", [
+    (["base", "dn"], ["--impl", "fused"], "dn: impl: 'fused' needs a spec with a native kernel"),
+    (["base", "bn-star", "resnet20-gdn"], ["--impl", "compile"], "resnet20-gdn: impl: got 'compile'"),
+    (["base", "dn-star"], ["--impl", "band"], "dn-star: impl: 'band' needs"),
+])
+def test_a_sweep_checks_every_configuration_with_its_run_flags_before_any_run(engine, configs, run_args, message,
+                                                                              tmp_path, monkeypatch):
+    """`sweep base dn --impl fused` trained base, then failed in dn's own process (exit 1 after 18 s). Every
+    (configuration, run flags) pair is now checked as `run` checks it, before the engine starts, on both
+    engines."""
+    if engine == "ray":
+        pytest.importorskip("ray")
+    from dnlib import cifar
+    _no_run(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        experiment.sweep(cifar.RECIPE, configs, [0, 1], out=tmp_path / "sw", engine=engine, verbose=False,
+                         run_args=[*run_args, "--steps", "2", "--subset", "200,100"])
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sweep_command_with_a_clash_in_its_second_configuration_is_one_line_exit_2(tmp_path):
+    """The command line of the report, at smoke size, in a process of its own: exit 2, one line naming the
+    configuration and the clash, no folder, nothing trained (it took 18 s and trained `base` first)."""
+    import subprocess
+    import sys
+    out = tmp_path / "sw"
+    r = subprocess.run([sys.executable, "-m", "dnlib.cifar", "sweep", "base", "dn", "--impl", "fused", "--steps",
+                        "2", "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path)
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert len(err) == 1 and "sweep: error: dn: impl: 'fused'" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name,content,fragment", [
+    ("record.json", b"[1, 2]", "not a run record (a JSON list"),
+    ("record.json", b"\x00\xff garbage", "not a valid run record (not UTF-8"),
+    ("record.json", b'{"experiment": "cifar", "stopped": 3}', "not a run record ('stopped' is int, not str"),
+    ("run.json", b'{"experim', "not a run file"),
+    ("run.json", b'{"experiment": "cifar", "config": "base", "seed": "zero"}', "not a run file ('seed'"),
+])
+def test_a_sweep_rerun_refuses_a_broken_run_folder_naming_the_file(name, content, fragment, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A rerun resumes the folders it finds: a broken or foreign run.json / record.json there gave a traceback
+    (a list) or a run that failed in its own process; now one line naming the file, exit 2, nothing started."""
+    from dnlib import cifar
+    _no_run(monkeypatch)
+    folder = tmp_path / "cifar10-base-s0"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cifar.main(["sweep", "base", "--out", str(tmp_path), "--steps", "2", "--subset", "200,100"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert f"sweep: error: {folder / name}: {fragment}" in err[0], err
+    assert (folder / name).read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
