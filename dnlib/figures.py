@@ -283,34 +283,53 @@ def _cmap(name):
 
 
 # -------------------------------------------------------------------------------- explorer figures
-def activation_histograms(y: torch.Tensor, bins: int = 80, axes=None, title: str = "") -> Figure:
-    """Histograms of normalized responses before the ReLU and after it (the zero spike reported as a fraction)."""
+def activation_histograms(y: torch.Tensor, bins: int = 80, axes=None, title: str = "",
+                          limit: Optional[float] = None) -> Figure:
+    """Histograms of normalized responses before the ReLU and after it (the zero spike reported as a fraction).
+
+    ``limit``: fixed axes, the same for every ``y``: bins over ``[-limit, limit]`` (after the ReLU ``(0, limit]``),
+    counts from 1 to the number of responses (log), the count of responses beyond the range in the title. None: the
+    axes fit ``y``."""
     y = y.detach().double().flatten()
     r = y.clamp_min(0)
     if axes is None:
         fig = new_figure(figsize=(8, 2.8), layout="constrained")
         axes = fig.subplots(1, 2)
     fig = axes[0].figure
-    axes[0].hist(y.numpy(), bins=bins, color="#4292c6")
-    axes[0].set(title=f"{title} before ReLU".strip(), xlabel="response", ylabel="count")
     zeros = (r == 0).double().mean().item()
-    axes[1].hist(r[r > 0].numpy(), bins=bins, color="#fd8d3c")
-    axes[1].set(title=f"after ReLU: {zeros:.0%} zeros (not drawn)", xlabel="response")
+    before, after = f"{title} before ReLU".strip(), f"after ReLU: {zeros:.0%} zeros (not drawn)"
+    if limit is None:
+        axes[0].hist(y.numpy(), bins=bins, color="#4292c6")
+        axes[1].hist(r[r > 0].numpy(), bins=bins, color="#fd8d3c")
+    else:
+        edges = np.linspace(-limit, limit, bins + 1)
+        axes[0].hist(y.numpy(), bins=edges, color="#4292c6")
+        axes[1].hist(r[r > 0].numpy(), bins=edges[bins // 2:], color="#fd8d3c")
+        beyond = int((y.abs() > limit).sum())
+        if beyond:
+            before += f" ({beyond} beyond ±{limit:g})"
+        axes[0].set_xlim(-limit, limit)
+        axes[1].set_xlim(0, limit)
+        for ax in axes:
+            ax.set_ylim(0.8, max(len(y), 1))
+    axes[0].set(title=before, xlabel="response", ylabel="count")
+    axes[1].set(title=after, xlabel="response")
     for ax in axes:
         ax.set_yscale("log")
     return fig
 
 
 def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int = 8, fig: Optional[Figure] = None,
-                 title: str = "") -> Figure:
-    """The first ``n_maps`` channel maps of example ``index`` of ``(N, C, H, W)`` responses, one colour scale."""
+                 title: str = "", limit: Optional[float] = None) -> Figure:
+    """The first ``n_maps`` channel maps of example ``index`` of ``(N, C, H, W)`` responses, one colour scale:
+    ``[-limit, limit]`` (values beyond take the end colours), or fitted to the maps' largest ``|y|`` when None."""
     maps = y.detach()[index, :n_maps].double().numpy()
     nrows = -(-len(maps) // ncols)
     fig = fig if fig is not None else new_figure(figsize=(1.1 * ncols, 1.15 * nrows + 0.3))
     axes = np.atleast_1d(fig.subplots(nrows, ncols, gridspec_kw=dict(left=0.01, right=0.99, bottom=0.01,
                                                                       top=0.86, wspace=0.05, hspace=0.2)))
     axes = axes.ravel()
-    lim = float(np.abs(maps).max()) or 1.0
+    lim = float(limit) if limit is not None else float(np.abs(maps).max()) or 1.0
     for k, ax in enumerate(axes):
         ax.axis("off")
         if k < len(maps):
@@ -360,7 +379,8 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     """Table 10 panels: joint histograms of ``n_pairs`` random filter pairs of ``(N, C, ...)`` responses.
 
     Each title gives that pair's correlation r and MI (nats, ``mi_bins`` bins, see
-    :func:`dnlib.stats.pairwise_corr_mi`); the figure title the mean over all pairs.
+    :func:`dnlib.stats.pairwise_corr_mi`); the figure title the mean |r| and MI over all pairs, computed as the
+    activation explorer's readout computes them (:class:`dnlib.widgets.ActivationExplorer`, same defaults).
     """
     from .stats import as_samples, pairwise_corr_mi
 
@@ -372,8 +392,8 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     for k, (ax, (i, j)) in enumerate(zip(axes, shown.pairs.tolist())):
         joint_histogram(zc[i], zc[j], bins=bins, ax=ax, labels=(f"filter {i}", f"filter {j}"),
                         title=f"r = {shown.corr_per_pair[k]:.2f}, MI = {shown.mi_per_pair[k]:.2f}")
-    fig.suptitle(f"{label} mean over all pairs: |r| = {overall.corr:.3f}, MI = {overall.mi:.3f} nats".strip(),
-                 fontsize=9)
+    fig.suptitle(f"{label} mean over all {len(overall.pairs)} pairs: |r| = {overall.corr:.4f}, "
+                 f"MI = {overall.mi:.4f} nats".strip(), fontsize=9)
     return fig
 
 

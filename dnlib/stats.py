@@ -2,8 +2,8 @@
 
 The numbers the notebooks report, as plain functions of tensors:
 
-* :func:`activation_stats`: mean square, sparsity (fraction of exact zeros after ReLU) and kurtosis of
-  normalized responses;
+* :func:`activation_stats`: mean square, sparsity (fraction of exact zeros after ReLU, overall and the range over
+  filters) and kurtosis of normalized responses;
 * :func:`pairwise_corr_mi`: the mean pairwise correlation and mutual information between filter responses
   at the same location (the metrics of the paper's Table 10, PAPER.md §4);
 * :func:`suppression_mean_square`: ``E_B[y^2]``, which is 1 for a global field at sigma = 0 (eq. 4);
@@ -27,7 +27,7 @@ from .functional import divisive_norm, field_mean
 from .presets import get_spec
 from .spec import NormSpec
 
-__all__ = ["kurtosis", "sparsity", "activation_stats", "as_samples", "mutual_information", "pairwise_corr_mi",
+__all__ = ["kurtosis", "sparsity", "channel_sparsity", "activation_stats", "as_samples", "mutual_information", "pairwise_corr_mi",
            "PairStats", "suppression_mean_square", "linearity", "dn_relu_response", "equivalence_table",
            "EquivalenceRow", "summarize_equivalence", "format_equivalence", "format_rows", "dn_relu_summary"]
 
@@ -53,17 +53,26 @@ def sparsity(x: torch.Tensor, threshold: float = 0.0) -> float:
     return (x.abs() <= threshold).double().mean().item()
 
 
+def channel_sparsity(y: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """Fraction of zeros of ``relu(y)`` per channel (over every other axis): one value per filter, float64."""
+    y = y.detach()
+    return (y.movedim(channel_dim, 0).reshape(y.shape[channel_dim], -1) <= 0).double().mean(1)
+
+
 def activation_stats(y: torch.Tensor) -> dict:
     """Statistics of normalized responses ``y`` (before the ReLU) and of ``relu(y)``.
 
     Returns ``mean``, ``std``, ``mean_square`` and ``kurtosis`` (excess) of ``y`` over all elements, and
-    ``sparsity`` (fraction of zeros), ``relu_mean`` and ``relu_kurtosis`` of ``relu(y)``.
+    ``sparsity`` (fraction of zeros), ``relu_mean`` and ``relu_kurtosis`` of ``relu(y)``. For ``(N, C, ...)``
+    responses also ``sparsity_min`` and ``sparsity_max``, the lowest and highest fraction of zeros of one channel
+    (:func:`channel_sparsity`): the overall fraction can stay near 1/2 while some filters are always on and others
+    never (a filter whose responses have a positive offset against one with a negative offset).
     """
     y = y.detach()
     r = y.clamp_min(0)
     mean = y.mean(dtype=torch.float64).item()
     mean_square = (y * y).mean(dtype=torch.float64).item()
-    return {
+    out = {
         "mean": mean,
         "std": max(mean_square - mean * mean, 0.0) ** 0.5,
         "mean_square": mean_square,
@@ -72,6 +81,10 @@ def activation_stats(y: torch.Tensor) -> dict:
         "relu_mean": r.mean(dtype=torch.float64).item(),
         "relu_kurtosis": kurtosis(r).item(),
     }
+    if y.dim() >= 2:
+        per_channel = channel_sparsity(y)
+        out.update(sparsity_min=per_channel.min().item(), sparsity_max=per_channel.max().item())
+    return out
 
 
 def suppression_mean_square(y: torch.Tensor, spec: NormSpec) -> torch.Tensor:

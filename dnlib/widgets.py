@@ -29,7 +29,7 @@ from .spec import NormSpec
 from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
 
 __all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer", "activation_explorer",
-           "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS"]
+           "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS", "INPUTS", "FIXED_LIMITS"]
 
 CIFAR_SAMPLES = Path("cifar-exact-samples", "cifar10_test_first20_exact_foolbox.npz")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -39,16 +39,25 @@ CHANNEL_WINDOWS = [("all channels", 0), ("3", 3), ("5", 5), ("9", 9), ("15", 15)
 WINDOW_FIELDS = [("both", "both"), ("summation", "sum"), ("suppression", "sup")]
 #: Groups of the explorer's ``gn``: the preset's 32 groups on the first layer's 32 channels would be ``in``.
 GN_GROUPS = 8
+#: What the first layer sees (:func:`preprocess`): each colour channel standardized over the batch, or the raw
+#: pixel values / 255 in [0, 1], not centred (what torchvision's ``ToTensor`` gives).
+INPUTS = ("standardized", "raw")
+#: The explorer figure's axes with "fixed scale" on: the histograms cover responses in [-6, 6] and the feature maps'
+#: colours [-3, 3]. Normalized responses at sigma = 0 have unit mean square, so the fixed scale holds them, and a
+#: larger sigma visibly shrinks them (with the scale fitted to each result, only the tick labels would change).
+FIXED_LIMITS = {"histogram": 6.0, "maps": 3.0}
 #: The statistics shown in the explorer's readout, in order: key -> label.
 STAT_LABELS = {
     "sparsity": "sparsity (zeros after ReLU)",
+    "sparsity_min": "zeros of one filter: fewest",
+    "sparsity_max": "zeros of one filter: most",
     "kurtosis": "kurtosis (excess, before ReLU)",
     "relu_kurtosis": "kurtosis after ReLU",
     "mean_square": "mean square of y",
     "field_mean_square": "E_B[y²] (1 for a global field at σ=0)",
     "linearity": "linearity R² of y vs z − E_A z",
-    "corr": "mean |corr| of filter pairs",
-    "mi": "mean MI of filter pairs (nats)",
+    "corr": "mean |corr| over all filter pairs",
+    "mi": "mean MI over all filter pairs (nats)",
     "l1_penalty": "L1 penalty α·mean|z − E_A z|",
 }
 
@@ -157,9 +166,14 @@ def _fallback_notice(errors: list[str], desc: str, root) -> str:
     return f"FALLBACK (CIFAR-10 not found under {where}): {desc}"
 
 
-def preprocess(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 with each colour channel standardized over the batch (zero mean, unit std)."""
+def preprocess(images: torch.Tensor, inputs: str = "standardized") -> torch.Tensor:
+    """uint8 images -> float32: with ``inputs="standardized"`` each colour channel standardized over the batch (zero
+    mean, unit std); with ``"raw"`` the pixel values / 255 in [0, 1], not centred."""
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs must be one of {INPUTS}, got {inputs!r}")
     x = torch.as_tensor(images).float() / 255.0
+    if inputs == "raw":
+        return x
     mean = x.mean((0, 2, 3), keepdim=True)
     std = x.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
     return (x - mean) / std
@@ -241,22 +255,27 @@ class ActivationExplorer:
     Attributes:
         controls: ``{name: widget}`` for ``preset``, ``sigma``, ``space_window``, ``channel_window``,
             ``window_field``, ``alpha``; setting a widget's ``.value`` recomputes synchronously.
+        fixed_scale: the "fixed scale" checkbox (on by default): the figure's axes and colours stay at
+            :data:`FIXED_LIMITS` as the controls move, instead of fitting each result.
         result: the latest statistics (see :meth:`compute`).
         z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the latest normalized
             responses (before ReLU); ``spec``: the latest spec; ``norm``: the latest module.
-        widget: the ``VBox`` that is displayed (controls, readout, live plots).
+        widget: the ``VBox`` that is displayed: the controls, the live figure right under them, then the readout.
+        pre_pairs: the pair statistics of ``z`` (:func:`dnlib.stats.pairwise_corr_mi` over all filter pairs, as the
+            Table 10 figure :func:`dnlib.figures.joint_histograms` computes them, so the two report one number).
     """
 
     def __init__(self, images: torch.Tensor, conv: nn.Conv2d, *, source: str = "", preset: str = "dn",
                  sigma: float = 0.5, space_window: Optional[int] = None, channel_window: Optional[int] = None,
-                 window_field: Optional[str] = None, alpha: float = 0.0, bins: int = 20, n_pairs: int = 64,
-                 max_samples: int = 8192, seed: int = 0, live_plots: bool = True):
+                 window_field: Optional[str] = None, alpha: float = 0.0, bins: int = 20, n_pairs: Optional[int] = None,
+                 max_samples: Optional[int] = 20000, seed: int = 0, live_plots: bool = True,
+                 inputs: str = "standardized", fixed_scale: bool = True):
         import ipywidgets as W
 
-        self.images, self.source, self.seed = images, source, seed
+        self.images, self.source, self.seed, self.inputs = images, source, seed, inputs
         self.bins, self.n_pairs, self.max_samples = bins, n_pairs, max_samples
         with torch.no_grad():
-            self.z = conv(preprocess(images))
+            self.z = conv(preprocess(images, inputs))
         pre = pairwise_corr_mi(self.z, n_pairs=n_pairs, bins=bins, max_samples=max_samples, seed=seed)
         self.pre_pairs = pre
         self.live_plots = live_plots
@@ -276,10 +295,12 @@ class ActivationExplorer:
             "channel_window": W.SelectionSlider(options=CHANNEL_WINDOWS, value=0, description="channel window",
                                                 style=style, continuous_update=False, layout=wide),
             "window_field": W.ToggleButtons(options=WINDOW_FIELDS, value="both", description="windows on",
-                                            style=style),
+                                            style={**style, "button_width": "90px"}),
             "alpha": W.FloatSlider(value=alpha, min=0.0, max=0.05, step=0.001, readout_format=".3f",
                                    description="L1 α", style=style, continuous_update=False, layout=wide),
         }
+        self.fixed_scale = W.Checkbox(value=fixed_scale, description="fixed scale", indent=False,
+                                      layout=W.Layout(width="120px", margin="0 0 0 16px"))
         self.readout = W.HTML()
         self.plots = W.Output()
         self._set_windows_from_preset(preset, sigma=False)  # the sigma argument wins at the start
@@ -289,10 +310,12 @@ class ActivationExplorer:
             self.controls[name].value = value
         for widget in self.controls.values():
             widget.observe(self._on_change, names="value")
-        self.widget = W.VBox([W.HBox([self.controls["preset"], self.controls["window_field"]]),
-                              W.HBox([self.controls["sigma"], self.controls["alpha"]]),
-                              W.HBox([self.controls["space_window"], self.controls["channel_window"]]),
-                              self.readout, self.plots])
+        self.fixed_scale.observe(lambda change: self._redraw(), names="value")
+        gap = W.Layout(grid_gap="0 32px")  # the sliders' readouts ("whole map") clear the next label
+        self.widget = W.VBox([W.HBox([self.controls["preset"], self.controls["window_field"], self.fixed_scale]),
+                              W.HBox([self.controls["sigma"], self.controls["alpha"]], layout=gap),
+                              W.HBox([self.controls["space_window"], self.controls["channel_window"]], layout=gap),
+                              self.plots, self.readout])
         self.update()
 
     # --- the computation ------------------------------------------------------------------------
@@ -312,6 +335,7 @@ class ActivationExplorer:
         normalized responses ``y``; ``sparsity``, ``relu_mean``, ``relu_kurtosis`` of ``relu(y)``;
         ``field_mean_square`` (mean of ``E_B[y^2]``, nan without division); ``linearity`` (R^2 of ``y`` against
         ``v = z - E_A z``); ``corr``/``mi`` between filter pairs of ``y`` and ``corr_pre``/``mi_pre`` of ``z``;
+        ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max`` (:func:`dnlib.stats.activation_stats`);
         ``l1_penalty``: what this site would add to a training loss, ``alpha * mean|z - E_A z|``
         (:func:`dnlib.sparse_penalty` of the module after one training-mode forward); ``notes``; ``source``.
         """
@@ -334,7 +358,8 @@ class ActivationExplorer:
                   "spec": repr(spec), **activation_stats(y),
                   "field_mean_square": suppression_mean_square(y, spec).mean().item() if spec.divide else math.nan,
                   "linearity": linearity(v, y), "corr": pairs.corr, "mi": pairs.mi,
-                  "corr_pre": self.pre_pairs.corr, "mi_pre": self.pre_pairs.mi, "l1_penalty": penalty,
+                  "corr_pre": self.pre_pairs.corr, "mi_pre": self.pre_pairs.mi, "inputs": self.inputs,
+                  "l1_penalty": penalty,
                   "notes": notes, "source": self.source}
         return result
 
@@ -342,13 +367,17 @@ class ActivationExplorer:
         """Recompute from the controls, refresh the readout (and plots in a live kernel); return the result."""
         self.result = self.compute(**self.values)
         self.readout.value = self._html(self.result)
+        self._redraw()
+        return self.result
+
+    def _redraw(self) -> None:
+        """Redraw the live figure (in a kernel, with live plots on)."""
         if self.live_plots and _in_kernel():
             from IPython.display import clear_output, display
 
             with self.plots:
                 clear_output(wait=True)
                 display(self.figure())
-        return self.result
 
     def set(self, **values) -> dict:
         """Set several controls at once (one recomputation); return the new result."""
@@ -385,17 +414,20 @@ class ActivationExplorer:
         return rows
 
     # --- display ----------------------------------------------------------------------------------
-    def figure(self, n_maps: int = 16, dpi: int = 100):
+    def figure(self, n_maps: int = 16, dpi: int = 100, fixed_scale: Optional[bool] = None):
         """Histograms before/after ReLU and the normalized feature maps of the first image (channel numbers in
-        9 pt, one colour bar for their shared scale), for the current result."""
+        9 pt, one colour bar for their shared scale), for the current result. ``fixed_scale`` (default: the
+        checkbox) keeps the axes and colours at :data:`FIXED_LIMITS`; off, they fit this result."""
         from .figures import activation_histograms, feature_maps, new_figure
 
+        fixed = self.fixed_scale.value if fixed_scale is None else fixed_scale
         fig = new_figure(figsize=(10, 5.8), dpi=dpi)
         top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.1])
         axes = top.subplots(1, 2)
         top.subplots_adjust(left=0.08, right=0.98, bottom=0.2, top=0.85, wspace=0.25)
-        activation_histograms(self.y, axes=axes, title=self.result["preset"])
-        feature_maps(self.y, 0, n_maps=n_maps, ncols=8, fig=bottom,
+        activation_histograms(self.y, axes=axes, title=self.result["preset"],
+                              limit=FIXED_LIMITS["histogram"] if fixed else None)
+        feature_maps(self.y, 0, n_maps=n_maps, ncols=8, fig=bottom, limit=FIXED_LIMITS["maps"] if fixed else None,
                      title=f"normalized feature maps of image 0 (channel numbers): {self.result['spec']}")
         maps = [ax for ax in bottom.axes if ax.images]
         for ax in maps:
@@ -410,9 +442,13 @@ class ActivationExplorer:
         rows = "".join(f'<tr><td>{label}</td><td class="dnlib-stat-{key}" style="text-align:right">{r[key]:.4f}</td></tr>'
                        for key, label in STAT_LABELS.items())
         notes = "".join(f"<div><i>{n}</i></div>" for n in r["notes"])
+        pre = self.pre_pairs
         return (f'<div class="dnlib-stats"><div><code>{r["spec"]}</code></div><table>{rows}</table>{notes}'
-                f'<div style="color:#777">before normalization: mean |corr| {r["corr_pre"]:.4f}, '
-                f'MI {r["mi_pre"]:.4f} nats; images: {r["source"]}</div></div>')
+                f'<div style="color:#777">before normalization: mean |corr| '
+                f'<span class="dnlib-stat-corr_pre">{r["corr_pre"]:.4f}</span>, MI '
+                f'<span class="dnlib-stat-mi_pre">{r["mi_pre"]:.4f}</span> nats (all {len(pre.pairs)} filter pairs, '
+                f'{pre.n_samples} samples, {pre.bins} bins: the Table 10 figure\'s numbers); inputs {r["inputs"]}; '
+                f'images: {r["source"]}</div></div>')
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -474,7 +510,8 @@ def _in_kernel() -> bool:
 def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional[nn.Conv2d] = None,
                         checkpoint: str = "", n_images: int = 16, source: str = "auto", seed: int = 0,
                         preset: str = "dn", sigma: float = 0.5, alpha: float = 0.0, bins: int = 20,
-                        n_pairs: int = 64, max_samples: int = 8192, live_plots: bool = True, label: str = "",
+                        n_pairs: Optional[int] = None, max_samples: Optional[int] = 20000, live_plots: bool = True,
+                        label: str = "", inputs: str = "standardized", fixed_scale: bool = True,
                         **controls) -> ActivationExplorer:
     """Build the activation explorer (see the module docstring).
 
@@ -483,8 +520,12 @@ def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional
         conv: the first layer; default ``first_conv(checkpoint, seed)``.
         preset, sigma, alpha: initial control values (``**controls`` may set ``space_window``,
             ``channel_window``, ``window_field``; by default the preset's own windows).
-        bins, n_pairs, max_samples: the MI estimator (:func:`dnlib.stats.pairwise_corr_mi`).
+        bins, n_pairs, max_samples: the correlation/MI estimator (:func:`dnlib.stats.pairwise_corr_mi`); the
+            defaults (all filter pairs, up to 20,000 samples) are those of the Table 10 figure
+            (:func:`dnlib.figures.joint_histograms`), so the readout and the figure's title give the same numbers.
         live_plots: redraw histograms and feature maps on every change (in a kernel only).
+        inputs: ``"standardized"`` or ``"raw"`` (:func:`preprocess`): what the first layer sees.
+        fixed_scale: start with the "fixed scale" checkbox on (:data:`FIXED_LIMITS`).
         label: where the images came from, shown in the readout (set automatically when ``images`` is None).
     """
     desc = label
@@ -492,4 +533,5 @@ def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional
         images, desc = explorer_images(n_images, source, seed)
     conv = conv if conv is not None else first_conv(checkpoint, seed)
     return ActivationExplorer(images, conv, source=desc, preset=preset, sigma=sigma, alpha=alpha, bins=bins,
-                              n_pairs=n_pairs, max_samples=max_samples, seed=seed, live_plots=live_plots, **controls)
+                              n_pairs=n_pairs, max_samples=max_samples, seed=seed, live_plots=live_plots,
+                              inputs=inputs, fixed_scale=fixed_scale, **controls)

@@ -328,3 +328,55 @@ def _wait_for_all_cells(page, text: str, timeout_s: float = 300) -> None:
         f"""() => [...document.querySelectorAll('{counted}')].filter(e => /\\[\\d+\\]/.test(e.textContent)).length
             >= {n}""", timeout=timeout_s * 1000)
     _wait_idle(page)
+
+
+def _box(locator) -> dict:
+    box = locator.bounding_box()
+    assert box, f"{locator} is not displayed"
+    return box
+
+
+def _text_box(locator) -> dict:
+    """Where the element's text is drawn (a readout's text can overflow its own box)."""
+    return locator.evaluate("""e => { const r = document.createRange(); r.selectNodeContents(e);
+        const b = r.getBoundingClientRect(); return {x: b.x, y: b.y, width: b.width, height: b.height}; }""")
+
+
+def _overlap(a: dict, b: dict, margin: float = 0) -> bool:
+    """Whether the boxes overlap, or come closer than ``margin`` px side by side."""
+    return (a["x"] - margin < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] + margin
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+@pytest.mark.parametrize("lab", ["02_activation_explorer.ipynb"], indirect=True)
+def test_explorer_figure_sits_under_the_controls(lab):
+    """Issue 23: the live figure sat ~700 px below the sliders (scroll after every move) and with ``bn`` the spatial
+    window's readout ("whole map") overlapped the "channel window" label (here, at 1400 px: 352 px below, and the
+    readout's text ran into the label with no space between). Now the figure starts right under the last row of
+    controls, and the readout's text keeps at least 12 px from every label."""
+    with _lab_page(lab, "02_activation_explorer-layout") as page:
+        explorer = page.locator(".widget-vbox", has=page.locator(".dnlib-stats")).last
+        figure = explorer.locator(".widget-output img").first
+        figure.wait_for(state="attached", timeout=120_000)
+        _wait_idle(page)
+        preset = explorer.locator(".widget-dropdown", has=page.locator(".widget-label", has_text="preset")).first
+        preset.locator("select").select_option("bn")
+        page.wait_for_function("() => document.querySelector('.dnlib-stats code').textContent.includes('batch')")
+        _wait_idle(page, 60_000)
+        figure.scroll_into_view_if_needed()
+        sliders = explorer.locator(".widget-slider")
+        lowest = max((_box(sliders.nth(i)) for i in range(sliders.count())), key=lambda b: b["y"] + b["height"])
+        gap = _box(figure)["y"] - (lowest["y"] + lowest["height"])
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "02_activation_explorer-layout.png"))
+        space = _slider(page, "spatial window").locator(".widget-readout").first
+        assert space.text_content().strip() == "whole map"  # bn's own spatial window
+        space.scroll_into_view_if_needed()
+        explorer.locator(".widget-hbox").nth(2).screenshot(path=str(SCREENSHOTS / "02_activation_explorer-windows.png"))
+        labels = explorer.locator(".widget-label")
+        overlaps = [labels.nth(i).text_content() for i in range(labels.count())
+                    if labels.nth(i).is_visible() and _overlap(_text_box(space), _text_box(labels.nth(i)), 12)]
+        assert -5 <= gap <= 80 and not overlaps, (f"the figure starts {gap:.0f} px below the last slider; the "
+                                                  f"'whole map' readout overlaps or touches (< 12 px) the label(s) "
+                                                  f"{overlaps}")
+        assert not _widget_errors(page)

@@ -31,6 +31,16 @@ def test_sparsity_and_activation_stats():
     assert s["relu_mean"] == pytest.approx(4 / 5)
 
 
+def test_channel_sparsity_shows_what_the_overall_fraction_hides():
+    """Half the channels always on, half always off: overall sparsity 1/2, per channel 0 and 1."""
+    y = torch.cat([torch.ones(4, 2, 3, 3), -torch.ones(4, 2, 3, 3)], dim=1)
+    s = stats.activation_stats(y)
+    assert s["sparsity"] == pytest.approx(0.5)
+    assert (s["sparsity_min"], s["sparsity_max"]) == (0.0, 1.0)
+    assert stats.channel_sparsity(y).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert "sparsity_min" not in stats.activation_stats(torch.randn(10))   # no channel axis
+
+
 def test_pairwise_corr_matches_numpy_and_mi_orders_dependence():
     g = _gen(1)
     a = torch.randn(4, 5000, generator=g)

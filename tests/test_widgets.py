@@ -209,3 +209,85 @@ def test_figure_is_readable(ex):
     titles = [ax.title for ax in fig.axes if ax.get_title() and ax.get_title().isdigit()]
     assert titles and min(t.get_fontsize() for t in titles) >= 8
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+
+
+def _suptitle_numbers(fig):
+    """The mean |r| and MI in the Table 10 figure's title."""
+    import re
+
+    text = fig._suptitle.get_text()
+    r, mi = re.search(r"\|r\| = ([\d.]+), MI = ([\d.]+)", text).groups()
+    return float(r), float(mi)
+
+
+def test_readout_and_table10_figure_report_one_value(ex):
+    """Issue 23: the readout said "mean |corr| 0.3606, MI 0.1777 before normalization" and the joint histograms'
+    title "|r| = 0.338, MI = 0.161" for the same responses (64 random pairs of 8,192 samples against all pairs of
+    20,000): one estimator, one value, before and after normalization."""
+    from dnlib import figures
+
+    r = ex.set(preset="dn", sigma=0.5)
+    assert _suptitle_numbers(figures.joint_histograms(ex.z, bins=20, seed=ex.seed, mi_bins=ex.bins)) == (
+        pytest.approx(r["corr_pre"], abs=5e-5), pytest.approx(r["mi_pre"], abs=5e-5))
+    assert _suptitle_numbers(figures.joint_histograms(ex.y, bins=20, seed=ex.seed, mi_bins=ex.bins)) == (
+        pytest.approx(r["corr"], abs=5e-5), pytest.approx(r["mi"], abs=5e-5))
+    c = ex.z.shape[1]
+    assert len(ex.pre_pairs.pairs) == c * (c - 1) // 2          # all filter pairs, as the figure's title says
+    assert f"all {c * (c - 1) // 2} filter pairs" in ex.readout.value and f'{r["corr_pre"]:.4f}' in ex.readout.value
+
+
+def _scales(fig):
+    hist = [ax for ax in fig.axes if ax.patches]
+    maps = [ax.images[0].get_clim() for ax in fig.axes if ax.images]
+    return [ax.get_xlim() for ax in hist], [ax.get_ylim() for ax in hist], maps
+
+
+def test_fixed_scale_keeps_the_axes_so_sigma_shows_in_the_figure(ex):
+    """Issue 23: with axes and colours fitted to each result, moving sigma changed only the tick labels. The
+    "fixed scale" checkbox (on by default) keeps both, so a larger sigma visibly shrinks the responses; off, the
+    figure fits each result as before."""
+    import matplotlib.pyplot as plt
+
+    assert ex.fixed_scale.value is True
+    ex.set(preset="dn", sigma=0.0)
+    small_sigma = _scales(ex.figure())
+    ex.set(sigma=2.0)
+    large_sigma = _scales(ex.figure())
+    assert small_sigma == large_sigma
+    assert small_sigma[0][0] == pytest.approx((-widgets.FIXED_LIMITS["histogram"], widgets.FIXED_LIMITS["histogram"]))
+    assert set(small_sigma[2]) == {(-widgets.FIXED_LIMITS["maps"], widgets.FIXED_LIMITS["maps"])}
+    ex.fixed_scale.value = False   # as a user unticking the box
+    fitted = _scales(ex.figure())
+    ex.set(sigma=0.0)
+    assert _scales(ex.figure()) != fitted and ex.figure(fixed_scale=True) is not None
+    plt.close("all")
+
+
+def test_the_figure_comes_right_after_the_controls(ex):
+    """Issue 23: the live figure sat under the readout (~700 px below the sliders in JupyterLab): now the controls,
+    then the figure, then the readout (tests/test_browser.py measures it on the page)."""
+    children = list(ex.widget.children)
+    assert children.index(ex.plots) == 3 and children.index(ex.readout) == 4
+    assert ex.fixed_scale in children[0].children
+
+
+def test_raw_inputs_make_the_summation_field_visible(images):
+    """02 §6: on standardized images with zero-mean random filters every summation field subtracts almost nothing
+    (the responses are already centred): penalty and zeros are the same for none/bn/ln/dn. On raw pixels in [0, 1]
+    each filter's response has an offset (its weights' sum times the brightness), of either sign: BN removes it per
+    filter, LN and DN (means across the filters) do not; the overall fraction of zeros stays near 1/2 either way,
+    but per filter it spans almost 0 to 1 unless BN centred it."""
+    rows = {}
+    for inputs in ("standardized", "raw"):
+        e = widgets.activation_explorer(images, preset="dn", sigma=0.5, alpha=0.005, live_plots=False, inputs=inputs)
+        rows[inputs] = {r["preset"]: r for r in e.sweep("preset", ["none", "bn", "ln", "dn"])}
+    std, raw = rows["standardized"], rows["raw"]
+    assert max(r["l1_penalty"] for r in std.values()) < 1.02 * min(r["l1_penalty"] for r in std.values())
+    assert raw["bn"]["l1_penalty"] < 0.8 * raw["none"]["l1_penalty"]
+    for p in ("ln", "dn"):
+        assert raw[p]["l1_penalty"] == pytest.approx(raw["none"]["l1_penalty"], rel=0.02)
+        assert raw[p]["sparsity_max"] - raw[p]["sparsity_min"] > 0.9
+    assert raw["bn"]["sparsity_max"] - raw["bn"]["sparsity_min"] < 0.3
+    assert all(abs(r["sparsity"] - 0.5) < 0.05 for r in (*std.values(), *raw.values()))
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        widgets.preprocess(images, "centred")
