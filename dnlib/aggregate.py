@@ -134,12 +134,14 @@ def _load(rows) -> list:
 
 #: Fields of a run's config that do not change what it computes: labels, the kernels' implementation (``impl``:
 #: the same math), how often it was evaluated, which sets were scored, the card and the trainer's mode (the card
-#: is a column of its own). Runs that differ only in these and in their seed are seeds of one experiment; any other
+#: is a column of its own), and whether the run was one copy of a stacked group (``setup.stacked``,
+#: ``setup.stacked_seeds``: each copy is its separate run, tests/test_stacked.py). Runs that differ only in these and in their seed are seeds of one experiment; any other
 #: difference (dataset, steps or epochs, subset, batch size, source, learning rate, any override) makes them
 #: different experiments, which :func:`summarize` never pools.
 NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
                           "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
-                          "setup.curve_sets", "setup.missing_sets", "setup.threads"})
+                          "setup.curve_sets", "setup.missing_sets", "setup.threads",
+                          "setup.stacked", "setup.stacked_seeds"})
 #: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
 _SHOWN_FIRST = ("steps", "epochs", "setup.subset", "batch_size", "dataset", "setup.data", "source", "steps_planned")
 

@@ -348,3 +348,18 @@ def test_figures_without_data_say_no_runs(tmp_path):
     fig = A.compare_figure(tmp_path / "sweep", "table7")          # ours has values: written over the bars
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "0.2" in texts and "0.25" in texts and not any(t.startswith("no runs") for t in texts)
+
+
+def test_copies_of_a_stacked_group_pool_with_separate_runs_of_their_configuration(tmp_path, recwarn):
+    """A stacked copy is its separate run (tests/test_stacked.py, fp64): how it was launched (setup.stacked,
+    setup.stacked_seeds) does not make it another experiment, as the card and impl do not."""
+    import json
+    _cifar(tmp_path, "dn-star", 0, 0.30)
+    for seed, acc in ((1, 0.32), (2, 0.34)):
+        d = _cifar(tmp_path, "dn-star", seed, acc)
+        rec = json.loads((d / "record.json").read_text())
+        rec["config"]["setup"].update(stacked=2, stacked_seeds=[1, 2])
+        (d / "record.json").write_text(json.dumps(rec))
+    (s,) = A.summarize(tmp_path, ["final_acc"])
+    assert s["n"] == 3 and s["seeds"] == [0, 1, 2] and s["split"] == ""
+    assert not [w for w in recwarn if issubclass(w.category, A.PoolingWarning)]
