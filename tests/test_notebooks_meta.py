@@ -212,3 +212,29 @@ def test_lesson_sections(path):
     missing = missing_sections(headings, required)
     assert not missing, (f"{path.name}: lesson sections {missing} missing or out of order; need '## ' headings "
                          f"{required} in this order (have {headings})")
+
+
+def _exercise(nb: dict, number: int) -> str:
+    """The text of exercise ``number`` (a Markdown list item after the ``## Exercises`` heading)."""
+    text = "\n".join(_src(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    exercises = text.split("## Exercises", 1)[1]
+    match = re.search(rf"^{number}\. (.*?)(?=^\d+\. |\Z)", exercises, re.M | re.S)
+    assert match, f"no exercise {number}"
+    return match.group(1)
+
+
+def test_01_exercise_3_names_the_call_that_draws_every_sigma():
+    """Issue 23: 01's exercise 3 pointed to stats.dn_relu_response, one sigma per call; it names figures.figure2(...,
+    spec=...) now, and that call runs as written with the notebook's parameters (one curve per sigma)."""
+    import ast as _ast
+
+    import dnlib
+    from dnlib import figures, stats
+
+    path = next(p for p in NOTEBOOKS if p.name == "01_unified_view.ipynb")
+    text = _exercise(_load(path), 3)
+    calls = [s for s in re.findall(r"`([^`]+)`", text) if s.startswith("figures.figure2(") and "spec=" in s]
+    assert calls, f"exercise 3 does not give the figures.figure2(..., spec=...) call: {text!r}"
+    params = {name: _ast.literal_eval(p["default"]) for name, p in suite.declared_parameters(path).items()}
+    fig = eval(calls[0], {"dnlib": dnlib, "figures": figures, "stats": stats, **params})  # noqa: S307 - our own text
+    assert [len(ax.lines) for ax in fig.axes] == [len(params["sigmas"]) + 1] * 2   # + the dashed line at the fixed input
