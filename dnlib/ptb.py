@@ -574,10 +574,15 @@ def report(path, out=None) -> dict:
     per-epoch perplexities). Returns the summary."""
     dirs = list(experiment.recipe_runs(RECIPE, path))
     out, summary = Path(out if out is not None else path), {}
-    for d, (key, rec, rows) in zip(dirs, _runs(dirs)):
+    runs = _runs(dirs)
+    keys = [key for key, _, _ in runs]
+    for d, (key, rec, rows) in zip(dirs, runs):
+        key = key if keys.count(key) == 1 else Path(d).name     # one seed run twice (a CPU and a GPU run): by folder
         setup, ev, head = rec["config"]["setup"], _epochs(rec, rows), rec["headline"]
         chunks = [e["seconds"] for e in ev if e["seconds"] > 0]
-        per_epoch = sum(chunks) / len(chunks) * setup["batches_per_epoch"] / setup["eval_every"] if chunks else None
+        # runs converted from older results (results/records) did not record eval_every: no seconds per epoch
+        every = setup.get("eval_every")
+        per_epoch = sum(chunks) / len(chunks) * setup["batches_per_epoch"] / every if chunks and every else None
         summary[key] = {**{k: head.get(k) for k in ("epochs", "valid_ppl", "test_ppl", "final_test_ppl")},
                         "paper_test_ppl": rec["paper"].get("final_test_ppl"), "config": rec["name"],
                         "source": rec["config"]["source"], "stopped": rec["stopped"], "run": str(d),

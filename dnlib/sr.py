@@ -472,7 +472,7 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
     out = {"scale": scale, "card": first["config"]["setup"].get("card"), "torch": first["versions"].get("torch"),
            "runs": {keys[d]: {"name": r["name"], "seed": r["seed"], "steps": r["steps_done"], "stopped": r["stopped"],
                               "train_seconds": r["headline"].get("train_seconds"),
-                              "train_set": r["config"]["train_set"], "run": str(d)} for d, r in recs.items()},
+                              "train_set": r["config"].get("train_set"), "run": str(d)} for d, r in recs.items()},
            "table": table,
            "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
                    "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}

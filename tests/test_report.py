@@ -177,3 +177,17 @@ def test_make_report_results_passes_the_folder_on():
     assert 'scripts/report.py --results "runs/cifar/my sweep"' in res.stdout, res.stdout + res.stderr
     res = subprocess.run(["make", "-n", "report"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "scripts/report.py" in res.stdout and "--results" not in res.stdout
+
+
+@pytest.mark.parametrize("experiment, summary_file", [("ptb", "summary.json"), ("sr", "sr_results.json")])
+def test_ptb_and_sr_report_the_committed_records(tmp_path, experiment, summary_file):
+    """`ptb report` / `sr report` over a copy of results/records/<experiment> ended in KeyError tracebacks
+    ('eval_every', 'train_set'): the converted records lack fields that runs made by the runner have."""
+    runs = tmp_path / experiment
+    shutil.copytree(ROOT / "results" / "records" / experiment, runs)
+    res = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "report", str(runs)], capture_output=True,
+                         text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((runs / summary_file).read_text())
+    reported = rep["runs"] if experiment == "sr" else rep
+    assert len(reported) == len([d for d in runs.iterdir() if (d / "record.json").is_file()])   # none lost
