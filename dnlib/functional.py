@@ -16,9 +16,12 @@ reduced statistics, so every path (the two Functions, the band and the compiled 
 ``divisive_norm`` runs as one autograd Function whose backward is written out by hand for the passes over the
 full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
 composition, which matters because these layers are bandwidth-bound.
+While ``torch.compile`` traces them (and no process group pools the batch), the same functions compute the same
+math as plain ops instead, which Dynamo and Inductor trace without a graph break and fuse (:func:`_traced`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 import warnings
@@ -33,6 +36,23 @@ import torch.nn.functional as F
 from .spec import NormSpec
 
 _AXIS_DIMS = {"batch": (0,), "channel": (2,)}
+
+
+def compile_safe_cache(maxsize: int):
+    """``functools.lru_cache(maxsize)`` for eager calls; while ``torch.compile`` traces, the plain function.
+
+    For the pure functions of hashable configuration (specs, plans, window weights) that the layers call in
+    ``forward``: Dynamo traces the plain function as constants, whereas through an ``lru_cache`` wrapper it warns
+    that the cached result may be silently wrong."""
+    def wrap(fn):
+        cached = lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def call(*args):
+            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+        call.cache_info, call.cache_clear = cached.cache_info, cached.cache_clear
+        return call
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,7 @@ def _field(axes, window, nspatial, border, weights=()) -> Optional[_Field]:
                   g.get("space", 0.0) if ks > 1 else 0.0)
 
 
-@lru_cache(maxsize=512)
+@compile_safe_cache(maxsize=512)
 def _plan(spec: NormSpec, nspatial: int) -> _Plan:
     sum_f = _field(spec.sum_axes, spec.sum_window, nspatial, spec.border, spec.sum_weights)
     sup_f = _field(spec.sup_axes, spec.sup_window, nspatial, spec.border, spec.sup_weights)
@@ -97,7 +117,7 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, *x.shape[2:])
 
 
-@lru_cache(maxsize=128)
+@compile_safe_cache(maxsize=128)
 def _gauss(k: int, width: float) -> tuple:
     """The Gaussian weights of a window of ``k`` (offsets ``-(k-1)//2 .. k//2``), std ``width``, summing to 1."""
     g = [math.exp(-o * o / (2.0 * width * width)) for o in range(-((k - 1) // 2), k // 2 + 1)]
@@ -209,7 +229,7 @@ def _reduce_mean(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = Non
 def _numel(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> int:
     if sync is not None and 0 in dims:
         return sync.numel(t, dims)
-    return math.prod(t.shape[d] for d in dims)
+    return math.prod([t.shape[d] for d in dims])
 
 
 # ------------------------------------------------------------------------ synchronized batch statistics
@@ -257,7 +277,7 @@ class BatchSync:
         """The global number of elements pooled by a reduction of ``t`` over ``dims`` (which include 0)."""
         if self.global_n is None:
             raise RuntimeError("BatchSync: the global batch size is known only after the first all-reduce")
-        return self.global_n * math.prod(t.shape[d] for d in dims if d != 0)
+        return self.global_n * math.prod([t.shape[d] for d in dims if d != 0])
 
 
 class _SyncMeanFn(torch.autograd.Function):
@@ -601,6 +621,8 @@ def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, 
 
 
 def _apply(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup, need_v: bool, sync=None):
+    if sync is None and torch.compiler.is_compiling():
+        return _traced(xg, sig2, spec, plan, mean, sup)
     if _shared(plan, mean, sup):
         return _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v, sync)
     return _DivNormFn.apply(xg, sig2, spec, plan, mean, sup, sync)
@@ -620,21 +642,38 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
     return divisive_norm_stats(x, spec, sigma)[0]
 
 
-def _compose(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, box=_box):
+def _compose(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, box=_box, mean=None, sup=None):
     """DN of the grouped ``xg`` composed of plain autograd ops: ``(y, v, mu, s)`` (``mu``/``s`` None when the spec
-    has no such field). ``box`` is the box filter (:func:`_box`, or :func:`_box_shift` on every device)."""
+    has no such field). ``box`` is the box filter (:func:`_box`, or :func:`_box_shift` on every device).
+    ``mean``/``sup`` replace the field statistics (running statistics in eval mode), as in the Functions."""
     mu = s = None
     if plan.sum is not None:
-        mu = box(_reduce_mean(xg, plan.sum.dims), plan.sum, plan.nspatial)
+        mu = box(_reduce_mean(xg, plan.sum.dims), plan.sum, plan.nspatial) if mean is None else mean
         v = xg - mu
     else:
         v = xg
     if plan.sup is None:
         return v, v, mu, s
-    s = box(_reduce_mean(v * v, plan.sup.dims), plan.sup, plan.nspatial)
-    if plan.bug != 1.0:
-        s = s * plan.bug
+    if sup is None:
+        s = box(_reduce_mean(v * v, plan.sup.dims), plan.sup, plan.nspatial)
+        if plan.bug != 1.0:
+            s = s * plan.bug
+    else:
+        s = sup
     return v * _divisor(s, sig2, spec), v, mu, s
+
+
+def _traced(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup):
+    """:func:`_apply` while ``torch.compile`` traces (no process group): the plain-op composition, the math of
+    ``impl="compile"`` (:func:`_plain`), which Dynamo and Inductor trace whole and fuse. The hand-written
+    Functions would break the graph: their backward calls ``torch.autograd.grad`` on the statistics."""
+    y, v, mu, s = _compose(xg, sig2, spec, plan, _box_shift, mean, sup)
+    if plan.sum is None and plan.sup is None:
+        y = xg.clone()  # (as _DivNormFn: the output is never the input itself)
+    empty = xg.new_empty(0)
+    mu_out = empty if mu is None or mean is not None else mu.detach()
+    s_out = empty if s is None or sup is not None else s.detach()
+    return y, v, mu_out, s_out
 
 
 def divisive_norm_reference(x: torch.Tensor, spec: NormSpec, sigma=None) -> torch.Tensor:
@@ -706,7 +745,7 @@ def _general(x: torch.Tensor, sig2, alpha: float, spec: NormSpec, plan: _Plan):
 
 
 # ---------------------------------------------------------------------------------------------- the band path
-@lru_cache(maxsize=256)
+@compile_safe_cache(maxsize=256)
 def band_supported(spec: NormSpec) -> bool:
     """Whether :func:`band_divisive_norm` computes ``spec``: one group, every non-empty field pools only
     ``"channel"``, and some field has a channel window (1-D DN along the unit axis, eqs. 6-7; LRN)."""

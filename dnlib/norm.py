@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from functools import lru_cache
+import weakref
 from typing import Optional
 
 import torch
@@ -24,28 +24,53 @@ RUNNING_STATS = ("torch", "tf")
 BAND_MAX_FEATURES = 256
 
 
-class _Tap(torch.autograd.Function):
-    """Identity on a site's input that tells whether backward has already run through this forward: its saved
-    (empty) tensor is freed with the graph, and its backward reads it, so once freed, no gradient (of the loss or
-    of a pending L1 term) can pass this forward again."""
+class _Pending:
+    """One training forward's L1 term, waiting for :func:`dnlib.sparse_penalty`.
+
+    ``output`` is a weak reference to the forward's output: its :class:`_OutputTap` node when the output requires
+    grad, else the output tensor (None for a term recorded by a compiled graph, whose outputs share one node).
+    Once it is dead, nothing refers to the forward's output any more."""
+
+    __slots__ = ("term", "n", "group", "index", "output", "tapped")
+
+    def __init__(self, term: torch.Tensor, n: int, group=None, index: int = 0, output=None, tapped: bool = False):
+        self.term, self.n, self.group, self.index, self.output, self.tapped = term, n, group, index, output, tapped
+
+    def orphaned(self) -> bool:
+        """Whether the forward's output is gone (only the term itself could still be backpropagated)."""
+        return self.output is not None and self.output() is None
+
+    def backpropagated(self) -> bool:
+        """Whether a backward has run through this forward (and freed its graph): the term can give no gradient."""
+        if self.output is None:
+            node = self.term.grad_fn
+        else:
+            node = self.output() if self.tapped else None
+        if node is None:
+            return False
+        try:
+            node.saved_tensors  # noqa: B018 (raises once the graph is freed)
+        except RuntimeError:
+            return True
+        except AttributeError:  # a node without saved tensors (not one of ours or a compiled graph's)
+            return False
+        return False
+
+
+class _OutputTap(torch.autograd.Function):
+    """Identity on a site's output whose node tells what became of the forward: it lives as long as anything
+    refers to the output (or to what was computed from it), and its saved (empty) tensor is freed by a backward
+    through the output. Returns an alias, not a view, so in-place ops on the output (``ReLU(inplace=True)``) work
+    as without the tap."""
 
     @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x.new_empty(0))
-        return x.view_as(x)
+    def forward(ctx, y):
+        ctx.save_for_backward(y.new_empty(0))
+        return y.detach()
 
     @staticmethod
     def backward(ctx, g):
-        ctx.saved_tensors  # noqa: B018 (raises once the graph is freed, as any node with saved tensors)
         return g
-
-
-def _freed(tap) -> bool:
-    try:
-        tap.saved_tensors
-    except RuntimeError:
-        return True
-    return False
 
 
 class _ReplicaGroup:
@@ -56,6 +81,17 @@ class _ReplicaGroup:
         self.count, self.started, self.sizes = 0, False, {}
 
 
+class _Link:
+    """A term recorded by a forward that ``torch.compile`` traced, in a linked list from the site's store: Dynamo
+    replays the store of a new object after the graph without a graph break (appending to a list would recompile
+    the graph for every length of the list). ``replica``: the DataParallel ``(group, index)`` or None."""
+
+    __slots__ = ("term", "n", "replica", "prev")
+
+    def __init__(self, term: torch.Tensor, n: int, replica, prev):
+        self.term, self.n, self.replica, self.prev = term, n, replica, prev
+
+
 class _L1Terms:
     """The pending L1 terms of one site. A replica made by ``nn.DataParallel`` is a shallow copy of the module's
     ``__dict__``, so the module and all its replicas hold this same object: terms added on replicas are collected
@@ -63,8 +99,8 @@ class _L1Terms:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.items = []        # [term, batch size, replica group or None, replica index, tap node or None]
-        self.constant = None   # the root's terms without a graph, summed (detached)
+        self.items = []        # [_Pending]
+        self.compiled = None   # the last _Link recorded by a compiled forward since the last prune
         self.warned = False
 
     def __deepcopy__(self, memo):  # a copied module starts without pending terms (they hold another graph)
@@ -76,54 +112,60 @@ class _L1Terms:
     def __setstate__(self, state):
         self.__init__()
 
-    def _fold(self, item) -> None:
-        if item[2] is None:
-            t = item[0].detach()
-            self.constant = t if self.constant is None else self.constant + t.to(self.constant.device)
-        else:
-            item[0], item[4] = item[0].detach(), None
-            return
-        self.items.remove(item)
-
-    def prune(self, where: str) -> None:
-        """Detach the terms whose forward has been backpropagated (their graph is freed: they can no longer give
-        a gradient) and warn once: alpha > 0 and the loss of that backward lacked the L1 term."""
-        stale = [it for it in self.items if it[4] is not None and _freed(it[4])]
-        for it in stale:
-            self._fold(it)
-        for it in [it for it in self.items if it[4] is None and it[2] is None]:
-            self._fold(it)
+    def _prune(self, where: str, orphans: bool) -> list:
+        """Drop the terms that no loss can use any more (call with the lock held) and return the others: a forward
+        that has been backpropagated without its term (it gave no gradient: warned once; its graph is freed now),
+        and with ``orphans`` (at the site's next forward) a forward whose output nothing refers to any more."""
+        links, head = [], self.compiled
+        self.compiled = None
+        while head is not None:
+            links.append(head)
+            head = head.prev
+        for link in reversed(links):
+            group, index = link.replica if link.replica is not None else (None, 0)
+            self._track(group, index, link.n)
+            self.items.append(_Pending(link.term, link.n, group, index))
+        keep, stale = [], 0
+        for p in self.items:
+            if p.backpropagated():
+                p.term = None
+                stale += 1
+            elif not (orphans and p.orphaned()):
+                keep.append(p)
+        self.items = keep
         if stale and not self.warned:
             self.warned = True
             warnings.warn(f"{where}: the L1 term (alpha > 0) of a training forward was not part of the loss that was "
-                          f"backpropagated through that forward, so it added no gradient. Add "
-                          f"dnlib.sparse_penalty(model) to the loss before backward, or call "
-                          f"dnlib.clear_penalties(model) to drop the terms. Its value is kept (detached).",
-                          stacklevel=4)
+                          f"backpropagated through that forward, so it added no gradient, and it is dropped. Add "
+                          f"dnlib.sparse_penalty(model) to the loss before backward.", stacklevel=5)
+        return keep
 
-    def add(self, term: torch.Tensor, n: int, group, index: int, tap, where: str) -> None:
+    @staticmethod
+    def _track(group, index: int, n: int) -> None:
+        if group is not None:
+            group.started = True
+            group.sizes.setdefault(index, n)
+
+    def add(self, p: _Pending, where: str) -> None:
         with self.lock:
-            self.prune(where)
-            if group is not None:
-                group.started = True
-                group.sizes.setdefault(index, n)
-            item = [term, n, group, index, tap if term.requires_grad else None]
-            self.items.append(item)
-            if item[4] is None and group is None:
-                self._fold(item)
+            self._prune(where, orphans=True)
+            self._track(p.group, p.index, p.n)
+            self.items.append(p)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items, self.compiled = [], None
 
     def pop(self, where: str) -> Optional[torch.Tensor]:
         with self.lock:
-            self.prune(where)
-            items, constant = self.items, self.constant
-            self.items, self.constant = [], None
-        parts = [] if constant is None else [constant]
-        groups = {}
-        for term, n, group, _, _ in items:
-            if group is None:
-                parts.append(term)
+            live = self._prune(where, orphans=False)
+            self.items = []
+        parts, groups = [], {}
+        for p in live:
+            if p.group is None:
+                parts.append(p.term)
             else:
-                groups.setdefault(id(group), (group, []))[1].append((term, n))
+                groups.setdefault(id(p.group), (p.group, []))[1].append((p.term, p.n))
         for group, terms in groups.values():
             total_n = sum(group.sizes.values())
             parts.extend(t * (n / total_n) for t, n in terms)
@@ -136,7 +178,7 @@ class _L1Terms:
         return total
 
 
-@lru_cache(maxsize=256)
+@DF.compile_safe_cache(maxsize=256)
 def fused_kind(spec: NormSpec) -> Optional[str]:
     """The native torch kernel whose fields coincide with ``spec`` (sigma folded into eps), or None.
 
@@ -201,11 +243,19 @@ class DivisiveNorm(nn.Module):
     term); on CPU only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests). Double backward raises.
     ``impl="auto"`` never takes it: its GPU speed has not been measured against the general path yet.
 
-    ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward in training mode
-    accumulates ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty`
-    collects and clears it. Costs nothing when ``alpha == 0``. ``nn.DataParallel`` replicas add their terms to
-    this module (weighted by their share of the batch); a term whose forward was backpropagated without it is
-    detached at the next forward, with a warning (see :mod:`dnlib.sparse`).
+    ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward that can be
+    backpropagated (training mode, gradients on: not under ``no_grad`` or ``inference_mode``) records
+    ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty` collects and
+    clears the terms. Costs nothing when ``alpha == 0``. A term is dropped when no loss can use it any more: its
+    forward was backpropagated without it (a warning), or at the next forward nothing refers to its forward's
+    output, so pending terms hold at most the caller's graphs and the last forward's (see :mod:`dnlib.sparse`).
+    ``nn.DataParallel`` replicas add their terms to this module (weighted by their share of the batch).
+
+    ``torch.compile`` of a model with these modules traces them without graph breaks (``fullgraph=True``), also
+    with ``alpha > 0``: while traced, the general path runs as plain ops (the math of ``impl="compile"``) and
+    the L1 term is linked to the module for :func:`dnlib.sparse_penalty` (collect it every step). Exceptions: a
+    process group in training mode (its collectives) and ``momentum=None`` (a Python float of
+    ``num_batches_tracked``, as in torch's BN) break the graph; ``impl="triton"`` is untested there.
 
     Half-precision inputs are normalized in float32 and returned in their own dtype; a module cast to half
     precision (``.half()``) keeps working, its running statistics updated in float32 and stored in its dtype.
@@ -307,7 +357,8 @@ class DivisiveNorm(nn.Module):
         self._l1 = _L1Terms()           # shared with nn.DataParallel replicas (see _replicate_for_data_parallel)
         self._replica_of: Optional[tuple] = None   # (group, index) on a replica
         self._replicas: Optional[_ReplicaGroup] = None
-        self._tap = None                # this forward's _Tap node (when its L1 term can carry a gradient)
+        self._l1_want = False           # whether this forward records an L1 term (see forward)
+        self._l1_slot = None            # this forward's (term, batch size), recorded at the end of forward
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
             if bias:
@@ -376,17 +427,17 @@ class DivisiveNorm(nn.Module):
         return None if kind == "bn" and self.running_stats == "tf" else kind
 
     def pop_penalty(self) -> Optional[torch.Tensor]:
-        """Return the L1 penalty accumulated since the last call (None if none) and clear it.
+        """Return the sum of the pending L1 terms (None if none) and clear them.
 
-        Terms added by ``nn.DataParallel`` replicas of this module are included, each replica's weighted by its
-        share of the batch (the one-device value). A term whose forward has already been backpropagated (its
-        graph freed) is returned detached: it cannot give a gradient any more (a warning said so)."""
+        Pending are the terms of the training forwards since the last call that a backward can still use (see
+        :mod:`dnlib.sparse`): a forward whose output is gone, or that has been backpropagated without its term (a
+        warning says so), has none. Terms added by ``nn.DataParallel`` replicas of this module are included, each
+        replica's weighted by its share of the batch (the one-device value)."""
         return self._l1.pop(self._where())
 
     def clear_penalty(self) -> None:
-        """Drop the accumulated L1 terms (and their graphs) without looking at them."""
-        with self._l1.lock:
-            self._l1.items, self._l1.constant = [], None
+        """Drop the pending L1 terms (and their graphs) without looking at them."""
+        self._l1.clear()
 
     def _where(self) -> str:
         return f"DivisiveNorm({self.num_features}, alpha={self.alpha:g})"
@@ -395,8 +446,24 @@ class DivisiveNorm(nn.Module):
         self._add_term(self.alpha * DF.sync_mean(centred.abs(), sync), centred.shape[0])
 
     def _add_term(self, term: torch.Tensor, n: int) -> None:
+        if self._l1_want:  # (a subclass's path may compute a term in any training forward)
+            self._l1_slot = (term, n)
+
+    def _record(self, y: torch.Tensor, term: torch.Tensor, n: int) -> torch.Tensor:
+        """Make ``term`` pending for :func:`dnlib.sparse_penalty` and return ``y`` (tapped when it requires grad, so
+        that the site can tell what became of the forward: :class:`_OutputTap`). While ``torch.compile`` traces, the
+        term is linked to the store instead (:class:`_Link`), with no graph break."""
+        if torch.compiler.is_compiling():
+            self._l1.compiled = _Link(term, n, self._replica_of, self._l1.compiled)
+            return y
         group, index = self._replica_of if self._replica_of is not None else (None, 0)
-        self._l1.add(term, n, group, index, self._tap, self._where())
+        if y.requires_grad:
+            y = _OutputTap.apply(y)
+            output, tapped = weakref.ref(y.grad_fn), True
+        else:  # nothing to backpropagate (no input or parameter requires grad): the term is a value
+            output, tapped = weakref.ref(y), False
+        self._l1.add(_Pending(term, n, group, index, output, tapped), self._where())
+        return y
 
     def _replicate_for_data_parallel(self):
         # nn.DataParallel's replicate(): the replica shares self._l1; remember which replica set it belongs to
@@ -441,30 +508,34 @@ class DivisiveNorm(nn.Module):
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-        self._tap = None
-        if self.alpha and self.training and x.requires_grad and torch.is_grad_enabled():
-            x = _Tap.apply(x)
-            self._tap = x.grad_fn
+        # An L1 term only for a forward that can be backpropagated: training mode, gradients on (not under no_grad
+        # or inference_mode). It is recorded at the end (_record).
+        self._l1_want = bool(self.alpha) and self.training and torch.is_grad_enabled()
+        self._l1_slot = None
         kind = self.fused
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         sync = self._sync(x)
         if sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
             y = self._forward_general(x, use_batch_stats, sync)
-        elif self.impl == "compile" and self.training and x.numel():  # eval: the general path (no compilation)
+        elif self.impl == "compile" and self.training and x.numel() and not torch.compiler.is_compiling():
+            # (eval, or inside a torch.compile'd model: the general path, itself plain ops while traced)
             y = self._forward_compiled(x)
         elif self.impl == "triton" and x.numel():
             y = self._forward_triton(x)
         elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
-        elif self._band(x):
+        elif self._band(x) and not torch.compiler.is_compiling():  # (traced: the general path's plain ops)
             y = self._forward_band(x)
         elif x.numel() == 0:  # an empty batch: an empty output (as torch's layers), no statistics to compute
             y = self._affine(x.clone(), x.dtype)
         else:
             y = self._forward_general(x, use_batch_stats)
-        self._tap = None
-        return y if y.dtype == in_dtype else y.to(in_dtype)
+        y = y if y.dtype == in_dtype else y.to(in_dtype)
+        slot, self._l1_slot, self._l1_want = self._l1_slot, None, False
+        if slot is not None:
+            y = self._record(y, *slot)
+        return y
 
     def _affine(self, y: torch.Tensor, dtype) -> torch.Tensor:
         if not self.affine:
@@ -527,11 +598,11 @@ class DivisiveNorm(nn.Module):
         if sync is None:
             self._check_batch(x)
         y, v, mu, s = DF.divisive_norm_stats(x, spec, self.sigma, mean, sup,
-                                              need_v=bool(self.alpha and self.training), sync=sync)
+                                              need_v=self._l1_want, sync=sync)
         if sync is not None:  # the global batch size is known now (the same on every process)
             self._check_batch(torch.empty((sync.global_n,) + tuple(x.shape[1:]), device="meta"))
         self._update_running(x, mu, s, None if sync is None else sync.global_n)
-        if self.alpha and self.training:
+        if self._l1_want:
             centred = v if v.numel() else (y if spec.centre else x)
             self._add_penalty(centred, sync)
         return self._affine(y, x.dtype)
@@ -545,7 +616,7 @@ class DivisiveNorm(nn.Module):
 
     def _forward_band(self, x: torch.Tensor) -> torch.Tensor:
         y, v = DF.band_divisive_norm(x, self.spec, self.sigma)
-        if self.alpha and self.training:
+        if self._l1_want:
             self._add_penalty(v)
         return self._affine(y, x.dtype)
 
@@ -553,7 +624,7 @@ class DivisiveNorm(nn.Module):
         self._check_batch(x)
         sig = self.sigma if self.sigma is not None else self.spec.sigma
         sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
-        alpha = self.alpha if self.training else 0.0
+        alpha = self.alpha if self._l1_want else 0.0
         y, penalty, mu, s = DF.compiled_divisive_norm(self.spec, x.dim() - 2)(x, sig2, alpha)
         self._update_running(x, mu, s)
         if penalty is not None:
@@ -562,7 +633,7 @@ class DivisiveNorm(nn.Module):
 
     def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         from . import triton_dn
-        want = bool(self.alpha and self.training)
+        want = self._l1_want
         y, l1 = triton_dn.divisive_norm(x, self.spec, self.sigma, l1=want)
         if want:  # alpha * mean|x - E_A[x]|, gradients through the kernels' backward
             self._add_term(l1 * (self.alpha / x.numel()), x.shape[0])
@@ -573,7 +644,7 @@ class DivisiveNorm(nn.Module):
         eps = spec.sigma ** 2 + spec.eps_for(x.dtype)
         w = self.weight.to(x.dtype) if self.affine else None
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        if self.alpha and self.training:
+        if self._l1_want:
             self._add_penalty(x - DF.field_mean(x, spec))
         if kind == "bn":
             m = 0.0 if not (self.training and self.track_running_stats) else self._momentum()

@@ -3,17 +3,32 @@
 At every normalization site with ``alpha > 0`` the training loss gets
 ``alpha * mean |z - E_A[z]|``: the pre-normalization activation centred by *that site's own* summation-field
 mean (batch mean for BN, example mean for LN, local mean for DN, 0 for no normalization), averaged over all its
-elements, gradients flowing through the mean. Sites accumulate their terms during forward passes in training
-mode (an RNN site once per time step); :func:`sparse_penalty` sums them over the model and clears them.
+elements, gradients flowing through the mean. :func:`sparse_penalty` returns the sum of the pending terms of
+the model's sites and clears them; add it to the loss you backpropagate::
 
+    loss = criterion(model(x), y) + dnlib.sparse_penalty(model)
+    loss.backward()
+
+Which forwards count (the penalty is the penalty of the forwards the loss is built from):
+
+- Only a forward that can be backpropagated records a term: training mode with gradients on. A forward under
+  ``torch.no_grad()`` or ``torch.inference_mode()``, or in eval mode, records none (a logging forward does not
+  add to the next loss).
+- Every such forward since the last call counts: several forwards before one backward (gradient accumulation,
+  the two branches of a siamese network, the time steps of an RNN, where a site runs once per step) sum.
+- A term is dropped, and its graph freed, when no loss can use it any more: when a backward has run through its
+  forward without it (the loss lacked the term: a warning says so, once), and, at the site's next forward,
+  when nothing refers to its forward's output any more (the output and everything computed from it are gone).
+  So pending terms never hold more than the graphs the caller holds plus the last forward's: a loop that never
+  calls :func:`sparse_penalty` does not grow in memory. (Right after a forward whose output was not kept, its
+  term is still there: ``model(x); sparse_penalty(model)`` gives that forward's penalty.)
 - Under ``nn.DataParallel`` the replicas' terms land on the module itself (a replica shares its pending terms
   with the module it was copied from) and are combined weighted by each replica's share of the batch: the
   one-device value (per-replica batch statistics, as torch's BN under ``DataParallel``).
-- A term whose forward has already been backpropagated without it (``sparse_penalty`` not called before
-  ``backward``) can give no gradient any more; at the site's next forward (or collection) it is detached,
-  which frees its graph, and a warning says the loss lacked it. Its value is still reported. So forgetting
-  ``sparse_penalty`` in a training loop costs no memory; forwards with gradients that are never backpropagated
-  keep their graphs until collected or dropped (:func:`clear_penalties`), as their outputs would.
+- Under ``torch.compile`` (``fullgraph=True`` works) a compiled graph cannot tell when its outputs are gone, and
+  no code of the site runs between compiled calls, so a compiled forward's term stays pending until
+  :func:`sparse_penalty` or :func:`clear_penalties`: collect every step, as the training loops do, or clear
+  after compiled training forwards whose penalty you do not use.
 """
 from __future__ import annotations
 
@@ -26,9 +41,11 @@ from .spec import NormSpec
 
 
 def sparse_penalty(model: nn.Module) -> torch.Tensor:
-    """Sum of the L1 terms accumulated by every :class:`DivisiveNorm` of ``model`` since the last call.
+    """Sum of the pending L1 terms of every :class:`DivisiveNorm` of ``model``: those of the forwards since the last
+    call that can still be backpropagated (see the rules in :mod:`dnlib.sparse`: no term from ``no_grad``,
+    ``inference_mode`` or eval-mode forwards; several training forwards before one backward sum).
 
-    Returns a scalar tensor (0 when no site has ``alpha > 0``); the sites are cleared.
+    Returns a scalar tensor (0 when there is none); the sites are cleared.
     """
     total = None
     for m in model.modules():
@@ -43,7 +60,7 @@ def sparse_penalty(model: nn.Module) -> torch.Tensor:
 
 
 def clear_penalties(model: nn.Module) -> None:
-    """Drop accumulated L1 terms (e.g. after a forward pass whose loss is not used)."""
+    """Drop the pending L1 terms (e.g. after a training forward whose loss is not used)."""
     for m in model.modules():
         if isinstance(m, DivisiveNorm):
             m.clear_penalty()

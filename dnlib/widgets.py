@@ -24,7 +24,7 @@ from torch import nn
 
 from .functional import field_mean
 from .presets import PRESETS, get_spec, list_norms, make_norm
-from .sparse import sparse_penalty
+from .sparse import l1_penalty
 from .spec import NormSpec
 from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
 
@@ -337,7 +337,8 @@ class ActivationExplorer:
         ``v = z - E_A z``); ``corr``/``mi`` between filter pairs of ``y`` and ``corr_pre``/``mi_pre`` of ``z``;
         ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max`` (:func:`dnlib.stats.activation_stats`);
         ``l1_penalty``: what this site would add to a training loss, ``alpha * mean|z - E_A z|``
-        (:func:`dnlib.sparse_penalty` of the module after one training-mode forward); ``notes``; ``source``.
+        (:func:`dnlib.l1_penalty`: the term :func:`dnlib.sparse_penalty` returns after one training forward with
+        gradients; this forward runs under ``no_grad``, which records none); ``notes``; ``source``.
         """
         own = preset_windows(preset)
         space_window = own["space_window"] if space_window is None else space_window
@@ -348,7 +349,7 @@ class ActivationExplorer:
         norm.train()
         with torch.no_grad():
             y = norm(self.z)
-            penalty = sparse_penalty(norm).item()
+            penalty = l1_penalty(self.z, spec, float(alpha)).item()
             v = self.z - field_mean(self.z, spec)
         self.spec, self.norm, self.y = spec, norm, y
         pairs = pairwise_corr_mi(y, pairs=self.pre_pairs.pairs, bins=self.bins, max_samples=self.max_samples,

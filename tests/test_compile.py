@@ -140,3 +140,46 @@ def test_compiled_ten_shapes_eval_and_recompile_limit():
     with pytest.raises(RuntimeError):
         (gx,) = torch.autograd.grad(b(x).square().sum(), x, create_graph=True)
         torch.autograd.grad(gx.square().sum(), x)
+
+
+# --- torch.compile of a model with DivisiveNorm sites (issue 23 item 3) ----------------------------------------
+def _two_site_dn(alpha):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), make_norm("dn", 8, window=3, sigma=0.5, alpha=alpha),
+                         nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         make_norm("dn", 8, window=3, sigma=0.5, alpha=alpha)).train()
+
+
+@pytest.mark.parametrize("alpha, backend", [(0.0, "aot_eager"), (0.01, "inductor")])
+def test_two_site_dn_model_compiles_whole(alpha, backend):
+    """torch.compile(model, fullgraph=True) traces the modules in one graph (before: 6 graph breaks at alpha = 0 and
+    10 at alpha > 0 (a lock, a generator expression, the tap's grad_fn), and Dynamo warned that the lru_cache'd
+    helpers might be silently wrong); forward, the L1 terms and backward equal eager mode, also with two forwards
+    collected together; a no-grad forward records no term."""
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    eager, model = _two_site_dn(alpha), _two_site_dn(alpha)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    graphs = counters["stats"]["unique_graphs"]
+    xs = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x in xs[:2]:                                   # an ordinary step, twice
+            le = eager(x).square().mean() + sparse_penalty(eager)
+            lc = compiled(x).square().mean() + sparse_penalty(compiled)
+            assert abs(le.item() - lc.item()) < 1e-5 * max(1.0, abs(le.item()))
+            for a, b in zip(torch.autograd.grad(le, list(eager.parameters())),
+                            torch.autograd.grad(lc, list(model.parameters()))):
+                assert (a - b).abs().max().item() < 1e-5
+        le = sum(eager(x).square().mean() for x in xs) + sparse_penalty(eager)     # accumulation
+        lc = sum(compiled(x).square().mean() for x in xs) + sparse_penalty(compiled)
+        assert abs(le.item() - lc.item()) < 1e-5 * max(1.0, abs(le.item()))
+        with torch.no_grad():
+            compiled(xs[0])
+        assert sparse_penalty(compiled).item() == 0.0
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    assert counters["stats"]["unique_graphs"] - graphs <= 3    # (grad on/off; a pending term or none)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(_two_site_dn(alpha))(xs[0]).graph_break_count == 0

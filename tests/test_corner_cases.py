@@ -133,9 +133,9 @@ def test_sparse_penalty_survives_data_parallel_replicas(monkeypatch):
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
     # two replicas (what nn.DataParallel does on 2 GPUs: replicate, scatter along the batch, apply)
     replicas = replicate_mod.replicate(model, [0, 1])
-    for r, chunk in zip(replicas, x.split([4, 2])):
-        r(chunk)
+    outs = [r(chunk) for r, chunk in zip(replicas, x.split([4, 2]))]  # (DataParallel gathers them)
     pen = sparse_penalty(model)
+    assert len(outs) == 2
     # LN and DN fields are per example, so the batch-weighted mean over replicas is the one-device penalty
     torch.testing.assert_close(pen, ref, rtol=1e-12, atol=0)
     grads = torch.autograd.grad(pen, list(model.parameters()))
@@ -184,9 +184,6 @@ def test_uncollected_terms_do_not_keep_graphs_alive(impl):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), make_norm("bn", 4, alpha=0.1, impl=impl),
                           nn.Conv2d(4, 4, 3, padding=1), make_norm("dn", 4, alpha=0.1, impl=impl))
     counter = _SavedTensorCounter()
-    inputs = []
-    for site in (model[1], model[3]):
-        site.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach()))
     with pytest.warns(UserWarning, match=r"L1 term .* was not part of"):
         for step in range(30):
             x = _x((2, 3, 6, 6), torch.float32, seed=step)
@@ -195,19 +192,10 @@ def test_uncollected_terms_do_not_keep_graphs_alive(impl):
             out.square().mean().backward()   # the user forgot sparse_penalty(model)
             if step == 0:
                 one_step = counter.alive()
-    h1s, h2s = inputs[0::2], inputs[1::2]
-    values = [0.1 * (h - h.mean((0, 2, 3), keepdim=True)).abs().mean() for h in h1s]
-    values += [0.1 * (h - _local_mean3(h)).abs().mean() for h in h2s]
     # before: every forward's term held its saved activations (30 steps x the L1 branch)
     assert counter.alive() <= one_step + 4, (counter.alive(), one_step)
-    # the values are kept (detached): the total still reports what the loss missed
-    torch.testing.assert_close(sparse_penalty(model), torch.stack(values).sum(), rtol=1e-4, atol=0)
-
-
-def _local_mean3(h):
-    m = h.mean(1, keepdim=True)
-    n = F.avg_pool2d(torch.ones_like(m), 3, 1, 1, count_include_pad=True)
-    return F.avg_pool2d(m, 3, 1, 1, count_include_pad=True) / n
+    # the terms the losses missed are dropped: their values are not added to a later loss either
+    assert sparse_penalty(model).item() == 0.0
 
 
 def test_terms_still_accumulate_across_connected_calls_and_retained_graphs():
