@@ -38,6 +38,9 @@ This is the one registry of normalizers. A preset is a *kind* of normalizer; an 
 overrides: :mod:`dnlib.configs.cifar` (``"dn-star"``: ``dn`` with windows 5, 3, 3, sigma 0.5, alpha),
 :mod:`dnlib.configs.ptb` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.configs.sr` (``"dn*"``: ``dn``
 with a 5 x 5 summation and 7 x 7 suppression window, sigma 1, alpha 0.1; ``"dn*-code"``; ``"dn-ms"``).
+So the paper's BN*, LN* and DN* are not presets: their sigma, alpha and windows differ between the experiments
+(and DN*'s window between CIFAR layers); ``make_norm("dn*")`` (or ``"dn-star"``, ``"bn*"``, ...) raises an error
+that gives the :func:`make_norm` call of each experiment's sites (:data:`STARRED`).
 
 Every model takes its normalizer the same way, ``Model(..., norm=<preset name> | NormSpec | "none",
 norm_kwargs={...})``, resolved once in ``__init__`` by :func:`get_norm_layer` (as timm's ``get_norm_layer``).
@@ -114,6 +117,38 @@ _MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "i
                 "running_stats"}
 
 
+#: The paper's starred normalizers in dnlib's terms, by experiment: the :func:`make_norm` call of their sites (the
+#: values of PAPER.md §2.3, CIFAR-10 and the LSTM unless said; ``tests/test_star_names.py`` builds the CIFAR calls against
+#: :mod:`dnlib.configs.cifar`). Asking for one by name raises an error that shows these.
+STARRED = {
+    "bn": ("BN*", "BN with the smoothing sigma and the L1 term", {
+        "CIFAR": "make_norm('bn', C, sigma=1.0, eps=0, alpha=0.005) (CIFAR-100: sigma=0.25, alpha=0.01); "
+                 "the model: dnlib.configs.cifar.get_config('bn-star').build_model()",
+        "PTB": "the config 'bn-star-lstm' (dnlib.configs.ptb: sigma 1.0, alpha 0.1)"}),
+    "ln": ("LN*", "LN with the smoothing sigma, no gain/bias, and the L1 term", {
+        "CIFAR": "make_norm('ln', C, sigma=0.5, eps=0, affine=False, alpha=0.005); the model: "
+                 "dnlib.configs.cifar.get_config('ln-star').build_model()",
+        "PTB": "the config 'ln-star-lstm' (dnlib.configs.ptb: sigma 1.0, alpha 0.001)"}),
+    "dn": ("DN*", "DN with the smoothing sigma and the L1 term", {
+        "CIFAR": "make_norm('dn', C, window=5 (conv1) or 3 (conv2, conv3), sigma=0.5, eps=0, border='reference', "
+                 "alpha=0.005) (CIFAR-100: alpha=0.001); the model: "
+                 "dnlib.configs.cifar.get_config('dn-star').build_model()",
+        "PTB": "make_norm('dn-1d-s', H, window=61, border='zeros', sigma=1.0, eps=0, alpha=1e-4) at each gate "
+               "and the cell state; the config 'dn-star-lstm' (dnlib.configs.ptb)",
+        "SR": "5 x 5 summation and 7 x 7 suppression windows, sigma 1, alpha 0.1: "
+              "dnlib.configs.sr.get_sr_config(...).build_model('dn*')"}),
+}
+
+
+def _starred(name: str) -> Optional[str]:
+    """The STARRED key a spelling of BN*/LN*/DN* means (``"dn*"``, ``"DN-star"``, ``"dnstar"``, ...), or None."""
+    key = name.lower().replace("_", "-")
+    for base in STARRED:
+        if key in (f"{base}*", f"{base}-star", f"{base}star"):
+            return base
+    return None
+
+
 #: What a model's ``norm=`` accepts: a preset name, a :class:`NormSpec`, or None (= ``"none"``).
 NormLike = Union[str, NormSpec, None]
 
@@ -130,6 +165,11 @@ def get_spec(name: str) -> NormSpec:
 
 
 def _lookup(name: str, param: str = "name_or_spec") -> Preset:
+    if isinstance(name, str) and _starred(name):
+        paper, what, calls = STARRED[_starred(name)]
+        sites = "; ".join(f"{exp}: {call}" for exp, call in calls.items())
+        raise ValueError(f"{param}: unknown normalizer {name!r}: {paper} is the paper's name for {what}, not a "
+                         f"preset, because its values differ between the experiments. In dnlib's terms, {sites}")
     if not isinstance(name, str) or name.lower() not in PRESETS:
         raise ValueError(f"{param}: unknown normalizer {name!r}; known presets are {list_norms()}")
     return PRESETS[name.lower()]
@@ -186,7 +226,8 @@ def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides
     presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.
 
-    Example: ``make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005)`` is the paper's first DN* layer.
+    Example: ``make_norm("dn", 32, window=5, sigma=0.5, eps=0, border="reference", alpha=0.005)`` is the paper's
+    first DN* layer (``make_norm("dn*")`` says so: :data:`STARRED`).
     """
     preset = None if isinstance(name_or_spec, NormSpec) else _lookup(name_or_spec)
     allowed = _allowed_keys(preset)
