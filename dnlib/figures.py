@@ -125,23 +125,36 @@ def field_weights(spec: NormSpec, shape: Sequence[int], center: Sequence[int], f
     return w / total if total else w
 
 
-def gdn_matrix(module, ax=None, *, title: Optional[str] = None):
+def gdn_matrix(module, ax=None, *, title: Optional[str] = None, decades: float = 3.0):
     """Draw a GDN layer's learned suppression field: the effective ``gamma`` (``C x C``, row i = the weights of
     the channels that divide channel i), the range of ``beta`` in the title. ``module``: a
-    :class:`~dnlib.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure."""
+    :class:`~dnlib.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure.
+
+    The colours are on a log scale over ``decades`` decades below the largest weight, and weights below that
+    (the zeros of an untrained off-diagonal included) are light grey: a linear scale lets one large weight (a short
+    training grew one diagonal entry from 0.1 to 6.6) turn every other entry the same dark colour. The title names
+    the largest weight and where it is."""
+    from matplotlib.colors import LogNorm
+
     gamma = module.effective_gamma.detach().float().cpu().numpy()
     beta = module.effective_beta.detach().float().cpu().numpy()
     if ax is None:
-        fig = new_figure(figsize=(4.4, 3.6), layout="constrained")
+        fig = new_figure(figsize=(4.6, 3.8), layout="constrained")
         ax = fig.add_subplot()
     fig = ax.figure
-    im = ax.imshow(gamma, cmap="viridis", vmin=0.0)
-    fig.colorbar(im, ax=ax, label="gamma_ij", shrink=0.85)
+    top = float(gamma.max()) if gamma.max() > 0 else 1.0
+    floor = top / 10 ** decades
+    cmap = _cmap("viridis").copy()
+    cmap.set_under("0.9")
+    cmap.set_bad("0.9")      # LogNorm masks exact zeros
+    im = ax.imshow(gamma, cmap=cmap, norm=LogNorm(vmin=floor, vmax=top))
+    fig.colorbar(im, ax=ax, label="gamma_ij (log scale)", shrink=0.85, extend="min")
     ax.set(xlabel="channel j (suppressing)", ylabel="channel i (normalized)")
     kind = "IGDN" if module.inverse else "GDN"
     kind += "1" if module.simplified else ""
-    ax.set_title(title if title is not None else f"{kind} gamma ({gamma.shape[0]} channels); beta in "
-                 f"[{beta.min():.3g}, {beta.max():.3g}]", fontsize=9)
+    i, j = np.unravel_index(int(gamma.argmax()), gamma.shape)
+    ax.set_title(title if title is not None else f"{kind} gamma ({gamma.shape[0]} channels): largest {top:.3g} at "
+                 f"({i}, {j}),\ngrey below {floor:.2g}; beta in [{beta.min():.3g}, {beta.max():.3g}]", fontsize=9)
     return fig
 
 
