@@ -21,7 +21,8 @@ From the shell (``python -m dnlib.cifar --help``; the grammar of every experimen
 
 **Data.** The whole dataset lives on the device as uint8 ``(N, 32, 32, 3)``; a batch is gathered by index,
 cast to float and mean-subtracted there (raw 0-255 minus the mean image, no /255, PAPER.md §3.1) and fed to
-the model channels-last. The batch source is a :class:`~dnlib.train.TensorBatches` of *indices*, so batches are
+the model channels-last. The batch source is a :class:`~dnlib.data.loader.TensorBatches` of *indices*, so
+batches are
 resumable and the gather is part of the (captured) step.
 
 **Speed.** ``mode="auto"`` uses :class:`~dnlib.train.GraphTrainer` on CUDA (the whole step, gather included,
@@ -44,11 +45,12 @@ from torch import nn
 
 from . import aggregate, cli, experiment, records, stacked
 from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
+from .data.loader import TensorBatches
 from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
 from .io import atomic_write_json, atomic_write_text
 from .norm import IMPLS
-from .train import GraphTrainer, TensorBatches, TrainConfig, Trainer, resolve_device, set_seed
+from .train import GraphTrainer, TrainConfig, Trainer, resolve_device, set_seed
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",

@@ -57,9 +57,9 @@ from .experiment import RunResult
 from .figures import cell, markdown_table, run_curves
 from .io import atomic_write_json
 from .metrics import psnr, ssim
-from .train import load_checkpoint, resolve_device, set_seed
+from .train import TrainConfig, load_checkpoint, resolve_device, set_seed
 
-__all__ = ["training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
+__all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
            "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "train_sr", "train_many", "models_of",
            "load_model", "results_table", "format_table", "shift_table", "summary", "report", "bench",
            "plot_curves", "compare_crops", "crop_explorer", "main"]
@@ -230,6 +230,17 @@ def _set_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
+def train_config(cfg: SRConfig, steps: Optional[int] = None, **changes) -> TrainConfig:
+    """The :class:`dnlib.train.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this length;
+    ``changes``: e.g. device, eval_every)."""
+    steps = cfg.steps if steps is None else int(steps)
+    kw = dict(steps=steps, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
+              milestones=cfg.milestone_steps(steps), gamma=cfg.gamma, eval_every=cfg.eval_every,
+              checkpoint_every=0, log_every=50)
+    kw.update(changes)
+    return TrainConfig(**kw)
+
+
 class SRRecipe(experiment.Recipe):
     """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.configs.sr` schedule.
 
@@ -288,7 +299,7 @@ class SRRecipe(experiment.Recipe):
         model = cfg.build_model()
         batches = SRCNNPatches.from_pairs(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed,
                                           device=dev)
-        tcfg = cfg.train_config(device=str(dev), seed=seed, progress=False, checkpoint_every=cfg.eval_every)
+        tcfg = train_config(cfg, device=str(dev), seed=seed, progress=False, checkpoint_every=cfg.eval_every)
         run_info = {k: v for k, v in self.config_dict(cfg).items() if k not in ("description", "eval_every")}
         info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
                 "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],

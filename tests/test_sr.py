@@ -85,7 +85,7 @@ def test_configs_name_what_they_are():
     assert paper.per_image and paper.init == "paper" and paper.channels == (64, 32) and paper.milestones == ()
     fast = get_sr_config("fast")
     assert fast.kind == "fast" and fast.optimizer == "adam" and fast.batch_size == 128
-    assert fast.train_config(1000).milestones == (700, 900)
+    assert fast.milestone_steps(1000) == (700, 900)
     assert get_sr_config("smoke").kind == "smoke"
     assert get_sr_config("fast", scale=4, train_set="291").scale == 4
     for cfg in SR_CONFIGS.values():
@@ -272,7 +272,7 @@ def test_configuration_names_are_schedule_and_row():
     assert len(RECIPE.configs()) == 15 and "fast-dn*-code" in RECIPE.configs()
     cfg = RECIPE.config("fast-dn-star", steps=1000)
     assert (cfg.name, cfg.norm, cfg.kind, cfg.steps) == ("fast-dn*", "dn*", "fast", 1000)
-    assert cfg.train_config().milestones == (700, 900)           # --steps scales the schedule
+    assert cfg.milestone_steps(cfg.steps) == (700, 900)     # --steps scales the schedule
     assert RECIPE.config("fast", norm="bn").name == "fast-bn" == RECIPE.config(cfg, norm="bn").name
     assert RECIPE.from_dict(json.loads(json.dumps(RECIPE.config_dict(cfg)))) == cfg
     with pytest.raises(ValueError, match="config: unknown SR configuration 'slow-bn'"):

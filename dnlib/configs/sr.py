@@ -49,7 +49,6 @@ from typing import Mapping, Optional
 
 from ..presets import PRESETS, NormLike, norm_name
 from ..spec import NormSpec
-from ..train import TrainConfig
 
 __all__ = ["SRConfig", "SR_CONFIGS", "get_sr_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS", "SRNorm",
            "SR_NORM_ROWS", "SR_NORM_ALIASES", "sr_norm", "sr_norm_name",
@@ -165,15 +164,6 @@ class SRConfig:
         from ..models.srcnn import SRCNN
         preset, kwargs = sr_norm(self.norm if norm is None else norm, norm_kwargs)
         return SRCNN(preset, channels=self.channels, init=self.init, norm_kwargs=kwargs)
-
-    def train_config(self, steps: Optional[int] = None, **changes) -> TrainConfig:
-        """The :class:`dnlib.train.TrainConfig` of this configuration (``changes``: e.g. device, eval_every)."""
-        steps = self.steps if steps is None else int(steps)
-        kw = dict(steps=steps, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
-                  milestones=self.milestone_steps(steps), gamma=self.gamma, eval_every=self.eval_every,
-                  checkpoint_every=0, log_every=50)
-        kw.update(changes)
-        return TrainConfig(**kw)
 
 
 SR_CONFIGS = {

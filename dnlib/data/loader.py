@@ -1,4 +1,5 @@
-"""A whole-dataset-on-device batch iterator with seeded per-epoch reshuffling and resumable state.
+"""The project's one resumable batch stream (:class:`TensorBatches`, the trainer's and the recipes') and a
+whole-dataset-on-device batch iterator with seeded per-epoch reshuffling and resumable state.
 
 CIFAR is small enough (60,000 x 3 x 32 x 32 uint8 = 184 MB) to live on the GPU; gathering a batch
 there is far cheaper than a DataLoader with workers. :class:`GPULoader` keeps the images as uint8 on
@@ -7,14 +8,13 @@ there is far cheaper than a DataLoader with workers. :class:`GPULoader` keeps th
 
 from __future__ import annotations
 
-from typing import Iterator
+import math
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
-from ..train import TensorBatches
-
-__all__ = ["GPULoader"]
+__all__ = ["TensorBatches", "GPULoader"]
 
 
 def _as_tensor(a, dtype=None) -> torch.Tensor:
@@ -22,10 +22,78 @@ def _as_tensor(a, dtype=None) -> torch.Tensor:
     return t if dtype is None else t.to(dtype)
 
 
+class TensorBatches:
+    """An endless, resumable stream of minibatches from tensors that share their first dimension.
+
+    Each epoch is a fresh permutation drawn from a ``torch.Generator`` seeded by mixing ``(seed, epoch)``
+    (``numpy.random.SeedSequence``), so the stream is a pure function of ``(seed, epoch, position)``: that
+    triple is the whole ``state_dict``. The tensors stay where they are (put them on the GPU once to keep the
+    dataset resident there). With ``drop_last=False`` the last batch of an epoch may be smaller.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int = 100, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, transform: Optional[Callable] = None):
+        if not tensors:
+            raise ValueError("tensors: need at least one tensor")
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(f"tensors: first dimensions differ: {[t.shape[0] for t in tensors]}")
+        if n == 0:
+            raise ValueError("tensors: empty, need at least one example")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or (
+                drop_last and batch_size > n):
+            raise ValueError(f"batch_size: must be an integer in [1, {n}] (drop_last={drop_last}), got {batch_size!r}")
+        self.tensors, self.n, self.batch_size = tensors, n, batch_size
+        self.seed, self.shuffle, self.drop_last, self.transform = int(seed), shuffle, drop_last, transform
+        self.epoch, self.position = 0, 0
+        self._perm, self._perm_epoch = None, -1
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm_epoch != self.epoch:
+            device = self.tensors[0].device
+            if self.shuffle:
+                mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
+                self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed)).to(device)
+            else:
+                self._perm = torch.arange(self.n, device=device)
+            self._perm_epoch = self.epoch
+        return self._perm
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        start = self.position * self.batch_size
+        idx = self._permutation()[start:start + self.batch_size]
+        self.position += 1
+        batch = tuple(t[idx] for t in self.tensors)
+        return self.transform(batch) if self.transform else batch
+
+    def state_dict(self) -> dict:
+        """``{"epoch", "position", "seed"}``: enough to resume the exact batch sequence."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position saved by :meth:`state_dict`."""
+        for key in ("epoch", "position", "seed"):
+            if key not in state:
+                raise ValueError(f"state: must contain {key!r}, got keys {sorted(state)}")
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"state: position must be in [0, {len(self)}], got {state['position']}")
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+        self._perm_epoch = -1
+
+
 class GPULoader(TensorBatches):
     """Iterate over ``(x, y)`` batches of an in-memory dataset kept on ``device``.
 
-    A :class:`~dnlib.train.TensorBatches` (the project's one resumable batch stream: the order of epoch ``e``
+    A :class:`TensorBatches` (the project's one resumable batch stream: the order of epoch ``e``
     depends only on ``(seed, e)``, and ``state_dict`` restores the exact sequence) over the stored images and
     labels, with the batches cast to float32 and mean-subtracted on the device. Each pass over the loader
     (``for x, y in loader``) is one epoch; breaking out of an epoch and iterating again continues where it
