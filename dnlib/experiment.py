@@ -1029,11 +1029,12 @@ def _warnings_as_lines(prog: str):
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def main(recipe: Recipe, argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m <recipe.module> {run,sweep,gather,report,list,bench,...}``: the one grammar of every experiment.
+def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """``dnlib <experiment> {run,sweep,gather,report,list,bench,...}`` (or ``python -m <recipe.module> ...``; ``prog``
+    names the command in messages, default ``python -m <recipe.module>``): the one grammar of every experiment.
     Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = cli.ArgumentParser(prog=f"python -m {recipe.module}", description=recipe.description)
+    p = cli.ArgumentParser(prog=prog or f"python -m {recipe.module}", description=recipe.description)
     sub = p.add_subparsers(dest="cmd", required=True)
     run_p = sub.add_parser("run", aliases=["train"], help="train one configuration (alias: train, old spelling)")
     _run_flags(run_p, recipe)

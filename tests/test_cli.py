@@ -379,3 +379,49 @@ def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, t
     assert r.returncode == 2, r.stderr[-3000:]
     assert len(err) == 1 and "impl: 'triton'" in err[0] and "TRITON_INTERPRET=1" in err[0], err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ one entry point (issue 24 item 3)
+def _dnlib_script() -> Path:
+    """The console script that ``pip install -e .`` (``make setup``) puts beside this Python."""
+    import sys
+    return Path(sys.executable).parent / "dnlib"
+
+
+@pytest.mark.parametrize("how", ["python -m dnlib", "dnlib"])
+@pytest.mark.parametrize("experiment", ["cifar", "ptb", "sr"])
+def test_one_entry_point_runs_each_experiment_like_its_module(how, experiment):
+    """``dnlib EXPERIMENT VERB`` and ``python -m dnlib EXPERIMENT VERB`` are ``python -m dnlib.EXPERIMENT VERB``."""
+    import subprocess
+    import sys
+    script = _dnlib_script()
+    assert script.is_file(), f"{script}: no console script; run `make setup` (pip install -e .)"
+    front = [sys.executable, "-m", "dnlib"] if how == "python -m dnlib" else [str(script)]
+    own = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "list"], capture_output=True, text=True,
+                         timeout=300)
+    got = subprocess.run([*front, experiment, "list"], capture_output=True, text=True, timeout=300)
+    assert got.returncode == own.returncode == 0, got.stderr[-2000:]
+    assert got.stdout == own.stdout and len(got.stdout.splitlines()) > 3
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "experiment"),
+    (["nosuch", "run"], "nosuch"),
+    (["cifar", "run", "bn", "--bogus"], "dnlib cifar: error: unrecognized arguments: --bogus"),
+    (["ptb", "run", "base-lstm", "--epochs", "0"], "dnlib ptb run: error: --epochs"),
+])
+def test_one_entry_point_bad_command_line_is_one_line_exit_2(argv, fragment, capsys):
+    """Errors name the command as it was typed (``dnlib cifar``), one line, exit 2."""
+    from dnlib.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_dnlib_help_lists_the_experiments(capsys):
+    from dnlib.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(f"  {k} " in out for k in ("cifar", "ptb", "sr"))
