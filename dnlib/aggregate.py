@@ -29,12 +29,14 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
   (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiment.load_runs` returns
   them); :func:`dnlib.figures.band_curves` draws them.
-- :func:`compare` / :func:`compare_figure`: one of the paper's tables (:data:`PAPER_TABLES`, read by
-  :func:`paper_table`: which runs, the paper's rows and numbers) beside ours as Markdown or bars;
+- :func:`compare` / :func:`compare_figure`: one of the paper's tables (:func:`paper_tables`, read by
+  :func:`paper_table`: which runs, the paper's rows and numbers; each recipe owns its own,
+  :meth:`dnlib.experiment.Recipe.paper_tables`) beside ours as Markdown or bars;
   :func:`provenance_table`: where each configuration's numbers come from (commit, card, date, data, source).
 
-This module sits beside :mod:`dnlib.records`: it imports records and figures (and, inside :func:`paper_table`
-only, the paper's numbers from :mod:`dnlib.configs`), never the runner or a recipe.
+This module sits beside :mod:`dnlib.records`: it imports records and figures, never the runner, a recipe or
+:mod:`dnlib.configs` (the recipes register their tables; those the installed package names in the entry-point
+group :data:`RECIPES_GROUP` are found when a table is asked for by name).
 """
 from __future__ import annotations
 
@@ -49,9 +51,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from . import records
-from .figures import MarkdownTable, markdown_table
+from .figures import MarkdownTable, cell, markdown_table
 
-__all__ = ["GATHER_COLUMNS", "PAPER_TABLES", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
+__all__ = ["GATHER_COLUMNS", "gather_table", "gather_printout", "RECIPES_GROUP", "register_paper_tables", "paper_tables", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
            "paper_schedule", "run_as", "summarize", "table", "notes", "curve_bands", "format_mean_std",
            "stopped_reason", "paper_table", "compare", "provenance_table", "compare_bars", "compare_figure"]
 
@@ -557,69 +559,91 @@ def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]
     return out
 
 
+# ------------------------------------------------------------------------------------------ gather's printout
+_GATHER_DROP = ("run", "commit", "device", "steps_planned", "seconds")
+
+
+def gather_table(rows: Sequence[Mapping]) -> str:
+    """A Markdown table of gather rows (:func:`dnlib.records.gather`: one per run; every column but the folder,
+    commit and device; numbers to 4 significant digits)."""
+    cols = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and k not in _GATHER_DROP]
+    return markdown_table(cols, [[cell(r.get(k), ".4g") for k in cols] for r in rows])
+
+
+def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
+    """What ``gather`` prints: ``(text, notes)``: the runs' table (:func:`gather_table`), then mean ± std and n per
+    configuration over its seeds (:func:`summarize`, :func:`table`); ``notes``: the :class:`PoolingWarning`
+    messages (runs not pooled, seeds counted once), for the caller to show (the CLI: one line each on stderr)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PoolingWarning)
+        summary = summarize(rows)
+    notes = [str(w.message) for w in caught if issubclass(w.category, PoolingWarning)]
+    for w in caught:
+        if not issubclass(w.category, PoolingWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    text = (f"{gather_table(rows)}\n\n"
+            f"{table(summary, title='per configuration: mean ± std over runs (n)', fmt='.4g')}")
+    return text, notes
+
+
 # ------------------------------------------------------------------------------------- the paper's tables
-#: The paper's tables that :func:`paper_table` knows (PAPER.md §4; Table 8 is a caption with no numbers).
-PAPER_TABLES = ("table3", "table7", "table4", "table9", "table5", "table6", "table10")
+#: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.cifar:RECIPE"``):
+#: a recipe owns its paper tables (:meth:`dnlib.experiment.Recipe.paper_tables`); this module knows none.
+RECIPES_GROUP = "dnlib.recipes"
+_SOURCES: list = []          # paper-table sources registered by the recipes (their bound paper_tables)
 
 
-def paper_table(name: str, scale: int = 3) -> dict:
+def register_paper_tables(source) -> None:
+    """Add a source of the paper's tables: ``source(**params) -> {name: table}`` (a recipe's
+    :meth:`~dnlib.experiment.Recipe.paper_tables`; each recipe module registers its own when imported)."""
+    if source not in _SOURCES:
+        _SOURCES.append(source)
+
+
+def _discover() -> None:
+    """Import the recipes the installed package names (:data:`RECIPES_GROUP`): each registers its tables."""
+    from importlib.metadata import distributions
+    seen = set()       # every installed copy's metadata (a stale dnlib.egg-info in the working folder may come first)
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == RECIPES_GROUP and ep.name not in seen:
+                seen.add(ep.name)
+                register_paper_tables(ep.load().paper_tables)
+
+
+def paper_tables(**params) -> dict:
+    """``{name: table}`` of every paper table the recipes own (:func:`paper_table`'s layout), in the paper's
+    numbering; ``params`` go to every source (e.g. ``scale`` for the SR tables)."""
+    _discover()
+    out = {}
+    for source in _SOURCES:
+        out.update(source(**params))
+    return dict(sorted(out.items(), key=lambda kv: (int(re.sub(r"\D", "", kv[0]) or 0), kv[0])))
+
+
+def paper_table(name, **params) -> dict:
     """How one of the paper's tables is read from run records: ``title``, ``where`` (which runs: experiment and
     data), ``keys`` (``{headline key: column}``), ``order`` (configuration names, the paper's row order),
     ``labels`` (the paper's row names), ``paper`` (``{name: {key: the paper's number}}``) and ``fmt``.
 
-    The paper's numbers come from :mod:`dnlib.configs` (its tables as data). Tables 4 and 9 are laid out one
-    line per (row, cell) configuration (``dn-star-lstm``...), cell by cell; Tables 5 and 6 are the x``scale``
-    columns (our SR runs are named ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam
-    schedule ``fast-*``, which is not the paper's; ``bicubic`` and ``A+`` are not networks trained here)."""
-    from .configs import cifar as C
-    from .configs import ptb as P
-    from .configs import sr as S
-
-    if name not in PAPER_TABLES:
-        raise ValueError(f"name: unknown table {name!r}; known are {list(PAPER_TABLES)}")
-    if name in ("table3", "table7", "table10"):
-        rows = C.TABLE3_ROWS if name == "table3" else C.list_configs() if name == "table7" else list(C.TABLE10)
-        labels = {n: C.get_config(n).paper for n in rows}
-        where = {"experiment": "cifar", "config.dataset": "cifar10"}
-        if name == "table10":
-            return {"title": "Table 10: first-layer filter pairs, mean |correlation| and MI (nats)", "where": where,
-                    "keys": {"table10_corr": "corr.", "table10_mi": "MI"}, "order": rows, "labels": labels,
-                    "paper": {n: {"table10_corr": C.TABLE10[n][0], "table10_mi": C.TABLE10[n][1]} for n in rows},
-                    "fmt": ".4f"}
-        return {"title": f"Table {name[5:]}: CIFAR-10 test accuracy", "where": where,
-                "keys": {"final_acc": "CIFAR-10 acc."}, "order": list(rows), "labels": labels,
-                "paper": {n: {"final_acc": C.TABLE7[n][0]} for n in rows}, "fmt": ".4f"}
-    if name in ("table4", "table9"):
-        table = P.TABLE4 if name == "table4" else P.TABLE9
-        cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
-        order = [f"{P.ROW_NAMES[row]}-{c}" for c in P.CELL_TYPES for row in table]
-        return {"title": f"Table {name[5:]}: PTB test perplexity", "where": {"experiment": "ptb",
-                                                                              "config.source": "paper"},
-                "keys": {"final_test_ppl": "test ppl"}, "order": order,
-                "labels": {f"{P.ROW_NAMES[row]}-{c}": f"{row} {cells[c]}" for c in P.CELL_TYPES for row in table},
-                "paper": {f"{P.ROW_NAMES[row]}-{c}": {"final_test_ppl": table[row][k]}
-                          for k, c in enumerate(P.CELL_TYPES) for row in table}, "fmt": ".2f"}
-    sset = "Set14" if name == "table5" else "BSD200"
-    key = sset.lower()
-    paper = S.paper_numbers(sset, scale)
-    rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{S.ROW_NAMES[m]}" + (
-        "" if sched == "paper" else " (fast schedule)")) for sched in ("paper", "fast") for m in S.SR_MODELS]
-    rows.append(("fast-dn*-code", "DN* (authors' code, fast schedule)"))
-    return {"title": f"Table {name[5:]}: {sset} x{scale}, PSNR (dB) / SSIM", "where": {"experiment": "sr",
-                                                                                     "config.scale": scale},
-            "keys": {f"{key}_psnr": "PSNR", f"{key}_ssim": "SSIM"}, "order": [n for n, _ in rows],
-            "labels": dict(rows),
-            "paper": {n: dict(zip((f"{key}_psnr", f"{key}_ssim"), paper[label.split(" (")[0]]))
-                      for n, label in rows if "code" not in n and label.split(" (")[0] in paper},
-            "fmt": {f"{key}_psnr": ".2f", f"{key}_ssim": ".4f"}}
+    ``name``: a table's name (``"table7"``), looked up among the tables the recipes own (:func:`paper_tables`;
+    ``params`` such as ``scale=3`` are passed to them), or such a table itself (a mapping), returned as given."""
+    if isinstance(name, Mapping):
+        return dict(name)
+    tables = paper_tables(**params)
+    if name not in tables:
+        raise ValueError(f"name: unknown table {name!r}; known are {list(tables)}")
+    return tables[name]
 
 
-def compare(runs, name: str, *, finished: bool = True, scale: int = 3) -> MarkdownTable:
-    """One of the paper's tables (:data:`PAPER_TABLES`) beside ours from the runs (run folders, records or
+def compare(runs, name, *, finished: bool = True, scale: int = 3) -> MarkdownTable:
+    """One of the paper's tables (a name or a table: :func:`paper_table`; ``scale``: the SR tables') beside ours from the runs (run folders, records or
     gather rows): mean ± std over the runs of each configuration (completed runs only when ``finished``), the
     paper's number, n, and ``not run`` where no run has that configuration (:func:`paper_table`,
     :func:`summarize`, :func:`table`)."""
-    spec = paper_table(name, scale)
+    spec = paper_table(name, scale=scale)
     summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])
     return table(summary, spec["keys"], title=spec["title"], fmt=spec["fmt"], labels=spec["labels"],
                  order=spec["order"], paper=spec["paper"])
@@ -693,12 +717,12 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequen
     return ax.figure
 
 
-def compare_figure(runs, name: str, *, finished: bool = True, scale: int = 3):
+def compare_figure(runs, name, *, finished: bool = True, scale: int = 3):
     """:func:`compare`'s table as bars: one panel per key of the table (ours with ±std where n > 1 beside the
     paper's; ``not run`` marked). Returns the figure."""
     from .figures import new_figure
 
-    spec = paper_table(name, scale)
+    spec = paper_table(name, scale=scale)
     summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])
     keys = list(spec["keys"])
     fig = new_figure(figsize=(min(14.0, 0.55 * len(spec["order"]) + 2.0) * len(keys), 3.6), layout="constrained")

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import aggregate, cli, experiment, records, stacked
-from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE10, CifarConfig, get_config, list_configs
+from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
 from .data.loader import TensorBatches
 from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
@@ -217,6 +217,23 @@ class CifarRecipe(experiment.Recipe):
     def paper(self, cfg: CifarConfig) -> dict:
         return {"final_acc": cfg.paper_accuracy}
 
+    def paper_tables(self, **_) -> dict:
+        """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.aggregate.paper_table`'s layout)."""
+        where = {"experiment": "cifar", "config.dataset": "cifar10"}
+        out = {}
+        for name, rows in (("table3", list(TABLE3_ROWS)), ("table7", list_configs())):
+            out[name] = {"title": f"Table {name[5:]}: CIFAR-10 test accuracy", "where": where,
+                         "keys": {"final_acc": "CIFAR-10 acc."}, "order": rows,
+                         "labels": {n: get_config(n).paper for n in rows},
+                         "paper": {n: {"final_acc": TABLE7[n][0]} for n in rows}, "fmt": ".4f"}
+        rows = list(TABLE10)
+        out["table10"] = {"title": "Table 10: first-layer filter pairs, mean |correlation| and MI (nats)",
+                          "where": where, "keys": {"table10_corr": "corr.", "table10_mi": "MI"}, "order": rows,
+                          "labels": {n: get_config(n).paper for n in rows},
+                          "paper": {n: {"table10_corr": TABLE10[n][0], "table10_mi": TABLE10[n][1]} for n in rows},
+                          "fmt": ".4f"}
+        return out
+
     def label(self, name: str, options) -> str:
         return f"{options.get('dataset') or 'cifar10'}-{name}"
 
@@ -251,6 +268,7 @@ class CifarRecipe(experiment.Recipe):
 
 
 RECIPE = CifarRecipe()
+aggregate.register_paper_tables(RECIPE.paper_tables)
 
 
 # ------------------------------------------------------------------------------------- the library API

@@ -171,6 +171,13 @@ class Recipe:
         """The paper's numbers for the keys of :meth:`headline` that it reports (None where it has none)."""
         return {}
 
+    def paper_tables(self, **params) -> dict:
+        """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.aggregate.paper_table`'s
+        layout: title, which runs, keys, row order, labels, the paper's numbers, fmt); ``params``: e.g. ``scale``.
+        Register them with :func:`dnlib.aggregate.register_paper_tables` and name the recipe in the entry-point
+        group ``dnlib.recipes`` so that ``aggregate.compare(runs, "tableN")`` finds them. Default: none."""
+        return {}
+
     def label(self, name: str, options: Mapping[str, Any]) -> str:
         """The stem of a sweep's run folder for configuration ``name`` (default the name)."""
         return name
@@ -697,17 +704,10 @@ def gather(paths) -> list:
     return records.gather([p.run_dir if isinstance(p, RunResult) else p for p in paths])
 
 
-_DROP = ("run", "commit", "device", "steps_planned", "seconds")
-
-
 def gather_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of :func:`gather`'s rows (every column but the folder, commit and device; numbers to 4
-    significant digits)."""
-    from .figures import cell, markdown_table
-    cols = []
-    for r in rows:
-        cols += [k for k in r if k not in cols and k not in _DROP]
-    return markdown_table(cols, [[cell(r.get(k), ".4g") for k in cols] for r in rows])
+    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.aggregate.gather_table`)."""
+    from . import aggregate  # not at import time: the runner needs no tables or figures to run
+    return aggregate.gather_table(rows)
 
 
 def load_runs(results) -> list:
@@ -1121,17 +1121,11 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
             cmd_p.error(f"{' '.join(args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
         if args.out:
             atomic_write_json(rows, args.out)
-        print(gather_table(rows))
-        import warnings as _w
-
-        from .aggregate import PoolingWarning, summarize, table  # mean, std and n per configuration over its seeds
-        with _w.catch_warnings(record=True) as caught:      # runs not pooled, seeds counted once: one line each
-            _w.simplefilter("always", PoolingWarning)
-            summary = summarize(rows)
-        for w in caught:
-            print(f"{cmd_p.prog}: warning: {w.message}", file=sys.stderr)
-        print()
-        print(table(summary, title="per configuration: mean ± std over runs (n)", fmt=".4g"))
+        from . import aggregate  # the printout is aggregate's: the runs' table, then mean ± std per config
+        text, notes = aggregate.gather_printout(rows)
+        for note in notes:          # runs not pooled, seeds counted once: one line each
+            print(f"{cmd_p.prog}: warning: {note}", file=sys.stderr)
+        print(text)
         return 0
     if cmd == "report":
         with cli.user_errors(cmd_p, CheckpointError), _warnings_as_lines(cmd_p.prog):  # a crafted checkpoint

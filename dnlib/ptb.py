@@ -353,6 +353,23 @@ class PTBRecipe(experiment.Recipe):
                                  if result.train_seconds else 0.0),
                 "train_seconds": result.train_seconds}
 
+    def paper_tables(self, **_) -> dict:
+        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.aggregate.paper_table`'s
+        layout)."""
+        from .configs import ptb as P
+        cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
+        out = {}
+        for name, table in (("table4", P.TABLE4), ("table9", P.TABLE9)):
+            out[name] = {"title": f"Table {name[5:]}: PTB test perplexity",
+                         "where": {"experiment": "ptb", "config.source": "paper"},
+                         "keys": {"final_test_ppl": "test ppl"},
+                         "order": [f"{P.ROW_NAMES[row]}-{c}" for c in P.CELL_TYPES for row in table],
+                         "labels": {f"{P.ROW_NAMES[row]}-{c}": f"{row} {cells[c]}" for c in P.CELL_TYPES
+                                    for row in table},
+                         "paper": {f"{P.ROW_NAMES[row]}-{c}": {"final_test_ppl": table[row][k]}
+                                   for k, c in enumerate(P.CELL_TYPES) for row in table}, "fmt": ".2f"}
+        return out
+
     def paper(self, cfg: PTBConfig) -> dict:
         return {"final_test_ppl": cfg.paper_perplexity}
 
@@ -392,6 +409,7 @@ class PTBRecipe(experiment.Recipe):
 
 
 RECIPE = PTBRecipe()
+aggregate.register_paper_tables(RECIPE.paper_tables)
 
 
 # ------------------------------------------------------------------------------------- the library API

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cli, experiment, records
+from . import aggregate, cli, experiment, records
 from .configs.sr import (
     ROW_NAMES,
     SR_CONFIGS,
@@ -329,6 +329,25 @@ class SRRecipe(experiment.Recipe):
         out["train_seconds"] = result.train_seconds
         return out
 
+    def paper_tables(self, scale: int = 3, **_) -> dict:
+        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.aggregate.paper_table`'s layout). Our runs are named
+        ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam schedule ``fast-*``, which is not
+        the paper's; ``bicubic`` and ``A+`` are not networks trained here."""
+        rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{ROW_NAMES[m]}" + (
+            "" if sched == "paper" else " (fast schedule)")) for sched in ("paper", "fast") for m in SR_MODELS]
+        rows.append(("fast-dn*-code", "DN* (authors' code, fast schedule)"))
+        out = {}
+        for name, sset in (("table5", "Set14"), ("table6", "BSD200")):
+            key, paper = sset.lower(), paper_numbers(sset, scale)
+            out[name] = {"title": f"Table {name[5:]}: {sset} x{scale}, PSNR (dB) / SSIM",
+                         "where": {"experiment": "sr", "config.scale": scale},
+                         "keys": {f"{key}_psnr": "PSNR", f"{key}_ssim": "SSIM"}, "order": [n for n, _ in rows],
+                         "labels": dict(rows),
+                         "paper": {n: dict(zip((f"{key}_psnr", f"{key}_ssim"), paper[label.split(" (")[0]]))
+                                   for n, label in rows if "code" not in n and label.split(" (")[0] in paper},
+                         "fmt": {f"{key}_psnr": ".2f", f"{key}_ssim": ".4f"}}
+        return out
+
     def paper(self, cfg: SRConfig) -> dict:
         label, out = ROW_NAMES.get(cfg.norm), {}
         for s in ("Set14", "BSD200"):
@@ -367,6 +386,7 @@ class SRRecipe(experiment.Recipe):
 
 
 RECIPE = SRRecipe()
+aggregate.register_paper_tables(RECIPE.paper_tables)
 
 
 # ------------------------------------------------------------------------------------- the library API
@@ -378,8 +398,8 @@ def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, eval_
 
     ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``) are scored for
     the headline when the run completes. Other keywords (:func:`dnlib.experiment.call`; None: the default): the
-    runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``
-    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
+    runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``:
+    a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
     ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
     ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
