@@ -277,8 +277,8 @@ def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, **kwargs
 
     ``config``: a name of :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`; ``dataset``:
     ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``;
-    ``steps``: the schedule shortened, milestones scaled; ``out``: a base folder for a new run folder; ``resume``
-    (alias ``out_dir``): a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
+    ``steps``: the schedule shortened, milestones scaled; ``out``: a base folder for a new run folder; ``resume``:
+    a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
     build options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
     :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
     500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged`
@@ -292,11 +292,11 @@ def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequenc
     return experiment.call_many(RECIPE, configs, seeds, dataset=dataset, **kwargs)
 
 
-def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out_dir, dataset: str = "cifar10",
+def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, dataset: str = "cifar10",
           run_args: Sequence[str] = (), **kwargs) -> list:
-    """:func:`dnlib.experiment.sweep` of runs on ``dataset``, each in ``out_dir/<dataset>-<name>-s<seed>``;
+    """:func:`dnlib.experiment.sweep` of runs on ``dataset``, each in ``out/<dataset>-<name>-s<seed>``;
     ``run_args``: extra ``run`` flags; ``kwargs``: the sweep's (``jobs``, ``time_limit``...)."""
-    return experiment.sweep(RECIPE, configs, seeds, out=out_dir, run_args=["--dataset", dataset, *run_args],
+    return experiment.sweep(RECIPE, configs, seeds, out=out, run_args=["--dataset", dataset, *run_args],
                             options={"dataset": dataset}, **kwargs)
 
 

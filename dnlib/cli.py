@@ -40,8 +40,13 @@ def one_line(message) -> str:
 class ArgumentParser(argparse.ArgumentParser):
     """An :class:`argparse.ArgumentParser` whose errors are one line, ``<prog>: error: <message>``, exit 2.
 
-    Its sub-parsers are of the same class.
+    Its sub-parsers are of the same class. A flag is spelled in full: no abbreviations (``--seed`` is not
+    ``--seeds``; ``allow_abbrev=False``), so each flag has one spelling.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D401 - argparse's signature
         message = one_line(message)

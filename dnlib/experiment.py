@@ -799,14 +799,10 @@ def _share_data(recipe: Recipe, options: Optional[dict], setup: Setup) -> None:
         options["data"] = setup.data
 
 
-def call(recipe: Recipe, config=None, *, out_dir=None, **kwargs) -> RunResult:
+def call(recipe: Recipe, config=None, **kwargs) -> RunResult:
     """:func:`run` with flat keyword arguments, as the recipes' ``run`` functions take them: :func:`run`'s own
-    (``seed``, ``steps``, ``out``, ``resume`` (old name ``out_dir``), ``time_limit``...), the options of
-    ``recipe.build`` (``data``, ``subset``...) and configuration fields (every other keyword, e.g. ``lr=2e-3``)."""
-    if out_dir is not None:
-        if kwargs.get("resume") is not None:
-            raise ValueError("out_dir, resume: the same thing (the run folder); give one")
-        kwargs["resume"] = out_dir
+    (``seed``, ``steps``, ``out``, ``resume``, ``time_limit``...), the options of ``recipe.build`` (``data``,
+    ``subset``...) and configuration fields (every other keyword, e.g. ``lr=2e-3``)."""
     run_kw = {k: kwargs.pop(k) for k in _RUN_ARGS if k in kwargs}
     options = {k: kwargs.pop(k) for k in _options(recipe) if k in kwargs}
     return run(recipe, config, overrides=kwargs, options=options, **run_kw)
@@ -940,16 +936,13 @@ def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, fla
 # ------------------------------------------------------------------------------------------------- CLI
 def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`)")
-    q.add_argument("--config", dest="config_flag", default=None, help="the same, as a flag")
     q.add_argument("--seed", type=cli.seed, default=None, help="default 0 (or the resumed run's)")
-    q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
-                   help="seconds: stop at the first chunk boundary where the next chunk would not fit "
-                        "(--max-seconds: old spelling, removed in the next release)")
+    q.add_argument("--time-limit", type=cli.positive_float, default=None,
+                   help="seconds: stop at the first chunk boundary where the next chunk would not fit")
     q.add_argument("--out", type=cli.out_dir, default=None,
                    help=f"base folder: the run gets a new folder in it (default runs/{recipe.name})")
     q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR",
                    help="a run folder: continue its checkpoint (or start there)")
-    q.add_argument("--json", type=cli.out_file, default=None, help="also write the record here (old spelling)")
     _passed_on_flags(q, recipe)
 
 
@@ -971,9 +964,7 @@ def _passed_on_help(recipe: Recipe) -> str:
 
 
 def _run_command(recipe: Recipe, args, q, argv) -> int:
-    name = args.config_flag or args.config
-    if args.config_flag and args.config and args.config_flag != args.config:
-        q.error(f"config: given twice ({args.config!r} and --config {args.config_flag!r})")
+    name = args.config
     if args.out is not None and args.resume is not None:
         q.error("--out, --resume: give one (--out: a base folder for a new run; --resume: the run's folder)")
     if name is None and args.resume is None:
@@ -1003,8 +994,6 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
         return 1
     if not distributed.is_main():       # under torchrun: rank 0 alone reports
         return 0
-    if args.json:
-        atomic_write_json(res.record, args.json, indent=1)
     rec = res.record
     print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"], "seed": rec["seed"],
                       "steps": rec["steps_done"], "planned": rec["steps_planned"], "stopped": rec["stopped"],
@@ -1036,7 +1025,7 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
     argv = list(sys.argv[1:] if argv is None else argv)
     p = cli.ArgumentParser(prog=prog or f"python -m {recipe.module}", description=recipe.description)
     sub = p.add_subparsers(dest="cmd", required=True)
-    run_p = sub.add_parser("run", aliases=["train"], help="train one configuration (alias: train, old spelling)")
+    run_p = sub.add_parser("run", help="train one configuration")
     _run_flags(run_p, recipe)
 
     q = sub.add_parser("sweep", help="configurations x seeds as concurrent runs in one resumable folder",
@@ -1045,8 +1034,7 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
                               "completed or reached its time limit);\n2 also for a bad argument (one line, nothing "
                               "started).")
     q.add_argument("configs", nargs="*", help="configuration names ('all': every one)")
-    q.add_argument("--config", dest="config_flag", nargs="+", default=None, help="the same, as a flag")
-    q.add_argument("--seeds", "--seed", dest="seeds", type=cli.seed, nargs="+", default=[0])
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=[0])
     q.add_argument("--engine", choices=engines.ENGINES, default="local",
                    help="local: processes on this machine (default); ray: Ray tasks on a cluster (dnlib[ray])")
     q.add_argument("--address", default=None, metavar="auto|HOST:PORT",
@@ -1058,8 +1046,7 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
     q.add_argument("--gpus-per-run", type=engines.gpu_share, default=None,
                    help="GPUs of each run: a fraction packs runs on one GPU (0.25: four), or a whole number")
     q.add_argument("--out", type=cli.out_dir, required=True, help="the sweep's folder (a rerun resumes it)")
-    q.add_argument("--time-limit", "--max-seconds", dest="time_limit", type=cli.positive_float, default=None,
-                   help="seconds per run (--max-seconds: old spelling)")
+    q.add_argument("--time-limit", type=cli.positive_float, default=None, help="seconds per run")
     q.add_argument("--status-every", type=cli.positive_float, default=30.0, help="seconds between status lines")
 
     q = sub.add_parser("gather", help="one table of the run folders at or under PATHs")
@@ -1078,17 +1065,17 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
             q.add_argument("--json", type=cli.out_file, default=None, help="also write the rows here (JSON)")
 
     args, rest = p.parse_known_args(argv)
-    cmd = "run" if args.cmd == "train" else args.cmd
+    cmd = args.cmd
     cmd_p = sub.choices[cmd]
     if cmd == "sweep":
-        names = (args.config_flag or []) + list(args.configs)
+        names = list(args.configs)
         if not names:
             cmd_p.error("configs: the following arguments are required: configs")
         with cli.user_errors(cmd_p):
             names = recipe.expand(names)
         run_args = run_p.parse_args([names[0], *map(str, rest)])   # the flags passed on to each run, checked here
-        if run_args.out or run_args.resume or run_args.seed is not None or run_args.json:
-            cmd_p.error("--out/--resume/--seed/--json: sweep places each run itself; use --out and --seeds of sweep")
+        if run_args.out or run_args.resume or run_args.seed is not None:
+            cmd_p.error("--out/--resume/--seed: sweep places each run itself; use --out and --seeds of sweep")
         overrides, options = recipe.from_args(run_args)
         def flag_error(e):                  # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
             key, _, what = str(e).partition(":")

@@ -243,7 +243,7 @@ def test_graph_check_catches_a_wrong_learning_rate(data, monkeypatch):
 def test_resume_equals_uninterrupted(data, tmp_path):
     kw = dict(steps=6, eval_every=2, data=data, batch_size=20)
     for name, mode in (("bn-star", "graph"), ("base-wd-drop", "eager")):
-        full = run(name, mode=mode, out_dir=tmp_path / f"{name}-a", **kw)
+        full = run(name, mode=mode, resume=tmp_path / f"{name}-a", **kw)
         part = run(name, mode=mode, resume=tmp_path / f"{name}-b", stop_after=4, **kw)
         assert part.record["steps_done"] == 4 and part.stopped == "stop_after at step 4"
         resumed = run(name, mode=mode, resume=tmp_path / f"{name}-b", **kw)
@@ -282,7 +282,7 @@ def test_smoke_training_beats_chance(data):
 @needs_cifar
 def test_sweep_gathers_one_table(tmp_path):
     args = ["--steps", "4", "--subset", "300,100", "--eval-every", "2", "--device", "cpu", "--batch-size", "20"]
-    rows = sweep(["base", "dn-star"], [0], out_dir=tmp_path, jobs=2, verbose=False, status_every=1e9, run_args=args)
+    rows = sweep(["base", "dn-star"], [0], out=tmp_path, jobs=2, verbose=False, status_every=1e9, run_args=args)
     assert [(r["name"], r["steps_done"], r["stopped"]) for r in rows] == [("base", 4, "completed"),
                                                                          ("dn-star", 4, "completed")]
     assert [Path(r["run"]).name for r in rows] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
@@ -293,7 +293,7 @@ def test_sweep_gathers_one_table(tmp_path):
     assert "DN*" in results_table([r["run"] for r in rows])
     # a rerun keeps the finished runs (nothing retrained: the records are untouched)
     before = [(Path(r["run"]) / "record.json").stat().st_mtime_ns for r in rows]
-    again = sweep(["base", "dn-star"], [0], out_dir=tmp_path, jobs=2, verbose=False, run_args=args)
+    again = sweep(["base", "dn-star"], [0], out=tmp_path, jobs=2, verbose=False, run_args=args)
     assert again == rows and [(Path(r["run"]) / "record.json").stat().st_mtime_ns for r in rows] == before
     assert json.loads((tmp_path / "sweep.json").read_text())["skipped"] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
 

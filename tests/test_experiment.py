@@ -259,7 +259,7 @@ def test_sweep_resumes_unfinished_runs_and_skips_finished_ones(s, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-VERBS = ["run", "train", "sweep", "gather", "report", "list", "bench"]
+VERBS = ["run", "sweep", "gather", "report", "list", "bench"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -271,7 +271,7 @@ def test_every_verb_answers_help(s, verb, capsys):
     assert capsys.readouterr().out.startswith("usage:")
 
 
-BAD = {"run": ["run", "X", "--time-limit", "-1"], "train": ["train", "X", "--max-seconds", "0"],
+BAD = {"run": ["run", "X", "--time-limit", "-1"],
        "sweep": ["sweep", "X", "--out", "{T}/s", "--jobs", "0"], "gather": ["gather", "{T}/missing"],
        "report": ["report", "{T}/missing"], "list": ["list", "--bogus"], "bench": ["bench", "--bogus-flag"]}
 

@@ -11,7 +11,6 @@ import importlib
 import json
 import pathlib
 import pkgutil
-import warnings
 
 import pytest
 import torch
@@ -69,15 +68,12 @@ def test_cifar_cnn_norm_kwargs_reach_every_layer_and_per_layer_lists():
     assert dict(m.norms[2].spec.sum_window) == {"space": 3}
 
 
-def test_cifar_cnn_old_keyword_form_warns_and_builds_the_same():
-    kw = dict(window=(5, 3, 3), sigma=0.5, eps=0.0, alpha=0.005, border="reference")
-    with pytest.warns(DeprecationWarning, match="norm_kwargs"):
-        torch.manual_seed(0)
-        old = CifarCNN(10, "dn", **kw)
-    _same_model(lambda: old, lambda: CifarCNN(10, "dn", norm_kwargs=kw))
-    with pytest.raises(ValueError, match="sigma"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        CifarCNN(10, "dn", norm_kwargs=dict(sigma=0.5), sigma=1.0)    # the same key twice
+def test_cifar_cnn_old_keyword_form_is_gone():
+    """``CifarCNN(10, "dn", sigma=0.5)`` (the former spelling of ``norm_kwargs``) is retired (issue 24 item 3)."""
+    with pytest.raises(TypeError, match="sigma"):
+        CifarCNN(10, "dn", sigma=0.5)
+    with pytest.raises(ValueError, match="norm_kwargs"):
+        CifarCNN(10, "dn", norm_kwargs=[("sigma", 0.5)])
 
 
 @pytest.mark.parametrize("name,kw", [("bn", {}), ("dn", dict(sum_window=5, sup_window=7, sigma=1.0)),

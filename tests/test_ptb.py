@@ -349,12 +349,11 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     from dnlib import records
     from dnlib.ptb import main
     out = tmp_path / "runs"
-    assert main(["train", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
-                 "--device", "cpu", "--out", str(out), "--json", str(tmp_path / "r.json"),
-                 "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
+    assert main(["run", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
+                 "--device", "cpu", "--out", str(out), "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
     (run_dir,) = out.iterdir()
     rec = records.read_record(run_dir)
-    assert rec == json.loads((tmp_path / "r.json").read_text())            # --json: a copy of the record
+    assert rec == json.loads((run_dir / "record.json").read_text())
     assert rec["stopped"] == "completed" and (run_dir / "checkpoint.pt").exists()
     h = rec["headline"]
     assert h["valid_ppl"] > 0 and h["final_test_ppl"] > 0 and h["epochs"] == 1.0
@@ -419,7 +418,7 @@ def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, graph):
 @needs_ptb
 def test_cli_diverged_run_exits_1(tmp_path, capsys):
     from dnlib.ptb import main
-    code = main(["train", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
+    code = main(["run", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
                  "--device", "cpu", "--resume", str(tmp_path), "--final-test-batch-size", "0"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "diverged at step" in err, err

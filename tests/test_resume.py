@@ -170,7 +170,7 @@ def cifar():
 ])
 def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second, message):
     from dnlib.cifar import run
-    kw = dict(steps=4, eval_every=2, data=cifar, batch_size=20, out_dir=tmp_path)
+    kw = dict(steps=4, eval_every=2, data=cifar, batch_size=20, resume=tmp_path)
     run(**{**kw, **first})
     with pytest.raises(CheckpointError, match=message):
         run(**{**kw, **second})
@@ -262,7 +262,7 @@ needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR 
 @needs_sr
 def test_sr_train_refuses_to_resume_another_norm(tmp_path):
     from dnlib.sr import train_sr
-    kw = dict(steps=4, eval_every=0, eval_sets=(), device="cpu", out_dir=tmp_path, progress=False)
+    kw = dict(steps=4, eval_every=0, eval_sets=(), device="cpu", resume=tmp_path, progress=False)
     train_sr("none", "smoke", **kw)
     with pytest.raises(CheckpointError, match="norm: stored 'none', requested 'bn'"):
         train_sr("bn", "smoke", **{**kw, "steps": 8})

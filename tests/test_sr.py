@@ -236,7 +236,7 @@ def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
 
 
 @needs_data
-def test_old_train_spelling_runs_records_and_the_report_reads_them(tmp_path):
+def test_run_with_norm_records_and_the_report_reads_them(tmp_path):
     from dnlib import records
     from dnlib.sr import main
     out = tmp_path / "gpu"
@@ -246,10 +246,10 @@ def test_old_train_spelling_runs_records_and_the_report_reads_them(tmp_path):
     (root / "sr").mkdir(parents=True)
     for name in ("T91", "Set5"):
         (root / "sr" / name).symlink_to(next(p for p in (data_root() / "sr" / name, data_root() / name) if p.is_dir()))
-    args = ["--config", "smoke", "--steps", "4", "--sets", "Set5", "Set14", "--curve-sets", "--out", str(out),
+    args = ["--steps", "4", "--sets", "Set5", "Set14", "--curve-sets", "--out", str(out),
             "--root", str(root), "--device", "cpu"]
-    assert main(["train", "--norm", "dn-star"] + args) == 0           # the old spelling: run with --config/--norm
-    assert main(["run", "smoke-bn"] + args[2:]) == 0
+    assert main(["run", "smoke", "--norm", "dn-star"] + args) == 0     # a schedule and --norm: the row renames it
+    assert main(["run", "smoke-bn"] + args) == 0
     recs = {records.read_record(d)["name"]: records.read_record(d) for d in records.find_runs([out])}
     assert set(recs) == {"smoke-dn*", "smoke-bn"}
     rec = recs["smoke-dn*"]

@@ -19,7 +19,6 @@ Initialization as the authors' code: truncated normal (+-2 std) with std 1e-4, 1
 """
 from __future__ import annotations
 
-import warnings
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -86,21 +85,12 @@ def _per_layer(value, n: int, name: str) -> list:
     return [value] * n
 
 
-def _merge_deprecated(norm_kwargs: Optional[Mapping], deprecated: Mapping) -> dict:
-    """``norm_kwargs`` plus the former ``**norm_kwargs`` spelling (with a DeprecationWarning)."""
+def _norm_kwargs(norm_kwargs: Optional[Mapping]) -> dict:
+    """``norm_kwargs`` as a dict; a ValueError naming it when it is not a mapping."""
     if norm_kwargs is not None and not isinstance(norm_kwargs, Mapping):
         raise ValueError(f"norm_kwargs: expected a mapping of make_norm overrides (e.g. {{'sigma': 0.5}}), got "
                          f"{type(norm_kwargs).__name__} {norm_kwargs!r}")
-    merged = dict(norm_kwargs or {})
-    if deprecated:
-        warnings.warn(f"CifarCNN(..., {', '.join(f'{k}=...' for k in deprecated)}) is deprecated and will be removed "
-                      f"in the next release; pass norm_kwargs={{{', '.join(repr(k) for k in deprecated)}: ...}}",
-                      DeprecationWarning, stacklevel=3)
-        twice = sorted(set(deprecated) & set(merged))
-        if twice:
-            raise ValueError(f"norm_kwargs: {twice[0]!r} is given both in norm_kwargs and as a keyword argument")
-        merged.update(deprecated)
-    return merged
+    return dict(norm_kwargs or {})
 
 
 class CifarCNN(nn.Module):
@@ -117,8 +107,6 @@ class CifarCNN(nn.Module):
             "Baseline +WD +Dropout"; 0 = none).
         widths: conv channels.
         init_std: std of the truncated-normal init of conv1-3 and fc1-2; None keeps torch's default init.
-        **deprecated: the former spelling ``CifarCNN(10, "dn", sigma=0.5)`` of ``norm_kwargs``; still accepted
-            for one release, with a DeprecationWarning.
 
     A "none" site is a parameterless :class:`DivisiveNorm` (the identity), where ``alpha`` adds the L1 term on
     the raw activations (the "Baseline +L1" row).
@@ -135,9 +123,9 @@ class CifarCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, norm: Union[NormLike, Sequence[NormLike]] = "none", *,
                  norm_kwargs: Optional[Mapping] = None, dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
-                 init_std: Sequence[float] | None = INIT_STD, **deprecated):
+                 init_std: Sequence[float] | None = INIT_STD):
         super().__init__()
-        norm_kwargs = _merge_deprecated(norm_kwargs, deprecated)
+        norm_kwargs = _norm_kwargs(norm_kwargs)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
