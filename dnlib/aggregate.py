@@ -53,7 +53,7 @@ import numpy as np
 from . import records
 from .figures import MarkdownTable, cell, markdown_table
 
-__all__ = ["GATHER_COLUMNS", "gather_table", "gather_printout", "RECIPES_GROUP", "register_paper_tables", "paper_tables", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
+__all__ = ["GATHER_COLUMNS", "gather_table", "gather_printout", "RECIPES_GROUP", "register", "paper_tables", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
            "paper_schedule", "run_as", "summarize", "table", "notes", "curve_bands", "format_mean_std",
            "stopped_reason", "paper_table", "compare", "provenance_table", "compare_bars", "compare_figure"]
 
@@ -180,18 +180,14 @@ def defining(row: Mapping[str, Any]) -> dict:
 
 
 def paper_schedule(experiment: Optional[str], name: Optional[str], what: Mapping[str, Any] = {}) -> Optional[int]:
-    """The length of the paper's schedule for configuration ``name``: CIFAR steps, PTB epochs (of its ``source``);
-    None where dnlib does not know it (SR: the authors' code has no limit)."""
+    """The length of the paper's schedule for configuration ``name`` of ``experiment`` (its recipe's
+    :meth:`~dnlib.experiment.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
+    does not know it (SR: the authors' code has no limit; an unknown experiment or name)."""
+    recipe = _recipes().get(experiment) if experiment else None
     try:
-        if experiment == "cifar":
-            from .configs.cifar import get_config
-            return get_config(name, what.get("dataset") or "cifar10").steps
-        if experiment == "ptb":
-            from .configs.ptb import get_config
-            return get_config(name, what.get("source") or "paper").epochs
+        return None if recipe is None or name is None else recipe.paper_schedule(name, what)
     except (ValueError, KeyError, TypeError):
         return None
-    return None
 
 
 def run_as(what: Mapping[str, Any], paper: Optional[int] = None) -> str:
@@ -590,36 +586,37 @@ def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
 
 # ------------------------------------------------------------------------------------- the paper's tables
 #: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.cifar:RECIPE"``):
-#: a recipe owns its paper tables (:meth:`dnlib.experiment.Recipe.paper_tables`); this module knows none.
+#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiment.Recipe.paper_tables`,
+#: :meth:`~dnlib.experiment.Recipe.paper_schedule`); this module knows none.
 RECIPES_GROUP = "dnlib.recipes"
-_SOURCES: list = []          # paper-table sources registered by the recipes (their bound paper_tables)
+_RECIPES: dict = {}          # {experiment name: recipe}, registered by the recipes
 
 
-def register_paper_tables(source) -> None:
-    """Add a source of the paper's tables: ``source(**params) -> {name: table}`` (a recipe's
-    :meth:`~dnlib.experiment.Recipe.paper_tables`; each recipe module registers its own when imported)."""
-    if source not in _SOURCES:
-        _SOURCES.append(source)
+def register(recipe) -> None:
+    """Make a recipe's paper tables and schedules known here (each recipe module registers its ``RECIPE`` when
+    imported; those the installed package names in :data:`RECIPES_GROUP` are imported when first needed)."""
+    _RECIPES[recipe.name] = recipe
 
 
-def _discover() -> None:
-    """Import the recipes the installed package names (:data:`RECIPES_GROUP`): each registers its tables."""
+def _recipes() -> dict:
+    """The registered recipes, after importing those the installed package names (:data:`RECIPES_GROUP`)."""
     from importlib.metadata import distributions
     seen = set()       # every installed copy's metadata (a stale dnlib.egg-info in the working folder may come first)
     for dist in distributions():
         for ep in dist.entry_points:
             if ep.group == RECIPES_GROUP and ep.name not in seen:
                 seen.add(ep.name)
-                register_paper_tables(ep.load().paper_tables)
+                if ep.name not in _RECIPES:
+                    register(ep.load())
+    return _RECIPES
 
 
 def paper_tables(**params) -> dict:
     """``{name: table}`` of every paper table the recipes own (:func:`paper_table`'s layout), in the paper's
     numbering; ``params`` go to every source (e.g. ``scale`` for the SR tables)."""
-    _discover()
     out = {}
-    for source in _SOURCES:
-        out.update(source(**params))
+    for recipe in _recipes().values():
+        out.update(recipe.paper_tables(**params))
     return dict(sorted(out.items(), key=lambda kv: (int(re.sub(r"\D", "", kv[0]) or 0), kv[0])))
 
 

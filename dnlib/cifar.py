@@ -217,6 +217,9 @@ class CifarRecipe(experiment.Recipe):
     def paper(self, cfg: CifarConfig) -> dict:
         return {"final_acc": cfg.paper_accuracy}
 
+    def paper_schedule(self, name: str, what) -> int:
+        return get_config(name, what.get("dataset") or "cifar10").steps
+
     def paper_tables(self, **_) -> dict:
         """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.aggregate.paper_table`'s layout)."""
         where = {"experiment": "cifar", "config.dataset": "cifar10"}
@@ -268,7 +271,7 @@ class CifarRecipe(experiment.Recipe):
 
 
 RECIPE = CifarRecipe()
-aggregate.register_paper_tables(RECIPE.paper_tables)
+aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API

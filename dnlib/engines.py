@@ -47,12 +47,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 from . import cli, records
 from .io import atomic_write
 
-__all__ = ["ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "RayEngine", "EngineError", "check",
+__all__ = ["Engine", "ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "RayEngine", "EngineError", "check",
            "gpu_share", "make_engine", "execute", "run_in_folder", "read_folder", "write_folder", "log_tail"]
 
 ENGINES = ("local", "ray")
@@ -119,32 +119,32 @@ def gpu_share(value: str) -> float:
 
 def check(engine: str = "local", *, address: Optional[str] = None, cpus_per_run=None, gpus_per_run=None,
           jobs: Optional[int] = None) -> None:
-    """Raise ValueError naming the parameter unless the engine's arguments are valid here (before any work):
+    """Raise :class:`EngineError` (a ValueError) naming the parameter unless the engine's arguments are valid here (before any work):
     ``engine`` in :data:`ENGINES`; ``address`` only with Ray; ``cpus_per_run`` a number > 0; ``gpus_per_run``
     0, a fraction <= 1 or a whole number; the local engine needs a visible GPU for ``gpus_per_run > 0``; Ray needs
     to be installed."""
     if engine not in ENGINES:
-        raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise EngineError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if address is not None and engine != "ray":
-        raise ValueError(f"address: a Ray cluster's address, only with engine 'ray' (engine is {engine!r})")
+        raise EngineError(f"address: a Ray cluster's address, only with engine 'ray' (engine is {engine!r})")
     if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise ValueError(f"address: 'auto' or HOST:PORT of a Ray cluster, got {address!r}")
+        raise EngineError(f"address: 'auto' or HOST:PORT of a Ray cluster, got {address!r}")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ValueError(f"jobs: must be an integer >= 1 (or None), got {jobs!r}")
+        raise EngineError(f"jobs: must be an integer >= 1 (or None), got {jobs!r}")
     if cpus_per_run is not None and (isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, (int, float))
                                      or not math.isfinite(cpus_per_run) or cpus_per_run <= 0):
-        raise ValueError(f"cpus_per_run: must be a number > 0 (fractions allowed on Ray), got {cpus_per_run!r}")
+        raise EngineError(f"cpus_per_run: must be a number > 0 (fractions allowed on Ray), got {cpus_per_run!r}")
     if gpus_per_run is not None and _gpu_problem(gpus_per_run):
-        raise ValueError(f"gpus_per_run: must be {_gpu_problem(gpus_per_run)}, got {gpus_per_run!r}")
+        raise EngineError(f"gpus_per_run: must be {_gpu_problem(gpus_per_run)}, got {gpus_per_run!r}")
     if engine == "local" and gpus_per_run:
         n = _visible_gpus()
         if n == 0:
-            raise ValueError(f"gpus_per_run: {gpus_per_run} GPU per run, but no CUDA device is visible here "
+            raise EngineError(f"gpus_per_run: {gpus_per_run} GPU per run, but no CUDA device is visible here "
                              "(the local engine; use 0, or --engine ray on a cluster with GPUs)")
         if gpus_per_run > n:
-            raise ValueError(f"gpus_per_run: {gpus_per_run} GPUs per run, but {n} are visible here")
+            raise EngineError(f"gpus_per_run: {gpus_per_run} GPUs per run, but {n} are visible here")
     if engine == "ray" and importlib.util.find_spec("ray") is None:
-        raise ValueError("engine: 'ray' needs Ray, which is not installed (pip install 'dnlib[ray]')")
+        raise EngineError("engine: 'ray' needs Ray, which is not installed (pip install 'dnlib[ray]')")
 
 
 def _visible_gpus() -> int:
@@ -255,7 +255,27 @@ def _gpu_ids() -> list:
     return [str(i) for i in range(_visible_gpus())]
 
 
-class LocalEngine:
+@runtime_checkable
+class Engine(Protocol):
+    """What :func:`execute` drives (the engines' one protocol; :class:`LocalEngine` and :class:`RayEngine` implement
+    it): ``name``; ``free()`` (room for one more run now?), ``start(job)``, ``poll()`` (the :class:`Outcome` of
+    every run that ended since the last poll), ``in_flight()`` (the jobs running) and ``close()`` (stop what is
+    left: processes killed, tasks cancelled)."""
+
+    name: str
+
+    def free(self) -> bool: ...
+
+    def start(self, job: Job) -> None: ...
+
+    def poll(self) -> list: ...
+
+    def in_flight(self) -> list: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEngine(Engine):
     """``jobs`` run processes at a time on this machine (module doc). ``devices``: the GPU ids to pack runs on
     (what each run's ``CUDA_VISIBLE_DEVICES`` names; default: the ones this process sees)."""
 
@@ -331,7 +351,7 @@ class LocalEngine:
         self.running.clear()
 
 
-class RayEngine:
+class RayEngine(Engine):
     """One Ray task per run (module doc). ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None
     starts a local in-process instance (this machine's CPUs and GPUs), stopped by :meth:`close`. When Ray is
     already initialized in this process, that connection is used and left open. ``jobs``: at most this many runs
@@ -424,9 +444,12 @@ def _reachable(address: Optional[str], timeout: float = 5.0) -> None:
 
 
 def make_engine(engine: str, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,
-                cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None, python: str = sys.executable):
-    """A :class:`LocalEngine` or :class:`RayEngine` (arguments checked by :func:`check` first)."""
-    check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
+                cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None, python: str = sys.executable,
+                checked: bool = False) -> Engine:
+    """A :class:`LocalEngine` or :class:`RayEngine` (an :class:`Engine`); its arguments are checked by :func:`check`
+    first unless the caller did (``checked``: :func:`dnlib.experiment.sweep` checks once, before anything)."""
+    if not checked:
+        check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
     if engine == "local":
         return LocalEngine(module, jobs=jobs, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, limit=limit,
                            python=python)
@@ -447,7 +470,7 @@ def _failure(outcome: Outcome) -> Optional[str]:
     return None if stopped.startswith(_OK_STOPS) else f"stopped: {stopped}"
 
 
-def execute(engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
+def execute(engine: Engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
             status: Optional[Callable[[Path], str]] = None, poll_every: float = 0.5) -> list:
     """Run ``jobs`` on ``engine`` (as many at a time as it takes) and return their :class:`Outcome` objects, in
     the order of ``jobs``. A failed run is reported on stderr (configuration, seed, reason, log tail) and the

@@ -171,11 +171,16 @@ class Recipe:
         """The paper's numbers for the keys of :meth:`headline` that it reports (None where it has none)."""
         return {}
 
+    def paper_schedule(self, name: str, what: Mapping[str, Any]) -> Optional[int]:
+        """The length of the paper's schedule for configuration ``name`` (``what``: the run's defining fields,
+        :func:`dnlib.aggregate.defining`), in the unit the config counts (steps, epochs); None: not known."""
+        return None
+
     def paper_tables(self, **params) -> dict:
         """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.aggregate.paper_table`'s
         layout: title, which runs, keys, row order, labels, the paper's numbers, fmt); ``params``: e.g. ``scale``.
-        Register them with :func:`dnlib.aggregate.register_paper_tables` and name the recipe in the entry-point
-        group ``dnlib.recipes`` so that ``aggregate.compare(runs, "tableN")`` finds them. Default: none."""
+        Register the recipe with :func:`dnlib.aggregate.register` and name it in the entry-point group
+        ``dnlib.recipes`` so that ``aggregate.compare(runs, "tableN")`` finds them. Default: none."""
         return {}
 
     def label(self, name: str, options: Mapping[str, Any]) -> str:
@@ -671,7 +676,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     if verbose and skipped:
         print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(j.folder.name for j in skipped)}", flush=True)
     runner = engines.make_engine(engine, recipe.module, address=address, jobs=jobs, cpus_per_run=cpus_per_run,
-                                 gpus_per_run=gpus_per_run, python=python,
+                                 gpus_per_run=gpus_per_run, python=python, checked=True,   # checked above, once
                                  limit=None if time_limit is None else time_limit + grace)
     t_engine = time.perf_counter() - t_start
     out.mkdir(parents=True, exist_ok=True)
@@ -1080,21 +1085,16 @@ def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[st
         def flag_error(e):                  # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
             key, _, what = str(e).partition(":")
             cmd_p.error(f"--{key.replace('_', '-')}:{what}")
-        try:
-            engines.check(args.engine, address=args.address, cpus_per_run=args.cpus_per_run,
-                          gpus_per_run=args.gpus_per_run, jobs=args.jobs)
-        except ValueError as e:
-            flag_error(e)
-        with cli.user_errors(cmd_p):    # each run's options as `run` checks them; the folders a rerun resumes
-            check_runs(recipe, names, args.seeds, rest, out=args.out, options={**overrides, **options},
-                       here=args.engine == "local")
-        try:
-            rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, engine=args.engine,
-                         address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                         time_limit=args.time_limit, status_every=args.status_every, run_args=rest,
-                         options={**overrides, **options})
-        except engines.EngineError as e:     # no Ray cluster there, too few GPUs: nothing ran
-            flag_error(e)
+        # sweep checks, once and before any run: the engine's arguments (EngineError: named as the flag), each run's
+        # options as `run` checks them and the folders a rerun resumes (ValueError: one line)
+        with cli.user_errors(cmd_p):
+            try:
+                rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, engine=args.engine,
+                             address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                             time_limit=args.time_limit, status_every=args.status_every, run_args=rest,
+                             options={**overrides, **options})
+            except engines.EngineError as e:     # a bad engine argument, no Ray cluster there, too few GPUs
+                flag_error(e)
         print(gather_table(rows))
         return min(len(rows.failed), 125) if rows else 1
     if rest:

@@ -353,6 +353,9 @@ class PTBRecipe(experiment.Recipe):
                                  if result.train_seconds else 0.0),
                 "train_seconds": result.train_seconds}
 
+    def paper_schedule(self, name: str, what) -> int:
+        return get_config(name, what.get("source") or "paper").epochs
+
     def paper_tables(self, **_) -> dict:
         """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.aggregate.paper_table`'s
         layout)."""
@@ -409,7 +412,7 @@ class PTBRecipe(experiment.Recipe):
 
 
 RECIPE = PTBRecipe()
-aggregate.register_paper_tables(RECIPE.paper_tables)
+aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API

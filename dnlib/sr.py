@@ -386,7 +386,7 @@ class SRRecipe(experiment.Recipe):
 
 
 RECIPE = SRRecipe()
-aggregate.register_paper_tables(RECIPE.paper_tables)
+aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
