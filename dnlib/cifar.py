@@ -22,8 +22,7 @@ From the shell (``python -m dnlib.cifar --help``; the grammar of every experimen
 **Data.** The whole dataset lives on the device as uint8 ``(N, 32, 32, 3)``; a batch is gathered by index,
 cast to float and mean-subtracted there (raw 0-255 minus the mean image, no /255, PAPER.md §3.1) and fed to
 the model channels-last. The batch source is a :class:`~dnlib.data.loader.TensorBatches` of *indices*, so
-batches are
-resumable and the gather is part of the (captured) step.
+batches are resumable and the gather is part of the (captured) step.
 
 **Speed.** ``mode="auto"`` uses :class:`~dnlib.train.GraphTrainer` on CUDA (the whole step, gather included,
 replayed as one CUDA graph; the reason: at batch 100 this CNN is bound by kernel launches) and the plain
