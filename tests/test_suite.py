@@ -209,7 +209,8 @@ def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypat
     assert suite.cell_limit("full", plain, {}) == (suite.CELL_FLOOR, "the full profile's floor: no training")
 
 
-@pytest.mark.parametrize("stem, runs", [("03_cifar", 13), ("04_language_model", 6), ("05_super_resolution", 4)])
+@pytest.mark.parametrize("stem, runs", [("03_cifar", 13), ("04_language_model", 6), ("05_super_resolution", 4),
+                                        ("07_modern_networks", 5)])
 def test_the_training_notebooks_have_a_full_profile_limit(stem, runs):
     path = suite.NOTEBOOK_DIR / f"{stem}.ipynb"
     limit, how = suite.cell_limit("full", path, suite.resolve_parameters(path, "full"))
