@@ -65,9 +65,10 @@ STAT_LABELS = {
 # ------------------------------------------------------------------------------------------- inputs
 def _cifar_samples(n: int, root) -> tuple[np.ndarray, str]:
     from .data import data_root
+    from .data.root import open_regular
 
     path = data_root(root) / CIFAR_SAMPLES
-    with np.load(path) as d:
+    with open_regular(path) as f, np.load(f) as d:     # a FIFO or device in the data root is refused, not read
         x = d["x_test"][:n].transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x), f"CIFAR-10 test images 0-{len(x) - 1} (official, lossless)"
 

@@ -372,3 +372,15 @@ def test_cifar_pickle_fifo_is_refused(tmp_path):
     fifo.unlink()
     os.mkfifo(fifo)
     _refused(_finishes(lambda: load_cifar("cifar10", tmp_path, download=False, verify=False), fifo), fifo, "a FIFO")
+
+
+def test_explorer_sample_images_fifo_is_refused(tmp_path):
+    """The activation explorer's exact CIFAR samples (an .npz in the data root) were read with np.load: a FIFO there
+    blocked the widget's image loading."""
+    from dnlib import widgets
+
+    fifo = tmp_path / widgets.CIFAR_SAMPLES
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    error = _finishes(lambda: widgets.explorer_images(4, source="cifar-samples", root=tmp_path), fifo, timeout=20)
+    _refused(error, fifo, "FIFO")
