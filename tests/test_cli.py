@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import bench, cifar, experiment, ptb, sr, suite
+from dnlib import bench, cifar, engines, experiment, ptb, sr, suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
+# a sweep's work starts at its engine (experiment.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
-        (experiment, "sweep"), (experiment, "bench"), (experiment, "check_graph"), (ptb, "bench"),
+        (engines, "make_engine"), (experiment, "bench"), (experiment, "check_graph"), (ptb, "bench"),
         (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
