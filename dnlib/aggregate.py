@@ -45,8 +45,9 @@ import os
 import re
 import warnings
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def stopped_reason(stopped: Optional[str]) -> Optional[str]:
+def stopped_reason(stopped: str | None) -> str | None:
     """A record's ``stopped`` without its step: ``"diverged at step 40"`` -> ``"diverged"``."""
     if stopped is None:
         return None
@@ -179,7 +180,7 @@ def defining(row: Mapping[str, Any]) -> dict:
     return {k: v for k, v in out.items() if k not in NOT_DEFINING}
 
 
-def paper_schedule(experiment: Optional[str], name: Optional[str], what: Mapping[str, Any] = {}) -> Optional[int]:
+def paper_schedule(experiment: str | None, name: str | None, what: Mapping[str, Any] = {}) -> int | None:
     """The length of the paper's schedule for configuration ``name`` of ``experiment`` (its recipe's
     :meth:`~dnlib.experiment.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
     does not know it (SR: the authors' code has no limit; an unknown experiment or name)."""
@@ -190,7 +191,7 @@ def paper_schedule(experiment: Optional[str], name: Optional[str], what: Mapping
         return None
 
 
-def run_as(what: Mapping[str, Any], paper: Optional[int] = None) -> str:
+def run_as(what: Mapping[str, Any], paper: int | None = None) -> str:
     """What was run, in words, from :func:`defining`'s fields: the schedule's length (of the paper's ``paper``),
     the subset, the batch size: ``"40 of the paper's 80,000 steps, subset 2000/1000, batch 100"``."""
     parts = []
@@ -291,8 +292,8 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
     return out
 
 
-def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("experiment", "name"), *,
-              finished: bool = False, where: Optional[Mapping[str, Any]] = None) -> list[dict]:
+def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("experiment", "name"), *,
+              finished: bool = False, where: Mapping[str, Any] | None = None) -> list[dict]:
     """One dict per experiment: the distinct values of ``by`` (experiment and configuration name) and of what
     defines the experiment (:func:`defining`: dataset, steps or epochs, subset, batch size, source, any config
     override), in order of first appearance. Runs that differ only in their seed are pooled; each seed counts once
@@ -368,7 +369,7 @@ def summarize(rows, keys: Optional[Sequence[str]] = None, by: Sequence[str] = ("
     return out
 
 
-def format_mean_std(mean: Optional[float], std: Optional[float], n: int, fmt: str = ".2f") -> str:
+def format_mean_std(mean: float | None, std: float | None, n: int, fmt: str = ".2f") -> str:
     """``"mean ± std"`` when ``n > 1``, the plain mean when ``n == 1``, ``"—"`` when there is no value."""
     if mean is None or n == 0:
         return "—"
@@ -388,7 +389,7 @@ def _n_cell(s: Mapping, keys: Sequence[str]) -> str:
     return f"{n} ({missing} without a value)"
 
 
-def _entries(summary: Sequence[Mapping], order: Optional[Sequence[str]]) -> list:
+def _entries(summary: Sequence[Mapping], order: Sequence[str] | None) -> list:
     """``[(name, summary dict or None)]``: every summary dict of each name of ``order`` (a name split into
     several rows gives each; a name no run has gives None), default every dict of ``summary`` in its order."""
     if order is None:
@@ -399,7 +400,7 @@ def _entries(summary: Sequence[Mapping], order: Optional[Sequence[str]]) -> list
     return [(name, s) for name in order for s in by_name.get(name, [None])]
 
 
-def _label(name: Any, s: Optional[Mapping], labels: Mapping) -> str:
+def _label(name: Any, s: Mapping | None, labels: Mapping) -> str:
     label = str(labels.get(name, name))
     return f"{label} [{s['split']}]" if s and s.get("split") else label
 
@@ -427,9 +428,9 @@ def _with_notes(md: str, summary: Sequence[Mapping]) -> MarkdownTable:
     return MarkdownTable(md + ("\n\n" + "\n".join(f"- {x}" for x in lines) if lines else ""))
 
 
-def table(summary: Sequence[Mapping], keys: Union[None, Sequence[str], Mapping[str, str]] = None, *,
-          title: str = "", fmt: Union[str, Mapping[str, str]] = ".2f", labels: Optional[Mapping[str, str]] = None,
-          order: Optional[Sequence[str]] = None, paper: Optional[Mapping[str, Mapping[str, Any]]] = None,
+def table(summary: Sequence[Mapping], keys: None | Sequence[str] | Mapping[str, str] = None, *,
+          title: str = "", fmt: str | Mapping[str, str] = ".2f", labels: Mapping[str, str] | None = None,
+          order: Sequence[str] | None = None, paper: Mapping[str, Mapping[str, Any]] | None = None,
           head: str = "model") -> MarkdownTable:
     """A Markdown table of :func:`summarize`'s dicts: one line per configuration, for each key our
     ``mean ± std`` (the plain value when n == 1) and the paper's number beside it (a key the paper gives no
@@ -505,7 +506,7 @@ def _runs(runs) -> list:
     return out
 
 
-def curve_bands(runs, metric: str, x: str = "step", by: Union[str, Sequence[str]] = "name") -> dict:
+def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "name") -> dict:
     """The mean and sample standard deviation over runs (seeds) of ``metric`` against ``x``, per configuration.
 
     Args:
@@ -646,7 +647,7 @@ def compare(runs, name, *, finished: bool = True, scale: int = 3) -> MarkdownTab
                  order=spec["order"], paper=spec["paper"])
 
 
-def provenance_table(runs, where: Optional[Mapping[str, Any]] = None, title: str = "") -> MarkdownTable:
+def provenance_table(runs, where: Mapping[str, Any] | None = None, title: str = "") -> MarkdownTable:
     """Where each configuration's numbers come from and what was run: runs, seeds, why they stopped, what was run
     (:func:`run_as`: steps of the paper's schedule, subset, batch size), commit, card, date, data and the files
     converted records were made from (``—``: not recorded); notes name rows split by a difference and runs not
@@ -662,9 +663,9 @@ def provenance_table(runs, where: Optional[Mapping[str, Any]] = None, title: str
                                        "data", "converted from"], lines, title=title), summary)
 
 
-def compare_bars(summary: Sequence[Mapping], key: str, *, order: Optional[Sequence[str]] = None,
-                 labels: Optional[Mapping[str, str]] = None, paper: Optional[Mapping[str, Mapping]] = None,
-                 ax=None, title: str = "", ylabel: Optional[str] = None, ylim=None):
+def compare_bars(summary: Sequence[Mapping], key: str, *, order: Sequence[str] | None = None,
+                 labels: Mapping[str, str] | None = None, paper: Mapping[str, Mapping] | None = None,
+                 ax=None, title: str = "", ylabel: str | None = None, ylim=None):
     """Bars of ours (mean, with a ±std error bar where n > 1, the value written over it) beside the paper's number
     for each configuration of ``order`` (default: the summary's); a configuration no run has shows the paper's bar
     and ``not run``, one whose runs lack this number ``no value``; a panel with no value of ours at all says

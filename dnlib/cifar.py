@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -154,7 +154,7 @@ class CifarRecipe(experiment.Recipe):
     def groups(self) -> dict:
         return {"all": list_configs(), "table3": list(TABLE3_ROWS), "resnet20": list_configs("resnet20")}
 
-    def config(self, config, steps: Optional[int] = None, **overrides) -> CifarConfig:
+    def config(self, config, steps: int | None = None, **overrides) -> CifarConfig:
         dataset = overrides.pop("dataset", None)
         if isinstance(config, CifarConfig):
             if dataset is not None and dataset != config.dataset:
@@ -168,7 +168,7 @@ class CifarRecipe(experiment.Recipe):
     def config_dict(self, cfg: CifarConfig) -> dict:
         return cfg.as_dict()
 
-    def build(self, cfg: CifarConfig, seed: int, device: str = "auto", *, data: Optional[CifarData] = None,
+    def build(self, cfg: CifarConfig, seed: int, device: str = "auto", *, data: CifarData | None = None,
               subset=None, validation: bool = False, root=None, mean_over: str = "train", mode: str = "auto",
               eval_every: int = 500) -> experiment.Setup:
         if mode not in MODES:
@@ -274,7 +274,7 @@ aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
-def run(config: Union[str, CifarConfig], dataset: Optional[str] = None, **kwargs) -> RunResult:
+def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunResult:
     """Train one configuration with :func:`dnlib.experiment.run` and return its :class:`~dnlib.experiment.RunResult`.
 
     ``config``: a name of :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`; ``dataset``:
@@ -305,7 +305,7 @@ def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, dataset: 
 gather = experiment.gather
 
 
-def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 5, seed: int = 0,
+def check_graph(config: str | CifarConfig, data: CifarData, *, steps: int = 5, seed: int = 0,
                 rtol: float = 1e-2, **changes) -> dict:
     """:func:`dnlib.experiment.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
     config's ``impl``) against the plain eager :class:`Trainer` from the same init; ``changes``: config fields."""
@@ -313,7 +313,7 @@ def check_graph(config: Union[str, CifarConfig], data: CifarData, *, steps: int 
                                   options={"data": data}, dataset=getattr(data, "name", None), **changes)
 
 
-def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 200, warmup: int = 20,
+def benchmark(config: str | CifarConfig, data: CifarData, *, steps: int = 200, warmup: int = 20,
               mode: str = "auto", seed: int = 0, **changes) -> dict:
     """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiment.bench`: ``steps``
     timed steps after ``warmup``, the capture or compilation among them); ``changes``: config fields."""
@@ -321,7 +321,7 @@ def benchmark(config: Union[str, CifarConfig], data: CifarData, *, steps: int = 
                             options={"data": data, "mode": mode}, dataset=getattr(data, "name", None), **changes)
 
 
-def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Optional[Sequence[str]] = None,
+def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Sequence[str] | None = None,
                      speedup: float = 1.0) -> float:
     """Seconds to train ``configs`` (default: all of Table 7) with the paper's schedule at the measured
     single-run throughputs ``{name: images/s}``, divided by ``speedup`` (aggregate gain of concurrent runs)."""
@@ -357,7 +357,7 @@ def headline(results) -> dict:
     return {"runs": summarize(results)}
 
 
-def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10") -> MarkdownTable:
+def config_table(names: Sequence[str] | None = None, dataset: str = "cifar10") -> MarkdownTable:
     """The configurations as a Markdown table: the values of PAPER.md §2.3 and the schedule."""
     rows = []
     for c in (get_config(n, dataset) for n in names or list_configs()):
@@ -370,7 +370,7 @@ def config_table(names: Optional[Sequence[str]] = None, dataset: str = "cifar10"
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def learning_curves(results, metric: Optional[str] = None):
+def learning_curves(results, metric: str | None = None):
     """Evaluation accuracy against step for every run (RunResults or run folders; the paper's final accuracy dashed
     in the run's colour), on one figure (left), and the training loss (right)."""
     runs = experiment.load_runs(results)
@@ -498,7 +498,7 @@ def _subset(value):
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dnlib.cifar ...``: :func:`dnlib.experiment.main` of :data:`RECIPE`."""
     return experiment.main(RECIPE, argv)
 

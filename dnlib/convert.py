@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -84,7 +83,7 @@ SUPPORTED_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Instance
 _NORM_KINDS = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d,
                DivisiveNorm)
 
-TypesLike = Union[type, tuple, list]
+TypesLike = type | tuple | list
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ class ConvertedLayer:
     anything else the conversion decided (e.g. ``track_running_stats=False`` kept from the source)."""
     path: str
     source: str
-    target: Optional[str]
+    target: str | None
     copied: tuple = ()
     dropped: tuple = ()
     note: str = ""

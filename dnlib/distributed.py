@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    else {"broadcast_buffers": False})
 
 
-def init_from_env(backend: Optional[str] = None) -> bool:
+def init_from_env(backend: str | None = None) -> bool:
     """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``...);
     True when running in a group of two or more processes (already joined or joined now), False otherwise
     (a plain single-process run: nothing is done). ``backend``: default ``"nccl"`` when CUDA is available,
@@ -210,7 +210,7 @@ def _logged_step(model: nn.Module, x, y, loss_fn, sync: bool) -> list:
     return list(log.calls)
 
 
-def step_communication(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Optional[Callable] = None) -> dict:
+def step_communication(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable | None = None) -> dict:
     """Collectives of one DDP training step of ``model`` on this process's ``(x, y)`` (call in every process of
     an initialized group), counted by :class:`CollectiveLog`: ``{"calls", "bytes"}`` with synchronized
     normalizers, ``{"ddp_calls", "ddp_bytes"}`` of the same step on a copy without synchronization (DDP's

@@ -45,9 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from . import cli, records
 from .io import atomic_write
@@ -80,11 +81,11 @@ class Outcome:
     """How a job ended: the process's exit status (None when it never ended by itself), ``error`` (a killed
     process or a task that raised, in words), the node's name, and ``failure`` (None, or why it failed)."""
     job: Job
-    returncode: Optional[int]
-    error: Optional[str] = None
-    host: Optional[str] = None
+    returncode: int | None
+    error: str | None = None
+    host: str | None = None
     seconds: float = 0.0
-    failure: Optional[str] = None
+    failure: str | None = None
 
 
 class SweepRows(list):
@@ -97,7 +98,7 @@ class SweepRows(list):
 
 
 # ---------------------------------------------------------------------------------------- checking
-def _gpu_problem(g) -> Optional[str]:
+def _gpu_problem(g) -> str | None:
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
         return "a number >= 0"
     if g > 1 and g != int(g):
@@ -117,8 +118,8 @@ def gpu_share(value: str) -> float:
     return g
 
 
-def check(engine: str = "local", *, address: Optional[str] = None, cpus_per_run=None, gpus_per_run=None,
-          jobs: Optional[int] = None) -> None:
+def check(engine: str = "local", *, address: str | None = None, cpus_per_run=None, gpus_per_run=None,
+          jobs: int | None = None) -> None:
     """Raise :class:`EngineError` (a ValueError) naming the parameter unless the engine's arguments are valid here (before any work):
     ``engine`` in :data:`ENGINES`; ``address`` only with Ray; ``cpus_per_run`` a number > 0; ``gpus_per_run``
     0, a fraction <= 1 or a whole number; the local engine needs a visible GPU for ``gpus_per_run > 0``; Ray needs
@@ -204,7 +205,7 @@ def _die_with_parent():
     return lambda: prctl(1, 9)      # PR_SET_PDEATHSIG, SIGKILL
 
 
-def _run_process(cmd, folder: Path, env: dict, limit: Optional[float]):
+def _run_process(cmd, folder: Path, env: dict, limit: float | None):
     """Run ``cmd`` with its output appended to ``folder/log.txt``; kill it after ``limit`` seconds.
     Returns ``(exit status or None, error or None)``."""
     with open(folder / LOG_FILE, "ab") as log:
@@ -222,8 +223,8 @@ def _run_process(cmd, folder: Path, env: dict, limit: Optional[float]):
             raise
 
 
-def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, limit: Optional[float] = None,
-                  env: Optional[dict] = None) -> dict:
+def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, limit: float | None = None,
+                  env: dict | None = None) -> dict:
     """What a Ray task does: run ``python -m module run *argv --resume TMP/name`` in a temporary folder of this
     node holding ``files`` (a resumed run's), and return ``{"returncode", "error", "host", "seconds", "files"}``
     with the folder's files as bytes. The temporary folder is removed."""
@@ -281,8 +282,8 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def __init__(self, module: str, *, jobs: Optional[int] = None, cpus_per_run=None, gpus_per_run=None,
-                 limit: Optional[float] = None, python: str = sys.executable, devices: Optional[Sequence] = None):
+    def __init__(self, module: str, *, jobs: int | None = None, cpus_per_run=None, gpus_per_run=None,
+                 limit: float | None = None, python: str = sys.executable, devices: Sequence | None = None):
         self.module, self.python, self.limit = module, python, limit
         self.jobs = jobs or 1
         self.gpus = gpus_per_run or 0
@@ -295,7 +296,7 @@ class LocalEngine(Engine):
         self.used = [0.0] * len(self.ids)   # GPU shares in use, per device
         self.running = {}   # folder -> (job, process, log, start, devices)
 
-    def _devices(self) -> Optional[list]:
+    def _devices(self) -> list | None:
         if not self.gpus:
             return []
         if self.gpus <= 1:
@@ -359,8 +360,8 @@ class RayEngine(Engine):
 
     name = "ray"
 
-    def __init__(self, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,
-                 cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None):
+    def __init__(self, module: str, *, address: str | None = None, jobs: int | None = None,
+                 cpus_per_run=None, gpus_per_run=None, limit: float | None = None):
         import ray
         self.ray, self.module, self.limit, self.jobs = ray, module, limit, jobs
         self.cpus = 1 if cpus_per_run is None else cpus_per_run
@@ -427,7 +428,7 @@ class RayEngine(Engine):
             self.ray.shutdown()
 
 
-def _reachable(address: Optional[str], timeout: float = 5.0) -> None:
+def _reachable(address: str | None, timeout: float = 5.0) -> None:
     """Raise :class:`EngineError` when ``address`` is ``HOST:PORT`` and nothing answers there (ray.init would
     retry for minutes)."""
     if address is None or address == "auto" or "://" in address:
@@ -443,8 +444,8 @@ def _reachable(address: Optional[str], timeout: float = 5.0) -> None:
                           f"`ray start --head --port {port}` there") from None
 
 
-def make_engine(engine: str, module: str, *, address: Optional[str] = None, jobs: Optional[int] = None,
-                cpus_per_run=None, gpus_per_run=None, limit: Optional[float] = None, python: str = sys.executable,
+def make_engine(engine: str, module: str, *, address: str | None = None, jobs: int | None = None,
+                cpus_per_run=None, gpus_per_run=None, limit: float | None = None, python: str = sys.executable,
                 checked: bool = False) -> Engine:
     """A :class:`LocalEngine` or :class:`RayEngine` (an :class:`Engine`); its arguments are checked by :func:`check`
     first unless the caller did (``checked``: :func:`dnlib.experiment.sweep` checks once, before anything)."""
@@ -458,7 +459,7 @@ def make_engine(engine: str, module: str, *, address: Optional[str] = None, jobs
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def _failure(outcome: Outcome) -> Optional[str]:
+def _failure(outcome: Outcome) -> str | None:
     if outcome.error:
         return outcome.error
     if outcome.returncode != 0:
@@ -471,7 +472,7 @@ def _failure(outcome: Outcome) -> Optional[str]:
 
 
 def execute(engine: Engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
-            status: Optional[Callable[[Path], str]] = None, poll_every: float = 0.5) -> list:
+            status: Callable[[Path], str] | None = None, poll_every: float = 0.5) -> list:
     """Run ``jobs`` on ``engine`` (as many at a time as it takes) and return their :class:`Outcome` objects, in
     the order of ``jobs``. A failed run is reported on stderr (configuration, seed, reason, log tail) and the
     others go on. ``verbose``: a tqdm bar (runs done/running/failed; ``skipped`` finished runs counted as done)

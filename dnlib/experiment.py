@@ -53,9 +53,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -92,11 +93,11 @@ class Setup:
     loss_fn: Callable
     batches: Any
     train: TrainConfig
-    evaluate: Optional[Callable[[nn.Module], dict]] = None
+    evaluate: Callable[[nn.Module], dict] | None = None
     run_info: dict = field(default_factory=dict)
     trainer: type = Trainer
     trainer_kwargs: dict = field(default_factory=dict)
-    chunk: Optional[int] = None
+    chunk: int | None = None
     info: dict = field(default_factory=dict)
     data: Any = None
     copies: list = field(default_factory=list)
@@ -144,7 +145,7 @@ class Recipe:
             self.config(n)
         return out
 
-    def config(self, config, steps: Optional[int] = None, **overrides):
+    def config(self, config, steps: int | None = None, **overrides):
         """The resolved configuration: ``config`` is a name or a config object; ``overrides`` are fields to change
         (every field of the config must be accepted, so ``config(name, **all_fields)`` rebuilds it exactly);
         ``steps`` shortens the schedule. Raises ValueError naming a bad name or field."""
@@ -163,7 +164,7 @@ class Recipe:
         """The :class:`Setup` of one run. The runner seeds every RNG with ``seed`` just before calling it."""
         raise NotImplementedError
 
-    def headline(self, result: "RunResult") -> dict:
+    def headline(self, result: RunResult) -> dict:
         """The run's headline numbers (from ``result.history``, ``result.steps``, ``result.train_seconds``)."""
         raise NotImplementedError
 
@@ -171,7 +172,7 @@ class Recipe:
         """The paper's numbers for the keys of :meth:`headline` that it reports (None where it has none)."""
         return {}
 
-    def paper_schedule(self, name: str, what: Mapping[str, Any]) -> Optional[int]:
+    def paper_schedule(self, name: str, what: Mapping[str, Any]) -> int | None:
         """The length of the paper's schedule for configuration ``name`` (``what``: the run's defining fields,
         :func:`dnlib.aggregate.defining`), in the unit the config counts (steps, epochs); None: not known."""
         return None
@@ -224,7 +225,7 @@ class Recipe:
                 out[kind][key] = getattr(args, key)
         return out["field"], out["option"]
 
-    def report(self, path, args: Optional[argparse.Namespace] = None) -> dict:
+    def report(self, path, args: argparse.Namespace | None = None) -> dict:
         """Summarize the runs under ``path`` (tables, figures); the default is :func:`gather`'s rows."""
         return {"runs": gather([path])}
 
@@ -239,21 +240,21 @@ class RunResult:
     """A run: its ``record`` (the dict in ``record.json``), the trainer's ``history``, the trained ``model``,
     the resolved ``config``, its ``run_dir`` (None without one), ``steps`` done, ``train_seconds`` (the
     trainer's timed steps) and the recipe's ``setup`` (its data for figures)."""
-    record: Optional[dict]
+    record: dict | None
     history: list
-    model: Optional[nn.Module] = None
+    model: nn.Module | None = None
     config: Any = None
-    run_dir: Optional[Path] = None
+    run_dir: Path | None = None
     steps: int = 0
     train_seconds: float = 0.0
-    setup: Optional[Setup] = None
+    setup: Setup | None = None
 
     @property
     def headline(self) -> dict:
         return (self.record or {}).get("headline") or {}
 
     @property
-    def stopped(self) -> Optional[str]:
+    def stopped(self) -> str | None:
         return (self.record or {}).get("stopped")
 
     def __repr__(self) -> str:
@@ -280,12 +281,12 @@ class Run:
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
     TensorBoard events); :meth:`go` returns the K results."""
 
-    def __init__(self, recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
-                 time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
-                 overrides: Optional[Mapping] = None, options: Optional[Mapping] = None,
-                 stop_after: Optional[int] = None, progress: bool = True, parameters: Optional[Mapping] = None,
-                 argv: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-                 build: Optional[Callable[..., Setup]] = None):
+    def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,
+                 time_limit: float | None = None, out=None, resume=None, device: str | None = None,
+                 overrides: Mapping | None = None, options: Mapping | None = None,
+                 stop_after: int | None = None, progress: bool = True, parameters: Mapping | None = None,
+                 argv: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                 build: Callable[..., Setup] | None = None):
         self.t0 = time.perf_counter()
         self.started = time.time()
         check_time_limit(time_limit)
@@ -487,11 +488,11 @@ def prepare(recipe: Recipe, config=None, **kwargs) -> Run:
     return Run(recipe, config, **kwargs)
 
 
-def run(recipe: Recipe, config=None, *, seed: Optional[int] = None, steps: Optional[int] = None,
-        time_limit: Optional[float] = None, out=None, resume=None, device: Optional[str] = None,
-        overrides: Optional[Mapping] = None, options: Optional[Mapping] = None, stop_after: Optional[int] = None,
-        progress: bool = True, parameters: Optional[Mapping] = None,
-        argv: Optional[Sequence[str]] = None) -> RunResult:
+def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,
+        time_limit: float | None = None, out=None, resume=None, device: str | None = None,
+        overrides: Mapping | None = None, options: Mapping | None = None, stop_after: int | None = None,
+        progress: bool = True, parameters: Mapping | None = None,
+        argv: Sequence[str] | None = None) -> RunResult:
     """Train one configuration of ``recipe`` and return its :class:`RunResult`.
 
     Args:
@@ -587,7 +588,7 @@ class _Refusing(cli.ArgumentParser):
 
 
 def check_runs(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), run_args: Sequence[str] = (),
-               *, out=None, options: Optional[Mapping] = None, here: bool = True) -> list:
+               *, out=None, options: Mapping | None = None, here: bool = True) -> list:
     """What :func:`sweep` checks before any run starts (the CLI's ``sweep`` too): every configuration with the
     ``run_args`` passed on to its runs, as ``run`` itself would check them (the flags, the resolved configuration,
     :func:`check_config`; ``here``: the runs execute on this machine), and, in ``out``, the folders a rerun would
@@ -631,10 +632,10 @@ def _status_line(d: Path) -> str:
     return f"{d.name}: step {rec['steps_done']}/{rec['steps_planned']} {rec['stopped']} {head}"
 
 
-def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: Optional[int] = None,
-          engine: str = "local", address: Optional[str] = None, cpus_per_run: Optional[float] = None,
-          gpus_per_run: Optional[float] = None, time_limit: Optional[float] = None, grace: float = 90.0,
-          status_every: float = 30.0, run_args: Sequence[str] = (), options: Optional[Mapping] = None,
+def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: int | None = None,
+          engine: str = "local", address: str | None = None, cpus_per_run: float | None = None,
+          gpus_per_run: float | None = None, time_limit: float | None = None, grace: float = 90.0,
+          status_every: float = 30.0, run_args: Sequence[str] = (), options: Mapping | None = None,
           python: str = sys.executable, verbose: bool = True) -> list:
     """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seed S --resume DIR``
     on an engine (:mod:`dnlib.engines`), then :func:`gather` them.
@@ -747,7 +748,7 @@ def check_time_limit(time_limit) -> None:
         raise ValueError(f"time_limit: must be a number of seconds > 0 (or None), got {time_limit!r}")
 
 
-def past_time_limit(spent: float, last: Optional[float], time_limit: Optional[float]) -> bool:
+def past_time_limit(spent: float, last: float | None, time_limit: float | None) -> bool:
     """The runner's one time-limit rule (module doc): stop before a chunk when the seconds ``spent`` since the run
     was called plus the ``last`` chunk's duration exceed ``time_limit``; the first chunk (``last`` None) always
     runs."""
@@ -797,7 +798,7 @@ def _options(recipe: Recipe) -> list:
     return [k for k, p in inspect.signature(recipe.build).parameters.items() if p.kind is p.KEYWORD_ONLY]
 
 
-def _share_data(recipe: Recipe, options: Optional[dict], setup: Setup) -> None:
+def _share_data(recipe: Recipe, options: dict | None, setup: Setup) -> None:
     """Keep the data a build loaded (``setup.data``) in ``options`` for the next build, when ``build`` takes
     ``data=`` and none was given (one load for many runs, benchmarks or checks)."""
     if options is not None and options.get("data") is None and "data" in _options(recipe):
@@ -840,7 +841,7 @@ def row_label(summary: Mapping, label: str) -> str:
     return label + "".join(f" ({c} {k})" for k, c in summary["stopped"].items() if k != COMPLETED)
 
 
-def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: Optional[int] = None):
+def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: int | None = None):
     """``(trainer, setup)`` of ``cfg``, seeded, without evaluation, outside the runner (checks, benchmarks)."""
     set_seed(seed)
     setup = recipe.build(cfg, seed, device, **options)
@@ -855,7 +856,7 @@ def _row(row: dict) -> dict:
 
 
 def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps: int = 5, seed: int = 0,
-                device="auto", rtol: float = 1e-2, options: Optional[dict] = None, **overrides) -> dict:
+                device="auto", rtol: float = 1e-2, options: dict | None = None, **overrides) -> dict:
     """Train ``steps`` steps of a configuration with the eager step and with the graph step (the build options
     ``eager`` and ``graph``, over ``options``) from the same initialisation on the same batches. ``ok`` when every
     floating parameter and buffer agrees to ``rtol`` of how far training moved it, the losses agree to ``rtol``
@@ -885,7 +886,7 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
 
 
 def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",
-          unit: str = "items", options: Optional[dict] = None, **overrides) -> dict:
+          unit: str = "items", options: dict | None = None, **overrides) -> dict:
     """Training throughput of a configuration outside the runner: ``steps`` timed steps after ``warmup`` untimed
     ones (a graph capture or a compilation among them), no evaluation; ``<unit>_per_s`` counts ``batch_size``
     items per step. ``options``: build options (a dict keeps the data loaded here for the next call)."""
@@ -901,7 +902,7 @@ def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: i
 
 
 def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, flags: Sequence[str] = (),
-                  configs: Sequence[str] = (), defaults: Optional[Mapping] = None, options: Optional[Mapping] = None,
+                  configs: Sequence[str] = (), defaults: Mapping | None = None, options: Mapping | None = None,
                   **kwargs) -> Command:
     """A recipe's ``bench`` (``verb="bench"``: :func:`bench`, ``kwargs`` its ``unit``) or ``check-graph``
     (:func:`check_graph`, ``kwargs`` its ``eager`` and ``graph`` options) command: configuration names (groups
@@ -1023,7 +1024,7 @@ def _warnings_as_lines(prog: str):
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def main(recipe: Recipe, argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``dnlib <experiment> {run,sweep,gather,report,list,bench,...}`` (or ``python -m <recipe.module> ...``; ``prog``
     names the command in messages, default ``python -m <recipe.module>``): the one grammar of every experiment.
     Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""

@@ -15,7 +15,7 @@ as the cell's value, and nothing leaks into pyplot's global state), or draws int
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def _as_spec(spec) -> tuple[NormSpec, str]:
 
 # ------------------------------------------------------------------------------------------ Figure 1
 def field_mask(spec: NormSpec, shape: Sequence[int], center: Sequence[int], field: str = "sum",
-               groups: Optional[int] = None) -> np.ndarray:
+               groups: int | None = None) -> np.ndarray:
     """Boolean ``(N, C, H, W)`` mask of the units in field ``"sum"`` (A) or ``"sup"`` (B) of unit ``center``.
 
     An axis the field pools is covered entirely, or within its window (``|offset| <= k // 2``); an axis it
@@ -106,7 +106,7 @@ def field_mask(spec: NormSpec, shape: Sequence[int], center: Sequence[int], fiel
 
 
 def field_weights(spec: NormSpec, shape: Sequence[int], center: Sequence[int], field: str = "sum",
-                  groups: Optional[int] = None) -> np.ndarray:
+                  groups: int | None = None) -> np.ndarray:
     """Float ``(N, C, H, W)`` weights of every unit in the field mean of unit ``center``: 0 outside the field
     (:func:`field_mask`), inside it the product over the windowed axes of the window's weight of the unit's offset
     (Gaussian ``exp(-o^2 / (2 width^2))`` for a weighted window, 1 for a box), normalized to sum 1 over the units
@@ -125,7 +125,7 @@ def field_weights(spec: NormSpec, shape: Sequence[int], center: Sequence[int], f
     return w / total if total else w
 
 
-def gdn_matrix(module, ax=None, *, title: Optional[str] = None, decades: float = 3.0):
+def gdn_matrix(module, ax=None, *, title: str | None = None, decades: float = 3.0):
     """Draw a GDN layer's learned suppression field: the effective ``gamma`` (``C x C``, row i = the weights of
     the channels that divide channel i), the range of ``beta`` in the title. ``module``: a
     :class:`~dnlib.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure.
@@ -166,7 +166,7 @@ def _shade(color: str, weight: float) -> tuple:
 
 
 def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height: int = 7, width: int = 7,
-                center: Optional[Sequence[int]] = None, title: Optional[str] = None, legend: bool = True):
+                center: Sequence[int] | None = None, title: str | None = None, legend: bool = True):
     """Draw the ``N x C x H x W`` block with the summation (A) and suppression (B) fields of one unit.
 
     Each example is a stack of its channel maps (front map = channel 0, drawn in perspective), examples side
@@ -262,7 +262,7 @@ def figure1(specs: Sequence = ("bn", "ln", "dn"), ncols: int = 3, **kwargs) -> F
 
 # ------------------------------------------------------------------------------------------ Figure 2
 def figure2(sigmas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0), fixed: float = 0.5,
-            x: Optional[torch.Tensor] = None, spec: Optional[NormSpec] = None) -> Figure:
+            x: torch.Tensor | None = None, spec: NormSpec | None = None) -> Figure:
     """The paper's Figure 2: DN followed by ReLU as an activation function (two units, one at ``fixed``).
 
     Left: unit 1's output as its own input is swept, one curve per sigma (small sigma saturates, large sigma
@@ -297,7 +297,7 @@ def _cmap(name):
 
 # -------------------------------------------------------------------------------- explorer figures
 def activation_histograms(y: torch.Tensor, bins: int = 80, axes=None, title: str = "",
-                          limit: Optional[float] = None) -> Figure:
+                          limit: float | None = None) -> Figure:
     """Histograms of normalized responses before the ReLU and after it (the zero spike reported as a fraction).
 
     ``limit``: fixed axes, the same for every ``y``: bins over ``[-limit, limit]`` (after the ReLU ``(0, limit]``),
@@ -332,8 +332,8 @@ def activation_histograms(y: torch.Tensor, bins: int = 80, axes=None, title: str
     return fig
 
 
-def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int = 8, fig: Optional[Figure] = None,
-                 title: str = "", limit: Optional[float] = None) -> Figure:
+def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int = 8, fig: Figure | None = None,
+                 title: str = "", limit: float | None = None) -> Figure:
     """The first ``n_maps`` channel maps of example ``index`` of ``(N, C, H, W)`` responses, one colour scale:
     ``[-limit, limit]`` (values beyond take the end colours), or fitted to the maps' largest ``|y|`` when None."""
     maps = y.detach()[index, :n_maps].double().numpy()
@@ -353,7 +353,7 @@ def feature_maps(y: torch.Tensor, index: int = 0, n_maps: int = 16, ncols: int =
     return fig
 
 
-def image_grid(images, ncols: int = 8, titles: Optional[Sequence[str]] = None) -> Figure:
+def image_grid(images, ncols: int = 8, titles: Sequence[str] | None = None) -> Figure:
     """uint8 or float ``(N, 3, H, W)`` images in a grid."""
     x = torch.as_tensor(np.asarray(images)).detach()
     x = x.float() / 255 if x.dtype == torch.uint8 else (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
@@ -371,7 +371,7 @@ def image_grid(images, ncols: int = 8, titles: Optional[Sequence[str]] = None) -
 
 
 # -------------------------------------------------------------------------------------- Table 10
-def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int = 40, ax=None, title: Optional[str] = None,
+def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int = 40, ax=None, title: str | None = None,
                     labels: Sequence[str] = ("filter i", "filter j")):
     """Joint histogram (log counts) of two filters' responses at the same locations (one Table 10 panel)."""
     a = torch.as_tensor(a).detach().double().flatten().numpy()
@@ -388,7 +388,7 @@ def joint_histogram(a: torch.Tensor, b: torch.Tensor, bins: int = 40, ax=None, t
 
 
 def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 40, seed: int = 0,
-                     label: str = "", mi_bins: int = 20, max_samples: Optional[int] = 20000) -> Figure:
+                     label: str = "", mi_bins: int = 20, max_samples: int | None = 20000) -> Figure:
     """Table 10 panels: joint histograms of ``n_pairs`` random filter pairs of ``(N, C, ...)`` responses.
 
     Each title gives that pair's correlation r and MI (nats, ``mi_bins`` bins, see
@@ -443,7 +443,7 @@ def no_data(ax, text: str = "no runs") -> None:
     ax.set_yticks([])
 
 
-def band_curves(bands: dict, ax=None, *, labels: Optional[dict] = None, alpha: float = 0.25, marker=None,
+def band_curves(bands: dict, ax=None, *, labels: dict | None = None, alpha: float = 0.25, marker=None,
                 figsize=(5, 3.4), empty: str = "no runs", **axes_set):
     """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.aggregate.curve_bands`) its mean as a
     line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled
@@ -489,7 +489,7 @@ def markdown_table(head: Sequence[str], rows, title: str = "") -> MarkdownTable:
     return MarkdownTable("\n".join(lines))
 
 
-def spec_table(names: Optional[Sequence[str]] = None) -> MarkdownTable:
+def spec_table(names: Sequence[str] | None = None) -> MarkdownTable:
     """Presets as a Markdown table: summation field A, suppression field B, sigma, power, groups, border."""
     from .presets import PRESETS
 

@@ -27,7 +27,6 @@ import types
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -76,12 +75,12 @@ class _Field:
 @dataclass(frozen=True)
 class _Plan:
     nspatial: int
-    sum: Optional[_Field]
-    sup: Optional[_Field]
+    sum: _Field | None
+    sup: _Field | None
     bug: float           # the reference code's suppression divisor factor (k_B area / k_A area)
 
 
-def _field(axes, window, nspatial, border, weights=()) -> Optional[_Field]:
+def _field(axes, window, nspatial, border, weights=()) -> _Field | None:
     if not axes:
         return None
     w, g = dict(window), dict(weights)
@@ -220,13 +219,13 @@ def _box(t: torch.Tensor, f: _Field, nspatial: int) -> torch.Tensor:
     return _box_pool(t, f, nspatial) if t.is_cuda and not f.weighted else _box_shift(t, f, nspatial)
 
 
-def _reduce_mean(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> torch.Tensor:
+def _reduce_mean(t: torch.Tensor, dims: tuple, sync: BatchSync | None = None) -> torch.Tensor:
     if sync is not None and 0 in dims:
         return sync.sum(t, dims) / sync.numel(t, dims)
     return t.mean(dims, keepdim=True) if dims else t
 
 
-def _numel(t: torch.Tensor, dims: tuple, sync: Optional["BatchSync"] = None) -> int:
+def _numel(t: torch.Tensor, dims: tuple, sync: BatchSync | None = None) -> int:
     if sync is not None and 0 in dims:
         return sync.numel(t, dims)
     return math.prod([t.shape[d] for d in dims])
@@ -250,7 +249,7 @@ class BatchSync:
     def __init__(self, group, local_n: int):
         self.group = group          # None: the default (world) group
         self.local_n = int(local_n)
-        self.global_n: Optional[int] = None
+        self.global_n: int | None = None
 
     def all_reduce(self, parts: list) -> list:
         """Sum each tensor of ``parts`` over the group (one collective); returns new tensors. The first call also
@@ -298,7 +297,7 @@ class _SyncMeanFn(torch.autograd.Function):
         return (g / ctx.count).reshape(()).expand(ctx.shape), None
 
 
-def sync_mean(t: torch.Tensor, sync: Optional[BatchSync]) -> torch.Tensor:
+def sync_mean(t: torch.Tensor, sync: BatchSync | None) -> torch.Tensor:
     """``t.mean()`` over the elements of every process of ``sync`` (plain ``t.mean()`` when ``sync`` is None),
     differentiable: the L1 penalty of a site whose statistics are synchronized."""
     return t.mean() if sync is None else _SyncMeanFn.apply(t, sync)
@@ -603,7 +602,7 @@ def _shared(plan: _Plan, mean, sup) -> bool:
 
 
 def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, sup=None, need_v=True,
-                        sync: Optional[BatchSync] = None):
+                        sync: BatchSync | None = None):
     """Divisive normalization returning ``(y, v, mu, s)``; see :func:`divisive_norm`.
 
     ``v`` is the centred activation (empty when the spec does not both centre and divide: then it is ``y``

@@ -15,8 +15,9 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "atomic_save", "atomic_save_npy"]
 

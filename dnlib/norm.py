@@ -5,7 +5,6 @@ import math
 import threading
 import warnings
 import weakref
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -156,7 +155,7 @@ class _L1Terms:
         with self.lock:
             self.items, self.compiled = [], None
 
-    def pop(self, where: str) -> Optional[torch.Tensor]:
+    def pop(self, where: str) -> torch.Tensor | None:
         with self.lock:
             live = self._prune(where, orphans=False)
             self.items = []
@@ -179,7 +178,7 @@ class _L1Terms:
 
 
 @DF.compile_safe_cache(maxsize=256)
-def fused_kind(spec: NormSpec) -> Optional[str]:
+def fused_kind(spec: NormSpec) -> str | None:
     """The native torch kernel whose fields coincide with ``spec`` (sigma folded into eps), or None.
 
     ``"bn"`` (A = B = batch+space), ``"ln"`` (channel+space), ``"gn"`` (channel+space in groups),
@@ -300,8 +299,8 @@ class DivisiveNorm(nn.Module):
         >>> y = dn(torch.randn(8, 32, 16, 16))
     """
 
-    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: Optional[float] = 0.1,
-                 track_running_stats: Optional[bool] = None, alpha: float = 0.0, impl: str = "auto",
+    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: float | None = 0.1,
+                 track_running_stats: bool | None = None, alpha: float = 0.0, impl: str = "auto",
                  bias: bool = True, device=None, dtype=None, process_group=None, running_stats: str = "torch"):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
@@ -355,8 +354,8 @@ class DivisiveNorm(nn.Module):
         self.running_stats = running_stats
         self.process_group = process_group
         self._l1 = _L1Terms()           # shared with nn.DataParallel replicas (see _replicate_for_data_parallel)
-        self._replica_of: Optional[tuple] = None   # (group, index) on a replica
-        self._replicas: Optional[_ReplicaGroup] = None
+        self._replica_of: tuple | None = None   # (group, index) on a replica
+        self._replicas: _ReplicaGroup | None = None
         self._l1_want = False           # whether this forward records an L1 term (see forward)
         self._l1_slot = None            # this forward's (term, batch size), recorded at the end of forward
         if affine:
@@ -419,14 +418,14 @@ class DivisiveNorm(nn.Module):
         return s
 
     @property
-    def fused(self) -> Optional[str]:
+    def fused(self) -> str | None:
         """The native kernel this module dispatches to (None: the general or compiled path)."""
         if self.impl in ("general", "compile", "triton"):
             return None
         kind = fused_kind(self.spec)
         return None if kind == "bn" and self.running_stats == "tf" else kind
 
-    def pop_penalty(self) -> Optional[torch.Tensor]:
+    def pop_penalty(self) -> torch.Tensor | None:
         """Return the sum of the pending L1 terms (None if none) and clear them.
 
         Pending are the terms of the training forwards since the last call that a backward can still use (see
@@ -557,7 +556,7 @@ class DivisiveNorm(nn.Module):
                     raise ValueError(f"input: expected more than 1 value per channel when training with batch "
                                      f"statistics, got input of shape {tuple(x.shape)}")
 
-    def _sync(self, x: torch.Tensor) -> Optional[DF.BatchSync]:
+    def _sync(self, x: torch.Tensor) -> DF.BatchSync | None:
         """The process group pooling this training forward's batch statistics, or None (no communication)."""
         pg = self.process_group
         if pg is None or not self.training or not self.spec.pools_batch:
@@ -569,8 +568,8 @@ class DivisiveNorm(nn.Module):
             return None
         return DF.BatchSync(group, x.shape[0])
 
-    def _update_running(self, x: torch.Tensor, mu: Optional[torch.Tensor], s: Optional[torch.Tensor],
-                        batch: Optional[int] = None) -> None:
+    def _update_running(self, x: torch.Tensor, mu: torch.Tensor | None, s: torch.Tensor | None,
+                        batch: int | None = None) -> None:
         """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones.
         ``batch``: the number of examples they pool (all processes' under sync; default ``x.shape[0]``)."""
         batch = x.shape[0] if batch is None else batch

@@ -48,8 +48,8 @@ norm_kwargs={...})``, resolved once in ``__init__`` by :func:`get_norm_layer` (a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Union
 
 from .gdn import GDN
 from .norm import DivisiveNorm
@@ -67,7 +67,7 @@ class Preset:
     spec: NormSpec
     defaults: Mapping = field(default_factory=dict)
     doc: str = ""
-    module: Optional[type] = None
+    module: type | None = None
     keys: frozenset = frozenset()
 
 
@@ -140,7 +140,7 @@ STARRED = {
 }
 
 
-def _starred(name: str) -> Optional[str]:
+def _starred(name: str) -> str | None:
     """The STARRED key a spelling of BN*/LN*/DN* means (``"dn*"``, ``"DN-star"``, ``"dnstar"``, ...), or None."""
     key = name.lower().replace("_", "-")
     for base in STARRED:
@@ -150,7 +150,7 @@ def _starred(name: str) -> Optional[str]:
 
 
 #: What a model's ``norm=`` accepts: a preset name, a :class:`NormSpec`, or None (= ``"none"``).
-NormLike = Union[str, NormSpec, None]
+NormLike = str | NormSpec | None
 
 
 def list_norms() -> list:
@@ -209,14 +209,14 @@ def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
     return spec.replace(**changes) if changes else spec
 
 
-def _allowed_keys(preset: Optional[Preset]) -> set:
+def _allowed_keys(preset: Preset | None) -> set:
     """The overrides :func:`make_norm` accepts for ``preset`` (None: a :class:`NormSpec`)."""
     if preset is not None and preset.module is not None:
         return set(preset.keys)
     return _SPEC_KEYS | _MODULE_KEYS
 
 
-def make_norm(name_or_spec: Union[str, NormSpec], num_features: int, **overrides) -> DivisiveNorm:
+def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> DivisiveNorm:
     """Build a normalizer by preset name (see :func:`list_norms`) or from a :class:`NormSpec`.
 
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
@@ -252,7 +252,7 @@ def norm_name(norm: NormLike) -> str:
     return norm.lower() if isinstance(norm, str) else repr(norm)
 
 
-def get_norm_layer(norm: NormLike = "none", norm_kwargs: Optional[Mapping] = None, *,
+def get_norm_layer(norm: NormLike = "none", norm_kwargs: Mapping | None = None, *,
                    param: str = "norm") -> Callable[..., DivisiveNorm]:
     """Resolve a model's normalizer once: ``norm`` (a preset name, case-insensitive; a :class:`NormSpec`; or None
     = ``"none"``) with the :func:`make_norm` overrides ``norm_kwargs``. Returns

@@ -38,9 +38,9 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ _GRAPH = {"eager": {"graph": "off"}, "graph": {"graph": "on"}}   # check-graph's
 
 
 # ------------------------------------------------------------------------------------------------------- data
-def load_data(max_tokens: Optional[int] = None, vocab: Optional[int] = None, root=None):
+def load_data(max_tokens: int | None = None, vocab: int | None = None, root=None):
     """PTB id streams ``{"train", "valid", "test"}`` and the vocabulary size.
 
     ``max_tokens`` keeps the first ``max_tokens`` tokens of train and ``max(max_tokens // 5, 1000)`` of valid and
@@ -189,7 +189,7 @@ class SliceClip:
 
 
 # ------------------------------------------------------------------------------------------------- model
-def build_model(cfg: PTBConfig, vocab_size: Optional[int] = None) -> LanguageModel:
+def build_model(cfg: PTBConfig, vocab_size: int | None = None) -> LanguageModel:
     """The language model of a config (seeded by the caller)."""
     return LanguageModel(vocab_size or cfg.vocab_size, **cfg.model_kwargs())
 
@@ -233,7 +233,7 @@ _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 class PTBRunConfig(PTBConfig):
     """A :class:`~dnlib.configs.ptb.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x the
     batches per epoch); fewer end the run early without changing the per-epoch learning-rate schedule."""
-    steps: Optional[int] = None
+    steps: int | None = None
 
 
 def _vocab_size(value: str) -> int:
@@ -264,7 +264,7 @@ class PTBRecipe(experiment.Recipe):
     def groups(self) -> dict:
         return {"all": list_configs(), "lstm": list_configs("lstm")}
 
-    def config(self, config, steps: Optional[int] = None, **overrides) -> PTBRunConfig:
+    def config(self, config, steps: int | None = None, **overrides) -> PTBRunConfig:
         source = overrides.pop("source", None)
         if isinstance(config, PTBConfig):
             base = get_config(config.name, source) if source is not None and source != config.source else config
@@ -279,9 +279,9 @@ class PTBRecipe(experiment.Recipe):
         return cfg
 
     def build(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, data=None,
-              max_tokens: Optional[int] = None, vocab: Optional[int] = None, root=None, graph: str = "auto",
-              eval_every: Optional[int] = None, final_test_batch_size: int = 1,
-              threads: Optional[int] = None) -> experiment.Setup:
+              max_tokens: int | None = None, vocab: int | None = None, root=None, graph: str = "auto",
+              eval_every: int | None = None, final_test_batch_size: int = 1,
+              threads: int | None = None) -> experiment.Setup:
         if graph not in GRAPH_MODES:
             raise ValueError(f"graph: must be one of {list(GRAPH_MODES)}, got {graph!r}")
         experiment.check_int("eval_every", eval_every, none_ok=True)
@@ -416,7 +416,7 @@ aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
-def run(config: Union[str, PTBConfig], **kwargs) -> RunResult:
+def run(config: str | PTBConfig, **kwargs) -> RunResult:
     """Train one configuration with :func:`dnlib.experiment.run`; returns its :class:`~dnlib.experiment.RunResult`.
 
     Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
@@ -552,7 +552,7 @@ def _epochs(rec: dict, rows: list) -> list:
 _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl": ".1f", "tokens_per_s": ".0f"}
 
 
-def results_table(results, unigram: Optional[float] = None) -> MarkdownTable:
+def results_table(results, unigram: float | None = None) -> MarkdownTable:
     """Our perplexities (mean ± std over runs, :func:`dnlib.aggregate.summarize`; runs that stopped early named)
     beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
@@ -664,7 +664,7 @@ def _bench_command(args, q) -> list:
     return bench(args.configs, args.device, reps=args.reps, threads=args.threads)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dnlib.ptb ...``: :func:`dnlib.experiment.main` of :data:`RECIPE`."""
     return experiment.main(RECIPE, argv)
 

@@ -27,9 +27,10 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .io import atomic_write_json, atomic_write_text
 

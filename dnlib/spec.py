@@ -37,8 +37,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ WINDOW_AXES = ("channel", "space")
 BORDERS = ("valid", "zeros", "reference")
 FLOORS = (None, "mean")
 
-AxesLike = Union[str, Iterable[str], None]
-WindowLike = Union[Mapping[str, int], Iterable[tuple], None]
+AxesLike = str | Iterable[str] | None
+WindowLike = Mapping[str, int] | Iterable[tuple] | None
 
 
 def is_int(value) -> bool:
@@ -175,14 +175,14 @@ class NormSpec:
     sup_window: tuple = ()
     sigma: float = 0.0
     learn_sigma: bool = False
-    eps: Optional[float] = 1e-5
+    eps: float | None = 1e-5
     power: float = 0.5
     sup_scale: float = 1.0
     groups: int = 1
     border: str = "valid"
     sum_weights: tuple = ()
     sup_weights: tuple = ()
-    floor: Optional[str] = None
+    floor: str | None = None
 
     def __post_init__(self):
         if self.border not in BORDERS:
@@ -269,7 +269,7 @@ class NormSpec:
         are absent)."""
         return dict(self.sum_weights if field == "sum" else self.sup_weights)
 
-    def replace(self, **changes) -> "NormSpec":
+    def replace(self, **changes) -> NormSpec:
         """A copy with some fields changed (validated again). A changed window keeps the weights of the axes it
         still windows (unless the weights are changed too): ``lcn.replace(sum_window={})`` is box-free, not an
         error."""

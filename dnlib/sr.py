@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -230,7 +230,7 @@ def _set_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
-def train_config(cfg: SRConfig, steps: Optional[int] = None, **changes) -> TrainConfig:
+def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainConfig:
     """The :class:`dnlib.train.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this length;
     ``changes``: e.g. device, eval_every)."""
     steps = cfg.steps if steps is None else int(steps)
@@ -258,7 +258,7 @@ class SRRecipe(experiment.Recipe):
     def configs(self) -> list:
         return [f"{s}-{n}" for s in SR_CONFIGS for n in SR_NORM_ROWS]
 
-    def config(self, config, steps: Optional[int] = None, **overrides) -> SRConfig:
+    def config(self, config, steps: int | None = None, **overrides) -> SRConfig:
         norm = overrides.pop("norm", None)
         overrides.pop("name", None)                     # the name follows the schedule and the row
         if isinstance(config, str):
@@ -390,8 +390,8 @@ aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
-def train_sr(norm: str = "none", config: Union[str, SRConfig] = "fast", *, eval_sets: Sequence[str] = ("Set5",),
-             sets: Optional[Sequence[str]] = None, **kwargs) -> RunResult:
+def train_sr(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Sequence[str] = ("Set5",),
+             sets: Sequence[str] | None = None, **kwargs) -> RunResult:
     """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
     :class:`~dnlib.configs.sr.SRConfig`) with :func:`dnlib.experiment.run`; returns its
     :class:`~dnlib.experiment.RunResult` (``.model``, ``.history``, ``.record``).
@@ -430,7 +430,7 @@ def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def results_table(runs: Union[Sequence[RunResult], Mapping[str, nn.Module]], sets: Sequence[str] = ("Set5", "Set14"),
+def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Sequence[str] = ("Set5", "Set14"),
                   scale: int = 3, root=None, bicubic: bool = True) -> list[dict]:
     """Rows ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr", "paper_ssim"}``: Bicubic and each run (or
     ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at ``scale`` (None where the
@@ -520,7 +520,7 @@ def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, step
 
 
 # ----------------------------------------------------------------------------------------------- figures
-def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: Optional[float] = None):
+def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: float | None = None):
     """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
     fig, (_, ax1) = run_curves([(_label(run), run.history) for run in runs], [
         {"key": "train_loss", "ylabel": "training loss (MSE / 2)", "yscale": "log", "title": "training loss"},
@@ -549,7 +549,7 @@ def _check_crop(item: dict, top: int, left: int, size: int, margin: int = 8) -> 
 
 
 def compare_crops(models: Mapping[str, nn.Module], set_name: str = "Set5", image=0, scale: int = 3, *,
-                  top: int = 100, left: int = 100, size: int = 96, root=None, cache: Optional[dict] = None):
+                  top: int = 100, left: int = 100, size: int = 96, root=None, cache: dict | None = None):
     """Figure 3/4 style: the HR image with the crop marked, then the same crop from Bicubic and each model,
     each titled with the PSNR (Y) of that crop. ``image`` is an index or a name. The crop is kept inside the
     8-px frame that the paper's metric excludes. Returns ``(fig, {label: crop PSNR})``."""
@@ -619,7 +619,7 @@ def crop_explorer(models: Mapping[str, nn.Module], sets: Sequence[str] = ("Set5"
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dnlib.sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiment.main`); the old
     ``train --norm dn* --config fast ...`` is ``run`` with the same flags."""
     return experiment.main(RECIPE, argv)

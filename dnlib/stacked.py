@@ -59,8 +59,8 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -246,7 +246,7 @@ def _check_seeds(seeds) -> list:
 
 
 def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
-          options: Optional[dict] = None) -> experiment.Setup:
+          options: dict | None = None) -> experiment.Setup:
     """The :class:`~dnlib.experiment.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
     a stacked :class:`~dnlib.experiment.Run`): each copy built as its separate run builds it (seeded, then
     ``recipe.build`` with ``options``), packed into one model, data, batch source and loss; ``copies`` holds the K
@@ -285,7 +285,7 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
         chunk=s0.chunk, info={**s0.info, **info}, data=data, copies=setups)
 
 
-def prepare(recipe: experiment.Recipe, config=None, seeds: Optional[Sequence[int]] = None,
+def prepare(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None,
             **kwargs) -> experiment.Run:
     """A stacked :class:`~dnlib.experiment.Run`, prepared but not trained (its ``trainer`` a
     :class:`StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
@@ -293,7 +293,7 @@ def prepare(recipe: experiment.Recipe, config=None, seeds: Optional[Sequence[int
                           **kwargs)
 
 
-def run(recipe: experiment.Recipe, config=None, seeds: Optional[Sequence[int]] = None, **kwargs) -> list:
+def run(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
     """Train configuration ``config`` of ``recipe`` once per seed, the K runs stacked into one model and trained by
     the runner (module doc); returns their :class:`~dnlib.experiment.RunResult` s in the order of ``seeds``.
 

@@ -16,8 +16,8 @@ location, the *variables* are the C channels (filters).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +110,7 @@ def linearity(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ------------------------------------------------------------------------------ pairs of filters
-def as_samples(z: torch.Tensor, channel_dim: int = 1, max_samples: Optional[int] = None, seed: int = 0) -> torch.Tensor:
+def as_samples(z: torch.Tensor, channel_dim: int = 1, max_samples: int | None = None, seed: int = 0) -> torch.Tensor:
     """``(C, S)`` view of responses: one row per channel, one column per (example, location).
 
     With ``max_samples``, a random subset of columns (seeded, without replacement) is kept.
@@ -167,8 +167,8 @@ class PairStats:
         return {k: v for k, v in asdict(self).items() if not torch.is_tensor(v)}
 
 
-def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pairs: Optional[int] = None,
-                     bins: int = 20, max_samples: Optional[int] = 20000, seed: int = 0) -> PairStats:
+def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pairs: int | None = None,
+                     bins: int = 20, max_samples: int | None = 20000, seed: int = 0) -> PairStats:
     """Mean pairwise correlation and mutual information between filter responses at the same location.
 
     The metrics of the paper's Table 10 (PAPER.md §4): every (example, location) is one sample of the C
@@ -216,7 +216,7 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
 
 
 # ----------------------------------------------------------------------------------- Figure 2
-def dn_relu_response(x: torch.Tensor, sigma: float, fixed: float = 0.5, spec: Optional[NormSpec] = None) -> torch.Tensor:
+def dn_relu_response(x: torch.Tensor, sigma: float, fixed: float = 0.5, spec: NormSpec | None = None) -> torch.Tensor:
     """The paper's Figure 2 toy: two units normalized together, then ReLU.
 
     Unit 1 gets each value of ``x``, unit 2 the constant ``fixed``; both are normalized with ``spec`` (default:
@@ -230,8 +230,8 @@ def dn_relu_response(x: torch.Tensor, sigma: float, fixed: float = 0.5, spec: Op
     return divisive_norm(z, spec, sigma=sigma).clamp_min(0)
 
 
-def dn_relu_summary(sigmas: Sequence[float], fixed: float = 0.5, x: Optional[torch.Tensor] = None,
-                    spec: Optional[NormSpec] = None) -> list:
+def dn_relu_summary(sigmas: Sequence[float], fixed: float = 0.5, x: torch.Tensor | None = None,
+                    spec: NormSpec | None = None) -> list:
     """For each sigma, how ReLU-like the Figure 2 response of unit 1 is.
 
     ``linearity``: R^2 of unit 1's output against its input over the inputs above ``fixed`` (where the

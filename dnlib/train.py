@@ -37,9 +37,9 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class TrainingDiverged(RuntimeError):
     ``step`` is the first optimizer step that saw it, ``status`` the record ``"diverged at step N"``, ``history``
     the trainer's history (ending with that record)."""
 
-    def __init__(self, step: int, what: str, lr: float, history: Optional[list] = None):
+    def __init__(self, step: int, what: str, lr: float, history: list | None = None):
         self.step, self.what, self.status = int(step), what, f"diverged at step {int(step)}"
         self.history = history if history is not None else []
         super().__init__(f"training {self.status}: {what} (learning rate {lr:g}); the run is stopped and no result "
@@ -102,7 +102,7 @@ def _in_kernel() -> bool:
         type(sys.modules["IPython"].get_ipython()).__name__ == "ZMQInteractiveShell"
 
 
-def progress_mode(mode: Optional[str] = None) -> str:
+def progress_mode(mode: str | None = None) -> str:
     """The mode :func:`progress_bar` uses: ``mode``, else ``$DNLIB_PROGRESS``, else ``auto`` resolved: ``widget``
     in a Jupyter kernel (with ipywidgets), ``text`` when stderr is a terminal, ``lines`` otherwise."""
     mode = mode or os.environ.get(PROGRESS_ENV) or "auto"
@@ -120,7 +120,7 @@ def progress_mode(mode: Optional[str] = None) -> str:
 
 
 def progress_bar(total: int, *, initial: int = 0, desc: str = "train", enabled: bool = True,
-                 mode: Optional[str] = None) -> tqdm:
+                 mode: str | None = None) -> tqdm:
     """A tqdm bar over ``total`` steps, shown as :func:`progress_mode` says (``enabled=False`` or mode ``off``:
     a disabled bar, same methods).
 
@@ -177,7 +177,7 @@ class TrainConfig:
     weight_decay: float = 0.0         # L2: adds wd * w to the gradient (= TF's wd * sum(w^2) / 2 in the loss)
     milestones: tuple = ()            # steps at which the learning rate is multiplied by gamma
     gamma: float = 0.1                # factor at each milestone
-    clip_norm: Optional[float] = None  # clip the global gradient norm (PTB: 5)
+    clip_norm: float | None = None  # clip the global gradient norm (PTB: 5)
     eval_every: int = 500             # evaluate every K steps (and at the end); 0: only at the end
     checkpoint_every: int = 500       # write the checkpoint every K steps (and at the end)
     log_every: int = 50               # average the training loss over this many steps in the history
@@ -217,9 +217,9 @@ class Trainer:
     copies = 1          #: the independent copies this trainer trains at once (one here)
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, cfg: TrainConfig,
-                 evaluate: Optional[Callable[[nn.Module], dict]] = None, out_dir=None,
-                 lr_lambda: Optional[Callable[[int], float]] = None, param_groups=None,
-                 run_info: Optional[dict] = None, clip_fn: Optional[Callable] = None):
+                 evaluate: Callable[[nn.Module], dict] | None = None, out_dir=None,
+                 lr_lambda: Callable[[int], float] | None = None, param_groups=None,
+                 run_info: dict | None = None, clip_fn: Callable | None = None):
         self.cfg = cfg
         self.clip_fn = clip_fn or nn.utils.clip_grad_norm_
         self.run_info = dict(run_info or {})
@@ -238,7 +238,7 @@ class Trainer:
         self.history: list = []
         self.elapsed = 0.0
         self._loss_acc: list = []
-        self.stopped: Optional[str] = None    # "diverged at step N" once a run diverged
+        self.stopped: str | None = None    # "diverged at step N" once a run diverged
         self.bar = None                       # a progress bar the caller owns (see the module); None: fit's own
 
     # --- schedule -------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ class Trainer:
 
     # --- checkpoint -----------------------------------------------------------------------------------
     @property
-    def checkpoint_path(self) -> Optional[Path]:
+    def checkpoint_path(self) -> Path | None:
         return self.out_dir / "checkpoint.pt" if self.out_dir is not None else None
 
     def identity(self) -> dict:
@@ -349,7 +349,7 @@ class Trainer:
             atomic_write_json(self.history, self.out_dir / "history.json")
         raise TrainingDiverged(step, what, lr, self.history)
 
-    def _pending_losses(self) -> Optional[torch.Tensor]:
+    def _pending_losses(self) -> torch.Tensor | None:
         """The losses since the last log point, ``(n, copies)`` on the host (the one sync per log point); diverges
         on a non-finite one, naming the first step that had it."""
         if not self._loss_acc:
@@ -431,7 +431,7 @@ class Trainer:
             return {k: float(v) for k, v in metrics.items()}
         return [{k: float(v) for k, v in m.items()} for m in metrics]      # one dict per copy
 
-    def _log(self, extra, losses: Optional[torch.Tensor] = None) -> None:
+    def _log(self, extra, losses: torch.Tensor | None = None) -> None:
         if losses is None:
             losses = self._pending_losses()
         if losses is not None:
@@ -561,7 +561,7 @@ class GraphTrainer(Trainer):
     (default) captures on CUDA only. Only ``optimizer="sgd"`` without ``clip_norm`` is supported.
     """
 
-    def __init__(self, *args, capture: Optional[bool] = None, warmup: int = 3, **kwargs):
+    def __init__(self, *args, capture: bool | None = None, warmup: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
         if self.cfg.optimizer != "sgd" or self.cfg.clip_norm:
             raise ValueError("GraphTrainer: supports optimizer='sgd' without clip_norm; use Trainer otherwise")
@@ -691,7 +691,7 @@ class SequenceGraphTrainer(Trainer):
     """
 
     def __init__(self, model: nn.Module, step_fn: Callable, batches, cfg: TrainConfig, *,
-                 init_state: Callable, capture: Optional[bool] = None, warmup: int = 3, **kwargs):
+                 init_state: Callable, capture: bool | None = None, warmup: int = 3, **kwargs):
         super().__init__(model, step_fn, batches, cfg, **kwargs)
         if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
             raise ValueError("SequenceGraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured; "

@@ -39,7 +39,6 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import torch
 
@@ -112,7 +111,7 @@ def supported(spec: NormSpec) -> bool:
     return isinstance(_analyse(spec), _Geom)
 
 
-def unsupported_reason(spec: NormSpec) -> Optional[str]:
+def unsupported_reason(spec: NormSpec) -> str | None:
     """Why ``spec`` is not :func:`supported` (None when it is)."""
     r = _analyse(spec)
     return None if isinstance(r, _Geom) else r

@@ -15,8 +15,9 @@ has them, else crops of scikit-image's bundled photos.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -267,9 +268,9 @@ class ActivationExplorer:
     """
 
     def __init__(self, images: torch.Tensor, conv: nn.Conv2d, *, source: str = "", preset: str = "dn",
-                 sigma: float = 0.5, space_window: Optional[int] = None, channel_window: Optional[int] = None,
-                 window_field: Optional[str] = None, alpha: float = 0.0, bins: int = 20, n_pairs: Optional[int] = None,
-                 max_samples: Optional[int] = 20000, seed: int = 0, live_plots: bool = True,
+                 sigma: float = 0.5, space_window: int | None = None, channel_window: int | None = None,
+                 window_field: str | None = None, alpha: float = 0.0, bins: int = 20, n_pairs: int | None = None,
+                 max_samples: int | None = 20000, seed: int = 0, live_plots: bool = True,
                  inputs: str = "standardized", fixed_scale: bool = True):
         import ipywidgets as W
 
@@ -325,8 +326,8 @@ class ActivationExplorer:
         """The current control values by name."""
         return {name: w.value for name, w in self.controls.items()}
 
-    def compute(self, preset: str, sigma: float, space_window: Optional[int] = None,
-                channel_window: Optional[int] = None, window_field: Optional[str] = None, alpha: float = 0.0) -> dict:
+    def compute(self, preset: str, sigma: float, space_window: int | None = None,
+                channel_window: int | None = None, window_field: str | None = None, alpha: float = 0.0) -> dict:
         """Normalize ``self.z`` with these settings and return the statistics, off-screen.
 
         Windows left as None are the preset's own (:func:`preset_windows`). The controls, the readout and
@@ -416,7 +417,7 @@ class ActivationExplorer:
         return rows
 
     # --- display ----------------------------------------------------------------------------------
-    def figure(self, n_maps: int = 16, dpi: int = 100, fixed_scale: Optional[bool] = None):
+    def figure(self, n_maps: int = 16, dpi: int = 100, fixed_scale: bool | None = None):
         """Histograms before/after ReLU and the normalized feature maps of the first image (channel numbers in
         9 pt, one colour bar for their shared scale), for the current result. ``fixed_scale`` (default: the
         checkbox) keeps the axes and colours at :data:`FIXED_LIMITS`; off, they fit this result."""
@@ -509,10 +510,10 @@ def _in_kernel() -> bool:
     return ip is not None and getattr(ip, "kernel", None) is not None
 
 
-def activation_explorer(images: Optional[torch.Tensor] = None, *, conv: Optional[nn.Conv2d] = None,
+def activation_explorer(images: torch.Tensor | None = None, *, conv: nn.Conv2d | None = None,
                         checkpoint: str = "", n_images: int = 16, source: str = "auto", seed: int = 0,
                         preset: str = "dn", sigma: float = 0.5, alpha: float = 0.0, bins: int = 20,
-                        n_pairs: Optional[int] = None, max_samples: Optional[int] = 20000, live_plots: bool = True,
+                        n_pairs: int | None = None, max_samples: int | None = 20000, live_plots: bool = True,
                         label: str = "", inputs: str = "standardized", fixed_scale: bool = True,
                         **controls) -> ActivationExplorer:
     """Build the activation explorer (see the module docstring).

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 DATASETS = ("cifar10", "cifar100")
 BASELINE_SCHEDULE = dict(milestones=(5000, 30000), steps=50000)
@@ -87,10 +86,10 @@ class CifarConfig:
     paper: str                         # the row's name in the paper, e.g. "DN*"
     dataset: str = "cifar10"           # "cifar10" or "cifar100"
     norm: str = "none"                 # normalizer preset (dnlib.make_norm) on the three conv layers
-    sigma: Optional[float] = None      # smoothing term; eps = sigma^2 (None: no normalizer to smooth)
+    sigma: float | None = None      # smoothing term; eps = sigma^2 (None: no normalizer to smooth)
     alpha: float = 0.0                 # L1 weight per conv site
-    affine: Optional[bool] = None      # per-channel gamma/beta (None: the preset's default)
-    window: Optional[tuple] = None     # DN windows per conv layer (summation = suppression)
+    affine: bool | None = None      # per-channel gamma/beta (None: the preset's default)
+    window: tuple | None = None     # DN windows per conv layer (summation = suppression)
     dropout: float = 0.0               # drop probability after both FC layers
     weight_decay: float = 0.0          # on conv and FC weights only
     lr: float = 1e-3                   # initial learning rate
@@ -101,7 +100,7 @@ class CifarConfig:
     steps: int = NORM_SCHEDULE["steps"]              # training stops here
     impl: str = "auto"                 # DivisiveNorm impl of the normalizers ("compile": torch.compile, for GPUs)
     arch: str = "cnn"                  # the model: "cnn" (the paper's) or "resnet20" (He et al. 2016)
-    groups: Optional[int] = None       # channel groups of the normalizer (gn); None: the preset's
+    groups: int | None = None       # channel groups of the normalizer (gn); None: the preset's
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -112,7 +111,7 @@ class CifarConfig:
         return 10 if self.dataset == "cifar10" else 100
 
     @property
-    def paper_accuracy(self) -> Optional[float]:
+    def paper_accuracy(self) -> float | None:
         """This row's test accuracy in the paper's Table 7."""
         row = TABLE7.get(self.name)
         return None if row is None else row[DATASETS.index(self.dataset)]
@@ -145,14 +144,14 @@ class CifarConfig:
             return resnet20(self.num_classes, self.norm, norm_kwargs=self.norm_kwargs())
         return CifarCNN(self.num_classes, self.norm, norm_kwargs=self.norm_kwargs(), dropout=self.dropout)
 
-    def scaled(self, steps: int) -> "CifarConfig":
+    def scaled(self, steps: int) -> CifarConfig:
         """The same run shortened (or lengthened) to ``steps``, milestones scaled proportionally (smoke runs)."""
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
         ms = tuple(max(1, round(m * steps / self.steps)) for m in self.milestones)
         return dataclasses.replace(self, steps=steps, milestones=ms)
 
-    def replace(self, **changes) -> "CifarConfig":
+    def replace(self, **changes) -> CifarConfig:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict:

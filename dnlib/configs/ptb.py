@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
 
 __all__ = ["PTBConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4", "TABLE9",
            "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
@@ -98,10 +97,10 @@ class PTBConfig:
     cell: str                         # "lstm", "tanh-rnn" or "relu-rnn"
     arch: str                         # the cell class (dnlib.models.rnn.CELLS): lstm, bn-lstm, ln-lstm, rnn, bn-rnn
     norm: str = "none"                # normalizer preset of every site (dnlib.presets; the BN cells' "bn")
-    sigma: Optional[float] = None     # smoothing term sigma (enters as sigma^2); None: no normalizer
+    sigma: float | None = None     # smoothing term sigma (enters as sigma^2); None: no normalizer
     alpha: float = 0.0                # L1 weight per site, summed over sites, layers and steps (PAPER.md §2.2)
     affine: bool = False              # learn gains and biases in the normalizers
-    window: Optional[int] = None      # 1-D DN window (units along the hidden axis)
+    window: int | None = None      # 1-D DN window (units along the hidden axis)
     border: str = "zeros"             # DN window border: "zeros" (paper, divide by 2R+1), "reference" (code)
     lr: float = 1.0                   # initial learning rate (plain SGD)
     hidden_size: int = 200            # units per layer (= embedding size)
@@ -135,7 +134,7 @@ class PTBConfig:
                              f"{self.name!r} (arch {self.arch!r}) keeps none; allowed there: 'torch'")
 
     @property
-    def nonlinearity(self) -> Optional[str]:
+    def nonlinearity(self) -> str | None:
         return None if self.cell == "lstm" else self.cell.split("-")[0]
 
     def lr_at_epoch(self, epoch: int) -> float:
@@ -176,7 +175,7 @@ class PTBConfig:
         """The paper's test perplexity for this row and cell (Table 9)."""
         return TABLE9[self.row][CELL_TYPES.index(self.cell)]
 
-    def replace(self, **changes) -> "PTBConfig":
+    def replace(self, **changes) -> PTBConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -253,7 +252,7 @@ def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def list_configs(cell: Optional[str] = None) -> list:
+def list_configs(cell: str | None = None) -> list:
     """All config names (36), or those of one cell type."""
     cells = CELL_TYPES if cell is None else (cell,)
     return [f"{row}-{c}" for c in cells for row in ROWS]

@@ -44,8 +44,8 @@ row             preset     overrides, and what they are
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 from ..presets import PRESETS, NormLike, norm_name
 from ..spec import NormSpec
@@ -98,7 +98,7 @@ def sr_norm_name(norm: NormLike) -> str:
     return norm_name(norm)
 
 
-def sr_norm(norm: NormLike, norm_kwargs: Optional[Mapping] = None) -> tuple:
+def sr_norm(norm: NormLike, norm_kwargs: Mapping | None = None) -> tuple:
     """``(preset or NormSpec, norm_kwargs)`` for SRCNN: an SR row (or alias) gives its preset and overrides, updated
     by ``norm_kwargs``; another preset name or a :class:`~dnlib.spec.NormSpec` is passed on as it is."""
     extra = dict(norm_kwargs or {})
@@ -150,15 +150,15 @@ class SRConfig:
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones: fractions of the steps in (0, 1), got {self.milestones!r}")
 
-    def replace(self, **changes) -> "SRConfig":
+    def replace(self, **changes) -> SRConfig:
         return dataclasses.replace(self, **changes)
 
-    def milestone_steps(self, steps: Optional[int] = None) -> tuple:
+    def milestone_steps(self, steps: int | None = None) -> tuple:
         """The milestones as step numbers for a run of ``steps`` steps."""
         steps = self.steps if steps is None else steps
         return tuple(max(1, int(round(f * steps))) for f in self.milestones)
 
-    def build_model(self, norm: Optional[NormLike] = None, norm_kwargs: Optional[Mapping] = None):
+    def build_model(self, norm: NormLike | None = None, norm_kwargs: Mapping | None = None):
         """The :class:`~dnlib.models.srcnn.SRCNN` of this configuration (widths, init) with the SR row ``norm``
         (default the configuration's :attr:`norm`; see :func:`sr_norm`), initialised from torch's RNG."""
         from ..models.srcnn import SRCNN

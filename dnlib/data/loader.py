@@ -9,7 +9,7 @@ there is far cheaper than a DataLoader with workers. :class:`GPULoader` keeps th
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class TensorBatches:
     """
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int = 100, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, transform: Optional[Callable] = None):
+                 drop_last: bool = True, transform: Callable | None = None):
         if not tensors:
             raise ValueError("tensors: need at least one tensor")
         n = tensors[0].shape[0]

@@ -43,9 +43,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..io import atomic_save_npy, atomic_write_json
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -255,7 +255,7 @@ class SRCNNPatches:
     @classmethod
     def from_pairs(cls, inputs: Sequence[np.ndarray], labels: Sequence[np.ndarray], batch_size: int = 100, *,
                    per_image: bool = True, input_size: int = 33, label_size: int = 17, seed: int = 0, device=None,
-                   block: int = 256) -> "SRCNNPatches":
+                   block: int = 256) -> SRCNNPatches:
         """The sampler of pairs made before (``labels`` in [0, 1], the same shapes as ``inputs``); images smaller
         than ``input_size`` are skipped."""
         _check_sizes(input_size, label_size)

@@ -19,7 +19,7 @@ Initialization as the authors' code: truncated normal (+-2 std) with std 1e-4, 1
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,7 @@ def _per_layer(value, n: int, name: str) -> list:
     return [value] * n
 
 
-def _norm_kwargs(norm_kwargs: Optional[Mapping]) -> dict:
+def _norm_kwargs(norm_kwargs: Mapping | None) -> dict:
     """``norm_kwargs`` as a dict; a ValueError naming it when it is not a mapping."""
     if norm_kwargs is not None and not isinstance(norm_kwargs, Mapping):
         raise ValueError(f"norm_kwargs: expected a mapping of make_norm overrides (e.g. {{'sigma': 0.5}}), got "
@@ -121,8 +121,8 @@ class CifarCNN(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10, norm: Union[NormLike, Sequence[NormLike]] = "none", *,
-                 norm_kwargs: Optional[Mapping] = None, dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
+    def __init__(self, num_classes: int = 10, norm: NormLike | Sequence[NormLike] = "none", *,
+                 norm_kwargs: Mapping | None = None, dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
                  init_std: Sequence[float] | None = INIT_STD):
         super().__init__()
         norm_kwargs = _norm_kwargs(norm_kwargs)

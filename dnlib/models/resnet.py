@@ -32,7 +32,7 @@ its L1 term (:func:`dnlib.sparse_penalty`). ``norm="gn"`` needs ``groups`` divid
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,7 @@ class CifarResNet(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10, norm: NormLike = "bn", *, norm_kwargs: Optional[Mapping] = None,
+    def __init__(self, num_classes: int = 10, norm: NormLike = "bn", *, norm_kwargs: Mapping | None = None,
                  blocks: int = 3, widths=(16, 32, 64), shortcut: str = "A"):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -166,7 +166,7 @@ class CifarResNet(nn.Module):
                 f"shortcut={self.shortcut!r}")
 
 
-def resnet20(num_classes: int = 10, norm: NormLike = "bn", *, norm_kwargs: Optional[Mapping] = None,
+def resnet20(num_classes: int = 10, norm: NormLike = "bn", *, norm_kwargs: Mapping | None = None,
              shortcut: str = "A") -> CifarResNet:
     """ResNet-20 of He et al. 2016 (3 stages x 3 basic blocks, 16/32/64 channels): :class:`CifarResNet` with
     ``blocks=3``."""

@@ -49,7 +49,7 @@ zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.configs.ptb`). 
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ GATES = ("i", "j", "f", "o")
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
 
-def _site(layer, num_features: int, alpha_scale: float = 1.0, **extra) -> Optional[DivisiveNorm]:
+def _site(layer, num_features: int, alpha_scale: float = 1.0, **extra) -> DivisiveNorm | None:
     """A normalizer for one site from a resolved :func:`~dnlib.presets.get_norm_layer`, or None when there is
     nothing to do ("none" without L1). With ``"none"`` and an L1 weight only ``alpha`` (and ``device``/``dtype``)
     apply: the identity plus the L1 term; ``affine=True`` there is refused (there is no normalizer to carry a
@@ -104,7 +104,7 @@ class _Recurrent(nn.Module):
         self.weight_ih = nn.Parameter(torch.empty(g, input_size))
         self.weight_hh = nn.Parameter(torch.empty(g, hidden_size))
         self.bias = nn.Parameter(torch.empty(g)) if input_bias else None
-        self.trace: Optional[list] = None
+        self.trace: list | None = None
 
     def reset_parameters(self, init_scale: float = 0.1) -> None:
         """Weights uniform(-init_scale, init_scale), biases 0 (PAPER.md §3.3); normalizer gains stay 1."""
@@ -128,7 +128,7 @@ class _Recurrent(nn.Module):
         """One time step from the transformed input ``xw`` (N, G*H); returns ``(h, new_state)``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, state: Optional[Sequence[torch.Tensor]] = None):
+    def forward(self, x: torch.Tensor, state: Sequence[torch.Tensor] | None = None):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape (T, N, {self.input_size}), got {tuple(x.shape)}")
         state = tuple(state) if state is not None else self.init_state(x.shape[1], x.device, x.dtype)
@@ -171,7 +171,7 @@ class NormLSTMCell(_Recurrent):
     num_gates, state_size = 4, 2
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none",
-                 norm_kwargs: Optional[Mapping] = None, forget_bias: float = 0.0):
+                 norm_kwargs: Mapping | None = None, forget_bias: float = 0.0):
         super().__init__(input_size, hidden_size)
         layer = get_norm_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
@@ -256,7 +256,7 @@ class _StepNorm(nn.Module):
         super().__init__()
         self.steps = nn.ModuleList(layer(num_features, affine=False) for _ in range(max_steps))
         self.num_features, self.max_steps = num_features, max_steps
-        self.eval_step: Optional[int] = None
+        self.eval_step: int | None = None
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             self.bias = nn.Parameter(torch.zeros(num_features))
@@ -274,7 +274,7 @@ class _StepNorm(nn.Module):
         return f"{self.num_features}, max_steps={self.max_steps}, affine={self.weight is not None}"
 
 
-def _step_layer(norm: NormLike, norm_kwargs: Optional[Mapping]) -> tuple:
+def _step_layer(norm: NormLike, norm_kwargs: Mapping | None) -> tuple:
     """The per-step normalizer of a BN cell (its own affine removed) and the shared ``affine`` (default True)."""
     layer = get_norm_layer(norm, norm_kwargs)
     kwargs = dict(layer.keywords)
@@ -282,7 +282,7 @@ def _step_layer(norm: NormLike, norm_kwargs: Optional[Mapping]) -> tuple:
     return get_norm_layer(layer.args[0], kwargs), affine
 
 
-def set_bn_eval_step(model: nn.Module, step: Optional[int]) -> None:
+def set_bn_eval_step(model: nn.Module, step: int | None) -> None:
     """Make every BN cell of ``model`` use time step ``step``'s running statistics for all steps in eval mode (the
     authors' test pass, unrolled one step: ``step=0``), or each step its own (``step=None``, the default)."""
     for m in model.modules():
@@ -311,7 +311,7 @@ class BNLSTMCell(_Recurrent):
 
     num_gates, state_size = 4, 2
 
-    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "bn", norm_kwargs: Optional[Mapping] = None,
+    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "bn", norm_kwargs: Mapping | None = None,
                  max_steps: int = 20, forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=False)
         layer, affine = _step_layer(norm, norm_kwargs)
@@ -352,7 +352,7 @@ class LNLSTMCell(_Recurrent):
 
     num_gates, state_size = 4, 2
 
-    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "ln", norm_kwargs: Optional[Mapping] = None,
+    def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "ln", norm_kwargs: Mapping | None = None,
                  forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=True)
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
@@ -392,7 +392,7 @@ class NormRNNCell(_Recurrent):
     """
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", norm: NormLike = "none",
-                 norm_kwargs: Optional[Mapping] = None):
+                 norm_kwargs: Mapping | None = None):
         super().__init__(input_size, hidden_size)
         self.nonlinearity = nonlinearity
         self._g = _nonlinearity(nonlinearity)
@@ -419,7 +419,7 @@ class BNRNNCell(_Recurrent):
     statistics per time step, gains and biases shared over time (see :class:`BNLSTMCell`, also for ``norm``)."""
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", norm: NormLike = "bn",
-                 norm_kwargs: Optional[Mapping] = None, max_steps: int = 20):
+                 norm_kwargs: Mapping | None = None, max_steps: int = 20):
         super().__init__(input_size, hidden_size, input_bias=False)
         layer, affine = _step_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
@@ -478,7 +478,7 @@ class LanguageModel(nn.Module):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int = 200, arch: str = "lstm", num_layers: int = 2,
-                 init_scale: float = 0.1, norm: NormLike = None, norm_kwargs: Optional[Mapping] = None,
+                 init_scale: float = 0.1, norm: NormLike = None, norm_kwargs: Mapping | None = None,
                  **cell_kwargs):
         super().__init__()
         if norm is not None:
@@ -503,7 +503,7 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size: int, device=None) -> list:
         return [layer.init_state(batch_size, device) for layer in self.layers]
 
-    def forward(self, ids: torch.Tensor, state: Optional[list] = None):
+    def forward(self, ids: torch.Tensor, state: list | None = None):
         x = self.embedding(ids.t())                        # (T, N, H)
         new_state = []
         for k, layer in enumerate(self.layers):

@@ -26,7 +26,7 @@ paper's and the code's values); build one with ``get_sr_config("fast").build_mod
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -63,7 +63,7 @@ class SRCNN(nn.Module):
 
     def __init__(self, norm: NormLike = "none", channels: tuple = (64, 32), kernels: tuple = (9, 5, 5),
                  in_channels: int = 1, init: str = "paper", init_std: float = 1e-3,
-                 norm_kwargs: Optional[Mapping] = None):
+                 norm_kwargs: Mapping | None = None):
         super().__init__()
         if len(channels) != 2 or len(kernels) != 3 or any(k % 2 == 0 for k in kernels):
             raise ValueError(f"SRCNN: need 2 hidden widths and 3 odd kernel sizes, got channels={channels}, "

@@ -12,7 +12,7 @@ mean|v|``, the sum of the K copies' own terms). Input ``(N, K*3, 32, 32)``, outp
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class FoldedNorm(nn.Module):
         return f"copies={self.copies}"
 
 
-def stack_norm(norms: Sequence[nn.Module], fold: Optional[bool] = None) -> nn.Module:
+def stack_norm(norms: Sequence[nn.Module], fold: bool | None = None) -> nn.Module:
     """One module over ``K * C`` channels computing the K normalizers ``norms`` (equal :class:`DivisiveNorm` s of C
     channels) on their own channel blocks: a :class:`DivisiveNorm` whose fields that pool ``channel`` get
     ``groups`` times K and whose ``alpha`` is times K (the L1 term is the mean over the K equally sized blocks:
@@ -110,7 +110,7 @@ class StackedCifarCNN(nn.Module):
     ``fold``: how the normalizers keep the copies apart (:func:`stack_norm`).
     """
 
-    def __init__(self, models: Sequence[CifarCNN], fold: Optional[bool] = None):
+    def __init__(self, models: Sequence[CifarCNN], fold: bool | None = None):
         super().__init__()
         models = list(models)
         if not models:
