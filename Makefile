@@ -12,7 +12,7 @@ export MPLBACKEND ?= agg
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
 export DNLIB_DATA
 
-.PHONY: setup git-filter run test bench report clean
+.PHONY: setup git-filter run test check bench report clean
 
 setup: $(STAMP)
 	@$(MAKE) --no-print-directory -f $(ROOT)/Makefile git-filter VENV=$(abspath $(VENV))
@@ -45,8 +45,12 @@ run: setup
 	$(BIN)/python -m dnlib.suite run --profile $(PROFILE)
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600 -p no:cacheprovider notebooks
+
+# The inner loop of development: the unit tests without the notebooks, the browser and the tests marked slow.
+check: setup
+	$(BIN)/python -m pytest -q -m "not browser and not slow" --durations=15 tests
 
 bench: setup
 	$(BIN)/python -m dnlib.bench
