@@ -6,7 +6,7 @@ Ray (a cluster of machines and GPUs). :func:`dnlib.experiment.sweep` is the one 
     python -m dnlib.sr sweep smoke-bn smoke-dn* --seeds 0 1 --engine ray --out runs/sr/sweep         # Ray here
     python -m dnlib.sr sweep fast-bn fast-dn* --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 ...
 
-Both engines run the same thing for a job: ``python -m <recipe module> run CONFIG --seed S ... --resume FOLDER``
+Both engines run the same thing for a job: ``python -m <recipe module> run CONFIG --seeds S ... --resume FOLDER``
 (a process of its own; its output goes to ``FOLDER/log.txt``), and both leave the same folder layout,
 ``out/<label>-s<seed>/`` (``record.json``, ``curves.csv``, ``checkpoint.pt``, ``history.json``, ``run.json``,
 ``log.txt``).

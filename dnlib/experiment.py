@@ -637,7 +637,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
           gpus_per_run: float | None = None, time_limit: float | None = None, grace: float = 90.0,
           status_every: float = 30.0, run_args: Sequence[str] = (), options: Mapping | None = None,
           python: str = sys.executable, verbose: bool = True) -> list:
-    """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seed S --resume DIR``
+    """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seeds S --resume DIR``
     on an engine (:mod:`dnlib.engines`), then :func:`gather` them.
 
     ``engine="local"`` (default): processes on this machine, ``jobs`` at a time (default 1; several runs share one
@@ -670,7 +670,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     for c in configs:
         for s in seeds:
             d = out / records.run_name(recipe.label(c, options or {}), s)
-            argv = [c, "--seed", str(s), *map(str, run_args)]
+            argv = [c, "--seeds", str(s), *map(str, run_args)]
             if time_limit is not None:
                 argv += ["--time-limit", str(time_limit)]
             (skipped if _finished(d) else todo).append(engines.Job(c, s, d, argv))
@@ -942,7 +942,9 @@ def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, fla
 # ------------------------------------------------------------------------------------------------- CLI
 def _run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`)")
-    q.add_argument("--seed", type=cli.seed, default=None, help="default 0 (or the resumed run's)")
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=None, metavar="S",
+                   help="one run per seed, one after another, each in its own folder (default 0, or the resumed "
+                        "run's; --resume: at most one)")
     q.add_argument("--time-limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit")
     q.add_argument("--out", type=cli.out_dir, default=None,
@@ -970,41 +972,58 @@ def _passed_on_help(recipe: Recipe) -> str:
 
 
 def _run_command(recipe: Recipe, args, q, argv) -> int:
-    name = args.config
+    name, seeds = args.config, args.seeds or [None]
     if args.out is not None and args.resume is not None:
         q.error("--out, --resume: give one (--out: a base folder for a new run; --resume: the run's folder)")
     if name is None and args.resume is None:
         q.error("config: the following arguments are required: config (or --resume DIR)")
+    if args.resume is not None and len(seeds) > 1:
+        q.error(f"--seeds: --resume continues one run; give one seed, not {len(seeds)}")
+    if len(set(seeds)) < len(seeds):
+        q.error(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
     overrides, options = recipe.from_args(args)
+    with cli.user_errors(q):    # a bad name or field, an impl or batch this machine cannot run: before any data
+        if name is not None:
+            check_config(recipe, recipe.config(name, steps=args.steps, **overrides), args.device)
+    code = 0
+    for seed in seeds:          # one after another, each in its own folder; a diverged run does not stop the rest
+        one, go_on = _run_one(recipe, args, q, argv, seed, overrides, options)
+        code = max(code, one)
+        if not go_on:
+            break
+    return code
+
+
+def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[int, bool]:
+    """One run of ``run``: its exit status (0; 1: diverged or a full disk, one line; 2: a foreign or unreadable
+    checkpoint, one line) and whether the next seed may start (not after a full disk or a bad checkpoint)."""
     out = args.out if args.resume is not None or args.out is not None else str(Path("runs") / recipe.name)
     try:
         with cli.user_errors(q):
-            if name is not None:    # a bad name or field, an impl or batch this machine cannot run: before any data
-                check_config(recipe, recipe.config(name, steps=args.steps, **overrides), args.device)
             progress = sys.stderr.isatty() if args.progress is None else args.progress
-            prepared = prepare(recipe, name, seed=args.seed, steps=args.steps, time_limit=args.time_limit,
+            prepared = prepare(recipe, args.config, seed=seed, steps=args.steps, time_limit=args.time_limit,
                                out=None if args.resume else out, resume=args.resume, device=args.device,
                                overrides=overrides, options=options, argv=argv, progress=progress)
     except CheckpointError as e:        # another run's (or an unreadable) checkpoint: nothing trained
         print(f"{q.prog}: error: {cli.one_line(e)}", file=sys.stderr)
-        return 2
+        return 2, False
     try:
         res = prepared.go()
     except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
         print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
-        return 1
+        return 1, True
     except OSError as e:               # a full disk: "No space left on device: <file>" (dnlib.io), exit 1, one line
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"{q.prog}: error: {e.strerror}", file=sys.stderr)
-        return 1
+        return 1, False
     if not distributed.is_main():       # under torchrun: rank 0 alone reports
-        return 0
+        return 0, True
     rec = res.record
     print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"], "seed": rec["seed"],
                       "steps": rec["steps_done"], "planned": rec["steps_planned"], "stopped": rec["stopped"],
-                      **rec["headline"], **{f"paper_{k}": v for k, v in rec["paper"].items()}}))
-    return 0
+                      **rec["headline"], **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
+    return 0, True
 
 
 @contextlib.contextmanager
@@ -1080,8 +1099,8 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = N
         with cli.user_errors(cmd_p):
             names = recipe.expand(names)
         run_args = run_p.parse_args([names[0], *map(str, rest)])   # the flags passed on to each run, checked here
-        if run_args.out or run_args.resume or run_args.seed is not None:
-            cmd_p.error("--out/--resume/--seed: sweep places each run itself; use --out and --seeds of sweep")
+        if run_args.out or run_args.resume or run_args.seeds is not None:
+            cmd_p.error("--out/--resume: sweep places each run itself; use --out and --seeds of sweep")
         overrides, options = recipe.from_args(run_args)
         def flag_error(e):                  # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
             key, _, what = str(e).partition(":")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import bench, cifar, engines, experiment, ptb, sr, suite
+from dnlib import bench, cifar, engines, experiment, ptb, records, sr, suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
@@ -42,7 +42,9 @@ PROBES = [
     ("cifar", ["run", "bn", "--time-limit", "-1"], "--time-limit"),
     ("cifar", ["run", "bn", "--lr", "-0.1"], "--lr"),
     ("cifar", ["run", "bn", "--lr", "nan"], "--lr"),
-    ("cifar", ["run", "bn", "--seed", "-1"], "--seed"),
+    ("cifar", ["run", "bn", "--seeds", "-1"], "--seeds"),
+    ("cifar", ["run", "bn", "--seeds", "0", "0"], "--seeds"),
+    ("cifar", ["run", "--resume", "{T}/empty", "--seeds", "0", "1"], "--seeds"),   # resumes one run
     ("cifar", ["run", "nosuch", "--subset", "200,100"], "nosuch"),
     ("cifar", ["run", "bn", "--device", "bogus"], "--device"),
     pytest.param("cifar", ["run", "bn", "--device", "cuda"], "cuda", marks=no_cuda),
@@ -94,7 +96,7 @@ PROBES = [
     ("ptb", ["run", "base-lstm", "--out", "{T}/file/o"], "--out"),           # crashed after an epoch
     ("ptb", ["run", "base-lstm", "--max-tokens", "100", "--vocab", "50"], "max_tokens"),
     ("ptb", ["run", "base-lstm", "--device", "bogus"], "--device"),
-    ("ptb", ["run", "base-lstm", "--seed", "-1"], "--seed"),
+    ("ptb", ["run", "base-lstm", "--seeds", "-1"], "--seeds"),
     ("ptb", ["run", "base-lstm", "--check-graph", "3"], "--check-graph"),   # now the check-graph command
     # ----------------------------------------------------------------------- ptb bench/check-graph/report
     ("ptb", ["bench", "--reps", "0"], "--reps"),                             # ZeroDivisionError
@@ -121,7 +123,7 @@ PROBES = [
     ("sr", ["run", "--out", "{T}/file/o"], "--out"),
     ("sr", ["run", "--sets", "Set99", "--out", "{T}/o"], "Set99"),
     ("sr", ["run", "--curve-sets", "Set99", "--out", "{T}/o"], "Set99"),
-    ("sr", ["run", "--seed", "-1", "--out", "{T}/o"], "--seed"),
+    ("sr", ["run", "--seeds", "-1", "--out", "{T}/o"], "--seeds"),
     ("sr", ["run"], "config"),
     # ----------------------------------------------- old spellings, retired (issue 24 item 3): argparse's own error
     ("cifar", ["train", "bn"], "invalid choice: 'train'"),
@@ -132,6 +134,7 @@ PROBES = [
     ("sr", ["run", "--config", "fast-bn"], "unrecognized arguments: --config"),
     ("cifar", ["sweep", "--config", "bn", "--out", "{T}/sw"], "--config"),
     ("cifar", ["sweep", "bn", "--seed", "1", "--out", "{T}/sw"], "--seed"),
+    ("cifar", ["run", "bn", "--seed", "1"], "unrecognized arguments: --seed"),
     ("sr", ["run", "fast-bogus"], "bogus"),
     ("sr", ["run", "fast-dn*", "--lr", "0"], "--lr"),
     ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--sets", "Set99"], "Set99"),
@@ -333,6 +336,17 @@ def test_run_progress_flag(flag, shown, tmp_path, capfd, monkeypatch):
     assert bool(lines) == shown, err[-2000:]
     if shown:
         assert "4/4" in lines[-1] and "\r" not in err
+
+
+@needs_ptb
+def test_run_seeds_runs_each_seed_in_its_own_folder(tmp_path, capsys):
+    """``run CONFIG --seeds 0 1`` (the issue's ``dnlib cifar run bn-star --seeds 0 1 2``): one run per seed, one
+    after another, one folder and one printed line each."""
+    assert ptb.main(PTB_TINY + ["--out", str(tmp_path), "--seeds", "1", "0"]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["seed"] for r in lines] == [1, 0] and all(r["stopped"] == "completed" for r in lines)
+    folders = sorted(tmp_path.iterdir())
+    assert len(folders) == 2 and sorted(records.read_record(d)["seed"] for d in folders) == [0, 1]
 
 
 @needs_ptb
