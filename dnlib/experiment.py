@@ -1043,21 +1043,20 @@ def _warnings_as_lines(prog: str):
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """``dnlib <experiment> {run,sweep,gather,report,list,bench,...}`` (or ``python -m <recipe.module> ...``; ``prog``
-    names the command in messages, default ``python -m <recipe.module>``): the one grammar of every experiment.
-    Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = cli.ArgumentParser(prog=prog or f"python -m {recipe.module}", description=recipe.description)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    run_p = sub.add_parser("run", help="train one configuration")
-    _run_flags(run_p, recipe)
+@dataclass
+class _Call:
+    """One command line, parsed: what a verb's handler gets (``q``: the verb's own parser, for its errors;
+    ``rest``: the flags ``sweep`` passes on to each run)."""
+    recipe: Recipe
+    args: argparse.Namespace
+    q: argparse.ArgumentParser
+    argv: list
+    rest: list
+    run_parser: argparse.ArgumentParser
+    commands: dict
 
-    q = sub.add_parser("sweep", help="configurations x seeds as concurrent runs in one resumable folder",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=_passed_on_help(recipe) + "\nExit status: the number of failed runs (0: every run "
-                              "completed or reached its time limit);\n2 also for a bad argument (one line, nothing "
-                              "started).")
+
+def _sweep_flags(q: argparse.ArgumentParser) -> None:
     q.add_argument("configs", nargs="*", help="configuration names ('all': every one)")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=[0])
     q.add_argument("--engine", choices=engines.ENGINES, default="local",
@@ -1074,80 +1073,118 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = N
     q.add_argument("--time-limit", type=cli.positive_float, default=None, help="seconds per run")
     q.add_argument("--status-every", type=cli.positive_float, default=30.0, help="seconds between status lines")
 
+
+def _parser(recipe: Recipe, prog: str | None):
+    """The experiment's parser: (it, its sub-parsers' action, the ``run`` parser, the recipe's own commands)."""
+    p = cli.ArgumentParser(prog=prog or f"python -m {recipe.module}", description=recipe.description)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run_p = sub.add_parser("run", help="train one configuration")
+    _run_flags(run_p, recipe)
+    _sweep_flags(sub.add_parser(
+        "sweep", help="configurations x seeds as concurrent runs in one resumable folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_passed_on_help(recipe) + "\nExit status: the number of failed runs (0: every run completed or "
+                                         "reached its time limit);\n2 also for a bad argument (one line, nothing "
+                                         "started)."))
     q = sub.add_parser("gather", help="one table of the run folders at or under PATHs")
     q.add_argument("paths", nargs="+", type=cli.in_dir)
     q.add_argument("--out", type=cli.out_file, default=None, help="also write the rows here (JSON)")
-
     q = sub.add_parser("report", help="the experiment's tables and figures of the runs under PATH")
     q.add_argument("path", type=cli.in_dir)
     recipe.add_arguments(q, "report")
     sub.add_parser("list", help="the configuration names")
-    extra = recipe.commands()
-    for cname, command in extra.items():
+    commands = recipe.commands()
+    for cname, command in commands.items():
         q = sub.add_parser(cname, help=command.help)
         command.add_arguments(q)
         if command.rows:
             q.add_argument("--json", type=cli.out_file, default=None, help="also write the rows here (JSON)")
+    return p, sub, run_p, commands
 
-    args, rest = p.parse_known_args(argv)
-    cmd = args.cmd
-    cmd_p = sub.choices[cmd]
-    if cmd == "sweep":
-        names = list(args.configs)
-        if not names:
-            cmd_p.error("configs: the following arguments are required: configs")
-        with cli.user_errors(cmd_p):
-            names = recipe.expand(names)
-        run_args = run_p.parse_args([names[0], *map(str, rest)])   # the flags passed on to each run, checked here
-        if run_args.out or run_args.resume or run_args.seeds is not None:
-            cmd_p.error("--out/--resume: sweep places each run itself; use --out and --seeds of sweep")
-        overrides, options = recipe.from_args(run_args)
-        def flag_error(e):                  # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
-            key, _, what = str(e).partition(":")
-            cmd_p.error(f"--{key.replace('_', '-')}:{what}")
-        # sweep checks, once and before any run: the engine's arguments (EngineError: named as the flag), each run's
-        # options as `run` checks them and the folders a rerun resumes (ValueError: one line)
-        with cli.user_errors(cmd_p):
-            try:
-                rows = sweep(recipe, names, args.seeds, out=args.out, jobs=args.jobs, engine=args.engine,
-                             address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                             time_limit=args.time_limit, status_every=args.status_every, run_args=rest,
-                             options={**overrides, **options})
-            except engines.EngineError as e:     # a bad engine argument, no Ray cluster there, too few GPUs
-                flag_error(e)
-        print(gather_table(rows))
-        return min(len(rows.failed), 125) if rows else 1
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
-    if cmd == "run":
-        return _run_command(recipe, args, cmd_p, argv)
-    if cmd == "gather":
-        with cli.user_errors(cmd_p), _warnings_as_lines(cmd_p.prog):   # a skipped run folder: one line each
-            rows = gather(args.paths)
-        if not rows:
-            cmd_p.error(f"{' '.join(args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
-        if args.out:
-            atomic_write_json(rows, args.out)
-        from . import aggregate  # the printout is aggregate's: the runs' table, then mean ± std per config
-        text, notes = aggregate.gather_printout(rows)
-        for note in notes:          # runs not pooled, seeds counted once: one line each
-            print(f"{cmd_p.prog}: warning: {note}", file=sys.stderr)
-        print(text)
-        return 0
-    if cmd == "report":
-        with cli.user_errors(cmd_p, CheckpointError), _warnings_as_lines(cmd_p.prog):  # a crafted checkpoint
-            rep = recipe.report(args.path, args)
-        print(json.dumps(records.jsonable(rep), indent=1))
-        return 0
-    if cmd == "list":
-        print("\n".join(recipe.configs()))
-        return 0
-    if not extra[cmd].rows:
-        return extra[cmd].handler(args, cmd_p)
+
+def _sweep_verb(c: _Call) -> int:
+    names = list(c.args.configs)
+    if not names:
+        c.q.error("configs: the following arguments are required: configs")
+    with cli.user_errors(c.q):
+        names = c.recipe.expand(names)
+    run_args = c.run_parser.parse_args([names[0], *map(str, c.rest)])   # the flags passed on to each run, checked
+    if run_args.out or run_args.resume or run_args.seeds is not None:
+        c.q.error("--out/--resume: sweep places each run itself; use --out and --seeds of sweep")
+    overrides, options = c.recipe.from_args(run_args)
+    a = c.args
+    # sweep checks, once and before any run: the engine's arguments (EngineError: named as the flag), each run's
+    # options as `run` checks them and the folders a rerun resumes (ValueError: one line)
+    with cli.user_errors(c.q):
+        try:
+            rows = sweep(c.recipe, names, a.seeds, out=a.out, jobs=a.jobs, engine=a.engine, address=a.address,
+                         cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, time_limit=a.time_limit,
+                         status_every=a.status_every, run_args=c.rest, options={**overrides, **options})
+        except engines.EngineError as e:     # a bad engine argument, no Ray cluster there, too few GPUs
+            key, _, what = str(e).partition(":")   # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
+            c.q.error(f"--{key.replace('_', '-')}:{what}")
+    print(gather_table(rows))
+    return min(len(rows.failed), 125) if rows else 1
+
+
+def _run_verb(c: _Call) -> int:
+    return _run_command(c.recipe, c.args, c.q, c.argv)
+
+
+def _gather_verb(c: _Call) -> int:
+    with cli.user_errors(c.q), _warnings_as_lines(c.q.prog):   # a skipped run folder: one line each
+        rows = gather(c.args.paths)
+    if not rows:
+        c.q.error(f"{' '.join(c.args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
+    if c.args.out:
+        atomic_write_json(rows, c.args.out)
+    from . import aggregate  # the printout is aggregate's: the runs' table, then mean ± std per config
+    text, notes = aggregate.gather_printout(rows)
+    for note in notes:          # runs not pooled, seeds counted once: one line each
+        print(f"{c.q.prog}: warning: {note}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+def _report_verb(c: _Call) -> int:
+    with cli.user_errors(c.q, CheckpointError), _warnings_as_lines(c.q.prog):  # a crafted checkpoint
+        rep = c.recipe.report(c.args.path, c.args)
+    print(json.dumps(records.jsonable(rep), indent=1))
+    return 0
+
+
+def _list_verb(c: _Call) -> int:
+    print("\n".join(c.recipe.configs()))
+    return 0
+
+
+def _command_verb(c: _Call) -> int:
+    """A recipe's own command (``bench``, ``check-graph``, ``stack``, ...); one JSON line per row it yields."""
+    command = c.commands[c.args.cmd]
+    if not command.rows:
+        return command.handler(c.args, c.q)
     out = []
-    for row in extra[cmd].handler(args, cmd_p):
+    for row in command.handler(c.args, c.q):
         print(json.dumps(row), flush=True)
         out.append(row)
-    if args.json:
-        atomic_write_json(out, args.json)
+    if c.args.json:
+        atomic_write_json(out, c.args.json)
     return 0 if all(r.get("ok", True) for r in out) else 1
+
+
+_VERBS: dict[str, Callable[[_Call], int]] = {"run": _run_verb, "sweep": _sweep_verb, "gather": _gather_verb,
+                                             "report": _report_verb, "list": _list_verb}
+
+
+def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``dnlib <experiment> {run,sweep,gather,report,list,bench,...}`` (or ``python -m <recipe.module> ...``; ``prog``
+    names the command in messages, default ``python -m <recipe.module>``): the one grammar of every experiment, one
+    handler per verb (``_VERBS``; the recipe's own commands: ``_command_verb``).
+    Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p, sub, run_p, commands = _parser(recipe, prog)
+    args, rest = p.parse_known_args(argv)
+    if rest and args.cmd != "sweep":        # sweep passes the rest on to its runs (checked there)
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    call = _Call(recipe, args, sub.choices[args.cmd], argv, rest, run_p, commands)
+    return _VERBS.get(args.cmd, _command_verb)(call)
