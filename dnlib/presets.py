@@ -136,7 +136,7 @@ STARRED = {
         "PTB": "make_norm('dn-1d-s', H, window=61, border='zeros', sigma=1.0, eps=0, alpha=1e-4) at each gate "
                "and the cell state; the config 'dn-star-lstm' (dnlib.configs.ptb)",
         "SR": "5 x 5 summation and 7 x 7 suppression windows, sigma 1, alpha 0.1: "
-              "dnlib.configs.sr.get_sr_config(...).build_model('dn*')"}),
+              "dnlib.configs.sr.get_config(...).build_model('dn*')"}),
 }
 
 

@@ -5,8 +5,8 @@ A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :
 configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
 (:mod:`dnlib.experiment`) owns the loop, the time limit, resume and the run record::
 
-    from dnlib.sr import train_sr
-    r = train_sr("dn*", "smoke", steps=300)        # a RunResult: r.model, r.history, r.record["headline"]
+    from dnlib import sr
+    r = sr.run("dn*", "smoke", steps=300)        # a RunResult: r.model, r.history, r.record["headline"]
 
     python -m dnlib.sr run fast-dn* --steps 20000 --out runs/sr            # runs/sr/fast-dn-s0-<UTC>
     python -m dnlib.sr run --resume runs/sr/fast-dn-s0-<UTC>                # continue it
@@ -48,7 +48,7 @@ from .configs.sr import (
     SR_NORM_ROWS,
     TRAIN_SETS,
     SRConfig,
-    get_sr_config,
+    get_config,
     paper_numbers,
     sr_norm,
     sr_norm_name,
@@ -60,8 +60,8 @@ from .metrics import psnr, ssim
 from .train import TrainConfig, load_checkpoint, resolve_device, set_seed
 
 __all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
-           "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "train_sr", "train_many", "models_of",
-           "load_model", "results_table", "format_table", "shift_table", "summary", "report", "bench",
+           "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of",
+           "load_model", "results_table", "format_table", "shift_table", "headline", "report", "bench",
            "plot_curves", "compare_crops", "crop_explorer", "main"]
 
 #: The test sets of a run's headline (Set5; Set14: Table 5; BSD200: Table 6) and their record keys.
@@ -263,7 +263,7 @@ class SRRecipe(experiment.Recipe):
         overrides.pop("name", None)                     # the name follows the schedule and the row
         if isinstance(config, str):
             base, row = _split(config)
-            cfg = get_sr_config(base)
+            cfg = get_config(base)
         elif isinstance(config, SRConfig):
             cfg, row = config, config.norm
             suffix = f"-{config.norm}"
@@ -390,7 +390,7 @@ aggregate.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
-def train_sr(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Sequence[str] = ("Set5",),
+def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Sequence[str] = ("Set5",),
              sets: Sequence[str] | None = None, **kwargs) -> RunResult:
     """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
     :class:`~dnlib.configs.sr.SRConfig`) with :func:`dnlib.experiment.run`; returns its
@@ -407,9 +407,9 @@ def train_sr(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: 
                            curve_sets=tuple(eval_sets), **kwargs)
 
 
-def train_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[RunResult]:
-    """:func:`train_sr` for each ``norm`` name in ``models`` with the same arguments (same seed, same batches)."""
-    return [train_sr(m, config, **kwargs) for m in models]
+def run_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list[RunResult]:
+    """:func:`run` for each ``norm`` name in ``models`` with the same arguments (same seed, same batches)."""
+    return [run(m, config, **kwargs) for m in models]
 
 
 def models_of(runs: Sequence[RunResult]) -> dict:
@@ -466,7 +466,7 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
                                                                       for c in cols.values()] for n in names])
 
 
-def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
+def headline(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
     """The headline numbers of a notebook run (for :func:`dnlib.suite.save_results`)."""
     return {"runs": {_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
                                    "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),

@@ -24,7 +24,7 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # a sweep's work starts at its engine (experiment.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
         (engines, "make_engine"), (experiment, "bench"), (experiment, "check_graph"), (ptb, "bench"),
-        (ptb, "check_graph"), (sr, "train_sr"), (sr, "bench"), (bench, "run"), (suite, "execute")]
+        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
@@ -298,7 +298,7 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
     (lambda: cifar.check_graph("bn", None, steps=0), "steps"),
     (lambda: ptb.bench(reps=0), "reps"),
     (lambda: cifar.run("bn", eval_every=-1), "eval_every"),   # spun forever
-    (lambda: sr.train_sr("none", "smoke", time_limit=-5), "time_limit"),  # ended with 0 steps
+    (lambda: sr.run("none", "smoke", time_limit=-5), "time_limit"),  # ended with 0 steps
     (lambda: ptb.load_data(max_tokens=-5), "max_tokens"),  # trained on all of PTB
     (lambda: ptb.load_data(vocab=1), "vocab"),
 ])

@@ -180,11 +180,11 @@ _SR_ALIASES = {"dn-star": "dn*", "dnstar": "dn*", "dn-star-code": "dn*-code", "d
 
 @pytest.mark.parametrize("name", list(_SR_BEFORE) + list(_SR_ALIASES))
 def test_sr_rows_build_the_same_normalizers_as_before(name):
-    from dnlib.configs.sr import get_sr_config, sr_norm_name
+    from dnlib.configs.sr import get_config, sr_norm_name
     expected = _SR_BEFORE[_SR_ALIASES.get(name, name)]
     assert sr_norm_name(name) == _SR_ALIASES.get(name, name)
     for config in ("paper", "smoke"):
-        cfg = get_sr_config(config)
+        cfg = get_config(config)
         net = cfg.build_model(name)
         assert isinstance(net, SRCNN) and (net.conv1.out_channels, net.conv2.out_channels) == cfg.channels
         for m in (net.norm1, net.norm2):
@@ -200,7 +200,7 @@ def test_sr_rows_build_the_same_normalizers_as_before(name):
 
 
 def test_sr_rows_name_a_preset_and_norm_kwargs_override_them():
-    from dnlib.configs.sr import SR_NORM_ROWS, get_sr_config, sr_norm
+    from dnlib.configs.sr import SR_NORM_ROWS, get_config, sr_norm
     for name, row in SR_NORM_ROWS.items():
         assert row.preset in PRESETS, name
         assert set(row.norm_kwargs) <= {"sum_window", "sup_window", "window", "sigma", "eps", "alpha", "border"}
@@ -209,7 +209,7 @@ def test_sr_rows_name_a_preset_and_norm_kwargs_override_them():
     assert sr_norm("ln") == ("ln", {})                  # any other preset: as is
     spec = NormSpec(CS, CS, sigma=2.0)
     assert sr_norm(spec, {"alpha": 0.1}) == (spec, {"alpha": 0.1})
-    net = get_sr_config("smoke").build_model("dn*", {"alpha": 0.0})
+    net = get_config("smoke").build_model("dn*", {"alpha": 0.0})
     assert net.norm1.alpha == 0.0 and net.norm1.spec.sigma == 1.0
     with pytest.raises(ValueError, match=r"norm: unknown SR normalizer 'no-such'.*dn\*-code"):
         sr_norm("no-such")

@@ -27,7 +27,7 @@ def _ptb():
 
 
 def _sr():
-    return sr.train_many(["none"], "smoke", steps=4, eval_every=2, eval_sets=(), device="cpu")
+    return sr.run_many(["none"], "smoke", steps=4, eval_every=2, eval_sets=(), device="cpu")
 
 
 CALLS = [pytest.param(_cifar, "bn", marks=pytest.mark.skipif(not HAS_CIFAR, reason="no CIFAR-10"), id="cifar"),
@@ -39,7 +39,7 @@ CALLS = [pytest.param(_cifar, "bn", marks=pytest.mark.skipif(not HAS_CIFAR, reas
 
 @pytest.mark.parametrize("call, name", CALLS)
 def test_notebook_training_calls_show_one_bar_per_run_by_default(call, name, capfd, monkeypatch):
-    """03's run_many, 04's run_many and 05's train_many: a bar over the run's steps on stderr (here, not a terminal:
+    """03's run_many, 04's run_many and 05's run_many: a bar over the run's steps on stderr (here, not a terminal:
     lines, the first and the last), one bar for the run (not one per evaluation chunk)."""
     monkeypatch.delenv("DNLIB_PROGRESS", raising=False)
     (res,) = call()

@@ -261,11 +261,11 @@ needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR 
 
 @needs_sr
 def test_sr_train_refuses_to_resume_another_norm(tmp_path):
-    from dnlib.sr import train_sr
+    from dnlib import sr
     kw = dict(steps=4, eval_every=0, eval_sets=(), device="cpu", resume=tmp_path, progress=False)
-    train_sr("none", "smoke", **kw)
+    sr.run("none", "smoke", **kw)
     with pytest.raises(CheckpointError, match="norm: stored 'none', requested 'bn'"):
-        train_sr("bn", "smoke", **{**kw, "steps": 8})
+        sr.run("bn", "smoke", **{**kw, "steps": 8})
 
 
 # ------------------------------------------------------------------- broken run.json / record.json, crafted files

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dnlib.configs.sr import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_sr_config, paper_numbers
+from dnlib.configs.sr import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_config, paper_numbers
 from dnlib.models.srcnn import SRCNN
 from dnlib.norm import DivisiveNorm
 from dnlib.sparse import sparse_penalty
@@ -31,7 +31,7 @@ needs_data = pytest.mark.skipif(not _have_sr(), reason="SR data sets not found u
 # ----------------------------------------------------------------------------------------------- model
 @pytest.mark.parametrize("norm", ["none", "bn", "dn*", "dn*-code", "dn-ms"])
 def test_valid_convolutions_shrink_by_8_per_side(norm):
-    net = get_sr_config("paper").build_model(norm)
+    net = get_config("paper").build_model(norm)
     assert net.shave == 8
     assert net(torch.rand(2, 1, 33, 33)).shape == (2, 1, 17, 17)
     net.eval()
@@ -54,14 +54,14 @@ def test_architecture_and_paper_init():
 
 
 def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
-    net = get_sr_config("paper").build_model("dn*")
+    net = get_config("paper").build_model("dn*")
     for m in (net.norm1, net.norm2):
         assert isinstance(m, DivisiveNorm)
         s = m.spec
         assert dict(s.sum_window) == {"space": 5} and dict(s.sup_window) == {"space": 7}
         assert s.sum_axes == s.sup_axes == {"channel", "space"}
         assert s.sigma == 1.0 and s.border == "valid" and m.alpha == 0.1 and not m.affine
-    code = get_sr_config("paper").build_model("dn-star-code")
+    code = get_config("paper").build_model("dn-star-code")
     assert code.norm1.spec.border == "reference" and code.norm1.alpha == 0.0
     x = torch.rand(4, 1, 33, 33)
     net.train()
@@ -69,31 +69,31 @@ def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
     assert sparse_penalty(net).item() > 0          # the L1 term is applied (unlike the authors' code)
     code(x)
     assert sparse_penalty(code).item() == 0
-    bn = get_sr_config("paper").build_model("bn").norm1
+    bn = get_config("paper").build_model("bn").norm1
     assert isinstance(bn, DivisiveNorm) and bn.track_running_stats and bn.affine
     with pytest.raises(ValueError, match="norm: unknown SR normalizer 'no-such-norm'"):
-        get_sr_config("paper").build_model("no-such-norm")
+        get_config("paper").build_model("no-such-norm")
     with pytest.raises(ValueError, match=r"norm: unknown normalizer 'dn\*'.*dnlib.configs.sr"):
         SRCNN("dn*")                               # the model takes presets; the SR rows are configs
 
 
 # --------------------------------------------------------------------------------------------- configs
 def test_configs_name_what_they_are():
-    paper = get_sr_config("paper")
+    paper = get_config("paper")
     assert paper.kind == "reference"
     assert (paper.optimizer, paper.lr, paper.momentum, paper.batch_size) == ("sgd", 1e-4, 0.9, 100)
     assert paper.per_image and paper.init == "paper" and paper.channels == (64, 32) and paper.milestones == ()
-    fast = get_sr_config("fast")
+    fast = get_config("fast")
     assert fast.kind == "fast" and fast.optimizer == "adam" and fast.batch_size == 128
     assert fast.milestone_steps(1000) == (700, 900)
-    assert get_sr_config("smoke").kind == "smoke"
-    assert get_sr_config("fast", scale=4, train_set="291").scale == 4
+    assert get_config("smoke").kind == "smoke"
+    assert get_config("fast", scale=4, train_set="291").scale == 4
     for cfg in SR_CONFIGS.values():
         assert cfg.description
     with pytest.raises(ValueError):
-        get_sr_config("nope")
+        get_config("nope")
     with pytest.raises(ValueError):
-        get_sr_config("fast", train_set="ImageNet")
+        get_config("fast", train_set="ImageNet")
 
 
 def test_paper_numbers():
@@ -214,8 +214,9 @@ def test_bicubic_row_reproduces_table5_and_the_data_baseline():
 # ------------------------------------------------------------------------------------------- training
 @needs_data
 def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
-    from dnlib.sr import evaluate_bicubic, evaluate_sr, train_sr
-    run = train_sr("none", "smoke", eval_sets=(), progress=False)
+    from dnlib import sr
+    from dnlib.sr import evaluate_bicubic, evaluate_sr
+    run = sr.run("none", "smoke", eval_sets=(), progress=False)
     assert run.steps == 300 and run.config.kind == "smoke"
     ours = evaluate_sr(run.model, "Set5", 3)["psnr"]
     bic = evaluate_bicubic("Set5", 3)["psnr"]
@@ -227,9 +228,9 @@ def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
 def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
     """The runner's one rule, by chunks (no wall time asserted): the first chunk always runs; before the next,
     seconds spent + the previous chunk's seconds > the limit stops it. A limit no chunk fits stops after one."""
-    from dnlib.sr import train_sr
-    run = train_sr("dn*", get_sr_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_every=5,
-                   eval_sets=(), time_limit=1e-9, device="cpu")
+    from dnlib import sr
+    run = sr.run("dn*", get_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_every=5,
+                 eval_sets=(), time_limit=1e-9, device="cpu")
     assert run.steps == 5 and run.stopped == "time limit at step 5"
     assert run.record["steps_planned"] == 10 ** 6 and run.config.milestone_steps() == (800_000,)
     assert all(v is None for k, v in run.headline.items() if k != "train_seconds")   # not completed: no scores
@@ -291,7 +292,7 @@ def test_tables_crops_and_widget(monkeypatch):
     from dnlib.metrics import psnr
     from dnlib.sr import _bicubic_grey, compare_crops, crop_explorer, format_table, results_table, test_pairs
     torch.manual_seed(0)
-    net = get_sr_config("paper", channels=(4, 4)).build_model("dn*")
+    net = get_config("paper", channels=(4, 4)).build_model("dn*")
     rows = results_table({"DN*": net}, sets=("Set5",), scale=3)
     assert [r["model"] for r in rows] == ["Bicubic", "DN*"]
     assert "| Set5 | Bicubic |" in format_table(rows)
@@ -329,7 +330,7 @@ def _sr_input(c, seed=0):
 def test_dn_ms_is_the_codes_dnms():
     """dnms (get_dnms_act): x minus the 5x5 box mean of the channel mean, zero padded, divided by 25; no
     division, no L1 (the SR model never adds it)."""
-    net = get_sr_config("paper").build_model("dn-ms").double()
+    net = get_config("paper").build_model("dn-ms").double()
     for norm, c in ((net.norm1, 64), (net.norm2, 32)):
         x = _sr_input(c)
         ref = x - _naive_code_box(x.mean(1), 5, 25)[:, None]
@@ -340,7 +341,7 @@ def test_dn_ms_is_the_codes_dnms():
 def test_dn_star_code_is_the_codes_dn_star():
     """dn-star (div_norm_2d with eps = sigma^2 = 1, nothing else): 5x5 box mean of the channel mean, v = x - mu,
     7x7 box sum of the channel mean of v^2 divided by 5x5 = 25 (the code's divisor bug), y = v / sqrt(s + 1)."""
-    net = get_sr_config("paper").build_model("dn*-code").double()
+    net = get_config("paper").build_model("dn*-code").double()
     for norm, c in ((net.norm1, 64), (net.norm2, 32)):
         x = _sr_input(c, 1)
         v = x - _naive_code_box(x.mean(1), 5, 25)[:, None]

@@ -173,9 +173,9 @@ def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_pat
 
 @needs_sr
 def test_sr_diverged_run_raises(tmp_path):
-    from dnlib.configs.sr import get_sr_config
-    from dnlib.sr import train_sr
-    cfg = get_sr_config("smoke").replace(lr=1e8)
+    from dnlib import sr
+    from dnlib.configs.sr import get_config
+    cfg = get_config("smoke").replace(lr=1e8)
     with pytest.raises(TrainingDiverged) as e:
-        train_sr("none", cfg, steps=60, eval_every=20, device="cpu", out_dir=tmp_path, progress=False)
+        sr.run("none", cfg, steps=60, eval_every=20, device="cpu", resume=tmp_path, progress=False)
     assert _strict_json(tmp_path / "history.json")[-1]["stopped"] == f"diverged at step {e.value.step}"

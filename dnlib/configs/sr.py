@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from ..presets import PRESETS, NormLike, norm_name
 from ..spec import NormSpec
 
-__all__ = ["SRConfig", "SR_CONFIGS", "get_sr_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS", "SRNorm",
+__all__ = ["SRConfig", "SR_CONFIGS", "get_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS", "SRNorm",
            "SR_NORM_ROWS", "SR_NORM_ALIASES", "sr_norm", "sr_norm_name",
            "PAPER_TABLE5", "PAPER_TABLE6", "PAPER_TABLES", "PAPER_FIG3", "PAPER_FIG4", "paper_numbers"]
 
@@ -183,7 +183,7 @@ SR_CONFIGS = {
 }
 
 
-def get_sr_config(name: str = "fast", **overrides) -> SRConfig:
+def get_config(name: str = "fast", **overrides) -> SRConfig:
     """A named configuration (``"paper"``, ``"fast"``, ``"smoke"``) with field overrides."""
     if isinstance(name, SRConfig):
         return name.replace(**overrides) if overrides else name

@@ -21,7 +21,7 @@ term.
 
 The SR experiment's named normalizers (``"none"``, ``"bn"``, ``"dn*"``, ``"dn*-code"``, ``"dn-ms"`` and the authors'
 spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.configs.sr` (a preset plus overrides, with the
-paper's and the code's values); build one with ``get_sr_config("fast").build_model("dn*")``.
+paper's and the code's values); build one with ``get_config("fast").build_model("dn*")``.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class SRCNN(nn.Module):
         except ValueError as e:
             if isinstance(norm, str) and "unknown normalizer" in str(e):
                 raise ValueError(f"{e}. The SR experiment's rows ('dn*', 'dn*-code', 'dn-ms', 'dn-star', ...) are "
-                                 f"in dnlib.configs.sr: get_sr_config(...).build_model({norm!r})") from None
+                                 f"in dnlib.configs.sr: get_config(...).build_model({norm!r})") from None
             raise
         identity = layer.args[0] == "none" and not layer.keywords.get("alpha")
         self.norm_name = norm_name(norm)
