@@ -25,7 +25,7 @@ state carried from one minibatch to the next (detached between them) and reset t
 plain SGD; gradients clipped at global norm 5 (``source="code"``: the norm TF measures, :class:`SliceClip`); loss =
 NLL summed over the 20 steps and averaged over the batch, plus the L1 terms. On CUDA the whole step (forward over
 20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.train.SequenceGraphTrainer`;
-``graph="auto"``), which removes the per-step launch overhead that dominates at batch 20.
+``mode="auto"``), which removes the per-step launch overhead that dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
 over the whole split: validation and test perplexity ``exp(mean per-word NLL)`` in the training layout (20 streams);
@@ -59,10 +59,10 @@ from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device, s
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
            "gate_table", "config_table", "results_table", "perplexity_curves", "headline", "report", "set_threads",
-           "GRAPH_MODES", "main"]
+           "MODES", "main"]
 
-GRAPH_MODES = ("auto", "on", "off")
-_GRAPH = {"eager": {"graph": "off"}, "graph": {"graph": "on"}}   # check-graph's build options
+MODES = ("auto", "graph", "eager")
+_GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -249,8 +249,8 @@ class PTBRecipe(experiment.Recipe):
 
     Config fields (overrides): every :class:`PTBRunConfig` field; ``source`` (``"paper"``/``"code"``) rebuilds the
     named config on that side of PAPER.md §5.4. ``build`` options: ``data`` (``load_data``'s ``(splits,
-    vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``graph``
-    (:data:`GRAPH_MODES`: the CUDA-graph step on CUDA with ``auto``; ``on`` on CPU runs its body eagerly);
+    vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode``
+    (:data:`MODES`: ``graph``, the CUDA-graph step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly);
     ``eval_every`` (steps per chunk; default one epoch); ``final_test_batch_size`` (1; 0 skips the final pass);
     ``threads`` (torch CPU threads)."""
 
@@ -279,11 +279,11 @@ class PTBRecipe(experiment.Recipe):
         return cfg
 
     def build(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, data=None,
-              max_tokens: int | None = None, vocab: int | None = None, root=None, graph: str = "auto",
+              max_tokens: int | None = None, vocab: int | None = None, root=None, mode: str = "auto",
               eval_every: int | None = None, final_test_batch_size: int = 1,
               threads: int | None = None) -> experiment.Setup:
-        if graph not in GRAPH_MODES:
-            raise ValueError(f"graph: must be one of {list(GRAPH_MODES)}, got {graph!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         experiment.check_int("eval_every", eval_every, none_ok=True)
         experiment.check_int("final_test_batch_size", final_test_batch_size, 0)
         experiment.check_int("threads", threads, none_ok=True)
@@ -321,7 +321,7 @@ class PTBRecipe(experiment.Recipe):
                            eval_every=chunk, checkpoint_every=chunk, log_every=min(max(E // 10, 1), chunk),
                            seed=seed, device=str(dev), progress=False)
         lr_lambda = lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr   # noqa: E731  halved per epoch
-        if graph == "on" or (graph == "auto" and dev.type == "cuda"):
+        if mode == "graph" or (mode == "auto" and dev.type == "cuda"):
             cls, loss_fn, kw = SequenceGraphTrainer, lm_step, {"lr_lambda": lr_lambda, "init_state": model.init_state}
         else:
             cls, loss_fn, kw = Trainer, LMLoss(), {"lr_lambda": lr_lambda}
@@ -384,7 +384,7 @@ class PTBRecipe(experiment.Recipe):
              "--max-tokens": ("option", dict(type=cli.positive_int, help="train on the first N tokens (smoke)")),
              "--vocab": ("option", dict(type=_vocab_size, help="keep the N-1 most frequent words (smoke)")),
              "--threads": ("option", dict(type=cli.positive_int, help="torch CPU threads")),
-             "--graph": ("option", dict(choices=GRAPH_MODES, help="the CUDA-graph step (default auto)")),
+             "--mode": ("option", dict(choices=MODES, help="graph: the CUDA-graph step; eager; auto (default): graph on CUDA")),
              "--eval-every": ("option", dict(type=cli.positive_int, help="steps per evaluation and checkpoint "
                                                                          "(default one epoch)")),
              "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int,
@@ -422,7 +422,7 @@ def run(config: str | PTBConfig, **kwargs) -> RunResult:
     Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
     run folder, ``resume``: a run folder to continue, ``time_limit``, ``stop_after``, ``device``), the build
     options of :class:`PTBRecipe` (``data``: ``load_data``'s ``(splits, vocab_size)``, else ``max_tokens``,
-    ``vocab``; ``graph``, ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
+    ``vocab``; ``mode``, ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
     ``lr``, ``hidden_size``, ``source``...)."""
     return experiment.call(RECIPE, config, **kwargs)
 

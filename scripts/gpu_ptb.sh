@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The PTB language models (PAPER.md §3.3, Tables 4 and 9) on any GPU machine: check, bench, sweep, report.
 #
-#   1. check-graph: a few CUDA-graph training steps against eager steps from the same init (on failure: --graph off);
+#   1. check-graph: a few CUDA-graph training steps against eager steps from the same init (on failure: --mode eager);
 #   2. bench: tokens/s of the cells against nn.LSTM;
 #   3. sweep: CONFIGS x SEEDS, JOBS concurrent processes on the one GPU, each run in OUT/sweep/<config>-s<seed>
 #      (record.json, curves.csv, checkpoint); rerunning the script resumes unfinished runs and keeps finished ones;
@@ -32,12 +32,12 @@ DATA=(--device "$DEVICE")
 [ -n "${VOCAB:-}" ] && DATA+=(--vocab "$VOCAB")
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 
-GRAPH=auto
+MODE=auto
 $PY -m dnlib.ptb check-graph $CONFIGS --source "${SOURCE:-paper}" --steps 3 "${DATA[@]}" --json "$OUT/graph_check.json" \
-  || { GRAPH=off; echo "graph check failed: the runs train eagerly"; }
+  || { MODE=eager; echo "graph check failed: the runs train eagerly"; }
 $PY -m dnlib.ptb bench --device "$DEVICE" --json "$OUT/bench.json" || echo "bench failed"
 
-RUN=("${DATA[@]}" --source "${SOURCE:-paper}" --graph "$GRAPH")
+RUN=("${DATA[@]}" --source "${SOURCE:-paper}" --mode "$MODE")
 [ -n "${EPOCHS:-}" ] && RUN+=(--epochs "$EPOCHS")
 [ -n "${STEPS:-}" ] && RUN+=(--steps "$STEPS")
 SWEEP=(--seeds ${SEEDS:-0} --jobs "${JOBS:-3}" --out "$OUT/sweep")

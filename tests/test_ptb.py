@@ -392,22 +392,22 @@ def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_p
     from dnlib.ptb import load_data, run
     kw = dict(data=load_data(3000, 200), epochs=1, device="cpu", final_test_batch_size=0, hidden_size=16,
               batch_size=4, eval_every=5)
-    full = run("dn-star-lstm", graph="off", **kw)
-    part = run("dn-star-lstm", graph="on", resume=tmp_path, stop_after=10, **kw)
+    full = run("dn-star-lstm", mode="eager", **kw)
+    part = run("dn-star-lstm", mode="graph", resume=tmp_path, stop_after=10, **kw)
     assert part.record["config"]["setup"]["mode"] == "graph-step (eager)"
-    resumed = run("dn-star-lstm", graph="off", resume=tmp_path, **kw)
+    resumed = run("dn-star-lstm", mode="eager", resume=tmp_path, **kw)
     strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
 
 
 @needs_ptb
-@pytest.mark.parametrize("graph", ["off", "on"])    # "on" on CPU runs the graph step's body eagerly
-def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, graph):
+@pytest.mark.parametrize("mode", ["eager", "graph"])    # "graph" on CPU runs the graph step's body eagerly
+def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
     from dnlib import records
     from dnlib.ptb import load_data, run
     from dnlib.train import TrainingDiverged
     with pytest.raises(TrainingDiverged) as e:
-        run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", graph=graph, final_test_batch_size=0,
+        run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", mode=mode, final_test_batch_size=0,
             resume=tmp_path, hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
     rec = _strict_json(tmp_path / "record.json")
     assert rec == records.read_record(tmp_path) and rec["stopped"] == f"diverged at step {e.value.step}"
@@ -538,7 +538,7 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
     steps = {}
     for source in ("code", "paper"):
         cfg = RECIPE.config("bn-lstm", source=source, hidden_size=6, batch_size=4, num_steps=5, clip_norm=0.05)
-        setup = RECIPE.build(cfg, 0, "cpu", data=data, graph="off", final_test_batch_size=0)
+        setup = RECIPE.build(cfg, 0, "cpu", data=data, mode="eager", final_test_batch_size=0)
         tr = setup.make_trainer(evaluate=None)
         assert isinstance(tr, Trainer) and isinstance(tr.clip_fn, SliceClip) == (source == "code")
         # the run identity names the new fields only off their defaults: checkpoints from before still resume
