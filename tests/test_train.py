@@ -85,8 +85,8 @@ def test_tensor_batches_cover_each_epoch_once():
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
-    def boom(obj, f):
-        open(f, "wb").write(b"partial")
+    def boom(obj, f):      # torch.save writes into the file object atomic_save hands it (a path before f9c33ca)
+        f.write(b"partial")
         raise RuntimeError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(RuntimeError):
