@@ -49,7 +49,7 @@ from .experiment import RunResult
 from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
 from .io import atomic_write_json, atomic_write_text
 from .norm import IMPLS
-from .train import GraphTrainer, TrainConfig, Trainer, resolve_device, set_seed
+from .train import GraphTrainer, TrainConfig, Trainer, resolve_device
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
@@ -140,13 +140,14 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
 class CifarRecipe(experiment.Recipe):
     """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.configs.cifar`) on resident data.
 
-    ``build`` options: ``data`` (a loaded :class:`CifarData`, shared between runs), or ``subset``,
-    ``validation``, ``root``, ``mean_over`` to load it; ``mode`` (:data:`MODES`), ``eval_every`` (steps per
-    evaluation = chunk, 0: only at the end)."""
+    Options: ``data`` (a loaded :class:`CifarData`, shared between runs), or the ``load`` options ``subset``,
+    ``validation``, ``root``, ``mean_over`` to load it; the ``build`` options ``mode`` (:data:`MODES`),
+    ``eval_every`` (steps per evaluation = chunk, 0: only at the end) and ``subset`` (recorded)."""
 
     name = "cifar"
     module = "dnlib.cifar"
     description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
+    shares_data = True
 
     def configs(self) -> list:
         return list_configs("all")   # Table 7's rows, then the ResNet-20 rows
@@ -168,17 +169,20 @@ class CifarRecipe(experiment.Recipe):
     def config_dict(self, cfg: CifarConfig) -> dict:
         return cfg.as_dict()
 
-    def build(self, cfg: CifarConfig, seed: int, device: str = "auto", *, data: CifarData | None = None,
-              subset=None, validation: bool = False, root=None, mean_over: str = "train", mode: str = "auto",
-              eval_every: int = 500) -> experiment.Setup:
+    def check_options(self, *, mode: str = "auto", eval_every: int = 500, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         experiment.check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
-        subset = _subset(subset)
-        if data is None:
-            data = load_data(cfg.dataset, subset=subset, validation=validation, device=device or "auto", seed=seed,
-                             root=root, mean_over=mean_over)
-            set_seed(seed)
+
+    def load(self, cfg: CifarConfig, seed: int, device: str = "auto", *, subset=None, validation: bool = False,
+             root=None, mean_over: str = "train") -> CifarData:
+        return load_data(cfg.dataset, subset=_subset(subset), validation=validation, device=device or "auto",
+                         seed=seed, root=root, mean_over=mean_over)
+
+    def build(self, cfg: CifarConfig, data: CifarData, seed: int, device: str = "auto", *, subset=None,
+              mode: str = "auto", eval_every: int = 500) -> experiment.Setup:
+        self.check_options(mode=mode, eval_every=eval_every)
+        subset = _subset(subset)                     # recorded (load drew it)
         dev = data.device
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv algorithms once
@@ -281,7 +285,7 @@ def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunR
     ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``;
     ``steps``: the schedule shortened, milestones scaled; ``out``: a base folder for a new run folder; ``resume``:
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
-    build options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
+    options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
     :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
     500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged`
     after the record says ``stopped: "diverged at step N"``."""

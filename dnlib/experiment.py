@@ -122,12 +122,17 @@ class Command:
 
 class Recipe:
     """One experiment. Subclass it and set :attr:`name` and :attr:`module`; implement :meth:`configs`,
-    :meth:`config`, :meth:`build`, :meth:`headline` and :meth:`paper`; optionally :meth:`add_arguments` /
-    :meth:`from_args` (the experiment's own flags), :meth:`groups`, :meth:`label`, :meth:`report`, :meth:`commands`."""
+    :meth:`config`, :meth:`load`, :meth:`build`, :meth:`headline` and :meth:`paper`; optionally
+    :meth:`add_arguments` / :meth:`from_args` (the experiment's own flags), :meth:`groups`, :meth:`label`,
+    :meth:`report`, :meth:`commands`. A run is :func:`build_setup`: :meth:`check_options`, :meth:`load`, the one
+    ``set_seed(seed)``, :meth:`build` (a recipe never seeds)."""
 
     name: str = "experiment"          #: the experiment's name: ``runs/<name>/``, ``record["experiment"]``
     module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.cifar"``
     description: str = ""
+    #: the data :meth:`load` returns serve every configuration and seed: :func:`call_many`, checks and benchmarks
+    #: load them once and pass them on as the ``data`` option
+    shares_data: bool = False
 
     def configs(self) -> list:
         """The names of the registered configurations (``list``; a sweep may also take ``all``)."""
@@ -160,8 +165,20 @@ class Recipe:
         """The config's fields as a dict (default ``dataclasses.asdict``)."""
         return dataclasses.asdict(cfg)
 
-    def build(self, cfg, seed: int, device: str = "auto", **options) -> Setup:
-        """The :class:`Setup` of one run. The runner seeds every RNG with ``seed`` just before calling it."""
+    def check_options(self, **options) -> None:
+        """Raise ValueError for a bad option of :meth:`build` (its keyword-only ones, given), before :meth:`load`
+        does any work. Default: none checked."""
+
+    def load(self, cfg, seed: int, device: str = "auto", **options) -> Any:
+        """The data of one run of ``cfg`` (its keyword-only parameters are the load options; the ``data`` option,
+        when given, replaces the call). It runs before the seed: it must not draw from the global RNGs for what
+        :meth:`build` makes (pass ``seed`` to a generator of its own). Default: None."""
+        return None
+
+    def build(self, cfg, data, seed: int, device: str = "auto", **options) -> Setup:
+        """The :class:`Setup` of one run on ``data`` (:meth:`load`'s); its keyword-only parameters are the build
+        options (a name may be an option of both). The runner seeds every RNG with ``seed`` just before calling
+        it, so the model is initialised from the seed; a build does not seed."""
         raise NotImplementedError
 
     def headline(self, result: RunResult) -> dict:
@@ -338,9 +355,8 @@ class Run:
             raise ValueError("seeds: a stacked run needs one seed per copy (none given, and none stored in the "
                              "folder to resume)")
         if build is None:
-            set_seed(self.seed)
-            self.setup = setup = recipe.build(self.cfg, self.seed, device, **options)
-        else:                  # K copies in one trainer (dnlib.stacked.build seeds each copy's build itself)
+            self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, options)
+        else:                  # K copies in one trainer (dnlib.stacked.build: build_setup per copy)
             self.setup = setup = build(recipe, self.cfg, self.seeds, device, options)
         self.progress = bool(progress)
         self.planned = int(setup.train.steps)
@@ -503,7 +519,7 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         out: a base folder: the run gets a new folder ``out/<config>-s<seed>-<UTC time>``.
         resume: a run folder: continue it (its checkpoint must be this run's), or start there.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
-        overrides: configuration fields to change; options: keyword arguments of the recipe's ``build``.
+        overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
         progress: a progress bar over the run's steps (:func:`dnlib.train.progress_bar`: a widget in JupyterLab,
             a text bar under the notebook runner and on a terminal, periodic lines in a log); False: none.
@@ -793,21 +809,42 @@ def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu
 _RUN_ARGS = ("seed", "steps", "time_limit", "out", "resume", "device", "stop_after", "progress", "parameters", "argv")
 
 
+def _keywords(method) -> list:
+    return [k for k, p in inspect.signature(method).parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+
 def _options(recipe: Recipe) -> list:
-    """The options of ``recipe.build`` (its keyword-only parameters)."""
-    return [k for k, p in inspect.signature(recipe.build).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    """The options of a run of ``recipe``: ``data`` (instead of :meth:`Recipe.load`), then the keyword-only
+    parameters of ``recipe.load`` and of ``recipe.build``."""
+    return list(dict.fromkeys(["data", *_keywords(recipe.load), *_keywords(recipe.build)]))
+
+
+def build_setup(recipe: Recipe, cfg, seed: int, device="auto", options: Mapping | None = None) -> Setup:
+    """The :class:`Setup` of one run: the options split by the keyword-only parameters of ``recipe.load`` and
+    ``recipe.build`` (a name of both goes to both; any other to ``build``, which refuses it), the build options
+    checked (:meth:`Recipe.check_options`), the data loaded (unless the ``data`` option gives them), every RNG
+    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.stacked calls this once per copy), then built."""
+    options = dict(options or {})
+    data = options.pop("data", None)
+    load_kw, build_kw = _keywords(recipe.load), _keywords(recipe.build)
+    build_opts = {k: v for k, v in options.items() if k in build_kw or k not in load_kw}
+    recipe.check_options(**build_opts)
+    if data is None:
+        data = recipe.load(cfg, seed, device, **{k: v for k, v in options.items() if k in load_kw})
+    set_seed(seed)
+    return recipe.build(cfg, data, seed, device, **build_opts)
 
 
 def _share_data(recipe: Recipe, options: dict | None, setup: Setup) -> None:
-    """Keep the data a build loaded (``setup.data``) in ``options`` for the next build, when ``build`` takes
-    ``data=`` and none was given (one load for many runs, benchmarks or checks)."""
-    if options is not None and options.get("data") is None and "data" in _options(recipe):
+    """Keep the data a run loaded (``setup.data``) in ``options`` for the next run, when the recipe
+    :attr:`~Recipe.shares_data` and none was given (one load for many runs, benchmarks or checks)."""
+    if options is not None and options.get("data") is None and recipe.shares_data:
         options["data"] = setup.data
 
 
 def call(recipe: Recipe, config=None, **kwargs) -> RunResult:
     """:func:`run` with flat keyword arguments, as the recipes' ``run`` functions take them: :func:`run`'s own
-    (``seed``, ``steps``, ``out``, ``resume``, ``time_limit``...), the options of ``recipe.build`` (``data``,
+    (``seed``, ``steps``, ``out``, ``resume``, ``time_limit``...), the options of ``recipe.load``/``build`` (``data``,
     ``subset``...) and configuration fields (every other keyword, e.g. ``lr=2e-3``)."""
     run_kw = {k: kwargs.pop(k) for k in _RUN_ARGS if k in kwargs}
     options = {k: kwargs.pop(k) for k in _options(recipe) if k in kwargs}
@@ -816,7 +853,7 @@ def call(recipe: Recipe, config=None, **kwargs) -> RunResult:
 
 def call_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **kwargs) -> list:
     """:func:`call` for every configuration and seed in this process (notebooks, CPU); the data the first run
-    loaded is shared by the others (when ``recipe.build`` takes ``data=`` and none is given)."""
+    loaded is shared by the others (when the recipe :attr:`~Recipe.shares_data` and none is given)."""
     out = []
     for c in configs:
         for s in seeds:
@@ -843,8 +880,7 @@ def row_label(summary: Mapping, label: str) -> str:
 
 def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: int | None = None):
     """``(trainer, setup)`` of ``cfg``, seeded, without evaluation, outside the runner (checks, benchmarks)."""
-    set_seed(seed)
-    setup = recipe.build(cfg, seed, device, **options)
+    setup = build_setup(recipe, cfg, seed, device, options)
     if log_every:
         setup.train.log_every = log_every
     return setup.make_trainer(evaluate=None), setup

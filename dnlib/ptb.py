@@ -54,7 +54,7 @@ from .figures import MarkdownTable, cell, markdown_table, run_curves
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .models.rnn import LanguageModel, set_bn_eval_step
 from .sparse import clear_penalties, sparse_penalty
-from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device, set_seed
+from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
@@ -248,7 +248,7 @@ class PTBRecipe(experiment.Recipe):
     """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.configs.ptb`).
 
     Config fields (overrides): every :class:`PTBRunConfig` field; ``source`` (``"paper"``/``"code"``) rebuilds the
-    named config on that side of PAPER.md §5.4. ``build`` options: ``data`` (``load_data``'s ``(splits,
+    named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits,
     vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode``
     (:data:`MODES`: ``graph``, the CUDA-graph step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly);
     ``eval_every`` (steps per chunk; default one epoch); ``final_test_batch_size`` (1; 0 skips the final pass);
@@ -257,6 +257,7 @@ class PTBRecipe(experiment.Recipe):
     name = "ptb"
     module = "dnlib.ptb"
     description = "PTB language modelling (Tables 4, 9): run, sweep, gather, report, list, bench, check-graph, configs."
+    shares_data = True
 
     def configs(self) -> list:
         return list_configs()
@@ -278,20 +279,25 @@ class PTBRecipe(experiment.Recipe):
         experiment.check_int("steps", cfg.steps, none_ok=True)
         return cfg
 
-    def build(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, data=None,
-              max_tokens: int | None = None, vocab: int | None = None, root=None, mode: str = "auto",
-              eval_every: int | None = None, final_test_batch_size: int = 1,
-              threads: int | None = None) -> experiment.Setup:
+    def check_options(self, *, mode: str = "auto", eval_every: int | None = None, final_test_batch_size: int = 1,
+                      threads: int | None = None, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         experiment.check_int("eval_every", eval_every, none_ok=True)
         experiment.check_int("final_test_batch_size", final_test_batch_size, 0)
         experiment.check_int("threads", threads, none_ok=True)
+
+    def load(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
+             vocab: int | None = None, root=None):
+        return load_data(max_tokens, vocab, root)
+
+    def build(self, cfg: PTBRunConfig, data, seed: int, device: str = "auto", *, max_tokens: int | None = None,
+              vocab: int | None = None, mode: str = "auto", eval_every: int | None = None,
+              final_test_batch_size: int = 1, threads: int | None = None) -> experiment.Setup:
+        self.check_options(mode=mode, eval_every=eval_every, final_test_batch_size=final_test_batch_size,
+                           threads=threads)
         if threads:
             set_threads(threads)
-        if data is None:
-            data = load_data(max_tokens, vocab, root)
-            set_seed(seed)
         splits, vocab_size = data
         dev = resolve_device(device)
         layouts = [(s, cfg.batch_size) for s in ("train", "valid", "test")] + [("test", final_test_batch_size)]

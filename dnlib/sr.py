@@ -57,7 +57,7 @@ from .experiment import RunResult
 from .figures import cell, markdown_table, run_curves
 from .io import atomic_write_json
 from .metrics import psnr, ssim
-from .train import TrainConfig, load_checkpoint, resolve_device, set_seed
+from .train import TrainConfig, load_checkpoint, resolve_device
 
 __all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
            "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of",
@@ -246,9 +246,9 @@ class SRRecipe(experiment.Recipe):
 
     Configuration names are ``<schedule>-<row>`` (:meth:`configs`); every :class:`SRConfig` field is an override
     (``norm`` renames the configuration). ``steps`` shortens the schedule (milestones are fractions of it).
-    ``build`` options: ``sets`` (scored for the headline when the run completes; absent sets are skipped and
-    named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root`` (data root). The
-    runner shows the progress (``progress=``). The chunk is the configuration's ``eval_every`` (0: one chunk)."""
+    Options (of ``load`` and ``build``): ``sets`` (scored for the headline when the run completes; absent sets
+    are skipped and named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root``
+    (data root). The runner shows the progress (``progress=``). The chunk is the configuration's ``eval_every`` (0: one chunk)."""
 
     name = "sr"
     module = "dnlib.sr"
@@ -280,13 +280,10 @@ class SRRecipe(experiment.Recipe):
         fields = dict(fields)
         return self.config(fields.pop("name"), **fields)
 
-    def build(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
-              root=None) -> experiment.Setup:
-        from .data import SRCNNPatches
+    def load(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
+             root=None) -> dict:
+        """The training pairs (``inputs``, ``labels``) and which test sets are ``present`` (``missing``: why)."""
         sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True       # fixed patch shapes
         inputs, labels = training_pairs(cfg.train_set, cfg.scale, root)
         present, missing = [], {}
         for s in dict.fromkeys(sets + curve_sets):
@@ -295,7 +292,16 @@ class SRRecipe(experiment.Recipe):
                 present.append(s)
             except FileNotFoundError as e:              # an absent test set is named in the record, not fatal
                 missing[s] = cli.one_line(e)
-        set_seed(seed)
+        return {"inputs": inputs, "labels": labels, "present": present, "missing": missing}
+
+    def build(self, cfg: SRConfig, data: dict, seed: int, device: str = "auto", *, sets=HEADLINE_SETS,
+              curve_sets=("Set5",), root=None) -> experiment.Setup:
+        from .data import SRCNNPatches
+        sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True       # fixed patch shapes
+        inputs, labels, present, missing = data["inputs"], data["labels"], data["present"], data["missing"]
         model = cfg.build_model()
         batches = SRCNNPatches.from_pairs(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed,
                                           device=dev)

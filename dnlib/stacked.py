@@ -69,7 +69,7 @@ from torch import nn
 from . import cli, distributed, experiment
 from .models.stacked import StackedCifarCNN
 from .sparse import clear_penalties
-from .train import CheckpointError, GraphTrainer, Trainer, TrainingDiverged, set_seed
+from .train import CheckpointError, GraphTrainer, Trainer, TrainingDiverged
 
 __all__ = ["StackedTrainer", "StackedGraphTrainer", "StackedData", "StackedBatches", "StackedLoss", "evaluate",
            "build", "prepare", "run", "commands", "MODES"]
@@ -248,8 +248,8 @@ def _check_seeds(seeds) -> list:
 def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
           options: dict | None = None) -> experiment.Setup:
     """The :class:`~dnlib.experiment.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
-    a stacked :class:`~dnlib.experiment.Run`): each copy built as its separate run builds it (seeded, then
-    ``recipe.build`` with ``options``), packed into one model, data, batch source and loss; ``copies`` holds the K
+    a stacked :class:`~dnlib.experiment.Run`): each copy built as its separate run builds it
+    (:func:`~dnlib.experiment.build_setup` with ``options``: load, seed, build), packed into one model, data, batch source and loss; ``copies`` holds the K
     copies' own setups. ``options["mode"]`` is the stacked trainer's (``"auto"``: a CUDA graph on CUDA). The data
     is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
     seeds = _check_seeds(seeds)
@@ -261,9 +261,8 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
         raise ValueError(f"seeds: a stacked run trains in one process (torchrun's {distributed.world_size()} "
                          f"processes would split its batches of K copies); run it without torchrun")
     setups = []
-    for seed in seeds:
-        set_seed(seed)                       # as the runner does before an ordinary run's build
-        setups.append(recipe.build(cfg, seed, device, **options, mode="eager"))
+    for seed in seeds:                       # each copy seeded and built as its own run: load, seed, build
+        setups.append(experiment.build_setup(recipe, cfg, seed, device, {**options, "mode": "eager"}))
         if "data" not in options and options.get("subset") is None:
             options["data"] = setups[-1].data
     models = [s.model for s in setups]

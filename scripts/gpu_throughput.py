@@ -47,7 +47,7 @@ from dnlib.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dnlib.norm import IMPLS  # noqa: E402
 from dnlib.presets import make_norm  # noqa: E402
 from dnlib.sparse import sparse_penalty  # noqa: E402
-from dnlib.train import GraphTrainer, set_seed  # noqa: E402
+from dnlib.train import GraphTrainer  # noqa: E402
 
 #: The DN* layers of the paper's CIFAR CNN at batch 100 (conv1-3 outputs; windows 5, 3, 3), and the large shape.
 PAPER_SHAPES = [((100, 32, 32, 32), 5), ((100, 32, 16, 16), 3), ((100, 64, 8, 8), 3)]
@@ -213,8 +213,8 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
                    "steps": steps}
             try:
                 if kind == "separate":
-                    set_seed(0)
-                    setup = RECIPE.build(cfg, 0, str(device), data=data, mode="auto", eval_every=0)
+                    setup = experiment.build_setup(RECIPE, cfg, 0, str(device),
+                                                   {"data": data, "mode": "auto", "eval_every": 0})
                     tr = setup.make_trainer(evaluate=None)
                     step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
                     mode = experiment.trainer_mode(isinstance(tr, GraphTrainer), device)

@@ -538,7 +538,7 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
     steps = {}
     for source in ("code", "paper"):
         cfg = RECIPE.config("bn-lstm", source=source, hidden_size=6, batch_size=4, num_steps=5, clip_norm=0.05)
-        setup = RECIPE.build(cfg, 0, "cpu", data=data, mode="eager", final_test_batch_size=0)
+        setup = RECIPE.build(cfg, data, 0, "cpu", mode="eager", final_test_batch_size=0)
         tr = setup.make_trainer(evaluate=None)
         assert isinstance(tr, Trainer) and isinstance(tr.clip_fn, SliceClip) == (source == "code")
         # the run identity names the new fields only off their defaults: checkpoints from before still resume

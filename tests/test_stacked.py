@@ -26,8 +26,7 @@ def data64():
 
 def _separate(cfg, seed, data, steps):
     """The recipe's own run of ``cfg`` with ``seed`` (its build and trainer), in float64: losses and final state."""
-    set_seed(seed)                       # as the runner does right before build
-    setup = RECIPE.build(cfg, seed, "cpu", data=data, mode="eager", eval_every=0)
+    setup = experiment.build_setup(RECIPE, cfg, seed, "cpu", {"data": data, "mode": "eager", "eval_every": 0})
     tr = setup.make_trainer(evaluate=None)
     init = {k: v.double().clone() for k, v in tr.model.state_dict().items()}
     tr.model.double()
