@@ -548,16 +548,7 @@ def read_run_file(folder) -> dict:
     stacked run's) when present.
     Anything else (not UTF-8 JSON, not an object, a key of another type) is a ValueError naming the file."""
     path = Path(folder) / RUN_FILE
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a run file (not UTF-8 text: {e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a run file ({e})") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: not a run file (a folder)") from None
-    if not isinstance(stored, dict):
-        raise ValueError(f"{path}: not a run file (a JSON {type(stored).__name__}, not an object)")
+    stored = records.read_json_object(path, "a run file")
     for k, t in _RUN_FILE_TYPES.items():
         v = stored.get(k)
         if (v is None and k in ("experiment", "config")) or (

@@ -34,7 +34,7 @@ from typing import Any
 
 from .io import atomic_write_json, atomic_write_text
 
-__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "jsonable", "git_state", "versions", "device_info",
+__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "read_json_object", "jsonable", "git_state", "versions", "device_info",
            "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record", "read_record",
            "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs", "gather"]
 
@@ -223,6 +223,26 @@ def check_record(record: Any, path: str | os.PathLike = RECORD_FILE) -> dict:
     return record
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object stored at ``path``; a ValueError names the file and says it is not ``what`` (not UTF-8 text,
+    not JSON, a folder, or JSON that is not an object). A missing file raises FileNotFoundError as ``open`` does."""
+    stored = _read_json(Path(path), what)
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: not {what} (a JSON {type(stored).__name__}, not an object)")
+    return stored
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not {what} (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not {what} ({e})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: not {what} (a folder)") from None
+
+
 def read_record(run_dir: str | os.PathLike) -> dict:
     """The ``record.json`` of a run folder (or the file itself); a clear error names a missing or broken file:
     FileNotFoundError, or ValueError for one that is not UTF-8 JSON or not a run record (:func:`check_record`)."""
@@ -230,15 +250,10 @@ def read_record(run_dir: str | os.PathLike) -> dict:
     if path.is_dir():
         path = path / RECORD_FILE
     try:
-        return check_record(json.loads(path.read_text(encoding="utf-8")), path)
+        stored = _read_json(path, "a valid run record")     # check_record names what is not a record
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no run record here (a run folder holds {RECORD_FILE})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a valid run record (not UTF-8 text: {e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a valid run record ({e})") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: not a valid run record (a folder)") from None
+    return check_record(stored, path)
 
 
 def read_records(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
