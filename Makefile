@@ -42,7 +42,7 @@ git-filter:
 	else echo "not a git checkout: no notebook filter installed"; fi
 
 run: setup
-	$(BIN)/python -m dnlib.suite run --profile $(PROFILE)
+	$(BIN)/python -m dnlib.notebook.suite run --profile $(PROFILE)
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=25 tests

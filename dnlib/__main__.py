@@ -1,6 +1,6 @@
 """``dnlib EXPERIMENT VERB ...`` (the console script) and ``python -m dnlib EXPERIMENT VERB ...``: one entry point
-for the three experiments of the paper. ``dnlib cifar run bn-star --seeds 0`` is ``python -m dnlib.cifar run
-bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiment.main`), named ``dnlib cifar`` in its
+for the three experiments of the paper. ``dnlib cifar run bn-star --seeds 0`` is ``python -m dnlib cifar run
+bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiments.runner.main`), named ``dnlib cifar`` in its
 messages. ``dnlib --help`` lists the experiments, ``dnlib cifar --help`` the verbs.
 
 Layer: command line (the top floor, beside the recipes); it imports the named experiment only.
@@ -16,9 +16,9 @@ from . import cli
 
 #: experiment name -> (its module, what it is)
 EXPERIMENTS = {
-    "cifar": ("dnlib.cifar", "CIFAR-10/100 image classification (the paper's Tables 1-2)"),
-    "ptb": ("dnlib.ptb", "Penn Treebank language modelling (Table 3)"),
-    "sr": ("dnlib.sr", "super-resolution with SRCNN (Tables 4-5)"),
+    "cifar": ("dnlib.experiments.cifar", "CIFAR-10/100 image classification (the paper's Tables 3, 7, 10)"),
+    "ptb": ("dnlib.experiments.ptb", "Penn Treebank language modelling (Tables 4, 9)"),
+    "sr": ("dnlib.experiments.sr", "super-resolution with SRCNN (Tables 5, 6)"),
 }
 
 
@@ -28,14 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = cli.ArgumentParser(prog="dnlib", usage="dnlib {cifar,ptb,sr} VERB ...",
                            description="One entry point for the paper's three experiments: `dnlib cifar run bn-star "
-                                       "--seeds 0` is `python -m dnlib.cifar run bn-star --seeds 0`.",
+                                       "--seeds 0` is `python -m dnlib cifar run bn-star --seeds 0`.",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog="experiments:\n" + "\n".join(f"  {k:<6} {what}" for k, (_, what) in EXPERIMENTS.items())
                                   + "\n\n`dnlib EXPERIMENT --help` lists its verbs (run, sweep, gather, report, list, "
                                     "bench, ...).")
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="the experiment")
     args = p.parse_args(argv[:1])           # the rest goes to the experiment untouched (its own --help included)
-    from . import experiment
+    from .experiments import runner as experiment
     module = importlib.import_module(EXPERIMENTS[args.experiment][0])
     return experiment.main(module.RECIPE, argv[1:], prog=f"dnlib {args.experiment}")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import cli
 from .io import atomic_write_json
-from .presets import make_norm
+from .norms.presets import make_norm
 
 SHAPES = {"cifar": (128, 32, 32, 32), "seq": (64, 256, 100)}
 

@@ -3,7 +3,7 @@
 nbval (``pytest --nbval-lax notebooks``) executes every code cell of a notebook as one test item and keeps what the
 kernel sent back on the item (``test_outputs``). After a notebook's last cell this adds one more item,
 ``<notebook>::figures``, that rebuilds the executed notebook from those outputs and fails with
-:func:`dnlib.nbcheck.figure_problems` (a figure shown as text, a plotting cell without an image, no image at all).
+:func:`dnlib.notebook.nbcheck.figure_problems` (a figure shown as text, a plotting cell without an image, no image at all).
 Before, ``tests/test_figures_render.py`` executed the whole suite a second time for this.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from dnlib.nbcheck import figure_problems
+from dnlib.notebook.nbcheck import figure_problems
 
 # The kernels nbval starts inherit this process's environment (--nbval-current-env). ``make test`` exports
-# MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run`` (dnlib.suite)
+# MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run`` (dnlib.notebook.suite)
 # and JupyterLab, so its figures are images and the figures check below sees what a reader sees.
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 

@@ -12,7 +12,7 @@ Sources (kept as they are: their READMEs cite them, and this script reads them):
 - ``results/h100/ptb_results.json``: PTB LSTMs under a 291 s cap on the same card (stopped by the time limit);
 - ``results/cpu/ptb/*-lstm.json``: PTB LSTMs, all 13 epochs on the 2-core CPU, 2026-11-27.
 
-Each run becomes a folder with ``record.json`` (:func:`dnlib.records.make_record`'s keys) and, where the source
+Each run becomes a folder with ``record.json`` (:func:`dnlib.experiments.records.make_record`'s keys) and, where the source
 has per-epoch numbers (PTB), ``curves.csv``. Provenance is what the sources say and nothing more: the git commit
 of the code that ran them was not recorded (``git: null``), nor the seed (``seed: null``, except CIFAR's, which
 its source gives), nor start/end times (``started``/``ended`` null; ``date`` is the READMEs' day). Every record
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dnlib import records  # noqa: E402
+from dnlib.experiments import records
 
 H100 = "NVIDIA H100 80GB HBM3"
 H100_DATE = "2026-11-27"          # results/h100/README.md title

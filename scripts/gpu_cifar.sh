@@ -36,10 +36,10 @@ DATA=(--dataset "$DATASET" --device "$DEVICE" --impl "$IMPL")
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 
 MODE=auto
-$PY -m dnlib.cifar check-graph $CONFIGS --steps 5 "${DATA[@]}" --json "$OUT/graph_check.json" \
+$PY -m dnlib cifar check-graph $CONFIGS --steps 5 "${DATA[@]}" --json "$OUT/graph_check.json" \
   || { MODE=eager; echo "graph check failed: the runs use eager mode"; }
 BENCH_JSON=bench.json; [ "$IMPL" = compile ] && BENCH_JSON=bench_compile.json
-$PY -m dnlib.cifar bench ${BENCH_CONFIGS:-all} --steps "${BENCH_STEPS:-300}" --warmup 20 --mode "$MODE" "${DATA[@]}" \
+$PY -m dnlib cifar bench ${BENCH_CONFIGS:-all} --steps "${BENCH_STEPS:-300}" --warmup 20 --mode "$MODE" "${DATA[@]}" \
   --json "$OUT/$BENCH_JSON" || echo "bench failed"
 if [ "${THROUGHPUT:-1}" = 1 ]; then
   TP=(--device "$DEVICE" --out "$OUT/throughput"); [ "$DEVICE" = cpu ] && TP+=(--tiny)
@@ -49,6 +49,6 @@ fi
 RUN=(--mode "$MODE" --eval-every "${EVAL_EVERY:-1000}" "${DATA[@]}")
 [ -n "${STEPS:-}" ] && RUN+=(--steps "$STEPS")
 [ -n "${TIME_LIMIT:-}" ] && RUN+=(--time-limit "$TIME_LIMIT")
-$PY -m dnlib.cifar sweep $CONFIGS --seeds ${SEEDS:-0} --jobs "${JOBS:-4}" --out "$OUT/sweep" "${RUN[@]}" \
+$PY -m dnlib cifar sweep $CONFIGS --seeds ${SEEDS:-0} --jobs "${JOBS:-4}" --out "$OUT/sweep" "${RUN[@]}" \
   || echo "sweep: some runs did not complete (rerun this script to resume them)"
-$PY -m dnlib.cifar report "$OUT" --dataset "$DATASET"
+$PY -m dnlib cifar report "$OUT" --dataset "$DATASET"

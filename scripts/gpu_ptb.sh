@@ -33,9 +33,9 @@ DATA=(--device "$DEVICE")
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 
 MODE=auto
-$PY -m dnlib.ptb check-graph $CONFIGS --source "${SOURCE:-paper}" --steps 3 "${DATA[@]}" --json "$OUT/graph_check.json" \
+$PY -m dnlib ptb check-graph $CONFIGS --source "${SOURCE:-paper}" --steps 3 "${DATA[@]}" --json "$OUT/graph_check.json" \
   || { MODE=eager; echo "graph check failed: the runs train eagerly"; }
-$PY -m dnlib.ptb bench --device "$DEVICE" --json "$OUT/bench.json" || echo "bench failed"
+$PY -m dnlib ptb bench --device "$DEVICE" --json "$OUT/bench.json" || echo "bench failed"
 
 RUN=("${DATA[@]}" --source "${SOURCE:-paper}" --mode "$MODE")
 [ -n "${EPOCHS:-}" ] && RUN+=(--epochs "$EPOCHS")
@@ -43,7 +43,7 @@ RUN=("${DATA[@]}" --source "${SOURCE:-paper}" --mode "$MODE")
 SWEEP=(--seeds ${SEEDS:-0} --jobs "${JOBS:-3}" --out "$OUT/sweep")
 [ -n "${TIME_LIMIT:-}" ] && SWEEP+=(--time-limit "$TIME_LIMIT")
 # shellcheck disable=SC2086  # EXTRA: more run flags, split on spaces
-$PY -m dnlib.ptb sweep $CONFIGS "${SWEEP[@]}" "${RUN[@]}" ${EXTRA:-}
+$PY -m dnlib ptb sweep $CONFIGS "${SWEEP[@]}" "${RUN[@]}" ${EXTRA:-}
 rc=$?
-$PY -m dnlib.ptb report "$OUT/sweep" --out "$OUT/report" > "$OUT/report.json" && cat "$OUT/report/table.md"
+$PY -m dnlib ptb report "$OUT/sweep" --out "$OUT/report" > "$OUT/report.json" && cat "$OUT/report/table.md"
 exit $rc

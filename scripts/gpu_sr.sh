@@ -33,12 +33,12 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 
 CONFIGS=()
 for m in ${MODELS:-none bn dn* dn*-code}; do CONFIGS+=("$SCHEDULE-$m"); done
-$PY -m dnlib.sr bench "${CONFIGS[@]}" --steps "${BENCH_STEPS:-200}" --device "$DEVICE" --json "$OUT/bench.json" \
+$PY -m dnlib sr bench "${CONFIGS[@]}" --steps "${BENCH_STEPS:-200}" --device "$DEVICE" --json "$OUT/bench.json" \
   || echo "bench failed"
 
 RUN=(--device "$DEVICE" --scale "${SCALE:-3}" --eval-every "${EVAL_EVERY:-2000}")
 [ -n "${STEPS:-}" ] && RUN+=(--steps "$STEPS")
 [ -n "${TIME_LIMIT:-}" ] && RUN+=(--time-limit "$TIME_LIMIT")
-$PY -m dnlib.sr sweep "${CONFIGS[@]}" --seeds ${SEEDS:-0} --jobs "${JOBS:-4}" --out "$OUT/sweep" "${RUN[@]}" \
+$PY -m dnlib sr sweep "${CONFIGS[@]}" --seeds ${SEEDS:-0} --jobs "${JOBS:-4}" --out "$OUT/sweep" "${RUN[@]}" \
   --sets ${SETS:-Set5 Set14 BSD200} || echo "sweep: some runs did not complete (rerun this script to resume them)"
-$PY -m dnlib.sr report "$OUT/sweep" --sets ${SETS:-Set5 Set14 BSD200}
+$PY -m dnlib sr report "$OUT/sweep" --sets ${SETS:-Set5 Set14 BSD200}

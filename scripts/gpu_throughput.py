@@ -7,14 +7,14 @@ for any GPU machine (it also rehearses on a CPU).
     TRITON_INTERPRET=1 python scripts/gpu_throughput.py --device cpu --tiny --out /tmp/t   # + the Triton check
 
 1. **check**: ``DivisiveNorm(impl="triton")`` against ``impl="general"`` on the device (outputs, input gradients
-   with the L1 term) at the DN* layer shapes, when ``dnlib.triton_dn`` exists and ``available()``;
+   with the L1 term) at the DN* layer shapes, when ``dnlib.norms.triton_dn`` exists and ``available()``;
 2. **layer**: forward+backward time of the DN* layer (``triton`` / ``compile`` / ``general``) and of the BN*
    layer through ``DivisiveNorm`` (``fused``: ``F.batch_norm``) as ratios to torch's ``nn.BatchNorm2d`` (cuDNN on a
    GPU) measured in the same run, interleaved, medians; at the CIFAR CNN's three normalized shapes at batch 100
    (windows 5, 3, 3) and at 256x64x32x32 (window 3); on CUDA both eagerly and replayed as a CUDA graph;
 3. **training**: images/s of Baseline, BN*, DN* (on CUDA also DN* with ``impl="triton"`` when available; any
    ``NAME:IMPL`` with ``--configs``) as one ordinary run (the recipe's trainer: a CUDA graph on CUDA) and as K = 1,
-   3, 4, 8 copies stacked in one model (:mod:`dnlib.stacked`, one CUDA graph), so that "K stacked vs K separate
+   3, 4, 8 copies stacked in one model (:mod:`dnlib.experiments.stacked`, one CUDA graph), so that "K stacked vs K separate
    runs one after another" is a ratio measured in the same run;
 4. **estimate**: Table 7 (13 configurations x CIFAR-10/100) x 3 seeds at the paper's full schedule from those
    rates (training steps only: no evaluation, data loading or capture; LN rows at the BN* rate, their proxy).
@@ -40,14 +40,16 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dnlib import cli, experiment, records, stacked  # noqa: E402
-from dnlib.cifar import RECIPE, load_data  # noqa: E402
-from dnlib.configs.cifar import DATASETS, get_config, list_configs  # noqa: E402
+from dnlib import cli
+from dnlib.experiments import records, stacked
+from dnlib.experiments import runner as experiment
+from dnlib.experiments.cifar import RECIPE, load_data  # noqa: E402
+from dnlib.experiments.cifar_configs import DATASETS, get_config, list_configs  # noqa: E402
 from dnlib.io import atomic_write_json, atomic_write_text  # noqa: E402
-from dnlib.norm import IMPLS  # noqa: E402
-from dnlib.presets import make_norm  # noqa: E402
-from dnlib.sparse import sparse_penalty  # noqa: E402
-from dnlib.train import GraphTrainer  # noqa: E402
+from dnlib.norms.norm import IMPLS  # noqa: E402
+from dnlib.norms.presets import make_norm  # noqa: E402
+from dnlib.norms.sparse import sparse_penalty  # noqa: E402
+from dnlib.training.trainer import GraphTrainer  # noqa: E402
 
 #: The DN* layers of the paper's CIFAR CNN at batch 100 (conv1-3 outputs; windows 5, 3, 3), and the large shape.
 PAPER_SHAPES = [((100, 32, 32, 32), 5), ((100, 32, 16, 16), 3), ((100, 64, 8, 8), 3)]
@@ -77,9 +79,9 @@ def triton_check(device: torch.device, shapes) -> dict:
     """Triton kernels vs the general path: max |difference| / max |reference| of y and of dL/dx (L = <y, gy> + the
     L1 term, alpha 0.005), per shape; ``ok`` below 1e-4 (float32)."""
     try:
-        from dnlib import triton_dn
+        from dnlib.norms import triton_dn
     except ImportError as e:
-        return {"skipped": f"dnlib.triton_dn is not importable ({_error(e)})"}
+        return {"skipped": f"dnlib.norms.triton_dn is not importable ({_error(e)})"}
     if not triton_dn.available():
         return {"skipped": "triton_dn.available() is False (no triton, or no CUDA device and TRITON_INTERPRET unset)"}
     if device.type == "cpu" and not triton_dn.interpreted():
@@ -122,7 +124,7 @@ def _candidates(c: int, window: int, device: torch.device, compile_: bool) -> di
     if compile_:
         cands["dn* compile"] = lambda: dn_star(c, window, "compile", device=device)
     try:
-        from dnlib import triton_dn
+        from dnlib.norms import triton_dn
         if device.type == "cuda" and triton_dn.available():     # (the CPU interpreter is for correctness only)
             cands["dn* triton"] = lambda: dn_star(c, window, "triton", device=device)
     except ImportError:
@@ -284,7 +286,7 @@ def default_configs(device: torch.device) -> list:
     out = list(TRAIN_CONFIGS)
     if device.type == "cuda":
         try:
-            from dnlib import triton_dn
+            from dnlib.norms import triton_dn
             if triton_dn.available():
                 out.append("dn-star:triton")
         except ImportError:

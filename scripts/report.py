@@ -276,7 +276,7 @@ def report(suite: Path, out: Path, results: bool = True, profile: str | None = N
         entries.append(_entry(nb, out, s.get("status", "executed"), s.get("seconds"), "in the suite run",
                               nb.parent / "results.json"))
     if results and not any(e["stem"] == RESULTS_NOTEBOOK.stem for e in entries):
-        from dnlib import suite as S  # imports torch: only when 06 has to be executed
+        from dnlib.notebook import suite as S
 
         profile = profile or (suite.parent.name if suite.parent.name in S.notebook_profiles(RESULTS_NOTEBOOK)
                               else "smoke")

@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dnlib import aggregate, figures  # noqa: E402
+from dnlib.analysis import figures
+from dnlib.experiments import aggregate
 
 
 def main(argv=None) -> int:

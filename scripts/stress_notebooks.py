@@ -1,9 +1,9 @@
-"""Stress the notebook runner: execute notebooks through ``python -m dnlib.suite run`` many times and count hangs.
+"""Stress the notebook runner: execute notebooks through ``python -m dnlib.notebook.suite run`` many times and count hangs.
 
     .venv/bin/python scripts/stress_notebooks.py                      # 02 and 05, 30 runs each, smoke profile
     .venv/bin/python scripts/stress_notebooks.py -n 5 --notebooks 05 --write results/cpu/stress_notebooks.txt
 
-Each run is a fresh ``python -m dnlib.suite run --profile smoke --no-progress`` process (its own kernel), with
+Each run is a fresh ``python -m dnlib.notebook.suite run --profile smoke --no-progress`` process (its own kernel), with
 outputs under a temporary folder. A run ends as
 
 * ``ok``: exit status 0;
@@ -80,7 +80,7 @@ def run_once(notebook: Path, out: Path, limit: float, idle: float, profile: str)
     """One suite run; returns (outcome, seconds, detail)."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "suite.log"
-    cmd = [sys.executable, "-m", "dnlib.suite", "run", "--profile", profile, "--no-progress", "--out", str(out),
+    cmd = [sys.executable, "-m", "dnlib.notebook.suite", "run", "--profile", profile, "--no-progress", "--out", str(out),
            str(notebook)]
     start = time.monotonic()
     with open(log, "w") as fh:
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     if args.limit <= 0 or args.idle <= 0:
         parser.error("--limit and --idle must be > 0")
     sys.path.insert(0, str(REPO))
-    from dnlib.suite import discover
+    from dnlib.notebook.suite import discover
 
     paths = discover(args.notebooks)
     os.environ.setdefault("MPLBACKEND", "agg")

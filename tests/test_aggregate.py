@@ -1,12 +1,12 @@
-"""Aggregation over seeds (dnlib.aggregate): mean/std/n against numpy, tables, curve bands, figures."""
+"""Aggregation over seeds (dnlib.experiments.aggregate): mean/std/n against numpy, tables, curve bands, figures."""
 import math
 
 import numpy as np
 import pytest
 
-from dnlib import aggregate as A
-from dnlib import records as R
-from dnlib.figures import band_curves
+from dnlib.analysis.figures import band_curves
+from dnlib.experiments import aggregate as A
+from dnlib.experiments import records as R
 
 _PROV = {"git": {"commit": "a" * 40, "dirty": False}, "versions": {}, "device": {"name": "cpu"}, "host": "h"}
 
@@ -166,7 +166,7 @@ def test_curve_bands_by_several_fields(tmp_path):
 
 
 def test_compare_reads_a_paper_table_from_runs(tmp_path):
-    from dnlib.configs import cifar as C
+    from dnlib.experiments import cifar_configs as C
     for s, acc in enumerate([0.70, 0.74]):
         d = _write(tmp_path, "bn-star", s, {"final_acc": acc}, paper={"final_acc": 0.8179})
         rec = R.read_record(d)
@@ -210,8 +210,8 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
 
 
 def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
-    from dnlib import experiment
-    from dnlib.cifar import RECIPE
+    from dnlib.experiments import runner as experiment
+    from dnlib.experiments.cifar import RECIPE
     base, accs = sweep
     assert experiment.main(RECIPE, ["gather", str(base), "--out", str(base / "rows.json")]) == 0
     out = capsys.readouterr().out
@@ -225,9 +225,9 @@ def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
 # ---------------------------------------------------------------- what is pooled (issue 23 item 1)
 def _cifar(base, name, seed, acc, *, steps=40, subset=(2000, 1000), folder=None, stopped="completed", ended=5.0,
            card="cpu", **changes):
-    """A CIFAR run folder as `python -m dnlib.cifar run NAME --steps STEPS --subset A,B` writes it (the config
-    resolved by dnlib.configs.cifar, its setup facts)."""
-    from dnlib.configs import cifar as C
+    """A CIFAR run folder as `python -m dnlib cifar run NAME --steps STEPS --subset A,B` writes it (the config
+    resolved by dnlib.experiments.cifar_configs, its setup facts)."""
+    from dnlib.experiments import cifar_configs as C
     cfg = C.get_config(name).replace(**changes)
     cfg = cfg.scaled(steps) if steps != cfg.steps else cfg
     config = {**cfg.as_dict(), "setup": {"data": "CIFAR-10 (JPEG copy)", "eval_split": "test",
@@ -305,15 +305,15 @@ def test_one_seed_counts_once_the_newest_finished_run(tmp_path):
 
 
 def test_gather_verb_splits_and_says_what_was_run(tmp_path, capsys):
-    from dnlib import experiment
-    from dnlib.cifar import RECIPE
+    from dnlib.experiments import runner as experiment
+    from dnlib.experiments.cifar import RECIPE
     for s, acc in enumerate([0.20, 0.22]):
         _cifar(tmp_path, "bn-star", s, acc, steps=40)
     _cifar(tmp_path, "bn-star", 0, 0.45, steps=200)
     assert experiment.main(RECIPE, ["gather", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     per_config = out.split("**per configuration: mean ± std over runs (n)**")[1]
-    assert err.startswith("python -m dnlib.cifar gather: warning: cifar / bn-star: 2 sets of runs differ in what "
+    assert err.startswith("python -m dnlib cifar gather: warning: cifar / bn-star: 2 sets of runs differ in what "
                           "defines the experiment (steps: 200, 40;") and err.count("\n") == 1
     assert "| bn-star [steps 40, milestones 15/25] | 0.21 ± 0.01414 | 0.8179 | 2 | 40 of the paper's 80,000 " \
            "steps, subset 2000/1000, batch 100 |" in per_config

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import DivisiveNorm, records
-from dnlib.cifar import (
+from dnlib import DivisiveNorm
+from dnlib.experiments import records
+from dnlib.experiments.cifar import (
     GraphTrainer,
     check_graph,
     estimate_seconds,
@@ -23,7 +24,7 @@ from dnlib.cifar import (
     sweep,
     table10,
 )
-from dnlib.configs.cifar import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
+from dnlib.experiments.cifar_configs import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
 from dnlib.models import CifarCNN
 from dnlib.models.cnn import tf_same_pads, tf_same_pool2d
 
@@ -108,7 +109,7 @@ def test_init_scales():
 
 
 # ---------------------------------------------------------------------------------------------- configs
-# PAPER.md §2.3, copied independently of dnlib.configs: name -> (norm, affine, sigma10, alpha10, sigma100, alpha100)
+# PAPER.md §2.3, copied independently of dnlib.experiments.cifar_configs: name -> (norm, affine, sigma10, alpha10, sigma100, alpha100)
 SEC23 = {
     "base": ("none", False, None, 0, None, 0), "base-wd-drop": ("none", False, None, 0, None, 0),
     "base-l1": ("none", False, None, 0.01, None, 0.01),

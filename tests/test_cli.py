@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import bench, cifar, engines, experiment, ptb, records, sr, suite
+from dnlib import bench
+from dnlib.experiments import cifar, engines, ptb, records, sr
+from dnlib.experiments import runner as experiment
+from dnlib.notebook import suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
@@ -363,7 +366,7 @@ def test_run_shows_a_bar_on_a_terminal_by_default(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # 24 x 100, as a terminal says
     env = {k: v for k, v in os.environ.items() if k != "DNLIB_PROGRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "dnlib.ptb", *PTB_TINY, "--out", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "dnlib.experiments.ptb", *PTB_TINY, "--out", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=slave, env=env)
     os.close(slave)
     chunks = []
@@ -395,7 +398,7 @@ def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, t
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "o"
-    r = subprocess.run([sys.executable, "-m", "dnlib.cifar", verb, "dn-star", "--impl", "triton", "--steps", "2",
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", verb, "dn-star", "--impl", "triton", "--steps", "2",
                         "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
                        env=env, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dnlib import make_norm, sparse_penalty
-from dnlib.functional import compiled_divisive_norm
+from dnlib.norms.functional import compiled_divisive_norm
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -91,7 +91,7 @@ def test_compiled_function_rejects_bad_input():
 def test_cifar_step_with_compile_equals_uncompiled():
     """Two training steps of the DN* CNN: compiled normalizers (the graph trainer's step, eager on CPU) against
     the uncompiled eager trainer, via the same check the GPU script runs."""
-    from dnlib import cifar
+    from dnlib.experiments import cifar
     data = cifar.load_data("cifar10", subset=(200, 100), device="cpu")
     r = cifar.check_graph("dn-star", data, steps=2, impl="compile")
     assert r["impl"] == "compile" and r["param_moved"] > 0

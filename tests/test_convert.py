@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dnlib
-from dnlib.norm import DivisiveNorm
-from dnlib.presets import get_norm_layer
+from dnlib.norms.norm import DivisiveNorm
+from dnlib.norms.presets import get_norm_layer
 
 
 class SmallNet(nn.Module):
@@ -253,7 +253,7 @@ def _warned(fn):
 def test_report_lists_what_was_copied_and_dropped_per_layer():
     net, _ = _trained_bn()
     conv, rep = dnlib.convert_norms(net, "bn", report=True)
-    assert conv is net and isinstance(rep, dnlib.convert.ConversionReport)
+    assert conv is net and isinstance(rep, dnlib.norms.convert.ConversionReport)
     assert [r.path for r in rep] == ["bn1", "block.1", "bn_fc"] and not rep.skipped and not rep.warnings
     row = rep.rows[0]
     assert row.source.startswith("BatchNorm2d(8,") and row.target == "bn(8)"

@@ -18,11 +18,11 @@ from dnlib.data import (
     rgb2ycbcr_y,
     sr_test_pair,
 )
-from dnlib.metrics import psnr, ssim
+from dnlib.training.metrics import psnr, ssim
 
 
 def bicubic_baseline(images, scale, border=8):
-    """The paper's Bicubic row written out (dnlib.sr.evaluate_bicubic is the library's): ``uint8(up * 255)``
+    """The paper's Bicubic row written out (dnlib.experiments.sr.evaluate_bicubic is the library's): ``uint8(up * 255)``
     of the bicubic round trip against the HR Y, mean PSNR and SSIM with a ``border`` crop."""
     ps, ss = [], []
     for img in images:

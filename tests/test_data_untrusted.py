@@ -377,7 +377,7 @@ def test_cifar_pickle_fifo_is_refused(tmp_path):
 def test_explorer_sample_images_fifo_is_refused(tmp_path):
     """The activation explorer's exact CIFAR samples (an .npz in the data root) were read with np.load: a FIFO there
     blocked the widget's image loading."""
-    from dnlib import widgets
+    from dnlib.notebook import widgets
 
     fifo = tmp_path / widgets.CIFAR_SAMPLES
     fifo.parent.mkdir(parents=True)

@@ -27,7 +27,7 @@ from torch import nn
 
 import dnlib
 from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty
-from dnlib.distributed import CollectiveLog
+from dnlib.training.distributed import CollectiveLog
 
 W = 2                     # processes
 N, C, H, WD = 8, 3, 4, 5  # the whole batch
@@ -242,7 +242,7 @@ def test_process_group_argument_is_checked():
 
 
 def test_shard_tiles_the_batch():
-    from dnlib.distributed import shard
+    from dnlib.training.distributed import shard
     for n in (0, 1, 7, 8, 100):
         for world in (1, 2, 3, 8):
             parts = [shard(n, r, world) for r in range(world)]
@@ -255,7 +255,7 @@ def test_shard_tiles_the_batch():
 
 
 def test_prepare_without_torchrun_changes_nothing(monkeypatch):
-    from dnlib.distributed import is_main, prepare
+    from dnlib.training.distributed import is_main, prepare
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
     sentinel = object()
@@ -264,7 +264,7 @@ def test_prepare_without_torchrun_changes_nothing(monkeypatch):
 
 def test_sharded_batches_share_what_is_not_per_example():
     """A PTB stream yields (x, y, reset): x and y are sharded by example, the reset flag is the same for all."""
-    from dnlib.distributed import ShardedBatches
+    from dnlib.training.distributed import ShardedBatches
 
     class Stream:
         def __next__(self):
@@ -291,7 +291,7 @@ def test_torchrun_ptb_equals_one_process(tmp_path):
     import json
     import subprocess
     import sys
-    args = ["-m", "dnlib.ptb", "run", "base-lstm", "--device", "cpu", "--steps", "4", "--max-tokens", "12000",
+    args = ["-m", "dnlib.experiments.ptb", "run", "base-lstm", "--device", "cpu", "--steps", "4", "--max-tokens", "12000",
             "--vocab", "300", "--hidden-size", "16", "--batch-size", "4"]
     two = _torchrun(args + ["--out", str(tmp_path / "two")], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -309,10 +309,10 @@ def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
     reported "training diverged ... lower the learning rate". Now every rank refuses it with the arguments (one
     line naming --batch-size, the value and the world size, exit 2) and nothing is written."""
     out = tmp_path / "o"
-    r = _torchrun(["-m", "dnlib.cifar", "run", "base", "--device", "cpu", "--mode", "eager", "--steps", "2",
+    r = _torchrun(["-m", "dnlib.experiments.cifar", "run", "base", "--device", "cpu", "--mode", "eager", "--steps", "2",
                    "--subset", "200,100", "--batch-size", "1", "--out", str(out)], tmp_path)
     assert r.returncode != 0
-    ours = [line for line in r.stderr.splitlines() if line.startswith("python -m dnlib.cifar run:")]
+    ours = [line for line in r.stderr.splitlines() if line.startswith("python -m dnlib cifar run:")]
     assert len(ours) == 2, r.stderr[-3000:]                       # one line from each rank
     assert all("error: batch_size (--batch-size): 1 is smaller than the 2 torchrun processes" in line
                for line in ours), ours
@@ -320,7 +320,8 @@ def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
 
 
 def test_check_config_refuses_a_batch_below_the_world_size(monkeypatch):
-    from dnlib import cifar, experiment
+    from dnlib.experiments import cifar
+    from dnlib.experiments import runner as experiment
     cfg = cifar.RECIPE.config("base", batch_size=3)
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ValueError, match="batch_size .*3 is smaller than the 4 torchrun processes"):
@@ -332,7 +333,7 @@ def test_check_config_refuses_a_batch_below_the_world_size(monkeypatch):
 
 def test_sharded_batches_refuse_a_batch_with_an_empty_share():
     """The stream's own guard (every process sees the same batch size, so all of them stop together)."""
-    from dnlib.distributed import ShardedBatches
+    from dnlib.training.distributed import ShardedBatches
 
     class Stream:
         def __next__(self):

@@ -1,4 +1,4 @@
-"""The shared runner (dnlib/experiment.py, issue 13), on every recipe at smoke size.
+"""The shared runner (dnlib/experiments/runner.py, issue 13), on every recipe at smoke size.
 
 Add a recipe by appending a :class:`Smoke` to ``RECIPES``: every test below then runs on it. A smoke entry names
 a configuration and the tiny options/flags that make a run of ``steps`` steps in chunks of ``chunk`` steps take
@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import experiment, records
-from dnlib.train import TrainingDiverged
+from dnlib.experiments import records
+from dnlib.experiments import runner as experiment
+from dnlib.training.trainer import TrainingDiverged
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass
 class Smoke:
     """One recipe at smoke size."""
-    module: str                      # "dnlib.cifar": has RECIPE and main(argv)
+    module: str                      # "dnlib.experiments.cifar": has RECIPE and main(argv)
     config: str                      # a configuration name
     options: dict                    # build options of a tiny run (Python API)
     cli: list                        # the same as run flags (CLI), without --steps/--out/--resume
@@ -54,25 +55,25 @@ def _has_cifar() -> bool:
 
 
 RECIPES = [
-    pytest.param(Smoke("dnlib.cifar", "bn", {"subset": (200, 100), "eval_every": 2},
+    pytest.param(Smoke("dnlib.experiments.cifar", "bn", {"subset": (200, 100), "eval_every": 2},
                        ["--subset", "200,100", "--eval-every", "2", "--batch-size", "20", "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 2e-3}, diverge={"lr": 1e6}, available=_has_cifar()),
                  id="cifar"),
-    pytest.param(Smoke("dnlib.sr", "smoke-bn", {"sets": ("Set5",), "curve_sets": ("Set5",)},
+    pytest.param(Smoke("dnlib.experiments.sr", "smoke-bn", {"sets": ("Set5",), "curve_sets": ("Set5",)},
                        ["--sets", "Set5", "--curve-sets", "Set5", "--batch-size", "8", "--eval-every", "2",
                         "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 1e-3}, diverge={"lr": 1e8, "optimizer": "sgd"},
                        available=(MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
                  id="sr"),
-    pytest.param(Smoke("dnlib.ptb", "ln-star-lstm", {"max_tokens": 3000, "vocab": 200, "eval_every": 2},
+    pytest.param(Smoke("dnlib.experiments.ptb", "ln-star-lstm", {"max_tokens": 3000, "vocab": 200, "eval_every": 2},
                        ["--max-tokens", "3000", "--vocab", "200", "--eval-every", "2", "--hidden-size", "16",
                         "--batch-size", "4", "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 0.5}, diverge={"lr": 1e6, "clip_norm": None},
                        available=(MIRROR / "ptb" / "ptb.train.txt").is_file()),
                  id="ptb"),
 ]
-_OVERRIDES = {"dnlib.cifar": {"batch_size": 20}, "dnlib.sr": {"batch_size": 8, "eval_every": 2},
-              "dnlib.ptb": {"hidden_size": 16, "batch_size": 4}}   # smoke-size fields
+_OVERRIDES = {"dnlib.experiments.cifar": {"batch_size": 20}, "dnlib.experiments.sr": {"batch_size": 8, "eval_every": 2},
+              "dnlib.experiments.ptb": {"hidden_size": 16, "batch_size": 4}}   # smoke-size fields
 
 
 def _need(s: Smoke):
@@ -102,7 +103,7 @@ def _weights(run_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ resume
 def _count_steps(monkeypatch) -> list:
     """Count the optimizer steps trained in this process (every trainer class's train_step)."""
-    from dnlib import train
+    from dnlib.training import trainer as train
     count = [0]
     for cls in {train.Trainer, train.GraphTrainer, *train.Trainer.__subclasses__()}:
         if "train_step" in vars(cls):
@@ -244,7 +245,7 @@ def test_a_run_is_seeded_once_and_is_deterministic(s, monkeypatch):
     runs = [_run(s, seed=seed, progress=False) for seed in (3, 3, 4)]
     assert seeds == [3, 3, 4]                          # one per run (before: the build seeded again after loading)
     a, b, c = (r.model.state_dict() for r in runs)
-    if s.module == "dnlib.sr":
+    if s.module == "dnlib.experiments.sr":
         # SR on a CPU is not bit-reproducible within one process (the first run's step-2 loss can differ in the
         # 8th digit; test_resumed_run_equals_the_uninterrupted_one[sr] fails the same way at f61dbe9, before
         # this test): the same numbers up to float rounding
@@ -257,7 +258,7 @@ def test_a_run_is_seeded_once_and_is_deterministic(s, monkeypatch):
 
 def test_set_seed_is_called_in_one_place():
     """A source scan of dnlib: set_seed is called only by experiment.build_setup (load -> seed -> build), which
-    the runner, the checks/benchmarks (_trainer) and dnlib.stacked (once per copy) call; no recipe seeds."""
+    the runner, the checks/benchmarks (_trainer) and dnlib.experiments.stacked (once per copy) call; no recipe seeds."""
     import ast
     calls = []
     for path in sorted((REPO / "dnlib").rglob("*.py")):
@@ -269,7 +270,7 @@ def test_set_seed_is_called_in_one_place():
                             == "set_seed":
                         calls.append((path.relative_to(REPO).as_posix(), fn.name))
     calls = sorted(set(calls))
-    assert calls == [("dnlib/experiment.py", "build_setup")], calls
+    assert calls == [("dnlib/experiments/runner.py", "build_setup")], calls
 
 
 # ------------------------------------------------------------------------------------------------ sweep

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dnlib import DivisiveNorm, NormSpec, get_spec, make_norm, sparse_penalty
-from dnlib.functional import band_divisive_norm, divisive_norm, divisive_norm_reference
+from dnlib.norms.functional import band_divisive_norm, divisive_norm, divisive_norm_reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CS = "channel,space"
@@ -229,8 +229,8 @@ def test_figure_field_weights_are_the_field_mean_weights():
     field mean: sum(weights * x) == E_A[x] at the drawn unit, centre and corner, lcn and a box preset."""
     from matplotlib.figure import Figure
 
-    from dnlib import figures
-    from dnlib.functional import field_mean
+    from dnlib.analysis import figures
+    from dnlib.norms.functional import field_mean
     x = _x((2, 3, 7, 6), seed=9)
     for name, kw in (("lcn", dict(sum_window={"space": 5}, sum_weights={"space": 1.3})), ("dn", {})):
         spec = get_spec(name).replace(**kw)

@@ -1,17 +1,17 @@
-"""The figure checker (issue 15 item 1): :func:`dnlib.nbcheck.figure_problems` on synthetic notebooks.
+"""The figure checker (issue 15 item 1): :func:`dnlib.notebook.nbcheck.figure_problems` on synthetic notebooks.
 
 The repository's notebooks are checked from nbval's one execution of them (``notebooks/conftest.py`` adds a
 ``<notebook>::figures`` item after each notebook's cells), so ``make test`` no longer executes the suite a second time
 here. These tests show the checker flags what it must: a figure shown as text (a ``Figure`` made without pyplot, run
-for real through :func:`dnlib.suite.execute`), a plotting cell without an image, a notebook without any image.
+for real through :func:`dnlib.notebook.suite.execute`), a plotting cell without an image, a notebook without any image.
 """
 import json
 
 import nbformat
 import pytest
 
-from dnlib import suite
-from dnlib.nbcheck import figure_problems
+from dnlib.notebook import suite
+from dnlib.notebook.nbcheck import figure_problems
 
 # -------------------------------------------------------------------------------- the checker itself
 _SYNTHETIC = [

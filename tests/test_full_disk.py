@@ -63,12 +63,12 @@ def test_json_and_text_on_a_full_disk_name_the_destination(full_disk):
 @pytest.mark.skipif(not ((MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir()),
                     reason=f"CIFAR-10 not in DNLIB_DATA={MIRROR}")
 def test_a_run_whose_checkpoint_does_not_fit_is_one_line(full_disk, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dnlib.cifar", "run", "base", "--steps", "2", "--subset", "200,100",
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "run", "base", "--steps", "2", "--subset", "200,100",
                         "--device", "cpu", "--out", str(full_disk)], capture_output=True, text=True,
                        timeout=300, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1, r.stderr[-3000:]
-    assert len(err) == 1 and err[0].startswith("python -m dnlib.cifar run: error: No space left on device: "), err
+    assert len(err) == 1 and err[0].startswith("python -m dnlib cifar run: error: No space left on device: "), err
     assert err[0].endswith("/checkpoint.pt"), err
     (folder,) = full_disk.iterdir()
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]              # nothing partial

@@ -1,4 +1,4 @@
-"""GDN, IGDN and GDN1 (dnlib/gdn.py) against naive formulas written here, compressai's forward written inline,
+"""GDN, IGDN and GDN1 (dnlib/norms/gdn.py) against naive formulas written here, compressai's forward written inline,
 the validity of the reparameterized parameters after an optimizer step, the L1 term and the models' ``norm=``."""
 import pytest
 import torch
@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 import dnlib
 from dnlib import make_norm, sparse_penalty
-from dnlib.gdn import GDN
 from dnlib.models import SRCNN, CifarCNN
+from dnlib.norms.gdn import GDN
 
 PED = (2.0 ** -18) ** 2
 VARIANTS = {"gdn": (False, False), "igdn": (True, False), "gdn1": (False, True)}
@@ -162,7 +162,7 @@ def test_bad_arguments_name_the_parameter():
     with pytest.raises(ValueError, match="'sigma'"):
         make_norm("gdn", 3, sigma=1.0)
     with pytest.raises(ValueError, match="'window'"):
-        dnlib.presets.get_norm_layer("igdn", {"window": 3})
+        dnlib.norms.presets.get_norm_layer("igdn", {"window": 3})
 
 
 @pytest.mark.parametrize("norm", ["gdn", "igdn", "gdn1"])

@@ -4,7 +4,8 @@ other entry looked the same)."""
 import numpy as np
 import torch
 
-from dnlib import figures, make_norm
+from dnlib import make_norm
+from dnlib.analysis import figures
 
 
 def _site(diagonal, off_diagonal=0.0):

@@ -17,9 +17,9 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from dnlib import NormSpec, list_norms, make_norm, sparse_penalty
-from dnlib.functional import band_supported, divisive_norm, divisive_norm_reference
-from dnlib.norm import DivisiveNorm, fused_kind
-from dnlib.presets import PRESETS
+from dnlib.norms.functional import band_supported, divisive_norm, divisive_norm_reference
+from dnlib.norms.norm import DivisiveNorm, fused_kind
+from dnlib.norms.presets import PRESETS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

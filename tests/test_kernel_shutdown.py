@@ -40,7 +40,7 @@ def _notebook(path: Path, marker: Path, ready: Path, pid: Path) -> None:
 
 
 def test_a_finished_notebook_is_shut_down_without_sigint(tmp_path):
-    from dnlib import suite
+    from dnlib.notebook import suite
 
     marker, ready, pid = tmp_path / "sigint.txt", tmp_path / "ready.txt", tmp_path / "pid.txt"
     nb = tmp_path / "01_child.ipynb"
@@ -61,7 +61,7 @@ def test_a_finished_notebook_is_shut_down_without_sigint(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups")
 def test_a_cell_still_running_is_interrupted_at_shutdown(tmp_path):
     """A cell that hit its time limit is still running: the kernel gets jupyter_client's interrupt as before."""
-    from dnlib import suite
+    from dnlib.notebook import suite
 
     marker, ready, pid = tmp_path / "sigint.txt", tmp_path / "ready.txt", tmp_path / "pid.txt"
     nb = tmp_path / "01_child.ipynb"

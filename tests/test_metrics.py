@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dnlib.metrics import psnr, ssim
+from dnlib.training.metrics import psnr, ssim
 
 
 def test_psnr_identical_is_inf():

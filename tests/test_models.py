@@ -1,9 +1,9 @@
 """One registry of normalizers and one way for every model to take one (issue 13 item 3).
 
-Every model takes ``norm=`` (a preset name of :data:`dnlib.presets.PRESETS` or a :class:`NormSpec`) and
+Every model takes ``norm=`` (a preset name of :data:`dnlib.norms.presets.PRESETS` or a :class:`NormSpec`) and
 ``norm_kwargs=`` (:func:`dnlib.make_norm` overrides), resolved once in ``__init__`` through
-:func:`dnlib.presets.get_norm_layer`. The SR experiment's normalizer names are rows of
-:mod:`dnlib.configs.sr` (a preset plus overrides), checked here against the values of the former
+:func:`dnlib.norms.presets.get_norm_layer`. The SR experiment's normalizer names are rows of
+:mod:`dnlib.experiments.sr_configs` (a preset plus overrides), checked here against the values of the former
 ``dnlib.models.srcnn.SR_NORMS`` written out below.
 """
 import ast
@@ -18,9 +18,9 @@ from torch import nn
 
 import dnlib
 from dnlib.models import SRCNN, BNLSTMCell, BNRNNCell, CifarCNN, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
-from dnlib.norm import DivisiveNorm
-from dnlib.presets import PRESETS, Preset, get_norm_layer, get_spec, list_norms
-from dnlib.spec import NormSpec
+from dnlib.norms.norm import DivisiveNorm
+from dnlib.norms.presets import PRESETS, Preset, get_norm_layer, get_spec, list_norms
+from dnlib.norms.spec import NormSpec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CS = "channel,space"
@@ -180,7 +180,7 @@ _SR_ALIASES = {"dn-star": "dn*", "dnstar": "dn*", "dn-star-code": "dn*-code", "d
 
 @pytest.mark.parametrize("name", list(_SR_BEFORE) + list(_SR_ALIASES))
 def test_sr_rows_build_the_same_normalizers_as_before(name):
-    from dnlib.configs.sr import get_config, sr_norm_name
+    from dnlib.experiments.sr_configs import get_config, sr_norm_name
     expected = _SR_BEFORE[_SR_ALIASES.get(name, name)]
     assert sr_norm_name(name) == _SR_ALIASES.get(name, name)
     for config in ("paper", "smoke"):
@@ -200,7 +200,7 @@ def test_sr_rows_build_the_same_normalizers_as_before(name):
 
 
 def test_sr_rows_name_a_preset_and_norm_kwargs_override_them():
-    from dnlib.configs.sr import SR_NORM_ROWS, get_config, sr_norm
+    from dnlib.experiments.sr_configs import SR_NORM_ROWS, get_config, sr_norm
     for name, row in SR_NORM_ROWS.items():
         assert row.preset in PRESETS, name
         assert set(row.norm_kwargs) <= {"sum_window", "sup_window", "window", "sigma", "eps", "alpha", "border"}
@@ -222,7 +222,7 @@ def test_one_registry_of_normalizers():
     assert not hasattr(srcnn, "SR_NORMS") and not hasattr(srcnn, "srcnn_norm")
     holders = []
     for info in pkgutil.walk_packages(dnlib.__path__, "dnlib."):
-        if info.name in ("dnlib.presets", "dnlib.widgets", "dnlib.stall") or info.name.endswith("__main__"):
+        if info.name in ("dnlib.norms.presets", "dnlib.notebook.widgets", "dnlib.notebook.stall") or info.name.endswith("__main__"):
             continue
         mod = importlib.import_module(info.name)
         for attr, value in vars(mod).items():

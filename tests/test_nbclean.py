@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dnlib import suite
+from dnlib.notebook import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "nbclean.py"

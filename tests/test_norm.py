@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from dnlib import DivisiveNorm, NormSpec, get_spec, list_norms, make_norm, sparse_penalty
-from dnlib.functional import band_supported, divisive_norm, divisive_norm_reference, field_mean
-from dnlib.norm import fused_kind
+from dnlib.norms.functional import band_supported, divisive_norm, divisive_norm_reference, field_mean
+from dnlib.norms.norm import fused_kind
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 IMPLS = ["general", "auto"]
@@ -466,7 +466,7 @@ def test_property_finite_in_finite_out(spec_shape, seed):
 def test_box_filters_agree_cpu_shift_and_gpu_pool(shape, kc, ks, border):
     """The CPU (shifted adds / cumulative sums) and GPU (pooling) box filters are the same operator, values
     and gradients; even windows (TF SAME) under the reference border; windows wider than the map."""
-    from dnlib.functional import _box_pool, _box_shift, _Field
+    from dnlib.norms.functional import _box_pool, _box_shift, _Field
     nspatial = len(shape) - 3
     if shape[1] > 1 and kc > 1:
         kc = 1  # channel windows need groups == 1
@@ -536,7 +536,7 @@ def test_band_path_gradgradcheck(spec):
 
 def test_auto_takes_the_band_path_for_small_2d_inputs_only():
     """impl="auto" is the band path (bit for bit) for (N, C) inputs with C <= 256, the general path otherwise."""
-    from dnlib.norm import BAND_MAX_FEATURES
+    from dnlib.norms.norm import BAND_MAX_FEATURES
     spec = BAND_SPECS[0]
     for c, rank, expect in [(BAND_MAX_FEATURES, 2, "band"), (BAND_MAX_FEATURES + 1, 2, "general"),
                             (40, 3, "general")]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlib import suite
+from dnlib.notebook import suite
 
 NOTEBOOKS = sorted(Path(__file__).resolve().parents[1].joinpath("notebooks").glob("*.ipynb"))
 IDS = [p.name for p in NOTEBOOKS]
@@ -229,7 +229,7 @@ def test_01_exercise_3_names_the_call_that_draws_every_sigma():
     import ast as _ast
 
     import dnlib
-    from dnlib import figures, stats
+    from dnlib.analysis import figures, stats
 
     path = next(p for p in NOTEBOOKS if p.name == "01_unified_view.ipynb")
     text = _exercise(_load(path), 3)

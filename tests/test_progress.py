@@ -1,5 +1,5 @@
 """Long work shows progress (issue 23 item 2): every training call a notebook makes draws a bar by default, in the
-form that suits where it runs (dnlib.train.progress_bar), and the runner's one bar spans the whole run."""
+form that suits where it runs (dnlib.training.trainer.progress_bar), and the runner's one bar spans the whole run."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from dnlib import cifar, ptb, sr, train
-from dnlib.train import TensorBatches, TrainConfig, Trainer
+from dnlib.experiments import cifar, ptb, sr
+from dnlib.training import trainer as train
+from dnlib.training.trainer import TensorBatches, TrainConfig, Trainer
 
 DATA = Path(os.environ.get("DNLIB_DATA", "data"))
 HAS_CIFAR = (DATA / "cifar10-jpeg" / "train").is_dir() or (DATA / "cifar-10-batches-py").is_dir()

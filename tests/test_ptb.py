@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dnlib import make_norm, sparse_penalty
-from dnlib.configs.ptb import CELL_TYPES, ROWS, TABLE4, TABLE9, get_config, list_configs
+from dnlib.experiments.ptb_configs import CELL_TYPES, ROWS, TABLE4, TABLE9, get_config, list_configs
 from dnlib.models.rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 
 N, H, I = 3, 8, 5
@@ -314,7 +314,7 @@ def _strict_json(path):
 
 @needs_ptb
 def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
-    from dnlib.ptb import load_data, run, unigram_perplexity
+    from dnlib.experiments.ptb import load_data, run, unigram_perplexity
     data = load_data(30000, 1000)
     unigram = unigram_perplexity(data[0]["train"], data[0]["valid"], data[1])
     kw = dict(data=data, epochs=2, device="cpu", final_test_batch_size=0, hidden_size=64, lr=1.0, decay_after=1,
@@ -346,8 +346,8 @@ def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
 def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     import json
 
-    from dnlib import records
-    from dnlib.ptb import main
+    from dnlib.experiments import records
+    from dnlib.experiments.ptb import main
     out = tmp_path / "runs"
     assert main(["run", "dn-star-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1",
                  "--device", "cpu", "--out", str(out), "--final-test-batch-size", "1", "--time-limit", "300"]) == 0
@@ -378,7 +378,7 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
 def test_graph_step_body_equals_eager_trainer_on_cpu():
     """The CUDA-graph step's body (SequenceGraphTrainer: static state, manual SGD with a tensor learning rate,
     clipping, state carry) run eagerly on CPU gives the same losses and parameters as the generic Trainer."""
-    from dnlib.ptb import check_graph, load_data
+    from dnlib.experiments.ptb import check_graph, load_data
     data, V = load_data(4000, 200)
     for name in ("bn-star-lstm", "dn-star-lstm"):
         cfg = get_config(name, hidden_size=16, window=5 if "dn" in name else None)
@@ -389,7 +389,7 @@ def test_graph_step_body_equals_eager_trainer_on_cpu():
 @needs_ptb
 def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_path):
     """Stopped mid-epoch by the graph step (body run eagerly on CPU), resumed eagerly: the uninterrupted eager run."""
-    from dnlib.ptb import load_data, run
+    from dnlib.experiments.ptb import load_data, run
     kw = dict(data=load_data(3000, 200), epochs=1, device="cpu", final_test_batch_size=0, hidden_size=16,
               batch_size=4, eval_every=5)
     full = run("dn-star-lstm", mode="eager", **kw)
@@ -403,9 +403,9 @@ def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_p
 @needs_ptb
 @pytest.mark.parametrize("mode", ["eager", "graph"])    # "graph" on CPU runs the graph step's body eagerly
 def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
-    from dnlib import records
-    from dnlib.ptb import load_data, run
-    from dnlib.train import TrainingDiverged
+    from dnlib.experiments import records
+    from dnlib.experiments.ptb import load_data, run
+    from dnlib.training.trainer import TrainingDiverged
     with pytest.raises(TrainingDiverged) as e:
         run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", mode=mode, final_test_batch_size=0,
             resume=tmp_path, hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
@@ -417,7 +417,7 @@ def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
 
 @needs_ptb
 def test_cli_diverged_run_exits_1(tmp_path, capsys):
-    from dnlib.ptb import main
+    from dnlib.experiments.ptb import main
     code = main(["run", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
                  "--device", "cpu", "--resume", str(tmp_path), "--final-test-batch-size", "0"])
     err = capsys.readouterr().err.strip()
@@ -426,7 +426,7 @@ def test_cli_diverged_run_exits_1(tmp_path, capsys):
 
 
 def test_notebook_has_profiles_and_typed_parameters():
-    from dnlib import suite
+    from dnlib.notebook import suite
     path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "04_language_model.ipynb")
     suite.check_parameter_cell(path)
     assert set(suite.notebook_profiles(path)) == {"smoke", "full"}
@@ -485,7 +485,7 @@ def _clipped(model, ids, y, max_norm, clip):
 
 @pytest.mark.parametrize("name", ["bn-lstm", "dn-star-lstm", "ln-tanh-rnn"])
 def test_slice_clip_is_tfs_global_norm_over_token_occurrences(name):
-    from dnlib.ptb import SliceClip
+    from dnlib.experiments.ptb import SliceClip
     V, T, Nb = 7, 5, 4
     model = _tiny_lm(name, V=V, T=T)
     g = torch.Generator().manual_seed(3)
@@ -515,7 +515,7 @@ def test_slice_clip_is_tfs_global_norm_over_token_occurrences(name):
 
 
 def test_slice_clip_without_a_backward_says_so():
-    from dnlib.ptb import SliceClip
+    from dnlib.experiments.ptb import SliceClip
     model = _tiny_lm()
     clip = SliceClip(model)
     with torch.no_grad():
@@ -530,8 +530,8 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
     TensorFlow's moving averages; the paper side keeps torch's clip_grad_norm_ and BN statistics."""
     import copy
 
-    from dnlib.ptb import RECIPE, SliceClip
-    from dnlib.train import Trainer
+    from dnlib.experiments.ptb import RECIPE, SliceClip
+    from dnlib.training.trainer import Trainer
     V = 9
     ids = torch.randint(0, 4, (600,), generator=torch.Generator().manual_seed(1)).remainder(V)
     data = ({"train": ids, "valid": ids[:200], "test": ids[:200]}, V)
@@ -563,7 +563,7 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
 @needs_ptb
 def test_code_source_graph_step_body_clips_as_the_eager_trainer():
     """The graph step (SequenceGraphTrainer, its body run eagerly on CPU) calls the same SliceClip."""
-    from dnlib.ptb import check_graph, load_data
+    from dnlib.experiments.ptb import check_graph, load_data
     data, V = load_data(4000, 200)
     cfg = get_config("bn-lstm", source="code", hidden_size=16)
     r = check_graph(cfg, data["train"], V, steps=3, device="cpu")

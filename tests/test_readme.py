@@ -12,7 +12,7 @@ def _bash_blocks():
 
 
 def test_every_shell_example_says_it_runs_in_the_venv():
-    """`python -m dnlib.cifar list` outside the venv fails with ModuleNotFoundError: torch."""
+    """`python -m dnlib cifar list` outside the venv fails with ModuleNotFoundError: torch."""
     blocks = [b for b in _bash_blocks() if re.search(r"(^|\s)python -m dnlib", b)]
     assert blocks
     for b in blocks:
@@ -20,9 +20,9 @@ def test_every_shell_example_says_it_runs_in_the_venv():
 
 
 def test_sweep_run_folders_are_named_as_the_readme_says():
-    from dnlib import records
-    from dnlib.cifar import RECIPE as CIFAR
-    from dnlib.sr import RECIPE as SR
+    from dnlib.experiments import records
+    from dnlib.experiments.cifar import RECIPE as CIFAR
+    from dnlib.experiments.sr import RECIPE as SR
 
     cifar = records.run_name(CIFAR.label("bn-star", {}), 0)
     assert cifar == "cifar10-bn-star-s0" and f"`OUT/{cifar}/`" in README

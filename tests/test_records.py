@@ -1,4 +1,4 @@
-"""Run records (dnlib.records): own folders, the same keys everywhere, atomic files, provenance."""
+"""Run records (dnlib.experiments.records): own folders, the same keys everywhere, atomic files, provenance."""
 import json
 import multiprocessing as mp
 import os
@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from dnlib import records as R
+from dnlib.experiments import records as R
 
 
 def _record(**kw):
@@ -143,9 +143,10 @@ def test_read_record_refuses_a_broken_or_foreign_file_naming_it(tmp_path, kind):
 
 
 def test_gather_and_the_results_loaders_skip_broken_records_naming_each(tmp_path):
-    """gather, dnlib.aggregate (notebook 06) and experiment.load_runs keep the good runs and name each skipped
+    """gather, dnlib.experiments.aggregate (notebook 06) and experiment.load_runs keep the good runs and name each skipped
     file in a RecordWarning (they raised a traceback, or a message without the file, at the first broken one)."""
-    from dnlib import aggregate, experiment
+    from dnlib.experiments import aggregate
+    from dnlib.experiments import runner as experiment
     good, broken = _runs_with_broken(tmp_path)
     calls = {"gather": lambda: [r["run"] for r in R.gather([tmp_path])],
              "read_records": lambda: [str(d) for d, _ in R.read_records([tmp_path])],
@@ -165,7 +166,7 @@ def test_gather_and_the_results_loaders_skip_broken_records_naming_each(tmp_path
 
 
 def test_gather_command_names_each_skipped_folder_on_one_line(tmp_path, capsys):
-    from dnlib import cifar
+    from dnlib.experiments import cifar
     good, broken = _runs_with_broken(tmp_path)
     assert cifar.main(["gather", str(tmp_path)]) == 0
     out, err = capsys.readouterr()

@@ -152,7 +152,7 @@ def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
     """`cifar report runs/cifar/sweep` was refused ("nothing to report") while sr/ptb report take a sweep folder."""
     sweep = tmp_path / "sweep"
     shutil.copytree(ROOT / "results" / "records" / "cifar", sweep)        # four CIFAR run folders
-    res = subprocess.run([sys.executable, "-m", "dnlib.cifar", "report", str(sweep)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "report", str(sweep)], capture_output=True, text=True,
                          timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     rep = json.loads((sweep / "summary.json").read_text())

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import dnlib
 from dnlib.models import CifarResNet, resnet20
 from dnlib.models.resnet import BasicBlock
-from dnlib.norm import DivisiveNorm
-from dnlib.presets import PRESETS, get_norm_layer
+from dnlib.norms.norm import DivisiveNorm
+from dnlib.norms.presets import PRESETS, get_norm_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # small CPU steps: one thread beats two oversubscribed ones
 
@@ -107,7 +107,7 @@ def test_every_norm_trains_a_few_steps(norm, kw):
 
 
 def test_cifar_configs_rows_and_schedule():
-    from dnlib.configs.cifar import ARCHS, TABLE7, get_config, list_configs
+    from dnlib.experiments.cifar_configs import ARCHS, TABLE7, get_config, list_configs
     assert list_configs() == list(TABLE7)                            # the default is still Table 7
     names = list_configs("resnet20")
     assert names == ["resnet20-bn", "resnet20-gn", "resnet20-ln", "resnet20-dn-star", "resnet20-gdn"]
@@ -132,8 +132,8 @@ def test_cifar_configs_rows_and_schedule():
 
 
 def test_recipe_runs_a_resnet_row(tmp_path):
-    import dnlib.cifar
-    r = dnlib.cifar.run("resnet20-bn", steps=3, subset=(100, 50), batch_size=16, eval_every=0, out=tmp_path,
+    import dnlib.experiments.cifar
+    r = dnlib.experiments.cifar.run("resnet20-bn", steps=3, subset=(100, 50), batch_size=16, eval_every=0, out=tmp_path,
                         device="cpu")
     assert isinstance(r.model, CifarResNet)
     assert r.record["config"]["arch"] == "resnet20" and r.record["steps_done"] == 3

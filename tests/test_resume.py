@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.train import CheckpointError, GraphTrainer, TensorBatches, TrainConfig, Trainer
+from dnlib.training.trainer import CheckpointError, GraphTrainer, TensorBatches, TrainConfig, Trainer
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(
@@ -158,7 +158,7 @@ def test_same_run_extended_still_resumes_exactly(tmp_path):
 # ------------------------------------------------------------------------------------------------ CIFAR
 @pytest.fixture(scope="module")
 def cifar():
-    from dnlib.cifar import load_data
+    from dnlib.experiments.cifar import load_data
     return load_data("cifar10", subset=(200, 100), device="cpu", download=False)
 
 
@@ -169,7 +169,7 @@ def cifar():
     (dict(config="bn"), dict(config="bn", steps=8), "steps: stored 4, requested 8"),
 ])
 def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second, message):
-    from dnlib.cifar import run
+    from dnlib.experiments.cifar import run
     kw = dict(steps=4, eval_every=2, data=cifar, batch_size=20, resume=tmp_path)
     run(**{**kw, **first})
     with pytest.raises(CheckpointError, match=message):
@@ -178,7 +178,7 @@ def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second,
 
 @needs_cifar
 def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
-    from dnlib.cifar import main
+    from dnlib.experiments.cifar import main
     args = ["--subset", "200,100", "--steps", "2", "--eval-every", "2", "--device", "cpu"]
     assert main(["run", "bn", *args, "--resume", str(tmp_path)]) == 0     # --resume DIR: run in that folder
     capsys.readouterr()
@@ -200,12 +200,12 @@ def test_stacked_run_resumes_after_kill_9_bit_identically(tmp_path):
     """A stacked group (two seeds in one model) killed with SIGKILL after its first checkpoint, then resumed by its
     folder (`stack --resume DIR`), ends with the same K records, curves, history and final parameters, bit for bit,
     as an uninterrupted stacked run (the runner's one loop: the stacked group had no checkpoint before)."""
-    from dnlib import records
+    from dnlib.experiments import records
     repo = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}                       # the same threads in every process: the same sums
     steps = 60
-    cmd = [sys.executable, "-m", "dnlib.cifar", "stack"]
+    cmd = [sys.executable, "-m", "dnlib.experiments.cifar", "stack"]
     args = ["base", "--seeds", "0", "1", "--steps", str(steps), "--subset", "300,100", "--batch-size", "20",
             "--eval-every", "2", "--device", "cpu"]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -249,7 +249,7 @@ needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(),
 @pytest.mark.parametrize("change, message", [({"seed": 5}, "seed: stored 0, requested 5"),
                                              ({"hidden_size": 24}, "hidden_size: stored 16, requested 24")])
 def test_ptb_run_refuses_to_resume_another_run(tmp_path, change, message):
-    from dnlib.ptb import load_data, run
+    from dnlib.experiments.ptb import load_data, run
     kw = dict(data=load_data(3000, 200), device="cpu", final_test_batch_size=0, resume=tmp_path, batch_size=4)
     run("base-lstm", epochs=1, hidden_size=16, **kw)
     with pytest.raises(CheckpointError, match=message):
@@ -261,7 +261,7 @@ needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR 
 
 @needs_sr
 def test_sr_train_refuses_to_resume_another_norm(tmp_path):
-    from dnlib import sr
+    from dnlib.experiments import sr
     kw = dict(steps=4, eval_every=0, eval_sets=(), device="cpu", resume=tmp_path, progress=False)
     sr.run("none", "smoke", **kw)
     with pytest.raises(CheckpointError, match="norm: stored 'none', requested 'bn'"):
@@ -300,7 +300,7 @@ def test_resume_refuses_a_broken_or_foreign_run_file_naming_it(case, tmp_path, c
     """`run --resume DIR` over a broken or foreign run.json gave a traceback (AttributeError, TypeError) or a
     message without the file; over a broken record.json it went on and overwrote it. Now: one line naming the
     file, exit 2, before any data is loaded (the recipe's build is a tripwire here)."""
-    from dnlib import cifar
+    from dnlib.experiments import cifar
 
     def tripwire(*a, **k):
         raise WorkStarted("the run was built")
@@ -325,7 +325,8 @@ def test_sr_report_over_a_crafted_checkpoint_is_one_line_and_runs_nothing(tmp_pa
     import json
     import pickle
 
-    from dnlib import experiment, records, sr
+    from dnlib.experiments import records, sr
+    from dnlib.experiments import runner as experiment
     d = tmp_path / "smoke-bn-s0"
     d.mkdir()
     cfg = sr.RECIPE.config("smoke-bn", steps=2)

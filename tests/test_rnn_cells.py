@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dnlib import DivisiveNorm, NormSpec, sparse_penalty
-from dnlib.configs.ptb import CELL_TYPES, get_config
+from dnlib.experiments.ptb import evaluate_perplexity
+from dnlib.experiments.ptb_configs import CELL_TYPES, get_config
 from dnlib.models.rnn import LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
-from dnlib.ptb import evaluate_perplexity
 
 I, H, N, T = 5, 8, 3, 4
 

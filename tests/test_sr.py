@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from dnlib.configs.sr import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_config, paper_numbers
+from dnlib.experiments.sr_configs import PAPER_TABLE5, PAPER_TABLE6, SR_CONFIGS, get_config, paper_numbers
 from dnlib.models.srcnn import SRCNN
-from dnlib.norm import DivisiveNorm
-from dnlib.sparse import sparse_penalty
+from dnlib.norms.norm import DivisiveNorm
+from dnlib.norms.sparse import sparse_penalty
 
 
 def _have_sr():
@@ -73,7 +73,7 @@ def test_dn_star_sites_follow_the_paper_and_the_code_option_follows_the_code():
     assert isinstance(bn, DivisiveNorm) and bn.track_running_stats and bn.affine
     with pytest.raises(ValueError, match="norm: unknown SR normalizer 'no-such-norm'"):
         get_config("paper").build_model("no-such-norm")
-    with pytest.raises(ValueError, match=r"norm: unknown normalizer 'dn\*'.*dnlib.configs.sr"):
+    with pytest.raises(ValueError, match=r"norm: unknown normalizer 'dn\*'.*dnlib.experiments.sr_configs"):
         SRCNN("dn*")                               # the model takes presets; the SR rows are configs
 
 
@@ -133,7 +133,7 @@ def test_patch_sampler_targets_are_the_centre_and_resume_exactly():
 
 @needs_data
 def test_training_pairs_are_cached_srcnn_pairs():
-    from dnlib.sr import training_pairs
+    from dnlib.experiments.sr import training_pairs
     inputs, labels = training_pairs("T91", 3)
     assert len(inputs) == len(labels) == 91
     assert all(a.shape == b.shape and a.shape[0] % 3 == 0 and a.shape[1] % 3 == 0 for a, b in zip(inputs, labels))
@@ -158,8 +158,8 @@ class _Oracle(nn.Module):
 
 @needs_data
 def test_evaluation_pipeline_psnr_identical_is_inf_and_offset_is_closed_form():
-    from dnlib.metrics import psnr
-    from dnlib.sr import evaluate_sr, test_pairs
+    from dnlib.experiments.sr import evaluate_sr, test_pairs
+    from dnlib.training.metrics import psnr
     items = test_pairs("Set5", 3)
     assert psnr(items[0]["hr"], items[0]["hr"], border=8) == math.inf
     assert evaluate_sr(_Oracle(items), "Set5", 3)["psnr"] > 120   # only float32 rounding of the output is left
@@ -173,7 +173,7 @@ def test_evaluation_pipeline_psnr_identical_is_inf_and_offset_is_closed_form():
 @needs_data
 def test_evaluation_pipeline_ssim_matches_skimage_on_the_cropped_region():
     skm = pytest.importorskip("skimage.metrics")
-    from dnlib.sr import evaluate_sr, test_pairs
+    from dnlib.experiments.sr import evaluate_sr, test_pairs
     items = test_pairs("Set5", 3)
 
     class Noisy(_Oracle):
@@ -197,8 +197,8 @@ def test_evaluation_pipeline_ssim_matches_skimage_on_the_cropped_region():
 @needs_data
 def test_bicubic_row_reproduces_table5_and_the_data_baseline():
     from dnlib.data import load_sr, sr_test_pair
-    from dnlib.metrics import psnr, ssim
-    from dnlib.sr import evaluate_bicubic
+    from dnlib.experiments.sr import evaluate_bicubic
+    from dnlib.training.metrics import psnr, ssim
     r = evaluate_bicubic("Set14", 3)
     assert r["psnr"] == pytest.approx(PAPER_TABLE5["Bicubic"][3][0], abs=0.01)
     ps, ss = [], []                                   # written out: uint8(up * 255) against HR, 8-px border
@@ -214,8 +214,8 @@ def test_bicubic_row_reproduces_table5_and_the_data_baseline():
 # ------------------------------------------------------------------------------------------- training
 @needs_data
 def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
-    from dnlib import sr
-    from dnlib.sr import evaluate_bicubic, evaluate_sr
+    from dnlib.experiments import sr
+    from dnlib.experiments.sr import evaluate_bicubic, evaluate_sr
     run = sr.run("none", "smoke", eval_sets=(), progress=False)
     assert run.steps == 300 and run.config.kind == "smoke"
     ours = evaluate_sr(run.model, "Set5", 3)["psnr"]
@@ -228,7 +228,7 @@ def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
 def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
     """The runner's one rule, by chunks (no wall time asserted): the first chunk always runs; before the next,
     seconds spent + the previous chunk's seconds > the limit stops it. A limit no chunk fits stops after one."""
-    from dnlib import sr
+    from dnlib.experiments import sr
     run = sr.run("dn*", get_config("smoke", batch_size=4, channels=(4, 4)), steps=10 ** 6, eval_every=5,
                  eval_sets=(), time_limit=1e-9, device="cpu")
     assert run.steps == 5 and run.stopped == "time limit at step 5"
@@ -238,8 +238,8 @@ def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
 
 @needs_data
 def test_run_with_norm_records_and_the_report_reads_them(tmp_path):
-    from dnlib import records
-    from dnlib.sr import main
+    from dnlib.experiments import records
+    from dnlib.experiments.sr import main
     out = tmp_path / "gpu"
     # a data root holding only T91 and Set5: Set14, absent there, is named in the record, not fatal
     from dnlib.data import data_root
@@ -269,7 +269,7 @@ def test_run_with_norm_records_and_the_report_reads_them(tmp_path):
 
 
 def test_configuration_names_are_schedule_and_row():
-    from dnlib.sr import RECIPE
+    from dnlib.experiments.sr import RECIPE
     assert len(RECIPE.configs()) == 15 and "fast-dn*-code" in RECIPE.configs()
     cfg = RECIPE.config("fast-dn-star", steps=1000)
     assert (cfg.name, cfg.norm, cfg.kind, cfg.steps) == ("fast-dn*", "dn*", "fast", 1000)
@@ -289,8 +289,15 @@ def test_configuration_names_are_schedule_and_row():
 def test_tables_crops_and_widget(monkeypatch):
     import matplotlib
     matplotlib.use("agg")
-    from dnlib.metrics import psnr
-    from dnlib.sr import _bicubic_grey, compare_crops, crop_explorer, format_table, results_table, test_pairs
+    from dnlib.experiments.sr import (
+        _bicubic_grey,
+        compare_crops,
+        crop_explorer,
+        format_table,
+        results_table,
+        test_pairs,
+    )
+    from dnlib.training.metrics import psnr
     torch.manual_seed(0)
     net = get_config("paper", channels=(4, 4)).build_model("dn*")
     rows = results_table({"DN*": net}, sets=("Set5",), scale=3)

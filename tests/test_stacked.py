@@ -1,4 +1,4 @@
-"""Stacked seeds (dnlib.stacked): K copies of the CIFAR CNN in one model equal K separate runs; the runner's one
+"""Stacked seeds (dnlib.experiments.stacked): K copies of the CIFAR CNN in one model equal K separate runs; the runner's one
 loop trains them (records, checkpoints, per-copy divergence); the CLI verb. Kill -9 and resume: tests/test_resume.py."""
 import copy
 import dataclasses
@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
-from dnlib import clear_penalties, experiment, records, sparse_penalty, stacked
-from dnlib.cifar import RECIPE, CifarRecipe, load_data
+from dnlib import clear_penalties, sparse_penalty
+from dnlib.experiments import records, stacked
+from dnlib.experiments import runner as experiment
+from dnlib.experiments.cifar import RECIPE, CifarRecipe, load_data
 from dnlib.models import CifarCNN
 from dnlib.models.stacked import FoldedNorm, StackedCifarCNN
-from dnlib.train import TrainingDiverged, set_seed
+from dnlib.training.trainer import TrainingDiverged, set_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUBSET = (300, 100)
@@ -171,7 +173,7 @@ def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
 
 
 class _Recipe(CifarRecipe):
-    """The CIFAR recipe with the stack verb registered (what dnlib.cifar's recipe does in one line)."""
+    """The CIFAR recipe with the stack verb registered (what dnlib.experiments.cifar's recipe does in one line)."""
 
     def commands(self):
         return {**super().commands(), **stacked.commands(self)}

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from dnlib import DivisiveNorm, make_norm
-from dnlib.configs.cifar import get_config
-from dnlib.configs.ptb import get_config as get_ptb_config
+from dnlib.experiments.cifar_configs import get_config
+from dnlib.experiments.ptb_configs import get_config as get_ptb_config
 from dnlib.models import CifarCNN
-from dnlib.presets import STARRED
+from dnlib.norms.presets import STARRED
 
 
 def _same(a: DivisiveNorm, b: DivisiveNorm) -> bool:
@@ -30,7 +30,7 @@ def test_a_starred_name_says_what_it_is_with_the_make_norm_call(spelling, paper)
         make_norm(spelling, 32)
     msg = str(e.value)
     assert msg.startswith(f"name_or_spec: unknown normalizer {spelling!r}: {paper} is the paper's name for")
-    assert "make_norm('" in msg and "CIFAR: " in msg and "dnlib.configs.cifar.get_config(" in msg
+    assert "make_norm('" in msg and "CIFAR: " in msg and "dnlib.experiments.cifar_configs.get_config(" in msg
     with pytest.raises(ValueError, match=rf"norm: unknown normalizer '{re.escape(spelling)}': {re.escape(paper)}"):
         CifarCNN(10, spelling)                           # a model's norm= says the same
 

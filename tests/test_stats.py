@@ -1,4 +1,4 @@
-"""dnlib.stats (activation statistics, Table 10 metrics, equivalence table) and the figures drawn from them."""
+"""dnlib.analysis.stats (activation statistics, Table 10 metrics, equivalence table) and the figures drawn from them."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dnlib
-from dnlib import figures, stats
+from dnlib.analysis import figures, stats
 
 
 def _gen(seed=0):

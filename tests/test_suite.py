@@ -1,4 +1,4 @@
-"""The notebook runner (dnlib.suite) and the environment configuration (dnlib.envconfig)."""
+"""The notebook runner (dnlib.notebook.suite) and the environment configuration (dnlib.envconfig)."""
 import json
 import os
 import re
@@ -6,7 +6,9 @@ import re
 import nbformat
 import pytest
 
-from dnlib import envconfig, records, suite
+from dnlib import envconfig
+from dnlib.experiments import records
+from dnlib.notebook import suite
 
 
 def _notebook(path, code_cells, params, profiles=None):
@@ -235,7 +237,7 @@ def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(t
 def test_training_under_the_suite_shows_a_text_bar_and_stores_only_its_last_state(tmp_path, capfd):
     """The kernel's bar is text (not a widget frozen at 0% in the executed copy), echoed to the console as lines,
     and the executed copy keeps one line: its last state."""
-    train = ("import torch\nfrom torch import nn\nfrom dnlib.train import TensorBatches, TrainConfig, Trainer\n"
+    train = ("import torch\nfrom torch import nn\nfrom dnlib.training.trainer import TensorBatches, TrainConfig, Trainer\n"
              "x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))\n"
              "loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])\n"
              "cfg = TrainConfig(steps=40, lr=0.1, device='cpu', eval_every=0, checkpoint_every=0, log_every=5)\n"
@@ -299,7 +301,7 @@ def test_a_busy_kernel_is_never_called_stalled(tmp_path):
 # The root cause of the widget-cell hangs: an ipywidgets Output widget captures a figure, nbclient's
 # Output-widget mimic sends the captured output back on the shell socket (comm_msg) while it awaits the
 # execute_reply on that socket, and the reply's wakeup is lost (it sits in the client's socket). Before the
-# fix (dnlib.stall.slice_polls) this notebook stalled in 14 of 14 runs, within its first 17 widget cells.
+# fix (dnlib.notebook.stall.slice_polls) this notebook stalled in 14 of 14 runs, within its first 17 widget cells.
 WIDGET_SETUP = "import ipywidgets as W\nimport matplotlib.pyplot as plt\nimport numpy as np\nrng = np.random.default_rng(0)"
 WIDGET_CELL = """\
 def f(a, b):
@@ -397,4 +399,4 @@ def test_every_notebook_checks_its_parameters_right_after_the_parameters_cell():
         cells = [c for c in suite.read_notebook(path)["cells"] if c["cell_type"] == "code"]
         i = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
         source = "".join(cells[i + 1]["source"])
-        assert f'dnlib.suite.check_parameters("{path.stem}", globals())' in source, path.name
+        assert f'dnlib.notebook.suite.check_parameters("{path.stem}", globals())' in source, path.name

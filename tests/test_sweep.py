@@ -1,4 +1,4 @@
-"""Sweeps on both engines (dnlib/engines.py, issue 14 item 1): the same tiny SR sweep (2 configurations x 2 seeds,
+"""Sweeps on both engines (dnlib/experiments/engines.py, issue 14 item 1): the same tiny SR sweep (2 configurations x 2 seeds,
 6 steps, CPU) on the local engine and on a local Ray instance started and stopped here gives identical records;
 a killed sweep resumed finishes the rest only; a failing run is reported and the others finish; bad engine
 arguments are refused before anything starts.
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib import engines, experiment, records, sr
+from dnlib.experiments import engines, records, sr
+from dnlib.experiments import runner as experiment
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_sr = pytest.mark.skipif(not ((MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
@@ -260,7 +261,7 @@ def test_a_sweep_checks_every_configuration_with_its_run_flags_before_any_run(en
     engines."""
     if engine == "ray":
         pytest.importorskip("ray")
-    from dnlib import cifar
+    from dnlib.experiments import cifar
     _no_run(monkeypatch)
     with pytest.raises(ValueError, match=message):
         experiment.sweep(cifar.RECIPE, configs, [0, 1], out=tmp_path / "sw", engine=engine, verbose=False,
@@ -274,7 +275,7 @@ def test_sweep_command_with_a_clash_in_its_second_configuration_is_one_line_exit
     import subprocess
     import sys
     out = tmp_path / "sw"
-    r = subprocess.run([sys.executable, "-m", "dnlib.cifar", "sweep", "base", "dn", "--impl", "fused", "--steps",
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "sweep", "base", "dn", "--impl", "fused", "--steps",
                         "2", "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
@@ -294,7 +295,7 @@ def test_a_sweep_rerun_refuses_a_broken_run_folder_naming_the_file(name, content
                                                                    monkeypatch):
     """A rerun resumes the folders it finds: a broken or foreign run.json / record.json there gave a traceback
     (a list) or a run that failed in its own process; now one line naming the file, exit 2, nothing started."""
-    from dnlib import cifar
+    from dnlib.experiments import cifar
     _no_run(monkeypatch)
     folder = tmp_path / "cifar10-base-s0"
     folder.mkdir()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.train import (
+from dnlib.training.trainer import (
     GraphTrainer,
     TensorBatches,
     TrainConfig,
@@ -157,14 +157,14 @@ def test_results_json_never_holds_a_bare_nan(tmp_path):
 
 @needs_cifar
 def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_path, capsys):
-    from dnlib.cifar import main
+    from dnlib.experiments.cifar import main
     out = tmp_path / "run"
     code = main(["run", "bn", "--subset", "800,200", "--steps", "20", "--eval-every", "5", "--lr", "1e6",
                  "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 1
     assert len(err.splitlines()) == 1 and "diverged at step" in err and "learning rate 1e+06" in err, err
-    (out,) = out.iterdir()                 # --out BASE: the run's own folder in it (dnlib.experiment)
+    (out,) = out.iterdir()                 # --out BASE: the run's own folder in it (dnlib.experiments.runner)
     res = _strict_json(out / "record.json")
     assert res["stopped"].startswith("diverged at step") and res["headline"]["final_acc"] is None
     assert res["stopped"] in err
@@ -173,8 +173,8 @@ def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_pat
 
 @needs_sr
 def test_sr_diverged_run_raises(tmp_path):
-    from dnlib import sr
-    from dnlib.configs.sr import get_config
+    from dnlib.experiments import sr
+    from dnlib.experiments.sr_configs import get_config
     cfg = get_config("smoke").replace(lr=1e8)
     with pytest.raises(TrainingDiverged) as e:
         sr.run("none", cfg, steps=60, eval_every=20, device="cpu", resume=tmp_path, progress=False)

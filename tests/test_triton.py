@@ -1,4 +1,4 @@
-"""``DivisiveNorm(impl="triton")`` (:mod:`dnlib.triton_dn`): the Triton kernels' values and gradients (input,
+"""``DivisiveNorm(impl="triton")`` (:mod:`dnlib.norms.triton_dn`): the Triton kernels' values and gradients (input,
 learned sigma, the L1 term) against the general path, in float64, float32 and bfloat16, for both field kinds (all
 channels, channel window), every border rule, odd and even windows and shapes that leave partial tiles.
 
@@ -12,8 +12,9 @@ import sys
 import pytest
 import torch
 
-from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty, triton_dn
-from dnlib import functional as DF
+from dnlib import DivisiveNorm, NormSpec, make_norm, sparse_penalty
+from dnlib.norms import functional as DF
+from dnlib.norms import triton_dn
 
 pytest.importorskip("triton")
 pytestmark = [pytest.mark.skipif(not triton_dn.available(), reason="Triton cannot run here (no GPU, no interpreter)"),
@@ -39,7 +40,7 @@ CASES = {
 
 
 def _general(x, spec, sigma):
-    """The general path (dnlib.functional's hand-written Function): y and the L1 sum sum|x - E_A x|."""
+    """The general path (dnlib.norms.functional's hand-written Function): y and the L1 sum sum|x - E_A x|."""
     y, v, _, _ = DF.divisive_norm_stats(x, spec, sigma)
     return y, v.abs().sum()
 

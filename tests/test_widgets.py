@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnlib import widgets
+from dnlib.notebook import widgets
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_readout_shows_the_statistics(ex):
 
 
 def test_pair_statistics_are_those_of_stats(ex):
-    from dnlib import stats
+    from dnlib.analysis import stats
 
     r = ex.set(preset="ln", sigma=0.0)
     p = stats.pairwise_corr_mi(ex.y, pairs=ex.pre_pairs.pairs, bins=ex.bins, max_samples=ex.max_samples, seed=ex.seed)
@@ -224,7 +224,7 @@ def test_readout_and_table10_figure_report_one_value(ex):
     """Issue 23: the readout said "mean |corr| 0.3606, MI 0.1777 before normalization" and the joint histograms'
     title "|r| = 0.338, MI = 0.161" for the same responses (64 random pairs of 8,192 samples against all pairs of
     20,000): one estimator, one value, before and after normalization."""
-    from dnlib import figures
+    from dnlib.analysis import figures
 
     r = ex.set(preset="dn", sigma=0.5)
     assert _suptitle_numbers(figures.joint_histograms(ex.z, bins=20, seed=ex.seed, mi_bins=ex.bins)) == (

@@ -123,7 +123,7 @@ def ptb_epoch_size(num_tokens: int, batch_size: int = 20, num_steps: int = 20) -
 
 class PTBBatches:
     """Contiguous batches of an id stream, as TF's ``ptb_producer``; ``len()`` is the number per epoch. The one
-    PTB batch pipeline: training (:mod:`dnlib.ptb`) and evaluation both read it.
+    PTB batch pipeline: training (:mod:`dnlib.experiments.ptb`) and evaluation both read it.
 
     The stream is truncated to ``batch_size * batch_len`` tokens and reshaped to
     ``[batch_size, batch_len]`` (row ``b`` is the ``b``-th contiguous slice); batch ``i`` (:meth:`batch`) is
@@ -133,7 +133,7 @@ class PTBBatches:
     Two ways to read it:
 
     * ``for x, y in batches``: one epoch in order (evaluation);
-    * ``next(batches)``: the resumable training stream for :class:`dnlib.train.Trainer`: ``(x, y, reset)``
+    * ``next(batches)``: the resumable training stream for :class:`dnlib.training.trainer.Trainer`: ``(x, y, reset)``
       forever, epoch after epoch, ``reset`` True on the first batch of an epoch (the state is zeroed there);
       :meth:`state_dict` / :meth:`load_state_dict` save and restore its position ``{"epoch", "pos"}``
       (``pos``: batches of the current epoch already given).

@@ -6,7 +6,7 @@ The SRCNN pipeline the paper follows works on the Y channel of MATLAB's ``rgb2yc
 the scale and back up (:func:`imresize`, via the ``resize-right`` package with MATLAB's symmetric
 border). :class:`SRCNNPatches` draws the 33x33 input / centre 17x17 target patches of the 9-5-5
 valid-convolution SRCNN on the training device; :func:`sr_test_pair` makes a whole test image's input and ground
-truth. The paper's Bicubic row (scored on the same region as the models) is :func:`dnlib.sr.evaluate_bicubic`.
+truth. The paper's Bicubic row (scored on the same region as the models) is :func:`dnlib.experiments.sr.evaluate_bicubic`.
 
 Sets (folders under the data root): ``T91`` (``sr/T91``), ``Set5`` (``sr/Set5``), ``Set14``
 (``sr/Set14``), ``BSD100`` (``sr/BSDS500/val``), ``BSD200`` (``sr/BSDS500/test``) and
@@ -231,7 +231,7 @@ def srcnn_pairs(images: Sequence[np.ndarray], scale: int = 3, input_size: int = 
 
 class SRCNNPatches:
     """Endless random SRCNN batches drawn on ``device``: bicubic-degraded Y inputs ``x`` ``(B, 1, 33, 33)``, HR Y
-    centres ``y`` ``(B, 1, 17, 17)``; the one SR batch pipeline (what :mod:`dnlib.sr` trains on).
+    centres ``y`` ``(B, 1, 17, 17)``; the one SR batch pipeline (what :mod:`dnlib.experiments.sr` trains on).
 
     ``SRCNNPatches(images, scale)`` turns each image into the SRCNN pair once (:func:`srcnn_pairs`: Y via
     :func:`luma`, ``modcrop``, ``im2double``, bicubic down by ``scale`` and back up);

@@ -1,8 +1,8 @@
 """The paper's models, and He et al.'s CIFAR ResNet (``resnet20``; beyond the paper). Each takes its normalizer the
-same way: ``norm=`` a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, ``norm_kwargs=``
-the :func:`dnlib.make_norm` overrides, resolved once in ``__init__`` by :func:`dnlib.presets.get_norm_layer`. The
+same way: ``norm=`` a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.norms.spec.NormSpec`, ``norm_kwargs=``
+the :func:`dnlib.make_norm` overrides, resolved once in ``__init__`` by :func:`dnlib.norms.presets.get_norm_layer`. The
 experiments' named rows (CIFAR ``dn-star`` and ``resnet20-*``, PTB ``dn-star-lstm``, SR ``dn*``) are in
-:mod:`dnlib.configs`: ``CifarConfig.build_model()``, ``SRConfig.build_model(norm)``,
+the ``*_configs`` modules of :mod:`dnlib.experiments`: ``CifarConfig.build_model()``, ``SRConfig.build_model(norm)``,
 ``LanguageModel(vocab_size, **PTBConfig.model_kwargs())``."""
 from .cnn import CifarCNN
 from .resnet import CifarResNet, resnet20

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..norm import DivisiveNorm
-from ..presets import NormLike, get_norm_layer, norm_name
-from ..spec import NormSpec
+from ..norms.norm import DivisiveNorm
+from ..norms.presets import NormLike, get_norm_layer, norm_name
+from ..norms.spec import NormSpec
 
 __all__ = ["CifarCNN", "tf_same_pads", "tf_same_pool2d", "TFSamePool2d", "INIT_STD"]
 

@@ -25,7 +25,7 @@ affine). Where a block changes the size (stride 2, twice the channels) the short
 Initialization: He (Kaiming) normal for the convolutions (``mode="fan_out"``, as torchvision's ResNets), torch's
 default for the FC layer; every normalizer starts at its own initialization (gamma 1, beta 0).
 
-Every site is built by :func:`dnlib.presets.get_norm_layer` from ``norm`` and ``norm_kwargs``, as in every model
+Every site is built by :func:`dnlib.norms.presets.get_norm_layer` from ``norm`` and ``norm_kwargs``, as in every model
 of :mod:`dnlib.models`; with ``alpha`` in ``norm_kwargs`` each of the ``6n + 1`` sites (+2 with shortcut B) adds
 its L1 term (:func:`dnlib.sparse_penalty`). ``norm="gn"`` needs ``groups`` dividing 16 (its preset default of
 32 groups does not): e.g. ``norm_kwargs={"groups": 8}``.
@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..norm import DivisiveNorm
-from ..presets import NormLike, get_norm_layer, norm_name
+from ..norms.norm import DivisiveNorm
+from ..norms.presets import NormLike, get_norm_layer, norm_name
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet20", "SHORTCUTS"]
 
@@ -78,7 +78,7 @@ class CifarResNet(nn.Module):
 
     Args:
         num_classes: 10 (CIFAR-10) or 100.
-        norm: a preset name (:func:`dnlib.list_norms`), a :class:`~dnlib.spec.NormSpec` or None (= ``"none"``).
+        norm: a preset name (:func:`dnlib.list_norms`), a :class:`~dnlib.norms.spec.NormSpec` or None (= ``"none"``).
         norm_kwargs: :func:`dnlib.make_norm` overrides for every site (``sigma``, ``alpha``, ``groups``, ...).
         blocks: basic blocks per stage, n (3: ResNet-20, 5: -32, 7: -44, 9: -56, 18: -110).
         widths: channels of the three stages (16, 32, 64 in the paper).

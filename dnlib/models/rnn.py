@@ -33,9 +33,9 @@ where the cells differ only in *where* normalization sits:
 =====================  ==========================================================================================
 
 Every cell takes its normalizer as every model of :mod:`dnlib.models` does: ``norm=`` a preset name or a
-:class:`~dnlib.spec.NormSpec` (defaults: ``"none"`` for the per-nonlinearity and vanilla cells, ``"bn"`` for the BN
+:class:`~dnlib.norms.spec.NormSpec` (defaults: ``"none"`` for the per-nonlinearity and vanilla cells, ``"bn"`` for the BN
 cells, ``"ln"`` for the LN-LSTM), ``norm_kwargs=`` its :func:`dnlib.make_norm` overrides (``sigma``, ``alpha``,
-``window``, ``border``, ``eps``, ``affine``), resolved once by :func:`dnlib.presets.get_norm_layer`. The sparse L1 penalty (PAPER.md
+``window``, ``border``, ``eps``, ``affine``), resolved once by :func:`dnlib.norms.presets.get_norm_layer`. The sparse L1 penalty (PAPER.md
 §2.2) is accumulated at every normalized quantity, every layer and every time step, as the authors' code sums it:
 ``alpha * mean|v|`` at each of ``i, j, f, o`` and ``c`` (per-nonlinearity cells), or at ``W_x x``, ``W_h h``
 and ``c`` (BN/LN cells), or at the one pre-activation (vanilla RNNs). The per-nonlinearity cell normalizes the
@@ -44,7 +44,7 @@ the same number of elements.
 
 **1-D DN window (PAPER.md §1.3, §5.4 item 2).** The paper's eqs. 6-7 use a radius R (R = 30 for the LSTM, 60 for
 the RNN: windows of 2R + 1 = 61 and 121 units) and always divide by 2R + 1, i.e. units beyond the border count as
-zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.configs.ptb`). The authors' code uses windows of
+zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.experiments.ptb_configs`). The authors' code uses windows of
 30 and 60 *units* with TensorFlow SAME zero padding (asymmetric for even sizes): ``window=30, border="reference"``.
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..norm import DivisiveNorm
-from ..presets import NormLike, get_norm_layer, norm_name
+from ..norms.norm import DivisiveNorm
+from ..norms.presets import NormLike, get_norm_layer, norm_name
 
 __all__ = ["NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel", "GATES", "CELLS",
            "make_cell", "set_bn_eval_step"]
@@ -66,7 +66,7 @@ NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _site(layer, num_features: int, alpha_scale: float = 1.0, **extra) -> DivisiveNorm | None:
-    """A normalizer for one site from a resolved :func:`~dnlib.presets.get_norm_layer`, or None when there is
+    """A normalizer for one site from a resolved :func:`~dnlib.norms.presets.get_norm_layer`, or None when there is
     nothing to do ("none" without L1). With ``"none"`` and an L1 weight only ``alpha`` (and ``device``/``dtype``)
     apply: the identity plus the L1 term; ``affine=True`` there is refused (there is no normalizer to carry a
     gain). A 1-D DN site is a plain :class:`~dnlib.DivisiveNorm`; for the cells' ``(N, H)`` inputs with H <= 256
@@ -245,7 +245,7 @@ def _joint_lstm_update(cell, z, c, norm_c):
 class _StepNorm(nn.Module):
     """Batch normalization with separate statistics (and running averages) for every time step and one gain and
     bias shared over time (Cooijmans et al. 2017). Steps beyond ``max_steps`` use the last step's statistics.
-    ``layer``: the resolved normalizer (:func:`~dnlib.presets.get_norm_layer`) of every step, built without
+    ``layer``: the resolved normalizer (:func:`~dnlib.norms.presets.get_norm_layer`) of every step, built without
     affine; ``affine``: the shared gain and bias.
 
     ``eval_step``: when set, eval mode uses that step's running statistics for every step (the authors' test
@@ -305,7 +305,7 @@ class BNLSTMCell(_Recurrent):
     cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code) passes
     ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
 
-    ``norm`` (default ``"bn"``; e.g. ``"bn-s"``, or a batch-pooling :class:`~dnlib.spec.NormSpec`) is the normalizer
+    ``norm`` (default ``"bn"``; e.g. ``"bn-s"``, or a batch-pooling :class:`~dnlib.norms.spec.NormSpec`) is the normalizer
     of each step, ``norm_kwargs`` its overrides; ``norm_kwargs["affine"]`` (default True) is the shared gain and bias.
     """
 
@@ -470,7 +470,7 @@ class LanguageModel(nn.Module):
         arch: the cell (see :func:`make_cell`).
         num_layers: stacked layers (2).
         init_scale: half-width of the uniform initialisation (0.1).
-        norm: every layer's normalizer, a preset name or a :class:`~dnlib.spec.NormSpec`; None (default): the
+        norm: every layer's normalizer, a preset name or a :class:`~dnlib.norms.spec.NormSpec`; None (default): the
             cell's own default (``"none"`` for ``lstm``/``rnn``, ``"bn"`` for the BN cells, ``"ln"`` for
             ``ln-lstm``).
         norm_kwargs: the :func:`dnlib.make_norm` overrides of every normalizer site.

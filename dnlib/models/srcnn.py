@@ -14,13 +14,13 @@ standard deviations (TensorFlow's ``truncated_normal``), biases are 0 (``init="p
 fast configuration) uses He-normal weights instead.
 
 ``norm=`` picks the normalizer of the two hidden layers, as in every model of :mod:`dnlib.models`: a preset name
-(:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, with ``norm_kwargs`` the :func:`dnlib.make_norm`
+(:func:`dnlib.list_norms`) or a :class:`~dnlib.norms.spec.NormSpec`, with ``norm_kwargs`` the :func:`dnlib.make_norm`
 overrides (e.g. ``SRCNN("dn", norm_kwargs={"sum_window": 5, "sup_window": 7, "sigma": 1.0})``). ``"none"``
 without an L1 weight builds ``nn.Identity`` (SRCNN as published); with ``alpha`` it is the identity plus the L1
 term.
 
 The SR experiment's named normalizers (``"none"``, ``"bn"``, ``"dn*"``, ``"dn*-code"``, ``"dn-ms"`` and the authors'
-spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.configs.sr` (a preset plus overrides, with the
+spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.experiments.sr_configs` (a preset plus overrides, with the
 paper's and the code's values); build one with ``get_config("fast").build_model("dn*")``.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..presets import NormLike, get_norm_layer, norm_name
+from ..norms.presets import NormLike, get_norm_layer, norm_name
 
 __all__ = ["SRCNN"]
 
@@ -41,7 +41,7 @@ class SRCNN(nn.Module):
 
     Args:
         norm: a preset name (:func:`dnlib.list_norms`; ``"none"``: no normalizer) or a
-            :class:`~dnlib.spec.NormSpec`. The SR experiment's rows (``"dn*"``, ...) are in :mod:`dnlib.configs.sr`.
+            :class:`~dnlib.norms.spec.NormSpec`. The SR experiment's rows (``"dn*"``, ...) are in :mod:`dnlib.experiments.sr_configs`.
         channels: filters of the two hidden layers (paper: 64, 32).
         kernels: kernel sizes of the three layers (paper: 9, 5, 5).
         in_channels: 1 (luma).
@@ -77,7 +77,7 @@ class SRCNN(nn.Module):
         except ValueError as e:
             if isinstance(norm, str) and "unknown normalizer" in str(e):
                 raise ValueError(f"{e}. The SR experiment's rows ('dn*', 'dn*-code', 'dn-ms', 'dn-star', ...) are "
-                                 f"in dnlib.configs.sr: get_config(...).build_model({norm!r})") from None
+                                 f"in dnlib.experiments.sr_configs: get_config(...).build_model({norm!r})") from None
             raise
         identity = layer.args[0] == "none" and not layer.keywords.get("alpha")
         self.norm_name = norm_name(norm)

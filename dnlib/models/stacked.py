@@ -1,5 +1,5 @@
 """K copies of the paper's CIFAR CNN packed into ONE module (models layer; the stacked runs are
-:mod:`dnlib.stacked`).
+:mod:`dnlib.experiments.stacked`).
 
 :class:`StackedCifarCNN` holds K :class:`~dnlib.models.CifarCNN` of one configuration (any weights): convolutions
 become grouped convolutions (``groups=K``: channel block k is copy k), the FC layers batched matrix products
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..norm import DivisiveNorm
+from ..norms.norm import DivisiveNorm
 from .cnn import CifarCNN
 
 __all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "FoldedNorm"]

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 
 __all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "read_json_object", "jsonable", "git_state", "versions", "device_info",
            "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record", "read_record",
@@ -193,7 +193,7 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     """Write ``record`` as ``run_dir/record.json`` atomically (non-finite numbers become null)."""
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing:
-        raise ValueError(f"record: missing keys {missing}; build it with dnlib.records.make_record")
+        raise ValueError(f"record: missing keys {missing}; build it with dnlib.experiments.records.make_record")
     return atomic_write_json(jsonable(dict(record)), Path(run_dir) / RECORD_FILE, indent=1)
 
 

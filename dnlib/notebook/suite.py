@@ -1,4 +1,4 @@
-"""The notebook suite's runner: ``python -m dnlib.suite run [--profile smoke|full] [-p NAME VALUE ...] [NOTEBOOK ...]``.
+"""The notebook suite's runner: ``python -m dnlib.notebook.suite run [--profile smoke|full] [-p NAME VALUE ...] [NOTEBOOK ...]``.
 
 Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactly one cell tagged
 ``parameters``, written ``name: type = value  # help`` with literal values. This module runs them headless:
@@ -15,7 +15,7 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
 4. **Execute** each notebook with kernel ``python3`` into a run folder of its own: every invocation makes
    ``runs/<profile>/suite-<UTC time>/`` (``--out`` names another), and each notebook gets ``<stem>/`` there
    with its executed copy ``<name>.ipynb``, ``results.json`` (its headline numbers, written by
-   :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.records` run record: the
+   :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record: the
    resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
    notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on
    ``PYTHONPATH``, matplotlib's inline backend and ``DNLIB_PROGRESS=text``: a training call's progress bar is a
@@ -43,9 +43,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cli, records
-from .io import atomic_write_json, atomic_write_text
-from .train import PROGRESS_ENV
+from .. import cli
+from ..experiments import records
+from ..io import atomic_write_json, atomic_write_text
+from ..training.trainer import PROGRESS_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
@@ -260,8 +261,8 @@ def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = No
     r"""Check, inside a running notebook, that its parameters have their declared types.
 
     The notebooks call it in the cell right after their ``parameters`` cell
-    (``dnlib.suite.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain papermill gets
-    the type check of ``python -m dnlib.suite`` (:func:`coerce`) before any work starts. The classic mistake it
+    (``dnlib.notebook.suite.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain papermill gets
+    the type check of ``python -m dnlib.notebook.suite`` (:func:`coerce`) before any work starts. The classic mistake it
     catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists and dicts go in as
     YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the kernel;
     papermill itself warns about it.)
@@ -339,10 +340,10 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
                  parameters: Mapping[str, Any] | None = None) -> Path:
     """Write a notebook's headline numbers as JSON and return the path.
 
-    Under ``python -m dnlib.suite`` (which sets ``$DNLIB_RESULTS``) the file goes beside the executed copy and the
+    Under ``python -m dnlib.notebook.suite`` (which sets ``$DNLIB_RESULTS``) the file goes beside the executed copy and the
     suite writes the run record. Anywhere else (JupyterLab, plain papermill, a script) every call makes a run
     folder of its own, ``runs/notebooks/<name>-<UTC time>/`` with ``results.json`` and ``record.json`` (the
-    notebook's parameters, git commit, versions, device...; :mod:`dnlib.records`), so two runs never overwrite
+    notebook's parameters, git commit, versions, device...; :mod:`dnlib.experiments.records`), so two runs never overwrite
     each other. ``parameters``: default, the values of the parameters the notebook declares, read from the
     kernel. Tensors and arrays become lists, non-finite floats become ``null``.
     """
@@ -530,7 +531,7 @@ def execute(
     first line) and how long it ran (``limit_note``: how the limit was derived, for that message). ``progress``:
     papermill's bar over the cells and the kernel's progress bars echoed as lines (:class:`_ProgressEcho`).
     ``stall_timeout`` (seconds; None: off) fails a cell sooner when the kernel is idle and never answers it
-    (a lost request or reply, see :mod:`dnlib.stall`); a kernel busy with the cell is never cut short by it."""
+    (a lost request or reply, see :mod:`dnlib.notebook.stall`); a kernel busy with the cell is never cut short by it."""
     import papermill
 
     from .stall import register_engine
@@ -613,22 +614,22 @@ def run(
     done = []
     for path, params in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
-        tqdm.write(f"[dnlib.suite] {path.name} ({profile}: {shown})")
+        tqdm.write(f"[dnlib.notebook.suite] {path.name} ({profile}: {shown})")
         if cell_timeout == "default":
             timeout, how = cell_limit(profile, path, params)
         else:
             timeout, how = cell_timeout, "--cell-timeout"
-        tqdm.write(f"[dnlib.suite] {path.name}: cell time limit "
+        tqdm.write(f"[dnlib.notebook.suite] {path.name}: cell time limit "
                    f"{'none' if timeout is None else f'{timeout:.0f} s'} ({how})")
         record = execute(path, out_dir / path.stem / path.name, params, profile, progress=progress,
                          cell_timeout=timeout, limit_note=how)
-        tqdm.write(f"[dnlib.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
+        tqdm.write(f"[dnlib.notebook.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
         if record.error:
-            tqdm.write(f"[dnlib.suite] {record.error}")
+            tqdm.write(f"[dnlib.notebook.suite] {record.error}")
         done.append(record)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.json", json.dumps([asdict(r) for r in done], indent=2, default=str) + "\n")
-    tqdm.write(f"[dnlib.suite] executed copies, results and run records in {out_dir}")
+    tqdm.write(f"[dnlib.notebook.suite] executed copies, results and run records in {out_dir}")
     failed = [r for r in done if r.status != "ok"]
     if failed:
         exc = NotebookFailed("\n".join(r.error for r in failed))
@@ -657,7 +658,7 @@ def _list(paths: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="python -m dnlib.suite", description="Run the dnlib notebook suite headless.")
+    parser = cli.ArgumentParser(prog="python -m dnlib.notebook.suite", description="Run the dnlib notebook suite headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/suite-<UTC time>/")
     run_p.add_argument("notebooks", nargs="*", help="notebook paths or names (default: notebooks/[0-9][0-9]_*.ipynb)")
@@ -688,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except NotebookFailed as exc:
         print("\n" + format_summary(exc.records))
-        print(f"dnlib.suite: FAILED\n{exc}", file=sys.stderr)
+        print(f"dnlib.notebook.suite: FAILED\n{exc}", file=sys.stderr)
         return 1
     print("\n" + format_summary(records))
     return 0

@@ -11,12 +11,12 @@
 
 The swap works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: recursively, in place, returning the
 model. Each replaced layer becomes the preset built with its channel count and ``**overrides`` exactly as a model's
-``norm=``/``norm_kwargs=`` would build it (:func:`dnlib.presets.get_norm_layer`), so a converted network equals
+``norm=``/``norm_kwargs=`` would build it (:func:`dnlib.norms.presets.get_norm_layer`), so a converted network equals
 the same architecture built with ``norm=`` directly, apart from what is copied over:
 
 - **Affine weights** (``copy_affine=True``) are copied where they mean the same thing: a per-channel gain
   ``gamma`` and bias ``beta`` of shape ``(C,)`` (BatchNorm, SyncBatchNorm, InstanceNorm with ``affine=True``,
-  GroupNorm, a :class:`~dnlib.norm.DivisiveNorm`; LayerNorm/RMSNorm over ``(C,)`` only, e.g. on ``(N, C)``
+  GroupNorm, a :class:`~dnlib.norms.norm.DivisiveNorm`; LayerNorm/RMSNorm over ``(C,)`` only, e.g. on ``(N, C)``
   inputs). A LayerNorm/RMSNorm over ``(C, H, W)`` has an *elementwise* affine, one gain per channel and
   position: it is copied only when it is constant over the positions (as at initialization), and otherwise left
   out with a warning (the preset's affine is per channel; nothing can represent it). The preset decides whether
@@ -329,11 +329,11 @@ def _to_name(to: NormLike) -> str:
 
 def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,
                   copy_affine: bool = True, strict: bool = False, report: bool = False, **overrides):
-    """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see :mod:`dnlib.convert`).
+    """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see :mod:`dnlib.norms.convert`).
 
     Args:
         model: any ``nn.Module``; changed in place. A TorchScript module is refused (convert before scripting).
-        to: a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.spec.NormSpec`, as a model's ``norm=``.
+        to: a preset name (:func:`dnlib.list_norms`) or a :class:`~dnlib.norms.spec.NormSpec`, as a model's ``norm=``.
         types: a class or a tuple of classes; every submodule that is an instance of one of them is replaced
             (default: BatchNorm2d, BatchNorm1d, GroupNorm, LayerNorm, InstanceNorm2d; SyncBatchNorm is not a
             BatchNorm2d: list it to convert it). Allowed: :data:`SUPPORTED_TYPES` and their subclasses.

@@ -1,6 +1,6 @@
 """Training under ``torch.distributed`` (``torchrun``): DDP, synchronized normalizers, sharded batches.
 
-``torchrun --nproc_per_node=2 -m dnlib.cifar run bn-star --device cpu --mode eager --steps 20`` trains one model
+``torchrun --nproc_per_node=2 -m dnlib.experiments.cifar run bn-star --device cpu --mode eager --steps 20`` trains one model
 in two processes: every process draws the same global batch from the resident data (same seed) and keeps its
 contiguous share (:func:`shard`, a distributed sampler without a copy of the data), the model is wrapped in
 ``DistributedDataParallel`` (gradients averaged) and its batch-pooling normalizers are synchronized
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .norm import convert_sync_norm
+from ..norms.norm import convert_sync_norm
 
 # DDP's switch for the buffer broadcast before each forward (renamed in recent torch; the old name warns there)
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
@@ -135,14 +135,14 @@ class _DDPLoss:
 
 
 def prepare(trainer, out_dir=None):
-    """Make ``trainer`` (a :class:`dnlib.train.Trainer`) train data-parallel when run under torchrun; returned
+    """Make ``trainer`` (a :class:`dnlib.training.trainer.Trainer`) train data-parallel when run under torchrun; returned
     unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
     loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
     (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, the
     CUDA-graph trainer) and for a batch smaller than the number of processes (an empty share has no loss)."""
     if not init_from_env():
         return trainer
-    from .train import GraphTrainer  # (the train layer; imported only under torchrun)
+    from .trainer import GraphTrainer  # (the train layer; imported only under torchrun)
     if isinstance(trainer, GraphTrainer):
         raise ValueError("mode: CUDA-graph training under torchrun is not supported; pass --mode eager")
     if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
@@ -199,7 +199,7 @@ class CollectiveLog(dist.ProcessGroup if dist.is_available() else object):
 
 
 def _logged_step(model: nn.Module, x, y, loss_fn, sync: bool) -> list:
-    from .sparse import sparse_penalty
+    from ..norms.sparse import sparse_penalty
     log = CollectiveLog(dist.group.WORLD)
     if sync:
         convert_sync_norm(model, process_group=log)

@@ -234,10 +234,10 @@ class DivisiveNorm(nn.Module):
     differentiable (AOTAutograd raises on double backward): use the general path for gradient penalties.
     ``impl="band"`` computes specs whose fields pool only ``channel`` with a channel window (1-D DN, LRN) as
     plain ops with each window mean one product with a banded ``(C, C)`` matrix
-    (:func:`dnlib.functional.band_divisive_norm`, the same operator); ``impl="auto"`` takes it for such specs on
+    (:func:`dnlib.norms.functional.band_divisive_norm`, the same operator); ``impl="auto"`` takes it for such specs on
     ``(N, C)`` inputs with ``C <= BAND_MAX_FEATURES`` (256), where it is the faster path (the RNN cells).
-    ``impl="triton"`` runs fused Triton kernels, forward and backward (:mod:`dnlib.triton_dn`; ``pip install
-    dnlib[triton]``), for 4-D inputs and the specs of :func:`dnlib.triton_dn.supported` (per-example fields over
+    ``impl="triton"`` runs fused Triton kernels, forward and backward (:mod:`dnlib.norms.triton_dn`; ``pip install
+    dnlib[triton]``), for 4-D inputs and the specs of :func:`dnlib.norms.triton_dn.supported` (per-example fields over
     all channels or a channel window x a k x k window: the CIFAR/SR DN layers, sigma fixed or learned, the L1
     term); on CPU only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests). Double backward raises.
     ``impl="auto"`` never takes it: its GPU speed has not been measured against the general path yet.
@@ -247,7 +247,7 @@ class DivisiveNorm(nn.Module):
     ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty` collects and
     clears the terms. Costs nothing when ``alpha == 0``. A term is dropped when no loss can use it any more: its
     forward was backpropagated without it (a warning), or at the next forward nothing refers to its forward's
-    output, so pending terms hold at most the caller's graphs and the last forward's (see :mod:`dnlib.sparse`).
+    output, so pending terms hold at most the caller's graphs and the last forward's (see :mod:`dnlib.norms.sparse`).
     ``nn.DataParallel`` replicas add their terms to this module (weighted by their share of the batch).
 
     ``torch.compile`` of a model with these modules traces them without graph breaks (``fullgraph=True``), also
@@ -328,7 +328,7 @@ class DivisiveNorm(nn.Module):
             raise ValueError(f"impl: 'band' needs fields that pool only 'channel', with a channel window, and {spec} "
                              f"has other fields or no window")
         if impl == "triton":
-            from . import triton_dn  # (does not import triton: that happens at the first forward)
+            from . import triton_dn
             triton_dn.check(spec)
         _check_group(process_group)
         if track_running_stats is None:
@@ -429,7 +429,7 @@ class DivisiveNorm(nn.Module):
         """Return the sum of the pending L1 terms (None if none) and clear them.
 
         Pending are the terms of the training forwards since the last call that a backward can still use (see
-        :mod:`dnlib.sparse`): a forward whose output is gone, or that has been backpropagated without its term (a
+        :mod:`dnlib.norms.sparse`): a forward whose output is gone, or that has been backpropagated without its term (a
         warning says so), has none. Terms added by ``nn.DataParallel`` replicas of this module are included, each
         replica's weighted by its share of the batch (the one-device value)."""
         return self._l1.pop(self._where())

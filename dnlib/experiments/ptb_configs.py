@@ -29,7 +29,7 @@ BN/LN-LSTM state (-8)   the paper is silent: the code's normalized c   same
 Clipping norm           ``clip_mode="dense"``: the global norm of the  ``"slices"``: TF's ``clip_by_global_norm``
                         gradient (torch's ``clip_grad_norm_``; the     over the embedding's IndexedSlices, one row
                         embedding gradient summed per word; the paper  per token occurrence (repeated words not
-                        says only "global norm 5")                     summed; ``dnlib.ptb.SliceClip``)
+                        says only "global norm 5")                     summed; ``dnlib.experiments.ptb.SliceClip``)
 BN running statistics   ``running_stats="torch"``: start 0 / 1,        ``"tf"``: TF's moving averages (decay 0.9)
                         unbiased variance (the paper is silent)        start at 0, biased variance
 ======================  =============================================  =============================================
@@ -96,7 +96,7 @@ class PTBConfig:
     row: str                          # the Table 9 row label, e.g. "DN*"
     cell: str                         # "lstm", "tanh-rnn" or "relu-rnn"
     arch: str                         # the cell class (dnlib.models.rnn.CELLS): lstm, bn-lstm, ln-lstm, rnn, bn-rnn
-    norm: str = "none"                # normalizer preset of every site (dnlib.presets; the BN cells' "bn")
+    norm: str = "none"                # normalizer preset of every site (dnlib.norms.presets; the BN cells' "bn")
     sigma: float | None = None     # smoothing term sigma (enters as sigma^2); None: no normalizer
     alpha: float = 0.0                # L1 weight per site, summed over sites, layers and steps (PAPER.md §2.2)
     affine: bool = False              # learn gains and biases in the normalizers

@@ -29,14 +29,14 @@ sup_weights={"space": 2.0}, floor="mean")``, eps 1e-5 (keeps a constant map fini
 border the weights inside the map are renormalized, as torch7's ``SpatialContrastiveNormalization``; pass
 ``border="zeros"`` for zero padding). The floor is an option of the spec (``floor="mean"``), not an operator.
 
-``gdn``, ``igdn`` and ``gdn1`` are :class:`~dnlib.gdn.GDN` (Balle et al. 2016; compressai's ``GDN``,
+``gdn``, ``igdn`` and ``gdn1`` are :class:`~dnlib.norms.gdn.GDN` (Balle et al. 2016; compressai's ``GDN``,
 ``GDN(inverse=True)``, ``GDN1``): a learned non-negative channel-suppression matrix, which no box field
 expresses; their ``Preset.module`` builds them, with GDN's own overrides (``beta_min``, ``gamma_init``, ``alpha``).
 
 This is the one registry of normalizers. A preset is a *kind* of normalizer; an experiment's hyperparameters
 (the paper's sigma, alpha and windows per row) are rows of its configuration table that name a preset plus
-overrides: :mod:`dnlib.configs.cifar` (``"dn-star"``: ``dn`` with windows 5, 3, 3, sigma 0.5, alpha),
-:mod:`dnlib.configs.ptb` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.configs.sr` (``"dn*"``: ``dn``
+overrides: :mod:`dnlib.experiments.cifar_configs` (``"dn-star"``: ``dn`` with windows 5, 3, 3, sigma 0.5, alpha),
+:mod:`dnlib.experiments.ptb_configs` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.experiments.sr_configs` (``"dn*"``: ``dn``
 with a 5 x 5 summation and 7 x 7 suppression window, sigma 1, alpha 0.1; ``"dn*-code"``; ``"dn-ms"``).
 So the paper's BN*, LN* and DN* are not presets: their sigma, alpha and windows differ between the experiments
 (and DN*'s window between CIFAR layers); ``make_norm("dn*")`` (or ``"dn-star"``, ``"bn*"``, ...) raises an error
@@ -62,7 +62,7 @@ CS, BS = "channel,space", "batch,space"
 class Preset:
     """A named normalizer: its :class:`NormSpec`, the :class:`DivisiveNorm` defaults (``affine``, ``bias``) and a
     one-line description. ``module`` is the class built for it (a :class:`DivisiveNorm` subclass such as
-    :class:`~dnlib.gdn.GDN`, called as ``module(num_features, **defaults, **overrides)`` with the overrides
+    :class:`~dnlib.norms.gdn.GDN`, called as ``module(num_features, **defaults, **overrides)`` with the overrides
     ``keys`` allows), or None for :class:`DivisiveNorm` with ``spec``."""
     spec: NormSpec
     defaults: Mapping = field(default_factory=dict)
@@ -119,24 +119,24 @@ _MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "i
 
 #: The paper's starred normalizers in dnlib's terms, by experiment: the :func:`make_norm` call of their sites (the
 #: values of PAPER.md §2.3, CIFAR-10 and the LSTM unless said; ``tests/test_star_names.py`` builds the CIFAR calls against
-#: :mod:`dnlib.configs.cifar`). Asking for one by name raises an error that shows these.
+#: :mod:`dnlib.experiments.cifar_configs`). Asking for one by name raises an error that shows these.
 STARRED = {
     "bn": ("BN*", "BN with the smoothing sigma and the L1 term", {
         "CIFAR": "make_norm('bn', C, sigma=1.0, eps=0, alpha=0.005) (CIFAR-100: sigma=0.25, alpha=0.01); "
-                 "the model: dnlib.configs.cifar.get_config('bn-star').build_model()",
-        "PTB": "the config 'bn-star-lstm' (dnlib.configs.ptb: sigma 1.0, alpha 0.1)"}),
+                 "the model: dnlib.experiments.cifar_configs.get_config('bn-star').build_model()",
+        "PTB": "the config 'bn-star-lstm' (dnlib.experiments.ptb_configs: sigma 1.0, alpha 0.1)"}),
     "ln": ("LN*", "LN with the smoothing sigma, no gain/bias, and the L1 term", {
         "CIFAR": "make_norm('ln', C, sigma=0.5, eps=0, affine=False, alpha=0.005); the model: "
-                 "dnlib.configs.cifar.get_config('ln-star').build_model()",
-        "PTB": "the config 'ln-star-lstm' (dnlib.configs.ptb: sigma 1.0, alpha 0.001)"}),
+                 "dnlib.experiments.cifar_configs.get_config('ln-star').build_model()",
+        "PTB": "the config 'ln-star-lstm' (dnlib.experiments.ptb_configs: sigma 1.0, alpha 0.001)"}),
     "dn": ("DN*", "DN with the smoothing sigma and the L1 term", {
         "CIFAR": "make_norm('dn', C, window=5 (conv1) or 3 (conv2, conv3), sigma=0.5, eps=0, border='reference', "
                  "alpha=0.005) (CIFAR-100: alpha=0.001); the model: "
-                 "dnlib.configs.cifar.get_config('dn-star').build_model()",
+                 "dnlib.experiments.cifar_configs.get_config('dn-star').build_model()",
         "PTB": "make_norm('dn-1d-s', H, window=61, border='zeros', sigma=1.0, eps=0, alpha=1e-4) at each gate "
-               "and the cell state; the config 'dn-star-lstm' (dnlib.configs.ptb)",
+               "and the cell state; the config 'dn-star-lstm' (dnlib.experiments.ptb_configs)",
         "SR": "5 x 5 summation and 7 x 7 suppression windows, sigma 1, alpha 0.1: "
-              "dnlib.configs.sr.get_config(...).build_model('dn*')"}),
+              "dnlib.experiments.sr_configs.get_config(...).build_model('dn*')"}),
 }
 
 
@@ -155,7 +155,7 @@ NormLike = str | NormSpec | None
 
 def list_norms() -> list:
     """The preset names :func:`make_norm` and every model's ``norm=`` accept (the experiments' named rows, such
-    as SR's ``"dn*"``, are in their configuration tables: :mod:`dnlib.configs`)."""
+    as SR's ``"dn*"``, are in their configuration tables: the ``*_configs`` modules of :mod:`dnlib.experiments`)."""
     return list(PRESETS)
 
 
@@ -223,7 +223,7 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
     ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``, ``weights`` (both fields),
     ``sum_weights``, ``sup_weights``, ``floor``) or the module (``affine``, ``bias``,
     ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``running_stats``, ``device``, ``dtype``). The GDN
-    presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
+    presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.norms.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, eps=0, border="reference", alpha=0.005)`` is the paper's

@@ -4,9 +4,9 @@ Scope: 4-D ``(N, C, H, W)`` inputs and per-example fields (:func:`supported`), w
 models use: both fields pool ``"channel"``, either all channels or a channel window (the same kind in A and B,
 sizes may differ), and optionally ``"space"`` through a ``k x k`` window (A and B may differ: SR's 5 x 5 / 7 x 7),
 with any sigma (fixed or learned), ``eps`` (also ``None``), ``power``, ``sup_scale`` and every border rule of
-:class:`~dnlib.spec.NormSpec` (``"valid"``, ``"zeros"``, ``"reference"`` with its even windows and its
+:class:`~dnlib.norms.spec.NormSpec` (``"valid"``, ``"zeros"``, ``"reference"`` with its even windows and its
 suppression divisor); box windows only (no Gaussian weights, no ``floor``). The operator is the general path's
-(:func:`dnlib.functional.divisive_norm`):
+(:func:`dnlib.norms.functional.divisive_norm`):
 
 .. math::
     m_0 = R x, \\quad \\mu = B_A m_0, \\quad v = x - \\mu, \\quad
@@ -96,7 +96,7 @@ def _analyse(spec: NormSpec):
         return "one field pools all channels and the other a channel window"
     bug = 1.0
     if spec.border == "reference" and a[2] > 1 and a[1] == 1 and b[1] == 1:
-        bug = b[2] ** 2 / a[2] ** 2  # as dnlib.functional: the authors' div_norm_2d (PAPER.md §5.4 item 1)
+        bug = b[2] ** 2 / a[2] ** 2  # as dnlib.norms.functional: the authors' div_norm_2d (PAPER.md §5.4 item 1)
     return _Geom(a[0], a[1], a[2], b[1], b[2], spec.border == "valid", bug)
 
 
@@ -590,7 +590,7 @@ class _TritonDNFn(torch.autograd.Function):
 def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False, blocks=None):
     """Divisive normalization of a 4-D ``x`` by the Triton kernels: returns ``(y, l1_sum)``.
 
-    The same operator as :func:`dnlib.functional.divisive_norm` for a :func:`supported` spec. ``sigma`` overrides
+    The same operator as :func:`dnlib.norms.functional.divisive_norm` for a :func:`supported` spec. ``sigma`` overrides
     ``spec.sigma`` (a tensor for a learned sigma: gradients flow to it). With ``l1=True`` ``l1_sum`` is the sum
     of ``|x - E_A[x]|`` over every element (differentiable; the sparse penalty is ``alpha * l1_sum / x.numel()``;
     float32 for half-precision inputs), else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two; default 32 or 8 channels and

@@ -18,7 +18,7 @@ shell socket, or a reply that never leaves it) the client waits for the whole ce
 A kernel that reported ``busy`` and not yet ``idle`` is executing the cell: it is never called stalled, however
 long the cell runs or sleeps (the cell timeout still applies). Use it through papermill with
 ``papermill.execute_notebook(..., engine_name=ENGINE_NAME, stall_timeout=30, notebook_name="x.ipynb")`` after
-:func:`register_engine`; :func:`dnlib.suite.execute` does this.
+:func:`register_engine`; :func:`dnlib.notebook.suite.execute` does this.
 """
 from __future__ import annotations
 

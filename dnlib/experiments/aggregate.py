@@ -8,7 +8,7 @@ turns many runs into one line per configuration::
     summary = aggregate.summarize(rows)                   # one dict per (experiment, name)
     aggregate.table(summary, ["final_acc"], order=["base", "bn", "bn-star", "dn-star"])   # Markdown, mean ± std
     bands = aggregate.curve_bands(["runs/cifar/sweep"], "test_acc")                        # per configuration
-    dnlib.figures.band_curves(bands)
+    dnlib.analysis.figures.band_curves(bands)
 
 **What is pooled.** Runs are seeds of one experiment when they have the same experiment, configuration name and
 everything that defines the experiment (:func:`defining`: every config field, dataset, steps or epochs, subset,
@@ -27,15 +27,15 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   value for one, ``not run`` for a configuration asked for (``order=``) that no run has; the paper's number beside
   each key; ``n`` and ``run as`` columns; notes under it (splits, runs not counted).
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
-  (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiment.load_runs` returns
-  them); :func:`dnlib.figures.band_curves` draws them.
+  (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiments.runner.load_runs` returns
+  them); :func:`dnlib.analysis.figures.band_curves` draws them.
 - :func:`compare` / :func:`compare_figure`: one of the paper's tables (:func:`paper_tables`, read by
   :func:`paper_table`: which runs, the paper's rows and numbers; each recipe owns its own,
-  :meth:`dnlib.experiment.Recipe.paper_tables`) beside ours as Markdown or bars;
+  :meth:`dnlib.experiments.runner.Recipe.paper_tables`) beside ours as Markdown or bars;
   :func:`provenance_table`: where each configuration's numbers come from (commit, card, date, data, source).
 
-This module sits beside :mod:`dnlib.records`: it imports records and figures, never the runner, a recipe or
-:mod:`dnlib.configs` (the recipes register their tables; those the installed package names in the entry-point
+This module sits beside :mod:`dnlib.experiments.records`: it imports records and figures, never the runner, a recipe or
+the ``*_configs`` modules of :mod:`dnlib.experiments` (the recipes register their tables; those the installed package names in the entry-point
 group :data:`RECIPES_GROUP` are found when a table is asked for by name).
 """
 from __future__ import annotations
@@ -51,14 +51,14 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.figures import MarkdownTable, cell, markdown_table
 from . import records
-from .figures import MarkdownTable, cell, markdown_table
 
 __all__ = ["GATHER_COLUMNS", "gather_table", "gather_printout", "RECIPES_GROUP", "register", "paper_tables", "NOT_DEFINING", "PoolingWarning", "flatten", "defining",
            "paper_schedule", "run_as", "summarize", "table", "notes", "curve_bands", "format_mean_std",
            "stopped_reason", "paper_table", "compare", "provenance_table", "compare_bars", "compare_figure"]
 
-#: The columns of :func:`dnlib.records.gather` rows that are not headline numbers (``paper_*`` columns are the
+#: The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are the
 #: paper's numbers; every other column is a headline key).
 GATHER_COLUMNS = ("run", "experiment", "name", "seed", "stopped", "steps_done", "steps_planned", "seconds",
                   "commit", "device", "started", "date", "data", "converted_from")
@@ -78,7 +78,7 @@ def stopped_reason(stopped: str | None) -> str | None:
 
 
 def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-    """``(meta, headline, paper)`` of one run: a :func:`dnlib.records.gather` row or a record dict
+    """``(meta, headline, paper)`` of one run: a :func:`dnlib.experiments.records.gather` row or a record dict
     (``record.json``, optionally with a ``run`` key naming its folder)."""
     if isinstance(row.get("headline"), Mapping) or isinstance(row.get("paper"), Mapping):  # a record dict
         git = row.get("git") or {}
@@ -107,7 +107,7 @@ def _field(row: Mapping, key: str) -> Any:
 
 
 def _with_record(row: Mapping) -> Mapping:
-    """A :func:`dnlib.records.gather` row as its run folder's record when the folder still holds it (the record
+    """A :func:`dnlib.experiments.records.gather` row as its run folder's record when the folder still holds it (the record
     has the config, which says what the run was); else the row as it is."""
     if "config" in row or "headline" in row or not row.get("run"):
         return row
@@ -165,7 +165,7 @@ def _hashable(v: Any) -> Any:
 def defining(row: Mapping[str, Any]) -> dict:
     """What defines the experiment of one run besides its experiment and configuration name: every field of its
     config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
-    as tuples. A row without a config (a hand-made or :func:`dnlib.records.gather` row whose folder is gone) is
+    as tuples. A row without a config (a hand-made or :func:`dnlib.experiments.records.gather` row whose folder is gone) is
     defined by its ``steps_planned`` when it has one."""
     cfg = row.get("config")
     out: dict = {}
@@ -182,7 +182,7 @@ def defining(row: Mapping[str, Any]) -> dict:
 
 def paper_schedule(experiment: str | None, name: str | None, what: Mapping[str, Any] = {}) -> int | None:
     """The length of the paper's schedule for configuration ``name`` of ``experiment`` (its recipe's
-    :meth:`~dnlib.experiment.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
+    :meth:`~dnlib.experiments.runner.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
     does not know it (SR: the authors' code has no limit; an unknown experiment or name)."""
     recipe = _recipes().get(experiment) if experiment else None
     try:
@@ -301,7 +301,7 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
     defines them are never pooled: one dict each, with a :class:`PoolingWarning` naming the difference.
 
     Args:
-        rows: :func:`dnlib.records.gather` rows (read as their folder's record when it is there), record dicts,
+        rows: :func:`dnlib.experiments.records.gather` rows (read as their folder's record when it is there), record dicts,
             run folders (a folder of run folders stands for each of them) or RunResults.
         keys: the headline keys to aggregate (default: every headline key of any run, in order of appearance).
         by: the fields that name a configuration (``meta`` fields of :func:`flatten`: experiment, name, ...).
@@ -511,7 +511,7 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
 
     Args:
         runs: run folders (a folder of run folders stands for each; their ``curves.csv``), ``(record, rows)``
-            pairs (:func:`dnlib.experiment.load_runs`) or RunResults.
+            pairs (:func:`dnlib.experiments.runner.load_runs`) or RunResults.
         metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"set5/psnr"``...).
         x: the column along which runs are aligned (default ``"step"``).
         by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
@@ -561,7 +561,7 @@ _GATHER_DROP = ("run", "commit", "device", "steps_planned", "seconds")
 
 
 def gather_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of gather rows (:func:`dnlib.records.gather`: one per run; every column but the folder,
+    """A Markdown table of gather rows (:func:`dnlib.experiments.records.gather`: one per run; every column but the folder,
     commit and device; numbers to 4 significant digits)."""
     cols = []
     for r in rows:
@@ -586,9 +586,9 @@ def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
 
 
 # ------------------------------------------------------------------------------------- the paper's tables
-#: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.cifar:RECIPE"``):
-#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiment.Recipe.paper_tables`,
-#: :meth:`~dnlib.experiment.Recipe.paper_schedule`); this module knows none.
+#: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.experiments.cifar:RECIPE"``):
+#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiments.runner.Recipe.paper_tables`,
+#: :meth:`~dnlib.experiments.runner.Recipe.paper_schedule`); this module knows none.
 RECIPES_GROUP = "dnlib.recipes"
 _RECIPES: dict = {}          # {experiment name: recipe}, registered by the recipes
 
@@ -670,7 +670,7 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Sequence[str] |
     for each configuration of ``order`` (default: the summary's); a configuration no run has shows the paper's bar
     and ``not run``, one whose runs lack this number ``no value``; a panel with no value of ours at all says
     ``no runs`` across it. Returns the figure."""
-    from .figures import new_figure
+    from ..analysis.figures import new_figure
 
     if ax is None:
         fig = new_figure(figsize=(max(4.0, 0.9 * len(order or summary) + 1.5), 3.2), layout="constrained")
@@ -718,7 +718,7 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Sequence[str] |
 def compare_figure(runs, name, *, finished: bool = True, scale: int = 3):
     """:func:`compare`'s table as bars: one panel per key of the table (ours with ±std where n > 1 beside the
     paper's; ``not run`` marked). Returns the figure."""
-    from .figures import new_figure
+    from ..analysis.figures import new_figure
 
     spec = paper_table(name, scale=scale)
     summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])

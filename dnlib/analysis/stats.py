@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import divisive_norm, field_mean
-from .presets import get_spec
-from .spec import NormSpec
+from ..norms.functional import divisive_norm, field_mean
+from ..norms.presets import get_spec
+from ..norms.spec import NormSpec
 
 __all__ = ["kurtosis", "sparsity", "channel_sparsity", "activation_stats", "as_samples", "mutual_information", "pairwise_corr_mi",
            "PairStats", "suppression_mean_square", "linearity", "dn_relu_response", "equivalence_table",
@@ -275,7 +275,7 @@ def _paper_dn(x: torch.Tensor, k: int, sigma: float, eps: float) -> torch.Tensor
 def equivalence_table(seed: int = 0, shape: Sequence[int] = (4, 8, 6, 6), tol: float = 1e-6) -> list:
     """Forward outputs of DN presets against torch's own normalizers, at a fixed seed, in float64.
 
-    Each row computes ``dnlib.functional.divisive_norm(x, spec)`` (the general DN math, no fused kernel)
+    Each row computes ``dnlib.norms.functional.divisive_norm(x, spec)`` (the general DN math, no fused kernel)
     and the reference on the same random ``x`` (mean 1, std 2), and reports ``max |difference|``. The torch
     module gets ``eps = sigma^2 + spec.eps`` (sigma folds into eps) and no affine; BN is in training mode
     (batch statistics, biased variance). GN uses 4 groups; LRN uses its preset window and power with

@@ -1,7 +1,7 @@
 """The math of divisive normalization, free of module state.
 
 All functions take activations ``x`` of shape ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)`` and a
-:class:`~dnlib.spec.NormSpec`. Internally ``x`` is viewed as ``(N, G, C/G, *spatial)`` (``G`` = groups, 1
+:class:`~dnlib.norms.spec.NormSpec`. Internally ``x`` is viewed as ``(N, G, C/G, *spatial)`` (``G`` = groups, 1
 unless the spec groups channels), so every field is a set of dimensions of that view:
 ``batch`` -> dim 0, ``channel`` -> dim 2, ``space`` -> dims 3.. . Dim 1 (the group) is never pooled.
 
@@ -9,7 +9,7 @@ A field's mean is computed in two steps: a global mean over its pooled axes that
 (one pass over the full tensor), then a box filter over its windowed axes on that (usually much smaller)
 result. The box filter is separable shifted adds (or cumulative sums for wide windows) on CPU and one
 pooling kernel on GPU, so no Python loop ever visits a position. A weighted (Gaussian) window is the same
-separable filter with a weight per offset (shifted multiply-adds on every device; see :mod:`dnlib.spec`), and
+separable filter with a weight per offset (shifted multiply-adds on every device; see :mod:`dnlib.norms.spec`), and
 ``spec.floor == "mean"`` floors the divisor at its mean over each example (:func:`_divisor`); both live on the
 reduced statistics, so every path (the two Functions, the band and the compiled path) computes them alike.
 
@@ -331,7 +331,7 @@ def field_mean(x: torch.Tensor, spec: NormSpec) -> torch.Tensor:
     """E_A[x]: the summation-field mean of eq. 3, broadcastable to ``x`` (0 when the field is empty).
 
     Plain differentiable torch ops (gradients flow through the mean); used by the sparse penalty on the
-    fused paths and by the statistics in :mod:`dnlib.stats`.
+    fused paths and by the statistics in :mod:`dnlib.analysis.stats`.
     """
     _check(x, spec)
     plan = _plan(spec, x.dim() - 2)

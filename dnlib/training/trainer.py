@@ -46,9 +46,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data.loader import TensorBatches  # noqa: F401  the data layer's batch stream, also named here (re-export)
-from .io import atomic_save, atomic_write_json
-from .sparse import clear_penalties, sparse_penalty
+from ..data.loader import TensorBatches  # noqa: F401  the data layer's batch stream, also named here (re-export)
+from ..io import atomic_save, atomic_write_json
+from ..norms.sparse import clear_penalties, sparse_penalty
 
 OPTIMIZERS = ("sgd", "adam")
 # the TrainConfig fields that define a run's trajectory (steps, cadences, device and progress do not: a run may be
@@ -207,9 +207,9 @@ class Trainer:
     checkpoint with the :data:`IDENTITY_FIELDS` of ``cfg``; resuming a checkpoint whose identity differs raises
     :class:`CheckpointError`. A non-finite loss or metric raises :class:`TrainingDiverged` (see the module).
     ``clip_fn(params, max_norm)`` replaces ``nn.utils.clip_grad_norm_`` when ``cfg.clip_norm`` is set: it scales
-    the gradients in place after backward (e.g. :class:`dnlib.ptb.SliceClip`, TensorFlow's global norm).
+    the gradients in place after backward (e.g. :class:`dnlib.experiments.ptb.SliceClip`, TensorFlow's global norm).
 
-    A trainer of K independent copies in one model (:class:`dnlib.stacked.StackedTrainer`) uses the same loop: its
+    A trainer of K independent copies in one model (:class:`dnlib.experiments.stacked.StackedTrainer`) uses the same loop: its
     ``loss_fn`` returns the ``(K,)`` copies' losses (their sum is minimized), ``evaluate`` a list of K metric dicts;
     losses and metrics are checked and logged per copy (:meth:`live_copies`, :meth:`copy_history`).
     """
@@ -378,7 +378,7 @@ class Trainer:
             if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
                 self._diverge(self.step, "a weight or buffer of the model is not finite", k)
 
-    # --- copies (one here; dnlib.stacked.StackedTrainer holds K) --------------------------------------
+    # --- copies (one here; dnlib.experiments.stacked.StackedTrainer holds K) --------------------------------------
     def live_copies(self) -> list:
         """The copies still training (those that have not diverged)."""
         return [] if self.stopped else [0]
@@ -682,7 +682,7 @@ class SequenceGraphTrainer(Trainer):
       layer), as ``dnlib.models.rnn.LanguageModel.init_state``.
 
     The carried state belongs to the trainer (:attr:`state`) and is checkpointed as ``{"loss_fn": {"state":
-    [...]}}``, the layout of a stateful loss's ``state_dict`` (``dnlib.ptb.LMLoss``), so checkpoints are
+    [...]}}``, the layout of a stateful loss's ``state_dict`` (``dnlib.experiments.ptb.LMLoss``), so checkpoints are
     interchangeable with those of the eager :class:`Trainer` on the same loss; the optimizer (momentum 0, no
     weight decay) is never stepped, its update being the same. Capture happens at the first step, after
     ``warmup`` steps on a side stream whose effects are undone. ``capture=False`` (what runs on CPU, the default

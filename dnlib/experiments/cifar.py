@@ -1,32 +1,32 @@
-"""The paper's CIFAR experiments (PAPER.md §3.1; Tables 3, 7 and 10): the recipe of :mod:`dnlib.experiment`,
+"""The paper's CIFAR experiments (PAPER.md §3.1; Tables 3, 7 and 10): the recipe of :mod:`dnlib.experiments.runner`,
 tables and figures.
 
-A run is a named configuration (:mod:`dnlib.configs.cifar`, one per Table 7 row and dataset) trained by
-:class:`dnlib.train.Trainer` with the authors' schedule, evaluated every ``eval_every`` steps; the runner
-(:mod:`dnlib.experiment`) owns the loop, the time limit, resume and the run record::
+A run is a named configuration (:mod:`dnlib.experiments.cifar_configs`, one per Table 7 row and dataset) trained by
+:class:`dnlib.training.trainer.Trainer` with the authors' schedule, evaluated every ``eval_every`` steps; the runner
+(:mod:`dnlib.experiments.runner`) owns the loop, the time limit, resume and the run record::
 
-    from dnlib.cifar import run
+    from dnlib.experiments.cifar import run
     result = run("dn-star", "cifar10", steps=300, subset=(2000, 1000))     # a smoke run, milestones scaled
     result.headline["final_acc"], result.history, result.model, result.record
 
-From the shell (``python -m dnlib.cifar --help``; the grammar of every experiment)::
+From the shell (``python -m dnlib cifar --help``; the grammar of every experiment)::
 
-    python -m dnlib.cifar run dn-star --dataset cifar10 --out runs/cifar           # runs/cifar/dn-star-s0-<UTC>
-    python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-<UTC>                 # continue it
-    python -m dnlib.cifar sweep base bn bn-star dn-star --seeds 0 1 --jobs 4 --out runs/cifar/sweep
-    python -m dnlib.cifar gather runs/cifar/sweep
-    python -m dnlib.cifar report runs/cifar/sweep      # its runs: summary.json, table.md (as ptb/sr report)
-    python -m dnlib.cifar report runs/gpu_cifar        # a GPU trip folder: bench.json, graph_check.json, sweep/
-    python -m dnlib.cifar bench all --steps 200 ; python -m dnlib.cifar check-graph dn-star ; ... list
+    python -m dnlib cifar run dn-star --dataset cifar10 --out runs/cifar           # runs/cifar/dn-star-s0-<UTC>
+    python -m dnlib cifar run --resume runs/cifar/dn-star-s0-<UTC>                 # continue it
+    python -m dnlib cifar sweep base bn bn-star dn-star --seeds 0 1 --jobs 4 --out runs/cifar/sweep
+    python -m dnlib cifar gather runs/cifar/sweep
+    python -m dnlib cifar report runs/cifar/sweep      # its runs: summary.json, table.md (as ptb/sr report)
+    python -m dnlib cifar report runs/gpu_cifar        # a GPU trip folder: bench.json, graph_check.json, sweep/
+    python -m dnlib cifar bench all --steps 200 ; python -m dnlib cifar check-graph dn-star ; ... list
 
 **Data.** The whole dataset lives on the device as uint8 ``(N, 32, 32, 3)``; a batch is gathered by index,
 cast to float and mean-subtracted there (raw 0-255 minus the mean image, no /255, PAPER.md §3.1) and fed to
 the model channels-last. The batch source is a :class:`~dnlib.data.loader.TensorBatches` of *indices*, so
 batches are resumable and the gather is part of the (captured) step.
 
-**Speed.** ``mode="auto"`` uses :class:`~dnlib.train.GraphTrainer` on CUDA (the whole step, gather included,
+**Speed.** ``mode="auto"`` uses :class:`~dnlib.training.trainer.GraphTrainer` on CUDA (the whole step, gather included,
 replayed as one CUDA graph; the reason: at batch 100 this CNN is bound by kernel launches) and the plain
-:class:`~dnlib.train.Trainer` on CPU. :func:`check_graph` compares a few graph steps with eager ones.
+:class:`~dnlib.training.trainer.Trainer` on CPU. :func:`check_graph` compares a few graph steps with eager ones.
 Several runs share one GPU as separate processes launched by :func:`sweep`.
 """
 from __future__ import annotations
@@ -42,14 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import aggregate, cli, experiment, records, stacked
-from .configs.cifar import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
-from .data.loader import TensorBatches
-from .experiment import RunResult
-from .figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
-from .io import atomic_write_json, atomic_write_text
-from .norm import IMPLS
-from .train import GraphTrainer, TrainConfig, Trainer, resolve_device
+from .. import cli
+from ..analysis.figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
+from ..data.loader import TensorBatches
+from ..io import atomic_write_json, atomic_write_text
+from ..norms.norm import IMPLS
+from ..training.trainer import GraphTrainer, TrainConfig, Trainer, resolve_device
+from . import aggregate, records, stacked
+from . import runner as experiment
+from .cifar_configs import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
+from .runner import RunResult
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
@@ -98,7 +100,7 @@ def load_data(dataset: str = "cifar10", *, subset=None, validation: bool = False
     ``"train+test"`` as the authors' code does (PAPER.md §5.4 item 19).
     ``download``: fetch the official archive when no copy is found under the data root.
     """
-    from .data import load_cifar
+    from ..data import load_cifar
     subset = _subset(subset)
     d = load_cifar(dataset, root, validation=validation, subset=subset, mean_over=mean_over, seed=seed,
                    download=download, progress=False)
@@ -138,14 +140,14 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
 
 # ---------------------------------------------------------------------------------------------- recipe
 class CifarRecipe(experiment.Recipe):
-    """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.configs.cifar`) on resident data.
+    """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.experiments.cifar_configs`) on resident data.
 
     Options: ``data`` (a loaded :class:`CifarData`, shared between runs), or the ``load`` options ``subset``,
     ``validation``, ``root``, ``mean_over`` to load it; the ``build`` options ``mode`` (:data:`MODES`),
     ``eval_every`` (steps per evaluation = chunk, 0: only at the end) and ``subset`` (recorded)."""
 
     name = "cifar"
-    module = "dnlib.cifar"
+    module = "dnlib.experiments.cifar"
     description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
     shares_data = True
 
@@ -224,7 +226,7 @@ class CifarRecipe(experiment.Recipe):
         return get_config(name, what.get("dataset") or "cifar10").steps
 
     def paper_tables(self, **_) -> dict:
-        """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.aggregate.paper_table`'s layout)."""
+        """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.experiments.aggregate.paper_table`'s layout)."""
         where = {"experiment": "cifar", "config.dataset": "cifar10"}
         out = {}
         for name, rows in (("table3", list(TABLE3_ROWS)), ("table7", list_configs())):
@@ -279,15 +281,15 @@ aggregate.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiment.run` and return its :class:`~dnlib.experiment.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run` and return its :class:`~dnlib.experiments.runner.RunResult`.
 
-    ``config``: a name of :func:`dnlib.configs.cifar.list_configs` or a :class:`CifarConfig`; ``dataset``:
-    ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``;
+    ``config``: a name of :func:`dnlib.experiments.cifar_configs.list_configs` or a :class:`CifarConfig`; ``dataset``:
+    ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``;
     ``steps``: the schedule shortened, milestones scaled; ``out``: a base folder for a new run folder; ``resume``:
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
     options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
     :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
-    500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged`
+    500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged`
     after the record says ``stopped: "diverged at step N"``."""
     return experiment.call(RECIPE, config, **kwargs, **({"dataset": dataset} if dataset else {}))
 
@@ -300,7 +302,7 @@ def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequenc
 
 def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, dataset: str = "cifar10",
           run_args: Sequence[str] = (), **kwargs) -> list:
-    """:func:`dnlib.experiment.sweep` of runs on ``dataset``, each in ``out/<dataset>-<name>-s<seed>``;
+    """:func:`dnlib.experiments.runner.sweep` of runs on ``dataset``, each in ``out/<dataset>-<name>-s<seed>``;
     ``run_args``: extra ``run`` flags; ``kwargs``: the sweep's (``jobs``, ``time_limit``...)."""
     return experiment.sweep(RECIPE, configs, seeds, out=out, run_args=["--dataset", dataset, *run_args],
                             options={"dataset": dataset}, **kwargs)
@@ -311,7 +313,7 @@ gather = experiment.gather
 
 def check_graph(config: str | CifarConfig, data: CifarData, *, steps: int = 5, seed: int = 0,
                 rtol: float = 1e-2, **changes) -> dict:
-    """:func:`dnlib.experiment.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
+    """:func:`dnlib.experiments.runner.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
     config's ``impl``) against the plain eager :class:`Trainer` from the same init; ``changes``: config fields."""
     return experiment.check_graph(RECIPE, config, **_GRAPH, steps=steps, seed=seed, rtol=rtol,
                                   options={"data": data}, dataset=getattr(data, "name", None), **changes)
@@ -319,7 +321,7 @@ def check_graph(config: str | CifarConfig, data: CifarData, *, steps: int = 5, s
 
 def benchmark(config: str | CifarConfig, data: CifarData, *, steps: int = 200, warmup: int = 20,
               mode: str = "auto", seed: int = 0, **changes) -> dict:
-    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiment.bench`: ``steps``
+    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiments.runner.bench`: ``steps``
     timed steps after ``warmup``, the capture or compilation among them); ``changes``: config fields."""
     return experiment.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, unit="images",
                             options={"data": data, "mode": mode}, dataset=getattr(data, "name", None), **changes)
@@ -338,7 +340,7 @@ def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Sequ
 
 # ----------------------------------------------------------------------------------------------- tables
 def summarize(results) -> list:
-    """Per configuration and data (:func:`dnlib.aggregate.summarize` of RunResults, records or run folders): mean,
+    """Per configuration and data (:func:`dnlib.experiments.aggregate.summarize` of RunResults, records or run folders): mean,
     std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run counts in
     ``n`` and ``stopped``, not in a mean)."""
     return aggregate.summarize(results, ("final_acc", "best_acc", "images_per_s"), by=("name", "data"))
@@ -357,7 +359,7 @@ def results_table(results) -> MarkdownTable:
 
 
 def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): :func:`summarize`'s rows."""
+    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): :func:`summarize`'s rows."""
     return {"runs": summarize(results)}
 
 
@@ -403,8 +405,8 @@ def first_layer_responses(model: nn.Module, data: CifarData, n_images: int = 500
 
 def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20, max_samples: int = 20000) -> MarkdownTable:
     """Mean pairwise |correlation| and MI (nats) of first-layer pre-normalization responses per trained model
-    (:func:`dnlib.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10."""
-    from .stats import pairwise_corr_mi
+    (:func:`dnlib.analysis.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10."""
+    from ..analysis.stats import pairwise_corr_mi
     rows = []
     for r in results:
         st = pairwise_corr_mi(first_layer_responses(r.model, data, n_images), bins=bins, max_samples=max_samples)
@@ -418,8 +420,8 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
     """Table 10's joint histograms: one row per model, ``n_pairs`` random first-layer filter pairs (the same
     pairs for every model), each titled with its r and MI (nats); the row's first title names the model and the
     paper's mean |corr| and MI over all pairs."""
-    from .figures import joint_histogram
-    from .stats import as_samples, pairwise_corr_mi
+    from ..analysis.figures import joint_histogram
+    from ..analysis.stats import as_samples, pairwise_corr_mi
     fig = new_figure(figsize=(2.4 * n_pairs, 2.3 * len(results)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(results), n_pairs, squeeze=False))
     for row, r in zip(axes, results):
@@ -503,7 +505,7 @@ def _subset(value):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib.cifar ...``: :func:`dnlib.experiment.main` of :data:`RECIPE`."""
+    """``python -m dnlib cifar ...``: :func:`dnlib.experiments.runner.main` of :data:`RECIPE`."""
     return experiment.main(RECIPE, argv)
 
 

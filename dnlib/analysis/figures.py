@@ -1,6 +1,6 @@
 """Figures for the notebooks, drawn from the library's own objects.
 
-* :func:`draw_fields` / :func:`figure1`: the paper's Figure 1 redrawn from a :class:`~dnlib.spec.NormSpec`:
+* :func:`draw_fields` / :func:`figure1`: the paper's Figure 1 redrawn from a :class:`~dnlib.norms.spec.NormSpec`:
   the ``N x C x H x W`` activation block, with the summation field A and the suppression field B of one unit
   highlighted. The fields are computed by :func:`field_mask` from the spec, so a new preset draws itself;
   weighted (Gaussian) windows are shaded by weight (:func:`field_weights`, e.g. ``lcn``).
@@ -23,8 +23,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .presets import get_spec
-from .spec import NormSpec
+from ..norms.presets import get_spec
+from ..norms.spec import NormSpec
 
 __all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
            "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
@@ -128,7 +128,7 @@ def field_weights(spec: NormSpec, shape: Sequence[int], center: Sequence[int], f
 def gdn_matrix(module, ax=None, *, title: str | None = None, decades: float = 3.0):
     """Draw a GDN layer's learned suppression field: the effective ``gamma`` (``C x C``, row i = the weights of
     the channels that divide channel i), the range of ``beta`` in the title. ``module``: a
-    :class:`~dnlib.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure.
+    :class:`~dnlib.norms.gdn.GDN` (e.g. ``make_norm("gdn", 16)``, or a layer of a trained model). Returns the figure.
 
     The colours are on a log scale over ``decades`` decades below the largest weight, and weights below that
     (the zeros of an untrained off-diagonal included) are light grey: a linear scale lets one large weight (a short
@@ -267,7 +267,7 @@ def figure2(sigmas: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0), fixed: float =
 
     Left: unit 1's output as its own input is swept, one curve per sigma (small sigma saturates, large sigma
     approaches a scaled ReLU). Right: unit 2's output (input fixed) as a function of unit 1's input: the
-    units modulate each other. Computed by :func:`dnlib.stats.dn_relu_response`.
+    units modulate each other. Computed by :func:`dnlib.analysis.stats.dn_relu_response`.
     """
     from .stats import dn_relu_response
 
@@ -392,8 +392,8 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     """Table 10 panels: joint histograms of ``n_pairs`` random filter pairs of ``(N, C, ...)`` responses.
 
     Each title gives that pair's correlation r and MI (nats, ``mi_bins`` bins, see
-    :func:`dnlib.stats.pairwise_corr_mi`); the figure title the mean |r| and MI over all pairs, computed as the
-    activation explorer's readout computes them (:class:`dnlib.widgets.ActivationExplorer`, same defaults).
+    :func:`dnlib.analysis.stats.pairwise_corr_mi`); the figure title the mean |r| and MI over all pairs, computed as the
+    activation explorer's readout computes them (:class:`dnlib.notebook.widgets.ActivationExplorer`, same defaults).
     """
     from .stats import as_samples, pairwise_corr_mi
 
@@ -445,7 +445,7 @@ def no_data(ax, text: str = "no runs") -> None:
 
 def band_curves(bands: dict, ax=None, *, labels: dict | None = None, alpha: float = 0.25, marker=None,
                 figsize=(5, 3.4), empty: str = "no runs", **axes_set):
-    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.aggregate.curve_bands`) its mean as a
+    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.experiments.aggregate.curve_bands`) its mean as a
     line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled
     ``<label> (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``,
     ``ylabel``, ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
@@ -491,7 +491,7 @@ def markdown_table(head: Sequence[str], rows, title: str = "") -> MarkdownTable:
 
 def spec_table(names: Sequence[str] | None = None) -> MarkdownTable:
     """Presets as a Markdown table: summation field A, suppression field B, sigma, power, groups, border."""
-    from .presets import PRESETS
+    from ..norms.presets import PRESETS
 
     names = list(PRESETS) if names is None else list(names)
 

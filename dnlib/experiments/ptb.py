@@ -1,18 +1,18 @@
-"""Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): the recipe of :mod:`dnlib.experiment`,
+"""Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): the recipe of :mod:`dnlib.experiments.runner`,
 evaluation, a look inside the cells, tables, figures and a speed benchmark.
 
-A run is a named configuration (:mod:`dnlib.configs.ptb`, ``<row>-<cell>``) trained by the runner
-(:mod:`dnlib.experiment`: the loop, the time limit, resume, the run record)::
+A run is a named configuration (:mod:`dnlib.experiments.ptb_configs`, ``<row>-<cell>``) trained by the runner
+(:mod:`dnlib.experiments.runner`: the loop, the time limit, resume, the run record)::
 
-    from dnlib.ptb import run
+    from dnlib.experiments.ptb import run
     r = run("dn-star-lstm", max_tokens=16000, vocab=500, epochs=2, hidden_size=32, batch_size=4)
     r.headline["valid_ppl"], r.history, r.model, r.record
 
-    python -m dnlib.ptb run dn-star-lstm --out runs/ptb            # runs/ptb/dn-star-lstm-s0-<UTC>, 13 epochs
-    python -m dnlib.ptb run --resume runs/ptb/dn-star-lstm-s0-<UTC> # continue it
-    python -m dnlib.ptb sweep base-lstm ln-star-lstm dn-star-lstm --jobs 3 --out runs/ptb/sweep
-    python -m dnlib.ptb report runs/ptb/sweep                       # table.md, curves.png, summary.json
-    python -m dnlib.ptb bench ; ... check-graph dn-star-lstm ; ... list ; ... configs
+    python -m dnlib ptb run dn-star-lstm --out runs/ptb            # runs/ptb/dn-star-lstm-s0-<UTC>, 13 epochs
+    python -m dnlib ptb run --resume runs/ptb/dn-star-lstm-s0-<UTC> # continue it
+    python -m dnlib ptb sweep base-lstm ln-star-lstm dn-star-lstm --jobs 3 --out runs/ptb/sweep
+    python -m dnlib ptb report runs/ptb/sweep                       # table.md, curves.png, summary.json
+    python -m dnlib ptb bench ; ... check-graph dn-star-lstm ; ... list ; ... configs
 
 **Steps and epochs.** One runner step is one minibatch (20 streams x 20 words); an epoch is
 ``len(PTBBatches)`` steps (2,323 on all of PTB at batch 20), and the run plans ``epochs x`` that many. A chunk of
@@ -24,7 +24,7 @@ Training is the paper's: truncated BPTT over contiguous streams (:class:`~dnlib.
 state carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
 plain SGD; gradients clipped at global norm 5 (``source="code"``: the norm TF measures, :class:`SliceClip`); loss =
 NLL summed over the 20 steps and averaged over the batch, plus the L1 terms. On CUDA the whole step (forward over
-20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.train.SequenceGraphTrainer`;
+20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.training.trainer.SequenceGraphTrainer`;
 ``mode="auto"``), which removes the per-step launch overhead that dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
@@ -46,15 +46,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import aggregate, cli, experiment, records
-from .configs.ptb import SOURCES, PTBConfig, get_config, list_configs
-from .data import PTBBatches
-from .experiment import RunResult
-from .figures import MarkdownTable, cell, markdown_table, run_curves
-from .io import atomic_write, atomic_write_json, atomic_write_text
-from .models.rnn import LanguageModel, set_bn_eval_step
-from .sparse import clear_penalties, sparse_penalty
-from .train import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device
+from .. import cli
+from ..analysis.figures import MarkdownTable, cell, markdown_table, run_curves
+from ..data import PTBBatches
+from ..io import atomic_write, atomic_write_json, atomic_write_text
+from ..models.rnn import LanguageModel, set_bn_eval_step
+from ..norms.sparse import clear_penalties, sparse_penalty
+from ..training.trainer import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device
+from . import aggregate, records
+from . import runner as experiment
+from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
+from .runner import RunResult
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
@@ -75,7 +77,7 @@ def load_data(max_tokens: int | None = None, vocab: int | None = None, root=None
     paper's runs use the full 10,000 words). The ids are frequency-ranked (:func:`dnlib.data.load_ptb`), so
     this is ``min(id, vocab - 1)``.
     """
-    from .data import load_ptb
+    from ..data import load_ptb
     if max_tokens is not None and not max_tokens >= 1:
         raise ValueError(f"max_tokens: must be an integer >= 1 (or None: all), got {max_tokens!r}")
     if vocab is not None and not vocab >= 2:
@@ -101,13 +103,13 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def lm_step(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, state):
     """One window from ``state``: ``(lm_loss, new_state)`` (a pure function: the ``step_fn`` of
-    :class:`~dnlib.train.SequenceGraphTrainer`)."""
+    :class:`~dnlib.training.trainer.SequenceGraphTrainer`)."""
     logits, new_state = model(x, state)
     return lm_loss(logits, y), new_state
 
 
 class LMLoss:
-    """The training loss of the eager :class:`~dnlib.train.Trainer`, carrying the recurrent state across
+    """The training loss of the eager :class:`~dnlib.training.trainer.Trainer`, carrying the recurrent state across
     minibatches (:func:`lm_step` on ``(x, y, reset)`` batches): the state is detached after each minibatch and zeroed
     when the batch says ``reset``. ``state_dict`` holds the state, so resume is exact."""
 
@@ -134,7 +136,7 @@ class LMLoss:
 # --------------------------------------------------------------------------------------------- clipping
 class SliceClip:
     r"""Gradient clipping by the global norm as the authors' TensorFlow code measures it (``source="code"``,
-    ``clip_mode="slices"``): a ``clip_fn`` of :class:`~dnlib.train.Trainer`.
+    ``clip_mode="slices"``): a ``clip_fn`` of :class:`~dnlib.training.trainer.Trainer`.
 
     TF's embedding lookup has an ``IndexedSlices`` gradient, one row per token *occurrence*, and
     ``tf.clip_by_global_norm`` measures those rows as they are: a word used k times in the batch contributes the
@@ -231,7 +233,7 @@ _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 
 @dataclass(frozen=True)
 class PTBRunConfig(PTBConfig):
-    """A :class:`~dnlib.configs.ptb.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x the
+    """A :class:`~dnlib.experiments.ptb_configs.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x the
     batches per epoch); fewer end the run early without changing the per-epoch learning-rate schedule."""
     steps: int | None = None
 
@@ -245,7 +247,7 @@ def _vocab_size(value: str) -> int:
 
 
 class PTBRecipe(experiment.Recipe):
-    """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.configs.ptb`).
+    """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.experiments.ptb_configs`).
 
     Config fields (overrides): every :class:`PTBRunConfig` field; ``source`` (``"paper"``/``"code"``) rebuilds the
     named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits,
@@ -255,7 +257,7 @@ class PTBRecipe(experiment.Recipe):
     ``threads`` (torch CPU threads)."""
 
     name = "ptb"
-    module = "dnlib.ptb"
+    module = "dnlib.experiments.ptb"
     description = "PTB language modelling (Tables 4, 9): run, sweep, gather, report, list, bench, check-graph, configs."
     shares_data = True
 
@@ -363,9 +365,9 @@ class PTBRecipe(experiment.Recipe):
         return get_config(name, what.get("source") or "paper").epochs
 
     def paper_tables(self, **_) -> dict:
-        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.aggregate.paper_table`'s
+        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.experiments.aggregate.paper_table`'s
         layout)."""
-        from .configs import ptb as P
+        from . import ptb_configs as P
         cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
         out = {}
         for name, table in (("table4", P.TABLE4), ("table9", P.TABLE9)):
@@ -423,9 +425,9 @@ aggregate.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | PTBConfig, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiment.run`; returns its :class:`~dnlib.experiment.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run`; returns its :class:`~dnlib.experiments.runner.RunResult`.
 
-    Keywords (:func:`dnlib.experiment.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
+    Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
     run folder, ``resume``: a run folder to continue, ``time_limit``, ``stop_after``, ``device``), the build
     options of :class:`PTBRecipe` (``data``: ``load_data``'s ``(splits, vocab_size)``, else ``max_tokens``,
     ``vocab``; ``mode``, ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
@@ -459,8 +461,8 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
 
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
-    """:func:`dnlib.experiment.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
-    :class:`~dnlib.train.Trainer` and of :class:`~dnlib.train.SequenceGraphTrainer` from the same initialisation
+    """:func:`dnlib.experiments.runner.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
+    :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.trainer.SequenceGraphTrainer` from the same initialisation
     (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
     data = ({"train": ids, "valid": ids, "test": ids}, vocab_size)
     return experiment.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,
@@ -537,7 +539,7 @@ def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
 
 
 def _runs(results) -> list:
-    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiment.load_runs`); the key is the
+    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.runner.load_runs`); the key is the
     configuration's name, with the seed where two runs share it."""
     out = experiment.load_runs(results)
     names = [rec["name"] for rec, _ in out]
@@ -559,7 +561,7 @@ _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl"
 
 
 def results_table(results, unigram: float | None = None) -> MarkdownTable:
-    """Our perplexities (mean ± std over runs, :func:`dnlib.aggregate.summarize`; runs that stopped early named)
+    """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early named)
     beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     for s in aggregate.summarize(results, list(_FMT)):
@@ -590,7 +592,7 @@ def perplexity_curves(results):
 
 
 def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.suite.save_results`): the summaries of :func:`results_table`."""
+    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of :func:`results_table`."""
     return {"runs": aggregate.summarize(results, list(_FMT))}
 
 
@@ -671,7 +673,7 @@ def _bench_command(args, q) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib.ptb ...``: :func:`dnlib.experiment.main` of :data:`RECIPE`."""
+    """``python -m dnlib ptb ...``: :func:`dnlib.experiments.runner.main` of :data:`RECIPE`."""
     return experiment.main(RECIPE, argv)
 
 

@@ -3,7 +3,7 @@
 :func:`activation_explorer` passes real images through a first conv layer (5 x 5, 32 filters, like the paper's
 CIFAR CNN, PAPER.md §3.1), normalizes the responses with a preset whose knobs are ipywidgets controls
 (preset, sigma, spatial window, channel window, which field the windows apply to, L1 alpha), and reports the
-statistics of :mod:`dnlib.stats` live. Everything is addressable from code, so it is tested headless::
+statistics of :mod:`dnlib.analysis.stats` live. Everything is addressable from code, so it is tested headless::
 
     ex = activation_explorer(preset="bn", sigma=0.0)
     ex.controls["sigma"].value = 1.0      # or ex.set(sigma=1.0); observers fire synchronously
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .functional import field_mean
-from .presets import PRESETS, get_spec, list_norms, make_norm
-from .sparse import l1_penalty
-from .spec import NormSpec
-from .stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
+from ..analysis.stats import activation_stats, linearity, pairwise_corr_mi, suppression_mean_square
+from ..norms.functional import field_mean
+from ..norms.presets import PRESETS, get_spec, list_norms, make_norm
+from ..norms.sparse import l1_penalty
+from ..norms.spec import NormSpec
 
 __all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer", "activation_explorer",
            "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS", "INPUTS", "FIXED_LIMITS"]
@@ -65,8 +65,8 @@ STAT_LABELS = {
 
 # ------------------------------------------------------------------------------------------- inputs
 def _cifar_samples(n: int, root) -> tuple[np.ndarray, str]:
-    from .data import data_root
-    from .data.root import open_regular
+    from ..data import data_root
+    from ..data.root import open_regular
 
     path = data_root(root) / CIFAR_SAMPLES
     with open_regular(path) as f, np.load(f) as d:     # a FIFO or device in the data root is refused, not read
@@ -75,7 +75,7 @@ def _cifar_samples(n: int, root) -> tuple[np.ndarray, str]:
 
 
 def _cifar(n: int, root) -> tuple[np.ndarray, str]:
-    from .data import load_cifar
+    from ..data import load_cifar
 
     data = load_cifar("cifar10", root, download=False, progress=False)
     x = getattr(data, "x_test", None)
@@ -154,7 +154,7 @@ def _fallback_notice(errors: list[str], desc: str, root) -> str:
     """Warn (every time, visibly in a notebook's output) that ``desc`` replaces the images that failed; return the new desc."""
     import warnings
 
-    from .data import DataWarning, data_root
+    from ..data import DataWarning, data_root
 
     where = data_root(root)
     msg = (f"explorer_images fell back to {desc}, because the preferred images could not be loaded:\n  "
@@ -263,8 +263,8 @@ class ActivationExplorer:
         z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the latest normalized
             responses (before ReLU); ``spec``: the latest spec; ``norm``: the latest module.
         widget: the ``VBox`` that is displayed: the controls, the live figure right under them, then the readout.
-        pre_pairs: the pair statistics of ``z`` (:func:`dnlib.stats.pairwise_corr_mi` over all filter pairs, as the
-            Table 10 figure :func:`dnlib.figures.joint_histograms` computes them, so the two report one number).
+        pre_pairs: the pair statistics of ``z`` (:func:`dnlib.analysis.stats.pairwise_corr_mi` over all filter pairs, as the
+            Table 10 figure :func:`dnlib.analysis.figures.joint_histograms` computes them, so the two report one number).
     """
 
     def __init__(self, images: torch.Tensor, conv: nn.Conv2d, *, source: str = "", preset: str = "dn",
@@ -337,7 +337,7 @@ class ActivationExplorer:
         normalized responses ``y``; ``sparsity``, ``relu_mean``, ``relu_kurtosis`` of ``relu(y)``;
         ``field_mean_square`` (mean of ``E_B[y^2]``, nan without division); ``linearity`` (R^2 of ``y`` against
         ``v = z - E_A z``); ``corr``/``mi`` between filter pairs of ``y`` and ``corr_pre``/``mi_pre`` of ``z``;
-        ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max`` (:func:`dnlib.stats.activation_stats`);
+        ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max`` (:func:`dnlib.analysis.stats.activation_stats`);
         ``l1_penalty``: what this site would add to a training loss, ``alpha * mean|z - E_A z|``
         (:func:`dnlib.l1_penalty`: the term :func:`dnlib.sparse_penalty` returns after one training forward with
         gradients; this forward runs under ``no_grad``, which records none); ``notes``; ``source``.
@@ -421,7 +421,7 @@ class ActivationExplorer:
         """Histograms before/after ReLU and the normalized feature maps of the first image (channel numbers in
         9 pt, one colour bar for their shared scale), for the current result. ``fixed_scale`` (default: the
         checkbox) keeps the axes and colours at :data:`FIXED_LIMITS`; off, they fit this result."""
-        from .figures import activation_histograms, feature_maps, new_figure
+        from ..analysis.figures import activation_histograms, feature_maps, new_figure
 
         fixed = self.fixed_scale.value if fixed_scale is None else fixed_scale
         fig = new_figure(figsize=(10, 5.8), dpi=dpi)
@@ -523,9 +523,9 @@ def activation_explorer(images: torch.Tensor | None = None, *, conv: nn.Conv2d |
         conv: the first layer; default ``first_conv(checkpoint, seed)``.
         preset, sigma, alpha: initial control values (``**controls`` may set ``space_window``,
             ``channel_window``, ``window_field``; by default the preset's own windows).
-        bins, n_pairs, max_samples: the correlation/MI estimator (:func:`dnlib.stats.pairwise_corr_mi`); the
+        bins, n_pairs, max_samples: the correlation/MI estimator (:func:`dnlib.analysis.stats.pairwise_corr_mi`); the
             defaults (all filter pairs, up to 20,000 samples) are those of the Table 10 figure
-            (:func:`dnlib.figures.joint_histograms`), so the readout and the figure's title give the same numbers.
+            (:func:`dnlib.analysis.figures.joint_histograms`), so the readout and the figure's title give the same numbers.
         live_plots: redraw histograms and feature maps on every change (in a kernel only).
         inputs: ``"standardized"`` or ``"raw"`` (:func:`preprocess`): what the first layer sees.
         fixed_scale: start with the "fixed scale" checkbox on (:data:`FIXED_LIMITS`).

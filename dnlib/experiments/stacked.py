@@ -5,21 +5,21 @@ figures in ``results/h100``): a step of K copies packed into the same kernels co
 as a step of one. This module trains K runs of one configuration, each with its own seed, as one model::
 
     from dnlib import stacked
-    from dnlib.cifar import RECIPE
+    from dnlib.experiments.cifar import RECIPE
     results = stacked.run(RECIPE, "dn-star", seeds=[0, 1, 2, 3], steps=300, out="runs/cifar/stack",
                           options={"subset": (2000, 1000)})      # one folder, an ordinary run folder per seed in it
     [r.record["headline"]["final_acc"] for r in results]
     stacked.run(RECIPE, resume=results[0].run_dir.parent)     # continue it (after a kill: from its checkpoint)
 
-    python -m dnlib.cifar stack dn-star --seeds 0 1 2 3 --steps 300 --subset 2000,1000 --out runs/cifar/stack
-    python -m dnlib.cifar stack --resume runs/cifar/stack/dn-star-s0+1+2+3-<UTC>
+    python -m dnlib cifar stack dn-star --seeds 0 1 2 3 --steps 300 --subset 2000,1000 --out runs/cifar/stack
+    python -m dnlib cifar stack --resume runs/cifar/stack/dn-star-s0+1+2+3-<UTC>
 
 (the ``stack`` verb is :func:`commands`; a recipe offers it by adding ``**stacked.commands(self)`` to its
 ``commands()``.)
 
-**One loop.** A stacked run is an ordinary :class:`~dnlib.experiment.Run` whose trainer holds K copies: the runner's
+**One loop.** A stacked run is an ordinary :class:`~dnlib.experiments.runner.Run` whose trainer holds K copies: the runner's
 chunks, time limit, checkpoints, resume (bit-identical on CPU, ``tests/test_resume.py``), TensorBoard and records;
-the :class:`~dnlib.train.Trainer` loop with its divergence checks, per copy (:class:`StackedTrainer`). What is
+the :class:`~dnlib.training.trainer.Trainer` loop with its divergence checks, per copy (:class:`StackedTrainer`). What is
 stacked here is only what :func:`build` hands the runner. The run folder ``<out>/<config>-s<seed>+<seed>...-<UTC>``
 holds the trainer's ``run.json`` (with the seeds), ``checkpoint.pt`` and ``history.json``, and one ordinary run
 folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBoard events), which ``gather`` and
@@ -30,7 +30,7 @@ folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBo
 * its model is built by the recipe exactly as that run builds it (seeded, then ``recipe.build``), and the K
   models' parameters and buffers are packed into :class:`~dnlib.models.stacked.StackedCifarCNN` (grouped
   convolutions, batched FC layers, per-copy normalizer groups and L1 terms: :mod:`dnlib.models.stacked`);
-* its data order is its own batch source (the run's :class:`~dnlib.train.TensorBatches` with its seed), and
+* its data order is its own batch source (the run's :class:`~dnlib.training.trainer.TensorBatches` with its seed), and
   its data too (a stratified subset is drawn from the seed, as in the separate run); a step's input is
   ``(N, K*3, 32, 32)``, channel block k holding copy k's batch (:class:`StackedData`);
 * the loss is the K per-copy mean losses, whose SUM the trainer minimizes, so each copy's gradient is its separate
@@ -38,7 +38,7 @@ folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBo
   independent (the weight-decay/no-decay parameter groups are the recipe's, mapped by name);
 * it is evaluated on its own (per-copy accuracy and loss), checked on its own (a copy whose loss, metric or
   weights turn non-finite stops alone, recorded ``diverged at step N``; the others train on) and recorded as an
-  ordinary run record (:mod:`dnlib.records`, the experiment's keys and headline) with ``config.setup.stacked =
+  ordinary run record (:mod:`dnlib.experiments.records`, the experiment's keys and headline) with ``config.setup.stacked =
   K`` and the group's seeds noted.
 
 On the CPU in float64, K stacked steps equal K separate runs to rounding (``tests/test_stacked.py``). Not
@@ -50,8 +50,8 @@ is refused; gradient clipping (a global norm would mix the copies) is refused.
 graph) and with :class:`StackedTrainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
 that copy's own progress (the group's aggregate divided by K).
 
-This module sits between the runner (:mod:`dnlib.experiment`) and the recipes: it takes a recipe whose
-``build`` returns a :class:`~dnlib.models.CifarCNN` and CIFAR data (``dnlib.cifar.RECIPE``) and imports none.
+This module sits between the runner (:mod:`dnlib.experiments.runner`) and the recipes: it takes a recipe whose
+``build`` returns a :class:`~dnlib.models.CifarCNN` and CIFAR data (``dnlib.experiments.cifar.RECIPE``) and imports none.
 """
 from __future__ import annotations
 
@@ -66,10 +66,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cli, distributed, experiment
-from .models.stacked import StackedCifarCNN
-from .sparse import clear_penalties
-from .train import CheckpointError, GraphTrainer, Trainer, TrainingDiverged
+from .. import cli
+from ..models.stacked import StackedCifarCNN
+from ..norms.sparse import clear_penalties
+from ..training import distributed
+from ..training.trainer import CheckpointError, GraphTrainer, Trainer, TrainingDiverged
+from . import runner as experiment
 
 __all__ = ["StackedTrainer", "StackedGraphTrainer", "StackedData", "StackedBatches", "StackedLoss", "evaluate",
            "build", "prepare", "run", "commands", "MODES"]
@@ -79,14 +81,14 @@ MODES = ("auto", "graph", "eager")
 
 # ---------------------------------------------------------------------------------------------- trainer
 class StackedTrainer(Trainer):
-    """The :class:`~dnlib.train.Trainer` loop over K independent copies packed in one model (a model with
+    """The :class:`~dnlib.training.trainer.Trainer` loop over K independent copies packed in one model (a model with
     ``copies`` and ``copy_state_dict(k)``, e.g. :class:`~dnlib.models.stacked.StackedCifarCNN`): ``loss_fn``
     returns the copies' losses ``(K,)`` (the trainer minimizes their sum), ``evaluate`` a list of K metric dicts.
 
     Every history row carries its ``copy``; :meth:`copy_history` gives copy k's rows (without it), as an ordinary
     run's history. A copy whose loss, metric or weights turn non-finite stops alone: its history ends with its
     ``stopped`` row and its values are no longer read (its block of the model trains on unread; the copies share
-    no arithmetic); :class:`~dnlib.train.TrainingDiverged` is raised when every copy has stopped. The checkpoint
+    no arithmetic); :class:`~dnlib.training.trainer.TrainingDiverged` is raised when every copy has stopped. The checkpoint
     is the Trainer's (the history holds which copies stopped), so a stacked run resumes exactly as an ordinary
     one. Gradient clipping is refused (a global norm would mix the copies)."""
 
@@ -126,12 +128,12 @@ class StackedTrainer(Trainer):
 
 
 class StackedGraphTrainer(StackedTrainer, GraphTrainer):
-    """:class:`StackedTrainer` whose whole step is one CUDA graph (:class:`~dnlib.train.GraphTrainer`)."""
+    """:class:`StackedTrainer` whose whole step is one CUDA graph (:class:`~dnlib.training.trainer.GraphTrainer`)."""
 
 
 # ------------------------------------------------------------------------------------------------- data
 class StackedData:
-    """The K copies' data (:class:`dnlib.cifar.CifarData` s, of equal sizes; the same object K times shares its
+    """The K copies' data (:class:`dnlib.experiments.cifar.CifarData` s, of equal sizes; the same object K times shares its
     tensors without copying them) as one batch maker: :meth:`images` of ``(K, N)`` indices is the stacked input,
     each copy's block what ``data.images`` gives its own run."""
 
@@ -214,7 +216,7 @@ class StackedLoss:
 
 
 def evaluate(model: StackedCifarCNN, data: StackedData, batch_size: int = 1000) -> list:
-    """Each copy's accuracy and mean cross-entropy on its evaluation split, as ``dnlib.cifar.evaluate`` of its run
+    """Each copy's accuracy and mean cross-entropy on its evaluation split, as ``dnlib.experiments.cifar.evaluate`` of its run
     (keys ``test_acc``/``test_loss`` or ``val_*``): a list of K dicts."""
     k, n = data.y_eval.shape
     correct = torch.zeros(k, device=data.device)
@@ -247,9 +249,9 @@ def _check_seeds(seeds) -> list:
 
 def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
           options: dict | None = None) -> experiment.Setup:
-    """The :class:`~dnlib.experiment.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
-    a stacked :class:`~dnlib.experiment.Run`): each copy built as its separate run builds it
-    (:func:`~dnlib.experiment.build_setup` with ``options``: load, seed, build), packed into one model, data, batch source and loss; ``copies`` holds the K
+    """The :class:`~dnlib.experiments.runner.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
+    a stacked :class:`~dnlib.experiments.runner.Run`): each copy built as its separate run builds it
+    (:func:`~dnlib.experiments.runner.build_setup` with ``options``: load, seed, build), packed into one model, data, batch source and loss; ``copies`` holds the K
     copies' own setups. ``options["mode"]`` is the stacked trainer's (``"auto"``: a CUDA graph on CUDA). The data
     is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
     seeds = _check_seeds(seeds)
@@ -286,7 +288,7 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
 
 def prepare(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None,
             **kwargs) -> experiment.Run:
-    """A stacked :class:`~dnlib.experiment.Run`, prepared but not trained (its ``trainer`` a
+    """A stacked :class:`~dnlib.experiments.runner.Run`, prepared but not trained (its ``trainer`` a
     :class:`StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
     return experiment.Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
                           **kwargs)
@@ -294,13 +296,13 @@ def prepare(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None 
 
 def run(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
     """Train configuration ``config`` of ``recipe`` once per seed, the K runs stacked into one model and trained by
-    the runner (module doc); returns their :class:`~dnlib.experiment.RunResult` s in the order of ``seeds``.
+    the runner (module doc); returns their :class:`~dnlib.experiments.runner.RunResult` s in the order of ``seeds``.
 
     Args:
-        recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data (``dnlib.cifar.RECIPE``).
+        recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data (``dnlib.experiments.cifar.RECIPE``).
         config: a configuration name or object (None with ``resume``: the stored one).
         seeds: one distinct seed per copy (None with ``resume``: the stored ones).
-        kwargs: as :func:`dnlib.experiment.run`: ``steps``, ``device``, ``out`` (a base folder: the group gets a
+        kwargs: as :func:`dnlib.experiments.runner.run`: ``steps``, ``device``, ``out`` (a base folder: the group gets a
             new folder in it), ``resume`` (the group's folder: continue its checkpoint, or start there),
             ``overrides``, ``options`` (the recipe's ``build`` keywords; ``mode``: the stacked trainer's),
             ``time_limit``, ``stop_after`` (the whole group stops), ``progress``, ``parameters``, ``argv``.
@@ -358,8 +360,8 @@ def _handler(recipe: experiment.Recipe):
 def commands(recipe: experiment.Recipe) -> dict:
     """``{"stack": Command}``: the ``stack`` verb of ``recipe``'s CLI (register it in ``Recipe.commands``)::
 
-        python -m dnlib.cifar stack dn-star --seeds 0 1 2 3 [--steps N] [--out DIR] [the run verb's recipe flags]
-        python -m dnlib.cifar stack --resume DIR        # continue a group (its checkpoint), or start there
+        python -m dnlib cifar stack dn-star --seeds 0 1 2 3 [--steps N] [--out DIR] [the run verb's recipe flags]
+        python -m dnlib cifar stack --resume DIR        # continue a group (its checkpoint), or start there
 
     One folder per group, an ordinary run folder per seed in it; one JSON line per copy; exit 1 when a copy
     diverged, 2 on bad arguments (or another run's checkpoint)."""

@@ -1,10 +1,10 @@
 """Where a sweep's runs execute: the embedded local engine (a pool of processes on this machine, the default) or
-Ray (a cluster of machines and GPUs). :func:`dnlib.experiment.sweep` is the one entry point; it builds the
+Ray (a cluster of machines and GPUs). :func:`dnlib.experiments.runner.sweep` is the one entry point; it builds the
 :class:`Job` list (configurations x seeds, finished runs left out) and hands it to :func:`execute`::
 
-    python -m dnlib.sr sweep smoke-bn smoke-dn* --seeds 0 1 --jobs 2 --out runs/sr/sweep            # local
-    python -m dnlib.sr sweep smoke-bn smoke-dn* --seeds 0 1 --engine ray --out runs/sr/sweep         # Ray here
-    python -m dnlib.sr sweep fast-bn fast-dn* --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 ...
+    python -m dnlib sr sweep smoke-bn smoke-dn* --seeds 0 1 --jobs 2 --out runs/sr/sweep            # local
+    python -m dnlib sr sweep smoke-bn smoke-dn* --seeds 0 1 --engine ray --out runs/sr/sweep         # Ray here
+    python -m dnlib sr sweep fast-bn fast-dn* --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 ...
 
 Both engines run the same thing for a job: ``python -m <recipe module> run CONFIG --seeds S ... --resume FOLDER``
 (a process of its own; its output goes to ``FOLDER/log.txt``), and both leave the same folder layout,
@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from . import cli, records
-from .io import atomic_write
+from .. import cli
+from ..io import atomic_write
+from . import records
 
 __all__ = ["Engine", "ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "RayEngine", "EngineError", "check",
            "gpu_share", "make_engine", "execute", "run_in_folder", "read_folder", "write_folder", "log_tail"]
@@ -89,7 +90,7 @@ class Outcome:
 
 
 class SweepRows(list):
-    """:func:`dnlib.experiment.sweep`'s return: the gathered rows (a list), and ``failed``: one dict per failed
+    """:func:`dnlib.experiments.runner.sweep`'s return: the gathered rows (a list), and ``failed``: one dict per failed
     run of this sweep (``config``, ``seed``, ``run`` folder, ``reason``, ``log_tail``)."""
 
     def __init__(self, rows=(), failed=()):
@@ -448,7 +449,7 @@ def make_engine(engine: str, module: str, *, address: str | None = None, jobs: i
                 cpus_per_run=None, gpus_per_run=None, limit: float | None = None, python: str = sys.executable,
                 checked: bool = False) -> Engine:
     """A :class:`LocalEngine` or :class:`RayEngine` (an :class:`Engine`); its arguments are checked by :func:`check`
-    first unless the caller did (``checked``: :func:`dnlib.experiment.sweep` checks once, before anything)."""
+    first unless the caller did (``checked``: :func:`dnlib.experiments.runner.sweep` checks once, before anything)."""
     if not checked:
         check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
     if engine == "local":

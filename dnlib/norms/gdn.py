@@ -25,7 +25,7 @@ back. Init (compressai's): ``beta = 1``, ``gamma = gamma_init * I`` (0.1), i.e. 
 ``gamma_u = sqrt(gamma_init * I + p)`` (the off-diagonal ``sqrt(p)``, exactly at the bound).
 ``gamma[i, j]`` is output channel i's weight on input channel j (compressai's ``conv2d`` weight layout).
 
-:class:`GDN` is a :class:`~dnlib.norm.DivisiveNorm` (``spec = NormSpec()``, no affine), so the sparse L1
+:class:`GDN` is a :class:`~dnlib.norms.norm.DivisiveNorm` (``spec = NormSpec()``, no affine), so the sparse L1
 penalty of PAPER.md §2 works through :func:`dnlib.sparse_penalty` as at any site: with ``alpha > 0`` each training
 forward adds ``alpha * mean|x|``, the L1 norm of the *input* ``x`` (GDN has no summation field, so
 ``E_A[x] = 0``, as for ``rms`` and ``lrn``), averaged over all its elements.

@@ -42,7 +42,7 @@ from .spec import NormSpec
 
 def sparse_penalty(model: nn.Module) -> torch.Tensor:
     """Sum of the pending L1 terms of every :class:`DivisiveNorm` of ``model``: those of the forwards since the last
-    call that can still be backpropagated (see the rules in :mod:`dnlib.sparse`: no term from ``no_grad``,
+    call that can still be backpropagated (see the rules in :mod:`dnlib.norms.sparse`: no term from ``no_grad``,
     ``inference_mode`` or eval-mode forwards; several training forwards before one backward sum).
 
     Returns a scalar tensor (0 when there is none); the sites are cleared.

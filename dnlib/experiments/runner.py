@@ -1,21 +1,21 @@
 """One runner for every experiment: the run loop, its one time-limit rule, resume, divergence, the run record,
 ``run_many``, ``sweep``/``gather`` and one command-line grammar.
 
-An experiment is a :class:`Recipe` (``dnlib.cifar.RECIPE``, ...): it names its configurations, resolves one
+An experiment is a :class:`Recipe` (``dnlib.experiments.cifar.RECIPE``, ...): it names its configurations, resolves one
 (``config``), builds what a run needs for a configuration and a seed (``build`` -> :class:`Setup`: model, loss,
-resumable batches, evaluation, :class:`~dnlib.train.TrainConfig`, run identity), and reads the numbers of a run
+resumable batches, evaluation, :class:`~dnlib.training.trainer.TrainConfig`, run identity), and reads the numbers of a run
 (``headline``) beside the paper's (``paper``). The runner does everything else, the same way for every recipe::
 
     from dnlib import experiment
-    from dnlib.cifar import RECIPE
+    from dnlib.experiments.cifar import RECIPE
     r = experiment.run(RECIPE, "dn-star", seed=0, steps=300, out="runs/cifar", options={"subset": (2000, 1000)})
     r.record["headline"], r.run_dir, r.history, r.model
 
-    python -m dnlib.cifar run dn-star --steps 300 --subset 2000,1000 --time-limit 600     # runs/cifar/dn-star-s0-<UTC>
-    python -m dnlib.cifar run --resume runs/cifar/dn-star-s0-20261130T070000.000Z       # continue that run
-    python -m dnlib.cifar sweep base dn-star --seeds 0 1 --jobs 2 --out runs/cifar/sweep  # rerun: skips finished runs
-    python -m dnlib.cifar sweep all --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 --out runs/t7
-    python -m dnlib.cifar gather runs/cifar/sweep
+    python -m dnlib cifar run dn-star --steps 300 --subset 2000,1000 --time-limit 600     # runs/cifar/dn-star-s0-<UTC>
+    python -m dnlib cifar run --resume runs/cifar/dn-star-s0-20261130T070000.000Z       # continue that run
+    python -m dnlib cifar sweep base dn-star --seeds 0 1 --jobs 2 --out runs/cifar/sweep  # rerun: skips finished runs
+    python -m dnlib cifar sweep all --seeds 0 1 2 --engine ray --address auto --gpus-per-run 0.25 --out runs/t7
+    python -m dnlib cifar gather runs/cifar/sweep
 
 **Chunks and the time limit.** A run advances in chunks of ``Setup.chunk`` optimizer steps (default: the
 evaluation interval ``train.eval_every``; PTB: one epoch); the trainer evaluates and checkpoints at the end of
@@ -24,17 +24,17 @@ starting a chunk, the run stops when the seconds since :func:`run` was called pl
 chunk would exceed ``time_limit``; it is recorded as ``stopped: "time limit at step N"``. The first chunk of a
 call always runs (there is no measure yet).
 
-**Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>`` (:func:`dnlib.records.new_run_dir`,
+**Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>`` (:func:`dnlib.experiments.records.new_run_dir`,
 never another run's); ``resume=DIR`` runs in ``DIR`` itself: it continues the checkpoint there (the trainer
-refuses one written by another run, :class:`~dnlib.train.CheckpointError`), or starts there when it holds none.
+refuses one written by another run, :class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none.
 A folder holds ``run.json`` (how the run was called, enough to resume it by its folder alone), ``record.json``
-(:mod:`dnlib.records`; ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``,
+(:mod:`dnlib.experiments.records`; ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``,
 ``history.json``. Every file is written atomically: a killed run leaves complete files or none.
 
-**Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.engines`): the local one (a
+**Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.experiments.engines`): the local one (a
 process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
 
-**Divergence.** A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` from the trainer: the record says
+**Divergence.** A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` from the trainer: the record says
 ``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
 
 This module is the experiments layer: it imports train, records, cli, distributed and engines, never a recipe.
@@ -61,9 +61,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cli, distributed, engines, records
-from .io import atomic_write_json, atomic_write_text
-from .train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, progress_bar, set_seed
+from .. import cli
+from ..io import atomic_write_json, atomic_write_text
+from ..training import distributed
+from ..training.trainer import CheckpointError, TrainConfig, Trainer, TrainingDiverged, progress_bar, set_seed
+from . import engines, records
 
 __all__ = ["Recipe", "Setup", "Command", "RunResult", "Run", "prepare", "run", "run_many", "sweep", "gather",
            "gather_table", "load_runs", "replace", "check_int", "check_time_limit", "past_time_limit", "trainer_mode", "card", "time_steps", "call",
@@ -82,12 +84,12 @@ _REPO = Path(__file__).resolve().parent.parent
 class Setup:
     """Everything one run needs, built by :meth:`Recipe.build` for a configuration and a seed.
 
-    ``trainer`` is the trainer class (:class:`~dnlib.train.Trainer` or :class:`~dnlib.train.GraphTrainer`) and
+    ``trainer`` is the trainer class (:class:`~dnlib.training.trainer.Trainer` or :class:`~dnlib.training.trainer.GraphTrainer`) and
     ``trainer_kwargs`` its extra arguments (``param_groups``, ``lr_lambda``, ``capture``...). ``run_info`` is the
     run identity a resumed checkpoint must match (plain values). ``chunk``: steps per chunk (default
     ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded with the config (the data used,
     the trainer mode...). ``data``: anything the recipe keeps for figures (on :attr:`RunResult.setup`).
-    ``copies``: for a trainer of K copies in one model (:mod:`dnlib.stacked`), each copy's own Setup (its seed's
+    ``copies``: for a trainer of K copies in one model (:mod:`dnlib.experiments.stacked`), each copy's own Setup (its seed's
     build: model, info, data), in the order of the run's seeds; empty for an ordinary run."""
     model: nn.Module
     loss_fn: Callable
@@ -128,7 +130,7 @@ class Recipe:
     ``set_seed(seed)``, :meth:`build` (a recipe never seeds)."""
 
     name: str = "experiment"          #: the experiment's name: ``runs/<name>/``, ``record["experiment"]``
-    module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.cifar"``
+    module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.experiments.cifar"``
     description: str = ""
     #: the data :meth:`load` returns serve every configuration and seed: :func:`call_many`, checks and benchmarks
     #: load them once and pass them on as the ``data`` option
@@ -191,13 +193,13 @@ class Recipe:
 
     def paper_schedule(self, name: str, what: Mapping[str, Any]) -> int | None:
         """The length of the paper's schedule for configuration ``name`` (``what``: the run's defining fields,
-        :func:`dnlib.aggregate.defining`), in the unit the config counts (steps, epochs); None: not known."""
+        :func:`dnlib.experiments.aggregate.defining`), in the unit the config counts (steps, epochs); None: not known."""
         return None
 
     def paper_tables(self, **params) -> dict:
-        """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.aggregate.paper_table`'s
+        """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.experiments.aggregate.paper_table`'s
         layout: title, which runs, keys, row order, labels, the paper's numbers, fmt); ``params``: e.g. ``scale``.
-        Register the recipe with :func:`dnlib.aggregate.register` and name it in the entry-point group
+        Register the recipe with :func:`dnlib.experiments.aggregate.register` and name it in the entry-point group
         ``dnlib.recipes`` so that ``aggregate.compare(runs, "tableN")`` finds them. Default: none."""
         return {}
 
@@ -292,7 +294,7 @@ class Run:
     resumed; nothing trained yet. :meth:`go` trains it. Errors in preparing are the caller's (bad config, missing
     data, another run's checkpoint: ValueError / FileNotFoundError / CheckpointError).
 
-    The same loop runs K copies of one configuration in one trainer (:mod:`dnlib.stacked`): ``seeds`` (one per
+    The same loop runs K copies of one configuration in one trainer (:mod:`dnlib.experiments.stacked`): ``seeds`` (one per
     copy) and ``build(recipe, cfg, seeds, device, options) -> Setup`` (a Setup whose ``copies`` are the K copies'
     own). The run folder then holds the trainer's files (``run.json`` with the seeds, ``checkpoint.pt``,
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
@@ -334,7 +336,7 @@ class Run:
         seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
         if len(seeds) > 1 and build is None:
             raise ValueError(f"seeds: {seeds} are the copies of a stacked run; run (or resume) it with "
-                             f"dnlib.stacked (the recipe's `stack` command)")
+                             f"dnlib.experiments.stacked (the recipe's `stack` command)")
         if seed is None:
             seed = int(seeds[0] if seeds else stored.get("seed", 0))
         if device is None:
@@ -356,7 +358,7 @@ class Run:
                              "folder to resume)")
         if build is None:
             self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, options)
-        else:                  # K copies in one trainer (dnlib.stacked.build: build_setup per copy)
+        else:                  # K copies in one trainer (dnlib.experiments.stacked.build: build_setup per copy)
             self.setup = setup = build(recipe, self.cfg, self.seeds, device, options)
         self.progress = bool(progress)
         self.planned = int(setup.train.steps)
@@ -460,7 +462,7 @@ class Run:
     def go(self) -> RunResult:
         """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result
         (a stacked run: the K copies' results, in the order of ``seeds``). Raises
-        :class:`~dnlib.train.TrainingDiverged` after writing the record of a diverged run (a stacked run: a copy
+        :class:`~dnlib.training.trainer.TrainingDiverged` after writing the record of a diverged run (a stacked run: a copy
         that diverges stops alone, its record says so; the run raises when every copy has)."""
         tr = self.trainer
         target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
@@ -521,7 +523,7 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
         overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
-        progress: a progress bar over the run's steps (:func:`dnlib.train.progress_bar`: a widget in JupyterLab,
+        progress: a progress bar over the run's steps (:func:`dnlib.training.trainer.progress_bar`: a widget in JupyterLab,
             a text bar under the notebook runner and on a terminal, periodic lines in a log); False: none.
         parameters: a notebook's parameters, recorded; argv: the command line, recorded.
 
@@ -569,7 +571,7 @@ def check_config(recipe: Recipe, cfg, device=None, *, here: bool = True) -> None
     if not here:
         return
     if getattr(cfg, "impl", None) == "triton":
-        from . import triton_dn
+        from ..norms import triton_dn
         dev = "auto" if device in (None, "auto") else str(device)
         on_cpu = not torch.cuda.is_available() if dev == "auto" else torch.device(dev).type != "cuda"
         if importlib.util.find_spec("triton") is None:
@@ -645,7 +647,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
           status_every: float = 30.0, run_args: Sequence[str] = (), options: Mapping | None = None,
           python: str = sys.executable, verbose: bool = True) -> list:
     """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seeds S --resume DIR``
-    on an engine (:mod:`dnlib.engines`), then :func:`gather` them.
+    on an engine (:mod:`dnlib.experiments.engines`), then :func:`gather` them.
 
     ``engine="local"`` (default): processes on this machine, ``jobs`` at a time (default 1; several runs share one
     GPU). ``engine="ray"``: one Ray task per run on the cluster at ``address`` (``"auto"``, ``"HOST:PORT"``; None:
@@ -662,7 +664,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     the others go on. Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
 
     Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
-    (:class:`dnlib.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
+    (:class:`dnlib.experiments.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
     configuration with ``run_args`` is checked as ``run`` checks it (:func:`check_runs`; a clash in the last
     configuration stops the sweep before the first one trains), and so are the ``run.json`` and ``record.json``
     of the folders a rerun resumes."""
@@ -711,22 +713,22 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
 
 def gather(paths) -> list:
     """One flat row per run folder at or under ``paths`` (folders, or :class:`RunResult` objects: their folders)
-    (:func:`dnlib.records.gather`)."""
+    (:func:`dnlib.experiments.records.gather`)."""
     if isinstance(paths, (str, os.PathLike, RunResult)):
         paths = [paths]
     return records.gather([p.run_dir if isinstance(p, RunResult) else p for p in paths])
 
 
 def gather_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.aggregate.gather_table`)."""
-    from . import aggregate  # not at import time: the runner needs no tables or figures to run
+    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.experiments.aggregate.gather_table`)."""
+    from . import aggregate
     return aggregate.gather_table(rows)
 
 
 def load_runs(results) -> list:
     """``[(record, curve rows)]`` of runs: :class:`RunResult` objects (their history) or run folders (a folder
     holding run folders stands for each of them; ``curves.csv``), in order. A folder whose record is broken or
-    foreign is skipped with a :class:`dnlib.records.RecordWarning` naming the file."""
+    foreign is skipped with a :class:`dnlib.experiments.records.RecordWarning` naming the file."""
     if isinstance(results, (str, os.PathLike, RunResult)):
         results = [results]
     out = []
@@ -814,7 +816,7 @@ def build_setup(recipe: Recipe, cfg, seed: int, device="auto", options: Mapping 
     """The :class:`Setup` of one run: the options split by the keyword-only parameters of ``recipe.load`` and
     ``recipe.build`` (a name of both goes to both; any other to ``build``, which refuses it), the build options
     checked (:meth:`Recipe.check_options`), the data loaded (unless the ``data`` option gives them), every RNG
-    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.stacked calls this once per copy), then built."""
+    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.experiments.stacked calls this once per copy), then built."""
     options = dict(options or {})
     data = options.pop("data", None)
     load_kw, build_kw = _keywords(recipe.load), _keywords(recipe.build)
@@ -864,7 +866,7 @@ def recipe_runs(recipe: Recipe, path) -> dict:
 
 
 def row_label(summary: Mapping, label: str) -> str:
-    """A table row's label for a :func:`dnlib.aggregate.summarize` dict, naming its runs that did not complete
+    """A table row's label for a :func:`dnlib.experiments.aggregate.summarize` dict, naming its runs that did not complete
     (``"BN* (1 time limit)"``: their numbers are those of a shorter schedule)."""
     return label + "".join(f" ({c} {k})" for k, c in summary["stopped"].items() if k != COMPLETED)
 
@@ -1055,7 +1057,7 @@ def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[i
 
 @contextlib.contextmanager
 def _warnings_as_lines(prog: str):
-    """Each run folder skipped inside (:class:`dnlib.records.RecordWarning`) as one line ``<prog>: warning:
+    """Each run folder skipped inside (:class:`dnlib.experiments.records.RecordWarning`) as one line ``<prog>: warning:
     <message>`` on stderr; other warnings are shown as usual."""
     caught = []
     try:
@@ -1165,7 +1167,7 @@ def _gather_verb(c: _Call) -> int:
         c.q.error(f"{' '.join(c.args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
     if c.args.out:
         atomic_write_json(rows, c.args.out)
-    from . import aggregate  # the printout is aggregate's: the runs' table, then mean ± std per config
+    from . import aggregate
     text, notes = aggregate.gather_printout(rows)
     for note in notes:          # runs not pooled, seeds counted once: one line each
         print(f"{c.q.prog}: warning: {note}", file=sys.stderr)

@@ -18,7 +18,7 @@ Every configuration samples each batch from a single training image (``per_image
 code does; this is what lets batch statistics differ between images, the mechanism behind BN's intensity
 shift in Tables 5/6.
 
-The normalizers of the SR rows (:data:`SR_NORM_ROWS`: a :mod:`dnlib.presets` preset plus its overrides,
+The normalizers of the SR rows (:data:`SR_NORM_ROWS`: a :mod:`dnlib.norms.presets` preset plus its overrides,
 PAPER.md §2.3 ``sr_exp_config`` and §5.4 items 1, 10):
 
 ==============  =========  ========================================================================================
@@ -39,7 +39,7 @@ row             preset     overrides, and what they are
 ==============  =========  ========================================================================================
 
 :data:`SR_NORM_ALIASES` keeps the authors' spellings (``dn-star``, ``dnstar``, ``dn-star-code``, ``dnms``,
-``base``, ``srcnn``). Any other preset name or a :class:`~dnlib.spec.NormSpec` is taken as it is.
+``base``, ``srcnn``). Any other preset name or a :class:`~dnlib.norms.spec.NormSpec` is taken as it is.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..presets import PRESETS, NormLike, norm_name
-from ..spec import NormSpec
+from ..norms.presets import PRESETS, NormLike, norm_name
+from ..norms.spec import NormSpec
 
 __all__ = ["SRConfig", "SR_CONFIGS", "get_config", "SR_MODELS", "ROW_NAMES", "TRAIN_SETS", "SRNorm",
            "SR_NORM_ROWS", "SR_NORM_ALIASES", "sr_norm", "sr_norm_name",
@@ -61,7 +61,7 @@ TRAIN_SETS = {"T91": ("T91",), "291": ("T91", "BSD200-train")}
 
 @dataclass(frozen=True)
 class SRNorm:
-    """One SR normalizer row: a preset of :mod:`dnlib.presets` and its :func:`dnlib.make_norm` overrides."""
+    """One SR normalizer row: a preset of :mod:`dnlib.norms.presets` and its :func:`dnlib.make_norm` overrides."""
     preset: str
     norm_kwargs: Mapping = field(default_factory=dict)
     label: str = ""                # the row's name in the paper's tables
@@ -100,7 +100,7 @@ def sr_norm_name(norm: NormLike) -> str:
 
 def sr_norm(norm: NormLike, norm_kwargs: Mapping | None = None) -> tuple:
     """``(preset or NormSpec, norm_kwargs)`` for SRCNN: an SR row (or alias) gives its preset and overrides, updated
-    by ``norm_kwargs``; another preset name or a :class:`~dnlib.spec.NormSpec` is passed on as it is."""
+    by ``norm_kwargs``; another preset name or a :class:`~dnlib.norms.spec.NormSpec` is passed on as it is."""
     extra = dict(norm_kwargs or {})
     if norm is None or isinstance(norm, NormSpec):
         return ("none" if norm is None else norm), extra

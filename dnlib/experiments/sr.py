@@ -1,18 +1,18 @@
-"""Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of :mod:`dnlib.experiment`,
+"""Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of :mod:`dnlib.experiments.runner`,
 evaluation, tables and figures.
 
-A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :mod:`dnlib.configs.sr`; its
+A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :mod:`dnlib.experiments.sr_configs`; its
 configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
-(:mod:`dnlib.experiment`) owns the loop, the time limit, resume and the run record::
+(:mod:`dnlib.experiments.runner`) owns the loop, the time limit, resume and the run record::
 
     from dnlib import sr
     r = sr.run("dn*", "smoke", steps=300)        # a RunResult: r.model, r.history, r.record["headline"]
 
-    python -m dnlib.sr run fast-dn* --steps 20000 --out runs/sr            # runs/sr/fast-dn-s0-<UTC>
-    python -m dnlib.sr run --resume runs/sr/fast-dn-s0-<UTC>                # continue it
-    python -m dnlib.sr sweep fast-none fast-bn fast-dn* --jobs 3 --out runs/sr/sweep   # rerun: skips finished runs
-    python -m dnlib.sr report runs/sr/sweep      # Bicubic + every run beside Tables 5/6 -> sr_results.json
-    python -m dnlib.sr bench fast-none fast-dn* ; python -m dnlib.sr list
+    python -m dnlib sr run fast-dn* --steps 20000 --out runs/sr            # runs/sr/fast-dn-s0-<UTC>
+    python -m dnlib sr run --resume runs/sr/fast-dn-s0-<UTC>                # continue it
+    python -m dnlib sr sweep fast-none fast-bn fast-dn* --jobs 3 --out runs/sr/sweep   # rerun: skips finished runs
+    python -m dnlib sr report runs/sr/sweep      # Bicubic + every run beside Tables 5/6 -> sr_results.json
+    python -m dnlib sr bench fast-none fast-dn* ; python -m dnlib sr list
 
 * **Data.** :func:`training_pairs` turns a training set into SRCNN pairs once per process (luma, ``modcrop``,
   MATLAB bicubic down and up: :func:`dnlib.data.sr.srcnn_pairs`); :class:`dnlib.data.SRCNNPatches` holds them
@@ -40,8 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import aggregate, cli, experiment, records
-from .configs.sr import (
+from .. import cli
+from ..analysis.figures import cell, markdown_table, run_curves
+from ..io import atomic_write_json
+from ..training.metrics import psnr, ssim
+from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
+from . import aggregate, records
+from . import runner as experiment
+from .runner import RunResult
+from .sr_configs import (
     ROW_NAMES,
     SR_CONFIGS,
     SR_MODELS,
@@ -53,11 +60,6 @@ from .configs.sr import (
     sr_norm,
     sr_norm_name,
 )
-from .experiment import RunResult
-from .figures import cell, markdown_table, run_curves
-from .io import atomic_write_json
-from .metrics import psnr, ssim
-from .train import TrainConfig, load_checkpoint, resolve_device
 
 __all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
            "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of",
@@ -76,8 +78,8 @@ def training_pairs(train_set: str = "T91", scale: int = 3, root=None) -> tuple[l
 
     ``train_set``: ``"T91"`` or ``"291"`` (T91 + BSD200-train). Computed once per process and cached.
     """
-    from .data import load_sr
-    from .data.sr import srcnn_pairs
+    from ..data import load_sr
+    from ..data.sr import srcnn_pairs
     if train_set not in TRAIN_SETS:
         raise ValueError(f"train_set: got {train_set!r}; allowed {list(TRAIN_SETS)}")
     key = (train_set, scale, str(root))
@@ -90,7 +92,7 @@ def training_pairs(train_set: str = "T91", scale: int = 3, root=None) -> tuple[l
 def test_pairs(set_name: str, scale: int = 3, root=None) -> list[dict]:
     """One dict per image of a test set: ``name``, ``rgb`` (uint8, modcropped), ``up`` (float32 bicubic Y in
     [0, 1]) and ``hr`` (uint8 Y). Cached per process."""
-    from .data import load_sr, modcrop, sr_test_pair
+    from ..data import load_sr, modcrop, sr_test_pair
     key = (set_name, scale, str(root))
     if key not in _TEST_CACHE:
         s = load_sr(set_name, root)
@@ -167,7 +169,7 @@ def evaluate_bicubic(set_name: str = "Set5", scale: int = 3, *, root=None, borde
 
 
 def make_evaluator(sets: Sequence[str] = ("Set5",), scale: int = 3, root=None, metrics=("psnr",)):
-    """``evaluate(model) -> {"Set5/psnr": ...}`` for :class:`dnlib.train.Trainer` (test pairs cached; None
+    """``evaluate(model) -> {"Set5/psnr": ...}`` for :class:`dnlib.training.trainer.Trainer` (test pairs cached; None
     without sets)."""
     if not sets:
         return None
@@ -203,7 +205,7 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _check_sets(sets) -> tuple:
-    from .data.sr import SR_SETS
+    from ..data.sr import SR_SETS
     sets = (sets,) if isinstance(sets, str) else tuple(sets or ())
     for s in sets:
         if not isinstance(s, str) or s.lower() not in SR_SETS:
@@ -231,7 +233,7 @@ def _set_name(value: str) -> str:
 
 
 def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainConfig:
-    """The :class:`dnlib.train.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this length;
+    """The :class:`dnlib.training.trainer.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this length;
     ``changes``: e.g. device, eval_every)."""
     steps = cfg.steps if steps is None else int(steps)
     kw = dict(steps=steps, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
@@ -242,7 +244,7 @@ def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainCon
 
 
 class SRRecipe(experiment.Recipe):
-    """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.configs.sr` schedule.
+    """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.experiments.sr_configs` schedule.
 
     Configuration names are ``<schedule>-<row>`` (:meth:`configs`); every :class:`SRConfig` field is an override
     (``norm`` renames the configuration). ``steps`` shortens the schedule (milestones are fractions of it).
@@ -251,7 +253,7 @@ class SRRecipe(experiment.Recipe):
     (data root). The runner shows the progress (``progress=``). The chunk is the configuration's ``eval_every`` (0: one chunk)."""
 
     name = "sr"
-    module = "dnlib.sr"
+    module = "dnlib.experiments.sr"
     description = ("Super-resolution, SRCNN with BN / DN* (Tables 5, 6): run, sweep, gather, report, list, bench. "
                    "Configurations: <schedule>-<normalizer>, e.g. fast-dn*.")
 
@@ -296,7 +298,7 @@ class SRRecipe(experiment.Recipe):
 
     def build(self, cfg: SRConfig, data: dict, seed: int, device: str = "auto", *, sets=HEADLINE_SETS,
               curve_sets=("Set5",), root=None) -> experiment.Setup:
-        from .data import SRCNNPatches
+        from ..data import SRCNNPatches
         sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
         dev = resolve_device(device)
         if dev.type == "cuda":
@@ -336,7 +338,7 @@ class SRRecipe(experiment.Recipe):
         return out
 
     def paper_tables(self, scale: int = 3, **_) -> dict:
-        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.aggregate.paper_table`'s layout). Our runs are named
+        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.experiments.aggregate.paper_table`'s layout). Our runs are named
         ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam schedule ``fast-*``, which is not
         the paper's; ``bicubic`` and ``A+`` are not networks trained here."""
         rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{ROW_NAMES[m]}" + (
@@ -399,15 +401,15 @@ aggregate.register(RECIPE)
 def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Sequence[str] = ("Set5",),
              sets: Sequence[str] | None = None, **kwargs) -> RunResult:
     """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
-    :class:`~dnlib.configs.sr.SRConfig`) with :func:`dnlib.experiment.run`; returns its
-    :class:`~dnlib.experiment.RunResult` (``.model``, ``.history``, ``.record``).
+    :class:`~dnlib.experiments.sr_configs.SRConfig`) with :func:`dnlib.experiments.runner.run`; returns its
+    :class:`~dnlib.experiments.runner.RunResult` (``.model``, ``.history``, ``.record``).
 
     ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``) are scored for
-    the headline when the run completes. Other keywords (:func:`dnlib.experiment.call`; None: the default): the
+    the headline when the run completes. Other keywords (:func:`dnlib.experiments.runner.call`; None: the default): the
     runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``:
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
     ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
-    ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.train.TrainingDiverged` after the record says so."""
+    ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return experiment.call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
                            curve_sets=tuple(eval_sets), **kwargs)
@@ -473,7 +475,7 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
 
 
 def headline(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
-    """The headline numbers of a notebook run (for :func:`dnlib.suite.save_results`)."""
+    """The headline numbers of a notebook run (for :func:`dnlib.notebook.suite.save_results`)."""
     return {"runs": {_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
                                    "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
                                    "scale": run.config.scale, "train_set": run.config.train_set,
@@ -519,7 +521,7 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
 
 def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
           device: str = "auto", seed: int = 0) -> list[dict]:
-    """Training patches/s of each configuration (:func:`dnlib.experiment.bench`: ``steps`` timed steps after
+    """Training patches/s of each configuration (:func:`dnlib.experiments.runner.bench`: ``steps`` timed steps after
     ``warmup``, no evaluation)."""
     return [experiment.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
                              options={"sets": (), "curve_sets": ()}) for c in configs]
@@ -626,7 +628,7 @@ def crop_explorer(models: Mapping[str, nn.Module], sets: Sequence[str] = ("Set5"
 
 # --------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib.sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiment.main`); the old
+    """``python -m dnlib sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiments.runner.main`); the old
     ``train --norm dn* --config fast ...`` is ``run`` with the same flags."""
     return experiment.main(RECIPE, argv)
 
