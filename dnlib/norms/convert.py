@@ -67,6 +67,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
 from .spec import NormSpec
@@ -78,10 +79,10 @@ DEFAULT_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.
 #: The kinds of layer it can replace (``types`` must be these or subclasses of them). 3-D forms (BatchNorm3d,
 #: InstanceNorm3d) are not among them: DivisiveNorm takes inputs of at most 4 dims.
 SUPPORTED_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
-                   nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, DivisiveNorm)
+                   nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, DivisiveNorm, DyT)
 #: What counts as a normalizer when a warning lists the ones a model has.
 _NORM_KINDS = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm, nn.LocalResponseNorm, nn.CrossMapLRN2d,
-               DivisiveNorm)
+               DivisiveNorm, DyT)
 
 TypesLike = type | tuple | list
 
@@ -433,7 +434,16 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
             notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")
         if isinstance(getattr(new, "weight", None), torch.Tensor) and getattr(m, "weight", None) is None:
             notes.append("a new affine at the identity (the source had none)")
-        if type(m) in (nn.LayerNorm, nn.RMSNorm):
+        last = (type(m) in (nn.LayerNorm, nn.RMSNorm) and len(m.normalized_shape) == 1) \
+            or getattr(m, "channels_last", False) is True
+        if last and getattr(new, "channels_last", None) is False:  # an elementwise layer (dyt): any layout
+            new.channels_last = True
+            notes.append("channels_last=True: acts on the last dim, as the layer it replaces")
+        elif getattr(m, "channels_last", False) is True:
+            new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, 1, c))
+            notes.append(f"takes (N, {c}) inputs only: the source acted on the last dim, other inputs are refused "
+                         f"at forward")
+        elif type(m) in (nn.LayerNorm, nn.RMSNorm):
             k = len(m.normalized_shape)
             new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, k, c))
             notes.append(f"takes (N, {', '.join(str(s) for s in m.normalized_shape)}) inputs only: torch's "

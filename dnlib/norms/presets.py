@@ -51,9 +51,14 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from .dyt import DYT_SPEC, DyT
+from .evonorm import EVONORM_B0_SPEC, EVONORM_S0_SPEC, EvoNorm2dB0, EvoNorm2dS0
+from .frn import FRN_SPEC, FilterResponseNorm2d
+from .frozen import FROZEN_BN_SPEC, FrozenBatchNorm2d
 from .gdn import GDN
 from .norm import DivisiveNorm
 from .spec import NormSpec, is_int, is_real
+from .weight_std import WS_SPEC, WeightStandardization
 
 CS, BS = "channel,space", "batch,space"
 
@@ -63,12 +68,15 @@ class Preset:
     """A named normalizer: its :class:`NormSpec`, the :class:`DivisiveNorm` defaults (``affine``, ``bias``) and a
     one-line description. ``module`` is the class built for it (a :class:`DivisiveNorm` subclass such as
     :class:`~dnlib.norms.gdn.GDN`, called as ``module(num_features, **defaults, **overrides)`` with the overrides
-    ``keys`` allows), or None for :class:`DivisiveNorm` with ``spec``."""
+    ``keys`` allows), or None for :class:`DivisiveNorm` with ``spec``. For a ``module`` preset, ``spec`` is its
+    Table-1 view (the fields its statistics pool) and ``extra`` names what the module computes beyond
+    ``(A, B, sigma)`` (empty: nothing, the spec is the whole normalizer)."""
     spec: NormSpec
     defaults: Mapping = field(default_factory=dict)
     doc: str = ""
     module: type | None = None
     keys: frozenset = frozenset()
+    extra: str = ""
 
 
 _P = Preset
@@ -110,6 +118,35 @@ PRESETS = {
     "gdn1":     _P(NormSpec(), dict(inverse=False, simplified=True), "GDN1 (Johnston 2019): x_i / (beta_i + "
                    "sum_j gamma_ij |x_j|) (compressai's GDN1)", GDN, _GDN_KEYS),
 }
+
+_DEV = frozenset({"impl", "device", "dtype"})
+PRESETS.update({  # the atlas of issue 26: modules whose Table-1 view is ``spec``, plus the ``extra``
+    "frn":      _P(FRN_SPEC, dict(apply_act=True), "filter response norm + TLU (Singh 2020; timm's "
+                   "FilterResponseNormTlu2d): no centring, B = space of one channel", FilterResponseNorm2d,
+                   _DEV | {"apply_act", "eps", "learn_eps", "eps_init", "alpha"},
+                   "TLU max(y, tau), tau learned per channel; learn_eps: a learned sigma^2 beside eps"),
+    "evonorm-s0": _P(EVONORM_S0_SPEC, dict(variant="s0"), "EvoNorm-S0 (Liu 2020; timm's EvoNorm2dS0): "
+                     "x sigmoid(v x) / GN's std", EvoNorm2dS0, _DEV | {"groups", "group_size", "apply_act", "eps"},
+                     "numerator x sigmoid(v x), not centred (A's mean only inside B)"),
+    "evonorm-s0a": _P(EVONORM_S0_SPEC.replace(eps=1e-3), dict(variant="s0a"), "EvoNorm-S0a (timm's "
+                      "EvoNorm2dS0a): S0 with eps 1e-3", EvoNorm2dS0, _DEV | {"groups", "group_size", "apply_act",
+                                                                              "eps"},
+                      "numerator x sigmoid(v x), not centred (A's mean only inside B)"),
+    "evonorm-b0": _P(EVONORM_B0_SPEC, {}, "EvoNorm-B0 (Liu 2020; timm's EvoNorm2dB0): x / max(BN's std, "
+                     "v x + IN's std)", EvoNorm2dB0, _DEV | {"apply_act", "momentum", "eps", "process_group"},
+                     "divisor max(sqrt(running batch var), v x + instance std); numerator not centred"),
+    "frozen-bn": _P(FROZEN_BN_SPEC, {}, "frozen batch norm (torchvision's FrozenBatchNorm2d): BN with fixed "
+                    "statistics and affine", FrozenBatchNorm2d, _DEV | {"eps"},
+                    "running statistics in training too; gamma, beta are buffers (nothing learns)"),
+    "dyt":      _P(DYT_SPEC, {}, "Dynamic Tanh (Zhu 2025; Liger-Kernel's LigerDyT): gamma tanh(alpha x) + beta",
+                   DyT, _DEV | {"init_alpha", "beta", "channels_last"},
+                   "no statistics: tanh(alpha x), alpha a learned scalar (init 0.5)"),
+    "ws":       _P(WS_SPEC, {}, "weight standardization (Qiao 2019; timm's StdConv2d): a conv weight (C_out, "
+                   "fan_in) viewed as (1, C_out, fan_in)", WeightStandardization,
+                   _DEV | {"eps", "scaled", "gamma", "gain_init"},
+                   "on a conv's weights, not activations (StdConv2d); scaled: gain x gamma/sqrt(fan_in) "
+                   "(ScaledStdConv2d)"),
+})
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
               "sum_window", "sup_window", "window", "sum_weights", "sup_weights", "weights", "floor"}
@@ -265,7 +302,11 @@ def get_norm_layer(norm: NormLike = "none", norm_kwargs: Mapping | None = None, 
     if norm is None:
         norm = "none"
     if isinstance(norm, str):
-        _lookup(norm, param)
+        if getattr(_lookup(norm, param).module, "normalizes", "activations") == "weights":
+            raise ValueError(f"{param}: {norm!r} normalizes a conv's weights, not activations, so it cannot be a "
+                             f"model's normalizer; use dnlib.norms.weight_std.StdConv2d / ScaledStdConv2d (with "
+                             f"an activation normalizer such as 'gn'), or make_norm({norm!r}, C_out) as a "
+                             f"torch.nn.utils.parametrize parametrization of a conv's weight")
         norm = norm.lower()
     elif not isinstance(norm, NormSpec):
         raise ValueError(f"{param}: expected a preset name (see dnlib.list_norms()) or a NormSpec, got "
