@@ -1,6 +1,6 @@
 """``dnlib EXPERIMENT VERB ...`` (the console script) and ``python -m dnlib EXPERIMENT VERB ...``: one entry point
 for the three experiments of the paper. ``dnlib cifar run bn-star --seeds 0`` is ``python -m dnlib cifar run
-bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiments.runner.main`), named ``dnlib cifar`` in its
+bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiments.commands.main`), named ``dnlib cifar`` in its
 messages. ``dnlib --help`` lists the experiments, ``dnlib cifar --help`` the verbs.
 
 Layer: command line (the top floor, beside the recipes); it imports the named experiment only.
@@ -35,9 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "bench, ...).")
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="the experiment")
     args = p.parse_args(argv[:1])           # the rest goes to the experiment untouched (its own --help included)
-    from .experiments import runner as experiment
+    from .experiments import commands
     module = importlib.import_module(EXPERIMENTS[args.experiment][0])
-    return experiment.main(module.RECIPE, argv[1:], prog=f"dnlib {args.experiment}")
+    return commands.main(module.RECIPE, argv[1:], prog=f"dnlib {args.experiment}")
 
 
 if __name__ == "__main__":

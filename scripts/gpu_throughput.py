@@ -41,8 +41,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dnlib import cli
-from dnlib.experiments import records, stacked
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import bench as benches
+from dnlib.experiments import recipe as recipes
+from dnlib.experiments import records, runner, stacked
 from dnlib.experiments.cifar import RECIPE, load_data  # noqa: E402
 from dnlib.experiments.cifar_configs import DATASETS, get_config, list_configs  # noqa: E402
 from dnlib.io import atomic_write_json, atomic_write_text  # noqa: E402
@@ -215,18 +216,18 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
                    "steps": steps}
             try:
                 if kind == "separate":
-                    setup = experiment.build_setup(RECIPE, cfg, 0, str(device),
+                    setup = runner.build_setup(RECIPE, cfg, 0, str(device),
                                                    {"data": data, "mode": "auto", "eval_every": 0})
                     tr = setup.make_trainer(evaluate=None)
                     step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
-                    mode = experiment.trainer_mode(isinstance(tr, GraphTrainer), device)
+                    mode = recipes.trainer_mode(isinstance(tr, GraphTrainer), device)
                 else:
                     run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device), progress=False,
                                           options={"data": data, "eval_every": 0, "mode": "auto"})
                     tr = run.trainer
                     step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
                     mode = run.setup.info["mode"]
-                dt, _ = experiment.time_steps(step, steps, warmup, device)
+                dt, _ = benches.time_steps(step, steps, warmup, device)
                 ips = steps * cfg.batch_size * k / dt
                 row.update(mode=mode, seconds=dt, images_per_s=ips, per_copy_images_per_s=ips / k)
                 if kind == "separate":
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
     warmup = a.warmup if a.warmup is not None else (1 if tiny else 20)
     repeat = a.repeat or (3 if tiny else 50)
     subset = a.subset or ((300, 100) if tiny else (10000, 1000))
-    card = experiment.card(device)
+    card = recipes.card(device)
     out = Path(a.out) if a.out else REPO / ("runs/throughput-tiny" if tiny else f"results/{slug(card)}")
     try:
         import triton

@@ -114,7 +114,7 @@ def test_curve_bands_against_a_naive_computation(tmp_path):
     assert d["n"] == 2 and list(d["x"]) == [10, 20] and list(d["count"]) == [2, 1]
     assert d["mean"][0] == pytest.approx(0.4) and d["std"][0] == pytest.approx(math.sqrt(0.02))
     assert d["mean"][1] == pytest.approx(0.6) and math.isnan(d["std"][1])
-    # the same from (record, rows) pairs, as experiment.load_runs gives them
+    # the same from (record, rows) pairs, as sweeps.load_runs gives them
     pairs = [(R.read_record(x), R.read_curves(x)) for x in R.find_runs([tmp_path])]
     again = A.curve_bands(pairs, "acc")
     assert np.allclose(again["bn"]["mean"], b["mean"]) and np.allclose(again["bn"]["std"], b["std"])
@@ -210,10 +210,10 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
 
 
 def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
-    from dnlib.experiments import runner as experiment
+    from dnlib.experiments import commands
     from dnlib.experiments.cifar import RECIPE
     base, accs = sweep
-    assert experiment.main(RECIPE, ["gather", str(base), "--out", str(base / "rows.json")]) == 0
+    assert commands.main(RECIPE, ["gather", str(base), "--out", str(base / "rows.json")]) == 0
     out = capsys.readouterr().out
     per_run, per_config = out.split("**per configuration: mean ± std over runs (n)**")
     assert per_run.count("| cifar |") == 9                     # every run's row, as before
@@ -305,12 +305,12 @@ def test_one_seed_counts_once_the_newest_finished_run(tmp_path):
 
 
 def test_gather_verb_splits_and_says_what_was_run(tmp_path, capsys):
-    from dnlib.experiments import runner as experiment
+    from dnlib.experiments import commands
     from dnlib.experiments.cifar import RECIPE
     for s, acc in enumerate([0.20, 0.22]):
         _cifar(tmp_path, "bn-star", s, acc, steps=40)
     _cifar(tmp_path, "bn-star", 0, 0.45, steps=200)
-    assert experiment.main(RECIPE, ["gather", str(tmp_path)]) == 0
+    assert commands.main(RECIPE, ["gather", str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     per_config = out.split("**per configuration: mean ± std over runs (n)**")[1]
     assert err.startswith("python -m dnlib cifar gather: warning: cifar / bn-star: 2 sets of runs differ in what "

@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from dnlib import bench
-from dnlib.experiments import cifar, engines, ptb, records, sr
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import bench as benches
+from dnlib.experiments import cifar, engines, ptb, records, runner, sr
 from dnlib.notebook import suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
-# a sweep's work starts at its engine (experiment.sweep itself validates every run first, a0b45b5)
-WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (experiment.Run, "go"),
-        (engines, "make_engine"), (experiment, "bench"), (experiment, "check_graph"), (ptb, "bench"),
+# a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
+WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (runner.Run, "go"),
+        (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
         (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
@@ -423,7 +423,7 @@ def test_one_entry_point_runs_each_experiment_like_its_module(how, experiment):
     script = _dnlib_script()
     assert script.is_file(), f"{script}: no console script; run `make setup` (pip install -e .)"
     front = [sys.executable, "-m", "dnlib"] if how == "python -m dnlib" else [str(script)]
-    own = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "list"], capture_output=True, text=True,
+    own = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "list"], capture_output=True, text=True,
                          timeout=300)
     got = subprocess.run([*front, experiment, "list"], capture_output=True, text=True, timeout=300)
     assert got.returncode == own.returncode == 0, got.stderr[-2000:]

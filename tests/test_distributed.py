@@ -321,14 +321,14 @@ def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
 
 def test_check_config_refuses_a_batch_below_the_world_size(monkeypatch):
     from dnlib.experiments import cifar
-    from dnlib.experiments import runner as experiment
+    from dnlib.experiments import recipe as recipes
     cfg = cifar.RECIPE.config("base", batch_size=3)
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ValueError, match="batch_size .*3 is smaller than the 4 torchrun processes"):
-        experiment.check_config(cifar.RECIPE, cfg, "cpu")
-    experiment.check_config(cifar.RECIPE, cfg.replace(batch_size=4), "cpu")
+        recipes.check_config(cifar.RECIPE, cfg, "cpu")
+    recipes.check_config(cifar.RECIPE, cfg.replace(batch_size=4), "cpu")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    experiment.check_config(cifar.RECIPE, cfg.replace(batch_size=1), "cpu")
+    recipes.check_config(cifar.RECIPE, cfg.replace(batch_size=1), "cpu")
 
 
 def test_sharded_batches_refuse_a_batch_with_an_empty_share():

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib.experiments import records
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import commands, records
+from dnlib.experiments import runner as runner_mod
+from dnlib.experiments import sweep as sweeps
 from dnlib.training.trainer import TrainingDiverged
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
@@ -83,7 +84,7 @@ def _need(s: Smoke):
 
 def _run(s: Smoke, **kw):
     overrides = {**_OVERRIDES.get(s.module, {}), **kw.pop("overrides", {})}
-    return experiment.run(s.recipe, kw.pop("config", s.config), steps=s.steps, device="cpu", overrides=overrides,
+    return runner_mod.run(s.recipe, kw.pop("config", s.config), steps=s.steps, device="cpu", overrides=overrides,
                           options=s.options, **kw)
 
 
@@ -129,10 +130,10 @@ def test_resumed_run_equals_the_uninterrupted_one(s, tmp_path, monkeypatch):
     assert records.read_record(part_dir)["stopped"] == f"time limit at step {s.chunk}"
     assert records.read_curves(part_dir)[-1]["step"] == s.chunk
     before = trained[0]
-    part = experiment.run(s.recipe, resume=part_dir, stop_after=2 * s.chunk)   # config from run.json
+    part = runner_mod.run(s.recipe, resume=part_dir, stop_after=2 * s.chunk)   # config from run.json
     assert part.stopped == f"stop_after at step {2 * s.chunk}" and trained[0] - before == s.chunk
     before = trained[0]
-    resumed = experiment.run(s.recipe, resume=part_dir)
+    resumed = runner_mod.run(s.recipe, resume=part_dir)
     assert trained[0] - before == s.steps - 2 * s.chunk
     assert resumed.stopped == "completed" and resumed.record["steps_done"] == s.steps
     assert _strip(resumed.history) == _strip(full.history)
@@ -183,9 +184,9 @@ def test_two_runs_with_different_parameters_leave_two_records(s, tmp_path):
     recs = [records.read_record(r.run_dir) for r in (a, b, c)]
     (key, value), = s.change.items()
     assert recs[1]["config"][key] == value != recs[0]["config"][key] == recs[2]["config"][key]
-    rows = experiment.gather(tmp_path)
+    rows = sweeps.gather(tmp_path)
     assert sorted(r["run"] for r in rows) == sorted(str(r.run_dir) for r in (a, b, c))
-    table = experiment.gather_table(rows)
+    table = sweeps.gather_table(rows)
     assert table.count("\n") == 4 and s.config in table
 
 
@@ -257,7 +258,7 @@ def test_a_run_is_seeded_once_and_is_deterministic(s, monkeypatch):
 
 
 def test_set_seed_is_called_in_one_place():
-    """A source scan of dnlib: set_seed is called only by experiment.build_setup (load -> seed -> build), which
+    """A source scan of dnlib: set_seed is called only by runner_mod.build_setup (load -> seed -> build), which
     the runner, the checks/benchmarks (_trainer) and dnlib.experiments.stacked (once per copy) call; no recipe seeds."""
     import ast
     calls = []
@@ -279,19 +280,19 @@ def test_sweep_resumes_unfinished_runs_and_skips_finished_ones(s, tmp_path):
     _need(s)
     recipe = s.recipe
     cli = [*s.cli, "--steps", str(s.steps)]
-    rows = experiment.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=2, run_args=cli, verbose=False)
+    rows = sweeps.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=2, run_args=cli, verbose=False)
     assert [r["stopped"] for r in rows] == ["completed", "completed"]
     done, other = (Path(r["run"]) for r in rows)
     uninterrupted = json.loads((other / "history.json").read_text())
     # make the second run unfinished: its record back to "running" at the first chunk, checkpoint of that chunk
-    part = experiment.run(recipe, s.config, seed=1, steps=s.steps, resume=tmp_path / "scratch", stop_after=s.chunk,
+    part = runner_mod.run(recipe, s.config, seed=1, steps=s.steps, resume=tmp_path / "scratch", stop_after=s.chunk,
                           device="cpu", overrides=_OVERRIDES.get(s.module, {}), options=s.options)
     for name in ("checkpoint.pt", "history.json", "curves.csv", "run.json"):
         (other / name).write_bytes((part.run_dir / name).read_bytes())
     records.write_record(other, {**records.read_record(part.run_dir), "stopped": "running"})
     shutil.rmtree(part.run_dir)
     mtime = (done / "record.json").stat().st_mtime_ns
-    again = experiment.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=1, run_args=cli, verbose=False)
+    again = sweeps.sweep(recipe, [s.config], [0, 1], out=tmp_path, jobs=1, run_args=cli, verbose=False)
     assert [r["stopped"] for r in again] == ["completed", "completed"]
     assert (done / "record.json").stat().st_mtime_ns == mtime                     # skipped
     assert json.loads((tmp_path / "sweep.json").read_text())["skipped"] == [done.name]
@@ -323,8 +324,8 @@ BAD = {"run": ["run", "X", "--time-limit", "-1"],
 def test_every_verb_rejects_a_bad_argument_with_one_line_and_exit_2(s, verb, tmp_path, capsys, monkeypatch):
     def tripwire(*a, **k):
         raise AssertionError("work started")
-    monkeypatch.setattr(experiment.Run, "go", tripwire)
-    monkeypatch.setattr(experiment, "sweep", tripwire)
+    monkeypatch.setattr(runner_mod.Run, "go", tripwire)
+    monkeypatch.setattr(commands, "sweep", tripwire)      # the sweep verb's call
     argv = [a.replace("{T}", str(tmp_path)).replace("X", s.config) for a in BAD[verb]]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dnlib.experiments import engines
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import commands, engines
+from dnlib.experiments import sweep as sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ("dnlib.experiments.cifar", "dnlib.experiments.ptb", "dnlib.experiments.sr", "dnlib.experiments.stacked")
@@ -75,9 +75,8 @@ OVERSIZED = {
     "dnlib.data.cifar": 674,
     "dnlib.data.root": 574,
     "dnlib.experiments.aggregate": 732,
-    "dnlib.experiments.ptb": 681,
-    "dnlib.experiments.runner": 1219,
-    "dnlib.experiments.sr": 637,
+    "dnlib.experiments.ptb": 684,
+    "dnlib.experiments.sr": 639,
     "dnlib.norms.triton_dn": 628,
     "dnlib.notebook.suite": 699,
     "dnlib.training.trainer": 805,
@@ -172,7 +171,16 @@ def test_a_sweep_checks_its_engine_once(via, tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "check", counted)
     monkeypatch.setattr(engines, "execute", lambda runner, jobs, **k: [runner.close()] and [])   # nothing trains
     if via == "api":
-        experiment.sweep(RECIPE, ["base"], [0], out=tmp_path / "s", verbose=False)
+        sweeps.sweep(RECIPE, ["base"], [0], out=tmp_path / "s", verbose=False)
     else:
-        experiment.main(RECIPE, ["sweep", "base", "--out", str(tmp_path / "s")])
+        commands.main(RECIPE, ["sweep", "base", "--out", str(tmp_path / "s")])
     assert len(calls) == 1
+
+
+def test_the_repository_paths_survive_the_move_into_folders():
+    """Modules that find the repository from their own file (one folder deeper since the layout): each names it."""
+    from dnlib.experiments import engines as E
+    from dnlib.experiments import records as R
+    from dnlib.notebook import suite as S
+    assert E._REPO == R._REPO == S.REPO_ROOT == ROOT
+    assert S.NOTEBOOK_DIR == ROOT / "notebooks"

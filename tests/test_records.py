@@ -143,18 +143,18 @@ def test_read_record_refuses_a_broken_or_foreign_file_naming_it(tmp_path, kind):
 
 
 def test_gather_and_the_results_loaders_skip_broken_records_naming_each(tmp_path):
-    """gather, dnlib.experiments.aggregate (notebook 06) and experiment.load_runs keep the good runs and name each skipped
+    """gather, dnlib.experiments.aggregate (notebook 06) and sweeps.load_runs keep the good runs and name each skipped
     file in a RecordWarning (they raised a traceback, or a message without the file, at the first broken one)."""
     from dnlib.experiments import aggregate
-    from dnlib.experiments import runner as experiment
+    from dnlib.experiments import sweep as sweeps
     good, broken = _runs_with_broken(tmp_path)
     calls = {"gather": lambda: [r["run"] for r in R.gather([tmp_path])],
              "read_records": lambda: [str(d) for d, _ in R.read_records([tmp_path])],
              "aggregate.summarize": lambda: [s["n"] for s in aggregate.summarize(tmp_path)],
              "aggregate.curve_bands": lambda: sorted(aggregate.curve_bands(tmp_path, "test_acc")),
-             "experiment.load_runs": lambda: [rec["seed"] for rec, _ in experiment.load_runs(tmp_path)]}
+             "sweeps.load_runs": lambda: [rec["seed"] for rec, _ in sweeps.load_runs(tmp_path)]}
     want = {"gather": [str(d) for d in good], "read_records": [str(d) for d in good], "aggregate.summarize": [2],
-            "aggregate.curve_bands": ["bn"], "experiment.load_runs": [0, 1]}
+            "aggregate.curve_bands": ["bn"], "sweeps.load_runs": [0, 1]}
     for name, call in calls.items():
         with pytest.warns(R.RecordWarning) as caught:
             got = call()

@@ -164,7 +164,7 @@ def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
 def test_a_folder_without_runs_is_refused_alike_by_every_report_verb(tmp_path):
     (tmp_path / "empty").mkdir()
     for experiment in ("cifar", "ptb", "sr"):
-        res = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "report", str(tmp_path / "empty")],
+        res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report", str(tmp_path / "empty")],
                              capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (experiment, res.stderr)
         assert f"no run folders of {experiment}" in res.stderr, res.stderr
@@ -185,7 +185,7 @@ def test_ptb_and_sr_report_the_committed_records(tmp_path, experiment, summary_f
     ('eval_every', 'train_set'): the converted records lack fields that runs made by the runner have."""
     runs = tmp_path / experiment
     shutil.copytree(ROOT / "results" / "records" / experiment, runs)
-    res = subprocess.run([sys.executable, "-m", f"dnlib.{experiment}", "report", str(runs)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report", str(runs)], capture_output=True,
                          text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     rep = json.loads((runs / summary_file).read_text())

@@ -325,12 +325,12 @@ def test_sr_report_over_a_crafted_checkpoint_is_one_line_and_runs_nothing(tmp_pa
     import json
     import pickle
 
+    from dnlib.experiments import recipe as recipes
     from dnlib.experiments import records, sr
-    from dnlib.experiments import runner as experiment
     d = tmp_path / "smoke-bn-s0"
     d.mkdir()
     cfg = sr.RECIPE.config("smoke-bn", steps=2)
-    (d / experiment.RUN_FILE).write_text(json.dumps({"experiment": "sr", "config": cfg.name, "seed": 0,
+    (d / recipes.RUN_FILE).write_text(json.dumps({"experiment": "sr", "config": cfg.name, "seed": 0,
                                                      "fields": sr.RECIPE.config_dict(cfg), "options": {}}))
     records.write_record(d, records.make_record("sr", {**sr.RECIPE.config_dict(cfg), "setup": {"label": "BN"}}, 0,
                                                 stopped="time limit at step 1", steps_done=1, steps_planned=2,

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from dnlib import clear_penalties, sparse_penalty
+from dnlib.experiments import commands as commands_mod
+from dnlib.experiments import recipe as recipes
 from dnlib.experiments import records, stacked
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import runner as runner_mod
 from dnlib.experiments.cifar import RECIPE, CifarRecipe, load_data
 from dnlib.models import CifarCNN
 from dnlib.models.stacked import FoldedNorm, StackedCifarCNN
-from dnlib.training.trainer import TrainingDiverged, set_seed
+from dnlib.training.trainer import CheckpointError, TrainingDiverged, set_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUBSET = (300, 100)
@@ -28,7 +30,7 @@ def data64():
 
 def _separate(cfg, seed, data, steps):
     """The recipe's own run of ``cfg`` with ``seed`` (its build and trainer), in float64: losses and final state."""
-    setup = experiment.build_setup(RECIPE, cfg, seed, "cpu", {"data": data, "mode": "eager", "eval_every": 0})
+    setup = runner_mod.build_setup(RECIPE, cfg, seed, "cpu", {"data": data, "mode": "eager", "eval_every": 0})
     tr = setup.make_trainer(evaluate=None)
     init = {k: v.double().clone() for k, v in tr.model.state_dict().items()}
     tr.model.double()
@@ -156,10 +158,10 @@ def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
     for res in results:
         rec = records.read_record(res.run_dir)
         assert tuple(rec) == records.RECORD_KEYS
-        assert rec["stopped"] == experiment.COMPLETED and rec["steps_done"] == 2 and rec["name"] == "dn-star"
+        assert rec["stopped"] == recipes.COMPLETED and rec["steps_done"] == 2 and rec["name"] == "dn-star"
         assert rec["config"]["setup"]["stacked"] == 2 and rec["config"]["setup"]["stacked_seeds"] == [3, 5]
         assert rec["config"]["setup"]["subset"] == list(SUBSET)
-        sep = experiment.run(RECIPE, "dn-star", seed=rec["seed"], steps=2, device="cpu",
+        sep = runner_mod.run(RECIPE, "dn-star", seed=rec["seed"], steps=2, device="cpu",
                              overrides={"batch_size": 20}, options=opts, progress=False)
         mine, theirs = records.read_curves(res.run_dir), [r for r in sep.history if "step" in r]
         assert [r["step"] for r in mine] == [r["step"] for r in theirs] == [1, 2]
@@ -182,13 +184,13 @@ class _Recipe(CifarRecipe):
 def test_stack_verb(tmp_path, capsys):
     args = ["stack", "base", "--seeds", "0", "1", "--steps", "1", "--subset", "300,100", "--device", "cpu",
             "--batch-size", "20", "--eval-every", "1", "--out", str(tmp_path / "s")]
-    assert experiment.main(_Recipe(), args) == 0
+    assert commands_mod.main(_Recipe(), args) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["seed"] for x in lines] == [0, 1] and all(x["stacked"] == 2 for x in lines)
     assert len(records.find_runs([tmp_path / "s"])) == 2
     for bad, what in (([*args[:3], "1", "1", *args[5:]], "seeds"), (["stack", "nope", "--seeds", "0"], "config")):
         with pytest.raises(SystemExit) as e:
-            experiment.main(_Recipe(), bad)
+            commands_mod.main(_Recipe(), bad)
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and what in err[0]
@@ -220,7 +222,7 @@ def test_stacked_run_resumes_by_its_folder_as_the_uninterrupted_one(tmp_path):
     part = stacked.run(RECIPE, resume=group, stop_after=4, progress=False)
     assert [r.stopped for r in part] == ["stop_after at step 4"] * 2 and [r.record["seed"] for r in part] == [3, 5]
     resumed = stacked.run(RECIPE, resume=group, progress=False)
-    assert [r.stopped for r in resumed] == [experiment.COMPLETED] * 2
+    assert [r.stopped for r in resumed] == [recipes.COMPLETED] * 2
     for a, b in zip(full, resumed):
         assert _strip(a.history) == _strip(b.history) and [r["step"] for r in a.history] == [2, 4, 6]
         assert _strip(records.read_curves(a.run_dir)) == _strip(records.read_curves(b.run_dir))
@@ -238,8 +240,8 @@ def test_a_stacked_group_resumes_only_as_itself(tmp_path):
     refuses other seeds (the trainer's identity check)."""
     stacked.run(RECIPE, "base", [0, 1], resume=tmp_path, stop_after=2, **SMOKE)
     with pytest.raises(ValueError, match=r"seeds: \[0, 1\] are the copies of a stacked run"):
-        experiment.run(RECIPE, resume=tmp_path, progress=False)
-    with pytest.raises(experiment.CheckpointError, match=r"seeds: stored \(0, 1\), requested \(0, 2\)"):
+        runner_mod.run(RECIPE, resume=tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match=r"seeds: stored \(0, 1\), requested \(0, 2\)"):
         stacked.run(RECIPE, "base", [0, 2], resume=tmp_path, **SMOKE)
     with pytest.raises(ValueError, match="seeds: a stacked run needs one seed per copy"):
         stacked.run(RECIPE, "base", resume=tmp_path / "empty", **SMOKE)
@@ -261,7 +263,7 @@ def test_a_copy_that_diverges_stops_alone(tmp_path):
     run = stacked.prepare(RECIPE, "base", [0, 1], out=tmp_path / "one", **SMOKE)
     _poison(run, [1])
     ok, bad = run.go()
-    assert ok.stopped == experiment.COMPLETED and ok.record["headline"]["final_acc"] is not None
+    assert ok.stopped == recipes.COMPLETED and ok.record["headline"]["final_acc"] is not None
     assert _strip(ok.history) == _strip(clean[0].history)
     assert bad.stopped == "diverged at step 1" and bad.record["steps_done"] == 2
     assert all(v is None for v in bad.record["headline"].values())
@@ -277,9 +279,9 @@ def test_a_copy_that_diverges_stops_alone(tmp_path):
 def test_stack_verb_resumes_a_group(tmp_path, capsys):
     """`stack --resume DIR` continues a group from its checkpoint (config, fields, seeds and options stored)."""
     stacked.run(RECIPE, "base", [0, 1], resume=tmp_path, stop_after=2, **SMOKE)
-    assert experiment.main(_Recipe(), ["stack", "--resume", str(tmp_path)]) == 0
+    assert commands_mod.main(_Recipe(), ["stack", "--resume", str(tmp_path)]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(x["seed"], x["steps"], x["stopped"]) for x in lines] == [(0, 6, "completed"), (1, 6, "completed")]
     with pytest.raises(SystemExit) as e:
-        experiment.main(_Recipe(), ["stack", "base", "--steps", "2"])
+        commands_mod.main(_Recipe(), ["stack", "base", "--steps", "2"])
     assert e.value.code == 2 and "--seeds" in capsys.readouterr().err

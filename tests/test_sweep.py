@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnlib.experiments import engines, records, sr
-from dnlib.experiments import runner as experiment
+from dnlib.experiments import engines, records, runner, sr
+from dnlib.experiments import sweep as sweeps
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_sr = pytest.mark.skipif(not ((MIRROR / "sr" / "T91").is_dir() and (MIRROR / "sr" / "Set5").is_dir()),
@@ -50,7 +50,7 @@ def _essence(folder: Path) -> dict:
 
 def _sweep(out, engine, configs=CONFIGS, seeds=(0, 1), **kw):
     kw = {"jobs": 2, "cpus_per_run": 1, **kw}     # one thread per run on both engines: the same numbers
-    return experiment.sweep(RECIPE, configs, list(seeds), out=out, engine=engine, run_args=ARGS, verbose=False, **kw)
+    return sweeps.sweep(RECIPE, configs, list(seeds), out=out, engine=engine, run_args=ARGS, verbose=False, **kw)
 
 
 def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(tmp_path, capsys):
@@ -119,7 +119,7 @@ def _partial(folder: Path, seed: int) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        experiment.run(RECIPE, "smoke-bn", seed=seed, steps=STEPS, resume=folder, stop_after=CHUNK, device="cpu",
+        runner.run(RECIPE, "smoke-bn", seed=seed, steps=STEPS, resume=folder, stop_after=CHUNK, device="cpu",
                        overrides={"batch_size": 8, "eval_every": CHUNK},
                        options={"sets": ("Set5",), "curve_sets": ("Set5",)})
     finally:
@@ -264,7 +264,7 @@ def test_a_sweep_checks_every_configuration_with_its_run_flags_before_any_run(en
     from dnlib.experiments import cifar
     _no_run(monkeypatch)
     with pytest.raises(ValueError, match=message):
-        experiment.sweep(cifar.RECIPE, configs, [0, 1], out=tmp_path / "sw", engine=engine, verbose=False,
+        sweeps.sweep(cifar.RECIPE, configs, [0, 1], out=tmp_path / "sw", engine=engine, verbose=False,
                          run_args=[*run_args, "--steps", "2", "--subset", "200,100"])
     assert not (tmp_path / "sw").exists()
 

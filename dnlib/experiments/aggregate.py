@@ -27,11 +27,11 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   value for one, ``not run`` for a configuration asked for (``order=``) that no run has; the paper's number beside
   each key; ``n`` and ``run as`` columns; notes under it (splits, runs not counted).
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
-  (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiments.runner.load_runs` returns
+  (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiments.sweep.load_runs` returns
   them); :func:`dnlib.analysis.figures.band_curves` draws them.
 - :func:`compare` / :func:`compare_figure`: one of the paper's tables (:func:`paper_tables`, read by
   :func:`paper_table`: which runs, the paper's rows and numbers; each recipe owns its own,
-  :meth:`dnlib.experiments.runner.Recipe.paper_tables`) beside ours as Markdown or bars;
+  :meth:`dnlib.experiments.recipe.Recipe.paper_tables`) beside ours as Markdown or bars;
   :func:`provenance_table`: where each configuration's numbers come from (commit, card, date, data, source).
 
 This module sits beside :mod:`dnlib.experiments.records`: it imports records and figures, never the runner, a recipe or
@@ -182,7 +182,7 @@ def defining(row: Mapping[str, Any]) -> dict:
 
 def paper_schedule(experiment: str | None, name: str | None, what: Mapping[str, Any] = {}) -> int | None:
     """The length of the paper's schedule for configuration ``name`` of ``experiment`` (its recipe's
-    :meth:`~dnlib.experiments.runner.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
+    :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
     does not know it (SR: the authors' code has no limit; an unknown experiment or name)."""
     recipe = _recipes().get(experiment) if experiment else None
     try:
@@ -511,7 +511,7 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
 
     Args:
         runs: run folders (a folder of run folders stands for each; their ``curves.csv``), ``(record, rows)``
-            pairs (:func:`dnlib.experiments.runner.load_runs`) or RunResults.
+            pairs (:func:`dnlib.experiments.sweep.load_runs`) or RunResults.
         metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"set5/psnr"``...).
         x: the column along which runs are aligned (default ``"step"``).
         by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
@@ -587,8 +587,8 @@ def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
 
 # ------------------------------------------------------------------------------------- the paper's tables
 #: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.experiments.cifar:RECIPE"``):
-#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiments.runner.Recipe.paper_tables`,
-#: :meth:`~dnlib.experiments.runner.Recipe.paper_schedule`); this module knows none.
+#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiments.recipe.Recipe.paper_tables`,
+#: :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`); this module knows none.
 RECIPES_GROUP = "dnlib.recipes"
 _RECIPES: dict = {}          # {experiment name: recipe}, registered by the recipes
 

@@ -48,10 +48,13 @@ from ..data.loader import TensorBatches
 from ..io import atomic_write_json, atomic_write_text
 from ..norms.norm import IMPLS
 from ..training.trainer import GraphTrainer, TrainConfig, Trainer, resolve_device
-from . import aggregate, records, stacked
-from . import runner as experiment
+from . import aggregate, commands, records, stacked
+from . import bench as benches
+from . import sweep as sweeps
 from .cifar_configs import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
-from .runner import RunResult
+from .recipe import Recipe, RunResult, Setup, card, check_int, replace, row_label, trainer_mode
+from .runner import call, call_many, recipe_runs
+from .sweep import load_runs
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
@@ -139,7 +142,7 @@ def evaluate(model: nn.Module, data: CifarData, batch_size: int = 1000) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- recipe
-class CifarRecipe(experiment.Recipe):
+class CifarRecipe(Recipe):
     """The CIFAR recipe: Table 7's configurations (:mod:`dnlib.experiments.cifar_configs`) on resident data.
 
     Options: ``data`` (a loaded :class:`CifarData`, shared between runs), or the ``load`` options ``subset``,
@@ -164,7 +167,7 @@ class CifarRecipe(experiment.Recipe):
                 config = get_config(config.name, dataset).replace(
                     **{k: v for k, v in config.as_dict().items() if k not in ("name", "dataset")})
             dataset = config.dataset
-        cfg = experiment.replace(get_config(config, dataset or "cifar10") if isinstance(config, str) else config,
+        cfg = replace(get_config(config, dataset or "cifar10") if isinstance(config, str) else config,
                                  **overrides)
         return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
 
@@ -174,7 +177,7 @@ class CifarRecipe(experiment.Recipe):
     def check_options(self, *, mode: str = "auto", eval_every: int = 500, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        experiment.check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
+        check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
 
     def load(self, cfg: CifarConfig, seed: int, device: str = "auto", *, subset=None, validation: bool = False,
              root=None, mean_over: str = "train") -> CifarData:
@@ -182,7 +185,7 @@ class CifarRecipe(experiment.Recipe):
                          seed=seed, root=root, mean_over=mean_over)
 
     def build(self, cfg: CifarConfig, data: CifarData, seed: int, device: str = "auto", *, subset=None,
-              mode: str = "auto", eval_every: int = 500) -> experiment.Setup:
+              mode: str = "auto", eval_every: int = 500) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every)
         subset = _subset(subset)                     # recorded (load drew it)
         dev = data.device
@@ -199,13 +202,13 @@ class CifarRecipe(experiment.Recipe):
         info = {"data": data.description, "eval_split": data.eval_split,
                 "subset": list(subset) if isinstance(subset, tuple) else subset,
                 "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
-                "eval_every": eval_every, "mode": experiment.trainer_mode(cls is GraphTrainer, dev),
-                "card": experiment.card(dev)}
+                "eval_every": eval_every, "mode": trainer_mode(cls is GraphTrainer, dev),
+                "card": card(dev)}
         # what a checkpoint must have been written by to be resumed as this run: the configuration (every field but
         # impl, which changes the kernels, not the math) and the data; the trainer compares seed and optimizer
         run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k not in ("name", "impl")},
                     **{k: info[k] for k in ("data", "eval_split", "subset", "train_images", "eval_images")}}
-        return experiment.Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
+        return Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
                                 run_info=run_info, trainer=cls,
                                 trainer_kwargs={"param_groups": groups}, chunk=eval_every or None, info=info,
                                 data=data)
@@ -270,8 +273,8 @@ class CifarRecipe(experiment.Recipe):
 
     def commands(self) -> dict:
         flags = ("--dataset", "--subset", "--mode", "--impl", "--batch-size")
-        return {"check-graph": experiment.steps_command(self, "check-graph", steps=5, flags=flags, **_GRAPH),
-                "bench": experiment.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images"),
+        return {"check-graph": benches.steps_command(self, "check-graph", steps=5, flags=flags, **_GRAPH),
+                "bench": benches.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images"),
                 **stacked.commands(self)}   # `stack`: several seeds of one configuration as one model
 
 
@@ -281,7 +284,7 @@ aggregate.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiments.runner.run` and return its :class:`~dnlib.experiments.runner.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run` and return its :class:`~dnlib.experiments.recipe.RunResult`.
 
     ``config``: a name of :func:`dnlib.experiments.cifar_configs.list_configs` or a :class:`CifarConfig`; ``dataset``:
     ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``;
@@ -291,39 +294,39 @@ def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunR
     :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
     500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged`
     after the record says ``stopped: "diverged at step N"``."""
-    return experiment.call(RECIPE, config, **kwargs, **({"dataset": dataset} if dataset else {}))
+    return call(RECIPE, config, **kwargs, **({"dataset": dataset} if dataset else {}))
 
 
 def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,), **kwargs) -> list:
     """:func:`run` for every configuration and seed in this process, all on the data the first run loaded (or
     ``data=``) (notebooks, CPU)."""
-    return experiment.call_many(RECIPE, configs, seeds, dataset=dataset, **kwargs)
+    return call_many(RECIPE, configs, seeds, dataset=dataset, **kwargs)
 
 
 def sweep(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, dataset: str = "cifar10",
           run_args: Sequence[str] = (), **kwargs) -> list:
-    """:func:`dnlib.experiments.runner.sweep` of runs on ``dataset``, each in ``out/<dataset>-<name>-s<seed>``;
+    """:func:`dnlib.experiments.sweep.sweep` of runs on ``dataset``, each in ``out/<dataset>-<name>-s<seed>``;
     ``run_args``: extra ``run`` flags; ``kwargs``: the sweep's (``jobs``, ``time_limit``...)."""
-    return experiment.sweep(RECIPE, configs, seeds, out=out, run_args=["--dataset", dataset, *run_args],
+    return sweeps.sweep(RECIPE, configs, seeds, out=out, run_args=["--dataset", dataset, *run_args],
                             options={"dataset": dataset}, **kwargs)
 
 
-gather = experiment.gather
+gather = sweeps.gather
 
 
 def check_graph(config: str | CifarConfig, data: CifarData, *, steps: int = 5, seed: int = 0,
                 rtol: float = 1e-2, **changes) -> dict:
-    """:func:`dnlib.experiments.runner.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
+    """:func:`dnlib.experiments.bench.check_graph` on loaded ``data``: ``steps`` steps of :class:`GraphTrainer` (the
     config's ``impl``) against the plain eager :class:`Trainer` from the same init; ``changes``: config fields."""
-    return experiment.check_graph(RECIPE, config, **_GRAPH, steps=steps, seed=seed, rtol=rtol,
+    return benches.check_graph(RECIPE, config, **_GRAPH, steps=steps, seed=seed, rtol=rtol,
                                   options={"data": data}, dataset=getattr(data, "name", None), **changes)
 
 
 def benchmark(config: str | CifarConfig, data: CifarData, *, steps: int = 200, warmup: int = 20,
               mode: str = "auto", seed: int = 0, **changes) -> dict:
-    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiments.runner.bench`: ``steps``
+    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiments.bench.bench`: ``steps``
     timed steps after ``warmup``, the capture or compilation among them); ``changes``: config fields."""
-    return experiment.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, unit="images",
+    return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, unit="images",
                             options={"data": data, "mode": mode}, dataset=getattr(data, "name", None), **changes)
 
 
@@ -353,7 +356,7 @@ def results_table(results) -> MarkdownTable:
         row = _CONFIGS[name].paper if name in _CONFIGS else name
         return f"**{row}**" if name in TABLE3_ROWS else row
     return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "runs"], [
-        [", ".join(s["data"]), experiment.row_label(s, label(s["name"])),
+        [", ".join(s["data"]), row_label(s, label(s["name"])),
          aggregate.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
          cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"]] for s in summarize(results)])
 
@@ -379,7 +382,7 @@ def config_table(names: Sequence[str] | None = None, dataset: str = "cifar10") -
 def learning_curves(results, metric: str | None = None):
     """Evaluation accuracy against step for every run (RunResults or run folders; the paper's final accuracy dashed
     in the run's colour), on one figure (left), and the training loss (right)."""
-    runs = experiment.load_runs(results)
+    runs = load_runs(results)
     key = metric or (f"{runs[0][0]['config']['setup']['eval_split']}_acc" if runs else "test_acc")
     fig, (ax_acc, _) = run_curves(
         [(f"{rec['config'].get('paper')} (seed {rec['seed']})", rows, {key: (rec.get("paper") or {}).get("final_acc")})
@@ -454,7 +457,7 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     trip = any((out_dir / f).exists() for f in _REPORT_INPUTS)
     if not trip:                 # a sweep's folder (or any folder of run folders): its CIFAR runs
         try:
-            experiment.recipe_runs(RECIPE, out_dir)             # none: "<dir>: no run folders of cifar ... to report"
+            recipe_runs(RECIPE, out_dir)             # none: "<dir>: no run folders of cifar ... to report"
         except ValueError as e:
             raise ValueError(f"{e} (or give a GPU trip folder: {', '.join(_REPORT_INPUTS)})") from None
     read = lambda p: json.loads(p.read_text()) if p.exists() else None  # noqa: E731
@@ -505,8 +508,8 @@ def _subset(value):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib cifar ...``: :func:`dnlib.experiments.runner.main` of :data:`RECIPE`."""
-    return experiment.main(RECIPE, argv)
+    """``python -m dnlib cifar ...``: :func:`dnlib.experiments.commands.main` of :data:`RECIPE`."""
+    return commands.main(RECIPE, argv)
 
 
 if __name__ == "__main__":

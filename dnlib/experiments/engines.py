@@ -1,5 +1,5 @@
 """Where a sweep's runs execute: the embedded local engine (a pool of processes on this machine, the default) or
-Ray (a cluster of machines and GPUs). :func:`dnlib.experiments.runner.sweep` is the one entry point; it builds the
+Ray (a cluster of machines and GPUs). :func:`dnlib.experiments.sweep.sweep` is the one entry point; it builds the
 :class:`Job` list (configurations x seeds, finished runs left out) and hands it to :func:`execute`::
 
     python -m dnlib sr sweep smoke-bn smoke-dn* --seeds 0 1 --jobs 2 --out runs/sr/sweep            # local
@@ -59,7 +59,7 @@ __all__ = ["Engine", "ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "R
 
 ENGINES = ("local", "ray")
 LOG_FILE = "log.txt"
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]     # the repository (dnlib/experiments/<this>)
 _OK_STOPS = ("completed", "time limit")   # a record's ``stopped`` that is not a failure (experiment.COMPLETED)
 
 
@@ -90,7 +90,7 @@ class Outcome:
 
 
 class SweepRows(list):
-    """:func:`dnlib.experiments.runner.sweep`'s return: the gathered rows (a list), and ``failed``: one dict per failed
+    """:func:`dnlib.experiments.sweep.sweep`'s return: the gathered rows (a list), and ``failed``: one dict per failed
     run of this sweep (``config``, ``seed``, ``run`` folder, ``reason``, ``log_tail``)."""
 
     def __init__(self, rows=(), failed=()):
@@ -449,7 +449,7 @@ def make_engine(engine: str, module: str, *, address: str | None = None, jobs: i
                 cpus_per_run=None, gpus_per_run=None, limit: float | None = None, python: str = sys.executable,
                 checked: bool = False) -> Engine:
     """A :class:`LocalEngine` or :class:`RayEngine` (an :class:`Engine`); its arguments are checked by :func:`check`
-    first unless the caller did (``checked``: :func:`dnlib.experiments.runner.sweep` checks once, before anything)."""
+    first unless the caller did (``checked``: :func:`dnlib.experiments.sweep.sweep` checks once, before anything)."""
     if not checked:
         check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
     if engine == "local":

@@ -53,10 +53,13 @@ from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..models.rnn import LanguageModel, set_bn_eval_step
 from ..norms.sparse import clear_penalties, sparse_penalty
 from ..training.trainer import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device
-from . import aggregate, records
-from . import runner as experiment
+from . import aggregate, commands, records
+from . import bench as benches
+from .bench import steps_command, time_steps
 from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
-from .runner import RunResult
+from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, row_label, trainer_mode
+from .runner import call, call_many, recipe_runs
+from .sweep import load_runs
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
            "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
@@ -246,7 +249,7 @@ def _vocab_size(value: str) -> int:
     return v
 
 
-class PTBRecipe(experiment.Recipe):
+class PTBRecipe(Recipe):
     """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.experiments.ptb_configs`).
 
     Config fields (overrides): every :class:`PTBRunConfig` field; ``source`` (``"paper"``/``"code"``) rebuilds the
@@ -276,18 +279,18 @@ class PTBRecipe(experiment.Recipe):
         if steps:
             overrides["steps"] = steps
         cfg = PTBRunConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-        cfg = experiment.replace(cfg, **overrides)
-        experiment.check_int("epochs", cfg.epochs)
-        experiment.check_int("steps", cfg.steps, none_ok=True)
+        cfg = replace(cfg, **overrides)
+        check_int("epochs", cfg.epochs)
+        check_int("steps", cfg.steps, none_ok=True)
         return cfg
 
     def check_options(self, *, mode: str = "auto", eval_every: int | None = None, final_test_batch_size: int = 1,
                       threads: int | None = None, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        experiment.check_int("eval_every", eval_every, none_ok=True)
-        experiment.check_int("final_test_batch_size", final_test_batch_size, 0)
-        experiment.check_int("threads", threads, none_ok=True)
+        check_int("eval_every", eval_every, none_ok=True)
+        check_int("final_test_batch_size", final_test_batch_size, 0)
+        check_int("threads", threads, none_ok=True)
 
     def load(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
              vocab: int | None = None, root=None):
@@ -295,7 +298,7 @@ class PTBRecipe(experiment.Recipe):
 
     def build(self, cfg: PTBRunConfig, data, seed: int, device: str = "auto", *, max_tokens: int | None = None,
               vocab: int | None = None, mode: str = "auto", eval_every: int | None = None,
-              final_test_batch_size: int = 1, threads: int | None = None) -> experiment.Setup:
+              final_test_batch_size: int = 1, threads: int | None = None) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every, final_test_batch_size=final_test_batch_size,
                            threads=threads)
         if threads:
@@ -346,8 +349,8 @@ class PTBRecipe(experiment.Recipe):
                          (" (smoke subset)" if max_tokens or vocab else "")),
                 "train_tokens": n, "vocab_size": int(vocab_size), "batches_per_epoch": E, "eval_every": chunk,
                 "final_test_batch_size": final_test_batch_size,
-                "mode": experiment.trainer_mode(cls is SequenceGraphTrainer, dev), "card": experiment.card(dev)}
-        return experiment.Setup(model, loss_fn, batches, tcfg, evaluate=evaluate, run_info=run_info, trainer=cls,
+                "mode": trainer_mode(cls is SequenceGraphTrainer, dev), "card": card(dev)}
+        return Setup(model, loss_fn, batches, tcfg, evaluate=evaluate, run_info=run_info, trainer=cls,
                                 trainer_kwargs=kw, chunk=chunk, info=info, data=data)
 
     def headline(self, result: RunResult) -> dict:
@@ -408,12 +411,12 @@ class PTBRecipe(experiment.Recipe):
         return report(path, getattr(args, "out", None))
 
     def commands(self) -> dict:
-        return {"bench": experiment.Command("tokens/s of the cells against nn.LSTM", _bench_args, _bench_command,
+        return {"bench": Command("tokens/s of the cells against nn.LSTM", _bench_args, _bench_command,
                                             rows=True),
-                "check-graph": experiment.steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000},
+                "check-graph": steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000},
                                                         flags=("--source", "--max-tokens", "--vocab"), **_GRAPH,
                                                         options={"final_test_batch_size": 0}),
-                "configs": experiment.Command(
+                "configs": Command(
                     "the configurations with the paper's perplexities",
                     lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
                     lambda args, q: print(config_table(list_configs(), args.source)) or 0)}
@@ -425,14 +428,14 @@ aggregate.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | PTBConfig, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiments.runner.run`; returns its :class:`~dnlib.experiments.runner.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run`; returns its :class:`~dnlib.experiments.recipe.RunResult`.
 
     Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
     run folder, ``resume``: a run folder to continue, ``time_limit``, ``stop_after``, ``device``), the build
     options of :class:`PTBRecipe` (``data``: ``load_data``'s ``(splits, vocab_size)``, else ``max_tokens``,
     ``vocab``; ``mode``, ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
     ``lr``, ``hidden_size``, ``source``...)."""
-    return experiment.call(RECIPE, config, **kwargs)
+    return call(RECIPE, config, **kwargs)
 
 
 def _configs(names, source: str = "paper", hidden_size=0, batch_size=0, decay_after=-1, lr=0.0) -> list:
@@ -454,18 +457,18 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
     """:func:`run` for each named config and seed in this process, all on the data the first run loaded (or
     ``data=``) (notebooks, CPU); ``hidden_size``, ``batch_size``, ``decay_after``, ``lr``: 0 or -1 = the config's
     (a DN window scales with a smaller hidden size). ``kwargs``: :func:`run`'s."""
-    return experiment.call_many(RECIPE, _configs(names, source, hidden_size, batch_size, decay_after, lr), seeds,
+    return call_many(RECIPE, _configs(names, source, hidden_size, batch_size, decay_after, lr), seeds,
                                 epochs=epochs, **kwargs)
 
 
 
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
-    """:func:`dnlib.experiments.runner.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
+    """:func:`dnlib.experiments.bench.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
     :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.trainer.SequenceGraphTrainer` from the same initialisation
     (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
     data = ({"train": ids, "valid": ids, "test": ids}, vocab_size)
-    return experiment.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,
+    return benches.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,
                                   options={"data": data, "final_test_batch_size": 0})
 
 
@@ -539,9 +542,9 @@ def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
 
 
 def _runs(results) -> list:
-    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.runner.load_runs`); the key is the
+    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.sweep.load_runs`); the key is the
     configuration's name, with the seed where two runs share it."""
-    out = experiment.load_runs(results)
+    out = load_runs(results)
     names = [rec["name"] for rec, _ in out]
     return [(n if names.count(n) == 1 else f"{n}-s{rec['seed']}", rec, rows) for n, (rec, rows) in zip(names, out)]
 
@@ -566,7 +569,7 @@ def results_table(results, unigram: float | None = None) -> MarkdownTable:
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     for s in aggregate.summarize(results, list(_FMT)):
         ours = [aggregate.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
-        out.append([experiment.row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
+        out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
                     cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"]])
     if unigram is not None:
         out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 5)
@@ -601,7 +604,7 @@ def report(path, out=None) -> dict:
     and the card and seconds per epoch), ``curves.png`` (:func:`perplexity_curves`), ``summary.json``
     (per run: its headline numbers, the paper's, card, lr, epochs planned, seconds per epoch, tokens/s and the
     per-epoch perplexities). Returns the summary."""
-    dirs = list(experiment.recipe_runs(RECIPE, path))
+    dirs = list(recipe_runs(RECIPE, path))
     out, summary = Path(out if out is not None else path), {}
     runs = _runs(dirs)
     keys = [key for key, _, _ in runs]
@@ -634,7 +637,7 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
           num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
     """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
     batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
-    experiment.check_int("reps", reps)
+    check_int("reps", reps)
     dev = resolve_device(device)
     set_threads(threads)
     torch.manual_seed(0)
@@ -652,7 +655,7 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
 
     rows = []
     for name, layers in stacks.items():
-        t = experiment.time_steps(lambda: step(layers), reps, 2, dev)[0] / reps
+        t = time_steps(lambda: step(layers), reps, 2, dev)[0] / reps
         rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": batch_size * num_steps / t})
     return [{**r, "vs_nn_lstm": r["tokens_per_s"] / rows[0]["tokens_per_s"]} for r in rows]
 
@@ -673,8 +676,8 @@ def _bench_command(args, q) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib ptb ...``: :func:`dnlib.experiments.runner.main` of :data:`RECIPE`."""
-    return experiment.main(RECIPE, argv)
+    """``python -m dnlib ptb ...``: :func:`dnlib.experiments.commands.main` of :data:`RECIPE`."""
+    return commands.main(RECIPE, argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ SCHEMA = 1
 RECORD_KEYS = ("schema", "experiment", "name", "config", "seed", "parameters", "git", "versions", "device", "host",
                "started", "ended", "seconds", "steps_planned", "steps_done", "stopped", "headline", "paper",
                "argv")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]     # the repository (dnlib/experiments/<this>)
 
 
 def jsonable(value: Any) -> Any:

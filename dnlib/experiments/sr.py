@@ -45,9 +45,11 @@ from ..analysis.figures import cell, markdown_table, run_curves
 from ..io import atomic_write_json
 from ..training.metrics import psnr, ssim
 from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
-from . import aggregate, records
-from . import runner as experiment
-from .runner import RunResult
+from . import aggregate, commands, records
+from . import bench as benches
+from .bench import steps_command
+from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, replace
+from .runner import call, read_run_file, recipe_runs
 from .sr_configs import (
     ROW_NAMES,
     SR_CONFIGS,
@@ -243,7 +245,7 @@ def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainCon
     return TrainConfig(**kw)
 
 
-class SRRecipe(experiment.Recipe):
+class SRRecipe(Recipe):
     """The SR recipe: SRCNN with an SR normalizer row under a :mod:`dnlib.experiments.sr_configs` schedule.
 
     Configuration names are ``<schedule>-<row>`` (:meth:`configs`); every :class:`SRConfig` field is an override
@@ -276,7 +278,7 @@ class SRRecipe(experiment.Recipe):
         sr_norm(row)
         if steps:
             overrides["steps"] = int(steps)
-        return experiment.replace(cfg, **overrides, norm=row, name=f"{base}-{row}")
+        return replace(cfg, **overrides, norm=row, name=f"{base}-{row}")
 
     def from_dict(self, fields: Mapping) -> SRConfig:
         fields = dict(fields)
@@ -297,7 +299,7 @@ class SRRecipe(experiment.Recipe):
         return {"inputs": inputs, "labels": labels, "present": present, "missing": missing}
 
     def build(self, cfg: SRConfig, data: dict, seed: int, device: str = "auto", *, sets=HEADLINE_SETS,
-              curve_sets=("Set5",), root=None) -> experiment.Setup:
+              curve_sets=("Set5",), root=None) -> Setup:
         from ..data import SRCNNPatches
         sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
         dev = resolve_device(device)
@@ -312,8 +314,8 @@ class SRRecipe(experiment.Recipe):
         info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
                 "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],
                 "missing_sets": missing, "root": None if root is None else str(root),
-                "card": experiment.card(dev)}
-        return experiment.Setup(model, srcnn_loss, batches, tcfg,
+                "card": card(dev)}
+        return Setup(model, srcnn_loss, batches, tcfg,
                                 evaluate=make_evaluator(info["curve_sets"], cfg.scale, root), run_info=run_info,
                                 chunk=cfg.eval_every or None, info=info, data={"root": root})
 
@@ -388,7 +390,7 @@ class SRRecipe(experiment.Recipe):
                       device=getattr(args, "device", "auto"))
 
     def commands(self) -> dict:
-        return {"bench": experiment.steps_command(self, "bench", steps=50, warmup=5, unit="patches",
+        return {"bench": steps_command(self, "bench", steps=50, warmup=5, unit="patches",
                                                   configs=("fast-none", "fast-bn", "fast-dn*"),
                                                   options={"sets": (), "curve_sets": ()})}
 
@@ -402,7 +404,7 @@ def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Seque
              sets: Sequence[str] | None = None, **kwargs) -> RunResult:
     """Train SRCNN with the SR row ``norm`` under a schedule (``"paper"``, ``"fast"``, ``"smoke"`` or an
     :class:`~dnlib.experiments.sr_configs.SRConfig`) with :func:`dnlib.experiments.runner.run`; returns its
-    :class:`~dnlib.experiments.runner.RunResult` (``.model``, ``.history``, ``.record``).
+    :class:`~dnlib.experiments.recipe.RunResult` (``.model``, ``.history``, ``.record``).
 
     ``eval_sets`` (PSNR) are logged every ``eval_every`` steps; ``sets`` (default ``eval_sets``) are scored for
     the headline when the run completes. Other keywords (:func:`dnlib.experiments.runner.call`; None: the default): the
@@ -411,7 +413,7 @@ def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Seque
     ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
     ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return experiment.call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
+    return call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
                            curve_sets=tuple(eval_sets), **kwargs)
 
 
@@ -428,9 +430,9 @@ def models_of(runs: Sequence[RunResult]) -> dict:
 def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
     """The model of a run folder's checkpoint (built from its ``run.json``) and its configuration."""
     run_dir = Path(run_dir)
-    stored = experiment.read_run_file(run_dir)      # a broken or foreign run.json: a ValueError naming it
+    stored = read_run_file(run_dir)      # a broken or foreign run.json: a ValueError naming it
     if not stored.get("fields"):
-        raise ValueError(f"{run_dir / experiment.RUN_FILE}: holds no configuration fields to build the model from")
+        raise ValueError(f"{run_dir / RUN_FILE}: holds no configuration fields to build the model from")
     cfg = RECIPE.from_dict(stored["fields"])
     model = cfg.build_model()
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
@@ -487,7 +489,7 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
     """The SR table of the run folders at or under ``path``: per set, Bicubic and every run (PSNR, SSIM; the
     record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
     ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
-    sets, recs = _check_sets(sets), experiment.recipe_runs(RECIPE, path)
+    sets, recs = _check_sets(sets), recipe_runs(RECIPE, path)
     labels = {d: rec["config"]["setup"].get("label") or rec["name"] for d, rec in recs.items()}
     keys = {d: lab if list(labels.values()).count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
             for d, lab in labels.items()}
@@ -521,9 +523,9 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
 
 def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
           device: str = "auto", seed: int = 0) -> list[dict]:
-    """Training patches/s of each configuration (:func:`dnlib.experiments.runner.bench`: ``steps`` timed steps after
+    """Training patches/s of each configuration (:func:`dnlib.experiments.bench.bench`: ``steps`` timed steps after
     ``warmup``, no evaluation)."""
-    return [experiment.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
+    return [benches.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
                              options={"sets": (), "curve_sets": ()}) for c in configs]
 
 
@@ -628,9 +630,9 @@ def crop_explorer(models: Mapping[str, nn.Module], sets: Sequence[str] = ("Set5"
 
 # --------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiments.runner.main`); the old
+    """``python -m dnlib sr {run,sweep,gather,report,list,bench}`` (:func:`dnlib.experiments.commands.main`); the old
     ``train --norm dn* --config fast ...`` is ``run`` with the same flags."""
-    return experiment.main(RECIPE, argv)
+    return commands.main(RECIPE, argv)
 
 
 if __name__ == "__main__":

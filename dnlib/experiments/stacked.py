@@ -71,7 +71,8 @@ from ..models.stacked import StackedCifarCNN
 from ..norms.sparse import clear_penalties
 from ..training import distributed
 from ..training.trainer import CheckpointError, GraphTrainer, Trainer, TrainingDiverged
-from . import runner as experiment
+from .recipe import Command, Recipe, Setup, trainer_mode
+from .runner import Run, build_setup
 
 __all__ = ["StackedTrainer", "StackedGraphTrainer", "StackedData", "StackedBatches", "StackedLoss", "evaluate",
            "build", "prepare", "run", "commands", "MODES"]
@@ -247,9 +248,9 @@ def _check_seeds(seeds) -> list:
     return seeds
 
 
-def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
-          options: dict | None = None) -> experiment.Setup:
-    """The :class:`~dnlib.experiments.runner.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
+def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
+          options: dict | None = None) -> Setup:
+    """The :class:`~dnlib.experiments.recipe.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
     a stacked :class:`~dnlib.experiments.runner.Run`): each copy built as its separate run builds it
     (:func:`~dnlib.experiments.runner.build_setup` with ``options``: load, seed, build), packed into one model, data, batch source and loss; ``copies`` holds the K
     copies' own setups. ``options["mode"]`` is the stacked trainer's (``"auto"``: a CUDA graph on CUDA). The data
@@ -264,7 +265,7 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
                          f"processes would split its batches of K copies); run it without torchrun")
     setups = []
     for seed in seeds:                       # each copy seeded and built as its own run: load, seed, build
-        setups.append(experiment.build_setup(recipe, cfg, seed, device, {**options, "mode": "eager"}))
+        setups.append(build_setup(recipe, cfg, seed, device, {**options, "mode": "eager"}))
         if "data" not in options and options.get("subset") is None:
             options["data"] = setups[-1].data
     models = [s.model for s in setups]
@@ -275,10 +276,10 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
     names = {id(p): n for n, p in models[0].named_parameters()}
     groups = [{**g, "params": [model.get_parameter(names[id(p)]) for p in g["params"]]} for g in groups]
     graph = mode == "graph" or (mode == "auto" and data.device.type == "cuda")
-    info = {"mode": experiment.trainer_mode(graph, data.device), "stacked": len(seeds), "stacked_seeds": seeds}
+    info = {"mode": trainer_mode(graph, data.device), "stacked": len(seeds), "stacked_seeds": seeds}
     for s in setups:
         s.info.update(info)
-    return experiment.Setup(
+    return Setup(
         model, StackedLoss(data), StackedBatches([s.batches for s in setups]),
         dataclasses.replace(s0.train, progress=False, device=str(data.device)),
         evaluate=lambda m: evaluate(m, data), run_info={**s0.run_info, "seeds": seeds},
@@ -286,17 +287,17 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
         chunk=s0.chunk, info={**s0.info, **info}, data=data, copies=setups)
 
 
-def prepare(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None,
-            **kwargs) -> experiment.Run:
+def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None,
+            **kwargs) -> Run:
     """A stacked :class:`~dnlib.experiments.runner.Run`, prepared but not trained (its ``trainer`` a
     :class:`StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
-    return experiment.Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
+    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
                           **kwargs)
 
 
-def run(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
+def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
     """Train configuration ``config`` of ``recipe`` once per seed, the K runs stacked into one model and trained by
-    the runner (module doc); returns their :class:`~dnlib.experiments.runner.RunResult` s in the order of ``seeds``.
+    the runner (module doc); returns their :class:`~dnlib.experiments.recipe.RunResult` s in the order of ``seeds``.
 
     Args:
         recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data (``dnlib.experiments.cifar.RECIPE``).
@@ -311,7 +312,7 @@ def run(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = No
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-def _add_arguments(recipe: experiment.Recipe, q: argparse.ArgumentParser) -> None:
+def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`; none with --resume)")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=None,
                    help="one distinct seed per copy (required, but with --resume)")
@@ -326,7 +327,7 @@ def _add_arguments(recipe: experiment.Recipe, q: argparse.ArgumentParser) -> Non
     recipe.add_arguments(q, "run")
 
 
-def _handler(recipe: experiment.Recipe):
+def _handler(recipe: Recipe):
     def handle(args, q) -> int:
         if args.out is not None and args.resume is not None:
             q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
@@ -357,7 +358,7 @@ def _handler(recipe: experiment.Recipe):
     return handle
 
 
-def commands(recipe: experiment.Recipe) -> dict:
+def commands(recipe: Recipe) -> dict:
     """``{"stack": Command}``: the ``stack`` verb of ``recipe``'s CLI (register it in ``Recipe.commands``)::
 
         python -m dnlib cifar stack dn-star --seeds 0 1 2 3 [--steps N] [--out DIR] [the run verb's recipe flags]
@@ -365,5 +366,5 @@ def commands(recipe: experiment.Recipe) -> dict:
 
     One folder per group, an ordinary run folder per seed in it; one JSON line per copy; exit 1 when a copy
     diverged, 2 on bad arguments (or another run's checkpoint)."""
-    return {"stack": experiment.Command("train several seeds of one configuration as one stacked model",
+    return {"stack": Command("train several seeds of one configuration as one stacked model",
                                         lambda q: _add_arguments(recipe, q), _handler(recipe))}

@@ -48,7 +48,7 @@ from ..experiments import records
 from ..io import atomic_write_json, atomic_write_text
 from ..training.trainer import PROGRESS_ENV
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]     # dnlib/ (this is dnlib/notebook/suite.py)
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
 REPO_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"

@@ -1,0 +1,131 @@
+"""Outside the runner: a configuration's training throughput (:func:`bench`), graph steps against eager ones
+(:func:`check_graph`), the one timing loop (:func:`time_steps`) and the ``bench``/``check-graph`` verbs a recipe
+offers (:func:`steps_command`)."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .. import cli
+from .recipe import Command, Recipe, card, check_int, replace
+from .runner import build_setup, share_data
+
+__all__ = ["time_steps", "check_graph", "bench", "steps_command"]
+
+
+def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu") -> tuple:
+    """``(seconds, last value)``: the wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones (CUDA
+    synchronized before and after when ``device`` is a CUDA device); the benchmarks' one timing loop."""
+    check_int("steps", steps)
+    check_int("warmup", warmup, 0)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        last = step()
+    sync()
+    return time.perf_counter() - t0, last
+
+
+def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: int | None = None):
+    """``(trainer, setup)`` of ``cfg``, seeded, without evaluation, outside the runner (checks, benchmarks)."""
+    setup = build_setup(recipe, cfg, seed, device, options)
+    if log_every:
+        setup.train.log_every = log_every
+    return setup.make_trainer(evaluate=None), setup
+
+
+def _row(row: dict) -> dict:
+    """A row without the facts a recipe does not have (None: no ``impl``, no trainer ``mode``, no error)."""
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps: int = 5, seed: int = 0,
+                device="auto", rtol: float = 1e-2, options: dict | None = None, **overrides) -> dict:
+    """Train ``steps`` steps of a configuration with the eager step and with the graph step (the build options
+    ``eager`` and ``graph``, over ``options``) from the same initialisation on the same batches. ``ok`` when every
+    floating parameter and buffer agrees to ``rtol`` of how far training moved it, the losses agree to ``rtol``
+    and the capture did not fall back. On a CPU this checks the graph step's code without a capture. A config with
+    an ``impl`` is compared with the plain eager step (``impl="auto"``: e.g. a compiled graph step against it).
+    ``options`` (a dict) keeps the data loaded here for the next call (:func:`share_data`)."""
+    check_int("steps", steps)
+    cfg = recipe.config(config, steps=steps, **overrides)
+    options = {} if options is None else options
+    out = {}
+    for mode, opts in (("eager", eager), ("graph", graph)):
+        c = replace(cfg, impl="auto") if mode == "eager" and hasattr(cfg, "impl") else cfg
+        tr, setup = _trainer(recipe, c, seed, device, {**options, **opts}, log_every=1)
+        share_data(recipe, options, setup)
+        init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
+        out[mode] = (init, tr.model.state_dict(), losses, setup.info.get("mode"), getattr(tr, "fell_back", False))
+    (init, eager_sd, le, _, _), (_, graph_sd, lg, gmode, fell) = out["eager"], out["graph"]
+    floats = [k for k, v in eager_sd.items() if v.is_floating_point()]
+    moved = max((eager_sd[k].double() - init[k].double()).abs().max().item() for k in floats)
+    diff = max((eager_sd[k].double() - graph_sd[k].double()).abs().max().item() for k in floats)
+    loss_diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(le, lg))
+    ok = diff <= rtol * moved and loss_diff <= rtol and moved > 0 and all(map(math.isfinite, lg)) and not fell
+    return _row({"config": cfg.name, "mode": gmode, "impl": getattr(cfg, "impl", None), "steps": steps,
+                 "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le,
+                 "graph_losses": lg, "ok": bool(ok), "error": "the CUDA-graph capture failed" if fell else None})
+
+
+def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",
+          unit: str = "items", options: dict | None = None, **overrides) -> dict:
+    """Training throughput of a configuration outside the runner: ``steps`` timed steps after ``warmup`` untimed
+    ones (a graph capture or a compilation among them), no evaluation; ``<unit>_per_s`` counts ``batch_size``
+    items per step. ``options``: build options (a dict keeps the data loaded here for the next call)."""
+    check_int("steps", steps)
+    check_int("warmup", warmup, 0)
+    cfg = recipe.config(config, **overrides)
+    tr, setup = _trainer(recipe, cfg, seed, device, dict(options or {}))
+    share_data(recipe, options, setup)
+    sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
+    return _row({"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
+                 "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
+                 f"{unit}_per_s": steps * cfg.batch_size / sec, "loss": float(loss)})
+
+
+def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, flags: Sequence[str] = (),
+                  configs: Sequence[str] = (), defaults: Mapping | None = None, options: Mapping | None = None,
+                  **kwargs) -> Command:
+    """A recipe's ``bench`` (``verb="bench"``: :func:`bench`, ``kwargs`` its ``unit``) or ``check-graph``
+    (:func:`check_graph`, ``kwargs`` its ``eager`` and ``graph`` options) command: configuration names (groups
+    expanded; default ``configs``), ``--steps``, ``--warmup`` (bench), ``--device`` and the recipe's run ``flags``
+    named (``defaults``: their values when not given; ``options``: fixed build options); one JSON row per
+    configuration, data loaded once; a configuration that fails is a row with ``ok: false`` and the error."""
+    def add(q):
+        q.add_argument("configs", nargs="*" if configs else "+", default=list(configs),
+                       help=f"configuration names (groups: {', '.join(recipe.groups())})")
+        q.add_argument("--steps", type=cli.positive_int, default=steps, help=f"steps per configuration (default {steps})")
+        if verb == "bench":
+            q.add_argument("--warmup", type=cli.nonnegative_int, default=warmup,
+                           help="untimed steps first (a capture or compilation among them)")
+        q.add_argument("--device", type=cli.device, default="auto", help="auto, cpu, cuda[:N] (default auto)")
+        for flag in flags:
+            q.add_argument(flag, default=None, **recipe.flags[flag][1])
+        q.set_defaults(**(defaults or {}))
+
+    def handler(args, q):
+        overrides, opts = recipe.from_args(args)
+        opts = {**opts, **(options or {})}
+        with cli.user_errors(q):
+            names = recipe.expand(args.configs)
+            for n in names:
+                recipe.config(n, **overrides)
+        fn = bench if verb == "bench" else check_graph
+        extra = {"warmup": args.warmup} if verb == "bench" else {}
+        for n in names:
+            try:
+                yield fn(recipe, n, steps=args.steps, device=args.device, options=opts, **extra, **kwargs, **overrides)
+            except Exception as e:  # noqa: BLE001  (e.g. no capture or compiler here: the row says so, exit 1)
+                yield {"config": n, "ok": False, "error": f"{type(e).__name__}: {cli.one_line(e)}"}
+
+    what = "training throughput per configuration" if verb == "bench" else "compare graph steps with eager steps"
+    return Command(what, add, handler, rows=True)

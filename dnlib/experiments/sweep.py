@@ -1,0 +1,163 @@
+"""Configurations x seeds as concurrent runs in one resumable folder (:func:`sweep`, on an engine of
+:mod:`.engines`), checked before any run starts (:func:`check_runs`), and read back (:func:`gather`,
+:func:`load_runs`)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .. import cli
+from ..io import atomic_write_json, atomic_write_text
+from . import engines, records
+from .flags import Refusing, run_flags
+from .recipe import COMPLETED, RUN_FILE, Recipe, RunResult, check_config, check_int, check_time_limit
+from .runner import read_run_file
+
+__all__ = ["check_runs", "sweep", "gather", "gather_table", "load_runs"]
+
+
+def check_runs(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), run_args: Sequence[str] = (),
+               *, out=None, options: Mapping | None = None, here: bool = True) -> list:
+    """What :func:`sweep` checks before any run starts (the CLI's ``sweep`` too): every configuration with the
+    ``run_args`` passed on to its runs, as ``run`` itself would check them (the flags, the resolved configuration,
+    :func:`check_config`; ``here``: the runs execute on this machine), and, in ``out``, the folders a rerun would
+    resume: their ``run.json`` and ``record.json`` must be dnlib's. Raises ValueError naming the configuration
+    (or the file); returns the configuration names, groups expanded."""
+    configs = recipe.expand(configs)
+    q = Refusing(prog=f"python -m {recipe.module} run", add_help=False)
+    run_flags(q, recipe)
+    for c in configs:
+        try:
+            args = q.parse_args([c, *map(str, run_args)])
+            overrides, _ = recipe.from_args(args)
+            check_config(recipe, recipe.config(c, steps=args.steps, **overrides), args.device, here=here)
+        except ValueError as e:
+            raise ValueError(f"{c}: {cli.one_line(e)}") from None
+    if out is not None:
+        for c in configs:
+            for s in seeds:
+                d = Path(out) / records.run_name(recipe.label(c, options or {}), s)
+                if (d / RUN_FILE).exists():
+                    read_run_file(d)
+                if (d / records.RECORD_FILE).exists():
+                    records.read_record(d)
+    return configs
+
+
+# ------------------------------------------------------------------------------------------ sweep/gather
+def _finished(d: Path) -> bool:
+    try:
+        return records.read_record(d).get("stopped") == COMPLETED
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def _status_line(d: Path) -> str:
+    try:
+        rec = records.read_record(d)
+    except (FileNotFoundError, ValueError):
+        return f"{d.name}: starting"
+    head = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec["headline"].items())
+    return f"{d.name}: step {rec['steps_done']}/{rec['steps_planned']} {rec['stopped']} {head}"
+
+
+def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, jobs: int | None = None,
+          engine: str = "local", address: str | None = None, cpus_per_run: float | None = None,
+          gpus_per_run: float | None = None, time_limit: float | None = None, grace: float = 90.0,
+          status_every: float = 30.0, run_args: Sequence[str] = (), options: Mapping | None = None,
+          python: str = sys.executable, verbose: bool = True) -> list:
+    """Run every (configuration, seed) as its own ``python -m <recipe.module> run NAME --seeds S --resume DIR``
+    on an engine (:mod:`dnlib.experiments.engines`), then :func:`gather` them.
+
+    ``engine="local"`` (default): processes on this machine, ``jobs`` at a time (default 1; several runs share one
+    GPU). ``engine="ray"``: one Ray task per run on the cluster at ``address`` (``"auto"``, ``"HOST:PORT"``; None:
+    a Ray instance started here for the sweep, or the one this process already joined), ``jobs`` runs in flight at
+    most (default: as many as the cluster's resources hold); no shared filesystem: each run's files come back to
+    ``out``. ``cpus_per_run`` (threads of each run; Ray default 1), ``gpus_per_run`` (fractions pack several runs
+    on a GPU, e.g. 0.25 for four).
+
+    Each run's folder is ``out/<label>-s<seed>`` on both engines (``recipe.label``; its ``log.txt`` holds the
+    process output). The sweep is resumable: a rerun skips the runs whose record says ``completed`` and resumes
+    the others from their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds
+    after it is killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
+    ``["--subset", "2000", "--steps", "300"]``). A failing run is reported (configuration, seed, log tail) and
+    the others go on. Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
+
+    Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
+    (:class:`dnlib.experiments.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
+    configuration with ``run_args`` is checked as ``run`` checks it (:func:`check_runs`; a clash in the last
+    configuration stops the sweep before the first one trains), and so are the ``run.json`` and ``record.json``
+    of the folders a rerun resumes."""
+    t_start = time.perf_counter()
+    engines.check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
+    for s in seeds:
+        check_int("seeds", s, 0)
+    check_time_limit(time_limit)
+    configs = check_runs(recipe, configs, seeds, run_args, out=out, options=options, here=engine == "local")
+    out = Path(out)
+    todo, skipped = [], []
+    for c in configs:
+        for s in seeds:
+            d = out / records.run_name(recipe.label(c, options or {}), s)
+            argv = [c, "--seeds", str(s), *map(str, run_args)]
+            if time_limit is not None:
+                argv += ["--time-limit", str(time_limit)]
+            (skipped if _finished(d) else todo).append(engines.Job(c, s, d, argv))
+    if verbose and skipped:
+        print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(j.folder.name for j in skipped)}", flush=True)
+    runner = engines.make_engine(engine, recipe.module, address=address, jobs=jobs, cpus_per_run=cpus_per_run,
+                                 gpus_per_run=gpus_per_run, python=python, checked=True,   # checked above, once
+                                 limit=None if time_limit is None else time_limit + grace)
+    t_engine = time.perf_counter() - t_start
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = engines.execute(runner, todo, skipped=len(skipped), verbose=verbose, status_every=status_every,
+                               status=_status_line)
+    failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
+               "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
+    rows = engines.SweepRows(gather([out]), failed)
+    atomic_write_json(rows, out / "table.json")
+    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "engine": engine, "engine_start_seconds":
+                       t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
+                       "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
+                       "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
+                       "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
+                                "failure": o.failure} for o in outcomes],
+                       "failed": failed}, out / "sweep.json")
+    atomic_write_text(out / "table.md", str(gather_table(rows)) + "\n")
+    if failed:
+        which = ", ".join(f"{f['config']} seed {f['seed']}" for f in failed)
+        print(f"[sweep] {len(failed)} of {len(outcomes)} runs failed: {which} (a rerun retries them)",
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def gather(paths) -> list:
+    """One flat row per run folder at or under ``paths`` (folders, or :class:`RunResult` objects: their folders)
+    (:func:`dnlib.experiments.records.gather`)."""
+    if isinstance(paths, (str, os.PathLike, RunResult)):
+        paths = [paths]
+    return records.gather([p.run_dir if isinstance(p, RunResult) else p for p in paths])
+
+
+def gather_table(rows: Sequence[Mapping]) -> str:
+    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.experiments.aggregate.gather_table`)."""
+    from . import aggregate
+    return aggregate.gather_table(rows)
+
+
+def load_runs(results) -> list:
+    """``[(record, curve rows)]`` of runs: :class:`RunResult` objects (their history) or run folders (a folder
+    holding run folders stands for each of them; ``curves.csv``), in order. A folder whose record is broken or
+    foreign is skipped with a :class:`dnlib.experiments.records.RecordWarning` naming the file."""
+    if isinstance(results, (str, os.PathLike, RunResult)):
+        results = [results]
+    out = []
+    for r in results:
+        if isinstance(r, RunResult):
+            out.append((r.record, [h for h in r.history if "step" in h]))
+        else:
+            out += [(rec, records.read_curves(d)) for d, rec in records.read_records([r])]
+    return out
