@@ -57,6 +57,7 @@ from torch import nn
 
 from ..norms.norm import DivisiveNorm
 from ..norms.presets import NormLike, get_norm_layer, norm_name
+from . import rnn_fused
 
 __all__ = ["NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel", "GATES", "CELLS",
            "make_cell", "set_bn_eval_step"]
@@ -133,11 +134,18 @@ class _Recurrent(nn.Module):
             raise ValueError(f"input: expected shape (T, N, {self.input_size}), got {tuple(x.shape)}")
         state = tuple(state) if state is not None else self.init_state(x.shape[1], x.device, x.dtype)
         xw = self.input_transform(x)
+        fused = self._sequence(xw, state)
+        if fused is not None:
+            return fused
         outs = []
         for t in range(x.shape[0]):
             h, state = self.step(xw[t], state, t)
             outs.append(h)
         return torch.stack(outs), state
+
+    def _sequence(self, xw: torch.Tensor, state: tuple):
+        """The whole sequence by a fused path, or None: the loop over :meth:`step` (the reference)."""
+        return None
 
     def _record(self, **acts) -> None:
         if self.trace is not None:
@@ -166,13 +174,23 @@ class NormLSTMCell(_Recurrent):
     has its own gain and bias, ``N(z_g) * gamma_g + beta_g``, as the authors' per-nonlinearity LSTM (one
     ``gamma``/``beta`` per gate scope): ``gate_weight``/``gate_bias`` of 4H units (``i, j, f, o``) and
     ``cell_norm``'s H, 10H parameters per layer (2,000 at H = 200).
+
+    ``impl="auto"`` (default) runs a whole sequence as one fused autograd Function (:mod:`dnlib.models.rnn_fused`:
+    TorchScript loops forward and backward, one recurrent product per step, the four gate blocks normalized in one
+    op, exact to the second derivative) wherever it covers the normalizers (LN, 1-D DN, none: every PTB row of
+    this cell); ``impl="loop"`` always runs :meth:`step` per time step through the normalizer modules (the
+    reference; also taken while ``trace`` records, or under ``torch.compile``).
     """
 
     num_gates, state_size = 4, 2
+    IMPLS = ("auto", "loop")
 
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "none",
-                 norm_kwargs: Mapping | None = None, forget_bias: float = 0.0):
+                 norm_kwargs: Mapping | None = None, forget_bias: float = 0.0, impl: str = "auto"):
         super().__init__(input_size, hidden_size)
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl: got {impl!r}; allowed values are {list(self.IMPLS)}")
+        self.impl = impl
         layer = get_norm_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
         self.forget_bias = float(forget_bias)
@@ -219,8 +237,12 @@ class NormLSTMCell(_Recurrent):
             self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
         return h, (h, c)
 
+    def _sequence(self, xw, state):
+        return rnn_fused.norm_lstm_sequence(self, xw, state) if self.impl == "auto" else None
+
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}"
+        return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}" + (
+            f", impl={self.impl!r}" if self.impl != "auto" else "")
 
 
 def _joint_lstm_update(cell, z, c, norm_c):

@@ -434,6 +434,14 @@ class DivisiveNorm(nn.Module):
         replica's weighted by its share of the batch (the one-device value)."""
         return self._l1.pop(self._where())
 
+    def record_penalty(self, y: torch.Tensor, term: torch.Tensor, n: int) -> torch.Tensor:
+        """Make ``term``, this site's L1 term computed by a caller that fuses the site's math (the LSTM cells'
+        fused sequence path, :mod:`dnlib.models.rnn_fused`), pending for :func:`dnlib.sparse_penalty` as a
+        forward's own term, tied to that caller's output ``y``; returns ``y`` (tapped when it requires grad). ``n``:
+        the rows the term pools (the weight of an ``nn.DataParallel`` replica's term). The caller checks that a
+        term is wanted (``alpha``, training mode, gradients on)."""
+        return self._record(y, term, n)
+
     def clear_penalty(self) -> None:
         """Drop the pending L1 terms (and their graphs) without looking at them."""
         self._l1.clear()

@@ -1,0 +1,409 @@
+"""The fused sequence path of the per-nonlinearity LSTM cell (:class:`dnlib.models.rnn.NormLSTMCell`).
+
+The cell's reference path runs :meth:`~dnlib.models.rnn.NormLSTMCell.step` once per time step through
+:class:`~dnlib.norms.norm.DivisiveNorm` modules and autograd records every op of every step. This module computes
+the same operator for a whole sequence as one :class:`torch.autograd.Function`:
+
+- forward: a TorchScript loop over the steps (no Python per op, no autograd graph). Each step is one
+  ``addmm`` for the recurrent transform, one normalization of the four gate blocks at once (the ``(N, 4, H)`` view:
+  one ``native_layer_norm`` kernel for LN, two ``(4N, H) x (H, H)`` band products for 1-D DN), the gates, the
+  state update and the normalization of ``c``.
+- backward: the hand-derived gradient, a second TorchScript loop run backwards; the weight gradient of the
+  recurrent transform is one ``(4H, T N) x (T N, H)`` product after the loop (not one per step).
+- double backward (``create_graph=True``: gradient penalties, ``gradgradcheck``): the backward recomputes the
+  forward loop with autograd recording it and differentiates that, so second derivatives are exact too.
+
+The normalizer's math is the normalizer layer's own: a field's window mean is the matrix of
+:func:`dnlib.norms.functional.field_mean` applied to the identity (every border rule and window weight by
+construction), the divisor ``(s * sup_scale + eps + sigma^2)^-p`` as :class:`~dnlib.norms.norm.DivisiveNorm`'s.
+Specs it does not cover (fields pooling the batch, a learned sigma, ``floor``, groups, running statistics, half
+precision) take the reference path; :func:`plan` says which.
+
+Measured by ``python -m dnlib.bench`` (``results/bench_cpu.txt``); TorchScript was kept over ``torch.compile``
+(see the module's notes in the README's benchmark section).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from ..norms.functional import field_mean
+from ..norms.norm import DivisiveNorm
+from ..norms.sparse import l1_penalty
+
+__all__ = ["SitePlan", "plan", "lstm_sequence", "norm_lstm_sequence"]
+
+# A field of a site for the TorchScript loops: (mode, matrix, left, right, post). mode 0: no field; 1: the mean over
+# the H units; 2: a window as a product with the (H, H) matrix (``t @ matrix``); 3: a box window as a cumulative
+# sum: unit i's sum over units i - left .. i + right (zeros beyond the border), times ``post[i]``.
+Window = tuple[int, Tensor | None, int, int, Tensor | None]
+# A site: (sum field, suppression field, eps, sigma^2, sup_scale, power, identity: no normalizer at all).
+SitePlan = tuple[Window, Window, float, float, float, float, bool]
+_NONE: Window = (0, None, 0, 0, None)
+_IDENTITY: SitePlan = (_NONE, _NONE, 0.0, 0.0, 1.0, 0.5, True)
+
+
+def _box(x: Tensor, left: int, right: int) -> Tensor:
+    """Sum over units i - left .. i + right along the last axis (zeros beyond the border): two slices of one
+    cumulative sum, O(1) per unit whatever the window."""
+    n = x.size(-1)
+    cs = torch.cumsum(torch.constant_pad_nd(x, [left + 1, right], 0.0), -1)
+    return cs.narrow(-1, left + right + 1, n) - cs.narrow(-1, 0, n)
+
+
+def _window(spec, field: str, n: int, dtype, device) -> Window:
+    """The :data:`Window` of one field of a per-example spec on ``(N, n)`` rows. Its matrix is the normalizer
+    layer's own field mean (:func:`dnlib.norms.functional.field_mean`) of the identity: every border rule and
+    window weight as the general path by construction; a box window whose matrix the cumulative sum reproduces
+    (to 1e-15) runs as one (O(n) per row, instead of O(n^2))."""
+    axes = spec.sum_axes if field == "sum" else spec.sup_axes
+    if not axes:
+        return _NONE
+    if not (spec.sum_window if field == "sum" else spec.sup_window):
+        return (1, None, 0, 0, None)
+    one = spec if field == "sum" else spec.replace(sum_axes=spec.sup_axes, sum_window=spec.sup_window,
+                                                    sum_weights=spec.sup_weights)
+    m = field_mean(torch.eye(n, dtype=torch.float64), one)
+    rows, cols = m.nonzero().unbind(1)
+    left, right = int((cols - rows).max()), int((rows - cols).max())
+    post = m.max(0).values
+    if torch.allclose(_box(torch.eye(n, dtype=torch.float64), left, right) * post, m, rtol=0.0, atol=1e-15):
+        return (3, None, left, right, post.to(device=device, dtype=dtype))
+    return (2, m.to(device=device, dtype=dtype).contiguous(), 0, 0, None)
+
+
+def plan(norm: DivisiveNorm | None, n: int, dtype, device) -> SitePlan | None:
+    """The fused path's plan of a site normalizing ``(N, n)`` rows, or None where it takes the reference path.
+
+    Covered: no normalizer; a :class:`~dnlib.norms.norm.DivisiveNorm` whose fields pool only ``channel`` (LN over
+    the units, 1-D DN with a channel window, RMS-style or mean-only fields), fixed sigma, any ``eps``, ``power``,
+    ``sup_scale``, border and window weights, affine or not, any ``alpha``; float32/float64. Not covered (the
+    reference path): fields pooling the batch or groups, a learned sigma, ``floor``, a process group, half
+    precision, a forced ``impl`` other than ``"auto"``/``"band"``/``"fused"``."""
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    if norm is None:
+        return _IDENTITY
+    spec = norm.spec
+    if (type(norm) is not DivisiveNorm or spec.groups != 1 or spec.learn_sigma or spec.floor is not None
+            or norm.sigma is not None or norm.process_group is not None or norm.track_running_stats
+            or norm.impl not in ("auto", "band", "fused")):
+        return None
+    if not all(axes <= {"channel", "space"} for axes in (spec.sum_axes, spec.sup_axes)):
+        return None
+    return (_window(spec, "sum", n, dtype, device), _window(spec, "sup", n, dtype, device),
+            float(spec.eps_for(dtype)), float(spec.sigma) ** 2, float(spec.sup_scale), float(spec.power), False)
+
+
+# ------------------------------------------------------------------------------------- TorchScript kernels
+def _apply(x: Tensor, w: Window) -> Tensor:
+    """The field mean ``x @ A`` of window ``w`` (modes 2, 3)."""
+    mode, m, left, right, post = w
+    if mode == 2:
+        assert m is not None
+        return torch.matmul(x, m)
+    assert post is not None
+    return _box(x, left, right) * post
+
+
+def _apply_t(g: Tensor, w: Window) -> Tensor:
+    """The transpose ``g @ A^T`` of :func:`_apply` (its backward)."""
+    mode, m, left, right, post = w
+    if mode == 2:
+        assert m is not None
+        return torch.matmul(g, m.t())
+    assert post is not None
+    return _box(g * post, right, left)
+
+
+def _is_ln(p: SitePlan) -> bool:
+    return p[0][0] == 1 and p[1][0] == 1 and p[4] == 1.0 and p[5] == 0.5
+
+
+def _norm_fwd(x: Tensor, p: SitePlan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y and what the backward needs: (mean, rstd) of native LN, or (v, r, d) of the general composition
+    ``v = x - E_A[x]``, ``d = E_B[v^2] sup_scale + eps + sigma^2``, ``r = d^-p``, ``y = v r``."""
+    wa, wb, eps, sig2, scale, power, identity = p
+    empty = x.new_empty(0)
+    if identity:
+        return x, empty, empty, empty
+    if _is_ln(p):
+        y, mu, rstd = torch.native_layer_norm(x, [x.size(-1)], None, None, eps + sig2)
+        return y, mu, rstd, empty
+    if wa[0] == 1:
+        v = x - x.mean(-1, keepdim=True)
+    elif wa[0] >= 2:
+        v = x - _apply(x, wa)
+    else:
+        v = x
+    if wb[0] == 0:
+        return v, v, empty, empty
+    s = (v * v).mean(-1, keepdim=True) if wb[0] == 1 else _apply(v * v, wb)
+    d = s * scale + eps + sig2
+    r = d.rsqrt() if power == 0.5 else d.pow(-power)
+    return v * r, v, r, d
+
+
+def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: SitePlan) -> Tensor:
+    wa, wb, eps, sig2, scale, power, identity = p
+    if identity:
+        return gy
+    if _is_ln(p):
+        return torch.ops.aten.native_layer_norm_backward(gy, x, [x.size(-1)], t1, t2, None, None,
+                                                         [True, False, False])[0]
+    gv = gy
+    if wb[0] != 0:
+        v, r, d = t1, t2, t3
+        gv = gy * r
+        q = gy * v
+        if wb[0] == 1:
+            q = q.sum(-1, keepdim=True)
+        gs = q * r / d * (-power * scale)
+        if wb[0] == 1:
+            gv = gv + v * (gs * (2.0 / x.size(-1)))
+        else:
+            gv = gv + v * (2.0 * _apply_t(gs, wb))
+    if wa[0] == 1:
+        return gv - gv.mean(-1, keepdim=True)
+    if wa[0] >= 2:
+        return gv - _apply_t(gv, wa)
+    return gv
+
+
+def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | None, gb: Tensor | None,
+                  cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan,
+                  save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+    """The steps of the per-nonlinearity LSTM from the transformed inputs ``xw`` (T, N, 4H): ``wt`` = W_hh^T,
+    ``gw``/``gb`` the per-gate affine (4, H), ``cw``/``cb`` the cell norm's (H). Returns ``(out, h_T, c_T, Z, C)``
+    (Z: the gate pre-activations (T, N, 4, H), C: the raw cell states) and, with ``save``, what the backward
+    needs, stacked over time: gate-norm output and statistics, sigmoids, tanh(j), c_{t-1}, cell-norm output and
+    statistics, tanh of the normalized cell."""
+    n, hs = h.shape[0], h.shape[1]
+    outs: list[Tensor] = []
+    zs: list[Tensor] = []
+    cs: list[Tensor] = []
+    ys: list[Tensor] = []
+    g1s: list[Tensor] = []
+    g2s: list[Tensor] = []
+    g3s: list[Tensor] = []
+    ss: list[Tensor] = []
+    js: list[Tensor] = []
+    cps: list[Tensor] = []
+    ycs: list[Tensor] = []
+    c1s: list[Tensor] = []
+    c2s: list[Tensor] = []
+    c3s: list[Tensor] = []
+    tcs: list[Tensor] = []
+    for t in range(xw.shape[0]):
+        z = torch.addmm(xw[t], h, wt).view(n, 4, hs)
+        y, g1, g2, g3 = _norm_fwd(z, gp)
+        a = y
+        if gw is not None:
+            a = a * gw if gb is None else torch.addcmul(gb, a, gw)
+        s = torch.sigmoid(a)
+        j = torch.tanh(a[:, 1])
+        c_prev = c
+        c = torch.addcmul(s[:, 2] * c, s[:, 0], j)
+        yc, c1, c2, c3 = _norm_fwd(c, cp)
+        cn = yc
+        if cw is not None:
+            cn = cn * cw if cb is None else torch.addcmul(cb, cn, cw)
+        tc = torch.tanh(cn)
+        h = s[:, 3] * tc
+        outs.append(h)
+        zs.append(z)
+        cs.append(c)
+        if save:
+            ys.append(y)
+            g1s.append(g1)
+            g2s.append(g2)
+            g3s.append(g3)
+            ss.append(s)
+            js.append(j)
+            cps.append(c_prev)
+            ycs.append(yc)
+            c1s.append(c1)
+            c2s.append(c2)
+            c3s.append(c3)
+            tcs.append(tc)
+    saved: list[Tensor] = []
+    if save:
+        for k in (ys, g1s, g2s, g3s, ss, js, cps, ycs, c1s, c2s, c3s, tcs):
+            saved.append(torch.stack(k) if k[0].numel() > 0 else xw.new_empty(0))
+    return torch.stack(outs), h, c, torch.stack(zs), torch.stack(cs), saved
+
+
+def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out: Tensor, w: Tensor,
+                   gw: Tensor | None, cw: Tensor | None, gp: SitePlan, cp: SitePlan, zs: Tensor, cs: Tensor,
+                   saved: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradient of :func:`_forward_loop`, steps in reverse. ``gh``/``gc``: of h_T and c_T; ``gz_out``/
+    ``gc_out``: of the outputs Z and C (empty: none). Returns the gradient of ``xw`` (T, N, 4, H), of h_0 and c_0,
+    and the stacked gradients at the two affine sites (GA of the per-gate affine's output, GCN of the cell
+    norm's; empty without affine): the weight gradients are one reduction each, after the loop."""
+    ys, g1s, g2s, g3s, ss, js, cps, ycs, c1s, c2s, c3s, tcs = saved
+    steps, n, hs = zs.shape[0], zs.shape[1], zs.shape[3]
+    gzs: list[Tensor] = []
+    gas: list[Tensor] = []
+    gcns: list[Tensor] = []
+    e = zs.new_empty(0)
+    for t in range(steps - 1, -1, -1):
+        gh = gh + gout[t]
+        s = ss[t]
+        tc = tcs[t]
+        j = js[t]
+        go = gh * tc
+        gcn = gh * s[:, 3] * (1.0 - tc * tc)
+        gyc = gcn
+        if cw is not None:
+            gcns.append(gcn)
+            gyc = gcn * cw
+        gc = gc + _norm_bwd(gyc, cs[t], c1s[t] if c1s.numel() > 0 else e, c2s[t] if c2s.numel() > 0 else e,
+                            c3s[t] if c3s.numel() > 0 else e, cp)
+        if gc_out.numel() > 0:
+            gc = gc + gc_out[t]
+        gs = torch.stack([gc * j, gc, gc * cps[t], go], 1)
+        ga = gs * (s * (1.0 - s))
+        ga[:, 1] = gc * s[:, 0] * (1.0 - j * j)
+        gc = gc * s[:, 2]
+        gy = ga
+        if gw is not None:
+            gas.append(ga)
+            gy = ga * gw
+        gz = _norm_bwd(gy, zs[t], g1s[t] if g1s.numel() > 0 else e, g2s[t] if g2s.numel() > 0 else e,
+                       g3s[t] if g3s.numel() > 0 else e, gp)
+        if gz_out.numel() > 0:
+            gz = gz + gz_out[t]
+        gzs.append(gz)
+        gh = torch.mm(gz.view(n, 4 * hs), w)
+    gzs.reverse()
+    gas.reverse()
+    gcns.reverse()
+    ga_all = torch.stack(gas) if len(gas) > 0 else e
+    gcn_all = torch.stack(gcns) if len(gcns) > 0 else e
+    return torch.stack(gzs), gh, gc, ga_all, gcn_all
+
+
+_SCRIPTED: dict = {}
+
+
+def _loops(backend: str):
+    """(forward loop, backward loop) of ``backend``: ``"script"`` (TorchScript, compiled once per process) or
+    ``"eager"`` (the same Python functions)."""
+    if backend == "eager":
+        return _forward_loop, _backward_loop
+    if not _SCRIPTED:
+        _SCRIPTED["loops"] = (torch.jit.script(_forward_loop), torch.jit.script(_backward_loop))
+    return _SCRIPTED["loops"]
+
+
+#: the loops the cells run (``"script"`` or ``"eager"``); see :func:`_loops`.
+BACKEND = "script"
+
+
+def _none_or(t: Tensor | None, like: Tensor) -> Tensor:
+    return t if t is not None else like.new_empty(0)
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """The fused per-nonlinearity LSTM over a sequence: outputs ``(out, h_T, c_T, Z, C)``."""
+
+    @staticmethod
+    def forward(ctx, xw, h0, c0, w, gw, gb, cw, cb, gp, cp, backend):
+        fwd, _ = _loops(backend)
+        out, h, c, zs, cs, saved = fwd(xw, h0, c0, w.t(), gw, gb, cw, cb, gp, cp, True)
+        ctx.save_for_backward(xw, h0, c0, w, gw, gb, cw, cb, out, zs, cs, *saved)
+        ctx.plans, ctx.backend = (gp, cp), backend
+        ctx.set_materialize_grads(False)
+        return out, h, c, zs, cs
+
+    @staticmethod
+    def backward(ctx, gout, gh, gc, gz_out, gc_out):
+        xw, h0, c0, w, gw, gb, cw, cb, out, zs, cs, *saved = ctx.saved_tensors
+        gp, cp = ctx.plans
+        if torch.is_grad_enabled():  # create_graph: differentiate an autograd-recorded recomputation
+            return _double_backward(ctx, (xw, h0, c0, w, gw, gb, cw, cb), (gout, gh, gc, gz_out, gc_out))
+        e = xw.new_empty(0)
+        gout = gout if gout is not None else torch.zeros_like(out)
+        gh = gh if gh is not None else torch.zeros_like(h0)
+        gc = gc if gc is not None else torch.zeros_like(c0)
+        _, bwd = _loops(ctx.backend)
+        gzs, gh0, gc0, ga, gcn = bwd(gout, gh.clone(), gc.clone(), gz_out if gz_out is not None else e,
+                                     gc_out if gc_out is not None else e, w, gw, cw, gp, cp, zs, cs, saved)
+        steps, n, hs = zs.shape[0], zs.shape[1], zs.shape[3]
+        needs = ctx.needs_input_grad
+        g_w = g_gw = g_gb = g_cw = g_cb = None
+        if needs[3]:  # dL/dW_hh = sum_t gz_t^T h_{t-1}: one product
+            hprev = torch.cat([h0.unsqueeze(0), out[:-1]]).reshape(steps * n, hs)
+            g_w = gzs.reshape(steps * n, 4 * hs).t().mm(hprev)
+        if gw is not None:
+            g_gw = (ga * saved[0]).sum((0, 1)) if needs[4] else None
+            g_gb = ga.sum((0, 1)) if gb is not None and needs[5] else None
+        if cw is not None:
+            g_cw = (gcn * saved[7]).sum((0, 1)) if needs[6] else None
+            g_cb = gcn.sum((0, 1)) if cb is not None and needs[7] else None
+        g_xw = gzs.view(xw.shape) if needs[0] else None
+        return (g_xw, gh0 if needs[1] else None, gc0 if needs[2] else None, g_w, g_gw, g_gb, g_cw, g_cb,
+                None, None, None)
+
+
+def _double_backward(ctx, inputs, grads):
+    gp, cp = ctx.plans
+    xw, h0, c0, w, gw, gb, cw, cb = inputs
+    with torch.enable_grad():
+        out, h, c, zs, cs, _ = _forward_loop(xw, h0, c0, w.t(), gw, gb, cw, cb, gp, cp, False)
+    outs = [o for o, g in zip((out, h, c, zs, cs), grads, strict=True) if g is not None]
+    gs = [g for g in grads if g is not None]
+    wanted = [i for i, (x, need) in enumerate(zip(inputs, ctx.needs_input_grad, strict=False))
+              if need and x is not None]
+    got = torch.autograd.grad(outs, [inputs[i] for i in wanted], gs, create_graph=True, allow_unused=True)
+    result = [None] * 11
+    for i, g in zip(wanted, got, strict=True):
+        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return tuple(result)
+
+
+def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | None, gb: Tensor | None,
+                  cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan, backend: str | None = None):
+    """The per-nonlinearity LSTM over the transformed inputs ``xw`` (T, N, 4H) from state ``(h0, c0)``:
+    returns ``(out, h_T, c_T, Z, C)`` with Z the gate pre-activations (T, N, 4, H) and C the raw cell states
+    (T, N, H), for the L1 terms. ``w``: W_hh (4H, H); ``gw``/``gb``: per-gate affine (4, H) or None; ``cw``/``cb``:
+    the cell norm's (H) or None; ``gp``/``cp``: the gate and cell sites' :func:`plan`. Differentiable (twice)."""
+    backend = backend or BACKEND
+    tensors = (xw, h0, c0, w, gw, gb, cw, cb)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _LSTMSequence.apply(xw, h0, c0, w, gw, gb, cw, cb, gp, cp, backend)
+    fwd, _ = _loops(backend)
+    return fwd(xw, h0, c0, w.t(), gw, gb, cw, cb, gp, cp, False)[:5]
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # cell -> {(dtype, device): plans or None}
+
+
+def norm_lstm_sequence(cell, xw: Tensor, state: tuple):
+    """``(out, (h_T, c_T))`` of a :class:`~dnlib.models.rnn.NormLSTMCell` over the transformed inputs ``xw`` by
+    :func:`lstm_sequence`, its L1 terms recorded at its normalizers as the per-step path records them; or None
+    where the cell takes its per-step path (:func:`plan` does not cover a normalizer, ``trace`` records, or
+    ``torch.compile``/``torch.jit.trace`` is tracing)."""
+    if cell.trace is not None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    h0, c0 = state
+    key = (xw.dtype, xw.device)
+    plans = _PLANS.setdefault(cell, {})
+    if key not in plans:
+        gp, cp = (plan(m, cell.hidden_size, *key) for m in (cell.gate_norm, cell.cell_norm))
+        plans[key] = None if gp is None or cp is None else (gp, cp)
+    if plans[key] is None or h0.dtype != xw.dtype or c0.dtype != xw.dtype:
+        return None
+    H, cn = cell.hidden_size, cell.cell_norm
+    gw = cell.gate_weight.view(4, H) if cell.gate_weight is not None else None
+    gb = cell.gate_bias.view(4, H) if cell.gate_bias is not None else None
+    cw = cn.weight if cn is not None and cn.affine else None
+    cb = cn.bias if cw is not None else None
+    out, h, c, zs, cs = lstm_sequence(xw, h0, c0, cell.weight_hh, gw, gb, cw, cb, *plans[key])
+    steps, n = xw.shape[:2]
+    for norm, act, rows in ((cell.gate_norm, zs, 4 * n), (cn, cs, n)):   # the L1 terms of all T steps at once
+        if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():
+            out = norm.record_penalty(out, l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha) * steps, rows)
+    return out, (h, c)

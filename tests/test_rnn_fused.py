@@ -1,0 +1,136 @@
+"""The fused sequence path of NormLSTMCell (dnlib.models.rnn_fused, issue 25 item 1) against the per-step path.
+
+The per-step path (``impl="loop"``: :meth:`NormLSTMCell.step` through the DivisiveNorm modules) is the reference that
+tests/test_rnn_cells.py and tests/test_ptb.py check against the authors' code and naive formulas; here the fused
+path must give the same outputs, states, L1 penalty and every gradient in float64, for every normalizer it covers
+(LN, 1-D DN under each border rule, even windows, Gaussian windows, power / sup_scale, RMS, none; per-gate affine;
+alpha), and be exact to the second derivative (gradcheck and gradgradcheck of the fused Function).
+"""
+import copy
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from dnlib import NormSpec, sparse_penalty
+from dnlib.experiments.ptb_configs import get_config
+from dnlib.models import rnn_fused
+from dnlib.models.rnn import LanguageModel, NormLSTMCell
+
+I, H, N, T = 4, 12, 3, 5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+GAUSS = NormSpec("channel", "channel", {"channel": 5}, {"channel": 7}, sigma=0.5, sum_weights={"channel": 1.5},
+                 sup_weights={"channel": 2.0})
+POWER = NormSpec("channel", "channel", {"channel": 5}, {"channel": 3}, sigma=0.7, power=0.75, sup_scale=2.0,
+                 border="valid")
+
+CASES = [
+    ("none", {}),
+    ("none", dict(alpha=0.1)),
+    ("ln-s", dict(sigma=1.0, eps=0.0, alpha=0.01)),
+    ("ln-s", dict(sigma=0.5, eps=0.0, affine=True, alpha=0.1)),
+    ("dn-1d-s", dict(sigma=1.0, eps=0.0, window=61, border="zeros", alpha=0.01)),     # window wider than H
+    ("dn-1d-s", dict(sigma=1.0, eps=0.0, window=5, border="zeros", alpha=0.01)),
+    ("dn-1d-s", dict(sigma=0.7, window=5, border="valid", alpha=0.1)),
+    ("dn-1d-s", dict(sigma=0.7, eps=1e-3, window=4, border="reference", affine=True)),
+    ("dn-1d-s", dict(sigma=1.0, window=6, border="reference", affine=True, alpha=0.1)),
+    ("rms", {}),
+    (GAUSS, {}),
+    (POWER, dict(alpha=0.05)),
+]
+
+
+def _ids(case):
+    norm, kw = case
+    return f"{norm if isinstance(norm, str) else 'spec'}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
+
+
+def _pair(norm, kw, hidden=H):
+    torch.manual_seed(0)
+    fused = NormLSTMCell(I, hidden, norm, kw, forget_bias=0.5).double()
+    with torch.no_grad():     # non-trivial biases and affine parameters
+        for p in fused.parameters():
+            p.add_(torch.rand_like(p) * 0.3)
+    loop = copy.deepcopy(fused)
+    loop.impl = "loop"
+    return fused, loop
+
+
+def _run(cell, x, h0, c0):
+    out, (h, c) = cell(x, (h0, c0))
+    pen = sparse_penalty(cell)
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+    loss = (out * w).sum() + (h * h).sum() + (c * c).sum() + pen
+    grads = torch.autograd.grad(loss, [x, h0, c0, *cell.parameters()])
+    return (out, h, c, pen, *grads)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_fused_path_equals_the_per_step_path(case):
+    fused, loop = _pair(*case)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, I, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(N, H, generator=g, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(N, H, generator=g, dtype=torch.float64, requires_grad=True)
+    got, ref = _run(fused, x, h0, c0), _run(loop, x, h0, c0)
+    assert rnn_fused._PLANS[fused][(torch.float64, torch.device("cpu"))] is not None   # it did take the fused path
+    assert rnn_fused._PLANS.get(loop) is None
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    with torch.no_grad():   # inference: the forward loop alone
+        torch.testing.assert_close(fused(x, (h0, c0))[0], ref[0], rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["script", "eager"])
+def test_both_loop_backends_compute_the_same(backend, monkeypatch):
+    monkeypatch.setattr(rnn_fused, "BACKEND", backend)
+    fused, loop = _pair("dn-1d-s", dict(sigma=1.0, eps=0.0, window=5, border="zeros", affine=True, alpha=0.1))
+    x = torch.randn(T, N, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.zeros(N, H, dtype=torch.float64, requires_grad=True)
+    for a, b in zip(_run(fused, x, h0, h0), _run(loop, x, h0, h0), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[8], CASES[11]], ids=_ids)
+def test_fused_path_gradcheck_and_gradgradcheck(case):
+    """First derivatives are the hand-written backward loop; second derivatives differentiate a recomputation."""
+    fused, _ = _pair(*case, hidden=6)
+    names = [n for n, _ in fused.named_parameters()]
+
+    def f(x, h0, c0, *params):
+        out, (h, c) = torch.func.functional_call(fused, dict(zip(names, params, strict=True)), (x, (h0, c0)))
+        return out, h, c, sparse_penalty(fused)
+
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(3, 2, I, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True),
+              torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)]
+    inputs += [p.detach().clone().requires_grad_() for p in fused.parameters()]
+    assert gradcheck(f, inputs)
+    assert gradgradcheck(f, inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("name", ["base-lstm", "ln-s-lstm", "ln-star-lstm", "ln-l1-lstm", "dn-lstm", "dn-star-lstm"])
+@pytest.mark.parametrize("source", ["paper", "code"])
+def test_every_ptb_row_of_the_cell_takes_the_fused_path(name, source):
+    cfg = get_config(name, source, hidden_size=16)
+    model = LanguageModel(30, **cfg.model_kwargs()).train()
+    model(torch.randint(0, 30, (2, 3)))
+    for layer in model.layers:
+        assert rnn_fused._PLANS[layer][(torch.float32, torch.device("cpu"))] is not None
+
+
+def test_the_per_step_path_where_the_fused_one_does_not_apply():
+    learned = NormSpec("channel", "channel", {"channel": 5}, {"channel": 5}, sigma=0.5, learn_sigma=True)
+    for cell in (NormLSTMCell(I, H, learned), NormLSTMCell(I, H, "bn"), NormLSTMCell(I, H, "ln-s", impl="loop")):
+        cell(torch.randn(T, N, I))
+        plans = rnn_fused._PLANS.get(cell)
+        assert plans is None or all(p is None for p in plans.values())
+    traced = NormLSTMCell(I, H, "ln-s")
+    traced.trace = []
+    traced(torch.randn(T, N, I))
+    assert len(traced.trace) == T      # the per-step path records every step
+    with pytest.raises(ValueError, match=r"impl: got 'fast'; allowed values are \['auto', 'loop'\]"):
+        NormLSTMCell(I, H, impl="fast")
