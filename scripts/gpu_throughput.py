@@ -50,7 +50,7 @@ from dnlib.io import atomic_write_json, atomic_write_text  # noqa: E402
 from dnlib.norms.norm import IMPLS  # noqa: E402
 from dnlib.norms.presets import make_norm  # noqa: E402
 from dnlib.norms.sparse import sparse_penalty  # noqa: E402
-from dnlib.training.trainer import GraphTrainer  # noqa: E402
+from dnlib.training.graphs import GraphTrainer  # noqa: E402
 
 #: The DN* layers of the paper's CIFAR CNN at batch 100 (conv1-3 outputs; windows 5, 3, 3), and the large shape.
 PAPER_SHAPES = [((100, 32, 32, 32), 5), ((100, 32, 16, 16), 3), ((100, 64, 8, 8), 3)]

@@ -104,9 +104,10 @@ def _weights(run_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ resume
 def _count_steps(monkeypatch) -> list:
     """Count the optimizer steps trained in this process (every trainer class's train_step)."""
+    from dnlib.training import graphs
     from dnlib.training import trainer as train
     count = [0]
-    for cls in {train.Trainer, train.GraphTrainer, *train.Trainer.__subclasses__()}:
+    for cls in {train.Trainer, graphs.GraphTrainer, *train.Trainer.__subclasses__()}:
         if "train_step" in vars(cls):
             def counted(self, batch, _orig=vars(cls)["train_step"]):
                 count[0] += 1

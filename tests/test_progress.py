@@ -1,5 +1,5 @@
 """Long work shows progress (issue 23 item 2): every training call a notebook makes draws a bar by default, in the
-form that suits where it runs (dnlib.training.trainer.progress_bar), and the runner's one bar spans the whole run."""
+form that suits where it runs (dnlib.training.progress.progress_bar), and the runner's one bar spans the whole run."""
 from __future__ import annotations
 
 import os
@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from dnlib.data.loader import TensorBatches
 from dnlib.experiments import cifar, ptb, sr
-from dnlib.training import trainer as train
-from dnlib.training.trainer import TensorBatches, TrainConfig, Trainer
+from dnlib.training import progress
+from dnlib.training.trainer import TrainConfig, Trainer
 
 DATA = Path(os.environ.get("DNLIB_DATA", "data"))
 HAS_CIFAR = (DATA / "cifar10-jpeg" / "train").is_dir() or (DATA / "cifar-10-batches-py").is_dir()
@@ -61,7 +62,7 @@ def _fit(steps=20, **cfg):
 
 
 def test_progress_false_draws_nothing(capfd, monkeypatch):
-    monkeypatch.delenv(train.PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
     _fit(progress=False)
     assert capfd.readouterr().err == ""
 
@@ -70,7 +71,7 @@ def test_progress_false_draws_nothing(capfd, monkeypatch):
 def test_modes_outside_a_terminal(mode, redraws, capfd, monkeypatch):
     """``lines``: one line per redraw (a log); ``text`` (the notebook runner's): carriage-return redraws that the
     runner merges into the last one. Either way few redraws (the interval), and the last says 20/20."""
-    monkeypatch.setenv(train.PROGRESS_ENV, mode)
+    monkeypatch.setenv(progress.PROGRESS_ENV, mode)
     _fit()
     err = capfd.readouterr().err
     assert ("\r" in err) == redraws and "20/20" in err.replace("\r", "\n").strip().splitlines()[-1]
@@ -78,16 +79,16 @@ def test_modes_outside_a_terminal(mode, redraws, capfd, monkeypatch):
 
 
 def test_auto_mode_follows_where_it_runs(monkeypatch):
-    monkeypatch.delenv(train.PROGRESS_ENV, raising=False)
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
     monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
-    progress_mode = train.progress_mode
+    progress_mode = progress.progress_mode
     assert progress_mode() == "lines"                       # a log or a pipe
-    monkeypatch.setattr(train, "_in_kernel", lambda: True)
+    monkeypatch.setattr(progress, "_in_kernel", lambda: True)
     assert progress_mode() == "widget"                      # JupyterLab (ipywidgets is a dependency)
     assert progress_mode("text") == "text"
 
 
 def test_a_bad_mode_is_named(monkeypatch):
-    monkeypatch.setenv(train.PROGRESS_ENV, "loud")
+    monkeypatch.setenv(progress.PROGRESS_ENV, "loud")
     with pytest.raises(ValueError, match="DNLIB_PROGRESS: got 'loud'; allowed values are"):
-        train.progress_bar(3)
+        progress.progress_bar(3)

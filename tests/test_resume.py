@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.training.trainer import CheckpointError, GraphTrainer, TensorBatches, TrainConfig, Trainer
+from dnlib.data.loader import TensorBatches
+from dnlib.training.graphs import GraphTrainer
+from dnlib.training.trainer import CheckpointError, TrainConfig, Trainer
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(

@@ -15,6 +15,7 @@ from dnlib.experiments import runner as runner_mod
 from dnlib.experiments.cifar import RECIPE, CifarRecipe, load_data
 from dnlib.models import CifarCNN
 from dnlib.models.stacked import FoldedNorm, StackedCifarCNN
+from dnlib.training.stacked import StackedGraphTrainer, StackedTrainer
 from dnlib.training.trainer import CheckpointError, TrainingDiverged, set_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +53,7 @@ def test_stacked_steps_equal_separate_runs(data64, name, mode):
     run = stacked.prepare(RECIPE, cfg, seeds, device="cpu", options={"data": data64, "eval_every": 0, "mode": mode})
     tr = run.trainer
     tr.model.double()
-    assert isinstance(tr, stacked.StackedGraphTrainer if mode == "graph" else stacked.StackedTrainer)
+    assert isinstance(tr, StackedGraphTrainer if mode == "graph" else StackedTrainer)
     got = torch.stack([_step(tr) for _ in range(steps)])            # (steps, K): the copies' losses
     for k, (losses, init, state) in enumerate(refs):
         assert got[:, k].tolist() == pytest.approx(losses, rel=1e-12, abs=0)

@@ -237,7 +237,7 @@ def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(t
 def test_training_under_the_suite_shows_a_text_bar_and_stores_only_its_last_state(tmp_path, capfd):
     """The kernel's bar is text (not a widget frozen at 0% in the executed copy), echoed to the console as lines,
     and the executed copy keeps one line: its last state."""
-    train = ("import torch\nfrom torch import nn\nfrom dnlib.training.trainer import TensorBatches, TrainConfig, Trainer\n"
+    train = ("import torch\nfrom torch import nn\nfrom dnlib.data.loader import TensorBatches\nfrom dnlib.training.trainer import TrainConfig, Trainer\n"
              "x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))\n"
              "loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])\n"
              "cfg = TrainConfig(steps=40, lr=0.1, device='cpu', eval_every=0, checkpoint_every=0, log_every=5)\n"

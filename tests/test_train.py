@@ -9,15 +9,10 @@ import torch
 from torch import nn
 
 from dnlib import make_norm
-from dnlib.training.trainer import (
-    GraphTrainer,
-    TensorBatches,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    atomic_save,
-    atomic_write_json,
-)
+from dnlib.data.loader import TensorBatches
+from dnlib.io import atomic_save, atomic_write_json
+from dnlib.training.graphs import GraphTrainer
+from dnlib.training.trainer import TrainConfig, Trainer, TrainingDiverged
 
 DATA = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(not (DATA / "cifar10-jpeg" / "train").is_dir() and

@@ -24,7 +24,7 @@ cast to float and mean-subtracted there (raw 0-255 minus the mean image, no /255
 the model channels-last. The batch source is a :class:`~dnlib.data.loader.TensorBatches` of *indices*, so
 batches are resumable and the gather is part of the (captured) step.
 
-**Speed.** ``mode="auto"`` uses :class:`~dnlib.training.trainer.GraphTrainer` on CUDA (the whole step, gather included,
+**Speed.** ``mode="auto"`` uses :class:`~dnlib.training.graphs.GraphTrainer` on CUDA (the whole step, gather included,
 replayed as one CUDA graph; the reason: at batch 100 this CNN is bound by kernel launches) and the plain
 :class:`~dnlib.training.trainer.Trainer` on CPU. :func:`check_graph` compares a few graph steps with eager ones.
 Several runs share one GPU as separate processes launched by :func:`sweep`.
@@ -47,7 +47,8 @@ from ..analysis.figures import MarkdownTable, cell, markdown_table, new_figure, 
 from ..data.loader import TensorBatches
 from ..io import atomic_write_json, atomic_write_text
 from ..norms.norm import IMPLS
-from ..training.trainer import GraphTrainer, TrainConfig, Trainer, resolve_device
+from ..training.graphs import GraphTrainer
+from ..training.trainer import TrainConfig, Trainer, resolve_device
 from . import aggregate, commands, records, stacked
 from . import bench as benches
 from . import sweep as sweeps

@@ -24,7 +24,7 @@ Training is the paper's: truncated BPTT over contiguous streams (:class:`~dnlib.
 state carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
 plain SGD; gradients clipped at global norm 5 (``source="code"``: the norm TF measures, :class:`SliceClip`); loss =
 NLL summed over the 20 steps and averaged over the batch, plus the L1 terms. On CUDA the whole step (forward over
-20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.training.trainer.SequenceGraphTrainer`;
+20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.training.graphs.SequenceGraphTrainer`;
 ``mode="auto"``), which removes the per-step launch overhead that dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
@@ -52,7 +52,8 @@ from ..data import PTBBatches
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..models.rnn import LanguageModel, set_bn_eval_step
 from ..norms.sparse import clear_penalties, sparse_penalty
-from ..training.trainer import SequenceGraphTrainer, TrainConfig, Trainer, resolve_device
+from ..training.graphs import SequenceGraphTrainer
+from ..training.trainer import TrainConfig, Trainer, resolve_device
 from . import aggregate, commands, records
 from . import bench as benches
 from .bench import steps_command, time_steps
@@ -106,7 +107,7 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def lm_step(model: LanguageModel, x: torch.Tensor, y: torch.Tensor, state):
     """One window from ``state``: ``(lm_loss, new_state)`` (a pure function: the ``step_fn`` of
-    :class:`~dnlib.training.trainer.SequenceGraphTrainer`)."""
+    :class:`~dnlib.training.graphs.SequenceGraphTrainer`)."""
     logits, new_state = model(x, state)
     return lm_loss(logits, y), new_state
 
@@ -465,7 +466,7 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
     """:func:`dnlib.experiments.bench.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
-    :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.trainer.SequenceGraphTrainer` from the same initialisation
+    :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.graphs.SequenceGraphTrainer` from the same initialisation
     (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
     data = ({"train": ids, "valid": ids, "test": ids}, vocab_size)
     return benches.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,

@@ -38,7 +38,7 @@ RUNNING = "running"
 class Setup:
     """Everything one run needs, built by :meth:`Recipe.build` for a configuration and a seed.
 
-    ``trainer`` is the trainer class (:class:`~dnlib.training.trainer.Trainer` or :class:`~dnlib.training.trainer.GraphTrainer`) and
+    ``trainer`` is the trainer class (:class:`~dnlib.training.trainer.Trainer` or :class:`~dnlib.training.graphs.GraphTrainer`) and
     ``trainer_kwargs`` its extra arguments (``param_groups``, ``lr_lambda``, ``capture``...). ``run_info`` is the
     run identity a resumed checkpoint must match (plain values). ``chunk``: steps per chunk (default
     ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded with the config (the data used,

@@ -53,7 +53,8 @@ import torch
 from .. import cli
 from ..io import atomic_write_json
 from ..training import distributed
-from ..training.trainer import TrainingDiverged, progress_bar, set_seed
+from ..training.progress import progress_bar
+from ..training.trainer import TrainingDiverged, set_seed
 from . import records
 from .recipe import (
     COMPLETED,
@@ -312,7 +313,7 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
         overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
-        progress: a progress bar over the run's steps (:func:`dnlib.training.trainer.progress_bar`: a widget in JupyterLab,
+        progress: a progress bar over the run's steps (:func:`dnlib.training.progress.progress_bar`: a widget in JupyterLab,
             a text bar under the notebook runner and on a terminal, periodic lines in a log); False: none.
         parameters: a notebook's parameters, recorded; argv: the command line, recorded.
 

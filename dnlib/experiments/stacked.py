@@ -19,7 +19,7 @@ as a step of one. This module trains K runs of one configuration, each with its 
 
 **One loop.** A stacked run is an ordinary :class:`~dnlib.experiments.runner.Run` whose trainer holds K copies: the runner's
 chunks, time limit, checkpoints, resume (bit-identical on CPU, ``tests/test_resume.py``), TensorBoard and records;
-the :class:`~dnlib.training.trainer.Trainer` loop with its divergence checks, per copy (:class:`StackedTrainer`). What is
+the :class:`~dnlib.training.trainer.Trainer` loop with its divergence checks, per copy (:class:`~dnlib.training.stacked.StackedTrainer`). What is
 stacked here is only what :func:`build` hands the runner. The run folder ``<out>/<config>-s<seed>+<seed>...-<UTC>``
 holds the trainer's ``run.json`` (with the seeds), ``checkpoint.pt`` and ``history.json``, and one ordinary run
 folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBoard events), which ``gather`` and
@@ -30,7 +30,7 @@ folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBo
 * its model is built by the recipe exactly as that run builds it (seeded, then ``recipe.build``), and the K
   models' parameters and buffers are packed into :class:`~dnlib.models.stacked.StackedCifarCNN` (grouped
   convolutions, batched FC layers, per-copy normalizer groups and L1 terms: :mod:`dnlib.models.stacked`);
-* its data order is its own batch source (the run's :class:`~dnlib.training.trainer.TensorBatches` with its seed), and
+* its data order is its own batch source (the run's :class:`~dnlib.data.loader.TensorBatches` with its seed), and
   its data too (a stratified subset is drawn from the seed, as in the separate run); a step's input is
   ``(N, K*3, 32, 32)``, channel block k holding copy k's batch (:class:`StackedData`);
 * the loss is the K per-copy mean losses, whose SUM the trainer minimizes, so each copy's gradient is its separate
@@ -46,8 +46,8 @@ covered: dropout (the ``base-wd-drop`` row) draws one mask over the stacked tens
 the separate runs (the same distribution, other draws); a learned sigma (a scalar per site) cannot be packed and
 is refused; gradient clipping (a global norm would mix the copies) is refused.
 
-**Speed.** ``mode="auto"`` trains with :class:`StackedGraphTrainer` on CUDA (the whole stacked step one CUDA
-graph) and with :class:`StackedTrainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
+**Speed.** ``mode="auto"`` trains with :class:`~dnlib.training.stacked.StackedGraphTrainer` on CUDA (the whole stacked step one CUDA
+graph) and with :class:`~dnlib.training.stacked.StackedTrainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
 that copy's own progress (the group's aggregate divided by K).
 
 This module sits between the runner (:mod:`dnlib.experiments.runner`) and the recipes: it takes a recipe whose
@@ -70,66 +70,15 @@ from .. import cli
 from ..models.stacked import StackedCifarCNN
 from ..norms.sparse import clear_penalties
 from ..training import distributed
-from ..training.trainer import CheckpointError, GraphTrainer, Trainer, TrainingDiverged
+from ..training.stacked import StackedGraphTrainer, StackedTrainer
+from ..training.trainer import CheckpointError, TrainingDiverged
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 
-__all__ = ["StackedTrainer", "StackedGraphTrainer", "StackedData", "StackedBatches", "StackedLoss", "evaluate",
+__all__ = ["StackedData", "StackedBatches", "StackedLoss", "evaluate",
            "build", "prepare", "run", "commands", "MODES"]
 
 MODES = ("auto", "graph", "eager")
-
-
-# ---------------------------------------------------------------------------------------------- trainer
-class StackedTrainer(Trainer):
-    """The :class:`~dnlib.training.trainer.Trainer` loop over K independent copies packed in one model (a model with
-    ``copies`` and ``copy_state_dict(k)``, e.g. :class:`~dnlib.models.stacked.StackedCifarCNN`): ``loss_fn``
-    returns the copies' losses ``(K,)`` (the trainer minimizes their sum), ``evaluate`` a list of K metric dicts.
-
-    Every history row carries its ``copy``; :meth:`copy_history` gives copy k's rows (without it), as an ordinary
-    run's history. A copy whose loss, metric or weights turn non-finite stops alone: its history ends with its
-    ``stopped`` row and its values are no longer read (its block of the model trains on unread; the copies share
-    no arithmetic); :class:`~dnlib.training.trainer.TrainingDiverged` is raised when every copy has stopped. The checkpoint
-    is the Trainer's (the history holds which copies stopped), so a stacked run resumes exactly as an ordinary
-    one. Gradient clipping is refused (a global norm would mix the copies)."""
-
-    def __init__(self, model: nn.Module, loss_fn, batches, cfg, **kwargs):
-        super().__init__(model, loss_fn, batches, cfg, **kwargs)
-        if cfg.clip_norm:
-            raise ValueError(f"clip_norm: a stacked trainer cannot clip the gradients (the global norm would mix "
-                             f"the copies), got {cfg.clip_norm}")
-        self.copies = int(model.copies)
-        self._stopped: list = [None] * self.copies
-
-    def live_copies(self) -> list:
-        return [k for k, s in enumerate(self._stopped) if s is None]
-
-    def copy_history(self, k: int = 0) -> list:
-        return [{key: v for key, v in r.items() if key != "copy"} for r in self.history if r.get("copy") == k]
-
-    def copy_state_dict(self, k: int = 0) -> dict:
-        return self.model.copy_state_dict(k)
-
-    def _append(self, row: dict, copy: int) -> None:
-        self.history.append({"copy": copy, **row})
-
-    def _stop_copy(self, copy: int, status: str) -> bool:
-        self._stopped[copy] = status
-        if self.live_copies():
-            return False
-        self.stopped = status
-        return True
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self._stopped = [None] * self.copies
-        for r in self.history:
-            if "stopped" in r:
-                self._stopped[r["copy"]] = r["stopped"]
-
-
-class StackedGraphTrainer(StackedTrainer, GraphTrainer):
-    """:class:`StackedTrainer` whose whole step is one CUDA graph (:class:`~dnlib.training.trainer.GraphTrainer`)."""
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -290,7 +239,7 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
 def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None,
             **kwargs) -> Run:
     """A stacked :class:`~dnlib.experiments.runner.Run`, prepared but not trained (its ``trainer`` a
-    :class:`StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
+    :class:`~dnlib.training.stacked.StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
     return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
                           **kwargs)
 

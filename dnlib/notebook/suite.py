@@ -46,7 +46,7 @@ from typing import Any
 from .. import cli
 from ..experiments import records
 from ..io import atomic_write_json, atomic_write_text
-from ..training.trainer import PROGRESS_ENV
+from ..training.progress import PROGRESS_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]     # dnlib/ (this is dnlib/notebook/suite.py)
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.

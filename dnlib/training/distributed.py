@@ -142,7 +142,7 @@ def prepare(trainer, out_dir=None):
     CUDA-graph trainer) and for a batch smaller than the number of processes (an empty share has no loss)."""
     if not init_from_env():
         return trainer
-    from .trainer import GraphTrainer  # (the train layer; imported only under torchrun)
+    from .graphs import GraphTrainer  # imported only under torchrun
     if isinstance(trainer, GraphTrainer):
         raise ValueError("mode: CUDA-graph training under torchrun is not supported; pass --mode eager")
     if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
