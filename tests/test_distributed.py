@@ -52,6 +52,8 @@ def _cases():
         "windowed-batch": (lambda: DivisiveNorm(C, NormSpec(bs, "batch,channel,space", sum_window={"space": 3},
                                                             sup_window={"space": 3}, sigma=0.2),
                                                 track_running_stats=False, alpha=0.1), (N, C, H, WD)),
+        # issue 26's batch-field rows: x / max(sqrt(batch var), v x + instance std), running_var
+        "evonorm-b0": (lambda: make_norm("evonorm-b0", C), (N, C, H, WD)),
     }
 
 
