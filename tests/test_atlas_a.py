@@ -456,3 +456,39 @@ def test_equals_timms_real_classes_in_fp32():
     assert isinstance(make_norm("evonorm-b0", C), EvoNorm2dB0) and isinstance(make_norm("frn", C), FilterResponseNorm2d)
     assert isinstance(make_norm("frozen-bn", C), FrozenBatchNorm2d)
     assert isinstance(make_norm("ws", C), WeightStandardization)
+
+
+# --- the atlas figure reads the registry -------------------------------------------------------------------------
+
+def test_atlas_places_every_preset_of_the_registry_on_table_1s_axes(monkeypatch):
+    from matplotlib.figure import Figure
+
+    from dnlib.analysis import atlas
+    from dnlib.norms.presets import Preset
+
+    monkeypatch.setitem(PRESETS, "my-norm", Preset(NormSpec("batch", "channel,space", sigma=0.5), {}, "a test row",
+                                                   extra="something beyond the fields"))
+    rows = {r["name"]: r for r in atlas.atlas_rows()}
+    assert list(rows) == list_norms()                      # every preset, the one added at run time included
+    assert (rows["bn"]["A"], rows["bn"]["B"], rows["bn"]["kind"]) == ("batch + space", "batch + space", "fields")
+    assert (rows["frn"]["A"], rows["frn"]["B"], rows["frn"]["kind"]) == ("-", "space", "extra")
+    assert (rows["gn"]["A"], rows["gn"]["kind"]) == ("channel/32 + space", "knobs")
+    assert rows["dn"]["A"] == "channel + space 3x3" and rows["dn-1d"]["B"] == "channel 61"
+    assert rows["lcn"]["knobs"] == ["Gaussian weights", "floor=mean"] and rows["lrn"]["kind"] == "knobs"
+    assert rows["my-norm"]["extra"] == "something beyond the fields" and rows["my-norm"]["A"] == "batch"
+    fig = atlas.atlas_figure()
+    assert isinstance(fig, Figure)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    for name in list_norms():
+        assert any(t.split(" ")[0] == name for t in texts), name
+    assert any("my-norm: something beyond the fields" in t for t in texts)    # the extra, listed under the grid
+    table = atlas.atlas_table(["bn", "frn"])
+    assert table.count("\n") == 3 and "TLU" in table
+    assert isinstance(atlas.atlas_figure1(["frn", "dyt"], ncols=2), Figure)
+
+
+def test_spec_table_shows_a_module_presets_view_and_its_extra():
+    from dnlib.analysis import figures
+
+    table = figures.spec_table(["gdn", "frn"])
+    assert "| `gdn` | - | channel |" in table and "| `frn` | - | space |" in table and "beyond the fields: TLU" in table

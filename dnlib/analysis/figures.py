@@ -504,9 +504,8 @@ def spec_table(names: Sequence[str] | None = None) -> MarkdownTable:
 
     lines = ["| preset | A (summation) | B (suppression) | σ | power | groups | what |", "|---|---|---|---|---|---|---|"]
     for name in names:
-        s = get_spec(name)
-        sup = field(s.sup_axes, s.sup_window, s.sup_weights) if PRESETS[name].module is None else \
-            "channel (learned gamma)"
-        lines.append(f"| `{name}` | {field(s.sum_axes, s.sum_window, s.sum_weights)} | {sup} | "
-                     f"{s.sigma:g} | {s.power:g} | {s.groups} | {PRESETS[name].doc} |")
+        s, extra = get_spec(name), PRESETS[name].extra  # (a module preset: its spec is its Table-1 view)
+        lines.append(f"| `{name}` | {field(s.sum_axes, s.sum_window, s.sum_weights)} | "
+                     f"{field(s.sup_axes, s.sup_window, s.sup_weights)} | {s.sigma:g} | {s.power:g} | {s.groups} | "
+                     f"{PRESETS[name].doc}{'; beyond the fields: ' + extra if extra else ''} |")
     return MarkdownTable("\n".join(lines))

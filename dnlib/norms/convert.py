@@ -49,6 +49,11 @@ with ``L == C``, where it would otherwise compute something else), naming the la
 pre-hook; a *subclass* of LayerNorm, such as timm's channels-first ``LayerNorm2d``, gets no such check: its
 forward decides its layout). Leave LayerNorm out of ``types`` for channels-last networks.
 
+An elementwise preset (``dyt``: no statistics) takes any layout: a LayerNorm/RMSNorm over one dim (``LayerNorm(C)``)
+becomes it with ``channels_last=True``, acting on the last dim as the layer it replaces, so
+``convert_norms(transformer, "dyt", types=nn.LayerNorm)`` works on ``(N, L, C)`` inputs; a channels-last ``DyT``
+converted to a channels-first preset refuses other inputs than ``(N, C)`` at its forward, as a LayerNorm's does.
+
 What cannot be converted is never skipped silently. A warning names each layer left as is and why (a
 ``torch.jit.script``/``trace`` submodule: compiled code cannot be replaced; an uninitialized ``LazyBatchNorm2d``
 etc.: its channel count is known only at the first forward), each trained affine that is dropped, and a model

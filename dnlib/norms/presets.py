@@ -80,6 +80,9 @@ class Preset:
 
 
 _P = Preset
+#: GDN's Table-1 view: no centring, B = every channel at the position (its module keeps the learned field itself).
+_GDN_VIEW = NormSpec(None, "channel", eps=0.0)
+_GDN_EXTRA = "learned weights gamma_ij >= 0 over B in place of its box mean, a learned beta_i per channel for sigma^2"
 _GDN_KEYS = frozenset({"inverse", "simplified", "beta_min", "gamma_init", "alpha", "impl", "device", "dtype"})
 PRESETS = {
     "none":     _P(NormSpec(), dict(affine=False), "identity; with alpha, the L1 penalty on raw activations"),
@@ -111,12 +114,15 @@ PRESETS = {
                             sup_weights={"space": 2.0}, floor="mean"), dict(affine=False),
                    "local contrast norm (Jarrett 2009): Gaussian (9x9, std 2) A and B over all channels, divisor "
                    "max(c, local std), c its mean over the map"),
-    "gdn":      _P(NormSpec(), dict(inverse=False, simplified=False), "GDN (Balle 2016): x_i / sqrt(beta_i + "
-                   "sum_j gamma_ij x_j^2), learned gamma >= 0, beta > 0 (compressai's GDN)", GDN, _GDN_KEYS),
-    "igdn":     _P(NormSpec(), dict(inverse=True, simplified=False), "inverse GDN: x_i * sqrt(beta_i + sum_j "
-                   "gamma_ij x_j^2) (compressai's GDN(inverse=True))", GDN, _GDN_KEYS),
-    "gdn1":     _P(NormSpec(), dict(inverse=False, simplified=True), "GDN1 (Johnston 2019): x_i / (beta_i + "
-                   "sum_j gamma_ij |x_j|) (compressai's GDN1)", GDN, _GDN_KEYS),
+    "gdn":      _P(_GDN_VIEW, dict(inverse=False, simplified=False), "GDN (Balle 2016): x_i / sqrt(beta_i + "
+                   "sum_j gamma_ij x_j^2), learned gamma >= 0, beta > 0 (compressai's GDN)", GDN, _GDN_KEYS,
+                   _GDN_EXTRA),
+    "igdn":     _P(_GDN_VIEW, dict(inverse=True, simplified=False), "inverse GDN: x_i * sqrt(beta_i + sum_j "
+                   "gamma_ij x_j^2) (compressai's GDN(inverse=True))", GDN, _GDN_KEYS,
+                   _GDN_EXTRA + "; multiplies by the root instead of dividing"),
+    "gdn1":     _P(_GDN_VIEW, dict(inverse=False, simplified=True), "GDN1 (Johnston 2019): x_i / (beta_i + "
+                   "sum_j gamma_ij |x_j|) (compressai's GDN1)", GDN, _GDN_KEYS,
+                   _GDN_EXTRA + "; abs(x) and no root (power 1 on the L1 mean)"),
 }
 
 _DEV = frozenset({"impl", "device", "dtype"})
