@@ -42,6 +42,7 @@ from dnlib.norms.presets import PRESETS, get_norm_layer
 from dnlib.norms.weight_std import ScaledStdConv2d, StdConv2d, WeightStandardization, get_padding
 
 ROWS = ("frn", "evonorm-s0", "evonorm-s0a", "evonorm-b0", "frozen-bn", "dyt", "ws")
+CONVERTIBLE = ROWS[:-1]  # the activation normalizers (ws normalizes weights)
 C, G = 8, 4          # channels; EvoNorm-S0's groups in these tests (timm's default 32 needs C % 32 == 0)
 SHAPE = (4, C, 5, 6)
 TOL = dict(rtol=0, atol=1e-12)
@@ -216,7 +217,7 @@ def _pair(name: str):
 
 # --- equal to the reference ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["frn", "evonorm-s0", "evonorm-s0a", "evonorm-b0", "frozen-bn", "dyt"])
+@pytest.mark.parametrize("name", CONVERTIBLE)
 def test_equals_the_reference_in_fp64_after_loading_its_state_dict(name):
     ours, ref = _pair(name)
     x = _x((4, 5, 6, C)) if name == "dyt" else _x()   # (LigerDyT's layout: channels last)
@@ -280,6 +281,20 @@ def test_dyt_channels_first_puts_gamma_on_dim_1():
         m(_x((2, 3, C)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", CONVERTIBLE)
+def test_half_inputs_are_normalized_in_fp32_and_returned_in_their_dtype(name, dtype):
+    m = make_norm(name, C, **({"groups": G} if name.startswith("evonorm-s0") else {}))
+    _randomize(m)
+    x = _x(dtype=torch.float32) * 20 + 50   # an offset half-precision statistics would lose
+    for mode in (True, False):
+        m.train(mode)
+        want = m(x)
+        got = m(x.to(dtype))
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+
+
 # --- weight standardization ------------------------------------------------------------------------------------
 
 def test_std_conv_equals_timm_formula_and_loads_its_state_dict():
@@ -337,7 +352,7 @@ def _func(m: nn.Module):
     return names, lambda x, *ps: functional_call(m, dict(zip(names, ps)), (x,))
 
 
-@pytest.mark.parametrize("name", ["frn", "evonorm-s0", "evonorm-s0a", "evonorm-b0", "frozen-bn", "dyt", "ws"])
+@pytest.mark.parametrize("name", ROWS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gradcheck_and_gradgradcheck(name, mode):
     kw = {"groups": 2} if name.startswith("evonorm-s0") else {"learn_eps": True} if name == "frn" else \
@@ -361,9 +376,6 @@ def test_registry_rows_have_a_spec_a_module_and_an_extra():
     assert get_spec("frn") == NormSpec(None, "space", eps=1e-5)
     assert get_spec("evonorm-b0").pools_batch and not get_spec("evonorm-s0").pools_batch
     assert get_spec("dyt") == NormSpec(eps=0.0)
-
-
-CONVERTIBLE = ["frn", "evonorm-s0", "evonorm-s0a", "evonorm-b0", "frozen-bn", "dyt"]
 
 
 @pytest.mark.parametrize("name", CONVERTIBLE)
@@ -468,7 +480,9 @@ def test_atlas_places_every_preset_of_the_registry_on_table_1s_axes(monkeypatch)
 
     monkeypatch.setitem(PRESETS, "my-norm", Preset(NormSpec("batch", "channel,space", sigma=0.5), {}, "a test row",
                                                    extra="something beyond the fields"))
+    monkeypatch.setitem(PRESETS, "my-module", Preset(NormSpec(), {}, "a module that names no extra", module=DyT))
     rows = {r["name"]: r for r in atlas.atlas_rows()}
+    assert rows["my-module"]["kind"] == "extra" and "not named" in rows["my-module"]["extra"]
     assert list(rows) == list_norms()                      # every preset, the one added at run time included
     assert (rows["bn"]["A"], rows["bn"]["B"], rows["bn"]["kind"]) == ("batch + space", "batch + space", "fields")
     assert (rows["frn"]["A"], rows["frn"]["B"], rows["frn"]["kind"]) == ("-", "space", "extra")

@@ -82,15 +82,18 @@ def spec_knobs(spec: NormSpec) -> list:
 
 def atlas_rows(names: Sequence[str] | None = None) -> list:
     """One dict per preset (all of :func:`dnlib.list_norms` by default): ``name``, ``A``, ``B`` (field labels),
-    ``sigma``, ``knobs`` (:func:`spec_knobs`), ``extra`` (``Preset.extra``: what a module adds beyond its spec),
+    ``sigma``, ``knobs`` (:func:`spec_knobs`), ``extra`` (``Preset.extra``: what a module adds beyond its spec; a
+    module preset without one says so),
     ``module`` (its class name, or None) and ``kind`` (``"fields"``, ``"knobs"`` or ``"extra"``, as the colours)."""
     rows = []
     for name in PRESETS if names is None else names:
         preset, spec = PRESETS[name.lower()], get_spec(name)
         knobs = spec_knobs(spec)
-        kind = "extra" if preset.extra else "knobs" if knobs else "fields"
+        extra = preset.extra or ("" if preset.module is None else  # (a module preset that does not say what it adds)
+                                 f"computed by {preset.module.__name__}; its extra is not named in the registry")
+        kind = "extra" if extra else "knobs" if knobs else "fields"
         rows.append({"name": name.lower(), "A": field_label(spec, "sum"), "B": field_label(spec, "sup"),
-                     "sigma": spec.sigma, "knobs": knobs, "extra": preset.extra,
+                     "sigma": spec.sigma, "knobs": knobs, "extra": extra,
                      "module": None if preset.module is None else preset.module.__name__, "kind": kind})
     return rows
 

@@ -81,6 +81,11 @@ class FilterResponseNorm2d(DivisiveNorm):
         if getattr(self, "tau", None) is not None:  # (DivisiveNorm.__init__ calls this before tau exists)
             nn.init.zeros_(self.tau)
 
+    @property
+    def eps(self) -> float:
+        """The floor beside the mean square (timm's attribute)."""
+        return self.spec.eps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)  # FRN and the affine: the general path of NormSpec(None, "space")
         if self.tau is None:
