@@ -506,3 +506,27 @@ def test_spec_table_shows_a_module_presets_view_and_its_extra():
 
     table = figures.spec_table(["gdn", "frn"])
     assert "| `gdn` | - | channel |" in table and "| `frn` | - | space |" in table and "beyond the fields: TLU" in table
+
+
+def test_standardize_convs_and_fold_them_back():
+    from dnlib.norms.weight_std import fold_standardized_convs, standardize_convs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.GroupNorm(4, 8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 3, stride=2, groups=2)).double()
+    w0, w3, b3 = net[0].weight.clone(), net[3].weight.clone(), net[3].bias.clone()
+    x = _x((2, 3, 9, 9))
+    standardize_convs(net)
+    assert type(net[0]) is StdConv2d and type(net[3]) is StdConv2d and net[3].groups == 2 and net[3].stride == (2, 2)
+    assert net[0].weight.equal(w0) and net[3].weight.equal(w3) and net[3].bias.equal(b3)
+    want = F.conv2d(F.relu(net[1](F.conv2d(x, _ref_std_weight(w0, 1e-6), None, 1, 1))),
+                    _ref_std_weight(w3, 1e-6), b3, 2, 0, 1, 2)
+    y = net(x)
+    torch.testing.assert_close(y, want, **TOL)
+    fold_standardized_convs(net)
+    assert type(net[0]) is nn.Conv2d and type(net[3]) is nn.Conv2d
+    torch.testing.assert_close(net(x), y, **TOL)
+    scaled = standardize_convs(nn.Conv2d(3, 4, 3).double(), scaled=True, gamma=2.0)
+    assert isinstance(scaled, ScaledStdConv2d) and scaled.scale == pytest.approx(2.0 / 27 ** 0.5)
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        standardize_convs(nn.Sequential(nn.Conv2d(3, 4, 3, padding_mode="reflect")))

@@ -18,6 +18,9 @@ the scaled form adds a learned gain per output channel and the fixed fan-in scal
   weight to its standardized weight, for ``torch.nn.utils.parametrize.register_parametrization(conv, "weight",
   make_norm("ws", conv.out_channels))``. It normalizes weights, so a model's ``norm=`` and
   :func:`dnlib.convert_norms` refuse it (a clear error).
+- :func:`standardize_convs` turns a network's ``nn.Conv2d`` layers into standardized ones (what
+  :func:`dnlib.convert_norms` is for activation normalizers); :func:`fold_standardized_convs` bakes the standardized
+  weights back into plain convolutions (the same outputs, for deployment).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ from torch import nn
 from .functional import divisive_norm
 from .spec import NormSpec, is_real
 
-__all__ = ["StdConv2d", "ScaledStdConv2d", "WeightStandardization", "standardize_weight", "get_padding", "WS_SPEC"]
+__all__ = ["StdConv2d", "ScaledStdConv2d", "WeightStandardization", "standardize_weight", "get_padding", "WS_SPEC",
+           "standardize_convs", "fold_standardized_convs"]
 
 #: The weight ``(C_out, ...)`` viewed as ``(1, C_out, fan_in)``: A = B = the fan-in of each output channel.
 WS_SPEC = NormSpec("space", "space", eps=1e-6)
@@ -152,3 +156,67 @@ class WeightStandardization(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps:g}" + (", scaled=True" if self.scaled else "")
+
+
+def _swap(model: nn.Module, make) -> nn.Module:
+    """Replace every submodule ``m`` for which ``make(m)`` returns a module (in place; shared modules stay shared)."""
+    built = {}
+    for m in model.modules():
+        if id(m) not in built:
+            new = make(m)
+            if new is not None:
+                built[id(m)] = new
+    if id(model) in built:
+        return built[id(model)]
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is not None and id(child) in built:
+                setattr(parent, name, built[id(child)])
+    return model
+
+
+def standardize_convs(model: nn.Module, scaled: bool = False, eps: float = 1e-6, gamma: float = 1.0) -> nn.Module:
+    """Turn every plain ``nn.Conv2d`` of ``model`` into a :class:`StdConv2d` (``scaled=True``: a
+    :class:`ScaledStdConv2d` with ``gamma`` and gain 1) with the same hyper-parameters, weight and bias, in place
+    (BiT-style weight standardization of an existing network; the network computes something else from now on, as
+    it is meant to). Convolutions that already standardize, or with a ``padding_mode`` other than ``"zeros"``
+    (which the standardized convolutions do not implement: a ``ValueError`` naming the layer), are refused or left
+    alone as said. Returns the model (the new layer when ``model`` itself is a ``Conv2d``)."""
+    eps = _check_eps(eps)
+    for name, m in model.named_modules():
+        if type(m) is nn.Conv2d and m.padding_mode != "zeros":
+            raise ValueError(f"{name or 'model'}: padding_mode={m.padding_mode!r}; StdConv2d pads with zeros only")
+
+    def make(m):
+        if type(m) is not nn.Conv2d:
+            return None
+        kw = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups, bias=m.bias is not None,
+                  eps=eps, device=m.weight.device, dtype=m.weight.dtype)
+        new = (ScaledStdConv2d(m.in_channels, m.out_channels, m.kernel_size, gamma=gamma, **kw) if scaled else
+               StdConv2d(m.in_channels, m.out_channels, m.kernel_size, **kw))
+        with torch.no_grad():
+            new.weight.copy_(m.weight)
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        return new.train(m.training)
+
+    return _swap(model, make)
+
+
+def fold_standardized_convs(model: nn.Module) -> nn.Module:
+    """The inverse for deployment: every :class:`StdConv2d` / :class:`ScaledStdConv2d` becomes a plain ``nn.Conv2d``
+    whose weight is the standardized weight (computed once), so the model computes exactly what it did, without the
+    per-forward standardization. In place; returns the model."""
+    def make(m):
+        if not isinstance(m, (StdConv2d, ScaledStdConv2d)):
+            return None
+        new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                        dilation=m.dilation, groups=m.groups, bias=m.bias is not None, device=m.weight.device,
+                        dtype=m.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(m.standardized_weight())
+            if m.bias is not None:
+                new.bias.copy_(m.bias)
+        return new.train(m.training)
+
+    return _swap(model, make)
