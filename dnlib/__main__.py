@@ -19,6 +19,8 @@ EXPERIMENTS = {
     "cifar": ("dnlib.experiments.cifar", "CIFAR-10/100 image classification (the paper's Tables 3, 7, 10)"),
     "ptb": ("dnlib.experiments.ptb", "Penn Treebank language modelling (Tables 4, 9)"),
     "sr": ("dnlib.experiments.sr", "super-resolution with SRCNN (Tables 5, 6)"),
+    "analysis": ("dnlib.experiments.analysis", "why normalizers work: batch size, smoothness, stable LR, depth, "
+                                               "invariance (notebook 08)"),
 }
 
 
@@ -26,11 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``EXPERIMENT VERB ...`` to that experiment's command line; a bad experiment name is one line on
     stderr, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = cli.ArgumentParser(prog="dnlib", usage="dnlib {cifar,ptb,sr} VERB ...",
+    p = cli.ArgumentParser(prog="dnlib", usage="dnlib {" + ",".join(EXPERIMENTS) + "} VERB ...",
                            description="One entry point for the paper's three experiments: `dnlib cifar run bn-star "
                                        "--seeds 0` is `python -m dnlib cifar run bn-star --seeds 0`.",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="experiments:\n" + "\n".join(f"  {k:<6} {what}" for k, (_, what) in EXPERIMENTS.items())
+                           epilog="experiments:\n" + "\n".join(f"  {k:<8} {what}" for k, (_, what) in EXPERIMENTS.items())
                                   + "\n\n`dnlib EXPERIMENT --help` lists its verbs (run, sweep, gather, report, list, "
                                     "bench, ...).")
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="the experiment")

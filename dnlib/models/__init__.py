@@ -5,9 +5,10 @@ experiments' named rows (CIFAR ``dn-star`` and ``resnet20-*``, PTB ``dn-star-lst
 the ``*_configs`` modules of :mod:`dnlib.experiments`: ``CifarConfig.build_model()``, ``SRConfig.build_model(norm)``,
 ``LanguageModel(vocab_size, **PTBConfig.model_kwargs())``."""
 from .cnn import CifarCNN
+from .plain import PlainCNN
 from .resnet import CifarResNet, resnet20
 from .rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 from .srcnn import SRCNN
 
 __all__ = ["CifarCNN", "LanguageModel", "NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell",
-           "SRCNN", "CifarResNet", "resnet20"]
+           "SRCNN", "CifarResNet", "resnet20", "PlainCNN"]
