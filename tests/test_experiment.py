@@ -72,9 +72,14 @@ RECIPES = [
                        steps=6, chunk=2, change={"lr": 0.5}, diverge={"lr": 1e6, "clip_norm": None},
                        available=(MIRROR / "ptb" / "ptb.train.txt").is_file()),
                  id="ptb"),
+    pytest.param(Smoke("dnlib.experiments.analysis", "batch-bn-b8", {"eval_every": 2},
+                       ["--size", "smoke", "--eval-every", "2", "--device", "cpu"],
+                       steps=6, chunk=2, change={"lr": 0.02}, diverge={"lr": 1e6}, available=_has_cifar()),
+                 id="analysis"),
 ]
 _OVERRIDES = {"dnlib.experiments.cifar": {"batch_size": 20}, "dnlib.experiments.sr": {"batch_size": 8, "eval_every": 2},
-              "dnlib.experiments.ptb": {"hidden_size": 16, "batch_size": 4}}   # smoke-size fields
+              "dnlib.experiments.ptb": {"hidden_size": 16, "batch_size": 4},
+              "dnlib.experiments.analysis": {"size": "smoke"}}   # smoke-size fields
 
 
 def _need(s: Smoke):

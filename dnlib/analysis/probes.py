@@ -27,9 +27,10 @@ Layer: analysis (floor 4): it imports the normalizers and torch only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,8 @@ from ..norms.norm import DivisiveNorm
 from ..norms.sparse import clear_penalties
 
 __all__ = ["preserved", "loss_along", "Smoothness", "gradient_predictiveness", "classification_error",
-           "train_eval_gap", "is_stable", "largest_stable_lr", "layer_norms", "scale_change", "detach_statistics"]
+           "train_eval_gap", "is_stable", "sgd_is_stable", "largest_stable_lr", "layer_norms", "scale_change", "detach_statistics",
+           "cross_entropy_loss"]
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 
@@ -75,7 +77,7 @@ def _grad(model: nn.Module, loss_fn: LossFn, batch) -> tuple:
     loss = loss_fn(model, batch)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     clear_penalties(model)
-    return float(loss), [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    return float(loss.detach()), [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
 
 
 def _norm(tensors: Iterable[torch.Tensor]) -> float:
@@ -232,6 +234,29 @@ def largest_stable_lr(trains: Callable[[float], bool], low: float, high: float, 
     return lo
 
 
+def sgd_is_stable(model: nn.Module, loss_fn: LossFn, batch, lr: float, steps: int = 100,
+                  momentum: float = 0.0) -> bool:
+    """Train a copy of ``model`` (``model`` itself is untouched) for ``steps`` SGD steps on ``batch`` at ``lr`` and
+    say whether it was stable (:func:`is_stable` of its losses, the first before any step): the ``trains`` of
+    :func:`largest_stable_lr` for one fixed batch (full-batch gradient descent when the batch is all the data)."""
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps: must be an integer >= 1, got {steps!r}")
+    m = copy.deepcopy(model)
+    opt = torch.optim.SGD(_params(m), lr=lr, momentum=momentum)
+    losses = []
+    with torch.enable_grad():
+        for _ in range(steps + 1):
+            loss = loss_fn(m, batch)
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                return False
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            clear_penalties(m)
+            opt.step()
+    return is_stable(losses)
+
+
 def _rms(t: torch.Tensor) -> float:
     return float(t.detach().double().pow(2).mean().sqrt())
 
@@ -320,12 +345,6 @@ def detach_statistics(model: nn.Module) -> list:
                                  f"use a normalizer without alpha")
             handles.append(m.register_forward_hook(_DetachHook()))
     return handles
-
-
-def as_floats(d) -> dict:
-    """A dataclass or mapping as a dict of floats (for a trainer's metrics)."""
-    d = asdict(d) if hasattr(d, "__dataclass_fields__") else dict(d)
-    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float))}
 
 
 def cross_entropy_loss(x: torch.Tensor, y: torch.Tensor) -> LossFn:

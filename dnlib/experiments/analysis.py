@@ -132,7 +132,7 @@ class AnalysisRecipe(experiment.Recipe):
             probes.detach_statistics(model)
         every = eval_every or cfg.eval_every
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, eval_every=every,
-                           checkpoint_every=every, log_every=max(1, min(every, cfg.steps // 10 or 1)), seed=seed,
+                           checkpoint_every=every, log_every=_log_every(cfg.steps, every), seed=seed,
                            device=str(dev), progress=False)
         batches = TensorBatches(torch.arange(len(data.cifar.y_train), device=dev), batch_size=cfg.batch_size,
                                 seed=seed)
@@ -195,6 +195,12 @@ class AnalysisRecipe(experiment.Recipe):
                                                   configs=("batch-bn-b32",), unit="images"),
                 "points": experiment.Command("configurations x seeds in this process, resumable (a sweep's folders)",
                                              _points_arguments, _points_handler)}
+
+
+def _log_every(steps: int, every: int) -> int:
+    """Steps per logged training loss: a tenth of the run (the lr points read stability from the first and last),
+    never more than an evaluation interval; short intervals (under 10 steps) log once per interval."""
+    return every if every < 10 else max(1, min(every, steps // 10 or 1))
 
 
 def _evaluate(model, cfg: AnalysisConfig, data: AnalysisData, probe_loss) -> dict:
