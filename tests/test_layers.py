@@ -15,7 +15,8 @@ from dnlib.experiments import commands, engines
 from dnlib.experiments import sweep as sweeps
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ("dnlib.experiments.cifar", "dnlib.experiments.ptb", "dnlib.experiments.sr", "dnlib.experiments.stacked")
+RECIPES = ("dnlib.experiments.cifar", "dnlib.experiments.ptb", "dnlib.experiments.sr", "dnlib.experiments.stacked",
+           "dnlib.experiments.analysis")
 
 #: The floors of dnlib, lowest first: a module may import its own floor and the floors below it, never one above.
 #: Each floor is a folder, except floor 0 (the stdlib-only helpers) and the top (the package's command lines).

@@ -42,11 +42,13 @@ from .. import cli
 from ..analysis import probes
 from ..data.loader import TensorBatches
 from ..training.trainer import TrainConfig, Trainer, TrainingDiverged, progress_bar
-from . import aggregate, records
-from . import runner as experiment
+from . import aggregate, commands, records
 from .analysis_configs import ANALYSES, SIZES, AnalysisConfig, get_config, list_configs
+from .bench import steps_command
 from .cifar import CifarData, CifarLoss, load_data
-from .runner import RunResult
+from .recipe import COMPLETED, Command, Recipe, RunResult, Setup, card, check_config, check_int, replace, trainer_mode
+from .runner import run
+from .sweep import gather, gather_table
 
 __all__ = ["RECIPE", "AnalysisRecipe", "AnalysisData", "HEADLINE", "run_points", "main"]
 
@@ -85,7 +87,7 @@ def _ratio(a, b):
     return None if a is None or b is None or b == 0 else float(a / b)
 
 
-class AnalysisRecipe(experiment.Recipe):
+class AnalysisRecipe(Recipe):
     """The analyses of notebook 08 (:mod:`dnlib.experiments.analysis_configs`). Options: ``subset`` (load; default
     the size's), ``eval_every`` (build: steps per evaluation and checkpoint; default ``steps / evals``)."""
 
@@ -108,14 +110,14 @@ class AnalysisRecipe(experiment.Recipe):
                 config = get_config(config.name, size)
         else:
             config = get_config(config, size or "cpu")
-        cfg = experiment.replace(config, **overrides)
+        cfg = replace(config, **overrides)
         return cfg.scaled(steps) if steps and steps != cfg.steps else cfg
 
     def config_dict(self, cfg: AnalysisConfig) -> dict:
         return cfg.as_dict()
 
     def check_options(self, *, eval_every: int | None = None, **_) -> None:
-        experiment.check_int("eval_every", eval_every, 1, none_ok=True)
+        check_int("eval_every", eval_every, 1, none_ok=True)
 
     def load(self, cfg: AnalysisConfig, seed: int, device: str = "auto", *, subset=None) -> AnalysisData:
         cifar = load_data(cfg.dataset, subset=_subset(subset) if subset is not None else cfg.subset,
@@ -124,7 +126,7 @@ class AnalysisRecipe(experiment.Recipe):
         return AnalysisData(cifar, cifar.images(idx, "eval"), cifar.y_eval)
 
     def build(self, cfg: AnalysisConfig, data: AnalysisData, seed: int, device: str = "auto", *, subset=None,
-              eval_every: int | None = None) -> experiment.Setup:
+              eval_every: int | None = None) -> Setup:
         self.check_options(eval_every=eval_every)
         dev = data.cifar.device
         model = cfg.build_model().to(dev)
@@ -140,7 +142,7 @@ class AnalysisRecipe(experiment.Recipe):
         probe_loss = probes.cross_entropy_loss(px, py)
         info = {"data": data.cifar.description, "eval_split": data.eval_split,
                 "train_images": int(len(data.cifar.y_train)), "eval_images": int(len(data.y_eval)),
-                "eval_every": every, "mode": experiment.trainer_mode(False, dev), "card": experiment.card(dev)}
+                "eval_every": every, "mode": trainer_mode(False, dev), "card": card(dev)}
         with probes.preserved(model):      # at initialization, in training mode (the statistics of the probe batch)
             model.train()
             prof = probes.layer_norms(model, probe_loss, None, _watched(model))
@@ -148,7 +150,7 @@ class AnalysisRecipe(experiment.Recipe):
                         scale_change=probes.scale_change(model, px, model.convs[1], 10.0))
         run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k != "name"},
                     **{k: info[k] for k in ("data", "eval_split", "train_images", "eval_images")}}
-        return experiment.Setup(model, CifarLoss(data.cifar), batches, tcfg,
+        return Setup(model, CifarLoss(data.cifar), batches, tcfg,
                                 evaluate=lambda m: _evaluate(m, cfg, data, probe_loss), run_info=run_info,
                                 trainer=Trainer, chunk=every, info=info, data=data)
 
@@ -191,9 +193,9 @@ class AnalysisRecipe(experiment.Recipe):
             parser.add_argument("--figures", type=cli.out_dir, default=None, help="write the figures (PNG) here")
 
     def commands(self) -> dict:
-        return {"bench": experiment.steps_command(self, "bench", steps=20, warmup=2, flags=("--size", "--subset"),
+        return {"bench": steps_command(self, "bench", steps=20, warmup=2, flags=("--size", "--subset"),
                                                   configs=("batch-bn-b32",), unit="images"),
-                "points": experiment.Command("configurations x seeds in this process, resumable (a sweep's folders)",
+                "points": Command("configurations x seeds in this process, resumable (a sweep's folders)",
                                              _points_arguments, _points_handler)}
 
 
@@ -233,20 +235,20 @@ def _done(d: Path) -> bool:
         stopped = records.read_record(d).get("stopped") or ""
     except (FileNotFoundError, ValueError):
         return False
-    return stopped == experiment.COMPLETED or stopped.startswith("diverged")
+    return stopped == COMPLETED or stopped.startswith("diverged")
 
 
 def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size: str = "cpu", device="cpu",
                time_limit: float | None = None, progress: bool = True, verbose: bool = True, **options) -> list:
     """Run every (configuration, seed) of the analysis recipe in this process, one after another, in
-    ``out/<name>-s<seed>`` (the folders :func:`dnlib.experiments.runner.sweep` uses): finished points (completed
+    ``out/<name>-s<seed>`` (the folders :func:`dnlib.experiments.sweep.sweep` uses): finished points (completed
     or diverged) are kept, the others resumed or started; the data are loaded once. Returns :func:`gather`'s rows
     of ``out``. ``options``: the run options (``subset``, ``eval_every``)."""
     names = RECIPE.expand(configs)
     for s in seeds:
-        experiment.check_int("seeds", s, 0)
+        check_int("seeds", s, 0)
     for n in names:
-        experiment.check_config(RECIPE, RECIPE.config(n, size=size), device)
+        check_config(RECIPE, RECIPE.config(n, size=size), device)
     out = Path(out)
     todo = [(n, s) for n in names for s in seeds if not _done(out / records.run_name(n, s))]
     if verbose:
@@ -255,7 +257,7 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
     bar = progress_bar(len(todo), desc="analysis points", enabled=progress)
     for n, s in todo:
         try:
-            res = experiment.run(RECIPE, n, seed=s, resume=out / records.run_name(n, s), device=device,
+            res = run(RECIPE, n, seed=s, resume=out / records.run_name(n, s), device=device,
                                  overrides={"size": size}, options=opts, time_limit=time_limit, progress=False)
             if opts.get("data") is None:
                 opts["data"] = res.setup.data
@@ -266,7 +268,7 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
         if verbose:
             print(f"[points] {line}", flush=True)
     bar.close()
-    return experiment.gather([out]) if out.exists() else []
+    return gather([out]) if out.exists() else []
 
 
 def _points_arguments(q) -> None:
@@ -285,7 +287,7 @@ def _points_handler(args, q) -> int:
     opts = {} if args.subset is None else {"subset": args.subset}
     rows = run_points(args.configs, args.seeds, out=args.out, size=args.size, device=args.device,
                       time_limit=args.time_limit, **opts)
-    print(experiment.gather_table(rows))
+    print(gather_table(rows))
     return 0
 
 
@@ -302,8 +304,8 @@ aggregate.register(RECIPE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dnlib analysis ...``: :func:`dnlib.experiments.runner.main` of :data:`RECIPE`."""
-    return experiment.main(RECIPE, argv)
+    """``python -m dnlib analysis ...``: :func:`dnlib.experiments.commands.main` of :data:`RECIPE`."""
+    return commands.main(RECIPE, argv)
 
 
 if __name__ == "__main__":

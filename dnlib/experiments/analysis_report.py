@@ -91,11 +91,11 @@ def _fmt(mean, std, n, spec=".3f") -> str:
 
 def _band(ax, x, name_of, runs, key, label, **kw):
     pts = [(xv, *stats(runs, name_of(xv), key)) for xv in x]
-    pts = [(xv, m, s or 0.0) for xv, m, s, n in pts if m is not None]
+    pts = [(xv, m, s or 0.0, n) for xv, m, s, n in pts if m is not None]
     if not pts:
         return None
-    xs, m, s = (np.array(v, dtype=float) for v in zip(*pts))
-    n = max(stats(runs, name_of(xv), key)[2] for xv in xs)
+    xs, m, s, ns = (np.array(v, dtype=float) for v in zip(*pts))
+    n = int(ns.max())
     line, = ax.plot(xs, m, marker="o", ms=4, label=f"{label} (n={n})", **kw)
     ax.fill_between(xs, m - s, m + s, color=line.get_color(), alpha=0.2, lw=0)
     return line
@@ -242,7 +242,7 @@ def lr_figure(runs: Runs):
     for a in (ax1, ax2):
         if not runs.records:
             no_data(a)
-    if ax1.lines:
+    if any(not line.get_label().startswith("_") for line in ax1.lines):
         ax1.legend(fontsize=7)
     return fig
 

@@ -1,0 +1,83 @@
+"""The analysis experiment of notebook 08 (issue 27): its configurations, the in-process points driver and the report.
+(The runner's contract on it: tests/test_experiment.py's Smoke table.)"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnlib.experiments import analysis, analysis_report, records
+from dnlib.experiments.analysis_configs import ANALYSES, SIZES, VARIANTS, get_config, list_configs
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+needs_cifar = pytest.mark.skipif(not ((MIRROR / "cifar10-jpeg" / "train").is_dir()
+                                      or (MIRROR / "cifar-10-batches-py").is_dir()),
+                                 reason=f"no CIFAR-10 in DNLIB_DATA={MIRROR}")
+
+
+def test_every_point_builds_at_every_size_and_names_say_their_analysis():
+    names = list_configs()
+    assert len(names) == len(set(names)) == 100
+    assert {n.split("-")[0] for n in names} == set(ANALYSES)
+    for size in SIZES:
+        for n in names:
+            cfg = get_config(n, size)
+            assert cfg.analysis == n.split("-")[0] and cfg.size == size and cfg.evals <= cfg.steps
+    m = get_config("depth-dn", "smoke").build_model()
+    assert len(m.convs) == SIZES["smoke"]["depth"] and all(n.spec.sum_window for n in m.norms)
+    # the batch analysis scales the learning rate with the batch
+    assert get_config("batch-bn-b2").lr * 16 == pytest.approx(get_config("batch-bn-b32").lr)
+    # variance-only BN: no centring, BN's suppression field
+    bn_vo = get_config("inv-bn-vo").build_model().norms[0]
+    assert not bn_vo.spec.sum_axes and set(bn_vo.spec.sup_axes) == {"batch", "space"}
+    assert set(VARIANTS) >= {"bn-ms", "ln-ms", "dn-ms", "bn-vo", "ln-vo"}
+
+
+def test_bad_names_and_fields_are_refused_naming_them():
+    with pytest.raises(ValueError, match="config: unknown analysis configuration 'batch-xx'"):
+        get_config("batch-xx")
+    with pytest.raises(ValueError, match="size: must be one of"):
+        get_config("batch-bn-b2", "huge")
+    with pytest.raises(ValueError, match="norm: must be one of"):
+        get_config("batch-bn-b2", norm="bogus")
+    with pytest.raises(ValueError, match="steps: must be an integer >= 1"):
+        get_config("batch-bn-b2", steps=0)
+
+
+@needs_cifar
+def test_points_run_resume_and_report(tmp_path):
+    """run_points trains each point once: a rerun keeps the finished folders; the report reads them (tables and
+    the five figures); LN's train/eval gap is exactly 0, BN's detached statistics train with the same forward."""
+    names = ["batch-bn-b8", "batch-ln-b8", "inv-bn-detached", "lr-bn-3"]
+    rows = analysis.run_points(names, [0], out=tmp_path, size="smoke", progress=False, verbose=False)
+    assert sorted(r["name"] for r in rows) == sorted(names)
+    by = {r["name"]: r for r in rows}
+    assert by["batch-ln-b8"]["gap"] == 0.0 and by["batch-bn-b8"]["gap"] is not None
+    assert by["inv-bn-detached"]["stopped"] == "completed" and by["inv-bn-detached"]["scale_change"] < 1e-3
+    stamp = {d: (d / "record.json").stat().st_mtime_ns for d in records.find_runs([tmp_path])}
+    analysis.run_points(names, [0], out=tmp_path, size="smoke", progress=False, verbose=False)
+    assert {d: (d / "record.json").stat().st_mtime_ns for d in records.find_runs([tmp_path])} == stamp
+    rep = analysis_report.report(tmp_path, figures=tmp_path / "fig")
+    assert rep["runs"] == 4 and len(rep["figures"]) == 5 and all(Path(f).stat().st_size for f in rep["figures"])
+    assert "batch 8" in rep["tables"]["batch"]
+    rec = records.read_record(tmp_path / "batch-bn-b8-s0")
+    assert len(rec["config"]["setup"]["init_act"]) == 3 and rec["config"]["size"] == "smoke"
+
+
+@needs_cifar
+def test_the_evaluation_leaves_the_model_as_it_was(tmp_path):
+    """The probes at a checkpoint (smoothness, per-layer norms, batch statistics) change no weight or buffer, so a
+    run with them is the run without them."""
+    recipe = analysis.RECIPE
+    from dnlib.experiments.runner import build_setup
+    for name in ("smooth-bn", "depth-bn"):
+        cfg = recipe.config(name, size="smoke")
+        setup = build_setup(recipe, cfg, 0, "cpu", {})
+        before = {k: v.clone() for k, v in setup.model.state_dict().items()}
+        setup.model.eval()
+        with torch.no_grad():
+            out = setup.evaluate(setup.model)
+        assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
+        assert ("beta" in out) == (name == "smooth-bn") and ("act_0" in out) == (name == "depth-bn")
