@@ -27,7 +27,8 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (runner.Run, "go"),
         (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
-        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (suite, "execute")]
+        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (bench, "cells_section"), (bench, "ptb_section"),
+        (bench, "hidden_section"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
@@ -159,6 +160,11 @@ PROBES = [
     ("bench", ["--shapes", ","], "--shapes"),
     ("bench", ["--json", "{T}/file/b.json"], "--json"),                      # crashed after the benchmark
     pytest.param("bench", ["--device", "cuda"], "cuda", marks=no_cuda),
+    ("bench", ["--sections", "cells,nosuch"], "nosuch"),
+    ("bench", ["--sections", ","], "--sections"),
+    ("bench", ["--out", "{T}/file/b.txt"], "--out"),
+    ("bench", ["--figure", "{T}/file/f.png"], "--figure"),
+    ("bench", ["--threads", "0"], "--threads"),
     # ------------------------------------------------------------------------------------------- suite
     ("suite", ["run", "--out", "{T}/o", "{T}/bad.ipynb"], "bad.ipynb"),      # JSONDecodeError, no file name
     ("suite", ["list", "{T}/bad.ipynb"], "bad.ipynb"),

@@ -1,0 +1,38 @@
+"""``python -m dnlib.bench --quick`` (issue 25 item 4): the command runs end to end at tiny sizes and writes the report
+and the figure in their format. Timing decides nothing here (the numbers of a quick run mean nothing)."""
+import re
+
+import pytest
+
+from dnlib import bench
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RATIO = r"\d+\.\d\dx"
+
+
+def test_quick_bench_writes_every_section_with_ratios_and_load_averages(tmp_path, capsys):
+    out, fig = tmp_path / "bench.txt", tmp_path / "hidden.png"
+    assert bench.main(["--quick", "--device", "cpu", "--out", str(out), "--figure", str(fig),
+                       "--sections", "layers,cells,ptb,hidden"]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out            # the report is what was printed
+    lines = text.splitlines()
+    assert lines[0].startswith("torch ") and lines[0].endswith("--quick")
+    assert sum(line.strip().startswith("load average ") for line in lines) >= 8   # before and after each section
+    layer_rows = [line for line in lines if line.startswith("cpu ")]
+    assert len(layer_rows) == 16 and all(re.search(rf"general .* \({RATIO}\)", r) for r in layer_rows)
+    rows = [line.strip() for line in lines if "tokens/s (fwd" in line]
+    cells = {name: [r for r in rows if r.startswith(name + " ")]
+             for name in ("nn.LSTM", "peer: TorchScript LN-LSTM", "peer: lower bound", *bench.CELL_CONFIGS)}
+    assert all(len(found) == 1 for found in cells.values()), cells
+    cells = {name: found[0] for name, found in cells.items()}
+    for name, row in cells.items():
+        assert re.search(rf"forward .* ms .* tokens/s \(fwd(\+bwd| only)\)  {RATIO}$", row), name
+    assert cells["nn.LSTM"].endswith(" 1.00x")
+    assert "backward        -" in cells["peer: lower bound"] and "(fwd only)" in cells["peer: lower bound"]
+    ptb = [line for line in lines if " step " in line and "tokens/s  time" in line]
+    assert [line.split()[0] for line in ptb] == ["base-lstm", "ln-star-lstm", "dn-star-lstm"]
+    assert ptb[0].endswith("time 1.00x")
+    assert [line.split()[0] for line in lines if line.startswith("  H=")] == ["H=", "H="]
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
