@@ -281,6 +281,10 @@ def test_gradcheck_every_preset(name):
         kw["window"] = 3
     if name in ("bn", "bn-s", "bn-ms"):
         kw["track_running_stats"] = False
+    if name == "brn":   # r and d are stop-gradient: the gradient is the function's where they are constant
+        kw.update(rmax=1.0, dmax=0.0)
+    if name == "bcn":   # the training forward uses the running statistics: keep them fixed across evaluations
+        kw.update(groups=2, momentum=0.0)
     for impl in IMPLS + (["band"] if band_supported(get_spec(name)) else []):
         m = make_norm(name, shape[1], impl=impl, **kw).double()
         if m.affine:

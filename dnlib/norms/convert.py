@@ -278,6 +278,17 @@ def _copy_stats(old: nn.Module, new: nn.Module, meta: bool) -> tuple:
     return copied, dropped
 
 
+def _extras(old: nn.Module, new: nn.Module) -> list:
+    """The old layer's own parameters besides the per-channel affine (sn's mixture weights, bcn's group affine,
+    a learned sigma, ...): never copied, named in the report."""
+    out = []
+    for name, _ in old.named_parameters(recurse=False):
+        if name not in ("weight", "bias"):
+            why = "not copied" if isinstance(getattr(new, name, None), torch.Tensor) else "the new layer has none"
+            out.append(f"{name} ({why})")
+    return out
+
+
 def _batch_stats_in_eval(m: nn.Module) -> bool:
     """Whether ``m`` normalizes with the batch's statistics in evaluation mode too (BN without running stats)."""
     if isinstance(m, _BatchNorm):
@@ -429,7 +440,7 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
             copied, dropped, lost_here = _copy(m, new, c, meta)
             lost += [f"{name or 'model'}.{d}" for d in lost_here]
             got, gone = _copy_stats(m, new, meta)
-            copied, dropped = copied + got, dropped + gone
+            copied, dropped = copied + got, dropped + gone + _extras(m, new)
         else:
             dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
                        + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]

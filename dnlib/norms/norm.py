@@ -507,8 +507,13 @@ class DivisiveNorm(nn.Module):
             return 1.0 / float(self.num_batches_tracked)
         return self.momentum
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalize ``x``; ``mask`` (optional, broadcastable to ``x`` with one size per dimension, e.g.
+        ``(N, 1, L)``; True = keep) restricts every field's statistics to the kept units (padded sequences;
+        :mod:`dnlib.norms.masked`)."""
         self._check_input(x)
+        if mask is not None:
+            mask = self._check_mask(x, mask)
         in_dtype = x.dtype
         if in_dtype in (torch.float16, torch.bfloat16):
             x = x.float()
@@ -523,7 +528,9 @@ class DivisiveNorm(nn.Module):
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         sync = self._sync(x)
-        if sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
+        if mask is not None:  # masked statistics: plain ops (dnlib.norms.masked)
+            y = self._forward_masked(x, mask, use_batch_stats)
+        elif sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
             y = self._forward_general(x, use_batch_stats, sync)
         elif self.impl == "compile" and self.training and x.numel() and not torch.compiler.is_compiling():
             # (eval, or inside a torch.compile'd model: the general path, itself plain ops while traced)
@@ -577,20 +584,59 @@ class DivisiveNorm(nn.Module):
         return DF.BatchSync(group, x.shape[0])
 
     def _update_running(self, x: torch.Tensor, mu: torch.Tensor | None, s: torch.Tensor | None,
-                        batch: int | None = None) -> None:
+                        batch: int | None = None, count: torch.Tensor | None = None) -> None:
         """Fold the batch statistics (grouped layout; None or empty when not computed) into the running ones.
-        ``batch``: the number of examples they pool (all processes' under sync; default ``x.shape[0]``)."""
+        ``batch``: the number of examples they pool (all processes' under sync; default ``x.shape[0]``).
+        ``count``: with a mask, the kept values per channel ``(C,)`` (the unbiased factor's n; a channel with
+        none keeps its running statistics)."""
         batch = x.shape[0] if batch is None else batch
         if not (self.training and self.track_running_stats) or batch * math.prod(x.shape[1:]) == 0:
             return  # (an empty batch leaves them as they are, as torch's batch norm does)
         with torch.no_grad():
             m = self._momentum()
-            if self.running_mean is not None and mu is not None and mu.numel():
-                self.running_mean.lerp_(mu.reshape(-1).to(self.running_mean.dtype), m)
-            if self.running_var is not None and s is not None and s.numel():
-                n = batch * math.prod(x.shape[2:])
-                var = s.reshape(-1) * (1.0 if self.running_stats == "tf" else n / (n - 1))  # tf: biased
-                self.running_var.lerp_(var.to(self.running_var.dtype), m)
+            keep = None if count is None else count > 0
+            for buf, val in ((self.running_mean, mu), (self.running_var, s)):
+                if buf is None or val is None or not val.numel():
+                    continue
+                val = val.reshape(-1)
+                if buf is self.running_var and self.running_stats != "tf":  # tf: biased
+                    n = batch * math.prod(x.shape[2:]) if count is None else count
+                    val = val * (n / (n - 1) if count is None else torch.where(n > 1, n / (n - 1).clamp_min(1), 1))
+                val = val.to(buf.dtype)
+                buf.lerp_(val if keep is None else torch.where(keep, val, buf), m)
+
+    def _check_mask(self, x: torch.Tensor, mask) -> torch.Tensor:
+        from . import masked
+        if self._sync(x) is not None:
+            raise ValueError("mask: masked statistics are not synchronized over a process group; run the masked "
+                             "layer without one (dnlib.convert_sync_norm) or in evaluation mode")
+        if type(self)._forward_masked is DivisiveNorm._forward_masked \
+                and type(self)._forward_general is not DivisiveNorm._forward_general:
+            raise ValueError(f"mask: {type(self).__name__} does not take a mask")
+        masked.check_spec(self.spec)
+        return masked.check_mask(mask, x)
+
+    def _forward_masked(self, x: torch.Tensor, m: torch.Tensor, use_batch_stats: bool) -> torch.Tensor:
+        """The forward with masked field statistics (``m``: the 0/1 mask expanded to ``x``)."""
+        from . import masked
+        stat_shape = (1, self.num_features) + (1,) * (x.dim() - 2)
+        mean = sup = None
+        if not use_batch_stats:
+            if self.running_mean is not None:
+                mean = self.running_mean.to(x.dtype).view(stat_shape)
+            if self.running_var is not None:
+                sup = self.running_var.to(x.dtype).view(stat_shape)
+        y, v, mu, s = masked.masked_divisive_norm_stats(x, self.spec, m, self.sigma, mean, sup)
+        if self.training and self.track_running_stats:  # (per-channel fields: the value at one unit each)
+            one = (0, slice(None)) + (0,) * (x.dim() - 2)
+            self._update_running(x, None if mean is not None or mu is None else mu.detach()[one],
+                                 None if sup is not None or s is None else s.detach()[one],
+                                 count=masked.field_count(m, self.spec.sup_axes if self.spec.divide
+                                                          else self.spec.sum_axes))
+        if self._l1_want:
+            self._add_term(self.alpha * masked.masked_mean(v.abs(), m, tuple(range(x.dim()))).reshape(()),
+                           x.shape[0])
+        return self._affine(y, x.dtype)
 
     def _forward_general(self, x: torch.Tensor, use_batch_stats: bool, sync=None) -> torch.Tensor:
         spec = self.spec

@@ -51,6 +51,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from .batch_variants import BatchChannelNorm, BatchRenorm, SwitchNorm
 from .dyt import DYT_SPEC, DyT
 from .evonorm import EVONORM_B0_SPEC, EVONORM_S0_SPEC, EvoNorm2dB0, EvoNorm2dS0
 from .frn import FRN_SPEC, FilterResponseNorm2d
@@ -84,6 +85,7 @@ _P = Preset
 _GDN_VIEW = NormSpec(None, "channel", eps=0.0)
 _GDN_EXTRA = "learned weights gamma_ij >= 0 over B in place of its box mean, a learned beta_i per channel for sigma^2"
 _GDN_KEYS = frozenset({"inverse", "simplified", "beta_min", "gamma_init", "alpha", "impl", "device", "dtype"})
+_BATCH_KEYS = frozenset({"eps", "momentum", "affine", "impl", "track_running_stats", "device", "dtype"})
 PRESETS = {
     "none":     _P(NormSpec(), dict(affine=False), "identity; with alpha, the L1 penalty on raw activations"),
     "bn":       _P(NormSpec(BS, BS), dict(affine=True), "batch norm: A = B = same unit over batch and space"),
@@ -152,6 +154,20 @@ PRESETS.update({  # the atlas of issue 26: modules whose Table-1 view is ``spec`
                    _DEV | {"eps", "scaled", "gamma", "gain_init"},
                    "on a conv's weights, not activations (StdConv2d); scaled: gain x gamma/sqrt(fan_in) "
                    "(ScaledStdConv2d)"),
+    # batch-norm relatives with one extra each (dnlib.norms.batch_variants); spec: the BN field they keep
+    "brn":      _P(NormSpec(BS, BS), dict(rmax=3.0, dmax=5.0), "batch renorm (Ioffe 2017; chainer's "
+                   "BatchRenormalization): BN corrected towards its running statistics", BatchRenorm,
+                   _BATCH_KEYS | {"rmax", "dmax", "sigma", "alpha"},
+                   "training output r v / sigma_B + d, r and d from the running statistics, clipped at rmax, dmax, "
+                   "stop-gradient (rmax 1, dmax 0: BN)"),
+    "sn":       _P(NormSpec(BS, BS), dict(fields=("in", "ln", "bn")), "switchable norm (Luo 2019; the authors' "
+                   "SwitchNorm2d): a learned mixture of the in, ln and bn fields", SwitchNorm,
+                   _BATCH_KEYS | {"fields", "unbiased", "sigma", "alpha"},
+                   "mean and variance are softmax mixtures of the in, ln and bn fields' moments (learned weights)"),
+    "bcn":      _P(NormSpec(BS, BS), dict(groups=32), "batch-channel norm (Qiao 2019; labml's BatchChannelNorm): "
+                   "running-stat BN, then GN", BatchChannelNorm, _BATCH_KEYS | {"groups"},
+                   "two specs in sequence: bn with its running statistics (updated first), then the gn field with "
+                   "a per-group affine"),
 })
 
 _SPEC_KEYS = {"sigma", "learn_sigma", "eps", "power", "sup_scale", "groups", "border", "sum_axes", "sup_axes",
@@ -267,7 +283,10 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
     ``sum_weights``, ``sup_weights``, ``floor``) or the module (``affine``, ``bias``,
     ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``running_stats``, ``device``, ``dtype``). The GDN
     presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.norms.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
-    ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``.
+    ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``; ``brn``, ``sn`` and ``bcn``
+    (:mod:`dnlib.norms.batch_variants`) take ``eps``, ``momentum``, ``affine``, ``impl``, ``track_running_stats``,
+    ``device``, ``dtype`` and their own: ``rmax``, ``dmax``, ``sigma``, ``alpha`` (brn); ``fields``, ``unbiased``,
+    ``sigma``, ``alpha`` (sn); ``groups`` (bcn).
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, eps=0, border="reference", alpha=0.005)`` is the paper's
     first DN* layer (``make_norm("dn*")`` says so: :data:`STARRED`).
