@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     say(rb.load_line())
     atomic_write_text(a.out, "\n".join(lines) + "\n")
     if a.json:
-        atomic_write_json(out if len(out) > 1 or "layers" not in out else out["layers"], a.json)
+        atomic_write_json(a.json, out if len(out) > 1 or "layers" not in out else out["layers"])
     return 0
 
 

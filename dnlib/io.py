@@ -109,20 +109,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
+    _path_first("atomic_write_text", path)
     return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def atomic_write_json(obj: Any, path: str | os.PathLike, *, allow_nan: bool = False, indent: int | None = 1,
+def _path_first(fn: str, path) -> None:
+    """Every writer here takes the path first: a TypeError naming the order when it did not get one."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}(path, ...): the path comes first (as in every dnlib.io writer), got "
+                        f"{type(path).__name__} as path")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, allow_nan: bool = False, indent: int | None = 1,
                       sort_keys: bool = False) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically.
 
     Args:
-        obj: anything :func:`json.dumps` accepts.
         path: the destination.
+        obj: anything :func:`json.dumps` accepts.
         allow_nan: write non-finite floats as the bare ``NaN``/``Infinity`` tokens, which are not JSON. By
             default they raise a :class:`ValueError` naming ``path``, before anything is written.
         indent, sort_keys: as in :func:`json.dumps`.
     """
+    _path_first("atomic_write_json", path)
     try:
         text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=allow_nan)
     except ValueError as e:
@@ -131,10 +140,11 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, *, allow_nan: bool = Fa
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+def atomic_save(path: str | os.PathLike, obj: Any) -> Path:
     """:func:`torch.save` ``obj`` to ``path`` atomically (checkpoints). A full disk is an OSError saying "No space
     left on device: <path>" (not torch's "unexpected pos"), and nothing is left behind."""
     import torch
+    _path_first("atomic_save", path)
 
     def fill(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -151,4 +161,5 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_save_npy(path: str | os.PathLike, array) -> Path:
     """Write ``array`` to ``path`` as ``.npy`` (no pickles) atomically."""
     import numpy as np
+    _path_first("atomic_save_npy", path)
     return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))

@@ -348,7 +348,7 @@ def markdown(rep: dict) -> str:
 
 def write(rep: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(records.jsonable(rep), out / "throughput.json", indent=1)
+    atomic_write_json(out / "throughput.json", records.jsonable(rep), indent=1)
     atomic_write_text(out / "throughput.md", markdown(rep))
 
 

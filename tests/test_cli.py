@@ -275,10 +275,10 @@ def test_output_locations_are_checked_without_creating_anything(tmp_path):
 def test_atomic_write_json_is_strict_json_and_leaves_no_temporary(tmp_path):
     from dnlib import io
     path = tmp_path / "sub" / "r.json"
-    io.atomic_write_json({"a": [1, 2.5]}, path)
+    io.atomic_write_json(path, {"a": [1, 2.5]})
     assert json.loads(path.read_text()) == {"a": [1, 2.5]}
     with pytest.raises(ValueError, match="r.json"):
-        io.atomic_write_json({"a": float("nan")}, path)
+        io.atomic_write_json(path, {"a": float("nan")})
     assert json.loads(path.read_text()) == {"a": [1, 2.5]}   # the old file is untouched
     io.atomic_write_text(path.with_suffix(".md"), "| a |\n")
     assert path.with_suffix(".md").read_text() == "| a |\n"
@@ -293,9 +293,9 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
-    io.atomic_write_json([1], tmp_path / "a.json")
+    io.atomic_write_json(tmp_path / "a.json", [1])
     io.atomic_write_text(tmp_path / "a.md", "x")
-    io.atomic_save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    io.atomic_save(tmp_path / "a.pt", {"w": torch.ones(2)})
     replaced = [i for i, c in enumerate(calls) if c == "replace"]
     assert len(replaced) == 3 and all(calls[i - 1] == "fsync" for i in replaced), calls
     assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].tolist() == [1.0, 1.0]

@@ -45,16 +45,16 @@ def _no_space(path):
 
 def test_a_checkpoint_on_a_full_disk_says_no_space_and_leaves_the_old_file(full_disk):
     old = {"w": torch.arange(4)}
-    io.atomic_save(old, full_disk / "checkpoint.pt")
+    io.atomic_save(full_disk / "checkpoint.pt", old)
     with _no_space(full_disk / "checkpoint.pt"):
-        io.atomic_save(BIG, full_disk / "checkpoint.pt")
+        io.atomic_save(full_disk / "checkpoint.pt", BIG)
     assert sorted(p.name for p in full_disk.iterdir()) == ["checkpoint.pt"]          # no temporary left
     assert torch.equal(torch.load(full_disk / "checkpoint.pt", weights_only=True)["w"], old["w"])
 
 
 def test_json_and_text_on_a_full_disk_name_the_destination(full_disk):
     with _no_space(full_disk / "record.json"):
-        io.atomic_write_json(list(range(40_000)), full_disk / "record.json")
+        io.atomic_write_json(full_disk / "record.json", list(range(40_000)))
     with _no_space(full_disk / "table.md"):
         io.atomic_write_text(full_disk / "table.md", "x" * 200_000)
     assert list(full_disk.iterdir()) == []
@@ -103,7 +103,7 @@ def full_files(monkeypatch):
     monkeypatch.setattr(io, "open", lambda *a, **k: _FullFile(open(*a, **k), 1024), raising=False)
 
 
-@pytest.mark.parametrize("write", [lambda p: io.atomic_save(BIG, p), lambda p: io.atomic_write_json(list(range(9999)), p),
+@pytest.mark.parametrize("write", [lambda p: io.atomic_save(p, BIG), lambda p: io.atomic_write_json(p, list(range(9999))),
                                    lambda p: io.atomic_write_text(p, "x" * 5000)], ids=["save", "json", "text"])
 def test_a_write_that_runs_out_of_space_names_the_destination(write, full_files, tmp_path):
     path = tmp_path / "out" / "checkpoint.pt"

@@ -85,7 +85,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(RuntimeError):
-        atomic_save({"a": 1}, tmp_path / "ck.pt")
+        atomic_save(tmp_path / "ck.pt", {"a": 1})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -146,7 +146,7 @@ def test_a_nan_metric_is_divergence_too(tmp_path):
 
 def test_results_json_never_holds_a_bare_nan(tmp_path):
     with pytest.raises(ValueError, match="r.json"):
-        atomic_write_json({"acc": float("nan")}, tmp_path / "r.json")
+        atomic_write_json(tmp_path / "r.json", {"acc": float("nan")})
     assert not (tmp_path / "r.json").exists() and list(tmp_path.iterdir()) == []
 
 

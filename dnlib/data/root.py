@@ -549,7 +549,7 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
                 f"{' and ' + str(base / 'README.md') if (base / 'README.md').is_file() else ''}) or point "
                 f"{DATA_ENV} at an intact copy; if you changed them on purpose, update their lines in {sums_path}.")
     try:
-        atomic_write_json({"key": key, "checked": len(listed), "what": what, "folder": str(folder)}, verdict,
+        atomic_write_json(verdict, {"key": key, "checked": len(listed), "what": what, "folder": str(folder)},
                           sort_keys=True)
     except OSError:
         pass  # an unwritable cache only means verifying again next time

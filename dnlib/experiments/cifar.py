@@ -267,7 +267,7 @@ class CifarRecipe(Recipe):
 
     def report(self, path, args=None) -> dict:
         rep = report(path, getattr(args, "dataset", None) or "cifar10")
-        atomic_write_json(rep, Path(path) / "summary.json")
+        atomic_write_json(Path(path) / "summary.json", rep)
         if rep.get("table"):
             atomic_write_text(Path(path) / "table.md", rep["table"] + "\n")
         return rep

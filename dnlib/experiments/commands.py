@@ -113,7 +113,7 @@ class _Call:
 
 def _parser(recipe: Recipe, prog: str | None):
     """The experiment's parser: (it, its sub-parsers' action, the ``run`` parser, the recipe's own commands)."""
-    p = cli.ArgumentParser(prog=prog or f"python -m {recipe.module}", description=recipe.description)
+    p = cli.ArgumentParser(prog=prog or f"python -m dnlib {recipe.name}", description=recipe.description)
     sub = p.add_subparsers(dest="cmd", required=True)
     run_p = sub.add_parser("run", help="train one configuration")
     run_flags(run_p, recipe)
@@ -174,7 +174,7 @@ def _gather_verb(c: _Call) -> int:
     if not rows:
         c.q.error(f"{' '.join(c.args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
     if c.args.out:
-        atomic_write_json(rows, c.args.out)
+        atomic_write_json(c.args.out, rows)
     from . import aggregate
     text, notes = aggregate.gather_printout(rows)
     for note in notes:          # runs not pooled, seeds counted once: one line each
@@ -205,7 +205,7 @@ def _command_verb(c: _Call) -> int:
         print(json.dumps(row), flush=True)
         out.append(row)
     if c.args.json:
-        atomic_write_json(out, c.args.json)
+        atomic_write_json(c.args.json, out)
     return 0 if all(r.get("ok", True) for r in out) else 1
 
 
@@ -215,7 +215,7 @@ _VERBS: dict[str, Callable[[_Call], int]] = {"run": _run_verb, "sweep": _sweep_v
 
 def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """``dnlib <experiment> {run,sweep,gather,report,list,bench,...}`` (or ``python -m <recipe.module> ...``; ``prog``
-    names the command in messages, default ``python -m <recipe.module>``): the one grammar of every experiment, one
+    names the command in messages, default ``python -m dnlib <recipe.name>``): the one grammar of every experiment, one
     handler per verb (``_VERBS``; the recipe's own commands: ``_command_verb``).
     Bad arguments: one line on stderr, exit 2, before any work; a diverged run: one line, exit 1."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -629,7 +629,7 @@ def report(path, out=None) -> dict:
     atomic_write_text(out / "table.md", f"{results_table(dirs)}\n\n{table}\n")
     fig = perplexity_curves(dirs)
     atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
-    atomic_write_json(records.jsonable(summary), out / "summary.json", indent=1)
+    atomic_write_json(out / "summary.json", records.jsonable(summary), indent=1)
     return summary
 
 

@@ -194,7 +194,7 @@ def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
     missing = [k for k in RECORD_KEYS if k not in record]
     if missing:
         raise ValueError(f"record: missing keys {missing}; build it with dnlib.experiments.records.make_record")
-    return atomic_write_json(jsonable(dict(record)), Path(run_dir) / RECORD_FILE, indent=1)
+    return atomic_write_json(Path(run_dir) / RECORD_FILE, jsonable(dict(record)), indent=1)
 
 
 class RecordWarning(UserWarning):

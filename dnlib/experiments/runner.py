@@ -180,10 +180,10 @@ class Run:
         self.options = {k: v for k, v in options.items() if _plain(v)}
         self.config_name = cfg_name
         if self.run_dir is not None:
-            atomic_write_json(records.jsonable({
+            atomic_write_json(self.run_dir / RUN_FILE, records.jsonable({
                 "experiment": recipe.name, "config": cfg_name, "fields": recipe.config_dict(self.cfg),
                 "seed": self.seed, **({"seeds": self.seeds} if setup.copies else {}), "options": self.options,
-                "device": str(device)}), self.run_dir / RUN_FILE,
+                "device": str(device)}),
                 indent=1)
 
     # -- the record
@@ -413,5 +413,5 @@ def recipe_runs(recipe: Recipe, path) -> dict:
     recs = {d: rec for d, rec in records.read_records([path]) if rec["experiment"] == recipe.name}
     if not recs:
         raise ValueError(f"{path}: no run folders of {recipe.name} (with {records.RECORD_FILE}) to report; make them "
-                         f"with `python -m {recipe.module} run ... --out {path}` or `sweep`")
+                         f"with `python -m dnlib {recipe.name} run ... --out {path}` or `sweep`")
     return recs

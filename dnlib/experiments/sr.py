@@ -517,7 +517,7 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") 
            "table": table,
            "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
                    "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
-    atomic_write_json(records.jsonable(out), Path(path) / "sr_results.json", indent=1)
+    atomic_write_json(Path(path) / "sr_results.json", records.jsonable(out), indent=1)
     return out
 
 

@@ -27,7 +27,7 @@ def check_runs(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0
     resume: their ``run.json`` and ``record.json`` must be dnlib's. Raises ValueError naming the configuration
     (or the file); returns the configuration names, groups expanded."""
     configs = recipe.expand(configs)
-    q = Refusing(prog=f"python -m {recipe.module} run", add_help=False)
+    q = Refusing(prog=f"python -m dnlib {recipe.name} run", add_help=False)
     run_flags(q, recipe)
     for c in configs:
         try:
@@ -118,14 +118,14 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
                "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
     rows = engines.SweepRows(gather([out]), failed)
-    atomic_write_json(rows, out / "table.json")
-    atomic_write_json({"wall_seconds": time.perf_counter() - t_start, "engine": engine, "engine_start_seconds":
+    atomic_write_json(out / "table.json", rows)
+    atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": engine, "engine_start_seconds":
                        t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
                        "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
                        "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
                        "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
                                 "failure": o.failure} for o in outcomes],
-                       "failed": failed}, out / "sweep.json")
+                       "failed": failed})
     atomic_write_text(out / "table.md", str(gather_table(rows)) + "\n")
     if failed:
         which = ", ".join(f"{f['config']} seed {f['seed']}" for f in failed)

@@ -351,11 +351,11 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
     results = records.jsonable(dict(results))
     if env:
         path = Path(env)
-        atomic_write_json(results, path, indent=2, sort_keys=True)
+        atomic_write_json(path, results, indent=2, sort_keys=True)
         return path
     params = dict(parameters) if parameters is not None else notebook_parameters(name)
     run_dir = records.new_run_dir(RUNS_DIR / "notebooks", name or "results")
-    path = atomic_write_json(results, run_dir / "results.json", indent=2, sort_keys=True)
+    path = atomic_write_json(run_dir / "results.json", results, indent=2, sort_keys=True)
     now = time.time()
     records.write_record(run_dir, records.make_record(
         name or "notebook", {"notebook": name, "profile": os.environ.get(PROFILE_ENV)}, None, name=name,

@@ -221,8 +221,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.out_dir is None:
             return
-        atomic_save(self.state_dict(), self.checkpoint_path)
-        atomic_write_json(self.history, self.out_dir / "history.json")
+        atomic_save(self.checkpoint_path, self.state_dict())
+        atomic_write_json(self.out_dir / "history.json", self.history)
 
     def try_resume(self, ignore=()) -> bool:
         """Load ``out_dir/checkpoint.pt`` when it exists; True if resumed.
@@ -267,7 +267,7 @@ class Trainer:
         if not self._stop_copy(copy, status):
             return
         if self.out_dir is not None:
-            atomic_write_json(self.history, self.out_dir / "history.json")
+            atomic_write_json(self.out_dir / "history.json", self.history)
         raise TrainingDiverged(step, what, lr, self.history)
 
     def _pending_losses(self) -> torch.Tensor | None:
