@@ -105,7 +105,7 @@ def atlas_table(names: Sequence[str] | None = None) -> MarkdownTable:
     return markdown_table(["preset", "A (summation)", "B (suppression)", "σ", "spec knobs", "module", "extra"], rows)
 
 
-def atlas_figure(names: Sequence[str] | None = None, *, cell_width: float = 1.55, cell_height: float = 0.2,
+def atlas_figure(names: Sequence[str] | None = None, *, cell_width: float = 1.55, line_height: float = 0.13,
                  wrap: int = 150):
     """Every preset (default: the whole registry) in the cell of its summation field (x) and suppression field (y),
     coloured by how much its spec says; a red preset is numbered and its extra listed under the grid. Returns the
@@ -121,7 +121,7 @@ def atlas_figure(names: Sequence[str] | None = None, *, cell_width: float = 1.55
     number = {r["name"]: i + 1 for i, r in enumerate(notes)}
     foot = [f"{number[r['name']]} {r['name']}: {r['extra']}" for r in notes]
     foot_lines = sum(1 + len(t) // wrap for t in foot)
-    grid_h = len(lines) * depth * cell_height + 1.4
+    grid_h = len(lines) * (0.25 + depth * line_height) + 1.4
     foot_h = 0.15 * foot_lines + 0.1
     fig = new_figure(figsize=(2.2 + cell_width * len(cols), grid_h + foot_h), layout="constrained")
     ax, note_ax = fig.subplots(2, 1, height_ratios=(grid_h, foot_h))
