@@ -62,7 +62,9 @@ def test_checker_flags_a_plotting_cell_without_image_and_a_notebook_without_any(
 
 def test_nbval_run_checks_each_notebooks_figures(tmp_path):
     """notebooks/conftest.py under real nbval: a notebook whose figure shows as text fails its ``::figures`` item,
-    a good one passes, and each is executed once (one item per code cell plus one figures item)."""
+    a good one passes, and each is executed once (one item per code cell plus a figures and a stored_form item;
+    both stored in the clean filter's form, so their stored_form items pass)."""
+    import importlib.util
     import shutil
     import subprocess
     import sys
@@ -70,16 +72,21 @@ def test_nbval_run_checks_each_notebooks_figures(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     shutil.copy(root / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    spec = importlib.util.spec_from_file_location("nbclean", root / "scripts" / "nbclean.py")
+    nbclean = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nbclean)
     for name, cells in [("bad", _SYNTHETIC[:1]), ("good", _SYNTHETIC[1:])]:
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.metadata["language_info"] = {"name": "python"}                # as the repository's notebooks
         nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
-        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+        (tmp_path / f"{name}.ipynb").write_text(nbclean.clean(nbformat.writes(nb)), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "--nbval-lax", "--nbval-current-env",
                            "-p", "no:cacheprovider", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert "1 failed, 4 passed" in out, out
+    assert "1 failed, 6 passed" in out, out
     assert "bad.ipynb: cell 0: a figure shown as the text '<Figure size 900x340 with 2 Axes>'" in out, out
     assert "PASSED good.ipynb::figures" in out or "good.ipynb::figures PASSED" in out, out
+    assert "PASSED good.ipynb::stored_form" in out and "PASSED bad.ipynb::stored_form" in out, out

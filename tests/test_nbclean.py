@@ -15,45 +15,29 @@ import nbformat
 import pytest
 
 from dnlib.notebook import suite
+from dnlib.notebook.nbcheck import as_jupyterlab_saves
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "nbclean.py"
 NOTEBOOKS = suite.discover()
 
 
-def _clean(text: str) -> str:
-    out = subprocess.run([sys.executable, str(SCRIPT)], input=text.encode(), capture_output=True, check=True)
-    return out.stdout.decode()
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nbclean_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The filter's function, in this process (``git add`` runs the script itself: test_make_setup_installs_the_filter_
+#: and_git_add_strips; the script's stdin/stdout path: test_the_script_filters_stdin_to_stdout).
+_clean = _load_script().clean
 
 
 def _keep_output(cell) -> bool:
     return "keep_output" in cell.get("metadata", {}).get("tags", [])
-
-
-#: ``language_info`` as ipykernel 7 sends it and JupyterLab 4.6 saves it (captured from a save on this machine).
-LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
-                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
-                 "pygments_lexer": "ipython3", "version": "3.11.7"}
-
-
-def as_jupyterlab_saves(nb, first_count: int = 1, display_name: str = "Python 3 (ipykernel)") -> str:
-    """``nb`` (with or without outputs) as JupyterLab writes it after "Run All" in a kernel whose next count was
-    ``first_count``: every code cell numbered in order (an ``execute_result`` too), the kernel's ``language_info``
-    and ``display_name``, the widget state; jupyter_server writes with ``nbformat.write`` (indent 1, sorted keys,
-    a trailing newline)."""
-    nb = copy.deepcopy(nb)
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    for count, cell in enumerate(code, first_count):
-        cell["execution_count"] = count
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "execute_result":
-                out["execution_count"] = count
-    nb["metadata"]["language_info"] = copy.deepcopy(LANGUAGE_INFO)
-    nb["metadata"]["kernelspec"]["display_name"] = display_name
-    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
-                                                                               "version_minor": 0}}
-    text = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT)
-    return text if text.endswith("\n") else text + "\n"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -62,15 +46,41 @@ def test_committed_notebooks_pass_the_filter_unchanged(path):
     assert _clean(text) == text
 
 
+def test_the_script_filters_stdin_to_stdout():
+    """``python scripts/nbclean.py`` (what git runs): a notebook with outputs in, its stored form out; text that
+    is not a notebook passes through."""
+    def run(text):
+        return subprocess.run([sys.executable, str(SCRIPT)], input=text.encode(), capture_output=True,
+                              check=True).stdout.decode()
+    saved = as_jupyterlab_saves(_with_outputs(json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))))
+    assert run(saved + '{"cells": [') == saved + '{"cells": ['       # not JSON: unchanged
+    assert run(saved) == NOTEBOOKS[0].read_text(encoding="utf-8") != saved
+
+
+def _with_outputs(nb: dict) -> dict:
+    """``nb`` as a kernel leaves it after "Run All" with JupyterLab's timing metadata: each code cell with a stream,
+    an image and an ``execute_result``; the kept cells (``keep_output``) with the outputs they have. The real
+    outputs of every repository notebook are checked the same way from nbval's one execution of it
+    (notebooks/conftest.py, ``<notebook>::stored_form``), so this module executes no notebook."""
+    nb = copy.deepcopy(nb)
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYPgPAAEDAQAIicLsAAAAAElFTkSuQmCC"
+    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        cell["metadata"]["execution"] = {"iopub.execute_input": "2026-12-06T10:00:00.000001Z",
+                                         "iopub.status.busy": "2026-12-06T10:00:00.000000Z",
+                                         "iopub.status.idle": "2026-12-06T10:00:01.000000Z",
+                                         "shell.execute_reply": "2026-12-06T10:00:01.000000Z"}
+        if _keep_output(cell):
+            continue
+        cell["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text=f"cell {i}\n"),
+                           nbformat.v4.new_output("display_data", {"image/png": png, "text/plain": "<Figure>"}),
+                           nbformat.v4.new_output("execute_result", {"text/plain": repr(i)}, execution_count=i)]
+    return json.loads(json.dumps(nb))
+
+
 @pytest.fixture(scope="module")
 def executed_01():
-    """Notebook 01 executed by a kernel (outputs, timing metadata), as a dict."""
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(str(NOTEBOOKS[0]), as_version=nbformat.NO_CONVERT)
-    NotebookClient(nb, kernel_name="python3", record_timing=True,
-                   resources={"metadata": {"path": str(NOTEBOOKS[0].parent)}}).execute()
-    return json.loads(nbformat.writes(nb))
+    """Notebook 01 with outputs and timing metadata (as a dict), as "Run All" leaves it."""
+    return _with_outputs(json.loads(NOTEBOOKS[0].read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +156,6 @@ def test_make_setup_installs_the_filter_and_git_add_strips(tmp_path, saved_01):
     assert staged == _clean(saved_01) != saved_01
     status = subprocess.run(git + ["status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout
     assert "nb.ipynb" not in status.replace("A  nb.ipynb", "")   # the saved outputs do not show as a change
-
-
-def _load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("nbclean_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _checkout(tmp_path: Path, name: str = "01_unified_view.ipynb") -> tuple:

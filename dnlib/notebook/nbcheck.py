@@ -5,12 +5,15 @@ an executed notebook: a matplotlib ``Figure`` made without pyplot has no IPython
 the inline backend is active, and then shows as the text ``<Figure size 900x340 with 2 Axes>`` (04's perplexity
 curves once did this in ``make run``, plain papermill and JupyterLab). ``notebooks/conftest.py`` runs it on the
 outputs nbval collects, so ``make test`` executes each notebook once and checks its figures from that execution.
+:func:`as_jupyterlab_saves` writes an executed notebook as JupyterLab saves it after "Run All"; the same conftest
+checks that the git clean filter (``scripts/nbclean.py``) stores that save as the committed file.
 """
 from __future__ import annotations
 
+import copy
 import re
 
-__all__ = ["FIGURE_CALL", "FIGURE_TEXT", "figure_problems"]
+__all__ = ["FIGURE_CALL", "FIGURE_TEXT", "LANGUAGE_INFO", "as_jupyterlab_saves", "figure_problems"]
 
 #: A call that makes a figure: pyplot, or a function whose name says it draws.
 FIGURE_CALL = re.compile(
@@ -50,3 +53,31 @@ def figure_problems(nb: dict) -> list[str]:
     if not pngs:
         problems.append("no image/png output in the notebook")
     return problems
+
+
+#: ``language_info`` as ipykernel 7 sends it and JupyterLab 4.6 saves it (captured from a save on this machine).
+LANGUAGE_INFO = {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                 "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                 "pygments_lexer": "ipython3", "version": "3.11.7"}
+
+
+def as_jupyterlab_saves(nb: dict, first_count: int = 1, display_name: str = "Python 3 (ipykernel)") -> str:
+    """``nb`` (a notebook dict, with or without outputs) as JupyterLab writes it after "Run All" in a kernel whose
+    next count was ``first_count``: every code cell numbered in order (an ``execute_result`` too), the kernel's
+    ``language_info`` and ``display_name``, the widget state; jupyter_server writes with ``nbformat.write``
+    (indent 1, sorted keys, a trailing newline)."""
+    import nbformat
+
+    nb = copy.deepcopy(nb)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for count, cell in enumerate(code, first_count):
+        cell["execution_count"] = count
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = count
+    nb["metadata"]["language_info"] = copy.deepcopy(LANGUAGE_INFO)
+    nb["metadata"]["kernelspec"]["display_name"] = display_name
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                               "version_minor": 0}}
+    text = nbformat.writes(nbformat.from_dict(nb), version=nbformat.NO_CONVERT)
+    return text if text.endswith("\n") else text + "\n"
