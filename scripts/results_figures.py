@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dnlib.analysis import figures
-from dnlib.experiments import aggregate
+from dnlib.experiments import aggregate, tables
 
 
 def main(argv=None) -> int:
@@ -30,10 +30,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    made = {"cifar_table7.png": aggregate.compare_figure(args.records, "table7"),
-            "cifar_table10.png": aggregate.compare_figure(args.records, "table10"),
-            "sr_table5.png": aggregate.compare_figure(args.records, "table5"),
-            "sr_table6.png": aggregate.compare_figure(args.records, "table6")}
+    made = {"cifar_table7.png": tables.compare_figure(args.records, "table7"),
+            "cifar_table10.png": tables.compare_figure(args.records, "table10"),
+            "sr_table5.png": tables.compare_figure(args.records, "table5"),
+            "sr_table6.png": tables.compare_figure(args.records, "table6")}
     fig = figures.new_figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2, sharey=True)
     for ax, metric, title in ((left, "valid_ppl", "PTB validation perplexity"),

@@ -7,6 +7,7 @@ import pytest
 from dnlib.analysis.figures import band_curves
 from dnlib.experiments import aggregate as A
 from dnlib.experiments import records as R
+from dnlib.experiments import registry, tables
 
 _PROV = {"git": {"commit": "a" * 40, "dirty": False}, "versions": {}, "device": {"name": "cpu"}, "host": "h"}
 
@@ -61,7 +62,7 @@ def test_one_run_has_no_spread_and_a_diverged_run_is_excluded_and_counted(sweep)
     assert ln["n"] == 2 and ln["acc_n"] == 1 and ln["acc"] == 0.6 and ln["acc_std"] is None
     assert ln["stopped"] == {"completed": 1, "diverged": 1}
     assert "loss" not in ln                                    # keys= limits the aggregated keys
-    md = A.table(list(summ.values()), ["acc"], fmt=".3f")
+    md = tables.table(list(summ.values()), ["acc"], fmt=".3f")
     line = next(x for x in md.splitlines() if x.startswith("| ln "))
     assert "0.600 |" in line and "±" not in line and "2 (1 diverged)" in line
     one = A.summarize([R.read_record(R.find_runs([base])[0])])
@@ -80,7 +81,7 @@ def test_nan_and_inf_are_not_counted(tmp_path):
 def test_table_cells_paper_beside_and_not_run(sweep):
     base, accs = sweep
     summ = A.summarize(R.gather([base]))
-    md = A.table(summ, {"acc": "test acc."}, title="Table 7", fmt=".4f", labels={"bn": "BN", "dn": "DN"},
+    md = tables.table(summ, {"acc": "test acc."}, title="Table 7", fmt=".4f", labels={"bn": "BN", "dn": "DN"},
                  order=["bn", "dn", "gn"], paper={"gn": {"acc": 0.75}})
     lines = md.splitlines()
     assert lines[0] == "**Table 7**"
@@ -140,7 +141,7 @@ def test_equal_values_have_zero_spread_and_keys_without_paper_numbers_have_no_pa
             for s in range(3)]
     summ = A.summarize(rows)
     assert summ[0]["acc_std"] == 0.0 and summ[0]["speed_std"] == pytest.approx(1.0)
-    md = A.table(summ)
+    md = tables.table(summ)
     assert md.splitlines()[0] == "| model | acc (ours) | acc (paper) | speed (ours) | n | run as |"
     assert md.splitlines()[2] == "| a | 0.30 ± 0.00 | 0.50 | 11.00 ± 1.00 | 3 | — |"
 
@@ -154,7 +155,7 @@ def test_finished_counts_early_stopped_runs_without_their_values(tmp_path):
     (done,) = A.summarize(tmp_path, finished=True)
     assert done["n"] == 3 and done["acc"] == 0.7 and done["acc_n"] == 1 and done["acc_std"] is None
     assert done["stopped"] == {"completed": 1, "time limit": 1, "diverged": 1}
-    assert A.table([done], ["acc"]).splitlines()[2] == "| bn | 0.70 | 0.80 | 3 (1 time limit, 1 diverged) | — |"
+    assert tables.table([done], ["acc"]).splitlines()[2] == "| bn | 0.70 | 0.80 | 3 (1 time limit, 1 diverged) | — |"
 
 
 def test_curve_bands_by_several_fields(tmp_path):
@@ -176,17 +177,17 @@ def test_compare_reads_a_paper_table_from_runs(tmp_path):
     rec = R.read_record(d)
     rec["config"]["dataset"] = "cifar100"
     R.write_record(d, rec)
-    md = A.compare(tmp_path, "table7")
+    md = tables.compare(tmp_path, "table7")
     lines = md.splitlines()
     assert lines[0] == "**Table 7: CIFAR-10 test accuracy**" and len(lines) == 4 + len(C.list_configs())
     assert f"| BN* | 0.7200 ± {np.std([0.70, 0.74], ddof=1):.4f} | 0.8179 | 2 | — |" in lines
     assert f"| BN | not run | {C.TABLE7['bn'][0]:.4f} | 0 | — |" in lines
-    fig = A.compare_figure(tmp_path, "table10")
+    fig = tables.compare_figure(tmp_path, "table10")
     assert len(fig.axes) == 2
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("not run") == len(C.TABLE10) - 1 and "no value" in texts   # bn-star ran, without Table 10
     with pytest.raises(ValueError, match="unknown table 'table8'"):
-        A.paper_table("table8")
+        registry.paper_table("table8")
 
 
 def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
@@ -205,7 +206,7 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
         assert rec["converted_from"] and all((root / f).is_file() for f in rec["converted_from"])
         assert rec["notes"][0].startswith("converted from ")
         assert rec["device"]["name"] and rec["date"] == "2026-11-27"
-    md = A.provenance_table(root / "results/records", where={"experiment": "cifar"})
+    md = tables.provenance_table(root / "results/records", where={"experiment": "cifar"})
     assert "CIFAR-10 (JPEG copy)" in md and "results/h100/cifar_summary.json" in md
 
 
@@ -257,7 +258,7 @@ def test_runs_of_one_name_with_other_steps_are_not_pooled_but_split_with_a_warni
     assert "steps" in by_steps[40]["differs"] and "milestones" in by_steps[40]["differs"]
     assert by_steps[40]["run_as"] == "40 of the paper's 80,000 steps, subset 2000/1000, batch 100"
     with pytest.warns(A.PoolingWarning):
-        md = A.compare(tmp_path, "table7")
+        md = tables.compare(tmp_path, "table7")
     line40 = next(x for x in md.splitlines() if x.startswith("| BN* [steps 40"))
     assert f"0.2033 ± {np.std([0.20, 0.22, 0.19], ddof=1):.4f} | 0.8179 | 3 |" in line40
     assert line40.endswith("| 40 of the paper's 80,000 steps, subset 2000/1000, batch 100 |")
@@ -295,11 +296,11 @@ def test_one_seed_counts_once_the_newest_finished_run(tmp_path):
         (s,) = A.summarize(tmp_path, ["final_acc"])
     assert s["n"] == 1 and s["final_acc"] == 0.33 and s["final_acc_std"] is None and s["runs"] == [str(new)]
     assert sorted(s["duplicates"]) == sorted([str(old), str(cut)])
-    md = A.table([s], {"final_acc": "acc."}, fmt=".2f")
+    md = tables.table([s], {"final_acc": "acc."}, fmt=".2f")
     assert "| resnet20-bn | 0.33 | — | 1 |" in md or "| resnet20-bn | 0.33 | 1 |" in md
     assert "2 run(s) of a seed already counted, not counted" in md and str(old) in md
     with pytest.warns(A.PoolingWarning):
-        prov = A.provenance_table(tmp_path)
+        prov = tables.provenance_table(tmp_path)
     assert "| cifar / resnet20-bn | 1 | 0 | 1 completed | 40 of the paper's 64,000 steps, subset 2000/1000, " \
            "batch 128 |" in prov
 
@@ -336,16 +337,16 @@ def test_figures_without_data_say_no_runs(tmp_path):
     (tmp_path / "empty").mkdir()
     fig = band_curves(A.curve_bands(tmp_path / "empty", "test_acc"), ylabel="CIFAR test accuracy")
     assert [t.get_text() for t in fig.axes[0].texts] == ["no runs"]
-    fig = A.compare_figure(tmp_path / "empty", "table7")
+    fig = tables.compare_figure(tmp_path / "empty", "table7")
     assert "no runs" in [t.get_text() for t in fig.axes[0].texts]
     _cifar(tmp_path / "sweep", "bn-star", 0, 0.2)
     _cifar(tmp_path / "sweep", "dn-star", 0, 0.25)
-    fig = A.compare_figure(tmp_path / "sweep", "table10")
+    fig = tables.compare_figure(tmp_path / "sweep", "table10")
     for ax in fig.axes:
         texts = [t.get_text() for t in ax.texts]
         assert texts.count("no value") == 2 and "—" not in texts
         assert "no runs with this number (2 configurations ran without it)" in texts
-    fig = A.compare_figure(tmp_path / "sweep", "table7")          # ours has values: written over the bars
+    fig = tables.compare_figure(tmp_path / "sweep", "table7")          # ours has values: written over the bars
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "0.2" in texts and "0.25" in texts and not any(t.startswith("no runs") for t in texts)
 

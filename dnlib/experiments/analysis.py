@@ -42,7 +42,7 @@ from .. import cli
 from ..analysis import probes
 from ..data.loader import TensorBatches
 from ..training.trainer import TrainConfig, Trainer, TrainingDiverged, progress_bar
-from . import aggregate, commands, records
+from . import commands, records, registry
 from .analysis_configs import ANALYSES, SIZES, AnalysisConfig, get_config, list_configs
 from .bench import steps_command
 from .cifar import CifarData, CifarLoss, load_data
@@ -300,7 +300,7 @@ def _subset(value):
 
 
 RECIPE = AnalysisRecipe()
-aggregate.register(RECIPE)
+registry.register(RECIPE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

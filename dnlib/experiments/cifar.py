@@ -49,7 +49,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..norms.norm import IMPLS
 from ..training.graphs import GraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
-from . import aggregate, commands, records, stacked
+from . import aggregate, commands, records, registry, stacked, tables
 from . import bench as benches
 from . import sweep as sweeps
 from .cifar_configs import DATASETS, TABLE3_ROWS, TABLE7, TABLE10, CifarConfig, get_config, list_configs
@@ -230,7 +230,7 @@ class CifarRecipe(Recipe):
         return get_config(name, what.get("dataset") or "cifar10").steps
 
     def paper_tables(self, **_) -> dict:
-        """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.experiments.aggregate.paper_table`'s layout)."""
+        """Tables 3, 7 and 10 (CIFAR-10; :func:`dnlib.experiments.registry.paper_table`'s layout)."""
         where = {"experiment": "cifar", "config.dataset": "cifar10"}
         out = {}
         for name, rows in (("table3", list(TABLE3_ROWS)), ("table7", list_configs())):
@@ -280,7 +280,7 @@ class CifarRecipe(Recipe):
 
 
 RECIPE = CifarRecipe()
-aggregate.register(RECIPE)
+registry.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
@@ -358,7 +358,7 @@ def results_table(results) -> MarkdownTable:
         return f"**{row}**" if name in TABLE3_ROWS else row
     return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "runs"], [
         [", ".join(s["data"]), row_label(s, label(s["name"])),
-         aggregate.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
+         tables.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
          cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"]] for s in summarize(results)])
 
 

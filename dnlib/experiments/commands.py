@@ -175,8 +175,8 @@ def _gather_verb(c: _Call) -> int:
         c.q.error(f"{' '.join(c.args.paths)}: no run folders (with {records.RECORD_FILE}) to gather")
     if c.args.out:
         atomic_write_json(c.args.out, rows)
-    from . import aggregate
-    text, notes = aggregate.gather_printout(rows)
+    from . import tables  # figures and matplotlib only when a table is printed
+    text, notes = tables.gather_printout(rows)
     for note in notes:          # runs not pooled, seeds counted once: one line each
         print(f"{c.q.prog}: warning: {note}", file=sys.stderr)
     print(text)

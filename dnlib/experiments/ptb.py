@@ -54,7 +54,7 @@ from ..models.rnn import LanguageModel, set_bn_eval_step
 from ..norms.sparse import clear_penalties, sparse_penalty
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
-from . import aggregate, commands, records
+from . import aggregate, commands, records, registry, tables
 from . import bench as benches
 from .bench import steps_command, time_steps
 from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
@@ -369,7 +369,7 @@ class PTBRecipe(Recipe):
         return get_config(name, what.get("source") or "paper").epochs
 
     def paper_tables(self, **_) -> dict:
-        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.experiments.aggregate.paper_table`'s
+        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.experiments.registry.paper_table`'s
         layout)."""
         from . import ptb_configs as P
         cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
@@ -424,7 +424,7 @@ class PTBRecipe(Recipe):
 
 
 RECIPE = PTBRecipe()
-aggregate.register(RECIPE)
+registry.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API
@@ -569,7 +569,7 @@ def results_table(results, unigram: float | None = None) -> MarkdownTable:
     beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     for s in aggregate.summarize(results, list(_FMT)):
-        ours = [aggregate.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
+        ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
         out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
                     cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"]])
     if unigram is not None:

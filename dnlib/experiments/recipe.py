@@ -151,10 +151,10 @@ class Recipe:
         return None
 
     def paper_tables(self, **params) -> dict:
-        """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.experiments.aggregate.paper_table`'s
+        """The paper's tables this experiment owns, ``{name: table}`` (:func:`dnlib.experiments.registry.paper_table`'s
         layout: title, which runs, keys, row order, labels, the paper's numbers, fmt); ``params``: e.g. ``scale``.
-        Register the recipe with :func:`dnlib.experiments.aggregate.register` and name it in the entry-point group
-        ``dnlib.recipes`` so that ``aggregate.compare(runs, "tableN")`` finds them. Default: none."""
+        Register the recipe with :func:`dnlib.experiments.registry.register` and name it in the entry-point group
+        ``dnlib.recipes`` so that ``tables.compare(runs, "tableN")`` finds them. Default: none."""
         return {}
 
     def label(self, name: str, options: Mapping[str, Any]) -> str:

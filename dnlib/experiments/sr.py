@@ -45,8 +45,8 @@ from ..analysis.figures import cell, markdown_table, run_curves
 from ..io import atomic_write_json
 from ..training.metrics import psnr, ssim
 from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
-from . import aggregate, commands, records
 from . import bench as benches
+from . import commands, records, registry
 from .bench import steps_command
 from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, replace
 from .runner import call, read_run_file, recipe_runs
@@ -340,7 +340,7 @@ class SRRecipe(Recipe):
         return out
 
     def paper_tables(self, scale: int = 3, **_) -> dict:
-        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.experiments.aggregate.paper_table`'s layout). Our runs are named
+        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.experiments.registry.paper_table`'s layout). Our runs are named
         ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam schedule ``fast-*``, which is not
         the paper's; ``bicubic`` and ``A+`` are not networks trained here."""
         rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{ROW_NAMES[m]}" + (
@@ -396,7 +396,7 @@ class SRRecipe(Recipe):
 
 
 RECIPE = SRRecipe()
-aggregate.register(RECIPE)
+registry.register(RECIPE)
 
 
 # ------------------------------------------------------------------------------------- the library API

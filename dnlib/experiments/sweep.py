@@ -143,9 +143,9 @@ def gather(paths) -> list:
 
 
 def gather_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.experiments.aggregate.gather_table`)."""
-    from . import aggregate
-    return aggregate.gather_table(rows)
+    """A Markdown table of :func:`gather`'s rows (:func:`dnlib.experiments.tables.gather_table`)."""
+    from . import tables  # figures and matplotlib only when a table is printed
+    return tables.gather_table(rows)
 
 
 def load_runs(results) -> list:
