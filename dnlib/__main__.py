@@ -1,7 +1,7 @@
 """``dnlib EXPERIMENT VERB ...`` (the console script) and ``python -m dnlib EXPERIMENT VERB ...``: one entry point
 for the three experiments of the paper. ``dnlib cifar run bn-star --seeds 0`` is ``python -m dnlib cifar run
-bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiments.commands.main`), named ``dnlib cifar`` in its
-messages. ``dnlib --help`` lists the experiments, ``dnlib cifar --help`` the verbs.
+bn-star --seeds 0``: the experiment's one command line (:func:`dnlib.experiments.commands.main`), named ``dnlib cifar``
+in its messages. ``dnlib --help`` lists the experiments, ``dnlib cifar --help`` the verbs.
 
 Layer: command line (the top floor, beside the recipes); it imports the named experiment only.
 """

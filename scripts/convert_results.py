@@ -1,7 +1,8 @@
 """Convert the committed results (made before run records existed) into run records.
 
     .venv/bin/python scripts/convert_results.py            # writes results/records/<experiment>/<run>/
-    .venv/bin/python scripts/convert_results.py --check    # exit 1 when the committed records differ from a fresh conversion
+    .venv/bin/python scripts/convert_results.py --check    # exit 1 when the committed records differ from a fresh
+    conversion
 
 Sources (kept as they are: their READMEs cite them, and this script reads them):
 
@@ -12,11 +13,11 @@ Sources (kept as they are: their READMEs cite them, and this script reads them):
 - ``results/h100/ptb_results.json``: PTB LSTMs under a 291 s cap on the same card (stopped by the time limit);
 - ``results/cpu/ptb/*-lstm.json``: PTB LSTMs, all 13 epochs on the 2-core CPU, 2026-11-27.
 
-Each run becomes a folder with ``record.json`` (:func:`dnlib.experiments.records.make_record`'s keys) and, where the source
-has per-epoch numbers (PTB), ``curves.csv``. Provenance is what the sources say and nothing more: the git commit
-of the code that ran them was not recorded (``git: null``), nor the seed (``seed: null``, except CIFAR's, which
-its source gives), nor start/end times (``started``/``ended`` null; ``date`` is the READMEs' day). Every record
-carries ``converted_from`` (the source files) and ``notes`` (what was derived and how).
+Each run becomes a folder with ``record.json`` (:func:`dnlib.experiments.records.make_record`'s keys) and, where the
+source has per-epoch numbers (PTB), ``curves.csv``. Provenance is what the sources say and nothing more: the git commit
+of the code that ran them was not recorded (``git: null``), nor the seed (``seed: null``, except CIFAR's, which its
+source gives), nor start/end times (``started``/``ended`` null; ``date`` is the READMEs' day). Every record carries
+``converted_from`` (the source files) and ``notes`` (what was derived and how).
 """
 from __future__ import annotations
 

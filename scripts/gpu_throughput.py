@@ -14,8 +14,8 @@ for any GPU machine (it also rehearses on a CPU).
    (windows 5, 3, 3) and at 256x64x32x32 (window 3); on CUDA both eagerly and replayed as a CUDA graph;
 3. **training**: images/s of Baseline, BN*, DN* (on CUDA also DN* with ``impl="triton"`` when available; any
    ``NAME:IMPL`` with ``--configs``) as one ordinary run (the recipe's trainer: a CUDA graph on CUDA) and as K = 1,
-   3, 4, 8 copies stacked in one model (:mod:`dnlib.experiments.stacked`, one CUDA graph), so that "K stacked vs K separate
-   runs one after another" is a ratio measured in the same run;
+   3, 4, 8 copies stacked in one model (:mod:`dnlib.experiments.stacked`, one CUDA graph), so that "K stacked vs K
+   separate runs one after another" is a ratio measured in the same run;
 4. **estimate**: Table 7 (13 configurations x CIFAR-10/100) x 3 seeds at the paper's full schedule from those
    rates (training steps only: no evaluation, data loading or capture; LN rows at the BN* rate, their proxy).
 

@@ -1,6 +1,7 @@
 """Strip a notebook the way the repository stores it (the git clean filter that ``make setup`` installs).
 
-    python scripts/nbclean.py < saved.ipynb > stored.ipynb    # a filter: stdin to stdout (git's filter.nbstripout.clean)
+    # a filter: stdin to stdout (git's filter.nbstripout.clean)
+    python scripts/nbclean.py < saved.ipynb > stored.ipynb
     python scripts/nbclean.py -t NOTEBOOK                      # the stripped text on stdout (git's diff.ipynb.textconv)
     python scripts/nbclean.py NOTEBOOK [NOTEBOOK ...]          # strip files in place
     python scripts/nbclean.py --install-save-hook [PREFIX]     # JupyterLab's save hook (make git-filter runs it)

@@ -1,8 +1,8 @@
 """Render a suite run's executed notebooks, and the results notebook 06, to HTML in one folder (``make report``).
 
-    .venv/bin/python scripts/report.py                       # the newest finished runs/<profile>/suite-*/ -> <it>/report/
-    .venv/bin/python scripts/report.py --results runs/cifar/sweep   # 06 (and the report) read your run folders
-    .venv/bin/python scripts/report.py --suite runs/smoke/suite-20261130T074129.757Z --out /tmp/report
+    .venv/bin/python scripts/report.py                       # the newest finished runs/<profile>/suite-*/ ->
+    <it>/report/ .venv/bin/python scripts/report.py --results runs/cifar/sweep   # 06 (and the report) read your run
+    folders .venv/bin/python scripts/report.py --suite runs/smoke/suite-20261130T074129.757Z --out /tmp/report
     .venv/bin/python scripts/report.py --no-results          # without 06
 
 Every executed notebook ``<suite>/<stem>/*.ipynb`` becomes ``<out>/<stem>.html`` (nbconvert's lab template, figures

@@ -1,4 +1,5 @@
-"""Stress the notebook runner: execute notebooks through ``python -m dnlib.notebook.suite run`` many times and count hangs.
+"""Stress the notebook runner: execute notebooks through ``python -m dnlib.notebook.suite run`` many times and count
+hangs.
 
     .venv/bin/python scripts/stress_notebooks.py                      # 02 and 05, 30 runs each, smoke profile
     .venv/bin/python scripts/stress_notebooks.py -n 5 --notebooks 05 --write results/cpu/stress_notebooks.txt

@@ -9,7 +9,8 @@ output, input gradient and every parameter gradient, in training and evaluation 
   (``EvoNorm2dS0``, ``EvoNorm2dS0a``, ``EvoNorm2dB0``), ``timm/layers/std_conv.py`` (``StdConv2d``,
   ``ScaledStdConv2d``) at huggingface/pytorch-image-models@aa4b5850c1543fa488abf260f18390eda46cf85d. timm computes
   its statistics in float32 even for float64 inputs (``x.float()``); the formulas below leave that cast out.
-- torchvision ``torchvision/ops/misc.py`` (``FrozenBatchNorm2d``) at pytorch/vision@4f2b2db10c6f25d31c072556c7f9b506b62cc038
+- torchvision ``torchvision/ops/misc.py`` (``FrozenBatchNorm2d``) at
+  pytorch/vision@4f2b2db10c6f25d31c072556c7f9b506b62cc038
   (the eps default there is 0; later releases default to 1e-5, which dnlib uses; the formula is the same).
 - Liger-Kernel ``src/liger_kernel/transformers/dyt.py`` (``LigerDyT``: its parameters) and the reference its tests
   check the Triton kernel against, ``test/transformers/test_dyt.py`` (``TorchDyT``: ``gamma * tanh(x * alpha) + beta``),

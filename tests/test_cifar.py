@@ -109,7 +109,8 @@ def test_init_scales():
 
 
 # ---------------------------------------------------------------------------------------------- configs
-# PAPER.md §2.3, copied independently of dnlib.experiments.cifar_configs: name -> (norm, affine, sigma10, alpha10, sigma100, alpha100)
+# PAPER.md §2.3, copied independently of dnlib.experiments.cifar_configs: name -> (norm, affine, sigma10, alpha10,
+# sigma100, alpha100)
 SEC23 = {
     "base": ("none", False, None, 0, None, 0), "base-wd-drop": ("none", False, None, 0, None, 0),
     "base-l1": ("none", False, None, 0.01, None, 0.01),

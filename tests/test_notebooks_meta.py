@@ -237,4 +237,5 @@ def test_01_exercise_3_names_the_call_that_draws_every_sigma():
     assert calls, f"exercise 3 does not give the figures.figure2(..., spec=...) call: {text!r}"
     params = {name: _ast.literal_eval(p["default"]) for name, p in suite.declared_parameters(path).items()}
     fig = eval(calls[0], {"dnlib": dnlib, "figures": figures, "stats": stats, **params})  # noqa: S307 - our own text
-    assert [len(ax.lines) for ax in fig.axes] == [len(params["sigmas"]) + 1] * 2   # + the dashed line at the fixed input
+    # + the dashed line at the fixed input
+    assert [len(ax.lines) for ax in fig.axes] == [len(params["sigmas"]) + 1] * 2

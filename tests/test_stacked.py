@@ -1,4 +1,5 @@
-"""Stacked seeds (dnlib.experiments.stacked): K copies of the CIFAR CNN in one model equal K separate runs; the runner's one
+"""Stacked seeds (dnlib.experiments.stacked): K copies of the CIFAR CNN in one model equal K separate runs; the runner's
+one
 loop trains them (records, checkpoints, per-copy divergence); the CLI verb. Kill -9 and resume: tests/test_resume.py."""
 import copy
 import dataclasses

@@ -1,7 +1,7 @@
-"""Sweeps on both engines (dnlib/experiments/engines.py, issue 14 item 1): the same tiny SR sweep (2 configurations x 2 seeds,
-6 steps, CPU) on the local engine and on a local Ray instance started and stopped here gives identical records;
-a killed sweep resumed finishes the rest only; a failing run is reported and the others finish; bad engine
-arguments are refused before anything starts.
+"""Sweeps on both engines (dnlib/experiments/engines.py, issue 14 item 1): the same tiny SR sweep (2 configurations x 2
+seeds, 6 steps, CPU) on the local engine and on a local Ray instance started and stopped here gives identical records; a
+killed sweep resumed finishes the rest only; a failing run is reported and the others finish; bad engine arguments are
+refused before anything starts.
 
 Records are compared on what a run computes (config, seed, steps, stop reason, headline numbers, curves), not on
 what depends on the clock or the place (times, host, the run folder named on the command line).

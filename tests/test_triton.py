@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.skipif(not triton_dn.available(), reason="Triton canno
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
 
 CS = "channel,space"
-#: the interpreter computes on CPU tensors, the compiled kernels on CUDA tensors (a GPU machine without TRITON_INTERPRET)
+# : the interpreter computes on CPU tensors, the compiled kernels on CUDA tensors (a GPU machine without
+# TRITON_INTERPRET)
 DEV = "cpu" if triton_dn.interpreted() else "cuda"
 CASES = {
     # name: (spec, shape, blocks (channels, positions) or None)

@@ -26,9 +26,9 @@ from matplotlib.patches import Patch
 from ..norms.presets import get_spec
 from ..norms.spec import NormSpec
 
-__all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2", "activation_histograms", "feature_maps",
-           "image_grid", "joint_histogram", "joint_histograms", "run_curves", "spec_table", "markdown_table", "cell",
-           "MarkdownTable", "FIELD_COLORS", "band_curves", "no_data"]
+__all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2",
+           "activation_histograms", "feature_maps", "image_grid", "joint_histogram", "joint_histograms", "run_curves",
+           "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS", "band_curves", "no_data"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
@@ -445,10 +445,10 @@ def no_data(ax, text: str = "no runs") -> None:
 
 def band_curves(bands: dict, ax=None, *, labels: dict | None = None, alpha: float = 0.25, marker=None,
                 figsize=(5, 3.4), empty: str = "no runs", **axes_set):
-    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.experiments.aggregate.curve_bands`) its mean as a
-    line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled
-    ``<label> (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``,
-    ``ylabel``, ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
+    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.experiments.aggregate.curve_bands`) its mean
+    as a line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled ``<label>
+    (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``, ``ylabel``,
+    ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
     metric). Draws into ``ax`` or a new figure; returns the figure."""
     if ax is None:
         fig = new_figure(figsize=figsize, layout="constrained")

@@ -41,8 +41,8 @@ from ..norms.norm import DivisiveNorm
 from ..norms.sparse import clear_penalties
 
 __all__ = ["preserved", "loss_along", "Smoothness", "gradient_predictiveness", "classification_error",
-           "train_eval_gap", "is_stable", "sgd_is_stable", "largest_stable_lr", "layer_norms", "scale_change", "detach_statistics",
-           "cross_entropy_loss"]
+           "train_eval_gap", "is_stable", "sgd_is_stable", "largest_stable_lr", "layer_norms", "scale_change",
+           "detach_statistics", "cross_entropy_loss"]
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 

@@ -27,9 +27,10 @@ from ..norms.functional import divisive_norm, field_mean
 from ..norms.presets import get_spec
 from ..norms.spec import NormSpec
 
-__all__ = ["kurtosis", "sparsity", "channel_sparsity", "activation_stats", "as_samples", "mutual_information", "pairwise_corr_mi",
-           "PairStats", "suppression_mean_square", "linearity", "dn_relu_response", "equivalence_table",
-           "EquivalenceRow", "summarize_equivalence", "format_equivalence", "format_rows", "dn_relu_summary"]
+__all__ = ["kurtosis", "sparsity", "channel_sparsity", "activation_stats", "as_samples", "mutual_information",
+           "pairwise_corr_mi", "PairStats", "suppression_mean_square", "linearity", "dn_relu_response",
+           "equivalence_table", "EquivalenceRow", "summarize_equivalence", "format_equivalence", "format_rows",
+           "dn_relu_summary"]
 
 
 # ----------------------------------------------------------------------------------------- moments

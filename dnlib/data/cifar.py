@@ -355,7 +355,8 @@ def _read_python(name: str, folder: Path, raw: dict[str, bytes]):
 
 
 def _decode_files(paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Decode image files to a uint8 (n, 3, 32, 32) array, with each file's sha256; a bad file raises ValueError naming it."""
+    """Decode image files to a uint8 (n, 3, 32, 32) array, with each file's sha256; a bad file raises ValueError naming
+    it."""
     from PIL import Image
     out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
     digests = []
@@ -440,7 +441,8 @@ def _array_sha256(arr: np.ndarray) -> str:
 
 
 def _load_cache(cdir: Path, fp: dict, n: tuple[int, int], labels: tuple[np.ndarray, np.ndarray]):
-    """The cached arrays if the cache is current and intact; ``None`` (after a DataWarning if it is corrupt) otherwise."""
+    """The cached arrays if the cache is current and intact; ``None`` (after a DataWarning if it is corrupt)
+    otherwise."""
     mpath = cdir / "manifest.json"
     try:
         manifest = json.loads(mpath.read_text())

@@ -49,29 +49,10 @@ from pathlib import Path
 
 from ..io import atomic_save_npy, atomic_write_json
 
-__all__ = [
-    "DATA_ENV",
-    "CACHE_ENV",
-    "SUMS_NAME",
-    "DatasetNotFoundError",
-    "DownloadError",
-    "ChecksumError",
-    "NotRegularFileError",
-    "DataWarning",
-    "SourceUnreachableError",
-    "DatasetSource",
-    "data_root",
-    "cache_dir",
-    "download_url",
-    "extract_archive",
-    "find_or_fetch",
-    "atomic_save_npy",
-    "read_checksums",
-    "verify_checksums",
-    "stat_key",
-    "check_regular_file",
-    "open_regular",
-]
+__all__ = ["DATA_ENV", "CACHE_ENV", "SUMS_NAME", "DatasetNotFoundError", "DownloadError", "ChecksumError",
+           "NotRegularFileError", "DataWarning", "SourceUnreachableError", "DatasetSource", "data_root", "cache_dir",
+           "download_url", "extract_archive", "find_or_fetch", "atomic_save_npy", "read_checksums",
+           "verify_checksums", "stat_key", "check_regular_file", "open_regular"]
 
 DATA_ENV = "DNLIB_DATA"
 CACHE_ENV = "DNLIB_CACHE"
@@ -133,7 +114,8 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def cache_dir(create: bool = True) -> Path:
-    """Return the folder for decoded caches: ``$DNLIB_CACHE``, else ``$XDG_CACHE_HOME/dnlib``, else ``~/.cache/dnlib``."""
+    """Return the folder for decoded caches: ``$DNLIB_CACHE``, else ``$XDG_CACHE_HOME/dnlib``, else
+    ``~/.cache/dnlib``."""
     env = os.environ.get(CACHE_ENV)
     if env:
         path = Path(env).expanduser()
@@ -160,7 +142,8 @@ def _not_regular(path, mode: int | None) -> NotRegularFileError:
 
 
 def check_regular_file(path: str | os.PathLike) -> Path:
-    """Return ``path`` if it is a regular file after resolving symlinks; else raise :class:`NotRegularFileError` naming it.
+    """Return ``path`` if it is a regular file after resolving symlinks; else raise :class:`NotRegularFileError` naming
+    it.
 
     Only ``stat`` is called: nothing is opened, so a FIFO cannot block here. A missing path raises
     :class:`FileNotFoundError` as ``open`` would.

@@ -6,7 +6,8 @@ The SRCNN pipeline the paper follows works on the Y channel of MATLAB's ``rgb2yc
 the scale and back up (:func:`imresize`, via the ``resize-right`` package with MATLAB's symmetric
 border). :class:`SRCNNPatches` draws the 33x33 input / centre 17x17 target patches of the 9-5-5
 valid-convolution SRCNN on the training device; :func:`sr_test_pair` makes a whole test image's input and ground
-truth. The paper's Bicubic row (scored on the same region as the models) is :func:`dnlib.experiments.sr.evaluate_bicubic`.
+truth. The paper's Bicubic row (scored on the same region as the models) is
+:func:`dnlib.experiments.sr.evaluate_bicubic`.
 
 Sets (folders under the data root): ``T91`` (``sr/T91``), ``Set5`` (``sr/Set5``), ``Set14``
 (``sr/Set14``), ``BSD100`` (``sr/BSDS500/val``), ``BSD200`` (``sr/BSDS500/test``) and

@@ -23,14 +23,16 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   diverged run records None and is left out of the mean, so ``k_n < n``), ``paper_k``; and ``n``, ``seeds``,
   ``commits``, ``devices``, ``dates``, ``data``, ``stopped`` (counts by reason), ``runs`` (the folders),
   ``run_as``, ``split`` and ``duplicates``.
-- :func:`dnlib.experiments.tables.table`: one Markdown line per configuration: ``mean ± std`` when two or more runs have a value, the plain
+- :func:`dnlib.experiments.tables.table`: one Markdown line per configuration: ``mean ± std`` when two or more runs have
+  a value, the plain
   value for one, ``not run`` for a configuration asked for (``order=``) that no run has; the paper's number beside
   each key; ``n`` and ``run as`` columns; notes under it (splits, runs not counted).
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
   (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiments.sweep.load_runs` returns
   them); :func:`dnlib.analysis.figures.band_curves` draws them.
 - :func:`dnlib.experiments.tables.compare` / ``compare_figure``: one of the paper's tables
-  (:func:`dnlib.experiments.registry.paper_tables`, read by ``paper_table``: which runs, the paper's rows and numbers; each recipe owns its own,
+  (:func:`dnlib.experiments.registry.paper_tables`, read by ``paper_table``: which runs, the paper's rows and numbers;
+  each recipe owns its own,
   :meth:`dnlib.experiments.recipe.Recipe.paper_tables`) beside ours as Markdown or bars;
   ``tables.provenance_table``: where each configuration's numbers come from (commit, card, date, data, source).
 
@@ -58,8 +60,8 @@ __all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten",
            "defining", "run_as", "summarize", "notes", "curve_bands"]
 
 
-#: The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are the
-#: paper's numbers; every other column is a headline key).
+# : The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are
+# the : paper's numbers; every other column is a headline key).
 GATHER_COLUMNS = ("run", "experiment", "name", "seed", "stopped", "steps_done", "steps_planned", "seconds",
                   "commit", "device", "started", "date", "data", "converted_from")
 
@@ -111,7 +113,8 @@ def _field(row: Mapping, key: str) -> Any:
 
 
 def _with_record(row: Mapping) -> Mapping:
-    """A :func:`dnlib.experiments.records.gather` row as its run folder's record when the folder still holds it (the record
+    """A :func:`dnlib.experiments.records.gather` row as its run folder's record when the folder still holds it (the
+    record
     has the config, which says what the run was); else the row as it is."""
     if "config" in row or "headline" in row or not row.get("run"):
         return row
@@ -142,9 +145,9 @@ def _load(rows) -> list:
 #: Fields of a run's config that do not change what it computes: labels, the kernels' implementation (``impl``:
 #: the same math), how often it was evaluated, which sets were scored, the card and the trainer's mode (the card
 #: is a column of its own), and whether the run was one copy of a stacked group (``setup.stacked``,
-#: ``setup.stacked_seeds``: each copy is its separate run, tests/test_stacked.py). Runs that differ only in these and in their seed are seeds of one experiment; any other
-#: difference (dataset, steps or epochs, subset, batch size, source, learning rate, any override) makes them
-#: different experiments, which :func:`summarize` never pools.
+# : ``setup.stacked_seeds``: each copy is its separate run, tests/test_stacked.py). Runs that differ only in these and
+# in their seed are seeds of one experiment; any other : difference (dataset, steps or epochs, subset, batch size,
+# source, learning rate, any override) makes them : different experiments, which :func:`summarize` never pools.
 NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
                           "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
                           "setup.curve_sets", "setup.missing_sets", "setup.threads",
@@ -171,7 +174,8 @@ def _hashable(v: Any) -> Any:
 def defining(row: Mapping[str, Any]) -> dict:
     """What defines the experiment of one run besides its experiment and configuration name: every field of its
     config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
-    as tuples. A row without a config (a hand-made or :func:`dnlib.experiments.records.gather` row whose folder is gone) is
+    as tuples. A row without a config (a hand-made or :func:`dnlib.experiments.records.gather` row whose folder is gone)
+    is
     defined by its ``steps_planned`` when it has one."""
     cfg = row.get("config")
     out: dict = {}
@@ -296,7 +300,8 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
     defines them are never pooled: one dict each, with a :class:`PoolingWarning` naming the difference.
 
     Args:
-        rows: :func:`dnlib.experiments.records.gather` rows (read as their folder's record when it is there), record dicts,
+        rows: :func:`dnlib.experiments.records.gather` rows (read as their folder's record when it is there), record
+        dicts,
             run folders (a folder of run folders stands for each of them) or RunResults.
         keys: the headline keys to aggregate (default: every headline key of any run, in order of appearance).
         by: the fields that name a configuration (``meta`` fields of :func:`flatten`: experiment, name, ...).

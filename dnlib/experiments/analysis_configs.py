@@ -19,8 +19,8 @@ Analyses (the configuration names say which; ``python -m dnlib analysis list``):
   (:func:`dnlib.analysis.probes.detach_statistics`).
 
 Sizes (the ``size`` field, ``--size``): ``smoke`` (the notebook suite: a few seconds per point), ``cpu`` (every
-analysis x 3 seeds on a 2-core CPU: a 2000/500-image CIFAR-10 subset, a quarter-width CNN (8, 8, 16), 2 epochs) and ``full``
-(the whole of CIFAR-10, the paper's widths, 30 epochs per point; for a GPU: ``scripts/analysis_full.sh``).
+analysis x 3 seeds on a 2-core CPU: a 2000/500-image CIFAR-10 subset, a quarter-width CNN (8, 8, 16), 2 epochs) and
+``full`` (the whole of CIFAR-10, the paper's widths, 30 epochs per point; for a GPU: ``scripts/analysis_full.sh``).
 """
 from __future__ import annotations
 

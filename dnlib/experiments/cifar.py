@@ -285,7 +285,8 @@ registry.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiments.runner.run` and return its :class:`~dnlib.experiments.recipe.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run` and return its
+    :class:`~dnlib.experiments.recipe.RunResult`.
 
     ``config``: a name of :func:`dnlib.experiments.cifar_configs.list_configs` or a :class:`CifarConfig`; ``dataset``:
     ``"cifar10"`` (default) or ``"cifar100"``. Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``;
@@ -293,7 +294,8 @@ def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunR
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``), the
     options of :class:`CifarRecipe` (``data`` or ``subset``, ``validation``, ``root``, ``mean_over``:
     :func:`load_data`; ``mode``: :data:`MODES`; ``eval_every``: steps per evaluation and checkpoint, the authors'
-    500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged`
+    500) and configuration fields (``lr=2e-3``...). A NaN/inf loss raises
+    :class:`~dnlib.training.trainer.TrainingDiverged`
     after the record says ``stopped: "diverged at step N"``."""
     return call(RECIPE, config, **kwargs, **({"dataset": dataset} if dataset else {}))
 
@@ -344,8 +346,8 @@ def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Sequ
 
 # ----------------------------------------------------------------------------------------------- tables
 def summarize(results) -> list:
-    """Per configuration and data (:func:`dnlib.experiments.aggregate.summarize` of RunResults, records or run folders): mean,
-    std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run counts in
+    """Per configuration and data (:func:`dnlib.experiments.aggregate.summarize` of RunResults, records or run folders):
+    mean, std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run counts in
     ``n`` and ``stopped``, not in a mean)."""
     return aggregate.summarize(results, ("final_acc", "best_acc", "images_per_s"), by=("name", "data"))
 

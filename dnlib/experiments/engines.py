@@ -121,9 +121,10 @@ def gpu_share(value: str) -> float:
 
 def check(engine: str = "local", *, address: str | None = None, cpus_per_run=None, gpus_per_run=None,
           jobs: int | None = None) -> None:
-    """Raise :class:`EngineError` (a ValueError) naming the parameter unless the engine's arguments are valid here (before any work):
-    ``engine`` in :data:`ENGINES`; ``address`` only with Ray; ``cpus_per_run`` a number > 0; ``gpus_per_run``
-    0, a fraction <= 1 or a whole number; the local engine needs a visible GPU for ``gpus_per_run > 0``; Ray needs
+    """Raise :class:`EngineError` (a ValueError) naming the parameter unless the engine's arguments are valid here
+    (before any work): ``engine`` in :data:`ENGINES`; ``address`` only with Ray; ``cpus_per_run`` a number > 0;
+    ``gpus_per_run`` 0, a fraction <= 1 or a whole number; the local engine needs a visible GPU for ``gpus_per_run >
+    0``; Ray needs
     to be installed."""
     if engine not in ENGINES:
         raise EngineError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")

@@ -24,8 +24,9 @@ Training is the paper's: truncated BPTT over contiguous streams (:class:`~dnlib.
 state carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
 plain SGD; gradients clipped at global norm 5 (``source="code"``: the norm TF measures, :class:`SliceClip`); loss =
 NLL summed over the 20 steps and averaged over the batch, plus the L1 terms. On CUDA the whole step (forward over
-20 steps, backward, clipping, SGD update, state carry) is one CUDA graph (:class:`dnlib.training.graphs.SequenceGraphTrainer`;
-``mode="auto"``), which removes the per-step launch overhead that dominates at batch 20.
+20 steps, backward, clipping, SGD update, state carry) is one CUDA graph
+(:class:`dnlib.training.graphs.SequenceGraphTrainer`; ``mode="auto"``), which removes the per-step launch overhead that
+dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
 over the whole split: validation and test perplexity ``exp(mean per-word NLL)`` in the training layout (20 streams);
@@ -62,10 +63,10 @@ from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace,
 from .runner import call, call_many, recipe_runs
 from .sweep import load_runs
 
-__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data", "build_model",
-           "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench", "gate_statistics",
-           "gate_table", "config_table", "results_table", "perplexity_curves", "headline", "report", "set_threads",
-           "MODES", "main"]
+__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data",
+           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench",
+           "gate_statistics", "gate_table", "config_table", "results_table", "perplexity_curves", "headline",
+           "report", "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 _GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
@@ -237,7 +238,8 @@ _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 
 @dataclass(frozen=True)
 class PTBRunConfig(PTBConfig):
-    """A :class:`~dnlib.experiments.ptb_configs.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x the
+    """A :class:`~dnlib.experiments.ptb_configs.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x
+    the
     batches per epoch); fewer end the run early without changing the per-epoch learning-rate schedule."""
     steps: int | None = None
 
@@ -369,7 +371,8 @@ class PTBRecipe(Recipe):
         return get_config(name, what.get("source") or "paper").epochs
 
     def paper_tables(self, **_) -> dict:
-        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell; :func:`dnlib.experiments.registry.paper_table`'s
+        """Tables 4 and 9 (one line per (row, cell) configuration, cell by cell;
+        :func:`dnlib.experiments.registry.paper_table`'s
         layout)."""
         from . import ptb_configs as P
         cells = {"lstm": "LSTM", "tanh-rnn": "tanh RNN", "relu-rnn": "ReLU RNN"}
@@ -429,12 +432,13 @@ registry.register(RECIPE)
 
 # ------------------------------------------------------------------------------------- the library API
 def run(config: str | PTBConfig, **kwargs) -> RunResult:
-    """Train one configuration with :func:`dnlib.experiments.runner.run`; returns its :class:`~dnlib.experiments.recipe.RunResult`.
+    """Train one configuration with :func:`dnlib.experiments.runner.run`; returns its
+    :class:`~dnlib.experiments.recipe.RunResult`.
 
-    Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a new
-    run folder, ``resume``: a run folder to continue, ``time_limit``, ``stop_after``, ``device``), the build
-    options of :class:`PTBRecipe` (``data``: ``load_data``'s ``(splits, vocab_size)``, else ``max_tokens``,
-    ``vocab``; ``mode``, ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
+    Keywords (:func:`dnlib.experiments.runner.call`): the runner's (``seed``, ``steps``, ``out``: a base folder for a
+    new run folder, ``resume``: a run folder to continue, ``time_limit``, ``stop_after``, ``device``), the build options
+    of :class:`PTBRecipe` (``data``: ``load_data``'s ``(splits, vocab_size)``, else ``max_tokens``, ``vocab``; ``mode``,
+    ``eval_every``, ``final_test_batch_size``, ``threads``) and config fields (``epochs``,
     ``lr``, ``hidden_size``, ``source``...)."""
     return call(RECIPE, config, **kwargs)
 
@@ -466,7 +470,8 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
     """:func:`dnlib.experiments.bench.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
-    :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.graphs.SequenceGraphTrainer` from the same initialisation
+    :class:`~dnlib.training.trainer.Trainer` and of :class:`~dnlib.training.graphs.SequenceGraphTrainer` from the same
+    initialisation
     (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
     data = ({"train": ids, "valid": ids, "test": ids}, vocab_size)
     return benches.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,
@@ -543,7 +548,8 @@ def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
 
 
 def _runs(results) -> list:
-    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.sweep.load_runs`); the key is the
+    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.sweep.load_runs`); the key is
+    the
     configuration's name, with the seed where two runs share it."""
     out = load_runs(results)
     names = [rec["name"] for rec, _ in out]
@@ -565,7 +571,8 @@ _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl"
 
 
 def results_table(results, unigram: float | None = None) -> MarkdownTable:
-    """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early named)
+    """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early
+    named)
     beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     for s in aggregate.summarize(results, list(_FMT)):
@@ -596,7 +603,8 @@ def perplexity_curves(results):
 
 
 def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of :func:`results_table`."""
+    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of
+    :func:`results_table`."""
     return {"runs": aggregate.summarize(results, list(_FMT))}
 
 

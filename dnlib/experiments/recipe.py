@@ -38,12 +38,13 @@ RUNNING = "running"
 class Setup:
     """Everything one run needs, built by :meth:`Recipe.build` for a configuration and a seed.
 
-    ``trainer`` is the trainer class (:class:`~dnlib.training.trainer.Trainer` or :class:`~dnlib.training.graphs.GraphTrainer`) and
-    ``trainer_kwargs`` its extra arguments (``param_groups``, ``lr_lambda``, ``capture``...). ``run_info`` is the
-    run identity a resumed checkpoint must match (plain values). ``chunk``: steps per chunk (default
-    ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded with the config (the data used,
-    the trainer mode...). ``data``: anything the recipe keeps for figures (on :attr:`RunResult.setup`).
-    ``copies``: for a trainer of K copies in one model (:mod:`dnlib.experiments.stacked`), each copy's own Setup (its seed's
+    ``trainer`` is the trainer class (:class:`~dnlib.training.trainer.Trainer` or
+    :class:`~dnlib.training.graphs.GraphTrainer`) and ``trainer_kwargs`` its extra arguments (``param_groups``,
+    ``lr_lambda``, ``capture``...). ``run_info`` is the run identity a resumed checkpoint must match (plain values).
+    ``chunk``: steps per chunk (default ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded
+    with the config (the data used, the trainer mode...). ``data``: anything the recipe keeps for figures (on
+    :attr:`RunResult.setup`). ``copies``: for a trainer of K copies in one model (:mod:`dnlib.experiments.stacked`),
+    each copy's own Setup (its seed's
     build: model, info, data), in the order of the run's seeds; empty for an ordinary run."""
     model: nn.Module
     loss_fn: Callable
@@ -309,6 +310,7 @@ def card(device) -> str:
 
 
 def row_label(summary: Mapping, label: str) -> str:
-    """A table row's label for a :func:`dnlib.experiments.aggregate.summarize` dict, naming its runs that did not complete
+    """A table row's label for a :func:`dnlib.experiments.aggregate.summarize` dict, naming its runs that did not
+    complete
     (``"BN* (1 time limit)"``: their numbers are those of a shorter schedule)."""
     return label + "".join(f" ({c} {k})" for k, c in summary["stopped"].items() if k != COMPLETED)

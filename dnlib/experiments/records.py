@@ -34,9 +34,10 @@ from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "read_json_object", "jsonable", "git_state", "versions", "device_info",
-           "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record", "read_record",
-           "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs", "gather"]
+__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "read_json_object", "jsonable", "git_state", "versions",
+           "device_info", "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record",
+           "read_record", "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs",
+           "gather"]
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"

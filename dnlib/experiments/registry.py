@@ -12,7 +12,8 @@ __all__ = ["paper_schedule", "RECIPES_GROUP", "register", "paper_tables", "paper
 
 def paper_schedule(experiment: str | None, name: str | None, what: Mapping[str, Any] = {}) -> int | None:
     """The length of the paper's schedule for configuration ``name`` of ``experiment`` (its recipe's
-    :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where dnlib
+    :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`: CIFAR steps, PTB epochs of its ``source``); None where
+    dnlib
     does not know it (SR: the authors' code has no limit; an unknown experiment or name)."""
     recipe = _recipes().get(experiment) if experiment else None
     try:
@@ -22,9 +23,10 @@ def paper_schedule(experiment: str | None, name: str | None, what: Mapping[str, 
 
 
 # ------------------------------------------------------------------------------------- the paper's tables
-#: The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar = "dnlib.experiments.cifar:RECIPE"``):
-#: a recipe owns its paper tables and schedules (:meth:`dnlib.experiments.recipe.Recipe.paper_tables`,
-#: :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`); this module knows none.
+# : The entry-point group that names each experiment's recipe (``pyproject.toml``: ``cifar =
+# "dnlib.experiments.cifar:RECIPE"``): : a recipe owns its paper tables and schedules
+# (:meth:`dnlib.experiments.recipe.Recipe.paper_tables`, : :meth:`~dnlib.experiments.recipe.Recipe.paper_schedule`);
+# this module knows none.
 RECIPES_GROUP = "dnlib.recipes"
 
 

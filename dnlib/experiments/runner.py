@@ -3,8 +3,8 @@
 
 An experiment is a :class:`Recipe` (``dnlib.experiments.cifar.RECIPE``, ...): it names its configurations, resolves one
 (``config``), builds what a run needs for a configuration and a seed (``build`` -> :class:`Setup`: model, loss,
-resumable batches, evaluation, :class:`~dnlib.training.trainer.TrainConfig`, run identity), and reads the numbers of a run
-(``headline``) beside the paper's (``paper``). The runner does everything else, the same way for every recipe::
+resumable batches, evaluation, :class:`~dnlib.training.trainer.TrainConfig`, run identity), and reads the numbers of a
+run (``headline``) beside the paper's (``paper``). The runner does everything else, the same way for every recipe::
 
     from dnlib.experiments import runner
     from dnlib.experiments.cifar import RECIPE
@@ -24,18 +24,19 @@ starting a chunk, the run stops when the seconds since :func:`run` was called pl
 chunk would exceed ``time_limit``; it is recorded as ``stopped: "time limit at step N"``. The first chunk of a
 call always runs (there is no measure yet).
 
-**Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>`` (:func:`dnlib.experiments.records.new_run_dir`,
-never another run's); ``resume=DIR`` runs in ``DIR`` itself: it continues the checkpoint there (the trainer
-refuses one written by another run, :class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none.
-A folder holds ``run.json`` (how the run was called, enough to resume it by its folder alone), ``record.json``
-(:mod:`dnlib.experiments.records`; ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``,
-``history.json``. Every file is written atomically: a killed run leaves complete files or none.
+**Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>``
+(:func:`dnlib.experiments.records.new_run_dir`, never another run's); ``resume=DIR`` runs in ``DIR`` itself: it
+continues the checkpoint there (the trainer refuses one written by another run,
+:class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none. A folder holds ``run.json`` (how
+the run was called, enough to resume it by its folder alone), ``record.json`` (:mod:`dnlib.experiments.records`;
+``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``, ``history.json``. Every file is
+written atomically: a killed run leaves complete files or none.
 
 **Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.experiments.engines`): the local one (a
 process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
 
-**Divergence.** A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` from the trainer: the record says
-``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
+**Divergence.** A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` from the trainer: the record
+says ``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
 
 This module is the run loop (:class:`Run`, :func:`run`, :func:`run_many`); the contract is :mod:`.recipe`, sweeps
 :mod:`.sweep`, benchmarks :mod:`.bench`, the command line :mod:`.commands`. It imports training and records,
@@ -84,8 +85,8 @@ class Run:
     resumed; nothing trained yet. :meth:`go` trains it. Errors in preparing are the caller's (bad config, missing
     data, another run's checkpoint: ValueError / FileNotFoundError / CheckpointError).
 
-    The same loop runs K copies of one configuration in one trainer (:mod:`dnlib.experiments.stacked`): ``seeds`` (one per
-    copy) and ``build(recipe, cfg, seeds, device, options) -> Setup`` (a Setup whose ``copies`` are the K copies'
+    The same loop runs K copies of one configuration in one trainer (:mod:`dnlib.experiments.stacked`): ``seeds`` (one
+    per copy) and ``build(recipe, cfg, seeds, device, options) -> Setup`` (a Setup whose ``copies`` are the K copies'
     own). The run folder then holds the trainer's files (``run.json`` with the seeds, ``checkpoint.pt``,
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
     TensorBoard events); :meth:`go` returns the K results."""
@@ -252,7 +253,8 @@ class Run:
     def go(self) -> RunResult:
         """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result
         (a stacked run: the K copies' results, in the order of ``seeds``). Raises
-        :class:`~dnlib.training.trainer.TrainingDiverged` after writing the record of a diverged run (a stacked run: a copy
+        :class:`~dnlib.training.trainer.TrainingDiverged` after writing the record of a diverged run (a stacked run: a
+        copy
         that diverges stops alone, its record says so; the run raises when every copy has)."""
         tr = self.trainer
         target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
@@ -313,7 +315,8 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
         overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
-        progress: a progress bar over the run's steps (:func:`dnlib.training.progress.progress_bar`: a widget in JupyterLab,
+        progress: a progress bar over the run's steps (:func:`dnlib.training.progress.progress_bar`: a widget in
+        JupyterLab,
             a text bar under the notebook runner and on a terminal, periodic lines in a log); False: none.
         parameters: a notebook's parameters, recorded; argv: the command line, recorded.
 

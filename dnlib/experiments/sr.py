@@ -1,5 +1,5 @@
-"""Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of :mod:`dnlib.experiments.runner`,
-evaluation, tables and figures.
+"""Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of
+:mod:`dnlib.experiments.runner`, evaluation, tables and figures.
 
 A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :mod:`dnlib.experiments.sr_configs`; its
 configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
@@ -64,9 +64,9 @@ from .sr_configs import (
 )
 
 __all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
-           "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of",
-           "load_model", "results_table", "format_table", "shift_table", "headline", "report", "bench",
-           "plot_curves", "compare_crops", "crop_explorer", "main"]
+           "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of", "load_model",
+           "results_table", "format_table", "shift_table", "headline", "report", "bench", "plot_curves",
+           "compare_crops", "crop_explorer", "main"]
 
 #: The test sets of a run's headline (Set5; Set14: Table 5; BSD200: Table 6) and their record keys.
 HEADLINE_SETS = ("Set5", "Set14", "BSD200")
@@ -235,7 +235,8 @@ def _set_name(value: str) -> str:
 
 
 def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainConfig:
-    """The :class:`dnlib.training.trainer.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this length;
+    """The :class:`dnlib.training.trainer.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this
+    length;
     ``changes``: e.g. device, eval_every)."""
     steps = cfg.steps if steps is None else int(steps)
     kw = dict(steps=steps, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
@@ -340,8 +341,9 @@ class SRRecipe(Recipe):
         return out
 
     def paper_tables(self, scale: int = 3, **_) -> dict:
-        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.experiments.registry.paper_table`'s layout). Our runs are named
-        ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam schedule ``fast-*``, which is not
+        """Tables 5 and 6, their x``scale`` columns (:func:`dnlib.experiments.registry.paper_table`'s layout). Our runs
+        are named ``<schedule>-<row>``: the paper's schedule ``paper-*`` and the short Adam schedule ``fast-*``, which
+        is not
         the paper's; ``bicubic`` and ``A+`` are not networks trained here."""
         rows = [("bicubic", "Bicubic"), ("a+", "A+")] + [(f"{sched}-{m}", f"{ROW_NAMES[m]}" + (
             "" if sched == "paper" else " (fast schedule)")) for sched in ("paper", "fast") for m in SR_MODELS]

@@ -17,13 +17,13 @@ as a step of one. This module trains K runs of one configuration, each with its 
 (the ``stack`` verb is :func:`commands`; a recipe offers it by adding ``**stacked.commands(self)`` to its
 ``commands()``.)
 
-**One loop.** A stacked run is an ordinary :class:`~dnlib.experiments.runner.Run` whose trainer holds K copies: the runner's
-chunks, time limit, checkpoints, resume (bit-identical on CPU, ``tests/test_resume.py``), TensorBoard and records;
-the :class:`~dnlib.training.trainer.Trainer` loop with its divergence checks, per copy (:class:`~dnlib.training.stacked.StackedTrainer`). What is
-stacked here is only what :func:`build` hands the runner. The run folder ``<out>/<config>-s<seed>+<seed>...-<UTC>``
-holds the trainer's ``run.json`` (with the seeds), ``checkpoint.pt`` and ``history.json``, and one ordinary run
-folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBoard events), which ``gather`` and
-``report`` read as any other.
+**One loop.** A stacked run is an ordinary :class:`~dnlib.experiments.runner.Run` whose trainer holds K copies: the
+runner's chunks, time limit, checkpoints, resume (bit-identical on CPU, ``tests/test_resume.py``), TensorBoard and
+records; the :class:`~dnlib.training.trainer.Trainer` loop with its divergence checks, per copy
+(:class:`~dnlib.training.stacked.StackedTrainer`). What is stacked here is only what :func:`build` hands the runner. The
+run folder ``<out>/<config>-s<seed>+<seed>...-<UTC>`` holds the trainer's ``run.json`` (with the seeds),
+``checkpoint.pt`` and ``history.json``, and one ordinary run folder per copy, ``<config>-s<seed>`` (``record.json``,
+``curves.csv``, TensorBoard events), which ``gather`` and ``report`` read as any other.
 
 **What each copy is.** Copy k *is* the separate run with seed ``seeds[k]``, computed in other kernels:
 
@@ -38,20 +38,21 @@ folder per copy, ``<config>-s<seed>`` (``record.json``, ``curves.csv``, TensorBo
   independent (the weight-decay/no-decay parameter groups are the recipe's, mapped by name);
 * it is evaluated on its own (per-copy accuracy and loss), checked on its own (a copy whose loss, metric or
   weights turn non-finite stops alone, recorded ``diverged at step N``; the others train on) and recorded as an
-  ordinary run record (:mod:`dnlib.experiments.records`, the experiment's keys and headline) with ``config.setup.stacked =
-  K`` and the group's seeds noted.
+  ordinary run record (:mod:`dnlib.experiments.records`, the experiment's keys and headline) with ``config.setup.stacked
+  = K`` and the group's seeds noted.
 
 On the CPU in float64, K stacked steps equal K separate runs to rounding (``tests/test_stacked.py``). Not
 covered: dropout (the ``base-wd-drop`` row) draws one mask over the stacked tensor, so its masks are not those of
 the separate runs (the same distribution, other draws); a learned sigma (a scalar per site) cannot be packed and
 is refused; gradient clipping (a global norm would mix the copies) is refused.
 
-**Speed.** ``mode="auto"`` trains with :class:`~dnlib.training.stacked.StackedGraphTrainer` on CUDA (the whole stacked step one CUDA
-graph) and with :class:`~dnlib.training.stacked.StackedTrainer` on the CPU, as the recipe. ``images_per_s`` in a copy's headline is
-that copy's own progress (the group's aggregate divided by K).
+**Speed.** ``mode="auto"`` trains with :class:`~dnlib.training.stacked.StackedGraphTrainer` on CUDA (the whole stacked
+step one CUDA graph) and with :class:`~dnlib.training.stacked.StackedTrainer` on the CPU, as the recipe.
+``images_per_s`` in a copy's headline is that copy's own progress (the group's aggregate divided by K).
 
 This module sits between the runner (:mod:`dnlib.experiments.runner`) and the recipes: it takes a recipe whose
-``build`` returns a :class:`~dnlib.models.CifarCNN` and CIFAR data (``dnlib.experiments.cifar.RECIPE``) and imports none.
+``build`` returns a :class:`~dnlib.models.CifarCNN` and CIFAR data (``dnlib.experiments.cifar.RECIPE``) and imports
+none.
 """
 from __future__ import annotations
 
@@ -75,16 +76,15 @@ from ..training.trainer import CheckpointError, TrainingDiverged
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 
-__all__ = ["StackedData", "StackedBatches", "StackedLoss", "evaluate",
-           "build", "prepare", "run", "commands", "MODES"]
+__all__ = ["StackedData", "StackedBatches", "StackedLoss", "evaluate", "build", "prepare", "run", "commands", "MODES"]
 
 MODES = ("auto", "graph", "eager")
 
 
 # ------------------------------------------------------------------------------------------------- data
 class StackedData:
-    """The K copies' data (:class:`dnlib.experiments.cifar.CifarData` s, of equal sizes; the same object K times shares its
-    tensors without copying them) as one batch maker: :meth:`images` of ``(K, N)`` indices is the stacked input,
+    """The K copies' data (:class:`dnlib.experiments.cifar.CifarData` s, of equal sizes; the same object K times shares
+    its tensors without copying them) as one batch maker: :meth:`images` of ``(K, N)`` indices is the stacked input,
     each copy's block what ``data.images`` gives its own run."""
 
     def __init__(self, datas: Sequence):
@@ -166,7 +166,8 @@ class StackedLoss:
 
 
 def evaluate(model: StackedCifarCNN, data: StackedData, batch_size: int = 1000) -> list:
-    """Each copy's accuracy and mean cross-entropy on its evaluation split, as ``dnlib.experiments.cifar.evaluate`` of its run
+    """Each copy's accuracy and mean cross-entropy on its evaluation split, as ``dnlib.experiments.cifar.evaluate`` of
+    its run
     (keys ``test_acc``/``test_loss`` or ``val_*``): a list of K dicts."""
     k, n = data.y_eval.shape
     correct = torch.zeros(k, device=data.device)
@@ -199,10 +200,11 @@ def _check_seeds(seeds) -> list:
 
 def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
           options: dict | None = None) -> Setup:
-    """The :class:`~dnlib.experiments.recipe.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build`` of
-    a stacked :class:`~dnlib.experiments.runner.Run`): each copy built as its separate run builds it
-    (:func:`~dnlib.experiments.runner.build_setup` with ``options``: load, seed, build), packed into one model, data, batch source and loss; ``copies`` holds the K
-    copies' own setups. ``options["mode"]`` is the stacked trainer's (``"auto"``: a CUDA graph on CUDA). The data
+    """The :class:`~dnlib.experiments.recipe.Setup` of K copies of ``cfg``, one per seed, in one trainer (the ``build``
+    of a stacked :class:`~dnlib.experiments.runner.Run`): each copy built as its separate run builds it
+    (:func:`~dnlib.experiments.runner.build_setup` with ``options``: load, seed, build), packed into one model, data,
+    batch source and loss; ``copies`` holds the K copies' own setups. ``options["mode"]`` is the stacked trainer's
+    (``"auto"``: a CUDA graph on CUDA). The data
     is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
     seeds = _check_seeds(seeds)
     options = dict(options or {})
@@ -249,10 +251,10 @@ def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwarg
     the runner (module doc); returns their :class:`~dnlib.experiments.recipe.RunResult` s in the order of ``seeds``.
 
     Args:
-        recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data (``dnlib.experiments.cifar.RECIPE``).
-        config: a configuration name or object (None with ``resume``: the stored one).
-        seeds: one distinct seed per copy (None with ``resume``: the stored ones).
-        kwargs: as :func:`dnlib.experiments.runner.run`: ``steps``, ``device``, ``out`` (a base folder: the group gets a
+        recipe: a recipe whose ``build`` gives a :class:`~dnlib.models.CifarCNN` on CIFAR data
+        (``dnlib.experiments.cifar.RECIPE``). config: a configuration name or object (None with ``resume``: the stored
+        one). seeds: one distinct seed per copy (None with ``resume``: the stored ones). kwargs: as
+        :func:`dnlib.experiments.runner.run`: ``steps``, ``device``, ``out`` (a base folder: the group gets a
             new folder in it), ``resume`` (the group's folder: continue its checkpoint, or start there),
             ``overrides``, ``options`` (the recipe's ``build`` keywords; ``mode``: the stacked trainer's),
             ``time_limit``, ``stop_after`` (the whole group stops), ``progress``, ``parameters``, ``argv``.

@@ -128,7 +128,8 @@ _GATHER_DROP = ("run", "commit", "device", "steps_planned", "seconds")
 
 
 def gather_table(rows: Sequence[Mapping]) -> str:
-    """A Markdown table of gather rows (:func:`dnlib.experiments.records.gather`: one per run; every column but the folder,
+    """A Markdown table of gather rows (:func:`dnlib.experiments.records.gather`: one per run; every column but the
+    folder,
     commit and device; numbers to 4 significant digits)."""
     cols = []
     for r in rows:
@@ -153,9 +154,9 @@ def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
 
 
 def compare(runs, name, *, finished: bool = True, scale: int = 3) -> MarkdownTable:
-    """One of the paper's tables (a name or a table: :func:`paper_table`; ``scale``: the SR tables') beside ours from the runs (run folders, records or
-    gather rows): mean ± std over the runs of each configuration (completed runs only when ``finished``), the
-    paper's number, n, and ``not run`` where no run has that configuration (:func:`paper_table`,
+    """One of the paper's tables (a name or a table: :func:`paper_table`; ``scale``: the SR tables') beside ours from
+    the runs (run folders, records or gather rows): mean ± std over the runs of each configuration (completed runs only
+    when ``finished``), the paper's number, n, and ``not run`` where no run has that configuration (:func:`paper_table`,
     :func:`summarize`, :func:`table`)."""
     spec = paper_table(name, scale=scale)
     summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])

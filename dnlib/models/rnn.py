@@ -33,19 +33,20 @@ where the cells differ only in *where* normalization sits:
 =====================  ==========================================================================================
 
 Every cell takes its normalizer as every model of :mod:`dnlib.models` does: ``norm=`` a preset name or a
-:class:`~dnlib.norms.spec.NormSpec` (defaults: ``"none"`` for the per-nonlinearity and vanilla cells, ``"bn"`` for the BN
-cells, ``"ln"`` for the LN-LSTM), ``norm_kwargs=`` its :func:`dnlib.make_norm` overrides (``sigma``, ``alpha``,
-``window``, ``border``, ``eps``, ``affine``), resolved once by :func:`dnlib.norms.presets.get_norm_layer`. The sparse L1 penalty (PAPER.md
-§2.2) is accumulated at every normalized quantity, every layer and every time step, as the authors' code sums it:
-``alpha * mean|v|`` at each of ``i, j, f, o`` and ``c`` (per-nonlinearity cells), or at ``W_x x``, ``W_h h``
-and ``c`` (BN/LN cells), or at the one pre-activation (vanilla RNNs). The per-nonlinearity cell normalizes the
-four gate blocks in one call on an ``(4N, H)`` view, with ``alpha`` times 4: the same sum, since each block has
-the same number of elements.
+:class:`~dnlib.norms.spec.NormSpec` (defaults: ``"none"`` for the per-nonlinearity and vanilla cells, ``"bn"`` for the
+BN cells, ``"ln"`` for the LN-LSTM), ``norm_kwargs=`` its :func:`dnlib.make_norm` overrides (``sigma``, ``alpha``,
+``window``, ``border``, ``eps``, ``affine``), resolved once by :func:`dnlib.norms.presets.get_norm_layer`. The sparse L1
+penalty (PAPER.md §2.2) is accumulated at every normalized quantity, every layer and every time step, as the authors'
+code sums it: ``alpha * mean|v|`` at each of ``i, j, f, o`` and ``c`` (per-nonlinearity cells), or at ``W_x x``, ``W_h
+h`` and ``c`` (BN/LN cells), or at the one pre-activation (vanilla RNNs). The per-nonlinearity cell normalizes the four
+gate blocks in one call on an ``(4N, H)`` view, with ``alpha`` times 4: the same sum, since each block has the same
+number of elements.
 
 **1-D DN window (PAPER.md §1.3, §5.4 item 2).** The paper's eqs. 6-7 use a radius R (R = 30 for the LSTM, 60 for
 the RNN: windows of 2R + 1 = 61 and 121 units) and always divide by 2R + 1, i.e. units beyond the border count as
-zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.experiments.ptb_configs`). The authors' code uses windows of
-30 and 60 *units* with TensorFlow SAME zero padding (asymmetric for even sizes): ``window=30, border="reference"``.
+zeros: ``window=61, border="zeros"`` (the default of :mod:`dnlib.experiments.ptb_configs`). The authors' code uses
+windows of 30 and 60 *units* with TensorFlow SAME zero padding (asymmetric for even sizes): ``window=30,
+border="reference"``.
 """
 from __future__ import annotations
 
@@ -323,12 +324,13 @@ class BNLSTMCell(_Recurrent):
 
     ``BN_t`` uses the statistics of time step t over the batch (running averages per step in eval, momentum 0.1 =
     the code's EMA decay 0.9; torch's convention, or the code's with ``norm_kwargs={"running_stats": "tf"}``:
-    averages starting at 0, biased variance); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h`` would be
-    cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code) passes
-    ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
+    averages starting at 0, biased variance); gains and biases are shared over time. Biases of ``W_x x`` and ``W_h h``
+    would be cancelled by the mean subtraction, so the betas are the only biases. ``state_norm_c=True`` (the code)
+    passes ``BN_t(c_t)`` on as the state, False the raw ``c_t``. ``max_steps`` = the BPTT length (20).
 
-    ``norm`` (default ``"bn"``; e.g. ``"bn-s"``, or a batch-pooling :class:`~dnlib.norms.spec.NormSpec`) is the normalizer
-    of each step, ``norm_kwargs`` its overrides; ``norm_kwargs["affine"]`` (default True) is the shared gain and bias.
+    ``norm`` (default ``"bn"``; e.g. ``"bn-s"``, or a batch-pooling :class:`~dnlib.norms.spec.NormSpec`) is the
+    normalizer of each step, ``norm_kwargs`` its overrides; ``norm_kwargs["affine"]`` (default True) is the shared gain
+    and bias.
     """
 
     num_gates, state_size = 4, 2

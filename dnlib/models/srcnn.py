@@ -20,8 +20,8 @@ without an L1 weight builds ``nn.Identity`` (SRCNN as published); with ``alpha``
 term.
 
 The SR experiment's named normalizers (``"none"``, ``"bn"``, ``"dn*"``, ``"dn*-code"``, ``"dn-ms"`` and the authors'
-spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.experiments.sr_configs` (a preset plus overrides, with the
-paper's and the code's values); build one with ``get_config("fast").build_model("dn*")``.
+spellings ``dn-star``, ``dnms``, ``base``) are rows of :mod:`dnlib.experiments.sr_configs` (a preset plus overrides,
+with the paper's and the code's values); build one with ``get_config("fast").build_model("dn*")``.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class SRCNN(nn.Module):
 
     Args:
         norm: a preset name (:func:`dnlib.list_norms`; ``"none"``: no normalizer) or a
-            :class:`~dnlib.norms.spec.NormSpec`. The SR experiment's rows (``"dn*"``, ...) are in :mod:`dnlib.experiments.sr_configs`.
+            :class:`~dnlib.norms.spec.NormSpec`. The SR experiment's rows (``"dn*"``, ...) are in
+            :mod:`dnlib.experiments.sr_configs`.
         channels: filters of the two hidden layers (paper: 64, 32).
         kernels: kernel sizes of the three layers (paper: 9, 5, 5).
         in_channels: 1 (luma).

@@ -346,7 +346,8 @@ def _to_name(to: NormLike) -> str:
 
 def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,
                   copy_affine: bool = True, strict: bool = False, report: bool = False, **overrides):
-    """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see :mod:`dnlib.norms.convert`).
+    """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see
+    :mod:`dnlib.norms.convert`).
 
     Args:
         model: any ``nn.Module``; changed in place. A TorchScript module is refused (convert before scripting).

@@ -606,10 +606,10 @@ def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, 
     """Divisive normalization returning ``(y, v, mu, s)``; see :func:`divisive_norm`.
 
     ``v`` is the centred activation (empty when the spec does not both centre and divide: then it is ``y``
-    or ``x``; or when ``need_v`` is False and the fast shared-field path runs), ``mu``/``s`` the batch statistics in the grouped layout ``(N|1, G, C/G|1, ...)`` (empty when
-    not computed). ``mean``/``sup`` replace the statistics (running statistics), given in that layout.
-    ``sync`` (a :class:`BatchSync`) pools the batch axis over the processes of a group, forward and backward
-    (double backward then raises).
+    or ``x``; or when ``need_v`` is False and the fast shared-field path runs), ``mu``/``s`` the batch statistics in the
+    grouped layout ``(N|1, G, C/G|1, ...)`` (empty when not computed). ``mean``/``sup`` replace the statistics (running
+    statistics), given in that layout. ``sync`` (a :class:`BatchSync`) pools the batch axis over the processes of a
+    group, forward and backward (double backward then raises).
     """
     _check(x, spec)
     plan = _plan(spec, x.dim() - 2)

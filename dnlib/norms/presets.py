@@ -36,11 +36,11 @@ expresses; their ``Preset.module`` builds them, with GDN's own overrides (``beta
 This is the one registry of normalizers. A preset is a *kind* of normalizer; an experiment's hyperparameters
 (the paper's sigma, alpha and windows per row) are rows of its configuration table that name a preset plus
 overrides: :mod:`dnlib.experiments.cifar_configs` (``"dn-star"``: ``dn`` with windows 5, 3, 3, sigma 0.5, alpha),
-:mod:`dnlib.experiments.ptb_configs` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.experiments.sr_configs` (``"dn*"``: ``dn``
-with a 5 x 5 summation and 7 x 7 suppression window, sigma 1, alpha 0.1; ``"dn*-code"``; ``"dn-ms"``).
-So the paper's BN*, LN* and DN* are not presets: their sigma, alpha and windows differ between the experiments
-(and DN*'s window between CIFAR layers); ``make_norm("dn*")`` (or ``"dn-star"``, ``"bn*"``, ...) raises an error
-that gives the :func:`make_norm` call of each experiment's sites (:data:`STARRED`).
+:mod:`dnlib.experiments.ptb_configs` (``dn-1d-s`` with a 61-unit window) and :mod:`dnlib.experiments.sr_configs`
+(``"dn*"``: ``dn`` with a 5 x 5 summation and 7 x 7 suppression window, sigma 1, alpha 0.1; ``"dn*-code"``;
+``"dn-ms"``). So the paper's BN*, LN* and DN* are not presets: their sigma, alpha and windows differ between the
+experiments (and DN*'s window between CIFAR layers); ``make_norm("dn*")`` (or ``"dn-star"``, ``"bn*"``, ...) raises an
+error that gives the :func:`make_norm` call of each experiment's sites (:data:`STARRED`).
 
 Every model takes its normalizer the same way, ``Model(..., norm=<preset name> | NormSpec | "none",
 norm_kwargs={...})``, resolved once in ``__init__`` by :func:`get_norm_layer` (as timm's ``get_norm_layer``).
@@ -177,8 +177,8 @@ _MODULE_KEYS = {"affine", "bias", "momentum", "track_running_stats", "alpha", "i
 
 
 #: The paper's starred normalizers in dnlib's terms, by experiment: the :func:`make_norm` call of their sites (the
-#: values of PAPER.md §2.3, CIFAR-10 and the LSTM unless said; ``tests/test_star_names.py`` builds the CIFAR calls against
-#: :mod:`dnlib.experiments.cifar_configs`). Asking for one by name raises an error that shows these.
+# : values of PAPER.md §2.3, CIFAR-10 and the LSTM unless said; ``tests/test_star_names.py`` builds the CIFAR calls
+# against : :mod:`dnlib.experiments.cifar_configs`). Asking for one by name raises an error that shows these.
 STARRED = {
     "bn": ("BN*", "BN with the smoothing sigma and the L1 term", {
         "CIFAR": "make_norm('bn', C, sigma=1.0, eps=0, alpha=0.005) (CIFAR-100: sigma=0.25, alpha=0.01); "

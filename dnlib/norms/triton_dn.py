@@ -17,10 +17,10 @@ over the window and ``b`` the reference code's divisor factor. Forward: three ke
 with a channel window; the local mean ``mu`` and ``R(v^2)``; the output, with the divisor's argument kept for
 backward and the per-program sums of ``|v|``, the L1 term's statistic). Backward: three kernels (per-position sums
 of ``gy * v``, ``gy``, ``sign(v)``; the transposed suppression and summation box filters on those small maps;
-``gx``), exact gradients for ``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all channels) or ``(N, C, H,
-W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read three times forward (twice with a
-channel window) and twice backward. NCHW and channels_last inputs are read in place (the output and the input's
-gradient keep the input's layout); other strides are copied first.
+``gx``), exact gradients for ``x``, a learned sigma and the L1 sum. The statistics live on ``(N, 1, H, W)`` maps (all
+channels) or ``(N, C, H, W)`` maps (channel window), in float32 (float64 for float64 inputs); ``x`` is read three times
+forward (twice with a channel window) and twice backward. NCHW and channels_last inputs are read in place (the output
+and the input's gradient keep the input's layout); other strides are copied first.
 
 Double backward (``create_graph=True``) raises :class:`NotImplementedError`: use ``impl="general"`` for gradient
 penalties. Offsets are 32-bit: inputs up to 2**31 elements.
@@ -593,9 +593,9 @@ def divisive_norm(x: torch.Tensor, spec: NormSpec, sigma=None, l1: bool = False,
     The same operator as :func:`dnlib.norms.functional.divisive_norm` for a :func:`supported` spec. ``sigma`` overrides
     ``spec.sigma`` (a tensor for a learned sigma: gradients flow to it). With ``l1=True`` ``l1_sum`` is the sum
     of ``|x - E_A[x]|`` over every element (differentiable; the sparse penalty is ``alpha * l1_sum / x.numel()``;
-    float32 for half-precision inputs), else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two; default 32 or 8 channels and
-    128 positions). Float16/bfloat16 inputs are computed in float32 and returned in their dtype; float64 in
-    float64. Double backward raises :class:`NotImplementedError`.
+    float32 for half-precision inputs), else None. ``blocks=(channels, positions)`` sets the tile sizes (powers of two;
+    default 32 or 8 channels and 128 positions). Float16/bfloat16 inputs are computed in float32 and returned in their
+    dtype; float64 in float64. Double backward raises :class:`NotImplementedError`.
     """
     geom = _analyse(spec)
     if not isinstance(geom, _Geom):

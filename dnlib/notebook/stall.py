@@ -35,8 +35,8 @@ from papermill.log import logger
 from papermill.utils import merge_kwargs, remove_args
 from traitlets import Float, Unicode
 
-__all__ = ["CellStalled", "StallWatchingClient", "slice_polls", "StallWatchingEngine", "register_engine", "ENGINE_NAME",
-           "DEFAULT_STALL_TIMEOUT"]
+__all__ = ["CellStalled", "StallWatchingClient", "slice_polls", "StallWatchingEngine", "register_engine",
+           "ENGINE_NAME", "DEFAULT_STALL_TIMEOUT"]
 
 ENGINE_NAME = "dnlib-stall"
 #: Seconds without a reply from an idle kernel before a cell counts as stalled.

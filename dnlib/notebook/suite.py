@@ -1,4 +1,5 @@
-"""The notebook suite's runner: ``python -m dnlib.notebook.suite run [--profile smoke|full] [-p NAME VALUE ...] [NOTEBOOK ...]``.
+"""The notebook suite's runner: ``python -m dnlib.notebook.suite run [--profile smoke|full] [-p NAME VALUE ...]
+[NOTEBOOK ...]``.
 
 Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactly one cell tagged
 ``parameters``, written ``name: type = value  # help`` with literal values. This module runs them headless:
@@ -15,13 +16,13 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
 4. **Execute** each notebook with kernel ``python3`` into a run folder of its own: every invocation makes
    ``runs/<profile>/suite-<UTC time>/`` (``--out`` names another), and each notebook gets ``<stem>/`` there
    with its executed copy ``<name>.ipynb``, ``results.json`` (its headline numbers, written by
-   :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record: the
-   resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
-   notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on
-   ``PYTHONPATH``, matplotlib's inline backend and ``DNLIB_PROGRESS=text``: a training call's progress bar is a
-   text bar redrawn every 10 s, echoed here as one line per redraw (``[03_cifar] bn-star s0: 45%|...``), and the
-   executed copy keeps only its last state (stream outputs are merged, carriage returns applied). Cells run
-   with a tqdm bar (``--no-progress``: neither).
+   :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record:
+   the resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
+   notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on ``PYTHONPATH``,
+   matplotlib's inline backend and ``DNLIB_PROGRESS=text``: a training call's progress bar is a text bar redrawn every
+   10 s, echoed here as one line per redraw (``[03_cifar] bn-star s0: 45%|...``), and the executed copy keeps only its
+   last state (stream outputs are merged, carriage returns applied). Cells run with a tqdm bar (``--no-progress``:
+   neither).
 5. **Limit** each cell's time (:func:`cell_limit`): 600 s on the smoke profile; on the others a limit derived from
    the notebook's training schedule; ``--cell-timeout`` sets it. A cell past it fails naming the cell (index and
    first line), how long it ran and how the limit was derived.
@@ -340,12 +341,12 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
                  parameters: Mapping[str, Any] | None = None) -> Path:
     """Write a notebook's headline numbers as JSON and return the path.
 
-    Under ``python -m dnlib.notebook.suite`` (which sets ``$DNLIB_RESULTS``) the file goes beside the executed copy and the
-    suite writes the run record. Anywhere else (JupyterLab, plain papermill, a script) every call makes a run
-    folder of its own, ``runs/notebooks/<name>-<UTC time>/`` with ``results.json`` and ``record.json`` (the
-    notebook's parameters, git commit, versions, device...; :mod:`dnlib.experiments.records`), so two runs never overwrite
-    each other. ``parameters``: default, the values of the parameters the notebook declares, read from the
-    kernel. Tensors and arrays become lists, non-finite floats become ``null``.
+    Under ``python -m dnlib.notebook.suite`` (which sets ``$DNLIB_RESULTS``) the file goes beside the executed copy and
+    the suite writes the run record. Anywhere else (JupyterLab, plain papermill, a script) every call makes a run folder
+    of its own, ``runs/notebooks/<name>-<UTC time>/`` with ``results.json`` and ``record.json`` (the notebook's
+    parameters, git commit, versions, device...; :mod:`dnlib.experiments.records`), so two runs never overwrite each
+    other. ``parameters``: default, the values of the parameters the notebook declares, read from the kernel. Tensors
+    and arrays become lists, non-finite floats become ``null``.
     """
     env = os.environ.get(RESULTS_ENV)
     results = records.jsonable(dict(results))
@@ -472,7 +473,8 @@ def cell_limit(profile: str, path: str | Path | None = None,
     """``(seconds, how)``: the time a single cell of ``path`` may run on ``profile`` before it fails.
 
     Smoke: :data:`SMOKE_CELL_LIMIT`. Others: :data:`CELL_FLOOR` + :data:`SECONDS_PER_STEP` (of the device the
-    ``device`` parameter names; ``auto``: CUDA when there is one) x :func:`schedule_steps`; every cell of the notebook gets it (the training cell
+    ``device`` parameter names; ``auto``: CUDA when there is one) x :func:`schedule_steps`; every cell of the notebook
+    gets it (the training cell
     needs it; the others end far sooner). None (no limit) when the schedule is unknown. ``how`` says which."""
     if profile == "smoke":
         return SMOKE_CELL_LIMIT, "the smoke profile's limit"
@@ -675,7 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        with cli.user_errors(sub.choices[args.command]):   # every notebook named is found and is JSON, before anything runs
+        # every notebook named is found and is JSON, before anything runs
+        with cli.user_errors(sub.choices[args.command]):
             for path in discover(args.notebooks):
                 read_notebook(path)
         if args.command == "list":

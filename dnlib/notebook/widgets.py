@@ -29,8 +29,9 @@ from ..norms.presets import PRESETS, get_spec, list_norms, make_norm
 from ..norms.sparse import l1_penalty
 from ..norms.spec import NormSpec
 
-__all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer", "activation_explorer",
-           "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS", "INPUTS", "FIXED_LIMITS"]
+__all__ = ["explorer_images", "preprocess", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer",
+           "activation_explorer", "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS",
+           "INPUTS", "FIXED_LIMITS"]
 
 CIFAR_SAMPLES = Path("cifar-exact-samples", "cifar10_test_first20_exact_foolbox.npz")
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -151,7 +152,8 @@ def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None)
 
 
 def _fallback_notice(errors: list[str], desc: str, root) -> str:
-    """Warn (every time, visibly in a notebook's output) that ``desc`` replaces the images that failed; return the new desc."""
+    """Warn (every time, visibly in a notebook's output) that ``desc`` replaces the images that failed; return the new
+    desc."""
     import warnings
 
     from ..data import DataWarning, data_root
@@ -263,8 +265,10 @@ class ActivationExplorer:
         z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the latest normalized
             responses (before ReLU); ``spec``: the latest spec; ``norm``: the latest module.
         widget: the ``VBox`` that is displayed: the controls, the live figure right under them, then the readout.
-        pre_pairs: the pair statistics of ``z`` (:func:`dnlib.analysis.stats.pairwise_corr_mi` over all filter pairs, as the
-            Table 10 figure :func:`dnlib.analysis.figures.joint_histograms` computes them, so the two report one number).
+        pre_pairs: the pair statistics of ``z`` (:func:`dnlib.analysis.stats.pairwise_corr_mi` over all filter pairs, as
+        the
+            Table 10 figure :func:`dnlib.analysis.figures.joint_histograms` computes them, so the two report one
+            number).
     """
 
     def __init__(self, images: torch.Tensor, conv: nn.Conv2d, *, source: str = "", preset: str = "dn",
@@ -337,10 +341,11 @@ class ActivationExplorer:
         normalized responses ``y``; ``sparsity``, ``relu_mean``, ``relu_kurtosis`` of ``relu(y)``;
         ``field_mean_square`` (mean of ``E_B[y^2]``, nan without division); ``linearity`` (R^2 of ``y`` against
         ``v = z - E_A z``); ``corr``/``mi`` between filter pairs of ``y`` and ``corr_pre``/``mi_pre`` of ``z``;
-        ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max`` (:func:`dnlib.analysis.stats.activation_stats`);
-        ``l1_penalty``: what this site would add to a training loss, ``alpha * mean|z - E_A z|``
-        (:func:`dnlib.l1_penalty`: the term :func:`dnlib.sparse_penalty` returns after one training forward with
-        gradients; this forward runs under ``no_grad``, which records none); ``notes``; ``source``.
+        ``inputs`` (:func:`preprocess`); ``sparsity_min``/``sparsity_max``
+        (:func:`dnlib.analysis.stats.activation_stats`); ``l1_penalty``: what this site would add to a training loss,
+        ``alpha * mean|z - E_A z|`` (:func:`dnlib.l1_penalty`: the term :func:`dnlib.sparse_penalty` returns after one
+        training forward with gradients; this forward runs under ``no_grad``, which records none); ``notes``;
+        ``source``.
         """
         own = preset_windows(preset)
         space_window = own["space_window"] if space_window is None else space_window
@@ -525,7 +530,8 @@ def activation_explorer(images: torch.Tensor | None = None, *, conv: nn.Conv2d |
             ``channel_window``, ``window_field``; by default the preset's own windows).
         bins, n_pairs, max_samples: the correlation/MI estimator (:func:`dnlib.analysis.stats.pairwise_corr_mi`); the
             defaults (all filter pairs, up to 20,000 samples) are those of the Table 10 figure
-            (:func:`dnlib.analysis.figures.joint_histograms`), so the readout and the figure's title give the same numbers.
+            (:func:`dnlib.analysis.figures.joint_histograms`), so the readout and the figure's title give the same
+            numbers.
         live_plots: redraw histograms and feature maps on every change (in a kernel only).
         inputs: ``"standardized"`` or ``"raw"`` (:func:`preprocess`): what the first layer sees.
         fixed_scale: start with the "fixed scale" checkbox on (:data:`FIXED_LIMITS`).

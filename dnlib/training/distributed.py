@@ -1,13 +1,13 @@
 """Training under ``torch.distributed`` (``torchrun``): DDP, synchronized normalizers, sharded batches.
 
-``torchrun --nproc_per_node=2 -m dnlib.experiments.cifar run bn-star --device cpu --mode eager --steps 20`` trains one model
-in two processes: every process draws the same global batch from the resident data (same seed) and keeps its
+``torchrun --nproc_per_node=2 -m dnlib.experiments.cifar run bn-star --device cpu --mode eager --steps 20`` trains one
+model in two processes: every process draws the same global batch from the resident data (same seed) and keeps its
 contiguous share (:func:`shard`, a distributed sampler without a copy of the data), the model is wrapped in
 ``DistributedDataParallel`` (gradients averaged) and its batch-pooling normalizers are synchronized
-(:func:`dnlib.convert_sync_norm`), so a step equals one process's step on the global batch (up to float
-rounding; exactly so when the batch divides evenly, since DDP averages the processes' mean losses). The
-logged training loss is the global batch's. Rank 0 alone writes checkpoints and the run record. gloo on CPU
-(NCCL is chosen on CUDA, untested here). Resuming a run under torchrun and CUDA graphs are not supported yet.
+(:func:`dnlib.convert_sync_norm`), so a step equals one process's step on the global batch (up to float rounding;
+exactly so when the batch divides evenly, since DDP averages the processes' mean losses). The logged training loss is
+the global batch's. Rank 0 alone writes checkpoints and the run record. gloo on CPU (NCCL is chosen on CUDA, untested
+here). Resuming a run under torchrun and CUDA graphs are not supported yet.
 
 :class:`CollectiveLog` is a process group that forwards every collective to a real one and logs it (name and
 bytes), for measuring the communication of a training step (:func:`step_communication`).
@@ -135,8 +135,8 @@ class _DDPLoss:
 
 
 def prepare(trainer, out_dir=None):
-    """Make ``trainer`` (a :class:`dnlib.training.trainer.Trainer`) train data-parallel when run under torchrun; returned
-    unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
+    """Make ``trainer`` (a :class:`dnlib.training.trainer.Trainer`) train data-parallel when run under torchrun;
+    returned unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
     loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
     (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, the
     CUDA-graph trainer) and for a batch smaller than the number of processes (an empty share has no loss)."""

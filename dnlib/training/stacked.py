@@ -19,8 +19,9 @@ class StackedTrainer(Trainer):
     Every history row carries its ``copy``; :meth:`copy_history` gives copy k's rows (without it), as an ordinary
     run's history. A copy whose loss, metric or weights turn non-finite stops alone: its history ends with its
     ``stopped`` row and its values are no longer read (its block of the model trains on unread; the copies share
-    no arithmetic); :class:`~dnlib.training.trainer.TrainingDiverged` is raised when every copy has stopped. The checkpoint
-    is the Trainer's (the history holds which copies stopped), so a stacked run resumes exactly as an ordinary
+    no arithmetic); :class:`~dnlib.training.trainer.TrainingDiverged` is raised when every copy has stopped. The
+    checkpoint is the Trainer's (the history holds which copies stopped), so a stacked run resumes exactly as an
+    ordinary
     one. Gradient clipping is refused (a global norm would mix the copies)."""
 
     def __init__(self, model: nn.Module, loss_fn, batches, cfg, **kwargs):

@@ -130,8 +130,8 @@ class Trainer:
     ``clip_fn(params, max_norm)`` replaces ``nn.utils.clip_grad_norm_`` when ``cfg.clip_norm`` is set: it scales
     the gradients in place after backward (e.g. :class:`dnlib.experiments.ptb.SliceClip`, TensorFlow's global norm).
 
-    A trainer of K independent copies in one model (:class:`dnlib.training.stacked.StackedTrainer`) uses the same loop: its
-    ``loss_fn`` returns the ``(K,)`` copies' losses (their sum is minimized), ``evaluate`` a list of K metric dicts;
+    A trainer of K independent copies in one model (:class:`dnlib.training.stacked.StackedTrainer`) uses the same loop:
+    its ``loss_fn`` returns the ``(K,)`` copies' losses (their sum is minimized), ``evaluate`` a list of K metric dicts;
     losses and metrics are checked and logged per copy (:meth:`live_copies`, :meth:`copy_history`).
     """
 
