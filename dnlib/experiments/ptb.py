@@ -55,7 +55,7 @@ from ..models.rnn import LanguageModel, set_bn_eval_step
 from ..norms.sparse import clear_penalties, sparse_penalty
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
-from . import aggregate, commands, records, registry, tables
+from . import aggregate, commands, records, registry, stacked_ptb, tables
 from . import bench as benches
 from .bench import steps_command, time_steps
 from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
@@ -423,7 +423,7 @@ class PTBRecipe(Recipe):
                 "configs": Command(
                     "the configurations with the paper's perplexities",
                     lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
-                    lambda args, q: print(config_table(list_configs(), args.source)) or 0)}
+                    lambda args, q: print(config_table(list_configs(), args.source)) or 0), **stacked_ptb.commands(self)}
 
 
 RECIPE = PTBRecipe()

@@ -1,0 +1,472 @@
+"""Several PTB runs trained as ONE stacked model: K seeds of one configuration, or K configurations of one cell type
+(each with its seeds), per step one forward over all K copies (Table 9 x 3 seeds is 36 x 3 runs of 30k sequential
+steps each: only many runs per launch can hide the per-step launch cost).
+
+    from dnlib.experiments import stacked_ptb
+    from dnlib.experiments.ptb import RECIPE
+    results = stacked_ptb.run(RECIPE, ["base-lstm", "ln-star-lstm", "dn-star-lstm"], seeds=[0, 1, 2],
+                              out="runs/ptb/stack")            # 9 copies; an ordinary run folder per copy
+    stacked_ptb.run(RECIPE, resume=results[0].run_dir.parent)  # continue it
+
+    python -m dnlib ptb stack base-lstm ln-star-lstm dn-star-lstm --seeds 0 1 2 --out runs/ptb/stack
+    python -m dnlib ptb stack --resume runs/ptb/stack/base-lstm-s0+1+2+0+1+2+0+1+2-<UTC>
+
+The copies are every configuration with every seed, configuration-major. The configurations must share the cell
+class (``arch``), the sizes, the batch layout, the schedule length and the clipping mode; they may differ in
+normalizer, sigma, alpha, learning rate (and its decay), clipping norm.
+
+**What each copy is.** Copy k is the separate run of ``(configs[k], seeds[k])``:
+
+* its model is built by the recipe exactly as that run builds it (seeded, ``recipe.build``), packed into
+  :class:`~dnlib.models.stacked_rnn.StackedLanguageModel` (batched matrix products, per-copy normalizer statistics
+  and L1 terms);
+* its data is the run's (PTB's batches do not depend on the seed: every copy reads the same ids);
+* its loss is its own NLL (summed over the steps, averaged over the streams); the trainer minimizes the SUM of the
+  K losses and the L1 terms, so copy k's gradient is its run's;
+* its gradient is clipped by its own global norm (``clip_mode="dense"``: as ``torch.nn.utils.clip_grad_norm_``;
+  ``"slices"``: as :class:`dnlib.experiments.ptb.SliceClip`, TF's norm over the embedding's per-token rows), and it
+  steps with its own learning rate (its configuration's per-epoch schedule): plain SGD ``p -= lr_k * g_k``;
+* its state is carried and reset as the run's, it is evaluated on its own (valid/test perplexity with the state
+  carried, the final one-stream test at the end) and checked on its own (a copy that diverges stops alone);
+* it is recorded as an ordinary run (its own folder ``<config>-s<seed>`` in the group's folder, its configuration's
+  record: ``gather``/``report`` read it as any other), ``config.setup.stacked = K``.
+
+On the CPU in float64 every copy equals its separate run to rounding over steps with clipping, a learning-rate decay
+and evaluation (``tests/test_stacked_ptb.py``). On CUDA (``mode="auto"``) the whole stacked step (forward over the
+unrolled steps, backward, per-copy clipping, the per-copy SGD update, the state carry) is one CUDA graph, as
+:class:`~dnlib.training.trainer.SequenceGraphTrainer` does for one model.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import cli
+from ..data import PTBBatches
+from ..models.stacked_rnn import StackedLanguageModel, set_stacked_eval_step
+from ..norms.sparse import clear_penalties, sparse_penalty
+from ..training import distributed
+from ..training.stacked import StackedTrainer
+from ..training.trainer import CheckpointError, TrainingDiverged
+from . import records
+from .recipe import Command, Recipe, Setup, trainer_mode
+from .runner import Run, build_setup
+from .stacked import MODES
+
+__all__ = ["StackedSequenceTrainer", "evaluate_perplexity", "build", "GroupRun", "prepare", "run", "copies_of",
+           "commands", "SHARED_FIELDS"]
+
+#: what the K configurations of one stacked model must share
+SHARED_FIELDS = ("arch", "hidden_size", "num_layers", "batch_size", "num_steps", "epochs", "steps", "clip_mode",
+                 "bn_test_step0", "forget_bias", "state_norm_c")
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class StackedSequenceTrainer(StackedTrainer):
+    """Truncated BPTT of K copies in one :class:`~dnlib.models.stacked_rnn.StackedLanguageModel`: batches ``(x, y,
+    reset)`` shared by the copies, the carried state ``(K, N, H)`` per layer (checkpointed as the PTB runs'
+    ``{"loss_fn": {"state": ...}}``), per-copy losses ``(K,)``, per-copy gradient clipping (``clip_norms``, 0: none;
+    ``clip_mode``) and per-copy learning rates (``lr_fns[k](step)``), plain SGD.
+
+    The step reads static tensors (batch, state, the learning rates and clipping norms as ``(K,)`` device tensors),
+    so on CUDA it is captured once as a CUDA graph and replayed (``capture``; None: on CUDA), as
+    :class:`~dnlib.training.trainer.SequenceGraphTrainer`; a capture that fails falls back to the same body, eagerly,
+    with one warning (:attr:`fell_back`). History rows carry each copy's own learning rate."""
+
+    def __init__(self, model: StackedLanguageModel, loss_fn, batches, cfg, *, lr_fns: Sequence, clip_norms: Sequence,
+                 clip_mode: str = "dense", capture: bool | None = None, warmup: int = 3, **kwargs):
+        super().__init__(model, loss_fn, batches, dataclasses.replace(cfg, clip_norm=None), **kwargs)
+        if cfg.optimizer != "sgd" or cfg.momentum or cfg.weight_decay:
+            raise ValueError("StackedSequenceTrainer: plain SGD only (momentum 0, weight decay 0)")
+        if len(lr_fns) != self.copies or len(clip_norms) != self.copies:
+            raise ValueError(f"lr_fns, clip_norms: need one per copy ({self.copies}), got {len(lr_fns)} and "
+                             f"{len(clip_norms)}")
+        if clip_mode not in ("dense", "slices"):
+            raise ValueError(f"clip_mode: got {clip_mode!r}; allowed values are ['dense', 'slices']")
+        if capture is None:
+            capture = self.device.type == "cuda"
+        if capture and self.device.type != "cuda":
+            raise ValueError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
+        self.lr_fns, self.clip_norms, self.clip_mode = list(lr_fns), [float(c or 0) for c in clip_norms], clip_mode
+        self.capture, self.warmup = bool(capture), int(warmup)
+        self.graph, self.fell_back = None, False
+        self.state = None                  # the carried state (static tensors once the step is set up)
+        self._stored = None                # a resumed checkpoint's state, copied in at the next step
+        self._copy_lrs = [f(0) for f in self.lr_fns]
+        self._slices: list = []
+        self._blocks = [(p, start) for p, start in model.copy_blocks() if p.requires_grad]
+        if clip_mode == "slices":
+            model.embedding_hook = self._slices.append
+
+    # --- per copy: learning rates in the history, the carried state in checkpoints -----------------------------
+    def _append(self, row: dict, copy: int) -> None:
+        if "lr" in row:
+            row = {**row, "lr": self._copy_lrs[copy]}
+        super()._append(row, copy)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        carried = self._stored if self._stored is not None else self.state
+        state["loss_fn"] = {"state": None if carried is None else
+                            [tuple(s.detach().cpu().clone() for s in layer) for layer in carried]}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._stored = (state.get("loss_fn") or {}).get("state")
+        self._copy_lrs = [f(max(self.step - 1, 0)) for f in self.lr_fns]
+
+    # --- the step ---------------------------------------------------------------------------------------------
+    def _flat(self, state) -> list:
+        return [s for layer in state for s in layer]
+
+    def _clip_scale(self) -> torch.Tensor:
+        """Each copy's factor ``min(1, clip_k / |g_k|)`` (dense: torch's ``clip_grad_norm_``, with its 1e-6;
+        slices: TF's norm over the embedding's per-token rows), 1 where a copy does not clip."""
+        k = self.copies
+        sq = torch.zeros(k, device=self.device, dtype=self._params[0].dtype)
+        emb = self.model.embedding
+        for p, start in self._blocks:
+            if p.grad is None or (self.clip_mode == "slices" and p is emb):
+                continue
+            g = p.grad.detach()
+            sq[start:start + g.shape[0]] += g.reshape(g.shape[0], -1).square().sum(1)
+        if self.clip_mode == "slices":
+            for g in self._slices:
+                sq += g.detach().reshape(k, -1).square().sum(1)
+            self._slices.clear()
+            scale = (self._max_norm / sq.sqrt()).clamp(max=1.0)
+        else:
+            scale = (self._max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        return torch.where(self._clips, scale, torch.ones_like(scale))
+
+    def _body(self) -> torch.Tensor:
+        losses, new_state = self.loss_fn.step(self.model, self._x, self._y, self.state)
+        (losses.sum() + sparse_penalty(self.model)).backward()
+        with torch.no_grad():
+            scale = self._clip_scale() if bool(self._any_clip) else None
+            for p, start in self._blocks:
+                if p.grad is None:
+                    continue
+                n = p.shape[0]
+                shape = (n,) + (1,) * (p.dim() - 1)
+                g = p.grad if scale is None else p.grad * scale[start:start + n].view(shape)
+                p.addcmul_(g, self._neg_lr[start:start + n].view(shape))
+            for dst, src in zip(self._flat(self.state), self._flat(new_state)):
+                dst.copy_(src)
+        return losses.detach()
+
+    def _setup(self, x, y) -> None:
+        self._params = [p for p, _ in self._blocks]
+        self._x, self._y = x.detach().clone(), y.detach().clone()
+        self.state = [tuple(s.clone() for s in layer) for layer in self.model.init_state(x.shape[0], x.device)]
+        ref = self._params[0]
+        self._neg_lr = torch.zeros(self.copies, device=x.device, dtype=ref.dtype)
+        self._max_norm = torch.tensor([c or 1.0 for c in self.clip_norms], device=x.device, dtype=ref.dtype)
+        self._clips = torch.tensor([c > 0 for c in self.clip_norms], device=x.device)
+        self._any_clip = any(c > 0 for c in self.clip_norms)
+
+    def _capture(self) -> None:
+        saved = [(t, t.detach().clone()) for t in self.model.state_dict().values()]
+        carried = [s.clone() for s in self._flat(self.state)]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(max(self.warmup, 1)):
+                    for p in self._params:
+                        p.grad = None
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            for p in self._params:
+                p.grad = None
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._loss = self._body()
+            self.graph = graph
+        finally:
+            torch.cuda.synchronize()
+            with torch.no_grad():           # undo the warm-up (the capture itself computes nothing)
+                for t, v in saved:
+                    t.copy_(v)
+                for dst, src in zip(self._flat(self.state), carried):
+                    dst.copy_(src)
+            clear_penalties(self.model)
+            self._slices.clear()
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One step of every copy on ``(x, y, reset)``: fill the static inputs, replay the graph (or run the body)."""
+        x, y, reset = batch
+        self.model.train()
+        self._copy_lrs = [float(f(self.step)) for f in self.lr_fns]
+        if self.state is None:
+            self._setup(x, y)
+        else:
+            self._x.copy_(x)
+            self._y.copy_(y)
+        self._neg_lr.copy_(torch.tensor([-v for v in self._copy_lrs], dtype=self._neg_lr.dtype))
+        with torch.no_grad():
+            if reset:
+                for dst in self._flat(self.state):
+                    dst.zero_()
+            elif self._stored is not None:
+                for dst, src in zip(self._flat(self.state), self._flat(self._stored)):
+                    dst.copy_(src)
+        self._stored = None
+        if self.capture and self.graph is None and not self.fell_back:
+            try:
+                self._capture()
+            except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
+                warnings.warn(f"StackedSequenceTrainer: capture failed ({type(e).__name__}: {e}); training eagerly")
+                self.fell_back, self.graph = True, None
+        if self.graph is not None:
+            self.graph.replay()
+            return self._loss.clone()
+        for p in self._params:
+            p.grad = None
+        return self._body()
+
+
+class _StackedLMLoss:
+    """The per-copy language-model loss of one window (``step``: ``(losses (K,), new_state)``); the trainer carries
+    the state."""
+
+    def step(self, model: StackedLanguageModel, x: torch.Tensor, y: torch.Tensor, state):
+        logits, new_state = model(x, state)
+        k, v = logits.shape[0], logits.shape[-1]
+        target = y.t().reshape(1, -1).expand(k, -1).reshape(-1)
+        nll = F.cross_entropy(logits.reshape(-1, v), target, reduction="none").view(k, -1).sum(1)
+        return nll / y.shape[0], new_state
+
+    def __call__(self, model, batch):
+        raise RuntimeError("the stacked PTB loss is called by StackedSequenceTrainer (step)")
+
+
+@torch.no_grad()
+def evaluate_perplexity(model: StackedLanguageModel, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20,
+                        bn_step0: bool = False) -> list:
+    """Each copy's :func:`dnlib.experiments.ptb.evaluate_perplexity` of ``ids`` (``batch_size`` streams, the state
+    carried over the split, eval mode), in one pass: a list of K perplexities."""
+    was = model.training
+    model.eval()
+    set_stacked_eval_step(model, 0 if bn_step0 else None)
+    device = model.embedding.device
+    batches = PTBBatches(ids, batch_size, num_steps, device)
+    state = model.init_state(batch_size, device)
+    k = model.copies
+    total = torch.zeros(k, dtype=torch.float64, device=device)
+    for x, y in batches:
+        logits, state = model(x, state)
+        target = y.t().reshape(1, -1).expand(k, -1).reshape(-1)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target,
+                                 reduction="none").view(k, -1).sum(1).double()
+    set_stacked_eval_step(model, None)
+    clear_penalties(model)
+    model.train(was)
+    nll = (total / (len(batches) * batch_size * num_steps)).tolist()
+    return [math.exp(v) if v < 709.0 else float("inf") for v in nll]
+
+
+# ---------------------------------------------------------------------------------------------- the build
+def _copy_configs(recipe, cfg, names) -> list:
+    """Every copy's configuration: ``names`` resolved with the overrides that ``cfg`` (copy 0's) carries."""
+    base = recipe.config(cfg.name, source=cfg.source)
+    skip = {"name", "row", "cell", "notes", "source"}
+    diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name not in skip and getattr(cfg, f.name) != getattr(base, f.name)}
+    return [cfg if n == cfg.name else recipe.config(n, source=cfg.source, **diff) for n in names]
+
+
+def copies_of(configs: Sequence, seeds: Sequence[int]) -> tuple[list, list]:
+    """The copies of a group: every configuration with every seed, configuration-major: ``(names, seeds)``."""
+    names = [c if isinstance(c, str) else c.name for c in configs]
+    if not names:
+        raise ValueError("configs: name at least one configuration")
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
+    pairs = [(n, s) for n in names for s in seeds]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"configs, seeds: each copy must be its own (configuration, seed), got duplicates in "
+                         f"{names} x {seeds}")
+    return [n for n, _ in pairs], [s for _, s in pairs]
+
+
+def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
+          options: dict | None = None) -> Setup:
+    """The :class:`~dnlib.experiments.recipe.Setup` of the K copies (the ``build`` of a :class:`GroupRun`):
+    ``options["configs"]`` names each copy's configuration (default: ``cfg`` for every seed); each copy is built as
+    its separate run (:func:`~dnlib.experiments.runner.build_setup`), then packed."""
+    options = dict(options or {})
+    names = list(options.pop("configs", None) or [cfg.name] * len(seeds))
+    mode = options.pop("mode", None) or "auto"
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+    if len(names) != len(seeds):
+        raise ValueError(f"configs: one per copy ({len(seeds)} seeds), got {len(names)}")
+    if distributed.world_size() > 1:
+        raise ValueError("seeds: a stacked run trains in one process; run it without torchrun")
+    cfgs = _copy_configs(recipe, cfg, names)
+    for f in SHARED_FIELDS:
+        vals = [getattr(c, f) for c in cfgs]
+        if any(v != vals[0] for v in vals[1:]):
+            raise ValueError(f"configs: stacked copies must share {f}, got {dict(zip(names, vals))}")
+    setups = []
+    for c, seed in zip(cfgs, seeds):
+        setups.append(build_setup(recipe, c, seed, device, {**options, "mode": "eager"}))
+        options.setdefault("data", setups[-1].data)
+    s0 = setups[0]
+    model = StackedLanguageModel([s.model for s in setups])
+    splits, _ = s0.data
+    batches, E = s0.batches, s0.info["batches_per_epoch"]
+    planned, final_bs = int(s0.train.steps), s0.info["final_test_batch_size"]
+    ns, bs, step0 = cfgs[0].num_steps, cfgs[0].batch_size, cfgs[0].bn_test_step0
+
+    def evaluate(m):
+        valid = evaluate_perplexity(m, splits["valid"], bs, ns)
+        test = evaluate_perplexity(m, splits["test"], bs, ns, step0)
+        out = [{"valid_ppl": v, "test_ppl": t} for v, t in zip(valid, test)]
+        if final_bs and batches.steps_done >= planned:
+            for row, f in zip(out, evaluate_perplexity(m, splits["test"], final_bs, ns, step0)):
+                row["final_test_ppl"] = f
+        return out
+
+    dev = next(model.parameters()).device
+    graph = mode == "graph" or (mode == "auto" and dev.type == "cuda")
+    info = {"mode": trainer_mode(graph, dev), "stacked": len(seeds), "stacked_seeds": list(seeds),
+            "stacked_configs": names}
+    for s in setups:
+        s.info.update(info)
+    kwargs = {"lr_fns": [lambda step, c=c: c.lr_at_epoch(step // E + 1) for c in cfgs],
+              "clip_norms": [c.clip_norm for c in cfgs], "clip_mode": cfgs[0].clip_mode,
+              "capture": graph and dev.type == "cuda"}
+    run_info = {"copies": [{**s.run_info, "seed": seed} for s, seed in zip(setups, seeds)]}
+    return Setup(model, _StackedLMLoss(), batches, dataclasses.replace(s0.train, progress=False),
+                            evaluate=evaluate, run_info=run_info, trainer=StackedSequenceTrainer,
+                            trainer_kwargs=kwargs, chunk=s0.chunk, info={**s0.info, **info}, data=s0.data,
+                            copies=setups)
+
+
+class GroupRun(Run):
+    """A :class:`~dnlib.experiments.runner.Run` of K PTB copies (module doc): copy k's record is that of its own
+    configuration and seed, in its own folder ``<config>-s<seed>`` inside the group's. ``configs`` x ``seeds``
+    (configuration-major) are the copies; with ``resume`` (a group's folder) both may be left out.
+
+    ``budget``: a campaign's time budget (:mod:`dnlib.experiments.campaign`) rather than the run's own time limit:
+    a copy stopped by ``time_limit`` (or ``stop_after``) is recorded ``time budget at step N``."""
+
+    def __init__(self, recipe: Recipe, configs: Sequence | None = None, seeds: Sequence[int] | None = None,
+                 *, options: dict | None = None, budget: bool = False, **kwargs):
+        options = dict(options or {})
+        if configs is not None:
+            if seeds is None:
+                raise ValueError("seeds: one or more seeds for each configuration")
+            names, seeds = copies_of(configs, seeds)
+            first = configs[0]
+            options["configs"] = names
+        else:
+            first, names = None, None
+        self.budget = budget
+        super().__init__(recipe, first, seeds=seeds, build=build, options=options, **kwargs)
+        self.copy_cfgs = _copy_configs(recipe, self.cfg, self.setup.info["stacked_configs"])
+        if self.run_dir is not None:       # the runner named the copies' folders by copy 0's configuration
+            wrong = set(self.copy_dirs)
+            self.copy_dirs = [self.run_dir / records.run_name(c.name, s) for c, s in zip(self.copy_cfgs, self.seeds)]
+            for d in wrong - set(self.copy_dirs):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            for d in self.copy_dirs:
+                d.mkdir(exist_ok=True)
+
+    def result(self, stopped: str, k: int = 0):
+        cfg, name = self.cfg, self.config_name
+        self.cfg, self.config_name = self.copy_cfgs[k], self.copy_cfgs[k].name
+        try:
+            return super().result(stopped, k)
+        finally:
+            self.cfg, self.config_name = cfg, name
+
+    def write(self, stopped: str) -> list:
+        if self.budget and stopped.startswith(("time limit at", "stop_after at")):
+            stopped = "time budget at " + stopped.split(" at ", 1)[1]
+        return super().write(stopped)
+
+
+def prepare(recipe: Recipe, configs: Sequence | None = None, seeds: Sequence[int] | None = None,
+            **kwargs) -> GroupRun:
+    """A :class:`GroupRun`, prepared but not trained; arguments as :func:`run`."""
+    return GroupRun(recipe, configs, seeds, **kwargs)
+
+
+def run(recipe: Recipe, configs: Sequence | None = None, seeds: Sequence[int] | None = None,
+        **kwargs) -> list:
+    """Train every configuration of ``configs`` (names of one cell type) with every seed of ``seeds`` as one stacked
+    model, by the runner; returns the copies' :class:`~dnlib.experiments.runner.RunResult` s (configuration-major).
+    ``kwargs``: :func:`dnlib.experiments.runner.run`'s (``steps``, ``device``, ``out``, ``resume``, ``overrides``,
+    ``options``: the recipe's build options and ``mode``, ``time_limit``, ``stop_after``, ``progress``...)."""
+    return prepare(recipe, configs, seeds, **kwargs).go()
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
+    q.add_argument("configs", nargs="*", default=None, help="configuration names of one cell type (none with --resume)")
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=None, help="the seeds of every configuration")
+    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
+                   help="seconds: stop at the first chunk boundary where the next chunk would not fit")
+    q.add_argument("--out", type=cli.out_dir, default=None,
+                   help=f"base folder: the group gets a new folder in it (default runs/{recipe.name})")
+    q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR", help="a group's folder: continue it")
+    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
+    recipe.add_arguments(q, "run")
+
+
+def _handler(recipe: Recipe):
+    def handle(args, q) -> int:
+        if args.out is not None and args.resume is not None:
+            q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
+        if args.resume is None and (not args.configs or args.seeds is None):
+            q.error("configs, --seeds: both are required (or --resume DIR)")
+        overrides, options = recipe.from_args(args)
+        out = None if args.resume is not None else args.out or str(Path("runs") / recipe.name)
+        with cli.user_errors(q, CheckpointError):
+            configs = args.configs or None
+            if configs:
+                copies_of(configs, args.seeds)
+                for name in configs:
+                    recipe.config(name, steps=args.steps, **overrides)     # a bad name or field: before any data
+            prepared = prepare(recipe, configs, args.seeds if configs else None, steps=args.steps,
+                               device=args.device, out=out, resume=args.resume, overrides=overrides, options=options,
+                               time_limit=args.time_limit, progress=sys.stderr.isatty(), argv=sys.argv[1:])
+        try:
+            results = prepared.go()
+        except TrainingDiverged as e:
+            print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
+            return 1
+        for res in results:
+            rec = res.record
+            print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"],
+                              "seed": rec["seed"], "stacked": len(results), "steps": rec["steps_done"],
+                              "planned": rec["steps_planned"], "stopped": rec["stopped"], **rec["headline"],
+                              **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
+        return 1 if any(str(r.stopped).startswith("diverged") for r in results) else 0
+    return handle
+
+
+def commands(recipe: Recipe) -> dict:
+    """``{"stack": Command}``: the PTB recipe's ``stack`` verb::
+
+        python -m dnlib ptb stack base-lstm dn-star-lstm --seeds 0 1 2 [--steps N] [--out DIR] [run's flags]
+        python -m dnlib ptb stack --resume DIR
+    """
+    return {"stack": Command("train several configurations of one cell type x seeds as one stacked model",
+                                        lambda q: _add_arguments(recipe, q), _handler(recipe))}

@@ -1,0 +1,165 @@
+"""Stacked PTB (dnlib.experiments.stacked_ptb, dnlib.models.stacked_rnn): K seeds and K configurations of one cell
+type in one model equal their separate runs in float64 over steps with per-copy clipping, a learning-rate decay, an
+epoch's state reset and evaluation; each copy is recorded as its own run; the stack verb."""
+import json
+
+import pytest
+import torch
+
+from dnlib.experiments import records, stacked_ptb
+from dnlib.experiments.commands import main
+from dnlib.experiments.ptb import RECIPE, load_data
+from dnlib.experiments.recipe import COMPLETED
+from dnlib.experiments.runner import build_setup
+from dnlib.experiments.runner import run as run_one
+from dnlib.models.stacked_rnn import StackedLanguageModel
+from dnlib.norms.sparse import sparse_penalty
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# 200 training tokens in 4 streams of 5 steps: 9 batches per epoch, so 12 steps cross an epoch (reset, lr decay)
+TINY = {"hidden_size": 8, "batch_size": 4, "num_steps": 5, "epochs": 2, "decay_after": 1, "clip_norm": 0.5}
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def data():
+    splits, v = load_data(max_tokens=200, vocab=40)
+    return {k: s[:1000] if k != "train" else s for k, s in splits.items()}, v
+
+
+def _separate(name, seed, data):
+    """The recipe's own run (its build, Trainer and LMLoss) in float64: losses, lrs, clip norms, evaluation."""
+    cfg = RECIPE.config(name, steps=STEPS, **TINY)
+    setup = build_setup(RECIPE, cfg, seed, "cpu", {"data": data, "mode": "eager"})
+    tr = setup.make_trainer(evaluate=None)
+    tr.model.double()
+    norms, losses, lrs = [], [], []
+    clip = tr.clip_fn
+
+    def spy(params, max_norm):
+        norms.append(float(clip(params, max_norm)))
+    tr.clip_fn = spy
+    for _ in range(STEPS):
+        losses.append(float(tr.train_step(next(tr.batches))))
+        lrs.append(tr.opt.param_groups[0]["lr"])
+        tr.step += 1
+    return {"losses": losses, "lrs": lrs, "norms": norms, "state": tr.model.state_dict(),
+            "eval": setup.evaluate(tr.model.eval())}
+
+
+@pytest.mark.parametrize("configs,seeds", [
+    (["dn-star-lstm"], [0, 1]),                                                  # K seeds of one configuration
+    (["base-lstm", "ln-star-lstm", "dn-star-lstm"], [0, 1]),                     # K configs of the lstm cell
+    (["bn-star-lstm", "bn-s-lstm"], [2]),                                        # the BN-LSTM: per-step statistics
+    (["ln-lstm"], [0, 3]),                                                       # the LN-LSTM (affine, biases)
+    (["base-tanh-rnn", "ln-tanh-rnn", "dn-star-tanh-rnn"], [1]),                 # vanilla RNNs
+    (["bn-s-relu-rnn", "bn-star-relu-rnn"], [0, 1]),                             # BN vanilla RNN
+])
+def test_stacked_copies_equal_separate_runs(data, configs, seeds):
+    """(Not the sigma = 0.01 BN rows at this size: BN over 4 streams of 8 units is so ill-conditioned there that a
+    1e-15 relative change of the separate run's initial weights moves its 12th loss by 2e-6, measured; stacked, they
+    agree to 6e-11.)"""
+    names, copy_seeds = stacked_ptb.copies_of(configs, seeds)
+    refs = [_separate(n, s, data) for n, s in zip(names, copy_seeds)]
+    run = stacked_ptb.prepare(RECIPE, configs, seeds, steps=STEPS, device="cpu", overrides=TINY,
+                              options={"data": data, "mode": "eager"}, progress=False)
+    tr = run.trainer
+    tr.model.double()
+    got, lrs = [], []
+    for _ in range(STEPS):
+        got.append(tr.train_step(next(tr.batches)))
+        lrs.append(list(tr._copy_lrs))
+        tr.step += 1
+    got = torch.stack(got)
+    ev = run.setup.evaluate(tr.model)
+    clipped = 0
+    for k, ref in enumerate(refs):
+        assert got[:, k].tolist() == pytest.approx(ref["losses"], rel=1e-12, abs=0), names[k]
+        assert [r[k] for r in lrs] == ref["lrs"]
+        clipped += sum(n > TINY["clip_norm"] for n in ref["norms"])
+        mine = tr.copy_state_dict(k)
+        assert set(mine) == set(ref["state"])
+        for n, v in ref["state"].items():
+            if v.is_floating_point():
+                torch.testing.assert_close(mine[n], v, rtol=1e-12, atol=1e-13, msg=f"{names[k]}: {n}")
+            else:
+                assert torch.equal(mine[n], v), n
+        assert set(ev[k]) == set(ref["eval"]) == {"valid_ppl", "test_ppl", "final_test_ppl"}
+        for key, v in ref["eval"].items():
+            assert ev[k][key] == pytest.approx(v, rel=1e-12), (names[k], key)
+    assert clipped > 0                                        # the clipping acted...
+    assert len({tuple(x) for x in lrs}) > 1 and lrs[0] != lrs[-1]    # ...and the learning rate decayed
+
+
+def test_per_copy_l1_terms_and_grouped_sites():
+    """Sites of equal normalizers are one call (segments), different ones split; the stacked L1 penalty is the sum
+    of the copies' own (different alphas)."""
+    from dnlib.experiments.ptb import build_model
+    torch.manual_seed(0)
+    cfgs = [RECIPE.config(n, hidden_size=8) for n in ("base-lstm", "base-l1-lstm", "dn-star-lstm", "dn-star-lstm")]
+    models = [build_model(c, 30).double() for c in cfgs]
+    st = StackedLanguageModel(models)
+    assert [(s.start, s.stop) for s in st.layers[0].gate_norm.segments] == [(0, 1), (1, 2), (2, 4)]
+    ids = torch.randint(0, 30, (3, 4))
+    out, _ = st(ids)
+    pen = sparse_penalty(st)
+    ref = 0
+    for k, m in enumerate(models):
+        o, _ = m(ids)
+        torch.testing.assert_close(out[k], o, rtol=1e-12, atol=1e-13)
+        ref = ref + sparse_penalty(m)
+    assert float(pen.detach()) == pytest.approx(float(ref.detach()), rel=1e-12) and float(pen.detach()) > 0
+    with pytest.raises(ValueError, match="arch"):
+        StackedLanguageModel([build_model(RECIPE.config("bn-lstm", hidden_size=8), 30), models[0]])
+    with pytest.raises(ValueError, match="configs: stacked copies must share arch"):
+        stacked_ptb.prepare(RECIPE, ["base-lstm", "bn-lstm"], [0], device="cpu", overrides=TINY,
+                            options={"max_tokens": 200, "vocab": 40}, progress=False)
+    with pytest.raises(ValueError, match="each copy must be its own"):
+        stacked_ptb.copies_of(["base-lstm", "base-lstm"], [0])
+
+
+def test_group_writes_one_ordinary_record_per_copy_and_resumes(tmp_path, data, capsys):
+    """Each copy: its own folder and record (its configuration's name, paper number and seed), the curves of its
+    separate run (float32: to rounding); stopped by a time budget then resumed by the folder alone, the histories
+    equal an uninterrupted group's."""
+    opts = {"max_tokens": 200, "vocab": 40, "eval_every": 3}        # plain options: the folder alone resumes
+    kw = dict(steps=6, device="cpu", overrides=TINY, options=opts, progress=False)
+    full = stacked_ptb.run(RECIPE, ["base-lstm", "dn-star-lstm"], [0, 1], out=tmp_path / "a", **kw)
+    dirs = records.find_runs([tmp_path / "a"])
+    assert sorted(d.name for d in dirs) == ["base-lstm-s0", "base-lstm-s1", "dn-star-lstm-s0", "dn-star-lstm-s1"]
+    for res in full:
+        rec = records.read_record(res.run_dir)
+        assert rec["stopped"] == COMPLETED and rec["steps_done"] == 6
+        assert rec["config"]["setup"]["stacked"] == 4 and rec["name"] == res.run_dir.name.rsplit("-s", 1)[0]
+        assert rec["paper"]["final_test_ppl"] == RECIPE.paper(RECIPE.config(rec["name"]))["final_test_ppl"]
+        sep = run_one(RECIPE, rec["name"], seed=rec["seed"], **kw)
+        mine, theirs = records.read_curves(res.run_dir), [r for r in sep.history if "step" in r]
+        assert [r["step"] for r in mine] == [r["step"] for r in theirs]
+        for a, b in zip(mine, theirs):
+            assert a["lr"] == b["lr"]
+            for key in ("train_loss", "valid_ppl", "test_ppl"):
+                if key in b:
+                    assert a[key] == pytest.approx(b[key], rel=1e-4), key
+        assert rec["headline"]["final_test_ppl"] == pytest.approx(sep.record["headline"]["final_test_ppl"], rel=1e-4)
+    group = tmp_path / "b"
+    part = stacked_ptb.run(RECIPE, ["base-lstm", "dn-star-lstm"], [0, 1], resume=group, stop_after=3, budget=True,
+                           **kw)
+    assert [r.stopped for r in part] == ["time budget at step 3"] * 4
+    done = stacked_ptb.run(RECIPE, resume=group, progress=False)
+    assert [r.stopped for r in done] == [COMPLETED] * 4
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]   # noqa: E731
+    for a, b in zip(full, done):
+        assert strip(a.history) == strip(b.history)
+    assert len(records.gather([group])) == 4
+    # the verb
+    args = ["stack", "base-lstm", "ln-star-lstm", "--seeds", "0", "--steps", "2", "--max-tokens", "200",
+            "--vocab", "40", "--hidden-size", "8", "--batch-size", "4", "--device", "cpu", "--eval-every", "2",
+            "--final-test-batch-size", "0", "--out", str(tmp_path / "v")]
+    assert main(RECIPE, args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["name"] for x in lines] == ["base-lstm-s0".rsplit("-s", 1)[0], "ln-star-lstm"] and \
+        all(x["stacked"] == 2 for x in lines)
+    with pytest.raises(SystemExit) as e:
+        main(RECIPE, ["stack", "base-lstm", "bn-lstm", "--seeds", "0", "--max-tokens", "200",
+                                 "--vocab", "40", "--device", "cpu"])
+    assert e.value.code == 2 and "arch" in capsys.readouterr().err
