@@ -1,0 +1,350 @@
+"""The whole paper in one device budget (issue 28): Tables 3/7 (CIFAR-10), 5/6 (super-resolution) and 4/9 (PTB) x
+seeds as stacked launches, planned from a short bench, run under a time budget, recorded honestly, resumable::
+
+    python -m dnlib.experiments.campaign --out runs/paper --device cuda --budget 540      # scripts/gpu_paper.sh
+    python -m dnlib.experiments.campaign --out /tmp/p --device cpu --tiny                 # the CPU rehearsal
+
+**Launches.** One launch is one stacked model trained by the runner, an ordinary run folder per copy inside it:
+
+* CIFAR-10, Table 7's 13 rows (Table 3 is 7 of them): one launch per configuration, its seeds stacked
+  (:mod:`dnlib.experiments.stacked`);
+* super-resolution, Tables 5/6 on the ``fast`` schedule (Adam, 50k steps: the paper's SGD schedule of 1M steps is
+  not planned: ``not_planned`` in ``campaign.json``): one launch per row (``none``, ``bn``, ``dn*``, ``dn*-code``), its
+  seeds stacked (:mod:`dnlib.experiments.stacked_sr`);
+* PTB, Table 9's 36 configurations (Table 4 is 18 of them): one launch per cell type and cell class (``arch``), all
+  its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
+
+**Plan.** A short bench (a few steps of the largest launch of each experiment, after a warm-up that includes the
+CUDA-graph capture) gives seconds per step; a launch is predicted at ``steps x seconds per step`` (the largest
+launch's rate for every launch of that experiment: an upper bound, the step being launch-bound). ``--jobs`` launches
+run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
+
+**Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
+``left x predicted / predicted of the launches not yet run`` (what one saves passes to the next), never past the
+deadline (``budget`` minus a reserve for the report). A launch stopped by it, or started with no time left (built,
+not trained), records every copy ``stopped: time budget at step N``: nothing is dropped. Rerunning the command
+resumes each unfinished launch from its checkpoint (with a fresh budget) and skips finished ones.
+
+**Records.** ``OUT/<experiment>/<launch>/<config>-s<seed>/record.json`` per copy (``gather``/``report``/06 read
+them), ``OUT/campaign.json`` (the bench, the plan, each launch's predicted and actual seconds, statuses),
+``OUT/tables.md`` (every paper table beside ours, mean ± std, n, what stopped where).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .. import cli
+from ..io import atomic_write_json, atomic_write_text
+from ..training.trainer import TrainingDiverged
+from . import aggregate, records
+from . import runner as experiment
+
+__all__ = ["Launch", "plan", "bench", "run_launch", "campaign", "main", "TABLES"]
+
+#: the paper tables each experiment's launches fill (aggregate.paper_tables names)
+TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
+EXPERIMENTS = tuple(TABLES)
+SR_ROWS = ("none", "bn", "dn*", "dn*-code")
+BUDGET_STATUS = "time budget at step"
+
+
+@dataclasses.dataclass
+class Launch:
+    """One stacked model: ``configs`` x ``seeds`` of one experiment (CIFAR/SR: one configuration), trained in
+    ``OUT/<experiment>/<name>``. ``steps``: None for the schedule's; ``overrides``/``options``: the runner's."""
+    experiment: str
+    name: str
+    configs: list
+    seeds: list
+    steps: int | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    options: dict = dataclasses.field(default_factory=dict)
+    planned: int = 0                  # steps the schedule plans (filled by plan)
+    predicted_s: float = 0.0          # predicted training seconds (filled by bench)
+
+    @property
+    def copies(self) -> int:
+        return len(self.configs) * len(self.seeds)
+
+
+def _recipe(name: str):
+    import importlib
+    return importlib.import_module(f"dnlib.experiments.{name}").RECIPE
+
+
+def _planned(recipe, launch: Launch) -> int:
+    """The steps a launch plans (without building it: from the configuration)."""
+    cfg = recipe.config(launch.configs[0], steps=launch.steps, **launch.overrides)
+    if launch.experiment == "ptb":
+        if cfg.steps:
+            return int(cfg.steps)
+        tokens = {"max_tokens": launch.options.get("max_tokens")}
+        n = tokens["max_tokens"] or 929_589                      # PTB's training tokens
+        return cfg.epochs * ((n // cfg.batch_size - 1) // cfg.num_steps)
+    return int(cfg.steps)
+
+
+def plan(tiny: bool = False, seeds: Sequence[int] = (0, 1, 2), experiments: Sequence[str] = EXPERIMENTS) -> list:
+    """The campaign's launches, in the order they run (module doc). ``tiny``: the CPU rehearsal's sizes (a few steps
+    of small models on data subsets; the same launches, configurations and seeds)."""
+    from .cifar_configs import list_configs as cifar_configs
+    from .ptb_configs import list_configs as ptb_configs
+    seeds = list(seeds)
+    out = []
+    for exp in experiments:
+        if exp not in EXPERIMENTS:
+            raise ValueError(f"experiments: {exp!r} is not one of {list(EXPERIMENTS)}")
+        if exp == "cifar":
+            kw = (dict(steps=2, overrides={"batch_size": 20}, options={"subset": (300, 100), "eval_every": 2})
+                  if tiny else dict(options={"eval_every": 5000}))
+            out += [Launch("cifar", name, [name], seeds, **kw) for name in cifar_configs()]
+        elif exp == "sr":
+            kw = (dict(steps=2, overrides={"batch_size": 4, "channels": (8, 4), "eval_every": 2},
+                       options={"sets": ("Set5", "Set14")}) if tiny
+                  else dict(overrides={"eval_every": 5000}))
+            out += [Launch("sr", f"fast-{row}".replace("*", "-star"), [f"fast-{row}"], seeds, **kw)
+                    for row in SR_ROWS]
+        else:
+            recipe = _recipe("ptb")
+            kw = (dict(steps=2, overrides={"hidden_size": 8, "batch_size": 4, "num_steps": 5},
+                       options={"max_tokens": 200, "vocab": 40, "eval_every": 2, "final_test_batch_size": 4})
+                  if tiny else {})
+            groups: dict = {}
+            for name in ptb_configs():
+                cfg = recipe.config(name)
+                groups.setdefault((cfg.cell, cfg.arch), []).append(name)
+            out += [Launch("ptb", f"{cell}-{arch}", names, seeds, **kw) for (cell, arch), names in groups.items()]
+    for launch in out:
+        launch.planned = _planned(_recipe(launch.experiment), launch)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- one launch
+class _BudgetRun(experiment.Run):
+    """A stacked run whose stops by the time limit (or stop_after) are the campaign's budget."""
+
+    def write(self, stopped: str) -> list:
+        if stopped.startswith(("time limit at", "stop_after at")):
+            stopped = f"{BUDGET_STATUS} " + stopped.split(" at step ", 1)[1]
+        return super().write(stopped)
+
+
+def shared_data(experiment_name: str, tiny: bool = False, device: str = "auto"):
+    """The data every launch of an experiment trains on, loaded once per process (CIFAR's JPEG folder takes seconds
+    to decode; PTB's ids): passed as the build option ``data``; None for SR (its pairs are cached by the recipe).
+    ``tiny``: CIFAR's stratified 300/100 subset (of seed 0, shared by every copy)."""
+    if experiment_name == "cifar":
+        from ..training.trainer import resolve_device
+        from .cifar import load_data
+        return load_data("cifar10", subset=(300, 100) if tiny else None, device=resolve_device(device),
+                         download=False)
+    if experiment_name == "ptb":
+        from .ptb import load_data
+        return load_data(200, 40) if tiny else load_data()
+    return None
+
+
+def _prepare(launch: Launch, device: str, data=None, **kwargs):
+    recipe = _recipe(launch.experiment)
+    options = dict(launch.options, **({} if data is None else {"data": data}))
+    kw = dict(device=device, steps=launch.steps, overrides=dict(launch.overrides), options=options,
+              progress=False, **kwargs)
+    if launch.experiment == "ptb":
+        from . import stacked_ptb
+        return stacked_ptb.GroupRun(recipe, launch.configs, launch.seeds, budget=True, **kw)
+    from . import stacked, stacked_sr
+    build = stacked.build if launch.experiment == "cifar" else stacked_sr.build
+    return _BudgetRun(recipe, launch.configs[0], seeds=launch.seeds, build=build, **kw)
+
+
+def _statuses(folder: Path) -> list:
+    return [rec.get("stopped") for _, rec in records.read_records([folder])] if folder.is_dir() else []
+
+
+def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | None = None,
+               stop_after: int | None = None, data=None) -> dict:
+    """Train (or resume) one launch in ``out/<experiment>/<name>`` under ``time_limit`` seconds (``stop_after=0``:
+    build and record, train nothing); a launch whose copies all completed is skipped. Returns its row of
+    ``campaign.json``: statuses, steps done, seconds."""
+    folder = Path(out) / launch.experiment / launch.name
+    before = _statuses(folder)
+    row = {"launch": launch.name, "experiment": launch.experiment, "copies": launch.copies, "planned": launch.planned,
+           "predicted_s": round(launch.predicted_s, 1), "time_limit_s": None if time_limit is None else
+           round(time_limit, 1)}
+    if len(before) == launch.copies and all(s == experiment.COMPLETED for s in before):
+        return {**row, "seconds": 0.0, "steps": launch.planned, "stopped": [experiment.COMPLETED], "skipped": True}
+    t0 = time.perf_counter()
+    run = _prepare(launch, device, data, resume=folder, time_limit=time_limit, stop_after=stop_after)
+    try:
+        results = run.go()
+        stopped = [r.stopped for r in results]
+    except TrainingDiverged as e:              # every copy diverged: each record says so
+        stopped = [e.status]
+    return {**row, "seconds": round(time.perf_counter() - t0, 2), "steps": run.trainer.step,
+            "stopped": sorted(set(stopped)), "skipped": False}
+
+
+# ------------------------------------------------------------------------------------------------ bench
+def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2, data=None) -> dict:
+    """Seconds per training step of ``launch`` (built without a folder, ``warmup`` steps first: the CUDA-graph
+    capture), and on CUDA the peak memory (bytes)."""
+    run = _prepare(launch, device, data)
+    tr = run.trainer
+    cuda = tr.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(tr.device)
+    sync = (lambda: torch.cuda.synchronize(tr.device)) if cuda else (lambda: None)
+
+    def step():
+        tr.train_step(next(tr.batches))
+        tr.step += 1
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    dt = (time.perf_counter() - t0) / steps
+    return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt,
+            "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
+
+
+# --------------------------------------------------------------------------------------------- campaign
+def _tables(out: Path) -> str:
+    parts = []
+    for exp, names in TABLES.items():
+        for name in names:
+            try:
+                parts.append(str(aggregate.compare([out / exp], name, finished=True)))
+            except Exception as e:   # noqa: BLE001  a table that cannot be made is named, the others are made
+                parts.append(f"{name}: not made ({type(e).__name__}: {cli.one_line(e)})")
+    return "\n\n".join(parts) + "\n"
+
+
+def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = False, seeds=(0, 1, 2),
+             experiments: Sequence[str] = EXPERIMENTS, jobs: int = 1, reserve: float | None = None,
+             bench_steps: int = 3, log=print) -> dict:
+    """Plan, bench, run every launch under ``budget`` seconds (module doc), then write ``campaign.json`` and
+    ``tables.md`` in ``out``; returns the campaign record. ``jobs`` > 1: that many launches at once (processes)."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not budget > 0:
+        raise ValueError(f"budget: must be > 0 seconds, got {budget!r}")
+    experiment.check_int("jobs", jobs)
+    reserve = (min(60.0, 0.1 * budget) if not tiny else 5.0) if reserve is None else float(reserve)
+    launches = plan(tiny, seeds, experiments)
+    log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
+    benches, datas = {}, {}
+    for exp in dict.fromkeys(x.experiment for x in launches):
+        t0 = time.perf_counter()
+        datas[exp] = shared_data(exp, tiny, device) if jobs == 1 else None
+        biggest = max((x for x in launches if x.experiment == exp), key=lambda x: x.copies)
+        b = bench(biggest, device, steps=1 if tiny else bench_steps, warmup=1 if tiny else 2,
+                  data=datas[exp] if datas[exp] is not None else shared_data(exp, tiny, device))
+        b["load_and_bench_s"] = round(time.perf_counter() - t0, 1)
+        benches[exp] = b
+        log(f"bench {exp}: {biggest.name} K={biggest.copies}: {1e3 * b['s_per_step']:.1f} ms/step")
+        for x in launches:
+            if x.experiment == exp:
+                x.predicted_s = x.planned * b["s_per_step"]
+    per_card = jobs
+    peaks = [b["peak_bytes"] for b in benches.values() if b["peak_bytes"]]
+    if peaks and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        per_card = max(1, min(jobs, int(0.8 * total // max(peaks))))
+    deadline = t_start + budget - reserve
+    rows, pending = [], list(launches)
+    log(f"plan: predicted {sum(x.predicted_s for x in launches):.0f} s of training in {len(launches)} launches, "
+        f"{per_card} at a time; {max(deadline - time.perf_counter(), 0):.0f} s left for them")
+    while pending:
+        batch, pending = pending[:per_card], pending[per_card:]
+        left = deadline - time.perf_counter()
+        todo = sum(x.predicted_s for x in batch + pending) or 1.0
+        specs = []
+        for x in batch:
+            share = max(left, 0.0) * per_card * x.predicted_s / todo if len(batch) > 1 else \
+                max(left, 0.0) * x.predicted_s / todo
+            share = min(share, max(left, 0.0))
+            specs.append((x, share if share >= 1.0 else None, None if share >= 1.0 else 0))
+        if per_card == 1 or len(batch) == 1:
+            for x, limit, stop in specs:
+                rows.append(run_launch(x, out, device, limit, stop, data=datas[x.experiment]))
+                log(f"{x.experiment} {x.name}: {rows[-1]['stopped']} after {rows[-1]['seconds']:.1f} s "
+                    f"(predicted {x.predicted_s:.1f} s, limit {limit if limit is None else round(limit, 1)})")
+        else:
+            rows += _run_parallel(specs, out, device, log, tiny)
+    record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": per_card,
+              "seeds": list(seeds), "bench": benches, "launches": rows,
+              "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
+                              "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"],
+              "train_s": round(time.perf_counter() - t_start, 1)}
+    atomic_write_json(records.jsonable(record), out / "campaign.json", indent=1)
+    atomic_write_text(out / "tables.md", _tables(out))
+    record["total_s"] = round(time.perf_counter() - t_start, 1)
+    atomic_write_json(records.jsonable(record), out / "campaign.json", indent=1)
+    return record
+
+
+def _run_parallel(specs, out: Path, device: str, log, tiny: bool) -> list:
+    """Launches at once, one process each (``python -m dnlib.experiments.campaign --launch``)."""
+    procs = []
+    for x, limit, stop in specs:
+        spec = {**dataclasses.asdict(x), "time_limit": limit, "stop_after": stop, "tiny": tiny}
+        procs.append((x, subprocess.Popen([sys.executable, "-m", "dnlib.experiments.campaign", "--out", str(out),
+                                           "--device", device, "--launch", json.dumps(spec)],
+                                          stdout=subprocess.PIPE, text=True)))
+    rows = []
+    for x, p in procs:
+        text, _ = p.communicate()
+        try:
+            rows.append(json.loads(text.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            rows.append({"launch": x.name, "experiment": x.experiment, "stopped": [f"process failed (exit "
+                                                                                  f"{p.returncode})"]})
+        log(f"{x.experiment} {x.name}: {rows[-1].get('stopped')}")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="python -m dnlib.experiments.campaign", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=cli.out_dir, required=True, help="the campaign's folder (rerun: resume it)")
+    p.add_argument("--device", type=cli.device, default="auto")
+    p.add_argument("--budget", type=cli.positive_float, default=540.0, help="seconds in all (default 540 = 9 min)")
+    p.add_argument("--tiny", action="store_true", help="the CPU rehearsal's sizes")
+    p.add_argument("--seeds", type=cli.seed, nargs="+", default=[0, 1, 2])
+    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="launches at once (processes), at most")
+    p.add_argument("--launch", default=None, help=argparse.SUPPRESS)       # one launch, for _run_parallel
+    args = p.parse_args(argv)
+    if args.launch is not None:
+        spec = json.loads(args.launch)
+        limit, stop = spec.pop("time_limit"), spec.pop("stop_after")
+        tiny = spec.pop("tiny")
+        launch = Launch(**spec)
+        row = run_launch(launch, args.out, args.device, limit, stop, data=shared_data(launch.experiment, tiny,
+                                                                                      args.device))
+        print(json.dumps(records.jsonable(row)))
+        return 0
+    if torch.device(args.device).type == "cpu" if args.device != "auto" else not torch.cuda.is_available():
+        torch.set_num_threads(1)          # the small steps of a CPU rehearsal: one thread beats oversubscribed ones
+    with cli.user_errors(p):
+        rec = campaign(args.out, device=args.device, budget=args.budget, tiny=args.tiny, seeds=args.seeds,
+                       experiments=args.experiments, jobs=args.jobs, log=lambda s: print(s, flush=True))
+    stopped = sorted({s for r in rec["launches"] for s in r.get("stopped", [])})
+    print(f"campaign: {len(rec['launches'])} launches in {rec['total_s']:.0f} s; stopped: {stopped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
