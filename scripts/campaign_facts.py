@@ -65,33 +65,33 @@ def measure(trainer, steps: int = 2) -> dict:
 
 
 def _cifar(name, k):
-    from dnlib.experiments import runner as experiment
     from dnlib.experiments import stacked
     from dnlib.experiments.cifar import RECIPE, load_data
+    from dnlib.experiments.runner import build_setup
     data = load_data("cifar10", subset=(1000, 100), device="cpu", download=False)
     opts = {"data": data, "eval_every": 0, "mode": "graph"}
     if k == 1:
-        return experiment.build_setup(RECIPE, RECIPE.config(name), 0, "cpu", opts).make_trainer(evaluate=None)
+        return build_setup(RECIPE, RECIPE.config(name), 0, "cpu", opts).make_trainer(evaluate=None)
     return stacked.prepare(RECIPE, name, list(range(k)), device="cpu", options=opts, progress=False).trainer
 
 
 def _sr(name, k):
-    from dnlib.experiments import runner as experiment
     from dnlib.experiments import stacked_sr
+    from dnlib.experiments.runner import build_setup
     from dnlib.experiments.sr import RECIPE
     opts = {"sets": (), "curve_sets": ()}
     if k == 1:
-        return experiment.build_setup(RECIPE, RECIPE.config(name), 0, "cpu", opts).make_trainer(evaluate=None)
+        return build_setup(RECIPE, RECIPE.config(name), 0, "cpu", opts).make_trainer(evaluate=None)
     return stacked_sr.prepare(RECIPE, name, list(range(k)), device="cpu", options=opts, progress=False).trainer
 
 
 def _ptb(names, k_seeds):
-    from dnlib.experiments import runner as experiment
     from dnlib.experiments import stacked_ptb
     from dnlib.experiments.ptb import RECIPE
+    from dnlib.experiments.runner import build_setup
     opts = {"max_tokens": 20000, "final_test_batch_size": 0, "mode": "graph"}
     if len(names) == 1 and k_seeds == 1:
-        return experiment.build_setup(RECIPE, RECIPE.config(names[0]), 0, "cpu", opts).make_trainer(evaluate=None)
+        return build_setup(RECIPE, RECIPE.config(names[0]), 0, "cpu", opts).make_trainer(evaluate=None)
     return stacked_ptb.prepare(RECIPE, names, list(range(k_seeds)), device="cpu", options=opts,
                                progress=False).trainer
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from dnlib.experiments import records, stacked_sr
-from dnlib.experiments import runner as experiment
+from dnlib.experiments.recipe import COMPLETED
+from dnlib.experiments.runner import build_setup
+from dnlib.experiments.runner import run as run_one
 from dnlib.experiments.sr import RECIPE
 from dnlib.models.stacked_srcnn import StackedSRCNN
 from dnlib.norms.sparse import sparse_penalty
@@ -43,7 +45,7 @@ def _cfg(row):
 
 
 def _separate(row, seed):
-    setup = experiment.build_setup(RECIPE, _cfg(row), seed, "cpu", {"sets": (), "curve_sets": ()})
+    setup = build_setup(RECIPE, _cfg(row), seed, "cpu", {"sets": (), "curve_sets": ()})
     tr = setup.make_trainer(evaluate=None)
     tr.model.double()
     tr.opt = type(tr.opt)(tr.model.parameters(), **{k: v for k, v in tr.opt.defaults.items()})
@@ -114,8 +116,8 @@ def test_stacked_run_writes_one_record_per_seed(tmp_path):
     assert sorted(d.name for d in dirs) == ["smoke-dn-s0", "smoke-dn-s1"]   # (run_name drops the star)
     for res in results:
         rec = records.read_record(res.run_dir)
-        assert rec["stopped"] == experiment.COMPLETED and rec["config"]["setup"]["stacked"] == 2
-        sep = experiment.run(RECIPE, "smoke-dn*", seed=rec["seed"], steps=4, device="cpu",
+        assert rec["stopped"] == COMPLETED and rec["config"]["setup"]["stacked"] == 2
+        sep = run_one(RECIPE, "smoke-dn*", seed=rec["seed"], steps=4, device="cpu",
                              overrides={**SMALL, "eval_every": 2}, options={"sets": ("Set5",)}, progress=False)
         assert rec["headline"]["set5_psnr"] == pytest.approx(sep.record["headline"]["set5_psnr"], abs=1e-3)
     assert len(records.gather([tmp_path])) == 2

@@ -15,8 +15,9 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
   its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
 
 **Plan.** A short bench (a few steps of the largest launch of each experiment, after a warm-up that includes the
-CUDA-graph capture) gives seconds per step; a launch is predicted at ``steps x seconds per step`` (the largest
-launch's rate for every launch of that experiment: an upper bound, the step being launch-bound). ``--jobs`` launches
+CUDA-graph capture) gives seconds per step, the build and one evaluation; a launch is predicted at ``build + steps x
+seconds per step + chunks x evaluation`` (the largest launch's figures for every launch of that experiment: an upper
+bound, the step being launch-bound; :func:`predict`). ``--jobs`` launches
 run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
 
 **Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
@@ -46,9 +47,10 @@ from .. import cli
 from ..io import atomic_write_json, atomic_write_text
 from ..training.trainer import TrainingDiverged
 from . import aggregate, records
-from . import runner as experiment
+from .recipe import COMPLETED, check_int
+from .runner import Run
 
-__all__ = ["Launch", "plan", "bench", "run_launch", "campaign", "main", "TABLES"]
+__all__ = ["Launch", "plan", "bench", "predict", "run_launch", "campaign", "main", "TABLES"]
 
 #: the paper tables each experiment's launches fill (aggregate.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -129,7 +131,7 @@ def plan(tiny: bool = False, seeds: Sequence[int] = (0, 1, 2), experiments: Sequ
 
 
 # ---------------------------------------------------------------------------------------- one launch
-class _BudgetRun(experiment.Run):
+class _BudgetRun(Run):
     """A stacked run whose stops by the time limit (or stop_after) are the campaign's budget."""
 
     def write(self, stopped: str) -> list:
@@ -180,8 +182,8 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
     row = {"launch": launch.name, "experiment": launch.experiment, "copies": launch.copies, "planned": launch.planned,
            "predicted_s": round(launch.predicted_s, 1), "time_limit_s": None if time_limit is None else
            round(time_limit, 1)}
-    if len(before) == launch.copies and all(s == experiment.COMPLETED for s in before):
-        return {**row, "seconds": 0.0, "steps": launch.planned, "stopped": [experiment.COMPLETED], "skipped": True}
+    if len(before) == launch.copies and all(s == COMPLETED for s in before):
+        return {**row, "seconds": 0.0, "steps": launch.planned, "stopped": [COMPLETED], "skipped": True}
     t0 = time.perf_counter()
     run = _prepare(launch, device, data, resume=folder, time_limit=time_limit, stop_after=stop_after)
     try:
@@ -197,8 +199,10 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
 def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2, data=None) -> dict:
     """Seconds per training step of ``launch`` (built without a folder, ``warmup`` steps first: the CUDA-graph
     capture), and on CUDA the peak memory (bytes)."""
+    t0 = time.perf_counter()
     run = _prepare(launch, device, data)
     tr = run.trainer
+    build_s = time.perf_counter() - t0
     cuda = tr.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(tr.device)
@@ -215,8 +219,17 @@ def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2,
         step()
     sync()
     dt = (time.perf_counter() - t0) / steps
-    return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt,
+    t0 = time.perf_counter()
+    tr._evaluate()                                 # one chunk's evaluation (a launch has planned / chunk of them)
+    sync()
+    return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
+            "eval_s": time.perf_counter() - t0, "chunk": run.chunk,
             "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
+
+
+def predict(launch: Launch, b: dict) -> float:
+    """Seconds a launch takes by its experiment's bench ``b``: build, its steps, one evaluation per chunk."""
+    return b["build_s"] + launch.planned * b["s_per_step"] + -(-launch.planned // b["chunk"]) * b["eval_s"]
 
 
 # --------------------------------------------------------------------------------------------- campaign
@@ -241,7 +254,7 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     out.mkdir(parents=True, exist_ok=True)
     if not budget > 0:
         raise ValueError(f"budget: must be > 0 seconds, got {budget!r}")
-    experiment.check_int("jobs", jobs)
+    check_int("jobs", jobs)
     reserve = (min(60.0, 0.1 * budget) if not tiny else 5.0) if reserve is None else float(reserve)
     launches = plan(tiny, seeds, experiments)
     log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
@@ -254,10 +267,11 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
                   data=datas[exp] if datas[exp] is not None else shared_data(exp, tiny, device))
         b["load_and_bench_s"] = round(time.perf_counter() - t0, 1)
         benches[exp] = b
-        log(f"bench {exp}: {biggest.name} K={biggest.copies}: {1e3 * b['s_per_step']:.1f} ms/step")
+        log(f"bench {exp}: {biggest.name} K={biggest.copies}: {1e3 * b['s_per_step']:.1f} ms/step, build "
+            f"{b['build_s']:.1f} s, evaluation {b['eval_s']:.1f} s per {b['chunk']} steps")
         for x in launches:
             if x.experiment == exp:
-                x.predicted_s = x.planned * b["s_per_step"]
+                x.predicted_s = predict(x, b)
     per_card = jobs
     peaks = [b["peak_bytes"] for b in benches.values() if b["peak_bytes"]]
     if peaks and torch.cuda.is_available():

@@ -23,10 +23,21 @@ from torch import nn
 
 from ..models.stacked_srcnn import StackedSRCNN
 from ..training import distributed
-from . import runner as experiment
-from .stacked import StackedGraphTrainer, StackedTrainer, _check_seeds
+from ..training.stacked import StackedGraphTrainer, StackedTrainer
+from .recipe import Recipe, Setup, trainer_mode
+from .runner import Run, build_setup
 
 __all__ = ["StackedPairs", "StackedMSE", "build", "prepare", "run"]
+
+
+def _check_seeds(seeds) -> list:
+    seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
+    if not isinstance(seeds, list) or not seeds or any(
+            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: each copy needs its own seed, got duplicates in {seeds}")
+    return seeds
 
 
 class StackedPairs:
@@ -62,9 +73,9 @@ class StackedMSE:
         return (model(x) - y).square().mean(dim=(0, 2, 3)) / 2
 
 
-def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "auto",
-          options: dict | None = None) -> experiment.Setup:
-    """The :class:`~dnlib.experiments.runner.Setup` of K copies of ``cfg``, one per seed (the ``build`` of a stacked
+def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
+          options: dict | None = None) -> Setup:
+    """The :class:`~dnlib.experiments.recipe.Setup` of K copies of ``cfg``, one per seed (the ``build`` of a stacked
     :class:`~dnlib.experiments.runner.Run`); ``options["mode"]``: ``graph`` (one CUDA graph per step, SGD only),
     ``eager`` or ``auto`` (eager: Adam, the fast schedule's optimizer, is not captured)."""
     seeds = _check_seeds(seeds)
@@ -76,7 +87,7 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
         raise ValueError("seeds: a stacked run trains in one process; run it without torchrun")
     setups = []
     for seed in seeds:
-        setups.append(experiment.build_setup(recipe, cfg, seed, device, options))   # (the pairs are cached)
+        setups.append(build_setup(recipe, cfg, seed, device, options))   # (the pairs are cached)
     s0 = setups[0]
     dev = torch.device(s0.train.device)
     model = StackedSRCNN([s.model for s in setups]).to(dev)
@@ -90,10 +101,10 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
         return out
 
     graph = mode == "graph" and cfg.optimizer == "sgd"
-    info = {"mode": experiment.trainer_mode(graph, dev), "stacked": len(seeds), "stacked_seeds": seeds}
+    info = {"mode": trainer_mode(graph, dev), "stacked": len(seeds), "stacked_seeds": seeds}
     for s in setups:
         s.info.update(info)
-    return experiment.Setup(model, StackedMSE(), StackedPairs([s.batches for s in setups]),
+    return Setup(model, StackedMSE(), StackedPairs([s.batches for s in setups]),
                             dataclasses.replace(s0.train, progress=False),
                             evaluate=evaluate if s0.evaluate is not None else None,
                             run_info={**s0.run_info, "seeds": seeds},
@@ -101,12 +112,12 @@ def build(recipe: experiment.Recipe, cfg, seeds: Sequence[int], device: str = "a
                             info={**s0.info, **info}, data=s0.data, copies=setups)
 
 
-def prepare(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> experiment.Run:
+def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> Run:
     """A stacked SR :class:`~dnlib.experiments.runner.Run`, prepared; arguments as :func:`run`."""
-    return experiment.Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build, **kwargs)
+    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build, **kwargs)
 
 
-def run(recipe: experiment.Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
+def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
     """Train ``config`` once per seed, the K runs stacked into one SRCNN; returns their results in the order of
     ``seeds``. ``kwargs``: :func:`dnlib.experiments.runner.run`'s."""
     return prepare(recipe, config, seeds, **kwargs).go()
