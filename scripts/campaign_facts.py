@@ -121,8 +121,8 @@ def main(argv=None) -> int:
         rows.append({"case": name, "copies": k, **r, "kernels_per_run": r["kernels"] / k,
                      "flops_per_run": r["flops"] / k, "cpu_s": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    atomic_write_json({"torch": torch.__version__, "threads": args.threads, "load": os.getloadavg(), "rows": rows},
-                      Path(args.out), indent=1)
+    atomic_write_json(Path(args.out), {"torch": torch.__version__, "threads": args.threads, "load": os.getloadavg(),
+                                       "rows": rows})
     return 0
 
 

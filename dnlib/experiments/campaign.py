@@ -46,13 +46,13 @@ import torch
 from .. import cli
 from ..io import atomic_write_json, atomic_write_text
 from ..training.trainer import TrainingDiverged
-from . import aggregate, records
+from . import records, tables
 from .recipe import COMPLETED, check_int
 from .runner import Run
 
 __all__ = ["Launch", "plan", "bench", "predict", "run_launch", "campaign", "main", "TABLES"]
 
-#: the paper tables each experiment's launches fill (aggregate.paper_tables names)
+#: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
 EXPERIMENTS = tuple(TABLES)
 SR_ROWS = ("none", "bn", "dn*", "dn*-code")
@@ -238,7 +238,7 @@ def _tables(out: Path) -> str:
     for exp, names in TABLES.items():
         for name in names:
             try:
-                parts.append(str(aggregate.compare([out / exp], name, finished=True)))
+                parts.append(str(tables.compare([out / exp], name, finished=True)))
             except Exception as e:   # noqa: BLE001  a table that cannot be made is named, the others are made
                 parts.append(f"{name}: not made ({type(e).__name__}: {cli.one_line(e)})")
     return "\n\n".join(parts) + "\n"
@@ -303,10 +303,10 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
               "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
                               "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"],
               "train_s": round(time.perf_counter() - t_start, 1)}
-    atomic_write_json(records.jsonable(record), out / "campaign.json", indent=1)
+    atomic_write_json(out / "campaign.json", records.jsonable(record))
     atomic_write_text(out / "tables.md", _tables(out))
     record["total_s"] = round(time.perf_counter() - t_start, 1)
-    atomic_write_json(records.jsonable(record), out / "campaign.json", indent=1)
+    atomic_write_json(out / "campaign.json", records.jsonable(record))
     return record
 
 
