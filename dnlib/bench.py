@@ -185,7 +185,7 @@ def hidden_section(say, quick: bool, figure: str | None) -> list:
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # noqa: C901  (issue 24: to split)
     ap = cli.ArgumentParser(prog="python -m dnlib.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])

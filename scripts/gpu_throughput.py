@@ -219,13 +219,13 @@ def training(device: torch.device, configs, stacks, data, steps: int, warmup: in
                     setup = runner.build_setup(RECIPE, cfg, 0, str(device),
                                                    {"data": data, "mode": "auto", "eval_every": 0})
                     tr = setup.make_trainer(evaluate=None)
-                    step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
+                    step = lambda tr=tr: tr.train_step(next(tr.batches))  # noqa: E731
                     mode = recipes.trainer_mode(isinstance(tr, GraphTrainer), device)
                 else:
                     run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device), progress=False,
                                           options={"data": data, "eval_every": 0, "mode": "auto"})
                     tr = run.trainer
-                    step = lambda: tr.train_step(next(tr.batches))  # noqa: E731
+                    step = lambda tr=tr: tr.train_step(next(tr.batches))  # noqa: E731
                     mode = run.setup.info["mode"]
                 dt, _ = benches.time_steps(step, steps, warmup, device)
                 ips = steps * cfg.batch_size * k / dt

@@ -20,6 +20,7 @@ script, not a unit test: it takes minutes per run on a loaded machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -60,10 +61,8 @@ def _kill_tree(pids) -> None:
     import psutil
 
     for pid in reversed(pids):
-        try:
+        with contextlib.suppress(psutil.Error):
             psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
 
 
 def _py_spy_dump(pids, dest: Path) -> None:

@@ -194,14 +194,14 @@ def _compare(ours: nn.Module, ref: nn.Module, x: torch.Tensor, tol=TOL, steps=2)
         ya, yb = ours(xa), ref(xb)
         (ya * w).sum().backward()
         (yb * w).sum().backward()
-        torch.testing.assert_close(ya, yb, **tol, msg=lambda m: f"{mode} output: {m}")
-        torch.testing.assert_close(xa.grad, xb.grad, **tol, msg=lambda m: f"{mode} input gradient: {m}")
+        torch.testing.assert_close(ya, yb, **tol, msg=lambda m, mode=mode: f"{mode} output: {m}")
+        torch.testing.assert_close(xa.grad, xb.grad, **tol, msg=lambda m, mode=mode: f"{mode} input gradient: {m}")
         pa = dict(ours.named_parameters())
         for name, p in ref.named_parameters():
-            torch.testing.assert_close(pa[name].grad, p.grad, **tol, msg=lambda m, n=name: f"{mode} grad {n}: {m}")
+            torch.testing.assert_close(pa[name].grad, p.grad, **tol, msg=lambda m, n=name, mode=mode: f"{mode} grad {n}: {m}")
         ba = dict(ours.named_buffers())
         for name, b in ref.named_buffers():
-            torch.testing.assert_close(ba[name], b, **tol, msg=lambda m, n=name: f"{mode} buffer {n}: {m}")
+            torch.testing.assert_close(ba[name], b, **tol, msg=lambda m, n=name, mode=mode: f"{mode} buffer {n}: {m}")
         ours.zero_grad()
         ref.zero_grad()
 
@@ -320,7 +320,7 @@ def test_std_conv_equals_timm_formula_and_loads_its_state_dict():
         ga = torch.autograd.grad(ya.square().sum(), [xa, *params.values()])
         gb = torch.autograd.grad(yb.square().sum(), [xa, *params.values()])
         for name, a, b in zip(["input", *params], ga, gb):
-            torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=name: f"{cls.__name__} grad {n}: {m}")
+            torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=name, cls=cls: f"{cls.__name__} grad {n}: {m}")
 
 
 def test_ws_preset_is_a_weight_parametrization_equal_to_std_conv():

@@ -67,12 +67,12 @@ def test_model_norm_argument_and_sites():
 def _naive_tf_same_pool(x, kind, k, s):
     """Loop reference: TF SAME windows over real inputs only (max of them / their mean)."""
     n, c, h, w = x.shape
-    (t, _), (l, _) = tf_same_pads(h, k, s), tf_same_pads(w, k, s)
+    (t, _), (left, _) = tf_same_pads(h, k, s), tf_same_pads(w, k, s)
     ho, wo = -(-h // s), -(-w // s)
     out = torch.empty(n, c, ho, wo, dtype=x.dtype)
     for i in range(ho):
         for j in range(wo):
-            r0, c0 = i * s - t, j * s - l
+            r0, c0 = i * s - t, j * s - left
             win = x[:, :, max(r0, 0):min(r0 + k, h), max(c0, 0):min(c0 + k, w)]
             out[:, :, i, j] = win.amax((2, 3)) if kind == "max" else win.mean((2, 3))
     return out
@@ -132,7 +132,7 @@ def test_configs_match_section_2_3(name, dataset):
     cfg = get_config(name, dataset)
     m = cfg.build_model()
     assert m.fc2.out_features == (10 if dataset == "cifar10" else 100)
-    for k, (n, window) in enumerate(zip(m.norms, (5, 3, 3))):
+    for _k, (n, window) in enumerate(zip(m.norms, (5, 3, 3))):
         assert n.spec.sum_axes == n.spec.sup_axes == AXES[norm]
         assert n.alpha == alpha and n.affine == affine
         if sigma is not None:

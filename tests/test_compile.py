@@ -129,8 +129,8 @@ def test_compiled_ten_shapes_eval_and_recompile_limit():
     assert counters["stats"]["unique_graphs"] == graphs  # eval compiled nothing
     a.train(), b.train()
     x = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)  # a new dtype needs a new graph
-    with torch._dynamo.config.patch(recompile_limit=1):
-        with pytest.warns(RuntimeWarning, match="recompile limit") as rec:
+    with torch._dynamo.config.patch(recompile_limit=1), \
+            pytest.warns(RuntimeWarning, match="recompile limit") as rec:
             yb = b.double()(x)
             b(x)
     assert sum(issubclass(r.category, RuntimeWarning) for r in rec) == 1

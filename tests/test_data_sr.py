@@ -75,7 +75,7 @@ def test_srcnn_patches_shapes_alignment_and_resume():
     s = SRCNNPatches(imgs, scale=3, batch_size=8, seed=1)
     x, y = s.sample()
     assert x.shape == (8, 1, 33, 33) and y.shape == (8, 1, 17, 17) and x.dtype == torch.float32
-    assert 0 <= y.min() and y.max() <= 1
+    assert y.min() >= 0 and y.max() <= 1
     # the target is the HR centre of the input patch: it lies within the HR image at an 8-px offset
     up, hr = sr_test_pair(imgs[0], 3)
     assert up.shape == hr.shape == (60, 69) and up.dtype == np.float32 and hr.dtype == np.uint8

@@ -11,6 +11,7 @@ it, before it is opened. Each load runs in a thread with a 60 s limit; if it blo
 write end to release it and fails, so a regression fails instead of hanging the suite.
 """
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -275,10 +276,8 @@ def _finishes(load, fifo: Path | None, timeout: float = 60.0):
     for _ in range(300):
         if not t.is_alive() or fifo is None:
             break
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
         t.join(0.1)
     assert not blocked, f"the load blocked for {timeout:.0f} s on {fifo} (a FIFO in the data root)"
     return result.get("error")

@@ -114,7 +114,7 @@ def _count_steps(monkeypatch) -> list:
     count = [0]
     for cls in {train.Trainer, graphs.GraphTrainer, *train.Trainer.__subclasses__()}:
         if "train_step" in vars(cls):
-            def counted(self, batch, _orig=vars(cls)["train_step"]):
+            def counted(self, batch, _orig=cls.__dict__["train_step"]):
                 count[0] += 1
                 return _orig(self, batch)
             monkeypatch.setattr(cls, "train_step", counted)

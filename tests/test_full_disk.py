@@ -100,7 +100,7 @@ class _FullFile:
 @pytest.fixture
 def full_files(monkeypatch):
     """dnlib.io's ``open`` gives files with 1 KiB of room."""
-    monkeypatch.setattr(io, "open", lambda *a, **k: _FullFile(open(*a, **k), 1024), raising=False)
+    monkeypatch.setattr(io, "open", lambda *a, **k: _FullFile(open(*a, **k), 1024), raising=False)  # noqa: SIM115
 
 
 @pytest.mark.parametrize("write", [lambda p: io.atomic_save(p, BIG), lambda p: io.atomic_write_json(p, list(range(9999))),

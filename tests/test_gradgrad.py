@@ -148,7 +148,7 @@ def test_gradgradcheck_sigma_alone():
     x = _x((2, 3, 4, 4)).detach()
     for spec in (make_norm("dn", 3).spec, make_norm("ln", 3).spec, make_norm("dn-1d", 3, window=3).spec):
         s = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
-        assert gradgradcheck(lambda s: divisive_norm(x, spec, s), (s,))
+        assert gradgradcheck(lambda s, spec=spec: divisive_norm(x, spec, s), (s,))
 
 
 def _hvp(f, x, w, u):

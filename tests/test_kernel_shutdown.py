@@ -6,6 +6,7 @@ handler: papermill's last request (kernel_info) replies before its handler resto
 loaded machine wins (``make run`` printed it for 02, which passed). The test sees the signal itself: a process the
 notebook starts in the kernel's process group records every SIGINT it gets.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -52,10 +53,8 @@ def test_a_finished_notebook_is_shut_down_without_sigint(tmp_path):
         assert not marker.exists(), f"the kernel's process group got {marker.read_text().count('SIGINT')} SIGINT"
     finally:
         if pid.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups")
@@ -76,7 +75,5 @@ def test_a_cell_still_running_is_interrupted_at_shutdown(tmp_path):
         assert marker.exists() and "SIGINT" in marker.read_text()
     finally:
         if pid.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass

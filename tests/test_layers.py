@@ -172,7 +172,7 @@ def test_a_sweep_checks_its_engine_once(via, tmp_path, monkeypatch):
         calls.append((a, k))
         return real_check(*a, **k)
     monkeypatch.setattr(engines, "check", counted)
-    monkeypatch.setattr(engines, "execute", lambda runner, jobs, **k: [runner.close()] and [])   # nothing trains
+    monkeypatch.setattr(engines, "execute", lambda runner, jobs, **k: [])   # nothing trains
     if via == "api":
         sweeps.sweep(RECIPE, ["base"], [0], out=tmp_path / "s", verbose=False)
     else:

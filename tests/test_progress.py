@@ -80,7 +80,7 @@ def test_modes_outside_a_terminal(mode, redraws, capfd, monkeypatch):
 
 def test_auto_mode_follows_where_it_runs(monkeypatch):
     monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
-    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # noqa: SIM115  closed with the process
     progress_mode = progress.progress_mode
     assert progress_mode() == "lines"                       # a log or a pipe
     monkeypatch.setattr(progress, "_in_kernel", lambda: True)

@@ -18,8 +18,8 @@ def _count_by_hand(n=3, widths=(16, 32, 64), classes=10, shortcut="A", affine_pe
     conv = 3 * widths[0] * 9                                        # the first conv
     sites = [widths[0]]
     c_in = widths[0]
-    for i, c in enumerate(widths):
-        for b in range(n):
+    for _i, c in enumerate(widths):
+        for _b in range(n):
             conv += c_in * c * 9 + c * c * 9
             sites += [c, c]
             if shortcut == "B" and c_in != c:

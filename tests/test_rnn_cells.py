@@ -18,7 +18,7 @@ from dnlib.experiments.ptb import evaluate_perplexity
 from dnlib.experiments.ptb_configs import CELL_TYPES, get_config
 from dnlib.models.rnn import LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
 
-I, H, N, T = 5, 8, 3, 4
+I, H, N, T = 5, 8, 3, 4  # noqa: E741  I: the input size, as in the papers
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,7 +129,7 @@ def test_step0_evaluation_equals_the_codes_one_step_test_model_for_bn_rnn():
                           norm_kwargs=dict(sigma=0.1, eps=0.0)).double()
     model.train()
     with torch.no_grad():   # a few training forwards: running statistics that differ from step to step
-        for s in range(5):
+        for _s in range(5):
             model(torch.randint(0, V, (8, T)))
     per_step = torch.stack([m.running_var for m in model.layers[0].norm_hh.steps])
     assert (per_step[1:] - per_step[0]).abs().min() > 1e-2

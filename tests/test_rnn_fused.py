@@ -17,7 +17,7 @@ from dnlib.experiments.ptb_configs import get_config
 from dnlib.models import rnn_fused
 from dnlib.models.rnn import LanguageModel, NormLSTMCell
 
-I, H, N, T = 4, 12, 3, 5
+I, H, N, T = 4, 12, 3, 5  # noqa: E741  I: the input size, as in the papers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -139,7 +139,7 @@ def _grads(st):
     """A stand-in whose state_dict is ``st``'s gradients (so copy_state_dict unpacks them)."""
     g = copy.deepcopy(st)
     with torch.no_grad():
-        for (n, p), q in zip(st.named_parameters(), g.parameters()):
+        for (_n, p), q in zip(st.named_parameters(), g.parameters()):
             q.copy_(p.grad)
     return g
 

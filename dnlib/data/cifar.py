@@ -270,10 +270,9 @@ def _walk_plain(obj, depth: int = 0) -> None:
         for k, v in obj.items():
             _walk_plain(k, depth + 1)
             _walk_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        if obj and not all(type(v) is int for v in obj):  # the labels: 50,000 ints, skip them fast
-            for v in obj:
-                _walk_plain(v, depth + 1)
+    elif isinstance(obj, (list, tuple)) and obj and not all(type(v) is int for v in obj):  # labels: skip them fast
+        for v in obj:
+            _walk_plain(v, depth + 1)
 
 
 def _unpickle(raw: bytes, path: Path) -> dict:
@@ -561,7 +560,7 @@ def mean_image(*arrays: np.ndarray) -> np.ndarray:
     return (total / sum(len(a) for a in arrays)).astype(np.float32)
 
 
-def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",
+def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",  # noqa: C901  (issue 24: to split)
                validation: bool = False, subset: int | tuple[int, int] | None = None,
                mean_over: str = "train", seed: int = 0, download: bool = True, cache: bool = True,
                progress: bool = True, verify: bool = True) -> CIFAR:

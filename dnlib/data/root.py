@@ -31,6 +31,7 @@ reading a device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -513,9 +514,9 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
     prefix = _rel(folder, base).rstrip("/") + "/"
     listed = {}
     for rel, digest in sums.items():
-        if rel.startswith(prefix) and (recursive or "/" not in rel[len(prefix):]):
-            if accept is None or accept(rel.rsplit("/", 1)[-1]):
-                listed[rel] = digest
+        if rel.startswith(prefix) and (recursive or "/" not in rel[len(prefix):]) and \
+                (accept is None or accept(rel.rsplit("/", 1)[-1])):
+            listed[rel] = digest
     if listed:
         have = {_rel(f, base): f for f in files}
         problems = [f"missing: {base / rel}" for rel in sorted(set(listed) - set(have))]
@@ -531,11 +532,9 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
                 f"Restore them from the dataset's source (see data/README.md"
                 f"{' and ' + str(base / 'README.md') if (base / 'README.md').is_file() else ''}) or point "
                 f"{DATA_ENV} at an intact copy; if you changed them on purpose, update their lines in {sums_path}.")
-    try:
+    with contextlib.suppress(OSError):      # an unwritable cache only means verifying again next time
         atomic_write_json(verdict, {"key": key, "checked": len(listed), "what": what, "folder": str(folder)},
                           sort_keys=True)
-    except OSError:
-        pass  # an unwritable cache only means verifying again next time
     return len(listed)
 
 

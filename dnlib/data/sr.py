@@ -87,10 +87,7 @@ def _read_image(path: Path, grey: str) -> np.ndarray:
     f = open_regular(path)  # a FIFO or folder raises NotRegularFileError naming it, unwrapped
     try:
         with f, Image.open(f) as im:
-            if im.mode in ("L", "1", "I;16", "I"):
-                arr = np.asarray(im.convert("L"))
-            else:
-                arr = np.asarray(im.convert("RGB"))
+            arr = np.asarray(im.convert("L")) if im.mode in ("L", "1", "I;16", "I") else np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
         raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
     if arr.ndim == 2 and grey == "rgb":

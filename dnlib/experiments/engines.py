@@ -36,6 +36,7 @@ This module is part of the experiments layer: it imports records, io and cli, ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import os
@@ -319,7 +320,7 @@ class LocalEngine(Engine):
             for i in devices:
                 self.used[i] += min(self.gpus, 1.0)
         cmd = [self.python, "-m", self.module, "run", *map(str, job.argv), "--resume", str(job.folder)]
-        log = open(job.folder / LOG_FILE, "ab")
+        log = open(job.folder / LOG_FILE, "ab")  # noqa: SIM115  the process writes it until poll() closes it
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent())
         self.running[job.folder] = (job, proc, log, time.perf_counter(), devices)
 
@@ -346,7 +347,7 @@ class LocalEngine(Engine):
 
     def close(self) -> None:
         """Kill the processes still running (a sweep interrupted: their last records stay, a rerun resumes)."""
-        for job, proc, log, *_ in self.running.values():
+        for _job, proc, log, *_ in self.running.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -421,10 +422,8 @@ class RayEngine(Engine):
     def close(self) -> None:
         """Cancel the tasks still in flight; stop (or leave) the Ray instance this engine started (joined)."""
         for ref in self.refs:
-            try:
+            with contextlib.suppress(Exception):    # already finished or gone
                 self.ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001, S110  already finished or gone
-                pass
         self.refs.clear()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()

@@ -664,7 +664,7 @@ def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cp
 
     rows = []
     for name, layers in stacks.items():
-        t = time_steps(lambda: step(layers), reps, 2, dev)[0] / reps
+        t = time_steps(lambda layers=layers: step(layers), reps, 2, dev)[0] / reps
         rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": batch_size * num_steps / t})
     return [{**r, "vs_nn_lstm": r["tokens_per_s"] / rows[0]["tokens_per_s"]} for r in rows]
 

@@ -189,7 +189,7 @@ def _split(name: str):
                      f"cell in {list(CELL_TYPES)}, e.g. 'dn-star-lstm'")
 
 
-def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:
+def get_config(name: str, source: str = "paper", **overrides) -> PTBConfig:  # noqa: C901  (issue 24: to split)
     """The named configuration (``"<row>-<cell>"``), on the ``source`` side of the paper/code discrepancies,
     with ``overrides`` applied to its fields."""
     if source not in SOURCES:

@@ -91,7 +91,7 @@ class Run:
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
     TensorBoard events); :meth:`go` returns the K results."""
 
-    def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,
+    def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,  # noqa: C901  (issue 24: to split)
                  time_limit: float | None = None, out=None, resume=None, device: str | None = None,
                  overrides: Mapping | None = None, options: Mapping | None = None,
                  stop_after: int | None = None, progress: bool = True, parameters: Mapping | None = None,

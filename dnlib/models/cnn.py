@@ -46,18 +46,18 @@ def tf_same_pool2d(x: torch.Tensor, kind: str, kernel: int = 3, stride: int = 2)
     """Max or average pooling with TensorFlow ``SAME`` semantics (padding never counted)."""
     if kind not in ("max", "avg"):
         raise ValueError(f"kind: must be 'max' or 'avg', got {kind!r}")
-    (t, b), (l, r) = (tf_same_pads(n, kernel, stride) for n in x.shape[-2:])
-    if t == 0 and l == 0:
+    (t, b), (left, r) = (tf_same_pads(n, kernel, stride) for n in x.shape[-2:])
+    if t == 0 and left == 0:
         # Windows start at 0, s, 2s, ...; ceil_mode adds the last, partial window and (with no padding)
         # divides it by the number of real inputs: exactly TF SAME with only "after" padding.
         if kind == "max":
             return F.max_pool2d(x, kernel, stride, ceil_mode=True)
         return F.avg_pool2d(x, kernel, stride, ceil_mode=True, count_include_pad=False)
     if kind == "max":
-        return F.max_pool2d(F.pad(x, (l, r, t, b), value=float("-inf")), kernel, stride)
+        return F.max_pool2d(F.pad(x, (left, r, t, b), value=float("-inf")), kernel, stride)
     ones = torch.ones((1, 1) + tuple(x.shape[-2:]), dtype=x.dtype, device=x.device)
-    count = F.avg_pool2d(F.pad(ones, (l, r, t, b)), kernel, stride, divisor_override=1)
-    return F.avg_pool2d(F.pad(x, (l, r, t, b)), kernel, stride, divisor_override=1) / count
+    count = F.avg_pool2d(F.pad(ones, (left, r, t, b)), kernel, stride, divisor_override=1)
+    return F.avg_pool2d(F.pad(x, (left, r, t, b)), kernel, stride, divisor_override=1) / count
 
 
 class TFSamePool2d(nn.Module):

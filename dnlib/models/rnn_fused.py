@@ -161,10 +161,7 @@ def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: Site
         if wb[0] == 1:
             q = q.sum(-1, keepdim=True)
         gs = q * r / d * (-power * scale)
-        if wb[0] == 1:
-            gv = gv + v * (gs * (2.0 / x.size(-1)))
-        else:
-            gv = gv + v * (2.0 * _apply_t(gs, wb))
+        gv = gv + v * (gs * (2.0 / x.size(-1))) if wb[0] == 1 else gv + v * (2.0 * _apply_t(gs, wb))
     if wa[0] == 1:
         return gv - gv.mean(-1, keepdim=True)
     if wa[0] >= 2:

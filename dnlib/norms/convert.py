@@ -344,7 +344,7 @@ def _to_name(to: NormLike) -> str:
     return "none" if to is None else to.lower() if isinstance(to, str) else repr(to)
 
 
-def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,
+def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,  # noqa: C901  (issue 24: to split)
                   copy_affine: bool = True, strict: bool = False, report: bool = False, **overrides):
     """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see
     :mod:`dnlib.norms.convert`).

@@ -41,10 +41,7 @@ class _Pending:
 
     def backpropagated(self) -> bool:
         """Whether a backward has run through this forward (and freed its graph): the term can give no gradient."""
-        if self.output is None:
-            node = self.term.grad_fn
-        else:
-            node = self.output() if self.tapped else None
+        node = self.term.grad_fn if self.output is None else self.output() if self.tapped else None
         if node is None:
             return False
         try:
@@ -195,7 +192,7 @@ def fused_kind(spec: NormSpec) -> str | None:
         return "ln"
     if A == B == {"space"}:
         return "in"
-    if not A and B == {"channel", "space"}:
+    if not A and {"channel", "space"} == B:
         return "rms"
     return None
 
@@ -299,7 +296,7 @@ class DivisiveNorm(nn.Module):
         >>> y = dn(torch.randn(8, 32, 16, 16))
     """
 
-    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: float | None = 0.1,
+    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: float | None = 0.1,  # noqa: C901  (issue 24: to split)
                  track_running_stats: bool | None = None, alpha: float = 0.0, impl: str = "auto",
                  bias: bool = True, device=None, dtype=None, process_group=None, running_stats: str = "torch"):
         factory = {"device": device, "dtype": dtype}

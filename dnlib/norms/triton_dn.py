@@ -186,10 +186,9 @@ def _box_src(src, n, m, h, w, ok, acc0, CM, H, W, SC, SP, KC: tl.constexpr, KS: 
                 msk = ok & okh & (ww >= 0) & (ww < W)
                 off = n * CM * H * W + mm * SC + (hh * W + ww) * SP
                 val = tl.load(src + off, mask=msk, other=0.0).to(acc0.dtype)
-                if TRANS:
-                    if VALID:
-                        cnt = _count(mm, CM, KC) * _count(hh, H, KS) * _count(ww, W, KS)
-                        val = val / tl.maximum(cnt, 1).to(acc0.dtype)  # (cnt <= 0 only off the map: masked)
+                if TRANS and VALID:
+                    cnt = _count(mm, CM, KC) * _count(hh, H, KS) * _count(ww, W, KS)
+                    val = val / tl.maximum(cnt, 1).to(acc0.dtype)  # (cnt <= 0 only off the map: masked)
                 acc += val
     if VALID:
         if not TRANS:

@@ -34,6 +34,7 @@ Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameter
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -122,7 +123,7 @@ def _base_type(type_name: str | None) -> str | None:
     return type_name.split("[", 1)[0].strip()
 
 
-def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:
+def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:  # noqa: C901  (issue 24: to split)
     """Return ``value`` as the declared type, or raise ``TypeError`` saying why it does not fit.
 
     ``from_cli`` values are strings typed on a command line and are parsed per the declared type
@@ -399,10 +400,8 @@ def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | Non
     cell = getattr(exc, "cell_index", None)
     count = getattr(exc, "exec_count", None)
     cells = []
-    try:
+    with contextlib.suppress(OSError, ValueError, KeyError):
         cells = json.loads(output.read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        pass
     if cell is None:  # e.g. a cell timeout: the last cell papermill started in the executed copy
         started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
         cell = started[-1] if started else None
