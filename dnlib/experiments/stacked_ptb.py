@@ -226,7 +226,8 @@ class StackedSequenceTrainer(StackedTrainer):
             try:
                 self._capture()
             except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
-                warnings.warn(f"StackedSequenceTrainer: capture failed ({type(e).__name__}: {e}); training eagerly")
+                warnings.warn(f"StackedSequenceTrainer: capture failed ({type(e).__name__}: {e}); training eagerly",
+                              stacklevel=2)
                 self.fell_back, self.graph = True, None
         if self.graph is not None:
             self.graph.replay()
