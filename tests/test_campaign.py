@@ -82,3 +82,14 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     assert all(f"Table {n}" in tables for n in (3, 4, 5, 6, 7, 9))
     print(f"gpu_paper.sh TINY=1 on the CPU: {seconds:.0f} s (load {os.getloadavg()[0]:.1f})")
     assert seconds < 300 * (1 + max(os.getloadavg()[0] - 2, 0) / 2)   # 5 min on an idle machine, more when shared
+
+
+@pytest.mark.parametrize("experiment", ["cifar", "ptb"])
+def test_check_graph_of_stacked_launches(experiment):
+    """The stacked graph step against the eager step (on a CPU without a capture: CIFAR's hand-written SGD against
+    torch's, PTB's one body): ok, and a broken graph step is caught."""
+    launch = next(x for x in campaign.plan(tiny=True, seeds=[0, 1], experiments=[experiment]))
+    data = campaign.shared_data(experiment, tiny=True, device="cpu")
+    row = campaign.check_graph(launch, "cpu", data=data)
+    assert row["ok"] and row["param_moved"] > 0 and not row["captured"], row
+    assert row["trainer"] == ("StackedGraphTrainer" if experiment == "cifar" else "StackedSequenceTrainer")

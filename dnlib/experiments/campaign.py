@@ -14,6 +14,10 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
 * PTB, Table 9's 36 configurations (Table 4 is 18 of them): one launch per cell type and cell class (``arch``), all
   its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
 
+**Graphs.** On CUDA each experiment's largest launch is first trained a few steps with the CUDA-graph step and
+with the eager step from the same initialisation (:func:`check_graph`); an experiment whose graph step disagrees
+trains eagerly (``graph_check`` in ``campaign.json``).
+
 **Plan.** A short bench (a few steps of the largest launch of each experiment, after a warm-up that includes the
 CUDA-graph capture) gives seconds per step, the build and one evaluation; a launch is predicted at ``build + steps x
 seconds per step + chunks x evaluation`` (the largest launch's figures for every launch of that experiment: an upper
@@ -50,7 +54,7 @@ from . import records, tables
 from .recipe import COMPLETED, check_int
 from .runner import Run
 
-__all__ = ["Launch", "plan", "bench", "predict", "run_launch", "campaign", "main", "TABLES"]
+__all__ = ["Launch", "plan", "check_graph", "bench", "predict", "run_launch", "campaign", "main", "TABLES"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -232,6 +236,34 @@ def predict(launch: Launch, b: dict) -> float:
     return b["build_s"] + launch.planned * b["s_per_step"] + -(-launch.planned // b["chunk"]) * b["eval_s"]
 
 
+def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: float = 1e-2, data=None) -> dict:
+    """The stacked launch's graph step against its eager step: ``steps`` steps of both from the same initialisation
+    on the same batches (the build option ``mode``: ``graph``, ``eager``); ``ok`` when every packed parameter and
+    buffer agrees to ``rtol`` of how far training moved it, every copy's losses to ``rtol``, and no capture fell
+    back (:func:`dnlib.experiments.bench.check_graph`'s rule, for K copies). On a CPU the graph step's body runs
+    without a capture (CIFAR: the hand-written SGD against torch's)."""
+    out = {}
+    for mode in ("eager", "graph"):
+        x = dataclasses.replace(launch, options={**launch.options, "mode": mode})
+        tr = _prepare(x, device, data).trainer
+        init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+        losses = []
+        for _ in range(steps):
+            losses.append(tr.train_step(next(tr.batches)).detach().double().reshape(-1).cpu())
+            tr.step += 1
+        out[mode] = (init, tr.model.state_dict(), torch.stack(losses), getattr(tr, "fell_back", False),
+                     type(tr).__name__, getattr(tr, "capture", False))
+    (init, e_sd, le, _, _, _), (_, g_sd, lg, fell, cls, captured) = out["eager"], out["graph"]
+    floats = [k for k, v in e_sd.items() if v.is_floating_point()]
+    moved = max((e_sd[k].double() - init[k].double()).abs().max().item() for k in floats)
+    diff = max((e_sd[k].double() - g_sd[k].double()).abs().max().item() for k in floats)
+    loss_diff = ((le - lg).abs() / le.abs().clamp(min=1e-12)).max().item()
+    ok = diff <= rtol * moved and loss_diff <= rtol and moved > 0 and bool(torch.isfinite(lg).all()) and not fell
+    return {"launch": launch.name, "copies": launch.copies, "trainer": cls, "captured": bool(captured),
+            "steps": steps, "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "ok": bool(ok),
+            "error": "the CUDA-graph capture failed" if fell else None}
+
+
 # --------------------------------------------------------------------------------------------- campaign
 def _tables(out: Path) -> str:
     parts = []
@@ -258,11 +290,20 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     reserve = (min(60.0, 0.1 * budget) if not tiny else 5.0) if reserve is None else float(reserve)
     launches = plan(tiny, seeds, experiments)
     log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
-    benches, datas = {}, {}
+    benches, datas, graphs = {}, {}, {}
+    cuda = (torch.device(device).type == "cuda") if device != "auto" else torch.cuda.is_available()
     for exp in dict.fromkeys(x.experiment for x in launches):
         t0 = time.perf_counter()
         datas[exp] = shared_data(exp, tiny, device) if jobs == 1 else None
         biggest = max((x for x in launches if x.experiment == exp), key=lambda x: x.copies)
+        if cuda:                                 # graph == eager on the device, else this experiment trains eagerly
+            g = graphs[exp] = check_graph(biggest, device, data=datas[exp])
+            log(f"check-graph {exp}: {biggest.name} K={biggest.copies}: {'ok' if g['ok'] else 'FAILED'} (params "
+                f"{g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g})")
+            if not g["ok"]:
+                for x in launches:
+                    if x.experiment == exp:
+                        x.options["mode"] = "eager"
         b = bench(biggest, device, steps=1 if tiny else bench_steps, warmup=1 if tiny else 2,
                   data=datas[exp] if datas[exp] is not None else shared_data(exp, tiny, device))
         b["load_and_bench_s"] = round(time.perf_counter() - t0, 1)
@@ -299,7 +340,8 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
         else:
             rows += _run_parallel(specs, out, device, log, tiny)
     record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": per_card,
-              "seeds": list(seeds), "bench": benches, "launches": rows,
+              "seeds": list(seeds), "graph_check": graphs or "not on a CPU (the check runs on CUDA)",
+              "bench": benches, "launches": rows,
               "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
                               "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"],
               "train_s": round(time.perf_counter() - t_start, 1)}
