@@ -1,5 +1,6 @@
-"""Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): the recipe of :mod:`dnlib.experiments.runner`,
-evaluation, a look inside the cells, tables, figures and a speed benchmark.
+"""Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): the recipe of :mod:`dnlib.experiments.runner`
+(data, model, loss, clipping, evaluation) and its commands; the tables, figures and report of runs are
+:mod:`dnlib.experiments.ptb_report`, the gate statistics and the speed benchmark :mod:`dnlib.experiments.ptb_cells`.
 
 A run is a named configuration (:mod:`dnlib.experiments.ptb_configs`, ``<row>-<cell>``) trained by the runner
 (:mod:`dnlib.experiments.runner`: the loop, the time limit, resume, the run record)::
@@ -41,32 +42,27 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import cli
-from ..analysis.figures import MarkdownTable, cell, markdown_table, run_curves
+from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..data import PTBBatches
-from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..models.rnn import LanguageModel, set_bn_eval_step
-from ..norms.sparse import clear_penalties, sparse_penalty
+from ..norms.sparse import clear_penalties
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
-from . import aggregate, commands, records, registry, stacked_ptb, tables
 from . import bench as benches
-from .bench import steps_command, time_steps
+from . import commands, registry, stacked_ptb
+from .bench import steps_command
 from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
-from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, row_label, trainer_mode
-from .runner import call, call_many, recipe_runs
-from .sweep import load_runs
+from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, trainer_mode
+from .runner import call, call_many
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data",
-           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "bench",
-           "gate_statistics", "gate_table", "config_table", "results_table", "perplexity_curves", "headline",
-           "report", "set_threads", "MODES", "main"]
+           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "config_table",
+           "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 _GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
@@ -412,6 +408,7 @@ class PTBRecipe(Recipe):
                            help="where table.md, curves.png and summary.json go (default PATH)")
 
     def report(self, path, args=None) -> dict:
+        from .ptb_report import report
         return report(path, getattr(args, "out", None))
 
     def commands(self) -> dict:
@@ -466,7 +463,6 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
                                 epochs=epochs, **kwargs)
 
 
-
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
     """:func:`dnlib.experiments.bench.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
@@ -478,56 +474,7 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
                                   options={"data": data, "final_test_batch_size": 0})
 
 
-# ---------------------------------------------------------------------------------------- inside the cells
-@torch.no_grad()
-def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20,
-                    max_batches: int = 10, sat: float = 0.05, zero: float = 0.05) -> list:
-    """How often each gate saturates and how sparse the activations are, per layer, over ``max_batches``
-    minibatches of ``ids`` (eval mode, state carried).
-
-    For the sigmoid gates ``i, f, o``: the fraction of values below ``sat`` or above ``1 - sat``; for the
-    candidate ``j`` and ``tanh(c)``: the fraction with ``|value| > 1 - sat``; ``h_sparsity``: the fraction of
-    hidden outputs with ``|h| < zero`` (for a ReLU RNN, also the exact zeros ``h_zeros``). Returns one dict per
-    layer.
-    """
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    batches = PTBBatches(ids, batch_size, num_steps, device)
-    model.set_trace(True)
-    state = model.init_state(batch_size, device)
-    for b, (x, _) in enumerate(batches):
-        if b >= max_batches:
-            break
-        _, state = model(x, state)
-    rows = []
-    for k, layer in enumerate(model.layers):
-        acts = {name: torch.stack([step[name] for step in layer.trace]) for name in layer.trace[0]}
-        row = {"layer": k + 1}
-        for g in ("i", "f", "o"):
-            if g in acts:
-                row[f"{g}_saturated"] = ((acts[g] < sat) | (acts[g] > 1 - sat)).double().mean().item()
-        for g in ("j", "tanh_c"):
-            if g in acts:
-                row[f"{g}_saturated"] = (acts[g].abs() > 1 - sat).double().mean().item()
-        row["h_sparsity"] = (acts["h"].abs() < zero).double().mean().item()
-        row["h_zeros"] = (acts["h"] == 0).double().mean().item()
-        rows.append(row)
-    model.set_trace(False)
-    clear_penalties(model)
-    model.train(was)
-    return rows
-
-
-def gate_table(results, ids: torch.Tensor, **kwargs) -> MarkdownTable:
-    """:func:`gate_statistics` of every trained model (a list of RunResults) on ``ids``, as a Markdown table."""
-    cols = ["i_saturated", "j_saturated", "f_saturated", "o_saturated", "tanh_c_saturated", "h_sparsity", "h_zeros"]
-    return markdown_table(["name", "layer"] + [c.replace("_", " ") for c in cols],
-                          [[r.config.name, row["layer"]] + [f"{100 * row[c]:.1f}%" if c in row else None for c in cols]
-                           for r in results for row in gate_statistics(r.model, ids, **kwargs)])
-
-
-# ----------------------------------------------------------------------------------------------- tables
+# ------------------------------------------------------------------------------------------ threads, configs
 def set_threads(threads: int) -> int:
     """``torch.set_num_threads(threads)`` when ``threads > 0``; returns the number in use. On a shared 2-core
     machine one intra-op thread is several times faster than two oversubscribed ones."""
@@ -547,128 +494,6 @@ def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
                             c.paper_perplexity, "; ".join(c.notes) or None] for c in cfgs])
 
 
-def _runs(results) -> list:
-    """``[(key, record, rows)]`` of RunResults or run folders (:func:`dnlib.experiments.sweep.load_runs`); the key is
-    the
-    configuration's name, with the seed where two runs share it."""
-    out = load_runs(results)
-    names = [rec["name"] for rec, _ in out]
-    return [(n if names.count(n) == 1 else f"{n}-s{rec['seed']}", rec, rows) for n, (rec, rows) in zip(names, out)]
-
-
-def _epochs(rec: dict, rows: list) -> list:
-    """The evaluation rows with ``epoch`` (steps / batches per epoch) and ``seconds`` of training since the last."""
-    per_epoch = rec["config"]["setup"]["batches_per_epoch"]
-    out, prev = [], 0.0
-    for r in rows:
-        if r.get("valid_ppl") is not None:
-            out.append({**r, "epoch": r["step"] / per_epoch, "seconds": r["time"] - prev})
-            prev = r["time"]
-    return out
-
-
-_FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl": ".1f", "tokens_per_s": ".0f"}
-
-
-def results_table(results, unigram: float | None = None) -> MarkdownTable:
-    """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early
-    named)
-    beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
-    rows_of, out = {n: get_config(n).row for n in list_configs()}, []
-    for s in aggregate.summarize(results, list(_FMT)):
-        ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
-        out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
-                    cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"]])
-    if unigram is not None:
-        out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 5)
-    return markdown_table(["name", "Table 9 row", "epochs", "valid ppl", "test ppl (20 streams)",
-                           "test ppl (one stream)", "paper test ppl", "tokens/s", "runs"], out)
-
-
-def perplexity_curves(results):
-    """Validation and test perplexity per epoch, one line per run (log scale); the paper's test perplexity dashed."""
-    from matplotlib.ticker import ScalarFormatter
-    fig, axes = run_curves([(key, _epochs(rec, rows), {"test_ppl": rec["paper"].get("final_test_ppl")})
-                            for key, rec, rows in _runs(results)],
-                           [{"key": "valid_ppl", "marker": "o", "title": "validation", "yscale": "log"},
-                            {"key": "test_ppl", "marker": "o", "title": "test (20 streams); dashed: the paper's",
-                             "yscale": "log", "paper": "test_ppl"}], x="epoch", figsize=(9, 3.4), sharey=True)
-    for ax in axes:
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("perplexity")
-    axes[1].legend(fontsize=8)
-    return fig
-
-
-def headline(results) -> dict:
-    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of
-    :func:`results_table`."""
-    return {"runs": aggregate.summarize(results, list(_FMT))}
-
-
-def report(path, out=None) -> dict:
-    """The runs under ``path`` (run folders) into ``out`` (default ``path``): ``table.md`` (:func:`results_table`
-    and the card and seconds per epoch), ``curves.png`` (:func:`perplexity_curves`), ``summary.json``
-    (per run: its headline numbers, the paper's, card, lr, epochs planned, seconds per epoch, tokens/s and the
-    per-epoch perplexities). Returns the summary."""
-    dirs = list(recipe_runs(RECIPE, path))
-    out, summary = Path(out if out is not None else path), {}
-    runs = _runs(dirs)
-    keys = [key for key, _, _ in runs]
-    for d, (key, rec, rows) in zip(dirs, runs):
-        key = key if keys.count(key) == 1 else Path(d).name     # one seed run twice (a CPU and a GPU run): by folder
-        setup, ev, head = rec["config"]["setup"], _epochs(rec, rows), rec["headline"]
-        chunks = [e["seconds"] for e in ev if e["seconds"] > 0]
-        # runs converted from older results (results/records) did not record eval_every: no seconds per epoch
-        every = setup.get("eval_every")
-        per_epoch = sum(chunks) / len(chunks) * setup["batches_per_epoch"] / every if chunks and every else None
-        summary[key] = {**{k: head.get(k) for k in ("epochs", "valid_ppl", "test_ppl", "final_test_ppl")},
-                        "paper_test_ppl": rec["paper"].get("final_test_ppl"), "config": rec["name"],
-                        "source": rec["config"]["source"], "stopped": rec["stopped"], "run": str(d),
-                        "card": setup.get("card"), "torch": (rec.get("versions") or {}).get("torch"),
-                        "lr": rec["config"]["lr"], "epochs_planned": rec["config"]["epochs"],
-                        "seconds_per_epoch": per_epoch, "tokens_per_s": head.get("tokens_per_s"),
-                        "valid_ppl_per_epoch": [e["valid_ppl"] for e in ev],
-                        "test_ppl_per_epoch": [e["test_ppl"] for e in ev]}
-    table = markdown_table(["name", "card", "s / epoch (training)", "lr"], [
-        [n, v["card"], cell(v["seconds_per_epoch"], ".0f"), f"{v['lr']:g}"] for n, v in summary.items()])
-    atomic_write_text(out / "table.md", f"{results_table(dirs)}\n\n{table}\n")
-    fig = perplexity_curves(dirs)
-    atomic_write(out / "curves.png", lambda f: fig.savefig(f, format="png", dpi=110))
-    atomic_write_json(out / "summary.json", records.jsonable(summary), indent=1)
-    return summary
-
-
-# ------------------------------------------------------------------------------------------------- bench
-def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cpu", batch_size: int = 20,
-          num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
-    """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
-    batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
-    check_int("reps", reps)
-    dev = resolve_device(device)
-    set_threads(threads)
-    torch.manual_seed(0)
-    x = torch.randn(num_steps, batch_size, hidden_size, device=dev)
-    stacks = {"nn.LSTM": nn.ModuleList([nn.LSTM(hidden_size, hidden_size, num_layers)]).to(dev)}
-    for name in names:
-        cfg = get_config(name, hidden_size=hidden_size, num_layers=num_layers)
-        stacks[name] = nn.ModuleList(build_model(cfg, 10).layers).to(dev).train()
-
-    def step(layers):
-        h = x
-        for layer in layers:
-            h, _ = layer(h)
-        (h.sum() + sparse_penalty(layers)).backward()
-
-    rows = []
-    for name, layers in stacks.items():
-        t = time_steps(lambda layers=layers: step(layers), reps, 2, dev)[0] / reps
-        rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": batch_size * num_steps / t})
-    return [{**r, "vs_nn_lstm": r["tokens_per_s"] / rows[0]["tokens_per_s"]} for r in rows]
-
-
 # --------------------------------------------------------------------------------------------------- CLI
 def _bench_args(q) -> None:
     q.add_argument("--device", type=cli.device, default="cpu")
@@ -678,6 +503,7 @@ def _bench_args(q) -> None:
 
 
 def _bench_command(args, q) -> list:
+    from .ptb_cells import bench
     with cli.user_errors(q):
         for name in args.configs:
             get_config(name)

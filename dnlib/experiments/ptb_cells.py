@@ -1,0 +1,100 @@
+"""Inside the recurrent cells of the PTB models (notebook 04): how often the gates saturate and how sparse the
+hidden outputs are (:func:`gate_statistics`, :func:`gate_table`), and how fast the cells train against ``nn.LSTM``
+(:func:`bench`; ``python -m dnlib ptb bench``)::
+
+    from dnlib.experiments import ptb, ptb_cells
+    results = ptb.run_many(["base-lstm", "dn-star-lstm"], max_tokens=16000, vocab=500, epochs=1, hidden_size=32)
+    ptb_cells.gate_table(results, ptb.load_data(16000, 500)[0]["valid"])
+    ptb_cells.bench(["base-lstm", "dn-star-lstm"], reps=3)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..analysis.figures import MarkdownTable, markdown_table
+from ..data import PTBBatches
+from ..models.rnn import LanguageModel
+from ..norms.sparse import clear_penalties, sparse_penalty
+from ..training.trainer import resolve_device
+from .bench import time_steps
+from .ptb import build_model, set_threads
+from .ptb_configs import get_config
+from .recipe import check_int
+
+__all__ = ["gate_statistics", "gate_table", "bench"]
+
+
+@torch.no_grad()
+def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 20, num_steps: int = 20,
+                    max_batches: int = 10, sat: float = 0.05, zero: float = 0.05) -> list:
+    """How often each gate saturates and how sparse the activations are, per layer, over ``max_batches``
+    minibatches of ``ids`` (eval mode, state carried).
+
+    For the sigmoid gates ``i, f, o``: the fraction of values below ``sat`` or above ``1 - sat``; for the
+    candidate ``j`` and ``tanh(c)``: the fraction with ``|value| > 1 - sat``; ``h_sparsity``: the fraction of
+    hidden outputs with ``|h| < zero`` (for a ReLU RNN, also the exact zeros ``h_zeros``). Returns one dict per
+    layer.
+    """
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batches = PTBBatches(ids, batch_size, num_steps, device)
+    model.set_trace(True)
+    state = model.init_state(batch_size, device)
+    for b, (x, _) in enumerate(batches):
+        if b >= max_batches:
+            break
+        _, state = model(x, state)
+    rows = []
+    for k, layer in enumerate(model.layers):
+        acts = {name: torch.stack([step[name] for step in layer.trace]) for name in layer.trace[0]}
+        row = {"layer": k + 1}
+        for g in ("i", "f", "o"):
+            if g in acts:
+                row[f"{g}_saturated"] = ((acts[g] < sat) | (acts[g] > 1 - sat)).double().mean().item()
+        for g in ("j", "tanh_c"):
+            if g in acts:
+                row[f"{g}_saturated"] = (acts[g].abs() > 1 - sat).double().mean().item()
+        row["h_sparsity"] = (acts["h"].abs() < zero).double().mean().item()
+        row["h_zeros"] = (acts["h"] == 0).double().mean().item()
+        rows.append(row)
+    model.set_trace(False)
+    clear_penalties(model)
+    model.train(was)
+    return rows
+
+
+def gate_table(results, ids: torch.Tensor, **kwargs) -> MarkdownTable:
+    """:func:`gate_statistics` of every trained model (a list of RunResults) on ``ids``, as a Markdown table."""
+    cols = ["i_saturated", "j_saturated", "f_saturated", "o_saturated", "tanh_c_saturated", "h_sparsity", "h_zeros"]
+    return markdown_table(["name", "layer"] + [c.replace("_", " ") for c in cols],
+                          [[r.config.name, row["layer"]] + [f"{100 * row[c]:.1f}%" if c in row else None for c in cols]
+                           for r in results for row in gate_statistics(r.model, ids, **kwargs)])
+
+
+def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cpu", batch_size: int = 20,
+          num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
+    """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
+    batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
+    check_int("reps", reps)
+    dev = resolve_device(device)
+    set_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(num_steps, batch_size, hidden_size, device=dev)
+    stacks = {"nn.LSTM": nn.ModuleList([nn.LSTM(hidden_size, hidden_size, num_layers)]).to(dev)}
+    for name in names:
+        cfg = get_config(name, hidden_size=hidden_size, num_layers=num_layers)
+        stacks[name] = nn.ModuleList(build_model(cfg, 10).layers).to(dev).train()
+
+    def step(layers):
+        h = x
+        for layer in layers:
+            h, _ = layer(h)
+        (h.sum() + sparse_penalty(layers)).backward()
+
+    rows = []
+    for name, layers in stacks.items():
+        t = time_steps(lambda layers=layers: step(layers), reps, 2, dev)[0] / reps
+        rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": batch_size * num_steps / t})
+    return [{**r, "vs_nn_lstm": r["tokens_per_s"] / rows[0]["tokens_per_s"]} for r in rows]
