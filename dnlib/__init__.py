@@ -9,8 +9,9 @@ from .norms.norm import DivisiveNorm, convert_sync_norm
 from .norms.presets import PRESETS, get_spec, list_norms, make_norm
 from .norms.sparse import clear_penalties, l1_penalty, sparse_penalty
 from .norms.spec import NormSpec
+from .norms.transforms import replace_all_batch_norm_modules_
 
 __all__ = ["NormSpec", "DivisiveNorm", "make_norm", "list_norms", "get_spec", "PRESETS", "divisive_norm",
            "field_mean", "sparse_penalty", "clear_penalties", "l1_penalty", "convert_sync_norm",
-           "convert_norms"]
+           "convert_norms", "replace_all_batch_norm_modules_"]
 __version__ = "0.1.0"

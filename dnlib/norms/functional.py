@@ -17,7 +17,9 @@ reduced statistics, so every path (the two Functions, the band and the compiled 
 full tensor and uses autograd only on the reduced statistics: about half the memory traffic of the eager
 composition, which matters because these layers are bandwidth-bound.
 While ``torch.compile`` traces them (and no process group pools the batch), the same functions compute the same
-math as plain ops instead, which Dynamo and Inductor trace without a graph break and fuse (:func:`_traced`).
+math as plain ops instead, which Dynamo and Inductor trace without a graph break and fuse (:func:`_traced`); so do
+they under ``torch.func`` transforms (vmap, grad, jvp, jacrev, hessian) and forward-mode AD (:func:`under_transform`),
+which torch then applies op by op.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.distributed as dist
 import torch.nn.functional as F
 
@@ -619,8 +622,23 @@ def divisive_norm_stats(x: torch.Tensor, spec: NormSpec, sigma=None, mean=None, 
     return y.reshape(x.shape), v, mu, s
 
 
+def transform_level() -> int | None:
+    """The level of the innermost ``torch.func`` transform running now (vmap, grad, vjp, jvp, jacrev, jacfwd,
+    hessian, functionalize), or None outside all of them."""
+    return torch._C._functorch.maybe_current_level()
+
+
+def under_transform() -> bool:
+    """Whether a ``torch.func`` transform or forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active.
+
+    The general path's autograd Functions then step aside: it runs as its plain-op composition (:func:`_compose`,
+    the math of double backward and of ``torch.compile``), which torch batches and differentiates op by op, in
+    both modes and to any order (:func:`_apply`). Costs one C call on the ordinary path."""
+    return torch._C._functorch.maybe_current_level() is not None or _forward_ad._current_level >= 0
+
+
 def _apply(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup, need_v: bool, sync=None):
-    if sync is None and torch.compiler.is_compiling():
+    if sync is None and (torch.compiler.is_compiling() or under_transform()):
         return _traced(xg, sig2, spec, plan, mean, sup)
     if _shared(plan, mean, sup):
         return _DivNormSharedFn.apply(xg, sig2, spec, plan, need_v, sync)
@@ -663,9 +681,10 @@ def _compose(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, box=_box, mean
 
 
 def _traced(xg: torch.Tensor, sig2, spec: NormSpec, plan: _Plan, mean, sup):
-    """:func:`_apply` while ``torch.compile`` traces (no process group): the plain-op composition, the math of
-    ``impl="compile"`` (:func:`_plain`), which Dynamo and Inductor trace whole and fuse. The hand-written
-    Functions would break the graph: their backward calls ``torch.autograd.grad`` on the statistics."""
+    """:func:`_apply` while ``torch.compile`` traces or a ``torch.func`` transform runs (no process group): the
+    plain-op composition, the math of ``impl="compile"`` (:func:`_plain`), which Dynamo and Inductor trace whole and
+    fuse, and which vmap, grad and jvp transform op by op. The hand-written Functions would break the graph (their
+    backward calls ``torch.autograd.grad`` on the statistics) and have no batching or forward-mode rule."""
     y, v, mu, s = _compose(xg, sig2, spec, plan, _box_shift, mean, sup)
     if plan.sum is None and plan.sup is None:
         y = xg.clone()  # (as _DivNormFn: the output is never the input itself)

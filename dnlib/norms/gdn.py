@@ -46,17 +46,37 @@ REPARAM_OFFSET = 2.0 ** -18
 
 
 class _LowerBoundFn(torch.autograd.Function):
-    """``max(x, bound)`` with compressai's gradient: passed where ``x >= bound`` or ``grad < 0``, else 0."""
+    """``max(x, bound)`` with compressai's gradient: passed where ``x >= bound`` or ``grad < 0``, else 0.
+
+    In the functorch form (``setup_context``, a generated vmap rule) so that it runs under ``torch.func``
+    transforms; forward mode (``jvp``) passes the tangent of ``x`` where ``x >= bound`` (the derivative of max away
+    from the bound, and the side the backward takes at it), else the bound's."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, bound):
-        ctx.save_for_backward(x, bound)
+    def forward(x, bound):
         return torch.max(x, bound)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, bound = inputs
+        ctx.save_for_backward(x, bound)
+        ctx.save_for_forward(x, bound)
 
     @staticmethod
     def backward(ctx, g):
         x, bound = ctx.saved_tensors
         return ((x >= bound) | (g < 0)).to(g.dtype) * g, None
+
+    @staticmethod
+    def jvp(ctx, tx, tbound):
+        x, bound = ctx.saved_tensors
+        if tx is None:
+            tx = torch.zeros_like(x)
+        if tbound is None:
+            tbound = torch.zeros_like(bound)
+        return torch.where(x >= bound, tx, tbound)
 
 
 class LowerBound(nn.Module):

@@ -30,10 +30,12 @@ class _Pending:
     grad, else the output tensor (None for a term recorded by a compiled graph, whose outputs share one node).
     Once it is dead, nothing refers to the forward's output any more."""
 
-    __slots__ = ("term", "n", "group", "index", "output", "tapped")
+    __slots__ = ("term", "n", "group", "index", "output", "tapped", "level")
 
-    def __init__(self, term: torch.Tensor, n: int, group=None, index: int = 0, output=None, tapped: bool = False):
+    def __init__(self, term: torch.Tensor, n: int, group=None, index: int = 0, output=None, tapped: bool = False,
+                 level: tuple | None = None):
         self.term, self.n, self.group, self.index, self.output, self.tapped = term, n, group, index, output, tapped
+        self.level = level  # _transform_token() of the forward: None outside every torch.func transform
 
     def orphaned(self) -> bool:
         """Whether the forward's output is gone (only the term itself could still be backpropagated)."""
@@ -66,6 +68,10 @@ class _OutputTap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        return g
+
+    @staticmethod
+    def jvp(ctx, g):  # forward-mode AD (torch.autograd.forward_ad); under torch.func transforms no tap is made
         return g
 
 
@@ -156,6 +162,7 @@ class _L1Terms:
         with self.lock:
             live = self._prune(where, orphans=False)
             self.items = []
+        _check_levels(live, where)
         parts, groups = [], {}
         for p in live:
             if p.group is None:
@@ -172,6 +179,35 @@ class _L1Terms:
         for t in parts[1:]:
             total = total + t.to(device)
         return total
+
+
+def _transform_token() -> tuple | None:
+    """``(level, probe)`` for the ``torch.func`` transform call running now (None outside every transform): the
+    probe, an empty tensor wrapped at that level, is dead once that very call has returned (a later call at the
+    same level gets a new one), which the level number alone cannot tell."""
+    level = DF.transform_level()
+    return None if level is None else (level, torch._C._functorch._wrap_for_grad(_PROBE, level))
+
+
+_PROBE = torch.empty(0)  # (made here, outside every transform: a grad transform wraps the tensors made inside it)
+
+
+def _check_levels(terms: list, where: str) -> None:
+    """Refuse L1 terms recorded under a ``torch.func`` transform call other than the one running now (a term that
+    escaped its transform: a dead wrapper, or another call's batch, with no valid value or gradient here)."""
+    if not terms:
+        return
+    now = DF.transform_level()
+    for p in terms:
+        if (p.level[0] if p.level is not None else None) != now or (
+                p.level is not None and torch._C._functorch.is_dead_tensor_wrapper(p.level[1])):
+            inside = "inside a torch.func transform" if p.level is not None else "outside torch.func transforms"
+            here = "outside them" if now is None else "inside another transform (or another call of it)"
+            raise RuntimeError(
+                f"{where}: an L1 term (alpha > 0) was recorded {inside} and is collected {here}, where it has no "
+                f"valid value or gradient; the pending terms are dropped. Under vmap/grad/jvp/jacrev/hessian call "
+                f"dnlib.sparse_penalty(model) inside the transformed function, after its forward, and use it there "
+                f"(e.g. add it to the loss: vmap then gives each copy its own term); or set alpha=0.")
 
 
 @DF.compile_safe_cache(maxsize=256)
@@ -461,6 +497,10 @@ class DivisiveNorm(nn.Module):
             self._l1.compiled = _Link(term, n, self._replica_of, self._l1.compiled)
             return y
         group, index = self._replica_of if self._replica_of is not None else (None, 0)
+        token = _transform_token()
+        if token is not None:  # a torch.func transform: no tap (its wrapped tensors keep no graph to watch)
+            self._l1.add(_Pending(term, n, group, index, weakref.ref(y), False, token), self._where())
+            return y
         if y.requires_grad:
             y = _OutputTap.apply(y)
             output, tapped = weakref.ref(y.grad_fn), True
@@ -499,6 +539,23 @@ class DivisiveNorm(nn.Module):
                     raise ValueError(f"input: running statistics are per channel, but the field {sorted(axes)} "
                                      f"does not pool 'space' of input {tuple(x.shape)}; add 'space' to the field")
 
+    def _check_transform_stats(self) -> None:
+        """Under a ``torch.func`` transform, training with running statistics updates them in place: refuse (as
+        torch's BatchNorm does) unless the buffers come from the running transform itself (stacked with
+        ``torch.func.stack_module_state`` and passed through ``vmap(functional_call)``, as for torch's BN)."""
+        level = DF.transform_level()
+        bufs = [b for b in (self.running_mean, self.running_var, self.num_batches_tracked) if b is not None]
+        if level is not None and all(torch._C._functorch.maybe_get_level(b) == level for b in bufs):
+            return
+        if level is None:  # forward-mode AD alone (dual tensors): the update below takes the primal values
+            return
+        raise RuntimeError(
+            f"{self._where()}: training with running statistics (track_running_stats=True) updates them in place, "
+            f"which a torch.func transform (vmap, grad, jvp, jacrev, hessian) cannot do to buffers it does not "
+            f"transform; torch's BatchNorm refuses the same. Use eval mode (the running statistics are then "
+            f"constants), pass the buffers through the transform (torch.func.stack_module_state + vmap over "
+            f"functional_call), or turn tracking off with dnlib.replace_all_batch_norm_modules_(model).")
+
     def _momentum(self) -> float:
         if self.momentum is None:
             return 1.0 / float(self.num_batches_tracked)
@@ -516,6 +573,8 @@ class DivisiveNorm(nn.Module):
             x = x.float()
         use_batch_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
+            if not torch.compiler.is_compiling() and DF.under_transform():
+                self._check_transform_stats()
             self.num_batches_tracked.add_(1)
         # An L1 term only for a forward that can be backpropagated: training mode, gradients on (not under no_grad
         # or inference_mode). It is recorded at the end (_record).
@@ -529,10 +588,11 @@ class DivisiveNorm(nn.Module):
             y = self._forward_masked(x, mask, use_batch_stats)
         elif sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
             y = self._forward_general(x, use_batch_stats, sync)
-        elif self.impl == "compile" and self.training and x.numel() and not torch.compiler.is_compiling():
-            # (eval, or inside a torch.compile'd model: the general path, itself plain ops while traced)
+        elif (self.impl == "compile" and self.training and x.numel() and not torch.compiler.is_compiling()
+              and not DF.under_transform()):
+            # (eval, inside a torch.compile'd model or under torch.func transforms: the general path, plain ops there)
             y = self._forward_compiled(x)
-        elif self.impl == "triton" and x.numel():
+        elif self.impl == "triton" and x.numel() and not DF.under_transform():  # (transformed: the general path)
             y = self._forward_triton(x)
         elif kind is not None:
             y = self._forward_fused(x, kind, use_batch_stats)
@@ -578,6 +638,10 @@ class DivisiveNorm(nn.Module):
         group = None if isinstance(pg, str) else pg
         if (dist.get_world_size() if group is None else group.size()) < 2:
             return None
+        if DF.under_transform():
+            raise RuntimeError(f"{self._where()}: batch statistics synchronized over a process group cannot run "
+                               f"under torch.func transforms or forward-mode AD (the collectives see no batched or "
+                               f"dual tensors); run the transform in eval mode or without process_group")
         return DF.BatchSync(group, x.shape[0])
 
     def _update_running(self, x: torch.Tensor, mu: torch.Tensor | None, s: torch.Tensor | None,
