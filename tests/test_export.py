@@ -14,11 +14,12 @@ from torch import nn
 
 from dnlib import list_norms, make_norm
 from dnlib.norms.presets import PRESETS
+from dnlib.norms.weight_std import StdConv2d
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 C = 4
-OVERRIDES = {"gn": dict(groups=2)}
+OVERRIDES = {"gn": dict(groups=2), "bcn": dict(groups=2), "evonorm-s0": dict(groups=2), "evonorm-s0a": dict(groups=2)}
 #: the other paths exported beside ``impl="auto"`` (the native kernel's): the general path's Functions (bn: with
 #: running statistics; ln: the shared-field Function) and the band path's matrix product
 GENERAL = {"bn": ("general",), "ln": ("general",), "dn-1d": ("band",)}
@@ -34,7 +35,8 @@ def _branches() -> dict:
             kw = dict(OVERRIDES.get(name, {}))
             if impl != "auto":
                 kw["impl"] = impl
-            m = make_norm(name, C, **kw)
+            # ws normalizes a conv's weights: its branch is timm's StdConv2d, which applies it
+            m = StdConv2d(C, C, 3, padding=1) if name == "ws" else make_norm(name, C, **kw)
             with torch.no_grad():
                 for pname, p in m.named_parameters():
                     if pname in ("weight", "bias"):

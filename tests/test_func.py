@@ -27,13 +27,17 @@ import dnlib
 from dnlib import list_norms, make_norm, sparse_penalty
 from dnlib.norms.functional import band_supported, divisive_norm_reference
 from dnlib.norms.gdn import GDN, gdn
-from dnlib.norms.norm import fused_kind
+from dnlib.norms.norm import DivisiveNorm, fused_kind
 from dnlib.norms.presets import PRESETS
+from dnlib.norms.weight_std import StdConv2d
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 C = 4
-OVERRIDES = {"gn": dict(groups=2)}  # (32 groups need 32 channels)
+OVERRIDES = {"gn": dict(groups=2), "bcn": dict(groups=2), "evonorm-s0": dict(groups=2), "evonorm-s0a": dict(groups=2)}
+#: presets that update running statistics they cannot do without in training: the generic tests run them in eval
+#: mode; training is the refusal and stacked-buffer tests' business
+NEEDS_STATS = {"brn", "bcn", "evonorm-b0"}
 
 
 def _cases():
@@ -69,6 +73,8 @@ def _norm(name: str, impl: str, alpha: float = 0.0, track=False, seed=0) -> nn.M
     m = make_norm(name, C, **kw).double()
     if not track:
         dnlib.replace_all_batch_norm_modules_(m)
+        if name in NEEDS_STATS:
+            m.eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in m.named_parameters():
@@ -94,9 +100,12 @@ def _ordinary(m: nn.Module) -> nn.Module:
     return ref
 
 
-def _reference(m: nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:
+def _reference(m: nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor | None:
     """The normalizer as plain ops written here: ``divisive_norm_reference`` and the affine map; GDN with the plain
-    ``max`` of its reparameterization."""
+    ``max`` of its reparameterization; None for the other preset classes (FRN, EvoNorm, BRN, ...: their forward is
+    plain ops already, checked against central differences and the loops of their ordinary path)."""
+    if type(m) not in (DivisiveNorm, GDN):
+        return None
     if isinstance(m, GDN):
         def eff(u, reparam):
             return torch.maximum(u, reparam.lower_bound.bound) ** 2 - reparam.pedestal
@@ -111,7 +120,10 @@ def _reference(m: nn.Module, params: dict, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _x(shape, seed=1):
+def _x(shape, seed=1, name=None):
+    """Random float64 values; for ``ws`` (a normalizer of conv weights) shaped as a weight ``(C_out, ...)``."""
+    if name == "ws":
+        shape = shape[:-4] + (C, shape[-4]) + shape[-2:] if len(shape) >= 4 else (C, shape[0])
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g, dtype=torch.float64) * 1.5 + 0.3
 
@@ -124,7 +136,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
 def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
     m = _norm(name, impl)
-    x = _x((3, C, 4, 4))
+    x = _x((3, C, 4, 4), name=name)
     params = {k: v.detach() for k, v in m.named_parameters()}
     tx = _x(x.shape, seed=2)
     tp = {k: _x(v.shape, seed=3 + i) for i, (k, v) in enumerate(params.items())}
@@ -138,9 +150,10 @@ def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
     plus = functional_call(ref, {k: v + h * tp[k] for k, v in params.items()}, (x + h * tx,))
     minus = functional_call(ref, {k: v - h * tp[k] for k, v in params.items()}, (x - h * tx,))
     assert _rel(ty, (plus - minus) / (2 * h)) < 1e-6
-    y_ref, ty_ref = jvp(lambda x, p: _reference(m, p, x), (x, params), (tx, tp))
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ty, ty_ref, rtol=1e-9, atol=1e-11)
+    if _reference(m, params, x) is not None:
+        y_ref, ty_ref = jvp(lambda x, p: _reference(m, p, x), (x, params), (tx, tp))
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ty, ty_ref, rtol=1e-9, atol=1e-11)
     with fwAD.dual_level():  # torch.autograd.forward_ad: dual tensors through the module itself
         dual = {k: fwAD.make_dual(v, tp[k]) for k, v in params.items()}
         out = fwAD.unpack_dual(f(fwAD.make_dual(x, tx), dual))
@@ -152,19 +165,22 @@ def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
 def test_vmap_over_inputs_equals_a_loop(name, impl):
     m = _norm(name, impl)
-    xs = _x((3, 2, C, 4, 4))
+    xs = _x((3, 2, C, 4, 4), name=name)
     ref = _ordinary(m)
     expected = torch.stack([ref(x) for x in xs])
     torch.testing.assert_close(vmap(m)(xs), expected, rtol=1e-10, atol=1e-12)
 
 
+def _model(name, impl, alpha=0.0, track=False, seed=0) -> nn.Module:
+    """Conv2d + the normalizer; for ``ws`` (a weight normalizer) timm's StdConv2d, which applies it."""
+    torch.manual_seed(10 + seed)  # distinct convolutions
+    if name == "ws":
+        return StdConv2d(3, C, 3, padding=1, bias=True).double()
+    return nn.Sequential(nn.Conv2d(3, C, 3, padding=1), _norm(name, impl, alpha, track, seed=seed)).double()
+
+
 def _ensemble(name, impl, k=3, alpha=0.0, track=False):
-    models = [nn.Sequential(nn.Conv2d(3, C, 3, padding=1), _norm(name, impl, alpha, track, seed=s)).double()
-              for s in range(k)]
-    for s, model in enumerate(models):  # distinct convolutions
-        torch.manual_seed(10 + s)
-        model[0].reset_parameters()
-    return models
+    return [_model(name, impl, alpha, track, seed=s) for s in range(k)]
 
 
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
@@ -186,7 +202,7 @@ def _loss(out):
 
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
 def test_per_sample_gradients_equal_single_example_backward(name, impl):
-    model = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), _norm(name, impl)).double()
+    model = _model(name, impl)
     params = {k: v.detach() for k, v in model.named_parameters()}
     xs = _x((3, 3, 4, 4))
 
@@ -206,7 +222,7 @@ def test_per_sample_gradients_equal_single_example_backward(name, impl):
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
 def test_jacrev_and_hessian_equal_backward_and_double_backward(name, impl):
     m = _norm(name, impl)
-    x = _x((2, C, 2, 2))
+    x = _x((2, C, 2, 2), name=name)
     ref = _ordinary(m)
     torch.testing.assert_close(jacrev(m)(x), torch.autograd.functional.jacobian(ref, x), rtol=1e-9, atol=1e-11)
     got = hessian(lambda x: _loss(m(x)))(x)
@@ -215,7 +231,8 @@ def test_jacrev_and_hessian_equal_backward_and_double_backward(name, impl):
 
 
 # -------------------------------------------------------------------------------------- running statistics
-RUNNING = [("bn", "general"), ("bn", "fused"), ("bn-s", "fused"), ("bn-ms", "general")]
+RUNNING = [("bn", "general"), ("bn", "fused"), ("bn-s", "fused"), ("bn-ms", "general"), ("sn", "auto"),
+           ("brn", "auto"), ("bcn", "auto"), ("evonorm-b0", "auto")]
 
 
 @pytest.mark.parametrize("transform", ["vmap", "grad", "jvp"])
@@ -234,7 +251,8 @@ def test_training_with_running_statistics_is_refused_as_torch_refuses_it(transfo
     for name, impl in RUNNING:
         m = _norm(name, impl, track=True)
         before = {k: v.clone() for k, v in m.named_buffers()}
-        with pytest.raises(RuntimeError, match="replace_all_batch_norm_modules_"):
+        # (evonorm-b0 has its own forward: torch's in-place refusal, as for nn.BatchNorm2d)
+        with pytest.raises(RuntimeError, match=None if name == "evonorm-b0" else "replace_all_batch_norm_modules_"):
             run(m)
         for k, v in m.named_buffers():  # refused before anything changed
             assert torch.equal(v, before[k]), k
@@ -264,7 +282,8 @@ def test_stacked_running_statistics_are_updated_per_copy(name, impl):
     for k, stacked in buffers.items():
         torch.testing.assert_close(stacked, torch.stack([dict(mm.named_buffers())[k] for mm in models]),
                                    rtol=1e-12, atol=1e-14, msg=k)
-    assert buffers["1.num_batches_tracked"].tolist() == [1, 1, 1]
+    if "1.num_batches_tracked" in buffers:  # (evonorm-b0 keeps none, as timm's)
+        assert buffers["1.num_batches_tracked"].tolist() == [1, 1, 1]
 
 
 def test_replace_all_batch_norm_modules_turns_tracking_off_in_place():
@@ -275,6 +294,10 @@ def test_replace_all_batch_norm_modules_turns_tracking_off_in_place():
         if hasattr(m, "track_running_stats"):
             assert not m.track_running_stats and m.running_mean is None and m.running_var is None
     assert not [k for k in model.state_dict() if "running" in k or "num_batches" in k]
+    keep = nn.Sequential(make_norm("frozen-bn", C), make_norm("brn", C), make_norm("bcn", C, groups=2),
+                         make_norm("evonorm-b0", C))
+    dnlib.replace_all_batch_norm_modules_(keep)  # the presets that need their running statistics keep them
+    assert all(m.running_var is not None for m in keep)
     params = {k: v.detach() for k, v in model.named_parameters()}
     xs = _x((3, 3, 4, 4))
     got = vmap(grad(lambda p, x: _loss(functional_call(model, p, (x.unsqueeze(0),)))), in_dims=(None, 0))(params, xs)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import masked as M
+from .functional import under_transform
 from .norm import DivisiveNorm
 from .spec import NormSpec, is_real
 
@@ -306,7 +307,9 @@ class SwitchNorm(DivisiveNorm):
         var = self._unbias(M._ratio(s2, n), n, positions)
         if sync is not None:  # the global batch size is known now
             self._check_batch(torch.empty((sync.global_n,) + tuple(x.shape[1:]), device="meta"))
-        if self.training and self.track_running_stats and bool((n > 0).any()):
+        # (an all-empty batch leaves them as they are: skipped, or under torch.func transforms, where a tensor's truth
+        # value is unknown, the where() below keeps every channel)
+        if self.training and self.track_running_stats and (under_transform() or bool((n > 0).any())):
             with torch.no_grad():
                 mom, keep = self._momentum(), n.reshape(-1) > 0
                 for buf, val in ((self.running_mean, mean), (self.running_var, var)):

@@ -554,7 +554,8 @@ class DivisiveNorm(nn.Module):
             f"which a torch.func transform (vmap, grad, jvp, jacrev, hessian) cannot do to buffers it does not "
             f"transform; torch's BatchNorm refuses the same. Use eval mode (the running statistics are then "
             f"constants), pass the buffers through the transform (torch.func.stack_module_state + vmap over "
-            f"functional_call), or turn tracking off with dnlib.replace_all_batch_norm_modules_(model).")
+            f"functional_call), or turn tracking off with dnlib.replace_all_batch_norm_modules_(model) (brn and bcn "
+            f"need them: eval mode or stacked buffers only).")
 
     def _momentum(self) -> float:
         if self.momentum is None:
