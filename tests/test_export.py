@@ -97,6 +97,7 @@ def test_torch_export_equals_eager_for_every_preset(model, exported):
         _compare(model, exported.module()(x), x, f"batch {n}, seed {seed}")
 
 
+@pytest.mark.slow  # (~10 s of CPU: the ONNX translation of every preset's graph; `make test` runs it, `make check` not)
 def test_onnx_export_equals_eager_via_onnxruntime(model, exported):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

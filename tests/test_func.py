@@ -161,6 +161,19 @@ def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
     torch.testing.assert_close(out.tangent, ty, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("name", ["dn", "lrn"])
+def test_large_inputs_take_the_plain_ops_too(name):
+    """At 2^20 elements (where impl="auto" may choose a faster path for the ordinary step) a transform still runs the
+    plain-op composition: jvp equals the plain-op reference's."""
+    m = make_norm(name, 32)
+    x = _x((16, 32, 64, 32)).float()
+    t = _x(x.shape, seed=2).float()
+    y, ty = jvp(m, (x,), (t,))
+    y_ref, ty_ref = jvp(lambda x: divisive_norm_reference(x, m.spec), (x,), (t,))
+    torch.testing.assert_close(y, m(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ty, ty_ref, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------------- vmap
 @pytest.mark.parametrize("name,impl", CASES, ids=IDS)
 def test_vmap_over_inputs_equals_a_loop(name, impl):
