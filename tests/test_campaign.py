@@ -93,3 +93,11 @@ def test_check_graph_of_stacked_launches(experiment):
     row = campaign.check_graph(launch, "cpu", data=data)
     assert row["ok"] and row["param_moved"] > 0 and not row["captured"], row
     assert row["trainer"] == ("StackedGraphTrainer" if experiment == "cifar" else "StackedSequenceTrainer")
+
+
+def test_check_graph_command(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--device", "cpu", "--tiny", "--seeds", "0", "--experiments", "ptb",
+            "--check-graph"]
+    assert campaign.main(args) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["experiment"], r["copies"], r["ok"]) for r in rows] == [("ptb", 8, True)]

@@ -3,6 +3,7 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
 
     python -m dnlib.experiments.campaign --out runs/paper --device cuda --budget 540      # scripts/gpu_paper.sh
     python -m dnlib.experiments.campaign --out /tmp/p --device cpu --tiny                 # the CPU rehearsal
+    python -m dnlib.experiments.campaign --out runs/paper --device cuda --check-graph     # graph == eager, stacked
 
 **Launches.** One launch is one stacked model trained by the runner, an ordinary run folder per copy inside it:
 
@@ -381,8 +382,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=cli.seed, nargs="+", default=[0, 1, 2])
     p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     p.add_argument("--jobs", type=cli.positive_int, default=1, help="launches at once (processes), at most")
+    p.add_argument("--check-graph", action="store_true",
+                   help="only check each experiment's largest stacked launch: graph step == eager step (a JSON line "
+                        "each; exit 1 when one is not ok)")
     p.add_argument("--launch", default=None, help=argparse.SUPPRESS)       # one launch, for _run_parallel
     args = p.parse_args(argv)
+    if args.check_graph:
+        bad = 0
+        for exp in args.experiments:
+            biggest = max(plan(args.tiny, args.seeds, [exp]), key=lambda x: x.copies)
+            row = check_graph(biggest, args.device, data=shared_data(exp, args.tiny, args.device))
+            print(json.dumps(records.jsonable({"experiment": exp, **row})), flush=True)
+            bad += not row["ok"]
+        return 1 if bad else 0
     if args.launch is not None:
         spec = json.loads(args.launch)
         limit, stop = spec.pop("time_limit"), spec.pop("stop_after")
