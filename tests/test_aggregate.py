@@ -190,6 +190,7 @@ def test_compare_reads_a_paper_table_from_runs(tmp_path):
         registry.paper_table("table8")
 
 
+@pytest.mark.slow
 def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
     import subprocess
     import sys

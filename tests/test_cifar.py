@@ -211,6 +211,7 @@ def data():
     return load_data("cifar10", subset=(2000, 1000), device="cpu", download=False)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_data_is_resident_nhwc_and_channels_last(data):
     assert data.x_train.dtype == torch.uint8 and data.x_train.shape == (2000, 32, 32, 3)
@@ -221,6 +222,7 @@ def test_data_is_resident_nhwc_and_channels_last(data):
     assert "CIFAR-10" in data.description
 
 
+@pytest.mark.slow
 @needs_cifar
 @pytest.mark.parametrize("name", ["bn-star", "base-wd-drop"])
 def test_graph_step_equals_eager_step(data, name):
@@ -229,6 +231,7 @@ def test_graph_step_equals_eager_step(data, name):
     assert r["param_moved"] > 0 and r["param_diff"] <= 1e-2 * r["param_moved"]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_graph_check_catches_a_wrong_learning_rate(data, monkeypatch):
     original = GraphTrainer._sync_lr
@@ -241,6 +244,7 @@ def test_graph_check_catches_a_wrong_learning_rate(data, monkeypatch):
     assert not check_graph("dn", data, steps=3, batch_size=20)["ok"]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_resume_equals_uninterrupted(data, tmp_path):
     kw = dict(steps=6, eval_every=2, data=data, batch_size=20)
@@ -281,6 +285,7 @@ def test_smoke_training_beats_chance(data):
     assert first_layer_responses(results[0].model, data, 10).shape == (10, 32, 32, 32)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_sweep_gathers_one_table(tmp_path):
     args = ["--steps", "4", "--subset", "300,100", "--eval-every", "2", "--device", "cpu", "--batch-size", "20"]
@@ -300,6 +305,7 @@ def test_sweep_gathers_one_table(tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["skipped"] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_cli_bench_and_check(tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -359,6 +359,7 @@ def test_run_seeds_runs_each_seed_in_its_own_folder(tmp_path, capsys):
     assert len(folders) == 2 and sorted(records.read_record(d)["seed"] for d in folders) == [0, 1]
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_run_shows_a_bar_on_a_terminal_by_default(tmp_path):
     """With stderr on a terminal (a pty) and no flag, ``run`` draws a bar (carriage-return redraws)."""
@@ -393,6 +394,7 @@ def test_run_shows_a_bar_on_a_terminal_by_default(tmp_path):
 
 
 # ------------------------------------------------------------------------------- refused at argument time
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="probes a machine without CUDA")
 @pytest.mark.parametrize("verb", ["run", "sweep"])
 def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, tmp_path):
@@ -420,6 +422,7 @@ def _dnlib_script() -> Path:
     return Path(sys.executable).parent / "dnlib"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["python -m dnlib", "dnlib"])
 @pytest.mark.parametrize("experiment", ["cifar", "ptb", "sr"])
 def test_one_entry_point_runs_each_experiment_like_its_module(how, experiment):

@@ -11,7 +11,7 @@ from torch import nn
 from dnlib import make_norm, sparse_penalty
 from dnlib.norms.functional import compiled_divisive_norm
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _pair(name, c, **kw):

@@ -176,6 +176,7 @@ needs_beside = pytest.mark.skipif(not (BESIDE / "ptb" / "ptb.train.txt").is_file
                                   reason=f"no shared data beside this clone ({BESIDE})")
 
 
+@pytest.mark.slow
 @needs_beside
 def test_plain_python_finds_shared_data_beside_the_clone(monkeypatch, tmp_path):
     """What jupyter lab, plain papermill or plain pytest run: a Python process without DNLIB_DATA."""

@@ -183,6 +183,7 @@ def _close(a, b, what):
     assert err <= 1e-10, f"{what}: max |diff| {err:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", list(SPLITS))
 @pytest.mark.parametrize("name", list(_cases()))
 def test_sync_step_equals_one_process(ranks, split, name):
@@ -215,11 +216,13 @@ def test_sync_step_equals_one_process(ranks, split, name):
     assert [g["y"].shape[0] for g in got] == list(sizes)
 
 
+@pytest.mark.slow
 def test_double_backward_under_sync_raises(ranks):
     for r in ranks:
         assert "double backward" in r["gradgrad"] and "synchron" in r["gradgrad"], r["gradgrad"]
 
 
+@pytest.mark.slow
 def test_windowed_dn_under_ddp_adds_no_collective(ranks):
     for r in ranks:
         calls, param_bytes = r["ddp_dn"]
@@ -295,6 +298,7 @@ def _torchrun(args, tmp_path):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
 
 
+@pytest.mark.slow
 def test_torchrun_ptb_equals_one_process(tmp_path):
     """The language model under torchrun (sharded streams, its init_state reached through the DDP wrapper) logs
     the same training loss and reaches the same perplexity as one process on the whole batch."""
@@ -314,6 +318,7 @@ def test_torchrun_ptb_equals_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------------ a batch smaller than the world
+@pytest.mark.slow
 def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
     """`torchrun --nproc_per_node=2 ... --batch-size 1`: rank 1 got an empty share, its loss was NaN and both ranks
     reported "training diverged ... lower the learning rate". Now every rank refuses it with the arguments (one

@@ -121,6 +121,7 @@ def _count_steps(monkeypatch) -> list:
     return count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_resumed_run_equals_the_uninterrupted_one(s, tmp_path, monkeypatch):
     """Interrupted by a time limit (after the first chunk) and by stop_after, then resumed by folder: the same
@@ -150,6 +151,7 @@ def test_resumed_run_equals_the_uninterrupted_one(s, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [r["step"] for r in records.read_curves(full.run_dir)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_time_limit_stops_at_a_chunk_boundary_on_the_cli(s, tmp_path, capsys):
     _need(s)
@@ -180,6 +182,7 @@ def test_record_has_the_same_keys_for_every_recipe(s, tmp_path):
     assert rows and all("step" in row for row in rows) and rows[-1]["step"] == s.chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_two_runs_with_different_parameters_leave_two_records(s, tmp_path):
     _need(s)
@@ -208,6 +211,7 @@ def test_diverged_run_records_it_and_reports_no_number(s, tmp_path):
     assert rec["headline"] and all(v is None for v in rec["headline"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_killed_run_leaves_no_half_written_record(s, tmp_path):
     """kill -9 a CLI run while it writes records chunk after chunk: record.json is absent or complete (and the
@@ -240,6 +244,7 @@ def test_killed_run_leaves_no_half_written_record(s, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ seeding
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_a_run_is_seeded_once_and_is_deterministic(s, monkeypatch):
     """The runner loads the data, seeds every RNG once (torch.manual_seed, which set_seed calls, counted: any
@@ -281,6 +286,7 @@ def test_set_seed_is_called_in_one_place():
 
 
 # ------------------------------------------------------------------------------------------------ sweep
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_sweep_resumes_unfinished_runs_and_skips_finished_ones(s, tmp_path):
     _need(s)

@@ -38,6 +38,7 @@ def synthetic(tmp_path_factory):
     return json.loads((tmp / "out" / "99_figures.ipynb").read_text())
 
 
+@pytest.mark.slow
 def test_checker_flags_a_figure_shown_as_text(synthetic):
     bare, drawn = synthetic["cells"][1], synthetic["cells"][2]
     assert "<Figure size 900x340 with 2 Axes>" in json.dumps(bare["outputs"])   # the reported symptom, reproduced
@@ -60,6 +61,7 @@ def test_checker_flags_a_plotting_cell_without_image_and_a_notebook_without_any(
                                    "no image/png output in the notebook"]
 
 
+@pytest.mark.slow
 def test_nbval_run_checks_each_notebooks_figures(tmp_path):
     """notebooks/conftest.py under real nbval: a notebook whose figure shows as text fails its ``::figures`` item,
     a good one passes, and each is executed once (one item per code cell plus a figures and a stored_form item;

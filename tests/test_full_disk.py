@@ -60,6 +60,7 @@ def test_json_and_text_on_a_full_disk_name_the_destination(full_disk):
     assert list(full_disk.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ((MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir()),
                     reason=f"CIFAR-10 not in DNLIB_DATA={MIRROR}")
 def test_a_run_whose_checkpoint_does_not_fit_is_one_line(full_disk, tmp_path):

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow   # interpreters, kernels or compilation: make check skips it
+
 REPO = Path(__file__).resolve().parent.parent
 
 

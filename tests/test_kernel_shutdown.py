@@ -16,6 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow   # interpreters, kernels or compilation: make check skips it
+
 pytest.importorskip("papermill")
 
 CHILD = ("import signal, sys, time\n"

@@ -312,6 +312,7 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
     from dnlib.experiments.ptb import load_data, run, unigram_perplexity
@@ -342,6 +343,7 @@ def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
     assert strip(resumed.history) == strip(full.history)
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     import json
@@ -386,6 +388,7 @@ def test_graph_step_body_equals_eager_trainer_on_cpu():
         assert r["ok"] and r["eager_losses"] == r["graph_losses"] and r["param_diff"] == 0.0, r
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_path):
     """Stopped mid-epoch by the graph step (body run eagerly on CPU), resumed eagerly: the uninterrupted eager run."""

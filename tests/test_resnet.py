@@ -131,6 +131,7 @@ def test_cifar_configs_rows_and_schedule():
         get_config("resnet20-bn", dropout=0.5).build_model()
 
 
+@pytest.mark.slow
 def test_recipe_runs_a_resnet_row(tmp_path):
     import dnlib.experiments.cifar
     r = dnlib.experiments.cifar.run("resnet20-bn", steps=3, subset=(100, 50), batch_size=16, eval_every=0, out=tmp_path,

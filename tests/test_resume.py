@@ -197,6 +197,7 @@ def _timeless(rows):
     return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_stacked_run_resumes_after_kill_9_bit_identically(tmp_path):
     """A stacked group (two seeds in one model) killed with SIGKILL after its first checkpoint, then resumed by its

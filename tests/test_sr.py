@@ -212,6 +212,7 @@ def test_bicubic_row_reproduces_table5_and_the_data_baseline():
 
 
 # ------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 @needs_data
 def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
     from dnlib.experiments import sr

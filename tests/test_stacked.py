@@ -144,6 +144,7 @@ def _grads(st):
     return g
 
 
+@pytest.mark.slow
 def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
     """Each copy gets its own run folder and record (the runner's keys, its seed, ``stacked: 2``), on its own
     seed's data subset, with the curves of its separate run (float32: to rounding); the group's folder holds
@@ -183,6 +184,7 @@ class _Recipe(CifarRecipe):
         return {**super().commands(), **stacked.commands(self)}
 
 
+@pytest.mark.slow
 def test_stack_verb(tmp_path, capsys):
     args = ["stack", "base", "--seeds", "0", "1", "--steps", "1", "--subset", "300,100", "--device", "cpu",
             "--batch-size", "20", "--eval-every", "1", "--out", str(tmp_path / "s")]
@@ -212,6 +214,7 @@ def _final(group):
     return torch.load(group / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_stacked_run_resumes_by_its_folder_as_the_uninterrupted_one(tmp_path):
     """The runner's loop for a stacked group: stopped by a time limit (after the first chunk) and by stop_after,
     then resumed by its folder alone (config and seeds from run.json): each copy's history, record and the packed
@@ -237,6 +240,7 @@ def test_stacked_run_resumes_by_its_folder_as_the_uninterrupted_one(tmp_path):
     assert str(ca["optimizer"]["state"]) == str(cb["optimizer"]["state"])
 
 
+@pytest.mark.slow
 def test_a_stacked_group_resumes_only_as_itself(tmp_path):
     """Its folder is a stacked group's: an ordinary run refuses it (naming the seeds), and the group's checkpoint
     refuses other seeds (the trainer's identity check)."""
@@ -256,6 +260,7 @@ def _poison(run, copies):
             run.trainer.model.fc2.bias[k] = float("nan")
 
 
+@pytest.mark.slow
 def test_a_copy_that_diverges_stops_alone(tmp_path):
     """The trainer's divergence check, per copy: the poisoned copy's record says ``diverged at step 1`` (the first
     step whose loss was NaN) with no numbers, the other copy trains to the end with exactly the history of a
@@ -278,6 +283,7 @@ def test_a_copy_that_diverges_stops_alone(tmp_path):
     assert [records.read_record(d)["stopped"] for d in run.copy_dirs] == ["diverged at step 1"] * 2
 
 
+@pytest.mark.slow
 def test_stack_verb_resumes_a_group(tmp_path, capsys):
     """`stack --resume DIR` continues a group from its checkpoint (config, fields, seeds and options stored)."""
     stacked.run(RECIPE, "base", [0, 1], resume=tmp_path, stop_after=2, **SMOKE)

@@ -125,6 +125,7 @@ def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
     assert "01_good.ipynb" in err and "bogus" in err and "nothing was executed" in err
 
 
+@pytest.mark.slow
 def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys):
     out = tmp_path / "out"
     rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), "-p", "01:x", "1.5", "-p", "01:name", "b",
@@ -178,6 +179,7 @@ def test_envconfig_writes_both_files_and_is_idempotent(tmp_path):
     assert settings["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
 
 
+@pytest.mark.slow
 def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, capsys):
     nb = _notebook(tmp_path / "03_hang.ipynb", ["import time", "time.sleep(60)"], "k: int = 1  # k\n")
     assert suite.default_cell_timeout("smoke") == 600
@@ -221,6 +223,7 @@ def test_the_training_notebooks_have_a_full_profile_limit(stem, runs):
     assert f"{runs} runs" in how, how
 
 
+@pytest.mark.slow
 def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(tmp_path, monkeypatch, capsys):
     """Before: the full profile had no cell limit, so a busy kernel that never finishes ran forever."""
     monkeypatch.setattr(suite, "CELL_FLOOR", 2.0, raising=False)
@@ -234,6 +237,7 @@ def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(t
                      r"3 s \(2 s \+ 0.005 s x 200 steps on cpu: 2 runs \(configs\) x 100 steps\)", err), err
 
 
+@pytest.mark.slow
 def test_training_under_the_suite_shows_a_text_bar_and_stores_only_its_last_state(tmp_path, capfd):
     """The kernel's bar is text (not a widget frozen at 0% in the executed copy), echoed to the console as lines,
     and the executed copy keeps one line: its last state."""
@@ -275,6 +279,7 @@ async def _swallow(*args, **kwargs):  # the next shell message is never handled:
 k.dispatch_shell = _swallow"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cells, stalled_cell, says", [
     ([DROP_OWN_REPLY, "y = 2"], 2, "never sent its execute_reply"),
     ([SWALLOW_NEXT_REQUEST, "y = 2"], 3, "never started the execute_request"),
@@ -289,6 +294,7 @@ def test_an_idle_kernel_that_never_replies_fails_fast_naming_notebook_and_cell(t
     assert "raised CellStalled" in record.error and says in record.error
 
 
+@pytest.mark.slow
 def test_a_busy_kernel_is_never_called_stalled(tmp_path):
     # computing (CPU busy) and sleeping (CPU idle, but the kernel reported busy) both outlast the stall timeout
     cells = ["import time\nt = time.time()\nwhile time.time() - t < 6:\n    pass", "time.sleep(6)", "z = 3"]
@@ -313,6 +319,7 @@ def f(a, b):
 W.interactive(f, a=W.FloatSlider(value=0.4, min=0, max=1), b=W.Dropdown(options=[1, 2, 3]))"""
 
 
+@pytest.mark.slow
 def test_widget_cells_capturing_large_figures_do_not_stall(tmp_path):
     nb = _notebook(tmp_path / "09_widgets.ipynb", [WIDGET_SETUP] + [WIDGET_CELL] * 24, "k: int = 1  # k\n")
     record = suite.execute(nb, tmp_path / "out" / nb.name, {}, "smoke", progress=False, cell_timeout=600,
@@ -378,6 +385,7 @@ def test_check_parameters_refuses_a_missing_parameter_and_a_missing_notebook(nbd
         suite.check_parameters("nope", ns)
 
 
+@pytest.mark.slow
 def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(tmp_path):
     import papermill
 

@@ -87,6 +87,7 @@ def local_sweep(tmp_path_factory):
     return out, _sweep(out, "local")
 
 
+@pytest.mark.slow
 @needs_sr
 def test_local_and_ray_engines_give_identical_records(local_sweep, ray_instance, tmp_path):
     out_local, rows_local = local_sweep
@@ -130,6 +131,7 @@ def _partial(folder: Path, seed: int) -> None:
     torch.save(state, folder / "checkpoint.pt")
 
 
+@pytest.mark.slow
 @needs_sr
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_killed_sweep_resumed_finishes_the_rest_only_and_a_failing_run_stops_no_other(engine, local_sweep,
@@ -179,6 +181,7 @@ def test_bad_arguments_are_refused_before_anything_starts(kw, fragment, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_ray_engine_refuses_what_the_cluster_lacks(ray_instance, tmp_path, capsys):
     """The test's Ray instance has 2 CPUs and no GPU: asking for more is one line and exit 2, nothing written,
     and the instance (not the sweep's) stays up."""
@@ -269,6 +272,7 @@ def test_a_sweep_checks_every_configuration_with_its_run_flags_before_any_run(en
     assert not (tmp_path / "sw").exists()
 
 
+@pytest.mark.slow
 def test_sweep_command_with_a_clash_in_its_second_configuration_is_one_line_exit_2(tmp_path):
     """The command line of the report, at smoke size, in a process of its own: exit 2, one line naming the
     configuration and the clash, no folder, nothing trained (it took 18 s and trained `base` first)."""

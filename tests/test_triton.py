@@ -198,6 +198,7 @@ def test_api_and_errors(monkeypatch):
         make_norm("dn", 4, impl="triton")
 
 
+@pytest.mark.slow
 def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
     """`import dnlib`, building an impl="triton" module and asking supported()/available() import no triton, and
     impl="auto" runs a supported spec on CPU without the kernels (triton is still not imported after its
@@ -215,6 +216,7 @@ def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     """Triton's compiler and ptxas build the float32 kernels for sm_90 (H100/H200) on this CPU machine, every branch
     once: what the interpreter does not check (types, lowering, registers). A fresh cache, so nothing is taken as
