@@ -30,7 +30,7 @@ PARAMS = 'n: int = 2  # a count\nx: float = 0.5  # a value\nname: str = "a"  # a
 def nbdir(tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
-    _notebook(root / "01_good.ipynb", ["from dnlib import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
+    _notebook(root / "01_good.ipynb", ["from dnlib.notebook import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
               PARAMS, {"smoke": {}, "full": {"n": 5, "xs": [3]}})
     _notebook(root / "02_bad.ipynb", ["y = 1", "raise ValueError('boom')", "z = 3"], "k: int = 1  # k\n")
     return root
@@ -390,7 +390,7 @@ def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(t
     import papermill
 
     nb = _notebook(tmp_path / "01_checked.ipynb", [
-        f"from dnlib import suite\nsuite.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
+        f"from dnlib.notebook import suite\nsuite.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
         "ran = True"], PARAMS)
     papermill.execute_notebook(str(nb), str(tmp_path / "ok.ipynb"), parameters={"xs": [3]}, kernel_name="python3",
                                progress_bar=False)

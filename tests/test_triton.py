@@ -204,7 +204,7 @@ def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
     impl="auto" runs a supported spec on CPU without the kernels (triton is still not imported after its
     forward and backward)."""
     code = ("import sys, torch, dnlib\n"
-            "from dnlib import triton_dn\n"
+            "from dnlib.norms import triton_dn\n"
             "m = dnlib.make_norm('dn', 4, impl='triton')\n"
             "assert triton_dn.supported(m.spec)\n"
             "a = dnlib.make_norm('dn', 4, window=5, sigma=0.5, alpha=0.01)\n"
@@ -224,7 +224,7 @@ def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
     code = ("import torch, dnlib\n"
-            "from dnlib import triton_dn\n"
+            "from dnlib.norms import triton_dn\n"
             "print(triton_dn.compile_for(90, dtypes=('float32',), minimal=True))\n"
             "assert not triton_dn.interpreted() and triton_dn.available() == torch.cuda.is_available()\n"
             "try:\n"

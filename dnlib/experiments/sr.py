@@ -5,7 +5,7 @@ A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :
 configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
 (:mod:`dnlib.experiments.runner`) owns the loop, the time limit, resume and the run record::
 
-    from dnlib import sr
+    from dnlib.experiments import sr
     r = sr.run("dn*", "smoke", steps=300)        # a RunResult: r.model, r.history, r.record["headline"]
 
     python -m dnlib sr run fast-dn* --steps 20000 --out runs/sr            # runs/sr/fast-dn-s0-<UTC>

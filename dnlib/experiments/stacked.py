@@ -4,7 +4,7 @@ At batch 100 the CIFAR CNN is bound by kernel launches, not by the GPU's arithme
 figures in ``results/h100``): a step of K copies packed into the same kernels costs about as many launches
 as a step of one. This module trains K runs of one configuration, each with its own seed, as one model::
 
-    from dnlib import stacked
+    from dnlib.experiments import stacked
     from dnlib.experiments.cifar import RECIPE
     results = stacked.run(RECIPE, "dn-star", seeds=[0, 1, 2, 3], steps=300, out="runs/cifar/stack",
                           options={"subset": (2000, 1000)})      # one folder, an ordinary run folder per seed in it
