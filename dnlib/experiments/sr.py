@@ -1,5 +1,6 @@
 """Single-image super-resolution (PAPER.md §3.4; Tables 5, 6; Figures 3, 4): the recipe of
-:mod:`dnlib.experiments.runner`, evaluation, tables and figures.
+:mod:`dnlib.experiments.runner`, evaluation and the commands; the tables, figures and report of runs are
+:mod:`dnlib.experiments.sr_report`.
 
 A run is SRCNN 9-5-5 with one SR normalizer row under one training schedule of :mod:`dnlib.experiments.sr_configs`; its
 configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke-none``...: ``list``). The runner
@@ -25,8 +26,8 @@ configuration is named ``<schedule>-<row>`` (``fast-dn*``, ``paper-bn``, ``smoke
   8-px border crop keeps. The Bicubic row (:func:`evaluate_bicubic`) is scored on the same region, from
   ``uint8(up * 255)`` as MATLAB. During training the ``curve_sets`` (PSNR) are logged at every chunk; a
   completed run is scored on ``sets`` (PSNR, SSIM) for its headline, beside the paper's Tables 5/6.
-* **Figures.** :func:`plot_curves`, :func:`compare_crops` (Figure 3/4 style), :func:`crop_explorer` (an
-  ipywidgets picker of image and crop) and :func:`results_table` (beside the paper's Tables 5/6).
+* **Figures.** :mod:`dnlib.experiments.sr_report`: ``plot_curves``, ``compare_crops`` (Figure 3/4 style),
+  ``crop_explorer`` (an ipywidgets picker of image and crop) and ``results_table`` (beside the paper's Tables 5/6).
 """
 from __future__ import annotations
 
@@ -41,15 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import cli
-from ..analysis.figures import cell, markdown_table, run_curves
-from ..io import atomic_write_json
 from ..training.metrics import psnr, ssim
 from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
 from . import bench as benches
-from . import commands, records, registry
+from . import commands, registry
 from .bench import steps_command
 from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, replace
-from .runner import call, read_run_file, recipe_runs
+from .runner import call, read_run_file
 from .sr_configs import (
     ROW_NAMES,
     SR_CONFIGS,
@@ -65,8 +64,7 @@ from .sr_configs import (
 
 __all__ = ["train_config", "training_pairs", "test_pairs", "srcnn_loss", "predict", "evaluate_sr", "evaluate_bicubic",
            "make_evaluator", "intensity_shift", "SRRecipe", "RECIPE", "run", "run_many", "models_of", "load_model",
-           "results_table", "format_table", "shift_table", "headline", "report", "bench", "plot_curves",
-           "compare_crops", "crop_explorer", "main"]
+           "bench", "run_label", "check_sets", "headline_key", "bicubic_grey", "HEADLINE_SETS", "main"]
 
 #: The test sets of a run's headline (Set5; Set14: Table 5; BSD200: Table 6) and their record keys.
 HEADLINE_SETS = ("Set5", "Set14", "BSD200")
@@ -127,7 +125,9 @@ def _shave(a: np.ndarray, s: int) -> np.ndarray:
     return a[s:a.shape[0] - s, s:a.shape[1] - s]
 
 
-def _bicubic_grey(up: np.ndarray) -> np.ndarray:
+def bicubic_grey(up: np.ndarray) -> np.ndarray:
+    """The Bicubic row's image: a bicubic-upsampled Y image ``up`` (float in [0, 1]) as MATLAB's ``uint8(up * 255)``,
+    float64 grey levels."""
     return np.clip(np.round(np.asarray(up, np.float64) * 255.0), 0, 255)
 
 
@@ -162,7 +162,7 @@ def evaluate_bicubic(set_name: str = "Set5", scale: int = 3, *, root=None, borde
     """The Bicubic row: ``uint8(up * 255)`` against HR with the same ``border`` crop (same keys as evaluate_sr)."""
     rows = []
     for item in test_pairs(set_name, scale, root):
-        up, hr = _bicubic_grey(item["up"]), item["hr"].astype(np.float64)
+        up, hr = bicubic_grey(item["up"]), item["hr"].astype(np.float64)
         rows.append({"name": item["name"], "psnr": psnr(up, hr, border=border), "ssim": ssim(up, hr, border=border),
                      "shift": float((_shave(up, border) - _shave(hr, border)).mean())})
     out = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "shift")}
@@ -206,7 +206,8 @@ def _split(name: str) -> tuple[str, str]:
                      f"schedule of {list(SR_CONFIGS)} and a normalizer of {list(SR_NORM_ROWS)} (e.g. 'fast-dn*')")
 
 
-def _check_sets(sets) -> tuple:
+def check_sets(sets) -> tuple:
+    """``sets`` (a name or names of SR test sets) as a tuple; a ValueError naming an unknown set and the known ones."""
     from ..data.sr import SR_SETS
     sets = (sets,) if isinstance(sets, str) else tuple(sets or ())
     for s in sets:
@@ -215,11 +216,13 @@ def _check_sets(sets) -> tuple:
     return sets
 
 
-def _key(set_name: str) -> str:
+def headline_key(set_name: str) -> str:
+    """The prefix of a set's fields in a run's headline: ``Set5`` -> ``set5`` (``set5_psnr``, ``set5_ssim``)."""
     return set_name.lower().replace("-", "_")
 
 
-def _label(run: RunResult) -> str:
+def run_label(run: RunResult) -> str:
+    """The name a run is shown under in tables and figures: its normalizer's row of Tables 5/6 (``DN*``, ``BN``...)."""
     return ROW_NAMES.get(run.config.norm, run.config.norm)
 
 
@@ -229,7 +232,7 @@ def _finite(model: nn.Module) -> bool:
 
 def _set_name(value: str) -> str:
     try:
-        return _check_sets([value])[0]
+        return check_sets([value])[0]
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
@@ -288,7 +291,7 @@ class SRRecipe(Recipe):
     def load(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
              root=None) -> dict:
         """The training pairs (``inputs``, ``labels``) and which test sets are ``present`` (``missing``: why)."""
-        sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
+        sets, curve_sets = check_sets(sets), check_sets(curve_sets)
         inputs, labels = training_pairs(cfg.train_set, cfg.scale, root)
         present, missing = [], {}
         for s in dict.fromkeys(sets + curve_sets):
@@ -302,7 +305,7 @@ class SRRecipe(Recipe):
     def build(self, cfg: SRConfig, data: dict, seed: int, device: str = "auto", *, sets=HEADLINE_SETS,
               curve_sets=("Set5",), root=None) -> Setup:
         from ..data import SRCNNPatches
-        sets, curve_sets = _check_sets(sets), _check_sets(curve_sets)
+        sets, curve_sets = check_sets(sets), check_sets(curve_sets)
         dev = resolve_device(device)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True       # fixed patch shapes
@@ -323,10 +326,10 @@ class SRRecipe(Recipe):
     def headline(self, result: RunResult) -> dict:
         """PSNR/SSIM per headline set: of the final model on ``sets`` when the run completed (computed once),
         else the last logged PSNR of the curve sets; and the training seconds."""
-        out = {f"{_key(s)}_{m}": None for s in HEADLINE_SETS for m in ("psnr", "ssim")}
+        out = {f"{headline_key(s)}_{m}": None for s in HEADLINE_SETS for m in ("psnr", "ssim")}
         for s in HEADLINE_SETS:
             logged = [r[f"{s}/psnr"] for r in result.history if f"{s}/psnr" in r]
-            out[f"{_key(s)}_psnr"] = logged[-1] if logged else None
+            out[f"{headline_key(s)}_psnr"] = logged[-1] if logged else None
         setup = result.setup
         if result.steps >= result.config.steps and setup.info["sets"] and _finite(result.model):
             cache = setup.data
@@ -336,7 +339,7 @@ class SRRecipe(Recipe):
                 cache["final_step"] = result.steps
             for s, r in cache["final"].items():
                 if s in HEADLINE_SETS:
-                    out[f"{_key(s)}_psnr"], out[f"{_key(s)}_ssim"] = r["psnr"], r["ssim"]
+                    out[f"{headline_key(s)}_psnr"], out[f"{headline_key(s)}_ssim"] = r["psnr"], r["ssim"]
         out["train_seconds"] = result.train_seconds
         return out
 
@@ -364,7 +367,7 @@ class SRRecipe(Recipe):
         label, out = ROW_NAMES.get(cfg.norm), {}
         for s in ("Set14", "BSD200"):
             p = paper_numbers(s, cfg.scale).get(label, (None, None))
-            out[f"{_key(s)}_psnr"], out[f"{_key(s)}_ssim"] = p
+            out[f"{headline_key(s)}_psnr"], out[f"{headline_key(s)}_ssim"] = p
         return out
 
     flags = {"--sets": ("option", dict(type=_set_name, nargs="*", help="test sets (default Set5 "
@@ -388,6 +391,7 @@ class SRRecipe(Recipe):
             q.add_argument("--device", type=cli.device, default="auto", help="for scoring checkpoints")
 
     def report(self, path, args=None) -> dict:
+        from .sr_report import report
         return report(path, sets=getattr(args, "sets", None) or HEADLINE_SETS, root=getattr(args, "root", None),
                       device=getattr(args, "device", "auto"))
 
@@ -425,8 +429,8 @@ def run_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list
 
 
 def models_of(runs: Sequence[RunResult]) -> dict:
-    """``{label: model}`` of trained runs, in their order (for :func:`compare_crops`)."""
-    return {_label(run): run.model for run in runs}
+    """``{label: model}`` of trained runs, in their order (for :func:`dnlib.experiments.sr_report.compare_crops`)."""
+    return {run_label(run): run.model for run in runs}
 
 
 def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
@@ -441,193 +445,13 @@ def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
     return model.to(resolve_device(device)).eval(), cfg
 
 
-# ------------------------------------------------------------------------------------------------ tables
-def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Sequence[str] = ("Set5", "Set14"),
-                  scale: int = 3, root=None, bicubic: bool = True) -> list[dict]:
-    """Rows ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr", "paper_ssim"}``: Bicubic and each run (or
-    ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at ``scale`` (None where the
-    paper has no number)."""
-    models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)
-    rows = []
-    for s in sets:
-        paper = paper_numbers(s, scale)
-        entries = ([("Bicubic", evaluate_bicubic(s, scale, root=root))] if bicubic else [])
-        entries += [(label, evaluate_sr(m, s, scale, root=root)) for label, m in models.items()]
-        for label, r in entries:
-            p = paper.get(label, (None, None))
-            rows.append({"model": label, "set": s, "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
-                         "shift": round(r["shift"], 2), "paper_psnr": p[0], "paper_ssim": p[1]})
-    return rows
-
-
-def format_table(rows: Sequence[Mapping], title: str = "") -> str:
-    """A Markdown table of :func:`results_table` rows."""
-    cols = ["set", "model", "psnr", "paper_psnr", "ssim", "paper_ssim", "shift"]
-    return markdown_table(["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM", "mean shift (grey levels)"],
-                          [[r.get(c) for c in cols] for r in rows], title)
-
-
-def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 3, root=None) -> str:
-    """Markdown: per test image, its mean HR grey level and each model's mean error (prediction - HR)."""
-    cols = {label: {r["name"]: r for r in intensity_shift(m, set_name, scale, root)}
-            for label, m in models_of(runs).items()}
-    names = [it["name"] for it in test_pairs(set_name, scale, root)]
-    first = next(iter(cols.values()))
-    return markdown_table(["image", "HR mean"] + [f"{label} shift (PSNR)" for label in cols],
-                          [[n, cell(first[n]["hr_mean"], ".1f")] + [f"{c[n]['shift']:+.1f} ({c[n]['psnr']:.2f})"
-                                                                      for c in cols.values()] for n in names])
-
-
-def headline(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
-    """The headline numbers of a notebook run (for :func:`dnlib.notebook.suite.save_results`)."""
-    return {"runs": {_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
-                                   "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
-                                   "scale": run.config.scale, "train_set": run.config.train_set,
-                                   "run_dir": None if run.run_dir is None else str(run.run_dir)} for run in runs},
-            "table": list(rows)}
-
-
-def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") -> dict:
-    """The SR table of the run folders at or under ``path``: per set, Bicubic and every run (PSNR, SSIM; the
-    record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
-    ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
-    sets, recs = _check_sets(sets), recipe_runs(RECIPE, path)
-    labels = {d: rec["config"]["setup"].get("label") or rec["name"] for d, rec in recs.items()}
-    keys = {d: lab if list(labels.values()).count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
-            for d, lab in labels.items()}
-    first = next(iter(recs.values()))
-    scale, table = first["config"]["scale"], {}
-    for s in sets:
-        try:
-            b = evaluate_bicubic(s, scale, root=root)
-        except FileNotFoundError as e:
-            table[s] = {"missing": cli.one_line(e)}
-            continue
-        rows = table[s] = {"Bicubic": {"psnr": b["psnr"], "ssim": b["ssim"], "images": len(b["per_image"])}}
-        for d, rec in recs.items():
-            if rec["headline"].get(f"{_key(s)}_ssim") is not None:
-                rows[keys[d]] = {m: rec["headline"][f"{_key(s)}_{m}"] for m in ("psnr", "ssim")}
-            elif (d / "checkpoint.pt").is_file() and not str(rec["stopped"]).startswith("diverged"):
-                r = evaluate_sr(load_model(d, device)[0], s, scale, root=root)
-                rows[keys[d]] = {"psnr": r["psnr"], "ssim": r["ssim"], "shift": r["shift"], "scored": "checkpoint"}
-        for label, row in rows.items():
-            row.update(zip(("paper_psnr", "paper_ssim"), paper_numbers(s, scale).get(label.split(" (")[0], ())))
-    out = {"scale": scale, "card": first["config"]["setup"].get("card"), "torch": first["versions"].get("torch"),
-           "runs": {keys[d]: {"name": r["name"], "seed": r["seed"], "steps": r["steps_done"], "stopped": r["stopped"],
-                              "train_seconds": r["headline"].get("train_seconds"),
-                              "train_set": r["config"].get("train_set"), "run": str(d)} for d, r in recs.items()},
-           "table": table,
-           "note": "PSNR/SSIM on Y, 8-px border, prediction clipped not rounded; sets that are absent are "
-                   "listed under 'missing'. Paper: Table 5 = Set14, Table 6 = BSD200; no Set5 numbers."}
-    atomic_write_json(Path(path) / "sr_results.json", records.jsonable(out), indent=1)
-    return out
-
-
+# ------------------------------------------------------------------------------------------------- bench
 def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
           device: str = "auto", seed: int = 0) -> list[dict]:
     """Training patches/s of each configuration (:func:`dnlib.experiments.bench.bench`: ``steps`` timed steps after
     ``warmup``, no evaluation)."""
     return [benches.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
                              options={"sets": (), "curve_sets": ()}) for c in configs]
-
-
-# ----------------------------------------------------------------------------------------------- figures
-def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: float | None = None):
-    """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
-    fig, (_, ax1) = run_curves([(_label(run), run.history) for run in runs], [
-        {"key": "train_loss", "ylabel": "training loss (MSE / 2)", "yscale": "log", "title": "training loss"},
-        {"key": f"{set_name}/psnr", "marker": "o", "ylabel": "PSNR (dB)", "title": f"{set_name} PSNR (Y, 8-px border)"}],
-        pyplot=True)
-    if bicubic_psnr is not None:
-        ax1.axhline(bicubic_psnr, color="k", ls="--", lw=1, label="Bicubic")
-    ax1.legend(fontsize=8)
-    return fig
-
-
-def _full_prediction(model: nn.Module, item: dict) -> np.ndarray:
-    """The prediction pasted into the bicubic image (the outer shave px stay bicubic), float grey levels."""
-    full = _bicubic_grey(item["up"])
-    s = getattr(model, "shave", 8)
-    full[s:full.shape[0] - s, s:full.shape[1] - s] = predict(model, item["up"])
-    return full
-
-
-def _check_crop(item: dict, top: int, left: int, size: int, margin: int = 8) -> tuple[int, int, int]:
-    h, w = item["hr"].shape
-    size = int(min(size, h - 2 * margin, w - 2 * margin))
-    top = int(min(max(top, margin), h - margin - size))
-    left = int(min(max(left, margin), w - margin - size))
-    return top, left, size
-
-
-def compare_crops(models: Mapping[str, nn.Module], set_name: str = "Set5", image=0, scale: int = 3, *,
-                  top: int = 100, left: int = 100, size: int = 96, root=None, cache: dict | None = None):
-    """Figure 3/4 style: the HR image with the crop marked, then the same crop from Bicubic and each model,
-    each titled with the PSNR (Y) of that crop. ``image`` is an index or a name. The crop is kept inside the
-    8-px frame that the paper's metric excludes. Returns ``(fig, {label: crop PSNR})``."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    items = test_pairs(set_name, scale, root)
-    item = items[image] if isinstance(image, int) else next(it for it in items if it["name"] == image)
-    top, left, size = _check_crop(item, top, left, size)
-    cache = {} if cache is None else cache
-    preds = {"Bicubic": _bicubic_grey(item["up"])}
-    for label, m in models.items():
-        key = (id(m), set_name, item["name"], scale)
-        if key not in cache:
-            cache[key] = _full_prediction(m, item)
-        preds[label] = cache[key]
-    hr = item["hr"].astype(np.float64)
-    sl = (slice(top, top + size), slice(left, left + size))
-    scores = {label: psnr(p[sl], hr[sl], border=0) for label, p in preds.items()}
-    n = len(preds) + 2
-    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.9))
-    rgb = item["rgb"] if item["rgb"].ndim == 3 else np.repeat(item["rgb"][..., None], 3, 2)
-    axes[0].imshow(rgb)
-    axes[0].add_patch(Rectangle((left, top), size, size, fill=False, ec="r", lw=1.5))
-    axes[0].set_title(f"{item['name']} (x{scale})", fontsize=9)
-    axes[1].imshow(hr[sl], cmap="gray", vmin=0, vmax=255)
-    axes[1].set_title("HR (Y)", fontsize=9)
-    for ax, (label, p) in zip(axes[2:], preds.items()):
-        ax.imshow(p[sl], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{label}\n{scores[label]:.2f} dB", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
-    return fig, scores
-
-
-def crop_explorer(models: Mapping[str, nn.Module], sets: Sequence[str] = ("Set5", "Set14"), scale: int = 3,
-                  root=None, size: int = 96):
-    """An ``ipywidgets.interactive`` picker: test set, image, crop top/left (fractions of the image) and crop
-    size; shows :func:`compare_crops` and holds its crop PSNRs in ``.result``. Predictions are cached per image."""
-    import ipywidgets as W
-    import matplotlib.pyplot as plt
-    cache: dict = {}
-    names = {s: [it["name"] for it in test_pairs(s, scale, root)] for s in sets}
-    set_w = W.Dropdown(options=list(sets), value=sets[0], description="set")
-    img_w = W.Dropdown(options=names[sets[0]], value=names[sets[0]][0], description="image")
-
-    def _on_set(change):
-        img_w.options = names[change["new"]]
-        img_w.value = names[change["new"]][0]
-    set_w.observe(_on_set, names="value")
-
-    def show(set_name, image, top, left, size):
-        if image not in names[set_name]:
-            return None
-        item = next(it for it in test_pairs(set_name, scale, root) if it["name"] == image)
-        h, w = item["hr"].shape
-        fig, scores = compare_crops(models, set_name, image, scale, top=int(top * h), left=int(left * w),
-                                    size=size, root=root, cache=cache)
-        plt.show()
-        plt.close(fig)
-        return scores
-
-    return W.interactive(show, set_name=set_w, image=img_w,
-                         top=W.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05, description="top"),
-                         left=W.FloatSlider(value=0.4, min=0.0, max=1.0, step=0.05, description="left"),
-                         size=W.IntSlider(value=size, min=32, max=256, step=16, description="size"))
 
 
 # --------------------------------------------------------------------------------------------------- CLI
