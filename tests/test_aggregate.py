@@ -198,8 +198,10 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
     res = subprocess.run([sys.executable, "scripts/convert_results.py", "--check"], cwd=root, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    runs = R.find_runs([root / "results/records"])
+    runs = R.find_runs([root / "results/records" / e for e in ("cifar", "ptb", "sr")])   # the converted ones
     assert {R.read_record(d)["experiment"] for d in runs} == {"cifar", "ptb", "sr"}
+    others = {R.read_record(d)["experiment"] for d in R.find_runs([root / "results/records"])} - {"cifar", "ptb", "sr"}
+    assert others <= {"analysis"}    # notebook 08's cpu runs: run records of their own (below), not converted
     for d in runs:
         rec = R.read_record(d)
         assert tuple(rec)[:len(R.RECORD_KEYS)] == R.RECORD_KEYS
@@ -209,6 +211,19 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
         assert rec["device"]["name"] and rec["date"] == "2026-11-27"
     md = tables.provenance_table(root / "results/records", where={"experiment": "cifar"})
     assert "CIFAR-10 (JPEG copy)" in md and "results/h100/cifar_summary.json" in md
+    for d in R.find_runs([root / "results/records" / "analysis"]):      # recorded as they ran (scripts/analysis_collect.py)
+        rec = R.read_record(d)
+        assert (rec["git"] or {}).get("commit") or "git state not recorded" in rec["notes"][-1]   # or says why not
+        assert rec["started"] and rec["stopped"] != "running"
+        assert sorted(p.name for p in d.iterdir()) == ["curves.csv", "record.json"]   # no checkpoints in git
+
+
+def test_where_takes_a_list_of_values():
+    rows = [{"experiment": e, "name": "x", "seed": 0, "stopped": "completed", "acc": v}
+            for e, v in (("cifar", 1.0), ("ptb", 2.0), ("analysis", 3.0))]
+    got = A.summarize(rows, where={"experiment": ["cifar", "ptb"]})
+    assert [s["experiment"] for s in got] == ["cifar", "ptb"]
+    assert [s["experiment"] for s in A.summarize(rows, where={"experiment": "ptb"})] == ["ptb"]
 
 
 def test_gather_verb_prints_mean_std_n_per_configuration(sweep, capsys):
