@@ -33,7 +33,7 @@ from .analysis_configs import (
     SMOOTH_NORMS,
 )
 
-__all__ = ["Runs", "load", "stats", "largest_stable", "batch_table", "batch_figure", "smooth_table",
+__all__ = ["Runs", "load", "stats", "setup_stats", "largest_stable", "batch_table", "batch_figure", "smooth_table",
            "smooth_figure", "lr_table", "lr_figure", "depth_figure", "inv_table", "inv_figure", "report", "LABELS"]
 
 LABELS = {"none": "none", "bn": "BN", "gn": "GN", "frn": "FRN", "ln": "LN", "dn": "DN", "dn-star": "DN*", "bn-ms": "BN mean-only",
@@ -77,6 +77,16 @@ def stats(runs: Runs, name: str, key: str) -> tuple:
     """``(mean, std, n)`` over seeds of headline ``key`` of configuration ``name`` (finite values only; std None
     with fewer than two)."""
     vals = [r["headline"].get(key) for r in runs.records.get(name, [])]
+    vals = np.array([v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)], dtype=float)
+    if not len(vals):
+        return None, None, 0
+    return float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else None, int(len(vals))
+
+
+def setup_stats(runs: Runs, name: str, key: str) -> tuple:
+    """:func:`stats` of a number measured at initialization (``record["config"]["setup"][key]``: there also for a
+    run that diverged later, whose headline is empty)."""
+    vals = [(r.get("config") or {}).get("setup", {}).get(key) for r in runs.records.get(name, [])]
     vals = np.array([v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)], dtype=float)
     if not len(vals):
         return None, None, 0
@@ -148,8 +158,9 @@ def _smooth_names() -> list:
 def smooth_table(runs: Runs) -> MarkdownTable:
     """Santurkar et al.'s probes averaged over the checkpoints of a run, mean ± std over seeds."""
     keys = ("loss_range", "grad_change", "beta", "test_err")
-    rows = [[n.removeprefix("smooth-"), *[_fmt(*stats(runs, n, k)) for k in keys]] for n in _smooth_names()]
-    return markdown_table(["run", "loss range", "gradient change (l2)", "effective beta", "test error"], rows,
+    rows = [[n.removeprefix("smooth-"), *[_fmt(*stats(runs, n, k)) for k in keys],
+             f"{len(runs.records.get(n, []))} ({_diverged(runs, n)} diverged)"] for n in _smooth_names()]
+    return markdown_table(["run", "loss range", "gradient change (l2)", "effective beta", "test error", "runs"], rows,
                           "Smoothness along the gradient (step sizes 0.5-4 x lr, mean over checkpoints)")
 
 
@@ -191,26 +202,41 @@ def smooth_figure(runs: Runs):
 
 
 # ------------------------------------------------------------------------------------ learning rate, depth
-def largest_stable(runs: Runs, norm: str) -> list:
-    """Per seed, the largest learning rate of the grid whose run completed and was stable (None: none was)."""
+#: A short lr run "learns" when its final training loss is below chance's ln(10) minus this (nats).
+LEARNS_MARGIN = 0.1
+
+
+def largest_stable(runs: Runs, norm: str, learns: bool = False) -> list:
+    """Per seed, the largest learning rate of the grid whose run completed and was stable (None: none was); with
+    ``learns``, also one whose final training loss fell below ``ln(10) - LEARNS_MARGIN`` (a network that does not
+    move is "stable" at any learning rate)."""
     best = defaultdict(lambda: None)
     for lr in LR_GRID:
         for rec in runs.records.get(f"lr-{norm}-{lr:g}", []):
-            if rec.get("stopped") == "completed" and rec["headline"].get("stable") == 1.0:
+            head = rec["headline"]
+            ok = rec.get("stopped") == "completed" and head.get("stable") == 1.0
+            if ok and learns:
+                ok = head.get("train_loss") is not None and head["train_loss"] < math.log(10) - LEARNS_MARGIN
+            if ok:
                 best[rec["seed"]] = max(lr, best[rec["seed"]] or 0.0)
             else:
                 best.setdefault(rec["seed"], None)
     return [best[s] for s in sorted(best)]
 
 
+def _diverged(runs: Runs, name: str) -> int:
+    return sum(str(r.get("stopped", "")).startswith("diverged") for r in runs.records.get(name, []))
+
+
 def lr_table(runs: Runs) -> MarkdownTable:
     rows = []
     for n in LR_NORMS:
-        per = largest_stable(runs, n)
-        diverged = sum(str(r.get("stopped", "")).startswith("diverged")
-                       for lr in LR_GRID for r in runs.records.get(f"lr-{n}-{lr:g}", []))
-        rows.append([LABELS[n], ", ".join("—" if v is None else f"{v:g}" for v in per), len(per), diverged])
-    return markdown_table(["normalizer", "largest stable lr per seed", "seeds", "runs diverged (NaN)"], rows,
+        per, learn = largest_stable(runs, n), largest_stable(runs, n, learns=True)
+        diverged = sum(_diverged(runs, f"lr-{n}-{lr:g}") for lr in LR_GRID)
+        rows.append([LABELS[n], ", ".join("—" if v is None else f"{v:g}" for v in per),
+                     ", ".join("—" if v is None else f"{v:g}" for v in learn), len(per), diverged])
+    return markdown_table(["normalizer", "largest stable lr per seed", "largest lr that also learns (loss < ln 10 "
+                           f"- {LEARNS_MARGIN:g})", "seeds", "runs diverged (NaN)"], rows,
                           f"Largest stable learning rate (grid {', '.join(f'{v:g}' for v in LR_GRID)}; SGD momentum "
                           f"0.9)")
 
@@ -221,7 +247,7 @@ def lr_figure(runs: Runs):
     ax1, ax2 = fig.subplots(1, 2)
     for n in LR_NORMS:
         _band(ax1, LR_GRID, lambda lr, n=n: f"lr-{n}-{lr:g}", runs, "train_loss", LABELS[n])
-    top = ax1.get_ylim()[1] if ax1.lines else 3.0
+    top = max([3.0] + [float(np.nanmax(line.get_ydata())) for line in ax1.lines]) * 2
     for n in LR_NORMS:
         div = [lr for lr in LR_GRID for r in runs.records.get(f"lr-{n}-{lr:g}", [])
                if str(r.get("stopped", "")).startswith("diverged")]
@@ -229,6 +255,8 @@ def lr_figure(runs: Runs):
             ax1.plot(div, [top] * len(div), "x", color="0.3")
     ax1.set(xscale="log", xlabel="learning rate", ylabel="training loss after the short run",
             title="stability per learning rate (x: diverged)")
+    if ax1.lines:
+        ax1.set_yscale("log")
     vals = [[v for v in largest_stable(runs, n) if v is not None] for n in LR_NORMS]
     xs = np.arange(len(LR_NORMS))
     means = [10 ** np.mean(np.log10(v)) if v else np.nan for v in vals]
@@ -289,9 +317,12 @@ def depth_figure(runs: Runs):
 # ---------------------------------------------------------------------------------------------- invariance
 def inv_table(runs: Runs) -> MarkdownTable:
     keys = ("scale_change", "test_err", "train_loss", "gap")
-    rows = [[LABELS[v], *[_fmt(*stats(runs, f"inv-{v}", k), spec=".3g") for k in keys]] for v in INV_VARIANTS]
+    rows = [[LABELS[v], _fmt(*setup_stats(runs, f"inv-{v}", "scale_change"), spec=".3g"),
+             *[_fmt(*stats(runs, f"inv-{v}", k), spec=".3g") for k in keys[1:]],
+             f"{len(runs.records.get(f'inv-{v}', []))} ({_diverged(runs, f'inv-{v}')} diverged)"] for v in INV_VARIANTS]
     return markdown_table(["variant", "output change, conv2 x10 (init)", "test error", "final train loss",
-                           "train/eval gap"], rows, "Weight-scale invariance, detached statistics, mean-/variance-only")
+                           "train/eval gap", "runs"], rows,
+                          "Weight-scale invariance, detached statistics, mean-/variance-only")
 
 
 def inv_figure(runs: Runs):
@@ -301,7 +332,7 @@ def inv_figure(runs: Runs):
     ax1, ax2 = fig.subplots(1, 2, width_ratios=(1.2, 1))
     xs = np.arange(len(INV_VARIANTS))
     for x, v in zip(xs, INV_VARIANTS):
-        m, s, _ = stats(runs, f"inv-{v}", "scale_change")
+        m, s, _ = setup_stats(runs, f"inv-{v}", "scale_change")
         if m is not None:
             ax1.bar(x, max(m, 1e-12), color="C3" if "detached" in v else "C0", alpha=0.7)
     ax1.set_xticks(xs, [LABELS[v] for v in INV_VARIANTS], rotation=60, ha="right", fontsize=7)
@@ -349,4 +380,6 @@ def headline(runs: Runs, sizes: Sequence[int] = (2, 128)) -> dict:
     for n in LR_NORMS:
         v = [x for x in largest_stable(runs, n) if x is not None]
         out[f"lr_max_{n}"] = float(np.median(v)) if v else None
+        v = [x for x in largest_stable(runs, n, learns=True) if x is not None]
+        out[f"lr_learns_{n}"] = float(np.median(v)) if v else None
     return out
