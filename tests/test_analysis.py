@@ -19,7 +19,7 @@ needs_cifar = pytest.mark.skipif(not ((MIRROR / "cifar10-jpeg" / "train").is_dir
 
 def test_every_point_builds_at_every_size_and_names_say_their_analysis():
     names = list_configs()
-    assert len(names) == len(set(names)) == 107
+    assert len(names) == len(set(names)) == 114
     assert {n.split("-")[0] for n in names} == set(ANALYSES)
     for size in SIZES:
         for n in names:

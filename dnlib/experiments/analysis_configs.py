@@ -4,7 +4,8 @@ analysis of notebook 08, at three sizes.
 Analyses (the configuration names say which; ``python -m dnlib analysis list``):
 
 * ``batch-<norm>-b<B>``: **batch-size dependence** (Wu & He 2018, Figure 1). The CIFAR CNN with bn, gn, ln,
-  dn-star or frn (filter response normalization + TLU, Singh & Krishnan 2020; the atlas has no batch renorm) trained for a fixed number of images at batch ``B`` in 2 ... 128, the learning rate scaled linearly
+  dn-star, frn (filter response normalization + TLU, Singh & Krishnan 2020) or brn (batch renormalization, Ioffe
+  2017, at its final rmax 3, dmax 5 from the start: no warm-up schedule) trained for a fixed number of images at batch ``B`` in 2 ... 128, the learning rate scaled linearly
   with the batch (``BASE_LR[norm] * B / 32``); test error, and the error with batch statistics.
 * ``smooth-<norm>``, ``smooth-dn-sigma<s>``: **smoothness** (Santurkar et al. 2018) at checkpoints during
   training, every preset of interest at one learning rate, and DN with a sigma sweep (a large sigma leaves DN
@@ -31,7 +32,7 @@ DATASETS = ("cifar10", "cifar100")
 ANALYSES = ("batch", "smooth", "lr", "depth", "inv")
 ARCHS = ("cnn", "plain")
 BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128)
-BATCH_NORMS = ("bn", "gn", "ln", "dn-star", "frn")
+BATCH_NORMS = ("bn", "gn", "ln", "dn-star", "frn", "brn")
 SMOOTH_NORMS = ("none", "bn", "gn", "ln", "dn-star")
 SIGMAS = (0.01, 0.1, 0.5, 2.0, 10.0)
 LR_NORMS = ("none", "bn", "gn", "ln", "dn-star")
@@ -55,6 +56,7 @@ VARIANTS = {
     "bn-vo": ("bn-vo", {}),
     "gn": ("gn", {"groups": 4}),
     "frn": ("frn", {}),
+    "brn": ("brn", {}),
     "ln": ("ln", {}),
     "ln-ms": ("ln-ms", {}),
     "ln-vo": ("rms", {}),
