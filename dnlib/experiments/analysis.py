@@ -13,7 +13,8 @@ limit, divergence); the probes of :mod:`dnlib.analysis.probes` run at each evalu
 ``points`` runs configurations x seeds one after another in this process (the data loaded once: on a CPU most of a
 short run is the start of a process), each with :func:`dnlib.experiments.runner.run` in the folder
 ``out/<name>-s<seed>`` a sweep would use; a rerun skips the points whose record says completed or diverged
-(deterministic: it would diverge again) and resumes the others.
+(deterministic: it would diverge again) and resumes the others. The folder names do not say the size: give each
+size its own ``--out``.
 
 **What a run records.** Every evaluation logs ``test_err``/``test_loss`` (evaluation mode, running statistics)
 and, per analysis: ``batch_err``/``gap`` (the error with the statistics of batches of the training batch size
@@ -282,8 +283,9 @@ def _points_arguments(q) -> None:
 
 
 def _points_handler(args, q) -> int:
-    with cli.user_errors(q):
-        RECIPE.expand(args.configs)
+    with cli.user_errors(q):           # a bad name, or an impl this machine cannot run: one line, exit 2
+        for n in RECIPE.expand(args.configs):
+            check_config(RECIPE, RECIPE.config(n, size=args.size), args.device)
     opts = {} if args.subset is None else {"subset": args.subset}
     rows = run_points(args.configs, args.seeds, out=args.out, size=args.size, device=args.device,
                       time_limit=args.time_limit, **opts)
