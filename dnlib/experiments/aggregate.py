@@ -309,8 +309,7 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
             still running) counts in ``n`` and ``stopped`` but gives no value (its numbers are those of a shorter
             schedule). Diverged runs give no value either way.
         where: keep only the runs whose fields have these values (``{"experiment": "cifar",
-            "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` of a record); a list,
-            tuple or set is the values allowed (``{"experiment": ["cifar", "ptb"]}``).
+            "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` of a record; a list: any of).
 
     Returns:
         dicts with the ``by`` fields, ``n`` (runs counted), and for each key ``k``: ``k`` (mean of the finite
@@ -328,8 +327,7 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
     recs, parts = [], []
     all_keys: list[str] = []
     for r in _load(rows):
-        if where and any(_field(r, k) not in v if isinstance(v, (list, tuple, set, frozenset)) else _field(r, k) != v
-                         for k, v in where.items()):
+        if where and any(_field(r, k) not in (v if isinstance(v, (list, tuple, set)) else [v]) for k, v in where.items()):
             continue
         meta, head, paper = flatten(r)
         if finished and stopped_reason(meta.get("stopped")) != "completed":
