@@ -81,3 +81,20 @@ def test_the_evaluation_leaves_the_model_as_it_was(tmp_path):
             out = setup.evaluate(setup.model)
         assert all(torch.equal(before[k], v) for k, v in setup.model.state_dict().items())
         assert ("beta" in out) == (name == "smooth-bn") and ("act_0" in out) == (name == "depth-bn")
+
+
+def test_committed_records_pool_over_seeds():
+    """The committed cpu records: 114 points x 3 seeds, and aggregate pools each point's seeds into one row (the
+    measurements at initialization in config.setup differ by seed; before, they split every point into 3 rows)."""
+    import warnings
+
+    from dnlib.experiments import aggregate
+    root = Path(__file__).resolve().parent.parent / "results" / "records" / "analysis"
+    if not root.is_dir():
+        pytest.skip("no committed analysis records")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aggregate.PoolingWarning)
+        rows = aggregate.summarize(root, keys=["test_err"])
+    assert len(rows) == len(list_configs()) and {r["n"] for r in rows} == {3}
+    runs = analysis_report.load(root)
+    assert runs.seeds() == [0, 1, 2] and len(runs) == 3 * len(list_configs())

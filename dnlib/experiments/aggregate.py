@@ -151,7 +151,8 @@ def _load(rows) -> list:
 NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
                           "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
                           "setup.curve_sets", "setup.missing_sets", "setup.threads",
-                          "setup.stacked", "setup.stacked_seeds"})
+                          "setup.stacked", "setup.stacked_seeds",
+                          "setup.init_act", "setup.init_grad", "setup.scale_change"})   # (analysis: measured at init)
 
 
 #: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
