@@ -56,7 +56,8 @@ def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[i
     try:
         with cli.user_errors(q):
             progress = sys.stderr.isatty() if args.progress is None else args.progress
-            prepared = prepare(recipe, args.config, seed=seed, steps=args.steps, time_limit=args.time_limit,
+            prepared = prepare(recipe, args.config, seed=seed, steps=args.steps, stop_after=args.stop_after,
+                               time_limit=args.time_limit,
                                out=None if args.resume else out, resume=args.resume, device=args.device,
                                overrides=overrides, options=options, argv=argv, progress=progress)
     except CheckpointError as e:        # another run's (or an unreadable) checkpoint: nothing trained

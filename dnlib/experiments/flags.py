@@ -8,7 +8,7 @@ from .. import cli
 from . import engines
 from .recipe import Recipe
 
-__all__ = ["Refusing", "run_flags", "passed_on_flags", "passed_on_help", "sweep_flags"]
+__all__ = ["Refusing", "run_flags", "schedule_flags", "passed_on_flags", "passed_on_help", "sweep_flags"]
 
 
 class Refusing(cli.ArgumentParser):
@@ -34,9 +34,19 @@ def run_flags(q: argparse.ArgumentParser, recipe: Recipe) -> None:
     passed_on_flags(q, recipe)
 
 
+def schedule_flags(q) -> None:
+    """``--steps`` and ``--stop-after``, one meaning each in every experiment (``run``, ``sweep``, ``stack``):
+    ``--steps`` shortens (or lengthens) the schedule, its learning-rate decay scaled; ``--stop-after`` interrupts it."""
+    q.add_argument("--steps", type=cli.positive_int, default=None, metavar="N",
+                   help="the schedule's length: shortened (or lengthened) to N steps, its learning-rate decay scaled "
+                        "to them (CIFAR, SR: the milestones; PTB: the per-epoch halving)")
+    q.add_argument("--stop-after", type=cli.positive_int, default=None, metavar="N",
+                   help="stop at step N with the schedule unchanged (an interruption: --resume continues it)")
+
+
 def passed_on_flags(q, recipe: Recipe) -> None:
     """The ``run`` flags that ``sweep`` passes on to every run (listed in ``sweep --help``)."""
-    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    schedule_flags(q)
     q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (periodic lines when stderr is not a terminal); "

@@ -17,9 +17,11 @@ A run is a named configuration (:mod:`dnlib.experiments.ptb_configs`, ``<row>-<c
 
 **Steps and epochs.** One runner step is one minibatch (20 streams x 20 words); an epoch is
 ``len(PTBBatches)`` steps (2,323 on all of PTB at batch 20), and the run plans ``epochs x`` that many. A chunk of
-the runner (evaluation, checkpoint, record, time-limit check) is one epoch, or ``eval_every`` steps. ``--steps N``
-ends the run after N minibatches without changing the schedule (the learning rate stays a function of the epoch,
-``lr_e = lr0 * 0.5^max(e - 4, 0)``); ``--epochs`` changes the number of epochs.
+the runner (evaluation, checkpoint, record, time-limit check) is one epoch, or ``eval_every`` steps. The learning
+rate is a function of the epoch of the schedule, ``lr_e = lr0 * 0.5^max(e - 4, 0)``. ``--steps N`` shortens the
+schedule to N minibatches, as it does in every experiment: the per-epoch decay is scaled to them (an epoch of the
+schedule is N / epochs minibatches; the data's epochs, which reset the state, stay what they are); ``--stop-after
+N`` stops at minibatch N with the schedule unchanged; ``--epochs`` changes the number of epochs.
 
 Training is the paper's: truncated BPTT over contiguous streams (:class:`~dnlib.data.PTBBatches`) with the hidden
 state carried from one minibatch to the next (detached between them) and reset to zero at the start of each epoch;
@@ -41,7 +43,6 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from ..training.trainer import TrainConfig, Trainer, resolve_device
 from . import bench as benches
 from . import commands, registry, stacked_ptb
 from .bench import steps_command
-from .ptb_configs import SOURCES, PTBConfig, get_config, list_configs
+from .ptb_configs import SOURCES, PTBConfig, PTBRunConfig, get_config, list_configs
 from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, trainer_mode
 from .runner import call, call_many
 
@@ -232,14 +233,6 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 
 
-@dataclass(frozen=True)
-class PTBRunConfig(PTBConfig):
-    """A :class:`~dnlib.experiments.ptb_configs.PTBConfig` plus ``steps``: the minibatches to train (None: ``epochs`` x
-    the
-    batches per epoch); fewer end the run early without changing the per-epoch learning-rate schedule."""
-    steps: int | None = None
-
-
 def _vocab_size(value: str) -> int:
     v = cli.positive_int(value)
     if v < 2:
@@ -315,8 +308,8 @@ class PTBRecipe(Recipe):
         model = build_model(cfg, vocab_size)
         batches = PTBBatches(splits["train"], cfg.batch_size, cfg.num_steps, dev)
         E = len(batches)
-        planned = cfg.epochs * E if cfg.steps is None else min(cfg.steps, cfg.epochs * E)
-        chunk = min(eval_every or E, planned)
+        planned = cfg.epochs * E if cfg.steps is None else cfg.steps
+        chunk = planned if eval_every == 0 else min(eval_every or E, planned)
 
         def evaluate(m):
             ns, bs = cfg.num_steps, cfg.batch_size
@@ -330,17 +323,19 @@ class PTBRecipe(Recipe):
         tcfg = TrainConfig(steps=planned, lr=cfg.lr, optimizer="sgd", momentum=0.0, clip_norm=cfg.clip_norm,
                            eval_every=chunk, checkpoint_every=chunk, log_every=min(max(E // 10, 1), chunk),
                            seed=seed, device=str(dev), progress=False)
-        lr_lambda = lambda step: cfg.lr_at_epoch(step // E + 1) / cfg.lr   # noqa: E731  halved per epoch
+        lr_lambda = lambda step: cfg.lr_at_step(step, E) / cfg.lr   # noqa: E731  halved per epoch (of the schedule)
         if mode == "graph" or (mode == "auto" and dev.type == "cuda"):
             cls, loss_fn, kw = SequenceGraphTrainer, lm_step, {"lr_lambda": lr_lambda, "init_state": model.init_state}
         else:
             cls, loss_fn, kw = Trainer, LMLoss(), {"lr_lambda": lr_lambda}
         if cfg.clip_norm and cfg.clip_mode == "slices":
             kw["clip_fn"] = SliceClip(model)
-        # the run's identity in the checkpoint: every field but the length (more epochs or steps extend the run);
+        # the run's identity in the checkpoint: every field but the length of a schedule of whole epochs (more
+        # epochs extend the run; a schedule scaled to `steps` changes with its length and epochs, so both stay in);
         # fields added later are left out at their defaults, so that older checkpoints still resume
+        length = ("epochs", "steps") if cfg.steps is None else ()
         run_info = {"config": cfg.name, **{k: v for k, v in dataclasses.asdict(cfg).items()
-                                           if k not in ("name", "epochs", "steps", "notes")
+                                           if k not in ("name", "notes", *length)
                                            and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])},
                     "vocab_size": int(vocab_size), "train_tokens": int(splits["train"].numel())}
         n = int(splits["train"].numel())

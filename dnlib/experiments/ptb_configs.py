@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["PTBConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4", "TABLE9",
+__all__ = ["PTBConfig", "PTBRunConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4", "TABLE9",
            "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
 
 CELL_TYPES = ("lstm", "tanh-rnn", "relu-rnn")
@@ -177,6 +177,22 @@ class PTBConfig:
 
     def replace(self, **changes) -> PTBConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PTBRunConfig(PTBConfig):
+    """A :class:`PTBConfig` plus ``steps``: the length of the schedule in minibatches
+    (None: ``epochs`` x the batches per epoch). Given, it shortens (or lengthens) the schedule as CIFAR's and SR's
+    ``steps`` do: the run trains ``steps`` minibatches and the per-epoch learning-rate decay is scaled to them
+    (:meth:`lr_at_step`). To stop early with the schedule unchanged, use the runner's ``stop_after``."""
+    steps: int | None = None
+
+    def lr_at_step(self, step: int, batches_per_epoch: int) -> float:
+        """The learning rate of minibatch ``step`` (0-based): :meth:`lr_at_epoch` of its epoch of the schedule; an
+        epoch of the schedule is ``batches_per_epoch`` minibatches, or ``steps / epochs`` of them when ``steps``
+        is set (the decay scaled to the shortened schedule)."""
+        length = self.epochs * batches_per_epoch if self.steps is None else self.steps
+        return self.lr_at_epoch(step * self.epochs // length + 1)
 
 
 def _split(name: str):

@@ -73,6 +73,7 @@ from ..norms.sparse import clear_penalties
 from ..training import distributed
 from ..training.stacked import StackedGraphTrainer, StackedTrainer
 from ..training.trainer import CheckpointError, TrainingDiverged
+from .flags import schedule_flags
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 
@@ -267,7 +268,7 @@ def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`; none with --resume)")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=None,
                    help="one distinct seed per copy (required, but with --resume)")
-    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    schedule_flags(q)
     q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit")
     q.add_argument("--out", type=cli.out_dir, default=None,
@@ -291,7 +292,8 @@ def _handler(recipe: Recipe):
                 _check_seeds(args.seeds)
             if args.config is not None:
                 recipe.config(args.config, steps=args.steps, **overrides)     # a bad name or field: before any data
-            prepared = prepare(recipe, args.config, args.seeds, steps=args.steps, device=args.device, out=out,
+            prepared = prepare(recipe, args.config, args.seeds, steps=args.steps, stop_after=args.stop_after,
+                               device=args.device, out=out,
                                resume=args.resume, overrides=overrides, options=options, time_limit=args.time_limit,
                                progress=sys.stderr.isatty(), argv=sys.argv[1:])
         try:

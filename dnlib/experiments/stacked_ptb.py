@@ -58,6 +58,7 @@ from ..training import distributed
 from ..training.stacked import StackedTrainer
 from ..training.trainer import CheckpointError, TrainingDiverged
 from . import records
+from .flags import schedule_flags
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 from .stacked import MODES
@@ -347,7 +348,7 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
             "stacked_configs": names}
     for s in setups:
         s.info.update(info)
-    kwargs = {"lr_fns": [lambda step, c=c: c.lr_at_epoch(step // E + 1) for c in cfgs],
+    kwargs = {"lr_fns": [lambda step, c=c: c.lr_at_step(step, E) for c in cfgs],
               "clip_norms": [c.clip_norm for c in cfgs], "clip_mode": cfgs[0].clip_mode,
               "capture": graph and dev.type == "cuda"}
     run_info = {"copies": [{**s.run_info, "seed": seed} for s, seed in zip(setups, seeds)]}
@@ -421,7 +422,7 @@ def run(recipe: Recipe, configs: Sequence | None = None, seeds: Sequence[int] | 
 def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     q.add_argument("configs", nargs="*", default=None, help="configuration names of one cell type (none with --resume)")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=None, help="the seeds of every configuration")
-    q.add_argument("--steps", type=cli.positive_int, default=None, help="shorten the schedule")
+    schedule_flags(q)
     q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit")
     q.add_argument("--out", type=cli.out_dir, default=None,
@@ -446,7 +447,7 @@ def _handler(recipe: Recipe):
                 for name in configs:
                     recipe.config(name, steps=args.steps, **overrides)     # a bad name or field: before any data
             prepared = prepare(recipe, configs, args.seeds if configs else None, steps=args.steps,
-                               device=args.device, out=out, resume=args.resume, overrides=overrides, options=options,
+                               stop_after=args.stop_after, device=args.device, out=out, resume=args.resume, overrides=overrides, options=options,
                                time_limit=args.time_limit, progress=sys.stderr.isatty(), argv=sys.argv[1:])
         try:
             results = prepared.go()

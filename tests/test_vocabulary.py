@@ -1,0 +1,92 @@
+"""One spelling per idea across the experiments (issue 24 item 3): the same word means the same thing in CIFAR, PTB
+and SR, on the command line and in the library (``steps``, ``stop_after``, ``eval_every``, ``bench``, the results
+table, ``headline``; notebooks pass None, not sentinels)."""
+import os
+from pathlib import Path
+
+import pytest
+
+from dnlib.experiments import cifar, commands, ptb, sr
+from dnlib.experiments.runner import build_setup
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+HAVE = {"cifar": (MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir(),
+        "ptb": (MIRROR / "ptb" / "ptb.train.txt").is_file(), "sr": (MIRROR / "sr" / "T91").is_dir()}
+# (recipe, configuration, fields, options) of a tiny build of each experiment
+TINY = {"cifar": (cifar.RECIPE, "bn-star", {"batch_size": 20}, {"subset": (200, 100)}),
+        "ptb": (ptb.RECIPE, "dn-star-lstm", {"hidden_size": 8, "batch_size": 4},
+                {"max_tokens": 3000, "vocab": 50, "final_test_batch_size": 0}),
+        "sr": (sr.RECIPE, "fast-dn*", {"batch_size": 4}, {"sets": (), "curve_sets": ()})}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _need(name):
+    if not HAVE[name]:
+        pytest.skip(f"{name}: its data is not in DNLIB_DATA={MIRROR}")
+
+
+def _schedule(name, steps=None, **fields):
+    """``(planned steps, [(step, lr factor)] where the factor changes)`` of a run's trainer, as built."""
+    recipe, config, tiny, options = TINY[name]
+    cfg = recipe.config(config, steps=steps, **{**tiny, **fields})
+    setup = build_setup(recipe, cfg, 0, "cpu", dict(options))
+    tr = setup.make_trainer(evaluate=None)
+    planned = int(setup.train.steps)
+    return planned, [(k, tr.lr_factor(k)) for k in range(1, planned) if tr.lr_factor(k) != tr.lr_factor(k - 1)]
+
+
+@pytest.mark.parametrize("name", ["cifar", "ptb", "sr"])
+def test_steps_shortens_the_schedule_in_every_experiment(name):
+    """``steps=N`` trains N steps of the whole schedule, its learning-rate decay at the same fractions of the run
+    (before: PTB trained N minibatches of the 13-epoch schedule, so a short run never decayed)."""
+    _need(name)
+    full, decays = _schedule(name)
+    assert decays, f"{name}: the full schedule has no learning-rate decay to scale"
+    n = 120
+    planned, short = _schedule(name, steps=n)
+    assert planned == n
+    assert [f for _, f in short] == [f for _, f in decays], f"{name}: the decays of the full schedule, in order"
+    for (k, _), (kk, _) in zip(short, decays):
+        assert abs(k / n - kk / full) <= 1.5 / n, f"{name}: decay at step {k}/{n}, the full run's at {kk}/{full}"
+
+
+def test_a_scaled_ptb_schedule_is_part_of_the_runs_identity():
+    """A PTB run of a scaled schedule keeps steps and epochs in the identity its checkpoint must match (another
+    length is another learning-rate schedule); a schedule of whole epochs still extends with more epochs."""
+    _need("ptb")
+    recipe, config, tiny, options = TINY["ptb"]
+    info = lambda **f: build_setup(recipe, recipe.config(config, **tiny, **f), 0, "cpu", dict(options)).run_info  # noqa: E731
+    assert info(epochs=2) == info(epochs=3)
+    assert info(steps=40) != info(steps=50) and info(steps=40, epochs=2) != info(steps=40, epochs=3)
+
+
+def _help(recipe, verb):
+    with pytest.raises(SystemExit):
+        commands.main(recipe, [verb, "--help"])
+
+
+@pytest.mark.parametrize("verb", ["run", "sweep", "stack"])
+def test_steps_and_stop_after_read_the_same_in_every_recipes_help(verb, capsys):
+    """``--steps`` and ``--stop-after`` are one flag each, with one help text, in every experiment's ``run``,
+    ``sweep`` (the flags it passes on) and ``stack``."""
+    texts = {}
+    for recipe in (cifar.RECIPE, ptb.RECIPE, sr.RECIPE):
+        if verb not in ("run", "sweep") and verb not in recipe.commands():
+            continue
+        _help(recipe, verb)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--steps N the schedule's length: shortened (or lengthened) to N steps" in out, recipe.name
+        assert "--stop-after N stop at step N with the schedule unchanged" in out, recipe.name
+        texts[recipe.name] = out[out.index("--steps N"):].split("--", 2)[1]
+    assert len(set(texts.values())) == 1, texts
+
+
+def test_stop_after_on_the_command_line(tmp_path, capsys):
+    """``run --stop-after N`` stops at step N with the schedule unchanged (the record says so; --resume goes on)."""
+    _need("ptb")
+    args = ["run", "base-lstm", "--max-tokens", "3000", "--vocab", "50", "--hidden-size", "8", "--batch-size", "4",
+            "--epochs", "1", "--final-test-batch-size", "0", "--device", "cpu", "--out", str(tmp_path)]
+    assert ptb.main([*args, "--stop-after", "3"]) == 0
+    import json
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (row["steps"], row["stopped"]) == (3, "stop_after at step 3") and row["planned"] > 3
