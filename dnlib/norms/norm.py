@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional as DF
+from . import windowed
 from .spec import NormSpec, is_int, is_real
 
 IMPLS = ("auto", "general", "fused", "compile", "band", "triton")
@@ -585,6 +586,11 @@ class DivisiveNorm(nn.Module):
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         sync = self._sync(x)
+        auto = None
+        if self.impl == "auto" and mask is None and sync is None and x.numel() and self._plain_paths():
+            auto = windowed.choice(self.spec, kind, x)
+        if auto == "general":
+            kind = None  # the table measured the general path faster than the native kernel (rms on CPU)
         if mask is not None:  # masked statistics: plain ops (dnlib.norms.masked)
             y = self._forward_masked(x, mask, use_batch_stats)
         elif sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
@@ -599,6 +605,8 @@ class DivisiveNorm(nn.Module):
             y = self._forward_fused(x, kind, use_batch_stats)
         elif self._band(x) and not torch.compiler.is_compiling():  # (traced: the general path's plain ops)
             y = self._forward_band(x)
+        elif auto == "compiled" and not self.track_running_stats:
+            y = self._forward_windowed(x)
         elif x.numel() == 0:  # an empty batch: an empty output (as torch's layers), no statistics to compute
             y = self._affine(x.clone(), x.dtype)
         else:
@@ -733,6 +741,23 @@ class DivisiveNorm(nn.Module):
         y, v = DF.band_divisive_norm(x, self.spec, self.sigma)
         if self._l1_want:
             self._add_penalty(v)
+        return self._affine(y, x.dtype)
+
+    def _plain_paths(self) -> bool:
+        """Whether this class computes DivisiveNorm's own general and native paths (a subclass that overrides them,
+        e.g. GDN, is not dispatched by :data:`dnlib.norms.windowed.AUTO`)."""
+        cls = type(self)
+        return cls._forward_general is DivisiveNorm._forward_general and cls._forward_fused is DivisiveNorm._forward_fused
+
+    def _forward_windowed(self, x: torch.Tensor) -> torch.Tensor:
+        """``impl="auto"``'s compiled CPU path (:mod:`dnlib.norms.windowed`); the general path if it cannot run."""
+        self._check_batch(x)
+        out = windowed.compiled_norm(x, self.spec, self.sigma, self.alpha if self._l1_want else 0.0)
+        if out is None:
+            return self._forward_general(x, True)
+        y, penalty = out
+        if penalty is not None:
+            self._add_term(penalty, x.shape[0])
         return self._affine(y, x.dtype)
 
     def _forward_compiled(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,296 @@
+"""Windowed DN fast on the CPU, and the table that ``DivisiveNorm(impl="auto")`` dispatches by.
+
+On a CPU the windowed layers (the paper's conv DN: all channels x a k x k window; its 1-D DN: a window of units)
+are bound by memory traffic: the general path's hand-written Functions make one pass over the full tensor per
+torch op (a reduction, a centring, a square, a window's shifted adds, ...), 8-17 passes for a forward and backward
+that ``nn.BatchNorm2d`` makes in about 8. No eager composition fuses them, so the fast CPU path here is the general
+path's own math (:func:`dnlib.norms.functional._compose`, the same code: every border rule, Gaussian weights, the
+mean floor, ``power``, ``sup_scale``, a learned sigma, the L1 term) compiled by Inductor, which generates C++ loops
+on the CPU: the channel mean and the sum of squares of one position in one loop, each window's shifted adds fused
+into the loads of its neighbours, forward and backward each about two passes over the tensor.
+
+Unlike ``impl="compile"`` (one AOTAutograd graph whose backward cannot be differentiated), forward and backward
+are two compiled functions inside one :class:`torch.autograd.Function`: the backward is the ``torch.func.vjp`` of
+the same composition, recomputed from the saved input in the fused kernels (nothing but ``x`` is saved); a double
+backward (``create_graph=True``) takes the plain-op VJP instead, itself differentiable, so gradient penalties
+and Hessian-vector products work as on the general path.
+
+:data:`AUTO` is the dispatch table: per device and shape class, the path ``python -m dnlib.norms.bench_layers
+--table`` measured fastest (its comment keeps the measurement). ``impl="auto"`` never takes a path that table
+measured slower than torch's own layer.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+
+import torch
+
+from . import functional as DF
+from .spec import NormSpec
+
+#: Inputs with at least this many elements are the "large" shape class: there the compiled path's first call
+#: (10-60 s of compilation per spec, once per process) is repaid within a few hundred steps, and tests and smoke
+#: runs (smaller) stay on the general path. The CIFAR layers at batch 100 (100 x 32 x 32 x 32 = 3.3M) and the
+#: sequence shape (64 x 256 x 100 = 1.6M) are large; CIFAR at the notebook's batch 25 (0.8M) is not.
+LARGE = 1 << 20
+
+#: ``impl="auto"``'s choice per (device type, what the spec is, shape class): ``"compiled"`` (this module's path),
+#: ``"general"`` (the hand-written Functions) or ``"native"`` (torch's kernel, where the spec has one).
+#: Measured by ``python -m dnlib.norms.bench_layers --table`` (forward + backward, medians of interleaved
+#: round-robin runs, ratios to torch's layer in the same run): see ``MEASURED``.
+AUTO = {
+    ("cpu", "windowed", "large"): "compiled",
+    ("cpu", "windowed", "small"): "general",
+    ("cpu", "rms", "large"): "general",
+    ("cpu", "rms", "small"): "general",
+}
+
+#: The measurement behind :data:`AUTO` (ratios to torch's own layer, fwd+bwd; lower is faster).
+MEASURED = """\
+filled in by python -m dnlib.norms.bench_layers --table
+"""
+
+_broken: dict = {}      # spec -> why compiling failed (then the general path, warned once)
+
+
+def shape_class(x: torch.Tensor) -> str:
+    """``"large"`` (at least :data:`LARGE` elements) or ``"small"``."""
+    return "large" if x.numel() >= LARGE else "small"
+
+
+def choice(spec: NormSpec, kind: str | None, x: torch.Tensor) -> str:
+    """What ``impl="auto"`` runs for ``spec`` on ``x``: ``"native"`` (the module's fused kernel ``kind``),
+    ``"compiled"`` or ``"general"``, from :data:`AUTO` (``"native"`` where the table has no entry and a kernel
+    exists, else ``"general"``)."""
+    what = kind if kind is not None else ("windowed" if spec.windowed else "general")
+    default = "native" if kind is not None else "general"
+    got = AUTO.get((x.device.type, what, shape_class(x)), default)
+    if got == "compiled" and (spec in _broken or not _compilable(x)):
+        return "general"
+    return got
+
+
+def _compilable(x: torch.Tensor) -> bool:
+    """Whether the compiled path may run on ``x``: not while ``torch.compile`` traces (the general path is then
+    traced as plain ops) nor under ``torch.func`` transforms (vmap/grad wrap their tensors)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+# ------------------------------------------------------------------------------------------------ the compiled path
+def _forward(x, sig2, alpha: float, spec: NormSpec, plan):
+    """``(y, penalty)``: the general path's math (:func:`~dnlib.norms.functional._compose`), box filters as shifted
+    adds that Inductor fuses; ``penalty = alpha * mean|v|`` (0-d; zeros when alpha is 0)."""
+    xg = DF._grouped(x, spec.groups)
+    y, v, _, _ = DF._compose(xg, sig2, spec, plan, DF._box_shift)
+    if plan.sum is None and plan.sup is None:
+        y = xg
+    pen = alpha * v.abs().mean() if alpha else x.new_zeros(())
+    return y.reshape(x.shape), pen
+
+
+def _forward_stats(x, sig2, alpha: float, spec: NormSpec, plan):
+    """:func:`_forward` with nothing saved for :func:`_backward` (which recomputes from ``x``)."""
+    y, pen = _forward(x, sig2, alpha, spec, plan)
+    return y, pen, ()
+
+
+def _backward(x, sig2, gy, gpen, stats, alpha: float, spec: NormSpec, plan):
+    """The VJP of :func:`_forward` at ``x`` (recomputed from it): ``(gx, gsig2)``, gsig2 None for a float sigma."""
+    if torch.is_tensor(sig2):
+        _, vjp = torch.func.vjp(lambda t, s: _forward(t, s, alpha, spec, plan), x, sig2)
+        return vjp((gy, gpen))
+    _, vjp = torch.func.vjp(lambda t: _forward(t, sig2, alpha, spec, plan), x)
+    return vjp((gy, gpen))[0], None
+
+
+def _suppression(s0, plan):
+    """E_B[v^2] from its global part (:func:`dnlib.norms.functional._suppression` with the shifted-add window)."""
+    s = DF._box_shift(s0, plan.sup, plan.nspatial)
+    return s * plan.bug if plan.bug != 1.0 else s
+
+
+def _shared_forward(x, sig2, alpha: float, spec: NormSpec, plan):
+    """DN when both fields reduce the same dims globally (the paper's conv DN: all channels x a spatial window;
+    :func:`dnlib.norms.functional._shared`): ``(y, penalty, (m0, mu, s0, d))``, the statistics for
+    :func:`_shared_backward`.
+
+    One pass over ``x`` gives the field's mean and mean square of ``x - K``, ``K`` its value at the first index of
+    the field (a per-row offset: the sums then cancel no more than a centred sum does, also when the activations'
+    common mean is large against their spread, where E[x^2] - E[x]^2 loses fp32's digits). Then
+    ``E[(x - mu)^2] = E[(x - K)^2] - 2 (mu - K) E[x - K] + (mu - K)^2`` on the reduced maps, windows and divisor
+    there too, and one pointwise pass writes ``y``."""
+    dims = plan.sum.dims
+    xg = DF._grouped(x, spec.groups)
+    k = xg
+    for dim in dims:
+        k = k.narrow(dim, 0, 1)
+    u = xg - k
+    a, q = u.mean(dims, keepdim=True), (u * u).mean(dims, keepdim=True)
+    m0 = k + a
+    mu = DF._box_shift(m0, plan.sum, plan.nspatial)
+    c = mu - k
+    s0 = (q - 2.0 * c * a + c * c).clamp_min(0.0)
+    d = DF._divisor(_suppression(s0, plan), sig2, spec)
+    v = xg - mu
+    y = v * d
+    pen = alpha * v.abs().mean() if alpha else x.new_zeros(())
+    return y.reshape(x.shape), pen, (m0, mu, s0, d)
+
+
+def _shared_backward(x, sig2, gy, gpen, stats, alpha: float, spec: NormSpec, plan):
+    """The VJP of :func:`_shared_forward` from its statistics: one reduction pass over ``gy`` and ``x`` (the field
+    sums of ``gy``, ``gy * x`` and, with the L1 term, ``sign(x - mu)``), autograd on the reduced maps only, and one
+    pointwise pass for ``gx`` (the math of :class:`dnlib.norms.functional._DivNormSharedFn`'s backward)."""
+    m0, mu, s0, d = stats
+    dims = plan.sum.dims
+    xg, gg = DF._grouped(x, spec.groups), DF._grouped(gy, spec.groups)
+    n = DF._numel(xg, dims)
+    sg = gg.sum(dims, keepdim=True)
+    gd = (gg * xg).sum(dims, keepdim=True) - mu * sg            # the field's sum of gy * v
+    gv_ext = None
+    if alpha:
+        gv_ext = (gpen * (alpha / x.numel())) * torch.sign(xg - mu)  # d(alpha mean|v|)/dv
+    if torch.is_tensor(sig2):
+        _, vjp = torch.func.vjp(lambda t, s2: DF._divisor(_suppression(t, plan), s2, spec), s0, sig2)
+        gs0, gsig2 = vjp(gd)
+    else:
+        _, vjp = torch.func.vjp(lambda t: DF._divisor(_suppression(t, plan), sig2, spec), s0)
+        (gs0,), gsig2 = vjp(gd), None
+    coef = gs0 * (2.0 / n)                                       # gv = gy * d + coef * v (+ gv_ext)
+    gmu = -(d * sg + coef * (n * (m0 - mu)))                     # -(the field's sum of gv)
+    if gv_ext is not None:
+        gmu = gmu - gv_ext.sum(dims, keepdim=True)
+    if plan.sum.has_window:
+        _, vjp = torch.func.vjp(lambda t: DF._box_shift(t, plan.sum, plan.nspatial), m0)
+        (gm0,) = vjp(gmu)
+    else:
+        gm0 = gmu
+    gx = gg * d + coef * xg + (gm0 / n - coef * mu)
+    if gv_ext is not None:
+        gx = gx + gv_ext
+    return gx.reshape(x.shape), gsig2
+
+
+def _own_copy(fn, tag):
+    """A copy of ``fn`` with its own code object, so that Dynamo's per-code cache (and recompile limit) counts the
+    shapes of one spec, not every layer's (as :func:`dnlib.norms.functional.compiled_divisive_norm`)."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name)
+
+
+_compiled: dict = {}
+
+
+def _kernels(spec: NormSpec, nspatial: int):
+    key = (spec, nspatial)
+    if key not in _compiled:
+        tag = f"{abs(hash(key)):x}"
+        # dynamic=None: the first shape compiled static (fastest loops); a dim whose size changes recompiles once
+        # with dynamic sizes (a last, smaller batch).
+        fwd, bwd = (_shared_forward, _shared_backward) if DF._shared(DF._plan(spec, nspatial), None, None) \
+            else (_forward_stats, _backward)
+        _compiled[key] = (torch.compile(_own_copy(fwd, tag), dynamic=None, fullgraph=True),
+                          torch.compile(_own_copy(bwd, tag), dynamic=None, fullgraph=True))
+    return _compiled[key]
+
+
+class _CompiledDN(torch.autograd.Function):
+    """DN through the compiled forward and backward; a double backward differentiates the plain-op composition."""
+
+    @staticmethod
+    def forward(ctx, x, sig2, alpha, spec, plan, fwd, bwd):
+        ctx.set_materialize_grads(False)
+        ctx.alpha, ctx.spec, ctx.plan, ctx.bwd = alpha, spec, plan, bwd
+        ctx.sig2_is_tensor = torch.is_tensor(sig2)
+        if not ctx.sig2_is_tensor:
+            ctx.sig2 = sig2
+        y, pen, stats = fwd(x, sig2, alpha, spec, plan)
+        ctx.save_for_backward(x, sig2 if ctx.sig2_is_tensor else None, *stats)
+        return y, pen
+
+    @staticmethod
+    def backward(ctx, gy, gpen):
+        x, sig2_t, *stats = ctx.saved_tensors
+        sig2 = sig2_t if ctx.sig2_is_tensor else ctx.sig2
+        need_x, need_sig = ctx.needs_input_grad[0], ctx.sig2_is_tensor and ctx.needs_input_grad[1]
+        if gy is None and gpen is None:
+            return None, None, None, None, None, None, None
+        if not torch.is_grad_enabled() and ctx.spec not in _broken:
+            gy = torch.zeros_like(x) if gy is None else gy.contiguous(memory_format=_format(x))
+            gpen = x.new_zeros(()) if gpen is None else gpen
+            try:
+                gx, gsig2 = ctx.bwd(x, sig2, gy, gpen, tuple(stats), ctx.alpha, ctx.spec, ctx.plan)
+                return (gx if need_x else None), (gsig2 if need_sig else None), None, None, None, None, None
+            except Exception as e:  # noqa: BLE001 (compiling the backward failed: the plain-op VJP below)
+                _give_up(ctx.spec, e, tuple(x.shape), x.dtype)
+        # create_graph=True (or no compiled backward): the plain-op VJP from the saved input, differentiable
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if create:  # the graph reaches the saved input (and sigma) itself
+                xx = x if need_x else x.detach()
+                sg = sig2 if need_sig or not torch.is_tensor(sig2) else sig2.detach()
+            else:
+                xx = x.detach().requires_grad_(need_x)
+                sg = sig2.detach().requires_grad_(need_sig) if torch.is_tensor(sig2) else sig2
+            y, pen = _forward(xx, sg, ctx.alpha, ctx.spec, ctx.plan)
+            gx, gsig2 = DF._grads([y, pen], [gy, gpen], [xx if need_x else None, sg if need_sig else None])
+        if not create:
+            gx = None if gx is None else gx.detach()
+            gsig2 = None if gsig2 is None else gsig2.detach()
+        return gx, gsig2, None, None, None, None, None
+
+
+def _format(x: torch.Tensor):
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+
+def compiled_norm(x: torch.Tensor, spec: NormSpec, sigma=None, alpha: float = 0.0):
+    """``(y, penalty)`` of DN on ``x`` through the compiled kernels (see the module doc), or None when they
+    cannot run (compilation failed, e.g. no C++ compiler; or Dynamo's recompile limit): then the caller takes the
+    general path, which computes the same values (one ``RuntimeWarning`` per spec). ``penalty`` is
+    ``alpha * mean|x - E_A[x]|`` (None when alpha is 0), differentiable."""
+    DF._check(x, spec)
+    if spec in _broken:
+        return None
+    plan = DF._plan(spec, x.dim() - 2)
+    sig = spec.sigma if sigma is None else sigma
+    sig2 = sig * sig if torch.is_tensor(sig) else float(sig) ** 2
+    fwd, bwd = _kernels(spec, x.dim() - 2)
+    try:
+        y, pen = _CompiledDN.apply(x, sig2, float(alpha), spec, plan, fwd, bwd)
+    except Exception as e:  # noqa: BLE001 (Inductor raises many types: no compiler, recompile limit, ...)
+        _give_up(spec, e, tuple(x.shape), x.dtype)
+        return None
+    return y, (pen if alpha else None)
+
+
+def _give_up(spec: NormSpec, e: Exception, shape: tuple, dtype) -> None:
+    """Remember that ``spec`` does not compile here and say so once; it runs the general path from now on."""
+    text = str(e).strip().splitlines()
+    _broken[spec] = f"{type(e).__name__}: {text[0] if text else ''}"
+    warnings.warn(f"DivisiveNorm(impl='auto'): the compiled CPU path failed for {spec} on input {shape} {dtype} "
+                  f"({_broken[spec]}); this spec runs the general path from now on (same values). "
+                  f"impl='general' skips the compiled path.", RuntimeWarning, stacklevel=4)
+
+
+def fp32_error(shape=(100, 32, 32, 32), window: int = 3, seed: int = 0) -> dict:
+    """Max |fp32 - fp64| of the general and the compiled path's output and input gradient on one input (the
+    compiled path's numbers use its kernels): the measurement behind "exact at the current path's level"."""
+    from .presets import get_spec, resolve_spec  # (presets imports norm, which imports this module)
+    spec = resolve_spec(get_spec("dn"), window=window, sigma=0.5)
+    g = torch.Generator().manual_seed(seed)
+    x64 = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    gy64 = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref_y = DF.divisive_norm(x64, spec)
+    (ref_g,) = torch.autograd.grad(ref_y, x64, gy64)
+    out = {}
+    for name in ("general", "compiled"):
+        x = x64.detach().float().requires_grad_()
+        y = DF.divisive_norm(x, spec) if name == "general" else compiled_norm(x, spec)[0]
+        (gx,) = torch.autograd.grad(y, x, gy64.float())
+        out[name] = (float((y.double() - ref_y).abs().max()), float((gx.double() - ref_g).abs().max()))
+    return out
