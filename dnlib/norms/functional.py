@@ -158,19 +158,24 @@ def _box1d(t: torch.Tensor, dim: int, k: int, border: str, width: float = 0.0) -
         return _gauss1d(t, dim, k, width, border)
     n = t.shape[dim]
     before, after = (k - 1) // 2, k // 2
-    pad = [0, 0] * (t.dim() - 1 - dim) + [before, after]
-    p = F.pad(t, pad)
+    lead = [0, 0] * (t.dim() - 1 - dim)
+    i = torch.arange(n, device=t.device)
+    count = (torch.clamp(i + after, max=n - 1) - torch.clamp(i - before, min=0) + 1).to(t.dtype)
+    count = count.view((n,) + (1,) * (t.dim() - 1 - dim))
     if k <= 5:
+        p = F.pad(t, lead + [before, after])
         out = p.narrow(dim, 0, n)
         for i in range(1, k):
             out = out + p.narrow(dim, i, n)
     else:
-        c = p.cumsum(dim)
-        out = c.narrow(dim, k - 1, n) - F.pad(c, [0, 0] * (t.dim() - 1 - dim) + [1, 0]).narrow(dim, 0, n)
+        # running sums (O(1) per element) of t minus its row mean m: the window sum is c[i + k] - c[i] + m * count.
+        # Without the offset the running sums grow with the row's mean and cancel its digits (fp32, 800 units of
+        # mean 5, window 61: max error 1.1e-5 -> 4.3e-7; shifted adds 3.0e-6)
+        m = t.mean(dim, keepdim=True)
+        c = F.pad(t - m, lead + [before + 1, after]).cumsum(dim)
+        out = torch.addcmul(c.narrow(dim, k, n) - c.narrow(dim, 0, n), m, count)
     if border == "valid":
-        i = torch.arange(n, device=t.device)
-        count = (torch.clamp(i + after, max=n - 1) - torch.clamp(i - before, min=0) + 1).to(t.dtype)
-        return out / count.view((n,) + (1,) * (t.dim() - 1 - dim))
+        return out / count
     return out / k
 
 

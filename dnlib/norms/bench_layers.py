@@ -1,0 +1,205 @@
+"""Layer benchmarks: our normalizers' forward + backward time as ratios to torch's own layer, measured in one run.
+
+    python -m dnlib.norms.bench_layers [--groups dn2d,dn1d,presets] [--repeat 20] [--threads N] [--table]
+
+Every figure is the median of ``repeat`` forward + backward passes after warm-up, the candidates of one row timed
+interleaved round-robin (so machine load hits them alike), divided by torch's layer timed in the same rounds; the
+load average (``os.getloadavg()``) is printed before and after each row. Groups:
+
+* ``dn2d``: windowed DN (all channels x a 3 x 3 / 5 x 5 window, sigma 0.5) at the CIFAR shape (100, C, 32, 32), C = 32
+  and 64, against ``nn.BatchNorm2d``, the layer it replaces;
+* ``dn1d``: 1-D DN (a window of 3 / 5 units) at the sequence shape (64, 256, 100) against ``nn.BatchNorm1d``;
+* ``presets``: each preset that torch has (bn, ln, in, gn, rms, lrn) at the CIFAR (128, 32, 32, 32) and sequence
+  shapes against torch's layer: the default (``impl="auto"``) and, where different, the general and native paths.
+
+``--table`` prints :data:`dnlib.norms.windowed.AUTO` as measured now (the faster of the native kernel and the
+general path per preset; the compiled path for windowed DN where it beats the general one), with the figures
+it came from, to paste into ``windowed.py``. :func:`layers` and :func:`train_step_ratio` are what ``dnlib.bench``
+calls. This is a command, not a test: timing never decides whether a test passes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from .. import cli
+from . import windowed
+from .presets import make_norm
+
+CIFAR, SEQ = (128, 32, 32, 32), (64, 256, 100)
+
+
+def load() -> float:
+    """The 1-minute load average (NaN where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def round_robin(cands: dict, x: torch.Tensor, gy: torch.Tensor, repeat: int = 20, warmup: int = 3) -> dict:
+    """Median seconds of ``layer(x).backward(gy)`` per candidate, timed interleaved round-robin after ``warmup``
+    calls each (the first call of a compiled layer compiles: it is part of the warm-up)."""
+    for layer in cands.values():
+        for _ in range(warmup):
+            x.grad = None
+            layer(x).backward(gy)
+    times = {k: [] for k in cands}
+    for _ in range(repeat):
+        for k, layer in cands.items():
+            x.grad = None
+            t0 = time.perf_counter()
+            layer(x).backward(gy)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _row(group: str, name: str, shape: tuple, cands: dict, repeat: int, verbose: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).requires_grad_()
+    gy = torch.randn(shape, generator=g)
+    before = load()
+    t = round_robin(cands, x, gy, repeat)
+    row = {"group": group, "name": name, "shape": list(shape), "load_before": before, "load_after": load(),
+           "threads": torch.get_num_threads(), "native_ms": t["native"] * 1e3,
+           **{f"{k}_ms": v * 1e3 for k, v in t.items() if k != "native"},
+           **{f"{k}_ratio": v / t["native"] for k, v in t.items() if k != "native"}}
+    if verbose:
+        parts = " | ".join(f"{k} {v * 1e3:8.2f} ms ({v / t['native']:.2f}x)" for k, v in t.items() if k != "native")
+        print(f"{group:7s} {name:5s} {'x'.join(map(str, shape)):14s} native {t['native'] * 1e3:8.2f} ms | {parts}"
+              f"   load {before:.2f} -> {row['load_after']:.2f}", flush=True)
+    return row
+
+
+def _natives(shape: tuple) -> dict:
+    c, rank = shape[1], len(shape)
+    return {
+        "bn": ({}, nn.BatchNorm2d(c) if rank == 4 else nn.BatchNorm1d(c)),
+        "ln": ({}, nn.LayerNorm(shape[1:])),
+        "in": ({"affine": True}, nn.InstanceNorm2d(c, affine=True) if rank == 4 else nn.InstanceNorm1d(c, affine=True)),
+        "gn": ({"groups": 8}, nn.GroupNorm(8, c)),
+        "rms": ({}, nn.RMSNorm(shape[1:], eps=1e-5)),
+        "lrn": ({}, nn.LocalResponseNorm(5)),
+    }
+
+
+def layers(groups=("dn2d", "dn1d", "presets"), repeat: int = 20, verbose: bool = True) -> list:
+    """The rows of the groups named (see the module doc): dicts with the shape, each candidate's ms and ratio to
+    torch's layer (``auto_ratio``, ``general_ratio``, ``native_path_ratio``), the thread count and the load
+    average before and after the row."""
+    if not (isinstance(repeat, int) and repeat >= 1):
+        raise ValueError(f"repeat: must be an integer >= 1, got {repeat!r}")
+    bad = sorted(set(groups) - {"dn2d", "dn1d", "presets"})
+    if bad:
+        raise ValueError(f"groups: unknown group {bad[0]!r}; known are dn2d, dn1d, presets")
+    rows = []
+    if "dn2d" in groups:
+        for c in (32, 64):
+            for k in (3, 5):
+                shape = (100, c, 32, 32)
+                cands = {"native": nn.BatchNorm2d(c), "auto": make_norm("dn", c, window=k, sigma=0.5),
+                         "general": make_norm("dn", c, window=k, sigma=0.5, impl="general")}
+                rows.append(_row("dn2d", f"dn{k}", shape, cands, repeat, verbose))
+    if "dn1d" in groups:
+        for k in (3, 5):
+            cands = {"native": nn.BatchNorm1d(SEQ[1]), "auto": make_norm("dn-1d", SEQ[1], window=k, sigma=0.5),
+                     "general": make_norm("dn-1d", SEQ[1], window=k, sigma=0.5, impl="general")}
+            rows.append(_row("dn1d", f"dn{k}", SEQ, cands, repeat, verbose))
+    if "presets" in groups:
+        for shape in (CIFAR, SEQ):
+            for name, (kw, native) in _natives(shape).items():
+                cands = {"native": native, "auto": make_norm(name, shape[1], **kw),
+                         "general": make_norm(name, shape[1], impl="general", **kw)}
+                if cands["auto"].fused is not None:
+                    cands["native_path"] = make_norm(name, shape[1], impl="fused", **kw)
+                rows.append(_row("presets", name, shape, cands, repeat, verbose))
+    return rows
+
+
+def train_step_ratio(models: dict, batch: tuple, loss_fn, steps: int = 20, warmup: int = 3, lr: float = 1e-3,
+                     verbose: bool = True) -> dict:
+    """Images (examples) per second of one SGD training step (forward, loss, backward, update) of each model,
+    interleaved round-robin over ``steps`` rounds after ``warmup``; ``models`` maps a name to a module (the first
+    is the baseline), ``batch`` is ``(inputs, targets)``, ``loss_fn(model, inputs, targets)`` returns the loss (add
+    :func:`dnlib.sparse_penalty` there for the starred models). Returns ``{name: (images_per_s, ratio)}`` and
+    prints them with the load average."""
+    inputs, targets = batch
+    opts = {k: torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for k, m in models.items()}
+
+    def step(k):
+        opts[k].zero_grad(set_to_none=True)
+        loss_fn(models[k], inputs, targets).backward()
+        opts[k].step()
+    for k in models:
+        models[k].train()
+        for _ in range(warmup):
+            step(k)
+    times = {k: [] for k in models}
+    before = load()
+    for _ in range(steps):
+        for k in models:
+            t0 = time.perf_counter()
+            step(k)
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times[next(iter(models))])
+    out = {k: (inputs.shape[0] / statistics.median(v), base / statistics.median(v)) for k, v in times.items()}
+    if verbose:
+        print(f"train step, batch {tuple(inputs.shape)}, {torch.get_num_threads()} threads: "
+              + " | ".join(f"{k} {ips:8.1f} img/s ({r:.2f}x)" for k, (ips, r) in out.items())
+              + f"   load {before:.2f} -> {load():.2f}", flush=True)
+    return out
+
+
+def table(rows: list) -> str:
+    """:data:`dnlib.norms.windowed.AUTO` and ``MEASURED`` as measured by ``rows`` (of :func:`layers`, all groups), as
+    Python source to paste into ``windowed.py``: per preset with a native kernel, the faster of it and the general
+    path; for windowed DN, the compiled path where its rows beat the general path."""
+    auto, lines = {}, []
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        cls = "large" if torch.Size(r["shape"]).numel() >= windowed.LARGE else "small"
+        figures = ", ".join(f"{k[:-6]} {r[k]:.2f}x" for k in r if k.endswith("_ratio"))
+        lines.append(f"{r['group']} {r['name']} {shape}: {figures} (load {r['load_before']:.1f}, "
+                     f"{r['threads']} threads)")
+        if r["group"] in ("dn2d", "dn1d"):
+            # the compiled path ran as "auto" where the table already says so; keep it only where it wins
+            auto[("cpu", "windowed", cls)] = "compiled" if r["auto_ratio"] < r["general_ratio"] else "general"
+        elif "native_path_ratio" in r:
+            best = "general" if r["general_ratio"] < r["native_path_ratio"] else "native"
+            key = ("cpu", r["name"], cls)
+            if auto.get(key, best) != best:
+                best = "native"  # shapes of one class disagree: torch's own kernel, never slower than itself
+            auto[key] = best
+    auto.setdefault(("cpu", "windowed", "small"), "general")
+    body = "\n".join(f"    {k!r}: {v!r}," for k, v in sorted(auto.items()) if v != "native" or k[1] == "windowed")
+    return (f"AUTO = {{\n{body}\n}}\n\nMEASURED = \"\"\"\\\ntorch {torch.__version__}, "
+            + "\n".join(lines) + "\n\"\"\"\n")
+
+
+def main(argv=None) -> int:
+    ap = cli.ArgumentParser(prog="python -m dnlib.norms.bench_layers", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--groups", default="dn2d,dn1d,presets", help="comma-separated, from dn2d, dn1d, presets")
+    ap.add_argument("--repeat", type=cli.positive_int, default=20, help="timed passes per candidate (median)")
+    ap.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--table", action="store_true", help="print windowed.AUTO as measured now (all groups)")
+    a = ap.parse_args(argv)
+    groups = [g for g in a.groups.split(",") if g]
+    for g in groups:
+        if g not in ("dn2d", "dn1d", "presets"):
+            ap.error(f"--groups: unknown group {g!r}; known are dn2d, dn1d, presets")
+    if a.table:
+        groups = ["dn2d", "dn1d", "presets"]
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load {load():.2f}", flush=True)
+    rows = layers(groups, a.repeat)
+    if a.table:
+        print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""``impl="auto"``'s compiled CPU path for windowed DN (:mod:`dnlib.norms.windowed`) against the general path, and
+the dispatch table.
+
+The compiled path is taken for large inputs only; here ``windowed.LARGE`` is lowered to 0 so that small fp64
+inputs take it (the same code). Each case compiles a forward and a backward (30-60 s on a busy 2-core machine), so
+the cases are few and each checks several things: outputs, input / gain / bias / learned-sigma gradients and the L1
+term against the general path (fp64, 1e-12), gradcheck (the compiled backward) and gradgradcheck (the double
+backward's plain-op VJP), under every border rule, on the shared-field kernels (spatial windows, all channels) and
+the generic ones (channel windows).
+"""
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from dnlib import DivisiveNorm, NormSpec, get_spec, make_norm, sparse_penalty
+from dnlib.norms import windowed
+from dnlib.norms.functional import _plan, _shared
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+CS = "channel,space"
+
+CASES = [
+    # shared fields (the paper's conv DN), unequal windows, each border rule; a learned sigma; channels-last input
+    pytest.param(NormSpec(CS, CS, {"space": 3}, {"space": 5}, sigma=0.5, border="valid"), (2, 3, 6, 5), False,
+                 id="space3x5-valid"),
+    pytest.param(NormSpec(CS, CS, {"space": 5}, {"space": 3}, sigma=0.5, border="reference", learn_sigma=True),
+                 (2, 3, 5, 4), True, id="space5x3-reference-learned-sigma-channels-last"),
+    pytest.param(NormSpec(CS, CS, {"space": 2}, {"space": 4}, sigma=0.5, border="reference"), (2, 3, 5, 4), False,
+                 id="space2x4-reference-even"),
+    pytest.param(NormSpec(CS, CS, {"space": 3}, {"space": 5}, sum_weights={"space": 1.0}, sup_weights={"space": 1.5},
+                          border="zeros", floor="mean"), (2, 3, 5, 6), False, id="gauss3x5-zeros-floor"),
+    # generic kernels: channel windows (1-D DN on (N, C, L)), each border rule
+    pytest.param(NormSpec("channel", "channel", {"channel": 3}, {"channel": 5}, sigma=1.0, border="zeros"),
+                 (3, 7, 4), False, id="channel3x5-zeros-1d"),
+    pytest.param(NormSpec("channel", "channel", {"channel": 4}, {"channel": 3}, sigma=1.0, border="reference",
+                          learn_sigma=True), (3, 7, 2), False, id="channel4x3-reference-learned-sigma"),
+    pytest.param(NormSpec("channel", "channel", {"channel": 5}, {"channel": 3}, sigma=0.5, border="valid"),
+                 (3, 8, 3), False, id="channel5x3-valid"),
+]
+
+
+@pytest.fixture
+def everything_large(monkeypatch):
+    monkeypatch.setattr(windowed, "LARGE", 0)
+
+
+def _x(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+
+
+def _pair(spec, c):
+    ref = DivisiveNorm(c, spec, affine=True, alpha=0.1, impl="general").double()
+    ours = DivisiveNorm(c, spec, affine=True, alpha=0.1).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("spec,shape,channels_last", CASES)
+def test_compiled_path_equals_general_path(spec, shape, channels_last, everything_large, monkeypatch):
+    calls = []
+    real = windowed.compiled_norm
+    monkeypatch.setattr(windowed, "compiled_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ours, ref = _pair(spec, shape[1])
+    x = _x(shape)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    outs = {}
+    for name, m in (("ours", ours), ("ref", ref)):
+        y = m(x)
+        pen = sparse_penalty(m)
+        loss = (y * w).sum() + 3.0 * pen
+        outs[name] = (y.detach(), pen.detach(), torch.autograd.grad(loss, [x, *m.parameters()]))
+    assert calls, "the compiled path did not run"
+    assert spec not in windowed._broken
+    assert (outs["ours"][0] - outs["ref"][0]).abs().max() < 1e-12
+    assert abs(outs["ours"][1] - outs["ref"][1]) < 1e-12
+    for a, b in zip(outs["ours"][2], outs["ref"][2]):
+        assert (a - b).abs().max() < 1e-12
+    # first derivatives through the compiled backward, second through the plain-op VJP
+    names = [n for n, _ in ours.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for _, p in ours.named_parameters()]
+
+    def fn(t, *ps):
+        y = torch.func.functional_call(ours, dict(zip(names, ps)), (t,))
+        return y, sparse_penalty(ours)
+    assert gradcheck(fn, (x, *params), fast_mode=True)
+    assert gradgradcheck(fn, (x, *params), fast_mode=True)
+
+
+def test_dispatch_table():
+    """impl="auto" by the table: the compiled path for windowed specs on large CPU inputs only; rms on the CPU takes
+    the general path (measured faster than torch's F.rms_norm); the other native kernels stay."""
+    big, small = torch.empty(windowed.LARGE, 1, 1, 1), torch.empty(4, 1, 1, 1)
+    dn, rms, bn = get_spec("dn"), get_spec("rms"), get_spec("bn")
+    assert windowed.choice(dn, None, big) == "compiled" and windowed.choice(dn, None, small) == "general"
+    assert windowed.choice(rms, "rms", big) == "general" and windowed.choice(rms, "rms", small) == "general"
+    assert windowed.choice(bn, "bn", big) == "native"
+    assert windowed.choice(get_spec("ln"), None, big) == "general"   # no window, no kernel
+    assert _shared(_plan(dn, 2), None, None) and not _shared(_plan(get_spec("dn-1d"), 1), None, None)
+
+
+def test_rms_auto_is_the_general_path(monkeypatch):
+    """The rms preset's auto path on the CPU is the general path (bit for bit), not F.rms_norm."""
+    calls = []
+    real = torch.nn.functional.rms_norm
+    monkeypatch.setattr(torch.nn.functional, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = _x((3, 4, 5, 5)).detach().float()
+    outs = {}
+    for impl in ("fused", "general", "auto"):
+        outs[impl] = make_norm("rms", 4, impl=impl)(x)
+        outs[impl + " calls"] = len(calls)
+    assert outs["fused calls"] == 1 and outs["auto calls"] == 1    # (fused called it; general and auto did not)
+    assert torch.equal(outs["auto"], outs["general"])
+
+
+def test_compile_failure_falls_back_to_the_general_path(everything_large, monkeypatch):
+    """Where Inductor cannot compile (no C++ compiler, ...) the module warns once and computes the general path."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no working C++ compiler found")
+    monkeypatch.setattr(windowed, "_kernels", lambda spec, nsp: (broken, broken))
+    spec = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.7)
+    monkeypatch.setattr(windowed, "_broken", {})
+    ours = DivisiveNorm(3, spec, affine=False).double()
+    ref = DivisiveNorm(3, spec, affine=False, impl="general").double()
+    x = _x((2, 3, 5, 5))
+    with pytest.warns(RuntimeWarning, match="no working C\\+\\+ compiler"):
+        y = ours(x)
+    assert spec in windowed._broken and torch.equal(y, ref(x))
+    assert windowed.choice(spec, None, x) == "general"
+
+
+@pytest.mark.parametrize("border", ["valid", "zeros"])
+def test_wide_window_running_sums_keep_fp32_digits(border):
+    """Wide windows (k > 5) are running sums (cumulative sums); of the activations minus their row mean, so that in
+    fp32 they do not cancel the digits of a large common mean: 800 units of mean 5, the paper's 61-unit window,
+    max error against fp64 below the shifted adds' (3e-6; plain running sums: 1.1e-5)."""
+    from dnlib.norms.functional import _box1d
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 1, 800, generator=g, dtype=torch.float64) * 3 + 5
+    ref = _box1d(x, 2, 61, border)
+    assert (_box1d(x.float(), 2, 61, border).double() - ref).abs().max() < 1.5e-6
