@@ -6,7 +6,8 @@ inputs take it (the same code). Each case compiles a forward and a backward (30-
 the cases are few and each checks several things: outputs, input / gain / bias / learned-sigma gradients and the L1
 term against the general path (fp64, 1e-12), gradcheck (the compiled backward) and gradgradcheck (the double
 backward's plain-op VJP), under every border rule, on the shared-field kernels (spatial windows, all channels) and
-the generic ones (channel windows).
+windows-only kernels (channel windows: 1-D DN, LRN) and the generic ones (the VJP of the general path's
+composition).
 """
 import pytest
 import torch
@@ -36,6 +37,11 @@ CASES = [
                           learn_sigma=True), (3, 7, 2), False, id="channel4x3-reference-learned-sigma"),
     pytest.param(NormSpec("channel", "channel", {"channel": 5}, {"channel": 3}, sigma=0.5, border="valid"),
                  (3, 8, 3), False, id="channel5x3-valid"),
+    # LRN-like (no centring, power 3/4, sup_scale): window kernels; a global mean beside a local B: generic kernels
+    pytest.param(NormSpec(None, "channel", None, {"channel": 3}, sigma=1.0, power=0.75, sup_scale=0.5,
+                          border="zeros"), (2, 5, 3), False, id="lrn-like-power0.75"),
+    pytest.param(NormSpec("channel", "channel", None, {"channel": 3}, sigma=0.5), (3, 6, 4), False,
+                 id="global-mean-local-sup-generic"),
 ]
 
 
@@ -101,6 +107,8 @@ def test_dispatch_table():
     assert windowed.choice(bn, "bn", big) == "native"
     assert windowed.choice(get_spec("ln"), None, big) == "general"   # no window, no kernel
     assert _shared(_plan(dn, 2), None, None) and not _shared(_plan(get_spec("dn-1d"), 1), None, None)
+    assert windowed._windows_only(get_spec("dn-1d"), _plan(get_spec("dn-1d"), 1))
+    assert windowed._windows_only(get_spec("lrn"), _plan(get_spec("lrn"), 2))
 
 
 def test_rms_auto_is_the_general_path(monkeypatch):

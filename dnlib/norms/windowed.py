@@ -174,6 +174,45 @@ def _shared_backward(x, sig2, gy, gpen, stats, alpha: float, spec: NormSpec, pla
     return gx.reshape(x.shape), gsig2
 
 
+def _windows_only(spec: NormSpec, plan) -> bool:
+    """Whether every field of ``spec`` pools only along its windows (no global dims) and the divisor is pointwise:
+    1-D DN along the units (``dn-1d``), LRN. Then :func:`_window_forward` / :func:`_window_backward` apply."""
+    return (plan.sup is not None and spec.floor is None and not plan.sup.dims
+            and (plan.sum is None or not plan.sum.dims))
+
+
+def _window_forward(x, sig2, alpha: float, spec: NormSpec, plan):
+    """DN whose fields are windows only (:func:`_windows_only`): ``mu = E_A[x]``, ``v = x - mu``, ``s = E_B[v^2]``,
+    ``y = v d``, each window's shifted adds fused into one pass; returns the divisor ``d`` for the backward, which
+    then need not recompute ``E_B`` (the window of windows)."""
+    xg = DF._grouped(x, spec.groups)
+    v = xg - DF._box_shift(xg, plan.sum, plan.nspatial) if plan.sum is not None else xg
+    d = DF._divisor(_suppression(v * v, plan), sig2, spec)
+    pen = alpha * v.abs().mean() if alpha else x.new_zeros(())
+    return (v * d).reshape(x.shape), pen, (d,)
+
+
+def _window_backward(x, sig2, gy, gpen, stats, alpha: float, spec: NormSpec, plan):
+    """The VJP of :func:`_window_forward` from the saved divisor: with ``d = t^-p``, ``t = s sup_scale + eps +
+    sigma^2``, ``dd/dt = -p d^(1 + 1/p)``; the windows' transposes by ``torch.func.vjp`` of the (linear) filters."""
+    (d,) = stats
+    xg, gg = DF._grouped(x, spec.groups), DF._grouped(gy, spec.groups)
+    v = xg - DF._box_shift(xg, plan.sum, plan.nspatial) if plan.sum is not None else xg
+    p = spec.power
+    dt = d * d * d if p == 0.5 else d.pow(1.0 + 1.0 / p)
+    gt = -p * (gg * v) * dt                                      # dL/dt
+    gsig2 = gt.sum() if torch.is_tensor(sig2) else None
+    _, vjp = torch.func.vjp(lambda q: _suppression(q, plan), v * v)
+    (gq,) = vjp(gt * spec.sup_scale)                             # dL/d(v^2)
+    gv = gg * d + 2.0 * v * gq
+    if alpha:
+        gv = gv + (gpen * (alpha / x.numel())) * torch.sign(v)
+    if plan.sum is not None:
+        _, vjp = torch.func.vjp(lambda t: DF._box_shift(t, plan.sum, plan.nspatial), xg)
+        gv = gv - vjp(gv)[0]
+    return gv.reshape(x.shape), gsig2
+
+
 def _own_copy(fn, tag):
     """A copy of ``fn`` with its own code object, so that Dynamo's per-code cache (and recompile limit) counts the
     shapes of one spec, not every layer's (as :func:`dnlib.norms.functional.compiled_divisive_norm`)."""
@@ -190,8 +229,13 @@ def _kernels(spec: NormSpec, nspatial: int):
         tag = f"{abs(hash(key)):x}"
         # dynamic=None: the first shape compiled static (fastest loops); a dim whose size changes recompiles once
         # with dynamic sizes (a last, smaller batch).
-        fwd, bwd = (_shared_forward, _shared_backward) if DF._shared(DF._plan(spec, nspatial), None, None) \
-            else (_forward_stats, _backward)
+        plan = DF._plan(spec, nspatial)
+        if DF._shared(plan, None, None):
+            fwd, bwd = _shared_forward, _shared_backward
+        elif _windows_only(spec, plan):
+            fwd, bwd = _window_forward, _window_backward
+        else:
+            fwd, bwd = _forward_stats, _backward
         _compiled[key] = (torch.compile(_own_copy(fwd, tag), dynamic=None, fullgraph=True),
                           torch.compile(_own_copy(bwd, tag), dynamic=None, fullgraph=True))
     return _compiled[key]
