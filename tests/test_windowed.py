@@ -99,11 +99,12 @@ def test_compiled_path_equals_general_path(spec, shape, channels_last, everythin
 
 def test_dispatch_table():
     """impl="auto" by the table: the compiled path for windowed specs on large CPU inputs only; rms on the CPU takes
-    the general path (measured faster than torch's F.rms_norm); the other native kernels stay."""
+    the general path on large inputs (measured faster than torch's F.rms_norm; small ones unmeasured: the native
+    kernel); the other native kernels stay."""
     big, small = torch.empty(windowed.LARGE, 1, 1, 1), torch.empty(4, 1, 1, 1)
     dn, rms, bn = get_spec("dn"), get_spec("rms"), get_spec("bn")
     assert windowed.choice(dn, None, big) == "compiled" and windowed.choice(dn, None, small) == "general"
-    assert windowed.choice(rms, "rms", big) == "general" and windowed.choice(rms, "rms", small) == "general"
+    assert windowed.choice(rms, "rms", big) == "general" and windowed.choice(rms, "rms", small) == "native"
     assert windowed.choice(bn, "bn", big) == "native"
     assert windowed.choice(get_spec("ln"), None, big) == "general"   # no window, no kernel
     assert _shared(_plan(dn, 2), None, None) and not _shared(_plan(get_spec("dn-1d"), 1), None, None)
@@ -111,8 +112,8 @@ def test_dispatch_table():
     assert windowed._windows_only(get_spec("lrn"), _plan(get_spec("lrn"), 2))
 
 
-def test_rms_auto_is_the_general_path(monkeypatch):
-    """The rms preset's auto path on the CPU is the general path (bit for bit), not F.rms_norm."""
+def test_rms_auto_is_the_general_path(everything_large, monkeypatch):
+    """The rms preset's auto path on large CPU inputs is the general path (bit for bit), not F.rms_norm."""
     calls = []
     real = torch.nn.functional.rms_norm
     monkeypatch.setattr(torch.nn.functional, "rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -151,3 +152,20 @@ def test_wide_window_running_sums_keep_fp32_digits(border):
     x = torch.randn(400, 1, 800, generator=g, dtype=torch.float64) * 3 + 5
     ref = _box1d(x, 2, 61, border)
     assert (_box1d(x.float(), 2, 61, border).double() - ref).abs().max() < 1.5e-6
+
+
+def test_bench_table_keeps_the_faster_path_and_refuses_bad_groups():
+    """``bench_layers.table`` (what regenerates AUTO): the general path where it beat torch's kernel, torch's kernel
+    otherwise (not listed: the default), the compiled path where it beat the general one."""
+    from dnlib.norms import bench_layers
+    row = dict(load_before=1.0, threads=1)
+    rows = [dict(row, group="presets", name="rms", shape=[64, 256, 100], auto_ratio=1.0, general_ratio=0.7,
+                 native_path_ratio=1.0),
+            dict(row, group="presets", name="bn", shape=[64, 256, 100], auto_ratio=1.0, general_ratio=3.0,
+                 native_path_ratio=1.0),
+            dict(row, group="dn2d", name="dn3", shape=[100, 32, 32, 32], auto_ratio=1.0, general_ratio=2.0)]
+    text = bench_layers.table(rows)
+    assert "('cpu', 'rms', 'large'): 'general'" in text and "'bn'" not in text.split("MEASURED")[0]
+    assert "('cpu', 'windowed', 'large'): 'compiled'" in text and "presets rms 64x256x100" in text
+    with pytest.raises(ValueError, match="groups: unknown group 'dn3d'"):
+        bench_layers.layers(["dn3d"])

@@ -174,7 +174,7 @@ def table(rows: list) -> str:
             auto[key] = best
     auto.setdefault(("cpu", "windowed", "small"), "general")
     body = "\n".join(f"    {k!r}: {v!r}," for k, v in sorted(auto.items()) if v != "native" or k[1] == "windowed")
-    return (f"AUTO = {{\n{body}\n}}\n\nMEASURED = \"\"\"\\\ntorch {torch.__version__}, "
+    return (f"AUTO = {{\n{body}\n}}\n\nMEASURED = \"\"\"\\\ntorch {torch.__version__}\n"
             + "\n".join(lines) + "\n\"\"\"\n")
 
 

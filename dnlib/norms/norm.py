@@ -275,6 +275,11 @@ class DivisiveNorm(nn.Module):
     all channels or a channel window x a k x k window: the CIFAR/SR DN layers, sigma fixed or learned, the L1
     term); on CPU only in Triton's interpreter (``TRITON_INTERPRET=1``, for tests). Double backward raises.
     ``impl="auto"`` never takes it: its GPU speed has not been measured against the general path yet.
+    On the CPU ``impl="auto"`` follows the measured table :data:`dnlib.norms.windowed.AUTO`: windowed specs on
+    inputs of at least ``windowed.LARGE`` (2^20) elements run Inductor-compiled forward and backward kernels (the
+    general path's math, equal to it; exact double backward; the first call compiles, 10-60 s per spec; a failure
+    to compile warns once and takes the general path), and ``rms`` takes the general path (faster than
+    ``F.rms_norm`` there).
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward that can be
     backpropagated (training mode, gradients on: not under ``no_grad`` or ``inference_mode``) records
@@ -586,9 +591,7 @@ class DivisiveNorm(nn.Module):
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         sync = self._sync(x)
-        auto = None
-        if self.impl == "auto" and mask is None and sync is None and x.numel() and self._plain_paths():
-            auto = windowed.choice(self.spec, kind, x)
+        auto = self._auto(x, kind) if mask is None and sync is None else None
         if auto == "general":
             kind = None  # the table measured the general path faster than the native kernel (rms on CPU)
         if mask is not None:  # masked statistics: plain ops (dnlib.norms.masked)
@@ -743,11 +746,14 @@ class DivisiveNorm(nn.Module):
             self._add_penalty(v)
         return self._affine(y, x.dtype)
 
-    def _plain_paths(self) -> bool:
-        """Whether this class computes DivisiveNorm's own general and native paths (a subclass that overrides them,
-        e.g. GDN, is not dispatched by :data:`dnlib.norms.windowed.AUTO`)."""
+    def _auto(self, x: torch.Tensor, kind: str | None) -> str | None:
+        """``impl="auto"``'s path by :data:`dnlib.norms.windowed.AUTO` (``"native"``, ``"general"``, ``"compiled"``),
+        or None: another impl, an empty input, or a subclass with paths of its own (GDN, ...)."""
         cls = type(self)
-        return cls._forward_general is DivisiveNorm._forward_general and cls._forward_fused is DivisiveNorm._forward_fused
+        if (self.impl != "auto" or not x.numel() or cls._forward_general is not DivisiveNorm._forward_general
+                or cls._forward_fused is not DivisiveNorm._forward_fused):
+            return None
+        return windowed.choice(self.spec, kind, x)
 
     def _forward_windowed(self, x: torch.Tensor) -> torch.Tensor:
         """``impl="auto"``'s compiled CPU path (:mod:`dnlib.norms.windowed`); the general path if it cannot run."""

@@ -43,12 +43,33 @@ AUTO = {
     ("cpu", "windowed", "large"): "compiled",
     ("cpu", "windowed", "small"): "general",
     ("cpu", "rms", "large"): "general",
-    ("cpu", "rms", "small"): "general",
 }
 
-#: The measurement behind :data:`AUTO` (ratios to torch's own layer, fwd+bwd; lower is faster).
+#: The measurement behind :data:`AUTO`: ``python -m dnlib.norms.bench_layers --table --repeat 10 --threads 1`` on
+#: the project's 2-core machine under heavy load (load average 15-20 from other work: single ratios are off by up
+#: to +-0.4x, e.g. native_path, which is torch's own kernel, read 0.92-1.92x; a row of one kernel against itself
+#: is noise; dn3 at 100x64x32x32 ran a kernel recompiled with dynamic sizes after the 32-channel row: alone, in a
+#: fresh process, 1.03x). Ratios to torch's own layer, forward + backward; "auto" ran the table above.
 MEASURED = """\
-filled in by python -m dnlib.norms.bench_layers --table
+torch 2.13.0+cpu
+dn2d dn3 100x32x32x32: auto 1.05x, general 2.06x (load 17.3, 1 threads)
+dn2d dn5 100x32x32x32: auto 0.90x, general 2.01x (load 16.7, 1 threads)
+dn2d dn3 100x64x32x32: auto 1.45x, general 1.96x (load 16.7, 1 threads)
+dn2d dn5 100x64x32x32: auto 0.99x, general 2.00x (load 15.7, 1 threads)
+dn1d dn3 64x256x100: auto 1.52x, general 9.16x (load 15.4, 1 threads)
+dn1d dn5 64x256x100: auto 2.35x, general 13.61x (load 15.3, 1 threads)
+presets bn 128x32x32x32: auto 0.98x, general 2.73x, native_path 1.03x (load 15.1, 1 threads)
+presets ln 128x32x32x32: auto 0.86x, general 3.68x, native_path 0.93x (load 15.4, 1 threads)
+presets in 128x32x32x32: auto 0.95x, general 2.81x, native_path 0.95x (load 15.3, 1 threads)
+presets gn 128x32x32x32: auto 0.99x, general 3.76x, native_path 0.94x (load 15.8, 1 threads)
+presets rms 128x32x32x32: auto 0.55x, general 0.68x, native_path 0.98x (load 16.3, 1 threads)
+presets lrn 128x32x32x32: auto 0.49x, general 1.10x (load 16.7, 1 threads)
+presets bn 64x256x100: auto 0.95x, general 3.02x, native_path 1.07x (load 19.0, 1 threads)
+presets ln 64x256x100: auto 1.81x, general 4.76x, native_path 1.03x (load 18.9, 1 threads)
+presets in 64x256x100: auto 1.81x, general 5.27x, native_path 1.92x (load 18.9, 1 threads)
+presets gn 64x256x100: auto 0.94x, general 4.34x, native_path 0.92x (load 19.3, 1 threads)
+presets rms 64x256x100: auto 0.84x, general 0.74x, native_path 1.07x (load 19.5, 1 threads)
+presets lrn 64x256x100: auto 0.54x, general 0.94x (load 20.2, 1 threads)
 """
 
 _broken: dict = {}      # spec -> why compiling failed (then the general path, warned once)
