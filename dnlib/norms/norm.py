@@ -587,13 +587,8 @@ class DivisiveNorm(nn.Module):
         # or inference_mode). It is recorded at the end (_record).
         self._l1_want = bool(self.alpha) and self.training and torch.is_grad_enabled()
         self._l1_slot = None
-        kind = self.fused
-        if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
-            kind = None  # F.instance_norm refuses a single position; the general path defines it
         sync = self._sync(x)
-        auto = self._auto(x, kind) if mask is None and sync is None else None
-        if auto == "general":
-            kind = None  # the table measured the general path faster than the native kernel (rms on CPU)
+        kind, auto = self._paths(x, mask is None and sync is None)
         if mask is not None:  # masked statistics: plain ops (dnlib.norms.masked)
             y = self._forward_masked(x, mask, use_batch_stats)
         elif sync is not None:  # batch statistics over a process group: the general path (even for an empty batch)
@@ -746,14 +741,20 @@ class DivisiveNorm(nn.Module):
             self._add_penalty(v)
         return self._affine(y, x.dtype)
 
-    def _auto(self, x: torch.Tensor, kind: str | None) -> str | None:
-        """``impl="auto"``'s path by :data:`dnlib.norms.windowed.AUTO` (``"native"``, ``"general"``, ``"compiled"``),
-        or None: another impl, an empty input, or a subclass with paths of its own (GDN, ...)."""
+    def _paths(self, x: torch.Tensor, plain: bool) -> tuple:
+        """``(kind, auto)``: the native kernel this forward may take (None: none) and ``impl="auto"``'s path by
+        :data:`dnlib.norms.windowed.AUTO` (``"native"``, ``"general"``, ``"compiled"``), None for another impl, an
+        empty input, a subclass with paths of its own (GDN, ...), or not ``plain`` (a mask or a process group)."""
+        kind = self.fused
+        if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
+            kind = None  # F.instance_norm refuses a single position; the general path defines it
         cls = type(self)
-        if (self.impl != "auto" or not x.numel() or cls._forward_general is not DivisiveNorm._forward_general
+        if (not plain or self.impl != "auto" or not x.numel() or cls._forward_general is not DivisiveNorm._forward_general
                 or cls._forward_fused is not DivisiveNorm._forward_fused):
-            return None
-        return windowed.choice(self.spec, kind, x)
+            return kind, None
+        auto = windowed.choice(self.spec, kind, x)
+        # (rms on the CPU: the table measured the general path faster than the native kernel)
+        return (None if auto == "general" else kind), auto
 
     def _forward_windowed(self, x: torch.Tensor) -> torch.Tensor:
         """``impl="auto"``'s compiled CPU path (:mod:`dnlib.norms.windowed`); the general path if it cannot run."""

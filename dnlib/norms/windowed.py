@@ -97,7 +97,7 @@ def _compilable(x: torch.Tensor) -> bool:
     traced as plain ops) nor under ``torch.func`` transforms (vmap/grad wrap their tensors)."""
     if torch.compiler.is_compiling():
         return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+    return not (DF.under_transform() or torch._C._functorch.is_functorch_wrapped_tensor(x))
 
 
 # ------------------------------------------------------------------------------------------------ the compiled path
