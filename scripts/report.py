@@ -276,11 +276,12 @@ def report(suite: Path, out: Path, results: bool = True, profile: str | None = N
         entries.append(_entry(nb, out, s.get("status", "executed"), s.get("seconds"), "in the suite run",
                               nb.parent / "results.json"))
     if results and not any(e["stem"] == RESULTS_NOTEBOOK.stem for e in entries):
+        from dnlib.notebook import parameters as P
         from dnlib.notebook import suite as S
 
-        profile = profile or (suite.parent.name if suite.parent.name in S.notebook_profiles(RESULTS_NOTEBOOK)
+        profile = profile or (suite.parent.name if suite.parent.name in P.notebook_profiles(RESULTS_NOTEBOOK)
                               else "smoke")
-        params = S.resolve_parameters(RESULTS_NOTEBOOK, profile,
+        params = P.resolve_parameters(RESULTS_NOTEBOOK, profile,
                                       [] if results_dir is None else [("results_dir", str(results_dir))])
         rec = S.execute(RESULTS_NOTEBOOK, out / RESULTS_NOTEBOOK.stem / RESULTS_NOTEBOOK.name, params, profile,
                         progress=False, cell_timeout=S.default_cell_timeout(profile))

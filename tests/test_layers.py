@@ -77,7 +77,6 @@ OVERSIZED = {
     "dnlib.data.cifar": 674,
     "dnlib.data.root": 574,
     "dnlib.norms.triton_dn": 628,
-    "dnlib.notebook.suite": 699,
 }
 
 

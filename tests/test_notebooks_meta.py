@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlib.notebook import suite
+from dnlib.notebook import parameters
 
 NOTEBOOKS = sorted(Path(__file__).resolve().parents[1].joinpath("notebooks").glob("*.ipynb"))
 IDS = [p.name for p in NOTEBOOKS]
@@ -122,15 +122,15 @@ def test_nbstripout_would_change_nothing(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_one_typed_parameters_cell(path):
-    assert suite.parameter_cell_problems(path) == []
+    assert parameters.parameter_cell_problems(path) == []
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_profiles_validate(path):
-    profiles = suite.notebook_profiles(path)
+    profiles = parameters.notebook_profiles(path)
     assert "smoke" in profiles, "declare metadata.dnlib.profiles with at least 'smoke'"
     for name in profiles:
-        suite.resolve_parameters(path, name)
+        parameters.resolve_parameters(path, name)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -140,8 +140,8 @@ def test_defaults_are_the_smoke_profile(path):
     one-point PSNR "curve" in JupyterLab where the text promised four; device "auto" against "cpu")."""
     import ast as _ast
 
-    declared = suite.declared_parameters(path)
-    smoke = suite.resolve_parameters(path, "smoke")
+    declared = parameters.declared_parameters(path)
+    smoke = parameters.resolve_parameters(path, "smoke")
     differ = {name: (_ast.literal_eval(declared[name]["default"]), value) for name, value in smoke.items()
               if _ast.literal_eval(declared[name]["default"]) != value}
     assert not differ, (f"{path.name}: parameters cell defaults differ from metadata.dnlib.profiles.smoke "
@@ -235,7 +235,7 @@ def test_01_exercise_3_names_the_call_that_draws_every_sigma():
     text = _exercise(_load(path), 3)
     calls = [s for s in re.findall(r"`([^`]+)`", text) if s.startswith("figures.figure2(") and "spec=" in s]
     assert calls, f"exercise 3 does not give the figures.figure2(..., spec=...) call: {text!r}"
-    params = {name: _ast.literal_eval(p["default"]) for name, p in suite.declared_parameters(path).items()}
+    params = {name: _ast.literal_eval(p["default"]) for name, p in parameters.declared_parameters(path).items()}
     fig = eval(calls[0], {"dnlib": dnlib, "figures": figures, "stats": stats, **params})  # noqa: S307 - our own text
     # + the dashed line at the fixed input
     assert [len(ax.lines) for ax in fig.axes] == [len(params["sigmas"]) + 1] * 2

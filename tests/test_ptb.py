@@ -429,10 +429,10 @@ def test_cli_diverged_run_exits_1(tmp_path, capsys):
 
 
 def test_notebook_has_profiles_and_typed_parameters():
-    from dnlib.notebook import suite
+    from dnlib.notebook import parameters
     path = os.path.join(os.path.dirname(__file__), "..", "notebooks", "04_language_model.ipynb")
-    suite.check_parameter_cell(path)
-    assert set(suite.notebook_profiles(path)) == {"smoke", "full"}
+    parameters.check_parameter_cell(path)
+    assert set(parameters.notebook_profiles(path)) == {"smoke", "full"}
 
 
 # ------------------------------------------------------------- the authors' conventions under source="code" (issue 22)

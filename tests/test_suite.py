@@ -8,7 +8,7 @@ import pytest
 
 from dnlib import envconfig
 from dnlib.experiments import records
-from dnlib.notebook import suite
+from dnlib.notebook import parameters, suite
 
 
 def _notebook(path, code_cells, params, profiles=None):
@@ -48,8 +48,8 @@ def test_repository_notebooks_declare_a_smoke_profile():
     paths = suite.discover()
     assert [p.name for p in paths][:2] == ["01_unified_view.ipynb", "02_activation_explorer.ipynb"]
     for p in paths:
-        assert "smoke" in suite.notebook_profiles(p), p.name
-        suite.resolve_parameters(p, "smoke")
+        assert "smoke" in parameters.notebook_profiles(p), p.name
+        parameters.resolve_parameters(p, "smoke")
 
 
 @pytest.mark.parametrize("value, type_name, expected", [
@@ -57,7 +57,7 @@ def test_repository_notebooks_declare_a_smoke_profile():
     ("False", "bool", False), ("3", "str", "3"), ("[1, 2]", "list", [1, 2]), ("{'a': 1}", "dict", {"a": 1}),
 ])
 def test_coerce_cli_strings_by_declared_type(value, type_name, expected):
-    out = suite.coerce(value, type_name, from_cli=True)
+    out = parameters.coerce(value, type_name, from_cli=True)
     assert out == expected and type(out) is type(expected)
 
 
@@ -67,19 +67,19 @@ def test_coerce_cli_strings_by_declared_type(value, type_name, expected):
 ])
 def test_coerce_rejects_wrong_types(value, type_name, from_cli):
     with pytest.raises(TypeError):
-        suite.coerce(value, type_name, from_cli=from_cli)
+        parameters.coerce(value, type_name, from_cli=from_cli)
 
 
 def test_profile_values_come_from_notebook_metadata(nbdir):
     path = nbdir / "01_good.ipynb"
-    assert suite.resolve_parameters(path, "smoke") == {}
-    assert suite.resolve_parameters(path, "full") == {"n": 5, "xs": [3]}
-    assert suite.resolve_parameters(path, "full", [("x", "2")]) == {"n": 5, "xs": [3], "x": 2.0}
+    assert parameters.resolve_parameters(path, "smoke") == {}
+    assert parameters.resolve_parameters(path, "full") == {"n": 5, "xs": [3]}
+    assert parameters.resolve_parameters(path, "full", [("x", "2")]) == {"n": 5, "xs": [3], "x": 2.0}
 
 
 def test_unknown_parameter_is_an_error_and_nothing_runs(nbdir, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(suite.ParameterError) as err:
+    with pytest.raises(parameters.ParameterError) as err:
         suite.run([nbdir / "01_good.ipynb"], overrides=[("sigmaa", "1")], out_dir=out)
     assert "01_good.ipynb" in str(err.value) and "'sigmaa'" in str(err.value)
     assert not out.exists()
@@ -87,7 +87,7 @@ def test_unknown_parameter_is_an_error_and_nothing_runs(nbdir, tmp_path):
 
 def test_wrong_type_is_an_error_naming_notebook_and_parameter(nbdir, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(suite.ParameterError) as err:
+    with pytest.raises(parameters.ParameterError) as err:
         suite.run(None, overrides=[("01:n", "2.5")], out_dir=out, root=nbdir)
     msg = str(err.value)
     assert "01_good.ipynb" in msg and "'n'" in msg and "int" in msg and "02_bad" not in msg
@@ -96,15 +96,15 @@ def test_wrong_type_is_an_error_naming_notebook_and_parameter(nbdir, tmp_path):
 
 def test_bad_profile_value_in_metadata_is_an_error(tmp_path):
     path = _notebook(tmp_path / "03_x.ipynb", [], PARAMS, {"smoke": {"n": "five"}})
-    with pytest.raises(suite.ParameterError, match="03_x.ipynb.*'n'"):
-        suite.resolve_parameters(path, "smoke")
+    with pytest.raises(parameters.ParameterError, match="03_x.ipynb.*'n'"):
+        parameters.resolve_parameters(path, "smoke")
 
 
 def test_unparsable_or_untyped_parameter_lines_are_reported(tmp_path):
     path = _notebook(tmp_path / "04_x.ipynb", [], 'a: int = 1  # ok\nb = 2\nc: str = ""  # empty = bad for papermill\n')
-    problems = suite.parameter_cell_problems(path)
+    problems = parameters.parameter_cell_problems(path)
     assert any("line 2" in p for p in problems) and any("'c'" in p for p in problems)
-    with pytest.raises(suite.ParameterError, match="04_x.ipynb"):
+    with pytest.raises(parameters.ParameterError, match="04_x.ipynb"):
         suite.run([path], out_dir=tmp_path / "out")
 
 
@@ -115,7 +115,7 @@ def test_two_parameters_cells_are_rejected(tmp_path):
     extra.metadata["tags"] = ["parameters"]
     nb.cells.append(extra)
     nbformat.write(nb, str(path))
-    assert suite.parameter_cell_problems(path) == ["expected exactly one cell tagged 'parameters', found 2"]
+    assert parameters.parameter_cell_problems(path) == ["expected exactly one cell tagged 'parameters', found 2"]
 
 
 def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
@@ -217,7 +217,7 @@ def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypat
                                         ("07_modern_networks", 5)])
 def test_the_training_notebooks_have_a_full_profile_limit(stem, runs):
     path = suite.NOTEBOOK_DIR / f"{stem}.ipynb"
-    limit, how = suite.cell_limit("full", path, suite.resolve_parameters(path, "full"))
+    limit, how = suite.cell_limit("full", path, parameters.resolve_parameters(path, "full"))
     assert limit is not None and limit > suite.CELL_FLOOR, how
     assert how.startswith(f"{suite.CELL_FLOOR:.0f} s + 0.1 s x") or "on cpu" in how
     assert f"{runs} runs" in how, how
@@ -347,7 +347,7 @@ def test_save_results_outside_the_suite_records_the_notebooks_parameters(nbdir, 
     assert suite.notebook_parameters("no_such_notebook") == {}
 
 
-# ------------------------------------------------------- suite.check_parameters: the in-notebook type check
+# -------------------------------------------------- parameters.check_parameters: the in-notebook type check
 def _checked_namespace(**changes):
     ns = {"n": 2, "x": 0.5, "name": "a", "flag": False, "xs": [1, 2]}
     ns.update(changes)
@@ -356,7 +356,7 @@ def _checked_namespace(**changes):
 
 def test_check_parameters_passes_correct_values_and_converts_int_to_float(nbdir):
     ns = _checked_namespace(x=3)
-    values = suite.check_parameters(nbdir / "01_good.ipynb", ns)
+    values = parameters.check_parameters(nbdir / "01_good.ipynb", ns)
     assert values == {"n": 2, "x": 3.0, "name": "a", "flag": False, "xs": [1, 2]}
     assert type(ns["x"]) is float  # written back, as the runner would have injected it
 
@@ -368,8 +368,8 @@ def test_check_parameters_passes_correct_values_and_converts_int_to_float(nbdir)
     ({"flag": "False"}, ["'flag'", "'False'", "bool"]),
 ])
 def test_check_parameters_refuses_a_wrong_type_naming_parameter_value_and_type(nbdir, changes, says):
-    with pytest.raises(suite.ParameterError) as err:
-        suite.check_parameters(nbdir / "01_good.ipynb", _checked_namespace(**changes))
+    with pytest.raises(parameters.ParameterError) as err:
+        parameters.check_parameters(nbdir / "01_good.ipynb", _checked_namespace(**changes))
     msg = str(err.value)
     assert msg.startswith("01_good.ipynb: parameter")
     for word in says:
@@ -379,10 +379,10 @@ def test_check_parameters_refuses_a_wrong_type_naming_parameter_value_and_type(n
 def test_check_parameters_refuses_a_missing_parameter_and_a_missing_notebook(nbdir):
     ns = _checked_namespace()
     del ns["xs"]
-    with pytest.raises(suite.ParameterError, match="'xs' is not defined"):
-        suite.check_parameters(nbdir / "01_good.ipynb", ns)
+    with pytest.raises(parameters.ParameterError, match="'xs' is not defined"):
+        parameters.check_parameters(nbdir / "01_good.ipynb", ns)
     with pytest.raises(FileNotFoundError, match="no notebook 'nope'"):
-        suite.check_parameters("nope", ns)
+        parameters.check_parameters("nope", ns)
 
 
 @pytest.mark.slow
@@ -390,7 +390,7 @@ def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(t
     import papermill
 
     nb = _notebook(tmp_path / "01_checked.ipynb", [
-        f"from dnlib.notebook import suite\nsuite.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
+        f"from dnlib.notebook import parameters\nparameters.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
         "ran = True"], PARAMS)
     papermill.execute_notebook(str(nb), str(tmp_path / "ok.ipynb"), parameters={"xs": [3]}, kernel_name="python3",
                                progress_bar=False)
@@ -404,7 +404,7 @@ def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(t
 
 def test_every_notebook_checks_its_parameters_right_after_the_parameters_cell():
     for path in suite.discover():
-        cells = [c for c in suite.read_notebook(path)["cells"] if c["cell_type"] == "code"]
+        cells = [c for c in parameters.read_notebook(path)["cells"] if c["cell_type"] == "code"]
         i = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
         source = "".join(cells[i + 1]["source"])
-        assert f'dnlib.notebook.suite.check_parameters("{path.stem}", globals())' in source, path.name
+        assert f'dnlib.notebook.parameters.check_parameters("{path.stem}", globals())' in source, path.name

@@ -1,0 +1,260 @@
+"""A notebook's parameters: the one cell tagged ``parameters`` (``name: type = value  # help``, checked by
+:func:`parameter_cell_problems`), the types papermill infers for it (:func:`declared_parameters`), the profiles in its
+metadata (:func:`notebook_profiles`), the values a run gets (:func:`resolve_parameters`: a profile, then ``-p``
+overrides typed by :func:`coerce`) and the check a running notebook makes of its own values
+(:func:`check_parameters`, the cell right after the parameters cell)::
+
+    import dnlib.notebook.parameters
+    dnlib.notebook.parameters.check_parameters("03_cifar", globals())
+    dnlib.notebook.parameters.resolve_parameters("notebooks/03_cifar.ipynb", "smoke", [("steps", "20")])
+
+:mod:`dnlib.notebook.suite` validates every notebook with these before it executes any.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ParameterError", "REPO_ROOT", "NOTEBOOK_DIR", "read_notebook", "cell_source", "notebook_profiles",
+           "declared_parameters", "coerce", "resolve_parameters", "parameter_cell_problems", "check_parameter_cell",
+           "check_parameters"]
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]     # dnlib/ (this is dnlib/notebook/parameters.py)
+#: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
+REPO_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class ParameterError(ValueError):
+    """A parameter that a notebook does not declare, or a value of the wrong type."""
+
+
+def read_notebook(path: str | Path) -> dict:
+    """The notebook's JSON as a plain dict (no nbformat validation); a :class:`ValueError` naming the file when
+    it is not JSON."""
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return json.load(fh)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a notebook (not JSON: {e})") from None
+
+
+def notebook_profiles(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``metadata.dnlib.profiles`` of a notebook: ``{profile: {parameter: value}}`` (empty when absent)."""
+    return dict(read_notebook(path).get("metadata", {}).get("dnlib", {}).get("profiles", {}))
+
+
+def declared_parameters(path: str | Path) -> dict[str, dict[str, str]]:
+    """The notebook's parameters as papermill infers them: ``{name: {inferred_type_name, default, help}}``."""
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_CONTAINERS = {"list": list, "dict": dict, "tuple": tuple, "set": set}
+
+
+def _base_type(type_name: str | None) -> str | None:
+    if type_name in (None, "None"):
+        return None
+    return type_name.split("[", 1)[0].strip()
+
+
+def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:  # noqa: C901  (issue 24: to split)
+    """Return ``value`` as the declared type, or raise ``TypeError`` saying why it does not fit.
+
+    ``from_cli`` values are strings typed on a command line and are parsed per the declared type
+    (``"3"`` is an ``int``, ``"0.5"`` a ``float``, ``"true"``/``"False"`` a ``bool``, a ``str`` is taken verbatim,
+    containers are Python literals). Other values (from notebook metadata) must already have the type;
+    an ``int`` is accepted where a ``float`` is declared.
+    """
+    base = _base_type(type_name)
+    if base is None:
+        raise TypeError("the parameter is untyped in the notebook (write `name: type = value  # help`)")
+    if from_cli and isinstance(value, str):
+        text = value.strip()
+        if base == "str":
+            return value
+        if base == "int":
+            if not _INT_RE.match(text):
+                raise TypeError(f"expects int, got {value!r}")
+            return int(text)
+        if base == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise TypeError(f"expects float, got {value!r}") from None
+        if base == "bool":
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            raise TypeError(f"expects bool (true/false), got {value!r}")
+        if base in _CONTAINERS:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise TypeError(f"expects a {base} literal, got {value!r}") from None
+        else:
+            raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+    if base == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base == "tuple" and isinstance(value, list):
+        return tuple(value)
+    expected = {"int": int, "float": float, "str": str, "bool": bool, **_CONTAINERS}.get(base)
+    if expected is None:
+        raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TypeError(f"expects {base}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _override_targets(key: str, path: Path) -> str | None:
+    """``NAME`` applies to every notebook; ``NB:NAME`` only to notebooks whose stem starts with ``NB``."""
+    if ":" in key:
+        scope, name = key.split(":", 1)
+        return name if path.stem.startswith(Path(scope).stem) else None
+    return key
+
+
+def resolve_parameters(
+    path: str | Path, profile: str = "smoke", overrides: Iterable[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """Validated parameters for one notebook: its ``profile`` values, then the ``-p`` overrides.
+
+    Raises :class:`ParameterError` naming the notebook and every bad parameter.
+    """
+    path = Path(path)
+    declared = declared_parameters(path)
+    errors = []
+    values: dict[str, Any] = {}
+    sources = [(k, v, False, f"profile {profile!r}") for k, v in notebook_profiles(path).get(profile, {}).items()]
+    for key, value in overrides:
+        name = _override_targets(key, path)
+        if name is not None:
+            sources.append((name, value, True, "-p"))
+    for name, value, from_cli, origin in sources:
+        if name not in declared:
+            known = ", ".join(declared) or "none"
+            errors.append(f"unknown parameter {name!r} (from {origin}); declared: {known}")
+            continue
+        try:
+            values[name] = coerce(value, declared[name]["inferred_type_name"], from_cli=from_cli)
+        except TypeError as exc:
+            errors.append(f"parameter {name!r} (from {origin}) {exc}")
+    if errors:
+        raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
+    return values
+
+
+def cell_source(cell: dict) -> str:
+    """A cell's source as one string (nbformat stores a list of lines or a string)."""
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def parameter_cell_problems(path: str | Path) -> list[str]:
+    """What is wrong with a notebook's ``parameters`` cell (empty list when nothing is).
+
+    Exactly one cell must be tagged ``parameters``; each of its statements must be one line
+    ``name: type = literal  # help`` that papermill understands (its ``inspect_notebook`` finds the same names,
+    each with a type and a help comment).
+    """
+    path = Path(path)
+    cells = [c for c in read_notebook(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        return [f"expected exactly one cell tagged 'parameters', found {len(cells)}"]
+    problems, names = [], []
+    try:
+        tree = ast.parse(cell_source(cells[0]))
+    except SyntaxError as exc:
+        return [f"parameters cell is not valid Python: {exc}"]
+    for node in tree.body:
+        line = ast.get_source_segment(cell_source(cells[0]), node) or ""
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            problems.append(f"line {node.lineno}: not of the form `name: type = value  # help`: {line!r}")
+            continue
+        names.append(node.target.id)
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            problems.append(f"parameter {node.target.id!r}: value is not a literal")
+    declared = declared_parameters(path)
+    for name in names:
+        info = declared.get(name)
+        if info is None:
+            problems.append(f"parameter {name!r}: papermill cannot parse its line (papermill skips a line with a second '=', e.g. in the comment)")
+        elif _base_type(info["inferred_type_name"]) is None:
+            problems.append(f"parameter {name!r}: untyped")
+        elif not info.get("help"):
+            problems.append(f"parameter {name!r}: no help comment")
+    return problems
+
+
+def check_parameter_cell(path: str | Path) -> None:
+    """Raise :class:`ParameterError` naming the notebook unless :func:`parameter_cell_problems` is empty."""
+    problems = parameter_cell_problems(path)
+    if problems:
+        name = Path(path).name
+        raise ParameterError(f"{name}: " + f"\n{name}: ".join(problems))
+
+
+def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
+    r"""Check, inside a running notebook, that its parameters have their declared types.
+
+    The notebooks call it in the cell right after their ``parameters`` cell
+    (``dnlib.notebook.parameters.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain papermill gets
+    the type check of ``python -m dnlib.notebook.suite`` (:func:`coerce`) before any work starts. The classic mistake it
+    catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists and dicts go in as
+    YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the kernel;
+    papermill itself warns about it.)
+
+    Args:
+        notebook: the notebook's name (``"03_cifar"``, looked up in the repository's ``notebooks/``) or path.
+        namespace: the kernel's variables, usually ``globals()``. Default: the running IPython kernel's namespace.
+
+    Returns:
+        ``{name: value}`` of the declared parameters. A value is also written back into ``namespace`` when the
+        declared type converts it losslessly (an ``int`` given for a ``float``, a list for a ``tuple``).
+
+    Raises:
+        ParameterError: naming the notebook, and for each bad parameter its name, value and declared type
+            (a parameter missing from ``namespace`` is an error too: run the parameters cell first).
+    """
+    path = Path(notebook)
+    if not path.is_file():
+        path = NOTEBOOK_DIR / (path.name if path.suffix == ".ipynb" else f"{path.name}.ipynb")
+    if not path.is_file():
+        raise FileNotFoundError(f"check_parameters: no notebook {str(notebook)!r} (looked in {NOTEBOOK_DIR})")
+    if namespace is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            raise ValueError("check_parameters: namespace=None needs a running IPython kernel; pass globals()")
+        namespace = shell.user_ns
+    errors, values = [], {}
+    for name, info in declared_parameters(path).items():
+        declared = info["inferred_type_name"]
+        if name not in namespace:
+            errors.append(f"parameter {name!r} is not defined (run the parameters cell first)")
+            continue
+        value = namespace[name]
+        try:
+            values[name] = coerce(value, declared)
+        except TypeError as exc:
+            hint = ""
+            if isinstance(value, str) and _base_type(declared) in _CONTAINERS:
+                hint = (f"; with plain papermill give lists and dicts as YAML, -y \"{name}: {value}\" "
+                        "(with -p they arrive as a string)")
+            elif isinstance(value, (int, float)) and _base_type(declared) == "str":
+                hint = f"; with plain papermill give a string with -r {name} VALUE (-p parses numbers)"
+            errors.append(f"parameter {name!r} = {value!r} ({type(value).__name__}) does not have its declared "
+                          f"type {declared}: {exc}{hint}")
+    if errors:
+        raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
+    namespace.update(values)
+    return values
