@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "each; exit 1 when one is not ok)")
     p.add_argument("--launch", default=None, help=argparse.SUPPRESS)       # one launch, for _run_parallel
     args = p.parse_args(argv)
+    if torch.device(args.device).type == "cpu" if args.device != "auto" else not torch.cuda.is_available():
+        torch.set_num_threads(1)          # the small steps of a CPU rehearsal: one thread beats oversubscribed ones
     if args.check_graph:
         bad = 0
         for exp in args.experiments:
@@ -404,8 +406,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                                       args.device))
         print(json.dumps(records.jsonable(row)))
         return 0
-    if torch.device(args.device).type == "cpu" if args.device != "auto" else not torch.cuda.is_available():
-        torch.set_num_threads(1)          # the small steps of a CPU rehearsal: one thread beats oversubscribed ones
     with cli.user_errors(p):
         rec = campaign(args.out, device=args.device, budget=args.budget, tiny=args.tiny, seeds=args.seeds,
                        experiments=args.experiments, jobs=args.jobs, log=lambda s: print(s, flush=True))
