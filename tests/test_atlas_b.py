@@ -99,7 +99,7 @@ def _chainer_state(c, seed):
 def test_brn_equals_chainer_train_and_eval(shape, rmax, dmax):
     c, eps, decay = shape[1], 2e-5, 0.9
     st = _chainer_state(c, 0)
-    m = make_norm("brn", c, rmax=rmax, dmax=dmax, eps=eps, momentum=1 - decay).double()
+    m = make_norm("brn", c, rmax=rmax, dmax=dmax, eps=eps, momentum=1 - decay, relax=None).double()
     m.load_state_dict(st)   # chainer's names (gamma, beta, avg_mean, avg_var, N)
     rm, rv = st["avg_mean"].clone(), st["avg_var"].clone()
     clipped = False
@@ -149,7 +149,7 @@ def test_brn_with_rmax_1_dmax_0_is_bn_exactly():
 def test_brn_unclipped_output_is_the_running_statistics_output():
     """With wide clips the training output is the running statistics' normalization (Ioffe's point), while the
     gradient is BN's times r."""
-    m = make_norm("brn", 3, rmax=1e6, dmax=1e6).double()
+    m = make_norm("brn", 3, rmax=1e6, dmax=1e6, relax=None).double()
     with torch.no_grad():
         m.running_mean.copy_(torch.tensor([0.3, -1.0, 2.0]))
         m.running_var.copy_(torch.tensor([0.5, 2.0, 9.0]))
@@ -170,6 +170,27 @@ def test_brn_refuses_bad_arguments():
         make_norm("brn", 4, impl="compile")
     with pytest.raises(ValueError, match="unknown override 'groups'"):
         make_norm("brn", 4, groups=2)
+    with pytest.raises(ValueError, match=r"relax: expected None or \(start, r_end, d_end\)"):
+        make_norm("brn", 4, relax=(10, 5, 20))
+
+
+def test_brn_relaxes_its_clips_on_ioffes_schedule():
+    """BN (1, 0) for relax[0] batches, then linear to rmax at relax[1] and dmax at relax[2] (Ioffe 2017 §4:
+    5000, 40000, 25000 by default); before: the clips were rmax, dmax from the first batch, and a ResNet-20 at
+    lr 0.1 diverged in six steps (test_resnet's brn case)."""
+    m = make_norm("brn", 3, relax=(2, 6, 4)).double()
+    assert make_norm("brn", 3).relax == (5000, 40000, 25000)
+    seen = []
+    for step in range(8):
+        x = _x((6, 3, 4), step)
+        bn = make_norm("bn", 3, impl="general").double()
+        bn.load_state_dict(m.state_dict())
+        y = m(x)
+        seen.append(m.clips())  # the clips this batch used (num_batches_tracked counts it now)
+        if step < 2:
+            assert torch.equal(y, bn(x)), step   # BN exactly while the clips are (1, 0)
+    assert [tuple(round(v, 6) for v in c) for c in seen] == [(1, 0), (1, 0), (1, 0), (1.5, 2.5), (2, 5), (2.5, 5),
+                                                              (3, 5), (3, 5)]
 
 
 # ============================================================================ Switchable Norm (the authors' code)
@@ -619,7 +640,7 @@ def _grad_cases():
     statistics far from the batch's) or none corrected (rmax 1, dmax 0); its gradient with live r, d is chainer's
     (test_brn_equals_chainer_train_and_eval)."""
     return {
-        "brn-clipped": (lambda: make_norm("brn", 4, rmax=1.5, dmax=0.3, momentum=0.0), (5, 4, 3), "far"),
+        "brn-clipped": (lambda: make_norm("brn", 4, rmax=1.5, dmax=0.3, momentum=0.0, relax=None), (5, 4, 3), "far"),
         "brn-as-bn": (lambda: make_norm("brn", 4, rmax=1.0, dmax=0.0, momentum=0.0), (5, 4, 3), None),
         "sn": (lambda: make_norm("sn", 4, momentum=0.0), (3, 4, 2, 3), None),
         "sn-code-1d": (lambda: make_norm("sn", 4, fields=("ln", "bn"), unbiased=True, momentum=0.0), (5, 4), None),

@@ -56,8 +56,8 @@ def _cases():
         "evonorm-b0": (lambda: make_norm("evonorm-b0", C), (N, C, H, WD)),
         # issue 26's batch-field rows (dnlib.norms.batch_variants): r, d from the global batch statistics; the
         # switchable mixture's BN moments pooled over the processes, forward and backward; bcn's estimate
-        "brn": (lambda: make_norm("brn", C), (N, C, H, WD)),
-        "brn-clipped-l1": (lambda: make_norm("brn", C, rmax=1.2, dmax=0.1, alpha=0.05), (N, C, H, WD)),
+        "brn": (lambda: make_norm("brn", C, relax=None), (N, C, H, WD)),
+        "brn-clipped-l1": (lambda: make_norm("brn", C, rmax=1.2, dmax=0.1, alpha=0.05, relax=None), (N, C, H, WD)),
         "sn-l1": (lambda: make_norm("sn", C, alpha=0.1), (N, C, H, WD)),
         "sn-code": (lambda: make_norm("sn", C, unbiased=True), (N, C, WD)),
         "sn-1d-code": (lambda: make_norm("sn", C, fields=("ln", "bn"), unbiased=True), (N, C)),

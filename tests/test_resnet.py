@@ -82,7 +82,9 @@ NORMS = [pytest.param("bn", {}, id="bn"), pytest.param("gn", {"groups": 8}, id="
          pytest.param("dn-s", {}, id="dn-s"),
          pytest.param("dn", {"sigma": 0.5, "eps": 0.0, "alpha": 0.005}, id="dn-star"),   # the CIFAR configs' DN*
          pytest.param("gdn", {}, id="gdn", marks=pytest.mark.skipif(
-             "gdn" not in PRESETS, reason="the gdn preset (issue 17 item 2, engineer G) has not landed"))]
+             "gdn" not in PRESETS, reason="the gdn preset (issue 17 item 2, engineer G) has not landed")),
+         pytest.param("brn", {}, id="brn"), pytest.param("frn", {}, id="frn"),
+         pytest.param("evonorm-b0", {}, id="evonorm-b0")]
 
 
 @pytest.mark.parametrize("norm,kw", NORMS)
@@ -110,7 +112,8 @@ def test_cifar_configs_rows_and_schedule():
     from dnlib.experiments.cifar_configs import ARCHS, TABLE7, get_config, list_configs
     assert list_configs() == list(TABLE7)                            # the default is still Table 7
     names = list_configs("resnet20")
-    assert names == ["resnet20-bn", "resnet20-gn", "resnet20-ln", "resnet20-dn-star", "resnet20-gdn"]
+    assert names == ["resnet20-bn", "resnet20-gn", "resnet20-ln", "resnet20-dn-star", "resnet20-gdn", "resnet20-brn",
+                     "resnet20-frn", "resnet20-evonorm-b0"]   # (the last three: issue 26, notebook 07's small batch)
     assert list_configs("all") == list_configs() + names
     for name in names:
         c = get_config(name)

@@ -13,13 +13,15 @@ One line per row below, with the authors' values (PAPER.md §2.3, §3.1, §5.4 i
   layers including the logits.
 
 Beyond the paper, the same recipe trains He et al.'s ResNet-20 (:func:`dnlib.models.resnet20`; ``arch="resnet20"``)
-with BN, GN, LN, DN* and GDN at all 19 normalizer sites (:data:`RESNET_ROWS`, names ``resnet20-<norm>``,
-:func:`list_configs` ``("resnet20")``), on He et al.'s schedule (CVPR 2016, §4.2): SGD momentum 0.9, lr 0.1,
+with BN, GN, LN, DN*, GDN, BRN, FRN and EvoNorm-B0 at all 19 normalizer sites (:data:`RESNET_ROWS`, names
+``resnet20-<norm>``, :func:`list_configs` ``("resnet20")``), on He et al.'s schedule (CVPR 2016, §4.2): SGD momentum 0.9, lr 0.1,
 weight decay 1e-4 (here on the conv and FC weights), batch 128, 64K steps with the lr /10 at 32K and 48K.
 Unlike He et al. there is no data augmentation (the recipe has none), so expect less than their 91.25%.
 GN uses 8 groups (Wu & He's 32 do not divide the 16 channels of stage 1); DN* is the CNN's DN* per site (``dn``
 with its 3x3 window (``border="valid"``), sigma 0.5 as eps = sigma^2, alpha 0.005 at each of the 19 sites; not
-tuned for this network); GDN is the ``gdn`` preset (compressai's init).
+tuned for this network); GDN is the ``gdn`` preset (compressai's init); BRN, FRN and EvoNorm-B0 are their presets
+(``brn``: Ioffe's schedule, BN for 5000 batches, then the clips relaxed to rmax 3 at 40000 and dmax 5 at 25000;
+``frn`` with its TLU; ``evonorm-b0``), the normalizers meant for small batches (notebook 07 trains them at one).
 """
 from __future__ import annotations
 
@@ -60,6 +62,10 @@ RESNET_ROWS = [
     ("resnet20-ln",      "ResNet-20 LN",  "ln",  (None, 0.0),  {}),
     ("resnet20-dn-star", "ResNet-20 DN*", "dn",  (0.5, 0.005), {}),
     ("resnet20-gdn",     "ResNet-20 GDN", "gdn", (None, 0.0),  {}),
+    # issue 26's atlas rows that target small batches: batch renorm, and two without batch statistics in training
+    ("resnet20-brn",     "ResNet-20 BRN", "brn", (None, 0.0),  {}),
+    ("resnet20-frn",     "ResNet-20 FRN", "frn", (None, 0.0),  {}),
+    ("resnet20-evonorm-b0", "ResNet-20 EvoNorm-B0", "evonorm-b0", (None, 0.0), {}),
 ]
 
 #: Table 7 (test accuracy), the paper's numbers: name -> (CIFAR-10, CIFAR-100).

@@ -34,6 +34,8 @@ from .norm import DivisiveNorm
 from .spec import NormSpec, is_real
 
 BS, CS = "batch,space", "channel,space"
+#: Ioffe 2017 §4's schedule of the clips: BN for 5000 batches, then rmax reaches 3 at 40000 and dmax 5 at 25000.
+IOFFE_RELAX = (5000, 40000, 25000)
 #: The fields :class:`SwitchNorm` mixes (the presets of those names), in the order of its ``mean_weight``/
 #: ``var_weight`` (the reference's).
 SN_FIELDS = ("in", "ln", "bn")
@@ -87,13 +89,17 @@ class BatchRenorm(DivisiveNorm):
     with ``d_B = (sigma^2 + eps + var_B)^(1/2)`` (``var_B`` biased, over batch and space), ``d_run`` the same with
     ``running_var``, ``r``/``d`` constants for the gradient. Evaluation is BN with the running statistics. The
     running statistics are torch's (``momentum`` = weight of the new batch; ``running_var`` unbiased), updated after
-    ``r``/``d`` are taken. ``rmax``/``dmax`` are plain attributes: the paper starts at BN (1, 0) and relaxes them to
-    3 and 5 over training; set them from a training callback for that schedule. Defaults: the relaxed values.
+    ``r``/``d`` are taken. The clips follow Ioffe's schedule (§4): BN (1, 0) for the first ``relax[0]`` training
+    batches (counted by ``num_batches_tracked``), then linearly up to ``rmax`` at batch ``relax[1]`` and ``dmax`` at
+    batch ``relax[2]`` (his 5000, 40000, 25000, the default); ``relax=None`` clips at ``rmax``/``dmax`` from the
+    first batch (chainer's function). Corrections at the full clips from the start, while the running statistics
+    are still far from the batch's, can make a network diverge (a ResNet-20 at lr 0.1 does in a few steps).
 
     Args:
         num_features: C.
         rmax: the clip of ``r`` (>= 1; 1 = no variance correction).
         dmax: the clip of ``d`` (>= 0; 0 = no mean correction).
+        relax: ``(start, r_end, d_end)`` batches of the schedule above (``0 <= start < r_end, d_end``), or None.
         eps, sigma: as the ``bn`` preset (the divisor is ``sqrt(sigma^2 + eps + var)``).
         momentum, affine, alpha, device, dtype, process_group: as :class:`DivisiveNorm`.
         impl: ``"auto"`` or ``"general"`` (training takes the general path, evaluation ``F.batch_norm``).
@@ -106,9 +112,15 @@ class BatchRenorm(DivisiveNorm):
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0, eps: float = 1e-5,
                  sigma: float = 0.0, momentum: float | None = 0.1, affine: bool = True, alpha: float = 0.0,
-                 impl: str = "auto", track_running_stats: bool | None = True, device=None, dtype=None,
-                 process_group=None):
+                 impl: str = "auto", track_running_stats: bool | None = True, relax: tuple | None = IOFFE_RELAX,
+                 device=None, dtype=None, process_group=None):
         rmax, dmax = _number("rmax", rmax, 1.0), _number("dmax", dmax, 0.0)
+        if relax is not None:
+            ok = isinstance(relax, (tuple, list)) and len(relax) == 3 and all(isinstance(v, int) for v in relax)
+            if not ok or not 0 <= relax[0] < min(relax[1], relax[2]):
+                raise ValueError(f"relax: expected None or (start, r_end, d_end) batches with 0 <= start < r_end, "
+                                 f"d_end, got {relax!r}")
+            relax = tuple(relax)
         _impl(impl, "BatchRenorm")
         if track_running_stats is False:
             raise ValueError("track_running_stats: batch renorm corrects towards the running statistics, so it needs "
@@ -116,7 +128,7 @@ class BatchRenorm(DivisiveNorm):
         super().__init__(num_features, NormSpec(BS, BS, sigma=sigma, eps=eps), affine=affine, momentum=momentum,
                          track_running_stats=True, alpha=alpha, impl=impl, device=device, dtype=dtype,
                          process_group=process_group)
-        self.rmax, self.dmax = rmax, dmax
+        self.rmax, self.dmax, self.relax = rmax, dmax, relax
         self._rd = None  # this forward's (r, d), set when the batch statistics are folded in (_update_running)
 
     @property
@@ -129,14 +141,24 @@ class BatchRenorm(DivisiveNorm):
                 self._rd = self._correction(mu.reshape(-1), s.reshape(-1))
         super()._update_running(x, mu, s, batch, count)
 
+    def clips(self) -> tuple:
+        """``(rmax, dmax)`` at this point of the schedule (``relax``), for the next training batch."""
+        if self.relax is None:
+            return self.rmax, self.dmax
+        done = max(int(self.num_batches_tracked) - 1, 0) if self.training else int(self.num_batches_tracked)
+        start, r_end, d_end = self.relax
+        ramp = lambda end: min(max((done - start) / (end - start), 0.0), 1.0)  # noqa: E731
+        return 1.0 + (self.rmax - 1.0) * ramp(r_end), self.dmax * ramp(d_end)
+
     def _correction(self, mu: torch.Tensor, s: torch.Tensor) -> tuple:
         """``(r, d)`` of the batch statistics ``mu``, ``s`` (per channel) against the running ones, clipped."""
         spec = self.spec
+        rmax, dmax = self.clips()
         sig = self.spec.sigma if self.sigma is None else self.sigma.detach()
         base = sig * sig + spec.eps_for(mu.dtype)
         d_run = (base + spec.sup_scale * self.running_var.to(mu.dtype)) ** spec.power
-        r = ((base + spec.sup_scale * s) ** spec.power / d_run).clamp(1.0 / self.rmax, self.rmax)
-        d = ((mu - self.running_mean.to(mu.dtype)) / d_run).clamp(-self.dmax, self.dmax)
+        r = ((base + spec.sup_scale * s) ** spec.power / d_run).clamp(1.0 / rmax, rmax)
+        d = ((mu - self.running_mean.to(mu.dtype)) / d_run).clamp(-dmax, dmax)
         return r, d
 
     def _affine(self, y: torch.Tensor, dtype) -> torch.Tensor:
@@ -155,7 +177,7 @@ class BatchRenorm(DivisiveNorm):
         return f"BatchRenorm({self.num_features}, alpha={self.alpha:g})"
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rmax={self.rmax:g}, dmax={self.dmax:g}"
+        return f"{super().extra_repr()}, rmax={self.rmax:g}, dmax={self.dmax:g}, relax={self.relax}"
 
 
 # ------------------------------------------------------------------------------------------- Switchable Norm

@@ -157,9 +157,9 @@ PRESETS.update({  # the atlas of issue 26: modules whose Table-1 view is ``spec`
     # batch-norm relatives with one extra each (dnlib.norms.batch_variants); spec: the BN field they keep
     "brn":      _P(NormSpec(BS, BS), dict(rmax=3.0, dmax=5.0), "batch renorm (Ioffe 2017; chainer's "
                    "BatchRenormalization): BN corrected towards its running statistics", BatchRenorm,
-                   _BATCH_KEYS | {"rmax", "dmax", "sigma", "alpha"},
-                   "training output r v / sigma_B + d, r and d from the running statistics, clipped at rmax, dmax, "
-                   "stop-gradient (rmax 1, dmax 0: BN)"),
+                   _BATCH_KEYS | {"rmax", "dmax", "relax", "sigma", "alpha"},
+                   "training output r v / sigma_B + d, r and d from the running statistics, clipped at rmax, dmax "
+                   "(relaxed from BN's 1, 0 on Ioffe's schedule), stop-gradient"),
     "sn":       _P(NormSpec(BS, BS), dict(fields=("in", "ln", "bn")), "switchable norm (Luo 2019; the authors' "
                    "SwitchNorm2d): a learned mixture of the in, ln and bn fields", SwitchNorm,
                    _BATCH_KEYS | {"fields", "unbiased", "sigma", "alpha"},
@@ -285,7 +285,7 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
     presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.norms.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``; ``brn``, ``sn`` and ``bcn``
     (:mod:`dnlib.norms.batch_variants`) take ``eps``, ``momentum``, ``affine``, ``impl``, ``track_running_stats``,
-    ``device``, ``dtype`` and their own: ``rmax``, ``dmax``, ``sigma``, ``alpha`` (brn); ``fields``, ``unbiased``,
+    ``device``, ``dtype`` and their own: ``rmax``, ``dmax``, ``relax``, ``sigma``, ``alpha`` (brn); ``fields``, ``unbiased``,
     ``sigma``, ``alpha`` (sn); ``groups`` (bcn).
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, eps=0, border="reference", alpha=0.005)`` is the paper's
