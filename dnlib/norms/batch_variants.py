@@ -142,23 +142,30 @@ class BatchRenorm(DivisiveNorm):
         super()._update_running(x, mu, s, batch, count)
 
     def clips(self) -> tuple:
-        """``(rmax, dmax)`` at this point of the schedule (``relax``), for the next training batch."""
+        """``(rmax, dmax)`` at this point of the schedule (``relax``): in training mode those of the batch just
+        counted (``num_batches_tracked`` includes it), in evaluation mode those of the next one."""
+        r, d = self._clips(torch.zeros((), dtype=torch.float64))
+        return float(r), float(d)
+
+    def _clips(self, like: torch.Tensor) -> tuple:
+        """The clips as numbers or, on the schedule, tensors (no ``.item()``: per copy under ``torch.func.vmap``)."""
         if self.relax is None:
             return self.rmax, self.dmax
-        done = max(int(self.num_batches_tracked) - 1, 0) if self.training else int(self.num_batches_tracked)
+        seen = self.num_batches_tracked.to(like.dtype)
+        done = (seen - 1).clamp_min(0) if self.training else seen
         start, r_end, d_end = self.relax
-        ramp = lambda end: min(max((done - start) / (end - start), 0.0), 1.0)  # noqa: E731
+        ramp = lambda end: ((done - start) / (end - start)).clamp(0.0, 1.0)  # noqa: E731
         return 1.0 + (self.rmax - 1.0) * ramp(r_end), self.dmax * ramp(d_end)
 
     def _correction(self, mu: torch.Tensor, s: torch.Tensor) -> tuple:
         """``(r, d)`` of the batch statistics ``mu``, ``s`` (per channel) against the running ones, clipped."""
         spec = self.spec
-        rmax, dmax = self.clips()
+        rmax, dmax = self._clips(mu)
         sig = self.spec.sigma if self.sigma is None else self.sigma.detach()
         base = sig * sig + spec.eps_for(mu.dtype)
         d_run = (base + spec.sup_scale * self.running_var.to(mu.dtype)) ** spec.power
-        r = ((base + spec.sup_scale * s) ** spec.power / d_run).clamp(1.0 / rmax, rmax)
-        d = ((mu - self.running_mean.to(mu.dtype)) / d_run).clamp(-dmax, dmax)
+        r = torch.clamp((base + spec.sup_scale * s) ** spec.power / d_run, 1.0 / rmax, rmax)
+        d = torch.clamp((mu - self.running_mean.to(mu.dtype)) / d_run, -dmax, dmax)
         return r, d
 
     def _affine(self, y: torch.Tensor, dtype) -> torch.Tensor:
