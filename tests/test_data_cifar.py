@@ -17,6 +17,7 @@ from dnlib.data import (
     DataWarning,
     DownloadError,
     GPULoader,
+    cifar_images,
     data_root,
     load_cifar,
     stratified_subset,
@@ -217,12 +218,11 @@ def test_gpuloader_epochs_and_resume():
 # --------------------------------------------------------------------------- the real mirror
 @needs_jpeg
 def test_cifar10_jpeg_mirror_counts_means_and_cache(monkeypatch):
-    import dnlib.data.cifar as cifar_module
     first = load_cifar("cifar10", MIRROR, download=False)  # decodes once (tqdm) if not cached
 
     def no_decode(*args, **kwargs):
         raise AssertionError("the second load decoded the JPEGs again instead of reading the .npy cache")
-    monkeypatch.setattr(cifar_module, "_decode_all", no_decode)
+    monkeypatch.setattr(cifar_images, "_decode_all", no_decode)
     d = load_cifar("cifar10", MIRROR, download=False)  # from the cache, or the line above fails
     print(f"CIFAR-10 JPEG load: first {first.load_seconds:.1f} s, second (cache) {d.load_seconds:.2f} s")
     for a in ("x_train", "y_train", "x_test", "y_test"):
@@ -336,7 +336,7 @@ def test_cifar_cache_corruption_is_detected_and_rebuilt(tmp_path, monkeypatch, k
         d = load_cifar("cifar10", root, download=False, progress=False)
     _same(d, _truth(root))  # served fresh, not stale
     # and the cache was rewritten: a third load decodes nothing
-    monkeypatch.setattr(C, "_decode_all", lambda *a, **k: pytest.fail("the repaired cache was not used"))
+    monkeypatch.setattr(cifar_images, "_decode_all", lambda *a, **k: pytest.fail("the repaired cache was not used"))
     _same(load_cifar("cifar10", root, download=False, progress=False), _truth(root))
 
 

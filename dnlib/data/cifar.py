@@ -7,10 +7,11 @@ Two on-disk formats are read:
   file is read once into memory, its md5 and sha256 are checked against the official files' digests
   (:data:`CIFAR_FILE_DIGESTS`) and only those bytes are unpickled, with a restricted unpickler that builds
   nothing but what the format holds (dicts, lists, strings, numbers, numpy arrays); ``verify=False`` skips
-  the digests (for a legitimate copy in the official format) but never the restricted unpickler;
+  the digests (for a legitimate copy in the official format) but never the restricted unpickler
+  (:mod:`dnlib.data.cifar_pickle`);
 * the torchvision ``ImageFolder`` layout (``cifar10-jpeg/{train,test}/<class>/<k>.jpg``), e.g. the
   lossy JPEG copy in the shared mirror. Decoded once with PIL (a process pool) and cached as uint8
-  ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take about a second.
+  ``.npy`` in :func:`~dnlib.data.root.cache_dir`, so later loads take about a second (:mod:`dnlib.data.cifar_images`).
 
 The image-folder cache is verified, not trusted. Its manifest records a :func:`~dnlib.data.root.stat_key`
 of every image file and of the root's ``SHA256SUMS`` (path, size, ``mtime_ns``, ``ctime_ns``: one
@@ -33,32 +34,23 @@ training indices, 10 folds, fold 0 held out (5,000 images).
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
-import pickle
 import time
-import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .cifar_images import read_imagefolder
+from .cifar_pickle import check_official, read_python
 from .root import (
     SUMS_NAME,
-    ChecksumError,
     DatasetNotFoundError,
     DatasetSource,
-    DataWarning,
-    atomic_save_npy,
-    atomic_write_json,
-    cache_dir,
     check_regular_file,
     data_root,
     find_or_fetch,
     open_regular,
-    stat_key,
     verify_checksums,
 )
 
@@ -122,9 +114,6 @@ CIFAR_FILE_DIGESTS = {
     },
 }
 _IMAGEFOLDER = {"cifar10": ("cifar10-jpeg", "cifar10"), "cifar100": ("cifar100-jpeg", "cifar100")}
-_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp")
-_CACHE_VERSION = 2
-_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 _PYTHON_FILES = {"cifar10": ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                              "test_batch", "batches.meta"),
                  "cifar100": ("train", "test", "meta")}
@@ -201,310 +190,9 @@ def _check_name(name: str) -> str:
     return key
 
 
-class _Refused(pickle.UnpicklingError):
-    pass
-
-
-def _checked_reconstruct(subtype, *args):
-    if subtype is not np.ndarray:
-        raise _Refused(f"an array of type {subtype!r} (only numpy.ndarray is allowed)")
-    return _RECONSTRUCT(subtype, *args)
-
-
-def _checked_dtype(*args, **kwargs):
-    dt = np.dtype(*args, **kwargs)
-    if dt.hasobject:
-        raise _Refused(f"the dtype {dt} (it holds Python objects)")
-    return dt
-
-
-def _checked_scalar(dtype, *args):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise _Refused(f"a numpy scalar of dtype {dtype!r}")
-    return _SCALAR(dtype, *args)
-
-
-def _latin1_bytes(text, encoding):
-    # how Python 3 writes bytes at pickle protocol 2: _codecs.encode(str, "latin1")
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _Refused(f"_codecs.encode with {type(text).__name__}, {encoding!r} (only str, 'latin1')")
-    return text.encode("latin1")
-
-
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's multiarray._reconstruct, wherever this numpy keeps it
-_SCALAR = np.float64(0).__reduce__()[0]     # numpy's multiarray.scalar
-#: The only globals a CIFAR pickle may name: what numpy arrays (and, in copies re-pickled by Python 3 at
-#: protocol 2, bytes and numpy scalars) are rebuilt from. Every one is a checked wrapper.
-_ALLOWED_GLOBALS = {
-    **{(m, "_reconstruct"): _checked_reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(m, "scalar"): _checked_scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _checked_dtype,
-    ("_codecs", "encode"): _latin1_bytes,
-}
-
-
-class _CIFARUnpickler(pickle.Unpickler):
-    """Unpickles only the official CIFAR format: dicts, lists, tuples, strings, bytes, numbers, numpy arrays.
-
-    Containers, strings and numbers need no globals; :meth:`find_class` resolves only the numpy array
-    reconstruction names in :data:`_ALLOWED_GLOBALS` and refuses every other global (``os.system``, ``open``,
-    ``builtins.eval``, any class), so a crafted file cannot run code or build arbitrary objects.
-    """
-
-    def find_class(self, module, name):
-        fn = _ALLOWED_GLOBALS.get((module, name))
-        if fn is None:
-            raise _Refused(f"the global {module}.{name}")
-        return fn
-
-
-def _walk_plain(obj, depth: int = 0) -> None:
-    """Refuse object arrays (numpy's own checks aside) anywhere in a loaded CIFAR dict."""
-    if depth > 8:
-        raise _Refused("containers nested deeper than the format's")
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise _Refused(f"an array of dtype {obj.dtype} (it holds Python objects)")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _walk_plain(k, depth + 1)
-            _walk_plain(v, depth + 1)
-    elif isinstance(obj, (list, tuple)) and obj and not all(type(v) is int for v in obj):  # labels: skip them fast
-        for v in obj:
-            _walk_plain(v, depth + 1)
-
-
-def _unpickle(raw: bytes, path: Path) -> dict:
-    """Unpickle the bytes of CIFAR file ``path`` with :class:`_CIFARUnpickler` into a dict with str keys."""
-    try:
-        d = _CIFARUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        _walk_plain(d)
-    except _Refused as e:
-        raise ValueError(f"refused to unpickle {path}: it asks for {e}, which the CIFAR python format does not "
-                         f"hold (only dicts, lists, strings, numbers and numpy arrays). It is not an official CIFAR "
-                         f"file and may be crafted to run code: nothing of it was run; delete it") from None
-    except Exception as e:  # noqa: BLE001 - any other unpickling failure means a corrupt file
-        raise ValueError(f"cannot read CIFAR pickle {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"CIFAR pickle {path} holds a {type(d).__name__}, expected a dict")
-    # official files (Python 2 str, read as latin1) have str keys; copies re-pickled from encoding="bytes" have bytes
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
-
-
 def _read_raw(path: Path) -> bytes:
     with open_regular(path) as f:  # a FIFO, device or folder is refused, naming it, before it is opened
         return f.read()
-
-
-def _check_official(key: str, files: dict[str, bytes], sha256: dict[str, str], folder: Path) -> None:
-    """Raise :class:`ChecksumError` naming every file whose md5 or sha256 (given) is not the official one."""
-    problems = []
-    for fname, raw in files.items():
-        md5_want, sha_want = CIFAR_FILE_DIGESTS[key][fname]
-        sha = sha256[fname]
-        md5 = hashlib.md5(raw, usedforsecurity=False).hexdigest()
-        if sha != sha_want or md5 != md5_want:
-            problems.append(f"{folder / fname}: sha256 {sha}, expected {sha_want}; md5 {md5}, expected {md5_want}")
-    if problems:
-        src = CIFAR_SOURCES[key]
-        raise ChecksumError(
-            f"{src.name}: not the official files, so they were not unpickled (a pickle can run code):\n  "
-            + "\n  ".join(problems) + f"\nRestore them from the official archive {src.url} (md5 {src.md5}). "
-            f"If they are a legitimate copy in the official format (e.g. re-pickled), load them with "
-            f"load_cifar(..., verify=False): they are still read with a restricted unpickler that builds only "
-            f"dicts, lists, strings, numbers and numpy arrays, and the data are then described as not verified.")
-
-
-def _pickle_images(d: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        data = np.asarray(d["data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
-    except KeyError as e:
-        raise ValueError(f"CIFAR pickle {path} lacks key {e}") from e
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(f"CIFAR pickle {path}: expected data (N, 3072) and N labels, "
-                         f"got {data.shape} and {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels
-
-
-def _class_names(d: dict, path: Path, key: str) -> list[str]:
-    names = d.get(key)
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
-        raise ValueError(f"CIFAR pickle {path}: expected a list of class names under {key!r}")
-    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
-
-
-def _read_python(name: str, folder: Path, raw: dict[str, bytes]):
-    """The arrays and class names from the files' bytes ``raw`` (``{file name: bytes}``, verified by the caller)."""
-    def load(fname):
-        return _unpickle(raw[fname], folder / fname)
-
-    if name == "cifar10":
-        parts = [_pickle_images(load(f"data_batch_{i}"), folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
-        x_train = np.concatenate([p[0] for p in parts])
-        y_train = np.concatenate([p[1] for p in parts])
-        x_test, y_test = _pickle_images(load("test_batch"), folder / "test_batch", "labels")
-        classes = _class_names(load("batches.meta"), folder / "batches.meta", "label_names")
-    else:
-        x_train, y_train = _pickle_images(load("train"), folder / "train", "fine_labels")
-        x_test, y_test = _pickle_images(load("test"), folder / "test", "fine_labels")
-        classes = _class_names(load("meta"), folder / "meta", "fine_label_names")
-    return x_train, y_train, x_test, y_test, classes
-
-
-def _decode_files(paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Decode image files to a uint8 (n, 3, 32, 32) array, with each file's sha256; a bad file raises ValueError naming
-    it."""
-    from PIL import Image
-    out = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
-    digests = []
-    for i, p in enumerate(paths):
-        try:
-            with open_regular(p) as f:  # a FIFO swapped in after the listing is refused, not waited on
-                data = f.read()
-        except OSError as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
-        try:
-            digests.append(hashlib.sha256(data).hexdigest())
-            with Image.open(io.BytesIO(data)) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
-            raise ValueError(f"cannot decode image {p}: {type(e).__name__}: {e}") from None
-        if arr.shape != (32, 32, 3):
-            raise ValueError(f"image {p} has shape {arr.shape}, expected 32x32 RGB")
-        out[i] = arr
-    return out.transpose(0, 3, 1, 2), digests
-
-
-def _sort_key(p: str):
-    stem = os.path.splitext(os.path.basename(p))[0]  # not Path(p).stem: this runs for 60,000 files per load
-    return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
-
-
-def _imagefolder_classes(folder: Path) -> list[str]:
-    classes = None
-    for split in ("train", "test"):
-        sdir = folder / split
-        if not sdir.is_dir():
-            raise ValueError(f"image-folder dataset {folder} lacks the {split}/ folder")
-        names = sorted(d.name for d in os.scandir(sdir) if d.is_dir())
-        if classes is None:
-            classes = names
-        elif names != classes:
-            raise ValueError(f"{folder}: train/ and test/ have different class folders: {classes} vs {names}")
-    if not classes:
-        raise ValueError(f"image-folder dataset {folder} has no class folders in train/")
-    return classes
-
-
-def _list_imagefolder(folder: Path, split: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    files, labels = [], []
-    for k, c in enumerate(classes):
-        entries = [e for e in os.scandir(folder / split / c) if e.name.lower().endswith(_IMAGE_EXT)]
-        for e in entries:
-            if not e.is_file():  # follows symlinks; a FIFO, device or folder here would block or fail the decoding
-                check_regular_file(e.path)
-        cf = sorted((e.path for e in entries), key=_sort_key)
-        files += cf
-        labels += [k] * len(cf)
-    return files, np.asarray(labels, dtype=np.int64)
-
-
-def _decode_all(files: list[str], progress: bool, desc: str) -> tuple[np.ndarray, list[str]]:
-    from tqdm.auto import tqdm
-    if not files:
-        return np.empty((0, 3, 32, 32), np.uint8), []
-    chunk = 500
-    chunks = [files[i:i + chunk] for i in range(0, len(files), chunk)]
-    workers = min(len(chunks), os.cpu_count() or 1, 8)
-    with tqdm(total=len(files), desc=desc, unit="img", disable=not progress) as bar:
-        if workers <= 1:
-            parts = []
-            for c in chunks:
-                parts.append(_decode_files(c))
-                bar.update(len(c))
-        else:
-            import multiprocessing as mp
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            with ctx.Pool(workers) as pool:
-                parts = []
-                for c, part in zip(chunks, pool.imap(_decode_files, chunks)):
-                    parts.append(part)
-                    bar.update(len(c))
-    return np.ascontiguousarray(np.concatenate([p[0] for p in parts])), [d for p in parts for d in p[1]]
-
-
-def _array_sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
-
-
-def _load_cache(cdir: Path, fp: dict, n: tuple[int, int], labels: tuple[np.ndarray, np.ndarray]):
-    """The cached arrays if the cache is current and intact; ``None`` (after a DataWarning if it is corrupt)
-    otherwise."""
-    mpath = cdir / "manifest.json"
-    try:
-        manifest = json.loads(mpath.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        warnings.warn(f"CIFAR cache {mpath} is unreadable ({type(e).__name__}: {e}); decoding the images again",
-                      DataWarning, stacklevel=4)
-        return None
-    if {k: manifest.get(k) for k in fp} != fp:
-        return None  # stale: the images, SHA256SUMS or the cache format changed
-    expect = {"x_train": ((n[0], 3, 32, 32), "uint8"), "y_train": ((n[0],), "int64"),
-              "x_test": ((n[1], 3, 32, 32), "uint8"), "y_test": ((n[1],), "int64")}
-    out = []
-    for a in _ARRAYS:
-        path = cdir / f"{a}.npy"
-        try:
-            arr = np.load(path, allow_pickle=False)
-            shape, dtype = expect[a]
-            if arr.shape != shape or arr.dtype != np.dtype(dtype):
-                raise ValueError(f"shape {arr.shape} {arr.dtype}, expected {shape} {dtype}")
-            if a.startswith("y") and not np.array_equal(arr, labels[a == "y_test"]):
-                raise ValueError("labels disagree with the class folders")
-            want = manifest.get("arrays", {}).get(a)
-            got = _array_sha256(arr)
-            if got != want:
-                raise ValueError(f"sha256 {got} differs from the manifest's {want}")
-        except Exception as e:  # noqa: BLE001 - np.load raises OSError, ValueError, EOFError... on a bad file
-            warnings.warn(f"CIFAR cache {path} is corrupt ({type(e).__name__}: {e}); decoding the images again",
-                          DataWarning, stacklevel=4)
-            return None
-        out.append(arr)
-    return tuple(out)
-
-
-def _read_imagefolder(name: str, folder: Path, base: Path, use_cache: bool, progress: bool):
-    classes = _imagefolder_classes(folder)
-    train_files, y_train = _list_imagefolder(folder, "train", classes)
-    test_files, y_test = _list_imagefolder(folder, "test", classes)
-    resolved = str(folder.resolve())
-    fp = {"version": _CACHE_VERSION, "folder": resolved, "classes": classes,
-          "counts": [len(train_files), len(test_files)],
-          "files": stat_key([base / SUMS_NAME, *train_files, *test_files])}
-    key = hashlib.sha1(resolved.encode()).hexdigest()[:12]
-    cdir = cache_dir() / f"{name}-imagefolder-{key}" if use_cache else None
-    if cdir is not None and (cdir / "manifest.json").exists():
-        cached = _load_cache(cdir, fp, (len(train_files), len(test_files)), (y_train, y_test))
-        if cached is not None:
-            return (*cached, classes)
-    x_train, d_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
-    x_test, d_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
-    verify_checksums(base, folder, train_files + test_files, what=f"{_PRETTY[name]} image folder", recursive=True,
-                     accept=lambda n: n.lower().endswith(_IMAGE_EXT),
-                     digests=dict(zip(train_files + test_files, d_train + d_test)))
-    out = (x_train, y_train, x_test, y_test)
-    if cdir is not None:
-        cdir.mkdir(parents=True, exist_ok=True)
-        (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
-        for a, arr in zip(_ARRAYS, out):
-            atomic_save_npy(cdir / f"{a}.npy", arr)
-        atomic_write_json(cdir / "manifest.json", {**fp, "arrays": {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}},
-                          sort_keys=True)
-    return (*out, classes)
 
 
 def validation_split(num_train: int = 50000, num_folds: int = 10, fold: int = 0,
@@ -645,11 +333,12 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
         verify_checksums(base, folder, paths, what=src.name, accept=names.__contains__,
                          digests={os.fspath(p): sha[f] for f, p in zip(names, paths) if f in sha})
         if verify:
-            _check_official(key, raw, sha, Path(folder))
-        x_train, y_train, x_test, y_test, classes = _read_python(key, folder, raw)
+            check_official(raw, sha, Path(folder), CIFAR_FILE_DIGESTS[key], src)
+        x_train, y_train, x_test, y_test, classes = read_python(key, folder, raw)
         del raw
     else:
-        x_train, y_train, x_test, y_test, classes = _read_imagefolder(key, folder, base, cache, progress)
+        x_train, y_train, x_test, y_test, classes = read_imagefolder(key, folder, base, cache, progress,
+                                                                     f"{_PRETTY[key]} image folder")
 
     x_val = y_val = None
     if validation:
