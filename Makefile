@@ -7,6 +7,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.dnlib-installed
 PROFILE ?= smoke
+# pytest-xdist workers for make test/check (loadscope: a module's tests, and a notebook's cells, share one worker,
+# so module fixtures and nbval's kernel are made once). JOBS=0 runs in one process.
+JOBS    ?= 2
+XDIST   := $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist loadscope)
 export MPLBACKEND ?= agg
 # The data root: DNLIB_DATA if set, else ../shared/data when it is beside the clone, else data/.
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))
@@ -45,12 +49,12 @@ run: setup
 	$(BIN)/python -m dnlib.notebook.suite run --profile $(PROFILE)
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=25 tests
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600 -p no:cacheprovider notebooks
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25 tests
+	$(BIN)/python -m pytest -q $(XDIST) --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600 -p no:cacheprovider notebooks
 
 # The inner loop of development: the unit tests without the notebooks, the browser and the tests marked slow.
 check: setup
-	$(BIN)/python -m pytest -q -m "not browser and not slow" --durations=15 tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not browser and not slow" --durations=15 tests
 
 bench: setup
 	$(BIN)/python -m dnlib.bench

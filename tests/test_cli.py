@@ -334,6 +334,7 @@ def test_sweep_help_lists_the_run_options_it_passes_on(main, own, capsys):
         assert flag in passed, flag
 
 
+@pytest.mark.slow
 @needs_ptb
 @pytest.mark.parametrize("flag, shown", [("--progress", True), ("--no-progress", False), (None, False)])
 def test_run_progress_flag(flag, shown, tmp_path, capfd, monkeypatch):
@@ -348,6 +349,7 @@ def test_run_progress_flag(flag, shown, tmp_path, capfd, monkeypatch):
         assert "4/4" in lines[-1] and "\r" not in err
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_run_seeds_runs_each_seed_in_its_own_folder(tmp_path, capsys):
     """``run CONFIG --seeds 0 1`` (the issue's ``dnlib cifar run bn-star --seeds 0 1 2``): one run per seed, one

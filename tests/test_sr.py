@@ -237,6 +237,7 @@ def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
     assert all(v is None for k, v in run.headline.items() if k != "train_seconds")   # not completed: no scores
 
 
+@pytest.mark.slow
 @needs_data
 def test_run_with_norm_records_and_the_report_reads_them(tmp_path):
     from dnlib.experiments import records
