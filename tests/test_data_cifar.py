@@ -372,7 +372,7 @@ def test_cifar_sha256sums_verdict_is_cached(tmp_path, monkeypatch):
     root = tmp_path / "root"
     _real_copy(root)
     load_cifar("cifar10", root, download=False, progress=False, cache=False)
-    monkeypatch.setattr(R, "_hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
+    monkeypatch.setattr(R, "hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
     load_cifar("cifar10", root, download=False, progress=False, cache=False)
 
 

@@ -138,11 +138,11 @@ def test_ptb_verdict_cached_until_a_file_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
     folder = _real_copy(tmp_path / "root")
     load_ptb(tmp_path / "root", download=False)
-    hash_file = R._hash_file
+    hash_file = R.hash_file
     with monkeypatch.context() as m:
-        m.setattr(R, "_hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
+        m.setattr(R, "hash_file", lambda *a: pytest.fail("hashed again although nothing changed"))
         load_ptb(tmp_path / "root", download=False)
-    assert R._hash_file is hash_file
+    assert R.hash_file is hash_file
     b = bytearray((folder / "ptb.test.txt").read_bytes())  # same size, one byte changed
     b[-3] = ord("x") if b[-3] != ord("x") else ord("y")
     (folder / "ptb.test.txt").write_bytes(bytes(b))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dnlib.data import fetch as F
 from dnlib.data import root as R
 
 
@@ -50,7 +51,7 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 def test_download_file_url_verified(archive, tmp_path):
     path, md5 = archive
     dest = tmp_path / "root" / "toy.tar.gz"
-    R.download_url(path.as_uri(), dest, md5=md5, progress=False)
+    F.download_url(path.as_uri(), dest, md5=md5, progress=False)
     assert dest.read_bytes() == path.read_bytes()
     assert _leftovers(dest.parent) == ["toy.tar.gz"]
 
@@ -59,7 +60,7 @@ def test_checksum_mismatch_leaves_nothing(archive, tmp_path):
     path, _ = archive
     dest = tmp_path / "root" / "toy.tar.gz"
     with pytest.raises(R.DownloadError, match="md5 mismatch"):
-        R.download_url(path.as_uri(), dest, md5="0" * 32, progress=False)
+        F.download_url(path.as_uri(), dest, md5="0" * 32, progress=False)
     assert _leftovers(dest.parent) == []
 
 
@@ -88,7 +89,7 @@ def test_interrupted_download_leaves_nothing(archive, tmp_path):
         dest = tmp_path / "root" / "toy.tar.gz"
         url = f"http://127.0.0.1:{server.server_port}/toy.tar.gz"
         with pytest.raises(R.DownloadError, match="interrupted"):
-            R.download_url(url, dest, md5=md5, progress=False)
+            F.download_url(url, dest, md5=md5, progress=False)
         assert _leftovers(dest.parent) == []
     finally:
         server.shutdown()
@@ -101,24 +102,24 @@ def test_truncated_archive_clear_error_and_nothing_extracted(archive, tmp_path):
     bad.write_bytes(path.read_bytes()[:-200])
     out = tmp_path / "out"
     with pytest.raises(R.DownloadError, match="truncated or corrupt") as e:
-        R.extract_archive(bad, out)
+        F.extract_archive(bad, out)
     assert str(bad) in str(e.value)
     assert _leftovers(out) == []
 
 
 def _source(url, md5, **kw):
-    return R.DatasetSource(name="Toy", folders=("toy",), check=("a.txt",), url=url, md5=md5,
+    return F.DatasetSource(name="Toy", folders=("toy",), check=("a.txt",), url=url, md5=md5,
                            archive="toy.tar.gz", **kw)
 
 
 def test_find_or_fetch_downloads_unpacks_once(archive, tmp_path):
     path, md5 = archive
     root = tmp_path / "root"
-    found = R.find_or_fetch(_source(path.as_uri(), md5), root, progress=False)
+    found = F.find_or_fetch(_source(path.as_uri(), md5), root, progress=False)
     assert found == root / "toy" and (found / "a.txt").read_text() == "hello\n"
     assert _leftovers(root) == ["toy", "toy.tar.gz"]
     path.unlink()  # a second call needs neither the URL nor the archive
-    assert R.find_or_fetch(_source(path.as_uri(), md5), root, progress=False) == found
+    assert F.find_or_fetch(_source(path.as_uri(), md5), root, progress=False) == found
 
 
 def test_find_or_fetch_bad_archive_in_root_is_refused(archive, tmp_path):
@@ -127,7 +128,7 @@ def test_find_or_fetch_bad_archive_in_root_is_refused(archive, tmp_path):
     root.mkdir()
     (root / "toy.tar.gz").write_bytes(path.read_bytes()[:100])
     with pytest.raises(R.DownloadError, match="md5 mismatch"):
-        R.find_or_fetch(_source(path.as_uri(), md5), root, progress=False)
+        F.find_or_fetch(_source(path.as_uri(), md5), root, progress=False)
     assert not (root / "toy").exists()
 
 
@@ -135,7 +136,7 @@ def test_find_or_fetch_bad_archive_in_root_is_refused(archive, tmp_path):
 def test_missing_dataset_error_names_everything(tmp_path, download):
     url = (tmp_path / "nowhere" / "toy.tar.gz").as_uri()  # unreachable: no such file
     with pytest.raises(R.DatasetNotFoundError) as e:
-        R.find_or_fetch(_source(url, "0" * 32), tmp_path / "root", download=download, progress=False)
+        F.find_or_fetch(_source(url, "0" * 32), tmp_path / "root", download=download, progress=False)
     msg = str(e.value)
     for part in ("Toy", str(tmp_path / "root" / "toy"), str(tmp_path / "root" / "toy.tar.gz"), url, "DNLIB_DATA"):
         assert part in msg
@@ -185,7 +186,7 @@ def test_plain_python_finds_shared_data_beside_the_clone(monkeypatch, tmp_path):
     import sys
     env = {k: v for k, v in os.environ.items() if k != "DNLIB_DATA"}
     code = ("from dnlib.data import data_root; from dnlib.data.ptb import PTB_SOURCE; "
-            "from dnlib.data.root import find_or_fetch; print(data_root()); "
+            "from dnlib.data.fetch import find_or_fetch; print(data_root()); "
             "print(find_or_fetch(PTB_SOURCE, download=False))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
@@ -204,7 +205,7 @@ def test_extract_keeps_an_existing_folder(archive, tmp_path):
     (root / "toy" / "mine.txt").write_text("user file")
     (root / "toy" / "notes" / "n.txt").write_text("more")
     (root / "toy" / "a.txt").write_text("hello\n")  # identical to the archive's copy: fine
-    R.extract_archive(path, root)
+    F.extract_archive(path, root)
     assert (root / "toy" / "mine.txt").read_text() == "user file"
     assert (root / "toy" / "notes" / "n.txt").read_text() == "more"
     assert (root / "toy" / "a.txt").read_text() == "hello\n" and (root / "toy" / "b.txt").read_bytes() == b"x" * 5000
@@ -217,7 +218,7 @@ def test_extract_refuses_to_overwrite_a_different_file(archive, tmp_path):
     (root / "toy").mkdir(parents=True)
     (root / "toy" / "a.txt").write_text("my edits")
     with pytest.raises(R.DownloadError) as e:
-        R.extract_archive(path, root)
+        F.extract_archive(path, root)
     assert str(root / "toy" / "a.txt") in str(e.value)
     assert (root / "toy" / "a.txt").read_text() == "my edits"
     assert _leftovers(root) == ["toy"] and _leftovers(root / "toy") == ["a.txt"]  # nothing moved in
@@ -228,5 +229,5 @@ def test_extract_refuses_without_tar_filters(archive, tmp_path, monkeypatch):
     path, _ = archive
     monkeypatch.delattr(tarfile, "data_filter")
     with pytest.raises(R.DownloadError, match="3.11.4"):
-        R.extract_archive(path, tmp_path / "out")
+        F.extract_archive(path, tmp_path / "out")
     assert _leftovers(tmp_path / "out") == []

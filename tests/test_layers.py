@@ -74,7 +74,6 @@ def test_no_module_imports_a_higher_floor():
 
 #: Modules still over ~500 lines and the most each may have until it is split (a ratchet: it may only shrink).
 OVERSIZED = {
-    "dnlib.data.root": 574,
     "dnlib.norms.triton_dn": 628,
 }
 

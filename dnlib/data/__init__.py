@@ -11,20 +11,19 @@ Entry points: :func:`load_cifar`, :func:`load_ptb`, :func:`load_sr`.
 """
 
 from .cifar import CIFAR, load_cifar, mean_image, stratified_subset, validation_split
+from .fetch import download_url, extract_archive
 from .loader import GPULoader
 from .ptb import PTB, PTBBatches, load_ptb, ptb_batches, ptb_epoch_size
 from .root import (
-                   ChecksumError,
-                   DatasetNotFoundError,
-                   DataWarning,
-                   DownloadError,
-                   NotRegularFileError,
-                   SourceUnreachableError,
-                   cache_dir,
-                   data_root,
-                   download_url,
-                   extract_archive,
-                   verify_checksums,
+    ChecksumError,
+    DatasetNotFoundError,
+    DataWarning,
+    DownloadError,
+    NotRegularFileError,
+    SourceUnreachableError,
+    cache_dir,
+    data_root,
+    verify_checksums,
 )
 from .sr import SRCNNPatches, SRSet, imresize, load_sr, luma, modcrop, rgb2ycbcr_y, sr_test_pair
 

@@ -43,16 +43,8 @@ import numpy as np
 
 from .cifar_images import read_imagefolder
 from .cifar_pickle import check_official, read_python
-from .root import (
-    SUMS_NAME,
-    DatasetNotFoundError,
-    DatasetSource,
-    check_regular_file,
-    data_root,
-    find_or_fetch,
-    open_regular,
-    verify_checksums,
-)
+from .fetch import DatasetSource, find_or_fetch
+from .root import SUMS_NAME, DatasetNotFoundError, check_regular_file, data_root, open_regular, verify_checksums
 
 __all__ = ["CIFAR", "load_cifar", "validation_split", "stratified_subset", "mean_image", "CIFAR_SOURCES",
            "CIFAR_FILE_DIGESTS"]

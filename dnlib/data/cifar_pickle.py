@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .root import ChecksumError, DatasetSource
+from .fetch import DatasetSource
+from .root import ChecksumError
 
 __all__ = ["check_official", "read_python"]
 

@@ -15,15 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .root import (
-    DatasetSource,
-    check_known_sizes,
-    check_regular_file,
-    data_root,
-    find_or_fetch,
-    open_regular,
-    verify_checksums,
-)
+from .fetch import DatasetSource, find_or_fetch
+from .root import check_known_sizes, check_regular_file, data_root, open_regular, verify_checksums
 
 __all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE", "PTB_SIZES"]
 

@@ -25,15 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .root import (
-    DatasetSource,
-    check_known_sizes,
-    check_regular_file,
-    data_root,
-    find_or_fetch,
-    open_regular,
-    verify_checksums,
-)
+from .fetch import DatasetSource, find_or_fetch
+from .root import check_known_sizes, check_regular_file, data_root, open_regular, verify_checksums
 
 __all__ = ["SRSet", "load_sr", "rgb2ycbcr_y", "luma", "modcrop", "imresize", "sr_test_pair",
            "SRCNNPatches", "srcnn_pairs", "SR_SETS", "SR_SIZES"]
