@@ -60,7 +60,7 @@ RECIPES = [
                        ["--subset", "200,100", "--eval-every", "2", "--batch-size", "20", "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 2e-3}, diverge={"lr": 1e6}, available=_has_cifar()),
                  id="cifar"),
-    pytest.param(Smoke("dnlib.experiments.sr", "smoke-bn", {"sets": ("Set5",), "curve_sets": ("Set5",)},
+    pytest.param(Smoke("dnlib.experiments.sr", "smoke-bn", {"sets": ("Set5",), "curve_sets": ("Set5",), "eval_every": 2},
                        ["--sets", "Set5", "--curve-sets", "Set5", "--batch-size", "8", "--eval-every", "2",
                         "--device", "cpu"],
                        steps=6, chunk=2, change={"lr": 1e-3}, diverge={"lr": 1e8, "optimizer": "sgd"},
@@ -77,7 +77,7 @@ RECIPES = [
                        steps=6, chunk=2, change={"lr": 0.02}, diverge={"lr": 1e6}, available=_has_cifar()),
                  id="analysis"),
 ]
-_OVERRIDES = {"dnlib.experiments.cifar": {"batch_size": 20}, "dnlib.experiments.sr": {"batch_size": 8, "eval_every": 2},
+_OVERRIDES = {"dnlib.experiments.cifar": {"batch_size": 20}, "dnlib.experiments.sr": {"batch_size": 8},
               "dnlib.experiments.ptb": {"hidden_size": 16, "batch_size": 4},
               "dnlib.experiments.analysis": {"size": "smoke"}}   # smoke-size fields
 

@@ -111,13 +111,13 @@ def test_pack_unpack_and_l1_terms():
 @needs_data
 def test_stacked_run_writes_one_record_per_seed(tmp_path):
     results = stacked_sr.run(RECIPE, "smoke-dn*", [0, 1], steps=4, device="cpu", out=tmp_path,
-                             overrides={**SMALL, "eval_every": 2}, options={"sets": ("Set5",)}, progress=False)
+                             overrides=SMALL, options={"sets": ("Set5",), "eval_every": 2}, progress=False)
     dirs = records.find_runs([tmp_path])
     assert sorted(d.name for d in dirs) == ["smoke-dn-s0", "smoke-dn-s1"]   # (run_name drops the star)
     for res in results:
         rec = records.read_record(res.run_dir)
         assert rec["stopped"] == COMPLETED and rec["config"]["setup"]["stacked"] == 2
         sep = run_one(RECIPE, "smoke-dn*", seed=rec["seed"], steps=4, device="cpu",
-                             overrides={**SMALL, "eval_every": 2}, options={"sets": ("Set5",)}, progress=False)
+                             overrides=SMALL, options={"sets": ("Set5",), "eval_every": 2}, progress=False)
         assert rec["headline"]["set5_psnr"] == pytest.approx(sep.record["headline"]["set5_psnr"], abs=1e-3)
     assert len(records.gather([tmp_path])) == 2

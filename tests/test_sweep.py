@@ -121,8 +121,8 @@ def _partial(folder: Path, seed: int) -> None:
     torch.set_num_threads(1)
     try:
         runner.run(RECIPE, "smoke-bn", seed=seed, steps=STEPS, resume=folder, stop_after=CHUNK, device="cpu",
-                       overrides={"batch_size": 8, "eval_every": CHUNK},
-                       options={"sets": ("Set5",), "curve_sets": ("Set5",)})
+                       overrides={"batch_size": 8},
+                       options={"sets": ("Set5",), "curve_sets": ("Set5",), "eval_every": CHUNK})
     finally:
         torch.set_num_threads(threads)
     records.write_record(folder, {**records.read_record(folder), "stopped": "running"})

@@ -90,3 +90,30 @@ def test_stop_after_on_the_command_line(tmp_path, capsys):
     import json
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (row["steps"], row["stopped"]) == (3, "stop_after at step 3") and row["planned"] > 3
+
+
+def _chunk(name, **options):
+    """The steps per evaluation and checkpoint of a 120-step run as the runner takes them (``Run.chunk``)."""
+    recipe, config, tiny, opts = TINY[name]
+    setup = build_setup(recipe, recipe.config(config, steps=120, **tiny), 0, "cpu", {**opts, **options})
+    assert setup.train.eval_every == setup.train.checkpoint_every
+    return int(setup.chunk or setup.train.eval_every or setup.train.steps), setup
+
+
+@pytest.mark.parametrize("name", ["cifar", "ptb", "sr"])
+def test_eval_every_is_a_build_option_in_every_experiment(name):
+    """``eval_every`` is a build option (``--eval-every``: an option flag; ``run(..., eval_every=N)``) of every
+    experiment, never a config field; None: the experiment's default, 0: only at the end, N: every N steps (before:
+    a field of SR's configurations, an option of CIFAR and PTB that took no None)."""
+    _need(name)
+    recipe, config, tiny, _ = TINY[name]
+    assert recipe.flags["--eval-every"][0] == "option"
+    with pytest.raises(ValueError, match="eval_every"):
+        recipe.config(config, eval_every=3)
+    assert _chunk(name, eval_every=7)[0] == 7
+    assert _chunk(name, eval_every=0)[0] == 120
+    default, setup = _chunk(name, eval_every=None)
+    assert default == {"cifar": 500, "sr": 40, "ptb": setup.info.get("batches_per_epoch")}[name]
+    assert setup.info["eval_every"] == default
+    with pytest.raises(ValueError, match="eval_every"):
+        _chunk(name, eval_every=-1)

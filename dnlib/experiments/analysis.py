@@ -90,7 +90,7 @@ def _ratio(a, b):
 
 class AnalysisRecipe(Recipe):
     """The analyses of notebook 08 (:mod:`dnlib.experiments.analysis_configs`). Options: ``subset`` (load; default
-    the size's), ``eval_every`` (build: steps per evaluation and checkpoint; default ``steps / evals``)."""
+    the size's), ``eval_every`` (build: steps per evaluation and checkpoint; None: ``steps / evals``; 0: only at the end)."""
 
     name = "analysis"
     module = "dnlib.experiments.analysis"
@@ -118,7 +118,7 @@ class AnalysisRecipe(Recipe):
         return cfg.as_dict()
 
     def check_options(self, *, eval_every: int | None = None, **_) -> None:
-        check_int("eval_every", eval_every, 1, none_ok=True)
+        check_int("eval_every", eval_every, 0, none_ok=True)
 
     def load(self, cfg: AnalysisConfig, seed: int, device: str = "auto", *, subset=None) -> AnalysisData:
         cifar = load_data(cfg.dataset, subset=_subset(subset) if subset is not None else cfg.subset,
@@ -133,7 +133,7 @@ class AnalysisRecipe(Recipe):
         model = cfg.build_model().to(dev)
         if cfg.detach:
             probes.detach_statistics(model)
-        every = eval_every or cfg.eval_every
+        every = cfg.eval_every if eval_every is None else eval_every or cfg.steps   # 0: only at the end
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, eval_every=every,
                            checkpoint_every=every, log_every=_log_every(cfg.steps, every), seed=seed,
                            device=str(dev), progress=False)
@@ -180,7 +180,8 @@ class AnalysisRecipe(Recipe):
     flags = {"--size": ("field", dict(choices=tuple(SIZES), help="smoke, cpu (default) or full")),
              "--subset": ("option", dict(type=cli.subset, help="stratified subset: N or N_TRAIN,N_EVAL "
                                                                "(default: the size's)")),
-             "--eval-every": ("option", dict(type=cli.positive_int, help="steps per evaluation and checkpoint")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
+                                                                            "(0: only at the end; default steps / evals)")),
              "--batch-size": ("field", dict(type=cli.positive_int, help="examples per step")),
              "--lr": ("field", dict(type=cli.positive_float, help="learning rate"))}
 

@@ -115,9 +115,9 @@ def plan(tiny: bool = False, seeds: Sequence[int] = (0, 1, 2), experiments: Sequ
                   if tiny else dict(options={"eval_every": 5000}))
             out += [Launch("cifar", name, [name], seeds, **kw) for name in cifar_configs()]
         elif exp == "sr":
-            kw = (dict(steps=2, overrides={"batch_size": 4, "channels": (8, 4), "eval_every": 2},
-                       options={"sets": ("Set5", "Set14")}) if tiny
-                  else dict(overrides={"eval_every": 5000}))
+            kw = (dict(steps=2, overrides={"batch_size": 4, "channels": (8, 4)},
+                       options={"sets": ("Set5", "Set14"), "eval_every": 2}) if tiny
+                  else dict(options={"eval_every": 5000}))
             out += [Launch("sr", f"fast-{row}".replace("*", "-star"), [f"fast-{row}"], seeds, **kw)
                     for row in SR_ROWS]
         else:

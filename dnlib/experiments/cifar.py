@@ -62,6 +62,7 @@ __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult"
            "table10", "table10_figure", "estimate_seconds", "report", "headline", "config_table", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
+EVAL_EVERY = 500   #: steps per evaluation and checkpoint when ``eval_every`` is None (the authors' code)
 _CONFIGS = {n: get_config(n) for n in list_configs()}   # Table 7 (CIFAR-10 values; the rows are the same)
 _GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
 
@@ -148,7 +149,8 @@ class CifarRecipe(Recipe):
 
     Options: ``data`` (a loaded :class:`CifarData`, shared between runs), or the ``load`` options ``subset``,
     ``validation``, ``root``, ``mean_over`` to load it; the ``build`` options ``mode`` (:data:`MODES`),
-    ``eval_every`` (steps per evaluation = chunk, 0: only at the end) and ``subset`` (recorded)."""
+    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: the authors' 500; 0: only at the end) and
+    ``subset`` (recorded)."""
 
     name = "cifar"
     module = "dnlib.experiments.cifar"
@@ -175,10 +177,10 @@ class CifarRecipe(Recipe):
     def config_dict(self, cfg: CifarConfig) -> dict:
         return cfg.as_dict()
 
-    def check_options(self, *, mode: str = "auto", eval_every: int = 500, **_) -> None:
+    def check_options(self, *, mode: str = "auto", eval_every: int | None = None, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        check_int("eval_every", eval_every, 0)  # 0: only at the end; a negative one spun forever
+        check_int("eval_every", eval_every, 0, none_ok=True)  # 0: only at the end; a negative one spun forever
 
     def load(self, cfg: CifarConfig, seed: int, device: str = "auto", *, subset=None, validation: bool = False,
              root=None, mean_over: str = "train") -> CifarData:
@@ -186,8 +188,9 @@ class CifarRecipe(Recipe):
                          seed=seed, root=root, mean_over=mean_over)
 
     def build(self, cfg: CifarConfig, data: CifarData, seed: int, device: str = "auto", *, subset=None,
-              mode: str = "auto", eval_every: int = 500) -> Setup:
+              mode: str = "auto", eval_every: int | None = None) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every)
+        eval_every = EVAL_EVERY if eval_every is None else eval_every
         subset = _subset(subset)                     # recorded (load drew it)
         dev = data.device
         if dev.type == "cuda":
@@ -255,7 +258,7 @@ class CifarRecipe(Recipe):
              "--impl": ("field", dict(choices=IMPLS, help="DivisiveNorm impl of the normalizers ('compile': "
                                                           "torch.compile, for GPUs)")),
              "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
-                                                                            "(0: only at the end; default 500)")),
+                                                                            "(0: only at the end; default 500, the authors')")),
              "--validation": ("option", dict(action="store_true", help="evaluate on the 45K/5K validation fold")),
              "--lr": ("field", dict(type=cli.positive_float)),
              "--batch-size": ("field", dict(type=cli.positive_int, help="default the paper's 100"))}

@@ -248,7 +248,7 @@ class PTBRecipe(Recipe):
     named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits,
     vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode``
     (:data:`MODES`: ``graph``, the CUDA-graph step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly);
-    ``eval_every`` (steps per chunk; default one epoch); ``final_test_batch_size`` (1; 0 skips the final pass);
+    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: one epoch; 0: only at the end); ``final_test_batch_size`` (1; 0 skips the final pass);
     ``threads`` (torch CPU threads)."""
 
     name = "ptb"
@@ -280,7 +280,7 @@ class PTBRecipe(Recipe):
                       threads: int | None = None, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-        check_int("eval_every", eval_every, none_ok=True)
+        check_int("eval_every", eval_every, 0, none_ok=True)
         check_int("final_test_batch_size", final_test_batch_size, 0)
         check_int("threads", threads, none_ok=True)
 
@@ -309,7 +309,7 @@ class PTBRecipe(Recipe):
         batches = PTBBatches(splits["train"], cfg.batch_size, cfg.num_steps, dev)
         E = len(batches)
         planned = cfg.epochs * E if cfg.steps is None else cfg.steps
-        chunk = planned if eval_every == 0 else min(eval_every or E, planned)
+        chunk = planned if eval_every == 0 else min(E if eval_every is None else eval_every, planned)
 
         def evaluate(m):
             ns, bs = cfg.num_steps, cfg.batch_size
@@ -391,8 +391,8 @@ class PTBRecipe(Recipe):
              "--vocab": ("option", dict(type=_vocab_size, help="keep the N-1 most frequent words (smoke)")),
              "--threads": ("option", dict(type=cli.positive_int, help="torch CPU threads")),
              "--mode": ("option", dict(choices=MODES, help="graph: the CUDA-graph step; eager; auto (default): graph on CUDA")),
-             "--eval-every": ("option", dict(type=cli.positive_int, help="steps per evaluation and checkpoint "
-                                                                         "(default one epoch)")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
+                                                                            "(0: only at the end; default one epoch)")),
              "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int,
                                                         help="streams of the test pass at the end (default 1; 0: skip it)"))}
 

@@ -47,7 +47,7 @@ from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
 from . import bench as benches
 from . import commands, registry
 from .bench import steps_command
-from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, replace
+from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, check_int, replace
 from .runner import call, read_run_file
 from .sr_configs import (
     ROW_NAMES,
@@ -237,13 +237,24 @@ def _set_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
 
 
+#: steps per evaluation and checkpoint when ``eval_every`` is None: the authors' code's 2,500, at most a third of
+#: the run (three points of a curve: the smoke schedule's 300 steps evaluate every 100)
+EVAL_EVERY = 2500
+
+
+def eval_every_of(cfg: SRConfig, eval_every: int | None = None) -> int:
+    """The steps per evaluation and checkpoint of a run of ``cfg``: ``eval_every``, or when None
+    ``min(EVAL_EVERY, steps // 3)`` (0: only at the end)."""
+    return max(1, min(EVAL_EVERY, cfg.steps // 3)) if eval_every is None else eval_every
+
+
 def train_config(cfg: SRConfig, steps: int | None = None, **changes) -> TrainConfig:
     """The :class:`dnlib.training.trainer.TrainConfig` of an SR configuration (``steps``: its schedule scaled to this
     length;
     ``changes``: e.g. device, eval_every)."""
     steps = cfg.steps if steps is None else int(steps)
     kw = dict(steps=steps, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
-              milestones=cfg.milestone_steps(steps), gamma=cfg.gamma, eval_every=cfg.eval_every,
+              milestones=cfg.milestone_steps(steps), gamma=cfg.gamma, eval_every=eval_every_of(cfg),
               checkpoint_every=0, log_every=50)
     kw.update(changes)
     return TrainConfig(**kw)
@@ -256,7 +267,8 @@ class SRRecipe(Recipe):
     (``norm`` renames the configuration). ``steps`` shortens the schedule (milestones are fractions of it).
     Options (of ``load`` and ``build``): ``sets`` (scored for the headline when the run completes; absent sets
     are skipped and named in the record), ``curve_sets`` (PSNR logged at every chunk, default Set5), ``root``
-    (data root). The runner shows the progress (``progress=``). The chunk is the configuration's ``eval_every`` (0: one chunk)."""
+    (data root); of ``build`` also ``eval_every`` (steps per evaluation and checkpoint = chunk; None:
+    :func:`eval_every_of`; 0: only at the end). The runner shows the progress (``progress=``)."""
 
     name = "sr"
     module = "dnlib.experiments.sr"
@@ -284,8 +296,12 @@ class SRRecipe(Recipe):
             overrides["steps"] = int(steps)
         return replace(cfg, **overrides, norm=row, name=f"{base}-{row}")
 
+    def check_options(self, *, eval_every: int | None = None, **_) -> None:
+        check_int("eval_every", eval_every, 0, none_ok=True)
+
     def from_dict(self, fields: Mapping) -> SRConfig:
         fields = dict(fields)
+        fields.pop("eval_every", None)       # a field of older run folders' configurations; now a build option
         return self.config(fields.pop("name"), **fields)
 
     def load(self, cfg: SRConfig, seed: int, device: str = "auto", *, sets=HEADLINE_SETS, curve_sets=("Set5",),
@@ -303,8 +319,10 @@ class SRRecipe(Recipe):
         return {"inputs": inputs, "labels": labels, "present": present, "missing": missing}
 
     def build(self, cfg: SRConfig, data: dict, seed: int, device: str = "auto", *, sets=HEADLINE_SETS,
-              curve_sets=("Set5",), root=None) -> Setup:
+              curve_sets=("Set5",), root=None, eval_every: int | None = None) -> Setup:
         from ..data import SRCNNPatches
+        self.check_options(eval_every=eval_every)
+        every = eval_every_of(cfg, eval_every)
         sets, curve_sets = check_sets(sets), check_sets(curve_sets)
         dev = resolve_device(device)
         if dev.type == "cuda":
@@ -313,15 +331,15 @@ class SRRecipe(Recipe):
         model = cfg.build_model()
         batches = SRCNNPatches.from_pairs(inputs, labels, cfg.batch_size, per_image=cfg.per_image, seed=seed,
                                           device=dev)
-        tcfg = train_config(cfg, device=str(dev), seed=seed, progress=False, checkpoint_every=cfg.eval_every)
-        run_info = {k: v for k, v in self.config_dict(cfg).items() if k not in ("description", "eval_every")}
+        tcfg = train_config(cfg, device=str(dev), seed=seed, progress=False, eval_every=every, checkpoint_every=every)
+        run_info = {k: v for k, v in self.config_dict(cfg).items() if k != "description"}
         info = {"data": f"{cfg.train_set} x{cfg.scale} ({len(inputs)} images)", "label": ROW_NAMES.get(cfg.norm),
                 "sets": [s for s in sets if s in present], "curve_sets": [s for s in curve_sets if s in present],
                 "missing_sets": missing, "root": None if root is None else str(root),
-                "card": card(dev)}
+                "eval_every": every, "card": card(dev)}
         return Setup(model, srcnn_loss, batches, tcfg,
                                 evaluate=make_evaluator(info["curve_sets"], cfg.scale, root), run_info=run_info,
-                                chunk=cfg.eval_every or None, info=info, data={"root": root})
+                                chunk=every or None, info=info, data={"root": root})
 
     def headline(self, result: RunResult) -> dict:
         """PSNR/SSIM per headline set: of the final model on ``sets`` when the run completed (computed once),
@@ -378,8 +396,8 @@ class SRRecipe(Recipe):
                                              help="sets whose PSNR is logged at every chunk (default Set5)")),
              "--scale": ("field", dict(type=int, choices=(2, 3, 4))),
              "--train-set": ("field", dict(choices=list(TRAIN_SETS))),
-             "--eval-every": ("field", dict(type=cli.nonnegative_int,
-                                            help="steps per chunk: evaluation and checkpoint (0: only at the end)")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
+                                             "(0: only at the end; default 2500, at most a third of the run)")),
              "--lr": ("field", dict(type=cli.positive_float)),
              "--batch-size": ("field", dict(type=cli.positive_int))}
 
@@ -417,7 +435,7 @@ def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Seque
     runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``:
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
     ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
-    ``eval_every``, ``lr``...). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
+    ``lr``...), ``eval_every`` (steps per evaluation and checkpoint: a build option, as in CIFAR and PTB). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
                            curve_sets=tuple(eval_sets), **kwargs)

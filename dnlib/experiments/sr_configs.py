@@ -134,7 +134,6 @@ class SRConfig:
     channels: tuple = (64, 32)     # hidden widths (paper: 64, 32)
     train_set: str = "T91"         # "T91" or "291"
     scale: int = 3                 # upscaling factor (the paper reports x3 and x4)
-    eval_every: int = 2500         # test PSNR every K steps (authors' code: 2,500)
     norm: str = "none"             # the SR row (SR_NORM_ROWS, an alias, or a preset name) of build_model
 
     def __post_init__(self):
@@ -178,8 +177,7 @@ SR_CONFIGS = {
     "smoke": SRConfig(
         "smoke", "smoke",
         "CPU pipeline check, not the paper's: width (32, 16), Adam 2e-3 (x0.1 at 80%), batch 16, 300 steps",
-        optimizer="adam", lr=2e-3, milestones=(0.8,), batch_size=16, steps=300, init="he", channels=(32, 16),
-        eval_every=100),
+        optimizer="adam", lr=2e-3, milestones=(0.8,), batch_size=16, steps=300, init="he", channels=(32, 16)),
 }
 
 
