@@ -92,7 +92,7 @@ PROBES = [
     ("ptb", ["run", "base-lstm", "--lr", "0"], "--lr"),
     ("ptb", ["run", "base-lstm", "--threads", "0"], "--threads"),
     ("ptb", ["run", "base-lstm", "--final-test-batch-size", "-1"], "--final-test-batch-size"),
-    ("ptb", ["run", "base-lstm", "--eval-every", "0"], "--eval-every"),
+    ("ptb", ["run", "base-lstm", "--eval-every", "-1"], "--eval-every"),
     ("ptb", ["run", "base-lstm", "--mode", "maybe"], "--mode"),
     ("ptb", ["run", "base-lstm", "--graph", "off"], "unrecognized arguments: --graph"),   # retired
     ("ptb", ["run", "base-lstm", "--source", "book"], "--source"),
