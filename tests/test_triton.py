@@ -224,8 +224,8 @@ def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
     code = ("import torch, dnlib\n"
-            "from dnlib.norms import triton_dn\n"
-            "print(triton_dn.compile_for(90, dtypes=('float32',), minimal=True))\n"
+            "from dnlib.norms import triton_dn, triton_kernels\n"
+            "print(triton_kernels.compile_for(90, dtypes=('float32',), minimal=True))\n"
             "assert not triton_dn.interpreted() and triton_dn.available() == torch.cuda.is_available()\n"
             "try:\n"
             "    dnlib.make_norm('dn', 4, impl='triton')(torch.randn(1, 4, 3, 3))\n"

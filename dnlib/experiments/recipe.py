@@ -249,12 +249,12 @@ def check_config(recipe: Recipe, cfg, device=None, *, here: bool = True) -> None
     if not here:
         return
     if getattr(cfg, "impl", None) == "triton":
-        from ..norms import triton_dn
+        from ..norms import triton_dn, triton_kernels
         dev = "auto" if device in (None, "auto") else str(device)
         on_cpu = not torch.cuda.is_available() if dev == "auto" else torch.device(dev).type != "cuda"
         if importlib.util.find_spec("triton") is None:
             raise ValueError(f"impl: 'triton' needs the triton package, which is not installed "
-                             f"(`{triton_dn.INSTALL_HINT}`); use --impl auto or general")
+                             f"(`{triton_kernels.INSTALL_HINT}`); use --impl auto or general")
         if on_cpu and not triton_dn.interpreted():
             raise ValueError(f"impl: 'triton' runs its kernels on a CUDA device, and this run's device is the CPU "
                              f"(device {dev!r}{', no CUDA here' if dev == 'auto' else ''}); set TRITON_INTERPRET=1 "
