@@ -26,7 +26,8 @@ analysis x 3 seeds on a 2-core CPU: a 2000/500-image CIFAR-10 subset, a quarter-
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 DATASETS = ("cifar10", "cifar100")
 ANALYSES = ("batch", "smooth", "lr", "depth", "inv")
@@ -46,23 +47,31 @@ REFERENCE_BATCH = 32
 #: the smoothness probes compare like with like (the unnormalized CNN trains at it: raw 0-255 inputs).
 BASE_LR = 0.01
 
-#: variant -> (preset, make_norm overrides for the CIFAR CNN's three sites). ``dn*`` as the paper's CIFAR-10 DN*
+@dataclass(frozen=True)
+class Variant:
+    """One normalizer of the analyses: a preset of :mod:`dnlib.norms.presets` and its :func:`dnlib.make_norm`
+    overrides for the CIFAR CNN's three sites (a configuration row, as SR's ``SRNorm``; not a second registry)."""
+    preset: str
+    norm_kwargs: Mapping = field(default_factory=dict)
+
+
+#: variant -> :class:`Variant`. ``dn*`` as the paper's CIFAR-10 DN*
 #: (windows 5, 3, 3, sigma 0.5 as eps = sigma^2, L1 0.005); ``dn`` the same without L1; GN with 4 groups (the
 #: half-width CNN has 8 and 16 channels at smoke size).
 VARIANTS = {
-    "none": ("none", {}),
-    "bn": ("bn", {}),
-    "bn-ms": ("bn-ms", {}),
-    "bn-vo": ("bn-vo", {}),
-    "gn": ("gn", {"groups": 4}),
-    "frn": ("frn", {}),
-    "brn": ("brn", {}),
-    "ln": ("ln", {}),
-    "ln-ms": ("ln-ms", {}),
-    "ln-vo": ("rms", {}),
-    "dn": ("dn", {"window": (5, 3, 3), "border": "reference", "sigma": 0.5, "eps": 0.0}),
-    "dn-star": ("dn", {"window": (5, 3, 3), "border": "reference", "sigma": 0.5, "eps": 0.0, "alpha": 0.005}),
-    "dn-ms": ("dn-ms", {"window": (5, 3, 3), "border": "reference"}),
+    "none": Variant("none", {}),
+    "bn": Variant("bn", {}),
+    "bn-ms": Variant("bn-ms", {}),
+    "bn-vo": Variant("bn-vo", {}),
+    "gn": Variant("gn", {"groups": 4}),
+    "frn": Variant("frn", {}),
+    "brn": Variant("brn", {}),
+    "ln": Variant("ln", {}),
+    "ln-ms": Variant("ln-ms", {}),
+    "ln-vo": Variant("rms", {}),
+    "dn": Variant("dn", {"window": (5, 3, 3), "border": "reference", "sigma": 0.5, "eps": 0.0}),
+    "dn-star": Variant("dn", {"window": (5, 3, 3), "border": "reference", "sigma": 0.5, "eps": 0.0, "alpha": 0.005}),
+    "dn-ms": Variant("dn-ms", {"window": (5, 3, 3), "border": "reference"}),
 }
 
 #: size -> (CIFAR subset (train, eval) or None: all, CNN width, images per training run, probe batch, steps of an
@@ -121,14 +130,14 @@ class AnalysisConfig:
 
     def norm_spec(self):
         """The ``norm=`` of the model: a preset name, or the NormSpec of a variant the registry does not have."""
-        preset = VARIANTS[self.norm][0]
+        preset = VARIANTS[self.norm].preset
         if preset == "bn-vo":   # variance only: no centring, the suppression field of BN
             from ..norms.spec import NormSpec
             return NormSpec(None, "batch,space")
         return preset
 
     def norm_kwargs(self) -> dict:
-        kw = dict(VARIANTS[self.norm][1])
+        kw = dict(VARIANTS[self.norm].norm_kwargs)
         if self.norm == "bn-vo":
             kw["affine"] = True
         if self.sigma is not None:
