@@ -1,0 +1,52 @@
+"""Every prepared GPU script runs at smoke size (issue 24: "every README and scripts/*.sh command runs at smoke
+size"): the CPU rehearsal each script's header documents is run as written (OUT a temporary folder, PY this
+interpreter), and must exit 0 with every check, bench and run of it done (the scripts go on past a failed step with
+a line saying so, so the log is read too)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("DNLIB_DATA", ROOT / "data"))
+FAILED = re.compile(r"failed|did not complete|Traceback|error:", re.I)
+
+
+def _rehearsal(script: Path) -> tuple[dict, list]:
+    """The environment and command of the ``# A tiny CPU rehearsal:`` lines of ``script``'s header."""
+    text = script.read_text()
+    head = text[text.index("# A tiny CPU rehearsal:"):].split("\n")[1:]
+    cmd = ""
+    for line in head:
+        body = line.lstrip("#").strip()
+        cmd += " " + body.rstrip("\\").strip()
+        if not body.endswith("\\"):
+            break
+    words = shlex.split(cmd)
+    env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+    return env, [w for w in words if not re.match(r"^[A-Z_]+=", w)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, needs", [("gpu_cifar", "cifar10-jpeg"), ("gpu_ptb", "ptb"), ("gpu_sr", "sr")])
+def test_a_gpu_script_rehearses_on_the_cpu_as_its_header_says(name, needs, tmp_path):
+    if not (DATA / needs).exists() and not (DATA / "cifar-10-batches-py").exists():
+        pytest.skip(f"{needs} not in {DATA}")
+    env, cmd = _rehearsal(ROOT / "scripts" / f"{name}.sh")
+    assert env["DEVICE"] == "cpu" and cmd == ["bash", f"scripts/{name}.sh"], (env, cmd)
+    env = {**os.environ, **env, "OUT": str(tmp_path / "out"), "PY": sys.executable, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    bad = [line for line in log.splitlines()          # (a sweep's status line counts its failed runs: "failed 0")
+           if FAILED.search(re.sub(r"\bfailed 0\b", "", line))]
+    assert not bad, "\n".join(bad[:20])
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("record.json")]
+    assert len(recs) >= 2 and all(r["stopped"] == "completed" for r in recs), [r["stopped"] for r in recs]
