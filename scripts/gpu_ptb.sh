@@ -2,7 +2,7 @@
 # The PTB language models (PAPER.md §3.3, Tables 4 and 9) on any GPU machine: check, bench, sweep, report.
 #
 #   1. check-graph: a few CUDA-graph training steps against eager steps from the same init (on failure: --mode eager);
-#   2. bench: tokens/s of the cells against nn.LSTM;
+#   2. bench: single-process training tokens/s of each configuration (base, LN*, DN* LSTM);
 #   3. sweep: CONFIGS x SEEDS, JOBS concurrent processes on the one GPU, each run in OUT/sweep/<config>-s<seed>
 #      (record.json, curves.csv, checkpoint); rerunning the script resumes unfinished runs and keeps finished ones;
 #   4. report: perplexities beside Table 9, seconds per epoch, the perplexity curves (OUT/report).

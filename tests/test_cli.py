@@ -18,15 +18,15 @@ import torch
 
 from dnlib import bench
 from dnlib.experiments import bench as benches
-from dnlib.experiments import cifar, engines, ptb, ptb_cells, records, runner, sr
+from dnlib.experiments import cifar, engines, ptb, records, runner, sr
 from dnlib.notebook import suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.main, "suite": suite.main}
 # the work each command would start; reaching one of them in a probe is a failure
 # a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
-WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "benchmark"), (cifar, "check_graph"), (runner.Run, "go"),
-        (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb_cells, "bench"),
+WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "bench"), (cifar, "check_graph"), (runner.Run, "go"),
+        (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
         (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (bench, "cells_section"), (bench, "ptb_section"),
         (bench, "hidden_section"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
@@ -104,8 +104,8 @@ PROBES = [
     ("ptb", ["run", "base-lstm", "--seeds", "-1"], "--seeds"),
     ("ptb", ["run", "base-lstm", "--check-graph", "3"], "--check-graph"),   # now the check-graph command
     # ----------------------------------------------------------------------- ptb bench/check-graph/report
-    ("ptb", ["bench", "--reps", "0"], "--reps"),                             # ZeroDivisionError
-    ("ptb", ["bench", "--configs", "nosuch"], "nosuch"),
+    ("ptb", ["bench", "--steps", "0"], "--steps"),
+    ("ptb", ["bench", "nosuch"], "nosuch"),
     ("ptb", ["bench", "--json", "{T}/file/b.json"], "--json"),
     ("ptb", ["bench", "--threads", "-1"], "--threads"),
     ("ptb", ["check-graph", "base-lstm", "--steps", "0"], "--steps"),
@@ -304,9 +304,10 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------ the library behind the commands
 @pytest.mark.parametrize("call,name", [
     (lambda: bench.run(["cpu"], repeat=0, verbose=False), "repeat"),
-    (lambda: cifar.benchmark("bn", None, steps=0), "steps"),
+    (lambda: cifar.bench("bn", None, steps=0), "steps"),
     (lambda: cifar.check_graph("bn", None, steps=0), "steps"),
-    (lambda: ptb_cells.bench(reps=0), "reps"),
+    (lambda: ptb.bench("base-lstm", steps=0), "steps"),
+    (lambda: sr.bench("fast-bn", warmup=-1), "warmup"),
     (lambda: cifar.run("bn", eval_every=-1), "eval_every"),   # spun forever
     (lambda: sr.run("none", "smoke", time_limit=-5), "time_limit"),  # ended with 0 steps
     (lambda: ptb.load_data(max_tokens=-5), "max_tokens"),  # trained on all of PTB

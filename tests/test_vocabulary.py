@@ -117,3 +117,34 @@ def test_eval_every_is_a_build_option_in_every_experiment(name):
     assert setup.info["eval_every"] == default
     with pytest.raises(ValueError, match="eval_every"):
         _chunk(name, eval_every=-1)
+
+
+@pytest.mark.parametrize("name", ["cifar", "ptb", "sr"])
+def test_every_experiment_has_one_bench_built_on_the_runners(name, monkeypatch):
+    """A configuration's training throughput is ``<experiment>.bench(config, ...)`` in every experiment: one
+    configuration, one row, made by :func:`dnlib.experiments.bench.bench` and counted in the recipe's unit (before:
+    ``cifar.benchmark``, a list from ``sr.bench``, and ``ptb.bench`` timed the cells alone, as ``make bench`` does)."""
+    _need(name)
+    from dnlib.experiments import bench as benches
+    from dnlib.experiments import ptb_cells
+    assert not hasattr(cifar, "benchmark") and not hasattr(ptb_cells, "bench")
+    module = {"cifar": cifar, "ptb": ptb, "sr": sr}[name]
+    recipe, config, tiny, options = TINY[name]
+    calls, real = [], benches.bench
+    monkeypatch.setattr(benches, "bench", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    load = {"cifar": {"subset": (200, 100)}, "ptb": {"max_tokens": 3000, "vocab": 50}, "sr": {}}[name]
+    row = module.bench(config, steps=2, warmup=0, device="cpu", **tiny, **load)
+    assert calls == [recipe] and row["config"] == recipe.config(config, **tiny).name and row["steps"] == 2
+    unit, per_step = {"cifar": ("images", 20), "ptb": ("tokens", 4 * 20), "sr": ("patches", 4)}[name]
+    assert recipe.unit == unit and row[f"{unit}_per_s"] == pytest.approx(row["steps_per_s"] * per_step)
+
+
+def test_ptb_bench_verb_is_the_training_throughput(capsys):
+    """``ptb bench`` is the runner's bench verb as in CIFAR and SR (configurations, --steps, --warmup, the data
+    flags): one JSON row per configuration with tokens/s (before: the cells against nn.LSTM, --reps)."""
+    _need("ptb")
+    import json
+    assert ptb.main(["bench", "base-lstm", "--steps", "2", "--warmup", "0", "--max-tokens", "3000", "--vocab", "50",
+                     "--hidden-size", "8", "--batch-size", "4", "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["config"] == "base-lstm" and row["steps"] == 2 and row["tokens_per_s"] > 0

@@ -94,6 +94,7 @@ class AnalysisRecipe(Recipe):
 
     name = "analysis"
     module = "dnlib.experiments.analysis"
+    unit = "images"
     description = ("Why normalizers work (notebook 08): batch-size dependence, smoothness, largest stable learning "
                    "rate, signal growth with depth, weight-scale invariance and detached statistics.")
     shares_data = True
@@ -196,7 +197,7 @@ class AnalysisRecipe(Recipe):
 
     def commands(self) -> dict:
         return {"bench": steps_command(self, "bench", steps=20, warmup=2, flags=("--size", "--subset"),
-                                                  configs=("batch-bn-b32",), unit="images"),
+                                                  configs=("batch-bn-b32",)),
                 "points": Command("configurations x seeds in this process, resumable (a sweep's folders)",
                                              _points_arguments, _points_handler)}
 

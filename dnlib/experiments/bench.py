@@ -77,10 +77,12 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
 
 
 def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",
-          unit: str = "items", options: dict | None = None, **overrides) -> dict:
-    """Training throughput of a configuration outside the runner: ``steps`` timed steps after ``warmup`` untimed
-    ones (a graph capture or a compilation among them), no evaluation; ``<unit>_per_s`` counts ``batch_size``
-    items per step. ``options``: build options (a dict keeps the data loaded here for the next call)."""
+          options: dict | None = None, **overrides) -> dict:
+    """Training throughput of a configuration outside the runner, the one implementation behind every recipe's
+    ``bench`` (function and verb): ``steps`` timed steps after ``warmup`` untimed ones (a graph capture or a
+    compilation among them), no evaluation; ``<unit>_per_s`` counts the recipe's :attr:`~Recipe.unit` s
+    (:meth:`~Recipe.items_per_step` per step: CIFAR images, SR patches, PTB tokens). ``options``: build options (a
+    dict keeps the data loaded here for the next call)."""
     check_int("steps", steps)
     check_int("warmup", warmup, 0)
     cfg = recipe.config(config, **overrides)
@@ -89,13 +91,13 @@ def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: i
     sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
     return _row({"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
                  "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
-                 f"{unit}_per_s": steps * cfg.batch_size / sec, "loss": float(loss)})
+                 f"{recipe.unit}_per_s": steps * recipe.items_per_step(cfg) / sec, "loss": float(loss)})
 
 
 def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, flags: Sequence[str] = (),
                   configs: Sequence[str] = (), defaults: Mapping | None = None, options: Mapping | None = None,
                   **kwargs) -> Command:
-    """A recipe's ``bench`` (``verb="bench"``: :func:`bench`, ``kwargs`` its ``unit``) or ``check-graph``
+    """A recipe's ``bench`` (``verb="bench"``: :func:`bench`) or ``check-graph``
     (:func:`check_graph`, ``kwargs`` its ``eager`` and ``graph`` options) command: configuration names (groups
     expanded; default ``configs``), ``--steps``, ``--warmup`` (bench), ``--device`` and the recipe's run ``flags``
     named (``defaults``: their values when not given; ``options``: fixed build options); one JSON row per

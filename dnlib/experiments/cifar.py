@@ -58,7 +58,7 @@ from .runner import call, call_many, recipe_runs
 from .sweep import load_runs
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
-           "benchmark", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
+           "bench", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
            "table10", "table10_figure", "estimate_seconds", "report", "headline", "config_table", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
@@ -156,6 +156,7 @@ class CifarRecipe(Recipe):
     module = "dnlib.experiments.cifar"
     description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
     shares_data = True
+    unit = "images"
 
     def configs(self) -> list:
         return list_configs("all")   # Table 7's rows, then the ResNet-20 rows
@@ -278,7 +279,7 @@ class CifarRecipe(Recipe):
     def commands(self) -> dict:
         flags = ("--dataset", "--subset", "--mode", "--impl", "--batch-size")
         return {"check-graph": benches.steps_command(self, "check-graph", steps=5, flags=flags, **_GRAPH),
-                "bench": benches.steps_command(self, "bench", steps=200, warmup=20, flags=flags, unit="images"),
+                "bench": benches.steps_command(self, "bench", steps=200, warmup=20, flags=flags),
                 **stacked.commands(self)}   # `stack`: several seeds of one configuration as one model
 
 
@@ -328,12 +329,17 @@ def check_graph(config: str | CifarConfig, data: CifarData, *, steps: int = 5, s
                                   options={"data": data}, dataset=getattr(data, "name", None), **changes)
 
 
-def benchmark(config: str | CifarConfig, data: CifarData, *, steps: int = 200, warmup: int = 20,
-              mode: str = "auto", seed: int = 0, **changes) -> dict:
-    """Training images/s of one configuration on loaded ``data`` (:func:`dnlib.experiments.bench.bench`: ``steps``
-    timed steps after ``warmup``, the capture or compilation among them); ``changes``: config fields."""
-    return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, unit="images",
-                            options={"data": data, "mode": mode}, dataset=getattr(data, "name", None), **changes)
+def bench(config: str | CifarConfig, data: CifarData | None = None, *, steps: int = 200, warmup: int = 20,
+          seed: int = 0, device="auto", mode: str = "auto", **kwargs) -> dict:
+    """Training images/s of one configuration (:func:`dnlib.experiments.bench.bench`, as every recipe's ``bench``:
+    ``steps`` timed steps after ``warmup``, the capture or compilation among them; no evaluation) on loaded
+    ``data`` (or loaded here: ``subset``...); ``kwargs``: load options and config fields."""
+    options = {"data": data, "mode": mode, **{k: kwargs.pop(k) for k in ("subset", "validation", "root", "mean_over")
+                                             if k in kwargs}}
+    if data is not None:
+        kwargs.setdefault("dataset", data.name)
+    return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, device=device, options=options,
+                         **kwargs)
 
 
 def estimate_seconds(images_per_s: dict, dataset: str = "cifar10", configs: Sequence[str] | None = None,

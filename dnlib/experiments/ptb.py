@@ -1,6 +1,6 @@
 """Penn Treebank language modelling (PAPER.md §3.3; Tables 4 and 9): the recipe of :mod:`dnlib.experiments.runner`
 (data, model, loss, clipping, evaluation) and its commands; the tables, figures and report of runs are
-:mod:`dnlib.experiments.ptb_report`, the gate statistics and the speed benchmark :mod:`dnlib.experiments.ptb_cells`.
+:mod:`dnlib.experiments.ptb_report`, the gate statistics :mod:`dnlib.experiments.ptb_cells`.
 
 A run is a named configuration (:mod:`dnlib.experiments.ptb_configs`, ``<row>-<cell>``) trained by the runner
 (:mod:`dnlib.experiments.runner`: the loop, the time limit, resume, the run record)::
@@ -62,11 +62,12 @@ from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace,
 from .runner import call, call_many
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data",
-           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "check_graph", "config_table",
+           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "bench", "check_graph", "config_table",
            "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 _GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
+_BENCH = ("base-lstm", "ln-star-lstm", "dn-star-lstm")               # bench's default configurations
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -255,6 +256,10 @@ class PTBRecipe(Recipe):
     module = "dnlib.experiments.ptb"
     description = "PTB language modelling (Tables 4, 9): run, sweep, gather, report, list, bench, check-graph, configs."
     shares_data = True
+    unit = "tokens"
+
+    def items_per_step(self, cfg: PTBRunConfig) -> int:
+        return cfg.batch_size * cfg.num_steps
 
     def configs(self) -> list:
         return list_configs()
@@ -407,8 +412,9 @@ class PTBRecipe(Recipe):
         return report(path, getattr(args, "out", None))
 
     def commands(self) -> dict:
-        return {"bench": Command("tokens/s of the cells against nn.LSTM", _bench_args, _bench_command,
-                                            rows=True),
+        return {"bench": steps_command(self, "bench", steps=20, warmup=2, configs=_BENCH,
+                                       flags=("--source", "--max-tokens", "--vocab", "--mode", "--hidden-size",
+                                              "--batch-size", "--threads"), options={"final_test_batch_size": 0}),
                 "check-graph": steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000},
                                                         flags=("--source", "--max-tokens", "--vocab"), **_GRAPH,
                                                         options={"final_test_batch_size": 0}),
@@ -458,6 +464,18 @@ def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, s
                                 epochs=epochs, **kwargs)
 
 
+def bench(config: str | PTBConfig = "dn-star-lstm", data=None, *, steps: int = 20, warmup: int = 2, seed: int = 0,
+          device="auto", mode: str = "auto", **kwargs) -> dict:
+    """Training tokens/s of one configuration (:func:`dnlib.experiments.bench.bench`, as every recipe's ``bench``:
+    ``steps`` timed minibatches after ``warmup``, the capture among them; no evaluation) on ``data``
+    (:func:`load_data`'s, or loaded here: ``max_tokens``, ``vocab``); ``kwargs``: those and config fields. The
+    cells alone against ``nn.LSTM`` and its peers: ``make bench`` (:mod:`dnlib.bench`)."""
+    options = {"data": data, "mode": mode, "final_test_batch_size": 0,
+               **{k: kwargs.pop(k) for k in ("max_tokens", "vocab", "root", "threads") if k in kwargs}}
+    return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, device=device, options=options,
+                         **kwargs)
+
+
 def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int = 3, seed: int = 0,
                 device="cuda") -> dict:
     """:func:`dnlib.experiments.bench.check_graph` on the training ids ``ids``: ``steps`` minibatches of the eager
@@ -490,21 +508,6 @@ def config_table(names=None, source: str = "paper", **changes) -> MarkdownTable:
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def _bench_args(q) -> None:
-    q.add_argument("--device", type=cli.device, default="cpu")
-    q.add_argument("--configs", nargs="+", default=["base-lstm", "ln-star-lstm", "dn-star-lstm"])
-    q.add_argument("--reps", type=cli.positive_int, default=5)
-    q.add_argument("--threads", type=cli.positive_int, default=None)
-
-
-def _bench_command(args, q) -> list:
-    from .ptb_cells import bench
-    with cli.user_errors(q):
-        for name in args.configs:
-            get_config(name)
-    return bench(args.configs, args.device, reps=args.reps, threads=args.threads)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dnlib ptb ...``: :func:`dnlib.experiments.commands.main` of :data:`RECIPE`."""
     return commands.main(RECIPE, argv)

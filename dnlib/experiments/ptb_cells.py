@@ -1,28 +1,22 @@
 """Inside the recurrent cells of the PTB models (notebook 04): how often the gates saturate and how sparse the
-hidden outputs are (:func:`gate_statistics`, :func:`gate_table`), and how fast the cells train against ``nn.LSTM``
-(:func:`bench`; ``python -m dnlib ptb bench``)::
+hidden outputs are (:func:`gate_statistics`, :func:`gate_table`). How fast the cells train against ``nn.LSTM``:
+``make bench`` (:mod:`dnlib.bench`); a configuration's training tokens/s: :func:`dnlib.experiments.ptb.bench`
+(``python -m dnlib ptb bench``)::
 
     from dnlib.experiments import ptb, ptb_cells
     results = ptb.run_many(["base-lstm", "dn-star-lstm"], max_tokens=16000, vocab=500, epochs=1, hidden_size=32)
     ptb_cells.gate_table(results, ptb.load_data(16000, 500)[0]["valid"])
-    ptb_cells.bench(["base-lstm", "dn-star-lstm"], reps=3)
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..analysis.figures import MarkdownTable, markdown_table
 from ..data import PTBBatches
 from ..models.rnn import LanguageModel
-from ..norms.sparse import clear_penalties, sparse_penalty
-from ..training.trainer import resolve_device
-from .bench import time_steps
-from .ptb import build_model, set_threads
-from .ptb_configs import get_config
-from .recipe import check_int
+from ..norms.sparse import clear_penalties
 
-__all__ = ["gate_statistics", "gate_table", "bench"]
+__all__ = ["gate_statistics", "gate_table"]
 
 
 @torch.no_grad()
@@ -71,30 +65,3 @@ def gate_table(results, ids: torch.Tensor, **kwargs) -> MarkdownTable:
     return markdown_table(["name", "layer"] + [c.replace("_", " ") for c in cols],
                           [[r.config.name, row["layer"]] + [f"{100 * row[c]:.1f}%" if c in row else None for c in cols]
                            for r in results for row in gate_statistics(r.model, ids, **kwargs)])
-
-
-def bench(names=("base-lstm", "ln-star-lstm", "dn-star-lstm"), device: str = "cpu", batch_size: int = 20,
-          num_steps: int = 20, hidden_size: int = 200, num_layers: int = 2, reps: int = 5, threads=None) -> list:
-    """Training-step throughput (forward + backward, tokens/s) of the recurrent stack (``num_layers`` layers,
-    batch x steps) of each named config's cell, against ``nn.LSTM`` of the same size in the same run."""
-    check_int("reps", reps)
-    dev = resolve_device(device)
-    set_threads(threads)
-    torch.manual_seed(0)
-    x = torch.randn(num_steps, batch_size, hidden_size, device=dev)
-    stacks = {"nn.LSTM": nn.ModuleList([nn.LSTM(hidden_size, hidden_size, num_layers)]).to(dev)}
-    for name in names:
-        cfg = get_config(name, hidden_size=hidden_size, num_layers=num_layers)
-        stacks[name] = nn.ModuleList(build_model(cfg, 10).layers).to(dev).train()
-
-    def step(layers):
-        h = x
-        for layer in layers:
-            h, _ = layer(h)
-        (h.sum() + sparse_penalty(layers)).backward()
-
-    rows = []
-    for name, layers in stacks.items():
-        t = time_steps(lambda layers=layers: step(layers), reps, 2, dev)[0] / reps
-        rows.append({"cell": name, "ms_per_batch": 1e3 * t, "tokens_per_s": batch_size * num_steps / t})
-    return [{**r, "vs_nn_lstm": r["tokens_per_s"] / rows[0]["tokens_per_s"]} for r in rows]

@@ -90,6 +90,13 @@ class Recipe:
     #: the data :meth:`load` returns serve every configuration and seed: :func:`call_many`, checks and benchmarks
     #: load them once and pass them on as the ``data`` option
     shares_data: bool = False
+    #: what one training step counts, in :func:`dnlib.experiments.bench.bench`'s ``<unit>_per_s`` and the headline's
+    #: throughput: ``"images"``, ``"patches"``, ``"tokens"``...; :meth:`items_per_step` says how many
+    unit: str = "items"
+
+    def items_per_step(self, cfg) -> int:
+        """The :attr:`unit` s one training step of ``cfg`` takes (default its ``batch_size``)."""
+        return cfg.batch_size
 
     def configs(self) -> list:
         """The names of the registered configurations (``list``; a sweep may also take ``all``)."""

@@ -272,6 +272,7 @@ class SRRecipe(Recipe):
 
     name = "sr"
     module = "dnlib.experiments.sr"
+    unit = "patches"
     description = ("Super-resolution, SRCNN with BN / DN* (Tables 5, 6): run, sweep, gather, report, list, bench. "
                    "Configurations: <schedule>-<normalizer>, e.g. fast-dn*.")
 
@@ -414,7 +415,7 @@ class SRRecipe(Recipe):
                       device=getattr(args, "device", "auto"))
 
     def commands(self) -> dict:
-        return {"bench": steps_command(self, "bench", steps=50, warmup=5, unit="patches",
+        return {"bench": steps_command(self, "bench", steps=50, warmup=5,
                                                   configs=("fast-none", "fast-bn", "fast-dn*"),
                                                   options={"sets": (), "curve_sets": ()})}
 
@@ -464,12 +465,12 @@ def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:
 
 
 # ------------------------------------------------------------------------------------------------- bench
-def bench(configs: Sequence[str] = ("fast-none", "fast-bn", "fast-dn*"), *, steps: int = 50, warmup: int = 5,
-          device: str = "auto", seed: int = 0) -> list[dict]:
-    """Training patches/s of each configuration (:func:`dnlib.experiments.bench.bench`: ``steps`` timed steps after
-    ``warmup``, no evaluation)."""
-    return [benches.bench(RECIPE, c, steps=steps, warmup=warmup, device=device, seed=seed, unit="patches",
-                             options={"sets": (), "curve_sets": ()}) for c in configs]
+def bench(config: str | SRConfig, *, steps: int = 50, warmup: int = 5, seed: int = 0, device="auto",
+          root=None, **changes) -> dict:
+    """Training patches/s of one configuration (:func:`dnlib.experiments.bench.bench`, as every recipe's ``bench``:
+    ``steps`` timed steps after ``warmup``; no evaluation, no test set); ``changes``: config fields."""
+    return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, device=device,
+                         options={"sets": (), "curve_sets": (), "root": root}, **changes)
 
 
 # --------------------------------------------------------------------------------------------------- CLI
