@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from .. import cli
 from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..data import PTBBatches
-from ..models.rnn import LanguageModel, set_bn_eval_step
+from ..models.rnn import LanguageModel
+from ..models.step_norm import set_bn_eval_step
 from ..norms.sparse import clear_penalties
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device

@@ -29,7 +29,8 @@ where the cells differ only in *where* normalization sits:
                        as in the code), and LN of ``c_t`` (H gain and bias); normalized ``c_t`` passed on (same
                        quirk and option).
 :class:`NormRNNCell`   vanilla RNN, eqs. 10-11: ``h' = g(Norm(W [x; h] + b))``, g = tanh or ReLU (LN, DN, none).
-:class:`BNRNNCell`     vanilla RNN, eqs. 8-9: ``h' = g(BN(W_x x) + BN(W_h h))``, per-step statistics.
+:class:`BNRNNCell`     vanilla RNN, eqs. 8-9: ``h' = g(BN(W_x x) + BN(W_h h))``, per-step statistics
+                       (both BN cells: :class:`~dnlib.models.step_norm.StepNorm`).
 =====================  ==========================================================================================
 
 Every cell takes its normalizer as every model of :mod:`dnlib.models` does: ``norm=`` a preset name or a
@@ -59,9 +60,10 @@ from torch import nn
 from ..norms.norm import DivisiveNorm
 from ..norms.presets import NormLike, get_norm_layer, norm_name
 from . import rnn_fused
+from .step_norm import StepNorm, step_layer
 
 __all__ = ["NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell", "LanguageModel", "GATES", "CELLS",
-           "make_cell", "set_bn_eval_step"]
+           "make_cell"]
 
 GATES = ("i", "j", "f", "o")
 NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
@@ -265,54 +267,6 @@ def _joint_lstm_update(cell, z, c, norm_c):
     return h, (h, cn if cell.state_norm_c else c)
 
 
-class _StepNorm(nn.Module):
-    """Batch normalization with separate statistics (and running averages) for every time step and one gain and
-    bias shared over time (Cooijmans et al. 2017). Steps beyond ``max_steps`` use the last step's statistics.
-    ``layer``: the resolved normalizer (:func:`~dnlib.norms.presets.get_norm_layer`) of every step, built without
-    affine; ``affine``: the shared gain and bias.
-
-    ``eval_step``: when set, eval mode uses that step's running statistics for every step (the authors' test
-    pass, unrolled one step at a time, used only step 0's: PAPER.md §1.4, §5.4 item 8).
-    """
-
-    def __init__(self, layer, num_features: int, max_steps: int, affine: bool = True):
-        super().__init__()
-        self.steps = nn.ModuleList(layer(num_features, affine=False) for _ in range(max_steps))
-        self.num_features, self.max_steps = num_features, max_steps
-        self.eval_step: int | None = None
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features))
-            self.bias = nn.Parameter(torch.zeros(num_features))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        if not self.training and self.eval_step is not None:
-            t = self.eval_step
-        y = self.steps[min(t, self.max_steps - 1)](x)
-        return y if self.weight is None else torch.addcmul(self.bias, y, self.weight)
-
-    def extra_repr(self):
-        return f"{self.num_features}, max_steps={self.max_steps}, affine={self.weight is not None}"
-
-
-def _step_layer(norm: NormLike, norm_kwargs: Mapping | None) -> tuple:
-    """The per-step normalizer of a BN cell (its own affine removed) and the shared ``affine`` (default True)."""
-    layer = get_norm_layer(norm, norm_kwargs)
-    kwargs = dict(layer.keywords)
-    affine = kwargs.pop("affine", True)
-    return get_norm_layer(layer.args[0], kwargs), affine
-
-
-def set_bn_eval_step(model: nn.Module, step: int | None) -> None:
-    """Make every BN cell of ``model`` use time step ``step``'s running statistics for all steps in eval mode (the
-    authors' test pass, unrolled one step: ``step=0``), or each step its own (``step=None``, the default)."""
-    for m in model.modules():
-        if isinstance(m, _StepNorm):
-            m.eval_step = step
-
-
 class BNLSTMCell(_Recurrent):
     """Batch-normalized LSTM of Cooijmans et al. (2017), as the paper's BN rows (PAPER.md §1.4 "BN (RNN/LSTM)").
 
@@ -338,12 +292,12 @@ class BNLSTMCell(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, norm: NormLike = "bn", norm_kwargs: Mapping | None = None,
                  max_steps: int = 20, forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=False)
-        layer, affine = _step_layer(norm, norm_kwargs)
+        layer, affine = step_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
         self.forget_bias, self.state_norm_c, self.max_steps = float(forget_bias), state_norm_c, max_steps
-        self.norm_ih = _StepNorm(layer, 4 * hidden_size, max_steps, affine)
-        self.norm_hh = _StepNorm(layer, 4 * hidden_size, max_steps, affine)
-        self.norm_c = _StepNorm(layer, hidden_size, max_steps, affine)
+        self.norm_ih = StepNorm(layer, 4 * hidden_size, max_steps, affine)
+        self.norm_hh = StepNorm(layer, 4 * hidden_size, max_steps, affine)
+        self.norm_c = StepNorm(layer, hidden_size, max_steps, affine)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):
@@ -445,12 +399,12 @@ class BNRNNCell(_Recurrent):
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", norm: NormLike = "bn",
                  norm_kwargs: Mapping | None = None, max_steps: int = 20):
         super().__init__(input_size, hidden_size, input_bias=False)
-        layer, affine = _step_layer(norm, norm_kwargs)
+        layer, affine = step_layer(norm, norm_kwargs)
         self.norm_name = norm_name(norm)
         self.nonlinearity, self.max_steps = nonlinearity, max_steps
         self._g = _nonlinearity(nonlinearity)
-        self.norm_ih = _StepNorm(layer, hidden_size, max_steps, affine)
-        self.norm_hh = _StepNorm(layer, hidden_size, max_steps, affine)
+        self.norm_ih = StepNorm(layer, hidden_size, max_steps, affine)
+        self.norm_hh = StepNorm(layer, hidden_size, max_steps, affine)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):

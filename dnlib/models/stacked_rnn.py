@@ -330,7 +330,7 @@ class StackedCell(nn.Module):
 
 
 def set_stacked_eval_step(model: nn.Module, step: int | None) -> None:
-    """:func:`dnlib.models.rnn.set_bn_eval_step` for a stacked model (every copy's BN cells)."""
+    """:func:`dnlib.models.step_norm.set_bn_eval_step` for a stacked model (every copy's BN cells)."""
     for m in model.modules():
         if isinstance(m, StackedStepNorm):
             m.eval_step = step
