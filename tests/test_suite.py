@@ -191,24 +191,24 @@ def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, caps
 
 
 # ------------------------------------------------------------------- the full profile's cell limit (issue 22)
-SCHEDULE_PARAMS = ('steps: int = 10  # steps per run (0: the schedule)\nconfigs: list = ["a", "b"]  # runs\n'
+SCHEDULE_PARAMS = ('steps: "Optional[int]" = 10  # steps per run (None: the schedule)\nconfigs: list = ["a", "b"]  # runs\n'
                    'device: str = "cpu"  # device\n')
 
 
 def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypatch):
-    nb = _notebook(tmp_path / "40_train.ipynb", ["pass"], SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": 0}})
+    nb = _notebook(tmp_path / "40_train.ipynb", ["pass"], SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": None}})
     assert suite.cell_limit("smoke", nb, {}) == (600, "the smoke profile's limit")
     limit, how = suite.cell_limit("full", nb, {"steps": 100})
     assert limit == suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cpu"]
     assert "2 runs (configs) x 100 steps" in how
     assert suite.cell_limit("full", nb, {"steps": 100, "device": "cuda"})[0] == \
         suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cuda"]
-    limit, how = suite.cell_limit("full", nb, {"steps": 0})        # the schedule that 0 means is not declared
+    limit, how = suite.cell_limit("full", nb, {"steps": None})     # the schedule that None means is not declared
     assert limit is None and "metadata.dnlib.schedule" in how
     meta = json.loads(nb.read_text())
     meta["metadata"]["dnlib"]["schedule"] = {"steps": 5000}
     nb.write_text(json.dumps(meta))
-    assert suite.cell_limit("full", nb, {"steps": 0})[0] == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
+    assert suite.cell_limit("full", nb, {"steps": None})[0] == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
     plain = _notebook(tmp_path / "41_plain.ipynb", ["pass"], "k: int = 1  # k\n")
     assert suite.cell_limit("full", plain, {}) == (suite.CELL_FLOOR, "the full profile's floor: no training")
 

@@ -148,3 +148,60 @@ def test_ptb_bench_verb_is_the_training_throughput(capsys):
                      "--hidden-size", "8", "--batch-size", "4", "--device", "cpu"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["config"] == "base-lstm" and row["steps"] == 2 and row["tokens_per_s"] > 0
+
+
+# ------------------------------------------------------------------------------ notebooks pass None, not sentinels
+NONE_MEANS = {"02_activation_explorer": ["checkpoint"], "03_cifar": ["steps", "subset"],
+              "04_language_model": ["max_tokens", "vocab", "hidden_size", "batch_size", "decay_after", "threads"],
+              "05_super_resolution": ["steps", "eval_every"], "07_modern_networks": ["steps", "subset", "threads"]}
+
+
+@pytest.mark.parametrize("stem", sorted(NONE_MEANS))
+def test_notebooks_pass_none_for_the_default(stem):
+    """A notebook parameter whose value can mean "the default" is declared ``"Optional[X]"``, says "None: ..." in its
+    help, takes None from a profile and from the command line, and the full profile passes None where it wants the
+    default (before: 0, -1, [] or "" that the library bent to: ``max_tokens or None``, ``batch_size or 20``)."""
+    import re
+
+    from dnlib.notebook import parameters
+    path = parameters.NOTEBOOK_DIR / f"{stem}.ipynb"
+    declared = parameters.declared_parameters(path)
+    for name in NONE_MEANS[stem]:
+        assert declared[name]["inferred_type_name"].startswith("Optional["), (stem, name)
+        assert "None" in declared[name]["help"] and not re.search(r"(^|; |\()(0|-1|\[\]|empty)\b", declared[name]["help"])
+        assert parameters.resolve_parameters(path, "smoke", [(name, "None")])[name] is None
+    full = parameters.resolve_parameters(path, "full")
+    chosen = {("05_super_resolution", "steps")}    # 05's full profile trains 50,000 steps of the fast schedule
+    assert all(full.get(n) is None for n in NONE_MEANS[stem] if (stem, n) not in chosen), full   # absent: the default
+    code = "\n".join(parameters.cell_source(c) for c in parameters.read_notebook(path)["cells"]
+                     if c["cell_type"] == "code")
+    assert not re.search(r"\bor (None|\d+)\b", code), f"{stem}: a sentinel turned into the default in a cell"
+
+
+def test_coerce_takes_none_only_where_declared():
+    from dnlib.notebook.parameters import coerce
+    assert coerce(None, "Optional[int]") is None and coerce("None", "Optional[int]", from_cli=True) is None
+    assert coerce("7", "Optional[int]", from_cli=True) == 7 and coerce([1, 2], "Optional[list]") == [1, 2]
+    with pytest.raises(TypeError, match="expects int"):
+        coerce(None, "int")
+    with pytest.raises(TypeError, match="expects int"):
+        coerce("x", "Optional[int]", from_cli=True)
+
+
+def test_the_library_takes_none_and_refuses_the_old_sentinels():
+    """What the notebooks call takes None for "the default" and refuses the sentinels it used to bend to."""
+    from dnlib.experiments import runner
+    from dnlib.notebook import widgets
+    base = str(ptb.config_table(["dn-star-lstm", "base-lstm"]))
+    assert str(ptb.config_table(["dn-star-lstm", "base-lstm"], hidden_size=None, batch_size=None, decay_after=None,
+                                lr=None)) == base
+    for name, value in (("hidden_size", 0), ("batch_size", 0), ("decay_after", -1), ("lr", 0.0)):
+        with pytest.raises(ValueError, match=name):
+            ptb.config_table(["dn-star-lstm"], **{name: value})
+    n = ptb.set_threads(None)
+    assert n >= 1
+    with pytest.raises(ValueError, match="threads"):
+        ptb.set_threads(0)
+    with pytest.raises(ValueError, match="steps"):        # 0 meant the configuration's schedule
+        runner.run(cifar.RECIPE, "bn", steps=0, device="cpu")
+    assert widgets.first_conv(None, 0).weight.shape == (32, 3, 5, 5)

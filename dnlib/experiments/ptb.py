@@ -442,11 +442,17 @@ def run(config: str | PTBConfig, **kwargs) -> RunResult:
     return call(RECIPE, config, **kwargs)
 
 
-def _configs(names, source: str = "paper", hidden_size=0, batch_size=0, decay_after=-1, lr=0.0) -> list:
-    """The named configs with notebook parameters (0 or -1: the config's); a DN window scales with a smaller
-    hidden size (the same fraction of the units; not on the code's side, which keeps its window)."""
-    ch = {k: v for k, v in dict(hidden_size=hidden_size, batch_size=batch_size, lr=lr).items() if v}
-    ch.update({"decay_after": decay_after} if decay_after >= 0 else {})
+def _configs(names, source: str = "paper", hidden_size: int | None = None, batch_size: int | None = None,
+             decay_after: int | None = None, lr: float | None = None) -> list:
+    """The named configs with notebook parameters (None: the config's); a DN window scales with a smaller hidden
+    size (the same fraction of the units; not on the code's side, which keeps its window)."""
+    check_int("hidden_size", hidden_size, none_ok=True)
+    check_int("batch_size", batch_size, none_ok=True)
+    check_int("decay_after", decay_after, 0, none_ok=True)
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr: must be a number > 0 (or None: the config's), got {lr!r}")
+    ch = {k: v for k, v in dict(hidden_size=hidden_size, batch_size=batch_size, decay_after=decay_after,
+                                lr=lr).items() if v is not None}
     out = []
     for c in (get_config(n, source, **ch) for n in names):
         full = 200 if c.cell == "lstm" else 400
@@ -457,9 +463,10 @@ def _configs(names, source: str = "paper", hidden_size=0, batch_size=0, decay_af
 
 
 def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, seeds: Sequence[int] = (0,),
-             hidden_size: int = 0, batch_size: int = 0, decay_after: int = -1, lr: float = 0.0, **kwargs) -> list:
+             hidden_size: int | None = None, batch_size: int | None = None, decay_after: int | None = None,
+             lr: float | None = None, **kwargs) -> list:
     """:func:`run` for each named config and seed in this process, all on the data the first run loaded (or
-    ``data=``) (notebooks, CPU); ``hidden_size``, ``batch_size``, ``decay_after``, ``lr``: 0 or -1 = the config's
+    ``data=``) (notebooks, CPU); ``hidden_size``, ``batch_size``, ``decay_after``, ``lr``: None = the config's
     (a DN window scales with a smaller hidden size). ``kwargs``: :func:`run`'s."""
     return call_many(RECIPE, _configs(names, source, hidden_size, batch_size, decay_after, lr), seeds,
                                 epochs=epochs, **kwargs)
@@ -489,10 +496,11 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
 
 
 # ------------------------------------------------------------------------------------------ threads, configs
-def set_threads(threads: int) -> int:
-    """``torch.set_num_threads(threads)`` when ``threads > 0``; returns the number in use. On a shared 2-core
-    machine one intra-op thread is several times faster than two oversubscribed ones."""
-    if threads and threads > 0:
+def set_threads(threads: int | None) -> int:
+    """``torch.set_num_threads(threads)`` (None: torch's default, unchanged); returns the number in use. On a shared
+    2-core machine one intra-op thread is several times faster than two oversubscribed ones."""
+    check_int("threads", threads, none_ok=True)
+    if threads is not None:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 

@@ -59,9 +59,11 @@ def gate_statistics(model: LanguageModel, ids: torch.Tensor, batch_size: int = 2
     return rows
 
 
-def gate_table(results, ids: torch.Tensor, **kwargs) -> MarkdownTable:
-    """:func:`gate_statistics` of every trained model (a list of RunResults) on ``ids``, as a Markdown table."""
+def gate_table(results, ids: torch.Tensor, batch_size: int | None = None, **kwargs) -> MarkdownTable:
+    """:func:`gate_statistics` of every trained model (a list of RunResults) on ``ids``, as a Markdown table;
+    ``batch_size``: the streams of the pass (None: each run's own); ``kwargs``: :func:`gate_statistics`'s."""
     cols = ["i_saturated", "j_saturated", "f_saturated", "o_saturated", "tanh_c_saturated", "h_sparsity", "h_zeros"]
     return markdown_table(["name", "layer"] + [c.replace("_", " ") for c in cols],
                           [[r.config.name, row["layer"]] + [f"{100 * row[c]:.1f}%" if c in row else None for c in cols]
-                           for r in results for row in gate_statistics(r.model, ids, **kwargs)])
+                           for r in results for row in gate_statistics(
+                               r.model, ids, r.config.batch_size if batch_size is None else batch_size, **kwargs)])

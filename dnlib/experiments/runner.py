@@ -101,6 +101,7 @@ class Run:
         self.started = time.time()
         check_time_limit(time_limit)
         check_int("stop_after", stop_after, 0, none_ok=True)
+        check_int("steps", steps, none_ok=True)      # None: the configuration's schedule (0 meant it once)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
         stored = {}

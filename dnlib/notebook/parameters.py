@@ -59,7 +59,19 @@ _INT_RE = re.compile(r"^[+-]?\d+$")
 _CONTAINERS = {"list": list, "dict": dict, "tuple": tuple, "set": set}
 
 
+_OPTIONAL_RE = re.compile(r"^\s*Optional\[(?P<inner>.+)\]\s*$")
+
+
+def _optional(type_name: str | None) -> tuple[str | None, bool]:
+    """``(the type, whether None is allowed)``: ``"Optional[int]"`` (written ``x: "Optional[int]" = 3``: papermill
+    parses no ``int | None``, and the quotes spare the cell an import) -> ``("int", True)``; ``"int"`` -> ``("int",
+    False)``."""
+    m = _OPTIONAL_RE.match(type_name or "")
+    return (m.group("inner").strip(), True) if m else (type_name, False)
+
+
 def _base_type(type_name: str | None) -> str | None:
+    type_name = _optional(type_name)[0]
     if type_name in (None, "None"):
         return None
     return type_name.split("[", 1)[0].strip()
@@ -71,8 +83,12 @@ def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:
     ``from_cli`` values are strings typed on a command line and are parsed per the declared type
     (``"3"`` is an ``int``, ``"0.5"`` a ``float``, ``"true"``/``"False"`` a ``bool``, a ``str`` is taken verbatim,
     containers are Python literals). Other values (from notebook metadata) must already have the type;
-    an ``int`` is accepted where a ``float`` is declared.
+    an ``int`` is accepted where a ``float`` is declared. A parameter declared ``"Optional[X]"`` also takes None
+    (``None`` on a command line, ``null`` in metadata): a notebook passes None to the library, never a sentinel.
     """
+    type_name, nullable = _optional(type_name)
+    if nullable and (value is None or (from_cli and isinstance(value, str) and value.strip() in ("None", "none"))):
+        return None
     base = _base_type(type_name)
     if base is None:
         raise TypeError("the parameter is untyped in the notebook (write `name: type = value  # help`)")

@@ -210,12 +210,12 @@ def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int
 
     * runs: the length of its ``configs`` or ``models`` list parameter (1 without one), times that of ``seeds``
       when it is a list;
-    * steps per run: the ``steps`` parameter when > 0; else its ``epochs`` parameter times
+    * steps per run: the ``steps`` parameter when given (not None); else its ``epochs`` parameter times
       ``schedule["steps_per_epoch"]`` (at the notebook's full size); else ``schedule["steps"]`` (the schedule that
-      ``steps = 0`` means, its longest);
+      ``steps = None`` means, its longest);
     * a notebook without ``steps`` or ``epochs`` parameters trains nothing: 0 steps.
 
-    ``(None, why)`` when ``steps`` is 0 and the notebook declares no ``schedule``: the runner cannot know it."""
+    ``(None, why)`` when ``steps`` is None and the notebook declares no ``schedule``: the runner cannot know it."""
     values = {}
     for name, info in declared_parameters(path).items():
         try:
@@ -239,7 +239,7 @@ def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int
         return runs * int(schedule["steps"]), f"{runs_text} x {int(schedule['steps'])} steps (metadata.dnlib.schedule)"
     if "steps" not in values and "epochs" not in values:
         return 0, "no training"
-    return None, "steps = 0 and no metadata.dnlib.schedule to say what that schedule is"
+    return None, "steps = None and no metadata.dnlib.schedule to say what that schedule is"
 
 
 def cell_limit(profile: str, path: str | Path | None = None,

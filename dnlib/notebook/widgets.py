@@ -196,14 +196,14 @@ def _find_conv_weight(obj, prefix=""):
     return None
 
 
-def first_conv(checkpoint: str = "", seed: int = 0, out_channels: int = 32, kernel_size: int = 5) -> nn.Conv2d:
+def first_conv(checkpoint: str | None = None, seed: int = 0, out_channels: int = 32, kernel_size: int = 5) -> nn.Conv2d:
     """The explorer's first layer: ``Conv2d(3, 32, 5, padding=2)`` as in the paper's CIFAR CNN.
 
     With a ``checkpoint`` path (a ``torch.save``'d state dict, possibly nested under e.g. ``"model"``), the
     first 4-D weight with 3 input channels and its bias are used. Otherwise random filters with a fixed seed:
-    Gaussian weights, each filter scaled to unit L2 norm, zero bias.
+    Gaussian weights, each filter scaled to unit L2 norm, zero bias (``checkpoint`` None).
     """
-    if checkpoint:
+    if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         found = _find_conv_weight(state)
         if found is None:
