@@ -205,3 +205,23 @@ def test_the_library_takes_none_and_refuses_the_old_sentinels():
     with pytest.raises(ValueError, match="steps"):        # 0 meant the configuration's schedule
         runner.run(cifar.RECIPE, "bn", steps=0, device="cpu")
     assert widgets.first_conv(None, 0).weight.shape == (32, 3, 5, 5)
+
+
+def test_headline_means_a_runs_numbers_only():
+    """``headline`` is a run's numbers (``Recipe.headline``, ``record["headline"]``); what a notebook saves is the
+    experiment's ``summary`` (before: ``cifar.headline``, ``ptb_report.headline``, ``sr_report.headline``,
+    ``analysis_report.headline`` meant that too)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import dnlib.experiments
+    from dnlib.notebook import parameters
+    for info in pkgutil.iter_modules(dnlib.experiments.__path__):
+        mod = importlib.import_module(f"dnlib.experiments.{info.name}")
+        assert not inspect.isfunction(getattr(mod, "headline", None)), f"{info.name}.headline: a function"
+    for name in ("cifar", "ptb_report", "sr_report", "analysis_report"):
+        assert inspect.isfunction(importlib.import_module(f"dnlib.experiments.{name}").summary), name
+    for path in sorted(parameters.NOTEBOOK_DIR.glob("0*.ipynb")):
+        cells = parameters.read_notebook(path)["cells"]
+        assert not any(".headline(" in parameters.cell_source(c) for c in cells if c["cell_type"] == "code"), path

@@ -370,7 +370,7 @@ def report(path, figures=None) -> dict:
     return out
 
 
-def headline(runs: Runs, sizes: Sequence[int] = (2, 128)) -> dict:
+def summary(runs: Runs, sizes: Sequence[int] = (2, 128)) -> dict:
     """The numbers the notebook saves: error at the smallest and largest batch per normalizer, the largest
     stable learning rates, the scale change per variant."""
     out = {}

@@ -59,7 +59,7 @@ from .sweep import load_runs
 
 __all__ = ["CifarData", "load_data", "RECIPE", "CifarRecipe", "run", "RunResult", "run_many", "check_graph",
            "bench", "sweep", "gather", "summarize", "results_table", "learning_curves", "first_layer_responses",
-           "table10", "table10_figure", "estimate_seconds", "report", "headline", "config_table", "MODES", "main"]
+           "table10", "table10_figure", "estimate_seconds", "report", "summary", "config_table", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 EVAL_EVERY = 500   #: steps per evaluation and checkpoint when ``eval_every`` is None (the authors' code)
@@ -373,7 +373,7 @@ def results_table(results) -> MarkdownTable:
          cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"]] for s in summarize(results)])
 
 
-def headline(results) -> dict:
+def summary(results) -> dict:
     """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): :func:`summarize`'s rows."""
     return {"runs": summarize(results)}
 

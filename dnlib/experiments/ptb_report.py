@@ -1,5 +1,5 @@
 """What PTB runs show, beside the paper's Table 9: the perplexity table (:func:`results_table`), the curves per
-epoch (:func:`perplexity_curves`), the numbers a notebook saves (:func:`headline`) and the report of a folder of
+epoch (:func:`perplexity_curves`), the numbers a notebook saves (:func:`summary`) and the report of a folder of
 run folders (:func:`report`; ``python -m dnlib ptb report runs/ptb/sweep``: table.md, curves.png, summary.json)::
 
     from dnlib.experiments import ptb, ptb_report
@@ -22,7 +22,7 @@ from .recipe import row_label
 from .runner import recipe_runs
 from .sweep import load_runs
 
-__all__ = ["results_table", "perplexity_curves", "headline", "report"]
+__all__ = ["results_table", "perplexity_curves", "summary", "report"]
 
 
 def _runs(results) -> list:
@@ -80,7 +80,7 @@ def perplexity_curves(results):
     return fig
 
 
-def headline(results) -> dict:
+def summary(results) -> dict:
     """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of
     :func:`results_table`."""
     return {"runs": aggregate.summarize(results, list(_FMT))}

@@ -1,6 +1,6 @@
 """What SR runs show, beside the paper's Tables 5 and 6 and its Figures 3 and 4: PSNR/SSIM tables of runs or models
 (:func:`results_table`, :func:`format_table`), the mean grey-level shift per image (:func:`shift_table`), the numbers
-a notebook saves (:func:`headline`), the report of a folder of run folders (:func:`report`; ``python -m dnlib sr
+a notebook saves (:func:`summary`), the report of a folder of run folders (:func:`report`; ``python -m dnlib sr
 report runs/sr/sweep``: sr_results.json), the training curves (:func:`plot_curves`) and crops of the predictions
 (:func:`compare_crops`, the ipywidgets picker :func:`crop_explorer`)::
 
@@ -42,7 +42,7 @@ from .sr import (
 )
 from .sr_configs import paper_numbers
 
-__all__ = ["results_table", "format_table", "shift_table", "headline", "report", "plot_curves", "compare_crops",
+__all__ = ["results_table", "format_table", "shift_table", "summary", "report", "plot_curves", "compare_crops",
            "crop_explorer"]
 
 
@@ -82,8 +82,8 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
                                                                       for c in cols.values()] for n in names])
 
 
-def headline(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
-    """The headline numbers of a notebook run (for :func:`dnlib.notebook.suite.save_results`)."""
+def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
+    """The numbers a notebook saves (each run's own are its record's ``headline``) (for :func:`dnlib.notebook.suite.save_results`)."""
     return {"runs": {run_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
                                    "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
                                    "scale": run.config.scale, "train_set": run.config.train_set,
