@@ -292,13 +292,13 @@ def test_tables_crops_and_widget(monkeypatch):
     import matplotlib
     matplotlib.use("agg")
     from dnlib.experiments.sr import bicubic_grey, test_pairs
-    from dnlib.experiments.sr_report import compare_crops, crop_explorer, format_table, results_table
+    from dnlib.experiments.sr_report import compare_crops, crop_explorer, results_table
     from dnlib.training.metrics import psnr
     torch.manual_seed(0)
     net = get_config("paper", channels=(4, 4)).build_model("dn*")
-    rows = results_table({"DN*": net}, sets=("Set5",), scale=3)
-    assert [r["model"] for r in rows] == ["Bicubic", "DN*"]
-    assert "| Set5 | Bicubic |" in format_table(rows)
+    table = results_table({"DN*": net}, sets=("Set5",), scale=3)
+    assert [r["model"] for r in table.rows] == ["Bicubic", "DN*"]
+    assert "| Set5 | Bicubic |" in table
     fig, scores = compare_crops({"DN*": net}, "Set5", "butterfly_GT", 3, top=0, left=500, size=64)
     it = [i for i in test_pairs("Set5", 3) if i["name"] == "butterfly_GT"][0]
     sl = (slice(8, 72), slice(it["hr"].shape[1] - 72, it["hr"].shape[1] - 8))  # clamped into the 8-px frame

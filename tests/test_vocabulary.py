@@ -225,3 +225,24 @@ def test_headline_means_a_runs_numbers_only():
     for path in sorted(parameters.NOTEBOOK_DIR.glob("0*.ipynb")):
         cells = parameters.read_notebook(path)["cells"]
         assert not any(".headline(" in parameters.cell_source(c) for c in cells if c["cell_type"] == "code"), path
+
+
+def test_one_results_table_per_experiment_with_n_and_run_as(tmp_path):
+    """Each experiment has one ``results_table`` (a Markdown table), and all three end with the same two columns,
+    ``n`` (runs) and ``run as`` (what was run: steps of the paper's schedule, subset, batch), as the generic
+    ``tables.table`` (before: CIFAR's and PTB's ended with ``runs`` and said not what was run; SR's returned dicts
+    that ``format_table`` drew)."""
+    from dnlib.experiments import ptb_report, sr_report
+    from dnlib.experiments.records import find_runs
+    repo = Path(__file__).resolve().parent.parent / "results" / "records"
+    for table in (cifar.results_table(find_runs([repo / "cifar"])), ptb_report.results_table(find_runs([repo / "ptb"]))):
+        head = str(table).splitlines()[0]
+        assert head.rstrip(" |").endswith("| n | run as"), head
+        assert "of the paper's" in str(table) or "(the paper's)" in str(table)
+    assert not hasattr(sr_report, "format_table")
+    _need("sr")
+    run = sr.run("none", sr.get_config("smoke", channels=(4, 4), batch_size=4), steps=2, eval_sets=(), device="cpu",
+                 progress=False)
+    table = sr_report.results_table([run], sets=("Set5",), bicubic=False)
+    assert str(table).splitlines()[0].rstrip(" |").endswith("| n | run as")
+    assert table.rows[0]["n"] == 1 and table.rows[0]["run_as"].startswith("2 steps")

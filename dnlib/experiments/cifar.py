@@ -363,14 +363,17 @@ def summarize(results) -> list:
 
 def results_table(results) -> MarkdownTable:
     """:func:`summarize` beside the paper's Table 7: per data set and configuration (Table 3 rows in bold, runs that
-    stopped early named) our final accuracy (mean ± std over runs), the paper's, images/s and the runs."""
+    stopped early named) our final accuracy (mean ± std over runs), the paper's, images/s, ``n`` (runs) and ``run as``
+    (:func:`dnlib.experiments.aggregate.run_as`: steps of the paper's schedule, subset, batch), the columns of every
+    experiment's results table."""
     def label(name):
         row = _CONFIGS[name].paper if name in _CONFIGS else name
         return f"**{row}**" if name in TABLE3_ROWS else row
-    return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "runs"], [
+    return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "n", "run as"], [
         [", ".join(s["data"]), row_label(s, label(s["name"])),
          tables.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
-         cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"]] for s in summarize(results)])
+         cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"], s.get("run_as") or None]
+        for s in summarize(results)])
 
 
 def summary(results) -> dict:

@@ -50,17 +50,18 @@ _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl"
 
 def results_table(results, unigram: float | None = None) -> MarkdownTable:
     """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early
-    named)
-    beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test); the unigram bar last."""
+    named) beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test), tokens/s, ``n`` (runs)
+    and ``run as`` (:func:`dnlib.experiments.aggregate.run_as`), the columns of every experiment's results table; the
+    unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     for s in aggregate.summarize(results, list(_FMT)):
         ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
         out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
-                    cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"]])
+                    cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"], s.get("run_as") or None])
     if unigram is not None:
-        out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 5)
+        out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 6)
     return markdown_table(["name", "Table 9 row", "epochs", "valid ppl", "test ppl (20 streams)",
-                           "test ppl (one stream)", "paper test ppl", "tokens/s", "runs"], out)
+                           "test ppl (one stream)", "paper test ppl", "tokens/s", "n", "run as"], out)
 
 
 def perplexity_curves(results):

@@ -1,13 +1,13 @@
 """What SR runs show, beside the paper's Tables 5 and 6 and its Figures 3 and 4: PSNR/SSIM tables of runs or models
-(:func:`results_table`, :func:`format_table`), the mean grey-level shift per image (:func:`shift_table`), the numbers
+(:func:`results_table`), the mean grey-level shift per image (:func:`shift_table`), the numbers
 a notebook saves (:func:`summary`), the report of a folder of run folders (:func:`report`; ``python -m dnlib sr
 report runs/sr/sweep``: sr_results.json), the training curves (:func:`plot_curves`) and crops of the predictions
 (:func:`compare_crops`, the ipywidgets picker :func:`crop_explorer`)::
 
     from dnlib.experiments import sr, sr_report
     runs = sr.run_many(["none", "dn*"], "smoke", steps=300)
-    rows = sr_report.results_table(runs, ("Set5", "Set14"))
-    sr_report.format_table(rows), sr_report.plot_curves(runs, "Set5")
+    table = sr_report.results_table(runs, ("Set5", "Set14"))     # Markdown; its dicts: table.rows
+    sr_report.plot_curves(runs, "Set5")
     sr_report.compare_crops(sr.models_of(runs), "Set5", "butterfly_GT")
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 from torch import nn
 
 from .. import cli
-from ..analysis.figures import cell, markdown_table, run_curves
+from ..analysis.figures import MarkdownTable, cell, markdown_table, run_curves
 from ..io import atomic_write_json
 from ..training.metrics import psnr
-from . import records
+from . import aggregate, records
 from .recipe import RunResult
 from .runner import recipe_runs
 from .sr import (
@@ -42,16 +42,23 @@ from .sr import (
 )
 from .sr_configs import paper_numbers
 
-__all__ = ["results_table", "format_table", "shift_table", "summary", "report", "plot_curves", "compare_crops",
+__all__ = ["ResultsTable", "results_table", "shift_table", "summary", "report", "plot_curves", "compare_crops",
            "crop_explorer"]
 
 
+class ResultsTable(MarkdownTable):
+    """A Markdown table (rendered by Jupyter) that keeps the dicts of its lines in ``rows``."""
+    rows: list
+
+
 def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Sequence[str] = ("Set5", "Set14"),
-                  scale: int = 3, root=None, bicubic: bool = True) -> list[dict]:
-    """Rows ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr", "paper_ssim"}``: Bicubic and each run (or
-    ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at ``scale`` (None where the
-    paper has no number)."""
+                  scale: int = 3, root=None, bicubic: bool = True, title: str = "") -> ResultsTable:
+    """Bicubic and each run (or ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at
+    ``scale``: a Markdown table whose ``rows`` are ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr",
+    "paper_ssim", "n", "run_as"}`` (the paper's None where it has no number; ``n`` runs and ``run as``
+    (:func:`dnlib.experiments.aggregate.run_as`) as every experiment's results table, None for a bare model)."""
     models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)
+    what = {} if isinstance(runs, Mapping) else {label: run for label, run in zip(models, runs)}
     rows = []
     for s in sets:
         paper = paper_numbers(s, scale)
@@ -59,16 +66,18 @@ def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Seq
         entries += [(label, evaluate_sr(m, s, scale, root=root)) for label, m in models.items()]
         for label, r in entries:
             p = paper.get(label, (None, None))
+            run = what.get(label)
+            rec = getattr(run, "record", None)
             rows.append({"model": label, "set": s, "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
-                         "shift": round(r["shift"], 2), "paper_psnr": p[0], "paper_ssim": p[1]})
-    return rows
-
-
-def format_table(rows: Sequence[Mapping], title: str = "") -> str:
-    """A Markdown table of :func:`results_table` rows."""
-    cols = ["set", "model", "psnr", "paper_psnr", "ssim", "paper_ssim", "shift"]
-    return markdown_table(["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM", "mean shift (grey levels)"],
-                          [[r.get(c) for c in cols] for r in rows], title)
+                         "shift": round(r["shift"], 2), "paper_psnr": p[0], "paper_ssim": p[1],
+                         "n": 1 if run is not None else None,
+                         "run_as": aggregate.run_as(aggregate.defining(rec)) if rec else None})
+    cols = ["set", "model", "psnr", "paper_psnr", "ssim", "paper_ssim", "shift", "n", "run_as"]
+    table = ResultsTable(markdown_table(["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM",
+                                         "mean shift (grey levels)", "n", "run as"],
+                                        [[r.get(c) for c in cols] for r in rows], title))
+    table.rows = rows
+    return table
 
 
 def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 3, root=None) -> str:
@@ -83,7 +92,8 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
 
 
 def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
-    """The numbers a notebook saves (each run's own are its record's ``headline``) (for :func:`dnlib.notebook.suite.save_results`)."""
+    """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): each run and the :func:`results_table`
+    ``rows`` (a run's own numbers are its record's ``headline``)."""
     return {"runs": {run_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
                                    "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
                                    "scale": run.config.scale, "train_set": run.config.train_set,
