@@ -1,4 +1,5 @@
 """The activation explorer driven headless: set a control, read the result, check it against the math."""
+import inspect
 import os
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def test_fallback_images_say_so_loudly(monkeypatch, tmp_path, capsys):
 def test_cifar_samples():
     x, desc = widgets.explorer_images(20, "auto")
     assert x.shape == (20, 3, 32, 32) and "CIFAR-10" in desc
+
+
+def test_an_empty_checkpoint_is_refused_and_the_explorer_defaults_to_random_filters(images):
+    """The notebooks pass None, not "" (issue 24): first_conv names the parameter for "", and activation_explorer's
+    own default is None (it was "", which the explorer then loaded as a path: 26 widget tests errored)."""
+    with pytest.raises(ValueError, match="checkpoint: a path to a saved state dict, or None"):
+        widgets.first_conv("")
+    assert inspect.signature(widgets.activation_explorer).parameters["checkpoint"].default is None
 
 
 def test_first_conv_random_and_from_checkpoint(tmp_path):

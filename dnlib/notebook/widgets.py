@@ -203,6 +203,8 @@ def first_conv(checkpoint: str | None = None, seed: int = 0, out_channels: int =
     first 4-D weight with 3 input channels and its bias are used. Otherwise random filters with a fixed seed:
     Gaussian weights, each filter scaled to unit L2 norm, zero bias (``checkpoint`` None).
     """
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise ValueError(f"checkpoint: a path to a saved state dict, or None for random filters; got {checkpoint!r}")
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         found = _find_conv_weight(state)
@@ -516,7 +518,7 @@ def _in_kernel() -> bool:
 
 
 def activation_explorer(images: torch.Tensor | None = None, *, conv: nn.Conv2d | None = None,
-                        checkpoint: str = "", n_images: int = 16, source: str = "auto", seed: int = 0,
+                        checkpoint: str | None = None, n_images: int = 16, source: str = "auto", seed: int = 0,
                         preset: str = "dn", sigma: float = 0.5, alpha: float = 0.0, bins: int = 20,
                         n_pairs: int | None = None, max_samples: int | None = 20000, live_plots: bool = True,
                         label: str = "", inputs: str = "standardized", fixed_scale: bool = True,
