@@ -91,6 +91,45 @@ def test_stacked_copies_equal_separate_runs(data, configs, seeds):
     assert len({tuple(x) for x in lrs}) > 1 and lrs[0] != lrs[-1]    # ...and the learning rate decayed
 
 
+def _sequence_trainer(stacked: bool, data, **kwargs):
+    """A fresh PTB graph-step trainer on CPU (``kwargs``: its arguments to change): the stacked one of two copies,
+    or the single run's."""
+    if stacked:
+        setup = stacked_ptb.prepare(RECIPE, ["dn-star-lstm"], [0, 1], steps=STEPS, device="cpu", overrides=TINY,
+                                    options={"data": data, "mode": "eager"}, progress=False).setup
+    else:
+        cfg = RECIPE.config("dn-star-lstm", steps=STEPS, **TINY)
+        setup = build_setup(RECIPE, cfg, 0, "cpu", {"data": data, "mode": "graph"})
+    return setup.make_trainer(evaluate=None, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the capture must fail: a machine without CUDA")
+@pytest.mark.parametrize("stacked", [False, True], ids=["SequenceGraphTrainer", "StackedSequenceTrainer"])
+def test_a_capture_that_fails_falls_back_to_the_eager_step_with_one_warning(data, stacked):
+    """Both PTB graph trainers run ONE capture (``training.graphs.CarriedStateGraph``): where it cannot run (here:
+    no CUDA) the trainer warns once, names itself, and trains exactly as with ``capture=False`` (losses, weights,
+    carried state, over an epoch's reset). The capture on a GPU itself is not exercised here."""
+    eager, failing = _sequence_trainer(stacked, data), _sequence_trainer(stacked, data)
+    assert type(eager).__name__ == ("StackedSequenceTrainer" if stacked else "SequenceGraphTrainer")
+    assert not eager.capture and not failing.capture
+    with pytest.raises(ValueError, match="capture: CUDA graphs need a CUDA device, got cpu"):
+        _sequence_trainer(stacked, data, capture=True)
+    failing.capture = True                                  # as on CUDA: the first step tries to capture
+    with pytest.warns(UserWarning, match=f"{type(eager).__name__}: capture failed") as caught:
+        for _ in range(STEPS):
+            a, b = eager.train_step(next(eager.batches)), failing.train_step(next(failing.batches))
+            assert torch.equal(a, b)
+            eager.step += 1
+            failing.step += 1
+    assert len([w for w in caught if "capture failed" in str(w.message)]) == 1
+    assert failing.fell_back and failing.graph is None
+    for (n, v), w in zip(eager.model.state_dict().items(), failing.model.state_dict().values()):
+        assert torch.equal(v, w), n
+    for s, t in zip(eager._flat(eager.state), failing._flat(failing.state)):
+        assert torch.equal(s, t)
+    assert eager.state_dict()["loss_fn"]["state"] is not None
+
+
 def test_per_copy_l1_terms_and_grouped_sites():
     """Sites of equal normalizers are one call (segments), different ones split; the stacked L1 penalty is the sum
     of the copies' own (different alphas)."""

@@ -34,7 +34,8 @@ normalizer, sigma, alpha, learning rate (and its decay), clipping norm.
 On the CPU in float64 every copy equals its separate run to rounding over steps with clipping, a learning-rate decay
 and evaluation (``tests/test_stacked_ptb.py``). On CUDA (``mode="auto"``) the whole stacked step (forward over the
 unrolled steps, backward, per-copy clipping, the per-copy SGD update, the state carry) is one CUDA graph, as
-:class:`~dnlib.training.trainer.SequenceGraphTrainer` does for one model.
+:class:`~dnlib.training.graphs.SequenceGraphTrainer` does for one model: the trainer is
+:class:`~dnlib.training.stacked_sequence.StackedSequenceTrainer`.
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ import dataclasses
 import json
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,9 +53,9 @@ import torch.nn.functional as F
 from .. import cli
 from ..data import PTBBatches
 from ..models.stacked_rnn import StackedLanguageModel, set_stacked_eval_step
-from ..norms.sparse import clear_penalties, sparse_penalty
+from ..norms.sparse import clear_penalties
 from ..training import distributed
-from ..training.stacked import StackedTrainer
+from ..training.stacked_sequence import StackedSequenceTrainer
 from ..training.trainer import CheckpointError, TrainingDiverged
 from . import records
 from .flags import schedule_flags
@@ -63,7 +63,7 @@ from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 from .stacked import MODES
 
-__all__ = ["StackedSequenceTrainer", "evaluate_perplexity", "build", "GroupRun", "prepare", "run", "copies_of",
+__all__ = ["evaluate_perplexity", "build", "GroupRun", "prepare", "run", "copies_of",
            "commands", "SHARED_FIELDS"]
 
 #: what the K configurations of one stacked model must share
@@ -71,173 +71,7 @@ SHARED_FIELDS = ("arch", "hidden_size", "num_layers", "batch_size", "num_steps",
                  "bn_test_step0", "forget_bias", "state_norm_c")
 
 
-# ---------------------------------------------------------------------------------------------- trainer
-class StackedSequenceTrainer(StackedTrainer):
-    """Truncated BPTT of K copies in one :class:`~dnlib.models.stacked_rnn.StackedLanguageModel`: batches ``(x, y,
-    reset)`` shared by the copies, the carried state ``(K, N, H)`` per layer (checkpointed as the PTB runs'
-    ``{"loss_fn": {"state": ...}}``), per-copy losses ``(K,)``, per-copy gradient clipping (``clip_norms``, 0: none;
-    ``clip_mode``) and per-copy learning rates (``lr_fns[k](step)``), plain SGD.
-
-    The step reads static tensors (batch, state, the learning rates and clipping norms as ``(K,)`` device tensors),
-    so on CUDA it is captured once as a CUDA graph and replayed (``capture``; None: on CUDA), as
-    :class:`~dnlib.training.trainer.SequenceGraphTrainer`; a capture that fails falls back to the same body, eagerly,
-    with one warning (:attr:`fell_back`). History rows carry each copy's own learning rate."""
-
-    def __init__(self, model: StackedLanguageModel, loss_fn, batches, cfg, *, lr_fns: Sequence, clip_norms: Sequence,
-                 clip_mode: str = "dense", capture: bool | None = None, warmup: int = 3, **kwargs):
-        super().__init__(model, loss_fn, batches, dataclasses.replace(cfg, clip_norm=None), **kwargs)
-        if cfg.optimizer != "sgd" or cfg.momentum or cfg.weight_decay:
-            raise ValueError("StackedSequenceTrainer: plain SGD only (momentum 0, weight decay 0)")
-        if len(lr_fns) != self.copies or len(clip_norms) != self.copies:
-            raise ValueError(f"lr_fns, clip_norms: need one per copy ({self.copies}), got {len(lr_fns)} and "
-                             f"{len(clip_norms)}")
-        if clip_mode not in ("dense", "slices"):
-            raise ValueError(f"clip_mode: got {clip_mode!r}; allowed values are ['dense', 'slices']")
-        if capture is None:
-            capture = self.device.type == "cuda"
-        if capture and self.device.type != "cuda":
-            raise ValueError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
-        self.lr_fns, self.clip_norms, self.clip_mode = list(lr_fns), [float(c or 0) for c in clip_norms], clip_mode
-        self.capture, self.warmup = bool(capture), int(warmup)
-        self.graph, self.fell_back = None, False
-        self.state = None                  # the carried state (static tensors once the step is set up)
-        self._stored = None                # a resumed checkpoint's state, copied in at the next step
-        self._copy_lrs = [f(0) for f in self.lr_fns]
-        self._slices: list = []
-        self._blocks = [(p, start) for p, start in model.copy_blocks() if p.requires_grad]
-        if clip_mode == "slices":
-            model.embedding_hook = self._slices.append
-
-    # --- per copy: learning rates in the history, the carried state in checkpoints -----------------------------
-    def _append(self, row: dict, copy: int) -> None:
-        if "lr" in row:
-            row = {**row, "lr": self._copy_lrs[copy]}
-        super()._append(row, copy)
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        carried = self._stored if self._stored is not None else self.state
-        state["loss_fn"] = {"state": None if carried is None else
-                            [tuple(s.detach().cpu().clone() for s in layer) for layer in carried]}
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self._stored = (state.get("loss_fn") or {}).get("state")
-        self._copy_lrs = [f(max(self.step - 1, 0)) for f in self.lr_fns]
-
-    # --- the step ---------------------------------------------------------------------------------------------
-    def _flat(self, state) -> list:
-        return [s for layer in state for s in layer]
-
-    def _clip_scale(self) -> torch.Tensor:
-        """Each copy's factor ``min(1, clip_k / |g_k|)`` (dense: torch's ``clip_grad_norm_``, with its 1e-6;
-        slices: TF's norm over the embedding's per-token rows), 1 where a copy does not clip."""
-        k = self.copies
-        sq = torch.zeros(k, device=self.device, dtype=self._params[0].dtype)
-        emb = self.model.embedding
-        for p, start in self._blocks:
-            if p.grad is None or (self.clip_mode == "slices" and p is emb):
-                continue
-            g = p.grad.detach()
-            sq[start:start + g.shape[0]] += g.reshape(g.shape[0], -1).square().sum(1)
-        if self.clip_mode == "slices":
-            for g in self._slices:
-                sq += g.detach().reshape(k, -1).square().sum(1)
-            self._slices.clear()
-            scale = (self._max_norm / sq.sqrt()).clamp(max=1.0)
-        else:
-            scale = (self._max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        return torch.where(self._clips, scale, torch.ones_like(scale))
-
-    def _body(self) -> torch.Tensor:
-        losses, new_state = self.loss_fn.step(self.model, self._x, self._y, self.state)
-        (losses.sum() + sparse_penalty(self.model)).backward()
-        with torch.no_grad():
-            scale = self._clip_scale() if bool(self._any_clip) else None
-            for p, start in self._blocks:
-                if p.grad is None:
-                    continue
-                n = p.shape[0]
-                shape = (n,) + (1,) * (p.dim() - 1)
-                g = p.grad if scale is None else p.grad * scale[start:start + n].view(shape)
-                p.addcmul_(g, self._neg_lr[start:start + n].view(shape))
-            for dst, src in zip(self._flat(self.state), self._flat(new_state)):
-                dst.copy_(src)
-        return losses.detach()
-
-    def _setup(self, x, y) -> None:
-        self._params = [p for p, _ in self._blocks]
-        self._x, self._y = x.detach().clone(), y.detach().clone()
-        self.state = [tuple(s.clone() for s in layer) for layer in self.model.init_state(x.shape[0], x.device)]
-        ref = self._params[0]
-        self._neg_lr = torch.zeros(self.copies, device=x.device, dtype=ref.dtype)
-        self._max_norm = torch.tensor([c or 1.0 for c in self.clip_norms], device=x.device, dtype=ref.dtype)
-        self._clips = torch.tensor([c > 0 for c in self.clip_norms], device=x.device)
-        self._any_clip = any(c > 0 for c in self.clip_norms)
-
-    def _capture(self) -> None:
-        saved = [(t, t.detach().clone()) for t in self.model.state_dict().values()]
-        carried = [s.clone() for s in self._flat(self.state)]
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(self.warmup, 1)):
-                    for p in self._params:
-                        p.grad = None
-                    self._body()
-            torch.cuda.current_stream().wait_stream(side)
-            for p in self._params:
-                p.grad = None
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._loss = self._body()
-            self.graph = graph
-        finally:
-            torch.cuda.synchronize()
-            with torch.no_grad():           # undo the warm-up (the capture itself computes nothing)
-                for t, v in saved:
-                    t.copy_(v)
-                for dst, src in zip(self._flat(self.state), carried):
-                    dst.copy_(src)
-            clear_penalties(self.model)
-            self._slices.clear()
-
-    def train_step(self, batch) -> torch.Tensor:
-        """One step of every copy on ``(x, y, reset)``: fill the static inputs, replay the graph (or run the body)."""
-        x, y, reset = batch
-        self.model.train()
-        self._copy_lrs = [float(f(self.step)) for f in self.lr_fns]
-        if self.state is None:
-            self._setup(x, y)
-        else:
-            self._x.copy_(x)
-            self._y.copy_(y)
-        self._neg_lr.copy_(torch.tensor([-v for v in self._copy_lrs], dtype=self._neg_lr.dtype))
-        with torch.no_grad():
-            if reset:
-                for dst in self._flat(self.state):
-                    dst.zero_()
-            elif self._stored is not None:
-                for dst, src in zip(self._flat(self.state), self._flat(self._stored)):
-                    dst.copy_(src)
-        self._stored = None
-        if self.capture and self.graph is None and not self.fell_back:
-            try:
-                self._capture()
-            except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
-                warnings.warn(f"StackedSequenceTrainer: capture failed ({type(e).__name__}: {e}); training eagerly",
-                              stacklevel=2)
-                self.fell_back, self.graph = True, None
-        if self.graph is not None:
-            self.graph.replay()
-            return self._loss.clone()
-        for p in self._params:
-            p.grad = None
-        return self._body()
-
-
+# ------------------------------------------------------------------------------------ the loss, the evaluation
 class _StackedLMLoss:
     """The per-copy language-model loss of one window (``step``: ``(losses (K,), new_state)``); the trainer carries
     the state."""

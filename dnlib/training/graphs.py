@@ -1,7 +1,9 @@
 """Trainers whose whole step is one CUDA graph: :class:`GraphTrainer` (a step's batch is its whole input: CIFAR, SR)
-and :class:`SequenceGraphTrainer` (truncated BPTT with a carried recurrent state: PTB). On a CPU each runs the same
-step eagerly (``capture=False``), which is how the step is checked against :class:`~dnlib.training.trainer.Trainer`
-without a GPU."""
+and :class:`SequenceGraphTrainer` (truncated BPTT with a carried recurrent state: PTB); :class:`CarriedStateGraph`
+is the carried state and the one capture that :class:`SequenceGraphTrainer` and
+:class:`~dnlib.training.stacked_sequence.StackedSequenceTrainer` (K stacked PTB copies) share. On a CPU each runs the
+same step eagerly (``capture=False``), which is how the step is checked against
+:class:`~dnlib.training.trainer.Trainer` without a GPU."""
 from __future__ import annotations
 
 import warnings
@@ -13,7 +15,16 @@ from torch import nn
 from ..norms.sparse import clear_penalties, sparse_penalty
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["GraphTrainer", "SequenceGraphTrainer"]
+__all__ = ["GraphTrainer", "SequenceGraphTrainer", "CarriedStateGraph"]
+
+
+def _capture_on(capture: bool | None, device: torch.device) -> bool:
+    """``capture`` resolved: None means "on CUDA"; True off CUDA is refused."""
+    if capture is None:
+        capture = device.type == "cuda"
+    if capture and device.type != "cuda":
+        raise ValueError(f"capture: CUDA graphs need a CUDA device, got {device}")
+    return bool(capture)
 
 
 class GraphTrainer(Trainer):
@@ -43,11 +54,7 @@ class GraphTrainer(Trainer):
             raise ValueError("GraphTrainer: supports optimizer='sgd' without clip_norm; use Trainer otherwise")
         if any(g.get("nesterov") or g.get("dampening") for g in self.opt.param_groups):
             raise ValueError("GraphTrainer: nesterov and dampening are not supported")
-        if capture is None:
-            capture = self.device.type == "cuda"
-        if capture and self.device.type != "cuda":
-            raise ValueError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
-        self.capture, self.warmup = bool(capture), int(warmup)
+        self.capture, self.warmup = _capture_on(capture, self.device), int(warmup)
         self.graph = None
         self._static = None
         self._static_loss = None
@@ -142,42 +149,25 @@ class GraphTrainer(Trainer):
         return self._body()
 
 
-class SequenceGraphTrainer(Trainer):
-    """A :class:`Trainer` for truncated BPTT whose whole training step is one CUDA graph: forward over the
-    unrolled steps from a carried recurrent state, loss + the sparse L1 terms, backward, global-norm clipping,
-    plain SGD ``p -= lr * g`` (the learning rate read from a device tensor, so the schedule needs no re-capture),
-    and the copy of the final state into the carried one.
+class CarriedStateGraph:
+    """The part of a truncated-BPTT graph trainer that does not depend on what is stacked (a mixin, before the
+    :class:`~dnlib.training.trainer.Trainer` class in the bases): the carried recurrent state and the step's one
+    CUDA-graph capture, shared by :class:`SequenceGraphTrainer` and
+    :class:`~dnlib.training.stacked_sequence.StackedSequenceTrainer`.
 
-    Its contract differs from :class:`GraphTrainer` (whose batch is the whole step input): a batch is ``(x, y,
-    reset)`` (``reset``: zero the carried state first, e.g. at the start of an epoch), and what the step needs is
-    passed explicitly:
+    * :attr:`state`: the carried state, a list of tuples of static tensors (one tuple per layer), set up at the first
+      step; checkpointed as ``{"loss_fn": {"state": [...]}}`` (a resumed one is copied in at the next step);
+    * :meth:`_load_inputs` fills the static batch ``(x, y)`` and the state (reset, or the resumed one);
+    * :meth:`_run` captures the step at the first call (``warmup`` steps on a side stream, then the capture, then the
+      model's tensors and the carried state restored in place, so the warm-up leaves no trace), replays it, or runs
+      the body eagerly (``capture=False``, or after a capture that failed: one warning, :attr:`fell_back`).
 
-    * ``step_fn(model, x, y, state) -> (loss, new_state)``: the task loss (no L1 terms) of one window from
-      ``state``; a pure function (it keeps nothing between calls). It is the trainer's ``loss_fn``.
-    * ``init_state(batch_size, device) -> state``: the zero state, a list of tuples of tensors (one tuple per
-      layer), as ``dnlib.models.rnn.LanguageModel.init_state``.
+    The trainer defines ``_setup(x, y)`` (the static ``_x``, ``_y``, :attr:`state`, ``_params``), ``_body()`` (one
+    step from them, returning the loss) and ``_reset_state(x)``; ``_after_capture()`` (default: the model's L1 terms
+    cleared) runs after the warm-up is undone."""
 
-    The carried state belongs to the trainer (:attr:`state`) and is checkpointed as ``{"loss_fn": {"state":
-    [...]}}``, the layout of a stateful loss's ``state_dict`` (``dnlib.experiments.ptb.LMLoss``), so checkpoints are
-    interchangeable with those of the eager :class:`Trainer` on the same loss; the optimizer (momentum 0, no
-    weight decay) is never stepped, its update being the same. Capture happens at the first step, after
-    ``warmup`` steps on a side stream whose effects are undone. ``capture=False`` (what runs on CPU, the default
-    there) runs the same step body eagerly: that is how it is tested without a GPU; a capture that fails falls
-    back to it with one warning (:attr:`fell_back`).
-    """
-
-    def __init__(self, model: nn.Module, step_fn: Callable, batches, cfg: TrainConfig, *,
-                 init_state: Callable, capture: bool | None = None, warmup: int = 3, **kwargs):
-        super().__init__(model, step_fn, batches, cfg, **kwargs)
-        if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
-            raise ValueError("SequenceGraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured; "
-                             f"got optimizer={self.cfg.optimizer!r}, momentum={self.cfg.momentum}, "
-                             f"weight_decay={self.cfg.weight_decay}")
-        if capture is None:
-            capture = self.device.type == "cuda"
-        if capture and self.device.type != "cuda":
-            raise ValueError(f"capture: CUDA graphs need a CUDA device, got {self.device}")
-        self.init_state, self.capture, self.warmup = init_state, bool(capture), int(warmup)
+    def _init_carried(self, capture: bool | None, warmup: int) -> None:
+        self.capture, self.warmup = _capture_on(capture, self.device), int(warmup)
         self.graph = None
         self.fell_back = False          # True when the capture failed and the step runs eagerly
         self.state = None               # the carried state (static tensors once the step is set up)
@@ -199,26 +189,23 @@ class SequenceGraphTrainer(Trainer):
     def _flat(self, state) -> list:
         return [s for layer in state for s in layer]
 
-    def _body(self) -> torch.Tensor:
-        loss, new_state = self.loss_fn(self.model, self._x, self._y, self.state)
-        (loss + sparse_penalty(self.model)).backward()
-        if self.cfg.clip_norm:
-            if self.clip_fn is nn.utils.clip_grad_norm_:
-                nn.utils.clip_grad_norm_(self._params, self.cfg.clip_norm, foreach=True)
-            else:
-                self.clip_fn(self._params, self.cfg.clip_norm)
+    def _load_inputs(self, x: torch.Tensor, y: torch.Tensor, reset) -> None:
+        """Fill the static batch (the first call sets the step up) and the carried state: reset, or a resumed one."""
+        if self.state is None:
+            self._setup(x, y)
+        else:
+            self._x.copy_(x)
+            self._y.copy_(y)
         with torch.no_grad():
-            grads = [p.grad for p in self._params]
-            torch._foreach_add_(self._params, torch._foreach_mul(grads, self._neg_lr))
-            for dst, src in zip(self._flat(self.state), self._flat(new_state)):
-                dst.copy_(src)
-        return loss.detach()
+            if reset:
+                self._reset_state(x)
+            elif self._stored is not None:
+                for dst, src in zip(self._flat(self.state), self._flat(self._stored)):
+                    dst.copy_(src)
+        self._stored = None
 
-    def _setup(self, x, y) -> None:
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self._x, self._y = x.detach().clone(), y.detach().clone()
-        self.state = [tuple(s.clone() for s in layer) for layer in self.init_state(x.shape[0], x.device)]
-        self._neg_lr = torch.zeros((), device=x.device)
+    def _after_capture(self) -> None:
+        clear_penalties(self.model)
 
     def _capture(self) -> None:
         saved = [(t, t.detach().clone()) for t in self.model.state_dict().values()]
@@ -245,34 +232,16 @@ class SequenceGraphTrainer(Trainer):
                     t.copy_(v)
                 for dst, src in zip(self._flat(self.state), carried):
                     dst.copy_(src)
-            clear_penalties(self.model)
+            self._after_capture()
 
-    def train_step(self, batch) -> torch.Tensor:
-        """One step on ``(x, y, reset)``: fill the static inputs, then replay the graph (or run the body)."""
-        x, y, reset = batch
-        self.model.train()
-        self._set_lr()
-        if self.state is None:
-            self._setup(x, y)
-        else:
-            self._x.copy_(x)
-            self._y.copy_(y)
-        self._neg_lr.fill_(-self.opt.param_groups[0]["lr"])
-        with torch.no_grad():
-            if reset:
-                fresh = self.init_state(x.shape[0], x.device)
-                for dst, src in zip(self._flat(self.state), self._flat(fresh)):
-                    dst.copy_(src)
-            elif self._stored is not None:
-                for dst, src in zip(self._flat(self.state), self._flat(self._stored)):
-                    dst.copy_(src)
-        self._stored = None
+    def _run(self) -> torch.Tensor:
+        """The step on the filled static inputs: capture it (once), replay it, or run the body eagerly."""
         if self.capture and self.graph is None and not self.fell_back:
             try:
                 self._capture()
             except Exception as e:   # noqa: BLE001  an op that cannot be captured: keep training, eagerly
-                warnings.warn(f"SequenceGraphTrainer: capture failed ({type(e).__name__}: {e}); training eagerly",
-                              stacklevel=2)
+                warnings.warn(f"{type(self).__name__}: capture failed ({type(e).__name__}: {e}); training eagerly",
+                              stacklevel=3)
                 self.fell_back, self.graph = True, None
         if self.graph is not None:
             self.graph.replay()
@@ -280,3 +249,74 @@ class SequenceGraphTrainer(Trainer):
         for p in self._params:
             p.grad = None
         return self._body()
+
+
+class SequenceGraphTrainer(CarriedStateGraph, Trainer):
+    """A :class:`Trainer` for truncated BPTT whose whole training step is one CUDA graph: forward over the
+    unrolled steps from a carried recurrent state, loss + the sparse L1 terms, backward, global-norm clipping,
+    plain SGD ``p -= lr * g`` (the learning rate read from a device tensor, so the schedule needs no re-capture),
+    and the copy of the final state into the carried one.
+
+    Its contract differs from :class:`GraphTrainer` (whose batch is the whole step input): a batch is ``(x, y,
+    reset)`` (``reset``: zero the carried state first, e.g. at the start of an epoch), and what the step needs is
+    passed explicitly:
+
+    * ``step_fn(model, x, y, state) -> (loss, new_state)``: the task loss (no L1 terms) of one window from
+      ``state``; a pure function (it keeps nothing between calls). It is the trainer's ``loss_fn``.
+    * ``init_state(batch_size, device) -> state``: the zero state, a list of tuples of tensors (one tuple per
+      layer), as ``dnlib.models.rnn.LanguageModel.init_state``.
+
+    The carried state belongs to the trainer (:attr:`state`) and is checkpointed as ``{"loss_fn": {"state":
+    [...]}}``, the layout of a stateful loss's ``state_dict`` (``dnlib.experiments.ptb.LMLoss``), so checkpoints are
+    interchangeable with those of the eager :class:`Trainer` on the same loss; the optimizer (momentum 0, no
+    weight decay) is never stepped, its update being the same. Capture happens at the first step, after
+    ``warmup`` steps on a side stream whose effects are undone (:class:`CarriedStateGraph`). ``capture=False`` (what
+    runs on CPU, the default there) runs the same step body eagerly: that is how it is tested without a GPU; a
+    capture that fails falls back to it with one warning (:attr:`fell_back`).
+    """
+
+    def __init__(self, model: nn.Module, step_fn: Callable, batches, cfg: TrainConfig, *,
+                 init_state: Callable, capture: bool | None = None, warmup: int = 3, **kwargs):
+        super().__init__(model, step_fn, batches, cfg, **kwargs)
+        if self.cfg.optimizer != "sgd" or self.cfg.momentum or self.cfg.weight_decay:
+            raise ValueError("SequenceGraphTrainer: only plain SGD (momentum 0, weight decay 0) is captured; "
+                             f"got optimizer={self.cfg.optimizer!r}, momentum={self.cfg.momentum}, "
+                             f"weight_decay={self.cfg.weight_decay}")
+        self.init_state = init_state
+        self._init_carried(capture, warmup)
+
+    # --- the step -------------------------------------------------------------------------------------------
+    def _body(self) -> torch.Tensor:
+        loss, new_state = self.loss_fn(self.model, self._x, self._y, self.state)
+        (loss + sparse_penalty(self.model)).backward()
+        if self.cfg.clip_norm:
+            if self.clip_fn is nn.utils.clip_grad_norm_:
+                nn.utils.clip_grad_norm_(self._params, self.cfg.clip_norm, foreach=True)
+            else:
+                self.clip_fn(self._params, self.cfg.clip_norm)
+        with torch.no_grad():
+            grads = [p.grad for p in self._params]
+            torch._foreach_add_(self._params, torch._foreach_mul(grads, self._neg_lr))
+            for dst, src in zip(self._flat(self.state), self._flat(new_state)):
+                dst.copy_(src)
+        return loss.detach()
+
+    def _setup(self, x, y) -> None:
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._x, self._y = x.detach().clone(), y.detach().clone()
+        self.state = [tuple(s.clone() for s in layer) for layer in self.init_state(x.shape[0], x.device)]
+        self._neg_lr = torch.zeros((), device=x.device)
+
+    def _reset_state(self, x) -> None:
+        fresh = self.init_state(x.shape[0], x.device)
+        for dst, src in zip(self._flat(self.state), self._flat(fresh)):
+            dst.copy_(src)
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One step on ``(x, y, reset)``: fill the static inputs, then replay the graph (or run the body)."""
+        x, y, reset = batch
+        self.model.train()
+        self._set_lr()
+        self._load_inputs(x, y, reset)
+        self._neg_lr.fill_(-self.opt.param_groups[0]["lr"])
+        return self._run()
