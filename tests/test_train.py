@@ -68,6 +68,25 @@ def test_schedule_and_sparse_penalty_is_added():
     assert model[1].pop_penalty() is None
 
 
+def test_eval_metrics_is_the_public_evaluation_that_fit_logs():
+    """``Trainer.eval_metrics()`` (what campaign benches call): ``evaluate(model)`` in eval mode without gradients,
+    floats, the model's mode restored and its L1 terms cleared; the same numbers ``fit`` logs; {} without one."""
+    model, data = _problem()
+    seen = []
+
+    def evaluate(m):
+        seen.append((m.training, torch.is_grad_enabled()))
+        m(torch.zeros(2, 3, 6, 6))                       # leaves an L1 term at the DN site
+        return {"w": torch.tensor(sum(float(p.sum()) for p in m.parameters()))}
+    tr = Trainer(model, _loss, data, _cfg(4), evaluate=evaluate)
+    tr.fit()
+    got = tr.eval_metrics()
+    assert seen[-1] == (False, False) and model.training and model[1].pop_penalty() is None
+    assert type(got["w"]) is float and got == {k: v for k, v in tr.history[-1].items() if k == "w"}
+    model, data = _problem()
+    assert Trainer(model, _loss, data, _cfg(4)).eval_metrics() == {}
+
+
 def test_tensor_batches_cover_each_epoch_once():
     x = torch.arange(10)
     b = TensorBatches(x, batch_size=5, seed=3)

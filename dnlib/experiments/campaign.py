@@ -225,7 +225,7 @@ def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2,
     sync()
     dt = (time.perf_counter() - t0) / steps
     t0 = time.perf_counter()
-    tr._evaluate()                                 # one chunk's evaluation (a launch has planned / chunk of them)
+    tr.eval_metrics()                              # one chunk's evaluation (a launch has planned / chunk of them)
     sync()
     return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
             "eval_s": time.perf_counter() - t0, "chunk": run.chunk,

@@ -339,7 +339,11 @@ class Trainer:
         self.opt.step()
         return loss.detach()
 
-    def _evaluate(self) -> dict:
+    def eval_metrics(self) -> dict | list:
+        """The model's metrics now, without training or logging: ``evaluate(model)`` in eval mode without gradients
+        (the model's L1 terms cleared, its train/eval mode restored), each value a float; a dict, or one dict per
+        copy for a stacked trainer; ``{}`` without ``evaluate``. :meth:`log_evaluation` also appends them to the
+        history; ``fit`` calls this every ``eval_every`` steps."""
         if self.evaluate is None:
             return {}
         was = self.model.training
@@ -368,7 +372,7 @@ class Trainer:
     def log_evaluation(self) -> dict:
         """Evaluate now and append the row to the history (e.g. before a timed stretch); returns the metrics."""
         losses = self._pending_losses()
-        metrics = self._evaluate()
+        metrics = self.eval_metrics()
         self._check_metrics(metrics)
         self._log(metrics, losses)
         return metrics
@@ -399,7 +403,7 @@ class Trainer:
             do_eval = last or (cfg.eval_every and self.step % cfg.eval_every == 0)
             if do_eval or self.step % cfg.log_every == 0:
                 losses = self._pending_losses()            # checked before evaluating a diverged model
-                metrics = self._evaluate() if do_eval else {}
+                metrics = self.eval_metrics() if do_eval else {}
                 self._check_metrics(metrics)
                 self._log(metrics, losses)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")},
