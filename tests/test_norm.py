@@ -416,6 +416,24 @@ def test_bad_input_names_parameter_value_and_allowed(build, match):
         build()
 
 
+@pytest.mark.parametrize("build, match", [
+    (lambda: DivisiveNorm(4, "bn"), r"spec: expected a NormSpec, got str; use dnlib.make_norm for names"),
+    (lambda: make_norm("bn", 4, momentum=1.5), r"momentum: must be a number in \[0, 1\] or None, got 1.5"),
+    (lambda: make_norm("dn", 4, impl="fused"),
+     r"impl: 'fused' needs a spec with a native kernel, and NormSpec\(.*\) has none"),
+    (lambda: DivisiveNorm(4, NormSpec("channel", "batch,channel", groups=2), track_running_stats=True),
+     r"track_running_stats: not supported with groups=2; pass False"),
+    (lambda: DivisiveNorm(4, NormSpec("batch,channel", "batch,channel")),
+     r"track_running_stats: .* must not pool 'channel' or carry windows; sum_axes=\['batch', 'channel'\] does"),
+    (lambda: DivisiveNorm(4, NormSpec("batch", "batch,space", sup_window={"space": 3})),
+     r"track_running_stats: .* must not pool 'channel' or carry windows; sup_axes=\['batch', 'space'\] does"),
+])
+def test_divisive_norm_checks_its_arguments_before_building(build, match):
+    """DivisiveNorm.__init__'s argument checks that the table above does not reach (pinned for issue 24's split)."""
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
 def test_repr_is_one_compact_line():
     r = repr(make_norm("dn", 32, window=5, sigma=0.5, alpha=0.005))
     assert "\n" not in r

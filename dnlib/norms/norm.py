@@ -234,6 +234,56 @@ def fused_kind(spec: NormSpec) -> str | None:
     return None
 
 
+def _check_args(num_features, spec, momentum, alpha, impl: str, running_stats: str, process_group) -> int:
+    """DivisiveNorm's argument checks (all but track_running_stats'): returns num_features as an int."""
+    if not is_int(num_features) or num_features < 1:
+        raise ValueError(f"num_features: must be an integer >= 1, got {_show(num_features)}")
+    num_features = int(num_features)
+    if not isinstance(spec, NormSpec):
+        raise ValueError(f"spec: expected a NormSpec, got {type(spec).__name__}; use dnlib.make_norm for names")
+    if num_features % spec.groups:
+        raise ValueError(f"num_features: {num_features} is not divisible by groups={spec.groups}")
+    if momentum is not None and not (is_real(momentum) and 0.0 <= momentum <= 1.0):
+        raise ValueError(f"momentum: must be a number in [0, 1] or None, got {_show(momentum)}")
+    if not is_real(alpha) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha: the L1 weight must be a finite number >= 0, got {_show(alpha)}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl: got {impl!r}; allowed values are {list(IMPLS)}")
+    if running_stats not in RUNNING_STATS:
+        raise ValueError(f"running_stats: got {running_stats!r}; allowed values are {list(RUNNING_STATS)}")
+    if impl == "fused" and running_stats == "tf" and fused_kind(spec) == "bn":
+        raise ValueError("impl: 'fused' (F.batch_norm) stores torch's running statistics, not "
+                         "running_stats='tf'; use impl='auto' or 'general'")
+    if impl == "fused" and fused_kind(spec) is None:
+        raise ValueError(f"impl: 'fused' needs a spec with a native kernel, and {spec} has none")
+    if impl == "band" and not DF.band_supported(spec):
+        raise ValueError(f"impl: 'band' needs fields that pool only 'channel', with a channel window, and {spec} "
+                         f"has other fields or no window")
+    if impl == "triton":
+        from . import triton_dn
+        triton_dn.check(spec)
+    _check_group(process_group)
+    return num_features
+
+
+def _check_track_running_stats(track_running_stats: bool | None, spec: NormSpec) -> bool:
+    """Resolve DivisiveNorm's ``track_running_stats`` (``None``: iff a field pools the batch) and check it fits spec."""
+    if track_running_stats is None:
+        track_running_stats = spec.pools_batch
+    elif track_running_stats and not spec.pools_batch:
+        raise ValueError(f"track_running_stats: running statistics need a field that pools 'batch', but "
+                         f"{spec} pools none; pass track_running_stats=False or None")
+    if track_running_stats and spec.groups > 1:
+        raise ValueError(f"track_running_stats: not supported with groups={spec.groups}; pass False")
+    if track_running_stats:
+        for name, axes in (("sum_axes", spec.sum_axes), ("sup_axes", spec.sup_axes)):
+            if "batch" in axes and ("channel" in axes or dict(spec.window(name[:3]))):
+                raise ValueError(f"track_running_stats: running statistics are per channel, so a field that "
+                                 f"pools 'batch' must not pool 'channel' or carry windows; {name}="
+                                 f"{sorted(axes)} does; pass track_running_stats=False")
+    return bool(track_running_stats)
+
+
 class DivisiveNorm(nn.Module):
     r"""Divisive normalization (Ren et al., *Normalizing the Normalizers*, ICLR 2017, arXiv:1611.04520).
 
@@ -338,51 +388,13 @@ class DivisiveNorm(nn.Module):
         >>> y = dn(torch.randn(8, 32, 16, 16))
     """
 
-    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: float | None = 0.1,  # noqa: C901  (issue 24: to split)
+    def __init__(self, num_features: int, spec: NormSpec, affine: bool = True, momentum: float | None = 0.1,
                  track_running_stats: bool | None = None, alpha: float = 0.0, impl: str = "auto",
                  bias: bool = True, device=None, dtype=None, process_group=None, running_stats: str = "torch"):
         factory = {"device": device, "dtype": dtype}
         super().__init__()
-        if not is_int(num_features) or num_features < 1:
-            raise ValueError(f"num_features: must be an integer >= 1, got {_show(num_features)}")
-        num_features = int(num_features)
-        if not isinstance(spec, NormSpec):
-            raise ValueError(f"spec: expected a NormSpec, got {type(spec).__name__}; use dnlib.make_norm for names")
-        if num_features % spec.groups:
-            raise ValueError(f"num_features: {num_features} is not divisible by groups={spec.groups}")
-        if momentum is not None and not (is_real(momentum) and 0.0 <= momentum <= 1.0):
-            raise ValueError(f"momentum: must be a number in [0, 1] or None, got {_show(momentum)}")
-        if not is_real(alpha) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha: the L1 weight must be a finite number >= 0, got {_show(alpha)}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl: got {impl!r}; allowed values are {list(IMPLS)}")
-        if running_stats not in RUNNING_STATS:
-            raise ValueError(f"running_stats: got {running_stats!r}; allowed values are {list(RUNNING_STATS)}")
-        if impl == "fused" and running_stats == "tf" and fused_kind(spec) == "bn":
-            raise ValueError("impl: 'fused' (F.batch_norm) stores torch's running statistics, not "
-                             "running_stats='tf'; use impl='auto' or 'general'")
-        if impl == "fused" and fused_kind(spec) is None:
-            raise ValueError(f"impl: 'fused' needs a spec with a native kernel, and {spec} has none")
-        if impl == "band" and not DF.band_supported(spec):
-            raise ValueError(f"impl: 'band' needs fields that pool only 'channel', with a channel window, and {spec} "
-                             f"has other fields or no window")
-        if impl == "triton":
-            from . import triton_dn
-            triton_dn.check(spec)
-        _check_group(process_group)
-        if track_running_stats is None:
-            track_running_stats = spec.pools_batch
-        elif track_running_stats and not spec.pools_batch:
-            raise ValueError(f"track_running_stats: running statistics need a field that pools 'batch', but "
-                             f"{spec} pools none; pass track_running_stats=False or None")
-        if track_running_stats and spec.groups > 1:
-            raise ValueError(f"track_running_stats: not supported with groups={spec.groups}; pass False")
-        if track_running_stats:
-            for name, axes in (("sum_axes", spec.sum_axes), ("sup_axes", spec.sup_axes)):
-                if "batch" in axes and ("channel" in axes or dict(spec.window(name[:3]))):
-                    raise ValueError(f"track_running_stats: running statistics are per channel, so a field that "
-                                     f"pools 'batch' must not pool 'channel' or carry windows; {name}="
-                                     f"{sorted(axes)} does; pass track_running_stats=False")
+        num_features = _check_args(num_features, spec, momentum, alpha, impl, running_stats, process_group)
+        track_running_stats = _check_track_running_stats(track_running_stats, spec)
         self.num_features = num_features
         self.spec = spec
         self.affine = affine
