@@ -418,3 +418,13 @@ def test_no_matching_layer_warns_naming_the_types_and_what_the_model_has():
     assert said and "its normalizers are SyncBatchNorm (1); pass types=(nn.SyncBatchNorm,)" in said[0]
     _, said = _warned(lambda: dnlib.convert_norms(nn.Sequential(nn.Linear(2, 2)), "bn"))
     assert said and said[0].endswith("in this Sequential; it has no normalizer layers")
+
+
+def test_warnings_point_at_the_callers_line():
+    """convert_norms' warnings (stacklevel=2) name the caller's file, not dnlib's (pinned for issue 24's split)."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm3d(8))      # nothing to convert: one warning
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        dnlib.convert_norms(net, "dn-s")
+    said = [w for w in got if "convert_norms" in str(w.message)]
+    assert len(said) == 1 and said[0].filename == __file__

@@ -344,7 +344,150 @@ def _to_name(to: NormLike) -> str:
     return "none" if to is None else to.lower() if isinstance(to, str) else repr(to)
 
 
-def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,  # noqa: C901  (issue 24: to split)
+def _check_convert_args(model, to: NormLike, types: TypesLike, overrides: dict, **flags) -> tuple:
+    """convert_norms' argument checks, before anything is changed: returns (the layer factory, types, their names)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
+    layer = get_norm_layer(to, overrides, param="to")
+    types = _check_types(types)
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag}: expected True or False, got {value!r}")
+    names = tuple(t.__name__ for t in types)
+    if isinstance(model, torch.jit.ScriptModule):
+        inside = [f"{m.original_name} at {n or '(the model)'!r}" for n, m in model.named_modules()
+                  if getattr(m, "original_name", None) in names]
+        raise ValueError(f"model: a TorchScript module ({type(model).__name__} of "
+                         f"{getattr(model, 'original_name', '?')}) cannot be converted: its layers are compiled "
+                         f"code{' (' + ', '.join(inside) + ')' if inside else ''}, which cannot be replaced. "
+                         f"Convert the nn.Module, then script or trace it (a model with DivisiveNorm layers: "
+                         f"torch.jit.trace(model.eval(), example))")
+    return layer, types, names
+
+
+def _left_as_is(name: str, m: nn.Module, types: tuple, names: tuple, rep: ConversionReport, skipped: dict,
+                scripted: list) -> bool:
+    """Whether the submodule ``m`` at ``name`` cannot be converted: inside a TorchScript module (its layers of
+    ``types`` are reported, once) or an uninitialized lazy normalizer (reported); the reasons go to ``skipped``."""
+    if any(name.startswith(p + ".") for p in scripted):
+        return True
+    if isinstance(m, torch.jit.ScriptModule):
+        scripted.append(name)
+        why = ("inside a TorchScript module: compiled code cannot be replaced (convert the nn.Module before "
+               "torch.jit.script/trace)")
+        for sub, sm in m.named_modules():
+            if getattr(sm, "original_name", None) in names:
+                path = _join(name, sub)
+                rep.rows.append(ConvertedLayer(path, f"{sm.original_name} (TorchScript)", None, note=why))
+                skipped.setdefault(why, []).append(path)
+        return True
+    if isinstance(m, LazyModuleMixin) and isinstance(getattr(m, "cls_to_become", None), type) \
+            and issubclass(m.cls_to_become, types):
+        why = (f"an uninitialized {type(m).__name__}: its channel count is known only at the first forward, "
+               f"which turns it into torch's {m.cls_to_become.__name__} (run one forward, then convert)")
+        rep.rows.append(ConvertedLayer(name, type(m).__name__, None, note=why))
+        skipped.setdefault(why, []).append(name)
+        return True
+    return False
+
+
+def _build(name: str, m: nn.Module, c: int, layer, to: NormLike, overrides: dict, kw: dict) -> tuple:
+    """The new layer for ``m`` (its ``c`` channels): returns (new, notes, the extra keyword of its description)."""
+    notes, target_kw = [], ""
+    try:
+        new = layer(c, **kw)
+        if _batch_stats_in_eval(m) and getattr(new, "track_running_stats", False):
+            if "track_running_stats" in overrides:
+                notes.append("the source used batch statistics in evaluation; the new layer uses running "
+                             "statistics (track_running_stats=True as asked)")
+            else:
+                new = layer(c, track_running_stats=False, **kw)
+                target_kw = ", track_running_stats=False"
+                notes.append("track_running_stats=False as the source (batch statistics in evaluation too)")
+    except ValueError as e:
+        raise ValueError(f"{name or 'model'} ({type(m).__name__}({c})): cannot build {to!r} for it: {e}") \
+            from e
+    return new, notes, target_kw
+
+
+def _carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
+                lost: list) -> tuple:
+    """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
+    be copied are added to ``lost``."""
+    if not copy_affine:
+        dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
+                   + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
+        return [], dropped + _hyper(m, new)
+    copied, dropped, lost_here = _copy(m, new, c, meta)
+    lost += [f"{name or 'model'}.{d}" for d in lost_here]
+    got, gone = _copy_stats(m, new, meta)
+    return copied + got, dropped + gone + _extras(m, new) + _hyper(m, new)
+
+
+def _adapt_layout(name: str, m: nn.Module, new: nn.Module, c: int) -> list:
+    """Make ``new`` act on the dims ``m`` acted on (channels_last, or a forward check of the input's layout):
+    returns the notes that say so."""
+    last = (type(m) in (nn.LayerNorm, nn.RMSNorm) and len(m.normalized_shape) == 1) \
+        or getattr(m, "channels_last", False) is True
+    if last and getattr(new, "channels_last", None) is False:  # an elementwise layer (dyt): any layout
+        new.channels_last = True
+        return ["channels_last=True: acts on the last dim, as the layer it replaces"]
+    if getattr(m, "channels_last", False) is True:
+        new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, 1, c))
+        return [f"takes (N, {c}) inputs only: the source acted on the last dim, other inputs are refused "
+                f"at forward"]
+    if type(m) in (nn.LayerNorm, nn.RMSNorm):
+        k = len(m.normalized_shape)
+        new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, k, c))
+        return [f"takes (N, {', '.join(str(s) for s in m.normalized_shape)}) inputs only: torch's "
+                f"{type(m).__name__} normalizes the last {k} dim(s), other inputs are refused at forward"]
+    return []
+
+
+def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike, overrides: dict,
+                 copy_affine: bool, rep: ConversionReport, lost: list) -> nn.Module:
+    """The layer that replaces ``m`` (at ``name`` in ``model``); its row goes to ``rep``."""
+    c = _channels(m)
+    kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
+    new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
+    new.train(m.training)
+    meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
+    copied, dropped = _carry_over(name, m, new, c, meta, copy_affine, lost)
+    if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
+            and getattr(new, "track_running_stats", False):
+        notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")
+    if isinstance(getattr(new, "weight", None), torch.Tensor) and getattr(m, "weight", None) is None:
+        notes.append("a new affine at the identity (the source had none)")
+    notes += _adapt_layout(name, m, new, c)
+    if meta:
+        notes.append("on the meta device: no values to copy (load the weights after to_empty)")
+    target = f"DivisiveNorm({c}, {to!r}" if isinstance(to, NormSpec) else f"{rep.to}({c}"
+    rep.rows.append(ConvertedLayer(name, _describe(m), f"{target}{target_kw})", tuple(copied),
+                                   tuple(dropped), "; ".join(notes)))
+    return new
+
+
+def _add_warnings(rep: ConversionReport, lost: list, skipped: dict, model: nn.Module, names: tuple,
+                  found: dict) -> None:
+    """The report's warnings: trained values not copied, layers left as is, nothing matched."""
+    if lost:
+        rep.warnings.append(f"convert_norms: not copied (they differ from the identity): {', '.join(lost)}")
+    for why, paths in skipped.items():
+        rep.warnings.append(f"convert_norms: left as is: {', '.join(repr(p or '(the model)') for p in paths)} "
+                            f"({why})")
+    if not rep.rows:
+        rep.warnings.append(_no_match(model, names, found))
+
+
+def _swap_in(model: nn.Module, built: dict) -> None:
+    """Put each new layer of ``built`` (by the id of the layer it replaces) in every place of ``model``."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):   # every place (named_children skips repeats)
+            if id(child) in built:
+                setattr(parent, child_name, built[id(child)])
+
+
+def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DEFAULT_TYPES, *,
                   copy_affine: bool = True, strict: bool = False, report: bool = False, **overrides):
     """Replace every normalizer of the kinds ``types`` in ``model`` by the preset ``to`` (see
     :mod:`dnlib.norms.convert`).
@@ -377,107 +520,16 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
         >>> dnlib.convert_norms(net, "dn-s", window=5)[1]
         DivisiveNorm(16, NormSpec(...), affine=False)
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
-    layer = get_norm_layer(to, overrides, param="to")
-    types = _check_types(types)
-    for flag, value in (("copy_affine", copy_affine), ("strict", strict), ("report", report)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{flag}: expected True or False, got {value!r}")
-    names = tuple(t.__name__ for t in types)
-    if isinstance(model, torch.jit.ScriptModule):
-        inside = [f"{m.original_name} at {n or '(the model)'!r}" for n, m in model.named_modules()
-                  if getattr(m, "original_name", None) in names]
-        raise ValueError(f"model: a TorchScript module ({type(model).__name__} of "
-                         f"{getattr(model, 'original_name', '?')}) cannot be converted: its layers are compiled "
-                         f"code{' (' + ', '.join(inside) + ')' if inside else ''}, which cannot be replaced. "
-                         f"Convert the nn.Module, then script or trace it (a model with DivisiveNorm layers: "
-                         f"torch.jit.trace(model.eval(), example))")
+    layer, types, names = _check_convert_args(model, to, types, overrides, copy_affine=copy_affine, strict=strict,
+                                              report=report)
     found = _norms_in(model)
     rep = ConversionReport(to=_to_name(to), types=names, found={getattr(k, "__name__", k): n for k, n in found.items()})
     built, lost, skipped, scripted = {}, [], {}, []
     for name, m in model.named_modules(remove_duplicate=True):
-        if any(name.startswith(p + ".") for p in scripted):
+        if _left_as_is(name, m, types, names, rep, skipped, scripted) or not isinstance(m, types):
             continue
-        if isinstance(m, torch.jit.ScriptModule):
-            scripted.append(name)
-            why = ("inside a TorchScript module: compiled code cannot be replaced (convert the nn.Module before "
-                   "torch.jit.script/trace)")
-            for sub, sm in m.named_modules():
-                if getattr(sm, "original_name", None) in names:
-                    path = _join(name, sub)
-                    rep.rows.append(ConvertedLayer(path, f"{sm.original_name} (TorchScript)", None, note=why))
-                    skipped.setdefault(why, []).append(path)
-            continue
-        if isinstance(m, LazyModuleMixin) and isinstance(getattr(m, "cls_to_become", None), type) \
-                and issubclass(m.cls_to_become, types):
-            why = (f"an uninitialized {type(m).__name__}: its channel count is known only at the first forward, "
-                   f"which turns it into torch's {m.cls_to_become.__name__} (run one forward, then convert)")
-            rep.rows.append(ConvertedLayer(name, type(m).__name__, None, note=why))
-            skipped.setdefault(why, []).append(name)
-            continue
-        if not isinstance(m, types):
-            continue
-        c = _channels(m)
-        kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
-        notes, target_kw = [], ""
-        try:
-            new = layer(c, **kw)
-            if _batch_stats_in_eval(m) and getattr(new, "track_running_stats", False):
-                if "track_running_stats" in overrides:
-                    notes.append("the source used batch statistics in evaluation; the new layer uses running "
-                                 "statistics (track_running_stats=True as asked)")
-                else:
-                    new = layer(c, track_running_stats=False, **kw)
-                    target_kw = ", track_running_stats=False"
-                    notes.append("track_running_stats=False as the source (batch statistics in evaluation too)")
-        except ValueError as e:
-            raise ValueError(f"{name or 'model'} ({type(m).__name__}({c})): cannot build {to!r} for it: {e}") \
-                from e
-        new.train(m.training)
-        meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
-        copied, dropped = [], []
-        if copy_affine:
-            copied, dropped, lost_here = _copy(m, new, c, meta)
-            lost += [f"{name or 'model'}.{d}" for d in lost_here]
-            got, gone = _copy_stats(m, new, meta)
-            copied, dropped = copied + got, dropped + gone + _extras(m, new)
-        else:
-            dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
-                       + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
-        dropped += _hyper(m, new)
-        if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
-                and getattr(new, "track_running_stats", False):
-            notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")
-        if isinstance(getattr(new, "weight", None), torch.Tensor) and getattr(m, "weight", None) is None:
-            notes.append("a new affine at the identity (the source had none)")
-        last = (type(m) in (nn.LayerNorm, nn.RMSNorm) and len(m.normalized_shape) == 1) \
-            or getattr(m, "channels_last", False) is True
-        if last and getattr(new, "channels_last", None) is False:  # an elementwise layer (dyt): any layout
-            new.channels_last = True
-            notes.append("channels_last=True: acts on the last dim, as the layer it replaces")
-        elif getattr(m, "channels_last", False) is True:
-            new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, 1, c))
-            notes.append(f"takes (N, {c}) inputs only: the source acted on the last dim, other inputs are refused "
-                         f"at forward")
-        elif type(m) in (nn.LayerNorm, nn.RMSNorm):
-            k = len(m.normalized_shape)
-            new.register_forward_pre_hook(_LayoutCheck(name, _describe(m), type(m).__name__, k, c))
-            notes.append(f"takes (N, {', '.join(str(s) for s in m.normalized_shape)}) inputs only: torch's "
-                         f"{type(m).__name__} normalizes the last {k} dim(s), other inputs are refused at forward")
-        if meta:
-            notes.append("on the meta device: no values to copy (load the weights after to_empty)")
-        target = f"DivisiveNorm({c}, {to!r}" if isinstance(to, NormSpec) else f"{rep.to}({c}"
-        rep.rows.append(ConvertedLayer(name, _describe(m), f"{target}{target_kw})", tuple(copied),
-                                       tuple(dropped), "; ".join(notes)))
-        built[id(m)] = new
-    if lost:
-        rep.warnings.append(f"convert_norms: not copied (they differ from the identity): {', '.join(lost)}")
-    for why, paths in skipped.items():
-        rep.warnings.append(f"convert_norms: left as is: {', '.join(repr(p or '(the model)') for p in paths)} "
-                            f"({why})")
-    if not rep.rows:
-        rep.warnings.append(_no_match(model, names, found))
+        built[id(m)] = _convert_one(name, m, model, layer, to, overrides, copy_affine, rep, lost)
+    _add_warnings(rep, lost, skipped, model, names, found)
     if strict and rep.warnings:
         raise ValueError("convert_norms (strict=True; nothing was changed): "
                          + " | ".join(w.removeprefix("convert_norms: ") for w in rep.warnings))
@@ -485,8 +537,5 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
         warnings.warn(w, stacklevel=2)
     out = built.get(id(model), model)
     if id(model) not in built:
-        for parent in list(model.modules()):
-            for child_name, child in list(parent._modules.items()):   # every place (named_children skips repeats)
-                if id(child) in built:
-                    setattr(parent, child_name, built[id(child)])
+        _swap_in(model, built)
     return (out, rep) if report else out
