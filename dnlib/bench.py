@@ -185,7 +185,7 @@ def hidden_section(say, quick: bool, figure: str | None) -> list:
     return rows
 
 
-def main(argv=None) -> int:  # noqa: C901  (issue 24: to split)
+def _parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog="python -m dnlib.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
@@ -199,7 +199,11 @@ def main(argv=None) -> int:  # noqa: C901  (issue 24: to split)
     ap.add_argument("--out", type=cli.out_file, default="results/bench_cpu.txt", help="the text report")
     ap.add_argument("--figure", type=cli.out_file, default="results/figures/bench_rnn_hidden.png",
                     help="the tokens/s vs hidden size figure (section hidden)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _check_args(ap: cli.ArgumentParser, a: argparse.Namespace) -> tuple[list, list, list]:
+    """The sections, devices and shapes that ``a`` asks for; a bad one ends the command (``ap.error``: exit 2)."""
     sections = [s for s in a.sections.split(",") if s]
     for s in sections:
         if s not in SECTIONS:
@@ -217,6 +221,13 @@ def main(argv=None) -> int:  # noqa: C901  (issue 24: to split)
     for s in shapes:
         if s not in SHAPES:
             ap.error(f"--shapes: unknown shape {s!r}; known are {', '.join(SHAPES)}")
+    return sections, devices, shapes
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    a = ap.parse_args(argv)
+    sections, devices, shapes = _check_args(ap, a)
     if a.threads:
         torch.set_num_threads(a.threads)
     lines = []

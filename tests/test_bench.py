@@ -3,6 +3,7 @@ and the figure in their format. Timing decides nothing here (the numbers of a qu
 import re
 
 import pytest
+import torch
 
 from dnlib import bench
 
@@ -36,3 +37,22 @@ def test_quick_bench_writes_every_section_with_ratios_and_load_averages(tmp_path
     assert ptb[0].endswith("time 1.00x")
     assert [line.split()[0] for line in lines if line.startswith("  H=")] == ["H=", "H="]
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sections", "layers,gpu"], "--sections: unknown section 'gpu'; known are layers, cells, ptb, hidden"),
+    (["--sections", ","], "--sections: ',' names no section; known are layers, cells, ptb, hidden"),
+    (["--shapes", ","], "--shapes: ',' names no shape; known are cifar, seq, tiny, tiny-seq"),
+    (["--shapes", "cifar,huge"], "--shapes: unknown shape 'huge'; known are cifar, seq, tiny, tiny-seq"),
+    pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
+])
+def test_bad_arguments_are_one_line_on_stderr_and_exit_2(args, message, tmp_path, capsys):
+    """Refused before anything runs or is written (pinned for issue 24's split of main)."""
+    out = tmp_path / "bench.txt"
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", "--out", str(out), *args])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"python -m dnlib.bench: error: {message}\n"
+    assert not out.exists()
