@@ -369,3 +369,26 @@ def test_tensorboard_events_when_installed(s, tmp_path):
     for key in [k for k in curves[0] if k != "step"]:
         assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars(key)] == [
             (r["step"], pytest.approx(r[key], rel=1e-6)) for r in curves if key in r]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda R, d: runner_mod.prepare(R, "ln-star-lstm", out=d, resume=d),
+     r"^out, resume: give one \(out: a base folder for a new run; resume: the run's folder\)$"),
+    (lambda R, d: runner_mod.prepare(R, resume=d / "cifar"), r"^resume: .*cifar holds a 'cifar' run, not 'ptb'$"),
+    (lambda R, d: runner_mod.prepare(R, resume=d / "foreign"),
+     r"run.json: not a ptb run file \(its fields make no configuration: KeyError: 'name'\)$"),
+    (lambda R, d: runner_mod.prepare(R), r"^config: name a configuration \(or resume a run folder that holds run.json\)$"),
+    (lambda R, d: runner_mod.prepare(R, resume=d / "empty"), r"^config: name a configuration"),
+    (lambda R, d: runner_mod.prepare(R, "ln-star-lstm", seed=0, seeds=[0, 1]),
+     r"^seed, seeds: give one \(seeds: one per copy of a stacked run\)$"),
+])
+def test_run_refuses_conflicting_arguments_before_building(call, match, tmp_path):
+    """Run.__init__'s refusals that come before any data is loaded (pinned for issue 24's split)."""
+    recipe = importlib.import_module("dnlib.experiments.ptb").RECIPE
+    for name, stored in (("cifar", {"experiment": "cifar", "config": "bn"}),
+                         ("foreign", {"experiment": "ptb", "config": "ln-star-lstm", "fields": {"no_such": 1}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=match):
+        call(recipe, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar", "foreign"]      # nothing written

@@ -80,6 +80,54 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def _stored_run(recipe: Recipe, resume) -> dict:
+    """The ``run.json`` of the folder to resume ({} if none), checked to be a run of ``recipe``; a record there
+    is read too (a broken one: refused, named)."""
+    stored = {}
+    if resume is not None and (Path(resume) / RUN_FILE).exists():
+        stored = read_run_file(resume)      # a broken or foreign run.json / record.json: refused, named
+        if stored.get("experiment") != recipe.name:
+            raise ValueError(f"resume: {resume} holds a {stored.get('experiment')!r} run, not {recipe.name!r}")
+        if stored.get("fields"):
+            try:
+                recipe.from_dict(stored["fields"])
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{Path(resume) / RUN_FILE}: not a {recipe.name} run file (its fields make no "
+                                 f"configuration: {type(e).__name__}: {cli.one_line(e)})") from None
+    if resume is not None and (Path(resume) / records.RECORD_FILE).exists():
+        records.read_record(resume)
+    return stored
+
+
+def _resolve_from_stored(stored: dict, config, options: dict, seed: int | None, seeds: Sequence[int] | None,
+                         build) -> tuple:
+    """The configuration, options, seeds and seed of a run: those given, else the resumed run's ``stored``
+    ones; returns (config, options, seeds (a list, [] for an ordinary run), seed)."""
+    if config is None:
+        if not stored:
+            raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
+        config = stored["config"]
+        options = {**stored.get("options", {}), **options}
+    if seeds is not None and seed is not None:
+        raise ValueError("seed, seeds: give one (seeds: one per copy of a stacked run)")
+    seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
+    if len(seeds) > 1 and build is None:
+        raise ValueError(f"seeds: {seeds} are the copies of a stacked run; run (or resume) it with "
+                         f"dnlib.experiments.stacked (the recipe's `stack` command)")
+    if seed is None:
+        seed = int(seeds[0] if seeds else stored.get("seed", 0))
+    return config, options, seeds, seed
+
+
+def _make_config(recipe: Recipe, config, stored: dict, overrides: dict, steps: int | None):
+    """The run's configuration: the resumed run's fields rebuilt exactly (``stored``, same config name), else
+    ``config`` by name or object; ``overrides`` and ``steps`` applied."""
+    if stored and config == stored.get("config") and stored.get("fields"):   # rebuild it exactly
+        cfg = recipe.from_dict({**stored["fields"], **overrides})
+        return recipe.config(cfg, steps=steps) if steps is not None else cfg
+    return recipe.config(config, steps=steps, **overrides)
+
+
 class Run:
     """A prepared run (made by :func:`prepare`): configuration resolved, setup built, trainer made, checkpoint
     resumed; nothing trained yet. :meth:`go` trains it. Errors in preparing are the caller's (bad config, missing
@@ -91,7 +139,7 @@ class Run:
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
     TensorBoard events); :meth:`go` returns the K results."""
 
-    def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,  # noqa: C901  (issue 24: to split)
+    def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,
                  time_limit: float | None = None, out=None, resume=None, device: str | None = None,
                  overrides: Mapping | None = None, options: Mapping | None = None,
                  stop_after: int | None = None, progress: bool = True, parameters: Mapping | None = None,
@@ -104,44 +152,15 @@ class Run:
         check_int("steps", steps, none_ok=True)      # None: the configuration's schedule (0 meant it once)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
-        stored = {}
-        if resume is not None and (Path(resume) / RUN_FILE).exists():
-            stored = read_run_file(resume)      # a broken or foreign run.json / record.json: refused, named
-            if stored.get("experiment") != recipe.name:
-                raise ValueError(f"resume: {resume} holds a {stored.get('experiment')!r} run, not {recipe.name!r}")
-            if stored.get("fields"):
-                try:
-                    recipe.from_dict(stored["fields"])
-                except (ValueError, TypeError, KeyError) as e:
-                    raise ValueError(f"{Path(resume) / RUN_FILE}: not a {recipe.name} run file (its fields make no "
-                                     f"configuration: {type(e).__name__}: {cli.one_line(e)})") from None
-        if resume is not None and (Path(resume) / records.RECORD_FILE).exists():
-            records.read_record(resume)
+        stored = _stored_run(recipe, resume)
         overrides, options = dict(overrides or {}), dict(options or {})
-        if config is None:
-            if not stored:
-                raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
-            config = stored["config"]
-            options = {**stored.get("options", {}), **options}
-        if seeds is not None and seed is not None:
-            raise ValueError("seed, seeds: give one (seeds: one per copy of a stacked run)")
-        seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
-        if len(seeds) > 1 and build is None:
-            raise ValueError(f"seeds: {seeds} are the copies of a stacked run; run (or resume) it with "
-                             f"dnlib.experiments.stacked (the recipe's `stack` command)")
-        if seed is None:
-            seed = int(seeds[0] if seeds else stored.get("seed", 0))
+        config, options, seeds, seed = _resolve_from_stored(stored, config, options, seed, seeds, build)
         if device is None:
             device = stored.get("device", "auto")
         self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
             time_limit, stop_after
         self.parameters, self.argv = parameters, argv
-        if stored and config == stored.get("config") and stored.get("fields"):   # rebuild it exactly
-            self.cfg = recipe.from_dict({**stored["fields"], **overrides})
-            if steps is not None:
-                self.cfg = recipe.config(self.cfg, steps=steps)
-        else:
-            self.cfg = recipe.config(config, steps=steps, **overrides)
+        self.cfg = _make_config(recipe, config, stored, overrides, steps)
         cfg_name = getattr(self.cfg, "name", str(config))
         check_config(recipe, self.cfg, device)       # what the build would refuse: before any data is loaded
         self.seeds = [int(s) for s in seeds] or [self.seed]
@@ -158,15 +177,7 @@ class Run:
         if self.chunk < 1:
             raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
         main = distributed.is_main()
-        if resume is not None:
-            self.run_dir = Path(resume)
-            if main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-        elif out is not None:
-            seed_name = self.seed if not setup.copies else "+".join(map(str, self.seeds))
-            self.run_dir = records.new_run_dir(out, records.run_name(cfg_name, seed_name)) if main else None
-        else:
-            self.run_dir = None
+        self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
         self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
         if not main:
             self.run_dir = None          # one record, written by rank 0
@@ -187,6 +198,18 @@ class Run:
                 "seed": self.seed, **({"seeds": self.seeds} if setup.copies else {}), "options": self.options,
                 "device": str(device)}),
                 indent=1)
+
+    def _open_run_dir(self, out, resume, cfg_name: str, main: bool) -> Path | None:
+        """The run's folder: ``resume`` (made if missing), a new folder under ``out``, or None (no files; on
+        ranks other than 0 of a distributed run, None under ``out``)."""
+        if resume is not None:
+            if main:
+                Path(resume).mkdir(parents=True, exist_ok=True)
+            return Path(resume)
+        if out is not None:
+            seed_name = self.seed if not self.setup.copies else "+".join(map(str, self.seeds))
+            return records.new_run_dir(out, records.run_name(cfg_name, seed_name)) if main else None
+        return None
 
     # -- the record
     def result(self, stopped: str, k: int = 0) -> RunResult:
