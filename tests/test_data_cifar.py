@@ -124,6 +124,37 @@ def test_bad_arguments(tmp_path, kwargs, param):
         load_cifar(**{"name": "cifar10", "root": tmp_path, **kwargs})
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"source": "jpeg"}, "source must be one of ['auto', 'python', 'imagefolder'], got 'jpeg'"),
+    ({"mean_over": "test"}, "mean_over must be one of ['train', 'train+test'], got 'test'"),
+    ({"subset": (10, -1)}, "subset must be a positive int or a pair of them, got (10, -1)"),
+    ({"subset": (1, 2, 3)}, "subset must be a positive int or a pair of them, got (1, 2, 3)"),
+])
+def test_bad_arguments_messages(tmp_path, kwargs, message):
+    """The whole message of each refusal (pinned for issue 24's split of load_cifar)."""
+    with pytest.raises(ValueError) as e:
+        load_cifar(**{"name": "cifar10", "root": tmp_path, **kwargs})
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("source", ["imagefolder", "auto", "python"])
+def test_missing_cifar_names_where_it_looked(tmp_path, source):
+    """Each source says where it looked: the image-folder candidates (imagefolder, auto) and the official pickles'
+    folder (auto, python) (pinned for issue 24's split of load_cifar)."""
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_cifar("cifar10", tmp_path, source=source, download=False)
+    msg = str(e.value)
+    looked = "\n  " + "\n  ".join(str(tmp_path / c) for c in ("cifar10-jpeg", "cifar10"))
+    if source == "imagefolder":
+        assert msg.startswith(f"dataset CIFAR-10 (image folder) not found. Looked in:{looked}\nData root: {tmp_path}")
+        assert msg.endswith("source='python' or 'auto' to use/download the official archive "
+                            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz.")
+    else:
+        assert str(tmp_path / "cifar-10-batches-py") in msg
+        also = f"\nAlso looked for the image-folder layout ({{train,test}}/<class>/*) in:{looked}"
+        assert msg.endswith(also) == (source == "auto")
+
+
 def _write_folder(root: Path, n_per_class=(3, 2), classes=("cat", "dog"), ext=".png"):
     from PIL import Image
     rng = np.random.RandomState(0)

@@ -240,7 +240,73 @@ def mean_image(*arrays: np.ndarray) -> np.ndarray:
     return (total / sum(len(a) for a in arrays)).astype(np.float32)
 
 
-def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",  # noqa: C901  (issue 24: to split)
+def _check_load_args(name: str, source: str, mean_over: str, verify: bool, subset) -> tuple[str, tuple | None]:
+    """load_cifar's argument checks: returns the dataset's key and ``subset`` as a pair (None: no subset)."""
+    key = _check_name(name)
+    if source not in _SOURCES:
+        raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
+    if mean_over not in _MEAN_OVER:
+        raise ValueError(f"mean_over must be one of {list(_MEAN_OVER)}, got {mean_over!r}")
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
+    pair = None
+    if subset is not None:
+        pair = subset if isinstance(subset, tuple) else (subset, subset)
+        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+            raise ValueError(f"subset must be a positive int or a pair of them, got {subset!r}")
+    return key, pair
+
+
+def _find(key: str, base: Path, source: str, download: bool, progress: bool) -> tuple[Path, str]:
+    """Where dataset ``key`` is under ``base`` and in which layout, ``(folder, "python" | "imagefolder")``, as
+    ``source`` asks: the official pickles, the image folder, or (``"auto"``) the first found, else a download."""
+    src = CIFAR_SOURCES[key]
+    folder, kind = None, None
+    if source in ("auto", "python"):
+        folder = src.found_in(base)
+        kind = "python" if folder is not None else None
+    if folder is None and source in ("auto", "imagefolder"):
+        for cand in _IMAGEFOLDER[key]:
+            if (base / cand / "train").is_dir() and (base / cand / "test").is_dir():
+                folder, kind = base / cand, "imagefolder"
+                break
+        if folder is None and source == "imagefolder":
+            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
+            raise DatasetNotFoundError(
+                f"dataset {_PRETTY[key]} (image folder) not found. Looked in:\n  {looked}\n"
+                f"Data root: {base} (from root=, else the DNLIB_DATA environment variable, else ../shared/data "
+                f"beside the clone, else data/ in the clone). Use "
+                f"source='python' or 'auto' to use/download the official archive {src.url}.")
+    if folder is None:
+        try:
+            folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
+        except DatasetNotFoundError as e:
+            if source != "auto":
+                raise
+            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
+            raise DatasetNotFoundError(f"{e}\nAlso looked for the image-folder layout ({{train,test}}/<class>/*) "
+                                       f"in:\n  {looked}") from None
+    return folder, kind
+
+
+def _read_official(key: str, folder, base: Path, verify: bool) -> tuple:
+    """The official pickles in ``folder``, checked (regular files; the data root's SHA256SUMS; with ``verify``,
+    the official digests) before anything is unpickled: ``(x_train, y_train, x_test, y_test, classes)``."""
+    names = _PYTHON_FILES[key]
+    paths = [Path(folder) / f for f in names]
+    for p in paths:
+        check_regular_file(p)  # before anything is opened: a FIFO would block the reads below
+    raw = {f: _read_raw(p) for f, p in zip(names, paths)}  # what is checked is what is unpickled
+    sha = ({f: hashlib.sha256(raw[f]).hexdigest() for f in names}
+           if verify or os.path.lexists(base / SUMS_NAME) else {})  # each file hashed once, if at all
+    verify_checksums(base, folder, paths, what=CIFAR_SOURCES[key].name, accept=names.__contains__,
+                     digests={os.fspath(p): sha[f] for f, p in zip(names, paths) if f in sha})
+    if verify:
+        check_official(raw, sha, Path(folder), CIFAR_FILE_DIGESTS[key], CIFAR_SOURCES[key])
+    return read_python(key, folder, raw)
+
+
+def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",
                validation: bool = False, subset: int | tuple[int, int] | None = None,
                mean_over: str = "train", seed: int = 0, download: bool = True, cache: bool = True,
                progress: bool = True, verify: bool = True) -> CIFAR:
@@ -276,58 +342,11 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
     place raises :class:`~dnlib.data.root.NotRegularFileError` naming it, before it is opened.
     """
     t0 = time.perf_counter()
-    key = _check_name(name)
-    if source not in _SOURCES:
-        raise ValueError(f"source must be one of {list(_SOURCES)}, got {source!r}")
-    if mean_over not in _MEAN_OVER:
-        raise ValueError(f"mean_over must be one of {list(_MEAN_OVER)}, got {mean_over!r}")
-    if not isinstance(verify, bool):
-        raise ValueError(f"verify must be True or False, got {verify!r}")
-    if subset is not None:
-        pair = subset if isinstance(subset, tuple) else (subset, subset)
-        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
-            raise ValueError(f"subset must be a positive int or a pair of them, got {subset!r}")
+    key, pair = _check_load_args(name, source, mean_over, verify, subset)
     base = data_root(root)
-    src = CIFAR_SOURCES[key]
-    folder, kind = None, None
-    if source in ("auto", "python"):
-        folder = src.found_in(base)
-        kind = "python" if folder is not None else None
-    if folder is None and source in ("auto", "imagefolder"):
-        for cand in _IMAGEFOLDER[key]:
-            if (base / cand / "train").is_dir() and (base / cand / "test").is_dir():
-                folder, kind = base / cand, "imagefolder"
-                break
-        if folder is None and source == "imagefolder":
-            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
-            raise DatasetNotFoundError(
-                f"dataset {_PRETTY[key]} (image folder) not found. Looked in:\n  {looked}\n"
-                f"Data root: {base} (from root=, else the DNLIB_DATA environment variable, else ../shared/data "
-                f"beside the clone, else data/ in the clone). Use "
-                f"source='python' or 'auto' to use/download the official archive {src.url}.")
-    if folder is None:
-        try:
-            folder, kind = find_or_fetch(src, base, download=download, progress=progress), "python"
-        except DatasetNotFoundError as e:
-            if source != "auto":
-                raise
-            looked = "\n  ".join(str(base / c) for c in _IMAGEFOLDER[key])
-            raise DatasetNotFoundError(f"{e}\nAlso looked for the image-folder layout ({{train,test}}/<class>/*) "
-                                       f"in:\n  {looked}") from None
+    folder, kind = _find(key, base, source, download, progress)
     if kind == "python":
-        names = _PYTHON_FILES[key]
-        paths = [Path(folder) / f for f in names]
-        for p in paths:
-            check_regular_file(p)  # before anything is opened: a FIFO would block the reads below
-        raw = {f: _read_raw(p) for f, p in zip(names, paths)}  # what is checked is what is unpickled
-        sha = ({f: hashlib.sha256(raw[f]).hexdigest() for f in names}
-               if verify or os.path.lexists(base / SUMS_NAME) else {})  # each file hashed once, if at all
-        verify_checksums(base, folder, paths, what=src.name, accept=names.__contains__,
-                         digests={os.fspath(p): sha[f] for f, p in zip(names, paths) if f in sha})
-        if verify:
-            check_official(raw, sha, Path(folder), CIFAR_FILE_DIGESTS[key], src)
-        x_train, y_train, x_test, y_test, classes = read_python(key, folder, raw)
-        del raw
+        x_train, y_train, x_test, y_test, classes = _read_official(key, folder, base, verify)
     else:
         x_train, y_train, x_test, y_test, classes = read_imagefolder(key, folder, base, cache, progress,
                                                                      f"{_PRETTY[key]} image folder")
