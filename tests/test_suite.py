@@ -70,6 +70,32 @@ def test_coerce_rejects_wrong_types(value, type_name, from_cli):
         parameters.coerce(value, type_name, from_cli=from_cli)
 
 
+@pytest.mark.parametrize("value, type_name, from_cli, message", [
+    ("2.5", "int", True, "expects int, got '2.5'"), ("abc", "float", True, "expects float, got 'abc'"),
+    ("yes", "bool", True, "expects bool (true/false), got 'yes'"),
+    ("[1", "list", True, "expects a list literal, got '[1'"),
+    ("x", "Path", True, "declared type 'Path' is not supported by the runner"),
+    (1, "Path", False, "declared type 'Path' is not supported by the runner"),
+    ("(1, 2)", "list", True, "expects list, got tuple (1, 2)"), (True, "int", False, "expects int, got bool True"),
+    (1, None, False, "the parameter is untyped in the notebook (write `name: type = value  # help`)"),
+])
+def test_coerce_says_why_a_value_does_not_fit(value, type_name, from_cli, message):
+    """Each refusal's whole message (pinned for issue 24's split of coerce)."""
+    with pytest.raises(TypeError) as e:
+        parameters.coerce(value, type_name, from_cli=from_cli)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("value, type_name, from_cli, expected", [
+    (" a b ", "str", True, " a b "), ("[1, 2]", "tuple", True, (1, 2)), ([1, 2], "tuple", False, (1, 2)),
+    (2, "float", False, 2.0), ("none", "Optional[str]", True, None), (" 7 ", "int", True, 7),
+])
+def test_coerce_keeps_or_converts_as_declared(value, type_name, from_cli, expected):
+    """str is taken verbatim from a command line, a list becomes a declared tuple, an int a declared float."""
+    out = parameters.coerce(value, type_name, from_cli=from_cli)
+    assert out == expected and type(out) is type(expected)
+
+
 def test_profile_values_come_from_notebook_metadata(nbdir):
     path = nbdir / "01_good.ipynb"
     assert parameters.resolve_parameters(path, "smoke") == {}

@@ -77,7 +77,7 @@ def _base_type(type_name: str | None) -> str | None:
     return type_name.split("[", 1)[0].strip()
 
 
-def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:  # noqa: C901  (issue 24: to split)
+def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:
     """Return ``value`` as the declared type, or raise ``TypeError`` saying why it does not fit.
 
     ``from_cli`` values are strings typed on a command line and are parsed per the declared type
@@ -93,29 +93,39 @@ def coerce(value: Any, type_name: str | None, *, from_cli: bool = False) -> Any:
     if base is None:
         raise TypeError("the parameter is untyped in the notebook (write `name: type = value  # help`)")
     if from_cli and isinstance(value, str):
-        text = value.strip()
-        if base == "str":
-            return value
-        if base == "int":
-            if not _INT_RE.match(text):
-                raise TypeError(f"expects int, got {value!r}")
-            return int(text)
-        if base == "float":
-            try:
-                return float(text)
-            except ValueError:
-                raise TypeError(f"expects float, got {value!r}") from None
-        if base == "bool":
-            if text.lower() in ("true", "false"):
-                return text.lower() == "true"
-            raise TypeError(f"expects bool (true/false), got {value!r}")
-        if base in _CONTAINERS:
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise TypeError(f"expects a {base} literal, got {value!r}") from None
-        else:
-            raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+        value = _parse_cli(value, base, type_name)
+    return _check_type(value, base, type_name)
+
+
+def _parse_cli(value: str, base: str, type_name: str) -> Any:
+    """A command line's string as the declared type ``base`` (a container: the Python literal it spells)."""
+    text = value.strip()
+    if base == "str":
+        return value
+    if base == "int":
+        if not _INT_RE.match(text):
+            raise TypeError(f"expects int, got {value!r}")
+        return int(text)
+    if base == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise TypeError(f"expects float, got {value!r}") from None
+    if base == "bool":
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise TypeError(f"expects bool (true/false), got {value!r}")
+    if base not in _CONTAINERS:
+        raise TypeError(f"declared type {type_name!r} is not supported by the runner")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise TypeError(f"expects a {base} literal, got {value!r}") from None
+
+
+def _check_type(value: Any, base: str, type_name: str) -> Any:
+    """``value`` if it is a ``base`` (an int where a float is declared: as a float; a list where a tuple is: as
+    a tuple), else a TypeError saying what it is."""
     if base == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base == "tuple" and isinstance(value, list):
