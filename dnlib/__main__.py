@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            description="One entry point for the paper's three experiments: `dnlib cifar run bn-star "
                                        "--seeds 0` is `python -m dnlib cifar run bn-star --seeds 0`.",
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="experiments:\n" + "\n".join(f"  {k:<8} {what}" for k, (_, what) in EXPERIMENTS.items())
+                           epilog="experiments:\n"
+                                  + "\n".join(f"  {k:<8} {what}" for k, (_, what) in EXPERIMENTS.items())
                                   + "\n\n`dnlib EXPERIMENT --help` lists its verbs (run, sweep, gather, report, list, "
                                     "bench, ...).")
     p.add_argument("experiment", choices=list(EXPERIMENTS), help="the experiment")

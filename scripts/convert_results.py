@@ -141,7 +141,8 @@ def sr(out: Path) -> list:
                  "the paper gives no Set5 numbers"]
         if run is None:
             notes.append("bicubic interpolation: measured on the test sets, nothing trained")
-            config = {"name": name, "scale": s["scale"], "setup": {"data": SR_DATA.split(", ", 1)[1], "card": s["card"]}}
+            config = {"name": name, "scale": s["scale"],
+                      "setup": {"data": SR_DATA.split(", ", 1)[1], "card": s["card"]}}
             steps, stopped = 0, "completed"
         else:
             head["train_seconds"] = run["train_seconds"]

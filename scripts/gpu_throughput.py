@@ -297,7 +297,8 @@ def default_configs(device: torch.device) -> list:
 
 # ------------------------------------------------------------------------------------------------- report
 def markdown(rep: dict) -> str:
-    lines = [f"# Throughput on {rep['card']} ({'tiny CPU rehearsal: sizes shrunk, figures meaningless' if rep['tiny'] else 'full sizes'})",
+    sizes = "tiny CPU rehearsal: sizes shrunk, figures meaningless" if rep["tiny"] else "full sizes"
+    lines = [f"# Throughput on {rep['card']} ({sizes})",
              "", f"torch {rep['torch']}, triton {rep['triton']}, {rep['when']}, commit {rep['commit']}. Made by "
              f"`scripts/gpu_throughput.py {' '.join(rep['argv'])}`.", ""]
     chk = rep.get("triton_check")
@@ -329,7 +330,8 @@ def markdown(rep: dict) -> str:
                              f"{r['per_copy_images_per_s']:,.0f} | "
                              + (f"{r['vs_separate']:.2f} |" if "vs_separate" in r else "- |"))
             else:
-                lines.append(f"| {r['config']} | {r['impl']} | {r['kind']} | {r['copies']} | - | error: {r['error']} | | |")
+                lines.append(f"| {r['config']} | {r['impl']} | {r['kind']} | {r['copies']} | - | "
+                             f"error: {r['error']} | | |")
         lines.append("")
     if rep.get("training_error"):
         lines += ["## Training throughput", "", f"Not measured: {rep['training_error']}.", ""]

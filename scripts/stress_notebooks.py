@@ -80,8 +80,8 @@ def run_once(notebook: Path, out: Path, limit: float, idle: float, profile: str)
     """One suite run; returns (outcome, seconds, detail)."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "suite.log"
-    cmd = [sys.executable, "-m", "dnlib.notebook.suite", "run", "--profile", profile, "--no-progress", "--out", str(out),
-           str(notebook)]
+    cmd = [sys.executable, "-m", "dnlib.notebook.suite", "run", "--profile", profile, "--no-progress",
+           "--out", str(out), str(notebook)]
     start = time.monotonic()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)

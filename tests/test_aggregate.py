@@ -211,7 +211,8 @@ def test_committed_records_are_a_fresh_conversion_with_honest_provenance():
         assert rec["device"]["name"] and rec["date"] == "2026-11-27"
     md = tables.provenance_table(root / "results/records", where={"experiment": "cifar"})
     assert "CIFAR-10 (JPEG copy)" in md and "results/h100/cifar_summary.json" in md
-    for d in R.find_runs([root / "results/records" / "analysis"]):      # recorded as they ran (scripts/analysis_collect.py)
+    # recorded as they ran (scripts/analysis_collect.py)
+    for d in R.find_runs([root / "results/records" / "analysis"]):
         rec = R.read_record(d)
         assert (rec["git"] or {}).get("commit") or "git state not recorded" in rec["notes"][-1]   # or says why not
         assert rec["started"] and rec["stopped"] != "running"

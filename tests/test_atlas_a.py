@@ -109,7 +109,8 @@ class RefB0(nn.Module):
         if self.training:
             var = x.var(dim=(0, 2, 3), unbiased=False)
             n = x.numel() / x.shape[1]
-            self.running_var.copy_(self.running_var * (1 - self.momentum) + var.detach() * self.momentum * (n / (n - 1)))
+            self.running_var.copy_(self.running_var * (1 - self.momentum)
+                                   + var.detach() * self.momentum * (n / (n - 1)))
         else:
             var = self.running_var
         left = var.add(self.eps).sqrt_().view(vs).expand_as(x)
@@ -198,7 +199,8 @@ def _compare(ours: nn.Module, ref: nn.Module, x: torch.Tensor, tol=TOL, steps=2)
         torch.testing.assert_close(xa.grad, xb.grad, **tol, msg=lambda m, mode=mode: f"{mode} input gradient: {m}")
         pa = dict(ours.named_parameters())
         for name, p in ref.named_parameters():
-            torch.testing.assert_close(pa[name].grad, p.grad, **tol, msg=lambda m, n=name, mode=mode: f"{mode} grad {n}: {m}")
+            torch.testing.assert_close(pa[name].grad, p.grad, **tol,
+                                       msg=lambda m, n=name, mode=mode: f"{mode} grad {n}: {m}")
         ba = dict(ours.named_buffers())
         for name, b in ref.named_buffers():
             torch.testing.assert_close(ba[name], b, **tol, msg=lambda m, n=name, mode=mode: f"{mode} buffer {n}: {m}")
@@ -305,7 +307,8 @@ def test_std_conv_equals_timm_formula_and_loads_its_state_dict():
                     (ScaledStdConv2d, {}), (ScaledStdConv2d, {"gamma": 1.7, "dilation": 2})):
         conv = cls(6, 4, 3, **kw).double()
         _randomize(conv, seed=5)
-        keys = {"weight"} | ({"bias"} if conv.bias is not None else set()) | ({"gain"} if cls is ScaledStdConv2d else set())
+        keys = {"weight"} | ({"bias"} if conv.bias is not None else set()) \
+            | ({"gain"} if cls is ScaledStdConv2d else set())
         assert set(conv.state_dict()) == keys
         assert conv.padding == (get_padding(3, kw.get("stride", 1), kw.get("dilation", 1)),) * 2
         gain = (conv.gain * conv.scale).view(-1) if cls is ScaledStdConv2d else None

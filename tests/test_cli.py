@@ -27,8 +27,8 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "bench"), (cifar, "check_graph"), (runner.Run, "go"),
         (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
-        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (bench, "cells_section"), (bench, "ptb_section"),
-        (bench, "hidden_section"), (suite, "execute")]
+        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (bench, "cells_section"),
+        (bench, "ptb_section"), (bench, "hidden_section"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
@@ -409,9 +409,9 @@ def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, t
     import sys
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "o"
-    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", verb, "dn-star", "--impl", "triton", "--steps", "2",
-                        "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       env=env, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", verb, "dn-star", "--impl", "triton",
+                        "--steps", "2", "--subset", "200,100", "--out", str(out)], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2, r.stderr[-3000:]
     assert len(err) == 1 and "impl: 'triton'" in err[0] and "TRITON_INTERPRET=1" in err[0], err
@@ -435,8 +435,8 @@ def test_one_entry_point_runs_each_experiment_like_its_module(how, experiment):
     script = _dnlib_script()
     assert script.is_file(), f"{script}: no console script; run `make setup` (pip install -e .)"
     front = [sys.executable, "-m", "dnlib"] if how == "python -m dnlib" else [str(script)]
-    own = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "list"], capture_output=True, text=True,
-                         timeout=300)
+    own = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "list"], capture_output=True,
+                         text=True, timeout=300)
     got = subprocess.run([*front, experiment, "list"], capture_output=True, text=True, timeout=300)
     assert got.returncode == own.returncode == 0, got.stderr[-2000:]
     assert got.stdout == own.stdout and len(got.stdout.splitlines()) > 3

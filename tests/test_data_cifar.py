@@ -411,7 +411,8 @@ def test_official_pickles_checked_against_sha256sums(tmp_path, monkeypatch):
     monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
     write_cifar10(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"
-    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  cifar-10-batches-py/{p.name}" for p in sorted(folder.iterdir())]
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  cifar-10-batches-py/{p.name}"
+             for p in sorted(folder.iterdir())]
     (tmp_path / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     assert len(load_cifar("cifar10", tmp_path, download=False, verify=False).x_train) == 100
     victim = folder / "data_batch_3"

@@ -125,7 +125,8 @@ def test_sr_sets_on_mirror():
     assert load_sr("Set14", MIRROR, grey="rgb")[2].shape == (512, 512, 3)
     assert all(im.dtype == np.uint8 for im in s14)
     for name, n in (("T91", 91), ("BSD100", 100), ("BSD200", 200), ("BSD200-train", 200)):
-        folder = {"T91": "T91", "BSD100": "BSDS500/val", "BSD200": "BSDS500/test", "BSD200-train": "BSDS500/train"}[name]
+        folder = {"T91": "T91", "BSD100": "BSDS500/val", "BSD200": "BSDS500/test",
+                  "BSD200-train": "BSDS500/train"}[name]
         assert len([p for p in (SR / folder).iterdir() if p.suffix in (".bmp", ".jpg")]) == n
 
 

@@ -251,8 +251,8 @@ def test_nothing_else_unpickles_foreign_files():
                 bad.append(f"{rel}: torch.load without weights_only=True")
         if re.search(r"allow_pickle\s*=\s*True", text):
             bad.append(f"{rel}: np.load(allow_pickle=True)")
-        if rel != "dnlib/data/cifar_pickle.py" and re.search(r"\b(c?[pP]ickle\.(load|loads|Unpickler)|dill|joblib\.load)\b",
-                                                      text):
+        if rel != "dnlib/data/cifar_pickle.py" and re.search(
+                r"\b(c?[pP]ickle\.(load|loads|Unpickler)|dill|joblib\.load)\b", text):
             bad.append(f"{rel}: unpickles")
     assert not bad, "\n".join(bad)
 

@@ -305,8 +305,8 @@ def test_torchrun_ptb_equals_one_process(tmp_path):
     import json
     import subprocess
     import sys
-    args = ["-m", "dnlib.experiments.ptb", "run", "base-lstm", "--device", "cpu", "--steps", "4", "--max-tokens", "12000",
-            "--vocab", "300", "--hidden-size", "16", "--batch-size", "4"]
+    args = ["-m", "dnlib.experiments.ptb", "run", "base-lstm", "--device", "cpu", "--steps", "4",
+            "--max-tokens", "12000", "--vocab", "300", "--hidden-size", "16", "--batch-size", "4"]
     two = _torchrun(args + ["--out", str(tmp_path / "two")], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,

@@ -64,9 +64,9 @@ def test_json_and_text_on_a_full_disk_name_the_destination(full_disk):
 @pytest.mark.skipif(not ((MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifar-10-batches-py").is_dir()),
                     reason=f"CIFAR-10 not in DNLIB_DATA={MIRROR}")
 def test_a_run_whose_checkpoint_does_not_fit_is_one_line(full_disk, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "run", "base", "--steps", "2", "--subset", "200,100",
-                        "--device", "cpu", "--out", str(full_disk)], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "run", "base", "--steps", "2",
+                        "--subset", "200,100", "--device", "cpu", "--out", str(full_disk)], capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1, r.stderr[-3000:]
     assert len(err) == 1 and err[0].startswith("python -m dnlib cifar run: error: No space left on device: "), err
@@ -104,7 +104,8 @@ def full_files(monkeypatch):
     monkeypatch.setattr(io, "open", lambda *a, **k: _FullFile(open(*a, **k), 1024), raising=False)  # noqa: SIM115
 
 
-@pytest.mark.parametrize("write", [lambda p: io.atomic_save(p, BIG), lambda p: io.atomic_write_json(p, list(range(9999))),
+@pytest.mark.parametrize("write", [lambda p: io.atomic_save(p, BIG),
+                                   lambda p: io.atomic_write_json(p, list(range(9999))),
                                    lambda p: io.atomic_write_text(p, "x" * 5000)], ids=["save", "json", "text"])
 def test_a_write_that_runs_out_of_space_names_the_destination(write, full_files, tmp_path):
     path = tmp_path / "out" / "checkpoint.pt"

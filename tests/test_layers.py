@@ -157,7 +157,8 @@ def test_a_module_names_no_higher_layer_anywhere(path, forbidden):
 def test_the_paper_tables_are_the_recipes_and_found_by_name():
     """The registry names no experiment: the tables come from the recipes (entry points ``dnlib.recipes``)."""
     code = ("from dnlib.experiments import registry; t = registry.paper_tables(scale=3); "
-            "print(sorted(t), registry.paper_table('table7')['where'], registry.paper_table('table5', scale=4)['title'])")
+            "print(sorted(t), registry.paper_table('table7')['where'], "
+            "registry.paper_table('table5', scale=4)['title'])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("]")[0] + "]" == str(sorted(["table3", "table4", "table5", "table6", "table7", "table9",

@@ -222,7 +222,8 @@ def test_one_registry_of_normalizers():
     assert not hasattr(srcnn, "SR_NORMS") and not hasattr(srcnn, "srcnn_norm")
     holders = []
     for info in pkgutil.walk_packages(dnlib.__path__, "dnlib."):
-        if info.name in ("dnlib.norms.presets", "dnlib.notebook.widgets", "dnlib.notebook.stall") or info.name.endswith("__main__"):
+        if info.name in ("dnlib.norms.presets", "dnlib.notebook.widgets", "dnlib.notebook.stall") \
+                or info.name.endswith("__main__"):
             continue
         mod = importlib.import_module(info.name)
         for attr, value in vars(mod).items():

@@ -116,7 +116,8 @@ def test_what_jupyterlab_writes_on_save_is_stored_as_committed(path):
 
 
 def test_kept_cells_are_numbered_by_their_place_among_the_code_cells():
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "x", "language": "python"}})
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "x", "language": "python"}})
     kept = {"tags": ["keep_output", "nbval-check-output"]}
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("1", execution_count=5),
                 nbformat.v4.new_code_cell("2", execution_count=6, metadata=kept,

@@ -20,8 +20,9 @@ from dnlib.notebook import parameters
 NOTEBOOKS = sorted(Path(__file__).resolve().parents[1].joinpath("notebooks").glob("*.ipynb"))
 IDS = [p.name for p in NOTEBOOKS]
 # The keys the nbstripout command line strips by default besides outputs and counts.
-NBSTRIPOUT_EXTRA_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed", "cell.metadata.ExecuteTime",
-                         "cell.metadata.execution", "cell.metadata.heading_collapsed", "cell.metadata.hidden",
+NBSTRIPOUT_EXTRA_KEYS = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed",
+                         "cell.metadata.ExecuteTime", "cell.metadata.execution", "cell.metadata.heading_collapsed",
+                         "cell.metadata.hidden",
                          "cell.metadata.scrolled", "cell.metadata.papermill", "metadata.papermill"]
 MAX_CELL_LINES = 10
 MAX_KEPT_CHARS = 4000

@@ -154,8 +154,8 @@ def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
     """`cifar report runs/cifar/sweep` was refused ("nothing to report") while sr/ptb report take a sweep folder."""
     sweep = tmp_path / "sweep"
     shutil.copytree(ROOT / "results" / "records" / "cifar", sweep)        # four CIFAR run folders
-    res = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "report", str(sweep)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    res = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "report", str(sweep)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     rep = json.loads((sweep / "summary.json").read_text())
     assert sorted(r["config"] for r in rep["runs"]) == ["base", "bn", "bn-star", "dn-star"]
@@ -166,8 +166,8 @@ def test_cifar_report_takes_a_sweep_folder_as_ptb_and_sr_report_do(tmp_path):
 def test_a_folder_without_runs_is_refused_alike_by_every_report_verb(tmp_path):
     (tmp_path / "empty").mkdir()
     for experiment in ("cifar", "ptb", "sr"):
-        res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report", str(tmp_path / "empty")],
-                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report",
+                              str(tmp_path / "empty")], capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert res.returncode == 2 and res.stderr.count("\n") == 1, (experiment, res.stderr)
         assert f"no run folders of {experiment}" in res.stderr, res.stderr
 
@@ -187,8 +187,8 @@ def test_ptb_and_sr_report_the_committed_records(tmp_path, experiment, summary_f
     ('eval_every', 'train_set'): the converted records lack fields that runs made by the runner have."""
     runs = tmp_path / experiment
     shutil.copytree(ROOT / "results" / "records" / experiment, runs)
-    res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report", str(runs)], capture_output=True,
-                         text=True, timeout=600, cwd=ROOT)
+    res = subprocess.run([sys.executable, "-m", f"dnlib.experiments.{experiment}", "report", str(runs)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     rep = json.loads((runs / summary_file).read_text())
     reported = rep["runs"] if experiment == "sr" else rep

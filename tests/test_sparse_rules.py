@@ -46,7 +46,8 @@ class _SavedBytes:
 
 def _model(impl="auto"):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), make_norm("dn", 16, window=3, sigma=0.5, alpha=ALPHA, impl=impl),
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1),
+                         make_norm("dn", 16, window=3, sigma=0.5, alpha=ALPHA, impl=impl),
                          nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                          make_norm("ln", 16, alpha=ALPHA, impl=impl)).train()
 

@@ -111,7 +111,8 @@ def test_linearity():
 def test_figure2_response_saturates_at_sigma_zero_and_linearizes_with_sigma():
     x = torch.tensor([-1.0, 0.5, 1.0, 2.0, 3.0])
     y0 = stats.dn_relu_response(x, 0.0, fixed=0.5)
-    torch.testing.assert_close(y0[:, 0], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(y0[:, 0], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
     assert float(y0[0, 1]) == pytest.approx(1.0, abs=1e-3) and float(y0[-1, 1]) == 0.0  # the other unit is suppressed
     big = stats.dn_relu_response(x, 50.0, fixed=0.5)
     torch.testing.assert_close(big[:, 0] * 50, ((x - 0.5) / 2).clamp_min(0).double(), atol=2e-3, rtol=2e-3)

@@ -23,14 +23,16 @@ def _notebook(path, code_cells, params, profiles=None):
     return path
 
 
-PARAMS = 'n: int = 2  # a count\nx: float = 0.5  # a value\nname: str = "a"  # a name\nflag: bool = False  # a flag\nxs: list = [1, 2]  # a list\n'
+PARAMS = ('n: int = 2  # a count\nx: float = 0.5  # a value\nname: str = "a"  # a name\n'
+          'flag: bool = False  # a flag\nxs: list = [1, 2]  # a list\n')
 
 
 @pytest.fixture
 def nbdir(tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
-    _notebook(root / "01_good.ipynb", ["from dnlib.notebook import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
+    _notebook(root / "01_good.ipynb",
+              ["from dnlib.notebook import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
               PARAMS, {"smoke": {}, "full": {"n": 5, "xs": [3]}})
     _notebook(root / "02_bad.ipynb", ["y = 1", "raise ValueError('boom')", "z = 3"], "k: int = 1  # k\n")
     return root
@@ -154,8 +156,8 @@ def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
 @pytest.mark.slow
 def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), "-p", "01:x", "1.5", "-p", "01:name", "b",
-                     str(nbdir / "01_good.ipynb"), str(nbdir / "02_bad.ipynb")])
+    rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), "-p", "01:x", "1.5",
+                     "-p", "01:name", "b", str(nbdir / "01_good.ipynb"), str(nbdir / "02_bad.ipynb")])
     captured = capsys.readouterr()
     assert rc == 1
     assert json.loads((out / "01_good" / "results.json").read_text()) == {"n": 5, "x": 1.5, "name": "b", "xs": [3]}
@@ -217,8 +219,8 @@ def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, caps
 
 
 # ------------------------------------------------------------------- the full profile's cell limit (issue 22)
-SCHEDULE_PARAMS = ('steps: "Optional[int]" = 10  # steps per run (None: the schedule)\nconfigs: list = ["a", "b"]  # runs\n'
-                   'device: str = "cpu"  # device\n')
+SCHEDULE_PARAMS = ('steps: "Optional[int]" = 10  # steps per run (None: the schedule)\n'
+                   'configs: list = ["a", "b"]  # runs\ndevice: str = "cpu"  # device\n')
 
 
 def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypatch):
@@ -234,7 +236,8 @@ def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypat
     meta = json.loads(nb.read_text())
     meta["metadata"]["dnlib"]["schedule"] = {"steps": 5000}
     nb.write_text(json.dumps(meta))
-    assert suite.cell_limit("full", nb, {"steps": None})[0] == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
+    assert suite.cell_limit("full", nb, {"steps": None})[0] \
+        == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
     plain = _notebook(tmp_path / "41_plain.ipynb", ["pass"], "k: int = 1  # k\n")
     assert suite.cell_limit("full", plain, {}) == (suite.CELL_FLOOR, "the full profile's floor: no training")
 
@@ -267,7 +270,8 @@ def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(t
 def test_training_under_the_suite_shows_a_text_bar_and_stores_only_its_last_state(tmp_path, capfd):
     """The kernel's bar is text (not a widget frozen at 0% in the executed copy), echoed to the console as lines,
     and the executed copy keeps one line: its last state."""
-    train = ("import torch\nfrom torch import nn\nfrom dnlib.data.loader import TensorBatches\nfrom dnlib.training.trainer import TrainConfig, Trainer\n"
+    train = ("import torch\nfrom torch import nn\nfrom dnlib.data.loader import TensorBatches\n"
+             "from dnlib.training.trainer import TrainConfig, Trainer\n"
              "x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))\n"
              "loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])\n"
              "cfg = TrainConfig(steps=40, lr=0.1, device='cpu', eval_every=0, checkpoint_every=0, log_every=5)\n"
@@ -334,7 +338,8 @@ def test_a_busy_kernel_is_never_called_stalled(tmp_path):
 # Output-widget mimic sends the captured output back on the shell socket (comm_msg) while it awaits the
 # execute_reply on that socket, and the reply's wakeup is lost (it sits in the client's socket). Before the
 # fix (dnlib.notebook.stall.slice_polls) this notebook stalled in 14 of 14 runs, within its first 17 widget cells.
-WIDGET_SETUP = "import ipywidgets as W\nimport matplotlib.pyplot as plt\nimport numpy as np\nrng = np.random.default_rng(0)"
+WIDGET_SETUP = ("import ipywidgets as W\nimport matplotlib.pyplot as plt\nimport numpy as np\n"
+                "rng = np.random.default_rng(0)")
 WIDGET_CELL = """\
 def f(a, b):
     fig, ax = plt.subplots(figsize=(10, 6), dpi=100)
@@ -416,7 +421,8 @@ def test_check_parameters_stops_a_plain_papermill_run_given_a_list_as_a_string(t
     import papermill
 
     nb = _notebook(tmp_path / "01_checked.ipynb", [
-        f"from dnlib.notebook import parameters\nparameters.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
+        "from dnlib.notebook import parameters\n"
+        f"parameters.check_parameters({str(tmp_path / '01_checked.ipynb')!r}, globals())",
         "ran = True"], PARAMS)
     papermill.execute_notebook(str(nb), str(tmp_path / "ok.ipynb"), parameters={"xs": [3]}, kernel_name="python3",
                                progress_bar=False)

@@ -279,9 +279,9 @@ def test_sweep_command_with_a_clash_in_its_second_configuration_is_one_line_exit
     import subprocess
     import sys
     out = tmp_path / "sw"
-    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "sweep", "base", "dn", "--impl", "fused", "--steps",
-                        "2", "--subset", "200,100", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", "sweep", "base", "dn", "--impl", "fused",
+                        "--steps", "2", "--subset", "200,100", "--out", str(out)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2, r.stderr[-3000:]
     assert len(err) == 1 and "sweep: error: dn: impl: 'fused'" in err[0], err

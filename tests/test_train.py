@@ -152,7 +152,8 @@ def test_a_diverging_run_stops_with_a_record_and_valid_json(tmp_path, cls):
     assert all(r["step"] < n for r in hist if "train_loss" in r)
     if (tmp_path / "checkpoint.pt").exists():             # the last checkpoint holds finite weights, never NaN ones
         state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-        assert state["step"] < n and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        assert state["step"] < n \
+            and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_a_nan_metric_is_divergence_too(tmp_path):

@@ -168,7 +168,8 @@ def test_notebooks_pass_none_for_the_default(stem):
     declared = parameters.declared_parameters(path)
     for name in NONE_MEANS[stem]:
         assert declared[name]["inferred_type_name"].startswith("Optional["), (stem, name)
-        assert "None" in declared[name]["help"] and not re.search(r"(^|; |\()(0|-1|\[\]|empty)\b", declared[name]["help"])
+        assert "None" in declared[name]["help"] \
+            and not re.search(r"(^|; |\()(0|-1|\[\]|empty)\b", declared[name]["help"])
         assert parameters.resolve_parameters(path, "smoke", [(name, "None")])[name] is None
     full = parameters.resolve_parameters(path, "full")
     chosen = {("05_super_resolution", "steps")}    # 05's full profile trains 50,000 steps of the fast schedule
@@ -235,7 +236,8 @@ def test_one_results_table_per_experiment_with_n_and_run_as(tmp_path):
     from dnlib.experiments import ptb_report, sr_report
     from dnlib.experiments.records import find_runs
     repo = Path(__file__).resolve().parent.parent / "results" / "records"
-    for table in (cifar.results_table(find_runs([repo / "cifar"])), ptb_report.results_table(find_runs([repo / "ptb"]))):
+    for table in (cifar.results_table(find_runs([repo / "cifar"])),
+                  ptb_report.results_table(find_runs([repo / "ptb"]))):
         head = str(table).splitlines()[0]
         assert head.rstrip(" |").endswith("| n | run as"), head
         assert "of the paper's" in str(table) or "(the paper's)" in str(table)

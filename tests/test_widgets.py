@@ -169,7 +169,8 @@ def test_first_conv_random_and_from_checkpoint(tmp_path):
     assert torch.equal(conv.weight, widgets.first_conv(seed=0).weight)
     w, b = torch.randn(32, 3, 5, 5), torch.randn(32)
     path = tmp_path / "ckpt.pt"
-    torch.save({"step": 3, "model": {"features.0.weight": w, "features.0.bias": b, "fc.weight": torch.randn(10, 64)}}, path)
+    torch.save({"step": 3, "model": {"features.0.weight": w, "features.0.bias": b, "fc.weight": torch.randn(10, 64)}},
+               path)
     loaded = widgets.first_conv(str(path))
     assert torch.equal(loaded.weight.data, w) and torch.equal(loaded.bias.data, b)
 

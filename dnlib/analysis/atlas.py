@@ -57,8 +57,8 @@ def _order(label: str) -> tuple:
     """Columns and rows in Table 1's order: none, per-example fields (space, channel, both), batch fields; global
     before windowed."""
     axes = [p.split(" ")[0].split("/")[0] for p in label.split(" + ")] if label != "-" else []
-    return ("batch" in axes, len(axes) > 0, "channel" in axes, "space" in axes, any(" " in p for p in label.split(" + ")),
-            label)
+    windowed = any(" " in p for p in label.split(" + "))
+    return ("batch" in axes, len(axes) > 0, "channel" in axes, "space" in axes, windowed, label)
 
 
 def spec_knobs(spec: NormSpec) -> list:

@@ -199,10 +199,12 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
             for i in range(height):
                 for j in range(width):
                     y0 = (height - 1 - i) * squash
-                    corners = [(j, y0), (j + 1, y0), (j + 1 + shear * squash, y0 + squash), (j + shear * squash, y0 + squash)]
+                    corners = [(j, y0), (j + 1, y0), (j + 1 + shear * squash, y0 + squash),
+                               (j + shear * squash, y0 + squash)]
                     corners = [(x + shear * yy + x_off, yy + y_off) for x, yy in corners]
                     polys.append(corners)
-                    key = "both" if a[n, c, i, j] and b[n, c, i, j] else "sum" if a[n, c, i, j] else "sup" if b[n, c, i, j] else "none"
+                    in_a, in_b = a[n, c, i, j], b[n, c, i, j]
+                    key = "both" if in_a and in_b else "sum" if in_a else "sup" if in_b else "none"
                     colors.append(FIELD_COLORS[key] if shade is None or key == "none" else
                                   _shade(FIELD_COLORS[key], shade[n, c, i, j]))
                     if (n, c, i, j) == center:
@@ -216,7 +218,8 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
     ax.autoscale_view()
     ax.set_aspect("equal")
     ax.axis("off")
-    label = title if title is not None else (f"{name}: " if name else "") + repr(spec).replace("NormSpec(", "").rstrip(")")
+    label = title if title is not None else \
+        (f"{name}: " if name else "") + repr(spec).replace("NormSpec(", "").rstrip(")")
     if groups:
         label += f"\n({spec.groups} groups drawn as {groups})"
     if shade is not None:
@@ -502,7 +505,8 @@ def spec_table(names: Sequence[str] | None = None) -> MarkdownTable:
         return " + ".join((f"{a} [{w[a]}" + (f", Gaussian {g[a]:g}]" if a in g else "]")) if a in w else a
                           for a in ("batch", "channel", "space") if a in axes)
 
-    lines = ["| preset | A (summation) | B (suppression) | σ | power | groups | what |", "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | A (summation) | B (suppression) | σ | power | groups | what |",
+             "|---|---|---|---|---|---|---|"]
     for name in names:
         s, extra = get_spec(name), PRESETS[name].extra  # (a module preset: its spec is its Table-1 view)
         lines.append(f"| `{name}` | {field(s.sum_axes, s.sum_window, s.sum_weights)} | "

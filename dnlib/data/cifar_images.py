@@ -188,6 +188,6 @@ def read_imagefolder(name: str, folder: Path, base: Path, use_cache: bool, progr
         (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
         for a, arr in zip(_ARRAYS, out):
             atomic_save_npy(cdir / f"{a}.npy", arr)
-        atomic_write_json(cdir / "manifest.json", {**fp, "arrays": {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}},
-                          sort_keys=True)
+        arrays = {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}
+        atomic_write_json(cdir / "manifest.json", {**fp, "arrays": arrays}, sort_keys=True)
     return (*out, classes)

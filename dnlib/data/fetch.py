@@ -139,7 +139,8 @@ def extract_archive(archive: str | os.PathLike, dest_dir: str | os.PathLike) -> 
         conflicts: list[str] = []
         _merge_plan(tmp, dest_dir, conflicts)
         if conflicts:
-            shown = "\n  ".join(conflicts[:10]) + (f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+            shown = "\n  ".join(conflicts[:10]) \
+                + (f"\n  ... and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
             raise DownloadError(
                 f"unpacking {archive} into {dest_dir} would overwrite files that differ from the archive's:\n  "
                 f"{shown}\nNothing was changed; move them away (or delete them) and try again")

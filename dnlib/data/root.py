@@ -298,7 +298,8 @@ def verify_checksums(base: str | os.PathLike, folder: str | os.PathLike, files: 
             if got != listed[rel]:
                 problems.append(f"changed: {have[rel]} (sha256 {got}, listed {listed[rel]})")
         if problems:
-            shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            shown = "\n  ".join(problems[:20]) \
+                + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
             raise ChecksumError(
                 f"{what}: the files in {folder} do not match {sums_path}:\n  {shown}\n"
                 f"Restore them from the dataset's source (see data/README.md"

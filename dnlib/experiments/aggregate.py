@@ -328,7 +328,8 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
     recs, parts = [], []
     all_keys: list[str] = []
     for r in _load(rows):
-        if where and any(_field(r, k) not in (v if isinstance(v, (list, tuple, set)) else [v]) for k, v in where.items()):
+        if where and any(_field(r, k) not in (v if isinstance(v, (list, tuple, set)) else [v])
+                         for k, v in where.items()):
             continue
         meta, head, paper = flatten(r)
         if finished and stopped_reason(meta.get("stopped")) != "completed":

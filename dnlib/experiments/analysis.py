@@ -90,7 +90,8 @@ def _ratio(a, b):
 
 class AnalysisRecipe(Recipe):
     """The analyses of notebook 08 (:mod:`dnlib.experiments.analysis_configs`). Options: ``subset`` (load; default
-    the size's), ``eval_every`` (build: steps per evaluation and checkpoint; None: ``steps / evals``; 0: only at the end)."""
+    the size's), ``eval_every`` (build: steps per evaluation and checkpoint; None: ``steps / evals``; 0: only at the
+    end)."""
 
     name = "analysis"
     module = "dnlib.experiments.analysis"
@@ -168,7 +169,8 @@ class AnalysisRecipe(Recipe):
         init_a, init_g = info.get("init_act") or [None], info.get("init_grad") or [None]
         return {"test_err": last.get("test_err"), "train_loss": losses[-1] if losses else None,
                 "gap": last.get("gap"), "loss_range": mean("loss_range"), "grad_change": mean("grad_change"),
-                "beta": mean("beta"), "stable": float(probes.is_stable(losses[:1] + losses[-1:], tol=STABLE_TOL)) if losses else None,
+                "beta": mean("beta"),
+                "stable": float(probes.is_stable(losses[:1] + losses[-1:], tol=STABLE_TOL)) if losses else None,
                 "scale_change": info.get("scale_change"),
                 "act_growth": _ratio(acts[-1], acts[0]) if cfg.analysis == "depth" else None,
                 "grad_growth": _ratio(grads[0], grads[-1]) if cfg.analysis == "depth" else None,
@@ -181,8 +183,9 @@ class AnalysisRecipe(Recipe):
     flags = {"--size": ("field", dict(choices=tuple(SIZES), help="smoke, cpu (default) or full")),
              "--subset": ("option", dict(type=cli.subset, help="stratified subset: N or N_TRAIN,N_EVAL "
                                                                "(default: the size's)")),
-             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
-                                                                            "(0: only at the end; default steps / evals)")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int,
+                                             help="steps per evaluation and checkpoint (0: only at the end; default "
+                                                  "steps / evals)")),
              "--batch-size": ("field", dict(type=cli.positive_int, help="examples per step")),
              "--lr": ("field", dict(type=cli.positive_float, help="learning rate"))}
 

@@ -5,8 +5,9 @@ Analyses (the configuration names say which; ``python -m dnlib analysis list``):
 
 * ``batch-<norm>-b<B>``: **batch-size dependence** (Wu & He 2018, Figure 1). The CIFAR CNN with bn, gn, ln,
   dn-star, frn (filter response normalization + TLU, Singh & Krishnan 2020) or brn (batch renormalization, Ioffe
-  2017, at its final rmax 3, dmax 5 from the start: no warm-up schedule) trained for a fixed number of images at batch ``B`` in 2 ... 128, the learning rate scaled linearly
-  with the batch (``BASE_LR[norm] * B / 32``); test error, and the error with batch statistics.
+  2017, at its final rmax 3, dmax 5 from the start: no warm-up schedule) trained for a fixed number of images at
+  batch ``B`` in 2 ... 128, the learning rate scaled linearly with the batch (``BASE_LR[norm] * B / 32``); test
+  error, and the error with batch statistics.
 * ``smooth-<norm>``, ``smooth-dn-sigma<s>``: **smoothness** (Santurkar et al. 2018) at checkpoints during
   training, every preset of interest at one learning rate, and DN with a sigma sweep (a large sigma leaves DN
   a (scaled) local mean subtraction: sigma is the knob from "no division" to "full division").

@@ -36,8 +36,9 @@ from .analysis_configs import (
 __all__ = ["Runs", "load", "stats", "setup_stats", "largest_stable", "batch_table", "batch_figure", "smooth_table",
            "smooth_figure", "lr_table", "lr_figure", "depth_figure", "inv_table", "inv_figure", "report", "LABELS"]
 
-LABELS = {"none": "none", "bn": "BN", "gn": "GN", "frn": "FRN", "brn": "BRN", "ln": "LN", "dn": "DN", "dn-star": "DN*", "bn-ms": "BN mean-only",
-          "bn-vo": "BN var-only", "bn-detached": "BN detached", "ln-ms": "LN mean-only", "ln-vo": "LN var-only (RMS)",
+LABELS = {"none": "none", "bn": "BN", "gn": "GN", "frn": "FRN", "brn": "BRN", "ln": "LN", "dn": "DN", "dn-star": "DN*",
+          "bn-ms": "BN mean-only", "bn-vo": "BN var-only", "bn-detached": "BN detached", "ln-ms": "LN mean-only",
+          "ln-vo": "LN var-only (RMS)",
           "ln-detached": "LN detached", "dn-ms": "DN mean-only", "dn-detached": "DN detached"}
 
 

@@ -105,7 +105,8 @@ def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, fla
     def add(q):
         q.add_argument("configs", nargs="*" if configs else "+", default=list(configs),
                        help=f"configuration names (groups: {', '.join(recipe.groups())})")
-        q.add_argument("--steps", type=cli.positive_int, default=steps, help=f"steps per configuration (default {steps})")
+        q.add_argument("--steps", type=cli.positive_int, default=steps,
+                       help=f"steps per configuration (default {steps})")
         if verb == "bench":
             q.add_argument("--warmup", type=cli.nonnegative_int, default=warmup,
                            help="untimed steps first (a capture or compilation among them)")

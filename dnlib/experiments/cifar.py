@@ -258,8 +258,9 @@ class CifarRecipe(Recipe):
              "--mode": ("option", dict(choices=MODES, help="default auto")),
              "--impl": ("field", dict(choices=IMPLS, help="DivisiveNorm impl of the normalizers ('compile': "
                                                           "torch.compile, for GPUs)")),
-             "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
-                                                                            "(0: only at the end; default 500, the authors')")),
+             "--eval-every": ("option", dict(type=cli.nonnegative_int,
+                                             help="steps per evaluation and checkpoint (0: only at the end; default "
+                                                  "500, the authors')")),
              "--validation": ("option", dict(action="store_true", help="evaluate on the 45K/5K validation fold")),
              "--lr": ("field", dict(type=cli.positive_float)),
              "--batch-size": ("field", dict(type=cli.positive_int, help="default the paper's 100"))}
@@ -421,7 +422,8 @@ def first_layer_responses(model: nn.Module, data: CifarData, n_images: int = 500
     return z
 
 
-def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20, max_samples: int = 20000) -> MarkdownTable:
+def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20,
+            max_samples: int = 20000) -> MarkdownTable:
     """Mean pairwise |correlation| and MI (nats) of first-layer pre-normalization responses per trained model
     (:func:`dnlib.analysis.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10."""
     from ..analysis.stats import pairwise_corr_mi

@@ -14,8 +14,9 @@ One line per row below, with the authors' values (PAPER.md §2.3, §3.1, §5.4 i
 
 Beyond the paper, the same recipe trains He et al.'s ResNet-20 (:func:`dnlib.models.resnet20`; ``arch="resnet20"``)
 with BN, GN, LN, DN*, GDN, BRN, FRN and EvoNorm-B0 at all 19 normalizer sites (:data:`RESNET_ROWS`, names
-``resnet20-<norm>``, :func:`list_configs` ``("resnet20")``), on He et al.'s schedule (CVPR 2016, §4.2): SGD momentum 0.9, lr 0.1,
-weight decay 1e-4 (here on the conv and FC weights), batch 128, 64K steps with the lr /10 at 32K and 48K.
+``resnet20-<norm>``, :func:`list_configs` ``("resnet20")``), on He et al.'s schedule (CVPR 2016, §4.2): SGD
+momentum 0.9, lr 0.1, weight decay 1e-4 (here on the conv and FC weights), batch 128, 64K steps with the lr /10 at
+32K and 48K.
 Unlike He et al. there is no data augmentation (the recipe has none), so expect less than their 91.25%.
 GN uses 8 groups (Wu & He's 32 do not divide the 16 channels of stage 1); DN* is the CNN's DN* per site (``dn``
 with its 3x3 window (``border="valid"``), sigma 0.5 as eps = sigma^2, alpha 0.005 at each of the 19 sites; not
@@ -41,7 +42,7 @@ RESNET_SCHEDULE = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128, 
 # name           paper row                 norm    affine  (sigma, alpha) CIFAR-10  (sigma, alpha) CIFAR-100  extra
 _ROWS = [
     ("base",         "Baseline",              "none", None,  (None, 0.0),    (None, 0.0),    {}),
-    ("base-wd-drop", "Baseline +WD +Dropout", "none", None,  (None, 0.0),    (None, 0.0),    dict(weight_decay=0.1, dropout=0.5)),
+    ("base-wd-drop", "Baseline +WD +Dropout", "none", None,  (None, 0.0),    (None, 0.0),    dict(weight_decay=0.1, dropout=0.5)),  # noqa: E501 (a table row)
     ("base-l1",      "Baseline +L1",          "none", None,  (None, 0.01),   (None, 0.01),   {}),
     ("bn",           "BN",                    "bn",   True,  (0.01, 0.0),    (0.01, 0.0),    {}),
     ("bn-l1",        "BN +L1",                "bn",   True,  (0.01, 0.005),  (0.01, 0.01),   {}),

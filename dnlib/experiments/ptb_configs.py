@@ -47,8 +47,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["PTBConfig", "PTBRunConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4", "TABLE9",
-           "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
+__all__ = ["PTBConfig", "PTBRunConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4",
+           "TABLE9", "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
 
 CELL_TYPES = ("lstm", "tanh-rnn", "relu-rnn")
 SOURCES = ("paper", "code")

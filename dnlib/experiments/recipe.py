@@ -85,7 +85,8 @@ class Recipe:
     ``set_seed(seed)``, :meth:`build` (a recipe never seeds)."""
 
     name: str = "experiment"          #: the experiment's name: ``runs/<name>/``, ``record["experiment"]``
-    module: str = ""                  #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.experiments.cifar"``
+    #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.experiments.cifar"``
+    module: str = ""
     description: str = ""
     #: the data :meth:`load` returns serve every configuration and seed: :func:`call_many`, checks and benchmarks
     #: load them once and pass them on as the ``data`` option
@@ -155,7 +156,8 @@ class Recipe:
 
     def paper_schedule(self, name: str, what: Mapping[str, Any]) -> int | None:
         """The length of the paper's schedule for configuration ``name`` (``what``: the run's defining fields,
-        :func:`dnlib.experiments.aggregate.defining`), in the unit the config counts (steps, epochs); None: not known."""
+        :func:`dnlib.experiments.aggregate.defining`), in the unit the config counts (steps, epochs); None: not
+        known."""
         return None
 
     def paper_tables(self, **params) -> dict:

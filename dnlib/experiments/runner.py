@@ -395,7 +395,8 @@ def build_setup(recipe: Recipe, cfg, seed: int, device="auto", options: Mapping 
     """The :class:`Setup` of one run: the options split by the keyword-only parameters of ``recipe.load`` and
     ``recipe.build`` (a name of both goes to both; any other to ``build``, which refuses it), the build options
     checked (:meth:`Recipe.check_options`), the data loaded (unless the ``data`` option gives them), every RNG
-    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.experiments.stacked calls this once per copy), then built."""
+    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.experiments.stacked calls this once per copy), then
+    built."""
     options = dict(options or {})
     data = options.pop("data", None)
     load_kw, build_kw = _keywords(recipe.load), _keywords(recipe.build)

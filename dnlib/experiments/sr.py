@@ -191,7 +191,8 @@ def intensity_shift(model: nn.Module, set_name: str = "Set5", scale: int = 3, ro
     """Per image: mean HR grey level and the model's mean error (prediction - HR), in grey levels: BN's
     failure in Tables 5/6 is a per-image intensity offset ("the same statistics for all patches of one image")."""
     r = evaluate_sr(model, set_name, scale, root=root, metrics=("psnr",))
-    means = {it["name"]: float(_shave(it["hr"].astype(np.float64), 8).mean()) for it in test_pairs(set_name, scale, root)}
+    means = {it["name"]: float(_shave(it["hr"].astype(np.float64), 8).mean())
+             for it in test_pairs(set_name, scale, root)}
     return [{"name": row["name"], "hr_mean": means[row["name"]], "shift": row["shift"], "psnr": row["psnr"]}
             for row in r["per_image"]]
 
@@ -212,7 +213,8 @@ def check_sets(sets) -> tuple:
     sets = (sets,) if isinstance(sets, str) else tuple(sets or ())
     for s in sets:
         if not isinstance(s, str) or s.lower() not in SR_SETS:
-            raise ValueError(f"sets: unknown SR set {s!r}; known are {[v.name.split(' ')[0] for v in SR_SETS.values()]}")
+            known = [v.name.split(" ")[0] for v in SR_SETS.values()]
+            raise ValueError(f"sets: unknown SR set {s!r}; known are {known}")
     return sets
 
 
@@ -436,7 +438,8 @@ def run(norm: str = "none", config: str | SRConfig = "fast", *, eval_sets: Seque
     runner's (``steps`` shortens the schedule; ``seed``; ``out``: a base folder for a new run folder; ``resume``:
     a run folder to continue or start in; ``time_limit``; ``stop_after``; ``device``;
     ``progress``: a bar, default on), ``root`` and configuration fields (``scale=4``, ``train_set="291"``,
-    ``lr``...), ``eval_every`` (steps per evaluation and checkpoint: a build option, as in CIFAR and PTB). A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
+    ``lr``...), ``eval_every`` (steps per evaluation and checkpoint: a build option, as in CIFAR and PTB). A
+    NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` after the record says so."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return call(RECIPE, config, norm=norm, sets=tuple(eval_sets if sets is None else sets),
                            curve_sets=tuple(eval_sets), **kwargs)

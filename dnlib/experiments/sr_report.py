@@ -141,7 +141,8 @@ def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr:
     """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
     fig, (_, ax1) = run_curves([(run_label(run), run.history) for run in runs], [
         {"key": "train_loss", "ylabel": "training loss (MSE / 2)", "yscale": "log", "title": "training loss"},
-        {"key": f"{set_name}/psnr", "marker": "o", "ylabel": "PSNR (dB)", "title": f"{set_name} PSNR (Y, 8-px border)"}],
+        {"key": f"{set_name}/psnr", "marker": "o", "ylabel": "PSNR (dB)",
+         "title": f"{set_name} PSNR (Y, 8-px border)"}],
         pyplot=True)
     if bicubic_psnr is not None:
         ax1.axhline(bicubic_psnr, color="k", ls="--", lw=1, label="Bicubic")

@@ -119,8 +119,8 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
                "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
     rows = engines.SweepRows(gather([out]), failed)
     atomic_write_json(out / "table.json", rows)
-    atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": engine, "engine_start_seconds":
-                       t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
+    atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": engine,
+                       "engine_start_seconds": t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
                        "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
                        "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
                        "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),

@@ -135,8 +135,8 @@ class StackedCifarCNN(nn.Module):
         self.dropout, self.num_classes, self.norm_name = m0.dropout, m0.num_classes, m0.norm_name
         self._copy_shapes = {name: tuple(t.shape) for name, t in m0.state_dict().items()}
         if set(self._copy_shapes) != set(self.state_dict()):
-            raise ValueError(f"models: the CifarCNN's tensors {sorted(set(self._copy_shapes) ^ set(self.state_dict()))} "
-                             f"have no place in the stacked model")
+            odd = sorted(set(self._copy_shapes) ^ set(self.state_dict()))
+            raise ValueError(f"models: the CifarCNN's tensors {odd} have no place in the stacked model")
         self.load_copies(models)
 
     def _pack_rule(self, name: str, stacked_shape: tuple) -> str:
@@ -182,4 +182,5 @@ class StackedCifarCNN(nn.Module):
         return F.dropout(self.fc2(x), self.dropout, self.training)
 
     def extra_repr(self) -> str:
-        return f"copies={self.copies}, num_classes={self.num_classes}, norm={self.norm_name!r}, dropout={self.dropout:g}"
+        return (f"copies={self.copies}, num_classes={self.num_classes}, norm={self.norm_name!r}, "
+                f"dropout={self.dropout:g}")

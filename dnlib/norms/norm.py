@@ -761,7 +761,8 @@ class DivisiveNorm(nn.Module):
         if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
             kind = None  # F.instance_norm refuses a single position; the general path defines it
         cls = type(self)
-        if (not plain or self.impl != "auto" or not x.numel() or cls._forward_general is not DivisiveNorm._forward_general
+        if (not plain or self.impl != "auto" or not x.numel()
+                or cls._forward_general is not DivisiveNorm._forward_general
                 or cls._forward_fused is not DivisiveNorm._forward_fused):
             return kind, None
         auto = windowed.choice(self.spec, kind, x)

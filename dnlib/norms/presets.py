@@ -107,7 +107,8 @@ PRESETS = {
     "in":       _P(NormSpec("space", "space"), dict(affine=False), "instance norm: one channel of one example"),
     "gn":       _P(NormSpec(CS, CS, groups=32), dict(affine=True), "group norm: a group of channels of one example"),
     "lrn":      _P(NormSpec(None, "channel", None, {"channel": 5}, sigma=1.0, eps=0.0, power=0.75, sup_scale=1e-4,
-                            border="zeros"), dict(affine=False), "local response norm (AlexNet): k=sigma^2, alpha, beta=power"),
+                            border="zeros"), dict(affine=False),
+                   "local response norm (AlexNet): k=sigma^2, alpha, beta=power"),
     "rms":      _P(NormSpec(None, CS, eps=None), dict(affine=True, bias=False),
                    "RMSNorm: no centring, B = all units of one example; eps finfo(dtype).eps as nn.RMSNorm"),
     "rms2d":    _P(NormSpec(None, "channel", eps=1e-6), dict(affine=True, bias=False),
@@ -285,8 +286,8 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
     presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.norms.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``; ``brn``, ``sn`` and ``bcn``
     (:mod:`dnlib.norms.batch_variants`) take ``eps``, ``momentum``, ``affine``, ``impl``, ``track_running_stats``,
-    ``device``, ``dtype`` and their own: ``rmax``, ``dmax``, ``relax``, ``sigma``, ``alpha`` (brn); ``fields``, ``unbiased``,
-    ``sigma``, ``alpha`` (sn); ``groups`` (bcn).
+    ``device``, ``dtype`` and their own: ``rmax``, ``dmax``, ``relax``, ``sigma``, ``alpha`` (brn); ``fields``,
+    ``unbiased``, ``sigma``, ``alpha`` (sn); ``groups`` (bcn).
 
     Example: ``make_norm("dn", 32, window=5, sigma=0.5, eps=0, border="reference", alpha=0.005)`` is the paper's
     first DN* layer (``make_norm("dn*")`` says so: :data:`STARRED`).

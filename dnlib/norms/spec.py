@@ -90,7 +90,8 @@ def _parse_window(param: str, value: WindowLike, field: frozenset, field_param: 
         try:
             axis, size = item
         except (TypeError, ValueError):
-            raise ValueError(f"{param}: expected a mapping axis -> size such as {{'space': 3}}, got {value!r}") from None
+            raise ValueError(f"{param}: expected a mapping axis -> size such as {{'space': 3}}, "
+                             f"got {value!r}") from None
         if axis not in WINDOW_AXES:
             raise ValueError(f"{param}: a window on axis {axis!r} is not allowed; windows go on {list(WINDOW_AXES)}")
         if axis not in field:
@@ -297,7 +298,8 @@ class NormSpec:
 
         parts = [f"A={field(self.sum_axes, self.sum_window, self.sum_weights)}",
                  f"B={field(self.sup_axes, self.sup_window, self.sup_weights)}",
-                 f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}", f"eps={'finfo' if self.eps is None else format(self.eps, 'g')}"]
+                 f"sigma={self.sigma:g}{'(learned)' if self.learn_sigma else ''}",
+                 f"eps={'finfo' if self.eps is None else format(self.eps, 'g')}"]
         if self.power != 0.5:
             parts.append(f"power={self.power:g}")
         if self.sup_scale != 1.0:

@@ -7,9 +7,10 @@ general path's hand-written autograd Functions step aside for their plain-op com
 the band path are plain torch ops already, and ``impl="compile"``/``"triton"`` run the general path's plain ops.
 
 As for torch's BatchNorm, a module that *tracks running statistics in training mode* (``bn``, ``bn-s``, ``bn-ms``,
-``sn``; ``brn``, ``bcn`` and ``evonorm-b0``, which cannot do without them) updates them in place, which a transform cannot do to buffers it does not transform: such a forward raises, unless
-the buffers come through the transform (``torch.func.stack_module_state`` + ``vmap`` over ``functional_call``,
-each copy then updating its own). Evaluation mode works (the running statistics are constants), and
+``sn``; ``brn``, ``bcn`` and ``evonorm-b0``, which cannot do without them) updates them in place, which a
+transform cannot do to buffers it does not transform: such a forward raises, unless the buffers come through the
+transform (``torch.func.stack_module_state`` + ``vmap`` over ``functional_call``, each copy then updating its
+own). Evaluation mode works (the running statistics are constants), and
 :func:`replace_all_batch_norm_modules_` turns tracking off in place, as ``torch.func.replace_all_batch_norm_modules_``
 does for ``nn.BatchNorm``.
 

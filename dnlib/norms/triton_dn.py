@@ -183,8 +183,9 @@ class _TritonDNFn(torch.autograd.Function):
         targ = torch.empty_like(mu)  # (not s0 in place: a program reads s0 around its own tile)
         y = torch.empty_like(x)  # (x's layout)
         l1 = torch.empty(grid[0] * grid[1] if want_l1 else 1, device=x.device, dtype=acc)
-        k["divide"][grid](x, mu, s0, targ, y, l1, sig2 if sig_t else l1, C, CM, H, W, SC, SP, KCB=geom.kcb, KSB=geom.ksb,
-                          VALID=geom.valid, GLOB=geom.glob, SIG_T=sig_t, SIG2=0.0 if sig_t else float(sig2),
+        k["divide"][grid](x, mu, s0, targ, y, l1, sig2 if sig_t else l1, C, CM, H, W, SC, SP,
+                          KCB=geom.kcb, KSB=geom.ksb, VALID=geom.valid, GLOB=geom.glob, SIG_T=sig_t,
+                          SIG2=0.0 if sig_t else float(sig2),
                           EPS=float(spec.eps_for(x.dtype)), SCALE=float(spec.sup_scale), BUG=float(geom.bug),
                           POWER=float(spec.power), L1=want_l1, BM=BM, BR=BR, BP=BP)
         ctx.geom, ctx.spec, ctx.blocks, ctx.want_l1 = geom, spec, (BM, BR, BP), want_l1

@@ -212,7 +212,8 @@ def parameter_cell_problems(path: str | Path) -> list[str]:
     for name in names:
         info = declared.get(name)
         if info is None:
-            problems.append(f"parameter {name!r}: papermill cannot parse its line (papermill skips a line with a second '=', e.g. in the comment)")
+            problems.append(f"parameter {name!r}: papermill cannot parse its line (papermill skips a line with a "
+                            f"second '=', e.g. in the comment)")
         elif _base_type(info["inferred_type_name"]) is None:
             problems.append(f"parameter {name!r}: untyped")
         elif not info.get("help"):
@@ -232,11 +233,11 @@ def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = No
     r"""Check, inside a running notebook, that its parameters have their declared types.
 
     The notebooks call it in the cell right after their ``parameters`` cell
-    (``dnlib.notebook.parameters.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain papermill gets
-    the type check of ``python -m dnlib.notebook.suite`` (:func:`coerce`) before any work starts. The classic mistake it
-    catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists and dicts go in as
-    YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the kernel;
-    papermill itself warns about it.)
+    (``dnlib.notebook.parameters.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain
+    papermill gets the type check of ``python -m dnlib.notebook.suite`` (:func:`coerce`) before any work starts. The
+    classic mistake it catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists
+    and dicts go in as YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the
+    kernel; papermill itself warns about it.)
 
     Args:
         notebook: the notebook's name (``"03_cifar"``, looked up in the repository's ``notebooks/``) or path.

@@ -88,7 +88,8 @@ class StallWatchingClient(PapermillNotebookClient):
     fix) plus a watcher that turns a stalled cell into :class:`CellStalled` (a guard for any other loss)."""
 
     stall_timeout = Float(DEFAULT_STALL_TIMEOUT, allow_none=True,
-                          help="seconds an idle kernel may leave a cell unanswered (None or <= 0: no watch)").tag(config=True)
+                          help="seconds an idle kernel may leave a cell unanswered (None or <= 0: no watch)"
+                          ).tag(config=True)
     stall_poll = Float(1.0, help="seconds between two checks of the watcher").tag(config=True)
     notebook_name = Unicode("", help="the notebook's name, for messages").tag(config=True)
     shell_poll_interval = Float(0.25, allow_none=True,

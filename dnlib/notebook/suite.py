@@ -180,7 +180,8 @@ def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | Non
     if cell is None:  # e.g. a cell timeout: the last cell papermill started in the executed copy
         started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
         cell = started[-1] if started else None
-    if isinstance(exc, CellTimeoutError) and not isinstance(exc, CellStalled) and cell is not None and cell < len(cells):
+    if isinstance(exc, CellTimeoutError) and not isinstance(exc, CellStalled) and cell is not None \
+            and cell < len(cells):
         source = cell_source(cells[cell]).strip().splitlines()
         first = (source[0] if source else "")[:80]
         ran = cells[cell].get("metadata", {}).get("papermill", {}).get("duration")
@@ -434,14 +435,18 @@ def _list(paths: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="python -m dnlib.notebook.suite", description="Run the dnlib notebook suite headless.")
+    parser = cli.ArgumentParser(prog="python -m dnlib.notebook.suite",
+                                description="Run the dnlib notebook suite headless.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="validate parameters, then execute notebooks into runs/<profile>/suite-<UTC time>/")
+    run_p = sub.add_parser("run",
+                           help="validate parameters, then execute notebooks into runs/<profile>/suite-<UTC time>/")
     run_p.add_argument("notebooks", nargs="*", help="notebook paths or names (default: notebooks/[0-9][0-9]_*.ipynb)")
-    run_p.add_argument("--profile", default="smoke", help="parameter profile from each notebook's metadata (default: smoke)")
+    run_p.add_argument("--profile", default="smoke",
+                       help="parameter profile from each notebook's metadata (default: smoke)")
     run_p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                        help="override a parameter; NB:NAME targets notebooks whose name starts with NB")
-    run_p.add_argument("--out", type=cli.out_dir, default=None, help="output folder (default: a new runs/<profile>/suite-<UTC time>/)")
+    run_p.add_argument("--out", type=cli.out_dir, default=None,
+                       help="output folder (default: a new runs/<profile>/suite-<UTC time>/)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     run_p.add_argument("--cell-timeout", type=cli.nonnegative_float, default=None,
                        help="seconds a cell may run before it fails (default: 600 for smoke; otherwise derived from "

@@ -449,7 +449,8 @@ class ActivationExplorer:
         return fig
 
     def _html(self, r: dict) -> str:
-        rows = "".join(f'<tr><td>{label}</td><td class="dnlib-stat-{key}" style="text-align:right">{r[key]:.4f}</td></tr>'
+        rows = "".join(f'<tr><td>{label}</td>'
+                       f'<td class="dnlib-stat-{key}" style="text-align:right">{r[key]:.4f}</td></tr>'
                        for key, label in STAT_LABELS.items())
         notes = "".join(f"<div><i>{n}</i></div>" for n in r["notes"])
         pre = self.pre_pairs
