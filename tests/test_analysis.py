@@ -46,6 +46,7 @@ def test_bad_names_and_fields_are_refused_naming_them():
         get_config("batch-bn-b2", steps=0)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_points_run_resume_and_report(tmp_path):
     """run_points trains each point once: a rerun keeps the finished folders; the report reads them (tables and
@@ -66,6 +67,7 @@ def test_points_run_resume_and_report(tmp_path):
     assert len(rec["config"]["setup"]["init_act"]) == 3 and rec["config"]["size"] == "smoke"
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_the_evaluation_leaves_the_model_as_it_was(tmp_path):
     """The probes at a checkpoint (smoothness, per-layer norms, batch statistics) change no weight or buffer, so a

@@ -356,6 +356,7 @@ def _func(m: nn.Module):
     return names, lambda x, *ps: functional_call(m, dict(zip(names, ps)), (x,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ROWS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_gradcheck_and_gradgradcheck(name, mode):

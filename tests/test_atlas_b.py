@@ -652,6 +652,7 @@ def _grad_cases():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(_grad_cases()))
 def test_gradcheck_and_gradgradcheck(name):
     factory, shape, masked = _grad_cases()[name]

@@ -39,6 +39,7 @@ def test_plan_covers_every_row_once():
         campaign.plan(experiments=["nope"])
 
 
+@pytest.mark.slow
 def test_what_the_budget_does_not_fit_is_recorded_and_a_rerun_resumes(tmp_path):
     """PTB's 36 configurations, one seed: a 1-second budget builds every launch and trains none (each copy recorded
     `time budget at step 0`, every Table 9 row has its records); a rerun with time resumes them to completion; a

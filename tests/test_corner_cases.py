@@ -179,6 +179,7 @@ class _SavedTensorCounter:
         return sum(r() is not None for r in self.refs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_uncollected_terms_do_not_keep_graphs_alive(impl):
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), make_norm("bn", 4, alpha=0.1, impl=impl),

@@ -247,6 +247,7 @@ def test_gpuloader_epochs_and_resume():
 
 
 # --------------------------------------------------------------------------- the real mirror
+@pytest.mark.slow
 @needs_jpeg
 def test_cifar10_jpeg_mirror_counts_means_and_cache(monkeypatch):
     first = load_cifar("cifar10", MIRROR, download=False)  # decodes once (tqdm) if not cached

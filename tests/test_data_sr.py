@@ -130,6 +130,7 @@ def test_sr_sets_on_mirror():
         assert len([p for p in (SR / folder).iterdir() if p.suffix in (".bmp", ".jpg")]) == n
 
 
+@pytest.mark.slow
 @needs_sr
 @pytest.mark.parametrize("scale, paper_psnr, paper_ssim", [(3, 27.54, 0.7733), (4, 26.01, 0.7018)])
 def test_bicubic_baseline_reproduces_table5_set14(scale, paper_psnr, paper_ssim):

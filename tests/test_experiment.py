@@ -167,6 +167,7 @@ def test_time_limit_stops_at_a_chunk_boundary_on_the_cli(s, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ records
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_record_has_the_same_keys_for_every_recipe(s, tmp_path):
     _need(s)
@@ -200,6 +201,7 @@ def test_two_runs_with_different_parameters_leave_two_records(s, tmp_path):
     assert table.count("\n") == 4 and s.config in table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_diverged_run_records_it_and_reports_no_number(s, tmp_path):
     _need(s)

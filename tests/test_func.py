@@ -161,6 +161,7 @@ def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
     torch.testing.assert_close(out.tangent, ty, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dn", "lrn"])
 def test_large_inputs_take_the_plain_ops_too(name):
     """At 2^20 elements (where impl="auto" may choose a faster path for the ordinary step) a transform still runs the

@@ -165,6 +165,7 @@ def test_bad_arguments_name_the_parameter():
         dnlib.norms.presets.get_norm_layer("igdn", {"window": 3})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["gdn", "igdn", "gdn1"])
 def test_models_build_and_train(norm):
     torch.manual_seed(0)

@@ -120,6 +120,7 @@ def _pulled_in(module: str) -> set:
     return set(_PULLED[module])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,forbidden", LAYERS)
 def test_a_layer_pulls_in_no_higher_layer(module, forbidden):
     loaded = _pulled_in(module)
@@ -154,6 +155,7 @@ def test_a_module_names_no_higher_layer_anywhere(path, forbidden):
     assert not leaks, f"{path} imports {leaks}"
 
 
+@pytest.mark.slow
 def test_the_paper_tables_are_the_recipes_and_found_by_name():
     """The registry names no experiment: the tables come from the recipes (entry points ``dnlib.recipes``)."""
     code = ("from dnlib.experiments import registry; t = registry.paper_tables(scale=3); "

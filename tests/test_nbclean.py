@@ -46,6 +46,7 @@ def test_committed_notebooks_pass_the_filter_unchanged(path):
     assert _clean(text) == text
 
 
+@pytest.mark.slow
 def test_the_script_filters_stdin_to_stdout():
     """``python scripts/nbclean.py`` (what git runs): a notebook with outputs in, its stored form out; text that
     is not a notebook passes through."""
@@ -134,6 +135,7 @@ def test_text_that_is_not_a_notebook_passes_through():
     assert _clean('{"cells": [') == '{"cells": ['
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("git") and shutil.which("make")), reason="needs git and make")
 def test_make_setup_installs_the_filter_and_git_add_strips(tmp_path, saved_01):
     venv = Path(sys.executable).parent.parent
@@ -181,6 +183,7 @@ def _checkout(tmp_path: Path, name: str = "01_unified_view.ipynb") -> tuple:
     return repo, path, run
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("git"), reason="needs git")
 def test_the_save_hook_keeps_git_status_clean_after_a_save_with_outputs(tmp_path, saved_01):
     """git status takes a changed size as a change without running the filter: a notebook saved with outputs shows
@@ -202,6 +205,7 @@ def test_the_save_hook_keeps_git_status_clean_after_a_save_with_outputs(tmp_path
     assert git("diff", "--cached") == ""                                       # and is not staged
 
 
+@pytest.mark.slow
 def test_the_save_hook_leaves_other_files_and_places_alone(tmp_path):
     hook = _load_script()
     assert hook.forget_stat(tmp_path / "nowhere.ipynb") is False              # not a git checkout
@@ -215,6 +219,7 @@ def test_the_save_hook_leaves_other_files_and_places_alone(tmp_path):
     assert "S nb/01_unified_view.ipynb" in git("ls-files", "-v")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Overriding existing post_save_hook")  # jupyter_server sets a configured hook twice
 def test_install_save_hook_writes_one_block_that_jupyter_server_loads(tmp_path):
     """The config block make git-filter writes: idempotent, replaces its older self, keeps the user's lines, and

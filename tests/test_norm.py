@@ -272,6 +272,7 @@ def test_channel_and_space_windows_together():
 
 # --- gradients, dtypes, state ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in list_norms()                 # (ws normalizes weights: test_atlas_a)
                                   if getattr(PRESETS[n].module, "normalizes", "activations") == "activations"])
 def test_gradcheck_every_preset(name):

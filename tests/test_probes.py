@@ -76,6 +76,7 @@ def test_gradient_predictiveness_of_a_quadratic_gives_its_smoothness():
     assert sm.as_dict("x_").keys() == {"x_loss_range", "x_grad_change", "x_beta", "x_grad_norm"}
 
 
+@pytest.mark.slow
 def test_largest_stable_lr_of_a_linear_model_is_two_over_l():
     """Full-batch gradient descent on least squares, L = the largest eigenvalue of X^T X / n: stable below 2/L."""
     g = torch.Generator().manual_seed(1)

@@ -39,6 +39,7 @@ CALLS = [pytest.param(_cifar, "bn", marks=pytest.mark.skipif(not HAS_CIFAR, reas
                                                                    reason="no SR data"), id="sr")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call, name", CALLS)
 def test_notebook_training_calls_show_one_bar_per_run_by_default(call, name, capfd, monkeypatch):
     """03's run_many, 04's run_many and 05's run_many: a bar over the run's steps on stderr (here, not a terminal:

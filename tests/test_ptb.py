@@ -376,6 +376,7 @@ def test_cli_entry_of_the_gpu_script_runs_on_cpu(tmp_path, capsys):
     assert not (tmp_path / "rep2").exists()
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_graph_step_body_equals_eager_trainer_on_cpu():
     """The CUDA-graph step's body (SequenceGraphTrainer: static state, manual SGD with a tensor learning rate,
@@ -418,6 +419,7 @@ def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
     _strict_json(tmp_path / "history.json")
 
 
+@pytest.mark.slow
 @needs_ptb
 def test_cli_diverged_run_exits_1(tmp_path, capsys):
     from dnlib.experiments.ptb import main

@@ -164,6 +164,7 @@ def cifar():
     return load_data("cifar10", subset=(200, 100), device="cpu", download=False)
 
 
+@pytest.mark.slow
 @needs_cifar
 @pytest.mark.parametrize("first, second, message", [
     (dict(config="bn"), dict(config="bn-s"), "config: stored 'bn', requested 'bn-s'"),
@@ -178,6 +179,7 @@ def test_cifar_run_refuses_to_resume_another_run(cifar, tmp_path, first, second,
         run(**{**kw, **second})
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_cifar_cli_resume_mismatch_is_one_line_and_exit_2(tmp_path, capsys):
     from dnlib.experiments.cifar import main
@@ -248,6 +250,7 @@ def test_stacked_run_resumes_after_kill_9_bit_identically(tmp_path):
 needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(), reason=f"PTB not in {MIRROR}")
 
 
+@pytest.mark.slow
 @needs_ptb
 @pytest.mark.parametrize("change, message", [({"seed": 5}, "seed: stored 0, requested 5"),
                                              ({"hidden_size": 24}, "hidden_size: stored 16, requested 24")])
@@ -262,6 +265,7 @@ def test_ptb_run_refuses_to_resume_another_run(tmp_path, change, message):
 needs_sr = pytest.mark.skipif(not (MIRROR / "sr" / "T91").is_dir(), reason=f"SR data not in {MIRROR}")
 
 
+@pytest.mark.slow
 @needs_sr
 def test_sr_train_refuses_to_resume_another_norm(tmp_path):
     from dnlib.experiments import sr

@@ -93,6 +93,7 @@ def test_both_loop_backends_compute_the_same(backend, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[8], CASES[11]], ids=_ids)
 def test_fused_path_gradcheck_and_gradgradcheck(case):
     """First derivatives are the hand-written backward loop; second derivatives differentiate a recomputation."""

@@ -194,6 +194,7 @@ def test_evaluation_pipeline_ssim_matches_skimage_on_the_cropped_region():
     assert r["ssim"] == pytest.approx(float(np.mean(ref)), abs=1e-6)
 
 
+@pytest.mark.slow
 @needs_data
 def test_bicubic_row_reproduces_table5_and_the_data_baseline():
     from dnlib.data import load_sr, sr_test_pair
@@ -225,6 +226,7 @@ def test_cpu_smoke_training_beats_bicubic_on_set5_x3():
     assert ours > bic + 0.1, (ours, bic)
 
 
+@pytest.mark.slow
 @needs_data
 def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
     """The runner's one rule, by chunks (no wall time asserted): the first chunk always runs; before the next,
@@ -287,6 +289,7 @@ def test_configuration_names_are_schedule_and_row():
 
 
 # -------------------------------------------------------------------------------------------- figures
+@pytest.mark.slow
 @needs_data
 def test_tables_crops_and_widget(monkeypatch):
     import matplotlib

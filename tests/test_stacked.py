@@ -43,6 +43,7 @@ def _separate(cfg, seed, data, steps):
     return losses, init, tr.model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,mode", [("base", "eager"), ("bn-star", "eager"), ("ln-star", "eager"),
                                        ("dn-star", "eager"), ("dn-star", "graph")])
 def test_stacked_steps_equal_separate_runs(data64, name, mode):

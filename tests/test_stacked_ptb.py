@@ -47,6 +47,7 @@ def _separate(name, seed, data):
             "eval": setup.evaluate(tr.model.eval())}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("configs,seeds", [
     (["dn-star-lstm"], [0, 1]),                                                  # K seeds of one configuration
     (["base-lstm", "ln-star-lstm", "dn-star-lstm"], [0, 1]),                     # K configs of the lstm cell
@@ -157,6 +158,7 @@ def test_per_copy_l1_terms_and_grouped_sites():
         stacked_ptb.copies_of(["base-lstm", "base-lstm"], [0])
 
 
+@pytest.mark.slow
 def test_group_writes_one_ordinary_record_per_copy_and_resumes(tmp_path, data, capsys):
     """Each copy: its own folder and record (its configuration's name, paper number and seed), the curves of its
     separate run (float32: to rounding); stopped by a time budget then resumed by the folder alone, the histories

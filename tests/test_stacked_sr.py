@@ -108,6 +108,7 @@ def test_pack_unpack_and_l1_terms():
         StackedSRCNN([get_config("smoke").build_model("bn"), get_config("smoke").build_model("none")])
 
 
+@pytest.mark.slow
 @needs_data
 def test_stacked_run_writes_one_record_per_seed(tmp_path):
     results = stacked_sr.run(RECIPE, "smoke-dn*", [0, 1], steps=4, device="cpu", out=tmp_path,

@@ -170,6 +170,7 @@ def test_results_json_never_holds_a_bare_nan(tmp_path):
     assert not (tmp_path / "r.json").exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_path, capsys):
     from dnlib.experiments.cifar import main
@@ -186,6 +187,7 @@ def test_cifar_cli_diverged_run_exits_1_with_one_line_and_a_valid_record(tmp_pat
     _strict_json(out / "history.json")
 
 
+@pytest.mark.slow
 @needs_sr
 def test_sr_diverged_run_raises(tmp_path):
     from dnlib.experiments import sr

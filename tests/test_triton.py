@@ -60,6 +60,7 @@ def _inputs(shape, dtype, seed=0):
     return x, gy, sigma
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_values_and_all_gradients_float64(name):
     """y, the L1 sum, and the gradients of x and a learned sigma through both equal the general path (1e-12)."""
@@ -73,6 +74,7 @@ def test_values_and_all_gradients_float64(name):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, w=what: f"{name} {w}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dn3-valid", "chwin-even-reference"])
 def test_float32_and_bfloat16_against_general_float64(name):
     """float32 in and out (tolerance of float32 accumulation) and bfloat16 in and out (one bfloat16 rounding of
@@ -116,6 +118,7 @@ def test_gradcheck_tiny():
                                     fast_mode=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw", [
     # the CIFAR DN* first layer (reference border, eps 0, the L1 term) with a learned sigma and an affine
     ("dn", dict(window=5, sigma=0.5, eps=0.0, alpha=0.005, border="reference", learn_sigma=True, affine=True)),

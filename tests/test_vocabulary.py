@@ -35,6 +35,7 @@ def _schedule(name, steps=None, **fields):
     return planned, [(k, tr.lr_factor(k)) for k in range(1, planned) if tr.lr_factor(k) != tr.lr_factor(k - 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar", "ptb", "sr"])
 def test_steps_shortens_the_schedule_in_every_experiment(name):
     """``steps=N`` trains N steps of the whole schedule, its learning-rate decay at the same fractions of the run
@@ -50,6 +51,7 @@ def test_steps_shortens_the_schedule_in_every_experiment(name):
         assert abs(k / n - kk / full) <= 1.5 / n, f"{name}: decay at step {k}/{n}, the full run's at {kk}/{full}"
 
 
+@pytest.mark.slow
 def test_a_scaled_ptb_schedule_is_part_of_the_runs_identity():
     """A PTB run of a scaled schedule keeps steps and epochs in the identity its checkpoint must match (another
     length is another learning-rate schedule); a schedule of whole epochs still extends with more epochs."""
@@ -100,6 +102,7 @@ def _chunk(name, **options):
     return int(setup.chunk or setup.train.eval_every or setup.train.steps), setup
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar", "ptb", "sr"])
 def test_eval_every_is_a_build_option_in_every_experiment(name):
     """``eval_every`` is a build option (``--eval-every``: an option flag; ``run(..., eval_every=N)``) of every

@@ -46,6 +46,7 @@ def test_global_field_at_sigma_zero_has_unit_mean_square(ex, preset, dims):
     torch.testing.assert_close(per_field, torch.ones_like(per_field), atol=2e-3, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["bn", "ln", "dn"])
 def test_larger_sigma_shrinks_towards_centred_input_over_sigma(ex, preset):
     v = ex.z - _field_means(ex.z)[preset]
@@ -63,6 +64,7 @@ def test_larger_sigma_shrinks_towards_centred_input_over_sigma(ex, preset):
     assert ((ex.y * 50 - v).norm() / v.norm()).item() < 1e-3 and far["linearity"] > 0.999
 
 
+@pytest.mark.slow
 def test_sparsity_does_not_depend_on_sigma(ex):
     rows = ex.sweep("sigma", [0.0, 0.5, 2.0])
     assert len({r["sparsity"] for r in rows}) == 1  # division keeps signs; only the summation field matters
@@ -70,6 +72,7 @@ def test_sparsity_does_not_depend_on_sigma(ex):
     assert ex.result["sigma"] == 0.0 and ex.controls["sigma"].value == 0.0  # the sweep left the explorer as it was
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["bn", "ln", "dn"])
 def test_alpha_reports_the_l1_penalty(ex, preset):
     alpha = 0.01
@@ -85,6 +88,7 @@ def test_baseline_penalty_is_on_raw_activations(ex):
     assert r["l1_penalty"] == pytest.approx(0.01 * ex.z.abs().mean().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_preset_brings_its_windows_and_window_controls_apply(ex):
     ex.set(preset="lrn")
     assert ex.values["channel_window"] == 5 and ex.values["window_field"] == "sup" and ex.values["space_window"] == 0
@@ -175,6 +179,7 @@ def test_first_conv_random_and_from_checkpoint(tmp_path):
     assert torch.equal(loaded.weight.data, w) and torch.equal(loaded.bias.data, b)
 
 
+@pytest.mark.slow
 def test_picking_a_preset_shows_its_own_sigma(ex):
     """bn and bn-s (ln/ln-s, dn/dn-s) differ only in sigma: picking one must not keep the other's sigma."""
     ex.controls["preset"].value = "bn"  # as a user picking from the dropdown
@@ -191,6 +196,7 @@ def test_picking_a_preset_shows_its_own_sigma(ex):
     assert ex.set(preset="bn-s", sigma=0.25)["sigma"] == 0.25  # an explicit sigma still wins
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["bn-ms", "ln-ms", "dn-ms", "none"])
 def test_sigma_is_disabled_where_it_has_no_effect(ex, preset):
     ex.controls["preset"].value = preset

@@ -64,6 +64,7 @@ def _pair(spec, c):
     return ours, ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec,shape,channels_last", CASES)
 def test_compiled_path_equals_general_path(spec, shape, channels_last, everything_large, monkeypatch):
     calls = []
