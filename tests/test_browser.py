@@ -4,7 +4,8 @@ changes, with no widget error on the page (the widgets work in a real front end,
 * 02, the activation explorer: move the σ slider; a displayed statistic changes; with ``bn`` picked, the live
   figure sits right under the controls and no readout runs into a label (one JupyterLab run for both checks).
 * 05, super-resolution: move the crop explorer's "top" slider; its figure (an image in the widget's output) changes.
-* 01 and 02 in a git checkout with the clean filter: Run All, save with Ctrl+S; ``git status`` stays clean.
+* 01 and 02 in a git checkout with the clean filter: Run All, save with Ctrl+S; ``git status`` stays clean (02's
+  save ends its σ-slider test: each notebook runs once in JupyterLab).
   The copy runs with smaller parameters than the smoke profile (fewer steps, two models), injected after its
   ``parameters`` cell as papermill does: this test is about the front end, not the training.
 
@@ -252,9 +253,14 @@ def _wait_for_change(page, read, before, seconds: float = 60):
     return read()
 
 
-@pytest.mark.parametrize("lab", ["02_activation_explorer.ipynb"], indirect=True)
-def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_the_controls(lab):
-    with _lab_page(lab, "02_activation_explorer") as page:
+@pytest.mark.parametrize("lab_checkout", ["02_activation_explorer.ipynb"], indirect=True)
+def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_the_controls(lab_checkout):
+    """02 in a git checkout with the clean filter: move σ, pick presets, check the layout, then save with Ctrl+S:
+    ``git status`` stays clean (the save check of test_run_and_save_in_jupyterlab_leaves_git_status_clean, done in
+    this JupyterLab run: 02 is executed once here, issue 24 item 6)."""
+    url, repo, path = lab_checkout
+    committed = path.read_text(encoding="utf-8")
+    with _lab_page(url, "02_activation_explorer") as page:
         stat = page.locator(".dnlib-stats .dnlib-stat-linearity").first
         stat.wait_for(state="attached", timeout=120_000)
         _wait_idle(page)
@@ -281,6 +287,8 @@ def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_th
         preset.locator("select").select_option("bn-ms")
         page.wait_for_function("() => !!document.querySelector('.widget-slider .noUi-target[disabled]')")
         assert not _widget_errors(page)
+        _save(page, path, committed)
+    _assert_saved_and_clean(repo, path, committed)
 
 
 @pytest.mark.parametrize("lab", ["05_super_resolution.ipynb"], indirect=True)
@@ -339,26 +347,34 @@ def _outputs(path: Path) -> int:
     return sum(bool(c.get("outputs")) for c in cells if c["cell_type"] == "code")
 
 
-@pytest.mark.parametrize("lab_checkout", ["01_unified_view.ipynb", "02_activation_explorer.ipynb"], indirect=True)
-def test_run_and_save_in_jupyterlab_leaves_git_status_clean(lab_checkout):
-    """Issue 23 item 5: open a notebook in JupyterLab, Run All, save with Ctrl+S: the file on disk now holds
-    outputs, counts, the kernel's language_info and display_name and (02) the widget state, and ``git status``
-    through the clean filter shows nothing (before: `` M notebooks/01_unified_view.ipynb``, the kept cells'
-    counts 8 and 10 saved as 9 and 11)."""
-    url, repo, path = lab_checkout
-    committed = path.read_text(encoding="utf-8")
-    stem = path.stem
-    with _lab_page(url, f"{stem}-save") as page:
-        _wait_for_all_cells(page, committed)
-        page.locator(".jp-NotebookPanel .jp-Cell").first.click()
-        page.keyboard.press("Control+s")
-        deadline = time.time() + 60
-        while _outputs(path) < 3 and time.time() < deadline:
-            page.wait_for_timeout(250)
-        assert not _widget_errors(page)
+def _save(page, path: Path, committed: str) -> None:
+    """Wait for every cell of the notebook to have run, save with Ctrl+S, wait until the file holds outputs."""
+    _wait_for_all_cells(page, committed)
+    page.locator(".jp-NotebookPanel .jp-Cell").first.click()
+    page.keyboard.press("Control+s")
+    deadline = time.time() + 60
+    while _outputs(path) < 3 and time.time() < deadline:
+        page.wait_for_timeout(250)
+    assert not _widget_errors(page)
+
+
+def _assert_saved_and_clean(repo: Path, path: Path, committed: str) -> None:
     saved = path.read_text(encoding="utf-8")
     assert _outputs(path) >= 3 and saved != committed, "JupyterLab did not save the run"
     assert _git(repo, "status", "--porcelain") == "", _git(repo, "diff", "--no-textconv")
+
+
+@pytest.mark.parametrize("lab_checkout", ["01_unified_view.ipynb"], indirect=True)
+def test_run_and_save_in_jupyterlab_leaves_git_status_clean(lab_checkout):
+    """Issue 23 item 5: open a notebook in JupyterLab, Run All, save with Ctrl+S: the file on disk now holds
+    outputs, counts, the kernel's language_info and display_name, and ``git status`` through the clean filter shows
+    nothing (before: `` M notebooks/01_unified_view.ipynb``, the kept cells' counts 8 and 10 saved as 9 and 11).
+    02 (with its widget state) is saved the same way at the end of the σ-slider test, in its one JupyterLab run."""
+    url, repo, path = lab_checkout
+    committed = path.read_text(encoding="utf-8")
+    with _lab_page(url, f"{path.stem}-save") as page:
+        _save(page, path, committed)
+    _assert_saved_and_clean(repo, path, committed)
 
 
 def _wait_for_all_cells(page, text: str, timeout_s: float = 300) -> None:
