@@ -101,7 +101,8 @@ def main(argv=None) -> int:
             p.terminate()
     load = os.getloadavg()[0]
     print(f"\n{args.notebook}, {args.n} tries, {args.busy} busy loops, load {load:.1f}: ok {counts['ok']}, "
-          f"failed {counts['failed']} (ok after a retry: {retried}); kernels started {started}, shut down {shutdown} (the server's own shutdown included)")
+          f"failed {counts['failed']} (ok after a retry: {retried}); kernels started {started}, shut down {shutdown} "
+          f"(the server's own shutdown included)")
     return 1 if counts["failed"] else 0
 
 

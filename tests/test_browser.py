@@ -295,7 +295,8 @@ def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_th
 def test_crop_explorer_slider_redraws_the_crops(lab):
     with _lab_page(lab, "05_super_resolution") as page:
         image = page.locator(".widget-interact .widget-output img").first
-        image.wait_for(state="attached", timeout=600_000)  # Run All trains 4 SRCNNs first: minutes beside an xdist worker
+        # Run All trains 4 SRCNNs first: minutes beside an xdist worker
+        image.wait_for(state="attached", timeout=600_000)
         _wait_idle(page)
         before = image.get_attribute("src")
         slider = _slider(page, "top")
