@@ -1,14 +1,18 @@
 """Benchmark on this machine: normalization layers, normalized LSTM cells and whole PTB training steps.
 
-    python -m dnlib.bench [--quick] [--sections layers,cells,ptb,hidden] [--out results/bench_cpu.txt]
+    python -m dnlib.bench [--quick] [--sections layers,train,cells,ptb,hidden] [--out results/bench_cpu.txt]
                           [--figure results/figures/bench_rnn_hidden.png] [--threads N]
-                          [--device cpu|cuda|all] [--repeat 20] [--shapes cifar,seq] [--json out.json]
+                          [--device cpu|cuda|all] [--repeat 20] [--groups dn2d,dn1d,presets] [--json out.json]
 
 Every figure is a ratio to a baseline measured in the same run, candidates interleaved round-robin so that machine
 load hits all alike, with the machine's load average printed before and after each section:
 
-- layers: forward + backward of every preset, general and fused paths, against torch's own layer (medians of
-  ``--repeat``; ``DN`` against ``nn.BatchNorm2d``, the layer it replaces);
+- layers: :func:`dnlib.norms.bench_layers.layers` (the groups of ``--groups``): windowed DN 3x3/5x5 at the CIFAR
+  shapes against ``nn.BatchNorm2d`` (the layer it replaces), 1-D DN at the sequence shape against
+  ``nn.BatchNorm1d``, and every preset torch has, its default (``auto``), general and native paths, against torch's
+  own layer; forward + backward, medians of ``--repeat``;
+- train: whole CIFAR training steps of BN*, DN* and the baseline CNN (cross-entropy + L1, SGD, batch 100), images/s
+  and the ratio to BN*'s (:func:`dnlib.norms.bench_layers.train_step_ratio`);
 - cells: recurrent stacks (the PTB shape, 2 layers x 200 units, batch 20 x 20 steps; fastrnns' defaults, 1 layer
   x 512, batch 64 x 100 steps) of ``nn.LSTM``, two fastrnns-style peers (:mod:`dnlib.analysis.rnn_bench`) and our
   cells, forward and backward timed separately (median, mean +- std), tokens/s as a ratio to ``nn.LSTM``;
@@ -22,8 +26,6 @@ test passes.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -32,84 +34,50 @@ from . import cli
 from .analysis import rnn_bench as rb
 from .experiments.ptb_configs import get_config
 from .io import atomic_write, atomic_write_json, atomic_write_text
-from .norms.presets import make_norm
+from .norms import bench_layers as bl
 
-SHAPES = {"cifar": (128, 32, 32, 32), "seq": (64, 256, 100), "tiny": (4, 8, 6, 6), "tiny-seq": (4, 16, 10)}
-SECTIONS = ("layers", "cells", "ptb", "hidden")
+SECTIONS = ("layers", "train", "cells", "ptb", "hidden")
 #: our cells in the cell tables: PTB configurations (their model kwargs at the table's size)
 CELL_CONFIGS = {"LN* (ln-star-lstm)": "ln-star-lstm", "DN* (dn-star-lstm)": "dn-star-lstm",
                 "base-lstm (our cell, no norm)": "base-lstm", "LN (Ba et al., ln-lstm)": "ln-lstm",
                 "BN (Cooijmans, bn-lstm)": "bn-lstm"}
 
 
-def _natives(shape):
-    C, rank = shape[1], len(shape)
-    bn = nn.BatchNorm2d(C) if rank == 4 else nn.BatchNorm1d(C)
-    inorm = nn.InstanceNorm2d(C, affine=True) if rank == 4 else nn.InstanceNorm1d(C, affine=True)
-    return {
-        "bn": (dict(), bn),
-        "ln": (dict(), nn.LayerNorm(shape[1:])),
-        "in": (dict(affine=True), inorm),
-        "gn": (dict(groups=8), nn.GroupNorm(8, C)),
-        "rms": (dict(), nn.RMSNorm(shape[1:], eps=1e-5)),
-        "lrn": (dict(), nn.LocalResponseNorm(5)),
-        "dn": (dict(window=3, sigma=0.5), bn),
-        "dn5": (dict(window=5, sigma=0.5), bn),
-    }
-
-
-def _step(layer, x, gy):
-    y = layer(x)
-    y.backward(gy)
-
-
-def _time_all(cands: dict, x, gy, repeat: int, device: torch.device) -> dict:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for layer in cands.values():  # warm-up
-        for _ in range(3):
-            _step(layer, x, gy)
-    times = {k: [] for k in cands}
-    for _ in range(repeat):
-        for k, layer in cands.items():
-            x.grad = None
-            sync()
-            t0 = time.perf_counter()
-            _step(layer, x, gy)
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def run(devices, repeat: int = 20, shapes=("cifar", "seq"), verbose: bool = True, say=print) -> list:
-    if not repeat >= 1:
-        raise ValueError(f"repeat: must be an integer >= 1, got {repeat!r}")
+def layers_section(say, quick: bool, devices, groups, repeat: int) -> list:
+    """:func:`dnlib.norms.bench_layers.layers` on each device (the one layer benchmark of the project)."""
+    say(f"layers: forward + backward, median of {repeat} interleaved rounds, time as a ratio to torch's own layer "
+        f"(auto: DivisiveNorm's default path; general: the hand-written Functions; native_path: torch's kernel "
+        f"called by DivisiveNorm)")
+    say("  " + rb.load_line())
     rows = []
     for dev in devices:
-        device = torch.device(dev)
-        for sname in shapes:
-            shape = SHAPES[sname]
-            x = torch.randn(shape, device=device, requires_grad=True)
-            gy = torch.randn(shape, device=device)
-            for name, (kw, native) in _natives(shape).items():
-                preset = "dn" if name.startswith("dn") else name
-                if preset == "dn" and len(shape) != 4:
-                    preset, kw = "dn-1d", dict(window=kw["window"], sigma=0.5)
-                cands = {"native": native.to(device)}
-                for impl in ("auto", "general"):  # the fused path right after native: same memory state
-                    m = make_norm(preset, shape[1], impl=impl, **kw).to(device)
-                    if impl == "auto" and m.fused is None:
-                        continue
-                    cands[impl] = m
-                t = _time_all(cands, x, gy, repeat, device)
-                row = {"device": dev, "shape": sname, "preset": name, "native_ms": t["native"] * 1e3,
-                       "general_ms": t["general"] * 1e3, "general_ratio": t["general"] / t["native"]}
-                if "auto" in t:
-                    row.update(fused_ms=t["auto"] * 1e3, fused_ratio=t["auto"] / t["native"])
-                rows.append(row)
-                if verbose:
-                    fused = f"fused {row['fused_ms']:8.2f} ms ({row['fused_ratio']:.2f}x)" if "auto" in t else ""
-                    say(f"{dev:5s} {sname:5s} {name:4s} native {row['native_ms']:8.2f} ms | general "
-                        f"{row['general_ms']:8.2f} ms ({row['general_ratio']:.2f}x) | {fused}")
+        rows += bl.layers(groups, repeat, size="tiny" if quick else "full", device=dev, say=say)
+    say("  " + rb.load_line())
+    return rows
+
+
+def train_section(say, quick: bool, devices, repeat: int) -> list:
+    """Whole CIFAR training steps (the paper's CNN: forward, cross-entropy + L1 penalty, backward, SGD) of BN*, DN*
+    and the baseline, by :func:`dnlib.norms.bench_layers.train_step_ratio`: images/s and the ratio to BN*'s."""
+    from .experiments.cifar_configs import get_config
+    from .norms.sparse import sparse_penalty
+
+    def loss(model, x, y):
+        return nn.functional.cross_entropy(model(x), y) + sparse_penalty(model)
+    batch = 2 if quick else 100
+    steps = 1 if quick else max(5, repeat // 2)
+    rows = []
+    for dev in devices:
+        say(f"train: CIFAR CNN training step on {dev} (batch {batch} x 3 x 32 x 32, cross-entropy + L1, SGD), "
+            f"median of {steps} interleaved rounds, images/s and the ratio to BN*'s")
+        say("  " + rb.load_line())
+        torch.manual_seed(0)
+        models = {name: get_config(name).build_model().to(dev) for name in ("bn-star", "dn-star", "base")}
+        x = torch.randn(batch, 3, 32, 32, device=dev)
+        y = torch.randint(0, 10, (batch,), device=dev)
+        out = bl.train_step_ratio(models, (x, y), loss, steps=steps, warmup=1 if quick else 3, say=say)
+        rows += [{"device": dev, "model": k, "images_per_s": ips, "ratio_to_bn_star": r} for k, (ips, r) in out.items()]
+        say("  " + rb.load_line())
     return rows
 
 
@@ -190,7 +158,8 @@ def _parser() -> cli.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--repeat", type=cli.positive_int, default=20, help="timed passes per candidate (median)")
-    ap.add_argument("--shapes", default="cifar,seq", help=f"comma-separated, from {', '.join(SHAPES)}")
+    ap.add_argument("--groups", default=",".join(bl.GROUPS),
+                    help=f"layer groups (section layers), comma-separated, from {', '.join(bl.GROUPS)}")
     ap.add_argument("--json", type=cli.out_file, default=None, help="also write the rows to this JSON file")
     ap.add_argument("--threads", type=cli.positive_int, default=None,
                     help="torch's intra-op threads for the whole run (default: torch's own choice)")
@@ -203,7 +172,7 @@ def _parser() -> cli.ArgumentParser:
 
 
 def _check_args(ap: cli.ArgumentParser, a: argparse.Namespace) -> tuple[list, list, list]:
-    """The sections, devices and shapes that ``a`` asks for; a bad one ends the command (``ap.error``: exit 2)."""
+    """The sections, devices and layer groups that ``a`` asks for; a bad one ends the command (``ap.error``: exit 2)."""
     sections = [s for s in a.sections.split(",") if s]
     for s in sections:
         if s not in SECTIONS:
@@ -215,19 +184,19 @@ def _check_args(ap: cli.ArgumentParser, a: argparse.Namespace) -> tuple[list, li
         if a.device == "cuda":
             ap.error("--device cuda: CUDA is not available here")
         devices.remove("cuda")
-    shapes = [s for s in a.shapes.split(",") if s]
-    if not shapes:
-        ap.error(f"--shapes: {a.shapes!r} names no shape; known are {', '.join(SHAPES)}")
-    for s in shapes:
-        if s not in SHAPES:
-            ap.error(f"--shapes: unknown shape {s!r}; known are {', '.join(SHAPES)}")
-    return sections, devices, shapes
+    groups = [g for g in a.groups.split(",") if g]
+    if not groups:
+        ap.error(f"--groups: {a.groups!r} names no group; known are {', '.join(bl.GROUPS)}")
+    for g in groups:
+        if g not in bl.GROUPS:
+            ap.error(f"--groups: unknown group {g!r}; known are {', '.join(bl.GROUPS)}")
+    return sections, devices, groups
 
 
 def main(argv=None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
-    sections, devices, shapes = _check_args(ap, a)
+    sections, devices, groups = _check_args(ap, a)
     if a.threads:
         torch.set_num_threads(a.threads)
     lines = []
@@ -241,7 +210,9 @@ def main(argv=None) -> int:
     say(rb.load_line())
     out = {}
     if "layers" in sections:
-        out["layers"] = run(devices, 1 if a.quick else a.repeat, ["tiny", "tiny-seq"] if a.quick else shapes, say=say)
+        out["layers"] = layers_section(say, a.quick, devices, groups, 1 if a.quick else a.repeat)
+    if "train" in sections:
+        out["train"] = train_section(say, a.quick, devices, a.repeat)
     torch.manual_seed(0)
     if "cells" in sections:
         out["cells"] = cells_section(say, a.quick)

@@ -15,14 +15,20 @@ RATIO = r"\d+\.\d\dx"
 def test_quick_bench_writes_every_section_with_ratios_and_load_averages(tmp_path, capsys):
     out, fig = tmp_path / "bench.txt", tmp_path / "hidden.png"
     assert bench.main(["--quick", "--device", "cpu", "--out", str(out), "--figure", str(fig),
-                       "--sections", "layers,cells,ptb,hidden"]) == 0
+                       "--sections", "layers,train,cells,ptb,hidden"]) == 0
     text = out.read_text()
     assert text == capsys.readouterr().out            # the report is what was printed
     lines = text.splitlines()
     assert lines[0].startswith("torch ") and lines[0].endswith("--quick")
-    assert sum(line.strip().startswith("load average ") for line in lines) >= 8   # before and after each section
+    assert sum(line.strip().startswith("load average ") for line in lines) >= 10  # before and after each section
     layer_rows = [line for line in lines if line.startswith("cpu ")]
-    assert len(layer_rows) == 16 and all(re.search(rf"general .* \({RATIO}\)", r) for r in layer_rows)
+    # the rows of dnlib.norms.bench_layers.layers (the one layer benchmark): dn2d 3x3/5x5, dn1d 3/5, six presets at
+    # two shapes; auto and general on every row, native_path where the preset has a fused kernel
+    assert [r.split()[1] for r in layer_rows] == ["dn2d"] * 2 + ["dn1d"] * 2 + ["presets"] * 12
+    assert all(re.search(rf"auto .* \({RATIO}\) \| general .* \({RATIO}\)", r) and "load " in r for r in layer_rows)
+    train = [line for line in lines if line.startswith("train step, batch (2, 3, 32, 32)")]
+    assert len(train) == 1 and all(f"{m} " in train[0] for m in ("bn-star", "dn-star", "base"))
+    assert re.search(rf"bn-star +[\d.]+ img/s \(1\.00x\) \| dn-star +[\d.]+ img/s \({RATIO}\)", train[0])
     rows = [line.strip() for line in lines if "tokens/s (fwd" in line]
     cells = {name: [r for r in rows if r.startswith(name + " ")]
              for name in ("nn.LSTM", "peer: TorchScript LN-LSTM", "peer: lower bound", *bench.CELL_CONFIGS)}
@@ -40,10 +46,10 @@ def test_quick_bench_writes_every_section_with_ratios_and_load_averages(tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sections", "layers,gpu"], "--sections: unknown section 'gpu'; known are layers, cells, ptb, hidden"),
-    (["--sections", ","], "--sections: ',' names no section; known are layers, cells, ptb, hidden"),
-    (["--shapes", ","], "--shapes: ',' names no shape; known are cifar, seq, tiny, tiny-seq"),
-    (["--shapes", "cifar,huge"], "--shapes: unknown shape 'huge'; known are cifar, seq, tiny, tiny-seq"),
+    (["--sections", "layers,gpu"], "--sections: unknown section 'gpu'; known are layers, train, cells, ptb, hidden"),
+    (["--sections", ","], "--sections: ',' names no section; known are layers, train, cells, ptb, hidden"),
+    (["--groups", ","], "--groups: ',' names no group; known are dn2d, dn1d, presets"),
+    (["--groups", "dn2d,dn3d"], "--groups: unknown group 'dn3d'; known are dn2d, dn1d, presets"),
     pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
 ])

@@ -19,6 +19,7 @@ import torch
 from dnlib import bench
 from dnlib.experiments import bench as benches
 from dnlib.experiments import cifar, engines, ptb, records, runner, sr
+from dnlib.norms import bench_layers
 from dnlib.notebook import suite
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
@@ -27,7 +28,7 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "bench"), (cifar, "check_graph"), (runner.Run, "go"),
         (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
-        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "run"), (bench, "cells_section"),
+        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "layers_section"), (bench, "train_section"), (bench, "cells_section"),
         (bench, "ptb_section"), (bench, "hidden_section"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
@@ -156,8 +157,8 @@ PROBES = [
     # ------------------------------------------------------------------------------------------- bench
     ("bench", ["--repeat", "0"], "--repeat"),                                # StatisticsError
     ("bench", ["--repeat", "-3"], "--repeat"),
-    ("bench", ["--shapes", "foo"], "foo"),
-    ("bench", ["--shapes", ","], "--shapes"),
+    ("bench", ["--groups", "foo"], "foo"),
+    ("bench", ["--groups", ","], "--groups"),
     ("bench", ["--json", "{T}/file/b.json"], "--json"),                      # crashed after the benchmark
     pytest.param("bench", ["--device", "cuda"], "cuda", marks=no_cuda),
     ("bench", ["--sections", "cells,nosuch"], "nosuch"),
@@ -303,7 +304,8 @@ def test_atomic_writes_fsync_before_replace(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------ the library behind the commands
 @pytest.mark.parametrize("call,name", [
-    (lambda: bench.run(["cpu"], repeat=0, verbose=False), "repeat"),
+    (lambda: bench_layers.layers(repeat=0, verbose=False), "repeat"),
+    (lambda: bench_layers.layers(size="huge", verbose=False), "size"),
     (lambda: cifar.bench("bn", None, steps=0), "steps"),
     (lambda: cifar.check_graph("bn", None, steps=0), "steps"),
     (lambda: ptb.bench("base-lstm", steps=0), "steps"),

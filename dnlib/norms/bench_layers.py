@@ -15,7 +15,8 @@ load average (``os.getloadavg()``) is printed before and after each row. Groups:
 ``--table`` prints :data:`dnlib.norms.windowed.AUTO` as measured now (the faster of the native kernel and the
 general path per preset; the compiled path for windowed DN where it beats the general one), with the figures
 it came from, to paste into ``windowed.py``. :func:`layers` and :func:`train_step_ratio` are what ``dnlib.bench``
-calls. This is a command, not a test: timing never decides whether a test passes.
+(``make bench``) calls for its "layers" and "train" sections: one implementation of each measurement. This is a
+command, not a test: timing never decides whether a test passes.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ from . import windowed
 from .presets import make_norm
 
 CIFAR, SEQ = (128, 32, 32, 32), (64, 256, 100)
+GROUPS = ("dn2d", "dn1d", "presets")
+#: the shapes of each group: the benchmark's ("full") and tiny ones that check the command's format in seconds
+SIZES = {"full": {"dn2d": [(100, 32, 32, 32), (100, 64, 32, 32)], "dn1d": SEQ, "presets": [CIFAR, SEQ]},
+         "tiny": {"dn2d": [(4, 8, 6, 6)], "dn1d": (4, 16, 10), "presets": [(4, 8, 6, 6), (4, 16, 10)]}}
 
 
 def load() -> float:
@@ -39,9 +44,15 @@ def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
+def _sync(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def round_robin(cands: dict, x: torch.Tensor, gy: torch.Tensor, repeat: int = 20, warmup: int = 3) -> dict:
     """Median seconds of ``layer(x).backward(gy)`` per candidate, timed interleaved round-robin after ``warmup``
-    calls each (the first call of a compiled layer compiles: it is part of the warm-up)."""
+    calls each (the first call of a compiled layer compiles: it is part of the warm-up); on CUDA each pass is
+    synchronized before and after."""
+    sync = _sync(x.device)
     for layer in cands.values():
         for _ in range(warmup):
             x.grad = None
@@ -50,27 +61,35 @@ def round_robin(cands: dict, x: torch.Tensor, gy: torch.Tensor, repeat: int = 20
     for _ in range(repeat):
         for k, layer in cands.items():
             x.grad = None
+            sync()
             t0 = time.perf_counter()
             layer(x).backward(gy)
+            sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _row(group: str, name: str, shape: tuple, cands: dict, repeat: int, verbose: bool) -> dict:
+def _row(group: str, name: str, shape: tuple, cands: dict, repeat: int, verbose: bool, device: torch.device,
+         say) -> dict:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=g).requires_grad_()
-    gy = torch.randn(shape, generator=g)
+    x = torch.randn(shape, generator=g).to(device).requires_grad_()
+    gy = torch.randn(shape, generator=g).to(device)
+    cands = {k: m.to(device) for k, m in cands.items()}
     before = load()
     t = round_robin(cands, x, gy, repeat)
-    row = {"group": group, "name": name, "shape": list(shape), "load_before": before, "load_after": load(),
-           "threads": torch.get_num_threads(), "native_ms": t["native"] * 1e3,
+    row = {"group": group, "name": name, "shape": list(shape), "device": device.type, "load_before": before,
+           "load_after": load(), "threads": torch.get_num_threads(), "native_ms": t["native"] * 1e3,
            **{f"{k}_ms": v * 1e3 for k, v in t.items() if k != "native"},
            **{f"{k}_ratio": v / t["native"] for k, v in t.items() if k != "native"}}
     if verbose:
         parts = " | ".join(f"{k} {v * 1e3:8.2f} ms ({v / t['native']:.2f}x)" for k, v in t.items() if k != "native")
-        print(f"{group:7s} {name:5s} {'x'.join(map(str, shape)):14s} native {t['native'] * 1e3:8.2f} ms | {parts}"
-              f"   load {before:.2f} -> {row['load_after']:.2f}", flush=True)
+        say(f"{device.type:4s} {group:7s} {name:5s} {'x'.join(map(str, shape)):14s} native {t['native'] * 1e3:8.2f} ms"
+            f" | {parts}   load {before:.2f} -> {row['load_after']:.2f}")
     return row
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _natives(shape: tuple) -> dict:
@@ -85,41 +104,46 @@ def _natives(shape: tuple) -> dict:
     }
 
 
-def layers(groups=("dn2d", "dn1d", "presets"), repeat: int = 20, verbose: bool = True) -> list:
+def layers(groups=GROUPS, repeat: int = 20, verbose: bool = True, *, size: str = "full", device="cpu",
+           say=_say) -> list:
     """The rows of the groups named (see the module doc): dicts with the shape, each candidate's ms and ratio to
-    torch's layer (``auto_ratio``, ``general_ratio``, ``native_path_ratio``), the thread count and the load
-    average before and after the row."""
+    torch's layer (``auto_ratio``, ``general_ratio``, ``native_path_ratio``), the device, the thread count and the
+    load average before and after the row. ``size="tiny"``: the shapes of :data:`SIZES` that check the format in
+    seconds (their numbers mean nothing); ``say`` receives each printed line (``verbose``)."""
     if not (isinstance(repeat, int) and repeat >= 1):
         raise ValueError(f"repeat: must be an integer >= 1, got {repeat!r}")
-    bad = sorted(set(groups) - {"dn2d", "dn1d", "presets"})
+    bad = sorted(set(groups) - set(GROUPS))
     if bad:
-        raise ValueError(f"groups: unknown group {bad[0]!r}; known are dn2d, dn1d, presets")
-    rows = []
+        raise ValueError(f"groups: unknown group {bad[0]!r}; known are {', '.join(GROUPS)}")
+    if size not in SIZES:
+        raise ValueError(f"size: must be one of {', '.join(SIZES)}, got {size!r}")
+    device, shapes, rows = torch.device(device), SIZES[size], []
     if "dn2d" in groups:
-        for c in (32, 64):
+        for shape in shapes["dn2d"]:
+            c = shape[1]
             for k in (3, 5):
-                shape = (100, c, 32, 32)
                 cands = {"native": nn.BatchNorm2d(c), "auto": make_norm("dn", c, window=k, sigma=0.5),
                          "general": make_norm("dn", c, window=k, sigma=0.5, impl="general")}
-                rows.append(_row("dn2d", f"dn{k}", shape, cands, repeat, verbose))
+                rows.append(_row("dn2d", f"dn{k}", shape, cands, repeat, verbose, device, say))
     if "dn1d" in groups:
+        shape = shapes["dn1d"]
         for k in (3, 5):
-            cands = {"native": nn.BatchNorm1d(SEQ[1]), "auto": make_norm("dn-1d", SEQ[1], window=k, sigma=0.5),
-                     "general": make_norm("dn-1d", SEQ[1], window=k, sigma=0.5, impl="general")}
-            rows.append(_row("dn1d", f"dn{k}", SEQ, cands, repeat, verbose))
+            cands = {"native": nn.BatchNorm1d(shape[1]), "auto": make_norm("dn-1d", shape[1], window=k, sigma=0.5),
+                     "general": make_norm("dn-1d", shape[1], window=k, sigma=0.5, impl="general")}
+            rows.append(_row("dn1d", f"dn{k}", shape, cands, repeat, verbose, device, say))
     if "presets" in groups:
-        for shape in (CIFAR, SEQ):
+        for shape in shapes["presets"]:
             for name, (kw, native) in _natives(shape).items():
                 cands = {"native": native, "auto": make_norm(name, shape[1], **kw),
                          "general": make_norm(name, shape[1], impl="general", **kw)}
                 if cands["auto"].fused is not None:
                     cands["native_path"] = make_norm(name, shape[1], impl="fused", **kw)
-                rows.append(_row("presets", name, shape, cands, repeat, verbose))
+                rows.append(_row("presets", name, shape, cands, repeat, verbose, device, say))
     return rows
 
 
 def train_step_ratio(models: dict, batch: tuple, loss_fn, steps: int = 20, warmup: int = 3, lr: float = 1e-3,
-                     verbose: bool = True) -> dict:
+                     verbose: bool = True, say=_say) -> dict:
     """Images (examples) per second of one SGD training step (forward, loss, backward, update) of each model,
     interleaved round-robin over ``steps`` rounds after ``warmup``; ``models`` maps a name to a module (the first
     is the baseline), ``batch`` is ``(inputs, targets)``, ``loss_fn(model, inputs, targets)`` returns the loss (add
@@ -137,18 +161,21 @@ def train_step_ratio(models: dict, batch: tuple, loss_fn, steps: int = 20, warmu
         for _ in range(warmup):
             step(k)
     times = {k: [] for k in models}
+    sync = _sync(inputs.device)
     before = load()
     for _ in range(steps):
         for k in models:
+            sync()
             t0 = time.perf_counter()
             step(k)
+            sync()
             times[k].append(time.perf_counter() - t0)
     base = statistics.median(times[next(iter(models))])
     out = {k: (inputs.shape[0] / statistics.median(v), base / statistics.median(v)) for k, v in times.items()}
     if verbose:
-        print(f"train step, batch {tuple(inputs.shape)}, {torch.get_num_threads()} threads: "
-              + " | ".join(f"{k} {ips:8.1f} img/s ({r:.2f}x)" for k, (ips, r) in out.items())
-              + f"   load {before:.2f} -> {load():.2f}", flush=True)
+        say(f"train step, batch {tuple(inputs.shape)}, {torch.get_num_threads()} threads: "
+            + " | ".join(f"{k} {ips:8.1f} img/s ({r:.2f}x)" for k, (ips, r) in out.items())
+            + f"   load {before:.2f} -> {load():.2f}")
     return out
 
 
@@ -188,10 +215,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     groups = [g for g in a.groups.split(",") if g]
     for g in groups:
-        if g not in ("dn2d", "dn1d", "presets"):
-            ap.error(f"--groups: unknown group {g!r}; known are dn2d, dn1d, presets")
+        if g not in GROUPS:
+            ap.error(f"--groups: unknown group {g!r}; known are {', '.join(GROUPS)}")
     if a.table:
-        groups = ["dn2d", "dn1d", "presets"]
+        groups = list(GROUPS)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, load {load():.2f}", flush=True)
