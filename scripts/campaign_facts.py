@@ -89,7 +89,7 @@ def _ptb(names, k_seeds):
     from dnlib.experiments import stacked_ptb
     from dnlib.experiments.ptb import RECIPE
     from dnlib.experiments.runner import build_setup
-    opts = {"max_tokens": 20000, "final_test_batch_size": 0, "mode": "graph"}
+    opts = {"max_tokens": 20000, "final_test_batch_size": None, "mode": "graph"}
     if len(names) == 1 and k_seeds == 1:
         return build_setup(RECIPE, RECIPE.config(names[0]), 0, "cpu", opts).make_trainer(evaluate=None)
     return stacked_ptb.prepare(RECIPE, names, list(range(k_seeds)), device="cpu", options=opts,

@@ -93,6 +93,7 @@ PROBES = [
     ("ptb", ["run", "base-lstm", "--lr", "0"], "--lr"),
     ("ptb", ["run", "base-lstm", "--threads", "0"], "--threads"),
     ("ptb", ["run", "base-lstm", "--final-test-batch-size", "-1"], "--final-test-batch-size"),
+    ("ptb", ["run", "base-lstm", "--final-test-batch-size", "0"], "--final-test-batch-size"),  # was: skip (none)
     ("ptb", ["run", "base-lstm", "--eval-every", "-1"], "--eval-every"),
     ("ptb", ["run", "base-lstm", "--mode", "maybe"], "--mode"),
     ("ptb", ["run", "base-lstm", "--graph", "off"], "unrecognized arguments: --graph"),   # retired
@@ -322,7 +323,7 @@ def test_library_rejects_what_the_commands_reject(call, name):
 
 # --------------------------------------------------------------------------- progress (issue 23 item 2)
 PTB_TINY = ["run", "ln-star-lstm", "--steps", "4", "--eval-every", "2", "--max-tokens", "3000", "--vocab", "200",
-            "--hidden-size", "16", "--batch-size", "4", "--final-test-batch-size", "0", "--device", "cpu"]
+            "--hidden-size", "16", "--batch-size", "4", "--final-test-batch-size", "none", "--device", "cpu"]
 needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(), reason="no PTB in DNLIB_DATA")
 
 

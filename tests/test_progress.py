@@ -25,7 +25,7 @@ def _cifar():
 
 def _ptb():
     return ptb.run_many(["ln-star-lstm"], epochs=1, steps=4, eval_every=2, max_tokens=3000, vocab=200, hidden_size=16,
-                        batch_size=4, final_test_batch_size=0, device="cpu")
+                        batch_size=4, final_test_batch_size=None, device="cpu")
 
 
 def _sr():

@@ -318,7 +318,7 @@ def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):
     from dnlib.experiments.ptb import load_data, run, unigram_perplexity
     data = load_data(30000, 1000)
     unigram = unigram_perplexity(data[0]["train"], data[0]["valid"], data[1])
-    kw = dict(data=data, epochs=2, device="cpu", final_test_batch_size=0, hidden_size=64, lr=1.0, decay_after=1,
+    kw = dict(data=data, epochs=2, device="cpu", final_test_batch_size=None, hidden_size=64, lr=1.0, decay_after=1,
               batch_size=4)
     res = run("base-lstm", **kw)
     evals = [r for r in res.history if "valid_ppl" in r]
@@ -394,7 +394,7 @@ def test_graph_step_body_equals_eager_trainer_on_cpu():
 def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_path):
     """Stopped mid-epoch by the graph step (body run eagerly on CPU), resumed eagerly: the uninterrupted eager run."""
     from dnlib.experiments.ptb import load_data, run
-    kw = dict(data=load_data(3000, 200), epochs=1, device="cpu", final_test_batch_size=0, hidden_size=16,
+    kw = dict(data=load_data(3000, 200), epochs=1, device="cpu", final_test_batch_size=None, hidden_size=16,
               batch_size=4, eval_every=5)
     full = run("dn-star-lstm", mode="eager", **kw)
     part = run("dn-star-lstm", mode="graph", resume=tmp_path, stop_after=10, **kw)
@@ -411,7 +411,7 @@ def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
     from dnlib.experiments.ptb import load_data, run
     from dnlib.training.trainer import TrainingDiverged
     with pytest.raises(TrainingDiverged) as e:
-        run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", mode=mode, final_test_batch_size=0,
+        run("base-lstm", data=load_data(3000, 200), epochs=2, device="cpu", mode=mode, final_test_batch_size=None,
             resume=tmp_path, hidden_size=16, lr=1e6, batch_size=4, clip_norm=None)
     rec = _strict_json(tmp_path / "record.json")
     assert rec == records.read_record(tmp_path) and rec["stopped"] == f"diverged at step {e.value.step}"
@@ -424,7 +424,7 @@ def test_diverged_run_raises_and_writes_a_valid_record(tmp_path, mode):
 def test_cli_diverged_run_exits_1(tmp_path, capsys):
     from dnlib.experiments.ptb import main
     code = main(["run", "base-lstm", "--max-tokens", "3000", "--vocab", "200", "--epochs", "1", "--lr", "1e6",
-                 "--device", "cpu", "--resume", str(tmp_path), "--final-test-batch-size", "0"])
+                 "--device", "cpu", "--resume", str(tmp_path), "--final-test-batch-size", "none"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "diverged at step" in err, err
     assert _strict_json(tmp_path / "record.json")["stopped"].startswith("diverged at step")
@@ -543,7 +543,7 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
     steps = {}
     for source in ("code", "paper"):
         cfg = RECIPE.config("bn-lstm", source=source, hidden_size=6, batch_size=4, num_steps=5, clip_norm=0.05)
-        setup = RECIPE.build(cfg, data, 0, "cpu", mode="eager", final_test_batch_size=0)
+        setup = RECIPE.build(cfg, data, 0, "cpu", mode="eager", final_test_batch_size=None)
         tr = setup.make_trainer(evaluate=None)
         assert isinstance(tr, Trainer) and isinstance(tr.clip_fn, SliceClip) == (source == "code")
         # the run identity names the new fields only off their defaults: checkpoints from before still resume
@@ -634,3 +634,42 @@ def test_code_source_config_fields_and_refusals():
         get_config("ln-star-lstm", running_stats="tf")
     with pytest.raises(ValueError, match=r"affine: True needs a normalizer, but 'base-lstm' has norm='none'"):
         get_config("base-lstm").replace(affine=True)
+
+
+def test_final_test_batch_size_none_skips_the_pass_and_0_is_refused(tmp_path, capsys):
+    """``final_test_batch_size=None`` (``--final-test-batch-size none``) skips the test pass at the end of the
+    schedule; 0 (which skipped it before) and negatives are refused by name and value before any work (the CLI: one
+    line, exit 2); a run folder whose run.json stored 0 resumes with None given."""
+    import argparse
+    import json
+
+    from dnlib.experiments import ptb
+    V = 9
+    ids = torch.randint(0, V, (600,), generator=torch.Generator().manual_seed(1))
+    data = ({"train": ids, "valid": ids[:200], "test": ids[:200]}, V)
+    kw = dict(data=data, steps=3, hidden_size=6, batch_size=4, num_steps=5, device="cpu", progress=False)
+    for value in (0, -1, 2.0, True, "1"):
+        with pytest.raises(ValueError, match=rf"final_test_batch_size: must be an integer >= 1 .* or None .*, "
+                                             rf"got {value!r}"):
+            ptb.run("base-lstm", final_test_batch_size=value, **kw)
+    skipped, one = (ptb.run("base-lstm", final_test_batch_size=v, **kw).record for v in (None, 1))
+    assert skipped["headline"]["final_test_ppl"] is None and skipped["config"]["setup"]["final_test_batch_size"] is None
+    assert one["headline"]["final_test_ppl"] > 1 and one["config"]["setup"]["final_test_batch_size"] == 1
+    assert skipped["headline"]["test_ppl"] == one["headline"]["test_ppl"]
+    with pytest.raises(SystemExit) as e:
+        ptb.main(["run", "base-lstm", "--final-test-batch-size", "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "--final-test-batch-size" in err and "'0'" in err and "none" in err, err
+    _, options = ptb.RECIPE.from_args(argparse.Namespace(final_test_batch_size="none"))
+    assert options == {"final_test_batch_size": None}
+    part = ptb.run("base-lstm", final_test_batch_size=None, out=tmp_path, stop_after=2, **kw)
+    run_file = part.run_dir / "run.json"
+    stored = json.loads(run_file.read_text())
+    assert stored["options"]["final_test_batch_size"] is None
+    stored["options"]["final_test_batch_size"] = 0                   # a folder written before issue 24
+    run_file.write_text(json.dumps(stored))
+    resume = dict(data=data, device="cpu", progress=False, resume=part.run_dir)
+    with pytest.raises(ValueError, match="got 0 .*give None, also to resume a run folder that stored 0"):
+        ptb.run(None, **resume)
+    done = ptb.run(None, final_test_batch_size=None, **resume).record
+    assert done["steps_done"] == 3 and done["headline"]["final_test_ppl"] is None

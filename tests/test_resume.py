@@ -256,7 +256,7 @@ needs_ptb = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(),
                                              ({"hidden_size": 24}, "hidden_size: stored 16, requested 24")])
 def test_ptb_run_refuses_to_resume_another_run(tmp_path, change, message):
     from dnlib.experiments.ptb import load_data, run
-    kw = dict(data=load_data(3000, 200), device="cpu", final_test_batch_size=0, resume=tmp_path, batch_size=4)
+    kw = dict(data=load_data(3000, 200), device="cpu", final_test_batch_size=None, resume=tmp_path, batch_size=4)
     run("base-lstm", epochs=1, hidden_size=16, **kw)
     with pytest.raises(CheckpointError, match=message):
         run("base-lstm", epochs=2, **{"hidden_size": 16, **change}, **kw)   # more epochs alone would extend it

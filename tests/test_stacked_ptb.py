@@ -195,7 +195,7 @@ def test_group_writes_one_ordinary_record_per_copy_and_resumes(tmp_path, data, c
     # the verb
     args = ["stack", "base-lstm", "ln-star-lstm", "--seeds", "0", "--steps", "2", "--max-tokens", "200",
             "--vocab", "40", "--hidden-size", "8", "--batch-size", "4", "--device", "cpu", "--eval-every", "2",
-            "--final-test-batch-size", "0", "--out", str(tmp_path / "v")]
+            "--final-test-batch-size", "none", "--out", str(tmp_path / "v")]
     assert main(RECIPE, args) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["name"] for x in lines] == ["base-lstm", "ln-star-lstm"] and \

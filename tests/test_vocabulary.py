@@ -15,7 +15,7 @@ HAVE = {"cifar": (MIRROR / "cifar10-jpeg" / "train").is_dir() or (MIRROR / "cifa
 # (recipe, configuration, fields, options) of a tiny build of each experiment
 TINY = {"cifar": (cifar.RECIPE, "bn-star", {"batch_size": 20}, {"subset": (200, 100)}),
         "ptb": (ptb.RECIPE, "dn-star-lstm", {"hidden_size": 8, "batch_size": 4},
-                {"max_tokens": 3000, "vocab": 50, "final_test_batch_size": 0}),
+                {"max_tokens": 3000, "vocab": 50, "final_test_batch_size": None}),
         "sr": (sr.RECIPE, "fast-dn*", {"batch_size": 4}, {"sets": (), "curve_sets": ()})}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +87,7 @@ def test_stop_after_on_the_command_line(tmp_path, capsys):
     """``run --stop-after N`` stops at step N with the schedule unchanged (the record says so; --resume goes on)."""
     _need("ptb")
     args = ["run", "base-lstm", "--max-tokens", "3000", "--vocab", "50", "--hidden-size", "8", "--batch-size", "4",
-            "--epochs", "1", "--final-test-batch-size", "0", "--device", "cpu", "--out", str(tmp_path)]
+            "--epochs", "1", "--final-test-batch-size", "none", "--device", "cpu", "--out", str(tmp_path)]
     assert ptb.main([*args, "--stop-after", "3"]) == 0
     import json
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -34,7 +34,7 @@ dominates at batch 20.
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
 over the whole split: validation and test perplexity ``exp(mean per-word NLL)`` in the training layout (20 streams);
 at the end of the schedule also the test set as ``final_test_batch_size`` streams (1: one stream, as the authors'
-code reports its number; 0: skip), ``final_test_ppl``, which is what the paper's Table 9 number is compared with.
+code reports its number; None: skip), ``final_test_ppl``, which is what the paper's Table 9 number is compared with.
 """
 from __future__ import annotations
 
@@ -235,6 +235,33 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 
 
+def _check_final_test_batch_size(value) -> None:
+    """Raise ValueError naming ``final_test_batch_size`` unless it is a number of streams (an integer >= 1) or None
+    (skip the final test pass; 0, which skipped it before issue 24, is refused: a run folder whose ``run.json``
+    stored 0 resumes with ``final_test_batch_size=None`` given, ``--final-test-batch-size none``)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return
+    old = " (0 skipped it before issue 24: give None, also to resume a run folder that stored 0)" \
+        if type(value) is int and value == 0 else ""
+    raise ValueError(f"final_test_batch_size: must be an integer >= 1 (the streams of the test pass at the end of the "
+                     f"schedule) or None (skip that pass), got {value!r}{old}")
+
+
+def _final_test_streams(value: str):
+    """``--final-test-batch-size``: an integer >= 1, or ``none`` (skip the pass; :meth:`PTBRecipe.from_args` makes
+    it None)."""
+    if value.strip().lower() == "none":
+        return "none"
+    try:
+        v = int(value)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not allowed: the streams of the final test pass, an integer "
+                                         ">= 1, or none to skip the pass")
+    return v
+
+
 def _vocab_size(value: str) -> int:
     v = cli.positive_int(value)
     if v < 2:
@@ -250,8 +277,9 @@ class PTBRecipe(Recipe):
     named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits,
     vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode``
     (:data:`MODES`: ``graph``, the CUDA-graph step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly);
-    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: one epoch; 0: only at the end); ``final_test_batch_size`` (1; 0 skips the final pass);
-    ``threads`` (torch CPU threads)."""
+    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: one epoch; 0: only at the end);
+    ``final_test_batch_size`` (the streams of the test pass at the end of the schedule, default 1; None skips that
+    pass); ``threads`` (torch CPU threads)."""
 
     name = "ptb"
     module = "dnlib.experiments.ptb"
@@ -282,12 +310,18 @@ class PTBRecipe(Recipe):
         check_int("steps", cfg.steps, none_ok=True)
         return cfg
 
-    def check_options(self, *, mode: str = "auto", eval_every: int | None = None, final_test_batch_size: int = 1,
-                      threads: int | None = None, **_) -> None:
+    def from_args(self, args) -> tuple[dict, dict]:
+        overrides, options = super().from_args(args)
+        if options.get("final_test_batch_size") == "none":      # --final-test-batch-size none: skip the pass
+            options["final_test_batch_size"] = None
+        return overrides, options
+
+    def check_options(self, *, mode: str = "auto", eval_every: int | None = None,
+                      final_test_batch_size: int | None = 1, threads: int | None = None, **_) -> None:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         check_int("eval_every", eval_every, 0, none_ok=True)
-        check_int("final_test_batch_size", final_test_batch_size, 0)
+        _check_final_test_batch_size(final_test_batch_size)
         check_int("threads", threads, none_ok=True)
 
     def load(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
@@ -296,7 +330,7 @@ class PTBRecipe(Recipe):
 
     def build(self, cfg: PTBRunConfig, data, seed: int, device: str = "auto", *, max_tokens: int | None = None,
               vocab: int | None = None, mode: str = "auto", eval_every: int | None = None,
-              final_test_batch_size: int = 1, threads: int | None = None) -> Setup:
+              final_test_batch_size: int | None = 1, threads: int | None = None) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every, final_test_batch_size=final_test_batch_size,
                            threads=threads)
         if threads:
@@ -305,7 +339,7 @@ class PTBRecipe(Recipe):
         dev = resolve_device(device)
         layouts = [(s, cfg.batch_size) for s in ("train", "valid", "test")] + [("test", final_test_batch_size)]
         for split, bs in layouts:
-            if bs:
+            if bs is not None:
                 try:
                     PTBBatches(splits[split], bs, cfg.num_steps)
                 except ValueError as e:
@@ -321,7 +355,7 @@ class PTBRecipe(Recipe):
             ns, bs = cfg.num_steps, cfg.batch_size
             out = {"valid_ppl": evaluate_perplexity(m, splits["valid"], bs, ns),
                    "test_ppl": evaluate_perplexity(m, splits["test"], bs, ns, cfg.bn_test_step0)}
-            if final_test_batch_size and batches.steps_done >= planned:   # the end of the schedule
+            if final_test_batch_size is not None and batches.steps_done >= planned:   # the end of the schedule
                 out["final_test_ppl"] = evaluate_perplexity(m, splits["test"], final_test_batch_size, ns,
                                                             cfg.bn_test_step0)
             return out
@@ -399,8 +433,9 @@ class PTBRecipe(Recipe):
              "--mode": ("option", dict(choices=MODES, help="graph: the CUDA-graph step; eager; auto (default): graph on CUDA")),
              "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
                                                                             "(0: only at the end; default one epoch)")),
-             "--final-test-batch-size": ("option", dict(type=cli.nonnegative_int,
-                                                        help="streams of the test pass at the end (default 1; 0: skip it)"))}
+             "--final-test-batch-size": ("option", dict(type=_final_test_streams, metavar="N|none",
+                                                        help="streams of the test pass at the end (default 1; "
+                                                             "none: skip it)"))}
 
     def add_arguments(self, q, verb: str) -> None:
         super().add_arguments(q, verb)
@@ -415,10 +450,10 @@ class PTBRecipe(Recipe):
     def commands(self) -> dict:
         return {"bench": steps_command(self, "bench", steps=20, warmup=2, configs=_BENCH,
                                        flags=("--source", "--max-tokens", "--vocab", "--mode", "--hidden-size",
-                                              "--batch-size", "--threads"), options={"final_test_batch_size": 0}),
+                                              "--batch-size", "--threads"), options={"final_test_batch_size": None}),
                 "check-graph": steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000},
                                                         flags=("--source", "--max-tokens", "--vocab"), **_GRAPH,
-                                                        options={"final_test_batch_size": 0}),
+                                                        options={"final_test_batch_size": None}),
                 "configs": Command(
                     "the configurations with the paper's perplexities",
                     lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
@@ -478,7 +513,7 @@ def bench(config: str | PTBConfig = "dn-star-lstm", data=None, *, steps: int = 2
     ``steps`` timed minibatches after ``warmup``, the capture among them; no evaluation) on ``data``
     (:func:`load_data`'s, or loaded here: ``max_tokens``, ``vocab``); ``kwargs``: those and config fields. The
     cells alone against ``nn.LSTM`` and its peers: ``make bench`` (:mod:`dnlib.bench`)."""
-    options = {"data": data, "mode": mode, "final_test_batch_size": 0,
+    options = {"data": data, "mode": mode, "final_test_batch_size": None,
                **{k: kwargs.pop(k) for k in ("max_tokens", "vocab", "root", "threads") if k in kwargs}}
     return benches.bench(RECIPE, config, steps=steps, warmup=warmup, seed=seed, device=device, options=options,
                          **kwargs)
@@ -492,7 +527,7 @@ def check_graph(cfg: PTBConfig, ids: torch.Tensor, vocab_size: int, steps: int =
     (graph == eager up to float rounding; on CPU the graph step's body runs eagerly)."""
     data = ({"train": ids, "valid": ids, "test": ids}, vocab_size)
     return benches.check_graph(RECIPE, cfg, **_GRAPH, steps=steps, seed=seed, device=device,
-                                  options={"data": data, "final_test_batch_size": 0})
+                                  options={"data": data, "final_test_batch_size": None})
 
 
 # ------------------------------------------------------------------------------------------ threads, configs

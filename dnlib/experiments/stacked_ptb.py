@@ -171,7 +171,7 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
         valid = evaluate_perplexity(m, splits["valid"], bs, ns)
         test = evaluate_perplexity(m, splits["test"], bs, ns, step0)
         out = [{"valid_ppl": v, "test_ppl": t} for v, t in zip(valid, test)]
-        if final_bs and batches.steps_done >= planned:
+        if final_bs is not None and batches.steps_done >= planned:
             for row, f in zip(out, evaluate_perplexity(m, splits["test"], final_bs, ns, step0)):
                 row["final_test_ppl"] = f
         return out
