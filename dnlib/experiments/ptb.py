@@ -63,8 +63,8 @@ from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace,
 from .runner import call, call_many
 
 __all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "LMLoss", "SliceClip", "lm_loss", "lm_step", "load_data",
-           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "bench", "check_graph", "config_table",
-           "set_threads", "MODES", "main"]
+           "build_model", "evaluate_perplexity", "unigram_perplexity", "run", "run_many", "bench", "check_graph",
+           "config_table", "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
 _GRAPH = {"eager": {"mode": "eager"}, "graph": {"mode": "graph"}}   # check-graph's build options
@@ -430,7 +430,8 @@ class PTBRecipe(Recipe):
              "--max-tokens": ("option", dict(type=cli.positive_int, help="train on the first N tokens (smoke)")),
              "--vocab": ("option", dict(type=_vocab_size, help="keep the N-1 most frequent words (smoke)")),
              "--threads": ("option", dict(type=cli.positive_int, help="torch CPU threads")),
-             "--mode": ("option", dict(choices=MODES, help="graph: the CUDA-graph step; eager; auto (default): graph on CUDA")),
+             "--mode": ("option", dict(choices=MODES,
+                                       help="graph: the CUDA-graph step; eager; auto (default): graph on CUDA")),
              "--eval-every": ("option", dict(type=cli.nonnegative_int, help="steps per evaluation and checkpoint "
                                                                             "(0: only at the end; default one epoch)")),
              "--final-test-batch-size": ("option", dict(type=_final_test_streams, metavar="N|none",
@@ -457,7 +458,8 @@ class PTBRecipe(Recipe):
                 "configs": Command(
                     "the configurations with the paper's perplexities",
                     lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
-                    lambda args, q: print(config_table(list_configs(), args.source)) or 0), **stacked_ptb.commands(self)}
+                    lambda args, q: print(config_table(list_configs(), args.source)) or 0),
+                **stacked_ptb.commands(self)}
 
 
 RECIPE = PTBRecipe()

@@ -242,9 +242,9 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
 def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None,
             **kwargs) -> Run:
     """A stacked :class:`~dnlib.experiments.runner.Run`, prepared but not trained (its ``trainer`` a
-    :class:`~dnlib.training.stacked.StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as :func:`run`."""
-    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build,
-                          **kwargs)
+    :class:`~dnlib.training.stacked.StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as
+    :func:`run`."""
+    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build, **kwargs)
 
 
 def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:

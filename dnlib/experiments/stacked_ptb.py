@@ -281,8 +281,9 @@ def _handler(recipe: Recipe):
                 for name in configs:
                     recipe.config(name, steps=args.steps, **overrides)     # a bad name or field: before any data
             prepared = prepare(recipe, configs, args.seeds if configs else None, steps=args.steps,
-                               stop_after=args.stop_after, device=args.device, out=out, resume=args.resume, overrides=overrides, options=options,
-                               time_limit=args.time_limit, progress=sys.stderr.isatty(), argv=sys.argv[1:])
+                               stop_after=args.stop_after, device=args.device, out=out, resume=args.resume,
+                               overrides=overrides, options=options, time_limit=args.time_limit,
+                               progress=sys.stderr.isatty(), argv=sys.argv[1:])
         try:
             results = prepared.go()
         except TrainingDiverged as e:

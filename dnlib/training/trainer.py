@@ -408,7 +408,8 @@ class Trainer:
                 self._log(metrics, losses)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in self.history[-1].items() if k not in ("step", "time")},
                                 refresh=False)                 # drawn at the next redraw (mininterval)
-            save = self.out_dir is not None and (last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
+            checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+            save = self.out_dir is not None and (last or checkpoint)
             if save or last:
                 self._pending_losses()                     # a checkpoint or a final model never holds NaN weights
                 self._check_weights()
