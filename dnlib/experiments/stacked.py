@@ -77,7 +77,8 @@ from .flags import schedule_flags
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
 
-__all__ = ["StackedData", "StackedBatches", "StackedLoss", "evaluate", "build", "prepare", "run", "commands", "MODES"]
+__all__ = ["StackedData", "CopySources", "StackedBatches", "StackedLoss", "evaluate", "build", "prepare", "run",
+           "commands", "MODES", "check_seeds", "group_options", "group_flags", "group_out", "train_group"]
 
 MODES = ("auto", "graph", "eager")
 
@@ -125,8 +126,9 @@ class StackedData:
         return (self.y_train if split == "train" else self.y_eval)[self._rows, idx]
 
 
-class StackedBatches:
-    """K batch sources (one per copy) as one: ``next()`` is ``((K, N) indices,)``; resumable as each of them."""
+class CopySources:
+    """K batch sources (one per copy) as one, resumable as each of them (``{"copies": [state, ...]}``); a subclass
+    packs the K batches in ``__next__`` (:class:`StackedBatches`; ``stacked_sr.StackedPairs``)."""
 
     def __init__(self, sources: Sequence):
         self.sources = list(sources)
@@ -135,7 +137,7 @@ class StackedBatches:
         return self
 
     def __next__(self):
-        return (torch.stack([next(s)[0] for s in self.sources]),)
+        raise NotImplementedError
 
     def state_dict(self) -> dict:
         return {"copies": [s.state_dict() for s in self.sources]}
@@ -146,6 +148,13 @@ class StackedBatches:
             raise ValueError(f"state: needs 'copies', one state per source ({len(self.sources)})")
         for s, p in zip(self.sources, parts):
             s.load_state_dict(p)
+
+
+class StackedBatches(CopySources):
+    """K CIFAR batch sources as one: ``next()`` is ``((K, N) indices,)``."""
+
+    def __next__(self):
+        return (torch.stack([next(s)[0] for s in self.sources]),)
 
 
 class StackedLoss:
@@ -189,7 +198,8 @@ def evaluate(model: StackedCifarCNN, data: StackedData, batch_size: int = 1000) 
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def _check_seeds(seeds) -> list:
+def check_seeds(seeds) -> list:
+    """``seeds`` as a list, checked: one distinct integer >= 0 per copy (ValueError naming ``seeds`` otherwise)."""
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
     if not isinstance(seeds, list) or not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
@@ -197,6 +207,19 @@ def _check_seeds(seeds) -> list:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: each copy needs its own seed, got duplicates in {seeds}")
     return seeds
+
+
+def group_options(options: dict | None) -> tuple[dict, str]:
+    """``(options, mode)`` of a stacked build: a copy of the build ``options`` without ``mode`` (checked: one of
+    :data:`MODES`, default ``"auto"``); refused under torchrun (a stacked run trains in one process)."""
+    options = dict(options or {})
+    mode = options.pop("mode", None) or "auto"
+    if mode not in MODES:
+        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
+    if distributed.world_size() > 1:
+        raise ValueError(f"seeds: a stacked run trains in one process (torchrun's {distributed.world_size()} "
+                         f"processes would split its batches of K copies); run it without torchrun")
+    return options, mode
 
 
 def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
@@ -207,14 +230,8 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
     batch source and loss; ``copies`` holds the K copies' own setups. ``options["mode"]`` is the stacked trainer's
     (``"auto"``: a CUDA graph on CUDA). The data
     is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
-    seeds = _check_seeds(seeds)
-    options = dict(options or {})
-    mode = options.pop("mode", None) or "auto"
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
-    if distributed.world_size() > 1:
-        raise ValueError(f"seeds: a stacked run trains in one process (torchrun's {distributed.world_size()} "
-                         f"processes would split its batches of K copies); run it without torchrun")
+    seeds = check_seeds(seeds)
+    options, mode = group_options(options)
     setups = []
     for seed in seeds:                       # each copy seeded and built as its own run: load, seed, build
         setups.append(build_setup(recipe, cfg, seed, device, {**options, "mode": "eager"}))
@@ -244,7 +261,7 @@ def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None,
     """A stacked :class:`~dnlib.experiments.runner.Run`, prepared but not trained (its ``trainer`` a
     :class:`~dnlib.training.stacked.StackedTrainer`, its ``setup.copies`` the copies' setups); arguments as
     :func:`run`."""
-    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build, **kwargs)
+    return Run(recipe, config, seeds=None if seeds is None else check_seeds(seeds), build=build, **kwargs)
 
 
 def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:
@@ -264,10 +281,9 @@ def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwarg
 
 
 # -------------------------------------------------------------------------------------------------- CLI
-def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
-    q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`; none with --resume)")
-    q.add_argument("--seeds", type=cli.seed, nargs="+", default=None,
-                   help="one distinct seed per copy (required, but with --resume)")
+def group_flags(recipe: Recipe, q: argparse.ArgumentParser) -> None:
+    """The flags of a ``stack`` verb after its configuration(s) and ``--seeds``: the schedule's, ``--time-limit``,
+    ``--out``, ``--resume``, ``--device`` and the recipe's ``run`` flags."""
     schedule_flags(q)
     q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
                    help="seconds: stop at the first chunk boundary where the next chunk would not fit")
@@ -279,35 +295,54 @@ def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     recipe.add_arguments(q, "run")
 
 
+def group_out(recipe: Recipe, args, q) -> str | None:
+    """The base folder of a new group (``--out``, default ``runs/<experiment>``), None with ``--resume``; both
+    given: ``q.error``."""
+    if args.out is not None and args.resume is not None:
+        q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
+    return None if args.resume is not None else args.out or str(Path("runs") / recipe.name)
+
+
+def train_group(prepared: Run, q) -> int:
+    """Train a prepared group; one JSON line per copy (its folder, name, seed, steps, headline and paper numbers);
+    the exit status: 1 when a copy diverged (every copy: one line on stderr), else 0."""
+    try:
+        results = prepared.go()
+    except TrainingDiverged as e:          # every copy diverged: each record says so; exit 1, one line
+        print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
+        return 1
+    for res in results:
+        rec = res.record
+        print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"],
+                          "seed": rec["seed"], "stacked": len(results), "steps": rec["steps_done"],
+                          "planned": rec["steps_planned"], "stopped": rec["stopped"], **rec["headline"],
+                          **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
+    return 1 if any(str(r.stopped).startswith("diverged") for r in results) else 0
+
+
+def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
+    q.add_argument("config", nargs="?", default=None, help="configuration name (see `list`; none with --resume)")
+    q.add_argument("--seeds", type=cli.seed, nargs="+", default=None,
+                   help="one distinct seed per copy (required, but with --resume)")
+    group_flags(recipe, q)
+
+
 def _handler(recipe: Recipe):
     def handle(args, q) -> int:
-        if args.out is not None and args.resume is not None:
-            q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
+        out = group_out(recipe, args, q)
         if args.resume is None and (args.config is None or args.seeds is None):
             q.error("config, --seeds: both are required (or --resume DIR)")
         overrides, options = recipe.from_args(args)
-        out = None if args.resume is not None else args.out or str(Path("runs") / recipe.name)
         with cli.user_errors(q, CheckpointError):
             if args.seeds is not None:
-                _check_seeds(args.seeds)
+                check_seeds(args.seeds)
             if args.config is not None:
                 recipe.config(args.config, steps=args.steps, **overrides)     # a bad name or field: before any data
             prepared = prepare(recipe, args.config, args.seeds, steps=args.steps, stop_after=args.stop_after,
                                device=args.device, out=out,
                                resume=args.resume, overrides=overrides, options=options, time_limit=args.time_limit,
                                progress=sys.stderr.isatty(), argv=sys.argv[1:])
-        try:
-            results = prepared.go()
-        except TrainingDiverged as e:          # every copy diverged: each record says so; exit 1, one line
-            print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
-            return 1
-        for res in results:
-            rec = res.record
-            print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"],
-                              "seed": rec["seed"], "stacked": len(results), "steps": rec["steps_done"],
-                              "planned": rec["steps_planned"], "stopped": rec["stopped"], **rec["headline"],
-                              **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
-        return 1 if any(str(r.stopped).startswith("diverged") for r in results) else 0
+        return train_group(prepared, q)
     return handle
 
 

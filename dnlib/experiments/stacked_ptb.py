@@ -41,11 +41,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +52,12 @@ from .. import cli
 from ..data import PTBBatches
 from ..models.stacked_rnn import StackedLanguageModel, set_stacked_eval_step
 from ..norms.sparse import clear_penalties
-from ..training import distributed
 from ..training.stacked_sequence import StackedSequenceTrainer
-from ..training.trainer import CheckpointError, TrainingDiverged
+from ..training.trainer import CheckpointError
 from . import records
-from .flags import schedule_flags
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
-from .stacked import MODES
+from .stacked import check_seeds, group_flags, group_options, group_out, train_group
 
 __all__ = ["evaluate_perplexity", "build", "GroupRun", "prepare", "run", "copies_of",
            "commands", "SHARED_FIELDS"]
@@ -127,9 +123,7 @@ def copies_of(configs: Sequence, seeds: Sequence[int]) -> tuple[list, list]:
     names = [c if isinstance(c, str) else c.name for c in configs]
     if not names:
         raise ValueError("configs: name at least one configuration")
-    seeds = list(seeds)
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
+    seeds = check_seeds(list(seeds))
     pairs = [(n, s) for n in names for s in seeds]
     if len(set(pairs)) != len(pairs):
         raise ValueError(f"configs, seeds: each copy must be its own (configuration, seed), got duplicates in "
@@ -142,15 +136,10 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
     """The :class:`~dnlib.experiments.recipe.Setup` of the K copies (the ``build`` of a :class:`GroupRun`):
     ``options["configs"]`` names each copy's configuration (default: ``cfg`` for every seed); each copy is built as
     its separate run (:func:`~dnlib.experiments.runner.build_setup`), then packed."""
-    options = dict(options or {})
+    options, mode = group_options(options)
     names = list(options.pop("configs", None) or [cfg.name] * len(seeds))
-    mode = options.pop("mode", None) or "auto"
-    if mode not in MODES:
-        raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
     if len(names) != len(seeds):
         raise ValueError(f"configs: one per copy ({len(seeds)} seeds), got {len(names)}")
-    if distributed.world_size() > 1:
-        raise ValueError("seeds: a stacked run trains in one process; run it without torchrun")
     cfgs = _copy_configs(recipe, cfg, names)
     for f in SHARED_FIELDS:
         vals = [getattr(c, f) for c in cfgs]
@@ -256,24 +245,15 @@ def run(recipe: Recipe, configs: Sequence | None = None, seeds: Sequence[int] | 
 def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     q.add_argument("configs", nargs="*", default=None, help="configuration names of one cell type (none with --resume)")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=None, help="the seeds of every configuration")
-    schedule_flags(q)
-    q.add_argument("--time-limit", dest="time_limit", type=cli.positive_float, default=None,
-                   help="seconds: stop at the first chunk boundary where the next chunk would not fit")
-    q.add_argument("--out", type=cli.out_dir, default=None,
-                   help=f"base folder: the group gets a new folder in it (default runs/{recipe.name})")
-    q.add_argument("--resume", type=cli.out_dir, default=None, metavar="DIR", help="a group's folder: continue it")
-    q.add_argument("--device", type=cli.device, default=None, help="auto, cpu, cuda[:N] (default auto)")
-    recipe.add_arguments(q, "run")
+    group_flags(recipe, q)
 
 
 def _handler(recipe: Recipe):
     def handle(args, q) -> int:
-        if args.out is not None and args.resume is not None:
-            q.error("--out, --resume: give one (--out: a base folder for a new group; --resume: the group's folder)")
+        out = group_out(recipe, args, q)
         if args.resume is None and (not args.configs or args.seeds is None):
             q.error("configs, --seeds: both are required (or --resume DIR)")
         overrides, options = recipe.from_args(args)
-        out = None if args.resume is not None else args.out or str(Path("runs") / recipe.name)
         with cli.user_errors(q, CheckpointError):
             configs = args.configs or None
             if configs:
@@ -284,18 +264,7 @@ def _handler(recipe: Recipe):
                                stop_after=args.stop_after, device=args.device, out=out, resume=args.resume,
                                overrides=overrides, options=options, time_limit=args.time_limit,
                                progress=sys.stderr.isatty(), argv=sys.argv[1:])
-        try:
-            results = prepared.go()
-        except TrainingDiverged as e:
-            print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
-            return 1
-        for res in results:
-            rec = res.record
-            print(json.dumps({"run": str(res.run_dir) if res.run_dir else None, "name": rec["name"],
-                              "seed": rec["seed"], "stacked": len(results), "steps": rec["steps_done"],
-                              "planned": rec["steps_planned"], "stopped": rec["stopped"], **rec["headline"],
-                              **{f"paper_{k}": v for k, v in rec["paper"].items()}}), flush=True)
-        return 1 if any(str(r.stopped).startswith("diverged") for r in results) else 0
+        return train_group(prepared, q)
     return handle
 
 

@@ -22,47 +22,21 @@ import torch
 from torch import nn
 
 from ..models.stacked_srcnn import StackedSRCNN
-from ..training import distributed
 from ..training.stacked import StackedGraphTrainer, StackedTrainer
 from .recipe import Recipe, Setup, trainer_mode
 from .runner import Run, build_setup
+from .stacked import CopySources, check_seeds, group_options
 
 __all__ = ["StackedPairs", "StackedMSE", "build", "prepare", "run"]
 
 
-def _check_seeds(seeds) -> list:
-    seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
-    if not isinstance(seeds, list) or not seeds or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise ValueError(f"seeds: must be a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: each copy needs its own seed, got duplicates in {seeds}")
-    return seeds
-
-
-class StackedPairs:
+class StackedPairs(CopySources):
     """K ``(x, y)`` batch sources (one per copy) as one: ``next()`` is ``(x (N, K, h, w), y (N, K, h', w'))``,
     copy k in channel k; resumable as each of them."""
-
-    def __init__(self, sources: Sequence):
-        self.sources = list(sources)
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         xs, ys = zip(*(next(s) for s in self.sources))
         return torch.cat(xs, 1), torch.cat(ys, 1)
-
-    def state_dict(self) -> dict:
-        return {"copies": [s.state_dict() for s in self.sources]}
-
-    def load_state_dict(self, state: dict) -> None:
-        parts = state.get("copies") if isinstance(state, dict) else None
-        if not isinstance(parts, list) or len(parts) != len(self.sources):
-            raise ValueError(f"state: needs 'copies', one state per source ({len(self.sources)})")
-        for s, p in zip(self.sources, parts):
-            s.load_state_dict(p)
 
 
 class StackedMSE:
@@ -78,13 +52,8 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
     """The :class:`~dnlib.experiments.recipe.Setup` of K copies of ``cfg``, one per seed (the ``build`` of a stacked
     :class:`~dnlib.experiments.runner.Run`); ``options["mode"]``: ``graph`` (one CUDA graph per step, SGD only),
     ``eager`` or ``auto`` (eager: Adam, the fast schedule's optimizer, is not captured)."""
-    seeds = _check_seeds(seeds)
-    options = dict(options or {})
-    mode = options.pop("mode", None) or "auto"
-    if mode not in ("auto", "graph", "eager"):
-        raise ValueError(f"mode: must be one of ['auto', 'graph', 'eager'], got {mode!r}")
-    if distributed.world_size() > 1:
-        raise ValueError("seeds: a stacked run trains in one process; run it without torchrun")
+    seeds = check_seeds(seeds)
+    options, mode = group_options(options)
     setups = []
     for seed in seeds:
         setups.append(build_setup(recipe, cfg, seed, device, options))   # (the pairs are cached)
@@ -114,7 +83,7 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
 
 def prepare(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> Run:
     """A stacked SR :class:`~dnlib.experiments.runner.Run`, prepared; arguments as :func:`run`."""
-    return Run(recipe, config, seeds=None if seeds is None else _check_seeds(seeds), build=build, **kwargs)
+    return Run(recipe, config, seeds=None if seeds is None else check_seeds(seeds), build=build, **kwargs)
 
 
 def run(recipe: Recipe, config=None, seeds: Sequence[int] | None = None, **kwargs) -> list:

@@ -27,6 +27,24 @@ def _capture_on(capture: bool | None, device: torch.device) -> bool:
     return bool(capture)
 
 
+def _record(body: Callable[[], torch.Tensor], zero_grad: Callable[[], None], warmup: int):
+    """The one capture of a training step, ``(graph, its static loss)``: ``warmup`` (at least 1) eager steps on a
+    side stream (as the CUDA graph docs require), then ``body`` captured; ``zero_grad`` before each. What the
+    warm-up changed is the caller's to undo."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 1)):
+            zero_grad()
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    zero_grad()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = body()
+    return graph, loss
+
+
 class GraphTrainer(Trainer):
     """A :class:`Trainer` whose whole training step is one CUDA graph (``torch.cuda.graph``).
 
@@ -113,17 +131,7 @@ class GraphTrainer(Trainer):
 
     def _capture_graph(self) -> None:
         saved = self._snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(max(self.warmup, 1)):
-                self.opt.zero_grad(set_to_none=True)
-                self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        self.opt.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._static_loss = self._body()
+        graph, self._static_loss = _record(self._body, lambda: self.opt.zero_grad(set_to_none=True), self.warmup)
         with torch.no_grad():
             for t, v in saved:
                 t.copy_(v)
@@ -207,24 +215,15 @@ class CarriedStateGraph:
     def _after_capture(self) -> None:
         clear_penalties(self.model)
 
+    def _zero_grad(self) -> None:
+        for p in self._params:
+            p.grad = None
+
     def _capture(self) -> None:
         saved = [(t, t.detach().clone()) for t in self.model.state_dict().values()]
         carried = [s.clone() for s in self._flat(self.state)]
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(max(self.warmup, 1)):
-                    for p in self._params:
-                        p.grad = None
-                    self._body()
-            torch.cuda.current_stream().wait_stream(side)
-            for p in self._params:
-                p.grad = None
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._loss = self._body()
-            self.graph = graph
+            self.graph, self._loss = _record(self._body, self._zero_grad, self.warmup)
         finally:
             torch.cuda.synchronize()
             with torch.no_grad():           # undo the warm-up (the capture itself computes nothing)
@@ -246,8 +245,7 @@ class CarriedStateGraph:
         if self.graph is not None:
             self.graph.replay()
             return self._loss.clone()
-        for p in self._params:
-            p.grad = None
+        self._zero_grad()
         return self._body()
 
 
