@@ -648,8 +648,10 @@ def test_final_test_batch_size_none_skips_the_pass_and_0_is_refused(tmp_path, ca
     ids = torch.randint(0, V, (600,), generator=torch.Generator().manual_seed(1))
     data = ({"train": ids, "valid": ids[:200], "test": ids[:200]}, V)
     kw = dict(data=data, steps=3, hidden_size=6, batch_size=4, num_steps=5, device="cpu", progress=False)
-    for value in (0, -1, 2.0, True, "1"):
-        with pytest.raises(ValueError, match=rf"final_test_batch_size: must be an integer >= 1 .* or None .*, "
+    with pytest.raises(ValueError, match=r"final_test_batch_size: got 0, which no longer skips .*give None"):
+        ptb.run("base-lstm", final_test_batch_size=0, **kw)
+    for value in (-1, 2.0, True, "1"):
+        with pytest.raises(ValueError, match=rf"final_test_batch_size: must be an integer >= 1 \(or None\), "
                                              rf"got {value!r}"):
             ptb.run("base-lstm", final_test_batch_size=value, **kw)
     skipped, one = (ptb.run("base-lstm", final_test_batch_size=v, **kw).record for v in (None, 1))
@@ -669,7 +671,7 @@ def test_final_test_batch_size_none_skips_the_pass_and_0_is_refused(tmp_path, ca
     stored["options"]["final_test_batch_size"] = 0                   # a folder written before issue 24
     run_file.write_text(json.dumps(stored))
     resume = dict(data=data, device="cpu", progress=False, resume=part.run_dir)
-    with pytest.raises(ValueError, match="got 0 .*give None, also to resume a run folder that stored 0"):
+    with pytest.raises(ValueError, match=r"got 0, .*give None \(also to resume a run folder whose run.json stored"):
         ptb.run(None, **resume)
     done = ptb.run(None, final_test_batch_size=None, **resume).record
     assert done["steps_done"] == 3 and done["headline"]["final_test_ppl"] is None

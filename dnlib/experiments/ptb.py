@@ -235,31 +235,14 @@ def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
 _LATER_FIELDS = {"clip_mode": "dense", "running_stats": "torch"}
 
 
-def _check_final_test_batch_size(value) -> None:
-    """Raise ValueError naming ``final_test_batch_size`` unless it is a number of streams (an integer >= 1) or None
-    (skip the final test pass; 0, which skipped it before issue 24, is refused: a run folder whose ``run.json``
-    stored 0 resumes with ``final_test_batch_size=None`` given, ``--final-test-batch-size none``)."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return
-    old = " (0 skipped it before issue 24: give None, also to resume a run folder that stored 0)" \
-        if type(value) is int and value == 0 else ""
-    raise ValueError(f"final_test_batch_size: must be an integer >= 1 (the streams of the test pass at the end of the "
-                     f"schedule) or None (skip that pass), got {value!r}{old}")
-
-
 def _final_test_streams(value: str):
-    """``--final-test-batch-size``: an integer >= 1, or ``none`` (skip the pass; :meth:`PTBRecipe.from_args` makes
-    it None)."""
+    """``--final-test-batch-size``: an integer >= 1, or ``none`` (:meth:`PTBRecipe.from_args` makes it None)."""
     if value.strip().lower() == "none":
         return "none"
-    try:
-        v = int(value)
-    except ValueError:
-        v = None
-    if v is None or v < 1:
+    if not value.strip().isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not allowed: the streams of the final test pass, an integer "
                                          ">= 1, or none to skip the pass")
-    return v
+    return int(value)
 
 
 def _vocab_size(value: str) -> int:
@@ -274,12 +257,12 @@ class PTBRecipe(Recipe):
     """The PTB recipe: Table 9's 36 configurations (:mod:`dnlib.experiments.ptb_configs`).
 
     Config fields (overrides): every :class:`PTBRunConfig` field; ``source`` (``"paper"``/``"code"``) rebuilds the
-    named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits,
-    vocab_size)``, shared between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode``
-    (:data:`MODES`: ``graph``, the CUDA-graph step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly);
-    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: one epoch; 0: only at the end);
-    ``final_test_batch_size`` (the streams of the test pass at the end of the schedule, default 1; None skips that
-    pass); ``threads`` (torch CPU threads)."""
+    named config on that side of PAPER.md §5.4. Options: ``data`` (``load_data``'s ``(splits, vocab_size)``, shared
+    between runs) or ``max_tokens``, ``vocab``, ``root`` to load it; ``mode`` (:data:`MODES`: ``graph``, the CUDA-graph
+    step, on CUDA with ``auto``; ``graph`` on CPU runs its body eagerly); ``eval_every`` (steps per evaluation and
+    checkpoint = chunk; None: one epoch; 0: only at the end); ``final_test_batch_size`` (streams of the test pass at
+    the end of the schedule, default 1; None skips it; 0, which skipped it before, is refused); ``threads`` (torch
+    CPU threads)."""
 
     name = "ptb"
     module = "dnlib.experiments.ptb"
@@ -321,7 +304,10 @@ class PTBRecipe(Recipe):
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         check_int("eval_every", eval_every, 0, none_ok=True)
-        _check_final_test_batch_size(final_test_batch_size)
+        if final_test_batch_size == 0 and not isinstance(final_test_batch_size, bool):    # before issue 24: skip
+            raise ValueError("final_test_batch_size: got 0, which no longer skips the final test pass: give None (also "
+                             "to resume a run folder whose run.json stored 0), or an integer >= 1")
+        check_int("final_test_batch_size", final_test_batch_size, 1, none_ok=True)
         check_int("threads", threads, none_ok=True)
 
     def load(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
@@ -452,13 +438,12 @@ class PTBRecipe(Recipe):
         return {"bench": steps_command(self, "bench", steps=20, warmup=2, configs=_BENCH,
                                        flags=("--source", "--max-tokens", "--vocab", "--mode", "--hidden-size",
                                               "--batch-size", "--threads"), options={"final_test_batch_size": None}),
-                "check-graph": steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000},
-                                                        flags=("--source", "--max-tokens", "--vocab"), **_GRAPH,
-                                                        options={"final_test_batch_size": None}),
-                "configs": Command(
-                    "the configurations with the paper's perplexities",
-                    lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
-                    lambda args, q: print(config_table(list_configs(), args.source)) or 0),
+                "check-graph": steps_command(self, "check-graph", steps=3, defaults={"max_tokens": 20000}, **_GRAPH,
+                                             flags=("--source", "--max-tokens", "--vocab"),
+                                             options={"final_test_batch_size": None}),
+                "configs": Command("the configurations with the paper's perplexities",
+                                   lambda q: q.add_argument("--source", default="paper", choices=SOURCES),
+                                   lambda args, q: print(config_table(list_configs(), args.source)) or 0),
                 **stacked_ptb.commands(self)}
 
 
