@@ -3,8 +3,8 @@
 nbval (``pytest --nbval-lax notebooks``) executes every code cell of a notebook as one test item and keeps what the
 kernel sent back on the item (``test_outputs``). After a notebook's last cell this adds one more item,
 ``<notebook>::figures``, that rebuilds the executed notebook from those outputs and fails with
-:func:`dnlib.notebook.nbcheck.figure_problems` (a figure shown as text, a plotting cell without an image, no image at all).
-Before, ``tests/test_figures_render.py`` executed the whole suite a second time for this. A second item,
+:func:`dnlib.notebook.nbcheck.figure_problems` (a figure shown as text, a plotting cell without an image, no image at
+all). Before, ``tests/test_figures_render.py`` executed the whole suite a second time for this. A second item,
 ``<notebook>::stored_form``, writes that execution as JupyterLab saves it after "Run All" (outputs, counts, timing
 metadata, ``language_info``, widget state) and checks that the git clean filter (``scripts/nbclean.py``) stores it as
 the committed file, byte for byte (before, ``tests/test_nbclean.py`` executed 01 once more for this, on 01 alone).
@@ -23,8 +23,8 @@ import pytest
 from dnlib.notebook.nbcheck import as_jupyterlab_saves, figure_problems
 
 # The kernels nbval starts inherit this process's environment (--nbval-current-env). ``make test`` exports
-# MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run`` (dnlib.notebook.suite)
-# and JupyterLab, so its figures are images and the figures check below sees what a reader sees.
+# MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run``
+# (dnlib.notebook.suite) and JupyterLab, so its figures are images and the figures check below sees what a reader sees.
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 

@@ -28,8 +28,8 @@ MAINS = {"cifar": cifar.main, "ptb": ptb.main, "sr": sr.main, "bench": bench.mai
 # a sweep's work starts at its engine (sweeps.sweep itself validates every run first, a0b45b5)
 WORK = [(cifar, "run"), (cifar, "sweep"), (cifar, "bench"), (cifar, "check_graph"), (runner.Run, "go"),
         (engines, "make_engine"), (benches, "bench"), (benches, "check_graph"), (ptb, "bench"),
-        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "layers_section"), (bench, "train_section"), (bench, "cells_section"),
-        (bench, "ptb_section"), (bench, "hidden_section"), (suite, "execute")]
+        (ptb, "check_graph"), (sr, "run"), (sr, "bench"), (bench, "layers_section"), (bench, "train_section"),
+        (bench, "cells_section"), (bench, "ptb_section"), (bench, "hidden_section"), (suite, "execute")]
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="probes the error when CUDA is absent")
 
 # (command, argv, a fragment the one-line message must contain); {T} is a scratch folder holding `file` (a file),
