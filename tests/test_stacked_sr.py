@@ -122,3 +122,30 @@ def test_stacked_run_writes_one_record_per_seed(tmp_path):
                              overrides=SMALL, options={"sets": ("Set5",), "eval_every": 2}, progress=False)
         assert rec["headline"]["set5_psnr"] == pytest.approx(sep.record["headline"]["set5_psnr"], abs=1e-3)
     assert len(records.gather([tmp_path])) == 2
+
+
+@pytest.mark.slow
+@needs_data
+def test_stack_verb_trains_one_record_per_seed_and_refuses_bad_seeds(tmp_path, capsys):
+    """``dnlib sr stack`` (issue 28: before, SR had the stacked API but no verb; CIFAR and PTB had both): one JSON
+    line and one ordinary run folder per seed, each copy's PSNR its separate run's; a repeated seed and an unknown
+    configuration are one line on stderr, exit 2, nothing trained."""
+    import json
+
+    from dnlib.experiments import commands
+    args = ["stack", "smoke-dn*", "--seeds", "0", "1", "--steps", "2", "--batch-size", "4", "--sets", "Set5",
+            "--curve-sets", "--eval-every", "1", "--device", "cpu", "--out", str(tmp_path / "s")]
+    assert commands.main(RECIPE, args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["seed"] for x in lines] == [0, 1] and all(x["stacked"] == 2 and x["steps"] == 2 for x in lines)
+    assert len(records.find_runs([tmp_path / "s"])) == 2
+    sep = run_one(RECIPE, "smoke-dn*", seed=1, steps=2, device="cpu", overrides={"batch_size": 4},
+                  options={"sets": ("Set5",), "curve_sets": (), "eval_every": 1}, progress=False)
+    assert lines[1]["set5_psnr"] == pytest.approx(sep.record["headline"]["set5_psnr"], abs=1e-3)
+    for bad, what in ((["stack", "smoke-dn*", "--seeds", "1", "1", "--steps", "2"], "seeds"),
+                      (["stack", "nope", "--seeds", "0"], "config")):
+        with pytest.raises(SystemExit) as e:
+            commands.main(RECIPE, bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0]

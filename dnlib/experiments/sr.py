@@ -45,7 +45,7 @@ from .. import cli
 from ..training.metrics import psnr, ssim
 from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
 from . import bench as benches
-from . import commands, registry
+from . import commands, registry, stacked, stacked_sr
 from .bench import steps_command
 from .recipe import RUN_FILE, Recipe, RunResult, Setup, card, check_int, replace
 from .runner import call, read_run_file
@@ -419,7 +419,8 @@ class SRRecipe(Recipe):
     def commands(self) -> dict:
         return {"bench": steps_command(self, "bench", steps=50, warmup=5,
                                                   configs=("fast-none", "fast-bn", "fast-dn*"),
-                                                  options={"sets": (), "curve_sets": ()})}
+                                                  options={"sets": (), "curve_sets": ()}),
+                **stacked.commands(self, stacked_sr.prepare)}   # `stack`: several seeds of one SRCNN as one model
 
 
 RECIPE = SRRecipe()

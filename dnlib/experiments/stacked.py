@@ -327,7 +327,7 @@ def _add_arguments(recipe: Recipe, q: argparse.ArgumentParser) -> None:
     group_flags(recipe, q)
 
 
-def _handler(recipe: Recipe):
+def _handler(recipe: Recipe, prepare_group):
     def handle(args, q) -> int:
         out = group_out(recipe, args, q)
         if args.resume is None and (args.config is None or args.seeds is None):
@@ -338,21 +338,23 @@ def _handler(recipe: Recipe):
                 check_seeds(args.seeds)
             if args.config is not None:
                 recipe.config(args.config, steps=args.steps, **overrides)     # a bad name or field: before any data
-            prepared = prepare(recipe, args.config, args.seeds, steps=args.steps, stop_after=args.stop_after,
-                               device=args.device, out=out,
-                               resume=args.resume, overrides=overrides, options=options, time_limit=args.time_limit,
-                               progress=sys.stderr.isatty(), argv=sys.argv[1:])
+            prepared = prepare_group(recipe, args.config, args.seeds, steps=args.steps, stop_after=args.stop_after,
+                                     device=args.device, out=out, resume=args.resume, overrides=overrides,
+                                     options=options, time_limit=args.time_limit, progress=sys.stderr.isatty(),
+                                     argv=sys.argv[1:])
         return train_group(prepared, q)
     return handle
 
 
-def commands(recipe: Recipe) -> dict:
+def commands(recipe: Recipe, prepare_group=None) -> dict:
     """``{"stack": Command}``: the ``stack`` verb of ``recipe``'s CLI (register it in ``Recipe.commands``)::
 
         python -m dnlib cifar stack dn-star --seeds 0 1 2 3 [--steps N] [--out DIR] [the run verb's recipe flags]
         python -m dnlib cifar stack --resume DIR        # continue a group (its checkpoint), or start there
 
     One folder per group, an ordinary run folder per seed in it; one JSON line per copy; exit 1 when a copy
-    diverged, 2 on bad arguments (or another run's checkpoint)."""
+    diverged, 2 on bad arguments (or another run's checkpoint). ``prepare_group(recipe, config, seeds, **kw)``
+    prepares the group's :class:`~dnlib.experiments.runner.Run` (default :func:`prepare`, CIFAR's stacked CNN; SR
+    passes :func:`dnlib.experiments.stacked_sr.prepare`)."""
     return {"stack": Command("train several seeds of one configuration as one stacked model",
-                                        lambda q: _add_arguments(recipe, q), _handler(recipe))}
+                             lambda q: _add_arguments(recipe, q), _handler(recipe, prepare_group or prepare))}
