@@ -45,31 +45,33 @@ AUTO = {
     ("cpu", "rms", "large"): "general",
 }
 
-#: The measurement behind :data:`AUTO`: ``python -m dnlib.norms.bench_layers --table --repeat 10 --threads 1`` on
-#: the project's 2-core machine under heavy load (load average 15-20 from other work: single ratios are off by up
-#: to +-0.4x, e.g. native_path, which is torch's own kernel, read 0.92-1.92x; a row of one kernel against itself
-#: is noise; dn3 at 100x64x32x32 ran a kernel recompiled with dynamic sizes after the 32-channel row: alone, in a
-#: fresh process, 1.03x). Ratios to torch's own layer, forward + backward; "auto" ran the table above.
+#: The measurement behind :data:`AUTO`: ``python -m dnlib.norms.bench_layers --table --repeat 20 --threads 1`` on the
+#: project's 2-core machine, quiet (nothing else running; load average 0.2-0.6), 2026-12-06. The same table from a
+#: second quiet run minutes earlier (``make bench``, results/bench_cpu.txt) agrees on every choice; single ratios
+#: moved by up to 0.15x between runs, and by 0.55x for dn3 at 64 channels (1.41x there, 0.86x here: the first call
+#: at that shape recompiles with dynamic sizes), so a row of one kernel against itself (``native_path`` where
+#: ``auto`` is native) reads 0.95-1.23x: the noise floor. Ratios to torch's own layer, forward + backward; "auto" ran
+#: the table above.
 MEASURED = """\
 torch 2.13.0+cpu
-dn2d dn3 100x32x32x32: auto 1.05x, general 2.06x (load 17.3, 1 threads)
-dn2d dn5 100x32x32x32: auto 0.90x, general 2.01x (load 16.7, 1 threads)
-dn2d dn3 100x64x32x32: auto 1.45x, general 1.96x (load 16.7, 1 threads)
-dn2d dn5 100x64x32x32: auto 0.99x, general 2.00x (load 15.7, 1 threads)
-dn1d dn3 64x256x100: auto 1.52x, general 9.16x (load 15.4, 1 threads)
-dn1d dn5 64x256x100: auto 2.35x, general 13.61x (load 15.3, 1 threads)
-presets bn 128x32x32x32: auto 0.98x, general 2.73x, native_path 1.03x (load 15.1, 1 threads)
-presets ln 128x32x32x32: auto 0.86x, general 3.68x, native_path 0.93x (load 15.4, 1 threads)
-presets in 128x32x32x32: auto 0.95x, general 2.81x, native_path 0.95x (load 15.3, 1 threads)
-presets gn 128x32x32x32: auto 0.99x, general 3.76x, native_path 0.94x (load 15.8, 1 threads)
-presets rms 128x32x32x32: auto 0.55x, general 0.68x, native_path 0.98x (load 16.3, 1 threads)
-presets lrn 128x32x32x32: auto 0.49x, general 1.10x (load 16.7, 1 threads)
-presets bn 64x256x100: auto 0.95x, general 3.02x, native_path 1.07x (load 19.0, 1 threads)
-presets ln 64x256x100: auto 1.81x, general 4.76x, native_path 1.03x (load 18.9, 1 threads)
-presets in 64x256x100: auto 1.81x, general 5.27x, native_path 1.92x (load 18.9, 1 threads)
-presets gn 64x256x100: auto 0.94x, general 4.34x, native_path 0.92x (load 19.3, 1 threads)
-presets rms 64x256x100: auto 0.84x, general 0.74x, native_path 1.07x (load 19.5, 1 threads)
-presets lrn 64x256x100: auto 0.54x, general 0.94x (load 20.2, 1 threads)
+dn2d dn3 100x32x32x32: auto 1.01x, general 1.70x (load 0.2, 1 threads)
+dn2d dn5 100x32x32x32: auto 0.75x, general 1.88x (load 0.3, 1 threads)
+dn2d dn3 100x64x32x32: auto 0.86x, general 1.61x (load 0.3, 1 threads)
+dn2d dn5 100x64x32x32: auto 0.72x, general 1.67x (load 0.3, 1 threads)
+dn1d dn3 64x256x100: auto 1.54x, general 7.74x (load 0.4, 1 threads)
+dn1d dn5 64x256x100: auto 1.74x, general 10.24x (load 0.4, 1 threads)
+presets bn 128x32x32x32: auto 0.95x, general 2.70x, native_path 1.09x (load 0.4, 1 threads)
+presets ln 128x32x32x32: auto 0.86x, general 3.71x, native_path 0.96x (load 0.4, 1 threads)
+presets in 128x32x32x32: auto 0.97x, general 3.23x, native_path 1.23x (load 0.4, 1 threads)
+presets gn 128x32x32x32: auto 0.98x, general 4.94x, native_path 1.21x (load 0.5, 1 threads)
+presets rms 128x32x32x32: auto 0.66x, general 0.65x, native_path 1.14x (load 0.5, 1 threads)
+presets lrn 128x32x32x32: auto 0.44x, general 0.86x (load 0.5, 1 threads)
+presets bn 64x256x100: auto 1.02x, general 2.99x, native_path 1.01x (load 0.6, 1 threads)
+presets ln 64x256x100: auto 0.92x, general 4.04x, native_path 0.96x (load 0.6, 1 threads)
+presets in 64x256x100: auto 1.02x, general 3.34x, native_path 1.04x (load 0.6, 1 threads)
+presets gn 64x256x100: auto 1.08x, general 5.17x, native_path 1.17x (load 0.6, 1 threads)
+presets rms 64x256x100: auto 0.82x, general 0.76x, native_path 0.99x (load 0.6, 1 threads)
+presets lrn 64x256x100: auto 0.55x, general 0.87x (load 0.6, 1 threads)
 """
 
 _broken: dict = {}      # spec -> why compiling failed (then the general path, warned once)
