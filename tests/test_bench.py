@@ -62,3 +62,21 @@ def test_bad_arguments_are_one_line_on_stderr_and_exit_2(args, message, tmp_path
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"python -m dnlib.bench: error: {message}\n"
     assert not out.exists()
+
+
+def test_hidden_size_figure_gives_each_candidate_one_colour_in_both_panels():
+    """The legend is drawn on the right panel only; the left (forward + backward) has no line for the forward-only
+    lower bound. Before, the colours came from each panel's own cycle, so on the left every candidate after the
+    lower bound took the next one's colour (LN* drawn in the lower bound's green, DN* in LN*'s red)."""
+    import matplotlib
+    matplotlib.use("agg")
+    from dnlib.analysis import rnn_bench as rb
+
+    rows = [{"name": n, "hidden": h, "tokens_per_s": t * h, "forward_only": n == "lower bound", "steps": 2,
+             "batch": 2, "fwd_ms": 1.0 + t} for t, n in enumerate(("nn.LSTM", "lower bound", "LN*", "DN*"))
+            for h in (100, 200)]
+    fig = rb.hidden_size_figure(rows)
+    left, right = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes[:2])
+    assert sorted(left) == ["DN*", "LN*", "nn.LSTM"] and len(right) == 4
+    assert all(left[n] == right[n] for n in left), (left, right)
+    assert len(set(right.values())) == 4

@@ -228,13 +228,13 @@ def hidden_size_figure(rows: list[dict], title: str = ""):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(dict.fromkeys(r["name"] for r in rows))
-    for name in names:
+    for i, name in enumerate(names):   # one colour per candidate in both panels (the legend is the right one's)
         rs = [r for r in rows if r["name"] == name]
         hs = [r["hidden"] for r in rs]
         if not rs[0]["forward_only"]:
-            axes[0].plot(hs, [r["tokens_per_s"] for r in rs], marker="o", label=name)
+            axes[0].plot(hs, [r["tokens_per_s"] for r in rs], marker="o", label=name, color=f"C{i % 10}")
         fwd = [r["steps"] * r["batch"] / (r["fwd_ms"] / 1e3) for r in rs]
-        axes[1].plot(hs, fwd, marker="o", label=name)
+        axes[1].plot(hs, fwd, marker="o", label=name, color=f"C{i % 10}")
     for ax, what in zip(axes, ("forward + backward", "forward only"), strict=True):
         ax.set_xlabel("hidden size H")
         ax.set_ylabel("tokens / s")
