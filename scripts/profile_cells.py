@@ -1,0 +1,85 @@
+"""Where the time of a normalized LSTM goes on the CPU: ``torch.profiler`` tables of one forward + backward of the
+recurrent stack at the PTB shape (2 x 200, batch 20 x 20 steps; issue 25's cell targets), per cell.
+
+    .venv/bin/python scripts/profile_cells.py                          # LN*, DN*, base-lstm and nn.LSTM, 1 thread
+    .venv/bin/python scripts/profile_cells.py --cells dn-star-lstm --rows 25 --out results/cpu/profile_cells.txt
+
+Each table lists the operators by their own CPU time (``self_cpu_time_total``) over ``--repeat`` profiled passes
+after two warm-up passes, with the call counts that show how many kernels a step launches. The figures are a
+profile (with the profiler's overhead), not a benchmark: ``make bench`` gives the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from dnlib.analysis import rnn_bench as rb  # noqa: E402
+from dnlib.experiments.ptb_configs import get_config, list_configs  # noqa: E402
+from dnlib.io import atomic_write_text  # noqa: E402
+
+CELLS = ("ln-star-lstm", "dn-star-lstm", "base-lstm", "nn.LSTM")
+
+
+def _model(name: str, hidden: int, layers: int) -> nn.Module:
+    if name == "nn.LSTM":
+        return nn.LSTM(hidden, hidden, layers)
+    return rb.CellStack(get_config(name).model_kwargs(), hidden, layers)
+
+
+def profile(name: str, hidden: int = 200, layers: int = 2, steps: int = 20, batch: int = 20, repeat: int = 5,
+            rows: int = 15) -> str:
+    """The profiler's table of ``repeat`` forward + backward passes of the cell stack ``name``."""
+    torch.manual_seed(0)
+    model = _model(name, hidden, layers)
+    x = torch.randn(steps, batch, hidden, requires_grad=True)
+
+    def run():
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.sum().backward()
+    for _ in range(2):
+        run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeat):
+            run()
+    head = (f"{name}: {layers} x {hidden}, batch {batch} x {steps} steps, {repeat} passes (forward + backward), "
+            f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    return head + "\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {', '.join(CELLS)} and the "
+                    "PTB configurations (default: the four)")
+    ap.add_argument("--rows", type=int, default=15, help="operators per table (default 15)")
+    ap.add_argument("--repeat", type=int, default=5, help="profiled passes (default 5)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--out", default=None, help="also write the tables to this file")
+    a = ap.parse_args(argv)
+    cells = [c for c in a.cells.split(",") if c]
+    known = set(list_configs()) | {"nn.LSTM"}
+    for c in cells:
+        if c not in known:
+            ap.error(f"--cells: unknown cell {c!r}; known are nn.LSTM and the PTB configurations ({', '.join(CELLS)}, "
+                     "...)")
+    for flag in ("rows", "repeat", "threads"):
+        if getattr(a, flag) < 1:
+            ap.error(f"--{flag}: must be >= 1, got {getattr(a, flag)}")
+    torch.set_num_threads(a.threads)
+    text = "\n\n".join(profile(c, repeat=a.repeat, rows=a.rows) for c in cells)
+    print(text)
+    if a.out:
+        atomic_write_text(a.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
