@@ -16,6 +16,7 @@ from dnlib import NormSpec, sparse_penalty
 from dnlib.experiments.ptb_configs import get_config
 from dnlib.models import rnn_fused
 from dnlib.models.rnn import LanguageModel, NormLSTMCell
+from dnlib.norms.functional import field_mean
 
 I, H, N, T = 4, 12, 3, 5  # noqa: E741  I: the input size, as in the papers
 
@@ -135,3 +136,23 @@ def test_the_per_step_path_where_the_fused_one_does_not_apply():
     assert len(traced.trace) == T      # the per-step path records every step
     with pytest.raises(ValueError, match=r"impl: got 'fast'; allowed values are \['auto', 'loop'\]"):
         NormLSTMCell(I, H, impl="fast")
+
+
+@pytest.mark.parametrize("hidden", [12, 200])
+def test_box_windows_run_as_cumulative_sums(hidden):
+    """DN*'s cells (PTB: window 61, zeros border) are box windows: the fused path runs them as cumulative sums (mode
+    3, O(H) per row), not as a product with the (H, H) matrix (mode 2). Before, the ~1e-18 that the general path's
+    shifted sums leave far from the diagonal counted as the window's support (at H = 200: 28,730 entries, the
+    largest 4.3e-18), every window spanned all H units and the DN* cells ran two dense (4N, H) x (H, H) products per
+    step. A Gaussian window (weights not a box) keeps the matrix; each mode is checked against the matrix."""
+    kw = get_config("dn-star-lstm").model_kwargs()["norm_kwargs"]
+    cell = NormLSTMCell(I, hidden, "dn-1d-s", kw)
+    for site in (cell.gate_norm, cell.cell_norm):
+        for field in ("sum", "sup"):
+            mode, _, left, right, post = rnn_fused._window(site.spec, field, hidden, torch.float64, "cpu")
+            reach = min(30, hidden - 1)   # the window's half-width, cut by the H units
+            assert (mode, left, right) == (3, reach, reach)
+            eye = torch.eye(hidden, dtype=torch.float64)
+            torch.testing.assert_close(rnn_fused._box(eye, left, right) * post, field_mean(eye, site.spec),
+                                       rtol=0, atol=1e-15)
+    assert rnn_fused._window(GAUSS, "sum", hidden, torch.float64, "cpu")[0] == 2

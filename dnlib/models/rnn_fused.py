@@ -66,7 +66,9 @@ def _window(spec, field: str, n: int, dtype, device) -> Window:
     one = spec if field == "sum" else spec.replace(sum_axes=spec.sup_axes, sum_window=spec.sup_window,
                                                     sum_weights=spec.sup_weights)
     m = field_mean(torch.eye(n, dtype=torch.float64), one)
-    rows, cols = m.nonzero().unbind(1)
+    # the window's support: entries above rounding (the general path's shifted sums leave ~1e-18 far from the
+    # diagonal; counted as support, they made every window span all n units and never run as a cumulative sum)
+    rows, cols = (m.abs() > 1e-12 * m.abs().max()).nonzero().unbind(1)
     left, right = int((cols - rows).max()), int((rows - cols).max())
     post = m.max(0).values
     if torch.allclose(_box(torch.eye(n, dtype=torch.float64), left, right) * post, m, rtol=0.0, atol=1e-15):
