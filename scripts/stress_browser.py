@@ -8,8 +8,8 @@ Each try is a fresh JupyterLab server on a copy of the notebook and a fresh Chro
 the browser test uses (``tests/test_browser.py``: ``_serve``, ``_prepare_session``, ``_open_and_run``, whose Run All
 retries and reloads a stuck page), so it measures the real path. A try ends as
 
-* ``ok``: a cell showed ``[*]`` or ``[1]`` (the kernel is executing the notebook); "Run All started at try N" when it
-  took retries (a stuck page reloaded);
+* ``ok``: a cell has run (its prompt shows a count: the kernel is executing the notebook); "Run All started at try
+  N" when it took retries (a stuck page reloaded);
 * ``failed``: the page never started executing (``Run All Cells did not start the kernel``), or any other error
   (its server log and a screenshot are kept under runs/browser/);
 

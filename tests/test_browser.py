@@ -156,32 +156,59 @@ def _dismiss_kernel_dialog(page) -> bool:
     return True
 
 
-def _run_all_cells(page, tries: int = 4) -> int:
-    """Run menu > Run All Cells, retried until the kernel starts executing (right after the notebook opens the command
-    can still be disabled); return how many tries it took.
+#: JavaScript: "ran" once a code cell's prompt shows an execution count, "queued" while one shows [*], else "none"
+_PROGRESS = """() => {
+    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent);
+    if (prompts.some(t => /\\[\\d+\\]/.test(t))) return 'ran';
+    return prompts.some(t => t.includes('[*]')) ? 'queued' : 'none';
+}"""
 
-    A page can get stuck: Run All walks to the last cell without executing any and JupyterLab shows "Select Kernel",
-    although the page is connected to the session's kernel and the status bar says "Python 3 (ipykernel) | Idle". On
-    the loaded 2-core machine that happened in 2 of 50 opens of 01 (two busy loops beside it, the session prepared;
-    ``scripts/stress_browser.py``) and once in a clean-clone CI run. Retrying on the same page never recovered
-    (each "Select" accepted started one more kernel, 5 per failed try); so after a failed try the dialog is dismissed
-    and the page is reloaded (it joins the same session again) before the next one."""
-    started = ".jp-InputPrompt:has-text('[1]'), .jp-InputPrompt:has-text('[*]')"
+
+def _executing(page, grace_s: float = 8, limit_s: float = 300) -> bool:
+    """Whether the Run All just clicked executes: True once a cell has run (its prompt shows a count); False when no
+    cell runs or waits in the queue for ``grace_s`` seconds on end (Run All walked the cells without a kernel: each
+    prompt showed [*] for a moment and was cleared); cells still queued after ``limit_s`` also count as False."""
+    deadline, idle_since = time.time() + limit_s, time.time()
+    while time.time() < deadline:
+        state = page.evaluate(_PROGRESS)
+        if state == "ran":
+            return True
+        if state == "queued":
+            idle_since = time.time()
+        elif time.time() - idle_since > grace_s:
+            return False
+        page.wait_for_timeout(250)
+    return False
+
+
+def _run_all_cells(page, tries: int = 4) -> int:
+    """Run menu > Run All Cells, retried until a cell has run; return how many tries it took.
+
+    A page can get stuck: Run All walks to the last cell without executing any (each prompt shows [*] for a moment,
+    then "[ ]"), sometimes with JupyterLab's "Select Kernel" dialog, although the status bar says "Python 3
+    (ipykernel) | Idle". It happens when the page switches kernels as it opens (`lab.log`: a second "Kernel started",
+    the first one shut down). On the loaded 2-core machine: 2 of 50 opens of 01 (two busy loops beside it;
+    ``scripts/stress_browser.py``), once in a clean-clone CI run on 01 and once on 05 (there without the dialog: the
+    [*] that the old check took for a start was the cleared queue). Retrying on the same page did not recover (each
+    "Select" accepted started one more kernel); so a miss dismisses the dialog and, from the second miss on (or with
+    the dialog up), reloads the page (it joins the notebook's session again) before the next try."""
     for attempt in range(tries):
         item = page.locator(".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel", has_text="Run All Cells").first
         try:  # a dialog that comes up between the check and the click makes the click time out: the next try
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=10_000)
             item.click(timeout=5_000)
-            page.wait_for_selector(started, state="attached", timeout=10_000)
+            ran = _executing(page)
+        except Exception:  # playwright TimeoutError: menu item disabled
+            ran = False
+        if ran:
             return attempt + 1
-        except Exception:  # playwright TimeoutError: menu item disabled, or execution not started
-            page.keyboard.press("Escape")
-            stuck = _dismiss_kernel_dialog(page)
-            if stuck or attempt:  # a stuck page, or a second miss: load the page again
-                page.reload()
-                _wait_ready(page)
-            else:
-                page.wait_for_timeout(1_000)
+        page.keyboard.press("Escape")
+        stuck = _dismiss_kernel_dialog(page)
+        if stuck or attempt:  # a stuck page, or a second miss: load the page again
+            page.reload()
+            _wait_ready(page)
+        else:
+            page.wait_for_timeout(1_000)
     raise AssertionError(f"Run All Cells did not start the kernel in {tries} tries (the page reloaded after each miss)")
 
 
