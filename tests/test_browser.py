@@ -121,9 +121,11 @@ def lab(request, tmp_path):
 
 def _prepare_session(base: str, token: str, path: str) -> str:
     """Start the notebook's kernel session through the server's REST API (the server answers once the kernel process
-    runs); return the kernel's id. The page then joins this session (JupyterLab connects to a running session of the
-    notebook's path) instead of starting its own kernel. The server's own ``execution_state`` stays "starting" until
-    a client talks to the kernel, so readiness is the page's idle indicator (``_open_and_run``).
+    runs); return the kernel's id. The page usually joins this session (JupyterLab connects to a running session of
+    the notebook's path) instead of starting its own kernel, but not always: in one clean-clone CI run the page
+    still started a second kernel and shut this one down, so ``_run_all_cells`` checks that cells really run. The
+    server's own ``execution_state`` stays "starting" until a client talks to the kernel, so readiness is the
+    page's idle indicator (``_open_and_run``).
 
     Why: when the page starts the kernel itself, JupyterLab sometimes starts two kernels for the notebook 0.1 s apart
     and shuts down the one the page connected to (`lab.log`: two "Kernel started", one "Kernel shutdown", a 500 on
