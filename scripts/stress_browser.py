@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                 with tb._serve(root, tmp) as (base, token), sync_playwright() as p:
                     browser = tb._browser(p)
                     try:
-                        if hasattr(tb, "_prepare_session") and not args.no_session:
+                        if not args.no_session:
                             tb._prepare_session(base, token, args.notebook)
                         page = tb._open_and_run(browser, f"{base}/lab/tree/{args.notebook}?token={token}")
                         outcome, why = "ok", ""
