@@ -9,13 +9,16 @@ the browser test uses (``tests/test_browser.py``: ``_serve``, ``_prepare_session
 retries and reloads a stuck page), so it measures the real path. A try ends as
 
 * ``ok``: a cell has run (its prompt shows a count: the kernel is executing the notebook); "Run All started at try
-  N" when it took retries (a stuck page reloaded);
+  N" when it took retries (a stuck page reloaded); with ``--to-end``, every cell has run (the save test's
+  ``_run_to_end``; "reached the last cell at run N" when a stalled run was loaded and run again);
 * ``failed``: the page never started executing (``Run All Cells did not start the kernel``), or any other error
   (its server log and a screenshot are kept under runs/browser/);
 
 and the server's log gives how many kernels JupyterLab started and shut down for it (a stuck page that accepts
-"Select Kernel" starts one more per accept). ``--busy`` spawns that many busy-loop processes for the whole run, as the
-xdist worker beside the browser test loads the machine in ``make test``. ``--no-session`` lets the page start its own
+"Select Kernel" starts one more per accept). ``--cold`` drops the page cache before each try, so the kernel starts
+slowly (the page then shows idle a second or more before it connects to its kernel: a Run All clicked then ran
+nothing). ``--busy`` spawns that many busy-loop processes for the whole run, as the xdist worker beside the browser
+test loads the machine in ``make test``. ``--no-session`` lets the page start its own
 kernel (the path before ``_prepare_session``). A script, not a test.
 """
 from __future__ import annotations
@@ -41,6 +44,10 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=20, help="tries (default 20)")
     ap.add_argument("--notebook", default="01_unified_view.ipynb", help="a notebook of notebooks/ (default 01)")
     ap.add_argument("--busy", type=int, default=2, help="busy-loop processes beside it (default 2)")
+    ap.add_argument("--to-end", action="store_true",
+                    help="also wait until every cell has run (the save test's _run_to_end: reloads a stalled run)")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each try (root only): a slow kernel start")
     ap.add_argument("--no-session", action="store_true",
                     help="let the page start its kernel (the path before the fix) instead of _prepare_session")
     args = ap.parse_args(argv)
@@ -59,6 +66,9 @@ def main(argv=None) -> int:
     started = shutdown = retried = 0
     try:
         for i in range(args.n):
+            if args.cold:
+                os.sync()
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 root = tmp / "lab"
@@ -72,8 +82,15 @@ def main(argv=None) -> int:
                             tb._prepare_session(base, token, args.notebook)
                         page = tb._open_and_run(browser, f"{base}/lab/tree/{args.notebook}?token={token}")
                         outcome, why = "ok", ""
+                        if args.to_end:
+                            nb = (root / args.notebook).read_text(encoding="utf-8")
+                            tb._run_to_end(page, nb)
                         if page.run_all_tries > 1:
                             why = f"Run All started at try {page.run_all_tries}"
+                            retried += 1
+                        if getattr(page, "run_to_end_tries", 1) > 1:
+                            why += f" reached the last cell at run {page.run_to_end_tries}"
+                            why += "".join(f"\n    stalled: {m}" for m in page.run_to_end_stalls)
                             retried += 1
                     except Exception as e:  # noqa: BLE001  counted, with its message
                         outcome, why = "failed", str(e).splitlines()[0][:120]
