@@ -171,82 +171,90 @@ def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: Site
     return gv
 
 
+def _put(buf: Tensor, t: int, x: Tensor, steps: int) -> Tensor:
+    """Write step ``t``'s ``x`` into ``buf`` (``steps``, ``*x.shape``), allocated at step 0; an empty ``x`` (a
+    statistic the site does not have) leaves ``buf`` empty. One copy per step instead of a list stacked after the
+    loop (the stacks were 8-14% of a training step's time: ``scripts/profile_cells.py``)."""
+    if t == 0:
+        if x.numel() == 0:
+            return buf
+        buf = x.new_empty([steps] + list(x.size()))
+    if buf.numel() > 0:
+        buf[t] = x
+    return buf
+
+
 def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | None, gb: Tensor | None,
                   cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan,
                   save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
     """The steps of the per-nonlinearity LSTM from the transformed inputs ``xw`` (T, N, 4H): ``wt`` = W_hh^T,
     ``gw``/``gb`` the per-gate affine (4, H), ``cw``/``cb`` the cell norm's (H). Returns ``(out, h_T, c_T, Z, C)``
     (Z: the gate pre-activations (T, N, 4, H), C: the raw cell states) and, with ``save``, what the backward
-    needs, stacked over time: gate-norm output and statistics, sigmoids, tanh(j), c_{t-1}, cell-norm output and
-    statistics, tanh of the normalized cell."""
-    n, hs = h.shape[0], h.shape[1]
-    outs: list[Tensor] = []
-    zs: list[Tensor] = []
-    cs: list[Tensor] = []
-    ys: list[Tensor] = []
-    g1s: list[Tensor] = []
-    g2s: list[Tensor] = []
-    g3s: list[Tensor] = []
-    ss: list[Tensor] = []
-    js: list[Tensor] = []
-    cps: list[Tensor] = []
-    ycs: list[Tensor] = []
-    c1s: list[Tensor] = []
-    c2s: list[Tensor] = []
-    c3s: list[Tensor] = []
-    tcs: list[Tensor] = []
-    for t in range(xw.shape[0]):
-        z = torch.addmm(xw[t], h, wt).view(n, 4, hs)
+    needs, over time: gate-norm output and statistics, sigmoids, tanh(j), cell-norm output and statistics, tanh of
+    the normalized cell (each (T, ...), empty where the site has no such statistic; c_{t-1} is C's step t - 1).
+
+    Without autograd recording (training forward, inference) the step's results are written straight into the
+    (T, ...) tensors (``out=``); recorded (the recomputation of double backward) they are computed, then copied."""
+    steps, n, hs = xw.shape[0], h.shape[0], h.shape[1]
+    direct = not torch.is_grad_enabled()
+    outs, zs, cs = xw.new_empty(steps, n, hs), xw.new_empty(steps, n, 4, hs), xw.new_empty(steps, n, hs)
+    e = xw.new_empty(0)
+    ss = xw.new_empty(steps, n, 4, hs) if save else e
+    js, tcs = (xw.new_empty(steps, n, hs), xw.new_empty(steps, n, hs)) if save else (e, e)
+    stats = [e for _ in range(8)]  # y, g1, g2, g3, yc, c1, c2, c3
+    for t in range(steps):
+        if direct:
+            z = zs[t]
+            torch.addmm(xw[t], h, wt, out=z.view(n, 4 * hs))
+        else:
+            z = torch.addmm(xw[t], h, wt).view(n, 4, hs)
+            zs[t] = z
         y, g1, g2, g3 = _norm_fwd(z, gp)
         a = y
         if gw is not None:
             a = a * gw if gb is None else torch.addcmul(gb, a, gw)
-        s = torch.sigmoid(a)
-        j = torch.tanh(a[:, 1])
-        c_prev = c
-        c = torch.addcmul(s[:, 2] * c, s[:, 0], j)
+        if save:
+            s = torch.sigmoid(a, out=ss[t])
+            j = torch.tanh(a[:, 1], out=js[t])
+        else:
+            s = torch.sigmoid(a)
+            j = torch.tanh(a[:, 1])
+        if direct:
+            c = torch.addcmul(s[:, 2] * c, s[:, 0], j, out=cs[t])
+        else:
+            c = torch.addcmul(s[:, 2] * c, s[:, 0], j)
+            cs[t] = c
         yc, c1, c2, c3 = _norm_fwd(c, cp)
         cn = yc
         if cw is not None:
             cn = cn * cw if cb is None else torch.addcmul(cb, cn, cw)
-        tc = torch.tanh(cn)
-        h = s[:, 3] * tc
-        outs.append(h)
-        zs.append(z)
-        cs.append(c)
+        tc = torch.tanh(cn, out=tcs[t]) if save else torch.tanh(cn)
+        if direct:
+            h = torch.mul(s[:, 3], tc, out=outs[t])
+        else:
+            h = s[:, 3] * tc
+            outs[t] = h
         if save:
-            ys.append(y)
-            g1s.append(g1)
-            g2s.append(g2)
-            g3s.append(g3)
-            ss.append(s)
-            js.append(j)
-            cps.append(c_prev)
-            ycs.append(yc)
-            c1s.append(c1)
-            c2s.append(c2)
-            c3s.append(c3)
-            tcs.append(tc)
-    saved: list[Tensor] = []
-    if save:
-        for k in (ys, g1s, g2s, g3s, ss, js, cps, ycs, c1s, c2s, c3s, tcs):
-            saved.append(torch.stack(k) if k[0].numel() > 0 else xw.new_empty(0))
-    return torch.stack(outs), h, c, torch.stack(zs), torch.stack(cs), saved
+            for k, x in enumerate((y, g1, g2, g3, yc, c1, c2, c3)):
+                stats[k] = _put(stats[k], t, x, steps)
+    saved = [stats[0], stats[1], stats[2], stats[3], ss, js, stats[4], stats[5], stats[6], stats[7], tcs]
+    return outs, h, c, zs, cs, (saved if save else [])
 
 
 def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out: Tensor, w: Tensor,
                    gw: Tensor | None, cw: Tensor | None, gp: SitePlan, cp: SitePlan, zs: Tensor, cs: Tensor,
-                   saved: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   c0: Tensor, saved: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradient of :func:`_forward_loop`, steps in reverse. ``gh``/``gc``: of h_T and c_T; ``gz_out``/
-    ``gc_out``: of the outputs Z and C (empty: none). Returns the gradient of ``xw`` (T, N, 4, H), of h_0 and c_0,
-    and the stacked gradients at the two affine sites (GA of the per-gate affine's output, GCN of the cell
+    ``gc_out``: of the outputs Z and C (empty: none); ``c0``: the initial cell state. Returns the gradient of ``xw``
+    (T, N, 4, H), of h_0 and c_0,
+    and the gradients at the two affine sites over time (GA of the per-gate affine's output, GCN of the cell
     norm's; empty without affine): the weight gradients are one reduction each, after the loop."""
-    ys, g1s, g2s, g3s, ss, js, cps, ycs, c1s, c2s, c3s, tcs = saved
+    ys, g1s, g2s, g3s, ss, js, ycs, c1s, c2s, c3s, tcs = saved
     steps, n, hs = zs.shape[0], zs.shape[1], zs.shape[3]
-    gzs: list[Tensor] = []
-    gas: list[Tensor] = []
-    gcns: list[Tensor] = []
     e = zs.new_empty(0)
+    gzs = torch.empty_like(zs)
+    gas = torch.empty_like(zs) if gw is not None else e
+    gcns = torch.empty_like(cs) if cw is not None else e
     for t in range(steps - 1, -1, -1):
         gh = gh + gout[t]
         s = ss[t]
@@ -256,32 +264,29 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
         gcn = gh * s[:, 3] * (1.0 - tc * tc)
         gyc = gcn
         if cw is not None:
-            gcns.append(gcn)
+            gcns[t] = gcn
             gyc = gcn * cw
         gc = gc + _norm_bwd(gyc, cs[t], c1s[t] if c1s.numel() > 0 else e, c2s[t] if c2s.numel() > 0 else e,
                             c3s[t] if c3s.numel() > 0 else e, cp)
         if gc_out.numel() > 0:
             gc = gc + gc_out[t]
-        gs = torch.stack([gc * j, gc, gc * cps[t], go], 1)
-        ga = gs * (s * (1.0 - s))
-        ga[:, 1] = gc * s[:, 0] * (1.0 - j * j)
+        ga = gas[t] if gw is not None else torch.empty_like(s)
+        sp = s * (1.0 - s)
+        torch.mul(gc * j, sp[:, 0], out=ga[:, 0])
+        torch.mul(gc * s[:, 0], 1.0 - j * j, out=ga[:, 1])
+        torch.mul(gc * (cs[t - 1] if t > 0 else c0), sp[:, 2], out=ga[:, 2])
+        torch.mul(go, sp[:, 3], out=ga[:, 3])
         gc = gc * s[:, 2]
         gy = ga
         if gw is not None:
-            gas.append(ga)
             gy = ga * gw
         gz = _norm_bwd(gy, zs[t], g1s[t] if g1s.numel() > 0 else e, g2s[t] if g2s.numel() > 0 else e,
                        g3s[t] if g3s.numel() > 0 else e, gp)
         if gz_out.numel() > 0:
             gz = gz + gz_out[t]
-        gzs.append(gz)
+        gzs[t] = gz
         gh = torch.mm(gz.view(n, 4 * hs), w)
-    gzs.reverse()
-    gas.reverse()
-    gcns.reverse()
-    ga_all = torch.stack(gas) if len(gas) > 0 else e
-    gcn_all = torch.stack(gcns) if len(gcns) > 0 else e
-    return torch.stack(gzs), gh, gc, ga_all, gcn_all
+    return gzs, gh, gc, gas, gcns
 
 
 _SCRIPTED: dict = {}
@@ -329,7 +334,7 @@ class _LSTMSequence(torch.autograd.Function):
         gc = gc if gc is not None else torch.zeros_like(c0)
         _, bwd = _loops(ctx.backend)
         gzs, gh0, gc0, ga, gcn = bwd(gout, gh.clone(), gc.clone(), gz_out if gz_out is not None else e,
-                                     gc_out if gc_out is not None else e, w, gw, cw, gp, cp, zs, cs, saved)
+                                     gc_out if gc_out is not None else e, w, gw, cw, gp, cp, zs, cs, c0, saved)
         steps, n, hs = zs.shape[0], zs.shape[1], zs.shape[3]
         needs = ctx.needs_input_grad
         g_w = g_gw = g_gb = g_cw = g_cb = None
@@ -340,7 +345,7 @@ class _LSTMSequence(torch.autograd.Function):
             g_gw = (ga * saved[0]).sum((0, 1)) if needs[4] else None
             g_gb = ga.sum((0, 1)) if gb is not None and needs[5] else None
         if cw is not None:
-            g_cw = (gcn * saved[7]).sum((0, 1)) if needs[6] else None
+            g_cw = (gcn * saved[6]).sum((0, 1)) if needs[6] else None
             g_cb = gcn.sum((0, 1)) if cb is not None and needs[7] else None
         g_xw = gzs.view(xw.shape) if needs[0] else None
         return (g_xw, gh0 if needs[1] else None, gc0 if needs[2] else None, g_w, g_gw, g_gb, g_cw, g_cb,
