@@ -246,10 +246,22 @@ def _wait_ready(page) -> None:
     page.wait_for_function(_CONNECTED, timeout=90_000)
 
 
+#: JavaScript: how many code cells show an execution count (kept check cells are stored with theirs)
+_SHOWN_COUNTS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+    .filter(e => /\\[\\d+\\]/.test(e.textContent)).length"""
+
+
 def _open_and_run(browser, url: str):
+    """A new page with the notebook at ``url`` opened, connected to its kernel, and Run All started. Before Run All,
+    nothing counts as run (``_COUNTS``) although kept cells show their stored counts: the check that Run All has
+    started must not be fooled by them (it was, with 01's two kept cells)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     _wait_ready(page)
+    page.evaluate(_WATCH)
+    counts = page.evaluate(_COUNTS)
+    page.shown_counts_before = page.evaluate(_SHOWN_COUNTS)
+    assert counts["ran"] == 0 and counts["queued"] == 0, (counts, page.shown_counts_before)
     page.run_all_tries = _run_all_cells(page)
     return page
 
@@ -429,7 +441,10 @@ def test_run_and_save_in_jupyterlab_leaves_git_status_clean(lab_checkout):
     02 (with its widget state) is saved the same way at the end of the σ-slider test, in its one JupyterLab run."""
     url, repo, path = lab_checkout
     committed = path.read_text(encoding="utf-8")
+    kept = sum(c.get("execution_count") is not None for c in json.loads(committed)["cells"])
     with _lab_page(url, f"{path.stem}-save") as page:
+        # the stored counts of the kept cells showed before Run All and did not count as run (``_open_and_run``)
+        assert page.shown_counts_before == kept >= 2
         _save(page, path, committed)
     _assert_saved_and_clean(repo, path, committed)
 
