@@ -108,15 +108,15 @@ def _serve(root: Path, tmp_path: Path):
 
 @pytest.fixture
 def lab(request, tmp_path):
-    """A JupyterLab server serving a copy of the notebook named by the test's ``notebook`` parameter; yields the
-    notebook's URL."""
+    """A JupyterLab server serving a copy of the notebook named by the test's parameter; yields ``(notebook URL,
+    the copy's path)``."""
     name = request.param
     root = tmp_path / "lab"
     root.mkdir()
     _copy_notebook(name, root)
     with _serve(root, tmp_path) as (base, token):
         _prepare_session(base, token, name)
-        yield f"{base}/lab/tree/{name}?token={token}"
+        yield f"{base}/lab/tree/{name}?token={token}", root / name
 
 
 def _prepare_session(base: str, token: str, path: str) -> str:
@@ -328,8 +328,9 @@ def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_th
     url, repo, path = lab_checkout
     committed = path.read_text(encoding="utf-8")
     with _lab_page(url, "02_activation_explorer") as page:
+        _run_to_end(page, committed)
         stat = page.locator(".dnlib-stats .dnlib-stat-linearity").first
-        stat.wait_for(state="attached", timeout=120_000)
+        stat.wait_for(state="attached", timeout=60_000)
         _wait_idle(page)
         before = stat.text_content()
         slider = _slider(page, "σ")
@@ -360,10 +361,11 @@ def test_sigma_slider_updates_a_displayed_statistic_and_the_figure_sits_under_th
 
 @pytest.mark.parametrize("lab", ["05_super_resolution.ipynb"], indirect=True)
 def test_crop_explorer_slider_redraws_the_crops(lab):
-    with _lab_page(lab, "05_super_resolution") as page:
+    url, path = lab
+    with _lab_page(url, "05_super_resolution") as page:
+        _run_to_end(page, path.read_text(encoding="utf-8"))  # Run All trains the SRCNNs first
         image = page.locator(".widget-interact .widget-output img").first
-        # Run All trains 4 SRCNNs first: minutes beside an xdist worker
-        image.wait_for(state="attached", timeout=600_000)
+        image.wait_for(state="attached", timeout=60_000)
         _wait_idle(page)
         before = image.get_attribute("src")
         slider = _slider(page, "top")
@@ -484,9 +486,9 @@ def _run_to_end(page, text: str, tries: int = 3) -> int:
 
     Why: in a clean-clone CI run of 01, this wait timed out after 300 s with no error shown. Run All had been taken
     as started because 01's two kept check cells are stored with counts, while no cell ran (Run All clicked before
-    the page had connected to its kernel; ``scripts/stress_browser.py --to-end``: the 4 opens with a cold page cache
-    stalled after 01's kept cells, 17 warm opens did not). Counts now come only from cells queued in this page, and
-    a run that stops is run again. A traceback is never retried."""
+    the page had connected to its kernel; ``scripts/stress_browser.py --to-end``: 4 opens stalled with nothing run,
+    all among the first opens of a run, 3 right after dropping the page cache; 17 later opens did not). Counts now
+    come only from cells queued in this page, and a run that stops is run again. A traceback is never retried."""
     stalls = page.run_to_end_stalls = []  # kept for scripts/stress_browser.py
     for attempt in range(tries):
         try:
