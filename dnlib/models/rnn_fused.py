@@ -39,7 +39,8 @@ __all__ = ["SitePlan", "plan", "lstm_sequence", "norm_lstm_sequence"]
 # the H units; 2: a window as a product with the (H, H) matrix (``t @ matrix``); 3: a box window as a cumulative
 # sum: unit i's sum over units i - left .. i + right (zeros beyond the border), times ``post[i]``.
 Window = tuple[int, Tensor | None, int, int, Tensor | None]
-# A site: (sum field, suppression field, eps, sigma^2, sup_scale, power, identity: no normalizer at all).
+# A site: (sum field, suppression field, eps, sigma^2, sup_scale, power, identity: no normalizer at all). A windowed
+# suppression field (modes 2, 3) holds sup_scale in its matrix or ``post``, and the site's sup_scale is then 1.
 SitePlan = tuple[Window, Window, float, float, float, float, bool]
 _NONE: Window = (0, None, 0, 0, None)
 _IDENTITY: SitePlan = (_NONE, _NONE, 0.0, 0.0, 1.0, 0.5, True)
@@ -95,8 +96,13 @@ def plan(norm: DivisiveNorm | None, n: int, dtype, device) -> SitePlan | None:
         return None
     if not all(axes <= {"channel", "space"} for axes in (spec.sum_axes, spec.sup_axes)):
         return None
-    return (_window(spec, "sum", n, dtype, device), _window(spec, "sup", n, dtype, device),
-            float(spec.eps_for(dtype)), float(spec.sigma) ** 2, float(spec.sup_scale), float(spec.power), False)
+    wb, scale = _window(spec, "sup", n, dtype, device), float(spec.sup_scale)
+    if wb[0] >= 2:  # sup_scale baked into the window (one kernel less per use); the plan's own scale is then 1
+        mode, m, left, right, post = wb
+        wb = (mode, m * scale if m is not None else None, left, right, post * scale if post is not None else None)
+        scale = 1.0
+    return (_window(spec, "sum", n, dtype, device), wb, float(spec.eps_for(dtype)), float(spec.sigma) ** 2, scale,
+            float(spec.power), False)
 
 
 # ------------------------------------------------------------------------------------- TorchScript kernels
@@ -134,16 +140,20 @@ def _norm_fwd(x: Tensor, p: SitePlan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if _is_ln(p):
         y, mu, rstd = torch.native_layer_norm(x, [x.size(-1)], None, None, eps + sig2)
         return y, mu, rstd, empty
-    if wa[0] == 1:
+    mode_a, _, left, right, post = wa
+    if mode_a == 1:
         v = x - x.mean(-1, keepdim=True)
-    elif wa[0] >= 2:
+    elif mode_a == 3:  # x - box(x) * post in one kernel after the box
+        assert post is not None
+        v = torch.addcmul(x, _box(x, left, right), post, value=-1.0)
+    elif mode_a == 2:
         v = x - _apply(x, wa)
     else:
         v = x
     if wb[0] == 0:
         return v, v, empty, empty
-    s = (v * v).mean(-1, keepdim=True) if wb[0] == 1 else _apply(v * v, wb)
-    d = s * scale + eps + sig2
+    # a window (modes 2, 3) holds sup_scale (plan)
+    d = (v * v).mean(-1, keepdim=True) * scale + (eps + sig2) if wb[0] == 1 else _apply(v * v, wb).add_(eps + sig2)
     r = d.rsqrt() if power == 0.5 else d.pow(-power)
     return v * r, v, r, d
 
@@ -161,9 +171,10 @@ def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: Site
         gv = gy * r
         q = gy * v
         if wb[0] == 1:
-            q = q.sum(-1, keepdim=True)
-        gs = q * r / d * (-power * scale)
-        gv = gv + v * (gs * (2.0 / x.size(-1))) if wb[0] == 1 else gv + v * (2.0 * _apply_t(gs, wb))
+            gs = q.sum(-1, keepdim=True) * r / d * (-2.0 * power * scale / x.size(-1))
+            gv = torch.addcmul(gv, v, gs)
+        else:  # the window holds sup_scale (plan)
+            gv = torch.addcmul(gv, v, _apply_t(q * r / d * (-2.0 * power), wb))
     if wa[0] == 1:
         return gv - gv.mean(-1, keepdim=True)
     if wa[0] >= 2:
