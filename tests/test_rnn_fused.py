@@ -156,3 +156,21 @@ def test_box_windows_run_as_cumulative_sums(hidden):
             torch.testing.assert_close(rnn_fused._box(eye, left, right) * post, field_mean(eye, site.spec),
                                        rtol=0, atol=1e-15)
     assert rnn_fused._window(GAUSS, "sum", hidden, torch.float64, "cpu")[0] == 2
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_the_final_state_is_not_a_view_of_the_output(grad):
+    """The loops write each step into the output tensor; h_T and c_T, which a language model keeps as the next
+    batch's state, are their own tensors (before: views of ``out`` and C, holding a whole sequence's output alive and
+    changed by an in-place op on ``out``)."""
+    cell, _ = _pair("ln-s", dict(sigma=1.0, eps=0.0))
+    x, h0, c0 = torch.randn(T, N, I, dtype=torch.float64), torch.zeros(N, H, dtype=torch.float64), \
+        torch.zeros(N, H, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        out, (h, c) = cell(x, (h0, c0))
+    assert torch.equal(h, out[-1])
+    assert h.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+    kept = h.clone()
+    with torch.no_grad():
+        out.mul_(2.0)
+    assert torch.equal(h, kept)

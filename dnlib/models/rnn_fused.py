@@ -249,6 +249,8 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
             for k, x in enumerate((y, g1, g2, g3, yc, c1, c2, c3)):
                 stats[k] = _put(stats[k], t, x, steps)
     saved = [stats[0], stats[1], stats[2], stats[3], ss, js, stats[4], stats[5], stats[6], stats[7], tcs]
+    if direct:  # h_T and c_T as their own tensors, not views of out and C (a caller keeps them as the next state)
+        h, c = h.clone(), c.clone()
     return outs, h, c, zs, cs, (saved if save else [])
 
 
