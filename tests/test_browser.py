@@ -240,7 +240,7 @@ def _wait_ready(page) -> None:
     The toolbar's execution indicator alone is not enough: it says idle about a second before the page has connected
     to the kernel (the status bar still says "No Kernel | Initializing"; on a cold start, the kernel's websocket
     opened 1.5 s later). A Run All clicked in that second brings up "Select Kernel" and runs nothing: the stuck page
-    of ``_run_all_cells`` (reproduced after dropping the page cache: 2 of 2 first opens)."""
+    of ``_run_all_cells`` (4 stalls in ``scripts/stress_browser.py --to-end`` before this wait: ``_run_to_end``)."""
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status=idle]", timeout=90_000)
     page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=30_000)
     page.wait_for_function(_CONNECTED, timeout=90_000)
