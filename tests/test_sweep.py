@@ -311,3 +311,20 @@ def test_a_sweep_rerun_refuses_a_broken_run_folder_naming_the_file(name, content
     assert e.value.code == 2 and len(err) == 1, err
     assert f"sweep: error: {folder / name}: {fragment}" in err[0], err
     assert (folder / name).read_bytes() == content and sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
+
+
+def test_local_runs_share_the_cores_unless_told(monkeypatch):
+    """``jobs`` CPU processes get ``cores // jobs`` threads each by default (each taking every core made them spin
+    against each other); ``cpus_per_run``, an ``OMP_NUM_THREADS`` already set, and GPU runs are left to the user."""
+    real = engines._cores()
+    assert real >= 1 and (not hasattr(os, "sched_getaffinity") or real == len(os.sched_getaffinity(0)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(engines, "_cores", lambda: 8)
+    env = lambda **kw: engines.LocalEngine(RECIPE.module, **kw).env      # noqa: E731
+    assert env(jobs=2)["OMP_NUM_THREADS"] == env(jobs=2)["MKL_NUM_THREADS"] == "4"
+    assert env(jobs=3)["OMP_NUM_THREADS"] == "2" and env(jobs=16)["OMP_NUM_THREADS"] == "1"
+    assert env(jobs=2, cpus_per_run=3)["OMP_NUM_THREADS"] == "3"
+    assert "OMP_NUM_THREADS" not in env(jobs=1)                              # one run: torch's own default
+    assert "OMP_NUM_THREADS" not in env(jobs=2, gpus_per_run=1, devices=[0, 1])
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert env(jobs=2)["OMP_NUM_THREADS"] == "5"

@@ -12,8 +12,10 @@ Both engines run the same thing for a job: ``python -m <recipe module> run CONFI
 ``log.txt``).
 
 * :class:`LocalEngine`: ``jobs`` processes at a time on this machine. ``cpus_per_run`` sets each process's
-  thread count (``OMP_NUM_THREADS``; default: left as it is); ``gpus_per_run`` packs ``1/g`` runs on each
-  visible GPU (``CUDA_VISIBLE_DEVICES`` per process; a whole number g gives each run g GPUs).
+  thread count (``OMP_NUM_THREADS``; default: the machine's cores shared out, ``cores // jobs``, for CPU runs of
+  more than one job, so that ``jobs`` processes do not each start a thread per core and spin against each other;
+  an ``OMP_NUM_THREADS`` already set is kept, and GPU runs are left as they are); ``gpus_per_run`` packs ``1/g``
+  runs on each visible GPU (``CUDA_VISIBLE_DEVICES`` per process; a whole number g gives each run g GPUs).
 * :class:`RayEngine`: one Ray task per run, with ``num_cpus=cpus_per_run`` (default 1) and
   ``num_gpus=gpus_per_run`` (fractions pack several runs on one GPU); Ray places them on the cluster's nodes.
   No shared filesystem is assumed: the task runs the run in a temporary folder on its node and returns the
@@ -156,6 +158,13 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS says it: Linux; else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _threads(cpus_per_run) -> dict:
     """The environment that gives a run process ``ceil(cpus_per_run)`` threads (nothing when None)."""
     if cpus_per_run is None:
@@ -292,6 +301,8 @@ class LocalEngine(Engine):
         self.gpus = gpus_per_run or 0
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(_REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
+        if cpus_per_run is None and self.jobs > 1 and not self.gpus and "OMP_NUM_THREADS" not in self.env:
+            cpus_per_run = max(1, _cores() // self.jobs)   # the cores shared out (module doc)
         self.env.update(_threads(cpus_per_run))
         self.ids = [str(d) for d in devices] if devices is not None else (_gpu_ids() if self.gpus else [])
         if self.gpus and (not self.ids or self.gpus > len(self.ids)):
