@@ -174,3 +174,32 @@ def test_the_final_state_is_not_a_view_of_the_output(grad):
     with torch.no_grad():
         out.mul_(2.0)
     assert torch.equal(h, kept)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_a_dn_gate_centring_is_folded_into_the_inputs_and_weights(case):
+    """Where the gate site has a DN sum field, its centring is applied once per sequence to ``xw`` and ``W_hh``
+    (``rnn_fused.folds``; LN keeps its one native kernel): the Z returned is then ``v = z - E_A[z]``, with ``z`` the
+    raw pre-activations of the cell's own steps, and the steps hold no centring."""
+    fused, loop = _pair(*case)
+    gp, cp = (rnn_fused.plan(m, H, torch.float64, torch.device("cpu")) for m in (fused.gate_norm, fused.cell_norm))
+    assert rnn_fused.folds(gp) == (case[0] not in ("none", "ln-s", "rms")), gp[0][0]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+    h = torch.randn(N, H, generator=g, dtype=torch.float64)
+    c = torch.randn(N, H, generator=g, dtype=torch.float64)
+    xw = fused.input_transform(x)
+    gw = fused.gate_weight.view(4, H) if fused.gate_weight is not None else None
+    gb = fused.gate_bias.view(4, H) if fused.gate_bias is not None else None
+    cn = fused.cell_norm
+    cw = cn.weight if cn is not None and cn.affine else None
+    with torch.no_grad():
+        out, _, _, zs, _ = rnn_fused.lstm_sequence(xw, h, c, fused.weight_hh, gw, gb, cw, cn.bias if cw is not None
+                                                   else None, gp, cp)
+        state, raw = (h, c), []
+        for t in range(T):                                   # the per-step path's raw pre-activations
+            raw.append(torch.addmm(xw[t], state[0], loop.weight_hh.t()).view(N, 4, H))
+            _, state = loop.step(xw[t], state, t)
+    z = torch.stack(raw)
+    want = z - field_mean(z.reshape(-1, H), fused.gate_norm.spec).reshape(z.shape) if rnn_fused.folds(gp) else z
+    torch.testing.assert_close(zs, want, rtol=1e-12, atol=1e-12)

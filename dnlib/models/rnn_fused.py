@@ -6,8 +6,9 @@ the same operator for a whole sequence as one :class:`torch.autograd.Function`:
 
 - forward: a TorchScript loop over the steps (no Python per op, no autograd graph). Each step is one
   ``addmm`` for the recurrent transform, one normalization of the four gate blocks at once (the ``(N, 4, H)`` view:
-  one ``native_layer_norm`` kernel for LN, two ``(4N, H) x (H, H)`` band products for 1-D DN), the gates, the
-  state update and the normalization of ``c``.
+  one ``native_layer_norm`` kernel for LN; for 1-D DN a window op per field: a box window as a cumulative sum,
+  another window as an ``(H, H)`` product), the gates, the state update and the normalization of ``c``. A DN gate site's centring ``v = z - E_A[z]`` is linear in the
+  inputs and ``W_hh``, so it is applied to them once per sequence (:func:`folds`) and each step's product is ``v``.
 - backward: the hand-derived gradient, a second TorchScript loop run backwards; the weight gradient of the
   recurrent transform is one ``(4H, T N) x (T N, H)`` product after the loop (not one per step).
 - double backward (``create_graph=True``: gradient penalties, ``gradgradcheck``): the backward recomputes the
@@ -33,7 +34,7 @@ from ..norms.functional import field_mean
 from ..norms.norm import DivisiveNorm
 from ..norms.sparse import l1_penalty
 
-__all__ = ["SitePlan", "plan", "lstm_sequence", "norm_lstm_sequence"]
+__all__ = ["SitePlan", "plan", "folds", "lstm_sequence", "norm_lstm_sequence"]
 
 # A field of a site for the TorchScript loops: (mode, matrix, left, right, post). mode 0: no field; 1: the mean over
 # the H units; 2: a window as a product with the (H, H) matrix (``t @ matrix``); 3: a box window as a cumulative
@@ -381,13 +382,41 @@ def _double_backward(ctx, inputs, grads):
     return tuple(result)
 
 
+def _centre(x: Tensor, w: Window) -> Tensor:
+    """``x - E_A[x]`` along the last axis for the sum field ``w`` (modes 1-3), in differentiable torch ops."""
+    mode, m, left, right, post = w
+    if mode == 1:
+        return x - x.mean(-1, keepdim=True)
+    if mode == 2:
+        assert m is not None
+        return x - torch.matmul(x, m)
+    assert post is not None
+    return torch.addcmul(x, _box(x, left, right), post, value=-1.0)
+
+
+def folds(gp: SitePlan) -> bool:
+    """Whether the gate site's centring ``v = z - E_A[z]`` is folded into the inputs and the weights by
+    :func:`lstm_sequence`: a DN sum field (not LN, whose one native kernel centres and scales together)."""
+    return not gp[6] and not _is_ln(gp) and gp[0][0] != 0
+
+
 def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | None, gb: Tensor | None,
                   cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan, backend: str | None = None):
     """The per-nonlinearity LSTM over the transformed inputs ``xw`` (T, N, 4H) from state ``(h0, c0)``:
     returns ``(out, h_T, c_T, Z, C)`` with Z the gate pre-activations (T, N, 4, H) and C the raw cell states
     (T, N, H), for the L1 terms. ``w``: W_hh (4H, H); ``gw``/``gb``: per-gate affine (4, H) or None; ``cw``/``cb``:
-    the cell norm's (H) or None; ``gp``/``cp``: the gate and cell sites' :func:`plan`. Differentiable (twice)."""
+    the cell norm's (H) or None; ``gp``/``cp``: the gate and cell sites' :func:`plan`. Differentiable (twice).
+
+    Where :func:`folds` (DN's gate site), the centring is linear in ``xw`` and ``W_hh``, so it is applied to them
+    once per sequence, ``xw (I - A)`` and ``W_hh^T (I - A)`` per gate block, and each step's product is already
+    ``v``: no centring kernels in the steps, forward or backward (autograd differentiates the two centrings, on
+    all steps at once). Z is then the centred ``v = z - E_A[z]``."""
     backend = backend or BACKEND
+    if folds(gp):
+        n_in, hs = w.shape[1], w.shape[0] // 4
+        xw = _centre(xw.view(xw.shape[0], xw.shape[1], 4, hs), gp[0]).view(xw.shape)
+        w = _centre(w.t().reshape(n_in, 4, hs), gp[0]).reshape(n_in, 4 * hs).t()
+        gp = (_NONE,) + gp[1:]
     tensors = (xw, h0, c0, w, gw, gb, cw, cb)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _LSTMSequence.apply(xw, h0, c0, w, gw, gb, cw, cb, gp, cp, backend)
@@ -420,7 +449,9 @@ def norm_lstm_sequence(cell, xw: Tensor, state: tuple):
     cb = cn.bias if cw is not None else None
     out, h, c, zs, cs = lstm_sequence(xw, h0, c0, cell.weight_hh, gw, gb, cw, cb, *plans[key])
     steps, n = xw.shape[:2]
-    for norm, act, rows in ((cell.gate_norm, zs, 4 * n), (cn, cs, n)):   # the L1 terms of all T steps at once
-        if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():
-            out = norm.record_penalty(out, l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha) * steps, rows)
+    centred = (folds(plans[key][0]), False)                             # Z is v = z - E_A[z] where it folds
+    for norm, act, rows, v in ((cell.gate_norm, zs, 4 * n, centred[0]), (cn, cs, n, centred[1])):
+        if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():   # all T steps at once
+            pen = norm.alpha * act.abs().mean() if v else l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha)
+            out = norm.record_penalty(out, pen * steps, rows)
     return out, (h, c)
