@@ -131,6 +131,12 @@ def _is_ln(p: SitePlan) -> bool:
     return p[0][0] == 1 and p[1][0] == 1 and p[4] == 1.0 and p[5] == 0.5
 
 
+def _v_is_x(p: SitePlan) -> bool:
+    """Whether the site's centred ``v`` is its input itself (no sum field, or one folded away: :func:`folds`); the
+    loops then keep no copy of it."""
+    return not p[6] and not _is_ln(p) and p[0][0] == 0
+
+
 def _norm_fwd(x: Tensor, p: SitePlan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y and what the backward needs: (mean, rstd) of native LN, or (v, r, d) of the general composition
     ``v = x - E_A[x]``, ``d = E_B[v^2] sup_scale + eps + sigma^2``, ``r = d^-p``, ``y = v r``."""
@@ -214,6 +220,9 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
     ss = xw.new_empty(steps, n, 4, hs) if save else e
     js, tcs = (xw.new_empty(steps, n, hs), xw.new_empty(steps, n, hs)) if save else (e, e)
     stats = [e for _ in range(8)]  # y, g1, g2, g3, yc, c1, c2, c3
+    # kept over time only where the backward reads them: y and yc for the affine weights' gradients, v where it is
+    # not the site's input (z and c are kept anyway)
+    keep = [gw is not None, not _v_is_x(gp), True, True, cw is not None, not _v_is_x(cp), True, True]
     for t in range(steps):
         if direct:
             z = zs[t]
@@ -248,7 +257,8 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
             outs[t] = h
         if save:
             for k, x in enumerate((y, g1, g2, g3, yc, c1, c2, c3)):
-                stats[k] = _put(stats[k], t, x, steps)
+                if keep[k]:
+                    stats[k] = _put(stats[k], t, x, steps)
     saved = [stats[0], stats[1], stats[2], stats[3], ss, js, stats[4], stats[5], stats[6], stats[7], tcs]
     if direct:  # h_T and c_T as their own tensors, not views of out and C (a caller keeps them as the next state)
         h, c = h.clone(), c.clone()
@@ -269,6 +279,7 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
     gzs = torch.empty_like(zs)
     gas = torch.empty_like(zs) if gw is not None else e
     gcns = torch.empty_like(cs) if cw is not None else e
+    v_is_z, cv_is_c = _v_is_x(gp), _v_is_x(cp)   # v not kept: it is z (c) itself
     for t in range(steps - 1, -1, -1):
         gh = gh + gout[t]
         s = ss[t]
@@ -280,7 +291,8 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
         if cw is not None:
             gcns[t] = gcn
             gyc = gcn * cw
-        gc = gc + _norm_bwd(gyc, cs[t], c1s[t] if c1s.numel() > 0 else e, c2s[t] if c2s.numel() > 0 else e,
+        gc = gc + _norm_bwd(gyc, cs[t], c1s[t] if c1s.numel() > 0 else (cs[t] if cv_is_c else e),
+                            c2s[t] if c2s.numel() > 0 else e,
                             c3s[t] if c3s.numel() > 0 else e, cp)
         if gc_out.numel() > 0:
             gc = gc + gc_out[t]
@@ -294,7 +306,8 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
         gy = ga
         if gw is not None:
             gy = ga * gw
-        gz = _norm_bwd(gy, zs[t], g1s[t] if g1s.numel() > 0 else e, g2s[t] if g2s.numel() > 0 else e,
+        gz = _norm_bwd(gy, zs[t], g1s[t] if g1s.numel() > 0 else (zs[t] if v_is_z else e),
+                       g2s[t] if g2s.numel() > 0 else e,
                        g3s[t] if g3s.numel() > 0 else e, gp)
         if gz_out.numel() > 0:
             gz = gz + gz_out[t]
