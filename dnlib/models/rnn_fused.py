@@ -7,8 +7,9 @@ the same operator for a whole sequence as one :class:`torch.autograd.Function`:
 - forward: a TorchScript loop over the steps (no Python per op, no autograd graph). Each step is one
   ``addmm`` for the recurrent transform, one normalization of the four gate blocks at once (the ``(N, 4, H)`` view:
   one ``native_layer_norm`` kernel for LN; for 1-D DN a window op per field: a box window as a cumulative sum,
-  another window as an ``(H, H)`` product), the gates, the state update and the normalization of ``c``. A DN gate site's centring ``v = z - E_A[z]`` is linear in the
-  inputs and ``W_hh``, so it is applied to them once per sequence (:func:`folds`) and each step's product is ``v``.
+  another window as an ``(H, H)`` product), the gates, the state update and the normalization of ``c``. A DN
+  gate site's centring ``v = z - E_A[z]`` is linear in the inputs and ``W_hh``, so it is applied to them once per
+  sequence (:func:`folds`) and each step's product is ``v``.
 - backward: the hand-derived gradient, a second TorchScript loop run backwards; the weight gradient of the
   recurrent transform is one ``(4H, T N) x (T N, H)`` product after the loop (not one per step).
 - double backward (``create_graph=True``: gradient penalties, ``gradgradcheck``): the backward recomputes the
