@@ -31,7 +31,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from ..norms.functional import field_mean
+from ..norms.functional import field_mean, l1_mean
 from ..norms.norm import DivisiveNorm
 from ..norms.sparse import l1_penalty
 
@@ -466,6 +466,6 @@ def norm_lstm_sequence(cell, xw: Tensor, state: tuple):
     centred = (folds(plans[key][0]), False)                             # Z is v = z - E_A[z] where it folds
     for norm, act, rows, v in ((cell.gate_norm, zs, 4 * n, centred[0]), (cn, cs, n, centred[1])):
         if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():   # all T steps at once
-            pen = norm.alpha * act.abs().mean() if v else l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha)
+            pen = l1_mean(act, norm.alpha) if v else l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha)
             out = norm.record_penalty(out, pen * steps, rows)
     return out, (h, c)

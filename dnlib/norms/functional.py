@@ -335,6 +335,17 @@ def _check(x: torch.Tensor, spec: NormSpec):
         raise ValueError(f"input: {x.shape[1]} channels are not divisible by groups={spec.groups}")
 
 
+def l1_mean(v: torch.Tensor, alpha) -> torch.Tensor:
+    """``alpha * mean|v|`` (the sparse penalty of the centred activations) as one reduction,
+    ``torch.linalg.vector_norm(v, 1)``: no ``|v|`` tensor is written, and its backward is ``sgn(v)`` times a scalar
+    (``v.abs().mean()`` writes ``|v|`` and back-propagates a divided expand besides: twice the time on the
+    (T, N, 4H) gate activations of a PTB cell, ``scripts/profile_cells.py``). Inside ``torch.compile``d kernels
+    Inductor fuses ``abs().mean()`` itself."""
+    if v.numel() == 0:
+        return alpha * v.abs().mean()
+    return torch.linalg.vector_norm(v, 1) * (alpha / v.numel())
+
+
 def field_mean(x: torch.Tensor, spec: NormSpec) -> torch.Tensor:
     """E_A[x]: the summation-field mean of eq. 3, broadcastable to ``x`` (0 when the field is empty).
 
@@ -763,7 +774,7 @@ def _general(x: torch.Tensor, sig2, alpha: float, spec: NormSpec, plan: _Plan):
     y = y.reshape(x.shape)
     penalty = None
     if alpha:
-        penalty = alpha * (v if v.numel() else (y if spec.centre else x)).abs().mean()
+        penalty = l1_mean(v if v.numel() else (y if spec.centre else x), alpha)
     return y, penalty, (mu if mu.numel() else None), (s if s.numel() else None)
 
 

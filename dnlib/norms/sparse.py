@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import field_mean
+from .functional import field_mean, l1_mean
 from .norm import DivisiveNorm
 from .spec import NormSpec
 
@@ -68,4 +68,4 @@ def clear_penalties(model: nn.Module) -> None:
 
 def l1_penalty(x: torch.Tensor, spec: NormSpec, alpha: float) -> torch.Tensor:
     """``alpha * mean|x - E_A[x]|`` for one activation tensor (what a site with this spec would add)."""
-    return alpha * (x - field_mean(x, spec)).abs().mean()
+    return l1_mean(x - field_mean(x, spec), alpha)
