@@ -118,3 +118,20 @@ def test_no_grad_and_inference_and_eval_forwards_record_no_term():
     b_alone = model(x2)
     torch.testing.assert_close(pair, one + sparse_penalty(model))
     assert a.shape == b.shape == b_alone.shape == out.shape
+
+
+def test_l1_mean_is_alpha_times_the_mean_absolute_value_with_its_gradient():
+    """functional.l1_mean (one vector_norm reduction) against the naive alpha * mean|v|, values and gradients
+    (fp64), zeros included (their subgradient is 0 in both); an empty tensor stays NaN as the naive mean."""
+    from dnlib.norms.functional import l1_mean
+    v = torch.randn(7, 5, 3, dtype=torch.float64)
+    v[0, 0] = 0.0
+    a = v.clone().requires_grad_()
+    b = v.clone().requires_grad_()
+    got, want = l1_mean(a, 0.3), 0.3 * b.abs().mean()
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-15, atol=0)
+    assert (a.grad[0, 0] == 0).all()
+    assert l1_mean(torch.empty(0), 0.1).isnan()
