@@ -396,8 +396,22 @@ def _double_backward(ctx, inputs, grads):
     return tuple(result)
 
 
-def _centre(x: Tensor, w: Window) -> Tensor:
-    """``x - E_A[x]`` along the last axis for the sum field ``w`` (modes 1-3), in differentiable torch ops."""
+class _BoxCentre(torch.autograd.Function):
+    """``x - box(x) * post`` (a box sum field, mode 3) whose backward is the transposed box, ``g - box^T(g * post)``:
+    two cumulative sums, where autograd's own cumsum backward flips the (T, N, 4, H) tensor twice. The backward
+    is linear in ``g`` and made of differentiable ops, so double backward records it."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.w = w
+        return _apply_centre(x, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g - _apply_t(g, ctx.w), None
+
+
+def _apply_centre(x: Tensor, w: Window) -> Tensor:
     mode, m, left, right, post = w
     if mode == 1:
         return x - x.mean(-1, keepdim=True)
@@ -406,6 +420,11 @@ def _centre(x: Tensor, w: Window) -> Tensor:
         return x - torch.matmul(x, m)
     assert post is not None
     return torch.addcmul(x, _box(x, left, right), post, value=-1.0)
+
+
+def _centre(x: Tensor, w: Window) -> Tensor:
+    """``x - E_A[x]`` along the last axis for the sum field ``w`` (modes 1-3), differentiable (twice)."""
+    return _BoxCentre.apply(x, w) if w[0] == 3 else _apply_centre(x, w)
 
 
 def folds(gp: SitePlan) -> bool:
