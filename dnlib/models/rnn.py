@@ -136,18 +136,19 @@ class _Recurrent(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected shape (T, N, {self.input_size}), got {tuple(x.shape)}")
         state = tuple(state) if state is not None else self.init_state(x.shape[1], x.device, x.dtype)
-        xw = self.input_transform(x)
-        fused = self._sequence(xw, state)
+        fused = self._sequence(x, state)
         if fused is not None:
             return fused
+        xw = self.input_transform(x)
         outs = []
         for t in range(x.shape[0]):
             h, state = self.step(xw[t], state, t)
             outs.append(h)
         return torch.stack(outs), state
 
-    def _sequence(self, xw: torch.Tensor, state: tuple):
-        """The whole sequence by a fused path, or None: the loop over :meth:`step` (the reference)."""
+    def _sequence(self, x: torch.Tensor, state: tuple):
+        """The whole sequence from the inputs ``x`` (T, N, I) by a fused path, or None: the loop over :meth:`step`
+        (the reference)."""
         return None
 
     def _record(self, **acts) -> None:
@@ -240,8 +241,8 @@ class NormLSTMCell(_Recurrent):
             self._record(i=i, j=j, f=f, o=o, c=c, tanh_c=tc, h=h)
         return h, (h, c)
 
-    def _sequence(self, xw, state):
-        return rnn_fused.norm_lstm_sequence(self, xw, state) if self.impl == "auto" else None
+    def _sequence(self, x, state):
+        return rnn_fused.norm_lstm_sequence(self, x, state) if self.impl == "auto" else None
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}, norm={self.norm_name!r}" + (

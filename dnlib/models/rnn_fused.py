@@ -33,7 +33,6 @@ from torch import Tensor
 
 from ..norms.functional import field_mean, l1_mean
 from ..norms.norm import DivisiveNorm
-from ..norms.sparse import l1_penalty
 
 __all__ = ["SitePlan", "plan", "folds", "lstm_sequence", "norm_lstm_sequence"]
 
@@ -433,8 +432,16 @@ def folds(gp: SitePlan) -> bool:
     return not gp[6] and not _is_ln(gp) and gp[0][0] != 0
 
 
+def _centre_columns(w: Tensor, gp: SitePlan) -> Tensor:
+    """``W`` (4H, K) with its rows centred per gate block as the gate site's outputs are: ``(W^T (I - A))^T``, so
+    that ``x W^T`` comes out centred (:func:`folds`)."""
+    k, hs = w.shape[1], w.shape[0] // 4
+    return _centre(w.t().reshape(k, 4, hs), gp[0]).reshape(k, 4 * hs).t()
+
+
 def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | None, gb: Tensor | None,
-                  cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan, backend: str | None = None):
+                  cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan, backend: str | None = None,
+                  xw_centred: bool = False):
     """The per-nonlinearity LSTM over the transformed inputs ``xw`` (T, N, 4H) from state ``(h0, c0)``:
     returns ``(out, h_T, c_T, Z, C)`` with Z the gate pre-activations (T, N, 4, H) and C the raw cell states
     (T, N, H), for the L1 terms. ``w``: W_hh (4H, H); ``gw``/``gb``: per-gate affine (4, H) or None; ``cw``/``cb``:
@@ -443,12 +450,15 @@ def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | No
     Where :func:`folds` (DN's gate site), the centring is linear in ``xw`` and ``W_hh``, so it is applied to them
     once per sequence, ``xw (I - A)`` and ``W_hh^T (I - A)`` per gate block, and each step's product is already
     ``v``: no centring kernels in the steps, forward or backward (autograd differentiates the two centrings, on
-    all steps at once). Z is then the centred ``v = z - E_A[z]``."""
+    all steps at once). Z is then the centred ``v = z - E_A[z]``. ``xw_centred``: the caller has centred ``xw``
+    already (:func:`norm_lstm_sequence` folds the centring into the input weights and bias, cheaper than
+    centring the (T, N, 4H) product)."""
     backend = backend or BACKEND
     if folds(gp):
-        n_in, hs = w.shape[1], w.shape[0] // 4
-        xw = _centre(xw.view(xw.shape[0], xw.shape[1], 4, hs), gp[0]).view(xw.shape)
-        w = _centre(w.t().reshape(n_in, 4, hs), gp[0]).reshape(n_in, 4 * hs).t()
+        if not xw_centred:
+            hs = w.shape[0] // 4
+            xw = _centre(xw.view(xw.shape[0], xw.shape[1], 4, hs), gp[0]).view(xw.shape)
+        w = _centre_columns(w, gp)
         gp = (_NONE,) + gp[1:]
     tensors = (xw, h0, c0, w, gw, gb, cw, cb)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -460,31 +470,46 @@ def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | No
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # cell -> {(dtype, device): plans or None}
 
 
-def norm_lstm_sequence(cell, xw: Tensor, state: tuple):
-    """``(out, (h_T, c_T))`` of a :class:`~dnlib.models.rnn.NormLSTMCell` over the transformed inputs ``xw`` by
+def norm_lstm_sequence(cell, x: Tensor, state: tuple):
+    """``(out, (h_T, c_T))`` of a :class:`~dnlib.models.rnn.NormLSTMCell` over the inputs ``x`` (T, N, I) by
     :func:`lstm_sequence`, its L1 terms recorded at its normalizers as the per-step path records them; or None
     where the cell takes its per-step path (:func:`plan` does not cover a normalizer, ``trace`` records, or
-    ``torch.compile``/``torch.jit.trace`` is tracing)."""
+    ``torch.compile``/``torch.jit.trace`` is tracing). Where the gate site's centring :func:`folds`, it is folded
+    into the input transform too: ``x (W_ih^T (I - A)) + b (I - A)`` (the forget bias in ``b``) is ``xw`` centred,
+    for the cost of centring two (I, 4H) and (4H) tensors instead of the (T, N, 4H) product."""
     if cell.trace is not None or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
     h0, c0 = state
-    key = (xw.dtype, xw.device)
+    key = (x.dtype, x.device)
     plans = _PLANS.setdefault(cell, {})
     if key not in plans:
         gp, cp = (plan(m, cell.hidden_size, *key) for m in (cell.gate_norm, cell.cell_norm))
         plans[key] = None if gp is None or cp is None else (gp, cp)
-    if plans[key] is None or h0.dtype != xw.dtype or c0.dtype != xw.dtype:
+    if plans[key] is None or h0.dtype != x.dtype or c0.dtype != x.dtype:
         return None
     H, cn = cell.hidden_size, cell.cell_norm
+    folded = folds(plans[key][0])
+    if folded:
+        b = cell.bias
+        if cell.forget_bias:
+            fb = torch.zeros(4 * H, dtype=x.dtype, device=x.device)
+            fb[2 * H:3 * H] = cell.forget_bias
+            b = fb if b is None else b + fb
+        if b is not None:
+            b = _centre(b.view(4, H), plans[key][0][0]).view(4 * H)
+        xw = torch.nn.functional.linear(x, _centre_columns(cell.weight_ih, plans[key][0]), b)
+    else:
+        xw = cell.input_transform(x)
     gw = cell.gate_weight.view(4, H) if cell.gate_weight is not None else None
     gb = cell.gate_bias.view(4, H) if cell.gate_bias is not None else None
     cw = cn.weight if cn is not None and cn.affine else None
     cb = cn.bias if cw is not None else None
-    out, h, c, zs, cs = lstm_sequence(xw, h0, c0, cell.weight_hh, gw, gb, cw, cb, *plans[key])
+    out, h, c, zs, cs = lstm_sequence(xw, h0, c0, cell.weight_hh, gw, gb, cw, cb, *plans[key], xw_centred=folded)
     steps, n = xw.shape[:2]
-    centred = (folds(plans[key][0]), False)                             # Z is v = z - E_A[z] where it folds
-    for norm, act, rows, v in ((cell.gate_norm, zs, 4 * n, centred[0]), (cn, cs, n, centred[1])):
+    for norm, act, rows, p, v in ((cell.gate_norm, zs, 4 * n, plans[key][0], folded), (cn, cs, n, plans[key][1],
+                                                                                          False)):
         if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():   # all T steps at once
-            pen = l1_mean(act, norm.alpha) if v else l1_penalty(act.reshape(-1, H), norm.spec, norm.alpha)
-            out = norm.record_penalty(out, pen * steps, rows)
+            # Z is v = z - E_A[z] where it folds; else the site's own sum field centres it (one box, no flips)
+            v = act if v or p[0][0] == 0 else _centre(act, p[0])
+            out = norm.record_penalty(out, l1_mean(v, norm.alpha) * steps, rows)
     return out, (h, c)
