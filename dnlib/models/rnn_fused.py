@@ -137,9 +137,11 @@ def _v_is_x(p: SitePlan) -> bool:
     return not p[6] and not _is_ln(p) and p[0][0] == 0
 
 
-def _norm_fwd(x: Tensor, p: SitePlan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
+              do: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y and what the backward needs: (mean, rstd) of native LN, or (v, r, d) of the general composition
-    ``v = x - E_A[x]``, ``d = E_B[v^2] sup_scale + eps + sigma^2``, ``r = d^-p``, ``y = v r``."""
+    ``v = x - E_A[x]``, ``d = E_B[v^2] sup_scale + eps + sigma^2``, ``r = d^-p``, ``y = v r``. ``vo``/``ro``/``do``:
+    where not empty, v, r and d are written into them (a step of the loops' (T, ...) tensors: no copy after)."""
     wa, wb, eps, sig2, scale, power, identity = p
     empty = x.new_empty(0)
     if identity:
@@ -148,21 +150,41 @@ def _norm_fwd(x: Tensor, p: SitePlan) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         y, mu, rstd = torch.native_layer_norm(x, [x.size(-1)], None, None, eps + sig2)
         return y, mu, rstd, empty
     mode_a, _, left, right, post = wa
-    if mode_a == 1:
-        v = x - x.mean(-1, keepdim=True)
+    if mode_a == 0:
+        v = x
     elif mode_a == 3:  # x - box(x) * post in one kernel after the box
         assert post is not None
-        v = torch.addcmul(x, _box(x, left, right), post, value=-1.0)
-    elif mode_a == 2:
-        v = x - _apply(x, wa)
+        box = _box(x, left, right)
+        v = torch.addcmul(x, box, post, value=-1.0, out=vo) if vo.numel() > 0 else torch.addcmul(x, box, post,
+                                                                                                 value=-1.0)
     else:
-        v = x
+        mean = x.mean(-1, keepdim=True) if mode_a == 1 else _apply(x, wa)
+        v = torch.sub(x, mean, out=vo) if vo.numel() > 0 else x - mean
     if wb[0] == 0:
         return v, v, empty, empty
-    # a window (modes 2, 3) holds sup_scale (plan)
-    d = (v * v).mean(-1, keepdim=True) * scale + (eps + sig2) if wb[0] == 1 else _apply(v * v, wb).add_(eps + sig2)
-    r = d.rsqrt() if power == 0.5 else d.pow(-power)
+    if wb[0] == 1:
+        d = (v * v).mean(-1, keepdim=True) * scale + (eps + sig2)
+    else:  # a window (modes 2, 3) holds sup_scale (plan)
+        mode_b, m, left, right, post = wb
+        if mode_b == 2:
+            assert m is not None
+            d = torch.matmul(v * v, m, out=do) if do.numel() > 0 else torch.matmul(v * v, m)
+        else:
+            assert post is not None
+            box = _box(v * v, left, right)
+            d = torch.mul(box, post, out=do) if do.numel() > 0 else box * post
+        d = d.add_(eps + sig2)
+    if ro.numel() > 0:
+        r = torch.rsqrt(d, out=ro) if power == 0.5 else torch.pow(d, -power, out=ro)
+    else:
+        r = d.rsqrt() if power == 0.5 else d.pow(-power)
     return v * r, v, r, d
+
+
+def _into(p: SitePlan) -> bool:
+    """Whether the loops give the site's v, r, d tensors of their own to write into (:func:`_norm_fwd`): a
+    windowed suppression field, whose r and d are as large as v."""
+    return not p[6] and not _is_ln(p) and p[1][0] >= 2
 
 
 def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: SitePlan) -> Tensor:
@@ -202,6 +224,18 @@ def _put(buf: Tensor, t: int, x: Tensor, steps: int) -> Tensor:
     return buf
 
 
+def _preallocated(xw: Tensor, gp: SitePlan, cp: SitePlan, keep: list[bool], size: list[int]) -> list[Tensor]:
+    """The (T, ...) tensors that :func:`_norm_fwd` writes the kept v, r, d of each step into, where the site
+    :func:`_into`; empty elsewhere (the stats order of :func:`_forward_loop`; ``size``: T, N, H)."""
+    pre = [xw.new_empty(0) for _ in range(8)]
+    for off, p, shape in ((0, gp, [size[0], size[1], 4, size[2]]), (4, cp, size)):
+        if _into(p):
+            for k in range(1, 4):
+                if keep[off + k]:
+                    pre[off + k] = xw.new_empty(shape)
+    return pre
+
+
 def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | None, gb: Tensor | None,
                   cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan,
                   save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
@@ -223,6 +257,7 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
     # kept over time only where the backward reads them: y and yc for the affine weights' gradients, v where it is
     # not the site's input (z and c are kept anyway)
     keep = [gw is not None, not _v_is_x(gp), True, True, cw is not None, not _v_is_x(cp), True, True]
+    pre = _preallocated(xw, gp, cp, keep, [steps, n, hs]) if save else [e for _ in range(8)]
     for t in range(steps):
         if direct:
             z = zs[t]
@@ -230,7 +265,8 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
         else:
             z = torch.addmm(xw[t], h, wt).view(n, 4, hs)
             zs[t] = z
-        y, g1, g2, g3 = _norm_fwd(z, gp)
+        y, g1, g2, g3 = _norm_fwd(z, gp, pre[1][t] if pre[1].numel() > 0 else e,
+                                  pre[2][t] if pre[2].numel() > 0 else e, pre[3][t] if pre[3].numel() > 0 else e)
         a = y
         if gw is not None:
             a = a * gw if gb is None else torch.addcmul(gb, a, gw)
@@ -245,7 +281,8 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
         else:
             c = torch.addcmul(s[:, 2] * c, s[:, 0], j)
             cs[t] = c
-        yc, c1, c2, c3 = _norm_fwd(c, cp)
+        yc, c1, c2, c3 = _norm_fwd(c, cp, pre[5][t] if pre[5].numel() > 0 else e,
+                                   pre[6][t] if pre[6].numel() > 0 else e, pre[7][t] if pre[7].numel() > 0 else e)
         cn = yc
         if cw is not None:
             cn = cn * cw if cb is None else torch.addcmul(cb, cn, cw)
@@ -257,8 +294,11 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
             outs[t] = h
         if save:
             for k, x in enumerate((y, g1, g2, g3, yc, c1, c2, c3)):
-                if keep[k]:
+                if keep[k] and pre[k].numel() == 0:
                     stats[k] = _put(stats[k], t, x, steps)
+    for k in range(8):
+        if pre[k].numel() > 0:
+            stats[k] = pre[k]
     saved = [stats[0], stats[1], stats[2], stats[3], ss, js, stats[4], stats[5], stats[6], stats[7], tcs]
     if direct:  # h_T and c_T as their own tensors, not views of out and C (a caller keeps them as the next state)
         h, c = h.clone(), c.clone()
@@ -309,9 +349,10 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
         gz = _norm_bwd(gy, zs[t], g1s[t] if g1s.numel() > 0 else (zs[t] if v_is_z else e),
                        g2s[t] if g2s.numel() > 0 else e,
                        g3s[t] if g3s.numel() > 0 else e, gp)
-        if gz_out.numel() > 0:
-            gz = gz + gz_out[t]
-        gzs[t] = gz
+        if gz_out.numel() > 0:   # (the sum written straight into gzs: one copy less per step)
+            gz = torch.add(gz, gz_out[t], out=gzs[t])
+        else:
+            gzs[t] = gz
         gh = torch.mm(gz.view(n, 4 * hs), w)
     return gzs, gh, gc, gas, gcns
 
