@@ -71,7 +71,8 @@ def sweep_flags(q: argparse.ArgumentParser) -> None:
     q.add_argument("--jobs", type=cli.positive_int, default=None,
                    help="runs at a time (local: default 1; ray: at most this many in flight, default no cap)")
     q.add_argument("--cpus-per-run", type=cli.positive_float, default=None,
-                   help="CPUs (threads) of each run (ray: its num_cpus, default 1; local: default unchanged)")
+                   help="CPUs (threads) of each run (ray: its num_cpus, default 1; local: default cores // jobs "
+                        "for CPU runs of 2+ jobs unless OMP_NUM_THREADS is set, else unchanged)")
     q.add_argument("--gpus-per-run", type=engines.gpu_share, default=None,
                    help="GPUs of each run: a fraction packs runs on one GPU (0.25: four), or a whole number")
     q.add_argument("--out", type=cli.out_dir, required=True, help="the sweep's folder (a rerun resumes it)")
