@@ -13,11 +13,11 @@
 # Run from the repository root:  bash scripts/gpu_cifar.sh      (everything lands in $OUT)
 # Knobs (environment): OUT (runs/gpu_cifar), CONFIGS ("base bn bn-star dn-star"; "all" = Table 7), SEEDS (0),
 # JOBS (4), DATASET (cifar10), STEPS (empty: the paper's schedule), SUBSET, EVAL_EVERY (1000), DEVICE (cuda),
-# TIME_LIMIT (s per run, empty: none), BENCH_STEPS (300), BENCH_CONFIGS (all), IMPL (auto|compile), PY (python3),
-# THROUGHPUT (1; 0 skips scripts/gpu_throughput.py, which runs --tiny when DEVICE=cpu).
+# TIME_LIMIT (s per run, empty: none), BENCH_STEPS (300), BENCH_WARMUP (20), BENCH_CONFIGS (all), IMPL (auto|compile),
+# PY (python3), THROUGHPUT (1; 0 skips scripts/gpu_throughput.py, which runs --tiny when DEVICE=cpu).
 # A tiny CPU rehearsal:
-#     OUT=/tmp/g DEVICE=cpu STEPS=6 SUBSET=300,100 EVAL_EVERY=2 BENCH_STEPS=2 BENCH_CONFIGS="base dn-star" \
-#         CONFIGS="base dn-star" JOBS=2 bash scripts/gpu_cifar.sh
+#     OUT=/tmp/g DEVICE=cpu STEPS=6 SUBSET=300,100 EVAL_EVERY=2 BENCH_STEPS=2 BENCH_WARMUP=1 \
+#         BENCH_CONFIGS="base dn-star" CONFIGS="base dn-star" JOBS=2 bash scripts/gpu_cifar.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_cifar}
@@ -39,7 +39,7 @@ MODE=auto
 $PY -m dnlib cifar check-graph $CONFIGS --steps 5 "${DATA[@]}" --json "$OUT/graph_check.json" \
   || { MODE=eager; echo "graph check failed: the runs use eager mode"; }
 BENCH_JSON=bench.json; [ "$IMPL" = compile ] && BENCH_JSON=bench_compile.json
-$PY -m dnlib cifar bench ${BENCH_CONFIGS:-all} --steps "${BENCH_STEPS:-300}" --warmup 20 --mode "$MODE" "${DATA[@]}" \
+$PY -m dnlib cifar bench ${BENCH_CONFIGS:-all} --steps "${BENCH_STEPS:-300}" --warmup "${BENCH_WARMUP:-20}" --mode "$MODE" "${DATA[@]}" \
   --json "$OUT/$BENCH_JSON" || echo "bench failed"
 if [ "${THROUGHPUT:-1}" = 1 ]; then
   TP=(--device "$DEVICE" --out "$OUT/throughput"); [ "$DEVICE" = cpu ] && TP+=(--tiny)

@@ -14,7 +14,7 @@
 # Knobs (environment): OUT (runs/gpu_paper), DEVICE (cuda), BUDGET (minutes for the whole script, default 9),
 # REPORT_S (seconds kept for 06 and the report, default 60), JOBS (launches at once, at most; default 1), SEEDS
 # ("0 1 2"), EXPERIMENTS ("cifar sr ptb"), TINY (1: the CPU rehearsal's sizes), PY (python3).
-# The CPU rehearsal (tests/test_gpu_paper.py):  OUT=/tmp/paper DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh
+# The CPU rehearsal (tests/test_campaign.py):  OUT=/tmp/paper DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_paper}
