@@ -48,9 +48,11 @@ AUTO = {
 #: The measurement behind :data:`AUTO`: ``python -m dnlib.norms.bench_layers --table --repeat 20 --threads 1`` on the
 #: project's 2-core machine, quiet (nothing else running; load average 0.2-0.6), 2026-12-06. The same table from a
 #: second quiet run minutes earlier (``make bench``, results/bench_cpu.txt) agrees on every choice; single ratios
-#: moved by up to 0.15x between runs, and by 0.55x for dn3 at 64 channels (1.41x there, 0.86x here: the first call
-#: at that shape recompiles with dynamic sizes), so a row of one kernel against itself (``native_path`` where
-#: ``auto`` is native) reads 0.95-1.23x: the noise floor. Ratios to torch's own layer, forward + backward; "auto" ran
+#: moved by up to 0.15x between runs, and by 0.55x for dn3 at 64 channels (1.41x there, 0.86x here). That row is
+#: not slowed by its recompile with dynamic sizes (its spec compiled first at 32 channels): on 2026-12-07 four runs
+#: of this code read 0.83-1.56x for it, and kernels compiled static per layer shape (no dynamic recompile) read
+#: 0.92-1.53x in two runs; torch's own BatchNorm2d moved 12.9-20.9 ms between those processes. A row of one kernel
+#: against itself (``native_path`` where ``auto`` is native) reads 0.88-1.23x: the noise floor. Ratios to torch's own layer, forward + backward; "auto" ran
 #: the table above.
 MEASURED = """\
 torch 2.13.0+cpu
