@@ -53,8 +53,7 @@ AUTO = {
 #: of this code read 0.83-1.56x for it, and kernels compiled static per layer shape (no dynamic recompile) read
 #: 0.92-1.53x in two runs; torch's own BatchNorm2d moved 12.9-20.9 ms between those processes. A row of one kernel
 #: against itself (``native_path`` where ``auto`` is native) reads 0.88-1.23x: the noise floor. Ratios to torch's
-#: own layer, forward + backward; "auto" ran
-#: the table above.
+#: own layer, forward + backward; "auto" ran the table above.
 MEASURED = """\
 torch 2.13.0+cpu
 dn2d dn3 100x32x32x32: auto 1.01x, general 1.70x (load 0.2, 1 threads)
