@@ -14,7 +14,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from dnlib import NormSpec, sparse_penalty
 from dnlib.experiments.ptb_configs import get_config
-from dnlib.models import rnn_fused
+from dnlib.models import rnn_fused, rnn_sites
 from dnlib.models.rnn import LanguageModel, NormLSTMCell
 from dnlib.norms.functional import field_mean
 
@@ -149,13 +149,13 @@ def test_box_windows_run_as_cumulative_sums(hidden):
     cell = NormLSTMCell(I, hidden, "dn-1d-s", kw)
     for site in (cell.gate_norm, cell.cell_norm):
         for field in ("sum", "sup"):
-            mode, _, left, right, post = rnn_fused._window(site.spec, field, hidden, torch.float64, "cpu")
+            mode, _, left, right, post = rnn_sites.window(site.spec, field, hidden, torch.float64, "cpu")
             reach = min(30, hidden - 1)   # the window's half-width, cut by the H units
             assert (mode, left, right) == (3, reach, reach)
             eye = torch.eye(hidden, dtype=torch.float64)
-            torch.testing.assert_close(rnn_fused._box(eye, left, right) * post, field_mean(eye, site.spec),
+            torch.testing.assert_close(rnn_sites.box(eye, left, right) * post, field_mean(eye, site.spec),
                                        rtol=0, atol=1e-15)
-    assert rnn_fused._window(GAUSS, "sum", hidden, torch.float64, "cpu")[0] == 2
+    assert rnn_sites.window(GAUSS, "sum", hidden, torch.float64, "cpu")[0] == 2
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])

@@ -15,11 +15,11 @@ the same operator for a whole sequence as one :class:`torch.autograd.Function`:
 - double backward (``create_graph=True``: gradient penalties, ``gradgradcheck``): the backward recomputes the
   forward loop with autograd recording it and differentiates that, so second derivatives are exact too.
 
-The normalizer's math is the normalizer layer's own: a field's window mean is the matrix of
-:func:`dnlib.norms.functional.field_mean` applied to the identity (every border rule and window weight by
-construction), the divisor ``(s * sup_scale + eps + sigma^2)^-p`` as :class:`~dnlib.norms.norm.DivisiveNorm`'s.
-Specs it does not cover (fields pooling the batch, a learned sigma, ``floor``, groups, running statistics, half
-precision) take the reference path; :func:`plan` says which.
+The normalizer's math is the normalizer layer's own (:mod:`dnlib.models.rnn_sites`: a site's windows are the
+matrix of :func:`dnlib.norms.functional.field_mean` applied to the identity), the divisor
+``(s * sup_scale + eps + sigma^2)^-p`` as :class:`~dnlib.norms.norm.DivisiveNorm`'s. Specs it does not cover
+(fields pooling the batch, a learned sigma, ``floor``, groups, running statistics, half precision) take the
+reference path; :func:`~dnlib.models.rnn_sites.plan` says which.
 
 Measured by ``python -m dnlib.bench`` (``results/bench_cpu.txt``); TorchScript was kept over ``torch.compile``
 (see the module's notes in the README's benchmark section).
@@ -31,111 +31,23 @@ import weakref
 import torch
 from torch import Tensor
 
-from ..norms.functional import field_mean, l1_mean
-from ..norms.norm import DivisiveNorm
+from ..norms.functional import l1_mean
+from .rnn_sites import (
+    NONE,
+    SitePlan,
+    apply_window,
+    apply_window_t,
+    box,
+    centre,
+    centre_columns,
+    folds,
+    into,
+    is_ln,
+    plan,
+    v_is_x,
+)
 
 __all__ = ["SitePlan", "plan", "folds", "lstm_sequence", "norm_lstm_sequence"]
-
-# A field of a site for the TorchScript loops: (mode, matrix, left, right, post). mode 0: no field; 1: the mean over
-# the H units; 2: a window as a product with the (H, H) matrix (``t @ matrix``); 3: a box window as a cumulative
-# sum: unit i's sum over units i - left .. i + right (zeros beyond the border), times ``post[i]``.
-Window = tuple[int, Tensor | None, int, int, Tensor | None]
-# A site: (sum field, suppression field, eps, sigma^2, sup_scale, power, identity: no normalizer at all). A windowed
-# suppression field (modes 2, 3) holds sup_scale in its matrix or ``post``, and the site's sup_scale is then 1.
-SitePlan = tuple[Window, Window, float, float, float, float, bool]
-_NONE: Window = (0, None, 0, 0, None)
-_IDENTITY: SitePlan = (_NONE, _NONE, 0.0, 0.0, 1.0, 0.5, True)
-
-
-def _box(x: Tensor, left: int, right: int) -> Tensor:
-    """Sum over units i - left .. i + right along the last axis (zeros beyond the border): two slices of one
-    cumulative sum, O(1) per unit whatever the window."""
-    n = x.size(-1)
-    cs = torch.cumsum(torch.constant_pad_nd(x, [left + 1, right], 0.0), -1)
-    return cs.narrow(-1, left + right + 1, n) - cs.narrow(-1, 0, n)
-
-
-def _window(spec, field: str, n: int, dtype, device) -> Window:
-    """The :data:`Window` of one field of a per-example spec on ``(N, n)`` rows. Its matrix is the normalizer
-    layer's own field mean (:func:`dnlib.norms.functional.field_mean`) of the identity: every border rule and
-    window weight as the general path by construction; a box window whose matrix the cumulative sum reproduces
-    (to 1e-15) runs as one (O(n) per row, instead of O(n^2))."""
-    axes = spec.sum_axes if field == "sum" else spec.sup_axes
-    if not axes:
-        return _NONE
-    if not (spec.sum_window if field == "sum" else spec.sup_window):
-        return (1, None, 0, 0, None)
-    one = spec if field == "sum" else spec.replace(sum_axes=spec.sup_axes, sum_window=spec.sup_window,
-                                                    sum_weights=spec.sup_weights)
-    m = field_mean(torch.eye(n, dtype=torch.float64), one)
-    # the window's support: entries above rounding (the general path's shifted sums leave ~1e-18 far from the
-    # diagonal; counted as support, they made every window span all n units and never run as a cumulative sum)
-    rows, cols = (m.abs() > 1e-12 * m.abs().max()).nonzero().unbind(1)
-    left, right = int((cols - rows).max()), int((rows - cols).max())
-    post = m.max(0).values
-    if torch.allclose(_box(torch.eye(n, dtype=torch.float64), left, right) * post, m, rtol=0.0, atol=1e-15):
-        return (3, None, left, right, post.to(device=device, dtype=dtype))
-    return (2, m.to(device=device, dtype=dtype).contiguous(), 0, 0, None)
-
-
-def plan(norm: DivisiveNorm | None, n: int, dtype, device) -> SitePlan | None:
-    """The fused path's plan of a site normalizing ``(N, n)`` rows, or None where it takes the reference path.
-
-    Covered: no normalizer; a :class:`~dnlib.norms.norm.DivisiveNorm` whose fields pool only ``channel`` (LN over
-    the units, 1-D DN with a channel window, RMS-style or mean-only fields), fixed sigma, any ``eps``, ``power``,
-    ``sup_scale``, border and window weights, affine or not, any ``alpha``; float32/float64. Not covered (the
-    reference path): fields pooling the batch or groups, a learned sigma, ``floor``, a process group, half
-    precision, a forced ``impl`` other than ``"auto"``/``"band"``/``"fused"``."""
-    if dtype not in (torch.float32, torch.float64):
-        return None
-    if norm is None:
-        return _IDENTITY
-    spec = norm.spec
-    if (type(norm) is not DivisiveNorm or spec.groups != 1 or spec.learn_sigma or spec.floor is not None
-            or norm.sigma is not None or norm.process_group is not None or norm.track_running_stats
-            or norm.impl not in ("auto", "band", "fused")):
-        return None
-    if not all(axes <= {"channel", "space"} for axes in (spec.sum_axes, spec.sup_axes)):
-        return None
-    wb, scale = _window(spec, "sup", n, dtype, device), float(spec.sup_scale)
-    if wb[0] >= 2:  # sup_scale baked into the window (one kernel less per use); the plan's own scale is then 1
-        mode, m, left, right, post = wb
-        wb = (mode, m * scale if m is not None else None, left, right, post * scale if post is not None else None)
-        scale = 1.0
-    return (_window(spec, "sum", n, dtype, device), wb, float(spec.eps_for(dtype)), float(spec.sigma) ** 2, scale,
-            float(spec.power), False)
-
-
-# ------------------------------------------------------------------------------------- TorchScript kernels
-def _apply(x: Tensor, w: Window) -> Tensor:
-    """The field mean ``x @ A`` of window ``w`` (modes 2, 3)."""
-    mode, m, left, right, post = w
-    if mode == 2:
-        assert m is not None
-        return torch.matmul(x, m)
-    assert post is not None
-    return _box(x, left, right) * post
-
-
-def _apply_t(g: Tensor, w: Window) -> Tensor:
-    """The transpose ``g @ A^T`` of :func:`_apply` (its backward)."""
-    mode, m, left, right, post = w
-    if mode == 2:
-        assert m is not None
-        return torch.matmul(g, m.t())
-    assert post is not None
-    return _box(g * post, right, left)
-
-
-def _is_ln(p: SitePlan) -> bool:
-    return p[0][0] == 1 and p[1][0] == 1 and p[4] == 1.0 and p[5] == 0.5
-
-
-def _v_is_x(p: SitePlan) -> bool:
-    """Whether the site's centred ``v`` is its input itself (no sum field, or one folded away: :func:`folds`); the
-    loops then keep no copy of it."""
-    return not p[6] and not _is_ln(p) and p[0][0] == 0
-
 
 def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
               do: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -146,7 +58,7 @@ def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
     empty = x.new_empty(0)
     if identity:
         return x, empty, empty, empty
-    if _is_ln(p):
+    if is_ln(p):
         y, mu, rstd = torch.native_layer_norm(x, [x.size(-1)], None, None, eps + sig2)
         return y, mu, rstd, empty
     mode_a, _, left, right, post = wa
@@ -154,11 +66,11 @@ def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
         v = x
     elif mode_a == 3:  # x - box(x) * post in one kernel after the box
         assert post is not None
-        box = _box(x, left, right)
-        v = torch.addcmul(x, box, post, value=-1.0, out=vo) if vo.numel() > 0 else torch.addcmul(x, box, post,
-                                                                                                 value=-1.0)
+        bx = box(x, left, right)
+        v = torch.addcmul(x, bx, post, value=-1.0, out=vo) if vo.numel() > 0 else torch.addcmul(x, bx, post,
+                                                                                                value=-1.0)
     else:
-        mean = x.mean(-1, keepdim=True) if mode_a == 1 else _apply(x, wa)
+        mean = x.mean(-1, keepdim=True) if mode_a == 1 else apply_window(x, wa)
         v = torch.sub(x, mean, out=vo) if vo.numel() > 0 else x - mean
     if wb[0] == 0:
         return v, v, empty, empty
@@ -171,8 +83,8 @@ def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
             d = torch.matmul(v * v, m, out=do) if do.numel() > 0 else torch.matmul(v * v, m)
         else:
             assert post is not None
-            box = _box(v * v, left, right)
-            d = torch.mul(box, post, out=do) if do.numel() > 0 else box * post
+            bv = box(v * v, left, right)
+            d = torch.mul(bv, post, out=do) if do.numel() > 0 else bv * post
         d = d.add_(eps + sig2)
     if ro.numel() > 0:
         r = torch.rsqrt(d, out=ro) if power == 0.5 else torch.pow(d, -power, out=ro)
@@ -181,17 +93,11 @@ def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
     return v * r, v, r, d
 
 
-def _into(p: SitePlan) -> bool:
-    """Whether the loops give the site's v, r, d tensors of their own to write into (:func:`_norm_fwd`): a
-    windowed suppression field, whose r and d are as large as v."""
-    return not p[6] and not _is_ln(p) and p[1][0] >= 2
-
-
 def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: SitePlan) -> Tensor:
     wa, wb, eps, sig2, scale, power, identity = p
     if identity:
         return gy
-    if _is_ln(p):
+    if is_ln(p):
         return torch.ops.aten.native_layer_norm_backward(gy, x, [x.size(-1)], t1, t2, None, None,
                                                          [True, False, False])[0]
     gv = gy
@@ -203,11 +109,11 @@ def _norm_bwd(gy: Tensor, x: Tensor, t1: Tensor, t2: Tensor, t3: Tensor, p: Site
             gs = q.sum(-1, keepdim=True) * r / d * (-2.0 * power * scale / x.size(-1))
             gv = torch.addcmul(gv, v, gs)
         else:  # the window holds sup_scale (plan)
-            gv = torch.addcmul(gv, v, _apply_t(q * r / d * (-2.0 * power), wb))
+            gv = torch.addcmul(gv, v, apply_window_t(q * r / d * (-2.0 * power), wb))
     if wa[0] == 1:
         return gv - gv.mean(-1, keepdim=True)
     if wa[0] >= 2:
-        return gv - _apply_t(gv, wa)
+        return gv - apply_window_t(gv, wa)
     return gv
 
 
@@ -226,10 +132,10 @@ def _put(buf: Tensor, t: int, x: Tensor, steps: int) -> Tensor:
 
 def _preallocated(xw: Tensor, gp: SitePlan, cp: SitePlan, keep: list[bool], size: list[int]) -> list[Tensor]:
     """The (T, ...) tensors that :func:`_norm_fwd` writes the kept v, r, d of each step into, where the site
-    :func:`_into`; empty elsewhere (the stats order of :func:`_forward_loop`; ``size``: T, N, H)."""
+    :func:`into`; empty elsewhere (the stats order of :func:`_forward_loop`; ``size``: T, N, H)."""
     pre = [xw.new_empty(0) for _ in range(8)]
     for off, p, shape in ((0, gp, [size[0], size[1], 4, size[2]]), (4, cp, size)):
-        if _into(p):
+        if into(p):
             for k in range(1, 4):
                 if keep[off + k]:
                     pre[off + k] = xw.new_empty(shape)
@@ -256,7 +162,7 @@ def _forward_loop(xw: Tensor, h: Tensor, c: Tensor, wt: Tensor, gw: Tensor | Non
     stats = [e for _ in range(8)]  # y, g1, g2, g3, yc, c1, c2, c3
     # kept over time only where the backward reads them: y and yc for the affine weights' gradients, v where it is
     # not the site's input (z and c are kept anyway)
-    keep = [gw is not None, not _v_is_x(gp), True, True, cw is not None, not _v_is_x(cp), True, True]
+    keep = [gw is not None, not v_is_x(gp), True, True, cw is not None, not v_is_x(cp), True, True]
     pre = _preallocated(xw, gp, cp, keep, [steps, n, hs]) if save else [e for _ in range(8)]
     for t in range(steps):
         if direct:
@@ -319,7 +225,7 @@ def _backward_loop(gout: Tensor, gh: Tensor, gc: Tensor, gz_out: Tensor, gc_out:
     gzs = torch.empty_like(zs)
     gas = torch.empty_like(zs) if gw is not None else e
     gcns = torch.empty_like(cs) if cw is not None else e
-    v_is_z, cv_is_c = _v_is_x(gp), _v_is_x(cp)   # v not kept: it is z (c) itself
+    v_is_z, cv_is_c = v_is_x(gp), v_is_x(cp)   # v not kept: it is z (c) itself
     for t in range(steps - 1, -1, -1):
         gh = gh + gout[t]
         s = ss[t]
@@ -436,50 +342,6 @@ def _double_backward(ctx, inputs, grads):
     return tuple(result)
 
 
-class _BoxCentre(torch.autograd.Function):
-    """``x - box(x) * post`` (a box sum field, mode 3) whose backward is the transposed box, ``g - box^T(g * post)``:
-    two cumulative sums, where autograd's own cumsum backward flips the (T, N, 4, H) tensor twice. The backward
-    is linear in ``g`` and made of differentiable ops, so double backward records it."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.w = w
-        return _apply_centre(x, w)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g - _apply_t(g, ctx.w), None
-
-
-def _apply_centre(x: Tensor, w: Window) -> Tensor:
-    mode, m, left, right, post = w
-    if mode == 1:
-        return x - x.mean(-1, keepdim=True)
-    if mode == 2:
-        assert m is not None
-        return x - torch.matmul(x, m)
-    assert post is not None
-    return torch.addcmul(x, _box(x, left, right), post, value=-1.0)
-
-
-def _centre(x: Tensor, w: Window) -> Tensor:
-    """``x - E_A[x]`` along the last axis for the sum field ``w`` (modes 1-3), differentiable (twice)."""
-    return _BoxCentre.apply(x, w) if w[0] == 3 else _apply_centre(x, w)
-
-
-def folds(gp: SitePlan) -> bool:
-    """Whether the gate site's centring ``v = z - E_A[z]`` is folded into the inputs and the weights by
-    :func:`lstm_sequence`: a DN sum field (not LN, whose one native kernel centres and scales together)."""
-    return not gp[6] and not _is_ln(gp) and gp[0][0] != 0
-
-
-def _centre_columns(w: Tensor, gp: SitePlan) -> Tensor:
-    """``W`` (4H, K) with its rows centred per gate block as the gate site's outputs are: ``(W^T (I - A))^T``, so
-    that ``x W^T`` comes out centred (:func:`folds`)."""
-    k, hs = w.shape[1], w.shape[0] // 4
-    return _centre(w.t().reshape(k, 4, hs), gp[0]).reshape(k, 4 * hs).t()
-
-
 def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | None, gb: Tensor | None,
                   cw: Tensor | None, cb: Tensor | None, gp: SitePlan, cp: SitePlan, backend: str | None = None,
                   xw_centred: bool = False):
@@ -498,9 +360,9 @@ def lstm_sequence(xw: Tensor, h0: Tensor, c0: Tensor, w: Tensor, gw: Tensor | No
     if folds(gp):
         if not xw_centred:
             hs = w.shape[0] // 4
-            xw = _centre(xw.view(xw.shape[0], xw.shape[1], 4, hs), gp[0]).view(xw.shape)
-        w = _centre_columns(w, gp)
-        gp = (_NONE,) + gp[1:]
+            xw = centre(xw.view(xw.shape[0], xw.shape[1], 4, hs), gp[0]).view(xw.shape)
+        w = centre_columns(w, gp)
+        gp = (NONE,) + gp[1:]
     tensors = (xw, h0, c0, w, gw, gb, cw, cb)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _LSTMSequence.apply(xw, h0, c0, w, gw, gb, cw, cb, gp, cp, backend)
@@ -537,8 +399,8 @@ def norm_lstm_sequence(cell, x: Tensor, state: tuple):
             fb[2 * H:3 * H] = cell.forget_bias
             b = fb if b is None else b + fb
         if b is not None:
-            b = _centre(b.view(4, H), plans[key][0][0]).view(4 * H)
-        xw = torch.nn.functional.linear(x, _centre_columns(cell.weight_ih, plans[key][0]), b)
+            b = centre(b.view(4, H), plans[key][0][0]).view(4 * H)
+        xw = torch.nn.functional.linear(x, centre_columns(cell.weight_ih, plans[key][0]), b)
     else:
         xw = cell.input_transform(x)
     gw = cell.gate_weight.view(4, H) if cell.gate_weight is not None else None
@@ -551,6 +413,6 @@ def norm_lstm_sequence(cell, x: Tensor, state: tuple):
                                                                                           False)):
         if norm is not None and norm.alpha and norm.training and torch.is_grad_enabled():   # all T steps at once
             # Z is v = z - E_A[z] where it folds; else the site's own sum field centres it (one box, no flips)
-            v = act if v or p[0][0] == 0 else _centre(act, p[0])
+            v = act if v or p[0][0] == 0 else centre(act, p[0])
             out = norm.record_penalty(out, l1_mean(v, norm.alpha) * steps, rows)
     return out, (h, c)
