@@ -49,6 +49,8 @@ from .rnn_sites import (
 
 __all__ = ["SitePlan", "plan", "folds", "lstm_sequence", "norm_lstm_sequence"]
 
+
+# ------------------------------------------------------------------------------------- TorchScript kernels
 def _norm_fwd(x: Tensor, p: SitePlan, vo: Tensor, ro: Tensor,
               do: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y and what the backward needs: (mean, rstd) of native LN, or (v, r, d) of the general composition
