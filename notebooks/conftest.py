@@ -26,11 +26,6 @@ from dnlib.notebook.nbcheck import as_jupyterlab_saves, figure_problems
 # MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run``
 # (dnlib.notebook.suite) and JupyterLab, so its figures are images and the figures check below sees what a reader sees.
 os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-# Under pytest-xdist each worker's kernel gets its share of the cores (as tests/conftest.py gives the unit tests'
-# workers): two kernels with a thread per core each spin against each other on the 2-core CI machine.
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 and "OMP_NUM_THREADS" not in os.environ:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ["OMP_NUM_THREADS"] = str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 class FigureCheck(pytest.Item):

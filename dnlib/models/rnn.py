@@ -215,12 +215,19 @@ class NormLSTMCell(_Recurrent):
         if self.gate_bias is not None:
             nn.init.zeros_(self.gate_bias)
 
+    def input_bias(self) -> torch.Tensor | None:
+        """The bias of :meth:`input_transform`: ``b`` with the forget bias added to the f block (None when both
+        are absent). The fused path folds its DN centring into it (:mod:`dnlib.models.rnn_fused`)."""
+        if not self.forget_bias:
+            return self.bias
+        H = self.hidden_size
+        dev, dt = self.weight_ih.device, self.weight_ih.dtype
+        fb = torch.cat([torch.zeros(2 * H, device=dev, dtype=dt), torch.full((H,), self.forget_bias, device=dev,
+                        dtype=dt), torch.zeros(H, device=dev, dtype=dt)])
+        return fb if self.bias is None else self.bias + fb
+
     def input_transform(self, x):
-        xw = super().input_transform(x)
-        if self.forget_bias:
-            H = self.hidden_size
-            xw = torch.cat([xw[..., :2 * H], xw[..., 2 * H:3 * H] + self.forget_bias, xw[..., 3 * H:]], -1)
-        return xw
+        return F.linear(x, self.weight_ih, self.input_bias())
 
     def step(self, xw, state, t=0):
         h, c = state

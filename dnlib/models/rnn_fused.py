@@ -395,11 +395,7 @@ def norm_lstm_sequence(cell, x: Tensor, state: tuple):
     H, cn = cell.hidden_size, cell.cell_norm
     folded = folds(plans[key][0])
     if folded:
-        b = cell.bias
-        if cell.forget_bias:
-            fb = torch.zeros(4 * H, dtype=x.dtype, device=x.device)
-            fb[2 * H:3 * H] = cell.forget_bias
-            b = fb if b is None else b + fb
+        b = cell.input_bias()
         if b is not None:
             b = centre(b.view(4, H), plans[key][0][0]).view(4 * H)
         xw = torch.nn.functional.linear(x, centre_columns(cell.weight_ih, plans[key][0]), b)
