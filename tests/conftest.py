@@ -9,6 +9,19 @@ if not torch.cuda.is_available():
     # holds whichever test imports triton first (torch.compile's Inductor may): the kernels read it when they are built.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# impl="auto" compiles no windowed DN here (dnlib.norms.windowed.compile_allowed): the tests take a few steps, and
+# each spec's compile cost 2-40 s per process (the gpu_paper rehearsal 120 s with Inductor's cache cold, as on a
+# fresh CI machine, against 84 s warm). The general path computes the same values; the compiled path has its own
+# tests, which turn it back on (the ``compiled_path`` fixture), and so does one training run of each kind below.
+os.environ.setdefault("DNLIB_COMPILE", "0")
+
+
+@pytest.fixture
+def compiled_path(monkeypatch):
+    """impl="auto" compiles windowed DN on large CPU inputs again, as it does for users (``DNLIB_COMPILE`` unset),
+    also in the processes the test starts."""
+    monkeypatch.delenv("DNLIB_COMPILE", raising=False)
+
 
 @pytest.fixture
 def one_thread():

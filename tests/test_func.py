@@ -163,9 +163,9 @@ def test_jvp_matches_central_differences_and_the_plain_op_reference(name, impl):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dn", "lrn"])
-def test_large_inputs_take_the_plain_ops_too(name):
-    """At 2^20 elements (where impl="auto" may choose a faster path for the ordinary step) a transform still runs the
-    plain-op composition: jvp equals the plain-op reference's."""
+def test_large_inputs_take_the_plain_ops_too(name, compiled_path):
+    """At 2^20 elements (where impl="auto" compiles windowed DN for the ordinary step) a transform still runs the
+    plain-op composition: jvp equals the plain-op reference's, and the primal the compiled call's."""
     m = make_norm(name, 32)
     x = _x((16, 32, 64, 32)).float()
     t = _x(x.shape, seed=2).float()

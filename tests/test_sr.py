@@ -241,7 +241,8 @@ def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
 
 @pytest.mark.slow
 @needs_data
-def test_run_with_norm_records_and_the_report_reads_them(tmp_path):
+def test_run_with_norm_records_and_the_report_reads_them(tmp_path, compiled_path):
+    """(impl="auto" as users run it: DN* compiles for the full-size evaluation images, whose shapes differ.)"""
     from dnlib.experiments import records
     from dnlib.experiments.sr import main
     out = tmp_path / "gpu"

@@ -17,7 +17,7 @@ from dnlib import DivisiveNorm, NormSpec, get_spec, make_norm, sparse_penalty
 from dnlib.norms import windowed
 from dnlib.norms.functional import _plan, _shared
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("compiled_path")]
 CS = "channel,space"
 
 CASES = [
@@ -111,6 +111,26 @@ def test_dispatch_table():
     assert _shared(_plan(dn, 2), None, None) and not _shared(_plan(get_spec("dn-1d"), 1), None, None)
     assert windowed._windows_only(get_spec("dn-1d"), _plan(get_spec("dn-1d"), 1))
     assert windowed._windows_only(get_spec("lrn"), _plan(get_spec("lrn"), 2))
+
+
+def test_dnlib_compile_0_keeps_auto_off_the_compiled_path(everything_large, monkeypatch):
+    """``DNLIB_COMPILE=0`` (the test suite's setting, tests/conftest.py): impl="auto" takes the general path for
+    windowed specs on large inputs, bit for bit, and compiles nothing; unset, 1 or anything else: the table."""
+    spec = NormSpec(("channel", "space"), ("channel", "space"), {"space": 3}, {"space": 3}, sigma=0.5)
+    x = _x((2, 3, 4, 4))
+    for value, expected in (("0", "general"), ("off", "general"), (" No ", "general"), ("false", "general"),
+                            ("1", "compiled"), ("", "compiled"), (None, "compiled")):
+        if value is None:
+            monkeypatch.delenv("DNLIB_COMPILE", raising=False)
+        else:
+            monkeypatch.setenv("DNLIB_COMPILE", value)
+        assert windowed.choice(spec, None, x) == expected, value
+    monkeypatch.setenv("DNLIB_COMPILE", "0")
+    m = DivisiveNorm(3, spec).double()
+    calls = []
+    monkeypatch.setattr(windowed, "compiled_norm", lambda *a, **k: calls.append(a) or None)
+    torch.testing.assert_close(m(x), DivisiveNorm(3, spec, impl="general").double()(x), rtol=0, atol=0)
+    assert calls == []
 
 
 def test_rms_auto_is_the_general_path(everything_large, monkeypatch):

@@ -21,6 +21,7 @@ measured slower than torch's own layer.
 """
 from __future__ import annotations
 
+import os
 import types
 import warnings
 
@@ -91,9 +92,18 @@ def choice(spec: NormSpec, kind: str | None, x: torch.Tensor) -> str:
     what = kind if kind is not None else ("windowed" if spec.windowed else "general")
     default = "native" if kind is not None else "general"
     got = AUTO.get((x.device.type, what, shape_class(x)), default)
-    if got == "compiled" and (spec in _broken or not _compilable(x)):
+    if got == "compiled" and (spec in _broken or not compile_allowed() or not _compilable(x)):
         return "general"
     return got
+
+
+def compile_allowed() -> bool:
+    """False when the environment says ``DNLIB_COMPILE=0`` (or ``off``/``false``/``no``): ``impl="auto"`` then never
+    compiles, and large windowed inputs take the general path (the same values, about 1.7x its time; no compile).
+    For short work where compiling would dominate: a smoke run or a test compiles each spec for 2-40 s (more
+    with Inductor's cache cold) and then takes a few steps. The environment reaches the processes a sweep or a
+    script starts. An explicit ``impl="compile"`` still compiles."""
+    return os.environ.get("DNLIB_COMPILE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _compilable(x: torch.Tensor) -> bool:
