@@ -8,9 +8,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.dnlib-installed
 PROFILE ?= smoke
 # pytest-xdist workers for make test/check (loadscope: a module's tests, and a notebook's cells, share one worker,
-# so module fixtures and nbval's kernel are made once). JOBS=0 runs in one process.
+# so module fixtures and nbval's kernel are made once; the longest modules first, conftest.py). JOBS=0: one process.
 JOBS    ?= 2
-XDIST   := $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist loadscope)
+XDIST   := $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist loadscope --no-loadscope-reorder)
 export MPLBACKEND ?= agg
 # The data root: DNLIB_DATA if set, else ../shared/data when it is beside the clone, else data/.
 DNLIB_DATA ?= $(firstword $(wildcard $(abspath ../shared/data)) $(abspath data))

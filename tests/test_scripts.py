@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_gpu_throughput import check_report, cifar_rehearsal_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DNLIB_DATA", ROOT / "data"))
@@ -50,3 +51,6 @@ def test_a_gpu_script_rehearses_on_the_cpu_as_its_header_says(name, needs, tmp_p
     assert not bad, "\n".join(bad[:20])
     recs = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("record.json")]
     assert len(recs) >= 2 and all(r["stopped"] == "completed" for r in recs), [r["stopped"] for r in recs]
+    if name == "gpu_cifar":     # its THROUGHPUT step is scripts/gpu_throughput.py's rehearsal: checked here, run once
+        assert cifar_rehearsal_runs()
+        check_report(tmp_path / "out" / "throughput")
