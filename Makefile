@@ -49,8 +49,7 @@ run: setup
 	$(BIN)/python -m dnlib.notebook.suite run --profile $(PROFILE)
 
 test: setup
-	$(BIN)/python -m pytest -q $(XDIST) --durations=25 tests
-	$(BIN)/python -m pytest -q $(XDIST) --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600 -p no:cacheprovider notebooks
+	$(BIN)/python -m pytest -q $(XDIST) --durations=25 -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout=600 tests notebooks
 
 # The inner loop of development: the unit tests without the notebooks, the browser and the tests marked slow.
 check: setup

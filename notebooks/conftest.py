@@ -22,10 +22,28 @@ import pytest
 
 from dnlib.notebook.nbcheck import as_jupyterlab_saves, figure_problems
 
-# The kernels nbval starts inherit this process's environment (--nbval-current-env). ``make test`` exports
-# MPLBACKEND=agg for the unit tests; a notebook kernel gets the inline backend, as under ``make run``
-# (dnlib.notebook.suite) and JupyterLab, so its figures are images and the figures check below sees what a reader sees.
-os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+#: What a notebook's kernel gets in place of this process's environment (nbval's --nbval-current-env starts it with
+#: that). ``make test`` exports MPLBACKEND=agg for the unit tests; a kernel gets the inline backend, as under ``make
+#: run`` (dnlib.notebook.suite) and JupyterLab, so its figures are images and the figures check below sees what a
+#: reader sees. tests/conftest.py's DNLIB_COMPILE=0 is for the unit tests (set per test), not the notebooks.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """While a notebook item sets up (nbval starts the notebook's kernel as its first cell sets up), the environment
+    holds :data:`KERNEL_ENV`; then it is put back, for the tests that share this process (``make test`` runs
+    tests/ and the notebooks in one pytest run)."""
+    saved = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class FigureCheck(pytest.Item):
