@@ -99,7 +99,8 @@ def choice(spec: NormSpec, kind: str | None, x: torch.Tensor) -> str:
 
 def compile_allowed() -> bool:
     """False when the environment says ``DNLIB_COMPILE=0`` (or ``off``/``false``/``no``): ``impl="auto"`` then never
-    compiles, and large windowed inputs take the general path (the same values, about 1.7x its time; no compile).
+    compiles, and large windowed inputs take the general path (the same values; per step 1.7-2.5x the compiled
+    kernels' time at the CIFAR shapes of :data:`MEASURED`, but no compile).
     For short work where compiling would dominate: a smoke run or a test compiles each spec for 2-40 s (more
     with Inductor's cache cold) and then takes a few steps. The environment reaches the processes a sweep or a
     script starts. An explicit ``impl="compile"`` still compiles."""
