@@ -15,18 +15,18 @@ import copy
 import difflib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from dnlib.notebook.nbcheck import as_jupyterlab_saves, figure_problems
+from dnlib.notebook.suite import INLINE_BACKEND, kernel_environment
 
 #: What a notebook's kernel gets in place of this process's environment (nbval's --nbval-current-env starts it with
 #: that). ``make test`` exports MPLBACKEND=agg for the unit tests; a kernel gets the inline backend, as under ``make
 #: run`` (dnlib.notebook.suite) and JupyterLab, so its figures are images and the figures check below sees what a
 #: reader sees. tests/conftest.py's DNLIB_COMPILE=0 is for the unit tests (set per test), not the notebooks.
-KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+KERNEL_ENV = {"MPLBACKEND": INLINE_BACKEND}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -34,16 +34,8 @@ def pytest_runtest_setup(item):
     """While a notebook item sets up (nbval starts the notebook's kernel as its first cell sets up), the environment
     holds :data:`KERNEL_ENV`; then it is put back, for the tests that share this process (``make test`` runs
     tests/ and the notebooks in one pytest run)."""
-    saved = {k: os.environ.get(k) for k in KERNEL_ENV}
-    os.environ.update(KERNEL_ENV)
-    try:
+    with kernel_environment(KERNEL_ENV):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class FigureCheck(pytest.Item):

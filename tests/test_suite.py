@@ -154,7 +154,9 @@ def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys):
+def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DNLIB_PROGRESS", raising=False)
+    before = dict(os.environ)
     out = tmp_path / "out"
     rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), "-p", "01:x", "1.5",
                      "-p", "01:name", "b", str(nbdir / "01_good.ipynb"), str(nbdir / "02_bad.ipynb")])
@@ -172,6 +174,7 @@ def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, c
     assert [r["status"] for r in summary] == ["ok", "failed"] and all(r["seconds"] > 0 for r in summary)
     assert "01_good.ipynb" in captured.out and "total" in captured.out
     assert os.environ.get(suite.RESULTS_ENV) is None  # the runner restores the environment
+    assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())   # all of it (DNLIB_PROGRESS too)
 
 
 def test_save_results_default_path_and_jsonable(monkeypatch, tmp_path):

@@ -167,6 +167,22 @@ def _kernel_env(results: Path, profile: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def kernel_environment(values: Mapping[str, str]):
+    """``os.environ`` holding ``values`` inside the block, for a kernel started there (it inherits the environment
+    it starts with); afterwards each of those keys is as it was before, removed where it was unset."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | None = None) -> str:
     from nbclient.exceptions import CellTimeoutError
 
@@ -318,26 +334,19 @@ def execute(
     results = output.with_name("results.json")
     if results.exists():
         results.unlink()
-    saved = {k: os.environ.get(k) for k in ("MPLBACKEND", "PYTHONPATH", RESULTS_ENV, PROFILE_ENV)}
-    os.environ.update(_kernel_env(results, profile))
     start, started = time.perf_counter(), time.time()
     error = None
     try:
-        papermill.execute_notebook(
-            str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
-            progress_bar=progress, cwd=str(path.parent), execution_timeout=cell_timeout, start_timeout=120,
-            engine_name=register_engine(), stall_timeout=stall_timeout, notebook_name=path.name,
-            coalesce_streams=True, stderr_file=_ProgressEcho(path.stem) if progress else None,
-        )
+        with kernel_environment(_kernel_env(results, profile)):
+            papermill.execute_notebook(
+                str(path), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
+                progress_bar=progress, cwd=str(path.parent), execution_timeout=cell_timeout, start_timeout=120,
+                engine_name=register_engine(), stall_timeout=stall_timeout, notebook_name=path.name,
+                coalesce_streams=True, stderr_file=_ProgressEcho(path.stem) if progress else None,
+            )
     except Exception as exc:  # PapermillExecutionError, kernel death, ...
         limit = None if cell_timeout is None else f"{cell_timeout:.0f} s" + (f" ({limit_note})" if limit_note else "")
         error = _describe_failure(path, exc, output, limit)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     seconds = time.perf_counter() - start
     headline = load_results(results) if results.exists() else {}
     records.write_record(output.parent, records.make_record(
