@@ -16,22 +16,27 @@ as the cell's value, and nothing leaks into pyplot's global state), or draws int
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.collections import PolyCollection
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 
 from ..norms.presets import get_spec
 from ..norms.spec import NormSpec
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2",
            "activation_histograms", "feature_maps", "image_grid", "joint_histogram", "joint_histograms", "run_curves",
            "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS", "band_curves", "no_data"]
 
 def new_figure(**kwargs) -> Figure:
-    """A Figure outside pyplot's state (a notebook shows it once, as the cell's value)."""
+    """A Figure outside pyplot's state (a notebook shows it once, as the cell's value). matplotlib is imported here,
+    on the first figure, not with this module: the experiments' command lines (which import the table helpers below)
+    start without it (0.5 s of each run's start-up; tests/test_layers.py)."""
+    from matplotlib.figure import Figure
+
     _enable_ipython_display()
     return Figure(**kwargs)
 
@@ -43,6 +48,8 @@ def _enable_ipython_display() -> None:
         from IPython import get_ipython
     except ImportError:
         return
+    from matplotlib.figure import Figure
+
     ip = get_ipython()
     if ip is None or Figure in ip.display_formatter.formatters["image/png"].type_printers:
         return
@@ -209,6 +216,8 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
                                   _shade(FIELD_COLORS[key], shade[n, c, i, j]))
                     if (n, c, i, j) == center:
                         center_poly = corners
+    from matplotlib.collections import PolyCollection
+
     ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="#636363", linewidths=0.4))
     ax.add_collection(PolyCollection([center_poly], facecolors="none", edgecolors=FIELD_COLORS["center"], linewidths=2))
     for n in range(n_examples):
@@ -232,6 +241,8 @@ def draw_fields(spec, ax=None, *, n_examples: int = 2, channels: int = 4, height
 
 
 def _field_handles() -> list:
+    from matplotlib.patches import Patch
+
     handles = [Patch(facecolor=FIELD_COLORS[k], edgecolor="#636363", label=t) for k, t in
                (("sum", "A (summation) only"), ("sup", "B (suppression) only"), ("both", "A and B"))]
     handles.append(Patch(facecolor="none", edgecolor=FIELD_COLORS["center"], label="unit normalized"))
