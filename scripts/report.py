@@ -343,4 +343,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("rfc3987_syntax", None)   # 1 s of start-up this command never uses (scripts/nbclean.py)
     sys.exit(main())

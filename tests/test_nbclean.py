@@ -46,6 +46,18 @@ def test_committed_notebooks_pass_the_filter_unchanged(path):
     assert _clean(text) == text
 
 
+def test_the_filter_starts_without_the_iri_grammar():
+    """git runs the filter once per notebook it cleans or diffs: it must not import rfc3987_syntax (through nbformat
+    -> jsonschema), which builds a Lark grammar on import (1.0 s of 1.3 s per notebook before)."""
+    res = subprocess.run([sys.executable, "-X", "importtime", str(SCRIPT), "-t", str(NOTEBOOKS[0])],
+                         capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "nbformat" in imported and "jsonschema" in imported       # the filter's own path, as before
+    # (an import that fails is listed too, with no submodule: the grammar lives in rfc3987_syntax.syntax_helpers)
+    assert not {m for m in imported if m.startswith(("rfc3987_syntax.", "lark"))}
+    assert res.stdout == NOTEBOOKS[0].read_text(encoding="utf-8")
+
+
 @pytest.mark.slow
 def test_the_script_filters_stdin_to_stdout():
     """``python scripts/nbclean.py`` (what git runs): a notebook with outputs in, its stored form out; text that
