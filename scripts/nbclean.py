@@ -33,8 +33,10 @@ from pathlib import Path
 
 # nbformat imports jsonschema, whose format checkers import rfc3987_syntax when it is installed (jupyter-events
 # installs it): it builds a Lark grammar on import, 1.0 s of this filter's 1.3 s per notebook (`python -X importtime`),
-# paid by git for every notebook it cleans or diffs. The notebook schema checks no IRI, so the filter goes without.
-sys.modules.setdefault("rfc3987_syntax", None)
+# paid by git for every notebook it cleans or diffs. The notebook schema checks no IRI, so the filter goes without
+# (run as a command only: JupyterLab's save hook loads this file into the server, whose modules are its own).
+if __name__ == "__main__":
+    sys.modules.setdefault("rfc3987_syntax", None)
 import nbformat  # noqa: E402
 from nbstripout import strip_output  # noqa: E402
 
