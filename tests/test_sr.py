@@ -241,10 +241,17 @@ def test_time_limit_stops_at_a_chunk_boundary_by_the_runners_rule():
 
 @pytest.mark.slow
 @needs_data
-def test_run_with_norm_records_and_the_report_reads_them(tmp_path, compiled_path):
-    """(impl="auto" as users run it: DN* compiles for the full-size evaluation images, whose shapes differ.)"""
+def test_run_with_norm_records_and_the_report_reads_them(tmp_path, compiled_path, monkeypatch):
+    """(impl="auto" with its compiled CPU path on, the evaluation's too (``INFERENCE_REPAY`` 0; a smoke run's
+    evaluation alone does not compile): DN* compiles for the full-size evaluation images, whose shapes differ.)"""
     from dnlib.experiments import records
     from dnlib.experiments.sr import main
+    from dnlib.norms import windowed
+    monkeypatch.setattr(windowed, "INFERENCE_REPAY", 0)
+    calls = []
+    real = windowed.compiled_norm
+    monkeypatch.setattr(windowed, "compiled_norm", lambda *a, **k: calls.append(tuple(a[0].shape)) or real(*a, **k))
+    broken = dict(windowed._broken)
     out = tmp_path / "gpu"
     # a data root holding only T91 and Set5: Set14, absent there, is named in the record, not fatal
     from dnlib.data import data_root
@@ -255,6 +262,7 @@ def test_run_with_norm_records_and_the_report_reads_them(tmp_path, compiled_path
     args = ["--steps", "4", "--sets", "Set5", "Set14", "--curve-sets", "--out", str(out),
             "--root", str(root), "--device", "cpu"]
     assert main(["run", "smoke", "--norm", "dn-star"] + args) == 0     # a schedule and --norm: the row renames it
+    assert len(set(calls)) >= 5 and windowed._broken == broken         # the five Set5 images at least, compiled
     assert main(["run", "smoke-bn"] + args) == 0
     recs = {records.read_record(d)["name"]: records.read_record(d) for d in records.find_runs([out])}
     assert set(recs) == {"smoke-dn*", "smoke-bn"}

@@ -133,6 +133,32 @@ def test_dnlib_compile_0_keeps_auto_off_the_compiled_path(everything_large, monk
     assert calls == []
 
 
+def test_grad_free_calls_compile_once_the_compile_has_paid_for_itself(everything_large, monkeypatch):
+    """Evaluation (``no_grad``) of a spec that training has not compiled takes the general path until its grad-free
+    inputs add up to ``INFERENCE_REPAY`` elements, then the compiled path (before: the first large grad-free call
+    compiled, so a smoke run compiled for its evaluation alone); a spec whose kernels training compiled uses them at
+    once; with gradients on, the first large call compiles, as before."""
+    spec = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.7)
+    x = _x((2, 3, 4, 4)).detach()
+    monkeypatch.setattr(windowed, "INFERENCE_REPAY", 3 * x.numel())
+    monkeypatch.setattr(windowed, "_inference_seen", {})
+    monkeypatch.setattr(windowed, "_compiled", {})
+    calls = []
+    monkeypatch.setattr(windowed, "compiled_norm", lambda *a, **k: calls.append(1) or None)   # None: general path
+    m, ref = DivisiveNorm(3, spec).double().eval(), DivisiveNorm(3, spec, impl="general").double().eval()
+    with torch.no_grad():
+        for i in range(4):
+            torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
+            assert len(calls) == max(0, i - 1), i               # the third call reaches 3 x numel: it compiles
+    assert windowed.choice(spec, None, x) == "compiled"          # (grad on: the training rule)
+    other = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.9)
+    with torch.no_grad():
+        assert windowed.choice(other, None, x) == "general"
+        windowed._kernels(other, 2)                               # as a training step does (compiled lazily)
+        assert windowed.choice(other, None, x) == "compiled"
+    assert windowed.choice(NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=1.1), None, x) == "compiled"
+
+
 def test_rms_auto_is_the_general_path(everything_large, monkeypatch):
     """The rms preset's auto path on large CPU inputs is the general path (bit for bit), not F.rms_norm."""
     calls = []

@@ -328,8 +328,9 @@ class DivisiveNorm(nn.Module):
     On the CPU ``impl="auto"`` follows the measured table :data:`dnlib.norms.windowed.AUTO`: windowed specs on
     inputs of at least ``windowed.LARGE`` (2^20) elements run Inductor-compiled forward and backward kernels (the
     general path's math, equal to it; exact double backward; the first call compiles, 10-60 s per spec; a failure
-    to compile warns once and takes the general path; ``DNLIB_COMPILE=0`` in the environment turns compiling off,
-    for short runs and tests), and ``rms`` takes the general path (faster than ``F.rms_norm`` there).
+    to compile warns once and takes the general path; a grad-free call (evaluation) compiles a spec only once the
+    compile has paid for itself, ``windowed.INFERENCE_REPAY``; ``DNLIB_COMPILE=0`` in the environment turns
+    compiling off, for short runs and tests), and ``rms`` takes the general path (faster than ``F.rms_norm`` there).
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward that can be
     backpropagated (training mode, gradients on: not under ``no_grad`` or ``inference_mode``) records

@@ -17,7 +17,8 @@ and Hessian-vector products work as on the general path.
 
 :data:`AUTO` is the dispatch table: per device and shape class, the path ``python -m dnlib.norms.bench_layers
 --table`` measured fastest (its comment keeps the measurement). ``impl="auto"`` never takes a path that table
-measured slower than torch's own layer.
+measured slower than torch's own layer. Grad-free calls (evaluation) compile a spec only once the compile has paid
+for itself (:data:`INFERENCE_REPAY`), or use the kernels training compiled.
 """
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ from .spec import NormSpec
 #: runs (smaller) stay on the general path. The CIFAR layers at batch 100 (100 x 32 x 32 x 32 = 3.3M) and the
 #: sequence shape (64 x 256 x 100 = 1.6M) are large; CIFAR at the notebook's batch 25 (0.8M) is not.
 LARGE = 1 << 20
+
+#: A grad-free call (evaluation, inference: ``torch.no_grad``/``inference_mode``) makes a spec compile only once the
+#: grad-free large inputs it ran on the general path add up to this many elements (or when training already
+#: compiled the spec's kernels in this process: then they are used at once). :data:`LARGE` is repaid within a few
+#: hundred *training* steps; an evaluation is a handful of forward calls, so a smoke run (its training batches
+#: small, its evaluation batch of up to 1,000 large) compiled for its evaluation alone: nb03's DN* run, 200 steps,
+#: took 35 CPU-s with the compile (cold cache) and 9 CPU-s without. The threshold is the break-even of that
+#: compile: one DN* spec (window 5, 500 x 32 x 32 x 32, no_grad, one thread, this 2-core machine, 2026-12-07)
+#: compiled in 19 CPU-s and then ran 66 ms a call against the general path's 130 ms, 4 ns an element saved, so
+#: 19 s / 4 ns = 4.8e9 elements. Running the general path until the compile would have paid for itself, then
+#: compiling, costs at most twice the better of "never" and "at once" (the ski-rental rule); the full CIFAR test set
+#: (about 0.43e9 elements per evaluation through a DN* CNN's three sites) compiles at its tenth evaluation.
+INFERENCE_REPAY = 1 << 32
 
 #: ``impl="auto"``'s choice per (device type, what the spec is, shape class): ``"compiled"`` (this module's path),
 #: ``"general"`` (the hand-written Functions) or ``"native"`` (torch's kernel, where the spec has one).
@@ -78,6 +92,7 @@ presets lrn 64x256x100: auto 0.55x, general 0.87x (load 0.6, 1 threads)
 """
 
 _broken: dict = {}      # spec -> why compiling failed (then the general path, warned once)
+_inference_seen: dict = {}  # (spec, nspatial) -> elements of grad-free large inputs run on the general path
 
 
 def shape_class(x: torch.Tensor) -> str:
@@ -88,13 +103,28 @@ def shape_class(x: torch.Tensor) -> str:
 def choice(spec: NormSpec, kind: str | None, x: torch.Tensor) -> str:
     """What ``impl="auto"`` runs for ``spec`` on ``x``: ``"native"`` (the module's fused kernel ``kind``),
     ``"compiled"`` or ``"general"``, from :data:`AUTO` (``"native"`` where the table has no entry and a kernel
-    exists, else ``"general"``)."""
+    exists, else ``"general"``); a grad-free call takes ``"compiled"`` only as :data:`INFERENCE_REPAY` says."""
     what = kind if kind is not None else ("windowed" if spec.windowed else "general")
     default = "native" if kind is not None else "general"
     got = AUTO.get((x.device.type, what, shape_class(x)), default)
     if got == "compiled" and (spec in _broken or not compile_allowed() or not _compilable(x)):
         return "general"
+    if got == "compiled" and not torch.is_grad_enabled() and not _inference_repaid(spec, x):
+        return "general"
     return got
+
+
+def _inference_repaid(spec: NormSpec, x: torch.Tensor) -> bool:
+    """Whether a grad-free call on ``x`` takes the compiled path (:data:`INFERENCE_REPAY`): the spec's kernels exist
+    already, or the grad-free inputs it ran on the general path, this one included, add up to the threshold (this
+    call then compiles)."""
+    key = (spec, x.dim() - 2)
+    if key in _compiled:
+        return True
+    seen = _inference_seen.get(key, 0)
+    if seen < INFERENCE_REPAY:
+        seen = _inference_seen[key] = seen + x.numel()
+    return seen >= INFERENCE_REPAY
 
 
 def compile_allowed() -> bool:
