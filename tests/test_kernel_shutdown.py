@@ -9,6 +9,7 @@ notebook starts in the kernel's process group records every SIGINT it gets.
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,14 @@ pytestmark = pytest.mark.slow   # interpreters, kernels or compilation: make che
 
 pytest.importorskip("papermill")
 
+#: The process the notebook starts in the kernel's process group: it records each SIGINT and exits on SIGTERM through
+#: a handler of its own. At shutdown jupyter_client sends SIGINT to the group, then the shutdown request, on which
+#: ipykernel SIGTERMs the kernel's children; a child not scheduled in between gets both at once, and with SIGTERM's
+#: default action it died before Python ran its SIGINT handler (the test below failed so in CI once). With both
+#: handlers in Python, SIGINT's runs first (Python runs pending handlers in signal-number order).
 CHILD = ("import signal, sys, time\n"
          "signal.signal(signal.SIGINT, lambda *a: open(sys.argv[1], 'a').write('SIGINT\\n'))\n"
+         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
          "open(sys.argv[2], 'w').write('ready')\n"
          "time.sleep(120)\n")
 
@@ -40,6 +47,25 @@ def _notebook(path: Path, marker: Path, ready: Path, pid: Path) -> None:
                                   metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                            "language": "python"}})
     nbformat.write(nb, path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGSTOP")
+def test_the_child_records_a_sigint_that_comes_with_ipykernels_sigterm(tmp_path):
+    """The losing interleaving of the race above, made certain: the child stopped while SIGINT and then SIGTERM
+    reach it. It records the SIGINT and exits (before, the SIGTERM killed it with the SIGINT unrecorded)."""
+    marker, ready = tmp_path / "sigint.txt", tmp_path / "ready.txt"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(marker), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for sig in (signal.SIGSTOP, signal.SIGINT, signal.SIGTERM, signal.SIGCONT):
+            os.kill(child.pid, sig)
+        assert child.wait(timeout=30) == 0
+        assert marker.read_text() == "SIGINT\n"
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_finished_notebook_is_shut_down_without_sigint(tmp_path):
