@@ -6,6 +6,8 @@ import hashlib
 import os
 import pickle
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +185,33 @@ def test_imagefolder_layout_order_and_cache(tmp_path, monkeypatch):
     from PIL import Image
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cifar10-jpeg" / "test" / "dog" / "2.png")
     assert len(load_cifar("cifar10", tmp_path, download=False, progress=False).x_test) == 5
+
+
+def test_loads_at_once_of_an_uncached_folder_decode_it_once(tmp_path, monkeypatch):
+    """Two loads of one image folder at once, the cache empty (the runs of a sweep starting on a fresh machine):
+    one decodes and writes the cache, the other waits for it and then reads the cache (before: each decoded,
+    about 15 CPU-s apiece for CIFAR-10's 60,000 JPEGs)."""
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    _write_folder(tmp_path / "cifar10-jpeg", n_per_class=(12, 2))
+    real, calls, decoding = cifar_images._decode_all, [], threading.Event()
+
+    def slow_decode(*args, **kwargs):     # called for train/, then test/: the other load arrives meanwhile
+        calls.append(args[2])
+        decoding.set()
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cifar_images, "_decode_all", slow_decode)
+    out = {}
+    first = threading.Thread(target=lambda: out.setdefault(0, load_cifar("cifar10", tmp_path, download=False,
+                                                                          progress=False)))
+    first.start()
+    assert decoding.wait(30)
+    out[1] = load_cifar("cifar10", tmp_path, download=False, progress=False)
+    first.join(30)
+    assert len(calls) == 2, calls                                  # one load's train/ and test/
+    np.testing.assert_array_equal(out[0].x_train, out[1].x_train)
+    np.testing.assert_array_equal(out[0].y_test, out[1].y_test)
 
 
 def test_corrupt_image_names_file(tmp_path):

@@ -6,6 +6,7 @@ a stale or corrupt one is decoded again and rewritten.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ from .root import (
     atomic_save_npy,
     atomic_write_json,
     cache_dir,
+    cache_lock,
     check_regular_file,
     open_regular,
     stat_key,
@@ -177,17 +179,24 @@ def read_imagefolder(name: str, folder: Path, base: Path, use_cache: bool, progr
         cached = _load_cache(cdir, fp, (len(train_files), len(test_files)), (y_train, y_test))
         if cached is not None:
             return (*cached, classes)
-    x_train, d_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
-    x_test, d_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
-    verify_checksums(base, folder, train_files + test_files, what=what, recursive=True,
-                     accept=lambda n: n.lower().endswith(_IMAGE_EXT),
-                     digests=dict(zip(train_files + test_files, d_train + d_test)))
-    out = (x_train, y_train, x_test, y_test)
-    if cdir is not None:
-        cdir.mkdir(parents=True, exist_ok=True)
-        (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
-        for a, arr in zip(_ARRAYS, out):
-            atomic_save_npy(cdir / f"{a}.npy", arr)
-        arrays = {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}
-        atomic_write_json(cdir / "manifest.json", {**fp, "arrays": arrays}, sort_keys=True)
+    # one process decodes and caches; others that need the cache meanwhile wait for it and then read it
+    lock = cache_lock(cdir.parent / "locks" / f"{cdir.name}.lock") if cdir else contextlib.nullcontext(False)
+    with lock as waited:
+        if waited and (cdir / "manifest.json").exists():
+            cached = _load_cache(cdir, fp, (len(train_files), len(test_files)), (y_train, y_test))
+            if cached is not None:
+                return (*cached, classes)
+        x_train, d_train = _decode_all(train_files, progress, f"decoding {folder.name}/train")
+        x_test, d_test = _decode_all(test_files, progress, f"decoding {folder.name}/test")
+        verify_checksums(base, folder, train_files + test_files, what=what, recursive=True,
+                         accept=lambda n: n.lower().endswith(_IMAGE_EXT),
+                         digests=dict(zip(train_files + test_files, d_train + d_test)))
+        out = (x_train, y_train, x_test, y_test)
+        if cdir is not None:
+            cdir.mkdir(parents=True, exist_ok=True)
+            (cdir / "manifest.json").unlink(missing_ok=True)  # invalid until every array is written
+            for a, arr in zip(_ARRAYS, out):
+                atomic_save_npy(cdir / f"{a}.npy", arr)
+            arrays = {a: _array_sha256(arr) for a, arr in zip(_ARRAYS, out)}
+            atomic_write_json(cdir / "manifest.json", {**fp, "arrays": arrays}, sort_keys=True)
     return (*out, classes)

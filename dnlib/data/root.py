@@ -11,7 +11,8 @@ and moved into place the same way. An interrupted or corrupt transfer therefore 
 file or folder that a later run would trust.
 
 Decoded caches (``.npy``) never go into the data root, which may be a shared, read-only mirror:
-they go to ``DNLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/dnlib``, else ``~/.cache/dnlib``.
+they go to ``DNLIB_CACHE`` if set, else ``$XDG_CACHE_HOME/dnlib``, else ``~/.cache/dnlib``. A cache is built under
+:func:`cache_lock`, so processes that need it at once (a sweep's runs on a fresh machine) build it once.
 
 Data are verified, not trusted. When the data root has a ``SHA256SUMS`` file (``sha256sum`` format,
 paths relative to the root), :func:`verify_checksums` checks a dataset's files against it the first
@@ -43,8 +44,8 @@ from pathlib import Path
 from ..io import atomic_save_npy, atomic_write_json
 
 __all__ = ["DATA_ENV", "CACHE_ENV", "SUMS_NAME", "DatasetNotFoundError", "DownloadError", "ChecksumError",
-           "NotRegularFileError", "DataWarning", "SourceUnreachableError", "data_root", "cache_dir", "hash_file",
-           "atomic_save_npy", "read_checksums", "verify_checksums", "stat_key", "check_known_sizes",
+           "NotRegularFileError", "DataWarning", "SourceUnreachableError", "data_root", "cache_dir", "cache_lock",
+           "hash_file", "atomic_save_npy", "read_checksums", "verify_checksums", "stat_key", "check_known_sizes",
            "check_regular_file", "open_regular"]
 
 DATA_ENV = "DNLIB_DATA"
@@ -118,6 +119,31 @@ def cache_dir(create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path):
+    """Hold an exclusive lock on the file ``path`` (created) while one cache is built, so that processes needing the
+    same cache at once build it once: the others wait here. Yields whether this process waited (then the cache may
+    be there now). The lock is the kernel's (``flock``): it goes with its holder, also one killed with ``kill -9``.
+    Without ``fcntl`` (not POSIX) there is no lock and each process builds its own copy, as before."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield False
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
