@@ -10,12 +10,13 @@
 # Run from the repository root:  bash scripts/gpu_ptb.sh      (everything lands in $OUT)
 # Knobs (environment): OUT (runs/gpu_ptb), CONFIGS ("base-lstm ln-star-lstm dn-star-lstm"; "all": Table 9,
 # "lstm": its LSTM column), SEEDS (0), JOBS (3), SOURCE (paper|code: the side of PAPER.md §5.4), EPOCHS (empty: 13),
-# STEPS (empty: all epochs), MAX_TOKENS, VOCAB (a subset, for a rehearsal), DEVICE (cuda), TIME_LIMIT (s per run,
-# empty: none), PY (python3). NB: the paper's text gives the baseline LSTM lr 0.1, the code (and most likely
-# Table 4's 115.7) 1.0: run base-lstm with SOURCE=code for the latter.
+# STEPS (empty: all epochs), MAX_TOKENS, VOCAB (a subset, for a rehearsal; the bench too), DEVICE (cuda), TIME_LIMIT
+# (s per run, empty: none), BENCH_STEPS (20: timed steps per configuration), PY (python3). NB: the paper's text
+# gives the baseline LSTM lr 0.1, the code (and most likely Table 4's 115.7) 1.0: run base-lstm with SOURCE=code for
+# the latter.
 # A tiny CPU rehearsal:
 #     OUT=/tmp/p DEVICE=cpu STEPS=6 MAX_TOKENS=3000 VOCAB=200 EXTRA="--hidden-size 16 --batch-size 4 --eval-every 2" \
-#         CONFIGS="base-lstm dn-star-lstm" JOBS=2 bash scripts/gpu_ptb.sh
+#         CONFIGS="base-lstm dn-star-lstm" JOBS=2 BENCH_STEPS=2 bash scripts/gpu_ptb.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_ptb}
@@ -35,7 +36,7 @@ DATA=(--device "$DEVICE")
 MODE=auto
 $PY -m dnlib ptb check-graph $CONFIGS --source "${SOURCE:-paper}" --steps 3 "${DATA[@]}" --json "$OUT/graph_check.json" \
   || { MODE=eager; echo "graph check failed: the runs train eagerly"; }
-$PY -m dnlib ptb bench --device "$DEVICE" --json "$OUT/bench.json" || echo "bench failed"
+$PY -m dnlib ptb bench --steps "${BENCH_STEPS:-20}" "${DATA[@]}" --json "$OUT/bench.json" || echo "bench failed"
 
 RUN=("${DATA[@]}" --source "${SOURCE:-paper}" --mode "$MODE")
 [ -n "${EPOCHS:-}" ] && RUN+=(--epochs "$EPOCHS")
