@@ -214,6 +214,22 @@ def test_loads_at_once_of_an_uncached_folder_decode_it_once(tmp_path, monkeypatc
     np.testing.assert_array_equal(out[0].y_test, out[1].y_test)
 
 
+def test_a_cache_folder_that_refuses_locks_still_caches(tmp_path, monkeypatch):
+    """On a file system without locks (``flock`` fails with ENOLCK) a load decodes and caches as without the lock."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    _write_folder(tmp_path / "cifar10-jpeg")
+    d = load_cifar("cifar10", tmp_path, download=False, progress=False)
+    monkeypatch.setattr(cifar_images, "_decode_all", lambda *a, **k: pytest.fail("the cache was not written"))
+    np.testing.assert_array_equal(load_cifar("cifar10", tmp_path, download=False, progress=False).x_train, d.x_train)
+
+
 def test_corrupt_image_names_file(tmp_path):
     _write_folder(tmp_path / "cifar10-jpeg")
     bad = tmp_path / "cifar10-jpeg" / "train" / "dog" / "1.png"

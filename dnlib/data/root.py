@@ -126,7 +126,8 @@ def cache_lock(path: Path):
     """Hold an exclusive lock on the file ``path`` (created) while one cache is built, so that processes needing the
     same cache at once build it once: the others wait here. Yields whether this process waited (then the cache may
     be there now). The lock is the kernel's (``flock``): it goes with its holder, also one killed with ``kill -9``.
-    Without ``fcntl`` (not POSIX) there is no lock and each process builds its own copy, as before."""
+    Without ``fcntl`` (not POSIX), or on a file system that refuses locks, there is no lock and each process builds
+    its own copy, as before."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -140,6 +141,9 @@ def cache_lock(path: Path):
         except BlockingIOError:
             fcntl.flock(f, fcntl.LOCK_EX)
             waited = True
+        except OSError:  # e.g. ENOLCK: no locks here
+            yield False
+            return
         try:
             yield waited
         finally:
