@@ -29,7 +29,7 @@ def built_interpreted() -> bool | None:
 # not import Triton. ``tl`` and the helpers' names are bound in this module's globals there (Triton resolves a
 # kernel's names through its globals, in the compiler and in the interpreter alike).
 tl = None
-_box = _count = _tiles = _divisor = None
+_box = _count = _tiles = _divisor = _chunk = _centred = None
 _KERNELS: dict = {}
 
 
@@ -87,6 +87,18 @@ def _tiles_src(CM, HW, W, BM: tl.constexpr, BP: tl.constexpr):
     return n, m, p, p // W, p % W, (m < CM) & (p < HW)
 
 
+def _chunk_src(n, p, c0, C, HW, SC, SP, BR: tl.constexpr):
+    # the chunk of BR channels from c0 at the positions p (1, BP) of image n: its offsets into an input map (N, C, H,
+    # W; channel stride SC, position stride SP) and its in-range mask
+    c = (c0 + tl.arange(0, BR))[:, None]
+    return n * C * HW + c * SC + p * SP, (c < C) & (p < HW)
+
+
+def _centred_src(x, off, msk, mu_t, acc0):
+    # v = x - mu at the offsets, in acc0's dtype; 0 where masked
+    return tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+
+
 def _mean_src(x, m0, C, HW, SC, SP, BR: tl.constexpr, BP: tl.constexpr):
     # m0[n, 0, p] = mean over the C channels of x[n, :, p] (the fields that pool all channels). x: channel stride SC,
     # position stride SP (NCHW: HW, 1; channels_last: 1, C); the stat maps are NCHW.
@@ -94,8 +106,8 @@ def _mean_src(x, m0, C, HW, SC, SP, BR: tl.constexpr, BP: tl.constexpr):
     p = (tl.program_id(1) * BP + tl.arange(0, BP))[None, :]
     acc = tl.zeros((1, BP), dtype=m0.dtype.element_ty)
     for c0 in range(0, C, BR):
-        c = (c0 + tl.arange(0, BR))[:, None]
-        t = tl.load(x + n * C * HW + c * SC + p * SP, mask=(c < C) & (p < HW), other=0.0).to(acc.dtype)
+        off, msk = _chunk(n, p, c0, C, HW, SC, SP, BR)
+        t = tl.load(x + off, mask=msk, other=0.0).to(acc.dtype)
         acc += tl.sum(t, axis=0)[None, :]
     tl.store(m0 + n * HW + p, acc / C, mask=p < HW)
 
@@ -111,10 +123,8 @@ def _centre_src(x, m0, mu, s0, C, CM, H, W, SC, SP, MSC, MSP, KCA: tl.constexpr,
     if GLOB:
         acc = acc0
         for c0 in range(0, C, BR):
-            c = (c0 + tl.arange(0, BR))[:, None]
-            msk = (c < C) & (p < HW)
-            t = tl.load(x + n * C * HW + c * SC + p * SP, mask=msk, other=0.0).to(acc0.dtype)
-            v = tl.where(msk, t - mu_t, 0.0)
+            off, msk = _chunk(n, p, c0, C, HW, SC, SP, BR)
+            v = _centred(x, off, msk, mu_t, acc0)
             acc += tl.sum(v * v, axis=0)[None, :]
         s0_t = acc / C
     else:
@@ -144,16 +154,14 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, SC, SP, KCB: tl.c
     a1 = acc0
     if GLOB:
         for c0 in range(0, C, BR):
-            c = (c0 + tl.arange(0, BR))[:, None]
-            msk = (c < C) & (p < HW)
-            off = n * C * HW + c * SC + p * SP
-            v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+            off, msk = _chunk(n, p, c0, C, HW, SC, SP, BR)
+            v = _centred(x, off, msk, mu_t, acc0)
             tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=msk)
             if L1:
                 a1 += tl.sum(tl.abs(v), axis=0)[None, :]
     else:
         off = n * C * HW + m * SC + p * SP
-        v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+        v = _centred(x, off, ok, mu_t, acc0)
         tl.store(y + off, (v * d).to(y.dtype.element_ty), mask=ok)
         if L1:
             a1 += tl.abs(v)
@@ -186,10 +194,8 @@ def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SC, SP, SB: tl.c
     ssn = acc0
     if GLOB:
         for c0 in range(0, C, BR):
-            c = (c0 + tl.arange(0, BR))[:, None]
-            msk = (c < C) & (p < HW)
-            off = n * C * HW + c * SC + p * SP
-            v = tl.where(msk, tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+            off, msk = _chunk(n, p, c0, C, HW, SC, SP, BR)
+            v = _centred(x, off, msk, mu_t, acc0)
             g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype)
             gd += tl.sum(g * v, axis=0)[None, :]
             sgy += tl.sum(g, axis=0)[None, :]
@@ -197,7 +203,7 @@ def _gstat_src(x, gy, mu, targ, gsb, sg, ssg, gtp, C, CM, H, W, SC, SP, SB: tl.c
                 ssn += tl.sum((v > 0).to(acc0.dtype) - (v < 0).to(acc0.dtype), axis=0)[None, :]
     else:
         off = n * C * HW + m * SC + p * SP
-        v = tl.where(ok, tl.load(x + off, mask=ok, other=0.0).to(acc0.dtype) - mu_t, 0.0)
+        v = _centred(x, off, ok, mu_t, acc0)
         g = tl.load(gy + off, mask=ok, other=0.0).to(acc0.dtype)
         gd += g * v
         sgy += g
@@ -250,9 +256,7 @@ def _gx_src(x, gy, mu, targ, gs0, gmu, gl1, gx, C, CM, H, W, SC, SP, KCA: tl.con
         gl = tl.load(gl1).to(acc0.dtype)
     if GLOB:
         for c0 in range(0, C, BR):
-            c = (c0 + tl.arange(0, BR))[:, None]
-            msk = (c < C) & (p < HW)
-            off = n * C * HW + c * SC + p * SP
+            off, msk = _chunk(n, p, c0, C, HW, SC, SP, BR)
             v = tl.load(x + off, mask=msk, other=0.0).to(acc0.dtype) - mu_t
             g = tl.load(gy + off, mask=msk, other=0.0).to(acc0.dtype) * d + v * g2 + gm0
             if L1:
@@ -282,6 +286,8 @@ def kernels() -> dict:
     g["_box"] = triton.jit(_box_src)
     g["_tiles"] = triton.jit(_tiles_src)
     g["_divisor"] = triton.jit(_divisor_src)
+    g["_chunk"] = triton.jit(_chunk_src)
+    g["_centred"] = triton.jit(_centred_src)
     built = {name: triton.jit(fn) for name, fn in (("mean", _mean_src), ("centre", _centre_src),
                                                     ("divide", _divide_src), ("gstat", _gstat_src),
                                                     ("gmid", _gmid_src), ("gx", _gx_src))}
