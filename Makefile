@@ -25,11 +25,12 @@ setup: $(STAMP)
 	@$(MAKE) --no-print-directory -f $(ROOT)/Makefile git-filter VENV=$(abspath $(VENV))
 	@$(BIN)/python -m compileall -q dnlib scripts >/dev/null
 
-$(STAMP): pyproject.toml requirements-ci.txt
+$(STAMP): pyproject.toml requirements-ci.txt requirements-ci-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-ci.txt
-	$(BIN)/python -m pip install -q -e ".[notebooks,test,ray,triton]"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test,ray,triton,tensorboard]"
+	$(BIN)/python -m pip install -q --no-deps -r requirements-ci-nodeps.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(BIN)/python -m dnlib.envconfig
 	touch $(STAMP)

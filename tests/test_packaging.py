@@ -40,3 +40,34 @@ def test_ci_script_calls_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make run" in readme
     assert "make test" in ci
+
+
+#: import names whose package is named otherwise
+PACKAGE_OF = {"skimage": "scikit-image", "yaml": "pyyaml"}
+
+
+def _installed_by_setup() -> set:
+    """The package names ``make setup`` (CI's set-up) installs: the dependencies, the extras it names, and the pins of
+    requirements-ci.txt and requirements-ci-nodeps.txt."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (extras,) = re.findall(r'pip install -q -e "\.\[([\w,-]+)\]"', (ROOT / "Makefile").read_text())
+    names = {_name(r) for r in project["dependencies"]}
+    for extra in extras.split(","):
+        names |= {_name(r) for r in project["optional-dependencies"][extra]}
+    for pins in ("requirements-ci.txt", "requirements-ci-nodeps.txt"):
+        names |= {_name(line) for line in (ROOT / pins).read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")}
+    return names
+
+
+def test_setup_installs_every_package_a_test_would_skip_without():
+    """A test that skips when a package is absent (``pytest.importorskip``, ``find_spec``) runs in CI: ``make setup``
+    installs that package (before: the TensorBoard tests and the check against timm's norm layers were skipped in
+    every CI run)."""
+    wanted = set()
+    for path in [*(ROOT / "tests").glob("*.py"), ROOT / "conftest.py", ROOT / "notebooks" / "conftest.py"]:
+        wanted |= set(re.findall(r'(?:importorskip|find_spec)\("([\w.]+)"\)', path.read_text()))
+    assert {"tensorboard", "timm", "ray"} <= {m.split(".")[0] for m in wanted}     # the scan finds them
+    installed = _installed_by_setup()
+    missing = sorted(m for m in wanted if PACKAGE_OF.get(m.split(".")[0], m.split(".")[0]) not in installed)
+    assert not missing, f"make setup does not install what these tests need: {missing}"
