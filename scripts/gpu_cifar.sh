@@ -26,14 +26,10 @@ CONFIGS=${CONFIGS:-base bn bn-star dn-star}
 DATASET=${DATASET:-cifar10}
 DEVICE=${DEVICE:-cuda}
 IMPL=${IMPL:-auto}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
+. scripts/gpu_common.sh   # PYTHONPATH, unbuffered output, $OUT/log.txt (a copy of all output), $OUT/nvidia-smi.txt
 
 DATA=(--dataset "$DATASET" --device "$DEVICE" --impl "$IMPL")
 [ -n "${SUBSET:-}" ] && DATA+=(--subset "$SUBSET")
-(nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 
 MODE=auto
 $PY -m dnlib cifar check-graph $CONFIGS --steps 5 "${DATA[@]}" --json "$OUT/graph_check.json" \

@@ -20,11 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_paper}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-(nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
+. scripts/gpu_common.sh   # PYTHONPATH, unbuffered output, $OUT/log.txt (a copy of all output), $OUT/nvidia-smi.txt
 START=$(date +%s)
 
 SECONDS_FOR_RUNS=$($PY -c "print(max(30.0, float('${BUDGET:-9}') * 60 - float('${REPORT_S:-60}')))")

@@ -23,15 +23,11 @@ OUT=${OUT:-runs/gpu_ptb}
 PY=${PY:-python3}
 CONFIGS=${CONFIGS:-base-lstm ln-star-lstm dn-star-lstm}
 DEVICE=${DEVICE:-cuda}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
+. scripts/gpu_common.sh   # PYTHONPATH, unbuffered output, $OUT/log.txt (a copy of all output), $OUT/nvidia-smi.txt
 
 DATA=(--device "$DEVICE")
 [ -n "${MAX_TOKENS:-}" ] && DATA+=(--max-tokens "$MAX_TOKENS")
 [ -n "${VOCAB:-}" ] && DATA+=(--vocab "$VOCAB")
-(nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 
 MODE=auto
 $PY -m dnlib ptb check-graph $CONFIGS --source "${SOURCE:-paper}" --steps 3 "${DATA[@]}" --json "$OUT/graph_check.json" \

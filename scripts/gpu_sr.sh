@@ -25,11 +25,7 @@ OUT=${OUT:-runs/gpu_sr}
 PY=${PY:-python3}
 SCHEDULE=${SCHEDULE:-fast}
 DEVICE=${DEVICE:-cuda}
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/log.txt") 2>&1
-(nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
+. scripts/gpu_common.sh   # PYTHONPATH, unbuffered output, $OUT/log.txt (a copy of all output), $OUT/nvidia-smi.txt
 
 CONFIGS=()
 for m in ${MODELS:-none bn dn* dn*-code}; do CONFIGS+=("$SCHEDULE-$m"); done

@@ -49,6 +49,9 @@ def test_a_gpu_script_rehearses_on_the_cpu_as_its_header_says(name, needs, tmp_p
     bad = [line for line in log.splitlines()          # (a sweep's status line counts its failed runs: "failed 0")
            if FAILED.search(re.sub(r"\bfailed 0\b", "", line))]
     assert not bad, "\n".join(bad[:20])
+    saved = (tmp_path / "out" / "log.txt").read_text()          # scripts/gpu_common.sh: a copy of all it printed
+    assert res.stdout.strip() and res.stdout.strip().splitlines()[-1] in saved
+    assert (tmp_path / "out" / "nvidia-smi.txt").is_file()
     recs = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("record.json")]
     assert len(recs) >= 2 and all(r["stopped"] == "completed" for r in recs), [r["stopped"] for r in recs]
     if name == "gpu_cifar":     # its THROUGHPUT step is scripts/gpu_throughput.py's rehearsal: checked here, run once
