@@ -151,9 +151,7 @@ def gdn_matrix(module, ax=None, *, title: str | None = None, decades: float = 3.
     fig = ax.figure
     top = float(gamma.max()) if gamma.max() > 0 else 1.0
     floor = top / 10 ** decades
-    cmap = _cmap("viridis").copy()
-    cmap.set_under("0.9")
-    cmap.set_bad("0.9")      # LogNorm masks exact zeros
+    cmap = _cmap("viridis").with_extremes(under="0.9", bad="0.9")   # (bad: LogNorm masks exact zeros)
     im = ax.imshow(gamma, cmap=cmap, norm=LogNorm(vmin=floor, vmax=top))
     fig.colorbar(im, ax=ax, label="gamma_ij (log scale)", shrink=0.85, extend="min")
     ax.set(xlabel="channel j (suppressing)", ylabel="channel i (normalized)")
