@@ -92,6 +92,28 @@ def test_both_loop_backends_compute_the_same(backend, monkeypatch):
     h0 = torch.zeros(N, H, dtype=torch.float64, requires_grad=True)
     for a, b in zip(_run(fused, x, h0, h0), _run(loop, x, h0, h0), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    if backend == "script":    # scripted here, not the eager fallback of a torch without TorchScript
+        assert isinstance(rnn_fused._SCRIPTED["loops"][0], torch.jit.ScriptFunction)
+
+
+def test_a_torch_without_torchscript_runs_the_eager_loops_with_one_warning(monkeypatch):
+    """TorchScript is deprecated (torch 2.13): where torch.jit.script fails, the "script" backend falls back to the
+    eager loops (one RuntimeWarning per process) and computes the same (before: the error ended the training)."""
+    def gone(fn):
+        raise RuntimeError("TorchScript is not available in this build")
+    monkeypatch.setattr(rnn_fused, "_SCRIPTED", {})
+    monkeypatch.setattr(torch.jit, "script", gone)
+    monkeypatch.setattr(rnn_fused, "BACKEND", "script")
+    fused, loop = _pair("dn-1d-s", dict(sigma=1.0, eps=0.0, window=5, border="zeros", affine=True, alpha=0.1))
+    x = torch.randn(T, N, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.zeros(N, H, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="run eagerly") as caught:
+        got = _run(fused, x, h0, h0)
+        _run(fused, x, h0, h0)
+    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == 1
+    assert rnn_fused._SCRIPTED["loops"] == (rnn_fused._forward_loop, rnn_fused._backward_loop)
+    for a, b in zip(got, _run(loop, x, h0, h0), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ Measured by ``python -m dnlib.bench`` (``results/bench_cpu.txt``); TorchScript w
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -270,11 +271,18 @@ _SCRIPTED: dict = {}
 
 def _loops(backend: str):
     """(forward loop, backward loop) of ``backend``: ``"script"`` (TorchScript, compiled once per process) or
-    ``"eager"`` (the same Python functions)."""
+    ``"eager"`` (the same Python functions). TorchScript is deprecated since torch 2.13: where scripting fails (a
+    torch without it), the eager loops run, with one warning per process (the same values, slower)."""
     if backend == "eager":
         return _forward_loop, _backward_loop
     if not _SCRIPTED:
-        _SCRIPTED["loops"] = (torch.jit.script(_forward_loop), torch.jit.script(_backward_loop))
+        try:
+            _SCRIPTED["loops"] = (torch.jit.script(_forward_loop), torch.jit.script(_backward_loop))
+        except Exception as e:  # noqa: BLE001 - whatever a torch without TorchScript raises: the eager loops
+            warnings.warn(f"dnlib.models.rnn_fused: TorchScript could not compile the fused LSTM loops "
+                          f"({type(e).__name__}: {e}); they run eagerly (the same values, slower)", RuntimeWarning,
+                          stacklevel=2)
+            _SCRIPTED["loops"] = (_forward_loop, _backward_loop)
     return _SCRIPTED["loops"]
 
 
