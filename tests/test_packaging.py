@@ -1,5 +1,6 @@
 """pyproject.toml and environment.yml list the same packages; the CI pin is the CPU torch."""
 import re
+import subprocess
 from pathlib import Path
 
 import tomllib
@@ -50,7 +51,7 @@ def _installed_by_setup() -> set:
     """The package names ``make setup`` (CI's set-up) installs: the dependencies, the extras it names, and the pins of
     requirements-ci.txt and requirements-ci-nodeps.txt."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    (extras,) = re.findall(r'pip install -q -e "\.\[([\w,-]+)\]"', (ROOT / "Makefile").read_text())
+    (extras,) = re.findall(r"^EXTRAS\s*:=\s*([\w,-]+)$", (ROOT / "Makefile").read_text(), re.M)
     names = {_name(r) for r in project["dependencies"]}
     for extra in extras.split(","):
         names |= {_name(r) for r in project["optional-dependencies"][extra]}
@@ -71,3 +72,20 @@ def test_setup_installs_every_package_a_test_would_skip_without():
     installed = _installed_by_setup()
     missing = sorted(m for m in wanted if PACKAGE_OF.get(m.split(".")[0], m.split(".")[0]) not in installed)
     assert not missing, f"make setup does not install what these tests need: {missing}"
+
+
+def test_an_unknown_installer_is_one_line_and_exit_2(tmp_path):
+    """``make setup INSTALLER=...`` takes uv or pip; anything else stops before the venv is touched."""
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "install_venv.sh"), str(tmp_path / "venv"), "test", "conda"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "INSTALLER=conda" in r.stderr and "uv or pip" in r.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_license_is_an_spdx_expression_with_its_file():
+    """setuptools deprecates ``license = {text = ...}`` (a warning on every install until 2027-02-18, then builds fail):
+    the license is an SPDX expression (setuptools >= 77) and its text ships in the wheel."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
