@@ -27,8 +27,8 @@ setup: $(STAMP)
 
 # The stack: requirements-ci.txt (the pinned CPU torch and extras), the project editable with EXTRAS, and the test
 # references of requirements-ci-nodeps.txt with --no-deps (scripts/install_venv.sh). INSTALLER=uv (default) installs
-# them with a pinned uv, about 40 s on a fresh 2-core machine against pip's 85 s, the same packages; INSTALLER=pip uses
-# pip alone, as does a uv install that fails.
+# them with a pinned uv (make setup on a fresh 2-core machine: 38-46 s against 87-99 s with pip), the same packages;
+# INSTALLER=pip uses pip alone, as does a uv install that fails.
 EXTRAS    := notebooks,test,ray,triton,tensorboard
 INSTALLER ?= uv
 $(STAMP): pyproject.toml requirements-ci.txt requirements-ci-nodeps.txt scripts/install_venv.sh

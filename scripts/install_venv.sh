@@ -25,14 +25,22 @@ with_pip() {
 
 with_uv() {
     "$PY" -m pip install -q "uv==$UV_VERSION" || return 1
-    local args=() link
-    # pip's own view of its configuration (files and PIP_* variables): find-links and constraint
-    while IFS= read -r link; do
-        [ -n "$link" ] && [ -e "$link" ] && args+=(--find-links "$link")
-    done < <("$PY" -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.find-links='\(.*\)'$/\1/p" | tr ' ' '\n' | sort -u)
-    while IFS= read -r link; do
-        [ -n "$link" ] && [ -e "$link" ] && args+=(--constraint "$link")
-    done < <("$PY" -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.constraint='\(.*\)'$/\1/p" | tr ' ' '\n' | sort -u)
+    # pip's own view of its configuration (files and PIP_* variables), handed to uv: the indexes, find-links and
+    # constraints that exist (pip skips a missing local one with a warning; uv would stop), and pip's choice of the
+    # best match over all indexes (uv's default takes the first index that has the package)
+    local config args=(--index-strategy unsafe-best-match) key value
+    config=$("$PY" -m pip config list 2>/dev/null || true)
+    for key in index-url extra-index-url find-links constraint; do
+        while IFS= read -r value; do
+            [ -n "$value" ] || continue
+            case "$value" in
+                file://*) [ -e "${value#file://}" ] || continue ;;
+                http://*|https://*) ;;
+                *) [ -e "$value" ] || continue ;;
+            esac
+            args+=("--$key" "$value")
+        done < <(sed -n "s/^[^=]*\.$key='\(.*\)'$/\1/p" <<<"$config" | tr ' ' '\n' | sort -u)
+    done
     local uv=("$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode "${args[@]}")
     "${uv[@]}" -r requirements-ci.txt -e ".[$EXTRAS]" && "${uv[@]}" --no-deps -r requirements-ci-nodeps.txt
 }
