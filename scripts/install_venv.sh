@@ -3,10 +3,10 @@
 #   scripts/install_venv.sh VENV EXTRAS INSTALLER
 # EXTRAS: the project's extras, comma-separated (Makefile EXTRAS). INSTALLER: uv or pip.
 # Both install the same packages: requirements-ci.txt (the CPU torch and the pinned extras), the project editable with
-# its EXTRAS, and requirements-ci-nodeps.txt with --no-deps. uv (pinned: UV_VERSION) does it in about 40 s on a fresh
-# 2-core machine where pip takes about 85 s, bytecode compiled by both. uv reads no pip configuration, so the find-links
-# and constraint files pip is configured with (the local CPU torch wheel on these machines) are handed to it. A uv
-# install that fails says so in one line and pip installs instead.
+# its EXTRAS, and requirements-ci-nodeps.txt with --no-deps (pip freeze equal but for uv). With uv (pinned: UV_VERSION)
+# `make setup` took 38-46 s on a fresh 2-core machine, with pip 87-99 s (two rounds, alternating), bytecode compiled by
+# both. uv reads no pip configuration, so the indexes, find-links and constraints pip is configured with (the local CPU
+# torch wheel on these machines) are handed to it. A uv install that fails says so in one line and pip installs instead.
 set -euo pipefail
 VENV=$1 EXTRAS=$2 INSTALLER=${3:-uv}
 UV_VERSION=0.13.10
