@@ -675,3 +675,35 @@ def test_final_test_batch_size_none_skips_the_pass_and_0_is_refused(tmp_path, ca
         ptb.run(None, **resume)
     done = ptb.run(None, final_test_batch_size=None, **resume).record
     assert done["steps_done"] == 3 and done["headline"]["final_test_ppl"] is None
+
+
+def test_the_per_epoch_test_perplexity_is_labelled_with_the_runs_streams(tmp_path):
+    """The table's and the curves' test perplexity was captioned "20 streams" whatever the runs' batch size
+    (notebook 04's smoke runs use 4): it is evaluated in the training layout, ``batch_size`` streams."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from dnlib.experiments import ptb_report
+    from dnlib.experiments.records import find_runs
+    committed = Path(__file__).resolve().parents[1] / "results" / "records" / "ptb"
+    runs = tmp_path / "ptb"
+    shutil.copytree(committed, runs)
+    assert "| test ppl (20 streams) |" in str(ptb_report.results_table(find_runs([runs])))   # the committed: 20
+    folders = sorted(d for d in runs.iterdir() if (d / "record.json").is_file())
+    for i, d in enumerate(folders):
+        rec = json.loads((d / "record.json").read_text())
+        rec["config"]["batch_size"] = 4 if i else 8
+        (d / "record.json").write_text(json.dumps(rec))
+    from dnlib.experiments.aggregate import PoolingWarning
+    with pytest.warns(PoolingWarning, match="batch_size"):        # the two base-lstm runs now differ: one row each
+        assert "| test ppl (training streams) |" in str(ptb_report.results_table(find_runs([runs])))
+    rec = json.loads((folders[0] / "record.json").read_text())
+    rec["config"]["batch_size"] = 4
+    (folders[0] / "record.json").write_text(json.dumps(rec))
+    assert "| test ppl (4 streams) |" in str(ptb_report.results_table(find_runs([runs])))
+    fig = ptb_report.perplexity_curves(find_runs([runs]))
+    assert any(ax.get_title().startswith("test (4 streams)") for ax in fig.axes)
+    plt.close(fig)

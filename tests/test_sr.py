@@ -364,3 +364,23 @@ def test_dn_star_code_is_the_codes_dn_star():
         ref = v / torch.sqrt(s + 1.0)
         assert (norm(x) - ref).abs().max().item() < 1e-12
         assert norm.alpha == 0 and not norm.affine
+
+
+@needs_data
+def test_the_psnr_curves_notebook_06_asks_for_are_the_ones_a_run_logs(tmp_path, capsys):
+    """06_results drew its SR band from ``curve_bands(runs, "set5/psnr")``, but runs log ``Set5/psnr``: the figure
+    said "no runs" for every SR run. Each PSNR metric 06 asks for finds a run that logged curves."""
+    import re
+    from pathlib import Path
+
+    from dnlib.experiments.aggregate import curve_bands
+    from dnlib.experiments.sr import main
+    out = tmp_path / "runs"
+    assert main(["run", "smoke-bn", "--steps", "2", "--sets", "Set5", "--curve-sets", "Set5", "--eval-every", "1",
+                 "--batch-size", "8", "--device", "cpu", "--out", str(out)]) == 0
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "06_results.ipynb").read_text()
+    metrics = [m for m in re.findall(r'curve_bands\(\w+, \\"([^"\\]+)\\"', source) if "psnr" in m]
+    assert metrics, "06 draws no PSNR curve"
+    for metric in metrics:
+        bands = curve_bands([out], metric)
+        assert list(bands) == ["smoke-bn"] and bands["smoke-bn"]["n"] == 1, (metric, bands)

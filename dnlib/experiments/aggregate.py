@@ -414,7 +414,7 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
     Args:
         runs: run folders (a folder of run folders stands for each; their ``curves.csv``), ``(record, rows)``
             pairs (:func:`dnlib.experiments.sweep.load_runs`) or RunResults.
-        metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"set5/psnr"``...).
+        metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"Set5/psnr"``...).
         x: the column along which runs are aligned (default ``"step"``).
         by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
             (the card's name), ``experiment``...), or several: the key is then ``"<first> (<others>, ...)"``.

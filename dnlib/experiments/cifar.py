@@ -80,6 +80,7 @@ class CifarData:
     y_eval: torch.Tensor
     eval_split: str                   # "test" or "val"
     mean: torch.Tensor                # float32 (32, 32, 3)
+    subset: int | tuple | None = None  # the stratified subset it was loaded with (a run on it records this)
 
     @property
     def num_classes(self) -> int:
@@ -114,7 +115,7 @@ def load_data(dataset: str = "cifar10", *, subset=None, validation: bool = False
     nhwc = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 3, 1))).to(dev)  # noqa: E731
     return CifarData(d.name, d.description, list(d.classes), nhwc(d.x_train), torch.from_numpy(d.y_train).to(dev),
                      nhwc(x_eval), torch.from_numpy(y_eval).to(dev), "val" if validation else "test",
-                     torch.from_numpy(np.ascontiguousarray(d.mean.transpose(1, 2, 0))).to(dev))
+                     torch.from_numpy(np.ascontiguousarray(d.mean.transpose(1, 2, 0))).to(dev), subset)
 
 
 class CifarLoss:
@@ -192,7 +193,7 @@ class CifarRecipe(Recipe):
               mode: str = "auto", eval_every: int | None = None) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every)
         eval_every = EVAL_EVERY if eval_every is None else eval_every
-        subset = _subset(subset)                     # recorded (load drew it)
+        subset = _checked_subset(_subset(subset), data)      # recorded (load drew it)
         dev = data.device
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv algorithms once
@@ -513,6 +514,18 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
                     "sequential": estimate_seconds(best, dataset),
                     f"concurrent_{meta.get('jobs')}": estimate_seconds(best, dataset, speedup=gain)}
     return rep
+
+
+def _checked_subset(subset, data: CifarData):
+    """The subset a run on ``data`` trains on: ``data``'s own (given ``data=``, the ``subset`` option is left
+    ``None``); a ``subset`` option that differs from it raises ValueError naming both, before any training."""
+    own = getattr(data, "subset", None)
+    if subset is None:
+        return own
+    if own != subset:
+        raise ValueError(f"subset={subset!r}: the data given was loaded with subset={own!r}; "
+                         "pass one of them (or data loaded with that subset)")
+    return subset
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -45,6 +45,13 @@ def _epochs(rec: dict, rows: list) -> list:
     return out
 
 
+def _streams(batch_sizes) -> str:
+    """How the per-epoch test perplexity was laid out: ``"20 streams"`` when every run used one batch size (its
+    training streams), else ``"training streams"``."""
+    sizes = set(batch_sizes)
+    return f"{sizes.pop()} streams" if len(sizes) == 1 and None not in sizes else "training streams"
+
+
 _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl": ".1f", "tokens_per_s": ".0f"}
 
 
@@ -54,23 +61,27 @@ def results_table(results, unigram: float | None = None) -> MarkdownTable:
     and ``run as`` (:func:`dnlib.experiments.aggregate.run_as`), the columns of every experiment's results table; the
     unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
-    for s in aggregate.summarize(results, list(_FMT)):
+    summary = aggregate.summarize(results, list(_FMT))
+    for s in summary:
         ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
         out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
                     cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"], s.get("run_as") or None])
     if unigram is not None:
         out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 6)
-    return markdown_table(["name", "Table 9 row", "epochs", "valid ppl", "test ppl (20 streams)",
+    streams = _streams(s.get("what", {}).get("batch_size") for s in summary)
+    return markdown_table(["name", "Table 9 row", "epochs", "valid ppl", f"test ppl ({streams})",
                            "test ppl (one stream)", "paper test ppl", "tokens/s", "n", "run as"], out)
 
 
 def perplexity_curves(results):
     """Validation and test perplexity per epoch, one line per run (log scale); the paper's test perplexity dashed."""
     from matplotlib.ticker import ScalarFormatter
+    runs = _runs(results)
+    streams = _streams(rec["config"].get("batch_size") for _, rec, _ in runs)
     fig, axes = run_curves([(key, _epochs(rec, rows), {"test_ppl": rec["paper"].get("final_test_ppl")})
-                            for key, rec, rows in _runs(results)],
+                            for key, rec, rows in runs],
                            [{"key": "valid_ppl", "marker": "o", "title": "validation", "yscale": "log"},
-                            {"key": "test_ppl", "marker": "o", "title": "test (20 streams); dashed: the paper's",
+                            {"key": "test_ppl", "marker": "o", "title": f"test ({streams}); dashed: the paper's",
                              "yscale": "log", "paper": "test_ppl"}], x="epoch", figsize=(9, 3.4), sharey=True)
     for ax in axes:
         ax.yaxis.set_major_formatter(ScalarFormatter())
