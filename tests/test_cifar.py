@@ -285,6 +285,7 @@ def test_smoke_training_beats_chance(data):
     assert first_layer_responses(results[0].model, data, 10).shape == (10, 32, 32, 32)
 
 
+@pytest.mark.slow
 @needs_cifar
 def test_a_run_on_given_data_records_the_subset_it_was_loaded_with(data, tmp_path):
     """Notebook 03 passes ``data=`` (loaded with a subset) and no ``subset``: the record said ``subset: null`` and

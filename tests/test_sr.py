@@ -366,6 +366,7 @@ def test_dn_star_code_is_the_codes_dn_star():
         assert norm.alpha == 0 and not norm.affine
 
 
+@pytest.mark.slow
 @needs_data
 def test_the_psnr_curves_notebook_06_asks_for_are_the_ones_a_run_logs(tmp_path, capsys):
     """06_results drew its SR band from ``curve_bands(runs, "set5/psnr")``, but runs log ``Set5/psnr``: the figure
