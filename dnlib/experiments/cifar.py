@@ -519,7 +519,7 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
 def _checked_subset(subset, data: CifarData):
     """The subset a run on ``data`` trains on: ``data``'s own (given ``data=``, the ``subset`` option is left
     ``None``); a ``subset`` option that differs from it raises ValueError naming both, before any training."""
-    own = getattr(data, "subset", None)
+    own = data.subset
     if subset is None:
         return own
     if own != subset:
