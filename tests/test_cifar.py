@@ -13,18 +13,14 @@ from dnlib.experiments.cifar import (
     GraphTrainer,
     check_graph,
     estimate_seconds,
-    first_layer_responses,
     gather,
     load_data,
     main,
-    report,
-    results_table,
     run,
-    summarize,
     sweep,
-    table10,
 )
 from dnlib.experiments.cifar_configs import TABLE3_ROWS, TABLE7, TABLE10, get_config, list_configs
+from dnlib.experiments.cifar_report import first_layer_responses, report, results_table, summarize, table10
 from dnlib.models import CifarCNN
 from dnlib.models.cnn import tf_same_pads, tf_same_pool2d
 

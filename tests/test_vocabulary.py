@@ -224,7 +224,7 @@ def test_headline_means_a_runs_numbers_only():
     for info in pkgutil.iter_modules(dnlib.experiments.__path__):
         mod = importlib.import_module(f"dnlib.experiments.{info.name}")
         assert not inspect.isfunction(getattr(mod, "headline", None)), f"{info.name}.headline: a function"
-    for name in ("cifar", "ptb_report", "sr_report", "analysis_report"):
+    for name in ("cifar_report", "ptb_report", "sr_report", "analysis_report"):
         assert inspect.isfunction(importlib.import_module(f"dnlib.experiments.{name}").summary), name
     for path in sorted(parameters.NOTEBOOK_DIR.glob("0*.ipynb")):
         cells = parameters.read_notebook(path)["cells"]
@@ -235,11 +235,19 @@ def test_one_results_table_per_experiment_with_n_and_run_as(tmp_path):
     """Each experiment has one ``results_table`` (a Markdown table), and all three end with the same two columns,
     ``n`` (runs) and ``run as`` (what was run: steps of the paper's schedule, subset, batch), as the generic
     ``tables.table`` (before: CIFAR's and PTB's ended with ``runs`` and said not what was run; SR's returned dicts
-    that ``format_table`` drew)."""
-    from dnlib.experiments import ptb_report, sr_report
+    that ``format_table`` drew). Each lives in the experiment's ``<name>_report`` module beside its ``summary`` and
+    ``report`` (before: CIFAR's three were in the recipe module ``cifar``, PTB's and SR's in ``ptb_report`` and
+    ``sr_report``)."""
+    import importlib
+
+    from dnlib.experiments import cifar_report, ptb_report, sr_report
     from dnlib.experiments.records import find_runs
+    for name in ("cifar", "ptb", "sr"):
+        recipe, rep = (importlib.import_module(f"dnlib.experiments.{m}") for m in (name, f"{name}_report"))
+        assert all(callable(getattr(rep, f, None)) for f in ("results_table", "summary", "report")), name
+        assert not any(hasattr(recipe, f) for f in ("results_table", "summary", "report", "summarize")), name
     repo = Path(__file__).resolve().parent.parent / "results" / "records"
-    for table in (cifar.results_table(find_runs([repo / "cifar"])),
+    for table in (cifar_report.results_table(find_runs([repo / "cifar"])),
                   ptb_report.results_table(find_runs([repo / "ptb"]))):
         head = str(table).splitlines()[0]
         assert head.rstrip(" |").endswith("| n | run as"), head
