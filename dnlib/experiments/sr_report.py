@@ -101,11 +101,20 @@ def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
             "table": list(rows)}
 
 
-def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto") -> dict:
+def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto", scale: int | None = None) -> dict:
     """The SR table of the run folders at or under ``path``: per set, Bicubic and every run (PSNR, SSIM; the
     record's final scores, else its checkpoint scored now) beside the paper's Tables 5/6; written to
-    ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``."""
+    ``path/sr_results.json`` and returned. Absent test sets are listed under ``"missing"``. ``scale``: report the
+    runs of that upscaling factor only (default: the runs' one scale; runs at several scales are a ValueError
+    naming them, as a table holds one scale's numbers and the paper's for that scale)."""
     sets, recs = check_sets(sets), recipe_runs(RECIPE, path)
+    scales = sorted({rec["config"]["scale"] for rec in recs.values()})
+    if scale is None and len(scales) > 1:
+        raise ValueError(f"{path}: runs at scales {scales}; one table holds one scale: give scale= one of them")
+    if scale is not None:
+        recs = {d: rec for d, rec in recs.items() if rec["config"]["scale"] == scale}
+        if not recs:
+            raise ValueError(f"scale: no runs at x{scale} under {path} (its runs: scales {scales})")
     labels = {d: rec["config"]["setup"].get("label") or rec["name"] for d, rec in recs.items()}
     keys = {d: lab if list(labels.values()).count(lab) == 1 else f"{lab} ({recs[d]['name']} s{recs[d]['seed']})"
             for d, lab in labels.items()}

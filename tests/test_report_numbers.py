@@ -1,0 +1,36 @@
+"""Numbers the reports show (sr_report, analysis_report, cifar_report, ptb_report): records built in tmp_path,
+checked against naive reference computations."""
+import json
+from pathlib import Path
+
+import pytest
+
+from dnlib.experiments import records as R
+
+REPO = Path(__file__).resolve().parents[1]
+_PROV = {"git": {"commit": "a" * 40, "dirty": False}, "versions": {"torch": "x"}, "device": {"name": "cpu"},
+         "host": "h"}
+
+
+def _copy_record(src: Path, dst: Path, **changes) -> Path:
+    """A committed record written to ``dst`` with ``changes`` (``config``/``headline`` dicts are updated)."""
+    rec = json.loads((src / R.RECORD_FILE).read_text())
+    for k, v in changes.items():
+        rec[k] = {**rec[k], **v} if isinstance(v, dict) and isinstance(rec.get(k), dict) else v
+    dst.mkdir(parents=True)
+    R.write_record(dst, rec)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------------- SR
+def test_sr_report_does_not_put_runs_of_another_scale_in_the_first_runs_scale_table(tmp_path):
+    from dnlib.experiments import sr_report
+    src = REPO / "results/records/sr/fast-dn-star-h100"
+    x4 = {"set5_psnr": 11.0, "set5_ssim": 0.11, "set14_psnr": 12.0, "set14_ssim": 0.12}
+    _copy_record(src, tmp_path / "x3")
+    _copy_record(src, tmp_path / "x4", seed=1, config={"scale": 4}, headline=x4)
+    with pytest.raises(ValueError, match=r"scale.*3.*4"):
+        sr_report.report(tmp_path, sets=("Set5",))
+    out = sr_report.report(tmp_path, sets=("Set5",), scale=4)        # one scale at a time: that scale's runs only
+    assert out["scale"] == 4 and list(out["runs"]) == ["fast-dn*"]
+    assert out["runs"]["fast-dn*"]["seed"] == 1 and out["table"]["Set5"]["fast-dn*"]["psnr"] == 11.0
