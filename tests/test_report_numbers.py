@@ -1,6 +1,7 @@
 """Numbers the reports show (sr_report, analysis_report, cifar_report, ptb_report): records built in tmp_path,
 checked against naive reference computations."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,30 @@ def test_sr_report_does_not_put_runs_of_another_scale_in_the_first_runs_scale_ta
     out = sr_report.report(tmp_path, sets=("Set5",), scale=4)        # one scale at a time: that scale's runs only
     assert out["scale"] == 4 and list(out["runs"]) == ["fast-dn*"]
     assert out["runs"]["fast-dn*"]["seed"] == 1 and out["table"]["Set5"]["fast-dn*"]["psnr"] == 11.0
+
+
+# ------------------------------------------------------------------------------------------------- analysis
+_ANALYSIS = REPO / "results/records/analysis"
+
+
+def _cpu_runs(base: Path, name: str = "batch-bn-b128") -> list:
+    """The committed cpu-size runs of ``name`` (seeds 0-2) copied under ``base/cpu``; their test errors."""
+    errs = []
+    for s in range(3):
+        d = _copy_record(_ANALYSIS / f"{name}-s{s}-cpu", base / "cpu" / f"{name}-s{s}")
+        errs.append(R.read_record(d)["headline"]["test_err"])
+    return errs
+
+
+def test_analysis_load_does_not_pool_runs_of_another_size(tmp_path):
+    from dnlib.experiments import analysis_report as ar
+    errs = _cpu_runs(tmp_path)
+    assert ar.stats(ar.load(tmp_path), "batch-bn-b128", "test_err")[0] == pytest.approx(statistics.mean(errs))
+    # notebook 08's live point at the smoke size, newer, in a folder beside them (runs/analysis/notebook)
+    _copy_record(_ANALYSIS / "batch-bn-b128-s0-cpu", tmp_path / "notebook" / "batch-bn-b128-s0",
+                 started="2027-01-01T00:00:00+00:00", headline={"test_err": 0.9},
+                 config={"size": "smoke", "steps": 4, "subset": [200, 100]})
+    with pytest.raises(ValueError, match=r"batch-bn-b128.*size.*cpu.*smoke|batch-bn-b128.*size.*smoke.*cpu"):
+        ar.load(tmp_path)
+    assert ar.stats(ar.load(tmp_path / "cpu"), "batch-bn-b128", "test_err")[0] == pytest.approx(statistics.mean(errs))
+

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.figures import MarkdownTable, markdown_table, new_figure, no_data
-from . import records
+from . import aggregate, records
 from .analysis_configs import (
     BATCH_NORMS,
     BATCH_SIZES,
@@ -58,11 +58,21 @@ class Runs:
 
 
 def load(path) -> Runs:
-    """The ``analysis`` runs at or under ``path`` (a broken record is skipped with a warning)."""
-    found = defaultdict(dict)
+    """The ``analysis`` runs at or under ``path`` (a broken record is skipped with a warning): per configuration
+    and seed its newest run. Runs of one configuration that differ in what defines
+    the experiment (:func:`dnlib.experiments.aggregate.defining`: size, steps, subset...) are a ValueError naming
+    them: they are not seeds of one point (give a folder of one size)."""
+    found, what = defaultdict(dict), {}
     for d, rec in records.read_records([path]):
         if rec.get("experiment") != "analysis":
             continue
+        w = aggregate.defining(rec)
+        w0, d0 = what.setdefault(rec["name"], (w, d))
+        if w != w0:
+            differs = sorted(k for k in set(w) | set(w0) if w.get(k) != w0.get(k))
+            raise ValueError(f"{path}: runs of {rec['name']} differ in what defines the experiment ("
+                             + "; ".join(f"{k}: {w0.get(k)}, {w.get(k)}" for k in differs[:4])
+                             + f"; {d0} and {d}): not seeds of one point; give a folder of one size")
         old = found[rec["name"]].get(rec["seed"])
         if old is None or (rec.get("started") or "") >= (old[1].get("started") or ""):
             found[rec["name"]][rec["seed"]] = (d, rec)
