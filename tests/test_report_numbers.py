@@ -62,3 +62,17 @@ def test_analysis_load_does_not_pool_runs_of_another_size(tmp_path):
         ar.load(tmp_path)
     assert ar.stats(ar.load(tmp_path / "cpu"), "batch-bn-b128", "test_err")[0] == pytest.approx(statistics.mean(errs))
 
+
+def test_analysis_a_newer_unfinished_run_of_a_seed_does_not_replace_its_completed_run(tmp_path):
+    from dnlib.experiments import analysis_report as ar
+    errs = _cpu_runs(tmp_path)
+    _copy_record(_ANALYSIS / "batch-bn-b128-s0-cpu", tmp_path / "rerun" / "batch-bn-b128-s0",
+                 started="2027-01-01T00:00:00+00:00", stopped="time limit", steps_done=5,
+                 headline={"test_err": 0.9})
+    # seed 3 stopped by the time limit: its error is that of a fifth of the schedule, not a finished value
+    _copy_record(_ANALYSIS / "batch-bn-b128-s0-cpu", tmp_path / "cpu" / "batch-bn-b128-s3", seed=3,
+                 stopped="time limit", steps_done=5, headline={"test_err": 0.95})
+    runs = ar.load(tmp_path)
+    mean, std, n = ar.stats(runs, "batch-bn-b128", "test_err")
+    assert (mean, std, n) == (pytest.approx(statistics.mean(errs)), pytest.approx(statistics.stdev(errs)), 3)
+    assert [r["stopped"] for r in runs.records["batch-bn-b128"]] == ["completed"] * 3 + ["time limit"]

@@ -57,9 +57,14 @@ class Runs:
         return sorted({r["seed"] for recs in self.records.values() for r in recs})
 
 
+def _rank(rec: dict) -> tuple:
+    """Which run of a seed counts: a completed one before any other, then the newest (as aggregate's rule)."""
+    return rec.get("stopped") == "completed", rec.get("started") or ""
+
+
 def load(path) -> Runs:
     """The ``analysis`` runs at or under ``path`` (a broken record is skipped with a warning): per configuration
-    and seed its newest run. Runs of one configuration that differ in what defines
+    and seed its newest completed run (else its newest). Runs of one configuration that differ in what defines
     the experiment (:func:`dnlib.experiments.aggregate.defining`: size, steps, subset...) are a ValueError naming
     them: they are not seeds of one point (give a folder of one size)."""
     found, what = defaultdict(dict), {}
@@ -74,7 +79,7 @@ def load(path) -> Runs:
                              + "; ".join(f"{k}: {w0.get(k)}, {w.get(k)}" for k in differs[:4])
                              + f"; {d0} and {d}): not seeds of one point; give a folder of one size")
         old = found[rec["name"]].get(rec["seed"])
-        if old is None or (rec.get("started") or "") >= (old[1].get("started") or ""):
+        if old is None or _rank(rec) >= _rank(old[1]):
             found[rec["name"]][rec["seed"]] = (d, rec)
     out = Runs(folder=str(path))
     for name, by_seed in found.items():
@@ -85,9 +90,9 @@ def load(path) -> Runs:
 
 
 def stats(runs: Runs, name: str, key: str) -> tuple:
-    """``(mean, std, n)`` over seeds of headline ``key`` of configuration ``name`` (finite values only; std None
-    with fewer than two)."""
-    vals = [r["headline"].get(key) for r in runs.records.get(name, [])]
+    """``(mean, std, n)`` over seeds of headline ``key`` of configuration ``name`` (finite values of completed runs
+    only: a run stopped early has the numbers of a shorter schedule; std None with fewer than two)."""
+    vals = [r["headline"].get(key) for r in runs.records.get(name, []) if r.get("stopped") == "completed"]
     vals = np.array([v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)], dtype=float)
     if not len(vals):
         return None, None, 0
