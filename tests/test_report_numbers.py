@@ -76,3 +76,40 @@ def test_analysis_a_newer_unfinished_run_of_a_seed_does_not_replace_its_complete
     mean, std, n = ar.stats(runs, "batch-bn-b128", "test_err")
     assert (mean, std, n) == (pytest.approx(statistics.mean(errs)), pytest.approx(statistics.stdev(errs)), 3)
     assert [r["stopped"] for r in runs.records["batch-bn-b128"]] == ["completed"] * 3 + ["time limit"]
+
+
+# ------------------------------------------------------------------------------------------- CIFAR and PTB
+def _rows_of(md: str, label: str) -> list:
+    return [line for line in str(md).splitlines() if f"| {label}" in line]
+
+
+def test_cifar_results_table_says_how_rows_of_one_name_differ(tmp_path):
+    from dnlib.experiments import cifar_report
+    src, accs = REPO / "results/records/cifar/bn-star-s0-h100", {0.1: [0.70, 0.72], 0.05: [0.80, 0.83]}
+    for lr, vals in accs.items():
+        for s, v in enumerate(vals):
+            _copy_record(src, tmp_path / f"lr{lr}" / f"bn-star-s{s}", seed=s, config={"lr": lr},
+                         headline={"final_acc": v})
+    with pytest.warns(UserWarning, match="not pooled"):
+        md = cifar_report.results_table(tmp_path)
+    rows = _rows_of(md, "**BN***")
+    assert len(rows) == 2
+    for lr, vals in accs.items():      # each row names its lr beside its own mean ± std
+        row = [r for r in rows if f"lr {lr}" in r]
+        assert len(row) == 1 and f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}" in row[0]
+
+
+def test_ptb_results_table_says_how_rows_of_one_name_differ(tmp_path):
+    from dnlib.experiments import ptb_report
+    src, ppls = REPO / "results/records/ptb/base-lstm-cpu", {1.0: [150.0, 152.0], 0.5: [170.0, 174.0]}
+    for lr, vals in ppls.items():
+        for s, v in enumerate(vals):
+            _copy_record(src, tmp_path / f"lr{lr}" / f"base-lstm-s{s}", seed=s, config={"lr": lr},
+                         headline={"final_test_ppl": v})
+    with pytest.warns(UserWarning, match="not pooled"):
+        md = ptb_report.results_table(tmp_path)
+    rows = _rows_of(md, "base-lstm")
+    assert len(rows) == 2
+    for lr, vals in ppls.items():
+        row = [r for r in rows if f"lr {lr:g}" in r]
+        assert len(row) == 1 and f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row[0]

@@ -51,7 +51,7 @@ def results_table(results) -> MarkdownTable:
         row = _CONFIGS[name].paper if name in _CONFIGS else name
         return f"**{row}**" if name in TABLE3_ROWS else row
     return markdown_table(["data", "model", "accuracy (ours)", "accuracy (paper)", "img/s", "n", "run as"], [
-        [", ".join(s["data"]), row_label(s, label(s["name"])),
+        [", ".join(s["data"]), row_label(s, label(s["name"])) + (f" [{s['split']}]" if s.get("split") else ""),
          tables.format_mean_std(s["final_acc"], s["final_acc_std"], s["final_acc_n"], ".4f"),
          cell(s["paper_final_acc"], ".4f"), cell(s["images_per_s"], ".0f"), s["n"], s.get("run_as") or None]
         for s in summarize(results)])

@@ -64,7 +64,8 @@ def results_table(results, unigram: float | None = None) -> MarkdownTable:
     summary = aggregate.summarize(results, list(_FMT))
     for s in summary:
         ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
-        out.append([row_label(s, s["name"]), rows_of.get(s["name"]), *ours[:4],
+        out.append([row_label(s, s["name"]) + (f" [{s['split']}]" if s.get("split") else ""), rows_of.get(s["name"]),
+                    *ours[:4],
                     cell(s["paper_final_test_ppl"], ".3f"), ours[4], s["n"], s.get("run_as") or None])
     if unigram is not None:
         out.append(["unigram (train counts)", None, None, f"{unigram:.1f}"] + [None] * 6)
