@@ -113,3 +113,15 @@ def test_ptb_results_table_says_how_rows_of_one_name_differ(tmp_path):
     for lr, vals in ppls.items():
         row = [r for r in rows if f"lr {lr:g}" in r]
         assert len(row) == 1 and f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row[0]
+
+
+def test_compare_says_which_runs_of_its_experiment_it_does_not_show(tmp_path):
+    from dnlib.experiments import tables
+    src = REPO / "results/records/cifar/bn-star-s0-h100"
+    _copy_record(src, tmp_path / "bn-star-s0")
+    for s in range(2):          # a configuration of the same experiment and data that is none of Table 7's rows
+        _copy_record(src, tmp_path / f"my-bn-s{s}", name="my-bn", seed=s, config={"name": "my-bn", "lr": 0.3})
+    md = str(tables.compare(tmp_path, "table7"))
+    assert "| BN* | 0.7941 |" in md
+    notes = [line for line in md.splitlines() if line.startswith("- ")]
+    assert any("my-bn" in line and "2 runs" in line for line in notes), md

@@ -59,8 +59,12 @@ def _label(name: Any, s: Mapping | None, labels: Mapping) -> str:
     return f"{label} [{s['split']}]" if s and s.get("split") else label
 
 
-def _with_notes(md: str, summary: Sequence[Mapping]) -> MarkdownTable:
+def _with_notes(md: str, summary: Sequence[Mapping], left_out: Sequence[Mapping] = ()) -> MarkdownTable:
     lines = notes(summary)
+    if left_out:         # order= named the rows: the runs of other configurations are said, not dropped unseen
+        lines.append("not shown (none of this table's rows): " + ", ".join(
+            f"{_label(s.get('name'), s, {})} ({s.get('n', 0)} run{'' if s.get('n') == 1 else 's'})"
+            for s in left_out))
     return MarkdownTable(md + ("\n\n" + "\n".join(f"- {x}" for x in lines) if lines else ""))
 
 
@@ -116,7 +120,9 @@ def table(summary: Sequence[Mapping], keys: None | Sequence[str] | Mapping[str, 
                 row.append(_num(paper_of(name, s, k), fmts[k]))
         row += [0 if s is None else _n_cell(s, keys), "—" if s is None else s.get("run_as") or "—"]
         lines.append(row)
-    return _with_notes(markdown_table(cols, lines, title=title), [s for _, s in entries if s is not None])
+    shown = [s for _, s in entries if s is not None]
+    return _with_notes(markdown_table(cols, lines, title=title), shown,
+                       [s for s in summary if not any(s is x for x in shown)])
 
 
 def _num(v, spec: str) -> str:
