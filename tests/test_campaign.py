@@ -1,10 +1,12 @@
 """The campaign (dnlib.experiments.campaign, scripts/gpu_paper.sh): every table row planned as stacked launches; what
 the budget does not fit is recorded `time budget at step N` (never dropped); a rerun resumes; the CPU rehearsal of
 the whole script (slow)."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -66,8 +68,10 @@ def test_what_the_budget_does_not_fit_is_recorded_and_a_rerun_resumes(tmp_path):
 def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     """`OUT=DIR DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh`: every row of Tables 3/7, 4/9 and 5/6 (fast schedule)
     x 3 seeds recorded, 06 executed on them, within 5 minutes (on this 2-core machine shared by others: 250 s at load
-    13-16, measured)."""
-    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "TINY": "1", "PY": sys.executable}
+    13-16, measured). ``BUNDLE``: what a device call brings back fits the device's limits (at most 8 files, at the
+    bundle's top level, 16 MiB each) and holds every copy's record, without checkpoints."""
+    out, bundle = tmp_path / "out", tmp_path / "bundle"
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TINY": "1", "PY": sys.executable, "BUNDLE": str(bundle)}
     t0 = time.perf_counter()
     p = subprocess.run(["bash", str(REPO / "scripts" / "gpu_paper.sh")], env=env, capture_output=True, text=True,
                        timeout=600)
@@ -75,14 +79,59 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for exp, expected in (("cifar", cifar_configs()), ("ptb", ptb_configs()),
                           ("sr", [f"fast-{r}" for r in campaign.SR_ROWS])):
-        names = _names(tmp_path / exp)
+        names = _names(out / exp)
         assert sorted(names) == sorted(expected), exp
         assert all(sorted(v) == [(s, COMPLETED) for s in (0, 1, 2)] for v in names.values()), exp
-    assert (tmp_path / "report" / "html" / "06_results.html").is_file()
-    tables = (tmp_path / "tables.md").read_text()
+    assert (out / "report" / "html" / "06_results.html").is_file()
+    tables = (out / "tables.md").read_text()
     assert all(f"Table {n}" in tables for n in (3, 4, 5, 6, 7, 9))
+    files = sorted(q.name for q in bundle.rglob("*"))
+    assert files == ["campaign.json", "log.txt", "nvidia-smi.txt", "runs.tgz", "tables.md"], files
+    assert all(q.stat().st_size < 16 * 2**20 for q in bundle.iterdir())
+    with tarfile.open(bundle / "runs.tgz") as tar:
+        names = tar.getnames()
+    copies = 3 * (len(cifar_configs()) + len(ptb_configs()) + len(campaign.SR_ROWS))
+    assert sum(n.endswith("/record.json") and n.split("/")[1] in campaign.EXPERIMENTS for n in names) == copies
+    assert not any(n.endswith("checkpoint.pt") for n in names)
     print(f"gpu_paper.sh TINY=1 on the CPU: {seconds:.0f} s (load {os.getloadavg()[0]:.1f})")
     assert seconds < 300 * (1 + max(os.getloadavg()[0] - 2, 0) / 2)   # 5 min on an idle machine, more when shared
+
+
+@pytest.mark.slow
+def test_an_experiment_that_cannot_start_is_recorded_and_the_others_run(tmp_path, monkeypatch):
+    """A data root without the SR sets (as on a device call that staged only PTB): SR is recorded ``failed`` with the
+    loader's error and each of its launches ``not run``, in campaign.json too; PTB's launches all run (before: the
+    error left the campaign at once, exit 2, nothing trained and no campaign.json)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "ptb").symlink_to(Path(os.environ.get("DNLIB_DATA", REPO / "data")).resolve() / "ptb")
+    monkeypatch.setenv("DNLIB_DATA", str(root))
+    out = tmp_path / "out"
+    rec = campaign.campaign(out, device="cpu", budget=600.0, tiny=True, seeds=[0], experiments=["sr", "ptb"],
+                            log=lambda s: None)
+    assert list(rec["failed"]) == ["sr"] and "T91" in rec["failed"]["sr"], rec["failed"]
+    rows = {r["launch"]: r["stopped"] for r in rec["launches"]}
+    assert all(rows[f"fast-{r}".replace("*", "-star")] == ["not run: DatasetNotFoundError (campaign.json: failed)"]
+               for r in campaign.SR_ROWS)
+    ptb = [r for r in rec["launches"] if r["experiment"] == "ptb"]
+    assert len(ptb) == 7 and all(r["stopped"] == [COMPLETED] for r in ptb)
+    assert {s for v in _names(out / "ptb").values() for _, s in v} == {COMPLETED}
+    assert json.loads((out / "campaign.json").read_text())["failed"] == rec["failed"]
+
+
+def test_a_launch_stops_at_its_step_cap_inside_a_chunk_and_resumes(tmp_path):
+    """The budget's step cap (``max_steps``, counted from where the launch resumes) stops a launch inside a chunk
+    (before: a launch ran at least one whole chunk, a PTB epoch, whatever its share); a rerun completes it."""
+    launch = campaign.plan(tiny=True, seeds=[0], experiments=["ptb"])[-1]
+    launch = dataclasses.replace(launch, steps=4, options={**launch.options, "eval_every": 4})   # one chunk of 4
+    data = campaign.shared_data("ptb", tiny=True, device="cpu")
+    row = campaign.run_launch(launch, tmp_path, "cpu", time_limit=600.0, data=data, max_steps=1)
+    assert row["steps"] == 1 and row["stopped"] == [f"{campaign.BUDGET_STATUS} 1"], row
+    assert {s for v in _names(tmp_path / "ptb").values() for _, s in v} == {f"{campaign.BUDGET_STATUS} 1"}
+    row = campaign.run_launch(launch, tmp_path, "cpu", time_limit=600.0, data=data, max_steps=10)
+    assert row["steps"] == 4 and row["stopped"] == [COMPLETED], row
+    with pytest.raises(ValueError, match="max_steps"):
+        campaign.run_launch(launch, tmp_path / "x", "cpu", data=data, max_steps=-1)
 
 
 @pytest.mark.parametrize("experiment", ["cifar", "ptb"])

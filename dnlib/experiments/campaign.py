@@ -27,9 +27,18 @@ run at once (processes); on CUDA the bench's peak memory caps them to what fits 
 
 **Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
 ``left x predicted / predicted of the launches not yet run`` (what one saves passes to the next), never past the
-deadline (``budget`` minus a reserve for the report). A launch stopped by it, or started with no time left (built,
-not trained), records every copy ``stopped: time budget at step N``: nothing is dropped. Rerunning the command
-resumes each unfinished launch from its checkpoint (with a fresh budget) and skips finished ones.
+deadline (``budget`` minus a reserve for the report). The share is also a step cap: the steps that fit in it at the
+bench's seconds per step (after the build and one evaluation), so a launch stops inside a chunk rather than
+running a whole chunk (a PTB epoch: a minute or more on a card) past its share. A launch stopped by either, or
+started with no time left (built, not trained), records every copy ``stopped: time budget at step N``: nothing is
+dropped. Rerunning the command resumes each unfinished launch from its checkpoint (with a fresh budget) and skips
+finished ones.
+
+**Failures stay local.** An experiment whose data, check or bench fails (its data not staged, a package missing on the
+device) is recorded in ``campaign.json`` (``failed``) with the error, each of its launches ``not run: <error>``; a
+launch that raises is recorded ``failed: <error>`` (its traceback in the log); the other experiments and launches go
+on. ``campaign.json`` is written after the bench and after every launch, so a command killed at its time limit
+leaves what was done.
 
 **Records.** ``OUT/<experiment>/<launch>/<config>-s<seed>/record.json`` per copy (``gather``/``report``/06 read
 them), ``OUT/campaign.json`` (the bench, the plan, each launch's predicted and actual seconds, statuses),
@@ -43,6 +52,7 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,10 +188,11 @@ def _statuses(folder: Path) -> list:
 
 
 def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | None = None,
-               stop_after: int | None = None, data=None) -> dict:
+               stop_after: int | None = None, data=None, max_steps: int | None = None) -> dict:
     """Train (or resume) one launch in ``out/<experiment>/<name>`` under ``time_limit`` seconds (``stop_after=0``:
-    build and record, train nothing); a launch whose copies all completed is skipped. Returns its row of
-    ``campaign.json``: statuses, steps done, seconds."""
+    build and record, train nothing; ``max_steps``: at most that many steps past where it resumes, stopping inside a
+    chunk if need be); a launch whose copies all completed is skipped. Returns its row of ``campaign.json``:
+    statuses, steps done, seconds."""
     folder = Path(out) / launch.experiment / launch.name
     before = _statuses(folder)
     row = {"launch": launch.name, "experiment": launch.experiment, "copies": launch.copies, "planned": launch.planned,
@@ -190,7 +201,11 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
     if len(before) == launch.copies and all(s == COMPLETED for s in before):
         return {**row, "seconds": 0.0, "steps": launch.planned, "stopped": [COMPLETED], "skipped": True}
     t0 = time.perf_counter()
+    check_int("max_steps", max_steps, 0, none_ok=True)
     run = _prepare(launch, device, data, resume=folder, time_limit=time_limit, stop_after=stop_after)
+    if max_steps is not None:                     # the budget's step cap, counted from the resumed step
+        cap = run.trainer.step + max_steps
+        run.stop_after = cap if run.stop_after is None else min(run.stop_after, cap)
     try:
         results = run.go()
         stopped = [r.stopped for r in results]
@@ -277,6 +292,42 @@ def _tables(out: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {cli.one_line(e)}"
+
+
+def _share_steps(share: float, b: dict) -> int:
+    """The steps of a launch that fit in ``share`` seconds by its experiment's bench ``b`` (after the build and one
+    evaluation); 0 when none do."""
+    return max(0, int((share - b["build_s"] - b["eval_s"]) / max(b["s_per_step"], 1e-9)))
+
+
+def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_steps: int, cuda: bool, log):
+    """An experiment's start in the campaign: its shared data, on CUDA the graph check of its largest launch (a
+    failing check makes its launches eager), the bench; fills its launches' predictions. Returns ``(data, graph
+    check or None, bench)``."""
+    t0 = time.perf_counter()
+    mine = [x for x in launches if x.experiment == exp]
+    biggest = max(mine, key=lambda x: x.copies)
+    data = shared_data(exp, tiny, device) if jobs == 1 else None
+    g = None
+    if cuda:                                     # graph == eager on the device, else this experiment trains eagerly
+        g = check_graph(biggest, device, data=data)
+        log(f"check-graph {exp}: {biggest.name} K={biggest.copies}: {'ok' if g['ok'] else 'FAILED'} (params "
+            f"{g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g})")
+        if not g["ok"]:
+            for x in mine:
+                x.options["mode"] = "eager"
+    b = bench(biggest, device, steps=1 if tiny else bench_steps, warmup=1 if tiny else 2,
+              data=data if data is not None else shared_data(exp, tiny, device))
+    b["load_and_bench_s"] = round(time.perf_counter() - t0, 1)
+    log(f"bench {exp}: {biggest.name} K={biggest.copies}: {1e3 * b['s_per_step']:.1f} ms/step, build "
+        f"{b['build_s']:.1f} s, evaluation {b['eval_s']:.1f} s per {b['chunk']} steps")
+    for x in mine:
+        x.predicted_s = predict(x, b)
+    return data, g, b
+
+
 def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = False, seeds=(0, 1, 2),
              experiments: Sequence[str] = EXPERIMENTS, jobs: int = 1, reserve: float | None = None,
              bench_steps: int = 3, log=print) -> dict:
@@ -291,36 +342,40 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     reserve = (min(60.0, 0.1 * budget) if not tiny else 5.0) if reserve is None else float(reserve)
     launches = plan(tiny, seeds, experiments)
     log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
-    benches, datas, graphs = {}, {}, {}
+    benches, datas, graphs, failed, rows = {}, {}, {}, {}, []
+    record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": jobs,
+              "seeds": list(seeds), "graph_check": graphs, "bench": benches, "failed": failed, "launches": rows,
+              "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
+                              "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"]}
+
+    def save():                                   # after the bench and every launch: a kill leaves what was done
+        atomic_write_json(out / "campaign.json", records.jsonable(
+            {**record, "graph_check": graphs or "not on a CPU (the check runs on CUDA)",
+             "train_s": round(time.perf_counter() - t_start, 1)}))
+
     cuda = (torch.device(device).type == "cuda") if device != "auto" else torch.cuda.is_available()
     for exp in dict.fromkeys(x.experiment for x in launches):
-        t0 = time.perf_counter()
-        datas[exp] = shared_data(exp, tiny, device) if jobs == 1 else None
-        biggest = max((x for x in launches if x.experiment == exp), key=lambda x: x.copies)
-        if cuda:                                 # graph == eager on the device, else this experiment trains eagerly
-            g = graphs[exp] = check_graph(biggest, device, data=datas[exp])
-            log(f"check-graph {exp}: {biggest.name} K={biggest.copies}: {'ok' if g['ok'] else 'FAILED'} (params "
-                f"{g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g})")
-            if not g["ok"]:
-                for x in launches:
-                    if x.experiment == exp:
-                        x.options["mode"] = "eager"
-        b = bench(biggest, device, steps=1 if tiny else bench_steps, warmup=1 if tiny else 2,
-                  data=datas[exp] if datas[exp] is not None else shared_data(exp, tiny, device))
-        b["load_and_bench_s"] = round(time.perf_counter() - t0, 1)
-        benches[exp] = b
-        log(f"bench {exp}: {biggest.name} K={biggest.copies}: {1e3 * b['s_per_step']:.1f} ms/step, build "
-            f"{b['build_s']:.1f} s, evaluation {b['eval_s']:.1f} s per {b['chunk']} steps")
-        for x in launches:
-            if x.experiment == exp:
-                x.predicted_s = predict(x, b)
+        try:
+            datas[exp], g, benches[exp] = _start(exp, launches, device, tiny, jobs, bench_steps, cuda, log)
+        except Exception as e:  # noqa: BLE001  an experiment that cannot start is recorded; the others go on
+            failed[exp] = _error(e)
+            log(f"{exp}: not run: {failed[exp]}\n{traceback.format_exc()}")
+            continue
+        if g is not None:
+            graphs[exp] = g
+    rows += [{"launch": x.name, "experiment": x.experiment, "copies": x.copies, "planned": x.planned, "seconds": 0.0,
+              "stopped": [f"not run: {failed[x.experiment].split(':')[0]} (campaign.json: failed)"], "skipped": False}
+             for x in launches if x.experiment in failed]
+    launches = [x for x in launches if x.experiment not in failed]
     per_card = jobs
     peaks = [b["peak_bytes"] for b in benches.values() if b["peak_bytes"]]
     if peaks and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         per_card = max(1, min(jobs, int(0.8 * total // max(peaks))))
+    record["jobs"] = per_card
+    save()
     deadline = t_start + budget - reserve
-    rows, pending = [], list(launches)
+    pending = list(launches)
     log(f"plan: predicted {sum(x.predicted_s for x in launches):.0f} s of training in {len(launches)} launches, "
         f"{per_card} at a time; {max(deadline - time.perf_counter(), 0):.0f} s left for them")
     while pending:
@@ -332,20 +387,27 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
             share = max(left, 0.0) * per_card * x.predicted_s / todo if len(batch) > 1 else \
                 max(left, 0.0) * x.predicted_s / todo
             share = min(share, max(left, 0.0))
-            specs.append((x, share if share >= 1.0 else None, None if share >= 1.0 else 0))
+            fits = share >= 1.0
+            specs.append((x, share if fits else None, None if fits else 0,
+                          _share_steps(share, benches[x.experiment]) if fits else None))
         if per_card == 1 or len(batch) == 1:
-            for x, limit, stop in specs:
-                rows.append(run_launch(x, out, device, limit, stop, data=datas[x.experiment]))
-                log(f"{x.experiment} {x.name}: {rows[-1]['stopped']} after {rows[-1]['seconds']:.1f} s "
-                    f"(predicted {x.predicted_s:.1f} s, limit {limit if limit is None else round(limit, 1)})")
+            for x, limit, stop, steps in specs:
+                try:
+                    rows.append(run_launch(x, out, device, limit, stop, data=datas[x.experiment], max_steps=steps))
+                except Exception as e:  # noqa: BLE001  a launch that raises is recorded; the others go on
+                    rows.append({"launch": x.name, "experiment": x.experiment, "copies": x.copies,
+                                 "planned": x.planned, "predicted_s": round(x.predicted_s, 1),
+                                 "stopped": [f"failed: {_error(e)}"], "skipped": False})
+                    log(traceback.format_exc())
+                log(f"{x.experiment} {x.name}: {rows[-1]['stopped']} after {rows[-1].get('seconds', 0):.1f} s "
+                    f"(predicted {x.predicted_s:.1f} s, limit {limit if limit is None else round(limit, 1)}, "
+                    f"at most {steps} steps)")
+                save()
         else:
             rows += _run_parallel(specs, out, device, log, tiny)
-    record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": per_card,
-              "seeds": list(seeds), "graph_check": graphs or "not on a CPU (the check runs on CUDA)",
-              "bench": benches, "launches": rows,
-              "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
-                              "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"],
-              "train_s": round(time.perf_counter() - t_start, 1)}
+            save()
+    record["train_s"] = round(time.perf_counter() - t_start, 1)
+    record["graph_check"] = graphs or "not on a CPU (the check runs on CUDA)"
     atomic_write_json(out / "campaign.json", records.jsonable(record))
     atomic_write_text(out / "tables.md", _tables(out))
     record["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -356,8 +418,8 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
 def _run_parallel(specs, out: Path, device: str, log, tiny: bool) -> list:
     """Launches at once, one process each (``python -m dnlib.experiments.campaign --launch``)."""
     procs = []
-    for x, limit, stop in specs:
-        spec = {**dataclasses.asdict(x), "time_limit": limit, "stop_after": stop, "tiny": tiny}
+    for x, limit, stop, steps in specs:
+        spec = {**dataclasses.asdict(x), "time_limit": limit, "stop_after": stop, "max_steps": steps, "tiny": tiny}
         procs.append((x, subprocess.Popen([sys.executable, "-m", "dnlib.experiments.campaign", "--out", str(out),
                                            "--device", device, "--launch", json.dumps(spec)],
                                           stdout=subprocess.PIPE, text=True)))
@@ -399,11 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if bad else 0
     if args.launch is not None:
         spec = json.loads(args.launch)
-        limit, stop = spec.pop("time_limit"), spec.pop("stop_after")
+        limit, stop, steps = spec.pop("time_limit"), spec.pop("stop_after"), spec.pop("max_steps")
         tiny = spec.pop("tiny")
         launch = Launch(**spec)
-        row = run_launch(launch, args.out, args.device, limit, stop, data=shared_data(launch.experiment, tiny,
-                                                                                      args.device))
+        row = run_launch(launch, args.out, args.device, limit, stop, max_steps=steps,
+                         data=shared_data(launch.experiment, tiny, args.device))
         print(json.dumps(records.jsonable(row)))
         return 0
     with cli.user_errors(p):
