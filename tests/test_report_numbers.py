@@ -35,6 +35,14 @@ def test_sr_report_does_not_put_runs_of_another_scale_in_the_first_runs_scale_ta
     out = sr_report.report(tmp_path, sets=("Set5",), scale=4)        # one scale at a time: that scale's runs only
     assert out["scale"] == 4 and list(out["runs"]) == ["fast-dn*"]
     assert out["runs"]["fast-dn*"]["seed"] == 1 and out["table"]["Set5"]["fast-dn*"]["psnr"] == 11.0
+    # the command: one line naming the scales, exit 2; --scale picks one
+    from dnlib.experiments import sr
+    with pytest.raises(SystemExit) as e:
+        sr.main(["report", str(tmp_path), "--sets", "Set5"])
+    assert e.value.code == 2
+    sr.main(["report", str(tmp_path), "--sets", "Set5", "--scale", "4"])
+    saved = json.loads((tmp_path / "sr_results.json").read_text())
+    assert saved["scale"] == 4 and saved["table"]["Set5"]["fast-dn*"]["psnr"] == 11.0
 
 
 # ------------------------------------------------------------------------------------------------- analysis

@@ -410,11 +410,13 @@ class SRRecipe(Recipe):
             for flag in ("--sets", "--root"):
                 q.add_argument(flag, default=None, **self.flags[flag][1])
             q.add_argument("--device", type=cli.device, default="auto", help="for scoring checkpoints")
+            q.add_argument("--scale", type=int, choices=(2, 3, 4), default=None,
+                           help="report the runs of this upscaling factor (needed when the folder holds several)")
 
     def report(self, path, args=None) -> dict:
         from .sr_report import report
         return report(path, sets=getattr(args, "sets", None) or HEADLINE_SETS, root=getattr(args, "root", None),
-                      device=getattr(args, "device", "auto"))
+                      device=getattr(args, "device", "auto"), scale=getattr(args, "scale", None))
 
     def commands(self) -> dict:
         return {"bench": steps_command(self, "bench", steps=50, warmup=5,
