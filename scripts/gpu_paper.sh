@@ -65,7 +65,8 @@ if [ "$REPORT_S" != 0 ]; then
     --no-progress || { echo "06_results failed (see $OUT/report/suite)"; rc=1; }
   $PY scripts/report.py --suite "$OUT/report/suite" --out "$OUT/report/html" || echo "report: rendering failed"
 fi
-echo "gpu_paper: $(( $(date +%s) - START )) s in all; tables: $OUT/tables.md, report: $OUT/report/html/index.html"
+echo "gpu_paper: $(( $(date +%s) - START )) s in all; tables: $OUT/tables.md$([ "$REPORT_S" != 0 ] \
+  && echo ", report: $OUT/report/html/index.html")"
 if [ -n "$BUNDLE" ]; then
   for f in campaign.json tables.md nvidia-smi.txt; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$BUNDLE/"; done
   tar czf "$BUNDLE/runs.tgz" --exclude=checkpoint.pt --exclude='events.out.tfevents.*' --exclude=./log.txt \

@@ -134,6 +134,15 @@ def test_a_launch_stops_at_its_step_cap_inside_a_chunk_and_resumes(tmp_path):
         campaign.run_launch(launch, tmp_path / "x", "cpu", data=data, max_steps=-1)
 
 
+@pytest.mark.parametrize("experiments,message", [("cifar ptb", "cifar fills a call on its own"),
+                                                 ("sr nope", "'nope' is not one of cifar, sr, ptb")])
+def test_gpu_stage_refuses_what_does_not_fit_or_exist_before_staging(tmp_path, experiments, message):
+    """One line, exit 2, before anything is staged (SHARED points nowhere: staging would fail otherwise)."""
+    env = {**os.environ, "EXPERIMENTS": experiments, "SHARED": str(tmp_path / "no-shared")}
+    p = subprocess.run(["bash", str(REPO / "scripts" / "gpu_stage.sh")], env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 @pytest.mark.parametrize("experiment", ["cifar", "ptb"])
 def test_check_graph_of_stacked_launches(experiment):
     """The stacked graph step against the eager step (on a CPU without a capture: CIFAR's hand-written SGD against
