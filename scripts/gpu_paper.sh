@@ -26,7 +26,8 @@
 #            'python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl;
 #             export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH DNLIB_DATA=$PWD/.device/data;
 #             python3 -m ipykernel install --user --name python3 >/dev/null 2>&1;
-#             BUNDLE=$OUT EXPERIMENTS="sr ptb" bash scripts/gpu_paper.sh')
+#             BUNDLE="$OUT" OUT=runs/gpu_paper REPORT_S=0 EXPERIMENTS="sr ptb" bash scripts/gpu_paper.sh')
+#   (the device sets OUT to the folder that comes back: the campaign's own OUT must be another one)
 #   CIFAR's JPEGs fill a call on their own (EXPERIMENTS=cifar bash scripts/gpu_stage.sh packs them into one file,
 #   which this script unpacks into $DNLIB_DATA); give that call REPORT_S=0 and run 06 here on what comes back.
 # The CPU rehearsal (tests/test_campaign.py):  OUT=/tmp/paper DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh
