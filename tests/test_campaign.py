@@ -39,6 +39,11 @@ def test_plan_covers_every_row_once():
     assert max(x.copies for x in launches) == 24
     with pytest.raises(ValueError, match="experiments: 'nope'"):
         campaign.plan(experiments=["nope"])
+    # the graph check and the bench use each experiment's heaviest step (before: CIFAR's and SR's first launch of
+    # most copies, the configurations without a normalizer: 109 kernels against DN*'s 612)
+    probes = {exp: campaign.probe([x for x in launches if x.experiment == exp]) for exp in campaign.EXPERIMENTS}
+    assert (probes["cifar"].configs, probes["sr"].configs) == (["dn-star"], ["fast-dn*"])
+    assert probes["ptb"].copies == 24
 
 
 @pytest.mark.slow

@@ -15,15 +15,15 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
 * PTB, Table 9's 36 configurations (Table 4 is 18 of them): one launch per cell type and cell class (``arch``), all
   its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
 
-**Graphs.** On CUDA each experiment's largest launch is first trained a few steps with the CUDA-graph step and
-with the eager step from the same initialisation (:func:`check_graph`); an experiment whose graph step disagrees
-trains eagerly (``graph_check`` in ``campaign.json``).
+**Graphs.** On CUDA each experiment's heaviest launch (:func:`probe`) is first trained a few steps with the
+CUDA-graph step and with the eager step from the same initialisation (:func:`check_graph`); an experiment whose graph
+step disagrees trains eagerly (``graph_check`` in ``campaign.json``).
 
-**Plan.** A short bench (a few steps of the largest launch of each experiment, after a warm-up that includes the
-CUDA-graph capture) gives seconds per step, the build and one evaluation; a launch is predicted at ``build + steps x
-seconds per step + chunks x evaluation`` (the largest launch's figures for every launch of that experiment: an upper
-bound, the step being launch-bound; :func:`predict`). ``--jobs`` launches
-run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
+**Plan.** A short bench (a few steps of each experiment's heaviest launch, :func:`probe`: CIFAR's and SR's DN*, PTB's
+group of most copies; after a warm-up that includes the CUDA-graph capture) gives seconds per step, the build and one
+evaluation; a launch is predicted at ``build + steps x seconds per step + chunks x evaluation`` (the heaviest launch's
+figures for every launch of that experiment: an upper bound, the step being launch-bound; :func:`predict`).
+``--jobs`` launches run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
 
 **Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
 ``left x predicted / predicted of the launches not yet run`` (what one saves passes to the next), never past the
@@ -65,13 +65,17 @@ from . import records, tables
 from .recipe import COMPLETED, check_int
 from .runner import Run
 
-__all__ = ["Launch", "plan", "check_graph", "bench", "predict", "run_launch", "campaign", "main", "TABLES"]
+__all__ = ["Launch", "plan", "probe", "check_graph", "bench", "predict", "run_launch", "campaign", "main", "TABLES",
+           "PROBES"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
 EXPERIMENTS = tuple(TABLES)
 SR_ROWS = ("none", "bn", "dn*", "dn*-code")
 BUDGET_STATUS = "time budget at step"
+#: the launch each experiment's graph check and bench use: its heaviest step (DN*'s windowed sums: the most kernels,
+#: so the prediction bounds the others and the capture that matters is checked); PTB: the group of most copies
+PROBES = {"cifar": "dn-star", "sr": "fast-dn-star"}
 
 
 @dataclasses.dataclass
@@ -302,13 +306,19 @@ def _share_steps(share: float, b: dict) -> int:
     return max(0, int((share - b["build_s"] - b["eval_s"]) / max(b["s_per_step"], 1e-9)))
 
 
+def probe(launches: Sequence[Launch]) -> Launch:
+    """The launch of one experiment that its graph check and bench use (:data:`PROBES`, else the most copies)."""
+    named = [x for x in launches if x.name == PROBES.get(x.experiment)]
+    return named[0] if named else max(launches, key=lambda x: x.copies)
+
+
 def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_steps: int, cuda: bool, log):
     """An experiment's start in the campaign: its shared data, on CUDA the graph check of its largest launch (a
     failing check makes its launches eager), the bench; fills its launches' predictions. Returns ``(data, graph
     check or None, bench)``."""
     t0 = time.perf_counter()
     mine = [x for x in launches if x.experiment == exp]
-    biggest = max(mine, key=lambda x: x.copies)
+    biggest = probe(mine)
     data = shared_data(exp, tiny, device) if jobs == 1 else None
     g = None
     if cuda:                                     # graph == eager on the device, else this experiment trains eagerly
@@ -454,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_graph:
         bad = 0
         for exp in args.experiments:
-            biggest = max(plan(args.tiny, args.seeds, [exp]), key=lambda x: x.copies)
+            biggest = probe(plan(args.tiny, args.seeds, [exp]))
             row = check_graph(biggest, args.device, data=shared_data(exp, args.tiny, args.device))
             print(json.dumps(records.jsonable({"experiment": exp, **row})), flush=True)
             bad += not row["ok"]
