@@ -322,9 +322,14 @@ def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_s
     data = shared_data(exp, tiny, device) if jobs == 1 else None
     g = None
     if cuda:                                     # graph == eager on the device, else this experiment trains eagerly
-        g = check_graph(biggest, device, data=data)
-        log(f"check-graph {exp}: {biggest.name} K={biggest.copies}: {'ok' if g['ok'] else 'FAILED'} (params "
-            f"{g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g})")
+        try:
+            g = check_graph(biggest, device, data=data)
+            log(f"check-graph {exp}: {biggest.name} K={biggest.copies}: {'ok' if g['ok'] else 'FAILED'} (params "
+                f"{g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g})")
+        except Exception as e:  # noqa: BLE001  a capture that raises: the experiment trains eagerly
+            g = {"launch": biggest.name, "copies": biggest.copies, "ok": False, "error": _error(e)}
+            log(f"check-graph {exp}: {biggest.name}: raised {g['error']}: its launches train eagerly\n"
+                f"{traceback.format_exc()}")
         if not g["ok"]:
             for x in mine:
                 x.options["mode"] = "eager"
