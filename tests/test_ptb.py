@@ -707,3 +707,13 @@ def test_the_per_epoch_test_perplexity_is_labelled_with_the_runs_streams(tmp_pat
     fig = ptb_report.perplexity_curves(find_runs([runs]))
     assert any(ax.get_title().startswith("test (4 streams)") for ax in fig.axes)
     plt.close(fig)
+
+
+def test_config_table_says_the_scaled_dn_window():
+    """A smaller hidden size scales DN's window (61 of 200 units -> 11 of 32); the notes, written for the full size,
+    say so in the same row (before: the column said 11 and the notes only 2R+1 = 61; notebook 04's table)."""
+    from dnlib.experiments import ptb
+    row = next(r for r in str(ptb.config_table(["dn-star-lstm"], hidden_size=32)).splitlines()
+               if r.startswith("| dn-star-lstm"))
+    assert "| 11 (zeros) |" in row and "DN window 11: 61 of 200 units at 32" in row, row
+    assert "units at" not in str(ptb.config_table(["dn-star-lstm"]))

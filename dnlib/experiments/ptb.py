@@ -479,7 +479,8 @@ def _configs(names, source: str = "paper", hidden_size: int | None = None, batch
     for c in (get_config(n, source, **ch) for n in names):
         full = 200 if c.cell == "lstm" else 400
         if c.window is not None and c.hidden_size < full and c.source != "code":
-            c = c.replace(window=max(3, round(c.window * c.hidden_size / full) | 1))
+            w = max(3, round(c.window * c.hidden_size / full) | 1)
+            c = c.replace(window=w, notes=(*c.notes, f"DN window {w}: {c.window} of {full} units at {c.hidden_size}"))
         out.append(c)
     return out
 
