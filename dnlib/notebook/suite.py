@@ -313,6 +313,31 @@ class _ProgressEcho:
         sys.stderr.flush()
 
 
+def _literal_translator():
+    """papermill's Python translator, except that every value is injected as the literal it is. papermill's own
+    writes what is not ``None``/str/bool/int/float/list/dict as a *string* (a tuple ``(3, 4)`` became ``"(3, 4)"``,
+    also inside a list) and a dict's keys as strings (``{1: 'x'}`` became ``{"1": 'x'}``), after the runner had
+    checked the value's type."""
+    from papermill.translators import PythonTranslator
+
+    class LiteralTranslator(PythonTranslator):
+        @classmethod
+        def translate(cls, val):
+            if isinstance(val, tuple):
+                return "(" + ", ".join(cls.translate(v) for v in val) + ("," if len(val) == 1 else "") + ")"
+            if isinstance(val, (set, frozenset)):
+                return "{" + ", ".join(cls.translate(v) for v in val) + "}" if val else "set()"
+            if isinstance(val, (complex, bytes)):
+                return repr(val)
+            return super().translate(val)
+
+        @classmethod
+        def translate_dict(cls, val):
+            return "{" + ", ".join(f"{cls.translate(k)}: {cls.translate(v)}" for k, v in val.items()) + "}"
+
+    return LiteralTranslator
+
+
 def execute(
     path: str | Path, output: str | Path, parameters: Mapping[str, Any], profile: str = "smoke",
     *, progress: bool = True, cell_timeout: float | None = None, stall_timeout: float | None = 30.0,
@@ -326,9 +351,11 @@ def execute(
     ``stall_timeout`` (seconds; None: off) fails a cell sooner when the kernel is idle and never answers it
     (a lost request or reply, see :mod:`dnlib.notebook.stall`); a kernel busy with the cell is never cut short by it."""
     import papermill
+    from papermill.translators import papermill_translators
 
     from .stall import register_engine
 
+    papermill_translators.register(KERNEL_NAME, _literal_translator())   # the kernel gets the values as validated
     path, output = Path(path), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     results = output.with_name("results.json")
