@@ -3,7 +3,7 @@ type than the runner validated, a run that overwrites another's folder. Each tes
 import nbformat
 import pytest
 
-from dnlib.notebook import suite
+from dnlib.notebook import parameters, suite
 
 
 def _notebook(path, code_cells, params, profiles=None):
@@ -34,3 +34,19 @@ def test_values_reach_the_kernel_with_the_type_the_runner_validated(tmp_path):
     done = suite.run([nb], "full", overrides, out_dir=tmp_path / "out", progress=False)
     assert done[0].status == "ok", done[0].error
 
+
+def test_a_notebook_selected_twice_is_refused_before_anything_runs(tmp_path, capsys):
+    """Before: both runs went to <out>/<stem>/, the second overwrote the first's executed copy, results and record
+    (and a notebook of the same name in another folder did the same)."""
+    nb = _notebook(tmp_path / "51_twice.ipynb", ["k"], "k: int = 1  # k\n")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    same_name = _notebook(other / "51_twice.ipynb", ["k"], "k: int = 1  # k\n")
+    out = tmp_path / "out"
+    for selection in ([nb, nb], [nb, same_name]):
+        with pytest.raises(parameters.ParameterError, match="51_twice.*twice"):
+            suite.run(selection, out_dir=out, progress=False, overrides=[("k", "2")])
+        assert not out.exists()
+    rc = suite.main(["run", "--no-progress", "--out", str(out), str(nb), str(nb)])
+    assert rc == 2 and not out.exists()
+    assert "51_twice" in capsys.readouterr().err

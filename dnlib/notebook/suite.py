@@ -415,6 +415,13 @@ def run(
             plans.append((path, resolve_parameters(path, profile, overrides)))
         except ParameterError as exc:
             errors.append(str(exc))
+    stems: dict[str, list[Path]] = {}
+    for path in paths:      # each notebook's run folder is <out>/<stem>/: a second one there would overwrite it
+        stems.setdefault(path.stem, []).append(path)
+    for stem, same in stems.items():
+        if len(same) > 1:
+            errors.append(f"{stem}: selected twice ({', '.join(map(str, same))}); each notebook runs into "
+                          f"<out>/{stem}/, so run them in separate invocations")
     scoped = {k.split(":", 1)[0] for k, _ in overrides if ":" in k}
     for scope in sorted(scoped):
         if not any(p.stem.startswith(Path(scope).stem) for p in paths):
