@@ -3,7 +3,7 @@
 The SRCNN pipeline the paper follows works on the Y channel of MATLAB's ``rgb2ycbcr``
 (:func:`rgb2ycbcr_y`, :func:`luma`), crops the image to a multiple of the scale
 (:func:`modcrop`), and makes the network input by MATLAB's antialiased bicubic ``imresize`` down by
-the scale and back up (:func:`imresize`, via the ``resize-right`` package with MATLAB's symmetric
+the scale and back up (:func:`imresize`: MATLAB's ``contributions`` with its symmetric
 border). :class:`SRCNNPatches` draws the 33x33 input / centre 17x17 target patches of the 9-5-5
 valid-convolution SRCNN on the training device; :func:`sr_test_pair` makes a whole test image's input and ground
 truth. The paper's Bicubic row (scored on the same region as the models) is
@@ -164,24 +164,49 @@ def _out_size(n: int, s: float) -> int:
     return int(round(v)) if abs(v - round(v)) < 1e-6 else math.ceil(v)
 
 
+def _cubic(x: np.ndarray) -> np.ndarray:
+    """MATLAB's bicubic kernel (a = -0.5)."""
+    ax = np.abs(x)
+    ax2, ax3 = ax * ax, ax * ax * ax
+    return ((1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
+            + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2)))
+
+
+def _contributions(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB ``imresize``'s ``contributions``: normalized weights ``(n_out, P)`` and 0-based input indices
+    ``(n_out, P)`` of the bicubic kernel, widened by ``1/scale`` when shrinking (antialiasing), with the border
+    mirrored (``[1:n, n:-1:1]``). Output pixel ``x`` (1-based) sits at input ``x/scale + 0.5(1 - 1/scale)``."""
+    width = 4.0 / scale if scale < 1 else 4.0
+    u = np.arange(1, n_out + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    idx = np.floor(u - width / 2)[:, None] + np.arange(math.ceil(width) + 2)[None, :]
+    d = u[:, None] - idx
+    w = scale * _cubic(scale * d) if scale < 1 else _cubic(d)
+    w /= w.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(n_in), np.arange(n_in - 1, -1, -1)])
+    return w, mirror[(idx.astype(np.int64) - 1) % (2 * n_in)]
+
+
 def imresize(img: np.ndarray, scale: float) -> np.ndarray:
     """MATLAB-compatible bicubic ``imresize(img, scale)`` (antialiased when shrinking, symmetric border).
 
-    Resizes the first two axes of an ``HxW`` or ``HxWxC`` array to ``ceil(scale * size)``.
+    Resizes the first two axes of an ``HxW`` or ``HxWxC`` array to ``ceil(scale * size)``, with MATLAB's
+    ``contributions`` (output pixel ``x`` at input ``x/scale + 0.5(1 - 1/scale)`` for the given ``scale``; rows, then
+    columns), also when ``scale * size`` is not a whole number (resize-right, used before, centres its grid
+    on the image instead, which agrees with MATLAB only for whole numbers).
     uint8 input is resized in float64 and rounded back to uint8, as MATLAB does; float input
     stays float64 and is not clipped.
     """
-    from resize_right import interp_methods, resize
     img = np.asarray(img)
     if not (isinstance(scale, (int, float, np.floating, np.integer)) and scale > 0):
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     if img.ndim not in (2, 3):
         raise ValueError(f"img must be HxW or HxWxC, got shape {img.shape}")
     is_u8 = img.dtype == np.uint8
-    x = img.astype(np.float64)
-    out_shape = [_out_size(img.shape[0], scale), _out_size(img.shape[1], scale)]
-    out = resize(x, scale_factors=[float(scale), float(scale)], out_shape=out_shape,
-                 interp_method=interp_methods.cubic, antialiasing=True, pad_mode="symmetric")
+    out = img.astype(np.float64)
+    for axis in (0, 1):
+        w, idx = _contributions(img.shape[axis], _out_size(img.shape[axis], scale), float(scale))
+        g = np.moveaxis(out, axis, 0)[idx]                                  # (n_out, P, ...)
+        out = np.moveaxis((w.reshape(w.shape + (1,) * (g.ndim - 2)) * g).sum(axis=1), 0, axis)
     if is_u8:
         return np.clip(np.round(out), 0, 255).astype(np.uint8)
     return out
