@@ -67,3 +67,53 @@ def test_imresize_of_a_real_image_without_modcrop_is_matlab():
     want = _matlab_imresize(y.astype(np.float64), 1 / 3)
     np.testing.assert_allclose(imresize(y.astype(np.float64), 1 / 3), want, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(imresize(y, 1 / 3), np.clip(np.round(want), 0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------- CIFAR image folder: labels of the class folders
+@pytest.mark.skipif(not (MIRROR / "cifar10-jpeg" / "train").is_dir(),
+                    reason=f"CIFAR-10 JPEGs not in DNLIB_DATA={MIRROR}")
+@pytest.mark.parametrize("stray", [".ipynb_checkpoints", ".Trash-1000"])
+def test_hidden_folders_beside_the_class_folders_do_not_shift_the_labels(tmp_path, monkeypatch, stray):
+    """An empty hidden folder in train/ and test/ (Jupyter's checkpoints, a desktop's trash) became class 0 with no
+    images, so every real class got the id one higher than its sorted name says (airplane 1, not 0) and the
+    dataset 3 classes instead of 2, silently. Hidden folders are not classes."""
+    import shutil
+
+    from PIL import Image
+
+    from dnlib.data import load_cifar
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    src, dst = MIRROR / "cifar10-jpeg", tmp_path / "cifar10-jpeg"
+    want = {}
+    for split, n in (("train", 3), ("test", 2)):
+        (dst / split / stray).mkdir(parents=True)
+        xs, ys = [], []
+        for label, c in enumerate(["airplane", "automobile"]):       # sorted visible names give the ids
+            (dst / split / c).mkdir()
+            for k in range(n):
+                shutil.copy(src / split / c / f"{k:04d}.jpg", dst / split / c / f"{k:04d}.jpg")
+                with Image.open(dst / split / c / f"{k:04d}.jpg") as im:
+                    xs.append(np.asarray(im.convert("RGB")).transpose(2, 0, 1))
+                ys.append(label)
+        want[split] = (np.stack(xs), np.array(ys))
+    d = load_cifar("cifar10", tmp_path, source="imagefolder", progress=False)
+    assert d.classes == ["airplane", "automobile"]
+    for split in ("train", "test"):
+        x, y = d.split(split)
+        np.testing.assert_array_equal(y, want[split][1])
+        np.testing.assert_array_equal(x, want[split][0])
+
+
+def test_an_empty_class_folder_is_refused_naming_it(tmp_path, monkeypatch):
+    """A class folder with no images would be a class with no examples that shifts the ids of the classes after it."""
+    from PIL import Image
+
+    from dnlib.data import load_cifar
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for c in ("aaa_empty", "cat", "dog"):
+            (tmp_path / "cifar10-jpeg" / split / c).mkdir(parents=True)
+            if c != "aaa_empty":
+                Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cifar10-jpeg" / split / c / "0.png")
+    with pytest.raises(ValueError, match="aaa_empty"):
+        load_cifar("cifar10", tmp_path, source="imagefolder", progress=False)

@@ -76,7 +76,8 @@ def _imagefolder_classes(folder: Path) -> list[str]:
         sdir = folder / split
         if not sdir.is_dir():
             raise ValueError(f"image-folder dataset {folder} lacks the {split}/ folder")
-        names = sorted(d.name for d in os.scandir(sdir) if d.is_dir())
+        # hidden folders (Jupyter's .ipynb_checkpoints, a trash) are not classes: as class 0 they shifted every id
+        names = sorted(d.name for d in os.scandir(sdir) if d.is_dir() and not d.name.startswith("."))
         if classes is None:
             classes = names
         elif names != classes:
@@ -94,6 +95,9 @@ def _list_imagefolder(folder: Path, split: str, classes: list[str]) -> tuple[lis
             if not e.is_file():  # follows symlinks; a FIFO, device or folder here would block or fail the decoding
                 check_regular_file(e.path)
         cf = [e.path for e in sorted(entries, key=lambda e: _sort_key(e.name))]
+        if not cf:  # a class without examples would take an id and shift the ids of the classes after it
+            raise ValueError(f"class folder {folder / split / c} has no images ({', '.join(_IMAGE_EXT)}); "
+                             f"every class folder of an image-folder dataset needs at least one")
         files += cf
         labels += [k] * len(cf)
     return files, np.asarray(labels, dtype=np.int64)
