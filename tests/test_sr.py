@@ -385,3 +385,16 @@ def test_the_psnr_curves_notebook_06_asks_for_are_the_ones_a_run_logs(tmp_path, 
     for metric in metrics:
         bands = curve_bands([out], metric)
         assert list(bands) == ["smoke-bn"] and bands["smoke-bn"]["n"] == 1, (metric, bands)
+
+
+@needs_data
+def test_cached_pairs_belong_to_the_data_root_in_use(tmp_path, monkeypatch):
+    """The per-process caches of test and training pairs are keyed by the data root they were read from: a process
+    whose DNLIB_DATA changes reads the new root (before: ``root=None`` was the key, so Set5 of the old root came
+    back from a root without it)."""
+    from dnlib.data import DatasetNotFoundError
+    from dnlib.experiments import sr
+    assert len(sr.test_pairs("Set5")) == 5
+    monkeypatch.setenv("DNLIB_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError):
+        sr.test_pairs("Set5")

@@ -78,11 +78,11 @@ def training_pairs(train_set: str = "T91", scale: int = 3, root=None) -> tuple[l
 
     ``train_set``: ``"T91"`` or ``"291"`` (T91 + BSD200-train). Computed once per process and cached.
     """
-    from ..data import load_sr
+    from ..data import data_root, load_sr
     from ..data.sr import srcnn_pairs
     if train_set not in TRAIN_SETS:
         raise ValueError(f"train_set: got {train_set!r}; allowed {list(TRAIN_SETS)}")
-    key = (train_set, scale, str(root))
+    key = (train_set, scale, str(data_root(root).resolve()))     # the root in use (DNLIB_DATA may change)
     if key not in _TRAIN_CACHE:
         images = [im for name in TRAIN_SETS[train_set] for im in load_sr(name, root).images]
         _TRAIN_CACHE[key] = srcnn_pairs(images, scale)
@@ -92,8 +92,8 @@ def training_pairs(train_set: str = "T91", scale: int = 3, root=None) -> tuple[l
 def test_pairs(set_name: str, scale: int = 3, root=None) -> list[dict]:
     """One dict per image of a test set: ``name``, ``rgb`` (uint8, modcropped), ``up`` (float32 bicubic Y in
     [0, 1]) and ``hr`` (uint8 Y). Cached per process."""
-    from ..data import load_sr, modcrop, sr_test_pair
-    key = (set_name, scale, str(root))
+    from ..data import data_root, load_sr, modcrop, sr_test_pair
+    key = (set_name, scale, str(data_root(root).resolve()))
     if key not in _TEST_CACHE:
         s = load_sr(set_name, root)
         _TEST_CACHE[key] = [dict(name=n, rgb=modcrop(im, scale), **dict(zip(("up", "hr"), sr_test_pair(im, scale))))
