@@ -20,7 +20,7 @@
 # The campaign runs under a hard `timeout` of its budget plus 30 s, so 06 and the bundle still happen when it overruns;
 # campaign.json is written after the bench and after every launch.
 #
-# On a GPU machine lent for one call (its working tree has no data, no notebook packages, no resize_right):
+# On a GPU machine lent for one call (its working tree has no data and no notebook packages):
 #   here:    EXPERIMENTS="sr ptb" bash scripts/gpu_stage.sh          (stages .device/: see that script)
 #   device:  run(carry=[".device"], timeout_s=600, command=
 #            'python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl;

@@ -9,8 +9,7 @@
 #      and 6 (BSD200) in OUT/sweep/sr_results.json.
 #
 # Run from the repository root:  bash scripts/gpu_sr.sh      (everything lands in $OUT)
-# Data: T91 and the test sets under $DNLIB_DATA (data/README.md); absent test sets are reported as missing. The
-# MATLAB-compatible bicubic needs the pure-Python package resize-right (pip install resize-right).
+# Data: T91 and the test sets under $DNLIB_DATA (data/README.md); absent test sets are reported as missing.
 # Knobs (environment): OUT (runs/gpu_sr), MODELS ("none bn dn* dn*-code"), SCHEDULE (fast: Adam, not the paper's
 # SGD; paper; smoke), SEEDS (0), JOBS (4), SCALE (3), STEPS (empty: the schedule's; fewer to fit a time budget, the
 # milestones follow), EVAL_EVERY (2000), SETS ("Set5 Set14 BSD200"), DEVICE (cuda), TIME_LIMIT (s per run, empty:

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Stage .device/ for one device call of scripts/gpu_paper.sh (issue 28). The GPU machine receives the working tree
 # and the carried .device/ (64 MiB in all, small files counted by their disk blocks), has torch but none of the
-# notebook packages and no resize_right (SR's bicubic), and reaches no network. This runs ../shared/tools/device-prep
-# (the notebook wheels and the datasets) and adds what it does not stage:
-#   sr:    the resize_right wheel (downloaded here from PyPI, pinned as below);
+# notebook packages, and reaches no network. This runs ../shared/tools/device-prep (the notebook wheels and the
+# datasets) and adds what it does not stage:
 #   cifar: CIFAR-10's 60k JPEGs packed into one file (.device/cifar10-jpeg.pack, 55 MiB; gpu_paper.sh unpacks it
 #          into $DNLIB_DATA), without the notebook wheels, which no longer fit: give that call REPORT_S=0 and run
 #          06_results here on the records that come back.
@@ -14,7 +13,6 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
 EXPERIMENTS=${EXPERIMENTS:-sr ptb}
 PY=${PY:-python3}
-RESIZE_RIGHT=resize-right==0.0.2
 data=()
 for e in $EXPERIMENTS; do
   case "$e" in
@@ -29,9 +27,6 @@ case " $EXPERIMENTS " in
                                                 "(55 MiB of JPEGs); stage it alone" >&2; exit 2; } ;;
 esac
 "$SHARED/tools/device-prep" "${data[@]}"
-case " $EXPERIMENTS " in *" sr "*)
-  $PY -m pip download -q --no-deps --only-binary=:all: "$RESIZE_RIGHT" -d .device/wheels ;;
-esac
 case " $EXPERIMENTS " in *" cifar "*)
   $PY scripts/pack_folder.py pack "$SHARED/data/cifar10-jpeg" .device/cifar10-jpeg.pack ;;
 esac
@@ -42,7 +37,7 @@ size_kb() {   # what travels: the working tree and .device/, in disk blocks
   echo $((tree + dev))
 }
 if [ "$(size_kb)" -ge $((63 * 1024)) ]; then     # the notebook wheels go first: 06 then runs here (REPORT_S=0)
-  find .device/wheels -name '*.whl' ! -name 'resize_right*' -delete
+  find .device/wheels -name '*.whl' -delete
   echo "gpu_stage.sh: no room for the notebook wheels beside the data: give the call REPORT_S=0 and run" \
        "06_results here on the records that come back"
 fi
