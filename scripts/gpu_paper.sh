@@ -62,6 +62,7 @@ rc=$?
 
 if [ "$REPORT_S" != 0 ]; then
   ABS_OUT=$(cd "$OUT" && pwd)
+  rm -rf "$OUT/report"     # made from the records again (a rerun's suite would refuse a folder holding a run)
   $PY -m dnlib.notebook.suite run 06_results --profile full -p results_dir "$ABS_OUT" --out "$OUT/report/suite" \
     --no-progress || { echo "06_results failed (see $OUT/report/suite)"; rc=1; }
   $PY scripts/report.py --suite "$OUT/report/suite" --out "$OUT/report/html" || echo "report: rendering failed"

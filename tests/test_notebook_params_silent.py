@@ -50,3 +50,17 @@ def test_a_notebook_selected_twice_is_refused_before_anything_runs(tmp_path, cap
     rc = suite.main(["run", "--no-progress", "--out", str(out), str(nb), str(nb)])
     assert rc == 2 and not out.exists()
     assert "51_twice" in capsys.readouterr().err
+
+
+def test_a_given_out_folder_that_holds_a_run_is_refused_before_anything_runs(tmp_path, capsys):
+    """Before: a second run with the same --out replaced <out>/<stem>/ (its executed copy, results and record) and
+    summary.json, against "every run writes its own record that nothing overwrites"."""
+    nb = _notebook(tmp_path / "52_again.ipynb", ["k"], "k: int = 1  # k\n")
+    out = tmp_path / "out"
+    suite.run([nb], out_dir=out, progress=False)
+    first = (out / "52_again" / "record.json").read_bytes()
+    with pytest.raises(parameters.ParameterError, match="52_again.*already holds a run"):
+        suite.run([nb], out_dir=out, progress=False)
+    assert suite.main(["run", "--no-progress", "--out", str(out), str(nb)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "52_again" / "record.json").read_bytes() == first

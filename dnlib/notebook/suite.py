@@ -385,6 +385,26 @@ def execute(
     )
 
 
+def _selection_errors(paths: Sequence[Path], overrides: Sequence[tuple[str, str]], out_dir) -> list[str]:
+    """What is wrong with a selection before anything runs: a notebook selected twice, a given ``out_dir`` that
+    already holds a notebook's run (each runs into ``<out>/<stem>/``, which nothing overwrites), a ``-p`` scope that
+    matches no selected notebook."""
+    errors, stems = [], {}
+    for path in paths:
+        stems.setdefault(path.stem, []).append(path)
+    for stem, same in stems.items():
+        if len(same) > 1:
+            errors.append(f"{stem}: selected twice ({', '.join(map(str, same))}); each notebook runs into "
+                          f"<out>/{stem}/, so run them in separate invocations")
+        if out_dir is not None and (Path(out_dir) / stem).exists():
+            errors.append(f"{stem}: {Path(out_dir) / stem} already holds a run, which nothing overwrites: give --out "
+                          "a new folder (or remove that one)")
+    for scope in sorted({k.split(":", 1)[0] for k, _ in overrides if ":" in k}):
+        if not any(p.stem.startswith(Path(scope).stem) for p in paths):
+            errors.append(f"-p {scope}:...: no selected notebook starts with {scope!r}")
+    return errors
+
+
 def run(
     notebooks: Sequence[str | Path] | None = None, profile: str = "smoke",
     overrides: Iterable[tuple[str, str]] = (), out_dir: str | Path | None = None, *, progress: bool = True,
@@ -415,17 +435,7 @@ def run(
             plans.append((path, resolve_parameters(path, profile, overrides)))
         except ParameterError as exc:
             errors.append(str(exc))
-    stems: dict[str, list[Path]] = {}
-    for path in paths:      # each notebook's run folder is <out>/<stem>/: a second one there would overwrite it
-        stems.setdefault(path.stem, []).append(path)
-    for stem, same in stems.items():
-        if len(same) > 1:
-            errors.append(f"{stem}: selected twice ({', '.join(map(str, same))}); each notebook runs into "
-                          f"<out>/{stem}/, so run them in separate invocations")
-    scoped = {k.split(":", 1)[0] for k, _ in overrides if ":" in k}
-    for scope in sorted(scoped):
-        if not any(p.stem.startswith(Path(scope).stem) for p in paths):
-            errors.append(f"-p {scope}:...: no selected notebook starts with {scope!r}")
+    errors += _selection_errors(paths, overrides, out_dir)
     if errors:
         raise ParameterError("\n".join(errors))
 
