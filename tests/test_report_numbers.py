@@ -133,3 +133,25 @@ def test_compare_says_which_runs_of_its_experiment_it_does_not_show(tmp_path):
     assert "| BN* | 0.7941 |" in md
     notes = [line for line in md.splitlines() if line.startswith("- ")]
     assert any("my-bn" in line and "2 runs" in line for line in notes), md
+
+
+def test_sr_results_table_keeps_a_row_per_run_when_labels_repeat():
+    """Two seeds of one SR row and a third run: one table row each, each with its own model's PSNR and the paper's
+    number of its row (before: ``models_of`` keyed the models by label, so the first seed's model vanished, and the
+    labels zipped with the runs paired the third run's row with the second seed's record)."""
+    from dnlib.data import data_root
+    from dnlib.experiments import sr, sr_report
+    if not (data_root() / "sr" / "Set14").is_dir() and not (data_root() / "Set14").is_dir():
+        pytest.skip("Set14 is not under the data root")
+    cfg = sr.get_config("smoke", channels=(4, 4), batch_size=4)
+    runs = [sr.run(norm, cfg, steps=2, eval_sets=(), device="cpu", progress=False, seed=seed)
+            for norm, seed in (("none", 0), ("none", 1), ("bn", 0))]
+    table = sr_report.results_table(runs, sets=("Set14",), bicubic=False)
+    rows = {r["model"]: r for r in table.rows}
+    assert list(rows) == ["SRCNN (seed 0)", "SRCNN (seed 1)", "BN"], list(rows)
+    for label, run in zip(rows, runs):
+        assert rows[label]["psnr"] == round(sr.evaluate_sr(run.model, "Set14", 3)["psnr"], 2), label
+    assert rows["SRCNN (seed 0)"]["psnr"] != rows["SRCNN (seed 1)"]["psnr"]
+    assert rows["SRCNN (seed 1)"]["paper_psnr"] == rows["SRCNN (seed 0)"]["paper_psnr"] is not None
+    assert rows["BN"]["paper_psnr"] != rows["SRCNN (seed 0)"]["paper_psnr"]
+    assert list(sr_report.summary(runs, table.rows)["runs"]) == list(rows)

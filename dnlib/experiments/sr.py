@@ -454,8 +454,12 @@ def run_many(models: Sequence[str] = SR_MODELS, config="fast", **kwargs) -> list
 
 
 def models_of(runs: Sequence[RunResult]) -> dict:
-    """``{label: model}`` of trained runs, in their order (for :func:`dnlib.experiments.sr_report.compare_crops`)."""
-    return {run_label(run): run.model for run in runs}
+    """``{label: model}`` of trained runs, one entry per run in their order (for
+    :func:`dnlib.experiments.sr_report.compare_crops`); runs of one label (seeds of one row) are told apart by their
+    seed, ``DN* (seed 1)``."""
+    labels = [run_label(run) for run in runs]
+    return {(lab if labels.count(lab) == 1 else f"{lab} (seed {(run.record or {}).get('seed')})"): run.model
+            for lab, run in zip(labels, runs)}
 
 
 def load_model(run_dir, device="cpu") -> tuple[nn.Module, SRConfig]:

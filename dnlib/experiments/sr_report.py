@@ -57,16 +57,18 @@ def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Seq
     ``scale``: a Markdown table whose ``rows`` are ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr",
     "paper_ssim", "n", "run_as"}`` (the paper's None where it has no number; ``n`` runs and ``run as``
     (:func:`dnlib.experiments.aggregate.run_as`) as every experiment's results table, None for a bare model)."""
-    models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)
+    models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)      # one entry per run, in order
     what = {} if isinstance(runs, Mapping) else {label: run for label, run in zip(models, runs)}
+    if len(what) != (0 if isinstance(runs, Mapping) else len(runs)):
+        raise ValueError(f"runs: {len(runs)} runs gave {len(what)} labels; each run needs its own row")
     rows = []
     for s in sets:
         paper = paper_numbers(s, scale)
         entries = ([("Bicubic", evaluate_bicubic(s, scale, root=root))] if bicubic else [])
         entries += [(label, evaluate_sr(m, s, scale, root=root)) for label, m in models.items()]
         for label, r in entries:
-            p = paper.get(label, (None, None))
             run = what.get(label)
+            p = paper.get(run_label(run) if run is not None else label, (None, None))
             rec = getattr(run, "record", None)
             rows.append({"model": label, "set": s, "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
                          "shift": round(r["shift"], 2), "paper_psnr": p[0], "paper_ssim": p[1],
@@ -94,10 +96,11 @@ def shift_table(runs: Sequence[RunResult], set_name: str = "Set5", scale: int = 
 def summary(runs: Sequence[RunResult], rows: Sequence[Mapping]) -> dict:
     """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): each run and the :func:`results_table`
     ``rows`` (a run's own numbers are its record's ``headline``)."""
-    return {"runs": {run_label(run): {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
-                                   "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
-                                   "scale": run.config.scale, "train_set": run.config.train_set,
-                                   "run_dir": None if run.run_dir is None else str(run.run_dir)} for run in runs},
+    return {"runs": {label: {"config": run.config.name, "kind": run.config.kind, "steps": run.steps,
+                             "stopped": run.stopped, "train_seconds": round(run.train_seconds, 1),
+                             "scale": run.config.scale, "train_set": run.config.train_set,
+                             "run_dir": None if run.run_dir is None else str(run.run_dir)}
+                     for label, run in zip(models_of(runs), runs)},
             "table": list(rows)}
 
 
@@ -148,7 +151,7 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto", 
 
 def plot_curves(runs: Sequence[RunResult], set_name: str = "Set5", bicubic_psnr: float | None = None):
     """Training loss (MSE/2, log scale) and test PSNR on ``set_name`` against the step, one line per run."""
-    fig, (_, ax1) = run_curves([(run_label(run), run.history) for run in runs], [
+    fig, (_, ax1) = run_curves([(label, run.history) for label, run in zip(models_of(runs), runs)], [
         {"key": "train_loss", "ylabel": "training loss (MSE / 2)", "yscale": "log", "title": "training loss"},
         {"key": f"{set_name}/psnr", "marker": "o", "ylabel": "PSNR (dB)",
          "title": f"{set_name} PSNR (Y, 8-px border)"}],
