@@ -313,12 +313,12 @@ def probe(launches: Sequence[Launch]) -> Launch:
 
 
 def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_steps: int, cuda: bool, log):
-    """An experiment's start in the campaign: its shared data, on CUDA the graph check of its largest launch (a
-    failing check makes its launches eager), the bench; fills its launches' predictions. Returns ``(data, graph
-    check or None, bench)``."""
+    """An experiment's start in the campaign: its shared data, on CUDA the graph check of its heaviest launch
+    (:func:`probe`; a check that fails or raises makes its launches eager), the bench; fills its launches'
+    predictions. Returns ``(data, graph check or None, bench)``."""
     t0 = time.perf_counter()
     mine = [x for x in launches if x.experiment == exp]
-    biggest = probe(mine)
+    biggest = probe(mine)                        # the heaviest launch
     data = shared_data(exp, tiny, device) if jobs == 1 else None
     g = None
     if cuda:                                     # graph == eager on the device, else this experiment trains eagerly
