@@ -91,36 +91,26 @@ def _rows_of(md: str, label: str) -> list:
     return [line for line in str(md).splitlines() if f"| {label}" in line]
 
 
-def test_cifar_results_table_says_how_rows_of_one_name_differ(tmp_path):
-    from dnlib.experiments import cifar_report
-    src, accs = REPO / "results/records/cifar/bn-star-s0-h100", {0.1: [0.70, 0.72], 0.05: [0.80, 0.83]}
-    for lr, vals in accs.items():
+@pytest.mark.parametrize("experiment,src,label,key,fmt,values", [
+    ("cifar", "cifar/bn-star-s0-h100", "**BN***", "final_acc", ".4f", {0.1: [0.70, 0.72], 0.05: [0.80, 0.83]}),
+    ("ptb", "ptb/base-lstm-cpu", "base-lstm", "final_test_ppl", ".1f", {1.0: [150.0, 152.0], 0.5: [170.0, 174.0]})])
+def test_results_table_says_how_rows_of_one_name_differ(tmp_path, experiment, src, label, key, fmt, values):
+    """Runs of one name that differ in lr are kept apart (a warning says so): each row names its lr beside its own
+    mean ± std (before: two rows with the same label and run as)."""
+    import importlib
+    report = importlib.import_module(f"dnlib.experiments.{experiment}_report")
+    src = REPO / "results/records" / src
+    name = src.name.rsplit("-", 1)[0].removesuffix("-s0")
+    for lr, vals in values.items():
         for s, v in enumerate(vals):
-            _copy_record(src, tmp_path / f"lr{lr}" / f"bn-star-s{s}", seed=s, config={"lr": lr},
-                         headline={"final_acc": v})
+            _copy_record(src, tmp_path / f"lr{lr}" / f"{name}-s{s}", seed=s, config={"lr": lr}, headline={key: v})
     with pytest.warns(UserWarning, match="not pooled"):
-        md = cifar_report.results_table(tmp_path)
-    rows = _rows_of(md, "**BN***")
+        md = report.results_table(tmp_path)
+    rows = _rows_of(md, label)
     assert len(rows) == 2
-    for lr, vals in accs.items():      # each row names its lr beside its own mean ± std
-        row = [r for r in rows if f"lr {lr}" in r]
-        assert len(row) == 1 and f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}" in row[0]
-
-
-def test_ptb_results_table_says_how_rows_of_one_name_differ(tmp_path):
-    from dnlib.experiments import ptb_report
-    src, ppls = REPO / "results/records/ptb/base-lstm-cpu", {1.0: [150.0, 152.0], 0.5: [170.0, 174.0]}
-    for lr, vals in ppls.items():
-        for s, v in enumerate(vals):
-            _copy_record(src, tmp_path / f"lr{lr}" / f"base-lstm-s{s}", seed=s, config={"lr": lr},
-                         headline={"final_test_ppl": v})
-    with pytest.warns(UserWarning, match="not pooled"):
-        md = ptb_report.results_table(tmp_path)
-    rows = _rows_of(md, "base-lstm")
-    assert len(rows) == 2
-    for lr, vals in ppls.items():
+    for lr, vals in values.items():
         row = [r for r in rows if f"lr {lr:g}" in r]
-        assert len(row) == 1 and f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row[0]
+        assert len(row) == 1 and f"{statistics.mean(vals):{fmt}} ± {statistics.stdev(vals):{fmt}}" in row[0]
 
 
 def test_compare_says_which_runs_of_its_experiment_it_does_not_show(tmp_path):
