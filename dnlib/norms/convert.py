@@ -12,7 +12,8 @@
 The swap works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: recursively, in place, returning the
 model. Each replaced layer becomes the preset built with its channel count and ``**overrides`` exactly as a model's
 ``norm=``/``norm_kwargs=`` would build it (:func:`dnlib.norms.presets.get_norm_layer`), so a converted network equals
-the same architecture built with ``norm=`` directly, apart from what is copied over:
+the same architecture built with ``norm=`` directly, apart from what is copied over (by
+:func:`dnlib.norms.convert_state.carry_over`; this module finds the layers, builds and swaps them, and reports):
 
 - **Affine weights** (``copy_affine=True``) are copied where they mean the same thing: a per-channel gain
   ``gamma`` and bias ``beta`` of shape ``(C,)`` (BatchNorm, SyncBatchNorm, InstanceNorm with ``affine=True``,
@@ -72,6 +73,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from .convert_state import carry_over
 from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
@@ -213,100 +215,11 @@ def _describe(m: nn.Module) -> str:
     return f"{type(m).__name__}({m.extra_repr()})"
 
 
-def _per_channel(t, c: int, elementwise: bool):
-    """``t`` as a ``(C,)`` per-channel tensor when it means one, else None."""
-    if t.dim() == 1 and t.shape[0] == c:
-        return t
-    flat = t.detach().reshape(c, -1)
-    if elementwise and bool((flat == flat[:, :1]).all()):
-        return flat[:, 0]
-    return None
-
-
-def _copy(old: nn.Module, new: nn.Module, c: int, meta: bool) -> tuple:
-    """Copy the per-channel affine; returns (copied, dropped, dropped values that differ from the identity)."""
-    copied, dropped, lost = [], [], []
-    elementwise = isinstance(old, (nn.LayerNorm, nn.RMSNorm))
-    for pname in ("weight", "bias"):
-        src, dst = getattr(old, pname, None), getattr(new, pname, None)
-        if not isinstance(src, torch.Tensor):
-            continue
-        slot = isinstance(dst, torch.Tensor) and tuple(dst.shape) == (c,)
-        if meta:   # no values: nothing to copy or check (what cannot have a place in the new layer is named)
-            if not slot or src.numel() != c:
-                why = "an elementwise affine over the positions" if slot else "the preset has no per-channel affine"
-                dropped.append(f"{pname} ({why})")
-            continue
-        val = _per_channel(src, c, elementwise)
-        if val is None or not slot:
-            why = ("an elementwise affine over the positions" if val is None
-                   else "the preset has no per-channel affine (pass affine=True to keep it)")
-            dropped.append(f"{pname} ({why})")
-            if not bool((src == (1.0 if pname == "weight" else 0.0)).all()):
-                lost.append(f"{pname} ({why})")
-            continue
-        with torch.no_grad():
-            dst.copy_(val.to(dst.dtype))
-        if isinstance(dst, nn.Parameter) and isinstance(src, nn.Parameter):
-            dst.requires_grad_(src.requires_grad)
-        copied.append(pname if val is src else f"{pname} (constant over the positions)")
-    return copied, dropped, lost
-
-
-def _copy_stats(old: nn.Module, new: nn.Module, meta: bool) -> tuple:
-    """Copy the running statistics where they mean the same thing; returns (copied, dropped)."""
-    have = [b for b in ("running_mean", "running_var") if isinstance(getattr(old, b, None), torch.Tensor)]
-    if not have:
-        return [], []
-    if not isinstance(old, (_BatchNorm, DivisiveNorm)):
-        why = "InstanceNorm's are means of per-example statistics, not batch statistics"
-        return [], [f"{', '.join(have)} ({why})"]
-    if not getattr(new, "track_running_stats", False):
-        return [], [f"{', '.join(have)} (the new layer keeps no running statistics)"]
-    copied, dropped = [], []
-    for b in ("running_mean", "running_var", "num_batches_tracked"):
-        src, dst = getattr(old, b, None), getattr(new, b, None)
-        if not isinstance(src, torch.Tensor):
-            continue
-        if isinstance(dst, torch.Tensor) and src.shape == dst.shape:
-            if not meta:
-                with torch.no_grad():
-                    dst.copy_(src.to(dst.dtype))
-                copied.append(b)
-        elif b != "num_batches_tracked":
-            dropped.append(f"{b} (the new layer keeps none)")
-    return copied, dropped
-
-
-def _extras(old: nn.Module, new: nn.Module) -> list:
-    """The old layer's own parameters besides the per-channel affine (sn's mixture weights, bcn's group affine,
-    a learned sigma, ...): never copied, named in the report."""
-    out = []
-    for name, _ in old.named_parameters(recurse=False):
-        if name not in ("weight", "bias"):
-            why = "not copied" if isinstance(getattr(new, name, None), torch.Tensor) else "the new layer has none"
-            out.append(f"{name} ({why})")
-    return out
-
-
 def _batch_stats_in_eval(m: nn.Module) -> bool:
     """Whether ``m`` normalizes with the batch's statistics in evaluation mode too (BN without running stats)."""
     if isinstance(m, _BatchNorm):
         return not m.track_running_stats
     return isinstance(m, DivisiveNorm) and m.spec.pools_batch and not m.track_running_stats
-
-
-def _hyper(old: nn.Module, new: nn.Module) -> list:
-    """The old layer's eps/momentum where the new layer's differ (not carried over: the preset's apply)."""
-    out = []
-    if type(new) is DivisiveNorm:
-        src = old.spec.eps if isinstance(old, DivisiveNorm) else getattr(old, "eps", new.spec.eps)
-        if src != new.spec.eps:
-            out.append(f"eps={src} (the new layer's is {new.spec.eps}; pass eps= to keep it)")
-    if getattr(old, "track_running_stats", False) and getattr(new, "track_running_stats", False) \
-            and old.momentum != new.momentum:
-        out.append(f"momentum={old.momentum} (the new layer's is {new.momentum}; pass momentum= to keep it)")
-    return out
 
 
 def _join(prefix: str, name: str) -> str:
@@ -410,20 +323,6 @@ def _build(name: str, m: nn.Module, c: int, layer, to: NormLike, overrides: dict
     return new, notes, target_kw
 
 
-def _carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
-                lost: list) -> tuple:
-    """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
-    be copied are added to ``lost``."""
-    if not copy_affine:
-        dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
-                   + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
-        return [], dropped + _hyper(m, new)
-    copied, dropped, lost_here = _copy(m, new, c, meta)
-    lost += [f"{name or 'model'}.{d}" for d in lost_here]
-    got, gone = _copy_stats(m, new, meta)
-    return copied + got, dropped + gone + _extras(m, new) + _hyper(m, new)
-
-
 def _adapt_layout(name: str, m: nn.Module, new: nn.Module, c: int) -> list:
     """Make ``new`` act on the dims ``m`` acted on (channels_last, or a forward check of the input's layout):
     returns the notes that say so."""
@@ -452,7 +351,7 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
     new.train(m.training)
     meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
-    copied, dropped = _carry_over(name, m, new, c, meta, copy_affine, lost)
+    copied, dropped = carry_over(name, m, new, c, meta, copy_affine, lost)
     if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
             and getattr(new, "track_running_stats", False):
         notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")

@@ -1,0 +1,125 @@
+"""What a layer converted by :func:`dnlib.convert_norms` takes over from the layer it replaces.
+
+:func:`carry_over` copies, from an old normalizer into the new one built for it, what means the same thing in
+both: the per-channel affine (``weight``/``bias`` of shape ``(C,)``, or a LayerNorm/RMSNorm's elementwise one when
+it is constant over the positions) and the running statistics (``running_mean``, ``running_var``,
+``num_batches_tracked`` of a BatchNorm or a batch-pooling DivisiveNorm into a layer that keeps them). It returns
+the report's words for what was copied and what was not (and why): an affine the preset has no place for, an
+InstanceNorm's running statistics, the old layer's own extra parameters, an ``eps``/``momentum`` that differs from
+the new layer's. The rules are stated in :mod:`dnlib.norms.convert`, which finds the layers, builds the new ones
+and swaps them in.
+
+Part of the normalizers layer (``dnlib.norms``): it imports torch and :mod:`dnlib.norms.norm` only.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .norm import DivisiveNorm
+
+__all__ = ["carry_over"]
+
+
+def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
+                lost: list) -> tuple:
+    """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
+    be copied are added to ``lost``."""
+    if not copy_affine:
+        dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
+                   + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
+        return [], dropped + _hyper(m, new)
+    copied, dropped, lost_here = _copy(m, new, c, meta)
+    lost += [f"{name or 'model'}.{d}" for d in lost_here]
+    got, gone = _copy_stats(m, new, meta)
+    return copied + got, dropped + gone + _extras(m, new) + _hyper(m, new)
+
+
+def _per_channel(t, c: int, elementwise: bool):
+    """``t`` as a ``(C,)`` per-channel tensor when it means one, else None."""
+    if t.dim() == 1 and t.shape[0] == c:
+        return t
+    flat = t.detach().reshape(c, -1)
+    if elementwise and bool((flat == flat[:, :1]).all()):
+        return flat[:, 0]
+    return None
+
+
+def _copy(old: nn.Module, new: nn.Module, c: int, meta: bool) -> tuple:
+    """Copy the per-channel affine; returns (copied, dropped, dropped values that differ from the identity)."""
+    copied, dropped, lost = [], [], []
+    elementwise = isinstance(old, (nn.LayerNorm, nn.RMSNorm))
+    for pname in ("weight", "bias"):
+        src, dst = getattr(old, pname, None), getattr(new, pname, None)
+        if not isinstance(src, torch.Tensor):
+            continue
+        slot = isinstance(dst, torch.Tensor) and tuple(dst.shape) == (c,)
+        if meta:   # no values: nothing to copy or check (what cannot have a place in the new layer is named)
+            if not slot or src.numel() != c:
+                why = "an elementwise affine over the positions" if slot else "the preset has no per-channel affine"
+                dropped.append(f"{pname} ({why})")
+            continue
+        val = _per_channel(src, c, elementwise)
+        if val is None or not slot:
+            why = ("an elementwise affine over the positions" if val is None
+                   else "the preset has no per-channel affine (pass affine=True to keep it)")
+            dropped.append(f"{pname} ({why})")
+            if not bool((src == (1.0 if pname == "weight" else 0.0)).all()):
+                lost.append(f"{pname} ({why})")
+            continue
+        with torch.no_grad():
+            dst.copy_(val.to(dst.dtype))
+        if isinstance(dst, nn.Parameter) and isinstance(src, nn.Parameter):
+            dst.requires_grad_(src.requires_grad)
+        copied.append(pname if val is src else f"{pname} (constant over the positions)")
+    return copied, dropped, lost
+
+
+def _copy_stats(old: nn.Module, new: nn.Module, meta: bool) -> tuple:
+    """Copy the running statistics where they mean the same thing; returns (copied, dropped)."""
+    have = [b for b in ("running_mean", "running_var") if isinstance(getattr(old, b, None), torch.Tensor)]
+    if not have:
+        return [], []
+    if not isinstance(old, (_BatchNorm, DivisiveNorm)):
+        why = "InstanceNorm's are means of per-example statistics, not batch statistics"
+        return [], [f"{', '.join(have)} ({why})"]
+    if not getattr(new, "track_running_stats", False):
+        return [], [f"{', '.join(have)} (the new layer keeps no running statistics)"]
+    copied, dropped = [], []
+    for b in ("running_mean", "running_var", "num_batches_tracked"):
+        src, dst = getattr(old, b, None), getattr(new, b, None)
+        if not isinstance(src, torch.Tensor):
+            continue
+        if isinstance(dst, torch.Tensor) and src.shape == dst.shape:
+            if not meta:
+                with torch.no_grad():
+                    dst.copy_(src.to(dst.dtype))
+                copied.append(b)
+        elif b != "num_batches_tracked":
+            dropped.append(f"{b} (the new layer keeps none)")
+    return copied, dropped
+
+
+def _extras(old: nn.Module, new: nn.Module) -> list:
+    """The old layer's own parameters besides the per-channel affine (sn's mixture weights, bcn's group affine,
+    a learned sigma, ...): never copied, named in the report."""
+    out = []
+    for name, _ in old.named_parameters(recurse=False):
+        if name not in ("weight", "bias"):
+            why = "not copied" if isinstance(getattr(new, name, None), torch.Tensor) else "the new layer has none"
+            out.append(f"{name} ({why})")
+    return out
+
+
+def _hyper(old: nn.Module, new: nn.Module) -> list:
+    """The old layer's eps/momentum where the new layer's differ (not carried over: the preset's apply)."""
+    out = []
+    if type(new) is DivisiveNorm:
+        src = old.spec.eps if isinstance(old, DivisiveNorm) else getattr(old, "eps", new.spec.eps)
+        if src != new.spec.eps:
+            out.append(f"eps={src} (the new layer's is {new.spec.eps}; pass eps= to keep it)")
+    if getattr(old, "track_running_stats", False) and getattr(new, "track_running_stats", False) \
+            and old.momentum != new.momentum:
+        out.append(f"momentum={old.momentum} (the new layer's is {new.momentum}; pass momentum= to keep it)")
+    return out
