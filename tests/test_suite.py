@@ -34,7 +34,8 @@ def nbdir(tmp_path):
     _notebook(root / "01_good.ipynb",
               ["from dnlib.notebook import suite\nsuite.save_results({'n': n, 'x': x, 'name': name, 'xs': xs})"],
               PARAMS, {"smoke": {}, "full": {"n": 5, "xs": [3]}})
-    _notebook(root / "02_bad.ipynb", ["y = 1", "raise ValueError('boom')", "z = 3"], "k: int = 1  # k\n")
+    _notebook(root / "02_bad.ipynb", ["y = 1", "raise ValueError('boom')", "z = 3"], "k: int = 1  # k\n",
+              {"smoke": {}, "full": {}})
     return root
 
 
@@ -493,3 +494,24 @@ def test_a_given_out_folder_that_holds_a_run_is_refused_before_anything_runs(tmp
     assert suite.main(["run", "--no-progress", "--out", str(out), str(nb)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "52_again" / "record.json").read_bytes() == first
+
+
+def test_a_notebook_without_the_profile_asked_is_refused_before_anything_runs(tmp_path, capsys):
+    """Before: a profile was accepted when any selected notebook (or the built-in list) had it, and a notebook
+    without it ran its defaults (the smoke size) under a record saying it ran that profile: `--profile full` on a
+    smoke-only notebook gave n=2 labelled full, exit 0. Smoke needs no declaration: the defaults are the smoke run."""
+    code = ["from dnlib.notebook import suite\nsuite.save_results({'n': n})"]
+    has = _notebook(tmp_path / "53_full.ipynb", code, "n: int = 2  # n\n", {"smoke": {}, "full": {"n": 500}})
+    lacks = _notebook(tmp_path / "54_smoke.ipynb", code, "n: int = 2  # n\n", {"smoke": {}, "big": {"n": 9}})
+    out = tmp_path / "out"
+    with pytest.raises(parameters.ParameterError) as err:
+        suite.run([has, lacks], "full", out_dir=out, progress=False)
+    assert str(err.value) == "54_smoke.ipynb: no profile 'full' in metadata.dnlib.profiles; it has: big, smoke"
+    with pytest.raises(parameters.ParameterError, match="53_full.ipynb: no profile 'big'.*it has: full, smoke"):
+        parameters.resolve_parameters(has, "big")
+    assert suite.main(["run", "--no-progress", "--profile", "full", "--out", str(out), str(has), str(lacks)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "54_smoke.ipynb: no profile 'full'" in err and "53_full" not in err, err
+    assert not out.exists()
+    implicit = _notebook(tmp_path / "55_implicit.ipynb", code, "n: int = 2  # n\n", {"full": {"n": 500}})
+    assert parameters.resolve_parameters(implicit, "smoke") == {}    # smoke: the declared defaults

@@ -151,13 +151,20 @@ def resolve_parameters(
 ) -> dict[str, Any]:
     """Validated parameters for one notebook: its ``profile`` values, then the ``-p`` overrides.
 
-    Raises :class:`ParameterError` naming the notebook and every bad parameter.
+    ``profile`` must be one of the notebook's ``metadata.dnlib.profiles``; ``"smoke"`` may also be undeclared, as
+    the parameters cell's defaults are the smoke run. Raises :class:`ParameterError` naming the notebook and every
+    bad parameter, or the profile it lacks and those it has (it would otherwise run its defaults, the smoke size,
+    under the other profile's name).
     """
     path = Path(path)
+    profiles = notebook_profiles(path)
+    if profile not in profiles and profile != "smoke":
+        raise ParameterError(f"{path.name}: no profile {profile!r} in metadata.dnlib.profiles; it has: "
+                             f"{', '.join(sorted(profiles)) or 'none'}")
     declared = declared_parameters(path)
     errors = []
     values: dict[str, Any] = {}
-    sources = [(k, v, False, f"profile {profile!r}") for k, v in notebook_profiles(path).get(profile, {}).items()]
+    sources = [(k, v, False, f"profile {profile!r}") for k, v in profiles.get(profile, {}).items()]
     for key, value in overrides:
         name = _override_targets(key, path)
         if name is not None:

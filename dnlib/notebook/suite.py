@@ -8,6 +8,7 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
 2. **Resolve.** A profile's parameter values come from the notebook itself, from its metadata
    ``metadata.dnlib.profiles = {"smoke": {...}, "full": {...}}``, so a new notebook declares its own
    profiles; ``-p NAME VALUE`` overrides them (``-p 02:sigma 1.0`` targets one notebook by name or number prefix).
+   A selected notebook that lacks the profile asked is an error (smoke excepted: its defaults are the smoke run).
 3. **Validate, before anything runs** (:mod:`dnlib.notebook.parameters`). Each name must be a declared parameter
    of the notebook (``papermill.inspect_notebook``) and each value must have the declared type (``-p`` strings are
    parsed per that type: ``int``, ``float``, ``bool``, ``str``, ``list``/``dict``/``tuple`` literals). Papermill itself
@@ -415,7 +416,8 @@ def run(
     ``cell_timeout``: seconds per cell (``"default"``: :func:`cell_limit` of the profile and each notebook's
     parameters; None: no limit).
 
-    Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid, and
+    Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid or it lacks
+    ``profile`` (:func:`~dnlib.notebook.parameters.resolve_parameters`), and
     :class:`NotebookFailed` after the whole suite ran when any cell failed (its ``records`` attribute
     holds the records).
     """
