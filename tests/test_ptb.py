@@ -490,7 +490,7 @@ def _clipped(model, ids, y, max_norm, clip):
 
 @pytest.mark.parametrize("name", ["bn-lstm", "dn-star-lstm", "ln-tanh-rnn"])
 def test_slice_clip_is_tfs_global_norm_over_token_occurrences(name):
-    from dnlib.experiments.ptb import SliceClip
+    from dnlib.experiments.ptb_loss import SliceClip
     V, T, Nb = 7, 5, 4
     model = _tiny_lm(name, V=V, T=T)
     g = torch.Generator().manual_seed(3)
@@ -520,7 +520,7 @@ def test_slice_clip_is_tfs_global_norm_over_token_occurrences(name):
 
 
 def test_slice_clip_without_a_backward_says_so():
-    from dnlib.experiments.ptb import SliceClip
+    from dnlib.experiments.ptb_loss import SliceClip
     model = _tiny_lm()
     clip = SliceClip(model)
     with torch.no_grad():
@@ -535,7 +535,8 @@ def test_code_source_run_steps_with_tfs_clipping_and_moving_averages():
     TensorFlow's moving averages; the paper side keeps torch's clip_grad_norm_ and BN statistics."""
     import copy
 
-    from dnlib.experiments.ptb import RECIPE, SliceClip
+    from dnlib.experiments.ptb import RECIPE
+    from dnlib.experiments.ptb_loss import SliceClip
     from dnlib.training.trainer import Trainer
     V = 9
     ids = torch.randint(0, 4, (600,), generator=torch.Generator().manual_seed(1)).remainder(V)
