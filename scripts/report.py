@@ -278,13 +278,14 @@ def report(suite: Path, out: Path, results: bool = True, profile: str | None = N
     if results and not any(e["stem"] == RESULTS_NOTEBOOK.stem for e in entries):
         from dnlib.notebook import parameters as P
         from dnlib.notebook import suite as S
+        from dnlib.notebook.limits import default_cell_timeout
 
         profile = profile or (suite.parent.name if suite.parent.name in P.notebook_profiles(RESULTS_NOTEBOOK)
                               else "smoke")
         params = P.resolve_parameters(RESULTS_NOTEBOOK, profile,
                                       [] if results_dir is None else [("results_dir", str(results_dir))])
         rec = S.execute(RESULTS_NOTEBOOK, out / RESULTS_NOTEBOOK.stem / RESULTS_NOTEBOOK.name, params, profile,
-                        progress=False, cell_timeout=S.default_cell_timeout(profile))
+                        progress=False, cell_timeout=default_cell_timeout(profile))
         source = f"now ({profile} profile" + ("" if results_dir is None else f", results_dir={results_dir}") + ")"
         entries.append(_entry(Path(rec.output), out, rec.status, rec.seconds, source, rec.results))
     index(out, suite, entries, notes)

@@ -8,7 +8,7 @@ import pytest
 
 from dnlib import envconfig
 from dnlib.experiments import records
-from dnlib.notebook import parameters, suite
+from dnlib.notebook import limits, parameters, suite
 
 
 def _notebook(path, code_cells, params, profiles=None):
@@ -214,7 +214,7 @@ def test_envconfig_writes_both_files_and_is_idempotent(tmp_path):
 @pytest.mark.slow
 def test_a_hanging_cell_fails_by_timeout_naming_notebook_and_cell(tmp_path, capsys):
     nb = _notebook(tmp_path / "03_hang.ipynb", ["import time", "time.sleep(60)"], "k: int = 1  # k\n")
-    assert suite.default_cell_timeout("smoke") == 600
+    assert limits.default_cell_timeout("smoke") == 600
     rc = suite.main(["run", "--no-progress", "--cell-timeout", "3", "--out", str(tmp_path / "out"), str(nb)])
     assert rc == 1
     err = capsys.readouterr().err
@@ -229,38 +229,38 @@ SCHEDULE_PARAMS = ('steps: "Optional[int]" = 10  # steps per run (None: the sche
 
 def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypatch):
     nb = _notebook(tmp_path / "40_train.ipynb", ["pass"], SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": None}})
-    assert suite.cell_limit("smoke", nb, {}) == (600, "the smoke profile's limit")
-    limit, how = suite.cell_limit("full", nb, {"steps": 100})
-    assert limit == suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cpu"]
+    assert limits.cell_limit("smoke", nb, {}) == (600, "the smoke profile's limit")
+    limit, how = limits.cell_limit("full", nb, {"steps": 100})
+    assert limit == limits.CELL_FLOOR + 2 * 100 * limits.SECONDS_PER_STEP["cpu"]
     assert "2 runs (configs) x 100 steps" in how
-    assert suite.cell_limit("full", nb, {"steps": 100, "device": "cuda"})[0] == \
-        suite.CELL_FLOOR + 2 * 100 * suite.SECONDS_PER_STEP["cuda"]
-    limit, how = suite.cell_limit("full", nb, {"steps": None})     # the schedule that None means is not declared
+    assert limits.cell_limit("full", nb, {"steps": 100, "device": "cuda"})[0] == \
+        limits.CELL_FLOOR + 2 * 100 * limits.SECONDS_PER_STEP["cuda"]
+    limit, how = limits.cell_limit("full", nb, {"steps": None})     # the schedule that None means is not declared
     assert limit is None and "metadata.dnlib.schedule" in how
     meta = json.loads(nb.read_text())
     meta["metadata"]["dnlib"]["schedule"] = {"steps": 5000}
     nb.write_text(json.dumps(meta))
-    assert suite.cell_limit("full", nb, {"steps": None})[0] \
-        == suite.CELL_FLOOR + 2 * 5000 * suite.SECONDS_PER_STEP["cpu"]
+    assert limits.cell_limit("full", nb, {"steps": None})[0] \
+        == limits.CELL_FLOOR + 2 * 5000 * limits.SECONDS_PER_STEP["cpu"]
     plain = _notebook(tmp_path / "41_plain.ipynb", ["pass"], "k: int = 1  # k\n")
-    assert suite.cell_limit("full", plain, {}) == (suite.CELL_FLOOR, "the full profile's floor: no training")
+    assert limits.cell_limit("full", plain, {}) == (limits.CELL_FLOOR, "the full profile's floor: no training")
 
 
 @pytest.mark.parametrize("stem, runs", [("03_cifar", 13), ("04_language_model", 6), ("05_super_resolution", 4),
                                         ("07_modern_networks", 5)])
 def test_the_training_notebooks_have_a_full_profile_limit(stem, runs):
     path = suite.NOTEBOOK_DIR / f"{stem}.ipynb"
-    limit, how = suite.cell_limit("full", path, parameters.resolve_parameters(path, "full"))
-    assert limit is not None and limit > suite.CELL_FLOOR, how
-    assert how.startswith(f"{suite.CELL_FLOOR:.0f} s + 0.1 s x") or "on cpu" in how
+    limit, how = limits.cell_limit("full", path, parameters.resolve_parameters(path, "full"))
+    assert limit is not None and limit > limits.CELL_FLOOR, how
+    assert how.startswith(f"{limits.CELL_FLOOR:.0f} s + 0.1 s x") or "on cpu" in how
     assert f"{runs} runs" in how, how
 
 
 @pytest.mark.slow
 def test_a_cell_past_the_full_profile_limit_fails_naming_the_cell_and_its_time(tmp_path, monkeypatch, capsys):
     """Before: the full profile had no cell limit, so a busy kernel that never finishes ran forever."""
-    monkeypatch.setattr(suite, "CELL_FLOOR", 2.0, raising=False)
-    monkeypatch.setattr(suite, "SECONDS_PER_STEP", {"cuda": 0.001, "cpu": 0.005}, raising=False)
+    monkeypatch.setattr(limits, "CELL_FLOOR", 2.0)
+    monkeypatch.setattr(limits, "SECONDS_PER_STEP", {"cuda": 0.001, "cpu": 0.005})
     nb = _notebook(tmp_path / "42_busy.ipynb", ["import time\ntime.sleep(25)  # a training that never ends"],
                    SCHEDULE_PARAMS, {"smoke": {}, "full": {"steps": 100}})
     rc = suite.main(["run", "--no-progress", "--profile", "full", "--out", str(tmp_path / "out"), str(nb)])

@@ -24,9 +24,9 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    10 s, echoed here as one line per redraw (``[03_cifar] bn-star s0: 45%|...``), and the executed copy keeps only its
    last state (stream outputs are merged, carriage returns applied). Cells run with a tqdm bar (``--no-progress``:
    neither).
-5. **Limit** each cell's time (:func:`cell_limit`): 600 s on the smoke profile; on the others a limit derived from
-   the notebook's training schedule; ``--cell-timeout`` sets it. A cell past it fails naming the cell (index and
-   first line), how long it ran and how the limit was derived.
+5. **Limit** each cell's time (:func:`dnlib.notebook.limits.cell_limit`): 600 s on the smoke profile; on the
+   others a limit derived from the notebook's training schedule; ``--cell-timeout`` sets it. A cell past it fails
+   naming the cell (index and first line), how long it ran and how the limit was derived.
 6. **Report** the time per notebook and a summary (also ``summary.json`` in the invocation's folder). A failing
    cell makes the exit status 1 and the message names the notebook, the cell and the exception.
 
@@ -34,7 +34,6 @@ Exit status: 0 all passed, 1 a notebook failed, 2 invalid arguments or parameter
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -49,6 +48,7 @@ from .. import cli
 from ..experiments import records
 from ..io import atomic_write_json, atomic_write_text
 from ..training.progress import PROGRESS_ENV
+from .limits import cell_limit
 from .parameters import (
     NOTEBOOK_DIR,
     REPO_ROOT,
@@ -212,88 +212,6 @@ def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | Non
     return f"{path.name}: {where} raised {ename}: {evalue}; executed copy with the traceback: {output}"
 
 
-#: The smoke profile's cell time limit (its cells take seconds; the training cells a few minutes on a CPU).
-SMOKE_CELL_LIMIT = 600.0
-#: The other profiles' cell time limit: CELL_FLOOR seconds plus, per training step of the notebook's schedule,
-#: SECONDS_PER_STEP of the device kind its ``device`` parameter names ("cpu" for "auto" or none: generous bounds,
-#: tens of times what a step takes, so the limit only ends a cell that hangs).
-CELL_FLOOR = 1800.0
-SECONDS_PER_STEP = {"cuda": 0.1, "cpu": 5.0}
-_RUN_LISTS = ("configs", "models")
-
-
-def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int | None, str]:
-    """``(training steps, how they were counted)`` of one execution of a notebook with ``parameters`` (the
-    declared defaults fill in the rest), from its parameters and ``metadata.dnlib.schedule``:
-
-    * runs: the length of its ``configs`` or ``models`` list parameter (1 without one), times that of ``seeds``
-      when it is a list;
-    * steps per run: the ``steps`` parameter when given (not None); else its ``epochs`` parameter times
-      ``schedule["steps_per_epoch"]`` (at the notebook's full size); else ``schedule["steps"]`` (the schedule that
-      ``steps = None`` means, its longest);
-    * a notebook without ``steps`` or ``epochs`` parameters trains nothing: 0 steps.
-
-    ``(None, why)`` when ``steps`` is None and the notebook declares no ``schedule``: the runner cannot know it."""
-    values = {}
-    for name, info in declared_parameters(path).items():
-        try:
-            values[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError, TypeError):
-            values[name] = None
-    values.update(parameters)
-    schedule = read_notebook(path).get("metadata", {}).get("dnlib", {}).get("schedule", {})
-    listed = next((n for n in _RUN_LISTS if isinstance(values.get(n), (list, tuple))), None)
-    runs = len(values[listed]) if listed else 1
-    seeds = values.get("seeds")
-    runs *= len(seeds) if isinstance(seeds, (list, tuple)) else 1
-    runs_text = f"{runs} run{'s' if runs != 1 else ''}" + (f" ({listed})" if listed else "")
-    steps, epochs = values.get("steps"), values.get("epochs")
-    if isinstance(steps, int) and steps > 0:
-        return runs * steps, f"{runs_text} x {steps} steps"
-    if isinstance(epochs, int) and "steps_per_epoch" in schedule:
-        per = int(schedule["steps_per_epoch"])
-        return runs * epochs * per, f"{runs_text} x {epochs} epochs x {per} steps (metadata.dnlib.schedule)"
-    if "steps" in schedule:
-        return runs * int(schedule["steps"]), f"{runs_text} x {int(schedule['steps'])} steps (metadata.dnlib.schedule)"
-    if "steps" not in values and "epochs" not in values:
-        return 0, "no training"
-    return None, "steps = None and no metadata.dnlib.schedule to say what that schedule is"
-
-
-def cell_limit(profile: str, path: str | Path | None = None,
-               parameters: Mapping[str, Any] | None = None) -> tuple[float | None, str]:
-    """``(seconds, how)``: the time a single cell of ``path`` may run on ``profile`` before it fails.
-
-    Smoke: :data:`SMOKE_CELL_LIMIT`. Others: :data:`CELL_FLOOR` + :data:`SECONDS_PER_STEP` (of the device the
-    ``device`` parameter names; ``auto``: CUDA when there is one) x :func:`schedule_steps`; every cell of the notebook
-    gets it (the training cell
-    needs it; the others end far sooner). None (no limit) when the schedule is unknown. ``how`` says which."""
-    if profile == "smoke":
-        return SMOKE_CELL_LIMIT, "the smoke profile's limit"
-    if path is None:
-        return CELL_FLOOR, f"the {profile} profile's floor"
-    parameters = dict(parameters or {})
-    steps, counted = schedule_steps(path, parameters)
-    if steps is None:
-        return None, counted
-    if steps == 0:
-        return CELL_FLOOR, f"the {profile} profile's floor: {counted}"
-    device = str(parameters.get("device", declared_parameters(path).get("device", {}).get("default", "")))
-    if "auto" in device:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = "cuda" if "cuda" in device else "cpu"
-    rate = SECONDS_PER_STEP[kind]
-    return CELL_FLOOR + rate * steps, f"{CELL_FLOOR:.0f} s + {rate:g} s x {steps} steps on {kind}: {counted}"
-
-
-def default_cell_timeout(profile: str, path: str | Path | None = None,
-                         parameters: Mapping[str, Any] | None = None) -> float | None:
-    """Seconds a single cell may run before it counts as failed (:func:`cell_limit`; None: no limit)."""
-    return cell_limit(profile, path, parameters)[0]
-
-
 class _ProgressEcho:
     """The kernel's stderr as papermill hands it over: each progress-bar redraw (text after a carriage return)
     becomes one line here, ``[<notebook>] <bar>``; other stderr text stays in the executed copy only."""
@@ -413,8 +331,8 @@ def run(
 ) -> list[RunRecord]:
     """Validate every notebook's parameters, then execute them in order; return one record per notebook.
 
-    ``cell_timeout``: seconds per cell (``"default"``: :func:`cell_limit` of the profile and each notebook's
-    parameters; None: no limit).
+    ``cell_timeout``: seconds per cell (``"default"``: :func:`~dnlib.notebook.limits.cell_limit` of the profile and
+    each notebook's parameters; None: no limit).
 
     Raises :class:`ParameterError` (nothing executed) when any notebook's parameters are invalid or it lacks
     ``profile`` (:func:`~dnlib.notebook.parameters.resolve_parameters`), and
@@ -505,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
     run_p.add_argument("--cell-timeout", type=cli.nonnegative_float, default=None,
                        help="seconds a cell may run before it fails (default: 600 for smoke; otherwise derived from "
-                            "each notebook's training schedule, see cell_limit; 0: none)")
+                            "each notebook's training schedule, see dnlib.notebook.limits; 0: none)")
     list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
     list_p.add_argument("notebooks", nargs="*")
     args = parser.parse_args(argv)
