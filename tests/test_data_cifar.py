@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import re
 import tarfile
 import threading
 import time
@@ -79,6 +80,27 @@ def test_official_cifar10_pickles(tmp_path):
     np.testing.assert_allclose(d.mean, x.reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
     d2 = load_cifar("CIFAR-10", tmp_path, mean_over="train+test", download=False, verify=False)
     np.testing.assert_allclose(d2.mean, np.concatenate([x, xt]).reshape(-1, 3, 32, 32).mean(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({"data": lambda x: x.astype(np.float32) / 255.0}, "data of dtype float32"),       # a [0, 1] float copy
+    ({"data": lambda x: x.astype(np.int16) * 2}, "data of dtype int16"),              # would wrap modulo 256
+    ({"labels": lambda y: [37] + y[1:]}, "labels outside 0..9: 37"),
+    ({"labels": lambda y: [-1] + y[1:]}, "labels outside 0..9: -1"),
+])
+def test_a_copy_in_another_format_is_refused_not_cast(tmp_path, batch, message):
+    """verify=False reads re-pickled copies: their data must still be uint8 images and their labels class ids, else
+    a float [0, 1] copy loads as 0/1 images and an int16 one wraps modulo 256, silently."""
+    write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    for key, change in batch.items():
+        d[key] = change(d[key])
+    _dump(path, d)
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        load_cifar("cifar10", tmp_path, download=False, verify=False)
+    assert "test_batch" in str(e.value)
 
 
 def test_official_cifar100_pickles_fine_labels(tmp_path):

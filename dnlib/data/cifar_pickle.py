@@ -136,15 +136,28 @@ def check_official(files: dict[str, bytes], sha256: dict[str, str], folder: Path
             f"dicts, lists, strings, numbers and numpy arrays, and the data are then described as not verified.")
 
 
-def _pickle_images(d: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _pickle_images(d: dict, path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, 3, 32, 32) uint8 and labels (N,) int64 of one unpickled CIFAR batch ``d``. A copy in another
+    format is refused, not cast: float data (e.g. scaled to [0, 1]) would load as 0/1 images and wider integers would
+    wrap modulo 256; labels must be class ids 0..num_classes-1."""
     try:
-        data = np.asarray(d["data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
+        data = np.asarray(d["data"])
+        labels = np.asarray(d[label_key])
     except KeyError as e:
         raise ValueError(f"CIFAR pickle {path} lacks key {e}") from e
+    if data.dtype != np.uint8:
+        raise ValueError(f"CIFAR pickle {path}: data of dtype {data.dtype}; the CIFAR format holds uint8 pixels "
+                         f"0..255 (convert the copy, do not let it be cast)")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"CIFAR pickle {path}: labels of dtype {labels.dtype}; expected integer class ids")
+    labels = labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise ValueError(f"CIFAR pickle {path}: expected data (N, 3072) and N labels, "
                          f"got {data.shape} and {labels.shape}")
+    bad = np.unique(labels[(labels < 0) | (labels >= num_classes)])
+    if bad.size:
+        raise ValueError(f"CIFAR pickle {path}: labels outside 0..{num_classes - 1}: "
+                         f"{', '.join(map(str, bad[:5].tolist()))}")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -162,13 +175,14 @@ def read_python(name: str, folder: Path, raw: dict[str, bytes]):
         return _unpickle(raw[fname], folder / fname)
 
     if name == "cifar10":
-        parts = [_pickle_images(load(f"data_batch_{i}"), folder / f"data_batch_{i}", "labels") for i in range(1, 6)]
+        parts = [_pickle_images(load(f"data_batch_{i}"), folder / f"data_batch_{i}", "labels", 10)
+                 for i in range(1, 6)]
         x_train = np.concatenate([p[0] for p in parts])
         y_train = np.concatenate([p[1] for p in parts])
-        x_test, y_test = _pickle_images(load("test_batch"), folder / "test_batch", "labels")
+        x_test, y_test = _pickle_images(load("test_batch"), folder / "test_batch", "labels", 10)
         classes = _class_names(load("batches.meta"), folder / "batches.meta", "label_names")
     else:
-        x_train, y_train = _pickle_images(load("train"), folder / "train", "fine_labels")
-        x_test, y_test = _pickle_images(load("test"), folder / "test", "fine_labels")
+        x_train, y_train = _pickle_images(load("train"), folder / "train", "fine_labels", 100)
+        x_test, y_test = _pickle_images(load("test"), folder / "test", "fine_labels", 100)
         classes = _class_names(load("meta"), folder / "meta", "fine_label_names")
     return x_train, y_train, x_test, y_test, classes
