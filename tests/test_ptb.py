@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from dnlib import make_norm, sparse_penalty
 from dnlib.experiments.ptb_configs import CELL_TYPES, ROWS, TABLE4, TABLE9, get_config, list_configs
-from dnlib.models.rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
+from dnlib.models.rnn import BNLSTMCell, BNRNNCell, LNLSTMCell, NormLSTMCell, NormRNNCell
+from dnlib.models.rnn_lm import LanguageModel
 
 N, H, I = 3, 8, 5  # noqa: E741  I: the input size, as in the papers
 

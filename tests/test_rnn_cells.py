@@ -16,7 +16,8 @@ import torch
 from dnlib import DivisiveNorm, NormSpec, sparse_penalty
 from dnlib.experiments.ptb_configs import CELL_TYPES, get_config
 from dnlib.experiments.ptb_loss import evaluate_perplexity
-from dnlib.models.rnn import LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
+from dnlib.models.rnn import LNLSTMCell, NormLSTMCell, NormRNNCell
+from dnlib.models.rnn_lm import LanguageModel
 
 I, H, N, T = 5, 8, 3, 4  # noqa: E741  I: the input size, as in the papers
 

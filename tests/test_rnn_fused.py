@@ -15,7 +15,8 @@ from torch.autograd import gradcheck, gradgradcheck
 from dnlib import NormSpec, sparse_penalty
 from dnlib.experiments.ptb_configs import get_config
 from dnlib.models import rnn_fused, rnn_sites
-from dnlib.models.rnn import LanguageModel, NormLSTMCell
+from dnlib.models.rnn import NormLSTMCell
+from dnlib.models.rnn_lm import LanguageModel
 from dnlib.norms.functional import field_mean
 
 I, H, N, T = 4, 12, 3, 5  # noqa: E741  I: the input size, as in the papers

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..models.rnn import LanguageModel
+from ..models.rnn_lm import LanguageModel
 from ..norms.sparse import sparse_penalty
 
 __all__ = ["PeerLNLSTM", "LowerBound", "CellStack", "time_round_robin", "load_line", "cell_rows", "ptb_step_rows",

@@ -50,7 +50,7 @@ import torch
 from .. import cli
 from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..data import PTBBatches
-from ..models.rnn import LanguageModel
+from ..models.rnn_lm import LanguageModel
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
 from . import bench as benches

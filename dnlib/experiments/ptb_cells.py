@@ -13,7 +13,7 @@ import torch
 
 from ..analysis.figures import MarkdownTable, markdown_table
 from ..data import PTBBatches
-from ..models.rnn import LanguageModel
+from ..models.rnn_lm import LanguageModel
 from ..norms.sparse import clear_penalties
 
 __all__ = ["gate_statistics", "gate_table"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import PTBBatches
-from ..models.rnn import LanguageModel
+from ..models.rnn_lm import LanguageModel
 from ..models.step_norm import set_bn_eval_step
 from ..norms.sparse import clear_penalties
 

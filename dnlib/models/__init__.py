@@ -7,7 +7,8 @@ the ``*_configs`` modules of :mod:`dnlib.experiments`: ``CifarConfig.build_model
 from .cnn import CifarCNN
 from .plain import PlainCNN
 from .resnet import CifarResNet, resnet20
-from .rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
+from .rnn import BNLSTMCell, BNRNNCell, LNLSTMCell, NormLSTMCell, NormRNNCell
+from .rnn_lm import LanguageModel
 from .srcnn import SRCNN
 
 __all__ = ["CifarCNN", "LanguageModel", "NormLSTMCell", "BNLSTMCell", "LNLSTMCell", "NormRNNCell", "BNRNNCell",

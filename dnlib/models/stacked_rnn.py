@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..norms.norm import DivisiveNorm
-from .rnn import BNLSTMCell, BNRNNCell, LanguageModel, LNLSTMCell, NormLSTMCell, NormRNNCell
+from .rnn import BNLSTMCell, BNRNNCell, LNLSTMCell, NormLSTMCell, NormRNNCell
+from .rnn_lm import LanguageModel
 
 __all__ = ["StackedLanguageModel", "StackedCell", "StackedSite", "StackedStepNorm", "set_stacked_eval_step"]
 
