@@ -376,10 +376,10 @@ def test_cifar_pickle_fifo_is_refused(tmp_path):
 def test_explorer_sample_images_fifo_is_refused(tmp_path):
     """The activation explorer's exact CIFAR samples (an .npz in the data root) were read with np.load: a FIFO there
     blocked the widget's image loading."""
-    from dnlib.notebook import widgets
+    from dnlib.notebook.explorer_inputs import CIFAR_SAMPLES, explorer_images
 
-    fifo = tmp_path / widgets.CIFAR_SAMPLES
+    fifo = tmp_path / CIFAR_SAMPLES
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)
-    error = _finishes(lambda: widgets.explorer_images(4, source="cifar-samples", root=tmp_path), fifo, timeout=20)
+    error = _finishes(lambda: explorer_images(4, source="cifar-samples", root=tmp_path), fifo, timeout=20)
     _refused(error, fifo, "FIFO")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dnlib.notebook import widgets
+from dnlib.notebook.explorer_inputs import CIFAR_SAMPLES, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +147,12 @@ def test_fallback_images_say_so_loudly(monkeypatch, tmp_path, capsys):
         (w,) = [r for r in rec if "scikit-image" in str(r.message)]
         msg = str(w.message)
         assert type(w.message).__name__ == "DataWarning"
-        for part in ("CIFAR-10", str(tmp_path / widgets.CIFAR_SAMPLES), str(tmp_path / "cifar10-jpeg"), "DNLIB_DATA"):
+        for part in ("CIFAR-10", str(tmp_path / CIFAR_SAMPLES), str(tmp_path / "cifar10-jpeg"), "DNLIB_DATA"):
             assert part in msg, part
         assert "FALLBACK" in desc and str(tmp_path) in desc  # the notebook prints desc under the images
 
 
-@pytest.mark.skipif(not (Path(os.environ.get("DNLIB_DATA", "data")) / widgets.CIFAR_SAMPLES).exists(),
+@pytest.mark.skipif(not (Path(os.environ.get("DNLIB_DATA", "data")) / CIFAR_SAMPLES).exists(),
                     reason="the CIFAR-10 exact samples are not in $DNLIB_DATA")
 def test_cifar_samples():
     x, desc = widgets.explorer_images(20, "auto")
@@ -306,4 +307,4 @@ def test_raw_inputs_make_the_summation_field_visible(images):
     assert raw["bn"]["sparsity_max"] - raw["bn"]["sparsity_min"] < 0.3
     assert all(abs(r["sparsity"] - 0.5) < 0.05 for r in (*std.values(), *raw.values()))
     with pytest.raises(ValueError, match="inputs must be one of"):
-        widgets.preprocess(images, "centred")
+        preprocess(images, "centred")
