@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from dnlib.analysis.figures import band_curves
+from dnlib.analysis.curves import band_curves
 from dnlib.experiments import aggregate as A
 from dnlib.experiments import records as R
 from dnlib.experiments import registry, tables

@@ -1,4 +1,5 @@
-"""Figures for the notebooks, drawn from the library's own objects.
+"""Figures of normalizers and their activations for the notebooks, drawn from the library's own objects (and the
+Markdown tables the notebooks, reports and command lines print).
 
 * :func:`draw_fields` / :func:`figure1`: the paper's Figure 1 redrawn from a :class:`~dnlib.norms.spec.NormSpec`:
   the ``N x C x H x W`` activation block, with the summation field A and the suppression field B of one unit
@@ -8,9 +9,13 @@
 * :func:`figure2`: the paper's Figure 2, DN followed by ReLU as an activation function.
 * :func:`activation_histograms`, :func:`feature_maps`, :func:`image_grid`: what the activation explorer shows.
 * :func:`joint_histogram` / :func:`joint_histograms`: the paper's Table 10 joint histograms of filter pairs.
-* :func:`spec_table`: presets as a Markdown table (the paper's Table 1, from the registry).
+* :func:`spec_table`: presets as a Markdown table (the paper's Table 1, from the registry); :func:`markdown_table`,
+  :func:`cell`, :class:`MarkdownTable`: the Markdown tables of the reports and command lines.
 
-Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (so a notebook shows it once,
+Curves of runs' logged metrics (``run_curves``, ``band_curves``, ``no_data``) are :mod:`dnlib.analysis.curves`;
+:func:`band_curves` stays importable from here, where notebook 06 calls it.
+
+Every figure function returns a :class:`matplotlib.figure.Figure` built without pyplot (so a notebook shows it once,
 as the cell's value, and nothing leaks into pyplot's global state), or draws into a given ``ax``.
 """
 from __future__ import annotations
@@ -23,13 +28,15 @@ import torch
 
 from ..norms.presets import get_spec
 from ..norms.spec import NormSpec
+from .curves import band_curves
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# band_curves: re-exported from curves (notebook 06 calls it here)
 __all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2",
-           "activation_histograms", "feature_maps", "image_grid", "joint_histogram", "joint_histograms", "run_curves",
-           "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS", "band_curves", "no_data"]
+           "activation_histograms", "feature_maps", "image_grid", "joint_histogram", "joint_histograms",
+           "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS", "band_curves"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value). matplotlib is imported here,
@@ -420,64 +427,6 @@ def joint_histograms(z: torch.Tensor, pairs=None, n_pairs: int = 4, bins: int = 
     fig.suptitle(f"{label} mean over all {len(overall.pairs)} pairs: |r| = {overall.corr:.4f}, "
                  f"MI = {overall.mi:.4f} nats".strip(), fontsize=9)
     return fig
-
-
-def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsize=(10, 3.4), sharey: bool = False,
-               pyplot: bool = False):
-    """Curves of runs' logged metrics: one panel per entry of ``panels`` (``key``: the metric; ``marker``; ``paper``:
-    a key of the runs' paper numbers to draw dashed; the rest: :meth:`Axes.set` arguments such as ``ylabel``,
-    ``title``, ``yscale``), one line per run ``(label, rows)`` or ``(label, rows, paper)`` (``rows``: a run's
-    history or ``curves.csv`` rows; ``paper``: ``{key: the paper's number}``) of ``x`` against the metric, over the
-    rows that hold it; a run has the same colour in every panel, its paper's number too. ``pyplot``: a pyplot
-    figure (shown at the end of a notebook cell even when assigned). Returns ``(fig, axes)``."""
-    if pyplot:
-        import matplotlib.pyplot as plt
-        fig = plt.figure(figsize=figsize, layout="constrained")
-    else:
-        fig = new_figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
-    for label, rows, *paper in runs:
-        for ax, p in zip(axes, panels):
-            pts = [r for r in rows if r.get(p["key"]) is not None]
-            line, = ax.plot([r[x] for r in pts], [r[p["key"]] for r in pts], marker=p.get("marker"), ms=4, label=label)
-            value = (paper[0] if paper else {}).get(p.get("paper"))
-            if value is not None:
-                ax.axhline(value, ls="--", lw=1, color=line.get_color(), label=f"{label} paper: {value:g}")
-    for ax, p in zip(axes, panels):
-        ax.set(xlabel=x, **{k: v for k, v in p.items() if k not in ("key", "marker", "paper")})
-    return fig, axes
-
-
-def no_data(ax, text: str = "no runs") -> None:
-    """Say ``text`` in the middle of ``ax`` (a figure with nothing to draw is not left as empty axes)."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.35", wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def band_curves(bands: dict, ax=None, *, labels: dict | None = None, alpha: float = 0.25, marker=None,
-                figsize=(5, 3.4), empty: str = "no runs", **axes_set):
-    """Curves over seeds: for each configuration of ``bands`` (:func:`dnlib.experiments.aggregate.curve_bands`) its mean
-    as a line and a band of +-1 standard deviation around it (where two or more runs have a value), labelled ``<label>
-    (n=<runs>)``. ``labels``: ``{name: label}``; ``axes_set``: :meth:`Axes.set` arguments (``xlabel``, ``ylabel``,
-    ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
-    metric). Draws into ``ax`` or a new figure; returns the figure."""
-    if ax is None:
-        fig = new_figure(figsize=figsize, layout="constrained")
-        ax = fig.add_subplot()
-    labels = labels or {}
-    for name, b in bands.items():
-        x, mean, std = np.asarray(b["x"]), np.asarray(b["mean"]), np.asarray(b["std"])
-        line, = ax.plot(x, mean, marker=marker, ms=4, label=f"{labels.get(name, name)} (n={b['n']})")
-        ok = np.isfinite(std)
-        if ok.any():
-            ax.fill_between(x, mean - std, mean + std, where=ok, color=line.get_color(), alpha=alpha, lw=0)
-    ax.set(**{"xlabel": "step", **axes_set})
-    if bands:
-        ax.legend(fontsize=8)
-    else:
-        no_data(ax, empty)
-    return ax.figure
 
 
 # ------------------------------------------------------------------------------------------- tables

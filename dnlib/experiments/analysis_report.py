@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.figures import MarkdownTable, markdown_table, new_figure, no_data
+from ..analysis.curves import no_data
+from ..analysis.figures import MarkdownTable, markdown_table, new_figure
 from . import aggregate, records
 from .analysis_configs import (
     BATCH_NORMS,

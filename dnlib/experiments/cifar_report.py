@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..analysis.figures import MarkdownTable, cell, markdown_table, new_figure, run_curves
+from ..analysis.curves import run_curves
+from ..analysis.figures import MarkdownTable, cell, markdown_table, new_figure
 from . import aggregate, records, tables
 from .cifar import RECIPE, CifarData, estimate_seconds
 from .cifar_configs import TABLE3_ROWS, TABLE10, get_config, list_configs

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis.figures import MarkdownTable, cell, markdown_table, run_curves
+from ..analysis.curves import run_curves
+from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from . import aggregate, records, tables
 from .ptb import RECIPE

@@ -19,7 +19,8 @@ import numpy as np
 from torch import nn
 
 from .. import cli
-from ..analysis.figures import MarkdownTable, cell, markdown_table, run_curves
+from ..analysis.curves import run_curves
+from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..io import atomic_write_json
 from ..training.metrics import psnr
 from . import aggregate, records
