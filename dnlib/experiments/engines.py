@@ -1,6 +1,8 @@
-"""Where a sweep's runs execute: the embedded local engine (a pool of processes on this machine, the default) or
-Ray (a cluster of machines and GPUs). :func:`dnlib.experiments.sweep.sweep` is the one entry point; it builds the
-:class:`Job` list (configurations x seeds, finished runs left out) and hands it to :func:`execute`::
+"""Where a sweep's runs execute: the engines' one protocol (:class:`Engine`), the embedded local engine (a pool of
+processes on this machine, the default), the checks of an engine's arguments and the loop that drives an engine
+(:func:`execute`); the Ray engine (a cluster of machines and GPUs) is :mod:`dnlib.experiments.ray_engine`.
+:func:`dnlib.experiments.sweep.sweep` is the one entry point; it builds the :class:`Job` list (configurations x
+seeds, finished runs left out) and hands it to :func:`execute`::
 
     python -m dnlib sr sweep smoke-bn smoke-dn* --seeds 0 1 --jobs 2 --out runs/sr/sweep            # local
     python -m dnlib sr sweep smoke-bn smoke-dn* --seeds 0 1 --engine ray --out runs/sr/sweep         # Ray here
@@ -16,15 +18,11 @@ Both engines run the same thing for a job: ``python -m <recipe module> run CONFI
   more than one job, so that ``jobs`` processes do not each start a thread per core and spin against each other;
   an ``OMP_NUM_THREADS`` already set is kept, and GPU runs are left as they are); ``gpus_per_run`` packs ``1/g``
   runs on each visible GPU (``CUDA_VISIBLE_DEVICES`` per process; a whole number g gives each run g GPUs).
-* :class:`RayEngine`: one Ray task per run, with ``num_cpus=cpus_per_run`` (default 1) and
-  ``num_gpus=gpus_per_run`` (fractions pack several runs on one GPU); Ray places them on the cluster's nodes.
-  No shared filesystem is assumed: the task runs the run in a temporary folder on its node and returns the
-  folder's files as bytes; the driver writes them atomically into ``out/<label>-s<seed>/``. To resume, the
-  driver ships the unfinished folder's files to the task (a record's ``argv`` and ``host`` name that temporary
-  folder and the node). Consequence: a run's files reach ``out`` when its task ends, so a driver killed
-  mid-sweep loses the progress of the runs then in flight (a rerun restarts them from the state last
-  collected). Ray is imported only here, only when this engine is made; every node needs dnlib
-  (``pip install 'dnlib[ray]'``) and the data (``DNLIB_DATA``) of the recipe.
+* :class:`~dnlib.experiments.ray_engine.RayEngine` (:mod:`dnlib.experiments.ray_engine`): one Ray task per run,
+  with ``num_cpus=cpus_per_run`` (default 1) and ``num_gpus=gpus_per_run``; no shared filesystem is assumed (a
+  run's folder travels as bytes: :func:`read_folder`, :func:`write_folder`). That module is imported only when
+  this engine is made (:func:`make_engine`) or named (``engines.RayEngine``), and Ray only when it is made; every
+  node needs dnlib (``pip install 'dnlib[ray]'``) and the data (``DNLIB_DATA``) of the recipe.
 * Run processes die with the process that started them (Linux: ``PR_SET_PDEATHSIG``): a killed driver or a
   cancelled task leaves no run going on unwatched; its last checkpoint and record stay, and a rerun resumes it.
 
@@ -33,32 +31,28 @@ no record (or one that says neither ``completed`` nor a time limit); a failure i
 configuration, seed and log tail and does not stop the others. Progress: a tqdm bar (runs done/running/failed)
 and status lines.
 
-This module is part of the experiments layer: it imports records, io and cli, never experiment or a recipe.
+This module is part of the experiments layer: it imports records and io, never experiment or a recipe.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .. import cli
 from ..io import atomic_write
 from . import records
 
-__all__ = ["Engine", "ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "RayEngine", "EngineError", "check",
-           "gpu_share", "make_engine", "execute", "run_in_folder", "read_folder", "write_folder", "log_tail"]
+__all__ = ["Engine", "ENGINES", "Job", "Outcome", "SweepRows", "LocalEngine", "EngineError", "check", "gpu_share",
+           "make_engine", "execute", "read_folder", "write_folder", "log_tail", "thread_env", "die_with_parent"]
 
 ENGINES = ("local", "ray")
 LOG_FILE = "log.txt"
@@ -165,7 +159,7 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _threads(cpus_per_run) -> dict:
+def thread_env(cpus_per_run) -> dict:
     """The environment that gives a run process ``ceil(cpus_per_run)`` threads (nothing when None)."""
     if cpus_per_run is None:
         return {}
@@ -173,7 +167,7 @@ def _threads(cpus_per_run) -> dict:
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
-# ------------------------------------------------------------------------------------- folders as bytes
+# ------------------------------------------------------------------------------------ run folders, processes
 def read_folder(folder) -> dict:
     """``{relative path: bytes}`` of every file under ``folder`` (atomic writes' temporaries left out)."""
     folder = Path(folder)
@@ -203,7 +197,7 @@ def log_tail(folder, lines: int = 8) -> str:
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-def _die_with_parent():
+def die_with_parent():
     """A ``preexec_fn`` for a run process (Linux): it is killed when the process that started it dies (a killed
     sweep driver, a Ray worker whose task was cancelled) instead of running on unwatched. libc is loaded here, in
     the parent, so that the child only makes one system call between fork and exec (no import, no lock)."""
@@ -215,47 +209,6 @@ def _die_with_parent():
     except (OSError, AttributeError):
         return None
     return lambda: prctl(1, 9)      # PR_SET_PDEATHSIG, SIGKILL
-
-
-def _run_process(cmd, folder: Path, env: dict, limit: float | None):
-    """Run ``cmd`` with its output appended to ``folder/log.txt``; kill it after ``limit`` seconds.
-    Returns ``(exit status or None, error or None)``."""
-    with open(folder / LOG_FILE, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent())
-        try:
-            return proc.wait(timeout=limit), None
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return None, f"killed after {limit:.0f} s (time limit + grace)"
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-
-
-def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, limit: float | None = None,
-                  env: dict | None = None) -> dict:
-    """What a Ray task does: run ``python -m module run *argv --resume TMP/name`` in a temporary folder of this
-    node holding ``files`` (a resumed run's), and return ``{"returncode", "error", "host", "seconds", "files"}``
-    with the folder's files as bytes. The temporary folder is removed."""
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix="dnlib-sweep-"))
-    try:
-        folder = tmp / name
-        folder.mkdir()
-        write_folder(folder, files)
-        import dnlib  # the dnlib this worker runs: the process runs the same one
-        root = str(Path(dnlib.__file__).resolve().parent.parent)
-        full_env = {**os.environ, **(env or {})}
-        full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", module, "run", *map(str, argv), "--resume", str(folder)]
-        rc, error = _run_process(cmd, folder, full_env, limit)
-        return {"returncode": rc, "error": error, "host": platform.node(), "seconds": time.perf_counter() - t0,
-                "files": read_folder(folder)}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- engines
@@ -270,10 +223,10 @@ def _gpu_ids() -> list:
 
 @runtime_checkable
 class Engine(Protocol):
-    """What :func:`execute` drives (the engines' one protocol; :class:`LocalEngine` and :class:`RayEngine` implement
-    it): ``name``; ``free()`` (room for one more run now?), ``start(job)``, ``poll()`` (the :class:`Outcome` of
-    every run that ended since the last poll), ``in_flight()`` (the jobs running) and ``close()`` (stop what is
-    left: processes killed, tasks cancelled)."""
+    """What :func:`execute` drives (the engines' one protocol; :class:`LocalEngine` and
+    :class:`~dnlib.experiments.ray_engine.RayEngine` implement it): ``name``; ``free()`` (room for one more run
+    now?), ``start(job)``, ``poll()`` (the :class:`Outcome` of every run that ended since the last poll),
+    ``in_flight()`` (the jobs running) and ``close()`` (stop what is left: processes killed, tasks cancelled)."""
 
     name: str
 
@@ -303,7 +256,7 @@ class LocalEngine(Engine):
         self.env["PYTHONPATH"] = str(_REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
         if cpus_per_run is None and self.jobs > 1 and not self.gpus and "OMP_NUM_THREADS" not in self.env:
             cpus_per_run = max(1, _cores() // self.jobs)   # the cores shared out (module doc)
-        self.env.update(_threads(cpus_per_run))
+        self.env.update(thread_env(cpus_per_run))
         self.ids = [str(d) for d in devices] if devices is not None else (_gpu_ids() if self.gpus else [])
         if self.gpus and (not self.ids or self.gpus > len(self.ids)):
             raise ValueError(f"gpus_per_run: {self.gpus} per run, but {len(self.ids)} GPUs to pack runs on")
@@ -332,7 +285,7 @@ class LocalEngine(Engine):
                 self.used[i] += min(self.gpus, 1.0)
         cmd = [self.python, "-m", self.module, "run", *map(str, job.argv), "--resume", str(job.folder)]
         log = open(job.folder / LOG_FILE, "ab")  # noqa: SIM115  the process writes it until poll() closes it
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent())
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
         self.running[job.folder] = (job, proc, log, time.perf_counter(), devices)
 
     def poll(self) -> list:
@@ -366,108 +319,29 @@ class LocalEngine(Engine):
         self.running.clear()
 
 
-class RayEngine(Engine):
-    """One Ray task per run (module doc). ``address``: ``"auto"`` or ``HOST:PORT`` of a running cluster; None
-    starts a local in-process instance (this machine's CPUs and GPUs), stopped by :meth:`close`. When Ray is
-    already initialized in this process, that connection is used and left open. ``jobs``: at most this many runs
-    in flight (default: no cap, Ray schedules by the resources asked)."""
-
-    name = "ray"
-
-    def __init__(self, module: str, *, address: str | None = None, jobs: int | None = None,
-                 cpus_per_run=None, gpus_per_run=None, limit: float | None = None):
-        import ray
-        self.ray, self.module, self.limit, self.jobs = ray, module, limit, jobs
-        self.cpus = 1 if cpus_per_run is None else cpus_per_run
-        self.gpus = gpus_per_run or 0
-        self.refs = {}   # ObjectRef -> (job, start)
-        self.owned = not ray.is_initialized()
-        if self.owned:
-            _reachable(address)
-            try:
-                if address is None:
-                    ray.init(include_dashboard=False, log_to_driver=False)
-                else:
-                    ray.init(address=address, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                hint = ("" if address in (None, "auto") else "; a cluster with token authentication needs "
-                        "RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (ray get-auth-token on its head) here too")
-                raise EngineError(f"address: could not join a Ray cluster at {address!r} ({cli.one_line(e)})"
-                                  f"{hint}") from None
-        have = ray.cluster_resources()
-        for what, need, key in (("cpus_per_run", self.cpus, "CPU"), ("gpus_per_run", self.gpus, "GPU")):
-            if need and have.get(key, 0) < need:
-                self.close()
-                raise EngineError(f"{what}: {need} {key}s per run, but the Ray cluster has {have.get(key, 0):g}")
-        self.task = ray.remote(run_in_folder).options(num_cpus=self.cpus, num_gpus=self.gpus)
-        self.env = _threads(self.cpus)
-
-    def free(self) -> bool:
-        return self.jobs is None or len(self.refs) < self.jobs
-
-    def start(self, job: Job) -> None:
-        ref = self.task.remote(self.module, list(map(str, job.argv)), job.folder.name, read_folder(job.folder),
-                               limit=self.limit, env=self.env)
-        self.refs[ref] = (job, time.perf_counter())
-
-    def poll(self) -> list:
-        if not self.refs:
-            return []
-        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
-        done = []
-        for ref in ready:
-            job, start = self.refs.pop(ref)
-            try:
-                res = self.ray.get(ref)
-            except Exception as e:  # noqa: BLE001  a task that raised (a lost node...): this run's failure
-                done.append(Outcome(job, None, f"Ray task failed: {cli.one_line(e)[:500]}", None,
-                                    time.perf_counter() - start))
-                continue
-            write_folder(job.folder, res["files"])
-            done.append(Outcome(job, res["returncode"], res["error"], res["host"], time.perf_counter() - start))
-        return done
-
-    def in_flight(self) -> list:
-        return [job for job, _ in self.refs.values()]
-
-    def close(self) -> None:
-        """Cancel the tasks still in flight; stop (or leave) the Ray instance this engine started (joined)."""
-        for ref in self.refs:
-            with contextlib.suppress(Exception):    # already finished or gone
-                self.ray.cancel(ref, force=True)
-        self.refs.clear()
-        if self.owned and self.ray.is_initialized():
-            self.ray.shutdown()
-
-
-def _reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Raise :class:`EngineError` when ``address`` is ``HOST:PORT`` and nothing answers there (ray.init would
-    retry for minutes)."""
-    if address is None or address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise EngineError(f"address: 'auto' or HOST:PORT of a Ray cluster's head, got {address!r}")
-    import socket
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise EngineError(f"address: no Ray cluster answers at {address} ({cli.one_line(e)}); start one with "
-                          f"`ray start --head --port {port}` there") from None
-
-
 def make_engine(engine: str, module: str, *, address: str | None = None, jobs: int | None = None,
                 cpus_per_run=None, gpus_per_run=None, limit: float | None = None, python: str = sys.executable,
                 checked: bool = False) -> Engine:
-    """A :class:`LocalEngine` or :class:`RayEngine` (an :class:`Engine`); its arguments are checked by :func:`check`
-    first unless the caller did (``checked``: :func:`dnlib.experiments.sweep.sweep` checks once, before anything)."""
+    """A :class:`LocalEngine` or :class:`~dnlib.experiments.ray_engine.RayEngine` (an :class:`Engine`; its module and
+    Ray are imported here, only for it); its arguments are checked by :func:`check` first unless the caller did
+    (``checked``: :func:`dnlib.experiments.sweep.sweep` checks once, before anything)."""
     if not checked:
         check(engine, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, jobs=jobs)
     if engine == "local":
         return LocalEngine(module, jobs=jobs, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, limit=limit,
                            python=python)
+    from .ray_engine import RayEngine
     return RayEngine(module, address=address, jobs=jobs, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
                      limit=limit)
+
+
+def __getattr__(name: str):
+    """``engines.RayEngine``: the Ray engine, from :mod:`dnlib.experiments.ray_engine`, imported on first use (that
+    module imports this one, and Ray only when an engine is made)."""
+    if name == "RayEngine":
+        from .ray_engine import RayEngine
+        return RayEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------ the loop
