@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dnlib.analysis import figures
+from dnlib.analysis import curves, figures
 from dnlib.experiments import aggregate, tables
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     for ax, metric, title in ((left, "valid_ppl", "PTB validation perplexity"),
                               (right, "test_ppl", "PTB test perplexity (20 streams)")):
         bands = aggregate.curve_bands(args.records, metric, x="epoch", by=("name", "device"))
-        figures.band_curves(bands, ax, marker="o", xlabel="epoch", ylabel="perplexity", title=title)
+        curves.band_curves(bands, ax, marker="o", xlabel="epoch", ylabel="perplexity", title=title)
     made["ptb_curves.png"] = fig
     for name, f in made.items():
         f.savefig(out / name, dpi=110)

@@ -7,14 +7,15 @@
 * :func:`no_data`: what a panel with no runs says instead of empty axes.
 
 Layer: analysis. Figures are made with :func:`dnlib.analysis.figures.new_figure` (outside pyplot, matplotlib
-imported with the first figure), imported when a figure is drawn: :mod:`dnlib.analysis.figures` re-exports
-:func:`band_curves` (notebook 06 calls it there), so importing it here at the top would be a cycle.
+imported with the first figure).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+
+from .figures import new_figure
 
 __all__ = ["run_curves", "band_curves", "no_data"]
 
@@ -31,8 +32,6 @@ def run_curves(runs: Sequence, panels: Sequence[dict], *, x: str = "step", figsi
         import matplotlib.pyplot as plt
         fig = plt.figure(figsize=figsize, layout="constrained")
     else:
-        from .figures import new_figure
-
         fig = new_figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=sharey, squeeze=False)[0]
     for label, rows, *paper in runs:
@@ -62,8 +61,6 @@ def band_curves(bands: dict, ax=None, *, labels: dict | None = None, alpha: floa
     ``title``, ``yscale``...); ``empty``: what the axes say when ``bands`` is empty (no run logged the
     metric). Draws into ``ax`` or a new figure; returns the figure."""
     if ax is None:
-        from .figures import new_figure
-
         fig = new_figure(figsize=figsize, layout="constrained")
         ax = fig.add_subplot()
     labels = labels or {}

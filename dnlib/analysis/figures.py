@@ -12,8 +12,7 @@ Markdown tables the notebooks, reports and command lines print).
 * :func:`spec_table`: presets as a Markdown table (the paper's Table 1, from the registry); :func:`markdown_table`,
   :func:`cell`, :class:`MarkdownTable`: the Markdown tables of the reports and command lines.
 
-Curves of runs' logged metrics (``run_curves``, ``band_curves``, ``no_data``) are :mod:`dnlib.analysis.curves`;
-:func:`band_curves` stays importable from here, where notebook 06 calls it.
+Curves of runs' logged metrics (``run_curves``, ``band_curves``, ``no_data``) are :mod:`dnlib.analysis.curves`.
 
 Every figure function returns a :class:`matplotlib.figure.Figure` built without pyplot (so a notebook shows it once,
 as the cell's value, and nothing leaks into pyplot's global state), or draws into a given ``ax``.
@@ -28,15 +27,13 @@ import torch
 
 from ..norms.presets import get_spec
 from ..norms.spec import NormSpec
-from .curves import band_curves
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# band_curves: re-exported from curves (notebook 06 calls it here)
 __all__ = ["new_figure", "field_mask", "field_weights", "gdn_matrix", "draw_fields", "figure1", "figure2",
            "activation_histograms", "feature_maps", "image_grid", "joint_histogram", "joint_histograms",
-           "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS", "band_curves"]
+           "spec_table", "markdown_table", "cell", "MarkdownTable", "FIELD_COLORS"]
 
 def new_figure(**kwargs) -> Figure:
     """A Figure outside pyplot's state (a notebook shows it once, as the cell's value). matplotlib is imported here,

@@ -98,7 +98,7 @@ class LowerBound(nn.Module):
 
 
 class CellStack(nn.Module):
-    """``num_layers`` of this library's recurrent cells, built as :class:`~dnlib.models.rnn.LanguageModel` builds
+    """``num_layers`` of this library's recurrent cells, built as :class:`~dnlib.models.rnn_lm.LanguageModel` builds
     them from ``kwargs`` (a PTB config's ``model_kwargs()``): ``forward(x)`` returns the last layer's output."""
 
     def __init__(self, kwargs: dict, hidden_size: int, num_layers: int):

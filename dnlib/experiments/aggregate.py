@@ -8,7 +8,7 @@ turns many runs into one line per configuration::
     summary = aggregate.summarize(rows)                   # one dict per (experiment, name)
     tables.table(summary, ["final_acc"], order=["base", "bn", "bn-star", "dn-star"])   # Markdown, mean ± std
     bands = aggregate.curve_bands(["runs/cifar/sweep"], "test_acc")                        # per configuration
-    dnlib.analysis.figures.band_curves(bands)
+    dnlib.analysis.curves.band_curves(bands)
 
 **What is pooled.** Runs are seeds of one experiment when they have the same experiment, configuration name and
 everything that defines the experiment (:func:`defining`: every config field, dataset, steps or epochs, subset,
@@ -29,7 +29,7 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   each key; ``n`` and ``run as`` columns; notes under it (splits, runs not counted).
 - :func:`curve_bands`: the mean and standard deviation over seeds of a logged metric at each step
   (``curves.csv`` of run folders, or ``(record, rows)`` pairs as :func:`dnlib.experiments.sweep.load_runs` returns
-  them); :func:`dnlib.analysis.figures.band_curves` draws them.
+  them); :func:`dnlib.analysis.curves.band_curves` draws them.
 - :func:`dnlib.experiments.tables.compare` / ``compare_figure``: one of the paper's tables
   (:func:`dnlib.experiments.registry.paper_tables`, read by ``paper_table``: which runs, the paper's rows and numbers;
   each recipe owns its own,

@@ -335,15 +335,6 @@ def make_engine(engine: str, module: str, *, address: str | None = None, jobs: i
                      limit=limit)
 
 
-def __getattr__(name: str):
-    """``engines.RayEngine``: the Ray engine, from :mod:`dnlib.experiments.ray_engine`, imported on first use (that
-    module imports this one, and Ray only when an engine is made)."""
-    if name == "RayEngine":
-        from .ray_engine import RayEngine
-        return RayEngine
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # ------------------------------------------------------------------------------------------ the loop
 def _failure(outcome: Outcome) -> str | None:
     if outcome.error:

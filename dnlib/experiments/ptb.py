@@ -61,8 +61,7 @@ from .ptb_loss import LMLoss, SliceClip, evaluate_perplexity, lm_step
 from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, trainer_mode
 from .runner import call, call_many
 
-# SliceClip (dnlib.experiments.ptb_loss) is re-exported: the README names it dnlib.experiments.ptb.SliceClip
-__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "SliceClip", "load_data", "build_model", "unigram_perplexity", "run",
+__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "load_data", "build_model", "unigram_perplexity", "run",
            "run_many", "bench", "check_graph", "config_table", "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")

@@ -438,11 +438,3 @@ def make_cell(arch: str, input_size: int, hidden_size: int, **kwargs) -> _Recurr
         raise ValueError(f"arch: got {arch!r}; allowed values are {list(CELLS)}")
     return CELLS[arch](input_size, hidden_size, **kwargs)
 
-
-def __getattr__(name: str):
-    """``LanguageModel`` (:mod:`dnlib.models.rnn_lm`) from here too, as notebook 04 imports it; looked up on first use,
-    since :mod:`dnlib.models.rnn_lm` imports this module."""
-    if name == "LanguageModel":
-        from .rnn_lm import LanguageModel
-        return LanguageModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """K copies of the PTB language model packed into ONE module (models layer; the stacked runs are
 :mod:`dnlib.experiments.stacked_ptb`).
 
-:class:`StackedLanguageModel` holds K :class:`~dnlib.models.rnn.LanguageModel` s of one cell class (``arch``), of
+:class:`StackedLanguageModel` holds K :class:`~dnlib.models.rnn_lm.LanguageModel` s of one cell class (``arch``), of
 equal sizes, with any weights and, where the cell allows it, *different normalizers*: K seeds of one configuration,
 or K configurations of one cell type (Table 9's Baseline, Baseline +L1, LN-s, LN +L1, LN*, DN and DN* rows are all
 the ``lstm`` cell, with ``norm`` ``none``/``ln-s``/``dn-1d-s`` and their own ``alpha``). Every weight gets a leading
@@ -338,7 +338,7 @@ def set_stacked_eval_step(model: nn.Module, step: int | None) -> None:
 
 
 class StackedLanguageModel(nn.Module):
-    """K :class:`~dnlib.models.rnn.LanguageModel` s of one cell class and equal sizes as one module (module doc).
+    """K :class:`~dnlib.models.rnn_lm.LanguageModel` s of one cell class and equal sizes as one module (module doc).
 
     ``forward(ids, state)``: ids ``(N, T)`` shared by the copies -> logits ``(K, T, N, V)`` and the new state (a
     list, one tuple of ``(K, N, H)`` tensors per layer). :meth:`copy_state_dict` unpacks copy k (a
