@@ -204,3 +204,22 @@ def test_group_writes_one_ordinary_record_per_copy_and_resumes(tmp_path, data, c
         main(RECIPE, ["stack", "base-lstm", "bn-lstm", "--seeds", "0", "--max-tokens", "200",
                                  "--vocab", "40", "--device", "cpu"])
     assert e.value.code == 2 and "arch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("configs,lr", [(["base-lstm", "dn-star-lstm"], 0.1),      # 0.1: base-lstm's own lr
+                                        (["dn-star-lstm", "base-lstm"], 1.0),      # 1.0: dn-star-lstm's own lr
+                                        (["base-lstm", "dn-star-lstm"], 0.5)])
+def test_group_overrides_reach_every_copy_even_at_copy_0s_default(tmp_path, configs, lr):
+    """The group's overrides are every copy's, also one equal to copy 0's own default (once dropped for the others:
+    copy 0's config was diffed against its named default), in the trainer's learning rates too, and after a resume
+    from the folder alone."""
+    opts = {"max_tokens": 200, "vocab": 40}
+    kw = dict(steps=4, device="cpu", options=opts, progress=False)
+    run = stacked_ptb.prepare(RECIPE, configs, [0], out=tmp_path, overrides={**TINY, "lr": lr}, **kw)
+    assert [c.lr for c in run.copy_cfgs] == [lr, lr]
+    assert [f(0) for f in run.trainer.lr_fns] == [lr, lr]
+    again = stacked_ptb.prepare(RECIPE, resume=run.run_dir, progress=False)
+    assert [c.lr for c in again.copy_cfgs] == [lr, lr] and [f(0) for f in again.trainer.lr_fns] == [lr, lr]
+    # a field left alone stays each configuration's own
+    plain = stacked_ptb.prepare(RECIPE, configs, [0], overrides=TINY, **kw)
+    assert [c.lr for c in plain.copy_cfgs] == [RECIPE.config(n).lr for n in configs]

@@ -44,6 +44,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,13 +56,15 @@ from ..norms.sparse import clear_penalties
 from ..training.stacked_sequence import StackedSequenceTrainer
 from ..training.trainer import CheckpointError
 from . import records
-from .recipe import Command, Recipe, Setup, trainer_mode
-from .runner import Run, build_setup
+from .recipe import RUN_FILE, Command, Recipe, Setup, trainer_mode
+from .runner import Run, build_setup, read_run_file
 from .stacked import check_seeds, group_flags, group_options, group_out, train_group
 
 __all__ = ["evaluate_perplexity", "build", "GroupRun", "prepare", "run", "copies_of",
-           "commands", "SHARED_FIELDS"]
+           "commands", "SHARED_FIELDS", "OVERRIDDEN"]
 
+#: the build option (stored in the group's run.json) that names the fields the group's overrides set: every copy's
+OVERRIDDEN = "overridden"
 #: what the K configurations of one stacked model must share
 SHARED_FIELDS = ("arch", "hidden_size", "num_layers", "batch_size", "num_steps", "epochs", "steps", "clip_mode",
                  "bn_test_step0", "forget_bias", "state_norm_c")
@@ -109,13 +112,20 @@ def evaluate_perplexity(model: StackedLanguageModel, ids: torch.Tensor, batch_si
 
 
 # ---------------------------------------------------------------------------------------------- the build
-def _copy_configs(recipe, cfg, names) -> list:
-    """Every copy's configuration: ``names`` resolved with the overrides that ``cfg`` (copy 0's) carries."""
+def _copy_configs(recipe, cfg, names, overridden: Sequence[str] | None = None) -> list:
+    """Every copy's configuration: ``names`` resolved with the group's overrides, whose values ``cfg`` (copy 0's)
+    holds: the fields named in ``overridden`` (the build option :data:`OVERRIDDEN`), each set in every copy (also
+    one whose value is copy 0's own default), ``steps``, and every field where ``cfg`` differs from its named
+    configuration (all a group made before the option existed stored)."""
     base = recipe.config(cfg.name, source=cfg.source)
+    fields = [f.name for f in dataclasses.fields(cfg)]
+    if overridden is not None and (not isinstance(overridden, (list, tuple))
+                                   or any(f not in fields for f in overridden)):
+        raise ValueError(f"{OVERRIDDEN}: must list fields of {type(cfg).__name__}, got {overridden!r}")
     skip = {"name", "row", "cell", "notes", "source"}
-    diff = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.name not in skip and getattr(cfg, f.name) != getattr(base, f.name)}
-    return [cfg if n == cfg.name else recipe.config(n, source=cfg.source, **diff) for n in names]
+    keep = {f for f in fields if getattr(cfg, f) != getattr(base, f)} | set(overridden or ()) | {"steps"}
+    changes = {f: getattr(cfg, f) for f in fields if f in keep and f not in skip}
+    return [cfg if n == cfg.name else recipe.config(n, source=cfg.source, **changes) for n in names]
 
 
 def copies_of(configs: Sequence, seeds: Sequence[int]) -> tuple[list, list]:
@@ -135,12 +145,14 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
           options: dict | None = None) -> Setup:
     """The :class:`~dnlib.experiments.recipe.Setup` of the K copies (the ``build`` of a :class:`GroupRun`):
     ``options["configs"]`` names each copy's configuration (default: ``cfg`` for every seed); each copy is built as
-    its separate run (:func:`~dnlib.experiments.runner.build_setup`), then packed."""
+    its separate run (:func:`~dnlib.experiments.runner.build_setup`), then packed. ``options["overridden"]``
+    (:data:`OVERRIDDEN`) names the fields of ``cfg`` that the group's overrides set: they are every copy's
+    (:class:`GroupRun` fills it in)."""
     options, mode = group_options(options)
     names = list(options.pop("configs", None) or [cfg.name] * len(seeds))
     if len(names) != len(seeds):
         raise ValueError(f"configs: one per copy ({len(seeds)} seeds), got {len(names)}")
-    cfgs = _copy_configs(recipe, cfg, names)
+    cfgs = _copy_configs(recipe, cfg, names, options.pop(OVERRIDDEN, None))
     for f in SHARED_FIELDS:
         vals = [getattr(c, f) for c in cfgs]
         if any(v != vals[0] for v in vals[1:]):
@@ -184,7 +196,9 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
 class GroupRun(Run):
     """A :class:`~dnlib.experiments.runner.Run` of K PTB copies (module doc): copy k's record is that of its own
     configuration and seed, in its own folder ``<config>-s<seed>`` inside the group's. ``configs`` x ``seeds``
-    (configuration-major) are the copies; with ``resume`` (a group's folder) both may be left out.
+    (configuration-major) are the copies; with ``resume`` (a group's folder) both may be left out. The
+    ``overrides`` are every copy's (their names are stored with the options, :data:`OVERRIDDEN`, so a resume
+    from the folder alone applies them too).
 
     ``budget``: a campaign's time budget (:mod:`dnlib.experiments.campaign`) rather than the run's own time limit:
     a copy stopped by ``time_limit`` (or ``stop_after``) is recorded ``time budget at step N``."""
@@ -200,9 +214,16 @@ class GroupRun(Run):
             options["configs"] = names
         else:
             first, names = None, None
+        overridden = set(kwargs.get("overrides") or {})
+        if configs is None and overridden and kwargs.get("resume") is not None \
+                and (Path(kwargs["resume"]) / RUN_FILE).exists():    # the stored ones stay the group's too
+            overridden |= set(read_run_file(kwargs["resume"]).get("options", {}).get(OVERRIDDEN) or ())
+        if configs is not None or overridden:      # (a resume by the folder alone: the stored list)
+            options[OVERRIDDEN] = sorted(overridden)
         self.budget = budget
         super().__init__(recipe, first, seeds=seeds, build=build, options=options, **kwargs)
-        self.copy_cfgs = _copy_configs(recipe, self.cfg, self.setup.info["stacked_configs"])
+        self.copy_cfgs = _copy_configs(recipe, self.cfg, self.setup.info["stacked_configs"],
+                                       self.options.get(OVERRIDDEN))
         if self.run_dir is not None:       # the runner named the copies' folders by copy 0's configuration
             wrong = set(self.copy_dirs)
             self.copy_dirs = [self.run_dir / records.run_name(c.name, s) for c, s in zip(self.copy_cfgs, self.seeds)]
