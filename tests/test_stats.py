@@ -58,6 +58,21 @@ def test_pairwise_corr_matches_numpy_and_mi_orders_dependence():
     assert p.n_samples == 5000 and p.bins == 16 and p.as_dict()["mi"] == pytest.approx(p.mi)
 
 
+def test_a_dead_channel_has_no_correlation_and_is_left_out_of_the_mean():
+    """A constant (dead) channel has no Pearson r (np.corrcoef: NaN): its pairs are NaN and left out of the means,
+    counted out of corr_pairs; a clamp made them r = 0 and pulled Table 10's mean |r| down silently."""
+    g = _gen(4)
+    a = torch.randn(2, 3000, generator=g)
+    z = torch.stack([a[0], 0.5 * a[0] + 0.3 * a[1], torch.full_like(a[0], 0.7)]).T.reshape(30, 100, 3).permute(0, 2, 1)
+    p = stats.pairwise_corr_mi(z, bins=8, max_samples=None)
+    ref = np.corrcoef(z.permute(1, 0, 2).reshape(3, -1).numpy()[:2])[0, 1]
+    assert p.pairs.tolist() == [[0, 1], [0, 2], [1, 2]] and p.corr_pairs == 1
+    assert p.corr_per_pair[0].item() == pytest.approx(ref, abs=1e-5) and p.corr_per_pair[1:].isnan().all()
+    assert p.corr == pytest.approx(abs(ref), abs=1e-5) and p.corr_signed == pytest.approx(ref, abs=1e-5)
+    assert p.mi_per_pair[1:].tolist() == pytest.approx([0, 0], abs=1e-12) and p.as_dict()["corr_pairs"] == 1   # MI 0
+    assert math.isnan(stats.pairwise_corr_mi(z, pairs=[[0, 2]], max_samples=None).corr)
+
+
 def test_mi_estimate_of_a_bivariate_gaussian():
     g = _gen(2)
     rho = 0.8

@@ -152,6 +152,9 @@ class PairStats:
 
     ``corr``: mean over pairs of |Pearson r|; ``corr_signed``: mean of r; ``mi``: mean MI in nats;
     per-pair values in ``corr_per_pair``/``mi_per_pair`` for ``pairs`` (a ``(P, 2)`` tensor of channel indices).
+    ``corr_pairs``: how many pairs the correlations average: a pair with a constant (dead) channel has no Pearson r
+    (NaN in ``corr_per_pair``) and is left out of ``corr``/``corr_signed`` (NaN when no pair has one); its MI is 0
+    and counts.
     """
 
     corr: float
@@ -162,6 +165,7 @@ class PairStats:
     mi_per_pair: torch.Tensor
     bins: int
     n_samples: int
+    corr_pairs: int
 
     def as_dict(self) -> dict:
         """The scalar fields only (for tables and JSON)."""
@@ -175,7 +179,10 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
     The metrics of the paper's Table 10 (PAPER.md §4): every (example, location) is one sample of the C
     channel responses; for each pair of channels ``(i, j)``
 
-    * correlation: Pearson r over the samples (``corr`` averages |r|, ``corr_signed`` averages r);
+    * correlation: Pearson r over the samples (``corr`` averages |r|, ``corr_signed`` averages r; the paper says
+      "average pairwise correlation", read here as the mean |r| since signed r of many filter pairs cancel). A pair
+      with a constant (dead) channel has no r: it is NaN per pair, left out of the means and counted out of
+      ``corr_pairs`` (a clamp that made it r = 0 pulled the mean down, silently);
     * mutual information: the plug-in estimate ``sum_ab p(a,b) log(p(a,b) / (p(a) p(b)))`` in nats from a
       ``bins x bins`` 2-D histogram whose bins are equal-width between each channel's min and max. It is biased
       upward by about ``(bins - 1)^2 / (2 S)`` nats for S samples (0.009 for 20 bins and 20,000 samples) and
@@ -202,6 +209,9 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
     std = zc.std(1, unbiased=False, keepdim=True)
     zs = (zc - zc.mean(1, keepdim=True)) / std.clamp_min(1e-12)
     r = (zs @ zs.T / s)[pairs[:, 0], pairs[:, 1]]
+    dead = zc.amax(1) == zc.amin(1)                                  # constant channels: Pearson r is undefined
+    r = torch.where(dead[pairs[:, 0]] | dead[pairs[:, 1]], torch.nan, r)
+    defined = r[~r.isnan()]
     idx = _bin_index(zc, bins).to(torch.int32)
     mi = []
     chunk = max(1, 4_000_000 // max(s, 1))
@@ -212,8 +222,9 @@ def pairwise_corr_mi(z: torch.Tensor, *, channel_dim: int = 1, pairs=None, n_pai
         counts = torch.bincount(joint.flatten(), minlength=len(p) * bins * bins).double()
         mi.append(_plugin_mi(counts.view(len(p), bins, bins)))
     mi = torch.cat(mi)
-    return PairStats(corr=r.abs().mean().item(), corr_signed=r.mean().item(), mi=mi.mean().item(), pairs=pairs,
-                     corr_per_pair=r.float(), mi_per_pair=mi.float(), bins=bins, n_samples=s)
+    return PairStats(corr=defined.abs().mean().item(), corr_signed=defined.mean().item(), mi=mi.mean().item(),
+                     pairs=pairs, corr_per_pair=r.float(), mi_per_pair=mi.float(), bins=bins, n_samples=s,
+                     corr_pairs=len(defined))
 
 
 # ----------------------------------------------------------------------------------- Figure 2

@@ -94,14 +94,18 @@ def first_layer_responses(model: nn.Module, data: CifarData, n_images: int = 500
 def table10(results, data: CifarData, *, n_images: int = 500, bins: int = 20,
             max_samples: int = 20000) -> MarkdownTable:
     """Mean pairwise |correlation| and MI (nats) of first-layer pre-normalization responses per trained model
-    (:func:`dnlib.analysis.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10."""
+    (:func:`dnlib.analysis.stats.pairwise_corr_mi`, all filter pairs), beside the paper's Table 10 (whose
+    "average pairwise correlation" is read as the mean |r|). A model with dead filters says over how many pairs its
+    mean |r| is (a constant filter has no r)."""
     from ..analysis.stats import pairwise_corr_mi
     rows = []
     for r in results:
         st = pairwise_corr_mi(first_layer_responses(r.model, data, n_images), bins=bins, max_samples=max_samples)
         pc, pm = TABLE10.get(r.config.name, (None, None))
-        rows.append([r.config.paper] + [cell(v, ".4f") for v in (st.corr, pc, st.mi, pm)])
-    return markdown_table(["model", "corr (ours)", "corr (paper)", "MI (ours)", "MI (paper)"], rows)
+        ours = cell(st.corr, ".4f") + (f" ({st.corr_pairs} of {len(st.pairs)} pairs)"
+                                       if st.corr_pairs < len(st.pairs) else "")
+        rows.append([r.config.paper, ours] + [cell(v, ".4f") for v in (pc, st.mi, pm)])
+    return markdown_table(["model", "mean abs r (ours)", "corr (paper)", "MI (ours)", "MI (paper)"], rows)
 
 
 def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int = 500, bins: int = 40,
