@@ -100,3 +100,23 @@ def test_committed_records_pool_over_seeds():
     assert len(rows) == len(list_configs()) and {r["n"] for r in rows} == {3}
     runs = analysis_report.load(root)
     assert runs.seeds() == [0, 1, 2] and len(runs) == 3 * len(list_configs())
+
+
+def test_the_brn_points_clip_at_rmax_3_dmax_5_from_the_first_step_and_are_not_bn():
+    """The batch analysis's brn (module doc: "at its final rmax 3, dmax 5 from the start: no warm-up schedule"; the
+    committed cpu records ran so). On Ioffe's schedule (the preset's default) it would be BN for the first 5000
+    batches, longer than any smoke or cpu point: BN's numbers under BRN's name."""
+    from dnlib.norms.batch_variants import BatchRenorm
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 50
+    for size in SIZES:
+        torch.manual_seed(0)
+        brn = get_config("batch-brn-b32", size).build_model().double().train()
+        torch.manual_seed(0)
+        bn = get_config("batch-bn-b32", size).build_model().double().train()
+        norms = [m for m in brn.modules() if isinstance(m, BatchRenorm)]
+        assert len(norms) == 3
+        y_brn, y_bn = brn(x), bn(x)                     # the first training step
+        assert all(m.clips() == (3.0, 5.0) for m in norms), [m.clips() for m in norms]
+        y_brn, y_bn = brn(x), bn(x)                     # the second: corrected towards the running statistics
+        assert (y_brn - y_bn).abs().max() > 1e-3 * y_bn.abs().max(), size
+    assert VARIANTS["brn"].norm_kwargs.get("relax", ()) is None
