@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import io
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,38 @@ def test_ptb_without_checksums_warns_on_known_counts(tmp_path, monkeypatch, spli
     damage(folder / f"ptb.{split}.txt")
     with pytest.warns(DataWarning, match=message):
         load_ptb(tmp_path / "root", download=False)
+
+
+def _swap_words(path: Path):
+    """Three words changed for words of the vocabulary: same token counts, same vocabulary, other text."""
+    b = path.read_bytes()
+    path.write_bytes(b.replace(b" the ", b" a ", 3))
+
+
+@needs_ptb
+def test_ptb_of_standard_sizes_but_other_words_is_not_canonical(tmp_path, monkeypatch):
+    """Without SHA256SUMS, files of the standard sizes but other text loaded silently; they load (a custom corpus),
+    but warn, and PTB.canonical says so (the PTB recipe records it)."""
+    monkeypatch.setenv("DNLIB_CACHE", str(tmp_path / "cache"))
+    folder = _real_copy(tmp_path / "root", sums=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert load_ptb(tmp_path / "root", download=False).canonical
+    _swap_words(folder / "ptb.test.txt")
+    with pytest.warns(DataWarning, match=r"not the canonical files: ptb.test.txt differ"):
+        d = load_ptb(tmp_path / "root", download=False)
+    assert (len(d.train), len(d.valid), len(d.test), d.vocab_size) == (929589, 73760, 82430, 10000)
+    assert not d.canonical
+
+
+def test_ptb_file_digests_are_the_canonical_md5s():
+    """The md5s torchtext (and others) pin for Mikolov's files; the sha256s are the mirror's (data/README.md: md5
+    equal to the canonical files)."""
+    from dnlib.data.ptb import PTB_FILE_DIGESTS
+    assert {f: md5 for f, (md5, _) in PTB_FILE_DIGESTS.items()} == {
+        "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420", "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",
+        "ptb.test.txt": "8b80168b89c18661a38ef683c0dc3721"}
+    if (MIRROR / "ptb").is_dir():
+        for f, (md5, sha) in PTB_FILE_DIGESTS.items():
+            raw = (MIRROR / "ptb" / f).read_bytes()
+            assert hashlib.md5(raw).hexdigest() == md5 and hashlib.sha256(raw).hexdigest() == sha

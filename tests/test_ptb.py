@@ -399,7 +399,13 @@ def test_graph_step_resumes_exactly_and_its_checkpoints_are_the_eager_ones(tmp_p
               batch_size=4, eval_every=5)
     full = run("dn-star-lstm", mode="eager", **kw)
     part = run("dn-star-lstm", mode="graph", resume=tmp_path, stop_after=10, **kw)
-    assert part.record["config"]["setup"]["mode"] == "graph-step (eager)"
+    setup = part.record["config"]["setup"]
+    assert setup["mode"] == "graph-step (eager)"
+    # the record says the streams came from the canonical PTB files, and the sizes of the evaluated splits
+    assert setup["canonical_data"] is True and "NOT" not in setup["data"]
+    assert (setup["valid_tokens"], setup["test_tokens"]) == (1000, 1000)
+    given = run("dn-star-lstm", mode="eager", stop_after=1, **{**kw, "data": (dict(kw["data"][0]), 200)})
+    assert given.record["config"]["setup"]["canonical_data"] is None
     resumed = run("dn-star-lstm", mode="eager", resume=tmp_path, **kw)
     strip = lambda h: [{k: v for k, v in r.items() if k != "time"} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)

@@ -8,7 +8,9 @@ state can be carried from one batch to the next within an epoch.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,10 @@ import numpy as np
 import torch
 
 from .fetch import DatasetSource, find_or_fetch
-from .root import check_known_sizes, check_regular_file, data_root, open_regular, verify_checksums
+from .root import DataWarning, check_known_sizes, check_regular_file, data_root, open_regular, verify_checksums
 
-__all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE", "PTB_SIZES"]
+__all__ = ["PTB", "PTBBatches", "load_ptb", "ptb_batches", "ptb_epoch_size", "PTB_SOURCE", "PTB_SIZES",
+           "PTB_FILE_DIGESTS"]
 
 PTB_SOURCE = DatasetSource(
     name="Penn Treebank (Mikolov's simple-examples)",
@@ -34,12 +37,27 @@ EOS = "<eos>"
 #: Sizes of the standard PTB (Mikolov's split, each newline an ``<eos>``), checked on every load.
 PTB_SIZES = {"train tokens": 929589, "valid tokens": 73760, "test tokens": 82430, "vocabulary": 10000}
 _FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+#: ``{file: (md5, sha256)}`` of the canonical files (Mikolov's simple-examples ``data/``; the md5s are those that
+#: torchtext and others pin for them). A load compares the files it reads with these: other files still load (a
+#: custom corpus), but :attr:`PTB.canonical` is False, a :class:`~dnlib.data.root.DataWarning` names them and the
+#: PTB recipe's run record says so.
+PTB_FILE_DIGESTS = {
+    "ptb.train.txt": ("f26c4b92c5fdc7b3f8c7cdcb991d8420",
+                      "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
+    "ptb.valid.txt": ("aa0affc06ff7c36e977d7cd49e3839bf",
+                      "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
+    "ptb.test.txt": ("8b80168b89c18661a38ef683c0dc3721",
+                     "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0"),
+}
 
 
-def _read_words(path: Path) -> list[str]:
+def _read_words(path: Path) -> tuple[list[str], str]:
+    """The words of PTB file ``path`` (each newline an ``<eos>``) and the sha256 of its bytes."""
     try:
-        with open_regular(path, "r", encoding="utf-8") as f:
-            return f.read().replace("\n", f" {EOS} ").split()
+        with open_regular(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")   # universal newlines, as text mode
+        return text.replace("\n", f" {EOS} ").split(), hashlib.sha256(raw).hexdigest()
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read PTB file {path}: {e}") from e
 
@@ -49,7 +67,8 @@ class PTB:
     """Penn Treebank as id streams (int64 tensors) and the vocabulary.
 
     ``vocab[i]`` is the word with id ``i``; ``word_to_id`` is its inverse. ``oov`` counts the
-    valid/test words absent from the training vocabulary (mapped to ``<unk>``; 0 for real PTB).
+    valid/test words absent from the training vocabulary (mapped to ``<unk>``; 0 for real PTB). ``canonical``:
+    the three files are byte for byte the canonical ones (:data:`PTB_FILE_DIGESTS`).
     """
 
     train: torch.Tensor
@@ -59,6 +78,7 @@ class PTB:
     word_to_id: dict[str, int]
     path: Path
     oov: dict[str, int]
+    canonical: bool = False
 
     @property
     def vocab_size(self) -> int:
@@ -79,7 +99,8 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
 
     The three files are checked against the data root's ``SHA256SUMS`` when it lists them (once;
     the verdict is cached until a file changes), and a :class:`~dnlib.data.root.ChecksumError` names
-    a file that differs. Token counts or a vocabulary that differ from :data:`PTB_SIZES` raise a
+    a file that differs. Token counts or a vocabulary that differ from :data:`PTB_SIZES`, or files of the standard
+    sizes whose bytes are not the canonical ones (:data:`PTB_FILE_DIGESTS`: e.g. a few words changed), raise a
     :class:`~dnlib.data.root.DataWarning` (a custom corpus loads, but is not the paper's PTB). A file that is
     not a regular file (a FIFO, a device, a folder; symlinks are resolved) raises
     :class:`~dnlib.data.root.NotRegularFileError` naming it, before anything is opened.
@@ -89,7 +110,8 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
         check_regular_file(folder / f)  # a FIFO would block the hashing or the reading below
     verify_checksums(data_root(root), folder, [folder / f for f in _FILES], what="Penn Treebank",
                      accept=_FILES.__contains__)
-    train_words = _read_words(folder / "ptb.train.txt")
+    train_words, sha_train = _read_words(folder / "ptb.train.txt")
+    sha = {"ptb.train.txt": sha_train}
     counter = collections.Counter(train_words)
     vocab = [w for w, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))]
     word_to_id = {w: i for i, w in enumerate(vocab)}
@@ -97,7 +119,7 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
     streams, oov = {}, {}
     for split, words in (("train", train_words), ("valid", None), ("test", None)):
         if words is None:
-            words = _read_words(folder / f"ptb.{split}.txt")
+            words, sha[f"ptb.{split}.txt"] = _read_words(folder / f"ptb.{split}.txt")
         ids = list(map(word_to_id.get, words))   # one C-level pass (with the array: 0.155 -> 0.066 s for the 3 files)
         missing = ids.count(None)
         if missing and unk is None:
@@ -107,10 +129,17 @@ def load_ptb(root: str | os.PathLike | None = None, *, download: bool = True,
             ids = [unk if i is None else i for i in ids]
         oov[split] = missing
         streams[split] = torch.from_numpy(np.array(ids, dtype=np.int64))
-    check_known_sizes("Penn Treebank", folder, {**{f"{k} tokens": len(v) for k, v in streams.items()},
-                                                "vocabulary": len(vocab)}, PTB_SIZES)
+    standard = check_known_sizes("Penn Treebank", folder, {**{f"{k} tokens": len(v) for k, v in streams.items()},
+                                                           "vocabulary": len(vocab)}, PTB_SIZES)
+    differ = [f for f in _FILES if sha[f] != PTB_FILE_DIGESTS[f][1]]
+    if standard and differ:   # (other sizes were just warned about)
+        warnings.warn(f"Penn Treebank in {folder} has the standard sizes but is not the canonical files: "
+                      f"{', '.join(differ)} differ (sha256 {', '.join(sha[f] for f in differ)}; see "
+                      f"dnlib.data.ptb.PTB_FILE_DIGESTS). Results on it are not comparable with the paper's; restore "
+                      f"the original files (data/README.md) if this is unintended.", DataWarning, stacklevel=2)
     return PTB(train=streams["train"], valid=streams["valid"], test=streams["test"], vocab=vocab,
-               word_to_id=word_to_id, path=folder, oov={k: v for k, v in oov.items() if k != "train"})
+               word_to_id=word_to_id, path=folder, oov={k: v for k, v in oov.items() if k != "train"},
+               canonical=not differ)
 
 
 def ptb_epoch_size(num_tokens: int, batch_size: int = 20, num_steps: int = 20) -> int:

@@ -61,7 +61,7 @@ from .ptb_loss import LMLoss, SliceClip, evaluate_perplexity, lm_step
 from .recipe import Command, Recipe, RunResult, Setup, card, check_int, replace, trainer_mode
 from .runner import call, call_many
 
-__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "load_data", "build_model", "unigram_perplexity", "run",
+__all__ = ["PTBRunConfig", "PTBRecipe", "RECIPE", "PTBSplits", "load_data", "build_model", "unigram_perplexity", "run",
            "run_many", "bench", "check_graph", "config_table", "set_threads", "MODES", "main"]
 
 MODES = ("auto", "graph", "eager")
@@ -95,7 +95,16 @@ def load_data(max_tokens: int | None = None, vocab: int | None = None, root=None
     if vocab is not None and vocab < size:
         splits = {k: v.clamp(max=vocab - 1) for k, v in splits.items()}
         size = vocab
-    return splits, size
+    return PTBSplits(splits, canonical=ptb.canonical), size
+
+
+class PTBSplits(dict):
+    """``{"train", "valid", "test"}`` id streams of :func:`load_data`; ``canonical``: read from the canonical PTB
+    files (:attr:`dnlib.data.PTB.canonical`), which a run's record states (None: streams made elsewhere)."""
+
+    def __init__(self, splits: dict, canonical: bool | None = None) -> None:
+        super().__init__(splits)
+        self.canonical = canonical
 
 
 def unigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
@@ -247,9 +256,14 @@ class PTBRecipe(Recipe):
                                            and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])},
                     "vocab_size": int(vocab_size), "train_tokens": int(splits["train"].numel())}
         n = int(splits["train"].numel())
+        canonical = getattr(splits, "canonical", None)
         info = {"data": (f"PTB (Mikolov), {n:,} training tokens, {vocab_size:,} words" +
-                         (" (smoke subset)" if max_tokens or vocab else "")),
-                "train_tokens": n, "vocab_size": int(vocab_size), "batches_per_epoch": E, "eval_every": chunk,
+                         (" (smoke subset)" if max_tokens or vocab else "") +
+                         {True: "", False: " (NOT the canonical PTB files: not comparable with the paper)",
+                          None: " (streams given by the caller)"}[canonical]),
+                "canonical_data": canonical, "train_tokens": n, "valid_tokens": int(splits["valid"].numel()),
+                "test_tokens": int(splits["test"].numel()), "vocab_size": int(vocab_size), "batches_per_epoch": E,
+                "eval_every": chunk,
                 "final_test_batch_size": final_test_batch_size,
                 "mode": trainer_mode(cls is SequenceGraphTrainer, dev), "card": card(dev)}
         return Setup(model, loss_fn, batches, tcfg, evaluate=evaluate, run_info=run_info, trainer=cls,
