@@ -159,8 +159,8 @@ def test_imresize_close_to_matlab_selfexsr(setname, scale):
         n, differ = n + d.size, differ + int((d > 0).sum())
         psnrs.append(10 * np.log10(255 ** 2 / np.mean(d ** 2.0)))
     print(f"SelfExSR {setname} x{scale}: PSNR ours vs MATLAB {np.mean(psnrs):.2f} dB, {differ / n:.1%} pixels differ")
-    # TOOLING.md: the SelfExSR files differ from a plain MATLAB downscale in ~12% of pixels, so no equality
-    assert np.mean(psnrs) > 50 and differ / n < 0.2
+    # MATLAB keeps uint8 after each pass: rounded once at the end instead, 11-15% of the pixels differed
+    assert np.mean(psnrs) > 60 and differ / n < 0.02
 
 
 # ------------------------------------------------------- checksums and known counts (issue 11, part 4)
