@@ -28,7 +28,9 @@ rewritten.
 The paper's preprocessing is raw 0-255 RGB minus a per-pixel, per-channel mean image; the authors'
 code takes that mean over train+test (``mean_over="train+test"``), the default here is the
 training images only. The validation split is the authors': ``RandomState(0)`` shuffle of the 50,000
-training indices, 10 folds, fold 0 held out (5,000 images).
+training indices, 10 folds, fold 0 held out (5,000 images). Those are the authors' images only in the official
+order (the pickles): an image folder lists each class in turn (the official order is lost between classes), so
+the same indices hold out another random 5,000 there, of the same size and procedure.
 """
 
 from __future__ import annotations
@@ -320,7 +322,8 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
             ``"imagefolder"`` (``cifar10-jpeg/{train,test}/<class>/*``) or ``"auto"``: the official
             pickles if present, else the image folder, else download the official archive.
         validation: hold out the authors' validation fold (5,000 of the 50,000 training images,
-            ``RandomState(0)``, fold 0 of 10) as ``x_val``/``y_val``.
+            ``RandomState(0)``, fold 0 of 10) as ``x_val``/``y_val``; the authors' images with the official
+            pickles, another random 5,000 of an image folder (class by class, so its order is not the official one).
         subset: for smoke runs, a class-stratified random subset (seeded by ``seed``): an int keeps
             that many images in every split, a pair ``(n_train, n_eval)`` sets train and val/test apart.
         mean_over: ``"train"`` (the training images used, before ``subset``) or ``"train+test"``
