@@ -215,9 +215,6 @@ def hash_file(path: str | os.PathLike, algo: str) -> str:
     return h.hexdigest()
 
 
-    # else: an identical file is already there (checked by _merge_plan)
-
-
 def stat_key(paths: Sequence[str | os.PathLike]) -> str:
     """A cheap identity of files: sha256 over each path's name, size, ``mtime_ns`` and ``ctime_ns``, in order.
 
