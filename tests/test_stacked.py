@@ -136,6 +136,45 @@ def test_folded_and_grouped_normalizers_equal_separate_models():
                 torch.testing.assert_close(grads[n], p.grad, rtol=1e-9, atol=1e-12, msg=f"{n} (fold={fold})")
 
 
+@pytest.mark.parametrize("running_stats", ["tf", "torch"])
+def test_stacked_bn_keeps_the_copies_running_statistics(running_stats):
+    """BN with the authors' moving averages (running_stats='tf': TF's EMA of the biased variance, from 0) or torch's,
+    float64, each copy its own images: two training forwards (the running statistics move) and evaluation give the
+    stacked model the copies' outputs and buffers (the stack built a 'torch' BN for 'tf' copies: eval off by 0.5)."""
+    models = []
+    for s in range(2):
+        set_seed(s)
+        models.append(CifarCNN(10, "bn", norm_kwargs={"running_stats": running_stats}).double())
+    st = StackedCifarCNN(models)
+    gen = torch.Generator().manual_seed(0)
+    for mode in ("train", "train", "eval"):
+        for m in models + [st]:
+            m.train(mode == "train")
+        xs = [torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64) * 50 for _ in models]
+        out = st(torch.cat(xs, 1))
+        for k, (m, x) in enumerate(zip(models, xs)):
+            torch.testing.assert_close(out[k], m(x), rtol=1e-10, atol=1e-12, msg=f"copy {k}, {mode}")
+            mine = st.copy_state_dict(k)
+            for n, v in m.state_dict().items():
+                assert mine[n].dtype == v.dtype, n
+                torch.testing.assert_close(mine[n], v, rtol=1e-12, atol=1e-15, msg=f"{n}, {mode}")
+    assert [n.running_stats for n in st.norms] == [running_stats] * 3
+
+
+def test_copies_whose_normalizers_differ_in_a_setting_are_refused_naming_it():
+    """Every setting of a DivisiveNorm that shapes its forward or its buffers is one value for the whole stack: copies
+    that differ in one are refused by its name, and a subclass (whose own settings a DivisiveNorm stack would drop:
+    batch renorm's clips would become plain BN) is refused by its class."""
+    cases = {"running_stats": ({"running_stats": "tf"}, {"running_stats": "torch"}),
+             "momentum": ({"momentum": 0.1}, {"momentum": 0.01}),
+             "impl": ({"impl": "general"}, {"impl": "auto"})}
+    for setting, (a, b) in cases.items():
+        with pytest.raises(ValueError, match=f"models: the copies' normalizers differ in {setting}"):
+            StackedCifarCNN([CifarCNN(10, "bn", norm_kwargs=a), CifarCNN(10, "bn", norm_kwargs=b)])
+    with pytest.raises(ValueError, match="BatchRenorm"):
+        StackedCifarCNN([CifarCNN(10, "brn"), CifarCNN(10, "brn")])
+
+
 def _grads(st):
     """A stand-in whose state_dict is ``st``'s gradients (so copy_state_dict unpacks them)."""
     g = copy.deepcopy(st)

@@ -108,6 +108,28 @@ def test_pack_unpack_and_l1_terms():
         StackedSRCNN([get_config("smoke").build_model("bn"), get_config("smoke").build_model("none")])
 
 
+def test_stacked_bn_keeps_the_authors_running_statistics():
+    """SRCNN's BN with running_stats='tf' (the authors' EMA), float64: the stack keeps it (it built torch's), so
+    training forwards and evaluation give the copies' outputs and running statistics."""
+    from dnlib.models.srcnn import SRCNN
+    models = []
+    for s in range(2):
+        torch.manual_seed(s)
+        models.append(SRCNN("bn", channels=(8, 4), norm_kwargs={"running_stats": "tf"}).double())
+    st = StackedSRCNN(models)
+    gen = torch.Generator().manual_seed(0)
+    for mode in ("train", "train", "eval"):
+        for m in models + [st]:
+            m.train(mode == "train")
+        xs = [torch.rand(2, 1, 21, 21, generator=gen, dtype=torch.float64) for _ in models]
+        out = st(torch.cat(xs, 1))
+        for k, m in enumerate(models):
+            torch.testing.assert_close(out[:, k:k + 1], m(xs[k]), rtol=1e-10, atol=1e-12, msg=f"copy {k}, {mode}")
+            for n, v in m.state_dict().items():
+                torch.testing.assert_close(st.copy_state_dict(k)[n], v, rtol=1e-12, atol=1e-15, msg=f"{n}, {mode}")
+    assert st.norm1.running_stats == st.norm2.running_stats == "tf"
+
+
 @pytest.mark.slow
 @needs_data
 def test_stacked_run_writes_one_record_per_seed(tmp_path):

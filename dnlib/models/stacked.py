@@ -21,7 +21,7 @@ from torch import nn
 from ..norms.norm import DivisiveNorm
 from .cnn import CifarCNN
 
-__all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "FoldedNorm"]
+__all__ = ["StackedCifarCNN", "StackedLinear", "stack_norm", "norm_settings", "FoldedNorm"]
 
 
 class StackedLinear(nn.Module):
@@ -64,21 +64,37 @@ class FoldedNorm(nn.Module):
         return f"copies={self.copies}"
 
 
+def norm_settings(m: DivisiveNorm) -> dict:
+    """Every setting of a :class:`DivisiveNorm` that shapes its forward or its buffers (its constructor's arguments
+    but ``device``/``dtype``, which follow its tensors), by name: a stack of copies holds one value of each."""
+    return {"spec": m.spec, "num_features": m.num_features, "affine": m.affine, "bias": m.bias is not None,
+            "momentum": m.momentum, "track_running_stats": m.track_running_stats, "alpha": m.alpha, "impl": m.impl,
+            "running_stats": m.running_stats, "process_group": m.process_group}
+
+
 def stack_norm(norms: Sequence[nn.Module], fold: bool | None = None) -> nn.Module:
-    """One module over ``K * C`` channels computing the K normalizers ``norms`` (equal :class:`DivisiveNorm` s of C
-    channels) on their own channel blocks: a :class:`DivisiveNorm` whose fields that pool ``channel`` get
-    ``groups`` times K and whose ``alpha`` is times K (the L1 term is the mean over the K equally sized blocks:
-    times K it is the sum of the K copies' terms). Parameters and buffers are not copied (see
-    :meth:`StackedCifarCNN.load_copies`).
+    """One module over ``K * C`` channels computing the K normalizers ``norms`` (:class:`DivisiveNorm` s of C channels
+    equal in every setting of :func:`norm_settings`) on their own channel blocks: a :class:`DivisiveNorm` with those
+    settings whose fields that pool ``channel`` get ``groups`` times K and whose ``alpha`` is times K (the L1 term is
+    the mean over the K equally sized blocks: times K it is the sum of the K copies' terms); its running statistics
+    have the copies' dtype. Parameters and buffers are not copied (see :meth:`StackedCifarCNN.load_copies`). Copies
+    that differ in a setting are refused naming it, and so are subclasses of DivisiveNorm (batch renorm, FRN, ...),
+    whose own settings a DivisiveNorm stack would drop.
 
     ``fold``: instead, a :class:`FoldedNorm` (the copies folded into the batch; per-example fields without
     parameters or running statistics only, e.g. DN*); ``None``: fold when the impl takes no groups (``"triton"``).
     """
     k, m0 = len(norms), norms[0]
-    if not all(isinstance(m, DivisiveNorm) for m in norms):
-        raise ValueError(f"norms: stacking needs DivisiveNorm layers, got {type(m0).__name__}")
-    _same([(m.spec, m.num_features, m.alpha, m.affine, m.bias is None, m.momentum, m.track_running_stats, m.impl)
-           for m in norms], "their normalizers")
+    odd = next((m for m in norms if type(m) is not DivisiveNorm), None)
+    if odd is not None:
+        raise ValueError(f"norms: stacking needs DivisiveNorm layers, got {type(odd).__name__} (a subclass's own "
+                         f"settings and forward would be lost in a DivisiveNorm stack)")
+    settings = [norm_settings(m) for m in norms]
+    for name, value in settings[0].items():
+        other = next((s[name] for s in settings[1:] if s[name] != value), value)
+        if other != value:
+            raise ValueError(f"models: the copies' normalizers differ in {name} ({value!r} vs {other!r}); stacked "
+                             f"copies must be the same configuration")
     spec = m0.spec
     if spec.learn_sigma:
         raise ValueError(f"norms: a learned sigma (one scalar per site) cannot be stacked, got {spec}")
@@ -92,12 +108,18 @@ def stack_norm(norms: Sequence[nn.Module], fold: bool | None = None) -> nn.Modul
             raise ValueError(f"fold: folding the copies into the batch needs a per-example normalizer without "
                              f"parameters or running statistics, got {m0}")
         return FoldedNorm(DivisiveNorm(m0.num_features, spec, affine=False, track_running_stats=False,
-                                       alpha=m0.alpha * k, impl=m0.impl, **factory), k)
+                                       alpha=m0.alpha * k, impl=m0.impl, process_group=m0.process_group,
+                                       running_stats=m0.running_stats, **factory), k)
     if "channel" in spec.sum_axes | spec.sup_axes:
         spec = spec.replace(groups=spec.groups * k)
-    return DivisiveNorm(k * m0.num_features, spec, affine=m0.affine, bias=not m0.affine or m0.bias is not None,
-                        momentum=m0.momentum, track_running_stats=m0.track_running_stats, alpha=m0.alpha * k,
-                        impl=m0.impl, **factory)
+    out = DivisiveNorm(k * m0.num_features, spec, affine=m0.affine, bias=not m0.affine or m0.bias is not None,
+                       momentum=m0.momentum, track_running_stats=m0.track_running_stats, alpha=m0.alpha * k,
+                       impl=m0.impl, process_group=m0.process_group, running_stats=m0.running_stats, **factory)
+    for name in ("running_mean", "running_var"):
+        mine, theirs = getattr(out, name), getattr(m0, name)
+        if mine is not None and theirs is not None and mine.dtype != theirs.dtype:
+            setattr(out, name, mine.to(theirs.dtype))
+    return out
 
 
 class StackedCifarCNN(nn.Module):
