@@ -91,7 +91,7 @@ def _need(s: Smoke):
 def _run(s: Smoke, **kw):
     overrides = {**_OVERRIDES.get(s.module, {}), **kw.pop("overrides", {})}
     return runner_mod.run(s.recipe, kw.pop("config", s.config), steps=s.steps, device="cpu", overrides=overrides,
-                          options=s.options, **kw)
+                          options=kw.pop("options", s.options), **kw)
 
 
 def _strip(history):
@@ -150,6 +150,54 @@ def test_resumed_run_equals_the_uninterrupted_one(s, tmp_path, monkeypatch):
     assert _timeless(resumed.record["headline"]) == _timeless(full.record["headline"])
     rows = records.read_curves(part_dir)
     assert [r["step"] for r in rows] == [r["step"] for r in records.read_curves(full.run_dir)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("s", RECIPES)
+def test_resume_naming_the_config_keeps_the_stored_options_and_refuses_others(s, tmp_path):
+    """Resuming a folder with its configuration named (``run NAME --resume DIR``, as sweeps do) used only the options
+    given then: the stored ``eval_every`` was replaced by the default and run.json rewritten without it. The stored
+    options apply whether or not the configuration is named; an equal one may be given, a different one is refused
+    by name before anything is written."""
+    _need(s)
+    _run(s, resume=tmp_path, stop_after=s.chunk, progress=False)
+    stored = json.loads((tmp_path / "run.json").read_text())
+    assert stored["options"]["eval_every"] == s.chunk
+    with pytest.raises(ValueError, match=rf"^eval_every: .*eval_every={s.chunk}\b.*given eval_every=3\b"):
+        _run(s, resume=tmp_path, options={**s.options, "eval_every": 3}, progress=False)
+    assert json.loads((tmp_path / "run.json").read_text()) == stored          # nothing written
+    part = _run(s, resume=tmp_path, stop_after=2 * s.chunk, progress=False)    # the same options: fine
+    assert part.record["steps_done"] == 2 * s.chunk
+    rest = {k: v for k, v in s.options.items() if k != "eval_every"}
+    done = _run(s, resume=tmp_path, options=rest, progress=False)              # eval_every left out: the stored one
+    assert done.stopped == "completed"
+    assert json.loads((tmp_path / "run.json").read_text())["options"] == stored["options"]
+    assert [r["step"] for r in records.read_curves(tmp_path)] == list(range(s.chunk, s.steps + 1, s.chunk))
+
+
+def test_resume_refuses_an_option_other_than_the_stored_or_default_one(tmp_path):
+    """The options check of a resume, before any data is loaded: a stored option given with another value is refused
+    naming both; one the folder did not store ran at its default, so another value is refused too; an equal one, and
+    the options that say where the data lie or how many threads to use (``FREE_ON_RESUME``), are not; a named resume
+    that gives a different one stops before any data is loaded."""
+    recipe = importlib.import_module("dnlib.experiments.ptb").RECIPE
+    (tmp_path / "run.json").write_text(json.dumps({"experiment": "ptb", "config": "ln-star-lstm",
+                                                   "options": {"eval_every": 2, "max_tokens": 3000}}))
+
+    def resume(**options):
+        return runner_mod.resumed_options(recipe, runner_mod.read_run_file(tmp_path), options, tmp_path)
+
+    with pytest.raises(ValueError, match=r"^eval_every: the run in .* was made with eval_every=2; given "
+                                         r"eval_every=4 \(a resume must match the run it resumes"):
+        resume(eval_every=4)
+    with pytest.raises(ValueError, match=r"^final_test_batch_size: .*made with final_test_batch_size=1 \(its "
+                                         r"default\); given final_test_batch_size=None"):
+        resume(final_test_batch_size=None)
+    assert resume(eval_every=2, threads=3, root="/elsewhere") == {"eval_every": 2, "max_tokens": 3000, "threads": 3,
+                                                                  "root": "/elsewhere"}
+    assert resume() == {"eval_every": 2, "max_tokens": 3000}
+    with pytest.raises(ValueError, match=r"^max_tokens: .*max_tokens=3000; given max_tokens=100 "):
+        runner_mod.prepare(recipe, "ln-star-lstm", resume=tmp_path, options={"max_tokens": 100})
 
 
 @pytest.mark.slow

@@ -27,7 +27,9 @@ call always runs (there is no measure yet).
 **Run folders.** ``out=BASE`` makes a new folder ``BASE/<config>-s<seed>-<UTC time>``
 (:func:`dnlib.experiments.records.new_run_dir`, never another run's); ``resume=DIR`` runs in ``DIR`` itself: it
 continues the checkpoint there (the trainer refuses one written by another run,
-:class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none. A folder holds ``run.json`` (how
+:class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none. A resume runs with the
+options stored in the folder, whether or not the configuration is named; one given with another value is refused
+(:func:`resumed_options`). A folder holds ``run.json`` (how
 the run was called, enough to resume it by its folder alone), ``record.json`` (:mod:`dnlib.experiments.records`;
 ``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``, ``history.json``. Every file is
 written atomically: a killed run leaves complete files or none.
@@ -71,7 +73,7 @@ from .recipe import (
 )
 
 __all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
-           "recipe_runs"]
+           "recipe_runs", "resumed_options", "FREE_ON_RESUME"]
 
 
 def _plain(value) -> bool:
@@ -99,15 +101,70 @@ def _stored_run(recipe: Recipe, resume) -> dict:
     return stored
 
 
-def _resolve_from_stored(stored: dict, config, options: dict, seed: int | None, seeds: Sequence[int] | None,
-                         build) -> tuple:
+#: Options a resume may change: where the data lie (``data``, ``root``), how many CPU threads to use, and which
+#: kernels run the same math (``mode``: graph or eager steps write one checkpoint, tests/test_ptb.py resumes a graph
+#: run eagerly). Any other option of a resumed run is its stored one (:func:`resumed_options`).
+FREE_ON_RESUME = frozenset({"data", "root", "threads", "mode"})
+
+
+def _option_defaults(recipe: Recipe) -> dict:
+    """``{option: default}`` of the keyword-only parameters of ``recipe.load`` and ``recipe.build`` (a name of
+    both: ``load``'s, the one a run that did not give it loaded its data with)."""
+    out: dict = {}
+    for method in (recipe.load, recipe.build):
+        for k, p in inspect.signature(method).parameters.items():
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
+                out.setdefault(k, p.default)
+    return out
+
+
+def _still_valid(recipe: Recipe, key: str, value) -> bool:
+    """Whether the recipe takes ``key=value`` today (a folder written by an older dnlib may hold a value since
+    refused, e.g. PTB's ``final_test_batch_size=0``: then the value given to resume it replaces it)."""
+    try:
+        recipe.check_options(**{key: value})
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def resumed_options(recipe: Recipe, stored: dict, options: dict, resume) -> dict:
+    """The options of a run that resumes the folder ``resume`` (``stored``: its ``run.json``): the stored ones with
+    the ``options`` given now. A resume must match the run it resumes: a given option whose value differs from the
+    stored one (or, when the folder did not store it, from its default: the run ran with that) is a ValueError
+    naming the option and both values; an equal one is fine. Not compared: :data:`FREE_ON_RESUME`, a value that
+    could not have been stored (not plain: a tensor, a path...) where none is, and a stored value the recipe now
+    refuses (the given one replaces it). Configuration fields and the seed are not options: the checkpoint's
+    identity refuses those (:class:`~dnlib.training.trainer.CheckpointError`)."""
+    kept = dict(stored.get("options") or {})
+    defaults = _option_defaults(recipe)
+    for key, value in options.items():
+        if key in FREE_ON_RESUME:
+            continue
+        if key in kept:
+            was, how = kept[key], ""
+        elif key in defaults and _plain(value):
+            was, how = defaults[key], " (its default)"
+        else:
+            continue
+        if records.jsonable(value) == records.jsonable(was) or (key in kept and not _still_valid(recipe, key, was)):
+            continue
+        raise ValueError(f"{key}: the run in {resume} was made with {key}={was!r}{how}; given {key}={value!r} (a "
+                         f"resume must match the run it resumes: leave {key} out, or start a new run elsewhere)")
+    return {**kept, **options}
+
+
+def _resolve_from_stored(recipe: Recipe, stored: dict, config, options: dict, seed: int | None,
+                         seeds: Sequence[int] | None, build, resume) -> tuple:
     """The configuration, options, seeds and seed of a run: those given, else the resumed run's ``stored``
-    ones; returns (config, options, seeds (a list, [] for an ordinary run), seed)."""
+    ones (its options apply whether or not the configuration is named: :func:`resumed_options`); returns (config,
+    options, seeds (a list, [] for an ordinary run), seed)."""
     if config is None:
         if not stored:
             raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
         config = stored["config"]
-        options = {**stored.get("options", {}), **options}
+    if stored:
+        options = resumed_options(recipe, stored, options, resume)
     if seeds is not None and seed is not None:
         raise ValueError("seed, seeds: give one (seeds: one per copy of a stacked run)")
     seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
@@ -154,7 +211,8 @@ class Run:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
         stored = _stored_run(recipe, resume)
         overrides, options = dict(overrides or {}), dict(options or {})
-        config, options, seeds, seed = _resolve_from_stored(stored, config, options, seed, seeds, build)
+        config, options, seeds, seed = _resolve_from_stored(recipe, stored, config, options, seed, seeds, build,
+                                                             resume)
         if device is None:
             device = stored.get("device", "auto")
         self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
@@ -335,7 +393,8 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         steps: shorten the schedule (the recipe scales it).
         time_limit: seconds; stop at the first chunk boundary where the next chunk would not fit (module doc).
         out: a base folder: the run gets a new folder ``out/<config>-s<seed>-<UTC time>``.
-        resume: a run folder: continue it (its checkpoint must be this run's), or start there.
+        resume: a run folder: continue it (its checkpoint must be this run's, its stored options apply: one given
+            with another value is refused), or start there.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
         overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
