@@ -47,8 +47,8 @@ def test_model_layers_and_shapes():
 
 
 def test_model_norm_argument_and_sites():
-    m = CifarCNN(10, ["bn", "ln", "dn"], norm_kwargs=dict(window=[None, None, 3], sigma=0.5, alpha=[0.0, 0.01, 0.02],
-                                                         eps=0.0))
+    m = CifarCNN(10, ["bn", "ln", "dn"], norm_kwargs=dict(window=[None, None, 3], sigma=0.5, eps=0.0),
+                 per_layer=dict(alpha=[0.0, 0.01, 0.02]))
     assert [type(n) for n in m.norms] == [DivisiveNorm] * 3
     assert [n.spec.sum_axes for n in m.norms][:2] == [frozenset({"batch", "space"}), frozenset({"channel", "space"})]
     assert dict(m.norms[2].spec.sum_window) == {"space": 3}
@@ -58,6 +58,40 @@ def test_model_norm_argument_and_sites():
     weights, others = m.decay_parameters()
     assert len(weights) == 5 and all(w.dim() > 1 for w in weights)
     assert len(weights) + len(others) == len(list(m.parameters()))
+
+
+def test_a_tuple_valued_norm_kwarg_is_one_value_for_every_layer_and_per_layer_values_are_explicit():
+    """norm_kwargs are make_norm's overrides of every layer, a tuple value whole (sn's fields, brn's relax: each
+    was split across the three layers, 'fields: ... got 'in''); one value per layer goes in ``per_layer``. A window
+    given as three integers (or None) stays one per layer: no one-layer window is a sequence of integers (the
+    configurations' DN windows 5, 3, 3)."""
+    from dnlib.experiments import analysis_configs
+    for fields in (("in", "ln", "bn"), ["in", "ln", "bn"]):
+        m = CifarCNN(10, "sn", norm_kwargs={"fields": fields})
+        assert [n.fields for n in m.norms] == [("in", "ln", "bn")] * 3
+    m = CifarCNN(10, "brn", norm_kwargs={"relax": (10, 400, 250)})
+    assert [n.relax for n in m.norms] == [(10, 400, 250)] * 3
+    m = CifarCNN(10, "sn", per_layer={"fields": [("in", "ln"), ("ln", "bn"), ("bn",)]})
+    assert [n.fields for n in m.norms] == [("in", "ln"), ("ln", "bn"), ("bn",)]
+    m = CifarCNN(10, "dn", norm_kwargs={"sigma": 0.5}, per_layer={"alpha": (0.0, 0.01, 0.02), "window": (5, 3, 3)})
+    assert [n.alpha for n in m.norms] == [0.0, 0.01, 0.02] and [n.spec.sigma for n in m.norms] == [0.5] * 3
+    for kw in ({"window": (5, 3, 3)}, {"window": [5, 3, 3]}, {"sum_window": (5, 3, 3), "sup_window": (5, 3, 3)}):
+        m = CifarCNN(10, "dn", norm_kwargs=kw)
+        assert [dict(n.spec.sum_window) for n in m.norms] == [{"space": w} for w in (5, 3, 3)], kw
+    # the named configurations' DN layers: windows 5, 3, 3
+    for cfg in (get_config("dn-star"), analysis_configs.get_config("batch-dn-star-b32", "smoke")):
+        m = cfg.build_model()
+        assert [dict(n.spec.sum_window) for n in m.norms] == [{"space": w} for w in (5, 3, 3)]
+    with pytest.raises(ValueError, match=r"per_layer\['alpha'\]: needs 3 values \(one per conv layer\)"):
+        CifarCNN(10, "dn", per_layer={"alpha": (0.0, 0.01)})
+    with pytest.raises(ValueError, match=r"per_layer\['alpha'\]: needs 3 values"):
+        CifarCNN(10, "dn", per_layer={"alpha": 0.01})
+    with pytest.raises(ValueError, match=r"per_layer\['sigma'\]: also given in norm_kwargs"):
+        CifarCNN(10, "dn", norm_kwargs={"sigma": 0.5}, per_layer={"sigma": (0.5, 0.5, 0.5)})
+    with pytest.raises(ValueError, match="per_layer: expected a mapping"):
+        CifarCNN(10, "dn", per_layer=[("alpha", (0, 0, 0))])
+    with pytest.raises(ValueError, match=r"alpha: .* for one value per conv layer pass per_layer=\{'alpha': ...\}"):
+        CifarCNN(10, "dn", norm_kwargs={"alpha": [0.0, 0.01, 0.02]})
 
 
 def _naive_tf_same_pool(x, kind, k, s):

@@ -60,8 +60,8 @@ def test_cifar_cnn_takes_a_preset_name_or_a_spec(name):
 
 
 def test_cifar_cnn_norm_kwargs_reach_every_layer_and_per_layer_lists():
-    m = CifarCNN(10, ["bn", "ln", "dn"], norm_kwargs=dict(window=[None, None, 3], sigma=0.5,
-                                                         alpha=[0.0, 0.01, 0.02], eps=0.0))
+    m = CifarCNN(10, ["bn", "ln", "dn"], norm_kwargs=dict(window=[None, None, 3], sigma=0.5, eps=0.0),
+                 per_layer=dict(alpha=[0.0, 0.01, 0.02]))
     assert [n.spec.sigma for n in m.norms] == [0.5, 0.5, 0.5]
     assert [n.alpha for n in m.norms] == [0.0, 0.01, 0.02]
     assert [n.spec.eps for n in m.norms] == [0.0, 0.0, 0.0]

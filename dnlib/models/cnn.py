@@ -29,7 +29,8 @@ from ..norms.norm import DivisiveNorm
 from ..norms.presets import NormLike, get_norm_layer, norm_name
 from ..norms.spec import NormSpec
 
-__all__ = ["CifarCNN", "tf_same_pads", "tf_same_pool2d", "TFSamePool2d", "INIT_STD"]
+__all__ = ["CifarCNN", "tf_same_pads", "tf_same_pool2d", "TFSamePool2d", "INIT_STD",
+           "layer_kwargs", "WINDOW_KEYS"]
 
 #: Init std of conv1, conv2, conv3, fc1, fc2 (PAPER.md §3.1).
 INIT_STD = (1e-4, 1e-2, 1e-2, 1e-1, 1e-1)
@@ -76,6 +77,12 @@ class TFSamePool2d(nn.Module):
         return f"{self.kind!r}, kernel={self.kernel}, stride={self.stride}, padding='TF SAME'"
 
 
+#: make_norm keys whose value in ``norm_kwargs`` may be one per conv layer, as a list or tuple of integers (or None):
+#: a window of one layer is an integer, an ``{axis: size}`` mapping or ``(axis, size)`` pairs, never a sequence of
+#: integers, so such a value cannot be one layer's (the configurations' DN windows 5, 3, 3).
+WINDOW_KEYS = ("window", "sum_window", "sup_window")
+
+
 def _per_layer(value, n: int, name: str) -> list:
     """A list/tuple of length ``n`` is one value per layer; anything else is shared by all layers."""
     if isinstance(value, (list, tuple)) and not isinstance(value, NormSpec):
@@ -93,6 +100,37 @@ def _norm_kwargs(norm_kwargs: Mapping | None) -> dict:
     return dict(norm_kwargs or {})
 
 
+def _is_window_list(key: str, value) -> bool:
+    return key in WINDOW_KEYS and isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in value)
+
+
+def layer_kwargs(norm_kwargs: Mapping | None, per_layer: Mapping | None, n: int = 3) -> list:
+    """The :func:`dnlib.make_norm` overrides of each of ``n`` layers: ``norm_kwargs`` shared by all (every value
+    whole, tuples too: sn's ``fields``, brn's ``relax``), ``per_layer`` one value per layer (a list or tuple of
+    ``n``). A window key (:data:`WINDOW_KEYS`) of ``norm_kwargs`` given as integers (or None) is one per layer too.
+    ValueErrors name the key: a ``per_layer`` value that is not ``n`` values, a key given in both."""
+    shared = _norm_kwargs(norm_kwargs)
+    if per_layer is not None and not isinstance(per_layer, Mapping):
+        raise ValueError(f"per_layer: expected a mapping of make_norm overrides to {n} values, one per conv layer "
+                         f"(e.g. {{'alpha': (0.0, 0.01, 0.02)}}), got {type(per_layer).__name__} {per_layer!r}")
+    layered = {}
+    for key, value in (per_layer or {}).items():
+        if key in shared:
+            raise ValueError(f"per_layer[{key!r}]: also given in norm_kwargs; give each key once")
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise ValueError(f"per_layer[{key!r}]: needs {n} values (one per conv layer) in a list or tuple, got "
+                             f"{value!r}")
+        layered[key] = list(value)
+    for key in [k for k, v in shared.items() if _is_window_list(k, v)]:
+        value = shared.pop(key)
+        if len(value) != n:
+            raise ValueError(f"norm_kwargs[{key!r}]: a per-layer window needs {n} entries (one per conv layer), got "
+                             f"{len(value)}: {value!r}")
+        layered[key] = list(value)
+    return [{**shared, **{k: v[i] for k, v in layered.items()}} for i in range(n)]
+
+
 class CifarCNN(nn.Module):
     """The CIFAR CNN of PAPER.md §3.1 with ``norm`` before each conv ReLU.
 
@@ -101,8 +139,13 @@ class CifarCNN(nn.Module):
         norm: a preset name (see :func:`dnlib.list_norms`), a :class:`NormSpec`, ``None`` (= ``"none"``), or a
             list of three of them, one per conv layer.
         norm_kwargs: overrides passed to :func:`dnlib.make_norm` for every layer (``sigma``, ``alpha``,
-            ``affine``, ``eps``, ``window``, ``border``, ...); a list or tuple of three values gives one per layer,
-            e.g. ``window=(5, 3, 3)``.
+            ``affine``, ``eps``, ``window``, ``border``, ...), each value whole (a tuple too: ``fields=("in",
+            "ln")``, ``relax=(5000, 40000, 25000)``). One exception: a window (``window``, ``sum_window``,
+            ``sup_window``) given as three integers (or None) is one per layer, e.g. ``window=(5, 3, 3)``; no
+            window of one layer is a sequence of integers.
+        per_layer: overrides with one value per conv layer, each a list or tuple of three, e.g.
+            ``{"alpha": (0.0, 0.01, 0.02)}`` or ``{"fields": [("in",), ("ln",), ("bn",)]}`` (a key goes in
+            ``norm_kwargs`` or here, not both).
         dropout: drop probability after both FC layers, logits included, as the authors' code (0.5 for
             "Baseline +WD +Dropout"; 0 = none).
         widths: conv channels.
@@ -122,10 +165,10 @@ class CifarCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, norm: NormLike | Sequence[NormLike] = "none", *,
-                 norm_kwargs: Mapping | None = None, dropout: float = 0.0, widths: Sequence[int] = (32, 32, 64),
-                 init_std: Sequence[float] | None = INIT_STD):
+                 norm_kwargs: Mapping | None = None, per_layer: Mapping | None = None, dropout: float = 0.0,
+                 widths: Sequence[int] = (32, 32, 64), init_std: Sequence[float] | None = INIT_STD):
         super().__init__()
-        norm_kwargs = _norm_kwargs(norm_kwargs)
+        kwargs = layer_kwargs(norm_kwargs, per_layer, 3)
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
@@ -133,11 +176,18 @@ class CifarCNN(nn.Module):
         if len(widths) != 3:
             raise ValueError(f"widths: need 3 conv widths, got {widths!r}")
         norms = _per_layer(norm, 3, "norm")
-        per_layer = {k: _per_layer(v, 3, f"norm_kwargs[{k!r}]") for k, v in norm_kwargs.items()}
-        layers = [get_norm_layer(norms[i], {k: v[i] for k, v in per_layer.items()}) for i in range(3)]
+        layers = [get_norm_layer(norms[i], kwargs[i]) for i in range(3)]
         chans = (3,) + tuple(widths)
         self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 5, padding=2) for i in range(3))
-        self.norms = nn.ModuleList(layers[i](chans[i + 1]) for i in range(3))
+        try:
+            self.norms = nn.ModuleList(layers[i](chans[i + 1]) for i in range(3))
+        except ValueError as e:
+            three = [k for k, v in _norm_kwargs(norm_kwargs).items() if isinstance(v, (list, tuple)) and len(v) == 3
+                     and not _is_window_list(k, v)]
+            if not three:
+                raise
+            raise ValueError(f"{e} (norm_kwargs values go whole to every layer; for one value per conv layer pass "
+                             f"per_layer={{{three[0]!r}: ...}})") from e
         self.norm_name = norm_name(norms[0]) if len({norm_name(n) for n in norms}) == 1 else \
             [norm_name(n) for n in norms]
         self.pools = nn.ModuleList([TFSamePool2d("max"), TFSamePool2d("avg"), TFSamePool2d("avg")])
