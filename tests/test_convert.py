@@ -428,3 +428,36 @@ def test_warnings_point_at_the_callers_line():
         dnlib.convert_norms(net, "dn-s")
     said = [w for w in got if "convert_norms" in str(w.message)]
     assert len(said) == 1 and said[0].filename == __file__
+
+
+# --- what a converted layer computes: its settings are carried over, or named (issue: convert_norms review) -------
+
+def _close_in(net, conv, x, modes=(True, False), atol=1e-12):
+    for mode in modes:
+        net.train(mode), conv.train(mode)
+        torch.testing.assert_close(conv(x), net(x), rtol=0, atol=atol)
+
+
+def test_groupnorm_keeps_its_group_count_unless_groups_is_passed():
+    torch.manual_seed(0)
+    gn8 = nn.GroupNorm(8, 64).double()
+    with torch.no_grad():
+        gn8.weight.uniform_(0.5, 1.5), gn8.bias.uniform_(-1, 1)
+    x = torch.randn(4, 64, 6, 6, dtype=torch.float64)
+    ref = copy.deepcopy(gn8)
+    # before: gn got the preset's 32 groups and eps 1e-5, output off by 0.90, silently
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "gn", report=True,
+                                                            alpha=0.005))
+    assert said == [] and conv[0].spec.groups == 8 and conv[0].alpha == 0.005
+    assert rep.rows[0].target == "gn(64, groups=8)" and not rep.rows[0].dropped
+    _close_in(ref, conv[0], x)
+    one = dnlib.convert_norms(nn.Sequential(nn.GroupNorm(1, 64).double()), "gn")[0]   # an explicit group count
+    assert one.spec.groups == 1
+    _close_in(nn.GroupNorm(1, 64).double(), one, x)
+    # the caller's groups= wins, and the report says the layer's value was replaced
+    conv, rep = dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "gn", groups=4, report=True)
+    assert conv[0].spec.groups == 4 and "groups=4 as asked (the source's 8 replaced)" in rep.rows[0].note
+    # into the other presets with a group count (EvoNorm-S0, bcn)
+    assert dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "evonorm-s0")[0].groups == 8
+    assert dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "bcn")[0].groups == 8
+

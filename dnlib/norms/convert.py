@@ -31,6 +31,9 @@ the same architecture built with ``norm=`` directly, apart from what is copied o
   what it did, in training and evaluation mode (tested). A BatchNorm *without* running statistics
   (``track_running_stats=False``: batch statistics in evaluation too) becomes a layer without them (the preset
   built with ``track_running_stats=False``, unless you pass that override), so evaluation stays the same.
+- **Settings**: a GroupNorm's group count is the new layer's ``groups`` where the preset has one (``gn``,
+  ``evonorm-s0``, ``bcn``: ``GroupNorm(8, C)`` becomes ``gn`` with 8 groups, not the preset's 32), unless you pass
+  ``groups=`` (yours wins; the report names the layer's value it replaced).
 - Not carried over: the old layer's ``eps`` and ``momentum`` (the preset's apply; pass ``eps=``/``momentum=``
   overrides; the report names them where they differ), its forward hooks and any attributes of a subclass (an
   instance of a *subclass* of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every
@@ -73,7 +76,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .convert_state import carry_over
+from .convert_state import carried_settings, carry_over
 from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
@@ -349,6 +352,11 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     c = _channels(m)
     kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
     new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
+    carry, said = carried_settings(m, new, overrides)
+    if carry:   # the old layer's own settings in place of the preset's
+        new = _build(name, m, c, layer, to, overrides, {**kw, **carry})[0]
+        target_kw += "".join(f", {k}={v}" for k, v in carry.items())
+    notes += said
     new.train(m.training)
     meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
     copied, dropped = carry_over(name, m, new, c, meta, copy_affine, lost)

@@ -6,10 +6,12 @@ it is constant over the positions) and the running statistics (``running_mean``,
 ``num_batches_tracked`` of a BatchNorm or a batch-pooling DivisiveNorm into a layer that keeps them). It returns
 the report's words for what was copied and what was not (and why): an affine the preset has no place for, an
 InstanceNorm's running statistics, the old layer's own extra parameters, an ``eps``/``momentum`` that differs from
-the new layer's. The rules are stated in :mod:`dnlib.norms.convert`, which finds the layers, builds the new ones
-and swaps them in.
+the new layer's. :func:`carried_settings` gives the old layer's settings that the new one is built with in place of
+the preset's (:data:`CARRIED`). The rules are stated in :mod:`dnlib.norms.convert`, which finds the layers, builds
+the new ones and swaps them in.
 
-Part of the normalizers layer (``dnlib.norms``): it imports torch and :mod:`dnlib.norms.norm` only.
+Part of the normalizers layer (``dnlib.norms``): it imports torch, :mod:`dnlib.norms.norm` and
+:mod:`dnlib.norms.presets` (the settings each preset's module takes) only.
 """
 from __future__ import annotations
 
@@ -18,8 +20,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .norm import DivisiveNorm
+from .presets import PRESETS
 
-__all__ = ["carry_over"]
+__all__ = ["carry_over", "carried_settings", "CARRIED"]
+
+#: The settings a converted layer takes from the layer it replaces (where both have them and the caller passes
+#: none): its group count (a GroupNorm's ``num_groups`` into a preset with groups: gn, evonorm-s0, bcn).
+CARRIED = ("groups",)
+_UNSET = object()   # a layer without the setting
 
 
 def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
@@ -123,3 +131,38 @@ def _hyper(old: nn.Module, new: nn.Module) -> list:
             and old.momentum != new.momentum:
         out.append(f"momentum={old.momentum} (the new layer's is {new.momentum}; pass momentum= to keep it)")
     return out
+
+
+def _keys(m: nn.Module) -> frozenset | None:
+    """The overrides the preset whose module is ``m``'s class takes; None for DivisiveNorm itself (every spec and
+    module setting) and for any other class."""
+    return next((p.keys for p in PRESETS.values() if p.module is type(m)), None)
+
+
+def _setting(m: nn.Module, key: str):
+    """``m``'s value of the setting ``key`` of :data:`CARRIED`; ``_UNSET`` where ``m`` has no such setting."""
+    keys = _keys(m)
+    if key == "groups":   # a GroupNorm, a preset module with groups, a grouped DivisiveNorm (gn)
+        if isinstance(m, nn.GroupNorm):
+            return m.num_groups
+        if not isinstance(m, DivisiveNorm) or (keys is not None and "groups" not in keys):
+            return _UNSET
+        groups = getattr(m, "groups", m.spec.groups)
+        return groups if keys is not None or groups > 1 else _UNSET
+    raise AssertionError(key)
+
+
+def carried_settings(m: nn.Module, new: nn.Module, overrides: dict) -> tuple:
+    """The settings of :data:`CARRIED` that ``m`` has and ``new`` (built with the preset's) has too, with another
+    value: returns (the overrides to build the new layer with: the old layer's values, those the caller passed
+    excepted; the notes that say where the caller's value replaced the layer's)."""
+    carry, notes = {}, []
+    for key in CARRIED:
+        src, dst = _setting(m, key), _setting(new, key)
+        if src is _UNSET or dst is _UNSET or src == dst:
+            continue
+        if key in overrides or (key == "groups" and "group_size" in overrides):
+            notes.append(f"{key}={dst} as asked (the source's {src} replaced)")
+        else:
+            carry[key] = src
+    return carry, notes
