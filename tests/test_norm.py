@@ -319,6 +319,29 @@ def test_half_inputs_accumulate_in_fp32(name, dtype):
     assert (y16.float() - y32).abs().max() < 0.05
 
 
+def test_running_statistics_follow_the_default_dtype_as_batchnorms_buffers():
+    """dtype=None: the running statistics take torch's default dtype, as nn.BatchNorm's buffers and the module's own
+    parameters do (under set_default_dtype(float64) they were float32 beside float64 weights); a half-precision
+    dtype keeps them in float32 (deliberate: half-precision statistics would lose the mean)."""
+    old = torch.get_default_dtype()
+    try:
+        for default in (torch.float32, torch.float64):
+            torch.set_default_dtype(default)
+            ours, ref = make_norm("bn", 4), nn.BatchNorm2d(4)
+            assert ours.weight.dtype == default
+            for name in ("running_mean", "running_var"):
+                assert getattr(ours, name).dtype == getattr(ref, name).dtype == default, (default, name)
+            x = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0)) * 3 + 2
+            ours(x), ref(x)
+            torch.testing.assert_close(ours.running_var, ref.running_var)
+            torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    finally:
+        torch.set_default_dtype(old)
+    for dtype in (torch.float16, torch.bfloat16):
+        m = make_norm("bn", 4, dtype=dtype)
+        assert m.weight.dtype == dtype and m.running_mean.dtype == m.running_var.dtype == torch.float32
+
+
 def test_state_dict_round_trip():
     a = make_norm("bn-s", 5, momentum=0.3)
     for s in range(3):

@@ -348,6 +348,8 @@ class DivisiveNorm(nn.Module):
 
     Half-precision inputs are normalized in float32 and returned in their own dtype; a module cast to half
     precision (``.half()``) keeps working, its running statistics updated in float32 and stored in its dtype.
+    The running statistics are made in ``dtype`` (``None``: torch's default dtype, as ``nn.BatchNorm``'s buffers),
+    in float32 when ``dtype`` is a half-precision one.
     ``spec.eps=None`` means ``torch.finfo`` of the computation's dtype (``nn.RMSNorm``'s default; the ``rms``
     preset). Empty batches give empty outputs; complex and integer inputs are refused.
 
@@ -424,7 +426,10 @@ class DivisiveNorm(nn.Module):
         else:
             self.register_parameter("sigma", None)
         if self.track_running_stats:
-            stat = {"device": device, "dtype": dtype if dtype in (torch.float32, torch.float64) else torch.float32}
+            # the parameters' dtype (None: torch's default, as nn.BatchNorm's buffers), float32 for a half-precision one
+            stat_dtype = torch.get_default_dtype() if dtype is None else dtype
+            stat = {"device": device,
+                    "dtype": stat_dtype if stat_dtype in (torch.float32, torch.float64) else torch.float32}
             self.register_buffer("running_mean", torch.zeros(num_features, **stat)
                                  if "batch" in spec.sum_axes else None)
             self.register_buffer("running_var", torch.ones(num_features, **stat)
