@@ -223,3 +223,14 @@ def test_group_overrides_reach_every_copy_even_at_copy_0s_default(tmp_path, conf
     # a field left alone stays each configuration's own
     plain = stacked_ptb.prepare(RECIPE, configs, [0], overrides=TINY, **kw)
     assert [c.lr for c in plain.copy_cfgs] == [RECIPE.config(n).lr for n in configs]
+
+
+def test_a_copys_clip_norm_must_be_none_or_positive(data):
+    """A negative clipping norm once read as "no clipping" in the stacked trainer (it clipped where c > 0); each
+    copy's norm is None (no clipping) or > 0, as the configs' clip_norm."""
+    for bad in (-5.0, 0.0):
+        with pytest.raises(ValueError, match=rf"clip_norms: each copy's must be None \(no clipping\) or a number > 0, "
+                                             rf"got \[{bad}, 0.5\]"):
+            _sequence_trainer(True, data, clip_norms=[bad, 0.5])
+    tr = _sequence_trainer(True, data, clip_norms=[None, 0.5])
+    assert tr.clip_norms == [None, 0.5]

@@ -108,11 +108,77 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kw, msg", [({"optimizer": "rmsprop"}, "optimizer"), ({"steps": -1}, "steps"),
-                                     ({"lr": 0}, "lr"), ({"milestones": (5, 2)}, "milestones")])
+@pytest.mark.parametrize("kw, msg", [
+    ({"optimizer": "rmsprop"}, "optimizer"), ({"steps": -1}, "steps"), ({"lr": 0}, r"lr: must be a number > 0, got 0"),
+    ({"lr": float("nan")}, r"lr: must be a number > 0, got nan"),
+    ({"milestones": (5, 2)}, r"milestones: must be integers >= 1 in order \(a repeat applies gamma twice\), got "
+                             r"\(5, 2\)"),
+    ({"milestones": (0, 2)}, r"milestones: .* got \(0, 2\)"),
+    # a negative clip_norm scaled the gradient by a negative factor (gradient ascent); 0 never clipped (as None)
+    ({"clip_norm": -5.0}, r"clip_norm: must be None \(no clipping\) or a number > 0, got -5.0"),
+    ({"clip_norm": 0}, r"clip_norm: must be None \(no clipping\) or a number > 0, got 0"),
+    ({"gamma": -1.0}, r"gamma: must be a number > 0 \(the learning rate's factor at each milestone\), got -1.0"),
+    ({"gamma": 0.0}, r"gamma: must be a number > 0 .*, got 0.0"),
+    ({"momentum": 1.0}, r"momentum: must be a number in \[0, 1\), got 1.0"), ({"momentum": -0.1}, "momentum"),
+    ({"weight_decay": -1e-4}, r"weight_decay: must be a number >= 0, got -0.0001"),
+    ({"log_every": 0}, r"log_every: must be an integer >= 1, got 0"), ({"eval_every": -1}, "eval_every"),
+    ({"checkpoint_every": 2.5}, r"checkpoint_every: must be an integer >= 0, got 2.5")])
 def test_config_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kw)
+
+
+def test_a_negative_clip_norm_or_gamma_never_reaches_the_update():
+    """Refused where the config is built: ``clip_grad_norm_`` with max_norm -5 multiplied every gradient by a
+    negative factor (the loss grew 46 -> 274 over 60 steps of a linear regression), and gamma -1 turned the learning
+    rate negative at the milestone; each of the experiments' configs refuses the same values."""
+    from dnlib.experiments import cifar_configs, ptb_configs, sr_configs
+    for bad in ({"clip_norm": -5.0}, {"milestones": (20,), "gamma": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad.keys() - {"milestones"}))):
+            TrainConfig(steps=60, lr=0.05, **bad)
+    cases = [(ptb_configs.get_config, "base-lstm", {"clip_norm": -5.0}, r"clip_norm: must be None \(no clipping\)"),
+             (ptb_configs.get_config, "base-lstm", {"clip_norm": 0.0}, "clip_norm"),
+             (ptb_configs.get_config, "base-lstm", {"lr": -1.0}, r"lr: must be a number > 0, got -1.0"),
+             (ptb_configs.get_config, "base-lstm", {"lr_decay": 0.0}, r"lr_decay: must be a number > 0 .*got 0.0"),
+             (ptb_configs.get_config, "base-lstm", {"batch_size": 0}, r"batch_size: must be an integer >= 1, got 0"),
+             (ptb_configs.get_config, "base-lstm", {"num_steps": 0}, "num_steps"),
+             (ptb_configs.get_config, "base-lstm", {"decay_after": -1}, r"decay_after: must be an integer >= 0"),
+             (ptb_configs.get_config, "base-l1-lstm", {"alpha": -0.01}, r"alpha: must be a number >= 0"),
+             (sr_configs.get_config, "smoke", {"lr": 0.0}, r"lr: must be a number > 0, got 0.0"),
+             (sr_configs.get_config, "paper", {"momentum": 1.0}, r"momentum: must be a number in \[0, 1\), got 1.0"),
+             (sr_configs.get_config, "fast", {"gamma": -0.1}, r"gamma: must be a number > 0 .*got -0.1"),
+             (sr_configs.get_config, "fast", {"batch_size": 0}, r"batch_size: must be an integer >= 1, got 0"),
+             (sr_configs.get_config, "fast", {"milestones": (0.9, 0.7)}, r"milestones: .*increasing.*\(0.9, 0.7\)"),
+             (cifar_configs.get_config, "bn", {"lr": -1e-3}, r"lr: must be a number > 0, got -0.001"),
+             (cifar_configs.get_config, "bn", {"momentum": -0.1}, r"momentum: must be a number in \[0, 1\)"),
+             (cifar_configs.get_config, "bn", {"weight_decay": -0.1}, r"weight_decay: must be a number >= 0, got -0.1"),
+             (cifar_configs.get_config, "bn", {"gamma": 0.0}, r"gamma: must be a number > 0 .*got 0.0"),
+             (cifar_configs.get_config, "bn", {"batch_size": 0}, r"batch_size: must be an integer >= 1, got 0"),
+             (cifar_configs.get_config, "bn", {"milestones": (50000, 30000)}, r"milestones: .*\(50000, 30000\)"),
+             (cifar_configs.get_config, "base-wd-drop", {"dropout": 1.0}, r"dropout: must be a number in \[0, 1\)")]
+    for get, name, kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            get(name, **kw)
+    # what they accept: the registered configurations, None (no clipping), a repeated (scaled) milestone
+    assert all(ptb_configs.get_config(n) for n in ptb_configs.list_configs())
+    assert ptb_configs.get_config("base-lstm", clip_norm=None).clip_norm is None
+    assert cifar_configs.get_config("bn").scaled(2).milestones == (1, 1)
+    assert TrainConfig(milestones=(1, 1), clip_norm=None).milestones == (1, 1)
+
+
+def test_the_cli_refuses_a_bad_stored_value_in_one_line(tmp_path, capsys):
+    """A run folder whose run.json holds a negative clip_norm (no flag sets it): one line naming it, exit 2."""
+    from dnlib.experiments import ptb
+    fields = ptb.RECIPE.config_dict(ptb.RECIPE.config("base-lstm"))
+    fields.update(clip_norm=-5.0, steps=2, hidden_size=8, batch_size=4, num_steps=5)
+    options = {"max_tokens": 200, "vocab": 40, "final_test_batch_size": None}
+    (tmp_path / "run.json").write_text(json.dumps({"experiment": "ptb", "config": "base-lstm", "fields": fields,
+                                                   "seed": 0, "options": options, "device": "cpu"}))
+    with pytest.raises(SystemExit) as e:
+        ptb.main(["run", "--resume", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "clip_norm: must be None (no clipping) or a number > 0, got -5.0" in err[0], err
 
 
 # ------------------------------------------------------------------------------------- divergence (issue 11, 3)

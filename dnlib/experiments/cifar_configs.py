@@ -27,6 +27,8 @@ tuned for this network); GDN is the ``gdn`` preset (compressai's init); BRN, FRN
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 DATASETS = ("cifar10", "cifar100")
@@ -86,6 +88,20 @@ TABLE10 = {
 }
 
 
+#: the numeric fields :class:`CifarConfig` checks: (field, test, what is allowed)
+_RANGES = (("lr", lambda v: v > 0, "a number > 0"), ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+           ("weight_decay", lambda v: v >= 0, "a number >= 0"),
+           ("gamma", lambda v: v > 0, "a number > 0 (the learning rate's factor at each milestone)"),
+           ("batch_size", lambda v: v >= 1, "an integer >= 1"), ("alpha", lambda v: v >= 0, "a number >= 0"),
+           ("dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+
+def _number_in(value, ok, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
+    kind = numbers.Integral if integer else numbers.Real
+    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
+
+
 @dataclass(frozen=True)
 class CifarConfig:
     """One training run of the paper's CIFAR CNN (a row of Table 7 on one dataset)."""
@@ -97,13 +113,13 @@ class CifarConfig:
     alpha: float = 0.0                 # L1 weight per conv site
     affine: bool | None = None      # per-channel gamma/beta (None: the preset's default)
     window: tuple | None = None     # DN windows per conv layer (summation = suppression)
-    dropout: float = 0.0               # drop probability after both FC layers
-    weight_decay: float = 0.0          # on conv and FC weights only
-    lr: float = 1e-3                   # initial learning rate
-    momentum: float = 0.9              # SGD momentum
+    dropout: float = 0.0               # drop probability after both FC layers, in [0, 1)
+    weight_decay: float = 0.0          # on conv and FC weights only (>= 0)
+    lr: float = 1e-3                   # initial learning rate (> 0)
+    momentum: float = 0.9              # SGD momentum, in [0, 1)
     batch_size: int = 100
-    milestones: tuple = NORM_SCHEDULE["milestones"]  # lr x gamma at these steps
-    gamma: float = 0.1
+    milestones: tuple = NORM_SCHEDULE["milestones"]  # lr x gamma at these steps (>= 1, in order)
+    gamma: float = 0.1                 # > 0
     steps: int = NORM_SCHEDULE["steps"]              # training stops here
     impl: str = "auto"                 # DivisiveNorm impl of the normalizers ("compile": torch.compile, for GPUs)
     arch: str = "cnn"                  # the model: "cnn" (the paper's) or "resnet20" (He et al. 2016)
@@ -112,6 +128,13 @@ class CifarConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"arch: must be one of {list(ARCHS)}, got {self.arch!r}")
+        for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
+            value = getattr(self, name)
+            if not _number_in(value, ok, integer="integer" in allowed):
+                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
+        ms = tuple(self.milestones)
+        if not all(_number_in(m, lambda v: v >= 1, integer=True) for m in ms) or list(ms) != sorted(ms):
+            raise ValueError(f"milestones: must be integers >= 1 in order (a repeat applies gamma twice), got {ms!r}")
 
     @property
     def num_classes(self) -> int:

@@ -45,6 +45,8 @@ eps = 0 everywhere: the code's epsilon is sigma^2 (PAPER.md §1.4), which ``sigm
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 __all__ = ["PTBConfig", "PTBRunConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4",
@@ -89,6 +91,22 @@ _ALPHA = {"base": (0, 0, 0), "base-l1": (1e-2, 1e-2, 1e-2), "bn": (0, 0, 0), "bn
           "ln-s": (0, 0, 0), "ln-star": (1e-3, 1e-2, 1e-2), "dn": (0, 0, 0), "dn-star": (1e-4, 1e-2, 1e-2)}
 
 
+#: the numeric fields :class:`PTBConfig` checks: (field, test, what is allowed)
+_RANGES = (("lr", lambda v: v > 0, "a number > 0"),
+           ("lr_decay", lambda v: v > 0, "a number > 0 (the learning rate's factor per epoch after decay_after)"),
+           ("clip_norm", lambda v: v > 0, "None (no clipping) or a number > 0"),
+           ("alpha", lambda v: v >= 0, "a number >= 0"),
+           *((f, lambda v: v >= 1, "an integer >= 1") for f in ("hidden_size", "num_layers", "batch_size", "num_steps",
+                                                               "epochs")),
+           ("decay_after", lambda v: v >= 0, "an integer >= 0"))
+
+
+def _number_in(value, ok, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
+    kind = numbers.Integral if integer else numbers.Real
+    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
+
+
 @dataclass(frozen=True)
 class PTBConfig:
     """One PTB run (PAPER.md §3.3). Build with :func:`get_config`; change fields with ``cfg.replace(...)``."""
@@ -110,8 +128,8 @@ class PTBConfig:
     num_steps: int = 20               # BPTT unroll
     epochs: int = 13                  # training epochs
     decay_after: int = 4              # LR constant for epochs 1..decay_after, then halved every epoch
-    lr_decay: float = 0.5             # LR factor per epoch after decay_after
-    clip_norm: float = 5.0            # global gradient-norm clip
+    lr_decay: float = 0.5             # LR factor per epoch after decay_after (> 0)
+    clip_norm: float | None = 5.0     # clip the global gradient norm to this (> 0); None: no clipping
     init_scale: float = 0.1           # uniform(-s, s) initialisation
     forget_bias: float = 0.0          # added to the forget-gate pre-activation (before normalization)
     state_norm_c: bool = True         # BN/LN-LSTM: pass the normalized c on as state (the code's quirk)
@@ -123,6 +141,10 @@ class PTBConfig:
     notes: tuple = field(default_factory=tuple)   # what was chosen where paper and code differ
 
     def __post_init__(self):
+        for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
+            value = getattr(self, name)
+            if not (value is None and name == "clip_norm") and not _number_in(value, ok, integer="integer" in allowed):
+                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
         for name, allowed in (("clip_mode", CLIP_MODES), ("running_stats", RUNNING_STATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed values are {list(allowed)}")

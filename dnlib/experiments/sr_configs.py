@@ -44,6 +44,8 @@ row             preset     overrides, and what they are
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -116,6 +118,18 @@ def sr_norm(norm: NormLike, norm_kwargs: Mapping | None = None) -> tuple:
                      f"{list(SR_NORM_ALIASES)}), or any preset of {list(PRESETS)}")
 
 
+#: the numeric fields :class:`SRConfig` checks: (field, test, what is allowed)
+_RANGES = (("lr", lambda v: v > 0, "a number > 0"), ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+           ("gamma", lambda v: v > 0, "a number > 0 (the learning rate's factor at each milestone)"),
+           ("batch_size", lambda v: v >= 1, "an integer >= 1"))
+
+
+def _number_in(value, ok, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
+    kind = numbers.Integral if integer else numbers.Real
+    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
+
+
 @dataclass(frozen=True)
 class SRConfig:
     """One SRCNN training configuration."""
@@ -124,9 +138,9 @@ class SRConfig:
     description: str
     optimizer: str = "sgd"         # "sgd" (momentum, no dampening, as TF) or "adam"
     lr: float = 1e-4               # initial learning rate
-    momentum: float = 0.9          # SGD momentum
-    milestones: tuple = ()         # fractions of the steps at which lr is multiplied by gamma
-    gamma: float = 0.1             # lr factor at each milestone
+    momentum: float = 0.9          # SGD momentum, in [0, 1)
+    milestones: tuple = ()         # fractions of the steps (in (0, 1), in order) at which lr is multiplied by gamma
+    gamma: float = 0.1             # lr factor at each milestone (> 0)
     batch_size: int = 100          # patches per step
     per_image: bool = True         # all patches of a batch from one image (authors' code)
     steps: int = 1_000_000         # default number of steps (the code has no limit)
@@ -148,6 +162,12 @@ class SRConfig:
             raise ValueError(f"init: got {self.init!r}; allowed 'paper', 'he'")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones: fractions of the steps in (0, 1), got {self.milestones!r}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones: fractions of the steps in increasing order, got {self.milestones!r}")
+        for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
+            value = getattr(self, name)
+            if not _number_in(value, ok, integer="integer" in allowed):
+                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
 
     def replace(self, **changes) -> SRConfig:
         return dataclasses.replace(self, **changes)

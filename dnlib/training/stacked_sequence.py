@@ -6,6 +6,7 @@ and CUDA-graph capture of :class:`~dnlib.training.graphs.SequenceGraphTrainer` (
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,8 +22,9 @@ __all__ = ["StackedSequenceTrainer"]
 class StackedSequenceTrainer(CarriedStateGraph, StackedTrainer):
     """Truncated BPTT of K copies in one :class:`~dnlib.models.stacked_rnn.StackedLanguageModel`: batches ``(x, y,
     reset)`` shared by the copies, the carried state ``(K, N, H)`` per layer (checkpointed as the PTB runs'
-    ``{"loss_fn": {"state": ...}}``), per-copy losses ``(K,)``, per-copy gradient clipping (``clip_norms``, 0: none;
-    ``clip_mode``) and per-copy learning rates (``lr_fns[k](step)``), plain SGD.
+    ``{"loss_fn": {"state": ...}}``), per-copy losses ``(K,)``, per-copy gradient clipping (``clip_norms``: each
+    copy's norm, > 0, or None: no clipping; ``clip_mode``) and per-copy learning rates (``lr_fns[k](step)``), plain
+    SGD.
 
     ``loss_fn.step(model, x, y, state) -> (losses (K,), new_state)`` is the copies' task loss of one window (no L1
     terms), e.g. ``dnlib.experiments.stacked_ptb``'s. The step reads static tensors (batch, state, the learning rates
@@ -41,8 +43,12 @@ class StackedSequenceTrainer(CarriedStateGraph, StackedTrainer):
                              f"{len(clip_norms)}")
         if clip_mode not in ("dense", "slices"):
             raise ValueError(f"clip_mode: got {clip_mode!r}; allowed values are ['dense', 'slices']")
+        if any(c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c < math.inf)
+               for c in clip_norms):        # (a negative one read as "no clipping" here, as gradient ascent in Trainer)
+            raise ValueError(f"clip_norms: each copy's must be None (no clipping) or a number > 0, got "
+                             f"{list(clip_norms)}")
         self._init_carried(capture, warmup)
-        self.lr_fns, self.clip_norms, self.clip_mode = list(lr_fns), [float(c or 0) for c in clip_norms], clip_mode
+        self.lr_fns, self.clip_norms, self.clip_mode = list(lr_fns), list(clip_norms), clip_mode
         self._copy_lrs = [f(0) for f in self.lr_fns]
         self._slices: list = []
         self._blocks = [(p, start) for p, start in model.copy_blocks() if p.requires_grad]
@@ -102,9 +108,10 @@ class StackedSequenceTrainer(CarriedStateGraph, StackedTrainer):
         self.state = [tuple(s.clone() for s in layer) for layer in self.model.init_state(x.shape[0], x.device)]
         ref = self._params[0]
         self._neg_lr = torch.zeros(self.copies, device=x.device, dtype=ref.dtype)
-        self._max_norm = torch.tensor([c or 1.0 for c in self.clip_norms], device=x.device, dtype=ref.dtype)
-        self._clips = torch.tensor([c > 0 for c in self.clip_norms], device=x.device)
-        self._any_clip = any(c > 0 for c in self.clip_norms)
+        self._max_norm = torch.tensor([1.0 if c is None else c for c in self.clip_norms], device=x.device,
+                                      dtype=ref.dtype)
+        self._clips = torch.tensor([c is not None for c in self.clip_norms], device=x.device)
+        self._any_clip = any(c is not None for c in self.clip_norms)
 
     def _reset_state(self, x) -> None:
         for dst in self._flat(self.state):

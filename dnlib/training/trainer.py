@@ -31,6 +31,7 @@ bar of its own instead.
 from __future__ import annotations
 
 import math
+import numbers
 import pickle
 import random
 import time
@@ -94,11 +95,11 @@ class TrainConfig:
     steps: int = 1000                 # optimizer steps in all
     lr: float = 1e-3                  # initial learning rate
     optimizer: str = "sgd"            # "sgd" (with momentum, no dampening, as TF's MomentumOptimizer) or "adam"
-    momentum: float = 0.9             # SGD momentum
+    momentum: float = 0.9             # SGD momentum, in [0, 1)
     weight_decay: float = 0.0         # L2: adds wd * w to the gradient (= TF's wd * sum(w^2) / 2 in the loss)
-    milestones: tuple = ()            # steps at which the learning rate is multiplied by gamma
-    gamma: float = 0.1                # factor at each milestone
-    clip_norm: float | None = None  # clip the global gradient norm (PTB: 5)
+    milestones: tuple = ()            # steps (>= 1, in order) at which the learning rate is multiplied by gamma
+    gamma: float = 0.1                # factor at each milestone (> 0)
+    clip_norm: float | None = None    # clip the global gradient norm to this (> 0; PTB: 5); None: no clipping
     eval_every: int = 500             # evaluate every K steps (and at the end); 0: only at the end
     checkpoint_every: int = 500       # write the checkpoint every K steps (and at the end)
     log_every: int = 50               # average the training loss over this many steps in the history
@@ -111,11 +112,32 @@ class TrainConfig:
             raise ValueError(f"steps: must be an integer >= 0, got {self.steps!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: got {self.optimizer!r}; allowed values are {list(OPTIMIZERS)}")
-        if not (self.lr > 0):
-            raise ValueError(f"lr: must be > 0, got {self.lr!r}")
-        self.milestones = tuple(int(m) for m in self.milestones)
-        if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones: must be increasing, got {self.milestones!r}")
+        # values that would reverse the update (a negative clip_norm scales the gradient by a negative factor,
+        # gamma <= 0 turns the learning rate <= 0 at a milestone) or stop it are refused here, where it is built
+        _check("lr", self.lr, lambda v: v > 0, "a number > 0")
+        _check("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _check("weight_decay", self.weight_decay, lambda v: v >= 0, "a number >= 0")
+        _check("gamma", self.gamma, lambda v: v > 0, "a number > 0 (the learning rate's factor at each milestone)")
+        _check("clip_norm", self.clip_norm, lambda v: v > 0, "None (no clipping) or a number > 0", none_ok=True)
+        for name, low in (("eval_every", 0), ("checkpoint_every", 0), ("log_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        ms = tuple(self.milestones)
+        whole = all(not isinstance(m, bool) and isinstance(m, numbers.Real) and math.isfinite(m) and m == int(m)
+                    and m >= 1 for m in ms)
+        if not whole or list(ms) != sorted(ms):
+            raise ValueError(f"milestones: must be integers >= 1 in order (a repeat applies gamma twice), got {ms!r}")
+        self.milestones = tuple(int(m) for m in ms)
+
+
+def _check(name: str, value, ok: Callable[[float], bool], allowed: str, none_ok: bool = False) -> None:
+    """Raise ValueError naming ``name``, ``value`` and what is ``allowed`` unless ``value`` is a finite real number
+    (not a bool) for which ``ok`` holds, or None when ``none_ok``."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}: must be {allowed}, got {value!r}")
 
 
 class Trainer:
@@ -334,7 +356,7 @@ class Trainer:
         total = (loss.sum() if loss.dim() else loss) + sparse_penalty(self.model)    # (K,): the copies' losses
         self.opt.zero_grad(set_to_none=True)
         total.backward()
-        if self.cfg.clip_norm:
+        if self.cfg.clip_norm is not None:
             self.clip_fn(list(self.model.parameters()), self.cfg.clip_norm)
         self.opt.step()
         return loss.detach()
