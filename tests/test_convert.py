@@ -269,10 +269,9 @@ def test_report_lists_what_was_copied_and_dropped_per_layer():
     text = str(rep)
     assert text.startswith("convert_norms to dn-s: 3 converted, 0 left as is") and "\n  block.1: BatchNorm2d(16" in text
     assert "warning: convert_norms: not copied" in text
-    # eps/momentum are not carried over: the report names them where they differ
+    # eps/momentum are carried over: the target names them (before: dropped, the report alone saying so)
     _, rep = dnlib.convert_norms(nn.Sequential(nn.BatchNorm2d(4, eps=1e-3, momentum=None)), "bn", report=True)
-    assert rep.rows[0].dropped == ("eps=0.001 (the new layer's is 1e-05; pass eps= to keep it)",
-                                   "momentum=None (the new layer's is 0.1; pass momentum= to keep it)")
+    assert rep.rows[0].target == "bn(4, eps=0.001, momentum=None)" and not rep.rows[0].dropped
     # the default call still returns the model alone
     assert isinstance(dnlib.convert_norms(nn.Sequential(nn.BatchNorm2d(4)), "bn"), nn.Sequential)
 
@@ -460,4 +459,68 @@ def test_groupnorm_keeps_its_group_count_unless_groups_is_passed():
     # into the other presets with a group count (EvoNorm-S0, bcn)
     assert dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "evonorm-s0")[0].groups == 8
     assert dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "bcn")[0].groups == 8
+
+
+def _trained_bn_layer(**kw) -> nn.BatchNorm2d:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8, **kw).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1)
+    for _ in range(5):
+        bn(torch.randn(16, 8, 6, 6, dtype=torch.float64) * 3)
+    with torch.no_grad():
+        bn.running_var.mul_(0.001)   # small variances: eps matters (as in a late layer)
+    return bn
+
+
+@pytest.mark.parametrize("to", ["bn", "frozen-bn", "brn"])
+def test_a_trained_bn_keeps_its_eps_and_momentum(to):
+    bn = _trained_bn_layer(eps=1e-3, momentum=0.01)
+    x = torch.randn(4, 8, 6, 6, dtype=torch.float64)
+    # before: eps 1e-5 (the preset's): evaluation output off by 19.5 (bn), 26.5 (frozen-bn), 27.8 (brn), silently
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(bn)), to, report=True))
+    assert said == [] and conv[0].spec.eps == 1e-3 and not rep.rows[0].dropped
+    bn.eval(), conv.eval()
+    torch.testing.assert_close(conv(x), bn(x), rtol=0, atol=1e-6)
+    if to == "frozen-bn":   # no momentum there (nothing is updated): not named, not advised
+        row = rep.rows[0]
+        assert "momentum" not in f"{row.dropped} {row.note}" and row.target == "frozen-bn(8, eps=0.001)"
+        gn = nn.GroupNorm(8, 64, eps=1e-6).double()   # a GroupNorm's eps (and its group count) as well
+        (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn)), "gn", report=True))
+        assert said == [] and rep.rows[0].target == "gn(64, eps=1e-06, groups=8)" and not rep.rows[0].dropped
+        x = torch.randn(4, 64, 6, 6, dtype=torch.float64)
+        _close_in(gn, conv[0], x)
+        return
+    assert conv[0].momentum == 0.01 and rep.rows[0].target == f"{to}(8, eps=0.001, momentum=0.01)"
+    bn.train(), conv.train()
+    if to == "bn":
+        torch.testing.assert_close(conv(x), bn(x), rtol=0, atol=1e-12)
+    else:
+        conv(x), bn(x)
+    torch.testing.assert_close(conv[0].running_var, bn.running_var, rtol=0, atol=1e-12)
+
+
+def test_settings_the_new_layer_cannot_take_warn_and_advise_only_its_keywords():
+    # momentum=None (a cumulative average) into EvoNorm-B0, which takes a number
+    src = nn.Sequential(_trained_bn_layer(momentum=None))
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(src, "evonorm-b0", report=True))
+    assert conv[0].momentum == 0.1 and len(said) == 1 and "0.momentum=None" in said[0]
+    assert rep.rows[0].dropped[-1].startswith("momentum=None (a cumulative average: EvoNorm2dB0 takes a number")
+    # eps=None (nn.RMSNorm's finfo) into frozen-bn, which takes a number; into rms it is carried
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(nn.RMSNorm(8)), "frozen-bn",
+                                                            types=nn.RMSNorm, report=True))
+    assert conv[0].eps == 1e-5 and len(said) == 1 and "0.eps=None" in said[0] and "pass eps=" in said[0]
+    assert dnlib.convert_norms(nn.Sequential(nn.RMSNorm(8)), "rms2d", types=nn.RMSNorm)[0].spec.eps is None
+    # the caller's eps wins; the report names the layer's
+    _, rep = dnlib.convert_norms(nn.Sequential(nn.BatchNorm2d(4, eps=1e-3)), "bn", eps=1e-4, report=True)
+    assert "eps=0.0001 as asked (the source's 0.001 replaced)" in rep.rows[0].note
+    # no report advises a keyword the preset refuses
+    for to in dnlib.list_norms():
+        if to in ("ws", "gn", "bcn", "evonorm-s0", "evonorm-s0a"):
+            continue
+        _, rep = _warned(lambda to=to: dnlib.convert_norms(
+            nn.Sequential(_trained_bn_layer(eps=1e-3, momentum=None)), to, report=True))
+        for k, v in (("eps", 0.1), ("momentum", 0.1), ("affine", True)):
+            if f"pass {k}=" in str(rep):
+                dnlib.make_norm(to, 8, **{k: v})
 

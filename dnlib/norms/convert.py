@@ -12,8 +12,8 @@
 The swap works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: recursively, in place, returning the
 model. Each replaced layer becomes the preset built with its channel count and ``**overrides`` exactly as a model's
 ``norm=``/``norm_kwargs=`` would build it (:func:`dnlib.norms.presets.get_norm_layer`), so a converted network equals
-the same architecture built with ``norm=`` directly, apart from what is copied over (by
-:func:`dnlib.norms.convert_state.carry_over`; this module finds the layers, builds and swaps them, and reports):
+the same architecture built with ``norm=`` directly, apart from what is taken over (by
+:mod:`dnlib.norms.convert_state`; this module finds the layers, builds and swaps them, and reports):
 
 - **Affine weights** (``copy_affine=True``) are copied where they mean the same thing: a per-channel gain
   ``gamma`` and bias ``beta`` of shape ``(C,)`` (BatchNorm, SyncBatchNorm, InstanceNorm with ``affine=True``,
@@ -31,11 +31,15 @@ the same architecture built with ``norm=`` directly, apart from what is copied o
   what it did, in training and evaluation mode (tested). A BatchNorm *without* running statistics
   (``track_running_stats=False``: batch statistics in evaluation too) becomes a layer without them (the preset
   built with ``track_running_stats=False``, unless you pass that override), so evaluation stays the same.
-- **Settings**: a GroupNorm's group count is the new layer's ``groups`` where the preset has one (``gn``,
-  ``evonorm-s0``, ``bcn``: ``GroupNorm(8, C)`` becomes ``gn`` with 8 groups, not the preset's 32), unless you pass
-  ``groups=`` (yours wins; the report names the layer's value it replaced).
-- Not carried over: the old layer's ``eps`` and ``momentum`` (the preset's apply; pass ``eps=``/``momentum=``
-  overrides; the report names them where they differ), its forward hooks and any attributes of a subclass (an
+- **Settings** are the old layer's where the new layer has the same one, unless you pass them (yours win; the
+  report's note names the layer's value each replaced; the report's target names those taken): its ``eps``
+  (torch's ``eps``, a DivisiveNorm's ``spec.eps``: beside the variance under the root; a preset's sigma^2 stays
+  the preset's), its ``momentum`` where both update running statistics (``frozen-bn`` updates none) and its group
+  count (``gn``, ``evonorm-s0``, ``bcn``: ``GroupNorm(8, C)`` becomes ``gn`` with 8 groups, not the preset's 32).
+  A value the new layer cannot take (``eps=None``, the dtype's finfo as ``nn.RMSNorm``'s, or ``momentum=None``,
+  into a module preset other than ``brn``/``sn``/``bcn``) is named in a warning. ``dyt`` and the GDN presets have
+  no eps.
+- Not carried over: the old layer's forward hooks and any attributes of a subclass (an
   instance of a *subclass* of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every
   ``_BatchNorm``).
 
@@ -60,11 +64,12 @@ converted to a channels-first preset refuses other inputs than ``(N, C)`` at its
 
 What cannot be converted is never skipped silently. A warning names each layer left as is and why (a
 ``torch.jit.script``/``trace`` submodule: compiled code cannot be replaced; an uninitialized ``LazyBatchNorm2d``
-etc.: its channel count is known only at the first forward), each trained affine that is dropped, and a model
-in which nothing matched ``types`` (the types looked for and the normalizers the model has). ``strict=True``
-turns every such warning into a ``ValueError``, raised before anything is changed. A whole TorchScript model
-is refused (``ValueError``): convert the ``nn.Module``, then script or trace it. ``report=True`` returns
-``(model, ConversionReport)``: one row per layer (path, from, to, what was copied, what was dropped, a note).
+etc.: its channel count is known only at the first forward), each trained affine that is dropped, each setting
+the new layer cannot take, and a model in which nothing matched ``types`` (the types looked for and the
+normalizers the model has). ``strict=True`` turns every such warning into a ``ValueError``, raised before anything
+is changed. A whole TorchScript model is refused (``ValueError``): convert the ``nn.Module``, then script or
+trace it. ``report=True`` returns ``(model, ConversionReport)``: one row per layer (path, from, to, what was
+copied, what was dropped, a note).
 """
 from __future__ import annotations
 
@@ -347,12 +352,13 @@ def _adapt_layout(name: str, m: nn.Module, new: nn.Module, c: int) -> list:
 
 
 def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike, overrides: dict,
-                 copy_affine: bool, rep: ConversionReport, lost: list) -> nn.Module:
-    """The layer that replaces ``m`` (at ``name`` in ``model``); its row goes to ``rep``."""
+                 copy_affine: bool, rep: ConversionReport, lost: list, unkept: list) -> nn.Module:
+    """The layer that replaces ``m`` (at ``name`` in ``model``); its row goes to ``rep``, what it cannot take to
+    ``lost`` (trained values) and ``unkept`` (settings)."""
     c = _channels(m)
     kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
     new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
-    carry, said = carried_settings(m, new, overrides)
+    carry, said, unset = carried_settings(name, m, new, overrides, unkept)
     if carry:   # the old layer's own settings in place of the preset's
         new = _build(name, m, c, layer, to, overrides, {**kw, **carry})[0]
         target_kw += "".join(f", {k}={v}" for k, v in carry.items())
@@ -360,6 +366,7 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     new.train(m.training)
     meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
     copied, dropped = carry_over(name, m, new, c, meta, copy_affine, lost)
+    dropped += unset
     if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
             and getattr(new, "track_running_stats", False):
         notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")
@@ -374,11 +381,14 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     return new
 
 
-def _add_warnings(rep: ConversionReport, lost: list, skipped: dict, model: nn.Module, names: tuple,
+def _add_warnings(rep: ConversionReport, lost: list, unkept: list, skipped: dict, model: nn.Module, names: tuple,
                   found: dict) -> None:
-    """The report's warnings: trained values not copied, layers left as is, nothing matched."""
+    """The report's warnings: trained values not copied, settings not kept, layers left as is, nothing matched."""
     if lost:
         rep.warnings.append(f"convert_norms: not copied (they differ from the identity): {', '.join(lost)}")
+    if unkept:
+        rep.warnings.append(f"convert_norms: not carried over, so the converted layer computes something else: "
+                            f"{', '.join(unkept)}")
     for why, paths in skipped.items():
         rep.warnings.append(f"convert_norms: left as is: {', '.join(repr(p or '(the model)') for p in paths)} "
                             f"({why})")
@@ -431,12 +441,12 @@ def convert_norms(model: nn.Module, to: NormLike = "dn-s", types: TypesLike = DE
                                               report=report)
     found = _norms_in(model)
     rep = ConversionReport(to=_to_name(to), types=names, found={getattr(k, "__name__", k): n for k, n in found.items()})
-    built, lost, skipped, scripted = {}, [], {}, []
+    built, lost, unkept, skipped, scripted = {}, [], [], {}, []
     for name, m in model.named_modules(remove_duplicate=True):
         if _left_as_is(name, m, types, names, rep, skipped, scripted) or not isinstance(m, types):
             continue
-        built[id(m)] = _convert_one(name, m, model, layer, to, overrides, copy_affine, rep, lost)
-    _add_warnings(rep, lost, skipped, model, names, found)
+        built[id(m)] = _convert_one(name, m, model, layer, to, overrides, copy_affine, rep, lost, unkept)
+    _add_warnings(rep, lost, unkept, skipped, model, names, found)
     if strict and rep.warnings:
         raise ValueError("convert_norms (strict=True; nothing was changed): "
                          + " | ".join(w.removeprefix("convert_norms: ") for w in rep.warnings))

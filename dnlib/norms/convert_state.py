@@ -5,13 +5,13 @@ both: the per-channel affine (``weight``/``bias`` of shape ``(C,)``, or a LayerN
 it is constant over the positions) and the running statistics (``running_mean``, ``running_var``,
 ``num_batches_tracked`` of a BatchNorm or a batch-pooling DivisiveNorm into a layer that keeps them). It returns
 the report's words for what was copied and what was not (and why): an affine the preset has no place for, an
-InstanceNorm's running statistics, the old layer's own extra parameters, an ``eps``/``momentum`` that differs from
-the new layer's. :func:`carried_settings` gives the old layer's settings that the new one is built with in place of
-the preset's (:data:`CARRIED`). The rules are stated in :mod:`dnlib.norms.convert`, which finds the layers, builds
-the new ones and swaps them in.
+InstanceNorm's running statistics, the old layer's own extra parameters. :func:`carried_settings` gives the old
+layer's settings (:data:`CARRIED`: eps, momentum, group count) that the new one is built with in place of the
+preset's, and names a value the new layer cannot take. The rules are stated in :mod:`dnlib.norms.convert`, which
+finds the layers, builds the new ones and swaps them in.
 
-Part of the normalizers layer (``dnlib.norms``): it imports torch, :mod:`dnlib.norms.norm` and
-:mod:`dnlib.norms.presets` (the settings each preset's module takes) only.
+Part of the normalizers layer (``dnlib.norms``): it imports torch, :mod:`dnlib.norms.norm`,
+:mod:`dnlib.norms.batch_variants` and :mod:`dnlib.norms.presets` (the settings each preset's module takes) only.
 """
 from __future__ import annotations
 
@@ -19,29 +19,35 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .batch_variants import BatchChannelNorm, BatchRenorm, SwitchNorm
 from .norm import DivisiveNorm
 from .presets import PRESETS
 
 __all__ = ["carry_over", "carried_settings", "CARRIED"]
 
 #: The settings a converted layer takes from the layer it replaces (where both have them and the caller passes
-#: none): its group count (a GroupNorm's ``num_groups`` into a preset with groups: gn, evonorm-s0, bcn).
-CARRIED = ("groups",)
+#: none): ``eps`` (torch's, a DivisiveNorm's ``spec.eps``: beside the variance, and beside sigma^2, under the root),
+#: ``momentum`` (where both update running statistics) and the group count (a GroupNorm's ``num_groups`` into a
+#: preset with groups: gn, evonorm-s0, bcn).
+CARRIED = ("eps", "momentum", "groups")
 _UNSET = object()   # a layer without the setting
+#: The classes that take ``eps=None`` (the dtype's finfo) and ``momentum=None`` (a cumulative average).
+_TAKE_NONE = (DivisiveNorm, BatchRenorm, SwitchNorm, BatchChannelNorm)
+_NONE = {"eps": "the dtype's finfo eps", "momentum": "a cumulative average"}
 
 
 def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
-                lost: list) -> tuple:
+               lost: list) -> tuple:
     """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
     be copied are added to ``lost``."""
     if not copy_affine:
         dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
                    + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
-        return [], dropped + _hyper(m, new)
+        return [], dropped
     copied, dropped, lost_here = _copy(m, new, c, meta)
     lost += [f"{name or 'model'}.{d}" for d in lost_here]
     got, gone = _copy_stats(m, new, meta)
-    return copied + got, dropped + gone + _extras(m, new) + _hyper(m, new)
+    return copied + got, dropped + gone + _extras(m, new)
 
 
 def _per_channel(t, c: int, elementwise: bool):
@@ -70,8 +76,8 @@ def _copy(old: nn.Module, new: nn.Module, c: int, meta: bool) -> tuple:
             continue
         val = _per_channel(src, c, elementwise)
         if val is None or not slot:
-            why = ("an elementwise affine over the positions" if val is None
-                   else "the preset has no per-channel affine (pass affine=True to keep it)")
+            why = ("an elementwise affine over the positions" if val is None else "the preset has no per-channel "
+                   "affine" + (" (pass affine=True to keep it)" if _takes(new, "affine") else ""))
             dropped.append(f"{pname} ({why})")
             if not bool((src == (1.0 if pname == "weight" else 0.0)).all()):
                 lost.append(f"{pname} ({why})")
@@ -120,19 +126,6 @@ def _extras(old: nn.Module, new: nn.Module) -> list:
     return out
 
 
-def _hyper(old: nn.Module, new: nn.Module) -> list:
-    """The old layer's eps/momentum where the new layer's differ (not carried over: the preset's apply)."""
-    out = []
-    if type(new) is DivisiveNorm:
-        src = old.spec.eps if isinstance(old, DivisiveNorm) else getattr(old, "eps", new.spec.eps)
-        if src != new.spec.eps:
-            out.append(f"eps={src} (the new layer's is {new.spec.eps}; pass eps= to keep it)")
-    if getattr(old, "track_running_stats", False) and getattr(new, "track_running_stats", False) \
-            and old.momentum != new.momentum:
-        out.append(f"momentum={old.momentum} (the new layer's is {new.momentum}; pass momentum= to keep it)")
-    return out
-
-
 def _keys(m: nn.Module) -> frozenset | None:
     """The overrides the preset whose module is ``m``'s class takes; None for DivisiveNorm itself (every spec and
     module setting) and for any other class."""
@@ -142,6 +135,12 @@ def _keys(m: nn.Module) -> frozenset | None:
 def _setting(m: nn.Module, key: str):
     """``m``'s value of the setting ``key`` of :data:`CARRIED`; ``_UNSET`` where ``m`` has no such setting."""
     keys = _keys(m)
+    if key == "eps":   # torch's; a DivisiveNorm's spec.eps where its module takes eps (not GDN's view)
+        if not isinstance(m, DivisiveNorm):
+            return getattr(m, "eps", _UNSET)
+        return m.spec.eps if _takes(m, "eps") else _UNSET
+    if key == "momentum":   # where running statistics are kept and updated (not frozen-bn's)
+        return m.momentum if getattr(m, "track_running_stats", False) and _takes(m, "momentum") else _UNSET
     if key == "groups":   # a GroupNorm, a preset module with groups, a grouped DivisiveNorm (gn)
         if isinstance(m, nn.GroupNorm):
             return m.num_groups
@@ -152,17 +151,27 @@ def _setting(m: nn.Module, key: str):
     raise AssertionError(key)
 
 
-def carried_settings(m: nn.Module, new: nn.Module, overrides: dict) -> tuple:
+def _takes(m: nn.Module, key: str) -> bool:
+    keys = _keys(m)
+    return keys is None or key in keys
+
+
+def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, unkept: list) -> tuple:
     """The settings of :data:`CARRIED` that ``m`` has and ``new`` (built with the preset's) has too, with another
     value: returns (the overrides to build the new layer with: the old layer's values, those the caller passed
-    excepted; the notes that say where the caller's value replaced the layer's)."""
-    carry, notes = {}, []
+    excepted; the notes that say where the caller's value replaced the layer's; the report's words for a value
+    the new layer cannot take, which also go to ``unkept`` for the warning)."""
+    carry, notes, dropped = {}, [], []
     for key in CARRIED:
         src, dst = _setting(m, key), _setting(new, key)
         if src is _UNSET or dst is _UNSET or src == dst:
             continue
         if key in overrides or (key == "groups" and "group_size" in overrides):
             notes.append(f"{key}={dst} as asked (the source's {src} replaced)")
+        elif src is None and type(new) not in _TAKE_NONE:
+            why = f"{_NONE[key]}: {type(new).__name__} takes a number; pass {key}= to set one"
+            dropped.append(f"{key}=None ({why})")
+            unkept.append(f"{name or 'model'}.{key}=None ({why})")
         else:
             carry[key] = src
-    return carry, notes
+    return carry, notes, dropped
