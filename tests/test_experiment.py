@@ -201,6 +201,42 @@ def test_resume_refuses_an_option_other_than_the_stored_or_default_one(tmp_path)
 
 
 @pytest.mark.slow
+def test_cifar_mean_over_is_recorded_and_is_part_of_the_run_identity(tmp_path):
+    """CIFAR's mean image over train or train+test (PAPER.md §5.4) changes the inputs, but the record and the
+    checkpoint's identity did not say which: two runs differing only in it had the same config (a report pooled
+    them) and a run resumed under the other mean. The record says it (a report splits such runs, labelled), a
+    resume with the other mean is refused (data given or loaded with it), and so is data given beside a
+    ``mean_over`` it was not loaded with."""
+    import warnings
+
+    from dnlib.experiments import aggregate
+    from dnlib.experiments.cifar import load_data
+    from dnlib.training.trainer import CheckpointError
+    s = RECIPES[0].values[0]
+    _need(s)
+    data = {mo: load_data("cifar10", subset=(200, 100), device="cpu", mean_over=mo) for mo in ("train", "train+test")}
+    opts = {mo: {"data": d, "eval_every": 2} for mo, d in data.items()}
+    for mo in data:
+        _run(s, resume=tmp_path / mo, options=opts[mo], stop_after=2, progress=False)
+    recs = {mo: records.read_record(tmp_path / mo) for mo in data}
+    assert [recs[mo]["config"]["setup"]["mean_over"] for mo in data] == ["train", "train+test"]
+    setup = {k: v for k, v in recs["train"]["config"]["setup"].items() if k != "mean_over"}
+    older = {**recs["train"], "seed": 1, "config": {**recs["train"]["config"], "setup": setup}}   # before it was kept
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = aggregate.summarize([recs["train"], recs["train+test"], older])
+    assert {r["split"]: r["n"] for r in rows} == {"mean_over train": 2, "mean_over train+test": 1}
+    assert any("mean_over: train, train+test" in str(w.message) for w in caught)
+    with pytest.raises(CheckpointError, match=r"mean_over: stored .*requested 'train\+test'"):
+        _run(s, resume=tmp_path / "train", options=opts["train+test"], progress=False)
+    with pytest.raises(CheckpointError, match=r"mean_over: stored .*requested 'train\+test'"):   # loaded so
+        _run(s, resume=tmp_path / "train", options={**s.options, "mean_over": "train+test"}, progress=False)
+    with pytest.raises(ValueError, match=r"mean_over='train\+test'.*loaded with mean_over='train'"):
+        _run(s, out=tmp_path / "new", options={**opts["train"], "mean_over": "train+test"}, progress=False)
+    assert records.read_record(tmp_path / "train") == recs["train"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("s", RECIPES)
 def test_time_limit_stops_at_a_chunk_boundary_on_the_cli(s, tmp_path, capsys):
     _need(s)

@@ -56,8 +56,8 @@ import numpy as np
 from . import records
 from .registry import paper_schedule
 
-__all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "NOT_DEFINING", "PoolingWarning",
-           "defining", "run_as", "summarize", "notes", "curve_bands"]
+__all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "NOT_DEFINING", "LATER_DEFAULTS",
+           "PoolingWarning", "defining", "run_as", "summarize", "notes", "curve_bands"]
 
 
 # : The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are
@@ -155,6 +155,12 @@ NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes"
                           "setup.init_act", "setup.init_grad", "setup.scale_change"})   # (analysis: measured at init)
 
 
+#: Fields recorded since a later version, with the value every run recorded before then had (CIFAR's mean image,
+#: ``setup.mean_over``: over the training images): a run at that value is defined as one that does not record it,
+#: so old and new records of one experiment pool, and a split label shows the value.
+LATER_DEFAULTS = {"setup.mean_over": "train"}
+
+
 #: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
 _SHOWN_FIRST = ("steps", "epochs", "setup.subset", "batch_size", "dataset", "setup.data", "source", "steps_planned")
 
@@ -175,9 +181,9 @@ def _hashable(v: Any) -> Any:
 def defining(row: Mapping[str, Any]) -> dict:
     """What defines the experiment of one run besides its experiment and configuration name: every field of its
     config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
-    as tuples. A row without a config (a hand-made or :func:`dnlib.experiments.records.gather` row whose folder is gone)
-    is
-    defined by its ``steps_planned`` when it has one."""
+    as tuples, and :data:`LATER_DEFAULTS` left out at their value. A row without a config (a hand-made or
+    :func:`dnlib.experiments.records.gather` row whose folder is gone) is defined by its ``steps_planned`` when it
+    has one."""
     cfg = row.get("config")
     out: dict = {}
     if isinstance(cfg, Mapping):
@@ -188,7 +194,8 @@ def defining(row: Mapping[str, Any]) -> dict:
                 out[str(k)] = _hashable(v)
     elif row.get("steps_planned") is not None:
         out["steps_planned"] = row["steps_planned"]
-    return {k: v for k, v in out.items() if k not in NOT_DEFINING}
+    return {k: v for k, v in out.items()
+            if k not in NOT_DEFINING and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def run_as(what: Mapping[str, Any], paper: int | None = None) -> str:
@@ -231,6 +238,11 @@ def _value(v: Any) -> str:
     return format(v, ",") if _finite(v) and isinstance(v, int) else str(v)
 
 
+def _of(what: Mapping, field: str) -> Any:
+    """A :func:`defining` field's value (a :data:`LATER_DEFAULTS` one left out: its value; else None when absent)."""
+    return what.get(field, LATER_DEFAULTS.get(field))
+
+
 def _when(r: Mapping) -> str:
     return str(r.get("ended") or r.get("started") or r.get("date") or "")
 
@@ -263,8 +275,8 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
         if len(groups) > 1:
             fields = sorted({f for k in groups for f, _ in k}, key=lambda f: (
                 _SHOWN_FIRST.index(f) if f in _SHOWN_FIRST else len(_SHOWN_FIRST), f))
-            differs = [f for f in fields if len({whats[k].get(f, None) for k in groups}) > 1]
-            values = "; ".join(f"{_short(f)}: {', '.join(_value(whats[k].get(f)) for k in groups)}"
+            differs = [f for f in fields if len({_of(whats[k], f) for k in groups}) > 1]
+            values = "; ".join(f"{_short(f)}: {', '.join(_value(_of(whats[k], f)) for k in groups)}"
                                for f in differs[:4]) + ("; ..." if len(differs) > 4 else "")
             warnings.warn(f"{name}: {len(groups)} sets of runs differ in what defines the experiment ({values}): "
                           f"not pooled, one row each", PoolingWarning, stacklevel=3)
@@ -286,7 +298,7 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
                               f"newest finished run of each seed counts): "
                               f"{', '.join(_describe(flatten(recs[i])[0], recs[i]) for i in dups)}",
                               PoolingWarning, stacklevel=3)
-            split = ", ".join(f"{_short(f)} {_value(whats[key].get(f))}" for f in differs[:2])
+            split = ", ".join(f"{_short(f)} {_value(_of(whats[key], f))}" for f in differs[:2])
             out.append({"ident": ident, "what": whats[key], "members": members, "differs": differs,
                         "duplicates": [_describe(flatten(recs[i])[0], recs[i]) for i in dups], "split": split})
     return out

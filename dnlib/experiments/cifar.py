@@ -77,6 +77,7 @@ class CifarData:
     eval_split: str                   # "test" or "val"
     mean: torch.Tensor                # float32 (32, 32, 3)
     subset: int | tuple | None = None  # the stratified subset it was loaded with (a run on it records this)
+    mean_over: str = "train"          # the images the mean was taken over: "train" or "train+test" (recorded too)
 
     @property
     def num_classes(self) -> int:
@@ -111,7 +112,8 @@ def load_data(dataset: str = "cifar10", *, subset=None, validation: bool = False
     nhwc = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 2, 3, 1))).to(dev)  # noqa: E731
     return CifarData(d.name, d.description, list(d.classes), nhwc(d.x_train), torch.from_numpy(d.y_train).to(dev),
                      nhwc(x_eval), torch.from_numpy(y_eval).to(dev), "val" if validation else "test",
-                     torch.from_numpy(np.ascontiguousarray(d.mean.transpose(1, 2, 0))).to(dev), subset)
+                     torch.from_numpy(np.ascontiguousarray(d.mean.transpose(1, 2, 0))).to(dev), subset,
+                     d.mean_over)
 
 
 class CifarLoss:
@@ -146,8 +148,8 @@ class CifarRecipe(Recipe):
 
     Options: ``data`` (a loaded :class:`CifarData`, shared between runs), or the ``load`` options ``subset``,
     ``validation``, ``root``, ``mean_over`` to load it; the ``build`` options ``mode`` (:data:`MODES`),
-    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: the authors' 500; 0: only at the end) and
-    ``subset`` (recorded)."""
+    ``eval_every`` (steps per evaluation and checkpoint = chunk; None: the authors' 500; 0: only at the end),
+    ``subset`` and ``mean_over`` (recorded, and part of the run's identity: checked against the data's)."""
 
     name = "cifar"
     module = "dnlib.experiments.cifar"
@@ -186,10 +188,11 @@ class CifarRecipe(Recipe):
                          seed=seed, root=root, mean_over=mean_over)
 
     def build(self, cfg: CifarConfig, data: CifarData, seed: int, device: str = "auto", *, subset=None,
-              mode: str = "auto", eval_every: int | None = None) -> Setup:
+              mean_over: str | None = None, mode: str = "auto", eval_every: int | None = None) -> Setup:
         self.check_options(mode=mode, eval_every=eval_every)
         eval_every = EVAL_EVERY if eval_every is None else eval_every
         subset = _checked_subset(_subset(subset), data)      # recorded (load drew it)
+        _checked_mean_over(mean_over, data)
         dev = data.device
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest conv algorithms once
@@ -202,14 +205,16 @@ class CifarRecipe(Recipe):
         batches = TensorBatches(torch.arange(len(data.y_train), device=dev), batch_size=cfg.batch_size, seed=seed)
         cls = GraphTrainer if mode == "graph" or (mode == "auto" and dev.type == "cuda") else Trainer
         info = {"data": data.description, "eval_split": data.eval_split,
-                "subset": list(subset) if isinstance(subset, tuple) else subset,
+                "subset": list(subset) if isinstance(subset, tuple) else subset, "mean_over": data.mean_over,
                 "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
                 "eval_every": eval_every, "mode": trainer_mode(cls is GraphTrainer, dev),
                 "card": card(dev)}
         # what a checkpoint must have been written by to be resumed as this run: the configuration (every field but
-        # impl, which changes the kernels, not the math) and the data; the trainer compares seed and optimizer
+        # impl, which changes the kernels, not the math) and the data, its mean image included (left out at the
+        # default "train", as checkpoints written before it was added were); the trainer compares seed and optimizer
         run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k not in ("name", "impl")},
-                    **{k: info[k] for k in ("data", "eval_split", "subset", "train_images", "eval_images")}}
+                    **{k: info[k] for k in ("data", "eval_split", "subset", "train_images", "eval_images")},
+                    **({"mean_over": data.mean_over} if data.mean_over != "train" else {})}
         return Setup(model, CifarLoss(data), batches, tcfg, evaluate=lambda m: evaluate(m, data),
                                 run_info=run_info, trainer=cls,
                                 trainer_kwargs={"param_groups": groups}, chunk=eval_every or None, info=info,
@@ -375,6 +380,14 @@ def _checked_subset(subset, data: CifarData):
         raise ValueError(f"subset={subset!r}: the data given was loaded with subset={own!r}; "
                          "pass one of them (or data loaded with that subset)")
     return subset
+
+
+def _checked_mean_over(mean_over: str | None, data: CifarData) -> None:
+    """A ``mean_over`` option beside ``data`` must be the one the data were loaded with (ValueError naming both;
+    None: the data's)."""
+    if mean_over is not None and mean_over != data.mean_over:
+        raise ValueError(f"mean_over={mean_over!r}: the data given were loaded with mean_over={data.mean_over!r}; "
+                         "pass one of them (or data loaded with that mean)")
 
 
 # --------------------------------------------------------------------------------------------------- CLI

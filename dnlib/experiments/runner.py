@@ -107,15 +107,12 @@ def _stored_run(recipe: Recipe, resume) -> dict:
 FREE_ON_RESUME = frozenset({"data", "root", "threads", "mode"})
 
 
-def _option_defaults(recipe: Recipe) -> dict:
-    """``{option: default}`` of the keyword-only parameters of ``recipe.load`` and ``recipe.build`` (a name of
-    both: ``load``'s, the one a run that did not give it loaded its data with)."""
-    out: dict = {}
-    for method in (recipe.load, recipe.build):
-        for k, p in inspect.signature(method).parameters.items():
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
-                out.setdefault(k, p.default)
-    return out
+def _build_defaults(recipe: Recipe) -> dict:
+    """``{option: default}`` of the keyword-only parameters of ``recipe.build`` that ``recipe.load`` does not take
+    (a load option may have come with the data given, ``data=``, rather than at its default)."""
+    load = set(_keywords(recipe.load))
+    return {k: p.default for k, p in inspect.signature(recipe.build).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and k not in load}
 
 
 def _still_valid(recipe: Recipe, key: str, value) -> bool:
@@ -131,13 +128,14 @@ def _still_valid(recipe: Recipe, key: str, value) -> bool:
 def resumed_options(recipe: Recipe, stored: dict, options: dict, resume) -> dict:
     """The options of a run that resumes the folder ``resume`` (``stored``: its ``run.json``): the stored ones with
     the ``options`` given now. A resume must match the run it resumes: a given option whose value differs from the
-    stored one (or, when the folder did not store it, from its default: the run ran with that) is a ValueError
-    naming the option and both values; an equal one is fine. Not compared: :data:`FREE_ON_RESUME`, a value that
-    could not have been stored (not plain: a tensor, a path...) where none is, and a stored value the recipe now
-    refuses (the given one replaces it). Configuration fields and the seed are not options: the checkpoint's
+    stored one (or, when the folder did not store it, a build option's from its default: the run ran with that) is
+    a ValueError naming the option and both values; an equal one is fine. Not compared: :data:`FREE_ON_RESUME`, a
+    load option or a value that could not have been stored (not plain: a tensor, a path...) where none is stored (a
+    run given ``data=`` stores neither: the checkpoint's identity compares the data), and a stored value the recipe
+    now refuses (the given one replaces it). Configuration fields and the seed are not options: the checkpoint's
     identity refuses those (:class:`~dnlib.training.trainer.CheckpointError`)."""
     kept = dict(stored.get("options") or {})
-    defaults = _option_defaults(recipe)
+    defaults = _build_defaults(recipe)
     for key, value in options.items():
         if key in FREE_ON_RESUME:
             continue
