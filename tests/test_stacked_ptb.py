@@ -14,6 +14,7 @@ from dnlib.experiments.runner import build_setup
 from dnlib.experiments.runner import run as run_one
 from dnlib.models.stacked_rnn import StackedLanguageModel
 from dnlib.norms.sparse import sparse_penalty
+from dnlib.training.trainer import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # 200 training tokens in 4 streams of 5 steps: 9 batches per epoch, so 12 steps cross an epoch (reset, lr decay)
@@ -234,3 +235,17 @@ def test_a_copys_clip_norm_must_be_none_or_positive(data):
             _sequence_trainer(True, data, clip_norms=[bad, 0.5])
     tr = _sequence_trainer(True, data, clip_norms=[None, 0.5])
     assert tr.clip_norms == [None, 0.5]
+
+
+def test_a_stacked_divergence_names_the_copys_own_learning_rate(data):
+    """The stacked PTB trainer steps each copy with its own rate and never sets the optimizer's, which holds copy 0's
+    initial one: the divergence of copy 1 (base-lstm, lr 0.1) names 0.1, not dn-star-lstm's 1.0."""
+    run = stacked_ptb.prepare(RECIPE, ["dn-star-lstm", "base-lstm"], [0], steps=STEPS, device="cpu", overrides=TINY,
+                              options={"data": data, "mode": "eager"}, progress=False)
+    tr = run.setup.make_trainer(evaluate=None)
+    with torch.no_grad():
+        tr.model.embedding.fill_(float("nan"))               # every copy's loss is NaN from step 1
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 1: .*\(learning rate 0.1\)"):
+        tr.fit(resume=False)
+    assert [r["lr"] for r in tr.history if "stopped" in r] == [1.0, 0.1]
+    assert [tr.lr_at(1, k) for k in (0, 1)] == [1.0, 0.1] and tr.opt.param_groups[0]["lr"] == 1.0

@@ -222,6 +222,25 @@ def test_a_diverging_run_stops_with_a_record_and_valid_json(tmp_path, cls):
             and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_the_divergence_names_the_learning_rate_of_the_step_that_diverged():
+    """The loss turns NaN at step 5, before the milestone at 6; it is seen at the log point of step 10, when the
+    optimizer's rate is already lr * gamma: the message names 0.05, the rate that step 5 used (it named 0.005)."""
+    model, data = _problem()
+    calls = []
+
+    def loss(m, batch):
+        calls.append(1)
+        out = _loss(m, batch)
+        return out * float("nan") if len(calls) == 5 else out
+    cfg = TrainConfig(steps=10, lr=0.05, milestones=(6,), eval_every=0, checkpoint_every=0, log_every=10,
+                      device="cpu", progress=False)
+    tr = Trainer(model, loss, data, cfg)
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 5: .*\(learning rate 0.05\)"):
+        tr.fit()
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.005) and tr.lr_at(5) == 0.05 and tr.lr_at(6) == 0.05
+    assert tr.lr_at(7) == pytest.approx(0.005)
+
+
 def test_a_nan_metric_is_divergence_too(tmp_path):
     model, data = _problem()
     tr = Trainer(model, _loss, data, _cfg(8), out_dir=tmp_path, evaluate=lambda m: {"acc": float("nan")})

@@ -56,6 +56,11 @@ class StackedSequenceTrainer(CarriedStateGraph, StackedTrainer):
             model.embedding_hook = self._slices.append
 
     # --- per copy: learning rates in the history --------------------------------------------------------------
+    def lr_at(self, step: int, copy: int = 0) -> float:
+        """Copy ``copy``'s learning rate at optimizer step ``step`` (1-based): ``lr_fns[copy](step - 1)`` (the
+        optimizer's rate is never set: it stays copy 0's initial one)."""
+        return float(self.lr_fns[copy](max(int(step) - 1, 0)))
+
     def _append(self, row: dict, copy: int) -> None:
         if "lr" in row:
             row = {**row, "lr": self._copy_lrs[copy]}

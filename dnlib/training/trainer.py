@@ -190,6 +190,11 @@ class Trainer:
             return float(self._lr_lambda(step))
         return self.cfg.gamma ** sum(step >= m for m in self.cfg.milestones)
 
+    def lr_at(self, step: int, copy: int = 0) -> float:
+        """The learning rate that optimizer step ``step`` (1-based, as ``"diverged at step N"``) used (of the first
+        parameter group; copy ``copy``'s in a trainer of several copies with rates of their own)."""
+        return self.base_lrs[0] * self.lr_factor(max(int(step) - 1, 0))
+
     def _set_lr(self):
         f = self.lr_factor(self.step)
         for g, base in zip(self.opt.param_groups, self.base_lrs):
@@ -282,15 +287,16 @@ class Trainer:
     # --- divergence -----------------------------------------------------------------------------------
     def _diverge(self, step: int, what: str, copy: int = 0) -> None:
         """Record ``stopped: diverged at step N`` in (copy ``copy``'s) history (and history.json), then raise
-        (a trainer of several copies stops that copy, and raises when none is left: :meth:`_stop_copy`)."""
-        status, lr = f"diverged at step {int(step)}", self.opt.param_groups[0]["lr"]
-        self._append({"step": self.step, "lr": lr, "time": round(self.elapsed, 3), "stopped": status, "reason": what},
-                     copy)
+        (a trainer of several copies stops that copy, and raises when none is left: :meth:`_stop_copy`), naming the
+        learning rate step N used (:meth:`lr_at`: the optimizer's may have passed a milestone since)."""
+        status = f"diverged at step {int(step)}"
+        self._append({"step": self.step, "lr": self.lr_at(self.step, copy), "time": round(self.elapsed, 3),
+                      "stopped": status, "reason": what}, copy)
         if not self._stop_copy(copy, status):
             return
         if self.out_dir is not None:
             atomic_write_json(self.out_dir / "history.json", self.history)
-        raise TrainingDiverged(step, what, lr, self.history)
+        raise TrainingDiverged(step, what, self.lr_at(step, copy), self.history)
 
     def _pending_losses(self) -> torch.Tensor | None:
         """The losses since the last log point, ``(n, copies)`` on the host (the one sync per log point); diverges
