@@ -232,7 +232,8 @@ def test_a_dnlib_model_converted_between_presets_equals_building_it_with_norm():
 def test_instance_norm_running_stats_are_not_taken_for_batch_statistics():
     inorm = nn.InstanceNorm2d(3, track_running_stats=True)
     inorm(torch.randn(4, 3, 5, 5) * 3 + 1)                 # its running stats: means of per-example statistics
-    bn = dnlib.convert_norms(nn.Sequential(inorm), "bn")[0]
+    with pytest.warns(UserWarning, match=r"0\.running_mean, running_var \(InstanceNorm's"):
+        bn = dnlib.convert_norms(nn.Sequential(inorm), "bn")[0]
     assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
     src = nn.BatchNorm2d(3)
     src(torch.randn(4, 3, 5, 5) * 3 + 1)
@@ -323,7 +324,9 @@ def test_uninitialized_lazy_norm_named_not_skipped_silently():
         dnlib.convert_norms(net, "dn-s", strict=True)
     net(torch.randn(2, 3, 5, 5))                              # one forward: now torch's BatchNorm2d/InstanceNorm2d
     _, said = _warned(lambda: dnlib.convert_norms(net, "dn-s"))
-    assert said == [] and isinstance(net[1], DivisiveNorm) and isinstance(net[2], DivisiveNorm)
+    assert isinstance(net[1], DivisiveNorm) and isinstance(net[2], DivisiveNorm)
+    # torch's LazyInstanceNorm2d keeps running statistics by default (its evaluation used them): that is said
+    assert len(said) == 1 and said[0].startswith("convert_norms: not carried over") and "2.running_mean" in said[0]
 
 
 def test_batchnorm_without_running_stats_converts_to_bn_without_them():
@@ -524,3 +527,55 @@ def test_settings_the_new_layer_cannot_take_warn_and_advise_only_its_keywords():
             if f"pass {k}=" in str(rep):
                 dnlib.make_norm(to, 8, **{k: v})
 
+
+def test_instance_norm_with_running_stats_warns_that_evaluation_changes():
+    inorm = nn.InstanceNorm2d(4, track_running_stats=True)
+    inorm(torch.randn(8, 4, 6, 6) * 2 + 1)
+    x = torch.randn(4, 4, 6, 6)
+    ref = inorm.eval()(x)
+    # before: evaluation output off by 1.18, the report alone saying the running statistics were dropped
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(inorm)).eval(), "in",
+                                                            report=True))
+    assert (conv(x) - ref).abs().max() > 0.1
+    assert len(said) == 1 and "0.running_mean, running_var (InstanceNorm's" in said[0]
+    with pytest.raises(ValueError, match="strict=True.*running_mean"):
+        dnlib.convert_norms(nn.Sequential(copy.deepcopy(inorm)), "in", strict=True)
+    _, said = _warned(lambda: dnlib.convert_norms(nn.Sequential(nn.InstanceNorm2d(4)), "in"))
+    assert said == []   # no running statistics: nothing changes
+
+
+def test_divisive_norm_to_divisive_norm_names_each_setting_it_drops():
+    torch.manual_seed(0)
+    bn_star = dnlib.make_norm("bn", 8, sigma=1.0, eps=0, alpha=0.01, learn_sigma=False)
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(bn_star), "bn", types=DivisiveNorm,
+                                                            report=True))
+    assert conv[0].spec.eps == 0.0 and conv[0].spec.sigma == 0.0 and conv[0].alpha == 0.0
+    assert rep.rows[0].dropped == ("sigma=1.0 (the new layer's is 0.0; pass sigma= to keep it)",
+                                   "alpha=0.01 (the new layer's is 0.0; pass alpha= to keep it)")
+    assert len(said) == 1 and "0.sigma=1.0" in said[0] and "alpha" not in said[0]   # alpha: the loss, not the output
+    dn_star = dict(window=5, sigma=0.5, eps=0, alpha=0.005, border="reference")
+    src = dnlib.make_norm("dn", 8, **dn_star).double()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    ref = src(x)
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(src)), "dn",
+                                                            types=DivisiveNorm, report=True))
+    names = [d.split("=")[0] for d in rep.rows[0].dropped]
+    assert names == ["sigma", "alpha", "border", "sum_window", "sup_window"], rep.rows[0].dropped
+    assert len(said) == 1 and all(f"0.{n}=" in said[0] for n in ("sigma", "border", "sum_window", "sup_window"))
+    # asked for: nothing dropped, nothing said, the same output
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(src)), "dn",
+                                                            types=DivisiveNorm, report=True, **dn_star))
+    assert said == [] and not rep.rows[0].dropped
+    torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-12)
+    # a preset without sigma (frozen-bn) takes the whole sigma^2 + eps as its eps: the same evaluation output
+    src = dnlib.make_norm("bn", 8, sigma=1.0, eps=0).double()
+    src(torch.randn(6, 8, 7, 7, dtype=torch.float64) * 2)
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(src)), "frozen-bn",
+                                                            types=DivisiveNorm, report=True))
+    assert said == [] and conv[0].eps == 1.0 and "sigma^2 + eps" in rep.rows[0].note
+    torch.testing.assert_close(conv(x), src.eval()(x), rtol=0, atol=1e-12)
+    # another kind (bn -> dn): the windows are the preset's; sigma is still named
+    (_, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(dnlib.make_norm("bn-s", 8)), "dn",
+                                                         types=DivisiveNorm, report=True))
+    dropped = rep.rows[0].dropped
+    assert any(d.startswith("sigma=1.0 (") for d in dropped) and not any("window" in d for d in dropped), dropped

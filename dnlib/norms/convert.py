@@ -27,21 +27,25 @@ the same architecture built with ``norm=`` directly, apart from what is taken ov
   (BatchNorm, SyncBatchNorm, a batch-pooling DivisiveNorm), ``running_mean``, ``running_var`` and
   ``num_batches_tracked`` are copied: they are the same per-channel statistics (DivisiveNorm stores the unbiased
   variance, as torch). InstanceNorm's running variance is a mean of per-example variances, not the batch
-  variance, so it is not copied. A ``to="bn"`` conversion of a trained BN network therefore computes exactly
-  what it did, in training and evaluation mode (tested). A BatchNorm *without* running statistics
-  (``track_running_stats=False``: batch statistics in evaluation too) becomes a layer without them (the preset
-  built with ``track_running_stats=False``, unless you pass that override), so evaluation stays the same.
+  variance, so it is not copied (a warning says so where the old layer used it in evaluation). A ``to="bn"``
+  conversion of a trained BN network therefore computes exactly what it did, in training and evaluation mode
+  (tested). A BatchNorm *without* running statistics (``track_running_stats=False``: batch statistics in
+  evaluation too) becomes a layer without them (the preset built with ``track_running_stats=False``, unless you
+  pass that override), so evaluation stays the same.
 - **Settings** are the old layer's where the new layer has the same one, unless you pass them (yours win; the
   report's note names the layer's value each replaced; the report's target names those taken): its ``eps``
-  (torch's ``eps``, a DivisiveNorm's ``spec.eps``: beside the variance under the root; a preset's sigma^2 stays
-  the preset's), its ``momentum`` where both update running statistics (``frozen-bn`` updates none) and its group
-  count (``gn``, ``evonorm-s0``, ``bcn``: ``GroupNorm(8, C)`` becomes ``gn`` with 8 groups, not the preset's 32).
-  A value the new layer cannot take (``eps=None``, the dtype's finfo as ``nn.RMSNorm``'s, or ``momentum=None``,
-  into a module preset other than ``brn``/``sn``/``bcn``) is named in a warning. ``dyt`` and the GDN presets have
-  no eps.
-- Not carried over: the old layer's forward hooks and any attributes of a subclass (an
-  instance of a *subclass* of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every
-  ``_BatchNorm``).
+  (torch's ``eps``, a DivisiveNorm's ``spec.eps``: beside the variance under the root; a DivisiveNorm's whole
+  ``sigma^2 + eps`` into a preset without sigma: ``frozen-bn``, ``frn``, ``evonorm-*``, ``bcn``), its ``momentum``
+  where both update running statistics (``frozen-bn`` updates none) and its group count (``gn``, ``evonorm-s0``,
+  ``bcn``: ``GroupNorm(8, C)`` becomes ``gn`` with 8 groups, not the preset's 32). A value the new layer cannot
+  take (``eps=None``, the dtype's finfo as ``nn.RMSNorm``'s, or ``momentum=None``, into a module preset other than
+  ``brn``/``sn``/``bcn``) is named in a warning; ``dyt`` and the GDN presets have no eps. A DivisiveNorm's
+  ``sigma`` and ``alpha``, and between layers that pool the same fields its ``power``, ``sup_scale``, ``floor`` and
+  (both windowed) windows, weights and border, are the preset's: the report names each that differs, and so does
+  a warning where it changes the output (all but ``alpha``, the L1 term). So ``bn*`` (sigma 1, eps 0) converted
+  to ``bn`` has eps 0 and sigma 0, with a warning: pass ``sigma=1.0`` to keep it.
+- Not carried over: the old layer's forward hooks and any attributes of a subclass (an instance of a *subclass*
+  of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every ``_BatchNorm``).
 
 Device, dtype and the train/eval mode of every new layer are those of the layer it replaces; a copied parameter
 keeps its ``requires_grad``. A module used at several places stays one (shared) module. A model on the ``meta``
@@ -81,7 +85,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .convert_state import carried_settings, carry_over
+from .convert_state import carried_settings, carry_over, named_settings
 from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
@@ -365,8 +369,10 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     notes += said
     new.train(m.training)
     meta = any(t.is_meta for t in _tensors(m) + _tensors(new))
-    copied, dropped = carry_over(name, m, new, c, meta, copy_affine, lost)
-    dropped += unset
+    copied, dropped = carry_over(name, m, new, c, meta, copy_affine, lost, unkept)
+    said, named = named_settings(name, m, new, overrides, unkept)
+    notes += said
+    dropped += unset + named
     if getattr(m, "running_stats", "torch") != getattr(new, "running_stats", "torch") \
             and getattr(new, "track_running_stats", False):
         notes.append(f"running statistics kept from now on as running_stats={new.running_stats!r}")

@@ -23,7 +23,7 @@ from .batch_variants import BatchChannelNorm, BatchRenorm, SwitchNorm
 from .norm import DivisiveNorm
 from .presets import PRESETS
 
-__all__ = ["carry_over", "carried_settings", "CARRIED"]
+__all__ = ["carry_over", "carried_settings", "named_settings", "CARRIED"]
 
 #: The settings a converted layer takes from the layer it replaces (where both have them and the caller passes
 #: none): ``eps`` (torch's, a DivisiveNorm's ``spec.eps``: beside the variance, and beside sigma^2, under the root),
@@ -34,12 +34,20 @@ _UNSET = object()   # a layer without the setting
 #: The classes that take ``eps=None`` (the dtype's finfo) and ``momentum=None`` (a cumulative average).
 _TAKE_NONE = (DivisiveNorm, BatchRenorm, SwitchNorm, BatchChannelNorm)
 _NONE = {"eps": "the dtype's finfo eps", "momentum": "a cumulative average"}
+#: A DivisiveNorm's settings that stay the preset's (named where they differ), with the overrides that set each:
+#: sigma and alpha between any two, the others between layers that pool the same fields (the windows, their
+#: weights and border: between two windowed layers).
+_NAMED = {"sigma": ("sigma",), "alpha": ("alpha",), "power": ("power",), "sup_scale": ("sup_scale",),
+          "floor": ("floor",), "border": ("border",), "sum_window": ("window", "sum_window"),
+          "sup_window": ("window", "sup_window"), "sum_weights": ("weights", "sum_weights"),
+          "sup_weights": ("weights", "sup_weights")}
+_WINDOWED = ("border", "sum_window", "sup_window", "sum_weights", "sup_weights")
 
 
 def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
-               lost: list) -> tuple:
+               lost: list, unkept: list) -> tuple:
     """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
-    be copied are added to ``lost``."""
+    be copied are added to ``lost``, the running statistics an InstanceNorm used in evaluation to ``unkept``."""
     if not copy_affine:
         dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
                    + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
@@ -47,6 +55,9 @@ def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy
     copied, dropped, lost_here = _copy(m, new, c, meta)
     lost += [f"{name or 'model'}.{d}" for d in lost_here]
     got, gone = _copy_stats(m, new, meta)
+    if gone and isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats:
+        unkept.append(f"{name or 'model'}.{gone[0].removesuffix(')')}; the source normalized with them in "
+                      f"evaluation)")
     return copied + got, dropped + gone + _extras(m, new)
 
 
@@ -164,6 +175,9 @@ def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, u
     carry, notes, dropped = {}, [], []
     for key in CARRIED:
         src, dst = _setting(m, key), _setting(new, key)
+        if key == "eps" and _folds_sigma(m, new) and src is not None:   # the whole constant beside the variance
+            src = _named(m, "sigma") ** 2 + src
+            notes.append(f"eps: the source's sigma^2 + eps ({src:g}; the new layer has no sigma)")
         if src is _UNSET or dst is _UNSET or src == dst:
             continue
         if key in overrides or (key == "groups" and "group_size" in overrides):
@@ -175,3 +189,44 @@ def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, u
         else:
             carry[key] = src
     return carry, notes, dropped
+
+
+def _folds_sigma(m: nn.Module, new: nn.Module) -> bool:
+    """Whether ``m``'s sigma (a number, not 0) goes into ``new``'s eps: ``new`` has an eps and no sigma (frozen-bn,
+    frn, evonorm, bcn), so the divisor's constant sigma^2 + eps is all its eps."""
+    return _named(m, "sigma") not in (_UNSET, 0.0) and _named(new, "sigma") is _UNSET \
+        and _setting(new, "eps") is not _UNSET
+
+
+def _named(m: nn.Module, key: str):
+    """``m``'s value of the setting ``key`` of :data:`_NAMED`; ``_UNSET`` where it has none (a learned sigma is an
+    extra parameter: :func:`_extras` names it)."""
+    if not isinstance(m, DivisiveNorm) or not _takes(m, key) or (key == "sigma" and m.spec.learn_sigma):
+        return _UNSET
+    value = m.alpha if key == "alpha" else getattr(m.spec, key)
+    return dict(value) if isinstance(value, tuple) else value
+
+
+def named_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, unkept: list) -> tuple:
+    """A DivisiveNorm's settings (:data:`_NAMED`) that the new layer has with another value, the preset's: returns
+    (notes: where the caller's value replaced the layer's; dropped: the others, each also in ``unkept`` for the
+    warning where it changes the output, i.e. all but alpha, the L1 term of the loss)."""
+    same = isinstance(new, DivisiveNorm) and isinstance(m, DivisiveNorm) \
+        and (m.spec.sum_axes, m.spec.sup_axes) == (new.spec.sum_axes, new.spec.sup_axes)
+    windowed = same and m.spec.windowed and new.spec.windowed
+    notes, dropped = [], []
+    for key, asked in _NAMED.items():
+        src, dst = _named(m, key), _named(new, key)
+        if src is _UNSET or src == dst or (key in ("sigma", "alpha") and not src) \
+                or (key == "sigma" and _folds_sigma(m, new)) \
+                or (key not in ("sigma", "alpha") and not (windowed if key in _WINDOWED else same)):
+            continue
+        if dst is _UNSET:
+            dropped.append(f"{key}={src} (the new layer has none)")
+        elif any(k in overrides for k in asked):
+            notes.append(f"{key}={dst} as asked (the source's {src} replaced)")
+        else:
+            dropped.append(f"{key}={src} (the new layer's is {dst}; pass {asked[-1]}= to keep it)")
+            if key != "alpha":
+                unkept.append(f"{name or 'model'}.{dropped[-1]}")
+    return notes, dropped
