@@ -181,6 +181,43 @@ def test_the_cli_refuses_a_bad_stored_value_in_one_line(tmp_path, capsys):
     assert "clip_norm: must be None (no clipping) or a number > 0, got -5.0" in err[0], err
 
 
+class _Payload:
+    """Pickled, it would call ``print`` (it must never run)."""
+
+    def __reduce__(self):
+        return print, ("payload ran",)
+
+
+def test_an_unreadable_checkpoint_is_not_called_crafted(tmp_path, capsys):
+    """Garbage, or a truncated copy, is "not a torch checkpoint (unreadable)" (it was told "holds objects that are
+    not tensors... a crafted file"); a file that holds such objects (torch.save's archive, or a bare pickle) is
+    refused as before, and its payload never runs."""
+    import io
+    import pickle
+
+    from dnlib.training.trainer import CheckpointError, load_checkpoint
+    good = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(64)}, "step": 1}, good)
+    half = good.getvalue()[:len(good.getvalue()) // 2]
+    crafted = io.BytesIO()
+    torch.save({"model": _Payload()}, crafted)
+    cases = {"garbage": (b"not a checkpoint" * 10, r"is not a torch checkpoint \(unreadable: neither"),
+             "zeros": (bytes(100), r"is not a torch checkpoint \(unreadable"),
+             "truncated": (half, r"not a torch checkpoint \(unreadable.*truncated"),
+             "crafted": (crafted.getvalue(), r"refused: it holds objects that are not tensors or plain Python values"),
+             "bare pickle": (pickle.dumps({"model": _Payload()}), r"refused: it is a bare pickle, not the archive "
+                                                                  r"that torch.save writes")}
+    for name, (content, msg) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=msg) as e:
+            load_checkpoint(path)
+        text = str(e.value)
+        assert str(path) in text and "delete it" in text and "\n" not in text, (name, text)
+        assert ("crafted" in text) == (name in ("crafted", "bare pickle")), (name, text)
+    assert "payload ran" not in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------- divergence (issue 11, 3)
 def _strict_json(path):
     """Parse ``path`` as standard JSON: a bare NaN/Infinity (which ``json.dump`` writes by default) fails."""

@@ -33,9 +33,11 @@ from __future__ import annotations
 import math
 import numbers
 import pickle
+import pickletools
 import random
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -463,12 +465,20 @@ def _plain(v):
     return v
 
 
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` holds one whole pickle (decoded by :func:`pickletools.genops`, which runs nothing)."""
+    try:
+        return any(op.name == "STOP" for op, _, _ in pickletools.genops(path.read_bytes()))
+    except Exception:  # noqa: BLE001  an unknown opcode, a truncated argument, ...: no pickle
+        return False
+
+
 def load_checkpoint(path) -> dict:
     """Read a :class:`Trainer` checkpoint safely (``torch.load(weights_only=True)``, on the CPU).
 
-    Raises :class:`CheckpointError` naming ``path`` when the file is empty, truncated or garbage, holds objects
-    other than tensors and plain values (a crafted pickle is refused before any of it runs), or lacks a
-    checkpoint's keys."""
+    Raises :class:`CheckpointError` naming ``path`` when the file is empty, is no torch checkpoint at all
+    (unreadable: garbage, a truncated copy, another format), holds objects other than tensors and plain values (a
+    crafted pickle is refused before any of it runs), or lacks a checkpoint's keys."""
     path = Path(path)
     what_to_do = "delete it to start fresh, or use another output folder"
     if path.stat().st_size == 0:
@@ -477,17 +487,29 @@ def load_checkpoint(path) -> dict:
         with warnings.catch_warnings():  # torch's note on a pickle that torch.save did not write (a crafted one)
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+    except Exception as e:   # noqa: BLE001  torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
+        # torch's weights-only error reads the same for bytes that are no pickle at all and for a pickle of objects
+        # it refuses: what the file is tells them apart (parsed, never run: pickletools only decodes the opcodes)
+        archive, bare = zipfile.is_zipfile(path), False
+        if not archive:
+            bare = _is_pickle(path)
+        if not archive and not bare:
+            raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (unreadable: neither the archive that "
+                                  f"torch.save writes nor a pickle; garbage, a truncated copy or another format); "
+                                  f"{what_to_do}") from e
+        refused = isinstance(e, pickle.UnpicklingError) and any(w in str(e).lower() for w in ("weights only",
+                                                                                            "weights_only"))
+        if refused and archive:
             raise CheckpointError(
                 f"checkpoint {path} refused: it holds objects that are not tensors or plain Python values, so it "
                 f"was not written by this dnlib (a crafted file, or one from before checkpoints were weights-only) "
                 f"and was not loaded; {what_to_do}") from e
-        raise CheckpointError(f"checkpoint {path} cannot be read (UnpicklingError: {_first_line(e)}): it is "
-                              f"truncated or not a checkpoint; {what_to_do}") from e
-    except Exception as e:   # noqa: BLE001  torch raises RuntimeError, EOFError, ValueError, ... on a damaged file
+        if refused:
+            raise CheckpointError(f"checkpoint {path} refused: it is a bare pickle, not the archive that torch.save "
+                                  f"writes, so it was not written by this dnlib (a crafted file?) and was not loaded; "
+                                  f"{what_to_do}") from e
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)}): it is "
-                              f"truncated or not a checkpoint; {what_to_do}") from e
+                              f"damaged or not a checkpoint; {what_to_do}") from e
     missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a dnlib checkpoint (no {', '.join(missing)}); {what_to_do}")
