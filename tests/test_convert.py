@@ -549,7 +549,10 @@ def test_divisive_norm_to_divisive_norm_names_each_setting_it_drops():
     bn_star = dnlib.make_norm("bn", 8, sigma=1.0, eps=0, alpha=0.01, learn_sigma=False)
     (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(bn_star), "bn", types=DivisiveNorm,
                                                             report=True))
-    assert conv[0].spec.eps == 0.0 and conv[0].spec.sigma == 0.0 and conv[0].alpha == 0.0
+    # its eps 0 is no floor without its sigma: bn keeps the preset's eps (0 made the fused BN refuse training)
+    assert conv[0].spec.eps == 1e-5 and conv[0].spec.sigma == 0.0 and conv[0].alpha == 0.0
+    dead = torch.zeros(3, 8, 5, 5)
+    assert torch.isfinite(conv.train()(dead)).all()
     assert rep.rows[0].dropped == ("sigma=1.0 (the new layer's is 0.0; pass sigma= to keep it)",
                                    "alpha=0.01 (the new layer's is 0.0; pass alpha= to keep it)")
     assert len(said) == 1 and "0.sigma=1.0" in said[0] and "alpha" not in said[0]   # alpha: the loss, not the output

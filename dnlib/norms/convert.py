@@ -43,7 +43,8 @@ the same architecture built with ``norm=`` directly, apart from what is taken ov
   ``sigma`` and ``alpha``, and between layers that pool the same fields its ``power``, ``sup_scale``, ``floor`` and
   (both windowed) windows, weights and border, are the preset's: the report names each that differs, and so does
   a warning where it changes the output (all but ``alpha``, the L1 term). So ``bn*`` (sigma 1, eps 0) converted
-  to ``bn`` has eps 0 and sigma 0, with a warning: pass ``sigma=1.0`` to keep it.
+  to ``bn`` has sigma 0 and the preset's eps 1e-5 (its eps 0 is no floor without its sigma), with a warning: pass
+  ``sigma=1.0`` to keep it.
 - Not carried over: the old layer's forward hooks and any attributes of a subclass (an instance of a *subclass*
   of a listed type counts as that type, as ``convert_sync_batchnorm`` treats every ``_BatchNorm``).
 

@@ -178,6 +178,8 @@ def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, u
         if key == "eps" and _folds_sigma(m, new) and src is not None:   # the whole constant beside the variance
             src = _named(m, "sigma") ** 2 + src
             notes.append(f"eps: the source's sigma^2 + eps ({src:g}; the new layer has no sigma)")
+        elif key == "eps" and _sigma_not_carried(m, new):
+            continue    # the floor is sigma^2 + eps: without the source's sigma, its eps (often 0) is no floor
         if src is _UNSET or dst is _UNSET or src == dst:
             continue
         if key in overrides or (key == "groups" and "group_size" in overrides):
@@ -196,6 +198,14 @@ def _folds_sigma(m: nn.Module, new: nn.Module) -> bool:
     frn, evonorm, bcn), so the divisor's constant sigma^2 + eps is all its eps."""
     return _named(m, "sigma") not in (_UNSET, 0.0) and _named(new, "sigma") is _UNSET \
         and _setting(new, "eps") is not _UNSET
+
+
+def _sigma_not_carried(m: nn.Module, new: nn.Module) -> bool:
+    """Whether ``m`` has a sigma (a number, not 0) that ``new``, a layer with a sigma of its own, does not take
+    over: the new layer then keeps its preset's eps with its preset's sigma (``bn`` with sigma 1 and eps 0 converted
+    to ``bn`` gets eps 1e-5, not 0: a divisor with no floor, which the fused BN refuses in training)."""
+    src, dst = _named(m, "sigma"), _named(new, "sigma")
+    return src not in (_UNSET, 0.0) and dst is not _UNSET and dst != src
 
 
 def _named(m: nn.Module, key: str):
