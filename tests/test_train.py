@@ -218,6 +218,32 @@ def test_an_unreadable_checkpoint_is_not_called_crafted(tmp_path, capsys):
     assert "payload ran" not in capsys.readouterr().out
 
 
+def test_the_graph_steps_weight_decay_is_coupled_l2_as_torch_sgd():
+    """GraphTrainer's hand-written update (capture=False: the graph's body, eagerly) adds ``wd * p`` to the gradient
+    before the momentum, as ``torch.optim.SGD`` (its docstring called it decoupled): over 6 steps with momentum and
+    per-group weight decay it equals the Trainer (torch's SGD) to rounding."""
+    def train(cls):
+        model, data = _mlp_problem()
+        groups = [{"params": [model[1].weight, model[3].weight], "weight_decay": 0.1},
+                  {"params": [model[1].bias, model[3].bias, model[5].weight, model[5].bias], "weight_decay": 0.0}]
+        cfg = TrainConfig(steps=6, lr=0.1, momentum=0.9, weight_decay=0.1, eval_every=0, checkpoint_every=0,
+                          log_every=3, device="cpu", progress=False)
+        kw = {"capture": False} if cls is GraphTrainer else {}
+        tr = cls(model, _loss, data, cfg, param_groups=groups, **kw)
+        tr.fit()
+        return tr.model[1].weight.detach()
+    def train_without_decay():
+        model, data = _mlp_problem()
+        cfg = TrainConfig(steps=6, lr=0.1, momentum=0.9, eval_every=0, checkpoint_every=0, log_every=3,
+                          device="cpu", progress=False)
+        tr = Trainer(model, _loss, data, cfg)
+        tr.fit()
+        return tr.model[1].weight.detach()
+    eager, graph = train(Trainer), train(GraphTrainer)
+    torch.testing.assert_close(graph, eager, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(eager, train_without_decay()), "the weight decay must act"
+
+
 # ------------------------------------------------------------------------------------- divergence (issue 11, 3)
 def _strict_json(path):
     """Parse ``path`` as standard JSON: a bare NaN/Infinity (which ``json.dump`` writes by default) fails."""

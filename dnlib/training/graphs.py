@@ -51,11 +51,11 @@ class GraphTrainer(Trainer):
     At batch sizes where a model is bound by kernel launches (the paper's CIFAR CNN at batch 100), replaying
     forward, loss (with the sparse L1 terms), backward and the SGD update as one captured graph is several times
     faster than eager execution. The step reads its batch from *static* tensors that each step fills with
-    ``copy_``, so batches must keep their shapes (``drop_last``). The SGD update (momentum, no dampening, decoupled
-    weight decay per parameter group exactly as ``torch.optim.SGD``) is written with ``torch._foreach`` ops and
-    reads the learning rate from a device tensor per group, filled when the schedule changes it; its momentum
-    buffers are the optimizer's own ``state[p]["momentum_buffer"]``, so checkpoints are interchangeable with
-    :class:`Trainer`'s.
+    ``copy_``, so batches must keep their shapes (``drop_last``). The SGD update (momentum, no dampening, and the
+    weight decay of each parameter group coupled as L2: ``wd * p`` added to the gradient before the momentum, exactly
+    as ``torch.optim.SGD``; not AdamW's decoupled decay) is written with ``torch._foreach`` ops and reads the
+    learning rate from a device tensor per group, filled when the schedule changes it; its momentum buffers are the
+    optimizer's own ``state[p]["momentum_buffer"]``, so checkpoints are interchangeable with :class:`Trainer`'s.
 
     Capture happens at the first step (after a resume): a few warm-up steps on a side stream (as the CUDA graph
     docs require), then the capture, then model, buffers and momentum are restored *in place* to their values
