@@ -19,8 +19,9 @@ from torch import nn
 
 from dnlib import make_norm
 from dnlib.data.loader import TensorBatches
+from dnlib.training.checkpoints import CheckpointError
 from dnlib.training.graphs import GraphTrainer
-from dnlib.training.trainer import CheckpointError, TrainConfig, Trainer
+from dnlib.training.trainer import TrainConfig, Trainer
 
 MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
 needs_cifar = pytest.mark.skipif(

@@ -135,3 +135,85 @@ def test_l1_mean_is_alpha_times_the_mean_absolute_value_with_its_gradient():
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-15, atol=0)
     assert (a.grad[0, 0] == 0).all()
     assert l1_mean(torch.empty(0), 0.1).isnan()
+
+
+# --- activation checkpointing (torch.utils.checkpoint) --------------------------------------------------------------
+
+def _ckpt_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 8), make_norm("ln", 8, alpha=0.1)).train()
+
+
+def test_reentrant_checkpointing_warns_and_keeps_no_stale_term():
+    """use_reentrant=True runs the forward under no_grad (no term) and again inside the backward. Before, the
+    recompute's term stayed pending: step 0's penalty was 0 silently, step 1's sparse_penalty returned step 0's
+    stale term and its backward raised 'Trying to backward through the graph a second time'. Now the term recorded
+    inside a backward is dropped, and the lost term is said, once per site."""
+    import warnings
+
+    from torch.utils.checkpoint import checkpoint
+    model = _ckpt_model()
+    seen = []
+    for _step in range(3):
+        x = torch.randn(4, 8, requires_grad=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            h = checkpoint(model, x, use_reentrant=True)
+            pen = sparse_penalty(model)
+            assert pen.item() == 0.0 and not pen.requires_grad   # nothing recorded under no_grad
+            (h.sum() + pen).backward()                           # step 1 raised before
+            assert sparse_penalty(model).item() == 0.0           # the recompute left nothing pending
+        seen.append([str(w.message) for w in caught])
+    assert len(seen[0]) == 1 and seen[1:] == [[], []], seen
+    msg = seen[0][0]
+    assert "use_reentrant=True" in msg and "use_reentrant=False" in msg and "L1 term" in msg
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_non_reentrant_checkpointing_collects_the_term_once(early_stop):
+    """use_reentrant=False: the forward records the term as without checkpointing (value and gradients equal), the
+    recompute inside the backward records none, and collecting recomputes nothing. Before, sparse_penalty read the
+    output tap's saved tensors, which ran the checkpoint's unpack hook: a recompute outside the backward (early stop:
+    a second forward) or, without early stop, a deadlock (the recompute re-entered the site's lock)."""
+    import threading
+    import warnings
+
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+    model, ref = _ckpt_model(), _ckpt_model()
+    x = torch.randn(4, 8)
+    calls = []
+
+    def run(t):
+        calls.append(1)
+        return model(t)
+
+    out = {}
+
+    def step():
+        try:
+            with set_checkpoint_early_stop(early_stop), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                h = checkpoint(run, x, use_reentrant=False)
+                out["forwards"] = len(calls)
+                out["pen"] = sparse_penalty(model)
+                out["after_collect"] = len(calls)
+                (h.sum() + out["pen"]).backward()
+                out["left"] = sparse_penalty(model).item()
+            out["warnings"] = [str(w.message) for w in caught]
+        except Exception as e:  # noqa: BLE001 (reported by the assertions below)
+            out["error"] = e
+
+    worker = threading.Thread(target=step, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "sparse_penalty deadlocked under non-reentrant checkpointing"
+    assert "error" not in out, out.get("error")
+    assert out["forwards"] == 1 and out["after_collect"] == 1, calls   # collecting recomputed nothing
+    assert out["left"] == 0.0 and out["warnings"] == []
+    h_ref = ref(x)                                                     # the same step without checkpointing
+    want = sparse_penalty(ref)
+    (h_ref.sum() + want).backward()
+    assert want.item() > 0
+    torch.testing.assert_close(out["pen"], want)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)

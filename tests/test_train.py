@@ -195,7 +195,7 @@ def test_an_unreadable_checkpoint_is_not_called_crafted(tmp_path, capsys):
     import io
     import pickle
 
-    from dnlib.training.trainer import CheckpointError, load_checkpoint
+    from dnlib.training.checkpoints import CheckpointError, load_checkpoint
     good = io.BytesIO()
     torch.save({"model": {"w": torch.zeros(64)}, "step": 1}, good)
     half = good.getvalue()[:len(good.getvalue()) // 2]

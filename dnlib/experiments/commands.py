@@ -16,7 +16,8 @@ from pathlib import Path
 from .. import cli
 from ..io import atomic_write_json
 from ..training import distributed
-from ..training.trainer import CheckpointError, TrainingDiverged
+from ..training.checkpoints import CheckpointError
+from ..training.trainer import TrainingDiverged
 from . import engines, records
 from .flags import passed_on_help, run_flags, sweep_flags
 from .recipe import Recipe, check_config

@@ -47,8 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import cli
+from ..training.checkpoints import load_checkpoint
 from ..training.metrics import psnr, ssim
-from ..training.trainer import TrainConfig, load_checkpoint, resolve_device
+from ..training.trainer import TrainConfig, resolve_device
 from . import bench as benches
 from . import commands, registry, stacked, stacked_sr
 from .bench import steps_command

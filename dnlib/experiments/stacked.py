@@ -71,8 +71,9 @@ from .. import cli
 from ..models.stacked import StackedCifarCNN
 from ..norms.sparse import clear_penalties
 from ..training import distributed
+from ..training.checkpoints import CheckpointError
 from ..training.stacked import StackedGraphTrainer, StackedTrainer
-from ..training.trainer import CheckpointError, TrainingDiverged
+from ..training.trainer import TrainingDiverged
 from .flags import schedule_flags
 from .recipe import Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup

@@ -53,8 +53,8 @@ from .. import cli
 from ..data import PTBBatches
 from ..models.stacked_rnn import StackedLanguageModel, set_stacked_eval_step
 from ..norms.sparse import clear_penalties
+from ..training.checkpoints import CheckpointError
 from ..training.stacked_sequence import StackedSequenceTrainer
-from ..training.trainer import CheckpointError
 from . import records
 from .recipe import RUN_FILE, Command, Recipe, Setup, trainer_mode
 from .runner import Run, build_setup, read_run_file

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import warnings
 import weakref
@@ -48,7 +49,10 @@ class _Pending:
         if node is None:
             return False
         try:
-            node.saved_tensors  # noqa: B018 (raises once the graph is freed)
+            # raises once the graph is freed; unlike saved_tensors it unpacks nothing: a saved-tensor hook's unpack
+            # (non-reentrant activation checkpointing: a recompute of the forward, which re-entered the site's lock
+            # without early stop; save_on_cpu: a copy) would run
+            node._raw_saved_tensors  # noqa: B018
         except RuntimeError:
             return True
         except AttributeError:  # a node without saved tensors (not one of ours or a compiled graph's)
@@ -105,6 +109,7 @@ class _L1Terms:
         self.items = []        # [_Pending]
         self.compiled = None   # the last _Link recorded by a compiled forward since the last prune
         self.warned = False
+        self.reentrant_warned = False   # (reentrant activation checkpointing: see DivisiveNorm._record)
 
     def __deepcopy__(self, memo):  # a copied module starts without pending terms (they hold another graph)
         return _L1Terms()
@@ -180,6 +185,20 @@ class _L1Terms:
         for t in parts[1:]:
             total = total + t.to(device)
         return total
+
+
+def _reentrant_checkpoint() -> bool:
+    """Whether this code runs inside the backward of torch's reentrant activation checkpointing
+    (``torch.utils.checkpoint.checkpoint(..., use_reentrant=True)``, ``checkpoint_sequential``), which recomputes
+    the forward there."""
+    import torch.utils.checkpoint as ckpt
+    code = getattr(getattr(getattr(ckpt, "CheckpointFunction", None), "backward", None), "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _transform_token() -> tuple | None:
@@ -333,7 +352,8 @@ class DivisiveNorm(nn.Module):
     compiling off, for short runs and tests), and ``rms`` takes the general path (faster than ``F.rms_norm`` there).
 
     ``alpha > 0`` adds the sparse (L1) regularizer of PAPER.md §2 at this site: each forward that can be
-    backpropagated (training mode, gradients on: not under ``no_grad`` or ``inference_mode``) records
+    backpropagated (training mode, gradients on: not under ``no_grad`` or ``inference_mode``; not a recompute
+    inside a backward, as activation checkpointing's) records
     ``alpha * mean|x - E_A[x]|`` (gradients flow through the mean); :func:`dnlib.sparse_penalty` collects and
     clears the terms. Costs nothing when ``alpha == 0``. A term is dropped when no loss can use it any more: its
     forward was backpropagated without it (a warning), or at the next forward nothing refers to its forward's
@@ -522,6 +542,8 @@ class DivisiveNorm(nn.Module):
             return y
         group, index = self._replica_of if self._replica_of is not None else (None, 0)
         token = _transform_token()
+        if torch._C._current_graph_task_id() != -1:  # (as torch.utils.checkpoint tells a backward)
+            return self._recomputed(y, token)
         if token is not None:  # a torch.func transform: no tap (its wrapped tensors keep no graph to watch)
             self._l1.add(_Pending(term, n, group, index, weakref.ref(y), False, token), self._where())
             return y
@@ -532,6 +554,22 @@ class DivisiveNorm(nn.Module):
             output, tapped = weakref.ref(y), False
         self._l1.add(_Pending(term, n, group, index, output, tapped), self._where())
         return y
+
+    def _recomputed(self, y: torch.Tensor, token) -> torch.Tensor:
+        """A forward run inside a backward: activation checkpointing recomputing it. Its term is not kept (no loss
+        can add a term made during its own backward: it stayed pending and broke the next step's backward). Under
+        ``use_reentrant=False`` the forward itself recorded the term, and the output is tapped as it was (the
+        checkpoint compares the tensors the two runs save); under ``use_reentrant=True`` the forward ran under
+        ``no_grad`` and recorded none, so the site's term is lost: said once per site."""
+        if not self._l1.reentrant_warned and _reentrant_checkpoint():
+            self._l1.reentrant_warned = True
+            warnings.warn(
+                f"{self._where()}: torch.utils.checkpoint with use_reentrant=True runs this site's forward under "
+                f"no_grad and recomputes it inside the backward, so its L1 term (alpha > 0) cannot be collected: "
+                f"dnlib.sparse_penalty(model) has no term from these forwards (the recomputed one is dropped). Use "
+                f"checkpoint(..., use_reentrant=False), which records the term in the forward as without "
+                f"checkpointing.", stacklevel=2)
+        return _OutputTap.apply(y) if token is None and y.requires_grad else y
 
     def _replicate_for_data_parallel(self):
         # nn.DataParallel's replicate(): the replica shares self._l1; remember which replica set it belongs to

@@ -25,6 +25,12 @@ Which forwards count (the penalty is the penalty of the forwards the loss is bui
 - Under ``nn.DataParallel`` the replicas' terms land on the module itself (a replica shares its pending terms
   with the module it was copied from) and are combined weighted by each replica's share of the batch: the
   one-device value (per-replica batch statistics, as torch's BN under ``DataParallel``).
+- Activation checkpointing (``torch.utils.checkpoint``): with ``use_reentrant=False`` (torch's recommendation) the
+  checkpointed forward records its term as without checkpointing, and the recompute inside the backward records
+  none (no forward run inside a backward keeps a term: no loss could still add it). ``use_reentrant=True`` runs the
+  forward under ``no_grad`` and recomputes it inside the backward, so the term of its sites cannot be collected:
+  :func:`sparse_penalty` has none from them, and the recompute says so (a warning, once per site); use
+  ``use_reentrant=False``.
 - Under ``torch.compile`` (``fullgraph=True`` works) a compiled graph cannot tell when its outputs are gone, and
   no code of the site runs between compiled calls, so a compiled forward's term stays pending until
   :func:`sparse_penalty` or :func:`clear_penalties`: collect every step, as the training loops do, or clear

@@ -15,8 +15,9 @@ The trainer needs three things:
 Resuming from the checkpoint restores the model, optimizer, schedule, batch position, loss-function state
 and every RNG, so on CPU a resumed run equals the uninterrupted one exactly. The checkpoint is read with
 ``torch.load(weights_only=True)`` (it holds tensors and plain Python values only, so a crafted file cannot run
-code), and the run identity stored in it (seed, optimizer, schedule and the caller's ``run_info``) must equal the
-requested one: anything else raises :class:`CheckpointError` naming both values.
+code; :mod:`dnlib.training.checkpoints` reads it), and the run identity stored in it (seed, optimizer, schedule and
+the caller's ``run_info``) must equal the requested one: anything else raises :class:`CheckpointError` naming both
+values.
 
 Divergence: the per-step losses stay on the device until a log or evaluation point (no per-step host sync); there
 a non-finite loss (or a non-finite evaluation metric, or non-finite weights before a checkpoint) stops the run
@@ -32,12 +33,8 @@ from __future__ import annotations
 
 import math
 import numbers
-import pickle
-import pickletools
 import random
 import time
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,17 +45,13 @@ from torch import nn
 
 from ..io import atomic_save, atomic_write_json
 from ..norms.sparse import clear_penalties, sparse_penalty
+from .checkpoints import CheckpointError, first_line, load_checkpoint
 from .progress import progress_bar
 
 OPTIMIZERS = ("sgd", "adam")
 # the TrainConfig fields that define a run's trajectory (steps, cadences, device and progress do not: a run may be
 # extended, evaluated more often or moved to another device and still be the same run)
 IDENTITY_FIELDS = ("seed", "optimizer", "lr", "momentum", "weight_decay", "milestones", "gamma", "clip_norm")
-_CHECKPOINT_KEYS = ("step", "model", "optimizer", "history", "elapsed", "config", "batches", "rng", "identity")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed: unreadable, not a dnlib checkpoint, or written by another run."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -268,7 +261,7 @@ class Trainer:
             self.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
-                                  f"{_first_line(e)}); delete it to start fresh, or use another output folder") from e
+                                  f"{first_line(e)}); delete it to start fresh, or use another output folder") from e
         return True
 
     def _check_identity(self, stored: dict, path: Path, ignore=()) -> None:
@@ -450,12 +443,6 @@ class Trainer:
         return self.history
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line if len(line) <= 240 else line[:237] + "..."
-
-
 def _plain(v):
     """Tuples and lists compare (and print) alike: a stored ``(6,)`` equals a requested ``[6]``."""
     if isinstance(v, (list, tuple)):
@@ -463,54 +450,3 @@ def _plain(v):
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
-
-
-def _is_pickle(path: Path) -> bool:
-    """Whether ``path`` holds one whole pickle (decoded by :func:`pickletools.genops`, which runs nothing)."""
-    try:
-        return any(op.name == "STOP" for op, _, _ in pickletools.genops(path.read_bytes()))
-    except Exception:  # noqa: BLE001  an unknown opcode, a truncated argument, ...: no pickle
-        return False
-
-
-def load_checkpoint(path) -> dict:
-    """Read a :class:`Trainer` checkpoint safely (``torch.load(weights_only=True)``, on the CPU).
-
-    Raises :class:`CheckpointError` naming ``path`` when the file is empty, is no torch checkpoint at all
-    (unreadable: garbage, a truncated copy, another format), holds objects other than tensors and plain values (a
-    crafted pickle is refused before any of it runs), or lacks a checkpoint's keys."""
-    path = Path(path)
-    what_to_do = "delete it to start fresh, or use another output folder"
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes; an interrupted copy?); {what_to_do}")
-    try:
-        with warnings.catch_warnings():  # torch's note on a pickle that torch.save did not write (a crafted one)
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # noqa: BLE001  torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
-        # torch's weights-only error reads the same for bytes that are no pickle at all and for a pickle of objects
-        # it refuses: what the file is tells them apart (parsed, never run: pickletools only decodes the opcodes)
-        archive, bare = zipfile.is_zipfile(path), False
-        if not archive:
-            bare = _is_pickle(path)
-        if not archive and not bare:
-            raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (unreadable: neither the archive that "
-                                  f"torch.save writes nor a pickle; garbage, a truncated copy or another format); "
-                                  f"{what_to_do}") from e
-        refused = isinstance(e, pickle.UnpicklingError) and any(w in str(e).lower() for w in ("weights only",
-                                                                                            "weights_only"))
-        if refused and archive:
-            raise CheckpointError(
-                f"checkpoint {path} refused: it holds objects that are not tensors or plain Python values, so it "
-                f"was not written by this dnlib (a crafted file, or one from before checkpoints were weights-only) "
-                f"and was not loaded; {what_to_do}") from e
-        if refused:
-            raise CheckpointError(f"checkpoint {path} refused: it is a bare pickle, not the archive that torch.save "
-                                  f"writes, so it was not written by this dnlib (a crafted file?) and was not loaded; "
-                                  f"{what_to_do}") from e
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)}): it is "
-                              f"damaged or not a checkpoint; {what_to_do}") from e
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is not a dnlib checkpoint (no {', '.join(missing)}); {what_to_do}")
-    return state
