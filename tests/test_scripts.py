@@ -57,3 +57,59 @@ def test_a_gpu_script_rehearses_on_the_cpu_as_its_header_says(name, needs, tmp_p
     if name == "gpu_cifar":     # its THROUGHPUT step is scripts/gpu_throughput.py's rehearsal: checked here, run once
         assert cifar_rehearsal_runs()
         check_report(tmp_path / "out" / "throughput")
+
+
+# ------------------------------------------------------------------ the scripts' arguments (cheap, in-process)
+def _script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main(argv)`` is called in-process)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _refused(main, argv, capsys) -> str:
+    """``main(argv)`` exits 2 with one line on stderr (no traceback): that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err and "Traceback" not in err, err
+    return err.strip()
+
+
+def _committed_folder(tmp_path: Path) -> Path:
+    keep = tmp_path / "keep"
+    (keep / "committed-run-s0-cpu").mkdir(parents=True)
+    (keep / "committed-run-s0-cpu" / "record.json").write_text("{}")
+    return keep
+
+
+@pytest.mark.parametrize("runs", ["nonexist", "empty", "foreign"])
+def test_analysis_collect_refuses_bad_runs_and_keeps_its_output_folder(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    keep = _committed_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    foreign = tmp_path / "foreign" / "x-s0"
+    foreign.mkdir(parents=True)
+    rec = json.loads((ROOT / "results/records/analysis/batch-bn-b2-s0-cpu/record.json").read_text())
+    (foreign / "record.json").write_text(json.dumps({**rec, "experiment": "cifar"}))
+    err = _refused(_script("analysis_collect").main, [runs, "--out", str(keep)], capsys)
+    assert runs in err
+    assert (keep / "committed-run-s0-cpu" / "record.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "foreign", "keep"]
+
+
+def test_analysis_collect_replaces_its_output_folder_whole(tmp_path, capsys):
+    keep = _committed_folder(tmp_path)
+    src = ROOT / "results/records/analysis/batch-bn-b2-s0-cpu"
+    run = tmp_path / "runs" / "batch-bn-b2-s0"
+    run.mkdir(parents=True)
+    for f in ("record.json", "curves.csv"):
+        (run / f).write_bytes((src / f).read_bytes())
+    assert _script("analysis_collect").main([str(tmp_path / "runs"), "--out", str(keep)]) == 0
+    assert "1 run records" in capsys.readouterr().out
+    assert [p.name for p in keep.iterdir()] == ["batch-bn-b2-s0-cpu"]
+    assert sorted(p.name for p in (keep / "batch-bn-b2-s0-cpu").iterdir()) == ["curves.csv", "record.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "runs"]          # no temporary folder left
