@@ -235,37 +235,55 @@ def _lookup(name: str, param: str = "name_or_spec") -> Preset:
     return PRESETS[name.lower()]
 
 
-def _window_axis(spec: NormSpec, key: str) -> str:
+def _no_window(spec: NormSpec, key: str, preset: str | None) -> ValueError:
+    """The error for ``key`` (window/weights) that no field of ``spec`` (of ``preset``) would take."""
+    what = f"the preset {preset!r} ({spec})" if preset else f"the spec {spec}"
+    return ValueError(f"{key}: sets the {'windows' if 'window' in key else 'window weights'} of the fields that have "
+                      f"a window, and {what} has no window for it (it would be ignored); add windows with "
+                      f"sum_window=/sup_window= (e.g. {{'space': 5}}), or use a windowed preset such as 'dn' "
+                      f"(space) or 'dn-1d' (channel)")
+
+
+def _window_axis(spec: NormSpec, key: str, preset: str | None = None) -> str:
     axes = {a for a, _ in spec.sum_window + spec.sup_window}
+    if not axes:
+        raise _no_window(spec, key, preset)
     if len(axes) != 1:
         raise ValueError(f"{key}: an integer window needs a preset with one windowed axis, and {spec} has "
-                         f"{sorted(axes) or 'none'}; pass a mapping such as {{'space': 5}}")
+                         f"{sorted(axes)}; pass a mapping such as {{'space': 5}}")
     return axes.pop()
 
 
-def resolve_spec(spec: NormSpec, **changes) -> NormSpec:
+def resolve_spec(spec: NormSpec, *, preset: str | None = None, **changes) -> NormSpec:
     """Apply spec-level overrides (``window``/``sum_window``/``sup_window`` may be ints; ``weights``/
     ``sum_weights``/``sup_weights`` numbers (a Gaussian width) or ``"box"``, for the one windowed axis) to
-    ``spec``. ``window``/``weights`` set both fields' (the fields that have a window)."""
+    ``spec``. ``window`` sets the windows of the fields that have one (unless ``sum_window``/``sup_window`` set
+    them), ``weights`` the weights of the fields that have a window then (unless ``sum_weights``/``sup_weights``
+    do); either is refused when no field would take it. ``preset``: the preset's name, for the errors."""
     window = changes.pop("window", None)
     weights = changes.pop("weights", None)
     for key in ("sum_weights", "sup_weights"):
         if key in changes and (isinstance(changes[key], str) or is_real(changes[key])):
-            changes[key] = {_window_axis(spec, key): changes[key]}
+            changes[key] = {_window_axis(spec, key, preset): changes[key]}
     for key in ("sum_window", "sup_window"):
         if key in changes and is_int(changes[key]):
-            changes[key] = {_window_axis(spec, key): changes[key]}
+            changes[key] = {_window_axis(spec, key, preset): changes[key]}
     if window is not None:
         if is_int(window):
-            axis = _window_axis(spec, "window")
-            window = {axis: window}
-        changes.setdefault("sum_window", window if spec.sum_window else None)
-        changes.setdefault("sup_window", window if spec.sup_window else None)
+            window = {_window_axis(spec, "window", preset): window}
+        takers = [f for f in ("sum", "sup") if f"{f}_window" not in changes and spec.window(f)]
+        if not takers:
+            raise _no_window(spec, "window", preset)
+        for f in takers:
+            changes[f"{f}_window"] = window
     if weights is not None:
         if isinstance(weights, str) or is_real(weights):
-            weights = {_window_axis(spec, "weights"): weights}
-        changes.setdefault("sum_weights", weights if changes.get("sum_window", spec.sum_window) else None)
-        changes.setdefault("sup_weights", weights if changes.get("sup_window", spec.sup_window) else None)
+            weights = {_window_axis(spec, "weights", preset): weights}
+        windowed = [f for f in ("sum", "sup") if changes.get(f"{f}_window", spec.window(f))]
+        if not windowed:
+            raise _no_window(spec, "weights", preset)
+        for f in windowed:
+            changes.setdefault(f"{f}_weights", weights)
     return spec.replace(**changes) if changes else spec
 
 
@@ -303,7 +321,8 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
         spec, defaults = name_or_spec, {}
     else:
         spec, defaults = preset.spec, dict(preset.defaults)
-    spec = resolve_spec(spec, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
+    name = None if preset is None else name_or_spec.lower()
+    spec = resolve_spec(spec, preset=name, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
     kwargs = {**defaults, **{k: v for k, v in overrides.items() if k in _MODULE_KEYS}}
     return DivisiveNorm(num_features, spec, **kwargs)
 
