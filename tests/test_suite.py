@@ -515,3 +515,37 @@ def test_a_notebook_without_the_profile_asked_is_refused_before_anything_runs(tm
     assert not out.exists()
     implicit = _notebook(tmp_path / "55_implicit.ipynb", code, "n: int = 2  # n\n", {"full": {"n": 500}})
     assert parameters.resolve_parameters(implicit, "smoke") == {}    # smoke: the declared defaults
+
+
+@pytest.mark.slow
+def test_a_relative_out_keeps_the_results_and_the_headline(tmp_path, monkeypatch):
+    """Before: the kernel runs in the notebook's folder and was handed the results path relative to the suite's
+    working folder, so results.json went to <notebooks>/<out>/<stem>/, the record's headline was {} and
+    summary.json's results None, exit 0 "ok"."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    nb = _notebook(nbs / "60_rel.ipynb", ["from dnlib.notebook import suite\nsuite.save_results({'n': n})"],
+                   "n: int = 2  # n\n")
+    monkeypatch.chdir(tmp_path)
+    done = suite.run([nb], out_dir="relout", progress=False)
+    assert done[0].status == "ok", done[0].error
+    assert done[0].results == str(tmp_path / "relout" / "60_rel" / "results.json")
+    assert records.read_record(tmp_path / "relout" / "60_rel")["headline"] == {"n": 2}
+    assert json.loads((tmp_path / "relout" / "summary.json").read_text())[0]["results"] == done[0].results
+    assert not (nbs / "relout").exists()
+
+
+@pytest.mark.slow
+def test_a_notebook_that_calls_save_results_but_writes_none_fails(tmp_path):
+    """Before: a notebook whose cells call save_results but whose results never reached the suite (e.g. written
+    elsewhere) was reported "ok" with no headline. The suite expects results.json of a notebook that calls it."""
+    code = ["from dnlib.notebook import suite\nif n > 5:\n    suite.save_results({'n': n})"]
+    nb = _notebook(tmp_path / "61_none.ipynb", code, "n: int = 2  # n\n")
+    plain = _notebook(tmp_path / "62_plain.ipynb", ["n + 1"], "n: int = 2  # n\n")   # expects no results: ok
+    out = tmp_path / "out"
+    with pytest.raises(suite.NotebookFailed) as err:
+        suite.run([nb, plain], out_dir=out, progress=False)
+    assert [r.status for r in err.value.records] == ["failed", "ok"]
+    assert str(err.value) == (f"61_none.ipynb: completed but wrote no results (its cells call save_results; expected "
+                              f"{out / '61_none' / 'results.json'})")
+    assert records.read_record(out / "61_none")["stopped"].startswith("failed: 61_none.ipynb: completed but")

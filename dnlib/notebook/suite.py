@@ -19,9 +19,11 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    with its executed copy ``<name>.ipynb``, ``results.json`` (its headline numbers, written by
    :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record:
    the resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
-   notebook is never touched. The kernel gets ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on ``PYTHONPATH``,
-   matplotlib's inline backend and ``DNLIB_PROGRESS=text``: a training call's progress bar is a text bar redrawn every
-   10 s, echoed here as one line per redraw (``[03_cifar] bn-star s0: 45%|...``), and the executed copy keeps only its
+   notebook is never touched. Every path handed to the kernel is absolute (it runs in the notebook's folder), and a
+   notebook whose cells call ``save_results`` but that completes without ``results.json`` fails. The kernel gets
+   ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on ``PYTHONPATH``, matplotlib's inline backend and
+   ``DNLIB_PROGRESS=text``: a training call's progress bar is a text bar redrawn every 10 s, echoed here as one line
+   per redraw (``[03_cifar] bn-star s0: 45%|...``), and the executed copy keeps only its
    last state (stream outputs are merged, carriage returns applied). Cells run with a tqdm bar (``--no-progress``:
    neither).
 5. **Limit** each cell's time (:func:`dnlib.notebook.limits.cell_limit`): 600 s on the smoke profile; on the
@@ -161,10 +163,13 @@ class RunRecord:
 
 
 def _kernel_env(results: Path, profile: str) -> dict[str, str]:
-    env = {RESULTS_ENV: str(results), PROFILE_ENV: profile, "MPLBACKEND": INLINE_BACKEND, PROGRESS_ENV: "text"}
+    """The kernel's environment; every path in it absolute (the kernel runs in the notebook's folder)."""
+    env = {RESULTS_ENV: str(Path(results).resolve()), PROFILE_ENV: profile, "MPLBACKEND": INLINE_BACKEND,
+           PROGRESS_ENV: "text"}
     pythonpath = os.environ.get("PYTHONPATH", "")
-    if str(REPO_ROOT) not in pythonpath.split(os.pathsep):
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), pythonpath) if p)
+    root = str(REPO_ROOT.resolve())
+    if root not in pythonpath.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, pythonpath) if p)
     return env
 
 
@@ -275,7 +280,8 @@ def execute(
     from .stall import register_engine
 
     papermill_translators.register(KERNEL_NAME, _literal_translator())   # the kernel gets the values as validated
-    path, output = Path(path), Path(output)
+    # absolute: the kernel runs in the notebook's folder, where a relative results path would land (and be lost)
+    path, output = Path(path).resolve(), Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     results = output.with_name("results.json")
     if results.exists():
@@ -294,6 +300,8 @@ def execute(
         limit = None if cell_timeout is None else f"{cell_timeout:.0f} s" + (f" ({limit_note})" if limit_note else "")
         error = _describe_failure(path, exc, output, limit)
     seconds = time.perf_counter() - start
+    if error is None and not results.exists() and calls_save_results(path):
+        error = (f"{path.name}: completed but wrote no results (its cells call save_results; expected {results})")
     headline = load_results(results) if results.exists() else {}
     records.write_record(output.parent, records.make_record(
         path.stem, {"notebook": path.name, "profile": profile}, None, name=path.stem, parameters=parameters,
@@ -302,6 +310,13 @@ def execute(
         notebook=path.name, status="failed" if error else "ok", seconds=round(seconds, 2), output=str(output),
         results=str(results) if results.exists() else None, parameters=dict(parameters), error=error,
     )
+
+
+def calls_save_results(path: str | Path) -> bool:
+    """Whether a notebook's code cells call ``save_results(``: the suite then expects its ``results.json`` and fails
+    a run that completes without one (its headline would be lost without a word)."""
+    return any(c.get("cell_type") == "code" and "save_results(" in cell_source(c)
+               for c in read_notebook(path).get("cells", []))
 
 
 def _selection_errors(paths: Sequence[Path], overrides: Sequence[tuple[str, str]], out_dir) -> list[str]:
@@ -355,12 +370,13 @@ def run(
             plans.append((path, resolve_parameters(path, profile, overrides)))
         except ParameterError as exc:
             errors.append(str(exc))
+    out_dir = Path(out_dir).resolve() if out_dir is not None else None   # the kernel is handed absolute paths
     errors += _selection_errors(paths, overrides, out_dir)
     if errors:
         raise ParameterError("\n".join(errors))
 
     # every invocation writes a folder of its own (runs/<profile>/suite-<UTC time>/), one sub-folder per notebook
-    out_dir = Path(out_dir) if out_dir is not None else records.new_run_dir(RUNS_DIR / profile, "suite")
+    out_dir = out_dir if out_dir is not None else records.new_run_dir(RUNS_DIR / profile, "suite")
     done = []
     for path, params in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
