@@ -63,8 +63,10 @@ test: setup
 check: setup
 	$(BIN)/python -m pytest -q $(XDIST) -m "not browser and not slow" --durations=15 tests
 
+# One torch thread, as results/bench_cpu.txt and README's CPU figures were measured (dnlib.bench alone takes
+# torch's own choice, a thread per core).
 bench: setup
-	$(BIN)/python -m dnlib.bench
+	$(BIN)/python -m dnlib.bench --threads 1
 
 # The newest finished suite run's executed notebooks plus 06_results (executed now when that run lacks it) as HTML
 # in one folder a reader can open offline: runs/<profile>/suite-<UTC time>/report/index.html (scripts/report.py

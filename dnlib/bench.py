@@ -1,6 +1,6 @@
 """Benchmark on this machine: normalization layers, normalized LSTM cells and whole PTB training steps.
 
-    python -m dnlib.bench [--quick] [--sections layers,train,cells,ptb,hidden] [--out results/bench_cpu.txt]
+    python -m dnlib.bench [--quick] [--sections layers,train,cells,ptb,hidden] [--out FILE] [--figure FILE]
                           [--figure results/figures/bench_rnn_hidden.png] [--threads N]
                           [--device cpu|cuda|all] [--repeat 20] [--groups dn2d,dn1d,presets] [--json out.json]
 
@@ -20,12 +20,16 @@ load hits all alike, with the machine's load average printed before and after ea
 - hidden: tokens/s against the hidden size (100-1000), also drawn to ``--figure``.
 
 ``--quick``: tiny sizes and few repeats, a smoke check of the command and the file's format (its numbers mean
-nothing). The text goes to stdout and to ``--out``. This is a command, not a test: timing never decides whether a
-test passes.
+nothing). The text goes to stdout and to ``--out``. Only a full bench (every section and layer group, not
+``--quick``) writes the committed ``results/bench_cpu.txt`` and ``results/figures/bench_rnn_hidden.png`` of the
+repository by default, whatever the working folder; a quick or partial one prints only, unless ``--out`` /
+``--figure`` name files. This is a command, not a test: timing never decides whether a test passes.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +41,8 @@ from .io import atomic_write, atomic_write_json, atomic_write_text
 from .norms import bench_layers as bl
 
 SECTIONS = ("layers", "train", "cells", "ptb", "hidden")
+#: the repository's committed results: a full bench's default report and figure go here
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 #: our cells in the cell tables: PTB configurations (their model kwargs at the table's size)
 CELL_CONFIGS = {"LN* (ln-star-lstm)": "ln-star-lstm", "DN* (dn-star-lstm)": "dn-star-lstm",
                 "base-lstm (our cell, no norm)": "base-lstm", "LN (Ba et al., ln-lstm)": "ln-lstm",
@@ -165,9 +171,12 @@ def _parser() -> cli.ArgumentParser:
                     help="torch's intra-op threads for the whole run (default: torch's own choice)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke check of the format")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
-    ap.add_argument("--out", type=cli.out_file, default="results/bench_cpu.txt", help="the text report")
-    ap.add_argument("--figure", type=cli.out_file, default="results/figures/bench_rnn_hidden.png",
-                    help="the tokens/s vs hidden size figure (section hidden)")
+    ap.add_argument("--out", type=cli.out_file, default=None,
+                    help="the text report (default: a full bench writes results/bench_cpu.txt of the repository; "
+                         "a quick or partial one only prints)")
+    ap.add_argument("--figure", type=cli.out_file, default=None,
+                    help="the tokens/s vs hidden size figure, section hidden (default: a full bench writes "
+                         "results/figures/bench_rnn_hidden.png of the repository; a quick or partial one none)")
     return ap
 
 
@@ -193,10 +202,30 @@ def _check_args(ap: cli.ArgumentParser, a: argparse.Namespace) -> tuple[list, li
     return sections, devices, groups
 
 
+def outputs(ap: cli.ArgumentParser, a: argparse.Namespace, sections, groups) -> tuple[str | None, str | None]:
+    """The report and figure files: ``--out``/``--figure`` where given; else, for a full bench (every section and
+    layer group, not ``--quick``), the repository's committed ``results/bench_cpu.txt`` and
+    ``results/figures/bench_rnn_hidden.png`` (whatever the working folder); else None (printed only)."""
+    full = not a.quick and set(sections) == set(SECTIONS) and set(groups) == set(bl.GROUPS)
+    out, figure = a.out, a.figure
+    if full and out is None:
+        out = str(RESULTS / "bench_cpu.txt")
+    if full and figure is None:
+        figure = str(RESULTS / "figures" / "bench_rnn_hidden.png")
+    for flag, path in (("--out", out), ("--figure", figure)):
+        if path is not None:
+            try:
+                cli.out_file(path)
+            except argparse.ArgumentTypeError as e:
+                ap.error(f"{flag}: {e}")
+    return out, figure
+
+
 def main(argv=None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     sections, devices, groups = _check_args(ap, a)
+    out_path, figure = outputs(ap, a, sections, groups)
     if a.threads:
         torch.set_num_threads(a.threads)
     lines = []
@@ -219,9 +248,13 @@ def main(argv=None) -> int:
     if "ptb" in sections:
         out["ptb"] = ptb_section(say, a.quick)
     if "hidden" in sections:
-        out["hidden"] = hidden_section(say, a.quick, a.figure)
+        out["hidden"] = hidden_section(say, a.quick, figure)
     say(rb.load_line())
-    atomic_write_text(a.out, "\n".join(lines) + "\n")
+    if out_path is None:
+        print(f"python -m dnlib.bench: a {'quick' if a.quick else 'partial'} bench is printed only, not written to "
+              f"{RESULTS / 'bench_cpu.txt'}; --out FILE keeps it", file=sys.stderr)
+    else:
+        atomic_write_text(out_path, "\n".join(lines) + "\n")
     if a.json:
         atomic_write_json(a.json, out if len(out) > 1 or "layers" not in out else out["layers"])
     return 0

@@ -1,6 +1,7 @@
 """``python -m dnlib.bench --quick`` (issue 25 item 4): the command runs end to end at tiny sizes and writes the report
 and the figure in their format. Timing decides nothing here (the numbers of a quick run mean nothing)."""
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,45 @@ def test_hidden_size_figure_gives_each_candidate_one_colour_in_both_panels():
     assert sorted(left) == ["DN*", "LN*", "nn.LSTM"] and len(right) == 4
     assert all(left[n] == right[n] for n in left), (left, right)
     assert len(set(right.values())) == 4
+
+
+def test_a_quick_or_partial_bench_never_writes_the_committed_report(tmp_path, monkeypatch, capsys):
+    """``--quick --sections cells`` replaced ./results/bench_cpu.txt (the default --out, relative to the working
+    folder) with a one-section smoke report: a quick or partial bench prints only unless --out names a file."""
+    committed = Path(bench.__file__).resolve().parent.parent / "results" / "bench_cpu.txt"
+    before = committed.stat().st_mtime_ns if committed.exists() else None
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench_cpu.txt").write_text("FULL REPORT\n")
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--quick", "--device", "cpu", "--sections", "cells"]) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "results" / "bench_cpu.txt").read_text() == "FULL REPORT\n"
+    assert captured.out.startswith("torch ") and "printed only" in captured.err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bench_cpu.txt", "results"]
+    assert (committed.stat().st_mtime_ns if committed.exists() else None) == before
+
+
+@pytest.mark.parametrize("args, full", [([], True), (["--quick"], False), (["--sections", "cells"], False),
+                                        (["--groups", "dn2d"], False),
+                                        (["--sections", "hidden,ptb,cells,train,layers"], True)])
+def test_only_a_full_bench_defaults_to_the_repositorys_results_from_any_folder(args, full, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ap = bench._parser()
+    a = ap.parse_args(args)
+    sections, _, groups = bench._check_args(ap, a)
+    out, figure = bench.outputs(ap, a, sections, groups)
+    root = bench.RESULTS
+    assert root == Path(bench.__file__).resolve().parent.parent / "results"
+    if full:
+        assert (out, figure) == (str(root / "bench_cpu.txt"), str(root / "figures" / "bench_rnn_hidden.png"))
+    else:
+        assert (out, figure) == (None, None)
+    a = ap.parse_args([*args, "--out", "x.txt", "--figure", "x.png"])
+    assert bench.outputs(ap, a, sections, groups) == ("x.txt", "x.png")      # named files are always written
+
+
+def test_make_bench_runs_with_one_thread_as_the_readme_says():
+    root = bench.RESULTS.parent
+    recipe = (root / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "-m dnlib.bench --threads 1" in recipe, recipe
+    assert "what `make bench` runs with one thread" in (root / "README.md").read_text()
