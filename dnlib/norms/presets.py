@@ -300,7 +300,9 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
     Overrides change the spec (``sigma``, ``learn_sigma``, ``eps``, ``power``, ``sup_scale``, ``groups``,
     ``border``, ``window`` (both fields), ``sum_window``, ``sup_window``, ``weights`` (both fields),
     ``sum_weights``, ``sup_weights``, ``floor``) or the module (``affine``, ``bias``,
-    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``running_stats``, ``device``, ``dtype``). The GDN
+    ``momentum``, ``track_running_stats``, ``alpha``, ``impl``, ``running_stats``, ``device``, ``dtype``;
+    ``momentum``, ``running_stats`` and ``track_running_stats=True`` are refused where the module keeps no running
+    statistics: no field pools ``batch``, or ``track_running_stats=False``). The GDN
     presets (``gdn``, ``igdn``, ``gdn1``: :class:`~dnlib.norms.gdn.GDN`) take ``inverse``, ``simplified``, ``beta_min``,
     ``gamma_init``, ``alpha``, ``impl``, ``device`` and ``dtype``; ``brn``, ``sn`` and ``bcn``
     (:mod:`dnlib.norms.batch_variants`) take ``eps``, ``momentum``, ``affine``, ``impl``, ``track_running_stats``,
@@ -323,8 +325,35 @@ def make_norm(name_or_spec: str | NormSpec, num_features: int, **overrides) -> D
         spec, defaults = preset.spec, dict(preset.defaults)
     name = None if preset is None else name_or_spec.lower()
     spec = resolve_spec(spec, preset=name, **{k: v for k, v in overrides.items() if k in _SPEC_KEYS})
+    _check_running_keys(spec, name, overrides)
     kwargs = {**defaults, **{k: v for k, v in overrides.items() if k in _MODULE_KEYS}}
     return DivisiveNorm(num_features, spec, **kwargs)
+
+
+def _check_running_keys(spec: NormSpec, preset: str | None, overrides: Mapping) -> None:
+    """Refuse the running-statistics overrides (``momentum``, ``running_stats``, ``track_running_stats=True``) of a
+    :class:`DivisiveNorm` that keeps no running statistics (no field pools the batch, or
+    ``track_running_stats=False``), where they would do nothing. A field that pools the batch but cannot keep
+    them (it pools channels too, or has windows) is DivisiveNorm's own error."""
+    track = overrides.get("track_running_stats")
+    off = track is not None and not track
+    if spec.pools_batch and not off:
+        return
+    refused = sorted(k for k in ("momentum", "running_stats") if k in overrides)
+    if track and not spec.pools_batch:
+        refused = sorted(refused + ["track_running_stats"])
+    if not refused:
+        return
+    key = refused[0]
+    what = f"the preset {preset!r} ({spec})" if preset else f"the spec {spec}"
+    effect = "cannot apply" if key == "track_running_stats" else "would do nothing"
+    if spec.pools_batch:
+        why, todo = "track_running_stats=False", "drop it, or keep them with track_running_stats=None (default)"
+    else:
+        why, todo = ("no field pools 'batch'", "drop it (running statistics are kept by a field that pools 'batch': "
+                     "'bn', 'bn-s', 'bn-ms', or sum_axes/sup_axes with 'batch')")
+    raise ValueError(f"{key}: {what} keeps no running statistics ({why}), so {key}={overrides[key]!r} {effect}; "
+                     f"{todo}")
 
 
 def norm_name(norm: NormLike) -> str:
