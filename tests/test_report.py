@@ -193,3 +193,26 @@ def test_ptb_and_sr_report_the_committed_records(tmp_path, experiment, summary_f
     rep = json.loads((runs / summary_file).read_text())
     reported = rep["runs"] if experiment == "sr" else rep
     assert len(reported) == len([d for d in runs.iterdir() if (d / "record.json").is_file()])   # none lost
+
+
+def test_cifar_report_selects_the_runs_of_its_dataset_and_refuses_one_the_folder_lacks(tmp_path, capsys):
+    """`cifar report DIR --dataset cifar100` printed the CIFAR-10 table, exit 0 (the flag only fed the Table 7
+    estimate): the report takes the runs of its dataset (config.dataset) and refuses a dataset no run has."""
+    from dnlib.experiments import cifar, cifar_report
+    sweep = tmp_path / "sweep"
+    shutil.copytree(ROOT / "results" / "records" / "cifar", sweep)        # four CIFAR-10 run folders
+    with pytest.raises(SystemExit) as e:
+        cifar.main(["report", str(sweep), "--dataset", "cifar100"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "cifar100: no run in" in err and "cifar10" in err, err
+    assert not (sweep / "summary.json").exists()
+    rec = json.loads((sweep / "bn-s0-h100" / "record.json").read_text())
+    rec["config"] = {**rec["config"], "dataset": "cifar100",
+                     "setup": {**rec["config"]["setup"], "data": "CIFAR-100 (JPEG copy)"}}
+    (sweep / "bn-s0-h100" / "record.json").write_text(json.dumps(rec))
+    for dataset, configs, data in [("cifar10", ["base", "bn-star", "dn-star"], "CIFAR-10"), ("cifar100", ["bn"],
+                                                                                              "CIFAR-100")]:
+        rep = cifar_report.report(sweep, dataset)
+        assert rep["dataset"] == dataset and sorted(r["config"] for r in rep["runs"]) == configs
+        rows = rep["table"].splitlines()[2:]
+        assert len(rows) == len(configs) and all(line.startswith(f"| {data} (JPEG copy) |") for line in rows), rows

@@ -132,6 +132,11 @@ def table10_figure(results, data: CifarData, *, n_pairs: int = 3, n_images: int 
     return fig
 
 
+def _dataset(rec: dict) -> str:
+    """The data set a CIFAR record ran on (``config.dataset``; records from before the key were CIFAR-10's)."""
+    return (rec.get("config") or {}).get("dataset") or "cifar10"
+
+
 _REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep/")
 
 
@@ -142,7 +147,11 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     (:func:`results_table`: mean ± std per configuration beside the paper); for a trip also the card, single-run
     images/s per configuration and impl, the measured gain of running them concurrently, and the estimated time
     of the whole Table 7 at that gain with the faster impl of each configuration. A folder with neither is a
-    ValueError naming it."""
+    ValueError naming it.
+
+    ``dataset`` (``"cifar10"`` or ``"cifar100"``) selects the runs reported (a record's ``config.dataset``; records
+    without it are CIFAR-10's) and is the Table 7 estimate's; ``dataset`` names it in the result. A folder whose runs
+    are all on other datasets is a ValueError naming the ones it has."""
     out_dir = Path(out_dir)
     trip = any((out_dir / f).exists() for f in _REPORT_INPUTS)
     if not trip:                 # a sweep's folder (or any folder of run folders): its CIFAR runs
@@ -156,6 +165,10 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     sweep_dir = out_dir / "sweep" if trip else out_dir
     recs = [rec for _, rec in records.read_records([sweep_dir])] if sweep_dir.is_dir() else []
     recs = [r for r in recs if r.get("experiment") == RECIPE.name]
+    have = sorted({_dataset(r) for r in recs})
+    if recs and dataset not in have:
+        raise ValueError(f"dataset: {dataset}: no run in {sweep_dir} is on it; its runs are on {', '.join(have)}")
+    recs = [r for r in recs if _dataset(r) == dataset]
     rows = [{"config": r["name"], "seed": r["seed"], "steps": r["steps_done"], "planned_steps": r["steps_planned"],
              "stopped": r["stopped"], "final_acc": r["headline"].get("final_acc"),
              "paper_acc": r["paper"].get("final_acc"), "images_per_s": r["headline"].get("images_per_s") or 0.0,
@@ -165,7 +178,8 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     single = {b["config"]: b["images_per_s"] for b in bench}
     single_c = {b["config"]: b["images_per_s"] for b in bench_c}
     best = {k: max(v, single_c.get(k, 0.0)) for k, v in single.items()}
-    rep = {"device": (bench[0]["device"] if bench else (recs[0].get("device") or {}).get("name") if recs else None),
+    rep = {"dataset": dataset,
+           "device": (bench[0]["device"] if bench else (recs[0].get("device") or {}).get("name") if recs else None),
            "torch": torch.__version__, "graph_check": check, "single_run_images_per_s": single, "runs": rows,
            "table": str(results_table(recs)) if recs else None}
     if single_c:
