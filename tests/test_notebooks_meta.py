@@ -135,6 +135,17 @@ def test_profiles_validate(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameter_rules_are_valid(path):
+    """metadata.dnlib.parameters names declared parameters with known rule keys, its defaults keep them, and a
+    ``device``, ``steps`` or ``threads`` parameter states what it allows (the suite refuses the rest before running)."""
+    assert parameters.rule_problems(path) == []
+    rules, declared = parameters.parameter_rules(path), parameters.declared_parameters(path)
+    for name in ("device", "steps", "threads"):
+        if name in declared:
+            assert name in rules, f"{path.name}: state {name}'s allowed values in metadata.dnlib.parameters"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_defaults_are_the_smoke_profile(path):
     """What a notebook opened in JupyterLab runs (its parameters cell) is what the suite's smoke profile runs, so the
     text written from a smoke run describes both (issue 23: 05's eval_every 0 against the profile's 15 gave a

@@ -11,10 +11,12 @@ from dnlib.experiments import records
 from dnlib.notebook import limits, parameters, suite
 
 
-def _notebook(path, code_cells, params, profiles=None):
+def _notebook(path, code_cells, params, profiles=None, rules=None):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["dnlib"] = {"profiles": profiles or {"smoke": {}}}
+    if rules is not None:
+        nb.metadata["dnlib"]["parameters"] = rules
     cell = nbformat.v4.new_code_cell(params)
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# test (PAPER.md §0)"), cell]
@@ -549,3 +551,97 @@ def test_a_notebook_that_calls_save_results_but_writes_none_fails(tmp_path):
     assert str(err.value) == (f"61_none.ipynb: completed but wrote no results (its cells call save_results; expected "
                               f"{out / '61_none' / 'results.json'})")
     assert records.read_record(out / "61_none")["stopped"].startswith("failed: 61_none.ipynb: completed but")
+
+
+# ---- allowed values (metadata.dnlib.parameters), checked for every selected notebook before any runs
+DEVICE = {"choices": ["auto", "cpu", "cuda"], "pattern": r"cuda:\d+"}
+RULED = ('steps: "Optional[int]" = 2  # steps\ndevice: str = "cpu"  # device\ncfg: str = "a"  # a config\n'
+         'x: float = 0.5  # a value\nxs: list = [1, 2]  # counts\nnames: list = ["a"]  # configs\n')
+RULES = {"steps": {"min": 1}, "device": DEVICE, "cfg": {"choices": ["a", "b"]}, "xs": {"min": 0, "max": 9},
+         "names": {"choices_from": "dnlib.experiments.cifar_configs.list_configs()", "choices": ["a"]}}
+
+
+@pytest.mark.parametrize("override, says", [
+    (("71:steps", "-5"), "parameter 'steps' (from -p) = -5 is not allowed: allowed >= 1 (or None)"),
+    (("71:device", "tpu"), "parameter 'device' (from -p) = 'tpu' is not allowed: allowed one of 'auto', 'cpu', 'cuda' "
+                        "or matching 'cuda:\\\\d+'"),
+    (("71:cfg", "c"), "parameter 'cfg' (from -p) = 'c' is not allowed: allowed one of 'a', 'b'"),
+    (("71:x", "nan"), "parameter 'x' (from -p) = nan is not allowed: NaN and infinite values are refused"),
+    (("71:x", "inf"), "parameter 'x' (from -p) = inf is not allowed: NaN and infinite values are refused"),
+    (("71:xs", "[1, 10]"), "parameter 'xs' (from -p) = [1, 10] item 10 is not allowed: allowed >= 0 and <= 9 for each"),
+    (("71:names", "['a', 'nope']"), "parameter 'names' (from -p) = ['a', 'nope'] item 'nope' is not allowed: allowed "
+                                 "one of 'a', 'base', 'base-wd-drop'"),
+])
+def test_a_value_the_notebook_does_not_allow_is_refused_before_anything_runs(tmp_path, capsys, override, says):
+    """Before: -p values were checked for type only, so `run 01 03 -p 03:steps -5` ran 01 in full, then 03 failed
+    in a cell (exit 1, not 2), and `-p fixed_input nan` finished "ok" with a table of NaNs."""
+    first = _notebook(tmp_path / "70_first.ipynb", ["from dnlib.notebook import suite\nsuite.save_results({'n': n})"],
+                      "n: int = 2  # n\n")
+    ruled = _notebook(tmp_path / "71_ruled.ipynb", ["steps"], RULED, rules=RULES)
+    out = tmp_path / "out"
+    with pytest.raises(parameters.ParameterError) as err:
+        suite.run([first, ruled], overrides=[override], out_dir=out, progress=False)
+    assert str(err.value).startswith(f"71_ruled.ipynb: {says}"), str(err.value)
+    assert not out.exists()
+    assert suite.main(["run", "--no-progress", "--out", str(out), "-p", *override, str(first), str(ruled)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "71_ruled.ipynb" in err and "nothing was executed" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value, rule, nullable", [
+    ("cuda:1", DEVICE, False), ("auto", DEVICE, False), (None, {"min": 1}, True),
+    (float("nan"), {"allow_nonfinite": True}, False),
+    ([0, 9], {"min": 0, "max": 9}, False), (["all", "bn"], {"choices": ["all"], "choices_from":
+                                                            "dnlib.norms.presets.list_norms()"}, False),
+    ("cpu", {"choices_from": "dnlib.experiments.analysis_configs.SIZES"}, False),
+])
+def test_check_value_keeps_what_a_rule_allows(value, rule, nullable):
+    parameters.check_value(value, rule, nullable=nullable)
+
+
+def test_a_notebooks_rules_are_checked_themselves(tmp_path):
+    """A rule for no parameter, an unknown rule key, a choices_from that is no dnlib name, a default that breaks
+    its own rule: each named before anything runs."""
+    path = _notebook(tmp_path / "72_bad_rules.ipynb", [], RULED,
+                     rules={"stpes": {"min": 1}, "device": {"choises": ["cpu"]}, "cfg": {"choices_from": "os.sep"},
+                            "x": {"min": 1}})
+    problems = sorted(parameters.rule_problems(path))   # (nbformat writes the metadata's keys sorted)
+    assert problems == [
+        "metadata.dnlib.parameters.cfg: the parameters cell's default 'a' choices_from 'os.sep' must name a dnlib "
+        "module's function or collection",
+        "metadata.dnlib.parameters.device: unknown rule key(s) ['choises']; known: " + ", ".join(parameters.RULE_KEYS),
+        "metadata.dnlib.parameters.stpes: no such parameter; declared: steps, device, cfg, x, xs, names",
+        "metadata.dnlib.parameters.x: the parameters cell's default 0.5 is not allowed: allowed >= 1"]
+    with pytest.raises(parameters.ParameterError, match="72_bad_rules.ipynb: metadata.dnlib.parameters.cfg"):
+        parameters.resolve_parameters(path)
+
+
+def test_check_parameters_refuses_a_value_the_notebook_does_not_allow(tmp_path):
+    """The kernel's own check (JupyterLab, plain papermill) applies the same rules."""
+    path = _notebook(tmp_path / "73_kernel.ipynb", [], RULED, rules=RULES)
+    namespace = {"steps": 0, "device": "cuda:0", "cfg": "a", "x": float("inf"), "xs": [1], "names": ["a"]}
+    with pytest.raises(parameters.ParameterError) as err:
+        parameters.check_parameters(path, namespace)
+    assert str(err.value) == (
+        "73_kernel.ipynb: parameter 'steps' = 0 is not allowed: allowed >= 1 (or None)\n73_kernel.ipynb: parameter "
+        "'x' = inf is not allowed: NaN and infinite values are refused (the notebook's metadata.dnlib.parameters may "
+        "set allow_nonfinite)")
+
+
+@pytest.mark.parametrize("stem, name, value, allowed", [
+    ("03_cifar", "steps", "-5", "allowed >= 1 (or None)"), ("03_cifar", "device", "tpu", "'cuda:\\\\d+'"),
+    ("03_cifar", "configs", "['bn-star', 'nope']", "item 'nope' is not allowed: allowed one of 'base'"),
+    ("04_language_model", "threads", "0", "allowed >= 1 (or None)"), ("05_super_resolution", "config", "huge",
+                                                                      "one of 'paper', 'fast', 'smoke'"),
+    ("07_modern_networks", "configs", "['resnet20-xx']", "'resnet20-bn'"),
+    ("08_why_normalizers_work", "live_configs", "['nope']", "one of 'all', 'batch-bn-b2'"),
+    ("01_unified_view", "fixed_input", "nan", "NaN and infinite values are refused"),
+])
+def test_the_repository_notebooks_refuse_values_they_do_not_allow(stem, name, value, allowed):
+    path = parameters.NOTEBOOK_DIR / f"{stem}.ipynb"
+    with pytest.raises(parameters.ParameterError) as err:
+        parameters.resolve_parameters(path, "smoke", [(name, value)])
+    assert str(err.value).startswith(f"{stem}.ipynb: parameter {name!r} (from -p) = ") and allowed in str(err.value)
+    device = [("device", "cuda:1")] if "device" in parameters.parameter_rules(path) else []
+    assert isinstance(parameters.resolve_parameters(path, "full", device), dict)   # and the full profile is allowed

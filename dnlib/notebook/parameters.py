@@ -1,8 +1,9 @@
 """A notebook's parameters: the one cell tagged ``parameters`` (``name: type = value  # help``, checked by
 :func:`parameter_cell_problems`), the types papermill infers for it (:func:`declared_parameters`), the profiles in its
 metadata (:func:`notebook_profiles`), the values a run gets (:func:`resolve_parameters`: a profile, then ``-p``
-overrides typed by :func:`coerce`) and the check a running notebook makes of its own values
-(:func:`check_parameters`, the cell right after the parameters cell)::
+overrides typed by :func:`coerce` and checked against the allowed values of ``metadata.dnlib.parameters`` by
+:func:`check_value`) and the check a running notebook makes of its own values (:func:`check_parameters`, the cell
+right after the parameters cell)::
 
     import dnlib.notebook.parameters
     dnlib.notebook.parameters.check_parameters("03_cifar", globals())
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["ParameterError", "REPO_ROOT", "NOTEBOOK_DIR", "read_notebook", "cell_source", "notebook_profiles",
-           "declared_parameters", "coerce", "resolve_parameters", "parameter_cell_problems", "check_parameter_cell",
-           "check_parameters"]
+           "declared_parameters", "parameter_rules", "RULE_KEYS", "rule_problems", "check_value", "coerce",
+           "resolve_parameters", "parameter_cell_problems", "check_parameter_cell", "check_parameters"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]     # dnlib/ (this is dnlib/notebook/parameters.py)
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
@@ -30,7 +32,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
 class ParameterError(ValueError):
-    """A parameter that a notebook does not declare, or a value of the wrong type."""
+    """A parameter that a notebook does not declare, or a value of the wrong type or not allowed."""
 
 
 def read_notebook(path: str | Path) -> dict:
@@ -53,6 +55,125 @@ def declared_parameters(path: str | Path) -> dict[str, dict[str, str]]:
     import papermill
 
     return papermill.inspect_notebook(str(path))
+
+
+#: What ``metadata.dnlib.parameters.<name>`` may state about a parameter's values (:func:`check_value`).
+RULE_KEYS = ("min", "max", "choices", "choices_from", "pattern", "allow_nonfinite")
+
+
+def parameter_rules(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``metadata.dnlib.parameters`` of a notebook: ``{parameter: {rule: value}}`` (empty when absent)."""
+    return dict(read_notebook(path).get("metadata", {}).get("dnlib", {}).get("parameters", {}))
+
+
+def _names_from(spec: str) -> list:
+    """The names ``choices_from`` spells: a dnlib function called with literal arguments,
+    ``"dnlib.experiments.cifar_configs.list_configs('resnet20')"``, or a dnlib collection
+    (``"dnlib.experiments.analysis_configs.SIZES"``), read without running any notebook."""
+    import importlib
+
+    try:
+        node = ast.parse(spec, mode="eval").body
+        call = isinstance(node, ast.Call)
+        args = [ast.literal_eval(a) for a in node.args] if call else []
+        dotted = ast.unparse(node.func if call else node)
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(f"choices_from {spec!r} is not `dnlib.module.name` or `dnlib.module.function(literals)`: "
+                         f"{exc}") from None
+    module, _, attr = dotted.rpartition(".")
+    if not module.startswith("dnlib") or not attr.isidentifier():
+        raise ValueError(f"choices_from {spec!r} must name a dnlib module's function or collection")
+    target = getattr(importlib.import_module(module), attr)
+    return list(target(*args) if call else target)
+
+
+def _rule_errors(rule: dict[str, Any]) -> str | None:
+    unknown = sorted(set(rule) - set(RULE_KEYS))
+    return f"unknown rule key(s) {unknown}; known: {', '.join(RULE_KEYS)}" if unknown else None
+
+
+def _allowed(rule: dict[str, Any], names: list) -> str:
+    """What ``rule`` allows, in words."""
+    parts = []
+    if "min" in rule or "max" in rule:
+        parts.append(" and ".join(f"{op} {rule[k]}" for k, op in (("min", ">="), ("max", "<=")) if k in rule))
+    if names or "pattern" in rule:
+        shown = ", ".join(map(repr, names[:12])) + (f", ... ({len(names)} in all: {rule['choices_from']})"
+                                                     if len(names) > 12 else "")
+        parts.append(" or ".join(x for x in (f"one of {shown}" if names else "",
+                                             f"matching {rule['pattern']!r}" if "pattern" in rule else "") if x))
+    return "; ".join(parts) or "any value"
+
+
+def _nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_nonfinite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    return False
+
+
+def rule_problems(path: str | Path, declared: dict | None = None) -> list[str]:
+    """What is wrong with a notebook's ``metadata.dnlib.parameters``: a rule for an undeclared parameter, an unknown
+    rule key, a ``choices_from`` that cannot be read, a parameters-cell default that breaks its rule."""
+    declared = declared_parameters(path) if declared is None else declared
+    problems = []
+    for name, rule in parameter_rules(path).items():
+        where = f"metadata.dnlib.parameters.{name}"
+        if name not in declared:
+            problems.append(f"{where}: no such parameter; declared: {', '.join(declared) or 'none'}")
+            continue
+        if not isinstance(rule, dict) or _rule_errors(rule):
+            problems.append(f"{where}: {_rule_errors(rule) if isinstance(rule, dict) else 'not a dict of rules'}")
+            continue
+        try:
+            default = ast.literal_eval(declared[name]["default"])
+        except (ValueError, SyntaxError):
+            continue
+        try:
+            check_value(default, rule, nullable=_optional(declared[name]["inferred_type_name"])[1])
+        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            problems.append(f"{where}: the parameters cell's default {default!r} {exc}")
+    return problems
+
+
+def check_value(value: Any, rule: dict[str, Any] | None = None, *, nullable: bool = False) -> None:
+    """Raise ``ValueError`` saying what is allowed unless ``value`` (already of its declared type) keeps ``rule``, a
+    notebook's ``metadata.dnlib.parameters.<name>``:
+
+    * ``min`` / ``max``: bounds (inclusive) of a number;
+    * ``choices`` (a list), ``choices_from`` (a dnlib function or collection, :func:`_names_from`), ``pattern`` (a
+      regular expression the whole string matches): the value must be in one of them (``"device": {"choices":
+      ["auto", "cpu", "cuda"], "pattern": "cuda:\\d+"}``);
+    * ``allow_nonfinite``: true lets a float be NaN or infinite, which is refused otherwise (also with no rule).
+
+    A list, tuple or set is checked item by item; None (of an ``Optional`` parameter) keeps every rule."""
+    rule = dict(rule or {})
+    problem = _rule_errors(rule)
+    if problem:
+        raise ValueError(f"metadata.dnlib.parameters: {problem}")
+    if value is None:
+        return
+    if not rule.get("allow_nonfinite") and _nonfinite(value):
+        raise ValueError("is not allowed: NaN and infinite values are refused (the notebook's "
+                         "metadata.dnlib.parameters may set allow_nonfinite)")
+    names = list(rule.get("choices", [])) + (_names_from(rule["choices_from"]) if "choices_from" in rule else [])
+    items = value if isinstance(value, (list, tuple, set, frozenset)) else [value]
+    or_none = " (or None)" if nullable else ""
+    for item in items:
+        bad = False
+        if "min" in rule or "max" in rule:
+            number = isinstance(item, (int, float)) and not isinstance(item, bool)
+            bad = not number or item < rule.get("min", item) or item > rule.get("max", item)
+        if names or "pattern" in rule:
+            bad = bad or not (item in names or (isinstance(item, str) and "pattern" in rule
+                                                and re.fullmatch(rule["pattern"], item)))
+        if bad:
+            which = f"item {item!r} " if item is not value else ""
+            raise ValueError(f"{which}is not allowed: allowed {_allowed(rule, names)}"
+                             f"{' for each item' if item is not value else ''}{or_none}")
 
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -152,17 +273,18 @@ def resolve_parameters(
     """Validated parameters for one notebook: its ``profile`` values, then the ``-p`` overrides.
 
     ``profile`` must be one of the notebook's ``metadata.dnlib.profiles``; ``"smoke"`` may also be undeclared, as
-    the parameters cell's defaults are the smoke run. Raises :class:`ParameterError` naming the notebook and every
-    bad parameter, or the profile it lacks and those it has (it would otherwise run its defaults, the smoke size,
-    under the other profile's name).
+    the parameters cell's defaults are the smoke run. Each value must have the declared type (:func:`coerce`) and keep
+    the notebook's ``metadata.dnlib.parameters`` (:func:`check_value`; :func:`rule_problems` first). Raises
+    :class:`ParameterError` naming the notebook and every bad parameter (its value and what is allowed), or the profile
+    it lacks and those it has (it would otherwise run its defaults, the smoke size, under the other profile's name).
     """
     path = Path(path)
     profiles = notebook_profiles(path)
     if profile not in profiles and profile != "smoke":
         raise ParameterError(f"{path.name}: no profile {profile!r} in metadata.dnlib.profiles; it has: "
                              f"{', '.join(sorted(profiles)) or 'none'}")
-    declared = declared_parameters(path)
-    errors = []
+    declared, rules = declared_parameters(path), parameter_rules(path)
+    errors = rule_problems(path, declared)
     values: dict[str, Any] = {}
     sources = [(k, v, False, f"profile {profile!r}") for k, v in profiles.get(profile, {}).items()]
     for key, value in overrides:
@@ -174,10 +296,16 @@ def resolve_parameters(
             known = ", ".join(declared) or "none"
             errors.append(f"unknown parameter {name!r} (from {origin}); declared: {known}")
             continue
+        type_name = declared[name]["inferred_type_name"]
         try:
-            values[name] = coerce(value, declared[name]["inferred_type_name"], from_cli=from_cli)
+            values[name] = coerce(value, type_name, from_cli=from_cli)
         except TypeError as exc:
             errors.append(f"parameter {name!r} (from {origin}) {exc}")
+            continue
+        try:
+            check_value(values[name], rules.get(name), nullable=_optional(type_name)[1])
+        except ValueError as exc:
+            errors.append(f"parameter {name!r} (from {origin}) = {values[name]!r} {exc}")
     if errors:
         raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
     return values
@@ -237,14 +365,14 @@ def check_parameter_cell(path: str | Path) -> None:
 
 
 def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
-    r"""Check, inside a running notebook, that its parameters have their declared types.
+    r"""Check, inside a running notebook, that its parameters have their declared types and allowed values.
 
     The notebooks call it in the cell right after their ``parameters`` cell
     (``dnlib.notebook.parameters.check_parameters("03_cifar", globals())``), so a run from JupyterLab or plain
-    papermill gets the type check of ``python -m dnlib.notebook.suite`` (:func:`coerce`) before any work starts. The
-    classic mistake it catches: ``papermill -p configs "[dn-star]"`` injects the *string* ``"[dn-star]"``; lists
-    and dicts go in as YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be seen from inside the
-    kernel; papermill itself warns about it.)
+    papermill gets the checks of ``python -m dnlib.notebook.suite`` (:func:`coerce`, :func:`check_value`) before any
+    work starts. The classic mistake it catches: ``papermill -p configs "[dn-star]"`` injects the *string*
+    ``"[dn-star]"``; lists and dicts go in as YAML, ``papermill -y "configs: [dn-star]"``. (An unknown name cannot be
+    seen from inside the kernel; papermill itself warns about it.)
 
     Args:
         notebook: the notebook's name (``"03_cifar"``, looked up in the repository's ``notebooks/``) or path.
@@ -270,7 +398,7 @@ def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = No
         if shell is None:
             raise ValueError("check_parameters: namespace=None needs a running IPython kernel; pass globals()")
         namespace = shell.user_ns
-    errors, values = [], {}
+    errors, values, rules = [], {}, parameter_rules(path)
     for name, info in declared_parameters(path).items():
         declared = info["inferred_type_name"]
         if name not in namespace:
@@ -288,6 +416,11 @@ def check_parameters(notebook: str | Path, namespace: dict[str, Any] | None = No
                 hint = f"; with plain papermill give a string with -r {name} VALUE (-p parses numbers)"
             errors.append(f"parameter {name!r} = {value!r} ({type(value).__name__}) does not have its declared "
                           f"type {declared}: {exc}{hint}")
+            continue
+        try:
+            check_value(values[name], rules.get(name), nullable=_optional(declared)[1])
+        except ValueError as exc:
+            errors.append(f"parameter {name!r} = {value!r} {exc}")
     if errors:
         raise ParameterError(f"{path.name}: " + f"\n{path.name}: ".join(errors))
     namespace.update(values)
