@@ -148,6 +148,25 @@ def test_bad_arguments(tmp_path, kwargs, param):
         load_cifar(**{"name": "cifar10", "root": tmp_path, **kwargs})
 
 
+def test_a_subset_larger_than_the_data_is_refused_not_recorded_as_given(tmp_path):
+    """subset 100000 was clamped to the 50,000 images while the run recorded subset 100000: refused, naming the
+    split, the number asked for and the data's size; a subset of a split's size is all of it."""
+    write_cifar10(tmp_path)                                              # 100 training, 30 test images
+    load = lambda **kw: load_cifar("cifar10", tmp_path, download=False, verify=False, **kw)  # noqa: E731
+    n_val = len(load(validation=True).y_val)
+    for subset, kw, message in [(101, {}, "subset: 101 asks for 101 training images; CIFAR-10 has 100 "),
+                                (40, {}, "subset: 40 asks for 40 test images; CIFAR-10 has 30 "),
+                                ((50, 31), {}, "subset: (50, 31) asks for 31 test images; CIFAR-10 has 30 "),
+                                ((50, n_val + 1), {"validation": True},
+                                 f"subset: (50, {n_val + 1}) asks for {n_val + 1} validation images; CIFAR-10 has "
+                                 f"{n_val} ")]:
+        with pytest.raises(ValueError) as e:
+            load(subset=subset, **kw)
+        assert str(e.value).startswith(message), str(e.value)
+    d = load(subset=(100, 30))
+    assert (len(d.y_train), len(d.y_test)) == (100, 30)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"source": "jpeg"}, "source must be one of ['auto', 'python', 'imagefolder'], got 'jpeg'"),
     ({"mean_over": "test"}, "mean_over must be one of ['train', 'train+test'], got 'test'"),

@@ -313,6 +313,21 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+def test_max_tokens_not_below_the_training_tokens_is_refused_not_recorded_as_a_subset(monkeypatch):
+    """--max-tokens 99999999 trained on all 929,589 tokens, recorded as "(smoke subset)": refused, naming both."""
+    import types
+
+    import dnlib.data
+    from dnlib.experiments.ptb import load_data
+    ids = torch.arange(2000) % 50
+    monkeypatch.setattr(dnlib.data, "load_ptb", lambda *a, **k: types.SimpleNamespace(
+        train=ids, valid=ids[:1500], test=ids[:1500], vocab_size=50, canonical=True))
+    for max_tokens in (99_999_999, 2000):
+        with pytest.raises(ValueError, match=rf"^max_tokens: {max_tokens:,} is not fewer than PTB's 2,000 training "):
+            load_data(max_tokens)
+    assert len(load_data(1999)[0]["train"]) == 1999
+
+
 @pytest.mark.slow
 @needs_ptb
 def test_smoke_training_beats_unigram_and_resumes_exactly(tmp_path):

@@ -308,6 +308,14 @@ def _read_official(key: str, folder, base: Path, verify: bool) -> tuple:
     return read_python(key, folder, raw)
 
 
+def _check_subset(subset, pretty: str, splits: dict) -> None:
+    """A subset larger than a split is refused (it would be recorded as given while the whole split was used)."""
+    for split, (n, y) in splits.items():
+        if n > len(y):
+            raise ValueError(f"subset: {subset!r} asks for {n:,} {split} images; {pretty} has {len(y):,} (a "
+                             f"subset is at most the data's size: N_TRAIN,N_EVAL sets the splits apart; none: all)")
+
+
 def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, source: str = "auto",
                validation: bool = False, subset: int | tuple[int, int] | None = None,
                mean_over: str = "train", seed: int = 0, download: bool = True, cache: bool = True,
@@ -325,7 +333,8 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
             ``RandomState(0)``, fold 0 of 10) as ``x_val``/``y_val``; the authors' images with the official
             pickles, another random 5,000 of an image folder (class by class, so its order is not the official one).
         subset: for smoke runs, a class-stratified random subset (seeded by ``seed``): an int keeps
-            that many images in every split, a pair ``(n_train, n_eval)`` sets train and val/test apart.
+            that many images in every split, a pair ``(n_train, n_eval)`` sets train and val/test apart; a
+            number larger than its split is a ValueError naming both (the run would record a subset it did not use).
         mean_over: ``"train"`` (the training images used, before ``subset``) or ``"train+test"``
             (all 60,000 images, as the authors' code).
         seed: seed of ``subset``.
@@ -365,12 +374,14 @@ def load_cifar(name: str = "cifar10", root: str | os.PathLike | None = None, *, 
     mean = mean_image(x_train) if mean_over == "train" else mean_image(*all_x)
     if subset is not None:
         n_tr, n_ev = pair
-        i = stratified_subset(y_train, min(n_tr, len(y_train)), seed=seed)
+        _check_subset(subset, _PRETTY[key], {"training": (n_tr, y_train), "test": (n_ev, y_test),
+                                              **({"validation": (n_ev, y_val)} if validation else {})})
+        i = stratified_subset(y_train, n_tr, seed=seed)
         x_train, y_train = x_train[i], y_train[i]
-        i = stratified_subset(y_test, min(n_ev, len(y_test)), seed=seed + 1)
+        i = stratified_subset(y_test, n_ev, seed=seed + 1)
         x_test, y_test = x_test[i], y_test[i]
         if validation:
-            i = stratified_subset(y_val, min(n_ev, len(y_val)), seed=seed + 2)
+            i = stratified_subset(y_val, n_ev, seed=seed + 2)
             x_val, y_val = x_val[i], y_val[i]
     return CIFAR(name=key, x_train=np.ascontiguousarray(x_train), y_train=y_train,
                  x_test=np.ascontiguousarray(x_test), y_test=y_test, classes=classes, source=kind,

@@ -74,9 +74,10 @@ def load_data(max_tokens: int | None = None, vocab: int | None = None, root=None
     """PTB id streams ``{"train", "valid", "test"}`` and the vocabulary size.
 
     ``max_tokens`` keeps the first ``max_tokens`` tokens of train and ``max(max_tokens // 5, 1000)`` of valid and
-    test (a smoke subset). ``vocab`` keeps the ``vocab - 1`` most frequent words of the full training set and
-    maps all others to one shared "rare word" id ``vocab - 1`` (a smaller softmax for CPU smoke runs; the
-    paper's runs use the full 10,000 words). The ids are frequency-ranked (:func:`dnlib.data.load_ptb`), so
+    test (a smoke subset: fewer than PTB's training tokens, else a ValueError, as the run would be recorded as a
+    subset). ``vocab`` keeps the ``vocab - 1`` most frequent words of the full training set and maps all others
+    to one shared "rare word" id ``vocab - 1`` (a smaller softmax for CPU smoke runs; the paper's runs use the full
+    10,000 words). The ids are frequency-ranked (:func:`dnlib.data.load_ptb`), so
     this is ``min(id, vocab - 1)``.
     """
     from ..data import load_ptb
@@ -87,6 +88,10 @@ def load_data(max_tokens: int | None = None, vocab: int | None = None, root=None
     ptb = load_ptb(root, download=False, progress=False)
     if vocab is not None and vocab > ptb.vocab_size:
         raise ValueError(f"vocab: {vocab} is more than the {ptb.vocab_size} words of PTB")
+    if max_tokens is not None and max_tokens >= len(ptb.train):
+        raise ValueError(f"max_tokens: {max_tokens:,} is not fewer than PTB's {len(ptb.train):,} training tokens: the "
+                         f"run would use all of them and be recorded as a smoke subset; leave max_tokens out (None) "
+                         f"for the full data")
     splits = {"train": ptb.train, "valid": ptb.valid, "test": ptb.test}
     if max_tokens is not None:
         n_eval = max(max_tokens // 5, 1000)
