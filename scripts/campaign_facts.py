@@ -11,7 +11,6 @@ clipping, optimizer update), eager: the CUDA graph replays the same kernels.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dnlib import cli  # noqa: E402
 from dnlib.io import atomic_write_json  # noqa: E402
 
 #: ATen operations that launch no device kernel (metadata, views, allocation)
@@ -97,9 +97,9 @@ def _ptb(names, k_seeds):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="results/h100/campaign_facts.json")
-    p.add_argument("--threads", type=int, default=1)
+    p = cli.ArgumentParser(prog="campaign_facts.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=cli.out_file, default="results/h100/campaign_facts.json")
+    p.add_argument("--threads", type=cli.positive_int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from dnlib.experiments.ptb import RECIPE as PTB

@@ -21,7 +21,6 @@ source gives), nor start/end times (``started``/``ended`` null; ``date`` is the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dnlib import cli
 from dnlib.experiments import records
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -238,8 +238,8 @@ def convert(out: Path) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(ROOT / "results/records"), help="default results/records")
+    p = cli.ArgumentParser(prog="convert_results.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=cli.out_dir, default=str(ROOT / "results/records"), help="default results/records")
     p.add_argument("--check", action="store_true", help="compare a fresh conversion with --out; exit 1 if different")
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -10,7 +10,6 @@ profile (with the profiler's overhead), not a benchmark: ``make bench`` gives th
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from dnlib import sparse_penalty  # noqa: E402
+from dnlib import cli, sparse_penalty  # noqa: E402
 from dnlib.analysis import rnn_bench as rb  # noqa: E402
 from dnlib.experiments.ptb_configs import get_config, list_configs  # noqa: E402
 from dnlib.io import atomic_write_text  # noqa: E402
@@ -57,13 +56,13 @@ def profile(name: str, hidden: int = 200, layers: int = 2, steps: int = 20, batc
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(prog="profile_cells.py", description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, from {', '.join(CELLS)} and the "
                     "PTB configurations (default: the four)")
-    ap.add_argument("--rows", type=int, default=15, help="operators per table (default 15)")
-    ap.add_argument("--repeat", type=int, default=5, help="profiled passes (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", default=None, help="also write the tables to this file")
+    ap.add_argument("--rows", type=cli.positive_int, default=15, help="operators per table (default 15)")
+    ap.add_argument("--repeat", type=cli.positive_int, default=5, help="profiled passes (default 5)")
+    ap.add_argument("--threads", type=cli.positive_int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--out", type=cli.out_file, default=None, help="also write the tables to this file")
     a = ap.parse_args(argv)
     cells = [c for c in a.cells.split(",") if c]
     known = set(list_configs()) | {"nn.LSTM"}
@@ -71,9 +70,6 @@ def main(argv=None) -> int:
         if c not in known:
             ap.error(f"--cells: unknown cell {c!r}; known are nn.LSTM and the PTB configurations ({', '.join(CELLS)}, "
                      "...)")
-    for flag in ("rows", "repeat", "threads"):
-        if getattr(a, flag) < 1:
-            ap.error(f"--{flag}: must be >= 1, got {getattr(a, flag)}")
     torch.set_num_threads(a.threads)
     text = "\n\n".join(profile(c, repeat=a.repeat, rows=a.rows) for c in cells)
     print(text)

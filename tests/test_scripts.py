@@ -113,3 +113,38 @@ def test_analysis_collect_replaces_its_output_folder_whole(tmp_path, capsys):
     assert [p.name for p in keep.iterdir()] == ["batch-bn-b2-s0-cpu"]
     assert sorted(p.name for p in (keep / "batch-bn-b2-s0-cpu").iterdir()) == ["curves.csv", "record.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "runs"]          # no temporary folder left
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("pack_folder", [], "the following arguments are required: {pack,unpack}"),       # was an IndexError
+    ("pack_folder", ["pack", "nonexist", "out.pack"], "SRC_DIR: nonexist does not exist"),  # 'packed 0 files'
+    ("pack_folder", ["unpack", "nonexist", "dest"], "IN_FILE: nonexist does not exist"),
+    ("campaign_facts", ["--threads", "0", "--out", "cf.json"], "--threads: 0 is not a positive integer"),
+    ("convert_results", ["--out", "afile"], "--out: afile exists and is not a folder"),
+    ("profile_cells", ["--out", "afile/x", "--cells", "nn.LSTM", "--repeat", "1"],        # after the profiling
+     "--out: cannot create afile/x: afile is not a folder"),
+    ("results_figures", ["--records", "nonexist", "--out", "rf_out"], "--records: nonexist does not exist"),
+    ("results_figures", ["--records", "empty", "--out", "rf_out"], "--records: empty holds no run folder"),
+])
+def test_a_scripts_bad_argument_is_one_line_exit_2_before_any_work(name, argv, message, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Tracebacks (or 'packed 0 files', exit 0) before; results_figures left its --out folder behind."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "empty").mkdir()
+    err = _refused(_script(name).main, argv, capsys)
+    assert err.startswith(f"{name}.py") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "empty"]        # nothing written
+
+
+def test_pack_folder_packs_and_unpacks(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.txt").write_text("x")
+    (src / "y.bin").write_bytes(b"\0\1")
+    main = _script("pack_folder").main
+    assert main(["pack", str(src), str(tmp_path / "p.pack")]) == 0
+    assert main(["unpack", str(tmp_path / "p.pack"), str(tmp_path / "dest")]) == 0
+    assert "packed 2 files" in capsys.readouterr().out
+    assert (tmp_path / "dest" / "a" / "x.txt").read_text() == "x"
+    assert (tmp_path / "dest" / "y.bin").read_bytes() == b"\0\1"
