@@ -5,6 +5,7 @@ Every preset is checked on both paths (``impl="general"``, the hand-written auto
 """
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -500,10 +501,14 @@ def test_property_finite_in_finite_out(spec_shape, seed):
     if spec.eps + spec.sigma ** 2 < 1e-30:
         spec = spec.replace(eps=1e-6)  # with no smoothing at all a constant field divides 0 by 0
     m = DivisiveNorm(shape[1], spec, affine=True, track_running_stats=False)
-    y = m(x)
-    assert y.shape == x.shape and torch.isfinite(y).all()
-    m.eval()
-    assert torch.isfinite(m(x)).all()
+    if spec.sum_axes == {"space"} and math.prod(shape[2:]) == 1:   # instance norm on one position: refused, as torch
+        with pytest.raises(ValueError, match="more than 1 spatial position"):
+            m(x)
+    else:
+        y = m(x)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+        m.eval()
+        assert torch.isfinite(m(x)).all()
     assert torch.allclose(divisive_norm(x, spec), divisive_norm_reference(x, spec), atol=1e-5)
 
 
@@ -649,3 +654,54 @@ def test_running_stats_option_is_checked_and_shown():
     m.running_var.fill_(3.0)
     m.reset_running_stats()
     assert torch.equal(m.running_var, torch.zeros(4)) and torch.equal(m.running_mean, torch.zeros(4))
+
+
+# --- instance norm on one position per (sample, channel) ---------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["auto", "general", "fused", "compile"])
+@pytest.mark.parametrize("shape", [(8, 16), (8, 16, 1), (8, 16, 1, 1), (1, 16, 1, 1)])
+@pytest.mark.parametrize("train", [True, False])
+def test_instance_norm_on_one_position_raises_like_torch(impl, shape, train):
+    """'in' centres each channel of each sample over its positions: with one position the output was all zeros
+    (training and eval), where torch's InstanceNorm raises 'Expected more than 1 spatial element when training' (in
+    eval too: it keeps no running statistics). Now a ValueError naming the preset and the input's shape."""
+    x = torch.randn(shape)
+    if len(shape) > 2:
+        ref = (nn.InstanceNorm1d if len(shape) == 3 else nn.InstanceNorm2d)(16).train(train)
+        with pytest.raises(ValueError, match="Expected more than 1 spatial element"):
+            ref(x)
+    for m in (make_norm("in", 16, impl=impl), make_norm("in", 16, impl=impl, sigma=0.5, affine=True),
+              DivisiveNorm(16, NormSpec("space", None), impl="general")):
+        m.train(train)
+        with pytest.raises(ValueError, match=rf"instance norm \('in'.* more than 1 spatial position .*"
+                                             rf"{re.escape(str(tuple(shape)))}"):
+            m(x)
+    # two positions are fine
+    y = make_norm("in", 16, impl=impl).train(train)(torch.randn(*shape[:2], 2))
+    assert y.abs().max() > 0
+
+
+@pytest.mark.parametrize("impl", ["auto", "general", "fused", "compile"])
+@pytest.mark.parametrize("shape", [(0, 16), (0, 16, 1), (0, 16, 1, 1), (0, 16, 5, 5)])
+@pytest.mark.parametrize("train", [True, False])
+def test_instance_norm_on_an_empty_batch_gives_an_empty_output(impl, shape, train):
+    """The docstring's 'Empty batches give empty outputs': (0, C) raised torch's '...when training' message, in eval
+    too."""
+    x = torch.randn(shape, requires_grad=True)
+    m = make_norm("in", 16, impl=impl, affine=True).train(train)
+    y = m(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("cell, kwargs", [("lstm", {}), ("rnn", {}), ("ln-lstm", {}), ("bn-lstm", {}),
+                                          ("bn-rnn", {}), ("lstm", {"norm_kwargs": {"sigma": 0.5}})])
+@pytest.mark.parametrize("norm", ["in", "IN", NormSpec("space", "space")])
+def test_recurrent_cells_refuse_instance_norm(cell, kwargs, norm):
+    """The cells feed their normalizers (N, H): NormLSTMCell(norm='in') built and ran with every gate
+    pre-activation zeroed. Now refused when the cell is built."""
+    from dnlib.models.rnn import make_cell
+    with pytest.raises(ValueError, match=r"norm: .*'space' alone.*\(N, H\)"):
+        make_cell(cell, 10, 16, norm=norm, **kwargs)
+    make_cell(cell, 10, 16, norm="bn" if cell.startswith("bn") else "ln", **kwargs)   # (the usual norms build)

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..norms.norm import DivisiveNorm
-from ..norms.presets import NormLike, get_norm_layer, norm_name
+from ..norms.presets import NormLike, get_norm_layer, get_spec, norm_name
+from ..norms.spec import NormSpec
 from . import rnn_fused
 from .step_norm import StepNorm, step_layer
 
@@ -86,6 +87,24 @@ def _site(layer, num_features: int, alpha_scale: float = 1.0, **extra) -> Divisi
             return None
         kwargs = {k: v for k, v in kwargs.items() if k in ("device", "dtype")}
     return get_norm_layer(norm, kwargs)(num_features, alpha=alpha * alpha_scale, **extra)
+
+
+def _refuse_instance_norm(layer, norm: NormLike) -> None:
+    """Refuse, when a cell is built, a normalizer whose summation field pools ``'space'`` alone (instance norm,
+    ``"in"``): the cells feed their normalizers ``(N, H)`` inputs, one value per (example, unit), which it would
+    centre to 0 (the layer refuses such inputs at the first forward). ``layer``: the resolved ``get_norm_layer``."""
+    name, kwargs = layer.args[0], layer.keywords
+    spec = name if isinstance(name, NormSpec) else get_spec(name)
+    if "sum_axes" in kwargs:
+        try:
+            spec = spec.replace(sum_axes=kwargs["sum_axes"])
+        except ValueError:  # (the layer says what is wrong when it is built)
+            return
+    if spec.sum_axes == {"space"}:
+        raise ValueError(f"norm: {norm_name(norm)!r} centres each unit over 'space' alone (instance norm), and a "
+                         f"recurrent cell's normalizers see (N, H) inputs, one value per (example, unit): every "
+                         f"output would be 0; use 'ln'/'ln-s' or 'dn-1d'/'dn-1d-s' (per-nonlinearity and vanilla "
+                         f"cells), 'ln' (ln-lstm) or 'bn'/'bn-s' (the BN cells)")
 
 
 class _Recurrent(nn.Module):
@@ -196,6 +215,7 @@ class NormLSTMCell(_Recurrent):
             raise ValueError(f"impl: got {impl!r}; allowed values are {list(self.IMPLS)}")
         self.impl = impl
         layer = get_norm_layer(norm, norm_kwargs)
+        _refuse_instance_norm(layer, norm)
         self.norm_name = norm_name(norm)
         self.forget_bias = float(forget_bias)
         self.cell_norm = _site(layer, hidden_size)
@@ -301,6 +321,7 @@ class BNLSTMCell(_Recurrent):
                  max_steps: int = 20, forget_bias: float = 0.0, state_norm_c: bool = True):
         super().__init__(input_size, hidden_size, input_bias=False)
         layer, affine = step_layer(norm, norm_kwargs)
+        _refuse_instance_norm(layer, norm)
         self.norm_name = norm_name(norm)
         self.forget_bias, self.state_norm_c, self.max_steps = float(forget_bias), state_norm_c, max_steps
         self.norm_ih = StepNorm(layer, 4 * hidden_size, max_steps, affine)
@@ -343,6 +364,7 @@ class LNLSTMCell(_Recurrent):
         super().__init__(input_size, hidden_size, input_bias=True)
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
         layer = get_norm_layer(norm, norm_kwargs)
+        _refuse_instance_norm(layer, norm)
         self.norm_name = norm_name(norm)
         self.forget_bias, self.state_norm_c = float(forget_bias), state_norm_c
         self.norm_ih = layer(4 * hidden_size)
@@ -383,7 +405,9 @@ class NormRNNCell(_Recurrent):
         self.nonlinearity = nonlinearity
         self._g = _nonlinearity(nonlinearity)
         self.norm_name = norm_name(norm)
-        self.norm = _site(get_norm_layer(norm, norm_kwargs), hidden_size)
+        layer = get_norm_layer(norm, norm_kwargs)
+        _refuse_instance_norm(layer, norm)
+        self.norm = _site(layer, hidden_size)
         self.reset_parameters()
 
     def step(self, xw, state, t=0):
@@ -408,6 +432,7 @@ class BNRNNCell(_Recurrent):
                  norm_kwargs: Mapping | None = None, max_steps: int = 20):
         super().__init__(input_size, hidden_size, input_bias=False)
         layer, affine = step_layer(norm, norm_kwargs)
+        _refuse_instance_norm(layer, norm)
         self.norm_name = norm_name(norm)
         self.nonlinearity, self.max_steps = nonlinearity, max_steps
         self._g = _nonlinearity(nonlinearity)

@@ -371,7 +371,9 @@ class DivisiveNorm(nn.Module):
     The running statistics are made in ``dtype`` (``None``: torch's default dtype, as ``nn.BatchNorm``'s buffers),
     in float32 when ``dtype`` is a half-precision one.
     ``spec.eps=None`` means ``torch.finfo`` of the computation's dtype (``nn.RMSNorm``'s default; the ``rms``
-    preset). Empty batches give empty outputs; complex and integer inputs are refused.
+    preset). Empty batches give empty outputs; complex and integer inputs are refused; a summation field over
+    ``space`` alone (instance norm, ``in``) refuses inputs with one position per (sample, channel), ``(N, C)`` or
+    ``1 x 1``, in training and eval, as torch's InstanceNorm does (its output would be all zeros).
 
     Under ``torch.distributed`` (DDP), ``process_group`` synchronizes the fields that pool the batch in training
     mode: their statistics are those of all the group's examples (the processes' batch sizes may differ), the
@@ -595,6 +597,13 @@ class DivisiveNorm(nn.Module):
             raise ValueError(f"input: expected shape (N, C), (N, C, L) or (N, C, H, W), got {tuple(x.shape)}")
         if x.shape[1] != self.num_features:
             raise ValueError(f"input: has {x.shape[1]} channels at dim 1, but num_features={self.num_features}")
+        if self.spec.sum_axes == {"space"} and x.shape[0] and math.prod(x.shape[2:]) == 1:
+            # (as torch's InstanceNorm, in eval too: no running statistics; an empty batch passes, empty output)
+            raise ValueError(f"input: instance norm ('in': a summation field over 'space' alone, {self.spec}) "
+                             f"needs more than 1 spatial position per (sample, channel), and input of shape "
+                             f"{tuple(x.shape)} has one, so every output would be 0 (torch's InstanceNorm raises "
+                             f"'Expected more than 1 spatial element'); give it (N, C, L) or (N, C, H, W) inputs with "
+                             f"more than one position, or normalize (N, C) features with 'ln' or 'bn'")
         if self.track_running_stats and x.dim() > 2:
             for axes in (self.spec.sum_axes, self.spec.sup_axes):
                 if "batch" in axes and "space" not in axes:  # noqa: SIM102 (runs only when tracking)
@@ -802,8 +811,8 @@ class DivisiveNorm(nn.Module):
         :data:`dnlib.norms.windowed.AUTO` (``"native"``, ``"general"``, ``"compiled"``), None for another impl, an
         empty input, a subclass with paths of its own (GDN, ...), or not ``plain`` (a mask or a process group)."""
         kind = self.fused
-        if kind == "in" and math.prod(x.shape[2:]) == 1 and x.shape[0]:
-            kind = None  # F.instance_norm refuses a single position; the general path defines it
+        if kind == "in" and not x.numel():
+            kind = None  # F.instance_norm refuses an empty batch of single positions, and fails on one with weights
         cls = type(self)
         if (not plain or self.impl != "auto" or not x.numel()
                 or cls._forward_general is not DivisiveNorm._forward_general
