@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ArgumentParser", "one_line", "user_errors", "positive_int", "nonnegative_int", "seed",
+__all__ = ["ArgumentParser", "one_line", "user_errors", "positive_int", "nonnegative_int", "seed", "check_distinct",
            "positive_float", "nonnegative_float", "subset", "device", "out_dir", "out_file", "in_dir", "in_file",
            "USER_ERRORS"]
 
@@ -131,21 +132,27 @@ def subset(value: str):
 
 
 def device(value: str) -> str:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (any string :class:`torch.device` accepts), and CUDA only where it
-    is available."""
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (nothing else: torch parses ``mps``, ``xpu``, ``meta``... but dnlib
+    runs on none of them), and CUDA only where it is available."""
     import torch
-    if value == "auto":
+    if value in ("auto", "cpu"):
         return value
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{value}: CUDA is not available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{value}: there are {torch.cuda.device_count()} CUDA devices")
+    if not re.fullmatch(r"cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device dnlib runs on; use auto, cpu, cuda or cuda:N")
+    dev = torch.device(value)
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{value}: CUDA is not available here")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{value}: there are {torch.cuda.device_count()} CUDA devices")
     return value
+
+
+def check_distinct(name: str, values) -> None:
+    """Raise ValueError ``<name>: <value> twice (each once)`` when ``values`` holds one more than once."""
+    values = list(values)
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise ValueError(f"{name}: {twice[0]} twice in {' '.join(map(str, values))} (each once)")
 
 
 # ------------------------------------------------------------------------------------------------ locations

@@ -165,3 +165,15 @@ def test_check_graph_command(tmp_path, capsys):
     assert campaign.main(args) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(r["experiment"], r["copies"], r["ok"]) for r in rows] == [("ptb", 8, True)]
+
+
+@pytest.mark.parametrize("argv,message", [(["--seeds", "0", "0"], "seeds: 0 twice"),
+                                          (["--experiments", "ptb", "ptb"], "experiments: ptb twice")])
+def test_duplicates_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    """`--seeds 0 0` recorded every launch 'not run: ValueError' (exit 0); `--experiments ptb ptb` ran each
+    launch twice into the same folders."""
+    with pytest.raises(SystemExit) as e:
+        campaign.main(["--out", str(tmp_path / "c"), "--tiny", "--device", "cpu", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "c").exists()

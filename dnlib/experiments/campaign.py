@@ -349,6 +349,8 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     """Plan, bench, run every launch under ``budget`` seconds (module doc), then write ``campaign.json`` and
     ``tables.md`` in ``out``; returns the campaign record. ``jobs`` > 1: that many launches at once (processes)."""
     t_start = time.perf_counter()
+    cli.check_distinct("seeds", seeds)      # a seed or an experiment twice: two launches into one folder
+    cli.check_distinct("experiments", experiments)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not budget > 0:

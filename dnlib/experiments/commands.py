@@ -147,6 +147,7 @@ def _sweep_verb(c: _Call) -> int:
         c.q.error("configs: the following arguments are required: configs")
     with cli.user_errors(c.q):
         names = c.recipe.expand(names)
+    c.run_parser.prog = c.q.prog        # its refusals are this sweep's (not "... run: error:")
     run_args = c.run_parser.parse_args([names[0], *map(str, c.rest)])   # the flags passed on to each run, checked
     if run_args.out or run_args.resume or run_args.seeds is not None:
         c.q.error("--out/--resume: sweep places each run itself; use --out and --seeds of sweep")
@@ -224,6 +225,6 @@ def main(recipe: Recipe, argv: Sequence[str] | None = None, prog: str | None = N
     p, sub, run_p, commands = _parser(recipe, prog)
     args, rest = p.parse_known_args(argv)
     if rest and args.cmd != "sweep":        # sweep passes the rest on to its runs (checked there)
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
+        sub.choices[args.cmd].error(f"unrecognized arguments: {' '.join(rest)}")   # named as the verb's
     call = _Call(recipe, args, sub.choices[args.cmd], argv, rest, run_p, commands)
     return _VERBS.get(args.cmd, _command_verb)(call)

@@ -223,7 +223,7 @@ def _split(name: str):
             row = name[: -len(cell) - 1]
             if row in ROWS:
                 return row, cell
-    raise ValueError(f"name: unknown PTB config {name!r}; names are <row>-<cell> with row in {list(ROWS)} and "
+    raise ValueError(f"config: unknown PTB config {name!r}; names are <row>-<cell> with row in {list(ROWS)} and "
                      f"cell in {list(CELL_TYPES)}, e.g. 'dn-star-lstm'")
 
 
