@@ -60,11 +60,25 @@ def test_points_run_resume_and_report(tmp_path):
     stamp = {d: (d / "record.json").stat().st_mtime_ns for d in records.find_runs([tmp_path])}
     analysis.run_points(names, [0], out=tmp_path, size="smoke", progress=False, verbose=False)
     assert {d: (d / "record.json").stat().st_mtime_ns for d in records.find_runs([tmp_path])} == stamp
+    # a rerun with another size: refused, naming the folder and the setting (it kept the old points)
+    for kw, key in [({"size": "cpu"}, "size="), ({"size": "full"}, "size=")]:
+        with pytest.raises(ValueError, match=key) as e:
+            analysis.run_points(names, [0], out=tmp_path, **{"size": "smoke", **kw}, progress=False, verbose=False)
+        assert "batch-bn-b8-s0" in str(e.value) and "another --out" in str(e.value)
+    assert {d: (d / "record.json").stat().st_mtime_ns for d in records.find_runs([tmp_path])} == stamp
     rep = analysis_report.report(tmp_path, figures=tmp_path / "fig")
     assert rep["runs"] == 4 and len(rep["figures"]) == 5 and all(Path(f).stat().st_size for f in rep["figures"])
     assert "batch 8" in rep["tables"]["batch"]
     rec = records.read_record(tmp_path / "batch-bn-b8-s0")
     assert len(rec["config"]["setup"]["init_act"]) == 3 and rec["config"]["size"] == "smoke"
+
+
+def test_points_refuse_duplicate_seeds_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        analysis.main(["points", "batch-bn-b2", "--out", str(tmp_path / "p"), "--seeds", "1", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "points: error: seeds: 1 twice" in err[0], err
+    assert not (tmp_path / "p").exists()
 
 
 @pytest.mark.slow

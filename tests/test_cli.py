@@ -152,6 +152,17 @@ PROBES = [
     ("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--address", "auto"], "--address"),       # without ray
     pytest.param("sr", ["sweep", "fast-dn*", "--out", "{T}/sw", "--gpus-per-run", "0.25"], "--gpus-per-run",
                  marks=no_cuda),
+    # ------------------------------------- duplicates, devices torch parses but dnlib does not run, misnamed commands
+    ("cifar", ["sweep", "bn-star", "--out", "{T}/sw", "--seeds", "0", "0"], "cifar sweep: error: seeds: 0 twice"),
+    ("cifar", ["sweep", "bn-star", "bn-star", "--out", "{T}/sw"], "cifar sweep: error: configs: bn-star twice"),
+    ("sr", ["sweep", "smoke-bn", "smoke-none", "--norm", "dn*", "--out", "{T}/sw"], "smoke-bn, smoke-none: both"),
+    ("cifar", ["run", "bn", "--device", "mps"], "--device: 'mps' is not a device dnlib runs on"),
+    ("cifar", ["run", "bn", "--device", "xpu"], "--device: 'xpu'"),
+    ("cifar", ["run", "bn", "--device", "meta"], "--device: 'meta'"),
+    ("cifar", ["run", "bn", "--device", "cpu:0"], "--device: 'cpu:0'"),
+    ("cifar", ["sweep", "bn-star", "--out", "{T}/sw", "--lr", "nan"], "cifar sweep: error: --lr: nan"),
+    ("cifar", ["run", "bn", "--seed", "0"], "cifar run: error: unrecognized arguments: --seed"),
+    ("ptb", ["run", "nosuch"], "error: config: unknown PTB config 'nosuch'"),
     ("sr", ["bench", "nosuch"], "nosuch"),
     ("sr", ["report", "{T}/missing"], "missing"),
     ("sr", ["report", "{T}/empty"], "run folders"),

@@ -328,3 +328,59 @@ def test_local_runs_share_the_cores_unless_told(monkeypatch):
     assert "OMP_NUM_THREADS" not in env(jobs=2, gpus_per_run=1, devices=[0, 1])
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert env(jobs=2)["OMP_NUM_THREADS"] == "5"
+
+
+# --------------------------------------------- duplicates, and a rerun with other settings than its finished runs
+@pytest.mark.parametrize("configs,seeds,message", [
+    (["bn-star", "bn-star"], [0], "configs: bn-star twice"),
+    (["bn-star"], [0, 1, 0], "seeds: 0 twice"),
+])
+def test_a_sweep_refuses_a_duplicate_before_any_run(configs, seeds, message, tmp_path, monkeypatch):
+    """`--seeds 0 0 --jobs 2` ran two processes in one folder at once, then died with a KeyError (exit 1)."""
+    from dnlib.experiments import cifar
+    _no_run(monkeypatch)
+    with pytest.raises(ValueError, match=message):
+        sweeps.sweep(cifar.RECIPE, configs, seeds, out=tmp_path / "sw", verbose=False, run_args=["--steps", "2"])
+    assert not (tmp_path / "sw").exists()
+
+
+def test_sr_norm_names_the_folders_and_a_collision_is_refused(tmp_path, monkeypatch):
+    """`sr sweep smoke-bn smoke-none --norm dn*` trained smoke-dn* twice, in folders smoke-bn-s0 and smoke-none-s0."""
+    _no_run(monkeypatch)
+    with pytest.raises(ValueError, match=r"smoke-bn, smoke-none: both run as smoke-dn\*"):
+        sweeps.sweep(RECIPE, ["smoke-bn", "smoke-none"], [0], out=tmp_path / "sw", verbose=False,
+                     run_args=["--norm", "dn*"], options={"norm": "dn*"})
+    seen = []
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: None)
+    monkeypatch.setattr(engines, "execute", lambda runner_, todo, **k: seen.extend(todo) or [])
+    sweeps.sweep(RECIPE, ["smoke-bn"], [0], out=tmp_path / "sw", verbose=False, run_args=["--norm", "dn*"],
+                 options={"norm": "dn*"})
+    assert [j.folder.name for j in seen] == [records.run_name("smoke-dn*", 0)] == ["smoke-dn-s0"]
+
+
+def test_a_rerun_with_other_settings_than_a_finished_run_is_refused_naming_them(tmp_path, monkeypatch):
+    """A rerun with `--steps 3 --lr 0.05 --subset 300,100` reported the old 2-step run and exited 0, while
+    `run --resume` of that folder refused the mismatch. Now: refused before any work, naming the folder, each
+    setting and what to do; the same settings keep the finished run."""
+    from dnlib.experiments import cifar
+    folder = tmp_path / "sw" / "cifar10-bn-star-s0"
+    runner.run(cifar.RECIPE, "bn-star", seed=0, steps=2, resume=folder, device="cpu",
+               options={"subset": (200, 100)}, progress=False)
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    _no_run(monkeypatch)
+    for run_args, shown in [(["--steps", "3", "--lr", "0.05", "--subset", "300,100"], ["steps", "lr", "subset"]),
+                            (["--steps", "2", "--subset", "300,100"], ["subset"]),
+                            (["--steps", "2", "--subset", "200,100", "--lr", "0.05"], ["lr"])]:
+        with pytest.raises(ValueError) as e:
+            sweeps.sweep(cifar.RECIPE, ["bn-star"], [0], out=tmp_path / "sw", verbose=False,
+                         run_args=[*run_args, "--device", "cpu"])
+        msg = str(e.value)
+        assert str(folder) in msg and "another --out" in msg and "delete" in msg, msg
+        assert all(f"{k}=" in msg for k in shown) and all(f"{k}=" not in msg for k in {"steps", "lr", "subset"} -
+                                                              set(shown)), msg
+    seen = []
+    monkeypatch.setattr(engines, "make_engine", lambda *a, **k: None)
+    monkeypatch.setattr(engines, "execute", lambda runner_, todo, **k: seen.extend(todo) or [])
+    sweeps.sweep(cifar.RECIPE, ["bn-star"], [0], out=tmp_path / "sw", verbose=False,
+                 run_args=["--steps", "2", "--subset", "200,100", "--device", "cpu"])
+    assert seen == [] and {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before

@@ -49,7 +49,7 @@ from .bench import steps_command
 from .cifar import CifarData, CifarLoss, load_data
 from .recipe import COMPLETED, Command, Recipe, RunResult, Setup, card, check_config, check_int, replace, trainer_mode
 from .runner import run
-from .sweep import gather, gather_table
+from .sweep import check_folder, gather, gather_table
 
 __all__ = ["RECIPE", "AnalysisRecipe", "AnalysisData", "HEADLINE", "run_points", "main"]
 
@@ -250,11 +250,7 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
     ``out/<name>-s<seed>`` (the folders :func:`dnlib.experiments.sweep.sweep` uses): finished points (completed
     or diverged) are kept, the others resumed or started; the data are loaded once. Returns :func:`gather`'s rows
     of ``out``. ``options``: the run options (``subset``, ``eval_every``)."""
-    names = RECIPE.expand(configs)
-    for s in seeds:
-        check_int("seeds", s, 0)
-    for n in names:
-        check_config(RECIPE, RECIPE.config(n, size=size), device)
+    names = _check_points(configs, seeds, out, size, device, options)
     out = Path(out)
     todo = [(n, s) for n in names for s in seeds if not _done(out / records.run_name(n, s))]
     if verbose:
@@ -277,6 +273,23 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
     return gather([out]) if out.exists() else []
 
 
+def _check_points(configs, seeds, out, size: str, device, options) -> list:
+    """:func:`run_points`'s checks, before any work: each name and seed once, every configuration as ``run`` checks
+    it, and a folder in ``out`` holding a run of other settings (size, subset...) refused, named (a rerun would keep
+    or resume it: :func:`dnlib.experiments.sweep.check_folder`). Returns the names, groups expanded."""
+    names = RECIPE.expand(configs)
+    cli.check_distinct("configs", names)
+    cli.check_distinct("seeds", seeds)
+    for s in seeds:
+        check_int("seeds", s, 0)
+    for n in names:
+        cfg = RECIPE.config(n, size=size)
+        check_config(RECIPE, cfg, device)
+        for s in seeds:
+            check_folder(RECIPE, Path(out) / records.run_name(n, s), n, cfg, options, what="points")
+    return names
+
+
 def _points_arguments(q) -> None:
     q.add_argument("configs", nargs="+", help="configuration names or groups (all, " + ", ".join(ANALYSES) + ")")
     q.add_argument("--seeds", type=cli.seed, nargs="+", default=[0])
@@ -288,10 +301,9 @@ def _points_arguments(q) -> None:
 
 
 def _points_handler(args, q) -> int:
-    with cli.user_errors(q):           # a bad name, or an impl this machine cannot run: one line, exit 2
-        for n in RECIPE.expand(args.configs):
-            check_config(RECIPE, RECIPE.config(n, size=args.size), args.device)
     opts = {} if args.subset is None else {"subset": args.subset}
+    with cli.user_errors(q):   # a bad name, an impl this machine cannot run, a folder of other settings: one line
+        _check_points(args.configs, [*args.seeds], args.out, args.size, args.device, opts)
     rows = run_points(args.configs, args.seeds, out=args.out, size=args.size, device=args.device,
                       time_limit=args.time_limit, **opts)
     print(gather_table(rows))

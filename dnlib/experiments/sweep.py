@@ -14,37 +14,80 @@ from ..io import atomic_write_json, atomic_write_text
 from . import engines, records
 from .flags import Refusing, run_flags
 from .recipe import COMPLETED, RUN_FILE, Recipe, RunResult, check_config, check_int, check_time_limit
-from .runner import read_run_file
+from .resume import read_run_file, resumed_options
 
-__all__ = ["check_runs", "sweep", "gather", "gather_table", "load_runs"]
+__all__ = ["check_runs", "check_folder", "sweep", "gather", "gather_table", "load_runs"]
 
 
 def check_runs(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), run_args: Sequence[str] = (),
                *, out=None, options: Mapping | None = None, here: bool = True) -> list:
-    """What :func:`sweep` checks before any run starts (the CLI's ``sweep`` too): every configuration with the
-    ``run_args`` passed on to its runs, as ``run`` itself would check them (the flags, the resolved configuration,
-    :func:`check_config`; ``here``: the runs execute on this machine), and, in ``out``, the folders a rerun would
-    resume: their ``run.json`` and ``record.json`` must be dnlib's. Raises ValueError naming the configuration
-    (or the file); returns the configuration names, groups expanded."""
+    """What :func:`sweep` checks before any run starts (the CLI's ``sweep`` too): each configuration and seed once,
+    every configuration with the ``run_args`` passed on to its runs, as ``run`` itself would check them (the flags,
+    the resolved configuration, :func:`check_config`; ``here``: the runs execute on this machine), one folder per
+    run (two configurations resolved to one name, as SR's ``--norm`` does, are refused), and, in ``out``, the
+    folders a rerun would resume or keep: their ``run.json`` and ``record.json`` must be dnlib's, and a run there
+    with a record must have been made with the settings this sweep gives it (:func:`check_folder`). Raises
+    ValueError naming the configuration (or the file); returns the configuration names, groups expanded."""
+    return [c for c, _ in _plan(recipe, configs, seeds, run_args, out=out, options=options, here=here)]
+
+
+def _plan(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int], run_args: Sequence[str], *, out,
+          options: Mapping | None, here: bool) -> list:
+    """:func:`check_runs`'s checks; ``[(configuration, {seed: its run folder, None without out})]``."""
     configs = recipe.expand(configs)
+    cli.check_distinct("configs", configs)
+    cli.check_distinct("seeds", seeds)
     q = Refusing(prog=f"python -m dnlib {recipe.name} run", add_help=False)
     run_flags(q, recipe)
+    plan, stems = [], {}
     for c in configs:
         try:
             args = q.parse_args([c, *map(str, run_args)])
-            overrides, _ = recipe.from_args(args)
-            check_config(recipe, recipe.config(c, steps=args.steps, **overrides), args.device, here=here)
+            overrides, opts = recipe.from_args(args)
+            cfg = recipe.config(c, steps=args.steps, **overrides)
+            check_config(recipe, cfg, args.device, here=here)
         except ValueError as e:
             raise ValueError(f"{c}: {cli.one_line(e)}") from None
-    if out is not None:
-        for c in configs:
-            for s in seeds:
-                d = Path(out) / records.run_name(recipe.label(c, options or {}), s)
-                if (d / RUN_FILE).exists():
-                    read_run_file(d)
-                if (d / records.RECORD_FILE).exists():
-                    records.read_record(d)
-    return configs
+        name = getattr(cfg, "name", c)             # what runs (SR's --norm renames it) names its folders
+        stem = recipe.label(name, options or {})
+        if stem in stems:
+            raise ValueError(f"{stems[stem]}, {c}: both run as {name} (one folder: "
+                             f"{records.run_name(stem, '<seed>')}); give each configuration once")
+        stems[stem] = c
+        folders = {s: None if out is None else Path(out) / records.run_name(stem, s) for s in seeds}
+        for d in folders.values():
+            if d is not None:
+                check_folder(recipe, d, name, cfg, opts)
+        plan.append((c, folders))
+    return plan
+
+
+def check_folder(recipe: Recipe, folder, name: str, cfg, options: Mapping, what: str = "sweep") -> None:
+    """Refuse (ValueError naming the folder, each differing setting and what to do) a run folder that a rerun of
+    ``what`` (a sweep, analysis points) would keep or resume, when the run there was made with other settings than
+    the configuration ``name`` resolved as ``cfg`` with ``options``: its ``run.json`` config name and fields (the
+    schedule's steps, the learning rate...), and its options compared as ``run --resume`` compares them
+    (:func:`dnlib.experiments.resume.resumed_options`). A folder without ``run.json`` or ``record.json`` (nothing
+    trained yet) passes; a broken one is refused, named."""
+    folder = Path(folder)
+    stored = read_run_file(folder) if (folder / RUN_FILE).exists() else None
+    if not (folder / records.RECORD_FILE).exists():
+        return
+    records.read_record(folder)
+    if stored is None:
+        return
+    diff = [] if stored.get("config") == name else [f"config={stored.get('config')!r} (this {what}: {name!r})"]
+    now, was = records.jsonable(recipe.config_dict(cfg)), records.jsonable(stored.get("fields") or {})
+    diff += [f"{k}={was.get(k)!r} (this {what}: {now.get(k)!r})" for k in sorted(set(now) | set(was))
+             if k != "name" and was and now.get(k) != was.get(k)]
+    for k, v in options.items():
+        try:
+            resumed_options(recipe, stored, {k: v}, folder)
+        except ValueError:
+            diff.append(f"{k}={(stored.get('options') or {}).get(k)!r} (this {what}: {records.jsonable(v)!r})")
+    if diff:
+        raise ValueError(f"{folder}: its run was made with other settings than this {what} gives it: "
+                         f"{', '.join(diff)}; give the {what} another --out, or delete the folder to run it anew")
 
 
 # ------------------------------------------------------------------------------------------ sweep/gather
@@ -96,12 +139,12 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     for s in seeds:
         check_int("seeds", s, 0)
     check_time_limit(time_limit)
-    configs = check_runs(recipe, configs, seeds, run_args, out=out, options=options, here=engine == "local")
+    plan = _plan(recipe, configs, seeds, run_args, out=out, options=options, here=engine == "local")
+    configs = [c for c, _ in plan]
     out = Path(out)
     todo, skipped = [], []
-    for c in configs:
-        for s in seeds:
-            d = out / records.run_name(recipe.label(c, options or {}), s)
+    for c, folders in plan:
+        for s, d in folders.items():
             argv = [c, "--seeds", str(s), *map(str, run_args)]
             if time_limit is not None:
                 argv += ["--time-limit", str(time_limit)]
