@@ -312,10 +312,10 @@ def test_numpy_scalars_are_accepted():
     b = NormSpec("channel,space", "channel,space", {"space": 3}, sigma=0.5, groups=4)
     assert a == b and hash(a) == hash(b)
     assert type(a.sigma) is float and type(a.groups) is int and type(dict(a.sum_window)["space"]) is int
-    m = make_norm("dn", np.int64(8), window=np.int64(5), sigma=np.float32(0.5), alpha=np.float64(0.1),
-                  momentum=np.float32(0.1))
+    m = make_norm("dn", np.int64(8), window=np.int64(5), sigma=np.float32(0.5), alpha=np.float64(0.1))
     assert m.num_features == 8 and dict(m.spec.sum_window) == {"space": 5} and m.alpha == pytest.approx(0.1)
     assert m(torch.randn(2, 8, 4, 4)).shape == (2, 8, 4, 4)
+    assert make_norm("bn", np.int64(8), momentum=np.float32(0.1)).momentum == pytest.approx(0.1)  # (dn keeps none)
 
 
 @pytest.mark.parametrize("build, match", [
