@@ -216,3 +216,9 @@ def test_cifar_report_selects_the_runs_of_its_dataset_and_refuses_one_the_folder
         assert rep["dataset"] == dataset and sorted(r["config"] for r in rep["runs"]) == configs
         rows = rep["table"].splitlines()[2:]
         assert len(rows) == len(configs) and all(line.startswith(f"| {data} (JPEG copy) |") for line in rows), rows
+    # no --dataset: the folder's own when its runs are on one (a CIFAR-100-only folder was refused), else name one
+    with pytest.raises(ValueError, match="holds runs on cifar10, cifar100: name the one"):
+        cifar_report.report(sweep)
+    for name in ("base", "bn-star", "dn-star"):
+        shutil.rmtree(sweep / f"{name}-s0-h100")
+    assert cifar_report.report(sweep)["dataset"] == "cifar100"

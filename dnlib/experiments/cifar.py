@@ -270,11 +270,12 @@ class CifarRecipe(Recipe):
     def add_arguments(self, q, verb: str) -> None:
         super().add_arguments(q, verb)
         if verb == "report":
-            q.add_argument("--dataset", default="cifar10", choices=DATASETS)
+            q.add_argument("--dataset", choices=DATASETS,
+                           help="the runs' dataset to report (default: the folder's, when its runs are on one)")
 
     def report(self, path, args=None) -> dict:
         from .cifar_report import report
-        rep = report(path, getattr(args, "dataset", None) or "cifar10")
+        rep = report(path, getattr(args, "dataset", None))
         atomic_write_json(Path(path) / "summary.json", rep)
         if rep.get("table"):
             atomic_write_text(Path(path) / "table.md", rep["table"] + "\n")

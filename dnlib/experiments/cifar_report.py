@@ -140,7 +140,7 @@ def _dataset(rec: dict) -> str:
 _REPORT_INPUTS = ("bench.json", "bench_compile.json", "graph_check.json", "sweep/")
 
 
-def report(out_dir, dataset: str = "cifar10") -> dict:
+def report(out_dir, dataset: str | None = None) -> dict:
     """Summarize a folder of CIFAR run folders (a sweep's ``--out``, as ``ptb report`` and ``sr report`` take
     one), or a GPU trip's folder (``graph_check.json``, ``bench.json``, optional ``bench_compile.json`` (the same
     bench with ``impl="compile"``), ``sweep/``), into one dict: the runs (accuracy, steps, images/s), ``table``
@@ -151,7 +151,8 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
 
     ``dataset`` (``"cifar10"`` or ``"cifar100"``) selects the runs reported (a record's ``config.dataset``; records
     without it are CIFAR-10's) and is the Table 7 estimate's; ``dataset`` names it in the result. A folder whose runs
-    are all on other datasets is a ValueError naming the ones it has."""
+    are all on other datasets is a ValueError naming the ones it has. ``None``: the dataset of the folder's runs
+    (CIFAR-10 when it has none); a folder with runs on both must name one."""
     out_dir = Path(out_dir)
     trip = any((out_dir / f).exists() for f in _REPORT_INPUTS)
     if not trip:                 # a sweep's folder (or any folder of run folders): its CIFAR runs
@@ -166,6 +167,9 @@ def report(out_dir, dataset: str = "cifar10") -> dict:
     recs = [rec for _, rec in records.read_records([sweep_dir])] if sweep_dir.is_dir() else []
     recs = [r for r in recs if r.get("experiment") == RECIPE.name]
     have = sorted({_dataset(r) for r in recs})
+    if dataset is None and len(have) > 1:
+        raise ValueError(f"dataset: {sweep_dir} holds runs on {', '.join(have)}: name the one to report (--dataset)")
+    dataset = dataset or (have[0] if have else "cifar10")
     if recs and dataset not in have:
         raise ValueError(f"dataset: {dataset}: no run in {sweep_dir} is on it; its runs are on {', '.join(have)}")
     recs = [r for r in recs if _dataset(r) == dataset]
