@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from dnlib.experiments import commands, records
+from dnlib.experiments import resume as resume_mod
 from dnlib.experiments import runner as runner_mod
 from dnlib.experiments import sweep as sweeps
 from dnlib.training.trainer import TrainingDiverged
@@ -185,7 +186,7 @@ def test_resume_refuses_an_option_other_than_the_stored_or_default_one(tmp_path)
                                                    "options": {"eval_every": 2, "max_tokens": 3000}}))
 
     def resume(**options):
-        return runner_mod.resumed_options(recipe, runner_mod.read_run_file(tmp_path), options, tmp_path)
+        return resume_mod.resumed_options(recipe, resume_mod.read_run_file(tmp_path), options, tmp_path)
 
     with pytest.raises(ValueError, match=r"^eval_every: the run in .* was made with eval_every=2; given "
                                          r"eval_every=4 \(a resume must match the run it resumes"):
@@ -257,7 +258,7 @@ def test_record_has_the_same_keys_for_every_recipe(s, tmp_path):
     _need(s)
     r = _run(s, out=tmp_path, stop_after=s.chunk)
     rec = records.read_record(r.run_dir)
-    assert tuple(rec) == records.RECORD_KEYS
+    assert tuple(rec) == records.RUN_RECORD_KEYS
     assert rec["experiment"] == s.recipe.name and rec["name"] == s.config and rec["seed"] == 0
     assert rec["steps_planned"] == s.steps and rec["steps_done"] == s.chunk
     assert rec["headline"] and set(rec["paper"]) <= set(rec["headline"])
@@ -266,6 +267,38 @@ def test_record_has_the_same_keys_for_every_recipe(s, tmp_path):
         ["checkpoint.pt", "curves.csv", "history.json", "record.json", "run.json"])   # (TensorBoard's, if installed)
     rows = records.read_curves(r.run_dir)
     assert rows and all("step" in row for row in rows) and rows[-1]["step"] == s.chunk
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("s", RECIPES)
+def test_a_resumed_run_records_every_call_and_a_finished_one_is_left_alone(s, tmp_path, capsys):
+    """A resumed run's record said only the last call (its start, its ~seconds, its commit, device and host), and
+    resuming a completed run, which trains nothing, rewrote it (new start, ~0 s). The record keeps the first call's
+    start and provenance and lists one segment per call that trained (start, end, seconds, steps from-to, git,
+    device, host); ``seconds`` is their sum; a completed run's record is left as it was, and the run says so."""
+    _need(s)
+    _run(s, resume=tmp_path, stop_after=s.chunk, progress=False)
+    first = records.read_record(tmp_path)
+    time.sleep(1.1)                                     # (ISO times to the second)
+    _run(s, resume=tmp_path, progress=False)
+    rec = records.read_record(tmp_path)
+    assert {k: rec[k] for k in ("started", "git", "versions", "device", "host")} == {
+        k: first[k] for k in ("started", "git", "versions", "device", "host")}
+    assert tuple(rec) == records.RUN_RECORD_KEYS and rec["stopped"] == "completed"
+    segs = rec["segments"]
+    assert [seg["steps"] for seg in segs] == [[0, s.chunk], [s.chunk, s.steps]]
+    assert segs[0] == first["segments"][0] and tuple(segs[1]) == records.SEGMENT_KEYS
+    assert segs[0]["started"] == rec["started"] and segs[1]["started"] > segs[0]["ended"]
+    assert segs[1]["ended"] == rec["ended"] and segs[1]["host"] == rec["host"]
+    assert segs[1]["git"] == rec["git"] and segs[1]["device"] == rec["device"]
+    assert rec["seconds"] == pytest.approx(sum(seg["seconds"] for seg in segs), abs=2e-3) and segs[1]["seconds"] > 0
+    body = (tmp_path / "record.json").read_bytes()
+    capsys.readouterr()
+    time.sleep(1.1)
+    again = _run(s, resume=tmp_path, progress=False)    # completed: nothing to train
+    assert (tmp_path / "record.json").read_bytes() == body and again.record == rec
+    assert "already completed" in capsys.readouterr().out
+    assert records.gather([tmp_path])[0]["seconds"] == rec["seconds"]
 
 
 @pytest.mark.slow
@@ -325,7 +358,7 @@ def test_killed_run_leaves_no_half_written_record(s, tmp_path):
         proc.kill()
         proc.wait()
     rec = records.read_record(tmp_path)                 # parses: complete
-    assert tuple(rec) == records.RECORD_KEYS and rec["stopped"] == "running"
+    assert tuple(rec) == records.RUN_RECORD_KEYS and rec["stopped"] == "running"
     assert 0 < rec["steps_done"] < steps
     assert records.read_curves(tmp_path)[-1]["step"] <= rec["steps_done"] + s.chunk
 

@@ -38,6 +38,27 @@ def test_record_round_trip_and_nan_becomes_null(tmp_path):
     json.loads((tmp_path / R.RECORD_FILE).read_text())  # valid JSON, no bare NaN
 
 
+def test_a_resumable_runs_record_lists_its_segments_and_sums_their_seconds(tmp_path):
+    """The runner's record of a run resumed by later calls: the first call's start (an ISO string kept as it is),
+    one segment per call that trained, ``seconds`` their sum; :func:`check_record` refuses segments that are not
+    objects."""
+    prov = R.provenance("cpu")
+    segs = [R.make_segment(1000.0, 1010.0, [0, 4], prov), R.make_segment(2000.0, 2002.5, [4, 10], prov)]
+    assert [tuple(s) for s in segs] == [R.SEGMENT_KEYS] * 2 and segs[1]["steps"] == [4, 10]
+    assert segs[1]["started"] == "1970-01-01T00:33:20+00:00" and segs[1]["seconds"] == 2.5
+    assert segs[0]["git"] == prov["git"] and segs[0]["host"] == prov["host"] and segs[0]["device"]["type"] == "cpu"
+    rec = _record(started=segs[0]["started"], ended=2002.5, segments=segs, prov=prov)
+    assert tuple(rec) == R.RUN_RECORD_KEYS and rec["started"] == "1970-01-01T00:16:40+00:00"
+    assert rec["seconds"] == 12.5 and rec["segments"] == segs
+    R.write_record(tmp_path, rec)
+    assert R.read_record(tmp_path) == rec and R.gather([tmp_path])[0]["seconds"] == 12.5
+    assert _record(segments=[])["seconds"] == 0                        # built, nothing trained
+    assert R.make_segment(1e9, None, [0, 1], prov)["ended"] is None      # running: seconds so far
+    for bad, what in (("x", "'segments' is str"), (["x"], "segment 0 is str")):
+        with pytest.raises(ValueError, match=f"not a run record \\({what}"):
+            R.check_record({**rec, "segments": bad}, "f.json")
+
+
 def test_write_record_refuses_an_incomplete_record(tmp_path):
     with pytest.raises(ValueError, match="missing keys"):
         R.write_record(tmp_path, {"experiment": "x"})

@@ -200,7 +200,7 @@ def test_stacked_run_writes_one_ordinary_record_per_seed(tmp_path):
     assert (group / "checkpoint.pt").is_file() and json.loads((group / "run.json").read_text())["seeds"] == [3, 5]
     for res in results:
         rec = records.read_record(res.run_dir)
-        assert tuple(rec) == records.RECORD_KEYS
+        assert tuple(rec) == records.RUN_RECORD_KEYS
         assert rec["stopped"] == recipes.COMPLETED and rec["steps_done"] == 2 and rec["name"] == "dn-star"
         assert rec["config"]["setup"]["stacked"] == 2 and rec["config"]["setup"]["stacked_seeds"] == [3, 5]
         assert rec["config"]["setup"]["subset"] == list(SUBSET)

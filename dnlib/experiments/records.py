@@ -5,7 +5,11 @@ A run folder (``runs/<experiment>/<config>-s<seed>-<UTC time>``, made by :func:`
 - ``record.json``: :func:`make_record`'s dict: the experiment, the full resolved config, the seed, the notebook
   parameters when any, the git commit and a dirty flag, dnlib/torch/numpy/python versions, the device and card,
   start and end time, steps planned and done, why the run stopped, its headline numbers and the paper's numbers
-  beside them (:data:`RECORD_KEYS`, the same keys for every experiment);
+  beside them (:data:`RECORD_KEYS`, the same keys for every experiment). A run of the runner
+  (:mod:`dnlib.experiments.runner`) may be resumed by later calls: its ``started``, git state, versions, device and
+  host are the first call's, ``ended`` the last write's, and it ends with ``segments`` (:data:`RUN_RECORD_KEYS`),
+  one per call that trained (:func:`make_segment`: its start and end, seconds, the steps ``[from, to]``, git,
+  device and host); its ``seconds`` are theirs summed;
 - ``curves.csv``: one row per logged step, every logged metric (:func:`write_curves`);
 - whatever else the experiment keeps there (its checkpoint).
 
@@ -34,7 +38,8 @@ from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
 
-__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "read_json_object", "jsonable", "git_state", "versions",
+__all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "RUN_RECORD_KEYS", "SEGMENT_KEYS", "make_segment",
+           "read_json_object", "jsonable", "git_state", "versions",
            "device_info", "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record",
            "read_record", "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs",
            "gather"]
@@ -46,6 +51,10 @@ SCHEMA = 1
 RECORD_KEYS = ("schema", "experiment", "name", "config", "seed", "parameters", "git", "versions", "device", "host",
                "started", "ended", "seconds", "steps_planned", "steps_done", "stopped", "headline", "paper",
                "argv")
+#: The keys of a record.json that the runner writes: :data:`RECORD_KEYS`, then ``segments``.
+RUN_RECORD_KEYS = (*RECORD_KEYS, "segments")
+#: The keys of each of a record's ``segments`` (:func:`make_segment`), in order.
+SEGMENT_KEYS = ("started", "ended", "seconds", "steps", "git", "device", "host")
 _REPO = Path(__file__).resolve().parents[2]     # the repository (dnlib/experiments/<this>)
 
 
@@ -122,8 +131,11 @@ def utc_stamp(t: float | None = None) -> str:
     return dt.strftime("%Y%m%dT%H%M%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def _iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+def _iso(t: float | str | None) -> str | None:
+    """``time.time()`` as ISO 8601 UTC (to the second); a string (already one, e.g. a record's) as it is."""
+    if t is None or isinstance(t, str):
+        return t
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def _slug(text: str) -> str:
@@ -153,13 +165,24 @@ def new_run_dir(base: str | os.PathLike, name: str) -> Path:
     raise FileExistsError(f"new_run_dir: could not make a new folder for {stem!r} in {base}")
 
 
+def make_segment(started: float, ended: float | None, steps: Sequence[int | None],
+                 prov: Mapping[str, Any]) -> dict:
+    """One call's part of a resumable run (an entry of a record's ``segments``, :data:`SEGMENT_KEYS`): its start
+    and end (``time.time()`` values; ``ended`` None while it runs), its seconds (to ``ended``, or to now), the steps
+    it trained ``[from, to]`` and where it ran (``prov``: :func:`provenance`'s git, device and host)."""
+    seconds = round((time.time() if ended is None else ended) - started, 3)
+    return jsonable({"started": _iso(started), "ended": _iso(ended), "seconds": seconds, "steps": list(steps),
+                     "git": prov["git"], "device": prov["device"], "host": prov["host"]})
+
+
 def make_record(experiment: str, config: Mapping[str, Any], seed: int | None, *, name: str | None = None,
-                parameters: Mapping[str, Any] | None = None, started: float | None = None,
+                parameters: Mapping[str, Any] | None = None, started: float | str | None = None,
                 ended: float | None = None, steps_planned: int | None = None, steps_done: int | None = None,
                 stopped: str | None = None, headline: Mapping[str, Any] | None = None,
                 paper: Mapping[str, Any] | None = None, device: Any = None,
-                argv: Sequence[str] | None = None, prov: Mapping[str, Any] | None = None) -> dict:
-    """One run's record (:data:`RECORD_KEYS`, in that order).
+                argv: Sequence[str] | None = None, prov: Mapping[str, Any] | None = None,
+                segments: Sequence[Mapping[str, Any]] | None = None) -> dict:
+    """One run's record (:data:`RECORD_KEYS`, in that order; with ``segments``, :data:`RUN_RECORD_KEYS`).
 
     Args:
         experiment: ``"cifar"``, ``"ptb"``, ``"sr"``, a notebook's name...
@@ -167,13 +190,15 @@ def make_record(experiment: str, config: Mapping[str, Any], seed: int | None, *,
         seed: the run's seed.
         name: the configuration's short name (default ``config["name"]`` when present).
         parameters: a notebook's parameters, when the run was a notebook.
-        started, ended: ``time.time()`` values (stored as ISO 8601 UTC).
+        started, ended: ``time.time()`` values (stored as ISO 8601 UTC; ``started`` may be one already, the first
+            call's of a resumed run). ``seconds`` is ``ended - started``, or with ``segments`` their seconds summed.
         steps_planned, steps_done: the schedule's length and how far the run got.
         stopped: why it stopped: ``"completed"``, ``"time limit"``, ``"diverged at step N"``, ``"interrupted"``...
         headline: the run's headline numbers; ``paper``: the paper's numbers for the same quantities.
         device: the device it ran on (its card's name is recorded).
         argv: the command line, when started from one.
         prov: :func:`provenance` computed once by a caller that rewrites its record (default: computed now).
+        segments: the calls that trained a resumable run (:func:`make_segment`, oldest first; [] when none did).
     """
     prov = provenance(device) if prov is None else prov
     config = dict(config)
@@ -182,12 +207,19 @@ def make_record(experiment: str, config: Mapping[str, Any], seed: int | None, *,
         "config": config, "seed": seed, "parameters": dict(parameters) if parameters else None,
         "git": prov["git"], "versions": prov["versions"], "device": prov["device"], "host": prov["host"],
         "started": _iso(started), "ended": _iso(ended),
-        "seconds": None if started is None or ended is None else round(ended - started, 3),
+        "seconds": (round(sum(s["seconds"] for s in segments if _number(s.get("seconds"))), 3)
+                    if segments is not None else None if started is None or ended is None or isinstance(started, str)
+                    else round(ended - started, 3)),
         "steps_planned": steps_planned, "steps_done": steps_done, "stopped": stopped,
         "headline": dict(headline or {}), "paper": dict(paper or {}),
         "argv": list(argv) if argv is not None else None,
+        **({"segments": [dict(s) for s in segments]} if segments is not None else {}),
     }
     return jsonable(rec)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def write_record(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> Path:
@@ -206,12 +238,13 @@ class RecordWarning(UserWarning):
 _TYPES = {"schema": int, "experiment": str, "name": str, "config": dict, "seed": int, "parameters": dict,
           "git": dict, "versions": dict, "device": dict, "host": str, "started": str, "ended": str,
           "seconds": (int, float), "steps_planned": int, "steps_done": int, "stopped": str, "headline": dict,
-          "paper": dict, "argv": list}
+          "paper": dict, "argv": list, "segments": list}
 
 
 def check_record(record: Any, path: str | os.PathLike = RECORD_FILE) -> dict:
     """``record`` when it is a run record, else a ValueError naming ``path``: a JSON object with an ``experiment``
-    (a string) whose :data:`RECORD_KEYS` present have their types (None allowed; unknown keys are kept)."""
+    (a string) whose :data:`RECORD_KEYS` and ``segments`` present have their types (None allowed; each segment an
+    object; unknown keys are kept)."""
     if not isinstance(record, dict):
         raise ValueError(f"{path}: not a run record (a JSON {type(record).__name__}, not an object)")
     if not isinstance(record.get("experiment"), str) or not record["experiment"]:
@@ -221,6 +254,9 @@ def check_record(record: Any, path: str | os.PathLike = RECORD_FILE) -> dict:
         if v is not None and (not isinstance(v, t) or isinstance(v, bool)):
             want = " or ".join(c.__name__ for c in (t if isinstance(t, tuple) else (t,)))
             raise ValueError(f"{path}: not a run record ({k!r} is {type(v).__name__}, not {want} or null)")
+    for i, seg in enumerate(record.get("segments") or ()):
+        if not isinstance(seg, dict):
+            raise ValueError(f"{path}: not a run record (segment {i} is {type(seg).__name__}, not an object)")
     return record
 
 
@@ -340,9 +376,10 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def gather(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    """One flat row per run folder under ``paths``: experiment, name, seed, stopped, steps, seconds, commit,
-    device, ``<headline key>`` and ``paper_<key>`` columns, and ``run`` (the folder). A folder whose record is
-    broken or foreign is skipped with a :class:`RecordWarning` naming the file (:func:`read_records`)."""
+    """One flat row per run folder under ``paths``: experiment, name, seed, stopped, steps, seconds (a resumed run's:
+    its calls' summed), commit, device, ``<headline key>`` and ``paper_<key>`` columns, and ``run`` (the folder). A
+    folder whose record is broken or foreign is skipped with a :class:`RecordWarning` naming the file
+    (:func:`read_records`)."""
     rows = []
     for d, rec in read_records(paths):
         git = rec.get("git") or {}

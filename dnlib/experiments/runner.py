@@ -29,10 +29,12 @@ call always runs (there is no measure yet).
 continues the checkpoint there (the trainer refuses one written by another run,
 :class:`~dnlib.training.trainer.CheckpointError`), or starts there when it holds none. A resume runs with the
 options stored in the folder, whether or not the configuration is named; one given with another value is refused
-(:func:`resumed_options`). A folder holds ``run.json`` (how
-the run was called, enough to resume it by its folder alone), ``record.json`` (:mod:`dnlib.experiments.records`;
-``stopped`` is ``"running"`` until the run ends), ``curves.csv``, ``checkpoint.pt``, ``history.json``. Every file is
-written atomically: a killed run leaves complete files or none.
+(:mod:`dnlib.experiments.resume`). A folder holds ``run.json`` (how the run was called, enough to resume it by its
+folder alone), ``record.json`` (:mod:`dnlib.experiments.records`; ``stopped`` is ``"running"`` until the run ends;
+a resumed run's keeps its first call's start and provenance and lists each call that trained in ``segments``; a
+call that trains nothing, as one resuming a completed run, leaves it as it was and says so on stdout),
+``curves.csv``, ``checkpoint.pt``, ``history.json``. Every file is written atomically: a killed run leaves complete
+files or none.
 
 **Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.experiments.engines`): the local one (a
 process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
@@ -41,11 +43,12 @@ process pool, the default) or Ray (a cluster; no shared filesystem), with the sa
 says ``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
 
 This module is the run loop (:class:`Run`, :func:`run`, :func:`run_many`); the contract is :mod:`.recipe`, sweeps
-:mod:`.sweep`, benchmarks :mod:`.bench`, the command line :mod:`.commands`. It imports training and records,
-never a recipe.
+:mod:`.sweep`, benchmarks :mod:`.bench`, the command line :mod:`.commands`, what a resume takes from its folder
+:mod:`.resume`. It imports training and records, never a recipe.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +56,6 @@ from pathlib import Path
 
 import torch
 
-from .. import cli
 from ..io import atomic_write_json
 from ..training import distributed
 from ..training.progress import progress_bar
@@ -71,107 +73,10 @@ from .recipe import (
     check_time_limit,
     past_time_limit,
 )
+from .resume import plain, prior_segments, read_run_file, resolve_from_stored, stored_run
 
 __all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
-           "recipe_runs", "resumed_options", "FREE_ON_RESUME"]
-
-
-def _plain(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_plain(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _stored_run(recipe: Recipe, resume) -> dict:
-    """The ``run.json`` of the folder to resume ({} if none), checked to be a run of ``recipe``; a record there
-    is read too (a broken one: refused, named)."""
-    stored = {}
-    if resume is not None and (Path(resume) / RUN_FILE).exists():
-        stored = read_run_file(resume)      # a broken or foreign run.json / record.json: refused, named
-        if stored.get("experiment") != recipe.name:
-            raise ValueError(f"resume: {resume} holds a {stored.get('experiment')!r} run, not {recipe.name!r}")
-        if stored.get("fields"):
-            try:
-                recipe.from_dict(stored["fields"])
-            except (ValueError, TypeError, KeyError) as e:
-                raise ValueError(f"{Path(resume) / RUN_FILE}: not a {recipe.name} run file (its fields make no "
-                                 f"configuration: {type(e).__name__}: {cli.one_line(e)})") from None
-    if resume is not None and (Path(resume) / records.RECORD_FILE).exists():
-        records.read_record(resume)
-    return stored
-
-
-#: Options a resume may change: where the data lie (``data``, ``root``), how many CPU threads to use, and which
-#: kernels run the same math (``mode``: graph or eager steps write one checkpoint, tests/test_ptb.py resumes a graph
-#: run eagerly). Any other option of a resumed run is its stored one (:func:`resumed_options`).
-FREE_ON_RESUME = frozenset({"data", "root", "threads", "mode"})
-
-
-def _build_defaults(recipe: Recipe) -> dict:
-    """``{option: default}`` of the keyword-only parameters of ``recipe.build`` that ``recipe.load`` does not take
-    (a load option may have come with the data given, ``data=``, rather than at its default)."""
-    load = set(_keywords(recipe.load))
-    return {k: p.default for k, p in inspect.signature(recipe.build).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and k not in load}
-
-
-def _still_valid(recipe: Recipe, key: str, value) -> bool:
-    """Whether the recipe takes ``key=value`` today (a folder written by an older dnlib may hold a value since
-    refused, e.g. PTB's ``final_test_batch_size=0``: then the value given to resume it replaces it)."""
-    try:
-        recipe.check_options(**{key: value})
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
-def resumed_options(recipe: Recipe, stored: dict, options: dict, resume) -> dict:
-    """The options of a run that resumes the folder ``resume`` (``stored``: its ``run.json``): the stored ones with
-    the ``options`` given now. A resume must match the run it resumes: a given option whose value differs from the
-    stored one (or, when the folder did not store it, a build option's from its default: the run ran with that) is
-    a ValueError naming the option and both values; an equal one is fine. Not compared: :data:`FREE_ON_RESUME`, a
-    load option or a value that could not have been stored (not plain: a tensor, a path...) where none is stored (a
-    run given ``data=`` stores neither: the checkpoint's identity compares the data), and a stored value the recipe
-    now refuses (the given one replaces it). Configuration fields and the seed are not options: the checkpoint's
-    identity refuses those (:class:`~dnlib.training.trainer.CheckpointError`)."""
-    kept = dict(stored.get("options") or {})
-    defaults = _build_defaults(recipe)
-    for key, value in options.items():
-        if key in FREE_ON_RESUME:
-            continue
-        if key in kept:
-            was, how = kept[key], ""
-        elif key in defaults and _plain(value):
-            was, how = defaults[key], " (its default)"
-        else:
-            continue
-        if records.jsonable(value) == records.jsonable(was) or (key in kept and not _still_valid(recipe, key, was)):
-            continue
-        raise ValueError(f"{key}: the run in {resume} was made with {key}={was!r}{how}; given {key}={value!r} (a "
-                         f"resume must match the run it resumes: leave {key} out, or start a new run elsewhere)")
-    return {**kept, **options}
-
-
-def _resolve_from_stored(recipe: Recipe, stored: dict, config, options: dict, seed: int | None,
-                         seeds: Sequence[int] | None, build, resume) -> tuple:
-    """The configuration, options, seeds and seed of a run: those given, else the resumed run's ``stored``
-    ones (its options apply whether or not the configuration is named: :func:`resumed_options`); returns (config,
-    options, seeds (a list, [] for an ordinary run), seed)."""
-    if config is None:
-        if not stored:
-            raise ValueError("config: name a configuration (or resume a run folder that holds run.json)")
-        config = stored["config"]
-    if stored:
-        options = resumed_options(recipe, stored, options, resume)
-    if seeds is not None and seed is not None:
-        raise ValueError("seed, seeds: give one (seeds: one per copy of a stacked run)")
-    seeds = list(seeds if seeds is not None else stored.get("seeds") or [])
-    if len(seeds) > 1 and build is None:
-        raise ValueError(f"seeds: {seeds} are the copies of a stacked run; run (or resume) it with "
-                         f"dnlib.experiments.stacked (the recipe's `stack` command)")
-    if seed is None:
-        seed = int(seeds[0] if seeds else stored.get("seed", 0))
-    return config, options, seeds, seed
+           "recipe_runs"]
 
 
 def _make_config(recipe: Recipe, config, stored: dict, overrides: dict, steps: int | None):
@@ -207,10 +112,10 @@ class Run:
         check_int("steps", steps, none_ok=True)      # None: the configuration's schedule (0 meant it once)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
-        stored = _stored_run(recipe, resume)
+        stored = stored_run(recipe, resume)
         overrides, options = dict(overrides or {}), dict(options or {})
-        config, options, seeds, seed = _resolve_from_stored(recipe, stored, config, options, seed, seeds, build,
-                                                             resume)
+        config, options, seeds, seed = resolve_from_stored(recipe, stored, config, options, seed, seeds, build,
+                                                            resume)
         if device is None:
             device = stored.get("device", "auto")
         self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
@@ -238,6 +143,7 @@ class Run:
         if not main:
             self.run_dir = None          # one record, written by rank 0
         self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+        self.step0 = self.trainer.step          # where this call starts (a resumed run: its checkpoint's step)
         # each copy's record: in the run folder; a stacked run's copies: one ordinary run folder each, inside it
         self.copy_dirs = [self.run_dir] * len(self.seeds)
         if setup.copies and self.run_dir is not None:
@@ -246,7 +152,9 @@ class Run:
                 d.mkdir(exist_ok=True)
         self._tb, self._tb_step = None, [self.trainer.step] * len(self.seeds)
         self._prov = None
-        self.options = {k: v for k, v in options.items() if _plain(v)}
+        self._prior: dict = {}          # copy k's record before this call (a resumed run's), read at its first write
+        self._kept: set = set()         # the copies whose record this call leaves as it was (nothing trained)
+        self.options = {k: v for k, v in options.items() if plain(v)}
         self.config_name = cfg_name
         if self.run_dir is not None:
             atomic_write_json(self.run_dir / RUN_FILE, records.jsonable({
@@ -286,14 +194,36 @@ class Run:
         if stopped.startswith("diverged"):
             headline = {key: None for key in headline}     # a diverged run reports no number
         config = {**self.recipe.config_dict(self.cfg), "setup": dict(setup.info)}
-        if self._prov is None:   # git state, versions, device: once per run (the code that started it)
+        if self._prov is None:   # git state, versions, device: once per call (the code that runs it)
             self._prov = records.provenance(tr.device)
+        prior, trained = self._prior_record(k), steps > self.step0
+        if not trained and prior is not None and (prior.get("steps_done"), prior.get("stopped")) == (steps, stopped):
+            self._kept.add(k)              # nothing trained, and its record already says so: left as it was
+            res.record = prior
+            return res
+        self._kept.discard(k)
+        ended = None if stopped == RUNNING else time.time()
+        segments = prior_segments(prior) + (
+            [records.make_segment(self.started, ended, [self.step0, steps], self._prov)] if trained else [])
+        first = prior or {}            # a resumed run's start and provenance are its first call's
+        prov = {key: first.get(key) for key in ("git", "versions", "device", "host")} if prior else self._prov
         res.record = records.make_record(
             self.recipe.name, config, self.seeds[k], name=self.config_name, parameters=self.parameters,
-            started=self.started, ended=None if stopped == RUNNING else time.time(), steps_planned=self.planned,
+            started=first.get("started") or self.started, ended=ended, steps_planned=self.planned,
             steps_done=steps, stopped=stopped, headline=headline, paper=self.recipe.paper(self.cfg),
-            device=tr.device, argv=self.argv, prov=self._prov)
+            device=tr.device, argv=self.argv, prov=prov, segments=segments)
         return res
+
+    def _prior_record(self, k: int) -> dict | None:
+        """Copy ``k``'s record as this call found it, when the call resumed a checkpoint (None otherwise, or when
+        there is none or it is not a run record: the run then starts its record afresh)."""
+        if k not in self._prior:
+            d = self.copy_dirs[k]
+            self._prior[k] = None
+            if self.resumed and d is not None and (d / records.RECORD_FILE).is_file():
+                with contextlib.suppress(OSError, ValueError):
+                    self._prior[k] = records.read_record(d)
+        return self._prior[k]
 
     def write(self, stopped: str) -> list:
         """Every copy's result (one for an ordinary run); with a run folder, each copy's ``curves.csv``,
@@ -301,7 +231,11 @@ class Run:
         out = []
         for k in range(len(self.seeds)):
             res = self.result(stopped, k)
-            if res.run_dir is not None:
+            if k in self._kept:
+                rec = res.record
+                print(f"{res.run_dir}: already {rec['stopped']} ({rec['steps_done']} of {rec['steps_planned']} "
+                      f"steps), nothing to train: its {records.RECORD_FILE} is left as it was", flush=True)
+            elif res.run_dir is not None:
                 rows = [r for r in res.history if "step" in r]
                 records.write_curves(res.run_dir, rows)
                 self._tensorboard(rows, k)
@@ -414,27 +348,6 @@ def run_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **k
 
 
 # ------------------------------------------------------------------------------------------ checks
-_RUN_FILE_TYPES = {"experiment": str, "config": str, "fields": dict, "seed": int, "options": dict, "device": str,
-                   "seeds": list}
-
-
-def read_run_file(folder) -> dict:
-    """The ``run.json`` of a run folder (how it was called): a dict with ``experiment`` and ``config`` (strings),
-    and ``fields``, ``options`` (objects), ``seed`` (an integer >= 0), ``device`` (a string), ``seeds`` (a list: a
-    stacked run's) when present.
-    Anything else (not UTF-8 JSON, not an object, a key of another type) is a ValueError naming the file."""
-    path = Path(folder) / RUN_FILE
-    stored = records.read_json_object(path, "a run file")
-    for k, t in _RUN_FILE_TYPES.items():
-        v = stored.get(k)
-        if (v is None and k in ("experiment", "config")) or (
-                v is not None and (not isinstance(v, t) or isinstance(v, bool) or (k == "seed" and v < 0))):
-            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
-            raise ValueError(f"{path}: not a run file ({k!r} is {shown}, not a{'n' if t is int else ''} "
-                             f"{'integer >= 0' if t is int else t.__name__}); a file that dnlib did not write?")
-    return stored
-
-
 _RUN_ARGS = ("seed", "steps", "time_limit", "out", "resume", "device", "stop_after", "progress", "parameters", "argv")
 
 
