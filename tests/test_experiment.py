@@ -176,6 +176,30 @@ def test_resume_naming_the_config_keeps_the_stored_options_and_refuses_others(s,
     assert [r["step"] for r in records.read_curves(tmp_path)] == list(range(s.chunk, s.steps + 1, s.chunk))
 
 
+def test_resume_refuses_a_folder_of_a_copied_record_or_of_other_runs(tmp_path, capsys):
+    """``run --resume DIR`` with no run.json in DIR started a new run there: a copied record (results/records) was
+    overwritten by a 2-step run, and a sweep's folder became a run folder that hid its runs from gather. Refused
+    before any data is loaded, one line, exit 2, the folder unchanged; an empty folder (or one holding only a log,
+    as a sweep's engine makes it) is still a new run's."""
+    from dnlib.experiments import cifar
+    src = Path(__file__).resolve().parent.parent / "results" / "records" / "cifar" / "bn-star-s0-h100"
+    copied = tmp_path / "copied"
+    shutil.copytree(src, copied)
+    sweep = tmp_path / "sweep"
+    shutil.copytree(src, sweep / "bn-star-s0")
+    for folder, said in ((copied, "record.json but no run.json"), (sweep, "other runs (bn-star-s0)")):
+        before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        with pytest.raises(SystemExit) as e:
+            cifar.main(["run", "bn-star", "--resume", str(folder), "--steps", "2", "--subset", "200,100"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and said in err, err
+        assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    recipe = importlib.import_module("dnlib.experiments.cifar").RECIPE
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "log.txt").write_text("started\n")
+    assert resume_mod.stored_run(recipe, tmp_path / "new") == {}
+
+
 def test_resume_refuses_an_option_other_than_the_stored_or_default_one(tmp_path):
     """The options check of a resume, before any data is loaded: a stored option given with another value is refused
     naming both; one the folder did not store ran at its default, so another value is refused too; an equal one, and

@@ -42,7 +42,23 @@ def stored_run(recipe: Recipe, resume) -> dict:
                                  f"configuration: {type(e).__name__}: {cli.one_line(e)})") from None
     if resume is not None and (Path(resume) / records.RECORD_FILE).exists():
         records.read_record(resume)
+    if not stored and resume is not None and Path(resume).is_dir():
+        _refuse_a_folder_of_other_runs(Path(resume))
     return stored
+
+
+def _refuse_a_folder_of_other_runs(folder: Path) -> None:
+    """A folder without ``run.json`` is a new run's (a sweep's engine may have made it, with its log), unless it
+    holds a run's results already (a record copied there, a checkpoint) or other runs (a sweep's folder): starting
+    there would overwrite the record, or hide the runs inside from ``gather`` (it stops at a folder with a record)."""
+    held = [f for f in (records.RECORD_FILE, "checkpoint.pt") if (folder / f).exists()]
+    inner = sorted(p.parent.name for f in (records.RECORD_FILE, RUN_FILE) for p in folder.glob(f"*/{f}"))
+    if held or inner:
+        what = f"{' and '.join(held)} but no {RUN_FILE}" if held else f"other runs ({', '.join(inner[:3])}" + (
+            ", ..." if len(inner) > 3 else "") + ")"
+        raise ValueError(f"resume: {folder} holds {what}: it is no run folder dnlib can resume (a copied record, a "
+                         f"sweep's folder?), and starting a new run there would overwrite or hide them; give a new "
+                         f"--out, or resume the run's own folder")
 
 
 #: Options a resume may change: where the data lie (``data``, ``root``), how many CPU threads to use, and which
