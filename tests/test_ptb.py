@@ -740,3 +740,23 @@ def test_config_table_says_the_scaled_dn_window():
                if r.startswith("| dn-star-lstm"))
     assert "| 11 (zeros) |" in row and "DN window 11: 61 of 200 units at 32" in row, row
     assert "units at" not in str(ptb.config_table(["dn-star-lstm"]))
+
+
+@needs_ptb
+def test_a_failed_capture_is_in_the_record(tmp_path, monkeypatch):
+    """A graph run whose CUDA-graph capture fails trains eagerly (one warning, trainer.fell_back) but its record said
+    the graph mode it was built with, so its timings were the graph's. Simulated on the CPU: build records the mode it
+    records on CUDA, and the trainer is told to capture, which fails here as a failed capture would."""
+    import dnlib.experiments.ptb as P
+    from dnlib.experiments import runner
+    monkeypatch.setattr(P, "trainer_mode", lambda graph, dev: "cuda-graph" if graph else "eager")
+    run = runner.prepare(P.RECIPE, "base-lstm", seed=0, out=tmp_path, progress=False, stop_after=2,
+                         overrides={"hidden_size": 8, "epochs": 1},
+                         options={"data": P.load_data(max_tokens=3000, vocab=100), "mode": "graph",
+                                  "final_test_batch_size": None, "threads": 1})
+    run.trainer.capture = True
+    with pytest.warns(UserWarning, match="capture failed"):
+        res = run.go()
+    assert run.trainer.fell_back
+    setup = res.record["config"]["setup"]
+    assert setup["mode"] == "cuda-graph (capture failed: eager steps)" and setup["fell_back"] is True

@@ -194,6 +194,8 @@ class Run:
         if stopped.startswith("diverged"):
             headline = {key: None for key in headline}     # a diverged run reports no number
         config = {**self.recipe.config_dict(self.cfg), "setup": dict(setup.info)}
+        if getattr(tr, "fell_back", False):     # a CUDA-graph capture failed: the steps ran eagerly (one warning)
+            config["setup"].update(mode=f"{setup.info.get('mode')} (capture failed: eager steps)", fell_back=True)
         if self._prov is None:   # git state, versions, device: once per call (the code that runs it)
             self._prov = records.provenance(tr.device)
         prior, trained = self._prior_record(k), steps > self.step0
