@@ -464,7 +464,7 @@ def test_one_entry_point_runs_each_experiment_like_its_module(how, experiment):
 @pytest.mark.parametrize("argv, fragment", [
     ([], "experiment"),
     (["nosuch", "run"], "nosuch"),
-    (["cifar", "run", "bn", "--bogus"], "dnlib cifar: error: unrecognized arguments: --bogus"),
+    (["cifar", "run", "bn", "--bogus"], "dnlib cifar run: error: unrecognized arguments: --bogus"),
     (["ptb", "run", "base-lstm", "--epochs", "0"], "dnlib ptb run: error: --epochs"),
 ])
 def test_one_entry_point_bad_command_line_is_one_line_exit_2(argv, fragment, capsys):
