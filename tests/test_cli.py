@@ -51,6 +51,7 @@ PROBES = [
     ("cifar", ["run", "bn", "--seeds", "0", "0"], "--seeds"),
     ("cifar", ["run", "--resume", "{T}/empty", "--seeds", "0", "1"], "--seeds"),   # resumes one run
     ("cifar", ["run", "nosuch", "--subset", "200,100"], "nosuch"),
+    ("cifar", ["run", "bn", "--subset", "50,20", "--batch-size", "100"], "give a larger --subset"),   # named batch_size
     ("cifar", ["run", "bn", "--device", "bogus"], "--device"),
     pytest.param("cifar", ["run", "bn", "--device", "cuda"], "cuda", marks=no_cuda),
     ("cifar", ["run", "bn", "--out", "{T}/file/run"], "--out"),        # crashed after eval_every steps

@@ -202,6 +202,10 @@ class CifarRecipe(Recipe):
         tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, momentum=cfg.momentum, milestones=cfg.milestones,
                            gamma=cfg.gamma, eval_every=eval_every, checkpoint_every=eval_every,
                            log_every=max(1, min(50, eval_every or 50)), seed=seed, device=str(dev), progress=False)
+        if cfg.batch_size > len(data.y_train):     # (TensorBatches would name batch_size alone)
+            raise ValueError(f"batch_size: {cfg.batch_size} is more than the {len(data.y_train)} training images"
+                             + (f" of subset {subset}: give a larger --subset or a smaller --batch-size"
+                                if subset is not None else ""))
         batches = TensorBatches(torch.arange(len(data.y_train), device=dev), batch_size=cfg.batch_size, seed=seed)
         cls = GraphTrainer if mode == "graph" or (mode == "auto" and dev.type == "cuda") else Trainer
         info = {"data": data.description, "eval_split": data.eval_split,
