@@ -582,3 +582,14 @@ def test_divisive_norm_to_divisive_norm_names_each_setting_it_drops():
                                                          types=DivisiveNorm, report=True))
     dropped = rep.rows[0].dropped
     assert any(d.startswith("sigma=1.0 (") for d in dropped) and not any("window" in d for d in dropped), dropped
+
+
+def test_a_trained_parameter_that_is_not_copied_is_warned_of():
+    """A learned sigma (or sn's mixture weights) is never copied: it was named only in the report (report=True), and
+    the converted layer computed something else silently."""
+    src = dnlib.make_norm("bn", 4, sigma=1.0, learn_sigma=True)
+    with torch.no_grad():
+        src.sigma.fill_(0.3)
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(src), "bn", types=DivisiveNorm, report=True))
+    assert len(said) == 1 and "computes something else" in said[0] and "0.sigma (the new layer has none)" in said[0]
+    assert "sigma (the new layer has none)" in rep.rows[0].dropped

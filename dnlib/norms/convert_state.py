@@ -47,7 +47,8 @@ _WINDOWED = ("border", "sum_window", "sup_window", "sum_weights", "sup_weights")
 def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy_affine: bool,
                lost: list, unkept: list) -> tuple:
     """Copy what means the same from ``m`` to ``new``: returns (copied, dropped); the trained values that could not
-    be copied are added to ``lost``, the running statistics an InstanceNorm used in evaluation to ``unkept``."""
+    be copied are added to ``lost``, the running statistics an InstanceNorm used in evaluation and the layer's own
+    parameters besides the affine (a learned sigma, sn's mixture weights: :func:`_extras`) to ``unkept``."""
     if not copy_affine:
         dropped = [f"{n} (copy_affine=False)" for n, t in list(m.named_parameters(recurse=False))
                    + list(m.named_buffers(recurse=False)) if isinstance(t, torch.Tensor)]
@@ -58,7 +59,9 @@ def carry_over(name: str, m: nn.Module, new: nn.Module, c: int, meta: bool, copy
     if gone and isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats:
         unkept.append(f"{name or 'model'}.{gone[0].removesuffix(')')}; the source normalized with them in "
                       f"evaluation)")
-    return copied + got, dropped + gone + _extras(m, new)
+    extras = _extras(m, new)     # trained: the new layer computes something else without them
+    unkept += [f"{name or 'model'}.{e}" for e in extras]
+    return copied + got, dropped + gone + extras
 
 
 def _per_channel(t, c: int, elementwise: bool):
