@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["ArgumentParser", "one_line", "user_errors", "positive_int", "nonnegative_int", "seed", "check_distinct",
+           "number_in", "check_number",
            "positive_float", "nonnegative_float", "subset", "device", "out_dir", "out_file", "in_dir", "in_file",
            "USER_ERRORS"]
 
@@ -145,6 +147,19 @@ def device(value: str) -> str:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"{value}: there are {torch.cuda.device_count()} CUDA devices")
     return value
+
+
+def number_in(value, ok, integer: bool = False) -> bool:
+    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
+    kind = numbers.Integral if integer else numbers.Real
+    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
+
+
+def check_number(name: str, value, ok, allowed: str, *, integer: bool = False, none_ok: bool = False) -> None:
+    """Raise ValueError ``<name>: must be <allowed>, got <value>`` unless :func:`number_in` (or None, ``none_ok``):
+    the check of a configuration's numeric fields where it is built."""
+    if not (value is None and none_ok) and not number_in(value, ok, integer):
+        raise ValueError(f"{name}: must be {allowed}, got {value!r}")
 
 
 def check_distinct(name: str, values) -> None:

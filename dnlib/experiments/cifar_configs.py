@@ -27,9 +27,9 @@ tuned for this network); GDN is the ``gdn`` preset (compressai's init); BRN, FRN
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
+
+from .. import cli
 
 DATASETS = ("cifar10", "cifar100")
 BASELINE_SCHEDULE = dict(milestones=(5000, 30000), steps=50000)
@@ -96,11 +96,6 @@ _RANGES = (("lr", lambda v: v > 0, "a number > 0"), ("momentum", lambda v: 0 <= 
            ("dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
-def _number_in(value, ok, integer: bool = False) -> bool:
-    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
-    kind = numbers.Integral if integer else numbers.Real
-    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
-
 
 @dataclass(frozen=True)
 class CifarConfig:
@@ -129,11 +124,9 @@ class CifarConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"arch: must be one of {list(ARCHS)}, got {self.arch!r}")
         for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
-            value = getattr(self, name)
-            if not _number_in(value, ok, integer="integer" in allowed):
-                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
+            cli.check_number(name, getattr(self, name), ok, allowed, integer="integer" in allowed)
         ms = tuple(self.milestones)
-        if not all(_number_in(m, lambda v: v >= 1, integer=True) for m in ms) or list(ms) != sorted(ms):
+        if not all(cli.number_in(m, lambda v: v >= 1, integer=True) for m in ms) or list(ms) != sorted(ms):
             raise ValueError(f"milestones: must be integers >= 1 in order (a repeat applies gamma twice), got {ms!r}")
 
     @property

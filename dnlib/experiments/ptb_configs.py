@@ -45,9 +45,9 @@ eps = 0 everywhere: the code's epsilon is sigma^2 (PAPER.md §1.4), which ``sigm
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
+
+from .. import cli
 
 __all__ = ["PTBConfig", "PTBRunConfig", "get_config", "list_configs", "ROWS", "ROW_NAMES", "CELL_TYPES", "TABLE4",
            "TABLE9", "paper_perplexity", "SOURCES", "CLIP_MODES", "RUNNING_STATS"]
@@ -101,11 +101,6 @@ _RANGES = (("lr", lambda v: v > 0, "a number > 0"),
            ("decay_after", lambda v: v >= 0, "an integer >= 0"))
 
 
-def _number_in(value, ok, integer: bool = False) -> bool:
-    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
-    kind = numbers.Integral if integer else numbers.Real
-    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
-
 
 @dataclass(frozen=True)
 class PTBConfig:
@@ -142,9 +137,8 @@ class PTBConfig:
 
     def __post_init__(self):
         for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
-            value = getattr(self, name)
-            if not (value is None and name == "clip_norm") and not _number_in(value, ok, integer="integer" in allowed):
-                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
+            cli.check_number(name, getattr(self, name), ok, allowed, integer="integer" in allowed,
+                             none_ok=name == "clip_norm")
         for name, allowed in (("clip_mode", CLIP_MODES), ("running_stats", RUNNING_STATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed values are {list(allowed)}")

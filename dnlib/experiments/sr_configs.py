@@ -44,11 +44,10 @@ row             preset     overrides, and what they are
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .. import cli
 from ..norms.presets import PRESETS, NormLike, norm_name
 from ..norms.spec import NormSpec
 
@@ -124,11 +123,6 @@ _RANGES = (("lr", lambda v: v > 0, "a number > 0"), ("momentum", lambda v: 0 <= 
            ("batch_size", lambda v: v >= 1, "an integer >= 1"))
 
 
-def _number_in(value, ok, integer: bool = False) -> bool:
-    """Whether ``value`` is a finite real number (an integer when ``integer``; never a bool) for which ``ok`` holds."""
-    kind = numbers.Integral if integer else numbers.Real
-    return not isinstance(value, bool) and isinstance(value, kind) and math.isfinite(value) and ok(value)
-
 
 @dataclass(frozen=True)
 class SRConfig:
@@ -165,9 +159,7 @@ class SRConfig:
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones: fractions of the steps in increasing order, got {self.milestones!r}")
         for name, ok, allowed in _RANGES:      # values that would reverse or stop the update: refused here
-            value = getattr(self, name)
-            if not _number_in(value, ok, integer="integer" in allowed):
-                raise ValueError(f"{name}: must be {allowed}, got {value!r}")
+            cli.check_number(name, getattr(self, name), ok, allowed, integer="integer" in allowed)
 
     def replace(self, **changes) -> SRConfig:
         return dataclasses.replace(self, **changes)

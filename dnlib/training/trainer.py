@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import cli
 from ..io import atomic_save, atomic_write_json
 from ..norms.sparse import clear_penalties, sparse_penalty
 from .checkpoints import CheckpointError, first_line, load_checkpoint
@@ -109,11 +110,13 @@ class TrainConfig:
             raise ValueError(f"optimizer: got {self.optimizer!r}; allowed values are {list(OPTIMIZERS)}")
         # values that would reverse the update (a negative clip_norm scales the gradient by a negative factor,
         # gamma <= 0 turns the learning rate <= 0 at a milestone) or stop it are refused here, where it is built
-        _check("lr", self.lr, lambda v: v > 0, "a number > 0")
-        _check("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        _check("weight_decay", self.weight_decay, lambda v: v >= 0, "a number >= 0")
-        _check("gamma", self.gamma, lambda v: v > 0, "a number > 0 (the learning rate's factor at each milestone)")
-        _check("clip_norm", self.clip_norm, lambda v: v > 0, "None (no clipping) or a number > 0", none_ok=True)
+        cli.check_number("lr", self.lr, lambda v: v > 0, "a number > 0")
+        cli.check_number("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        cli.check_number("weight_decay", self.weight_decay, lambda v: v >= 0, "a number >= 0")
+        cli.check_number("gamma", self.gamma, lambda v: v > 0,
+                         "a number > 0 (the learning rate's factor at each milestone)")
+        cli.check_number("clip_norm", self.clip_norm, lambda v: v > 0, "None (no clipping) or a number > 0",
+                         none_ok=True)
         for name, low in (("eval_every", 0), ("checkpoint_every", 0), ("log_every", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
@@ -124,15 +127,6 @@ class TrainConfig:
         if not whole or list(ms) != sorted(ms):
             raise ValueError(f"milestones: must be integers >= 1 in order (a repeat applies gamma twice), got {ms!r}")
         self.milestones = tuple(int(m) for m in ms)
-
-
-def _check(name: str, value, ok: Callable[[float], bool], allowed: str, none_ok: bool = False) -> None:
-    """Raise ValueError naming ``name``, ``value`` and what is ``allowed`` unless ``value`` is a finite real number
-    (not a bool) for which ``ok`` holds, or None when ``none_ok``."""
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name}: must be {allowed}, got {value!r}")
 
 
 class Trainer:
