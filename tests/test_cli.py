@@ -433,6 +433,27 @@ def test_impl_triton_on_a_cpu_without_the_interpreter_is_one_line_exit_2(verb, t
     assert not out.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("verb", ["bench", "check-graph"])
+def test_bench_and_check_graph_refuse_triton_on_the_cpu_before_loading_data(verb, tmp_path):
+    """`bench`/`check-graph` make `run`'s checks before any data: `--impl triton --device cpu` without
+    TRITON_INTERPRET was an `ok: false` row (exit 1) after the data load. The data root does not exist, so a
+    command that loaded data first would fail on it instead."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["DNLIB_DATA"] = str(tmp_path / "no-data-here")
+    r = subprocess.run([sys.executable, "-m", "dnlib.experiments.cifar", verb, "dn-star", "--impl", "triton",
+                        "--device", "cpu", "--steps", "2", "--subset", "200,100"], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=tmp_path)
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-3000:])
+    assert len(err) == 1 and f"{verb}: error: impl: 'triton'" in err[0], err
+    assert "device 'cpu'" in err[0] and "--impl auto or general" in err[0], err
+    assert not r.stdout.strip() and list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ one entry point (issue 24 item 3)
 def _dnlib_script() -> Path:
     """The console script that ``pip install -e .`` (``make setup``) puts beside this Python."""

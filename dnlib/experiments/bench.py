@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .. import cli
-from .recipe import Command, Recipe, card, check_int, replace
+from .recipe import Command, Recipe, card, check_config, check_int, replace
 from .runner import build_setup, share_data
 
 __all__ = ["time_steps", "check_graph", "bench", "steps_command"]
@@ -101,7 +101,8 @@ def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, fla
     (:func:`check_graph`, ``kwargs`` its ``eager`` and ``graph`` options) command: configuration names (groups
     expanded; default ``configs``), ``--steps``, ``--warmup`` (bench), ``--device`` and the recipe's run ``flags``
     named (``defaults``: their values when not given; ``options``: fixed build options); one JSON row per
-    configuration, data loaded once; a configuration that fails is a row with ``ok: false`` and the error."""
+    configuration, data loaded once; each configuration checked first as ``run`` checks it (:func:`check_config`: a
+    bad one is one line, exit 2, before any data); a configuration that fails is a row with ``ok: false``."""
     def add(q):
         q.add_argument("configs", nargs="*" if configs else "+", default=list(configs),
                        help=f"configuration names (groups: {', '.join(recipe.groups())})")
@@ -118,10 +119,10 @@ def steps_command(recipe: Recipe, verb: str, *, steps: int, warmup: int = 0, fla
     def handler(args, q):
         overrides, opts = recipe.from_args(args)
         opts = {**opts, **(options or {})}
-        with cli.user_errors(q):
+        with cli.user_errors(q):    # run's checks (a bad field, --impl triton on a CPU, ...): before any data
             names = recipe.expand(args.configs)
             for n in names:
-                recipe.config(n, **overrides)
+                check_config(recipe, recipe.config(n, **overrides), args.device)
         fn = bench if verb == "bench" else check_graph
         extra = {"warmup": args.warmup} if verb == "bench" else {}
         for n in names:
