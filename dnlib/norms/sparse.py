@@ -16,6 +16,10 @@ Which forwards count (the penalty is the penalty of the forwards the loss is bui
   add to the next loss).
 - Every such forward since the last call counts: several forwards before one backward (gradient accumulation,
   the two branches of a siamese network, the time steps of an RNN, where a site runs once per step) sum.
+- A forward that raised midway leaves the terms of the sites that ran before the raise pending as long as its
+  traceback lives (IPython keeps the last one, ``sys.last_traceback``): they would count in the next call. The
+  trainers (:mod:`dnlib.training`) clear the pending terms at the start of each step; a loop of your own calls
+  :func:`clear_penalties` before a step's forward (or after catching the exception).
 - A term is dropped, and its graph freed, when no loss can use it any more: when a backward has run through its
   forward without it (the loss lacked the term: a warning says so, once), and, at the site's next forward,
   when nothing refers to its forward's output any more (the output and everything computed from it are gone).

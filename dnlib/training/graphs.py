@@ -107,6 +107,7 @@ class GraphTrainer(Trainer):
                 torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
 
     def _body(self) -> torch.Tensor:
+        clear_penalties(self.model)     # the step's penalty is its own forward's alone (see dnlib.training.trainer)
         out = self.loss_fn(self.model, self._static)
         loss = out[0] if isinstance(out, tuple) else out
         ((loss.sum() if loss.dim() else loss) + sparse_penalty(self.model)).backward()
@@ -285,6 +286,7 @@ class SequenceGraphTrainer(CarriedStateGraph, Trainer):
 
     # --- the step -------------------------------------------------------------------------------------------
     def _body(self) -> torch.Tensor:
+        clear_penalties(self.model)     # the step's penalty is its own forward's alone (see dnlib.training.trainer)
         loss, new_state = self.loss_fn(self.model, self._x, self._y, self.state)
         (loss + sparse_penalty(self.model)).backward()
         if self.cfg.clip_norm:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models.stacked_rnn import StackedLanguageModel
-from ..norms.sparse import sparse_penalty
+from ..norms.sparse import clear_penalties, sparse_penalty
 from .graphs import CarriedStateGraph
 from .stacked import StackedTrainer
 
@@ -92,6 +92,7 @@ class StackedSequenceTrainer(CarriedStateGraph, StackedTrainer):
         return torch.where(self._clips, scale, torch.ones_like(scale))
 
     def _body(self) -> torch.Tensor:
+        clear_penalties(self.model)     # the step's penalty is its own forward's alone (see dnlib.training.trainer)
         losses, new_state = self.loss_fn.step(self.model, self._x, self._y, self.state)
         (losses.sum() + sparse_penalty(self.model)).backward()
         with torch.no_grad():

@@ -5,9 +5,12 @@ The trainer needs three things:
 
 * ``model``: any ``nn.Module``;
 * ``loss_fn(model, batch) -> loss`` (a scalar tensor; or ``(loss, {name: float})`` to log more). The sparse
-  L1 terms that the model's normalizers accumulated (:func:`dnlib.sparse_penalty`) are added to it here, so a
-  loss function never has to remember them. A stateful loss function (e.g. one carrying an RNN's hidden state
-  across minibatches) may define ``state_dict()``/``load_state_dict()``: they are checkpointed too;
+  L1 terms that the model's normalizers recorded in that call's forward (:func:`dnlib.sparse_penalty`) are added to
+  it here, so a loss function never has to remember them. Each step first drops the terms pending from before it
+  (:func:`dnlib.clear_penalties`), e.g. those of a forward that raised midway: its sites that had run keep their
+  terms while its traceback lives (IPython keeps the last one), and they would count in the next step. A stateful
+  loss function (e.g. one carrying an RNN's hidden state across minibatches) may define ``state_dict()``/
+  ``load_state_dict()``: they are checkpointed too;
 * ``batches``: a *batch source*: ``next(batches)`` gives the next batch forever, and ``state_dict()`` /
   ``load_state_dict()`` save and restore its position (see :class:`dnlib.data.loader.TensorBatches`, the data
   layer's, also importable from here).
@@ -346,6 +349,7 @@ class Trainer:
         """One optimizer step on ``batch``; returns the task loss (without the L1 terms)."""
         self.model.train()
         self._set_lr()
+        clear_penalties(self.model)     # the step's penalty is its own forward's alone (see the module)
         out = self.loss_fn(self.model, batch)
         loss, _ = out if isinstance(out, tuple) else (out, None)
         total = (loss.sum() if loss.dim() else loss) + sparse_penalty(self.model)    # (K,): the copies' losses
