@@ -156,6 +156,26 @@ def test_cli_parameter_error_exits_2(nbdir, tmp_path, capsys):
     assert "01_good.ipynb" in err and "bogus" in err and "nothing was executed" in err
 
 
+@pytest.mark.parametrize("value", ["-1", "-inf", "-1e-3", "-.5", "-nan", "-a"])
+def test_cli_parameter_value_may_start_with_a_minus(value, nbdir, tmp_path, monkeypatch):
+    """argparse read the VALUE of `-p x -inf` (or -1e-3, -nan) as an option: `-p/--parameter: expected 2
+    arguments`, exit 2; each VALUE after `-p NAME` is taken as it is."""
+    seen = []
+    monkeypatch.setattr(suite, "run", lambda notebooks, profile, overrides, *a, **k: seen.append(
+        (list(notebooks), list(overrides))) or [])
+    monkeypatch.setattr(suite, "format_summary", lambda records: "")
+    nb = str(nbdir / "01_good.ipynb")
+    assert suite.main(["run", "-p", "x", value, "--no-progress", "--parameter", "n", "-2", nb]) == 0
+    assert seen == [([nb], [("x", value), ("n", "-2")])]
+
+
+def test_cli_parameter_short_of_a_value_is_one_line_exit_2(nbdir, capsys):
+    with pytest.raises(SystemExit) as e:
+        suite.main(["run", str(nbdir / "01_good.ipynb"), "-p", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "-p/--parameter: expected 2 arguments" in err, err
+
+
 @pytest.mark.slow
 def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DNLIB_PROGRESS", raising=False)

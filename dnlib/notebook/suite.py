@@ -423,6 +423,27 @@ def _list(paths: Sequence[Path]) -> None:
             print(f"  profile {profile}: {values or 'defaults'}")
 
 
+def _take_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(argv without them, the pairs)``: each ``-p NAME VALUE`` / ``--parameter NAME VALUE`` of a ``run`` command
+    line, VALUE taken as it is (argparse reads a VALUE such as ``-inf``, ``-1e-3`` or ``-nan`` as an option and
+    answers "expected 2 arguments"). A ``-p`` short of two words, or whose NAME starts with ``-``, and anything after
+    ``--`` are left to argparse."""
+    if not argv or argv[0] != "run":
+        return argv, []
+    rest, pairs, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--":
+            rest += argv[i:]
+            break
+        if argv[i] in ("-p", "--parameter") and i + 2 < len(argv) and not argv[i + 1].startswith("-"):
+            pairs.append((argv[i + 1], argv[i + 2]))
+            i += 3
+            continue
+        rest.append(argv[i])
+        i += 1
+    return rest, pairs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="python -m dnlib.notebook.suite",
                                 description="Run the dnlib notebook suite headless.")
@@ -442,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "each notebook's training schedule, see dnlib.notebook.limits; 0: none)")
     list_p = sub.add_parser("list", help="show notebooks, their parameters and profiles")
     list_p.add_argument("notebooks", nargs="*")
+    argv, pairs = _take_parameters(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
 
     try:
@@ -453,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _list(discover(args.notebooks))
             return 0
         timeout = "default" if args.cell_timeout is None else (args.cell_timeout or None)
-        records = run(args.notebooks, args.profile, [tuple(p) for p in args.parameter], args.out,
+        records = run(args.notebooks, args.profile, pairs + [tuple(p) for p in args.parameter], args.out,
                       progress=not args.no_progress, cell_timeout=timeout)
     except (ParameterError, FileNotFoundError) as exc:  # raised by run() before it executes anything
         print(f"{parser.prog} {args.command}: error: {cli.one_line(exc)} (nothing was executed)", file=sys.stderr)
