@@ -72,9 +72,13 @@ def main(argv=None) -> int:
                      "...)")
     torch.set_num_threads(a.threads)
     text = "\n\n".join(profile(c, repeat=a.repeat, rows=a.rows) for c in cells)
-    print(text)
-    if a.out:
+    if a.out:       # first: the file is written even when the reader of stdout stops early
         atomic_write_text(a.out, text + "\n")
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:     # `| head`: stop quietly (Python's recipe: no second error when stdout is closed)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
