@@ -193,12 +193,51 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
                             copies=setups)
 
 
+def _check_resumed_overrides(recipe, stored: dict, overrides: dict, overridden: set, names, resume) -> None:
+    """Refuse to resume the stacked group in ``resume`` (``stored``: its ``run.json``) with other overrides than it was
+    started with (the fields named in its :data:`OVERRIDDEN`, each every copy's), naming each field that differs, the
+    group's value and the one given (a field not overridden: each configuration's own)."""
+    fields = stored.get("fields") or {}
+    source = fields.get("source")
+    started = set(stored["options"][OVERRIDDEN])
+    listed = stored["options"].get("configs")
+    stored_names = list(dict.fromkeys(listed if isinstance(listed, list) and listed else [stored.get("config")]))
+    given_names = list(dict.fromkeys(names)) if names else stored_names
+
+    def own(field: str, configs: list) -> str:
+        try:
+            values = [f"{n} {getattr(recipe.config(n, source=source), field)!r}" for n in configs]
+        except (ValueError, TypeError, KeyError, AttributeError):  # (a name or source this dnlib no longer has)
+            return "each configuration's own"
+        return f"each configuration's own {field}: " + ", ".join(values)
+
+    diffs = []
+    for f in sorted(started | overridden):
+        was = fields.get(f)
+        now = overrides.get(f, was)     # (a field of the group's that a resume by the folder alone leaves out)
+        if f in started and f in overridden and records.jsonable(now) == records.jsonable(was):
+            continue
+        group = f"the group has {f}={was!r} (every copy's)" if f in started else \
+            f"the group has no {f} override ({own(f, stored_names)})"
+        given = f"this resume gives {f}={now!r}" if f in overridden else \
+            f"this resume gives none ({own(f, given_names)})"
+        diffs.append(f"{f}: {group}, {given}")
+    if not diffs:
+        return
+    raise ValueError(f"overrides: the stacked group in {resume} was started with other overrides than this resume "
+                     f"gives: {'; '.join(diffs)}. A stacked group resumes only with the overrides it was started with "
+                     f"(every copy trained with them): give the same ones, or resume it by its folder alone "
+                     f"(--resume DIR without configurations, which applies them), or start a new group in another "
+                     f"folder (--out, out=)")
+
+
 class GroupRun(Run):
     """A :class:`~dnlib.experiments.runner.Run` of K PTB copies (module doc): copy k's record is that of its own
     configuration and seed, in its own folder ``<config>-s<seed>`` inside the group's. ``configs`` x ``seeds``
     (configuration-major) are the copies; with ``resume`` (a group's folder) both may be left out. The
     ``overrides`` are every copy's (their names are stored with the options, :data:`OVERRIDDEN`, so a resume
-    from the folder alone applies them too).
+    from the folder alone applies them too); a resume that gives other overrides (another value, a field more or
+    less) is refused, naming each such field, the group's value and the one given.
 
     ``budget``: a campaign's time budget (:mod:`dnlib.experiments.campaign`) rather than the run's own time limit:
     a copy stopped by ``time_limit`` (or ``stop_after``) is recorded ``time budget at step N``."""
@@ -214,12 +253,16 @@ class GroupRun(Run):
             options["configs"] = names
         else:
             first, names = None, None
-        overridden = set(kwargs.get("overrides") or {})
-        if configs is None and overridden and kwargs.get("resume") is not None \
-                and (Path(kwargs["resume"]) / RUN_FILE).exists():    # the stored ones stay the group's too
-            overridden |= set(read_run_file(kwargs["resume"]).get("options", {}).get(OVERRIDDEN) or ())
+        overrides, resume = dict(kwargs.get("overrides") or {}), kwargs.get("resume")
+        stored = read_run_file(resume) if resume is not None and (Path(resume) / RUN_FILE).exists() else {}
+        kept = stored.get("options", {}).get(OVERRIDDEN) if stored.get("experiment") == recipe.name else None
+        overridden = set(overrides)
+        if configs is None and overridden and kept:     # the stored ones stay the group's too
+            overridden |= set(kept)
         if configs is not None or overridden:      # (a resume by the folder alone: the stored list)
             options[OVERRIDDEN] = sorted(overridden)
+            if isinstance(kept, list) and all(isinstance(f, str) for f in kept):   # (else refused as a bad list)
+                _check_resumed_overrides(recipe, stored, overrides, overridden, names, resume)
         self.budget = budget
         super().__init__(recipe, first, seeds=seeds, build=build, options=options, **kwargs)
         self.copy_cfgs = _copy_configs(recipe, self.cfg, self.setup.info["stacked_configs"],
