@@ -339,6 +339,38 @@ def test_gather_verb_splits_and_says_what_was_run(tmp_path, capsys):
     assert "runs differ in steps, milestones: not pooled" in per_config
 
 
+def test_gather_averages_completed_runs_only_and_names_the_others_in_n(tmp_path, capsys):
+    """gather averaged a time-limited run's mid-schedule accuracy with completed ones (0.69 ± 0.21, n 3, labelled
+    with the paper's schedule); compare did not (finished=True). Now gather says what compare says."""
+    from dnlib.experiments import commands
+    from dnlib.experiments.cifar import RECIPE
+    _cifar(tmp_path, "bn-star", 0, 0.82)
+    _cifar(tmp_path, "bn-star", 1, 0.80)
+    _cifar(tmp_path, "bn-star", 2, 0.45, stopped="time limit at step 10")
+    assert commands.main(RECIPE, ["gather", str(tmp_path)]) == 0
+    per_config = capsys.readouterr().out.split("**per configuration: mean ± std over runs (n)**")[1]
+    line = next(x for x in per_config.splitlines() if x.startswith("| bn-star |"))
+    assert line.startswith(f"| bn-star | 0.81 ± {np.std([0.82, 0.80], ddof=1):.4g} | 0.8179 |"), line
+    assert "| 3 (1 time limit) |" in line
+    text, _ = tables.gather_printout(R.gather([tmp_path]))
+    assert line in text
+
+
+def test_gather_of_the_committed_ptb_records_does_not_average_the_time_limited_h100_runs():
+    """results/records/ptb: each configuration has a 13-epoch CPU run and an H100 run of the same 13-epoch schedule
+    stopped by the time limit (dn-star-lstm after 3 epochs): gather said epochs 8.00 ± 7.07; the H100 runs count in
+    n and give no value."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    text, notes = tables.gather_printout(R.gather([repo / "results/records/ptb"]))
+    per_config = text.split("**per configuration: mean ± std over runs (n)**")[1]
+    rows = [x for x in per_config.splitlines() if x.startswith("| ") and "lstm" in x]
+    assert len(rows) == 3 and not notes
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert "±" not in row and cells[-2] == "2 (1 time limit)" and cells[5] == "13", row
+
+
 def test_curve_bands_split_runs_that_differ(tmp_path):
     for steps in (40, 200):
         d = _cifar(tmp_path, "bn", 0, 0.3, steps=steps)

@@ -113,6 +113,27 @@ def test_results_table_says_how_rows_of_one_name_differ(tmp_path, experiment, sr
         assert len(row) == 1 and f"{statistics.mean(vals):{fmt}} ± {statistics.stdev(vals):{fmt}}" in row[0]
 
 
+@pytest.mark.parametrize("experiment,src,label,key,fmt", [
+    ("cifar", "cifar/bn-star-s0-h100", "**BN***", "final_acc", ".4f"),
+    ("ptb", "ptb/base-lstm-cpu", "base-lstm", "final_test_ppl", ".1f")])
+def test_results_table_averages_completed_runs_only(tmp_path, experiment, src, label, key, fmt):
+    """A run stopped by the time limit (or still running) has the numbers of a shorter schedule: it counts in n and
+    is named in the row, not averaged with the completed runs (before: its value was in the mean and std)."""
+    import importlib
+    report = importlib.import_module(f"dnlib.experiments.{experiment}_report")
+    src = REPO / "results/records" / src
+    name = src.name.rsplit("-", 1)[0].removesuffix("-s0")
+    done = [0.80, 0.82] if experiment == "cifar" else [150.0, 152.0]
+    for s, v in enumerate(done):
+        _copy_record(src, tmp_path / f"{name}-s{s}", seed=s, stopped="completed", headline={key: v})
+    _copy_record(src, tmp_path / f"{name}-s2", seed=2, stopped="time limit at step 10", steps_done=10,
+                 headline={key: 0.3 if experiment == "cifar" else 400.0})
+    (row,) = _rows_of(report.results_table(tmp_path), label)
+    assert f"{statistics.mean(done):{fmt}} ± {statistics.stdev(done):{fmt}}" in row and "(1 time limit)" in row, row
+    (s,) = report.summary(tmp_path)["runs"]
+    assert s["n"] == 3 and s[key] == pytest.approx(statistics.mean(done)) and s[f"{key}_n"] == 2
+
+
 def test_compare_says_which_runs_of_its_experiment_it_does_not_show(tmp_path):
     from dnlib.experiments import tables
     src = REPO / "results/records/cifar/bn-star-s0-h100"

@@ -38,9 +38,11 @@ _CONFIGS = {n: get_config(n) for n in list_configs()}   # Table 7 (CIFAR-10 valu
 
 def summarize(results) -> list:
     """Per configuration and data (:func:`dnlib.experiments.aggregate.summarize` of RunResults, records or run folders):
-    mean, std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run counts in
-    ``n`` and ``stopped``, not in a mean)."""
-    return aggregate.summarize(results, ("final_acc", "best_acc", "images_per_s"), by=("name", "data"))
+    mean, std and n over runs of the final and best accuracy and images/s, the paper's beside (a diverged run, or one
+    stopped early: time limit, interrupted, still running, counts in ``n`` and ``stopped``, not in a mean: its numbers
+    are those of a shorter schedule)."""
+    return aggregate.summarize(results, ("final_acc", "best_acc", "images_per_s"), by=("name", "data"),
+                               finished=True)
 
 
 def results_table(results) -> MarkdownTable:

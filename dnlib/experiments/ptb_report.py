@@ -57,12 +57,13 @@ _FMT = {"epochs": ".2f", "valid_ppl": ".1f", "test_ppl": ".1f", "final_test_ppl"
 
 
 def results_table(results, unigram: float | None = None) -> MarkdownTable:
-    """Our perplexities (mean ± std over runs, :func:`dnlib.experiments.aggregate.summarize`; runs that stopped early
-    named) beside the paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test), tokens/s, ``n`` (runs)
+    """Our perplexities (mean ± std over completed runs, :func:`dnlib.experiments.aggregate.summarize`; runs that
+    stopped early counted in n and named, not averaged: theirs are the numbers of a shorter schedule) beside the
+    paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test), tokens/s, ``n`` (runs)
     and ``run as`` (:func:`dnlib.experiments.aggregate.run_as`), the columns of every experiment's results table; the
     unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
-    summary = aggregate.summarize(results, list(_FMT))
+    summary = aggregate.summarize(results, list(_FMT), finished=True)
     for s in summary:
         ours = [tables.format_mean_std(s[k], s[f"{k}_std"], s[f"{k}_n"], f) for k, f in _FMT.items()]
         out.append([row_label(s, s["name"]) + (f" [{s['split']}]" if s.get("split") else ""), rows_of.get(s["name"]),
@@ -97,7 +98,7 @@ def perplexity_curves(results):
 def summary(results) -> dict:
     """The numbers a notebook saves (:func:`dnlib.notebook.suite.save_results`): the summaries of
     :func:`results_table`."""
-    return {"runs": aggregate.summarize(results, list(_FMT))}
+    return {"runs": aggregate.summarize(results, list(_FMT), finished=True)}
 
 
 def report(path, out=None) -> dict:

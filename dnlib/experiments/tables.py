@@ -145,11 +145,13 @@ def gather_table(rows: Sequence[Mapping]) -> str:
 
 def gather_printout(rows: Sequence[Mapping]) -> tuple[str, list]:
     """What ``gather`` prints: ``(text, notes)``: the runs' table (:func:`gather_table`), then mean ± std and n per
-    configuration over its seeds (:func:`summarize`, :func:`table`); ``notes``: the :class:`PoolingWarning`
-    messages (runs not pooled, seeds counted once), for the caller to show (the CLI: one line each on stderr)."""
+    configuration over its seeds (:func:`summarize`, :func:`table`; the values of completed runs only, as
+    :func:`compare`: a run stopped early counts in n, which names why, ``3 (1 time limit)``); ``notes``: the
+    :class:`PoolingWarning` messages (runs not pooled, seeds counted once), for the caller to show (the CLI: one
+    line each on stderr)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PoolingWarning)
-        summary = summarize(rows)
+        summary = summarize(rows, finished=True)
     notes = [str(w.message) for w in caught if issubclass(w.category, PoolingWarning)]
     for w in caught:
         if not issubclass(w.category, PoolingWarning):
