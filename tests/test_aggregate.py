@@ -381,6 +381,35 @@ def test_curve_bands_split_runs_that_differ(tmp_path):
     assert all(b["n"] == 1 for b in bands.values())
 
 
+def test_split_labels_are_unique_and_bands_keep_each_group_apart(tmp_path):
+    """Three groups of one name, two of which differ only in a field past the first two that differ (steps 200,
+    lr 0.001, momentum 0.9 / 0): the label named steps and lr only, so two table rows had one label and
+    curve_bands (keyed by label) pooled the 0.80 and 0.30 runs into one band of n 4."""
+    variants = {(200, 0.001, 0.9): 0.80, (200, 0.001, 0.0): 0.30, (400, 0.01, 0.9): 0.60}
+    for (steps, lr, momentum), acc in variants.items():
+        for s in (0, 1):
+            d = _cifar(tmp_path, "bn-star", s, acc, steps=steps, lr=lr, momentum=momentum,
+                       folder=f"bn-star-s{s}-{steps}-{lr}-{momentum}")
+            R.write_curves(d, [{"step": 100, "test_acc": acc}, {"step": 200, "test_acc": acc}])
+    with pytest.warns(A.PoolingWarning):
+        summ = A.summarize(tmp_path, ["final_acc"])
+    assert len(summ) == 3 and len({s["split"] for s in summ}) == 3, [s["split"] for s in summ]
+    for s in summ:
+        what = s["what"]
+        assert f"momentum {what['momentum']}" in s["split"] and s["final_acc"] == pytest.approx(
+            variants[(what["steps"], what["lr"], what["momentum"])]) and s["n"] == 2
+    md = tables.table(summ, ["final_acc"])
+    labels = [x.split("|")[1].strip() for x in md.splitlines() if x.startswith("| bn-star")]
+    assert len(labels) == 3 and len(set(labels)) == 3, labels
+    with pytest.warns(A.PoolingWarning):
+        bands = A.curve_bands(tmp_path, "test_acc")
+    assert len(bands) == 3 and sorted(b["n"] for b in bands.values()) == [2, 2, 2]
+    assert sorted(float(b["mean"][0]) for b in bands.values()) == pytest.approx(sorted(variants.values()))
+    assert all(np.all(b["std"] == 0) for b in bands.values())
+    for s in summ:
+        assert f"bn-star [{s['split']}]" in bands
+
+
 def test_figures_without_data_say_no_runs(tmp_path):
     """An empty figure was blank axes, and Table 10 from runs that did not measure it showed stub marks."""
     (tmp_path / "empty").mkdir()

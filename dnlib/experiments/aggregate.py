@@ -251,13 +251,41 @@ def _describe(meta: Mapping, r: Mapping) -> str:
     return str(meta.get("run") or f"{meta.get('name')} seed {meta.get('seed')} ({_when(r) or 'no date'})")
 
 
+def _split_labels(differs: Sequence[str], keys: Sequence[tuple], whats: Mapping[tuple, Mapping]) -> dict:
+    """``{key: label}`` of the groups of one name (``keys``): their values of the first two fields that differ,
+    then, while two groups' labels are the same, of the next differing field that tells them apart (every group
+    names the same fields: ``"steps 200, lr 0.001, momentum 0"``); groups that no field's value tells apart (values
+    that print alike) are numbered."""
+    shown = list(differs[:2])
+
+    def label(k, fields):
+        return ", ".join(f"{_short(f)} {_value(_of(whats[k], f))}" for f in fields)
+
+    while True:
+        same: dict = {}
+        for k in keys:
+            same.setdefault(label(k, shown), []).append(k)
+        clashes = [ks for ks in same.values() if len(ks) > 1]
+        more = next((f for f in differs if f not in shown and any(
+            len({label(k, [f]) for k in ks}) > 1 for ks in clashes)), None)
+        if not clashes or more is None:
+            break
+        shown.append(more)
+    out = {k: label(k, shown) for k in keys}
+    for ks in clashes:
+        for j, k in enumerate(ks, 1):
+            out[k] = f"{out[k]}, set {j}" if out[k] else f"set {j}"
+    return out
+
+
 def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
     """Group loaded runs by the ``by`` fields and what defines their experiment (:func:`defining`), one seed once.
 
     Returns one dict per group in order of first appearance: ``ident`` (the ``by`` values), ``what`` (the
     defining fields), ``members`` (indices into ``recs`` that count), ``duplicates`` (the runs of a seed already
     counted: each seed's newest finished run counts), ``split`` (a label suffix naming the fields in which this
-    group differs from other groups of the same ``ident``; ``""``) and ``differs`` (those fields). Emits a
+    group differs from other groups of the same ``ident``, unique among them (:func:`_split_labels`); ``""``) and
+    ``differs`` (those fields). Emits a
     :class:`PoolingWarning` for each split and each set of duplicates."""
     variants: dict[tuple, dict[tuple, list]] = {}
     whats: dict[tuple, dict] = {}
@@ -280,6 +308,7 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
                                for f in differs[:4]) + ("; ..." if len(differs) > 4 else "")
             warnings.warn(f"{name}: {len(groups)} sets of runs differ in what defines the experiment ({values}): "
                           f"not pooled, one row each", PoolingWarning, stacklevel=3)
+        labels = _split_labels(differs, list(groups), whats)
         for key, idx in groups.items():
             best: dict = {}
             for i in idx:
@@ -298,7 +327,7 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
                               f"newest finished run of each seed counts): "
                               f"{', '.join(_describe(flatten(recs[i])[0], recs[i]) for i in dups)}",
                               PoolingWarning, stacklevel=3)
-            split = ", ".join(f"{_short(f)} {_value(_of(whats[key], f))}" for f in differs[:2])
+            split = labels[key]
             out.append({"ident": ident, "what": whats[key], "members": members, "differs": differs,
                         "duplicates": [_describe(flatten(recs[i])[0], recs[i]) for i in dups], "split": split})
     return out
@@ -440,10 +469,10 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
         where fewer than two runs have a value: no band) and how many there are (``count``); ``n`` is the
         number of runs of that configuration. Configurations with no value of ``metric`` are left out.
     """
-    per: dict[Any, list] = {}
+    per: dict[int, tuple] = {}            # by group: groups never share a band, whatever their labels
     loaded = _runs(runs)
     fields = (by,) if isinstance(by, str) else tuple(by)
-    for g in _group([rec for rec, _ in loaded], fields):
+    for gi, g in enumerate(_group([rec for rec, _ in loaded], fields)):
         first, *rest = g["ident"]
         key = f"{first} ({', '.join(map(str, rest))})" if rest else first
         if g["split"]:
@@ -453,9 +482,11 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
             for r in loaded[i][1]:
                 if _finite(r.get(x)) and _finite(r.get(metric)):
                     pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
-            per.setdefault(key, []).append(pts)
+            per.setdefault(gi, (key, []))[1].append(pts)
     out = {}
-    for name, series in per.items():
+    for gi, (name, series) in per.items():
+        if name in out:                   # two groups whose ``by`` values print alike: a band each
+            name = f"{name} (group {gi + 1})"
         xs = sorted(set().union(*series))
         if not xs:
             continue
