@@ -57,7 +57,7 @@ from . import records
 from .registry import paper_schedule
 
 __all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "NOT_DEFINING", "LATER_DEFAULTS",
-           "PoolingWarning", "defining", "run_as", "summarize", "notes", "curve_bands"]
+           "PoolingWarning", "defining", "run_as", "summarize", "notes", "curve_bands", "CurveWarning"]
 
 
 # : The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are
@@ -439,7 +439,7 @@ def _runs(runs) -> list:
         if isinstance(r, (str, os.PathLike)):
             for d, rec in records.read_records([r]):                  # broken ones: skipped, named
                 curves = Path(d) / records.CURVES_FILE
-                out.append((rec, records.read_curves(d) if curves.is_file() else []))
+                out.append(({**rec, "run": str(d)}, records.read_curves(d) if curves.is_file() else []))
         elif isinstance(r, tuple) and len(r) == 2:
             out.append((r[0], list(r[1])))
         elif hasattr(r, "record"):
@@ -449,6 +449,18 @@ def _runs(runs) -> list:
     return out
 
 
+class CurveWarning(UserWarning):
+    """A run :func:`curve_bands` left out: it logged the metric but not along the ``x`` asked for."""
+
+
+def _along(rec: Mapping, rows: list, x: str) -> list:
+    """``rows``; for ``x="epoch"``, a row without one has ``step / batches_per_epoch`` (dnlib's PTB runs log steps)."""
+    per = ((rec.get("config") or {}).get("setup") or {}).get("batches_per_epoch")
+    if x != "epoch" or not (_finite(per) and per > 0):
+        return rows
+    return [r if _finite(r.get(x)) or not _finite(r.get("step")) else {**r, x: r["step"] / per} for r in rows]
+
+
 def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "name") -> dict:
     """The mean and sample standard deviation over runs (seeds) of ``metric`` against ``x``, per configuration.
 
@@ -456,7 +468,9 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
         runs: run folders (a folder of run folders stands for each; their ``curves.csv``), ``(record, rows)``
             pairs (:func:`dnlib.experiments.sweep.load_runs`) or RunResults.
         metric: the logged column (``"test_acc"``, ``"valid_ppl"``, ``"Set5/psnr"``...).
-        x: the column along which runs are aligned (default ``"step"``).
+        x: the column along which runs are aligned (default ``"step"``). ``"epoch"``: a run that logs none (dnlib's
+            PTB runs log ``step``) has ``step / batches_per_epoch`` of its ``config.setup``. A run that logged
+            ``metric`` but no ``x`` is left out (not in ``n``) with a :class:`CurveWarning` naming it and why.
         by: the field that names a configuration (a ``meta`` field of :func:`flatten`: ``name``, ``device``
             (the card's name), ``experiment``...), or several: the key is then ``"<first> (<others>, ...)"``.
             Runs are grouped as :func:`summarize` groups them: runs of one name that differ in what defines the
@@ -478,10 +492,16 @@ def curve_bands(runs, metric: str, x: str = "step", by: str | Sequence[str] = "n
         if g["split"]:
             key = f"{key} [{g['split']}]"
         for i in g["members"]:
+            rec, rows = loaded[i][0], _along(*loaded[i], x)
             pts = {}
-            for r in loaded[i][1]:
+            for r in rows:
                 if _finite(r.get(x)) and _finite(r.get(metric)):
                     pts[float(r[x])] = float(r[metric])      # a repeated x (a resumed run): the last value
+            if not pts and any(_finite(r.get(metric)) for r in rows):
+                warnings.warn(f"{_describe(flatten(rec)[0], rec)}: logs {metric} but no {x!r}" + (
+                    " (nor batches_per_epoch in its config.setup to derive it from the step)" if x == "epoch" else "")
+                    + ": left out of the curves", CurveWarning, stacklevel=2)
+                continue
             per.setdefault(gi, (key, []))[1].append(pts)
     out = {}
     for gi, (name, series) in per.items():
