@@ -410,6 +410,41 @@ def test_split_labels_are_unique_and_bands_keep_each_group_apart(tmp_path):
         assert f"bn-star [{s['split']}]" in bands
 
 
+def test_run_as_states_a_ptb_run_shortened_to_steps_in_the_paper_s_unit():
+    """A PTB run given --steps 300 was "300 of the paper's 13 steps": the paper's schedule is 13 epochs."""
+    from dnlib.experiments.ptb import RECIPE as PTB
+    config = PTB.config_dict(PTB.config("dn-star-lstm", steps=300))
+    setup = {"data": "PTB (Mikolov), 929,589 training tokens, 10,000 words", "batches_per_epoch": 2323}
+
+    def run_as(config, setup):
+        what = A.defining({"config": {**config, "setup": setup}})
+        return A.run_as(what, registry.paper_schedule("ptb", "dn-star-lstm", what))
+
+    assert run_as(config, setup) == f"300 steps ({300 / 2323:.3g} epochs; the paper's 13 epochs), batch 20"
+    assert run_as(config, {"data": setup["data"]}) == "300 steps (the paper's: 13 epochs), batch 20"
+    assert run_as({**config, "steps": 13 * 2323}, setup) == "30,199 steps (13 epochs, the paper's), batch 20"
+    assert run_as({**config, "steps": None}, setup) == "13 epochs (the paper's), batch 20"
+    assert run_as({**config, "steps": None, "epochs": 2}, setup) == "2 of the paper's 13 epochs, batch 20"
+
+
+def test_run_as_says_the_images_a_run_recorded_when_it_recorded_no_subset(tmp_path):
+    """Records written before cifar.py recorded data.subset say subset None but train_images 2000, eval_images
+    500: run_as said "all the data"."""
+    import json
+    d = _cifar(tmp_path / "old", "bn-star", 0, 0.188, steps=200, subset=None)
+    rec = json.loads((d / "record.json").read_text())
+    rec["config"]["setup"].update(subset=None, train_images=2000, eval_images=500)
+    (d / "record.json").write_text(json.dumps(rec))
+    (s,) = A.summarize(tmp_path / "old", ["final_acc"])
+    assert s["run_as"] == "200 of the paper's 80,000 steps, 2,000/500 images, batch 100"
+    _cifar(tmp_path / "unknown", "bn-star", 0, 0.188, steps=200, subset=None)      # no images recorded
+    (s,) = A.summarize(tmp_path / "unknown", ["final_acc"])
+    assert s["run_as"] == "200 of the paper's 80,000 steps, all the data, batch 100"
+    _cifar(tmp_path / "subset", "bn-star", 0, 0.188, steps=200, subset=(2000, 500))
+    (s,) = A.summarize(tmp_path / "subset", ["final_acc"])
+    assert s["run_as"] == "200 of the paper's 80,000 steps, subset 2000/500, batch 100"
+
+
 def test_figures_without_data_say_no_runs(tmp_path):
     """An empty figure was blank axes, and Table 10 from runs that did not measure it showed stub marks."""
     (tmp_path / "empty").mkdir()

@@ -200,14 +200,29 @@ def defining(row: Mapping[str, Any]) -> dict:
 
 def run_as(what: Mapping[str, Any], paper: int | None = None) -> str:
     """What was run, in words, from :func:`defining`'s fields: the schedule's length (of the paper's ``paper``),
-    the subset, the batch size: ``"40 of the paper's 80,000 steps, subset 2000/1000, batch 100"``."""
+    the subset, the batch size: ``"40 of the paper's 80,000 steps, subset 2000/1000, batch 100"``.
+
+    ``paper`` counts in the unit the config counts (:meth:`dnlib.experiments.recipe.Recipe.paper_schedule`): epochs
+    when it has ``epochs`` (PTB), else steps. A run of such a config given ``steps`` says its steps in epochs where
+    its setup records ``batches_per_epoch`` (``"300 steps (0.129 epochs; the paper's 13 epochs)"``). A run that
+    records no subset but its ``train_images`` / ``eval_images`` says those (``"2,000/500 images"``); ``"all the
+    data"`` where it records neither (subset None)."""
     parts = []
+    paper_unit = "epochs" if _finite(what.get("epochs")) else "steps"
     for unit in ("steps", "epochs"):
         n = what.get(unit)
         if _finite(n):
             n = int(n)
-            parts.append(f"{n:,} {unit} (the paper's)" if paper == n else
-                         f"{n:,} of the paper's {paper:,} {unit}" if paper else f"{n:,} {unit}")
+            if not paper:
+                parts.append(f"{n:,} {unit}")
+            elif unit == paper_unit:
+                parts.append(f"{n:,} {unit} (the paper's)" if paper == n else f"{n:,} of the paper's {paper:,} {unit}")
+            elif _finite(per := what.get("setup.batches_per_epoch")) and per > 0:    # steps of an epochs schedule
+                e = format(n / per, ".3g")
+                parts.append(f"{n:,} {unit} ({e} {paper_unit}, the paper's)" if n == paper * per else
+                             f"{n:,} {unit} ({e} {paper_unit}; the paper's {paper:,} {paper_unit})")
+            else:
+                parts.append(f"{n:,} {unit} (the paper's: {paper:,} {paper_unit})")
             break
     else:
         if _finite(what.get("steps_planned")):
@@ -215,10 +230,13 @@ def run_as(what: Mapping[str, Any], paper: int | None = None) -> str:
     if what.get("kind") or what.get("schedule"):                 # SR: fast / reference / smoke
         parts.append(f"{what.get('schedule') or what.get('kind')} schedule")
     subset = what.get("setup.subset", "absent")
+    images = what.get("setup.train_images"), what.get("setup.eval_images")
     if isinstance(subset, tuple) and subset:
         parts.append("subset " + "/".join(map(str, subset)))
     elif _finite(subset):
         parts.append(f"subset {subset}")
+    elif subset in (None, "absent") and all(_finite(x) for x in images):
+        parts.append(f"{int(images[0]):,}/{int(images[1]):,} images")
     elif subset is None:
         parts.append("all the data")
     elif "subset" in str(what.get("setup.data") or "") and _finite(what.get("setup.train_tokens")):
