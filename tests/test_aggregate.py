@@ -179,7 +179,8 @@ def test_compare_reads_a_paper_table_from_runs(tmp_path):
     R.write_record(d, rec)
     md = tables.compare(tmp_path, "table7")
     lines = md.splitlines()
-    assert lines[0] == "**Table 7: CIFAR-10 test accuracy**" and len(lines) == 4 + len(C.list_configs())
+    assert lines[0] == "**Table 7: CIFAR-10 test accuracy**" and len(lines) == 4 + len(C.list_configs()) + 2
+    assert lines[-1] == "- not shown (this table takes dataset cifar10, eval_split test): bn (dataset cifar100; 1 run)"
     assert f"| BN* | 0.7200 ± {np.std([0.70, 0.74], ddof=1):.4f} | 0.8179 | 2 | — |" in lines
     assert f"| BN | not run | {C.TABLE7['bn'][0]:.4f} | 0 | — |" in lines
     fig = tables.compare_figure(tmp_path, "table10")

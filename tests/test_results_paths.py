@@ -66,3 +66,56 @@ def test_ptb_curves_figure_draws_dnlibs_own_runs(tmp_path):
         assert ax.get_legend().get_texts()[0].get_text().endswith("(n=2)")
     for f in made.values():
         plt.close(f)
+
+
+def _cifar(base: Path, name: str, seed: int, acc: float, *, eval_split: str | None = "test",
+           dataset: str | None = "cifar10") -> Path:
+    """A CIFAR run folder as the recipe writes it (``--validation``: ``eval_split`` "val", 45K/5K); ``eval_split``
+    None: a record without it (the converted H100 runs), ``dataset`` None: one without ``config.dataset``."""
+    from dnlib.experiments import cifar_configs as C
+    cfg = C.get_config(name, dataset or "cifar10").as_dict()
+    n_train, n_eval = (45000, 5000) if eval_split == "val" else (50000, 10000)
+    cfg["setup"] = {"data": "CIFAR-10 (JPEG copy)", "eval_split": eval_split, "subset": None, "train_images": n_train,
+                    "eval_images": n_eval, "eval_every": 500, "mode": "eager", "card": "cpu"}
+    if eval_split is None:
+        del cfg["setup"]["eval_split"]
+    if dataset is None:
+        del cfg["dataset"]
+    d = base / f"{name}-{dataset}-{eval_split}-s{seed}"
+    d.mkdir(parents=True)
+    R.write_record(d, R.make_record("cifar", cfg, seed, started=1.8e9, ended=1.8e9 + 5, stopped="completed",
+                                    steps_planned=cfg["steps"], steps_done=cfg["steps"],
+                                    headline={"final_acc": acc}, paper={"final_acc": C.TABLE7[name][0]},
+                                    prov={"git": None, "versions": {}, "device": {"name": "cpu"}, "host": None}))
+    return d
+
+
+def _row(table: str, label: str) -> list[str]:
+    return [x for x in str(table).splitlines() if x.startswith(f"| {label} ")]
+
+
+def test_table7_takes_test_set_runs_only_and_names_the_validation_fold_runs(tmp_path):
+    """Runs evaluated on the 45K/5K validation fold (--validation) filled "Table 7: CIFAR-10 test accuracy"
+    unmarked: PAPER.md §2.3 reports the final test accuracy."""
+    from dnlib.experiments import tables
+    for s in (0, 1):
+        _cifar(tmp_path, "bn-star", s, 0.84 + s / 100, eval_split="val")
+    t = str(tables.compare(tmp_path, "table7"))
+    assert _row(t, "BN*") == ["| BN* | not run | 0.8179 | 0 | — |"], t
+    takes = "- not shown (this table takes dataset cifar10, eval_split test): "
+    assert takes + "bn-star (eval_split val; 2 runs)" in t.splitlines(), t
+    _cifar(tmp_path, "bn-star", 0, 0.81)
+    t = str(tables.compare(tmp_path, "table7"))
+    assert len(_row(t, "BN*")) == 1 and _row(t, "BN*")[0].startswith("| BN* | 0.8100 | 0.8179 | 1 | 80,000 steps"), t
+    assert "bn-star (eval_split val; 2 runs)" in t
+    fig = tables.compare_figure(tmp_path, "table3")               # the figure: the same runs (Table 3 is Table 7's)
+    import matplotlib.pyplot as plt
+    assert "0.81" in [x.get_text() for x in fig.axes[0].texts]
+    plt.close(fig)
+    # records from before setup.eval_split (the converted H100 runs) evaluated on the test set: they count
+    _cifar(tmp_path, "dn-star", 0, 0.80, eval_split=None)
+    t = str(tables.compare(tmp_path, "table7"))
+    assert _row(t, "DN*")[0].startswith("| DN* | 0.8000 | 0.8122 | 1 |"), t
+    committed = str(tables.compare(ROOT / "results" / "records", "table7"))
+    assert [_row(committed, x)[0].split(" | ")[1] for x in ("Baseline", "BN", "BN*", "DN*")] == \
+        ["0.7464", "0.7621", "0.7941", "0.7792"] and "not shown" not in committed

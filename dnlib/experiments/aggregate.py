@@ -106,9 +106,12 @@ def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:
 
 
 def _field(row: Mapping, key: str) -> Any:
-    """``row``'s value of a :func:`flatten` field or of ``config.<field>`` (None when absent)."""
+    """``row``'s value of a :func:`flatten` field or of ``config.<field>`` / ``config.setup.<field>`` (None: absent)."""
     if key.startswith("config."):
-        return (row.get("config") or {}).get(key[len("config."):])
+        v = row.get("config")
+        for part in key.split(".")[1:]:
+            v = v.get(part) if isinstance(v, Mapping) else None
+        return v
     return flatten(row)[0].get(key)
 
 
@@ -369,7 +372,8 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
             still running) counts in ``n`` and ``stopped`` but gives no value (its numbers are those of a shorter
             schedule). Diverged runs give no value either way.
         where: keep only the runs whose fields have these values (``{"experiment": "cifar",
-            "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` of a record; a list: any of).
+            "config.dataset": "cifar10"}``: a :func:`flatten` field, or ``config.<field>`` /
+            ``config.setup.<field>`` of a record, None when absent; a list: any of).
 
     Returns:
         dicts with the ``by`` fields, ``n`` (runs counted), and for each key ``k``: ``k`` (mean of the finite

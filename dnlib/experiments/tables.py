@@ -165,11 +165,35 @@ def compare(runs, name, *, finished: bool = True, scale: int = 3) -> MarkdownTab
     """One of the paper's tables (a name or a table: :func:`paper_table`; ``scale``: the SR tables') beside ours from
     the runs (run folders, records or gather rows): mean ± std over the runs of each configuration (completed runs only
     when ``finished``), the paper's number, n, and ``not run`` where no run has that configuration (:func:`paper_table`,
-    :func:`summarize`, :func:`table`)."""
+    :func:`summarize`, :func:`table`). Runs of the table's experiment that its ``where`` leaves out by a config
+    field (another data set, the validation fold, another source or scale) are named under it, not dropped unseen."""
     spec = paper_table(name, scale=scale)
     summary = summarize(runs, list(spec["keys"]), finished=finished, where=spec["where"])
-    return table(summary, spec["keys"], title=spec["title"], fmt=spec["fmt"], labels=spec["labels"],
-                 order=spec["order"], paper=spec["paper"])
+    md = table(summary, spec["keys"], title=spec["title"], fmt=spec["fmt"], labels=spec["labels"],
+               order=spec["order"], paper=spec["paper"])
+    left = _left_out(runs, spec["where"])
+    return MarkdownTable(md + ("\n" if md.splitlines()[-1].startswith("- ") else "\n\n") + f"- {left}") if left else md
+
+
+def _left_out(runs, where: Mapping[str, Any]) -> str:
+    """``"not shown (this table takes dataset cifar10, ...): bn-star (eval_split val; 2 runs)"``: the runs that
+    ``where``'s other fields take and its ``config.`` fields leave out (each row of :func:`summarize` is of one value
+    of each: they define the experiment); ``""`` when none."""
+    fields = {k[len("config."):]: (v if isinstance(v, (list, tuple, set)) else [v])
+              for k, v in where.items() if k.startswith("config.")}
+    if not fields:
+        return ""
+    with warnings.catch_warnings():        # rows split by the fields left out: their warnings are not this table's
+        warnings.simplefilter("ignore", PoolingWarning)
+        every = summarize(runs, keys=[], where={k: v for k, v in where.items() if k[len("config."):] not in fields})
+    short = {f: f.removeprefix("setup.") for f in fields}
+    off = []
+    for s in every:
+        bad = ", ".join(f"{short[f]} {s['what'].get(f)}" for f in fields if s["what"].get(f) not in fields[f])
+        if bad:
+            off.append(f"{s['name']} ({bad}; {s['n']} run{'' if s['n'] == 1 else 's'})")
+    takes = ", ".join(f"{short[f]} {'/'.join(str(v) for v in vals if v is not None)}" for f, vals in fields.items())
+    return f"not shown (this table takes {takes}): {', '.join(off)}" if off else ""
 
 
 def provenance_table(runs, where: Mapping[str, Any] | None = None, title: str = "") -> MarkdownTable:
