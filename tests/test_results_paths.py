@@ -119,3 +119,18 @@ def test_table7_takes_test_set_runs_only_and_names_the_validation_fold_runs(tmp_
     committed = str(tables.compare(ROOT / "results" / "records", "table7"))
     assert [_row(committed, x)[0].split(" | ")[1] for x in ("Baseline", "BN", "BN*", "DN*")] == \
         ["0.7464", "0.7621", "0.7941", "0.7792"] and "not shown" not in committed
+
+
+def test_table7_counts_a_cifar_record_without_config_dataset_as_cifar10_as_cifar_report_does(tmp_path):
+    """cifar_report counts a record without ``config.dataset`` (from before the field) as CIFAR-10; compare's
+    Table 7 showed it "not run". Another data set is named under the table."""
+    from dnlib.experiments import cifar_report, tables
+    _cifar(tmp_path, "bn-star", 0, 0.81, dataset=None)
+    t = str(tables.compare(tmp_path, "table7"))
+    assert _row(t, "BN*")[0].startswith("| BN* | 0.8100 | 0.8179 | 1 |") and "not shown" not in t, t
+    assert "| **BN*** | 0.8100 |" in str(cifar_report.results_table(tmp_path))
+    _cifar(tmp_path, "bn-star", 0, 0.51, dataset="cifar100")
+    t = str(tables.compare(tmp_path, "table7"))
+    assert _row(t, "BN*")[0].startswith("| BN* | 0.8100 | 0.8179 | 1 |"), t
+    takes = "- not shown (this table takes dataset cifar10, eval_split test): "
+    assert takes + "bn-star (dataset cifar100; 1 run)" in t.splitlines(), t
