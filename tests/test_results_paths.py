@@ -134,3 +134,30 @@ def test_table7_counts_a_cifar_record_without_config_dataset_as_cifar10_as_cifar
     assert _row(t, "BN*")[0].startswith("| BN* | 0.8100 | 0.8179 | 1 |"), t
     takes = "- not shown (this table takes dataset cifar10, eval_split test): "
     assert takes + "bn-star (dataset cifar100; 1 run)" in t.splitlines(), t
+
+
+def test_sr_report_gives_the_authors_code_row_no_paper_number(tmp_path):
+    """``sr report`` looked the paper's numbers up by the row label cut at " (": "DN* (code)" (the authors' code's
+    variant) got DN*'s Table 5 numbers; Table 5 (compare) and the run's own record give it none."""
+    from dnlib.data import data_root
+    from dnlib.experiments import sr_report, tables
+    from dnlib.experiments.sr import RECIPE
+    if not (data_root() / "sr" / "Set14").is_dir() and not (data_root() / "Set14").is_dir():
+        pytest.skip("Set14 is not under the data root")
+    for name, label in (("fast-dn*", "DN*"), ("fast-dn*-code", "DN* (code)")):
+        cfg = RECIPE.config(name)
+        d = {**RECIPE.config_dict(cfg), "setup": {"data": "T91 x3", "label": label, "card": "cpu", "sets": ["Set14"],
+                                                   "curve_sets": [], "missing_sets": [], "root": None,
+                                                   "eval_every": 2500}}
+        rec = R.make_record("sr", d, 0, steps_planned=cfg.steps, steps_done=cfg.steps, stopped="completed",
+                            headline={"set14_psnr": 28.7, "set14_ssim": 0.80}, paper=RECIPE.paper(cfg),
+                            prov={"git": None, "versions": {"torch": "x"}, "device": {"name": "cpu"}, "host": None})
+        (tmp_path / name).mkdir()
+        R.write_record(tmp_path / name, rec)
+    assert R.read_record(tmp_path / "fast-dn*-code")["paper"]["set14_psnr"] is None
+    rows = sr_report.report(tmp_path, sets=("Set14",))["table"]["Set14"]
+    assert (rows["DN*"]["paper_psnr"], rows["DN*"]["paper_ssim"]) == (29.34, 0.8219)
+    assert rows["DN* (code)"].get("paper_psnr") is None and rows["DN* (code)"].get("paper_ssim") is None
+    assert rows["Bicubic"]["paper_psnr"] == 27.54
+    code = [x for x in str(tables.compare(tmp_path, "table5")).splitlines() if "authors' code" in x]
+    assert len(code) == 1 and code[0].split(" | ")[2] == "—", code

@@ -137,8 +137,9 @@ def report(path, sets: Sequence[str] = HEADLINE_SETS, root=None, device="auto", 
             elif (d / "checkpoint.pt").is_file() and not str(rec["stopped"]).startswith("diverged"):
                 r = evaluate_sr(load_model(d, device)[0], s, scale, root=root)
                 rows[keys[d]] = {"psnr": r["psnr"], "ssim": r["ssim"], "shift": r["shift"], "scored": "checkpoint"}
-        for label, row in rows.items():
-            row.update(zip(("paper_psnr", "paper_ssim"), paper_numbers(s, scale).get(label.split(" (")[0], ())))
+        row_of = {keys[d]: labels[d] for d in recs}      # the run's row: its label before " (name sN)" was added
+        for label, row in rows.items():                  # ("DN* (code)", the authors' code's, has no paper number)
+            row.update(zip(("paper_psnr", "paper_ssim"), paper_numbers(s, scale).get(row_of.get(label, label), ())))
     out = {"scale": scale, "card": first["config"]["setup"].get("card"), "torch": first["versions"].get("torch"),
            "runs": {keys[d]: {"name": r["name"], "seed": r["seed"], "steps": r["steps_done"], "stopped": r["stopped"],
                               "train_seconds": r["headline"].get("train_seconds"),
