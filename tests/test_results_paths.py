@@ -161,3 +161,26 @@ def test_sr_report_gives_the_authors_code_row_no_paper_number(tmp_path):
     assert rows["Bicubic"]["paper_psnr"] == 27.54
     code = [x for x in str(tables.compare(tmp_path, "table5")).splitlines() if "authors' code" in x]
     assert len(code) == 1 and code[0].split(" | ")[2] == "—", code
+
+
+def test_the_records_readmes_python_commands_run(monkeypatch, capsys):
+    """results/records/README.md showed ``from dnlib import aggregate; aggregate.compare(...)``: an ImportError
+    (``compare`` is ``dnlib.experiments.tables.compare``). Each of its ``python -c`` and ``python -m dnlib``
+    commands runs here, in the repository, as the README shows it."""
+    import re
+    import shlex
+
+    from dnlib.__main__ import main
+    readme = ROOT / "results" / "records" / "README.md"
+    lines = [x.split("#")[0].strip() for x in re.findall(r"^ {4}(\S.*)$", readme.read_text(), re.M)]
+    commands = [shlex.split(x) for x in lines if re.match(r"(\.venv/bin/)?python -[cm]", x)]
+    assert any(c[1] == "-c" for c in commands) and any(c[1:3] == ["-m", "dnlib"] for c in commands), lines
+    monkeypatch.chdir(ROOT)
+    for c in commands:
+        assert re.match(r"\.venv/bin/python$", c[0]), f"{readme}: {shlex.join(c)} does not say it runs in the venv"
+        if c[1] == "-c":
+            exec(compile(c[2], f"{readme.name}: {c[2]}", "exec"), {})
+        elif c[1:3] == ["-m", "dnlib"]:
+            assert main(c[3:]) == 0, shlex.join(c)
+        out = capsys.readouterr().out
+        assert "| model |" in out or "| name |" in out, (shlex.join(c), out[:500])
