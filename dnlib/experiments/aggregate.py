@@ -36,9 +36,10 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   :meth:`dnlib.experiments.recipe.Recipe.paper_tables`) beside ours as Markdown or bars;
   ``tables.provenance_table``: where each configuration's numbers come from (commit, card, date, data, source).
 
-This module sits beside :mod:`dnlib.experiments.records`: it imports records and the registry, never the runner, a
-recipe or the ``*_configs`` modules (the recipes register their tables in :mod:`dnlib.experiments.registry`); the
-tables and figures are :mod:`dnlib.experiments.tables`.
+This module sits beside :mod:`dnlib.experiments.records`: it imports records, the registry and
+:mod:`dnlib.experiments.pooling` (what defines an experiment, split rows' labels, :func:`run_as`; re-exported here),
+never the runner, a recipe or the ``*_configs`` modules (the recipes register their tables in
+:mod:`dnlib.experiments.registry`); the tables and figures are :mod:`dnlib.experiments.tables`.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import records
+from .pooling import LATER_DEFAULTS, NOT_DEFINING, defining, differing, run_as, short, split_labels, values_text
 from .registry import paper_schedule
 
 __all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "NOT_DEFINING", "LATER_DEFAULTS",
@@ -145,123 +147,9 @@ def _load(rows) -> list:
     return out
 
 
-#: Fields of a run's config that do not change what it computes: labels, the kernels' implementation (``impl``:
-#: the same math), how often it was evaluated, which sets were scored, the card and the trainer's mode (the card
-#: is a column of its own), and whether the run was one copy of a stacked group (``setup.stacked``,
-# : ``setup.stacked_seeds``: each copy is its separate run, tests/test_stacked.py). Runs that differ only in these and
-# in their seed are seeds of one experiment; any other : difference (dataset, steps or epochs, subset, batch size,
-# source, learning rate, any override) makes them : different experiments, which :func:`summarize` never pools.
-NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
-                          "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
-                          "setup.curve_sets", "setup.missing_sets", "setup.threads",
-                          "setup.stacked", "setup.stacked_seeds",
-                          "setup.init_act", "setup.init_grad", "setup.scale_change"})   # (analysis: measured at init)
-
-
-#: Fields recorded since a later version, with the value every run recorded before then had (CIFAR's mean image,
-#: ``setup.mean_over``: over the training images): a run at that value is defined as one that does not record it,
-#: so old and new records of one experiment pool, and a split label shows the value.
-LATER_DEFAULTS = {"setup.mean_over": "train"}
-
-
-#: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
-_SHOWN_FIRST = ("steps", "epochs", "setup.subset", "batch_size", "dataset", "setup.data", "source", "steps_planned")
-
-
 class PoolingWarning(UserWarning):
     """Runs of one configuration that :func:`summarize` did not pool (they differ in what defines the experiment:
     one row each), or runs of one seed of which one only counts."""
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return tuple(sorted((str(k), _hashable(x)) for k, x in v.items()))
-    if isinstance(v, (list, tuple)):
-        return tuple(_hashable(x) for x in v)
-    return v
-
-
-def defining(row: Mapping[str, Any]) -> dict:
-    """What defines the experiment of one run besides its experiment and configuration name: every field of its
-    config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
-    as tuples, and :data:`LATER_DEFAULTS` left out at their value. A row without a config (a hand-made or
-    :func:`dnlib.experiments.records.gather` row whose folder is gone) is defined by its ``steps_planned`` when it
-    has one."""
-    cfg = row.get("config")
-    out: dict = {}
-    if isinstance(cfg, Mapping):
-        for k, v in cfg.items():
-            if k == "setup" and isinstance(v, Mapping):
-                out.update({f"setup.{k2}": _hashable(v2) for k2, v2 in v.items()})
-            else:
-                out[str(k)] = _hashable(v)
-    elif row.get("steps_planned") is not None:
-        out["steps_planned"] = row["steps_planned"]
-    return {k: v for k, v in out.items()
-            if k not in NOT_DEFINING and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
-
-
-def run_as(what: Mapping[str, Any], paper: int | None = None) -> str:
-    """What was run, in words, from :func:`defining`'s fields: the schedule's length (of the paper's ``paper``),
-    the subset, the batch size: ``"40 of the paper's 80,000 steps, subset 2000/1000, batch 100"``.
-
-    ``paper`` counts in the unit the config counts (:meth:`dnlib.experiments.recipe.Recipe.paper_schedule`): epochs
-    when it has ``epochs`` (PTB), else steps. A run of such a config given ``steps`` says its steps in epochs where
-    its setup records ``batches_per_epoch`` (``"300 steps (0.129 epochs; the paper's 13 epochs)"``). A run that
-    records no subset but its ``train_images`` / ``eval_images`` says those (``"2,000/500 images"``); ``"all the
-    data"`` where it records neither (subset None)."""
-    parts = []
-    paper_unit = "epochs" if _finite(what.get("epochs")) else "steps"
-    for unit in ("steps", "epochs"):
-        n = what.get(unit)
-        if _finite(n):
-            n = int(n)
-            if not paper:
-                parts.append(f"{n:,} {unit}")
-            elif unit == paper_unit:
-                parts.append(f"{n:,} {unit} (the paper's)" if paper == n else f"{n:,} of the paper's {paper:,} {unit}")
-            elif _finite(per := what.get("setup.batches_per_epoch")) and per > 0:    # steps of an epochs schedule
-                e = format(n / per, ".3g")
-                parts.append(f"{n:,} {unit} ({e} {paper_unit}, the paper's)" if n == paper * per else
-                             f"{n:,} {unit} ({e} {paper_unit}; the paper's {paper:,} {paper_unit})")
-            else:
-                parts.append(f"{n:,} {unit} (the paper's: {paper:,} {paper_unit})")
-            break
-    else:
-        if _finite(what.get("steps_planned")):
-            parts.append(f"{int(what['steps_planned']):,} steps")
-    if what.get("kind") or what.get("schedule"):                 # SR: fast / reference / smoke
-        parts.append(f"{what.get('schedule') or what.get('kind')} schedule")
-    subset = what.get("setup.subset", "absent")
-    images = what.get("setup.train_images"), what.get("setup.eval_images")
-    if isinstance(subset, tuple) and subset:
-        parts.append("subset " + "/".join(map(str, subset)))
-    elif _finite(subset):
-        parts.append(f"subset {subset}")
-    elif subset in (None, "absent") and all(_finite(x) for x in images):
-        parts.append(f"{int(images[0]):,}/{int(images[1]):,} images")
-    elif subset is None:
-        parts.append("all the data")
-    elif "subset" in str(what.get("setup.data") or "") and _finite(what.get("setup.train_tokens")):
-        parts.append(f"subset of {int(what['setup.train_tokens']):,} training tokens")
-    if _finite(what.get("batch_size")):
-        parts.append(f"batch {int(what['batch_size'])}")
-    return ", ".join(parts) or "—"
-
-
-def _short(field: str) -> str:
-    return field[len("setup."):] if field.startswith("setup.") else field
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, tuple):
-        return "/".join(_value(x) for x in v)
-    return format(v, ",") if _finite(v) and isinstance(v, int) else str(v)
-
-
-def _of(what: Mapping, field: str) -> Any:
-    """A :func:`defining` field's value (a :data:`LATER_DEFAULTS` one left out: its value; else None when absent)."""
-    return what.get(field, LATER_DEFAULTS.get(field))
 
 
 def _when(r: Mapping) -> str:
@@ -272,41 +160,14 @@ def _describe(meta: Mapping, r: Mapping) -> str:
     return str(meta.get("run") or f"{meta.get('name')} seed {meta.get('seed')} ({_when(r) or 'no date'})")
 
 
-def _split_labels(differs: Sequence[str], keys: Sequence[tuple], whats: Mapping[tuple, Mapping]) -> dict:
-    """``{key: label}`` of the groups of one name (``keys``): their values of the first two fields that differ,
-    then, while two groups' labels are the same, of the next differing field that tells them apart (every group
-    names the same fields: ``"steps 200, lr 0.001, momentum 0"``); groups that no field's value tells apart (values
-    that print alike) are numbered."""
-    shown = list(differs[:2])
-
-    def label(k, fields):
-        return ", ".join(f"{_short(f)} {_value(_of(whats[k], f))}" for f in fields)
-
-    while True:
-        same: dict = {}
-        for k in keys:
-            same.setdefault(label(k, shown), []).append(k)
-        clashes = [ks for ks in same.values() if len(ks) > 1]
-        more = next((f for f in differs if f not in shown and any(
-            len({label(k, [f]) for k in ks}) > 1 for ks in clashes)), None)
-        if not clashes or more is None:
-            break
-        shown.append(more)
-    out = {k: label(k, shown) for k in keys}
-    for ks in clashes:
-        for j, k in enumerate(ks, 1):
-            out[k] = f"{out[k]}, set {j}" if out[k] else f"set {j}"
-    return out
-
-
 def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
     """Group loaded runs by the ``by`` fields and what defines their experiment (:func:`defining`), one seed once.
 
     Returns one dict per group in order of first appearance: ``ident`` (the ``by`` values), ``what`` (the
     defining fields), ``members`` (indices into ``recs`` that count), ``duplicates`` (the runs of a seed already
     counted: each seed's newest finished run counts), ``split`` (a label suffix naming the fields in which this
-    group differs from other groups of the same ``ident``, unique among them (:func:`_split_labels`); ``""``) and
-    ``differs`` (those fields). Emits a
+    group differs from other groups of the same ``ident``, unique among them:
+    :func:`dnlib.experiments.pooling.split_labels`; ``""``) and ``differs`` (those fields). Emits a
     :class:`PoolingWarning` for each split and each set of duplicates."""
     variants: dict[tuple, dict[tuple, list]] = {}
     whats: dict[tuple, dict] = {}
@@ -322,14 +183,11 @@ def _group(recs: Sequence[Mapping], by: Sequence[str]) -> list[dict]:
         name = " / ".join(str(v) for v in ident if v is not None)
         differs: list = []
         if len(groups) > 1:
-            fields = sorted({f for k in groups for f, _ in k}, key=lambda f: (
-                _SHOWN_FIRST.index(f) if f in _SHOWN_FIRST else len(_SHOWN_FIRST), f))
-            differs = [f for f in fields if len({_of(whats[k], f) for k in groups}) > 1]
-            values = "; ".join(f"{_short(f)}: {', '.join(_value(_of(whats[k], f)) for k in groups)}"
-                               for f in differs[:4]) + ("; ..." if len(differs) > 4 else "")
+            differs = differing([whats[k] for k in groups])
+            values = values_text(differs, [whats[k] for k in groups])
             warnings.warn(f"{name}: {len(groups)} sets of runs differ in what defines the experiment ({values}): "
                           f"not pooled, one row each", PoolingWarning, stacklevel=3)
-        labels = _split_labels(differs, list(groups), whats)
+        labels = split_labels(differs, {k: whats[k] for k in groups})
         for key, idx in groups.items():
             best: dict = {}
             for i in idx:
@@ -442,7 +300,7 @@ def notes(summary: Sequence[Mapping]) -> list[str]:
         name = " / ".join(str(s.get(b)) for b in ("experiment", "name") if s.get(b) is not None)
         if s.get("differs") and name not in split_named:
             split_named.add(name)
-            out.append(f"{name}: runs differ in {', '.join(_short(f) for f in s['differs'])}: not pooled, one "
+            out.append(f"{name}: runs differ in {', '.join(short(f) for f in s['differs'])}: not pooled, one "
                        "row each")
         if s.get("duplicates"):
             where = f"{name} [{s['split']}]" if s.get("split") else name
