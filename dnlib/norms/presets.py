@@ -143,7 +143,7 @@ PRESETS.update({  # the atlas of issue 26: modules whose Table-1 view is ``spec`
                       "numerator x sigmoid(v x), not centred (A's mean only inside B)"),
     "evonorm-b0": _P(EVONORM_B0_SPEC, {}, "EvoNorm-B0 (Liu 2020; timm's EvoNorm2dB0): x / max(BN's std, "
                      "v x + IN's std)", EvoNorm2dB0, _DEV | {"apply_act", "momentum", "eps", "process_group"},
-                     "divisor max(sqrt(running batch var), v x + instance std); numerator not centred"),
+                     "divisor max(batch std (running at eval), v x + instance std); numerator not centred"),
     "frozen-bn": _P(FROZEN_BN_SPEC, {}, "frozen batch norm (torchvision's FrozenBatchNorm2d): BN with fixed "
                     "statistics and affine", FrozenBatchNorm2d, _DEV | {"eps"},
                     "running statistics in training too; gamma, beta are buffers (nothing learns)"),
