@@ -6,8 +6,8 @@ import pytest
 
 from dnlib.analysis.curves import band_curves
 from dnlib.experiments import aggregate as A
+from dnlib.experiments import pooling, registry, tables
 from dnlib.experiments import records as R
-from dnlib.experiments import registry, tables
 
 _PROV = {"git": {"commit": "a" * 40, "dirty": False}, "versions": {}, "device": {"name": "cpu"}, "host": "h"}
 
@@ -418,8 +418,8 @@ def test_run_as_states_a_ptb_run_shortened_to_steps_in_the_paper_s_unit():
     setup = {"data": "PTB (Mikolov), 929,589 training tokens, 10,000 words", "batches_per_epoch": 2323}
 
     def run_as(config, setup):
-        what = A.defining({"config": {**config, "setup": setup}})
-        return A.run_as(what, registry.paper_schedule("ptb", "dn-star-lstm", what))
+        what = pooling.defining({"config": {**config, "setup": setup}})
+        return pooling.run_as(what, registry.paper_schedule("ptb", "dn-star-lstm", what))
 
     assert run_as(config, setup) == f"300 steps ({300 / 2323:.3g} epochs; the paper's 13 epochs), batch 20"
     assert run_as(config, {"data": setup["data"]}) == "300 steps (the paper's: 13 epochs), batch 20"

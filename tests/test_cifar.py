@@ -320,7 +320,7 @@ def test_smoke_training_beats_chance(data):
 def test_a_run_on_given_data_records_the_subset_it_was_loaded_with(data, tmp_path):
     """Notebook 03 passes ``data=`` (loaded with a subset) and no ``subset``: the record said ``subset: null`` and
     its table "all the data". The data carries its subset; a different ``subset`` beside it is refused by name."""
-    from dnlib.experiments.aggregate import defining, run_as
+    from dnlib.experiments.pooling import defining, run_as
     r = run("base", steps=1, data=data, eval_every=1, batch_size=20, out=tmp_path / "a")
     assert r.record["config"]["setup"]["subset"] == [2000, 1000]
     assert "subset 2000/1000" in run_as(defining(r.record))

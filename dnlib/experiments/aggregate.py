@@ -12,8 +12,8 @@ turns many runs into one line per configuration::
 
 **What is pooled.** Runs are seeds of one experiment when they have the same experiment, configuration name and
 everything that defines the experiment (:func:`defining`: every config field, dataset, steps or epochs, subset,
-batch size, source, any override, but labels, ``impl``, the card and how often it evaluated,
-:data:`NOT_DEFINING`). Runs of one name that differ in any of these are never pooled: one row each, labelled with
+batch size, source, any override, but labels, ``impl``, the card and how often it evaluated:
+``pooling.NOT_DEFINING``). Runs of one name that differ in any of these are never pooled: one row each, labelled with
 the difference (``bn-star [steps 40]``), and a :class:`PoolingWarning`. Each seed counts once: its newest finished
 run; the others are listed as ``duplicates`` (a seed-0 run made by the suite and again in JupyterLab is one run).
 Every table says what was run (``run as``: steps of the paper's schedule, subset, batch size).
@@ -37,7 +37,7 @@ Every table says what was run (``run as``: steps of the paper's schedule, subset
   ``tables.provenance_table``: where each configuration's numbers come from (commit, card, date, data, source).
 
 This module sits beside :mod:`dnlib.experiments.records`: it imports records, the registry and
-:mod:`dnlib.experiments.pooling` (what defines an experiment, split rows' labels, :func:`run_as`; re-exported here),
+:mod:`dnlib.experiments.pooling` (what defines an experiment, split rows' labels, ``run_as``),
 never the runner, a recipe or the ``*_configs`` modules (the recipes register their tables in
 :mod:`dnlib.experiments.registry`); the tables and figures are :mod:`dnlib.experiments.tables`.
 """
@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 
 from . import records
-from .pooling import LATER_DEFAULTS, NOT_DEFINING, defining, differing, run_as, short, split_labels, values_text
+from .pooling import defining, differing, run_as, short, split_labels, values_text
 from .registry import paper_schedule
 
-__all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "NOT_DEFINING", "LATER_DEFAULTS",
-           "PoolingWarning", "defining", "run_as", "summarize", "notes", "curve_bands", "CurveWarning"]
+__all__ = ["GATHER_COLUMNS", "NOT_RUN", "NO_VALUE", "stopped_reason", "flatten", "PoolingWarning", "summarize",
+           "notes", "curve_bands", "CurveWarning"]
 
 
 # : The columns of :func:`dnlib.experiments.records.gather` rows that are not headline numbers (``paper_*`` columns are
@@ -241,7 +241,7 @@ def summarize(rows, keys: Sequence[str] | None = None, by: Sequence[str] = ("exp
         ``dates`` (the day a run started, else ended, else a converted record's ``date``), ``data`` (distinct,
         in order), ``stopped`` (``{reason: count}``, reasons without their step), ``runs`` (the run folders),
         ``sources`` (the files converted records were made from, ``converted_from``), ``what`` (the defining
-        fields), ``run_as`` (:func:`run_as`: steps of the paper's schedule, subset, batch size), ``paper_schedule``,
+        fields), ``run_as`` (``pooling.run_as``: steps of the paper's schedule, subset, batch size), ``paper_schedule``,
         ``split`` (the fields and values that set this row apart from others of the same name, ``""`` when none),
         ``differs`` (those fields) and ``duplicates`` (runs not counted: a seed already counted).
     """

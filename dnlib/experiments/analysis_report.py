@@ -22,7 +22,7 @@ import numpy as np
 
 from ..analysis.curves import no_data
 from ..analysis.figures import MarkdownTable, markdown_table, new_figure
-from . import aggregate, records
+from . import pooling, records
 from .analysis_configs import (
     BATCH_NORMS,
     BATCH_SIZES,
@@ -66,13 +66,13 @@ def _rank(rec: dict) -> tuple:
 def load(path) -> Runs:
     """The ``analysis`` runs at or under ``path`` (a broken record is skipped with a warning): per configuration
     and seed its newest completed run (else its newest). Runs of one configuration that differ in what defines
-    the experiment (:func:`dnlib.experiments.aggregate.defining`: size, steps, subset...) are a ValueError naming
+    the experiment (:func:`dnlib.experiments.pooling.defining`: size, steps, subset...) are a ValueError naming
     them: they are not seeds of one point (give a folder of one size)."""
     found, what = defaultdict(dict), {}
     for d, rec in records.read_records([path]):
         if rec.get("experiment") != "analysis":
             continue
-        w = aggregate.defining(rec)
+        w = pooling.defining(rec)
         w0, d0 = what.setdefault(rec["name"], (w, d))
         if w != w0:
             differs = sorted(k for k in set(w) | set(w0) if w.get(k) != w0.get(k))

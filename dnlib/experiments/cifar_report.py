@@ -48,7 +48,7 @@ def summarize(results) -> list:
 def results_table(results) -> MarkdownTable:
     """:func:`summarize` beside the paper's Table 7: per data set and configuration (Table 3 rows in bold, runs that
     stopped early named) our final accuracy (mean ± std over runs), the paper's, images/s, ``n`` (runs) and ``run as``
-    (:func:`dnlib.experiments.aggregate.run_as`: steps of the paper's schedule, subset, batch), the columns of every
+    (:func:`dnlib.experiments.pooling.run_as`: steps of the paper's schedule, subset, batch), the columns of every
     experiment's results table."""
     def label(name):
         row = _CONFIGS[name].paper if name in _CONFIGS else name

@@ -60,7 +60,7 @@ def results_table(results, unigram: float | None = None) -> MarkdownTable:
     """Our perplexities (mean ± std over completed runs, :func:`dnlib.experiments.aggregate.summarize`; runs that
     stopped early counted in n and named, not averaged: theirs are the numbers of a shorter schedule) beside the
     paper's Table 9 (the paper's: 13 epochs on all of PTB, one-stream test), tokens/s, ``n`` (runs)
-    and ``run as`` (:func:`dnlib.experiments.aggregate.run_as`), the columns of every experiment's results table; the
+    and ``run as`` (:func:`dnlib.experiments.pooling.run_as`), the columns of every experiment's results table; the
     unigram bar last."""
     rows_of, out = {n: get_config(n).row for n in list_configs()}, []
     summary = aggregate.summarize(results, list(_FMT), finished=True)

@@ -156,7 +156,7 @@ class Recipe:
 
     def paper_schedule(self, name: str, what: Mapping[str, Any]) -> int | None:
         """The length of the paper's schedule for configuration ``name`` (``what``: the run's defining fields,
-        :func:`dnlib.experiments.aggregate.defining`), in the unit the config counts (steps, epochs); None: not
+        :func:`dnlib.experiments.pooling.defining`), in the unit the config counts (steps, epochs); None: not
         known."""
         return None
 

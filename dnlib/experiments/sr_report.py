@@ -23,7 +23,7 @@ from ..analysis.curves import run_curves
 from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..io import atomic_write_json
 from ..training.metrics import psnr
-from . import aggregate, records
+from . import pooling, records
 from .recipe import RunResult
 from .runner import recipe_runs
 from .sr import (
@@ -57,7 +57,7 @@ def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Seq
     """Bicubic and each run (or ``{label: model}``) on each set, beside Table 5 (Set14) / Table 6 (BSD200) at
     ``scale``: a Markdown table whose ``rows`` are ``{"model", "set", "psnr", "ssim", "shift", "paper_psnr",
     "paper_ssim", "n", "run_as"}`` (the paper's None where it has no number; ``n`` runs and ``run as``
-    (:func:`dnlib.experiments.aggregate.run_as`) as every experiment's results table, None for a bare model)."""
+    (:func:`dnlib.experiments.pooling.run_as`) as every experiment's results table, None for a bare model)."""
     models = dict(runs) if isinstance(runs, Mapping) else models_of(runs)      # one entry per run, in order
     what = {} if isinstance(runs, Mapping) else {label: run for label, run in zip(models, runs)}
     if len(what) != (0 if isinstance(runs, Mapping) else len(runs)):
@@ -74,7 +74,7 @@ def results_table(runs: Sequence[RunResult] | Mapping[str, nn.Module], sets: Seq
             rows.append({"model": label, "set": s, "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
                          "shift": round(r["shift"], 2), "paper_psnr": p[0], "paper_ssim": p[1],
                          "n": 1 if run is not None else None,
-                         "run_as": aggregate.run_as(aggregate.defining(rec)) if rec else None})
+                         "run_as": pooling.run_as(pooling.defining(rec)) if rec else None})
     cols = ["set", "model", "psnr", "paper_psnr", "ssim", "paper_ssim", "shift", "n", "run_as"]
     table = ResultsTable(markdown_table(["set", "model", "PSNR", "paper PSNR", "SSIM", "paper SSIM",
                                          "mean shift (grey levels)", "n", "run as"],
