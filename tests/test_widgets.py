@@ -308,3 +308,31 @@ def test_raw_inputs_make_the_summation_field_visible(images):
     assert all(abs(r["sparsity"] - 0.5) < 0.05 for r in (*std.values(), *raw.values()))
     with pytest.raises(ValueError, match="inputs must be one of"):
         preprocess(images, "centred")
+
+
+NOTEBOOK_02 = Path(__file__).resolve().parents[1] / "notebooks" / "02_activation_explorer.ipynb"
+
+
+def test_values_outside_a_slider_are_refused_not_capped(images):
+    """UI review: sigma=3 and alpha=0.1 were capped by the sliders to 2 and 0.05 without a word, while compute() and
+    sweep() took them as given, so one run of notebook 02 saved a table at sigma 2 and results at sigma 3. The
+    explorer refuses them (naming parameter, value and range), and notebook 02's rules stop the suite first."""
+    from dnlib.notebook import parameters
+
+    for name, value in (("sigma", 3.0), ("alpha", 0.1), ("sigma", -0.5)):
+        lo, hi = widgets.SLIDER_RANGES[name]
+        with pytest.raises(ValueError, match=rf"{name} = {value}.*\[{lo}, {hi}\]"):
+            widgets.activation_explorer(images, preset="dn", live_plots=False, **{name: value})
+    ex = widgets.activation_explorer(images, preset="dn", sigma=0.5, live_plots=False)
+    with pytest.raises(ValueError, match=r"sigma = 5.0"):
+        ex.set(sigma=5.0)
+    assert ex.controls["sigma"].value == 0.5 and ex.result["sigma"] == 0.5   # a refused set leaves it as it was
+    assert ex.compute("dn", 5.0)["sigma"] == 5.0                               # off-screen: any value, as given
+    rules = parameters.parameter_rules(NOTEBOOK_02)
+    for name, (lo, hi) in widgets.SLIDER_RANGES.items():
+        assert (rules[name]["min"], rules[name]["max"]) == (lo, hi), name
+        assert (ex.controls[name].min, ex.controls[name].max) == (lo, hi), name
+    with pytest.raises(parameters.ParameterError, match="sigma"):
+        parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("sigma", "3.0")])
+    with pytest.raises(parameters.ParameterError, match="alpha"):
+        parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("alpha", "0.1")])

@@ -32,12 +32,17 @@ from .explorer_inputs import explorer_images, first_conv, preprocess
 # explorer_images and first_conv: re-exported from explorer_inputs (the notebook and the README call them here)
 __all__ = ["explorer_images", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer",
            "activation_explorer", "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS",
-           "FIXED_LIMITS"]
+           "FIXED_LIMITS", "SLIDER_RANGES"]
 
 #: Window choices: (label, size); size 0 = the whole axis (no window).
 SPACE_WINDOWS = [("whole map", 0), ("3 x 3", 3), ("5 x 5", 5), ("7 x 7", 7), ("9 x 9", 9), ("15 x 15", 15)]
 CHANNEL_WINDOWS = [("all channels", 0), ("3", 3), ("5", 5), ("9", 9), ("15", 15), ("31", 31)]
 WINDOW_FIELDS = [("both", "both"), ("summation", "sum"), ("suppression", "sup")]
+#: The sliders' ranges (inclusive). A value outside is refused by the explorer (its constructor and
+#: :meth:`~ActivationExplorer.set`), not capped to the slider's end as a bare slider would; notebook 02's parameter
+#: rules give the same ``min``/``max``, so the suite refuses ``-p sigma 3`` before running. ``compute()`` and
+#: ``sweep()`` take any value (off-screen, and their results record what they used).
+SLIDER_RANGES = {"sigma": (0.0, 2.0), "alpha": (0.0, 0.05)}
 #: Groups of the explorer's ``gn``: the preset's 32 groups on the first layer's 32 channels would be ``in``.
 GN_GROUPS = 8
 #: The explorer figure's axes with "fixed scale" on: the histograms cover responses in [-6, 6] and the feature maps'
@@ -95,7 +100,8 @@ class ActivationExplorer:
 
     Attributes:
         controls: ``{name: widget}`` for ``preset``, ``sigma``, ``space_window``, ``channel_window``,
-            ``window_field``, ``alpha``; setting a widget's ``.value`` recomputes synchronously.
+            ``window_field``, ``alpha``; setting a widget's ``.value`` recomputes synchronously. A slider caps a
+            value beyond its ends (:data:`SLIDER_RANGES`) as sliders do; the constructor and :meth:`set` refuse it.
         fixed_scale: the "fixed scale" checkbox (on by default): the figure's axes and colours stay at
             :data:`FIXED_LIMITS` as the controls move, instead of fitting each result.
         result: the latest statistics (see :meth:`compute`).
@@ -117,6 +123,8 @@ class ActivationExplorer:
 
         self.images, self.source, self.seed, self.inputs = images, source, seed, inputs
         self.bins, self.n_pairs, self.max_samples = bins, n_pairs, max_samples
+        for name, value in (("sigma", sigma), ("alpha", alpha)):
+            _check_slider_range(name, value)
         with torch.no_grad():
             self.z = conv(preprocess(images, inputs))
         pre = pairwise_corr_mi(self.z, n_pairs=n_pairs, bins=bins, max_samples=max_samples, seed=seed)
@@ -128,10 +136,11 @@ class ActivationExplorer:
         # presets with a module of their own (GDN: a learned channel matrix, no NormSpec fields) have no fields to
         # explore here
         names = [n for n in list_norms() if PRESETS[n].module is None]
+        (sigma_lo, sigma_hi), (alpha_lo, alpha_hi) = SLIDER_RANGES["sigma"], SLIDER_RANGES["alpha"]
         self.controls = {
             "preset": W.Dropdown(options=names, value=preset, description="preset", style=style,
                                  layout=W.Layout(width="260px")),
-            "sigma": W.FloatSlider(value=sigma, min=0.0, max=2.0, step=0.05, description="σ", style=style,
+            "sigma": W.FloatSlider(value=sigma, min=sigma_lo, max=sigma_hi, step=0.05, description="σ", style=style,
                                    continuous_update=False, layout=wide),
             "space_window": W.SelectionSlider(options=SPACE_WINDOWS, value=0, description="spatial window", style=style,
                                               continuous_update=False, layout=wide),
@@ -139,7 +148,7 @@ class ActivationExplorer:
                                                 style=style, continuous_update=False, layout=wide),
             "window_field": W.ToggleButtons(options=WINDOW_FIELDS, value="both", description="windows on",
                                             style={**style, "button_width": "90px"}),
-            "alpha": W.FloatSlider(value=alpha, min=0.0, max=0.05, step=0.001, readout_format=".3f",
+            "alpha": W.FloatSlider(value=alpha, min=alpha_lo, max=alpha_hi, step=0.001, readout_format=".3f",
                                    description="L1 α", style=style, continuous_update=False, layout=wide),
         }
         self.fixed_scale = W.Checkbox(value=fixed_scale, description="fixed scale", indent=False,
@@ -229,6 +238,8 @@ class ActivationExplorer:
         unknown = sorted(set(values) - set(self.controls))
         if unknown:
             raise KeyError(f"unknown control {unknown[0]!r}; controls are {list(self.controls)}")
+        for name, value in values.items():
+            _check_slider_range(name, value)
         self._holding = True
         try:
             if "preset" in values:
@@ -337,6 +348,16 @@ def preset_windows(preset: str) -> dict:
 def preset_settings(preset: str) -> dict:
     """:func:`preset_windows` plus the preset's own ``sigma`` (e.g. 0 for ``bn``, 1 for ``bn-s``)."""
     return {"sigma": float(get_spec(preset).sigma), **preset_windows(preset)}
+
+
+def _check_slider_range(name: str, value) -> None:
+    """Refuse a value of the ``name`` slider outside :data:`SLIDER_RANGES` (a bare slider would cap it silently)."""
+    if name not in SLIDER_RANGES:
+        return
+    lo, hi = SLIDER_RANGES[name]
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi):
+        raise ValueError(f"{name} = {value!r} is outside the explorer's {name} slider: allowed [{lo}, {hi}] (a slider "
+                         f"would silently show its end instead); compute() and sweep() take any value off-screen")
 
 
 def _nearest(size: int, options) -> int:
