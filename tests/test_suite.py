@@ -189,8 +189,9 @@ def test_run_executes_writes_results_and_reports_failing_cell(nbdir, tmp_path, c
     assert (out / "01_good" / "01_good.ipynb").exists() and (out / "02_bad" / "02_bad.ipynb").exists()
     good, bad = records.read_record(out / "01_good"), records.read_record(out / "02_bad")
     assert tuple(good) == records.RECORD_KEYS and good["stopped"] == "completed"
-    assert good["parameters"] == {"n": 5, "x": 1.5, "name": "b", "xs": [3]} and good["headline"]["x"] == 1.5
-    assert good["config"] == {"notebook": "01_good.ipynb", "profile": "full"}
+    assert good["parameters"] == {"n": 5, "x": 1.5, "name": "b", "flag": False, "xs": [3]}   # every declared one
+    assert good["headline"]["x"] == 1.5
+    assert good["config"] == {"notebook": "01_good.ipynb", "profile": "full", "set": ["n", "xs", "x", "name"]}
     assert bad["stopped"].startswith("failed: 02_bad.ipynb: cell 3")
     assert "02_bad.ipynb: cell 3 (In [3]) raised ValueError: boom" in captured.err
     summary = json.loads((out / "summary.json").read_text())

@@ -18,7 +18,8 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    ``runs/<profile>/suite-<UTC time>/`` (``--out`` names another), and each notebook gets ``<stem>/`` there
    with its executed copy ``<name>.ipynb``, ``results.json`` (its headline numbers, written by
    :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record:
-   the resolved parameters, git commit, versions, device, times, status). Nothing is overwritten, and the source
+   the value of every declared parameter, ``config.set`` naming those the profile or ``-p`` set (the others are
+   the notebook's defaults), git commit, versions, device, times, status). Nothing is overwritten, and the source
    notebook is never touched. Every path handed to the kernel is absolute (it runs in the notebook's folder), and a
    notebook whose cells call ``save_results`` but that completes without ``results.json`` fails. The kernel gets
    ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on ``PYTHONPATH``, matplotlib's inline backend and
@@ -51,11 +52,11 @@ from ..experiments import records
 from ..io import atomic_write_json, atomic_write_text
 from ..training.progress import PROGRESS_ENV
 from .limits import cell_limit
+from .outcome import calls_save_results, describe_failure, run_parameters
 from .parameters import (
     NOTEBOOK_DIR,
     REPO_ROOT,
     ParameterError,
-    cell_source,
     check_parameter_cell,
     declared_parameters,
     notebook_profiles,
@@ -189,34 +190,6 @@ def kernel_environment(values: Mapping[str, str]):
                 os.environ[key] = value
 
 
-def _describe_failure(path: Path, exc: Exception, output: Path, limit: str | None = None) -> str:
-    from nbclient.exceptions import CellTimeoutError
-
-    from .stall import CellStalled
-
-    cell = getattr(exc, "cell_index", None)
-    count = getattr(exc, "exec_count", None)
-    cells = []
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        cells = json.loads(output.read_text())["cells"]
-    if cell is None:  # e.g. a cell timeout: the last cell papermill started in the executed copy
-        started = [i for i, c in enumerate(cells) if c.get("metadata", {}).get("papermill", {}).get("start_time")]
-        cell = started[-1] if started else None
-    if isinstance(exc, CellTimeoutError) and not isinstance(exc, CellStalled) and cell is not None \
-            and cell < len(cells):
-        source = cell_source(cells[cell]).strip().splitlines()
-        first = (source[0] if source else "")[:80]
-        ran = cells[cell].get("metadata", {}).get("papermill", {}).get("duration")
-        ran = f"ran {ran:.0f} s and " if isinstance(ran, (int, float)) else ""
-        return (f"{path.name}: cell {cell} (`{first}`) {ran}was stopped at the cell time limit"
-                f"{f' of {limit}' if limit else ''}; executed copy: {output}")
-    ename, evalue = getattr(exc, "ename", type(exc).__name__), getattr(exc, "evalue", str(exc))
-    where = f"cell {cell}" if cell is not None else "a cell"
-    if count is not None:
-        where += f" (In [{count}])"
-    return f"{path.name}: {where} raised {ename}: {evalue}; executed copy with the traceback: {output}"
-
-
 class _ProgressEcho:
     """The kernel's stderr as papermill hands it over: each progress-bar redraw (text after a carriage return)
     becomes one line here, ``[<notebook>] <bar>``; other stderr text stays in the executed copy only."""
@@ -298,25 +271,20 @@ def execute(
             )
     except Exception as exc:  # PapermillExecutionError, kernel death, ...
         limit = None if cell_timeout is None else f"{cell_timeout:.0f} s" + (f" ({limit_note})" if limit_note else "")
-        error = _describe_failure(path, exc, output, limit)
+        error = describe_failure(path, exc, output, limit)
     seconds = time.perf_counter() - start
     if error is None and not results.exists() and calls_save_results(path):
         error = (f"{path.name}: completed but wrote no results (its cells call save_results; expected {results})")
     headline = load_results(results) if results.exists() else {}
+    # every declared parameter's value; config["set"]: those the profile or -p set (the others: the defaults)
     records.write_record(output.parent, records.make_record(
-        path.stem, {"notebook": path.name, "profile": profile}, None, name=path.stem, parameters=parameters,
+        path.stem, {"notebook": path.name, "profile": profile, "set": list(parameters)}, None, name=path.stem,
+        parameters=run_parameters(path, parameters),
         started=started, ended=time.time(), stopped=f"failed: {error}" if error else "completed", headline=headline))
     return RunRecord(
         notebook=path.name, status="failed" if error else "ok", seconds=round(seconds, 2), output=str(output),
         results=str(results) if results.exists() else None, parameters=dict(parameters), error=error,
     )
-
-
-def calls_save_results(path: str | Path) -> bool:
-    """Whether a notebook's code cells call ``save_results(``: the suite then expects its ``results.json`` and fails
-    a run that completes without one (its headline would be lost without a word)."""
-    return any(c.get("cell_type") == "code" and "save_results(" in cell_source(c)
-               for c in read_notebook(path).get("cells", []))
 
 
 def _selection_errors(paths: Sequence[Path], overrides: Sequence[tuple[str, str]], out_dir) -> list[str]:

@@ -1,0 +1,53 @@
+"""What the notebook suite records of a run (dnlib.notebook.suite, dnlib.notebook.outcome)."""
+import json
+
+import nbformat
+import pytest
+
+from dnlib.experiments import records
+from dnlib.notebook import suite
+
+PARAMS = ('seed: int = 0  # a seed\nratio: float = 0.5  # a ratio\nnames: list = ["a"]  # names\n'
+          'device: "Optional[str]" = None  # a device\n')
+
+
+def _notebook(path, code_cells, params=PARAMS, profiles=None):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["dnlib"] = {"profiles": profiles or {"smoke": {}, "full": {}}}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test (PAPER.md §0)"), cell]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------- the record's parameters (review 1)
+def test_run_parameters_are_every_declared_parameter_resolved(tmp_path):
+    """Before: the record held only the profile's and -p's values (None when neither set any)."""
+    from dnlib.notebook import outcome
+
+    nb = _notebook(tmp_path / "10_plain.ipynb", ["pass"])
+    assert outcome.run_parameters(nb, {}) == {"seed": 0, "ratio": 0.5, "names": ["a"], "device": None}
+    assert outcome.run_parameters(nb, {"ratio": 2.0}) == {"seed": 0, "ratio": 2.0, "names": ["a"], "device": None}
+    assert list(outcome.run_parameters(nb, {"device": "cpu"})) == ["seed", "ratio", "names", "device"]
+
+
+@pytest.mark.slow
+def test_the_suite_records_every_parameter_and_which_the_run_set(tmp_path):
+    """Before: record.json's parameters were {'ratio': 2.0} for a run with -p ratio 2 and null for a run of the
+    defaults, though seed, names... were used."""
+    root = tmp_path / "nbs"
+    root.mkdir()
+    _notebook(root / "10_plain.ipynb", ["print(seed, ratio)"], profiles={"smoke": {}, "full": {"seed": 3}})
+    _notebook(root / "11_other.ipynb", ["pass"])
+    out = tmp_path / "out"
+    suite.run(["10_plain", "11_other"], "full", [("10:ratio", "2")], out, progress=False, root=root)
+    plain, other = records.read_record(out / "10_plain"), records.read_record(out / "11_other")
+    assert plain["parameters"] == {"seed": 3, "ratio": 2.0, "names": ["a"], "device": None}
+    assert plain["config"] == {"notebook": "10_plain.ipynb", "profile": "full", "set": ["seed", "ratio"]}
+    assert other["parameters"] == {"seed": 0, "ratio": 0.5, "names": ["a"], "device": None}
+    assert other["config"] == {"notebook": "11_other.ipynb", "profile": "full", "set": []}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary[0]["parameters"] == {"seed": 3, "ratio": 2.0}    # the values the run set, as the console shows
