@@ -336,3 +336,20 @@ def test_values_outside_a_slider_are_refused_not_capped(images):
         parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("sigma", "3.0")])
     with pytest.raises(parameters.ParameterError, match="alpha"):
         parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("alpha", "0.1")])
+
+
+def test_compute_keeps_its_responses_and_their_title_together(images):
+    """UI review: compute() set y and spec but not result, and figure() drew y under result's title, so after notebook
+    02's `explorer.compute("bn", sigma=0.0)` the figure showed BN's responses titled "dn ... sigma=0.5". Now the
+    figure is the computation's own; the controls and the readout keep the controls' setting, and the live figure
+    (redrawn by the fixed-scale box) comes back to it."""
+    ex = widgets.activation_explorer(images, preset="dn", sigma=0.5, live_plots=False)
+    shown = ex.readout.value
+    bn = ex.compute("bn", sigma=0.0)
+    assert ex.result is bn and repr(ex.spec) == bn["spec"]
+    fig = ex.figure()
+    titles = [t.get_text() for sf in fig.subfigs for t in sf.texts] + [a.get_title() for a in fig.subfigs[0].axes]
+    assert any(t.startswith("bn before ReLU") for t in titles) and any(bn["spec"] in t for t in titles), titles
+    assert ex.controls["preset"].value == "dn" and ex.readout.value == shown
+    ex.fixed_scale.value = False          # a redraw of the live widget shows the controls' setting again
+    assert ex.result["preset"] == "dn" and ex.result["sigma"] == 0.5 and repr(ex.spec) == ex.result["spec"]

@@ -104,9 +104,10 @@ class ActivationExplorer:
             value beyond its ends (:data:`SLIDER_RANGES`) as sliders do; the constructor and :meth:`set` refuse it.
         fixed_scale: the "fixed scale" checkbox (on by default): the figure's axes and colours stay at
             :data:`FIXED_LIMITS` as the controls move, instead of fitting each result.
-        result: the latest statistics (see :meth:`compute`).
-        z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the latest normalized
-            responses (before ReLU); ``spec``: the latest spec; ``norm``: the latest module.
+        result: the statistics of the latest computation: of the controls (shown in the readout), or of a direct
+            :meth:`compute` call (see there).
+        z: first-layer responses ``(N, C, H, W)`` before normalization (fixed); ``y``: the normalized responses
+            (before ReLU) of :attr:`result`; ``spec``: its spec; ``norm``: its module.
         widget: the ``VBox`` that is displayed: the controls, the live figure right under them, then the readout.
         pre_pairs: the pair statistics of ``z`` (:func:`dnlib.analysis.stats.pairwise_corr_mi` over all filter pairs, as
         the
@@ -131,6 +132,7 @@ class ActivationExplorer:
         self.pre_pairs = pre
         self.live_plots = live_plots
         self._holding = False
+        self._shown: dict | None = None  # the result the readout and the live figure show (the controls')
         style = {"description_width": "110px"}  # one width for every description: the columns line up
         wide = W.Layout(width="440px")  # room for the slider and a full readout ("all channels", "whole map")
         # presets with a module of their own (GDN: a learned channel matrix, no NormSpec fields) have no fields to
@@ -180,8 +182,10 @@ class ActivationExplorer:
                 channel_window: int | None = None, window_field: str | None = None, alpha: float = 0.0) -> dict:
         """Normalize ``self.z`` with these settings and return the statistics, off-screen.
 
-        Windows left as None are the preset's own (:func:`preset_windows`). The controls, the readout and
-        :attr:`result` are not touched; :attr:`y`, :attr:`spec` and :attr:`norm` are set to this computation.
+        Windows left as None are the preset's own (:func:`preset_windows`). :attr:`result`, :attr:`y`, :attr:`spec`
+        and :attr:`norm` are set to this computation together, so :meth:`figure` draws it under its own title; the
+        controls and the readout are not touched, and the live figure shows the controls' setting (a redraw
+        recomputes it). :meth:`sweep` leaves all four as they were.
 
         Keys: the settings; ``spec`` (repr); ``mean``, ``std``, ``mean_square``, ``kurtosis`` (excess) of the
         normalized responses ``y``; ``sparsity``, ``relu_mean``, ``relu_kurtosis`` of ``relu(y)``;
@@ -204,7 +208,6 @@ class ActivationExplorer:
             y = norm(self.z)
             penalty = l1_penalty(self.z, spec, float(alpha)).item()
             v = self.z - field_mean(self.z, spec)
-        self.spec, self.norm, self.y = spec, norm, y
         pairs = pairwise_corr_mi(y, pairs=self.pre_pairs.pairs, bins=self.bins, max_samples=self.max_samples,
                                  seed=self.seed)
         result = {"preset": preset, "sigma": float(sigma), "space_window": space_window,
@@ -215,17 +218,22 @@ class ActivationExplorer:
                   "corr_pre": self.pre_pairs.corr, "mi_pre": self.pre_pairs.mi, "inputs": self.inputs,
                   "l1_penalty": penalty,
                   "notes": notes, "source": self.source}
+        self.result, self.spec, self.norm, self.y = result, spec, norm, y  # one computation: figure() draws it
         return result
 
     def update(self) -> dict:
         """Recompute from the controls, refresh the readout (and plots in a live kernel); return the result."""
-        self.result = self.compute(**self.values)
+        self.result = self._shown = self.compute(**self.values)
         self.readout.value = self._html(self.result)
         self._redraw()
         return self.result
 
     def _redraw(self) -> None:
-        """Redraw the live figure (in a kernel, with live plots on)."""
+        """Redraw the live figure (in a kernel, with live plots on) for the controls' setting: after a
+        :meth:`compute` of another setting, recompute the controls' one first."""
+        if self.result is not self._shown:
+            self.update()
+            return
         if self.live_plots and _in_kernel():
             from IPython.display import clear_output, display
 
