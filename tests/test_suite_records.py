@@ -1,4 +1,4 @@
-"""What the notebook suite records of a run (dnlib.notebook.suite, dnlib.notebook.outcome)."""
+"""What the notebook suite records and reports of a run (dnlib.notebook.suite, dnlib.notebook.outcome)."""
 import json
 
 import nbformat
@@ -51,3 +51,32 @@ def test_the_suite_records_every_parameter_and_which_the_run_set(tmp_path):
     assert other["config"] == {"notebook": "11_other.ipynb", "profile": "full", "set": []}
     summary = json.loads((out / "summary.json").read_text())
     assert summary[0]["parameters"] == {"seed": 3, "ratio": 2.0}    # the values the run set, as the console shows
+
+
+# ------------------------------------------------------------------------- a notebook that stops early (review 3)
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["import sys; sys.exit(0)", "raise SystemExit", "raise SystemExit(0)"])
+def test_a_notebook_that_exits_early_fails_naming_the_cell(tmp_path, capsys, stop):
+    """Before: papermill takes SystemExit(0) for an early exit, the suite reported "ok" and the cells after it never
+    ran (the missing-results check catches it only for notebooks that call save_results)."""
+    nb = _notebook(tmp_path / "11_exit.ipynb", ["x = 1", stop, "raise RuntimeError('never reached')", "y = 2"])
+    rc = suite.main(["run", "--no-progress", "--out", str(tmp_path / "out"), str(nb)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert f"11_exit.ipynb: stopped early: cell 3 (`{stop}`) raised SystemExit" in err, err
+    assert "cells 4, 5 never ran" in err, err
+    rec = records.read_record(tmp_path / "out" / "11_exit")
+    assert rec["stopped"].startswith("failed: 11_exit.ipynb: stopped early"), rec["stopped"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())[0]["status"] == "failed"
+
+
+def test_unexecuted_cells_leave_out_empty_and_skipped_cells():
+    from dnlib.notebook import outcome
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("a = 1", execution_count=1), nbformat.v4.new_markdown_cell("text"),
+                nbformat.v4.new_code_cell("  \n"), nbformat.v4.new_code_cell("b = 2"),
+                nbformat.v4.new_code_cell("c = 3", metadata={"tags": ["skip-execution"]})]
+    assert outcome.unexecuted_cells(nb) == [3]
+    nb.cells[3].execution_count = 2
+    assert outcome.unexecuted_cells(nb) == []

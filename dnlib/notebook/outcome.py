@@ -1,6 +1,8 @@
 """What one execution of a notebook by :mod:`dnlib.notebook.suite` did (layer: notebook): the value of every
-declared parameter it ran with (:func:`run_parameters`, what its run record holds), whether its cells call
-``save_results`` (:func:`calls_save_results`) and a failed cell in words (:func:`describe_failure`)::
+declared parameter it ran with (:func:`run_parameters`, what its run record holds), the code cells it never
+executed (:func:`unexecuted_cells`; :func:`stopped_early` says which cell stopped it: papermill takes a
+``SystemExit`` of 0 or no value for an early exit and reports success), whether its cells call ``save_results``
+(:func:`calls_save_results`) and a failed cell in words (:func:`describe_failure`)::
 
     from dnlib.notebook import outcome
     outcome.run_parameters("notebooks/03_cifar.ipynb", {"steps": 20})   # every declared parameter, steps = 20
@@ -16,7 +18,10 @@ from typing import Any
 
 from .parameters import cell_source, declared_parameters, read_notebook
 
-__all__ = ["run_parameters", "calls_save_results", "describe_failure"]
+__all__ = ["run_parameters", "unexecuted_cells", "stopped_early", "calls_save_results", "describe_failure"]
+
+#: The tag of a cell nbclient does not execute.
+SKIP_TAG = "skip-execution"
 
 
 def run_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,6 +41,34 @@ def run_parameters(path: str | Path, parameters: Mapping[str, Any]) -> dict[str,
 def _first_line(cell: Mapping[str, Any]) -> str:
     lines = cell_source(cell).strip().splitlines()
     return (lines[0] if lines else "")[:80]
+
+
+def unexecuted_cells(nb: Mapping[str, Any]) -> list[int]:
+    """The indices of the code cells of an executed notebook that never ran: no ``execution_count``, though they
+    have code and no ``skip-execution`` tag (cells nbclient does not execute)."""
+    return [i for i, c in enumerate(nb.get("cells", []))
+            if c.get("cell_type") == "code" and c.get("execution_count") is None and cell_source(c).strip()
+            and SKIP_TAG not in c.get("metadata", {}).get("tags", [])]
+
+
+def stopped_early(path: str | Path, output: str | Path) -> str | None:
+    """None when every code cell of the executed copy ``output`` ran, else why not in words, naming the cell that
+    stopped the run (the last that ran before the first that did not) and the cells that never ran."""
+    nb = read_notebook(output)
+    missing = unexecuted_cells(nb)
+    if not missing:
+        return None
+    cells = nb.get("cells", [])
+    ran = [i for i, c in enumerate(cells[:missing[0]]) if c.get("cell_type") == "code" and c.get("execution_count")]
+    cause = "the run stopped before any cell"
+    if ran:
+        last = cells[ran[-1]]
+        errors = [o for o in last.get("outputs", []) if o.get("output_type") == "error"]
+        raised = (f" raised {errors[-1].get('ename')}: {errors[-1].get('evalue')!r}, which papermill takes for an "
+                  "early exit and reports as success" if errors else " was the last to run")
+        cause = f"cell {ran[-1]} (`{_first_line(last)}`){raised}"
+    never = f"cell{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+    return f"{Path(path).name}: stopped early: {cause}; {never} never ran; executed copy: {output}"
 
 
 def calls_save_results(path: str | Path) -> bool:

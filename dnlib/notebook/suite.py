@@ -20,8 +20,10 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    :func:`save_results` through ``DNLIB_RESULTS``) and ``record.json`` (a :mod:`dnlib.experiments.records` run record:
    the value of every declared parameter, ``config.set`` naming those the profile or ``-p`` set (the others are
    the notebook's defaults), git commit, versions, device, times, status). Nothing is overwritten, and the source
-   notebook is never touched. Every path handed to the kernel is absolute (it runs in the notebook's folder), and a
-   notebook whose cells call ``save_results`` but that completes without ``results.json`` fails. The kernel gets
+   notebook is never touched. Every path handed to the kernel is absolute (it runs in the notebook's folder). A
+   notebook fails when a code cell never ran (a cell that raised ``SystemExit(0)``, which papermill takes for an
+   early exit: :func:`~dnlib.notebook.outcome.stopped_early`) or when its cells call ``save_results`` but it
+   completes without ``results.json``. The kernel gets
    ``DNLIB_RESULTS``, ``DNLIB_PROFILE``, the repository on ``PYTHONPATH``, matplotlib's inline backend and
    ``DNLIB_PROGRESS=text``: a training call's progress bar is a text bar redrawn every 10 s, echoed here as one line
    per redraw (``[03_cifar] bn-star s0: 45%|...``), and the executed copy keeps only its
@@ -52,7 +54,7 @@ from ..experiments import records
 from ..io import atomic_write_json, atomic_write_text
 from ..training.progress import PROGRESS_ENV
 from .limits import cell_limit
-from .outcome import calls_save_results, describe_failure, run_parameters
+from .outcome import calls_save_results, describe_failure, run_parameters, stopped_early
 from .parameters import (
     NOTEBOOK_DIR,
     REPO_ROOT,
@@ -273,6 +275,8 @@ def execute(
         limit = None if cell_timeout is None else f"{cell_timeout:.0f} s" + (f" ({limit_note})" if limit_note else "")
         error = describe_failure(path, exc, output, limit)
     seconds = time.perf_counter() - start
+    if error is None:   # papermill reports success for a cell that raised SystemExit(0), the cells after it skipped
+        error = stopped_early(path, output)
     if error is None and not results.exists() and calls_save_results(path):
         error = (f"{path.name}: completed but wrote no results (its cells call save_results; expected {results})")
     headline = load_results(results) if results.exists() else {}
