@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dnlib.experiments import campaign, records
+from dnlib.experiments import campaign, campaign_plan, records
 from dnlib.experiments.cifar_configs import list_configs as cifar_configs
 from dnlib.experiments.ptb_configs import list_configs as ptb_configs
 from dnlib.experiments.recipe import COMPLETED
@@ -29,19 +29,20 @@ def _names(folder: Path) -> dict:
 
 
 def test_plan_covers_every_row_once():
-    launches = campaign.plan(tiny=True)
+    launches = campaign_plan.plan(tiny=True)
     by = {exp: [(c, s) for x in launches if x.experiment == exp for c in x.configs for s in x.seeds]
-          for exp in campaign.EXPERIMENTS}
+          for exp in campaign_plan.EXPERIMENTS}
     assert sorted(by["cifar"]) == sorted((c, s) for c in cifar_configs() for s in (0, 1, 2))
     assert sorted(by["ptb"]) == sorted((c, s) for c in ptb_configs() for s in (0, 1, 2))
-    assert sorted(c for c, _ in by["sr"]) == sorted(f"fast-{r}" for r in campaign.SR_ROWS for _ in range(3))
+    assert sorted(c for c, _ in by["sr"]) == sorted(f"fast-{r}" for r in campaign_plan.SR_ROWS for _ in range(3))
     assert len([x for x in launches if x.experiment == "ptb"]) == 7               # cell type x cell class
     assert max(x.copies for x in launches) == 24
     with pytest.raises(ValueError, match="experiments: 'nope'"):
-        campaign.plan(experiments=["nope"])
+        campaign_plan.plan(experiments=["nope"])
     # the graph check and the bench use each experiment's heaviest step (before: CIFAR's and SR's first launch of
     # most copies, the configurations without a normalizer: 109 kernels against DN*'s 612)
-    probes = {exp: campaign.probe([x for x in launches if x.experiment == exp]) for exp in campaign.EXPERIMENTS}
+    probes = {exp: campaign_plan.probe([x for x in launches if x.experiment == exp])
+              for exp in campaign_plan.EXPERIMENTS}
     assert (probes["cifar"].configs, probes["sr"].configs) == (["dn-star"], ["fast-dn*"])
     assert probes["ptb"].copies == 24
 
@@ -55,8 +56,8 @@ def test_what_the_budget_does_not_fit_is_recorded_and_a_rerun_resumes(tmp_path):
                             log=lambda s: None)
     names = _names(tmp_path / "ptb")
     assert sorted(names) == sorted(ptb_configs())
-    assert {s for v in names.values() for _, s in v} == {f"{campaign.BUDGET_STATUS} 0"}
-    assert all(r["stopped"] == [f"{campaign.BUDGET_STATUS} 0"] for r in rec["launches"])
+    assert {s for v in names.values() for _, s in v} == {f"{campaign_plan.BUDGET_STATUS} 0"}
+    assert all(r["stopped"] == [f"{campaign_plan.BUDGET_STATUS} 0"] for r in rec["launches"])
     assert "Table 9" in (tmp_path / "tables.md").read_text()
     rec = campaign.campaign(tmp_path, device="cpu", budget=600.0, tiny=True, seeds=[0], experiments=["ptb"],
                             log=lambda s: None)
@@ -83,7 +84,7 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     seconds = time.perf_counter() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for exp, expected in (("cifar", cifar_configs()), ("ptb", ptb_configs()),
-                          ("sr", [f"fast-{r}" for r in campaign.SR_ROWS])):
+                          ("sr", [f"fast-{r}" for r in campaign_plan.SR_ROWS])):
         names = _names(out / exp)
         assert sorted(names) == sorted(expected), exp
         assert all(sorted(v) == [(s, COMPLETED) for s in (0, 1, 2)] for v in names.values()), exp
@@ -95,8 +96,8 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     assert all(q.stat().st_size < 16 * 2**20 for q in bundle.iterdir())
     with tarfile.open(bundle / "runs.tgz") as tar:
         names = tar.getnames()
-    copies = 3 * (len(cifar_configs()) + len(ptb_configs()) + len(campaign.SR_ROWS))
-    assert sum(n.endswith("/record.json") and n.split("/")[1] in campaign.EXPERIMENTS for n in names) == copies
+    copies = 3 * (len(cifar_configs()) + len(ptb_configs()) + len(campaign_plan.SR_ROWS))
+    assert sum(n.endswith("/record.json") and n.split("/")[1] in campaign_plan.EXPERIMENTS for n in names) == copies
     assert not any(n.endswith("checkpoint.pt") for n in names)
     print(f"gpu_paper.sh TINY=1 on the CPU: {seconds:.0f} s (load {os.getloadavg()[0]:.1f})")
     assert seconds < 300 * (1 + max(os.getloadavg()[0] - 2, 0) / 2)   # 5 min on an idle machine, more when shared
@@ -117,7 +118,7 @@ def test_an_experiment_that_cannot_start_is_recorded_and_the_others_run(tmp_path
     assert list(rec["failed"]) == ["sr"] and "T91" in rec["failed"]["sr"], rec["failed"]
     rows = {r["launch"]: r["stopped"] for r in rec["launches"]}
     assert all(rows[f"fast-{r}".replace("*", "-star")] == ["not run: DatasetNotFoundError (campaign.json: failed)"]
-               for r in campaign.SR_ROWS)
+               for r in campaign_plan.SR_ROWS)
     ptb = [r for r in rec["launches"] if r["experiment"] == "ptb"]
     assert len(ptb) == 7 and all(r["stopped"] == [COMPLETED] for r in ptb)
     assert {s for v in _names(out / "ptb").values() for _, s in v} == {COMPLETED}
@@ -127,12 +128,12 @@ def test_an_experiment_that_cannot_start_is_recorded_and_the_others_run(tmp_path
 def test_a_launch_stops_at_its_step_cap_inside_a_chunk_and_resumes(tmp_path):
     """The budget's step cap (``max_steps``, counted from where the launch resumes) stops a launch inside a chunk
     (before: a launch ran at least one whole chunk, a PTB epoch, whatever its share); a rerun completes it."""
-    launch = campaign.plan(tiny=True, seeds=[0], experiments=["ptb"])[-1]
+    launch = campaign_plan.plan(tiny=True, seeds=[0], experiments=["ptb"])[-1]
     launch = dataclasses.replace(launch, steps=4, options={**launch.options, "eval_every": 4})   # one chunk of 4
-    data = campaign.shared_data("ptb", tiny=True, device="cpu")
+    data = campaign_plan.shared_data("ptb", tiny=True, device="cpu")
     row = campaign.run_launch(launch, tmp_path, "cpu", time_limit=600.0, data=data, max_steps=1)
-    assert row["steps"] == 1 and row["stopped"] == [f"{campaign.BUDGET_STATUS} 1"], row
-    assert {s for v in _names(tmp_path / "ptb").values() for _, s in v} == {f"{campaign.BUDGET_STATUS} 1"}
+    assert row["steps"] == 1 and row["stopped"] == [f"{campaign_plan.BUDGET_STATUS} 1"], row
+    assert {s for v in _names(tmp_path / "ptb").values() for _, s in v} == {f"{campaign_plan.BUDGET_STATUS} 1"}
     row = campaign.run_launch(launch, tmp_path, "cpu", time_limit=600.0, data=data, max_steps=10)
     assert row["steps"] == 4 and row["stopped"] == [COMPLETED], row
     with pytest.raises(ValueError, match="max_steps"):
@@ -152,9 +153,9 @@ def test_gpu_stage_refuses_what_does_not_fit_or_exist_before_staging(tmp_path, e
 def test_check_graph_of_stacked_launches(experiment):
     """The stacked graph step against the eager step (on a CPU without a capture: CIFAR's hand-written SGD against
     torch's, PTB's one body): ok, and a broken graph step is caught."""
-    launch = next(x for x in campaign.plan(tiny=True, seeds=[0, 1], experiments=[experiment]))
-    data = campaign.shared_data(experiment, tiny=True, device="cpu")
-    row = campaign.check_graph(launch, "cpu", data=data)
+    launch = next(x for x in campaign_plan.plan(tiny=True, seeds=[0, 1], experiments=[experiment]))
+    data = campaign_plan.shared_data(experiment, tiny=True, device="cpu")
+    row = campaign_plan.check_graph(launch, "cpu", data=data)
     assert row["ok"] and row["param_moved"] > 0 and not row["captured"], row
     assert row["trainer"] == ("StackedGraphTrainer" if experiment == "cifar" else "StackedSequenceTrainer")
 

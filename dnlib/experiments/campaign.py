@@ -15,14 +15,15 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
 * PTB, Table 9's 36 configurations (Table 4 is 18 of them): one launch per cell type and cell class (``arch``), all
   its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
 
-**Graphs.** On CUDA each experiment's heaviest launch (:func:`probe`) is first trained a few steps with the
-CUDA-graph step and with the eager step from the same initialisation (:func:`check_graph`); an experiment whose graph
-step disagrees trains eagerly (``graph_check`` in ``campaign.json``).
+**Graphs.** On CUDA each experiment's heaviest launch (its probe: :mod:`dnlib.experiments.campaign_plan`, which
+also plans, benches and predicts) is first trained a few steps with the CUDA-graph step and with the eager step from
+the same initialisation (``check_graph``); an experiment whose graph step disagrees trains eagerly (``graph_check``
+in ``campaign.json``).
 
-**Plan.** A short bench (a few steps of each experiment's heaviest launch, :func:`probe`: CIFAR's and SR's DN*, PTB's
+**Plan.** A short bench (a few steps of each experiment's heaviest launch, its probe: CIFAR's and SR's DN*, PTB's
 group of most copies; after a warm-up that includes the CUDA-graph capture) gives seconds per step, the build and one
 evaluation; a launch is predicted at ``build + steps x seconds per step + chunks x evaluation`` (the heaviest launch's
-figures for every launch of that experiment: an upper bound, the step being launch-bound; :func:`predict`).
+figures for every launch of that experiment: an upper bound, the step being launch-bound; ``predict``).
 ``--jobs`` launches run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
 
 **Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
@@ -62,130 +63,21 @@ from .. import cli
 from ..io import atomic_write_json, atomic_write_text
 from ..training.trainer import TrainingDiverged
 from . import records, tables
+from .campaign_plan import (
+    EXPERIMENTS,
+    TABLES,
+    Launch,
+    bench,
+    check_graph,
+    plan,
+    predict,
+    prepare_launch,
+    probe,
+    shared_data,
+)
 from .recipe import COMPLETED, check_int
-from .runner import Run
 
-__all__ = ["Launch", "plan", "probe", "check_graph", "bench", "predict", "run_launch", "campaign", "main", "TABLES",
-           "PROBES"]
-
-#: the paper tables each experiment's launches fill (registry.paper_tables names)
-TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
-EXPERIMENTS = tuple(TABLES)
-SR_ROWS = ("none", "bn", "dn*", "dn*-code")
-BUDGET_STATUS = "time budget at step"
-#: the launch each experiment's graph check and bench use: its heaviest step (DN*'s windowed sums: the most kernels,
-#: so the prediction bounds the others and the capture that matters is checked); PTB: the group of most copies
-PROBES = {"cifar": "dn-star", "sr": "fast-dn-star"}
-
-
-@dataclasses.dataclass
-class Launch:
-    """One stacked model: ``configs`` x ``seeds`` of one experiment (CIFAR/SR: one configuration), trained in
-    ``OUT/<experiment>/<name>``. ``steps``: None for the schedule's; ``overrides``/``options``: the runner's."""
-    experiment: str
-    name: str
-    configs: list
-    seeds: list
-    steps: int | None = None
-    overrides: dict = dataclasses.field(default_factory=dict)
-    options: dict = dataclasses.field(default_factory=dict)
-    planned: int = 0                  # steps the schedule plans (filled by plan)
-    predicted_s: float = 0.0          # predicted training seconds (filled by bench)
-
-    @property
-    def copies(self) -> int:
-        return len(self.configs) * len(self.seeds)
-
-
-def _recipe(name: str):
-    import importlib
-    return importlib.import_module(f"dnlib.experiments.{name}").RECIPE
-
-
-def _planned(recipe, launch: Launch) -> int:
-    """The steps a launch plans (without building it: from the configuration)."""
-    cfg = recipe.config(launch.configs[0], steps=launch.steps, **launch.overrides)
-    if launch.experiment == "ptb":
-        if cfg.steps:
-            return int(cfg.steps)
-        tokens = {"max_tokens": launch.options.get("max_tokens")}
-        n = tokens["max_tokens"] or 929_589                      # PTB's training tokens
-        return cfg.epochs * ((n // cfg.batch_size - 1) // cfg.num_steps)
-    return int(cfg.steps)
-
-
-def plan(tiny: bool = False, seeds: Sequence[int] = (0, 1, 2), experiments: Sequence[str] = EXPERIMENTS) -> list:
-    """The campaign's launches, in the order they run (module doc). ``tiny``: the CPU rehearsal's sizes (a few steps
-    of small models on data subsets; the same launches, configurations and seeds)."""
-    from .cifar_configs import list_configs as cifar_configs
-    from .ptb_configs import list_configs as ptb_configs
-    seeds = list(seeds)
-    out = []
-    for exp in experiments:
-        if exp not in EXPERIMENTS:
-            raise ValueError(f"experiments: {exp!r} is not one of {list(EXPERIMENTS)}")
-        if exp == "cifar":
-            kw = (dict(steps=2, overrides={"batch_size": 20}, options={"subset": (300, 100), "eval_every": 2})
-                  if tiny else dict(options={"eval_every": 5000}))
-            out += [Launch("cifar", name, [name], seeds, **kw) for name in cifar_configs()]
-        elif exp == "sr":
-            kw = (dict(steps=2, overrides={"batch_size": 4, "channels": (8, 4)},
-                       options={"sets": ("Set5", "Set14"), "eval_every": 2}) if tiny
-                  else dict(options={"eval_every": 5000}))
-            out += [Launch("sr", f"fast-{row}".replace("*", "-star"), [f"fast-{row}"], seeds, **kw)
-                    for row in SR_ROWS]
-        else:
-            recipe = _recipe("ptb")
-            kw = (dict(steps=2, overrides={"hidden_size": 8, "batch_size": 4, "num_steps": 5},
-                       options={"max_tokens": 200, "vocab": 40, "eval_every": 2, "final_test_batch_size": 4})
-                  if tiny else {})
-            groups: dict = {}
-            for name in ptb_configs():
-                cfg = recipe.config(name)
-                groups.setdefault((cfg.cell, cfg.arch), []).append(name)
-            out += [Launch("ptb", f"{cell}-{arch}", names, seeds, **kw) for (cell, arch), names in groups.items()]
-    for launch in out:
-        launch.planned = _planned(_recipe(launch.experiment), launch)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- one launch
-class _BudgetRun(Run):
-    """A stacked run whose stops by the time limit (or stop_after) are the campaign's budget."""
-
-    def write(self, stopped: str) -> list:
-        if stopped.startswith(("time limit at", "stop_after at")):
-            stopped = f"{BUDGET_STATUS} " + stopped.split(" at step ", 1)[1]
-        return super().write(stopped)
-
-
-def shared_data(experiment_name: str, tiny: bool = False, device: str = "auto"):
-    """The data every launch of an experiment trains on, loaded once per process (CIFAR's JPEG folder takes seconds
-    to decode; PTB's ids): passed as the build option ``data``; None for SR (its pairs are cached by the recipe).
-    ``tiny``: CIFAR's stratified 300/100 subset (of seed 0, shared by every copy)."""
-    if experiment_name == "cifar":
-        from ..training.trainer import resolve_device
-        from .cifar import load_data
-        return load_data("cifar10", subset=(300, 100) if tiny else None, device=resolve_device(device),
-                         download=False)
-    if experiment_name == "ptb":
-        from .ptb import load_data
-        return load_data(200, 40) if tiny else load_data()
-    return None
-
-
-def _prepare(launch: Launch, device: str, data=None, **kwargs):
-    recipe = _recipe(launch.experiment)
-    options = dict(launch.options, **({} if data is None else {"data": data}))
-    kw = dict(device=device, steps=launch.steps, overrides=dict(launch.overrides), options=options,
-              progress=False, **kwargs)
-    if launch.experiment == "ptb":
-        from . import stacked_ptb
-        return stacked_ptb.GroupRun(recipe, launch.configs, launch.seeds, budget=True, **kw)
-    from . import stacked, stacked_sr
-    build = stacked.build if launch.experiment == "cifar" else stacked_sr.build
-    return _BudgetRun(recipe, launch.configs[0], seeds=launch.seeds, build=build, **kw)
-
+__all__ = ["run_launch", "campaign", "main"]
 
 def _statuses(folder: Path) -> list:
     return [rec.get("stopped") for _, rec in records.read_records([folder])] if folder.is_dir() else []
@@ -206,7 +98,7 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
         return {**row, "seconds": 0.0, "steps": launch.planned, "stopped": [COMPLETED], "skipped": True}
     t0 = time.perf_counter()
     check_int("max_steps", max_steps, 0, none_ok=True)
-    run = _prepare(launch, device, data, resume=folder, time_limit=time_limit, stop_after=stop_after)
+    run = prepare_launch(launch, device, data, resume=folder, time_limit=time_limit, stop_after=stop_after)
     if max_steps is not None:                     # the budget's step cap, counted from the resumed step
         cap = run.trainer.step + max_steps
         run.stop_after = cap if run.stop_after is None else min(run.stop_after, cap)
@@ -217,71 +109,6 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
         stopped = [e.status]
     return {**row, "seconds": round(time.perf_counter() - t0, 2), "steps": run.trainer.step,
             "stopped": sorted(set(stopped)), "skipped": False}
-
-
-# ------------------------------------------------------------------------------------------------ bench
-def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2, data=None) -> dict:
-    """Seconds per training step of ``launch`` (built without a folder, ``warmup`` steps first: the CUDA-graph
-    capture), and on CUDA the peak memory (bytes)."""
-    t0 = time.perf_counter()
-    run = _prepare(launch, device, data)
-    tr = run.trainer
-    build_s = time.perf_counter() - t0
-    cuda = tr.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(tr.device)
-    sync = (lambda: torch.cuda.synchronize(tr.device)) if cuda else (lambda: None)
-
-    def step():
-        tr.train_step(next(tr.batches))
-        tr.step += 1
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    dt = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    tr.eval_metrics()                              # one chunk's evaluation (a launch has planned / chunk of them)
-    sync()
-    return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
-            "eval_s": time.perf_counter() - t0, "chunk": run.chunk,
-            "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
-
-
-def predict(launch: Launch, b: dict) -> float:
-    """Seconds a launch takes by its experiment's bench ``b``: build, its steps, one evaluation per chunk."""
-    return b["build_s"] + launch.planned * b["s_per_step"] + -(-launch.planned // b["chunk"]) * b["eval_s"]
-
-
-def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: float = 1e-2, data=None) -> dict:
-    """The stacked launch's graph step against its eager step: ``steps`` steps of both from the same initialisation
-    on the same batches (the build option ``mode``: ``graph``, ``eager``); ``ok`` when every packed parameter and
-    buffer agrees to ``rtol`` of how far training moved it, every copy's losses to ``rtol``, and no capture fell
-    back (:func:`dnlib.experiments.bench.check_graph`'s rule, for K copies). On a CPU the graph step's body runs
-    without a capture (CIFAR: the hand-written SGD against torch's)."""
-    out = {}
-    for mode in ("eager", "graph"):
-        x = dataclasses.replace(launch, options={**launch.options, "mode": mode})
-        tr = _prepare(x, device, data).trainer
-        init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
-        losses = []
-        for _ in range(steps):
-            losses.append(tr.train_step(next(tr.batches)).detach().double().reshape(-1).cpu())
-            tr.step += 1
-        out[mode] = (init, tr.model.state_dict(), torch.stack(losses), getattr(tr, "fell_back", False),
-                     type(tr).__name__, getattr(tr, "capture", False))
-    (init, e_sd, le, _, _, _), (_, g_sd, lg, fell, cls, captured) = out["eager"], out["graph"]
-    floats = [k for k, v in e_sd.items() if v.is_floating_point()]
-    moved = max((e_sd[k].double() - init[k].double()).abs().max().item() for k in floats)
-    diff = max((e_sd[k].double() - g_sd[k].double()).abs().max().item() for k in floats)
-    loss_diff = ((le - lg).abs() / le.abs().clamp(min=1e-12)).max().item()
-    ok = diff <= rtol * moved and loss_diff <= rtol and moved > 0 and bool(torch.isfinite(lg).all()) and not fell
-    return {"launch": launch.name, "copies": launch.copies, "trainer": cls, "captured": bool(captured),
-            "steps": steps, "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "ok": bool(ok),
-            "error": "the CUDA-graph capture failed" if fell else None}
 
 
 # --------------------------------------------------------------------------------------------- campaign
@@ -306,16 +133,10 @@ def _share_steps(share: float, b: dict) -> int:
     return max(0, int((share - b["build_s"] - b["eval_s"]) / max(b["s_per_step"], 1e-9)))
 
 
-def probe(launches: Sequence[Launch]) -> Launch:
-    """The launch of one experiment that its graph check and bench use (:data:`PROBES`, else the most copies)."""
-    named = [x for x in launches if x.name == PROBES.get(x.experiment)]
-    return named[0] if named else max(launches, key=lambda x: x.copies)
-
-
 def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_steps: int, cuda: bool, log):
-    """An experiment's start in the campaign: its shared data, on CUDA the graph check of its heaviest launch
-    (:func:`probe`; a check that fails or raises makes its launches eager), the bench; fills its launches'
-    predictions. Returns ``(data, graph check or None, bench)``."""
+    """An experiment's start in the campaign: its shared data, on CUDA the graph check of its heaviest launch (its
+    probe; a check that fails or raises makes its launches eager), the bench; fills its launches' predictions.
+    Returns ``(data, graph check or None, bench)``."""
     t0 = time.perf_counter()
     mine = [x for x in launches if x.experiment == exp]
     biggest = probe(mine)                        # the heaviest launch
