@@ -353,3 +353,20 @@ def test_compute_keeps_its_responses_and_their_title_together(images):
     assert ex.controls["preset"].value == "dn" and ex.readout.value == shown
     ex.fixed_scale.value = False          # a redraw of the live widget shows the controls' setting again
     assert ex.result["preset"] == "dn" and ex.result["sigma"] == 0.5 and repr(ex.spec) == ex.result["spec"]
+
+
+def test_first_conv_refuses_a_stacked_groups_checkpoint(tmp_path):
+    """UI review: a stacked run's one checkpoint holds K copies' first convs packed as (K*32, 3, 5, 5), which passed the
+    3-input-channel check, so the explorer showed 64 filters of two seeds' models as one layer. Refused, naming the
+    seeds (the layout of experiments.stacked's group checkpoint: identity.run.seeds, batches.copies)."""
+    w = torch.randn(64, 3, 5, 5)
+    state = {"step": 1, "model": {"convs.0.weight": w, "convs.0.bias": torch.zeros(64)},
+             "identity": {"run": {"config": "dn-star", "seeds": [0, 1]}},
+             "batches": {"copies": [{"seed": 0, "pos": 1}, {"seed": 1, "pos": 1}]}}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"stacked.*2 copies.*seeds \[0, 1\].*\(64, 3, 5, 5\)"):
+        widgets.first_conv(str(tmp_path / "checkpoint.pt"))
+    state["identity"]["run"]["seeds"] = [0]        # one copy: its own first conv
+    del state["batches"]
+    torch.save(state, tmp_path / "one.pt")
+    assert widgets.first_conv(str(tmp_path / "one.pt")).weight.shape == (64, 3, 5, 5)

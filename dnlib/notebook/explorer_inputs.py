@@ -154,11 +154,27 @@ def _find_conv_weight(obj, prefix=""):
     return None
 
 
+def _stacked_seeds(state) -> list | None:
+    """The seeds of a stacked group's checkpoint (:mod:`dnlib.experiments.stacked`: ``identity.run.seeds``, one batch
+    state per copy in ``batches.copies``) when it holds more than one copy, else None."""
+    if not isinstance(state, dict):
+        return None
+    run = state.get("identity", {}).get("run", {}) if isinstance(state.get("identity"), dict) else {}
+    seeds = run.get("seeds") if isinstance(run, dict) else None
+    copies = state.get("batches", {}).get("copies") if isinstance(state.get("batches"), dict) else None
+    if isinstance(seeds, (list, tuple)) and len(seeds) > 1:
+        return list(seeds)
+    if isinstance(copies, (list, tuple)) and len(copies) > 1:
+        return [c.get("seed") if isinstance(c, dict) else None for c in copies]
+    return None
+
+
 def first_conv(checkpoint: str | None = None, seed: int = 0, out_channels: int = 32, kernel_size: int = 5) -> nn.Conv2d:
     """The explorer's first layer: ``Conv2d(3, 32, 5, padding=2)`` as in the paper's CIFAR CNN.
 
     With a ``checkpoint`` path (a ``torch.save``'d state dict, possibly nested under e.g. ``"model"``), the
-    first 4-D weight with 3 input channels and its bias are used. Otherwise random filters with a fixed seed:
+    first 4-D weight with 3 input channels and its bias are used; a stacked group's checkpoint (several seeds' models
+    packed in one, :mod:`dnlib.experiments.stacked`) is refused. Otherwise random filters with a fixed seed:
     Gaussian weights, each filter scaled to unit L2 norm, zero bias (``checkpoint`` None).
     """
     if checkpoint is not None and not str(checkpoint).strip():
@@ -169,6 +185,11 @@ def first_conv(checkpoint: str | None = None, seed: int = 0, out_channels: int =
         if found is None:
             raise ValueError(f"checkpoint {checkpoint!r}: no conv weight with 3 input channels found")
         _, weight, bias = found
+        seeds = _stacked_seeds(state)
+        if seeds is not None:
+            raise ValueError(f"checkpoint {checkpoint!r} is a stacked group's ({len(seeds)} copies, seeds {seeds}): "
+                             f"its first conv {tuple(weight.shape)} packs the copies' filters side by side, not one "
+                             f"model's layer; first_conv takes the checkpoint of one model (a run of one seed)")
         conv = nn.Conv2d(3, weight.shape[0], weight.shape[-1], padding=weight.shape[-1] // 2, bias=True)
         with torch.no_grad():
             conv.weight.copy_(weight)
