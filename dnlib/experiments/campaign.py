@@ -20,10 +20,12 @@ also plans, benches and predicts) is first trained a few steps with the CUDA-gra
 the same initialisation (``check_graph``); an experiment whose graph step disagrees trains eagerly (``graph_check``
 in ``campaign.json``).
 
-**Plan.** A short bench (a few steps of each experiment's heaviest launch, its probe: CIFAR's and SR's DN*, PTB's
-group of most copies; after a warm-up that includes the CUDA-graph capture) gives seconds per step, the build and one
-evaluation; a launch is predicted at ``build + steps x seconds per step + chunks x evaluation`` (the heaviest launch's
-figures for every launch of that experiment: an upper bound, the step being launch-bound; ``predict``).
+**Plan.** A short bench (a few steps of each experiment's heaviest launch, its probe: CIFAR's DN*, SR's DN*-code,
+PTB's lstm-lstm group, each its experiment's step of the most kernel launches, counted in tests/test_campaign.py;
+after a warm-up that includes the CUDA-graph capture) gives seconds per step, the build and one evaluation; a launch
+is predicted at ``build + steps x seconds per step + chunks x evaluation`` (the probe's figures for every launch of
+that experiment, ``predict``: an upper bound as far as a step's time follows its kernel count, as the launch-bound
+PTB and SR steps do; CIFAR's steps are about half compute, results/h100/campaign_plan.md).
 ``--jobs`` launches run at once (processes); on CUDA the bench's peak memory caps them to what fits the card.
 
 **Budget.** The launches run in order (CIFAR, SR, PTB). A launch's time limit is its share of the time left,
@@ -283,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     p.add_argument("--jobs", type=cli.positive_int, default=1, help="launches at once (processes), at most")
     p.add_argument("--check-graph", action="store_true",
-                   help="only check each experiment's largest stacked launch: graph step == eager step (a JSON line "
-                        "each; exit 1 when one is not ok)")
+                   help="only check each experiment's heaviest stacked launch (its probe): graph step == eager step "
+                        "(a JSON line each; exit 1 when one is not ok)")
     p.add_argument("--launch", default=None, help=argparse.SUPPRESS)       # one launch, for _run_parallel
     args = p.parse_args(argv)
     if torch.device(args.device).type == "cpu" if args.device != "auto" else not torch.cuda.is_available():
