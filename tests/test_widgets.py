@@ -370,3 +370,17 @@ def test_first_conv_refuses_a_stacked_groups_checkpoint(tmp_path):
     del state["batches"]
     torch.save(state, tmp_path / "one.pt")
     assert widgets.first_conv(str(tmp_path / "one.pt")).weight.shape == (64, 3, 5, 5)
+
+
+def test_a_window_or_groups_the_explorer_substitutes_are_noted(images):
+    """UI review: preset dn-1d's 61-channel window became the slider's largest option, 31, with no note (mean square
+    0.966 against the preset's 0.999). A substitute for the preset's own window, and gn's groups, are now noted."""
+    ex = widgets.activation_explorer(images, preset="dn-1d", sigma=0.0, live_plots=False)
+    assert ex.values["channel_window"] == 31 and "channel[31]" in ex.result["spec"]
+    assert any("61" in n and "31" in n for n in ex.result["notes"]), ex.result["notes"]
+    assert "61" in ex.readout.value
+    assert any("61" in n for n in ex.compute("dn-1d", 0.0)["notes"])
+    assert not ex.set(channel_window=15)["notes"]          # a window the user picks is what was asked for
+    assert not ex.set(preset="dn")["notes"]                # a preset's own windows that are slider options
+    gn = ex.set(preset="gn")
+    assert any(f"{widgets.GN_GROUPS} groups" in n for n in gn["notes"]), gn["notes"]

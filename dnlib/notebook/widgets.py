@@ -72,15 +72,25 @@ def explorer_spec(preset: str, sigma: float, space_window: int = 0, channel_wind
     Window sizes of 0 (or 1) pool the whole axis. ``window_field`` (``"both"``, ``"sum"``, ``"sup"``) says which
     field gets the windows; the other is pooled over its whole axes. A window on an axis the field does not
     pool (e.g. a spatial window for LRN) or a channel window with groups (GN) is ignored, with a note. ``gn``
-    pools :data:`GN_GROUPS` groups (its preset's 32 groups on the explorer's 32 channels would equal ``in``).
+    pools :data:`GN_GROUPS` groups (its preset's 32 groups on the explorer's 32 channels would equal ``in``), and a
+    window standing in for a preset's own size that the sliders do not offer (``dn-1d``'s 61 channels: 31, the
+    nearest, :func:`preset_windows`) is used; both with a note.
     """
     if window_field not in ("both", "sum", "sup"):
         raise ValueError(f"window_field must be 'both', 'sum' or 'sup', got {window_field!r}")
     base = get_spec(preset)
-    if base.groups > 1:
-        base = base.replace(groups=GN_GROUPS)
-    wanted = {a: k for a, k in (("space", space_window), ("channel", channel_window)) if k and k > 1}
     notes = []
+    if base.groups > 1:
+        if base.groups != GN_GROUPS:
+            notes.append(f"{preset}: {GN_GROUPS} groups here, not the preset's {base.groups} (that many groups of the "
+                         f"explorer's 32 channels would be instance norm, in)")
+        base = base.replace(groups=GN_GROUPS)
+    own = base.window("sup") or base.window("sum")
+    for axis, size, options in (("space", space_window, SPACE_WINDOWS), ("channel", channel_window, CHANNEL_WINDOWS)):
+        k = own.get(axis, 0)
+        if k and k not in [v for _, v in options] and size == _nearest(k, options):
+            notes.append(f"{axis} window {size} for {preset}'s own {k}: the nearest of the slider's options")
+    wanted = {a: k for a, k in (("space", space_window), ("channel", channel_window)) if k and k > 1}
     if "channel" in wanted and base.groups > 1:
         notes.append(f"channel window ignored: {preset} pools channels within groups")
         wanted.pop("channel")
