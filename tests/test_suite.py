@@ -266,7 +266,9 @@ def test_the_full_profile_limit_is_derived_from_the_schedule(tmp_path, monkeypat
     assert limits.cell_limit("full", nb, {"steps": None})[0] \
         == limits.CELL_FLOOR + 2 * 5000 * limits.SECONDS_PER_STEP["cpu"]
     plain = _notebook(tmp_path / "41_plain.ipynb", ["pass"], "k: int = 1  # k\n")
-    assert limits.cell_limit("full", plain, {}) == (limits.CELL_FLOOR, "the full profile's floor: no training")
+    assert limits.cell_limit("full", plain, {}) == (
+        limits.CELL_FLOOR, "the full profile's floor: no training (no steps or epochs parameter, no "
+                           "metadata.dnlib.schedule)")
 
 
 @pytest.mark.parametrize("stem, runs", [("03_cifar", 13), ("04_language_model", 6), ("05_super_resolution", 4),

@@ -1,17 +1,19 @@
 """A notebook cell's time limit under the suite (layer: notebook): how long one cell of a notebook may run on a
 profile before :mod:`dnlib.notebook.suite` fails it (:func:`cell_limit`), derived on the profiles other than smoke
-from the notebook's training schedule (:func:`schedule_steps`: its parameters and ``metadata.dnlib.schedule``)::
+from the notebook's training schedule (:func:`schedule_steps`: its parameters and ``metadata.dnlib.schedule``, which
+may name the recipe whose configurations a list parameter runs, as notebook 08's ``live_configs``)::
 
     from dnlib.notebook import limits
     limits.cell_limit("full", "notebooks/03_cifar.ipynb", {"steps": None})   # (seconds, how it was derived)
 """
 from __future__ import annotations
 
-import ast
+import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .outcome import run_parameters
 from .parameters import declared_parameters, read_notebook
 
 #: The smoke profile's cell time limit (its cells take seconds; the training cells a few minutes on a CPU).
@@ -33,17 +35,18 @@ def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int
     * steps per run: the ``steps`` parameter when given (not None); else its ``epochs`` parameter times
       ``schedule["steps_per_epoch"]`` (at the notebook's full size); else ``schedule["steps"]`` (the schedule that
       ``steps = None`` means, its longest);
-    * a notebook without ``steps`` or ``epochs`` parameters trains nothing: 0 steps.
+    * a notebook whose cells train a recipe's configurations named by a list parameter declares them:
+      ``schedule = {"recipe": "dnlib.experiments.analysis.RECIPE", "configs": "live_configs",
+      "config_parameters": ["size"]}`` (:func:`recipe_steps`: the steps of each configuration, groups expanded, at
+      those parameters' values, times the seeds);
+    * a notebook without ``steps`` or ``epochs`` parameters and no such schedule trains nothing: 0 steps.
 
-    ``(None, why)`` when ``steps`` is None and the notebook declares no ``schedule``: the runner cannot know it."""
-    values = {}
-    for name, info in declared_parameters(path).items():
-        try:
-            values[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError, TypeError):
-            values[name] = None
-    values.update(parameters)
+    ``(None, why)`` when ``steps`` is None and the notebook declares no ``schedule``: the runner cannot know it.
+    A ValueError naming the notebook when its ``schedule`` is not one of these."""
+    values = run_parameters(path, parameters)
     schedule = read_notebook(path).get("metadata", {}).get("dnlib", {}).get("schedule", {})
+    if "recipe" in schedule:
+        return recipe_steps(path, values, schedule)
     listed = next((n for n in _RUN_LISTS if isinstance(values.get(n), (list, tuple))), None)
     runs = len(values[listed]) if listed else 1
     seeds = values.get("seeds")
@@ -58,8 +61,46 @@ def schedule_steps(path: str | Path, parameters: Mapping[str, Any]) -> tuple[int
     if "steps" in schedule:
         return runs * int(schedule["steps"]), f"{runs_text} x {int(schedule['steps'])} steps (metadata.dnlib.schedule)"
     if "steps" not in values and "epochs" not in values:
-        return 0, "no training"
+        return 0, "no training (no steps or epochs parameter, no metadata.dnlib.schedule)"
     return None, "steps = None and no metadata.dnlib.schedule to say what that schedule is"
+
+
+def recipe_steps(path: str | Path, values: Mapping[str, Any], schedule: Mapping[str, Any]) -> tuple[int, str]:
+    """``(training steps, how they were counted)`` of a notebook whose ``metadata.dnlib.schedule`` names the recipe
+    (``"recipe"``: a dnlib module's recipe object, ``"dnlib.experiments.analysis.RECIPE"``) whose configurations
+    its list parameter ``"configs"`` runs, once per seed of its ``seeds`` list (1 without one): the sum over the
+    configurations (the recipe's groups, such as ``"all"``, expanded) of ``recipe.config(name, **those).steps``,
+    ``those`` the values of the parameters ``"config_parameters"`` names (None ones left out), times the seeds.
+    ``values``: every declared parameter's value. A ValueError naming the notebook for a schedule that is not so."""
+    where = f"{Path(path).name}: metadata.dnlib.schedule"
+    spec, listed = schedule.get("recipe"), schedule.get("configs")
+    module, _, attr = str(spec).rpartition(".")
+    if not module.startswith("dnlib") or not attr.isidentifier():
+        raise ValueError(f"{where}: recipe {spec!r} must name a dnlib module's recipe, "
+                         "e.g. 'dnlib.experiments.analysis.RECIPE'")
+    if not isinstance(values.get(listed), (list, tuple)):
+        raise ValueError(f"{where}: configs {listed!r} is not a declared list parameter; declared: "
+                         f"{', '.join(values) or 'none'}")
+    passed = schedule.get("config_parameters", [])
+    unknown = [n for n in passed if n not in values] if isinstance(passed, list) else [passed]
+    if unknown:
+        raise ValueError(f"{where}: config_parameters: {unknown[0]!r} is not a declared parameter (a list of "
+                         f"declared parameters is allowed: {', '.join(values) or 'none'})")
+    try:
+        recipe = getattr(importlib.import_module(module), attr)
+        names = recipe.expand(list(values[listed]))
+        kwargs = {n: values[n] for n in passed if values[n] is not None}
+        per_seed = sum(int(recipe.config(n, **kwargs).steps) for n in names)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: recipe {spec!r} could not count the steps of {listed} = "
+                         f"{values[listed]!r}: {exc}") from None
+    seeds = values.get("seeds")
+    seeds = len(seeds) if isinstance(seeds, (list, tuple)) else 1
+    runs = len(names) * seeds
+    at = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return per_seed * seeds, (f"{runs} run{'s' if runs != 1 else ''} ({len(names)} {listed} x {seeds} "
+                              f"seed{'s' if seeds != 1 else ''}) of {spec}{at}, {per_seed} steps per seed "
+                              "(metadata.dnlib.schedule)")
 
 
 def cell_limit(profile: str, path: str | Path | None = None,

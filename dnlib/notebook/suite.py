@@ -31,7 +31,9 @@ Every lesson in ``notebooks/NN_topic.ipynb`` is a papermill notebook with exactl
    neither).
 5. **Limit** each cell's time (:func:`dnlib.notebook.limits.cell_limit`): 600 s on the smoke profile; on the
    others a limit derived from the notebook's training schedule; ``--cell-timeout`` sets it. A cell past it fails
-   naming the cell (index and first line), how long it ran and how the limit was derived.
+   naming the cell (index and first line), how long it ran and how the limit was derived. Where the schedule is
+   unknown (``steps = None`` without a ``metadata.dnlib.schedule``) no limit applies, and the suite says so: a run
+   of unknown length is never cut short by a guess; ``--cell-timeout`` sets one.
 6. **Report** the time per notebook and a summary (also ``summary.json`` in the invocation's folder). A failing
    cell makes the exit status 1 and the message names the notebook, the cell and the exception.
 
@@ -339,8 +341,12 @@ def run(
     for path in paths:
         try:
             check_parameter_cell(path)
-            plans.append((path, resolve_parameters(path, profile, overrides)))
-        except ParameterError as exc:
+            params = resolve_parameters(path, profile, overrides)
+            # the cell limit before anything runs: a notebook's metadata.dnlib.schedule may be wrong
+            limit = cell_limit(profile, path, params) if cell_timeout == "default" else \
+                (cell_timeout, "--cell-timeout" if cell_timeout is not None else "--cell-timeout 0")
+            plans.append((path, params, limit))
+        except (ParameterError, ValueError) as exc:
             errors.append(str(exc))
     out_dir = Path(out_dir).resolve() if out_dir is not None else None   # the kernel is handed absolute paths
     errors += _selection_errors(paths, overrides, out_dir)
@@ -350,15 +356,14 @@ def run(
     # every invocation writes a folder of its own (runs/<profile>/suite-<UTC time>/), one sub-folder per notebook
     out_dir = out_dir if out_dir is not None else records.new_run_dir(RUNS_DIR / profile, "suite")
     done = []
-    for path, params in plans:
+    for path, params, (timeout, how) in plans:
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
         tqdm.write(f"[dnlib.notebook.suite] {path.name} ({profile}: {shown})")
-        if cell_timeout == "default":
-            timeout, how = cell_limit(profile, path, params)
+        if timeout is None:   # a busy cell is never ended (the stall watch still ends an idle kernel's)
+            tqdm.write(f"[dnlib.notebook.suite] {path.name}: no cell time limit: a cell that hangs runs until it is "
+                       f"stopped ({how}; --cell-timeout SECONDS sets one)")
         else:
-            timeout, how = cell_timeout, "--cell-timeout"
-        tqdm.write(f"[dnlib.notebook.suite] {path.name}: cell time limit "
-                   f"{'none' if timeout is None else f'{timeout:.0f} s'} ({how})")
+            tqdm.write(f"[dnlib.notebook.suite] {path.name}: cell time limit {timeout:.0f} s ({how})")
         record = execute(path, out_dir / path.stem / path.name, params, profile, progress=progress,
                          cell_timeout=timeout, limit_note=how)
         tqdm.write(f"[dnlib.notebook.suite] {path.name}: {record.status} in {record.seconds:.1f} s")
