@@ -384,3 +384,27 @@ def test_a_window_or_groups_the_explorer_substitutes_are_noted(images):
     assert not ex.set(preset="dn")["notes"]                # a preset's own windows that are slider options
     gn = ex.set(preset="gn")
     assert any(f"{widgets.GN_GROUPS} groups" in n for n in gn["notes"]), gn["notes"]
+
+
+def test_more_images_than_a_source_holds_are_refused(monkeypatch, tmp_path):
+    """UI review: explorer_images(64, "cifar-samples") returned the file's 20 images without a word (and notebook 02
+    printed them as its 64). Asking a fixed set for more than it holds is refused, naming n and what it holds."""
+    import numpy as np
+
+    from dnlib import data
+
+    path = tmp_path / CIFAR_SAMPLES
+    path.parent.mkdir(parents=True)
+    np.savez(path, x_test=np.zeros((20, 32, 32, 3), np.uint8))
+    monkeypatch.setenv("DNLIB_DATA", str(tmp_path))
+    assert widgets.explorer_images(20, "cifar-samples")[0].shape == (20, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"n = 64.*20 images"):
+        widgets.explorer_images(64, "cifar-samples")
+
+    class FiveTestImages:
+        x_test, source, description = np.zeros((5, 32, 32, 3), np.uint8).transpose(0, 3, 1, 2), "fake", "CIFAR-10"
+
+    monkeypatch.setattr(data, "load_cifar", lambda *a, **k: FiveTestImages())
+    assert widgets.explorer_images(5, "cifar")[0].shape == (5, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"n = 6.*5 test images"):
+        widgets.explorer_images(6, "cifar")

@@ -29,7 +29,9 @@ def _cifar_samples(n: int, root) -> tuple[np.ndarray, str]:
 
     path = data_root(root) / CIFAR_SAMPLES
     with open_regular(path) as f, np.load(f) as d:     # a FIFO or device in the data root is refused, not read
-        x = d["x_test"][:n].transpose(0, 3, 1, 2)
+        x = d["x_test"]
+        _enough(n, len(x), f"the CIFAR-10 exact samples ({path}) hold", "images", "or source 'cifar' for more")
+        x = x[:n].transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x), f"CIFAR-10 test images 0-{len(x) - 1} (official, lossless)"
 
 
@@ -40,7 +42,14 @@ def _cifar(n: int, root) -> tuple[np.ndarray, str]:
     x = getattr(data, "x_test", None)
     x = data.test_x if x is None else x
     desc = getattr(data, "description", f"CIFAR-10 ({data.source})")
-    return np.ascontiguousarray(x[:n]), f"{desc} test images 0-{min(n, len(x)) - 1}"
+    _enough(n, len(x), f"{desc} has", "test images", "")
+    return np.ascontiguousarray(x[:n]), f"{desc} test images 0-{n - 1}"
+
+
+def _enough(n: int, held: int, what: str, unit: str, hint: str) -> None:
+    """Refuse ``n`` images from a source that holds fewer (it would hand back ``held`` and say nothing)."""
+    if n > held:
+        raise ValueError(f"n = {n}: {what} only {held} {unit}; ask for at most {held}{', ' + hint if hint else ''}")
 
 
 def _skimage_crops(n: int, seed: int, size: int = 32, side: int = 96) -> tuple[np.ndarray, str]:
@@ -75,7 +84,7 @@ def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None)
     """``n`` real 32 x 32 RGB images as a uint8 ``(n, 3, 32, 32)`` tensor, and a description of where from.
 
     ``source``:
-      ``"cifar-samples"``: the first 20 official CIFAR-10 test images (lossless, in the data root);
+      ``"cifar-samples"``: the first ``n`` of the 20 official CIFAR-10 test images (lossless, in the data root);
       ``"cifar"``: the first ``n`` test images of :func:`dnlib.data.load_cifar` (decoding the JPEG copy takes
       ~40 s the first time, then it is cached);
       ``"skimage"``: seeded 32 x 32 crops of scikit-image's bundled photos (always available);
@@ -83,6 +92,9 @@ def explorer_images(n: int = 16, source: str = "auto", seed: int = 0, root=None)
       when the data is absent or fails to load. A fallback is loud: a :class:`dnlib.data.DataWarning`
       (shown every time) names what was not found and where it looked, and the description starts
       with ``FALLBACK``.
+
+    More images than a source holds (21 of the samples, 10,001 of CIFAR-10's test set) are refused (``ValueError``;
+    with ``"auto"``, a fallback to the next source, as loud as above).
     """
     if source not in ("auto", "cifar", "cifar-samples", "skimage"):
         raise ValueError(f"source must be 'auto', 'cifar', 'cifar-samples' or 'skimage', got {source!r}")
