@@ -408,3 +408,17 @@ def test_more_images_than_a_source_holds_are_refused(monkeypatch, tmp_path):
     assert widgets.explorer_images(5, "cifar")[0].shape == (5, 3, 32, 32)
     with pytest.raises(ValueError, match=r"n = 6.*5 test images"):
         widgets.explorer_images(6, "cifar")
+
+
+def test_notebook_02_offers_the_presets_of_the_dropdown(ex):
+    """UI review: `-p preset gdn` passed the rule (any of list_norms()) and then the explorer's dropdown raised a
+    TraitError; the rule's choices are now the dropdown's options, so the suite refuses gdn before running."""
+    from dnlib.notebook import parameters
+
+    rule = parameters.parameter_rules(NOTEBOOK_02)["preset"]
+    assert rule == {"choices_from": "dnlib.notebook.widgets.explorer_presets()"}
+    offered = list(ex.controls["preset"].options)
+    assert widgets.explorer_presets() == offered and "gdn" not in offered
+    with pytest.raises(parameters.ParameterError, match="preset"):
+        parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("preset", "gdn")])
+    assert parameters.resolve_parameters(NOTEBOOK_02, "smoke", [("preset", "dn-1d")]) == {"preset": "dn-1d"}

@@ -32,7 +32,7 @@ from .explorer_inputs import explorer_images, first_conv, preprocess
 # explorer_images and first_conv: re-exported from explorer_inputs (the notebook and the README call them here)
 __all__ = ["explorer_images", "first_conv", "explorer_spec", "preset_windows", "ActivationExplorer",
            "activation_explorer", "preset_settings", "SPACE_WINDOWS", "CHANNEL_WINDOWS", "STAT_LABELS", "GN_GROUPS",
-           "FIXED_LIMITS", "SLIDER_RANGES"]
+           "FIXED_LIMITS", "SLIDER_RANGES", "explorer_presets"]
 
 #: Window choices: (label, size); size 0 = the whole axis (no window).
 SPACE_WINDOWS = [("whole map", 0), ("3 x 3", 3), ("5 x 5", 5), ("7 x 7", 7), ("9 x 9", 9), ("15 x 15", 15)]
@@ -145,9 +145,7 @@ class ActivationExplorer:
         self._shown: dict | None = None  # the result the readout and the live figure show (the controls')
         style = {"description_width": "110px"}  # one width for every description: the columns line up
         wide = W.Layout(width="440px")  # room for the slider and a full readout ("all channels", "whole map")
-        # presets with a module of their own (GDN: a learned channel matrix, no NormSpec fields) have no fields to
-        # explore here
-        names = [n for n in list_norms() if PRESETS[n].module is None]
+        names = explorer_presets()
         (sigma_lo, sigma_hi), (alpha_lo, alpha_hi) = SLIDER_RANGES["sigma"], SLIDER_RANGES["alpha"]
         self.controls = {
             "preset": W.Dropdown(options=names, value=preset, description="preset", style=style,
@@ -348,6 +346,13 @@ class ActivationExplorer:
         if change["owner"] is self.controls["preset"]:
             self._set_windows_from_preset(change["new"])
         self.update()
+
+
+def explorer_presets() -> list[str]:
+    """The presets the explorer's dropdown offers (notebook 02's ``preset`` rule names them): those of a
+    :class:`~dnlib.norms.spec.NormSpec`. Presets with a module of their own (GDN: a learned channel matrix, no NormSpec
+    fields) have no fields to explore here."""
+    return [n for n in list_norms() if PRESETS[n].module is None]
 
 
 def preset_windows(preset: str) -> dict:
