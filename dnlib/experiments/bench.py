@@ -14,7 +14,7 @@ from .. import cli
 from .recipe import Command, Recipe, card, check_config, check_int, replace
 from .runner import build_setup, share_data
 
-__all__ = ["time_steps", "check_graph", "bench", "steps_command"]
+__all__ = ["time_steps", "check_graph", "graph_not_applicable", "bench", "steps_command"]
 
 
 def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu") -> tuple:
@@ -53,15 +53,23 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
     floating parameter and buffer agrees to ``rtol`` of how far training moved it, the losses agree to ``rtol``
     and the capture did not fall back. On a CPU this checks the graph step's code without a capture. A config with
     an ``impl`` is compared with the plain eager step (``impl="auto"``: e.g. a compiled graph step against it).
-    ``options`` (a dict) keeps the data loaded here for the next call (:func:`share_data`)."""
+    ``options`` (a dict) keeps the data loaded here for the next call (:func:`share_data`). A comparison that cannot
+    fail (:func:`graph_not_applicable`: the graph build runs the eager step's own code) is not made: ``ok`` None and
+    ``why`` say so."""
     check_int("steps", steps)
     cfg = recipe.config(config, steps=steps, **overrides)
     options = {} if options is None else options
-    out = {}
+    out, built = {}, {}
     for mode, opts in (("eager", eager), ("graph", graph)):
         c = replace(cfg, impl="auto") if mode == "eager" and hasattr(cfg, "impl") else cfg
         tr, setup = _trainer(recipe, c, seed, device, {**options, **opts}, log_every=1)
         share_data(recipe, options, setup)
+        built[mode] = (tr, c)
+        if mode == "graph" and built["eager"][1] == c:        # the same model: is the step another code?
+            why = graph_not_applicable(built["eager"][0], tr, setup.info.get("mode"))
+            if why:
+                return {**_row({"config": cfg.name, "mode": setup.info.get("mode"),
+                                "impl": getattr(cfg, "impl", None), "steps": 0}), "ok": None, "why": why}
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = [r["train_loss"] for r in tr.run_until(steps) if "train_loss" in r]
         out[mode] = (init, tr.model.state_dict(), losses, setup.info.get("mode"), getattr(tr, "fell_back", False))
@@ -74,6 +82,23 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
     return _row({"config": cfg.name, "mode": gmode, "impl": getattr(cfg, "impl", None), "steps": steps,
                  "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "eager_losses": le,
                  "graph_losses": lg, "ok": bool(ok), "error": "the CUDA-graph capture failed" if fell else None})
+
+
+def graph_not_applicable(eager, graph, mode: str | None) -> str | None:
+    """Why comparing the trainer ``graph`` (of the graph build, its setup ``mode``) with ``eager`` (of the eager
+    build, the same configuration) cannot fail, starting "not applicable"; None when it can. It cannot when the graph
+    build made the eager build's trainer and captures nothing: both steps run the same code. That is a build without
+    a graph step (setup mode ``eager``: e.g. a stacked SR launch with Adam) or, without CUDA, a trainer whose graph
+    step is its eager step's own body (the stacked PTB trainer; the CIFAR graph step's hand-written SGD, by contrast,
+    is another code than torch's and is checked on a CPU too)."""
+    if type(graph) is not type(eager) or getattr(graph, "capture", False):
+        return None
+    name = type(graph).__name__
+    if mode == "eager":
+        return (f"not applicable: the graph build trains eagerly ({name}, setup mode 'eager': no graph step for this "
+                "configuration, e.g. Adam), so the check would compare the eager step with itself")
+    return (f"not applicable: without a CUDA capture the graph step is the eager step's own code ({name}), so the "
+            "check would compare it with itself; it is meaningful on CUDA only")
 
 
 def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: int = 0, device="auto",

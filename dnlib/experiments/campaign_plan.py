@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
+from .bench import graph_not_applicable
 from .runner import Run
 
-__all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "check_graph", "TABLES",
-           "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS", "PROBES"]
+__all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "check_graph",
+           "graph_check_text", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS", "PROBES"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -181,11 +182,20 @@ def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: floa
     on the same batches (the build option ``mode``: ``graph``, ``eager``); ``ok`` when every packed parameter and
     buffer agrees to ``rtol`` of how far training moved it, every copy's losses to ``rtol``, and no capture fell
     back (:func:`dnlib.experiments.bench.check_graph`'s rule, for K copies). On a CPU the graph step's body runs
-    without a capture (CIFAR: the hand-written SGD against torch's)."""
-    out = {}
+    without a capture: CIFAR's is checked there too (its hand-written SGD against torch's); PTB's stacked trainer runs
+    one body for both steps, so its check means something on CUDA only, and SR's fast schedule (Adam) builds no graph
+    step: such a check, which cannot fail, is not made (:func:`~dnlib.experiments.bench.graph_not_applicable`):
+    ``ok`` None and ``why``, never ``ok`` True."""
+    out, eager = {}, None
     for mode in ("eager", "graph"):
         x = dataclasses.replace(launch, options={**launch.options, "mode": mode})
-        tr = prepare_launch(x, device, data).trainer
+        run = prepare_launch(x, device, data)
+        tr = run.trainer
+        why = graph_not_applicable(eager, tr, run.setup.info.get("mode")) if mode == "graph" else None
+        if why:
+            return {"launch": launch.name, "copies": launch.copies, "trainer": type(tr).__name__, "captured": False,
+                    "steps": 0, "ok": None, "why": why}
+        eager = tr
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = []
         for _ in range(steps):
@@ -202,6 +212,16 @@ def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: floa
     return {"launch": launch.name, "copies": launch.copies, "trainer": cls, "captured": bool(captured),
             "steps": steps, "param_diff": diff, "param_moved": moved, "loss_rel_diff": loss_diff, "ok": bool(ok),
             "error": "the CUDA-graph capture failed" if fell else None}
+
+
+def graph_check_text(g: dict) -> str:
+    """A :func:`check_graph` row in words (the campaign's log): ``ok (...)``, ``FAILED (...)`` or ``not applicable:
+    <why>``."""
+    if g.get("ok") is None:
+        return g.get("why") or "not applicable"
+    figures = (f"params {g['param_diff']:.2g} of {g['param_moved']:.2g} moved, losses {g['loss_rel_diff']:.2g}"
+               + (f"; {g['error']}" if g.get("error") else ""))
+    return f"{'ok' if g['ok'] else 'FAILED'} ({figures})"
 
 
 def probe(launches: Sequence[Launch]) -> Launch:
