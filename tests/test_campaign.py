@@ -175,6 +175,34 @@ def test_gpu_stage_refuses_what_does_not_fit_or_exist_before_staging(tmp_path, e
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_gpu_stage_stages_the_sets_the_sr_tables_are_read_on(tmp_path):
+    """``DRY=1``: what ``EXPERIMENTS="sr ptb"`` would stage, staging nothing (device-prep here fails if run). The SR
+    launches train on T91 and are read on Set5, Set14 (Table 5) and BSD200 = BSDS500/test (Table 6); before, the call
+    staged device-prep's ``sr`` (T91, Set5, Set14 and SelfExSR, which nothing trains or evaluates on) and Table 6
+    could never be filled (GPU review r11)."""
+    prep = tmp_path / "shared" / "tools" / "device-prep"
+    prep.parent.mkdir(parents=True)
+    prep.write_text("#!/bin/sh\necho device-prep ran >&2\nexit 3\n")
+    prep.chmod(0o755)
+    env = {**os.environ, "EXPERIMENTS": "sr ptb", "SHARED": str(tmp_path / "shared"), "DRY": "1"}
+    p = subprocess.run(["bash", str(REPO / "scripts" / "gpu_stage.sh")], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert "gpu_stage.sh: DRY=1: device-prep ptb" in lines, lines
+    copied = sorted(x.split()[3] for x in lines if x.startswith("gpu_stage.sh: DRY=1: copy "))
+    assert copied == ["sr/BSDS500/test", "sr/Set14", "sr/Set5", "sr/T91"], lines
+    assert "SelfExSR" not in p.stdout
+
+
+def test_what_the_campaign_does_not_plan_is_said():
+    """``not_planned`` (campaign.json): the SR paper schedule, CIFAR-100 and Table 10, and the x4 columns of Tables
+    5/6 (the campaign's SR launches are the x3 fast rows)."""
+    text = " | ".join(campaign_plan.NOT_PLANNED)
+    assert "x4" in text and "Tables 5/6" in text and "CIFAR-100" in text and "1M steps" in text, text
+    assert {campaign_plan.recipe_of("sr").config(c).scale for x in campaign_plan.plan(experiments=["sr"])
+            for c in x.configs} == {3}
+
+
 @pytest.mark.parametrize("experiment", ["cifar", "ptb", "sr"])
 def test_check_graph_of_stacked_launches(experiment, monkeypatch):
     """The stacked graph step against the eager step on each experiment's probe. CIFAR on a CPU compares two codes

@@ -9,9 +9,10 @@ seeds as stacked launches, planned from a short bench, run under a time budget, 
 
 * CIFAR-10, Table 7's 13 rows (Table 3 is 7 of them): one launch per configuration, its seeds stacked
   (:mod:`dnlib.experiments.stacked`);
-* super-resolution, Tables 5/6 on the ``fast`` schedule (Adam, 50k steps: the paper's SGD schedule of 1M steps is
-  not planned: ``not_planned`` in ``campaign.json``): one launch per row (``none``, ``bn``, ``dn*``, ``dn*-code``), its
-  seeds stacked (:mod:`dnlib.experiments.stacked_sr`);
+* super-resolution, Tables 5/6 at x3 on the ``fast`` schedule (Adam, 50k steps: the paper's SGD schedule of 1M steps
+  and the x4 columns are not planned: ``not_planned`` in ``campaign.json``): one launch per row (``none``, ``bn``,
+  ``dn*``, ``dn*-code``), its seeds stacked (:mod:`dnlib.experiments.stacked_sr`), read on Set5, Set14 (Table 5) and
+  BSD200 (Table 6; ``scripts/gpu_stage.sh`` stages them);
 * PTB, Table 9's 36 configurations (Table 4 is 18 of them): one launch per cell type and cell class (``arch``), all
   its configurations x seeds stacked (:mod:`dnlib.experiments.stacked_ptb`): 7 launches of 3 to 24 copies.
 
@@ -69,6 +70,7 @@ from ..training.trainer import TrainingDiverged
 from . import records, tables
 from .campaign_plan import (
     EXPERIMENTS,
+    NOT_PLANNED,
     TABLES,
     Launch,
     bench,
@@ -187,8 +189,7 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     benches, datas, graphs, failed, rows = {}, {}, {}, {}, []
     record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": jobs,
               "seeds": list(seeds), "graph_check": graphs, "bench": benches, "failed": failed, "launches": rows,
-              "not_planned": ["sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
-                              "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)"]}
+              "not_planned": list(NOT_PLANNED)}
 
     def save():                                   # after the bench and every launch: a kill leaves what was done
         atomic_write_json(out / "campaign.json", records.jsonable(
