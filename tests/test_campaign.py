@@ -96,6 +96,98 @@ def test_what_the_budget_does_not_fit_is_recorded_and_a_rerun_resumes(tmp_path):
     assert saved["bench"]["ptb"]["copies"] == 7 and saved["launches"][0]["predicted_s"] > 0
 
 
+#: a campaign whose third launch gets SIGTERM at its second step (a device's or `timeout`'s stop, mid-launch)
+STOPPED_MID_LAUNCH = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from dnlib.experiments import campaign
+torch.set_num_threads(1)                                          # as the command does on a CPU
+out, bundle = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir()
+(out / "log.txt").write_text("what the script printed\\n")       # scripts/gpu_common.sh's copy of the output
+real, built = campaign.prepare_launch, []
+
+def prepare(launch, *args, **kwargs):
+    run = real(launch, *args, **kwargs)
+    built.append(launch.name)
+    if len(built) == 3:
+        step = run.trainer.train_step
+
+        def train_step(batch):
+            if run.trainer.step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(batch)
+        run.trainer.train_step = train_step
+    return run
+
+campaign.prepare_launch = prepare
+rec = campaign.campaign(out, device="cpu", budget=600.0, tiny=True, seeds=[0], experiments=["ptb"], bundle=bundle,
+                        log=lambda s: None)
+print("returned", rec["stopped_by"])
+"""
+
+
+@pytest.mark.slow
+def test_a_campaign_stopped_by_sigterm_records_every_launch_and_fills_the_bundle(tmp_path):
+    """SIGTERM in the middle of a launch (the hard `timeout`, a device stopping the call): the campaign records the
+    launch in flight (its copies ``interrupted at step 1``, the row ``stopped_by``), every later one ``not run``,
+    writes tables.md, and the bundle (what a device call brings back) holds campaign.json with every launch, log.txt,
+    tables.md and the records so far. Before: SIGTERM killed it; campaign.json lacked the launch in flight and the
+    later ones, tables.md was not written, and the bundle was filled only after the campaign ended: empty (GPU
+    review r13)."""
+    out, bundle = tmp_path / "out", tmp_path / "bundle"
+    p = subprocess.run([sys.executable, "-c", STOPPED_MID_LAUNCH, str(out), str(bundle)], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0 and "returned SIGTERM" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+    assert sorted(q.name for q in bundle.iterdir()) == ["campaign.json", "log.txt", "runs.tgz", "tables.md"]
+    rec = json.loads((bundle / "campaign.json").read_text())
+    rows = rec["launches"]
+    names = [x.name for x in campaign_plan.plan(tiny=True, seeds=[0], experiments=["ptb"])]
+    assert [r["launch"] for r in rows] == names and rec["stopped_by"] == "SIGTERM", rows
+    assert [r["stopped"] for r in rows[:2]] == [[COMPLETED]] * 2, rows
+    assert rows[2]["stopped"] == ["interrupted at step 1"] and rows[2]["stopped_by"] == "SIGTERM", rows[2]
+    assert all(r["stopped"] == ["not run: stopped by SIGTERM before it started"] for r in rows[3:]), rows[3:]
+    assert {s for _, rec in records.read_records([out / "ptb" / names[2]]) for s in [rec["stopped"]]} == \
+        {"interrupted at step 1"}
+    assert "Table 9" in (bundle / "tables.md").read_text()
+    assert (bundle / "log.txt").read_text() == "what the script printed\n"
+    with tarfile.open(bundle / "runs.tgz") as tar:
+        got = [n for n in tar.getnames() if n.endswith("/record.json")]
+    assert len(got) == sum(len(x.configs) for x in campaign_plan.plan(tiny=True, seeds=[0], experiments=["ptb"])[:3])
+
+
+@pytest.mark.slow
+def test_gpu_paper_stopped_by_sigterm_brings_back_what_was_done(tmp_path):
+    """`gpu_paper.sh` with BUNDLE, its process group sent SIGTERM (as an outer `timeout` does) once the bundle's
+    campaign.json lists two launches (it is refreshed after every launch): the script records every launch, writes
+    tables.md and fills the bundle before it exits (before: the bundle was empty, r13)."""
+    out, bundle = tmp_path / "out", tmp_path / "bundle"
+    env = {**os.environ, "OUT": str(out), "BUNDLE": str(bundle), "DEVICE": "cpu", "TINY": "1", "EXPERIMENTS": "ptb",
+           "SEEDS": "0", "REPORT_S": "0", "PY": sys.executable}
+    p = subprocess.Popen(["bash", str(REPO / "scripts" / "gpu_paper.sh")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    t0, done = time.perf_counter(), []
+    while p.poll() is None and time.perf_counter() - t0 < 300:
+        try:
+            done = json.loads((bundle / "campaign.json").read_text())["launches"]
+        except (OSError, ValueError, KeyError):
+            done = []
+        if len(done) >= 2:
+            break
+        time.sleep(0.05)
+    assert len(done) >= 2 and p.poll() is None, (done, p.poll())
+    os.killpg(p.pid, 15)
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode != 0, text[-3000:]
+    files = sorted(q.name for q in bundle.iterdir())
+    assert files == ["campaign.json", "log.txt", "nvidia-smi.txt", "runs.tgz", "tables.md"], (files, text[-3000:])
+    rec = json.loads((bundle / "campaign.json").read_text())
+    assert len(rec["launches"]) == 7 and rec["stopped_by"] == "SIGTERM", text[-3000:]
+    assert "stopped by SIGTERM" in (bundle / "log.txt").read_text()
+    assert "Table 9" in (bundle / "tables.md").read_text()
+
+
 @pytest.mark.slow
 def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     """`OUT=DIR DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh`: every row of Tables 3/7, 4/9 and 5/6 (fast schedule)

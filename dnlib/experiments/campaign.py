@@ -53,10 +53,14 @@ them), ``OUT/campaign.json`` (the bench, the plan, each launch's predicted and a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -65,7 +69,7 @@ from pathlib import Path
 import torch
 
 from .. import cli
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write, atomic_write_json, atomic_write_text
 from ..training.trainer import TrainingDiverged
 from . import records, tables
 from .campaign_plan import (
@@ -84,7 +88,7 @@ from .campaign_plan import (
 )
 from .recipe import COMPLETED, check_int
 
-__all__ = ["run_launch", "campaign", "main"]
+__all__ = ["run_launch", "campaign", "publish", "main", "BUNDLE_FILES"]
 
 def _statuses(folder: Path) -> list:
     return [rec.get("stopped") for _, rec in records.read_records([folder])] if folder.is_dir() else []
@@ -130,6 +134,39 @@ def _tables(out: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+#: what a device call brings back from ``out`` beside ``runs.tgz`` (:func:`publish`)
+BUNDLE_FILES = ("campaign.json", "tables.md", "log.txt", "nvidia-smi.txt")
+BUNDLE_FILE_LIMIT = 16 * 2**20          # bytes: the most a device call brings back of one file
+
+
+def _in_runs(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    name = info.name.rsplit("/", 1)[-1]
+    skip = name == "checkpoint.pt" or name.startswith("events.out.tfevents.") or name.endswith(".tmp") or \
+        info.name == "./log.txt"
+    return None if skip else info
+
+
+def publish(out, bundle, log=print) -> list:
+    """Copy into ``bundle`` what a device call brings back from ``out`` (at most 8 files at its top level, 16 MiB
+    each): the :data:`BUNDLE_FILES` there and ``runs.tgz`` (``out`` without checkpoints, TensorBoard events and
+    log.txt: every copy's record and curves so far; the records alone when that is over 16 MiB), each written
+    atomically (a kill leaves the previous copy whole). Returns the bundle's file names."""
+    out, bundle = Path(out), Path(bundle)
+    for name in BUNDLE_FILES:
+        if (out / name).is_file():
+            atomic_write(bundle / name, lambda f, src=out / name: f.write(src.read_bytes()))
+
+    def pack(keep) -> int:
+        def write(f):
+            with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                tar.add(out, arcname=".", filter=keep)
+        return atomic_write(bundle / "runs.tgz", write).stat().st_size
+    if pack(_in_runs) > BUNDLE_FILE_LIMIT:
+        log(f"publish: {bundle / 'runs.tgz'} is over 16 MiB, the most a device call brings back: the records alone")
+        pack(lambda i: i if i.isdir() or i.name.endswith("/record.json") else None)
+    return sorted(q.name for q in bundle.iterdir())
+
+
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {cli.one_line(e)}"
 
@@ -170,15 +207,45 @@ def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_s
     return data, g, b
 
 
+class _Stop:
+    """SIGTERM (the hard ``timeout``, a device ending the call) and SIGINT as one ``KeyboardInterrupt`` naming the
+    signal, raised in the main thread at the first signal only (the runner then records the launch in flight
+    ``interrupted at step N``); later ones, and any once :attr:`armed` is off, are ignored while the campaign writes
+    what it did (``timeout -k`` ends that with a KILL)."""
+
+    def __init__(self):
+        self.name, self.armed, self.old = None, True, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.old = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __call__(self, signum, frame):
+        if self.armed:
+            self.name, self.armed = signal.Signals(signum).name, False
+            raise KeyboardInterrupt(self.name)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
 def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = False, seeds=(0, 1, 2),
              experiments: Sequence[str] = EXPERIMENTS, jobs: int = 1, reserve: float | None = None,
-             bench_steps: int = 3, log=print) -> dict:
+             bench_steps: int = 3, bundle=None, log=print) -> dict:
     """Plan, bench, run every launch under ``budget`` seconds (module doc), then write ``campaign.json`` and
-    ``tables.md`` in ``out``; returns the campaign record. ``jobs`` > 1: that many launches at once (processes)."""
+    ``tables.md`` in ``out``; returns the campaign record. ``jobs`` > 1: that many launches at once (processes).
+    ``bundle``: a folder outside ``out`` that :func:`publish` refreshes after the bench and every launch. SIGTERM or
+    SIGINT stops it: the launch in flight is recorded as it stood, the later ones ``not run``, ``stopped_by`` names
+    the signal, and ``campaign.json``, ``tables.md`` and the bundle are written before it returns."""
     t_start = time.perf_counter()
     cli.check_distinct("seeds", seeds)      # a seed or an experiment twice: two launches into one folder
     cli.check_distinct("experiments", experiments)
     out = Path(out)
+    if bundle is not None and (Path(bundle).resolve() == out.resolve() or out.resolve() in
+                               Path(bundle).resolve().parents):
+        raise ValueError(f"bundle: {bundle} is inside out {out}: give the bundle a folder of its own")
     out.mkdir(parents=True, exist_ok=True)
     if not budget > 0:
         raise ValueError(f"budget: must be > 0 seconds, got {budget!r}")
@@ -186,16 +253,42 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     reserve = (min(60.0, 0.1 * budget) if not tiny else 5.0) if reserve is None else float(reserve)
     launches = plan(tiny, seeds, experiments)
     log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
-    benches, datas, graphs, failed, rows = {}, {}, {}, {}, []
     record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": jobs,
-              "seeds": list(seeds), "graph_check": graphs, "bench": benches, "failed": failed, "launches": rows,
-              "not_planned": list(NOT_PLANNED)}
+              "seeds": list(seeds), "graph_check": {}, "bench": {}, "failed": {}, "launches": [],
+              "not_planned": list(NOT_PLANNED), "stopped_by": None}
 
     def save():                                   # after the bench and every launch: a kill leaves what was done
         atomic_write_json(out / "campaign.json", records.jsonable(
-            {**record, "graph_check": graphs or "not on a CPU (the check runs on CUDA)",
+            {**record, "graph_check": record["graph_check"] or "not on a CPU (the check runs on CUDA)",
              "train_s": round(time.perf_counter() - t_start, 1)}))
+        if bundle is not None:
+            publish(out, bundle, log)
 
+    in_flight: list = []
+    with _Stop() as stop:
+        try:
+            _run(launches, record, in_flight, out, device, tiny, jobs, bench_steps, t_start + budget - reserve,
+                 save, log)
+        except KeyboardInterrupt:
+            stop.name = stop.name or "SIGINT"    # (raised without the handler: not the main thread)
+        stop.armed = False
+        if stop.name:
+            _stopped(record, launches, in_flight, out, stop.name, log)
+        record["train_s"] = round(time.perf_counter() - t_start, 1)
+        record["graph_check"] = record["graph_check"] or "not on a CPU (the check runs on CUDA)"
+        atomic_write_json(out / "campaign.json", records.jsonable(record))
+        atomic_write_text(out / "tables.md", _tables(out))
+        record["total_s"] = round(time.perf_counter() - t_start, 1)
+        save()
+    return record
+
+
+def _run(launches: list, record: dict, in_flight: list, out: Path, device: str, tiny: bool, jobs: int,
+         bench_steps: int, deadline: float, save, log) -> None:
+    """The campaign's work (module doc): each experiment's start, then the launches under the budget; fills
+    ``record`` (and ``in_flight``: the launches running, for a stop by a signal)."""
+    benches, datas, graphs, failed, rows = record["bench"], {}, record["graph_check"], record["failed"], \
+        record["launches"]
     cuda = (torch.device(device).type == "cuda") if device != "auto" else torch.cuda.is_available()
     for exp in dict.fromkeys(x.experiment for x in launches):
         try:
@@ -206,9 +299,7 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
             continue
         if g is not None:
             graphs[exp] = g
-    rows += [{"launch": x.name, "experiment": x.experiment, "copies": x.copies, "planned": x.planned, "seconds": 0.0,
-              "stopped": [f"not run: {failed[x.experiment].split(':')[0]} (campaign.json: failed)"], "skipped": False}
-             for x in launches if x.experiment in failed]
+    rows += [_not_run(x, failed) for x in launches if x.experiment in failed]
     launches = [x for x in launches if x.experiment not in failed]
     per_card = jobs
     peaks = [b["peak_bytes"] for b in benches.values() if b["peak_bytes"]]
@@ -217,7 +308,6 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
         per_card = max(1, min(jobs, int(0.8 * total // max(peaks))))
     record["jobs"] = per_card
     save()
-    deadline = t_start + budget - reserve
     pending = list(launches)
     log(f"plan: predicted {sum(x.predicted_s for x in launches):.0f} s of training in {len(launches)} launches, "
         f"{per_card} at a time; {max(deadline - time.perf_counter(), 0):.0f} s left for them")
@@ -235,6 +325,7 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
                           _share_steps(share, benches[x.experiment]) if fits else None))
         if per_card == 1 or len(batch) == 1:
             for x, limit, stop, steps in specs:
+                in_flight[:] = [x]
                 try:
                     rows.append(run_launch(x, out, device, limit, stop, data=datas[x.experiment], max_steps=steps))
                 except Exception as e:  # noqa: BLE001  a launch that raises is recorded; the others go on
@@ -242,20 +333,42 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
                                  "planned": x.planned, "predicted_s": round(x.predicted_s, 1),
                                  "stopped": [f"failed: {_error(e)}"], "skipped": False})
                     log(traceback.format_exc())
+                in_flight[:] = []
                 log(f"{x.experiment} {x.name}: {rows[-1]['stopped']} after {rows[-1].get('seconds', 0):.1f} s "
                     f"(predicted {x.predicted_s:.1f} s, limit {limit if limit is None else round(limit, 1)}, "
                     f"at most {steps} steps)")
                 save()
         else:
+            in_flight[:] = [x for x, *_ in specs]
             rows += _run_parallel(specs, out, device, log, tiny)
+            in_flight[:] = []
             save()
-    record["train_s"] = round(time.perf_counter() - t_start, 1)
-    record["graph_check"] = graphs or "not on a CPU (the check runs on CUDA)"
-    atomic_write_json(out / "campaign.json", records.jsonable(record))
-    atomic_write_text(out / "tables.md", _tables(out))
-    record["total_s"] = round(time.perf_counter() - t_start, 1)
-    atomic_write_json(out / "campaign.json", records.jsonable(record))
-    return record
+
+
+def _not_run(x: Launch, failed: dict, why: str | None = None) -> dict:
+    why = why or f"{failed[x.experiment].split(':')[0]} (campaign.json: failed)"
+    return {"launch": x.name, "experiment": x.experiment, "copies": x.copies, "planned": x.planned, "seconds": 0.0,
+            "stopped": [f"not run: {why}"], "skipped": False}
+
+
+def _stopped(record: dict, launches: list, in_flight: list, out: Path, name: str, log) -> None:
+    """A campaign stopped by the signal ``name``: each launch in flight recorded as its records stand (the runner
+    wrote ``interrupted at step N``), every launch not yet recorded ``not run``."""
+    record["stopped_by"] = name
+    rows, done = record["launches"], {(r["experiment"], r["launch"]) for r in record["launches"]}
+    for x in in_flight:
+        if (x.experiment, x.name) in done:       # recorded just before the signal
+            continue
+        statuses = sorted(set(_statuses(out / x.experiment / x.name))) or ["interrupted before it was built"]
+        rows.append({"launch": x.name, "experiment": x.experiment, "copies": x.copies, "planned": x.planned,
+                     "predicted_s": round(x.predicted_s, 1), "stopped": statuses, "stopped_by": name,
+                     "skipped": False})
+        done.add((x.experiment, x.name))
+    rest = [x for x in launches if (x.experiment, x.name) not in done]
+    rows += [_not_run(x, record["failed"], None if x.experiment in record["failed"] else
+                      f"stopped by {name} before it started") for x in rest]
+    log(f"campaign: stopped by {name}: {', '.join(x.name for x in in_flight) or 'no launch'} in flight, recorded "
+        f"as it stood; {len(rest)} launches not run; writing campaign.json, tables.md and the bundle")
 
 
 def _run_parallel(specs, out: Path, device: str, log, tiny: bool) -> list:
@@ -267,8 +380,16 @@ def _run_parallel(specs, out: Path, device: str, log, tiny: bool) -> list:
                                            "--device", device, "--launch", json.dumps(spec)],
                                           stdout=subprocess.PIPE, text=True)))
     rows = []
-    for x, p in procs:
-        text, _ = p.communicate()
+    try:
+        texts = [p.communicate()[0] for _, p in procs]
+    except KeyboardInterrupt:                    # a stop: each launch's process records its copies, then ends
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, p in procs:
+            p.communicate()
+        raise
+    for (x, p), text in zip(procs, texts):
         try:
             rows.append(json.loads(text.strip().splitlines()[-1]))
         except (IndexError, json.JSONDecodeError):
@@ -290,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--check-graph", action="store_true",
                    help="only check each experiment's heaviest stacked launch (its probe): graph step == eager step "
                         "(a JSON line each; exit 1 when one fails; ok null: not applicable)")
+    p.add_argument("--bundle", type=cli.out_dir, default=None,
+                   help="a folder outside --out refreshed after the bench and every launch with what a device call "
+                        "brings back: campaign.json, tables.md, log.txt, nvidia-smi.txt (those of --out) and runs.tgz")
     p.add_argument("--launch", default=None, help=argparse.SUPPRESS)       # one launch, for _run_parallel
     args = p.parse_args(argv)
     if torch.device(args.device).type == "cpu" if args.device != "auto" else not torch.cuda.is_available():
@@ -307,16 +431,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit, stop, steps = spec.pop("time_limit"), spec.pop("stop_after"), spec.pop("max_steps")
         tiny = spec.pop("tiny")
         launch = Launch(**spec)
-        row = run_launch(launch, args.out, args.device, limit, stop, max_steps=steps,
-                         data=shared_data(launch.experiment, tiny, args.device))
+        with _Stop() as stopping:
+            try:
+                row = run_launch(launch, args.out, args.device, limit, stop, max_steps=steps,
+                                 data=shared_data(launch.experiment, tiny, args.device))
+            except KeyboardInterrupt:            # its copies' records say where (the campaign reads them)
+                return 128 + signal.Signals[stopping.name or "SIGINT"].value
         print(json.dumps(records.jsonable(row)))
         return 0
     with cli.user_errors(p):
         rec = campaign(args.out, device=args.device, budget=args.budget, tiny=args.tiny, seeds=args.seeds,
-                       experiments=args.experiments, jobs=args.jobs, log=lambda s: print(s, flush=True))
+                       experiments=args.experiments, jobs=args.jobs, bundle=args.bundle, log=_say)
     stopped = sorted({s for r in rec["launches"] for s in r.get("stopped", [])})
-    print(f"campaign: {len(rec['launches'])} launches in {rec['total_s']:.0f} s; stopped: {stopped}")
-    return 0
+    _say(f"campaign: {len(rec['launches'])} launches in {rec['total_s']:.0f} s; stopped: {stopped}"
+         + (f"; stopped by {rec['stopped_by']}" if rec["stopped_by"] else ""))
+    return 128 + signal.Signals[rec["stopped_by"]].value if rec["stopped_by"] else 0
+
+
+def _say(line: str) -> None:
+    """The command's log line (stdout, flushed); a reader that has gone (the script's tee, stopped) loses it, and the
+    campaign goes on to write its files."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
