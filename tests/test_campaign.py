@@ -150,7 +150,11 @@ def test_a_campaign_stopped_by_sigterm_records_every_launch_and_fills_the_bundle
     assert all(r["stopped"] == ["not run: stopped by SIGTERM before it started"] for r in rows[3:]), rows[3:]
     assert {s for _, rec in records.read_records([out / "ptb" / names[2]]) for s in [rec["stopped"]]} == \
         {"interrupted at step 1"}
-    assert "Table 9" in (bundle / "tables.md").read_text()
+    text = (bundle / "tables.md").read_text()
+    assert all(f"Table {n}" in text for n in (4, 9))
+    caveat = "Note: Baseline LSTM: trained as the paper's text says (source=paper: lr 0.1)"
+    assert caveat in text[text.index("Table 4"):text.index("Table 9")] and caveat in text[text.index("Table 9"):]
+    assert rec["notes"] == campaign_plan.table_notes(["ptb"])
     assert (bundle / "log.txt").read_text() == "what the script printed\n"
     with tarfile.open(bundle / "runs.tgz") as tar:
         got = [n for n in tar.getnames() if n.endswith("/record.json")]
@@ -293,6 +297,16 @@ def test_what_the_campaign_does_not_plan_is_said():
     assert "x4" in text and "Tables 5/6" in text and "CIFAR-100" in text and "1M steps" in text, text
     assert {campaign_plan.recipe_of("sr").config(c).scale for x in campaign_plan.plan(experiments=["sr"])
             for c in x.configs} == {3}
+
+
+def test_the_ptb_baseline_lstm_rows_carry_the_learning_rate_caveat():
+    """The campaign runs PTB as the paper's text says (source=paper): the Baseline LSTM at lr 0.1, while Table 4's
+    115.72 most likely comes from the code's lr 1.0 (PAPER.md §2.3, §5.4). Tables 4/9 (tables.md), the log and
+    campaign.json say so, as gpu_ptb.sh's header does (before: nothing did)."""
+    notes = campaign_plan.table_notes(["ptb"])
+    assert set(notes) == {"table4", "table9"}
+    assert all(w in notes["table4"] for w in ("lr 0.1", "lr 1", "115.72", "SOURCE=code")), notes
+    assert campaign_plan.table_notes(["cifar", "sr"]) == {}
 
 
 @pytest.mark.parametrize("experiment", ["cifar", "ptb", "sr"])

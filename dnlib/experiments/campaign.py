@@ -85,6 +85,7 @@ from .campaign_plan import (
     prepare_launch,
     probe,
     shared_data,
+    table_notes,
 )
 from .recipe import COMPLETED, check_int
 
@@ -123,14 +124,16 @@ def run_launch(launch: Launch, out, device: str = "auto", time_limit: float | No
 
 
 # --------------------------------------------------------------------------------------------- campaign
-def _tables(out: Path) -> str:
-    parts = []
+def _tables(out: Path, experiments: Sequence[str] = EXPERIMENTS) -> str:
+    parts, notes = [], table_notes(experiments)
     for exp, names in TABLES.items():
         for name in names:
             try:
                 parts.append(str(tables.compare([out / exp], name, finished=True)))
             except Exception as e:   # noqa: BLE001  a table that cannot be made is named, the others are made
                 parts.append(f"{name}: not made ({type(e).__name__}: {cli.one_line(e)})")
+            if name in notes:
+                parts[-1] += f"\n\nNote: {notes[name]}."
     return "\n\n".join(parts) + "\n"
 
 
@@ -255,7 +258,9 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
     log(f"campaign: {len(launches)} launches, {sum(x.copies for x in launches)} runs, budget {budget:.0f} s")
     record = {"budget_s": budget, "reserve_s": reserve, "tiny": tiny, "device": device, "jobs": jobs,
               "seeds": list(seeds), "graph_check": {}, "bench": {}, "failed": {}, "launches": [],
-              "not_planned": list(NOT_PLANNED), "stopped_by": None}
+              "not_planned": list(NOT_PLANNED), "notes": table_notes(experiments), "stopped_by": None}
+    for note in dict.fromkeys(record["notes"].values()):
+        log(f"note ({', '.join(k for k, v in record['notes'].items() if v == note)}): {note}")
 
     def save():                                   # after the bench and every launch: a kill leaves what was done
         atomic_write_json(out / "campaign.json", records.jsonable(
@@ -277,7 +282,7 @@ def campaign(out, *, device: str = "auto", budget: float = 540.0, tiny: bool = F
         record["train_s"] = round(time.perf_counter() - t_start, 1)
         record["graph_check"] = record["graph_check"] or "not on a CPU (the check runs on CUDA)"
         atomic_write_json(out / "campaign.json", records.jsonable(record))
-        atomic_write_text(out / "tables.md", _tables(out))
+        atomic_write_text(out / "tables.md", _tables(out, experiments))
         record["total_s"] = round(time.perf_counter() - t_start, 1)
         save()
     return record

@@ -15,7 +15,8 @@ from .bench import graph_not_applicable
 from .runner import Run
 
 __all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "check_graph",
-           "graph_check_text", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS", "PROBES", "NOT_PLANNED"]
+           "graph_check_text", "table_notes", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS", "PROBES",
+           "NOT_PLANNED"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -32,6 +33,21 @@ NOT_PLANNED = ("sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)
 #: 2,024-2,220, though those stack 24 copies), so the prediction bounds the others' and the capture that matters is
 #: checked
 PROBES = {"cifar": "dn-star", "sr": "fast-dn-star-code", "ptb": "lstm-lstm"}
+
+
+
+def table_notes(experiments: Sequence[str] = EXPERIMENTS) -> dict:
+    """``{table: note}``: what a row of a table the campaign fills is not, said beside it (tables.md, the log,
+    ``campaign.json``): PTB runs the paper's text (``source="paper"``), whose Baseline LSTM learning rate is not the
+    one of the authors' code that most likely made Table 4's number (PAPER.md §2.3, §5.4)."""
+    if "ptb" not in experiments:
+        return {}
+    from .ptb_configs import get_config
+    paper, code = get_config("base-lstm", "paper").lr, get_config("base-lstm", "code").lr
+    note = (f"Baseline LSTM: trained as the paper's text says (source=paper: lr {paper:g}); the paper's 115.72 most "
+            f"likely comes from the authors' code, lr {code:g} (PAPER.md §2.3, §5.4), so that row compares two "
+            f"learning rates: `SOURCE=code CONFIGS=base-lstm bash scripts/gpu_ptb.sh` trains the code's")
+    return {"table4": note, "table9": note}
 
 
 @dataclasses.dataclass
