@@ -213,6 +213,9 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     assert (out / "report" / "html" / "06_results.html").is_file()
     tables = (out / "tables.md").read_text()
     assert all(f"Table {n}" in tables for n in (3, 4, 5, 6, 7, 9))
+    saved = json.loads((out / "campaign.json").read_text())
+    assert saved["not_planned"] == list(campaign_plan.NOT_PLANNED) and saved["stopped_by"] is None
+    assert saved["notes"] == campaign_plan.table_notes() and "Note: Baseline LSTM" in tables
     files = sorted(q.name for q in bundle.rglob("*"))
     assert files == ["campaign.json", "log.txt", "nvidia-smi.txt", "runs.tgz", "tables.md"], files
     assert all(q.stat().st_size < 16 * 2**20 for q in bundle.iterdir())

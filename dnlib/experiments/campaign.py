@@ -46,9 +46,19 @@ launch that raises is recorded ``failed: <error>`` (its traceback in the log); t
 on. ``campaign.json`` is written after the bench and after every launch, so a command killed at its time limit
 leaves what was done.
 
+**Stops.** SIGTERM (``timeout``'s, a device's) or SIGINT stops the campaign: the launch in flight is recorded as its
+copies' records stand (``interrupted at step N``; ``stopped_by`` in its row and in ``campaign.json``), every later
+one ``not run: stopped by SIGTERM before it started``; ``campaign.json``, ``tables.md`` and the bundle are written,
+and the command exits 128 + the signal's number.
+
+**Bundle.** ``--bundle DIR`` (scripts/gpu_paper.sh's ``BUNDLE``: the folder a device call brings back, at most 8
+files of 16 MiB) is refreshed after the bench and after every launch (:func:`publish`: each file replaced whole), so
+a call killed without a signal still brings back ``campaign.json``, ``log.txt`` and the finished launches' records.
+
 **Records.** ``OUT/<experiment>/<launch>/<config>-s<seed>/record.json`` per copy (``gather``/``report``/06 read
-them), ``OUT/campaign.json`` (the bench, the plan, each launch's predicted and actual seconds, statuses),
-``OUT/tables.md`` (every paper table beside ours, mean ± std, n, what stopped where).
+them), ``OUT/campaign.json`` (the bench, the plan, each launch's predicted and actual seconds, statuses, what is not
+planned, notes on rows that are not the paper's experiment), ``OUT/tables.md`` (every paper table beside ours, mean
+± std, n, what stopped where, those notes).
 """
 from __future__ import annotations
 
