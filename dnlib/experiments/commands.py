@@ -19,7 +19,7 @@ from ..training import distributed
 from ..training.checkpoints import CheckpointError
 from ..training.trainer import TrainingDiverged
 from . import engines, records
-from .flags import passed_on_help, run_flags, sweep_flags
+from .flags import from_args, passed_on_help, run_flags, sweep_flags
 from .recipe import Recipe, check_config
 from .runner import prepare
 from .sweep import gather, gather_table, sweep
@@ -37,7 +37,7 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
         q.error(f"--seeds: --resume continues one run; give one seed, not {len(seeds)}")
     if len(set(seeds)) < len(seeds):
         q.error(f"--seeds: each seed once, got {' '.join(map(str, seeds))}")
-    overrides, options = recipe.from_args(args)
+    overrides, options = from_args(recipe, args)
     with cli.user_errors(q):    # a bad name or field, an impl or batch this machine cannot run: before any data
         if name is not None:
             check_config(recipe, recipe.config(name, steps=args.steps, **overrides), args.device)
@@ -151,7 +151,7 @@ def _sweep_verb(c: _Call) -> int:
     run_args = c.run_parser.parse_args([names[0], *map(str, c.rest)])   # the flags passed on to each run, checked
     if run_args.out or run_args.resume or run_args.seeds is not None:
         c.q.error("--out/--resume: sweep places each run itself; use --out and --seeds of sweep")
-    overrides, options = c.recipe.from_args(run_args)
+    overrides, options = from_args(c.recipe, run_args)
     a = c.args
     # sweep checks, once and before any run: the engine's arguments (EngineError: named as the flag), each run's
     # options as `run` checks them and the folders a rerun resumes (ValueError: one line)

@@ -1,5 +1,6 @@
 """The command-line grammar of ``run`` and ``sweep`` (their flags), shared by the command line
-(:mod:`.commands`) and by :func:`dnlib.experiments.sweep.check_runs`, which checks a sweep's runs as ``run`` would."""
+(:mod:`.commands`) and by :func:`dnlib.experiments.sweep.check_runs`, which checks a sweep's runs as ``run`` would;
+:func:`from_args` reads a parsed ``run`` line's configuration fields and options (the recipe's and the runner's)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,8 @@ from .. import cli
 from . import engines
 from .recipe import Recipe
 
-__all__ = ["Refusing", "run_flags", "schedule_flags", "passed_on_flags", "passed_on_help", "sweep_flags"]
+__all__ = ["Refusing", "run_flags", "schedule_flags", "passed_on_flags", "passed_on_help", "sweep_flags",
+           "from_args"]
 
 
 class Refusing(cli.ArgumentParser):
@@ -51,7 +53,20 @@ def passed_on_flags(q, recipe: Recipe) -> None:
     q.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr (periodic lines when stderr is not a terminal); "
                         "default: on when stderr is a terminal")
+    q.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="let CUDA convolutions and matrix products use TF32 (faster on A100/H100, a different "
+                        "arithmetic: a different experiment); default off: float32, the paper's arithmetic (torch's "
+                        "own default, TF32 convolutions, is turned off for the run); a resume keeps the run's")
     recipe.add_arguments(q, "run")
+
+
+def from_args(recipe: Recipe, args: argparse.Namespace) -> tuple[dict, dict]:
+    """``(overrides, options)`` of a parsed ``run`` line: the recipe's (:meth:`Recipe.from_args`) and the runner's own
+    options that were given (``--tf32``: ``tf32``, :data:`dnlib.experiments.resume.RUNNER_OPTIONS`)."""
+    overrides, options = recipe.from_args(args)
+    if getattr(args, "tf32", None) is not None:
+        options["tf32"] = args.tf32
+    return overrides, options
 
 
 def passed_on_help(recipe: Recipe) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NOT_DEFINING", "LATER_DEFAULTS", "SHOWN_FIRST", "defining", "run_as", "short", "differing",
-           "split_labels", "values_text"]
+__all__ = ["NOT_DEFINING", "LATER_DEFAULTS", "PRECISION_BEFORE", "SHOWN_FIRST", "defining", "run_as", "short",
+           "differing", "split_labels", "values_text"]
 
 
 def _finite(v: Any) -> bool:
@@ -38,9 +38,16 @@ NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes"
 
 
 #: Fields recorded since a later version, with the value every run recorded before then had (CIFAR's mean image,
-#: ``setup.mean_over``: over the training images): a run at that value is defined as one that does not record it,
-#: so old and new records of one experiment pool, and a split label shows the value.
-LATER_DEFAULTS = {"setup.mean_over": "train"}
+#: ``setup.mean_over``: over the training images; the arithmetic, ``setup.precision``: float32, but see
+#: :data:`PRECISION_BEFORE`): a run at that value is defined as one that does not record it, so old and new records
+#: of one experiment pool, and a split label shows the value.
+LATER_DEFAULTS = {"setup.mean_over": "train", "setup.precision": "float32"}
+
+#: ``{experiment: arithmetic}`` of a run on CUDA recorded before ``setup.precision`` was, for the experiments whose
+#: models convolve (cuDNN): dnlib left torch's TF32 switches at their defaults then, cuDNN convolutions in TF32 and
+#: matrix products in float32, so such a run does not pool with a float32 one (:mod:`dnlib.training.precision`).
+#: PTB's cells are matrix products (float32 then too), and off CUDA there is no TF32: such an old record is float32.
+PRECISION_BEFORE = {"cifar": "tf32-conv", "sr": "tf32-conv", "analysis": "tf32-conv"}
 
 
 #: The fields named first in a split row's label (``"bn-star [steps 40]"``), in this order.
@@ -58,7 +65,8 @@ def _hashable(v: Any) -> Any:
 def defining(row: Mapping[str, Any]) -> dict:
     """What defines the experiment of one run besides its experiment and configuration name: every field of its
     config (``setup.<field>`` for the build's facts: data, subset, images...) but :data:`NOT_DEFINING` ones, lists
-    as tuples, and :data:`LATER_DEFAULTS` left out at their value. A row without a config (a hand-made or
+    as tuples, and :data:`LATER_DEFAULTS` left out at their value; a record without ``setup.precision`` made on
+    CUDA has its experiment's :data:`PRECISION_BEFORE`. A row without a config (a hand-made or
     :func:`dnlib.experiments.records.gather` row whose folder is gone) is defined by its ``steps_planned`` when it
     has one."""
     cfg = row.get("config")
@@ -69,6 +77,10 @@ def defining(row: Mapping[str, Any]) -> dict:
                 out.update({f"setup.{k2}": _hashable(v2) for k2, v2 in v.items()})
             else:
                 out[str(k)] = _hashable(v)
+        device = row.get("device")
+        on_cuda = isinstance(device, Mapping) and device.get("type") == "cuda"
+        if on_cuda and "setup.precision" not in out and row.get("experiment") in PRECISION_BEFORE:
+            out["setup.precision"] = PRECISION_BEFORE[row["experiment"]]
     elif row.get("steps_planned") is not None:
         out["steps_planned"] = row["steps_planned"]
     return {k: v for k, v in out.items()

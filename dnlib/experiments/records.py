@@ -3,7 +3,8 @@
 A run folder (``runs/<experiment>/<config>-s<seed>-<UTC time>``, made by :func:`new_run_dir`) holds
 
 - ``record.json``: :func:`make_record`'s dict: the experiment, the full resolved config, the seed, the notebook
-  parameters when any, the git commit and a dirty flag, dnlib/torch/numpy/python versions, the device and card,
+  parameters when any, the git commit and a dirty flag, dnlib/torch/numpy/python versions, the device and card (and
+  its TF32 switches),
   start and end time, steps planned and done, why the run stopped, its headline numbers and the paper's numbers
   beside them (:data:`RECORD_KEYS`, the same keys for every experiment). A run of the runner
   (:mod:`dnlib.experiments.runner`) may be resumed by later calls: its ``started``, git state, versions, device and
@@ -107,8 +108,12 @@ def versions() -> dict:
 
 
 def device_info(device: Any = None) -> dict:
-    """``{"type": "cpu"|"cuda"|..., "name": card or processor, "threads": torch threads}`` of ``device``."""
+    """``{"type": "cpu"|"cuda"|..., "name": card or processor, "threads": torch threads, "precision": the TF32
+    switches as they stand}`` of ``device`` (:func:`dnlib.training.precision.switches`: ``cudnn_tf32``,
+    ``matmul_tf32``, ``float32_matmul_precision``; a run's record: those it ran with)."""
     import torch
+
+    from ..training.precision import switches
     dev = torch.device(device) if device is not None else torch.device("cpu")
     info = {"type": dev.type, "name": None, "threads": torch.get_num_threads()}
     if dev.type == "cuda" and torch.cuda.is_available():
@@ -117,6 +122,7 @@ def device_info(device: Any = None) -> dict:
     else:
         info["name"] = platform.processor() or platform.machine()
         info["cpus"] = os.cpu_count()
+    info["precision"] = switches()
     return info
 
 

@@ -4,7 +4,8 @@ stored there (:func:`resolve_from_stored`; the options apply whether or not the 
 given with another value is refused: :func:`resumed_options`), and the calls its record lists
 (:func:`prior_segments`).
 
-Layer: experiments (imports records and the recipe contract; no recipe, no runner)."""
+Layer: experiments (imports records, the recipe contract and the check of the runner's ``tf32`` option; no
+recipe, no runner)."""
 from __future__ import annotations
 
 import inspect
@@ -12,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import cli
+from ..training.precision import check_tf32
 from . import records
 from .recipe import RUN_FILE, Recipe
 
-__all__ = ["plain", "stored_run", "FREE_ON_RESUME", "resumed_options", "resolve_from_stored", "read_run_file",
-           "prior_segments"]
+__all__ = ["plain", "stored_run", "FREE_ON_RESUME", "RUNNER_OPTIONS", "resumed_options", "resolve_from_stored",
+           "read_run_file", "prior_segments"]
 
 
 def plain(value) -> bool:
@@ -66,6 +68,11 @@ def _refuse_a_folder_of_other_runs(folder: Path) -> None:
 #: run eagerly). Any other option of a resumed run is its stored one (:func:`resumed_options`).
 FREE_ON_RESUME = frozenset({"data", "root", "threads", "mode"})
 
+#: The runner's own options, ``{name: (default, check)}``: the arithmetic (``tf32``:
+#: :mod:`dnlib.training.precision`). They never reach the recipe; a resume compares them as a build option (a folder
+#: that does not store one ran at its default).
+RUNNER_OPTIONS = {"tf32": (False, check_tf32)}
+
 
 def _build_defaults(recipe: Recipe) -> dict:
     """``{option: default}`` of the keyword-only parameters of ``recipe.build`` that ``recipe.load`` does not take
@@ -76,10 +83,14 @@ def _build_defaults(recipe: Recipe) -> dict:
 
 
 def _still_valid(recipe: Recipe, key: str, value) -> bool:
-    """Whether the recipe takes ``key=value`` today (a folder written by an older dnlib may hold a value since
-    refused, e.g. PTB's ``final_test_batch_size=0``: then the value given to resume it replaces it)."""
+    """Whether the recipe (or the runner, :data:`RUNNER_OPTIONS`) takes ``key=value`` today (a folder written by an
+    older dnlib may hold a value since refused, e.g. PTB's ``final_test_batch_size=0``: then the value given to
+    resume it replaces it)."""
     try:
-        recipe.check_options(**{key: value})
+        if key in RUNNER_OPTIONS:
+            RUNNER_OPTIONS[key][1](value)
+        else:
+            recipe.check_options(**{key: value})
     except (ValueError, TypeError):
         return False
     return True
@@ -95,7 +106,7 @@ def resumed_options(recipe: Recipe, stored: dict, options: dict, resume) -> dict
     now refuses (the given one replaces it). Configuration fields and the seed are not options: the checkpoint's
     identity refuses those (:class:`~dnlib.training.trainer.CheckpointError`)."""
     kept = dict(stored.get("options") or {})
-    defaults = _build_defaults(recipe)
+    defaults = {**{k: d for k, (d, _) in RUNNER_OPTIONS.items()}, **_build_defaults(recipe)}
     for key, value in options.items():
         if key in FREE_ON_RESUME:
             continue

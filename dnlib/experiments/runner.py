@@ -39,6 +39,12 @@ files or none.
 **Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.experiments.engines`): the local one (a
 process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
 
+**Arithmetic.** A run computes in float32, the paper's arithmetic: the runner turns TF32 off for cuDNN convolutions
+(torch's default allows it) and cuBLAS matrix products while it builds and trains, and restores the process's own
+switches after (:func:`dnlib.training.precision.float32_arithmetic`); the option ``tf32=True`` (``--tf32``) allows TF32
+instead. The record says which (``config.setup.precision``: ``"float32"`` or ``"tf32"``, a field that defines the
+experiment) and the switches it ran with (``device.precision``); a resume keeps the run's.
+
 **Divergence.** A NaN/inf loss raises :class:`~dnlib.training.trainer.TrainingDiverged` from the trainer: the record
 says ``stopped: "diverged at step N"`` and its headline values are None; the CLI exits 1 with one line.
 
@@ -57,7 +63,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_write_json
-from ..training import distributed
+from ..training import distributed, precision
 from ..training.progress import progress_bar
 from ..training.trainer import TrainingDiverged, set_seed
 from . import records
@@ -73,7 +79,7 @@ from .recipe import (
     check_time_limit,
     past_time_limit,
 )
-from .resume import plain, prior_segments, read_run_file, resolve_from_stored, stored_run
+from .resume import RUNNER_OPTIONS, plain, prior_segments, read_run_file, resolve_from_stored, stored_run
 
 __all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
            "recipe_runs"]
@@ -118,6 +124,7 @@ class Run:
                                                             resume)
         if device is None:
             device = stored.get("device", "auto")
+        options["tf32"] = self.tf32 = precision.check_tf32(options.get("tf32", False))  # the runner's, not the recipe's
         self.recipe, self.seed, self.device, self.time_limit, self.stop_after = recipe, int(seed), device, \
             time_limit, stop_after
         self.parameters, self.argv = parameters, argv
@@ -128,21 +135,25 @@ class Run:
         if build is not None and not seeds:
             raise ValueError("seeds: a stacked run needs one seed per copy (none given, and none stored in the "
                              "folder to resume)")
-        if build is None:
-            self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, options)
-        else:                  # K copies in one trainer (dnlib.experiments.stacked.build: build_setup per copy)
-            self.setup = setup = build(recipe, self.cfg, self.seeds, device, options)
-        self.progress = bool(progress)
-        self.planned = int(setup.train.steps)
-        self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
-        if self.chunk < 1:
-            raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
-        main = distributed.is_main()
-        self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
-        self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
-        if not main:
-            self.run_dir = None          # one record, written by rank 0
-        self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+        build_opts = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
+        with precision.float32_arithmetic(self.tf32):     # the run's arithmetic (a build may compute), restored after
+            if build is None:
+                self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, build_opts)
+            else:              # K copies in one trainer (dnlib.experiments.stacked.build: build_setup per copy)
+                self.setup = setup = build(recipe, self.cfg, self.seeds, device, build_opts)
+            self.progress = bool(progress)
+            self.planned = int(setup.train.steps)
+            self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
+            if self.chunk < 1:
+                raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
+            main = distributed.is_main()
+            self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
+            self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
+            if not main:
+                self.run_dir = None          # one record, written by rank 0
+            self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+        for s in (setup, *setup.copies):    # what the run computes in (with the setup: it defines the experiment)
+            s.info["precision"] = precision.arithmetic(self.tf32, self.trainer.device)
         self.step0 = self.trainer.step          # where this call starts (a resumed run: its checkpoint's step)
         # each copy's record: in the run folder; a stacked run's copies: one ordinary run folder each, inside it
         self.copy_dirs = [self.run_dir] * len(self.seeds)
@@ -270,8 +281,13 @@ class Run:
         """Train in chunks to the end of the schedule (or ``stop_after``, or the time limit); returns the result
         (a stacked run: the K copies' results, in the order of ``seeds``). Raises
         :class:`~dnlib.training.trainer.TrainingDiverged` after writing the record of a diverged run (a stacked run: a
-        copy
-        that diverges stops alone, its record says so; the run raises when every copy has)."""
+        copy that diverges stops alone, its record says so; the run raises when every copy has). It trains in the
+        run's arithmetic (:func:`dnlib.training.precision.float32_arithmetic`: float32, or TF32 with the ``tf32``
+        option), and leaves the process's own switches as they were."""
+        with precision.float32_arithmetic(self.tf32):
+            return self._train()
+
+    def _train(self):
         tr = self.trainer
         target = self.planned if self.stop_after is None else min(self.stop_after, self.planned)
         stopped, last = None, None
@@ -330,7 +346,9 @@ def run(recipe: Recipe, config=None, *, seed: int | None = None, steps: int | No
         resume: a run folder: continue it (its checkpoint must be this run's, its stored options apply: one given
             with another value is refused), or start there.
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``.
-        overrides: configuration fields to change; options: the run's options (:func:`build_setup`).
+        overrides: configuration fields to change; options: the run's options (:func:`build_setup`'s, and the
+            runner's ``tf32``: False, the default, computes in float32, the paper's arithmetic; True lets CUDA
+            convolutions and matrix products use TF32, a different experiment).
         stop_after: stop at this step (an interruption; the schedule is unchanged).
         progress: a progress bar over the run's steps (:func:`dnlib.training.progress.progress_bar`: a widget in
         JupyterLab,
@@ -358,9 +376,10 @@ def _keywords(method) -> list:
 
 
 def _options(recipe: Recipe) -> list:
-    """The options of a run of ``recipe``: ``data`` (instead of :meth:`Recipe.load`), then the keyword-only
-    parameters of ``recipe.load`` and of ``recipe.build``."""
-    return list(dict.fromkeys(["data", *_keywords(recipe.load), *_keywords(recipe.build)]))
+    """The options of a run of ``recipe``: ``data`` (instead of :meth:`Recipe.load`), the runner's own (``tf32``:
+    :data:`~dnlib.experiments.resume.RUNNER_OPTIONS`), then the keyword-only parameters of ``recipe.load`` and of
+    ``recipe.build``."""
+    return list(dict.fromkeys(["data", *RUNNER_OPTIONS, *_keywords(recipe.load), *_keywords(recipe.build)]))
 
 
 def build_setup(recipe: Recipe, cfg, seed: int, device="auto", options: Mapping | None = None) -> Setup:

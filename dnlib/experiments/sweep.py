@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import cli
 from ..io import atomic_write_json, atomic_write_text
 from . import engines, records
-from .flags import Refusing, run_flags
+from .flags import Refusing, from_args, run_flags
 from .recipe import COMPLETED, RUN_FILE, Recipe, RunResult, check_config, check_int, check_time_limit
 from .resume import read_run_file, resumed_options
 
@@ -43,7 +43,7 @@ def _plan(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int], run_args
     for c in configs:
         try:
             args = q.parse_args([c, *map(str, run_args)])
-            overrides, opts = recipe.from_args(args)
+            overrides, opts = from_args(recipe, args)
             cfg = recipe.config(c, steps=args.steps, **overrides)
             check_config(recipe, cfg, args.device, here=here)
         except ValueError as e:
