@@ -357,3 +357,64 @@ def test_sharded_batches_refuse_a_batch_with_an_empty_share():
     assert next(ShardedBatches(Stream(), 2, 3))[0].tolist() == [2]
     with pytest.raises(ValueError, match="a batch of 3 cannot be shared by 4 processes"):
         next(ShardedBatches(Stream(), 3, 4))
+
+
+# ------------------------------------------------------------------------ graph trainers, the order of the setup
+def test_prepare_refuses_every_graph_trainer_under_torchrun(monkeypatch):
+    """PTB's SequenceGraphTrainer (what --mode auto picks on CUDA) is no GraphTrainer: prepare let it through, and
+    its step failed in the DDP loss (``TypeError: _DDPLoss.__call__() takes 3 positional arguments but 5 were
+    given``). Every graph trainer is refused with the one line that says what to pass; an eager one is not."""
+    from dnlib.training import distributed
+    from dnlib.training.graphs import GraphTrainer, SequenceGraphTrainer
+    from dnlib.training.stacked import StackedGraphTrainer
+    from dnlib.training.stacked_sequence import StackedSequenceTrainer
+    from dnlib.training.trainer import Trainer
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for cls in (GraphTrainer, SequenceGraphTrainer, StackedGraphTrainer, StackedSequenceTrainer):
+        with pytest.raises(ValueError, match=rf"^mode: CUDA-graph training \({cls.__name__}\) under torchrun is "
+                                             r"not supported; pass --mode eager$"):
+            distributed.prepare(cls.__new__(cls))
+        with pytest.raises(ValueError, match="pass --mode eager"):
+            distributed.check_trainer(cls)
+    distributed.check_trainer(Trainer)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    distributed.check_trainer(SequenceGraphTrainer)         # one process: any trainer
+
+
+def test_the_runner_joins_the_group_before_it_builds(monkeypatch):
+    """init_from_env sets this rank's CUDA device (LOCAL_RANK): the runner called it (in prepare) after building,
+    so on several GPUs every rank built its model and data on cuda:0. It joins first now."""
+    from dnlib.experiments import cifar
+    from dnlib.experiments import runner as runner_mod
+    from dnlib.training import distributed
+    calls = []
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        calls.append("build")
+        raise Built
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda backend=None: calls.append("join") or False)
+    monkeypatch.setattr(runner_mod, "build_setup", build)
+    with pytest.raises(Built):
+        runner_mod.prepare(cifar.RECIPE, "base", device="cpu", progress=False)
+    assert calls == ["join", "build"]
+
+
+@pytest.mark.slow
+def test_torchrun_ptb_graph_mode_is_refused_with_one_line(tmp_path):
+    """`torchrun --nproc_per_node=2 -m dnlib ptb run ... --mode graph`: one line from each rank naming --mode eager,
+    exit 2, no run folder (the review's reproducer r3 ended in a TypeError from the DDP loss)."""
+    out = tmp_path / "o"
+    r = _torchrun(["-m", "dnlib.experiments.ptb", "run", "base-lstm", "--device", "cpu", "--mode", "graph",
+                   "--steps", "2", "--max-tokens", "3000", "--vocab", "200", "--hidden-size", "16", "--batch-size",
+                   "4", "--out", str(out)], tmp_path)
+    assert r.returncode != 0
+    ours = [line for line in r.stderr.splitlines() if line.startswith("python -m dnlib ptb run:")]
+    assert len(ours) == 2, r.stderr[-3000:]
+    assert all(line.endswith("error: mode: CUDA-graph training (SequenceGraphTrainer) under torchrun is not "
+                             "supported; pass --mode eager") for line in ours), ours
+    assert "TypeError" not in r.stderr and not out.exists()

@@ -135,6 +135,8 @@ class Run:
         if build is not None and not seeds:
             raise ValueError("seeds: a stacked run needs one seed per copy (none given, and none stored in the "
                              "folder to resume)")
+        if build is None:      # under torchrun: join first (it sets this rank's CUDA device, where "cuda" builds)
+            distributed.init_from_env()       # (a stacked build refuses torchrun before any data)
         build_opts = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
         with precision.float32_arithmetic(self.tf32):     # the run's arithmetic (a build may compute), restored after
             if build is None:
@@ -146,6 +148,7 @@ class Run:
             self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
             if self.chunk < 1:
                 raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
+            distributed.check_trainer(setup.trainer)     # under torchrun: no graph trainer (before any folder)
             main = distributed.is_main()
             self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
             self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)

@@ -134,17 +134,33 @@ class _DDPLoss:
         return loss if extra is None else (loss, extra)
 
 
+def check_trainer(cls: type) -> None:
+    """Under torchrun (two processes or more), refuse a trainer class that cannot train data-parallel yet, with a
+    ValueError saying what to pass: every graph trainer (:class:`~dnlib.training.graphs.GraphTrainer`, and the
+    truncated-BPTT ones, :class:`~dnlib.training.graphs.CarriedStateGraph`: PTB's ``SequenceGraphTrainer``, which
+    ``--mode auto`` picks on CUDA). A runner calls it before it makes the run's folder; :func:`prepare` calls it."""
+    if world_size() < 2:
+        return
+    from .graphs import CarriedStateGraph, GraphTrainer  # imported only under torchrun
+    if issubclass(cls, (GraphTrainer, CarriedStateGraph)):
+        raise ValueError(f"mode: CUDA-graph training ({cls.__name__}) under torchrun is not supported; "
+                         f"pass --mode eager")
+
+
 def prepare(trainer, out_dir=None):
     """Make ``trainer`` (a :class:`dnlib.training.trainer.Trainer`) train data-parallel when run under torchrun;
     returned unchanged otherwise. In place: the model's batch-pooling normalizers are synchronized, its forward in the
     loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
-    (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, the
-    CUDA-graph trainer) and for a batch smaller than the number of processes (an empty share has no loss)."""
+    (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, a
+    graph trainer: :class:`~dnlib.training.graphs.GraphTrainer` and the truncated-BPTT ones,
+    :class:`~dnlib.training.graphs.CarriedStateGraph`, whose step calls its loss with other arguments) and for a batch
+    smaller than the number of processes (an empty share has no loss).
+
+    A runner joins the group (:func:`init_from_env`) before it builds the model, so that on CUDA each rank builds on
+    its own device (``LOCAL_RANK``); this call joins it when that has not been done."""
     if not init_from_env():
         return trainer
-    from .graphs import GraphTrainer  # imported only under torchrun
-    if isinstance(trainer, GraphTrainer):
-        raise ValueError("mode: CUDA-graph training under torchrun is not supported; pass --mode eager")
+    check_trainer(type(trainer))
     if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         raise ValueError(f"out_dir: {out_dir} holds a checkpoint, and resuming under torchrun is not supported; "
                          f"use a new --out folder")
