@@ -257,3 +257,38 @@ def test_a_sweep_passes_tf32_on_and_refuses_a_folder_made_with_another(tmp_path,
     with pytest.raises(ValueError, match=r"toy-s0: its run was made with other settings than this sweep gives "
                                          r"it: tf32=False \(this sweep: True\)"):
         sweeps.check_runs(TOY, ["toy"], [0], ["--tf32"], out=tmp_path)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_bench_and_check_graph_time_and_check_in_a_runs_arithmetic(tf32):
+    """bench and check-graph build outside the runner (the campaign's probes time its steps): they ran at the
+    process's switches (torch's default: TF32 convolutions on CUDA) while every run computes in float32 unless
+    ``tf32``; now the build and the steps are in a run's arithmetic, and the switches are restored after."""
+    from dnlib.experiments import bench
+    _torch_defaults()
+    before = precision.switches()
+    want = TF32 if tf32 else FLOAT32
+    for fn, kw in ((bench.bench, dict(warmup=1)), (bench.check_graph, dict(eager={}, graph={}))):
+        TOY.seen.clear()
+        fn(TOY, "toy", steps=2, device="cpu", options={"tf32": True} if tf32 else None, **kw)
+        assert TOY.seen and all(s == want for _, s in TOY.seen), (fn.__name__, TOY.seen)
+        assert precision.switches() == before
+
+
+def test_a_row_whose_check_is_not_applicable_does_not_fail_the_command(tmp_path, capsys):
+    """A recipe command's rows set the exit status: ``ok: false`` is 1; ``ok: null`` (a check that cannot fail here,
+    e.g. a graph check of a step no graph replaces, with its ``why``) is not a failure (before: exit 1, as any
+    falsy ok); a row without ``ok`` is 0 as before."""
+    from dnlib.experiments.recipe import Command
+
+    class Checks(Toy):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def commands(self):
+            return {"check": Command("rows", lambda q: None, lambda args, q: iter(self.rows), rows=True)}
+
+    not_applicable = {"config": "toy", "ok": None, "why": "not applicable: the same step"}
+    assert commands.main(Checks([not_applicable, {"config": "toy"}]), ["check"]) == 0
+    assert commands.main(Checks([not_applicable, {"config": "toy", "ok": False}]), ["check"]) == 1
+    assert commands.main(Checks([{"config": "toy", "ok": True}]), ["check"]) == 0

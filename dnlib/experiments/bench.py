@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .. import cli
+from ..training import precision
 from .recipe import Command, Recipe, card, check_config, check_int, replace
 from .runner import build_setup, share_data
 
@@ -59,10 +60,17 @@ def check_graph(recipe: Recipe, config, *, eager: Mapping, graph: Mapping, steps
     check_int("steps", steps)
     cfg = recipe.config(config, steps=steps, **overrides)
     options = {} if options is None else options
+    tf32 = precision.check_tf32(options.get("tf32", False))
+    with precision.float32_arithmetic(tf32):          # a run's arithmetic (float32 unless tf32), as runner.Run's
+        return _check_graph(recipe, cfg, eager, graph, steps, seed, device, rtol, options)
+
+
+def _check_graph(recipe, cfg, eager, graph, steps, seed, device, rtol, options) -> dict:
     out, built = {}, {}
     for mode, opts in (("eager", eager), ("graph", graph)):
         c = replace(cfg, impl="auto") if mode == "eager" and hasattr(cfg, "impl") else cfg
-        tr, setup = _trainer(recipe, c, seed, device, {**options, **opts}, log_every=1)
+        build = {k: v for k, v in options.items() if k != "tf32"}    # (the runner's option, not the recipe's)
+        tr, setup = _trainer(recipe, c, seed, device, {**build, **opts}, log_every=1)
         share_data(recipe, options, setup)
         built[mode] = (tr, c)
         if mode == "graph" and built["eager"][1] == c:        # the same model: is the step another code?
@@ -107,13 +115,16 @@ def bench(recipe: Recipe, config, *, steps: int = 200, warmup: int = 20, seed: i
     ``bench`` (function and verb): ``steps`` timed steps after ``warmup`` untimed ones (a graph capture or a
     compilation among them), no evaluation; ``<unit>_per_s`` counts the recipe's :attr:`~Recipe.unit` s
     (:meth:`~Recipe.items_per_step` per step: CIFAR images, SR patches, PTB tokens). ``options``: build options (a
-    dict keeps the data loaded here for the next call)."""
+    dict keeps the data loaded here for the next call; ``tf32``: a run's, float32 by default, as
+    :class:`~dnlib.experiments.runner.Run` computes)."""
     check_int("steps", steps)
     check_int("warmup", warmup, 0)
     cfg = recipe.config(config, **overrides)
-    tr, setup = _trainer(recipe, cfg, seed, device, dict(options or {}))
-    share_data(recipe, options, setup)
-    sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
+    opts = dict(options or {})
+    with precision.float32_arithmetic(precision.check_tf32(opts.pop("tf32", False))):    # a run's arithmetic
+        tr, setup = _trainer(recipe, cfg, seed, device, opts)
+        share_data(recipe, options, setup)
+        sec, loss = time_steps(lambda: tr.train_step(next(tr.batches)), steps, warmup, tr.device)
     return _row({"config": cfg.name, "mode": setup.info.get("mode"), "impl": getattr(cfg, "impl", None),
                  "device": card(tr.device), "steps": steps, "batch_size": cfg.batch_size, "steps_per_s": steps / sec,
                  f"{recipe.unit}_per_s": steps * recipe.items_per_step(cfg) / sec, "loss": float(loss)})

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..training import precision
 from .bench import graph_not_applicable
 from .runner import Run
 
@@ -176,17 +177,18 @@ def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2,
     def step():
         tr.train_step(next(tr.batches))
         tr.step += 1
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    dt = (time.perf_counter() - t0) / steps
-    t0 = time.perf_counter()
-    tr.eval_metrics()                              # one chunk's evaluation (a launch has planned / chunk of them)
-    sync()
+    with precision.float32_arithmetic(run.tf32):   # the launch's arithmetic, as its run trains (runner.Run.go)
+        for _ in range(warmup):
+            step()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        dt = (time.perf_counter() - t0) / steps
+        t0 = time.perf_counter()
+        tr.eval_metrics()                          # one chunk's evaluation (a launch has planned / chunk of them)
+        sync()
     return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
             "eval_s": time.perf_counter() - t0, "chunk": run.chunk,
             "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
@@ -218,9 +220,10 @@ def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: floa
         eager = tr
         init = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
         losses = []
-        for _ in range(steps):
-            losses.append(tr.train_step(next(tr.batches)).detach().double().reshape(-1).cpu())
-            tr.step += 1
+        with precision.float32_arithmetic(run.tf32):   # the launch's arithmetic, as its run trains
+            for _ in range(steps):
+                losses.append(tr.train_step(next(tr.batches)).detach().double().reshape(-1).cpu())
+                tr.step += 1
         out[mode] = (init, tr.model.state_dict(), torch.stack(losses), getattr(tr, "fell_back", False),
                      type(tr).__name__, getattr(tr, "capture", False))
     (init, e_sd, le, _, _, _), (_, g_sd, lg, fell, cls, captured) = out["eager"], out["graph"]
