@@ -209,7 +209,7 @@ def _command_verb(c: _Call) -> int:
         out.append(row)
     if c.args.json:
         atomic_write_json(c.args.json, out)
-    return 0 if all(r.get("ok", True) for r in out) else 1
+    return 1 if any(r.get("ok") is False for r in out) else 0     # (ok None: a check not applicable, its why)
 
 
 _VERBS: dict[str, Callable[[_Call], int]] = {"run": _run_verb, "sweep": _sweep_verb, "gather": _gather_verb,
