@@ -72,6 +72,27 @@ def test_notebooks_are_stored_in_their_clean_form(path):
     assert _CLEAN(committed.stdout) == committed.stdout, f"{rel} is committed with outputs or counts"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_float_that_a_jupyterlab_save_rewrites(path):
+    """JupyterLab writes a notebook's JSON through JavaScript, where ``2.0`` is the number ``2``: a float with an
+    integral value in the stored JSON (e.g. a parameter rule's ``"max": 2.0``) is rewritten by every save, so a Run
+    All + save in JupyterLab leaves ``git status`` dirty (tests/test_browser.py caught notebook 02's). Integral
+    values are stored as integers (a rule compares them with floats alike)."""
+    found = []
+
+    def floats(x, where):
+        if isinstance(x, float) and x.is_integer():
+            found.append(f"{where}: {x!r}")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                floats(v, f"{where}.{k}")
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                floats(v, f"{where}[{i}]")
+    floats(json.loads(path.read_text(encoding="utf-8")), "notebook")
+    assert not found, found
+
+
 def _src(cell):
     s = cell.get("source", "")
     return "".join(s) if isinstance(s, list) else s
