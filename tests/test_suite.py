@@ -5,6 +5,7 @@ import re
 
 import nbformat
 import pytest
+from notebook_factory import write_notebook
 
 from dnlib import envconfig
 from dnlib.experiments import records
@@ -12,17 +13,7 @@ from dnlib.notebook import limits, parameters, suite
 
 
 def _notebook(path, code_cells, params, profiles=None, rules=None):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["dnlib"] = {"profiles": profiles or {"smoke": {}}}
-    if rules is not None:
-        nb.metadata["dnlib"]["parameters"] = rules
-    cell = nbformat.v4.new_code_cell(params)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# test (PAPER.md §0)"), cell]
-    nb.cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
-    nbformat.write(nb, str(path))
-    return path
+    return write_notebook(path, code_cells, params, profiles, rules=rules)
 
 
 PARAMS = ('n: int = 2  # a count\nx: float = 0.5  # a value\nname: str = "a"  # a name\n'

@@ -4,6 +4,7 @@ import json
 
 import nbformat
 import pytest
+from notebook_factory import write_notebook
 
 from dnlib.experiments import records
 from dnlib.notebook import limits, parameters, suite
@@ -13,17 +14,7 @@ PARAMS = ('seed: int = 0  # a seed\nratio: float = 0.5  # a ratio\nnames: list =
 
 
 def _notebook(path, code_cells, params=PARAMS, profiles=None, schedule=None):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["dnlib"] = {"profiles": profiles or {"smoke": {}, "full": {}}}
-    if schedule is not None:
-        nb.metadata["dnlib"]["schedule"] = schedule
-    cell = nbformat.v4.new_code_cell(params)
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# test (PAPER.md §0)"), cell]
-    nb.cells += [nbformat.v4.new_code_cell(c) for c in code_cells]
-    nbformat.write(nb, str(path))
-    return path
+    return write_notebook(path, code_cells, params, profiles or {"smoke": {}, "full": {}}, schedule=schedule)
 
 
 # ------------------------------------------------------------------------- the record's parameters (review 1)
