@@ -395,6 +395,26 @@ def test_save_results_outside_the_suite_records_the_notebooks_parameters(nbdir, 
     rec = records.read_record(path.parent)
     assert rec["parameters"] == {"n": 7, "x": 0.25, "name": "z", "flag": True, "xs": [9]}
     assert rec["experiment"] == "01_good" and rec["headline"] == {"acc": 0.5}
+    assert rec["config"]["set"] == ["n", "x", "name", "flag", "xs"]   # every value differs from its default
+
+
+def test_save_results_outside_the_suite_names_the_parameters_that_differ_from_the_defaults(nbdir, tmp_path,
+                                                                                           monkeypatch):
+    """Before: a record written outside the suite had no ``config.set``, so a notebook run from JupyterLab with
+    ``n = 7`` could not be told from one at the defaults without re-reading the notebook. Now ``config.set`` names
+    the values that differ from the declared defaults (a tuple equal to a list default is not a change); None where
+    the notebook is unknown."""
+    monkeypatch.delenv(suite.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(suite, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(suite, "NOTEBOOK_DIR", nbdir)
+    given = {"n": 7, "x": 0.5, "name": "a", "flag": False, "xs": (1, 2)}
+    rec = records.read_record(suite.save_results({"acc": 0.5}, name="01_good", parameters=given).parent)
+    assert rec["config"]["set"] == ["n"]
+    rec = records.read_record(suite.save_results({"acc": 0.5}, name="01_good", parameters={"xs": [2, 1]}).parent)
+    assert rec["config"]["set"] == ["xs"]
+    assert parameters.changed_parameters(nbdir / "01_good.ipynb", {"n": 2, "extra": 1}) == ["extra"]
+    rec = records.read_record(suite.save_results({"acc": 0.5}, name="unknown", parameters={"n": 1}).parent)
+    assert rec["config"]["set"] is None
     assert suite.notebook_parameters("no_such_notebook") == {}
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ParameterError", "REPO_ROOT", "NOTEBOOK_DIR", "read_notebook", "cell_source", "notebook_profiles",
-           "declared_parameters", "parameter_rules", "RULE_KEYS", "rule_problems", "check_value", "coerce",
-           "resolve_parameters", "parameter_cell_problems", "check_parameter_cell", "check_parameters"]
+           "declared_parameters", "changed_parameters", "parameter_rules", "RULE_KEYS", "rule_problems", "check_value",
+           "coerce", "resolve_parameters", "parameter_cell_problems", "check_parameter_cell", "check_parameters"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]     # dnlib/ (this is dnlib/notebook/parameters.py)
 #: The repository root when dnlib is used from a checkout (editable install or PYTHONPATH), else the cwd.
@@ -56,6 +56,26 @@ def declared_parameters(path: str | Path) -> dict[str, dict[str, str]]:
 
     return papermill.inspect_notebook(str(path))
 
+
+
+def changed_parameters(path: str | Path, values: dict[str, Any]) -> list[str] | None:
+    """The names in ``values`` whose value differs from the default the notebook at ``path`` declares (a name it does
+    not declare counts as changed): outside the suite, what a user or papermill's ``-p`` set, a record's
+    ``config.set``. None: the notebook or one of its defaults cannot be read as a literal."""
+    try:
+        declared = {k: ast.literal_eval(v["default"]) for k, v in declared_parameters(path).items()}
+    except Exception:  # a notebook papermill cannot read, or a default that is not a literal
+        return None
+    return [k for k, v in values.items() if k not in declared or _plain(v) != _plain(declared[k])]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, recursively (a notebook's ``(1, 2)`` default equals a recorded ``[1, 2]``)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 #: What ``metadata.dnlib.parameters.<name>`` may state about a parameter's values (:func:`check_value`).
 RULE_KEYS = ("min", "max", "choices", "choices_from", "pattern", "allow_nonfinite")

@@ -61,6 +61,7 @@ from .parameters import (
     NOTEBOOK_DIR,
     REPO_ROOT,
     ParameterError,
+    changed_parameters,
     check_parameter_cell,
     declared_parameters,
     notebook_profiles,
@@ -129,8 +130,9 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
     the suite writes the run record. Anywhere else (JupyterLab, plain papermill, a script) every call makes a run folder
     of its own, ``runs/notebooks/<name>-<UTC time>/`` with ``results.json`` and ``record.json`` (the notebook's
     parameters, git commit, versions, device...; :mod:`dnlib.experiments.records`), so two runs never overwrite each
-    other. ``parameters``: default, the values of the parameters the notebook declares, read from the kernel. Tensors
-    and arrays become lists, non-finite floats become ``null``.
+    other. ``parameters``: default, the values of the parameters the notebook declares, read from the kernel; the
+    record's ``config.set`` names those that differ from the notebook's defaults (None when the notebook is not
+    found). Tensors and arrays become lists, non-finite floats become ``null``.
     """
     env = os.environ.get(RESULTS_ENV)
     results = records.jsonable(dict(results))
@@ -142,9 +144,13 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
     run_dir = records.new_run_dir(RUNS_DIR / "notebooks", name or "results")
     path = atomic_write_json(run_dir / "results.json", results, indent=2, sort_keys=True)
     now = time.time()
+    config = {"notebook": name, "profile": os.environ.get(PROFILE_ENV), "set": None}
+    nb = NOTEBOOK_DIR / (name if name and name.endswith(".ipynb") else f"{name}.ipynb")
+    if name and nb.is_file():      # what a user or papermill's -p set: the values that differ from the defaults
+        config["set"] = changed_parameters(nb, params)
     records.write_record(run_dir, records.make_record(
-        name or "notebook", {"notebook": name, "profile": os.environ.get(PROFILE_ENV)}, None, name=name,
-        parameters=params, ended=now, stopped="completed", headline=results))
+        name or "notebook", config, None, name=name, parameters=params, ended=now, stopped="completed",
+        headline=results))
     return path
 
 
