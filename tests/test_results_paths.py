@@ -111,6 +111,8 @@ def test_table7_takes_test_set_runs_only_and_names_the_validation_fold_runs(tmp_
     fig = tables.compare_figure(tmp_path, "table3")               # the figure: the same runs (Table 3 is Table 7's)
     import matplotlib.pyplot as plt
     assert "0.81" in [x.get_text() for x in fig.axes[0].texts]
+    captions = [x.get_text().replace("\n", " ") for x in fig.texts]  # before: the figure left the val runs unsaid
+    assert captions == [takes[2:] + "bn-star (eval_split val; 2 runs)"], captions
     plt.close(fig)
     # records from before setup.eval_split (the converted H100 runs) evaluated on the test set: they count
     _cifar(tmp_path, "dn-star", 0, 0.80, eval_split=None)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -266,7 +267,8 @@ def compare_bars(summary: Sequence[Mapping], key: str, *, order: Sequence[str] |
 
 def compare_figure(runs, name, *, finished: bool = True, scale: int = 3):
     """:func:`compare`'s table as bars: one panel per key of the table (ours with ±std where n > 1 beside the
-    paper's; ``not run`` marked). Returns the figure."""
+    paper's; ``not run`` marked), and under them, as under the table, the runs the table leaves out (``not shown
+    (this table takes ...)``). Returns the figure."""
     from ..analysis.figures import new_figure
 
     spec = paper_table(name, scale=scale)
@@ -278,4 +280,7 @@ def compare_figure(runs, name, *, finished: bool = True, scale: int = 3):
         compare_bars(summary, k, order=spec["order"], labels=spec["labels"], paper=spec["paper"], ax=ax,
                      title=spec["title"] if len(keys) == 1 else f"{spec['title'].split(':')[0]}: {spec['keys'][k]}",
                      ylabel=spec["keys"][k])
+    left = _left_out(runs, spec["where"])
+    if left:          # the runs the bars leave out are said under them, as under compare's table
+        fig.supxlabel(textwrap.fill(left, width=int(fig.get_figwidth() * 14)), fontsize=8, ha="left", x=0.01)
     return fig
