@@ -219,6 +219,7 @@ def test_group_overrides_reach_every_copy_even_at_copy_0s_default(tmp_path, conf
     run = stacked_ptb.prepare(RECIPE, configs, [0], out=tmp_path, overrides={**TINY, "lr": lr}, **kw)
     assert [c.lr for c in run.copy_cfgs] == [lr, lr]
     assert [f(0) for f in run.trainer.lr_fns] == [lr, lr]
+    run.release()                   # (a prepared run holds its folder until it has run or is released)
     again = stacked_ptb.prepare(RECIPE, resume=run.run_dir, progress=False)
     assert [c.lr for c in again.copy_cfgs] == [lr, lr] and [f(0) for f in again.trainer.lr_fns] == [lr, lr]
     # a field left alone stays each configuration's own

@@ -19,6 +19,7 @@ from ..training import distributed
 from ..training.checkpoints import CheckpointError
 from ..training.trainer import TrainingDiverged
 from . import engines, records
+from .claim import RunInUse
 from .flags import from_args, passed_on_help, run_flags, sweep_flags
 from .recipe import Recipe, check_config
 from .runner import prepare
@@ -55,7 +56,7 @@ def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[i
     checkpoint, one line) and whether the next seed may start (not after a full disk or a bad checkpoint)."""
     out = args.out if args.resume is not None or args.out is not None else str(Path("runs") / recipe.name)
     try:
-        with cli.user_errors(q):
+        with cli.user_errors(q, RunInUse):     # (a folder another run trains in: refused before the build)
             progress = sys.stderr.isatty() if args.progress is None else args.progress
             prepared = prepare(recipe, args.config, seed=seed, steps=args.steps, stop_after=args.stop_after,
                                time_limit=args.time_limit,

@@ -34,7 +34,8 @@ folder alone), ``record.json`` (:mod:`dnlib.experiments.records`; ``stopped`` is
 a resumed run's keeps its first call's start and provenance and lists each call that trained in ``segments``; a
 call that trains nothing, as one resuming a completed run, leaves it as it was and says so on stdout),
 ``curves.csv``, ``checkpoint.pt``, ``history.json``. Every file is written atomically: a killed run leaves complete
-files or none.
+files or none. A run holds its folder from when it opens it until :meth:`Run.go` ends (:mod:`.claim`): another run
+given that folder to resume is refused (:class:`~dnlib.experiments.claim.RunInUse`) before it builds anything.
 
 **Sweeps.** :func:`sweep` runs configurations x seeds on an engine (:mod:`dnlib.experiments.engines`): the local one (a
 process pool, the default) or Ray (a cluster; no shared filesystem), with the same folders ``out/<label>-s<seed>``.
@@ -66,7 +67,7 @@ from ..io import atomic_write_json
 from ..training import distributed, precision
 from ..training.progress import progress_bar
 from ..training.trainer import TrainingDiverged, set_seed
-from . import records
+from . import claim, records
 from .recipe import (
     COMPLETED,
     RUN_FILE,
@@ -83,6 +84,10 @@ from .resume import RUNNER_OPTIONS, plain, prior_segments, read_run_file, resolv
 
 __all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
            "recipe_runs"]
+
+
+def _unheld() -> None:
+    """The release of a run that holds no folder (none opened yet, or a rank other than 0)."""
 
 
 def _make_config(recipe: Recipe, config, stored: dict, overrides: dict, steps: int | None):
@@ -103,7 +108,10 @@ class Run:
     per copy) and ``build(recipe, cfg, seeds, device, options) -> Setup`` (a Setup whose ``copies`` are the K copies'
     own). The run folder then holds the trainer's files (``run.json`` with the seeds, ``checkpoint.pt``,
     ``history.json``) and one ordinary run folder per copy, ``<config>-s<seed>`` (its record, curves and
-    TensorBoard events); :meth:`go` returns the K results."""
+    TensorBoard events); :meth:`go` returns the K results.
+
+    A run holds its folder from when it is made until :meth:`go` ends; ``release()`` gives it up without training
+    (a run prepared only to be inspected)."""
 
     def __init__(self, recipe: Recipe, config=None, *, seed: int | None = None, steps: int | None = None,
                  time_limit: float | None = None, out=None, resume=None, device: str | None = None,
@@ -118,6 +126,8 @@ class Run:
         check_int("steps", steps, none_ok=True)      # None: the configuration's schedule (0 meant it once)
         if out is not None and resume is not None:
             raise ValueError("out, resume: give one (out: a base folder for a new run; resume: the run's folder)")
+        if resume is not None and distributed.is_main():
+            claim.check_free(resume)      # a run training there now: refused before anything is built
         stored = stored_run(recipe, resume)
         overrides, options = dict(overrides or {}), dict(options or {})
         config, options, seeds, seed = resolve_from_stored(recipe, stored, config, options, seed, seeds, build,
@@ -138,55 +148,64 @@ class Run:
         if build is None:      # under torchrun: join first (it sets this rank's CUDA device, where "cuda" builds)
             distributed.init_from_env()       # (a stacked build refuses torchrun before any data)
         build_opts = {k: v for k, v in options.items() if k not in RUNNER_OPTIONS}
-        with precision.float32_arithmetic(self.tf32):     # the run's arithmetic (a build may compute), restored after
-            if build is None:
-                self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, build_opts)
-            else:              # K copies in one trainer (dnlib.experiments.stacked.build: build_setup per copy)
-                self.setup = setup = build(recipe, self.cfg, self.seeds, device, build_opts)
-            self.progress = bool(progress)
-            self.planned = int(setup.train.steps)
-            self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
-            if self.chunk < 1:
-                raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
-            distributed.check_trainer(setup.trainer)     # under torchrun: no graph trainer (before any folder)
-            main = distributed.is_main()
-            self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
-            self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
-            if not main:
-                self.run_dir = None          # one record, written by rank 0
-            self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
-        for s in (setup, *setup.copies):    # what the run computes in (with the setup: it defines the experiment)
-            s.info["precision"] = precision.arithmetic(self.tf32, self.trainer.device)
-        self.step0 = self.trainer.step          # where this call starts (a resumed run: its checkpoint's step)
-        # each copy's record: in the run folder; a stacked run's copies: one ordinary run folder each, inside it
-        self.copy_dirs = [self.run_dir] * len(self.seeds)
-        if setup.copies and self.run_dir is not None:
-            self.copy_dirs = [self.run_dir / records.run_name(cfg_name, s) for s in self.seeds]
-            for d in self.copy_dirs:
-                d.mkdir(exist_ok=True)
-        self._tb, self._tb_step = None, [self.trainer.step] * len(self.seeds)
-        self._prov = None
-        self._prior: dict = {}          # copy k's record before this call (a resumed run's), read at its first write
-        self._kept: set = set()         # the copies whose record this call leaves as it was (nothing trained)
-        self.options = {k: v for k, v in options.items() if plain(v)}
-        self.config_name = cfg_name
-        if self.run_dir is not None:
-            atomic_write_json(self.run_dir / RUN_FILE, records.jsonable({
-                "experiment": recipe.name, "config": cfg_name, "fields": recipe.config_dict(self.cfg),
-                "seed": self.seed, **({"seeds": self.seeds} if setup.copies else {}), "options": self.options,
-                "device": str(device)}),
-                indent=1)
+        self.release: Callable[[], None] = _unheld   # the run folder, held from when it is opened (claim.hold)
+        try:
+            with precision.float32_arithmetic(self.tf32):     # the run's arithmetic (a build computes), restored after
+                if build is None:
+                    self.setup = setup = build_setup(recipe, self.cfg, self.seed, device, build_opts)
+                else:              # K copies in one trainer (dnlib.experiments.stacked.build: build_setup per copy)
+                    self.setup = setup = build(recipe, self.cfg, self.seeds, device, build_opts)
+                self.progress = bool(progress)
+                self.planned = int(setup.train.steps)
+                self.chunk = int(setup.chunk or setup.train.eval_every or self.planned or 1)
+                if self.chunk < 1:
+                    raise ValueError(f"chunk: must be >= 1 step, got {self.chunk}")
+                distributed.check_trainer(setup.trainer)     # under torchrun: no graph trainer (before any folder)
+                main = distributed.is_main()
+                self.run_dir = self._open_run_dir(out, resume, cfg_name, main)
+                self.trainer = distributed.prepare(setup.make_trainer(out_dir=self.run_dir), self.run_dir)
+                if not main:
+                    self.run_dir = None          # one record, written by rank 0
+                self.resumed = self.trainer.try_resume() if self.run_dir is not None else False
+            for s in (setup, *setup.copies):    # what the run computes in (with the setup: it defines the experiment)
+                s.info["precision"] = precision.arithmetic(self.tf32, self.trainer.device)
+            self.step0 = self.trainer.step          # where this call starts (a resumed run: its checkpoint's step)
+            # each copy's record: in the run folder; a stacked run's copies: one ordinary run folder each, inside it
+            self.copy_dirs = [self.run_dir] * len(self.seeds)
+            if setup.copies and self.run_dir is not None:
+                self.copy_dirs = [self.run_dir / records.run_name(cfg_name, s) for s in self.seeds]
+                for d in self.copy_dirs:
+                    d.mkdir(exist_ok=True)
+            self._tb, self._tb_step = None, [self.trainer.step] * len(self.seeds)
+            self._prov = None
+            self._prior: dict = {}          # copy k's record before this call (a resumed run's), read when written
+            self._kept: set = set()         # the copies whose record this call leaves as it was (nothing trained)
+            self.options = {k: v for k, v in options.items() if plain(v)}
+            self.config_name = cfg_name
+            if self.run_dir is not None:
+                atomic_write_json(self.run_dir / RUN_FILE, records.jsonable({
+                    "experiment": recipe.name, "config": cfg_name, "fields": recipe.config_dict(self.cfg),
+                    "seed": self.seed, **({"seeds": self.seeds} if setup.copies else {}), "options": self.options,
+                    "device": str(device)}),
+                    indent=1)
+        except BaseException:         # nothing will train: the folder is free again
+            self.release()
+            raise
 
     def _open_run_dir(self, out, resume, cfg_name: str, main: bool) -> Path | None:
         """The run's folder: ``resume`` (made if missing), a new folder under ``out``, or None (no files; on
-        ranks other than 0 of a distributed run, None under ``out``)."""
+        ranks other than 0 of a distributed run, None under ``out``), held by this run until :meth:`go` ends or
+        ``release()`` (:mod:`.claim`: another run resuming it is refused)."""
         if resume is not None:
             if main:
                 Path(resume).mkdir(parents=True, exist_ok=True)
+                self.release = claim.hold(resume, self)
             return Path(resume)
-        if out is not None:
+        if out is not None and main:
             seed_name = self.seed if not self.setup.copies else "+".join(map(str, self.seeds))
-            return records.new_run_dir(out, records.run_name(cfg_name, seed_name)) if main else None
+            path = records.new_run_dir(out, records.run_name(cfg_name, seed_name))
+            self.release = claim.hold(path, self)
+            return path
         return None
 
     # -- the record
@@ -325,6 +344,7 @@ class Run:
             for writer in self._tb or ():
                 writer.close()
             self._tb = None
+            self.release()
 
 
 def prepare(recipe: Recipe, config=None, **kwargs) -> Run:

@@ -1,0 +1,62 @@
+"""One process trains in a run folder at a time.
+
+Two processes resuming one folder (two sweeps over one ``--out``, a second terminal, a notebook beside a script) each
+trained it to the end and rewrote its checkpoint, curves and record in turn: twice the work, timings measured under
+each other's load, and a folder whose checkpoint and record could come from different processes when one of them was
+stopped between writes. A run now holds its folder with an advisory lock (``flock``) on the folder itself while it
+trains; another process is refused before it builds anything (:class:`RunInUse`, one line and exit 2 from the command
+line, a failed run with that line in a sweep). The operating system drops the lock when the holder ends however it
+ends (``kill -9`` too), so a dead run never blocks its resume. Where ``fcntl`` is missing (Windows) nothing is locked.
+
+This module sits low in the package: it imports only the standard library.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:        # Windows: no flock; runs are not guarded there
+    fcntl = None
+
+__all__ = ["RunInUse", "hold", "check_free"]
+
+
+class RunInUse(RuntimeError):
+    """Another process (or an unfinished run object of this one) is training in the run folder."""
+
+
+def _lock(run_dir: Path) -> int | None:
+    if fcntl is None:
+        return None
+    fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunInUse(f"resume: {run_dir} is in use: a run is training in it now (another process, or a run "
+                       f"prepared in this one and not yet run); wait until it ends (its record.json then says why "
+                       f"it stopped) or give another folder") from None
+    return fd
+
+
+def hold(run_dir: str | os.PathLike, owner: object) -> Callable[[], None]:
+    """Hold ``run_dir`` (an existing folder) for ``owner``; returns ``release()`` (idempotent), which is also called
+    when ``owner`` is garbage-collected. Raises :class:`RunInUse` when it is held elsewhere."""
+    fd = _lock(Path(run_dir))
+    if fd is None:
+        return lambda: None
+    return weakref.finalize(owner, os.close, fd)
+
+
+def check_free(run_dir: str | os.PathLike) -> None:
+    """Raise :class:`RunInUse` when a run holds ``run_dir`` now (nothing when it is free or does not exist); holds
+    nothing itself: the check a run makes before its build, so a busy folder is refused before any work."""
+    path = Path(run_dir)
+    if path.is_dir():
+        fd = _lock(path)
+        if fd is not None:
+            os.close(fd)

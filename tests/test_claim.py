@@ -1,0 +1,86 @@
+"""One process trains in a run folder at a time (dnlib/experiments/claim.py).
+
+Before: two runs resuming one folder both trained it to the end, rewriting its checkpoint, curves and record in
+turn (reproduced with two `dnlib cifar run --resume DIR` started together: both "completed", two TensorBoard event
+files, twice the work)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnlib.experiments import claim, runner
+from dnlib.training.checkpoints import CheckpointError
+
+MIRROR = Path(os.environ.get("DNLIB_DATA", "data"))
+pytestmark = pytest.mark.skipif(not (MIRROR / "ptb" / "ptb.train.txt").is_file(), reason="PTB is not in DNLIB_DATA")
+TINY = dict(steps=4, device="cpu", progress=False, overrides={"hidden_size": 16, "batch_size": 4},
+            options={"max_tokens": 3000, "vocab": 200, "eval_every": 2})
+FLAGS = ["--max-tokens", "3000", "--vocab", "200", "--eval-every", "2", "--hidden-size", "16", "--batch-size", "4",
+         "--device", "cpu", "--steps", "4", "--no-progress"]
+
+
+def _recipe():
+    from dnlib.experiments.ptb import RECIPE
+    return RECIPE
+
+
+def _files(d: Path) -> dict:
+    return {p.relative_to(d): p.stat().st_mtime_ns for p in d.rglob("*")}
+
+
+def test_a_folder_a_run_holds_is_refused_to_a_second_run_before_it_builds(tmp_path, monkeypatch):
+    d = tmp_path / "r"
+    first = runner.prepare(_recipe(), "ln-star-lstm", resume=d, **TINY)
+    before = _files(d)
+    built = []
+    monkeypatch.setattr(runner, "build_setup", lambda *a, **k: built.append(a))
+    with pytest.raises(claim.RunInUse, match=rf"^resume: {d} is in use: a run is training in it now"):
+        runner.prepare(_recipe(), "ln-star-lstm", resume=d, **TINY)
+    assert built == [] and _files(d) == before            # refused before the build; nothing written
+    monkeypatch.undo()
+    assert first.go().stopped == "completed"
+    claim.check_free(d)                                    # go() ended: the folder is free
+    again = runner.run(_recipe(), resume=d, progress=False)   # (completed: nothing to train)
+    assert again.stopped == "completed" and again.record["steps_done"] == 4
+
+
+def test_a_run_that_fails_to_start_frees_its_folder(tmp_path):
+    """A run refused after its folder was opened (an unreadable checkpoint) holds nothing, even while its
+    traceback (which references it, as a notebook's last error does) lives."""
+    d = tmp_path / "r"
+    runner.run(_recipe(), "ln-star-lstm", resume=d, stop_after=2, **TINY)
+    (d / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        runner.prepare(_recipe(), "ln-star-lstm", resume=d, **TINY)
+    assert err.value is not None
+    claim.check_free(d)
+
+
+def test_another_process_holding_the_folder_refuses_the_command_in_one_line_and_a_kill_9_frees_it(tmp_path,
+                                                                                                  capsys):
+    from dnlib.experiments.ptb import main
+    d = tmp_path / "r"
+    d.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom dnlib.experiments import claim\n"
+         "claim.hold(sys.argv[1], claim)\nprint('held', flush=True)\ntime.sleep(600)", str(d)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "ln-star-lstm", "--resume", str(d), *FLAGS])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"python -m dnlib ptb run: error: resume: {d} is in use: a run is training in it "
+                              f"now (another process, "), err
+        assert list(d.iterdir()) == []
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert main(["run", "ln-star-lstm", "--resume", str(d), *FLAGS]) == 0    # the OS dropped the dead one's lock
+    assert '"stopped": "completed"' in capsys.readouterr().out
