@@ -84,3 +84,23 @@ def test_another_process_holding_the_folder_refuses_the_command_in_one_line_and_
         holder.wait(timeout=30)
     assert main(["run", "ln-star-lstm", "--resume", str(d), *FLAGS]) == 0    # the OS dropped the dead one's lock
     assert '"stopped": "completed"' in capsys.readouterr().out
+
+
+def test_a_filesystem_that_cannot_lock_warns_and_runs_unguarded(tmp_path, monkeypatch):
+    """Some network mounts answer flock with ENOLCK: every run there would have stopped on an OSError; it now runs,
+    with a warning that says the folder is not guarded. Any other error is raised."""
+    import errno
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(claim.fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match=rf"^{tmp_path}: this filesystem cannot lock \(No locks available\): "
+                                            rf"another run resuming this folder at the same time is not refused$"):
+        release = claim.hold(tmp_path, object())
+    release()
+
+    def denied(fd, op):
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    monkeypatch.setattr(claim.fcntl, "flock", denied)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        claim.check_free(tmp_path)

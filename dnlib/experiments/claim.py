@@ -6,13 +6,16 @@ each other's load, and a folder whose checkpoint and record could come from diff
 stopped between writes. A run now holds its folder with an advisory lock (``flock``) on the folder itself while it
 trains; another process is refused before it builds anything (:class:`RunInUse`, one line and exit 2 from the command
 line, a failed run with that line in a sweep). The operating system drops the lock when the holder ends however it
-ends (``kill -9`` too), so a dead run never blocks its resume. Where ``fcntl`` is missing (Windows) nothing is locked.
+ends (``kill -9`` too), so a dead run never blocks its resume. Where ``fcntl`` is missing (Windows) nothing is locked;
+a filesystem that cannot lock (some network mounts) gets a warning and no lock.
 
 This module sits low in the package: it imports only the standard library.
 """
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +43,13 @@ def _lock(run_dir: Path) -> int | None:
         raise RunInUse(f"resume: {run_dir} is in use: a run is training in it now (another process, or a run "
                        f"prepared in this one and not yet run); wait until it ends (its record.json then says why "
                        f"it stopped) or give another folder") from None
+    except OSError as e:         # a filesystem without locks (some network mounts): run unguarded, and say so
+        os.close(fd)
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+        warnings.warn(f"{run_dir}: this filesystem cannot lock ({e.strerror}): another run resuming this folder at "
+                      f"the same time is not refused", RuntimeWarning, stacklevel=3)
+        return None
     return fd
 
 
