@@ -464,6 +464,22 @@ def test_groupnorm_keeps_its_group_count_unless_groups_is_passed():
     assert dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn8)), "bcn")[0].groups == 8
 
 
+@pytest.mark.parametrize("to", ["gn", "evonorm-s0", "bcn"])
+def test_a_groupnorm_whose_channels_the_presets_32_groups_do_not_divide_converts_with_its_own(to):
+    """Before: GroupNorm(8, 16) could not be converted: the new layer was first built with the preset's 32 groups
+    (to learn its settings), which 16 channels refuse, and the error named groups=32 and "GroupNorm(16)"."""
+    torch.manual_seed(0)
+    gn = nn.GroupNorm(8, 16).double()
+    (conv, rep), said = _warned(lambda: dnlib.convert_norms(nn.Sequential(copy.deepcopy(gn)), to, report=True))
+    layer = conv[0]
+    assert getattr(layer, "groups", None) == 8 or layer.spec.groups == 8
+    assert rep.rows[0].target.endswith("groups=8)"), rep.rows[0].target
+    if to == "gn":
+        _close_in(gn, layer, torch.randn(4, 16, 5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^0 \(GroupNorm\(4, 12\)\): cannot build 'gn' for it: .*groups=5"):
+        dnlib.convert_norms(nn.Sequential(nn.GroupNorm(4, 12).double()), "gn", groups=5)   # the caller's: refused
+
+
 def _trained_bn_layer(**kw) -> nn.BatchNorm2d:
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(8, **kw).double()

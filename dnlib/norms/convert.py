@@ -86,7 +86,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .convert_state import carried_settings, carry_over, named_settings
+from .convert_state import build_settings, carried_settings, carry_over, named_settings
 from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import NormLike, get_norm_layer
@@ -228,6 +228,11 @@ def _describe(m: nn.Module) -> str:
     return f"{type(m).__name__}({m.extra_repr()})"
 
 
+def _short(m: nn.Module, c: int) -> str:
+    """``BatchNorm2d(64)``; a GroupNorm with its group count, as torch prints it: ``GroupNorm(8, 16)``."""
+    return f"GroupNorm({m.num_groups}, {c})" if isinstance(m, nn.GroupNorm) else f"{type(m).__name__}({c})"
+
+
 def _batch_stats_in_eval(m: nn.Module) -> bool:
     """Whether ``m`` normalizes with the batch's statistics in evaluation mode too (BN without running stats)."""
     if isinstance(m, _BatchNorm):
@@ -331,8 +336,7 @@ def _build(name: str, m: nn.Module, c: int, layer, to: NormLike, overrides: dict
                 target_kw = ", track_running_stats=False"
                 notes.append("track_running_stats=False as the source (batch statistics in evaluation too)")
     except ValueError as e:
-        raise ValueError(f"{name or 'model'} ({type(m).__name__}({c})): cannot build {to!r} for it: {e}") \
-            from e
+        raise ValueError(f"{name or 'model'} ({_short(m, c)}): cannot build {to!r} for it: {e}") from e
     return new, notes, target_kw
 
 
@@ -362,7 +366,20 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
     ``lost`` (trained values) and ``unkept`` (settings)."""
     c = _channels(m)
     kw = {k: v for k, v in _factory(m, model).items() if k not in overrides}
-    new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
+    try:
+        new, notes, target_kw = _build(name, m, c, layer, to, overrides, kw)
+    except ValueError:       # the preset's defaults do not fit (32 groups of 16 channels): the source's settings
+        first = build_settings(m, overrides)
+        if not first:
+            raise
+        try:
+            new, notes, target_kw = _build(name, m, c, layer, to, overrides, {**kw, **first})
+        except (ValueError, TypeError):       # nor with them (or a layer without such a setting): the first error
+            raise ValueError(f"{name or 'model'} ({_short(m, c)}): cannot build {to!r} for it with the preset's "
+                             f"settings nor with the layer's own ({', '.join(f'{k}={v}' for k, v in first.items())})"
+                             ) from None
+        kw = {**kw, **first}
+        target_kw += "".join(f", {k}={v}" for k, v in first.items())
     carry, said, unset = carried_settings(name, m, new, overrides, unkept)
     if carry:   # the old layer's own settings in place of the preset's
         new = _build(name, m, c, layer, to, overrides, {**kw, **carry})[0]

@@ -23,7 +23,7 @@ from .batch_variants import BatchChannelNorm, BatchRenorm, SwitchNorm
 from .norm import DivisiveNorm
 from .presets import PRESETS
 
-__all__ = ["carry_over", "carried_settings", "named_settings", "CARRIED"]
+__all__ = ["carry_over", "carried_settings", "named_settings", "build_settings", "CARRIED"]
 
 #: The settings a converted layer takes from the layer it replaces (where both have them and the caller passes
 #: none): ``eps`` (torch's, a DivisiveNorm's ``spec.eps``: beside the variance, and beside sigma^2, under the root),
@@ -168,6 +168,16 @@ def _setting(m: nn.Module, key: str):
 def _takes(m: nn.Module, key: str) -> bool:
     keys = _keys(m)
     return keys is None or key in keys
+
+
+def build_settings(m: nn.Module, overrides: dict) -> dict:
+    """What to build the new layer with when the preset's own defaults cannot be built for ``m``'s channels: ``m``'s
+    group count (a ``GroupNorm(8, 16)``: the preset's 32 groups do not divide 16 channels), unless the caller set
+    ``groups``/``group_size``; ``{}`` when ``m`` has none."""
+    groups = _setting(m, "groups")
+    if groups is _UNSET or "groups" in overrides or "group_size" in overrides:
+        return {}
+    return {"groups": groups}
 
 
 def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, unkept: list) -> tuple:
