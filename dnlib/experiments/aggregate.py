@@ -79,10 +79,11 @@ def _finite(v: Any) -> bool:
 
 
 def stopped_reason(stopped: str | None) -> str | None:
-    """A record's ``stopped`` without its step: ``"diverged at step 40"`` -> ``"diverged"``."""
+    """A record's ``stopped`` without its step: ``"diverged at step 40"`` -> ``"diverged"``, ``"interrupted at step 35
+    (its checkpoint: step 30)"`` -> ``"interrupted"``."""
     if stopped is None:
         return None
-    return re.sub(r"\s+at step \d+$", "", str(stopped)).strip()
+    return re.sub(r"\s+at step \d+( \(.*\))?$", "", str(stopped)).strip()
 
 
 def flatten(row: Mapping[str, Any]) -> tuple[dict, dict, dict]:

@@ -97,6 +97,7 @@ from .campaign_plan import (
     shared_data,
     table_notes,
 )
+from .engines import die_with_parent
 from .recipe import COMPLETED, check_int
 
 __all__ = ["run_launch", "campaign", "publish", "main", "BUNDLE_FILES"]
@@ -393,7 +394,8 @@ def _run_parallel(specs, out: Path, device: str, log, tiny: bool) -> list:
         spec = {**dataclasses.asdict(x), "time_limit": limit, "stop_after": stop, "max_steps": steps, "tiny": tiny}
         procs.append((x, subprocess.Popen([sys.executable, "-m", "dnlib.experiments.campaign", "--out", str(out),
                                            "--device", device, "--launch", json.dumps(spec)],
-                                          stdout=subprocess.PIPE, text=True)))
+                                          stdout=subprocess.PIPE, text=True,
+                                          preexec_fn=die_with_parent())))   # a killed campaign leaves none running
     rows = []
     try:
         texts = [p.communicate()[0] for _, p in procs]

@@ -22,7 +22,7 @@ from . import engines, records
 from .claim import RunInUse
 from .flags import from_args, passed_on_help, run_flags, sweep_flags
 from .recipe import Recipe, check_config
-from .runner import prepare
+from .runner import Terminated, prepare, sigterm_as_interrupt
 from .sweep import gather, gather_table, sweep
 
 __all__ = ["main"]
@@ -53,7 +53,8 @@ def _run_command(recipe: Recipe, args, q, argv) -> int:
 
 def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[int, bool]:
     """One run of ``run``: its exit status (0; 1: diverged or a full disk, one line; 2: a foreign or unreadable
-    checkpoint, one line) and whether the next seed may start (not after a full disk or a bad checkpoint)."""
+    checkpoint, one line; 130 / 143: interrupted by Ctrl-C / SIGTERM, one line) and whether the next seed may start
+    (not after a full disk, a bad checkpoint or an interrupt)."""
     out = args.out if args.resume is not None or args.out is not None else str(Path("runs") / recipe.name)
     try:
         with cli.user_errors(q, RunInUse):     # (a folder another run trains in: refused before the build)
@@ -67,6 +68,12 @@ def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[i
         return 2, False
     try:
         res = prepared.go()
+    except KeyboardInterrupt as e:     # Ctrl-C or SIGTERM: the record says "interrupted at step N"; one line
+        if distributed.is_main() and prepared.run_dir is not None:
+            rec = records.read_record(prepared.copy_dirs[0])
+            print(f"{q.prog}: {rec['stopped']}; {records.RECORD_FILE} says so; --resume {prepared.run_dir} "
+                  f"continues it", file=sys.stderr)
+        return (143 if isinstance(e, Terminated) else 130), False
     except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
         print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)
         return 1, True
@@ -158,12 +165,17 @@ def _sweep_verb(c: _Call) -> int:
     # options as `run` checks them and the folders a rerun resumes (ValueError: one line)
     with cli.user_errors(c.q):
         try:
-            rows = sweep(c.recipe, names, a.seeds, out=a.out, jobs=a.jobs, engine=a.engine, address=a.address,
-                         cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, time_limit=a.time_limit,
-                         status_every=a.status_every, run_args=c.rest, options={**overrides, **options})
+            with sigterm_as_interrupt():      # SIGTERM as Ctrl-C: the runs in flight are stopped and record where
+                rows = sweep(c.recipe, names, a.seeds, out=a.out, jobs=a.jobs, engine=a.engine, address=a.address,
+                             cpus_per_run=a.cpus_per_run, gpus_per_run=a.gpus_per_run, time_limit=a.time_limit,
+                             status_every=a.status_every, run_args=c.rest, options={**overrides, **options})
         except engines.EngineError as e:     # a bad engine argument, no Ray cluster there, too few GPUs
             key, _, what = str(e).partition(":")   # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
             c.q.error(f"--{key.replace('_', '-')}:{what}")
+        except KeyboardInterrupt as e:
+            print(f"{c.q.prog}: interrupted: the runs in flight were stopped and their records say where; a rerun "
+                  f"resumes them and keeps the finished ones", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
     print(gather_table(rows))
     return min(len(rows.failed), 125) if rows else 1
 

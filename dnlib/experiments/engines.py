@@ -309,12 +309,21 @@ class LocalEngine(Engine):
     def in_flight(self) -> list:
         return [job for job, *_ in self.running.values()]
 
-    def close(self) -> None:
-        """Kill the processes still running (a sweep interrupted: their last records stay, a rerun resumes)."""
-        for _job, proc, log, *_ in self.running.values():
-            if proc.poll() is None:
+    def close(self, grace: float = 20.0) -> None:
+        """Stop the processes still running (a sweep interrupted): SIGTERM, on which each run writes its record
+        (``interrupted at step N``; before, they were killed at once and their records said ``running``), then
+        SIGKILL for any still alive ``grace`` seconds later. A rerun resumes them."""
+        alive = [proc for _job, proc, *_ in self.running.values() if proc.poll() is None]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.perf_counter() + grace
+        for proc in alive:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for _job, _proc, log, *_ in self.running.values():
             log.close()
         self.running.clear()
 

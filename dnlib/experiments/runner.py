@@ -57,6 +57,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -84,6 +86,32 @@ from .resume import RUNNER_OPTIONS, plain, prior_segments, read_run_file, resolv
 
 __all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
            "recipe_runs"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during :meth:`Run.go` (``kill``, a scheduler's stop, ``timeout``, a sweep ending its runs): the run ends
+    as Ctrl-C ends it, its record saying ``interrupted at step N``."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so the code that records an
+    interrupted run records it; before, a terminated run died with its record saying ``running``. Only in the main
+    thread and where SIGTERM has its default action (a handler someone installed, such as the campaign's, is
+    kept); the previous action is restored after."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)     # a second TERM while the record is written: the default
+        raise Terminated("SIGTERM")
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _unheld() -> None:
@@ -180,6 +208,7 @@ class Run:
             self._prov = None
             self._prior: dict = {}          # copy k's record before this call (a resumed run's), read when written
             self._kept: set = set()         # the copies whose record this call leaves as it was (nothing trained)
+            self._at: int | None = None     # interrupted: the step its checkpoint holds, what a resume continues
             self.options = {k: v for k, v in options.items() if plain(v)}
             self.config_name = cfg_name
             if self.run_dir is not None:
@@ -213,7 +242,8 @@ class Run:
         """Copy ``k``'s result (an ordinary run: the run's) as it stands, ``stopped`` unless the copy stopped
         alone (a stacked copy that diverged: the last ``stopped`` row of its history)."""
         tr = self.trainer
-        history, setup, model, steps = tr.copy_history(k), self.setup, tr.model, tr.step
+        history, setup, model = tr.copy_history(k), self.setup, tr.model
+        steps = tr.step if self._at is None else self._at     # (interrupted: what its checkpoint holds)
         if setup.copies:       # a stacked copy: its own setup, and its run's model holding its weights
             setup = setup.copies[k]
             model = setup.model
@@ -306,7 +336,7 @@ class Run:
         copy that diverges stops alone, its record says so; the run raises when every copy has). It trains in the
         run's arithmetic (:func:`dnlib.training.precision.float32_arithmetic`: float32, or TF32 with the ``tf32``
         option), and leaves the process's own switches as they were."""
-        with precision.float32_arithmetic(self.tf32):
+        with precision.float32_arithmetic(self.tf32), sigterm_as_interrupt():
             return self._train()
 
     def _train(self):
@@ -335,8 +365,11 @@ class Run:
         except TrainingDiverged as e:
             self.write(e.status)
             raise
-        except KeyboardInterrupt:
-            self.write(f"interrupted at step {tr.step}")
+        except KeyboardInterrupt:           # Ctrl-C, or SIGTERM (go() turns it into this)
+            self._at = tr.saved_step if tr.saved_step is not None else self.step0
+            where = (f"its checkpoint: step {self._at}" if tr.saved_step is not None
+                     else "no checkpoint yet: a resume starts over")
+            self.write(f"interrupted at step {tr.step}" + ("" if tr.step == self._at else f" ({where})"))
             raise
         finally:
             tr.bar.close()

@@ -174,6 +174,7 @@ class Trainer:
         self.elapsed = 0.0
         self._loss_acc: list = []
         self.stopped: str | None = None    # "diverged at step N" once a run diverged
+        self.saved_step: int | None = None    # the step of the checkpoint last written or loaded (None: none yet)
         self.bar = None                       # a progress bar the caller owns (see the module); None: fit's own
 
     # --- schedule -------------------------------------------------------------------------------------
@@ -242,6 +243,7 @@ class Trainer:
             return
         atomic_save(self.checkpoint_path, self.state_dict())
         atomic_write_json(self.out_dir / "history.json", self.history)
+        self.saved_step = self.step
 
     def try_resume(self, ignore=()) -> bool:
         """Load ``out_dir/checkpoint.pt`` when it exists; True if resumed.
@@ -259,6 +261,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
                                   f"{first_line(e)}); delete it to start fresh, or use another output folder") from e
+        self.saved_step = self.step
         return True
 
     def _check_identity(self, stored: dict, path: Path, ignore=()) -> None:
