@@ -337,8 +337,9 @@ def test_sweep_gathers_one_table(tmp_path):
     assert [(r["name"], r["steps_done"], r["stopped"]) for r in rows] == [("base", 4, "completed"),
                                                                          ("dn-star", 4, "completed")]
     assert [Path(r["run"]).name for r in rows] == ["cifar10-base-s0", "cifar10-dn-star-s0"]
-    assert json.loads((tmp_path / "table.json").read_text()) == json.loads(json.dumps(rows))
-    assert (tmp_path / "sweep.json").exists() and "dn-star" in (tmp_path / "table.md").read_text()
+    assert json.loads((tmp_path / "runs.json").read_text()) == json.loads(json.dumps(rows))
+    assert (tmp_path / "sweep.json").exists() and "dn-star" in (tmp_path / "runs.md").read_text()
+    assert not (tmp_path / "table.md").exists()       # (report's file: a report then a rerun replaced each other's)
     assert gather(tmp_path) == rows
     assert all(math.isfinite(r["final_acc"]) and r["images_per_s"] > 0 for r in rows)
     assert "DN*" in results_table([r["run"] for r in rows])

@@ -127,7 +127,8 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     the others from their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds
     after it is killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
     ``["--subset", "2000", "--steps", "300"]``). A failing run is reported (configuration, seed, log tail) and
-    the others go on. Writes ``table.json``, ``table.md`` and ``sweep.json`` in ``out``.
+    the others go on. Writes ``runs.json`` and ``runs.md`` (one row per run: :func:`gather`) and ``sweep.json`` in
+    ``out`` (not ``table.md``: that is what ``report`` writes there).
 
     Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
     (:class:`dnlib.experiments.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
@@ -161,7 +162,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
                "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
     rows = engines.SweepRows(gather([out]), failed)
-    atomic_write_json(out / "table.json", rows)
+    atomic_write_json(out / "runs.json", rows)
     atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": engine,
                        "engine_start_seconds": t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
                        "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
@@ -169,7 +170,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
                        "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
                                 "failure": o.failure} for o in outcomes],
                        "failed": failed})
-    atomic_write_text(out / "table.md", str(gather_table(rows)) + "\n")
+    atomic_write_text(out / "runs.md", str(gather_table(rows)) + "\n")
     if failed:
         which = ", ".join(f"{f['config']} seed {f['seed']}" for f in failed)
         print(f"[sweep] {len(failed)} of {len(outcomes)} runs failed: {which} (a rerun retries them)",
