@@ -96,7 +96,7 @@ def test_a_filesystem_that_cannot_lock_warns_and_runs_unguarded(tmp_path, monkey
     monkeypatch.setattr(claim.fcntl, "flock", no_locks)
     with pytest.warns(RuntimeWarning, match=rf"^{tmp_path}: this filesystem cannot lock \(No locks available\): "
                                             rf"another run resuming this folder at the same time is not refused$"):
-        release = claim.hold(tmp_path, object())
+        release = claim.hold(tmp_path, test_a_filesystem_that_cannot_lock_warns_and_runs_unguarded)
     release()
 
     def denied(fd, op):
@@ -104,3 +104,31 @@ def test_a_filesystem_that_cannot_lock_warns_and_runs_unguarded(tmp_path, monkey
     monkeypatch.setattr(claim.fcntl, "flock", denied)
     with pytest.raises(OSError, match="Bad file descriptor"):
         claim.check_free(tmp_path)
+
+
+def test_a_record_left_running_by_a_dead_run_reads_ended_without_a_final_record(tmp_path):
+    """Before: a run killed without a last write (SIGKILL, out of memory) stayed ``running`` in gather and the
+    reports for ever. A ``running`` record whose folder no process holds (nor the stacked group's above it) now
+    reads ``ended without a final record at step N``; a live run's stays ``running``."""
+    from dnlib.experiments import aggregate, records
+
+    def running(d: Path):
+        d.mkdir(parents=True)
+        records.write_record(d, records.make_record("cifar", {"name": "bn"}, 0, name="bn", steps_planned=40,
+                                                    steps_done=20, stopped="running", headline={"final_acc": 0.5}))
+    plain, group = tmp_path / "sweep" / "bn-s0", tmp_path / "stack" / "bn-s0+1"
+    running(plain)
+    running(group / "bn-s1")                    # a stacked copy: the group's folder is the one held
+    dead = "ended without a final record at step 20"
+    assert [r["stopped"] for r in records.gather([tmp_path])] == [dead, dead]
+    assert aggregate.stopped_reason(dead) == "ended without a final record"
+    assert records.read_record(plain)["stopped"] == "running"      # the file itself is left as it is
+    owner = test_a_record_left_running_by_a_dead_run_reads_ended_without_a_final_record     # (any live object)
+    release = [claim.hold(plain, owner), claim.hold(group, owner)]
+    assert [r["stopped"] for r in records.gather([tmp_path])] == ["running", "running"]
+    (s,) = aggregate.summarize([{"run": str(plain), "name": "bn", "stopped": "running"}], ["final_acc"])
+    assert s["stopped"] == {"running": 1}
+    for r in release:
+        r()
+    (s,) = aggregate.summarize([{"run": str(plain), "name": "bn", "stopped": "running"}], ["final_acc"])
+    assert s["stopped"] == {"ended without a final record": 1}

@@ -125,7 +125,7 @@ def _with_record(row: Mapping) -> Mapping:
     if "config" in row or "headline" in row or not row.get("run"):
         return row
     try:
-        rec = records.read_record(row["run"])
+        rec = records.settled(row["run"], records.read_record(row["run"]))
     except (OSError, ValueError):
         return row
     return {**rec, "run": row["run"]} if rec.get("name") == row.get("name") else row

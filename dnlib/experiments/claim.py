@@ -25,7 +25,7 @@ try:
 except ImportError:        # Windows: no flock; runs are not guarded there
     fcntl = None
 
-__all__ = ["RunInUse", "hold", "check_free"]
+__all__ = ["RunInUse", "hold", "check_free", "held"]
 
 
 class RunInUse(RuntimeError):
@@ -70,3 +70,23 @@ def check_free(run_dir: str | os.PathLike) -> None:
         fd = _lock(path)
         if fd is not None:
             os.close(fd)
+
+
+def held(run_dir: str | os.PathLike) -> bool | None:
+    """Whether a run holds ``run_dir`` now: True, False (free, or no such folder), None where it cannot be known
+    (no ``fcntl``, a filesystem without locks)."""
+    path = Path(run_dir)
+    if fcntl is None:
+        return None
+    if not path.is_dir():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # (no locks here: the answer is None, said by it)
+        try:
+            fd = _lock(path)
+        except RunInUse:
+            return True
+    if fd is None:
+        return None
+    os.close(fd)
+    return False

@@ -17,7 +17,8 @@ A run folder (``runs/<experiment>/<config>-s<seed>-<UTC time>``, made by :func:`
 Every file is written atomically (:mod:`dnlib.io`), so a killed run leaves the previous complete file or none,
 never half of one. :func:`gather` turns any set of run folders into one list of flat rows (a table).
 
-This module sits low in the package: it imports :mod:`dnlib.io` and, lazily, torch (for the device name).
+This module sits low in the package: it imports :mod:`dnlib.io`, :mod:`.claim` (standard library only) and,
+lazily, torch (for the device name).
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
+from . import claim
 
 __all__ = ["RECORD_FILE", "CURVES_FILE", "RECORD_KEYS", "RUN_RECORD_KEYS", "SEGMENT_KEYS", "make_segment",
            "read_json_object", "jsonable", "git_state", "versions",
            "device_info", "provenance", "utc_stamp", "run_name", "new_run_dir", "make_record", "write_record",
-           "read_record", "read_records", "check_record", "RecordWarning", "write_curves", "read_curves", "find_runs",
-           "gather"]
+           "read_record", "read_records", "settled", "check_record", "RecordWarning", "write_curves", "read_curves",
+           "find_runs", "gather"]
 
 RECORD_FILE = "record.json"
 CURVES_FILE = "curves.csv"
@@ -301,14 +303,32 @@ def read_record(run_dir: str | os.PathLike) -> dict:
 
 def read_records(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, dict]]:
     """``[(run folder, record)]`` of every run folder at or under ``paths`` (:func:`find_runs`), skipping a folder
-    whose ``record.json`` is broken or foreign with a :class:`RecordWarning` that names the file and why."""
+    whose ``record.json`` is broken or foreign with a :class:`RecordWarning` that names the file and why. Each record
+    as :func:`settled` reads it."""
     out = []
     for d in find_runs(paths):
         try:
-            out.append((d, read_record(d)))
+            out.append((d, settled(d, read_record(d))))
         except ValueError as e:
             warnings.warn(f"skipped {e}", RecordWarning, stacklevel=2)
     return out
+
+
+def settled(run_dir: str | os.PathLike, record: dict) -> dict:
+    """``record`` as the tables read it: one that says ``running`` while no process holds its folder (nor, for a
+    stacked copy, the group's folder above it; :mod:`dnlib.experiments.claim`) is of a run that ended without its
+    last write (SIGKILL, out of memory, a machine lost): ``stopped`` reads ``ended without a final record at step
+    N``. Before, gather and the reports called such a run ``running`` for ever. Unchanged where locks cannot be
+    read (no ``fcntl``, a filesystem without them)."""
+    if record.get("stopped") != "running":
+        return record
+    d = Path(run_dir)
+    if d.is_file():
+        d = d.parent
+    for folder in (d, d.parent):
+        if claim.held(folder) is not False:      # held, or unknown: as it says
+            return record
+    return {**record, "stopped": f"ended without a final record at step {record.get('steps_done')}"}
 
 
 def write_curves(run_dir: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
