@@ -86,6 +86,8 @@ def held(run_dir: str | os.PathLike) -> bool | None:
             fd = _lock(path)
         except RunInUse:
             return True
+        except OSError:           # a folder this process may not open: unknown
+            return None
     if fd is None:
         return None
     os.close(fd)

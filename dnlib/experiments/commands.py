@@ -70,9 +70,11 @@ def _run_one(recipe: Recipe, args, q, argv, seed, overrides, options) -> tuple[i
         res = prepared.go()
     except KeyboardInterrupt as e:     # Ctrl-C or SIGTERM: the record says "interrupted at step N"; one line
         if distributed.is_main() and prepared.run_dir is not None:
-            rec = records.read_record(prepared.copy_dirs[0])
-            print(f"{q.prog}: {rec['stopped']}; {records.RECORD_FILE} says so; --resume {prepared.run_dir} "
-                  f"continues it", file=sys.stderr)
+            try:
+                said = f"{records.read_record(prepared.copy_dirs[0])['stopped']}; {records.RECORD_FILE} says so"
+            except (OSError, ValueError):       # (stopped before its record was first written)
+                said = "interrupted"
+            print(f"{q.prog}: {said}; --resume {prepared.run_dir} continues it", file=sys.stderr)
         return (143 if isinstance(e, Terminated) else 130), False
     except TrainingDiverged as e:      # the record says "diverged at step N"; exit 1, one line
         print(f"{q.prog}: {cli.one_line(e)}", file=sys.stderr)

@@ -125,7 +125,8 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     Each run's folder is ``out/<label>-s<seed>`` on both engines (``recipe.label``; its ``log.txt`` holds the
     process output). The sweep is resumable: a rerun skips the runs whose record says ``completed`` and resumes
     the others from their checkpoints. ``time_limit`` is passed to each run; a run still alive ``grace`` seconds
-    after it is killed (its last record stays, ``stopped: "running"``). ``run_args``: extra ``run`` flags (e.g.
+    after it is killed (its last record stays, ``stopped: "running"``, which gather reads as ``ended without a final
+    record at step N``: :func:`dnlib.experiments.records.settled`). ``run_args``: extra ``run`` flags (e.g.
     ``["--subset", "2000", "--steps", "300"]``). A failing run is reported (configuration, seed, log tail) and
     the others go on. Writes ``runs.json`` and ``runs.md`` (one row per run: :func:`gather`) and ``sweep.json`` in
     ``out`` (not ``table.md``: that is what ``report`` writes there).
