@@ -112,7 +112,7 @@ def _children_of(folder: Path) -> list:
 def test_sigterm_to_a_sweep_stops_its_runs_which_record_where_they_stopped(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "dnlib", "ptb", "sweep", "ln-star-lstm", "--seeds", "0", "1", "--jobs", "2",
-           "--out", str(out), "--steps", "3000", "--eval-every", "20", *FLAGS]
+           "--out", str(out), "--steps", "100000", "--eval-every", "20", *FLAGS]
     sweep = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     folders = [out / f"ln-star-lstm-s{s}" for s in (0, 1)]
     t0 = time.time()
