@@ -132,3 +132,31 @@ def test_a_record_left_running_by_a_dead_run_reads_ended_without_a_final_record(
         r()
     (s,) = aggregate.summarize([{"run": str(plain), "name": "bn", "stopped": "running"}], ["final_acc"])
     assert s["stopped"] == {"ended without a final record": 1}
+
+
+def test_a_sweep_leaves_a_run_another_process_trains_to_it_and_does_not_count_it_failed(tmp_path, monkeypatch):
+    """Before: two sweeps over one --out each reported the run the other was training as FAILED (exit 2, "in use")
+    and both exited 1. A run held by another process is left to it, said, listed in sweep.json's ``in_use``, and not
+    failed: when the plan sees it held, and when its process is refused because the other started it since."""
+    import json
+
+    from dnlib.experiments import sweep as sweeps
+    args = ["--max-tokens", "3000", "--vocab", "200", "--hidden-size", "16", "--batch-size", "4", "--device", "cpu",
+            "--steps", "4", "--eval-every", "2", "--no-progress"]
+    owner = test_a_sweep_leaves_a_run_another_process_trains_to_it_and_does_not_count_it_failed
+    out = tmp_path / "planned"
+    (out / "ln-star-lstm-s0").mkdir(parents=True)
+    release = claim.hold(out / "ln-star-lstm-s0", owner)
+    rows = sweeps.sweep(_recipe(), ["ln-star-lstm"], [0, 1], out=out, verbose=False, run_args=args)
+    assert rows.failed == [] and [(Path(r["run"]).name, r["stopped"]) for r in rows] == \
+        [("ln-star-lstm-s1", "completed")]
+    assert json.loads((out / "sweep.json").read_text())["in_use"] == ["ln-star-lstm-s0"]
+    release()
+    out = tmp_path / "race"                      # free when planned, held by the time its process starts
+    (out / "ln-star-lstm-s0").mkdir(parents=True)
+    release = claim.hold(out / "ln-star-lstm-s0", owner)
+    real = claim.held
+    monkeypatch.setattr(claim, "held", lambda d: False if Path(d).name == "ln-star-lstm-s0" else real(d))
+    rows = sweeps.sweep(_recipe(), ["ln-star-lstm"], [0], out=out, verbose=False, run_args=args)
+    assert rows.failed == [] and json.loads((out / "sweep.json").read_text())["in_use"] == ["ln-star-lstm-s0"]
+    release()

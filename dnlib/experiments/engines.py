@@ -77,13 +77,15 @@ class Job:
 @dataclass
 class Outcome:
     """How a job ended: the process's exit status (None when it never ended by itself), ``error`` (a killed
-    process or a task that raised, in words), the node's name, and ``failure`` (None, or why it failed)."""
+    process or a task that raised, in words), the node's name, ``failure`` (None, or why it failed) and ``in_use``
+    (refused because another process trains in its folder now: not a failure; :mod:`.claim`)."""
     job: Job
     returncode: int | None
     error: str | None = None
     host: str | None = None
     seconds: float = 0.0
     failure: str | None = None
+    in_use: bool = False
 
 
 class SweepRows(list):
@@ -357,6 +359,12 @@ def _failure(outcome: Outcome) -> str | None:
     return None if stopped.startswith(_OK_STOPS) else f"stopped: {stopped}"
 
 
+def _refused_in_use(o: Outcome) -> bool:
+    """Whether the run was refused because another process trains in its folder (exit 2, the last line of its log;
+    :mod:`.claim`): a second sweep over the same folders, not a failure of this one."""
+    return o.returncode == 2 and " is in use: a run is training in it now" in log_tail(o.job.folder, 1)
+
+
 def execute(engine: Engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
             status: Callable[[Path], str] | None = None, poll_every: float = 0.5) -> list:
     """Run ``jobs`` on ``engine`` (as many at a time as it takes) and return their :class:`Outcome` objects, in
@@ -386,11 +394,15 @@ def execute(engine: Engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: b
             time.sleep(poll_every)
             for o in engine.poll():
                 o.failure = _failure(o)
+                if o.failure and _refused_in_use(o):
+                    o.failure, o.in_use = None, True
                 outcomes[id(o.job)] = o
                 counts["failed" if o.failure else "done"] += 1
                 bar.update(1)
                 show()
-                if o.failure:
+                if o.in_use:
+                    tqdm.write(f"[sweep] left {o.job.folder.name} to the process training it now", file=sys.stderr)
+                elif o.failure:
                     tail = log_tail(o.job.folder)
                     tqdm.write(f"[sweep] FAILED {o.job.config} seed {o.job.seed} ({o.failure}) in {o.job.folder}"
                                + ("; log tail:\n" + "\n".join("    " + t for t in tail.splitlines())

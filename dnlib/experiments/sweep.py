@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import cli
 from ..io import atomic_write_json, atomic_write_text
-from . import engines, records
+from . import claim, engines, records
 from .flags import Refusing, from_args, run_flags
 from .recipe import COMPLETED, RUN_FILE, Recipe, RunResult, check_config, check_int, check_time_limit
 from .resume import read_run_file, resumed_options
@@ -128,8 +128,9 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     after it is killed (its last record stays, ``stopped: "running"``, which gather reads as ``ended without a final
     record at step N``: :func:`dnlib.experiments.records.settled`). ``run_args``: extra ``run`` flags (e.g.
     ``["--subset", "2000", "--steps", "300"]``). A failing run is reported (configuration, seed, log tail) and
-    the others go on. Writes ``runs.json`` and ``runs.md`` (one row per run: :func:`gather`) and ``sweep.json`` in
-    ``out`` (not ``table.md``: that is what ``report`` writes there).
+    the others go on. A run another process trains now (a second sweep over the same ``out``; :mod:`.claim`) is left
+    to it, said, and not counted failed. Writes ``runs.json`` and ``runs.md`` (one row per run: :func:`gather`) and
+    ``sweep.json`` in ``out`` (not ``table.md``: that is what ``report`` writes there).
 
     Returns the gathered rows (a list) whose ``failed`` attribute lists this sweep's failed runs
     (:class:`dnlib.experiments.engines.SweepRows`). Bad arguments raise ValueError before any run starts: every
@@ -144,13 +145,14 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     plan = _plan(recipe, configs, seeds, run_args, out=out, options=options, here=engine == "local")
     configs = [c for c, _ in plan]
     out = Path(out)
-    todo, skipped = [], []
+    todo, skipped, busy = [], [], []
     for c, folders in plan:
         for s, d in folders.items():
             argv = [c, "--seeds", str(s), *map(str, run_args)]
             if time_limit is not None:
                 argv += ["--time-limit", str(time_limit)]
-            (skipped if _finished(d) else todo).append(engines.Job(c, s, d, argv))
+            job = engines.Job(c, s, d, argv)
+            (skipped if _finished(d) else busy if claim.held(d) else todo).append(job)
     if verbose and skipped:
         print(f"[sweep] {len(skipped)} finished runs kept: {', '.join(j.folder.name for j in skipped)}", flush=True)
     runner = engines.make_engine(engine, recipe.module, address=address, jobs=jobs, cpus_per_run=cpus_per_run,
@@ -160,6 +162,7 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
     out.mkdir(parents=True, exist_ok=True)
     outcomes = engines.execute(runner, todo, skipped=len(skipped), verbose=verbose, status_every=status_every,
                                status=_status_line)
+    busy += [o.job for o in outcomes if o.in_use]         # (started by another process since the plan)
     failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
                "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
     rows = engines.SweepRows(gather([out]), failed)
@@ -168,10 +171,14 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
                        "engine_start_seconds": t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
                        "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
                        "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
+                       "in_use": [j.folder.name for j in busy],
                        "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
                                 "failure": o.failure} for o in outcomes],
                        "failed": failed})
     atomic_write_text(out / "runs.md", str(gather_table(rows)) + "\n")
+    if busy:
+        print(f"[sweep] {len(busy)} runs left to another process training them now (not failed; a rerun after it "
+              f"ends keeps or resumes them): {', '.join(j.folder.name for j in busy)}", file=sys.stderr, flush=True)
     if failed:
         which = ", ".join(f"{f['config']} seed {f['seed']}" for f in failed)
         print(f"[sweep] {len(failed)} of {len(outcomes)} runs failed: {which} (a rerun retries them)",
