@@ -132,3 +132,6 @@ def test_sigterm_to_a_sweep_stops_its_runs_which_record_where_they_stopped(tmp_p
         rec = records.read_record(f)
         assert rec["stopped"].startswith("interrupted at step ") and rec["ended"] is not None, rec["stopped"]
     assert _children_of(out) == []
+    info = json.loads((out / "sweep.json").read_text())       # before: nothing written after an interrupt
+    assert info["interrupted"] == "SIGTERM" and info["failed"] == [], info
+    assert (out / "runs.md").read_text().count("| interrupted at step ") == 2

@@ -366,14 +366,15 @@ def _refused_in_use(o: Outcome) -> bool:
 
 
 def execute(engine: Engine, jobs: Sequence[Job], *, skipped: int = 0, verbose: bool = True, status_every: float = 30.0,
-            status: Callable[[Path], str] | None = None, poll_every: float = 0.5) -> list:
+            status: Callable[[Path], str] | None = None, poll_every: float = 0.5, into: dict | None = None) -> list:
     """Run ``jobs`` on ``engine`` (as many at a time as it takes) and return their :class:`Outcome` objects, in
     the order of ``jobs``. A failed run is reported on stderr (configuration, seed, reason, log tail) and the
     others go on. ``verbose``: a tqdm bar (runs done/running/failed; ``skipped`` finished runs counted as done)
     and ``[sweep]`` lines; ``status(folder)``: a running run's status line, every ``status_every`` seconds. The
-    engine is closed at the end (and on an interrupt: its processes are killed, its tasks cancelled)."""
+    engine is closed at the end (and on an interrupt: its processes stopped, its tasks cancelled). ``into``: a dict
+    that holds the outcomes as they come (keyed by job id), for a caller that reports them after an interrupt."""
     from tqdm.auto import tqdm
-    todo, outcomes = list(jobs), {}
+    todo, outcomes = list(jobs), ({} if into is None else into)
     bar = tqdm(total=len(todo) + skipped, initial=skipped, desc=f"sweep ({engine.name})", unit="run",
                disable=not verbose, file=sys.stderr)
     counts = {"done": skipped, "failed": 0}

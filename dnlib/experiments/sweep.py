@@ -15,6 +15,7 @@ from . import claim, engines, records
 from .flags import Refusing, from_args, run_flags
 from .recipe import COMPLETED, RUN_FILE, Recipe, RunResult, check_config, check_int, check_time_limit
 from .resume import read_run_file, resumed_options
+from .runner import Terminated
 
 __all__ = ["check_runs", "check_folder", "sweep", "gather", "gather_table", "load_runs"]
 
@@ -160,16 +161,35 @@ def sweep(recipe: Recipe, configs: Sequence[str], seeds: Sequence[int] = (0,), *
                                  limit=None if time_limit is None else time_limit + grace)
     t_engine = time.perf_counter() - t_start
     out.mkdir(parents=True, exist_ok=True)
-    outcomes = engines.execute(runner, todo, skipped=len(skipped), verbose=verbose, status_every=status_every,
-                               status=_status_line)
-    busy += [o.job for o in outcomes if o.in_use]         # (started by another process since the plan)
+    ended: dict = {}
+    try:
+        outcomes = engines.execute(runner, todo, skipped=len(skipped), verbose=verbose, status_every=status_every,
+                                   status=_status_line, into=ended)
+    except KeyboardInterrupt as e:          # the runs in flight were stopped and recorded where: say what was done
+        stopped = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        _summary(recipe, out, list(ended.values()), skipped, busy, configs, seeds, t_start, t_engine,
+                 {"engine": engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
+                  "gpus_per_run": gpus_per_run, "interrupted": stopped})
+        raise
+    return _summary(recipe, out, outcomes, skipped, busy, configs, seeds, t_start, t_engine,
+                    {"engine": engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
+                     "gpus_per_run": gpus_per_run})
+
+
+def _summary(recipe: Recipe, out: Path, outcomes: list, skipped: list, busy: list, configs, seeds, t_start: float,
+             t_engine: float, how: dict) -> engines.SweepRows:
+    """Write what a sweep did (``runs.json``, ``runs.md``, ``sweep.json``; also after an interrupt, ``how`` saying
+    which) and return the gathered rows."""
+    busy = busy + [o.job for o in outcomes if o.in_use]   # (started by another process since the plan)
     failed = [{"config": o.job.config, "seed": o.job.seed, "run": str(o.job.folder), "reason": o.failure,
                "log_tail": engines.log_tail(o.job.folder)} for o in outcomes if o.failure]
     rows = engines.SweepRows(gather([out]), failed)
     atomic_write_json(out / "runs.json", rows)
-    atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": engine,
-                       "engine_start_seconds": t_engine, "address": address, "jobs": jobs, "cpus_per_run": cpus_per_run,
-                       "gpus_per_run": gpus_per_run, "configs": list(configs), "seeds": list(seeds),
+    atomic_write_json(out / "sweep.json", {"wall_seconds": time.perf_counter() - t_start, "engine": how["engine"],
+                       "engine_start_seconds": t_engine, "address": how["address"], "jobs": how["jobs"],
+                       "cpus_per_run": how["cpus_per_run"], "gpus_per_run": how["gpus_per_run"],
+                       **({"interrupted": how["interrupted"]} if "interrupted" in how else {}),
+                       "configs": list(configs), "seeds": list(seeds),
                        "experiment": recipe.name, "skipped": [j.folder.name for j in skipped],
                        "in_use": [j.folder.name for j in busy],
                        "ran": [{"run": o.job.folder.name, "host": o.host, "seconds": round(o.seconds, 3),
