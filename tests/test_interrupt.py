@@ -51,9 +51,21 @@ def _ctrl_c():
 
 
 def _sigterm():
+    """SIGTERM to this process, only where the run's handler is in place (else it would end the test process)."""
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        raise AssertionError("the run installed no SIGTERM handler")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM at its default action, as in a fresh ``dnlib`` process, whatever an earlier test in this worker
+    installed (``ray.init`` installs a handler of its own, which a run keeps); restored after."""
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("SIGTERM is handled in the main thread only")
-    os.kill(os.getpid(), signal.SIGTERM)
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, before)
 
 
 def test_an_interrupt_mid_chunk_records_the_step_its_checkpoint_holds_and_segments_do_not_overlap(tmp_path,
@@ -80,7 +92,7 @@ def test_an_interrupt_mid_chunk_records_the_step_its_checkpoint_holds_and_segmen
     assert rec["steps_done"] == 0 and rec["segments"] == []
 
 
-def test_sigterm_ends_a_run_as_ctrl_c_does_one_line_exit_143(tmp_path, monkeypatch, capsys):
+def test_sigterm_ends_a_run_as_ctrl_c_does_one_line_exit_143(tmp_path, monkeypatch, capsys, default_sigterm):
     from dnlib.experiments.ptb import main
     d = tmp_path / "r"
     _stop_at(monkeypatch, 15, _sigterm)
