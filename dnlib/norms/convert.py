@@ -374,7 +374,7 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
             raise
         try:
             new, notes, target_kw = _build(name, m, c, layer, to, overrides, {**kw, **first})
-        except (ValueError, TypeError):       # nor with them (or a layer without such a setting): the first error
+        except (ValueError, TypeError):       # nor with them (or a layer without such a setting)
             raise ValueError(f"{name or 'model'} ({_short(m, c)}): cannot build {to!r} for it with the preset's "
                              f"settings nor with the layer's own ({', '.join(f'{k}={v}' for k, v in first.items())})"
                              ) from None

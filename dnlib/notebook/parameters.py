@@ -57,7 +57,6 @@ def declared_parameters(path: str | Path) -> dict[str, dict[str, str]]:
     return papermill.inspect_notebook(str(path))
 
 
-
 def changed_parameters(path: str | Path, values: dict[str, Any]) -> list[str] | None:
     """The names in ``values`` whose value differs from the default the notebook at ``path`` declares (a name it does
     not declare counts as changed): outside the suite, what a user or papermill's ``-p`` set, a record's
@@ -76,6 +75,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
 
 #: What ``metadata.dnlib.parameters.<name>`` may state about a parameter's values (:func:`check_value`).
 RULE_KEYS = ("min", "max", "choices", "choices_from", "pattern", "allow_nonfinite")
