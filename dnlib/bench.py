@@ -39,6 +39,7 @@ from .analysis import rnn_bench as rb
 from .experiments.ptb_configs import get_config
 from .io import atomic_write, atomic_write_json, atomic_write_text
 from .norms import bench_layers as bl
+from .training.precision import float32_arithmetic
 
 SECTIONS = ("layers", "train", "cells", "ptb", "hidden")
 #: the repository's committed results: a full bench's default report and figure go here
@@ -222,12 +223,20 @@ def outputs(ap: cli.ArgumentParser, a: argparse.Namespace, sections, groups) -> 
 
 
 def main(argv=None) -> int:
+    """``python -m dnlib.bench``. Every section times in float32, the runs' arithmetic
+    (:func:`dnlib.training.precision.float32_arithmetic`: torch's default lets cuDNN convolutions use TF32, which made
+    GPU figures of a faster arithmetic than the runs they stand for); the process's switches are restored after."""
     ap = _parser()
     a = ap.parse_args(argv)
     sections, devices, groups = _check_args(ap, a)
     out_path, figure = outputs(ap, a, sections, groups)
     if a.threads:
         torch.set_num_threads(a.threads)
+    with float32_arithmetic():
+        return _measure(a, sections, devices, groups, out_path, figure)
+
+
+def _measure(a, sections, devices, groups, out_path, figure) -> int:
     lines = []
 
     def say(line: str) -> None:

@@ -123,3 +123,30 @@ def test_make_bench_runs_with_one_thread_as_the_readme_says():
     recipe = (root / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
     assert "-m dnlib.bench --threads 1" in recipe, recipe
     assert "what `make bench` runs with one thread" in (root / "README.md").read_text()
+
+
+def test_the_benches_time_in_float32_the_runs_arithmetic(monkeypatch, capsys):
+    """Before: ``dnlib.bench`` and ``scripts/gpu_throughput.py`` timed under torch's defaults, where cuDNN
+    convolutions use TF32, while the runs they stand for compute in float32 (dnlib.training.precision): GPU figures
+    of a faster arithmetic. Every section now times in float32, and the process's switches are restored after."""
+    import importlib.util
+
+    from dnlib.training import precision
+    float32 = {"cudnn_tf32": False, "matmul_tf32": False, "float32_matmul_precision": "highest"}
+    with precision.float32_arithmetic(True):           # a process whose switches allow TF32 (restored after)
+        before, seen = precision.switches(), []
+
+        def section(*args, **kw):
+            seen.append(precision.switches())
+            return []
+        monkeypatch.setattr(bench, "layers_section", section)
+        monkeypatch.setattr(bench, "cells_section", section)
+        assert bench.main(["--quick", "--device", "cpu", "--sections", "layers,cells"]) == 0
+        assert seen == [float32, float32] and precision.switches() == before
+        path = Path(bench.__file__).resolve().parent.parent / "scripts" / "gpu_throughput.py"
+        spec = importlib.util.spec_from_file_location("_gpu_throughput_for_test", path)
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        monkeypatch.setattr(script, "_main", lambda argv=None: seen.append(precision.switches()) or 0)
+        assert script.main([]) == 0 and seen[-1] == float32 and precision.switches() == before
+    capsys.readouterr()
