@@ -40,9 +40,7 @@ def _lock(run_dir: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunInUse(f"resume: {run_dir} is in use: a run is training in it now (another process, or a run "
-                       f"prepared in this one and not yet run); wait until it ends (its record.json then says why "
-                       f"it stopped) or give another folder") from None
+        raise RunInUse(_in_use(run_dir)) from None
     except OSError as e:         # a filesystem without locks (some network mounts): run unguarded, and say so
         os.close(fd)
         if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
@@ -51,6 +49,12 @@ def _lock(run_dir: Path) -> int | None:
                       f"the same time is not refused", RuntimeWarning, stacklevel=3)
         return None
     return fd
+
+
+def _in_use(run_dir) -> str:
+    return (f"resume: {run_dir} is in use: a run is training in it now (another process, or a run prepared in this "
+            f"one and not yet run); wait until it ends (its record.json then says why it stopped) or give another "
+            f"folder")
 
 
 def hold(run_dir: str | os.PathLike, owner: object) -> Callable[[], None]:
@@ -65,11 +69,8 @@ def hold(run_dir: str | os.PathLike, owner: object) -> Callable[[], None]:
 def check_free(run_dir: str | os.PathLike) -> None:
     """Raise :class:`RunInUse` when a run holds ``run_dir`` now (nothing when it is free or does not exist); holds
     nothing itself: the check a run makes before its build, so a busy folder is refused before any work."""
-    path = Path(run_dir)
-    if path.is_dir():
-        fd = _lock(path)
-        if fd is not None:
-            os.close(fd)
+    if held(run_dir):
+        raise RunInUse(_in_use(Path(run_dir)))
 
 
 def held(run_dir: str | os.PathLike) -> bool | None:
@@ -86,7 +87,7 @@ def held(run_dir: str | os.PathLike) -> bool | None:
             fd = _lock(path)
         except RunInUse:
             return True
-        except OSError:           # a folder this process may not open: unknown
+        except PermissionError:   # a folder this process may not open: unknown
             return None
     if fd is None:
         return None

@@ -65,16 +65,8 @@ def changed_parameters(path: str | Path, values: dict[str, Any]) -> list[str] | 
         declared = {k: ast.literal_eval(v["default"]) for k, v in declared_parameters(path).items()}
     except Exception:  # a notebook papermill cannot read, or a default that is not a literal
         return None
-    return [k for k, v in values.items() if k not in declared or _plain(v) != _plain(declared[k])]
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists, recursively (a notebook's ``(1, 2)`` default equals a recorded ``[1, 2]``)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+    from ..experiments.records import jsonable  # as the record holds them: a (1, 2) default equals [1, 2]
+    return [k for k, v in values.items() if k not in declared or jsonable(v) != jsonable(declared[k])]
 
 
 #: What ``metadata.dnlib.parameters.<name>`` may state about a parameter's values (:func:`check_value`).

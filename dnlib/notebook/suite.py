@@ -102,18 +102,26 @@ def discover(notebooks: Sequence[str | Path] | None = None, root: str | Path | N
 
 
 # ---------------------------------------------------------------------------------------------- results
+def _notebook_path(name: str | None) -> Path | None:
+    """``notebooks/<name>.ipynb`` when it exists (``name`` with or without the suffix), else None."""
+    if not name:
+        return None
+    path = NOTEBOOK_DIR / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    return path if path.is_file() else None
+
+
 def notebook_parameters(name: str | None) -> dict[str, Any]:
     """The current values of the parameters that ``notebooks/<name>.ipynb`` declares, read from the running
     IPython kernel's namespace (``{}`` outside IPython or when the notebook is not found)."""
-    if not name:
+    path = _notebook_path(name)
+    if path is None:
         return {}
-    path = NOTEBOOK_DIR / (name if name.endswith(".ipynb") else f"{name}.ipynb")
     try:
         from IPython import get_ipython
     except ImportError:
         return {}
     shell = get_ipython()
-    if shell is None or not path.is_file():
+    if shell is None:
         return {}
     try:
         declared = declared_parameters(path)
@@ -144,10 +152,9 @@ def save_results(results: Mapping[str, Any], name: str | None = None, *,
     run_dir = records.new_run_dir(RUNS_DIR / "notebooks", name or "results")
     path = atomic_write_json(run_dir / "results.json", results, indent=2, sort_keys=True)
     now = time.time()
-    config = {"notebook": name, "profile": os.environ.get(PROFILE_ENV), "set": None}
-    nb = NOTEBOOK_DIR / (name if name and name.endswith(".ipynb") else f"{name}.ipynb")
-    if name and nb.is_file():      # what a user or papermill's -p set: the values that differ from the defaults
-        config["set"] = changed_parameters(nb, params)
+    nb = _notebook_path(name)         # config.set: what a user or papermill's -p set (values unlike the defaults)
+    config = {"notebook": name, "profile": os.environ.get(PROFILE_ENV),
+              "set": None if nb is None else changed_parameters(nb, params)}
     records.write_record(run_dir, records.make_record(
         name or "notebook", config, None, name=name, parameters=params, ended=now, stopped="completed",
         headline=results))
