@@ -210,9 +210,51 @@ def test_bench_table_keeps_the_faster_path_and_refuses_bad_groups():
                  native_path_ratio=1.0),
             dict(row, group="presets", name="bn", shape=[64, 256, 100], auto_ratio=1.0, general_ratio=3.0,
                  native_path_ratio=1.0),
-            dict(row, group="dn2d", name="dn3", shape=[100, 32, 32, 32], auto_ratio=1.0, general_ratio=2.0)]
+            dict(row, group="dn2d", name="dn3", shape=[100, 32, 32, 32], auto_ratio=1.0, general_ratio=2.0,
+                 auto_path="compiled")]
     text = bench_layers.table(rows)
     assert "('cpu', 'rms', 'large'): 'general'" in text and "'bn'" not in text.split("MEASURED")[0]
     assert "('cpu', 'windowed', 'large'): 'compiled'" in text and "presets rms 64x256x100" in text
     with pytest.raises(ValueError, match="groups: unknown group 'dn3d'"):
         bench_layers.layers(["dn3d"])
+
+
+def _table_row(group, name, shape, auto, general, path="compiled", device="cpu"):
+    return {"group": group, "name": name, "shape": list(shape), "device": device, "load_before": 0.5, "threads": 1,
+            "auto_path": path, "auto_ratio": auto, "general_ratio": general}
+
+
+def _windowed_entries(text):
+    auto = text.split("MEASURED")[0]
+    return {line.split(":")[0].strip(): line.split(":")[1].split(",")[0].strip() for line in auto.splitlines()
+            if "'windowed'" in line}
+
+
+def test_bench_table_decides_the_windowed_choice_from_all_rows_of_a_class_whatever_their_order():
+    """Before, each windowed row overwrote its size class and the last one decided: 4 of 6 large rows timed the
+    compiled path slower than the general one, the last 2 (dn1d) faster, and the table wrote 'compiled' (benchmark
+    review). Now the median of compiled / general time over the class's rows decides (here 1.21: general)."""
+    from dnlib.norms import bench_layers
+    c32, c64, seq = (100, 32, 32, 32), (100, 64, 32, 32), (64, 256, 100)
+    rows = [_table_row("dn2d", "dn3", c32, 2.0, 1.6), _table_row("dn2d", "dn5", c32, 2.1, 1.7),
+            _table_row("dn2d", "dn3", c64, 2.2, 1.8), _table_row("dn2d", "dn5", c64, 2.3, 1.9),
+            _table_row("dn1d", "dn3", seq, 1.9, 7.7), _table_row("dn1d", "dn5", seq, 1.8, 10.0)]
+    for order in (rows, rows[::-1], rows[4:] + rows[:4]):
+        assert _windowed_entries(bench_layers.table(order)) == {
+            "('cpu', 'windowed', 'large')": "'general'", "('cpu', 'windowed', 'small')": "'general'"}
+    faster = [_table_row("dn2d", "dn3", c32, 0.9, 1.6), *rows[1:3], *rows[4:]]   # 3 of 5 faster
+    assert _windowed_entries(bench_layers.table(faster))["('cpu', 'windowed', 'large')"] == "'compiled'"
+    # a class per device: a CUDA row does not decide the CPU's entry
+    cuda = [*rows[:4], _table_row("dn2d", "dn3", c32, 0.5, 1.6, device="cuda")]
+    entries = _windowed_entries(bench_layers.table(cuda))
+    assert entries["('cpu', 'windowed', 'large')"] == "'general'"
+    assert entries["('cuda', 'windowed', 'large')"] == "'compiled'"
+
+
+def test_bench_table_never_chooses_a_compiled_path_no_row_timed():
+    """Where ``auto`` ran the general path (the table in force said so), "auto" against "general" timed one path
+    twice, and noise (1.70x against 1.71x) wrote 'compiled', a path never timed (benchmark review)."""
+    from dnlib.norms import bench_layers
+    text = bench_layers.table([_table_row("dn2d", "dn3", (100, 32, 32, 32), 1.70, 1.71, path="general")])
+    assert _windowed_entries(text)["('cpu', 'windowed', 'large')"] == "'general'"
+    assert "compiled path not timed: auto ran general" in text and "auto ran general)" in text

@@ -12,9 +12,11 @@ load average (``os.getloadavg()``) is printed before and after each row. Groups:
 * ``presets``: each preset that torch has (bn, ln, in, gn, rms, lrn) at the CIFAR (128, 32, 32, 32) and sequence
   shapes against torch's layer: the default (``impl="auto"``) and, where different, the general and native paths.
 
-``--table`` prints :data:`dnlib.norms.windowed.AUTO` as measured now (the faster of the native kernel and the
-general path per preset; the compiled path for windowed DN where it beats the general one), with the figures
-it came from, to paste into ``windowed.py``. :func:`layers` and :func:`train_step_ratio` are what ``dnlib.bench``
+``--table`` prints :data:`dnlib.norms.windowed.AUTO` as measured now, with the figures it came from, to paste into
+``windowed.py``: one entry per (device, preset or windowed DN, shape class), decided from all the rows of that class
+(:func:`table`): per preset, the general path where every row timed it faster than the native kernel; for windowed
+DN, the compiled path where the median of its time over the general path's, across the class's rows that ran it
+(``auto_path``), is below 1. :func:`layers` and :func:`train_step_ratio` are what ``dnlib.bench``
 (``make bench``) calls for its "layers" and "train" sections: one implementation of each measurement. This is a
 command, not a test: timing never decides whether a test passes.
 """
@@ -77,8 +79,10 @@ def _row(group: str, name: str, shape: tuple, cands: dict, repeat: int, verbose:
     cands = {k: m.to(device) for k, m in cands.items()}
     before = load()
     t = round_robin(cands, x, gy, repeat)
+    auto = cands["auto"]   # the path "auto" ran, asked after the timing (a compiled path that failed fell back)
     row = {"group": group, "name": name, "shape": list(shape), "device": device.type, "load_before": before,
-           "load_after": load(), "threads": torch.get_num_threads(), "native_ms": t["native"] * 1e3,
+           "load_after": load(), "threads": torch.get_num_threads(),
+           "auto_path": windowed.choice(auto.spec, auto.fused, x), "native_ms": t["native"] * 1e3,
            **{f"{k}_ms": v * 1e3 for k, v in t.items() if k != "native"},
            **{f"{k}_ratio": v / t["native"] for k, v in t.items() if k != "native"}}
     if verbose:
@@ -181,26 +185,47 @@ def train_step_ratio(models: dict, batch: tuple, loss_fn, steps: int = 20, warmu
 
 def table(rows: list) -> str:
     """:data:`dnlib.norms.windowed.AUTO` and ``MEASURED`` as measured by ``rows`` (of :func:`layers`, all groups), as
-    Python source to paste into ``windowed.py``: per preset with a native kernel, the faster of it and the general
-    path; for windowed DN, the compiled path where its rows beat the general path."""
-    auto, lines = {}, []
+    Python source to paste into ``windowed.py``, one entry per (device, what, shape class) decided from all the rows
+    of that class, whatever their order:
+
+    * a preset with a native kernel: the general path where every row of the class timed it faster than the native
+      one, the native kernel where every row did the reverse; where the rows disagree, the native kernel (torch's
+      own, never slower than itself);
+    * windowed DN: the compiled path where the median over the class's rows of (compiled time / general time) is
+      below 1, else the general path. Only rows whose ``auto`` candidate ran the compiled path (``auto_path``) time
+      it; where ``auto`` ran the general path (the table in force said so, or ``DNLIB_COMPILE=0``), "auto" against
+      "general" is the same path twice, and a class with no row of the compiled path gets "general" and a comment
+      saying the compiled path was not timed."""
+    presets, ratios, untimed, lines = {}, {}, {}, []
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         cls = "large" if torch.Size(r["shape"]).numel() >= windowed.LARGE else "small"
+        dev = r.get("device", "cpu")
         figures = ", ".join(f"{k[:-6]} {r[k]:.2f}x" for k in r if k.endswith("_ratio"))
+        ran = f", auto ran {r['auto_path']}" if "auto_path" in r else ""
         lines.append(f"{r['group']} {r['name']} {shape}: {figures} (load {r['load_before']:.1f}, "
-                     f"{r['threads']} threads)")
+                     f"{r['threads']} threads{ran})")
         if r["group"] in ("dn2d", "dn1d"):
-            # the compiled path ran as "auto" where the table already says so; keep it only where it wins
-            auto[("cpu", "windowed", cls)] = "compiled" if r["auto_ratio"] < r["general_ratio"] else "general"
+            key = (dev, "windowed", cls)
+            if r.get("auto_path") == "compiled":
+                ratios.setdefault(key, []).append(r["auto_ratio"] / r["general_ratio"])
+            else:
+                untimed.setdefault(key, r.get("auto_path", "an unrecorded path"))
         elif "native_path_ratio" in r:
-            best = "general" if r["general_ratio"] < r["native_path_ratio"] else "native"
-            key = ("cpu", r["name"], cls)
-            if auto.get(key, best) != best:
-                best = "native"  # shapes of one class disagree: torch's own kernel, never slower than itself
-            auto[key] = best
+            presets.setdefault((dev, r["name"], cls), set()).add(
+                "general" if r["general_ratio"] < r["native_path_ratio"] else "native")
+    auto = {key: best.pop() if len(best) == 1 else "native" for key, best in presets.items()}
+    notes = {}
+    for key, rs in ratios.items():
+        auto[key] = "compiled" if statistics.median(rs) < 1 else "general"
+        notes[key] = f"compiled / general time: median {statistics.median(rs):.2f} over {len(rs)} rows"
+    for key, path in untimed.items():
+        if key not in auto:
+            auto[key] = "general"
+            notes[key] = f"compiled path not timed: auto ran {path}"
     auto.setdefault(("cpu", "windowed", "small"), "general")
-    body = "\n".join(f"    {k!r}: {v!r}," for k, v in sorted(auto.items()) if v != "native" or k[1] == "windowed")
+    body = "\n".join(f"    {k!r}: {v!r},{f'  # {notes[k]}' if k in notes else ''}" for k, v in sorted(auto.items())
+                     if v != "native" or k[1] == "windowed")
     return (f"AUTO = {{\n{body}\n}}\n\nMEASURED = \"\"\"\\\ntorch {torch.__version__}\n"
             + "\n".join(lines) + "\n\"\"\"\n")
 
