@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,30 @@ def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(tmp_path, ca
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and f"--address: no Ray cluster answers at 127.0.0.1:{port}" in err[0], err
     assert not (tmp_path / "out").exists() and not ray.is_initialized()
+
+
+def test_ray_engine_keeps_the_sigterm_action_ray_init_would_replace():
+    """(Before this module's Ray instance starts.) ``ray.init`` replaced the driver's SIGTERM action with its own
+    ``sys.exit(15)``, so a sweep command on the Ray engine sent SIGTERM exited 15 with a stack dump and wrote no
+    ``sweep.json``; the Ray engine now keeps the action in place (the sweep command's, which stops it as Ctrl-C
+    does: one line, exit 143)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray is already initialized in this process")
+    from dnlib.experiments.ray_engine import RayEngine
+
+    def mine(signum, frame):
+        raise AssertionError("not called")
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        engine = RayEngine(RECIPE.module, jobs=1, cpus_per_run=1)
+        try:
+            assert signal.getsignal(signal.SIGTERM) is mine
+        finally:
+            engine.close()
+        assert not ray.is_initialized()
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,11 @@ import contextlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,10 +103,11 @@ class RayEngine(Engine):
         if self.owned:
             _reachable(address)
             try:
-                if address is None:
-                    ray.init(include_dashboard=False, log_to_driver=False)
-                else:
-                    ray.init(address=address, log_to_driver=False)
+                with _keeping_sigterm():
+                    if address is None:
+                        ray.init(include_dashboard=False, log_to_driver=False)
+                    else:
+                        ray.init(address=address, log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 hint = ("" if address in (None, "auto") else "; a cluster with token authentication needs "
                         "RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN (ray get-auth-token on its head) here too")
@@ -154,6 +157,21 @@ class RayEngine(Engine):
         self.refs.clear()
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+@contextlib.contextmanager
+def _keeping_sigterm():
+    """Keep this process's SIGTERM action across ``ray.init``, which replaces it (in the main thread) with one that
+    calls ``sys.exit(15)``. Under that handler a sweep sent SIGTERM exited 15 with Ray's stack dump and no summary;
+    with the action kept (the sweep command's :func:`~dnlib.experiments.runner.sigterm_as_interrupt`, or the default)
+    it stops as on Ctrl-C: the tasks cancelled, ``sweep.json`` saying ``interrupted``, one line, exit 143."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _reachable(address: str | None, timeout: float = 5.0) -> None:
