@@ -10,12 +10,15 @@ for any GPU machine (it also rehearses on a CPU).
    with the L1 term) at the DN* layer shapes, when ``dnlib.norms.triton_dn`` exists and ``available()``;
 2. **layer**: forward+backward time of the DN* layer (``triton`` / ``compile`` / ``general``) and of the BN*
    layer through ``DivisiveNorm`` (``fused``: ``F.batch_norm``) as ratios to torch's ``nn.BatchNorm2d`` (cuDNN on a
-   GPU) measured in the same run, interleaved, medians; at the CIFAR CNN's three normalized shapes at batch 100
-   (windows 5, 3, 3) and at 256x64x32x32 (window 3); on CUDA both eagerly and replayed as a CUDA graph;
+   GPU) measured in the same run, interleaved round-robin, medians, the load average printed before and after; at
+   the CIFAR CNN's three normalized shapes at batch 100 (windows 5, 3, 3) and at 256x64x32x32 (window 3); on CUDA
+   both eagerly and replayed as a CUDA graph;
 3. **training**: images/s of Baseline, BN*, DN* (on CUDA also DN* with ``impl="triton"`` when available; any
    ``NAME:IMPL`` with ``--configs``) as one ordinary run (the recipe's trainer: a CUDA graph on CUDA) and as K = 1,
-   3, 4, 8 copies stacked in one model (:mod:`dnlib.experiments.stacked`, one CUDA graph), so that "K stacked vs K
-   separate runs one after another" is a ratio measured in the same run;
+   3, 4, 8 copies stacked in one model (:mod:`dnlib.experiments.stacked`, one CUDA graph), all of a configuration
+   timed interleaved round-robin (each round one step of every candidate; medians over the rounds), so that "K
+   stacked vs K separate runs one after another" is a ratio measured in the same rounds; the load average printed
+   before and after;
 4. **estimate**: Table 7 (13 configurations x CIFAR-10/100) x 3 seeds at the paper's full schedule from those
    rates (training steps only: no evaluation, data loading or capture; LN rows at the BN* rate, their proxy).
 
@@ -41,6 +44,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dnlib import cli
+from dnlib.analysis.rnn_bench import load_line
 from dnlib.experiments import bench as benches
 from dnlib.experiments import recipe as recipes
 from dnlib.experiments import records, runner, stacked
@@ -180,6 +184,7 @@ def layer_bench(device: torch.device, shapes, repeat: int, compile_: bool) -> li
                 except Exception as e:   # noqa: BLE001
                     errors[name] = _error(e)
             times = {k: [] for k in steps}
+            before = load_line()
             for _ in range(repeat):
                 for name, step in steps.items():
                     sync()
@@ -187,10 +192,12 @@ def layer_bench(device: torch.device, shapes, repeat: int, compile_: bool) -> li
                     step()
                     sync()
                     times[name].append(time.perf_counter() - t0)
+            after = load_line()
+            print(f"[layer] {tuple(shape)} k={window} {mode}: before {before}; after {after}", flush=True)
             base = statistics.median(times["batchnorm2d"]) if times.get("batchnorm2d") else None
             for name in list(steps) + list(errors):
                 row = {"shape": list(shape), "window": window, "mode": mode, "layer": name,
-                       "impl": name.split()[-1]}
+                       "impl": name.split()[-1], "load_before": before, "load_after": after}
                 if name in errors:
                     row["error"] = errors[name]
                 else:
@@ -204,46 +211,69 @@ def layer_bench(device: torch.device, shapes, repeat: int, compile_: bool) -> li
 
 
 # --------------------------------------------------------------------------------------------- 3. training
+def _training_candidates(device: torch.device, cfg, stacks, data) -> tuple:
+    """``(candidates, errors)`` of one configuration: ``candidates[(kind, K)] = (step, mode)`` for the ordinary run
+    (``("separate", 1)``) and each stack of K copies; ``errors[(kind, K)]`` the build that failed."""
+    cands, errors = {}, {}
+    for kind, k in [("separate", 1)] + [("stacked", k) for k in stacks]:
+        try:
+            if kind == "separate":
+                setup = runner.build_setup(RECIPE, cfg, 0, str(device), {"data": data, "mode": "auto", "eval_every": 0})
+                tr = setup.make_trainer(evaluate=None)
+                mode = recipes.trainer_mode(isinstance(tr, GraphTrainer), device)
+            else:
+                run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device), progress=False,
+                                      options={"data": data, "eval_every": 0, "mode": "auto"})
+                tr, mode = run.trainer, run.setup.info["mode"]
+            cands[(kind, k)] = ((lambda tr=tr: tr.train_step(next(tr.batches))), mode)
+        except Exception as e:   # noqa: BLE001
+            errors[(kind, k)] = e
+            traceback.print_exc()
+    return cands, errors
+
+
 def training(device: torch.device, configs, stacks, data, steps: int, warmup: int, batch_size=None) -> list:
-    """images/s of one ordinary run and of K stacked copies per configuration (the same data, seeds 0..K-1)."""
+    """images/s of one ordinary run and of K stacked copies per configuration (the same data, seeds 0..K-1). The
+    candidates of a configuration are timed interleaved round-robin (:func:`dnlib.experiments.bench.round_robin_steps`:
+    ``warmup`` untimed rounds, then ``steps`` rounds, each one training step of every candidate in turn), images/s
+    from the median step; ``vs_separate`` (K stacked copies vs the same K runs one after another) is the ratio to the
+    ordinary run timed in the same rounds; the load average is printed before and after (``load_before``,
+    ``load_after`` in each row)."""
     rows = []
     changes = {} if batch_size is None else {"batch_size": batch_size}
     for entry in configs:
         name, _, impl = entry.partition(":")
         cfg = RECIPE.config(name, dataset=data.name, **changes, **({"impl": impl} if impl else {}))
+        cands, errors = _training_candidates(device, cfg, stacks, data)
+        before = load_line()
+        print(f"[train] {entry}: {before} before timing {len(cands)} candidates interleaved", flush=True)
+        times, _, failed = benches.round_robin_steps({key: step for key, (step, _) in cands.items()}, steps, warmup,
+                                                     device)
+        after = load_line()
+        print(f"[train] {entry}: {after} after", flush=True)
+        errors.update(failed)
         separate = None
         for kind, k in [("separate", 1)] + [("stacked", k) for k in stacks]:
             row = {"config": name, "impl": cfg.impl, "kind": kind, "copies": k, "batch_size": cfg.batch_size,
-                   "steps": steps}
-            try:
-                if kind == "separate":
-                    setup = runner.build_setup(RECIPE, cfg, 0, str(device),
-                                                   {"data": data, "mode": "auto", "eval_every": 0})
-                    tr = setup.make_trainer(evaluate=None)
-                    step = lambda tr=tr: tr.train_step(next(tr.batches))  # noqa: E731
-                    mode = recipes.trainer_mode(isinstance(tr, GraphTrainer), device)
-                else:
-                    run = stacked.prepare(RECIPE, cfg, list(range(k)), device=str(device), progress=False,
-                                          options={"data": data, "eval_every": 0, "mode": "auto"})
-                    tr = run.trainer
-                    step = lambda tr=tr: tr.train_step(next(tr.batches))  # noqa: E731
-                    mode = run.setup.info["mode"]
-                dt, _ = benches.time_steps(step, steps, warmup, device)
-                ips = steps * cfg.batch_size * k / dt
-                row.update(mode=mode, seconds=dt, images_per_s=ips, per_copy_images_per_s=ips / k)
+                   "steps": steps, "load_before": before, "load_after": after}
+            if (kind, k) in errors:
+                row["error"] = _error(errors[(kind, k)])
+            else:
+                med = statistics.median(times[(kind, k)])
+                ips = cfg.batch_size * k / med
+                row.update(mode=cands[(kind, k)][1], median_step_s=med, images_per_s=ips,
+                           per_copy_images_per_s=ips / k)
                 if kind == "separate":
                     separate = ips
                 elif separate:
                     row["vs_separate"] = ips / separate    # K stacked copies vs the same K runs one after another
-            except Exception as e:   # noqa: BLE001
-                row["error"] = _error(e)
-                traceback.print_exc()
             rows.append(row)
             print(f"[train] {entry:14s} {kind:8s} K={k}: " + (f"{row['images_per_s']:,.0f} img/s"
                   + (f" ({row['vs_separate']:.2f}x separate)" if "vs_separate" in row else "")
                   if "images_per_s" in row else row["error"]), flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del cands, times
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -333,6 +363,13 @@ def markdown(rep: dict) -> str:
             else:
                 lines.append(f"| {r['config']} | {r['impl']} | {r['kind']} | {r['copies']} | - | "
                              f"error: {r['error']} | | |")
+        loads = {}
+        for r in rep["training"]:
+            loads.setdefault(r["config"] + (f":{r['impl']}" if r.get("impl") else ""),
+                             (r.get("load_before"), r.get("load_after")))
+        lines += ["Candidates of a configuration timed interleaved round-robin (medians over the rounds); "
+                  "x K separate runs: the ratio to the ordinary run in the same rounds. Load average:", ""]
+        lines += [f"- {c}: before {b}; after {a}" for c, (b, a) in loads.items()]
         lines.append("")
     if rep.get("training_error"):
         lines += ["## Training throughput", "", f"Not measured: {rep['training_error']}.", ""]
@@ -373,7 +410,8 @@ def _main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=None,
                    help="training configurations, NAME or NAME:IMPL (default base bn-star dn-star, and on CUDA "
                         "dn-star:triton when the kernels are available)")
-    p.add_argument("--steps", type=cli.positive_int, default=None, help="timed training steps (default 200; tiny 2)")
+    p.add_argument("--steps", type=cli.positive_int, default=None,
+                   help="timed training rounds, one step of every candidate each (default 200; tiny 2)")
     p.add_argument("--warmup", type=cli.nonnegative_int, default=None, help="untimed steps first (default 20; tiny 1)")
     p.add_argument("--repeat", type=cli.positive_int, default=None, help="layer passes per candidate (default 50)")
     p.add_argument("--subset", type=cli.subset, default=None,

@@ -2,17 +2,19 @@
 
 The gpu_cifar script's rehearsal (tests/test_scripts.py) runs this same command (its THROUGHPUT step) and checks
 the report with :func:`check_report`; the test here runs it only where that rehearsal cannot (no CIFAR-10 in the data
-root), so ``make test`` runs the script once."""
+root), so ``make test`` runs the script once. Its training section's timing structure (round-robin, load average)
+is checked in-process on fake trainers."""
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-
-pytestmark = pytest.mark.slow   # interpreters, kernels or compilation: make check skips it
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("DNLIB_DATA", REPO / "data"))
@@ -40,12 +42,47 @@ def check_report(out: Path) -> None:
     assert {(r["config"], r["kind"], r["copies"]) for r in rows} == {
         (c, k, n) for c in ("base", "bn-star", "dn-star") for k, n in (("separate", 1), ("stacked", 1), ("stacked", 2))}
     assert all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["load_before"].startswith("load average") and r["load_after"].startswith("load average")
+               for r in rows + rep["layer"])
+    assert all(r["vs_separate"] > 0 for r in rows if r["kind"] == "stacked")
     est = rep["table7_estimate"]
     assert est["runs"] == 13 * 2 * 3 and est["sequential_seconds"] > 0 and est["stacked_seeds_k3_seconds"] is None
     md = (out / "throughput.md").read_text()
     assert "Table 7 estimate" in md and "tiny CPU rehearsal" in md
+    assert "interleaved round-robin" in md and "before load average" in md
 
 
+def _script():
+    spec = importlib.util.spec_from_file_location("_gpu_throughput_for_test", REPO / "scripts" / "gpu_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_times_its_candidates_round_robin_and_prints_the_load_average(monkeypatch, capsys):
+    """The ordinary run and the K-stacked runs of a configuration are timed interleaved (each round one step of
+    every candidate), the ratio to the ordinary run from the same rounds, the load average printed before and after.
+    Before: each candidate timed in its own block one after another (``time_steps``), no load average."""
+    script, calls = _script(), []
+
+    def trainer(name):
+        return SimpleNamespace(batches=itertools.count(), train_step=lambda batch: calls.append(name) or 1.0)
+    monkeypatch.setattr(script.runner, "build_setup", lambda recipe, cfg, seed, device, options: SimpleNamespace(
+        make_trainer=lambda evaluate=None: trainer("separate")))
+    monkeypatch.setattr(script.stacked, "prepare", lambda recipe, cfg, seeds, **kw: SimpleNamespace(
+        trainer=trainer(f"stacked{len(seeds)}"), setup=SimpleNamespace(info={"mode": "eager"})))
+    rows = script.training(torch.device("cpu"), ["base"], [1, 2], SimpleNamespace(name="cifar10"), steps=3, warmup=1,
+                           batch_size=20)
+    assert calls == ["separate", "stacked1", "stacked2"] * 4
+    assert [(r["kind"], r["copies"]) for r in rows] == [("separate", 1), ("stacked", 1), ("stacked", 2)]
+    assert all(r["vs_separate"] > 0 for r in rows[1:]) and all(r["load_before"].startswith("load average")
+                                                             for r in rows)
+    out = capsys.readouterr().out
+    loads = [line for line in out.splitlines() if "load average" in line]
+    assert len(loads) == 2 and "before" in loads[0] and "after" in loads[1], out
+
+
+@pytest.mark.slow   # interpreters, kernels or compilation: make check skips it
 def test_gpu_throughput_rehearsal(tmp_path):
     if cifar_rehearsal_runs():
         pytest.skip("tests/test_scripts.py's gpu_cifar rehearsal runs this command and checks its report")

@@ -24,8 +24,7 @@ from ..training import precision
 from .recipe import Command, Recipe, card, check_config, check_int, replace
 from .runner import build_setup, share_data
 
-__all__ = ["round_robin_steps", "time_steps", "check_graph", "graph_not_applicable", "bench", "bench_many",
-           "steps_command",
+__all__ = ["round_robin_steps", "check_graph", "graph_not_applicable", "bench", "bench_many", "steps_command",
            "ABSOLUTE"]
 
 #: the ``note`` of a bench row measured without a baseline in the same run
@@ -57,23 +56,6 @@ def round_robin_steps(steps: Mapping[Any, Callable[[], Any]], rounds: int, warmu
             except Exception as e:   # noqa: BLE001  the others still run; the caller reports it
                 errors[name] = e
     return {k: v for k, v in times.items() if k not in errors}, last, errors
-
-
-def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0, device="cpu") -> tuple:
-    """``(seconds, last value)``: the wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones (CUDA
-    synchronized before and after when ``device`` is a CUDA device): one candidate in one block, not interleaved
-    (scripts/gpu_throughput.py's training section until it times round-robin too)."""
-    check_int("steps", steps)
-    check_int("warmup", warmup, 0)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        last = step()
-    sync()
-    return time.perf_counter() - t0, last
 
 
 def _trainer(recipe: Recipe, cfg, seed: int, device, options: dict, log_every: int | None = None):
