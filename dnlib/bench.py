@@ -19,6 +19,14 @@ load hits all alike, with the machine's load average printed before and after ea
 - ptb: whole PTB training steps (softmax over 10,000 words, L1 penalty, SGD) of LN*/DN* against base-lstm;
 - hidden: tokens/s against the hidden size (100-1000), also drawn to ``--figure``.
 
+Every section runs on each device of ``--device`` (``all``: the CPU, then CUDA where it is available): models and
+inputs are made there, and on CUDA every timed pass is synchronized before and after
+(:func:`dnlib.norms.bench_layers.synchronizer`, the one timing rule of the benchmarks). Each section's header (or
+row) names the device and every ``--json`` row carries ``"device"``. A candidate of the cells, ptb or hidden sections
+that cannot run on CUDA (it raises when built or on a first trial pass) is printed as "not run on cuda" with the
+error, never timed on the CPU in its place. The hidden-size figure is drawn per device, titled with it (``CPU (N
+threads)`` or the card's name): ``--figure`` for the first device, ``<stem>_cuda.png`` beside it for CUDA.
+
 ``--quick``: tiny sizes and few repeats, a smoke check of the command and the file's format (its numbers mean
 nothing). The text goes to stdout and to ``--out``. Only a full bench (every section and layer group, not
 ``--quick``) writes the committed ``results/bench_cpu.txt`` and ``results/figures/bench_rnn_hidden.png`` of the
@@ -109,54 +117,90 @@ def _looped(stack):
     return stack
 
 
-def cells_section(say, quick: bool) -> list:
+def device_label(dev) -> str:
+    """The device in a title: ``CPU (N threads)``, the CUDA card's name, or the device's own name."""
+    dev = torch.device(dev)
+    if dev.type == "cpu":
+        return f"CPU ({torch.get_num_threads()} threads)"
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (cuda)"
+    return str(dev)
+
+
+def cells_section(say, quick: bool, devices=("cpu",)) -> list:
+    """The cell tables (:func:`dnlib.analysis.rnn_bench.cell_rows`) on each device of ``devices``."""
     shapes = ([("tiny", 8, 4, 4, 2, 2)] if quick else
               [("PTB shape (2 x 200, batch 20 x 20 steps)", 200, 20, 20, 2, 15),
                ("fastrnns defaults (1 x 512, batch 64 x 100 steps)", 512, 100, 64, 1, 3)])
     rows = []
-    for title, hidden, steps, batch, layers, repeat in shapes:
-        say(f"cells: {title}; forward and backward ms (median, +- std over {repeat} interleaved rounds), tokens/s, "
-            f"ratio to nn.LSTM's tokens/s (the lower bound: forward only, against nn.LSTM's forward)")
-        say("  " + rb.load_line())
-        r = rb.cell_rows(_factories(loop=not title.startswith("fastrnns")), hidden, steps, batch, layers, repeat)
-        for line in rb.format_rows(r, "cells"):
-            say(line)
-        say("  " + rb.load_line())
-        rows += [{**x, "table": title} for x in r]
+    for dev in devices:
+        for title, hidden, steps, batch, layers, repeat in shapes:
+            say(f"cells on {dev}: {title}; forward and backward ms (median, +- std over {repeat} interleaved "
+                f"rounds), tokens/s, ratio to nn.LSTM's tokens/s (the lower bound: forward only, against nn.LSTM's "
+                f"forward)")
+            say("  " + rb.load_line())
+            r = rb.cell_rows(_factories(loop=not title.startswith("fastrnns")), hidden, steps, batch, layers, repeat,
+                             device=dev)
+            for line in rb.format_rows(r, "cells"):
+                say(line)
+            say("  " + rb.load_line())
+            rows += [{**x, "table": title} for x in r]
     return rows
 
 
-def ptb_section(say, quick: bool) -> list:
+def ptb_section(say, quick: bool, devices=("cpu",)) -> list:
+    """Whole PTB training steps (:func:`dnlib.analysis.rnn_bench.ptb_step_rows`) on each device of ``devices``."""
     vocab, repeat = (50, 2) if quick else (10000, 10)
     size = dict(hidden_size=8, num_layers=1) if quick else {}
     names = ["base-lstm", "ln-star-lstm", "dn-star-lstm"]
-    say(f"ptb: whole training step (batch 20 x 20 steps, vocabulary {vocab}, softmax, L1, SGD), median of {repeat} "
-        f"interleaved rounds, time as a ratio to base-lstm's")
-    say("  " + rb.load_line())
-    rows = rb.ptb_step_rows({n: get_config(n, **size).model_kwargs() for n in names}, vocab, 20, 20, repeat,
-                            "base-lstm")
-    for line in rb.format_rows(rows, "ptb"):
-        say(line)
-    say("  " + rb.load_line())
+    rows = []
+    for dev in devices:
+        say(f"ptb on {dev}: whole training step (batch 20 x 20 steps, vocabulary {vocab}, softmax, L1, SGD), median "
+            f"of {repeat} interleaved rounds, time as a ratio to base-lstm's")
+        say("  " + rb.load_line())
+        r = rb.ptb_step_rows({n: get_config(n, **size).model_kwargs() for n in names}, vocab, 20, 20, repeat,
+                             "base-lstm", device=dev)
+        for line in rb.format_rows(r, "ptb"):
+            say(line)
+        say("  " + rb.load_line())
+        rows += r
     return rows
 
 
-def hidden_section(say, quick: bool, figure: str | None) -> list:
+def figure_path(figure: str, dev, devices) -> str:
+    """The hidden-size figure of ``dev``: ``figure`` for the first device of the run, ``figure`` with ``_<device>``
+    before its suffix for the others (``--device all`` on a GPU machine: ``..._cuda.png`` beside the CPU's)."""
+    if dev == devices[0]:
+        return figure
+    p = Path(figure)
+    return str(p.with_name(f"{p.stem}_{torch.device(dev).type}{p.suffix}"))
+
+
+def hidden_section(say, quick: bool, figure: str | None, devices=("cpu",)) -> list:
+    """Tokens/s against the hidden size (:func:`dnlib.analysis.rnn_bench.hidden_size_rows`) on each device, with a
+    figure per device (:func:`figure_path`) titled with the device."""
     hiddens, steps, batch, repeat = ([4, 8], 3, 2, 1) if quick else ([100, 200, 400, 700, 1000], 20, 20, 3)
     f = _factories(loop=False)
     f = {k: f[k] for k in ("nn.LSTM", "peer: TorchScript LN-LSTM", "peer: lower bound", "LN* (ln-star-lstm)",
                            "DN* (dn-star-lstm)")}
-    say(f"hidden: tokens/s against the hidden size (1 layer, batch {batch} x {steps} steps, median of {repeat})")
-    say("  " + rb.load_line())
-    rows = rb.hidden_size_rows(f, hiddens, steps, batch, repeat)
-    for h in hiddens:
-        say(f"  H={h:5d}  " + "  ".join(f"{r['name'].split(' (')[0]} {r['tokens_per_s']:.0f}"
-                                          for r in rows if r["hidden"] == h))
-    say("  " + rb.load_line())
-    if figure:
-        fig = rb.hidden_size_figure(rows, f"tokens/s vs hidden size, CPU ({torch.get_num_threads()} threads)")
-        atomic_write(figure, lambda fh: fig.savefig(fh, format="png", dpi=110))
-        say(f"  figure: {figure}")
+    rows = []
+    for dev in devices:
+        say(f"hidden on {dev}: tokens/s against the hidden size (1 layer, batch {batch} x {steps} steps, median of "
+            f"{repeat})")
+        say("  " + rb.load_line())
+        r = rb.hidden_size_rows(f, hiddens, steps, batch, repeat, device=dev)
+        for h in hiddens:
+            say(f"  H={h:5d}  " + "  ".join(f"{x['name'].split(' (')[0]} {x['tokens_per_s']:.0f}"
+                                              for x in r if x["hidden"] == h and "skipped" not in x))
+        for line in rb.format_rows([x for x in r if "skipped" in x], "cells"):
+            say(line)
+        say("  " + rb.load_line())
+        if figure:
+            path = figure_path(figure, dev, devices)
+            fig = rb.hidden_size_figure(r, f"tokens/s vs hidden size, {device_label(dev)}")
+            atomic_write(path, lambda fh, fig=fig: fig.savefig(fh, format="png", dpi=110))
+            say(f"  figure: {path}")
+        rows += r
     return rows
 
 
@@ -253,11 +297,11 @@ def _measure(a, sections, devices, groups, out_path, figure) -> int:
         out["train"] = train_section(say, a.quick, devices, a.repeat)
     torch.manual_seed(0)
     if "cells" in sections:
-        out["cells"] = cells_section(say, a.quick)
+        out["cells"] = cells_section(say, a.quick, devices)
     if "ptb" in sections:
-        out["ptb"] = ptb_section(say, a.quick)
+        out["ptb"] = ptb_section(say, a.quick, devices)
     if "hidden" in sections:
-        out["hidden"] = hidden_section(say, a.quick, figure)
+        out["hidden"] = hidden_section(say, a.quick, figure, devices)
     say(rb.load_line())
     if out_path is None:
         print(f"python -m dnlib.bench: a {'quick' if a.quick else 'partial'} bench is printed only, not written to "

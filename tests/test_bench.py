@@ -1,10 +1,12 @@
 """``python -m dnlib.bench --quick`` (issue 25 item 4): the command runs end to end at tiny sizes and writes the report
 and the figure in their format. Timing decides nothing here (the numbers of a quick run mean nothing)."""
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from dnlib import bench
 
@@ -150,3 +152,70 @@ def test_the_benches_time_in_float32_the_runs_arithmetic(monkeypatch, capsys):
         monkeypatch.setattr(script, "_main", lambda argv=None: seen.append(precision.switches()) or 0)
         assert script.main([]) == 0 and seen[-1] == float32 and precision.switches() == before
     capsys.readouterr()
+
+
+def test_the_rnn_sections_run_on_the_device_they_are_given(tmp_path, monkeypatch):
+    """``--device cuda``: the cells, ptb and hidden sections timed the CPU under a header naming the GPU, and their
+    rows had no device (benchmark review). On ``meta`` (a device with no data, so no CPU tensor can pass for it)
+    every module called by the real section code sees its input and parameters there, the headers and the rows say
+    the device, and the hidden-size figure's title names it (not "CPU")."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from dnlib.analysis import rnn_bench as rb
+    seen, titles = set(), []
+
+    def hook(module, args):
+        seen.update(t.device.type for t in (*args, *module.parameters(recurse=False)) if torch.is_tensor(t))
+    figure = rb.hidden_size_figure
+    monkeypatch.setattr(rb, "hidden_size_figure", lambda rows, title="": titles.append(title) or figure(rows, title))
+    lines, handle = [], register_module_forward_pre_hook(hook)
+    try:
+        rows = {"cells": bench.cells_section(lines.append, True, ["meta"]),
+                "ptb": bench.ptb_section(lines.append, True, ["meta"]),
+                "hidden": bench.hidden_section(lines.append, True, str(tmp_path / "h.png"), ["meta"])}
+    finally:
+        handle.remove()
+    assert seen == {"meta"}
+    assert [line.split(":")[0] for line in lines if not line.startswith(" ")] == ["cells on meta", "ptb on meta",
+                                                                                  "hidden on meta"]
+    assert len(rows["cells"]) == 9 and len(rows["ptb"]) == 3 and len(rows["hidden"]) == 2 * 5
+    assert all(r["device"] == "meta" and "skipped" not in r for rs in rows.values() for r in rs)
+    assert titles == ["tokens/s vs hidden size, meta"] and (tmp_path / "h.png").exists()
+    assert bench.device_label("cpu").startswith("CPU (")
+    assert bench.figure_path("f/h.png", "cuda", ["cpu", "cuda"]) == "f/h_cuda.png"
+    assert bench.figure_path("f/h.png", "cpu", ["cpu", "cuda"]) == "f/h.png"
+
+
+def test_the_rnn_sections_json_rows_carry_the_device(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert bench.main(["--quick", "--device", "cpu", "--sections", "train,ptb", "--json", str(out)]) == 0
+    capsys.readouterr()
+    rows = json.loads(out.read_text())
+    assert sorted(rows) == ["ptb", "train"] and len(rows["ptb"]) == 3
+    assert all(r["device"] == "cpu" for rs in rows.values() for r in rs)
+
+
+class _CPUOnly(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(hidden))
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            raise RuntimeError("no kernel for this device\nsecond line")
+        return x * self.w
+
+
+def test_a_candidate_that_cannot_run_on_the_device_is_reported_not_timed_elsewhere():
+    """A candidate failing on a device other than the CPU is printed as not run there (with why), never timed on
+    the CPU in its place; on the CPU an error is an error."""
+    from dnlib.analysis import rnn_bench as rb
+    factories = {"nn.LSTM": lambda h, n: nn.LSTM(h, h, n), "cpu only": lambda h, n: _CPUOnly(h)}
+    rows = rb.cell_rows(factories, 4, 2, 2, 1, 1, device="meta")
+    assert [(r["name"], r["device"], r.get("skipped")) for r in rows] == [
+        ("nn.LSTM", "meta", None), ("cpu only", "meta", "RuntimeError: no kernel for this device")]
+    assert rb.format_rows(rows, "cells")[1].split() == ["cpu", "only", "not", "run", "on", "meta:", "RuntimeError:",
+                                                        "no", "kernel", "for", "this", "device"]
+    with pytest.raises(RuntimeError, match="baseline 'cpu only' cannot run on meta"):
+        rb.cell_rows(factories, 4, 2, 2, 1, 1, baseline="cpu only", device="meta")
+    assert len(rb.cell_rows(factories, 4, 2, 2, 1, 1, device="cpu")) == 2

@@ -26,6 +26,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -46,15 +47,18 @@ def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def _sync(device: torch.device):
-    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def synchronizer(device) -> Callable[[], None]:
+    """What to call before and after a timed pass on ``device`` (a torch.device or its name): CUDA runs
+    asynchronously, so there ``torch.cuda.synchronize``; elsewhere nothing. Shared by every timing of the project's
+    benchmarks (:mod:`dnlib.analysis.rnn_bench` too)."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
 def round_robin(cands: dict, x: torch.Tensor, gy: torch.Tensor, repeat: int = 20, warmup: int = 3) -> dict:
     """Median seconds of ``layer(x).backward(gy)`` per candidate, timed interleaved round-robin after ``warmup``
     calls each (the first call of a compiled layer compiles: it is part of the warm-up); on CUDA each pass is
     synchronized before and after."""
-    sync = _sync(x.device)
+    sync = synchronizer(x.device)
     for layer in cands.values():
         for _ in range(warmup):
             x.grad = None
@@ -165,7 +169,7 @@ def train_step_ratio(models: dict, batch: tuple, loss_fn, steps: int = 20, warmu
         for _ in range(warmup):
             step(k)
     times = {k: [] for k in models}
-    sync = _sync(inputs.device)
+    sync = synchronizer(inputs.device)
     before = load()
     for _ in range(steps):
         for k in models:
