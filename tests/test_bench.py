@@ -187,12 +187,15 @@ def test_the_rnn_sections_run_on_the_device_they_are_given(tmp_path, monkeypatch
 
 
 def test_the_rnn_sections_json_rows_carry_the_device(tmp_path, capsys):
+    """Also: a forward-only candidate's backward figures are null; they were NaN, and --json with the cells or
+    hidden section refused to write the rows (JSON has no NaN) after the whole benchmark had run."""
     out = tmp_path / "rows.json"
-    assert bench.main(["--quick", "--device", "cpu", "--sections", "train,ptb", "--json", str(out)]) == 0
+    assert bench.main(["--quick", "--device", "cpu", "--sections", "train,ptb,hidden", "--json", str(out)]) == 0
     capsys.readouterr()
     rows = json.loads(out.read_text())
-    assert sorted(rows) == ["ptb", "train"] and len(rows["ptb"]) == 3
+    assert sorted(rows) == ["hidden", "ptb", "train"] and len(rows["ptb"]) == 3 and len(rows["hidden"]) == 2 * 5
     assert all(r["device"] == "cpu" for rs in rows.values() for r in rs)
+    assert [r["bwd_ms"] is None for r in rows["hidden"]] == [r["name"] == "peer: lower bound" for r in rows["hidden"]]
 
 
 class _CPUOnly(nn.Module):

@@ -230,7 +230,8 @@ def cell_rows(factories: dict, hidden: int, steps: int, batch: int, layers: int,
         rows.append({"name": name, "device": torch.device(device).type, "hidden": hidden, "steps": steps,
                      "batch": batch, "layers": layers,
                      "fwd_ms": f[0] * 1e3, "fwd_mean_ms": f[1] * 1e3, "fwd_std_ms": f[2] * 1e3,
-                     "bwd_ms": b[0] * 1e3, "bwd_mean_ms": b[1] * 1e3, "bwd_std_ms": b[2] * 1e3,
+                     # a forward-only candidate has no backward: None (JSON null; NaN made --json refuse the rows)
+                     **{k: v * 1e3 if tb else None for k, v in zip(("bwd_ms", "bwd_mean_ms", "bwd_std_ms"), b)},
                      "tokens_per_s": tokens / total, "ratio": ref / total, "forward_only": not tb})
     return rows + _skipped_rows(skipped, device, hidden=hidden, steps=steps, batch=batch, layers=layers)
 
