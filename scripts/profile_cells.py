@@ -1,12 +1,13 @@
-"""Where the time of a normalized LSTM goes on the CPU: ``torch.profiler`` tables of one forward + backward of the
+"""Where the time of a normalized LSTM goes on the CPU: ``torch.profiler`` tables of forward + backward passes of the
 recurrent stack at the PTB shape (2 x 200, batch 20 x 20 steps; issue 25's cell targets), per cell.
 
     .venv/bin/python scripts/profile_cells.py                          # LN*, DN*, base-lstm and nn.LSTM, 1 thread
     .venv/bin/python scripts/profile_cells.py --cells dn-star-lstm --rows 25 --out results/cpu/profile_cells.txt
 
 Each table lists the operators by their own CPU time (``self_cpu_time_total``) over ``--repeat`` profiled passes
-after two warm-up passes, with the call counts that show how many kernels a step launches. The figures are a
-profile (with the profiler's overhead), not a benchmark: ``make bench`` gives the ratios.
+after two warm-up passes, with their call counts summed over those passes (divide by ``--repeat`` for the operators
+one forward + backward calls). The figures are a profile (with the profiler's overhead), not a benchmark: ``make
+bench`` gives the ratios.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def profile(name: str, hidden: int = 200, layers: int = 2, steps: int = 20, batc
     model = _model(name, hidden, layers)
     x = torch.randn(steps, batch, hidden, requires_grad=True)
 
-    def run():  # the loss of the bench's cell rows (dnlib.analysis.rnn_bench): the output plus the L1 terms
+    # the loss of the bench's cell rows (dnlib.analysis.rnn_bench): the output plus the L1 terms; unlike those rows,
+    # the input x also gets its gradient and the parameters' gradients accumulate over the passes (no zero_grad)
+    def run():
         out = model(x)
         out = out[0] if isinstance(out, tuple) else out
         (out.sum() + sparse_penalty(model)).backward()
