@@ -73,6 +73,41 @@ def test_the_probe_is_the_launch_with_the_most_kernels_per_step(experiment):
     heaviest = max(kernels, key=kernels.get)
     assert campaign_plan.probe(launches).name == heaviest, kernels
 
+def test_a_ptb_prediction_holds_the_final_one_stream_test_pass():
+    """campaign_plan.predict: a PTB launch ends with the test set as one stream (the paper's batch-1 pass, PAPER.md
+    §3.3; 4,121 eager steps at 20 tokens each against a chunk's evaluation of 390 in the training layout), predicted
+    at the bench's seconds per evaluation step. Before, only the chunks' evaluations were, so every PTB launch was
+    under-predicted by that pass (about 10x one chunk's evaluation)."""
+    from dnlib.data.ptb import PTBBatches
+    from dnlib.experiments.ptb import load_data
+    tiny = campaign_plan.probe(campaign_plan.plan(tiny=True, seeds=[0], experiments=["ptb"]))
+    data = campaign_plan.shared_data("ptb", tiny=True, device="cpu")
+    b = campaign_plan.bench(tiny, "cpu", steps=1, warmup=1, data=data)
+    splits, (bs, ns, final_bs) = data[0], (4, 5, 4)                 # the tiny plan's layout and final streams
+    every = sum(len(PTBBatches(splits[s], bs, ns)) for s in ("valid", "test"))
+    final = len(PTBBatches(splits["test"], final_bs, ns))
+    assert (b["eval_steps"], b["final_test_steps"]) == (every, final)
+    # its 2 steps reach the schedule's end, so its evaluation ran the final pass too: counted in its steps
+    assert b["eval_step_s"] == pytest.approx(b["eval_s"] / (every + final))
+    evals = -(-tiny.planned // b["chunk"])
+    chunks_only = b["build_s"] + tiny.planned * b["s_per_step"] + evals * every * b["eval_step_s"]
+    assert campaign_plan.predict(tiny, b) == pytest.approx(chunks_only + final * b["eval_step_s"])
+    # the paper's sizes: the pass is PTB's test set as one stream of 20-token steps
+    full_splits, _ = load_data()
+    assert len(PTBBatches(full_splits["test"], 1, 20)) == 4121
+    assert sum(len(PTBBatches(full_splits[s], 20, 20)) for s in ("valid", "test")) == 390
+    per_eval_step = 2e-3
+    fb = {"build_s": 5.0, "s_per_step": 0.03, "chunk": 2323, "eval_s": 390 * per_eval_step, "eval_steps": 390,
+          "final_test_steps": 4121, "eval_step_s": per_eval_step}
+    for x in campaign_plan.plan(seeds=[0], experiments=["ptb"]):
+        chunks_only = fb["build_s"] + x.planned * fb["s_per_step"] + -(-x.planned // fb["chunk"]) * fb["eval_s"]
+        assert campaign_plan.predict(x, fb) - chunks_only == pytest.approx(4121 * per_eval_step), x.name
+    # CIFAR and SR have no such pass: their predictions are as before
+    cb = {"build_s": 5.0, "s_per_step": 0.01, "chunk": 5000, "eval_s": 2.0}
+    x = campaign_plan.plan(seeds=[0], experiments=["cifar"])[0]
+    assert campaign_plan.predict(x, cb) == pytest.approx(5.0 + x.planned * 0.01 + -(-x.planned // 5000) * 2.0)
+
+
 @pytest.mark.slow
 def test_what_the_budget_does_not_fit_is_recorded_and_a_rerun_resumes(tmp_path):
     """PTB's 36 configurations, one seed: a 1-second budget builds every launch and trains none (each copy recorded

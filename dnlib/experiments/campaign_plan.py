@@ -16,8 +16,8 @@ from .bench import graph_not_applicable
 from .runner import Run
 
 __all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "check_graph",
-           "graph_check_text", "table_notes", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS", "PROBES",
-           "NOT_PLANNED"]
+           "graph_check_text", "table_notes", "ptb_eval_steps", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS",
+           "PROBES", "NOT_PLANNED"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -164,7 +164,10 @@ def prepare_launch(launch: Launch, device: str, data=None, **kwargs):
 # ------------------------------------------------------------------------------------------------ bench
 def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2, data=None) -> dict:
     """Seconds per training step of ``launch`` (built without a folder, ``warmup`` steps first: the CUDA-graph
-    capture), and on CUDA the peak memory (bytes)."""
+    capture), of its build and of one evaluation, and on CUDA the peak memory (bytes); for PTB also the steps of a
+    chunk's evaluation and of the final test pass (:func:`ptb_eval_steps`) and the seconds per evaluation step
+    (``eval_step_s``: the evaluation's seconds over the steps it ran, the final pass's among them where the bench
+    reached the schedule's end, as the CPU rehearsal's does)."""
     t0 = time.perf_counter()
     run = prepare_launch(launch, device, data)
     tr = run.trainer
@@ -187,16 +190,42 @@ def bench(launch: Launch, device: str = "auto", steps: int = 3, warmup: int = 2,
         sync()
         dt = (time.perf_counter() - t0) / steps
         t0 = time.perf_counter()
-        tr.eval_metrics()                          # one chunk's evaluation (a launch has planned / chunk of them)
+        metrics = tr.eval_metrics()                # one chunk's evaluation (a launch has planned / chunk of them)
         sync()
-    return {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
-            "eval_s": time.perf_counter() - t0, "chunk": run.chunk,
-            "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
+        eval_s = time.perf_counter() - t0
+    out = {"launch": launch.name, "copies": launch.copies, "s_per_step": dt, "build_s": build_s,
+           "eval_s": eval_s, "chunk": run.chunk,
+           "peak_bytes": torch.cuda.max_memory_allocated(tr.device) if cuda else None}
+    if launch.experiment == "ptb":
+        every, final = ptb_eval_steps(run)
+        rows = metrics if isinstance(metrics, list) else [metrics]
+        measured = every + (final if any("final_test_ppl" in m for m in rows) else 0)   # (at the schedule's end)
+        out.update(eval_steps=every, final_test_steps=final, eval_step_s=eval_s / measured)
+    return out
+
+
+def ptb_eval_steps(run) -> tuple:
+    """A PTB run's evaluation in steps (each one eager forward over ``num_steps`` tokens of every stream): ``(steps
+    of one chunk's evaluation: valid and test in the training layout, steps of the final test pass at the end of
+    the schedule: the test set as ``final_test_batch_size`` streams, 4,121 at the paper's one stream; 0 without
+    it)``."""
+    from ..data.ptb import PTBBatches
+    splits, cfg, final_bs = run.setup.data[0], run.cfg, run.setup.info.get("final_test_batch_size")
+    every = sum(len(PTBBatches(splits[s], cfg.batch_size, cfg.num_steps)) for s in ("valid", "test"))
+    return every, len(PTBBatches(splits["test"], final_bs, cfg.num_steps)) if final_bs else 0
 
 
 def predict(launch: Launch, b: dict) -> float:
-    """Seconds a launch takes by its experiment's bench ``b``: build, its steps, one evaluation per chunk."""
-    return b["build_s"] + launch.planned * b["s_per_step"] + -(-launch.planned // b["chunk"]) * b["eval_s"]
+    """Seconds a launch takes by its experiment's bench ``b``: build, its steps, one evaluation per chunk, and for
+    PTB the final test pass (one stream at the paper's batch 1: 4,121 eager steps, against a chunk's 390 in the
+    training layout) at the bench's seconds per evaluation step (``eval_step_s``: the evaluation is eager and
+    launch-bound on a GPU, a step's time following its kernels more than its streams, so this bounds the pass's
+    seconds from above where a step of fewer streams costs less)."""
+    evals = -(-launch.planned // b["chunk"])
+    if b.get("final_test_steps"):              # PTB: its evaluations counted in steps
+        return (b["build_s"] + launch.planned * b["s_per_step"]
+                + (evals * b["eval_steps"] + b["final_test_steps"]) * b["eval_step_s"])
+    return b["build_s"] + launch.planned * b["s_per_step"] + evals * b["eval_s"]
 
 
 def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: float = 1e-2, data=None) -> dict:
