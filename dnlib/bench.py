@@ -2,7 +2,7 @@
 
     python -m dnlib.bench [--quick] [--sections layers,train,cells,ptb,hidden] [--out FILE] [--figure FILE]
                           [--figure results/figures/bench_rnn_hidden.png] [--threads N]
-                          [--device cpu|cuda|all] [--repeat 20] [--groups dn2d,dn1d,presets] [--json out.json]
+                          [--device cpu|cuda|all] [--repeat N] [--groups dn2d,dn1d,presets] [--json out.json]
 
 Every figure is a ratio to a baseline measured in the same run, candidates interleaved round-robin so that machine
 load hits all alike, with the machine's load average printed before and after each section:
@@ -10,7 +10,7 @@ load hits all alike, with the machine's load average printed before and after ea
 - layers: :func:`dnlib.norms.bench_layers.layers` (the groups of ``--groups``): windowed DN 3x3/5x5 at the CIFAR
   shapes against ``nn.BatchNorm2d`` (the layer it replaces), 1-D DN at the sequence shape against
   ``nn.BatchNorm1d``, and every preset torch has, its default (``auto``), general and native paths, against torch's
-  own layer; forward + backward, medians of ``--repeat``;
+  own layer; forward + backward, medians;
 - train: whole CIFAR training steps of BN*, DN* and the baseline CNN (cross-entropy + L1, SGD, batch 100), images/s
   and the ratio to BN*'s (:func:`dnlib.norms.bench_layers.train_step_ratio`);
 - cells: recurrent stacks (the PTB shape, 2 layers x 200 units, batch 20 x 20 steps; fastrnns' defaults, 1 layer
@@ -26,6 +26,11 @@ row) names the device and every ``--json`` row carries ``"device"``. A candidate
 that cannot run on CUDA (it raises when built or on a first trial pass) is printed as "not run on cuda" with the
 error, never timed on the CPU in its place. The hidden-size figure is drawn per device, titled with it (``CPU (N
 threads)`` or the card's name): ``--figure`` for the first device, ``<stem>_cuda.png`` beside it for CUDA.
+
+``--repeat N``: the timed rounds of every candidate in every section (the medians' sample; ``train``: timed steps).
+Without it each section takes its own default (:data:`REPEATS`): layers 20, train 10, cells 15 at the PTB shape and 3
+at fastrnns' (larger) one, ptb 10, hidden 3; with ``--quick`` 1, 1, 2, 2, 1. A ``--repeat`` given holds with
+``--quick`` too: asked for, it is used.
 
 ``--quick``: tiny sizes and few repeats, a smoke check of the command and the file's format (its numbers mean
 nothing). The text goes to stdout and to ``--out``. Only a full bench (every section and layer group, not
@@ -50,6 +55,9 @@ from .norms import bench_layers as bl
 from .training.precision import float32_arithmetic
 
 SECTIONS = ("layers", "train", "cells", "ptb", "hidden")
+#: each section's timed rounds per candidate where ``--repeat`` is not given: (full bench, ``--quick``); cells: per
+#: table (the PTB shape, fastrnns' defaults)
+REPEATS = {"layers": (20, 1), "train": (10, 1), "cells": ((15, 3), 2), "ptb": (10, 2), "hidden": (3, 1)}
 #: the repository's committed results: a full bench's default report and figure go here
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 #: our cells in the cell tables: PTB configurations (their model kwargs at the table's size)
@@ -58,8 +66,14 @@ CELL_CONFIGS = {"LN* (ln-star-lstm)": "ln-star-lstm", "DN* (dn-star-lstm)": "dn-
                 "BN (Cooijmans, bn-lstm)": "bn-lstm"}
 
 
-def layers_section(say, quick: bool, devices, groups, repeat: int) -> list:
+def _rounds(section: str, quick: bool, repeat: int | None):
+    """``repeat`` where given (``--repeat``), else the section's default of :data:`REPEATS`."""
+    return REPEATS[section][quick] if repeat is None else repeat
+
+
+def layers_section(say, quick: bool, devices, groups, repeat: int | None = None) -> list:
     """:func:`dnlib.norms.bench_layers.layers` on each device (the one layer benchmark of the project)."""
+    repeat = _rounds("layers", quick, repeat)
     say(f"layers: forward + backward, median of {repeat} interleaved rounds, time as a ratio to torch's own layer "
         f"(auto: DivisiveNorm's default path; general: the hand-written Functions; native_path: torch's kernel "
         f"called by DivisiveNorm)")
@@ -71,7 +85,7 @@ def layers_section(say, quick: bool, devices, groups, repeat: int) -> list:
     return rows
 
 
-def train_section(say, quick: bool, devices, repeat: int) -> list:
+def train_section(say, quick: bool, devices, repeat: int | None = None) -> list:
     """Whole CIFAR training steps (the paper's CNN: forward, cross-entropy + L1 penalty, backward, SGD) of BN*, DN*
     and the baseline, by :func:`dnlib.norms.bench_layers.train_step_ratio`: images/s and the ratio to BN*'s."""
     from .experiments.cifar_configs import get_config
@@ -80,7 +94,7 @@ def train_section(say, quick: bool, devices, repeat: int) -> list:
     def loss(model, x, y):
         return nn.functional.cross_entropy(model(x), y) + sparse_penalty(model)
     batch = 2 if quick else 100
-    steps = 1 if quick else max(5, repeat // 2)
+    steps = _rounds("train", quick, repeat)
     rows = []
     for dev in devices:
         say(f"train: CIFAR CNN training step on {dev} (batch {batch} x 3 x 32 x 32, cross-entropy + L1, SGD), "
@@ -127,11 +141,13 @@ def device_label(dev) -> str:
     return str(dev)
 
 
-def cells_section(say, quick: bool, devices=("cpu",)) -> list:
+def cells_section(say, quick: bool, devices=("cpu",), repeat: int | None = None) -> list:
     """The cell tables (:func:`dnlib.analysis.rnn_bench.cell_rows`) on each device of ``devices``."""
-    shapes = ([("tiny", 8, 4, 4, 2, 2)] if quick else
-              [("PTB shape (2 x 200, batch 20 x 20 steps)", 200, 20, 20, 2, 15),
-               ("fastrnns defaults (1 x 512, batch 64 x 100 steps)", 512, 100, 64, 1, 3)])
+    (ptb_shape, fastrnns), tiny = REPEATS["cells"]
+    shapes = ([("tiny", 8, 4, 4, 2, tiny)] if quick else
+              [("PTB shape (2 x 200, batch 20 x 20 steps)", 200, 20, 20, 2, ptb_shape),
+               ("fastrnns defaults (1 x 512, batch 64 x 100 steps)", 512, 100, 64, 1, fastrnns)])
+    shapes = [(*shape[:-1], shape[-1] if repeat is None else repeat) for shape in shapes]
     rows = []
     for dev in devices:
         for title, hidden, steps, batch, layers, repeat in shapes:
@@ -148,9 +164,9 @@ def cells_section(say, quick: bool, devices=("cpu",)) -> list:
     return rows
 
 
-def ptb_section(say, quick: bool, devices=("cpu",)) -> list:
+def ptb_section(say, quick: bool, devices=("cpu",), repeat: int | None = None) -> list:
     """Whole PTB training steps (:func:`dnlib.analysis.rnn_bench.ptb_step_rows`) on each device of ``devices``."""
-    vocab, repeat = (50, 2) if quick else (10000, 10)
+    vocab, repeat = (50 if quick else 10000), _rounds("ptb", quick, repeat)
     size = dict(hidden_size=8, num_layers=1) if quick else {}
     names = ["base-lstm", "ln-star-lstm", "dn-star-lstm"]
     rows = []
@@ -176,10 +192,11 @@ def figure_path(figure: str, dev, devices) -> str:
     return str(p.with_name(f"{p.stem}_{torch.device(dev).type}{p.suffix}"))
 
 
-def hidden_section(say, quick: bool, figure: str | None, devices=("cpu",)) -> list:
+def hidden_section(say, quick: bool, figure: str | None, devices=("cpu",), repeat: int | None = None) -> list:
     """Tokens/s against the hidden size (:func:`dnlib.analysis.rnn_bench.hidden_size_rows`) on each device, with a
     figure per device (:func:`figure_path`) titled with the device."""
-    hiddens, steps, batch, repeat = ([4, 8], 3, 2, 1) if quick else ([100, 200, 400, 700, 1000], 20, 20, 3)
+    hiddens, steps, batch = ([4, 8], 3, 2) if quick else ([100, 200, 400, 700, 1000], 20, 20)
+    repeat = _rounds("hidden", quick, repeat)
     f = _factories(loop=False)
     f = {k: f[k] for k in ("nn.LSTM", "peer: TorchScript LN-LSTM", "peer: lower bound", "LN* (ln-star-lstm)",
                            "DN* (dn-star-lstm)")}
@@ -208,13 +225,17 @@ def _parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog="python -m dnlib.bench", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
-    ap.add_argument("--repeat", type=cli.positive_int, default=20, help="timed passes per candidate (median)")
+    ap.add_argument("--repeat", type=cli.positive_int, default=None,
+                    help="timed rounds per candidate (median) in every section, with --quick too (default: each "
+                         "section's own: layers 20, train 10, cells 15 at the PTB shape and 3 at fastrnns', ptb 10, "
+                         "hidden 3; with --quick 1, 1, 2, 2, 1)")
     ap.add_argument("--groups", default=",".join(bl.GROUPS),
                     help=f"layer groups (section layers), comma-separated, from {', '.join(bl.GROUPS)}")
     ap.add_argument("--json", type=cli.out_file, default=None, help="also write the rows to this JSON file")
     ap.add_argument("--threads", type=cli.positive_int, default=None,
                     help="torch's intra-op threads for the whole run (default: torch's own choice)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, few repeats: a smoke check of the format")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny sizes, few repeats (unless --repeat is given): a smoke check of the format")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     ap.add_argument("--out", type=cli.out_file, default=None,
                     help="the text report (default: a full bench writes results/bench_cpu.txt of the repository; "
@@ -292,16 +313,16 @@ def _measure(a, sections, devices, groups, out_path, figure) -> int:
     say(rb.load_line())
     out = {}
     if "layers" in sections:
-        out["layers"] = layers_section(say, a.quick, devices, groups, 1 if a.quick else a.repeat)
+        out["layers"] = layers_section(say, a.quick, devices, groups, a.repeat)
     if "train" in sections:
         out["train"] = train_section(say, a.quick, devices, a.repeat)
     torch.manual_seed(0)
     if "cells" in sections:
-        out["cells"] = cells_section(say, a.quick, devices)
+        out["cells"] = cells_section(say, a.quick, devices, a.repeat)
     if "ptb" in sections:
-        out["ptb"] = ptb_section(say, a.quick, devices)
+        out["ptb"] = ptb_section(say, a.quick, devices, a.repeat)
     if "hidden" in sections:
-        out["hidden"] = hidden_section(say, a.quick, figure, devices)
+        out["hidden"] = hidden_section(say, a.quick, figure, devices, a.repeat)
     say(rb.load_line())
     if out_path is None:
         print(f"python -m dnlib.bench: a {'quick' if a.quick else 'partial'} bench is printed only, not written to "

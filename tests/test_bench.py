@@ -222,3 +222,45 @@ def test_a_candidate_that_cannot_run_on_the_device_is_reported_not_timed_elsewhe
     with pytest.raises(RuntimeError, match="baseline 'cpu only' cannot run on meta"):
         rb.cell_rows(factories, 4, 2, 2, 1, 1, baseline="cpu only", device="meta")
     assert len(rb.cell_rows(factories, 4, 2, 2, 1, 1, device="cpu")) == 2
+
+
+@pytest.mark.parametrize("repeat", [None, 3])
+def test_repeat_reaches_every_section_and_without_it_each_takes_its_default(repeat, monkeypatch, capsys):
+    """``--repeat`` was ignored by the cells, ptb and hidden sections (fixed 15/3, 10, 3; benchmark review) and by
+    every section under ``--quick``. Now given, it is every section's count of timed rounds (train: steps);
+    not given, each section's default (:data:`dnlib.bench.REPEATS`). The real sections run; the timing functions
+    are wrapped only to see the counts they are given."""
+    from dnlib.analysis import rnn_bench as rb
+    from dnlib.norms import bench_layers as bl
+    seen = {}
+
+    def spy(section, f, count):
+        def wrapped(*args, **kw):
+            seen.setdefault(section, set()).add(count(*args, **kw))
+            return f(*args, **kw)
+        return wrapped
+    monkeypatch.setattr(bl, "round_robin", spy("layers", bl.round_robin, lambda cands, x, gy, repeat: repeat))
+    monkeypatch.setattr(bl, "train_step_ratio", spy("train", bl.train_step_ratio, lambda *a, steps, **kw: steps))
+
+    def rnn(cands, n, **kw):   # rnn_bench.time_round_robin serves three sections: told apart by their candidates
+        return ("ptb" if "base-lstm" in cands else "cells" if "LN* per-step path (impl=loop)" in cands
+                else "hidden" if len(cands) == 5 else "?"), n
+    monkeypatch.setattr(rb, "time_round_robin", spy("rnn", rb.time_round_robin, rnn))
+    assert bench.main(["--quick", "--device", "cpu", "--groups", "dn1d",
+                       *([] if repeat is None else ["--repeat", str(repeat)])]) == 0
+    capsys.readouterr()
+    quick = {"layers": 1, "train": 1, "cells": 2, "ptb": 2, "hidden": 1}
+    want = quick if repeat is None else dict.fromkeys(quick, repeat)
+    assert seen == {"layers": {want["layers"]}, "train": {want["train"]},
+                    "rnn": {("cells", want["cells"]), ("ptb", want["ptb"]), ("hidden", want["hidden"])}}
+    assert {k: v[1] for k, v in bench.REPEATS.items()} == quick
+
+
+def test_repeat_defaults_are_each_sections_own_and_said_in_help(capsys):
+    ap = bench._parser()
+    assert ap.parse_args([]).repeat is None
+    assert bench.REPEATS == {"layers": (20, 1), "train": (10, 1), "cells": ((15, 3), 2), "ptb": (10, 2),
+                             "hidden": (3, 1)}
+    help_text = " ".join(ap.format_help().split())
+    assert ("layers 20, train 10, cells 15 at the PTB shape and 3 at fastrnns', ptb 10, hidden 3; with --quick 1, 1, "
+            "2, 2, 1") in help_text
