@@ -231,8 +231,10 @@ def test_gpu_paper_stopped_by_sigterm_brings_back_what_was_done(tmp_path):
 @pytest.mark.slow
 def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     """`OUT=DIR DEVICE=cpu TINY=1 bash scripts/gpu_paper.sh`: every row of Tables 3/7, 4/9 and 5/6 (fast schedule)
-    x 3 seeds recorded, 06 executed on them, within 5 minutes (on this 2-core machine shared by others: 250 s at load
-    13-16, measured). ``BUNDLE``: what a device call brings back fits the device's limits (at most 8 files, at the
+    x 3 seeds recorded, 06 executed on them. What keeps it near 5 minutes (250 s at load 13-16 on this shared
+    2-core machine, measured, printed for the note; no clock is asserted: speed is never measured in a timed test)
+    is checked without a clock: every launch is the tiny plan's, trained 2 steps (one chunk, one evaluation), on
+    the tiny data. ``BUNDLE``: what a device call brings back fits the device's limits (at most 8 files, at the
     bundle's top level, 16 MiB each) and holds every copy's record, without checkpoints."""
     out, bundle = tmp_path / "out", tmp_path / "bundle"
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TINY": "1", "PY": sys.executable, "BUNDLE": str(bundle)}
@@ -260,8 +262,18 @@ def test_gpu_paper_rehearsal_on_cpu(tmp_path):
     copies = 3 * (len(cifar_configs()) + len(ptb_configs()) + len(campaign_plan.SR_ROWS))
     assert sum(n.endswith("/record.json") and n.split("/")[1] in campaign_plan.EXPERIMENTS for n in names) == copies
     assert not any(n.endswith("checkpoint.pt") for n in names)
+    # the rehearsal's size, the 5-minute target's substance: the tiny plan's launches in order, each 2 steps of one
+    # chunk (one evaluation), trained to the end, every copy's record 2 steps; a larger plan or schedule fails here
+    plan = campaign_plan.plan(tiny=True)
+    assert [(r["experiment"], r["launch"], r["copies"], r["planned"]) for r in saved["launches"]] == \
+        [(x.experiment, x.name, x.copies, x.planned) for x in plan]
+    assert all(x.planned == 2 and x.options["eval_every"] == 2 for x in plan)
+    assert all(r["steps"] == 2 and r["stopped"] == [COMPLETED] for r in saved["launches"])
+    recs = {exp: [rec for _, rec in records.read_records([out / exp])] for exp in campaign_plan.EXPERIMENTS}
+    assert {(r["steps_planned"], r["steps_done"]) for v in recs.values() for r in v} == {(2, 2)}
+    assert {r["config"]["setup"]["subset"] == [300, 100] for r in recs["cifar"]} == {True}      # the tiny data
+    assert {r["config"]["setup"]["train_tokens"] for r in recs["ptb"]} == {200}
     print(f"gpu_paper.sh TINY=1 on the CPU: {seconds:.0f} s (load {os.getloadavg()[0]:.1f})")
-    assert seconds < 300 * (1 + max(os.getloadavg()[0] - 2, 0) / 2)   # 5 min on an idle machine, more when shared
 
 
 @pytest.mark.slow
