@@ -26,7 +26,7 @@ def _fake_builds(monkeypatch) -> list:
             return 1.0
 
     def build_setup(recipe, cfg, seed, device, options):
-        return SimpleNamespace(info={"mode": "eager"}, data=None, train=SimpleNamespace(log_every=0),
+        return SimpleNamespace(info={"mode": "eager"}, data=None, data_key=None, train=SimpleNamespace(log_every=0),
                                make_trainer=lambda evaluate=None: Trainer(cfg.name))
     monkeypatch.setattr(benches, "build_setup", build_setup)
     return calls

@@ -47,7 +47,19 @@ from . import commands, records, registry
 from .analysis_configs import ANALYSES, SIZES, AnalysisConfig, get_config, list_configs
 from .bench import steps_command
 from .cifar import CifarData, CifarLoss, load_data
-from .recipe import COMPLETED, Command, Recipe, RunResult, Setup, card, check_config, check_int, replace, trainer_mode
+from .recipe import (
+    COMPLETED,
+    Command,
+    Recipe,
+    RunResult,
+    Setup,
+    card,
+    check_config,
+    check_int,
+    replace,
+    share_data,
+    trainer_mode,
+)
 from .runner import run
 from .sweep import check_folder, gather, gather_table
 
@@ -89,16 +101,16 @@ def _ratio(a, b):
 
 
 class AnalysisRecipe(Recipe):
-    """The analyses of notebook 08 (:mod:`dnlib.experiments.analysis_configs`). Options: ``subset`` (load; default
-    the size's), ``eval_every`` (build: steps per evaluation and checkpoint; None: ``steps / evals``; 0: only at the
-    end)."""
+    """The analyses of notebook 08 (:mod:`dnlib.experiments.analysis_configs`). The CIFAR subset is the
+    configuration's ``subset`` field (the size's unless changed: ``--subset``, ``subset=``), so the record's config
+    names the images a run trained on. Option: ``eval_every`` (build: steps per evaluation and checkpoint; None:
+    ``steps / evals``; 0: only at the end)."""
 
     name = "analysis"
     module = "dnlib.experiments.analysis"
     unit = "images"
     description = ("Why normalizers work (notebook 08): batch-size dependence, smoothness, largest stable learning "
                    "rate, signal growth with depth, weight-scale invariance and detached statistics.")
-    shares_data = True
 
     def configs(self) -> list:
         return list_configs()
@@ -122,15 +134,20 @@ class AnalysisRecipe(Recipe):
     def check_options(self, *, eval_every: int | None = None, **_) -> None:
         check_int("eval_every", eval_every, 0, none_ok=True)
 
-    def load(self, cfg: AnalysisConfig, seed: int, device: str = "auto", *, subset=None) -> AnalysisData:
-        cifar = load_data(cfg.dataset, subset=_subset(subset) if subset is not None else cfg.subset,
-                          device=device or "auto", seed=0)
+    def data_key(self, cfg: AnalysisConfig, seed: int, device: str = "auto"):
+        return (cfg.dataset, _subset(cfg.subset), device or "auto")    # drawn with seed 0 for every run
+
+    def load(self, cfg: AnalysisConfig, seed: int, device: str = "auto") -> AnalysisData:
+        cifar = load_data(cfg.dataset, subset=_subset(cfg.subset), device=device or "auto", seed=0)
         idx = torch.arange(len(cifar.y_eval), device=cifar.device)
         return AnalysisData(cifar, cifar.images(idx, "eval"), cifar.y_eval)
 
-    def build(self, cfg: AnalysisConfig, data: AnalysisData, seed: int, device: str = "auto", *, subset=None,
+    def build(self, cfg: AnalysisConfig, data: AnalysisData, seed: int, device: str = "auto", *,
               eval_every: int | None = None) -> Setup:
         self.check_options(eval_every=eval_every)
+        if (cfg.dataset, _subset(cfg.subset)) != (data.cifar.name, data.cifar.subset):
+            raise ValueError(f"data: loaded as {data.cifar.name} subset={data.cifar.subset!r}, but {cfg.name} trains "
+                             f"on {cfg.dataset} subset={_subset(cfg.subset)!r}: give data loaded for it, or none")
         dev = data.cifar.device
         model = cfg.build_model().to(dev)
         if cfg.detach:
@@ -181,7 +198,7 @@ class AnalysisRecipe(Recipe):
         return name
 
     flags = {"--size": ("field", dict(choices=tuple(SIZES), help="smoke, cpu (default) or full")),
-             "--subset": ("option", dict(type=cli.subset, help="stratified subset: N or N_TRAIN,N_EVAL "
+             "--subset": ("field", dict(type=cli.subset, help="stratified subset: N or N_TRAIN,N_EVAL "
                                                                "(default: the size's)")),
              "--eval-every": ("option", dict(type=cli.nonnegative_int,
                                              help="steps per evaluation and checkpoint (0: only at the end; default "
@@ -244,13 +261,14 @@ def _done(d: Path) -> bool:
     return stopped == COMPLETED or stopped.startswith("diverged")
 
 
-def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size: str = "cpu", device="cpu",
-               time_limit: float | None = None, progress: bool = True, verbose: bool = True, **options) -> list:
+def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size: str = "cpu", subset=None,
+               device="cpu", time_limit: float | None = None, progress: bool = True, verbose: bool = True,
+               **options) -> list:
     """Run every (configuration, seed) of the analysis recipe in this process, one after another, in
     ``out/<name>-s<seed>`` (the folders :func:`dnlib.experiments.sweep.sweep` uses): finished points (completed
     or diverged) are kept, the others resumed or started; the data are loaded once. Returns :func:`gather`'s rows
-    of ``out``. ``options``: the run options (``subset``, ``eval_every``)."""
-    names = _check_points(configs, seeds, out, size, device, options)
+    of ``out``. ``subset``: the CIFAR subset (None: the size's); ``options``: the run options (``eval_every``)."""
+    names = _check_points(configs, seeds, out, size, device, options, subset)
     out = Path(out)
     todo = [(n, s) for n in names for s in seeds if not _done(out / records.run_name(n, s))]
     if verbose:
@@ -260,9 +278,8 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
     for n, s in todo:
         try:
             res = run(RECIPE, n, seed=s, resume=out / records.run_name(n, s), device=device,
-                                 overrides={"size": size}, options=opts, time_limit=time_limit, progress=False)
-            if opts.get("data") is None:
-                opts["data"] = res.setup.data
+                      overrides=_changes(size, subset), options=opts, time_limit=time_limit, progress=False)
+            share_data(opts, res.setup)
             line = f"{n} s{s}: {res.stopped} test_err {res.headline.get('test_err')}"
         except TrainingDiverged as e:
             line = f"{n} s{s}: {e.status}"
@@ -273,7 +290,12 @@ def run_points(configs: Sequence[str], seeds: Sequence[int] = (0,), *, out, size
     return gather([out]) if out.exists() else []
 
 
-def _check_points(configs, seeds, out, size: str, device, options) -> list:
+def _changes(size: str, subset) -> dict:
+    """The configuration fields a point changes: its size, and the subset when one is given."""
+    return {"size": size, **({} if subset is None else {"subset": subset})}
+
+
+def _check_points(configs, seeds, out, size: str, device, options, subset=None) -> list:
     """:func:`run_points`'s checks, before any work: each name and seed once, every configuration as ``run`` checks
     it, and a folder in ``out`` holding a run of other settings (size, subset...) refused, named (a rerun would keep
     or resume it: :func:`dnlib.experiments.sweep.check_folder`). Returns the names, groups expanded."""
@@ -283,7 +305,7 @@ def _check_points(configs, seeds, out, size: str, device, options) -> list:
     for s in seeds:
         check_int("seeds", s, 0)
     for n in names:
-        cfg = RECIPE.config(n, size=size)
+        cfg = RECIPE.config(n, **_changes(size, subset))
         check_config(RECIPE, cfg, device)
         for s in seeds:
             check_folder(RECIPE, Path(out) / records.run_name(n, s), n, cfg, options, what="points")
@@ -301,11 +323,10 @@ def _points_arguments(q) -> None:
 
 
 def _points_handler(args, q) -> int:
-    opts = {} if args.subset is None else {"subset": args.subset}
     with cli.user_errors(q):   # a bad name, an impl this machine cannot run, a folder of other settings: one line
-        _check_points(args.configs, [*args.seeds], args.out, args.size, args.device, opts)
-    rows = run_points(args.configs, args.seeds, out=args.out, size=args.size, device=args.device,
-                      time_limit=args.time_limit, **opts)
+        _check_points(args.configs, [*args.seeds], args.out, args.size, args.device, {}, args.subset)
+    rows = run_points(args.configs, args.seeds, out=args.out, size=args.size, subset=args.subset,
+                      device=args.device, time_limit=args.time_limit)
     print(gather_table(rows))
     return 0
 

@@ -21,8 +21,8 @@ import torch
 from .. import cli
 from ..analysis.rnn_bench import load_line
 from ..training import precision
-from .recipe import Command, Recipe, card, check_config, check_int, replace
-from .runner import build_setup, share_data
+from .recipe import Command, Recipe, card, check_config, check_int, replace, share_data
+from .runner import build_setup
 
 __all__ = ["round_robin_steps", "check_graph", "graph_not_applicable", "bench", "bench_many", "steps_command",
            "ABSOLUTE"]
@@ -95,7 +95,7 @@ def _check_graph(recipe, cfg, eager, graph, steps, seed, device, rtol, options) 
         c = replace(cfg, impl="auto") if mode == "eager" and hasattr(cfg, "impl") else cfg
         build = {k: v for k, v in options.items() if k != "tf32"}    # (the runner's option, not the recipe's)
         tr, setup = _trainer(recipe, c, seed, device, {**build, **opts}, log_every=1)
-        share_data(recipe, options, setup)
+        share_data(options, setup)
         built[mode] = (tr, c)
         if mode == "graph" and built["eager"][1] == c:        # the same model: is the step another code?
             why = graph_not_applicable(built["eager"][0], tr, setup.info.get("mode"))
@@ -172,8 +172,8 @@ def bench_many(recipe: Recipe, configs: Sequence, *, steps: int = 200, warmup: i
                     raise
                 failed[i] = e
                 continue
-            share_data(recipe, opts, setup)          # one load for all the configurations
-            share_data(recipe, options, setup)       # and for the caller's next call
+            share_data(opts, setup)          # one load for all the configurations
+            share_data(options, setup)       # and for the caller's next call
             built[i] = (tr, setup)
         step_of = {i: (lambda tr=tr: tr.train_step(next(tr.batches))) for i, (tr, _) in built.items()}
         before = load_line()

@@ -78,6 +78,7 @@ class CifarData:
     mean: torch.Tensor                # float32 (32, 32, 3)
     subset: int | tuple | None = None  # the stratified subset it was loaded with (a run on it records this)
     mean_over: str = "train"          # the images the mean was taken over: "train" or "train+test" (recorded too)
+    subset_seed: int | None = None    # the seed the subset was drawn with (None: no subset; recorded)
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +114,7 @@ def load_data(dataset: str = "cifar10", *, subset=None, validation: bool = False
     return CifarData(d.name, d.description, list(d.classes), nhwc(d.x_train), torch.from_numpy(d.y_train).to(dev),
                      nhwc(x_eval), torch.from_numpy(y_eval).to(dev), "val" if validation else "test",
                      torch.from_numpy(np.ascontiguousarray(d.mean.transpose(1, 2, 0))).to(dev), subset,
-                     d.mean_over)
+                     d.mean_over, None if subset is None else seed)
 
 
 class CifarLoss:
@@ -154,7 +155,6 @@ class CifarRecipe(Recipe):
     name = "cifar"
     module = "dnlib.experiments.cifar"
     description = "The paper's CIFAR experiments (Tables 3, 7, 10): run, sweep, gather, report, list, bench."
-    shares_data = True
     unit = "images"
 
     def configs(self) -> list:
@@ -181,6 +181,12 @@ class CifarRecipe(Recipe):
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {list(MODES)}, got {mode!r}")
         check_int("eval_every", eval_every, 0, none_ok=True)  # 0: only at the end; a negative one spun forever
+
+    def data_key(self, cfg: CifarConfig, seed: int, device: str = "auto", *, subset=None, validation: bool = False,
+                 root=None, mean_over: str = "train"):
+        subset = _subset(subset)
+        return (cfg.dataset, subset, validation, None if root is None else str(root), mean_over, device or "auto",
+                seed if subset is not None else None)      # a subset is drawn from the seed: its own per seed
 
     def load(self, cfg: CifarConfig, seed: int, device: str = "auto", *, subset=None, validation: bool = False,
              root=None, mean_over: str = "train") -> CifarData:
@@ -209,7 +215,8 @@ class CifarRecipe(Recipe):
         batches = TensorBatches(torch.arange(len(data.y_train), device=dev), batch_size=cfg.batch_size, seed=seed)
         cls = GraphTrainer if mode == "graph" or (mode == "auto" and dev.type == "cuda") else Trainer
         info = {"data": data.description, "eval_split": data.eval_split,
-                "subset": list(subset) if isinstance(subset, tuple) else subset, "mean_over": data.mean_over,
+                "subset": list(subset) if isinstance(subset, tuple) else subset, "subset_seed": data.subset_seed,
+                "mean_over": data.mean_over,
                 "train_images": int(len(data.y_train)), "eval_images": int(len(data.y_eval)),
                 "eval_every": eval_every, "mode": trainer_mode(cls is GraphTrainer, dev),
                 "card": card(dev)}
@@ -317,8 +324,9 @@ def run(config: str | CifarConfig, dataset: str | None = None, **kwargs) -> RunR
 
 
 def run_many(configs: Sequence[str], dataset: str = "cifar10", *, seeds: Sequence[int] = (0,), **kwargs) -> list:
-    """:func:`run` for every configuration and seed in this process, all on the data the first run loaded (or
-    ``data=``) (notebooks, CPU)."""
+    """:func:`run` for every configuration and seed in this process (notebooks, CPU). A run's data serve the next
+    runs that would load the same (:func:`~dnlib.experiments.runner.share_data`): with a ``subset``, drawn from the
+    seed, each seed loads its own; ``data=`` gives every run the same data (their records say the ``subset_seed``)."""
     return call_many(RECIPE, configs, seeds, dataset=dataset, **kwargs)
 
 

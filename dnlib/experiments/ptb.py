@@ -163,7 +163,6 @@ class PTBRecipe(Recipe):
     name = "ptb"
     module = "dnlib.experiments.ptb"
     description = "PTB language modelling (Tables 4, 9): run, sweep, gather, report, list, bench, check-graph, configs."
-    shares_data = True
     unit = "tokens"
 
     def items_per_step(self, cfg: PTBRunConfig) -> int:
@@ -205,6 +204,10 @@ class PTBRecipe(Recipe):
                              "to resume a run folder whose run.json stored 0), or an integer >= 1")
         check_int("final_test_batch_size", final_test_batch_size, 1, none_ok=True)
         check_int("threads", threads, none_ok=True)
+
+    def data_key(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
+                 vocab: int | None = None, root=None):
+        return ("ptb", max_tokens, vocab, None if root is None else str(root))    # one stream for every run
 
     def load(self, cfg: PTBRunConfig, seed: int, device: str = "auto", *, max_tokens: int | None = None,
              vocab: int | None = None, root=None):
@@ -389,9 +392,10 @@ def _configs(names, source: str = "paper", hidden_size: int | None = None, batch
 def run_many(names: Sequence[str], *, source: str = "paper", epochs: int = 13, seeds: Sequence[int] = (0,),
              hidden_size: int | None = None, batch_size: int | None = None, decay_after: int | None = None,
              lr: float | None = None, **kwargs) -> list:
-    """:func:`run` for each named config and seed in this process, all on the data the first run loaded (or
-    ``data=``) (notebooks, CPU); ``hidden_size``, ``batch_size``, ``decay_after``, ``lr``: None = the config's
-    (a DN window scales with a smaller hidden size). ``kwargs``: :func:`run`'s."""
+    """:func:`run` for each named config and seed in this process, all on the data the first run loaded (the same
+    for every run: :func:`~dnlib.experiments.recipe.share_data`; or ``data=``) (notebooks, CPU); ``hidden_size``,
+    ``batch_size``, ``decay_after``, ``lr``: None = the config's (a DN window scales with a smaller hidden size).
+    ``kwargs``: :func:`run`'s."""
     return call_many(RECIPE, _configs(names, source, hidden_size, batch_size, decay_after, lr), seeds,
                                 epochs=epochs, **kwargs)
 

@@ -20,8 +20,9 @@ from torch import nn
 from ..training import distributed
 from ..training.trainer import TrainConfig, Trainer
 
-__all__ = ["RUN_FILE", "COMPLETED", "RUNNING", "Setup", "Command", "Recipe", "RunResult", "replace",
-           "check_time_limit", "past_time_limit", "check_int", "trainer_mode", "card", "row_label", "check_config"]
+__all__ = ["RUN_FILE", "COMPLETED", "RUNNING", "Setup", "SharedData", "share_data", "Command", "Recipe", "RunResult",
+           "replace", "check_time_limit", "past_time_limit", "check_int", "trainer_mode", "card", "row_label",
+           "check_config"]
 
 
 RUN_FILE = "run.json"
@@ -44,8 +45,8 @@ class Setup:
     ``chunk``: steps per chunk (default ``train.eval_every``, or all steps when that is 0). ``info``: facts recorded
     with the config (the data used, the trainer mode...). ``data``: anything the recipe keeps for figures (on
     :attr:`RunResult.setup`). ``copies``: for a trainer of K copies in one model (:mod:`dnlib.experiments.stacked`),
-    each copy's own Setup (its seed's
-    build: model, info, data), in the order of the run's seeds; empty for an ordinary run."""
+    each copy's own Setup (its seed's build: model, info, data), in the order of the run's seeds; empty for an
+    ordinary run. ``data_key``: see its comment."""
     model: nn.Module
     loss_fn: Callable
     batches: Any
@@ -58,11 +59,32 @@ class Setup:
     info: dict = field(default_factory=dict)
     data: Any = None
     copies: list = field(default_factory=list)
+    #: the :meth:`Recipe.data_key` of the data loaded for it (None: given, or not to be shared); set by the runner
+    data_key: Any = None
 
     def make_trainer(self, **kwargs):
         """The trainer of this setup (``kwargs``: its arguments to change, e.g. ``out_dir``, ``evaluate=None``)."""
         kwargs = {"evaluate": self.evaluate, "run_info": self.run_info, **self.trainer_kwargs, **kwargs}
         return self.trainer(self.model, self.loss_fn, self.batches, self.train, **kwargs)
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """The data one run loaded, offered to the next ones as the ``data`` option (:func:`share_data`): a run uses them
+    only when its own :meth:`Recipe.data_key` equals ``key``, and loads its own otherwise
+    (:func:`~dnlib.experiments.runner.build_setup`)."""
+    key: Any
+    data: Any
+
+
+def share_data(options: dict | None, setup: Setup) -> None:
+    """Offer the data a run loaded (``setup.data``) to the next runs of ``options`` as :class:`SharedData`, when
+    they have a :meth:`Recipe.data_key` and no ``data`` was given: one load for the runs that would load the same
+    (many runs, benchmarks, checks, stacked copies). Before, the first run's data went to every later run, so with a
+    CIFAR ``subset`` (drawn from the seed) seed 1 trained on seed 0's images and its record could not show it."""
+    given = options.get("data") if options is not None else None
+    if options is not None and setup.data_key is not None and (given is None or isinstance(given, SharedData)):
+        options["data"] = SharedData(setup.data_key, setup.data)
 
 
 @dataclass
@@ -88,9 +110,6 @@ class Recipe:
     #: the module run by ``python -m`` (sweep's processes), e.g. ``"dnlib.experiments.cifar"``
     module: str = ""
     description: str = ""
-    #: the data :meth:`load` returns serve every configuration and seed: :func:`call_many`, checks and benchmarks
-    #: load them once and pass them on as the ``data`` option
-    shares_data: bool = False
     #: what one training step counts, in :func:`dnlib.experiments.bench.bench`'s ``<unit>_per_s`` and the headline's
     #: throughput: ``"images"``, ``"patches"``, ``"tokens"``...; :meth:`items_per_step` says how many
     unit: str = "items"
@@ -138,6 +157,14 @@ class Recipe:
         """The data of one run of ``cfg`` (its keyword-only parameters are the load options; the ``data`` option,
         when given, replaces the call). It runs before the seed: it must not draw from the global RNGs for what
         :meth:`build` makes (pass ``seed`` to a generator of its own). Default: None."""
+        return None
+
+    def data_key(self, cfg, seed: int, device: str = "auto", **options) -> Any:
+        """What the data :meth:`load` returns for these arguments depend on, as a hashable value: runs of equal keys
+        may share one load (:func:`~dnlib.experiments.runner.share_data`: many runs in one process, stacked
+        copies, checks, benchmarks). It names every input of the load: the configuration's data fields, the load
+        options, the device, and the seed where the data depend on it (e.g. a subset drawn from it). None (the
+        default): never shared."""
         return None
 
     def build(self, cfg, data, seed: int, device: str = "auto", **options) -> Setup:

@@ -77,15 +77,17 @@ from .recipe import (
     Recipe,
     RunResult,
     Setup,
+    SharedData,
     check_config,
     check_int,
     check_time_limit,
     past_time_limit,
+    share_data,
 )
 from .resume import RUNNER_OPTIONS, plain, prior_segments, read_run_file, resolve_from_stored, stored_run
 
-__all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "share_data", "call", "call_many",
-           "recipe_runs"]
+__all__ = ["Run", "prepare", "run", "run_many", "read_run_file", "build_setup", "call",
+           "call_many", "recipe_runs"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -441,25 +443,26 @@ def _options(recipe: Recipe) -> list:
 def build_setup(recipe: Recipe, cfg, seed: int, device="auto", options: Mapping | None = None) -> Setup:
     """The :class:`Setup` of one run: the options split by the keyword-only parameters of ``recipe.load`` and
     ``recipe.build`` (a name of both goes to both; any other to ``build``, which refuses it), the build options
-    checked (:meth:`Recipe.check_options`), the data loaded (unless the ``data`` option gives them), every RNG
-    seeded with ``seed`` (the one ``set_seed`` of a run: dnlib.experiments.stacked calls this once per copy), then
-    built."""
+    checked (:meth:`Recipe.check_options`), the data loaded (unless the ``data`` option gives them, or offers
+    :class:`SharedData` of an equal :meth:`Recipe.data_key`), every RNG seeded with ``seed`` (the one ``set_seed``
+    of a run: dnlib.experiments.stacked calls this once per copy), then built."""
     options = dict(options or {})
     data = options.pop("data", None)
     load_kw, build_kw = _keywords(recipe.load), _keywords(recipe.build)
     build_opts = {k: v for k, v in options.items() if k in build_kw or k not in load_kw}
+    load_opts = {k: v for k, v in options.items() if k in load_kw}
     recipe.check_options(**build_opts)
+    key = None
+    if data is None or isinstance(data, SharedData):
+        key = recipe.data_key(cfg, seed, device, **load_opts)
+        if isinstance(data, SharedData):
+            data = data.data if key is not None and data.key == key else None
     if data is None:
-        data = recipe.load(cfg, seed, device, **{k: v for k, v in options.items() if k in load_kw})
+        data = recipe.load(cfg, seed, device, **load_opts)
     set_seed(seed)
-    return recipe.build(cfg, data, seed, device, **build_opts)
-
-
-def share_data(recipe: Recipe, options: dict | None, setup: Setup) -> None:
-    """Keep the data a run loaded (``setup.data``) in ``options`` for the next run, when the recipe
-    :attr:`~Recipe.shares_data` and none was given (one load for many runs, benchmarks or checks)."""
-    if options is not None and options.get("data") is None and recipe.shares_data:
-        options["data"] = setup.data
+    setup = recipe.build(cfg, data, seed, device, **build_opts)
+    setup.data_key = key
+    return setup
 
 
 def call(recipe: Recipe, config=None, **kwargs) -> RunResult:
@@ -472,13 +475,13 @@ def call(recipe: Recipe, config=None, **kwargs) -> RunResult:
 
 
 def call_many(recipe: Recipe, configs: Sequence, seeds: Sequence[int] = (0,), **kwargs) -> list:
-    """:func:`call` for every configuration and seed in this process (notebooks, CPU); the data the first run
-    loaded is shared by the others (when the recipe :attr:`~Recipe.shares_data` and none is given)."""
+    """:func:`call` for every configuration and seed in this process (notebooks, CPU); a run's data are shared with
+    the next runs that would load the same (:func:`~dnlib.experiments.recipe.share_data`), unless ``data`` is given."""
     out = []
     for c in configs:
         for s in seeds:
             out.append(call(recipe, c, seed=s, **kwargs))
-            share_data(recipe, kwargs, out[-1].setup)
+            share_data(kwargs, out[-1].setup)
     return out
 
 

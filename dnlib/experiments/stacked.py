@@ -75,7 +75,7 @@ from ..training.checkpoints import CheckpointError
 from ..training.stacked import StackedGraphTrainer, StackedTrainer
 from ..training.trainer import TrainingDiverged
 from .flags import schedule_flags
-from .recipe import Command, Recipe, Setup, trainer_mode
+from .recipe import Command, Recipe, Setup, share_data, trainer_mode
 from .runner import Run, build_setup
 
 __all__ = ["StackedData", "CopySources", "StackedBatches", "StackedLoss", "evaluate", "build", "prepare", "run",
@@ -230,14 +230,14 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
     (:func:`~dnlib.experiments.runner.build_setup` with ``options``: load, seed, build), packed into one model, data,
     batch source and loss; ``copies`` holds the K copies' own setups. ``options["mode"]`` is the stacked trainer's
     (``"auto"``: a CUDA graph on CUDA). The data
-    is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it)."""
+    is loaded once when it does not depend on the seed (no subset), else per seed (a subset is drawn from it):
+    :func:`~dnlib.experiments.recipe.share_data`."""
     seeds = check_seeds(seeds)
     options, mode = group_options(options)
     setups = []
     for seed in seeds:                       # each copy seeded and built as its own run: load, seed, build
         setups.append(build_setup(recipe, cfg, seed, device, {**options, "mode": "eager"}))
-        if "data" not in options and options.get("subset") is None:
-            options["data"] = setups[-1].data
+        share_data(options, setups[-1])   # the next copy's, when its load would be the same
     models = [s.model for s in setups]
     model = StackedCifarCNN(models).to(memory_format=torch.channels_last)   # as the recipe's models
     data = StackedData([s.data for s in setups])

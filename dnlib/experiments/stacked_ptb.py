@@ -56,7 +56,7 @@ from ..norms.sparse import clear_penalties
 from ..training.checkpoints import CheckpointError
 from ..training.stacked_sequence import StackedSequenceTrainer
 from . import records
-from .recipe import RUN_FILE, Command, Recipe, Setup, trainer_mode
+from .recipe import RUN_FILE, Command, Recipe, Setup, share_data, trainer_mode
 from .runner import Run, build_setup, read_run_file
 from .stacked import check_seeds, group_flags, group_options, group_out, train_group
 
@@ -160,7 +160,7 @@ def build(recipe: Recipe, cfg, seeds: Sequence[int], device: str = "auto",
     setups = []
     for c, seed in zip(cfgs, seeds):
         setups.append(build_setup(recipe, c, seed, device, {**options, "mode": "eager"}))
-        options.setdefault("data", setups[-1].data)
+        share_data(options, setups[-1])
     s0 = setups[0]
     model = StackedLanguageModel([s.model for s in setups])
     splits, _ = s0.data
