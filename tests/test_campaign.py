@@ -73,6 +73,19 @@ def test_the_probe_is_the_launch_with_the_most_kernels_per_step(experiment):
     heaviest = max(kernels, key=kernels.get)
     assert campaign_plan.probe(launches).name == heaviest, kernels
 
+def test_the_steps_a_share_allows_leave_room_for_ptb_final_test_pass():
+    """campaign_plan.steps_within (the campaign's cap on a launch's steps from its share of the budget): after the
+    build and one evaluation it now also leaves PTB's final one-stream pass out of the share. Before, these figures
+    allowed 284 steps, not 10: the launch then overran its share by the pass (8.2 s here)."""
+    fb = {"build_s": 5.0, "s_per_step": 0.03, "chunk": 2323, "eval_s": 0.78, "eval_steps": 390,
+          "final_test_steps": 4121, "eval_step_s": 2e-3}
+    share = 5.0 + 0.78 + 4121 * 2e-3 + 10 * 0.03 + 1e-3
+    assert campaign_plan.steps_within(share, fb) == 10
+    assert campaign_plan.steps_within(5.0, fb) == 0
+    cb = {"build_s": 5.0, "s_per_step": 0.01, "chunk": 5000, "eval_s": 2.0}       # CIFAR, SR: no such pass
+    assert campaign_plan.steps_within(5.0 + 2.0 + 0.5 + 1e-3, cb) == 50
+
+
 def test_a_ptb_prediction_holds_the_final_one_stream_test_pass():
     """campaign_plan.predict: a PTB launch ends with the test set as one stream (the paper's batch-1 pass, PAPER.md
     §3.3; 4,121 eager steps at 20 tokens each against a chunk's evaluation of 390 in the training layout), predicted

@@ -95,6 +95,7 @@ from .campaign_plan import (
     prepare_launch,
     probe,
     shared_data,
+    steps_within,
     table_notes,
 )
 from .engines import die_with_parent
@@ -183,12 +184,6 @@ def publish(out, bundle, log=print) -> list:
 
 def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {cli.one_line(e)}"
-
-
-def _share_steps(share: float, b: dict) -> int:
-    """The steps of a launch that fit in ``share`` seconds by its experiment's bench ``b`` (after the build and one
-    evaluation); 0 when none do."""
-    return max(0, int((share - b["build_s"] - b["eval_s"]) / max(b["s_per_step"], 1e-9)))
 
 
 def _start(exp: str, launches: list, device: str, tiny: bool, jobs: int, bench_steps: int, cuda: bool, log):
@@ -338,7 +333,7 @@ def _run(launches: list, record: dict, in_flight: list, out: Path, device: str, 
             share = min(share, max(left, 0.0))
             fits = share >= 1.0
             specs.append((x, share if fits else None, None if fits else 0,
-                          _share_steps(share, benches[x.experiment]) if fits else None))
+                          steps_within(share, benches[x.experiment]) if fits else None))
         if per_card == 1 or len(batch) == 1:
             for x, limit, stop, steps in specs:
                 in_flight[:] = [x]

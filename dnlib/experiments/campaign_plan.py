@@ -15,9 +15,9 @@ from ..training import precision
 from .bench import graph_not_applicable
 from .runner import Run
 
-__all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "check_graph",
-           "graph_check_text", "table_notes", "ptb_eval_steps", "TABLES", "EXPERIMENTS", "SR_ROWS", "BUDGET_STATUS",
-           "PROBES", "NOT_PLANNED"]
+__all__ = ["Launch", "plan", "probe", "prepare_launch", "shared_data", "bench", "predict", "steps_within",
+           "check_graph", "graph_check_text", "table_notes", "ptb_eval_steps", "TABLES", "EXPERIMENTS", "SR_ROWS",
+           "BUDGET_STATUS", "PROBES", "NOT_PLANNED"]
 
 #: the paper tables each experiment's launches fill (registry.paper_tables names)
 TABLES = {"cifar": ("table3", "table7"), "sr": ("table5", "table6"), "ptb": ("table4", "table9")}
@@ -28,11 +28,12 @@ BUDGET_STATUS = "time budget at step"
 NOT_PLANNED = ("sr paper-* rows: the authors' SGD schedule (1M steps at lr 1e-4)",
                "Tables 5/6's x4 columns: the SR launches train and are evaluated at scale 3 only (the fast x3 rows)",
                "CIFAR-100 (Table 7's second column) and Table 10 (analysis of trained models)")
-#: the launch each experiment's graph check and bench use: its step of the most kernel launches (counted at tiny sizes
-#: by scripts/campaign_facts.py's measure, tests/test_campaign.py: CIFAR's DN* 552 per step against 113-522; SR's
-#: DN*-code 674 against DN*'s 668; PTB's lstm-lstm group, K=21, 3,772 against lstm-bn-lstm's 3,518 and the rnn groups'
-#: 2,024-2,220, though those stack 24 copies), so the prediction bounds the others' and the capture that matters is
-#: checked
+#: the launch each experiment's graph check and bench use: its step of the most kernel launches, so the prediction
+#: bounds the others' and the capture that matters is checked. Kernels per training step at the paper's sizes
+#: (results/h100/campaign_facts.json, scripts/campaign_facts.py): CIFAR DN* 612 (633 for 3 stacked) against BN*'s 212
+#: and the baseline's 109; SR fast-dn* 588 (608 for 3 stacked) against fast-none's 106; PTB's lstm-lstm group (K=21)
+#: 14,782 against dn-star-lstm's 5,437. At tiny sizes (tests/test_campaign.py): SR fast-dn*-code 674 against
+#: fast-dn*'s 668; PTB lstm-lstm 3,772 against lstm-bn-lstm's 3,518 (PTB's counts grow with the unrolled steps)
 PROBES = {"cifar": "dn-star", "sr": "fast-dn-star-code", "ptb": "lstm-lstm"}
 
 
@@ -226,6 +227,14 @@ def predict(launch: Launch, b: dict) -> float:
         return (b["build_s"] + launch.planned * b["s_per_step"]
                 + (evals * b["eval_steps"] + b["final_test_steps"]) * b["eval_step_s"])
     return b["build_s"] + launch.planned * b["s_per_step"] + evals * b["eval_s"]
+
+
+def steps_within(share: float, b: dict) -> int:
+    """The steps of a launch that fit in ``share`` seconds by its experiment's bench ``b`` (:func:`predict` turned
+    round): after the build, one evaluation and, for PTB, the final one-stream test pass (which the count left out,
+    so a launch given just enough for its schedule overran by the pass); 0 when none do."""
+    fixed = b["build_s"] + b["eval_s"] + b.get("final_test_steps", 0) * b.get("eval_step_s", 0.0)
+    return max(0, int((share - fixed) / max(b["s_per_step"], 1e-9)))
 
 
 def check_graph(launch: Launch, device: str = "auto", steps: int = 3, rtol: float = 1e-2, data=None) -> dict:
