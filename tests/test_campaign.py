@@ -48,10 +48,10 @@ def test_plan_covers_every_row_once():
     assert (probes["ptb"].name, probes["ptb"].copies) == ("lstm-lstm", 21)
 
 
-
 def _kernels_per_step(launches: list, experiment: str) -> dict:
-    """Kernel-launching ATen operations per training step of each launch (scripts/campaign_facts.py's count: it does
-    not depend on the tiny sizes)."""
+    """Kernel-launching ATen operations per training step of each launch at the tiny sizes
+    (scripts/campaign_facts.py's count; the paper's sizes give other counts, results/h100/campaign_facts.json: PTB's
+    grow with the unrolled steps)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("_campaign_facts", REPO / "scripts" / "campaign_facts.py")
     facts = importlib.util.module_from_spec(spec)
