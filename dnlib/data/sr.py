@@ -195,8 +195,13 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
     on the image instead, which agrees with MATLAB only for whole numbers).
     uint8 input stays uint8 after each pass, as MATLAB's (its per-dimension ``imresizemex`` returns the input's
     class): each pass is computed in float64, then rounded half away from zero (MATLAB's ``round``) and clipped to
-    0..255. Against the SelfExSR MATLAB LR files this leaves 0.6-1.4% of pixels off by one, where one rounding at
-    the end left 11-15%. Float input stays float64 and is not clipped (the SRCNN pipeline resizes floats).
+    0..255. Against the SelfExSR LR files of Set5 and Set14 (x2, x3, x4; one rounding at the end left 11-15% of
+    values different) the interior is bit-exact; every difference lies in the LR image's 2-px border: 0.6-1.4% of
+    all values differ there, by up to 7 grey levels on Set5 and 11 on Set14 (0.07-0.37% by more than one). The cause
+    is the border rule: those files were made with the edge pixel replicated (clamp), which matches them bit-exactly
+    (``imresize`` of the HR padded with ``np.pad(mode="edge")``, tests/test_data_sr.py), whereas this function mirrors
+    as MATLAB's ``imresize.m`` (its ``contributions``: ``aux = [1:n, n:-1:1]``) and so reproduces the paper's
+    Bicubic rows. Float input stays float64 and is not clipped (the SRCNN pipeline resizes floats).
     """
     img = np.asarray(img)
     if not (isinstance(scale, (int, float, np.floating, np.integer)) and scale > 0):
