@@ -15,7 +15,6 @@ trained models (RunResults) and the loaded data.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -148,11 +147,12 @@ def report(out_dir, dataset: str | None = None) -> dict:
     one), or a GPU trip's folder (``graph_check.json``, ``bench.json``, optional ``bench_compile.json`` (the same
     bench with ``impl="compile"``), ``sweep/``), into one dict: the runs (accuracy, steps, images/s), ``table``
     (:func:`results_table`: mean ± std per configuration beside the paper); for a trip also the card, single-run
-    images/s per configuration and impl, where those come from (``bench_files``: each file's time, which
-    configuration took which file's figure, and that the two were not measured interleaved), the gain of running the
-    sweep's runs concurrently (``concurrent``: training seconds against training seconds, ``gain_compares`` says how;
-    with the wall-time lower bound beside it), and the estimated training time of the whole Table 7 at that gain with
-    the faster impl of each configuration. A folder with neither is a ValueError naming it.
+    images/s per configuration and impl, where those come from (``bench_files``: each file's rows and recorded load
+    averages, which configuration took which file's figure, and that the two were not measured interleaved), the gain
+    of running the sweep's runs concurrently (``concurrent``: training seconds against training seconds,
+    ``gain_compares`` says how; with the wall-time lower bound beside it), and the estimated training time of the
+    whole Table 7 at that gain with the faster impl of each configuration. A folder with neither is a ValueError
+    naming it.
 
     ``dataset`` (``"cifar10"`` or ``"cifar100"``) selects the runs reported (a record's ``config.dataset``; records
     without it are CIFAR-10's) and is the Table 7 estimate's; ``dataset`` names it in the result. A folder whose runs
@@ -195,7 +195,7 @@ def report(out_dir, dataset: str | None = None) -> dict:
         rep["single_run_images_per_s_compile"] = single_c
         rep["best_images_per_s"] = best
     if single:
-        rep["bench_files"] = _bench_files(out_dir, bench, bench_c)
+        rep["bench_files"] = _bench_files(bench, bench_c)
     if rows and meta.get("wall_seconds") and not meta.get("skipped"):   # a resumed sweep's wall time is partial
         images = sum(r["steps"] * r["batch_size"] for r in rows)
         rep["concurrent"] = {"jobs": meta.get("jobs"), "wall_seconds": meta["wall_seconds"],
@@ -233,19 +233,17 @@ def _gain(rows: list, used: dict, wall: float) -> dict:
             "gain_compares": _GAIN_TEXT}
 
 
-def _bench_files(out_dir: Path, bench: list, bench_c: list) -> dict:
-    """Where the single-run figures come from: per bench file its rows, the file's modification time (the rows
-    record no time of their own) and the load averages its rows recorded (``load_before``/``load_after`` of a bench
-    that records them; None: not recorded); for every configuration in both files which one ``best_images_per_s``
-    took, with a note that the two files were measured in separate invocations (not interleaved), so their ratio
-    may include a change of load or clocks between them."""
+def _bench_files(bench: list, bench_c: list) -> dict:
+    """Where the single-run figures come from: per bench file its rows and the load averages its rows recorded
+    (``load_before``/``load_after`` of a bench that records them; None: not recorded; the rows record no time, and a
+    file's modification time is its copy's, e.g. a clone's, so none is given); for every configuration in both files
+    which one ``best_images_per_s`` took, with a note that the two files were measured in separate invocations (not
+    interleaved), so their ratio may include a change of load or clocks between them."""
     out = {}
     for name, rows in (("bench.json", bench), ("bench_compile.json", bench_c)):
         if rows:
             loads = list(dict.fromkeys(r[k] for r in rows for k in ("load_before", "load_after") if r.get(k)))
-            mtime = (out_dir / name).stat().st_mtime
-            out[name] = {"rows": len(rows), "file_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(
-                timespec="seconds"), "load_average": loads or None}
+            out[name] = {"rows": len(rows), "load_average": loads or None}
     auto = {b["config"]: b["images_per_s"] for b in bench}
     comp = {b["config"]: b["images_per_s"] for b in bench_c}
     both = [n for n in auto if n in comp]
@@ -253,7 +251,7 @@ def _bench_files(out_dir: Path, bench: list, bench_c: list) -> dict:
         out["picked"] = {n: {"file": "bench_compile.json" if comp[n] > auto[n] else "bench.json",
                              "compile_over_auto": comp[n] / auto[n]} for n in both}
         out["note"] = ("best_images_per_s takes per configuration the faster of bench.json and bench_compile.json: "
-                       "two separate invocations measured one after the other (file_modified), not interleaved"
+                       "two separate invocations, not interleaved"
                        + ("" if all(out[f]["load_average"] for f in ("bench.json", "bench_compile.json"))
                           else ", with no load average recorded")
                        + ", so compile_over_auto is not a like-for-like ratio: it may include a change of load or "
