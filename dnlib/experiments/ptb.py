@@ -34,8 +34,12 @@ overhead that dominates at batch 20.
 
 Evaluation (every chunk) runs in eval mode (BN cells use their per-step running statistics) with the state carried
 over the whole split: validation and test perplexity ``exp(mean per-word NLL)`` in the training layout (20 streams);
-at the end of the schedule also the test set as ``final_test_batch_size`` streams (1: one stream, as the authors'
-code reports its number; None: skip), ``final_test_ppl``, which is what the paper's Table 9 number is compared with.
+at the end of the schedule also the test set as ``final_test_batch_size`` streams (1: one stream, the authors' test
+batch; None: skip), ``final_test_ppl``, which is what the paper's Table 9 number is compared with. That pass still
+unrolls ``num_steps`` (20) per step, where the authors' test model unrolls 1 (PAPER.md §3.3) and scores all 82,429
+predictable targets of PTB's test set: at batch 1 and 20 steps it scores 4,121 x 20 = 82,420 of them and drops the
+last 9 (as :func:`~dnlib.experiments.ptb_loss.evaluate_perplexity` says; numerically negligible). BN cells use the
+step-0 statistics there when the configuration's ``bn_test_step0`` says so, as the authors' 1-step test model does.
 """
 from __future__ import annotations
 
