@@ -269,8 +269,12 @@ class PTBRecipe(Recipe):
                     "vocab_size": int(vocab_size), "train_tokens": int(splits["train"].numel())}
         n = int(splits["train"].numel())
         canonical = getattr(splits, "canonical", None)
+        from ..data.ptb import PTB_SIZES
+        # a subset only when it is one: vocab=10000 is the full vocabulary (load_data refuses max_tokens >= all)
+        subset = ((max_tokens is not None and max_tokens < PTB_SIZES["train tokens"])
+                  or (vocab is not None and vocab < PTB_SIZES["vocabulary"]))
         info = {"data": (f"PTB (Mikolov), {n:,} training tokens, {vocab_size:,} words" +
-                         (" (smoke subset)" if max_tokens or vocab else "") +
+                         (" (smoke subset)" if subset else "") +
                          {True: "", False: " (NOT the canonical PTB files: not comparable with the paper)",
                           None: " (streams given by the caller)"}[canonical]),
                 "canonical_data": canonical, "train_tokens": n, "valid_tokens": int(splits["valid"].numel()),
