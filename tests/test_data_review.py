@@ -36,3 +36,20 @@ def test_full_vocabulary_of_real_ptb_is_not_a_subset():
     assert data[1] == 10000 and len(data[0]["train"]) == 929_589
     label = _data_label(data, vocab=10000)
     assert label == "PTB (Mikolov), 929,589 training tokens, 10,000 words", label
+
+
+@needs_ptb
+def test_ptb_load_compares_the_pinned_md5s_too(monkeypatch):
+    """PTB_FILE_DIGESTS pins (md5, sha256) per file; a load compared only the sha256, so a file whose md5 is not the
+    pinned one still counted as canonical."""
+    import warnings
+
+    import dnlib.data.ptb as P
+    from dnlib.data import DataWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert P.load_ptb(download=False, progress=False).canonical
+    md5, sha = P.PTB_FILE_DIGESTS["ptb.valid.txt"]
+    monkeypatch.setitem(P.PTB_FILE_DIGESTS, "ptb.valid.txt", ("0" * 32, sha))
+    with pytest.warns(DataWarning, match=rf"not the canonical files: ptb.valid.txt differ \(md5 {md5}"):
+        assert not P.load_ptb(download=False, progress=False).canonical

@@ -188,7 +188,8 @@ class DatasetSource:
     ``folders`` are candidate paths relative to the data root, tried in order; ``check`` names
     files that must exist inside a folder for it to count. ``url``/``md5`` describe the official
     archive (``None`` when there is no official archive with a published checksum); ``archive``
-    is its file name in the data root, and unpacking it creates ``folders[archive_folder]``.
+    is its file name in the data root, and unpacking it must create one of ``folders`` (:func:`find_or_fetch`
+    looks in each again afterwards, else raises :class:`DownloadError`).
     """
 
     name: str
@@ -197,7 +198,6 @@ class DatasetSource:
     url: str | None = None
     md5: str | None = None
     archive: str | None = None
-    archive_folder: int = 0
     note: str = ""
 
     def found_in(self, root: Path) -> Path | None:
