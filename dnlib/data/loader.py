@@ -96,8 +96,12 @@ class GPULoader(TensorBatches):
     A :class:`TensorBatches` (the project's one resumable batch stream: the order of epoch ``e``
     depends only on ``(seed, e)``, and ``state_dict`` restores the exact sequence) over the stored images and
     labels, with the batches cast to float32 and mean-subtracted on the device. Each pass over the loader
-    (``for x, y in loader``) is one epoch; breaking out of an epoch and iterating again continues where it
-    stopped; :meth:`forever` (or ``next(loader)``) yields batches across epochs without end.
+    (``for x, y in loader``) yields what is left of the current epoch, then stops: a pass that ran to the end is
+    one whole epoch, but after a ``break`` (or a partial ``next``) the position stays where it stopped, and the
+    next pass yields only the remaining batches of that epoch, not a new whole one. An evaluation loop broken off
+    early would therefore score only those remaining batches the next time: evaluate with a loader of its own that
+    is always iterated to the end (or restore a saved :meth:`state_dict`). :meth:`forever` (or ``next(loader)``)
+    yields batches across epochs without end.
 
     Args:
         x: images, uint8 (or any dtype) array/tensor of shape ``(N, ...)``; stored as given on ``device``.
@@ -149,7 +153,8 @@ class GPULoader(TensorBatches):
         return xb, yb
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield the rest of the current epoch (or the next epoch when this one is done)."""
+        """Yield the rest of the current epoch (the whole next epoch when this one is done); after a ``break`` the
+        next call yields only the batches that pass did not reach."""
         if self.position >= len(self):
             self.epoch, self.position = self.epoch + 1, 0
         epoch = self.epoch
