@@ -114,6 +114,36 @@ def local_sweep(tmp_path_factory):
 
 @pytest.mark.slow
 @needs_sr
+def test_an_interrupted_ray_sweep_stops_its_runs_and_collects_their_folders(ray_instance, tmp_path):
+    """A Ray sweep stopped (Ctrl-C, SIGTERM: :meth:`RayEngine.close`) cancelled its tasks outright, so the runs in
+    flight lost everything since their folders last came back (here: all of it). The tasks now stop their runs as
+    the local engine does (SIGTERM: the record says where) and return the folders."""
+    import glob
+    import tempfile
+    import time
+
+    from dnlib.experiments.ray_engine import RayEngine
+    name = records.run_name("smoke-bn", 0)
+    job = engines.Job("smoke-bn", 0, tmp_path / name, ["smoke-bn", "--seeds", "0", *ARGS[:-2], "--steps", "100000"])
+    job.folder.mkdir()
+    engine = RayEngine(RECIPE.module, jobs=1, cpus_per_run=1)
+    engine.start(job)
+    t0 = time.time()
+    pattern = os.path.join(tempfile.gettempdir(), "dnlib-sweep-*", name, records.RECORD_FILE)
+    while time.time() - t0 < 120:       # the run trains in the task's own folder (past its first chunk)
+        recs = [json.loads(Path(f).read_text()) for f in glob.glob(pattern)]
+        if any(r.get("steps_done", 0) >= 2 * CHUNK for r in recs):
+            break
+        assert engine.poll() == []
+        time.sleep(0.2)
+    engine.close()
+    rec = records.read_record(job.folder)
+    assert rec["stopped"].startswith("interrupted at step ") and rec["steps_done"] >= 2 * CHUNK, rec["stopped"]
+    assert (job.folder / "checkpoint.pt").is_file() and not engine.refs
+
+
+@pytest.mark.slow
+@needs_sr
 def test_local_and_ray_engines_give_identical_records(local_sweep, ray_instance, tmp_path):
     out_local, rows_local = local_sweep
     rows_ray = _sweep(tmp_path, "ray")

@@ -175,10 +175,8 @@ def _sweep_verb(c: _Call) -> int:
             key, _, what = str(e).partition(":")   # named as the flag: "gpus_per_run: ..." -> "--gpus-per-run: ..."
             c.q.error(f"--{key.replace('_', '-')}:{what}")
         except KeyboardInterrupt as e:
-            what = ("the runs in flight were cancelled and what they did since their folders last came back is lost "
-                    "(Ray engine); a rerun restarts them from what their folders hold" if a.engine == "ray" else
-                    "the runs in flight were stopped and their records say where; a rerun resumes them")
-            print(f"{c.q.prog}: interrupted: {what} and keeps the finished ones", file=sys.stderr)
+            print(f"{c.q.prog}: interrupted: the runs in flight were stopped and their records say where; a rerun "
+                  f"resumes them and keeps the finished ones", file=sys.stderr)
             return 143 if isinstance(e, Terminated) else 130
     print(gather_table(rows))
     return min(len(rows.failed), 125) if rows else 1

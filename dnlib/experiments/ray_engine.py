@@ -12,9 +12,10 @@ on one GPU); Ray places them on the cluster's nodes. No shared filesystem is ass
 (:func:`run_in_folder`) runs the run in a temporary folder on its node and returns the folder's files as bytes;
 the driver writes them atomically into ``out/<label>-s<seed>/``. To resume, the driver ships the unfinished
 folder's files to the task (a record's ``argv`` and ``host`` name that temporary folder and the node).
-Consequence: a run's files reach ``out`` when its task ends, so a driver killed mid-sweep loses the progress of
-the runs then in flight (a rerun restarts them from the state last collected). A cancelled task's run process
-dies with it (``PR_SET_PDEATHSIG``, as the local engine's).
+Consequence: a run's files reach ``out`` when its task ends. A sweep interrupted (Ctrl-C, SIGTERM) stops the runs
+in flight as the local engine does and collects their folders (:meth:`RayEngine.close`); a driver killed outright
+loses the progress of the runs then in flight (a rerun restarts them from the state last collected). A cancelled
+task's run process dies with it (``PR_SET_PDEATHSIG``, as the local engine's).
 
 Ray is an optional extra: it is imported only when a :class:`RayEngine` is made, never by importing this module
 or :mod:`~dnlib.experiments.engines`. Every node needs dnlib (``pip install 'dnlib[ray]'``) and the data
@@ -40,32 +41,71 @@ from pathlib import Path
 from .. import cli
 from .engines import LOG_FILE, Engine, EngineError, Job, Outcome, die_with_parent, read_folder, thread_env, write_folder
 
-__all__ = ["RayEngine", "run_in_folder"]
+__all__ = ["RayEngine", "run_in_folder", "StopFlag"]
 
 
-def _run_process(cmd, folder: Path, env: dict, limit: float | None):
-    """Run ``cmd`` with its output appended to ``folder/log.txt``; kill it after ``limit`` seconds.
-    Returns ``(exit status or None, error or None)``."""
+class StopFlag:
+    """A Ray actor (num_cpus 0) that a sweep's tasks poll: :meth:`RayEngine.close` raises it when the sweep is
+    interrupted, and each task then stops its run as the local engine does (SIGTERM: the run writes its record and
+    checkpoint; SIGKILL after ``grace`` seconds) and returns the run's files as usual."""
+
+    def __init__(self):
+        self.raised = False
+
+    def raise_(self) -> None:
+        self.raised = True
+
+    def is_raised(self) -> bool:
+        return self.raised
+
+
+def _run_process(cmd, folder: Path, env: dict, limit: float | None, stop=None, grace: float = 20.0,
+                 poll: float = 1.0):
+    """Run ``cmd`` with its output appended to ``folder/log.txt``; kill it after ``limit`` seconds. ``stop``: a
+    :class:`StopFlag` actor polled every ``poll`` seconds; once raised, the process gets SIGTERM, and SIGKILL
+    ``grace`` seconds later if still alive. Returns ``(exit status or None, error or None)``."""
+    deadline = None if limit is None else time.monotonic() + limit
     with open(folder / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=die_with_parent())
         try:
-            return proc.wait(timeout=limit), None
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return None, f"killed after {limit:.0f} s (time limit + grace)"
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    proc.kill()
+                    proc.wait()
+                    return None, f"killed after {limit:.0f} s (time limit + grace)"
+                wait = left if stop is None else poll if left is None else min(poll, left)
+                try:
+                    return proc.wait(timeout=wait), None
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop is not None and _raised(stop):
+                    proc.terminate()
+                    try:
+                        return proc.wait(timeout=grace), "stopped: the sweep was interrupted"
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                        return None, f"killed: the sweep was interrupted, the run not stopped in {grace:.0f} s"
         except BaseException:
             proc.kill()
             proc.wait()
             raise
 
 
+def _raised(stop) -> bool:
+    """Whether the sweep raised its :class:`StopFlag` (asked of the actor)."""
+    import ray
+    return ray.get(stop.is_raised.remote())
+
+
 def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, limit: float | None = None,
-                  env: dict | None = None) -> dict:
+                  env: dict | None = None, stop=None) -> dict:
     """What a Ray task does: run ``python -m module run *argv --resume TMP/name`` in a temporary folder of this
     node holding ``files`` (a resumed run's), and return ``{"returncode", "error", "host", "seconds", "files"}``
-    with the folder's files as bytes. The temporary folder is removed."""
+    with the folder's files as bytes. The temporary folder is removed. ``stop``: the sweep's :class:`StopFlag`
+    (once raised, the run is stopped and its files returned)."""
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="dnlib-sweep-"))
     try:
@@ -77,7 +117,7 @@ def run_in_folder(module: str, argv: Sequence[str], name: str, files: dict, *, l
         full_env = {**os.environ, **(env or {})}
         full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")
         cmd = [sys.executable, "-m", module, "run", *map(str, argv), "--resume", str(folder)]
-        rc, error = _run_process(cmd, folder, full_env, limit)
+        rc, error = _run_process(cmd, folder, full_env, limit, stop)
         return {"returncode": rc, "error": error, "host": platform.node(), "seconds": time.perf_counter() - t0,
                 "files": read_folder(folder)}
     finally:
@@ -120,13 +160,14 @@ class RayEngine(Engine):
                 raise EngineError(f"{what}: {need} {key}s per run, but the Ray cluster has {have.get(key, 0):g}")
         self.task = ray.remote(run_in_folder).options(num_cpus=self.cpus, num_gpus=self.gpus)
         self.env = thread_env(self.cpus)
+        self.stop = ray.remote(num_cpus=0)(StopFlag).remote()
 
     def free(self) -> bool:
         return self.jobs is None or len(self.refs) < self.jobs
 
     def start(self, job: Job) -> None:
         ref = self.task.remote(self.module, list(map(str, job.argv)), job.folder.name, read_folder(job.folder),
-                               limit=self.limit, env=self.env)
+                               limit=self.limit, env=self.env, stop=self.stop)
         self.refs[ref] = (job, time.perf_counter())
 
     def poll(self) -> list:
@@ -149,8 +190,20 @@ class RayEngine(Engine):
     def in_flight(self) -> list:
         return [job for job, _ in self.refs.values()]
 
-    def close(self) -> None:
-        """Cancel the tasks still in flight; stop (or leave) the Ray instance this engine started (joined)."""
+    def close(self, grace: float = 20.0) -> None:
+        """Stop the tasks still in flight (a sweep interrupted) as the local engine stops its processes: the
+        :class:`StopFlag` raised, each task's run gets SIGTERM and writes its record (``interrupted at step N``)
+        and checkpoint, and the task returns the folder, written here; a task not back within ``grace`` seconds
+        (and a few more for the transfer) is cancelled, its run's progress since the folder last came back lost.
+        Then stop (or leave) the Ray instance this engine started (joined)."""
+        if self.refs:
+            with contextlib.suppress(Exception):
+                self.stop.raise_.remote()
+            ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=grace + 10)
+            for ref in ready:
+                job, _ = self.refs.pop(ref)
+                with contextlib.suppress(Exception):    # a task that raised: nothing to write
+                    write_folder(job.folder, self.ray.get(ref)["files"])
         for ref in self.refs:
             with contextlib.suppress(Exception):    # already finished or gone
                 self.ray.cancel(ref, force=True)
