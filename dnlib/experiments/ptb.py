@@ -54,6 +54,7 @@ import torch
 from .. import cli
 from ..analysis.figures import MarkdownTable, cell, markdown_table
 from ..data import PTBBatches
+from ..data.ptb import PTB_SIZES
 from ..models.rnn_lm import LanguageModel
 from ..training.graphs import SequenceGraphTrainer
 from ..training.trainer import TrainConfig, Trainer, resolve_device
@@ -269,7 +270,6 @@ class PTBRecipe(Recipe):
                     "vocab_size": int(vocab_size), "train_tokens": int(splits["train"].numel())}
         n = int(splits["train"].numel())
         canonical = getattr(splits, "canonical", None)
-        from ..data.ptb import PTB_SIZES
         # a subset only when it is one: vocab=10000 is the full vocabulary (load_data refuses max_tokens >= all)
         subset = ((max_tokens is not None and max_tokens < PTB_SIZES["train tokens"])
                   or (vocab is not None and vocab < PTB_SIZES["vocabulary"]))
