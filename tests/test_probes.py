@@ -134,6 +134,23 @@ def test_train_eval_gap_known_answer():
         probes.train_eval_gap(model, x, y, batch_size=0)
 
 
+def test_train_eval_gap_sees_the_model_as_it_is_in_every_batch():
+    """Batch renorm unclipped (rmax, dmax large) normalizes a training batch with the running statistics exactly as
+    evaluation does, so a fixed model's gap is 0. The probe let each test batch move the running statistics the
+    next one is corrected towards, so the gap was not 0 and depended on the batches' order. Dropout stays off."""
+    torch.manual_seed(0)
+    brn = dnlib.make_norm("brn", 4, rmax=1e6, dmax=1e6, relax=None)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), brn, nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 16, 3))
+    with torch.no_grad():
+        brn.running_mean.normal_()
+        brn.running_var.uniform_(0.5, 2.0)
+    xs, ys = torch.randn(40, 3, 6, 6), torch.randint(0, 3, (40,))
+    rng = torch.get_rng_state()
+    out = probes.train_eval_gap(model, xs, ys, batch_size=2)
+    assert out["gap"] == 0.0 and out == probes.train_eval_gap(model, xs.flip(0), ys.flip(0), batch_size=2)
+    assert torch.equal(torch.get_rng_state(), rng)                    # dropout drew nothing
+
+
 def test_layer_norms_of_a_linear_chain():
     """Three Linear(4, 4) with weight 2I, loss = sum of the output: activations 2, 4, 8 x rms(x); gradients with
     respect to the outputs 4, 2, 1 (each later layer multiplies by 2)."""
