@@ -134,3 +134,32 @@ def test_the_brn_points_clip_at_rmax_3_dmax_5_from_the_first_step_and_are_not_bn
         y_brn, y_bn = brn(x), bn(x)                     # the second: corrected towards the running statistics
         assert (y_brn - y_bn).abs().max() > 1e-3 * y_bn.abs().max(), size
     assert VARIANTS["brn"].norm_kwargs.get("relax", ()) is None
+
+
+def test_a_run_is_stable_against_its_loss_before_any_step():
+    """Analysis review: "stable" compared the last logged loss with the first logged one, a mean over the first
+    steps, already after updates at the rate tested: lr-bn-0.3-s0 went 2.29 (before any step) -> 5.83 -> 16.31 ->
+    4.09 and counted as stable. It now compares with the loss before any step (``init_loss``, recorded at build);
+    a record without it keeps the old comparison."""
+    losses = [5.83, 16.31, 4.09]
+    assert analysis.stable_run(losses, 2.29) == 0.0 and analysis.stable_run(losses, None) == 1.0
+    assert analysis.stable_run([2.2, 2.1], 2.3) == 1.0 and analysis.stable_run([2.2, float("nan"), 2.0], 2.3) == 0.0
+    assert analysis.stable_run([2.35], 2.3) == 1.0                    # within STABLE_TOL: a run that does not move
+    assert analysis.stable_run([], 2.3) is None
+
+
+def test_the_largest_stable_rate_needs_every_smaller_rate_stable():
+    """Analysis review: lr-none-s1 was unstable at 0.01 and stable at 0.03 and 0.1, and the table read 0.1."""
+    from dnlib.experiments.analysis_configs import LR_GRID
+
+    def rec(seed, stable, loss):
+        return {"seed": seed, "stopped": "completed", "headline": {"stable": stable, "train_loss": loss}}
+    bad = {0.01}
+    runs = analysis_report.Runs(records={f"lr-none-{lr:g}": [rec(0, 0.0 if lr in bad else 1.0, 2.0 if lr >= 0.003
+                                                                else 2.3), rec(1, 1.0 if lr <= 0.1 else 0.0, 2.0)]
+                                         for lr in LR_GRID})
+    assert analysis_report.largest_stable(runs, "none") == [0.003, 0.1]
+    # learns: the largest of those rates whose loss also fell below ln 10 - margin (0.0003 and 0.001 did not)
+    assert analysis_report.largest_stable(runs, "none", learns=True) == [0.003, 0.1]
+    runs.records["lr-none-0.003"][0]["headline"]["train_loss"] = 2.3
+    assert analysis_report.largest_stable(runs, "none", learns=True) == [None, 0.1]

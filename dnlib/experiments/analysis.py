@@ -69,8 +69,11 @@ __all__ = ["RECIPE", "AnalysisRecipe", "AnalysisData", "HEADLINE", "run_points",
 HEADLINE = ("test_err", "train_loss", "gap", "loss_range", "grad_change", "beta", "stable", "scale_change",
             "act_growth", "grad_growth", "init_act_growth", "init_grad_growth", "train_seconds")
 _GAP = ("batch", "smooth", "inv")
-#: A run is stable when its losses stay finite and its last logged training loss is at most its first + this (nats):
-#: a run that does not move at a tiny learning rate is not unstable.
+#: A run is stable when its losses stay finite and its last logged training loss is at most its loss before any step
+#: (``init_loss``: the probe batch at initialization, in training mode) + this (nats): a run that does not move at a
+#: tiny learning rate is not unstable. (Runs recorded before ``init_loss`` compared with their first logged loss, a
+#: mean over the first steps, already after updates at the rate tested: a loss that jumped from 2.3 to 16 there and
+#: ended at 4.1 counted as stable.)
 STABLE_TOL = 0.1
 
 
@@ -94,6 +97,15 @@ class AnalysisData:
 def _watched(model) -> list:
     """The modules whose outputs the depth probes watch: each block's normalizer output (pre-ReLU)."""
     return list(model.norms)
+
+
+def stable_run(losses: list, init_loss: float | None) -> float | None:
+    """1.0 when the run was stable (:data:`STABLE_TOL`): finite losses, the last no higher than the loss before any
+    step (a record without ``init_loss``: than the first logged one), else 0.0; None without logged losses."""
+    if not losses:
+        return None
+    first = [init_loss] if init_loss is not None else losses[:1]
+    return float(probes.is_stable(first + losses, tol=STABLE_TOL))
 
 
 def _ratio(a, b):
@@ -166,7 +178,9 @@ class AnalysisRecipe(Recipe):
         with probes.preserved(model):      # at initialization, in training mode (the statistics of the probe batch)
             model.train()
             prof = probes.layer_norms(model, probe_loss, None, _watched(model))
-            info.update(init_act=prof["act"], init_grad=prof["grad"],
+            with torch.no_grad():
+                init_loss = float(probe_loss(model))
+            info.update(init_act=prof["act"], init_grad=prof["grad"], init_loss=init_loss,
                         scale_change=probes.scale_change(model, px, model.convs[1], 10.0))
         run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k != "name"},
                     **{k: info[k] for k in ("data", "eval_split", "train_images", "eval_images")}}
@@ -187,7 +201,7 @@ class AnalysisRecipe(Recipe):
         return {"test_err": last.get("test_err"), "train_loss": losses[-1] if losses else None,
                 "gap": last.get("gap"), "loss_range": mean("loss_range"), "grad_change": mean("grad_change"),
                 "beta": mean("beta"),
-                "stable": float(probes.is_stable(losses[:1] + losses[-1:], tol=STABLE_TOL)) if losses else None,
+                "stable": stable_run(losses, info.get("init_loss")),
                 "scale_change": info.get("scale_change"),
                 "act_growth": _ratio(acts[-1], acts[0]) if cfg.analysis == "depth" else None,
                 "grad_growth": _ratio(grads[0], grads[-1]) if cfg.analysis == "depth" else None,

@@ -8,7 +8,8 @@
 
 Every figure draws the mean over seeds as a line or bar and +-1 standard deviation as a band or error bar, and says
 ``n`` (seeds). A diverged run has no numbers (its record says so); the largest stable learning rate of a seed is
-the largest of :data:`~dnlib.experiments.analysis_configs.LR_GRID` whose run completed with ``stable == 1``.
+the largest of :data:`~dnlib.experiments.analysis_configs.LR_GRID` whose run, and the runs of every smaller rate,
+completed with ``stable == 1`` (:func:`largest_stable`).
 """
 from __future__ import annotations
 
@@ -224,21 +225,28 @@ LEARNS_MARGIN = 0.1
 
 
 def largest_stable(runs: Runs, norm: str, learns: bool = False) -> list:
-    """Per seed, the largest learning rate of the grid whose run completed and was stable (None: none was); with
-    ``learns``, also one whose final training loss fell below ``ln(10) - LEARNS_MARGIN`` (a network that does not
-    move is "stable" at any learning rate)."""
-    best = defaultdict(lambda: None)
+    """Per seed, the largest learning rate of the grid whose run completed and was stable, as were the runs of every
+    smaller rate of the grid (None: the smallest was not); with ``learns``, the largest of those rates whose final
+    training loss also fell below ``ln(10) - LEARNS_MARGIN`` (a network that does not move is "stable" at any
+    learning rate). Before, the largest stable rate was taken whatever the rates below it did (a seed unstable at
+    0.01 and stable at 0.1 read 0.1), which assumes what the grid did not show: stability falling with the rate."""
+    stable, learned = defaultdict(dict), defaultdict(dict)
     for lr in LR_GRID:
         for rec in runs.records.get(f"lr-{norm}-{lr:g}", []):
             head = rec["headline"]
-            ok = rec.get("stopped") == "completed" and head.get("stable") == 1.0
-            if ok and learns:
-                ok = head.get("train_loss") is not None and head["train_loss"] < math.log(10) - LEARNS_MARGIN
-            if ok:
-                best[rec["seed"]] = max(lr, best[rec["seed"]] or 0.0)
-            else:
-                best.setdefault(rec["seed"], None)
-    return [best[s] for s in sorted(best)]
+            stable[rec["seed"]][lr] = rec.get("stopped") == "completed" and head.get("stable") == 1.0
+            learned[rec["seed"]][lr] = head.get("train_loss") is not None and \
+                head["train_loss"] < math.log(10) - LEARNS_MARGIN
+    out = []
+    for seed in sorted(stable):
+        best = None
+        for lr in LR_GRID:
+            if not stable[seed].get(lr, False):
+                break
+            if not learns or learned[seed][lr]:
+                best = lr
+        out.append(best)
+    return out
 
 
 def _diverged(runs: Runs, name: str) -> int:
