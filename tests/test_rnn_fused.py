@@ -226,3 +226,41 @@ def test_a_dn_gate_centring_is_folded_into_the_inputs_and_weights(case):
     z = torch.stack(raw)
     want = z - field_mean(z.reshape(-1, H), fused.gate_norm.spec).reshape(z.shape) if rnn_fused.folds(gp) else z
     torch.testing.assert_close(zs, want, rtol=1e-12, atol=1e-12)
+
+
+def _swap_sites(cell):
+    cell.gate_norm = NormLSTMCell(I, H, "dn-1d-s", dict(sigma=0.3, window=5)).double().gate_norm
+    cell.cell_norm = NormLSTMCell(I, H, "dn-1d-s", dict(sigma=0.3, window=5)).double().cell_norm
+
+
+def _new_sigma(cell):
+    cell.gate_norm.spec = cell.gate_norm.spec.replace(sigma=0.1)
+
+
+def _convert(cell):
+    from dnlib import DivisiveNorm, convert_norms
+    convert_norms(cell, "dn-1d-s", types=DivisiveNorm, window=5, sigma=0.3)
+
+
+def _general_impl(cell):        # a forced impl the fused path does not cover: the per-step path from then on
+    cell.gate_norm.impl = "general"
+
+
+@pytest.mark.parametrize("change", [_swap_sites, _new_sigma, _convert, _general_impl],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_site_replaced_or_respecified_after_the_first_forward_is_seen(change):
+    """The fused plan (windows, eps, sigma^2 of each site) is cached per cell; a normalizer swapped (assignment,
+    dnlib.convert_norms), given a new spec or an impl the fused path does not cover after the first forward must be
+    what the cell computes. Before, the plan of the first forward was kept: the old normalizer, silently (max diff
+    0.44 vs the per-step path), and a site switched to an uncovered impl still ran fused."""
+    norm, kw = ("dn-1d-s", dict(sigma=1.0, window=5)) if change is _new_sigma else ("ln-s", dict(sigma=1.0, eps=0.0))
+    fused, _ = _pair(norm, kw)
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    fused(x)                                          # the first forward caches the plan
+    change(fused)
+    loop = copy.deepcopy(fused)
+    loop.impl = "loop"
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[0], loop(x)[0], rtol=1e-11, atol=1e-12)
+    fused_path = rnn_fused._PLANS[fused][(torch.float64, torch.device("cpu"))] is not None
+    assert fused_path == (change is not _general_impl)
