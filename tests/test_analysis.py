@@ -163,3 +163,25 @@ def test_the_largest_stable_rate_needs_every_smaller_rate_stable():
     assert analysis_report.largest_stable(runs, "none", learns=True) == [0.003, 0.1]
     runs.records["lr-none-0.003"][0]["headline"]["train_loss"] = 2.3
     assert analysis_report.largest_stable(runs, "none", learns=True) == [None, 0.1]
+    # the notebook's saved numbers: every seed's rate, and the lower median over all seeds (a rate of the grid or
+    # None); before, the median of the seeds that had one (here 0.1 of [None, 0.1]), silently
+    s = analysis_report.summary(runs)
+    assert s["lr_learns_none_seeds"] == [None, 0.1] and s["lr_learns_none"] is None
+    assert s["lr_max_none_seeds"] == [0.003, 0.1] and s["lr_max_none"] == 0.003
+
+
+def test_figures_draw_the_curves_of_completed_runs_only():
+    """Analysis review: the smoothness/invariance bands and the depth figure drew every run's curve, a diverged one
+    included, under a label counting it (n=2, y 505 where the completed run's is 10), while the tables keep
+    completed runs only."""
+    runs = analysis_report.Runs()
+    runs.records["smooth-bn"] = [{"seed": 0, "stopped": "completed", "headline": {"beta": 10.0}},
+                                 {"seed": 1, "stopped": "diverged at step 70", "headline": {}}]
+    rows = {"loss_range": 1.0, "grad_change": 1.0, "beta": 10.0}
+    runs.curves["smooth-bn"] = [[{"step": s, **rows} for s in (32, 63, 94, 125)],
+                                [{"step": s, **{k: 100 * v for k, v in rows.items()}} for s in (32, 63)]]
+    fig = analysis_report.smooth_figure(runs)
+    lines = [ln for ax in fig.axes for ln in ax.lines if "(n=" in str(ln.get_label())]
+    assert lines and all(ln.get_label().endswith("(n=1)") for ln in lines), [ln.get_label() for ln in lines]
+    assert all(set(map(float, ln.get_ydata())) == {1.0} or set(map(float, ln.get_ydata())) == {10.0}
+               for ln in lines)
