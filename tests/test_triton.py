@@ -240,3 +240,37 @@ def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     assert lines[0] == "11", r.stdout
     if not torch.cuda.is_available():
         assert lines[1].startswith("input: the Triton kernels need a CUDA tensor, got one on cpu"), r.stdout
+
+
+def test_a_fixed_sigma_is_float64_in_float64():
+    """A fixed sigma whose square float32 does not hold (0.3^2) keeps float64 exactness: the kernels promise float64
+    in float64. Before, sigma^2 reached the divisor rounded to float32 (a constexpr bound to a local): 1.1e-9 off the
+    general path here instead of ~1e-16."""
+    spec = NormSpec(CS, CS, {"space": 3}, {"space": 3}, sigma=0.3, eps=0.0)
+    x, _, _ = _inputs((1, 3, 3, 4), torch.float64)
+    with torch.no_grad():
+        y, _ = triton_dn.divisive_norm(x, spec)
+        torch.testing.assert_close(y, _general(x, spec, None)[0], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.slow
+def test_the_compiled_float64_kernel_holds_sigma2_exactly(tmp_path):
+    """The PTX of the float64 output kernel (compiled for sm_90 without a GPU) holds sigma^2 = 0.09 as the exact
+    float64 constant, not its float32 rounding (before: 0d3FB70A3D80000000, the float32 0.09 widened)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    code = ("import triton\n"
+            "from triton.backends.compiler import GPUTarget\n"
+            "from triton.compiler import ASTSource\n"
+            "from dnlib.norms import triton_kernels as TK\n"
+            "fn = TK.kernels()['divide']\n"
+            "consts = dict(KCB=1, KSB=3, VALID=True, GLOB=True, SIG_T=False, SIG2=0.09, EPS=0.0, SCALE=1.0, BUG=1.0,\n"
+            "              POWER=0.5, L1=False, BM=1, BR=4, BP=16)\n"
+            "sig = {a: 'constexpr' if a in consts else ('*fp64' if a in TK._POINTERS else 'i32')\n"
+            "       for a in fn.arg_names}\n"
+            "src = ASTSource(fn=fn, signature=sig, constexprs=consts)\n"
+            "out = triton.compile(src, target=GPUTarget('cuda', 90, 32))\n"
+            "print(out.asm['ptx'].upper())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0D3FB70A3D70A3D70A" in r.stdout and "0D3FB70A3D80000000" not in r.stdout

@@ -143,11 +143,11 @@ def _divide_src(x, mu, s0, targ, y, l1, sig2_ptr, C, CM, H, W, SC, SP, KCB: tl.c
     n, m, p, h, w, ok = _tiles(CM, HW, W, BM, BP)
     acc0 = tl.zeros((BM, BP), dtype=mu.dtype.element_ty)
     s = _box(s0, n, m, h, w, ok, acc0, CM, H, W, HW, 1, KCB, KSB, VALID, False)
+    t = s * (BUG * SCALE) + EPS
     if SIG_T:
-        sig2 = tl.load(sig2_ptr).to(acc0.dtype)
-    else:
-        sig2 = SIG2
-    t = s * (BUG * SCALE) + EPS + sig2
+        t += tl.load(sig2_ptr).to(acc0.dtype)
+    else:  # the constexpr added to the tensor itself, in its dtype (exact in float64); a local bound to it, as
+        t += SIG2  # before, was a float32 scalar: sigma^2 rounded to float32 for float64 inputs
     d = _divisor(t, POWER)
     tl.store(targ + (n * CM + m) * HW + p, t, mask=ok)
     mu_t = tl.load(mu + (n * CM + m) * HW + p, mask=ok, other=0.0)
