@@ -15,7 +15,7 @@ load hits all alike, with the machine's load average printed before and after ea
   and the ratio to BN*'s (:func:`dnlib.norms.bench_layers.train_step_ratio`);
 - cells: recurrent stacks (the PTB shape, 2 layers x 200 units, batch 20 x 20 steps; fastrnns' defaults, 1 layer
   x 512, batch 64 x 100 steps) of ``nn.LSTM``, two fastrnns-style peers (:mod:`dnlib.analysis.rnn_bench`) and our
-  cells, forward and backward timed separately (median, mean +- std), tokens/s as a ratio to ``nn.LSTM``;
+  cells, forward and backward timed separately (median +- std), tokens/s as a ratio to ``nn.LSTM``;
 - ptb: whole PTB training steps (softmax over 10,000 words, L1 penalty, SGD) of LN*/DN* against base-lstm;
 - hidden: tokens/s against the hidden size (100-1000), also drawn to ``--figure``.
 

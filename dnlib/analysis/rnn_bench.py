@@ -10,9 +10,10 @@ two reference points built here (our own code, written from that description):
   LayerNorm calls of the same sizes, forward only (on CPU ``nn.LSTM`` runs oneDNN's fused LSTM).
 
 :func:`time_round_robin` times forward and backward separately, after warm-up, every candidate once per round
-(round-robin, so that machine load hits all alike); the tables report each candidate's median and mean +- std, and
-its tokens/s as a ratio to the baseline of the same run. Every table runs on the ``device`` it is given (models and
-inputs made there; on CUDA each timed pass is synchronized before and after, by
+(round-robin, so that machine load hits all alike); the tables report each candidate's median (cells: +- the
+standard deviation; ptb: the mean +- the standard deviation beside it; the rows hold all three), and its tokens/s
+as a ratio to the baseline of the same run. Every table runs on the ``device`` it is given (models and inputs made
+there; on CUDA each timed pass is synchronized before and after, by
 :func:`dnlib.norms.bench_layers.synchronizer`, as the layer benchmark does), and its rows carry ``"device"``. A
 candidate that cannot run on a device other than the CPU (construction or a first trial pass raises) is not timed:
 its row says ``"skipped"`` and why, and the tables print it as not run there. On the CPU an error is raised as any
