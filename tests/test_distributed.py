@@ -418,3 +418,126 @@ def test_torchrun_ptb_graph_mode_is_refused_with_one_line(tmp_path):
     assert all(line.endswith("error: mode: CUDA-graph training (SequenceGraphTrainer) under torchrun is not "
                              "supported; pass --mode eager") for line in ours), ours
     assert "TypeError" not in r.stderr and not out.exists()
+
+
+# ------------------------------------------------------------------------ uneven shares through prepare (the trainer)
+UNEVEN_N = 5                       # the global batch: shares 3 + 2 on the two processes
+_VOCAB = 12                        # the PTB cases' vocabulary
+
+
+class _MeanCE:
+    """A mean loss over the batch's examples (no ``reduction`` attribute: the default, as the recipes' losses)."""
+
+    def __call__(self, model, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+
+class _SumCE:
+    reduction = "sum"
+
+    def __call__(self, model, batch):
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y, reduction="sum")
+
+
+def _uneven_cases():
+    """name -> (model factory, loss class): synchronized BN, a synchronized site with an L1 term (bn-s), and
+    per-example sites with L1 terms (dn, ln: a mean over each process's own examples)."""
+    def cnn(norms):
+        def build():
+            return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), norms[0](4), nn.ReLU(),
+                                 nn.Conv2d(4, 4, 3, padding=1), norms[1](4), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+        return build
+    sync_l1 = cnn((lambda c: make_norm("bn", c), lambda c: make_norm("bn-s", c, alpha=0.1)))
+    local_l1 = cnn((lambda c: make_norm("dn", c, alpha=0.1), lambda c: make_norm("ln", c, alpha=0.05)))
+    both = cnn((lambda c: make_norm("bn-s", c, alpha=0.1), lambda c: make_norm("dn", c, alpha=0.1)))
+    def lm(name):
+        def build():
+            from dnlib.experiments.ptb import build_model
+            from dnlib.experiments.ptb_configs import get_config
+            return build_model(get_config(name, hidden_size=8, alpha=0.05, num_layers=1), _VOCAB)
+        return build
+    from dnlib.experiments.ptb_loss import LMLoss  # PTB's: the NLL summed over time, averaged over the sequences
+    return {"mean-bn-bn-s-l1": (sync_l1, _MeanCE), "mean-dn-ln-l1": (local_l1, _MeanCE),
+            "mean-bn-s-dn-l1": (both, _MeanCE), "sum-bn-s-dn-l1": (both, _SumCE),
+            "ptb-dn-star-lstm": (lm("dn-star-lstm"), LMLoss), "ptb-ln-star-lstm": (lm("ln-star-lstm"), LMLoss),
+            "ptb-bn-star-lstm": (lm("bn-star-lstm"), LMLoss)}
+
+
+def _uneven_trainer(name):
+    """The case's trainer (float64, SGD) and its global batch, the same in every process (seeded)."""
+    from dnlib.training.trainer import TrainConfig, Trainer
+    factory, loss = _uneven_cases()[name]
+    torch.manual_seed(0)
+    model = factory().double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.rand_like(p))
+    g = torch.Generator().manual_seed(1)
+    if name.startswith("ptb"):    # (x, y, reset): UNEVEN_N streams of 4 tokens
+        batch = (torch.randint(_VOCAB, (UNEVEN_N, 4), generator=g), torch.randint(_VOCAB, (UNEVEN_N, 4), generator=g),
+                 True)
+    else:
+        batch = (torch.randn(UNEVEN_N, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 0.5,
+                 torch.tensor([0, 1, 2, 0, 1]))
+
+    class Stream:
+        batch_size = UNEVEN_N
+
+        def __next__(self):
+            return batch
+
+    cfg = TrainConfig(steps=1, lr=0.1, momentum=0.0, device="cpu", progress=False)
+    return Trainer(model, loss(), Stream(), cfg)
+
+
+def _uneven_step(trainer):
+    """One training step: ``(logged loss, {name: gradient}, L1 penalty pending after the step)``."""
+    loss = trainer.train_step(next(trainer.batches))
+    return (loss.item(), {k: p.grad.detach().clone() for k, p in trainer.model.named_parameters()},
+            float(sparse_penalty(trainer.model)))
+
+
+def _uneven_worker(rank, port, out_dir):
+    from dnlib.training.distributed import prepare
+    os.environ.update(WORLD_SIZE=str(W), RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=W)
+    try:
+        res = {}
+        for name in _uneven_cases():
+            trainer = prepare(_uneven_trainer(name))
+            res[name] = _uneven_step(trainer) + (trainer.batches.rank,)
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_uneven_shares_step_equals_one_process():
+    """A global batch of 5 on 2 processes (shares 3 + 2) through ``prepare``: every parameter's gradient equals one
+    process's on the whole batch (fp64, 1e-12), synchronized BN and the L1 terms included, for a mean loss and a sum
+    loss (``reduction = "sum"``) and PTB's LSTMs with their L1 terms (LMLoss); the logged loss is the whole batch's.
+    Before, each process backpropagated its own share's mean and DDP averaged them: an example weighed 1 / (W n_r),
+    not 1 / N (gradients off by 0.07 to 2.0 here); with the task loss weighted but not the per-example sites' L1
+    terms (also a mean over the share), the dn/ln cases stayed off by 0.003."""
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_uneven_worker, args=(_free_port(), d), nprocs=W, join=True)
+        got = [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=True) for r in range(W)]
+    for name in _uneven_cases():
+        loss, grads, _ = _uneven_step(_uneven_trainer(name))
+        for r in range(W):
+            r_loss, r_grads, r_pending, r_rank = got[r][name]
+            assert r_rank == r and r_pending == 0.0, (name, r_rank, r_pending)
+            assert r_loss == pytest.approx(loss, rel=1e-12, abs=0), f"{name}: logged loss on rank {r}"
+            assert list(r_grads) == list(grads)
+            for k, g in grads.items():
+                err = (r_grads[k] - g).abs().max().item()
+                assert err <= 1e-12, f"{name}: {k} on rank {r}: max |diff| {err:.3g}"
+
+
+def test_loss_reduction_is_read_and_checked():
+    from dnlib.training.distributed import loss_reduction
+    assert loss_reduction(_MeanCE()) == "mean" and loss_reduction(_SumCE()) == "sum"
+    with pytest.raises(ValueError, match=r"loss_fn.reduction: got 'none'; allowed values are \['mean', 'sum'\]"):
+        loss_reduction(nn.CrossEntropyLoss(reduction="none"))

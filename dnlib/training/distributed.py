@@ -4,10 +4,20 @@
 model in two processes: every process draws the same global batch from the resident data (same seed) and keeps its
 contiguous share (:func:`shard`, a distributed sampler without a copy of the data), the model is wrapped in
 ``DistributedDataParallel`` (gradients averaged) and its batch-pooling normalizers are synchronized
-(:func:`dnlib.convert_sync_norm`), so a step equals one process's step on the global batch (up to float rounding;
-exactly so when the batch divides evenly, since DDP averages the processes' mean losses). The logged training loss is
-the global batch's. Rank 0 alone writes checkpoints and the run record. gloo on CPU (NCCL is chosen on CUDA, untested
-here). Resuming a run under torchrun and CUDA graphs are not supported yet.
+(:func:`dnlib.convert_sync_norm`). A step's gradient is then one process's on the global batch, float rounding apart,
+whether or not the batch divides evenly (tests/test_distributed.py: fp64, shares 3 + 2, every parameter to 1e-12, with
+synchronized BN and bn-s, per-example DN and LN sites with L1 terms, and PTB's LSTMs dn*, ln*, bn*). For this the loss's
+share of the examples is weighted (:class:`_DDPLoss`). By default (``loss_fn.reduction`` absent or ``"mean"``,
+:func:`loss_reduction`) the loss is the mean over the process's examples, as the recipes' are (CIFAR's cross-entropy,
+PTB's NLL per sequence, SR's MSE): process ``r`` with ``n_r`` of the ``N`` examples backpropagates it times
+``W n_r / N`` (``W`` processes; exactly 1 for even shares), so that DDP's average weights every example ``1 / N``; a
+loss that sums them (``reduction = "sum"``) is multiplied by ``W``. The L1 terms (:mod:`dnlib.norms.sparse`, always
+means): a synchronized site's is the whole batch's on every process and DDP's average of its gradients is already the
+whole batch's, so it is left to the trainer; a site that pools only its examples (DN, LN, any per-example field) gives
+the mean over the process's share, and its gradient is weighted ``W n_r / N`` too. The logged training loss is the
+global batch's (mean, or sum), without the L1 terms as in one process. Rank 0 alone writes checkpoints and the run
+record. gloo on CPU (NCCL is chosen on CUDA, untested here). Resuming a run under torchrun and CUDA graphs are not
+supported yet.
 
 :class:`CollectiveLog` is a process group that forwards every collective to a real one and logs it (name and
 bytes), for measuring the communication of a training step (:func:`step_communication`).
@@ -22,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..norms.norm import convert_sync_norm
+from ..norms.norm import DivisiveNorm, convert_sync_norm
 
 # DDP's switch for the buffer broadcast before each forward (renamed in recent torch; the old name warns there)
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
@@ -115,22 +125,55 @@ class _DDP(nn.parallel.DistributedDataParallel):
             return getattr(super().__getattr__("module"), name)
 
 
+REDUCTIONS = ("mean", "sum")
+
+
+def loss_reduction(loss_fn: Callable) -> str:
+    """How ``loss_fn(model, batch)`` reduces its batch's examples: its ``reduction`` attribute (as torch's loss
+    modules), ``"mean"`` when it has none (the trainer's losses are means over the batch's examples); ValueError for
+    anything but :data:`REDUCTIONS`."""
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"loss_fn.reduction: got {reduction!r}; allowed values are {list(REDUCTIONS)} (how the "
+                         f"loss reduces its batch's examples, which sets each process's weight under torchrun)")
+    return reduction
+
+
+def _synchronized(m: DivisiveNorm) -> bool:
+    """Whether site ``m``'s training forward pools the batch over the process group (:func:`convert_sync_norm`):
+    then its L1 term is the global batch's mean and DDP's average of its gradients is already the global one."""
+    return m.process_group is not None and m.spec.pools_batch
+
+
 class _DDPLoss:
-    """``loss_fn(model, batch)`` run through the DDP wrapper (so its gradient hooks fire); the returned loss keeps
-    this process's gradient but carries the global batch's mean value (one all-reduce of a scalar), for the log."""
+    """``loss_fn(model, batch)`` run through the DDP wrapper (so its gradient hooks fire), with this process's
+    gradient weighted so that DDP's average is the global batch's (``W n / N`` for a mean loss over ``n`` of the
+    ``N`` examples, ``W`` for a sum; see the module), and the global batch's value (mean or sum) for the log. The L1
+    terms of the sites that pool only this process's examples (not synchronized: a mean over its share) are
+    collected here and their gradient weighted ``W n / N`` too (the value returned is the task loss's alone, as the
+    trainer's; the synchronized sites' terms stay pending for the trainer). One all-reduce of two scalars, no host
+    sync."""
 
     def __init__(self, loss_fn: Callable, ddp: nn.Module):
         self.loss_fn, self.ddp = loss_fn, ddp
+        self.mean = loss_reduction(loss_fn) == "mean"
 
     def __call__(self, model, batch):
         out = self.loss_fn(self.ddp, batch)
         loss, extra = out if isinstance(out, tuple) else (out, None)
-        n = batch[0].shape[0]
+        n, world = batch[0].shape[0], dist.get_world_size()
         with torch.no_grad():
-            t = torch.stack([loss.detach() * n, loss.new_tensor(float(n))])
+            t = torch.stack([loss.detach() * (n if self.mean else 1), loss.new_tensor(float(n))])
             dist.all_reduce(t)
-            mean = t[0] / t[1]
-        loss = loss + (mean - loss.detach())
+            value = t[0] / t[1] if self.mean else t[0]
+            share = (n * world) / t[1]                   # W n / N: exactly 1 for even shares
+        loss = loss * (share if self.mean else loss.new_tensor(float(world)))
+        terms = [p for m in self.ddp.module.modules() if isinstance(m, DivisiveNorm) and not _synchronized(m)
+                 for p in [m.pop_penalty()] if p is not None]
+        if terms:   # their gradient, weighted; no value (the trainer logs the task loss)
+            local = sum(terms) * share.to(terms[0].dtype)
+            loss = loss + (local - local.detach())
+        loss = loss + (value - loss.detach())
         return loss if extra is None else (loss, extra)
 
 
@@ -153,14 +196,16 @@ def prepare(trainer, out_dir=None):
     loss goes through ``DistributedDataParallel``, the batches are sharded, and only rank 0 keeps ``out_dir``
     (checkpoints). Raises ValueError for what is not supported yet (a checkpoint to resume in ``out_dir``, a
     graph trainer: :class:`~dnlib.training.graphs.GraphTrainer` and the truncated-BPTT ones,
-    :class:`~dnlib.training.graphs.CarriedStateGraph`, whose step calls its loss with other arguments) and for a batch
-    smaller than the number of processes (an empty share has no loss).
+    :class:`~dnlib.training.graphs.CarriedStateGraph`, whose step calls its loss with other arguments), for a batch
+    smaller than the number of processes (an empty share has no loss) and for a ``loss_fn.reduction`` other than
+    ``"mean"`` (the default) or ``"sum"`` (:func:`loss_reduction`; it sets each process's weight, see the module).
 
     A runner joins the group (:func:`init_from_env`) before it builds the model, so that on CUDA each rank builds on
     its own device (``LOCAL_RANK``); this call joins it when that has not been done."""
     if not init_from_env():
         return trainer
     check_trainer(type(trainer))
+    loss_reduction(trainer.loss_fn)
     if out_dir is not None and os.path.exists(os.path.join(out_dir, "checkpoint.pt")):
         raise ValueError(f"out_dir: {out_dir} holds a checkpoint, and resuming under torchrun is not supported; "
                          f"use a new --out folder")
