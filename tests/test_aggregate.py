@@ -250,7 +250,8 @@ def _cifar(base, name, seed, acc, *, steps=40, subset=(2000, 1000), folder=None,
     cfg = C.get_config(name).replace(**changes)
     cfg = cfg.scaled(steps) if steps != cfg.steps else cfg
     config = {**cfg.as_dict(), "setup": {"data": "CIFAR-10 (JPEG copy)", "eval_split": "test",
-                                         "subset": list(subset) if subset else None, "eval_every": 20,
+                                         "subset": list(subset) if subset else None,
+                                         "subset_seed": seed if subset else None, "eval_every": 20,
                                          "mode": "eager", "card": card}}
     d = base / (folder or f"{name}-s{seed}-{steps}")
     d.mkdir(parents=True)

@@ -33,8 +33,9 @@ def _finite(v: Any) -> bool:
 NOT_DEFINING = frozenset({"name", "paper", "row", "cell", "description", "notes", "impl", "eval_every",
                           "setup.mode", "setup.card", "setup.eval_every", "setup.label", "setup.root", "setup.sets",
                           "setup.curve_sets", "setup.missing_sets", "setup.threads",
-                          "setup.stacked", "setup.stacked_seeds",
-                          "setup.init_act", "setup.init_grad", "setup.scale_change"})   # (analysis: measured at init)
+                          "setup.stacked", "setup.stacked_seeds", "setup.subset_seed",   # (a seed, as the seed)
+                          "setup.init_act", "setup.init_grad", "setup.init_loss",
+                          "setup.scale_change"})   # (analysis: measured at init)
 
 
 #: Fields recorded since a later version, with the value every run recorded before then had (CIFAR's mean image,
