@@ -70,10 +70,10 @@ HEADLINE = ("test_err", "train_loss", "gap", "loss_range", "grad_change", "beta"
             "act_growth", "grad_growth", "init_act_growth", "init_grad_growth", "train_seconds")
 _GAP = ("batch", "smooth", "inv")
 #: A run is stable when its losses stay finite and its last logged training loss is at most its loss before any step
-#: (``init_loss``: the probe batch at initialization, in training mode) + this (nats): a run that does not move at a
-#: tiny learning rate is not unstable. (Runs recorded before ``init_loss`` compared with their first logged loss, a
-#: mean over the first steps, already after updates at the rate tested: a loss that jumped from 2.3 to 16 there and
-#: ended at 4.1 counted as stable.)
+#: (``init_loss``: the initial model's mean loss on the batches of the first logged loss, in training mode) + this
+#: (nats): a run that does not move at a tiny learning rate is not unstable. (Runs recorded before ``init_loss``
+#: compared with their first logged loss, a mean over the first steps, already after updates at the rate tested: a
+#: loss that jumped from 2.3 to 16 there and ended at 4.1 counted as stable.)
 STABLE_TOL = 0.1
 
 
@@ -178,8 +178,11 @@ class AnalysisRecipe(Recipe):
         with probes.preserved(model):      # at initialization, in training mode (the statistics of the probe batch)
             model.train()
             prof = probes.layer_norms(model, probe_loss, None, _watched(model))
+            first = TensorBatches(torch.arange(len(data.cifar.y_train), device=dev), batch_size=cfg.batch_size,
+                                  seed=seed)      # the batches of the first logged loss, drawn as training will
             with torch.no_grad():
-                init_loss = float(probe_loss(model))
+                loss_fn = CifarLoss(data.cifar)
+                init_loss = sum(float(loss_fn(model, next(first))) for _ in range(tcfg.log_every)) / tcfg.log_every
             info.update(init_act=prof["act"], init_grad=prof["grad"], init_loss=init_loss,
                         scale_change=probes.scale_change(model, px, model.convs[1], 10.0))
         run_info = {"config": cfg.name, **{k: v for k, v in cfg.as_dict().items() if k != "name"},
