@@ -328,7 +328,9 @@ def test_a_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
                    "--subset", "200,100", "--batch-size", "1", "--out", str(out)], tmp_path)
     assert r.returncode != 0
     ours = [line for line in r.stderr.splitlines() if line.startswith("python -m dnlib cifar run:")]
-    assert len(ours) == 2, r.stderr[-3000:]                       # one line from each rank
+    # one line from each rank that got there: torchrun ends the other rank (SIGTERM) as soon as one exits 2, which
+    # under load can be before the slower one has parsed its arguments (the fresh-clone CI saw 1 line of 2 once)
+    assert 1 <= len(ours) <= 2, r.stderr[-3000:]
     assert all("error: batch_size (--batch-size): 1 is smaller than the 2 torchrun processes" in line
                for line in ours), ours
     assert "diverged" not in r.stderr and not out.exists()
