@@ -112,6 +112,14 @@ def local_sweep(tmp_path_factory):
     return out, _sweep(out, "local")
 
 
+def _steps_done(record_file) -> int:
+    """A record's steps done, 0 when it is gone (its task's folder removed) or not readable."""
+    try:
+        return json.loads(Path(record_file).read_text()).get("steps_done", 0)
+    except (OSError, ValueError):
+        return 0
+
+
 @pytest.mark.slow
 @needs_sr
 def test_an_interrupted_ray_sweep_stops_its_runs_and_collects_their_folders(ray_instance, tmp_path):
@@ -126,13 +134,14 @@ def test_an_interrupted_ray_sweep_stops_its_runs_and_collects_their_folders(ray_
     name = records.run_name("smoke-bn", 0)
     job = engines.Job("smoke-bn", 0, tmp_path / name, ["smoke-bn", "--seeds", "0", *ARGS[:-2], "--steps", "100000"])
     job.folder.mkdir()
+    pattern = os.path.join(tempfile.gettempdir(), "dnlib-sweep-*", name, records.RECORD_FILE)
+    stale = set(glob.glob(pattern))     # the folders of tasks other tests' sweeps killed (never cleaned up)
     engine = RayEngine(RECIPE.module, jobs=1, cpus_per_run=1)
     engine.start(job)
     t0 = time.time()
-    pattern = os.path.join(tempfile.gettempdir(), "dnlib-sweep-*", name, records.RECORD_FILE)
     while time.time() - t0 < 120:       # the run trains in the task's own folder (past its first chunk)
-        recs = [json.loads(Path(f).read_text()) for f in glob.glob(pattern)]
-        if any(r.get("steps_done", 0) >= 2 * CHUNK for r in recs):
+        fresh = set(glob.glob(pattern)) - stale
+        if any(_steps_done(f) >= 2 * CHUNK for f in fresh):
             break
         assert engine.poll() == []
         time.sleep(0.2)
