@@ -34,9 +34,10 @@ at fastrnns' (larger) one, ptb 10, hidden 3; with ``--quick`` 1, 1, 2, 2, 1. A `
 
 ``--quick``: tiny sizes and few repeats, a smoke check of the command and the file's format (its numbers mean
 nothing). The text goes to stdout and to ``--out``. Only a full bench (every section and layer group, not
-``--quick``) writes the committed ``results/bench_cpu.txt`` and ``results/figures/bench_rnn_hidden.png`` of the
-repository by default, whatever the working folder; a quick or partial one prints only, unless ``--out`` /
-``--figure`` name files. This is a command, not a test: timing never decides whether a test passes.
+``--quick``) on the CPU alone writes the committed ``results/bench_cpu.txt`` and
+``results/figures/bench_rnn_hidden.png`` of the repository by default, whatever the working folder; a quick, partial
+or GPU one (CUDA among ``--device``'s, as ``all`` on a GPU machine) prints only, unless ``--out`` / ``--figure`` name
+files. This is a command, not a test: timing never decides whether a test passes.
 """
 from __future__ import annotations
 
@@ -238,11 +239,12 @@ def _parser() -> cli.ArgumentParser:
                     help="tiny sizes, few repeats (unless --repeat is given): a smoke check of the format")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     ap.add_argument("--out", type=cli.out_file, default=None,
-                    help="the text report (default: a full bench writes results/bench_cpu.txt of the repository; "
-                         "a quick or partial one only prints)")
+                    help="the text report (default: a full bench on the CPU alone writes results/bench_cpu.txt of the "
+                         "repository; a quick, partial or GPU one only prints)")
     ap.add_argument("--figure", type=cli.out_file, default=None,
-                    help="the tokens/s vs hidden size figure, section hidden (default: a full bench writes "
-                         "results/figures/bench_rnn_hidden.png of the repository; a quick or partial one none)")
+                    help="the tokens/s vs hidden size figure, section hidden (default: a full bench on the CPU alone "
+                         "writes results/figures/bench_rnn_hidden.png of the repository; a quick, partial or GPU "
+                         "one none)")
     return ap
 
 
@@ -268,11 +270,15 @@ def _check_args(ap: cli.ArgumentParser, a: argparse.Namespace) -> tuple[list, li
     return sections, devices, groups
 
 
-def outputs(ap: cli.ArgumentParser, a: argparse.Namespace, sections, groups) -> tuple[str | None, str | None]:
+def outputs(ap: cli.ArgumentParser, a: argparse.Namespace, sections, groups,
+            devices=("cpu",)) -> tuple[str | None, str | None]:
     """The report and figure files: ``--out``/``--figure`` where given; else, for a full bench (every section and
-    layer group, not ``--quick``), the repository's committed ``results/bench_cpu.txt`` and
-    ``results/figures/bench_rnn_hidden.png`` (whatever the working folder); else None (printed only)."""
-    full = not a.quick and set(sections) == set(SECTIONS) and set(groups) == set(bl.GROUPS)
+    layer group, not ``--quick``) on the CPU alone, the repository's committed ``results/bench_cpu.txt`` and
+    ``results/figures/bench_rnn_hidden.png`` (whatever the working folder); else None (printed only). A bench with
+    CUDA among its ``devices`` (``--device all``, the default, on a GPU machine) names its files itself: by default
+    it replaced the committed CPU figures, measured on the project's 2-core machine, with the GPU host's."""
+    full = (not a.quick and set(sections) == set(SECTIONS) and set(groups) == set(bl.GROUPS)
+            and list(devices) == ["cpu"])
     out, figure = a.out, a.figure
     if full and out is None:
         out = str(RESULTS / "bench_cpu.txt")
@@ -294,7 +300,7 @@ def main(argv=None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     sections, devices, groups = _check_args(ap, a)
-    out_path, figure = outputs(ap, a, sections, groups)
+    out_path, figure = outputs(ap, a, sections, groups, devices)
     if a.threads:
         torch.set_num_threads(a.threads)
     with float32_arithmetic():
@@ -325,7 +331,8 @@ def _measure(a, sections, devices, groups, out_path, figure) -> int:
         out["hidden"] = hidden_section(say, a.quick, figure, devices, a.repeat)
     say(rb.load_line())
     if out_path is None:
-        print(f"python -m dnlib.bench: a {'quick' if a.quick else 'partial'} bench is printed only, not written to "
+        what = "quick" if a.quick else "GPU" if "cuda" in devices else "partial"
+        print(f"python -m dnlib.bench: a {what} bench is printed only, not written to "
               f"{RESULTS / 'bench_cpu.txt'}; --out FILE keeps it", file=sys.stderr)
     else:
         atomic_write_text(out_path, "\n".join(lines) + "\n")

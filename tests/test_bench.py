@@ -120,6 +120,20 @@ def test_only_a_full_bench_defaults_to_the_repositorys_results_from_any_folder(a
     assert bench.outputs(ap, a, sections, groups) == ("x.txt", "x.png")      # named files are always written
 
 
+def test_a_gpu_bench_never_replaces_the_committed_cpu_results(tmp_path, monkeypatch):
+    """``--device all`` (the default) on a GPU machine is a full bench whose CPU sections are the GPU host's: it
+    wrote them over results/bench_cpu.txt and the hidden-size figure, measured on the project's 2-core machine."""
+    monkeypatch.chdir(tmp_path)
+    ap = bench._parser()
+    a = ap.parse_args([])
+    sections, _, groups = bench._check_args(ap, a)
+    for devices in (["cpu", "cuda"], ["cuda"]):
+        assert bench.outputs(ap, a, sections, groups, devices) == (None, None)
+    assert bench.outputs(ap, a, sections, groups, ["cpu"])[0] == str(bench.RESULTS / "bench_cpu.txt")
+    a = ap.parse_args(["--out", "gpu.txt"])
+    assert bench.outputs(ap, a, sections, groups, ["cpu", "cuda"]) == ("gpu.txt", None)
+
+
 def test_make_bench_runs_with_one_thread_as_the_readme_says():
     root = bench.RESULTS.parent
     recipe = (root / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
