@@ -239,6 +239,10 @@ def test_frn_without_tlu_is_frn_then_affine_and_the_learned_eps_learns():
     torch.testing.assert_close(m(x), torch.maximum(ref, torch.zeros(())), **TOL)
     m(x).sum().backward()
     assert m.sigma.grad is not None and m.sigma.grad.abs() > 0
+    # a learned eps that starts at 0 never moves (its gradient 2 sigma is 0 there): refused (it was accepted)
+    with pytest.raises(ValueError, match=r"eps_init: must be > 0 with learn_eps=True .*got 0"):
+        make_norm("frn", C, learn_eps=True, eps_init=0.0)
+    make_norm("frn", C, eps_init=0.0)                                 # (without learn_eps it is not used)
 
 
 def test_evonorm_b0_eval_uses_the_running_variance_and_left_divisor_wins_for_small_v():

@@ -107,7 +107,10 @@ class BatchRenorm(DivisiveNorm):
 
     State dict: BN's names. chainer's ``BatchRenormalization`` link maps as ``gamma`` -> ``weight``, ``beta`` ->
     ``bias``, ``avg_mean`` -> ``running_mean``, ``avg_var`` -> ``running_var`` (its ``decay`` = 1 - momentum,
-    its default eps 2e-5); :meth:`load_state_dict` takes those names too.
+    its default eps 2e-5); :meth:`load_state_dict` takes those names too. chainer keeps no batch count that maps to
+    ``num_batches_tracked`` (it starts at 0), so a loaded chainer model trained on with the default ``relax``
+    starts Ioffe's schedule again (BN's clips for 5000 batches); ``relax=None`` clips at ``rmax``/``dmax`` at once,
+    as chainer does.
     """
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0, eps: float = 1e-5,
@@ -445,7 +448,9 @@ class BatchChannelNorm(DivisiveNorm):
     @torch.no_grad()
     def _estimate(self, x: torch.Tensor, sync, m) -> None:
         """Move the running statistics towards this batch's mean and biased variance (about the old running mean,
-        one pass: ``var = E[(x - K)^2] - E[x - K]^2``, one all-reduce under a process group)."""
+        one pass: ``var = E[(x - K)^2] - E[x - K]^2``, one all-reduce under a process group; labml's formula, whose
+        shift is 0). The shift K helps once the running mean is near the batch's; before that, in float32, a mean
+        above ~1000x the spread cancels (x = randn + 3000: running variances 2, 4, 1, 0 for a true 1)."""
         dims = (0,) + tuple(range(2, x.dim()))
         k = _view(self.running_mean.to(x.dtype), x.dim())
         d = x - k

@@ -67,6 +67,9 @@ class FilterResponseNorm2d(DivisiveNorm):
                 raise ValueError(f"{name}: must be True or False, got {val!r}")
         if not is_real(eps_init) or not math.isfinite(eps_init) or eps_init < 0:
             raise ValueError(f"eps_init: must be a finite number >= 0, got {eps_init!r}")
+        if learn_eps and eps_init == 0:
+            raise ValueError("eps_init: must be > 0 with learn_eps=True (the learned eps is sigma^2, whose gradient "
+                             "2 sigma is 0 at sigma = 0: it would never move), got 0")
         spec = FRN_SPEC.replace(eps=eps, learn_sigma=learn_eps, sigma=math.sqrt(eps_init) if learn_eps else 0.0)
         super().__init__(num_features, spec, affine=True, alpha=alpha, impl=impl, device=device, dtype=dtype)
         self.apply_act = apply_act
