@@ -245,6 +245,13 @@ def test_frn_without_tlu_is_frn_then_affine_and_the_learned_eps_learns():
     make_norm("frn", C, eps_init=0.0)                                 # (without learn_eps it is not used)
 
 
+@pytest.mark.parametrize("momentum", [None, 2.0, -0.1, "0.1"])
+def test_evonorm_b0_names_its_own_momentum_range(momentum):
+    """An out-of-range momentum got the base class's message, "[0, 1] or None", yet B0 refuses None."""
+    with pytest.raises(ValueError, match=r"momentum: must be a number in \[0, 1\] \(.*so not None\), got"):
+        make_norm("evonorm-b0", C, momentum=momentum)
+
+
 def test_evonorm_b0_eval_uses_the_running_variance_and_left_divisor_wins_for_small_v():
     m = make_norm("evonorm-b0", C).double().eval()
     _randomize(m)
@@ -431,6 +438,17 @@ def test_convert_layernorm_to_dyt_in_a_transformer_and_back_refuses_the_wrong_la
     with pytest.raises(ValueError, match="last"):
         net(x)
     assert net[1](h[:, 0]).shape == (2, C)
+
+
+def test_a_layernorm_without_bias_converts_to_dyt_without_a_shift():
+    """``LayerNorm(C, bias=False)`` became a DyT with a trainable shift ``beta`` it never had (variants review)."""
+    net = nn.Sequential(nn.LayerNorm(C, bias=False))
+    _, rep = dnlib.convert_norms(net, "dyt", types=nn.LayerNorm, report=True)
+    assert isinstance(net[0], DyT) and net[0].beta is None and "beta" not in net[0].state_dict()
+    assert "beta=False: the source has no bias" in rep.rows[0].note
+    net = nn.Sequential(nn.LayerNorm(C))
+    dnlib.convert_norms(net, "dyt", types=nn.LayerNorm)
+    assert net[0].beta is not None                                   # a bias: kept (and copied) as before
 
 
 # --- timm's real classes (where its layer files import) ---------------------------------------------------------

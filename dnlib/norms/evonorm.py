@@ -39,7 +39,7 @@ from torch import nn
 
 from . import functional as DF
 from .norm import DivisiveNorm
-from .spec import NormSpec, is_int
+from .spec import NormSpec, is_int, is_real
 
 __all__ = ["EvoNorm2dS0", "EvoNorm2dB0", "field_divisor", "EVONORM_S0_SPEC", "EVONORM_B0_SPEC",
            "EVONORM_B0_INSTANCE"]
@@ -208,9 +208,9 @@ class EvoNorm2dB0(_EvoNorm):
 
     def __init__(self, num_features: int, apply_act: bool = True, momentum: float = 0.1, eps: float = 1e-3,
                  impl: str = "auto", process_group=None, device=None, dtype=None):
-        if momentum is None:
-            raise ValueError("momentum: must be a number in [0, 1] (EvoNorm-B0 keeps no batch count for a "
-                             "cumulative average), got None")
+        if momentum is None or not (is_real(momentum) and 0 <= momentum <= 1):   # (the base class would allow None)
+            raise ValueError(f"momentum: must be a number in [0, 1] (EvoNorm-B0 keeps no batch count for a "
+                             f"cumulative average, so not None), got {momentum!r}")
         super().__init__(num_features, EVONORM_B0_SPEC.replace(eps=eps), apply_act, impl, device, dtype,
                          momentum=momentum, track_running_stats=True, process_group=process_group)
         # timm's buffers: the BN field's running variance only (the numerator is not centred)
