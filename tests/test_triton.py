@@ -219,13 +219,19 @@ def test_import_dnlib_does_not_import_triton_and_auto_never_picks_it():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def _compiler_env(tmp_path) -> dict:
+    """The environment of a process that compiles the kernels (no interpreter) into a fresh cache at ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    return env
+
+
 @pytest.mark.slow
 def test_kernels_compile_for_an_h100_without_a_gpu(tmp_path):
     """Triton's compiler and ptxas build the float32 kernels for sm_90 (H100/H200) on this CPU machine, every branch
     once: what the interpreter does not check (types, lowering, registers). A fresh cache, so nothing is taken as
     compiled. Without the interpreter a CPU tensor is refused with a clear error."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    env = _compiler_env(tmp_path)
     code = ("import torch, dnlib\n"
             "from dnlib.norms import triton_dn, triton_kernels\n"
             "print(triton_kernels.compile_for(90, dtypes=('float32',), minimal=True))\n"
@@ -257,20 +263,11 @@ def test_a_fixed_sigma_is_float64_in_float64():
 def test_the_compiled_float64_kernel_holds_sigma2_exactly(tmp_path):
     """The PTX of the float64 output kernel (compiled for sm_90 without a GPU) holds sigma^2 = 0.09 as the exact
     float64 constant, not its float32 rounding (before: 0d3FB70A3D80000000, the float32 0.09 widened)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
-    code = ("import triton\n"
-            "from triton.backends.compiler import GPUTarget\n"
-            "from triton.compiler import ASTSource\n"
-            "from dnlib.norms import triton_kernels as TK\n"
-            "fn = TK.kernels()['divide']\n"
+    env = _compiler_env(tmp_path)
+    code = ("from dnlib.norms import triton_kernels as TK\n"
             "consts = dict(KCB=1, KSB=3, VALID=True, GLOB=True, SIG_T=False, SIG2=0.09, EPS=0.0, SCALE=1.0, BUG=1.0,\n"
             "              POWER=0.5, L1=False, BM=1, BR=4, BP=16)\n"
-            "sig = {a: 'constexpr' if a in consts else ('*fp64' if a in TK._POINTERS else 'i32')\n"
-            "       for a in fn.arg_names}\n"
-            "src = ASTSource(fn=fn, signature=sig, constexprs=consts)\n"
-            "out = triton.compile(src, target=GPUTarget('cuda', 90, 32))\n"
-            "print(out.asm['ptx'].upper())\n")
+            "print(TK.compile_kernel('divide', consts, 'float64').asm['ptx'].upper())\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "0D3FB70A3D70A3D70A" in r.stdout and "0D3FB70A3D80000000" not in r.stdout

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["INSTALL_HINT", "kernels", "built_interpreted", "interpret_env", "tile_sizes", "compile_for"]
+__all__ = ["INSTALL_HINT", "kernels", "built_interpreted", "interpret_env", "tile_sizes", "compile_for",
+           "compile_kernel"]
 
 #: How to install the optional dependency (named in every error that needs it).
 INSTALL_HINT = "pip install dnlib[triton]"
@@ -321,21 +322,12 @@ def compile_for(arch: int = 90, dtypes=("float32", "bfloat16", "float64"), minim
     bad = [d for d in dtypes if d not in _TRITON_DTYPES]
     if bad:
         raise ValueError(f"dtypes: unknown dtype {bad[0]!r}; allowed values are {list(_TRITON_DTYPES)}")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    target = GPUTarget("cuda", int(arch), 32)
     count = 0
     for dtype in dtypes:
-        xdt = _TRITON_DTYPES[dtype]
-        acc = "fp64" if xdt == "fp64" else "fp32"
         for glob in (True, False):
             bm, br, bp = tile_sizes(64, 1024, glob, None)
             tiles = dict(BM=bm, BR=br, BP=bp)
             kc = 1 if glob else 3
-            ptrs = dict.fromkeys(_POINTERS, acc)
-            ptrs.update(x=xdt, y=xdt, gy=xdt, gx=xdt, sig2_ptr="fp32", m0=acc if glob else xdt)
             variants = [("mean", dict(BR=br, BP=bp))] if glob else []
             variants.append(("centre", dict(KCA=kc, KSA=5, VALID=False, GLOB=glob, **tiles)))
             options = ((True, True, 0.5, True), (False, False, 0.75, False))
@@ -349,14 +341,30 @@ def compile_for(arch: int = 90, dtypes=("float32", "bfloat16", "float64"), minim
                     ("gmid", dict(KCB=kc, KSB=3, VALID=valid, POWER=power, L1=l1, BM=bm, BP=bp)),
                     ("gx", dict(KCA=kc, KSA=5, VALID=valid, POWER=power, GLOB=glob, L1=l1, **tiles))]
             for name, consts in variants:
-                fn = k[name]
-                sig = {a: "constexpr" if a in consts else ("*" + ptrs[a] if a in _POINTERS else "i32")
-                       for a in fn.arg_names}
-                out = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
+                out = compile_kernel(name, consts, dtype, arch, glob=glob)
                 if "cubin" not in out.asm:
                     raise RuntimeError(f"compile_for: no cubin for kernel {name!r} ({dtype})")
                 count += 1
     return count
+
+
+def compile_kernel(name: str, consts: dict, dtype: str = "float32", arch: int = 90, glob: bool = True):
+    """Triton's compiled kernel ``name`` of :func:`kernels` (its ``asm``: ``ptx``, ``cubin``...) for compute
+    capability ``arch``, without a GPU: ``consts`` its constexpr arguments, the pointers typed for input ``dtype``
+    (the data in it, the statistics in its accumulation dtype: float64 for float64, else float32; ``glob``: the
+    global field's layout of ``m0``), the other arguments i32. Needs the compiler, not the interpreter (as
+    :func:`compile_for`, which compiles every variant with it)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    xdt = _TRITON_DTYPES[dtype]
+    acc = "fp64" if xdt == "fp64" else "fp32"
+    ptrs = dict.fromkeys(_POINTERS, acc)
+    ptrs.update(x=xdt, y=xdt, gy=xdt, gx=xdt, sig2_ptr="fp32", m0=acc if glob else xdt)
+    fn = kernels()[name]
+    sig = {a: "constexpr" if a in consts else ("*" + ptrs[a] if a in _POINTERS else "i32") for a in fn.arg_names}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", int(arch), 32))
 
 
 def _pow2(n: int, cap: int) -> int:
