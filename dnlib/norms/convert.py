@@ -381,10 +381,6 @@ def _convert_one(name: str, m: nn.Module, model: nn.Module, layer, to: NormLike,
         kw = {**kw, **first}
         target_kw += "".join(f", {k}={v}" for k, v in first.items())
     carry, said, unset = carried_settings(name, m, new, overrides, unkept)
-    if isinstance(new, DyT) and new.beta is not None and getattr(m, "bias", False) is None \
-            and "beta" not in overrides:    # (a LayerNorm(C, bias=False) got a trainable shift it never had)
-        carry["beta"] = False
-        said.append("beta=False: the source has no bias")
     if carry:   # the old layer's own settings in place of the preset's
         new = _build(name, m, c, layer, to, overrides, {**kw, **carry})[0]
         target_kw += "".join(f", {k}={v}" for k, v in carry.items())

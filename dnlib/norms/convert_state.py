@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .batch_variants import BatchChannelNorm, BatchRenorm, SwitchNorm
+from .dyt import DyT
 from .norm import DivisiveNorm
 from .presets import PRESETS
 
@@ -184,7 +185,8 @@ def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, u
     """The settings of :data:`CARRIED` that ``m`` has and ``new`` (built with the preset's) has too, with another
     value: returns (the overrides to build the new layer with: the old layer's values, those the caller passed
     excepted; the notes that say where the caller's value replaced the layer's; the report's words for a value
-    the new layer cannot take, which also go to ``unkept`` for the warning)."""
+    the new layer cannot take, which also go to ``unkept`` for the warning). A source without a bias gives a DyT
+    none (``beta=False``)."""
     carry, notes, dropped = {}, [], []
     for key in CARRIED:
         src, dst = _setting(m, key), _setting(new, key)
@@ -203,6 +205,10 @@ def carried_settings(name: str, m: nn.Module, new: nn.Module, overrides: dict, u
             unkept.append(f"{name or 'model'}.{key}=None ({why})")
         else:
             carry[key] = src
+    if isinstance(new, DyT) and new.beta is not None and getattr(m, "bias", False) is None \
+            and "beta" not in overrides:    # (a LayerNorm(C, bias=False) got a trainable shift it never had)
+        carry["beta"] = False
+        notes.append("beta=False: the source has no bias")
     return carry, notes, dropped
 
 
